@@ -1,0 +1,37 @@
+//! Where a tensor lives. Only the CPU backend exists today; the tag is in the
+//! public API now so the CUDA backend slots in without changing it.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(i)) => Ok(Device::Cuda(i)),
+                _ => Err(crate::Error::arg(
+                    "device",
+                    format!("unknown device {s:?}; expected cpu, cuda or cuda:N"),
+                )),
+            },
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! slmlp engine: tensors, the CPU reference backend, reverse-mode autograd,
+//! nn layers, optimizers, mixed precision and safetensors checkpoints.
+
+pub mod autograd;
+pub mod gradcheck;
+mod device;
+mod dtype;
+mod error;
+pub mod layout;
+pub mod ops;
+mod rng;
+mod storage;
+mod tensor;
+
+pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
+pub use device::Device;
+pub use dtype::{DType, Element, Float};
+pub use error::{Error, Result};
+pub use rng::Rng;
+pub use storage::Storage;
+pub use tensor::Tensor;

@@ -1,0 +1,328 @@
+//! The tensor: a shared immutable storage, a strided view of it, a device tag
+//! and (optionally) its autograd handle. Cloning is cheap (one `Arc`).
+
+use crate::autograd::{self, GradMeta, GradSlot};
+use crate::layout::Layout;
+use crate::{DType, Device, Element, Error, Float, Result, Rng, Storage};
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Clone)]
+pub struct Tensor(Arc<Inner>);
+
+struct Inner {
+    id: u64,
+    storage: Arc<Storage>,
+    layout: Layout,
+    device: Device,
+    grad: Option<GradMeta>,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor[{:?}, {}, {}]", self.dims(), self.dtype(), self.device())
+    }
+}
+
+impl Tensor {
+    pub(crate) fn from_parts(storage: Arc<Storage>, layout: Layout) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            storage,
+            layout,
+            device: Device::Cpu,
+            grad: None,
+        }))
+    }
+
+    pub fn from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if storage.len() != n {
+            return Err(Error::shape(
+                "from_storage",
+                format!("{} elements cannot have shape {shape:?} ({n} elements)", storage.len()),
+            ));
+        }
+        Ok(Tensor::from_parts(Arc::new(storage), Layout::contiguous(shape)))
+    }
+
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_storage(T::into_storage(data), shape)
+    }
+
+    pub fn from_slice<T: Element>(data: &[T], shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_vec(data.to_vec(), shape)
+    }
+
+    /// A 0-d tensor.
+    pub fn scalar<T: Element>(v: T) -> Tensor {
+        Tensor::from_parts(Arc::new(T::into_storage(vec![v])), Layout::contiguous(&[]))
+    }
+
+    /// Data computed in `T` stored as `dtype` (rounds to f16/bf16 when asked).
+    pub(crate) fn from_compute<T: Element>(data: Vec<T>, shape: &[usize], dtype: DType) -> Tensor {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        let s = T::into_storage(data);
+        let s = if dtype == T::DTYPE { s } else { s.cast(dtype) };
+        Tensor::from_parts(Arc::new(s), Layout::contiguous(shape))
+    }
+
+    pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_parts(Arc::new(Storage::zeros(dtype, n)), Layout::contiguous(shape))
+    }
+
+    pub fn full(shape: &[usize], value: f64, dtype: DType) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_compute(vec![value; n], shape, dtype)
+    }
+
+    pub fn ones(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::full(shape, 1.0, dtype)
+    }
+
+    pub fn zeros_like(&self) -> Tensor {
+        Tensor::zeros(self.dims(), self.dtype())
+    }
+
+    /// Normal(mean, std) samples drawn in f64 and rounded to `dtype`.
+    pub fn randn(shape: &[usize], mean: f64, std: f64, dtype: DType, rng: &mut Rng) -> Tensor {
+        let n = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| mean + std * rng.normal()).collect();
+        Tensor::from_compute(v, shape, dtype)
+    }
+
+    /// Uniform samples in [lo, hi).
+    pub fn rand(shape: &[usize], lo: f64, hi: f64, dtype: DType, rng: &mut Rng) -> Tensor {
+        let n = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect();
+        Tensor::from_compute(v, shape, dtype)
+    }
+
+    pub fn arange(n: usize, dtype: DType) -> Tensor {
+        Tensor::from_compute((0..n).map(|i| i as f64).collect(), &[n], dtype)
+    }
+
+    // ---- accessors ----
+
+    /// Unique per tensor object; views and copies get new ids.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+    pub fn dims(&self) -> &[usize] {
+        &self.0.layout.shape
+    }
+    pub fn rank(&self) -> usize {
+        self.dims().len()
+    }
+    /// Size of dim `d`, with a clear error when out of range.
+    pub fn dim(&self, d: usize) -> Result<usize> {
+        self.dims().get(d).copied().ok_or_else(|| {
+            Error::shape("dim", format!("dim {d} out of range for shape {:?}", self.dims()))
+        })
+    }
+    pub fn numel(&self) -> usize {
+        self.0.layout.numel()
+    }
+    pub fn dtype(&self) -> DType {
+        self.0.storage.dtype()
+    }
+    pub fn device(&self) -> Device {
+        self.0.device
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.0.layout
+    }
+    pub fn strides(&self) -> &[usize] {
+        &self.0.layout.strides
+    }
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.0.storage
+    }
+    pub fn is_contiguous(&self) -> bool {
+        self.0.layout.is_contiguous()
+    }
+
+    // ---- data access ----
+
+    /// The elements in row-major order; borrowed when already contiguous.
+    pub fn data<T: Element>(&self) -> Result<Cow<'_, [T]>> {
+        let s = T::slice(&self.0.storage)
+            .ok_or_else(|| Error::dtype("data", T::DTYPE.name(), self.dtype()))?;
+        let l = &self.0.layout;
+        if l.is_contiguous() {
+            return Ok(Cow::Borrowed(&s[l.offset..l.offset + l.numel()]));
+        }
+        let mut out = Vec::with_capacity(l.numel());
+        l.for_each_index(|i| out.push(s[i]));
+        Ok(Cow::Owned(out))
+    }
+
+    /// The elements as compute type `T`: f16/bf16 storage is widened to f32.
+    pub fn float_data<T: Float>(&self) -> Result<Cow<'_, [T]>> {
+        match self.dtype() {
+            d if d == T::DTYPE => self.data::<T>(),
+            DType::F16 | DType::BF16 if T::DTYPE == DType::F32 => {
+                let c = self.contiguous_copy();
+                let v = c.storage().cast(DType::F32);
+                Ok(Cow::Owned(T::slice(&v).expect("cast to f32").to_vec()))
+            }
+            d => Err(Error::dtype("float_data", T::DTYPE.name(), d)),
+        }
+    }
+
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        Ok(self.data::<T>()?.into_owned())
+    }
+
+    /// Any dtype, converted to f64 (exact for every dtype but i64 > 2^53).
+    pub fn to_vec_f64(&self) -> Vec<f64> {
+        crate::with_storage!(self.0.storage.as_ref(), v => {
+            let mut out = Vec::with_capacity(self.numel());
+            self.0.layout.for_each_index(|i| out.push(v[i].to_f64()));
+            out
+        })
+    }
+
+    /// The value of a one-element tensor.
+    pub fn item(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(Error::shape("item", format!("tensor of shape {:?} is not one element", self.dims())));
+        }
+        Ok(self.to_vec_f64()[0])
+    }
+
+    fn contiguous_copy(&self) -> Tensor {
+        if self.is_contiguous() && self.0.layout.offset == 0 && self.0.storage.len() == self.numel() {
+            return self.detach();
+        }
+        let s = crate::with_storage!(self.0.storage.as_ref(), v => {
+            let mut out = Vec::with_capacity(self.numel());
+            self.0.layout.for_each_index(|i| out.push(v[i]));
+            Element::into_storage(out)
+        });
+        Tensor::from_parts(Arc::new(s), Layout::contiguous(self.dims()))
+    }
+
+    /// A contiguous tensor with the same values (no copy when already so).
+    pub fn contiguous(&self) -> Tensor {
+        if self.is_contiguous() {
+            return self.clone();
+        }
+        autograd::record(self.contiguous_copy(), "contiguous", &[self], |g| Ok(vec![Some(g.clone())]))
+    }
+
+    // ---- autograd ----
+
+    pub(crate) fn grad_meta(&self) -> Option<&GradMeta> {
+        self.0.grad.as_ref()
+    }
+
+    pub(crate) fn with_grad_meta(&self, grad: Option<GradMeta>) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            storage: self.0.storage.clone(),
+            layout: self.0.layout.clone(),
+            device: self.0.device,
+            grad,
+        }))
+    }
+
+    /// A view with the same data on a different layout, carrying no autograd.
+    pub(crate) fn view(&self, layout: Layout) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            storage: self.0.storage.clone(),
+            layout,
+            device: self.0.device,
+            grad: None,
+        }))
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.0.grad.is_some()
+    }
+
+    /// The same data cut from the graph.
+    pub fn detach(&self) -> Tensor {
+        self.with_grad_meta(None)
+    }
+
+    /// A leaf that accumulates its gradient (`grad()`), like a parameter.
+    /// Only float tensors can require grad.
+    pub fn requires_grad_(&self) -> Result<Tensor> {
+        if !self.dtype().is_float() {
+            return Err(Error::dtype("requires_grad", "a float dtype", self.dtype()));
+        }
+        Ok(self.with_grad_meta(Some(GradMeta::Leaf(Arc::new(GradSlot::default())))))
+    }
+
+    /// The same data as a leaf accumulating into this tensor's grad slot:
+    /// used by optimizers to replace a parameter's value and keep its grad.
+    pub fn with_same_grad_slot(&self, value: Tensor) -> Tensor {
+        match &self.0.grad {
+            Some(GradMeta::Leaf(slot)) => value.with_grad_meta(Some(GradMeta::Leaf(slot.clone()))),
+            _ => value.detach(),
+        }
+    }
+
+    /// The accumulated gradient of a leaf; None before any backward.
+    pub fn grad(&self) -> Option<Tensor> {
+        match &self.0.grad {
+            Some(GradMeta::Leaf(slot)) => slot.get(),
+            _ => None,
+        }
+    }
+
+    pub fn set_grad(&self, g: Option<Tensor>) {
+        if let Some(GradMeta::Leaf(slot)) = &self.0.grad {
+            slot.set(g);
+        }
+    }
+
+    /// Backpropagates from a one-element tensor (seed 1).
+    pub fn backward(&self) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::Autograd(format!(
+                "backward() needs a one-element tensor (a loss), got shape {:?}; use backward_with",
+                self.dims()
+            )));
+        }
+        autograd::run_backward(self, Tensor::ones(self.dims(), self.dtype()))
+    }
+
+    /// Backpropagates an upstream gradient of this tensor's shape.
+    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        autograd::run_backward(self, grad)
+    }
+
+    // ---- dtype and device ----
+
+    /// Cast to another dtype; the gradient is cast back.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let c = self.contiguous_copy();
+        let out = Tensor::from_parts(Arc::new(c.storage().cast(dtype)), Layout::contiguous(self.dims()));
+        if !dtype.is_float() {
+            return Ok(out);
+        }
+        let src = self.dtype();
+        Ok(autograd::record(out, "cast", &[self], move |g| Ok(vec![Some(g.to_dtype(src)?)])))
+    }
+
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(self.clone()),
+            Device::Cuda(_) => Err(Error::DeviceUnavailable {
+                device,
+                msg: "this build has only the CPU backend".into(),
+            }),
+        }
+    }
+}

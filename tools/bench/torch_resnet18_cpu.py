@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""PyTorch side of the CPU training-step benchmark (run by hand; never in CI).
+
+One training step = forward of a CIFAR-stem torchvision-style ResNet-18
+(BasicBlock [2,2,2,2], widths 64/128/256/512, conv1 3x3 stride 1 pad 1, no
+maxpool, 10 classes) on a float32 batch of 3x32x32 random images, mean
+cross-entropy, backward, and torch.optim.SGD(lr=0.1, momentum=0.9,
+weight_decay=5e-4) step.  Prints exactly one JSON line on stdout:
+
+  {"framework":"pytorch","torch":..,"threads":..,"batch":..,"layout":..,
+   "median_ms":..,"min_ms":..,"img_per_s":..,"iters":..}
+
+img_per_s = batch / median step time.
+
+    /path/to/python tools/bench/torch_resnet18_cpu.py --threads 2 --iters 10
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes=10):
+        super().__init__()
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(widths[0], layers[0], 1)
+        self.layer2 = self._make_layer(widths[1], layers[1], 2)
+        self.layer3 = self._make_layer(widths[2], layers[2], 2)
+        self.layer4 = self._make_layer(widths[3], layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        for _ in range(1, blocks):
+            layers.append(BasicBlock(planes, planes))
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="PyTorch CPU ResNet-18 (CIFAR stem) train-step benchmark")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--layout", choices=["contiguous", "channels_last"], default="contiguous")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    mf = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
+
+    model = CifarResNet().to(memory_format=mf)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=mf)
+    y = torch.randint(0, 10, (args.batch,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.iters):
+        t0 = time.perf_counter()
+        loss = step()
+        loss.item()  # sync point (CPU: no-op, keeps semantics explicit)
+        times.append((time.perf_counter() - t0) * 1e3)
+
+    med = statistics.median(times)
+    print(json.dumps({
+        "framework": "pytorch",
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "batch": args.batch,
+        "layout": args.layout,
+        "median_ms": round(med, 3),
+        "min_ms": round(min(times), 3),
+        "img_per_s": round(args.batch / (med / 1e3), 2),
+        "iters": args.iters,
+    }))
+
+
+if __name__ == "__main__":
+    main()
