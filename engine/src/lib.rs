@@ -7,6 +7,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod layout;
+pub mod nn;
 pub mod ops;
 mod rng;
 mod storage;
