@@ -127,7 +127,11 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
     if seed.dims() != root.dims() {
         return Err(Error::shape(
             "backward",
-            format!("gradient shape {:?} != tensor shape {:?}", seed.dims(), root.dims()),
+            format!(
+                "gradient shape {:?} != tensor shape {:?}",
+                seed.dims(),
+                root.dims()
+            ),
         ));
     }
     let _guard = no_grad();
@@ -146,7 +150,9 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
     let mut grads: HashMap<*const Node, Tensor> = HashMap::new();
     grads.insert(Arc::as_ptr(&root_node), seed);
     for node in order.iter().rev() {
-        let Some(grad) = grads.remove(&Arc::as_ptr(node)) else { continue };
+        let Some(grad) = grads.remove(&Arc::as_ptr(node)) else {
+            continue;
+        };
         let f = node.backward.lock().unwrap().take().ok_or_else(|| {
             Error::Autograd(format!(
                 "backward through `{}` a second time: its saved tensors were freed by the \
@@ -165,7 +171,9 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
             )));
         }
         for ((parent, g), shape) in node.parents.iter().zip(input_grads).zip(&node.input_shapes) {
-            let (Some(parent), Some(g)) = (parent, g) else { continue };
+            let (Some(parent), Some(g)) = (parent, g) else {
+                continue;
+            };
             if g.dims() != shape.as_slice() {
                 return Err(Error::Autograd(format!(
                     "`{}` produced a gradient of shape {:?} for an input of shape {:?}",

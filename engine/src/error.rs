@@ -10,7 +10,11 @@ pub enum Error {
     Shape { op: &'static str, msg: String },
 
     #[error("{op}: expected dtype {expected}, got {got}")]
-    DType { op: &'static str, expected: String, got: DType },
+    DType {
+        op: &'static str,
+        expected: String,
+        got: DType,
+    },
 
     #[error("{op}: {msg}")]
     InvalidArgument { op: &'static str, msg: String },
@@ -22,7 +26,10 @@ pub enum Error {
     Checkpoint { path: String, msg: String },
 
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 
     #[error("autograd: {0}")]
     Autograd(String),
@@ -30,15 +37,28 @@ pub enum Error {
 
 impl Error {
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape { op, msg: msg.into() }
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
     }
     pub fn arg(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::InvalidArgument { op, msg: msg.into() }
+        Error::InvalidArgument {
+            op,
+            msg: msg.into(),
+        }
     }
     pub fn dtype(op: &'static str, expected: impl Into<String>, got: DType) -> Self {
-        Error::DType { op, expected: expected.into(), got }
+        Error::DType {
+            op,
+            expected: expected.into(),
+            got,
+        }
     }
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }

@@ -16,7 +16,13 @@ pub fn check_gradients(
 ) -> Result<()> {
     let leaves: Vec<Tensor> = inputs
         .iter()
-        .map(|t| if t.dtype() == DType::F64 { t.requires_grad_() } else { Ok(t.clone()) })
+        .map(|t| {
+            if t.dtype() == DType::F64 {
+                t.requires_grad_()
+            } else {
+                Ok(t.clone())
+            }
+        })
         .collect::<Result<_>>()?;
     let y = f(&leaves)?;
     let mut rng = Rng::new(0x5eed);

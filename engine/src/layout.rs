@@ -20,7 +20,11 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
 
 impl Layout {
     pub fn contiguous(shape: &[usize]) -> Layout {
-        Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
+        Layout {
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+        }
     }
 
     pub fn numel(&self) -> usize {
@@ -54,7 +58,11 @@ impl Layout {
         let mut idx = vec![0usize; outer.len()];
         loop {
             let base = self.offset
-                + idx.iter().zip(&self.strides).map(|(i, s)| i * s).sum::<usize>();
+                + idx
+                    .iter()
+                    .zip(&self.strides)
+                    .map(|(i, s)| i * s)
+                    .sum::<usize>();
             for j in 0..inner_len {
                 f(base + j * inner_stride);
             }
@@ -77,9 +85,15 @@ impl Layout {
     /// This view's strides as seen from `out_shape` after broadcasting
     /// (broadcast dims get stride 0).
     pub fn broadcast_to(&self, out_shape: &[usize]) -> Result<Layout> {
-        let lead = out_shape.len().checked_sub(self.shape.len()).ok_or_else(|| {
-            Error::shape("broadcast", format!("cannot broadcast {:?} to {:?}", self.shape, out_shape))
-        })?;
+        let lead = out_shape
+            .len()
+            .checked_sub(self.shape.len())
+            .ok_or_else(|| {
+                Error::shape(
+                    "broadcast",
+                    format!("cannot broadcast {:?} to {:?}", self.shape, out_shape),
+                )
+            })?;
         let mut strides = vec![0; out_shape.len()];
         for (i, (&d, &s)) in self.shape.iter().zip(&self.strides).enumerate() {
             let o = out_shape[lead + i];
@@ -92,7 +106,11 @@ impl Layout {
                 ));
             }
         }
-        Ok(Layout { shape: out_shape.to_vec(), strides, offset: self.offset })
+        Ok(Layout {
+            shape: out_shape.to_vec(),
+            strides,
+            offset: self.offset,
+        })
     }
 }
 
@@ -100,14 +118,25 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
-        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
             _ => {
-                return Err(Error::shape(op, format!("shapes {a:?} and {b:?} do not broadcast")))
+                return Err(Error::shape(
+                    op,
+                    format!("shapes {a:?} and {b:?} do not broadcast"),
+                ))
             }
         };
     }

@@ -1,14 +1,17 @@
 //! slmlp engine: tensors, the CPU reference backend, reverse-mode autograd,
 //! nn layers, optimizers, mixed precision and safetensors checkpoints.
 
+pub mod amp;
 pub mod autograd;
-pub mod gradcheck;
+pub mod checkpoint;
 mod device;
 mod dtype;
 mod error;
+pub mod gradcheck;
 pub mod layout;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 mod rng;
 mod storage;
 mod tensor;

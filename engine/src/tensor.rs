@@ -24,7 +24,13 @@ struct Inner {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor[{:?}, {}, {}]", self.dims(), self.dtype(), self.device())
+        write!(
+            f,
+            "Tensor[{:?}, {}, {}]",
+            self.dims(),
+            self.dtype(),
+            self.device()
+        )
     }
 }
 
@@ -44,10 +50,16 @@ impl Tensor {
         if storage.len() != n {
             return Err(Error::shape(
                 "from_storage",
-                format!("{} elements cannot have shape {shape:?} ({n} elements)", storage.len()),
+                format!(
+                    "{} elements cannot have shape {shape:?} ({n} elements)",
+                    storage.len()
+                ),
             ));
         }
-        Ok(Tensor::from_parts(Arc::new(storage), Layout::contiguous(shape)))
+        Ok(Tensor::from_parts(
+            Arc::new(storage),
+            Layout::contiguous(shape),
+        ))
     }
 
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
@@ -73,7 +85,10 @@ impl Tensor {
 
     pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
         let n = shape.iter().product();
-        Tensor::from_parts(Arc::new(Storage::zeros(dtype, n)), Layout::contiguous(shape))
+        Tensor::from_parts(
+            Arc::new(Storage::zeros(dtype, n)),
+            Layout::contiguous(shape),
+        )
     }
 
     pub fn full(shape: &[usize], value: f64, dtype: DType) -> Tensor {
@@ -122,7 +137,10 @@ impl Tensor {
     /// Size of dim `d`, with a clear error when out of range.
     pub fn dim(&self, d: usize) -> Result<usize> {
         self.dims().get(d).copied().ok_or_else(|| {
-            Error::shape("dim", format!("dim {d} out of range for shape {:?}", self.dims()))
+            Error::shape(
+                "dim",
+                format!("dim {d} out of range for shape {:?}", self.dims()),
+            )
         })
     }
     pub fn numel(&self) -> usize {
@@ -191,13 +209,17 @@ impl Tensor {
     /// The value of a one-element tensor.
     pub fn item(&self) -> Result<f64> {
         if self.numel() != 1 {
-            return Err(Error::shape("item", format!("tensor of shape {:?} is not one element", self.dims())));
+            return Err(Error::shape(
+                "item",
+                format!("tensor of shape {:?} is not one element", self.dims()),
+            ));
         }
         Ok(self.to_vec_f64()[0])
     }
 
     fn contiguous_copy(&self) -> Tensor {
-        if self.is_contiguous() && self.0.layout.offset == 0 && self.0.storage.len() == self.numel() {
+        if self.is_contiguous() && self.0.layout.offset == 0 && self.0.storage.len() == self.numel()
+        {
             return self.detach();
         }
         let s = crate::with_storage!(self.0.storage.as_ref(), v => {
@@ -213,7 +235,9 @@ impl Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
-        autograd::record(self.contiguous_copy(), "contiguous", &[self], |g| Ok(vec![Some(g.clone())]))
+        autograd::record(self.contiguous_copy(), "contiguous", &[self], |g| {
+            Ok(vec![Some(g.clone())])
+        })
     }
 
     // ---- autograd ----
@@ -308,12 +332,17 @@ impl Tensor {
             return Ok(self.clone());
         }
         let c = self.contiguous_copy();
-        let out = Tensor::from_parts(Arc::new(c.storage().cast(dtype)), Layout::contiguous(self.dims()));
+        let out = Tensor::from_parts(
+            Arc::new(c.storage().cast(dtype)),
+            Layout::contiguous(self.dims()),
+        );
         if !dtype.is_float() {
             return Ok(out);
         }
         let src = self.dtype();
-        Ok(autograd::record(out, "cast", &[self], move |g| Ok(vec![Some(g.to_dtype(src)?)])))
+        Ok(autograd::record(out, "cast", &[self], move |g| {
+            Ok(vec![Some(g.to_dtype(src)?)])
+        }))
     }
 
     pub fn to_device(&self, device: Device) -> Result<Tensor> {

@@ -2,3 +2,16 @@
 
 mod param;
 pub use param::{join, Buffer, Param};
+
+mod batchnorm;
+mod conv;
+pub mod init;
+mod linear;
+mod module;
+mod sequential;
+
+pub use batchnorm::BatchNorm;
+pub use conv::Conv2d;
+pub use linear::Linear;
+pub use module::{Flatten, Module, Relu};
+pub use sequential::Sequential;

@@ -80,7 +80,9 @@ pub struct Buffer {
 
 impl Buffer {
     pub fn new(name: impl Into<String>, value: Tensor) -> Buffer {
-        Buffer { inner: Arc::new((name.into(), RwLock::new(value.detach()))) }
+        Buffer {
+            inner: Arc::new((name.into(), RwLock::new(value.detach()))),
+        }
     }
     pub fn name(&self) -> &str {
         &self.inner.0
@@ -93,7 +95,14 @@ impl Buffer {
         if value.dims() != v.dims() || value.dtype() != v.dtype() {
             return Err(crate::Error::shape(
                 "Buffer::set",
-                format!("{}: new value {:?} {} does not match {:?} {}", self.inner.0, value.dims(), value.dtype(), v.dims(), v.dtype()),
+                format!(
+                    "{}: new value {:?} {} does not match {:?} {}",
+                    self.inner.0,
+                    value.dims(),
+                    value.dtype(),
+                    v.dims(),
+                    v.dtype()
+                ),
             ));
         }
         *v = value.detach();

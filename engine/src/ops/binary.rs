@@ -112,7 +112,9 @@ fn binary(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             ),
             (BinOp::Div, Some((a, b))) => (
                 need_a.then(|| g.div(&b)).transpose()?,
-                need_b.then(|| g.mul(&a)?.div(&b.mul(&b)?)?.neg()).transpose()?,
+                need_b
+                    .then(|| g.mul(&a)?.div(&b.mul(&b)?)?.neg())
+                    .transpose()?,
             ),
             _ => unreachable!("mul/div always save their operands"),
         };

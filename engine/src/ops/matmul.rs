@@ -30,7 +30,11 @@ pub fn gemm<T: Float>(dst: &mut [T], a: MatRef<T>, b: MatRef<T>, accumulate: boo
         }
         return;
     }
-    let par = if threads == 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
+    let par = if threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    };
     // Safety: the asserts above and the strides of MatRef (built from valid
     // views) keep every access inside the three slices.
     unsafe {
@@ -127,12 +131,22 @@ impl Tensor {
         super::same_dtype("matmul", &[self, rhs])?;
         let (ra, rb) = (self.rank(), rhs.rank());
         if ra < 2 || rb < 2 {
-            return Err(Error::shape("matmul", format!("operands need >= 2 dims, got {:?} and {:?}", self.dims(), rhs.dims())));
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "operands need >= 2 dims, got {:?} and {:?}",
+                    self.dims(),
+                    rhs.dims()
+                ),
+            ));
         }
         let (m, k) = (self.dims()[ra - 2], self.dims()[ra - 1]);
         let (k2, n) = (rhs.dims()[rb - 2], rhs.dims()[rb - 1]);
         if k != k2 {
-            return Err(Error::shape("matmul", format!("inner dims differ: {:?} @ {:?}", self.dims(), rhs.dims())));
+            return Err(Error::shape(
+                "matmul",
+                format!("inner dims differ: {:?} @ {:?}", self.dims(), rhs.dims()),
+            ));
         }
         let batch_a: Vec<usize> = self.dims()[..ra - 2].to_vec();
         // [.., m, k] @ [k, n]: fold the batch into m (one big GEMM).
@@ -143,7 +157,10 @@ impl Tensor {
             return flat.matmul(rhs)?.reshape(&shape);
         }
         if self.dims()[..ra - 2] != rhs.dims()[..rb - 2] {
-            return Err(Error::shape("matmul", format!("batch dims differ: {:?} @ {:?}", self.dims(), rhs.dims())));
+            return Err(Error::shape(
+                "matmul",
+                format!("batch dims differ: {:?} @ {:?}", self.dims(), rhs.dims()),
+            ));
         }
         let batch: usize = batch_a.iter().product();
         let (a3, b3) = if ra > 3 {

@@ -35,7 +35,13 @@ macro_rules! dispatch_float {
                 type $T = f32;
                 $body
             }
-            d => return Err($crate::Error::dtype($op, "a float dtype (f64, f32, f16, bf16)", d)),
+            d => {
+                return Err($crate::Error::dtype(
+                    $op,
+                    "a float dtype (f64, f32, f16, bf16)",
+                    d,
+                ))
+            }
         }
     };
 }
@@ -47,7 +53,11 @@ pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     let d = ts[0].dtype();
     for t in &ts[1..] {
         if t.dtype() != d {
-            return Err(Error::dtype(op, format!("{d} (like the first operand)"), t.dtype()));
+            return Err(Error::dtype(
+                op,
+                format!("{d} (like the first operand)"),
+                t.dtype(),
+            ));
         }
     }
     Ok(())
@@ -56,7 +66,10 @@ pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {
 /// The tensor must have exactly `rank` dims.
 pub(crate) fn expect_rank(op: &'static str, what: &str, t: &Tensor, rank: usize) -> Result<()> {
     if t.rank() != rank {
-        return Err(Error::shape(op, format!("{what} must have {rank} dims, got shape {:?}", t.dims())));
+        return Err(Error::shape(
+            op,
+            format!("{what} must have {rank} dims, got shape {:?}", t.dims()),
+        ));
     }
     Ok(())
 }
@@ -69,6 +82,8 @@ pub(crate) fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + S
     if out.len() <= GRAIN {
         f(0, out);
     } else {
-        out.par_chunks_mut(GRAIN).enumerate().for_each(|(i, c)| f(i * GRAIN, c));
+        out.par_chunks_mut(GRAIN)
+            .enumerate()
+            .for_each(|(i, c)| f(i * GRAIN, c));
     }
 }

@@ -10,7 +10,10 @@ fn check_dims(op: &'static str, x: &Tensor, dims: &[usize]) -> Result<Vec<usize>
     d.sort_unstable();
     d.dedup();
     if let Some(&bad) = d.iter().find(|&&i| i >= x.rank()) {
-        return Err(Error::shape(op, format!("dim {bad} out of range for shape {:?}", x.dims())));
+        return Err(Error::shape(
+            op,
+            format!("dim {bad} out of range for shape {:?}", x.dims()),
+        ));
     }
     Ok(d)
 }
@@ -19,9 +22,14 @@ fn sum_kernel<T: Float>(x: &Tensor, keep_shape: &[usize]) -> Result<Vec<T>> {
     let xd = x.float_data::<T>()?;
     let n_out: usize = keep_shape.iter().product();
     if n_out == 1 {
-        // pairwise-ish: per-chunk partial sums keep f32 error small on big tensors
-        let s: T = xd.par_chunks(1 << 14).map(|c| c.iter().copied().sum::<T>()).sum();
-        return Ok(vec![s]);
+        // Per-chunk partial sums keep f32 error small on big tensors; they are
+        // combined in index order so the result never depends on scheduling
+        // (runs must be bit-reproducible).
+        let partials: Vec<T> = xd
+            .par_chunks(1 << 14)
+            .map(|c| c.iter().copied().sum::<T>())
+            .collect();
+        return Ok(vec![partials.into_iter().sum()]);
     }
     let mut out = vec![T::zero(); n_out];
     let out_layout = Layout::contiguous(keep_shape).broadcast_to(x.dims())?;
@@ -43,14 +51,19 @@ impl Tensor {
         let out_shape: Vec<usize> = if keepdim {
             keep_shape.clone()
         } else {
-            (0..self.rank()).filter(|i| !dims.contains(i)).map(|i| self.dims()[i]).collect()
+            (0..self.rank())
+                .filter(|i| !dims.contains(i))
+                .map(|i| self.dims()[i])
+                .collect()
         };
         let out = dispatch_float!("sum", self.dtype(), T => {
             Tensor::from_compute(sum_kernel::<T>(self, &keep_shape)?, &out_shape, self.dtype())
         });
         let in_shape = self.dims().to_vec();
         Ok(record(out, "sum", &[self], move |g| {
-            Ok(vec![Some(g.reshape(&keep_shape)?.expand(&in_shape)?.contiguous())])
+            Ok(vec![Some(
+                g.reshape(&keep_shape)?.expand(&in_shape)?.contiguous(),
+            )])
         }))
     }
 
@@ -63,7 +76,8 @@ impl Tensor {
     pub fn mean_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
         let dims = check_dims("mean", self, dims)?;
         let count: usize = dims.iter().map(|&d| self.dims()[d]).product();
-        self.sum_dims(&dims, keepdim)?.scale(1.0 / count.max(1) as f64)
+        self.sum_dims(&dims, keepdim)?
+            .scale(1.0 / count.max(1) as f64)
     }
 
     pub fn mean_all(&self) -> Result<Tensor> {
@@ -78,7 +92,10 @@ impl Tensor {
             return Ok(self.clone());
         }
         let lead = self.rank().checked_sub(shape.len()).ok_or_else(|| {
-            Error::shape("sum_to", format!("cannot reduce {:?} to {:?}", self.dims(), shape))
+            Error::shape(
+                "sum_to",
+                format!("cannot reduce {:?} to {:?}", self.dims(), shape),
+            )
         })?;
         let mut dims: Vec<usize> = (0..lead).collect();
         for (i, &s) in shape.iter().enumerate() {
@@ -86,7 +103,10 @@ impl Tensor {
             if s == 1 && d != 1 {
                 dims.push(lead + i);
             } else if s != d {
-                return Err(Error::shape("sum_to", format!("cannot reduce {:?} to {:?}", self.dims(), shape)));
+                return Err(Error::shape(
+                    "sum_to",
+                    format!("cannot reduce {:?} to {:?}", self.dims(), shape),
+                ));
             }
         }
         self.sum_dims(&dims, true)?.reshape(shape)

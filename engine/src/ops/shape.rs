@@ -9,12 +9,30 @@ use half::{bf16, f16};
 macro_rules! dispatch_any {
     ($dtype:expr, $T:ident => $body:expr) => {
         match $dtype {
-            $crate::DType::F64 => { type $T = f64; $body }
-            $crate::DType::F32 => { type $T = f32; $body }
-            $crate::DType::F16 => { type $T = f16; $body }
-            $crate::DType::BF16 => { type $T = bf16; $body }
-            $crate::DType::I64 => { type $T = i64; $body }
-            $crate::DType::U8 => { type $T = u8; $body }
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F16 => {
+                type $T = f16;
+                $body
+            }
+            $crate::DType::BF16 => {
+                type $T = bf16;
+                $body
+            }
+            $crate::DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            $crate::DType::U8 => {
+                type $T = u8;
+                $body
+            }
         }
     };
 }
@@ -48,7 +66,11 @@ impl Tensor {
         if n != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot reshape {:?} ({} elements) to {shape:?} ({n} elements)", self.dims(), self.numel()),
+                format!(
+                    "cannot reshape {:?} ({} elements) to {shape:?} ({n} elements)",
+                    self.dims(),
+                    self.numel()
+                ),
             ));
         }
         if self.dims() == shape {
@@ -58,13 +80,18 @@ impl Tensor {
         let mut layout = Layout::contiguous(shape);
         layout.offset = src.layout().offset;
         let in_shape = self.dims().to_vec();
-        Ok(record(src.view(layout), "reshape", &[&src], move |g| Ok(vec![Some(g.reshape(&in_shape)?)])))
+        Ok(record(src.view(layout), "reshape", &[&src], move |g| {
+            Ok(vec![Some(g.reshape(&in_shape)?)])
+        }))
     }
 
     /// Merges dims `start..` into one: [N, C, H, W].flatten(1) = [N, C*H*W].
     pub fn flatten(&self, start: usize) -> Result<Tensor> {
         if start > self.rank() {
-            return Err(Error::shape("flatten", format!("start dim {start} > rank of {:?}", self.dims())));
+            return Err(Error::shape(
+                "flatten",
+                format!("start dim {start} > rank of {:?}", self.dims()),
+            ));
         }
         let mut shape = self.dims()[..start].to_vec();
         shape.push(self.dims()[start..].iter().product());
@@ -73,7 +100,10 @@ impl Tensor {
 
     pub fn unsqueeze(&self, dim: usize) -> Result<Tensor> {
         if dim > self.rank() {
-            return Err(Error::shape("unsqueeze", format!("dim {dim} out of range for {:?}", self.dims())));
+            return Err(Error::shape(
+                "unsqueeze",
+                format!("dim {dim} out of range for {:?}", self.dims()),
+            ));
         }
         let mut shape = self.dims().to_vec();
         shape.insert(dim, 1);
@@ -83,8 +113,18 @@ impl Tensor {
     /// Reorders dims: `out.dims()[i] = self.dims()[perm[i]]` (a view).
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let mut seen = vec![false; self.rank()];
-        if perm.len() != self.rank() || perm.iter().any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true)) {
-            return Err(Error::shape("permute", format!("{perm:?} is not a permutation of the dims of {:?}", self.dims())));
+        if perm.len() != self.rank()
+            || perm
+                .iter()
+                .any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true))
+        {
+            return Err(Error::shape(
+                "permute",
+                format!(
+                    "{perm:?} is not a permutation of the dims of {:?}",
+                    self.dims()
+                ),
+            ));
         }
         let l = self.layout();
         let layout = Layout {
@@ -96,13 +136,18 @@ impl Tensor {
         for (i, &p) in perm.iter().enumerate() {
             inverse[p] = i;
         }
-        Ok(record(self.view(layout), "permute", &[self], move |g| Ok(vec![Some(g.permute(&inverse)?)])))
+        Ok(record(self.view(layout), "permute", &[self], move |g| {
+            Ok(vec![Some(g.permute(&inverse)?)])
+        }))
     }
 
     pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
         let mut perm: Vec<usize> = (0..self.rank()).collect();
         if a >= perm.len() || b >= perm.len() {
-            return Err(Error::shape("transpose", format!("dims ({a}, {b}) out of range for {:?}", self.dims())));
+            return Err(Error::shape(
+                "transpose",
+                format!("dims ({a}, {b}) out of range for {:?}", self.dims()),
+            ));
         }
         perm.swap(a, b);
         self.permute(&perm)
@@ -112,13 +157,22 @@ impl Tensor {
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         let size = self.dim(dim)?;
         if start + len > size {
-            return Err(Error::shape("narrow", format!("range {start}..{} exceeds size {size} of dim {dim} in {:?}", start + len, self.dims())));
+            return Err(Error::shape(
+                "narrow",
+                format!(
+                    "range {start}..{} exceeds size {size} of dim {dim} in {:?}",
+                    start + len,
+                    self.dims()
+                ),
+            ));
         }
         let mut layout = self.layout().clone();
         layout.offset += start * layout.strides[dim];
         layout.shape[dim] = len;
         let in_shape = self.dims().to_vec();
-        Ok(record(self.view(layout), "narrow", &[self], move |g| Ok(vec![Some(embed(g, &in_shape, dim, start)?)])))
+        Ok(record(self.view(layout), "narrow", &[self], move |g| {
+            Ok(vec![Some(embed(g, &in_shape, dim, start)?)])
+        }))
     }
 
     /// Broadcasts size-1 (or missing leading) dims to `shape` (a view with
@@ -126,20 +180,34 @@ impl Tensor {
     pub fn expand(&self, shape: &[usize]) -> Result<Tensor> {
         let layout = self.layout().broadcast_to(shape)?;
         let in_shape = self.dims().to_vec();
-        Ok(record(self.view(layout), "expand", &[self], move |g| Ok(vec![Some(g.sum_to(&in_shape)?)])))
+        Ok(record(self.view(layout), "expand", &[self], move |g| {
+            Ok(vec![Some(g.sum_to(&in_shape)?)])
+        }))
     }
 
     /// Concatenates along `dim`; all tensors share dtype and the other dims.
     pub fn cat(tensors: &[Tensor], dim: usize) -> Result<Tensor> {
-        let first = tensors.first().ok_or_else(|| Error::arg("cat", "needs at least one tensor"))?;
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::arg("cat", "needs at least one tensor"))?;
         if dim >= first.rank() {
-            return Err(Error::shape("cat", format!("dim {dim} out of range for {:?}", first.dims())));
+            return Err(Error::shape(
+                "cat",
+                format!("dim {dim} out of range for {:?}", first.dims()),
+            ));
         }
         for t in tensors {
             let same_other = t.rank() == first.rank()
                 && (0..t.rank()).all(|i| i == dim || t.dims()[i] == first.dims()[i]);
             if !same_other {
-                return Err(Error::shape("cat", format!("shapes {:?} and {:?} differ outside dim {dim}", first.dims(), t.dims())));
+                return Err(Error::shape(
+                    "cat",
+                    format!(
+                        "shapes {:?} and {:?} differ outside dim {dim}",
+                        first.dims(),
+                        t.dims()
+                    ),
+                ));
             }
             if t.dtype() != first.dtype() {
                 return Err(Error::dtype("cat", first.dtype().name(), t.dtype()));
@@ -174,7 +242,10 @@ impl Tensor {
 
     /// Stacks same-shape tensors along a new dim.
     pub fn stack(tensors: &[Tensor], dim: usize) -> Result<Tensor> {
-        let expanded = tensors.iter().map(|t| t.unsqueeze(dim)).collect::<Result<Vec<_>>>()?;
+        let expanded = tensors
+            .iter()
+            .map(|t| t.unsqueeze(dim))
+            .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&expanded, dim)
     }
 }

@@ -1,9 +1,9 @@
 //! Elementwise unary ops and ops with a scalar operand.
 
 use super::par_chunks;
-use num_traits::Zero;
 use crate::autograd::record;
 use crate::{dispatch_float, Float, Result, Tensor};
+use num_traits::Zero;
 
 #[derive(Clone, Copy)]
 enum UnOp {

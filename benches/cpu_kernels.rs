@@ -1,0 +1,357 @@
+//! The CPU reference backend's hot kernels against the machine's ceiling:
+//! first the measured f32 FMA peak on all cores, then GEMM and conv2d
+//! (forward, backward-data, backward-weight) at the ResNet-18 CIFAR shapes
+//! (batch 64), each printed as GFLOP/s and % of that peak, and finally the
+//! conv time of one whole ResNet-18 CIFAR training step.
+//!
+//! FLOPs count 2 per multiply-add. `cargo bench -p slmlp-benches --bench cpu_kernels`
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use engine::ops::{gemm, Conv2dParams, MatRef};
+use engine::{DType, Rng, Tensor};
+use std::hint::black_box;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 64;
+
+// ---- the ceiling ----
+
+/// Independent FMA chains, enough to cover latency x ports: the loop is
+/// bound by FMA throughput only.
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use std::arch::x86_64::*;
+
+    /// FLOPs per loop iteration of each kernel.
+    pub const AVX512_FLOPS: f64 = (16 * 16 * 2) as f64;
+    pub const AVX2_FLOPS: f64 = (12 * 8 * 2) as f64;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512(iters: u64) -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); 16];
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm512_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut out = [0.0f32; 16];
+        let s = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, r| _mm512_add_ps(s, *r));
+        _mm512_storeu_ps(out.as_mut_ptr(), s);
+        out.iter().sum()
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(iters: u64) -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm256_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut out = [0.0f32; 8];
+        let s = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, r| _mm256_add_ps(s, *r));
+        _mm256_storeu_ps(out.as_mut_ptr(), s);
+        out.iter().sum()
+    }
+}
+
+/// One thread's FMA throughput loop: (FLOPs done, ISA name).
+fn fma_loop(iters: u64) -> (f64, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // Safety: the CPU has the feature (checked above).
+            black_box(unsafe { fma::avx512(black_box(iters)) });
+            return (iters as f64 * fma::AVX512_FLOPS, "avx512f");
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            black_box(unsafe { fma::avx2(black_box(iters)) });
+            return (iters as f64 * fma::AVX2_FLOPS, "avx2+fma");
+        }
+    }
+    let mut acc = [[1.0f32; 8]; 8];
+    for _ in 0..black_box(iters) {
+        for r in acc.iter_mut() {
+            for v in r.iter_mut() {
+                *v = v.mul_add(0.999_999, 1e-7);
+            }
+        }
+    }
+    black_box(acc);
+    (iters as f64 * 128.0, "scalar")
+}
+
+/// f32 GFLOP/s of the FMA loop on every rayon thread at once (best of 3).
+fn peak() -> f64 {
+    static PEAK: OnceLock<f64> = OnceLock::new();
+    *PEAK.get_or_init(|| {
+        let iters = 20_000_000;
+        let mut best = 0.0f64;
+        let mut isa = "";
+        for _ in 0..3 {
+            let t = Instant::now();
+            let per_thread = rayon::broadcast(|_| fma_loop(iters));
+            let secs = t.elapsed().as_secs_f64();
+            isa = per_thread[0].1;
+            best = best.max(per_thread.iter().map(|p| p.0).sum::<f64>() / secs / 1e9);
+        }
+        println!(
+            "f32 FMA peak ({isa}, {} threads): {best:.1} GFLOP/s",
+            rayon::current_num_threads()
+        );
+        best
+    })
+}
+
+fn report(name: &str, flops: f64, secs: f64) {
+    let g = flops / secs / 1e9;
+    println!(
+        "{name:<44} {:>9.3} ms {g:>7.1} GFLOP/s {:>5.1}% of peak",
+        secs * 1e3,
+        100.0 * g / peak()
+    );
+}
+
+/// Median seconds of `routine` over `reps` runs after one warm-up; `setup`
+/// (untimed) makes each run's input.
+fn time<S, R>(reps: usize, mut setup: impl FnMut() -> S, mut routine: impl FnMut(S) -> R) -> f64 {
+    black_box(routine(setup()));
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = setup();
+            let start = Instant::now();
+            black_box(routine(s));
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[reps / 2]
+}
+
+fn configure<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1500));
+    g
+}
+
+// ---- GEMM ----
+
+fn bench_gemm(c: &mut Criterion) {
+    peak();
+    let mut g = configure(c, "gemm_f32");
+    let mut rng = Rng::new(1);
+    for (m, k, n) in [(512, 512, 512), (1024, 1024, 1024), (128, 1152, 4096)] {
+        let a = Tensor::randn(&[m * k], 0.0, 1.0, DType::F32, &mut rng)
+            .to_vec::<f32>()
+            .unwrap();
+        let b = Tensor::randn(&[k * n], 0.0, 1.0, DType::F32, &mut rng)
+            .to_vec::<f32>()
+            .unwrap();
+        let mut dst = vec![0.0f32; m * n];
+        let run = |dst: &mut [f32]| {
+            let am = MatRef {
+                data: &a,
+                rows: m,
+                cols: k,
+                row_stride: k,
+                col_stride: 1,
+            };
+            let bm = MatRef {
+                data: &b,
+                rows: k,
+                cols: n,
+                row_stride: n,
+                col_stride: 1,
+            };
+            gemm(dst, am, bm, false, 0);
+        };
+        let flops = 2.0 * (m * k * n) as f64;
+        report(
+            &format!("gemm {m}x{k}x{n}"),
+            flops,
+            time(7, || (), |_| run(&mut dst)),
+        );
+        g.throughput(Throughput::Elements(flops as u64));
+        g.bench_function(format!("{m}x{k}x{n}"), |bch| bch.iter(|| run(&mut dst)));
+    }
+    g.finish();
+}
+
+// ---- conv2d ----
+
+#[derive(Clone, Copy)]
+struct ConvShape {
+    cin: usize,
+    cout: usize,
+    hw: usize,
+    k: usize,
+    stride: usize,
+}
+
+impl ConvShape {
+    fn params(&self) -> Conv2dParams {
+        Conv2dParams {
+            stride: [self.stride; 2],
+            padding: [self.k / 2; 2],
+            ..Default::default()
+        }
+    }
+    fn out_hw(&self) -> usize {
+        (self.hw + 2 * (self.k / 2) - self.k) / self.stride + 1
+    }
+    /// FLOPs of the forward, and of each of the two backward products.
+    fn flops(&self) -> f64 {
+        2.0 * (BATCH * self.cout * self.out_hw().pow(2) * self.cin * self.k * self.k) as f64
+    }
+    fn name(&self) -> String {
+        format!(
+            "[{BATCH},{},{},{}] {}x{} s{} ->{}",
+            self.cin, self.hw, self.hw, self.k, self.k, self.stride, self.cout
+        )
+    }
+    fn tensors(&self) -> (Tensor, Tensor, Tensor) {
+        let mut rng = Rng::new(7);
+        let x = Tensor::randn(
+            &[BATCH, self.cin, self.hw, self.hw],
+            0.0,
+            1.0,
+            DType::F32,
+            &mut rng,
+        );
+        let std = (2.0 / (self.cin * self.k * self.k) as f64).sqrt();
+        let w = Tensor::randn(
+            &[self.cout, self.cin, self.k, self.k],
+            0.0,
+            std,
+            DType::F32,
+            &mut rng,
+        );
+        let o = self.out_hw();
+        let gy = Tensor::randn(&[BATCH, self.cout, o, o], 0.0, 1.0, DType::F32, &mut rng);
+        (x, w, gy)
+    }
+}
+
+/// The graph for one backward: the forward runs untimed; which of x and
+/// w require grad decides which gradients the backward computes.
+fn conv_graph(x: &Tensor, w: &Tensor, s: ConvShape, grad_x: bool, grad_w: bool) -> Tensor {
+    let leaf = |t: &Tensor, on: bool| {
+        if on {
+            t.requires_grad_().unwrap()
+        } else {
+            t.clone()
+        }
+    };
+    leaf(x, grad_x)
+        .conv2d(&leaf(w, grad_w), None, s.params())
+        .unwrap()
+}
+
+fn bench_conv(c: &mut Criterion) {
+    peak();
+    let shapes = [64, 128, 256, 512].map(|ch| ConvShape {
+        cin: ch,
+        cout: ch,
+        hw: 2048 / ch,
+        k: 3,
+        stride: 1,
+    });
+    let mut g = configure(c, "conv2d_f32_b64");
+    for s in shapes {
+        let (x, w, gy) = s.tensors();
+        let p = s.params();
+        g.throughput(Throughput::Elements(s.flops() as u64));
+        report(
+            &format!("conv fwd {}", s.name()),
+            s.flops(),
+            time(5, || (), |_| x.conv2d(&w, None, p).unwrap()),
+        );
+        g.bench_function(format!("fwd {}", s.name()), |b| {
+            b.iter(|| x.conv2d(&w, None, p).unwrap())
+        });
+        for (what, gx, gw) in [("bwd-data", true, false), ("bwd-weight", false, true)] {
+            let setup = || conv_graph(&x, &w, s, gx, gw);
+            let run = |y: Tensor| y.backward_with(gy.clone()).unwrap();
+            report(
+                &format!("conv {what} {}", s.name()),
+                s.flops(),
+                time(5, setup, run),
+            );
+            g.bench_function(format!("{what} {}", s.name()), |b| {
+                b.iter_batched(setup, run, BatchSize::PerIteration)
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Every conv of a CIFAR-stem ResNet-18 (count, shape): the conv share of
+/// one training step (the stem needs no grad of its input).
+fn resnet18_convs(_c: &mut Criterion) {
+    let cs = |cin, cout, hw, k, stride| ConvShape {
+        cin,
+        cout,
+        hw,
+        k,
+        stride,
+    };
+    let layers = [
+        (1, cs(3, 64, 32, 3, 1)),
+        (4, cs(64, 64, 32, 3, 1)),
+        (1, cs(64, 128, 32, 3, 2)),
+        (3, cs(128, 128, 16, 3, 1)),
+        (1, cs(64, 128, 32, 1, 2)),
+        (1, cs(128, 256, 16, 3, 2)),
+        (3, cs(256, 256, 8, 3, 1)),
+        (1, cs(128, 256, 16, 1, 2)),
+        (1, cs(256, 512, 8, 3, 2)),
+        (3, cs(512, 512, 4, 3, 1)),
+        (1, cs(256, 512, 8, 1, 2)),
+    ];
+    let (mut fwd, mut bwd, mut flops) = (0.0, 0.0, 0.0);
+    for (i, &(count, s)) in layers.iter().enumerate() {
+        let (x, w, gy) = s.tensors();
+        let grad_x = i > 0;
+        let f = time(3, || (), |_| x.conv2d(&w, None, s.params()).unwrap());
+        let b = time(
+            3,
+            || conv_graph(&x, &w, s, grad_x, true),
+            |y| y.backward_with(gy.clone()).unwrap(),
+        );
+        let n = count as f64;
+        let layer_flops = s.flops() * if grad_x { 3.0 } else { 2.0 };
+        report(
+            &format!("resnet18 {count}x {} fwd+bwd", s.name()),
+            layer_flops,
+            f + b,
+        );
+        fwd += n * f;
+        bwd += n * b;
+        flops += n * layer_flops;
+    }
+    report(
+        "resnet18-cifar b64: all convs of a train step",
+        flops,
+        fwd + bwd,
+    );
+    println!(
+        "  of which forward {:.1} ms, backward {:.1} ms",
+        fwd * 1e3,
+        bwd * 1e3
+    );
+}
+
+criterion_group!(benches, bench_gemm, bench_conv, resnet18_convs);
+criterion_main!(benches);

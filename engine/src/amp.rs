@@ -1,0 +1,164 @@
+//! Mixed precision: which dtype a run computes in, and dynamic loss scaling.
+//!
+//! Parameters stay f32 ("master weights"); layers cast them to the compute
+//! dtype on each forward and the cast's backward hands the master an f32
+//! gradient. bf16 has f32's exponent range and needs nothing more. f16
+//! gradients underflow, so the loss is multiplied by a large scale before
+//! backward and the gradients divided by it before the step; a step whose
+//! gradients overflowed is skipped and the scale lowered (PyTorch's
+//! `torch.amp.GradScaler` semantics).
+
+use crate::nn::Param;
+use crate::optim::Optimizer;
+use crate::{dispatch_float, no_grad, DType, Error, Float, Result, Tensor};
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    /// The dtype activations and weight copies are computed in.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+    /// Only f16 has too narrow an exponent for raw gradients.
+    pub fn needs_loss_scaling(self) -> bool {
+        self == Precision::F16
+    }
+    /// A fresh scaler when this precision needs one.
+    pub fn scaler(self) -> Option<LossScaler> {
+        self.needs_loss_scaling().then(LossScaler::default)
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "f16" | "fp16" | "float16" => Ok(Precision::F16),
+            _ => Err(Error::arg(
+                "precision",
+                format!("unknown precision {s:?}; expected f32, bf16 or f16"),
+            )),
+        }
+    }
+}
+
+/// Dynamic loss scale. Defaults are GradScaler's: scale 2^16, x2 after 2000
+/// consecutive finite steps, x0.5 on an overflow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossScaler {
+    pub scale: f64,
+    pub growth_factor: f64,
+    pub backoff_factor: f64,
+    pub growth_interval: usize,
+    /// Consecutive steps with finite gradients since the last scale change
+    /// (GradScaler's growth tracker); save it with `scale` to resume exactly.
+    pub clean_steps: usize,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler::new(65536.0)
+    }
+}
+
+impl LossScaler {
+    pub fn new(init_scale: f64) -> LossScaler {
+        LossScaler {
+            scale: init_scale,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+            clean_steps: 0,
+        }
+    }
+
+    /// `loss * scale`, in f32 when the loss is f16/bf16 (a scaled f16 loss
+    /// would overflow at the default scale). Call `backward()` on this.
+    pub fn scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        let loss = match loss.dtype() {
+            DType::F16 | DType::BF16 => loss.to_dtype(DType::F32)?,
+            _ => loss.clone(),
+        };
+        loss.scale(self.scale)
+    }
+
+    /// Divides every gradient by the scale in place; returns true when all
+    /// of them are finite (false: skip this step). Gradients are unscaled
+    /// even when one overflowed, as GradScaler does.
+    pub fn unscale_and_check(&mut self, params: &[Param]) -> Result<bool> {
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(Error::arg(
+                "LossScaler",
+                format!("scale must be finite and > 0, got {}", self.scale),
+            ));
+        }
+        let _ng = no_grad();
+        let inv = 1.0 / self.scale;
+        let mut finite = true;
+        for p in params {
+            let Some(g) = p.grad() else { continue };
+            let (unscaled, ok) =
+                dispatch_float!("LossScaler::unscale", g.dtype(), T => unscale::<T>(&g, inv)?);
+            finite &= ok;
+            p.set_grad(Some(unscaled));
+        }
+        Ok(finite)
+    }
+
+    /// Adjusts the scale after a step: back off on overflow, grow after
+    /// `growth_interval` clean steps in a row (never to infinity).
+    pub fn update(&mut self, found_inf: bool) {
+        if found_inf {
+            self.scale *= self.backoff_factor;
+            self.clean_steps = 0;
+            return;
+        }
+        self.clean_steps += 1;
+        if self.clean_steps >= self.growth_interval {
+            let grown = self.scale * self.growth_factor;
+            if grown.is_finite() {
+                self.scale = grown;
+            }
+            self.clean_steps = 0;
+        }
+    }
+}
+
+fn unscale<T: Float>(g: &Tensor, inv: f64) -> Result<(Tensor, bool)> {
+    let inv = T::from_f64(inv);
+    let v: Vec<T> = g.float_data::<T>()?.iter().map(|&x| x * inv).collect();
+    let finite = v.iter().all(|x| x.is_finite());
+    Ok((Tensor::from_compute(v, g.dims(), g.dtype()), finite))
+}
+
+/// One optimizer step with optional loss scaling: unscales the gradients,
+/// steps only when they are all finite and updates the scale. Returns
+/// whether the optimizer stepped. The caller still zeroes the gradients.
+pub fn amp_step(
+    opt: &mut dyn Optimizer,
+    scaler: Option<&mut LossScaler>,
+    params: &[Param],
+) -> Result<bool> {
+    let Some(scaler) = scaler else {
+        opt.step(params)?;
+        return Ok(true);
+    };
+    let finite = scaler.unscale_and_check(params)?;
+    if finite {
+        opt.step(params)?;
+    }
+    scaler.update(!finite);
+    Ok(finite)
+}

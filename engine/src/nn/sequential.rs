@@ -1,0 +1,45 @@
+//! A chain of modules applied in order.
+
+use crate::nn::{Buffer, Module, Param};
+use crate::{Result, Tensor};
+
+#[derive(Default)]
+pub struct Sequential {
+    pub layers: Vec<Box<dyn Module>>,
+}
+
+impl Sequential {
+    pub fn new(layers: Vec<Box<dyn Module>>) -> Sequential {
+        Sequential { layers }
+    }
+    /// Appends a layer (builder style).
+    pub fn push(mut self, layer: impl Module + 'static) -> Sequential {
+        self.layers.push(Box::new(layer));
+        self
+    }
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Module for Sequential {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for layer in &self.layers {
+            h = layer.forward(&h)?;
+        }
+        Ok(h)
+    }
+    fn params(&self) -> Vec<Param> {
+        self.layers.iter().flat_map(|l| l.params()).collect()
+    }
+    fn buffers(&self) -> Vec<Buffer> {
+        self.layers.iter().flat_map(|l| l.buffers()).collect()
+    }
+    fn set_training(&self, training: bool) {
+        self.layers.iter().for_each(|l| l.set_training(training))
+    }
+}

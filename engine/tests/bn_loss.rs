@@ -1,0 +1,725 @@
+//! Batch norm (plain and fused) and the loss ops: forward against naive
+//! loops, finite-difference gradients in f64, running stats, mixed precision
+//! and bad inputs.
+
+use engine::gradcheck::check_gradients;
+use engine::ops::{BatchNormArgs, BatchNormOutput};
+use engine::{DType, Result, Rng, Tensor};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut Rng::new(seed))
+}
+
+fn assert_close(got: &[f64], want: &[f64], atol: f64, rtol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fuse {
+    None,
+    Relu,
+    AddRelu,
+}
+
+struct Naive {
+    out: Vec<f64>,
+    rm: Vec<f64>,
+    rv: Vec<f64>,
+}
+
+/// Batch norm straight from the definition, two-pass statistics in f64.
+#[allow(clippy::too_many_arguments)]
+fn naive_bn(
+    x: &[f64],
+    dims: &[usize],
+    w: &[f64],
+    b: &[f64],
+    rm: &[f64],
+    rv: &[f64],
+    training: bool,
+    momentum: f64,
+    eps: f64,
+    fuse: Fuse,
+    res: Option<&[f64]>,
+) -> Naive {
+    let (n, c, s) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
+    let at = |i: usize, ch: usize, j: usize| (i * c + ch) * s + j;
+    let mut out = vec![0.0; x.len()];
+    let (mut nrm, mut nrv) = (rm.to_vec(), rv.to_vec());
+    for ch in 0..c {
+        let (mean, var) = if training {
+            let m = (n * s) as f64;
+            let mut mean = 0.0;
+            for i in 0..n {
+                for j in 0..s {
+                    mean += x[at(i, ch, j)];
+                }
+            }
+            mean /= m;
+            let mut var = 0.0;
+            for i in 0..n {
+                for j in 0..s {
+                    var += (x[at(i, ch, j)] - mean).powi(2);
+                }
+            }
+            var /= m;
+            nrm[ch] = (1.0 - momentum) * rm[ch] + momentum * mean;
+            nrv[ch] = (1.0 - momentum) * rv[ch] + momentum * var * m / (m - 1.0);
+            (mean, var)
+        } else {
+            (rm[ch], rv[ch])
+        };
+        for i in 0..n {
+            for j in 0..s {
+                let k = at(i, ch, j);
+                let mut y = (x[k] - mean) / (var + eps).sqrt() * w[ch] + b[ch];
+                if let Some(r) = res {
+                    y += r[k];
+                }
+                out[k] = if fuse == Fuse::None { y } else { y.max(0.0) };
+            }
+        }
+    }
+    Naive {
+        out,
+        rm: nrm,
+        rv: nrv,
+    }
+}
+
+fn args<'a>(p: &'a [Tensor; 4], training: bool) -> BatchNormArgs<'a> {
+    BatchNormArgs {
+        weight: &p[0],
+        bias: &p[1],
+        running_mean: &p[2],
+        running_var: &p[3],
+        training,
+        momentum: 0.1,
+        eps: 1e-5,
+    }
+}
+
+/// weight, bias, running_mean, running_var for `c` channels.
+fn params(c: usize, dtype: DType, seed: u64) -> [Tensor; 4] {
+    let mut rng = Rng::new(seed);
+    [
+        Tensor::randn(&[c], 1.0, 0.3, dtype, &mut rng),
+        Tensor::randn(&[c], 0.0, 0.5, dtype, &mut rng),
+        Tensor::randn(&[c], 0.0, 0.5, dtype, &mut rng),
+        Tensor::rand(&[c], 0.5, 2.0, dtype, &mut rng),
+    ]
+}
+
+fn run_bn(
+    x: &Tensor,
+    res: Option<&Tensor>,
+    a: &BatchNormArgs,
+    fuse: Fuse,
+) -> Result<BatchNormOutput> {
+    match fuse {
+        Fuse::None => x.batch_norm(a),
+        Fuse::Relu => x.batch_norm_relu(a),
+        Fuse::AddRelu => x.batch_norm_add_relu(res.unwrap(), a),
+    }
+}
+
+const SHAPES: [&[usize]; 4] = [&[7, 3], &[3, 4, 5], &[3, 2, 3, 5], &[2, 5, 1, 1]];
+
+#[test]
+fn bn_forward_matches_naive() {
+    let mut seed = 100;
+    for dtype in [DType::F64, DType::F32] {
+        for shape in SHAPES {
+            for training in [true, false] {
+                for fuse in [Fuse::None, Fuse::Relu, Fuse::AddRelu] {
+                    seed += 1;
+                    let mut rng = Rng::new(seed);
+                    // offset mean: the normalisation must not lose precision
+                    let x = Tensor::randn(shape, 3.0, 2.0, dtype, &mut rng);
+                    let r = Tensor::randn(shape, 0.0, 1.0, dtype, &mut rng);
+                    let p = params(shape[1], dtype, seed);
+                    let a = args(&p, training);
+                    let y = run_bn(&x, Some(&r), &a, fuse).unwrap();
+                    assert_eq!(y.out.dims(), shape);
+                    assert_eq!(y.out.dtype(), dtype);
+                    let rv = r.to_vec_f64();
+                    let v: Vec<Vec<f64>> = p.iter().map(|t| t.to_vec_f64()).collect();
+                    let res = (fuse == Fuse::AddRelu).then_some(rv.as_slice());
+                    let want = naive_bn(
+                        &x.to_vec_f64(),
+                        shape,
+                        &v[0],
+                        &v[1],
+                        &v[2],
+                        &v[3],
+                        training,
+                        0.1,
+                        1e-5,
+                        fuse,
+                        res,
+                    );
+                    let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+                    assert_close(&y.out.to_vec_f64(), &want.out, tol, tol, "bn out");
+                    match y.running {
+                        Some((m, v)) => {
+                            assert!(training);
+                            assert_eq!((m.dtype(), v.dtype()), (dtype, dtype));
+                            assert_close(&m.to_vec_f64(), &want.rm, tol, tol, "running_mean");
+                            assert_close(&v.to_vec_f64(), &want.rv, tol, tol, "running_var");
+                        }
+                        None => assert!(!training),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn running_stats_use_momentum_and_unbiased_variance() {
+    // channel 0: {1, 3, 5, 7} -> mean 4, biased var 5, unbiased var 20/3
+    let x = Tensor::from_vec(vec![1.0f32, 10.0, 3.0, 10.0, 5.0, 10.0, 7.0, 10.0], &[4, 2]).unwrap();
+    let p = [
+        Tensor::ones(&[2], DType::F32),
+        Tensor::zeros(&[2], DType::F32),
+        Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap(),
+        Tensor::from_vec(vec![3.0f32, 4.0], &[2]).unwrap(),
+    ];
+    let mut a = args(&p, true);
+    a.momentum = 0.25;
+    a.eps = 0.0;
+    let y = x.batch_norm(&a).unwrap();
+    let (m, v) = y.running.unwrap();
+    assert_close(
+        &m.to_vec_f64(),
+        &[0.75 * 1.0 + 0.25 * 4.0, 0.75 * 2.0 + 0.25 * 10.0],
+        1e-6,
+        0.0,
+        "rm",
+    );
+    assert_close(
+        &v.to_vec_f64(),
+        &[0.75 * 3.0 + 0.25 * 20.0 / 3.0, 0.75 * 4.0],
+        1e-6,
+        0.0,
+        "rv",
+    );
+    // normalised with the biased variance: (1 - 4) / sqrt(5)
+    assert!((y.out.to_vec_f64()[0] + 3.0 / 5f64.sqrt()).abs() < 1e-6);
+    // the inputs are untouched (functional update)
+    assert_eq!(p[2].to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+}
+
+fn gradcheck_bn(shape: &[usize], training: bool, fuse: Fuse, seed: u64) {
+    let c = shape[1];
+    let p = params(c, DType::F64, seed);
+    let (rm, rv) = (p[2].clone(), p[3].clone());
+    let x = randn(shape, seed + 1);
+    let r = randn(shape, seed + 2);
+    let f = move |t: &[Tensor]| -> Result<Tensor> {
+        let a = BatchNormArgs {
+            weight: &t[1],
+            bias: &t[2],
+            running_mean: &rm,
+            running_var: &rv,
+            training,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        let res = t.get(3);
+        Ok(run_bn(&t[0], res, &a, fuse)?.out)
+    };
+    let mut inputs = vec![x.clone(), p[0].clone(), p[1].clone()];
+    if fuse == Fuse::AddRelu {
+        inputs.push(r.clone());
+    }
+    if fuse != Fuse::None {
+        // finite differences must not straddle the ReLU kink
+        let plain = BatchNormArgs {
+            weight: &p[0],
+            bias: &p[1],
+            running_mean: &p[2],
+            running_var: &p[3],
+            training,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        let mut pre = x.batch_norm(&plain).unwrap().out;
+        if fuse == Fuse::AddRelu {
+            pre = pre.add(&r).unwrap();
+        }
+        let min = pre
+            .to_vec_f64()
+            .iter()
+            .fold(f64::INFINITY, |m, v| m.min(v.abs()));
+        assert!(
+            min > 1e-4,
+            "seed {seed}: pre-activation {min} too close to the kink"
+        );
+    }
+    check_gradients(f, &inputs, 1e-6, 1e-7, 1e-5)
+        .unwrap_or_else(|e| panic!("{shape:?} training={training} fused={}: {e}", fuse as u8));
+}
+
+#[test]
+fn bn_gradcheck_all_variants() {
+    let mut seed = 200;
+    for shape in [&[7, 3][..], &[3, 4, 5], &[3, 2, 3, 5]] {
+        for training in [true, false] {
+            for fuse in [Fuse::None, Fuse::Relu, Fuse::AddRelu] {
+                seed += 10;
+                gradcheck_bn(shape, training, fuse, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn bn_grads_only_for_inputs_that_need_them() {
+    let p = params(3, DType::F64, 7);
+    let x = randn(&[4, 3, 2], 8).requires_grad_().unwrap();
+    let y = x.batch_norm(&args(&p, true)).unwrap();
+    y.out.sum_all().unwrap().backward().unwrap();
+    // sum of a training-mode BN output does not depend on x
+    assert!(x
+        .grad()
+        .unwrap()
+        .to_vec_f64()
+        .iter()
+        .all(|v| v.abs() < 1e-12));
+    // running stats carry no graph
+    let (m, v) = y.running.unwrap();
+    assert!(!m.requires_grad() && !v.requires_grad());
+}
+
+#[test]
+fn bn_mixed_precision_bf16_x_f32_params() {
+    let shape = [4, 3, 5, 6];
+    for xdt in [DType::BF16, DType::F16] {
+        let mut rng = Rng::new(31);
+        let x = Tensor::randn(&shape, 0.5, 1.5, xdt, &mut rng);
+        let r = Tensor::randn(&shape, 0.0, 1.0, xdt, &mut rng);
+        let p = params(3, DType::F32, 32);
+        let w = p[0].requires_grad_().unwrap();
+        let b = p[1].requires_grad_().unwrap();
+        let xg = x.requires_grad_().unwrap();
+        let a = BatchNormArgs {
+            weight: &w,
+            bias: &b,
+            running_mean: &p[2],
+            running_var: &p[3],
+            training: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        let y = xg.batch_norm_add_relu(&r, &a).unwrap();
+        assert_eq!(y.out.dtype(), xdt);
+        let (m, v) = y.running.as_ref().unwrap();
+        assert_eq!((m.dtype(), v.dtype()), (DType::F32, DType::F32));
+        let g = Tensor::randn(&shape, 0.0, 1.0, xdt, &mut rng);
+        y.out.backward_with(g.clone()).unwrap();
+        assert_eq!(xg.grad().unwrap().dtype(), xdt);
+        assert_eq!(w.grad().unwrap().dtype(), DType::F32);
+        assert_eq!(b.grad().unwrap().dtype(), DType::F32);
+
+        // the same computation in f64 from the rounded inputs
+        let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let (x64, w64, b64, r64) = (
+            to64(&x).requires_grad_().unwrap(),
+            to64(&p[0]).requires_grad_().unwrap(),
+            to64(&p[1]).requires_grad_().unwrap(),
+            to64(&r),
+        );
+        let (rm64, rv64) = (to64(&p[2]), to64(&p[3]));
+        let a64 = BatchNormArgs {
+            weight: &w64,
+            bias: &b64,
+            running_mean: &rm64,
+            running_var: &rv64,
+            training: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        let y64 = x64.batch_norm_add_relu(&r64, &a64).unwrap();
+        y64.out.backward_with(to64(&g)).unwrap();
+        let tol = if xdt == DType::BF16 { 1e-2 } else { 2e-3 };
+        assert_close(
+            &y.out.to_vec_f64(),
+            &y64.out.to_vec_f64(),
+            tol,
+            tol,
+            "mixed out",
+        );
+        assert_close(
+            &m.to_vec_f64(),
+            &y64.running.as_ref().unwrap().0.to_vec_f64(),
+            1e-5,
+            1e-5,
+            "mixed rm",
+        );
+        assert_close(
+            &xg.grad().unwrap().to_vec_f64(),
+            &x64.grad().unwrap().to_vec_f64(),
+            4.0 * tol,
+            tol,
+            "mixed dx",
+        );
+        // dw/db are sums over 120 elements of rounded values: relative to their scale
+        let wg = w64.grad().unwrap().to_vec_f64();
+        let scale = wg.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        assert_close(
+            &w.grad().unwrap().to_vec_f64(),
+            &wg,
+            4.0 * tol * scale,
+            0.0,
+            "mixed dw",
+        );
+    }
+}
+
+#[test]
+fn bn_is_deterministic_on_parallel_sizes() {
+    let mut rng = Rng::new(41);
+    let x = Tensor::randn(&[8, 16, 24, 24], 0.0, 1.0, DType::F32, &mut rng)
+        .requires_grad_()
+        .unwrap();
+    let p = params(16, DType::F32, 42);
+    let w = p[0].requires_grad_().unwrap();
+    let g = Tensor::randn(x.dims(), 0.0, 1.0, DType::F32, &mut rng);
+    let run = || {
+        x.set_grad(None);
+        w.set_grad(None);
+        let a = BatchNormArgs {
+            weight: &w,
+            bias: &p[1],
+            running_mean: &p[2],
+            running_var: &p[3],
+            training: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        let y = x.batch_norm_relu(&a).unwrap();
+        y.out.backward_with(g.clone()).unwrap();
+        (
+            y.out.to_vec::<f32>().unwrap(),
+            x.grad().unwrap().to_vec::<f32>().unwrap(),
+            w.grad().unwrap().to_vec::<f32>().unwrap(),
+        )
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert!(run() == first, "results differ between runs");
+    }
+}
+
+#[test]
+fn bn_bad_inputs_are_errors() {
+    let x = Tensor::zeros(&[4, 3, 2, 2], DType::F32);
+    let p = params(3, DType::F32, 50);
+    let p4 = params(4, DType::F32, 51);
+    let err = |r: Result<BatchNormOutput>| r.err().expect("expected an error").to_string();
+
+    let e = err(x.batch_norm(&args(&p4, true)));
+    assert!(e.contains("weight") && e.contains("[3]"), "{e}");
+    let e = err(Tensor::zeros(&[4], DType::F32).batch_norm(&args(&p, true)));
+    assert!(e.contains("at least 2 dims"), "{e}");
+    let e = err(Tensor::zeros(&[4, 3], DType::I64).batch_norm(&args(&p, true)));
+    assert!(e.contains("i64"), "{e}");
+    // f32 params with f64 x, f64 params with f32 x, bf16 params with f16 x
+    let e = err(x.to_dtype(DType::F64).unwrap().batch_norm(&args(&p, true)));
+    assert!(e.contains("f64") && e.contains("weight"), "{e}");
+    let p64 = params(3, DType::F64, 52);
+    assert!(x.batch_norm(&args(&p64, true)).is_err());
+    let pb: Vec<Tensor> = p.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+    let pb = [pb[0].clone(), pb[1].clone(), pb[2].clone(), pb[3].clone()];
+    let xh = x.to_dtype(DType::F16).unwrap();
+    let e = err(xh.batch_norm(&args(&pb, true)));
+    assert!(e.contains("bf16"), "{e}");
+    // residual shape and dtype
+    let e = err(x.batch_norm_add_relu(&Tensor::zeros(&[4, 3, 2, 1], DType::F32), &args(&p, true)));
+    assert!(e.contains("residual"), "{e}");
+    let e = err(x.batch_norm_add_relu(&Tensor::zeros(&[4, 3, 2, 2], DType::F64), &args(&p, true)));
+    assert!(e.contains("residual"), "{e}");
+    // one value per channel cannot be normalised in training (eval is fine)
+    let one = Tensor::zeros(&[1, 3], DType::F32);
+    let e = err(one.batch_norm(&args(&p, true)));
+    assert!(e.contains("more than one value"), "{e}");
+    assert!(one.batch_norm(&args(&p, false)).is_ok());
+    let mut a = args(&p, true);
+    a.eps = -1.0;
+    assert!(err(x.batch_norm(&a)).contains("eps"));
+}
+
+// ---------------------------------------------------------------- losses
+
+/// Row-wise log-softmax of [n, c] data, straight from the definition.
+fn naive_log_softmax(x: &[f64], c: usize) -> Vec<f64> {
+    x.chunks(c)
+        .flat_map(|row| {
+            let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+            row.iter().map(move |v| v - lse).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn softmax_forward_and_gradcheck_every_dim() {
+    let x = randn(&[3, 4, 5], 60);
+    for dim in 0..3 {
+        let ls = x.log_softmax(dim).unwrap();
+        let sm = x.softmax(dim).unwrap();
+        // compare with the row-wise naive version after moving `dim` last
+        let mut perm: Vec<usize> = (0..3).filter(|&d| d != dim).collect();
+        perm.push(dim);
+        let xp = x.permute(&perm).unwrap().to_vec_f64();
+        let want = naive_log_softmax(&xp, x.dims()[dim]);
+        assert_close(
+            &ls.permute(&perm).unwrap().to_vec_f64(),
+            &want,
+            1e-12,
+            1e-12,
+            "log_softmax",
+        );
+        let want_sm: Vec<f64> = want.iter().map(|v| v.exp()).collect();
+        assert_close(
+            &sm.permute(&perm).unwrap().to_vec_f64(),
+            &want_sm,
+            1e-12,
+            1e-12,
+            "softmax",
+        );
+        check_gradients(|t| t[0].log_softmax(dim), &[x.clone()], 1e-6, 1e-7, 1e-5).unwrap();
+        check_gradients(|t| t[0].softmax(dim), &[x.clone()], 1e-6, 1e-7, 1e-5).unwrap();
+    }
+    // large logits do not overflow
+    let big = Tensor::from_vec(vec![1000.0f32, 0.0, -1000.0], &[1, 3]).unwrap();
+    let ls = big.log_softmax(1).unwrap().to_vec_f64();
+    assert_eq!(ls[0], 0.0);
+    assert!((ls[2] + 2000.0).abs() < 1e-3);
+    assert!(x.log_softmax(3).is_err());
+    assert!(Tensor::zeros(&[2, 2], DType::I64).softmax(1).is_err());
+}
+
+/// F.cross_entropy with label smoothing and ignore index, from the definition.
+fn naive_ce(x: &[f64], c: usize, t: &[i64], eps: f64, ignore: i64) -> f64 {
+    let lp = naive_log_softmax(x, c);
+    let (mut sum, mut count) = (0.0, 0);
+    for (i, &ti) in t.iter().enumerate() {
+        if ti == ignore {
+            continue;
+        }
+        let row = &lp[i * c..(i + 1) * c];
+        sum += (1.0 - eps) * -row[ti as usize] + eps * -row.iter().sum::<f64>() / c as f64;
+        count += 1;
+    }
+    sum / count as f64
+}
+
+#[test]
+fn cross_entropy_forward_smoothing_ignore_and_gradcheck() {
+    let (n, c) = (7, 5);
+    let x = randn(&[n, c], 70).scale(2.0).unwrap();
+    let t = Tensor::from_vec(vec![0i64, 4, -100, 2, 1, -100, 3], &[n]).unwrap();
+    let xv = x.to_vec_f64();
+    let tv = t.to_vec::<i64>().unwrap();
+    for eps in [0.0, 0.1, 1.0] {
+        let loss = x.cross_entropy(&t, eps, Some(-100)).unwrap();
+        assert_eq!(loss.dims(), &[] as &[usize]);
+        assert!(
+            (loss.item().unwrap() - naive_ce(&xv, c, &tv, eps, -100)).abs() < 1e-12,
+            "eps {eps}"
+        );
+        check_gradients(
+            |a| a[0].cross_entropy(&a[1], eps, Some(-100)),
+            &[x.clone(), t.clone()],
+            1e-6,
+            1e-7,
+            1e-5,
+        )
+        .unwrap();
+    }
+    // ignored rows get exactly zero gradient
+    let xg = x.requires_grad_().unwrap();
+    xg.cross_entropy(&t, 0.1, Some(-100))
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = xg.grad().unwrap().to_vec_f64();
+    assert!(g[2 * c..3 * c]
+        .iter()
+        .chain(&g[5 * c..6 * c])
+        .all(|&v| v == 0.0));
+    // a custom ignore index; with no ignore index, every row counts
+    let t2 = Tensor::from_vec(vec![0i64, 4, 3, 2, 1, 3, 3], &[n]).unwrap();
+    let l = x.cross_entropy(&t2, 0.0, Some(3)).unwrap().item().unwrap();
+    assert!((l - naive_ce(&xv, c, &t2.to_vec::<i64>().unwrap(), 0.0, 3)).abs() < 1e-12);
+    let l = x.cross_entropy(&t2, 0.0, None).unwrap().item().unwrap();
+    assert!((l - naive_ce(&xv, c, &t2.to_vec::<i64>().unwrap(), 0.0, -12345)).abs() < 1e-12);
+    // f32 logits: f32 loss, stable for huge logits
+    let big = Tensor::from_vec(vec![1e4f32, 0.0, 0.0, -1e4], &[2, 2]).unwrap();
+    let l = big
+        .cross_entropy(&Tensor::from_vec(vec![0i64, 1], &[2]).unwrap(), 0.0, None)
+        .unwrap();
+    assert_eq!(l.dtype(), DType::F32);
+    assert!(
+        (l.item().unwrap() - 0.5 * 1e4).abs() < 1e-2,
+        "{}",
+        l.item().unwrap()
+    );
+}
+
+#[test]
+fn cross_entropy_bad_inputs_are_errors() {
+    let x = Tensor::zeros(&[3, 4], DType::F32);
+    let t = |v: Vec<i64>| Tensor::from_vec(v.clone(), &[v.len()]).unwrap();
+    let err = |r: Result<Tensor>| r.err().expect("expected an error").to_string();
+    let e = err(x.cross_entropy(&t(vec![0, 4, 1]), 0.0, Some(-100)));
+    assert!(e.contains("target[1] = 4") && e.contains("[0, 4)"), "{e}");
+    let e = err(x.cross_entropy(&t(vec![0, -1, 1]), 0.0, Some(-100)));
+    assert!(e.contains("-1"), "{e}");
+    let e = err(x.cross_entropy(&t(vec![-100, -100, -100]), 0.0, Some(-100)));
+    assert!(e.contains("ignored") && e.contains("NaN"), "{e}");
+    let e = err(x.cross_entropy(&t(vec![0, 1]), 0.0, None));
+    assert!(e.contains("[3]"), "{e}");
+    let e = err(x.cross_entropy(&Tensor::zeros(&[3], DType::F32), 0.0, None));
+    assert!(e.contains("i64"), "{e}");
+    let e = err(Tensor::zeros(&[3, 4], DType::I64).cross_entropy(&t(vec![0, 1, 2]), 0.0, None));
+    assert!(e.contains("float"), "{e}");
+    let e = err(Tensor::zeros(&[3, 4, 1], DType::F32).cross_entropy(&t(vec![0, 1, 2]), 0.0, None));
+    assert!(e.contains("2 dims"), "{e}");
+    let e = err(x.cross_entropy(&t(vec![0, 1, 2]), 1.5, None));
+    assert!(e.contains("label_smoothing"), "{e}");
+}
+
+#[test]
+fn bce_with_logits_forward_and_gradcheck() {
+    let x = randn(&[4, 7], 80).scale(3.0).unwrap();
+    let t = Tensor::rand(&[4, 7], 0.0, 1.0, DType::F64, &mut Rng::new(81));
+    let (xv, tv) = (x.to_vec_f64(), t.to_vec_f64());
+    let want: f64 = xv
+        .iter()
+        .zip(&tv)
+        .map(|(&x, &t)| {
+            let s = 1.0 / (1.0 + (-x).exp());
+            -(t * s.ln() + (1.0 - t) * (1.0 - s).ln())
+        })
+        .sum::<f64>()
+        / xv.len() as f64;
+    let l = x.bce_with_logits(&t).unwrap();
+    assert_eq!(l.dims(), &[] as &[usize]);
+    assert!((l.item().unwrap() - want).abs() < 1e-12);
+    let tc = t.clone();
+    check_gradients(
+        move |a| a[0].bce_with_logits(&tc),
+        &[x.clone()],
+        1e-6,
+        1e-7,
+        1e-5,
+    )
+    .unwrap();
+    // stable where the naive formula overflows
+    let big = Tensor::from_vec(vec![200.0f32, -200.0], &[2]).unwrap();
+    let l = big
+        .bce_with_logits(&Tensor::from_vec(vec![0.0f32, 0.0], &[2]).unwrap())
+        .unwrap();
+    assert!((l.item().unwrap() - 100.0).abs() < 1e-3);
+    // errors: shape, dtype, integer logits, empty
+    assert!(x
+        .bce_with_logits(&Tensor::zeros(&[4, 6], DType::F64))
+        .unwrap_err()
+        .to_string()
+        .contains("differ"));
+    assert!(x
+        .bce_with_logits(&Tensor::zeros(&[4, 7], DType::F32))
+        .is_err());
+    assert!(Tensor::zeros(&[2], DType::I64)
+        .bce_with_logits(&Tensor::zeros(&[2], DType::I64))
+        .is_err());
+    assert!(Tensor::zeros(&[0], DType::F32)
+        .bce_with_logits(&Tensor::zeros(&[0], DType::F32))
+        .is_err());
+}
+
+#[test]
+fn smooth_l1_forward_and_gradcheck() {
+    let n = 40;
+    // differences spread over both branches, away from 0 and from beta
+    let mut rng = Rng::new(90);
+    let t = Tensor::randn(&[5, 8], 0.0, 1.0, DType::F64, &mut rng);
+    for beta in [1.0 / 9.0, 1.0, 0.0] {
+        let d: Vec<f64> = (0..n)
+            .map(|i| {
+                let mag = 0.05 + 2.5 * (i as f64 / n as f64);
+                let mag = if beta > 0.0 && (mag - beta).abs() < 0.02 {
+                    mag + 0.05
+                } else {
+                    mag
+                };
+                if i % 2 == 0 {
+                    mag
+                } else {
+                    -mag
+                }
+            })
+            .collect();
+        let x = Tensor::from_vec(d.clone(), &[5, 8])
+            .unwrap()
+            .add(&t)
+            .unwrap();
+        let want = d
+            .iter()
+            .map(|&d| {
+                if d.abs() < beta {
+                    0.5 * d * d / beta
+                } else {
+                    d.abs() - 0.5 * beta
+                }
+            })
+            .sum::<f64>()
+            / n as f64;
+        let l = x.smooth_l1(&t, beta).unwrap();
+        assert!((l.item().unwrap() - want).abs() < 1e-12, "beta {beta}");
+        let tc = t.clone();
+        check_gradients(
+            move |a| a[0].smooth_l1(&tc, beta),
+            &[x.clone()],
+            1e-6,
+            1e-7,
+            1e-5,
+        )
+        .unwrap();
+    }
+    let e = t
+        .smooth_l1(&Tensor::zeros(&[5, 7], DType::F64), 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("differ"), "{e}");
+    assert!(t
+        .smooth_l1(&t, -1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("beta"));
+    assert!(Tensor::zeros(&[2], DType::I64)
+        .smooth_l1(&Tensor::zeros(&[2], DType::I64), 1.0)
+        .is_err());
+}
+
+#[test]
+fn losses_give_no_gradient_to_targets() {
+    let x = randn(&[3, 4], 95).requires_grad_().unwrap();
+    let t = randn(&[3, 4], 96).requires_grad_().unwrap();
+    x.smooth_l1(&t, 0.5)
+        .unwrap()
+        .add(&x.bce_with_logits(&t.sigmoid().unwrap()).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(x.grad().is_some());
+    assert!(t.grad().is_none());
+}

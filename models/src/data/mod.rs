@@ -1,0 +1,4 @@
+//! Datasets the binaries train on.
+
+mod synthetic;
+pub use synthetic::SyntheticImages;
