@@ -66,8 +66,14 @@ impl Storage {
         if self.dtype() == dtype {
             return self.clone();
         }
+        // Mixed precision casts whole activations every layer: split big ones
+        // across threads (elementwise, so the result is the same either way).
         fn conv<S: Element, D: Element>(v: &[S], f: impl Fn(S) -> D + Sync) -> Vec<D> {
-            v.iter().map(|&x| f(x)).collect()
+            use rayon::prelude::*;
+            if v.len() < 1 << 15 {
+                return v.iter().map(|&x| f(x)).collect();
+            }
+            v.par_iter().with_min_len(1 << 14).map(|&x| f(x)).collect()
         }
         // Direct paths keep f32 <-> half conversions exact and fast; the rest go via f64.
         match (self, dtype) {

@@ -431,55 +431,26 @@ fn adaptive_avg_pool_uses_pytorch_bins() {
 #[test]
 fn gradcheck_pools() {
     let x = randn(&[2, 3, 7, 6], 800);
-    check_gradients(
-        |t| t[0].max_pool2d([3, 3], [2, 2], [1, 1]),
-        &[x.clone()],
-        1e-6,
-        1e-7,
-        1e-5,
-    )
-    .unwrap();
-    check_gradients(
-        |t| t[0].max_pool2d([2, 3], [1, 2], [1, 0]),
-        &[x.clone()],
-        1e-6,
-        1e-7,
-        1e-5,
-    )
-    .unwrap();
-    check_gradients(
-        |t| t[0].avg_pool2d([3, 3], [2, 2], [1, 1], true),
-        &[x.clone()],
-        1e-6,
-        1e-7,
-        1e-5,
-    )
-    .unwrap();
-    check_gradients(
-        |t| t[0].avg_pool2d([3, 2], [2, 1], [1, 1], false),
-        &[x.clone()],
-        1e-6,
-        1e-7,
-        1e-5,
-    )
-    .unwrap();
-    check_gradients(
-        |t| t[0].adaptive_avg_pool2d([3, 4]),
-        &[x.clone()],
-        1e-6,
-        1e-7,
-        1e-5,
-    )
-    .unwrap();
-    check_gradients(
-        |t| t[0].adaptive_avg_pool2d([9, 5]),
-        &[x.clone()],
-        1e-6,
-        1e-7,
-        1e-5,
-    )
-    .unwrap();
-    check_gradients(|t| t[0].adaptive_avg_pool2d([1, 1]), &[x], 1e-6, 1e-7, 1e-5).unwrap();
+    let check = |f: &dyn Fn(&Tensor) -> engine::Result<Tensor>, what: &str| {
+        check_gradients(|t| f(&t[0]), std::slice::from_ref(&x), 1e-6, 1e-7, 1e-5)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    };
+    check(&|x| x.max_pool2d([3, 3], [2, 2], [1, 1]), "max 3x3 s2 p1");
+    check(&|x| x.max_pool2d([2, 3], [1, 2], [1, 0]), "max 2x3");
+    check(
+        &|x| x.avg_pool2d([3, 3], [2, 2], [1, 1], true),
+        "avg incl pad",
+    );
+    check(
+        &|x| x.avg_pool2d([3, 2], [2, 1], [1, 1], false),
+        "avg excl pad",
+    );
+    check(&|x| x.adaptive_avg_pool2d([3, 4]), "adaptive 3x4");
+    check(
+        &|x| x.adaptive_avg_pool2d([9, 5]),
+        "adaptive 9x5 (overlapping bins)",
+    );
+    check(&|x| x.adaptive_avg_pool2d([1, 1]), "global");
 }
 
 #[test]

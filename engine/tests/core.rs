@@ -170,3 +170,16 @@ fn casts_round_trip_and_carry_gradients() {
     assert_eq!(g.dtype(), DType::F32);
     assert_eq!(g.to_vec::<f32>().unwrap(), vec![2.0; 4]);
 }
+
+#[test]
+fn backward_frees_saved_tensors() {
+    let x = randn(&[4, 5], 22).requires_grad_().unwrap();
+    let y = x.exp().unwrap(); // exp's backward saves its output
+    let saved = std::sync::Arc::downgrade(y.storage());
+    let loss = y.sum_all().unwrap();
+    drop(y);
+    assert!(saved.upgrade().is_some(), "the graph keeps what backward needs");
+    loss.backward().unwrap();
+    assert!(saved.upgrade().is_none(), "backward must release saved tensors once used");
+    assert!(x.grad().is_some());
+}

@@ -9,7 +9,6 @@
 
 use crate::autograd::record;
 use crate::{dispatch_float, DType, Element, Error, Float, Result, Tensor};
-use num_traits::Zero;
 use rayon::prelude::*;
 
 pub struct BatchNormArgs<'a> {
@@ -67,30 +66,40 @@ fn f64_of<T: Float>(v: T) -> f64 {
     Element::to_f64(v)
 }
 
-/// Per-channel sums of K quantities. `plane(c, start)` returns the sums over
-/// the plane of channel c beginning at flat index `start` (S elements).
-/// Channels are processed in blocks so that small planes (S = 1 for
-/// [N, C] inputs) still read contiguous memory.
-fn channel_reduce<const K: usize>(
-    d: Dims,
-    plane: impl Fn(usize, usize) -> [f64; K] + Sync,
-) -> Vec<[f64; K]> {
+/// Per-channel (Σp, Σp·q) with q = x - center[c] and p = q (no `dy`: the
+/// shifted moments of x) or p = dy (the gradient sums). Channel blocks run
+/// in parallel; within a block, samples are visited in order, so the sums
+/// are reproducible.
+fn channel_moments<T: Float>(d: Dims, x: &[T], dy: Option<&[T]>, center: &[f64]) -> Vec<[f64; 2]> {
     let block = (GRAIN / d.s.max(1) / d.n.max(1)).clamp(1, d.c.max(1));
     let n_blocks = d.c.div_ceil(block);
     let run = |b: usize| {
         let (c0, c1) = (b * block, ((b + 1) * block).min(d.c));
-        let mut acc = vec![[0.0f64; K]; c1 - c0];
+        let mut acc = vec![[0.0f64; 2]; c1 - c0];
         for n in 0..d.n {
-            for (c, a) in (c0..c1).zip(acc.iter_mut()) {
-                let r = plane(c, (n * d.c + c) * d.s);
-                for k in 0..K {
-                    a[k] += r[k];
+            let (st, en) = ((n * d.c + c0) * d.s, (n * d.c + c1) * d.s);
+            if d.s == 1 {
+                // [N, C]: one row segment, channel = column (vectorises over c)
+                let ctr = &center[c0..c1];
+                match dy {
+                    None => moments_row::<T, false>(&mut acc, &x[st..en], &x[st..en], ctr),
+                    Some(g) => moments_row::<T, true>(&mut acc, &x[st..en], &g[st..en], ctr),
                 }
+                continue;
+            }
+            for (i, a) in acc.iter_mut().enumerate() {
+                let r = st + i * d.s..st + (i + 1) * d.s;
+                let r = match dy {
+                    None => moments_plane::<T, false>(&x[r.clone()], &x[r], center[c0 + i]),
+                    Some(g) => moments_plane::<T, true>(&x[r.clone()], &g[r], center[c0 + i]),
+                };
+                a[0] += r[0];
+                a[1] += r[1];
             }
         }
         acc
     };
-    let parts: Vec<Vec<[f64; K]>> = if n_blocks > 1 && d.n * d.c * d.s > GRAIN {
+    let parts: Vec<Vec<[f64; 2]>> = if n_blocks > 1 && d.n * d.c * d.s > GRAIN {
         (0..n_blocks).into_par_iter().map(run).collect()
     } else {
         (0..n_blocks).map(run).collect()
@@ -98,83 +107,157 @@ fn channel_reduce<const K: usize>(
     parts.concat()
 }
 
-/// Fills `out` ([N, C, S] flat) plane by plane in parallel; `f(c, start, plane)`.
-fn plane_map<T: Send>(out: &mut [T], d: Dims, f: impl Fn(usize, usize, &mut [T]) + Sync) {
+/// (p, p·q) for one element, q = x - center, p = dy if DY else q.
+#[inline(always)]
+fn moment_terms<T: Float, const DY: bool>(x: T, dy: T, center: f64) -> (f64, f64) {
+    let q = f64_of(x) - center;
+    let p = if DY { f64_of(dy) } else { q };
+    (p, p * q)
+}
+
+/// Sums over one plane in f64 lanes (independent chains, so LLVM vectorises).
+fn moments_plane<T: Float, const DY: bool>(x: &[T], dy: &[T], center: f64) -> [f64; 2] {
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (xc, gc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+    let (xr, gr) = (xc.remainder(), gc.remainder());
+    for (xs, gs) in xc.zip(gc) {
+        for j in 0..LANES {
+            let (p, pq) = moment_terms::<T, DY>(xs[j], gs[j], center);
+            s1[j] += p;
+            s2[j] += pq;
+        }
+    }
+    let (mut t1, mut t2) = (0.0, 0.0);
+    for (&x, &g) in xr.iter().zip(gr) {
+        let (p, pq) = moment_terms::<T, DY>(x, g, center);
+        t1 += p;
+        t2 += pq;
+    }
+    [s1.iter().sum::<f64>() + t1, s2.iter().sum::<f64>() + t2]
+}
+
+/// Adds one [N, C] row segment into per-channel accumulators.
+fn moments_row<T: Float, const DY: bool>(acc: &mut [[f64; 2]], x: &[T], dy: &[T], center: &[f64]) {
+    for (((a, &x), &g), &c) in acc.iter_mut().zip(x).zip(dy).zip(center) {
+        let (p, pq) = moment_terms::<T, DY>(x, g, c);
+        a[0] += p;
+        a[1] += pq;
+    }
+}
+
+/// Per-channel coefficients of `affine_pass`: o = (x - m)·k + b + a·e.
+#[derive(Clone, Copy)]
+struct Affine<T> {
+    m: T,
+    k: T,
+    b: T,
+    a: T,
+}
+
+#[inline(always)]
+fn affine<T: Float, const E: bool, const RELU: bool>(x: T, e: T, c: &Affine<T>) -> T {
+    let v = (x - c.m) * c.k + c.b;
+    let v = if E { v + c.a * e } else { v };
+    if RELU {
+        v.max(T::zero())
+    } else {
+        v
+    }
+}
+
+/// The `e` operand of `affine_pass`.
+#[derive(Clone, Copy)]
+enum Extra<'a, T> {
+    None,
+    Slice(&'a [T]),
+    /// `out` already holds e (dx overwrites the masked dy' it came from).
+    InPlace,
+}
+
+/// The one elementwise pass of both directions: forward is
+/// relu?((x - mean)·scale + bias (+ residual)), backward is
+/// dx = (x - mean)·k + b + a·dy'. Planes (or [N, C] rows) are written in
+/// parallel.
+fn affine_pass<T: Float>(
+    d: Dims,
+    out: &mut [T],
+    x: &[T],
+    e: Extra<T>,
+    coef: &[Affine<T>],
+    relu: bool,
+) {
+    fn plane<T: Float, const E: bool, const RELU: bool>(
+        o: &mut [T],
+        x: &[T],
+        e: &[T],
+        c: &Affine<T>,
+    ) {
+        for ((o, &x), &e) in o.iter_mut().zip(x).zip(e) {
+            *o = affine::<T, E, RELU>(x, e, c);
+        }
+    }
+    fn row<T: Float, const E: bool, const RELU: bool>(
+        o: &mut [T],
+        x: &[T],
+        e: &[T],
+        c: &[Affine<T>],
+    ) {
+        for (((o, &x), &e), c) in o.iter_mut().zip(x).zip(e).zip(c) {
+            *o = affine::<T, E, RELU>(x, e, c);
+        }
+    }
+    fn plane_in_place<T: Float>(o: &mut [T], x: &[T], c: &Affine<T>) {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = affine::<T, true, false>(x, *o, c);
+        }
+    }
+    fn row_in_place<T: Float>(o: &mut [T], x: &[T], c: &[Affine<T>]) {
+        for ((o, &x), c) in o.iter_mut().zip(x).zip(c) {
+            *o = affine::<T, true, false>(x, *o, c);
+        }
+    }
     if out.is_empty() {
         return;
     }
-    let per_task = (GRAIN / d.s).max(1);
+    // [N, C] inputs go row by row (channel = column); others plane by plane
+    let seg = if d.s == 1 { d.c } else { d.s };
+    let segs_per_task = (GRAIN / seg).max(1);
     let task = |t: usize, chunk: &mut [T]| {
-        for (j, p) in chunk.chunks_mut(d.s).enumerate() {
-            let idx = t * per_task + j;
-            f(idx % d.c, idx * d.s, p);
+        for (j, o) in chunk.chunks_mut(seg).enumerate() {
+            let st = (t * segs_per_task + j) * seg;
+            let xs = &x[st..st + seg];
+            let es = match e {
+                Extra::Slice(e) => &e[st..st + seg],
+                _ => xs,
+            };
+            let has_e = matches!(e, Extra::Slice(_));
+            if d.s == 1 {
+                match (e, has_e, relu) {
+                    (Extra::InPlace, ..) => row_in_place(o, xs, coef),
+                    (_, false, false) => row::<T, false, false>(o, xs, es, coef),
+                    (_, false, true) => row::<T, false, true>(o, xs, es, coef),
+                    (_, true, false) => row::<T, true, false>(o, xs, es, coef),
+                    (_, true, true) => row::<T, true, true>(o, xs, es, coef),
+                }
+            } else {
+                let c = &coef[(st / seg) % d.c];
+                match (e, has_e, relu) {
+                    (Extra::InPlace, ..) => plane_in_place(o, xs, c),
+                    (_, false, false) => plane::<T, false, false>(o, xs, es, c),
+                    (_, false, true) => plane::<T, false, true>(o, xs, es, c),
+                    (_, true, false) => plane::<T, true, false>(o, xs, es, c),
+                    (_, true, true) => plane::<T, true, true>(o, xs, es, c),
+                }
+            }
         }
     };
     if out.len() <= GRAIN {
         task(0, out);
     } else {
-        out.par_chunks_mut(per_task * d.s)
+        out.par_chunks_mut(segs_per_task * seg)
             .enumerate()
             .for_each(|(t, c)| task(t, c));
     }
-}
-
-/// (Σ(x-k), Σ(x-k)²) over a plane. Shifting by a sample k of the channel
-/// keeps the one-pass variance free of cancellation.
-fn shifted_moments<T: Float>(x: &[T], k: f64) -> [f64; 2] {
-    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let mut it = x.chunks_exact(LANES);
-    for ch in &mut it {
-        for j in 0..LANES {
-            let v = f64_of(ch[j]) - k;
-            s1[j] += v;
-            s2[j] += v * v;
-        }
-    }
-    let (mut t1, mut t2) = (0.0, 0.0);
-    for &v in it.remainder() {
-        let v = f64_of(v) - k;
-        t1 += v;
-        t2 += v * v;
-    }
-    [s1.iter().sum::<f64>() + t1, s2.iter().sum::<f64>() + t2]
-}
-
-/// (Σdy', Σdy'·(x-mean)) over a plane, dy' = dy masked by out > 0 when MASK
-/// (`out` is ignored otherwise; pass any slice of the plane's length).
-/// dy masked by y > 0 as a product with 0/1: LLVM turns a select here
-/// into a mispredicted branch per element.
-#[inline(always)]
-fn masked<T: Float, const MASK: bool>(g: T, y: T) -> f64 {
-    if MASK {
-        f64_of(g) * ((y > T::zero()) as u8 as f64)
-    } else {
-        f64_of(g)
-    }
-}
-
-fn grad_moments<T: Float, const MASK: bool>(x: &[T], dy: &[T], out: &[T], mean: f64) -> [f64; 2] {
-    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let (xc, gc, oc) = (
-        x.chunks_exact(LANES),
-        dy.chunks_exact(LANES),
-        out.chunks_exact(LANES),
-    );
-    let (xr, gr, or) = (xc.remainder(), gc.remainder(), oc.remainder());
-    for ((xs, gs), os) in xc.zip(gc).zip(oc) {
-        for j in 0..LANES {
-            let g = masked::<T, MASK>(gs[j], os[j]);
-            s1[j] += g;
-            s2[j] += g * (f64_of(xs[j]) - mean);
-        }
-    }
-    let (mut t1, mut t2) = (0.0, 0.0);
-    for ((&x, &g), &y) in xr.iter().zip(gr).zip(or) {
-        let g = masked::<T, MASK>(g, y);
-        t1 += g;
-        t2 += g * (f64_of(x) - mean);
-    }
-    [s1.iter().sum::<f64>() + t1, s2.iter().sum::<f64>() + t2]
 }
 
 fn check_args(
@@ -295,9 +378,10 @@ fn batch_norm_impl(
     let (out, mean, invstd, running) = dispatch_float!(op, out_dtype, T => {
         let xd = x.float_data::<T>()?;
         let (mean, var, running) = if a.training {
-            // shift each channel by its first element (see shifted_moments)
+            // One pass over x: moments shifted by a sample of each channel
+            // (its first element) are free of the E[x²]-E[x]² cancellation.
             let shift: Vec<f64> = (0..d.c).map(|c| f64_of(xd[c * d.s])).collect();
-            let sums = channel_reduce(d, |c, st| shifted_moments(&xd[st..st + d.s], shift[c]));
+            let sums = channel_moments(d, &xd, None, &shift);
             let (mut mean, mut var) = (vec![0.0; d.c], vec![0.0; d.c]);
             for c in 0..d.c {
                 let mu = sums[c][0] / m;
@@ -320,28 +404,18 @@ fn batch_norm_impl(
         let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + a.eps).sqrt()).collect();
         // (x - mean) * scale + bias in T: subtracting first keeps precision
         // when |mean| >> std (folding the mean into the shift would not).
-        let mean_t: Vec<T> = mean.iter().map(|&v| T::from_f64(v)).collect();
-        let scale_t: Vec<T> = (0..d.c).map(|c| T::from_f64(weight[c] * invstd[c])).collect();
-        let bias_t: Vec<T> = bias.iter().map(|&v| T::from_f64(v)).collect();
+        let coef: Vec<Affine<T>> = (0..d.c)
+            .map(|c| Affine {
+                m: T::from_f64(mean[c]),
+                k: T::from_f64(weight[c] * invstd[c]),
+                b: T::from_f64(bias[c]),
+                a: T::from_f64(1.0),
+            })
+            .collect();
         let res = residual.map(|r| r.float_data::<T>()).transpose()?;
-        let mut out = vec![T::zero(); x.numel()];
-        plane_map(&mut out, d, |c, st, o| {
-            let (mu, sc, b) = (mean_t[c], scale_t[c], bias_t[c]);
-            let xs = &xd[st..st + o.len()];
-            match (fuse, &res) {
-                (Fuse::None, _) => o.iter_mut().zip(xs).for_each(|(o, &v)| *o = (v - mu) * sc + b),
-                (Fuse::Relu, _) => {
-                    o.iter_mut().zip(xs).for_each(|(o, &v)| *o = ((v - mu) * sc + b).max(T::zero()))
-                }
-                (Fuse::AddRelu, Some(r)) => {
-                    let rs = &r[st..st + o.len()];
-                    for ((o, &v), &rv) in o.iter_mut().zip(xs).zip(rs) {
-                        *o = ((v - mu) * sc + b + rv).max(T::zero());
-                    }
-                }
-                (Fuse::AddRelu, None) => unreachable!("add variant always has a residual"),
-            }
-        });
+        let extra = res.as_deref().map_or(Extra::None, Extra::Slice);
+        let mut out = vec![T::from_f64(0.0); xd.len()];
+        affine_pass(d, &mut out, &xd, extra, &coef, fuse != Fuse::None);
         (Tensor::from_compute(out, x.dims(), out_dtype), mean, invstd, running)
     });
 
@@ -399,21 +473,28 @@ impl Saved {
         let m = (d.n * d.s) as f64;
         let xd = self.x.float_data::<T>()?;
         let gd = g.float_data::<T>()?;
-        let od = self.out.as_ref().map(|o| o.float_data::<T>()).transpose()?;
-        let masked = od.is_some();
-        let od: &[T] = od.as_deref().unwrap_or(&[]);
+        // dy' = dy masked by out > 0, once: as its own loop it vectorises
+        // (a select fused into the reductions becomes a branch per element),
+        // and it is the residual's gradient as well.
+        let masked: Option<Vec<T>> = match &self.out {
+            None => None,
+            Some(o) => {
+                let od = o.float_data::<T>()?;
+                let mut dm = vec![T::zero(); gd.len()];
+                super::par_chunks(&mut dm, |st, o| {
+                    let (gs, os) = (&gd[st..st + o.len()], &od[st..st + o.len()]);
+                    for ((o, &g), &y) in o.iter_mut().zip(gs).zip(os) {
+                        *o = if y > T::zero() { g } else { T::zero() };
+                    }
+                });
+                Some(dm)
+            }
+        };
         let (mean, invstd) = (&self.mean, &self.invstd);
 
         let need_sums = self.need_w || self.need_b || (self.training && self.need_x);
         let sums = if need_sums {
-            channel_reduce(d, |c, st| {
-                let r = st..st + d.s;
-                if masked {
-                    grad_moments::<T, true>(&xd[r.clone()], &gd[r.clone()], &od[r], mean[c])
-                } else {
-                    grad_moments::<T, false>(&xd[r.clone()], &gd[r.clone()], &gd[r], mean[c])
-                }
-            })
+            channel_moments(d, &xd, Some(masked.as_deref().unwrap_or(&gd)), mean)
         } else {
             Vec::new()
         };
@@ -426,9 +507,14 @@ impl Saved {
             Tensor::from_compute(v, &[d.c], self.w_dtype)
         });
 
-        let grad_x = self.need_x.then(|| {
-            // dx = a*dy' + k*(x - mean) + b, per channel; in eval k = b = 0.
-            let coef: Vec<[T; 4]> = (0..d.c)
+        // The residual's gradient is dy' itself.
+        let need_r = self.fuse == Fuse::AddRelu && self.need_r;
+        let mut grad_r = None;
+        let mut grad_x = None;
+        if self.need_x {
+            // dx = (w·invstd/M)·(M·dy' - Σdy' - xhat·Σ(dy'·xhat))
+            //    = a·dy' + k·(x - mean) + b per channel; in eval k = b = 0.
+            let coef: Vec<Affine<T>> = (0..d.c)
                 .map(|c| {
                     let a = self.weight[c] * invstd[c];
                     let (k, b) = if self.training {
@@ -439,45 +525,42 @@ impl Saved {
                     } else {
                         (0.0, 0.0)
                     };
-                    [
-                        T::from_f64(a),
-                        T::from_f64(k),
-                        T::from_f64(b),
-                        T::from_f64(mean[c]),
-                    ]
+                    Affine {
+                        m: T::from_f64(mean[c]),
+                        k: T::from_f64(k),
+                        b: T::from_f64(b),
+                        a: T::from_f64(a),
+                    }
                 })
                 .collect();
-            let mut dx = vec![T::zero(); xd.len()];
-            plane_map(&mut dx, d, |c, st, o| {
-                let [a, k, b, mu] = coef[c];
-                let (xs, gs) = (&xd[st..st + o.len()], &gd[st..st + o.len()]);
-                if masked {
-                    let os = &od[st..st + o.len()];
-                    for (((o, &x), &g), &y) in o.iter_mut().zip(xs).zip(gs).zip(os) {
-                        let g = if y > T::zero() { g } else { T::zero() };
-                        *o = a * g + k * (x - mu) + b;
-                    }
-                } else {
-                    for ((o, &x), &g) in o.iter_mut().zip(xs).zip(gs) {
-                        *o = a * g + k * (x - mu) + b;
-                    }
+            let dx = match masked {
+                // no one else needs dy': overwrite it (saves a buffer)
+                Some(mut dm) if !need_r => {
+                    affine_pass(d, &mut dm, &xd, Extra::InPlace, &coef, false);
+                    dm
                 }
-            });
-            Tensor::from_compute(dx, self.x.dims(), self.x.dtype())
-        });
+                other => {
+                    let mut dx = vec![T::zero(); xd.len()];
+                    affine_pass(
+                        d,
+                        &mut dx,
+                        &xd,
+                        Extra::Slice(other.as_deref().unwrap_or(&gd)),
+                        &coef,
+                        false,
+                    );
+                    grad_r = other.filter(|_| need_r);
+                    dx
+                }
+            };
+            grad_x = Some(Tensor::from_compute(dx, self.x.dims(), self.x.dtype()));
+        } else if need_r {
+            grad_r = masked;
+        }
 
         let mut grads = vec![grad_x, grad_w, grad_b];
         if self.fuse == Fuse::AddRelu {
-            grads.push(self.need_r.then(|| {
-                let mut dr = vec![T::zero(); gd.len()];
-                super::par_chunks(&mut dr, |st, o| {
-                    let (gs, os) = (&gd[st..st + o.len()], &od[st..st + o.len()]);
-                    for ((o, &g), &y) in o.iter_mut().zip(gs).zip(os) {
-                        *o = if y > T::zero() { g } else { T::zero() };
-                    }
-                });
-                Tensor::from_compute(dr, self.x.dims(), self.x.dtype())
-            }));
+            grads.push(grad_r.map(|dr| Tensor::from_compute(dr, self.x.dims(), self.x.dtype())));
         }
         Ok(grads)
     }

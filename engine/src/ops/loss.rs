@@ -157,7 +157,9 @@ fn elementwise_loss(
         let partials: Vec<f64> = xd
             .par_chunks(GRAIN)
             .zip(td.par_chunks(GRAIN))
-            .map(|(xs, ts)| xs.iter().zip(ts).map(|(&a, &b)| f(Element::to_f64(a), Element::to_f64(b))).sum())
+            .map(|(xs, ts)| {
+                xs.iter().zip(ts).map(|(&a, &b)| f(Element::to_f64(a), Element::to_f64(b))).sum()
+            })
             .collect();
         partials.iter().sum::<f64>() / n as f64
     });
@@ -255,7 +257,10 @@ impl Tensor {
         if valid == 0 {
             return Err(Error::arg(
                 OP,
-                format!("every one of the {n} rows is ignored (ignore index {ignore_index:?}): the mean is undefined (PyTorch returns NaN)"),
+                format!(
+                    "every one of the {n} rows is ignored (ignore index {ignore_index:?}): \
+                     the mean is undefined (PyTorch returns NaN)"
+                ),
             ));
         }
         let eps = label_smoothing;

@@ -19,14 +19,33 @@ pub struct MatRef<'a, T> {
 /// `accumulate` keeps what dst holds (beta_dst = 1), else overwrites.
 /// `threads`: 1 when the caller already runs in parallel.
 pub fn gemm<T: Float>(dst: &mut [T], a: MatRef<T>, b: MatRef<T>, accumulate: bool, threads: usize) {
+    assert!(dst.len() == a.rows * b.cols, "gemm operand shapes");
+    gemm_strided(dst, b.cols, a, b, accumulate, threads)
+}
+
+/// `gemm` into an [m, n] block of a bigger row-major matrix: row `i` of the
+/// result is `dst[i * dst_row_stride..][..n]` (e.g. a tile of columns).
+pub fn gemm_strided<T: Float>(
+    dst: &mut [T],
+    dst_row_stride: usize,
+    a: MatRef<T>,
+    b: MatRef<T>,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && dst.len() == m * n, "gemm operand shapes");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        b.rows == k && dst_row_stride >= n && dst.len() >= (m - 1) * dst_row_stride + n,
+        "gemm operand shapes"
+    );
     if k == 0 {
         if !accumulate {
-            dst.fill(T::zero());
+            for row in dst.chunks_mut(dst_row_stride).take(m) {
+                row[..n].fill(T::zero());
+            }
         }
         return;
     }
@@ -44,7 +63,7 @@ pub fn gemm<T: Float>(dst: &mut [T], a: MatRef<T>, b: MatRef<T>, accumulate: boo
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,

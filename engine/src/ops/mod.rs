@@ -17,9 +17,7 @@ pub mod unary;
 
 pub use batchnorm::*;
 pub use conv::*;
-pub use loss::*;
 pub use matmul::*;
-pub use pool::*;
 
 /// Runs `$body` with `$T` = the compute type for `$dtype` (f64 or f32), or
 /// returns a dtype error naming `$op` for integer dtypes.
