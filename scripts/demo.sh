@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "error: cargo not found; install a Rust toolchain >= 1.80 (rustup) first" >&2
+    echo "error: cargo not found; install a Rust toolchain >= 1.89 (rustup) first" >&2
     exit 1
 fi
 exec cargo run --release --locked -p models --bin slmlp-demo -- "$@"
