@@ -178,8 +178,14 @@ fn backward_frees_saved_tensors() {
     let saved = std::sync::Arc::downgrade(y.storage());
     let loss = y.sum_all().unwrap();
     drop(y);
-    assert!(saved.upgrade().is_some(), "the graph keeps what backward needs");
+    assert!(
+        saved.upgrade().is_some(),
+        "the graph keeps what backward needs"
+    );
     loss.backward().unwrap();
-    assert!(saved.upgrade().is_none(), "backward must release saved tensors once used");
+    assert!(
+        saved.upgrade().is_none(),
+        "backward must release saved tensors once used"
+    );
     assert!(x.grad().is_some());
 }
