@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The project's test command (README: "Run the tests"). Needs only a Rust
-# toolchain (>= 1.89); cargo fetches the pinned crates from Cargo.lock.
-# No GPU, no CUDA and no Python are needed: PyTorch golden vectors are
-# committed fixtures under tests/fixtures/golden.
+# The project's test command (README: "Two commands"). Needs a Rust toolchain
+# (>= 1.89; cargo fetches the pinned crates from Cargo.lock) and Python 3 with
+# pip, which installs the pinned NVRTC wheels (~240 MB, once, into .cache/)
+# that compile every CUDA kernel to an sm_90 CUBIN. No GPU and no CUDA
+# toolkit are needed; PyTorch golden vectors are committed fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo not found; install a Rust toolchain >= 1.89 (rustup) first" >&2
     exit 1
 fi
+# NVRTC for the kernel compile check (kernels/tests/compile.rs)
+./scripts/install-nvrtc.sh
+# shellcheck source=/dev/null
+source .cache/nvrtc/env.sh
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@"

@@ -1,0 +1,231 @@
+// bn1d_relu.cu — the projector's BatchNorm1d (+ ReLU) over [N, C] rows, one
+// kernel per direction (training mode).
+//
+// Why a separate kernel: the projector sits after global pooling, so N is the
+// batch (e.g. 256) and C the width (2048): the whole [N, C] tensor is ~1 MB
+// and L2-resident. batchnorm.cu's three launches (partials, finalize, apply)
+// would be launch-bound here; instead each block owns a slice of channels for
+// ALL N rows: it reduces the column statistics in shared memory, computes
+// mean/invstd/running stats itself, then re-reads its slice (from L2) to
+// apply. Correct for any N; efficient when N*C is small. Eval mode of the
+// same layer uses batchnorm.cu (bn_eval_prepare + bn_fwd_apply with M = N).
+//
+// Launch (both directions): block (bx, by), bx*by == 256 (bx channel lanes
+// of 8 channels each when C % 8 == 0, by row lanes), grid.x any: blocks loop
+// over channel groups. Contract as batchnorm.cu: biased variance normalises,
+// unbiased feeds running_var, f32 statistics and parameters, outputs
+// OVERWRITE (dweight/dbias too). relu = 0 gives plain BatchNorm1d.
+#include "common.cuh"
+
+template <typename T, int V>
+__device__ __forceinline__ void bn1d_fwd_body(const T* __restrict__ x,
+                                              const float* __restrict__ weight,
+                                              const float* __restrict__ bias,
+                                              float* __restrict__ running_mean,
+                                              float* __restrict__ running_var, float momentum,
+                                              float eps, int N, int C, int relu,
+                                              T* __restrict__ y, float* __restrict__ mean_out,
+                                              float* __restrict__ invstd_out, float* sha,
+                                              float* shb) {
+    const int bx = blockDim.x, by = blockDim.y;
+    const int tid = threadIdx.y * bx + threadIdx.x;
+    for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
+        const int c = c0 + threadIdx.x * V;
+        float s[V], q[V], shift[V];
+#pragma unroll
+        for (int j = 0; j < V; j++) s[j] = q[j] = shift[j] = 0.0f;
+        if (c < C) {
+            load_f32<T, V>(x + c, shift);
+            for (int r = threadIdx.y; r < N; r += by) {
+                float v[V];
+                load_f32<T, V>(x + (i64)r * C + c, v);
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    const float d = v[j] - shift[j];
+                    s[j] += d;
+                    q[j] = fmaf(d, d, q[j]);
+                }
+            }
+        }
+        column_sum2<V>(s, q, sha, shb);
+        // One thread per column turns its sums into (mean, scale) in place.
+        for (int k = tid; k < bx * V && c0 + k < C; k += bx * by) {
+            const int ch = c0 + k;
+            const float n = (float)N;
+            const float mu = sha[k] / n;
+            const float m = to_f32(x[ch]) + mu;
+            const float var = fmaxf(shb[k] / n - mu * mu, 0.0f);
+            const float is = rsqrtf(var + eps);
+            mean_out[ch] = m;
+            invstd_out[ch] = is;
+            if (running_mean) {
+                running_mean[ch] = (1.0f - momentum) * running_mean[ch] + momentum * m;
+                const float unbiased = N > 1 ? var * n / (n - 1.0f) : var;
+                running_var[ch] = (1.0f - momentum) * running_var[ch] + momentum * unbiased;
+            }
+            sha[k] = m;
+            shb[k] = is * (weight ? weight[ch] : 1.0f);
+        }
+        __syncthreads();
+        if (c < C) {
+            float m[V], k[V], b[V];
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                m[j] = sha[threadIdx.x * V + j];
+                k[j] = shb[threadIdx.x * V + j];
+            }
+            load_param<V>(bias, c, b, 0.0f);
+            for (int r = threadIdx.y; r < N; r += by) {
+                float v[V];
+                load_f32<T, V>(x + (i64)r * C + c, v);
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    v[j] = fmaf(v[j] - m[j], k[j], b[j]);
+                    if (relu) v[j] = fmaxf(v[j], 0.0f);
+                }
+                store_f32<T, V>(y + (i64)r * C + c, v);
+            }
+        }
+        // column_sum2 of the next group starts with a barrier.
+    }
+}
+
+// y = [relu](BN(x)); writes the batch mean/invstd (saved for backward) and
+// updates running_mean/running_var when given. weight, bias may be null.
+template <typename T>
+__device__ __forceinline__ void bn1d_relu_fwd(const T* x, const float* weight, const float* bias,
+                                              float* running_mean, float* running_var,
+                                              float momentum, float eps, int N, int C, int relu,
+                                              T* y, float* mean_out, float* invstd_out) {
+    __shared__ float sha[SLMLP_BLOCK * SLMLP_PACK];
+    __shared__ float shb[SLMLP_BLOCK * SLMLP_PACK];
+    const bool vec = C % SLMLP_PACK == 0 && aligned16(x) && aligned16(y) &&
+                     (!bias || aligned16(bias));
+    if (vec) {
+        bn1d_fwd_body<T, SLMLP_PACK>(x, weight, bias, running_mean, running_var, momentum, eps,
+                                     N, C, relu, y, mean_out, invstd_out, sha, shb);
+    } else {
+        bn1d_fwd_body<T, 1>(x, weight, bias, running_mean, running_var, momentum, eps, N, C,
+                            relu, y, mean_out, invstd_out, sha, shb);
+    }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* __restrict__ y,
+                                              const T* __restrict__ dy,
+                                              const float* __restrict__ mean,
+                                              const float* __restrict__ invstd,
+                                              const float* __restrict__ weight, int N, int C,
+                                              int relu, T* __restrict__ dx,
+                                              float* __restrict__ dweight,
+                                              float* __restrict__ dbias, float* sha, float* shb,
+                                              float* shc) {
+    const int bx = blockDim.x, by = blockDim.y;
+    const int tid = threadIdx.y * bx + threadIdx.x;
+    for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
+        const int c = c0 + threadIdx.x * V;
+        float s[V], q[V], m[V];
+#pragma unroll
+        for (int j = 0; j < V; j++) s[j] = q[j] = 0.0f;
+        if (c < C) {
+            load_param<V>(mean, c, m, 0.0f);
+            for (int r = threadIdx.y; r < N; r += by) {
+                const i64 e = (i64)r * C + c;
+                float g[V], v[V];
+                load_f32<T, V>(dy + e, g);
+                if (relu) {
+                    float o[V];
+                    load_f32<T, V>(y + e, o);
+#pragma unroll
+                    for (int j = 0; j < V; j++) g[j] = o[j] > 0.0f ? g[j] : 0.0f;
+                }
+                load_f32<T, V>(x + e, v);
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    s[j] += g[j];
+                    q[j] = fmaf(g[j], v[j] - m[j], q[j]);
+                }
+            }
+        }
+        column_sum2<V>(s, q, sha, shb);
+        // dx = a*dy' + k*(x - mean) + b with a = w*invstd,
+        // k = -a*invstd^2*sum(dy'(x-mean))/N, b = -a*sum(dy')/N.
+        for (int k = tid; k < bx * V && c0 + k < C; k += bx * by) {
+            const int ch = c0 + k;
+            const float is = invstd[ch], n = (float)N;
+            const float a = (weight ? weight[ch] : 1.0f) * is;
+            if (dweight) dweight[ch] = shb[k] * is;
+            if (dbias) dbias[ch] = sha[k];
+            shc[k] = a;
+            const float sk = -a * is * is * shb[k] / n;
+            const float sb = -a * sha[k] / n;
+            sha[k] = sk;
+            shb[k] = sb;
+        }
+        __syncthreads();
+        if (c < C) {
+            float a[V], k[V], b[V];
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                a[j] = shc[threadIdx.x * V + j];
+                k[j] = sha[threadIdx.x * V + j];
+                b[j] = shb[threadIdx.x * V + j];
+            }
+            for (int r = threadIdx.y; r < N; r += by) {
+                const i64 e = (i64)r * C + c;
+                float g[V], v[V];
+                load_f32<T, V>(dy + e, g);
+                if (relu) {
+                    float o[V];
+                    load_f32<T, V>(y + e, o);
+#pragma unroll
+                    for (int j = 0; j < V; j++) g[j] = o[j] > 0.0f ? g[j] : 0.0f;
+                }
+                load_f32<T, V>(x + e, v);
+#pragma unroll
+                for (int j = 0; j < V; j++) v[j] = fmaf(a[j], g[j], fmaf(k[j], v[j] - m[j], b[j]));
+                store_f32<T, V>(dx + e, v);
+            }
+        }
+        __syncthreads();  // shc is rewritten by the next group's owners
+    }
+}
+
+// dx, dweight, dbias of y = [relu](BN(x)) from the saved mean/invstd and
+// the forward output y (its > 0 mask; unused when relu = 0).
+template <typename T>
+__device__ __forceinline__ void bn1d_relu_bwd(const T* x, const T* y, const T* dy,
+                                              const float* mean, const float* invstd,
+                                              const float* weight, int N, int C, int relu, T* dx,
+                                              float* dweight, float* dbias) {
+    __shared__ float sha[SLMLP_BLOCK * SLMLP_PACK];
+    __shared__ float shb[SLMLP_BLOCK * SLMLP_PACK];
+    __shared__ float shc[SLMLP_BLOCK * SLMLP_PACK];
+    const bool vec = C % SLMLP_PACK == 0 && aligned16(x) && aligned16(y) && aligned16(dy) &&
+                     aligned16(dx) && aligned16(mean);
+    if (vec) {
+        bn1d_bwd_body<T, SLMLP_PACK>(x, y, dy, mean, invstd, weight, N, C, relu, dx, dweight,
+                                     dbias, sha, shb, shc);
+    } else {
+        bn1d_bwd_body<T, 1>(x, y, dy, mean, invstd, weight, N, C, relu, dx, dweight, dbias, sha,
+                            shb, shc);
+    }
+}
+
+#define BN1D_ENTRY_POINTS(T, SFX)                                                                \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn1d_relu_fwd_##SFX(             \
+        const T* x, const float* weight, const float* bias, float* running_mean,                 \
+        float* running_var, float momentum, float eps, int N, int C, int relu, T* y,             \
+        float* mean_out, float* invstd_out) {                                                    \
+        bn1d_relu_fwd<T>(x, weight, bias, running_mean, running_var, momentum, eps, N, C, relu,  \
+                         y, mean_out, invstd_out);                                               \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn1d_relu_bwd_##SFX(               \
+        const T* x, const T* y, const T* dy, const float* mean, const float* invstd,             \
+        const float* weight, int N, int C, int relu, T* dx, float* dweight, float* dbias) {      \
+        bn1d_relu_bwd<T>(x, y, dy, mean, invstd, weight, N, C, relu, dx, dweight, dbias);        \
+    }
+
+BN1D_ENTRY_POINTS(float, f32)
+BN1D_ENTRY_POINTS(__half, f16)
+BN1D_ENTRY_POINTS(__nv_bfloat16, bf16)

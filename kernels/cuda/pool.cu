@@ -1,0 +1,174 @@
+// pool.cu — 2-D max pooling (with argmax) and average pooling over NHWC,
+// forward and backward. PyTorch semantics as engine/src/ops/pool.rs: floor
+// mode, dilation 1, padding <= kernel/2; max: padding acts as -inf, the
+// first maximum in window order wins, NaN propagates; avg: count_include_pad
+// divides by the window clipped to the padded extent, else by the in-bounds
+// count.
+//
+// Forward: one thread per output element (n, oh, ow, c), c innermost, so a
+// warp reads 32 consecutive channels of each window position (coalesced).
+// argmax stores h*W + w inside the image (int32), as PyTorch's indices.
+// Backward is a GATHER, one thread per input element: it visits the few
+// outputs whose windows contain it (overlapping 3x3/s2 windows: up to 4) and
+// sums their gradients in f32. No atomics, deterministic, and dx is fully
+// OVERWRITTEN (no zero-fill launch needed).
+//
+// Launch: 1-D grid-stride, any grid, 256 threads.
+#include "common.cuh"
+
+struct PoolShape {
+    int N, H, W, C, OH, OW, KH, KW, SH, SW, PH, PW;
+};
+
+// Output rows whose window covers input row h: [lo, hi] (empty if lo > hi).
+__device__ __forceinline__ void covering(int h, int K, int S, int P, int O, int& lo, int& hi) {
+    const int t = h + P - K;
+    lo = t < 0 ? 0 : t / S + 1;
+    hi = min((h + P) / S, O - 1);
+}
+
+// Averaging divisor of output (oh, ow), as engine/src/ops/pool.rs::sliding.
+__device__ __forceinline__ int avg_divisor(const PoolShape& s, int oh, int ow, int include_pad) {
+    const int hs = oh * s.SH - s.PH, ws = ow * s.SW - s.PW;
+    if (include_pad) {
+        const int he = min(hs + s.KH, s.H + s.PH), we = min(ws + s.KW, s.W + s.PW);
+        return (he - hs) * (we - ws);
+    }
+    const int h0 = max(hs, 0), h1 = min(hs + s.KH, s.H);
+    const int w0 = max(ws, 0), w1 = min(ws + s.KW, s.W);
+    return max(h1 - h0, 0) * max(w1 - w0, 0);
+}
+
+template <typename T>
+__device__ __forceinline__ void maxpool_fwd(const T* __restrict__ x, T* __restrict__ y,
+                                           int* __restrict__ argmax, PoolShape s) {
+    const i64 total = (i64)s.N * s.OH * s.OW * s.C;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int c = (int)(e % s.C);
+        i64 t = e / s.C;
+        const int ow = (int)(t % s.OW);
+        t /= s.OW;
+        const int oh = (int)(t % s.OH);
+        const int n = (int)(t / s.OH);
+        const int hs = oh * s.SH - s.PH, ws = ow * s.SW - s.PW;
+        const int h0 = max(hs, 0), h1 = min(hs + s.KH, s.H);
+        const int w0 = max(ws, 0), w1 = min(ws + s.KW, s.W);
+        const T* xn = x + (i64)n * s.H * s.W * s.C + c;
+        float best = SLMLP_NEG_INF;
+        int bi = h0 * s.W + w0;
+        for (int h = h0; h < h1; h++) {
+            for (int w = w0; w < w1; w++) {
+                const float v = to_f32(xn[((i64)h * s.W + w) * s.C]);
+                if (v > best || isnan(v)) {
+                    best = v;
+                    bi = h * s.W + w;
+                }
+            }
+        }
+        y[e] = from_f32<T>(best);
+        argmax[e] = bi;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void maxpool_bwd(const T* __restrict__ dy,
+                                           const int* __restrict__ argmax, T* __restrict__ dx,
+                                           PoolShape s) {
+    const i64 total = (i64)s.N * s.H * s.W * s.C;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int c = (int)(e % s.C);
+        i64 t = e / s.C;
+        const int w = (int)(t % s.W);
+        t /= s.W;
+        const int h = (int)(t % s.H);
+        const int n = (int)(t / s.H);
+        int oh0, oh1, ow0, ow1;
+        covering(h, s.KH, s.SH, s.PH, s.OH, oh0, oh1);
+        covering(w, s.KW, s.SW, s.PW, s.OW, ow0, ow1);
+        const int self = h * s.W + w;
+        float acc = 0.0f;
+        for (int oh = oh0; oh <= oh1; oh++) {
+            for (int ow = ow0; ow <= ow1; ow++) {
+                const i64 o = (((i64)n * s.OH + oh) * s.OW + ow) * s.C + c;
+                if (argmax[o] == self) acc += to_f32(dy[o]);
+            }
+        }
+        dx[e] = from_f32<T>(acc);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void avgpool_fwd(const T* __restrict__ x, T* __restrict__ y,
+                                           PoolShape s, int include_pad) {
+    const i64 total = (i64)s.N * s.OH * s.OW * s.C;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int c = (int)(e % s.C);
+        i64 t = e / s.C;
+        const int ow = (int)(t % s.OW);
+        t /= s.OW;
+        const int oh = (int)(t % s.OH);
+        const int n = (int)(t / s.OH);
+        const int hs = oh * s.SH - s.PH, ws = ow * s.SW - s.PW;
+        const int h0 = max(hs, 0), h1 = min(hs + s.KH, s.H);
+        const int w0 = max(ws, 0), w1 = min(ws + s.KW, s.W);
+        const T* xn = x + (i64)n * s.H * s.W * s.C + c;
+        float acc = 0.0f;
+        for (int h = h0; h < h1; h++)
+            for (int w = w0; w < w1; w++) acc += to_f32(xn[((i64)h * s.W + w) * s.C]);
+        y[e] = from_f32<T>(acc / (float)avg_divisor(s, oh, ow, include_pad));
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void avgpool_bwd(const T* __restrict__ dy, T* __restrict__ dx,
+                                           PoolShape s, int include_pad) {
+    const i64 total = (i64)s.N * s.H * s.W * s.C;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int c = (int)(e % s.C);
+        i64 t = e / s.C;
+        const int w = (int)(t % s.W);
+        t /= s.W;
+        const int h = (int)(t % s.H);
+        const int n = (int)(t / s.H);
+        int oh0, oh1, ow0, ow1;
+        covering(h, s.KH, s.SH, s.PH, s.OH, oh0, oh1);
+        covering(w, s.KW, s.SW, s.PW, s.OW, ow0, ow1);
+        float acc = 0.0f;
+        for (int oh = oh0; oh <= oh1; oh++) {
+            for (int ow = ow0; ow <= ow1; ow++) {
+                const i64 o = (((i64)n * s.OH + oh) * s.OW + ow) * s.C + c;
+                acc += to_f32(dy[o]) / (float)avg_divisor(s, oh, ow, include_pad);
+            }
+        }
+        dx[e] = from_f32<T>(acc);
+    }
+}
+
+#define POOL_ARGS int N, int H, int W, int C, int OH, int OW, int KH, int KW, int SH, int SW, int PH, int PW
+#define POOL_SHAPE PoolShape{N, H, W, C, OH, OW, KH, KW, SH, SW, PH, PW}
+
+#define POOL_ENTRY_POINTS(T, SFX)                                                                \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        maxpool_fwd_##SFX(const T* x, T* y, int* argmax, POOL_ARGS) {                            \
+        maxpool_fwd<T>(x, y, argmax, POOL_SHAPE);                                                \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        maxpool_bwd_##SFX(const T* dy, const int* argmax, T* dx, POOL_ARGS) {                    \
+        maxpool_bwd<T>(dy, argmax, dx, POOL_SHAPE);                                              \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        avgpool_fwd_##SFX(const T* x, T* y, POOL_ARGS, int count_include_pad) {                  \
+        avgpool_fwd<T>(x, y, POOL_SHAPE, count_include_pad);                                     \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        avgpool_bwd_##SFX(const T* dy, T* dx, POOL_ARGS, int count_include_pad) {                \
+        avgpool_bwd<T>(dy, dx, POOL_SHAPE, count_include_pad);                                   \
+    }
+
+POOL_ENTRY_POINTS(float, f32)
+POOL_ENTRY_POINTS(__half, f16)
+POOL_ENTRY_POINTS(__nv_bfloat16, bf16)

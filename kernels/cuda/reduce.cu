@@ -1,0 +1,192 @@
+// reduce.cu — whole-tensor sum, the all-finite check of dynamic loss
+// scaling, and global average pooling over NHWC (forward and backward).
+//
+// sum: two launches, no atomics, so the result is deterministic:
+// sum_partial_<t> (any grid G, 256 threads) leaves one f32 partial per block
+// in a G-float workspace, then sum_finalize (one block of 256) adds the G
+// partials in double and writes out[0] (f32). Each thread accumulates only
+// ~n/(256*G) values in f32.
+//
+// all_finite_<t> / unscale_check_f32: found_nonfinite is an int the host
+// zeroes once per step; any thread that meets an inf/NaN stores 1 (a benign
+// race: every writer stores the same value), so one flag can cover every
+// gradient of a step, as GradScaler's found_inf does. unscale_check_f32
+// also multiplies the f32 master gradients by 1/scale in place (GradScaler
+// unscales even when a value overflowed).
+//
+// gap_fwd_<t>: x [N, HW, C] -> y [N, C] mean over HW. Grid (any, N), block
+// (bx, by) = 256 threads like batchnorm.cu: channel lanes of 8 channels,
+// row lanes striding over HW, a shared-memory column sum, one writer per
+// channel. gap_bwd_<t>: dx[n, hw, c] = dy[n, c] / HW, elementwise, 1-D grid.
+// Outputs OVERWRITE.
+#include "common.cuh"
+
+template <typename T>
+__device__ __forceinline__ void sum_partial(const T* __restrict__ x, i64 n,
+                                           float* __restrict__ partials) {
+    __shared__ float sh[SLMLP_BLOCK / 32];
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    float acc = 0.0f;
+    i64 done = 0;
+    if (aligned16(x)) {
+        const i64 packs = n / SLMLP_PACK;
+        for (i64 i = tid; i < packs; i += stride) {
+            float v[SLMLP_PACK];
+            load_f32<T, SLMLP_PACK>(x + i * SLMLP_PACK, v);
+#pragma unroll
+            for (int j = 0; j < SLMLP_PACK; j++) acc += v[j];
+        }
+        done = packs * SLMLP_PACK;
+    }
+    for (i64 i = done + tid; i < n; i += stride) acc += to_f32(x[i]);
+    const float total = block_sum(acc, sh);
+    if (threadIdx.x == 0) partials[blockIdx.x] = total;
+}
+
+extern "C" __global__ void SLMLP_LAUNCH_BOUNDS
+sum_finalize(const float* __restrict__ partials, int count, float* __restrict__ out) {
+    __shared__ double sh[SLMLP_BLOCK / 32];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) acc += (double)partials[i];
+    acc = warp_sum(acc);
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)(blockDim.x / 32); w++) t += sh[w];
+        out[0] = (float)t;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void all_finite(const T* __restrict__ x, i64 n,
+                                          int* __restrict__ found_nonfinite) {
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    bool bad = false;
+    i64 done = 0;
+    if (aligned16(x)) {
+        const i64 packs = n / SLMLP_PACK;
+        for (i64 i = tid; i < packs; i += stride) {
+            float v[SLMLP_PACK];
+            load_f32<T, SLMLP_PACK>(x + i * SLMLP_PACK, v);
+#pragma unroll
+            for (int j = 0; j < SLMLP_PACK; j++) bad |= !isfinite(v[j]);
+        }
+        done = packs * SLMLP_PACK;
+    }
+    for (i64 i = done + tid; i < n; i += stride) bad |= !isfinite(to_f32(x[i]));
+    // One store per warp at most.
+    if (__any_sync(0xffffffffu, bad) && bad) *found_nonfinite = 1;
+}
+
+extern "C" __global__ void SLMLP_LAUNCH_BOUNDS
+unscale_check_f32(float* __restrict__ g, i64 n, float inv_scale, int* __restrict__ found_nonfinite) {
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    bool bad = false;
+    i64 done = 0;
+    if (aligned16(g)) {
+        const i64 packs = n / 4;
+        float4* g4 = reinterpret_cast<float4*>(g);
+        for (i64 i = tid; i < packs; i += stride) {
+            float4 v = g4[i];
+            v.x *= inv_scale; v.y *= inv_scale; v.z *= inv_scale; v.w *= inv_scale;
+            bad |= !(isfinite(v.x) && isfinite(v.y) && isfinite(v.z) && isfinite(v.w));
+            g4[i] = v;
+        }
+        done = packs * 4;
+    }
+    for (i64 i = done + tid; i < n; i += stride) {
+        const float v = g[i] * inv_scale;
+        bad |= !isfinite(v);
+        g[i] = v;
+    }
+    if (__any_sync(0xffffffffu, bad) && bad) *found_nonfinite = 1;
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void gap_fwd_body(const T* __restrict__ x, T* __restrict__ y, int HW,
+                                             int C, float* sh) {
+    const int bx = blockDim.x, by = blockDim.y, n = blockIdx.y;
+    const T* xn = x + (i64)n * HW * C;
+    const int tid = threadIdx.y * bx + threadIdx.x;
+    for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
+        const int c = c0 + threadIdx.x * V;
+        float s[V];
+#pragma unroll
+        for (int j = 0; j < V; j++) s[j] = 0.0f;
+        if (c < C) {
+            for (int r = threadIdx.y; r < HW; r += by) {
+                float v[V];
+                load_f32<T, V>(xn + (i64)r * C + c, v);
+#pragma unroll
+                for (int j = 0; j < V; j++) s[j] += v[j];
+            }
+        }
+        column_sum<V>(s, sh);
+        for (int k = tid; k < bx * V && c0 + k < C; k += bx * by)
+            y[(i64)n * C + c0 + k] = from_f32<T>(sh[k] / (float)HW);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void gap_fwd(const T* x, T* y, int HW, int C) {
+    __shared__ float sh[SLMLP_BLOCK * SLMLP_PACK];
+    if (C % SLMLP_PACK == 0 && aligned16(x)) {
+        gap_fwd_body<T, SLMLP_PACK>(x, y, HW, C, sh);
+    } else {
+        gap_fwd_body<T, 1>(x, y, HW, C, sh);
+    }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void gap_bwd_body(const T* __restrict__ dy, T* __restrict__ dx, int N,
+                                             int HW, int C) {
+    const i64 n_all = (i64)N * HW * C, packs = n_all / V;
+    const i64 plane = (i64)HW * C;
+    const float inv = 1.0f / (float)HW;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < packs;
+         i += (i64)gridDim.x * blockDim.x) {
+        const i64 e = i * V;
+        const i64 n = e / plane;
+        const int c = (int)(e % C);
+        float g[V];
+        load_f32<T, V>(dy + n * C + c, g);
+#pragma unroll
+        for (int j = 0; j < V; j++) g[j] *= inv;
+        store_f32<T, V>(dx + e, g);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void gap_bwd(const T* dy, T* dx, int N, int HW, int C) {
+    if (C % SLMLP_PACK == 0 && aligned16(dy) && aligned16(dx)) {
+        gap_bwd_body<T, SLMLP_PACK>(dy, dx, N, HW, C);
+    } else {
+        gap_bwd_body<T, 1>(dy, dx, N, HW, C);
+    }
+}
+
+#define REDUCE_ENTRY_POINTS(T, SFX)                                                              \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        sum_partial_##SFX(const T* x, i64 n, float* partials) {                                  \
+        sum_partial<T>(x, n, partials);                                                          \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        all_finite_##SFX(const T* x, i64 n, int* found_nonfinite) {                              \
+        all_finite<T>(x, n, found_nonfinite);                                                    \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        gap_fwd_##SFX(const T* x, T* y, int HW, int C) {                                         \
+        gap_fwd<T>(x, y, HW, C);                                                                 \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        gap_bwd_##SFX(const T* dy, T* dx, int N, int HW, int C) {                                \
+        gap_bwd<T>(dy, dx, N, HW, C);                                                            \
+    }
+
+REDUCE_ENTRY_POINTS(float, f32)
+REDUCE_ENTRY_POINTS(__half, f16)
+REDUCE_ENTRY_POINTS(__nv_bfloat16, bf16)
