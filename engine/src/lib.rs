@@ -4,6 +4,7 @@
 pub mod amp;
 pub mod autograd;
 pub mod checkpoint;
+pub mod cuda;
 mod device;
 mod dtype;
 mod error;

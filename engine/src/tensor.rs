@@ -348,10 +348,18 @@ impl Tensor {
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         match device {
             Device::Cpu => Ok(self.clone()),
-            Device::Cuda(_) => Err(Error::DeviceUnavailable {
-                device,
-                msg: "this build has only the CPU backend".into(),
-            }),
+            // The probe's error (missing library, no such GPU) when there is
+            // no usable GPU; GPU tensor storage itself is not implemented yet.
+            Device::Cuda(i) => {
+                let info = crate::cuda::probe(i)?;
+                Err(Error::DeviceUnavailable {
+                    device,
+                    msg: format!(
+                        "{} was found, but tensor storage on the GPU is not implemented yet; use --device cpu",
+                        info.summary()
+                    ),
+                })
+            }
         }
     }
 }

@@ -84,6 +84,15 @@ fn bad_arguments_are_reported() {
     let (code, _, err) = demo(&["--arch", "vgg16"]);
     assert_eq!(code, 1);
     assert!(err.contains("vgg16"), "{err}");
+    // no CUDA on this machine: auto falls back with a notice, cuda is an error
+    let (code, _, err) = demo(&["--device", "cuda"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cuda"), "{err}");
+    let (code, _, err) = demo(&[
+        "--device", "auto", "--steps", "1", "--width", "4", "--size", "8", "--batch", "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("running on the CPU"), "{err}");
     let (code, out, _) = demo(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("--precision"));

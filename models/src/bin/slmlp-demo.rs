@@ -26,7 +26,8 @@ options (defaults in brackets):
   --resume               continue from DIR/checkpoint.safetensors (needs --out)
   --log-every N          print every N steps [10]
   --checkpoint-every N   checkpoint every N steps [50]
-  --threads N            CPU threads [all cores]";
+  --threads N            CPU threads [all cores]
+  --device D             auto | cpu | cuda | cuda:N; auto falls back to the CPU [cpu]";
 
 struct Args {
     arch: String,
@@ -39,6 +40,7 @@ struct Args {
     log_every: usize,
     checkpoint_every: usize,
     threads: Option<usize>,
+    device: String,
 }
 
 fn parse() -> Result<Option<Args>, String> {
@@ -56,6 +58,7 @@ fn parse() -> Result<Option<Args>, String> {
         log_every: 10,
         checkpoint_every: 50,
         threads: None,
+        device: "cpu".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +88,7 @@ fn parse() -> Result<Option<Args>, String> {
                 a.checkpoint_every = num("--checkpoint-every", value("--checkpoint-every")?)?
             }
             "--threads" => a.threads = Some(num("--threads", value("--threads")?)?),
+            "--device" => a.device = value("--device")?,
             other => return Err(format!("unknown option {other:?} (see --help)")),
         }
     }
@@ -119,6 +123,18 @@ fn main() -> ExitCode {
 }
 
 fn train(a: Args) -> engine::Result<()> {
+    let (device, notice) = engine::cuda::resolve_device(&a.device)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    if device != engine::Device::Cpu {
+        // the CUDA backend's tensor storage is not there yet: say so plainly
+        return Err(engine::Error::DeviceUnavailable {
+            device,
+            msg: "training on the GPU needs the CUDA backend, which this build does not have yet"
+                .into(),
+        });
+    }
     if let Some(t) = a.threads {
         if let Err(e) = rayon_pool(t) {
             eprintln!("warning: --threads {t} not applied: {e}");
