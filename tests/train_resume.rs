@@ -75,7 +75,10 @@ fn bf16_training_tracks_f32() {
     let (first, last) = loss_drop(&l16, 5).unwrap();
     let (f32_first, f32_last) = loss_drop(&l32, 5).unwrap();
     eprintln!("f32 {f32_first:.3} -> {f32_last:.3}, bf16 {first:.3} -> {last:.3}");
-    assert!(f32_last < 0.6 * f32_first, "f32 run did not learn: {f32_first:.3} -> {f32_last:.3}");
+    assert!(
+        f32_last < 0.6 * f32_first,
+        "f32 run did not learn: {f32_first:.3} -> {f32_last:.3}"
+    );
     assert!(
         last < 0.6 * first,
         "bf16 run did not learn: {first:.3} -> {last:.3}"
