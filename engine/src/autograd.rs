@@ -160,7 +160,7 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
                 node.name
             ))
         })?;
-        let input_grads = f(&grad)?;
+        let input_grads = crate::trace::op(node.name, "backward", "cpu", &[&grad], || f(&grad))?;
         drop(grad);
         if input_grads.len() != node.parents.len() {
             return Err(Error::Autograd(format!(

@@ -16,6 +16,7 @@ pub mod optim;
 mod rng;
 mod storage;
 mod tensor;
+pub mod trace;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use device::Device;

@@ -331,18 +331,20 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let c = self.contiguous_copy();
-        let out = Tensor::from_parts(
-            Arc::new(c.storage().cast(dtype)),
-            Layout::contiguous(self.dims()),
-        );
-        if !dtype.is_float() {
-            return Ok(out);
-        }
-        let src = self.dtype();
-        Ok(autograd::record(out, "cast", &[self], move |g| {
-            Ok(vec![Some(g.to_dtype(src)?)])
-        }))
+        crate::trace::op("cast", "forward", "cpu:cast", &[self], || {
+            let c = self.contiguous_copy();
+            let out = Tensor::from_parts(
+                Arc::new(c.storage().cast(dtype)),
+                Layout::contiguous(self.dims()),
+            );
+            if !dtype.is_float() {
+                return Ok(out);
+            }
+            let src = self.dtype();
+            Ok(autograd::record(out, "cast", &[self], move |g| {
+                Ok(vec![Some(g.to_dtype(src)?)])
+            }))
+        })
     }
 
     pub fn to_device(&self, device: Device) -> Result<Tensor> {

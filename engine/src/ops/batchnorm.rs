@@ -368,80 +368,88 @@ fn batch_norm_impl(
     a: &BatchNormArgs,
     fuse: Fuse,
 ) -> Result<BatchNormOutput> {
-    let op = fuse.name();
-    let d = check_args(op, x, residual, a)?;
-    let m = (d.n * d.s) as f64;
-    let weight = a.weight.to_vec_f64();
-    let bias = a.bias.to_vec_f64();
+    crate::trace::op(
+        fuse.name(),
+        "forward",
+        "cpu:batchnorm",
+        &[x, a.weight, a.bias],
+        || {
+            let op = fuse.name();
+            let d = check_args(op, x, residual, a)?;
+            let m = (d.n * d.s) as f64;
+            let weight = a.weight.to_vec_f64();
+            let bias = a.bias.to_vec_f64();
 
-    let out_dtype = x.dtype();
-    let (out, mean, invstd, running) = dispatch_float!(op, out_dtype, T => {
-        let xd = x.float_data::<T>()?;
-        let (mean, var, running) = if a.training {
-            // One pass over x: moments shifted by a sample of each channel
-            // (its first element) are free of the E[x²]-E[x]² cancellation.
-            let shift: Vec<f64> = (0..d.c).map(|c| f64_of(xd[c * d.s])).collect();
-            let sums = channel_moments(d, &xd, None, &shift);
-            let (mut mean, mut var) = (vec![0.0; d.c], vec![0.0; d.c]);
-            for c in 0..d.c {
-                let mu = sums[c][0] / m;
-                mean[c] = shift[c] + mu;
-                var[c] = (sums[c][1] / m - mu * mu).max(0.0);
+            let out_dtype = x.dtype();
+            let (out, mean, invstd, running) = dispatch_float!(op, out_dtype, T => {
+                let xd = x.float_data::<T>()?;
+                let (mean, var, running) = if a.training {
+                    // One pass over x: moments shifted by a sample of each channel
+                    // (its first element) are free of the E[x²]-E[x]² cancellation.
+                    let shift: Vec<f64> = (0..d.c).map(|c| f64_of(xd[c * d.s])).collect();
+                    let sums = channel_moments(d, &xd, None, &shift);
+                    let (mut mean, mut var) = (vec![0.0; d.c], vec![0.0; d.c]);
+                    for c in 0..d.c {
+                        let mu = sums[c][0] / m;
+                        mean[c] = shift[c] + mu;
+                        var[c] = (sums[c][1] / m - mu * mu).max(0.0);
+                    }
+                    let (rm, rv) = (a.running_mean.to_vec_f64(), a.running_var.to_vec_f64());
+                    let mo = a.momentum;
+                    let new_rm: Vec<f64> = (0..d.c).map(|c| (1.0 - mo) * rm[c] + mo * mean[c]).collect();
+                    let new_rv: Vec<f64> =
+                        (0..d.c).map(|c| (1.0 - mo) * rv[c] + mo * var[c] * m / (m - 1.0)).collect();
+                    let running = (
+                        Tensor::from_compute(new_rm, &[d.c], a.running_mean.dtype()),
+                        Tensor::from_compute(new_rv, &[d.c], a.running_var.dtype()),
+                    );
+                    (mean, var, Some(running))
+                } else {
+                    (a.running_mean.to_vec_f64(), a.running_var.to_vec_f64(), None)
+                };
+                let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + a.eps).sqrt()).collect();
+                // (x - mean) * scale + bias in T: subtracting first keeps precision
+                // when |mean| >> std (folding the mean into the shift would not).
+                let coef: Vec<Affine<T>> = (0..d.c)
+                    .map(|c| Affine {
+                        m: T::from_f64(mean[c]),
+                        k: T::from_f64(weight[c] * invstd[c]),
+                        b: T::from_f64(bias[c]),
+                        a: T::from_f64(1.0),
+                    })
+                    .collect();
+                let res = residual.map(|r| r.float_data::<T>()).transpose()?;
+                let extra = res.as_deref().map_or(Extra::None, Extra::Slice);
+                let mut out = vec![T::from_f64(0.0); xd.len()];
+                affine_pass(d, &mut out, &xd, extra, &coef, fuse != Fuse::None);
+                (Tensor::from_compute(out, x.dims(), out_dtype), mean, invstd, running)
+            });
+
+            let mut inputs: Vec<&Tensor> = vec![x, a.weight, a.bias];
+            inputs.extend(residual);
+            let needs: Vec<bool> = inputs.iter().map(|t| t.requires_grad()).collect();
+            if !needs.iter().any(|&b| b) {
+                return Ok(BatchNormOutput { out, running });
             }
-            let (rm, rv) = (a.running_mean.to_vec_f64(), a.running_var.to_vec_f64());
-            let mo = a.momentum;
-            let new_rm: Vec<f64> = (0..d.c).map(|c| (1.0 - mo) * rm[c] + mo * mean[c]).collect();
-            let new_rv: Vec<f64> =
-                (0..d.c).map(|c| (1.0 - mo) * rv[c] + mo * var[c] * m / (m - 1.0)).collect();
-            let running = (
-                Tensor::from_compute(new_rm, &[d.c], a.running_mean.dtype()),
-                Tensor::from_compute(new_rv, &[d.c], a.running_var.dtype()),
-            );
-            (mean, var, Some(running))
-        } else {
-            (a.running_mean.to_vec_f64(), a.running_var.to_vec_f64(), None)
-        };
-        let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + a.eps).sqrt()).collect();
-        // (x - mean) * scale + bias in T: subtracting first keeps precision
-        // when |mean| >> std (folding the mean into the shift would not).
-        let coef: Vec<Affine<T>> = (0..d.c)
-            .map(|c| Affine {
-                m: T::from_f64(mean[c]),
-                k: T::from_f64(weight[c] * invstd[c]),
-                b: T::from_f64(bias[c]),
-                a: T::from_f64(1.0),
-            })
-            .collect();
-        let res = residual.map(|r| r.float_data::<T>()).transpose()?;
-        let extra = res.as_deref().map_or(Extra::None, Extra::Slice);
-        let mut out = vec![T::from_f64(0.0); xd.len()];
-        affine_pass(d, &mut out, &xd, extra, &coef, fuse != Fuse::None);
-        (Tensor::from_compute(out, x.dims(), out_dtype), mean, invstd, running)
-    });
-
-    let mut inputs: Vec<&Tensor> = vec![x, a.weight, a.bias];
-    inputs.extend(residual);
-    let needs: Vec<bool> = inputs.iter().map(|t| t.requires_grad()).collect();
-    if !needs.iter().any(|&b| b) {
-        return Ok(BatchNormOutput { out, running });
-    }
-    let saved = Saved {
-        x: x.detach(),
-        out: (fuse != Fuse::None).then(|| out.detach()),
-        mean,
-        invstd,
-        weight,
-        w_dtype: a.weight.dtype(),
-        training: a.training,
-        d,
-        need_x: needs[0],
-        need_w: needs[1],
-        need_b: needs[2],
-        need_r: needs.get(3).copied().unwrap_or(false),
-        fuse,
-    };
-    let out = record(out, op, &inputs, move |g| saved.backward(g));
-    Ok(BatchNormOutput { out, running })
+            let saved = Saved {
+                x: x.detach(),
+                out: (fuse != Fuse::None).then(|| out.detach()),
+                mean,
+                invstd,
+                weight,
+                w_dtype: a.weight.dtype(),
+                training: a.training,
+                d,
+                need_x: needs[0],
+                need_w: needs[1],
+                need_b: needs[2],
+                need_r: needs.get(3).copied().unwrap_or(false),
+                fuse,
+            };
+            let out = record(out, op, &inputs, move |g| saved.backward(g));
+            Ok(BatchNormOutput { out, running })
+        },
+    )
 }
 
 /// What backward needs: x, the output (for the ReLU mask) and per-channel stats.
@@ -585,5 +593,15 @@ impl Tensor {
         a: &BatchNormArgs,
     ) -> Result<BatchNormOutput> {
         batch_norm_impl(self, Some(residual), a, Fuse::AddRelu)
+    }
+}
+
+impl crate::trace::Traced for BatchNormOutput {
+    fn outputs(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.out];
+        if let Some((m, var)) = &self.running {
+            v.extend([m, var]);
+        }
+        v
     }
 }

@@ -93,41 +93,43 @@ fn binary_forward<T: Float>(op: BinOp, a: &Tensor, b: &Tensor, shape: &[usize]) 
 }
 
 fn binary(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    same_dtype(op.name(), &[a, b])?;
-    let shape = broadcast_shapes(op.name(), a.dims(), b.dims())?;
-    let out = dispatch_float!(op.name(), a.dtype(), T => {
-        Tensor::from_compute(binary_forward::<T>(op, a, b, &shape)?, &shape, a.dtype())
-    });
-    let (sa, sb) = (a.dims().to_vec(), b.dims().to_vec());
-    let (need_a, need_b) = (a.requires_grad(), b.requires_grad());
-    // Only mul/div need the operands in backward; add/sub save nothing.
-    let saved = matches!(op, BinOp::Mul | BinOp::Div).then(|| (a.detach(), b.detach()));
-    Ok(record(out, op.name(), &[a, b], move |g| {
-        let (ga, gb) = match (op, saved) {
-            (BinOp::Add, _) => (Some(g.clone()), Some(g.clone())),
-            (BinOp::Sub, _) => (Some(g.clone()), Some(g.neg()?)),
-            (BinOp::Mul, Some((a, b))) => (
-                need_a.then(|| g.mul(&b)).transpose()?,
-                need_b.then(|| g.mul(&a)).transpose()?,
-            ),
-            (BinOp::Div, Some((a, b))) => (
-                need_a.then(|| g.div(&b)).transpose()?,
-                need_b
-                    .then(|| g.mul(&a)?.div(&b.mul(&b)?)?.neg())
-                    .transpose()?,
-            ),
-            _ => unreachable!("mul/div always save their operands"),
-        };
-        let ga = match ga.filter(|_| need_a) {
-            Some(x) => Some(x.sum_to(&sa)?),
-            None => None,
-        };
-        let gb = match gb.filter(|_| need_b) {
-            Some(x) => Some(x.sum_to(&sb)?),
-            None => None,
-        };
-        Ok(vec![ga, gb])
-    }))
+    crate::trace::op(op.name(), "forward", "cpu:elementwise", &[a, b], || {
+        same_dtype(op.name(), &[a, b])?;
+        let shape = broadcast_shapes(op.name(), a.dims(), b.dims())?;
+        let out = dispatch_float!(op.name(), a.dtype(), T => {
+            Tensor::from_compute(binary_forward::<T>(op, a, b, &shape)?, &shape, a.dtype())
+        });
+        let (sa, sb) = (a.dims().to_vec(), b.dims().to_vec());
+        let (need_a, need_b) = (a.requires_grad(), b.requires_grad());
+        // Only mul/div need the operands in backward; add/sub save nothing.
+        let saved = matches!(op, BinOp::Mul | BinOp::Div).then(|| (a.detach(), b.detach()));
+        Ok(record(out, op.name(), &[a, b], move |g| {
+            let (ga, gb) = match (op, saved) {
+                (BinOp::Add, _) => (Some(g.clone()), Some(g.clone())),
+                (BinOp::Sub, _) => (Some(g.clone()), Some(g.neg()?)),
+                (BinOp::Mul, Some((a, b))) => (
+                    need_a.then(|| g.mul(&b)).transpose()?,
+                    need_b.then(|| g.mul(&a)).transpose()?,
+                ),
+                (BinOp::Div, Some((a, b))) => (
+                    need_a.then(|| g.div(&b)).transpose()?,
+                    need_b
+                        .then(|| g.mul(&a)?.div(&b.mul(&b)?)?.neg())
+                        .transpose()?,
+                ),
+                _ => unreachable!("mul/div always save their operands"),
+            };
+            let ga = match ga.filter(|_| need_a) {
+                Some(x) => Some(x.sum_to(&sa)?),
+                None => None,
+            };
+            let gb = match gb.filter(|_| need_b) {
+                Some(x) => Some(x.sum_to(&sb)?),
+                None => None,
+            };
+            Ok(vec![ga, gb])
+        }))
+    })
 }
 
 impl Tensor {

@@ -748,38 +748,46 @@ impl Tensor {
         bias: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        let g = geometry(self, weight, bias, p)?;
-        let dtype = self.dtype();
-        let shape = [g.n, g.cout, g.oh, g.ow];
-        let out = dispatch_float!("conv2d", dtype, T => {
-            let (x, w) = (self.float_data::<T>()?, weight.float_data::<T>()?);
-            let b = bias.map(|b| b.float_data::<T>()).transpose()?;
-            Tensor::from_compute(conv_forward::<T>(&x, &w, b.as_deref(), &g), &shape, dtype)
-        });
-        let need_x = self.requires_grad();
-        let need_w = weight.requires_grad();
-        let need_b = bias.is_some_and(|b| b.requires_grad());
-        let saved_x = need_w.then(|| self.detach());
-        let saved_w = need_x.then(|| weight.detach());
-        let mut inputs = vec![self, weight];
-        inputs.extend(bias);
-        let (x_shape, w_shape) = (self.dims().to_vec(), weight.dims().to_vec());
-        let n_inputs = inputs.len();
-        Ok(record(out, "conv2d", &inputs, move |gy| {
-            let mut grads = dispatch_float!("conv2d backward", dtype, T => {
-                let dy = gy.float_data::<T>()?;
-                let x = saved_x.as_ref().map(|t| t.float_data::<T>()).transpose()?;
-                let w = saved_w.as_ref().map(|t| t.float_data::<T>()).transpose()?;
-                let (dx, dw) = conv_backward::<T>(x.as_deref(), w.as_deref(), &dy, &g);
-                let db = need_b.then(|| bias_grad::<T>(&dy, &g));
-                vec![
-                    dx.map(|v| Tensor::from_compute(v, &x_shape, dtype)),
-                    dw.map(|v| Tensor::from_compute(v, &w_shape, dtype)),
-                    db.map(|v| Tensor::from_compute(v, &[g.cout], dtype)),
-                ]
-            });
-            grads.truncate(n_inputs);
-            Ok(grads)
-        }))
+        crate::trace::op(
+            "conv2d",
+            "forward",
+            "cpu:im2col+gemm",
+            &[self, weight],
+            || {
+                let g = geometry(self, weight, bias, p)?;
+                let dtype = self.dtype();
+                let shape = [g.n, g.cout, g.oh, g.ow];
+                let out = dispatch_float!("conv2d", dtype, T => {
+                    let (x, w) = (self.float_data::<T>()?, weight.float_data::<T>()?);
+                    let b = bias.map(|b| b.float_data::<T>()).transpose()?;
+                    Tensor::from_compute(conv_forward::<T>(&x, &w, b.as_deref(), &g), &shape, dtype)
+                });
+                let need_x = self.requires_grad();
+                let need_w = weight.requires_grad();
+                let need_b = bias.is_some_and(|b| b.requires_grad());
+                let saved_x = need_w.then(|| self.detach());
+                let saved_w = need_x.then(|| weight.detach());
+                let mut inputs = vec![self, weight];
+                inputs.extend(bias);
+                let (x_shape, w_shape) = (self.dims().to_vec(), weight.dims().to_vec());
+                let n_inputs = inputs.len();
+                Ok(record(out, "conv2d", &inputs, move |gy| {
+                    let mut grads = dispatch_float!("conv2d backward", dtype, T => {
+                        let dy = gy.float_data::<T>()?;
+                        let x = saved_x.as_ref().map(|t| t.float_data::<T>()).transpose()?;
+                        let w = saved_w.as_ref().map(|t| t.float_data::<T>()).transpose()?;
+                        let (dx, dw) = conv_backward::<T>(x.as_deref(), w.as_deref(), &dy, &g);
+                        let db = need_b.then(|| bias_grad::<T>(&dy, &g));
+                        vec![
+                            dx.map(|v| Tensor::from_compute(v, &x_shape, dtype)),
+                            dw.map(|v| Tensor::from_compute(v, &w_shape, dtype)),
+                            db.map(|v| Tensor::from_compute(v, &[g.cout], dtype)),
+                        ]
+                    });
+                    grads.truncate(n_inputs);
+                    Ok(grads)
+                }))
+            },
+        )
     }
 }

@@ -92,20 +92,28 @@ fn softmax_bwd<T: Float>(
 }
 
 fn softmax_impl(x: &Tensor, dim: usize, log: bool) -> Result<Tensor> {
-    let op = if log { "log_softmax" } else { "softmax" };
-    let split = split_dims(op, x.dims(), dim)?;
-    let dtype = x.dtype();
-    let out = dispatch_float!(op, dtype, T => {
-        Tensor::from_compute(softmax_fwd(&x.float_data::<T>()?, split, log), x.dims(), dtype)
-    });
-    let y = out.detach();
-    Ok(record(out, op, &[x], move |g| {
-        let gx = dispatch_float!(op, dtype, T => {
-            let dx = softmax_bwd(&y.float_data::<T>()?, &g.float_data::<T>()?, split, log);
-            Tensor::from_compute(dx, y.dims(), dtype)
-        });
-        Ok(vec![Some(gx)])
-    }))
+    crate::trace::op(
+        if log { "log_softmax" } else { "softmax" },
+        "forward",
+        "cpu:softmax",
+        &[x],
+        || {
+            let op = if log { "log_softmax" } else { "softmax" };
+            let split = split_dims(op, x.dims(), dim)?;
+            let dtype = x.dtype();
+            let out = dispatch_float!(op, dtype, T => {
+                Tensor::from_compute(softmax_fwd(&x.float_data::<T>()?, split, log), x.dims(), dtype)
+            });
+            let y = out.detach();
+            Ok(record(out, op, &[x], move |g| {
+                let gx = dispatch_float!(op, dtype, T => {
+                    let dx = softmax_bwd(&y.float_data::<T>()?, &g.float_data::<T>()?, split, log);
+                    Tensor::from_compute(dx, y.dims(), dtype)
+                });
+                Ok(vec![Some(gx)])
+            }))
+        },
+    )
 }
 
 /// A prediction/target pair for the elementwise losses: same shape, same
@@ -149,37 +157,39 @@ fn elementwise_loss(
     f: impl Fn(f64, f64) -> f64 + Sync,
     df: impl Fn(f64, f64) -> f64 + Send + Sync + 'static,
 ) -> Result<Tensor> {
-    check_pair(op, x, t)?;
-    let dtype = x.dtype();
-    let n = x.numel();
-    let loss = dispatch_float!(op, dtype, T => {
-        let (xd, td) = (x.float_data::<T>()?, t.float_data::<T>()?);
-        let partials: Vec<f64> = xd
-            .par_chunks(GRAIN)
-            .zip(td.par_chunks(GRAIN))
-            .map(|(xs, ts)| {
-                xs.iter().zip(ts).map(|(&a, &b)| f(Element::to_f64(a), Element::to_f64(b))).sum()
-            })
-            .collect();
-        partials.iter().sum::<f64>() / n as f64
-    });
-    let out = Tensor::from_compute(vec![loss], &[], dtype);
-    let (xs, ts) = (x.detach(), t.detach());
-    Ok(record(out, op, &[x, t], move |g| {
-        let scale = g.item()? / n as f64;
-        let gx = dispatch_float!(op, dtype, T => {
-            let (xd, td) = (xs.float_data::<T>()?, ts.float_data::<T>()?);
-            let mut dx = vec![T::zero(); n];
-            par_chunks(&mut dx, |st, o| {
-                for (i, v) in o.iter_mut().enumerate() {
-                    let (a, b) = (Element::to_f64(xd[st + i]), Element::to_f64(td[st + i]));
-                    *v = T::from_f64(scale * df(a, b));
-                }
-            });
-            Tensor::from_compute(dx, xs.dims(), dtype)
+    crate::trace::op(op, "forward", "cpu:pointwise_loss", &[x, t], || {
+        check_pair(op, x, t)?;
+        let dtype = x.dtype();
+        let n = x.numel();
+        let loss = dispatch_float!(op, dtype, T => {
+            let (xd, td) = (x.float_data::<T>()?, t.float_data::<T>()?);
+            let partials: Vec<f64> = xd
+                .par_chunks(GRAIN)
+                .zip(td.par_chunks(GRAIN))
+                .map(|(xs, ts)| {
+                    xs.iter().zip(ts).map(|(&a, &b)| f(Element::to_f64(a), Element::to_f64(b))).sum()
+                })
+                .collect();
+            partials.iter().sum::<f64>() / n as f64
         });
-        Ok(vec![Some(gx), None])
-    }))
+        let out = Tensor::from_compute(vec![loss], &[], dtype);
+        let (xs, ts) = (x.detach(), t.detach());
+        Ok(record(out, op, &[x, t], move |g| {
+            let scale = g.item()? / n as f64;
+            let gx = dispatch_float!(op, dtype, T => {
+                let (xd, td) = (xs.float_data::<T>()?, ts.float_data::<T>()?);
+                let mut dx = vec![T::zero(); n];
+                par_chunks(&mut dx, |st, o| {
+                    for (i, v) in o.iter_mut().enumerate() {
+                        let (a, b) = (Element::to_f64(xd[st + i]), Element::to_f64(td[st + i]));
+                        *v = T::from_f64(scale * df(a, b));
+                    }
+                });
+                Tensor::from_compute(dx, xs.dims(), dtype)
+            });
+            Ok(vec![Some(gx), None])
+        }))
+    })
 }
 
 impl Tensor {
@@ -201,112 +211,120 @@ impl Tensor {
         label_smoothing: f64,
         ignore_index: Option<i64>,
     ) -> Result<Tensor> {
-        const OP: &str = "cross_entropy";
-        let dtype = self.dtype();
-        if !dtype.is_float() {
-            return Err(Error::dtype(
-                OP,
-                "a float dtype (f64, f32, f16, bf16) for the logits",
-                dtype,
-            ));
-        }
-        super::expect_rank(OP, "logits", self, 2)?;
-        let (n, c) = (self.dims()[0], self.dims()[1]);
-        if targets.dtype() != DType::I64 {
-            return Err(Error::dtype(
-                OP,
-                "i64 class indices for targets",
-                targets.dtype(),
-            ));
-        }
-        if targets.dims() != [n] {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "targets must be [{n}] for logits {:?}, got {:?}",
-                    self.dims(),
-                    targets.dims()
-                ),
-            ));
-        }
-        if !(0.0..=1.0).contains(&label_smoothing) {
-            return Err(Error::arg(
-                OP,
-                format!("label_smoothing must be in [0, 1], got {label_smoothing}"),
-            ));
-        }
-        let tv = targets.to_vec::<i64>()?;
-        // None for an ignored row, else the class.
-        let mut rows: Vec<Option<usize>> = Vec::with_capacity(n);
-        for (i, &t) in tv.iter().enumerate() {
-            if Some(t) == ignore_index {
-                rows.push(None);
-            } else if (0..c as i64).contains(&t) {
-                rows.push(Some(t as usize));
-            } else {
-                let ign = ignore_index.map_or(String::new(), |v| {
-                    format!(" and is not the ignore index {v}")
-                });
-                return Err(Error::arg(
-                    OP,
-                    format!("target[{i}] = {t} is outside [0, {c}){ign}"),
-                ));
-            }
-        }
-        let valid = rows.iter().filter(|r| r.is_some()).count();
-        if valid == 0 {
-            return Err(Error::arg(
-                OP,
-                format!(
+        crate::trace::op(
+            "cross_entropy",
+            "forward",
+            "cpu:softmax_xent",
+            &[self, targets],
+            || {
+                const OP: &str = "cross_entropy";
+                let dtype = self.dtype();
+                if !dtype.is_float() {
+                    return Err(Error::dtype(
+                        OP,
+                        "a float dtype (f64, f32, f16, bf16) for the logits",
+                        dtype,
+                    ));
+                }
+                super::expect_rank(OP, "logits", self, 2)?;
+                let (n, c) = (self.dims()[0], self.dims()[1]);
+                if targets.dtype() != DType::I64 {
+                    return Err(Error::dtype(
+                        OP,
+                        "i64 class indices for targets",
+                        targets.dtype(),
+                    ));
+                }
+                if targets.dims() != [n] {
+                    return Err(Error::shape(
+                        OP,
+                        format!(
+                            "targets must be [{n}] for logits {:?}, got {:?}",
+                            self.dims(),
+                            targets.dims()
+                        ),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&label_smoothing) {
+                    return Err(Error::arg(
+                        OP,
+                        format!("label_smoothing must be in [0, 1], got {label_smoothing}"),
+                    ));
+                }
+                let tv = targets.to_vec::<i64>()?;
+                // None for an ignored row, else the class.
+                let mut rows: Vec<Option<usize>> = Vec::with_capacity(n);
+                for (i, &t) in tv.iter().enumerate() {
+                    if Some(t) == ignore_index {
+                        rows.push(None);
+                    } else if (0..c as i64).contains(&t) {
+                        rows.push(Some(t as usize));
+                    } else {
+                        let ign = ignore_index.map_or(String::new(), |v| {
+                            format!(" and is not the ignore index {v}")
+                        });
+                        return Err(Error::arg(
+                            OP,
+                            format!("target[{i}] = {t} is outside [0, {c}){ign}"),
+                        ));
+                    }
+                }
+                let valid = rows.iter().filter(|r| r.is_some()).count();
+                if valid == 0 {
+                    return Err(Error::arg(
+                        OP,
+                        format!(
                     "every one of the {n} rows is ignored (ignore index {ignore_index:?}): \
                      the mean is undefined (PyTorch returns NaN)"
                 ),
-            ));
-        }
-        let eps = label_smoothing;
-        let (loss, lse) = dispatch_float!(OP, dtype, T => {
-            let xd = self.float_data::<T>()?;
-            // per row: (log-sum-exp, loss contribution); summed in row order
-            let per_row: Vec<(f64, f64)> = (0..n)
-                .into_par_iter()
-                .with_min_len((GRAIN / c.max(1)).max(1))
-                .map(|i| {
-                    let row = &xd[i * c..(i + 1) * c];
-                    let lse = Element::to_f64(logsumexp(c, |k| row[k]));
-                    let Some(t) = rows[i] else { return (lse, 0.0) };
-                    let nll = lse - Element::to_f64(row[t]);
-                    let smooth = if eps > 0.0 {
-                        lse - row.iter().map(|&v| Element::to_f64(v)).sum::<f64>() / c as f64
-                    } else {
-                        0.0
-                    };
-                    (lse, (1.0 - eps) * nll + eps * smooth)
-                })
-                .collect();
-            let loss = per_row.iter().map(|r| r.1).sum::<f64>() / valid as f64;
-            (loss, per_row.into_iter().map(|r| r.0).collect::<Vec<f64>>())
-        });
-        let out = Tensor::from_compute(vec![loss], &[], dtype);
-        let xs = self.detach();
-        Ok(record(out, OP, &[self, targets], move |g| {
-            // d/dx_ic = g/|V| * (softmax_ic - (1-eps)[c == t_i] - eps/C) on valid rows
-            let scale = g.item()? / valid as f64;
-            let gx = dispatch_float!(OP, dtype, T => {
-                let xd = xs.float_data::<T>()?;
-                let mut dx = vec![T::zero(); n * c];
-                for_each_block(&mut dx, c, |i, o| {
-                    let Some(t) = rows[i] else { return };
-                    let row = &xd[i * c..(i + 1) * c];
-                    for (k, (v, &x)) in o.iter_mut().zip(row).enumerate() {
-                        let p = (Element::to_f64(x) - lse[i]).exp();
-                        let hot = if k == t { 1.0 - eps } else { 0.0 };
-                        *v = T::from_f64(scale * (p - hot - eps / c as f64));
-                    }
+                    ));
+                }
+                let eps = label_smoothing;
+                let (loss, lse) = dispatch_float!(OP, dtype, T => {
+                    let xd = self.float_data::<T>()?;
+                    // per row: (log-sum-exp, loss contribution); summed in row order
+                    let per_row: Vec<(f64, f64)> = (0..n)
+                        .into_par_iter()
+                        .with_min_len((GRAIN / c.max(1)).max(1))
+                        .map(|i| {
+                            let row = &xd[i * c..(i + 1) * c];
+                            let lse = Element::to_f64(logsumexp(c, |k| row[k]));
+                            let Some(t) = rows[i] else { return (lse, 0.0) };
+                            let nll = lse - Element::to_f64(row[t]);
+                            let smooth = if eps > 0.0 {
+                                lse - row.iter().map(|&v| Element::to_f64(v)).sum::<f64>() / c as f64
+                            } else {
+                                0.0
+                            };
+                            (lse, (1.0 - eps) * nll + eps * smooth)
+                        })
+                        .collect();
+                    let loss = per_row.iter().map(|r| r.1).sum::<f64>() / valid as f64;
+                    (loss, per_row.into_iter().map(|r| r.0).collect::<Vec<f64>>())
                 });
-                Tensor::from_compute(dx, &[n, c], dtype)
-            });
-            Ok(vec![Some(gx), None])
-        }))
+                let out = Tensor::from_compute(vec![loss], &[], dtype);
+                let xs = self.detach();
+                Ok(record(out, OP, &[self, targets], move |g| {
+                    // d/dx_ic = g/|V| * (softmax_ic - (1-eps)[c == t_i] - eps/C) on valid rows
+                    let scale = g.item()? / valid as f64;
+                    let gx = dispatch_float!(OP, dtype, T => {
+                        let xd = xs.float_data::<T>()?;
+                        let mut dx = vec![T::zero(); n * c];
+                        for_each_block(&mut dx, c, |i, o| {
+                            let Some(t) = rows[i] else { return };
+                            let row = &xd[i * c..(i + 1) * c];
+                            for (k, (v, &x)) in o.iter_mut().zip(row).enumerate() {
+                                let p = (Element::to_f64(x) - lse[i]).exp();
+                                let hot = if k == t { 1.0 - eps } else { 0.0 };
+                                *v = T::from_f64(scale * (p - hot - eps / c as f64));
+                            }
+                        });
+                        Tensor::from_compute(dx, &[n, c], dtype)
+                    });
+                    Ok(vec![Some(gx), None])
+                }))
+            },
+        )
     }
 
     /// Mean over all elements of BCE-with-logits (numerically stable form),

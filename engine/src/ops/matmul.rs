@@ -147,59 +147,61 @@ impl Tensor {
     /// by every batch entry, and [..., k] inputs with more leading dims are
     /// flattened into the batch.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        super::same_dtype("matmul", &[self, rhs])?;
-        let (ra, rb) = (self.rank(), rhs.rank());
-        if ra < 2 || rb < 2 {
-            return Err(Error::shape(
-                "matmul",
-                format!(
-                    "operands need >= 2 dims, got {:?} and {:?}",
-                    self.dims(),
-                    rhs.dims()
-                ),
-            ));
-        }
-        let (m, k) = (self.dims()[ra - 2], self.dims()[ra - 1]);
-        let (k2, n) = (rhs.dims()[rb - 2], rhs.dims()[rb - 1]);
-        if k != k2 {
-            return Err(Error::shape(
-                "matmul",
-                format!("inner dims differ: {:?} @ {:?}", self.dims(), rhs.dims()),
-            ));
-        }
-        let batch_a: Vec<usize> = self.dims()[..ra - 2].to_vec();
-        // [.., m, k] @ [k, n]: fold the batch into m (one big GEMM).
-        if rb == 2 && ra > 2 {
-            let flat = self.reshape(&[batch_a.iter().product::<usize>() * m, k])?;
-            let mut shape = batch_a.clone();
+        crate::trace::op("matmul", "forward", "cpu:gemm", &[self, rhs], || {
+            super::same_dtype("matmul", &[self, rhs])?;
+            let (ra, rb) = (self.rank(), rhs.rank());
+            if ra < 2 || rb < 2 {
+                return Err(Error::shape(
+                    "matmul",
+                    format!(
+                        "operands need >= 2 dims, got {:?} and {:?}",
+                        self.dims(),
+                        rhs.dims()
+                    ),
+                ));
+            }
+            let (m, k) = (self.dims()[ra - 2], self.dims()[ra - 1]);
+            let (k2, n) = (rhs.dims()[rb - 2], rhs.dims()[rb - 1]);
+            if k != k2 {
+                return Err(Error::shape(
+                    "matmul",
+                    format!("inner dims differ: {:?} @ {:?}", self.dims(), rhs.dims()),
+                ));
+            }
+            let batch_a: Vec<usize> = self.dims()[..ra - 2].to_vec();
+            // [.., m, k] @ [k, n]: fold the batch into m (one big GEMM).
+            if rb == 2 && ra > 2 {
+                let flat = self.reshape(&[batch_a.iter().product::<usize>() * m, k])?;
+                let mut shape = batch_a.clone();
+                shape.extend([m, n]);
+                return flat.matmul(rhs)?.reshape(&shape);
+            }
+            if self.dims()[..ra - 2] != rhs.dims()[..rb - 2] {
+                return Err(Error::shape(
+                    "matmul",
+                    format!("batch dims differ: {:?} @ {:?}", self.dims(), rhs.dims()),
+                ));
+            }
+            let batch: usize = batch_a.iter().product();
+            let (a3, b3) = if ra > 3 {
+                (self.reshape(&[batch, m, k])?, rhs.reshape(&[batch, k, n])?)
+            } else {
+                (self.clone(), rhs.clone())
+            };
+            let mut shape = batch_a;
             shape.extend([m, n]);
-            return flat.matmul(rhs)?.reshape(&shape);
-        }
-        if self.dims()[..ra - 2] != rhs.dims()[..rb - 2] {
-            return Err(Error::shape(
-                "matmul",
-                format!("batch dims differ: {:?} @ {:?}", self.dims(), rhs.dims()),
-            ));
-        }
-        let batch: usize = batch_a.iter().product();
-        let (a3, b3) = if ra > 3 {
-            (self.reshape(&[batch, m, k])?, rhs.reshape(&[batch, k, n])?)
-        } else {
-            (self.clone(), rhs.clone())
-        };
-        let mut shape = batch_a;
-        shape.extend([m, n]);
-        let out = dispatch_float!("matmul", self.dtype(), T => {
-            Tensor::from_compute(matmul_kernel::<T>(&a3, &b3, batch)?, &shape, self.dtype())
-        });
-        let (a, b) = (self.detach(), rhs.detach());
-        let (need_a, need_b) = (self.requires_grad(), rhs.requires_grad());
-        Ok(record(out, "matmul", &[self, rhs], move |g| {
-            let t = |x: &Tensor| x.transpose(x.rank() - 2, x.rank() - 1);
-            let ga = need_a.then(|| g.matmul(&t(&b)?)).transpose()?;
-            let gb = need_b.then(|| t(&a)?.matmul(g)).transpose()?;
-            Ok(vec![ga, gb])
-        }))
+            let out = dispatch_float!("matmul", self.dtype(), T => {
+                Tensor::from_compute(matmul_kernel::<T>(&a3, &b3, batch)?, &shape, self.dtype())
+            });
+            let (a, b) = (self.detach(), rhs.detach());
+            let (need_a, need_b) = (self.requires_grad(), rhs.requires_grad());
+            Ok(record(out, "matmul", &[self, rhs], move |g| {
+                let t = |x: &Tensor| x.transpose(x.rank() - 2, x.rank() - 1);
+                let ga = need_a.then(|| g.matmul(&t(&b)?)).transpose()?;
+                let gb = need_b.then(|| t(&a)?.matmul(g)).transpose()?;
+                Ok(vec![ga, gb])
+            }))
+        })
     }
 
     /// `x @ weight^T + bias` with weight [out, in] (PyTorch's nn.Linear).

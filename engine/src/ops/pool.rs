@@ -202,18 +202,20 @@ fn avg_backward<T: Float>(dy: &[T], hw: [usize; 2], rows: &[Span], cols: &[Span]
 
 /// Averaging pool over the given windows, with its backward.
 fn avg_pool(op: &'static str, x: &Tensor, rows: Vec<Span>, cols: Vec<Span>) -> Result<Tensor> {
-    let [n, c, h, w] = nchw(op, x)?;
-    let (dtype, x_shape) = (x.dtype(), x.dims().to_vec());
-    let shape = [n, c, rows.len(), cols.len()];
-    let out = dispatch_float!(op, dtype, T => {
-        Tensor::from_compute(avg_forward::<T>(&x.float_data::<T>()?, [h, w], &rows, &cols), &shape, dtype)
-    });
-    Ok(record(out, op, &[x], move |g| {
-        let dx = dispatch_float!(op, dtype, T => {
-            Tensor::from_compute(avg_backward::<T>(&g.float_data::<T>()?, [h, w], &rows, &cols), &x_shape, dtype)
+    crate::trace::op(op, "forward", "cpu:pool", &[x], || {
+        let [n, c, h, w] = nchw(op, x)?;
+        let (dtype, x_shape) = (x.dtype(), x.dims().to_vec());
+        let shape = [n, c, rows.len(), cols.len()];
+        let out = dispatch_float!(op, dtype, T => {
+            Tensor::from_compute(avg_forward::<T>(&x.float_data::<T>()?, [h, w], &rows, &cols), &shape, dtype)
         });
-        Ok(vec![Some(dx)])
-    }))
+        Ok(record(out, op, &[x], move |g| {
+            let dx = dispatch_float!(op, dtype, T => {
+                Tensor::from_compute(avg_backward::<T>(&g.float_data::<T>()?, [h, w], &rows, &cols), &x_shape, dtype)
+            });
+            Ok(vec![Some(dx)])
+        }))
+    })
 }
 
 impl Tensor {
@@ -225,25 +227,27 @@ impl Tensor {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> Result<Tensor> {
-        const OP: &str = "max_pool2d";
-        let [oh, ow] = window_out(OP, self, kernel, stride, padding)?;
-        let [n, c, h, w] = nchw(OP, self)?;
-        let rows = sliding(h, oh, kernel[0], stride[0], padding[0], false);
-        let cols = sliding(w, ow, kernel[1], stride[1], padding[1], false);
-        let (dtype, x_shape) = (self.dtype(), self.dims().to_vec());
-        let (out, idx) = dispatch_float!(OP, dtype, T => {
-            let (o, idx) = max_forward::<T>(&self.float_data::<T>()?, [h, w], &rows, &cols);
-            (Tensor::from_compute(o, &[n, c, oh, ow], dtype), idx)
-        });
-        let need = self.requires_grad();
-        let idx = need.then_some(idx);
-        Ok(record(out, OP, &[self], move |g| {
-            let idx = idx.expect("saved when the input requires grad");
-            let dx = dispatch_float!(OP, dtype, T => {
-                Tensor::from_compute(max_backward::<T>(&g.float_data::<T>()?, &idx, h * w, oh * ow), &x_shape, dtype)
+        crate::trace::op("max_pool2d", "forward", "cpu:pool", &[self], || {
+            const OP: &str = "max_pool2d";
+            let [oh, ow] = window_out(OP, self, kernel, stride, padding)?;
+            let [n, c, h, w] = nchw(OP, self)?;
+            let rows = sliding(h, oh, kernel[0], stride[0], padding[0], false);
+            let cols = sliding(w, ow, kernel[1], stride[1], padding[1], false);
+            let (dtype, x_shape) = (self.dtype(), self.dims().to_vec());
+            let (out, idx) = dispatch_float!(OP, dtype, T => {
+                let (o, idx) = max_forward::<T>(&self.float_data::<T>()?, [h, w], &rows, &cols);
+                (Tensor::from_compute(o, &[n, c, oh, ow], dtype), idx)
             });
-            Ok(vec![Some(dx)])
-        }))
+            let need = self.requires_grad();
+            let idx = need.then_some(idx);
+            Ok(record(out, OP, &[self], move |g| {
+                let idx = idx.expect("saved when the input requires grad");
+                let dx = dispatch_float!(OP, dtype, T => {
+                    Tensor::from_compute(max_backward::<T>(&g.float_data::<T>()?, &idx, h * w, oh * ow), &x_shape, dtype)
+                });
+                Ok(vec![Some(dx)])
+            }))
+        })
     }
 
     /// Mean over each window; `count_include_pad` divides by the full

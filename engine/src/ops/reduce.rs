@@ -44,27 +44,29 @@ fn sum_kernel<T: Float>(x: &Tensor, keep_shape: &[usize]) -> Result<Vec<T>> {
 impl Tensor {
     /// Sum over `dims`; reduced dims are kept with size 1 when `keepdim`.
     pub fn sum_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        let dims = check_dims("sum", self, dims)?;
-        let keep_shape: Vec<usize> = (0..self.rank())
-            .map(|i| if dims.contains(&i) { 1 } else { self.dims()[i] })
-            .collect();
-        let out_shape: Vec<usize> = if keepdim {
-            keep_shape.clone()
-        } else {
-            (0..self.rank())
-                .filter(|i| !dims.contains(i))
-                .map(|i| self.dims()[i])
-                .collect()
-        };
-        let out = dispatch_float!("sum", self.dtype(), T => {
-            Tensor::from_compute(sum_kernel::<T>(self, &keep_shape)?, &out_shape, self.dtype())
-        });
-        let in_shape = self.dims().to_vec();
-        Ok(record(out, "sum", &[self], move |g| {
-            Ok(vec![Some(
-                g.reshape(&keep_shape)?.expand(&in_shape)?.contiguous(),
-            )])
-        }))
+        crate::trace::op("sum", "forward", "cpu:reduce", &[self], || {
+            let dims = check_dims("sum", self, dims)?;
+            let keep_shape: Vec<usize> = (0..self.rank())
+                .map(|i| if dims.contains(&i) { 1 } else { self.dims()[i] })
+                .collect();
+            let out_shape: Vec<usize> = if keepdim {
+                keep_shape.clone()
+            } else {
+                (0..self.rank())
+                    .filter(|i| !dims.contains(i))
+                    .map(|i| self.dims()[i])
+                    .collect()
+            };
+            let out = dispatch_float!("sum", self.dtype(), T => {
+                Tensor::from_compute(sum_kernel::<T>(self, &keep_shape)?, &out_shape, self.dtype())
+            });
+            let in_shape = self.dims().to_vec();
+            Ok(record(out, "sum", &[self], move |g| {
+                Ok(vec![Some(
+                    g.reshape(&keep_shape)?.expand(&in_shape)?.contiguous(),
+                )])
+            }))
+        })
     }
 
     /// Sum of all elements, as a 0-d tensor.

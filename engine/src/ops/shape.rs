@@ -187,57 +187,65 @@ impl Tensor {
 
     /// Concatenates along `dim`; all tensors share dtype and the other dims.
     pub fn cat(tensors: &[Tensor], dim: usize) -> Result<Tensor> {
-        let first = tensors
-            .first()
-            .ok_or_else(|| Error::arg("cat", "needs at least one tensor"))?;
-        if dim >= first.rank() {
-            return Err(Error::shape(
-                "cat",
-                format!("dim {dim} out of range for {:?}", first.dims()),
-            ));
-        }
-        for t in tensors {
-            let same_other = t.rank() == first.rank()
-                && (0..t.rank()).all(|i| i == dim || t.dims()[i] == first.dims()[i]);
-            if !same_other {
-                return Err(Error::shape(
-                    "cat",
-                    format!(
-                        "shapes {:?} and {:?} differ outside dim {dim}",
-                        first.dims(),
-                        t.dims()
-                    ),
-                ));
-            }
-            if t.dtype() != first.dtype() {
-                return Err(Error::dtype("cat", first.dtype().name(), t.dtype()));
-            }
-        }
-        let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[dim]).collect();
-        let mut shape = first.dims().to_vec();
-        shape[dim] = sizes.iter().sum();
-        let out = dispatch_any!(first.dtype(), T => {
-            let mut out = vec![T::from_f64(0.0); shape.iter().product()];
-            let mut start = 0;
-            for t in tensors {
-                let mut region = Layout::contiguous(&shape);
-                region.offset = start * region.strides[dim];
-                region.shape[dim] = t.dims()[dim];
-                scatter(&mut out, &region, &t.data::<T>()?);
-                start += t.dims()[dim];
-            }
-            Tensor::from_storage(<T as Element>::into_storage(out), &shape)?
-        });
-        let refs: Vec<&Tensor> = tensors.iter().collect();
-        Ok(record(out, "cat", &refs, move |g| {
-            let mut start = 0;
-            let mut grads = Vec::with_capacity(sizes.len());
-            for &s in &sizes {
-                grads.push(Some(g.narrow(dim, start, s)?.contiguous()));
-                start += s;
-            }
-            Ok(grads)
-        }))
+        crate::trace::op(
+            "cat",
+            "forward",
+            "cpu:copy",
+            &tensors.iter().collect::<Vec<_>>(),
+            || {
+                let first = tensors
+                    .first()
+                    .ok_or_else(|| Error::arg("cat", "needs at least one tensor"))?;
+                if dim >= first.rank() {
+                    return Err(Error::shape(
+                        "cat",
+                        format!("dim {dim} out of range for {:?}", first.dims()),
+                    ));
+                }
+                for t in tensors {
+                    let same_other = t.rank() == first.rank()
+                        && (0..t.rank()).all(|i| i == dim || t.dims()[i] == first.dims()[i]);
+                    if !same_other {
+                        return Err(Error::shape(
+                            "cat",
+                            format!(
+                                "shapes {:?} and {:?} differ outside dim {dim}",
+                                first.dims(),
+                                t.dims()
+                            ),
+                        ));
+                    }
+                    if t.dtype() != first.dtype() {
+                        return Err(Error::dtype("cat", first.dtype().name(), t.dtype()));
+                    }
+                }
+                let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[dim]).collect();
+                let mut shape = first.dims().to_vec();
+                shape[dim] = sizes.iter().sum();
+                let out = dispatch_any!(first.dtype(), T => {
+                    let mut out = vec![T::from_f64(0.0); shape.iter().product()];
+                    let mut start = 0;
+                    for t in tensors {
+                        let mut region = Layout::contiguous(&shape);
+                        region.offset = start * region.strides[dim];
+                        region.shape[dim] = t.dims()[dim];
+                        scatter(&mut out, &region, &t.data::<T>()?);
+                        start += t.dims()[dim];
+                    }
+                    Tensor::from_storage(<T as Element>::into_storage(out), &shape)?
+                });
+                let refs: Vec<&Tensor> = tensors.iter().collect();
+                Ok(record(out, "cat", &refs, move |g| {
+                    let mut start = 0;
+                    let mut grads = Vec::with_capacity(sizes.len());
+                    for &s in &sizes {
+                        grads.push(Some(g.narrow(dim, start, s)?.contiguous()));
+                        start += s;
+                    }
+                    Ok(grads)
+                }))
+            },
+        )
     }
 
     /// Stacks same-shape tensors along a new dim.

@@ -75,27 +75,29 @@ fn map(op: UnOp, x: &Tensor) -> Result<Tensor> {
 }
 
 fn unary(op: UnOp, x: &Tensor) -> Result<Tensor> {
-    let out = map(op, x)?;
-    if !x.requires_grad() {
-        return Ok(out);
-    }
-    let (xs, ys) = (x.detach(), out.detach());
-    Ok(record(out, op.name(), &[x], move |g| {
-        let gx = match op {
-            UnOp::Relu => g.mul(&map(UnOp::Step, &xs)?)?,
-            UnOp::Neg => g.neg()?,
-            UnOp::Exp => g.mul(&ys)?,
-            UnOp::Log => g.div(&xs)?,
-            UnOp::Sqrt => g.div(&ys.scale(2.0)?)?,
-            UnOp::Sigmoid => g.mul(&ys.mul(&ys.neg()?.add_scalar(1.0)?)?)?,
-            UnOp::Tanh => g.mul(&ys.mul(&ys)?.neg()?.add_scalar(1.0)?)?,
-            UnOp::Scale(s) => g.scale(s)?,
-            UnOp::AddScalar(_) => g.clone(),
-            UnOp::Powf(p) => g.mul(&xs.powf(p - 1.0)?.scale(p)?)?,
-            UnOp::Step => g.zeros_like(),
-        };
-        Ok(vec![Some(gx)])
-    }))
+    crate::trace::op(op.name(), "forward", "cpu:elementwise", &[x], || {
+        let out = map(op, x)?;
+        if !x.requires_grad() {
+            return Ok(out);
+        }
+        let (xs, ys) = (x.detach(), out.detach());
+        Ok(record(out, op.name(), &[x], move |g| {
+            let gx = match op {
+                UnOp::Relu => g.mul(&map(UnOp::Step, &xs)?)?,
+                UnOp::Neg => g.neg()?,
+                UnOp::Exp => g.mul(&ys)?,
+                UnOp::Log => g.div(&xs)?,
+                UnOp::Sqrt => g.div(&ys.scale(2.0)?)?,
+                UnOp::Sigmoid => g.mul(&ys.mul(&ys.neg()?.add_scalar(1.0)?)?)?,
+                UnOp::Tanh => g.mul(&ys.mul(&ys)?.neg()?.add_scalar(1.0)?)?,
+                UnOp::Scale(s) => g.scale(s)?,
+                UnOp::AddScalar(_) => g.clone(),
+                UnOp::Powf(p) => g.mul(&xs.powf(p - 1.0)?.scale(p)?)?,
+                UnOp::Step => g.zeros_like(),
+            };
+            Ok(vec![Some(gx)])
+        }))
+    })
 }
 
 impl Tensor {
