@@ -18,6 +18,16 @@ fn check(case: &str, names: &[&str], f: impl Fn(&Fixture, &[Tensor]) -> Result<T
     let (out, leaves) = run_with_grads(&inputs, fx.get("grad_out"), |xs| f(&fx, xs))
         .unwrap_or_else(|e| panic!("{case}: {e}"));
     assert_close(&format!("{case}: out"), &out, fx.get("out"), TOL);
+    // every gradient the fixture holds must be one we compare
+    let n_fixture_grads = fx.tensors.keys().filter(|k| k.starts_with("grad.")).count();
+    let n_compared = names
+        .iter()
+        .filter(|n| fx.opt(&format!("grad.{n}")).is_some())
+        .count();
+    assert_eq!(
+        n_compared, n_fixture_grads,
+        "{case}: fixture has gradients this test does not check"
+    );
     for (name, leaf) in names.iter().zip(&leaves) {
         if let Some(expected) = fx.opt(&format!("grad.{name}")) {
             let g = leaf

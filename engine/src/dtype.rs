@@ -28,13 +28,6 @@ impl DType {
     pub fn is_float(self) -> bool {
         matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
     }
-    /// The dtype CPU kernels compute in for this storage dtype.
-    pub fn compute_dtype(self) -> DType {
-        match self {
-            DType::F64 => DType::F64,
-            _ => DType::F32,
-        }
-    }
     pub fn name(self) -> &'static str {
         match self {
             DType::F64 => "f64",
@@ -58,6 +51,8 @@ pub trait Element: Copy + Send + Sync + fmt::Debug + 'static {
     const DTYPE: DType;
     fn slice(s: &Storage) -> Option<&[Self]>;
     fn into_storage(v: Vec<Self>) -> Storage;
+    /// The vector inside a storage of this dtype, without copying.
+    fn from_storage(s: Storage) -> Option<Vec<Self>>;
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
 }
@@ -74,6 +69,12 @@ macro_rules! element {
             }
             fn into_storage(v: Vec<Self>) -> Storage {
                 Storage::$variant(v)
+            }
+            fn from_storage(s: Storage) -> Option<Vec<Self>> {
+                match s {
+                    Storage::$variant(v) => Some(v),
+                    _ => None,
+                }
             }
             fn to_f64(self) -> f64 {
                 ($to)(self)

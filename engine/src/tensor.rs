@@ -186,8 +186,8 @@ impl Tensor {
             d if d == T::DTYPE => self.data::<T>(),
             DType::F16 | DType::BF16 if T::DTYPE == DType::F32 => {
                 let c = self.contiguous_copy();
-                let v = c.storage().cast(DType::F32);
-                Ok(Cow::Owned(T::slice(&v).expect("cast to f32").to_vec()))
+                let v = T::from_storage(c.storage().cast(DType::F32)).expect("cast to f32");
+                Ok(Cow::Owned(v))
             }
             d => Err(Error::dtype("float_data", T::DTYPE.name(), d)),
         }

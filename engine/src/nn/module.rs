@@ -89,9 +89,6 @@ impl Module for Flatten {
 /// bf16/f16 activations' dtype on every forward. The cast records a backward
 /// that casts the gradient back, so the master still gets an f32 gradient.
 pub(crate) fn cast_like(weight: &Tensor, x: &Tensor) -> Result<Tensor> {
-    if weight.dtype() == x.dtype() {
-        Ok(weight.clone())
-    } else {
-        weight.to_dtype(x.dtype())
-    }
+    // a no-op (no copy, no graph node) when the dtypes already match
+    weight.to_dtype(x.dtype())
 }
