@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
         flops / ours / 1e6,
         flops / 1e9
     );
-    match slmlp_benches::pytorch_resnet18_cpu_ms(BATCH) {
+    match slmlp_benches::pytorch_resnet18_cpu_ms(&slmlp_benches::TorchResNet18::cifar(BATCH)) {
         Ok(torch) => println!(
             "pytorch same machine, same run: {torch:.1} ms median -> ratio ours/pytorch = {:.2} (target <= 1.5)",
             ours / torch

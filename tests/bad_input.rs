@@ -5,9 +5,8 @@
 use engine::checkpoint::{load_model, save_model, LoadOptions};
 use engine::nn::Module;
 use engine::{DType, Rng, Tensor};
-use models::data::SyntheticImages;
-use models::train::{run, TrainOptions, Trainer};
-use models::{ResNet, ResNetConfig, Stem};
+use models::train::{TrainOptions, Trainer};
+use models::{NetConfig, ResNet, ResNetConfig, Stem, SupervisedNet};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -78,31 +77,28 @@ fn checkpoint_from_another_architecture_names_every_difference() {
 
 #[test]
 fn truncated_or_corrupt_training_checkpoint_is_an_error() {
-    let data = SyntheticImages::new(3, 3, 8, 0.3, 1).unwrap();
-    let model = net(ResNetConfig::resnet18(3));
+    let mut c = NetConfig::new("resnet18", 3).unwrap();
+    c.width = 4;
+    c.stem = Stem::Cifar;
+    let model = SupervisedNet::new(c, &mut Rng::new(0)).unwrap();
     let dir = tmp("run");
     let opts = TrainOptions {
         steps: 1,
-        batch: 4,
         ..TrainOptions::default()
     };
-    run(
-        &mut Trainer::new(&model, opts.clone()),
-        &data,
-        Some(&dir),
-        1,
-        1,
-    )
-    .unwrap();
+    let images = Tensor::randn(&[4, 3, 8, 8], 0.0, 1.0, DType::F32, &mut Rng::new(1));
+    let labels = Tensor::from_vec(vec![0i64, 1, 2, 1], &[4]).unwrap();
+    let mut t = Trainer::new(&model, opts.clone(), BTreeMap::new());
+    t.step(&images, &labels).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
     let ckpt = dir.join("checkpoint.safetensors");
+    t.save(&ckpt).unwrap();
     let bytes = std::fs::read(&ckpt).unwrap();
 
+    let fresh = || Trainer::new(&model, opts.clone(), BTreeMap::new());
     for cut in [0, 7, 8, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&ckpt, &bytes[..cut]).unwrap();
-        let err = Trainer::new(&model, opts.clone())
-            .resume(&ckpt)
-            .unwrap_err()
-            .to_string();
+        let err = fresh().resume(&ckpt).unwrap_err().to_string();
         assert!(
             err.contains("checkpoint.safetensors"),
             "cut at {cut}: error should name the file: {err}"
@@ -111,12 +107,16 @@ fn truncated_or_corrupt_training_checkpoint_is_an_error() {
     let mut corrupt = bytes.clone();
     corrupt[8..16].copy_from_slice(b"{garbage");
     std::fs::write(&ckpt, &corrupt).unwrap();
-    assert!(Trainer::new(&model, opts.clone()).resume(&ckpt).is_err());
+    assert!(fresh().resume(&ckpt).is_err());
+
+    // a checkpoint of a run with other options is refused, not half-used
+    std::fs::write(&ckpt, &bytes).unwrap();
+    let other = TrainOptions { steps: 7, ..opts.clone() };
+    let err = Trainer::new(&model, other, BTreeMap::new()).resume(&ckpt).unwrap_err().to_string();
+    assert!(err.contains("total_steps"), "{err}");
+
     std::fs::remove_file(&ckpt).unwrap();
-    let err = Trainer::new(&model, opts)
-        .resume(&ckpt)
-        .unwrap_err()
-        .to_string();
+    let err = fresh().resume(&ckpt).unwrap_err().to_string();
     assert!(err.contains("checkpoint.safetensors"), "{err}");
 }
 

@@ -283,6 +283,19 @@ impl ResNet {
 
     /// Globally pooled encoder features [N, feature_dim]: what transfers.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        self.features_traced(x, &mut |_, _| Ok(()))
+    }
+
+    /// `features`, reporting each stage's output to `hook` under the name of
+    /// the torchvision module whose output it equals: `relu` (conv1, bn1 and
+    /// relu run fused), `maxpool` (ImageNet stem), `layer{s}.{b}` for every
+    /// block, and `avgpool` (flattened to [N, C]). Used to dump activations
+    /// for layer-by-layer comparison with PyTorch.
+    pub fn features_traced(
+        &self,
+        x: &Tensor,
+        hook: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         if x.rank() != 4 || x.dims()[1] != self.config.in_channels {
             return Err(Error::shape(
                 "resnet",
@@ -294,13 +307,20 @@ impl ResNet {
             ));
         }
         let mut h = self.bn1.forward_relu(&self.conv1.forward(x)?)?;
+        hook("relu", &h)?;
         if self.config.stem == Stem::ImageNet {
             h = h.max_pool2d([3, 3], [2, 2], [1, 1])?;
+            hook("maxpool", &h)?;
         }
-        for block in self.stages.iter().flatten() {
-            h = block.forward(&h)?;
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                h = block.forward(&h)?;
+                hook(&format!("layer{}.{b}", s + 1), &h)?;
+            }
         }
-        h.adaptive_avg_pool2d([1, 1])?.flatten(1)
+        let f = h.adaptive_avg_pool2d([1, 1])?.flatten(1)?;
+        hook("avgpool", &f)?;
+        Ok(f)
     }
 
     /// Forward multiply-accumulates (convs and fc) for one `h x w` image:

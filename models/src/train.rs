@@ -1,49 +1,43 @@
-//! The supervised training loop: SGD with warmup + cosine, optional mixed
-//! precision, JSONL metrics, atomic checkpoints and exact resume.
+//! One supervised training step and its exact checkpoint: SGD with warmup +
+//! cosine, optional mixed precision (bf16, or f16 with dynamic loss scaling).
 //!
-//! Exactness: everything a step depends on — parameters, BN buffers, momentum,
-//! the data generator's RNG state, the step counter and the loss scale — is in
-//! the checkpoint, and every CPU op is deterministic, so a resumed run
-//! continues bit for bit as if it had never stopped.
+//! Exactness: everything a step depends on — parameters, BN buffers,
+//! momentum, the step counter and the loss scale — is in the checkpoint; the
+//! data a step sees is a pure function of (seed, epoch, batch index) (see
+//! `data::Loader`); every CPU op is deterministic. So a resumed run continues
+//! bit for bit as if it had never stopped.
 
-use crate::data::SyntheticImages;
-use crate::resnet::ResNet;
 use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::{load_training, save_training, TrainState};
 use engine::nn::{Buffer, Module, Param};
 use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, Warmup};
-use engine::{DType, Error, Result, Rng, Tensor};
+use engine::{DType, Error, Result, Tensor};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
+    /// Total optimizer steps of the run (the cosine schedule's length).
     pub steps: usize,
-    pub batch: usize,
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
     pub warmup_steps: usize,
     pub label_smoothing: f64,
     pub precision: Precision,
-    /// Seeds the data stream (the model is initialised by the caller).
-    pub seed: u64,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             steps: 100,
-            batch: 32,
             lr: 0.1,
             momentum: 0.9,
             weight_decay: 5e-4,
             warmup_steps: 10,
             label_smoothing: 0.0,
             precision: Precision::F32,
-            seed: 0,
         }
     }
 }
@@ -53,37 +47,68 @@ impl Default for TrainOptions {
 pub struct StepLog {
     pub step: usize,
     pub loss: f64,
+    /// Top-1 accuracy on this batch (train mode, before the update).
+    pub accuracy: f64,
     pub lr: f64,
+    pub batch: usize,
     pub images_per_s: f64,
     /// f16 only: the step was skipped because gradients overflowed.
     pub skipped: bool,
 }
 
 impl StepLog {
-    pub fn to_json(&self) -> String {
+    pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "step": self.step, "loss": self.loss, "lr": self.lr,
-            "images_per_s": self.images_per_s, "skipped": self.skipped,
+            "step": self.step, "loss": self.loss, "accuracy": self.accuracy,
+            "lr": self.lr, "batch": self.batch, "images_per_s": self.images_per_s,
+            "skipped": self.skipped,
         })
-        .to_string()
     }
 }
 
+/// Index of the largest value of each row of `[N, K]` logits (first on ties).
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
+    if logits.rank() != 2 {
+        return Err(Error::shape(
+            "argmax_rows",
+            format!("expected [N, K] logits, got {:?}", logits.dims()),
+        ));
+    }
+    let k = logits.dims()[1];
+    let l = logits.to_vec_f64();
+    Ok(l.chunks(k.max(1))
+        .map(|row| (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b }))
+        .collect())
+}
+
+/// Fraction of rows whose argmax equals the i64 label.
+pub fn batch_accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
+    let pred = argmax_rows(logits)?;
+    let y = labels.to_vec::<i64>()?;
+    let hit = pred.iter().zip(&y).filter(|(p, &t)| **p as i64 == t).count();
+    Ok(hit as f64 / y.len().max(1) as f64)
+}
+
 pub struct Trainer<'m> {
-    model: &'m ResNet,
+    model: &'m dyn Module,
     params: Vec<Param>,
     buffers: Vec<Buffer>,
     opt: Sgd,
     schedule: Warmup<Cosine>,
     scaler: Option<LossScaler>,
-    data_rng: Rng,
+    /// Written into every checkpoint (e.g. the network's config).
+    metadata: BTreeMap<String, String>,
     pub opts: TrainOptions,
     /// Steps completed so far.
     pub step: usize,
 }
 
 impl<'m> Trainer<'m> {
-    pub fn new(model: &'m ResNet, opts: TrainOptions) -> Trainer<'m> {
+    pub fn new(
+        model: &'m dyn Module,
+        opts: TrainOptions,
+        metadata: BTreeMap<String, String>,
+    ) -> Trainer<'m> {
         let schedule = Warmup {
             inner: Cosine {
                 base_lr: opts.lr,
@@ -100,24 +125,31 @@ impl<'m> Trainer<'m> {
             opt: Sgd::new(opts.lr, opts.momentum, opts.weight_decay).with_exclude_no_wd(true),
             schedule,
             scaler: opts.precision.scaler(),
-            data_rng: Rng::new(opts.seed ^ 0xda7a),
+            metadata,
             step: 0,
             opts,
         }
     }
 
-    /// One SGD step on a fresh batch.
-    pub fn step(&mut self, data: &SyntheticImages) -> Result<StepLog> {
+    pub fn model(&self) -> &'m dyn Module {
+        self.model
+    }
+
+    /// Saves the weights alone (no optimizer state) with the run's
+    /// metadata: what `transfer`, `analyze` and `forward` read.
+    pub fn save_model(&self, path: &Path) -> Result<()> {
+        engine::checkpoint::save_model(path, &self.params, &self.buffers, &self.metadata)
+    }
+
+    /// One SGD step on `images` [B, C, H, W] (f32) with i64 `labels` [B].
+    pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
         let t0 = Instant::now();
-        let (images, labels) = data.batch(self.opts.batch, &mut self.data_rng)?;
         self.model.set_training(true);
         let dtype = self.opts.precision.compute_dtype();
         let logits = self.model.forward(&images.to_dtype(dtype)?)?;
         // the loss is always computed in f32 (autocast does the same)
-        let loss =
-            logits
-                .to_dtype(DType::F32)?
-                .cross_entropy(&labels, self.opts.label_smoothing, None)?;
+        let logits = logits.to_dtype(DType::F32)?;
+        let loss = logits.cross_entropy(labels, self.opts.label_smoothing, None)?;
         let loss_value = loss.item()?;
         if !loss_value.is_finite() && self.scaler.is_none() {
             return Err(Error::arg(
@@ -128,6 +160,7 @@ impl<'m> Trainer<'m> {
                 ),
             ));
         }
+        let accuracy = batch_accuracy(&logits.detach(), labels)?;
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
         zero_grad(&self.params);
@@ -138,18 +171,21 @@ impl<'m> Trainer<'m> {
         let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.params)?;
         zero_grad(&self.params);
         self.step += 1;
+        let batch = images.dims()[0];
         Ok(StepLog {
             step: self.step,
             loss: loss_value,
+            accuracy,
             lr,
-            images_per_s: self.opts.batch as f64 / t0.elapsed().as_secs_f64(),
+            batch,
+            images_per_s: batch as f64 / t0.elapsed().as_secs_f64(),
             skipped: !stepped,
         })
     }
 
     /// Writes the whole training state atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut extra = BTreeMap::new();
+        let mut extra = self.metadata.clone();
         extra.insert(
             "precision".to_string(),
             format!("{:?}", self.opts.precision),
@@ -164,96 +200,51 @@ impl<'m> Trainer<'m> {
         }
         let state = TrainState {
             step: self.step as u64,
-            rng: self.data_rng.state(),
+            // the data stream is a function of (seed, epoch, batch): no RNG to keep
+            rng: [0; 4],
             extra,
         };
         save_training(path, &self.params, &self.buffers, &self.opt.state(), &state)
     }
 
-    /// Restores a state written by `save` (same architecture and options).
+    /// Restores a state written by `save` by a run with the same model,
+    /// precision and length.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let ckpt_err = |msg: String| Error::Checkpoint {
+            path: path.display().to_string(),
+            msg,
+        };
         let (optim_state, state) = load_training(path, &self.params, &self.buffers)?;
+        let want = [
+            ("precision", format!("{:?}", self.opts.precision)),
+            ("total_steps", self.opts.steps.to_string()),
+        ];
+        for (k, v) in want {
+            match state.extra.get(k) {
+                Some(got) if *got == v => {}
+                got => {
+                    return Err(ckpt_err(format!(
+                        "written by a run with {k} = {}, this run has {v}; resume with the same options",
+                        got.map_or("(none)", String::as_str)
+                    )))
+                }
+            }
+        }
         self.opt.load_state(optim_state)?;
         self.step = state.step as usize;
-        self.data_rng = Rng::from_state(state.rng);
         if let Some(s) = &mut self.scaler {
             let get = |k: &str| -> Result<f64> {
                 state
                     .extra
                     .get(k)
                     .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| Error::Checkpoint {
-                        path: path.display().to_string(),
-                        msg: format!("f16 run but the checkpoint has no valid {k}"),
-                    })
+                    .ok_or_else(|| ckpt_err(format!("f16 run but the checkpoint has no valid {k}")))
             };
             s.scale = get("loss_scale")?;
             s.clean_steps = get("loss_scale_clean_steps")? as usize;
         }
         Ok(())
     }
-}
-
-/// Runs a trainer to `opts.steps`, printing progress and (with `out_dir`)
-/// appending JSONL metrics and checkpointing every `checkpoint_every` steps.
-pub fn run(
-    trainer: &mut Trainer,
-    data: &SyntheticImages,
-    out_dir: Option<&Path>,
-    log_every: usize,
-    checkpoint_every: usize,
-) -> Result<Vec<StepLog>> {
-    let total = trainer.opts.steps;
-    let mut metrics = match out_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-            let p = d.join("metrics.jsonl");
-            Some((
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&p)
-                    .map_err(|e| Error::io(&p, e))?,
-                p,
-            ))
-        }
-        None => None,
-    };
-    let ckpt: Option<PathBuf> = out_dir.map(|d| d.join("checkpoint.safetensors"));
-    let start = Instant::now();
-    let first = trainer.step;
-    let mut logs = Vec::new();
-    while trainer.step < total {
-        let log = trainer.step(data)?;
-        if let Some((f, p)) = &mut metrics {
-            writeln!(f, "{}", log.to_json()).map_err(|e| Error::io(&*p, e))?;
-        }
-        if log.step % log_every.max(1) == 0 || log.step == total {
-            let per_step = start.elapsed().as_secs_f64() / (log.step - first) as f64;
-            let eta = per_step * (total - log.step) as f64;
-            println!(
-                "step {:>5}/{total}  loss {:.4}  lr {:.4}  {:.1} img/s  ETA {}:{:02}{}",
-                log.step,
-                log.loss,
-                log.lr,
-                log.images_per_s,
-                eta as u64 / 60,
-                eta as u64 % 60,
-                if log.skipped {
-                    "  (skipped: f16 overflow)"
-                } else {
-                    ""
-                }
-            );
-        }
-        if let Some(p) = &ckpt {
-            if log.step % checkpoint_every.max(1) == 0 || log.step == total {
-                trainer.save(p)?;
-            }
-        }
-        logs.push(log);
-    }
-    Ok(logs)
 }
 
 /// Mean of the first and last `k` losses, for "did it learn" checks.
@@ -263,32 +254,4 @@ pub fn loss_drop(logs: &[StepLog], k: usize) -> Option<(f64, f64)> {
     }
     let mean = |s: &[StepLog]| s.iter().map(|l| l.loss).sum::<f64>() / s.len() as f64;
     Some((mean(&logs[..k]), mean(&logs[logs.len() - k..])))
-}
-
-/// Classification accuracy of `model` on `n` fresh samples (eval mode).
-pub fn accuracy(
-    model: &ResNet,
-    data: &SyntheticImages,
-    n: usize,
-    seed: u64,
-    dtype: DType,
-) -> Result<f64> {
-    let _ng = engine::no_grad();
-    model.set_training(false);
-    let mut rng = Rng::new(seed);
-    let (images, labels) = data.batch(n, &mut rng)?;
-    let logits: Tensor = model.forward(&images.to_dtype(dtype)?)?;
-    let (l, y) = (logits.to_vec_f64(), labels.to_vec::<i64>()?);
-    let k = logits.dims()[1];
-    let correct = y
-        .iter()
-        .enumerate()
-        .filter(|(i, &t)| {
-            let row = &l[i * k..(i + 1) * k];
-            let arg = (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b });
-            arg as i64 == t
-        })
-        .count();
-    model.set_training(true);
-    Ok(correct as f64 / n as f64)
 }

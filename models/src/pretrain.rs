@@ -1,0 +1,364 @@
+//! `slmlp pretrain`: supervised pretraining, SL or SL-MLP, and the pieces
+//! every other command shares (loaders for a dataset spec, loading a trained
+//! network back with what it was trained on).
+
+use crate::data::{Augment, Dataset, Loader, LoaderOptions, Subset, Transform, parse_classes};
+use crate::datasets::{self, Normalization};
+use crate::fit::{fit, EpochLog, FitOptions};
+use crate::train::{TrainOptions, Trainer};
+use crate::{NetConfig, ProjectorConfig, Stem, SupervisedNet};
+use engine::amp::Precision;
+use engine::checkpoint::{self, LoadOptions, TRAIN_FORMAT};
+use engine::nn::Module;
+use engine::{Device, Error, Result, Rng};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// Encoder -> pool -> Linear classifier.
+    Sl,
+    /// Encoder -> pool -> MLP projector -> Linear classifier.
+    SlMlp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StemArg {
+    /// 7x7/2 conv + max-pool (224px images).
+    Imagenet,
+    /// 3x3/1 conv, no pool (small images).
+    Cifar,
+}
+
+/// Which data a run reads and how images are prepared.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DataArgs {
+    /// Dataset: fashion-mnist[:train|:test], mnist[:train|:test|:all],
+    /// folder:PATH (ImageNet layout) or synthetic[:train|:test].
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: String,
+    /// Keep only these classes (indices or names, e.g. "0-4" or
+    /// "Sandal,Bag"); they are relabelled 0..k in this order.
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// Keep at most this many images per class (a deterministic choice).
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    /// Loader worker threads (decode + augment).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+impl DataArgs {
+    /// The dataset `spec` (or `self.data`), with the class and size filters.
+    pub fn open(&self, spec: Option<&str>, seed: u64) -> Result<Arc<dyn Dataset>> {
+        let mut ds = datasets::open(spec.unwrap_or(&self.data))?;
+        if let Some(c) = &self.classes {
+            let keep = parse_classes(c, ds.classes())?;
+            ds = Arc::new(Subset::classes(ds, &keep)?);
+        }
+        if let Some(n) = self.per_class {
+            ds = Arc::new(Subset::per_class(ds, n, seed));
+        }
+        if ds.is_empty() {
+            return Err(Error::arg("data", format!("{}: no images left after filtering", spec.unwrap_or(&self.data))));
+        }
+        Ok(ds)
+    }
+}
+
+/// How images become network inputs: side length and normalisation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    pub size: usize,
+    pub norm: Normalization,
+}
+
+impl InputSpec {
+    /// Training transform: pad-and-crop + flip for small images,
+    /// random-resized-crop + flip for large ones.
+    pub fn train_transform(&self) -> Transform {
+        let augment = if self.size <= 64 {
+            Augment::PadCrop { pad: self.size.div_ceil(8), flip: true }
+        } else {
+            Augment::RandomResizedCrop { scale: (0.08, 1.0), ratio: (0.75, 4.0 / 3.0), flip: true }
+        };
+        self.transform(augment)
+    }
+    /// Evaluation transform: plain resize for small images, resize the
+    /// shorter side to 8/7 of the size and center-crop for large ones.
+    pub fn eval_transform(&self) -> Transform {
+        let augment = if self.size <= 64 {
+            Augment::None
+        } else {
+            Augment::ResizeCenterCrop { resize: self.size * 8 / 7 }
+        };
+        self.transform(augment)
+    }
+    fn transform(&self, augment: Augment) -> Transform {
+        Transform { augment, size: self.size, mean: self.norm.mean.clone(), std: self.norm.std.clone() }
+    }
+    pub fn to_metadata(&self, m: &mut BTreeMap<String, String>) {
+        m.insert("data.size".into(), self.size.to_string());
+        m.insert("data.normalization".into(), self.norm.spec());
+    }
+}
+
+/// A loader for evaluation or feature extraction: in order, no augmentation.
+pub fn eval_loader(ds: Arc<dyn Dataset>, input: &InputSpec, batch: usize, workers: usize) -> Result<Loader> {
+    Loader::new(
+        ds,
+        input.eval_transform(),
+        LoaderOptions { batch, shuffle: false, drop_last: false, workers, prefetch: 4, seed: 0 },
+    )
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct PretrainArgs {
+    /// sl: no projector; sl-mlp: with the MLP projector.
+    #[arg(long, value_enum, default_value = "sl-mlp")]
+    pub method: Method,
+    /// resnet18, resnet34 or resnet50.
+    #[arg(long, default_value = "resnet50")]
+    pub arch: String,
+    /// Channels of the first stage (stages use w, 2w, 4w, 8w; torchvision 64).
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Stem; default: cifar for images up to 64 px, imagenet above.
+    #[arg(long, value_enum)]
+    pub stem: Option<StemArg>,
+    /// Projector widths for sl-mlp: comma-separated Linear->BN->ReLU block
+    /// widths, then optionally +N for a trailing Linear; "d" = the encoder's
+    /// feature dim (the paper: "d").
+    #[arg(long, default_value = "d")]
+    pub projector: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Validation data (default: the held-out split of --data, same classes).
+    #[arg(long)]
+    pub val_data: Option<String>,
+    /// Skip validation.
+    #[arg(long)]
+    pub no_val: bool,
+    /// Input side in pixels (default: 28 for the MNIST-style sets, else 224).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Peak learning rate (linear warmup, then cosine to 0).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_epochs: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// f32, bf16, or f16 (with dynamic loss scaling).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    /// cpu, cuda, cuda:N or auto (auto falls back to the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seeds the weights, the data order and the augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from OUT/checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Also checkpoint every N steps (0: at epoch ends only).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Without a terminal, print progress every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: usize,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct PretrainReport {
+    pub epochs: Vec<EpochLog>,
+    pub seconds: f64,
+    /// Training images per second over the whole run (data loading included).
+    pub images_per_s: f64,
+    pub model_path: PathBuf,
+}
+
+/// The device to run on; the CPU is the only backend so far, so `auto`
+/// falls back to it with a notice and `cuda` is a clear error.
+pub fn check_device(requested: &str) -> Result<()> {
+    let (device, notice) = engine::cuda::resolve_device(requested)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    match device {
+        Device::Cpu => Ok(()),
+        d if requested.trim().eq_ignore_ascii_case("auto") => {
+            eprintln!("notice: --device auto: found {d:?}, but this build has no CUDA backend yet; running on the CPU");
+            Ok(())
+        }
+        d => Err(Error::DeviceUnavailable {
+            device: d,
+            msg: "this build has no CUDA backend yet (tensor storage on the GPU is not implemented); use --device cpu".into(),
+        }),
+    }
+}
+
+pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
+    check_device(&a.device)?;
+    let precision: Precision = a.precision.parse()?;
+    let train_ds = a.data.open(None, a.seed)?;
+    let val_spec = a.val_data.clone().or_else(|| datasets::test_spec(&a.data.data));
+    let val_ds = match (&val_spec, a.no_val) {
+        (Some(spec), false) => {
+            // the held-out split gets the class filter, not the per-class cap
+            let args = DataArgs { per_class: None, ..a.data.clone() };
+            Some(args.open(Some(spec), a.seed)?)
+        }
+        _ => None,
+    };
+    let default_size = if a.data.data.starts_with("folder:") { 224 } else { 28 };
+    let input = InputSpec {
+        size: a.image_size.unwrap_or(default_size),
+        norm: datasets::default_normalization(&a.data.data),
+    };
+    if input.norm.mean.len() != train_ds.channels() {
+        return Err(Error::arg("pretrain", "normalization does not match the dataset's channels"));
+    }
+    let stem = match a.stem {
+        Some(StemArg::Imagenet) => Stem::ImageNet,
+        Some(StemArg::Cifar) => Stem::Cifar,
+        None if input.size <= 64 => Stem::Cifar,
+        None => Stem::ImageNet,
+    };
+    let mut config = NetConfig::new(&a.arch, train_ds.classes().len())?;
+    config.width = a.width;
+    config.stem = stem;
+    config.in_channels = train_ds.channels();
+    let d = config.resnet()?.feature_dim();
+    if a.method == Method::SlMlp {
+        config.projector = Some(ProjectorConfig::parse(&a.projector, d)?);
+    }
+    let net = SupervisedNet::new(config.clone(), &mut Rng::new(a.seed))?;
+
+    let train = Loader::new(
+        train_ds.clone(),
+        input.train_transform(),
+        LoaderOptions {
+            batch: a.batch,
+            shuffle: true,
+            drop_last: true,
+            workers: a.data.workers,
+            prefetch: 4,
+            seed: a.seed,
+        },
+    )?;
+    let val = match val_ds {
+        Some(ds) => Some(eval_loader(ds, &input, a.batch, a.data.workers)?),
+        None => None,
+    };
+    let per_epoch = train.batches_per_epoch();
+    if per_epoch == 0 {
+        return Err(Error::arg(
+            "pretrain",
+            format!("{} images is less than one batch of {}", train_ds.len(), a.batch),
+        ));
+    }
+    let mut meta = config.to_metadata();
+    input.to_metadata(&mut meta);
+    meta.insert("data.spec".into(), a.data.data.clone());
+    meta.insert("data.classes".into(), serde_json::to_string(train_ds.classes()).unwrap_or_default());
+    meta.insert("seed".into(), a.seed.to_string());
+    let opts = TrainOptions {
+        steps: a.epochs * per_epoch,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        warmup_steps: (a.warmup_epochs * per_epoch as f64).round() as usize,
+        label_smoothing: a.label_smoothing,
+        precision,
+    };
+    if !a.quiet {
+        let params: usize = net.params().iter().map(|p| p.get().numel()).sum();
+        eprintln!(
+            "pretrain {}: {} width {} ({:.2}M params, {} stem), {} classes, {} train images{}, {}px, batch {}, {} epochs x {per_epoch} steps, {:?}",
+            config.method(),
+            a.arch,
+            a.width,
+            params as f64 / 1e6,
+            if stem == Stem::Cifar { "cifar" } else { "imagenet" },
+            train_ds.classes().len(),
+            train_ds.len(),
+            val.as_ref().map_or(String::new(), |v| format!(", {} val", v.dataset().len())),
+            input.size,
+            a.batch,
+            a.epochs,
+            precision,
+        );
+    }
+    let mut trainer = Trainer::new(&net, opts, meta);
+    let t0 = Instant::now();
+    let result = fit(
+        &mut trainer,
+        &train,
+        val.as_ref(),
+        &FitOptions {
+            epochs: a.epochs,
+            out_dir: Some(a.out.clone()),
+            checkpoint_every: a.checkpoint_every,
+            resume: a.resume,
+            log_every: a.log_every,
+            quiet: a.quiet,
+        },
+    )?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let images: usize = result.steps.iter().map(|s| s.batch).sum();
+    Ok(PretrainReport {
+        epochs: result.epochs,
+        seconds,
+        images_per_s: images as f64 / seconds,
+        model_path: a.out.join("model.safetensors"),
+    })
+}
+
+/// A trained network loaded back, with what it was trained on.
+pub struct Loaded {
+    pub net: SupervisedNet,
+    pub input: InputSpec,
+    /// Pretraining class names.
+    pub classes: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Loads `model.safetensors` or a training `checkpoint.safetensors` written
+/// by `pretrain`: rebuilds the network from its metadata and fills it.
+pub fn load_trained(path: &Path) -> Result<Loaded> {
+    let ckpt = checkpoint::load(path)?;
+    let meta = &ckpt.metadata;
+    let with_path = |e: Error| Error::Checkpoint { path: path.display().to_string(), msg: e.to_string() };
+    let get = |k: &str| meta.get(k).or_else(|| meta.get(&format!("extra.{k}"))).cloned();
+    let config = NetConfig::from_metadata(meta).map_err(with_path)?;
+    let input = InputSpec {
+        size: get("data.size").and_then(|s| s.parse().ok()).ok_or_else(|| with_path(Error::arg("load", "no valid data.size in the metadata")))?,
+        norm: Normalization::parse(&get("data.normalization").unwrap_or_default()).map_err(with_path)?,
+    };
+    let classes: Vec<String> = get("data.classes")
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_else(|| (0..config.num_classes).map(|i| i.to_string()).collect());
+    let net = SupervisedNet::new(config, &mut Rng::new(0))?;
+    let training = meta.get("format").is_some_and(|f| f == TRAIN_FORMAT);
+    // a training checkpoint also holds the optimizer state under optim.
+    let opts = if training { LoadOptions::backbone() } else { LoadOptions::strict() };
+    checkpoint::load_into_with(&ckpt, &net.params(), &net.buffers(), &opts).map_err(with_path)?;
+    Ok(Loaded { net, input, classes, metadata: ckpt.metadata })
+}

