@@ -1,14 +1,21 @@
 //! ResNet-50, SL and SL-MLP, against torchvision: the fixtures of
-//! tools/golden/export_resnet50.py (float64 torch on the same weights).
+//! tools/golden/export_resnet50.py (float64 torch on the same f32 weights).
 //!
 //! ResNet-50's weights are too big to commit, so both sides build them from
-//! the same counter-based hash (`hash_init_value`, the Python twin is
-//! documented in the script and tools/golden/README.md). Checked, each at
-//! relative error <= 1e-4 in f32 (`rel_err`: max |a - b| / max |b|):
-//! parameter and buffer names and shapes (both ways); one train-mode step:
-//! logits, loss, every gradient's L2 norm, sum and 32 sampled elements, full
-//! gradients of a few tensors, BN running statistics; eval-mode logits; and
-//! for SL-MLP every activation `models::inspect::forward_outputs` dumps.
+//! the same counter-based hash (`hash_init_value`; the Python twin is
+//! documented in the script and tools/golden/README.md). Checked
+//! (`rel_err`: max |a - b| / max |b|): parameter and buffer names and shapes
+//! against torch's, both ways; one train-mode step — logits, loss, every
+//! gradient's L2 norm, sum and 32 sampled elements, full gradients of a few
+//! tensors, BN running statistics — then eval-mode logits; and for SL-MLP
+//! every activation `models::inspect::forward_outputs` dumps (eval, f32).
+//!
+//! The networks hold f32 parameters. The train step runs twice: computing in
+//! f64 (layers cast their f32 weights to the input's dtype; gradients come
+//! back as f32), where everything must agree to 1e-4 — this is the exact
+//! parity check — and computing in f32, held to the looser bounds of
+//! `F32_TRAIN` (see there why f32 gradients can't meet 1e-4). Eval-mode
+//! activations in f32 meet 1e-4.
 
 use engine::nn::Module;
 use engine::{checkpoint, no_grad, DType, Rng, Tensor};
@@ -248,7 +255,7 @@ impl Report {
     }
     fn check(&mut self, kind: Kind, what: &str, err: f64) {
         let tol = self.tol.of(kind);
-        if !(err <= tol) {
+        if err.is_nan() || err > tol {
             self.misses.push(format!(
                 "{what}: {kind:?} relative error {err:.3e} > {tol:.0e}"
             ));

@@ -43,10 +43,10 @@ pub struct ExperimentArgs {
     /// First-stage width of the encoder.
     #[arg(long, default_value_t = 16)]
     pub width: usize,
-    /// Pretraining epochs (default 6; --quick: 2).
+    /// Pretraining epochs (default 5; --quick: 4).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Pretraining images per seen class (default all 6000; --quick: 2000).
+    /// Pretraining images per seen class (default 3000; --quick: 2000).
     #[arg(long)]
     pub per_class: Option<usize>,
     /// Images per class in each transfer train set (default 1000; --quick: 500).
@@ -132,7 +132,7 @@ impl Plan {
         if a.quick {
             Plan {
                 seeds: a.seeds.unwrap_or(1),
-                epochs: a.epochs.unwrap_or(2),
+                epochs: a.epochs.unwrap_or(4),
                 per_class: a.per_class.or(Some(2000)),
                 transfer_per_class: a.transfer_per_class.or(Some(500)),
                 eval_per_class: a.eval_per_class.or(Some(500)),
@@ -140,8 +140,8 @@ impl Plan {
         } else {
             Plan {
                 seeds: a.seeds.unwrap_or(3),
-                epochs: a.epochs.unwrap_or(6),
-                per_class: a.per_class,
+                epochs: a.epochs.unwrap_or(5),
+                per_class: a.per_class.or(Some(3000)),
                 transfer_per_class: a.transfer_per_class.or(Some(1000)),
                 eval_per_class: a.eval_per_class,
             }

@@ -291,7 +291,7 @@ def main():
         tensors, grad_order = train_case(model, x, labels)
         assert grad_order == [n for n, _ in params]
         path = os.path.join(args.out, case + ".safetensors")
-        save_file(tensors, path, metadata={"case": case, "torch": torch.__version__})
+        save_file(tensors, path, metadata={"case": case})
         written.append(path)
         manifest["models"][case] = {
             "params": params,
@@ -302,7 +302,7 @@ def main():
         }
     acts, order = activation_case(resnet50_sl_mlp(), x1)
     path = os.path.join(args.out, "activations_sl_mlp.safetensors")
-    save_file(acts, path, metadata={"case": "activations_sl_mlp", "torch": torch.__version__})
+    save_file(acts, path, metadata={"case": "activations_sl_mlp"})
     written.append(path)
     manifest["activations"] = {"model": "sl_mlp", "input": "input1", "order": order}
     mpath = os.path.join(args.out, "manifest.json")

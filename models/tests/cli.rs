@@ -1,0 +1,199 @@
+//! The `slmlp` binary as a user runs it: every subcommand end to end on
+//! small data, the files each one promises, and clear errors on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn slmlp(args: &[&str]) -> (i32, String, String) {
+    slmlp_env(args, &[])
+}
+
+fn slmlp_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_slmlp"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run slmlp");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (code, out, err) = slmlp(args);
+    assert_eq!(code, 0, "slmlp {args:?}\nstdout: {out}\nstderr: {err}");
+    out
+}
+
+fn fails(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+    let (code, out, err) = slmlp_env(args, env);
+    assert_ne!(code, 0, "slmlp {args:?} should fail\nstdout: {out}");
+    for n in needles {
+        assert!(err.contains(n), "slmlp {args:?}: error should mention {n:?}: {err}");
+    }
+    assert!(!err.contains("panicked"), "slmlp {args:?} panicked: {err}");
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("slmlp-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const SMALL: &[&str] = &[
+    "--arch", "resnet18", "--width", "4", "--data", "synthetic", "--per-class", "12", "--batch", "16",
+];
+
+fn pretrain(dir: &Path, method: &str, extra: &[&str]) {
+    ok(&[&["pretrain", "--method", method, "--epochs", "2", "--out", s(dir)], SMALL, extra].concat());
+}
+
+#[test]
+fn pretrain_writes_metrics_checkpoints_and_refuses_a_mismatched_resume() {
+    let dir = tmp("pretrain");
+    pretrain(&dir, "sl-mlp", &["--checkpoint-every", "3"]);
+    for f in ["metrics.jsonl", "checkpoint.safetensors", "model.safetensors"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    // 120 images / batch 16 = 7 steps per epoch, 2 epochs
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let kinds: Vec<String> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "step").count(), 14);
+    assert_eq!(kinds.iter().filter(|k| *k == "epoch").count(), 2);
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let acc = last["val_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{last}");
+
+    // resuming a finished run does nothing and keeps the records
+    ok(&[&["pretrain", "--method", "sl-mlp", "--epochs", "2", "--resume", "--out", s(&dir)], SMALL].concat());
+    assert_eq!(std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap(), metrics);
+    // a different schedule cannot continue this run
+    fails(
+        &[&["pretrain", "--method", "sl-mlp", "--epochs", "3", "--resume", "--out", s(&dir)], SMALL].concat(),
+        &[],
+        &["checkpoint.safetensors", "total_steps"],
+    );
+    // nothing to resume
+    let empty = tmp("pretrain-empty");
+    fails(
+        &[&["pretrain", "--resume", "--out", s(&empty)], SMALL].concat(),
+        &[],
+        &["nothing to resume"],
+    );
+}
+
+#[test]
+fn transfer_analyze_and_forward_on_pretrained_encoders() {
+    let (sl, mlp) = (tmp("sl"), tmp("mlp"));
+    pretrain(&sl, "sl", &[]);
+    pretrain(&mlp, "sl-mlp", &[]);
+    let sl_model = sl.join("model.safetensors");
+    let mlp_model = mlp.join("model.safetensors");
+
+    let json = mlp.join("transfer.json");
+    let out = ok(&[
+        "transfer", "--checkpoint", s(&mlp_model), "--data", "synthetic", "--per-class", "10",
+        "--classes", "5-9", "--mode", "linear,knn,finetune", "--finetune-epochs", "1", "--batch", "16",
+        "--probe-epochs", "5", "--k", "5", "--out", s(&json),
+    ]);
+    assert!(out.contains("linear probe") && out.contains("k-NN") && out.contains("fine-tune"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for k in ["linear_test_accuracy", "knn_accuracy", "finetune_accuracy"] {
+        let a = v[k].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&a), "{k}: {v}");
+    }
+    assert_eq!(v["classes"].as_array().unwrap().len(), 5);
+
+    let plot = sl.join("tsne.png");
+    let metrics = sl.join("analyze.json");
+    let out = ok(&[
+        "analyze", "--checkpoint", s(&sl_model), "--checkpoint", s(&mlp_model), "--data", "synthetic:test",
+        "--per-class", "10", "--plot", s(&plot), "--plot-per-class", "8", "--perplexity", "5",
+        "--out", s(&metrics),
+    ]);
+    assert!(out.contains("discriminative ratio") && out.contains("SL-MLP"), "{out}");
+    assert!(std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+
+    // forward: logits, features and every layer's output of an input file
+    let input = sl.join("input.safetensors");
+    let x = engine::Tensor::randn(&[2, 1, 28, 28], 0.0, 1.0, engine::DType::F32, &mut engine::Rng::new(3));
+    engine::checkpoint::save(&input, &[("input".to_string(), x)], &Default::default()).unwrap();
+    let output = sl.join("out.safetensors");
+    ok(&["forward", "--checkpoint", s(&mlp_model), "--input", s(&input), "--output", s(&output), "--dump-activations"]);
+    let got = engine::checkpoint::load(&output).unwrap().tensors;
+    assert_eq!(got["logits"].dims(), [2, 10]);
+    assert_eq!(got["features"].dims(), [2, 32]);
+    for name in ["act.relu", "act.layer1.0", "act.layer4.1", "act.avgpool", "act.projector.2", "act.fc"] {
+        assert!(got.contains_key(name), "{name} missing: {:?}", got.keys().collect::<Vec<_>>());
+    }
+    assert_eq!(got["act.fc"].to_vec::<f32>().unwrap(), got["logits"].to_vec::<f32>().unwrap());
+
+    // bad inputs name what is wrong
+    let corrupt = sl.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"not a checkpoint").unwrap();
+    fails(&["transfer", "--checkpoint", s(&corrupt), "--data", "synthetic"], &[], &["corrupt.safetensors"]);
+    fails(&["forward", "--checkpoint", s(&sl_model), "--input", s(&corrupt), "--output", s(&output)], &[], &["corrupt.safetensors"]);
+    fails(
+        &["transfer", "--checkpoint", s(&sl_model), "--data", "synthetic", "--classes", "Sandal"],
+        &[],
+        &["Sandal", "class0"],
+    );
+}
+
+#[test]
+fn bad_arguments_and_missing_data_are_clear_errors() {
+    let out = tmp("bad");
+    fails(&[&["pretrain", "--device", "cuda", "--out", s(&out)], SMALL].concat(), &[], &["cuda"]);
+    fails(&[&["pretrain", "--precision", "f8", "--out", s(&out)], SMALL].concat(), &[], &["f8"]);
+    fails(&["pretrain", "--data", "imagenet", "--out", s(&out)], &[], &["imagenet", "fashion-mnist"]);
+    fails(&["pretrain", "--data", "folder:/nonexistent/slmlp", "--out", s(&out)], &[], &["/nonexistent/slmlp"]);
+    fails(
+        &["pretrain", "--data", "fashion-mnist", "--out", s(&out)],
+        &[("SLMLP_FASHION_MNIST", "/nonexistent/fm")],
+        &["/nonexistent/fm", "fetch-data.sh"],
+    );
+    fails(&[&["pretrain", "--projector", "0", "--out", s(&out)], SMALL].concat(), &[], &["projector"]);
+    let (code, out, _) = slmlp(&["--help"]);
+    assert_eq!(code, 0);
+    for sub in ["pretrain", "transfer", "analyze", "forward", "experiment"] {
+        assert!(out.contains(sub), "--help should list {sub}: {out}");
+    }
+}
+
+/// The README's study on a few hundred real images for one epoch: every
+/// output file appears and the table has both methods.
+#[test]
+fn experiment_produces_every_output_file() {
+    let dir = tmp("experiment");
+    let out = ok(&[
+        "experiment", "--quick", "--out", s(&dir), "--width", "4", "--epochs", "1", "--per-class", "40",
+        "--transfer-per-class", "20", "--eval-per-class", "20", "--plot-per-class", "10", "--batch", "32",
+    ]);
+    assert!(out.contains("| quantity | SL | SL-MLP |"), "{out}");
+    for f in [
+        "results.md", "results.json", "tsne_unseen_test.png", "tsne_seen_test.png", "tsne_mnist_test.png",
+        "seed0/sl/model.safetensors", "seed0/sl-mlp/model.safetensors", "seed0/sl/metrics.jsonl",
+        "seed0/sl-mlp/checkpoint.safetensors",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    for m in ["sl", "sl-mlp"] {
+        for k in ["linear_unseen", "knn_unseen", "linear_mnist", "knn_mnist", "seen_test.phi", "unseen_test.redundancy"] {
+            let x = v["summary"][m][k]["mean"].as_f64();
+            assert!(x.is_some_and(f64::is_finite), "{m} {k}: {}", v["summary"][m]);
+        }
+    }
+}
