@@ -111,8 +111,14 @@ fn truncated_or_corrupt_training_checkpoint_is_an_error() {
 
     // a checkpoint of a run with other options is refused, not half-used
     std::fs::write(&ckpt, &bytes).unwrap();
-    let other = TrainOptions { steps: 7, ..opts.clone() };
-    let err = Trainer::new(&model, other, BTreeMap::new()).resume(&ckpt).unwrap_err().to_string();
+    let other = TrainOptions {
+        steps: 7,
+        ..opts.clone()
+    };
+    let err = Trainer::new(&model, other, BTreeMap::new())
+        .resume(&ckpt)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("total_steps"), "{err}");
 
     std::fs::remove_file(&ckpt).unwrap();

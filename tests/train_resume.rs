@@ -21,7 +21,9 @@ fn small_net(seed: u64, projector: bool) -> SupervisedNet {
 }
 
 fn loader(workers: usize) -> Loader {
-    let ds = SyntheticImages::new(4, 3, 8, 0.3, 11).unwrap().with_len(256);
+    let ds = SyntheticImages::new(4, 3, 8, 0.3, 11)
+        .unwrap()
+        .with_len(256);
     Loader::new(
         Arc::new(ds),
         // no flips: a mirrored grating is another class's orientation
@@ -50,7 +52,11 @@ fn opts(epochs: usize, precision: Precision) -> TrainOptions {
 
 fn train(net: &SupervisedNet, epochs: usize, precision: Precision) -> FitResult {
     let mut t = Trainer::new(net, opts(epochs, precision), Default::default());
-    let fo = FitOptions { epochs, quiet: true, ..FitOptions::default() };
+    let fo = FitOptions {
+        epochs,
+        quiet: true,
+        ..FitOptions::default()
+    };
     fit(&mut t, &loader(2), None, &fo).unwrap()
 }
 
@@ -76,20 +82,33 @@ fn bf16_training_tracks_f32() {
     let l16 = train(&m16, 8, Precision::Bf16).steps;
     for (a, b) in l32.iter().zip(&l16).take(3) {
         let rel = (a.loss - b.loss).abs() / a.loss;
-        assert!(rel < 0.02, "step {}: f32 loss {} vs bf16 loss {}", a.step, a.loss, b.loss);
+        assert!(
+            rel < 0.02,
+            "step {}: f32 loss {} vs bf16 loss {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
     }
     let (first, last) = loss_drop(&l16, 5).unwrap();
     let (f32_first, f32_last) = loss_drop(&l32, 5).unwrap();
     eprintln!("f32 {f32_first:.3} -> {f32_last:.3}, bf16 {first:.3} -> {last:.3}");
-    assert!(f32_last < 0.6 * f32_first, "f32 run did not learn: {f32_first:.3} -> {f32_last:.3}");
-    assert!(last < 0.6 * first, "bf16 run did not learn: {first:.3} -> {last:.3}");
+    assert!(
+        f32_last < 0.6 * f32_first,
+        "f32 run did not learn: {f32_first:.3} -> {f32_last:.3}"
+    );
+    assert!(
+        last < 0.6 * first,
+        "bf16 run did not learn: {first:.3} -> {last:.3}"
+    );
 }
 
 /// Stops after a mid-epoch checkpoint (step 24 of 32: epoch 2, batch 8),
 /// resumes into a differently initialised model with another worker count,
 /// and compares every loss, parameter and buffer with an uninterrupted run.
 fn resume_is_exact(precision: Precision) {
-    let dir = std::env::temp_dir().join(format!("slmlp-resume-{precision:?}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("slmlp-resume-{precision:?}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let straight = small_net(3, true);
     let full = train(&straight, 2, precision).steps;
@@ -117,22 +136,49 @@ fn resume_is_exact(precision: Precision) {
 
     let resumed = small_net(99, true);
     let mut t = Trainer::new(&resumed, opts(2, precision), Default::default());
-    let rest = fit(&mut t, &loader(3), None, &FitOptions { resume: true, ..fo }).unwrap().steps;
+    let rest = fit(&mut t, &loader(3), None, &FitOptions { resume: true, ..fo })
+        .unwrap()
+        .steps;
     assert_eq!(rest.len(), 8);
     for (a, b) in full[24..].iter().zip(&rest) {
-        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "step {} loss differs after resume", a.step);
+        assert_eq!(
+            a.loss.to_bits(),
+            b.loss.to_bits(),
+            "step {} loss differs after resume",
+            a.step
+        );
     }
     for (p, q) in straight.params().iter().zip(resumed.params()) {
-        assert_eq!(p.get().to_vec::<f32>().unwrap(), q.get().to_vec::<f32>().unwrap(), "{} differs", p.name());
+        assert_eq!(
+            p.get().to_vec::<f32>().unwrap(),
+            q.get().to_vec::<f32>().unwrap(),
+            "{} differs",
+            p.name()
+        );
     }
     for (p, q) in straight.buffers().iter().zip(resumed.buffers()) {
-        assert_eq!(p.get().to_vec::<f32>().unwrap(), q.get().to_vec::<f32>().unwrap(), "{} differs", p.name());
+        assert_eq!(
+            p.get().to_vec::<f32>().unwrap(),
+            q.get().to_vec::<f32>().unwrap(),
+            "{} differs",
+            p.name()
+        );
     }
     // the resumed run dropped the records of steps it redid: one per step
     let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let steps = lines.lines().filter(|l| l.contains("\"kind\":\"step\"")).count();
-    let epochs = lines.lines().filter(|l| l.contains("\"kind\":\"epoch\"")).count();
-    assert_eq!((steps, epochs), (32, 2), "one JSONL record per step and per epoch:\n{lines}");
+    let steps = lines
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .count();
+    let epochs = lines
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"epoch\""))
+        .count();
+    assert_eq!(
+        (steps, epochs),
+        (32, 2),
+        "one JSONL record per step and per epoch:\n{lines}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -150,10 +196,25 @@ fn resume_continues_bit_identically_f16_with_loss_scaling() {
 /// sample the batch's index names, with that sample's label.
 #[test]
 fn loader_batches_pair_each_image_with_its_label() {
-    let ds: Arc<dyn models::data::Dataset> =
-        Arc::new(SyntheticImages::new(4, 3, 8, 0.3, 11).unwrap().with_len(256));
-    let opts = LoaderOptions { batch: 16, shuffle: true, drop_last: true, workers: 2, prefetch: 2, seed: 5 };
-    let l = Loader::new(ds.clone(), Transform::eval(8, vec![0.0; 3], vec![1.0; 3]), opts).unwrap();
+    let ds: Arc<dyn models::data::Dataset> = Arc::new(
+        SyntheticImages::new(4, 3, 8, 0.3, 11)
+            .unwrap()
+            .with_len(256),
+    );
+    let opts = LoaderOptions {
+        batch: 16,
+        shuffle: true,
+        drop_last: true,
+        workers: 2,
+        prefetch: 2,
+        seed: 5,
+    };
+    let l = Loader::new(
+        ds.clone(),
+        Transform::eval(8, vec![0.0; 3], vec![1.0; 3]),
+        opts,
+    )
+    .unwrap();
     for b in l.epoch(0, 0) {
         let b = b.unwrap();
         let labels = b.labels.to_vec::<i64>().unwrap();

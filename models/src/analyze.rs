@@ -2,7 +2,9 @@
 //! encoders on any split, and the 2-D (t-SNE) embedding of their features
 //! side by side.
 
-use crate::eval::{feature_metrics, scatter_png, tsne, FeatureMetrics, Features, Panel, TsneOptions};
+use crate::eval::{
+    feature_metrics, scatter_png, tsne, FeatureMetrics, Features, Panel, TsneOptions,
+};
 use crate::extract::extract_features;
 use crate::pretrain::{check_device, eval_loader, load_trained, DataArgs};
 use engine::amp::Precision;
@@ -83,10 +85,24 @@ pub fn embedding_plot(
     let mut panels = Vec::new();
     for (name, f) in sets {
         let s = sample_per_class(f, per_class, seed);
-        let points = tsne(&s, &TsneOptions { perplexity, seed, ..TsneOptions::default() })?;
-        panels.push(Panel { title: name.clone(), points, labels: s.labels.clone() });
+        let points = tsne(
+            &s,
+            &TsneOptions {
+                perplexity,
+                seed,
+                ..TsneOptions::default()
+            },
+        )?;
+        panels.push(Panel {
+            title: name.clone(),
+            points,
+            labels: s.labels.clone(),
+        });
     }
-    let classes = sets.first().map(|(_, f)| f.classes.clone()).unwrap_or_default();
+    let classes = sets
+        .first()
+        .map(|(_, f)| f.classes.clone())
+        .unwrap_or_default();
     scatter_png(path, &panels, &classes, title)
 }
 
@@ -101,12 +117,26 @@ pub fn analyze(a: &AnalyzeArgs) -> Result<serde_json::Value> {
         if ds.channels() != loaded.net.config.in_channels {
             return Err(Error::arg(
                 "analyze",
-                format!("{} has {}-channel images but {} takes {}", a.data.data, ds.channels(), path.display(), loaded.net.config.in_channels),
+                format!(
+                    "{} has {}-channel images but {} takes {}",
+                    a.data.data,
+                    ds.channels(),
+                    path.display(),
+                    loaded.net.config.in_channels
+                ),
             ));
         }
-        let f = extract_features(&loaded.net, &eval_loader(ds.clone(), &loaded.input, a.batch, a.data.workers)?, precision)?;
+        let f = extract_features(
+            &loaded.net,
+            &eval_loader(ds.clone(), &loaded.input, a.batch, a.data.workers)?,
+            precision,
+        )?;
         let m = feature_metrics(&f)?;
-        let name = format!("{} ({})", loaded.net.config.method().to_uppercase(), path.display());
+        let name = format!(
+            "{} ({})",
+            loaded.net.config.method().to_uppercase(),
+            path.display()
+        );
         println!(
             "{name}\n  intra-class variation {:.4}  inter-class distance {:.4}  discriminative ratio {:.4}  redundancy {:.4}  feature norm {:.3} +- {:.3}  ({} images, {} dims)",
             m.intra_class_variation, m.inter_class_distance, m.discriminative_ratio, m.redundancy, m.mean_norm, m.std_norm, m.n, m.d
@@ -116,7 +146,14 @@ pub fn analyze(a: &AnalyzeArgs) -> Result<serde_json::Value> {
     }
     if let Some(p) = &a.plot {
         let refs: Vec<(String, &Features)> = sets.iter().map(|(n, f)| (n.clone(), f)).collect();
-        embedding_plot(p, &refs, a.plot_per_class, a.perplexity, a.seed, &format!("t-SNE of encoder features: {}", a.data.data))?;
+        embedding_plot(
+            p,
+            &refs,
+            a.plot_per_class,
+            a.perplexity,
+            a.seed,
+            &format!("t-SNE of encoder features: {}", a.data.data),
+        )?;
         println!("wrote {}", p.display());
     }
     let v = serde_json::json!({"data": a.data.data, "results": out});

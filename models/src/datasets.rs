@@ -42,14 +42,26 @@ impl Normalization {
     }
     /// `"m1,m2,m3/s1,s2,s3"`: how checkpoints store it.
     pub fn spec(&self) -> String {
-        let j = |v: &[f32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let j = |v: &[f32]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         format!("{}/{}", j(&self.mean), j(&self.std))
     }
     pub fn parse(s: &str) -> Result<Normalization> {
-        let bad = || Error::arg("normalization", format!("{s:?}: expected \"m1,..,mC/s1,..,sC\""));
+        let bad = || {
+            Error::arg(
+                "normalization",
+                format!("{s:?}: expected \"m1,..,mC/s1,..,sC\""),
+            )
+        };
         let (m, sd) = s.split_once('/').ok_or_else(bad)?;
         let p = |v: &str| -> Result<Vec<f32>> {
-            v.split(',').map(|x| x.trim().parse().map_err(|_| bad())).collect()
+            v.split(',')
+                .map(|x| x.trim().parse().map_err(|_| bad()))
+                .collect()
         };
         let (mean, std) = (p(m)?, p(sd)?);
         if mean.len() != std.len() || std.iter().any(|&x| x <= 0.0) {

@@ -13,9 +13,13 @@
 
 use crate::analyze::{embedding_plot, metrics_json};
 use crate::data::Dataset;
-use crate::eval::{feature_metrics, knn_accuracy, linear_probe, FeatureMetrics, Features, ProbeOptions};
+use crate::eval::{
+    feature_metrics, knn_accuracy, linear_probe, FeatureMetrics, Features, ProbeOptions,
+};
 use crate::extract::extract_features;
-use crate::pretrain::{check_device, eval_loader, load_trained, pretrain, DataArgs, Method, PretrainArgs};
+use crate::pretrain::{
+    check_device, eval_loader, load_trained, pretrain, DataArgs, Method, PretrainArgs,
+};
 use crate::report::{mean_std, write_json, write_text};
 use engine::amp::Precision;
 use engine::{Error, Result};
@@ -90,17 +94,53 @@ impl RunResult {
     /// (key, label, value, higher is better?) of every reported number.
     fn numbers(&self) -> Vec<(String, String, f64)> {
         let mut v = vec![
-            ("seen_val_accuracy".into(), "seen-class val acc (%)".into(), 100.0 * self.seen_val_accuracy),
-            ("linear_unseen".into(), "unseen classes, linear (%)".into(), 100.0 * self.linear_unseen),
-            ("knn_unseen".into(), "unseen classes, k-NN (%)".into(), 100.0 * self.knn_unseen),
-            ("linear_mnist".into(), "MNIST, linear (%)".into(), 100.0 * self.linear_mnist),
-            ("knn_mnist".into(), "MNIST, k-NN (%)".into(), 100.0 * self.knn_mnist),
+            (
+                "seen_val_accuracy".into(),
+                "seen-class val acc (%)".into(),
+                100.0 * self.seen_val_accuracy,
+            ),
+            (
+                "linear_unseen".into(),
+                "unseen classes, linear (%)".into(),
+                100.0 * self.linear_unseen,
+            ),
+            (
+                "knn_unseen".into(),
+                "unseen classes, k-NN (%)".into(),
+                100.0 * self.knn_unseen,
+            ),
+            (
+                "linear_mnist".into(),
+                "MNIST, linear (%)".into(),
+                100.0 * self.linear_mnist,
+            ),
+            (
+                "knn_mnist".into(),
+                "MNIST, k-NN (%)".into(),
+                100.0 * self.knn_mnist,
+            ),
         ];
         for (split, m) in &self.metrics {
-            v.push((format!("{split}.intra"), format!("{split}: intra-class variation"), m.intra_class_variation));
-            v.push((format!("{split}.phi"), format!("{split}: discriminative ratio"), m.discriminative_ratio));
-            v.push((format!("{split}.redundancy"), format!("{split}: feature redundancy"), m.redundancy));
-            v.push((format!("{split}.norm"), format!("{split}: mean feature norm"), m.mean_norm));
+            v.push((
+                format!("{split}.intra"),
+                format!("{split}: intra-class variation"),
+                m.intra_class_variation,
+            ));
+            v.push((
+                format!("{split}.phi"),
+                format!("{split}: discriminative ratio"),
+                m.discriminative_ratio,
+            ));
+            v.push((
+                format!("{split}.redundancy"),
+                format!("{split}: feature redundancy"),
+                m.redundancy,
+            ));
+            v.push((
+                format!("{split}.norm"),
+                format!("{split}: mean feature norm"),
+                m.mean_norm,
+            ));
         }
         v
     }
@@ -150,7 +190,12 @@ impl Plan {
 }
 
 fn data(spec: &str, classes: Option<&str>, per_class: Option<usize>, workers: usize) -> DataArgs {
-    DataArgs { data: spec.into(), classes: classes.map(str::to_string), per_class, workers }
+    DataArgs {
+        data: spec.into(),
+        classes: classes.map(str::to_string),
+        per_class,
+        workers,
+    }
 }
 
 pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
@@ -158,16 +203,29 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
     let precision: Precision = a.precision.parse()?;
     let plan = Plan::new(a);
     if plan.seeds == 0 || plan.epochs == 0 {
-        return Err(Error::arg("experiment", "--seeds and --epochs must be at least 1"));
+        return Err(Error::arg(
+            "experiment",
+            "--seeds and --epochs must be at least 1",
+        ));
     }
     let t0 = Instant::now();
-    let fm_names = crate::datasets::open("fashion-mnist:test")?.classes().to_vec();
+    let fm_names = crate::datasets::open("fashion-mnist:test")?
+        .classes()
+        .to_vec();
     let seen = crate::data::parse_classes(&a.seen, &fm_names)?;
     let unseen: Vec<usize> = (0..fm_names.len()).filter(|c| !seen.contains(c)).collect();
     if seen.len() < 2 || unseen.len() < 2 {
-        return Err(Error::arg("experiment", "--seen must leave at least 2 seen and 2 unseen classes"));
+        return Err(Error::arg(
+            "experiment",
+            "--seen must leave at least 2 seen and 2 unseen classes",
+        ));
     }
-    let list = |v: &[usize]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let (seen_spec, unseen_spec) = (list(&seen), list(&unseen));
     eprintln!(
         "experiment: {} seed(s), {} width {}, {} epochs; seen classes [{}], unseen [{}], transfer also to MNIST; output in {}",
@@ -182,18 +240,55 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
     // evaluation sets are the same for every run: open them once
     let w = a.workers;
     let sets: Vec<(&'static str, Arc<dyn Dataset>)> = vec![
-        ("seen_test", data("fashion-mnist:test", Some(&seen_spec), plan.eval_per_class, w).open(None, 0)?),
-        ("unseen_train", data("fashion-mnist:train", Some(&unseen_spec), plan.transfer_per_class, w).open(None, 0)?),
-        ("unseen_test", data("fashion-mnist:test", Some(&unseen_spec), plan.eval_per_class, w).open(None, 0)?),
-        ("mnist_train", data("mnist:train", None, plan.transfer_per_class, w).open(None, 0)?),
-        ("mnist_test", data("mnist:test", None, plan.eval_per_class, w).open(None, 0)?),
+        (
+            "seen_test",
+            data(
+                "fashion-mnist:test",
+                Some(&seen_spec),
+                plan.eval_per_class,
+                w,
+            )
+            .open(None, 0)?,
+        ),
+        (
+            "unseen_train",
+            data(
+                "fashion-mnist:train",
+                Some(&unseen_spec),
+                plan.transfer_per_class,
+                w,
+            )
+            .open(None, 0)?,
+        ),
+        (
+            "unseen_test",
+            data(
+                "fashion-mnist:test",
+                Some(&unseen_spec),
+                plan.eval_per_class,
+                w,
+            )
+            .open(None, 0)?,
+        ),
+        (
+            "mnist_train",
+            data("mnist:train", None, plan.transfer_per_class, w).open(None, 0)?,
+        ),
+        (
+            "mnist_test",
+            data("mnist:test", None, plan.eval_per_class, w).open(None, 0)?,
+        ),
     ];
     let mut results: BTreeMap<&'static str, Vec<RunResult>> = BTreeMap::new();
     for seed in 0..plan.seeds as u64 {
         let mut feats: BTreeMap<&'static str, BTreeMap<&'static str, Features>> = BTreeMap::new();
         for (method, name) in [(Method::Sl, "sl"), (Method::SlMlp, "sl-mlp")] {
             let run_dir = a.out.join(format!("seed{seed}")).join(name);
-            eprintln!("[{}] seed {seed}: pretraining {} ...", mmss(t0.elapsed().as_secs_f64()), name.to_uppercase());
+            eprintln!(
+                "[{}] seed {seed}: pretraining {} ...",
+                mmss(t0.elapsed().as_secs_f64()),
+                name.to_uppercase()
+            );
             let report = pretrain(&PretrainArgs {
                 method,
                 arch: a.arch.clone(),
@@ -222,7 +317,11 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
             })?;
             let loaded = load_trained(&report.model_path)?;
             let mut r = RunResult {
-                seen_val_accuracy: report.epochs.last().and_then(|e| e.val_accuracy).unwrap_or(f64::NAN),
+                seen_val_accuracy: report
+                    .epochs
+                    .last()
+                    .and_then(|e| e.val_accuracy)
+                    .unwrap_or(f64::NAN),
                 pretrain_images_per_s: report.images_per_s,
                 pretrain_seconds: report.seconds,
                 ..Default::default()
@@ -232,10 +331,16 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
                 let loader = eval_loader(ds.clone(), &loaded.input, 256, w)?;
                 f.insert(*split, extract_features(&loaded.net, &loader, precision)?);
             }
-            let probe = ProbeOptions { seed, ..ProbeOptions::default() };
-            r.linear_unseen = linear_probe(&f["unseen_train"], &f["unseen_test"], unseen.len(), &probe)?.test_accuracy;
+            let probe = ProbeOptions {
+                seed,
+                ..ProbeOptions::default()
+            };
+            r.linear_unseen =
+                linear_probe(&f["unseen_train"], &f["unseen_test"], unseen.len(), &probe)?
+                    .test_accuracy;
             r.knn_unseen = knn_accuracy(&f["unseen_train"], &f["unseen_test"], a.k)?;
-            r.linear_mnist = linear_probe(&f["mnist_train"], &f["mnist_test"], 10, &probe)?.test_accuracy;
+            r.linear_mnist =
+                linear_probe(&f["mnist_train"], &f["mnist_test"], 10, &probe)?.test_accuracy;
             r.knn_mnist = knn_accuracy(&f["mnist_train"], &f["mnist_test"], a.k)?;
             for split in ["seen_test", "unseen_test", "mnist_test"] {
                 r.metrics.insert(split, feature_metrics(&f[split])?);
@@ -264,8 +369,19 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
                     ("SL".to_string(), &feats["sl"][split]),
                     ("SL-MLP".to_string(), &feats["sl-mlp"][split]),
                 ];
-                embedding_plot(&path, &sets, a.plot_per_class, 30.0, 0, &format!("t-SNE of encoder features, {title}"))?;
-                eprintln!("[{}] wrote {}", mmss(t0.elapsed().as_secs_f64()), path.display());
+                embedding_plot(
+                    &path,
+                    &sets,
+                    a.plot_per_class,
+                    30.0,
+                    0,
+                    &format!("t-SNE of encoder features, {title}"),
+                )?;
+                eprintln!(
+                    "[{}] wrote {}",
+                    mmss(t0.elapsed().as_secs_f64()),
+                    path.display()
+                );
             }
         }
     }
@@ -275,7 +391,12 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
     let md = results_markdown(a, &plan, &results, seconds);
     write_text(&a.out.join("results.md"), &md)?;
     println!("{md}");
-    eprintln!("wrote {} and {} in {}", a.out.join("results.md").display(), a.out.join("results.json").display(), mmss(seconds));
+    eprintln!(
+        "wrote {} and {} in {}",
+        a.out.join("results.md").display(),
+        a.out.join("results.json").display(),
+        mmss(seconds)
+    );
     Ok(json)
 }
 
@@ -284,14 +405,22 @@ fn mmss(secs: f64) -> String {
     format!("{}:{:02}", s / 60, s % 60)
 }
 
-fn results_json(a: &ExperimentArgs, plan: &Plan, results: &BTreeMap<&str, Vec<RunResult>>, seconds: f64) -> serde_json::Value {
+fn results_json(
+    a: &ExperimentArgs,
+    plan: &Plan,
+    results: &BTreeMap<&str, Vec<RunResult>>,
+    seconds: f64,
+) -> serde_json::Value {
     let mut summary = serde_json::Map::new();
     for (method, runs) in results {
         let mut m = serde_json::Map::new();
         for (i, (key, _, _)) in runs[0].numbers().iter().enumerate() {
             let v: Vec<f64> = runs.iter().map(|r| r.numbers()[i].2).collect();
             let (mean, std) = mean_std(&v);
-            m.insert(key.clone(), serde_json::json!({"mean": mean, "std": std, "values": v}));
+            m.insert(
+                key.clone(),
+                serde_json::json!({"mean": mean, "std": std, "values": v}),
+            );
         }
         summary.insert(method.to_string(), m.into());
     }
@@ -308,12 +437,21 @@ fn results_json(a: &ExperimentArgs, plan: &Plan, results: &BTreeMap<&str, Vec<Ru
     })
 }
 
-fn results_markdown(a: &ExperimentArgs, plan: &Plan, results: &BTreeMap<&str, Vec<RunResult>>, seconds: f64) -> String {
+fn results_markdown(
+    a: &ExperimentArgs,
+    plan: &Plan,
+    results: &BTreeMap<&str, Vec<RunResult>>,
+    seconds: f64,
+) -> String {
     let (sl, mlp) = (&results["sl"], &results["sl-mlp"]);
     let n = sl.len();
     let fmt = |v: &[f64]| {
         let (m, s) = mean_std(v);
-        if n > 1 { format!("{m:.3} ± {s:.3}") } else { format!("{m:.3}") }
+        if n > 1 {
+            format!("{m:.3} ± {s:.3}")
+        } else {
+            format!("{m:.3}")
+        }
     };
     let mut md = format!(
         "# SL vs SL-MLP on the built-in benchmark\n\n{} {} (width {}), {} epoch(s) on Fashion-MNIST classes {} ({} images per class), {} seed(s), {}; {} min.\n\n",
@@ -340,11 +478,19 @@ fn results_markdown(a: &ExperimentArgs, plan: &Plan, results: &BTreeMap<&str, Ve
     }
     md += "\nAccuracies in %, mean ± sample std over seeds; the difference column is computed per seed (same initial encoder and data order for both methods).\n";
     md += "Intra-class variation: mean distance to the class centroid; discriminative ratio: mean inter-centroid distance / intra-class variation; redundancy: mean |Pearson r| over pairs of feature dims.\n\n## Reading\n\n";
-    for (label, dm, ds) in lines.iter().filter(|(l, _, _)| l.contains("linear") || l.contains("k-NN") || l.contains("discriminative") || l.contains("redundancy")) {
+    for (label, dm, ds) in lines.iter().filter(|(l, _, _)| {
+        l.contains("linear")
+            || l.contains("k-NN")
+            || l.contains("discriminative")
+            || l.contains("redundancy")
+    }) {
         let verdict = if n < 2 {
             "one seed: no noise estimate".to_string()
         } else if dm.abs() > 2.0 * ds / (n as f64).sqrt() {
-            format!("larger than 2 standard errors of the per-seed difference ({:.3})", 2.0 * ds / (n as f64).sqrt())
+            format!(
+                "larger than 2 standard errors of the per-seed difference ({:.3})",
+                2.0 * ds / (n as f64).sqrt()
+            )
         } else {
             format!("within 2 standard errors of the per-seed difference ({:.3}): not distinguishable from seed noise", 2.0 * ds / (n as f64).sqrt())
         };

@@ -11,7 +11,11 @@ use engine::{DType, Error, Result};
 /// Runs `net`'s encoder in eval mode over one pass of `loader` (which should
 /// not shuffle or augment) and returns the globally pooled features with the
 /// loader's labels. Computes in `precision`, returns f32.
-pub fn extract_features(net: &SupervisedNet, loader: &Loader, precision: Precision) -> Result<Features> {
+pub fn extract_features(
+    net: &SupervisedNet,
+    loader: &Loader,
+    precision: Precision,
+) -> Result<Features> {
     let _ng = engine::no_grad();
     net.set_training(false);
     let d = net.feature_dim();
@@ -24,14 +28,23 @@ pub fn extract_features(net: &SupervisedNet, loader: &Loader, precision: Precisi
                 .features(&batch.images.to_dtype(precision.compute_dtype())?)?
                 .to_dtype(DType::F32)?;
             x.extend_from_slice(&f.to_vec::<f32>()?);
-            labels.extend(batch.labels.to_vec::<i64>()?.into_iter().map(|l| l as usize));
+            labels.extend(
+                batch
+                    .labels
+                    .to_vec::<i64>()?
+                    .into_iter()
+                    .map(|l| l as usize),
+            );
         }
         Ok(())
     })();
     net.set_training(true);
     result?;
     if labels.is_empty() {
-        return Err(Error::arg("extract_features", "the dataset yielded no images"));
+        return Err(Error::arg(
+            "extract_features",
+            "the dataset yielded no images",
+        ));
     }
     Ok(Features {
         n: labels.len(),

@@ -98,7 +98,10 @@ pub fn evaluate(model: &dyn Module, loader: &Loader, precision: Precision) -> Re
     model.set_training(true);
     result?;
     if n == 0 {
-        return Err(Error::arg("evaluate", "the evaluation set yielded no images"));
+        return Err(Error::arg(
+            "evaluate",
+            "the evaluation set yielded no images",
+        ));
     }
     Ok((loss / n as f64, acc / n as f64))
 }
@@ -146,7 +149,10 @@ pub fn fit(
     let per_epoch = train.batches_per_epoch();
     let total = opts.epochs * per_epoch;
     if total == 0 {
-        return Err(Error::arg("fit", "nothing to train: zero epochs or an empty loader"));
+        return Err(Error::arg(
+            "fit",
+            "nothing to train: zero epochs or an empty loader",
+        ));
     }
     if trainer.opts.steps != total {
         return Err(Error::arg(
@@ -168,11 +174,16 @@ pub fn fit(
         None => (None, None),
     };
     if opts.resume {
-        let p = ckpt.as_ref().ok_or_else(|| Error::arg("fit", "--resume needs an output folder"))?;
+        let p = ckpt
+            .as_ref()
+            .ok_or_else(|| Error::arg("fit", "--resume needs an output folder"))?;
         if !p.exists() {
             return Err(Error::arg(
                 "fit",
-                format!("--resume: {} does not exist; nothing to resume", p.display()),
+                format!(
+                    "--resume: {} does not exist; nothing to resume",
+                    p.display()
+                ),
             ));
         }
         trainer.resume(p)?;
@@ -180,7 +191,11 @@ pub fn fit(
             truncate_metrics(m, trainer.step, trainer.step / per_epoch)?;
         }
         if !opts.quiet {
-            eprintln!("resumed at step {}/{total} from {}", trainer.step, p.display());
+            eprintln!(
+                "resumed at step {}/{total} from {}",
+                trainer.step,
+                p.display()
+            );
         }
     }
     let mut metrics = match &metrics_path {
@@ -228,7 +243,13 @@ pub fn fit(
                 let rate = started.elapsed().as_secs_f64() / done as f64;
                 let in_epoch = log.step - epoch * per_epoch;
                 let bar: String = (0..20)
-                    .map(|i| if i * per_epoch < 20 * in_epoch { '#' } else { '.' })
+                    .map(|i| {
+                        if i * per_epoch < 20 * in_epoch {
+                            '#'
+                        } else {
+                            '.'
+                        }
+                    })
                     .collect();
                 let line = format!(
                     "epoch {}/{} [{bar}] {in_epoch}/{per_epoch}  loss {:.4}  acc {:5.1}%  {:.0} img/s  ETA {}{}",

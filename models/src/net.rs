@@ -123,7 +123,12 @@ impl NetConfig {
         let stem = match get("stem")? {
             "imagenet" => Stem::ImageNet,
             "cifar" => Stem::Cifar,
-            s => return Err(Error::arg("net", format!("net.stem = {s:?}; expected imagenet or cifar"))),
+            s => {
+                return Err(Error::arg(
+                    "net",
+                    format!("net.stem = {s:?}; expected imagenet or cifar"),
+                ))
+            }
         };
         let mut c = NetConfig::new(get("arch")?, num("num_classes")?)?;
         c.width = num("width")?;

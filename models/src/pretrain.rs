@@ -2,7 +2,7 @@
 //! every other command shares (loaders for a dataset spec, loading a trained
 //! network back with what it was trained on).
 
-use crate::data::{Augment, Dataset, Loader, LoaderOptions, Subset, Transform, parse_classes};
+use crate::data::{parse_classes, Augment, Dataset, Loader, LoaderOptions, Subset, Transform};
 use crate::datasets::{self, Normalization};
 use crate::fit::{fit, EpochLog, FitOptions};
 use crate::train::{TrainOptions, Trainer};
@@ -63,7 +63,13 @@ impl DataArgs {
             ds = Arc::new(Subset::per_class(ds, n, seed));
         }
         if ds.is_empty() {
-            return Err(Error::arg("data", format!("{}: no images left after filtering", spec.unwrap_or(&self.data))));
+            return Err(Error::arg(
+                "data",
+                format!(
+                    "{}: no images left after filtering",
+                    spec.unwrap_or(&self.data)
+                ),
+            ));
         }
         Ok(ds)
     }
@@ -81,9 +87,16 @@ impl InputSpec {
     /// random-resized-crop + flip for large ones.
     pub fn train_transform(&self) -> Transform {
         let augment = if self.size <= 64 {
-            Augment::PadCrop { pad: self.size.div_ceil(8), flip: true }
+            Augment::PadCrop {
+                pad: self.size.div_ceil(8),
+                flip: true,
+            }
         } else {
-            Augment::RandomResizedCrop { scale: (0.08, 1.0), ratio: (0.75, 4.0 / 3.0), flip: true }
+            Augment::RandomResizedCrop {
+                scale: (0.08, 1.0),
+                ratio: (0.75, 4.0 / 3.0),
+                flip: true,
+            }
         };
         self.transform(augment)
     }
@@ -93,12 +106,19 @@ impl InputSpec {
         let augment = if self.size <= 64 {
             Augment::None
         } else {
-            Augment::ResizeCenterCrop { resize: self.size * 8 / 7 }
+            Augment::ResizeCenterCrop {
+                resize: self.size * 8 / 7,
+            }
         };
         self.transform(augment)
     }
     fn transform(&self, augment: Augment) -> Transform {
-        Transform { augment, size: self.size, mean: self.norm.mean.clone(), std: self.norm.std.clone() }
+        Transform {
+            augment,
+            size: self.size,
+            mean: self.norm.mean.clone(),
+            std: self.norm.std.clone(),
+        }
     }
     pub fn to_metadata(&self, m: &mut BTreeMap<String, String>) {
         m.insert("data.size".into(), self.size.to_string());
@@ -107,11 +127,23 @@ impl InputSpec {
 }
 
 /// A loader for evaluation or feature extraction: in order, no augmentation.
-pub fn eval_loader(ds: Arc<dyn Dataset>, input: &InputSpec, batch: usize, workers: usize) -> Result<Loader> {
+pub fn eval_loader(
+    ds: Arc<dyn Dataset>,
+    input: &InputSpec,
+    batch: usize,
+    workers: usize,
+) -> Result<Loader> {
     Loader::new(
         ds,
         input.eval_transform(),
-        LoaderOptions { batch, shuffle: false, drop_last: false, workers, prefetch: 4, seed: 0 },
+        LoaderOptions {
+            batch,
+            shuffle: false,
+            drop_last: false,
+            workers,
+            prefetch: 4,
+            seed: 0,
+        },
     )
 }
 
@@ -218,22 +250,35 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
     check_device(&a.device)?;
     let precision: Precision = a.precision.parse()?;
     let train_ds = a.data.open(None, a.seed)?;
-    let val_spec = a.val_data.clone().or_else(|| datasets::test_spec(&a.data.data));
+    let val_spec = a
+        .val_data
+        .clone()
+        .or_else(|| datasets::test_spec(&a.data.data));
     let val_ds = match (&val_spec, a.no_val) {
         (Some(spec), false) => {
             // the held-out split gets the class filter, not the per-class cap
-            let args = DataArgs { per_class: None, ..a.data.clone() };
+            let args = DataArgs {
+                per_class: None,
+                ..a.data.clone()
+            };
             Some(args.open(Some(spec), a.seed)?)
         }
         _ => None,
     };
-    let default_size = if a.data.data.starts_with("folder:") { 224 } else { 28 };
+    let default_size = if a.data.data.starts_with("folder:") {
+        224
+    } else {
+        28
+    };
     let input = InputSpec {
         size: a.image_size.unwrap_or(default_size),
         norm: datasets::default_normalization(&a.data.data),
     };
     if input.norm.mean.len() != train_ds.channels() {
-        return Err(Error::arg("pretrain", "normalization does not match the dataset's channels"));
+        return Err(Error::arg(
+            "pretrain",
+            "normalization does not match the dataset's channels",
+        ));
     }
     let stem = match a.stem {
         Some(StemArg::Imagenet) => Stem::ImageNet,
@@ -271,13 +316,20 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
     if per_epoch == 0 {
         return Err(Error::arg(
             "pretrain",
-            format!("{} images is less than one batch of {}", train_ds.len(), a.batch),
+            format!(
+                "{} images is less than one batch of {}",
+                train_ds.len(),
+                a.batch
+            ),
         ));
     }
     let mut meta = config.to_metadata();
     input.to_metadata(&mut meta);
     meta.insert("data.spec".into(), a.data.data.clone());
-    meta.insert("data.classes".into(), serde_json::to_string(train_ds.classes()).unwrap_or_default());
+    meta.insert(
+        "data.classes".into(),
+        serde_json::to_string(train_ds.classes()).unwrap_or_default(),
+    );
     meta.insert("seed".into(), a.seed.to_string());
     let opts = TrainOptions {
         steps: a.epochs * per_epoch,
@@ -345,12 +397,22 @@ pub struct Loaded {
 pub fn load_trained(path: &Path) -> Result<Loaded> {
     let ckpt = checkpoint::load(path)?;
     let meta = &ckpt.metadata;
-    let with_path = |e: Error| Error::Checkpoint { path: path.display().to_string(), msg: e.to_string() };
-    let get = |k: &str| meta.get(k).or_else(|| meta.get(&format!("extra.{k}"))).cloned();
+    let with_path = |e: Error| Error::Checkpoint {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    };
+    let get = |k: &str| {
+        meta.get(k)
+            .or_else(|| meta.get(&format!("extra.{k}")))
+            .cloned()
+    };
     let config = NetConfig::from_metadata(meta).map_err(with_path)?;
     let input = InputSpec {
-        size: get("data.size").and_then(|s| s.parse().ok()).ok_or_else(|| with_path(Error::arg("load", "no valid data.size in the metadata")))?,
-        norm: Normalization::parse(&get("data.normalization").unwrap_or_default()).map_err(with_path)?,
+        size: get("data.size")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| with_path(Error::arg("load", "no valid data.size in the metadata")))?,
+        norm: Normalization::parse(&get("data.normalization").unwrap_or_default())
+            .map_err(with_path)?,
     };
     let classes: Vec<String> = get("data.classes")
         .and_then(|s| serde_json::from_str(&s).ok())
@@ -358,7 +420,16 @@ pub fn load_trained(path: &Path) -> Result<Loaded> {
     let net = SupervisedNet::new(config, &mut Rng::new(0))?;
     let training = meta.get("format").is_some_and(|f| f == TRAIN_FORMAT);
     // a training checkpoint also holds the optimizer state under optim.
-    let opts = if training { LoadOptions::backbone() } else { LoadOptions::strict() };
+    let opts = if training {
+        LoadOptions::backbone()
+    } else {
+        LoadOptions::strict()
+    };
     checkpoint::load_into_with(&ckpt, &net.params(), &net.buffers(), &opts).map_err(with_path)?;
-    Ok(Loaded { net, input, classes, metadata: ckpt.metadata })
+    Ok(Loaded {
+        net,
+        input,
+        classes,
+        metadata: ckpt.metadata,
+    })
 }

@@ -101,7 +101,12 @@ pub struct Projector {
 }
 
 impl Projector {
-    pub fn new(prefix: &str, in_dim: usize, config: ProjectorConfig, rng: &mut Rng) -> Result<Projector> {
+    pub fn new(
+        prefix: &str,
+        in_dim: usize,
+        config: ProjectorConfig,
+        rng: &mut Rng,
+    ) -> Result<Projector> {
         let mut d = in_dim;
         let mut blocks = Vec::new();
         for (i, &h) in config.hidden.iter().enumerate() {
@@ -120,7 +125,11 @@ impl Projector {
             )?),
             None => None,
         };
-        Ok(Projector { config, blocks, out })
+        Ok(Projector {
+            config,
+            blocks,
+            out,
+        })
     }
 
     /// Forward that reports each block's output under the torch module name

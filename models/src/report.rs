@@ -14,8 +14,8 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
 }
 
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::arg("write_json", e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::arg("write_json", e.to_string()))?;
     write_text(path, &(text + "\n"))
 }
 

@@ -85,7 +85,11 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
 pub fn batch_accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
     let pred = argmax_rows(logits)?;
     let y = labels.to_vec::<i64>()?;
-    let hit = pred.iter().zip(&y).filter(|(p, &t)| **p as i64 == t).count();
+    let hit = pred
+        .iter()
+        .zip(&y)
+        .filter(|(p, &t)| **p as i64 == t)
+        .count();
     Ok(hit as f64 / y.len().max(1) as f64)
 }
 

@@ -107,13 +107,25 @@ pub fn finetune(
     for (dst, src) in net.encoder.params().iter().zip(encoder_of.encoder.params()) {
         dst.set(src.get())?;
     }
-    for (dst, src) in net.encoder.buffers().iter().zip(encoder_of.encoder.buffers()) {
+    for (dst, src) in net
+        .encoder
+        .buffers()
+        .iter()
+        .zip(encoder_of.encoder.buffers())
+    {
         dst.set(src.get())?;
     }
     let loader = Loader::new(
         train,
         input.train_transform(),
-        LoaderOptions { batch, shuffle: true, drop_last: true, workers, prefetch: 4, seed },
+        LoaderOptions {
+            batch,
+            shuffle: true,
+            drop_last: true,
+            workers,
+            prefetch: 4,
+            seed,
+        },
     )?;
     let val = eval_loader(test, input, batch, workers)?;
     let per_epoch = loader.batches_per_epoch();
@@ -125,7 +137,16 @@ pub fn finetune(
         ..TrainOptions::default()
     };
     let mut trainer = Trainer::new(&net, opts, Default::default());
-    let r = fit(&mut trainer, &loader, Some(&val), &FitOptions { epochs, quiet: true, ..Default::default() })?;
+    let r = fit(
+        &mut trainer,
+        &loader,
+        Some(&val),
+        &FitOptions {
+            epochs,
+            quiet: true,
+            ..Default::default()
+        },
+    )?;
     r.epochs
         .last()
         .and_then(|e| e.val_accuracy)
@@ -141,8 +162,17 @@ pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
         .test_data
         .clone()
         .or_else(|| datasets::test_spec(&a.data.data))
-        .ok_or_else(|| Error::arg("transfer", format!("{} has no held-out split; give --test-data", a.data.data)))?;
-    let test_ds = DataArgs { per_class: None, ..a.data.clone() }.open(Some(&test_spec), a.seed)?;
+        .ok_or_else(|| {
+            Error::arg(
+                "transfer",
+                format!("{} has no held-out split; give --test-data", a.data.data),
+            )
+        })?;
+    let test_ds = DataArgs {
+        per_class: None,
+        ..a.data.clone()
+    }
+    .open(Some(&test_spec), a.seed)?;
     if train_ds.channels() != loaded.net.config.in_channels {
         return Err(Error::arg(
             "transfer",
@@ -162,11 +192,20 @@ pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
     };
     if a.mode.iter().any(|m| *m != Mode::Finetune) {
         let extract = |ds: &Arc<dyn Dataset>| {
-            extract_features(&loaded.net, &eval_loader(ds.clone(), &loaded.input, a.batch, a.data.workers)?, precision)
+            extract_features(
+                &loaded.net,
+                &eval_loader(ds.clone(), &loaded.input, a.batch, a.data.workers)?,
+                precision,
+            )
         };
         let (ftr, fte) = (extract(&train_ds)?, extract(&test_ds)?);
         if a.mode.contains(&Mode::Linear) {
-            let opts = ProbeOptions { epochs: a.probe_epochs, lr: a.probe_lr, seed: a.seed, ..ProbeOptions::default() };
+            let opts = ProbeOptions {
+                epochs: a.probe_epochs,
+                lr: a.probe_lr,
+                seed: a.seed,
+                ..ProbeOptions::default()
+            };
             report.linear = Some(linear_probe(&ftr, &fte, train_ds.classes().len(), &opts)?);
         }
         if a.mode.contains(&Mode::Knn) {

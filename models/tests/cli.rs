@@ -32,7 +32,10 @@ fn fails(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
     let (code, out, err) = slmlp_env(args, env);
     assert_ne!(code, 0, "slmlp {args:?} should fail\nstdout: {out}");
     for n in needles {
-        assert!(err.contains(n), "slmlp {args:?}: error should mention {n:?}: {err}");
+        assert!(
+            err.contains(n),
+            "slmlp {args:?}: error should mention {n:?}: {err}"
+        );
     }
     assert!(!err.contains("panicked"), "slmlp {args:?} panicked: {err}");
 }
@@ -48,25 +51,56 @@ fn s(p: &Path) -> &str {
 }
 
 const SMALL: &[&str] = &[
-    "--arch", "resnet18", "--width", "4", "--data", "synthetic", "--per-class", "12", "--batch", "16",
+    "--arch",
+    "resnet18",
+    "--width",
+    "4",
+    "--data",
+    "synthetic",
+    "--per-class",
+    "12",
+    "--batch",
+    "16",
 ];
 
 fn pretrain(dir: &Path, method: &str, extra: &[&str]) {
-    ok(&[&["pretrain", "--method", method, "--epochs", "2", "--out", s(dir)], SMALL, extra].concat());
+    ok(&[
+        &[
+            "pretrain",
+            "--method",
+            method,
+            "--epochs",
+            "2",
+            "--out",
+            s(dir),
+        ],
+        SMALL,
+        extra,
+    ]
+    .concat());
 }
 
 #[test]
 fn pretrain_writes_metrics_checkpoints_and_refuses_a_mismatched_resume() {
     let dir = tmp("pretrain");
     pretrain(&dir, "sl-mlp", &["--checkpoint-every", "3"]);
-    for f in ["metrics.jsonl", "checkpoint.safetensors", "model.safetensors"] {
+    for f in [
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "model.safetensors",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     // 120 images / batch 16 = 7 steps per epoch, 2 epochs
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let kinds: Vec<String> = metrics
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(kinds.iter().filter(|k| *k == "step").count(), 14);
     assert_eq!(kinds.iter().filter(|k| *k == "epoch").count(), 2);
@@ -75,11 +109,40 @@ fn pretrain_writes_metrics_checkpoints_and_refuses_a_mismatched_resume() {
     assert!((0.0..=1.0).contains(&acc), "{last}");
 
     // resuming a finished run does nothing and keeps the records
-    ok(&[&["pretrain", "--method", "sl-mlp", "--epochs", "2", "--resume", "--out", s(&dir)], SMALL].concat());
-    assert_eq!(std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap(), metrics);
+    ok(&[
+        &[
+            "pretrain",
+            "--method",
+            "sl-mlp",
+            "--epochs",
+            "2",
+            "--resume",
+            "--out",
+            s(&dir),
+        ],
+        SMALL,
+    ]
+    .concat());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
     // a different schedule cannot continue this run
     fails(
-        &[&["pretrain", "--method", "sl-mlp", "--epochs", "3", "--resume", "--out", s(&dir)], SMALL].concat(),
+        &[
+            &[
+                "pretrain",
+                "--method",
+                "sl-mlp",
+                "--epochs",
+                "3",
+                "--resume",
+                "--out",
+                s(&dir),
+            ],
+            SMALL,
+        ]
+        .concat(),
         &[],
         &["checkpoint.safetensors", "total_steps"],
     );
@@ -102,12 +165,34 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
 
     let json = mlp.join("transfer.json");
     let out = ok(&[
-        "transfer", "--checkpoint", s(&mlp_model), "--data", "synthetic", "--per-class", "10",
-        "--classes", "5-9", "--mode", "linear,knn,finetune", "--finetune-epochs", "1", "--batch", "16",
-        "--probe-epochs", "5", "--k", "5", "--out", s(&json),
+        "transfer",
+        "--checkpoint",
+        s(&mlp_model),
+        "--data",
+        "synthetic",
+        "--per-class",
+        "10",
+        "--classes",
+        "5-9",
+        "--mode",
+        "linear,knn,finetune",
+        "--finetune-epochs",
+        "1",
+        "--batch",
+        "16",
+        "--probe-epochs",
+        "5",
+        "--k",
+        "5",
+        "--out",
+        s(&json),
     ]);
-    assert!(out.contains("linear probe") && out.contains("k-NN") && out.contains("fine-tune"), "{out}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        out.contains("linear probe") && out.contains("k-NN") && out.contains("fine-tune"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for k in ["linear_test_accuracy", "knn_accuracy", "finetune_accuracy"] {
         let a = v[k].as_f64().unwrap_or(-1.0);
         assert!((0.0..=1.0).contains(&a), "{k}: {v}");
@@ -117,36 +202,113 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
     let plot = sl.join("tsne.png");
     let metrics = sl.join("analyze.json");
     let out = ok(&[
-        "analyze", "--checkpoint", s(&sl_model), "--checkpoint", s(&mlp_model), "--data", "synthetic:test",
-        "--per-class", "10", "--plot", s(&plot), "--plot-per-class", "8", "--perplexity", "5",
-        "--out", s(&metrics),
+        "analyze",
+        "--checkpoint",
+        s(&sl_model),
+        "--checkpoint",
+        s(&mlp_model),
+        "--data",
+        "synthetic:test",
+        "--per-class",
+        "10",
+        "--plot",
+        s(&plot),
+        "--plot-per-class",
+        "8",
+        "--perplexity",
+        "5",
+        "--out",
+        s(&metrics),
     ]);
-    assert!(out.contains("discriminative ratio") && out.contains("SL-MLP"), "{out}");
+    assert!(
+        out.contains("discriminative ratio") && out.contains("SL-MLP"),
+        "{out}"
+    );
     assert!(std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
 
     // forward: logits, features and every layer's output of an input file
     let input = sl.join("input.safetensors");
-    let x = engine::Tensor::randn(&[2, 1, 28, 28], 0.0, 1.0, engine::DType::F32, &mut engine::Rng::new(3));
+    let x = engine::Tensor::randn(
+        &[2, 1, 28, 28],
+        0.0,
+        1.0,
+        engine::DType::F32,
+        &mut engine::Rng::new(3),
+    );
     engine::checkpoint::save(&input, &[("input".to_string(), x)], &Default::default()).unwrap();
     let output = sl.join("out.safetensors");
-    ok(&["forward", "--checkpoint", s(&mlp_model), "--input", s(&input), "--output", s(&output), "--dump-activations"]);
+    ok(&[
+        "forward",
+        "--checkpoint",
+        s(&mlp_model),
+        "--input",
+        s(&input),
+        "--output",
+        s(&output),
+        "--dump-activations",
+    ]);
     let got = engine::checkpoint::load(&output).unwrap().tensors;
     assert_eq!(got["logits"].dims(), [2, 10]);
     assert_eq!(got["features"].dims(), [2, 32]);
-    for name in ["act.relu", "act.layer1.0", "act.layer4.1", "act.avgpool", "act.projector.2", "act.fc"] {
-        assert!(got.contains_key(name), "{name} missing: {:?}", got.keys().collect::<Vec<_>>());
+    for name in [
+        "act.relu",
+        "act.layer1.0",
+        "act.layer4.1",
+        "act.avgpool",
+        "act.projector.2",
+        "act.fc",
+    ] {
+        assert!(
+            got.contains_key(name),
+            "{name} missing: {:?}",
+            got.keys().collect::<Vec<_>>()
+        );
     }
-    assert_eq!(got["act.fc"].to_vec::<f32>().unwrap(), got["logits"].to_vec::<f32>().unwrap());
+    assert_eq!(
+        got["act.fc"].to_vec::<f32>().unwrap(),
+        got["logits"].to_vec::<f32>().unwrap()
+    );
 
     // bad inputs name what is wrong
     let corrupt = sl.join("corrupt.safetensors");
     std::fs::write(&corrupt, b"not a checkpoint").unwrap();
-    fails(&["transfer", "--checkpoint", s(&corrupt), "--data", "synthetic"], &[], &["corrupt.safetensors"]);
-    fails(&["forward", "--checkpoint", s(&sl_model), "--input", s(&corrupt), "--output", s(&output)], &[], &["corrupt.safetensors"]);
     fails(
-        &["transfer", "--checkpoint", s(&sl_model), "--data", "synthetic", "--classes", "Sandal"],
+        &[
+            "transfer",
+            "--checkpoint",
+            s(&corrupt),
+            "--data",
+            "synthetic",
+        ],
+        &[],
+        &["corrupt.safetensors"],
+    );
+    fails(
+        &[
+            "forward",
+            "--checkpoint",
+            s(&sl_model),
+            "--input",
+            s(&corrupt),
+            "--output",
+            s(&output),
+        ],
+        &[],
+        &["corrupt.safetensors"],
+    );
+    fails(
+        &[
+            "transfer",
+            "--checkpoint",
+            s(&sl_model),
+            "--data",
+            "synthetic",
+            "--classes",
+            "Sandal",
+        ],
         &[],
         &["Sandal", "class0"],
     );
@@ -155,16 +317,42 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
 #[test]
 fn bad_arguments_and_missing_data_are_clear_errors() {
     let out = tmp("bad");
-    fails(&[&["pretrain", "--device", "cuda", "--out", s(&out)], SMALL].concat(), &[], &["cuda"]);
-    fails(&[&["pretrain", "--precision", "f8", "--out", s(&out)], SMALL].concat(), &[], &["f8"]);
-    fails(&["pretrain", "--data", "imagenet", "--out", s(&out)], &[], &["imagenet", "fashion-mnist"]);
-    fails(&["pretrain", "--data", "folder:/nonexistent/slmlp", "--out", s(&out)], &[], &["/nonexistent/slmlp"]);
+    fails(
+        &[&["pretrain", "--device", "cuda", "--out", s(&out)], SMALL].concat(),
+        &[],
+        &["cuda"],
+    );
+    fails(
+        &[&["pretrain", "--precision", "f8", "--out", s(&out)], SMALL].concat(),
+        &[],
+        &["f8"],
+    );
+    fails(
+        &["pretrain", "--data", "imagenet", "--out", s(&out)],
+        &[],
+        &["imagenet", "fashion-mnist"],
+    );
+    fails(
+        &[
+            "pretrain",
+            "--data",
+            "folder:/nonexistent/slmlp",
+            "--out",
+            s(&out),
+        ],
+        &[],
+        &["/nonexistent/slmlp"],
+    );
     fails(
         &["pretrain", "--data", "fashion-mnist", "--out", s(&out)],
         &[("SLMLP_FASHION_MNIST", "/nonexistent/fm")],
         &["/nonexistent/fm", "fetch-data.sh"],
     );
-    fails(&[&["pretrain", "--projector", "0", "--out", s(&out)], SMALL].concat(), &[], &["projector"]);
+    fails(
+        &[&["pretrain", "--projector", "0", "--out", s(&out)], SMALL].concat(),
+        &[],
+        &["projector"],
+    );
     let (code, out, _) = slmlp(&["--help"]);
     assert_eq!(code, 0);
     for sub in ["pretrain", "transfer", "analyze", "forward", "experiment"] {
@@ -178,22 +366,101 @@ fn bad_arguments_and_missing_data_are_clear_errors() {
 fn experiment_produces_every_output_file() {
     let dir = tmp("experiment");
     let out = ok(&[
-        "experiment", "--quick", "--out", s(&dir), "--width", "4", "--epochs", "1", "--per-class", "40",
-        "--transfer-per-class", "20", "--eval-per-class", "20", "--plot-per-class", "10", "--batch", "32",
+        "experiment",
+        "--quick",
+        "--out",
+        s(&dir),
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--per-class",
+        "40",
+        "--transfer-per-class",
+        "20",
+        "--eval-per-class",
+        "20",
+        "--plot-per-class",
+        "10",
+        "--batch",
+        "32",
     ]);
     assert!(out.contains("| quantity | SL | SL-MLP |"), "{out}");
     for f in [
-        "results.md", "results.json", "tsne_unseen_test.png", "tsne_seen_test.png", "tsne_mnist_test.png",
-        "seed0/sl/model.safetensors", "seed0/sl-mlp/model.safetensors", "seed0/sl/metrics.jsonl",
+        "results.md",
+        "results.json",
+        "tsne_unseen_test.png",
+        "tsne_seen_test.png",
+        "tsne_mnist_test.png",
+        "seed0/sl/model.safetensors",
+        "seed0/sl-mlp/model.safetensors",
+        "seed0/sl/metrics.jsonl",
         "seed0/sl-mlp/checkpoint.safetensors",
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
     for m in ["sl", "sl-mlp"] {
-        for k in ["linear_unseen", "knn_unseen", "linear_mnist", "knn_mnist", "seen_test.phi", "unseen_test.redundancy"] {
+        for k in [
+            "linear_unseen",
+            "knn_unseen",
+            "linear_mnist",
+            "knn_mnist",
+            "seen_test.phi",
+            "unseen_test.redundancy",
+        ] {
             let x = v["summary"][m][k]["mean"].as_f64();
-            assert!(x.is_some_and(f64::is_finite), "{m} {k}: {}", v["summary"][m]);
+            assert!(
+                x.is_some_and(f64::is_finite),
+                "{m} {k}: {}",
+                v["summary"][m]
+            );
         }
     }
+}
+
+#[test]
+fn coco_eval_prints_pycocotools_summary() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/coco_eval");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("mixed_expected.json")).unwrap())
+            .unwrap();
+    let gt = fx.join("mixed_gt.json");
+    for e in expected["evals"].as_array().unwrap() {
+        let (iou, dt) = (
+            e["iou_type"].as_str().unwrap(),
+            fx.join(e["dt"].as_str().unwrap()),
+        );
+        let out = ok(&[
+            "coco-eval",
+            "--gt",
+            s(&gt),
+            "--dt",
+            s(&dt),
+            "--iou-type",
+            iou,
+        ]);
+        assert_eq!(out.lines().count(), 12, "{out}");
+        let want = e["summary"].as_str().unwrap();
+        assert_eq!(
+            out.trim_end(),
+            want.trim_end(),
+            "{iou} summary differs from pycocotools'"
+        );
+    }
+    let dt = fx.join("mixed_dt.json");
+    let bad = tmp("coco");
+    std::fs::create_dir_all(&bad).unwrap();
+    let broken = bad.join("gt.json");
+    std::fs::write(
+        &broken,
+        r#"{"images": [{"id": 1}], "annotations": [], "categories": []}"#,
+    )
+    .unwrap();
+    fails(
+        &["coco-eval", "--gt", s(&broken), "--dt", s(&dt)],
+        &[],
+        &["gt.json", "images[0]"],
+    );
 }

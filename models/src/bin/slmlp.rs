@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use models::analyze::{analyze, AnalyzeArgs};
+use models::detection::{evaluate_files, IouType};
 use models::experiment::{experiment, ExperimentArgs};
 use models::pretrain::{check_device, load_trained, pretrain, PretrainArgs};
 use models::transfer::{transfer, TransferArgs};
@@ -34,6 +35,27 @@ enum Command {
     /// The whole study: pretrain SL and SL-MLP on seen Fashion-MNIST classes,
     /// transfer to unseen classes and MNIST, analyze, write tables and plots.
     Experiment(ExperimentArgs),
+    /// COCO evaluation (pycocotools' protocol): the standard 12-line summary
+    /// of a result file against a ground-truth file.
+    CocoEval(CocoEvalArgs),
+}
+
+#[derive(clap::Args)]
+struct CocoEvalArgs {
+    /// Ground truth: a COCO instances JSON.
+    #[arg(long)]
+    gt: PathBuf,
+    /// Detections: a COCO results JSON (list of {image_id, category_id, bbox|segmentation, score}).
+    #[arg(long)]
+    dt: PathBuf,
+    #[arg(long, value_enum, default_value = "bbox")]
+    iou_type: IouArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IouArg {
+    Bbox,
+    Segm,
 }
 
 #[derive(clap::Args)]
@@ -70,7 +92,10 @@ fn forward(a: &ForwardArgs) -> engine::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+        {
             eprintln!("warning: --threads {t} not applied: {e}");
         }
     }
@@ -84,9 +109,18 @@ fn main() -> ExitCode {
             );
         }),
         Command::Transfer(a) => transfer(a).map(|r| {
-            println!("transfer to {} classes ({} train / {} test images):", r.classes.len(), r.train_images, r.test_images);
+            println!(
+                "transfer to {} classes ({} train / {} test images):",
+                r.classes.len(),
+                r.train_images,
+                r.test_images
+            );
             if let Some(p) = &r.linear {
-                println!("  linear probe: test {:.2}%  (train {:.2}%)", 100.0 * p.test_accuracy, 100.0 * p.train_accuracy);
+                println!(
+                    "  linear probe: test {:.2}%  (train {:.2}%)",
+                    100.0 * p.test_accuracy,
+                    100.0 * p.train_accuracy
+                );
             }
             if let Some(k) = r.knn {
                 println!("  k-NN: {:.2}%", 100.0 * k);
@@ -98,6 +132,13 @@ fn main() -> ExitCode {
         Command::Analyze(a) => analyze(a).map(|_| ()),
         Command::Forward(a) => forward(a),
         Command::Experiment(a) => experiment(a).map(|_| ()),
+        Command::CocoEval(a) => {
+            let iou = match a.iou_type {
+                IouArg::Bbox => IouType::Bbox,
+                IouArg::Segm => IouType::Segm,
+            };
+            evaluate_files(&a.gt, &a.dt, iou).map(|e| print!("{}", e.summary()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,11 @@
+//! Object detection support: COCO masks (RLE), COCO JSON files and the COCO
+//! evaluation protocol, each reproducing pycocotools exactly so that numbers
+//! reported here can be compared with published ones.
+
+pub mod coco_eval;
+pub mod coco_json;
+pub mod rle;
+
+pub use coco_eval::{evaluate_files, CocoEval, IouMatrix, IouType, Params};
+pub use coco_json::{CocoCategory, CocoGt, CocoImage, Detection, GtAnnotation, Segmentation};
+pub use rle::{bbox_iou, rle_iou, Rle};
