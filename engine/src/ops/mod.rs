@@ -10,14 +10,17 @@ pub mod binary;
 pub mod conv;
 pub mod loss;
 pub mod matmul;
+pub mod nms;
 pub mod pool;
 pub mod reduce;
+pub mod roi_align;
 pub mod shape;
 pub mod unary;
 
 pub use batchnorm::*;
 pub use conv::*;
 pub use matmul::*;
+pub use nms::{batched_nms, box_iou, nms};
 
 /// Runs `$body` with `$T` = the compute type for `$dtype` (f64 or f32), or
 /// returns a dtype error naming `$op` for integer dtypes.
