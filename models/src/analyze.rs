@@ -6,8 +6,7 @@ use crate::eval::{
     feature_metrics, scatter_png, tsne, FeatureMetrics, Features, Panel, TsneOptions,
 };
 use crate::extract::extract_features;
-use crate::pretrain::{check_device, eval_loader, load_trained, DataArgs};
-use engine::amp::Precision;
+use crate::pretrain::{check_device, eval_loader, load_trained, ComputeArgs, DataArgs};
 use engine::{Error, Result, Rng};
 use std::path::{Path, PathBuf};
 
@@ -28,12 +27,8 @@ pub struct AnalyzeArgs {
     pub perplexity: f64,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Write the metrics as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -107,9 +102,9 @@ pub fn embedding_plot(
 }
 
 pub fn analyze(a: &AnalyzeArgs) -> Result<serde_json::Value> {
-    check_device(&a.device)?;
-    let precision: Precision = a.precision.parse()?;
-    let ds = a.data.open(None, a.seed)?;
+    check_device(&a.compute.device)?;
+    let (precision, seed) = (a.compute.precision, a.compute.seed);
+    let ds = a.data.open(None, seed)?;
     let mut sets = Vec::new();
     let mut out = Vec::new();
     for path in &a.checkpoint {
@@ -151,7 +146,7 @@ pub fn analyze(a: &AnalyzeArgs) -> Result<serde_json::Value> {
             &refs,
             a.plot_per_class,
             a.perplexity,
-            a.seed,
+            seed,
             &format!("t-SNE of encoder features: {}", a.data.data),
         )?;
         println!("wrote {}", p.display());

@@ -18,10 +18,9 @@ use crate::eval::{
 };
 use crate::extract::extract_features;
 use crate::pretrain::{
-    check_device, eval_loader, load_trained, pretrain, DataArgs, Method, PretrainArgs,
+    check_device, eval_loader, load_trained, pretrain, ComputeArgs, DataArgs, Method, PretrainArgs,
 };
 use crate::report::{mean_std, write_json, write_text};
-use engine::amp::Precision;
 use engine::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,10 +65,9 @@ pub struct ExperimentArgs {
     /// Neighbours for k-NN.
     #[arg(long, default_value_t = 20)]
     pub k: usize,
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// --seed is the first seed; runs use seed, seed+1, ...
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// Points per class in the t-SNE plots.
@@ -199,8 +197,9 @@ fn data(spec: &str, classes: Option<&str>, per_class: Option<usize>, workers: us
 }
 
 pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
-    check_device(&a.device)?;
-    let precision: Precision = a.precision.parse()?;
+    check_device(&a.compute.device)?;
+    let precision = a.compute.precision;
+    let first_seed = a.compute.seed;
     let plan = Plan::new(a);
     if plan.seeds == 0 || plan.epochs == 0 {
         return Err(Error::arg(
@@ -280,7 +279,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
         ),
     ];
     let mut results: BTreeMap<&'static str, Vec<RunResult>> = BTreeMap::new();
-    for seed in 0..plan.seeds as u64 {
+    for seed in first_seed..first_seed + plan.seeds as u64 {
         let mut feats: BTreeMap<&'static str, BTreeMap<&'static str, Features>> = BTreeMap::new();
         for (method, name) in [(Method::Sl, "sl"), (Method::SlMlp, "sl-mlp")] {
             let run_dir = a.out.join(format!("seed{seed}")).join(name);
@@ -306,9 +305,10 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
                 weight_decay: 5e-4,
                 momentum: 0.9,
                 label_smoothing: 0.0,
-                precision: a.precision.clone(),
-                device: a.device.clone(),
-                seed,
+                compute: ComputeArgs {
+                    seed,
+                    ..a.compute.clone()
+                },
                 out: run_dir.clone(),
                 resume: false,
                 checkpoint_every: 0,
@@ -358,7 +358,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
             results.entry(name).or_default().push(r);
             feats.insert(name, f);
         }
-        if seed == 0 {
+        if seed == first_seed {
             for (split, title) in [
                 ("unseen_test", "unseen Fashion-MNIST classes"),
                 ("seen_test", "seen (pretraining) classes"),
@@ -429,7 +429,7 @@ fn results_json(
             "arch": a.arch, "width": a.width, "seen": a.seen, "epochs": plan.epochs, "seeds": plan.seeds,
             "per_class": plan.per_class, "transfer_per_class": plan.transfer_per_class,
             "eval_per_class": plan.eval_per_class, "batch": a.batch, "lr": a.lr, "k": a.k,
-            "precision": a.precision, "quick": a.quick,
+            "precision": format!("{:?}", a.compute.precision), "first_seed": a.compute.seed, "quick": a.quick,
         },
         "seconds": seconds,
         "summary": summary,
@@ -462,7 +462,7 @@ fn results_markdown(
         a.seen,
         plan.per_class.map_or("all".to_string(), |p| p.to_string()),
         n,
-        a.precision,
+        format!("{:?}", a.compute.precision).to_lowercase(),
         (seconds / 60.0).round()
     );
     md += "| quantity | SL | SL-MLP | SL-MLP − SL |\n|---|---|---|---|\n";

@@ -147,6 +147,20 @@ pub fn eval_loader(
     )
 }
 
+/// Where and how a command computes; shared by every subcommand.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ComputeArgs {
+    /// f32, bf16, or f16 (with dynamic loss scaling).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// cpu, cuda, cuda:N or auto (auto falls back to the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seeds the weights, the data order and subsets, and the augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct PretrainArgs {
     /// sl: no projector; sl-mlp: with the MLP projector.
@@ -192,15 +206,8 @@ pub struct PretrainArgs {
     pub momentum: f64,
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
-    /// f32, bf16, or f16 (with dynamic loss scaling).
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
-    /// cpu, cuda, cuda:N or auto (auto falls back to the CPU).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Seeds the weights, the data order and the augmentation.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -247,9 +254,9 @@ pub fn check_device(requested: &str) -> Result<()> {
 }
 
 pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
-    check_device(&a.device)?;
-    let precision: Precision = a.precision.parse()?;
-    let train_ds = a.data.open(None, a.seed)?;
+    check_device(&a.compute.device)?;
+    let (precision, seed) = (a.compute.precision, a.compute.seed);
+    let train_ds = a.data.open(None, seed)?;
     let val_spec = a
         .val_data
         .clone()
@@ -261,7 +268,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
                 per_class: None,
                 ..a.data.clone()
             };
-            Some(args.open(Some(spec), a.seed)?)
+            Some(args.open(Some(spec), seed)?)
         }
         _ => None,
     };
@@ -294,7 +301,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
     if a.method == Method::SlMlp {
         config.projector = Some(ProjectorConfig::parse(&a.projector, d)?);
     }
-    let net = SupervisedNet::new(config.clone(), &mut Rng::new(a.seed))?;
+    let net = SupervisedNet::new(config.clone(), &mut Rng::new(seed))?;
 
     let train = Loader::new(
         train_ds.clone(),
@@ -305,7 +312,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
             drop_last: true,
             workers: a.data.workers,
             prefetch: 4,
-            seed: a.seed,
+            seed,
         },
     )?;
     let val = match val_ds {
@@ -330,7 +337,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
         "data.classes".into(),
         serde_json::to_string(train_ds.classes()).unwrap_or_default(),
     );
-    meta.insert("seed".into(), a.seed.to_string());
+    meta.insert("seed".into(), seed.to_string());
     let opts = TrainOptions {
         steps: a.epochs * per_epoch,
         lr: a.lr,

@@ -7,7 +7,7 @@ use crate::datasets;
 use crate::eval::{knn_accuracy, linear_probe, ProbeOptions, ProbeResult};
 use crate::extract::extract_features;
 use crate::fit::{fit, FitOptions};
-use crate::pretrain::{check_device, eval_loader, load_trained, DataArgs, InputSpec};
+use crate::pretrain::{check_device, eval_loader, load_trained, ComputeArgs, DataArgs, InputSpec};
 use crate::train::{TrainOptions, Trainer};
 use crate::SupervisedNet;
 use engine::amp::Precision;
@@ -52,12 +52,8 @@ pub struct TransferArgs {
     pub finetune_lr: f64,
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -154,10 +150,10 @@ pub fn finetune(
 }
 
 pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
-    check_device(&a.device)?;
-    let precision: Precision = a.precision.parse()?;
+    check_device(&a.compute.device)?;
+    let (precision, seed) = (a.compute.precision, a.compute.seed);
     let loaded = load_trained(&a.checkpoint)?;
-    let train_ds = a.data.open(None, a.seed)?;
+    let train_ds = a.data.open(None, seed)?;
     let test_spec = a
         .test_data
         .clone()
@@ -172,7 +168,7 @@ pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
         per_class: None,
         ..a.data.clone()
     }
-    .open(Some(&test_spec), a.seed)?;
+    .open(Some(&test_spec), seed)?;
     if train_ds.channels() != loaded.net.config.in_channels {
         return Err(Error::arg(
             "transfer",
@@ -203,7 +199,7 @@ pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
             let opts = ProbeOptions {
                 epochs: a.probe_epochs,
                 lr: a.probe_lr,
-                seed: a.seed,
+                seed: seed,
                 ..ProbeOptions::default()
             };
             report.linear = Some(linear_probe(&ftr, &fte, train_ds.classes().len(), &opts)?);
@@ -223,7 +219,7 @@ pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
             a.batch,
             precision,
             a.data.workers,
-            a.seed,
+            seed,
         )?);
     }
     if let Some(p) = &a.out {
