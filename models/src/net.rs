@@ -10,7 +10,7 @@
 
 use crate::projector::{Projector, ProjectorConfig};
 use crate::resnet::{ResNet, ResNetConfig, Stem};
-use engine::nn::{Buffer, Linear, Module, Param};
+use engine::nn::{Linear, Module};
 use engine::{Error, Result, Rng, Tensor};
 use std::collections::BTreeMap;
 
@@ -210,28 +210,18 @@ impl SupervisedNet {
             .sum();
         self.encoder.macs(h, w) + linear
     }
-
-    fn modules(&self) -> Vec<&dyn Module> {
-        let mut m: Vec<&dyn Module> = vec![&self.encoder];
-        if let Some(p) = &self.projector {
-            m.push(p);
-        }
-        m.push(&self.fc);
-        m
-    }
 }
 
 impl Module for SupervisedNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_traced(x, &mut |_, _| Ok(()))
     }
-    fn params(&self) -> Vec<Param> {
-        self.modules().iter().flat_map(|m| m.params()).collect()
-    }
-    fn buffers(&self) -> Vec<Buffer> {
-        self.modules().iter().flat_map(|m| m.buffers()).collect()
-    }
-    fn set_training(&self, training: bool) {
-        self.modules().iter().for_each(|m| m.set_training(training))
+    fn children(&self) -> Vec<&dyn Module> {
+        let mut m: Vec<&dyn Module> = vec![&self.encoder];
+        if let Some(p) = &self.projector {
+            m.push(p);
+        }
+        m.push(&self.fc);
+        m
     }
 }

@@ -13,7 +13,7 @@
 //! The BN1d+ReLU pair runs as one fused op (the contract the CUDA
 //! `bn1d_relu` kernel implements).
 
-use engine::nn::{join, BatchNorm, Buffer, Linear, Module, Param};
+use engine::nn::{join, BatchNorm, Linear, Module};
 use engine::{Error, Result, Rng, Tensor};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,8 +152,13 @@ impl Projector {
         }
         Ok(h)
     }
+}
 
-    fn modules(&self) -> Vec<&dyn Module> {
+impl Module for Projector {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_traced(x, "", &mut |_, _| Ok(()))
+    }
+    fn children(&self) -> Vec<&dyn Module> {
         let mut m: Vec<&dyn Module> = Vec::new();
         for (l, b) in &self.blocks {
             m.push(l);
@@ -163,20 +168,5 @@ impl Projector {
             m.push(o);
         }
         m
-    }
-}
-
-impl Module for Projector {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_traced(x, "", &mut |_, _| Ok(()))
-    }
-    fn params(&self) -> Vec<Param> {
-        self.modules().iter().flat_map(|m| m.params()).collect()
-    }
-    fn buffers(&self) -> Vec<Buffer> {
-        self.modules().iter().flat_map(|m| m.buffers()).collect()
-    }
-    fn set_training(&self, training: bool) {
-        self.modules().iter().for_each(|m| m.set_training(training))
     }
 }

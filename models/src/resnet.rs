@@ -3,7 +3,7 @@
 //! our weights. Residual blocks end in the fused BN+add+ReLU entry point, the
 //! inner BNs in fused BN+ReLU: the same contract the CUDA kernels implement.
 
-use engine::nn::{join, BatchNorm, Buffer, Conv2d, Linear, Module, Param};
+use engine::nn::{join, BatchNorm, Conv2d, Linear, Module};
 use engine::ops::Conv2dParams;
 use engine::{Error, Result, Rng, Tensor};
 
@@ -347,17 +347,6 @@ impl ResNet {
                 .as_ref()
                 .map_or(0, |fc| fc.params()[0].get().numel())
     }
-
-    fn modules(&self) -> Vec<&dyn Module> {
-        let mut m: Vec<&dyn Module> = vec![&self.conv1, &self.bn1];
-        for block in self.stages.iter().flatten() {
-            m.extend(block.modules());
-        }
-        if let Some(fc) = &self.fc {
-            m.push(fc);
-        }
-        m
-    }
 }
 
 impl Module for ResNet {
@@ -369,13 +358,14 @@ impl Module for ResNet {
             None => Ok(f),
         }
     }
-    fn params(&self) -> Vec<Param> {
-        self.modules().iter().flat_map(|m| m.params()).collect()
-    }
-    fn buffers(&self) -> Vec<Buffer> {
-        self.modules().iter().flat_map(|m| m.buffers()).collect()
-    }
-    fn set_training(&self, training: bool) {
-        self.modules().iter().for_each(|m| m.set_training(training))
+    fn children(&self) -> Vec<&dyn Module> {
+        let mut m: Vec<&dyn Module> = vec![&self.conv1, &self.bn1];
+        for block in self.stages.iter().flatten() {
+            m.extend(block.modules());
+        }
+        if let Some(fc) = &self.fc {
+            m.push(fc);
+        }
+        m
     }
 }

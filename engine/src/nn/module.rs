@@ -9,20 +9,36 @@ use crate::{Result, Tensor};
 /// whose behaviour depends on train/eval mode keep the flag in an atomic.
 pub trait Module: Send + Sync {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
-    /// Trainable parameters, in a stable order (optimizers and checkpoints
-    /// rely on it being the same on every call).
-    fn params(&self) -> Vec<Param>;
-    /// Non-trainable state saved in checkpoints (BN running statistics).
-    fn buffers(&self) -> Vec<Buffer> {
+    /// The sub-modules a container is made of, in a stable order. A
+    /// container lists them here and inherits `params`, `buffers` and
+    /// `set_training`; a leaf layer keeps the default (none) and implements
+    /// those three itself.
+    fn children(&self) -> Vec<&dyn Module> {
         vec![]
     }
+    /// Trainable parameters, in a stable order (optimizers and checkpoints
+    /// rely on it being the same on every call).
+    fn params(&self) -> Vec<Param> {
+        self.children().iter().flat_map(|m| m.params()).collect()
+    }
+    /// Non-trainable state saved in checkpoints (BN running statistics).
+    fn buffers(&self) -> Vec<Buffer> {
+        self.children().iter().flat_map(|m| m.buffers()).collect()
+    }
     /// Train mode (the default) or eval mode; containers forward it to children.
-    fn set_training(&self, _training: bool) {}
+    fn set_training(&self, training: bool) {
+        self.children()
+            .iter()
+            .for_each(|m| m.set_training(training))
+    }
 }
 
 impl<M: Module + ?Sized> Module for Box<M> {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         (**self).forward(x)
+    }
+    fn children(&self) -> Vec<&dyn Module> {
+        (**self).children()
     }
     fn params(&self) -> Vec<Param> {
         (**self).params()
@@ -38,6 +54,9 @@ impl<M: Module + ?Sized> Module for Box<M> {
 impl<M: Module + ?Sized> Module for std::sync::Arc<M> {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         (**self).forward(x)
+    }
+    fn children(&self) -> Vec<&dyn Module> {
+        (**self).children()
     }
     fn params(&self) -> Vec<Param> {
         (**self).params()
@@ -58,9 +77,6 @@ impl Module for Relu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.relu()
     }
-    fn params(&self) -> Vec<Param> {
-        vec![]
-    }
 }
 
 /// Merges all dims from `start_dim` on into one (PyTorch's `nn.Flatten`,
@@ -79,9 +95,6 @@ impl Default for Flatten {
 impl Module for Flatten {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.flatten(self.start_dim)
-    }
-    fn params(&self) -> Vec<Param> {
-        vec![]
     }
 }
 

@@ -1,6 +1,6 @@
 //! A chain of modules applied in order.
 
-use crate::nn::{Buffer, Module, Param};
+use crate::nn::Module;
 use crate::{Result, Tensor};
 
 #[derive(Default)]
@@ -33,13 +33,7 @@ impl Module for Sequential {
         }
         Ok(h)
     }
-    fn params(&self) -> Vec<Param> {
-        self.layers.iter().flat_map(|l| l.params()).collect()
-    }
-    fn buffers(&self) -> Vec<Buffer> {
-        self.layers.iter().flat_map(|l| l.buffers()).collect()
-    }
-    fn set_training(&self, training: bool) {
-        self.layers.iter().for_each(|l| l.set_training(training))
+    fn children(&self) -> Vec<&dyn Module> {
+        self.layers.iter().map(|l| l.as_ref()).collect()
     }
 }
