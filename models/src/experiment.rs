@@ -400,6 +400,19 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
     Ok(json)
 }
 
+/// Two-sided 95% quantile of Student's t with `dof` degrees of freedom.
+fn t_975(dof: usize) -> f64 {
+    const T: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
+    match dof {
+        0 => f64::INFINITY,
+        d if d <= T.len() => T[d - 1],
+        d if d <= 30 => 2.042 + (2.228 - 2.042) * (30 - d) as f64 / 20.0,
+        _ => 1.96,
+    }
+}
+
 fn mmss(secs: f64) -> String {
     let s = secs as u64;
     format!("{}:{:02}", s / 60, s % 60)
@@ -486,13 +499,19 @@ fn results_markdown(
     }) {
         let verdict = if n < 2 {
             "one seed: no noise estimate".to_string()
-        } else if dm.abs() > 2.0 * ds / (n as f64).sqrt() {
-            format!(
-                "larger than 2 standard errors of the per-seed difference ({:.3})",
-                2.0 * ds / (n as f64).sqrt()
-            )
         } else {
-            format!("within 2 standard errors of the per-seed difference ({:.3}): not distinguishable from seed noise", 2.0 * ds / (n as f64).sqrt())
+            // paired two-sided t-test at 95% on the per-seed differences
+            let half_width = t_975(n - 1) * ds / (n as f64).sqrt();
+            let ci = format!(
+                "95% interval {:+.3} .. {:+.3}",
+                dm - half_width,
+                dm + half_width
+            );
+            if dm.abs() > half_width {
+                format!("{ci}: significant (paired t-test, {} seeds)", n)
+            } else {
+                format!("{ci}: not distinguishable from seed noise ({} seeds)", n)
+            }
         };
         md += &format!("- {label}: SL-MLP − SL = {dm:+.3}; {verdict}.\n");
     }
