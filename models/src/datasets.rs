@@ -12,8 +12,8 @@
 //! that goes with a training spec.
 
 use crate::data::{
-    default_fashion_mnist_dir, default_mnist_dir, fashion_mnist, mnist_digits, Dataset, Image,
-    ImageFolder, Split, SyntheticImages,
+    default_fashion_mnist_dir, default_mnist_dir, fashion_mnist, mnist_digits, Dataset,
+    ImageFolder, Split, Subset, SyntheticImages,
 };
 use engine::{Error, Result};
 use std::path::Path;
@@ -71,33 +71,6 @@ impl Normalization {
     }
 }
 
-/// A dataset that keeps some of another's samples, in the given order.
-struct Indexed {
-    inner: Arc<dyn Dataset>,
-    indices: Vec<usize>,
-}
-
-impl Dataset for Indexed {
-    fn len(&self) -> usize {
-        self.indices.len()
-    }
-    fn classes(&self) -> &[String] {
-        self.inner.classes()
-    }
-    fn label(&self, i: usize) -> usize {
-        self.inner.label(self.indices[i])
-    }
-    fn channels(&self) -> usize {
-        self.inner.channels()
-    }
-    fn get(&self, i: usize) -> Result<Image> {
-        self.inner.get(self.indices[i])
-    }
-    fn describe(&self, i: usize) -> String {
-        self.inner.describe(self.indices[i])
-    }
-}
-
 fn split_of(spec: &str) -> (&str, &str) {
     match spec.split_once(':') {
         Some((name, rest)) if name != "folder" => (name, rest),
@@ -144,7 +117,7 @@ pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
                 }
                 seen[c] += 1;
             }
-            Ok(Arc::new(Indexed { inner: all, indices }))
+            Ok(Arc::new(Subset::of_indices(all, indices)?))
         }
         "synthetic" => {
             let (n, seed) = match split {

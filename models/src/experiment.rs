@@ -89,7 +89,7 @@ struct RunResult {
 }
 
 impl RunResult {
-    /// (key, label, value, higher is better?) of every reported number.
+    /// (key, label, value) of every reported number, in table order.
     fn numbers(&self) -> Vec<(String, String, f64)> {
         let mut v = vec![
             (
@@ -418,6 +418,17 @@ fn mmss(secs: f64) -> String {
     format!("{}:{:02}", s / 60, s % 60)
 }
 
+/// Per reported quantity (in `RunResult::numbers` order), its values over seeds.
+fn columns(runs: &[RunResult]) -> Vec<Vec<f64>> {
+    let rows: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|r| r.numbers().into_iter().map(|(_, _, v)| v).collect())
+        .collect();
+    (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i]).collect())
+        .collect()
+}
+
 fn results_json(
     a: &ExperimentArgs,
     plan: &Plan,
@@ -427,11 +438,10 @@ fn results_json(
     let mut summary = serde_json::Map::new();
     for (method, runs) in results {
         let mut m = serde_json::Map::new();
-        for (i, (key, _, _)) in runs[0].numbers().iter().enumerate() {
-            let v: Vec<f64> = runs.iter().map(|r| r.numbers()[i].2).collect();
+        for ((key, _, _), v) in runs[0].numbers().into_iter().zip(columns(runs)) {
             let (mean, std) = mean_std(&v);
             m.insert(
-                key.clone(),
+                key,
                 serde_json::json!({"mean": mean, "std": std, "values": v}),
             );
         }
@@ -479,15 +489,13 @@ fn results_markdown(
         (seconds / 60.0).round()
     );
     md += "| quantity | SL | SL-MLP | SL-MLP − SL |\n|---|---|---|---|\n";
-    let rows = sl[0].numbers();
     let mut lines = Vec::new();
-    for (i, (_, label, _)) in rows.iter().enumerate() {
-        let a_: Vec<f64> = sl.iter().map(|r| r.numbers()[i].2).collect();
-        let b_: Vec<f64> = mlp.iter().map(|r| r.numbers()[i].2).collect();
+    let labels = sl[0].numbers().into_iter().map(|(_, label, _)| label);
+    for ((label, a_), b_) in labels.zip(columns(sl)).zip(columns(mlp)) {
         let d: Vec<f64> = a_.iter().zip(&b_).map(|(x, y)| y - x).collect();
         let (dm, ds) = mean_std(&d);
         md += &format!("| {label} | {} | {} | {} |\n", fmt(&a_), fmt(&b_), fmt(&d));
-        lines.push((label.clone(), dm, ds));
+        lines.push((label, dm, ds));
     }
     md += "\nAccuracies in %, mean ± sample std over seeds; the difference column is computed per seed (same initial encoder and data order for both methods).\n";
     md += "Intra-class variation: mean distance to the class centroid; discriminative ratio: mean inter-centroid distance / intra-class variation; redundancy: mean |Pearson r| over pairs of feature dims.\n\n## Reading\n\n";

@@ -105,10 +105,7 @@ impl NetConfig {
     /// training checkpoints put on their extra entries.
     pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<NetConfig> {
         let get = |k: &str| -> Result<&str> {
-            meta.get(&format!("net.{k}"))
-                .or_else(|| meta.get(&format!("extra.net.{k}")))
-                .map(String::as_str)
-                .ok_or_else(|| {
+            metadata_value(meta, &format!("net.{k}")).ok_or_else(|| {
                     Error::arg(
                         "net",
                         format!("checkpoint metadata has no net.{k}: not a checkpoint written by slmlp pretrain"),
@@ -144,6 +141,14 @@ impl NetConfig {
         c.resnet()?;
         Ok(c)
     }
+}
+
+/// `meta[key]`, or `meta["extra." + key]`: training checkpoints store the
+/// run's metadata as extra entries of their state.
+pub fn metadata_value<'a>(meta: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+    meta.get(key)
+        .or_else(|| meta.get(&format!("extra.{key}")))
+        .map(String::as_str)
 }
 
 pub struct SupervisedNet {

@@ -5,6 +5,7 @@
 use crate::data::{parse_classes, Augment, Dataset, Loader, LoaderOptions, Subset, Transform};
 use crate::datasets::{self, Normalization};
 use crate::fit::{fit, EpochLog, FitOptions};
+use crate::net::metadata_value;
 use crate::train::{TrainOptions, Trainer};
 use crate::{NetConfig, ProjectorConfig, Stem, SupervisedNet};
 use engine::amp::Precision;
@@ -408,11 +409,7 @@ pub fn load_trained(path: &Path) -> Result<Loaded> {
         path: path.display().to_string(),
         msg: e.to_string(),
     };
-    let get = |k: &str| {
-        meta.get(k)
-            .or_else(|| meta.get(&format!("extra.{k}")))
-            .cloned()
-    };
+    let get = |k: &str| metadata_value(meta, k).map(str::to_string);
     let config = NetConfig::from_metadata(meta).map_err(with_path)?;
     let input = InputSpec {
         size: get("data.size")

@@ -489,7 +489,21 @@ fn subset_per_class_is_deterministic_and_ordered() {
     assert!(a.indices().windows(2).all(|w| w[0] < w[1]));
     assert_eq!(histogram(&a), [5, 5, 5, 5]);
     // Fewer than n in a class keeps them all.
-    assert_eq!(Subset::per_class(parent, 30, 1).len(), 100);
+    assert_eq!(Subset::per_class(parent.clone(), 30, 1).len(), 100);
+}
+
+#[test]
+fn subset_of_indices_keeps_labels_and_checks_order() {
+    let parent = toy(10, 3);
+    let s = Subset::of_indices(parent.clone(), vec![1, 4, 9]).unwrap();
+    assert_eq!(s.len(), 3);
+    for (j, &i) in [1, 4, 9].iter().enumerate() {
+        assert_eq!(s.label(j), parent.label(i));
+        assert_eq!(s.get(j).unwrap(), parent.get(i).unwrap());
+    }
+    for bad in [vec![4, 1], vec![2, 2], vec![10]] {
+        assert!(Subset::of_indices(parent.clone(), bad).is_err());
+    }
 }
 
 #[test]

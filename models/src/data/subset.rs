@@ -78,6 +78,28 @@ impl Subset {
         }
     }
 
+    /// The parent's samples at `indices` (strictly increasing, in range),
+    /// labels unchanged.
+    pub fn of_indices(parent: Arc<dyn Dataset>, indices: Vec<usize>) -> Result<Subset> {
+        if indices.windows(2).any(|w| w[0] >= w[1]) || indices.last() >= Some(&parent.len()) {
+            return Err(Error::arg(
+                "subset",
+                format!(
+                    "indices must be strictly increasing and below {}",
+                    parent.len()
+                ),
+            ));
+        }
+        let n_classes = parent.classes().len();
+        let classes = parent.classes().to_vec();
+        Ok(Subset {
+            parent,
+            indices,
+            relabel: (0..n_classes).map(Some).collect(),
+            classes,
+        })
+    }
+
     /// Parent index of each sample.
     pub fn indices(&self) -> &[usize] {
         &self.indices
