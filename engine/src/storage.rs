@@ -98,7 +98,7 @@ impl Storage {
     }
 
     pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Option<Storage> {
-        if bytes.len() % dtype.size_in_bytes() != 0 {
+        if !bytes.len().is_multiple_of(dtype.size_in_bytes()) {
             return None;
         }
         fn read<T: bytemuck::Pod>(b: &[u8]) -> Vec<T> {

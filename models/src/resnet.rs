@@ -323,6 +323,22 @@ impl ResNet {
         Ok(f)
     }
 
+    /// The output of each stage (layer1..layer4, i.e. C2..C5 at strides
+    /// 4..32 with the ImageNet stem): what an FPN consumes.
+    pub fn stage_outputs(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let last: Vec<String> = (0..4)
+            .map(|s| format!("layer{}.{}", s + 1, self.config.layers[s].max(1) - 1))
+            .collect();
+        let mut out = Vec::new();
+        self.features_traced(x, &mut |name, t| {
+            if last.iter().any(|l| l == name) {
+                out.push(t.clone());
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Forward multiply-accumulates (convs and fc) for one `h x w` image:
     /// the basis of the GFLOP/s figures benches print.
     pub fn macs(&self, h: usize, w: usize) -> usize {

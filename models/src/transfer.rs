@@ -199,7 +199,7 @@ pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
             let opts = ProbeOptions {
                 epochs: a.probe_epochs,
                 lr: a.probe_lr,
-                seed: seed,
+                seed,
                 ..ProbeOptions::default()
             };
             report.linear = Some(linear_probe(&ftr, &fte, train_ds.classes().len(), &opts)?);

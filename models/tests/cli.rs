@@ -464,3 +464,69 @@ fn coco_eval_prints_pycocotools_summary() {
         &["gt.json", "images[0]"],
     );
 }
+
+/// The built-in detection benchmark, then COCO evaluation of its own ground
+/// truth as detections: every AP and AR@100 is 1 (or -1 where an area
+/// range has no objects).
+#[test]
+fn detection_data_round_trips_through_coco_eval() {
+    let dir = tmp("detdata");
+    let out = ok(&[
+        "detection-data",
+        "--out",
+        s(&dir),
+        "--train",
+        "6",
+        "--val",
+        "3",
+        "--seed",
+        "4",
+    ]);
+    assert!(
+        out.contains("train: 6 images") && out.contains("val: 3 images"),
+        "{out}"
+    );
+    let gt_path = dir.join("val/annotations.json");
+    let gt: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&gt_path).unwrap()).unwrap();
+    for img in gt["images"].as_array().unwrap() {
+        let f = dir
+            .join("val/images")
+            .join(img["file_name"].as_str().unwrap());
+        assert!(
+            std::fs::read(&f).unwrap().starts_with(b"\x89PNG"),
+            "{}",
+            f.display()
+        );
+    }
+    let dets: Vec<serde_json::Value> = gt["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            serde_json::json!({"image_id": a["image_id"], "category_id": a["category_id"],
+                "bbox": a["bbox"], "segmentation": a["segmentation"], "score": 1.0})
+        })
+        .collect();
+    assert!(!dets.is_empty());
+    let dt_path = dir.join("dets.json");
+    std::fs::write(&dt_path, serde_json::to_string(&dets).unwrap()).unwrap();
+    for iou in ["bbox", "segm"] {
+        let out = ok(&[
+            "coco-eval",
+            "--gt",
+            s(&gt_path),
+            "--dt",
+            s(&dt_path),
+            "--iou-type",
+            iou,
+        ]);
+        // AP and AR@100 are perfect; AR@1 and AR@10 are capped by the
+        // number of objects per image
+        for line in out.lines().filter(|l| l.contains("(AP)") || l.contains("maxDets=100")) {
+            let v: f64 = line.rsplit('=').next().unwrap().trim().parse().unwrap();
+            assert!(v == 1.0 || v == -1.0, "{iou}: {line}");
+        }
+        assert!(out.lines().next().unwrap().ends_with("= 1.000"), "{out}");
+    }
+}

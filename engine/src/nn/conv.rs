@@ -55,7 +55,10 @@ impl Conv2d {
         if !dtype.is_float() {
             return Err(Error::dtype("Conv2d::new", "a float dtype", dtype));
         }
-        if p.groups == 0 || in_channels % p.groups != 0 || out_channels % p.groups != 0 {
+        if p.groups == 0
+            || !in_channels.is_multiple_of(p.groups)
+            || !out_channels.is_multiple_of(p.groups)
+        {
             return Err(Error::arg(
                 "Conv2d::new",
                 format!(

@@ -5,6 +5,7 @@ pub use param::{join, Buffer, Param};
 
 mod batchnorm;
 mod conv;
+mod conv_transpose;
 pub mod init;
 mod linear;
 mod module;
@@ -12,6 +13,7 @@ mod sequential;
 
 pub use batchnorm::BatchNorm;
 pub use conv::Conv2d;
+pub use conv_transpose::ConvTranspose2d;
 pub use linear::Linear;
 pub use module::{Flatten, Module, Relu};
 pub use sequential::Sequential;

@@ -58,17 +58,17 @@ pub(crate) fn out_size(
 }
 
 #[derive(Clone, Copy)]
-struct Geom {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    p: Conv2dParams,
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) cin: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cout: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) p: Conv2dParams,
 }
 
 impl Geom {
@@ -153,7 +153,7 @@ fn plan(g: &Geom) -> Plan {
 /// The float types with a process-wide pool of scratch buffers: fresh
 /// multi-megabyte buffers on every call would page-fault (and shoot down
 /// TLBs) each time.
-trait Pooled: Float {
+pub(crate) trait Pooled: Float {
     fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
 }
 
@@ -469,7 +469,7 @@ fn tiles(pl: &Plan, g: &Geom) -> impl Iterator<Item = [usize; 2]> {
         .map(move |o| [o, (o + rows).min(oh)])
 }
 
-fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+pub(crate) fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
     let pl = plan(g);
@@ -530,7 +530,7 @@ fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> V
 
 /// Gradients of the input (needs the weight) and of the weight (needs the
 /// input) in one pass over the batch, sharing the tiles of dY.
-fn conv_backward<T: Pooled>(
+pub(crate) fn conv_backward<T: Pooled>(
     x: Option<&[T]>,
     wt: Option<&[T]>,
     dy: &[T],

@@ -8,6 +8,7 @@
 pub mod batchnorm;
 pub mod binary;
 pub mod conv;
+pub mod conv_transpose;
 pub mod loss;
 pub mod matmul;
 pub mod nms;
@@ -16,9 +17,11 @@ pub mod reduce;
 pub mod roi_align;
 pub mod shape;
 pub mod unary;
+pub mod upsample;
 
 pub use batchnorm::*;
 pub use conv::*;
+pub use conv_transpose::ConvTranspose2dParams;
 pub use matmul::*;
 pub use nms::{batched_nms, box_iou, nms};
 

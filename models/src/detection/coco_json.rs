@@ -10,12 +10,16 @@ use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-/// One image: its id and size in pixels.
+/// One image: its id, size in pixels and file name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CocoImage {
     pub id: i64,
     pub height: u32,
     pub width: u32,
+    /// `images[].file_name`, relative to the image folder. Evaluation does
+    /// not need it, so an absent one reads as "" (loaders that open the
+    /// image reject that); a present one must be a string.
+    pub file_name: String,
 }
 
 /// One category: its id and name (empty if the file has none).
@@ -263,7 +267,8 @@ impl CocoGt {
     }
 
     /// Reads parsed COCO JSON; `source` names it in errors. Images need `id`,
-    /// `height`, `width` (> 0); annotations need `id` (unique), `image_id` and
+    /// `height`, `width` (> 0), and `file_name` when present must be a
+    /// string; annotations need `id` (unique), `image_id` and
     /// `category_id` (both listed), `bbox` (non-negative size), `area`;
     /// `iscrowd` defaults to 0 and `segmentation` is optional (needed for
     /// mask evaluation).
@@ -292,7 +297,19 @@ impl CocoGt {
             if image_index.insert(id, images.len()).is_some() {
                 return Err(e.fail("id", format!("duplicate image id {id}")));
             }
-            images.push(CocoImage { id, height, width });
+            let file_name = match e.obj.get("file_name") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => {
+                    return Err(e.fail("file_name", format!("expected a string, got {}", short(v))))
+                }
+            };
+            images.push(CocoImage {
+                id,
+                height,
+                width,
+                file_name,
+            });
         }
         let mut categories = Vec::new();
         let mut cat_ids = HashSet::new();

@@ -6,9 +6,13 @@ pub mod anchors;
 pub mod box_coder;
 pub mod coco_eval;
 pub mod coco_json;
+pub mod data;
+pub mod fpn;
 pub mod matcher;
 pub mod rle;
+pub mod rpn;
 pub mod sampler;
+pub mod synth;
 
 pub use coco_eval::{evaluate_files, CocoEval, IouMatrix, IouType, Params};
 pub use coco_json::{CocoCategory, CocoGt, CocoImage, Detection, GtAnnotation, Segmentation};

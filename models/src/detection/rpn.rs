@@ -1,0 +1,771 @@
+//! The Region Proposal Network of Faster / Mask R-CNN, exactly as
+//! torchvision's `RPNHead` and `RegionProposalNetwork`
+//! (torchvision/models/detection/rpn.py), built from the anchor, box coder,
+//! matcher and sampler pieces of this module.
+//!
+//! What differs from torchvision, and why:
+//! - The sampler draws its subset with `engine::Rng` instead of
+//!   `torch.randperm` (see [`super::sampler`]): the same counts and
+//!   eligibility, other members. Whenever every eligible anchor is sampled
+//!   (batch size per image at least the number of anchors), the losses are
+//!   the same as torchvision's.
+//! - The engine has no row-gather op with a backward, so the losses are
+//!   computed over *all* anchors with 0/1 masks instead of over the gathered
+//!   sampled rows (see [`Rpn::forward_with_scores`]); the values are those of
+//!   torchvision's gathered form up to the rounding of one extra scaling.
+//! - Per-level top-n and NMS ties are broken by the lower anchor index
+//!   (torch's `topk` and sort leave such ties unspecified).
+//! - Both losses come out in the features' dtype. torchvision builds its
+//!   objectness labels in float32 whatever the features' dtype, so with
+//!   float64 features its `loss_objectness` is the float64 value rounded to
+//!   float32 (its gradient is float64 and unaffected).
+//! - Targets given in eval mode produce losses too (a validation loss);
+//!   torchvision ignores targets in eval mode.
+
+use super::anchors::AnchorGenerator;
+use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
+use super::sampler::BalancedPositiveNegativeSampler;
+use engine::nn::{join, Conv2d, Module, Param};
+use engine::ops::{batched_nms, box_iou, Conv2dParams};
+use engine::{DType, Element, Error, Float, Result, Rng, Tensor};
+use std::cmp::Ordering as CmpOrdering;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Logit given to the anchors left out of the objectness loss: with target
+/// 0, BCE-with-logits of -1000 is exactly 0 in f32 and f64
+/// (max(x, 0) - x t + ln(1 + e^-1000) = 0 + 0 + 0) and so is its gradient
+/// (sigmoid(-1000) - 0 = 0), so they add nothing to the masked sum.
+const MASKED_LOGIT: f64 = -1000.0;
+
+/// torchvision's `RPNHead` (one conv layer, `conv_depth = 1`): a shared
+/// 3x3 conv (C -> C, bias, padding 1) + ReLU applied to every level, then a
+/// 1x1 conv to `A` objectness logits and a 1x1 conv to `4 A` box deltas.
+///
+/// Parameter names under `prefix` are torchvision's: `conv.0.0.weight`,
+/// `conv.0.0.bias` (the conv is a `Conv2dNormActivation` inside an
+/// `nn.Sequential`), `cls_logits.weight`, `cls_logits.bias`,
+/// `bbox_pred.weight`, `bbox_pred.bias`; in Mask R-CNN the prefix is
+/// `rpn.head`.
+pub struct RpnHead {
+    pub conv: Conv2d,
+    pub cls_logits: Conv2d,
+    pub bbox_pred: Conv2d,
+    in_channels: usize,
+    num_anchors: usize,
+}
+
+impl RpnHead {
+    /// A head for `in_channels` feature channels and `num_anchors` anchors
+    /// per location, parameters in `dtype` initialised as torchvision:
+    /// every weight N(0, 0.01^2) (drawn from `rng` in the order conv,
+    /// cls_logits, bbox_pred), every bias 0.
+    pub fn new(
+        prefix: &str,
+        in_channels: usize,
+        num_anchors: usize,
+        dtype: DType,
+        rng: &mut Rng,
+    ) -> Result<RpnHead> {
+        if in_channels == 0 || num_anchors == 0 {
+            return Err(Error::arg(
+                "RpnHead::new",
+                format!(
+                    "{prefix}: in_channels ({in_channels}) and num_anchors ({num_anchors}) must be > 0"
+                ),
+            ));
+        }
+        if dtype != DType::F32 && dtype != DType::F64 {
+            return Err(Error::dtype("RpnHead::new", "f32 or f64", dtype));
+        }
+        let mut layer = |name: &str, out: usize, k: usize, pad: usize| -> Result<Conv2d> {
+            let p = join(prefix, name);
+            let w = Tensor::randn(&[out, in_channels, k, k], 0.0, 0.01, dtype, rng);
+            let weight = Param::new(join(&p, "weight"), w, false)?;
+            let bias = Param::new(join(&p, "bias"), Tensor::zeros(&[out], dtype), true)?;
+            Conv2d::from_params(
+                weight,
+                Some(bias),
+                Conv2dParams {
+                    padding: [pad, pad],
+                    ..Conv2dParams::default()
+                },
+            )
+        };
+        let conv = layer("conv.0.0", in_channels, 3, 1)?;
+        let cls_logits = layer("cls_logits", num_anchors, 1, 0)?;
+        let bbox_pred = layer("bbox_pred", 4 * num_anchors, 1, 0)?;
+        Ok(RpnHead {
+            conv,
+            cls_logits,
+            bbox_pred,
+            in_channels,
+            num_anchors,
+        })
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+
+    /// Anchors per feature-map location (`A`).
+    pub fn num_anchors(&self) -> usize {
+        self.num_anchors
+    }
+
+    /// One level: `x` [B, C, H, W] -> (objectness logits [B, A, H, W],
+    /// box deltas [B, 4 A, H, W]), with t = relu(conv(x)),
+    /// logits = cls_logits(t), deltas = bbox_pred(t).
+    pub fn forward_level(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        if x.rank() != 4 || x.dims()[1] != self.in_channels {
+            return Err(Error::shape(
+                "RpnHead::forward_level",
+                format!(
+                    "feature map must be [B, {}, H, W], got shape {:?}",
+                    self.in_channels,
+                    x.dims()
+                ),
+            ));
+        }
+        let t = self.conv.forward(x)?.relu()?;
+        Ok((self.cls_logits.forward(&t)?, self.bbox_pred.forward(&t)?))
+    }
+
+    /// [`RpnHead::forward_level`] on every level, in order.
+    pub fn forward(&self, features: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        features
+            .iter()
+            .map(|f| self.forward_level(f))
+            .unzip_results()
+    }
+
+    /// conv.0.0.{weight,bias}, cls_logits.{weight,bias}, bbox_pred.{weight,bias}.
+    pub fn params(&self) -> Vec<Param> {
+        [&self.conv, &self.cls_logits, &self.bbox_pred]
+            .iter()
+            .flat_map(|c| c.params())
+            .collect()
+    }
+}
+
+/// `Iterator<Item = Result<(A, B)>>` -> `Result<(Vec<A>, Vec<B>)>`.
+trait UnzipResults<A, B> {
+    fn unzip_results(self) -> Result<(Vec<A>, Vec<B>)>;
+}
+
+impl<A, B, I: Iterator<Item = Result<(A, B)>>> UnzipResults<A, B> for I {
+    fn unzip_results(self) -> Result<(Vec<A>, Vec<B>)> {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for r in self {
+            let (x, y) = r?;
+            a.push(x);
+            b.push(y);
+        }
+        Ok((a, b))
+    }
+}
+
+/// A count that differs between train and eval mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrainTest {
+    pub train: usize,
+    pub test: usize,
+}
+
+/// The RPN's two losses, scalar tensors in the features' dtype with
+/// gradient history back to the head's parameters.
+pub struct RpnLosses {
+    /// torchvision `loss_objectness`.
+    pub objectness: Tensor,
+    /// torchvision `loss_rpn_box_reg`.
+    pub box_reg: Tensor,
+}
+
+/// Everything [`Rpn::forward_with_scores`] computes.
+pub struct RpnOutput {
+    /// Per image, the kept proposals (x1, y1, x2, y2) in decreasing score
+    /// order, computed in the features' dtype; no gradient.
+    pub boxes: Vec<Vec<[f64; 4]>>,
+    /// Per image, the sigmoid objectness of each kept proposal.
+    pub scores: Vec<Vec<f64>>,
+    /// Present when targets were given.
+    pub losses: Option<RpnLosses>,
+}
+
+/// torchvision's `RegionProposalNetwork` with its Faster / Mask R-CNN
+/// defaults (see [`Rpn::new`]). Train mode (the default) and eval mode
+/// differ only in `pre_nms_top_n` / `post_nms_top_n` and in whether targets
+/// are required.
+pub struct Rpn {
+    pub head: RpnHead,
+    pub anchor_generator: AnchorGenerator,
+    /// Weights (1, 1, 1, 1).
+    pub box_coder: BoxCoder,
+    /// (0.7, 0.3, low-quality matches allowed).
+    pub matcher: Matcher,
+    /// (256, 0.5).
+    pub sampler: BalancedPositiveNegativeSampler,
+    /// Candidates kept per level and image before NMS (2000 / 1000).
+    pub pre_nms_top_n: TrainTest,
+    /// Proposals kept per image after NMS (2000 / 1000).
+    pub post_nms_top_n: TrainTest,
+    pub nms_thresh: f64,
+    /// Proposals with sigmoid score < this are dropped (`>=` keeps).
+    pub score_thresh: f64,
+    /// Proposals (after clipping) narrower or shorter than this are dropped.
+    pub min_size: f64,
+    training: AtomicBool,
+}
+
+impl Rpn {
+    /// torchvision's Mask R-CNN RPN on `in_channels`-channel feature maps:
+    /// an [`RpnHead`] named `<prefix>.head.*` with as many anchors per
+    /// location as `anchor_generator` places (which must be the same on
+    /// every level), box coder weights (1, 1, 1, 1), matcher (0.7, 0.3,
+    /// allow low quality), sampler (256, 0.5), pre-NMS top-n 2000 / 1000 and
+    /// post-NMS top-n 2000 / 1000 (train / test), NMS 0.7, score threshold
+    /// 0.0, min size 1e-3; train mode.
+    pub fn new(
+        prefix: &str,
+        in_channels: usize,
+        anchor_generator: AnchorGenerator,
+        dtype: DType,
+        rng: &mut Rng,
+    ) -> Result<Rpn> {
+        let per_loc = anchor_generator.num_anchors_per_location();
+        let a = per_loc[0];
+        if per_loc.iter().any(|&n| n != a) {
+            return Err(Error::arg(
+                "Rpn::new",
+                format!(
+                    "the RPN head predicts one anchor count for every level, but the anchor generator places {per_loc:?} per location"
+                ),
+            ));
+        }
+        Ok(Rpn {
+            head: RpnHead::new(&join(prefix, "head"), in_channels, a, dtype, rng)?,
+            anchor_generator,
+            box_coder: BoxCoder::new([1.0; 4]),
+            matcher: Matcher::rpn_default(),
+            sampler: BalancedPositiveNegativeSampler {
+                batch_size_per_image: 256,
+                positive_fraction: 0.5,
+            },
+            pre_nms_top_n: TrainTest {
+                train: 2000,
+                test: 1000,
+            },
+            post_nms_top_n: TrainTest {
+                train: 2000,
+                test: 1000,
+            },
+            nms_thresh: 0.7,
+            score_thresh: 0.0,
+            min_size: 1e-3,
+            training: AtomicBool::new(true),
+        })
+    }
+
+    /// [`Rpn::new`] with [`AnchorGenerator::fpn_default`] (P2..P6).
+    pub fn fpn_default(
+        prefix: &str,
+        in_channels: usize,
+        dtype: DType,
+        rng: &mut Rng,
+    ) -> Result<Rpn> {
+        Rpn::new(
+            prefix,
+            in_channels,
+            AnchorGenerator::fpn_default(),
+            dtype,
+            rng,
+        )
+    }
+
+    pub fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed)
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training.load(Ordering::Relaxed)
+    }
+
+    /// The head's parameters.
+    pub fn params(&self) -> Vec<Param> {
+        self.head.params()
+    }
+
+    /// [`Rpn::forward_with_scores`], keeping only the proposals, rounded to
+    /// f32, and the losses.
+    #[allow(clippy::type_complexity)]
+    pub fn forward(
+        &self,
+        features: &[Tensor],
+        image_sizes: &[(usize, usize)],
+        padded_hw: (usize, usize),
+        targets: Option<&[Vec<[f32; 4]>]>,
+        rng: &mut Rng,
+    ) -> Result<(Vec<Vec<[f32; 4]>>, Option<RpnLosses>)> {
+        let out = self.forward_with_scores(features, image_sizes, padded_hw, targets, rng)?;
+        let boxes = out
+            .boxes
+            .iter()
+            .map(|img| img.iter().map(|b| b.map(|v| v as f32)).collect())
+            .collect();
+        Ok((boxes, out.losses))
+    }
+
+    /// torchvision's `RegionProposalNetwork.forward`.
+    ///
+    /// Inputs: `features`, one [B, C, H_l, W_l] map per anchor-generator
+    /// level, all f32 or all f64; `image_sizes`, the (height, width) of each
+    /// of the B images before padding; `padded_hw`, the padded batch's
+    /// (height, width), from which anchors and strides are computed;
+    /// `targets`, per image its gt boxes (x1, y1, x2, y2) with x2 > x1 and
+    /// y2 > y1 (torchvision's `GeneralizedRCNN` check), required in train
+    /// mode and optional in eval mode; `rng` drives the sampler.
+    ///
+    /// Proposals, per image b, all in the features' dtype and without
+    /// gradient: the head's outputs flattened per level as [B, H W A]
+    /// (logits) and [B, H W A, 4] (deltas), location-major then anchor, and
+    /// concatenated over levels (torchvision's
+    /// `concat_box_prediction_layers`), so row i pairs with anchor i of
+    /// [`AnchorGenerator::grid_anchors`]; boxes = decode(deltas, anchors);
+    /// per level, the min(pre_nms_top_n, anchors in level) rows with the
+    /// largest logits (NaN largest, ties to the lower row); scores =
+    /// sigmoid(logit); boxes clipped to image b's size; boxes with a side
+    /// < `min_size` dropped; scores < `score_thresh` dropped; NMS at
+    /// `nms_thresh` within each level (`batched_nms` with the level as
+    /// category); the first `post_nms_top_n` kept, in decreasing score.
+    ///
+    /// Losses (when targets are given), over the whole batch: each image's
+    /// anchors are matched to its gt boxes by IoU with `matcher` (all
+    /// background when it has none): label 1 for a match, 0 below the low
+    /// threshold, ignored between; `sampler` picks positives and negatives
+    /// per image from `rng`. With S the set of sampled anchors of all images
+    /// and P its positives:
+    /// objectness = (1/|S|) sum_{i in S} bce_with_logits(logit_i, label_i);
+    /// box_reg = (1/|S|) sum_{i in P} sum_k smooth_l1_{beta=1/9}(delta_ik -
+    /// encode(gt_{m(i)}, anchor_i)_k).
+    /// Both are computed over all anchors with 0/1 masks (masked logits are
+    /// set to -1000 with target 0, masked deltas and targets to 0, which
+    /// contribute exactly 0 to value and gradient) and rescaled from the
+    /// mean over all anchors to the mean over |S|. Errors if nothing is
+    /// sampled (torchvision would return NaN).
+    pub fn forward_with_scores(
+        &self,
+        features: &[Tensor],
+        image_sizes: &[(usize, usize)],
+        padded_hw: (usize, usize),
+        targets: Option<&[Vec<[f32; 4]>]>,
+        rng: &mut Rng,
+    ) -> Result<RpnOutput> {
+        let dtype = self.check_inputs(features, image_sizes, padded_hw, targets)?;
+        match dtype {
+            DType::F64 => self.run::<f64>(features, image_sizes, padded_hw, targets, rng),
+            _ => self.run::<f32>(features, image_sizes, padded_hw, targets, rng),
+        }
+    }
+
+    /// Validates everything `forward_with_scores` is given; returns the
+    /// features' dtype.
+    fn check_inputs(
+        &self,
+        features: &[Tensor],
+        image_sizes: &[(usize, usize)],
+        padded_hw: (usize, usize),
+        targets: Option<&[Vec<[f32; 4]>]>,
+    ) -> Result<DType> {
+        const OP: &str = "Rpn::forward";
+        let levels = self.anchor_generator.sizes.len();
+        if features.is_empty() || features.len() != levels {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "got {} feature maps but the anchor generator has {levels} levels (sizes / aspect_ratios)",
+                    features.len()
+                ),
+            ));
+        }
+        let per_loc = self.anchor_generator.num_anchors_per_location();
+        if per_loc.iter().any(|&n| n != self.head.num_anchors) {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "the head predicts {} anchors per location but the anchor generator places {per_loc:?}",
+                    self.head.num_anchors
+                ),
+            ));
+        }
+        let dtype = features[0].dtype();
+        if dtype != DType::F32 && dtype != DType::F64 {
+            return Err(Error::dtype(OP, "f32 or f64 feature maps", dtype));
+        }
+        let batch = features[0].dims().first().copied().unwrap_or(0);
+        for (l, f) in features.iter().enumerate() {
+            let d = f.dims();
+            if d.len() != 4
+                || d[0] != batch
+                || d[1] != self.head.in_channels
+                || d[2] == 0
+                || d[3] == 0
+            {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "feature map {l} must be [B = {batch}, C = {}, H > 0, W > 0] like the first one, got {d:?}",
+                        self.head.in_channels
+                    ),
+                ));
+            }
+            if f.dtype() != dtype {
+                return Err(Error::arg(
+                    OP,
+                    format!(
+                        "feature map {l} is {} but feature map 0 is {}",
+                        f.dtype().name(),
+                        dtype.name()
+                    ),
+                ));
+            }
+        }
+        if batch == 0 {
+            return Err(Error::shape(
+                OP,
+                "the feature maps hold no image (batch size 0)",
+            ));
+        }
+        if image_sizes.len() != batch {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "got {} image sizes for a batch of {batch} feature maps",
+                    image_sizes.len()
+                ),
+            ));
+        }
+        for (b, &(h, w)) in image_sizes.iter().enumerate() {
+            if h == 0 || w == 0 || h > padded_hw.0 || w > padded_hw.1 {
+                return Err(Error::arg(
+                    OP,
+                    format!(
+                        "image {b} has size {h} x {w}; it must be non-empty and fit the padded size {} x {}",
+                        padded_hw.0, padded_hw.1
+                    ),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("nms_thresh", self.nms_thresh),
+            ("score_thresh", self.score_thresh),
+            ("min_size", self.min_size),
+        ] {
+            if v.is_nan() {
+                return Err(Error::arg(OP, format!("{name} is NaN")));
+            }
+        }
+        match targets {
+            None if self.is_training() => {
+                return Err(Error::arg(
+                    OP,
+                    "targets are required in train mode (as torchvision: \"targets should not be None\")",
+                ))
+            }
+            None => {}
+            Some(t) => {
+                if t.len() != batch {
+                    return Err(Error::arg(
+                        OP,
+                        format!("got targets for {} images but a batch of {batch}", t.len()),
+                    ));
+                }
+                for (b, boxes) in t.iter().enumerate() {
+                    for (g, bx) in boxes.iter().enumerate() {
+                        if !bx.iter().all(|v| v.is_finite()) || bx[2] <= bx[0] || bx[3] <= bx[1] {
+                            return Err(Error::arg(
+                                OP,
+                                format!(
+                                    "target box {g} of image {b} is {bx:?}; boxes must be finite (x1, y1, x2, y2) with positive width and height"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(dtype)
+    }
+
+    fn run<T: Float>(
+        &self,
+        features: &[Tensor],
+        image_sizes: &[(usize, usize)],
+        padded_hw: (usize, usize),
+        targets: Option<&[Vec<[f32; 4]>]>,
+        rng: &mut Rng,
+    ) -> Result<RpnOutput> {
+        const OP: &str = "Rpn::forward";
+        let batch = features[0].dims()[0];
+        let a = self.head.num_anchors;
+        let (logits, deltas) = self.head.forward(features)?;
+
+        // concat_box_prediction_layers: [B, A, H, W] -> [B, H W A] and
+        // [B, 4 A, H, W] -> [B, A, 4, H, W] -> [B, H W A, 4].
+        let mut obj_levels = Vec::with_capacity(features.len());
+        let mut del_levels = Vec::with_capacity(features.len());
+        let mut grids = Vec::with_capacity(features.len());
+        for (lg, dl) in logits.iter().zip(&deltas) {
+            let (h, w) = (lg.dims()[2], lg.dims()[3]);
+            grids.push((h, w));
+            obj_levels.push(lg.permute(&[0, 2, 3, 1])?.reshape(&[batch, h * w * a])?);
+            del_levels.push(
+                dl.reshape(&[batch, a, 4, h, w])?
+                    .permute(&[0, 3, 4, 1, 2])?
+                    .reshape(&[batch, h * w * a, 4])?,
+            );
+        }
+        let objectness = Tensor::cat(&obj_levels, 1)?;
+        let pred_deltas = Tensor::cat(&del_levels, 1)?;
+
+        let anchors = self.anchor_generator.grid_anchors(padded_hw, &grids)?;
+        let n = anchors.len();
+        if objectness.dims() != [batch, n] {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "head outputs {:?} do not pair with the {n} anchors of the generator",
+                    objectness.dims()
+                ),
+            ));
+        }
+        let anchors_t: Vec<T> = anchors
+            .boxes
+            .iter()
+            .map(|&v| <T as Element>::from_f64(v))
+            .collect();
+
+        let obj_vals = objectness.detach().float_data::<T>()?.into_owned();
+        let delta_vals = pred_deltas.detach().float_data::<T>()?.into_owned();
+        let post_n = if self.is_training() {
+            self.post_nms_top_n.train
+        } else {
+            self.post_nms_top_n.test
+        };
+        let pre_n = if self.is_training() {
+            self.pre_nms_top_n.train
+        } else {
+            self.pre_nms_top_n.test
+        };
+
+        let mut all_boxes = Vec::with_capacity(batch);
+        let mut all_scores = Vec::with_capacity(batch);
+        for (b, &size) in image_sizes.iter().enumerate() {
+            let decoded = self
+                .box_coder
+                .decode::<T>(&delta_vals[4 * n * b..4 * n * (b + 1)], &anchors_t)?;
+            let (bx, sc) = self.filter_image::<T>(
+                &decoded,
+                &obj_vals[n * b..n * (b + 1)],
+                &anchors.num_per_level,
+                size,
+                pre_n,
+                post_n,
+            )?;
+            all_boxes.push(bx);
+            all_scores.push(sc);
+        }
+
+        let losses = match targets {
+            Some(t) => Some(self.losses::<T>(&objectness, &pred_deltas, &anchors_t, t, rng)?),
+            None => None,
+        };
+        Ok(RpnOutput {
+            boxes: all_boxes,
+            scores: all_scores,
+            losses,
+        })
+    }
+
+    /// torchvision's `filter_proposals` for one image: `decoded` [N, 4]
+    /// and `logits` [N] in anchor order.
+    #[allow(clippy::type_complexity)]
+    fn filter_image<T: Float>(
+        &self,
+        decoded: &[T],
+        logits: &[T],
+        num_per_level: &[usize],
+        image_size: (usize, usize),
+        pre_n: usize,
+        post_n: usize,
+    ) -> Result<(Vec<[f64; 4]>, Vec<f64>)> {
+        // _get_top_n_idx: per level, the largest logits, largest first
+        let mut cand: Vec<(usize, i64)> = Vec::new();
+        let mut offset = 0;
+        for (l, &count) in num_per_level.iter().enumerate() {
+            let mut idx: Vec<usize> = (offset..offset + count).collect();
+            let k = pre_n.min(count);
+            let desc = |&i: &usize, &j: &usize| desc_nan_first(logits[i], logits[j], i, j);
+            if k < count && k > 0 {
+                idx.select_nth_unstable_by(k - 1, desc);
+            }
+            idx.truncate(k);
+            idx.sort_unstable_by(desc);
+            cand.extend(idx.into_iter().map(|i| (i, l as i64)));
+            offset += count;
+        }
+        let mut boxes: Vec<T> = Vec::with_capacity(4 * cand.len());
+        for &(i, _) in &cand {
+            boxes.extend_from_slice(&decoded[4 * i..4 * i + 4]);
+        }
+        let boxes = clip_boxes_to_image(&boxes, image_size)?;
+        let thresh = <T as Element>::from_f64(self.score_thresh);
+        // remove_small_boxes, then the score threshold (`>=` keeps)
+        let kept: Vec<usize> = remove_small_boxes(&boxes, self.min_size)?
+            .into_iter()
+            .filter(|&c| sigmoid(logits[cand[c].0]) >= thresh)
+            .collect();
+        let k = kept.len();
+        let mut kb = Vec::with_capacity(4 * k);
+        let mut ks = Vec::with_capacity(k);
+        let mut kl = Vec::with_capacity(k);
+        for &c in &kept {
+            kb.extend_from_slice(&boxes[4 * c..4 * c + 4]);
+            ks.push(sigmoid(logits[cand[c].0]));
+            kl.push(cand[c].1);
+        }
+        let keep = batched_nms(
+            &Tensor::from_vec(kb.clone(), &[k, 4])?,
+            &Tensor::from_vec(ks.clone(), &[k])?,
+            &kl,
+            self.nms_thresh,
+        )?;
+        let out_boxes = keep
+            .iter()
+            .take(post_n)
+            .map(|&j| std::array::from_fn(|q| Element::to_f64(kb[4 * j + q])))
+            .collect();
+        let out_scores = keep
+            .iter()
+            .take(post_n)
+            .map(|&j| Element::to_f64(ks[j]))
+            .collect();
+        Ok((out_boxes, out_scores))
+    }
+
+    /// `assign_targets_to_anchors` + sampling + `compute_loss`, with masks
+    /// in place of gathers (see [`Rpn::forward_with_scores`]).
+    fn losses<T: Float>(
+        &self,
+        objectness: &Tensor,
+        pred_deltas: &Tensor,
+        anchors: &[T],
+        targets: &[Vec<[f32; 4]>],
+        rng: &mut Rng,
+    ) -> Result<RpnLosses> {
+        const OP: &str = "Rpn::forward";
+        let n = anchors.len() / 4;
+        let batch = targets.len();
+        let anchors_tensor = Tensor::from_vec(anchors.to_vec(), &[n, 4])?;
+        let (zero, one) = (T::zero(), T::one());
+        let mut obj_mask = vec![zero; batch * n];
+        let mut obj_offset = vec![<T as Element>::from_f64(MASKED_LOGIT); batch * n];
+        let mut obj_target = vec![zero; batch * n];
+        let mut box_mask = vec![zero; batch * n * 4];
+        let mut box_target = vec![zero; batch * n * 4];
+        let mut num_sampled = 0usize;
+        for (b, gt) in targets.iter().enumerate() {
+            let gt_t: Vec<T> = gt
+                .iter()
+                .flatten()
+                .map(|&v| <T as Element>::from_f64(v as f64))
+                .collect();
+            let matches = if gt.is_empty() {
+                self.matcher.match_or_background::<T>(&[], 0, n)?
+            } else {
+                let iou = box_iou(
+                    &Tensor::from_vec(gt_t.clone(), &[gt.len(), 4])?,
+                    &anchors_tensor,
+                )?;
+                self.matcher
+                    .match_or_background(&iou.float_data::<T>()?, gt.len(), n)?
+            };
+            let labels: Vec<i64> = matches
+                .iter()
+                .map(|&m| match m {
+                    BELOW_LOW_THRESHOLD => 0,
+                    BETWEEN_THRESHOLDS => -1,
+                    _ => 1,
+                })
+                .collect();
+            let sampled = self.sampler.sample(&labels, rng);
+            let pos = sampled.positive_indices();
+            // rows are independent, so encoding only the positives gives
+            // torchvision's values for them
+            let mut refs = Vec::with_capacity(4 * pos.len());
+            let mut anc = Vec::with_capacity(4 * pos.len());
+            for &i in &pos {
+                let g = matches[i] as usize;
+                refs.extend_from_slice(&gt_t[4 * g..4 * g + 4]);
+                anc.extend_from_slice(&anchors[4 * i..4 * i + 4]);
+            }
+            let enc = self.box_coder.encode(&refs, &anc)?;
+            for (p, &i) in pos.iter().enumerate() {
+                let r = b * n + i;
+                obj_target[r] = one;
+                for q in 0..4 {
+                    box_mask[4 * r + q] = one;
+                    box_target[4 * r + q] = enc[4 * p + q];
+                }
+            }
+            for i in 0..n {
+                if sampled.positive[i] || sampled.negative[i] {
+                    let r = b * n + i;
+                    obj_mask[r] = one;
+                    obj_offset[r] = zero;
+                    num_sampled += 1;
+                }
+            }
+        }
+        if num_sampled == 0 {
+            return Err(Error::arg(
+                OP,
+                "no anchor was sampled for the RPN losses (no positive or negative anchor in the batch, or batch_size_per_image 0)",
+            ));
+        }
+        let total = batch * n;
+        let mask = |v: Vec<T>, shape: &[usize]| Tensor::from_vec(v, shape);
+        let logits = objectness
+            .reshape(&[total])?
+            .mul(&mask(obj_mask, &[total])?)?
+            .add(&mask(obj_offset, &[total])?)?;
+        let objectness_loss = logits
+            .bce_with_logits(&mask(obj_target, &[total])?)?
+            .scale(total as f64 / num_sampled as f64)?;
+        let box_loss = pred_deltas
+            .reshape(&[4 * total])?
+            .mul(&mask(box_mask, &[4 * total])?)?
+            .smooth_l1(&mask(box_target, &[4 * total])?, 1.0 / 9.0)?
+            .scale((4 * total) as f64 / num_sampled as f64)?;
+        Ok(RpnLosses {
+            objectness: objectness_loss,
+            box_reg: box_loss,
+        })
+    }
+}
+
+/// Descending order, NaN above everything (torch.topk), ties by lower index.
+fn desc_nan_first<T: Float>(a: T, b: T, i: usize, j: usize) -> CmpOrdering {
+    let by_value = match (a.is_nan(), b.is_nan()) {
+        (true, true) => CmpOrdering::Equal,
+        (true, false) => CmpOrdering::Less,
+        (false, true) => CmpOrdering::Greater,
+        _ => b.partial_cmp(&a).unwrap_or(CmpOrdering::Equal),
+    };
+    by_value.then(i.cmp(&j))
+}
+
+/// torch.sigmoid: 1 / (1 + e^-x).
+fn sigmoid<T: Float>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
