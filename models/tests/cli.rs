@@ -523,7 +523,10 @@ fn detection_data_round_trips_through_coco_eval() {
         ]);
         // AP and AR@100 are perfect; AR@1 and AR@10 are capped by the
         // number of objects per image
-        for line in out.lines().filter(|l| l.contains("(AP)") || l.contains("maxDets=100")) {
+        for line in out
+            .lines()
+            .filter(|l| l.contains("(AP)") || l.contains("maxDets=100"))
+        {
             let v: f64 = line.rsplit('=').next().unwrap().trim().parse().unwrap();
             assert!(v == 1.0 || v == -1.0, "{iou}: {line}");
         }

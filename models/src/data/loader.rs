@@ -8,21 +8,15 @@
 //! So batch `b` of epoch `e` is the same whatever `workers`, `prefetch` and
 //! `start_batch` are.
 //!
-//! Threads: worker `k` of `W` builds batches `start + k`, `start + k + W`, ...
-//! (decode + transform of every sample in the batch) and sends each through
-//! its own bounded channel; the iterator receives from the workers in turn,
-//! so batches come out in order with no reordering buffer. Dropping the
-//! iterator raises a stop flag, drops the receivers and joins the workers,
-//! which notice within one sample.
+//! Threads, prefetch and stopping: see `prefetch.rs` (shared with the
+//! detection loader).
 
+use super::prefetch::{epoch_order, Batches, SkipLog};
 use super::transform::Transform;
 use super::Dataset;
 use engine::{Error, Result, Rng, Tensor};
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Mixes `parts` into one seed: the SplitMix64 finaliser applied after
 /// folding in each part, so seeds differing in any part (or in the number of
@@ -91,9 +85,7 @@ struct Shared {
     ds: Arc<dyn Dataset>,
     transform: Transform,
     seed: u64,
-    /// Samples that failed, each warned about once.
-    bad: Mutex<HashSet<usize>>,
-    skipped: AtomicUsize,
+    skipped: SkipLog,
 }
 
 impl Loader {
@@ -118,8 +110,7 @@ impl Loader {
                 ds,
                 transform,
                 seed: opts.seed,
-                bad: Mutex::new(HashSet::new()),
-                skipped: AtomicUsize::new(0),
+                skipped: SkipLog::default(),
             }),
             opts,
         })
@@ -137,7 +128,7 @@ impl Loader {
 
     /// Distinct samples that failed to decode or transform so far.
     pub fn skipped(&self) -> usize {
-        self.shared.skipped.load(Ordering::Relaxed)
+        self.shared.skipped.count()
     }
 
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
@@ -151,77 +142,25 @@ impl Loader {
     /// Batches `start_batch..batches_per_epoch()` of epoch `epoch`, in order.
     /// A batch whose every sample is unreadable is left out.
     pub fn epoch(&self, epoch: usize, start_batch: usize) -> EpochIter {
-        let n = self.shared.ds.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        if self.opts.shuffle {
-            Rng::new(derive_seed(&[self.opts.seed, epoch as u64])).shuffle(&mut order);
-        }
-        let plan = Arc::new(Plan {
-            order,
+        let plan = Plan {
+            order: epoch_order(
+                self.shared.ds.len(),
+                self.opts.shuffle,
+                self.opts.seed,
+                epoch,
+            ),
             batch: self.opts.batch,
             epoch: epoch as u64,
-        });
-        let end = self.batches_per_epoch();
-        let start = start_batch.min(end);
-        let mode = if self.opts.workers == 0 {
-            Mode::Inline
-        } else {
-            self.spawn_workers(&plan, start, end)
         };
-        EpochIter {
-            shared: self.shared.clone(),
-            plan,
-            next: start,
-            start,
-            end,
-            mode,
-        }
-    }
-
-    fn spawn_workers(&self, plan: &Arc<Plan>, start: usize, end: usize) -> Mode {
-        let workers = self.opts.workers.min((end - start).max(1));
-        let capacity = self.opts.prefetch.div_ceil(workers);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut receivers = Vec::with_capacity(workers);
-        let mut handles = Vec::with_capacity(workers);
-        for k in 0..workers {
-            let (tx, rx) = sync_channel(capacity);
-            let (shared, plan, stop_flag) = (self.shared.clone(), plan.clone(), stop.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("loader-{k}"))
-                .spawn(move || {
-                    for b in (start + k..end).step_by(workers) {
-                        let Some(result) = shared.build(&plan, b, &stop_flag) else {
-                            return;
-                        };
-                        if tx.send(result).is_err() {
-                            return;
-                        }
-                    }
-                });
-            match handle {
-                Ok(h) => {
-                    receivers.push(rx);
-                    handles.push(h);
-                }
-                Err(e) => {
-                    stop.store(true, Ordering::Relaxed);
-                    drop(receivers);
-                    for h in handles {
-                        let _ = h.join();
-                    }
-                    return Mode::Failed(Some(Error::arg(
-                        "loader",
-                        format!("cannot start worker thread: {e}"),
-                    )));
-                }
-            }
-        }
-        Mode::Threads {
-            receivers,
-            handles,
-            stop,
-        }
+        let shared = self.shared.clone();
+        Batches::new(
+            Arc::new(move |b, stop: &AtomicBool| shared.build(&plan, b, stop)),
+            start_batch,
+            self.batches_per_epoch(),
+            self.opts.workers,
+            self.opts.prefetch,
+            "loader",
+        )
     }
 }
 
@@ -282,94 +221,9 @@ impl Shared {
     }
 
     fn skip(&self, index: usize, err: &Error) {
-        let first = self
-            .bad
-            .lock()
-            .map(|mut bad| bad.insert(index))
-            .unwrap_or(false);
-        if first {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "warning: skipping unreadable sample {}: {err}",
-                self.ds.describe(index)
-            );
-        }
+        self.skipped.skip(index, || self.ds.describe(index), err);
     }
-}
-
-enum Mode {
-    Inline,
-    Threads {
-        receivers: Vec<Receiver<Result<Option<Batch>>>>,
-        handles: Vec<JoinHandle<()>>,
-        stop: Arc<AtomicBool>,
-    },
-    /// Workers could not start: yields this error once.
-    Failed(Option<Error>),
 }
 
 /// The batches of one epoch; see `Loader::epoch`.
-pub struct EpochIter {
-    shared: Arc<Shared>,
-    plan: Arc<Plan>,
-    next: usize,
-    start: usize,
-    end: usize,
-    mode: Mode,
-}
-
-impl Iterator for EpochIter {
-    type Item = Result<Batch>;
-
-    fn next(&mut self) -> Option<Result<Batch>> {
-        while self.next < self.end {
-            let b = self.next;
-            self.next += 1;
-            let result = match &mut self.mode {
-                Mode::Inline => self.shared.build(&self.plan, b, &AtomicBool::new(false))?,
-                Mode::Threads { receivers, .. } => {
-                    let k = (b - self.start) % receivers.len();
-                    match receivers[k].recv() {
-                        Ok(r) => r,
-                        Err(_) => {
-                            self.next = self.end;
-                            return Some(Err(Error::arg(
-                                "loader",
-                                format!(
-                                    "worker {k} stopped before delivering batch {b} (it panicked)"
-                                ),
-                            )));
-                        }
-                    }
-                }
-                Mode::Failed(err) => {
-                    self.next = self.end;
-                    return err.take().map(Err);
-                }
-            };
-            match result {
-                Ok(Some(batch)) => return Some(Ok(batch)),
-                Ok(None) => continue,
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        None
-    }
-}
-
-impl Drop for EpochIter {
-    fn drop(&mut self) {
-        if let Mode::Threads {
-            receivers,
-            handles,
-            stop,
-        } = std::mem::replace(&mut self.mode, Mode::Inline)
-        {
-            stop.store(true, Ordering::Relaxed);
-            drop(receivers);
-            for h in handles {
-                let _ = h.join();
-            }
-        }
-    }
-}
+pub type EpochIter = Batches<Batch>;

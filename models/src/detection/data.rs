@@ -16,14 +16,14 @@
 //! a batch does not depend on `workers`, `prefetch` or `start_batch`.
 
 use super::coco_json::{CocoGt, Segmentation};
-use crate::data::{derive_seed, Image, LoaderOptions, IMAGENET_MEAN, IMAGENET_STD};
+use crate::data::{
+    derive_seed, epoch_order, Batches, Image, LoaderOptions, SkipLog, IMAGENET_MEAN, IMAGENET_STD,
+};
 use engine::{Error, Result, Rng, Tensor};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Training targets of one image, torchvision's target dict as a struct.
 #[derive(Clone, Debug, PartialEq)]
@@ -658,8 +658,7 @@ struct Shared {
     ds: Arc<DetectionDataset>,
     transform: DetTransform,
     seed: u64,
-    bad: Mutex<HashSet<usize>>,
-    skipped: AtomicUsize,
+    skipped: SkipLog,
 }
 
 struct Plan {
@@ -691,8 +690,7 @@ impl DetectionLoader {
                 ds,
                 transform,
                 seed: opts.seed,
-                bad: Mutex::new(HashSet::new()),
-                skipped: AtomicUsize::new(0),
+                skipped: SkipLog::default(),
             }),
             opts,
         })
@@ -710,7 +708,7 @@ impl DetectionLoader {
 
     /// Distinct images that failed to load or transform so far.
     pub fn skipped(&self) -> usize {
-        self.shared.skipped.load(Ordering::Relaxed)
+        self.shared.skipped.count()
     }
 
     pub fn dataset(&self) -> &Arc<DetectionDataset> {
@@ -720,76 +718,25 @@ impl DetectionLoader {
     /// Batches `start_batch..batches_per_epoch()` of epoch `epoch`, in
     /// order; a batch whose every image is unreadable is left out.
     pub fn epoch(&self, epoch: usize, start_batch: usize) -> DetEpochIter {
-        let mut order: Vec<usize> = (0..self.shared.ds.len()).collect();
-        if self.opts.shuffle {
-            Rng::new(derive_seed(&[self.opts.seed, epoch as u64])).shuffle(&mut order);
-        }
-        let plan = Arc::new(Plan {
-            order,
+        let plan = Plan {
+            order: epoch_order(
+                self.shared.ds.len(),
+                self.opts.shuffle,
+                self.opts.seed,
+                epoch,
+            ),
             batch: self.opts.batch,
             epoch: epoch as u64,
-        });
-        let end = self.batches_per_epoch();
-        let start = start_batch.min(end);
-        let mode = if self.opts.workers == 0 {
-            Mode::Inline
-        } else {
-            self.spawn_workers(&plan, start, end)
         };
-        DetEpochIter {
-            shared: self.shared.clone(),
-            plan,
-            next: start,
-            start,
-            end,
-            mode,
-        }
-    }
-
-    fn spawn_workers(&self, plan: &Arc<Plan>, start: usize, end: usize) -> Mode {
-        let workers = self.opts.workers.min((end - start).max(1));
-        let capacity = self.opts.prefetch.div_ceil(workers);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut receivers = Vec::with_capacity(workers);
-        let mut handles = Vec::with_capacity(workers);
-        for k in 0..workers {
-            let (tx, rx) = sync_channel(capacity);
-            let (shared, plan, stop_flag) = (self.shared.clone(), plan.clone(), stop.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("det-loader-{k}"))
-                .spawn(move || {
-                    for b in (start + k..end).step_by(workers) {
-                        let Some(result) = shared.build(&plan, b, &stop_flag) else {
-                            return;
-                        };
-                        if tx.send(result).is_err() {
-                            return;
-                        }
-                    }
-                });
-            match spawned {
-                Ok(h) => {
-                    receivers.push(rx);
-                    handles.push(h);
-                }
-                Err(e) => {
-                    stop.store(true, Ordering::Relaxed);
-                    drop(receivers);
-                    for h in handles {
-                        let _ = h.join();
-                    }
-                    return Mode::Failed(Some(Error::arg(
-                        "detection loader",
-                        format!("cannot start worker thread: {e}"),
-                    )));
-                }
-            }
-        }
-        Mode::Threads {
-            receivers,
-            handles,
-            stop,
-        }
+        let shared = self.shared.clone();
+        Batches::new(
+            Arc::new(move |b, stop: &AtomicBool| shared.build(&plan, b, stop)),
+            start_batch,
+            self.batches_per_epoch(),
+            self.opts.workers,
+            self.opts.prefetch,
+            "detection loader",
+        )
     }
 }
 
@@ -836,93 +783,10 @@ impl Shared {
     }
 
     fn skip(&self, index: usize, err: &Error) {
-        let first = self
-            .bad
-            .lock()
-            .map(|mut bad| bad.insert(index))
-            .unwrap_or(false);
-        if first {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "warning: skipping unreadable image {}: {err}",
-                self.ds.path(index).display()
-            );
-        }
+        let path = || self.ds.path(index).display().to_string();
+        self.skipped.skip(index, path, err);
     }
-}
-
-enum Mode {
-    Inline,
-    Threads {
-        receivers: Vec<Receiver<Result<Option<DetBatch>>>>,
-        handles: Vec<JoinHandle<()>>,
-        stop: Arc<AtomicBool>,
-    },
-    Failed(Option<Error>),
 }
 
 /// The batches of one epoch; see [`DetectionLoader::epoch`].
-pub struct DetEpochIter {
-    shared: Arc<Shared>,
-    plan: Arc<Plan>,
-    next: usize,
-    start: usize,
-    end: usize,
-    mode: Mode,
-}
-
-impl Iterator for DetEpochIter {
-    type Item = Result<DetBatch>;
-
-    fn next(&mut self) -> Option<Result<DetBatch>> {
-        while self.next < self.end {
-            let b = self.next;
-            self.next += 1;
-            let result = match &mut self.mode {
-                Mode::Inline => self.shared.build(&self.plan, b, &AtomicBool::new(false))?,
-                Mode::Threads { receivers, .. } => {
-                    let k = (b - self.start) % receivers.len();
-                    match receivers[k].recv() {
-                        Ok(r) => r,
-                        Err(_) => {
-                            self.next = self.end;
-                            return Some(Err(Error::arg(
-                                "detection loader",
-                                format!(
-                                    "worker {k} stopped before delivering batch {b} (it panicked)"
-                                ),
-                            )));
-                        }
-                    }
-                }
-                Mode::Failed(err) => {
-                    self.next = self.end;
-                    return err.take().map(Err);
-                }
-            };
-            match result {
-                Ok(Some(batch)) => return Some(Ok(batch)),
-                Ok(None) => continue,
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        None
-    }
-}
-
-impl Drop for DetEpochIter {
-    fn drop(&mut self) {
-        if let Mode::Threads {
-            receivers,
-            handles,
-            stop,
-        } = std::mem::replace(&mut self.mode, Mode::Inline)
-        {
-            stop.store(true, Ordering::Relaxed);
-            drop(receivers);
-            for h in handles {
-                let _ = h.join();
-            }
-        }
-    }
-}
+pub type DetEpochIter = Batches<DetBatch>;
