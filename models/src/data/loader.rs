@@ -50,6 +50,18 @@ pub struct LoaderOptions {
     pub seed: u64,
 }
 
+impl LoaderOptions {
+    /// Batches in an epoch over `n` samples: `n / batch`, rounded up unless
+    /// `drop_last`.
+    pub fn batches_per_epoch(&self, n: usize) -> usize {
+        if self.drop_last {
+            n / self.batch
+        } else {
+            n.div_ceil(self.batch)
+        }
+    }
+}
+
 impl Default for LoaderOptions {
     fn default() -> Self {
         LoaderOptions {
@@ -118,12 +130,7 @@ impl Loader {
 
     /// `len / batch`, rounded up unless `drop_last`.
     pub fn batches_per_epoch(&self) -> usize {
-        let n = self.shared.ds.len();
-        if self.opts.drop_last {
-            n / self.opts.batch
-        } else {
-            n.div_ceil(self.opts.batch)
-        }
+        self.opts.batches_per_epoch(self.shared.ds.len())
     }
 
     /// Distinct samples that failed to decode or transform so far.

@@ -698,12 +698,7 @@ impl DetectionLoader {
 
     /// `len / batch`, rounded up unless `drop_last`.
     pub fn batches_per_epoch(&self) -> usize {
-        let n = self.shared.ds.len();
-        if self.opts.drop_last {
-            n / self.opts.batch
-        } else {
-            n.div_ceil(self.opts.batch)
-        }
+        self.opts.batches_per_epoch(self.shared.ds.len())
     }
 
     /// Distinct images that failed to load or transform so far.
