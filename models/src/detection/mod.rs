@@ -9,6 +9,7 @@ pub mod coco_json;
 pub mod data;
 pub mod fpn;
 pub mod mask_head;
+pub mod mask_rcnn;
 pub mod matcher;
 pub mod rle;
 pub mod roi_heads;
