@@ -17,6 +17,7 @@ use crate::eval::{
     feature_metrics, knn_accuracy, linear_probe, FeatureMetrics, Features, ProbeOptions,
 };
 use crate::extract::extract_features;
+use crate::fit::mmss;
 use crate::pretrain::{
     check_device, eval_loader, load_trained, pretrain, ComputeArgs, DataArgs, Method, PretrainArgs,
 };
@@ -411,11 +412,6 @@ fn t_975(dof: usize) -> f64 {
         d if d <= 30 => 2.042 + (2.228 - 2.042) * (30 - d) as f64 / 20.0,
         _ => 1.96,
     }
-}
-
-fn mmss(secs: f64) -> String {
-    let s = secs as u64;
-    format!("{}:{:02}", s / 60, s % 60)
 }
 
 /// Per reported quantity (in `RunResult::numbers` order), its values over seeds.

@@ -108,7 +108,7 @@ pub fn evaluate(model: &dyn Module, loader: &Loader, precision: Precision) -> Re
 
 /// Keeps the metrics a resumed run will not redo: step records up to
 /// `step` and epoch records up to `epoch`. Lines that aren't ours are kept.
-fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -133,7 +133,8 @@ fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
     std::fs::write(path, keep).map_err(|e| Error::io(path, e))
 }
 
-fn mmss(secs: f64) -> String {
+/// `m:ss` of a duration in seconds.
+pub(crate) fn mmss(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     format!("{}:{:02}", s / 60, s % 60)
 }

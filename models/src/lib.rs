@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod data;
 pub mod datasets;
+pub mod detect;
 pub mod detection;
 pub mod eval;
 pub mod experiment;

@@ -84,6 +84,7 @@ fn config() -> MaskRcnnConfig {
         fpn_channels: 32,
         representation_size: 64,
         trainable_layers: 3,
+        in_channels: 3,
     }
 }
 

@@ -42,6 +42,9 @@ enum Command {
     /// canvases, instance masks from their pixels, as COCO JSON + PNG
     /// (OUT/train from the training items, OUT/val from the test items).
     DetectionData(DetectionDataArgs),
+    /// Mask R-CNN on a detection folder: train, eval (COCO bbox + segm),
+    /// predict (draw detections on an image).
+    Detect(models::detect::DetectArgs),
 }
 
 #[derive(clap::Args)]
@@ -206,6 +209,7 @@ fn main() -> ExitCode {
             evaluate_files(&a.gt, &a.dt, iou).map(|e| print!("{}", e.summary()))
         }
         Command::DetectionData(a) => detection_data(a),
+        Command::Detect(a) => models::detect::detect(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

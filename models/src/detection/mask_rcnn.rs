@@ -50,6 +50,8 @@ pub struct MaskRcnnConfig {
     /// Backbone stages trained, counted from the top (0..=5, torchvision's
     /// `trainable_backbone_layers`, default 3: conv1 and layer1 frozen).
     pub trainable_layers: usize,
+    /// Image channels (3; 1 for gray images such as the built-in benchmark).
+    pub in_channels: usize,
 }
 
 impl MaskRcnnConfig {
@@ -63,6 +65,7 @@ impl MaskRcnnConfig {
             fpn_channels: 256,
             representation_size: 1024,
             trainable_layers: 3,
+            in_channels: 3,
         }
     }
 }
@@ -135,7 +138,9 @@ impl MaskRcnn {
             ));
         }
         let w = config.width;
-        let mut rc = ResNetConfig::by_name(&config.arch, 1)?.with_widths([w, 2 * w, 4 * w, 8 * w]);
+        let mut rc = ResNetConfig::by_name(&config.arch, 1)?
+            .with_widths([w, 2 * w, 4 * w, 8 * w])
+            .with_in_channels(config.in_channels);
         rc.num_classes = None;
         let exp = rc.block.expansion();
         let in_channels: Vec<usize> = rc.widths.iter().map(|&c| c * exp).collect();

@@ -1,0 +1,989 @@
+//! `slmlp detect train | eval | predict`: Mask R-CNN on a COCO-style
+//! instances folder (as `slmlp detection-data` writes), with the
+//! conventions of `slmlp pretrain` (progress lines, `metrics.jsonl`, a
+//! training checkpoint per epoch, `--resume`, `model.safetensors` with the
+//! metadata needed to rebuild the model).
+//!
+//! Files of `detect train --out OUT`:
+//! - `metrics.jsonl`: one `{"kind":"step",...}` record per step (the five
+//!   losses, their total, lr, img/s) and one `{"kind":"epoch",...}` per epoch;
+//! - `checkpoint.safetensors`: the training state at the last epoch end;
+//! - `model.safetensors`: the weights and the `detect.*` metadata.
+
+use crate::data::LoaderOptions;
+use crate::detection::data::{
+    pad_batch, DetSample, DetTarget, DetTransform, DetectionDataset, DetectionLoader,
+};
+use crate::detection::mask_rcnn::{ImageDetections, MaskRcnn, MaskRcnnConfig};
+use crate::detection::{CocoEval, IouType, Rle};
+use crate::fit::{mmss, truncate_metrics};
+use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
+use engine::nn::Module;
+use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup};
+use engine::{Error, Result, Rng};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DetectArgs {
+    #[command(subcommand)]
+    pub command: DetectCommand,
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum DetectCommand {
+    /// Train Mask R-CNN on DATA/train (annotations.json + images/).
+    Train(DetectTrainArgs),
+    /// COCO bbox and segm evaluation of a trained model on DATA/<split>.
+    Eval(DetectEvalArgs),
+    /// Draw a model's detections (boxes and tinted masks) on one image.
+    Predict(DetectPredictArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// x0.1 at 2/3 and 8/9 of the run (detectron's 1x: 60k and 80k of 90k).
+    Step,
+    /// Half-cosine to 0 over the run.
+    Cosine,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DetectTrainArgs {
+    /// Folder with train/annotations.json and train/images/.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// resnet18, resnet34 or resnet50.
+    #[arg(long, default_value = "resnet18")]
+    pub arch: String,
+    /// Backbone width of the first stage (torchvision 64).
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// FPN channels, also the mask head's (torchvision 256).
+    #[arg(long, default_value_t = 256)]
+    pub fpn_channels: usize,
+    /// Box head MLP width (torchvision 1024).
+    #[arg(long, default_value_t = 1024)]
+    pub representation_size: usize,
+    /// Backbone stages trained, from the top (0..=5; torchvision 3).
+    #[arg(long, default_value_t = 3)]
+    pub trainable_layers: usize,
+    /// A `slmlp pretrain` model.safetensors (or checkpoint) whose encoder
+    /// initialises backbone.body (same arch, width, channels and imagenet stem).
+    #[arg(long)]
+    pub backbone: Option<PathBuf>,
+    /// Image channels, 1 or 3 (default: the --backbone encoder's, else 3).
+    #[arg(long)]
+    pub channels: Option<usize>,
+    #[arg(long, default_value_t = 26)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Peak learning rate (SGD, momentum 0.9).
+    #[arg(long, default_value_t = 0.02)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Linear warmup from lr/1000 over this many steps (capped at one epoch).
+    #[arg(long, default_value_t = 1000)]
+    pub warmup_steps: usize,
+    #[arg(long, value_enum, default_value = "step")]
+    pub schedule: ScheduleArg,
+    /// Shorter image side after resizing...
+    #[arg(long, default_value_t = 128)]
+    pub min_size: usize,
+    /// ...unless the longer side would exceed this.
+    #[arg(long, default_value_t = 213)]
+    pub max_size: usize,
+    /// Loader worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Seeds the weights, the data order, the flips and the samplers.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from OUT/checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Without a terminal, print progress every N steps.
+    #[arg(long, default_value_t = 20)]
+    pub log_every: usize,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DetectEvalArgs {
+    /// model.safetensors (or checkpoint.safetensors) from `detect train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Folder with <split>/annotations.json and <split>/images/.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Where detections_<split>.json and eval_<split>.json go (default: the
+    /// checkpoint's folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DetectPredictArgs {
+    /// model.safetensors (or checkpoint.safetensors) from `detect train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Draw detections scoring at least this.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f64,
+}
+
+/// Runs the chosen `detect` subcommand, printing what it did.
+pub fn detect(a: &DetectArgs) -> Result<()> {
+    match &a.command {
+        DetectCommand::Train(t) => train(t).map(|r| {
+            println!(
+                "done: {} steps in {:.0} s; weights in {}",
+                r.steps,
+                r.seconds,
+                r.model_path.display()
+            );
+        }),
+        DetectCommand::Eval(e) => eval(e).map(|r| {
+            println!("bbox:\n{}", r.bbox_summary);
+            println!("segm:\n{}", r.segm_summary);
+            println!(
+                "{} detections on {} images -> {}, {}",
+                r.detections,
+                r.images,
+                r.detections_path.display(),
+                r.results_path.display()
+            );
+        }),
+        DetectCommand::Predict(p) => predict(p).map(|n| {
+            println!("{n} detections drawn -> {}", p.out.display());
+        }),
+    }
+}
+
+/// What the model was built with; stored as `detect.*` metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectSpec {
+    pub config: MaskRcnnConfig,
+    pub channels: usize,
+    pub min_size: usize,
+    pub max_size: usize,
+    /// COCO category id of label `l` at `l - 1`.
+    pub category_ids: Vec<i64>,
+    pub category_names: Vec<String>,
+}
+
+impl DetectSpec {
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let c = &self.config;
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| m.insert(format!("detect.{k}"), v);
+        put("arch", c.arch.clone());
+        put("width", c.width.to_string());
+        put("num_classes", c.num_classes.to_string());
+        put("fpn_channels", c.fpn_channels.to_string());
+        put("representation_size", c.representation_size.to_string());
+        put("trainable_layers", c.trainable_layers.to_string());
+        put("channels", self.channels.to_string());
+        put("min_size", self.min_size.to_string());
+        put("max_size", self.max_size.to_string());
+        put("category_ids", json!(self.category_ids).to_string());
+        put("category_names", json!(self.category_names).to_string());
+        m
+    }
+
+    /// Reads `to_metadata`'s keys, bare or under `extra.` (training
+    /// checkpoints); errors name the missing or malformed key.
+    pub fn from_metadata(meta: &BTreeMap<String, String>, source: &Path) -> Result<DetectSpec> {
+        let get = |k: &str| -> Result<&str> {
+            let key = format!("detect.{k}");
+            crate::net::metadata_value(meta, &key).ok_or_else(|| Error::Checkpoint {
+                path: source.display().to_string(),
+                msg: format!("no `{key}` metadata: not a model written by `slmlp detect train`"),
+            })
+        };
+        let bad = |k: &str, v: &str| Error::Checkpoint {
+            path: source.display().to_string(),
+            msg: format!("malformed `detect.{k}` metadata {v:?}"),
+        };
+        let num = |k: &str| -> Result<usize> {
+            let v = get(k)?;
+            v.parse().map_err(|_| bad(k, v))
+        };
+        let category_ids: Vec<i64> = {
+            let v = get("category_ids")?;
+            serde_json::from_str(v).map_err(|_| bad("category_ids", v))?
+        };
+        let category_names: Vec<String> = {
+            let v = get("category_names")?;
+            serde_json::from_str(v).map_err(|_| bad("category_names", v))?
+        };
+        let spec = DetectSpec {
+            config: MaskRcnnConfig {
+                arch: get("arch")?.to_string(),
+                width: num("width")?,
+                num_classes: num("num_classes")?,
+                fpn_channels: num("fpn_channels")?,
+                representation_size: num("representation_size")?,
+                trainable_layers: num("trainable_layers")?,
+                in_channels: num("channels")?,
+            },
+            channels: num("channels")?,
+            min_size: num("min_size")?,
+            max_size: num("max_size")?,
+            category_ids,
+            category_names,
+        };
+        if spec.category_ids.len() + 1 != spec.config.num_classes {
+            return Err(bad("category_ids", &json!(spec.category_ids).to_string()));
+        }
+        Ok(spec)
+    }
+
+    fn transform(&self, train: bool) -> DetTransform {
+        DetTransform {
+            min_size: self.min_size,
+            max_size: self.max_size,
+            ..DetTransform::mask_rcnn(self.channels, train)
+        }
+    }
+}
+
+/// The detector `spec` describes, its weights drawn from `rng`.
+pub fn build_model(spec: &DetectSpec, rng: &mut Rng) -> Result<MaskRcnn> {
+    if spec.channels != 1 && spec.channels != 3 {
+        return Err(Error::arg(
+            "detect",
+            format!("channels must be 1 or 3, got {}", spec.channels),
+        ));
+    }
+    MaskRcnn::new(spec.config.clone(), rng)
+}
+
+/// The `slmlp pretrain` encoder stored in `path`: its tensors named
+/// `conv1.*`, `bn1.*` or `layer1..4.*` (torchvision's top-level names),
+/// renamed to `backbone.body.*`.
+fn encoder_tensors(path: &Path) -> Result<Checkpoint> {
+    let ckpt = checkpoint::load(path)?;
+    let tensors: BTreeMap<String, engine::Tensor> = ckpt
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| {
+            ["conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4."]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .map(|(k, t)| (format!("backbone.body.{k}"), t))
+        .collect();
+    if tensors.is_empty() {
+        return Err(Error::Checkpoint {
+            path: path.display().to_string(),
+            msg: "no encoder tensors (conv1.*, layer1.* ...): not a `slmlp pretrain` model".into(),
+        });
+    }
+    Ok(Checkpoint {
+        tensors,
+        metadata: ckpt.metadata,
+    })
+}
+
+/// Input channels of the encoder in `ckpt` (its `conv1.weight` is
+/// `[width, channels, k, k]`).
+fn encoder_channels(ckpt: &Checkpoint, path: &Path) -> Result<usize> {
+    match ckpt
+        .tensors
+        .get("backbone.body.conv1.weight")
+        .map(|t| t.dims().to_vec())
+    {
+        Some(d) if d.len() == 4 => Ok(d[1]),
+        other => Err(Error::Checkpoint {
+            path: path.display().to_string(),
+            msg: format!("conv1.weight should be [width, channels, k, k], got {other:?}"),
+        }),
+    }
+}
+
+/// Loads the encoder into the backbone; every backbone tensor must be there
+/// with the same shape (a different arch, width or a cifar stem is an error
+/// naming the tensors).
+fn load_encoder(model: &MaskRcnn, ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    let stem = ckpt.tensors["backbone.body.conv1.weight"].dims().to_vec();
+    let want = model.backbone.params()[0].dims().to_vec();
+    if stem != want {
+        return Err(Error::Checkpoint {
+            path: path.display().to_string(),
+            msg: format!(
+                "the encoder's conv1.weight is {stem:?}, this Mask R-CNN's backbone needs {want:?} \
+                 (same --width, channels and a 7x7 imagenet stem: pretrain with --stem imagenet)"
+            ),
+        });
+    }
+    checkpoint::load_into_with(
+        ckpt,
+        &model.backbone.params(),
+        &model.backbone.buffers(),
+        &LoadOptions::strict(),
+    )
+    .map_err(|e| Error::Checkpoint {
+        path: path.display().to_string(),
+        msg: format!(
+            "encoder does not fit backbone.body ({}): {e}",
+            model.config.arch
+        ),
+    })?;
+    Ok(())
+}
+
+fn split_dataset(data: &Path, split: &str, channels: usize) -> Result<DetectionDataset> {
+    let dir = data.join(split);
+    let ann = dir.join("annotations.json");
+    if !ann.is_file() {
+        return Err(Error::arg(
+            "detect",
+            format!(
+                "{} not found: --data must be a folder with {split}/annotations.json and {split}/images/ (as `slmlp detection-data --out DIR` writes)",
+                ann.display()
+            ),
+        ));
+    }
+    DetectionDataset::open(&ann, &dir.join("images"), channels)
+}
+
+#[derive(Clone, Debug)]
+pub struct DetectTrainReport {
+    /// Steps run in all (those before a resume included).
+    pub steps: usize,
+    /// Seconds of this call.
+    pub seconds: f64,
+    pub model_path: PathBuf,
+}
+
+const LOSS_NAMES: [&str; 5] = [
+    "loss_classifier",
+    "loss_box_reg",
+    "loss_mask",
+    "loss_objectness",
+    "loss_rpn_box_reg",
+];
+
+/// Trains Mask R-CNN: SGD (momentum 0.9) on `trainable_params()`, the lr
+/// warmed up linearly from lr/1000 over `min(warmup_steps, one epoch)`
+/// steps, then `schedule`; the samplers draw from an rng saved in the
+/// checkpoint, so a resumed run continues exactly.
+pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
+    const OP: &str = "detect train";
+    let encoder = match &a.backbone {
+        Some(p) => {
+            if !p.is_file() {
+                return Err(Error::arg(
+                    OP,
+                    format!("--backbone {}: no such file", p.display()),
+                ));
+            }
+            let ck = encoder_tensors(p)?;
+            let c = encoder_channels(&ck, p)?;
+            Some((ck, c, p))
+        }
+        None => None,
+    };
+    let channels = match (a.channels, &encoder) {
+        (Some(c), Some((_, e, p))) if c != *e => {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "--channels {c}, but the --backbone encoder {} takes {e}-channel images",
+                    p.display()
+                ),
+            ))
+        }
+        (Some(c), _) => c,
+        (None, Some((_, e, _))) => *e,
+        (None, None) => 3,
+    };
+    let mut ds = split_dataset(&a.data, "train", channels)?;
+    let removed = ds.retain_annotated();
+    if ds.is_empty() {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "{}: no image has an instance to train on",
+                ds.annotations_path().display()
+            ),
+        ));
+    }
+    let spec = DetectSpec {
+        config: MaskRcnnConfig {
+            arch: a.arch.clone(),
+            width: a.width,
+            num_classes: ds.num_classes() + 1,
+            fpn_channels: a.fpn_channels,
+            representation_size: a.representation_size,
+            trainable_layers: a.trainable_layers,
+            in_channels: channels,
+        },
+        channels,
+        min_size: a.min_size,
+        max_size: a.max_size,
+        category_ids: (1..=ds.num_classes() as i64)
+            .map(|l| ds.category_id(l).unwrap_or(l))
+            .collect(),
+        category_names: ds.category_names().to_vec(),
+    };
+    let model = build_model(&spec, &mut Rng::new(a.seed))?;
+    if let Some((ck, _, p)) = &encoder {
+        load_encoder(&model, ck, p)?;
+    }
+    let ds = Arc::new(ds);
+    let loader = DetectionLoader::new(
+        ds.clone(),
+        spec.transform(true),
+        LoaderOptions {
+            batch: a.batch,
+            shuffle: true,
+            drop_last: true,
+            workers: a.workers,
+            prefetch: 4,
+            seed: a.seed,
+        },
+    )?;
+    let per_epoch = loader.batches_per_epoch();
+    if per_epoch == 0 {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "{} training images is less than one batch of {}",
+                ds.len(),
+                a.batch
+            ),
+        ));
+    }
+    let total = a.epochs * per_epoch;
+    if total == 0 {
+        return Err(Error::arg(OP, "nothing to train: --epochs 0"));
+    }
+    let inner: Box<dyn LrSchedule> = match a.schedule {
+        ScheduleArg::Step => Box::new(StepDecay {
+            base_lr: a.lr,
+            milestones: vec![total * 2 / 3, total * 8 / 9],
+            gamma: 0.1,
+        }),
+        ScheduleArg::Cosine => Box::new(Cosine {
+            base_lr: a.lr,
+            total_steps: total,
+            final_lr: 0.0,
+        }),
+    };
+    let schedule = Warmup {
+        inner,
+        warmup_steps: a.warmup_steps.min(per_epoch),
+        start_factor: 1e-3,
+    };
+    let trainable = model.trainable_params();
+    let (params, buffers) = (model.params(), model.buffers());
+    let mut opt = Sgd::new(a.lr, 0.9, a.weight_decay);
+    let mut rng = Rng::new(crate::data::derive_seed(&[a.seed, 0x5a4d]));
+    let mut meta = spec.to_metadata();
+    meta.insert("seed".into(), a.seed.to_string());
+    meta.insert("epochs".into(), a.epochs.to_string());
+
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let ckpt_path = a.out.join("checkpoint.safetensors");
+    let metrics_path = a.out.join("metrics.jsonl");
+    let mut step = 0usize;
+    if a.resume {
+        if !ckpt_path.is_file() {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "--resume: {} does not exist; nothing to resume",
+                    ckpt_path.display()
+                ),
+            ));
+        }
+        let (state, ts) = checkpoint::load_training(&ckpt_path, &params, &buffers)?;
+        let spec_now = spec.to_metadata();
+        for (k, v) in &spec_now {
+            let was = ts.extra.get(k);
+            if was != Some(v) {
+                return Err(Error::Checkpoint {
+                    path: ckpt_path.display().to_string(),
+                    msg: format!("--resume with different settings: {k} was {was:?}, now {v:?}"),
+                });
+            }
+        }
+        opt.load_state(state)?;
+        rng = Rng::from_state(ts.rng);
+        step = (ts.step as usize).min(total);
+        truncate_metrics(&metrics_path, step, step / per_epoch)?;
+        if !a.quiet {
+            eprintln!(
+                "resumed at step {step}/{total} from {}",
+                ckpt_path.display()
+            );
+        }
+    }
+    if !a.quiet {
+        let n: usize = params.iter().map(|p| p.get().numel()).sum();
+        eprintln!(
+            "detect train: Mask R-CNN {} width {} ({:.2}M params), {} classes, {} train images ({removed} without instances left out), {}-channel, min/max size {}/{}, batch {}, {} epochs x {per_epoch} steps, lr {}",
+            a.arch, a.width, n as f64 / 1e6, ds.num_classes(), ds.len(), channels,
+            a.min_size, a.max_size, a.batch, a.epochs, a.lr,
+        );
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut write = |v: Value| -> Result<()> {
+        writeln!(metrics, "{v}").map_err(|e| Error::io(&metrics_path, e))
+    };
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let first_step = step;
+    model.set_training(true);
+    while step < total {
+        let epoch = step / per_epoch;
+        let t_epoch = Instant::now();
+        let mut sums = [0.0f64; 6];
+        let mut seen = 0usize;
+        for batch in loader.epoch(epoch, step % per_epoch) {
+            let batch = batch?;
+            let t = Instant::now();
+            let lr = schedule.lr(step);
+            opt.set_lr(lr);
+            zero_grad(&trainable);
+            let losses =
+                model.forward_train(&batch.images, &batch.image_sizes, &batch.targets, &mut rng)?;
+            let loss = losses.total()?;
+            let parts = [
+                losses.classifier.item()?,
+                losses.box_reg.item()?,
+                losses.mask.item()?,
+                losses.objectness.item()?,
+                losses.rpn_box_reg.item()?,
+            ];
+            let value = loss.item()?;
+            if !value.is_finite() {
+                return Err(Error::arg(
+                    OP,
+                    format!(
+                        "loss is {value} at step {} ({}); stopping (try a lower --lr)",
+                        step + 1,
+                        LOSS_NAMES
+                            .iter()
+                            .zip(parts)
+                            .map(|(n, v)| format!("{n} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            loss.backward()?;
+            opt.step(&trainable)?;
+            let b = batch.indices.len();
+            let ips = b as f64 / t.elapsed().as_secs_f64();
+            // a batch of unreadable images is left out by the loader: the
+            // counter follows the position in the data stream
+            step = epoch * per_epoch + batch.index + 1;
+            let mut rec = json!({
+                "kind": "step", "step": step, "epoch": epoch + 1, "lr": lr,
+                "loss": value, "batch": b, "images_per_s": ips,
+            });
+            for (n, v) in LOSS_NAMES.iter().zip(parts) {
+                rec[*n] = v.into();
+            }
+            write(rec)?;
+            for (s, v) in sums.iter_mut().zip(std::iter::once(value).chain(parts)) {
+                *s += v * b as f64;
+            }
+            seen += b;
+            if !a.quiet && (tty || step.is_multiple_of(a.log_every.max(1)) || step == total) {
+                let rate = started.elapsed().as_secs_f64() / (step - first_step) as f64;
+                let in_epoch = step - epoch * per_epoch;
+                let m = |i: usize| sums[i] / seen as f64;
+                let line = format!(
+                    "epoch {}/{} {in_epoch}/{per_epoch}  loss {:.4} (cls {:.4} box {:.4} mask {:.4} obj {:.4} rpn {:.4})  lr {lr:.2e}  {ips:.1} img/s  ETA {}",
+                    epoch + 1, a.epochs, m(0), m(1), m(2), m(3), m(4), m(5),
+                    mmss(rate * (total - step) as f64),
+                );
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        if tty && !a.quiet {
+            eprintln!();
+        }
+        let seconds = t_epoch.elapsed().as_secs_f64();
+        let mean = |i: usize| sums[i] / seen.max(1) as f64;
+        let mut rec = json!({
+            "kind": "epoch", "epoch": epoch + 1, "loss": mean(0),
+            "images_per_s": seen as f64 / seconds, "seconds": seconds,
+            "skipped_images": loader.skipped(),
+        });
+        for (i, n) in LOSS_NAMES.iter().enumerate() {
+            rec[*n] = mean(i + 1).into();
+        }
+        write(rec)?;
+        if !a.quiet {
+            eprintln!(
+                "epoch {}/{} done in {}: loss {:.4}",
+                epoch + 1,
+                a.epochs,
+                mmss(seconds),
+                mean(0)
+            );
+        }
+        // a run whose last batches were all unreadable still ends the epoch
+        step = step.max((epoch + 1) * per_epoch);
+        let state = TrainState {
+            step: step as u64,
+            rng: rng.state(),
+            extra: meta.clone(),
+        };
+        checkpoint::save_training(&ckpt_path, &params, &buffers, &opt.state(), &state)?;
+    }
+    let model_path = a.out.join("model.safetensors");
+    checkpoint::save_model(&model_path, &params, &buffers, &meta)?;
+    Ok(DetectTrainReport {
+        steps: step,
+        seconds: started.elapsed().as_secs_f64(),
+        model_path,
+    })
+}
+
+/// A trained model loaded back with its spec, in eval mode.
+pub struct LoadedDetector {
+    pub model: MaskRcnn,
+    pub spec: DetectSpec,
+}
+
+/// Loads `model.safetensors` or `checkpoint.safetensors` of `detect train`.
+pub fn load_detector(path: &Path) -> Result<LoadedDetector> {
+    if !path.is_file() {
+        return Err(Error::arg(
+            "detect",
+            format!("--checkpoint {}: no such file", path.display()),
+        ));
+    }
+    let ckpt = checkpoint::load(path)?;
+    let spec = DetectSpec::from_metadata(&ckpt.metadata, path)?;
+    let model = build_model(&spec, &mut Rng::new(0))?;
+    // a training checkpoint also holds the optimizer state under optim.
+    let opts = if ckpt
+        .metadata
+        .get("format")
+        .is_some_and(|f| f == TRAIN_FORMAT)
+    {
+        LoadOptions::backbone()
+    } else {
+        LoadOptions::strict()
+    };
+    checkpoint::load_into_with(&ckpt, &model.params(), &model.buffers(), &opts).map_err(|e| {
+        Error::Checkpoint {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        }
+    })?;
+    model.set_training(false);
+    Ok(LoadedDetector { model, spec })
+}
+
+#[derive(Clone, Debug)]
+pub struct DetectEvalReport {
+    pub images: usize,
+    pub detections: usize,
+    /// pycocotools' 12 numbers (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
+    pub bbox: [f64; 12],
+    pub segm: [f64; 12],
+    pub bbox_summary: String,
+    pub segm_summary: String,
+    pub detections_path: PathBuf,
+    pub results_path: PathBuf,
+}
+
+/// One image's detections as COCO results entries: `bbox` `[x, y, w, h]`,
+/// `segmentation` the compressed RLE of the mask probabilities > 0.5, the
+/// label mapped to its category id by `category_id`.
+pub fn coco_results(
+    det: &ImageDetections,
+    image_id: i64,
+    category_id: impl Fn(i64) -> Option<i64>,
+) -> Result<Vec<Value>> {
+    let d = det.masks.dims().to_vec();
+    if d.len() != 4 || d[0] != det.boxes.len() || d[1] != 1 {
+        return Err(Error::shape(
+            "detect",
+            format!("masks {d:?} for {} boxes", det.boxes.len()),
+        ));
+    }
+    let (h, w) = (d[2], d[3]);
+    let probs = det.masks.to_vec_f64();
+    let mut out = Vec::with_capacity(det.boxes.len());
+    for (k, b) in det.boxes.iter().enumerate() {
+        let Some(cat) = category_id(det.labels[k]) else {
+            return Err(Error::arg(
+                "detect",
+                format!(
+                    "the model predicted label {}, which has no category",
+                    det.labels[k]
+                ),
+            ));
+        };
+        let mask: Vec<u8> = probs[k * h * w..(k + 1) * h * w]
+            .iter()
+            .map(|&p| u8::from(p > 0.5))
+            .collect();
+        let rle = Rle::encode(&mask, h as u32, w as u32)?;
+        out.push(json!({
+            "image_id": image_id,
+            "category_id": cat,
+            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+            "score": det.scores[k],
+            "segmentation": {"size": [h, w], "counts": rle.to_compressed()},
+        }));
+    }
+    Ok(out)
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string(v).map_err(|e| Error::arg("detect", e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// Runs the model over DATA/<split> and evaluates with the COCO protocol:
+/// bbox on the entries' boxes, segm on their masks (as torchvision's
+/// references, segm results carry no box, so their area is the mask's).
+/// Writes `detections_<split>.json` (bbox + segmentation per entry) and
+/// `eval_<split>.json` (`{"bbox": [12], "segm": [12], ...}`).
+pub fn eval(a: &DetectEvalArgs) -> Result<DetectEvalReport> {
+    let LoadedDetector { model, spec } = load_detector(&a.checkpoint)?;
+    let ds = split_dataset(&a.data, &a.split, spec.channels)?;
+    let ids: Vec<i64> = (1..=ds.num_classes() as i64)
+        .filter_map(|l| ds.category_id(l))
+        .collect();
+    if ids != spec.category_ids {
+        return Err(Error::arg(
+            "detect eval",
+            format!(
+                "{} has categories {ids:?}, the model was trained on {:?}",
+                ds.annotations_path().display(),
+                spec.category_ids
+            ),
+        ));
+    }
+    let ds = Arc::new(ds);
+    let loader = DetectionLoader::new(
+        ds.clone(),
+        spec.transform(false),
+        LoaderOptions {
+            batch: a.batch,
+            shuffle: false,
+            drop_last: false,
+            workers: a.workers,
+            prefetch: 4,
+            seed: 0,
+        },
+    )?;
+    let mut entries = Vec::new();
+    let mut images = 0;
+    for batch in loader.epoch(0, 0) {
+        let batch = batch?;
+        let orig: Vec<(usize, usize)> = batch.targets.iter().map(|t| t.orig_size).collect();
+        let dets = model.forward_eval(&batch.images, &batch.image_sizes, &orig)?;
+        for (det, &i) in dets.iter().zip(&batch.indices) {
+            let image_id = ds.image_id(i).unwrap_or(-1);
+            entries.extend(coco_results(det, image_id, |l| ds.category_id(l))?);
+            images += 1;
+        }
+    }
+    if loader.skipped() > 0 {
+        eprintln!("warning: {} unreadable images skipped", loader.skipped());
+    }
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => a
+            .checkpoint
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let detections_path = out.join(format!("detections_{}.json", a.split));
+    write_json(&detections_path, &Value::Array(entries.clone()))?;
+    let only = |drop: &str| -> Value {
+        Value::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    if let Some(o) = e.as_object_mut() {
+                        o.remove(drop);
+                    }
+                    e
+                })
+                .collect(),
+        )
+    };
+    let src = detections_path.display().to_string();
+    let gt = ds.gt();
+    let bbox = CocoEval::evaluate(
+        gt,
+        &gt.results_from_value(&only("segmentation"), &src)?,
+        IouType::Bbox,
+    )?;
+    let segm = CocoEval::evaluate(
+        gt,
+        &gt.results_from_value(&only("bbox"), &src)?,
+        IouType::Segm,
+    )?;
+    let results_path = out.join(format!("eval_{}.json", a.split));
+    write_json(
+        &results_path,
+        &json!({
+            "checkpoint": a.checkpoint.display().to_string(),
+            "split": a.split, "images": images, "detections": entries.len(),
+            "bbox": bbox.stats(), "segm": segm.stats(),
+        }),
+    )?;
+    Ok(DetectEvalReport {
+        images,
+        detections: entries.len(),
+        bbox: bbox.stats(),
+        segm: segm.stats(),
+        bbox_summary: bbox.summary(),
+        segm_summary: segm.summary(),
+        detections_path,
+        results_path,
+    })
+}
+
+const PALETTE: [[u8; 3]; 8] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+];
+
+/// Draws the detections scoring at least `threshold` on the image: each
+/// mask (probability > 0.5) tinted half-way to its class colour, each box
+/// as a 1-px outline. Returns the number drawn.
+pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
+    let LoadedDetector { model, spec } = load_detector(&a.checkpoint)?;
+    let img = image::open(&a.image)
+        .map_err(|e| Error::arg("detect predict", format!("{}: {e}", a.image.display())))?;
+    let rgb = img.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let pixels = if spec.channels == 1 {
+        img.to_luma8().into_raw()
+    } else {
+        rgb.clone().into_raw()
+    };
+    let sample = DetSample {
+        image: crate::data::Image {
+            channels: spec.channels,
+            height: h,
+            width: w,
+            pixels,
+        },
+        target: DetTarget {
+            boxes: vec![],
+            labels: vec![],
+            masks: vec![],
+            image_id: 0,
+            orig_size: (h, w),
+            size: (h, w),
+        },
+    };
+    let t = spec.transform(false);
+    let item = t.apply(sample, &mut Rng::new(0))?;
+    let (images, sizes) = pad_batch(&[item], spec.channels, t.size_divisible)?;
+    let dets = model.forward_eval(&images, &sizes, &[(h, w)])?;
+    let det = &dets[0];
+    let probs = det.masks.to_vec_f64();
+    let mut canvas = rgb.into_raw();
+    let mut drawn = 0;
+    for k in 0..det.boxes.len() {
+        if det.scores[k] < a.threshold {
+            continue;
+        }
+        let color = PALETTE[(det.labels[k].max(0) as usize) % PALETTE.len()];
+        for (p, &v) in probs[k * h * w..(k + 1) * h * w].iter().enumerate() {
+            if v > 0.5 {
+                for c in 0..3 {
+                    let px = &mut canvas[p * 3 + c];
+                    *px = ((*px as u16 + color[c] as u16) / 2) as u8;
+                }
+            }
+        }
+        let b = det.boxes[k];
+        let clampx = |v: f64| (v.round().max(0.0) as usize).min(w - 1);
+        let clampy = |v: f64| (v.round().max(0.0) as usize).min(h - 1);
+        let (x1, y1, x2, y2) = (clampx(b[0]), clampy(b[1]), clampx(b[2]), clampy(b[3]));
+        let mut put = |x: usize, y: usize| {
+            canvas[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&color)
+        };
+        for x in x1..=x2 {
+            put(x, y1);
+            put(x, y2);
+        }
+        for y in y1..=y2 {
+            put(x1, y);
+            put(x2, y);
+        }
+        let name = spec
+            .category_names
+            .get(usize::try_from(det.labels[k] - 1).unwrap_or(usize::MAX))
+            .cloned()
+            .unwrap_or_default();
+        println!(
+            "{name} ({}) score {:.3} box [{:.1}, {:.1}, {:.1}, {:.1}]",
+            det.labels[k], det.scores[k], b[0], b[1], b[2], b[3]
+        );
+        drawn += 1;
+    }
+    write_png(&a.out, &canvas, w, h)?;
+    Ok(drawn)
+}
+
+fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let png_err =
+        |e: png::EncodingError| Error::arg("detect predict", format!("{}: {e}", path.display()));
+    let mut writer = enc.write_header().map_err(png_err)?;
+    writer.write_image_data(rgb).map_err(png_err)?;
+    writer.finish().map_err(png_err)
+}

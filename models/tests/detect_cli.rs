@@ -1,0 +1,461 @@
+//! `slmlp detect train | eval | predict` as a user runs them, on a tiny
+//! benchmark written by `slmlp detection-data`: the files each promises,
+//! resume, loading a pretrained encoder, and clear errors on bad input.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn slmlp(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_slmlp"))
+        .args(args)
+        .output()
+        .expect("run slmlp");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Runs `args`, asserting success; returns (stdout, stderr).
+fn ok(args: &[&str]) -> (String, String) {
+    let (code, out, err) = slmlp(args);
+    assert_eq!(code, 0, "slmlp {args:?}\nstdout: {out}\nstderr: {err}");
+    (out, err)
+}
+
+fn fails(args: &[&str], needles: &[&str]) {
+    let (code, out, err) = slmlp(args);
+    assert_ne!(code, 0, "slmlp {args:?} should fail\nstdout: {out}");
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "slmlp {args:?}: error should mention {n:?}: {err}"
+        );
+    }
+    assert!(!err.contains("panicked"), "slmlp {args:?} panicked: {err}");
+}
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("slmlp-detect-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The benchmark, written once for all tests of this file.
+fn data() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("slmlp-detect-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        ok(&[
+            "detection-data",
+            "--out",
+            s(&d),
+            "--train",
+            "8",
+            "--val",
+            "4",
+            "--canvas",
+            "64",
+        ]);
+        d
+    })
+}
+
+/// A tiny Mask R-CNN at backbone width `width`.
+fn small(width: &'static str) -> Vec<&'static str> {
+    vec![
+        "--width",
+        width,
+        "--batch",
+        "2",
+        "--min-size",
+        "64",
+        "--max-size",
+        "107",
+        "--fpn-channels",
+        "16",
+        "--representation-size",
+        "32",
+        "--log-every",
+        "1",
+    ]
+}
+
+fn train(out: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["detect", "train", "--data", s(data()), "--out", s(out)];
+    args.extend(small("4"));
+    args.extend(extra);
+    ok(&args)
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+const LOSSES: [&str; 5] = [
+    "loss_classifier",
+    "loss_box_reg",
+    "loss_mask",
+    "loss_objectness",
+    "loss_rpn_box_reg",
+];
+
+#[test]
+fn train_eval_predict_and_resume() {
+    let tmp = TempDir::new("run");
+    let run = tmp.0.join("run");
+    let (_, err) = train(&run, &["--epochs", "1"]);
+    // 8 images / batch 2: 4 steps, each with a progress line
+    for needle in ["epoch 1/1 4/4", "img/s", "ETA", "cls ", "mask ", "rpn "] {
+        assert!(
+            err.contains(needle),
+            "progress should show {needle:?}: {err}"
+        );
+    }
+    for f in [
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "model.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let m = metrics(&run);
+    assert_eq!(m.len(), 5, "4 step records + 1 epoch record: {m:?}");
+    for (i, rec) in m[..4].iter().enumerate() {
+        assert_eq!(rec["kind"], "step");
+        assert_eq!(rec["step"], i + 1);
+        let parts: f64 = LOSSES.iter().map(|k| rec[*k].as_f64().unwrap()).sum();
+        let total = rec["loss"].as_f64().unwrap();
+        assert!(total.is_finite() && total > 0.0);
+        assert!((parts - total).abs() < 1e-4 * total.max(1.0), "{rec}");
+    }
+    assert_eq!(m[4]["kind"], "epoch");
+    assert_eq!(m[4]["epoch"], 1);
+    // linear warmup: the rate grows over the first steps
+    assert!(m[0]["lr"].as_f64().unwrap() < m[1]["lr"].as_f64().unwrap());
+
+    let ckpt = engine::checkpoint::load(&run.join("model.safetensors")).unwrap();
+    let meta = &ckpt.metadata;
+    assert_eq!(meta["detect.arch"], "resnet18");
+    assert_eq!(meta["detect.width"], "4");
+    assert_eq!(meta["detect.channels"], "3");
+    assert_eq!(meta["detect.min_size"], "64");
+    assert_eq!(meta["detect.max_size"], "107");
+    let gt = read_json(&data().join("train/annotations.json"));
+    let cats: Vec<i64> = gt["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(meta["detect.num_classes"], (cats.len() + 1).to_string());
+    let stored: Vec<i64> = serde_json::from_str(&meta["detect.category_ids"]).unwrap();
+    let mut sorted = cats.clone();
+    sorted.sort();
+    assert_eq!(stored, sorted);
+    assert!(ckpt
+        .tensors
+        .keys()
+        .any(|k| k.starts_with("backbone.body.layer4.")));
+
+    // same seed, same run
+    let again = tmp.0.join("again");
+    train(&again, &["--epochs", "1", "--quiet"]);
+    let m2 = metrics(&again);
+    for (a, b) in m[..4].iter().zip(&m2[..4]) {
+        assert_eq!(
+            a["loss"], b["loss"],
+            "same seed should give the same losses"
+        );
+    }
+
+    // eval: both 12-line summaries, detections and results files
+    let (out, _) = ok(&[
+        "detect",
+        "eval",
+        "--checkpoint",
+        s(&run.join("model.safetensors")),
+        "--data",
+        s(data()),
+    ]);
+    let bbox_at = out.find("bbox:").expect("bbox summary");
+    let segm_at = out.find("segm:").expect("segm summary");
+    assert!(bbox_at < segm_at);
+    for part in [&out[bbox_at..segm_at], &out[segm_at..]] {
+        let lines = part.lines().filter(|l| l.contains("IoU=")).count();
+        assert_eq!(lines, 12, "a 12-line summary: {part}");
+    }
+    let res = read_json(&run.join("eval_val.json"));
+    for k in ["bbox", "segm"] {
+        let v = res[k].as_array().unwrap();
+        assert_eq!(v.len(), 12);
+        assert!(v
+            .iter()
+            .all(|x| (-1.0..=1.0).contains(&x.as_f64().unwrap())));
+    }
+    assert_eq!(res["images"], 4);
+    let dets = read_json(&run.join("detections_val.json"));
+    let dets = dets.as_array().unwrap();
+    assert_eq!(res["detections"], dets.len());
+    let val_ids: Vec<i64> = read_json(&data().join("val/annotations.json"))["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect();
+    for d in dets {
+        assert!(cats.contains(&d["category_id"].as_i64().unwrap()), "{d}");
+        assert!(val_ids.contains(&d["image_id"].as_i64().unwrap()), "{d}");
+        assert_eq!(d["bbox"].as_array().unwrap().len(), 4);
+        assert!(
+            d["segmentation"]["counts"].is_string(),
+            "compressed RLE: {d}"
+        );
+        assert_eq!(d["segmentation"]["size"], serde_json::json!([64, 64]));
+    }
+    // the bbox numbers agree with `slmlp coco-eval` on the written file
+    let (coco, _) = ok(&[
+        "coco-eval",
+        "--gt",
+        s(&data().join("val/annotations.json")),
+        "--dt",
+        s(&run.join("detections_val.json")),
+        "--iou-type",
+        "bbox",
+    ]);
+    assert_eq!(coco.trim(), out[bbox_at + 5..segm_at].trim());
+
+    // predict: a PNG of the image's size
+    let img = std::fs::read_dir(data().join("val/images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let png = tmp.0.join("pred.png");
+    ok(&[
+        "detect",
+        "predict",
+        "--checkpoint",
+        s(&run.join("model.safetensors")),
+        "--image",
+        s(&img),
+        "--out",
+        s(&png),
+        "--threshold",
+        "0",
+    ]);
+    let drawn = image::open(&png).unwrap();
+    assert_eq!((drawn.width(), drawn.height()), (64, 64));
+    assert_ne!(
+        drawn.to_rgb8().into_raw(),
+        image::open(&img).unwrap().to_rgb8().into_raw(),
+        "detections should be drawn on the image"
+    );
+
+    // resuming a finished run changes nothing
+    let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let (_, err) = train(&run, &["--epochs", "1", "--resume"]);
+    assert!(err.contains("resumed at step 4/4"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
+        before
+    );
+    // ...and with more epochs continues from step 4
+    let (_, err) = train(&run, &["--epochs", "2", "--resume"]);
+    assert!(err.contains("resumed at step 4/8"), "{err}");
+    let m3 = metrics(&run);
+    assert_eq!(m3.len(), 10);
+    assert_eq!(&m3[..5], &m[..]);
+    assert_eq!(m3[5]["step"], 5);
+    assert_eq!(m3[9]["epoch"], 2);
+    // a resume with another architecture is refused
+    let mut args = vec!["detect", "train", "--data", s(data()), "--out", s(&run)];
+    args.extend(small("8"));
+    args.extend(["--epochs", "3", "--resume"]);
+    fails(
+        &args,
+        &["checkpoint.safetensors", "backbone.body.conv1.weight"],
+    );
+}
+
+#[test]
+fn backbone_from_pretrain() {
+    let tmp = TempDir::new("backbone");
+    let pre = tmp.0.join("pre");
+    let pretrain = |out: &Path, stem: &str| {
+        ok(&[
+            "pretrain",
+            "--method",
+            "sl",
+            "--arch",
+            "resnet18",
+            "--width",
+            "4",
+            "--stem",
+            stem,
+            "--per-class",
+            "2",
+            "--epochs",
+            "1",
+            "--batch",
+            "8",
+            "--no-val",
+            "--quiet",
+            "--out",
+            s(out),
+        ])
+    };
+    pretrain(&pre, "imagenet");
+    let run = tmp.0.join("run");
+    let model = pre.join("model.safetensors");
+    train(&run, &["--epochs", "1", "--quiet", "--backbone", s(&model)]);
+    let enc = engine::checkpoint::load(&model).unwrap();
+    let det = engine::checkpoint::load(&run.join("model.safetensors")).unwrap();
+    // Fashion-MNIST is gray: the detector takes 1-channel images
+    assert_eq!(det.metadata["detect.channels"], "1");
+    // conv1 and layer1 are frozen (3 trainable layers): still the encoder's
+    for k in ["conv1.weight", "layer1.0.conv1.weight", "bn1.running_mean"] {
+        assert_eq!(
+            enc.tensors[k].to_vec_f64(),
+            det.tensors[&format!("backbone.body.{k}")].to_vec_f64(),
+            "{k}"
+        );
+    }
+    let mut args = vec!["detect", "train", "--data", s(data()), "--out", s(&run)];
+    args.extend(small("4"));
+    let with = |extra: &[&'static str]| {
+        let mut a = args.clone();
+        a.extend(["--backbone", s(&model)]);
+        a.extend(extra);
+        a
+    };
+    fails(&with(&["--channels", "3"]), &["--channels 3", "1-channel"]);
+    let mut wide = vec!["detect", "train", "--data", s(data()), "--out", s(&run)];
+    wide.extend(small("8"));
+    wide.extend(["--backbone", s(&model)]);
+    fails(&wide, &["conv1.weight", "[4, 1, 7, 7]", "[8, 1, 7, 7]"]);
+    let cifar = tmp.0.join("cifar");
+    pretrain(&cifar, "cifar");
+    let mut a = args.clone();
+    let cm = cifar.join("model.safetensors");
+    a.extend(["--backbone", s(&cm)]);
+    fails(&a, &["imagenet stem"]);
+}
+
+#[test]
+fn bad_paths_give_clear_errors() {
+    let tmp = TempDir::new("bad");
+    let nowhere = tmp.0.join("nowhere");
+    let out = tmp.0.join("out");
+    fails(
+        &["detect", "train", "--data", s(&nowhere), "--out", s(&out)],
+        &["train/annotations.json", "detection-data"],
+    );
+    fails(
+        &[
+            "detect",
+            "train",
+            "--data",
+            s(data()),
+            "--out",
+            s(&out),
+            "--resume",
+        ],
+        &["--resume", "nothing to resume"],
+    );
+    fails(
+        &[
+            "detect",
+            "train",
+            "--data",
+            s(data()),
+            "--out",
+            s(&out),
+            "--backbone",
+            s(&nowhere),
+        ],
+        &["--backbone", "no such file"],
+    );
+    fails(
+        &[
+            "detect",
+            "eval",
+            "--checkpoint",
+            s(&nowhere),
+            "--data",
+            s(data()),
+        ],
+        &["--checkpoint", "no such file"],
+    );
+    fails(
+        &[
+            "detect",
+            "predict",
+            "--checkpoint",
+            s(&nowhere),
+            "--image",
+            s(&nowhere),
+            "--out",
+            s(&out),
+        ],
+        &["no such file"],
+    );
+    // a pretrain model is not a detector
+    let pre = tmp.0.join("pre");
+    ok(&[
+        "pretrain",
+        "--method",
+        "sl",
+        "--arch",
+        "resnet18",
+        "--width",
+        "4",
+        "--per-class",
+        "1",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--no-val",
+        "--quiet",
+        "--out",
+        s(&pre),
+    ]);
+    fails(
+        &[
+            "detect",
+            "eval",
+            "--checkpoint",
+            s(&pre.join("model.safetensors")),
+            "--data",
+            s(data()),
+        ],
+        &["detect.", "slmlp detect train"],
+    );
+}
