@@ -185,7 +185,6 @@ pub fn detect(a: &DetectArgs) -> Result<()> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DetectSpec {
     pub config: MaskRcnnConfig,
-    pub channels: usize,
     pub min_size: usize,
     pub max_size: usize,
     /// COCO category id of label `l` at `l - 1`.
@@ -204,7 +203,7 @@ impl DetectSpec {
         put("fpn_channels", c.fpn_channels.to_string());
         put("representation_size", c.representation_size.to_string());
         put("trainable_layers", c.trainable_layers.to_string());
-        put("channels", self.channels.to_string());
+        put("channels", self.config.in_channels.to_string());
         put("min_size", self.min_size.to_string());
         put("max_size", self.max_size.to_string());
         put("category_ids", json!(self.category_ids).to_string());
@@ -248,7 +247,6 @@ impl DetectSpec {
                 trainable_layers: num("trainable_layers")?,
                 in_channels: num("channels")?,
             },
-            channels: num("channels")?,
             min_size: num("min_size")?,
             max_size: num("max_size")?,
             category_ids,
@@ -264,17 +262,17 @@ impl DetectSpec {
         DetTransform {
             min_size: self.min_size,
             max_size: self.max_size,
-            ..DetTransform::mask_rcnn(self.channels, train)
+            ..DetTransform::mask_rcnn(self.config.in_channels, train)
         }
     }
 }
 
 /// The detector `spec` describes, its weights drawn from `rng`.
 pub fn build_model(spec: &DetectSpec, rng: &mut Rng) -> Result<MaskRcnn> {
-    if spec.channels != 1 && spec.channels != 3 {
+    if spec.config.in_channels != 1 && spec.config.in_channels != 3 {
         return Err(Error::arg(
             "detect",
-            format!("channels must be 1 or 3, got {}", spec.channels),
+            format!("channels must be 1 or 3, got {}", spec.config.in_channels),
         ));
     }
     MaskRcnn::new(spec.config.clone(), rng)
@@ -441,7 +439,6 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
             trainable_layers: a.trainable_layers,
             in_channels: channels,
         },
-        channels,
         min_size: a.min_size,
         max_size: a.max_size,
         category_ids: (1..=ds.num_classes() as i64)
@@ -781,7 +778,7 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// `eval_<split>.json` (`{"bbox": [12], "segm": [12], ...}`).
 pub fn eval(a: &DetectEvalArgs) -> Result<DetectEvalReport> {
     let LoadedDetector { model, spec } = load_detector(&a.checkpoint)?;
-    let ds = split_dataset(&a.data, &a.split, spec.channels)?;
+    let ds = split_dataset(&a.data, &a.split, spec.config.in_channels)?;
     let ids: Vec<i64> = (1..=ds.num_classes() as i64)
         .filter_map(|l| ds.category_id(l))
         .collect();
@@ -901,14 +898,14 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
         .map_err(|e| Error::arg("detect predict", format!("{}: {e}", a.image.display())))?;
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    let pixels = if spec.channels == 1 {
+    let pixels = if spec.config.in_channels == 1 {
         img.to_luma8().into_raw()
     } else {
         rgb.clone().into_raw()
     };
     let sample = DetSample {
         image: crate::data::Image {
-            channels: spec.channels,
+            channels: spec.config.in_channels,
             height: h,
             width: w,
             pixels,
@@ -924,7 +921,7 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
     };
     let t = spec.transform(false);
     let item = t.apply(sample, &mut Rng::new(0))?;
-    let (images, sizes) = pad_batch(&[item], spec.channels, t.size_divisible)?;
+    let (images, sizes) = pad_batch(&[item], spec.config.in_channels, t.size_divisible)?;
     let dets = model.forward_eval(&images, &sizes, &[(h, w)])?;
     let det = &dets[0];
     let probs = det.masks.to_vec_f64();

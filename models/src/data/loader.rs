@@ -11,7 +11,7 @@
 //! Threads, prefetch and stopping: see `prefetch.rs` (shared with the
 //! detection loader).
 
-use super::prefetch::{epoch_order, Batches, SkipLog};
+use super::prefetch::{Batches, Plan, SkipLog};
 use super::transform::Transform;
 use super::Dataset;
 use engine::{Error, Result, Rng, Tensor};
@@ -51,6 +51,17 @@ pub struct LoaderOptions {
 }
 
 impl LoaderOptions {
+    /// A loader needs samples and a positive batch size.
+    pub(crate) fn check(&self, len: usize, op: &'static str) -> Result<()> {
+        if len == 0 {
+            return Err(Error::arg(op, "the dataset is empty"));
+        }
+        if self.batch == 0 {
+            return Err(Error::arg(op, "batch size must be positive"));
+        }
+        Ok(())
+    }
+
     /// Batches in an epoch over `n` samples: `n / batch`, rounded up unless
     /// `drop_last`.
     pub fn batches_per_epoch(&self, n: usize) -> usize {
@@ -105,12 +116,7 @@ impl Loader {
     /// positive, and the transform valid for its channel count (one mean and
     /// std per channel).
     pub fn new(ds: Arc<dyn Dataset>, transform: Transform, opts: LoaderOptions) -> Result<Loader> {
-        if ds.is_empty() {
-            return Err(Error::arg("loader", "the dataset is empty"));
-        }
-        if opts.batch == 0 {
-            return Err(Error::arg("loader", "batch size must be positive"));
-        }
+        opts.check(ds.len(), "loader")?;
         transform.check(ds.channels()).map_err(|e| {
             Error::arg(
                 "loader",
@@ -149,16 +155,7 @@ impl Loader {
     /// Batches `start_batch..batches_per_epoch()` of epoch `epoch`, in order.
     /// A batch whose every sample is unreadable is left out.
     pub fn epoch(&self, epoch: usize, start_batch: usize) -> EpochIter {
-        let plan = Plan {
-            order: epoch_order(
-                self.shared.ds.len(),
-                self.opts.shuffle,
-                self.opts.seed,
-                epoch,
-            ),
-            batch: self.opts.batch,
-            epoch: epoch as u64,
-        };
+        let plan = Plan::new(self.shared.ds.len(), &self.opts, epoch);
         let shared = self.shared.clone();
         Batches::new(
             Arc::new(move |b, stop: &AtomicBool| shared.build(&plan, b, stop)),
@@ -171,25 +168,17 @@ impl Loader {
     }
 }
 
-/// One epoch's sample order.
-struct Plan {
-    order: Vec<usize>,
-    batch: usize,
-    epoch: u64,
-}
-
 impl Shared {
     /// Builds batch `b`: `Some(Ok(None))` when every sample was unreadable,
     /// `None` when stopped midway.
     fn build(&self, plan: &Plan, b: usize, stop: &AtomicBool) -> Option<Result<Option<Batch>>> {
-        let lo = b * plan.batch;
-        let hi = (lo + plan.batch).min(plan.order.len());
+        let samples = plan.samples(b);
         let c = self.ds.channels();
         let per = self.transform.output_len(c);
-        let mut images = Vec::with_capacity((hi - lo) * per);
-        let mut labels = Vec::with_capacity(hi - lo);
-        let mut indices = Vec::with_capacity(hi - lo);
-        for &i in &plan.order[lo..hi] {
+        let mut images = Vec::with_capacity(samples.len() * per);
+        let mut labels = Vec::with_capacity(samples.len());
+        let mut indices = Vec::with_capacity(samples.len());
+        for &i in samples {
             if stop.load(Ordering::Relaxed) {
                 return None;
             }

@@ -24,7 +24,7 @@ pub use loader::{derive_seed, Batch, EpochIter, Loader, LoaderOptions};
 pub use memory::InMemory;
 pub use mnist::{default_mnist_dir, mnist_digits};
 pub use prefetch::Batches;
-pub(crate) use prefetch::{epoch_order, SkipLog};
+pub(crate) use prefetch::{Plan, SkipLog};
 pub use subset::{parse_classes, Subset};
 pub use synthetic::{SyntheticImages, DEFAULT_SYNTHETIC_LEN};
 pub use transform::{Augment, Transform, IMAGENET_MEAN, IMAGENET_STD};

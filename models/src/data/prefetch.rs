@@ -9,7 +9,7 @@
 //! reordering buffer. Dropping the iterator raises a stop flag, drops the
 //! receivers and joins the workers, which notice within one sample.
 
-use super::loader::derive_seed;
+use super::loader::{derive_seed, LoaderOptions};
 use engine::{Error, Result, Rng};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,14 +17,34 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// The sample order of epoch `epoch`: `Rng::new(derive_seed(&[seed,
-/// epoch]))`'s shuffle of `0..n`, or the identity without shuffling.
-pub(crate) fn epoch_order(n: usize, shuffle: bool, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if shuffle {
-        Rng::new(derive_seed(&[seed, epoch as u64])).shuffle(&mut order);
+/// One epoch's sample order, cut into batches: the order is
+/// `Rng::new(derive_seed(&[seed, epoch]))`'s shuffle of `0..n`, or the
+/// identity without shuffling; batch `b` is positions `b*batch ..
+/// (b+1)*batch` of it.
+pub(crate) struct Plan {
+    order: Vec<usize>,
+    batch: usize,
+    pub(crate) epoch: u64,
+}
+
+impl Plan {
+    pub(crate) fn new(n: usize, opts: &LoaderOptions, epoch: usize) -> Plan {
+        let mut order: Vec<usize> = (0..n).collect();
+        if opts.shuffle {
+            Rng::new(derive_seed(&[opts.seed, epoch as u64])).shuffle(&mut order);
+        }
+        Plan {
+            order,
+            batch: opts.batch,
+            epoch: epoch as u64,
+        }
     }
-    order
+
+    /// Dataset indices of batch `b`.
+    pub(crate) fn samples(&self, b: usize) -> &[usize] {
+        let lo = (b * self.batch).min(self.order.len());
+        &self.order[lo..(lo + self.batch).min(self.order.len())]
+    }
 }
 
 /// Unreadable samples: each is warned about once and counted once.

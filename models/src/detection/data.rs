@@ -17,7 +17,7 @@
 
 use super::coco_json::{CocoGt, Segmentation};
 use crate::data::{
-    derive_seed, epoch_order, Batches, Image, LoaderOptions, SkipLog, IMAGENET_MEAN, IMAGENET_STD,
+    derive_seed, Batches, Image, LoaderOptions, Plan, SkipLog, IMAGENET_MEAN, IMAGENET_STD,
 };
 use engine::{Error, Result, Rng, Tensor};
 use std::collections::HashMap;
@@ -661,12 +661,6 @@ struct Shared {
     skipped: SkipLog,
 }
 
-struct Plan {
-    order: Vec<usize>,
-    batch: usize,
-    epoch: u64,
-}
-
 impl DetectionLoader {
     /// Checks that the dataset is non-empty, `batch` positive and the
     /// transform valid for the dataset's channels.
@@ -675,15 +669,7 @@ impl DetectionLoader {
         transform: DetTransform,
         opts: LoaderOptions,
     ) -> Result<Self> {
-        if ds.is_empty() {
-            return Err(Error::arg("detection loader", "the dataset is empty"));
-        }
-        if opts.batch == 0 {
-            return Err(Error::arg(
-                "detection loader",
-                "batch size must be positive",
-            ));
-        }
+        opts.check(ds.len(), "detection loader")?;
         transform.check(ds.channels())?;
         Ok(DetectionLoader {
             shared: Arc::new(Shared {
@@ -713,16 +699,7 @@ impl DetectionLoader {
     /// Batches `start_batch..batches_per_epoch()` of epoch `epoch`, in
     /// order; a batch whose every image is unreadable is left out.
     pub fn epoch(&self, epoch: usize, start_batch: usize) -> DetEpochIter {
-        let plan = Plan {
-            order: epoch_order(
-                self.shared.ds.len(),
-                self.opts.shuffle,
-                self.opts.seed,
-                epoch,
-            ),
-            batch: self.opts.batch,
-            epoch: epoch as u64,
-        };
+        let plan = Plan::new(self.shared.ds.len(), &self.opts, epoch);
         let shared = self.shared.clone();
         Batches::new(
             Arc::new(move |b, stop: &AtomicBool| shared.build(&plan, b, stop)),
@@ -739,11 +716,10 @@ impl Shared {
     /// Batch `b`: `Some(Ok(None))` when every image was unreadable, `None`
     /// when stopped midway.
     fn build(&self, plan: &Plan, b: usize, stop: &AtomicBool) -> Option<Result<Option<DetBatch>>> {
-        let lo = b * plan.batch;
-        let hi = (lo + plan.batch).min(plan.order.len());
-        let mut items = Vec::with_capacity(hi - lo);
-        let mut indices = Vec::with_capacity(hi - lo);
-        for &i in &plan.order[lo..hi] {
+        let samples = plan.samples(b);
+        let mut items = Vec::with_capacity(samples.len());
+        let mut indices = Vec::with_capacity(samples.len());
+        for &i in samples {
             if stop.load(Ordering::Relaxed) {
                 return None;
             }
