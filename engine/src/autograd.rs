@@ -160,7 +160,12 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
                 node.name
             ))
         })?;
-        let input_grads = crate::trace::op(node.name, "backward", "cpu", &[&grad], || f(&grad))?;
+        // The ops the closure runs are traced themselves (one level deeper).
+        let ran = match grad.device() {
+            crate::Device::Cpu => "cpu",
+            crate::Device::Cuda(_) => "cuda",
+        };
+        let input_grads = crate::trace::op(node.name, "backward", ran, &[&grad], || f(&grad))?;
         drop(grad);
         if input_grads.len() != node.parents.len() {
             return Err(Error::Autograd(format!(

@@ -12,6 +12,8 @@ pub enum Storage {
     BF16(Vec<bf16>),
     I64(Vec<i64>),
     U8(Vec<u8>),
+    /// Elements on a GPU (crate::cuda); host-only paths refuse it.
+    Cuda(crate::cuda::DeviceStorage),
 }
 
 /// Runs `$body` with `$v` bound to the typed vector inside a storage.
@@ -25,6 +27,12 @@ macro_rules! with_storage {
             $crate::Storage::BF16($v) => $body,
             $crate::Storage::I64($v) => $body,
             $crate::Storage::U8($v) => $body,
+            // Callers check the device first (Tensor::data and friends
+            // return an error for GPU tensors), so this is never reached
+            // from user input.
+            $crate::Storage::Cuda(d) => panic!(
+                "host-only storage path reached with {d:?}: download it first (to_device(Device::Cpu))"
+            ),
         }
     };
 }
@@ -38,10 +46,14 @@ impl Storage {
             Storage::BF16(_) => DType::BF16,
             Storage::I64(_) => DType::I64,
             Storage::U8(_) => DType::U8,
+            Storage::Cuda(d) => d.dtype(),
         }
     }
 
     pub fn len(&self) -> usize {
+        if let Storage::Cuda(d) = self {
+            return d.len();
+        }
         with_storage!(self, v => v.len())
     }
 

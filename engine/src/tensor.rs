@@ -45,6 +45,18 @@ impl Tensor {
         }))
     }
 
+    /// A tensor over GPU storage (cuda::tensor builds these).
+    pub(crate) fn from_device_parts(storage: crate::cuda::DeviceStorage, layout: Layout) -> Tensor {
+        let device = Device::Cuda(storage.gpu().ordinal);
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            storage: Arc::new(Storage::Cuda(storage)),
+            layout,
+            device,
+            grad: None,
+        }))
+    }
+
     pub fn from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if storage.len() != n {
@@ -100,6 +112,7 @@ impl Tensor {
         Tensor::full(shape, 1.0, dtype)
     }
 
+    /// Zeros of this tensor's shape and dtype, on the host.
     pub fn zeros_like(&self) -> Tensor {
         Tensor::zeros(self.dims(), self.dtype())
     }
@@ -169,6 +182,7 @@ impl Tensor {
 
     /// The elements in row-major order; borrowed when already contiguous.
     pub fn data<T: Element>(&self) -> Result<Cow<'_, [T]>> {
+        self.check_host("data")?;
         let s = T::slice(&self.0.storage)
             .ok_or_else(|| Error::dtype("data", T::DTYPE.name(), self.dtype()))?;
         let l = &self.0.layout;
@@ -182,6 +196,7 @@ impl Tensor {
 
     /// The elements as compute type `T`: f16/bf16 storage is widened to f32.
     pub fn float_data<T: Float>(&self) -> Result<Cow<'_, [T]>> {
+        self.check_host("float_data")?;
         match self.dtype() {
             d if d == T::DTYPE => self.data::<T>(),
             DType::F16 | DType::BF16 if T::DTYPE == DType::F32 => {
@@ -197,8 +212,30 @@ impl Tensor {
         Ok(self.data::<T>()?.into_owned())
     }
 
+    /// A clear error for a GPU tensor reaching a host-only path.
+    pub(crate) fn check_host(&self, op: &'static str) -> Result<()> {
+        match self.device() {
+            Device::Cpu => Ok(()),
+            d => Err(Error::arg(
+                op,
+                format!(
+                    "tensor {:?} is on {d}; this op runs on the host only: move it with to_device(Device::Cpu)",
+                    self.dims()
+                ),
+            )),
+        }
+    }
+
     /// Any dtype, converted to f64 (exact for every dtype but i64 > 2^53).
+    /// A GPU tensor is downloaded first (a failing download panics with
+    /// the driver's error: use `to_device(Device::Cpu)` to handle it).
     pub fn to_vec_f64(&self) -> Vec<f64> {
+        if self.device() != Device::Cpu {
+            return match self.to_device(Device::Cpu) {
+                Ok(h) => h.to_vec_f64(),
+                Err(e) => panic!("to_vec_f64: downloading a GPU tensor failed: {e}"),
+            };
+        }
         crate::with_storage!(self.0.storage.as_ref(), v => {
             let mut out = Vec::with_capacity(self.numel());
             self.0.layout.for_each_index(|i| out.push(v[i].to_f64()));
@@ -217,7 +254,18 @@ impl Tensor {
         Ok(self.to_vec_f64()[0])
     }
 
+    /// A row-major copy with no autograd (no copy when already compact).
+    pub(crate) fn contiguous_owned(&self) -> Tensor {
+        self.contiguous_copy()
+    }
+
     fn contiguous_copy(&self) -> Tensor {
+        if self.device() != Device::Cpu {
+            return match crate::cuda::tensor::contiguous(self) {
+                Ok(t) => t,
+                Err(e) => panic!("contiguous: copying a GPU tensor failed: {e}"),
+            };
+        }
         if self.is_contiguous() && self.0.layout.offset == 0 && self.0.storage.len() == self.numel()
         {
             return self.detach();
@@ -231,13 +279,28 @@ impl Tensor {
     }
 
     /// A contiguous tensor with the same values (no copy when already so).
+    /// On a GPU a failing copy (out of memory) panics: use
+    /// [`Tensor::try_contiguous`] there to get the error.
     pub fn contiguous(&self) -> Tensor {
-        if self.is_contiguous() {
-            return self.clone();
+        match self.try_contiguous() {
+            Ok(t) => t,
+            Err(e) => panic!("contiguous: {e}"),
         }
-        autograd::record(self.contiguous_copy(), "contiguous", &[self], |g| {
+    }
+
+    /// [`Tensor::contiguous`] with the GPU copy's error returned.
+    pub fn try_contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            return Ok(self.clone());
+        }
+        let out = if self.device() == Device::Cpu {
+            self.contiguous_copy()
+        } else {
+            crate::cuda::tensor::contiguous(self)?
+        };
+        Ok(autograd::record(out, "contiguous", &[self], |g| {
             Ok(vec![Some(g.clone())])
-        })
+        }))
     }
 
     // ---- autograd ----
@@ -316,7 +379,8 @@ impl Tensor {
                 self.dims()
             )));
         }
-        autograd::run_backward(self, Tensor::ones(self.dims(), self.dtype()))
+        let seed = Tensor::ones(self.dims(), self.dtype()).to_device(self.device())?;
+        autograd::run_backward(self, seed)
     }
 
     /// Backpropagates an upstream gradient of this tensor's shape.
@@ -331,12 +395,18 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        crate::trace::op("cast", "forward", "cpu:cast", &[self], || {
-            let c = self.contiguous_copy();
-            let out = Tensor::from_parts(
-                Arc::new(c.storage().cast(dtype)),
-                Layout::contiguous(self.dims()),
-            );
+        let ran = if self.device() == Device::Cpu {
+            "cpu:cast"
+        } else {
+            "cuda:cast"
+        };
+        crate::trace::op("cast", "forward", ran, &[self], || {
+            let out = if self.device() == Device::Cpu {
+                let c = self.contiguous_copy();
+                Tensor::from_parts(Arc::new(c.storage().cast(dtype)), Layout::contiguous(self.dims()))
+            } else {
+                crate::cuda::ops::cast(self, dtype)?
+            };
             if !dtype.is_float() {
                 return Ok(out);
             }
@@ -347,21 +417,28 @@ impl Tensor {
         })
     }
 
+    /// A copy on `device` (the same tensor when already there). Gradients
+    /// flow back to the source device. 4-D tensors are stored channels-last
+    /// on a GPU (cuda::tensor). No GPU: the probe's error, naming what is
+    /// missing.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(self.clone()),
-            // The probe's error (missing library, no such GPU) when there is
-            // no usable GPU; GPU tensor storage itself is not implemented yet.
-            Device::Cuda(i) => {
-                let info = crate::cuda::probe(i)?;
-                Err(Error::DeviceUnavailable {
-                    device,
-                    msg: format!(
-                        "{} was found, but tensor storage on the GPU is not implemented yet; use --device cpu",
-                        info.summary()
-                    ),
-                })
-            }
+        let from = self.device();
+        if device == from {
+            return Ok(self.clone());
         }
+        let out = match (from, device) {
+            (Device::Cpu, Device::Cuda(i)) => crate::cuda::tensor::upload(self, i)?,
+            (Device::Cuda(_), Device::Cpu) => crate::cuda::tensor::download(self)?,
+            (_, Device::Cuda(i)) => {
+                crate::cuda::tensor::upload(&crate::cuda::tensor::download(self)?, i)?
+            }
+            (Device::Cpu, Device::Cpu) => unreachable!("same device handled above"),
+        };
+        if !self.requires_grad() || !self.dtype().is_float() {
+            return Ok(out);
+        }
+        Ok(autograd::record(out, "to_device", &[self], move |g| {
+            Ok(vec![Some(g.to_device(from)?)])
+        }))
     }
 }

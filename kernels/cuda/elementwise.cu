@@ -9,6 +9,10 @@
 // OVERWRITE; in-place use (out == a) is allowed, since each element is read
 // before it is written by the same thread (hence no __restrict__ here).
 //
+// add_bcast_<t>: out[i] = a[i] + b[i % inner], the bias add of a row-major
+// [.., inner] tensor and a [inner] vector (scalar loop: inner need not
+// divide by 8, and the op is small next to the GEMM that feeds it).
+//
 // Launch: 1-D, any grid (launch.rs::elementwise picks one), 256 threads.
 #include "common.cuh"
 
@@ -93,7 +97,20 @@ __device__ __forceinline__ void ew_unary(const TA* a, TO* out, i64 n, F f) {
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
         relu_bwd_##SFX(const T* y, const T* dy, T* dx, i64 n) {                                  \
         ew_binary<T, T, T>(y, dy, dx, n, ReluBwdOp{});                                           \
+    }                                                                                            \
+    /* out = a + b broadcast over rows of `inner` */                                             \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        add_bcast_##SFX(const T* a, const T* b, T* out, i64 n, i64 inner) {                      \
+        add_bcast<T>(a, b, out, n, inner);                                                       \
     }
+
+template <typename T>
+__device__ __forceinline__ void add_bcast(const T* a, const T* __restrict__ b, T* out, i64 n,
+                                          i64 inner) {
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i % inner]));
+}
 
 EW_ENTRY_POINTS(float, f32)
 EW_ENTRY_POINTS(__half, f16)

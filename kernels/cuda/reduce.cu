@@ -18,6 +18,13 @@
 // (bx, by) = 256 threads like batchnorm.cu: channel lanes of 8 channels,
 // row lanes striding over HW, a shared-memory column sum, one writer per
 // channel. gap_bwd_<t>: dx[n, hw, c] = dy[n, c] / HW, elementwise, 1-D grid.
+//
+// sum_cols_<t>: x [outer, R, inner] -> y [outer, inner], summing the middle
+// dim; one thread per output, so a warp reads 32 consecutive inner elements
+// of each of the R rows (coalesced when inner >= 32). Launch: 1-D, any grid.
+// sum_rows_<t>: x [rows, R] -> y [rows], one block per row (grid-stride over
+// rows), block_sum in f32: the inner == 1 case. Launch: 1-D, 256 threads.
+// Both accumulate in f32 and round once into T, as the CPU backend.
 // Outputs OVERWRITE.
 #include "common.cuh"
 
@@ -169,6 +176,33 @@ __device__ __forceinline__ void gap_bwd(const T* dy, T* dx, int N, int HW, int C
     }
 }
 
+template <typename T>
+__device__ __forceinline__ void sum_cols(const T* __restrict__ x, T* __restrict__ y, i64 outer,
+                                         i64 R, i64 inner) {
+    const i64 n = outer * inner;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (i64)gridDim.x * blockDim.x) {
+        const i64 o = e / inner, i = e - o * inner;
+        const T* p = x + o * R * inner + i;
+        float acc = 0.0f;
+        for (i64 r = 0; r < R; r++) acc += to_f32(p[r * inner]);
+        y[e] = from_f32<T>(acc);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void sum_rows(const T* __restrict__ x, T* __restrict__ y, i64 rows,
+                                         i64 R) {
+    __shared__ float sh[SLMLP_BLOCK / 32];
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T* p = x + row * R;
+        float acc = 0.0f;
+        for (i64 k = threadIdx.x; k < R; k += blockDim.x) acc += to_f32(p[k]);
+        const float total = block_sum(acc, sh);
+        if (threadIdx.x == 0) y[row] = from_f32<T>(total);
+    }
+}
+
 #define REDUCE_ENTRY_POINTS(T, SFX)                                                              \
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
         sum_partial_##SFX(const T* x, i64 n, float* partials) {                                  \
@@ -185,6 +219,14 @@ __device__ __forceinline__ void gap_bwd(const T* dy, T* dx, int N, int HW, int C
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
         gap_bwd_##SFX(const T* dy, T* dx, int N, int HW, int C) {                                \
         gap_bwd<T>(dy, dx, N, HW, C);                                                            \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        sum_cols_##SFX(const T* x, T* y, i64 outer, i64 R, i64 inner) {                          \
+        sum_cols<T>(x, y, outer, R, inner);                                                      \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        sum_rows_##SFX(const T* x, T* y, i64 rows, i64 R) {                                      \
+        sum_rows<T>(x, y, rows, R);                                                              \
     }
 
 REDUCE_ENTRY_POINTS(float, f32)

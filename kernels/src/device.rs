@@ -393,6 +393,561 @@ impl KernelLibrary {
     }
 }
 
+/// Elementwise binary ops of elementwise.cu (dense operands of one dtype).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// out = a + b
+    Add,
+    /// dx = y > 0 ? dy : 0 (a = y, the ReLU output; b = dy)
+    ReluBwd,
+}
+
+/// A 2-D pooling window over NHWC x [N, H, W, C] -> y [N, OH, OW, C]
+/// (pool.cu's PoolShape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolDims {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl PoolDims {
+    /// The 12 int32 kernel arguments in pool.cu's order
+    /// (N, H, W, C, OH, OW, KH, KW, SH, SW, PH, PW).
+    pub fn args(&self) -> Result<[i32; 12]> {
+        let v = [
+            self.n,
+            self.h,
+            self.w,
+            self.c,
+            self.oh,
+            self.ow,
+            self.kernel[0],
+            self.kernel[1],
+            self.stride[0],
+            self.stride[1],
+            self.padding[0],
+            self.padding[1],
+        ];
+        let mut out = [0i32; 12];
+        for (o, &d) in out.iter_mut().zip(&v) {
+            *o = int("pool dim", d)?;
+        }
+        Ok(out)
+    }
+    pub fn input_len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    pub fn output_len(&self) -> usize {
+        self.n * self.oh * self.ow * self.c
+    }
+}
+
+/// Operands of softmax cross-entropy over logits [N, V] (softmax_xent.cu).
+#[derive(Debug, Clone, Copy)]
+pub struct Xent {
+    pub logits: DevPtr,
+    /// i64 [N]
+    pub targets: DevPtr,
+    pub n: usize,
+    pub v: usize,
+    pub label_smoothing: f32,
+    pub ignore_index: Option<i64>,
+    /// f32 [N] each: per-row loss and log-sum-exp (saved for backward).
+    pub row_loss: DevPtr,
+    pub lse: DevPtr,
+    /// f32 [2]: mean loss, number of valid rows.
+    pub stats: DevPtr,
+    /// i32, zeroed by the caller before the forward; set to 1 when a target
+    /// is out of range and not the ignore index.
+    pub bad_target: DevPtr,
+}
+
+impl KernelLibrary {
+    /// out = a (op) b over n dense elements (elementwise.cu: add, relu_bwd).
+    /// out may alias a.
+    ///
+    /// # Safety
+    /// a, b, out: live device allocations of n elements of `dtype`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn binary(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        op: Binary,
+        a: DevPtr,
+        b: DevPtr,
+        out: DevPtr,
+        n: usize,
+    ) -> Result<()> {
+        let pack = launch::pack_width(&[a as usize, b as usize, out as usize], None);
+        let Some(shape) = launch::elementwise(n, pack, &self.gpu) else {
+            return Ok(());
+        };
+        let name = match op {
+            Binary::Add => format!("add_{}", dtype.suffix()),
+            Binary::ReluBwd => format!("relu_bwd_{}", dtype.suffix()),
+        };
+        let f = self.function(&name)?;
+        let n = n as i64;
+        let mut b_ = stream.launch_builder(&f);
+        b_.arg(&a).arg(&b).arg(&out).arg(&n);
+        b_.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// out[i] = a[i] + b[i % inner], i < n (n a multiple of inner).
+    ///
+    /// # Safety
+    /// a, out: n elements of `dtype`; b: inner elements.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn add_bcast(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        a: DevPtr,
+        b: DevPtr,
+        out: DevPtr,
+        n: usize,
+        inner: usize,
+    ) -> Result<()> {
+        if inner == 0 || !n.is_multiple_of(inner) {
+            return Err(Error::Shape(format!(
+                "broadcast add of {n} elements over rows of {inner}"
+            )));
+        }
+        let Some(shape) = launch::elementwise(n, 1, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("add_bcast_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let (n, inner) = (n as i64, inner as i64);
+        let mut b_ = stream.launch_builder(&f);
+        b_.arg(&a).arg(&b).arg(&out).arg(&n).arg(&inner);
+        b_.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// out = a * s over n elements (elementwise.cu scale; out may alias a).
+    ///
+    /// # Safety
+    /// a, out: live device allocations of n elements of `dtype`.
+    pub unsafe fn scale(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        a: DevPtr,
+        out: DevPtr,
+        s: f32,
+        n: usize,
+    ) -> Result<()> {
+        let pack = launch::pack_width(&[a as usize, out as usize], None);
+        let Some(shape) = launch::elementwise(n, pack, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("scale_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let n = n as i64;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&a).arg(&out).arg(&s).arg(&n);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// out = max(a, 0) over n elements.
+    ///
+    /// # Safety
+    /// a, out: live device allocations of n elements of `dtype`.
+    pub unsafe fn relu_fwd(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        a: DevPtr,
+        out: DevPtr,
+        n: usize,
+    ) -> Result<()> {
+        let pack = launch::pack_width(&[a as usize, out as usize], None);
+        let Some(shape) = launch::elementwise(n, pack, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("relu_fwd_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let n = n as i64;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&a).arg(&out).arg(&n);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// out[0] (f32) = sum of n elements of x: sum_partial then sum_finalize.
+    /// n == 0 writes 0.
+    ///
+    /// # Safety
+    /// x: n elements of `dtype`; partials: f32 workspace of
+    /// `launch::SUM_MAX_PARTIALS` floats; out: one f32.
+    pub unsafe fn sum_all(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        x: DevPtr,
+        n: usize,
+        partials: DevPtr,
+        out: DevPtr,
+    ) -> Result<()> {
+        let count: i32 =
+            match launch::sum_partial(n, launch::pack_width(&[x as usize], None), &self.gpu) {
+                None => 0,
+                Some(shape) => {
+                    let name = format!("sum_partial_{}", dtype.suffix());
+                    let f = self.function(&name)?;
+                    let n = n as i64;
+                    let mut b = stream.launch_builder(&f);
+                    b.arg(&x).arg(&n).arg(&partials);
+                    b.launch(config(shape)).map_err(driver(&name))?;
+                    shape.grid.0 as i32
+                }
+            };
+        let f = self.function("sum_finalize")?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&partials).arg(&count).arg(&out);
+        b.launch(config(launch::single_block()))
+            .map_err(driver("sum_finalize"))?;
+        Ok(())
+    }
+
+    /// y[o, i] = sum over r of x[o, r, i] for x [outer, r, inner] row-major:
+    /// sum_rows (a block per row) when inner == 1, else sum_cols (a thread
+    /// per output).
+    ///
+    /// # Safety
+    /// x: outer*r*inner elements of `dtype`; y: outer*inner.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn sum_axis(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        x: DevPtr,
+        y: DevPtr,
+        outer: usize,
+        r: usize,
+        inner: usize,
+    ) -> Result<()> {
+        let (o, rr, i) = (outer as i64, r as i64, inner as i64);
+        if inner == 1 {
+            let Some(shape) = launch::rows(outer) else {
+                return Ok(());
+            };
+            let name = format!("sum_rows_{}", dtype.suffix());
+            let f = self.function(&name)?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x).arg(&y).arg(&o).arg(&rr);
+            b.launch(config(shape)).map_err(driver(&name))?;
+        } else {
+            let Some(shape) = launch::elementwise(outer * inner, 1, &self.gpu) else {
+                return Ok(());
+            };
+            let name = format!("sum_cols_{}", dtype.suffix());
+            let f = self.function(&name)?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x).arg(&y).arg(&o).arg(&rr).arg(&i);
+            b.launch(config(shape)).map_err(driver(&name))?;
+        }
+        Ok(())
+    }
+
+    /// Global average pool: y [N, C] = mean over HW of NHWC x [N, HW, C].
+    ///
+    /// # Safety
+    /// x: n*hw*c elements of `dtype`; y: n*c.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gap_fwd(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        x: DevPtr,
+        y: DevPtr,
+        n: usize,
+        hw: usize,
+        c: usize,
+    ) -> Result<()> {
+        let pack = launch::pack_width(&[x as usize], Some(c));
+        let shape = launch::gap_fwd(n, hw, c, pack)?;
+        let name = format!("gap_fwd_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let (hw, c) = (int("HW", hw)?, int("C", c)?);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x).arg(&y).arg(&hw).arg(&c);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// dx [N, HW, C] = dy [N, C] / HW.
+    ///
+    /// # Safety
+    /// dy: n*c elements of `dtype`; dx: n*hw*c.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gap_bwd(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        dy: DevPtr,
+        dx: DevPtr,
+        n: usize,
+        hw: usize,
+        c: usize,
+    ) -> Result<()> {
+        let pack = launch::pack_width(&[dy as usize, dx as usize], Some(c));
+        let Some(shape) = launch::elementwise(n * hw * c, pack, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("gap_bwd_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let (n, hw, c) = (int("N", n)?, int("HW", hw)?, int("C", c)?);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&dy).arg(&dx).arg(&n).arg(&hw).arg(&c);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// Max pooling forward: y and argmax (int32 h*W + w) [N, OH, OW, C].
+    ///
+    /// # Safety
+    /// x: `d.input_len()` elements of `dtype`; y: `d.output_len()`;
+    /// argmax: `d.output_len()` int32.
+    pub unsafe fn maxpool_fwd(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        x: DevPtr,
+        y: DevPtr,
+        argmax: DevPtr,
+        d: &PoolDims,
+    ) -> Result<()> {
+        let a = d.args()?;
+        let Some(shape) = launch::elementwise(d.output_len(), 1, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("maxpool_fwd_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x).arg(&y).arg(&argmax);
+        for v in &a {
+            b.arg(v);
+        }
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// Max pooling backward (a gather: dx fully overwritten).
+    ///
+    /// # Safety
+    /// dy, argmax: `d.output_len()` elements; dx: `d.input_len()`.
+    pub unsafe fn maxpool_bwd(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        dy: DevPtr,
+        argmax: DevPtr,
+        dx: DevPtr,
+        d: &PoolDims,
+    ) -> Result<()> {
+        let a = d.args()?;
+        let Some(shape) = launch::elementwise(d.input_len(), 1, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("maxpool_bwd_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&dy).arg(&argmax).arg(&dx);
+        for v in &a {
+            b.arg(v);
+        }
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// Average pooling forward (backward = false: x -> y) or backward
+    /// (backward = true: dy -> dx, a gather that overwrites dx).
+    ///
+    /// # Safety
+    /// src/dst: `d.input_len()` / `d.output_len()` elements of `dtype`
+    /// (swapped for backward).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn avgpool(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        backward: bool,
+        src: DevPtr,
+        dst: DevPtr,
+        d: &PoolDims,
+        count_include_pad: bool,
+    ) -> Result<()> {
+        let a = d.args()?;
+        let (dir, threads) = if backward {
+            ("bwd", d.input_len())
+        } else {
+            ("fwd", d.output_len())
+        };
+        let Some(shape) = launch::elementwise(threads, 1, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("avgpool_{dir}_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let include = count_include_pad as i32;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&src).arg(&dst);
+        for v in &a {
+            b.arg(v);
+        }
+        b.arg(&include);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// Cross-entropy forward: xent_fwd (per-row loss, lse, bad-target flag)
+    /// then xent_finalize (stats = [mean loss, valid rows]).
+    ///
+    /// # Safety
+    /// Every pointer of `a` live with the documented sizes; logits [N, V] of
+    /// `dtype`, row-major; `bad_target` zeroed before.
+    pub unsafe fn xent_forward(&self, stream: &CudaStream, dtype: Dtype, a: &Xent) -> Result<()> {
+        let (n, v) = (int("N", a.n)?, int("V", a.v)?);
+        let (has_ignore, ignore) = (a.ignore_index.is_some() as i32, a.ignore_index.unwrap_or(0));
+        if let Some(shape) = launch::rows(a.n) {
+            let name = format!("xent_fwd_{}", dtype.suffix());
+            let f = self.function(&name)?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&a.logits).arg(&a.targets).arg(&n).arg(&v);
+            b.arg(&a.label_smoothing).arg(&has_ignore).arg(&ignore);
+            b.arg(&a.row_loss).arg(&a.lse).arg(&a.bad_target);
+            b.launch(config(shape)).map_err(driver(&name))?;
+        }
+        let f = self.function("xent_finalize")?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&a.row_loss).arg(&a.targets).arg(&n).arg(&v);
+        b.arg(&has_ignore).arg(&ignore).arg(&a.stats);
+        b.launch(config(launch::single_block()))
+            .map_err(driver("xent_finalize"))?;
+        Ok(())
+    }
+
+    /// Cross-entropy backward: dx [N, V] = dloss[0] / valid * (softmax -
+    /// smoothed one-hot), 0 on ignored rows.
+    ///
+    /// # Safety
+    /// As [`KernelLibrary::xent_forward`] after it ran; dloss: one f32;
+    /// dx: N*V elements of `dtype`.
+    pub unsafe fn xent_backward(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        a: &Xent,
+        dloss: DevPtr,
+        dx: DevPtr,
+    ) -> Result<()> {
+        let (n, v) = (int("N", a.n)?, int("V", a.v)?);
+        let (has_ignore, ignore) = (a.ignore_index.is_some() as i32, a.ignore_index.unwrap_or(0));
+        let Some(shape) = launch::rows(a.n) else {
+            return Ok(());
+        };
+        let name = format!("xent_bwd_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&a.logits)
+            .arg(&a.targets)
+            .arg(&a.lse)
+            .arg(&dloss)
+            .arg(&a.stats);
+        b.arg(&n)
+            .arg(&v)
+            .arg(&a.label_smoothing)
+            .arg(&has_ignore)
+            .arg(&ignore);
+        b.arg(&dx);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+}
+
+/// Most dims a strided copy handles (`SLMLP_COPY_MAX_RANK` in copy.cu).
+pub const COPY_MAX_RANK: usize = 8;
+
+/// copy.cu's `StridedView`, passed by value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct StridedView {
+    pub rank: i32,
+    pub shape: [i64; COPY_MAX_RANK],
+    pub src_strides: [i64; COPY_MAX_RANK],
+}
+
+// SAFETY: plain old data with the same C layout as copy.cu's struct.
+unsafe impl cudarc::driver::DeviceRepr for StridedView {}
+
+impl StridedView {
+    /// `shape` / `src_strides` in the destination's physical order
+    /// (outermost first).
+    pub fn new(shape: &[usize], src_strides: &[usize]) -> Result<StridedView> {
+        if shape.len() != src_strides.len() || shape.len() > COPY_MAX_RANK {
+            return Err(Error::Shape(format!(
+                "strided copy of rank {} (strides {}): at most {COPY_MAX_RANK} dims",
+                shape.len(),
+                src_strides.len()
+            )));
+        }
+        let mut v = StridedView {
+            rank: shape.len() as i32,
+            shape: [1; COPY_MAX_RANK],
+            src_strides: [0; COPY_MAX_RANK],
+        };
+        for (i, (&d, &s)) in shape.iter().zip(src_strides).enumerate() {
+            v.shape[i] = d as i64;
+            v.src_strides[i] = s as i64;
+        }
+        Ok(v)
+    }
+}
+
+impl KernelLibrary {
+    /// dst[i] = src[offset of the i-th element of `view`], i < n, elements
+    /// of `elem_bytes` (1, 2, 4 or 8) bytes (copy.cu).
+    ///
+    /// # Safety
+    /// src must hold every element the view addresses, dst n elements.
+    pub unsafe fn strided_copy(
+        &self,
+        stream: &CudaStream,
+        elem_bytes: usize,
+        src: DevPtr,
+        dst: DevPtr,
+        n: usize,
+        view: &StridedView,
+    ) -> Result<()> {
+        if !matches!(elem_bytes, 1 | 2 | 4 | 8) {
+            return Err(Error::Shape(format!(
+                "strided copy of {elem_bytes}-byte elements: 1, 2, 4 or 8 only"
+            )));
+        }
+        let Some(shape) = launch::elementwise(n, 1, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("strided_copy_{elem_bytes}");
+        let f = self.function(&name)?;
+        let n = n as i64;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&src).arg(&dst).arg(&n).arg(view);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,5 +981,28 @@ mod tests {
         assert_eq!((w - 3 * c) % 4, 0);
         assert_eq!(Dtype::Bf16.suffix(), "bf16");
         assert_eq!(Dtype::F32.size(), 4);
+    }
+
+    #[test]
+    fn pool_args_follow_pool_cu_order() {
+        let d = PoolDims {
+            n: 2,
+            h: 112,
+            w: 110,
+            c: 64,
+            oh: 56,
+            ow: 55,
+            kernel: [3, 2],
+            stride: [2, 1],
+            padding: [1, 0],
+        };
+        assert_eq!(
+            d.args().unwrap(),
+            [2, 112, 110, 64, 56, 55, 3, 2, 2, 1, 1, 0]
+        );
+        assert_eq!(d.input_len(), 2 * 112 * 110 * 64);
+        assert_eq!(d.output_len(), 2 * 56 * 55 * 64);
+        let huge = PoolDims { c: 1 << 31, ..d };
+        assert!(huge.args().is_err());
     }
 }

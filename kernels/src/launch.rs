@@ -232,6 +232,20 @@ pub fn single_block() -> LaunchShape {
     LaunchShape::new((1, 1, 1), (BLOCK_THREADS, 1, 1))
 }
 
+/// Most blocks (= f32 partials) of the two-launch whole-tensor sum: few
+/// enough that sum_finalize's single block adds them quickly, enough to
+/// fill an H100 several times over.
+pub const SUM_MAX_PARTIALS: u32 = 1024;
+
+/// sum_partial over `n` elements moved `pack` at a time: the elementwise
+/// shape capped at [`SUM_MAX_PARTIALS`] blocks (grid.x = partial count).
+/// None when n == 0.
+pub fn sum_partial(n: usize, pack: usize, gpu: &Gpu) -> Option<LaunchShape> {
+    let mut s = elementwise(n, pack, gpu)?;
+    s.grid.0 = s.grid.0.min(SUM_MAX_PARTIALS);
+    Some(s)
+}
+
 /// Output size of a pooling window along one axis (floor mode), or an error
 /// with PyTorch's conditions (kernel, stride >= 1, padding <= kernel / 2).
 pub fn pool_out(size: usize, kernel: usize, stride: usize, pad: usize) -> Result<usize> {
@@ -359,6 +373,17 @@ mod tests {
         assert_eq!(s.block.0 * s.block.1, BLOCK_THREADS);
         assert_eq!(s.grid.0, 1);
         assert!(bn1d(0, 8, 8, &G).is_err());
+    }
+
+    #[test]
+    fn sum_partial_caps_the_partial_count() {
+        assert_eq!(sum_partial(0, 8, &G), None);
+        assert_eq!(sum_partial(10, 8, &G).unwrap().grid.0, 1);
+        // 256 * 8 * 300 elements: 300 blocks, under the cap
+        assert_eq!(sum_partial(256 * 8 * 300, 8, &G).unwrap().grid.0, 300);
+        let big = sum_partial(1 << 30, 8, &G).unwrap();
+        assert_eq!(big.grid.0, SUM_MAX_PARTIALS);
+        assert_eq!(big.threads_per_block(), BLOCK_THREADS);
     }
 
     #[test]

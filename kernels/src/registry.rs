@@ -68,11 +68,11 @@ pub const KERNELS: &[Kernel] = &[
         typed ["bn1d_relu_fwd", "bn1d_relu_bwd"]
         untyped []),
     kernel!("elementwise",
-        typed ["add", "scale", "relu_fwd", "relu_bwd"]
+        typed ["add", "scale", "relu_fwd", "relu_bwd", "add_bcast"]
         untyped ["cast_f32_to_f16", "cast_f32_to_bf16", "cast_f16_to_f32", "cast_bf16_to_f32",
                  "cast_f16_to_bf16", "cast_bf16_to_f16"]),
     kernel!("reduce",
-        typed ["sum_partial", "all_finite", "gap_fwd", "gap_bwd"]
+        typed ["sum_partial", "all_finite", "gap_fwd", "gap_bwd", "sum_cols", "sum_rows"]
         untyped ["sum_finalize", "unscale_check_f32"]),
     kernel!("pool",
         typed ["maxpool_fwd", "maxpool_bwd", "avgpool_fwd", "avgpool_bwd"]
@@ -83,6 +83,9 @@ pub const KERNELS: &[Kernel] = &[
     kernel!("sgd",
         typed ["sgd_step"]
         untyped []),
+    kernel!("copy",
+        typed []
+        untyped ["strided_copy_1", "strided_copy_2", "strided_copy_4", "strided_copy_8"]),
 ];
 
 /// The registry entry called `name`.

@@ -12,7 +12,7 @@ use crate::data::Loader;
 use crate::train::{batch_accuracy, StepLog, Trainer};
 use engine::amp::Precision;
 use engine::nn::Module;
-use engine::{DType, Error, Result};
+use engine::{DType, Device, Error, Result};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -77,20 +77,28 @@ pub struct FitResult {
 }
 
 /// Mean cross-entropy and top-1 accuracy of `model` over one pass of
-/// `loader` in eval mode (BN running statistics), computing in `precision`.
+/// `loader` in eval mode (BN running statistics), computing in `precision`
+/// on the model's device (batches are uploaded; the loss and logits come
+/// back).
 pub fn evaluate(model: &dyn Module, loader: &Loader, precision: Precision) -> Result<(f64, f64)> {
     let _ng = engine::no_grad();
     model.set_training(false);
+    let device = model.device();
     let (mut loss, mut acc, mut n) = (0.0, 0.0, 0usize);
     let result = (|| {
         for batch in loader.epoch(0, 0) {
             let batch = batch?;
             let b = batch.labels.dims()[0];
+            let (x, y) = (
+                batch.images.to_device(device)?,
+                batch.labels.to_device(device)?,
+            );
             let logits = model
-                .forward(&batch.images.to_dtype(precision.compute_dtype())?)?
+                .forward(&x.to_dtype(precision.compute_dtype())?)?
                 .to_dtype(DType::F32)?;
-            loss += logits.cross_entropy(&batch.labels, 0.0, None)?.item()? * b as f64;
-            acc += batch_accuracy(&logits, &batch.labels)? * b as f64;
+            let l = logits.cross_entropy(&y, 0.0, None)?;
+            loss += l.to_device(Device::Cpu)?.item()? * b as f64;
+            acc += batch_accuracy(&logits.to_device(Device::Cpu)?, &batch.labels)? * b as f64;
             n += b;
         }
         Ok(())

@@ -234,8 +234,10 @@ pub struct PretrainReport {
     pub model_path: PathBuf,
 }
 
-/// The device to run on; the CPU is the only backend so far, so `auto`
-/// falls back to it with a notice and `cuda` is a clear error.
+/// The device for a command that runs on the CPU only so far (every one
+/// but `pretrain`): `auto` falls back to the CPU with a notice, `cuda` on a
+/// machine without a usable GPU is the probe's error, and `cuda` on one
+/// with a GPU says this command does not use it yet.
 pub fn check_device(requested: &str) -> Result<()> {
     let (device, notice) = engine::cuda::resolve_device(requested)?;
     if let Some(n) = notice {
@@ -244,18 +246,33 @@ pub fn check_device(requested: &str) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
         d if requested.trim().eq_ignore_ascii_case("auto") => {
-            eprintln!("notice: --device auto: found {d:?}, but this build has no CUDA backend yet; running on the CPU");
+            eprintln!("notice: --device auto: found {d}, but this command runs on the CPU only so far; running on the CPU");
             Ok(())
         }
         d => Err(Error::DeviceUnavailable {
             device: d,
-            msg: "this build has no CUDA backend yet (tensor storage on the GPU is not implemented); use --device cpu".into(),
+            msg: "this command runs on the CPU only so far (pretrain runs on the GPU); use --device cpu".into(),
         }),
     }
 }
 
+/// The device `pretrain` trains on: `cpu`, `cuda`/`cuda:N` (the probe's
+/// clear error when that GPU is not usable), or `auto` (the first GPU, or
+/// the CPU with a one-line notice on stderr). On a GPU its runtime is
+/// opened here, so a broken setup fails before any data is read.
+pub fn training_device(requested: &str) -> Result<Device> {
+    let (device, notice) = engine::cuda::resolve_device(requested)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    if let Device::Cuda(i) = device {
+        engine::cuda::gpu(i)?;
+    }
+    Ok(device)
+}
+
 pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
-    check_device(&a.compute.device)?;
+    let device = training_device(&a.compute.device)?;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
     let train_ds = a.data.open(None, seed)?;
     let val_spec = a
@@ -302,7 +319,16 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
     if a.method == Method::SlMlp {
         config.projector = Some(ProjectorConfig::parse(&a.projector, d)?);
     }
+    // initialised on the host (deterministic for a seed), then moved
     let net = SupervisedNet::new(config.clone(), &mut Rng::new(seed))?;
+    net.to_device(device)?;
+    let gpu = match device {
+        Device::Cuda(i) => Some(engine::cuda::gpu(i)?),
+        Device::Cpu => None,
+    };
+    if let Some(g) = gpu {
+        eprintln!("device: {}", g.info.summary());
+    }
 
     let train = Loader::new(
         train_ds.clone(),
@@ -382,6 +408,15 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
         },
     )?;
     let seconds = t0.elapsed().as_secs_f64();
+    if let Some(g) = gpu {
+        let m = g.memory_stats();
+        eprintln!(
+            "{}: peak memory {} allocated, {} reserved",
+            g.device(),
+            engine::cuda::allocator::format_bytes(m.peak_allocated),
+            engine::cuda::allocator::format_bytes(m.peak_reserved)
+        );
+    }
     let images: usize = result.steps.iter().map(|s| s.batch).sum();
     Ok(PretrainReport {
         epochs: result.epochs,

@@ -6,12 +6,18 @@
 //! data a step sees is a pure function of (seed, epoch, batch index) (see
 //! `data::Loader`); every CPU op is deterministic. So a resumed run continues
 //! bit for bit as if it had never stopped.
+//!
+//! Device: the trainer runs where the model's params are (move the model
+//! with `Module::to_device` first). Batches arrive on the host and are
+//! uploaded per step; only the loss (a scalar), the logits (for accuracy)
+//! and, under f16, the overflow flag come back. Checkpoints are written
+//! from host copies.
 
 use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::{load_training, save_training, TrainState};
 use engine::nn::{Buffer, Module, Param};
 use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, Warmup};
-use engine::{DType, Error, Result, Tensor};
+use engine::{DType, Device, Error, Result, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -102,6 +108,8 @@ pub struct Trainer<'m> {
     scaler: Option<LossScaler>,
     /// Written into every checkpoint (e.g. the network's config).
     metadata: BTreeMap<String, String>,
+    /// Where the model's params are; batches are moved here.
+    device: Device,
     pub opts: TrainOptions,
     /// Steps completed so far.
     pub step: usize,
@@ -130,6 +138,7 @@ impl<'m> Trainer<'m> {
             schedule,
             scaler: opts.precision.scaler(),
             metadata,
+            device: model.device(),
             step: 0,
             opts,
         }
@@ -139,22 +148,33 @@ impl<'m> Trainer<'m> {
         self.model
     }
 
+    /// The device the model (and so every step) runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     /// Saves the weights alone (no optimizer state) with the run's
     /// metadata: what `transfer`, `analyze` and `forward` read.
     pub fn save_model(&self, path: &Path) -> Result<()> {
         engine::checkpoint::save_model(path, &self.params, &self.buffers, &self.metadata)
     }
 
-    /// One SGD step on `images` [B, C, H, W] (f32) with i64 `labels` [B].
+    /// One SGD step on `images` [B, C, H, W] (f32) with i64 `labels` [B],
+    /// given on any device (moved to the model's).
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
         let t0 = Instant::now();
         self.model.set_training(true);
         let dtype = self.opts.precision.compute_dtype();
-        let logits = self.model.forward(&images.to_dtype(dtype)?)?;
+        // host tensors stay as they are on a CPU run (to_device is a clone)
+        let (x, y) = (
+            images.to_device(self.device)?,
+            labels.to_device(self.device)?,
+        );
+        let logits = self.model.forward(&x.to_dtype(dtype)?)?;
         // the loss is always computed in f32 (autocast does the same)
         let logits = logits.to_dtype(DType::F32)?;
-        let loss = logits.cross_entropy(labels, self.opts.label_smoothing, None)?;
-        let loss_value = loss.item()?;
+        let loss = logits.cross_entropy(&y, self.opts.label_smoothing, None)?;
+        let loss_value = loss.detach().to_device(Device::Cpu)?.item()?;
         if !loss_value.is_finite() && self.scaler.is_none() {
             return Err(Error::arg(
                 "train",
@@ -164,12 +184,15 @@ impl<'m> Trainer<'m> {
                 ),
             ));
         }
-        let accuracy = batch_accuracy(&logits.detach(), labels)?;
+        let accuracy = batch_accuracy(
+            &logits.detach().to_device(Device::Cpu)?,
+            &labels.to_device(Device::Cpu)?,
+        )?;
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
         zero_grad(&self.params);
         match &self.scaler {
-            Some(s) => s.scale_loss(&loss)?.backward()?,
+            Some(s) => s.backward(&loss)?,
             None => loss.backward()?,
         }
         let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.params)?;

@@ -317,11 +317,15 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
 #[test]
 fn bad_arguments_and_missing_data_are_clear_errors() {
     let out = tmp("bad");
-    fails(
-        &[&["pretrain", "--device", "cuda", "--out", s(&out)], SMALL].concat(),
-        &[],
-        &["cuda"],
-    );
+    // no GPU here: the probe's error naming the device; with one, the
+    // device test below trains on it
+    if engine::cuda::probe(0).is_err() {
+        fails(
+            &[&["pretrain", "--device", "cuda", "--out", s(&out)], SMALL].concat(),
+            &[],
+            &["cuda:0"],
+        );
+    }
     fails(
         &[&["pretrain", "--precision", "f8", "--out", s(&out)], SMALL].concat(),
         &[],
@@ -532,4 +536,28 @@ fn detection_data_round_trips_through_coco_eval() {
         }
         assert!(out.lines().next().unwrap().ends_with("= 1.000"), "{out}");
     }
+}
+
+#[test]
+fn device_auto_falls_back_to_the_cpu_with_one_notice() {
+    if engine::cuda::probe(0).is_ok() {
+        return; // a GPU machine trains on it instead
+    }
+    let out = tmp("auto");
+    let (code, stdout, err) = slmlp(
+        &[
+            &[
+                "pretrain", "--device", "auto", "--epochs", "1", "--no-val", "--quiet", "--out",
+                s(&out),
+            ],
+            SMALL,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {err}");
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("--device auto")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(notices[0].contains("CPU"), "{err}");
+    assert!(out.join("model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -14,7 +14,14 @@
 //! says the GPU storage is not implemented when the probe succeeds.
 
 pub mod allocator;
+pub mod blas;
+pub mod dnn;
 mod probe;
+mod runtime;
+pub mod ops;
+pub mod tensor;
 
 pub use allocator::{AllocatorStats, Backend, CachingAllocator, Pool, StreamId};
 pub use probe::{probe, resolve_device, CudaInfo};
+pub use runtime::{gpu, DeviceBlock, Gpu};
+pub use tensor::{set_poison, DeviceStorage};

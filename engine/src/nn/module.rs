@@ -1,7 +1,7 @@
 //! The `Module` trait every layer implements, and the parameter-free layers.
 
 use crate::nn::{Buffer, Param};
-use crate::{Result, Tensor};
+use crate::{Device, Result, Tensor};
 
 /// A layer: a forward function plus the named state it owns.
 ///
@@ -30,6 +30,35 @@ pub trait Module: Send + Sync {
         self.children()
             .iter()
             .for_each(|m| m.set_training(training))
+    }
+    /// Moves every param (keeping its gradient slot, so optimizers and
+    /// checkpoints still find it) and every buffer to `device`. All copies
+    /// are made before anything is replaced, so an error (no GPU, out of
+    /// memory) leaves the model where it was. A model is built and
+    /// initialised on the host (deterministic) and then moved.
+    fn to_device(&self, device: Device) -> Result<()> {
+        let params = self.params();
+        let buffers = self.buffers();
+        let moved_p = params
+            .iter()
+            .map(|p| p.copied_to(device))
+            .collect::<Result<Vec<_>>>()?;
+        let moved_b = buffers
+            .iter()
+            .map(|b| b.get().to_device(device))
+            .collect::<Result<Vec<_>>>()?;
+        for (p, m) in params.iter().zip(moved_p) {
+            p.set_moved(m)?;
+        }
+        for (b, m) in buffers.iter().zip(moved_b) {
+            b.set(m)?;
+        }
+        Ok(())
+    }
+    /// Where the params live: the first param's device (the host for a
+    /// model without params).
+    fn device(&self) -> Device {
+        self.params().first().map_or(Device::Cpu, |p| p.device())
     }
 }
 
@@ -104,4 +133,69 @@ impl Module for Flatten {
 pub(crate) fn cast_like(weight: &Tensor, x: &Tensor) -> Result<Tensor> {
     // a no-op (no copy, no graph node) when the dtypes already match
     weight.to_dtype(x.dtype())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Buffer, Param};
+    use crate::DType;
+
+    struct Tiny {
+        w: Param,
+        b: Buffer,
+    }
+    impl Module for Tiny {
+        fn forward(&self, x: &Tensor) -> Result<Tensor> {
+            Ok(x.clone())
+        }
+        fn params(&self) -> Vec<Param> {
+            vec![self.w.clone()]
+        }
+        fn buffers(&self) -> Vec<Buffer> {
+            vec![self.b.clone()]
+        }
+    }
+
+    fn tiny() -> Tiny {
+        Tiny {
+            w: Param::new(
+                "w",
+                Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap(),
+                false,
+            )
+            .unwrap(),
+            b: Buffer::new("b", Tensor::zeros(&[3], DType::F32)),
+        }
+    }
+
+    #[test]
+    fn to_device_cpu_keeps_values_and_gradient_slot() {
+        let m = tiny();
+        m.w.set_grad(Some(Tensor::from_vec(vec![0.5f32, -1.0], &[2]).unwrap()));
+        m.to_device(Device::Cpu).unwrap();
+        assert_eq!(m.device(), Device::Cpu);
+        assert_eq!(m.w.get().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert!(m.w.get().requires_grad(), "still a leaf");
+        assert_eq!(
+            m.w.grad().unwrap().to_vec::<f32>().unwrap(),
+            vec![0.5, -1.0]
+        );
+        // the slot is the param's: a gradient set now is seen through it
+        m.w.set_grad(None);
+        assert!(m.w.grad().is_none());
+    }
+
+    #[test]
+    fn to_device_cuda_without_a_gpu_is_the_probe_error_and_changes_nothing() {
+        if crate::cuda::probe(0).is_ok() {
+            return; // a GPU machine: covered by the GPU check
+        }
+        let m = tiny();
+        let e = m.to_device(Device::Cuda(0)).unwrap_err().to_string();
+        assert!(e.contains("cuda:0"), "{e}");
+        assert_eq!(m.device(), Device::Cpu);
+        assert_eq!(m.w.get().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(m.b.get().device(), Device::Cpu);
+    }
 }

@@ -4,7 +4,7 @@
 //! Layers read it on every forward; optimizers replace its value (keeping
 //! the same gradient slot); checkpoints find it by its torchvision-style name.
 
-use crate::{Result, Tensor};
+use crate::{Device, Result, Tensor};
 use std::sync::{Arc, RwLock};
 
 #[derive(Clone)]
@@ -61,6 +61,29 @@ impl Param {
         *v = v.with_same_grad_slot(value);
         Ok(())
     }
+    pub fn device(&self) -> Device {
+        self.get().device()
+    }
+    /// The value and the gradient (if any) copied to `device`, without
+    /// changing anything: [`Param::set_moved`] installs them.
+    pub fn copied_to(&self, device: Device) -> Result<(Tensor, Option<Tensor>)> {
+        let v = self.get();
+        let g = v.grad().map(|g| g.to_device(device)).transpose()?;
+        Ok((v.detach().to_device(device)?, g))
+    }
+    /// Installs what [`Param::copied_to`] returned: the same param (name,
+    /// gradient slot) now on the new device. Unlike `set`, the device may
+    /// change.
+    pub fn set_moved(&self, (value, grad): (Tensor, Option<Tensor>)) -> Result<()> {
+        self.set(value)?;
+        self.set_grad(grad);
+        Ok(())
+    }
+    /// Moves the value (and gradient) to `device`, keeping the gradient slot.
+    pub fn to_device(&self, device: Device) -> Result<()> {
+        let moved = self.copied_to(device)?;
+        self.set_moved(moved)
+    }
     pub fn grad(&self) -> Option<Tensor> {
         self.get().grad()
     }
@@ -89,6 +112,11 @@ impl Buffer {
     }
     pub fn get(&self) -> Tensor {
         self.inner.1.read().unwrap().clone()
+    }
+    /// Moves the value to `device`.
+    pub fn to_device(&self, device: Device) -> Result<()> {
+        let moved = self.get().to_device(device)?;
+        self.set(moved)
     }
     pub fn set(&self, value: Tensor) -> Result<()> {
         let mut v = self.inner.1.write().unwrap();

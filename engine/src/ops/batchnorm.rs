@@ -577,12 +577,18 @@ impl Saved {
 impl Tensor {
     /// x is [N, C], [N, C, L] or [N, C, H, W]; statistics over every dim but 1.
     pub fn batch_norm(&self, a: &BatchNormArgs) -> Result<BatchNormOutput> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::batchnorm::batch_norm(self, None, a, false);
+        }
         batch_norm_impl(self, None, a, Fuse::None)
     }
 
     /// relu(batch_norm(x)) in one pass (forward and backward), the contract
     /// the CUDA fused kernel will implement.
     pub fn batch_norm_relu(&self, a: &BatchNormArgs) -> Result<BatchNormOutput> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::batchnorm::batch_norm(self, None, a, true);
+        }
         batch_norm_impl(self, None, a, Fuse::Relu)
     }
 
@@ -592,6 +598,9 @@ impl Tensor {
         residual: &Tensor,
         a: &BatchNormArgs,
     ) -> Result<BatchNormOutput> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::batchnorm::batch_norm(self, Some(residual), a, true);
+        }
         batch_norm_impl(self, Some(residual), a, Fuse::AddRelu)
     }
 }

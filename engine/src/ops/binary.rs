@@ -134,6 +134,9 @@ fn binary(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 impl Tensor {
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::elementwise::add(self, other);
+        }
         binary(BinOp::Add, self, other)
     }
     pub fn sub(&self, other: &Tensor) -> Result<Tensor> {

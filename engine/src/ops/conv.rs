@@ -748,6 +748,9 @@ impl Tensor {
         bias: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::conv::conv2d(self, weight, bias, p);
+        }
         crate::trace::op(
             "conv2d",
             "forward",

@@ -211,6 +211,9 @@ impl Tensor {
         label_smoothing: f64,
         ignore_index: Option<i64>,
     ) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::loss::cross_entropy(self, targets, label_smoothing, ignore_index);
+        }
         crate::trace::op(
             "cross_entropy",
             "forward",

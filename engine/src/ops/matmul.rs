@@ -147,6 +147,9 @@ impl Tensor {
     /// by every batch entry, and [..., k] inputs with more leading dims are
     /// flattened into the batch.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::matmul::matmul(self, rhs);
+        }
         crate::trace::op("matmul", "forward", "cpu:gemm", &[self, rhs], || {
             super::same_dtype("matmul", &[self, rhs])?;
             let (ra, rb) = (self.rank(), rhs.rank());
@@ -206,6 +209,9 @@ impl Tensor {
 
     /// `x @ weight^T + bias` with weight [out, in] (PyTorch's nn.Linear).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::matmul::linear(self, weight, bias);
+        }
         super::expect_rank("linear", "weight", weight, 2)?;
         let y = self.matmul(&weight.transpose(0, 1)?)?;
         match bias {

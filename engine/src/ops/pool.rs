@@ -227,6 +227,9 @@ impl Tensor {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::pool::max_pool2d(self, kernel, stride, padding);
+        }
         crate::trace::op("max_pool2d", "forward", "cpu:pool", &[self], || {
             const OP: &str = "max_pool2d";
             let [oh, ow] = window_out(OP, self, kernel, stride, padding)?;
@@ -259,6 +262,9 @@ impl Tensor {
         padding: [usize; 2],
         count_include_pad: bool,
     ) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::pool::avg_pool2d(self, kernel, stride, padding, count_include_pad);
+        }
         const OP: &str = "avg_pool2d";
         let [oh, ow] = window_out(OP, self, kernel, stride, padding)?;
         let [_, _, h, w] = nchw(OP, self)?;
@@ -270,6 +276,9 @@ impl Tensor {
     /// Mean over PyTorch's adaptive bins: output `i` along a dim of size
     /// `In` averages `floor(i*In/Out) .. ceil((i+1)*In/Out)`.
     pub fn adaptive_avg_pool2d(&self, out: [usize; 2]) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::pool::adaptive_avg_pool2d(self, out);
+        }
         const OP: &str = "adaptive_avg_pool2d";
         let [_, _, h, w] = nchw(OP, self)?;
         if out.contains(&0) || h == 0 || w == 0 {

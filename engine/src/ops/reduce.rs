@@ -44,6 +44,9 @@ fn sum_kernel<T: Float>(x: &Tensor, keep_shape: &[usize]) -> Result<Vec<T>> {
 impl Tensor {
     /// Sum over `dims`; reduced dims are kept with size 1 when `keepdim`.
     pub fn sum_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::reduce::sum_dims(self, dims, keepdim);
+        }
         crate::trace::op("sum", "forward", "cpu:reduce", &[self], || {
             let dims = check_dims("sum", self, dims)?;
             let keep_shape: Vec<usize> = (0..self.rank())

@@ -102,6 +102,9 @@ fn unary(op: UnOp, x: &Tensor) -> Result<Tensor> {
 
 impl Tensor {
     pub fn relu(&self) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::elementwise::relu(self);
+        }
         unary(UnOp::Relu, self)
     }
     pub fn neg(&self) -> Result<Tensor> {
@@ -124,6 +127,9 @@ impl Tensor {
     }
     /// `x * s` for a scalar s.
     pub fn scale(&self, s: f64) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::elementwise::scale(self, s);
+        }
         unary(UnOp::Scale(s), self)
     }
     pub fn add_scalar(&self, s: f64) -> Result<Tensor> {

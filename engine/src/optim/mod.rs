@@ -5,7 +5,8 @@
 //! f64 params), not through tensor ops: it records no graph and makes one
 //! pass over the data. Momentum buffers live in the optimizer, keyed by
 //! parameter name, and are exposed as `momentum.<param name>` tensors for
-//! checkpoints.
+//! checkpoints. Params on a GPU are updated there (SGD: one fused kernel
+//! per param, cuda::ops::optim) and keep their momentum on the GPU.
 
 mod lars;
 pub mod schedule;
@@ -16,7 +17,7 @@ pub use schedule::{Constant, Cosine, LrSchedule, StepDecay, Warmup};
 pub use sgd::Sgd;
 
 use crate::nn::Param;
-use crate::{DType, Error, Float, Result, Tensor};
+use crate::{DType, Device, Error, Float, Result, Tensor};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 
@@ -41,6 +42,21 @@ pub fn zero_grad(params: &[Param]) {
 pub(crate) enum Buf {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    /// An f32 tensor on the GPU, with its parameter's layout (updated in
+    /// place by the GPU step).
+    Cuda(Tensor),
+}
+
+impl Buf {
+    /// The buffer on the host (a GPU buffer is downloaded).
+    fn into_host(self) -> Result<Buf> {
+        match self {
+            Buf::Cuda(t) => Ok(Buf::F32(
+                t.to_device(Device::Cpu)?.float_data::<f32>()?.into_owned(),
+            )),
+            b => Ok(b),
+        }
+    }
 }
 
 /// Compute types the optimizers run in, with conversions from stored buffers
@@ -54,6 +70,7 @@ impl OptFloat for f32 {
         match b {
             Buf::F32(v) => v,
             Buf::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+            Buf::Cuda(_) => unreachable!("MomentumState::take downloads GPU buffers first"),
         }
     }
     fn into_buf(v: Vec<f32>) -> Buf {
@@ -65,6 +82,7 @@ impl OptFloat for f64 {
         match b {
             Buf::F64(v) => v,
             Buf::F32(v) => v.into_iter().map(|x| x as f64).collect(),
+            Buf::Cuda(_) => unreachable!("MomentumState::take downloads GPU buffers first"),
         }
     }
     fn into_buf(v: Vec<f64>) -> Buf {
@@ -83,20 +101,49 @@ const PREFIX: &str = "momentum.";
 impl MomentumState {
     /// Removes and returns the buffer of `name` (None before its first step),
     /// checking it still fits the parameter.
-    fn take<T: OptFloat>(
-        &mut self,
-        op: &'static str,
-        name: &str,
-        dims: &[usize],
-    ) -> Result<Option<Vec<T>>> {
+    fn take_buf(&mut self, op: &'static str, name: &str, dims: &[usize]) -> Result<Option<Buf>> {
         match self.bufs.get(name) {
             None => Ok(None),
             Some((d, _)) if d.as_slice() != dims => Err(Error::shape(
                 op,
                 format!("{PREFIX}{name} has shape {d:?} but the parameter is {dims:?} (state from another model?)"),
             )),
-            Some(_) => Ok(self.bufs.remove(name).map(|(_, b)| T::from_buf(b))),
+            Some(_) => Ok(self.bufs.remove(name).map(|(_, b)| b)),
         }
+    }
+
+    fn take<T: OptFloat>(
+        &mut self,
+        op: &'static str,
+        name: &str,
+        dims: &[usize],
+    ) -> Result<Option<Vec<T>>> {
+        match self.take_buf(op, name, dims)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(T::from_buf(b.into_host()?))),
+        }
+    }
+
+    /// The buffer of `name` as an f32 tensor on `device` (uploaded when it
+    /// was loaded from a checkpoint or last used on the host); None before
+    /// the param's first step. Its layout is the GPU default for `dims`.
+    fn take_device(
+        &mut self,
+        op: &'static str,
+        name: &str,
+        dims: &[usize],
+        device: Device,
+    ) -> Result<Option<Tensor>> {
+        let t = match self.take_buf(op, name, dims)? {
+            None => return Ok(None),
+            Some(Buf::Cuda(t)) if t.dtype() == DType::F32 => t,
+            Some(Buf::Cuda(t)) => t.to_dtype(DType::F32)?.detach(),
+            Some(Buf::F32(v)) => Tensor::from_vec(v, dims)?,
+            Some(Buf::F64(v)) => {
+                Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<_>>(), dims)?
+            }
+        };
+        Ok(Some(t.to_device(device)?))
     }
 
     fn put<T: OptFloat>(&mut self, name: &str, dims: &[usize], v: Vec<T>) {
@@ -104,6 +151,14 @@ impl MomentumState {
             .insert(name.to_string(), (dims.to_vec(), T::into_buf(v)));
     }
 
+    fn put_device(&mut self, name: &str, t: Tensor) {
+        self.bufs
+            .insert(name.to_string(), (t.dims().to_vec(), Buf::Cuda(t)));
+    }
+
+    /// The buffers as tensors; GPU buffers stay on the GPU (checkpoint
+    /// saving downloads them) and are shared, not copied: the next GPU step
+    /// updates them in place.
     fn to_tensors(&self) -> Vec<(String, Tensor)> {
         self.bufs
             .iter()
@@ -111,6 +166,7 @@ impl MomentumState {
                 let t = match b {
                     Buf::F32(v) => Tensor::from_vec(v.clone(), dims),
                     Buf::F64(v) => Tensor::from_vec(v.clone(), dims),
+                    Buf::Cuda(t) => Ok(t.detach()),
                 };
                 (
                     format!("{PREFIX}{name}"),
@@ -131,6 +187,9 @@ impl MomentumState {
                     ),
                 )
             })?;
+            // state taken from a GPU run: a host copy, never a second owner
+            // of a buffer the GPU step updates in place
+            let t = t.to_device(Device::Cpu)?;
             let buf = match t.dtype() {
                 DType::F64 => Buf::F64(t.to_vec::<f64>()?),
                 d if d.is_float() => Buf::F32(t.float_data::<f32>()?.into_owned()),
@@ -169,6 +228,17 @@ pub(crate) fn with_grads(op: &'static str, params: &[Param]) -> Result<Vec<(Para
         }
         let Some(g) = p.grad() else { continue };
         let v = p.get();
+        if g.device() != v.device() {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "{}: gradient is on {} but the parameter is on {}",
+                    p.name(),
+                    g.device(),
+                    v.device()
+                ),
+            ));
+        }
         if g.dims() != v.dims() || g.dtype() != v.dtype() {
             return Err(Error::shape(
                 op,
