@@ -16,7 +16,9 @@
 #      ("name binary budget_s [args...]" per line). Each binary is run as
 #        BIN --out DETAIL/<name> --budget-s N [args...]
 #      (DETAIL: a scratch folder that ends up in OUT_DIR/gpu_check_detail.tar.gz)
-#      and is skipped with a logged reason when absent.
+#      and is skipped with a logged reason when absent. Bundle binaries exit 0 pass,
+#      1 checks failed, 3 no usable GPU (a skip under --cpu-smoke without a GPU, else
+#      a failure), anything else crashed.
 #   3. PyTorch baselines: tools/gpu/torch_baselines.py with the rest of the budget.
 #   4. Report: OUT_DIR/gpu_check.md + gpu_check.json (tools/gpu/gpu_report.py); the
 #      summary table is printed last.
@@ -112,6 +114,13 @@ run_stage() {
         0) status=ok ;;
         124|137) status=timeout; note="stopped at its ${budget} s budget"; ANY_FAIL=1 ;;
         126|127) status=error; note="could not be executed (rc $rc)"; ANY_FAIL=1 ;;
+        # bundle binaries exit 3 when they find no usable GPU: expected in a
+        # --cpu-smoke run without one, a failure whenever nvidia-smi answered
+        3) if [ "${NO_GPU_RC_OK:-0}" = 1 ]; then
+               status=skipped; note="no usable GPU (exit 3): $(tail -n 1 "$DETAIL/$name.log" | cut -c1-120)"
+           else
+               status=fail; note="exit code 3 (no usable GPU); last line: $(tail -n 1 "$DETAIL/$name.log" | cut -c1-160)"; ANY_FAIL=1
+           fi ;;
         *) status=fail; note="exit code $rc; last line: $(tail -n 1 "$DETAIL/$name.log" | cut -c1-160)"; ANY_FAIL=1 ;;
     esac
     record "$name" "$status" "$rc" "$budget" "$((SECONDS - t))" "$note"
@@ -257,7 +266,8 @@ for line in "${STAGE_LINES[@]+"${STAGE_LINES[@]}"}"; do
     mkdir -p "$DETAIL/$name"
     # $extra is split into words on purpose: stages.txt holds plain arguments.
     # shellcheck disable=SC2086
-    run_stage "$name" "$b" env LD_LIBRARY_PATH="$SLMLP_LD" "$path" --out "$DETAIL/$name" --budget-s "$b" $extra
+    NO_GPU_RC_OK=$([ "$HAVE_GPU" = 0 ] && [ "$CPU_SMOKE" = 1 ] && echo 1 || echo 0) \
+        run_stage "$name" "$b" env LD_LIBRARY_PATH="$SLMLP_LD" "$path" --out "$DETAIL/$name" --budget-s "$b" $extra
 done
 
 # ---- 3. PyTorch baselines ---------------------------------------------------------

@@ -1,0 +1,615 @@
+//! slmlp-gpu-bench: our CUDA hot paths, timed on the keys of
+//! tools/gpu/torch_baselines.py so gpu_report.py sets them side by side.
+//!
+//! Timing (METHOD.md): warm-up calls (kernel compile, cuDNN/cuBLASLt plan
+//! choice stay out), then the median of repeats, each a batch of calls
+//! (~2 ms of work) between two `Gpu::synchronize()`s on the host clock: the
+//! stream is the only one, so this is what CUDA events around the batch
+//! would read, plus one sync latency (~10 µs) spread over the batch. A
+//! backward is timed over prepared forwards (made untimed before each
+//! repeat), as torch_baselines.py's `autograd.grad` with the forward
+//! outside. Inputs are views of one random device buffer (never zeros),
+//! rotated among enough sets to exceed 4x L2 like the PyTorch side.
+//!
+//! Sections, in this order, while the budget lasts (`--sections` picks):
+//! - `copy`: 1 GiB device-to-device copy; GB/s counts read + written: the
+//!   memory ceiling the BN figures are shown against (key copy/d2d);
+//! - `gemm`: bf16 matmul 8192^3 (the matrix ceiling) and the batch-256
+//!   projector / classifier shapes (keys gemm/square, gemm/proj/*, gemm/fc/*);
+//! - `bn`: batch_norm_relu and batch_norm_add_relu, N=256, bf16 activations
+//!   with f32 parameters, training mode, fwd and bwd, at the five ResNet
+//!   shapes (keys bn_relu/<variant>/<HxWxC>/eager/<fwd|bwd>, and the same
+//!   figure under .../compile/... to set it against torch.compile);
+//! - `conv`: the 23 ResNet-50 conv shapes at batch 256, 224 px, bf16:
+//!   fwd, bwd_data (not for the stem), bwd_weight (keys conv/<tag>/<dir>).
+//!
+//! `slmlp-gpu-bench --out DIR --budget-s N [--sections copy,gemm,bn,conv]`
+//! Exit 0 all measured, 1 a measurement failed (an op errored), 3 no GPU.
+
+mod gpu_common;
+
+use engine::cuda::Gpu;
+use engine::ops::{BatchNormArgs, Conv2dParams};
+use engine::{DType, Device, Result, Tensor};
+use gpu_common::*;
+use serde_json::{json, Value};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+const BIN: &str = "slmlp-gpu-bench";
+/// Per-measurement limits: warm-up calls, repeats, seconds of repeats.
+const WARMUP: usize = 3;
+const MIN_REPS: usize = 10;
+const MAX_REPS: usize = 100;
+const MAX_S: f64 = 0.3;
+/// Prepared forwards alive at once for a backward measurement.
+const MAX_PREPARED: usize = 16;
+
+struct Bench<'a> {
+    g: &'static Gpu,
+    dl: &'a Deadline,
+    pool: DevicePool,
+    report: Report,
+    copy_gbps: Option<f64>,
+    gemm_tflops: Option<f64>,
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+impl Bench<'_> {
+    /// Runs one measurement; an error or panic is a failure and the run
+    /// goes on. `need_s` is the least budget worth starting it with.
+    fn attempt(
+        &mut self,
+        what: &str,
+        need_s: f64,
+        f: impl FnOnce(&mut Self) -> Result<Value>,
+    ) -> bool {
+        if self.dl.left() < need_s {
+            self.report.notes.push(format!(
+                "{what}: not measured (budget: {:.0} s left)",
+                self.dl.left()
+            ));
+            return false;
+        }
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(Ok(row)) => {
+                println!("{what}: {}", brief(&row));
+                self.report.rows.push(row);
+                true
+            }
+            Ok(Err(e)) => {
+                let msg = format!("{what}: {e}");
+                println!("FAIL {msg}");
+                self.report.failures.push(msg);
+                false
+            }
+            Err(p) => {
+                let msg = format!("{what}: panicked: {}", panic_text(&*p));
+                println!("FAIL {msg}");
+                self.report.failures.push(msg);
+                false
+            }
+        }
+    }
+}
+
+fn brief(row: &Value) -> String {
+    let mut parts = vec![format!(
+        "{:.4} ms",
+        row["ms_median"].as_f64().unwrap_or(f64::NAN)
+    )];
+    for (k, unit) in [
+        ("GBps", "GB/s"),
+        ("TFLOPs", "TFLOP/s"),
+        ("pct_of_copy", "% of copy"),
+        ("pct_of_gemm", "% of GEMM"),
+    ] {
+        if let Some(v) = row[k].as_f64() {
+            parts.push(format!("{v} {unit}"));
+        }
+    }
+    parts.join(", ")
+}
+
+fn merge(mut row: Value, t: &Timing) -> Value {
+    if let (Some(o), Value::Object(tm)) = (row.as_object_mut(), t.json()) {
+        o.extend(tm);
+    }
+    row
+}
+
+fn pct(a: f64, of: Option<f64>) -> Value {
+    match of {
+        Some(c) if c > 0.0 => json!(sig(100.0 * a / c)),
+        _ => Value::Null,
+    }
+}
+
+// ---- copy ----------------------------------------------------------------------
+
+fn copy(b: &mut Bench) {
+    const BYTES: usize = 1 << 30;
+    b.attempt("copy/d2d 1 GiB", 5.0, |b| {
+        let g = b.g;
+        let src = g.alloc(BYTES)?;
+        let dst = g.alloc(BYTES)?;
+        // fill the source from the random pool (never time zeros)
+        let pool = b.pool.take(&[b.pool_len()], 0)?;
+        let (pp, pool_bytes) = (engine::cuda::tensor::ptr(&pool)?, b.pool_len() * 2);
+        let mut off = 0;
+        while off < BYTES {
+            let n = pool_bytes.min(BYTES - off);
+            g.copy(src.ptr() + off as u64, pp, n)?;
+            off += n;
+        }
+        let t = time_gpu(g, WARMUP, MIN_REPS, MAX_REPS, MAX_S, |_| g.copy(dst.ptr(), src.ptr(), BYTES))?;
+        let moved = 2 * BYTES;
+        let gbps = moved as f64 / (t.ms_median * 1e-3) / 1e9;
+        b.copy_gbps = Some(gbps);
+        Ok(merge(
+            json!({"key": "copy/d2d", "name": "d2d copy 1 GiB (cuMemcpyDtoDAsync)", "buffer_bytes": BYTES,
+                   "bytes": moved, "GBps": sig(gbps)}),
+            &t,
+        ))
+    });
+}
+
+impl Bench<'_> {
+    fn pool_len(&self) -> usize {
+        POOL_LEN
+    }
+}
+
+/// 256 Mi bf16 elements (512 MiB): holds the biggest input (256x256x56x56).
+const POOL_LEN: usize = 1 << 28;
+
+// ---- gemm ----------------------------------------------------------------------
+
+/// (key, name, A shape, B shape, transpose A?, transpose B?, [M, N, K]).
+type GemmCase = (
+    &'static str,
+    String,
+    [usize; 2],
+    [usize; 2],
+    bool,
+    bool,
+    [usize; 3],
+);
+
+/// The gemm section's cases: Linear y = x W^T, dX = dY W, dW = dY^T X, as
+/// torch_baselines.py's gemm section.
+fn gemm_cases(square_only: bool) -> Vec<GemmCase> {
+    let (s, bt, d, k) = (8192, 256, 2048, 1000);
+    let mut v = vec![(
+        "gemm/square",
+        format!("{s}x{s}x{s}"),
+        [s, s],
+        [s, s],
+        false,
+        false,
+        [s, s, s],
+    )];
+    if square_only {
+        return v;
+    }
+    // (A, B, transpose A, transpose B): transposes are views, as in the model
+    v.push((
+        "gemm/proj/fwd",
+        format!("projector fwd X[{bt},{d}] W^T[{d},{d}]"),
+        [bt, d],
+        [d, d],
+        false,
+        true,
+        [bt, d, d],
+    ));
+    v.push((
+        "gemm/proj/bwd_data",
+        format!("projector bwd-data dY[{bt},{d}] W[{d},{d}]"),
+        [bt, d],
+        [d, d],
+        false,
+        false,
+        [bt, d, d],
+    ));
+    v.push((
+        "gemm/proj/bwd_weight",
+        format!("projector bwd-weight dY^T[{d},{bt}] X[{bt},{d}]"),
+        [bt, d],
+        [bt, d],
+        true,
+        false,
+        [d, d, bt],
+    ));
+    v.push((
+        "gemm/fc/fwd",
+        format!("classifier fwd X[{bt},{d}] W^T[{d},{k}]"),
+        [bt, d],
+        [k, d],
+        false,
+        true,
+        [bt, k, d],
+    ));
+    v.push((
+        "gemm/fc/bwd_data",
+        format!("classifier bwd-data dY[{bt},{k}] W[{k},{d}]"),
+        [bt, k],
+        [k, d],
+        false,
+        false,
+        [bt, d, k],
+    ));
+    v.push((
+        "gemm/fc/bwd_weight",
+        format!("classifier bwd-weight dY^T[{k},{bt}] X[{bt},{d}]"),
+        [bt, k],
+        [bt, d],
+        true,
+        false,
+        [k, d, bt],
+    ));
+    v
+}
+
+fn gemm(b: &mut Bench, square_only: bool, skip_square: bool) {
+    for (key, name, sa, sb, ta, tb, [m, n, kd]) in gemm_cases(square_only) {
+        if skip_square && key == "gemm/square" {
+            continue;
+        }
+        b.attempt(key, 3.0, |b| {
+            let set_bytes = 2 * (m * kd + kd * n + m * n);
+            let k = rotation(set_bytes, 32);
+            let mut sets = Vec::new();
+            for i in 0..k {
+                let a = b.pool.take(&sa, 2 * i)?;
+                let bb = b.pool.take(&sb, 2 * i + 1)?;
+                let a = if ta { a.permute(&[1, 0])? } else { a };
+                let bb = if tb { bb.permute(&[1, 0])? } else { bb };
+                sets.push((a, bb));
+            }
+            let _ng = engine::no_grad();
+            let t = time_gpu(b.g, WARMUP, MIN_REPS, MAX_REPS, MAX_S, |i| {
+                let (a, bb) = &sets[i % k];
+                a.matmul(bb).map(drop)
+            })?;
+            let flops = 2.0 * (m * n * kd) as f64;
+            let tf = flops / (t.ms_median * 1e-3) / 1e12;
+            if key == "gemm/square" {
+                b.gemm_tflops = Some(tf);
+            }
+            let of_square = if key == "gemm/square" { Value::Null } else { pct(tf, b.gemm_tflops) };
+            Ok(merge(
+                json!({"key": key, "name": name, "M": m, "N": n, "K": kd, "dtype": "bf16", "rotated_sets": k,
+                       "flops": flops, "TFLOPs": sig(tf), "pct_of_gemm": of_square}),
+                &t,
+            ))
+        });
+    }
+}
+
+// ---- bn_relu -------------------------------------------------------------------
+
+struct BnSet {
+    x: Tensor,
+    r: Option<Tensor>,
+    dy: Tensor,
+}
+
+fn bn(b: &mut Bench) {
+    let n = BN_BATCH;
+    for (h, w, c) in BN_SHAPES {
+        for residual in [false, true] {
+            let variant = if residual { "bn_add_relu" } else { "bn_relu" };
+            let shape = format!("{h}x{w}x{c}");
+            let e = n * h * w * c;
+            let k = rotation(if residual { 4 } else { 3 } * e * 2, 8);
+            let sets: Result<Vec<BnSet>> = (0..k)
+                .map(|i| {
+                    Ok(BnSet {
+                        x: b.pool.take(&[n, c, h, w], 3 * i)?.requires_grad_()?,
+                        r: if residual {
+                            Some(b.pool.take(&[n, c, h, w], 3 * i + 1)?.requires_grad_()?)
+                        } else {
+                            None
+                        },
+                        dy: b.pool.take(&[n, c, h, w], 3 * i + 2)?,
+                    })
+                })
+                .collect();
+            let params: Result<[Tensor; 4]> = (|| {
+                let host = Pool::new(4096, 11);
+                Ok([
+                    host.tensor(&[c], DType::F32, 1, Device::Cuda(0))?
+                        .requires_grad_()?,
+                    host.tensor(&[c], DType::F32, 2, Device::Cuda(0))?
+                        .requires_grad_()?,
+                    host.tensor(&[c], DType::F32, 3, Device::Cuda(0))?,
+                    Tensor::ones(&[c], DType::F32).to_device(Device::Cuda(0))?,
+                ])
+            })();
+            let (sets, [wt, bias, rm, rv]) = match (sets, params) {
+                (Ok(s), Ok(p)) => (s, p),
+                (Err(e), _) | (_, Err(e)) => {
+                    let msg = format!("bn_relu/{variant}/{shape}: inputs: {e}");
+                    println!("FAIL {msg}");
+                    b.report.failures.push(msg);
+                    continue;
+                }
+            };
+            let args = BatchNormArgs {
+                weight: &wt,
+                bias: &bias,
+                running_mean: &rm,
+                running_var: &rv,
+                training: true,
+                momentum: 0.1,
+                eps: 1e-5,
+            };
+            let fwd = |s: &BnSet| -> Result<Tensor> {
+                Ok(match &s.r {
+                    Some(r) => s.x.batch_norm_add_relu(r, &args)?.out,
+                    None => s.x.batch_norm_relu(&args)?.out,
+                })
+            };
+            for direction in ["fwd", "bwd"] {
+                let key = format!("bn_relu/{variant}/{shape}/eager/{direction}");
+                let ok = b.attempt(&key, 3.0, |b| {
+                    let t = if direction == "fwd" {
+                        time_gpu(b.g, WARMUP, MIN_REPS, MAX_REPS, MAX_S, |i| fwd(&sets[i % k]).map(drop))?
+                    } else {
+                        time_prepared(
+                            b.g,
+                            MIN_REPS,
+                            MAX_REPS,
+                            MAX_S,
+                            MAX_PREPARED,
+                            |i| Ok((i % k, fwd(&sets[i % k])?)),
+                            |(j, y)| {
+                                y.backward_with(sets[j].dy.clone())?;
+                                // drop the grads: the next backward writes fresh ones, as autograd.grad
+                                for t in [Some(&sets[j].x), sets[j].r.as_ref(), Some(&wt), Some(&bias)].into_iter().flatten() {
+                                    t.set_grad(None);
+                                }
+                                Ok(())
+                            },
+                        )?
+                    };
+                    let nb = bn_bytes(e, residual, direction == "fwd");
+                    let gbps = nb as f64 / (t.ms_median * 1e-3) / 1e9;
+                    Ok(merge(
+                        json!({"key": key, "name": format!("{variant} {direction} N={n} {shape}"), "variant": variant,
+                               "shape_nhwc": [n, h, w, c], "direction": direction, "dtype": "bf16 act, f32 params",
+                               "bytes": nb, "GBps": sig(gbps), "pct_of_copy": pct(gbps, b.copy_gbps), "rotated_sets": k}),
+                        &t,
+                    ))
+                });
+                // the same figure against torch.compile's row
+                if ok {
+                    if let Some(mut row) = b.report.rows.last().cloned() {
+                        row["key"] =
+                            json!(format!("bn_relu/{variant}/{shape}/compile/{direction}"));
+                        row["note"] =
+                            json!("the eager measurement, keyed to join torch.compile's row");
+                        b.report.rows.push(row);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- conv_layers ---------------------------------------------------------------
+
+fn conv(b: &mut Bench) {
+    const N: usize = 256;
+    for s in resnet50_convs() {
+        let tag = s.tag();
+        let flops = s.flops(N);
+        let set_bytes =
+            2 * (N * s.cin * s.h * s.w + s.cout * s.cin * s.k * s.k + N * s.cout * s.ho * s.wo);
+        let k = rotation(set_bytes, 8);
+        let p = Conv2dParams {
+            stride: [s.stride, s.stride],
+            padding: [s.pad, s.pad],
+            ..Conv2dParams::default()
+        };
+        let mut dirs = vec!["fwd"];
+        if s.input_grad_needed {
+            dirs.push("bwd_data");
+        }
+        dirs.push("bwd_weight");
+        for dir in dirs {
+            let key = format!("conv/{tag}/{dir}");
+            b.attempt(&key, 2.0, |b| {
+                let mut sets = Vec::new();
+                for i in 0..k {
+                    let x = b.pool.take(&[N, s.cin, s.h, s.w], 3 * i)?;
+                    // unit-variance weights: outputs of O(sqrt(fan-in)) are
+                    // harmless in bf16 and cost the same time
+                    let w = b.pool.take(&[s.cout, s.cin, s.k, s.k], 3 * i + 1)?;
+                    let dy = b.pool.take(&[N, s.cout, s.ho, s.wo], 3 * i + 2)?;
+                    let (x, w) = match dir {
+                        "bwd_data" => (x.requires_grad_()?, w),
+                        "bwd_weight" => (x, w.requires_grad_()?),
+                        _ => (x, w),
+                    };
+                    sets.push((x, w, dy));
+                }
+                let t = if dir == "fwd" {
+                    let _ng = engine::no_grad();
+                    time_gpu(b.g, WARMUP.max(2), MIN_REPS, MAX_REPS, MAX_S, |i| {
+                        let (x, w, _) = &sets[i % k];
+                        x.conv2d(w, None, p).map(drop)
+                    })?
+                } else {
+                    time_prepared(
+                        b.g,
+                        MIN_REPS,
+                        MAX_REPS,
+                        MAX_S,
+                        MAX_PREPARED,
+                        |i| {
+                            let (x, w, _) = &sets[i % k];
+                            Ok((i % k, x.conv2d(w, None, p)?))
+                        },
+                        |(j, y)| {
+                            let (x, w, dy) = &sets[j];
+                            y.backward_with(dy.clone())?;
+                            x.set_grad(None);
+                            w.set_grad(None);
+                            Ok(())
+                        },
+                    )?
+                };
+                let tf = flops / (t.ms_median * 1e-3) / 1e12;
+                Ok(merge(
+                    json!({"key": key, "name": format!("conv {k}x{k} {}->{} s{} @{}x{} {dir}", s.cin, s.cout, s.stride, s.h, s.w, k = s.k),
+                           "cin": s.cin, "cout": s.cout, "k": s.k, "stride": s.stride, "pad": s.pad, "H": s.h, "W": s.w,
+                           "batch": N, "count": s.count, "direction": dir, "dtype": "bf16 channels_last",
+                           "flops": flops, "rotated_sets": k, "TFLOPs": sig(tf), "pct_of_gemm": pct(tf, b.gemm_tflops)}),
+                    &t,
+                ))
+            });
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse(BIN, " [--sections copy,gemm,bn,conv]");
+    use_bundled_nvrtc();
+    let dl = Deadline::new(args.budget_s);
+    let g = open_gpu_or_exit(BIN, &args.out);
+    let sections: Vec<String> = args
+        .value("--sections")
+        .unwrap_or("copy,gemm,bn,conv")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    for s in &sections {
+        if !["copy", "gemm", "bn", "conv"].contains(&s.as_str()) {
+            eprintln!("{BIN}: unknown section {s:?} (copy, gemm, bn, conv)");
+            std::process::exit(EXIT_CRASH);
+        }
+    }
+    let want = |s: &str| sections.iter().any(|x| x == s);
+    println!("{BIN}: budget {} s; {}", args.budget_s, g.info.summary());
+    let pool = match DevicePool::new(POOL_LEN, DType::BF16, 5) {
+        Ok(p) => p,
+        Err(e) => {
+            println!(
+                "FAIL {BIN}: the random input buffer ({POOL_LEN} bf16) could not be made: {e}"
+            );
+            let r = Report {
+                failures: vec![format!("input buffer: {e}")],
+                ..Report::default()
+            };
+            r.write(&args.out, None);
+            std::process::exit(EXIT_FAIL);
+        }
+    };
+    let mut b = Bench {
+        g,
+        dl: &dl,
+        pool,
+        report: Report::default(),
+        copy_gbps: None,
+        gemm_tflops: None,
+    };
+    // ceilings first, then the BN figures measured against them, then the rest
+    if want("copy") {
+        copy(&mut b);
+    }
+    if want("gemm") {
+        gemm(&mut b, true, false);
+    }
+    if want("bn") {
+        bn(&mut b);
+    }
+    if want("gemm") {
+        gemm(&mut b, false, true);
+    }
+    if want("conv") {
+        conv(&mut b);
+    }
+    g.empty_cache();
+    // summary: the ceilings, BN as % of copy, conv per-step total
+    let rows = b.report.rows.clone();
+    let find = |k: &str| rows.iter().find(|r| r["key"] == k);
+    if let Some(c) = b.copy_gbps {
+        b.report.figure(
+            "d2d copy",
+            sig(c),
+            "GB/s",
+            "H100 ~3000 GB/s (read + written)",
+        );
+    }
+    if let Some(t) = b.gemm_tflops {
+        b.report
+            .figure("bf16 GEMM 8192^3", sig(t), "TFLOP/s", "H100 ~800 TFLOP/s");
+    }
+    for dir in ["fwd", "bwd"] {
+        for variant in ["bn_relu", "bn_add_relu"] {
+            let v: Vec<f64> = BN_SHAPES
+                .iter()
+                .filter_map(|(h, w, c)| find(&format!("bn_relu/{variant}/{h}x{w}x{c}/eager/{dir}")))
+                .filter_map(|r| r["pct_of_copy"].as_f64())
+                .collect();
+            if !v.is_empty() {
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+                b.report.figure(
+                    &format!("{variant} {dir} (N=256, bf16, {} shapes)", v.len()),
+                    format!("{lo:.0}-{hi:.0}"),
+                    "% of copy GB/s",
+                    "a fused pass should approach 100%",
+                );
+            }
+        }
+    }
+    let convs = resnet50_convs();
+    let mut total = 0.0;
+    let mut measured = 0;
+    let mut expected = 0;
+    for s in &convs {
+        for dir in ["fwd", "bwd_data", "bwd_weight"] {
+            if dir == "bwd_data" && !s.input_grad_needed {
+                continue;
+            }
+            expected += 1;
+            if let Some(ms) =
+                find(&format!("conv/{}/{dir}", s.tag())).and_then(|r| r["ms_median"].as_f64())
+            {
+                total += ms * s.count as f64;
+                measured += 1;
+            }
+        }
+    }
+    if measured > 0 {
+        b.report.figure(
+            &format!("ResNet-50 conv time per step, batch 256 ({measured}/{expected} measured)"),
+            sig(total),
+            "ms",
+            "torch conv_layers per-step total (gpu_check.md)",
+        );
+    }
+    let line = gpu_line(g);
+    println!("{BIN}: {line}");
+    b.report.notes.push(line);
+    b.report.write(&args.out, None);
+    println!(
+        "{BIN}: {} rows, {} failure(s) in {:.1} s",
+        b.report.rows.len(),
+        b.report.failures.len(),
+        dl.elapsed()
+    );
+    std::process::exit(if b.report.failures.is_empty() {
+        EXIT_PASS
+    } else {
+        EXIT_FAIL
+    });
+}

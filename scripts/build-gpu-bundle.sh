@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Builds the slmlp side of the GPU check (docs/GPU_CHECK.md) into gpu-bundle/:
+#
+#   scripts/build-gpu-bundle.sh [BUNDLE_DIR]      (default: gpu-bundle/, git-ignored)
+#
+#   slmlp-gpu-check        op parity, every CUDA op against the CPU op
+#   slmlp-gpu-train-check  20 bf16 training steps on cuda and cpu; the losses must track
+#   slmlp-gpu-bench        BN+ReLU, copy, GEMM, conv timings on the PyTorch keys
+#   slmlp                  the real binary the train check runs
+#   stages.txt             what tools/gpu/gpu_check.sh runs, with budgets
+#   nvrtc-pack/            NVRTC 13.0 (libnvrtc.so.13, libnvrtc-builtins.so.13.0) and
+#                          the CUDA headers, xz-compressed (33 MB instead of 115 MB)
+#   unpack-nvrtc.py        the first stage: unpacks them to $TMPDIR/slmlp-gpu-nvrtc/nvidia/cu13
+#                          (outside the bundle, so a bundle used once can still be carried)
+#
+# Why NVRTC travels: kernels::Toolchain accepts only NVRTC 13.0.x (driver 580
+# speaks CUDA 13.0, DESIGN.md §3), and the torch wheels on a GPU machine may
+# bring another (torch 2.15 here has 13.2). Unpacked, the libraries are loaded
+# by absolute path from $TMPDIR/slmlp-gpu-nvrtc, which every bundle binary sets
+# as SLMLP_NVRTC_HOME (the `slmlp` runs inherit it). If the unpack fails, the
+# binaries fall back to the loader's path (the wheels' NVRTC, if it is 13.0).
+#
+# Then, with a GPU: run(command='tools/gpu/gpu_check.sh "$OUT" --budget-s 480',
+# timeout_s=540, carry=["gpu-bundle"]).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUNDLE=${1:-$REPO/gpu-bundle}
+LIMIT_MIB=60
+BINS=(slmlp-gpu-check slmlp-gpu-train-check slmlp-gpu-bench slmlp)
+
+cd "$REPO"
+# Every bundle binary by name, one cargo call: the benches package's bins and
+# models' slmlp (not slmlp-demo).
+nice -n 10 cargo build --release -p slmlp-benches -p models \
+    --bin slmlp-gpu-check --bin slmlp-gpu-train-check --bin slmlp-gpu-bench --bin slmlp
+
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}/release
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE"
+for b in "${BINS[@]}"; do
+    [ -f "$TARGET/$b" ] || { echo "build-gpu-bundle: $TARGET/$b was not built" >&2; exit 1; }
+    cp "$TARGET/$b" "$BUNDLE/$b"
+    strip --strip-all "$BUNDLE/$b"
+    chmod 755 "$BUNDLE/$b"
+done
+
+# NVRTC 13.0 from the pinned wheels (scripts/install-nvrtc.sh), and the headers
+# cuda_fp16.h / cuda_bf16.h and what they include (<nv/target> from cccl);
+# cccl's cub, thrust and cuda/ (17 MB) are not used by any kernel.
+NVRTC_HOME=${SLMLP_NVRTC_HOME:-$REPO/.cache/nvrtc}
+LIB=$NVRTC_HOME/nvidia/cu13/lib
+INC=$NVRTC_HOME/nvidia/cu13/include
+for f in "$LIB/libnvrtc.so.13" "$LIB/libnvrtc-builtins.so.13.0" "$INC/cuda_bf16.h"; do
+    [ -f "$f" ] || { echo "build-gpu-bundle: $f missing: run scripts/install-nvrtc.sh first" >&2; exit 1; }
+done
+ls -d "$NVRTC_HOME"/nvidia_cuda_nvrtc-13.0.* > /dev/null 2>&1 \
+    || { echo "build-gpu-bundle: $NVRTC_HOME does not hold the nvidia-cuda-nvrtc 13.0.x wheel" >&2; exit 1; }
+# xz of the 105 MB library takes ~30 s: keep it between builds, keyed on size and mtime
+CACHE=${CARGO_TARGET_DIR:-$REPO/target}/gpu-bundle-cache
+mkdir -p "$CACHE" "$BUNDLE/nvrtc-pack"
+for f in libnvrtc.so.13 libnvrtc-builtins.so.13.0; do
+    key=$CACHE/$f.$(stat -c %s-%Y "$LIB/$f").xz
+    if [ ! -f "$key" ]; then
+        echo "compressing $f (xz, ~30 s for libnvrtc)"
+        nice -n 10 xz -T2 -6 -c "$LIB/$f" > "$key.tmp" && mv "$key.tmp" "$key"
+    fi
+    cp "$key" "$BUNDLE/nvrtc-pack/$f.xz"
+done
+tar -C "$NVRTC_HOME/nvidia/cu13" --exclude=include/cccl/cub --exclude=include/cccl/thrust \
+    --exclude=include/cccl/cuda -cJf "$BUNDLE/nvrtc-pack/include.tar.xz" include
+ls "$NVRTC_HOME" | grep -E '^nvidia_cuda_(nvrtc|runtime|cccl)-' > "$BUNDLE/nvrtc-pack/VERSIONS"
+cat > "$BUNDLE/unpack-nvrtc.py" <<'PYEOF'
+#!/usr/bin/env python3
+"""First stage of the GPU check bundle (scripts/build-gpu-bundle.sh): unpacks
+the bundled NVRTC 13.0 libraries and CUDA headers from BUNDLE/nvrtc-pack/ to
+$TMPDIR/slmlp-gpu-nvrtc/nvidia/cu13/{lib,include} (outside the bundle: 115 MB
+unpacked would make it too big to carry again), where the bundle binaries
+point kernels::Toolchain (SLMLP_NVRTC_HOME=$TMPDIR/slmlp-gpu-nvrtc).
+
+Invoked by tools/gpu/gpu_check.sh as `unpack-nvrtc.py --out DIR --budget-s N`
+(both ignored). Standard library only. Exit 0 unpacked, 1 failed (the other
+stages then fall back to the NVRTC on the loader's path).
+"""
+import lzma
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    pack = os.path.join(here, "nvrtc-pack")
+    dst = os.path.join(tempfile.gettempdir(), "slmlp-gpu-nvrtc", "nvidia", "cu13")
+    t = time.time()
+    try:
+        os.makedirs(os.path.join(dst, "lib"), exist_ok=True)
+        for name in ("libnvrtc-builtins.so.13.0", "libnvrtc.so.13"):
+            src = os.path.join(pack, name + ".xz")
+            out = os.path.join(dst, "lib", name)
+            with lzma.open(src) as f, open(out + ".tmp", "wb") as g:
+                shutil.copyfileobj(f, g, 1 << 22)
+            os.chmod(out + ".tmp", 0o755)
+            os.replace(out + ".tmp", out)
+            print(f"unpack-nvrtc: {out} ({os.path.getsize(out) >> 20} MiB)")
+        with tarfile.open(os.path.join(pack, "include.tar.xz"), "r:xz") as tf:
+            try:
+                tf.extractall(dst, filter="data")
+            except TypeError:  # Python without extraction filters
+                tf.extractall(dst)
+        if not os.path.isfile(os.path.join(dst, "include", "cuda_bf16.h")):
+            raise RuntimeError("include.tar.xz has no include/cuda_bf16.h")
+    except Exception as e:  # noqa: BLE001 - one clear line for the stage table
+        print(f"unpack-nvrtc: FAILED: {type(e).__name__}: {e}")
+        return 1
+    try:
+        with open(os.path.join(pack, "VERSIONS")) as f:
+            versions = ", ".join(ln.strip() for ln in f if ln.strip())
+    except OSError:
+        versions = "?"
+    print(f"unpack-nvrtc: NVRTC and headers in {dst} ({versions}) in {time.time() - t:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+PYEOF
+chmod 755 "$BUNDLE/unpack-nvrtc.py"
+
+# Budgets for a ~8 minute check (gpu_check.sh --budget-s 480): the slmlp stages
+# take at most 230 s (the unpack ~3 s of its 20), PyTorch the rest (gpu_check.sh
+# always keeps it 40% of the budget).
+cat > "$BUNDLE/stages.txt" <<'EOF'
+# name  binary  budget_s  [args...]   (tools/gpu/gpu_check.sh runs these in order)
+nvrtc   unpack-nvrtc.py        20
+parity  slmlp-gpu-check        60
+train   slmlp-gpu-train-check  60
+bench   slmlp-gpu-bench        90
+EOF
+
+cat > "$BUNDLE/BUILD_INFO" <<EOF
+built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname) from $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' + uncommitted changes')
+$(rustc --version)
+EOF
+
+echo
+echo "gpu-bundle: $BUNDLE"
+( cd "$BUNDLE" && du -sh "${BINS[@]}" nvrtc-pack/* stages.txt | sed 's/^/  /' )
+BYTES=$(du -sb "$BUNDLE" | cut -f1)
+MIB=$(( (BYTES + (1 << 20) - 1) >> 20 ))
+echo "bundle size: $MIB MiB (limit $LIMIT_MIB MiB; the device tool carries 64 MiB in all)"
+if [ "$MIB" -gt "$LIMIT_MIB" ]; then
+    echo "build-gpu-bundle: the bundle is over $LIMIT_MIB MiB" >&2
+    exit 1
+fi
+git -C "$REPO" check-ignore -q "$BUNDLE" 2>/dev/null \
+    || echo "warning: $BUNDLE is not git-ignored (add it to .gitignore)" >&2
