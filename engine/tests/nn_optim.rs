@@ -47,7 +47,7 @@ fn run3(opt: &mut dyn Optimizer, params: &[Param], grads: &[[f64; 2]; 3]) -> Vec
 fn sgd_momentum_matches_torch_formula() {
     let p = param("w", &[1.0, -2.0], false);
     let mut opt = Sgd::new(0.1, 0.9, 0.0);
-    let h = run3(&mut opt, &[p.clone()], &GRADS);
+    let h = run3(&mut opt, std::slice::from_ref(&p), &GRADS);
     // buf1 = g1; buf2 = 0.9 buf1 + g2; buf3 = 0.9 buf2 + g3; p -= 0.1 buf
     assert_close(&h[0][0], &[0.95, -2.1], 1e-15, "step 1");
     assert_close(&h[1][0], &[0.93, -2.24], 1e-15, "step 2");

@@ -148,6 +148,70 @@ __device__ __forceinline__ void avgpool_bwd(const T* __restrict__ dy, T* __restr
     }
 }
 
+// Adaptive average pooling (PyTorch): output row i averages input rows
+// [floor(i*H/OH), ceil((i+1)*H/OH)), the same for columns; bins may
+// overlap and differ in size. K/S/P of the shape are unused.
+__device__ __forceinline__ int bin_start(int i, int in, int out) {
+    return (int)(((i64)i * in) / out);
+}
+__device__ __forceinline__ int bin_end(int i, int in, int out) {
+    return (int)(((i64)(i + 1) * in + out - 1) / out);
+}
+
+template <typename T>
+__device__ __forceinline__ void adaptive_avgpool_fwd(const T* __restrict__ x, T* __restrict__ y,
+                                                    PoolShape s) {
+    const i64 total = (i64)s.N * s.OH * s.OW * s.C;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int c = (int)(e % s.C);
+        i64 t = e / s.C;
+        const int ow = (int)(t % s.OW);
+        t /= s.OW;
+        const int oh = (int)(t % s.OH);
+        const int n = (int)(t / s.OH);
+        const int h0 = bin_start(oh, s.H, s.OH), h1 = bin_end(oh, s.H, s.OH);
+        const int w0 = bin_start(ow, s.W, s.OW), w1 = bin_end(ow, s.W, s.OW);
+        const T* xn = x + (i64)n * s.H * s.W * s.C + c;
+        float acc = 0.0f;
+        for (int h = h0; h < h1; h++)
+            for (int w = w0; w < w1; w++) acc += to_f32(xn[((i64)h * s.W + w) * s.C]);
+        y[e] = from_f32<T>(acc / (float)((h1 - h0) * (w1 - w0)));
+    }
+}
+
+// Gather: input row h lies in the bins oh of [floor(h*OH/H), ceil((h+1)*OH/H)).
+template <typename T>
+__device__ __forceinline__ void adaptive_avgpool_bwd(const T* __restrict__ dy, T* __restrict__ dx,
+                                                    PoolShape s) {
+    const i64 total = (i64)s.N * s.H * s.W * s.C;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int c = (int)(e % s.C);
+        i64 t = e / s.C;
+        const int w = (int)(t % s.W);
+        t /= s.W;
+        const int h = (int)(t % s.H);
+        const int n = (int)(t / s.H);
+        const int oh0 = (int)(((i64)h * s.OH) / s.H);
+        const int oh1 = min((int)(((i64)(h + 1) * s.OH + s.H - 1) / s.H), s.OH);
+        const int ow0 = (int)(((i64)w * s.OW) / s.W);
+        const int ow1 = min((int)(((i64)(w + 1) * s.OW + s.W - 1) / s.W), s.OW);
+        float acc = 0.0f;
+        for (int oh = oh0; oh < oh1; oh++) {
+            const int h0 = bin_start(oh, s.H, s.OH), h1 = bin_end(oh, s.H, s.OH);
+            if (h < h0 || h >= h1) continue;
+            for (int ow = ow0; ow < ow1; ow++) {
+                const int w0 = bin_start(ow, s.W, s.OW), w1 = bin_end(ow, s.W, s.OW);
+                if (w < w0 || w >= w1) continue;
+                const i64 o = (((i64)n * s.OH + oh) * s.OW + ow) * s.C + c;
+                acc += to_f32(dy[o]) / (float)((h1 - h0) * (w1 - w0));
+            }
+        }
+        dx[e] = from_f32<T>(acc);
+    }
+}
+
 #define POOL_ARGS int N, int H, int W, int C, int OH, int OW, int KH, int KW, int SH, int SW, int PH, int PW
 #define POOL_SHAPE PoolShape{N, H, W, C, OH, OW, KH, KW, SH, SW, PH, PW}
 
@@ -167,6 +231,14 @@ __device__ __forceinline__ void avgpool_bwd(const T* __restrict__ dy, T* __restr
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
         avgpool_bwd_##SFX(const T* dy, T* dx, POOL_ARGS, int count_include_pad) {                \
         avgpool_bwd<T>(dy, dx, POOL_SHAPE, count_include_pad);                                   \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        adaptive_avgpool_fwd_##SFX(const T* x, T* y, POOL_ARGS) {                                \
+        adaptive_avgpool_fwd<T>(x, y, POOL_SHAPE);                                               \
+    }                                                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+        adaptive_avgpool_bwd_##SFX(const T* dy, T* dx, POOL_ARGS) {                              \
+        adaptive_avgpool_bwd<T>(dy, dx, POOL_SHAPE);                                             \
     }
 
 POOL_ENTRY_POINTS(float, f32)

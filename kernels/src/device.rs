@@ -811,6 +811,41 @@ impl KernelLibrary {
         Ok(())
     }
 
+    /// Adaptive average pooling (PyTorch's bins, which may differ in size
+    /// and overlap) forward or backward; `d`'s kernel/stride/padding are
+    /// ignored (pool.cu).
+    ///
+    /// # Safety
+    /// As [`KernelLibrary::avgpool`].
+    pub unsafe fn adaptive_avgpool(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        backward: bool,
+        src: DevPtr,
+        dst: DevPtr,
+        d: &PoolDims,
+    ) -> Result<()> {
+        let a = d.args()?;
+        let (dir, threads) = if backward {
+            ("bwd", d.input_len())
+        } else {
+            ("fwd", d.output_len())
+        };
+        let Some(shape) = launch::elementwise(threads, 1, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("adaptive_avgpool_{dir}_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&src).arg(&dst);
+        for v in &a {
+            b.arg(v);
+        }
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
     /// Cross-entropy forward: xent_fwd (per-row loss, lse, bad-target flag)
     /// then xent_finalize (stats = [mean loss, valid rows]).
     ///

@@ -75,7 +75,8 @@ pub const KERNELS: &[Kernel] = &[
         typed ["sum_partial", "all_finite", "gap_fwd", "gap_bwd", "sum_cols", "sum_rows"]
         untyped ["sum_finalize", "unscale_check_f32"]),
     kernel!("pool",
-        typed ["maxpool_fwd", "maxpool_bwd", "avgpool_fwd", "avgpool_bwd"]
+        typed ["maxpool_fwd", "maxpool_bwd", "avgpool_fwd", "avgpool_bwd",
+               "adaptive_avgpool_fwd", "adaptive_avgpool_bwd"]
         untyped []),
     kernel!("softmax_xent",
         typed ["xent_fwd", "xent_bwd"]

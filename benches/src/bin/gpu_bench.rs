@@ -30,7 +30,7 @@ mod gpu_common;
 
 use engine::cuda::Gpu;
 use engine::ops::{BatchNormArgs, Conv2dParams};
-use engine::{DType, Device, Result, Tensor};
+use engine::{DType, Device, Result, Rng, Tensor};
 use gpu_common::*;
 use serde_json::{json, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -478,20 +478,93 @@ fn conv(b: &mut Bench) {
     }
 }
 
+// ---- resnet50_train -------------------------------------------------------------
+
+/// The whole ResNet-50 training step (SL and SL-MLP), as torch_baselines.py
+/// times it: batch 256 at 224 px, bf16 compute with f32 master weights, SGD
+/// momentum 0.9, wd 1e-4, inputs already on the GPU (two sets alternated),
+/// through the same `Trainer::step` `slmlp pretrain` runs (so its per-step
+/// loss read-back is timed too). Peak memory is the caching allocator's.
+fn train(b: &mut Bench) {
+    use engine::amp::Precision;
+    use models::train::{TrainOptions, Trainer};
+    use models::{NetConfig, ProjectorConfig, SupervisedNet};
+    const N: usize = 256;
+    const PX: usize = 224;
+    for variant in ["sl", "sl_mlp"] {
+        let key = format!("resnet50_train/{variant}/eager");
+        b.attempt(&key, 25.0, |b| {
+            let mut cfg = NetConfig::new("resnet50", 1000)?;
+            if variant == "sl_mlp" {
+                cfg.projector = Some(ProjectorConfig::parse("d", 2048)?);
+            }
+            let net = SupervisedNet::new(cfg, &mut Rng::new(0))?;
+            let params: usize = engine::nn::Module::params(&net)
+                .iter()
+                .map(|p| p.dims().iter().product::<usize>())
+                .sum();
+            engine::nn::Module::to_device(&net, Device::Cuda(b.g.ordinal))?;
+            let opts = TrainOptions {
+                steps: 1000,
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                warmup_steps: 0,
+                label_smoothing: 0.0,
+                precision: Precision::Bf16,
+            };
+            let mut trainer = Trainer::new(&net, opts, Default::default());
+            let mut sets = Vec::new();
+            for i in 0..2 {
+                let x = b.pool.take(&[N, 3, PX, PX], 7 + i)?.to_dtype(DType::F32)?;
+                let y: Vec<i64> = (0..N).map(|j| ((j * 37 + i * 11) % 1000) as i64).collect();
+                let y = Tensor::from_vec(y, &[N])?.to_device(x.device())?;
+                sets.push((x, y));
+            }
+            b.g.reset_peak_memory();
+            let t0 = std::time::Instant::now();
+            trainer.step(&sets[0].0, &sets[0].1)?;
+            b.g.synchronize()?;
+            let first_step_s = t0.elapsed().as_secs_f64();
+            let mut last_loss = f64::NAN;
+            let t = time_gpu(b.g, 2, 5, 30, 6.0, |i| {
+                let (x, y) = &sets[i % 2];
+                last_loss = trainer.step(x, y)?.loss;
+                Ok(())
+            })?;
+            let peak = b.g.memory_stats();
+            drop(trainer);
+            drop(sets);
+            drop(net);
+            b.g.empty_cache();
+            Ok(merge(
+                json!({"key": key, "name": format!("resnet50 {} train step (slmlp)", variant.to_uppercase().replace('_', "-")),
+                       "variant": variant, "mode": "eager", "batch": N, "px": PX, "params": params,
+                       "precision": "bf16 compute, f32 master weights, channels_last, SGD momentum",
+                       "img_per_s": sig(N as f64 / (t.ms_median * 1e-3)),
+                       "peak_gib": sig(peak.peak_allocated as f64 / (1u64 << 30) as f64),
+                       "peak_reserved_gib": sig(peak.peak_reserved as f64 / (1u64 << 30) as f64),
+                       "first_step_s": sig(first_step_s), "loss_last": sig(last_loss)}),
+                &t,
+            ))
+        });
+    }
+}
+
 fn main() {
-    let args = Args::parse(BIN, " [--sections copy,gemm,bn,conv]");
+    let args = Args::parse(BIN, " [--sections copy,gemm,bn,conv,train]");
     use_bundled_nvrtc();
     let dl = Deadline::new(args.budget_s);
     let g = open_gpu_or_exit(BIN, &args.out);
     let sections: Vec<String> = args
         .value("--sections")
-        .unwrap_or("copy,gemm,bn,conv")
+        .unwrap_or("copy,gemm,bn,conv,train")
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
     for s in &sections {
-        if !["copy", "gemm", "bn", "conv"].contains(&s.as_str()) {
-            eprintln!("{BIN}: unknown section {s:?} (copy, gemm, bn, conv)");
+        if !["copy", "gemm", "bn", "conv", "train"].contains(&s.as_str()) {
+            eprintln!("{BIN}: unknown section {s:?} (copy, gemm, bn, conv, train)");
             std::process::exit(EXIT_CRASH);
         }
     }
@@ -536,6 +609,9 @@ fn main() {
         conv(&mut b);
     }
     g.empty_cache();
+    if want("train") {
+        train(&mut b);
+    }
     // summary: the ceilings, BN as % of copy, conv per-step total
     let rows = b.report.rows.clone();
     let find = |k: &str| rows.iter().find(|r| r["key"] == k);

@@ -266,8 +266,9 @@ type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
 fn conv(c: &mut Checker, dl: &Deadline) {
     // (n, cin, h, w, cout, k, stride, pad, bias): odd sizes, channel counts
     // not divisible by 8, and ResNet-50 layers at batch 2.
-    let shapes: [ConvCase; 10] = [
+    let shapes: [ConvCase; 11] = [
         (2, 3, 13, 11, 5, 3, 1, 1, false),
+        (3, 5, 7, 9, 11, 1, 1, 0, true),
         (3, 12, 9, 7, 20, 3, 2, 1, true),
         (2, 36, 10, 10, 52, 1, 1, 0, false),
         (1, 7, 6, 5, 3, 2, 1, 0, true),
@@ -724,6 +725,142 @@ fn make_params(values: &[(String, Tensor, bool)], device: Device) -> Result<Vec<
         .collect()
 }
 
+/// A whole network's forward and backward: the loss, the logits and every
+/// parameter's gradient (SL-MLP ResNet-18, narrow, both stems). Catches what
+/// single-op cases cannot: gradient accumulation across branches, layouts
+/// handed from op to op, the model's dtype casts.
+///
+/// How it is judged (measured on the H100, 2026-11-26):
+/// - every item's error is relative to the largest value of the whole case
+///   (floored at 1e-3 of it), not to the item's own: the Linear bias in
+///   front of a BatchNorm has an exactly-zero gradient, so both sides hold
+///   rounding noise there (~1e-9) and an item-relative error is ~1;
+/// - f32 against the CPU f32 at 1e-4 (summation order through ~20 layers);
+/// - bf16 against the CPU **f32** truth, next to the CPU's own bf16 error:
+///   rounding every activation to bf16 moves deep gradients by 10-50 % on
+///   either device, so the GPU passes when its bf16 error is at most 3x
+///   the CPU's (+1e-2); the worst of 62 items measured was 2.2x
+///   (dlayer4.1.conv2.weight, narrow CIFAR-stem net).
+fn model_grads(c: &mut Checker, dl: &Deadline) {
+    use engine::nn::Module;
+    use models::{NetConfig, ProjectorConfig, Stem, SupervisedNet};
+    if !c.wanted("model_grads") {
+        return;
+    }
+    let dut = c.dut;
+    for (stem, hw) in [(Stem::Cifar, 12usize), (Stem::ImageNet, 32)] {
+        if dl.left() < 5.0 {
+            return;
+        }
+        let x = c.randn(&[8, 3, hw, hw], DType::F32, 1.0);
+        let labels: Vec<i64> = (0..8).map(|i| (i * 3 % 10) as i64).collect();
+        let labels = Tensor::from_vec(labels, &[8]).expect("8 labels");
+        let run = |device: Device, dtype: DType| -> Result<Vec<(String, Vec<f64>)>> {
+            let mut cfg = NetConfig::new("resnet18", 10)?;
+            cfg.width = 8;
+            cfg.stem = stem;
+            cfg.projector = Some(ProjectorConfig::parse("d", 64)?);
+            let net = SupervisedNet::new(cfg, &mut Rng::new(3))?;
+            net.to_device(device)?;
+            net.set_training(true);
+            let input = x.to_device(device)?.to_dtype(dtype)?;
+            let logits = net.forward(&input)?.to_dtype(DType::F32)?;
+            let loss = logits.cross_entropy(&labels.to_device(device)?, 0.1, None)?;
+            loss.backward()?;
+            let mut outs = vec![
+                ("loss".to_string(), host(&loss.detach())?),
+                ("logits".to_string(), host(&logits.detach())?),
+            ];
+            for p in net.params() {
+                let g = p.get().grad().ok_or_else(|| {
+                    Error::Autograd(format!("no gradient reached {}", p.name()))
+                })?;
+                outs.push((format!("d{}", p.name()), host(&g)?));
+            }
+            Ok(outs)
+        };
+        let shape = format!("resnet18 w8 {stem:?} sl-mlp [8,3,{hw},{hw}]");
+        let attempt = |device, dtype| match catch_unwind(AssertUnwindSafe(|| run(device, dtype))) {
+            Ok(r) => r,
+            Err(p) => Err(Error::Autograd(format!("panicked: {}", panic_text(&*p)))),
+        };
+        let truth = attempt(Device::Cpu, DType::F32);
+        for dtype in [DType::F32, DType::BF16] {
+            let mut row = Row {
+                op: "model_grads".into(),
+                dtype: dt(dtype).into(),
+                shape: shape.clone(),
+                worst: String::new(),
+                err: 0.0,
+                thr: if dtype == DType::F32 { 1e-4 } else { 3.0 },
+                status: "pass",
+                items: vec![],
+                note: String::new(),
+            };
+            let label = format!("model_grads {} {shape}", dt(dtype));
+            let sides = (|| -> Result<_> {
+                let truth = truth.as_ref().map_err(|e| Error::Autograd(format!("CPU f32: {e}")))?;
+                let gpu = attempt(dut, dtype).map_err(|e| Error::Autograd(format!("GPU: {e}")))?;
+                let cpu = if dtype == DType::F32 {
+                    None
+                } else {
+                    Some(attempt(Device::Cpu, dtype).map_err(|e| Error::Autograd(format!("CPU {}: {e}", dt(dtype))))?)
+                };
+                Ok((truth.clone(), gpu, cpu))
+            })();
+            let (truth, gpu, cpu) = match sides {
+                Ok(v) => v,
+                Err(e) => {
+                    c.fail(row, format!("{label}: {e}"));
+                    continue;
+                }
+            };
+            let scale = truth
+                .iter()
+                .flat_map(|(_, v)| v.iter())
+                .fold(0.0f64, |m, v| m.max(v.abs()));
+            // error of `a` against the truth, relative to the item's largest
+            // value floored at 1e-3 of the case's
+            let err = |a: &[f64], b: &[f64]| -> f64 {
+                let item = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                rel_err(a, b) * item.max(1e-30) / item.max(1e-3 * scale).max(1e-30)
+            };
+            let mut bad = Vec::new();
+            for (i, (name, t)) in truth.iter().enumerate() {
+                let Some((_, g)) = gpu.iter().find(|(n, _)| n == name) else {
+                    bad.push(format!("{name} missing on the GPU side"));
+                    continue;
+                };
+                let e_gpu = err(g, t);
+                // bf16: the ratio to the CPU's own bf16 error (+1e-2)
+                let e = match &cpu {
+                    None => e_gpu,
+                    Some(cpu) => e_gpu / (err(&cpu[i].1, t) + 1e-2),
+                };
+                if e.is_nan() || e > row.thr {
+                    bad.push(format!("{name} error {} > {}", sci(e), sci(row.thr)));
+                }
+                row.items.push(Item {
+                    what: name.clone(),
+                    err: e,
+                });
+            }
+            if let Some(w) = row.items.iter().max_by(|a, b| a.err.total_cmp(&b.err)) {
+                row.worst = w.what.clone();
+                row.err = w.err;
+            }
+            if dtype != DType::F32 {
+                row.note = "err = GPU bf16 error / (CPU bf16 error + 1e-2), both against CPU f32".into();
+            }
+            if bad.is_empty() {
+                c.rows.push(row);
+            } else {
+                c.fail(row, format!("{label}: {}", bad.join("; ")));
+            }
+        }
+    }
+}
+
 fn optimizer(c: &mut Checker, dl: &Deadline) {
     let spec: [(&str, &[usize], bool); 5] = [
         ("conv.weight", &[13, 7, 3, 3], false),
@@ -916,7 +1053,7 @@ fn main() {
     };
     type Group = fn(&mut Checker, &Deadline);
     // cheap groups first; the conv and BN shapes take the longest on the CPU side
-    let groups: [(&[&str], Group); 7] = [
+    let groups: [(&[&str], Group); 8] = [
         (&["cast"], casts),
         (&["add", "relu"], elementwise),
         (&["cross_entropy", "sum"], loss_and_sum),
@@ -935,6 +1072,7 @@ fn main() {
                 conv(c, dl)
             },
         ),
+        (&["model_grads"], model_grads),
     ];
     let mut cut = Vec::new();
     for (ops, run) in groups {

@@ -11,15 +11,22 @@
 //! ```
 //!
 //! (10 classes x 32 images / batch 16 = 20 steps), then compares the two
-//! `metrics.jsonl` step losses: step 1 (same weights, same batch: only the
-//! forward's rounding differs) within `--first-tol` (default 1e-2 relative
-//! for bf16, 1e-4 for f32), every later step within `--tol` (default 5e-2
-//! for bf16, 1e-3 for f32; the runs drift apart as rounding differences
-//! compound through the updates). A missing step, a NaN loss or a failed
-//! run fails the check.
+//! `metrics.jsonl` step losses in two phases:
+//! - exact: the first `--exact-steps` steps (f32: 3, bf16/f16: 1) each within
+//!   `--first-tol` relative (f32 1e-4, else 1e-2): same weights, same
+//!   batches, only rounding differs (measured on the H100: f32 1e-7, 1e-7,
+//!   1.2e-5; bf16 step 1 8e-5);
+//! - tracking: the mean loss of each window of 5 steps within `--tol`
+//!   relative (0.25), and the last window below the first on both devices.
+//!   Step-by-step equality cannot be asked for after a few steps: this
+//!   training is chaotic. `slmlp-train-sensitivity` perturbs one weight by
+//!   1e-7 on the CPU alone and the two CPU losses differ by 1e-4 at step 5
+//!   and up to 1e-1 by step 9 (docs/PERF.md).
+//!
+//! A missing step, a NaN loss or a failed run fails the check.
 //!
 //! `slmlp-gpu-train-check --out DIR --budget-s N [--slmlp PATH]
-//!     [--precision bf16|f32|f16] [--tol X] [--first-tol X] [--cpu-self-test]`
+//!     [--precision bf16|f32|f16] [--exact-steps K] [--first-tol X] [--tol X] [--cpu-self-test]`
 //! (`--cpu-self-test`: the "cuda" run on the CPU as well, to test this
 //! program without a GPU.)
 //! Exit 0 tracked, 1 diverged or a run failed, 3 no usable GPU.
@@ -76,14 +83,27 @@ fn parse_metrics(text: &str) -> Result<Vec<Step>, String> {
     Ok(out)
 }
 
+/// How close the two curves must be (see the module doc).
+#[derive(Debug, Clone, Copy)]
+struct Tolerance {
+    /// Steps compared one by one at `first`.
+    exact_steps: usize,
+    first: f64,
+    /// Relative difference allowed between 5-step window means.
+    window: f64,
+}
+
+const WINDOW: usize = 5;
+
+fn window_means(c: &[Step]) -> Vec<f64> {
+    c.chunks_exact(WINDOW)
+        .map(|w| w.iter().map(|s| s.loss).sum::<f64>() / WINDOW as f64)
+        .collect()
+}
+
 /// Compares the GPU curve with the CPU one; every problem is one message.
-fn compare(
-    gpu: &[Step],
-    cpu: &[Step],
-    steps: usize,
-    first_tol: f64,
-    tol: f64,
-) -> (Vec<String>, f64) {
+/// Also returns the worst relative difference of the exact phase.
+fn compare(gpu: &[Step], cpu: &[Step], steps: usize, tol: Tolerance) -> (Vec<String>, f64) {
     let mut bad = Vec::new();
     let mut worst = 0.0f64;
     for (name, curve) in [("cuda", gpu), ("cpu", cpu)] {
@@ -93,6 +113,9 @@ fn compare(
                 curve.len()
             ));
         }
+        if let Some(s) = curve.iter().find(|s| !s.loss.is_finite()) {
+            bad.push(format!("step {}: the {name} loss is {}", s.step, s.loss));
+        }
     }
     for (g, c) in gpu.iter().zip(cpu) {
         if g.step != c.step {
@@ -100,34 +123,51 @@ fn compare(
                 "step numbers differ: cuda {} vs cpu {}",
                 g.step, c.step
             ));
-            break;
-        }
-        let rel = (g.loss - c.loss).abs() / c.loss.abs().max(1e-12);
-        let limit = if g.step == 1 { first_tol } else { tol };
-        if !rel.is_finite() || g.loss.is_nan() {
-            bad.push(format!(
-                "step {}: loss cuda {} cpu {}",
-                g.step, g.loss, c.loss
-            ));
-            worst = f64::INFINITY;
-            continue;
-        }
-        worst = worst.max(rel);
-        if rel > limit {
-            bad.push(format!(
-                "step {}: loss cuda {:.6} vs cpu {:.6}, rel diff {} > {}",
-                g.step,
-                g.loss,
-                c.loss,
-                sci(rel),
-                sci(limit)
-            ));
+            return (bad, f64::INFINITY);
         }
         if g.skipped != c.skipped {
             bad.push(format!(
                 "step {}: skipped on one device only (cuda {}, cpu {})",
                 g.step, g.skipped, c.skipped
             ));
+        }
+        if g.step > tol.exact_steps {
+            continue;
+        }
+        let rel = (g.loss - c.loss).abs() / c.loss.abs().max(1e-12);
+        worst = worst.max(if rel.is_finite() { rel } else { f64::INFINITY });
+        // NaN-safe: a NaN difference fails
+        if rel.is_nan() || rel > tol.first {
+            bad.push(format!(
+                "step {}: loss cuda {:.6} vs cpu {:.6}, rel diff {} > {}",
+                g.step,
+                g.loss,
+                c.loss,
+                sci(rel),
+                sci(tol.first)
+            ));
+        }
+    }
+    let (wg, wc) = (window_means(gpu), window_means(cpu));
+    for (i, (a, b)) in wg.iter().zip(&wc).enumerate() {
+        let rel = (a - b).abs() / b.abs().max(1e-12);
+        if rel.is_nan() || rel > tol.window {
+            bad.push(format!(
+                "steps {}-{}: mean loss cuda {a:.4} vs cpu {b:.4}, rel diff {} > {}",
+                i * WINDOW + 1,
+                (i + 1) * WINDOW,
+                sci(rel),
+                sci(tol.window)
+            ));
+        }
+    }
+    for (name, w) in [("cuda", &wg), ("cpu", &wc)] {
+        if let (Some(first), Some(last)) = (w.first(), w.last()) {
+            if w.len() > 1 && (last.is_nan() || last >= first) {
+                bad.push(format!(
+                    "the {name} run did not learn: mean loss of the last {WINDOW} steps {last:.4} >= first {WINDOW} {first:.4}"
+                ));
+            }
         }
     }
     (bad, worst)
@@ -218,7 +258,7 @@ fn tail(path: &Path, lines: usize) -> String {
 fn main() {
     let args = Args::parse(
         BIN,
-        " [--slmlp PATH] [--precision bf16|f32|f16] [--tol X] [--first-tol X] [--cpu-self-test]",
+        " [--slmlp PATH] [--precision bf16|f32|f16] [--exact-steps K] [--first-tol X] [--tol X] [--cpu-self-test]",
     );
     use_bundled_nvrtc();
     let dl = Deadline::new(args.budget_s);
@@ -236,10 +276,10 @@ fn main() {
         std::process::exit(EXIT_NO_GPU);
     }
     let precision = args.value("--precision").unwrap_or("bf16").to_string();
-    let (def_first, def_tol) = if precision == "f32" {
-        (1e-4, 1e-3)
+    let (def_exact, def_first) = if precision == "f32" {
+        (3, 1e-4)
     } else {
-        (1e-2, 5e-2)
+        (1, 1e-2)
     };
     let num = |name: &str, def: f64| -> f64 {
         match args.value(name) {
@@ -250,7 +290,11 @@ fn main() {
             }),
         }
     };
-    let (first_tol, tol) = (num("--first-tol", def_first), num("--tol", def_tol));
+    let tol = Tolerance {
+        exact_steps: num("--exact-steps", def_exact as f64) as usize,
+        first: num("--first-tol", def_first),
+        window: num("--tol", 0.25),
+    };
     let slmlp = match args.value("--slmlp") {
         Some(p) => PathBuf::from(p),
         None => std::env::current_exe()
@@ -348,7 +392,7 @@ fn main() {
         curves.push(curve);
     }
     let (gpu, cpu) = (&curves[0], &curves[1]);
-    let (bad, worst) = compare(gpu, cpu, STEPS, first_tol, tol);
+    let (bad, worst) = compare(gpu, cpu, STEPS, tol);
     report.failures.extend(bad);
     println!(
         "{:>5}  {:>12}  {:>12}  {:>10}",
@@ -374,10 +418,22 @@ fn main() {
         &format!("{STEPS} each"),
     );
     report.figure(
-        "max loss rel diff",
+        &format!("max loss rel diff, steps 1-{}", tol.exact_steps),
         sig(worst),
         "",
-        &format!("step 1 <= {first_tol}, later <= {tol}"),
+        &format!("<= {}", tol.first),
+    );
+    let (wg, wc) = (window_means(gpu), window_means(cpu));
+    let windows: Vec<String> = wg
+        .iter()
+        .zip(&wc)
+        .map(|(a, b)| format!("{a:.3}/{b:.3}"))
+        .collect();
+    report.figure(
+        "mean loss per 5 steps, cuda/cpu",
+        windows.join(" "),
+        "",
+        &format!("each within {} relative; last < first", tol.window),
     );
     let med_ips = |c: &[Step]| -> f64 {
         let mut v: Vec<f64> = c
@@ -408,7 +464,7 @@ fn main() {
     }
     report.write(&args.out, None);
     println!(
-        "{BIN}: {} — {} failure(s), max rel diff {} in {:.1} s",
+        "{BIN}: {} — {} failure(s), max rel diff of the exact steps {} in {:.1} s",
         if report.failures.is_empty() {
             "losses track"
         } else {
@@ -464,32 +520,30 @@ mod tests {
     }
 
     #[test]
-    fn tolerances_apply_per_step() {
-        let cpu = curve(&[2.0, 1.8, 1.5]);
-        assert!(compare(&curve(&[2.001, 1.85, 1.45]), &cpu, 3, 1e-2, 5e-2)
-            .0
-            .is_empty());
-        // step 1 is held tighter
-        assert_eq!(
-            compare(&curve(&[2.1, 1.8, 1.5]), &cpu, 3, 1e-2, 5e-2)
-                .0
-                .len(),
-            1
-        );
-        // a later step off by 10%, a NaN, a short run
-        assert_eq!(
-            compare(&curve(&[2.0, 1.98, 1.5]), &cpu, 3, 1e-2, 5e-2)
-                .0
-                .len(),
-            1
-        );
-        assert_eq!(
-            compare(&curve(&[2.0, f64::NAN, 1.5]), &cpu, 3, 1e-2, 5e-2)
-                .0
-                .len(),
-            1
-        );
-        assert_eq!(compare(&curve(&[2.0, 1.8]), &cpu, 3, 1e-2, 5e-2).0.len(), 1);
+    fn exact_steps_then_windows() {
+        let tol = Tolerance {
+            exact_steps: 2,
+            first: 1e-2,
+            window: 0.25,
+        };
+        let base = [2.4, 2.2, 2.5, 2.3, 2.1, 2.0, 1.9, 2.2, 1.8, 1.7];
+        let cpu = curve(&base);
+        let with = |i: usize, v: f64| {
+            let mut c = base.to_vec();
+            c[i] = v;
+            curve(&c)
+        };
+        assert!(compare(&cpu, &cpu, 10, tol).0.is_empty());
+        // an exact step off by 5% fails; a later one off by 5% does not
+        assert_eq!(compare(&with(1, 2.31), &cpu, 10, tol).0.len(), 1);
+        assert!(compare(&with(4, 2.2), &cpu, 10, tol).0.is_empty());
+        // a window mean off by more than 25% fails
+        assert!(!compare(&with(7, 9.0), &cpu, 10, tol).0.is_empty());
+        // NaN, a short run, a run that does not learn
+        assert!(!compare(&with(6, f64::NAN), &cpu, 10, tol).0.is_empty());
+        assert_eq!(compare(&curve(&base[..9]), &cpu, 10, tol).0.len(), 1);
+        let flat = curve(&[2.0; 10]);
+        assert!(!compare(&flat, &flat, 10, tol).0.is_empty());
     }
 
     #[test]

@@ -442,7 +442,7 @@ fn cudnn_err(what: &str, detail: impl std::fmt::Display, e: CudnnError) -> Error
 /// Every cuDNN entry point used here: looked up once when the handle is
 /// created so a library without one fails with a message, not cudarc's
 /// panic on a missing symbol.
-const SYMBOLS: [&str; 28] = [
+const SYMBOLS: [&str; 27] = [
     "cudnnCreate",
     "cudnnSetStream",
     "cudnnCreateTensorDescriptor",
@@ -470,7 +470,6 @@ const SYMBOLS: [&str; 28] = [
     "cudnnConvolutionBackwardData",
     "cudnnConvolutionBackwardFilter",
     "cudnnAddTensor",
-    "cudnnConvolutionBackwardBias",
 ];
 
 /// One GPU's cuDNN state.
@@ -1214,50 +1213,6 @@ pub fn add_bias(
         unsafe { sys::cudnnAddTensor(dnn.handle, al, b.0, vp(bias), al, yd.0, vpm(y)) }
             .result()
             .map_err(|e| cudnn_err("cudnnAddTensor (bias)", format!("y {y_dims:?} {dtype}"), e))
-    })
-}
-
-/// db[k] = the sum of dy[n, k, i, j] over n, i, j for NHWC dy of logical
-/// dims `dy_dims`, written (not accumulated) to dense db [k].
-pub fn backward_bias(
-    g: &'static Gpu,
-    dtype: DType,
-    dy_dims: [usize; 4],
-    dy: u64,
-    db: u64,
-) -> Result<()> {
-    let data = data_type(dtype)?;
-    let k = dy_dims[1];
-    if k == 0 {
-        return Ok(());
-    }
-    if dy_dims.contains(&0) {
-        return g.memset(db, 0, k * elem_bytes(data));
-    }
-    with_dnn(g, |dnn| {
-        let dyd = TensorDesc::nhwc(data, dy_dims)?;
-        let b = TensorDesc::nhwc(data, [1, k, 1, 1])?;
-        let (one, zero) = (1.0f32, 0.0f32);
-        // SAFETY: descriptors match the buffers (caller's contract).
-        unsafe {
-            sys::cudnnConvolutionBackwardBias(
-                dnn.handle,
-                &one as *const f32 as *const c_void,
-                dyd.0,
-                vp(dy),
-                &zero as *const f32 as *const c_void,
-                b.0,
-                vpm(db),
-            )
-        }
-        .result()
-        .map_err(|e| {
-            cudnn_err(
-                "cudnnConvolutionBackwardBias",
-                format!("dy {dy_dims:?} {dtype}"),
-                e,
-            )
-        })
     })
 }
 

@@ -7,7 +7,7 @@
 use super::elementwise::{on_device, traced_sync};
 use super::{kdtype, kerr};
 use crate::autograd::record;
-use crate::cuda::runtime::DeviceBlock;
+use crate::cuda::runtime::{DeviceBlock, Gpu};
 use crate::cuda::tensor::{empty, gpu_of, ptr, to_default_layout};
 use crate::{Error, Result, Tensor};
 use kernels::device::PoolDims;
@@ -100,26 +100,53 @@ pub fn max_pool2d(
 }
 
 /// Window means through avgpool_fwd/avgpool_bwd.
-fn avg_pool(op: &'static str, x: &Tensor, d: PoolDims, count_include_pad: bool) -> Result<Tensor> {
-    crate::trace::op(op, "forward", "cuda:avgpool_fwd", &[x], || {
+/// Which averaging windows: sliding ones, or PyTorch's adaptive bins.
+#[derive(Clone, Copy)]
+enum Avg {
+    Window { count_include_pad: bool },
+    Adaptive,
+}
+
+impl Avg {
+    /// # Safety
+    /// As `KernelLibrary::avgpool`.
+    unsafe fn launch(
+        self,
+        g: &Gpu,
+        dt: kernels::device::Dtype,
+        backward: bool,
+        src: u64,
+        dst: u64,
+        d: &PoolDims,
+    ) -> kernels::Result<()> {
+        match self {
+            Avg::Window { count_include_pad } => g.kernels.avgpool(
+                &g.stream,
+                dt,
+                backward,
+                src,
+                dst,
+                d,
+                count_include_pad,
+            ),
+            Avg::Adaptive => g.kernels.adaptive_avgpool(&g.stream, dt, backward, src, dst, d),
+        }
+    }
+}
+
+fn avg_pool(op: &'static str, x: &Tensor, d: PoolDims, mode: Avg) -> Result<Tensor> {
+    let ran = match mode {
+        Avg::Window { .. } => "cuda:avgpool_fwd",
+        Avg::Adaptive => "cuda:adaptive_avgpool_fwd",
+    };
+    crate::trace::op(op, "forward", ran, &[x], || {
         let g = gpu_of(x)?;
         let dt = kdtype(op, x.dtype())?;
         let xd = to_default_layout(x)?;
         let y = empty(g, &[d.n, d.c, d.oh, d.ow], x.dtype())?;
         g.bind()?;
         // SAFETY: xd NHWC input-sized, y NHWC output-sized.
-        unsafe {
-            g.kernels.avgpool(
-                &g.stream,
-                dt,
-                false,
-                ptr(&xd)?,
-                ptr(&y)?,
-                &d,
-                count_include_pad,
-            )
-        }
-        .map_err(kerr(op))?;
+        unsafe { mode.launch(g, dt, false, ptr(&xd)?, ptr(&y)?, &d) }.map_err(kerr(op))?;
         traced_sync(g)?;
         let (dtype, dev) = (x.dtype(), x.device());
         Ok(record(y, op, &[x], move |dy| {
@@ -127,18 +154,7 @@ fn avg_pool(op: &'static str, x: &Tensor, d: PoolDims, count_include_pad: bool) 
             let dx = empty(g, &[d.n, d.c, d.h, d.w], dtype)?;
             g.bind()?;
             // SAFETY: dy NHWC output-sized, dx NHWC input-sized.
-            unsafe {
-                g.kernels.avgpool(
-                    &g.stream,
-                    dt,
-                    true,
-                    ptr(&dy)?,
-                    ptr(&dx)?,
-                    &d,
-                    count_include_pad,
-                )
-            }
-            .map_err(kerr(op))?;
+            unsafe { mode.launch(g, dt, true, ptr(&dy)?, ptr(&dx)?, &d) }.map_err(kerr(op))?;
             Ok(vec![Some(dx)])
         }))
     })
@@ -154,7 +170,7 @@ pub fn avg_pool2d(
     count_include_pad: bool,
 ) -> Result<Tensor> {
     let d = window("avg_pool2d", x, kernel, stride, padding)?;
-    avg_pool("avg_pool2d", x, d, count_include_pad)
+    avg_pool("avg_pool2d", x, d, Avg::Window { count_include_pad })
 }
 
 /// The pooling window equal to PyTorch's adaptive bins when every bin has
@@ -163,8 +179,8 @@ pub fn adaptive_window(size: usize, out: usize) -> Option<usize> {
     (out > 0 && size.is_multiple_of(out)).then(|| size / out)
 }
 
-/// Mean over PyTorch's adaptive bins. On the GPU: output [1, 1] (global
-/// average pooling) or bins that divide the input evenly.
+/// Mean over PyTorch's adaptive bins: global average pooling for [1, 1],
+/// plain windows when the bins divide the input, else the adaptive kernel.
 pub fn adaptive_avg_pool2d(x: &Tensor, out: [usize; 2]) -> Result<Tensor> {
     const OP: &str = "adaptive_avg_pool2d";
     let [n, c, h, w] = nchw(OP, x)?;
@@ -175,17 +191,6 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out: [usize; 2]) -> Result<Tensor> {
         ));
     }
     if out != [1, 1] {
-        let (Some(kh), Some(kw)) = (adaptive_window(h, out[0]), adaptive_window(w, out[1])) else {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "on the GPU the output size {out:?} must divide the input size [{h}, {w}] \
-                     (or be [1, 1]); input {:?} {}",
-                    x.dims(),
-                    x.dtype()
-                ),
-            ));
-        };
         let d = PoolDims {
             n,
             h,
@@ -193,11 +198,22 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out: [usize; 2]) -> Result<Tensor> {
             c,
             oh: out[0],
             ow: out[1],
-            kernel: [kh, kw],
-            stride: [kh, kw],
+            kernel: [1, 1],
+            stride: [1, 1],
             padding: [0, 0],
         };
-        return avg_pool(OP, x, d, false);
+        // bins of one size are plain windows (kernel = stride = size / out)
+        return match (adaptive_window(h, out[0]), adaptive_window(w, out[1])) {
+            (Some(kh), Some(kw)) => {
+                let d = PoolDims {
+                    kernel: [kh, kw],
+                    stride: [kh, kw],
+                    ..d
+                };
+                avg_pool(OP, x, d, Avg::Window { count_include_pad: false })
+            }
+            _ => avg_pool(OP, x, d, Avg::Adaptive),
+        };
     }
     crate::trace::op(OP, "forward", "cuda:gap_fwd", &[x], || {
         let g = gpu_of(x)?;
