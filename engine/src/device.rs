@@ -1,5 +1,5 @@
-//! Where a tensor lives. Only the CPU backend exists today; the tag is in the
-//! public API now so the CUDA backend slots in without changing it.
+//! Where a tensor lives: the CPU (the reference backend) or a CUDA GPU
+//! (crate::cuda). Ops run where their inputs are.
 
 use std::fmt;
 

@@ -402,6 +402,18 @@ pub enum Binary {
     ReluBwd,
 }
 
+/// Which averaging windows [`KernelLibrary::avgpool`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AvgMode {
+    /// Sliding windows of `PoolDims`' kernel/stride/padding;
+    /// `count_include_pad` divides by the padded window, else by the
+    /// in-bounds count.
+    Window { count_include_pad: bool },
+    /// PyTorch's adaptive bins (which may differ in size and overlap);
+    /// kernel/stride/padding are ignored.
+    Adaptive,
+}
+
 /// A 2-D pooling window over NHWC x [N, H, W, C] -> y [N, OH, OW, C]
 /// (pool.cu's PoolShape).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -787,7 +799,7 @@ impl KernelLibrary {
         src: DevPtr,
         dst: DevPtr,
         d: &PoolDims,
-        count_include_pad: bool,
+        mode: AvgMode,
     ) -> Result<()> {
         let a = d.args()?;
         let (dir, threads) = if backward {
@@ -798,49 +810,21 @@ impl KernelLibrary {
         let Some(shape) = launch::elementwise(threads, 1, &self.gpu) else {
             return Ok(());
         };
-        let name = format!("avgpool_{dir}_{}", dtype.suffix());
+        let kind = match mode {
+            AvgMode::Window { .. } => "avgpool",
+            AvgMode::Adaptive => "adaptive_avgpool",
+        };
+        let name = format!("{kind}_{dir}_{}", dtype.suffix());
         let f = self.function(&name)?;
-        let include = count_include_pad as i32;
         let mut b = stream.launch_builder(&f);
         b.arg(&src).arg(&dst);
         for v in &a {
             b.arg(v);
         }
-        b.arg(&include);
-        b.launch(config(shape)).map_err(driver(&name))?;
-        Ok(())
-    }
-
-    /// Adaptive average pooling (PyTorch's bins, which may differ in size
-    /// and overlap) forward or backward; `d`'s kernel/stride/padding are
-    /// ignored (pool.cu).
-    ///
-    /// # Safety
-    /// As [`KernelLibrary::avgpool`].
-    pub unsafe fn adaptive_avgpool(
-        &self,
-        stream: &CudaStream,
-        dtype: Dtype,
-        backward: bool,
-        src: DevPtr,
-        dst: DevPtr,
-        d: &PoolDims,
-    ) -> Result<()> {
-        let a = d.args()?;
-        let (dir, threads) = if backward {
-            ("bwd", d.input_len())
-        } else {
-            ("fwd", d.output_len())
-        };
-        let Some(shape) = launch::elementwise(threads, 1, &self.gpu) else {
-            return Ok(());
-        };
-        let name = format!("adaptive_avgpool_{dir}_{}", dtype.suffix());
-        let f = self.function(&name)?;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&src).arg(&dst);
-        for v in &a {
-            b.arg(v);
+        let include;
+        if let AvgMode::Window { count_include_pad } = mode {
+            include = count_include_pad as i32;
+            b.arg(&include);
         }
         b.launch(config(shape)).map_err(driver(&name))?;
         Ok(())

@@ -1,23 +1,25 @@
-//! The CUDA backend (cudarc 0.19, libraries opened at run time).
+//! The CUDA backend (cudarc 0.19, libraries opened at run time): the same
+//! Tensor API as the CPU, with every op checked against the CPU op on the
+//! GPU (docs/GPU_CHECK.md).
 //!
-//! What exists today is the part that needs no GPU to build and test:
-//! - [`probe`]: is there a usable GPU, and if not, exactly which library is
-//!   missing and how to provide it (never cudarc's panic);
-//! - [`resolve_device`]: the `--device auto|cpu|cuda|cuda:N` flag, where
-//!   `auto` falls back to the CPU with a one-line notice;
-//! - [`allocator`]: the caching device allocator's bookkeeping, generic over
-//!   the raw allocate/free calls so it is unit-tested with a simulated
-//!   address space (engine/tests/cuda_host.rs).
-//!
-//! Device tensor storage, cuBLASLt, cuDNN and the kernels come next; until
-//! then `Tensor::to_device(Device::Cuda(i))` returns the probe's error, or
-//! says the GPU storage is not implemented when the probe succeeds.
+//! - [`probe`] / [`resolve_device`]: is there a usable GPU, and if not,
+//!   exactly which library is missing (never cudarc's panic);
+//!   `--device auto` falls back to the CPU with a one-line notice;
+//! - [`runtime`]: one [`Gpu`] per device: context, the one stream all work
+//!   is queued on, the kernel library, pinned staging for copies, and the
+//!   caching [`allocator`] (size-binned free lists, no cudaFree in the
+//!   steady state; its bookkeeping is unit-tested without a GPU);
+//! - [`tensor`]: device storage, the channels-last convention for 4-D
+//!   tensors, uploads/downloads, strided copies;
+//! - [`blas`] (cuBLASLt GEMMs), [`dnn`] (cuDNN convolutions with a per-shape
+//!   algorithm search), and [`ops`]: the GPU side of each Tensor op, with
+//!   its backward, dispatched from `crate::ops` when the input is on a GPU.
 
 pub mod allocator;
 pub mod blas;
 pub mod dnn;
 mod probe;
-mod runtime;
+pub mod runtime;
 pub mod ops;
 pub mod tensor;
 

@@ -49,10 +49,10 @@ impl Fuse {
 
 /// x as [N, C, S].
 #[derive(Clone, Copy)]
-struct Dims {
-    n: usize,
-    c: usize,
-    s: usize,
+pub(crate) struct Dims {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) s: usize,
 }
 
 /// Elements per parallel task: big enough to amortise rayon, small enough
@@ -260,7 +260,8 @@ fn affine_pass<T: Float>(
     }
 }
 
-fn check_args(
+/// The argument checks shared with the GPU op (cuda::ops::batchnorm).
+pub(crate) fn check_args(
     op: &'static str,
     x: &Tensor,
     residual: Option<&Tensor>,

@@ -192,6 +192,49 @@ fn elementwise_loss(
     })
 }
 
+/// The argument checks of cross_entropy, shared with the GPU op: logits
+/// [N, C] of a float dtype, i64 targets [N], label smoothing in [0, 1].
+pub(crate) fn check_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    label_smoothing: f64,
+) -> Result<(usize, usize)> {
+    const OP: &str = "cross_entropy";
+    if !logits.dtype().is_float() {
+        return Err(Error::dtype(
+            OP,
+            "a float dtype (f64, f32, f16, bf16) for the logits",
+            logits.dtype(),
+        ));
+    }
+    super::expect_rank(OP, "logits", logits, 2)?;
+    let (n, c) = (logits.dims()[0], logits.dims()[1]);
+    if targets.dtype() != DType::I64 {
+        return Err(Error::dtype(
+            OP,
+            "i64 class indices for targets",
+            targets.dtype(),
+        ));
+    }
+    if targets.dims() != [n] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "targets must be [{n}] for logits {:?}, got {:?}",
+                logits.dims(),
+                targets.dims()
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&label_smoothing) {
+        return Err(Error::arg(
+            OP,
+            format!("label_smoothing must be in [0, 1], got {label_smoothing}"),
+        ));
+    }
+    Ok((n, c))
+}
+
 impl Tensor {
     pub fn log_softmax(&self, dim: usize) -> Result<Tensor> {
         softmax_impl(self, dim, true)
@@ -222,38 +265,7 @@ impl Tensor {
             || {
                 const OP: &str = "cross_entropy";
                 let dtype = self.dtype();
-                if !dtype.is_float() {
-                    return Err(Error::dtype(
-                        OP,
-                        "a float dtype (f64, f32, f16, bf16) for the logits",
-                        dtype,
-                    ));
-                }
-                super::expect_rank(OP, "logits", self, 2)?;
-                let (n, c) = (self.dims()[0], self.dims()[1]);
-                if targets.dtype() != DType::I64 {
-                    return Err(Error::dtype(
-                        OP,
-                        "i64 class indices for targets",
-                        targets.dtype(),
-                    ));
-                }
-                if targets.dims() != [n] {
-                    return Err(Error::shape(
-                        OP,
-                        format!(
-                            "targets must be [{n}] for logits {:?}, got {:?}",
-                            self.dims(),
-                            targets.dims()
-                        ),
-                    ));
-                }
-                if !(0.0..=1.0).contains(&label_smoothing) {
-                    return Err(Error::arg(
-                        OP,
-                        format!("label_smoothing must be in [0, 1], got {label_smoothing}"),
-                    ));
-                }
+                let (n, c) = check_cross_entropy(self, targets, label_smoothing)?;
                 let tv = targets.to_vec::<i64>()?;
                 // None for an ignored row, else the class.
                 let mut rows: Vec<Option<usize>> = Vec::with_capacity(n);

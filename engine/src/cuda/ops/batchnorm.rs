@@ -30,97 +30,27 @@ fn op_name(residual: bool, relu: bool) -> &'static str {
     }
 }
 
-/// [M, C] of x, after the CPU op's checks (plus the GPU's rank limit).
+/// [M, C] of x, after the CPU op's checks (plus the GPU's dtypes and rank
+/// limit).
 fn check(
     op: &'static str,
     x: &Tensor,
     residual: Option<&Tensor>,
     a: &BatchNormArgs,
 ) -> Result<(usize, usize)> {
-    let xd = x.dtype();
-    kdtype(op, xd)?;
+    kdtype(op, x.dtype())?;
     if x.rank() != 2 && x.rank() != 4 {
         return Err(Error::shape(
             op,
             format!(
-                "on the GPU, x must be [N, C] or [N, C, H, W], got {:?} ({xd})",
-                x.dims()
+                "on the GPU, x must be [N, C] or [N, C, H, W], got {:?} ({})",
+                x.dims(),
+                x.dtype()
             ),
         ));
     }
-    let c = x.dims()[1];
-    let m = x.numel().checked_div(c).unwrap_or(0);
-    let param_ok =
-        |t: DType| t == xd || (t == DType::F32 && matches!(xd, DType::F16 | DType::BF16));
-    for (name, t) in [
-        ("weight", a.weight),
-        ("bias", a.bias),
-        ("running_mean", a.running_mean),
-        ("running_var", a.running_var),
-    ] {
-        if t.dims() != [c] {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "{name} must be [{c}] (x's channel dim 1 of {:?}), got {:?}",
-                    x.dims(),
-                    t.dims()
-                ),
-            ));
-        }
-        if !param_ok(t.dtype()) {
-            let expected = if xd == DType::F32 {
-                format!("{xd} for {name} (like x)")
-            } else {
-                format!("{xd} or f32 for {name} (x is {xd})")
-            };
-            return Err(Error::dtype(op, expected, t.dtype()));
-        }
-    }
-    if a.weight.dtype() != a.bias.dtype() {
-        return Err(Error::dtype(
-            op,
-            format!("{} for bias (like weight)", a.weight.dtype()),
-            a.bias.dtype(),
-        ));
-    }
-    if let Some(r) = residual {
-        if r.dims() != x.dims() {
-            return Err(Error::shape(
-                op,
-                format!("residual {:?} must have x's shape {:?}", r.dims(), x.dims()),
-            ));
-        }
-        if r.dtype() != xd {
-            return Err(Error::dtype(
-                op,
-                format!("{xd} for residual (like x)"),
-                r.dtype(),
-            ));
-        }
-    }
-    if !(a.eps.is_finite() && a.eps >= 0.0) {
-        return Err(Error::arg(
-            op,
-            format!("eps must be finite and >= 0, got {}", a.eps),
-        ));
-    }
-    if !a.momentum.is_finite() {
-        return Err(Error::arg(
-            op,
-            format!("momentum must be finite, got {}", a.momentum),
-        ));
-    }
-    if a.training && m <= 1 {
-        return Err(Error::arg(
-            op,
-            format!(
-                "training needs more than one value per channel, got input shape {:?}",
-                x.dims()
-            ),
-        ));
-    }
-    Ok((m, c))
+    let d = crate::ops::batchnorm::check_args(op, x, residual, a)?;
+    Ok((d.n * d.s, d.c))
 }
 
 /// A [C] parameter as a dense f32 GPU tensor.

@@ -32,35 +32,7 @@ pub fn cross_entropy(
         || {
             let dtype = logits.dtype();
             let dt = kdtype(OP, dtype)?;
-            let [n, c] = *logits.dims() else {
-                return Err(Error::shape(
-                    OP,
-                    format!("logits must have 2 dims, got shape {:?}", logits.dims()),
-                ));
-            };
-            if targets.dtype() != DType::I64 {
-                return Err(Error::dtype(
-                    OP,
-                    "i64 class indices for targets",
-                    targets.dtype(),
-                ));
-            }
-            if targets.dims() != [n] {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "targets must be [{n}] for logits {:?}, got {:?}",
-                        logits.dims(),
-                        targets.dims()
-                    ),
-                ));
-            }
-            if !(0.0..=1.0).contains(&label_smoothing) {
-                return Err(Error::arg(
-                    OP,
-                    format!("label_smoothing must be in [0, 1], got {label_smoothing}"),
-                ));
-            }
+            let (n, c) = crate::ops::loss::check_cross_entropy(logits, targets, label_smoothing)?;
             let g = gpu_of(logits)?;
             let tgt = on_device(targets, logits.device())?;
             // row-major rows: a 2-D tensor's GPU default layout

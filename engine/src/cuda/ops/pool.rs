@@ -7,10 +7,10 @@
 use super::elementwise::{on_device, traced_sync};
 use super::{kdtype, kerr};
 use crate::autograd::record;
-use crate::cuda::runtime::{DeviceBlock, Gpu};
+use crate::cuda::runtime::DeviceBlock;
 use crate::cuda::tensor::{empty, gpu_of, ptr, to_default_layout};
 use crate::{Error, Result, Tensor};
-use kernels::device::PoolDims;
+use kernels::device::{AvgMode, PoolDims};
 
 /// [N, C, H, W] of a pooling input, or the CPU op's error.
 fn nchw(op: &'static str, x: &Tensor) -> Result<[usize; 4]> {
@@ -100,44 +100,10 @@ pub fn max_pool2d(
 }
 
 /// Window means through avgpool_fwd/avgpool_bwd.
-/// Which averaging windows: sliding ones, or PyTorch's adaptive bins.
-#[derive(Clone, Copy)]
-enum Avg {
-    Window { count_include_pad: bool },
-    Adaptive,
-}
-
-impl Avg {
-    /// # Safety
-    /// As `KernelLibrary::avgpool`.
-    unsafe fn launch(
-        self,
-        g: &Gpu,
-        dt: kernels::device::Dtype,
-        backward: bool,
-        src: u64,
-        dst: u64,
-        d: &PoolDims,
-    ) -> kernels::Result<()> {
-        match self {
-            Avg::Window { count_include_pad } => g.kernels.avgpool(
-                &g.stream,
-                dt,
-                backward,
-                src,
-                dst,
-                d,
-                count_include_pad,
-            ),
-            Avg::Adaptive => g.kernels.adaptive_avgpool(&g.stream, dt, backward, src, dst, d),
-        }
-    }
-}
-
-fn avg_pool(op: &'static str, x: &Tensor, d: PoolDims, mode: Avg) -> Result<Tensor> {
+fn avg_pool(op: &'static str, x: &Tensor, d: PoolDims, mode: AvgMode) -> Result<Tensor> {
     let ran = match mode {
-        Avg::Window { .. } => "cuda:avgpool_fwd",
-        Avg::Adaptive => "cuda:adaptive_avgpool_fwd",
+        AvgMode::Window { .. } => "cuda:avgpool_fwd",
+        AvgMode::Adaptive => "cuda:adaptive_avgpool_fwd",
     };
     crate::trace::op(op, "forward", ran, &[x], || {
         let g = gpu_of(x)?;
@@ -146,7 +112,11 @@ fn avg_pool(op: &'static str, x: &Tensor, d: PoolDims, mode: Avg) -> Result<Tens
         let y = empty(g, &[d.n, d.c, d.oh, d.ow], x.dtype())?;
         g.bind()?;
         // SAFETY: xd NHWC input-sized, y NHWC output-sized.
-        unsafe { mode.launch(g, dt, false, ptr(&xd)?, ptr(&y)?, &d) }.map_err(kerr(op))?;
+        unsafe {
+            g.kernels
+                .avgpool(&g.stream, dt, false, ptr(&xd)?, ptr(&y)?, &d, mode)
+        }
+        .map_err(kerr(op))?;
         traced_sync(g)?;
         let (dtype, dev) = (x.dtype(), x.device());
         Ok(record(y, op, &[x], move |dy| {
@@ -154,7 +124,11 @@ fn avg_pool(op: &'static str, x: &Tensor, d: PoolDims, mode: Avg) -> Result<Tens
             let dx = empty(g, &[d.n, d.c, d.h, d.w], dtype)?;
             g.bind()?;
             // SAFETY: dy NHWC output-sized, dx NHWC input-sized.
-            unsafe { mode.launch(g, dt, true, ptr(&dy)?, ptr(&dx)?, &d) }.map_err(kerr(op))?;
+            unsafe {
+                g.kernels
+                    .avgpool(&g.stream, dt, true, ptr(&dy)?, ptr(&dx)?, &d, mode)
+            }
+            .map_err(kerr(op))?;
             Ok(vec![Some(dx)])
         }))
     })
@@ -170,7 +144,7 @@ pub fn avg_pool2d(
     count_include_pad: bool,
 ) -> Result<Tensor> {
     let d = window("avg_pool2d", x, kernel, stride, padding)?;
-    avg_pool("avg_pool2d", x, d, Avg::Window { count_include_pad })
+    avg_pool("avg_pool2d", x, d, AvgMode::Window { count_include_pad })
 }
 
 /// The pooling window equal to PyTorch's adaptive bins when every bin has
@@ -210,9 +184,16 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out: [usize; 2]) -> Result<Tensor> {
                     stride: [kh, kw],
                     ..d
                 };
-                avg_pool(OP, x, d, Avg::Window { count_include_pad: false })
+                avg_pool(
+                    OP,
+                    x,
+                    d,
+                    AvgMode::Window {
+                        count_include_pad: false,
+                    },
+                )
             }
-            _ => avg_pool(OP, x, d, Avg::Adaptive),
+            _ => avg_pool(OP, x, d, AvgMode::Adaptive),
         };
     }
     crate::trace::op(OP, "forward", "cuda:gap_fwd", &[x], || {
