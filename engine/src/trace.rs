@@ -75,6 +75,9 @@ pub fn flush() {
 fn describe(t: &Tensor) -> serde_json::Value {
     let layout = if t.is_contiguous() {
         "contiguous"
+    } else if t.rank() == 4 && crate::cuda::tensor::has_default_layout(t) {
+        // NHWC storage of a logical NCHW tensor (the GPU's convention)
+        "channels_last"
     } else {
         "strided"
     };
@@ -130,4 +133,21 @@ pub fn op<R: Traced>(
         let _ = writeln!(s, "{line}");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+    use crate::{DType, Tensor};
+
+    #[test]
+    fn layouts_are_named() {
+        let nhwc = Tensor::zeros(&[2, 3, 4, 5], DType::F32);
+        assert_eq!(describe(&nhwc)["layout"], "contiguous");
+        // NHWC storage seen as NCHW: the GPU's channels-last convention
+        let cl = nhwc.permute(&[0, 3, 1, 2]).unwrap();
+        assert_eq!(describe(&cl)["layout"], "channels_last");
+        let t = Tensor::zeros(&[3, 4], DType::F32).transpose(0, 1).unwrap();
+        assert_eq!(describe(&t)["layout"], "strided");
+    }
 }
