@@ -403,7 +403,10 @@ impl Tensor {
         crate::trace::op("cast", "forward", ran, &[self], || {
             let out = if self.device() == Device::Cpu {
                 let c = self.contiguous_copy();
-                Tensor::from_parts(Arc::new(c.storage().cast(dtype)), Layout::contiguous(self.dims()))
+                Tensor::from_parts(
+                    Arc::new(c.storage().cast(dtype)),
+                    Layout::contiguous(self.dims()),
+                )
             } else {
                 crate::cuda::ops::cast(self, dtype)?
             };

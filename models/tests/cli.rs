@@ -547,7 +547,14 @@ fn device_auto_falls_back_to_the_cpu_with_one_notice() {
     let (code, stdout, err) = slmlp(
         &[
             &[
-                "pretrain", "--device", "auto", "--epochs", "1", "--no-val", "--quiet", "--out",
+                "pretrain",
+                "--device",
+                "auto",
+                "--epochs",
+                "1",
+                "--no-val",
+                "--quiet",
+                "--out",
                 s(&out),
             ],
             SMALL,
@@ -555,7 +562,10 @@ fn device_auto_falls_back_to_the_cpu_with_one_notice() {
         .concat(),
     );
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {err}");
-    let notices: Vec<&str> = err.lines().filter(|l| l.contains("--device auto")).collect();
+    let notices: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("--device auto"))
+        .collect();
     assert_eq!(notices.len(), 1, "{err}");
     assert!(notices[0].contains("CPU"), "{err}");
     assert!(out.join("model.safetensors").exists());

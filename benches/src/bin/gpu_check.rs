@@ -772,9 +772,10 @@ fn model_grads(c: &mut Checker, dl: &Deadline) {
                 ("logits".to_string(), host(&logits.detach())?),
             ];
             for p in net.params() {
-                let g = p.get().grad().ok_or_else(|| {
-                    Error::Autograd(format!("no gradient reached {}", p.name()))
-                })?;
+                let g = p
+                    .get()
+                    .grad()
+                    .ok_or_else(|| Error::Autograd(format!("no gradient reached {}", p.name())))?;
                 outs.push((format!("d{}", p.name()), host(&g)?));
             }
             Ok(outs)
@@ -799,12 +800,17 @@ fn model_grads(c: &mut Checker, dl: &Deadline) {
             };
             let label = format!("model_grads {} {shape}", dt(dtype));
             let sides = (|| -> Result<_> {
-                let truth = truth.as_ref().map_err(|e| Error::Autograd(format!("CPU f32: {e}")))?;
+                let truth = truth
+                    .as_ref()
+                    .map_err(|e| Error::Autograd(format!("CPU f32: {e}")))?;
                 let gpu = attempt(dut, dtype).map_err(|e| Error::Autograd(format!("GPU: {e}")))?;
                 let cpu = if dtype == DType::F32 {
                     None
                 } else {
-                    Some(attempt(Device::Cpu, dtype).map_err(|e| Error::Autograd(format!("CPU {}: {e}", dt(dtype))))?)
+                    Some(
+                        attempt(Device::Cpu, dtype)
+                            .map_err(|e| Error::Autograd(format!("CPU {}: {e}", dt(dtype))))?,
+                    )
                 };
                 Ok((truth.clone(), gpu, cpu))
             })();
@@ -850,7 +856,8 @@ fn model_grads(c: &mut Checker, dl: &Deadline) {
                 row.err = w.err;
             }
             if dtype != DType::F32 {
-                row.note = "err = GPU bf16 error / (CPU bf16 error + 1e-2), both against CPU f32".into();
+                row.note =
+                    "err = GPU bf16 error / (CPU bf16 error + 1e-2), both against CPU f32".into();
             }
             if bad.is_empty() {
                 c.rows.push(row);

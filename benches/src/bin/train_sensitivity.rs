@@ -55,7 +55,11 @@ fn main() -> Result<()> {
         let (a, b) = (losses(0.0, lr, batch)?, losses(1e-7, lr, batch)?);
         println!("lr {lr}, batch {batch}: step, loss, loss with one weight x (1 + 1e-7), rel diff");
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            println!("{:>4}  {x:.6}  {y:.6}  {:.1e}", i + 1, (x - y).abs() / x.abs());
+            println!(
+                "{:>4}  {x:.6}  {y:.6}  {:.1e}",
+                i + 1,
+                (x - y).abs() / x.abs()
+            );
         }
     }
     Ok(())

@@ -18,9 +18,9 @@
 pub mod allocator;
 pub mod blas;
 pub mod dnn;
+pub mod ops;
 mod probe;
 pub mod runtime;
-pub mod ops;
 pub mod tensor;
 
 pub use allocator::{AllocatorStats, Backend, CachingAllocator, Pool, StreamId};

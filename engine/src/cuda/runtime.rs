@@ -291,7 +291,11 @@ impl DeviceBlock {
 
 impl std::fmt::Debug for DeviceBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceBlock(cuda:{} {:#x}, {} B)", self.gpu.ordinal, self.ptr, self.bytes)
+        write!(
+            f,
+            "DeviceBlock(cuda:{} {:#x}, {} B)",
+            self.gpu.ordinal, self.ptr, self.bytes
+        )
     }
 }
 

@@ -25,7 +25,11 @@ pub struct DeviceStorage {
 
 impl std::fmt::Debug for DeviceStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceStorage({} x {}, {:?})", self.len, self.dtype, self.block)
+        write!(
+            f,
+            "DeviceStorage({} x {}, {:?})",
+            self.len, self.dtype, self.block
+        )
     }
 }
 

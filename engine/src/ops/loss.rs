@@ -255,7 +255,12 @@ impl Tensor {
         ignore_index: Option<i64>,
     ) -> Result<Tensor> {
         if self.device() != crate::Device::Cpu {
-            return crate::cuda::ops::loss::cross_entropy(self, targets, label_smoothing, ignore_index);
+            return crate::cuda::ops::loss::cross_entropy(
+                self,
+                targets,
+                label_smoothing,
+                ignore_index,
+            );
         }
         crate::trace::op(
             "cross_entropy",

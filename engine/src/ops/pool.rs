@@ -263,7 +263,13 @@ impl Tensor {
         count_include_pad: bool,
     ) -> Result<Tensor> {
         if self.device() != crate::Device::Cpu {
-            return crate::cuda::ops::pool::avg_pool2d(self, kernel, stride, padding, count_include_pad);
+            return crate::cuda::ops::pool::avg_pool2d(
+                self,
+                kernel,
+                stride,
+                padding,
+                count_include_pad,
+            );
         }
         const OP: &str = "avg_pool2d";
         let [oh, ow] = window_out(OP, self, kernel, stride, padding)?;
