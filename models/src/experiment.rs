@@ -74,6 +74,26 @@ pub struct ExperimentArgs {
     /// Points per class in the t-SNE plots.
     #[arg(long, default_value_t = 100)]
     pub plot_per_class: usize,
+    /// Run the detection transfer test instead: Mask R-CNN fine-tuned from
+    /// a random, an SL and an SL-MLP backbone (pretrained on the --seen
+    /// classes, ImageNet stem) on canvases of the unseen classes; writes
+    /// detection.{md,json}. Here --epochs defaults to 5 (--quick: 3) and
+    /// --per-class to 3000 (--quick: 2000).
+    #[arg(long)]
+    pub detection: bool,
+    /// --detection: training canvases (default 1000; --quick: 300).
+    #[arg(long)]
+    pub det_train: Option<usize>,
+    /// --detection: validation canvases (default 250; --quick: 100).
+    #[arg(long)]
+    pub det_val: Option<usize>,
+    /// --detection: Mask R-CNN epochs (default 8; --quick: 4).
+    #[arg(long)]
+    pub det_epochs: Option<usize>,
+    /// --detection: pretraining input side, Fashion-MNIST upscaled for the
+    /// ImageNet stem.
+    #[arg(long, default_value_t = 64)]
+    pub pretrain_size: usize,
 }
 
 /// Every number one (method, seed) run produces.
@@ -198,6 +218,9 @@ fn data(spec: &str, classes: Option<&str>, per_class: Option<usize>, workers: us
 }
 
 pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
+    if a.detection {
+        return crate::experiment_detection::run_from_args(a);
+    }
     check_device(&a.compute.device)?;
     let precision = a.compute.precision;
     let first_seed = a.compute.seed;

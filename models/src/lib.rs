@@ -8,6 +8,7 @@ pub mod detect;
 pub mod detection;
 pub mod eval;
 pub mod experiment;
+pub mod experiment_detection;
 pub mod extract;
 pub mod fit;
 pub mod inspect;
