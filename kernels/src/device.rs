@@ -1025,3 +1025,246 @@ mod tests {
         assert!(huge.args().is_err());
     }
 }
+
+// ---- detection: RoIAlign (roi_align.cu) and the NMS IoU mask (nms.cu) -------
+
+/// A RoIAlign over NHWC x [N, H, W, C] and boxes [K, 5] -> [K, PH, PW, C]
+/// (roi_align.cu's RoiShape).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoiAlignDims {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub spatial_scale: f32,
+    /// <= 0: adaptive (ceil(bin size) samples a side).
+    pub sampling_ratio: i32,
+    pub aligned: bool,
+}
+
+impl RoiAlignDims {
+    /// The 7 int32 shape arguments in roi_align.cu's order (N, C, H, W, K,
+    /// PH, PW), checked to fit, with the element counts the kernels index.
+    pub fn args(&self) -> Result<[i32; 7]> {
+        let v = [self.n, self.c, self.h, self.w, self.k, self.ph, self.pw];
+        let mut out = [0i32; 7];
+        for (o, &d) in out.iter_mut().zip(&v) {
+            *o = int("roi_align dim", d)?;
+        }
+        // the kernels' pixel offsets (y*W + x) are int32
+        int("roi_align H*W", self.h * self.w)?;
+        Ok(out)
+    }
+    pub fn input_len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    pub fn output_len(&self) -> usize {
+        self.k * self.ph * self.pw * self.c
+    }
+}
+
+/// Boxes per NMS mask block: one 64-bit word of the mask.
+pub const NMS_BLOCK: usize = 64;
+
+/// Words per mask row for K boxes.
+pub fn nms_col_blocks(k: usize) -> usize {
+    k.div_ceil(NMS_BLOCK)
+}
+
+/// The nms_mask launch for K boxes: a (col_blocks x col_blocks) grid of
+/// 64-thread blocks; None when K == 0.
+pub fn nms_launch(k: usize) -> Result<Option<launch::LaunchShape>> {
+    if k == 0 {
+        return Ok(None);
+    }
+    let cb = nms_col_blocks(k);
+    // grid.y is limited to 65535 blocks
+    if cb > 65535 || int("nms boxes", k).is_err() {
+        return Err(Error::Shape(format!(
+            "nms over {k} boxes exceeds the mask kernel's grid (at most {} boxes)",
+            65535 * NMS_BLOCK
+        )));
+    }
+    Ok(Some(launch::LaunchShape {
+        grid: (cb as u32, cb as u32, 1),
+        block: (NMS_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }))
+}
+
+/// The greedy pass over an nms_mask result (torchvision's host loop): row i
+/// (the i-th box in score order) is kept unless an earlier kept row's bits
+/// suppress it. Returns the kept rows in order.
+pub fn nms_greedy(mask: &[u64], k: usize) -> Vec<usize> {
+    let cb = nms_col_blocks(k);
+    let mut removed = vec![0u64; cb];
+    let mut keep = Vec::new();
+    for i in 0..k {
+        let (word, bit) = (i / NMS_BLOCK, i % NMS_BLOCK);
+        if removed[word] & (1u64 << bit) != 0 {
+            continue;
+        }
+        keep.push(i);
+        let row = &mask[i * cb..(i + 1) * cb];
+        // only words at or after i's own block were written by the kernel
+        for (r, &m) in removed[word..].iter_mut().zip(&row[word..]) {
+            *r |= m;
+        }
+    }
+    keep
+}
+
+impl KernelLibrary {
+    /// RoIAlign forward: y [K, PH, PW, C] (dtype) from x [N, H, W, C] and
+    /// boxes [K, 5] (dtype).
+    ///
+    /// # Safety
+    /// x: `d.input_len()` elements of `dtype`; boxes: 5*K; y: `d.output_len()`.
+    pub unsafe fn roi_align_fwd(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        x: DevPtr,
+        boxes: DevPtr,
+        y: DevPtr,
+        d: &RoiAlignDims,
+    ) -> Result<()> {
+        self.roi_align(stream, "roi_align_fwd", dtype, x, boxes, y, d)
+    }
+
+    /// RoIAlign backward: atomically adds dy's contributions into the f32
+    /// dx [N, H, W, C], which the caller must have zeroed. Summation order
+    /// varies between runs (atomics), so dx is not bitwise deterministic.
+    ///
+    /// # Safety
+    /// dy: `d.output_len()` elements of `dtype`; boxes: 5*K of `dtype`;
+    /// dx: `d.input_len()` f32.
+    pub unsafe fn roi_align_bwd(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        dy: DevPtr,
+        boxes: DevPtr,
+        dx: DevPtr,
+        d: &RoiAlignDims,
+    ) -> Result<()> {
+        self.roi_align(stream, "roi_align_bwd", dtype, dy, boxes, dx, d)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn roi_align(
+        &self,
+        stream: &CudaStream,
+        kernel: &str,
+        dtype: Dtype,
+        src: DevPtr,
+        boxes: DevPtr,
+        dst: DevPtr,
+        d: &RoiAlignDims,
+    ) -> Result<()> {
+        let a = d.args()?;
+        let Some(shape) = launch::elementwise(d.output_len(), 1, &self.gpu) else {
+            return Ok(());
+        };
+        let name = format!("{kernel}_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let aligned = d.aligned as i32;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&src).arg(&boxes).arg(&dst);
+        for v in &a {
+            b.arg(v);
+        }
+        b.arg(&d.spatial_scale).arg(&d.sampling_ratio).arg(&aligned);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// The NMS IoU mask: u64 [K, nms_col_blocks(K)], row i bit b of word w
+    /// set when box order[i] and box order[w*64 + b] (> i) have IoU >
+    /// `threshold`. Words before row i's own block are left unwritten.
+    ///
+    /// # Safety
+    /// boxes: 4*K elements of `dtype`; order: K int32 in [0, K); mask:
+    /// K * nms_col_blocks(K) u64.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn nms_mask(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        boxes: DevPtr,
+        order: DevPtr,
+        mask: DevPtr,
+        k: usize,
+        threshold: f64,
+    ) -> Result<()> {
+        let Some(shape) = nms_launch(k)? else {
+            return Ok(());
+        };
+        let name = format!("nms_mask_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let k = int("nms boxes", k)?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&boxes).arg(&order).arg(&mask).arg(&k).arg(&threshold);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod detection_tests {
+    use super::*;
+
+    #[test]
+    fn roi_align_args_follow_roi_align_cu_order() {
+        let d = RoiAlignDims {
+            n: 2,
+            c: 256,
+            h: 50,
+            w: 68,
+            k: 300,
+            ph: 7,
+            pw: 6,
+            spatial_scale: 0.0625,
+            sampling_ratio: 2,
+            aligned: true,
+        };
+        assert_eq!(d.args().unwrap(), [2, 256, 50, 68, 300, 7, 6]);
+        assert_eq!(d.input_len(), 2 * 50 * 68 * 256);
+        assert_eq!(d.output_len(), 300 * 7 * 6 * 256);
+        assert!(RoiAlignDims { c: 1 << 31, ..d }.args().is_err());
+        assert!(RoiAlignDims {
+            h: 1 << 16,
+            w: 1 << 16,
+            ..d
+        }
+        .args()
+        .is_err());
+    }
+
+    #[test]
+    fn nms_launch_covers_every_block_pair() {
+        assert!(nms_launch(0).unwrap().is_none());
+        let s = nms_launch(1).unwrap().unwrap();
+        assert_eq!((s.grid, s.block), ((1, 1, 1), (64, 1, 1)));
+        let s = nms_launch(129).unwrap().unwrap();
+        assert_eq!(s.grid, (3, 3, 1));
+        assert_eq!(nms_col_blocks(128), 2);
+        assert!(nms_launch(65536 * 64).is_err());
+    }
+
+    #[test]
+    fn nms_greedy_follows_kept_rows_only() {
+        // 3 boxes: 0 suppresses 1; 1 would suppress 2 but is itself removed
+        let mask = [0b010u64, 0b100, 0];
+        assert_eq!(nms_greedy(&mask, 3), vec![0, 2]);
+        // 70 boxes (two words): row 0 suppresses row 65 in word 1
+        let mut mask = vec![0u64; 70 * 2];
+        mask[1] = 1 << 1;
+        let keep = nms_greedy(&mask, 70);
+        assert_eq!(keep.len(), 69);
+        assert!(!keep.contains(&65));
+    }
+}

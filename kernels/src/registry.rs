@@ -87,6 +87,12 @@ pub const KERNELS: &[Kernel] = &[
     kernel!("copy",
         typed []
         untyped ["strided_copy_1", "strided_copy_2", "strided_copy_4", "strided_copy_8"]),
+    kernel!("roi_align",
+        typed ["roi_align_fwd", "roi_align_bwd"]
+        untyped []),
+    kernel!("nms",
+        typed ["nms_mask"]
+        untyped []),
 ];
 
 /// The registry entry called `name`.

@@ -685,6 +685,135 @@ fn loss_and_sum(c: &mut Checker, dl: &Deadline) {
     }
 }
 
+/// Random RoIAlign boxes [k, 5] for an input [n, .., h, w] seen at
+/// `scale`: most inside the image, some reaching past its borders, one
+/// inverted and one empty box (the CPU op's edge cases).
+fn roi_boxes(c: &mut Checker, n: usize, h: usize, w: usize, scale: f64, k: usize) -> Vec<f64> {
+    let (ih, iw) = (h as f64 / scale, w as f64 / scale);
+    let mut v = Vec::with_capacity(5 * k);
+    for i in 0..k {
+        let b = c.rng.below(n) as f64;
+        let x1 = c.rng.uniform() * 1.2 * iw - 0.1 * iw;
+        let y1 = c.rng.uniform() * 1.2 * ih - 0.1 * ih;
+        let (bw, bh) = (c.rng.uniform() * 0.6 * iw, c.rng.uniform() * 0.6 * ih);
+        match i {
+            0 => v.extend([b, x1, y1, x1 - bw, y1 - bh]), // inverted
+            1 => v.extend([b, x1, y1, x1, y1]),           // empty
+            _ => v.extend([b, x1, y1, x1 + bw, y1 + bh]),
+        }
+    }
+    v
+}
+
+/// NMS boxes [k, 4] in a few clusters (heavy overlap, so suppression
+/// chains cross the kernel's 64-box blocks), plus a duplicate pair and an
+/// empty box; scores quantized to `step` (ties) when step > 0.
+fn nms_inputs(c: &mut Checker, k: usize, step: f64) -> (Vec<f64>, Vec<f64>) {
+    let centers: Vec<(f64, f64)> = (0..4)
+        .map(|_| (c.rng.uniform() * 200.0, c.rng.uniform() * 200.0))
+        .collect();
+    let mut b = Vec::with_capacity(4 * k);
+    let mut sc = Vec::with_capacity(k);
+    for i in 0..k {
+        let (cx, cy) = centers[c.rng.below(centers.len())];
+        let x = cx + c.rng.normal() * 8.0;
+        let y = cy + c.rng.normal() * 8.0;
+        let (bw, bh) = (10.0 + c.rng.uniform() * 30.0, 10.0 + c.rng.uniform() * 30.0);
+        if i == 1 && k > 2 {
+            let p = b[..4].to_vec();
+            b.extend(p); // duplicate of box 0: IoU 1
+        } else if i == 2 && k > 2 {
+            b.extend([x, y, x, y]); // empty: IoU 0 (or NaN with itself)
+        } else {
+            b.extend([x, y, x + bw, y + bh]);
+        }
+        let u = c.rng.uniform();
+        sc.push(if step > 0.0 {
+            (u / step).floor() * step
+        } else {
+            u
+        });
+    }
+    (b, sc)
+}
+
+fn detection(c: &mut Checker, dl: &Deadline) {
+    // (input, boxes, output, spatial_scale, sampling_ratio, aligned)
+    type RoiCase = (&'static [usize], usize, [usize; 2], f64, i64, bool);
+    let roi: [RoiCase; 4] = [
+        (&[2, 8, 12, 10], 6, [3, 3], 0.5, 2, true),
+        (&[1, 5, 9, 7], 5, [2, 4], 1.0, 0, false),
+        (&[2, 64, 25, 34], 20, [7, 7], 0.0625, -1, true),
+        (&[1, 3, 6, 6], 4, [2, 2], 1.0, 3, false),
+    ];
+    // (boxes, iou threshold, score quantum: > 0 makes ties)
+    let nms: [(usize, f64, f64); 5] = [
+        (1, 0.5, 0.0),
+        (50, 0.5, 0.0),
+        (200, 0.3, 0.05),
+        (257, 0.7, 0.0),
+        (1500, 0.5, 0.01),
+    ];
+    for dtype in DTYPES {
+        for (shape, k, out, scale, sr, aligned) in roi {
+            if dl.left() < 1.0 {
+                return;
+            }
+            let bx = roi_boxes(c, shape[0], shape[2], shape[3], scale, k);
+            let f = autograd(
+                vec![("x", c.randn(shape, dtype, 1.0), true)],
+                c.rng.next_u64(),
+                move |t| {
+                    // boxes in x's dtype, on x's device (no gradient)
+                    let boxes = Tensor::from_vec(bx.clone(), &[k, 5])?
+                        .to_dtype(dtype)?
+                        .to_device(t[0].device())?;
+                    Ok(vec![(
+                        "y".into(),
+                        t[0].roi_align(&boxes, out, scale, sr, aligned)?,
+                    )])
+                },
+            );
+            c.compare(
+                "roi_align",
+                dt(dtype),
+                &format!(
+                    "{} k{k} -> {out:?} s{scale} r{sr} a{}",
+                    s(shape),
+                    aligned as u8
+                ),
+                threshold(dtype),
+                &f,
+            );
+        }
+        for (k, thr, step) in nms {
+            if dl.left() < 1.0 {
+                return;
+            }
+            let (bx, mut sc) = nms_inputs(c, k, step);
+            if k >= 200 {
+                sc[k / 2] = f64::NAN; // NaN scores are visited first
+            }
+            let f = move |dev: Device| -> Result<Outputs> {
+                let boxes = Tensor::from_vec(bx.clone(), &[k, 4])?.to_dtype(dtype)?;
+                let scores = Tensor::from_vec(sc.clone(), &[k])?.to_dtype(dtype)?;
+                let keep = engine::ops::nms(&boxes.to_device(dev)?, &scores.to_device(dev)?, thr)?;
+                let n = keep.len();
+                let v: Vec<i64> = keep.into_iter().map(|i| i as i64).collect();
+                Ok(vec![("keep".into(), Tensor::from_vec(v, &[n])?)])
+            };
+            // the kept indices must be identical
+            c.compare(
+                "nms",
+                dt(dtype),
+                &format!("k{k} iou>{thr} q{step}"),
+                0.0,
+                &f,
+            );
+        }
+    }
+}
+
 fn casts(c: &mut Checker, dl: &Deadline) {
     let pairs = [
         (DType::F32, DType::BF16),
@@ -1060,8 +1189,9 @@ fn main() {
     };
     type Group = fn(&mut Checker, &Deadline);
     // cheap groups first; the conv and BN shapes take the longest on the CPU side
-    let groups: [(&[&str], Group); 8] = [
+    let groups: [(&[&str], Group); 9] = [
         (&["cast"], casts),
+        (&["roi_align", "nms"], detection),
         (&["add", "relu"], elementwise),
         (&["cross_entropy", "sum"], loss_and_sum),
         (&["sgd_step", "amp_step"], optimizer),

@@ -187,6 +187,11 @@ pub fn box_iou(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// float dtype; f16/bf16 are computed in f32.
 pub fn nms(boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Vec<usize>> {
     const OP: &str = "nms";
+    if boxes.device() != crate::Device::Cpu {
+        let k = boxes_k(OP, "boxes", boxes)?;
+        check_scores(OP, boxes, scores, k)?;
+        return crate::cuda::ops::detection::nms(boxes, scores, iou_threshold);
+    }
     let keep = crate::trace::op(OP, "forward", "cpu:nms", &[boxes, scores], || {
         let k = boxes_k(OP, "boxes", boxes)?;
         check_scores(OP, boxes, scores, k)?;

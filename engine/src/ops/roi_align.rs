@@ -367,6 +367,26 @@ impl Tensor {
         sampling_ratio: i64,
         aligned: bool,
     ) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            // the CPU op's checks, on a host copy of the (few) boxes
+            let host_boxes = boxes.to_device(crate::Device::Cpu)?;
+            validate(
+                self,
+                &host_boxes,
+                output_size,
+                spatial_scale,
+                sampling_ratio,
+                aligned,
+            )?;
+            return crate::cuda::ops::detection::roi_align(
+                self,
+                boxes,
+                output_size,
+                spatial_scale,
+                sampling_ratio,
+                aligned,
+            );
+        }
         crate::trace::op(OP, "forward", "cpu:roi_align", &[self, boxes], || {
             let g = validate(
                 self,

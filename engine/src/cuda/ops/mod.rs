@@ -8,6 +8,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod detection;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;

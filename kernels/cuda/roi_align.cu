@@ -1,0 +1,200 @@
+// roi_align.cu — RoIAlign forward and backward over NHWC feature maps, with
+// exactly the semantics of engine/src/ops/roi_align.rs (torchvision's CPU
+// kernel): same sample positions, boundary rules and per-bin summation
+// order, computed in f32 (boxes are read in the input dtype and widened).
+// The sample coordinates use __fmul_rn/__fadd_rn so ptxas cannot contract
+// them into FMAs: a fused rounding could move a sample across a pixel
+// boundary and change which pixels it reads, unlike the CPU op.
+//
+// Forward: one thread per output element (k, ph, pw, c), c innermost, so a
+// warp reads consecutive channels of each sampled pixel (coalesced) and
+// writes the channels-last output [K, PH, PW, C] contiguously.
+// Backward: one thread per dy element, scattering into an f32 dx [N, H, W, C]
+// with atomicAdd (dx must be zeroed first). The summation order of the
+// atomics is not fixed, so the GPU gradient is NOT bitwise deterministic
+// (the CPU op's is); it agrees with it to f32 rounding.
+//
+// boxes: [K, 5] rows (batch index, x1, y1, x2, y2), validated on the host
+// (integer batch index in range, finite coordinates, bounded sample count).
+// Launch: 1-D grid-stride, any grid, 256 threads.
+#include "common.cuh"
+
+struct RoiShape {
+    int N, C, H, W, K, PH, PW;
+    float spatial_scale;
+    int sampling_ratio;  // <= 0: adaptive
+    int aligned;
+};
+
+// One box on the feature map (engine/src/ops/roi_align.rs: Roi::new).
+struct RoiGeom {
+    int batch;
+    float start_h, start_w, bin_h, bin_w;
+    int grid_h, grid_w;  // <= 0: no samples
+};
+
+template <typename T>
+__device__ __forceinline__ RoiGeom roi_geom(const T* __restrict__ b, const RoiShape& s) {
+    RoiGeom r;
+    const float offset = s.aligned ? 0.5f : 0.0f;
+    r.batch = (int)to_f32(b[0]);
+    r.start_w = __fadd_rn(__fmul_rn(to_f32(b[1]), s.spatial_scale), -offset);
+    r.start_h = __fadd_rn(__fmul_rn(to_f32(b[2]), s.spatial_scale), -offset);
+    const float end_w = __fadd_rn(__fmul_rn(to_f32(b[3]), s.spatial_scale), -offset);
+    const float end_h = __fadd_rn(__fmul_rn(to_f32(b[4]), s.spatial_scale), -offset);
+    float roi_w = __fsub_rn(end_w, r.start_w), roi_h = __fsub_rn(end_h, r.start_h);
+    if (!s.aligned) {
+        // legacy (Detectron) behaviour: malformed boxes become 1x1
+        roi_w = fmaxf(roi_w, 1.0f);
+        roi_h = fmaxf(roi_h, 1.0f);
+    }
+    r.bin_h = __fdiv_rn(roi_h, (float)s.PH);
+    r.bin_w = __fdiv_rn(roi_w, (float)s.PW);
+    if (s.sampling_ratio > 0) {
+        r.grid_h = r.grid_w = s.sampling_ratio;
+    } else {
+        r.grid_h = (int)ceilf(__fdiv_rn(roi_h, (float)s.PH));
+        r.grid_w = (int)ceilf(__fdiv_rn(roi_w, (float)s.PW));
+    }
+    return r;
+}
+
+// Sample coordinate start + p * bin + (i + 0.5) * bin / grid, in the CPU
+// op's operation order.
+__device__ __forceinline__ float sample_coord(float start, int p, float bin, int i, int grid) {
+    const float a = __fadd_rn(start, __fmul_rn((float)p, bin));
+    const float b = __fdiv_rn(__fmul_rn(__fadd_rn((float)i, 0.5f), bin), (float)grid);
+    return __fadd_rn(a, b);
+}
+
+// torchvision's bilinear rule (Sample::bilinear): pixel offsets (y*W + x)
+// of the four corners and their weights; false for points outside
+// [-1, H] x [-1, W], which then read pixel 0 with zero weights.
+__device__ __forceinline__ bool bilinear(float y, float x, int H, int W, int (&pos)[4],
+                                         float (&w)[4]) {
+    if (y < -1.0f || y > (float)H || x < -1.0f || x > (float)W) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            pos[i] = 0;
+            w[i] = 0.0f;
+        }
+        return false;
+    }
+    if (y <= 0.0f) y = 0.0f;
+    if (x <= 0.0f) x = 0.0f;
+    int y_low = (int)y, x_low = (int)x, y_high, x_high;
+    if (y_low >= H - 1) {
+        y_high = y_low = H - 1;
+        y = (float)y_low;
+    } else {
+        y_high = y_low + 1;
+    }
+    if (x_low >= W - 1) {
+        x_high = x_low = W - 1;
+        x = (float)x_low;
+    } else {
+        x_high = x_low + 1;
+    }
+    const float ly = __fsub_rn(y, (float)y_low), lx = __fsub_rn(x, (float)x_low);
+    const float hy = __fsub_rn(1.0f, ly), hx = __fsub_rn(1.0f, lx);
+    pos[0] = y_low * W + x_low;
+    pos[1] = y_low * W + x_high;
+    pos[2] = y_high * W + x_low;
+    pos[3] = y_high * W + x_high;
+    w[0] = __fmul_rn(hy, hx);
+    w[1] = __fmul_rn(hy, lx);
+    w[2] = __fmul_rn(ly, hx);
+    w[3] = __fmul_rn(ly, lx);
+    return true;
+}
+
+template <typename T>
+__device__ __forceinline__ void roi_align_fwd(const T* __restrict__ x, const T* __restrict__ boxes,
+                                             T* __restrict__ y, RoiShape s) {
+    const i64 total = (i64)s.K * s.PH * s.PW * s.C;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int c = (int)(e % s.C);
+        i64 t = e / s.C;
+        const int pw = (int)(t % s.PW);
+        t /= s.PW;
+        const int ph = (int)(t % s.PH);
+        const int k = (int)(t / s.PH);
+        const RoiGeom r = roi_geom(boxes + (i64)k * 5, s);
+        const T* xc = x + (i64)r.batch * s.H * s.W * s.C + c;
+        const int gh = max(r.grid_h, 0), gw = max(r.grid_w, 0);
+        float v = 0.0f;
+        for (int iy = 0; iy < gh; iy++) {
+            const float yy = sample_coord(r.start_h, ph, r.bin_h, iy, gh);
+            for (int ix = 0; ix < gw; ix++) {
+                const float xx = sample_coord(r.start_w, pw, r.bin_w, ix, gw);
+                int pos[4];
+                float w[4];
+                bilinear(yy, xx, s.H, s.W, pos, w);
+                // the CPU's order: ((w0 x0 + w1 x1) + w2 x2) + w3 x3, then v +=
+                float acc = __fmul_rn(w[0], to_f32(xc[(i64)pos[0] * s.C]));
+                acc = __fadd_rn(acc, __fmul_rn(w[1], to_f32(xc[(i64)pos[1] * s.C])));
+                acc = __fadd_rn(acc, __fmul_rn(w[2], to_f32(xc[(i64)pos[2] * s.C])));
+                acc = __fadd_rn(acc, __fmul_rn(w[3], to_f32(xc[(i64)pos[3] * s.C])));
+                v = __fadd_rn(v, acc);
+            }
+        }
+        const float count = (float)max(gh * gw, 1);
+        y[e] = from_f32<T>(__fdiv_rn(v, count));
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void roi_align_bwd(const T* __restrict__ dy, const T* __restrict__ boxes,
+                                             float* __restrict__ dx, RoiShape s) {
+    const i64 total = (i64)s.K * s.PH * s.PW * s.C;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int c = (int)(e % s.C);
+        i64 t = e / s.C;
+        const int pw = (int)(t % s.PW);
+        t /= s.PW;
+        const int ph = (int)(t % s.PH);
+        const int k = (int)(t / s.PH);
+        const RoiGeom r = roi_geom(boxes + (i64)k * 5, s);
+        const int gh = max(r.grid_h, 0), gw = max(r.grid_w, 0);
+        if (gh == 0 || gw == 0) continue;
+        // torchvision divides by the raw product (>= 1 here)
+        const float count = (float)(gh * gw);
+        const float gv = to_f32(dy[e]);
+        float* dc = dx + (i64)r.batch * s.H * s.W * s.C + c;
+        for (int iy = 0; iy < gh; iy++) {
+            const float yy = sample_coord(r.start_h, ph, r.bin_h, iy, gh);
+            for (int ix = 0; ix < gw; ix++) {
+                const float xx = sample_coord(r.start_w, pw, r.bin_w, ix, gw);
+                int pos[4];
+                float w[4];
+                if (!bilinear(yy, xx, s.H, s.W, pos, w)) continue;
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    atomicAdd(dc + (i64)pos[q] * s.C, __fdiv_rn(__fmul_rn(gv, w[q]), count));
+                }
+            }
+        }
+    }
+}
+
+#define ROI_ALIGN_ENTRIES(T, SFX)                                                              \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS roi_align_fwd_##SFX(                       \
+        const T* __restrict__ x, const T* __restrict__ boxes, T* __restrict__ y, int N, int C,  \
+        int H, int W, int K, int PH, int PW, float spatial_scale, int sampling_ratio,          \
+        int aligned) {                                                                         \
+        roi_align_fwd<T>(x, boxes, y,                                                          \
+                         RoiShape{N, C, H, W, K, PH, PW, spatial_scale, sampling_ratio, aligned}); \
+    }                                                                                          \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS roi_align_bwd_##SFX(                       \
+        const T* __restrict__ dy, const T* __restrict__ boxes, float* __restrict__ dx, int N,   \
+        int C, int H, int W, int K, int PH, int PW, float spatial_scale, int sampling_ratio,   \
+        int aligned) {                                                                         \
+        roi_align_bwd<T>(dy, boxes, dx,                                                        \
+                         RoiShape{N, C, H, W, K, PH, PW, spatial_scale, sampling_ratio, aligned}); \
+    }
+
+ROI_ALIGN_ENTRIES(float, f32)
+ROI_ALIGN_ENTRIES(f16, f16)
+ROI_ALIGN_ENTRIES(bf16, bf16)
