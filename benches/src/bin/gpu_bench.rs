@@ -53,13 +53,6 @@ struct Bench<'a> {
     gemm_tflops: Option<f64>,
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
-}
-
 impl Bench<'_> {
     /// Runs one measurement; an error or panic is a failure and the run
     /// goes on. `need_s` is the least budget worth starting it with.

@@ -72,13 +72,6 @@ fn dt(d: DType) -> &'static str {
     }
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
-}
-
 fn host(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_device(Device::Cpu)?.to_vec_f64())
 }

@@ -621,6 +621,14 @@ pub fn sig(v: f64) -> f64 {
     (v * m).round() / m
 }
 
+/// The message of a caught panic (a check reports it and goes on).
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
 #[cfg(test)]
 mod tests {
     #[allow(unused_imports)]

@@ -66,8 +66,9 @@ fn rows<T: Float>(flat: &[T]) -> Vec<[T; 4]> {
 
 /// Indices sorted by decreasing score, ties in index order, NaN first:
 /// torch's `scores.sort(stable=True, descending=True)`, which
-/// torchvision's CPU nms kernel uses.
-fn order_desc<T: Float>(scores: &[T]) -> Vec<usize> {
+/// torchvision's CPU nms kernel uses. The GPU nms visits boxes in this
+/// order too (cuda::ops::detection).
+pub(crate) fn order_desc<T: Float>(scores: &[T]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&i, &j| {
         let (a, b) = (scores[i], scores[j]);

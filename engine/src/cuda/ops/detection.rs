@@ -13,7 +13,6 @@ use crate::autograd::record;
 use crate::cuda::tensor::{download, empty, ptr, to_default_layout, zeros};
 use crate::{DType, Device, Error, Result, Tensor};
 use kernels::device::{nms_col_blocks, nms_greedy, RoiAlignDims};
-use std::cmp::Ordering;
 
 /// RoIAlign of x [N, C, H, W] over boxes [K, 5], already validated by
 /// `Tensor::roi_align` (which documents the semantics). Returns [K, C, ph,
@@ -112,23 +111,6 @@ pub fn roi_align(
     })
 }
 
-/// Box indices sorted by decreasing score, ties in index order, NaN first:
-/// the order of engine/src/ops/nms.rs's `order_desc` (torch's stable
-/// descending sort). f64 orders every GPU dtype's values exactly.
-fn order_desc(scores: &[f64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&i, &j| {
-        let (a, b) = (scores[i], scores[j]);
-        match (a.is_nan(), b.is_nan()) {
-            (true, true) => Ordering::Equal,
-            (true, false) => Ordering::Less,
-            (false, true) => Ordering::Greater,
-            _ => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
-        }
-    });
-    order
-}
-
 /// `crate::ops::nms` on the GPU (arguments already validated: boxes [K, 4],
 /// scores [K], one float dtype): the kept indices in decreasing score order,
 /// the same set and order as the CPU op (IoU in f32, same operation order,
@@ -149,7 +131,8 @@ pub fn nms(boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Vec<us
         } else {
             download(scores)?.to_vec_f64()
         };
-        let order = order_desc(&host_scores);
+        // f64 orders every GPU dtype's values exactly
+        let order = crate::ops::nms::order_desc(&host_scores);
         if k == 0 {
             return Ok(index_tensor(Vec::new()));
         }
@@ -192,7 +175,7 @@ fn index_tensor(keep: Vec<usize>) -> Tensor {
 
 #[cfg(test)]
 mod tests {
-    use super::order_desc;
+    use crate::ops::nms::order_desc;
 
     #[test]
     fn order_is_descending_stable_nan_first() {
