@@ -190,8 +190,9 @@ pub fn amp_step(
 
 /// Loss scaling of gradients on GPUs.
 mod gpu {
+    use crate::cuda::launch::kdtype;
+    use crate::cuda::ops::cast;
     use crate::cuda::ops::optim::FiniteFlag;
-    use crate::cuda::ops::{cast, kdtype};
     use crate::cuda::tensor::{self as ct, ptr, storage_of};
     use crate::nn::Param;
     use crate::{DType, Error, Result, Tensor};

@@ -33,6 +33,14 @@ pub enum Error {
 
     #[error("autograd: {0}")]
     Autograd(String),
+
+    /// The op has no implementation on this backend (the op family's
+    /// default method; docs/OPS.md lists what each device runs).
+    #[error("op {op} is not implemented on device {backend}: move its inputs with to_device(Device::Cpu)")]
+    Unsupported {
+        op: &'static str,
+        backend: &'static str,
+    },
 }
 
 impl Error {
@@ -54,6 +62,9 @@ impl Error {
             expected: expected.into(),
             got,
         }
+    }
+    pub fn unsupported(op: &'static str, backend: &'static str) -> Self {
+        Error::Unsupported { op, backend }
     }
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {

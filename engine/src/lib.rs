@@ -3,6 +3,7 @@
 
 pub mod amp;
 pub mod autograd;
+pub mod backend;
 pub mod checkpoint;
 pub mod cuda;
 mod device;

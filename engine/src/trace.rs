@@ -23,6 +23,15 @@ static SINK: Mutex<Option<Box<dyn Write + Send>>> = Mutex::new(None);
 
 thread_local! {
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// The kernel or library path the innermost running op named (`kernel`).
+    static KERNEL: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Names what a backend ran for the op being traced ("im2col+gemm",
+/// "maxpool_fwd", "cudnn"): the op's line then says `"ran": "cpu:im2col+gemm"`
+/// instead of just the backend. Costs one thread-local store.
+pub fn kernel(name: &'static str) {
+    KERNEL.with(|k| k.set(Some(name)));
 }
 
 fn init_from_env() -> bool {
@@ -99,8 +108,8 @@ impl Traced for Vec<Option<Tensor>> {
     }
 }
 
-/// Runs `f`, the body of op `name` executed by `ran` (the kernel or library
-/// path), and logs it when tracing is on.
+/// Runs `f`, the body of op `name` on backend `ran` ("cpu", "cuda"), and
+/// logs it when tracing is on, with the kernel the backend named (`kernel`).
 pub fn op<R: Traced>(
     name: &str,
     phase: &str,
@@ -112,10 +121,15 @@ pub fn op<R: Traced>(
         return f();
     }
     let depth = DEPTH.with(|d| d.replace(d.get() + 1));
+    let outer = KERNEL.with(|k| k.take());
     let start = Instant::now();
     let result = f();
     let us = start.elapsed().as_secs_f64() * 1e6;
     DEPTH.with(|d| d.set(depth));
+    let ran = match KERNEL.with(|k| k.replace(outer)) {
+        Some(k) => format!("{ran}:{k}"),
+        None => ran.to_string(),
+    };
     let line = serde_json::json!({
         "op": name,
         "phase": phase,

@@ -18,6 +18,7 @@
 pub mod allocator;
 pub mod blas;
 pub mod dnn;
+pub(crate) mod launch;
 pub mod ops;
 mod probe;
 pub mod runtime;

@@ -94,7 +94,8 @@ impl Sgd {
 
     /// The update of a param on a GPU: one `sgd_step_<t>` launch.
     fn update_gpu(&mut self, p: &Param, grad: &Tensor) -> Result<()> {
-        use crate::cuda::ops::{cast, kdtype, optim::sgd_step};
+        use crate::cuda::launch::kdtype;
+        use crate::cuda::ops::{cast, optim::sgd_step};
         use crate::cuda::tensor::{self as ct, alloc, ptr};
         const OP: &str = "sgd";
         let mut value = p.get();

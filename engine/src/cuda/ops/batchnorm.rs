@@ -11,9 +11,10 @@
 //! that dtype) are converted, and their gradients and running statistics
 //! converted back.
 
-use super::elementwise::{empty_like, on_device, same_gpu, traced_sync};
-use super::{cast, kdtype, kerr};
+use super::cast;
 use crate::autograd::record;
+use crate::cuda::launch::{empty_like, on_device, same_gpu, traced_sync};
+use crate::cuda::launch::{kdtype, kerr};
 use crate::cuda::runtime::Gpu;
 use crate::cuda::tensor::{alloc, is_dense, ptr, to_default_layout, DeviceStorage};
 use crate::layout::Layout;

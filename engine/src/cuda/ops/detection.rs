@@ -7,9 +7,10 @@
 //! The public ops in crate::ops validate their arguments (the CPU op's own
 //! checks, boxes read on the host) before dispatching here.
 
-use super::elementwise::{on_device, same_gpu, traced_sync};
-use super::{cast, kdtype, kerr};
+use super::cast;
 use crate::autograd::record;
+use crate::cuda::launch::{kdtype, kerr};
+use crate::cuda::launch::{on_device, same_gpu, traced_sync};
 use crate::cuda::tensor::{download, empty, ptr, to_default_layout, zeros};
 use crate::{DType, Device, Error, Result, Tensor};
 use kernels::device::{nms_col_blocks, nms_greedy, RoiAlignDims};

@@ -7,99 +7,15 @@
 //! first copied to the GPU default layout. Also the helpers the other op
 //! files share (one GPU for all operands, output allocation, trace timing).
 
-use super::{kdtype, kerr};
 use crate::autograd::record;
+use crate::cuda::launch::{
+    dense, empty_like, kdtype, kerr, on_device, same_gpu, traced_sync, with_strides_of,
+};
 use crate::cuda::runtime::Gpu;
-use crate::cuda::tensor::{alloc, copy_to_strides, gpu_of, is_dense, ptr, to_default_layout};
+use crate::cuda::tensor::{alloc, gpu_of, ptr};
 use crate::layout::{broadcast_shapes, Layout};
-use crate::{Device, Error, Result, Tensor};
+use crate::{Error, Result, Tensor};
 use kernels::device::Binary;
-
-/// The GPU every tensor of `ts` lives on, or a clear error when they are on
-/// different devices.
-pub(crate) fn same_gpu(op: &'static str, ts: &[&Tensor]) -> Result<&'static Gpu> {
-    let dev = ts[0].device();
-    if let Some(t) = ts.iter().find(|t| t.device() != dev) {
-        return Err(Error::arg(
-            op,
-            format!(
-                "operands on different devices: {:?} on {dev}, {:?} on {}",
-                ts[0].dims(),
-                t.dims(),
-                t.device()
-            ),
-        ));
-    }
-    gpu_of(ts[0])
-}
-
-/// Waits for the queued kernels when tracing, so the traced time is the
-/// GPU's time and not the launch's.
-pub(crate) fn traced_sync(g: &Gpu) -> Result<()> {
-    if crate::trace::enabled() {
-        g.synchronize()?;
-    }
-    Ok(())
-}
-
-/// `x` itself when its elements are a dense run from `ptr(x)`, else a copy
-/// in the GPU default layout.
-pub(crate) fn dense(x: &Tensor) -> Result<Tensor> {
-    if is_dense(x.layout()) {
-        Ok(x.clone())
-    } else {
-        to_default_layout(x)
-    }
-}
-
-/// `t` with exactly the (dense) strides of `like` (a copy unless it has
-/// them already and is dense); same shape required.
-pub(crate) fn with_strides_of(op: &'static str, t: &Tensor, like: &Tensor) -> Result<Tensor> {
-    if t.dims() != like.dims() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "gradient {:?} for an output of shape {:?}",
-                t.dims(),
-                like.dims()
-            ),
-        ));
-    }
-    let same = t
-        .dims()
-        .iter()
-        .zip(t.strides().iter().zip(like.strides()))
-        .all(|(&d, (a, b))| d == 1 || a == b);
-    if same && is_dense(t.layout()) {
-        Ok(t.clone())
-    } else {
-        copy_to_strides(t, like.strides())
-    }
-}
-
-/// A GPU tensor of `dtype` and `x`'s shape and strides (x dense), with
-/// fresh storage.
-pub(crate) fn empty_like(x: &Tensor, dtype: crate::DType) -> Result<Tensor> {
-    let g = gpu_of(x)?;
-    let s = alloc(g, dtype, x.numel())?;
-    Ok(Tensor::from_device_parts(
-        s,
-        Layout {
-            shape: x.dims().to_vec(),
-            strides: x.strides().to_vec(),
-            offset: 0,
-        },
-    ))
-}
-
-/// A host tensor moved to `dev` (gradients seeded on the host), else itself.
-pub(crate) fn on_device(t: &Tensor, dev: Device) -> Result<Tensor> {
-    if t.device() == dev {
-        Ok(t.clone())
-    } else {
-        t.to_device(dev)
-    }
-}
 
 /// out = a (op) b for same-shape operands, no autograd; the output takes
 /// a's (dense) strides.

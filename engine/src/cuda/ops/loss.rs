@@ -3,9 +3,10 @@
 //! index, as the CPU op — including its errors (a target out of range, every
 //! row ignored), which cost one small device-to-host read per forward.
 
-use super::elementwise::{dense, on_device, traced_sync};
-use super::{cast, kdtype, kerr};
+use super::cast;
 use crate::autograd::record;
+use crate::cuda::launch::{dense, on_device, traced_sync};
+use crate::cuda::launch::{kdtype, kerr};
 use crate::cuda::tensor::{alloc, gpu_of, ptr};
 use crate::layout::Layout;
 use crate::{DType, Error, Result, Tensor};

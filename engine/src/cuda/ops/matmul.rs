@@ -24,7 +24,7 @@ use std::sync::Mutex;
 /// cuBLASLt handles).
 fn gpu_for(op: &'static str, ts: &[&Tensor]) -> Result<&'static Gpu> {
     crate::ops::same_dtype(op, ts)?;
-    super::kdtype(op, ts[0].dtype())?;
+    crate::cuda::launch::kdtype(op, ts[0].dtype())?;
     let dev = ts[0].device();
     if let Some(t) = ts.iter().find(|t| t.device() != dev) {
         return Err(Error::arg(

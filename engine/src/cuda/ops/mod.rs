@@ -13,27 +13,12 @@ pub mod elementwise;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
-pub mod pool;
 pub mod reduce;
 
+use super::launch::{kdtype, kerr};
 use super::tensor::{alloc, gpu_of, is_dense, ptr};
 use crate::layout::Layout;
-use crate::{DType, Error, Result, Tensor};
-
-/// The kernels' dtype for a float tensor dtype.
-pub(crate) fn kdtype(op: &'static str, d: DType) -> Result<kernels::device::Dtype> {
-    match d {
-        DType::F32 => Ok(kernels::device::Dtype::F32),
-        DType::F16 => Ok(kernels::device::Dtype::F16),
-        DType::BF16 => Ok(kernels::device::Dtype::Bf16),
-        other => Err(Error::dtype(op, "f32, f16 or bf16 on the GPU", other)),
-    }
-}
-
-/// Maps a kernels-crate error (launch, compile, shape) into the engine's.
-pub(crate) fn kerr(op: &'static str) -> impl FnOnce(kernels::Error) -> Error {
-    move |e| Error::arg(op, e.to_string())
-}
+use crate::{DType, Result, Tensor};
 
 /// `x` converted to `dtype` with x's layout (no autograd: Tensor::to_dtype
 /// records it). f32/f16/bf16 convert on the GPU; other pairs go through the

@@ -6,7 +6,7 @@
 //! Every launch goes on the GPU's one stream; nothing here waits for the
 //! GPU except [`FiniteFlag::read`], which is the step's one sync.
 
-use super::kerr;
+use crate::cuda::launch::kerr;
 use crate::cuda::{DeviceBlock, Gpu};
 use crate::{Error, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};

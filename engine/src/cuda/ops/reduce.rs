@@ -8,9 +8,10 @@
 //! takes the two-launch sum_partial/sum_finalize path. f32 accumulation,
 //! one rounding into the dtype, as the CPU backend.
 
-use super::elementwise::{dense, on_device, traced_sync};
-use super::{cast, kdtype, kerr};
+use super::cast;
 use crate::autograd::record;
+use crate::cuda::launch::{dense, on_device, traced_sync};
+use crate::cuda::launch::{kdtype, kerr};
 use crate::cuda::tensor::{alloc, copy_to_strides, gpu_of, ptr, to_default_layout};
 use crate::layout::Layout;
 use crate::{DType, Error, Result, Tensor};
