@@ -14,6 +14,7 @@ pub mod layout;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod parity;
 mod rng;
 mod storage;
 mod tensor;

@@ -50,7 +50,16 @@ macro_rules! dispatch_float {
     };
 }
 
-use crate::{Error, Result, Tensor};
+use crate::{Error, Result, Rng, Tensor};
+
+/// Every op family's GPU parity cases (`<family>/parity.rs`), in a fixed
+/// order; `seed` draws each case's own seed.
+pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
+    let mut rng = Rng::new(seed);
+    let mut all = Vec::new();
+    pool::parity::cases(&mut rng, &mut all);
+    all
+}
 
 /// Every tensor must have `a`'s dtype.
 pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {

@@ -1,0 +1,98 @@
+//! GPU-vs-CPU parity cases, registered by each op family
+//! (`ops/<family>/parity.rs`, listed by `ops::parity_cases`) and run by
+//! `slmlp-gpu-check`
+//! (benches/src/bin/gpu_check.rs): the same op on fresh random inputs on
+//! the CPU (the reference) and on the device under test, every output and
+//! input gradient compared.
+
+use crate::{DType, Device, Error, Result, Rng, Tensor};
+
+/// Named tensors one side produced (outputs, gradients, states).
+pub type Outputs = Vec<(String, Tensor)>;
+
+/// One parity case: `run(device)` builds its inputs from `seed` (so both
+/// sides see the same values), runs the op there and returns what to compare.
+pub struct Case {
+    pub op: &'static str,
+    pub dtype: DType,
+    /// Shapes and settings, for the report.
+    pub label: String,
+    /// The error bound when it differs from the dtype's default (see the
+    /// runner), with the reason in the family's parity.rs.
+    pub threshold: Option<f64>,
+    pub run: Box<dyn Fn(Device) -> Result<Outputs>>,
+}
+
+/// The float dtypes every case is tried in (f16 may be refused by an op
+/// with a dtype error; the runner reports it as unsupported).
+pub const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+/// `[2,3,4]`-style shape text.
+pub fn dims(v: &[usize]) -> String {
+    format!("{v:?}").replace(' ', "")
+}
+
+/// Input `i` of an autograd case: a name, how to draw it and whether it
+/// needs a gradient.
+pub struct Input {
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    pub std: f64,
+    pub grad: bool,
+}
+
+impl Input {
+    /// A standard-normal (times `std`) input that needs a gradient.
+    pub fn randn(name: &'static str, shape: &[usize], std: f64) -> Input {
+        Input {
+            name,
+            shape: shape.to_vec(),
+            std,
+            grad: true,
+        }
+    }
+}
+
+/// An autograd case: draws the inputs from `seed` in `dtype` on the host,
+/// uploads them (leaves; `grad` marks those that need a gradient), runs
+/// `op`, backpropagates a random upstream gradient from the first output,
+/// and returns every output and every input gradient (`d<name>`).
+pub fn autograd(
+    op: &'static str,
+    dtype: DType,
+    label: String,
+    seed: u64,
+    inputs: Vec<Input>,
+    f: impl Fn(&[Tensor]) -> Result<Outputs> + 'static,
+) -> Case {
+    let run = move |device: Device| {
+        let mut rng = Rng::new(seed);
+        let mut leaves = Vec::new();
+        for i in &inputs {
+            let t = Tensor::randn(&i.shape, 0.0, i.std, dtype, &mut rng).to_device(device)?;
+            leaves.push(if i.grad { t.requires_grad_()? } else { t });
+        }
+        let mut outs = f(&leaves)?;
+        if inputs.iter().any(|i| i.grad) {
+            let primary = &outs[0].1;
+            let up = Tensor::randn(primary.dims(), 0.0, 1.0, primary.dtype(), &mut rng);
+            primary.backward_with(up.to_device(device)?)?;
+            for (i, leaf) in inputs.iter().zip(&leaves) {
+                if i.grad {
+                    let g = leaf.grad().ok_or_else(|| {
+                        Error::Autograd(format!("no gradient reached input {}", i.name))
+                    })?;
+                    outs.push((format!("d{}", i.name), g));
+                }
+            }
+        }
+        Ok(outs)
+    };
+    Case {
+        op,
+        dtype,
+        label,
+        threshold: None,
+        run: Box::new(run),
+    }
+}
