@@ -86,40 +86,29 @@ impl Compiler {
         let tc = Toolchain::get()?;
         let options = portable_options(arch);
         let key = cache_key(kernel, &options, arch, tc.version);
-        if let Some(cache) = &self.cache {
-            if let Some(e) = cache.get(kernel.name, arch, &key)? {
-                return Ok(CompiledKernel {
-                    kernel: kernel.name,
-                    arch,
-                    entries: parse_ptxas_log(&e.log),
-                    cubin: e.cubin,
-                    log: e.log,
-                    cache_hit: true,
-                    elapsed: start.elapsed(),
-                });
+        let cached = match &self.cache {
+            Some(cache) => cache.get(kernel.name, arch, &key)?,
+            None => None,
+        };
+        let cache_hit = cached.is_some();
+        let entry = match cached {
+            Some(entry) => entry,
+            None => {
+                let (cubin, log) = nvrtc_compile(kernel, arch, &options, tc)?;
+                let entry = CacheEntry { cubin, log };
+                if let Some(cache) = &self.cache {
+                    cache.put(kernel.name, arch, &key, &entry)?;
+                }
+                entry
             }
-        }
-        let (cubin, log) = nvrtc_compile(kernel, arch, &options, tc)?;
-        if let Some(cache) = &self.cache {
-            let entry = CacheEntry { cubin, log };
-            cache.put(kernel.name, arch, &key, &entry)?;
-            return Ok(CompiledKernel {
-                kernel: kernel.name,
-                arch,
-                entries: parse_ptxas_log(&entry.log),
-                cubin: entry.cubin,
-                log: entry.log,
-                cache_hit: false,
-                elapsed: start.elapsed(),
-            });
-        }
+        };
         Ok(CompiledKernel {
             kernel: kernel.name,
             arch,
-            entries: parse_ptxas_log(&log),
-            cubin,
-            log,
-            cache_hit: false,
+            entries: parse_ptxas_log(&entry.log),
+            cubin: entry.cubin,
+            log: entry.log,
+            cache_hit,
             elapsed: start.elapsed(),
         })
     }

@@ -1,23 +1,27 @@
 //! Every kernel file the crate ships, with the entry points it must export.
 //!
-//! One `Kernel` per `.cu` file (a kernel family); its entry points are the
-//! extern "C" names a launcher looks up in the CUBIN. The compile test
-//! checks both directions: every listed name is compiled, and the file
-//! exports nothing unlisted.
+//! One `Kernel` per `.cu` file (a kernel family), declared by the family's
+//! own module with `kernel!` (`families/<name>.rs` beside
+//! `families/<name>.cu`) and collected into [`KERNELS`] by `families/mod.rs`.
+//! Its entry points are the extern "C" names a launcher looks up in the
+//! CUBIN. The compile test checks both directions: every listed name is
+//! compiled, and the file exports nothing unlisted.
+
+pub use crate::families::KERNELS;
 
 /// A CUDA C++ source file, embedded in the binary.
 #[derive(Debug, Clone, Copy)]
 pub struct Kernel {
     /// Short name: cache file names and error messages.
     pub name: &'static str,
-    /// File under kernels/cuda/, the name NVRTC reports in diagnostics.
+    /// File under kernels/src/families/, the name NVRTC reports in diagnostics.
     pub file: &'static str,
     pub source: &'static str,
     pub entry_points: &'static [&'static str],
 }
 
 /// In-memory headers every kernel may `#include "name"`; part of the cache key.
-pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../cuda/common.cuh"))];
+pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("families/common.cuh"))];
 
 /// Expands `"name"` to `"name_f32", "name_f16", "name_bf16"`.
 macro_rules! per_dtype {
@@ -49,51 +53,20 @@ macro_rules! entries {
     }};
 }
 
+/// `kernel!("pool", typed [...] untyped [...])`: the registry entry of
+/// `pool.cu`, embedded from the folder of the module that invokes it (a
+/// family's `.rs` beside its `.cu`). `typed` names get the three dtype
+/// suffixes, `untyped` ones are exported as written.
 macro_rules! kernel {
     ($name:literal, $($rest:tt)*) => {
-        Kernel {
+        $crate::registry::Kernel {
             name: $name,
             file: concat!($name, ".cu"),
-            source: include_str!(concat!("../cuda/", $name, ".cu")),
+            source: include_str!(concat!($name, ".cu")),
             entry_points: entries!($($rest)*),
         }
     };
 }
-
-pub const KERNELS: &[Kernel] = &[
-    kernel!("batchnorm",
-        typed ["bn_fwd_stats", "bn_fwd_finalize", "bn_fwd_apply", "bn_bwd_reduce", "bn_bwd_dx"]
-        untyped ["bn_eval_prepare", "bn_bwd_finalize"]),
-    kernel!("bn1d_relu",
-        typed ["bn1d_relu_fwd", "bn1d_relu_bwd"]
-        untyped []),
-    kernel!("elementwise",
-        typed ["add", "scale", "relu_fwd", "relu_bwd", "add_bcast"]
-        untyped ["cast_f32_to_f16", "cast_f32_to_bf16", "cast_f16_to_f32", "cast_bf16_to_f32",
-                 "cast_f16_to_bf16", "cast_bf16_to_f16"]),
-    kernel!("reduce",
-        typed ["sum_partial", "all_finite", "gap_fwd", "gap_bwd", "sum_cols", "sum_rows"]
-        untyped ["sum_finalize", "unscale_check_f32"]),
-    kernel!("pool",
-        typed ["maxpool_fwd", "maxpool_bwd", "avgpool_fwd", "avgpool_bwd",
-               "adaptive_avgpool_fwd", "adaptive_avgpool_bwd"]
-        untyped []),
-    kernel!("softmax_xent",
-        typed ["xent_fwd", "xent_bwd"]
-        untyped ["xent_finalize"]),
-    kernel!("sgd",
-        typed ["sgd_step"]
-        untyped []),
-    kernel!("copy",
-        typed []
-        untyped ["strided_copy_1", "strided_copy_2", "strided_copy_4", "strided_copy_8"]),
-    kernel!("roi_align",
-        typed ["roi_align_fwd", "roi_align_bwd"]
-        untyped []),
-    kernel!("nms",
-        typed ["nms_mask"]
-        untyped []),
-];
 
 /// The registry entry called `name`.
 pub fn kernel(name: &str) -> crate::Result<&'static Kernel> {

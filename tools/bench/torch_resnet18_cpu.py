@@ -29,84 +29,16 @@ img_per_s = batch / median step time.
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
-
-
-class CifarResNet(nn.Module):
-    def __init__(self, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes=10,
-                 in_channels=3, projector=False):
-        super().__init__()
-        self.inplanes = widths[0]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(widths[0], layers[0], 1)
-        self.layer2 = self._make_layer(widths[1], layers[1], 2)
-        self.layer3 = self._make_layer(widths[2], layers[2], 2)
-        self.layer4 = self._make_layer(widths[3], layers[3], 2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        d = widths[3]
-        # SL-MLP (models/src/projector.rs, paper config): one Linear->BN1d->ReLU block, h = d
-        self.projector = (
-            nn.Sequential(nn.Linear(d, d), nn.BatchNorm1d(d), nn.ReLU(inplace=True))
-            if projector
-            else None
-        )
-        self.fc = nn.Linear(d, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def _make_layer(self, planes, blocks, stride):
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes
-        for _ in range(1, blocks):
-            layers.append(BasicBlock(planes, planes))
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.avgpool(x), 1)
-        if self.projector is not None:
-            x = self.projector(x)
-        return self.fc(x)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_common import CifarResNet  # noqa: E402
 
 
 def main():

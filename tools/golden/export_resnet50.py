@@ -37,9 +37,9 @@ Sampled gradient positions of parameter p: pos_k = splitmix64(fnv1a64("sample:" 
 mod numel(p), k = 0..31 (with replacement).
 """
 
-import argparse
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -48,7 +48,9 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
 
-F32, F64 = torch.float32, torch.float64
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_common import F32, F64, REPO, out_dir_arg  # noqa: E402
+
 MASK64 = (1 << 64) - 1
 NUM_CLASSES = 10
 BATCH = 4          # BN1d over a batch of 2 is ill-conditioned (outputs ~ +-1): 4 keeps
@@ -253,12 +255,7 @@ def activation_case(model, x1):
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    repo = os.path.abspath(os.path.join(here, "..", ".."))
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(repo, "tests", "fixtures", "resnet50"))
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    out = out_dir_arg(__doc__.splitlines()[0], "tests/fixtures/resnet50")
     torch.set_num_threads(1)  # determinism of the reference
 
     shape = [BATCH, 3, IMAGE, IMAGE]
@@ -290,7 +287,7 @@ def main():
         params, buffers = state_names(model)
         tensors, grad_order = train_case(model, x, labels)
         assert grad_order == [n for n, _ in params]
-        path = os.path.join(args.out, case + ".safetensors")
+        path = os.path.join(out, case + ".safetensors")
         save_file(tensors, path, metadata={"case": case})
         written.append(path)
         manifest["models"][case] = {
@@ -301,11 +298,11 @@ def main():
                               if f"running_after.{bn}.running_mean" in tensors],
         }
     acts, order = activation_case(resnet50_sl_mlp(), x1)
-    path = os.path.join(args.out, "activations_sl_mlp.safetensors")
+    path = os.path.join(out, "activations_sl_mlp.safetensors")
     save_file(acts, path, metadata={"case": "activations_sl_mlp"})
     written.append(path)
     manifest["activations"] = {"model": "sl_mlp", "input": "input1", "order": order}
-    mpath = os.path.join(args.out, "manifest.json")
+    mpath = os.path.join(out, "manifest.json")
     with open(mpath, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
@@ -313,7 +310,7 @@ def main():
     total = 0
     for p in written:
         total += os.path.getsize(p)
-        print(f"{os.path.getsize(p):9d}  {os.path.relpath(p, repo)}")
+        print(f"{os.path.getsize(p):9d}  {os.path.relpath(p, REPO)}")
     print(f"{len(written)} files, {total} bytes total")
 
 

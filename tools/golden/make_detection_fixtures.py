@@ -27,44 +27,19 @@ batched_nms cases `detection_batched_nms_*`: as nms plus in.idxs (int64).
 box_iou case `detection_box_iou`: in.a [N, 4], in.b [M, 4], out [N, M].
 """
 
-import argparse
-import json
 import os
-import zlib
+import sys
 
 import torch
 import torchvision
-from safetensors.torch import save_file
 from torchvision.ops import batched_nms, box_iou, nms, roi_align
 
-F32 = torch.float32
-F64 = torch.float64
-
-
-def seed_for(name):
-    torch.manual_seed(zlib.crc32(name.encode("utf-8")))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_common import F32, F64, Writer, out_dir_arg, seed_for  # noqa: E402
 
 
 def uniform(lo, hi, *shape):
     return torch.rand(*shape, dtype=F32) * (hi - lo) + lo
-
-
-class Writer:
-    def __init__(self, out_dir):
-        self.out_dir = out_dir
-        self.written = []
-
-    def save(self, case, op, params, tensors):
-        meta = {
-            "op": op,
-            "params": json.dumps(params),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "compute_dtype": "float64",
-        }
-        path = os.path.join(self.out_dir, case + ".safetensors")
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path, metadata=meta)
-        self.written.append(path)
 
 
 # --------------------------------------------------------------------------
@@ -119,7 +94,7 @@ def roi_align_case(w, aligned, sr, sc, output_size):
         tensors[("grad" if dtype == F64 else "grad_f32") + ".x"] = xd.grad
     params = {"output_size": list(output_size), "spatial_scale": scale,
               "sampling_ratio": sr, "aligned": aligned}
-    w.save(case, "roi_align", params, tensors)
+    w.save_op(case, "roi_align", params, tensors)
 
 
 def make_roi_align(w):
@@ -165,7 +140,7 @@ def nms_case(w, case, k, dtype, with_nan=False):
     tensors = {"in.boxes": b, "in.scores": s}
     for i, t in enumerate(THRESHOLDS):
         tensors[f"keep.{i}"] = nms(b, s, t)
-    w.save(case, "nms", {"thresholds": THRESHOLDS}, tensors)
+    w.save_op(case, "nms", {"thresholds": THRESHOLDS}, tensors)
 
 
 def batched_case(w, case, k, cats, dtype, ties):
@@ -177,7 +152,7 @@ def batched_case(w, case, k, cats, dtype, ties):
     tensors = {"in.boxes": b, "in.scores": s, "in.idxs": idxs}
     for i, t in enumerate(THRESHOLDS):
         tensors[f"keep.{i}"] = batched_nms(b, s, idxs, t)
-    w.save(case, "batched_nms", {"thresholds": THRESHOLDS}, tensors)
+    w.save_op(case, "batched_nms", {"thresholds": THRESHOLDS}, tensors)
 
 
 def make_nms(w):
@@ -199,19 +174,15 @@ def make_nms(w):
     b[1] = torch.tensor([-50.0, -50.0, -40.0, -40.0])  # disjoint from all
     b[2] = torch.cat([a[2, :2] + 0.5, a[2, 2:] - 0.5])  # contained
     a, b = a.to(F64), b.to(F64)
-    w.save("detection_box_iou", "box_iou", {}, {"in.a": a, "in.b": b, "out": box_iou(a, b)})
+    w.save_op("detection_box_iou", "box_iou", {}, {"in.a": a, "in.b": b, "out": box_iou(a, b)})
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "../../tests/fixtures/golden"))
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    w = Writer(args.out)
+    w = Writer(out_dir_arg(__doc__.split("\n")[0], "tests/fixtures/golden"),
+               torchvision=torchvision.__version__)
     make_roi_align(w)
     make_nms(w)
-    total = sum(os.path.getsize(p) for p in w.written)
-    print(f"wrote {len(w.written)} files ({total / 1024:.0f} KiB) to {os.path.normpath(args.out)}")
+    w.report()
 
 
 if __name__ == "__main__":

@@ -11,26 +11,15 @@ cast back to float32 for storage.  See tools/golden/README.md for the naming
 convention and the exact list of cases.
 """
 
-import argparse
-import json
 import os
-import zlib
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-F32 = torch.float32
-F64 = torch.float64
-
-
-def seed_for(name):
-    torch.manual_seed(zlib.crc32(name.encode("utf-8")))
-
-
-def randn(*shape):
-    return torch.randn(*shape, dtype=F32)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_common import F32, F64, CifarResNet, Writer, out_dir_arg, randn, seed_for  # noqa: E402
 
 
 def away_from_zero(x, margin=0.05):
@@ -41,21 +30,6 @@ def away_from_zero(x, margin=0.05):
 
 def f32(t):
     return t.detach().to(F32).contiguous()
-
-
-class Writer:
-    def __init__(self, out_dir):
-        self.out_dir = out_dir
-        self.written = []
-
-    def save(self, case, tensors, meta):
-        meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}
-        meta.setdefault("torch", torch.__version__)
-        meta.setdefault("compute_dtype", "float64")
-        path = os.path.join(self.out_dir, case + ".safetensors")
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
-        save_file(tensors, path, metadata=meta)
-        self.written.append(path)
 
 
 def op_case(w, case, op, params, inputs, fn, diff, extra_inputs=None, after=None):
@@ -289,82 +263,6 @@ def make_ops(w):
 # Tiny ResNet (torchvision naming / BasicBlock forward, CIFAR stem)
 # --------------------------------------------------------------------------
 
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-        self.stride = stride
-
-    def forward(self, x):
-        identity = x
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        out = self.relu(out)
-        return out
-
-
-class CifarResNet(nn.Module):
-    """torchvision.models.ResNet with a CIFAR stem (3x3/s1/p1 conv1, no maxpool)."""
-
-    def __init__(self, layers, widths, num_classes):
-        super().__init__()
-        self.inplanes = widths[0]
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(widths[0], layers[0], 1)
-        self.layer2 = self._make_layer(widths[1], layers[1], 2)
-        self.layer3 = self._make_layer(widths[2], layers[2], 2)
-        self.layer4 = self._make_layer(widths[3], layers[3], 2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[3] * BasicBlock.expansion, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def _make_layer(self, planes, blocks, stride):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * BasicBlock.expansion, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * BasicBlock.expansion),
-            )
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * BasicBlock.expansion
-        for _ in range(1, blocks):
-            layers.append(BasicBlock(self.inplanes, planes))
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.relu(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        x = self.fc(x)
-        return x
-
-
 def make_tiny_resnet(w):
     seed_for("tiny_resnet")
     widths, blocks, num_classes = [4, 8, 16, 32], [1, 1, 1, 1], 5
@@ -422,20 +320,12 @@ def make_tiny_resnet(w):
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    repo = os.path.abspath(os.path.join(here, "..", ".."))
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(repo, "tests", "fixtures", "golden"))
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    out = out_dir_arg(__doc__.splitlines()[0], "tests/fixtures/golden")
     torch.set_num_threads(1)  # determinism of the reference
-    w = Writer(args.out)
+    w = Writer(out)
     make_ops(w)
     make_tiny_resnet(w)
-    total = sum(os.path.getsize(p) for p in w.written)
-    for p in w.written:
-        print(f"{os.path.getsize(p):8d}  {os.path.relpath(p, repo)}")
-    print(f"{len(w.written)} files, {total} bytes total")
+    w.report()
 
 
 if __name__ == "__main__":

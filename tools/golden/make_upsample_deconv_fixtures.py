@@ -31,43 +31,15 @@ indices (forward and backward) equal the float32 rule the engine implements
 cases make that rule differ from exact floor(d * in / out).
 """
 
-import argparse
-import json
 import os
-import zlib
+import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-F32 = torch.float32
-F64 = torch.float64
-
-
-def seed_for(name):
-    torch.manual_seed(zlib.crc32(name.encode("utf-8")))
-
-
-def randn(*shape):
-    return torch.randn(*shape, dtype=F32)
-
-
-class Writer:
-    def __init__(self, out_dir):
-        self.out_dir = out_dir
-        self.written = []
-
-    def save(self, case, op, params, tensors, compute_dtype="float64"):
-        meta = {
-            "op": op,
-            "params": json.dumps(params),
-            "torch": torch.__version__,
-            "compute_dtype": compute_dtype,
-        }
-        path = os.path.join(self.out_dir, case + ".safetensors")
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path, metadata=meta)
-        self.written.append(path)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_common import F32, F64, Writer, out_dir_arg, randn, seed_for  # noqa: E402
 
 
 def case(w, name, op, params, inputs, fn):
@@ -81,7 +53,7 @@ def case(w, name, op, params, inputs, fn):
     tensors["grad_out"] = grad_out
     for k, v in dbl.items():
         tensors["grad." + k] = v.grad
-    w.save(name, op, params, tensors)
+    w.save_op(name, op, params, tensors)
 
 
 # --------------------------------------------------------------------------
@@ -216,7 +188,7 @@ def upsample(w, name, shape, out_hw, mode, scale=None, align_corners=None, ref=F
         out = fn(x)
         grad_out = randn(*out.shape)
         (out * grad_out).sum().backward()
-        w.save(name, "upsample_" + mode, params, {
+        w.save_op(name, "upsample_" + mode, params, {
             "in.x": inputs["x"], "out": out.detach(), "grad_out": grad_out, "grad.x": x.grad,
         }, compute_dtype="float32")
 
@@ -244,16 +216,10 @@ def make_upsample(w):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap.add_argument("--out", default=os.path.join(here, "..", "..", "tests", "fixtures", "golden"))
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    w = Writer(args.out)
+    w = Writer(out_dir_arg(__doc__.split("\n")[0], "tests/fixtures/golden"))
     make_deconv(w)
     make_upsample(w)
-    total = sum(os.path.getsize(p) for p in w.written)
-    print(f"wrote {len(w.written)} fixtures, {total / 1024:.1f} KB, into {args.out}")
+    w.report()
 
 
 if __name__ == "__main__":

@@ -551,6 +551,22 @@ def build_resnet50(c, variant):
     return model.to(c.dev, memory_format=torch.channels_last).train()
 
 
+def train_step(c, opt, loss_of, last, amp=lambda: True):
+    """step(i) for c.measure: loss_of(i) under bf16 autocast (when amp()),
+    then zero_grad, backward and opt.step; last["loss"] keeps the loss."""
+    torch = c.torch
+
+    def step(i):
+        with torch.autocast(c.dev.type, dtype=torch.bfloat16, enabled=amp()):
+            loss = loss_of(i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        last["loss"] = loss.detach()
+
+    return step
+
+
 def train_step_bench(c, variant, mode):
     torch = c.torch
     F = torch.nn.functional
@@ -567,15 +583,7 @@ def train_step_bench(c, variant, mode):
         torch._dynamo.reset()
         fwd = torch.compile(model)
     last = {}
-
-    def step(i):
-        x, y = xs[i % 2], ys[i % 2]
-        with torch.autocast(c.dev.type, dtype=torch.bfloat16):
-            loss = F.cross_entropy(fwd(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        last["loss"] = loss.detach()
+    step = train_step(c, opt, lambda i: F.cross_entropy(fwd(xs[i % 2]), ys[i % 2]), last)
 
     c.peak_reset()
     t = time.perf_counter()
@@ -694,16 +702,8 @@ def sec_maskrcnn_train(c):
         batches = maskrcnn_batches(c, 2)
         state = {"amp": True}
         last = {}
-
-        def step(i):
-            imgs, tgts = batches[i % len(batches)]
-            with torch.autocast(c.dev.type, dtype=torch.bfloat16, enabled=state["amp"]):
-                losses = model(imgs, tgts)
-                loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            last["loss"] = loss.detach()
+        step = train_step(c, opt, lambda i: sum(model(*batches[i % len(batches)]).values()),
+                          last, amp=lambda: state["amp"])
 
         c.peak_reset()
         t = time.perf_counter()

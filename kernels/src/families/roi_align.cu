@@ -30,7 +30,7 @@ struct RoiShape {
 struct RoiGeom {
     int batch;
     float start_h, start_w, bin_h, bin_w;
-    int grid_h, grid_w;  // <= 0: no samples
+    int grid_h, grid_w;  // samples a side of each bin, >= 0
 };
 
 template <typename T>
@@ -53,8 +53,8 @@ __device__ __forceinline__ RoiGeom roi_geom(const T* __restrict__ b, const RoiSh
     if (s.sampling_ratio > 0) {
         r.grid_h = r.grid_w = s.sampling_ratio;
     } else {
-        r.grid_h = (int)ceilf(__fdiv_rn(roi_h, (float)s.PH));
-        r.grid_w = (int)ceilf(__fdiv_rn(roi_w, (float)s.PW));
+        r.grid_h = max((int)ceilf(__fdiv_rn(roi_h, (float)s.PH)), 0);
+        r.grid_w = max((int)ceilf(__fdiv_rn(roi_w, (float)s.PW)), 0);
     }
     return r;
 }
@@ -108,38 +108,43 @@ __device__ __forceinline__ bool bilinear(float y, float x, int H, int W, int (&p
     return true;
 }
 
+// Calls f(inside, pos, w) for every sample of bin (ph, pw) of box r, rows
+// outer as the CPU op; `inside` is bilinear's result for the sample.
+template <typename F>
+__device__ __forceinline__ void for_each_sample(const RoiGeom& r, int ph, int pw, int H, int W,
+                                                F f) {
+    for (int iy = 0; iy < r.grid_h; iy++) {
+        const float yy = sample_coord(r.start_h, ph, r.bin_h, iy, r.grid_h);
+        for (int ix = 0; ix < r.grid_w; ix++) {
+            const float xx = sample_coord(r.start_w, pw, r.bin_w, ix, r.grid_w);
+            int pos[4];
+            float w[4];
+            const bool inside = bilinear(yy, xx, H, W, pos, w);
+            f(inside, pos, w);
+        }
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void roi_align_fwd(const T* __restrict__ x, const T* __restrict__ boxes,
                                              T* __restrict__ y, RoiShape s) {
     const i64 total = (i64)s.K * s.PH * s.PW * s.C;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(e % s.C);
-        i64 t = e / s.C;
-        const int pw = (int)(t % s.PW);
-        t /= s.PW;
-        const int ph = (int)(t % s.PH);
-        const int k = (int)(t / s.PH);
-        const RoiGeom r = roi_geom(boxes + (i64)k * 5, s);
-        const T* xc = x + (i64)r.batch * s.H * s.W * s.C + c;
-        const int gh = max(r.grid_h, 0), gw = max(r.grid_w, 0);
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const Nhwc o = nhwc(e, s.PH, s.PW, s.C);  // (k, ph, pw, c)
+        const RoiGeom r = roi_geom(boxes + (i64)o.n * 5, s);
+        const T* xc = x + (i64)r.batch * s.H * s.W * s.C + o.c;
         float v = 0.0f;
-        for (int iy = 0; iy < gh; iy++) {
-            const float yy = sample_coord(r.start_h, ph, r.bin_h, iy, gh);
-            for (int ix = 0; ix < gw; ix++) {
-                const float xx = sample_coord(r.start_w, pw, r.bin_w, ix, gw);
-                int pos[4];
-                float w[4];
-                bilinear(yy, xx, s.H, s.W, pos, w);
-                // the CPU's order: ((w0 x0 + w1 x1) + w2 x2) + w3 x3, then v +=
-                float acc = __fmul_rn(w[0], to_f32(xc[(i64)pos[0] * s.C]));
-                acc = __fadd_rn(acc, __fmul_rn(w[1], to_f32(xc[(i64)pos[1] * s.C])));
-                acc = __fadd_rn(acc, __fmul_rn(w[2], to_f32(xc[(i64)pos[2] * s.C])));
-                acc = __fadd_rn(acc, __fmul_rn(w[3], to_f32(xc[(i64)pos[3] * s.C])));
-                v = __fadd_rn(v, acc);
-            }
-        }
-        const float count = (float)max(gh * gw, 1);
+        for_each_sample(r, o.h, o.w, s.H, s.W,
+                        [&](bool, const int (&pos)[4], const float (&w)[4]) {
+            // the CPU's order: ((w0 x0 + w1 x1) + w2 x2) + w3 x3, then v +=
+            // (outside samples have zero weights on pixel 0)
+            float acc = __fmul_rn(w[0], to_f32(xc[(i64)pos[0] * s.C]));
+            acc = __fadd_rn(acc, __fmul_rn(w[1], to_f32(xc[(i64)pos[1] * s.C])));
+            acc = __fadd_rn(acc, __fmul_rn(w[2], to_f32(xc[(i64)pos[2] * s.C])));
+            acc = __fadd_rn(acc, __fmul_rn(w[3], to_f32(xc[(i64)pos[3] * s.C])));
+            v = __fadd_rn(v, acc);
+        });
+        const float count = (float)max(r.grid_h * r.grid_w, 1);
         y[e] = from_f32<T>(__fdiv_rn(v, count));
     }
 }
@@ -148,34 +153,22 @@ template <typename T>
 __device__ __forceinline__ void roi_align_bwd(const T* __restrict__ dy, const T* __restrict__ boxes,
                                              float* __restrict__ dx, RoiShape s) {
     const i64 total = (i64)s.K * s.PH * s.PW * s.C;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(e % s.C);
-        i64 t = e / s.C;
-        const int pw = (int)(t % s.PW);
-        t /= s.PW;
-        const int ph = (int)(t % s.PH);
-        const int k = (int)(t / s.PH);
-        const RoiGeom r = roi_geom(boxes + (i64)k * 5, s);
-        const int gh = max(r.grid_h, 0), gw = max(r.grid_w, 0);
-        if (gh == 0 || gw == 0) continue;
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const Nhwc o = nhwc(e, s.PH, s.PW, s.C);  // (k, ph, pw, c)
+        const RoiGeom r = roi_geom(boxes + (i64)o.n * 5, s);
+        if (r.grid_h == 0 || r.grid_w == 0) continue;
         // torchvision divides by the raw product (>= 1 here)
-        const float count = (float)(gh * gw);
+        const float count = (float)(r.grid_h * r.grid_w);
         const float gv = to_f32(dy[e]);
-        float* dc = dx + (i64)r.batch * s.H * s.W * s.C + c;
-        for (int iy = 0; iy < gh; iy++) {
-            const float yy = sample_coord(r.start_h, ph, r.bin_h, iy, gh);
-            for (int ix = 0; ix < gw; ix++) {
-                const float xx = sample_coord(r.start_w, pw, r.bin_w, ix, gw);
-                int pos[4];
-                float w[4];
-                if (!bilinear(yy, xx, s.H, s.W, pos, w)) continue;
+        float* dc = dx + (i64)r.batch * s.H * s.W * s.C + o.c;
+        for_each_sample(r, o.h, o.w, s.H, s.W,
+                        [&](bool inside, const int (&pos)[4], const float (&w)[4]) {
+            if (!inside) return;
 #pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    atomicAdd(dc + (i64)pos[q] * s.C, __fdiv_rn(__fmul_rn(gv, w[q]), count));
-                }
+            for (int q = 0; q < 4; q++) {
+                atomicAdd(dc + (i64)pos[q] * s.C, __fdiv_rn(__fmul_rn(gv, w[q]), count));
             }
-        }
+        });
     }
 }
 

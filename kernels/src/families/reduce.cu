@@ -28,25 +28,30 @@
 // Outputs OVERWRITE.
 #include "common.cuh"
 
+// Calls f(v) on each of x's n values (widened to f32), grid-stride: packs
+// of 8 when x is 16-byte aligned, then the scalar tail.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_value(const T* __restrict__ x, i64 n, F f) {
+    i64 done = 0;
+    if (aligned16(x)) {
+        const i64 packs = n / SLMLP_PACK;
+        for (i64 i = grid_start(); i < packs; i += grid_stride()) {
+            float v[SLMLP_PACK];
+            load_f32<T, SLMLP_PACK>(x + i * SLMLP_PACK, v);
+#pragma unroll
+            for (int j = 0; j < SLMLP_PACK; j++) f(v[j]);
+        }
+        done = packs * SLMLP_PACK;
+    }
+    for (i64 i = done + grid_start(); i < n; i += grid_stride()) f(to_f32(x[i]));
+}
+
 template <typename T>
 __device__ __forceinline__ void sum_partial(const T* __restrict__ x, i64 n,
                                            float* __restrict__ partials) {
     __shared__ float sh[SLMLP_BLOCK / 32];
-    const i64 stride = (i64)gridDim.x * blockDim.x;
-    const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     float acc = 0.0f;
-    i64 done = 0;
-    if (aligned16(x)) {
-        const i64 packs = n / SLMLP_PACK;
-        for (i64 i = tid; i < packs; i += stride) {
-            float v[SLMLP_PACK];
-            load_f32<T, SLMLP_PACK>(x + i * SLMLP_PACK, v);
-#pragma unroll
-            for (int j = 0; j < SLMLP_PACK; j++) acc += v[j];
-        }
-        done = packs * SLMLP_PACK;
-    }
-    for (i64 i = done + tid; i < n; i += stride) acc += to_f32(x[i]);
+    for_each_value(x, n, [&](float v) { acc += v; });
     const float total = block_sum(acc, sh);
     if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
@@ -69,21 +74,8 @@ sum_finalize(const float* __restrict__ partials, int count, float* __restrict__ 
 template <typename T>
 __device__ __forceinline__ void all_finite(const T* __restrict__ x, i64 n,
                                           int* __restrict__ found_nonfinite) {
-    const i64 stride = (i64)gridDim.x * blockDim.x;
-    const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     bool bad = false;
-    i64 done = 0;
-    if (aligned16(x)) {
-        const i64 packs = n / SLMLP_PACK;
-        for (i64 i = tid; i < packs; i += stride) {
-            float v[SLMLP_PACK];
-            load_f32<T, SLMLP_PACK>(x + i * SLMLP_PACK, v);
-#pragma unroll
-            for (int j = 0; j < SLMLP_PACK; j++) bad |= !isfinite(v[j]);
-        }
-        done = packs * SLMLP_PACK;
-    }
-    for (i64 i = done + tid; i < n; i += stride) bad |= !isfinite(to_f32(x[i]));
+    for_each_value(x, n, [&](float v) { bad |= !isfinite(v); });
     // One store per warp at most.
     if (__any_sync(0xffffffffu, bad) && bad) *found_nonfinite = 1;
 }

@@ -17,6 +17,13 @@
 // OVERWRITE (dweight/dbias too). relu = 0 gives plain BatchNorm1d.
 #include "common.cuh"
 
+// This thread's V columns of a per-column row in shared memory.
+template <int V>
+__device__ __forceinline__ void load_columns(const float* sh, float (&out)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; j++) out[j] = sh[threadIdx.x * V + j];
+}
+
 template <typename T, int V>
 __device__ __forceinline__ void bn1d_fwd_body(const T* __restrict__ x,
                                               const float* __restrict__ weight,
@@ -31,20 +38,13 @@ __device__ __forceinline__ void bn1d_fwd_body(const T* __restrict__ x,
     const int tid = threadIdx.y * bx + threadIdx.x;
     for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
         const int c = c0 + threadIdx.x * V;
-        float s[V], q[V], shift[V];
-#pragma unroll
-        for (int j = 0; j < V; j++) s[j] = q[j] = shift[j] = 0.0f;
+        float s[V] = {}, q[V] = {}, shift[V] = {};
         if (c < C) {
             load_f32<T, V>(x + c, shift);
             for (int r = threadIdx.y; r < N; r += by) {
                 float v[V];
                 load_f32<T, V>(x + (i64)r * C + c, v);
-#pragma unroll
-                for (int j = 0; j < V; j++) {
-                    const float d = v[j] - shift[j];
-                    s[j] += d;
-                    q[j] = fmaf(d, d, q[j]);
-                }
+                add_shifted_moments<V>(v, shift, s, q);
             }
         }
         column_sum2<V>(s, q, sha, shb);
@@ -69,11 +69,8 @@ __device__ __forceinline__ void bn1d_fwd_body(const T* __restrict__ x,
         __syncthreads();
         if (c < C) {
             float m[V], k[V], b[V];
-#pragma unroll
-            for (int j = 0; j < V; j++) {
-                m[j] = sha[threadIdx.x * V + j];
-                k[j] = shb[threadIdx.x * V + j];
-            }
+            load_columns<V>(sha, m);
+            load_columns<V>(shb, k);
             load_param<V>(bias, c, b, 0.0f);
             for (int r = threadIdx.y; r < N; r += by) {
                 float v[V];
@@ -124,27 +121,15 @@ __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* 
     const int tid = threadIdx.y * bx + threadIdx.x;
     for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
         const int c = c0 + threadIdx.x * V;
-        float s[V], q[V], m[V];
-#pragma unroll
-        for (int j = 0; j < V; j++) s[j] = q[j] = 0.0f;
+        float s[V] = {}, q[V] = {}, m[V];
         if (c < C) {
             load_param<V>(mean, c, m, 0.0f);
             for (int r = threadIdx.y; r < N; r += by) {
                 const i64 e = (i64)r * C + c;
                 float g[V], v[V];
-                load_f32<T, V>(dy + e, g);
-                if (relu) {
-                    float o[V];
-                    load_f32<T, V>(y + e, o);
-#pragma unroll
-                    for (int j = 0; j < V; j++) g[j] = o[j] > 0.0f ? g[j] : 0.0f;
-                }
+                relu_grad<T, V>(dy, y, relu, e, g);
                 load_f32<T, V>(x + e, v);
-#pragma unroll
-                for (int j = 0; j < V; j++) {
-                    s[j] += g[j];
-                    q[j] = fmaf(g[j], v[j] - m[j], q[j]);
-                }
+                add_grad_moments<V>(g, v, m, s, q);
             }
         }
         column_sum2<V>(s, q, sha, shb);
@@ -165,22 +150,13 @@ __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* 
         __syncthreads();
         if (c < C) {
             float a[V], k[V], b[V];
-#pragma unroll
-            for (int j = 0; j < V; j++) {
-                a[j] = shc[threadIdx.x * V + j];
-                k[j] = sha[threadIdx.x * V + j];
-                b[j] = shb[threadIdx.x * V + j];
-            }
+            load_columns<V>(shc, a);
+            load_columns<V>(sha, k);
+            load_columns<V>(shb, b);
             for (int r = threadIdx.y; r < N; r += by) {
                 const i64 e = (i64)r * C + c;
                 float g[V], v[V];
-                load_f32<T, V>(dy + e, g);
-                if (relu) {
-                    float o[V];
-                    load_f32<T, V>(y + e, o);
-#pragma unroll
-                    for (int j = 0; j < V; j++) g[j] = o[j] > 0.0f ? g[j] : 0.0f;
-                }
+                relu_grad<T, V>(dy, y, relu, e, g);
                 load_f32<T, V>(x + e, v);
 #pragma unroll
                 for (int j = 0; j < V; j++) v[j] = fmaf(a[j], g[j], fmaf(k[j], v[j] - m[j], b[j]));

@@ -5,7 +5,7 @@
 // - Data is f32, f16 (__half) or bf16 (__nv_bfloat16); arithmetic and every
 //   accumulator is f32 (reductions that combine many partials use double).
 // - Element loops are grid-stride loops: any grid size is correct, the host
-//   only picks one for speed (kernels/src/launch.rs). Kernels that reduce
+//   only picks one for speed (kernels/src/launch.rs and the family's .rs). Kernels that reduce
 //   over rows also loop over channel groups, so their grid is free too.
 // - 128-bit paths are taken only when every pointer is 16-byte aligned (and
 //   the channel count divides by the pack width): the kernel checks this
@@ -38,6 +38,26 @@ typedef long long i64;
 // NVRTC has no <math.h> macros (INFINITY, NAN).
 #define SLMLP_NEG_INF (__int_as_float(0xff800000))
 #define SLMLP_NAN (__int_as_float(0x7fc00000))
+
+// Grid-stride loop over [0, n): for (i64 e = grid_start(); e < n; e += grid_stride()).
+__device__ __forceinline__ i64 grid_start() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 grid_stride() { return (i64)gridDim.x * blockDim.x; }
+
+// Coordinates of flat element e of a [N, H, W, C] tensor, C innermost.
+struct Nhwc {
+    int n, h, w, c;
+};
+
+__device__ __forceinline__ Nhwc nhwc(i64 e, int H, int W, int C) {
+    Nhwc p;
+    p.c = (int)(e % C);
+    i64 t = e / C;
+    p.w = (int)(t % W);
+    t /= W;
+    p.h = (int)(t % H);
+    p.n = (int)(t / H);
+    return p;
+}
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
@@ -107,6 +127,45 @@ __device__ __forceinline__ void load_param(const float* p, int c, float (&out)[N
     } else {
 #pragma unroll
         for (int i = 0; i < N; i++) out[i] = p[c + i];
+    }
+}
+
+// g = the V elements of dy at e, masked by out > 0 when relu (a ReLU's
+// backward; out is only read then).
+template <typename T, int V>
+__device__ __forceinline__ void relu_grad(const T* dy, const T* out, bool relu, i64 e,
+                                          float (&g)[V]) {
+    load_f32<T, V>(dy + e, g);
+    if (relu) {
+        float o[V];
+        load_f32<T, V>(out + e, o);
+#pragma unroll
+        for (int j = 0; j < V; j++) g[j] = o[j] > 0.0f ? g[j] : 0.0f;
+    }
+}
+
+// BatchNorm's per-channel moments, one pack of V channels at a time.
+// Forward: s += d, q += d*d with d = v - shift (moments shifted by a
+// channel's first value, batchnorm.cu). Backward: s += g, q += g*(v - m).
+template <int V>
+__device__ __forceinline__ void add_shifted_moments(const float (&v)[V], const float (&shift)[V],
+                                                    float (&s)[V], float (&q)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        const float d = v[j] - shift[j];
+        s[j] += d;
+        q[j] = fmaf(d, d, q[j]);
+    }
+}
+
+template <int V>
+__device__ __forceinline__ void add_grad_moments(const float (&g)[V], const float (&v)[V],
+                                                 const float (&m)[V], float (&s)[V],
+                                                 float (&q)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        s[j] += g[j];
+        q[j] = fmaf(g[j], v[j] - m[j], q[j]);
     }
 }
 

@@ -20,46 +20,76 @@ struct PoolShape {
     int N, H, W, C, OH, OW, KH, KW, SH, SW, PH, PW;
 };
 
-// Output rows whose window covers input row h: [lo, hi] (empty if lo > hi).
+// Output rows whose window covers input row h: [lo, hi) (empty if lo >= hi).
 __device__ __forceinline__ void covering(int h, int K, int S, int P, int O, int& lo, int& hi) {
     const int t = h + P - K;
     lo = t < 0 ? 0 : t / S + 1;
-    hi = min((h + P) / S, O - 1);
+    hi = min((h + P) / S, O - 1) + 1;
+}
+
+// A window of rows [h0, h1) x columns [w0, w1).
+struct Window {
+    int h0, h1, w0, w1;
+};
+
+// The in-image part of output (oh, ow)'s sliding window.
+__device__ __forceinline__ Window clipped_window(const PoolShape& s, int oh, int ow) {
+    const int hs = oh * s.SH - s.PH, ws = ow * s.SW - s.PW;
+    return Window{max(hs, 0), min(hs + s.KH, s.H), max(ws, 0), min(ws + s.KW, s.W)};
+}
+
+// The outputs whose sliding windows contain input (h, w).
+__device__ __forceinline__ Window covering_outputs(const PoolShape& s, int h, int w) {
+    Window o;
+    covering(h, s.KH, s.SH, s.PH, s.OH, o.h0, o.h1);
+    covering(w, s.KW, s.SW, s.PW, s.OW, o.w0, o.w1);
+    return o;
 }
 
 // Averaging divisor of output (oh, ow), as engine/src/ops/pool.rs::sliding.
 __device__ __forceinline__ int avg_divisor(const PoolShape& s, int oh, int ow, int include_pad) {
-    const int hs = oh * s.SH - s.PH, ws = ow * s.SW - s.PW;
     if (include_pad) {
+        const int hs = oh * s.SH - s.PH, ws = ow * s.SW - s.PW;
         const int he = min(hs + s.KH, s.H + s.PH), we = min(ws + s.KW, s.W + s.PW);
         return (he - hs) * (we - ws);
     }
-    const int h0 = max(hs, 0), h1 = min(hs + s.KH, s.H);
-    const int w0 = max(ws, 0), w1 = min(ws + s.KW, s.W);
-    return max(h1 - h0, 0) * max(w1 - w0, 0);
+    const Window win = clipped_window(s, oh, ow);
+    return max(win.h1 - win.h0, 0) * max(win.w1 - win.w0, 0);
+}
+
+// Channel c of image n of x at pixel (h, w) is xc[(h * W + w) * C].
+template <typename T>
+__device__ __forceinline__ const T* channel_base(const T* x, const PoolShape& s, const Nhwc& p) {
+    return x + (i64)p.n * s.H * s.W * s.C + p.c;
+}
+
+// Offset of output (n, oh, ow, c).
+__device__ __forceinline__ i64 out_offset(const PoolShape& s, int n, int oh, int ow, int c) {
+    return (((i64)n * s.OH + oh) * s.OW + ow) * s.C + c;
+}
+
+// Sum of x over a window, rows outer, in f32.
+template <typename T>
+__device__ __forceinline__ float window_sum(const T* xc, const PoolShape& s, Window win) {
+    float acc = 0.0f;
+    for (int h = win.h0; h < win.h1; h++)
+        for (int w = win.w0; w < win.w1; w++) acc += to_f32(xc[((i64)h * s.W + w) * s.C]);
+    return acc;
 }
 
 template <typename T>
 __device__ __forceinline__ void maxpool_fwd(const T* __restrict__ x, T* __restrict__ y,
                                            int* __restrict__ argmax, PoolShape s) {
     const i64 total = (i64)s.N * s.OH * s.OW * s.C;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(e % s.C);
-        i64 t = e / s.C;
-        const int ow = (int)(t % s.OW);
-        t /= s.OW;
-        const int oh = (int)(t % s.OH);
-        const int n = (int)(t / s.OH);
-        const int hs = oh * s.SH - s.PH, ws = ow * s.SW - s.PW;
-        const int h0 = max(hs, 0), h1 = min(hs + s.KH, s.H);
-        const int w0 = max(ws, 0), w1 = min(ws + s.KW, s.W);
-        const T* xn = x + (i64)n * s.H * s.W * s.C + c;
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const Nhwc o = nhwc(e, s.OH, s.OW, s.C);
+        const Window win = clipped_window(s, o.h, o.w);
+        const T* xc = channel_base(x, s, o);
         float best = SLMLP_NEG_INF;
-        int bi = h0 * s.W + w0;
-        for (int h = h0; h < h1; h++) {
-            for (int w = w0; w < w1; w++) {
-                const float v = to_f32(xn[((i64)h * s.W + w) * s.C]);
+        int bi = win.h0 * s.W + win.w0;
+        for (int h = win.h0; h < win.h1; h++) {
+            for (int w = win.w0; w < win.w1; w++) {
+                const float v = to_f32(xc[((i64)h * s.W + w) * s.C]);
                 if (v > best || isnan(v)) {
                     best = v;
                     bi = h * s.W + w;
@@ -76,22 +106,14 @@ __device__ __forceinline__ void maxpool_bwd(const T* __restrict__ dy,
                                            const int* __restrict__ argmax, T* __restrict__ dx,
                                            PoolShape s) {
     const i64 total = (i64)s.N * s.H * s.W * s.C;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(e % s.C);
-        i64 t = e / s.C;
-        const int w = (int)(t % s.W);
-        t /= s.W;
-        const int h = (int)(t % s.H);
-        const int n = (int)(t / s.H);
-        int oh0, oh1, ow0, ow1;
-        covering(h, s.KH, s.SH, s.PH, s.OH, oh0, oh1);
-        covering(w, s.KW, s.SW, s.PW, s.OW, ow0, ow1);
-        const int self = h * s.W + w;
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const Nhwc p = nhwc(e, s.H, s.W, s.C);
+        const Window outs = covering_outputs(s, p.h, p.w);
+        const int self = p.h * s.W + p.w;
         float acc = 0.0f;
-        for (int oh = oh0; oh <= oh1; oh++) {
-            for (int ow = ow0; ow <= ow1; ow++) {
-                const i64 o = (((i64)n * s.OH + oh) * s.OW + ow) * s.C + c;
+        for (int oh = outs.h0; oh < outs.h1; oh++) {
+            for (int ow = outs.w0; ow < outs.w1; ow++) {
+                const i64 o = out_offset(s, p.n, oh, ow, p.c);
                 if (argmax[o] == self) acc += to_f32(dy[o]);
             }
         }
@@ -103,22 +125,10 @@ template <typename T>
 __device__ __forceinline__ void avgpool_fwd(const T* __restrict__ x, T* __restrict__ y,
                                            PoolShape s, int include_pad) {
     const i64 total = (i64)s.N * s.OH * s.OW * s.C;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(e % s.C);
-        i64 t = e / s.C;
-        const int ow = (int)(t % s.OW);
-        t /= s.OW;
-        const int oh = (int)(t % s.OH);
-        const int n = (int)(t / s.OH);
-        const int hs = oh * s.SH - s.PH, ws = ow * s.SW - s.PW;
-        const int h0 = max(hs, 0), h1 = min(hs + s.KH, s.H);
-        const int w0 = max(ws, 0), w1 = min(ws + s.KW, s.W);
-        const T* xn = x + (i64)n * s.H * s.W * s.C + c;
-        float acc = 0.0f;
-        for (int h = h0; h < h1; h++)
-            for (int w = w0; w < w1; w++) acc += to_f32(xn[((i64)h * s.W + w) * s.C]);
-        y[e] = from_f32<T>(acc / (float)avg_divisor(s, oh, ow, include_pad));
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const Nhwc o = nhwc(e, s.OH, s.OW, s.C);
+        const float acc = window_sum(channel_base(x, s, o), s, clipped_window(s, o.h, o.w));
+        y[e] = from_f32<T>(acc / (float)avg_divisor(s, o.h, o.w, include_pad));
     }
 }
 
@@ -126,22 +136,14 @@ template <typename T>
 __device__ __forceinline__ void avgpool_bwd(const T* __restrict__ dy, T* __restrict__ dx,
                                            PoolShape s, int include_pad) {
     const i64 total = (i64)s.N * s.H * s.W * s.C;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(e % s.C);
-        i64 t = e / s.C;
-        const int w = (int)(t % s.W);
-        t /= s.W;
-        const int h = (int)(t % s.H);
-        const int n = (int)(t / s.H);
-        int oh0, oh1, ow0, ow1;
-        covering(h, s.KH, s.SH, s.PH, s.OH, oh0, oh1);
-        covering(w, s.KW, s.SW, s.PW, s.OW, ow0, ow1);
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const Nhwc p = nhwc(e, s.H, s.W, s.C);
+        const Window outs = covering_outputs(s, p.h, p.w);
         float acc = 0.0f;
-        for (int oh = oh0; oh <= oh1; oh++) {
-            for (int ow = ow0; ow <= ow1; ow++) {
-                const i64 o = (((i64)n * s.OH + oh) * s.OW + ow) * s.C + c;
-                acc += to_f32(dy[o]) / (float)avg_divisor(s, oh, ow, include_pad);
+        for (int oh = outs.h0; oh < outs.h1; oh++) {
+            for (int ow = outs.w0; ow < outs.w1; ow++) {
+                const float g = to_f32(dy[out_offset(s, p.n, oh, ow, p.c)]);
+                acc += g / (float)avg_divisor(s, oh, ow, include_pad);
             }
         }
         dx[e] = from_f32<T>(acc);
@@ -162,21 +164,12 @@ template <typename T>
 __device__ __forceinline__ void adaptive_avgpool_fwd(const T* __restrict__ x, T* __restrict__ y,
                                                     PoolShape s) {
     const i64 total = (i64)s.N * s.OH * s.OW * s.C;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(e % s.C);
-        i64 t = e / s.C;
-        const int ow = (int)(t % s.OW);
-        t /= s.OW;
-        const int oh = (int)(t % s.OH);
-        const int n = (int)(t / s.OH);
-        const int h0 = bin_start(oh, s.H, s.OH), h1 = bin_end(oh, s.H, s.OH);
-        const int w0 = bin_start(ow, s.W, s.OW), w1 = bin_end(ow, s.W, s.OW);
-        const T* xn = x + (i64)n * s.H * s.W * s.C + c;
-        float acc = 0.0f;
-        for (int h = h0; h < h1; h++)
-            for (int w = w0; w < w1; w++) acc += to_f32(xn[((i64)h * s.W + w) * s.C]);
-        y[e] = from_f32<T>(acc / (float)((h1 - h0) * (w1 - w0)));
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const Nhwc o = nhwc(e, s.OH, s.OW, s.C);
+        const Window bin{bin_start(o.h, s.H, s.OH), bin_end(o.h, s.H, s.OH),
+                         bin_start(o.w, s.W, s.OW), bin_end(o.w, s.W, s.OW)};
+        const float acc = window_sum(channel_base(x, s, o), s, bin);
+        y[e] = from_f32<T>(acc / (float)((bin.h1 - bin.h0) * (bin.w1 - bin.w0)));
     }
 }
 
@@ -185,27 +178,21 @@ template <typename T>
 __device__ __forceinline__ void adaptive_avgpool_bwd(const T* __restrict__ dy, T* __restrict__ dx,
                                                     PoolShape s) {
     const i64 total = (i64)s.N * s.H * s.W * s.C;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(e % s.C);
-        i64 t = e / s.C;
-        const int w = (int)(t % s.W);
-        t /= s.W;
-        const int h = (int)(t % s.H);
-        const int n = (int)(t / s.H);
-        const int oh0 = (int)(((i64)h * s.OH) / s.H);
-        const int oh1 = min((int)(((i64)(h + 1) * s.OH + s.H - 1) / s.H), s.OH);
-        const int ow0 = (int)(((i64)w * s.OW) / s.W);
-        const int ow1 = min((int)(((i64)(w + 1) * s.OW + s.W - 1) / s.W), s.OW);
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const Nhwc p = nhwc(e, s.H, s.W, s.C);
+        const int oh0 = (int)(((i64)p.h * s.OH) / s.H);
+        const int oh1 = min((int)(((i64)(p.h + 1) * s.OH + s.H - 1) / s.H), s.OH);
+        const int ow0 = (int)(((i64)p.w * s.OW) / s.W);
+        const int ow1 = min((int)(((i64)(p.w + 1) * s.OW + s.W - 1) / s.W), s.OW);
         float acc = 0.0f;
         for (int oh = oh0; oh < oh1; oh++) {
             const int h0 = bin_start(oh, s.H, s.OH), h1 = bin_end(oh, s.H, s.OH);
-            if (h < h0 || h >= h1) continue;
+            if (p.h < h0 || p.h >= h1) continue;
             for (int ow = ow0; ow < ow1; ow++) {
                 const int w0 = bin_start(ow, s.W, s.OW), w1 = bin_end(ow, s.W, s.OW);
-                if (w < w0 || w >= w1) continue;
-                const i64 o = (((i64)n * s.OH + oh) * s.OW + ow) * s.C + c;
-                acc += to_f32(dy[o]) / (float)((h1 - h0) * (w1 - w0));
+                if (p.w < w0 || p.w >= w1) continue;
+                const float g = to_f32(dy[out_offset(s, p.n, oh, ow, p.c)]);
+                acc += g / (float)((h1 - h0) * (w1 - w0));
             }
         }
         dx[e] = from_f32<T>(acc);

@@ -33,6 +33,38 @@
 // dx coefficients backward), sized by kernels::device::bn_workspace_floats.
 #include "common.cuh"
 
+// After column_sum2 of channel group c0: the block's column totals into
+// partial[0][c][blockIdx.y] and partial[1][c][blockIdx.y] ([2][C][S]).
+template <int V>
+__device__ __forceinline__ void store_partials(const float* sha, const float* shb, int c0, int C,
+                                               float* __restrict__ partial) {
+    const int bx = blockDim.x, by = blockDim.y, S = gridDim.y;
+    const int tid = threadIdx.y * bx + threadIdx.x;
+    for (int k = tid; k < bx * V && c0 + k < C; k += bx * by) {
+        partial[(i64)(c0 + k) * S + blockIdx.y] = sha[k];
+        partial[(i64)C * S + (i64)(c0 + k) * S + blockIdx.y] = shb[k];
+    }
+}
+
+// The finalize kernels: one warp per channel, blockDim.x / 32 channels a
+// block. Returns this warp's channel; s, q get the sums (in double) of its
+// S partials of each half.
+__device__ __forceinline__ int sum_partials(const float* __restrict__ partial, int S, int C,
+                                            double& s, double& q) {
+    const int lane = threadIdx.x & 31;
+    const int c = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    s = 0.0;
+    q = 0.0;
+    if (c >= C) return c;
+    for (int i = lane; i < S; i += 32) {
+        s += (double)partial[(i64)c * S + i];
+        q += (double)partial[(i64)C * S + (i64)c * S + i];
+    }
+    s = warp_sum(s);
+    q = warp_sum(q);
+    return c;
+}
+
 // ---------------------------------------------------------------- forward
 
 template <typename T, int V>
@@ -42,29 +74,18 @@ __device__ __forceinline__ void bn_stats_body(const T* __restrict__ x, i64 M, in
     const int bx = blockDim.x, by = blockDim.y, S = gridDim.y;
     for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
         const int c = c0 + threadIdx.x * V;
-        float s[V], q[V], shift[V];
-#pragma unroll
-        for (int j = 0; j < V; j++) s[j] = q[j] = shift[j] = 0.0f;
+        float s[V] = {}, q[V] = {}, shift[V] = {};
         if (c < C) {
             load_f32<T, V>(x + c, shift);
 #pragma unroll 4
             for (i64 r = (i64)blockIdx.y * by + threadIdx.y; r < M; r += (i64)S * by) {
                 float v[V];
                 load_f32<T, V>(x + r * C + c, v);
-#pragma unroll
-                for (int j = 0; j < V; j++) {
-                    const float d = v[j] - shift[j];
-                    s[j] += d;
-                    q[j] = fmaf(d, d, q[j]);
-                }
+                add_shifted_moments<V>(v, shift, s, q);
             }
         }
         column_sum2<V>(s, q, sha, shb);
-        const int tid = threadIdx.y * bx + threadIdx.x;
-        for (int k = tid; k < bx * V && c0 + k < C; k += bx * by) {
-            partial[(i64)(c0 + k) * S + blockIdx.y] = sha[k];
-            partial[(i64)C * S + (i64)(c0 + k) * S + blockIdx.y] = shb[k];
-        }
+        store_partials<V>(sha, shb, c0, C, partial);
     }
 }
 
@@ -92,17 +113,9 @@ __device__ __forceinline__ void bn_fwd_finalize(const T* __restrict__ x,
                                                 float* __restrict__ scale,
                                                 float* __restrict__ running_mean,
                                                 float* __restrict__ running_var) {
-    const int lane = threadIdx.x & 31;
-    const int c = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
-    if (c >= C) return;
-    double s = 0.0, q = 0.0;
-    for (int i = lane; i < S; i += 32) {
-        s += (double)partial[(i64)c * S + i];
-        q += (double)partial[(i64)C * S + (i64)c * S + i];
-    }
-    s = warp_sum(s);
-    q = warp_sum(q);
-    if (lane != 0) return;
+    double s, q;
+    const int c = sum_partials(partial, S, C, s, q);
+    if (c >= C || (threadIdx.x & 31) != 0) return;
     const double m = (double)M;
     const double mu = s / m;
     const double mu_x = (double)to_f32(x[c]) + mu;
@@ -141,8 +154,7 @@ __device__ __forceinline__ void bn_apply_body(const T* __restrict__ x, const T* 
                                               i64 M, int C, int relu) {
     const i64 n = M * C, packs = n / V;
     const bool small = n <= 0xffffffffll;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < packs;
-         i += (i64)gridDim.x * blockDim.x) {
+    for (i64 i = grid_start(); i < packs; i += grid_stride()) {
         const i64 e = i * V;
         const int c = channel_of(e, C, small);
         float v[V], m[V], k[V], b[V];
@@ -197,9 +209,7 @@ __device__ __forceinline__ void bn_bwd_reduce_body(const T* __restrict__ x,
     const int bx = blockDim.x, by = blockDim.y, S = gridDim.y;
     for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
         const int c = c0 + threadIdx.x * V;
-        float s[V], q[V];
-#pragma unroll
-        for (int j = 0; j < V; j++) s[j] = q[j] = 0.0f;
+        float s[V] = {}, q[V] = {};
         if (c < C) {
             float m[V];
             load_param<V>(mean, c, m, 0.0f);
@@ -207,28 +217,14 @@ __device__ __forceinline__ void bn_bwd_reduce_body(const T* __restrict__ x,
             for (i64 r = (i64)blockIdx.y * by + threadIdx.y; r < M; r += (i64)S * by) {
                 const i64 e = r * C + c;
                 float g[V], v[V];
-                load_f32<T, V>(dy + e, g);
-                if (out) {
-                    float o[V];
-                    load_f32<T, V>(out + e, o);
-#pragma unroll
-                    for (int j = 0; j < V; j++) g[j] = o[j] > 0.0f ? g[j] : 0.0f;
-                }
+                relu_grad<T, V>(dy, out, out != nullptr, e, g);
                 if (dres) store_f32<T, V>(dres + e, g);
                 load_f32<T, V>(x + e, v);
-#pragma unroll
-                for (int j = 0; j < V; j++) {
-                    s[j] += g[j];
-                    q[j] = fmaf(g[j], v[j] - m[j], q[j]);
-                }
+                add_grad_moments<V>(g, v, m, s, q);
             }
         }
         column_sum2<V>(s, q, sha, shb);
-        const int tid = threadIdx.y * bx + threadIdx.x;
-        for (int k = tid; k < bx * V && c0 + k < C; k += bx * by) {
-            partial[(i64)(c0 + k) * S + blockIdx.y] = sha[k];
-            partial[(i64)C * S + (i64)(c0 + k) * S + blockIdx.y] = shb[k];
-        }
+        store_partials<V>(sha, shb, c0, C, partial);
     }
 }
 
@@ -256,17 +252,9 @@ extern "C" __global__ void SLMLP_LAUNCH_BOUNDS
 bn_bwd_finalize(const float* __restrict__ partial, int S, i64 M, int C,
                 const float* __restrict__ weight, const float* __restrict__ invstd, int training,
                 float* __restrict__ dweight, float* __restrict__ dbias, float* __restrict__ coef) {
-    const int lane = threadIdx.x & 31;
-    const int c = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
-    if (c >= C) return;
-    double s = 0.0, q = 0.0;
-    for (int i = lane; i < S; i += 32) {
-        s += (double)partial[(i64)c * S + i];
-        q += (double)partial[(i64)C * S + (i64)c * S + i];
-    }
-    s = warp_sum(s);
-    q = warp_sum(q);
-    if (lane != 0) return;
+    double s, q;
+    const int c = sum_partials(partial, S, C, s, q);
+    if (c >= C || (threadIdx.x & 31) != 0) return;
     const double is = (double)invstd[c], m = (double)M;
     const double a = (weight ? (double)weight[c] : 1.0) * is;
     if (dweight) dweight[c] = (float)(q * is);
@@ -284,18 +272,11 @@ __device__ __forceinline__ void bn_dx_body(const T* __restrict__ x, const T* __r
                                            i64 M, int C) {
     const i64 n = M * C, packs = n / V;
     const bool small = n <= 0xffffffffll;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < packs;
-         i += (i64)gridDim.x * blockDim.x) {
+    for (i64 i = grid_start(); i < packs; i += grid_stride()) {
         const i64 e = i * V;
         const int c = channel_of(e, C, small);
         float g[V], v[V], m[V], a[V], k[V], b[V];
-        load_f32<T, V>(dy + e, g);
-        if (out) {
-            float o[V];
-            load_f32<T, V>(out + e, o);
-#pragma unroll
-            for (int j = 0; j < V; j++) g[j] = o[j] > 0.0f ? g[j] : 0.0f;
-        }
+        relu_grad<T, V>(dy, out, out != nullptr, e, g);
         load_f32<T, V>(x + e, v);
         load_param<V>(mean, c, m, 0.0f);
         load_param<V>(coef, c, a, 0.0f);

@@ -1,0 +1,83 @@
+//! Gathering a strided view into a dense buffer (copy.cu).
+
+use crate::device::{config, driver, DevPtr, KernelLibrary};
+use crate::error::{Error, Result};
+use crate::launch;
+use crate::registry::Kernel;
+use cudarc::driver::{CudaStream, PushKernelArg};
+
+pub const KERNEL: Kernel = kernel!("copy",
+    typed []
+    untyped ["strided_copy_1", "strided_copy_2", "strided_copy_4", "strided_copy_8"]);
+
+/// Most dims a strided copy handles (`SLMLP_COPY_MAX_RANK` in copy.cu).
+pub const COPY_MAX_RANK: usize = 8;
+
+/// copy.cu's `StridedView`, passed by value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct StridedView {
+    pub rank: i32,
+    pub shape: [i64; COPY_MAX_RANK],
+    pub src_strides: [i64; COPY_MAX_RANK],
+}
+
+// SAFETY: plain old data with the same C layout as copy.cu's struct.
+unsafe impl cudarc::driver::DeviceRepr for StridedView {}
+
+impl StridedView {
+    /// `shape` / `src_strides` in the destination's physical order
+    /// (outermost first).
+    pub fn new(shape: &[usize], src_strides: &[usize]) -> Result<StridedView> {
+        if shape.len() != src_strides.len() || shape.len() > COPY_MAX_RANK {
+            return Err(Error::Shape(format!(
+                "strided copy of rank {} (strides {}): at most {COPY_MAX_RANK} dims",
+                shape.len(),
+                src_strides.len()
+            )));
+        }
+        let mut v = StridedView {
+            rank: shape.len() as i32,
+            shape: [1; COPY_MAX_RANK],
+            src_strides: [0; COPY_MAX_RANK],
+        };
+        for (i, (&d, &s)) in shape.iter().zip(src_strides).enumerate() {
+            v.shape[i] = d as i64;
+            v.src_strides[i] = s as i64;
+        }
+        Ok(v)
+    }
+}
+
+impl KernelLibrary {
+    /// dst[i] = src[offset of the i-th element of `view`], i < n, elements
+    /// of `elem_bytes` (1, 2, 4 or 8) bytes (copy.cu).
+    ///
+    /// # Safety
+    /// src must hold every element the view addresses, dst n elements.
+    pub unsafe fn strided_copy(
+        &self,
+        stream: &CudaStream,
+        elem_bytes: usize,
+        src: DevPtr,
+        dst: DevPtr,
+        n: usize,
+        view: &StridedView,
+    ) -> Result<()> {
+        if !matches!(elem_bytes, 1 | 2 | 4 | 8) {
+            return Err(Error::Shape(format!(
+                "strided copy of {elem_bytes}-byte elements: 1, 2, 4 or 8 only"
+            )));
+        }
+        let Some(shape) = launch::elementwise(n, 1, &self.gpu()) else {
+            return Ok(());
+        };
+        let name = format!("strided_copy_{elem_bytes}");
+        let f = self.function(&name)?;
+        let n = n as i64;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&src).arg(&dst).arg(&n).arg(view);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! The fused SGD step (sgd.cu). Its launcher is the optimizer's, in
+//! engine/src/cuda/ops/optim.rs.
+
+use crate::registry::Kernel;
+
+pub const KERNEL: Kernel = kernel!("sgd",
+    typed ["sgd_step"]
+    untyped []);
