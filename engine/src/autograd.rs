@@ -8,49 +8,11 @@
 //! gradients are freed as soon as they are no longer needed (PyTorch's
 //! `retain_graph=False`). Leaves (parameters) accumulate into a `GradSlot`.
 
+use crate::tensor::{GradMeta, Node};
 use crate::{Error, Result, Tensor};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-
-pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>;
-
-/// Where a tensor's gradient goes.
-#[derive(Clone)]
-pub enum GradMeta {
-    Leaf(Arc<GradSlot>),
-    Node(Arc<Node>),
-}
-
-/// The accumulated gradient of a leaf tensor.
-#[derive(Default)]
-pub struct GradSlot {
-    grad: Mutex<Option<Tensor>>,
-}
-
-impl GradSlot {
-    pub fn get(&self) -> Option<Tensor> {
-        self.grad.lock().unwrap().clone()
-    }
-    pub fn set(&self, g: Option<Tensor>) {
-        *self.grad.lock().unwrap() = g;
-    }
-    fn accumulate(&self, g: Tensor) -> Result<()> {
-        let mut slot = self.grad.lock().unwrap();
-        *slot = Some(match slot.take() {
-            Some(prev) => prev.add(&g)?,
-            None => g,
-        });
-        Ok(())
-    }
-}
-
-pub struct Node {
-    name: &'static str,
-    parents: Vec<Option<GradMeta>>,
-    input_shapes: Vec<Vec<usize>>,
-    backward: Mutex<Option<BackwardFn>>,
-}
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -92,7 +54,10 @@ pub fn record(
     let node = Node {
         name,
         parents: inputs.iter().map(|t| t.grad_meta().cloned()).collect(),
-        input_shapes: inputs.iter().map(|t| t.dims().to_vec()).collect(),
+        inputs: inputs
+            .iter()
+            .map(|t| (t.dims().to_vec(), t.dtype()))
+            .collect(),
         backward: Mutex::new(Some(Box::new(backward))),
     };
     out.with_grad_meta(Some(GradMeta::Node(Arc::new(node))))
@@ -123,7 +88,7 @@ fn topo_order(root: &Arc<Node>) -> Vec<Arc<Node>> {
     order
 }
 
-pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
+fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
     if seed.dims() != root.dims() {
         return Err(Error::shape(
             "backward",
@@ -133,6 +98,15 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
                 root.dims()
             ),
         ));
+    }
+    if seed.dtype() != root.dtype() || seed.device() != root.device() {
+        return Err(Error::Autograd(format!(
+            "backward: gradient {} on {} for a tensor {} on {}",
+            seed.dtype(),
+            seed.device(),
+            root.dtype(),
+            root.device()
+        )));
     }
     let _guard = no_grad();
     let root_node = match root.grad_meta() {
@@ -175,16 +149,19 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
                 node.parents.len()
             )));
         }
-        for ((parent, g), shape) in node.parents.iter().zip(input_grads).zip(&node.input_shapes) {
+        for ((parent, g), (shape, dtype)) in node.parents.iter().zip(input_grads).zip(&node.inputs)
+        {
             let (Some(parent), Some(g)) = (parent, g) else {
                 continue;
             };
-            if g.dims() != shape.as_slice() {
+            if g.dims() != shape.as_slice() || g.dtype() != *dtype {
                 return Err(Error::Autograd(format!(
-                    "`{}` produced a gradient of shape {:?} for an input of shape {:?}",
+                    "`{}` produced a gradient {:?} {} for an input {:?} {}",
                     node.name,
                     g.dims(),
-                    shape
+                    g.dtype(),
+                    shape,
+                    dtype
                 )));
             }
             match parent {
@@ -201,4 +178,24 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl Tensor {
+    /// Backpropagates from a one-element tensor (seed 1).
+    pub fn backward(&self) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::Autograd(format!(
+                "backward() needs a one-element tensor (a loss), got shape {:?}; use backward_with",
+                self.dims()
+            )));
+        }
+        let seed = Tensor::ones(self.dims(), self.dtype()).to_device(self.device())?;
+        run_backward(self, seed)
+    }
+
+    /// Backpropagates an upstream gradient of this tensor's shape, dtype
+    /// and device.
+    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        run_backward(self, grad)
+    }
 }

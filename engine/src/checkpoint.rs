@@ -14,7 +14,7 @@
 //! Like the rest of the engine, data are little-endian (the host's order).
 
 use crate::nn::{Buffer, Param};
-use crate::{DType, Device, Error, Result, Storage, Tensor};
+use crate::{CpuStorage, DType, Device, Error, Result, Storage, Tensor};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorInfo};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -265,7 +265,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                 format!("corrupt header: tensor `{name}` offsets [{s}, {e}] are outside the data"),
             )
         })?;
-        let storage = Storage::from_bytes(dtype, raw).ok_or_else(|| {
+        let storage = CpuStorage::from_bytes(dtype, raw).ok_or_else(|| {
             ckpt_err(
                 path,
                 format!(
@@ -274,7 +274,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                 ),
             )
         })?;
-        let t = Tensor::from_storage(storage, &info.shape)
+        let t = Tensor::from_storage(Storage::Cpu(storage), &info.shape)
             .map_err(|e| ckpt_err(path, format!("tensor `{name}`: {e}")))?;
         tensors.insert(name, t);
     }

@@ -19,17 +19,17 @@ impl fmt::Display for Device {
     }
 }
 
+/// Parses "cpu", "cuda" or "cuda:N"; the error says what was expected.
 impl std::str::FromStr for Device {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(i)) => Ok(Device::Cuda(i)),
-                _ => Err(crate::Error::arg(
-                    "device",
-                    format!("unknown device {s:?}; expected cpu, cuda or cuda:N"),
+                _ => Err(format!(
+                    "unknown device {s:?}; expected cpu, cuda or cuda:N"
                 )),
             },
         }

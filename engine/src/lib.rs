@@ -22,8 +22,8 @@ pub mod trace;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use device::Device;
-pub use dtype::{DType, Element, Float};
+pub use dtype::DType;
 pub use error::{Error, Result};
 pub use rng::Rng;
-pub use storage::Storage;
+pub use storage::{CpuStorage, Element, Float, Storage};
 pub use tensor::Tensor;

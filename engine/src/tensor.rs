@@ -1,13 +1,15 @@
-//! The tensor: a shared immutable storage, a strided view of it, a device tag
-//! and (optionally) its autograd handle. Cloning is cheap (one `Arc`).
+//! The tensor: a shared storage (crate::storage), a strided view of it and
+//! (optionally) its autograd handle, with the graph's data types; the ops
+//! (crate::ops) and autograd (crate::autograd) add their methods in their
+//! own modules. Cloning is cheap (one `Arc`).
 
-use crate::autograd::{self, GradMeta, GradSlot};
+use crate::cuda::storage::DeviceStorage;
 use crate::layout::Layout;
-use crate::{DType, Device, Element, Error, Float, Result, Rng, Storage};
+use crate::{CpuStorage, DType, Device, Element, Error, Float, Result, Rng, Storage};
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -38,23 +40,16 @@ impl Tensor {
     pub(crate) fn from_parts(storage: Arc<Storage>, layout: Layout) -> Tensor {
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            device: storage.device(),
             storage,
             layout,
-            device: Device::Cpu,
             grad: None,
         }))
     }
 
     /// A tensor over GPU storage (cuda::tensor builds these).
-    pub(crate) fn from_device_parts(storage: crate::cuda::DeviceStorage, layout: Layout) -> Tensor {
-        let device = Device::Cuda(storage.gpu().ordinal);
-        Tensor(Arc::new(Inner {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            storage: Arc::new(Storage::Cuda(storage)),
-            layout,
-            device,
-            grad: None,
-        }))
+    pub(crate) fn from_device_parts(storage: DeviceStorage, layout: Layout) -> Tensor {
+        Tensor::from_parts(Arc::new(Storage::Cuda(storage)), layout)
     }
 
     pub fn from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {
@@ -91,14 +86,17 @@ impl Tensor {
     pub(crate) fn from_compute<T: Element>(data: Vec<T>, shape: &[usize], dtype: DType) -> Tensor {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
         let s = T::into_storage(data);
-        let s = if dtype == T::DTYPE { s } else { s.cast(dtype) };
+        let s = match s {
+            Storage::Cpu(c) if dtype != T::DTYPE => Storage::Cpu(c.cast(dtype)),
+            s => s,
+        };
         Tensor::from_parts(Arc::new(s), Layout::contiguous(shape))
     }
 
     pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
         let n = shape.iter().product();
         Tensor::from_parts(
-            Arc::new(Storage::zeros(dtype, n)),
+            Arc::new(Storage::Cpu(CpuStorage::zeros(dtype, n))),
             Layout::contiguous(shape),
         )
     }
@@ -181,8 +179,10 @@ impl Tensor {
     // ---- data access ----
 
     /// The elements in row-major order; borrowed when already contiguous.
+    /// Host tensors only: a GPU tensor is a clear error (download it with
+    /// `to_device(Device::Cpu)`).
     pub fn data<T: Element>(&self) -> Result<Cow<'_, [T]>> {
-        self.check_host("data")?;
+        self.0.storage.cpu("data")?;
         let s = T::slice(&self.0.storage)
             .ok_or_else(|| Error::dtype("data", T::DTYPE.name(), self.dtype()))?;
         let l = &self.0.layout;
@@ -196,12 +196,13 @@ impl Tensor {
 
     /// The elements as compute type `T`: f16/bf16 storage is widened to f32.
     pub fn float_data<T: Float>(&self) -> Result<Cow<'_, [T]>> {
-        self.check_host("float_data")?;
+        self.0.storage.cpu("float_data")?;
         match self.dtype() {
             d if d == T::DTYPE => self.data::<T>(),
             DType::F16 | DType::BF16 if T::DTYPE == DType::F32 => {
-                let c = self.contiguous_copy();
-                let v = T::from_storage(c.storage().cast(DType::F32)).expect("cast to f32");
+                let c = self.host_contiguous();
+                let wide = c.0.storage.cpu("float_data")?.cast(DType::F32);
+                let v = T::from_storage(Storage::Cpu(wide)).expect("cast to f32");
                 Ok(Cow::Owned(v))
             }
             d => Err(Error::dtype("float_data", T::DTYPE.name(), d)),
@@ -210,20 +211,6 @@ impl Tensor {
 
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         Ok(self.data::<T>()?.into_owned())
-    }
-
-    /// A clear error for a GPU tensor reaching a host-only path.
-    pub(crate) fn check_host(&self, op: &'static str) -> Result<()> {
-        match self.device() {
-            Device::Cpu => Ok(()),
-            d => Err(Error::arg(
-                op,
-                format!(
-                    "tensor {:?} is on {d}; this op runs on the host only: move it with to_device(Device::Cpu)",
-                    self.dims()
-                ),
-            )),
-        }
     }
 
     /// Any dtype, converted to f64 (exact for every dtype but i64 > 2^53).
@@ -236,7 +223,10 @@ impl Tensor {
                 Err(e) => panic!("to_vec_f64: downloading a GPU tensor failed: {e}"),
             };
         }
-        crate::with_storage!(self.0.storage.as_ref(), v => {
+        let Storage::Cpu(s) = self.0.storage.as_ref() else {
+            unreachable!("downloaded above");
+        };
+        crate::with_storage!(s, v => {
             let mut out = Vec::with_capacity(self.numel());
             self.0.layout.for_each_index(|i| out.push(v[i].to_f64()));
             out
@@ -254,53 +244,24 @@ impl Tensor {
         Ok(self.to_vec_f64()[0])
     }
 
-    /// A row-major copy with no autograd (no copy when already compact).
-    pub(crate) fn contiguous_owned(&self) -> Tensor {
-        self.contiguous_copy()
-    }
-
-    fn contiguous_copy(&self) -> Tensor {
-        if self.device() != Device::Cpu {
-            return match crate::cuda::tensor::contiguous(self) {
-                Ok(t) => t,
-                Err(e) => panic!("contiguous: copying a GPU tensor failed: {e}"),
-            };
-        }
-        if self.is_contiguous() && self.0.layout.offset == 0 && self.0.storage.len() == self.numel()
-        {
+    /// A row-major copy of a host tensor with no autograd (no copy when
+    /// already compact). The CPU backend's strided copy.
+    pub(crate) fn host_contiguous(&self) -> Tensor {
+        let Storage::Cpu(s) = self.0.storage.as_ref() else {
+            panic!(
+                "host_contiguous on a {} tensor: a CPU backend path got a GPU tensor",
+                self.device()
+            );
+        };
+        if self.is_contiguous() && self.0.layout.offset == 0 && s.len() == self.numel() {
             return self.detach();
         }
-        let s = crate::with_storage!(self.0.storage.as_ref(), v => {
+        let s = crate::with_storage!(s, v => {
             let mut out = Vec::with_capacity(self.numel());
             self.0.layout.for_each_index(|i| out.push(v[i]));
             Element::into_storage(out)
         });
         Tensor::from_parts(Arc::new(s), Layout::contiguous(self.dims()))
-    }
-
-    /// A contiguous tensor with the same values (no copy when already so).
-    /// On a GPU a failing copy (out of memory) panics: use
-    /// [`Tensor::try_contiguous`] there to get the error.
-    pub fn contiguous(&self) -> Tensor {
-        match self.try_contiguous() {
-            Ok(t) => t,
-            Err(e) => panic!("contiguous: {e}"),
-        }
-    }
-
-    /// [`Tensor::contiguous`] with the GPU copy's error returned.
-    pub fn try_contiguous(&self) -> Result<Tensor> {
-        if self.is_contiguous() {
-            return Ok(self.clone());
-        }
-        let out = if self.device() == Device::Cpu {
-            self.contiguous_copy()
-        } else {
-            crate::cuda::tensor::contiguous(self)?
-        };
-        Ok(autograd::record(out, "contiguous", &[self], |g| {
-            Ok(vec![Some(g.clone())])
-        }))
     }
 
     // ---- autograd ----
@@ -370,78 +331,46 @@ impl Tensor {
             slot.set(g);
         }
     }
+}
 
-    /// Backpropagates from a one-element tensor (seed 1).
-    pub fn backward(&self) -> Result<()> {
-        if self.numel() != 1 {
-            return Err(Error::Autograd(format!(
-                "backward() needs a one-element tensor (a loss), got shape {:?}; use backward_with",
-                self.dims()
-            )));
-        }
-        let seed = Tensor::ones(self.dims(), self.dtype()).to_device(self.device())?;
-        autograd::run_backward(self, seed)
+pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>;
+
+/// Where a tensor's gradient goes.
+#[derive(Clone)]
+pub enum GradMeta {
+    Leaf(Arc<GradSlot>),
+    Node(Arc<Node>),
+}
+
+/// The accumulated gradient of a leaf tensor.
+#[derive(Default)]
+pub struct GradSlot {
+    grad: Mutex<Option<Tensor>>,
+}
+
+impl GradSlot {
+    pub fn get(&self) -> Option<Tensor> {
+        self.grad.lock().unwrap().clone()
     }
-
-    /// Backpropagates an upstream gradient of this tensor's shape.
-    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
-        autograd::run_backward(self, grad)
+    pub fn set(&self, g: Option<Tensor>) {
+        *self.grad.lock().unwrap() = g;
     }
-
-    // ---- dtype and device ----
-
-    /// Cast to another dtype; the gradient is cast back.
-    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
-        if dtype == self.dtype() {
-            return Ok(self.clone());
-        }
-        let ran = if self.device() == Device::Cpu {
-            "cpu:cast"
-        } else {
-            "cuda:cast"
-        };
-        crate::trace::op("cast", "forward", ran, &[self], || {
-            let out = if self.device() == Device::Cpu {
-                let c = self.contiguous_copy();
-                Tensor::from_parts(
-                    Arc::new(c.storage().cast(dtype)),
-                    Layout::contiguous(self.dims()),
-                )
-            } else {
-                crate::cuda::ops::cast(self, dtype)?
-            };
-            if !dtype.is_float() {
-                return Ok(out);
-            }
-            let src = self.dtype();
-            Ok(autograd::record(out, "cast", &[self], move |g| {
-                Ok(vec![Some(g.to_dtype(src)?)])
-            }))
-        })
+    pub(crate) fn accumulate(&self, g: Tensor) -> Result<()> {
+        let mut slot = self.grad.lock().unwrap();
+        *slot = Some(match slot.take() {
+            Some(prev) => prev.add(&g)?,
+            None => g,
+        });
+        Ok(())
     }
+}
 
-    /// A copy on `device` (the same tensor when already there). Gradients
-    /// flow back to the source device. 4-D tensors are stored channels-last
-    /// on a GPU (cuda::tensor). No GPU: the probe's error, naming what is
-    /// missing.
-    pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        let from = self.device();
-        if device == from {
-            return Ok(self.clone());
-        }
-        let out = match (from, device) {
-            (Device::Cpu, Device::Cuda(i)) => crate::cuda::tensor::upload(self, i)?,
-            (Device::Cuda(_), Device::Cpu) => crate::cuda::tensor::download(self)?,
-            (_, Device::Cuda(i)) => {
-                crate::cuda::tensor::upload(&crate::cuda::tensor::download(self)?, i)?
-            }
-            (Device::Cpu, Device::Cpu) => unreachable!("same device handled above"),
-        };
-        if !self.requires_grad() || !self.dtype().is_float() {
-            return Ok(out);
-        }
-        Ok(autograd::record(out, "to_device", &[self], move |g| {
-            Ok(vec![Some(g.to_device(from)?)])
-        }))
-    }
+/// One recorded op: where its inputs' gradients go and the closure that
+/// computes them (crate::autograd runs it).
+pub struct Node {
+    pub(crate) name: &'static str,
+    pub(crate) parents: Vec<Option<GradMeta>>,
+    /// Each input's shape and dtype: the gradient it gets must match.
+    pub(crate) inputs: Vec<(Vec<usize>, DType)>,
+    pub(crate) backward: Mutex<Option<BackwardFn>>,
 }

@@ -22,9 +22,11 @@ pub(crate) mod launch;
 pub mod ops;
 mod probe;
 pub mod runtime;
+pub mod storage;
 pub mod tensor;
 
 pub use allocator::{AllocatorStats, Backend, CachingAllocator, Pool, StreamId};
 pub use probe::{probe, resolve_device, CudaInfo};
 pub use runtime::{gpu, DeviceBlock, Gpu};
-pub use tensor::{set_poison, DeviceStorage};
+pub use storage::DeviceStorage;
+pub use tensor::set_poison;

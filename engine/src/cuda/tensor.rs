@@ -8,49 +8,11 @@
 //! `Tensor::to_device` applies the convention on upload and undoes it on
 //! download; GPU ops keep it.
 
-use super::runtime::{gpu, DeviceBlock, Gpu};
+use super::runtime::{gpu, Gpu};
+pub use super::storage::DeviceStorage;
 use crate::layout::{contiguous_strides, Layout};
-use crate::{DType, Device, Error, Result, Storage, Tensor};
+use crate::{CpuStorage, DType, Device, Error, Result, Storage, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-/// Elements of one dtype in a block of device memory. Shared (immutable)
-/// like host storage: views of one tensor point at the same block.
-#[derive(Clone)]
-pub struct DeviceStorage {
-    block: Arc<DeviceBlock>,
-    dtype: DType,
-    len: usize,
-}
-
-impl std::fmt::Debug for DeviceStorage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "DeviceStorage({} x {}, {:?})",
-            self.len, self.dtype, self.block
-        )
-    }
-}
-
-impl DeviceStorage {
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// Address of element 0.
-    pub fn ptr(&self) -> u64 {
-        self.block.ptr()
-    }
-    pub fn gpu(&self) -> &'static Gpu {
-        self.block.gpu()
-    }
-}
 
 static POISON: AtomicBool = AtomicBool::new(false);
 
@@ -69,11 +31,7 @@ pub fn alloc(gpu: &'static Gpu, dtype: DType, len: usize) -> Result<DeviceStorag
     if POISON.load(Ordering::Relaxed) {
         gpu.memset(block.ptr(), 0xFF, bytes)?;
     }
-    Ok(DeviceStorage {
-        block: Arc::new(block),
-        dtype,
-        len,
-    })
+    Ok(DeviceStorage::new(block, dtype, len))
 }
 
 /// The strides of `shape` under the GPU convention: channels-last for rank
@@ -218,7 +176,7 @@ pub fn contiguous(x: &Tensor) -> Result<Tensor> {
     copy_to_strides(x, &contiguous_strides(x.dims()))
 }
 
-fn host_bytes(s: &Storage) -> &[u8] {
+fn host_bytes(s: &CpuStorage) -> &[u8] {
     crate::with_storage!(s, v => bytemuck::cast_slice(v))
 }
 
@@ -233,7 +191,7 @@ pub fn upload(x: &Tensor, ordinal: usize) -> Result<Tensor> {
     };
     let size = x.dtype().size_in_bytes();
     let start = host.layout().offset * size;
-    let bytes = &host_bytes(host.storage())[start..start + x.numel() * size];
+    let bytes = &host_bytes(host.storage().cpu("upload")?)[start..start + x.numel() * size];
     let s = alloc(g, x.dtype(), x.numel())?;
     g.upload(s.ptr(), bytes)?;
     Ok(Tensor::from_device_parts(
@@ -257,18 +215,18 @@ pub fn download(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let mut bytes = vec![0u8; x.numel() * dtype.size_in_bytes()];
     g.download(&mut bytes, ptr(&dense)?)?;
-    let storage = Storage::from_bytes(dtype, &bytes)
+    let storage = CpuStorage::from_bytes(dtype, &bytes)
         .ok_or_else(|| Error::arg("download", "byte count does not match the dtype"))?;
     // The same strides on the host, over a buffer that starts at the
     // view's first element; then make it row-major there.
     let l = dense.layout();
-    let host = Tensor::from_storage(storage, &[x.numel()])?;
+    let host = Tensor::from_storage(Storage::Cpu(storage), &[x.numel()])?;
     let view = host.view(Layout {
         shape: l.shape.clone(),
         strides: l.strides.clone(),
         offset: 0,
     });
-    Ok(view.contiguous_owned())
+    Ok(view.host_contiguous())
 }
 
 #[cfg(test)]

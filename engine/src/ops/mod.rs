@@ -9,6 +9,7 @@ pub mod batchnorm;
 pub mod binary;
 pub mod conv;
 pub mod conv_transpose;
+pub mod copy;
 pub mod loss;
 pub mod matmul;
 pub mod nms;
@@ -57,6 +58,7 @@ use crate::{Error, Result, Rng, Tensor};
 pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     let mut rng = Rng::new(seed);
     let mut all = Vec::new();
+    copy::parity::cases(&mut rng, &mut all);
     pool::parity::cases(&mut rng, &mut all);
     all
 }

@@ -1,0 +1,94 @@
+//! Copies: dtype casts, contiguous copies and moves between devices, with
+//! their autograd, over the [`CopyOps`] primitives of the backends.
+
+mod cpu;
+mod cuda;
+pub(crate) mod parity;
+#[cfg(test)]
+mod tests;
+
+use crate::autograd::record;
+use crate::backend::{unsupported, BackendInfo};
+use crate::{on_backend, DType, Device, Result, Tensor};
+
+/// The copy primitives a backend implements. None records autograd.
+pub trait CopyOps: BackendInfo {
+    /// `x`'s values as `dtype` (f32 -> f16/bf16 rounds to nearest even;
+    /// float -> int truncates toward zero).
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        let _ = (x, dtype);
+        Err(unsupported(self, "cast"))
+    }
+    /// A row-major copy of `x`.
+    fn contiguous(&self, x: &Tensor) -> Result<Tensor> {
+        let _ = x;
+        Err(unsupported(self, "contiguous"))
+    }
+    /// `x` (on this backend) as a host tensor.
+    fn to_host(&self, x: &Tensor) -> Result<Tensor> {
+        let _ = x;
+        Err(unsupported(self, "to_host"))
+    }
+    /// Host tensor `x` copied to `device` of this backend.
+    fn from_host(&self, x: &Tensor, device: Device) -> Result<Tensor> {
+        let _ = (x, device);
+        Err(unsupported(self, "from_host"))
+    }
+}
+
+impl Tensor {
+    /// Cast to another dtype; the gradient is cast back.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        on_backend!(self.device(), b => crate::trace::op("cast", "forward", b.name(), &[self], || {
+            let out = b.cast(self, dtype)?;
+            if !dtype.is_float() {
+                return Ok(out);
+            }
+            let src = self.dtype();
+            Ok(record(out, "cast", &[self], move |g| Ok(vec![Some(g.to_dtype(src)?)])))
+        }))
+    }
+
+    /// A contiguous tensor with the same values (no copy when already so).
+    /// On a GPU a failing copy (out of memory) panics: use
+    /// [`Tensor::try_contiguous`] there to get the error.
+    pub fn contiguous(&self) -> Tensor {
+        match self.try_contiguous() {
+            Ok(t) => t,
+            Err(e) => panic!("contiguous: {e}"),
+        }
+    }
+
+    /// [`Tensor::contiguous`] with the copy's error returned.
+    pub fn try_contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            return Ok(self.clone());
+        }
+        let out = on_backend!(self.device(), b => b.contiguous(self))?;
+        Ok(record(out, "contiguous", &[self], |g| {
+            Ok(vec![Some(g.clone())])
+        }))
+    }
+
+    /// A copy on `device` (the same tensor when already there), through the
+    /// host between two GPUs. Gradients flow back to the source device. 4-D
+    /// tensors are stored channels-last on a GPU (cuda::tensor). No GPU: the
+    /// probe's error, naming what is missing.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        let from = self.device();
+        if device == from {
+            return Ok(self.clone());
+        }
+        let host = on_backend!(from, b => b.to_host(self))?;
+        let out = on_backend!(device, b => b.from_host(&host, device))?;
+        if !self.requires_grad() || !self.dtype().is_float() {
+            return Ok(out);
+        }
+        Ok(record(out, "to_device", &[self], move |g| {
+            Ok(vec![Some(g.to_device(from)?)])
+        }))
+    }
+}
