@@ -1,4 +1,5 @@
-//! slmlp engine: tensors, the CPU reference backend, reverse-mode autograd,
+//! slmlp engine: tensors, ops written once over two backends (the CPU
+//! reference and CUDA; `backend`, `ops/<family>/`), reverse-mode autograd,
 //! nn layers, optimizers, mixed precision and safetensors checkpoints.
 
 pub mod amp;

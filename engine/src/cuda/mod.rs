@@ -1,19 +1,24 @@
-//! The CUDA backend (cudarc 0.19, libraries opened at run time): the same
-//! Tensor API as the CPU, with every op checked against the CPU op on the
-//! GPU (docs/GPU_CHECK.md).
+//! The CUDA backend's machinery (cudarc 0.19, libraries opened at run
+//! time). The ops themselves are written once in `crate::ops::<family>`;
+//! each family's `cuda.rs` implements its primitives for
+//! [`crate::backend::Cuda`] with what lives here, and an op without a CUDA
+//! primitive is an `Error::Unsupported` (docs/OPS.md lists the coverage).
+//! Every CUDA primitive is checked against the CPU one on a GPU by
+//! `slmlp-gpu-check` (docs/GPU_CHECK.md).
 //!
 //! - [`probe`] / [`resolve_device`]: is there a usable GPU, and if not,
 //!   exactly which library is missing (never cudarc's panic);
 //!   `--device auto` falls back to the CPU with a one-line notice;
-//! - [`runtime`]: one [`Gpu`] per device: context, the one stream all work
-//!   is queued on, the kernel library, pinned staging for copies, and the
+//! - [`runtime`]: one [`Gpu`] per device: context, the stream all work is
+//!   queued on, the kernel library, pinned staging for copies, and the
 //!   caching [`allocator`] (size-binned free lists, no cudaFree in the
 //!   steady state; its bookkeeping is unit-tested without a GPU);
-//! - [`tensor`]: device storage, the channels-last convention for 4-D
-//!   tensors, uploads/downloads, strided copies;
+//! - [`storage`] and [`tensor`]: device memory as tensor storage, the
+//!   channels-last convention for 4-D tensors, uploads/downloads, strided
+//!   copies;
 //! - [`blas`] (cuBLASLt GEMMs), [`dnn`] (cuDNN convolutions with a per-shape
-//!   algorithm search), and [`ops`]: the GPU side of each Tensor op, with
-//!   its backward, dispatched from `crate::ops` when the input is on a GPU.
+//!   algorithm search), `launch` (what every GPU primitive shares) and
+//!   [`ops`] (the GPU code of the families not yet moved into their folder).
 
 pub mod allocator;
 pub mod blas;

@@ -187,11 +187,16 @@ mod tests {
     }
 
     #[test]
-    fn to_device_cuda_without_a_gpu_is_the_probe_error_and_changes_nothing() {
-        if crate::cuda::probe(0).is_ok() {
-            return; // a GPU machine: covered by the GPU check
-        }
+    fn to_device_cuda_moves_the_module_or_is_the_probe_error_and_changes_nothing() {
         let m = tiny();
+        if crate::cuda::probe(0).is_ok() {
+            eprintln!("a GPU is present: checking the round trip instead of the no-GPU error");
+            m.to_device(Device::Cuda(0)).unwrap();
+            assert_eq!(m.device(), Device::Cuda(0));
+            m.to_device(Device::Cpu).unwrap();
+            assert_eq!(m.w.get().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+            return;
+        }
         let e = m.to_device(Device::Cuda(0)).unwrap_err().to_string();
         assert!(e.contains("cuda:0"), "{e}");
         assert_eq!(m.device(), Device::Cpu);
