@@ -13,7 +13,7 @@ mod gpu_common;
 
 use criterion::{Criterion, Throughput};
 use engine::cuda::Gpu;
-use engine::ops::{BatchNormArgs, Conv2dParams};
+use engine::ops::Conv2dParams;
 use engine::{DType, Device, Tensor};
 use gpu_common::*;
 use std::time::{Duration, Instant};
@@ -127,15 +127,7 @@ fn main() {
                 .to_device(Device::Cuda(0))
                 .unwrap(),
         );
-        let args = BatchNormArgs {
-            weight: &wt,
-            bias: &bias,
-            running_mean: &rm,
-            running_var: &rv,
-            training: true,
-            momentum: 0.1,
-            eps: 1e-5,
-        };
+        let args = bn_train_args(&wt, &bias, &rm, &rv);
         for fwd in [true, false] {
             let bytes = bn_bytes(e, false, fwd);
             grp.throughput(Throughput::Bytes(bytes as u64));

@@ -1,7 +1,10 @@
-//! Helpers shared by the benches: medians, FLOP counts, and the PyTorch side
-//! of side-by-side measurements.
+//! Helpers shared by the benches: medians, FLOP counts, the PyTorch side
+//! of side-by-side measurements, and slmlp-gpu-check's whole-network
+//! parity cases ([`gpu_cases`]).
 
 use std::process::Command;
+
+pub mod gpu_cases;
 
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -19,41 +19,49 @@ use slmlp_benches::{median, pytorch_resnet18_cpu_ms, TorchResNet18};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const BATCH: usize = 128;
-const SIZE: usize = 28;
-const WIDTH: usize = 16;
-const IN_CHANNELS: usize = 1;
-const CLASSES: usize = 5;
-/// Timed steps behind each median, ours and PyTorch's alike.
-const MEDIAN_OF: usize = 10;
+/// The quick model and batch, in the form the PyTorch script takes too.
+fn quick(projector: bool) -> TorchResNet18 {
+    TorchResNet18 {
+        batch: 128,
+        width: 16,
+        in_channels: 1,
+        size: 28,
+        classes: 5,
+        projector,
+        wd_exclude_1d: true,
+        // timed steps behind each median, ours and PyTorch's alike
+        iters: 10,
+    }
+}
 
-fn quick_config(projector: bool) -> NetConfig {
+fn quick_config(q: &TorchResNet18) -> NetConfig {
     NetConfig {
         arch: "resnet18".into(),
-        width: WIDTH,
+        width: q.width,
         stem: Stem::Cifar,
-        in_channels: IN_CHANNELS,
-        projector: projector.then(|| ProjectorConfig::paper(8 * WIDTH)),
-        num_classes: CLASSES,
+        in_channels: q.in_channels,
+        projector: q.projector.then(|| ProjectorConfig::paper(8 * q.width)),
+        num_classes: q.classes,
         zero_init_residual: false,
     }
 }
 
 fn bench_case(c: &mut Criterion, projector: bool) {
-    let config = quick_config(projector);
+    let q = quick(projector);
+    let config = quick_config(&q);
     let method = config.method();
     let net = SupervisedNet::new(config, &mut Rng::new(0)).expect("quick model config is valid");
     let mut rng = Rng::new(1);
     let images = Tensor::randn(
-        &[BATCH, IN_CHANNELS, SIZE, SIZE],
+        &[q.batch, q.in_channels, q.size, q.size],
         0.0,
         1.0,
         DType::F32,
         &mut rng,
     );
     let labels = Tensor::from_vec(
-        (0..BATCH as i64).map(|i| i % CLASSES as i64).collect(),
-        &[BATCH],
+        (0..q.batch as i64).map(|i| i % q.classes as i64).collect(),
+        &[q.batch],
     )
     .unwrap();
     // A long run keeps the schedule's lr near 0.1 for every step timed here.
@@ -71,7 +79,7 @@ fn bench_case(c: &mut Criterion, projector: bool) {
 
     // Our own median over a fixed count, to compare like with like with the
     // PyTorch script's median.
-    let times: Vec<f64> = (0..MEDIAN_OF)
+    let times: Vec<f64> = (0..q.iters)
         .map(|_| {
             let t = Instant::now();
             step();
@@ -80,28 +88,24 @@ fn bench_case(c: &mut Criterion, projector: bool) {
         .collect();
     let ours = median(times);
     // training FLOPs: forward MACs x 2 FLOPs x 3 (forward, grad input, grad weight)
-    let flops = net.macs(SIZE, SIZE) as f64 * 2.0 * 3.0 * BATCH as f64;
+    let flops = net.macs(q.size, q.size) as f64 * 2.0 * 3.0 * q.batch as f64;
     println!(
-        "quick {method} pretrain step (resnet18 w{WIDTH} cifar-stem, {IN_CHANNELS}x{SIZE}x{SIZE}, {CLASSES} classes), batch {BATCH}: \
+        "quick {method} pretrain step (resnet18 w{} cifar-stem, {}x{}x{}, {} classes), batch {}: \
          {ours:.1} ms median, {:.1} img/s, {:.1} GFLOP/s ({:.2} GFLOP/step)",
-        BATCH as f64 / ours * 1e3,
+        q.width,
+        q.in_channels,
+        q.size,
+        q.size,
+        q.classes,
+        q.batch,
+        q.batch as f64 / ours * 1e3,
         flops / ours / 1e6,
         flops / 1e9
     );
-    let torch_net = TorchResNet18 {
-        batch: BATCH,
-        width: WIDTH,
-        in_channels: IN_CHANNELS,
-        size: SIZE,
-        classes: CLASSES,
-        projector,
-        wd_exclude_1d: true,
-        iters: MEDIAN_OF,
-    };
-    match pytorch_resnet18_cpu_ms(&torch_net) {
+    match pytorch_resnet18_cpu_ms(&q) {
         Ok(torch) => println!(
             "pytorch {method} same machine, same run: {torch:.1} ms median, {:.1} img/s -> ratio ours/pytorch = {:.2} (target <= 1.5)",
-            BATCH as f64 / torch * 1e3,
+            q.batch as f64 / torch * 1e3,
             ours / torch
         ),
         Err(e) => println!("pytorch comparison skipped: {e}"),
@@ -113,7 +117,7 @@ fn bench_case(c: &mut Criterion, projector: bool) {
         .sampling_mode(SamplingMode::Flat)
         .measurement_time(Duration::from_secs(10))
         .warm_up_time(Duration::from_secs(1));
-    g.bench_function(format!("{method}_b{BATCH}_f32"), |b| b.iter(&mut step));
+    g.bench_function(format!("{method}_b{}_f32", q.batch), |b| b.iter(&mut step));
     g.finish();
 }
 

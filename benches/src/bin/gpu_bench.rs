@@ -29,7 +29,7 @@
 mod gpu_common;
 
 use engine::cuda::Gpu;
-use engine::ops::{BatchNormArgs, Conv2dParams};
+use engine::ops::Conv2dParams;
 use engine::{DType, Device, Result, Rng, Tensor};
 use gpu_common::*;
 use serde_json::{json, Value};
@@ -43,6 +43,16 @@ const MAX_REPS: usize = 100;
 const MAX_S: f64 = 0.3;
 /// Prepared forwards alive at once for a backward measurement.
 const MAX_PREPARED: usize = 16;
+
+/// [`time_prepared`] with this binary's repeat settings: a backward timed
+/// after an untimed forward.
+fn time_backward<T>(
+    g: &Gpu,
+    prep: impl FnMut(usize) -> Result<T>,
+    run: impl FnMut(T) -> Result<()>,
+) -> Result<Timing> {
+    time_prepared(g, MIN_REPS, MAX_REPS, MAX_S, MAX_PREPARED, prep, run)
+}
 
 struct Bench<'a> {
     g: &'static Gpu,
@@ -333,15 +343,7 @@ fn bn(b: &mut Bench) {
                     continue;
                 }
             };
-            let args = BatchNormArgs {
-                weight: &wt,
-                bias: &bias,
-                running_mean: &rm,
-                running_var: &rv,
-                training: true,
-                momentum: 0.1,
-                eps: 1e-5,
-            };
+            let args = bn_train_args(&wt, &bias, &rm, &rv);
             let fwd = |s: &BnSet| -> Result<Tensor> {
                 Ok(match &s.r {
                     Some(r) => s.x.batch_norm_add_relu(r, &args)?.out,
@@ -354,12 +356,8 @@ fn bn(b: &mut Bench) {
                     let t = if direction == "fwd" {
                         time_gpu(b.g, WARMUP, MIN_REPS, MAX_REPS, MAX_S, |i| fwd(&sets[i % k]).map(drop))?
                     } else {
-                        time_prepared(
+                        time_backward(
                             b.g,
-                            MIN_REPS,
-                            MAX_REPS,
-                            MAX_S,
-                            MAX_PREPARED,
                             |i| Ok((i % k, fwd(&sets[i % k])?)),
                             |(j, y)| {
                                 y.backward_with(sets[j].dy.clone())?;
@@ -439,12 +437,8 @@ fn conv(b: &mut Bench) {
                         x.conv2d(w, None, p).map(drop)
                     })?
                 } else {
-                    time_prepared(
+                    time_backward(
                         b.g,
-                        MIN_REPS,
-                        MAX_REPS,
-                        MAX_S,
-                        MAX_PREPARED,
                         |i| {
                             let (x, w, _) = &sets[i % k];
                             Ok((i % k, x.conv2d(w, None, p)?))

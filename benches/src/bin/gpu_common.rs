@@ -305,28 +305,19 @@ pub fn time_gpu(
     g.synchronize()?;
     let one = t.elapsed().as_secs_f64() * 1e3 / warmup.max(1) as f64;
     let calls = calls_per_rep(one, 2.0);
-    let mut all = Vec::new();
-    let started = Instant::now();
-    while all.len() < max_reps && (all.len() < min_reps || started.elapsed().as_secs_f64() < max_s)
-    {
-        g.synchronize()?;
-        let t0 = Instant::now();
-        for _ in 0..calls {
-            f(i)?;
-            i += 1;
-        }
-        g.synchronize()?;
-        all.push(t0.elapsed().as_secs_f64() * 1e3 / calls as f64);
-    }
-    let mut sorted = all.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    Ok(Timing {
-        ms_median: percentile(&sorted, 0.5),
-        ms_p10: percentile(&sorted, 0.1),
-        ms_p90: percentile(&sorted, 0.9),
-        ms_all: all,
-        calls_per_rep: calls,
-    })
+    repeat(
+        g,
+        (min_reps, max_reps, max_s),
+        calls,
+        || Ok(()),
+        |()| {
+            for _ in 0..calls {
+                f(i)?;
+                i += 1;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Like [`time_gpu`] for calls that need an untimed setup each (a
@@ -354,20 +345,37 @@ pub fn time_prepared<T>(
         one = t.elapsed().as_secs_f64() * 1e3;
     }
     let calls = calls_per_rep(one, 2.0).min(max_calls.max(1));
+    repeat(
+        g,
+        (min_reps, max_reps, max_s),
+        calls,
+        || {
+            let items = (i..i + calls).map(&mut prep).collect();
+            i += calls;
+            items
+        },
+        |items: Vec<T>| items.into_iter().try_for_each(&mut run),
+    )
+}
+
+/// The repeats of [`time_gpu`] and [`time_prepared`]: until `max_reps`
+/// repeats or `max_s` seconds (at least `min_reps`), `prep` (not timed),
+/// then `batch` (the repeat's `calls` calls) between two `synchronize()`s.
+fn repeat<T>(
+    g: &Gpu,
+    (min_reps, max_reps, max_s): (usize, usize, f64),
+    calls: usize,
+    mut prep: impl FnMut() -> engine::Result<T>,
+    mut batch: impl FnMut(T) -> engine::Result<()>,
+) -> engine::Result<Timing> {
     let mut all = Vec::new();
     let started = Instant::now();
     while all.len() < max_reps && (all.len() < min_reps || started.elapsed().as_secs_f64() < max_s)
     {
-        let mut items = Vec::with_capacity(calls);
-        for _ in 0..calls {
-            items.push(prep(i)?);
-            i += 1;
-        }
+        let items = prep()?;
         g.synchronize()?;
         let t0 = Instant::now();
-        for item in items {
-            run(item)?;
-        }
+        batch(items)?;
         g.synchronize()?;
         all.push(t0.elapsed().as_secs_f64() * 1e3 / calls as f64);
     }
@@ -579,6 +587,25 @@ pub fn resnet50_convs() -> Vec<ConvShape> {
         }
     }
     v
+}
+
+/// Training-mode batch-norm arguments with PyTorch's defaults (momentum
+/// 0.1, eps 1e-5), as the benches time them.
+pub fn bn_train_args<'a>(
+    weight: &'a Tensor,
+    bias: &'a Tensor,
+    running_mean: &'a Tensor,
+    running_var: &'a Tensor,
+) -> engine::ops::BatchNormArgs<'a> {
+    engine::ops::BatchNormArgs {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        training: true,
+        momentum: 0.1,
+        eps: 1e-5,
+    }
 }
 
 /// Minimum bytes of BN(+add)+ReLU over E bf16 elements, as
