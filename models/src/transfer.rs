@@ -145,7 +145,7 @@ pub fn finetune(
     )?;
     r.epochs
         .last()
-        .and_then(|e| e.val_accuracy)
+        .and_then(|e| e.get("val_accuracy"))
         .ok_or_else(|| Error::arg("finetune", "no epoch ran"))
 }
 
