@@ -1,8 +1,9 @@
-//! `slmlp detect train | eval | predict`: Mask R-CNN on a COCO-style
-//! instances folder (as `slmlp detection-data` writes), with the
-//! conventions of `slmlp pretrain` (progress lines, `metrics.jsonl`, a
-//! training checkpoint per epoch, `--resume`, `model.safetensors` with the
-//! metadata needed to rebuild the model).
+//! Mask R-CNN on a COCO-style instances folder (as `slmlp detection-data`
+//! writes): `train` (a `DetectTask` in `fit`'s loop, so with the progress
+//! lines, `metrics.jsonl`, checkpoints, `--resume` and `model.safetensors`
+//! of `slmlp pretrain`; the weights carry the metadata needed to rebuild the
+//! model), `eval` (COCO bbox + segm) and `predict` (draw on an image): what
+//! `slmlp detect train | eval | predict` run.
 //!
 //! Files of `detect train --out OUT`:
 //! - `metrics.jsonl`: one `{"kind":"step",...}` record per step (the five
@@ -27,22 +28,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-#[derive(Clone, Debug, clap::Args)]
-pub struct DetectArgs {
-    #[command(subcommand)]
-    pub command: DetectCommand,
-}
-
-#[derive(Clone, Debug, clap::Subcommand)]
-pub enum DetectCommand {
-    /// Train Mask R-CNN on DATA/train (annotations.json + images/).
-    Train(DetectTrainArgs),
-    /// COCO bbox and segm evaluation of a trained model on DATA/<split>.
-    Eval(DetectEvalArgs),
-    /// Draw a model's detections (boxes and tinted masks) on one image.
-    Predict(DetectPredictArgs),
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScheduleArg {
@@ -151,34 +136,6 @@ pub struct DetectPredictArgs {
     /// Draw detections scoring at least this.
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
-}
-
-/// Runs the chosen `detect` subcommand, printing what it did.
-pub fn detect(a: &DetectArgs) -> Result<()> {
-    match &a.command {
-        DetectCommand::Train(t) => train(t).map(|r| {
-            println!(
-                "done: {} steps in {:.0} s; weights in {}",
-                r.steps,
-                r.seconds,
-                r.model_path.display()
-            );
-        }),
-        DetectCommand::Eval(e) => eval(e).map(|r| {
-            println!("bbox:\n{}", r.bbox_summary);
-            println!("segm:\n{}", r.segm_summary);
-            println!(
-                "{} detections on {} images -> {}, {}",
-                r.detections,
-                r.images,
-                r.detections_path.display(),
-                r.results_path.display()
-            );
-        }),
-        DetectCommand::Predict(p) => predict(p).map(|n| {
-            println!("{n} detections drawn -> {}", p.out.display());
-        }),
-    }
 }
 
 /// What the model was built with; stored as `detect.*` metadata.

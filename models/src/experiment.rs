@@ -20,7 +20,7 @@ use crate::experiment_detection::{detection_experiment, DetectionConfig};
 use crate::extract::extract_features;
 use crate::fit::mmss;
 use crate::pretrain::{
-    check_device, eval_loader, load_trained, pretrain, ComputeArgs, DataArgs, Method, PretrainArgs,
+    eval_loader, load_trained, pretrain, ComputeArgs, DataArgs, Method, PretrainArgs,
 };
 use crate::report::{mean_std, write_json, write_text};
 use engine::{Error, Result};
@@ -270,7 +270,7 @@ fn detection_config(a: &ExperimentArgs) -> Result<DetectionConfig> {
 /// Runs the study (`--detection`: the detection transfer test, see
 /// `experiment_detection`), prints its table and returns its JSON.
 pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
-    check_device(&a.compute.device)?;
+    a.compute.device.cpu_only()?;
     if a.detection {
         let r = detection_experiment(&detection_config(a)?)?;
         println!("{}", r.markdown);

@@ -19,6 +19,7 @@
 use crate::data::{default_fashion_mnist_dir, fashion_mnist, Split, FASHION_MNIST_CLASSES};
 use crate::detect::{DetectEvalArgs, DetectTrainArgs, ScheduleArg};
 use crate::detection::synth::{generate, SynthOptions, SynthSummary};
+use crate::device::DeviceArg;
 use crate::fit::mmss;
 use crate::pretrain::{pretrain, ComputeArgs, DataArgs, Method, PretrainArgs, StemArg};
 use crate::report::{mean_std, write_json, write_text};
@@ -227,7 +228,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 label_smoothing: 0.0,
                 compute: ComputeArgs {
                     precision: c.precision,
-                    device: "cpu".into(),
+                    device: DeviceArg::Cpu,
                     seed,
                 },
                 out,
