@@ -316,19 +316,12 @@ impl TwoMlpHead {
         rng: &mut Rng,
     ) -> Result<TwoMlpHead> {
         Ok(TwoMlpHead {
-            fc6: Linear::new_dtype(
-                &join(prefix, "fc6"),
-                in_channels,
-                representation_size,
-                true,
-                dtype,
-                rng,
-            )?,
-            fc7: Linear::new_dtype(
-                &join(prefix, "fc7"),
+            fc6: linear(prefix, "fc6", in_channels, representation_size, dtype, rng)?,
+            fc7: linear(
+                prefix,
+                "fc7",
                 representation_size,
                 representation_size,
-                true,
                 dtype,
                 rng,
             )?,
@@ -366,19 +359,12 @@ impl FastRcnnPredictor {
         rng: &mut Rng,
     ) -> Result<FastRcnnPredictor> {
         Ok(FastRcnnPredictor {
-            cls_score: Linear::new_dtype(
-                &join(prefix, "cls_score"),
-                in_channels,
-                num_classes,
-                true,
-                dtype,
-                rng,
-            )?,
-            bbox_pred: Linear::new_dtype(
-                &join(prefix, "bbox_pred"),
+            cls_score: linear(prefix, "cls_score", in_channels, num_classes, dtype, rng)?,
+            bbox_pred: linear(
+                prefix,
+                "bbox_pred",
                 in_channels,
                 4 * num_classes,
-                true,
                 dtype,
                 rng,
             )?,
@@ -400,6 +386,25 @@ impl FastRcnnPredictor {
     pub fn num_classes(&self) -> usize {
         self.cls_score.out_features()
     }
+}
+
+/// `<prefix>.<name>`: a Linear with bias.
+fn linear(
+    prefix: &str,
+    name: &str,
+    in_features: usize,
+    out_features: usize,
+    dtype: DType,
+    rng: &mut Rng,
+) -> Result<Linear> {
+    Linear::new_dtype(
+        &join(prefix, name),
+        in_features,
+        out_features,
+        true,
+        dtype,
+        rng,
+    )
 }
 
 /// The box branch's two losses, scalars in the features' dtype.
