@@ -315,16 +315,10 @@ impl TwoMlpHead {
         dtype: DType,
         rng: &mut Rng,
     ) -> Result<TwoMlpHead> {
+        let r = representation_size;
         Ok(TwoMlpHead {
-            fc6: linear(prefix, "fc6", in_channels, representation_size, dtype, rng)?,
-            fc7: linear(
-                prefix,
-                "fc7",
-                representation_size,
-                representation_size,
-                dtype,
-                rng,
-            )?,
+            fc6: linear(prefix, "fc6", in_channels, r, dtype, rng)?,
+            fc7: linear(prefix, "fc7", r, r, dtype, rng)?,
         })
     }
 
@@ -358,16 +352,10 @@ impl FastRcnnPredictor {
         dtype: DType,
         rng: &mut Rng,
     ) -> Result<FastRcnnPredictor> {
+        let (c, k) = (in_channels, num_classes);
         Ok(FastRcnnPredictor {
-            cls_score: linear(prefix, "cls_score", in_channels, num_classes, dtype, rng)?,
-            bbox_pred: linear(
-                prefix,
-                "bbox_pred",
-                in_channels,
-                4 * num_classes,
-                dtype,
-                rng,
-            )?,
+            cls_score: linear(prefix, "cls_score", c, k, dtype, rng)?,
+            bbox_pred: linear(prefix, "bbox_pred", c, 4 * k, dtype, rng)?,
         })
     }
 

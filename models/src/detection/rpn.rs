@@ -296,6 +296,26 @@ impl Rpn {
         self.head.params()
     }
 
+    /// [`Rpn::forward_with_scores`], keeping only the proposals, rounded to
+    /// f32, and the losses.
+    #[allow(clippy::type_complexity)]
+    pub fn forward(
+        &self,
+        features: &[Tensor],
+        image_sizes: &[(usize, usize)],
+        padded_hw: (usize, usize),
+        targets: Option<&[Vec<[f32; 4]>]>,
+        rng: &mut Rng,
+    ) -> Result<(Vec<Vec<[f32; 4]>>, Option<RpnLosses>)> {
+        let out = self.forward_with_scores(features, image_sizes, padded_hw, targets, rng)?;
+        let boxes = out
+            .boxes
+            .iter()
+            .map(|img| img.iter().map(|b| b.map(|v| v as f32)).collect())
+            .collect();
+        Ok((boxes, out.losses))
+    }
+
     /// torchvision's `RegionProposalNetwork.forward`.
     ///
     /// Inputs: `features`, one [B, C, H_l, W_l] map per anchor-generator
