@@ -18,7 +18,7 @@ use crate::detection::data::{
 };
 use crate::detection::mask_rcnn::{ImageDetections, MaskRcnn, MaskRcnnConfig};
 use crate::detection::{CocoEval, IouType, Rle};
-use crate::fit::{fit, FitOptions, Means, StepLog, Task, Validation};
+use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
 use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
 use engine::nn::{Buffer, Module, Param};
 use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup};

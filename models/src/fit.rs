@@ -52,11 +52,20 @@ pub trait Task {
     fn metadata(&self) -> BTreeMap<String, String>;
     /// Checkpoint keys a resumed run must share with the checkpoint's.
     fn settings(&self) -> BTreeMap<String, String>;
-    /// What a checkpoint holds besides the weights: the optimizer's
-    /// tensors, an rng state and metadata (the settings included).
-    fn state(&self) -> (Vec<(String, Tensor)>, [u64; 4], BTreeMap<String, String>);
+    /// What a checkpoint holds besides the weights.
+    fn state(&self) -> TaskState;
     /// Restores what `state` gave, read back from a checkpoint.
     fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()>;
+}
+
+/// A task's training state besides the weights, as checkpoints hold it.
+pub struct TaskState {
+    /// The optimizer's tensors (e.g. momentum).
+    pub optim: Vec<(String, Tensor)>,
+    /// The state of an rng the steps draw from (zeros when none).
+    pub rng: [u64; 4],
+    /// Metadata, the settings included.
+    pub extra: BTreeMap<String, String>,
 }
 
 /// What one step did; also its JSONL record.
@@ -215,7 +224,7 @@ pub struct FitResult {
 
 /// Writes `task`'s training state after `step` steps to `path`, atomically.
 pub fn save_checkpoint<T: Task + ?Sized>(task: &T, path: &Path, step: usize) -> Result<()> {
-    let (optim, rng, extra) = task.state();
+    let TaskState { optim, rng, extra } = task.state();
     let (params, buffers) = task.tensors();
     let state = TrainState {
         step: step as u64,

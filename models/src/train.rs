@@ -18,7 +18,7 @@
 
 use crate::data::{ImageSource, Loader};
 pub use crate::fit::StepLog;
-use crate::fit::{load_checkpoint, save_checkpoint, Means, Task, Validation};
+use crate::fit::{load_checkpoint, save_checkpoint, Means, Task, TaskState, Validation};
 use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::TrainState;
 use engine::nn::{Buffer, Module, Param};
@@ -252,7 +252,7 @@ impl Task for Trainer<'_> {
 
     /// Momentum, no rng (the data stream is a function of (seed, epoch,
     /// batch)), the metadata, the settings and any loss scale.
-    fn state(&self) -> (Vec<(String, Tensor)>, [u64; 4], BTreeMap<String, String>) {
+    fn state(&self) -> TaskState {
         let mut extra = self.metadata.clone();
         extra.extend(self.settings());
         if let Some(s) = &self.scaler {
@@ -262,7 +262,11 @@ impl Task for Trainer<'_> {
                 s.clean_steps.to_string(),
             );
         }
-        (self.opt.state(), [0; 4], extra)
+        TaskState {
+            optim: self.opt.state(),
+            rng: [0; 4],
+            extra,
+        }
     }
 
     fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {

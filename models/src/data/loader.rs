@@ -32,7 +32,7 @@ impl Source for ImageSource {
     type Batch = Batch;
     const NAME: &'static str = "loader";
 
-    fn len(&self) -> usize {
+    fn num_samples(&self) -> usize {
         self.ds.len()
     }
 

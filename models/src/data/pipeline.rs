@@ -89,7 +89,7 @@ pub trait Source: Send + Sync + 'static {
     /// Names the loader in errors and thread names.
     const NAME: &'static str;
     /// Number of samples (including any that turn out unreadable).
-    fn len(&self) -> usize;
+    fn num_samples(&self) -> usize;
     /// Loads and transforms sample `index`, drawing randomness from `rng`.
     fn load(&self, index: usize, rng: &mut Rng) -> Result<Self::Sample>;
     /// Where sample `index` comes from, for the warning when it is skipped.
@@ -117,7 +117,7 @@ pub struct DataLoader<S: Source> {
 impl<S: Source> DataLoader<S> {
     /// A loader needs samples and a positive batch size.
     pub(crate) fn with_source(source: S, opts: LoaderOptions) -> Result<DataLoader<S>> {
-        if source.len() == 0 {
+        if source.num_samples() == 0 {
             return Err(Error::arg(S::NAME, "the dataset is empty"));
         }
         if opts.batch == 0 {
@@ -140,7 +140,7 @@ impl<S: Source> DataLoader<S> {
 
     /// `len / batch`, rounded up unless `drop_last`.
     pub fn batches_per_epoch(&self) -> usize {
-        self.opts.batches_per_epoch(self.source.len())
+        self.opts.batches_per_epoch(self.source.num_samples())
     }
 
     /// Distinct samples that failed to load or transform so far.
@@ -151,7 +151,7 @@ impl<S: Source> DataLoader<S> {
     /// Batches `start_batch..batches_per_epoch()` of epoch `epoch`, in order.
     /// A batch whose every sample is unreadable is left out.
     pub fn epoch(&self, epoch: usize, start_batch: usize) -> Batches<S::Batch> {
-        let plan = Plan::new(self.source.len(), &self.opts, epoch);
+        let plan = Plan::new(self.source.num_samples(), &self.opts, epoch);
         let (source, skipped) = (self.source.clone(), self.skipped.clone());
         Batches::new(
             Arc::new(move |b, stop: &AtomicBool| build(&*source, &skipped, &plan, b, stop)),

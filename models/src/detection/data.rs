@@ -619,7 +619,7 @@ impl Source for DetSource {
     type Batch = DetBatch;
     const NAME: &'static str = "detection loader";
 
-    fn len(&self) -> usize {
+    fn num_samples(&self) -> usize {
         self.ds.len()
     }
 

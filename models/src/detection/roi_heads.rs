@@ -188,16 +188,7 @@ impl MultiScaleRoIAlign {
         const OP: &str = "MultiScaleRoIAlign::forward";
         let d = features[0].dims();
         let (batch, c) = (d[0], d[1]);
-        if boxes.len() != batch || image_sizes.len() != batch {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "got boxes for {} images and {} image sizes for a batch of {batch}",
-                    boxes.len(),
-                    image_sizes.len()
-                ),
-            ));
-        }
+        check_batch(OP, "boxes", boxes.len(), image_sizes.len(), batch)?;
         let level_hw: Vec<(usize, usize)> = features
             .iter()
             .map(|f| (f.dims()[2], f.dims()[3]))
@@ -374,6 +365,17 @@ impl FastRcnnPredictor {
     pub fn num_classes(&self) -> usize {
         self.cls_score.out_features()
     }
+}
+
+/// One entry of `what` and one image size per image of the batch.
+fn check_batch(op: &'static str, what: &str, n: usize, sizes: usize, batch: usize) -> Result<()> {
+    if n != batch || sizes != batch {
+        return Err(Error::arg(
+            op,
+            format!("got {what} for {n} images and {sizes} image sizes for a batch of {batch}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `<prefix>.<name>`: a Linear with bias.
@@ -721,16 +723,7 @@ impl RoiHeads {
         }
         let dtype = check_features(OP, features, Some(in_c / (ph * pw)))?;
         let batch = features[0].dims()[0];
-        if proposals.len() != batch || image_sizes.len() != batch {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "got proposals for {} images and {} image sizes for a batch of {batch}",
-                    proposals.len(),
-                    image_sizes.len()
-                ),
-            ));
-        }
+        check_batch(OP, "proposals", proposals.len(), image_sizes.len(), batch)?;
         for (b, &(h, w)) in image_sizes.iter().enumerate() {
             if h == 0 || w == 0 {
                 return Err(Error::arg(OP, format!("image {b} has size {h} x {w}")));
