@@ -489,14 +489,12 @@ impl Task for DetectTask<'_> {
         self.spec.clone()
     }
 
-    fn state(
-        &self,
-    ) -> (
-        Vec<(String, engine::Tensor)>,
-        [u64; 4],
-        BTreeMap<String, String>,
-    ) {
-        (self.opt.state(), self.rng.state(), self.metadata.clone())
+    fn state(&self) -> TaskState {
+        TaskState {
+            optim: self.opt.state(),
+            rng: self.rng.state(),
+            extra: self.metadata.clone(),
+        }
     }
 
     fn restore(&mut self, optim: Vec<(String, engine::Tensor)>, state: &TrainState) -> Result<()> {
