@@ -359,8 +359,9 @@ pub struct DetectTask<'m> {
 }
 
 impl<'m> DetectTask<'m> {
-    /// Training for `total` steps of `per_epoch` each (the warmup is capped
-    /// at one epoch); `metadata` is stored with the weights.
+    /// Training for `a.epochs` epochs of `per_epoch` steps (the warmup
+    /// capped at one epoch); the weights' metadata is `spec`'s plus the seed
+    /// and the number of epochs.
     pub fn new(
         model: &'m MaskRcnn,
         a: &DetectTrainArgs,

@@ -289,7 +289,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
     let fm_names = crate::datasets::open("fashion-mnist:test")?
         .classes()
         .to_vec();
-    let seen = crate::data::parse_classes(&a.seen, &fm_names)?;
+    let seen = parse_classes(&a.seen, &fm_names)?;
     let unseen: Vec<usize> = (0..fm_names.len()).filter(|c| !seen.contains(c)).collect();
     if seen.len() < 2 || unseen.len() < 2 {
         return Err(Error::arg(
