@@ -6,7 +6,7 @@ use crate::eval::{
     feature_metrics, scatter_png, tsne, FeatureMetrics, Features, Panel, TsneOptions,
 };
 use crate::extract::extract_features;
-use crate::pretrain::{check_device, eval_loader, load_trained, ComputeArgs, DataArgs};
+use crate::pretrain::{eval_loader, load_trained, ComputeArgs, DataArgs};
 use engine::{Error, Result, Rng};
 use std::path::{Path, PathBuf};
 
@@ -102,7 +102,7 @@ pub fn embedding_plot(
 }
 
 pub fn analyze(a: &AnalyzeArgs) -> Result<serde_json::Value> {
-    check_device(&a.compute.device)?;
+    a.compute.device.cpu_only()?;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
     let ds = a.data.open(None, seed)?;
     let mut sets = Vec::new();

@@ -1,8 +1,9 @@
-//! `slmlp detect train | eval | predict`: Mask R-CNN on a COCO-style
-//! instances folder (as `slmlp detection-data` writes), with the
-//! conventions of `slmlp pretrain` (progress lines, `metrics.jsonl`, a
-//! training checkpoint per epoch, `--resume`, `model.safetensors` with the
-//! metadata needed to rebuild the model).
+//! Mask R-CNN on a COCO-style instances folder (as `slmlp detection-data`
+//! writes): `train` (a `DetectTask` in `fit`'s loop, so with the progress
+//! lines, `metrics.jsonl`, checkpoints, `--resume` and `model.safetensors`
+//! of `slmlp pretrain`; the weights carry the metadata needed to rebuild the
+//! model), `eval` (COCO bbox + segm) and `predict` (draw on an image): what
+//! `slmlp detect train | eval | predict` run.
 //!
 //! Files of `detect train --out OUT`:
 //! - `metrics.jsonl`: one `{"kind":"step",...}` record per step (the five
@@ -12,37 +13,21 @@
 
 use crate::data::LoaderOptions;
 use crate::detection::data::{
-    pad_batch, DetSample, DetTarget, DetTransform, DetectionDataset, DetectionLoader,
+    pad_batch, DetBatch, DetSample, DetSource, DetTarget, DetTransform, DetectionDataset,
+    DetectionLoader,
 };
 use crate::detection::mask_rcnn::{ImageDetections, MaskRcnn, MaskRcnnConfig};
 use crate::detection::{CocoEval, IouType, Rle};
-use crate::fit::{mmss, truncate_metrics};
+use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
 use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
-use engine::nn::Module;
+use engine::nn::{Buffer, Module, Param};
 use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup};
 use engine::{Error, Result, Rng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-#[derive(Clone, Debug, clap::Args)]
-pub struct DetectArgs {
-    #[command(subcommand)]
-    pub command: DetectCommand,
-}
-
-#[derive(Clone, Debug, clap::Subcommand)]
-pub enum DetectCommand {
-    /// Train Mask R-CNN on DATA/train (annotations.json + images/).
-    Train(DetectTrainArgs),
-    /// COCO bbox and segm evaluation of a trained model on DATA/<split>.
-    Eval(DetectEvalArgs),
-    /// Draw a model's detections (boxes and tinted masks) on one image.
-    Predict(DetectPredictArgs),
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScheduleArg {
@@ -151,34 +136,6 @@ pub struct DetectPredictArgs {
     /// Draw detections scoring at least this.
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
-}
-
-/// Runs the chosen `detect` subcommand, printing what it did.
-pub fn detect(a: &DetectArgs) -> Result<()> {
-    match &a.command {
-        DetectCommand::Train(t) => train(t).map(|r| {
-            println!(
-                "done: {} steps in {:.0} s; weights in {}",
-                r.steps,
-                r.seconds,
-                r.model_path.display()
-            );
-        }),
-        DetectCommand::Eval(e) => eval(e).map(|r| {
-            println!("bbox:\n{}", r.bbox_summary);
-            println!("segm:\n{}", r.segm_summary);
-            println!(
-                "{} detections on {} images -> {}, {}",
-                r.detections,
-                r.images,
-                r.detections_path.display(),
-                r.results_path.display()
-            );
-        }),
-        DetectCommand::Predict(p) => predict(p).map(|n| {
-            println!("{n} detections drawn -> {}", p.out.display());
-        }),
-    }
 }
 
 /// What the model was built with; stored as `detect.*` metadata.
@@ -376,6 +333,8 @@ pub struct DetectTrainReport {
     pub model_path: PathBuf,
 }
 
+/// Names of the five losses, in `MaskRcnnLosses`' order: JSONL fields of
+/// the step and epoch records.
 const LOSS_NAMES: [&str; 5] = [
     "loss_classifier",
     "loss_box_reg",
@@ -384,10 +343,169 @@ const LOSS_NAMES: [&str; 5] = [
     "loss_rpn_box_reg",
 ];
 
-/// Trains Mask R-CNN: SGD (momentum 0.9) on `trainable_params()`, the lr
-/// warmed up linearly from lr/1000 over `min(warmup_steps, one epoch)`
-/// steps, then `schedule`; the samplers draw from an rng saved in the
-/// checkpoint, so a resumed run continues exactly.
+/// Mask R-CNN training as a `fit::Task`: SGD (momentum 0.9) on
+/// `trainable_params()`, the lr warmed up linearly from lr/1000, then the
+/// schedule; the samplers draw from an rng saved in the checkpoint, so a
+/// resumed run continues exactly.
+pub struct DetectTask<'m> {
+    model: &'m MaskRcnn,
+    trainable: Vec<Param>,
+    opt: Sgd,
+    schedule: Warmup<Box<dyn LrSchedule>>,
+    total: usize,
+    rng: Rng,
+    spec: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl<'m> DetectTask<'m> {
+    /// Training for `a.epochs` epochs of `per_epoch` steps (the warmup
+    /// capped at one epoch); the weights' metadata is `spec`'s plus the seed
+    /// and the number of epochs.
+    pub fn new(
+        model: &'m MaskRcnn,
+        a: &DetectTrainArgs,
+        spec: &DetectSpec,
+        per_epoch: usize,
+    ) -> DetectTask<'m> {
+        let total = a.epochs * per_epoch;
+        let inner: Box<dyn LrSchedule> = match a.schedule {
+            ScheduleArg::Step => Box::new(StepDecay {
+                base_lr: a.lr,
+                milestones: vec![total * 2 / 3, total * 8 / 9],
+                gamma: 0.1,
+            }),
+            ScheduleArg::Cosine => Box::new(Cosine {
+                base_lr: a.lr,
+                total_steps: total,
+                final_lr: 0.0,
+            }),
+        };
+        let mut metadata = spec.to_metadata();
+        metadata.insert("seed".into(), a.seed.to_string());
+        metadata.insert("epochs".into(), a.epochs.to_string());
+        model.set_training(true);
+        DetectTask {
+            model,
+            trainable: model.trainable_params(),
+            opt: Sgd::new(a.lr, 0.9, a.weight_decay),
+            schedule: Warmup {
+                inner,
+                warmup_steps: a.warmup_steps.min(per_epoch),
+                start_factor: 1e-3,
+            },
+            total,
+            rng: Rng::new(crate::data::derive_seed(&[a.seed, 0x5a4d])),
+            spec: spec.to_metadata(),
+            metadata,
+        }
+    }
+}
+
+impl Task for DetectTask<'_> {
+    type Source = DetSource;
+    type Val = ();
+    const EPOCH_PREFIX: &'static str = "";
+
+    fn tensors(&self) -> (Vec<Param>, Vec<Buffer>) {
+        (self.model.params(), self.model.buffers())
+    }
+
+    fn schedule_len(&self) -> usize {
+        self.total
+    }
+
+    fn step(&mut self, step: usize, batch: &DetBatch) -> Result<StepLog> {
+        let t = Instant::now();
+        let lr = self.schedule.lr(step);
+        self.opt.set_lr(lr);
+        zero_grad(&self.trainable);
+        let losses = self.model.forward_train(
+            &batch.images,
+            &batch.image_sizes,
+            &batch.targets,
+            &mut self.rng,
+        )?;
+        let loss = losses.total()?;
+        let parts = [
+            losses.classifier.item()?,
+            losses.box_reg.item()?,
+            losses.mask.item()?,
+            losses.objectness.item()?,
+            losses.rpn_box_reg.item()?,
+        ];
+        let parts: Vec<(&'static str, f64)> = LOSS_NAMES.into_iter().zip(parts).collect();
+        let value = loss.item()?;
+        if !value.is_finite() {
+            return Err(Error::arg(
+                "detect train",
+                format!(
+                    "loss is {value} at step {} ({}); stopping (try a lower --lr)",
+                    step + 1,
+                    parts
+                        .iter()
+                        .map(|(n, v)| format!("{n} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        loss.backward()?;
+        self.opt.step(&self.trainable)?;
+        let b = batch.indices.len();
+        Ok(StepLog {
+            step: step + 1,
+            loss: value,
+            lr,
+            batch: b,
+            images_per_s: b as f64 / t.elapsed().as_secs_f64(),
+            parts,
+            skipped: None,
+        })
+    }
+
+    fn validate(&mut self, _: Option<&()>) -> Result<Validation> {
+        Ok(Validation::default())
+    }
+
+    fn describe(&self, m: &Means) -> String {
+        let p = |i: usize| m.part(LOSS_NAMES[i]);
+        format!(
+            "loss {:.4} (cls {:.4} box {:.4} mask {:.4} obj {:.4} rpn {:.4})",
+            m.loss,
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4)
+        )
+    }
+
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.metadata.clone()
+    }
+
+    /// The model's `detect.*` spec: another one cannot continue a run.
+    fn settings(&self) -> BTreeMap<String, String> {
+        self.spec.clone()
+    }
+
+    fn state(&self) -> TaskState {
+        TaskState {
+            optim: self.opt.state(),
+            rng: self.rng.state(),
+            extra: self.metadata.clone(),
+        }
+    }
+
+    fn restore(&mut self, optim: Vec<(String, engine::Tensor)>, state: &TrainState) -> Result<()> {
+        self.opt.load_state(optim)?;
+        self.rng = Rng::from_state(state.rng);
+        Ok(())
+    }
+}
+
+/// Trains Mask R-CNN on DATA/train with [`DetectTask`] in `fit`'s loop.
 pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
     const OP: &str = "detect train";
     let encoder = match &a.backbone {
@@ -474,201 +592,36 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
             ),
         ));
     }
-    let total = a.epochs * per_epoch;
-    if total == 0 {
+    if a.epochs == 0 {
         return Err(Error::arg(OP, "nothing to train: --epochs 0"));
     }
-    let inner: Box<dyn LrSchedule> = match a.schedule {
-        ScheduleArg::Step => Box::new(StepDecay {
-            base_lr: a.lr,
-            milestones: vec![total * 2 / 3, total * 8 / 9],
-            gamma: 0.1,
-        }),
-        ScheduleArg::Cosine => Box::new(Cosine {
-            base_lr: a.lr,
-            total_steps: total,
-            final_lr: 0.0,
-        }),
-    };
-    let schedule = Warmup {
-        inner,
-        warmup_steps: a.warmup_steps.min(per_epoch),
-        start_factor: 1e-3,
-    };
-    let trainable = model.trainable_params();
-    let (params, buffers) = (model.params(), model.buffers());
-    let mut opt = Sgd::new(a.lr, 0.9, a.weight_decay);
-    let mut rng = Rng::new(crate::data::derive_seed(&[a.seed, 0x5a4d]));
-    let mut meta = spec.to_metadata();
-    meta.insert("seed".into(), a.seed.to_string());
-    meta.insert("epochs".into(), a.epochs.to_string());
-
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    let ckpt_path = a.out.join("checkpoint.safetensors");
-    let metrics_path = a.out.join("metrics.jsonl");
-    let mut step = 0usize;
-    if a.resume {
-        if !ckpt_path.is_file() {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "--resume: {} does not exist; nothing to resume",
-                    ckpt_path.display()
-                ),
-            ));
-        }
-        let (state, ts) = checkpoint::load_training(&ckpt_path, &params, &buffers)?;
-        let spec_now = spec.to_metadata();
-        for (k, v) in &spec_now {
-            let was = ts.extra.get(k);
-            if was != Some(v) {
-                return Err(Error::Checkpoint {
-                    path: ckpt_path.display().to_string(),
-                    msg: format!("--resume with different settings: {k} was {was:?}, now {v:?}"),
-                });
-            }
-        }
-        opt.load_state(state)?;
-        rng = Rng::from_state(ts.rng);
-        step = (ts.step as usize).min(total);
-        truncate_metrics(&metrics_path, step, step / per_epoch)?;
-        if !a.quiet {
-            eprintln!(
-                "resumed at step {step}/{total} from {}",
-                ckpt_path.display()
-            );
-        }
-    }
     if !a.quiet {
-        let n: usize = params.iter().map(|p| p.get().numel()).sum();
+        let n: usize = model.params().iter().map(|p| p.get().numel()).sum();
         eprintln!(
             "detect train: Mask R-CNN {} width {} ({:.2}M params), {} classes, {} train images ({removed} without instances left out), {}-channel, min/max size {}/{}, batch {}, {} epochs x {per_epoch} steps, lr {}",
             a.arch, a.width, n as f64 / 1e6, ds.num_classes(), ds.len(), channels,
             a.min_size, a.max_size, a.batch, a.epochs, a.lr,
         );
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
-    let mut write = |v: Value| -> Result<()> {
-        writeln!(metrics, "{v}").map_err(|e| Error::io(&metrics_path, e))
-    };
-    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let first_step = step;
-    model.set_training(true);
-    while step < total {
-        let epoch = step / per_epoch;
-        let t_epoch = Instant::now();
-        let mut sums = [0.0f64; 6];
-        let mut seen = 0usize;
-        for batch in loader.epoch(epoch, step % per_epoch) {
-            let batch = batch?;
-            let t = Instant::now();
-            let lr = schedule.lr(step);
-            opt.set_lr(lr);
-            zero_grad(&trainable);
-            let losses =
-                model.forward_train(&batch.images, &batch.image_sizes, &batch.targets, &mut rng)?;
-            let loss = losses.total()?;
-            let parts = [
-                losses.classifier.item()?,
-                losses.box_reg.item()?,
-                losses.mask.item()?,
-                losses.objectness.item()?,
-                losses.rpn_box_reg.item()?,
-            ];
-            let value = loss.item()?;
-            if !value.is_finite() {
-                return Err(Error::arg(
-                    OP,
-                    format!(
-                        "loss is {value} at step {} ({}); stopping (try a lower --lr)",
-                        step + 1,
-                        LOSS_NAMES
-                            .iter()
-                            .zip(parts)
-                            .map(|(n, v)| format!("{n} {v}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-            loss.backward()?;
-            opt.step(&trainable)?;
-            let b = batch.indices.len();
-            let ips = b as f64 / t.elapsed().as_secs_f64();
-            // a batch of unreadable images is left out by the loader: the
-            // counter follows the position in the data stream
-            step = epoch * per_epoch + batch.index + 1;
-            let mut rec = json!({
-                "kind": "step", "step": step, "epoch": epoch + 1, "lr": lr,
-                "loss": value, "batch": b, "images_per_s": ips,
-            });
-            for (n, v) in LOSS_NAMES.iter().zip(parts) {
-                rec[*n] = v.into();
-            }
-            write(rec)?;
-            for (s, v) in sums.iter_mut().zip(std::iter::once(value).chain(parts)) {
-                *s += v * b as f64;
-            }
-            seen += b;
-            if !a.quiet && (tty || step.is_multiple_of(a.log_every.max(1)) || step == total) {
-                let rate = started.elapsed().as_secs_f64() / (step - first_step) as f64;
-                let in_epoch = step - epoch * per_epoch;
-                let m = |i: usize| sums[i] / seen as f64;
-                let line = format!(
-                    "epoch {}/{} {in_epoch}/{per_epoch}  loss {:.4} (cls {:.4} box {:.4} mask {:.4} obj {:.4} rpn {:.4})  lr {lr:.2e}  {ips:.1} img/s  ETA {}",
-                    epoch + 1, a.epochs, m(0), m(1), m(2), m(3), m(4), m(5),
-                    mmss(rate * (total - step) as f64),
-                );
-                if tty {
-                    eprint!("\r{line}\x1b[K");
-                } else {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        if tty && !a.quiet {
-            eprintln!();
-        }
-        let seconds = t_epoch.elapsed().as_secs_f64();
-        let mean = |i: usize| sums[i] / seen.max(1) as f64;
-        let mut rec = json!({
-            "kind": "epoch", "epoch": epoch + 1, "loss": mean(0),
-            "images_per_s": seen as f64 / seconds, "seconds": seconds,
-            "skipped_images": loader.skipped(),
-        });
-        for (i, n) in LOSS_NAMES.iter().enumerate() {
-            rec[*n] = mean(i + 1).into();
-        }
-        write(rec)?;
-        if !a.quiet {
-            eprintln!(
-                "epoch {}/{} done in {}: loss {:.4}",
-                epoch + 1,
-                a.epochs,
-                mmss(seconds),
-                mean(0)
-            );
-        }
-        // a run whose last batches were all unreadable still ends the epoch
-        step = step.max((epoch + 1) * per_epoch);
-        let state = TrainState {
-            step: step as u64,
-            rng: rng.state(),
-            extra: meta.clone(),
-        };
-        checkpoint::save_training(&ckpt_path, &params, &buffers, &opt.state(), &state)?;
-    }
-    let model_path = a.out.join("model.safetensors");
-    checkpoint::save_model(&model_path, &params, &buffers, &meta)?;
+    let mut task = DetectTask::new(&model, a, &spec, per_epoch);
+    let result = fit(
+        &mut task,
+        &loader,
+        None,
+        &FitOptions {
+            epochs: a.epochs,
+            out_dir: Some(a.out.clone()),
+            checkpoint_every: 0,
+            resume: a.resume,
+            log_every: a.log_every,
+            quiet: a.quiet,
+        },
+    )?;
     Ok(DetectTrainReport {
-        steps: step,
+        steps: result.total_steps,
         seconds: started.elapsed().as_secs_f64(),
-        model_path,
+        model_path: a.out.join("model.safetensors"),
     })
 }
 

@@ -16,16 +16,12 @@
 //! backbone is the only difference; the two encoders start from the same
 //! weights too (`pretrain` seeds them the same way).
 
-use crate::data::{
-    default_fashion_mnist_dir, fashion_mnist, parse_classes, Split, FASHION_MNIST_CLASSES,
-};
+use crate::data::{default_fashion_mnist_dir, fashion_mnist, Split, FASHION_MNIST_CLASSES};
 use crate::detect::{DetectEvalArgs, DetectTrainArgs, ScheduleArg};
 use crate::detection::synth::{generate, SynthOptions, SynthSummary};
-use crate::experiment::ExperimentArgs;
+use crate::device::DeviceArg;
 use crate::fit::mmss;
-use crate::pretrain::{
-    check_device, pretrain, ComputeArgs, DataArgs, Method, PretrainArgs, StemArg,
-};
+use crate::pretrain::{pretrain, ComputeArgs, DataArgs, Method, PretrainArgs, StemArg};
 use crate::report::{mean_std, write_json, write_text};
 use engine::amp::Precision;
 use engine::{Error, Result};
@@ -83,55 +79,6 @@ pub struct DetectionConfig {
 }
 
 impl DetectionConfig {
-    /// The settings `experiment --detection` runs with. Shared options keep
-    /// their meaning: `--seeds` (default 3, --quick 1), `--epochs`
-    /// (pretraining; default 5, --quick 3), `--per-class` (pretraining
-    /// images per seen class; default 3000, --quick 2000), `--seen`,
-    /// `--arch`, `--width`, `--batch` and `--lr` (pretraining), `--seed`,
-    /// `--precision` (pretraining), `--workers`, `--out`. The detection
-    /// sizes come from `--det-train` (default 1000, --quick 300),
-    /// `--det-val` (default 250, --quick 100), `--det-epochs` (default 8,
-    /// --quick 4) and `--pretrain-size` (64).
-    pub fn from_args(a: &ExperimentArgs) -> Result<DetectionConfig> {
-        let names: Vec<String> = FASHION_MNIST_CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let seen = parse_classes(&a.seen, &names)?;
-        let q = a.quick;
-        Ok(DetectionConfig {
-            out: a.out.clone(),
-            quick: q,
-            seeds: a.seeds.unwrap_or(if q { 1 } else { 3 }),
-            first_seed: a.compute.seed,
-            seen,
-            arch: a.arch.clone(),
-            width: a.width,
-            pretrain_epochs: a.epochs.unwrap_or(if q { 3 } else { 5 }),
-            pretrain_per_class: a.per_class.or(Some(if q { 2000 } else { 3000 })),
-            pretrain_size: a.pretrain_size,
-            pretrain_batch: a.batch,
-            pretrain_lr: a.lr,
-            precision: a.compute.precision,
-            train_canvases: a.det_train.unwrap_or(if q { 300 } else { 1000 }),
-            val_canvases: a.det_val.unwrap_or(if q { 100 } else { 250 }),
-            canvas: 128,
-            det_epochs: a.det_epochs.unwrap_or(if q { 4 } else { 8 }),
-            det_batch: 4,
-            // 0.02 (the first detect run's) diverged from a random backbone
-            // on the unseen-class benchmark at step 111
-            det_lr: 0.01,
-            det_warmup_steps: 100,
-            fpn_channels: 64,
-            representation_size: 256,
-            trainable_layers: 5,
-            min_size: 128,
-            max_size: 213,
-            workers: a.workers,
-            quiet: false,
-        })
-    }
-
     /// The benchmark's source classes: those not in `seen`.
     pub fn unseen(&self) -> Vec<usize> {
         (0..FASHION_MNIST_CLASSES.len())
@@ -204,15 +151,6 @@ pub struct DetectionResults {
     pub markdown: String,
     /// The content of OUT/detection.json.
     pub json: Value,
-}
-
-/// `experiment --detection`: [`DetectionConfig::from_args`], then
-/// [`detection_experiment`]; prints the table.
-pub fn run_from_args(a: &ExperimentArgs) -> Result<Value> {
-    check_device(&a.compute.device)?;
-    let r = detection_experiment(&DetectionConfig::from_args(a)?)?;
-    println!("{}", r.markdown);
-    Ok(r.json)
 }
 
 /// Runs the whole transfer test `c` describes: writes the benchmark to
@@ -290,7 +228,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 label_smoothing: 0.0,
                 compute: ComputeArgs {
                     precision: c.precision,
-                    device: "cpu".into(),
+                    device: DeviceArg::Cpu,
                     seed,
                 },
                 out,
@@ -299,7 +237,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 log_every: 50,
                 quiet: c.quiet,
             })?;
-            let acc = r.epochs.last().map(|e| e.train_accuracy);
+            let acc = r.epochs.last().and_then(|e| e.get("train_accuracy"));
             log(format!(
                 "seed {seed}: {key} encoder done in {} (last-epoch train accuracy {})",
                 mmss(r.seconds),

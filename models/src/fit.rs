@@ -1,21 +1,189 @@
-//! The epoch loop around `Trainer`: progress with loss, accuracy, img/s and
-//! ETA; validation each epoch; JSONL metrics; a training checkpoint at every
-//! epoch end (and optionally every N steps); `--resume`; the final weights.
+//! The one training loop, for every kind of training (a `Task`):
+//! classification (`train::Trainer`: pretrain, transfer fine-tuning) and
+//! detection (`detect::DetectTask`). It runs the epochs over a `DataLoader`,
+//! prints progress lines (loss, img/s, ETA), writes the JSONL metrics,
+//! checkpoints the training state at every epoch end (and optionally every
+//! N steps), resumes from that checkpoint, and saves the final weights.
 //!
 //! Files in the output folder:
 //! - `metrics.jsonl`: one `{"kind":"step",...}` record per step and one
 //!   `{"kind":"epoch",...}` record per epoch;
 //! - `checkpoint.safetensors`: the full training state (resume point);
-//! - `model.safetensors`: the final weights with the network's metadata.
+//! - `model.safetensors`: the final weights with the task's metadata.
+//!
+//! Exactness: a task keeps everything its steps depend on in the
+//! checkpoint, and the data a step sees is a pure function of (seed, epoch,
+//! batch index) (see `data::DataLoader`), so a resumed run continues bit for
+//! bit as if it had never stopped.
 
-use crate::data::Loader;
-use crate::train::{batch_accuracy, StepLog, Trainer};
-use engine::amp::Precision;
-use engine::nn::Module;
-use engine::{DType, Device, Error, Result};
+use crate::data::{DataLoader, Source};
+use engine::checkpoint::{load_training, save_model, save_training, TrainState};
+use engine::nn::{Buffer, Param};
+use engine::{Error, Result, Tensor};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// One kind of training the loop drives.
+pub trait Task {
+    /// What the training loader reads.
+    type Source: Source;
+    /// Held-out data `validate` reads at each epoch end (`()` for none).
+    type Val;
+    /// Prefix of the training means' names in the epoch record (`train_`
+    /// gives `train_loss`).
+    const EPOCH_PREFIX: &'static str;
+
+    /// The model's parameters and buffers: what checkpoints hold.
+    fn tensors(&self) -> (Vec<Param>, Vec<Buffer>);
+    /// Length of the lr schedule: must be the run's epochs x batches.
+    fn schedule_len(&self) -> usize;
+    /// Runs optimizer step `step` (0-based: the schedule's position) on
+    /// `batch`. The loop sets the returned log's `step`.
+    fn step(&mut self, step: usize, batch: &<Self::Source as Source>::Batch) -> Result<StepLog>;
+    /// The epoch record's validation fields (`None` values without `val`)
+    /// and a text for the epoch's line.
+    fn validate(&mut self, val: Option<&Self::Val>) -> Result<Validation>;
+    /// The progress text of an epoch's means so far, e.g. `loss 0.4321  acc  87.5%`.
+    fn describe(&self, means: &Means) -> String;
+    /// Metadata of `model.safetensors` (also stored in checkpoints).
+    fn metadata(&self) -> BTreeMap<String, String>;
+    /// Checkpoint keys a resumed run must share with the checkpoint's.
+    fn settings(&self) -> BTreeMap<String, String>;
+    /// What a checkpoint holds besides the weights.
+    fn state(&self) -> TaskState;
+    /// Restores what `state` gave, read back from a checkpoint.
+    fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()>;
+}
+
+/// A task's training state besides the weights, as checkpoints hold it.
+pub struct TaskState {
+    /// The optimizer's tensors (e.g. momentum).
+    pub optim: Vec<(String, Tensor)>,
+    /// The state of an rng the steps draw from (zeros when none).
+    pub rng: [u64; 4],
+    /// Metadata, the settings included.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// What one step did; also its JSONL record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepLog {
+    /// Steps completed, this one included.
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    /// Images in the batch.
+    pub batch: usize,
+    pub images_per_s: f64,
+    /// The task's other values (accuracy, the parts of the loss), averaged
+    /// over the epoch like the loss.
+    pub parts: Vec<(&'static str, f64)>,
+    /// Under f16 loss scaling: whether the step was skipped because the
+    /// gradients overflowed (`None`: the task never skips).
+    pub skipped: Option<bool>,
+}
+
+impl StepLog {
+    pub fn part(&self, name: &str) -> Option<f64> {
+        self.parts.iter().find(|(n, _)| *n == name).map(|p| p.1)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "step": self.step, "loss": self.loss, "lr": self.lr, "batch": self.batch,
+            "images_per_s": self.images_per_s,
+        });
+        for (n, x) in &self.parts {
+            v[*n] = (*x).into();
+        }
+        if let Some(s) = self.skipped {
+            v["skipped"] = s.into();
+        }
+        v
+    }
+}
+
+/// The running means of an epoch's step values, weighted by batch size.
+#[derive(Clone, Debug, Default)]
+pub struct Means {
+    pub loss: f64,
+    pub parts: Vec<(&'static str, f64)>,
+    sums: Vec<f64>,
+    images: usize,
+}
+
+impl Means {
+    fn add(&mut self, log: &StepLog) {
+        let b = log.batch as f64;
+        let values = std::iter::once(log.loss).chain(log.parts.iter().map(|p| p.1));
+        self.sums.resize(1 + log.parts.len(), 0.0);
+        for (s, v) in self.sums.iter_mut().zip(values) {
+            *s += v * b;
+        }
+        self.images += log.batch;
+        let n = self.images.max(1) as f64;
+        self.loss = self.sums[0] / n;
+        self.parts = log
+            .parts
+            .iter()
+            .zip(&self.sums[1..])
+            .map(|((name, _), s)| (*name, s / n))
+            .collect();
+    }
+
+    pub fn part(&self, name: &str) -> f64 {
+        self.parts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(f64::NAN, |p| p.1)
+    }
+}
+
+/// What `Task::validate` found.
+#[derive(Clone, Debug, Default)]
+pub struct Validation {
+    /// Fields of the epoch record, e.g. `val_accuracy`.
+    pub fields: Vec<(&'static str, Option<f64>)>,
+    /// Appended to the epoch's line, e.g. `, val acc 87.5%`.
+    pub text: String,
+}
+
+/// One epoch's record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochLog {
+    pub epoch: usize,
+    /// The training means under their record names (`train_loss`, ...),
+    /// then the validation fields.
+    pub values: Vec<(String, Option<f64>)>,
+    pub images_per_s: f64,
+    pub seconds: f64,
+    /// Unreadable images skipped so far.
+    pub skipped_images: usize,
+}
+
+impl EpochLog {
+    /// The value named `name` in the record, e.g. `val_accuracy`.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|v| v.1)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "kind": "epoch", "epoch": self.epoch, "images_per_s": self.images_per_s,
+            "seconds": self.seconds, "skipped_images": self.skipped_images,
+        });
+        for (n, x) in &self.values {
+            v[n.as_str()] = (*x).into();
+        }
+        v
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct FitOptions {
@@ -45,78 +213,56 @@ impl Default for FitOptions {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct EpochLog {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-    pub images_per_s: f64,
-    pub seconds: f64,
-    /// Unreadable images skipped so far.
-    pub skipped_images: usize,
-}
-
-impl EpochLog {
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kind": "epoch", "epoch": self.epoch, "train_loss": self.train_loss,
-            "train_accuracy": self.train_accuracy, "val_loss": self.val_loss,
-            "val_accuracy": self.val_accuracy, "images_per_s": self.images_per_s,
-            "seconds": self.seconds, "skipped_images": self.skipped_images,
-        })
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct FitResult {
     /// Every step run by this call (not those before a resume).
     pub steps: Vec<StepLog>,
     pub epochs: Vec<EpochLog>,
+    /// Steps done in all, those before a resume included.
+    pub total_steps: usize,
 }
 
-/// Mean cross-entropy and top-1 accuracy of `model` over one pass of
-/// `loader` in eval mode (BN running statistics), computing in `precision`
-/// on the model's device (batches are uploaded; the loss and logits come
-/// back).
-pub fn evaluate(model: &dyn Module, loader: &Loader, precision: Precision) -> Result<(f64, f64)> {
-    let _ng = engine::no_grad();
-    model.set_training(false);
-    let device = model.device();
-    let (mut loss, mut acc, mut n) = (0.0, 0.0, 0usize);
-    let result = (|| {
-        for batch in loader.epoch(0, 0) {
-            let batch = batch?;
-            let b = batch.labels.dims()[0];
-            let (x, y) = (
-                batch.images.to_device(device)?,
-                batch.labels.to_device(device)?,
-            );
-            let logits = model
-                .forward(&x.to_dtype(precision.compute_dtype())?)?
-                .to_dtype(DType::F32)?;
-            let l = logits.cross_entropy(&y, 0.0, None)?;
-            loss += l.to_device(Device::Cpu)?.item()? * b as f64;
-            acc += batch_accuracy(&logits.to_device(Device::Cpu)?, &batch.labels)? * b as f64;
-            n += b;
+/// Writes `task`'s training state after `step` steps to `path`, atomically.
+pub fn save_checkpoint<T: Task + ?Sized>(task: &T, path: &Path, step: usize) -> Result<()> {
+    let TaskState { optim, rng, extra } = task.state();
+    let (params, buffers) = task.tensors();
+    let state = TrainState {
+        step: step as u64,
+        rng,
+        extra,
+    };
+    save_training(path, &params, &buffers, &optim, &state)
+}
+
+/// Restores a state `save_checkpoint` wrote by a run with the same
+/// settings; returns its step count. Nothing changes on an error.
+pub fn load_checkpoint<T: Task + ?Sized>(task: &mut T, path: &Path) -> Result<usize> {
+    let (params, buffers) = task.tensors();
+    let (optim, state) = load_training(path, &params, &buffers)?;
+    for (k, v) in task.settings() {
+        match state.extra.get(&k) {
+            Some(got) if *got == v => {}
+            got => {
+                return Err(Error::Checkpoint {
+                    path: path.display().to_string(),
+                    msg: format!(
+                        "written by a run with {k} = {}, this run has {v}; resume with the same settings",
+                        got.map_or("(none)", String::as_str)
+                    ),
+                })
+            }
         }
-        Ok(())
-    })();
-    model.set_training(true);
-    result?;
-    if n == 0 {
-        return Err(Error::arg(
-            "evaluate",
-            "the evaluation set yielded no images",
-        ));
     }
-    Ok((loss / n as f64, acc / n as f64))
+    task.restore(optim, &state).map_err(|e| Error::Checkpoint {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    Ok(state.step as usize)
 }
 
 /// Keeps the metrics a resumed run will not redo: step records up to
 /// `step` and epoch records up to `epoch`. Lines that aren't ours are kept.
-pub(crate) fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
+fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -125,7 +271,7 @@ pub(crate) fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result
     let keep: String = text
         .lines()
         .filter(|line| {
-            let v: serde_json::Value = match serde_json::from_str(line) {
+            let v: Value = match serde_json::from_str(line) {
                 Ok(v) => v,
                 Err(_) => return true,
             };
@@ -142,17 +288,34 @@ pub(crate) fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result
 }
 
 /// `m:ss` of a duration in seconds.
-pub(crate) fn mmss(secs: f64) -> String {
+pub fn mmss(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     format!("{}:{:02}", s / 60, s % 60)
 }
 
-/// Trains `trainer` for `opts.epochs` epochs over `train` (`trainer.opts.steps`
-/// must equal epochs x batches per epoch), validating on `val` after each.
-pub fn fit(
-    trainer: &mut Trainer,
-    train: &Loader,
-    val: Option<&Loader>,
+/// Where the loop writes: nothing, or the output folder's files.
+struct Files {
+    checkpoint: PathBuf,
+    model: PathBuf,
+    metrics: (std::fs::File, PathBuf),
+}
+
+impl Files {
+    fn write(files: &mut Option<Files>, record: &Value) -> Result<()> {
+        if let Some(f) = files {
+            let (file, path) = &mut f.metrics;
+            writeln!(file, "{record}").map_err(|e| Error::io(&*path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Trains `task` for `opts.epochs` epochs over `train`, validating on `val`
+/// after each (see the module notes).
+pub fn fit<T: Task>(
+    task: &mut T,
+    train: &DataLoader<T::Source>,
+    val: Option<&T::Val>,
     opts: &FitOptions,
 ) -> Result<FitResult> {
     let per_epoch = train.batches_per_epoch();
@@ -163,94 +326,83 @@ pub fn fit(
             "nothing to train: zero epochs or an empty loader",
         ));
     }
-    if trainer.opts.steps != total {
+    if task.schedule_len() != total {
         return Err(Error::arg(
             "fit",
             format!(
-                "trainer is set for {} steps but {} epochs x {per_epoch} batches = {total}",
-                trainer.opts.steps, opts.epochs
+                "the schedule is set for {} steps but {} epochs x {per_epoch} batches = {total}",
+                task.schedule_len(),
+                opts.epochs
             ),
         ));
     }
-    let (ckpt, metrics_path) = match &opts.out_dir {
+    let (checkpoint, metrics) = match &opts.out_dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-            (
-                Some(d.join("checkpoint.safetensors")),
-                Some(d.join("metrics.jsonl")),
-            )
+            (d.join("checkpoint.safetensors"), d.join("metrics.jsonl"))
         }
-        None => (None, None),
+        None if opts.resume => return Err(Error::arg("fit", "--resume needs an output folder")),
+        None => (PathBuf::new(), PathBuf::new()),
     };
+    let mut step = 0;
     if opts.resume {
-        let p = ckpt
-            .as_ref()
-            .ok_or_else(|| Error::arg("fit", "--resume needs an output folder"))?;
-        if !p.exists() {
+        if !checkpoint.is_file() {
             return Err(Error::arg(
                 "fit",
                 format!(
                     "--resume: {} does not exist; nothing to resume",
-                    p.display()
+                    checkpoint.display()
                 ),
             ));
         }
-        trainer.resume(p)?;
-        if let Some(m) = &metrics_path {
-            truncate_metrics(m, trainer.step, trainer.step / per_epoch)?;
-        }
+        step = load_checkpoint(task, &checkpoint)?.min(total);
+        truncate_metrics(&metrics, step, step / per_epoch)?;
         if !opts.quiet {
             eprintln!(
-                "resumed at step {}/{total} from {}",
-                trainer.step,
-                p.display()
+                "resumed at step {step}/{total} from {}",
+                checkpoint.display()
             );
         }
     }
-    let mut metrics = match &metrics_path {
-        Some(p) => Some((
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| Error::io(p, e))?,
-            p.clone(),
-        )),
+    let mut files = match &opts.out_dir {
+        Some(d) => Some(Files {
+            metrics: (
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics)
+                    .map_err(|e| Error::io(&metrics, e))?,
+                metrics,
+            ),
+            checkpoint,
+            model: d.join("model.safetensors"),
+        }),
         None => None,
-    };
-    let mut write = |v: serde_json::Value| -> Result<()> {
-        if let Some((f, p)) = &mut metrics {
-            writeln!(f, "{v}").map_err(|e| Error::io(&*p, e))?;
-        }
-        Ok(())
     };
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let first_step = trainer.step;
+    let first_step = step;
     let mut result = FitResult::default();
-    while trainer.step < total {
-        let epoch = trainer.step / per_epoch;
+    while step < total {
+        let epoch = step / per_epoch;
         let t_epoch = Instant::now();
-        let (mut loss_sum, mut acc_sum, mut seen) = (0.0, 0.0, 0usize);
-        for batch in train.epoch(epoch, trainer.step % per_epoch) {
+        let mut means = Means::default();
+        for batch in train.epoch(epoch, step % per_epoch) {
             let batch = batch?;
-            let mut log = trainer.step(&batch.images, &batch.labels)?;
+            let mut log = task.step(step, &batch)?;
             // a batch whose images were all unreadable is left out by the
-            // loader: keep the step counter equal to the position in the
-            // data stream, which is what a resume restarts from
-            trainer.step = epoch * per_epoch + batch.index + 1;
-            log.step = trainer.step;
-            let mut rec = log.to_json();
-            rec["kind"] = "step".into();
-            rec["epoch"] = (epoch + 1).into();
-            write(rec)?;
-            loss_sum += log.loss * log.batch as f64;
-            acc_sum += log.accuracy * log.batch as f64;
-            seen += log.batch;
-            if !opts.quiet && (tty || log.step % opts.log_every.max(1) == 0 || log.step == total) {
-                let done = log.step - first_step;
-                let rate = started.elapsed().as_secs_f64() / done as f64;
-                let in_epoch = log.step - epoch * per_epoch;
+            // loader: the counter follows the position in the data stream,
+            // which is what a resume restarts from
+            step = epoch * per_epoch + T::Source::batch_index(&batch) + 1;
+            log.step = step;
+            let mut record = log.to_json();
+            record["kind"] = "step".into();
+            record["epoch"] = (epoch + 1).into();
+            Files::write(&mut files, &record)?;
+            means.add(&log);
+            if !opts.quiet && (tty || step.is_multiple_of(opts.log_every.max(1)) || step == total) {
+                let rate = started.elapsed().as_secs_f64() / (step - first_step) as f64;
+                let in_epoch = step - epoch * per_epoch;
                 let bar: String = (0..20)
                     .map(|i| {
                         if i * per_epoch < 20 * in_epoch {
@@ -261,14 +413,18 @@ pub fn fit(
                     })
                     .collect();
                 let line = format!(
-                    "epoch {}/{} [{bar}] {in_epoch}/{per_epoch}  loss {:.4}  acc {:5.1}%  {:.0} img/s  ETA {}{}",
+                    "epoch {}/{} {in_epoch}/{per_epoch} [{bar}]  {}  lr {:.2e}  {:.1} img/s  ETA {}{}",
                     epoch + 1,
                     opts.epochs,
-                    loss_sum / seen as f64,
-                    100.0 * acc_sum / seen as f64,
+                    task.describe(&means),
+                    log.lr,
                     log.images_per_s,
-                    mmss(rate * (total - log.step) as f64),
-                    if log.skipped { "  (f16 overflow: step skipped)" } else { "" }
+                    mmss(rate * (total - step) as f64),
+                    if log.skipped == Some(true) {
+                        "  (f16 overflow: step skipped)"
+                    } else {
+                        ""
+                    }
                 );
                 if tty {
                     eprint!("\r{line}\x1b[K");
@@ -276,9 +432,9 @@ pub fn fit(
                     eprintln!("{line}");
                 }
             }
-            if let Some(p) = &ckpt {
-                if opts.checkpoint_every > 0 && log.step % opts.checkpoint_every == 0 {
-                    trainer.save(p)?;
+            if let Some(f) = &files {
+                if opts.checkpoint_every > 0 && step.is_multiple_of(opts.checkpoint_every) {
+                    save_checkpoint(task, &f.checkpoint, step)?;
                 }
             }
             result.steps.push(log);
@@ -286,34 +442,28 @@ pub fn fit(
         if tty && !opts.quiet {
             eprintln!();
         }
-        let (val_loss, val_accuracy) = match val {
-            Some(v) => {
-                let (l, a) = evaluate(trainer.model(), v, trainer.opts.precision)?;
-                (Some(l), Some(a))
-            }
-            None => (None, None),
-        };
+        let validation = task.validate(val)?;
         let seconds = t_epoch.elapsed().as_secs_f64();
+        let train_means = std::iter::once(("loss", means.loss)).chain(means.parts.iter().copied());
         let log = EpochLog {
             epoch: epoch + 1,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: acc_sum / seen.max(1) as f64,
-            val_loss,
-            val_accuracy,
-            images_per_s: seen as f64 / seconds,
+            values: train_means
+                .map(|(n, v)| (format!("{}{n}", T::EPOCH_PREFIX), Some(v)))
+                .chain(validation.fields.iter().map(|(n, v)| (n.to_string(), *v)))
+                .collect(),
+            images_per_s: means.images as f64 / seconds,
             seconds,
             skipped_images: train.skipped(),
         };
-        write(log.to_json())?;
+        Files::write(&mut files, &log.to_json())?;
         if !opts.quiet {
             eprintln!(
-                "epoch {}/{} done in {}: train loss {:.4} acc {:.1}%{}{}",
+                "epoch {}/{} done in {}: {}{}{}",
                 log.epoch,
                 opts.epochs,
                 mmss(seconds),
-                log.train_loss,
-                100.0 * log.train_accuracy,
-                val_accuracy.map_or(String::new(), |a| format!(", val acc {:.1}%", 100.0 * a)),
+                task.describe(&means),
+                validation.text,
                 if log.skipped_images > 0 {
                     format!(", {} unreadable images skipped", log.skipped_images)
                 } else {
@@ -321,13 +471,17 @@ pub fn fit(
                 }
             );
         }
-        if let Some(p) = &ckpt {
-            trainer.save(p)?;
+        // an epoch whose last batches were all unreadable still ends here
+        step = step.max((epoch + 1) * per_epoch);
+        if let Some(f) = &files {
+            save_checkpoint(task, &f.checkpoint, step)?;
         }
         result.epochs.push(log);
     }
-    if let Some(d) = &opts.out_dir {
-        trainer.save_model(&d.join("model.safetensors"))?;
+    if let Some(f) = &files {
+        let (params, buffers) = task.tensors();
+        save_model(&f.model, &params, &buffers, &task.metadata())?;
     }
+    result.total_steps = step;
     Ok(result)
 }

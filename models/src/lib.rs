@@ -1,11 +1,15 @@
 //! Models built on the engine: torchvision-compatible ResNets, the SL-MLP
-//! projector, datasets, evaluation, training and the `slmlp` commands.
+//! projector and Mask R-CNN (`detection`), data, evaluation, one training
+//! loop for every task (`fit`), the studies (`experiment*`) and, in `cli`,
+//! the `slmlp` command line over all of them.
 
 pub mod analyze;
+pub mod cli;
 pub mod data;
 pub mod datasets;
 pub mod detect;
 pub mod detection;
+pub mod device;
 pub mod eval;
 pub mod experiment;
 pub mod experiment_detection;

@@ -4,6 +4,7 @@
 
 use crate::data::{parse_classes, Augment, Dataset, Loader, LoaderOptions, Subset, Transform};
 use crate::datasets::{self, Normalization};
+use crate::device::DeviceArg;
 use crate::fit::{fit, EpochLog, FitOptions};
 use crate::net::metadata_value;
 use crate::train::{TrainOptions, Trainer};
@@ -156,7 +157,7 @@ pub struct ComputeArgs {
     pub precision: Precision,
     /// cpu, cuda, cuda:N or auto (auto falls back to the CPU).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceArg,
     /// Seeds the weights, the data order and subsets, and the augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -234,45 +235,8 @@ pub struct PretrainReport {
     pub model_path: PathBuf,
 }
 
-/// The device for a command that runs on the CPU only so far (every one
-/// but `pretrain`): `auto` falls back to the CPU with a notice, `cuda` on a
-/// machine without a usable GPU is the probe's error, and `cuda` on one
-/// with a GPU says this command does not use it yet.
-pub fn check_device(requested: &str) -> Result<()> {
-    let (device, notice) = engine::cuda::resolve_device(requested)?;
-    if let Some(n) = notice {
-        eprintln!("{n}");
-    }
-    match device {
-        Device::Cpu => Ok(()),
-        d if requested.trim().eq_ignore_ascii_case("auto") => {
-            eprintln!("notice: --device auto: found {d}, but this command runs on the CPU only so far; running on the CPU");
-            Ok(())
-        }
-        d => Err(Error::DeviceUnavailable {
-            device: d,
-            msg: "this command runs on the CPU only so far (pretrain runs on the GPU); use --device cpu".into(),
-        }),
-    }
-}
-
-/// The device `pretrain` trains on: `cpu`, `cuda`/`cuda:N` (the probe's
-/// clear error when that GPU is not usable), or `auto` (the first GPU, or
-/// the CPU with a one-line notice on stderr). On a GPU its runtime is
-/// opened here, so a broken setup fails before any data is read.
-pub fn training_device(requested: &str) -> Result<Device> {
-    let (device, notice) = engine::cuda::resolve_device(requested)?;
-    if let Some(n) = notice {
-        eprintln!("{n}");
-    }
-    if let Device::Cuda(i) = device {
-        engine::cuda::gpu(i)?;
-    }
-    Ok(device)
-}
-
 pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
-    let device = training_device(&a.compute.device)?;
+    let device = a.compute.device.for_training()?;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
     let train_ds = a.data.open(None, seed)?;
     let val_spec = a

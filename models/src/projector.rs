@@ -10,8 +10,11 @@
 //! and the trailing Linear is `projector.{3*depth}` — so our checkpoints
 //! load into the same `nn.Sequential` in PyTorch and back.
 //!
-//! The BN1d+ReLU pair runs as one fused op (the contract the CUDA
-//! `bn1d_relu` kernel implements).
+//! Each block's BN1d+ReLU is one op, `BatchNorm::forward_relu` (the
+//! engine's `batch_norm_relu`): one pass on the CPU, and on the GPU the
+//! general BatchNorm kernel (batchnorm.cu) with the ReLU fused, over the
+//! [N, C] rows. The separate `bn1d_relu` CUDA kernel in kernels/cuda is not
+//! launched by the engine.
 
 use engine::nn::{join, BatchNorm, Linear, Module};
 use engine::{Error, Result, Rng, Tensor};

@@ -1,11 +1,14 @@
 //! One supervised training step and its exact checkpoint: SGD with warmup +
 //! cosine, optional mixed precision (bf16, or f16 with dynamic loss scaling).
 //!
+//! The `Trainer` is the classification `fit::Task`: `fit::fit` runs its
+//! epochs, metrics, checkpoints and resume.
+//!
 //! Exactness: everything a step depends on — parameters, BN buffers,
 //! momentum, the step counter and the loss scale — is in the checkpoint; the
 //! data a step sees is a pure function of (seed, epoch, batch index) (see
-//! `data::Loader`); every CPU op is deterministic. So a resumed run continues
-//! bit for bit as if it had never stopped.
+//! `data::DataLoader`); every CPU op is deterministic. So a resumed run
+//! continues bit for bit as if it had never stopped.
 //!
 //! Device: the trainer runs where the model's params are (move the model
 //! with `Module::to_device` first). Batches arrive on the host and are
@@ -13,8 +16,11 @@
 //! and, under f16, the overflow flag come back. Checkpoints are written
 //! from host copies.
 
+use crate::data::{ImageSource, Loader};
+pub use crate::fit::StepLog;
+use crate::fit::{load_checkpoint, save_checkpoint, Means, Task, TaskState, Validation};
 use engine::amp::{amp_step, LossScaler, Precision};
-use engine::checkpoint::{load_training, save_training, TrainState};
+use engine::checkpoint::TrainState;
 use engine::nn::{Buffer, Module, Param};
 use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, Warmup};
 use engine::{DType, Device, Error, Result, Tensor};
@@ -48,30 +54,6 @@ impl Default for TrainOptions {
     }
 }
 
-/// What one step did; also the JSONL metrics record.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepLog {
-    pub step: usize,
-    pub loss: f64,
-    /// Top-1 accuracy on this batch (train mode, before the update).
-    pub accuracy: f64,
-    pub lr: f64,
-    pub batch: usize,
-    pub images_per_s: f64,
-    /// f16 only: the step was skipped because gradients overflowed.
-    pub skipped: bool,
-}
-
-impl StepLog {
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "step": self.step, "loss": self.loss, "accuracy": self.accuracy,
-            "lr": self.lr, "batch": self.batch, "images_per_s": self.images_per_s,
-            "skipped": self.skipped,
-        })
-    }
-}
-
 /// Index of the largest value of each row of `[N, K]` logits (first on ties).
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
     if logits.rank() != 2 {
@@ -102,7 +84,6 @@ pub fn batch_accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
 pub struct Trainer<'m> {
     model: &'m dyn Module,
     params: Vec<Param>,
-    buffers: Vec<Buffer>,
     opt: Sgd,
     schedule: Warmup<Cosine>,
     scaler: Option<LossScaler>,
@@ -133,7 +114,6 @@ impl<'m> Trainer<'m> {
         Trainer {
             model,
             params: model.params(),
-            buffers: model.buffers(),
             opt: Sgd::new(opts.lr, opts.momentum, opts.weight_decay).with_exclude_no_wd(true),
             schedule,
             scaler: opts.precision.scaler(),
@@ -151,12 +131,6 @@ impl<'m> Trainer<'m> {
     /// The device the model (and so every step) runs on.
     pub fn device(&self) -> Device {
         self.device
-    }
-
-    /// Saves the weights alone (no optimizer state) with the run's
-    /// metadata: what `transfer`, `analyze` and `forward` read.
-    pub fn save_model(&self, path: &Path) -> Result<()> {
-        engine::checkpoint::save_model(path, &self.params, &self.buffers, &self.metadata)
     }
 
     /// One SGD step on `images` [B, C, H, W] (f32) with i64 `labels` [B],
@@ -202,22 +176,85 @@ impl<'m> Trainer<'m> {
         Ok(StepLog {
             step: self.step,
             loss: loss_value,
-            accuracy,
             lr,
             batch,
             images_per_s: batch as f64 / t0.elapsed().as_secs_f64(),
-            skipped: !stepped,
+            parts: vec![("accuracy", accuracy)],
+            skipped: Some(!stepped),
         })
     }
 
     /// Writes the whole training state atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        save_checkpoint(self, path, self.step)
+    }
+
+    /// Restores a state written by `save` by a run with the same model,
+    /// precision and length.
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        self.step = load_checkpoint(self, path)?;
+        Ok(())
+    }
+}
+
+impl Task for Trainer<'_> {
+    type Source = ImageSource;
+    type Val = Loader;
+    const EPOCH_PREFIX: &'static str = "train_";
+
+    fn tensors(&self) -> (Vec<Param>, Vec<Buffer>) {
+        (self.model.params(), self.model.buffers())
+    }
+
+    fn schedule_len(&self) -> usize {
+        self.opts.steps
+    }
+
+    fn step(&mut self, step: usize, batch: &crate::data::Batch) -> Result<StepLog> {
+        self.step = step;
+        Trainer::step(self, &batch.images, &batch.labels)
+    }
+
+    /// Validation loss and accuracy (both `None` without `val`).
+    fn validate(&mut self, val: Option<&Loader>) -> Result<Validation> {
+        let (loss, accuracy) = match val {
+            Some(v) => {
+                let (l, a) = evaluate(self.model, v, self.opts.precision)?;
+                (Some(l), Some(a))
+            }
+            None => (None, None),
+        };
+        Ok(Validation {
+            fields: vec![("val_loss", loss), ("val_accuracy", accuracy)],
+            text: accuracy.map_or(String::new(), |a| format!(", val acc {:.1}%", 100.0 * a)),
+        })
+    }
+
+    fn describe(&self, means: &Means) -> String {
+        format!(
+            "loss {:.4}  acc {:5.1}%",
+            means.loss,
+            100.0 * means.part("accuracy")
+        )
+    }
+
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.metadata.clone()
+    }
+
+    /// A run continues only with the same precision and schedule length.
+    fn settings(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("precision".into(), format!("{:?}", self.opts.precision)),
+            ("total_steps".into(), self.opts.steps.to_string()),
+        ])
+    }
+
+    /// Momentum, no rng (the data stream is a function of (seed, epoch,
+    /// batch)), the metadata, the settings and any loss scale.
+    fn state(&self) -> TaskState {
         let mut extra = self.metadata.clone();
-        extra.insert(
-            "precision".to_string(),
-            format!("{:?}", self.opts.precision),
-        );
-        extra.insert("total_steps".to_string(), self.opts.steps.to_string());
+        extra.extend(self.settings());
         if let Some(s) = &self.scaler {
             extra.insert("loss_scale".to_string(), s.scale.to_string());
             extra.insert(
@@ -225,53 +262,78 @@ impl<'m> Trainer<'m> {
                 s.clean_steps.to_string(),
             );
         }
-        let state = TrainState {
-            step: self.step as u64,
-            // the data stream is a function of (seed, epoch, batch): no RNG to keep
+        TaskState {
+            optim: self.opt.state(),
             rng: [0; 4],
             extra,
-        };
-        save_training(path, &self.params, &self.buffers, &self.opt.state(), &state)
+        }
     }
 
-    /// Restores a state written by `save` by a run with the same model,
-    /// precision and length.
-    pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let ckpt_err = |msg: String| Error::Checkpoint {
-            path: path.display().to_string(),
-            msg,
-        };
-        let (optim_state, state) = load_training(path, &self.params, &self.buffers)?;
-        let want = [
-            ("precision", format!("{:?}", self.opts.precision)),
-            ("total_steps", self.opts.steps.to_string()),
-        ];
-        for (k, v) in want {
-            match state.extra.get(k) {
-                Some(got) if *got == v => {}
-                got => {
-                    return Err(ckpt_err(format!(
-                        "written by a run with {k} = {}, this run has {v}; resume with the same options",
-                        got.map_or("(none)", String::as_str)
-                    )))
-                }
+    fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {
+        // read the loss scale first: an error leaves the trainer as it was
+        let scale = match &self.scaler {
+            Some(_) => {
+                let get = |k: &str| -> Result<f64> {
+                    state
+                        .extra
+                        .get(k)
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| {
+                            Error::arg(
+                                "resume",
+                                format!("f16 run but the checkpoint has no valid {k}"),
+                            )
+                        })
+                };
+                Some((get("loss_scale")?, get("loss_scale_clean_steps")? as usize))
             }
-        }
-        self.opt.load_state(optim_state)?;
-        self.step = state.step as usize;
-        if let Some(s) = &mut self.scaler {
-            let get = |k: &str| -> Result<f64> {
-                state
-                    .extra
-                    .get(k)
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| ckpt_err(format!("f16 run but the checkpoint has no valid {k}")))
-            };
-            s.scale = get("loss_scale")?;
-            s.clean_steps = get("loss_scale_clean_steps")? as usize;
+            None => None,
+        };
+        self.opt.load_state(optim)?;
+        if let (Some(s), Some((scale, clean))) = (&mut self.scaler, scale) {
+            s.scale = scale;
+            s.clean_steps = clean;
         }
         Ok(())
     }
+}
+
+/// Mean cross-entropy and top-1 accuracy of `model` over one pass of
+/// `loader` in eval mode (BN running statistics), computing in `precision`
+/// on the model's device (batches are uploaded; the loss and logits come
+/// back).
+pub fn evaluate(model: &dyn Module, loader: &Loader, precision: Precision) -> Result<(f64, f64)> {
+    let _ng = engine::no_grad();
+    model.set_training(false);
+    let device = model.device();
+    let (mut loss, mut acc, mut n) = (0.0, 0.0, 0usize);
+    let result = (|| {
+        for batch in loader.epoch(0, 0) {
+            let batch = batch?;
+            let b = batch.labels.dims()[0];
+            let (x, y) = (
+                batch.images.to_device(device)?,
+                batch.labels.to_device(device)?,
+            );
+            let logits = model
+                .forward(&x.to_dtype(precision.compute_dtype())?)?
+                .to_dtype(DType::F32)?;
+            let l = logits.cross_entropy(&y, 0.0, None)?;
+            loss += l.to_device(Device::Cpu)?.item()? * b as f64;
+            acc += batch_accuracy(&logits.to_device(Device::Cpu)?, &batch.labels)? * b as f64;
+            n += b;
+        }
+        Ok(())
+    })();
+    model.set_training(true);
+    result?;
+    if n == 0 {
+        return Err(Error::arg(
+            "evaluate",
+            "the evaluation set yielded no images",
+        ));
+    }
+    Ok((loss / n as f64, acc / n as f64))
 }
 
 /// Mean of the first and last `k` losses, for "did it learn" checks.

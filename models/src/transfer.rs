@@ -7,7 +7,7 @@ use crate::datasets;
 use crate::eval::{knn_accuracy, linear_probe, ProbeOptions, ProbeResult};
 use crate::extract::extract_features;
 use crate::fit::{fit, FitOptions};
-use crate::pretrain::{check_device, eval_loader, load_trained, ComputeArgs, DataArgs, InputSpec};
+use crate::pretrain::{eval_loader, load_trained, ComputeArgs, DataArgs, InputSpec};
 use crate::train::{TrainOptions, Trainer};
 use crate::SupervisedNet;
 use engine::amp::Precision;
@@ -145,12 +145,12 @@ pub fn finetune(
     )?;
     r.epochs
         .last()
-        .and_then(|e| e.val_accuracy)
+        .and_then(|e| e.get("val_accuracy"))
         .ok_or_else(|| Error::arg("finetune", "no epoch ran"))
 }
 
 pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
-    check_device(&a.compute.device)?;
+    a.compute.device.cpu_only()?;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
     let loaded = load_trained(&a.checkpoint)?;
     let train_ds = a.data.open(None, seed)?;

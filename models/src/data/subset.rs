@@ -1,7 +1,7 @@
 //! Views of a dataset: some of its classes (relabelled), or a fixed number
 //! of samples per class. Nothing is copied; indices map to the parent's.
 
-use super::loader::derive_seed;
+use super::pipeline::derive_seed;
 use super::{Dataset, Image};
 use engine::{Error, Result, Rng};
 use std::sync::Arc;

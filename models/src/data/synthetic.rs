@@ -10,7 +10,7 @@
 //! the `Dataset` impl, where sample `i` is a pure function of `(seed, i)` so
 //! the `Loader` can address it.
 
-use super::loader::derive_seed;
+use super::pipeline::derive_seed;
 use super::{Dataset, Image};
 use engine::{Error, Result, Rng, Tensor};
 use std::f64::consts::PI;

@@ -122,21 +122,7 @@ impl Transform {
         if self.size == 0 {
             return bad("output size must be positive".into());
         }
-        if self.mean.len() != channels || self.std.len() != channels {
-            return bad(format!(
-                "mean has {} values and std {}, the images have {channels} channels",
-                self.mean.len(),
-                self.std.len()
-            ));
-        }
-        if self.mean.iter().any(|m| !m.is_finite())
-            || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
-        {
-            return bad(format!(
-                "mean must be finite and std positive, got mean {:?} std {:?}",
-                self.mean, self.std
-            ));
-        }
+        check_normalization(&self.mean, &self.std, channels).or_else(bad)?;
         match self.augment {
             Augment::RandomResizedCrop { scale, ratio, .. } => {
                 let (s0, s1, r0, r1) = (scale.0, scale.1, ratio.0, ratio.1);
@@ -358,4 +344,26 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
             (i0, i1, (src - i0 as f64) as f32)
         })
         .collect()
+}
+
+/// One finite mean and one positive finite std per channel; the message
+/// says what is wrong.
+pub(crate) fn check_normalization(
+    mean: &[f32],
+    std: &[f32],
+    channels: usize,
+) -> std::result::Result<(), String> {
+    if mean.len() != channels || std.len() != channels {
+        return Err(format!(
+            "mean has {} values and std {}, the images have {channels} channels",
+            mean.len(),
+            std.len()
+        ));
+    }
+    if mean.iter().any(|m| !m.is_finite()) || std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(format!(
+            "mean must be finite and std positive, got mean {mean:?} std {std:?}"
+        ));
+    }
+    Ok(())
 }

@@ -17,12 +17,12 @@
 
 use super::coco_json::{CocoGt, Segmentation};
 use crate::data::{
-    derive_seed, Batches, Image, LoaderOptions, Plan, SkipLog, IMAGENET_MEAN, IMAGENET_STD,
+    check_normalization, decode_image, Batches, DataLoader, Image, LoaderOptions, Source,
+    IMAGENET_MEAN, IMAGENET_STD,
 };
 use engine::{Error, Result, Rng, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Training targets of one image, torchvision's target dict as a struct.
@@ -247,7 +247,7 @@ impl DetectionDataset {
         };
         let info = &self.gt.images[*p];
         let path = self.image_dir.join(&info.file_name);
-        let image = decode_image(&path, self.channels)?;
+        let image = decode_image(&path, self.channels, "detection dataset")?;
         let (h, w) = (info.height as usize, info.width as usize);
         if (image.height, image.width) != (h, w) {
             return Err(Error::shape(
@@ -305,32 +305,6 @@ fn clamp_box(b: [f64; 4], h: f64, w: f64) -> [f64; 4] {
         (b[0] + b[2]).clamp(0.0, w),
         (b[1] + b[3]).clamp(0.0, h),
     ]
-}
-
-fn decode_image(path: &Path, channels: usize) -> Result<Image> {
-    let decoded = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| {
-            Error::arg(
-                "detection dataset",
-                format!("{}: cannot decode: {e}", path.display()),
-            )
-        })?;
-    let (height, width) = (decoded.height() as usize, decoded.width() as usize);
-    let pixels = if channels == 1 {
-        decoded.into_luma8().into_raw()
-    } else {
-        decoded.into_rgb8().into_raw()
-    };
-    Ok(Image {
-        channels,
-        height,
-        width,
-        pixels,
-    })
 }
 
 /// torchvision `_resize_image_and_masks`' output size: with
@@ -494,21 +468,7 @@ impl DetTransform {
                 self.min_size, self.max_size, self.size_divisible
             ));
         }
-        if self.mean.len() != channels || self.std.len() != channels {
-            return bad(format!(
-                "mean has {} values and std {}, the images have {channels} channels",
-                self.mean.len(),
-                self.std.len()
-            ));
-        }
-        if self.mean.iter().any(|m| !m.is_finite())
-            || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
-        {
-            return bad(format!(
-                "mean must be finite and std positive, got mean {:?} std {:?}",
-                self.mean, self.std
-            ));
-        }
+        check_normalization(&self.mean, &self.std, channels).or_else(bad)?;
         if !(0.0..=1.0).contains(&self.flip_prob) {
             return bad(format!(
                 "flip_prob must be in [0, 1], got {}",
@@ -647,19 +607,55 @@ pub struct DetBatch {
     pub indices: Vec<usize>,
 }
 
-/// Shuffled, transformed, padded batches of a [`DetectionDataset`], with
-/// optional worker threads and prefetch (see the module notes).
-pub struct DetectionLoader {
-    shared: Arc<Shared>,
-    opts: LoaderOptions,
-}
-
-struct Shared {
+/// A detection dataset with its transform: what a [`DetectionLoader`] reads.
+pub struct DetSource {
     ds: Arc<DetectionDataset>,
     transform: DetTransform,
-    seed: u64,
-    skipped: SkipLog,
 }
+
+impl Source for DetSource {
+    /// The transformed CHW image and its target.
+    type Sample = (Vec<f32>, DetTarget);
+    type Batch = DetBatch;
+    const NAME: &'static str = "detection loader";
+
+    fn num_samples(&self) -> usize {
+        self.ds.len()
+    }
+
+    fn load(&self, index: usize, rng: &mut Rng) -> Result<Self::Sample> {
+        self.transform.apply(self.ds.get(index)?, rng)
+    }
+
+    fn describe(&self, index: usize) -> String {
+        self.ds.path(index).display().to_string()
+    }
+
+    fn collate(
+        &self,
+        index: usize,
+        samples: Vec<Self::Sample>,
+        indices: Vec<usize>,
+    ) -> Result<DetBatch> {
+        let (images, image_sizes) =
+            pad_batch(&samples, self.ds.channels(), self.transform.size_divisible)?;
+        Ok(DetBatch {
+            index,
+            images,
+            image_sizes,
+            targets: samples.into_iter().map(|(_, t)| t).collect(),
+            indices,
+        })
+    }
+
+    fn batch_index(batch: &DetBatch) -> usize {
+        batch.index
+    }
+}
+
+/// Shuffled, transformed, padded batches of a [`DetectionDataset`], with
+/// optional worker threads and prefetch (see `data::DataLoader`).
+pub type DetectionLoader = DataLoader<DetSource>;
 
 impl DetectionLoader {
     /// Checks that the dataset is non-empty, `batch` positive and the
@@ -669,95 +665,14 @@ impl DetectionLoader {
         transform: DetTransform,
         opts: LoaderOptions,
     ) -> Result<Self> {
-        opts.check(ds.len(), "detection loader")?;
         transform.check(ds.channels())?;
-        Ok(DetectionLoader {
-            shared: Arc::new(Shared {
-                ds,
-                transform,
-                seed: opts.seed,
-                skipped: SkipLog::default(),
-            }),
-            opts,
-        })
-    }
-
-    /// `len / batch`, rounded up unless `drop_last`.
-    pub fn batches_per_epoch(&self) -> usize {
-        self.opts.batches_per_epoch(self.shared.ds.len())
-    }
-
-    /// Distinct images that failed to load or transform so far.
-    pub fn skipped(&self) -> usize {
-        self.shared.skipped.count()
+        DataLoader::with_source(DetSource { ds, transform }, opts)
     }
 
     pub fn dataset(&self) -> &Arc<DetectionDataset> {
-        &self.shared.ds
-    }
-
-    /// Batches `start_batch..batches_per_epoch()` of epoch `epoch`, in
-    /// order; a batch whose every image is unreadable is left out.
-    pub fn epoch(&self, epoch: usize, start_batch: usize) -> DetEpochIter {
-        let plan = Plan::new(self.shared.ds.len(), &self.opts, epoch);
-        let shared = self.shared.clone();
-        Batches::new(
-            Arc::new(move |b, stop: &AtomicBool| shared.build(&plan, b, stop)),
-            start_batch,
-            self.batches_per_epoch(),
-            self.opts.workers,
-            self.opts.prefetch,
-            "detection loader",
-        )
+        &self.source().ds
     }
 }
 
-impl Shared {
-    /// Batch `b`: `Some(Ok(None))` when every image was unreadable, `None`
-    /// when stopped midway.
-    fn build(&self, plan: &Plan, b: usize, stop: &AtomicBool) -> Option<Result<Option<DetBatch>>> {
-        let samples = plan.samples(b);
-        let mut items = Vec::with_capacity(samples.len());
-        let mut indices = Vec::with_capacity(samples.len());
-        for &i in samples {
-            if stop.load(Ordering::Relaxed) {
-                return None;
-            }
-            let mut rng = Rng::new(derive_seed(&[self.seed, plan.epoch, i as u64]));
-            match self
-                .ds
-                .get(i)
-                .and_then(|s| self.transform.apply(s, &mut rng))
-            {
-                Ok(item) => {
-                    items.push(item);
-                    indices.push(i);
-                }
-                Err(e) => self.skip(i, &e),
-            }
-        }
-        if items.is_empty() {
-            return Some(Ok(None));
-        }
-        let batch = pad_batch(&items, self.ds.channels(), self.transform.size_divisible).map(
-            |(images, image_sizes)| {
-                Some(DetBatch {
-                    index: b,
-                    images,
-                    image_sizes,
-                    targets: items.into_iter().map(|(_, t)| t).collect(),
-                    indices,
-                })
-            },
-        );
-        Some(batch)
-    }
-
-    fn skip(&self, index: usize, err: &Error) {
-        let path = || self.ds.path(index).display().to_string();
-        self.skipped.skip(index, path, err);
-    }
-}
-
-/// The batches of one epoch; see [`DetectionLoader::epoch`].
+/// The batches of one epoch; see `DataLoader::epoch`.
 pub type DetEpochIter = Batches<DetBatch>;

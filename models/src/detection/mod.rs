@@ -1,6 +1,18 @@
-//! Object detection support: COCO masks (RLE), COCO JSON files and the COCO
-//! evaluation protocol, each reproducing pycocotools exactly so that numbers
-//! reported here can be compared with published ones.
+//! Object detection: Mask R-CNN as torchvision builds it and the COCO tools
+//! around it.
+//!
+//! - COCO: masks as RLE (`rle`), instances and results files (`coco_json`)
+//!   and the evaluation protocol (`coco_eval`), each reproducing
+//!   pycocotools exactly so that numbers reported here can be compared with
+//!   published ones;
+//! - the model: ResNet + FPN backbone (`fpn`), region proposals (`anchors`,
+//!   `box_coder`, `matcher`, `sampler`, `rpn`), the box branch
+//!   (`roi_heads`), the mask branch (`mask_head`) and the whole detector
+//!   with its training losses and inference (`mask_rcnn`);
+//! - data: COCO folders to padded batches with targets (`data`) and the
+//!   built-in benchmark of Fashion-MNIST items pasted on canvases (`synth`).
+//!
+//! Training, evaluation and drawing with a trained model are `crate::detect`.
 
 pub mod anchors;
 pub mod box_coder;

@@ -408,6 +408,38 @@ pub fn bbox_iou(dt: &[[f64; 4]], gt: &[[f64; 4]], iscrowd: &[bool]) -> Vec<f64> 
     o
 }
 
+/// A walk over one mask's runs for `rle_iou`: `left` pixels remain in the
+/// current run, whose value is `on` (the first run is 0s).
+struct Runs<'a> {
+    counts: &'a [u32],
+    next: usize,
+    left: u32,
+    on: bool,
+}
+
+impl<'a> Runs<'a> {
+    fn new(counts: &'a [u32]) -> Runs<'a> {
+        Runs {
+            counts,
+            next: 1,
+            left: counts[0],
+            on: false,
+        }
+    }
+
+    /// Consumes `c` pixels of the current run, moving to the next run when
+    /// it ends (if there is one); returns the pixels left in the run.
+    fn advance(&mut self, c: u32) -> u64 {
+        self.left -= c;
+        if self.left == 0 && self.next < self.counts.len() {
+            self.left = self.counts[self.next];
+            self.next += 1;
+            self.on = !self.on;
+        }
+        self.left as u64
+    }
+}
+
 /// Mask IoU as maskApi `rleIou`, row-major `dt.len() x gt.len()`: pairs whose
 /// `to_bbox` boxes do not overlap are 0 without looking at pixels, pairs of
 /// different sizes are -1, a crowd gt divides the intersection by the
@@ -427,33 +459,17 @@ pub fn rle_iou(dt: &[Rle], gt: &[Rle], iscrowd: &[bool]) -> Vec<f64> {
                 o[d * n + g] = -1.0;
                 continue;
             }
-            let (ka, kb) = (&dr.counts, &gr.counts);
-            let (mut ca, mut cb) = (ka[0], kb[0]);
-            let (mut va, mut vb) = (false, false);
-            let (mut a, mut b, mut i, mut u, mut ct) = (1usize, 1usize, 0u64, 0u64, 1u64);
+            let (mut ra, mut rb) = (Runs::new(&dr.counts), Runs::new(&gr.counts));
+            let (mut i, mut u, mut ct) = (0u64, 0u64, 1u64);
             while ct > 0 {
-                let c = ca.min(cb);
-                if va || vb {
+                let c = ra.left.min(rb.left);
+                if ra.on || rb.on {
                     u += c as u64;
-                    if va && vb {
+                    if ra.on && rb.on {
                         i += c as u64;
                     }
                 }
-                ct = 0;
-                ca -= c;
-                if ca == 0 && a < ka.len() {
-                    ca = ka[a];
-                    a += 1;
-                    va = !va;
-                }
-                ct += ca as u64;
-                cb -= c;
-                if cb == 0 && b < kb.len() {
-                    cb = kb[b];
-                    b += 1;
-                    vb = !vb;
-                }
-                ct += cb as u64;
+                ct = ra.advance(c) + rb.advance(c);
             }
             if i == 0 {
                 u = 1;

@@ -188,16 +188,7 @@ impl MultiScaleRoIAlign {
         const OP: &str = "MultiScaleRoIAlign::forward";
         let d = features[0].dims();
         let (batch, c) = (d[0], d[1]);
-        if boxes.len() != batch || image_sizes.len() != batch {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "got boxes for {} images and {} image sizes for a batch of {batch}",
-                    boxes.len(),
-                    image_sizes.len()
-                ),
-            ));
-        }
+        check_batch(OP, "boxes", boxes.len(), image_sizes.len(), batch)?;
         let level_hw: Vec<(usize, usize)> = features
             .iter()
             .map(|f| (f.dims()[2], f.dims()[3]))
@@ -315,23 +306,10 @@ impl TwoMlpHead {
         dtype: DType,
         rng: &mut Rng,
     ) -> Result<TwoMlpHead> {
+        let r = representation_size;
         Ok(TwoMlpHead {
-            fc6: Linear::new_dtype(
-                &join(prefix, "fc6"),
-                in_channels,
-                representation_size,
-                true,
-                dtype,
-                rng,
-            )?,
-            fc7: Linear::new_dtype(
-                &join(prefix, "fc7"),
-                representation_size,
-                representation_size,
-                true,
-                dtype,
-                rng,
-            )?,
+            fc6: linear(prefix, "fc6", in_channels, r, dtype, rng)?,
+            fc7: linear(prefix, "fc7", r, r, dtype, rng)?,
         })
     }
 
@@ -365,23 +343,10 @@ impl FastRcnnPredictor {
         dtype: DType,
         rng: &mut Rng,
     ) -> Result<FastRcnnPredictor> {
+        let (c, k) = (in_channels, num_classes);
         Ok(FastRcnnPredictor {
-            cls_score: Linear::new_dtype(
-                &join(prefix, "cls_score"),
-                in_channels,
-                num_classes,
-                true,
-                dtype,
-                rng,
-            )?,
-            bbox_pred: Linear::new_dtype(
-                &join(prefix, "bbox_pred"),
-                in_channels,
-                4 * num_classes,
-                true,
-                dtype,
-                rng,
-            )?,
+            cls_score: linear(prefix, "cls_score", c, k, dtype, rng)?,
+            bbox_pred: linear(prefix, "bbox_pred", c, 4 * k, dtype, rng)?,
         })
     }
 
@@ -400,6 +365,36 @@ impl FastRcnnPredictor {
     pub fn num_classes(&self) -> usize {
         self.cls_score.out_features()
     }
+}
+
+/// One entry of `what` and one image size per image of the batch.
+fn check_batch(op: &'static str, what: &str, n: usize, sizes: usize, batch: usize) -> Result<()> {
+    if n != batch || sizes != batch {
+        return Err(Error::arg(
+            op,
+            format!("got {what} for {n} images and {sizes} image sizes for a batch of {batch}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `<prefix>.<name>`: a Linear with bias.
+fn linear(
+    prefix: &str,
+    name: &str,
+    in_features: usize,
+    out_features: usize,
+    dtype: DType,
+    rng: &mut Rng,
+) -> Result<Linear> {
+    Linear::new_dtype(
+        &join(prefix, name),
+        in_features,
+        out_features,
+        true,
+        dtype,
+        rng,
+    )
 }
 
 /// The box branch's two losses, scalars in the features' dtype.
@@ -728,16 +723,7 @@ impl RoiHeads {
         }
         let dtype = check_features(OP, features, Some(in_c / (ph * pw)))?;
         let batch = features[0].dims()[0];
-        if proposals.len() != batch || image_sizes.len() != batch {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "got proposals for {} images and {} image sizes for a batch of {batch}",
-                    proposals.len(),
-                    image_sizes.len()
-                ),
-            ));
-        }
+        check_batch(OP, "proposals", proposals.len(), image_sizes.len(), batch)?;
         for (b, &(h, w)) in image_sizes.iter().enumerate() {
             if h == 0 || w == 0 {
                 return Err(Error::arg(OP, format!("image {b} has size {h} x {w}")));
