@@ -2,7 +2,7 @@
 //! tools/golden/export_resnet50.py (float64 torch on the same f32 weights).
 //!
 //! ResNet-50's weights are too big to commit, so both sides build them from
-//! the same counter-based hash (`hash_init_value`; the Python twin is
+//! the same counter-based hash (`testutil::hash`; the Python twin is
 //! documented in the script and tools/golden/README.md). Checked
 //! (`rel_err`: max |a - b| / max |b|): parameter and buffer names and shapes
 //! against torch's, both ways; one train-mode step — logits, loss, every
@@ -24,6 +24,7 @@ use models::{NetConfig, ProjectorConfig, SupervisedNet};
 use slmlp_tests::rel_err;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use testutil::hash::hash_input;
 
 const TOL: f64 = 1e-4;
 
@@ -43,69 +44,10 @@ const F32_TRAIN: Tolerances = Tolerances {
 };
 
 // ---------------------------------------------------------------------------
-// the hash init (twin of tools/golden/export_resnet50.py)
-
-fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// u(name, j) = top 24 bits of splitmix64(fnv1a64(name) + j) / 2^23 - 1, in [-1, 1).
-fn hash_uniform(name: &str, n: usize) -> impl Iterator<Item = f64> {
-    let h = fnv1a64(name);
-    (0..n as u64).map(move |j| (splitmix64(h.wrapping_add(j)) >> 40) as f64 / 8388608.0 - 1.0)
-}
-
-/// The f32 tensor the hash init gives `name` of shape `dims` (kaiming-uniform
-/// conv/linear weights, BN weight 1 + 0.1u, biases 0.1u, running mean 0.1u,
-/// running var 1 + 0.25(u + 1)).
-fn hash_init_value(name: &str, dims: &[usize]) -> Tensor {
-    let n: usize = dims.iter().product();
-    let f: Box<dyn Fn(f64) -> f64> = if name.ends_with(".running_mean") {
-        Box::new(|u| 0.1 * u)
-    } else if name.ends_with(".running_var") {
-        Box::new(|u| 1.0 + 0.25 * (u + 1.0))
-    } else if name.ends_with(".weight") && dims.len() >= 2 {
-        let fan_in: usize = dims[1..].iter().product();
-        let scale = (6.0 / fan_in as f64).sqrt();
-        Box::new(move |u| u * scale)
-    } else if name.ends_with(".weight") {
-        Box::new(|u| 1.0 + 0.1 * u)
-    } else if name.ends_with(".bias") {
-        Box::new(|u| 0.1 * u)
-    } else {
-        panic!("no hash-init rule for {name}")
-    };
-    let v: Vec<f32> = hash_uniform(name, n).map(|u| f(u) as f32).collect();
-    Tensor::from_vec(v, dims).unwrap()
-}
-
-/// An input batch: u(name, j), exact in f32.
-fn hash_input(name: &str, dims: &[usize]) -> Tensor {
-    let n = dims.iter().product();
-    Tensor::from_vec(
-        hash_uniform(name, n).map(|u| u as f32).collect::<Vec<_>>(),
-        dims,
-    )
-    .unwrap()
-}
+// the hash init (testutil::hash, twin of tools/golden/export_resnet50.py)
 
 fn hash_init(net: &SupervisedNet) {
-    for p in net.params() {
-        p.set(hash_init_value(p.name(), &p.dims())).unwrap();
-    }
-    for b in net.buffers() {
-        let dims = b.get().dims().to_vec();
-        b.set(hash_init_value(b.name(), &dims)).unwrap();
-    }
+    testutil::hash::hash_init(&net.params(), &net.buffers(), |_| 1.0);
 }
 
 // ---------------------------------------------------------------------------

@@ -4,11 +4,8 @@
 
 use engine::gradcheck::check_gradients;
 use engine::ops::{BatchNormArgs, Conv2dParams};
-use engine::{DType, Result, Rng, Tensor};
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut Rng::new(seed))
-}
+use engine::{DType, Result, Tensor};
+use testutil::randn;
 
 /// [N, C, W, H] stored, viewed as [N, C, H, W] (non-contiguous), then the
 /// last column dropped (an offset/narrowed view).

@@ -5,8 +5,10 @@ use crate::{no_grad, DType, Error, Result, Rng, Tensor};
 
 /// Compares autograd's gradients of `sum(f(inputs) * g)` (g a fixed random
 /// tensor) with central differences, for every f64 input; other inputs
-/// (integer targets) are passed through untouched. Fails with the worst
-/// element when |analytic - numeric| > atol + rtol * |numeric|.
+/// (integer targets) are passed through untouched. Fails at the first
+/// element where |analytic - numeric| > atol + rtol * |numeric|, or where
+/// either derivative is NaN or infinite (a comparison with NaN is false, so
+/// a non-finite value would otherwise pass).
 pub fn check_gradients(
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
     inputs: &[Tensor],
@@ -52,7 +54,8 @@ pub fn check_gradients(
             };
             let numeric = (eval(eps)? - eval(-eps)?) / (2.0 * eps);
             let a = analytic[j];
-            if (a - numeric).abs() > atol + rtol * numeric.abs() || a.is_nan() {
+            let finite = a.is_finite() && numeric.is_finite();
+            if !finite || (a - numeric).abs() > atol + rtol * numeric.abs() {
                 return Err(Error::Autograd(format!(
                     "gradient check failed for input {i} (shape {:?}) element {j}: \
                      analytic {a:.8e} vs numeric {numeric:.8e}",
@@ -62,4 +65,42 @@ pub fn check_gradients(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(v: f64) -> Tensor {
+        Tensor::from_vec(vec![v, 1.0], &[2]).unwrap()
+    }
+
+    #[test]
+    fn a_nan_numeric_derivative_fails() {
+        // sqrt at 1e-9 has a finite analytic derivative, but x - eps < 0 makes
+        // the central difference NaN
+        let e = check_gradients(|t| t[0].sqrt(), &[x(1e-9)], 1e-6, 1e-6, 1e-4)
+            .expect_err("a NaN numeric derivative must fail");
+        assert!(e.to_string().contains("NaN"), "{e}");
+        // the same op away from 0 passes
+        check_gradients(|t| t[0].sqrt(), &[x(0.5)], 1e-6, 1e-6, 1e-4).unwrap();
+    }
+
+    #[test]
+    fn an_infinite_numeric_derivative_fails() {
+        // log at 1e-6 with eps 1e-6: log(0) = -inf in the difference
+        let e = check_gradients(|t| t[0].log(), &[x(1e-6)], 1e-6, 1e-6, 1e-4)
+            .expect_err("an infinite numeric derivative must fail");
+        assert!(e.to_string().contains("inf"), "{e}");
+    }
+
+    #[test]
+    fn a_nan_analytic_derivative_fails() {
+        // sqrt(x * x) = |x| at 0: the chain rule gives inf * 0 = NaN, the
+        // central difference 0
+        let f = |t: &[Tensor]| t[0].mul(&t[0])?.sqrt();
+        let e = check_gradients(f, &[x(0.0)], 1e-6, 1e-6, 1e-4)
+            .expect_err("a NaN analytic derivative must fail");
+        assert!(e.to_string().contains("NaN"), "{e}");
+    }
 }

@@ -5,10 +5,7 @@
 use engine::gradcheck::check_gradients;
 use engine::ops::{BatchNormArgs, BatchNormOutput};
 use engine::{DType, Result, Rng, Tensor};
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut Rng::new(seed))
-}
+use testutil::randn;
 
 fn assert_close(got: &[f64], want: &[f64], atol: f64, rtol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");

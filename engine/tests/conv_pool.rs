@@ -3,11 +3,8 @@
 
 use engine::gradcheck::check_gradients;
 use engine::ops::Conv2dParams;
-use engine::{DType, Rng, Tensor};
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut Rng::new(seed))
-}
+use engine::{DType, Tensor};
+use testutil::randn;
 
 fn params(
     stride: [usize; 2],
@@ -72,14 +69,9 @@ fn naive_conv(
     (out, vec![n, cout, oh, ow])
 }
 
+/// Per element |a - b| <= tol * (1 + |b|); NaN fails.
 fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= tol * (1.0 + y.abs()),
-            "{what}: element {i}: {x} vs {y}"
-        );
-    }
+    testutil::assert_close(what, a, b, tol, tol);
 }
 
 /// (x shape, weight shape, bias?, params): odd sizes covering every feature.
@@ -324,23 +316,15 @@ fn conv2d_in_half_precision_matches_f32() {
     let reference = to(&x, DType::F32)
         .conv2d(&to(&w, DType::F32), Some(&to(&b, DType::F32)), p)
         .unwrap();
-    let r = reference.to_vec_f64();
-    let scale = r.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    for (dt, tol) in [(DType::BF16, 3e-2), (DType::F16, 4e-3)] {
+    for dt in [DType::BF16, DType::F16] {
         let y = to(&x, dt)
             .conv2d(&to(&w, dt), Some(&to(&b, dt)), p)
             .unwrap();
         assert_eq!(y.dtype(), dt);
-        let worst = y
-            .to_vec_f64()
-            .iter()
-            .zip(&r)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        assert!(
-            worst <= tol * scale,
-            "{dt}: worst error {worst} vs scale {scale}"
-        );
+        // per element (NaN fails): 8 * 3 * 3 products and the bias rounded
+        let tol = testutil::rounding_tol(dt, 8 * 3 * 3 + 1);
+        testutil::check_tensor_close(&format!("{dt}"), &y, &reference, tol)
+            .unwrap_or_else(|r| panic!("{r}"));
     }
 }
 

@@ -5,27 +5,16 @@
 use engine::gradcheck::check_gradients;
 use engine::nn::{ConvTranspose2d, Module, Param};
 use engine::ops::{Conv2dParams, ConvTranspose2dParams};
-use engine::{trace, DType, Rng, Tensor};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut Rng::new(seed))
-}
+use engine::{DType, Rng, Tensor};
+use testutil::randn;
 
 fn dims4(t: &Tensor) -> [usize; 4] {
     t.dims().try_into().unwrap()
 }
 
+/// Per element |a - b| <= tol * (1 + |b|); NaN fails.
 fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: length");
-    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-    let err = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-    assert!(
-        err / scale <= tol,
-        "{what}: relative error {:.3e} > {tol:.0e}",
-        err / scale
-    );
+    testutil::assert_close(what, a, b, tol, tol);
 }
 
 fn ct(
@@ -326,8 +315,10 @@ fn conv_transpose2d_in_half_precision_tracks_f32() {
         let f = |t: &Tensor| t.to_dtype(dt).unwrap();
         let y = run(&f(&x), &f(&w), Some(&f(&b)), p).unwrap();
         assert_eq!(y.dtype(), dt);
-        // inputs rounded to 8 (bf16) or 11 (f16) bits, then the result
-        assert_close(&y.to_vec_f64(), &expect, 3e-2, &format!("{dt:?}"));
+        // inputs rounded to 8 (bf16) or 11 (f16) bits, then the result: each
+        // output sums 4 products (stride = kernel) and the bias
+        let tol = testutil::rounding_tol(dt, 5);
+        testutil::assert_close_with(&format!("{dt:?}"), &y.to_vec_f64(), &expect, tol);
     }
 }
 
@@ -621,7 +612,9 @@ fn upsample_keeps_half_dtypes_and_rejects_bad_input() {
         let b = xd.upsample_bilinear2d([5, 7], false).unwrap();
         assert_eq!(b.dtype(), dt);
         let want = x.upsample_bilinear2d([5, 7], false).unwrap().to_vec_f64();
-        assert_close(&b.to_vec_f64(), &want, 2e-2, &format!("bilinear {dt:?}"));
+        // input and output rounded to dt; 4 taps with weights summing to 1
+        let tol = testutil::rounding_tol(dt, 4);
+        testutil::assert_close_with(&format!("bilinear {dt:?}"), &b.to_vec_f64(), &want, tol);
     }
     assert!(x.upsample_nearest2d([0, 3]).is_err());
     assert!(randn(&[2, 3, 4], 1).upsample_nearest2d([3, 3]).is_err());
@@ -638,42 +631,21 @@ fn upsample_keeps_half_dtypes_and_rejects_bad_input() {
     assert!(e.contains("4 dims"), "{e}");
 }
 
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn ops_report_through_the_trace() {
     let x = randn(&[1, 2, 3, 3], 1).requires_grad_().unwrap();
     let w = randn(&[2, 2, 2, 2], 2);
-    let buf = Shared::default();
-    trace::to_writer(Some(Box::new(buf.clone())));
-    let y = run(&x, &w, None, ct([2, 2], [0, 0], [0, 0], [1, 1], 1)).unwrap();
-    let z = y
-        .upsample_nearest2d_scale(2)
-        .unwrap()
-        .upsample_bilinear2d([5, 5], false)
-        .unwrap();
-    z.sum_all().unwrap().backward().unwrap();
-    trace::to_writer(None);
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let has = |op: &str, phase: &str, ran: Option<&str>| {
-        lines
-            .iter()
-            .any(|l| l["op"] == op && l["phase"] == phase && ran.is_none_or(|r| l["ran"] == r))
-    };
+    let ((), t) = testutil::trace::capture(|| {
+        let y = run(&x, &w, None, ct([2, 2], [0, 0], [0, 0], [1, 1], 1)).unwrap();
+        let z = y
+            .upsample_nearest2d_scale(2)
+            .unwrap()
+            .upsample_bilinear2d([5, 5], false)
+            .unwrap();
+        z.sum_all().unwrap().backward().unwrap();
+    });
+    let (text, lines) = (&t.text, &t.lines);
+    let has = |op: &str, phase: &str, ran: Option<&str>| t.has(op, phase, ran);
     assert!(
         has("conv_transpose2d", "forward", Some("cpu:col2im+gemm")),
         "{text}"

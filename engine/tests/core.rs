@@ -1,11 +1,8 @@
 //! Core tensor, view and autograd behaviour, checked by finite differences.
 
 use engine::gradcheck::check_gradients;
-use engine::{DType, Rng, Tensor};
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut Rng::new(seed))
-}
+use engine::{DType, Tensor};
+use testutil::randn;
 
 #[test]
 fn views_share_data_and_index_correctly() {

@@ -6,14 +6,9 @@
 
 use engine::gradcheck::check_gradients;
 use engine::ops::{batched_nms, box_iou, nms};
-use engine::{trace, DType, Rng, Tensor};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use engine::{DType, Rng, Tensor};
 use std::time::Instant;
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut Rng::new(seed))
-}
+use testutil::randn;
 
 fn boxes5(rows: &[[f64; 5]]) -> Tensor {
     Tensor::from_vec(rows.concat(), &[rows.len(), 5]).unwrap()
@@ -368,18 +363,6 @@ fn nms_family_rejects_bad_input() {
     assert!(box_iou(&b, &Tensor::zeros(&[2, 3], DType::F64)).is_err());
 }
 
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn detection_ops_report_to_the_trace() {
     let x = randn(&[1, 2, 5, 5], 2).requires_grad_().unwrap();
@@ -387,26 +370,14 @@ fn detection_ops_report_to_the_trace() {
     let b = boxes4(&[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.1]]);
     let s = Tensor::from_vec(vec![0.1f64, 0.2], &[2]).unwrap();
 
-    let buf = Shared::default();
-    trace::to_writer(Some(Box::new(buf.clone())));
-    let y = x.roi_align(&rois, [2, 2], 1.0, 2, true).unwrap();
-    y.sum_all().unwrap().backward().unwrap();
-    nms(&b, &s, 0.5).unwrap();
-    batched_nms(&b, &s, &[0, 1], 0.5).unwrap();
-    box_iou(&b, &b).unwrap();
-    trace::to_writer(None);
-
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let find = |op: &str, phase: &str| {
-        lines
-            .iter()
-            .find(|l| l["op"] == op && l["phase"] == phase)
-            .unwrap_or_else(|| panic!("no {op} {phase} line in {text}"))
-    };
+    let ((), t) = testutil::trace::capture(|| {
+        let y = x.roi_align(&rois, [2, 2], 1.0, 2, true).unwrap();
+        y.sum_all().unwrap().backward().unwrap();
+        nms(&b, &s, 0.5).unwrap();
+        batched_nms(&b, &s, &[0, 1], 0.5).unwrap();
+        box_iou(&b, &b).unwrap();
+    });
+    let find = |op: &str, phase: &str| t.find(op, phase);
     let fwd = find("roi_align", "forward");
     assert_eq!(fwd["ran"], "cpu:roi_align");
     assert_eq!(fwd["outputs"][0]["shape"], serde_json::json!([1, 2, 2, 2]));

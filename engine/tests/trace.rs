@@ -4,20 +4,6 @@
 use engine::nn::{BatchNorm, Conv2d, Module};
 use engine::ops::Conv2dParams;
 use engine::{trace, DType, Rng, Tensor};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn step(conv: &Conv2d, bn: &BatchNorm, x: &Tensor, y: &Tensor) {
     let h = bn.forward_relu(&conv.forward(x).unwrap()).unwrap();
@@ -44,22 +30,8 @@ fn trace_follows_a_training_step() {
     trace::to_writer(None);
     step(&conv, &bn, &x, &y); // off: nothing is written anywhere
 
-    let buf = Shared::default();
-    trace::to_writer(Some(Box::new(buf.clone())));
-    step(&conv, &bn, &x, &y);
-    trace::to_writer(None);
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-
-    let find = |op: &str, phase: &str| {
-        lines
-            .iter()
-            .find(|l| l["op"] == op && l["phase"] == phase)
-            .unwrap_or_else(|| panic!("no {phase} {op} in trace:\n{text}"))
-    };
+    let ((), t) = testutil::trace::capture(|| step(&conv, &bn, &x, &y));
+    let find = |op: &str, phase: &str| t.find(op, phase);
     let c = find("conv2d", "forward");
     assert_eq!(c["ran"], "cpu:im2col+gemm");
     assert_eq!(c["inputs"][0]["shape"], serde_json::json!([2, 3, 6, 6]));
@@ -73,17 +45,12 @@ fn trace_follows_a_training_step() {
         find(op, "backward");
     }
     // backward runs in reverse: the loss's backward is traced before conv's
-    let pos = |op: &str| {
-        lines
-            .iter()
-            .position(|l| l["op"] == op && l["phase"] == "backward")
-            .unwrap()
-    };
+    let pos = |op: &str| t.position(op, "backward", None).unwrap();
     assert!(
         pos("cross_entropy") < pos("batch_norm_relu") && pos("batch_norm_relu") < pos("conv2d")
     );
     assert!(
-        !lines.iter().any(|l| l["op"] == "cast"),
+        !t.lines.iter().any(|l| l["op"] == "cast"),
         "no-op casts are not traced"
     );
 }

@@ -30,14 +30,7 @@ fn ok(args: &[&str]) -> String {
 
 fn fails(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
     let (code, out, err) = slmlp_env(args, env);
-    assert_ne!(code, 0, "slmlp {args:?} should fail\nstdout: {out}");
-    for n in needles {
-        assert!(
-            err.contains(n),
-            "slmlp {args:?}: error should mention {n:?}: {err}"
-        );
-    }
-    assert!(!err.contains("panicked"), "slmlp {args:?} panicked: {err}");
+    testutil::assert_clean_failure(&format!("slmlp {args:?}"), code, &out, &err, needles);
 }
 
 fn tmp(name: &str) -> PathBuf {

@@ -11,30 +11,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testutil::{err_text, TempDir};
 
-/// A fresh, empty temporary folder removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("slmlp-data-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn err_text<T>(r: engine::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.to_string(),
-    }
+/// A fresh temporary folder `slmlp-data-<tag>-<pid>`, removed on drop.
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("data-{tag}"))
 }
 
 // ---- IDX ----------------------------------------------------------------
@@ -84,7 +65,7 @@ fn write_small_idx(dir: &Path, prefix: &str, gz_images: bool) {
 
 #[test]
 fn idx_reads_gzip_and_raw_files() {
-    let tmp = TempDir::new("idx");
+    let tmp = temp_dir("idx");
     write_small_idx(&tmp.0, "train", true);
     write_small_idx(&tmp.0, "t10k", false);
     for split in [Split::Train, Split::Test] {
@@ -110,7 +91,7 @@ fn idx_reads_gzip_and_raw_files() {
 
 #[test]
 fn idx_rejects_bad_files_naming_them() {
-    let tmp = TempDir::new("idx-bad");
+    let tmp = temp_dir("idx-bad");
     let dir = &tmp.0;
     let images_gz = dir.join("train-images-idx3-ubyte.gz");
     let labels = dir.join("train-labels-idx1-ubyte");
@@ -261,7 +242,7 @@ fn real_mnist_digits_have_the_known_counts() {
 
 #[test]
 fn mnist_json_errors_name_the_file() {
-    let tmp = TempDir::new("mnist-bad");
+    let tmp = temp_dir("mnist-bad");
     let dir = &tmp.0;
     let digit = |v: f64| format!("{{\"data\": [{}]}}", vec![v.to_string(); 784].join(","));
     for d in 0..10 {
@@ -320,7 +301,7 @@ fn write_folder_tree(root: &Path) {
 
 #[test]
 fn image_folder_lists_and_decodes_png_and_jpeg() {
-    let tmp = TempDir::new("folder");
+    let tmp = temp_dir("folder");
     write_folder_tree(&tmp.0);
     let ds = ImageFolder::open(&tmp.0).unwrap();
     assert_eq!(ds.classes(), &["cat".to_string(), "dog".to_string()]);
@@ -374,7 +355,7 @@ fn image_folder_lists_and_decodes_png_and_jpeg() {
 
 #[test]
 fn loader_skips_and_counts_an_undecodable_image() {
-    let tmp = TempDir::new("folder-skip");
+    let tmp = temp_dir("folder-skip");
     write_folder_tree(&tmp.0);
     let ds: Arc<dyn Dataset> = Arc::new(ImageFolder::open(&tmp.0).unwrap());
     let transform = Transform::eval(6, IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec());
@@ -400,7 +381,7 @@ fn loader_skips_and_counts_an_undecodable_image() {
 
 #[test]
 fn image_folder_rejects_missing_and_empty_roots() {
-    let tmp = TempDir::new("folder-empty");
+    let tmp = temp_dir("folder-empty");
     let missing = tmp.0.join("nope");
     let e = err_text(ImageFolder::open(&missing));
     assert!(e.contains("nope"), "{e}");

@@ -6,6 +6,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use testutil::{assert_clean_failure, TempDir};
 
 fn slmlp(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_slmlp"))
@@ -28,29 +29,7 @@ fn ok(args: &[&str]) -> (String, String) {
 
 fn fails(args: &[&str], needles: &[&str]) {
     let (code, out, err) = slmlp(args);
-    assert_ne!(code, 0, "slmlp {args:?} should fail\nstdout: {out}");
-    for n in needles {
-        assert!(
-            err.contains(n),
-            "slmlp {args:?}: error should mention {n:?}: {err}"
-        );
-    }
-    assert!(!err.contains("panicked"), "slmlp {args:?} panicked: {err}");
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("slmlp-detect-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    assert_clean_failure(&format!("slmlp {args:?}"), code, &out, &err, needles);
 }
 
 fn s(p: &Path) -> &str {
@@ -127,7 +106,7 @@ const LOSSES: [&str; 5] = [
 
 #[test]
 fn train_eval_predict_and_resume() {
-    let tmp = TempDir::new("run");
+    let tmp = TempDir::new("detect-run");
     let run = tmp.0.join("run");
     let (_, err) = train(&run, &["--epochs", "1"]);
     // 8 images / batch 2: 4 steps, each with a progress line
@@ -306,7 +285,7 @@ fn train_eval_predict_and_resume() {
 
 #[test]
 fn backbone_from_pretrain() {
-    let tmp = TempDir::new("backbone");
+    let tmp = TempDir::new("detect-backbone");
     let pre = tmp.0.join("pre");
     let pretrain = |out: &Path, stem: &str| {
         ok(&[
@@ -370,7 +349,7 @@ fn backbone_from_pretrain() {
 
 #[test]
 fn bad_paths_give_clear_errors() {
-    let tmp = TempDir::new("bad");
+    let tmp = TempDir::new("detect-bad");
     let nowhere = tmp.0.join("nowhere");
     let out = tmp.0.join("out");
     fails(

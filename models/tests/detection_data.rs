@@ -15,30 +15,11 @@ use models::detection::{CocoGt, Rle, Segmentation};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use testutil::{err_text, TempDir};
 
-/// A fresh, empty temporary folder removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("slmlp-detdata-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn err_text<T>(r: engine::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.to_string(),
-    }
+/// A fresh temporary folder `slmlp-detdata-<tag>-<pid>`, removed on drop.
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("detdata-{tag}"))
 }
 
 fn fashion() -> &'static InMemory {
@@ -99,7 +80,7 @@ fn mask_box(mask: &[u8], h: usize, w: usize) -> Option<[f32; 4]> {
 
 #[test]
 fn benchmark_masks_are_nonempty_inside_their_boxes_and_disjoint() {
-    let tmp = TempDir::new("bench");
+    let tmp = temp_dir("bench");
     let s = make_bench(&tmp.0, 7);
     assert_eq!(s.images, 12);
     assert_eq!(s.annotations, tmp.0.join("train/annotations.json"));
@@ -179,11 +160,7 @@ fn benchmark_masks_are_nonempty_inside_their_boxes_and_disjoint() {
 
 #[test]
 fn benchmark_is_deterministic_per_seed() {
-    let (a, b, c) = (
-        TempDir::new("seed-a"),
-        TempDir::new("seed-b"),
-        TempDir::new("seed-c"),
-    );
+    let (a, b, c) = (temp_dir("seed-a"), temp_dir("seed-b"), temp_dir("seed-c"));
     let (sa, sb, sc) = (
         make_bench(&a.0, 3),
         make_bench(&b.0, 3),
@@ -216,7 +193,7 @@ fn benchmark_is_deterministic_per_seed() {
 
 #[test]
 fn benchmark_options_are_checked_and_classes_restrict_categories() {
-    let tmp = TempDir::new("classes");
+    let tmp = temp_dir("classes");
     let opts = SynthOptions {
         classes: Some(vec![1, 7]),
         max_objects: 2,
@@ -280,7 +257,7 @@ fn benchmark_options_are_checked_and_classes_restrict_categories() {
 
 #[test]
 fn dataset_reads_the_benchmark_back() {
-    let tmp = TempDir::new("dataset");
+    let tmp = temp_dir("dataset");
     let s = make_bench(&tmp.0, 11);
     let gt = CocoGt::from_file(&s.annotations).unwrap();
     let ds = DetectionDataset::open(&s.annotations, &s.image_dir, 1).unwrap();
@@ -427,7 +404,7 @@ fn resampling_matches_torchvision() {
 
 #[test]
 fn flip_maps_boxes_and_masks_consistently() {
-    let tmp = TempDir::new("flip");
+    let tmp = temp_dir("flip");
     let s = make_bench(&tmp.0, 13);
     let ds = DetectionDataset::open(&s.annotations, &s.image_dir, 1).unwrap();
     for (min_size, tol) in [(128, 1.0f32), (200, 1.0)] {
@@ -496,7 +473,7 @@ fn flip_maps_boxes_and_masks_consistently() {
 
 #[test]
 fn batches_pad_to_multiples_of_32() {
-    let tmp = TempDir::new("pad");
+    let tmp = temp_dir("pad");
     let s = make_bench(&tmp.0, 17);
     let ds = DetectionDataset::open(&s.annotations, &s.image_dir, 3).unwrap();
     let t = |min_size, max_size| DetTransform {
@@ -570,7 +547,7 @@ fn batch_fingerprint(b: &DetBatch) -> (Vec<usize>, Vec<f32>, Vec<DetTarget>) {
 
 #[test]
 fn loader_is_deterministic_whatever_the_workers() {
-    let tmp = TempDir::new("loader");
+    let tmp = temp_dir("loader");
     let s = make_bench(&tmp.0, 19);
     let ds = Arc::new(DetectionDataset::open(&s.annotations, &s.image_dir, 1).unwrap());
     let t = DetTransform {
@@ -626,7 +603,7 @@ fn loader_is_deterministic_whatever_the_workers() {
 
 #[test]
 fn corrupt_png_is_skipped_and_counted() {
-    let tmp = TempDir::new("corrupt");
+    let tmp = temp_dir("corrupt");
     let s = make_bench(&tmp.0, 23);
     let bad = s.image_dir.join("000003.png");
     let mut bytes = std::fs::read(&bad).unwrap();
@@ -701,7 +678,7 @@ fn good_doc() -> Value {
 
 #[test]
 fn crowd_and_degenerate_annotations_are_left_out_and_counted() {
-    let tmp = TempDir::new("counts");
+    let tmp = temp_dir("counts");
     let path = write_set(&tmp.0, &good_doc());
     let mut ds = DetectionDataset::open(&path, &tmp.0.join("images"), 1).unwrap();
     assert_eq!((ds.crowd_skipped(), ds.degenerate_dropped()), (1, 1));
@@ -722,7 +699,7 @@ fn crowd_and_degenerate_annotations_are_left_out_and_counted() {
 
 #[test]
 fn malformed_annotations_give_errors_naming_the_field() {
-    let tmp = TempDir::new("malformed");
+    let tmp = temp_dir("malformed");
     let images = tmp.0.join("images");
     let open_with = |edit: &dyn Fn(&mut Value), channels: usize| -> String {
         let mut doc = good_doc();

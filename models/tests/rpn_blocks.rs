@@ -4,7 +4,6 @@
 //! remove_small_boxes exactly, Matcher exactly, and the sampler's counts
 //! and eligibility.
 
-use engine::checkpoint::{load, Checkpoint};
 use engine::{DType, Rng, Tensor};
 use models::detection::anchors::AnchorGenerator;
 use models::detection::box_coder::{
@@ -13,44 +12,23 @@ use models::detection::box_coder::{
 use models::detection::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use models::detection::sampler::BalancedPositiveNegativeSampler;
 use serde_json::Value;
-use std::path::PathBuf;
+use testutil::golden::pair;
+use testutil::Golden;
 
-fn fixture(name: &str) -> Checkpoint {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/golden")
-        .join(format!("{name}.safetensors"));
-    load(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
-}
-
-fn meta(ck: &Checkpoint, key: &str) -> Value {
-    serde_json::from_str(
-        ck.metadata
-            .get(key)
-            .unwrap_or_else(|| panic!("no metadata {key}")),
-    )
-    .unwrap_or_else(|e| panic!("metadata {key}: {e}"))
-}
-
-fn get<'a>(ck: &'a Checkpoint, key: &str) -> &'a Tensor {
-    ck.tensors
-        .get(key)
-        .unwrap_or_else(|| panic!("fixture has no tensor {key}"))
-}
-
-fn f64s(ck: &Checkpoint, key: &str) -> Vec<f64> {
-    let t = get(ck, key);
+fn f64s(ck: &Golden, key: &str) -> Vec<f64> {
+    let t = ck.get(key);
     assert_eq!(t.dtype(), DType::F64, "{key}");
     t.to_vec::<f64>().unwrap()
 }
 
-fn f32s(ck: &Checkpoint, key: &str) -> Vec<f32> {
-    let t = get(ck, key);
+fn f32s(ck: &Golden, key: &str) -> Vec<f32> {
+    let t = ck.get(key);
     assert_eq!(t.dtype(), DType::F32, "{key}");
     t.to_vec::<f32>().unwrap()
 }
 
-fn i64s(ck: &Checkpoint, key: &str) -> Vec<i64> {
-    let t = get(ck, key);
+fn i64s(ck: &Golden, key: &str) -> Vec<i64> {
+    let t = ck.get(key);
     assert_eq!(t.dtype(), DType::I64, "{key}");
     t.to_vec::<i64>().unwrap()
 }
@@ -67,13 +45,6 @@ fn nested_f64(v: &Value) -> Vec<Vec<f64>> {
                 .collect()
         })
         .collect()
-}
-
-fn pair(v: &Value) -> (usize, usize) {
-    (
-        v[0].as_u64().unwrap() as usize,
-        v[1].as_u64().unwrap() as usize,
-    )
 }
 
 /// Largest |a - e| / max(1, |e|) over finite expected values; non-finite
@@ -101,8 +72,8 @@ fn max_rel_err<T: Copy + Into<f64>>(what: &str, actual: &[T], expected: &[T]) ->
 
 #[test]
 fn anchors_match_torchvision() {
-    let ck = fixture("rpn_anchors");
-    let cases = meta(&ck, "cases");
+    let ck = Golden::golden("rpn_anchors");
+    let cases = ck.meta("cases");
     assert_eq!(cases.as_array().unwrap().len(), 4);
     for c in cases.as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
@@ -198,7 +169,7 @@ fn fpn_default_is_torchvisions_and_strides_use_integer_division() {
         vec![(4, 4), (8, 8), (16, 16), (32, 32), (61, 64)]
     );
     // the fixture's first case is this generator
-    let ck = fixture("rpn_anchors");
+    let ck = Golden::golden("rpn_anchors");
     for l in 0..5 {
         assert_eq!(
             gen.cell_anchors()[l],
@@ -218,10 +189,10 @@ fn fpn_default_is_torchvisions_and_strides_use_integer_division() {
 
 #[test]
 fn box_coder_matches_torchvision() {
-    let ck = fixture("rpn_box_coder");
+    let ck = Golden::golden("rpn_box_coder");
     let clip: f64 = ck.metadata["bbox_xform_clip"].parse().unwrap();
     assert_eq!(clip, default_bbox_xform_clip());
-    let weights = meta(&ck, "weights");
+    let weights = ck.meta("weights");
     let (refs, props) = (f64s(&ck, "in.ref"), f64s(&ck, "in.prop"));
     let (anchors, deltas) = (f64s(&ck, "in.anchors"), f64s(&ck, "in.deltas"));
     let (refs32, props32) = (f32s(&ck, "in.ref_f32"), f32s(&ck, "in.prop_f32"));
@@ -235,23 +206,49 @@ fn box_coder_matches_torchvision() {
             .map(|x| x.as_f64().unwrap())
             .collect();
         let coder = BoxCoder::new([w[0], w[1], w[2], w[3]]);
-        let enc = coder.encode(&refs, &props).unwrap();
-        let e = max_rel_err(name, &enc, &f64s(&ck, &format!("encode.{name}")));
-        assert!(e <= 1e-12, "encode {name}: relative error {e:.3e}");
-        worst[0] = worst[0].max(e);
-        let dec = coder.decode(&deltas, &anchors).unwrap();
-        let e = max_rel_err(name, &dec, &f64s(&ck, &format!("decode.{name}")));
-        assert!(e <= 1e-12, "decode {name}: relative error {e:.3e}");
-        worst[1] = worst[1].max(e);
-
-        let enc = coder.encode(&refs32, &props32).unwrap();
-        let e = max_rel_err(name, &enc, &f32s(&ck, &format!("encode_f32.{name}")));
-        assert!(e <= 1e-6, "encode f32 {name}: relative error {e:.3e}");
-        worst[2] = worst[2].max(e);
-        let dec = coder.decode(&deltas32, &anchors32).unwrap();
-        let e = max_rel_err(name, &dec, &f32s(&ck, &format!("decode_f32.{name}")));
-        assert!(e <= 1e-6, "decode f32 {name}: relative error {e:.3e}");
-        worst[3] = worst[3].max(e);
+        // (slot in `worst`, what, relative error, bound)
+        let errs = [
+            (
+                "encode",
+                max_rel_err(
+                    name,
+                    &coder.encode(&refs, &props).unwrap(),
+                    &f64s(&ck, &format!("encode.{name}")),
+                ),
+                1e-12,
+            ),
+            (
+                "decode",
+                max_rel_err(
+                    name,
+                    &coder.decode(&deltas, &anchors).unwrap(),
+                    &f64s(&ck, &format!("decode.{name}")),
+                ),
+                1e-12,
+            ),
+            (
+                "encode f32",
+                max_rel_err(
+                    name,
+                    &coder.encode(&refs32, &props32).unwrap(),
+                    &f32s(&ck, &format!("encode_f32.{name}")),
+                ),
+                1e-6,
+            ),
+            (
+                "decode f32",
+                max_rel_err(
+                    name,
+                    &coder.decode(&deltas32, &anchors32).unwrap(),
+                    &f32s(&ck, &format!("decode_f32.{name}")),
+                ),
+                1e-6,
+            ),
+        ];
+        for (k, (what, e, tol)) in errs.into_iter().enumerate() {
+            assert!(e <= tol, "{what} {name}: relative error {e:.3e}");
+            worst[k] = worst[k].max(e);
+        }
     }
     println!(
         "max relative error: encode f64 {:.3e}, decode f64 {:.3e}, encode f32 {:.3e}, decode f32 {:.3e}",
@@ -293,13 +290,13 @@ fn decode_clamps_dw_dh_and_inverts_encode() {
 
 #[test]
 fn box_coder_tensor_versions_equal_slice_versions() {
-    let ck = fixture("rpn_box_coder");
+    let ck = Golden::golden("rpn_box_coder");
     let coder = BoxCoder::new([10.0, 10.0, 5.0, 5.0]);
     for (a, d) in [
         ("in.anchors", "in.deltas"),
         ("in.anchors_f32", "in.deltas_f32"),
     ] {
-        let (anchors, deltas) = (get(&ck, a), get(&ck, d));
+        let (anchors, deltas) = (ck.get(a), ck.get(d));
         let out = coder.decode_tensor(deltas, anchors).unwrap();
         assert_eq!(out.dims(), deltas.dims());
         assert_eq!(out.dtype(), deltas.dtype());
@@ -327,7 +324,7 @@ fn box_coder_tensor_versions_equal_slice_versions() {
             .zip(&want)
             .all(|(g, w)| g == w || (g.is_nan() && w.is_nan())));
     }
-    let (r, p) = (get(&ck, "in.ref"), get(&ck, "in.prop"));
+    let (r, p) = (ck.get("in.ref"), ck.get("in.prop"));
     let enc = coder.encode_tensor(r, p).unwrap();
     assert_eq!(
         enc.to_vec::<f64>().unwrap(),
@@ -336,14 +333,14 @@ fn box_coder_tensor_versions_equal_slice_versions() {
             .unwrap()
     );
     // mixed dtypes and wrong shapes are errors
-    assert!(coder.encode_tensor(r, get(&ck, "in.prop_f32")).is_err());
-    assert!(coder.decode_tensor(get(&ck, "in.deltas"), r).is_err());
+    assert!(coder.encode_tensor(r, ck.get("in.prop_f32")).is_err());
+    assert!(coder.decode_tensor(ck.get("in.deltas"), r).is_err());
 }
 
 #[test]
 fn clip_and_remove_small_boxes_match_torchvision() {
-    let ck = fixture("rpn_box_coder");
-    let size = pair(&meta(&ck, "clip_size"));
+    let ck = Golden::golden("rpn_box_coder");
+    let size = pair(&ck.meta("clip_size"));
     let clipped = clip_boxes_to_image(&f64s(&ck, "clip.in"), size).unwrap();
     let want = f64s(&ck, "clip.out");
     for (i, (a, e)) in clipped.iter().zip(&want).enumerate() {
@@ -354,12 +351,7 @@ fn clip_and_remove_small_boxes_match_torchvision() {
     }
     assert_eq!(clipped.len(), want.len());
     let small = f64s(&ck, "small.in");
-    for (i, m) in meta(&ck, "min_sizes")
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
+    for (i, m) in ck.meta("min_sizes").as_array().unwrap().iter().enumerate() {
         let keep = remove_small_boxes(&small, m.as_f64().unwrap()).unwrap();
         let want: Vec<usize> = i64s(&ck, &format!("small.keep.{i}"))
             .iter()
@@ -376,8 +368,8 @@ fn clip_and_remove_small_boxes_match_torchvision() {
 
 #[test]
 fn matcher_matches_torchvision() {
-    let ck = fixture("rpn_matcher");
-    let cases = meta(&ck, "cases");
+    let ck = Golden::golden("rpn_matcher");
+    let cases = ck.meta("cases");
     for c in cases.as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let m = Matcher::new(
@@ -386,7 +378,7 @@ fn matcher_matches_torchvision() {
             c["allow_low_quality_matches"].as_bool().unwrap(),
         )
         .unwrap();
-        let q = get(&ck, &format!("q.{}", c["q"].as_str().unwrap()));
+        let q = ck.get(&format!("q.{}", c["q"].as_str().unwrap()));
         let (g, p) = (q.dims()[0], q.dims()[1]);
         let got = if name.ends_with("_f32") {
             m.matches(&q.to_vec::<f32>().unwrap(), g, p).unwrap()
@@ -458,8 +450,8 @@ fn matcher_empty_and_bad_input() {
 
 #[test]
 fn sampler_counts_and_eligibility_match_torchvision() {
-    let ck = fixture("rpn_sampler");
-    let cases = meta(&ck, "cases");
+    let ck = Golden::golden("rpn_sampler");
+    let cases = ck.meta("cases");
     for c in cases.as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let s = BalancedPositiveNegativeSampler::new(
