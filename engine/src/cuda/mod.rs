@@ -12,13 +12,14 @@
 //! - [`tensor`]: device storage, the channels-last convention for 4-D
 //!   tensors, uploads/downloads, strided copies;
 //! - [`blas`] (cuBLASLt GEMMs), [`dnn`] (cuDNN convolutions with a per-shape
-//!   algorithm search), and [`ops`]: the GPU side of each Tensor op, with
+//!   algorithm search), [`math_mode`] (their one TF32 switch), and [`ops`]: the GPU side of each Tensor op, with
 //!   its backward, dispatched from `crate::ops` when the input is on a GPU.
 
 pub mod allocator;
 pub mod blas;
 pub mod dnn;
 pub(crate) mod launch;
+pub mod math_mode;
 pub mod ops;
 mod probe;
 pub mod runtime;
