@@ -16,54 +16,16 @@
 //! training step pays for the heuristic only on its first iteration.
 //! Everything is queued on the GPU's one stream.
 
+use super::math_mode;
 use super::runtime::{DeviceBlock, Gpu};
 use crate::{DType, Error, Result};
 use cudarc::cublaslt::sys;
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 /// Workspace handed to cuBLASLt (NVIDIA recommends 32 MiB on Hopper).
 pub const WORKSPACE_BYTES: usize = 32 << 20;
-
-// ---- TF32 switch ----
-
-const TF32_UNKNOWN: u8 = 0;
-const TF32_OFF: u8 = 1;
-const TF32_ON: u8 = 2;
-static TF32: AtomicU8 = AtomicU8::new(TF32_UNKNOWN);
-
-/// Lets f32 GEMMs use TF32 tensor cores (10-bit mantissa inputs, f32
-/// accumulation): ~3e-4 relative error instead of ~1e-6. Off by default;
-/// `SLMLP_TF32=1` turns it on at start-up.
-pub fn set_tf32(on: bool) {
-    TF32.store(if on { TF32_ON } else { TF32_OFF }, Ordering::Relaxed);
-}
-
-/// Whether f32 GEMMs may use TF32 (see [`set_tf32`]).
-pub fn tf32_enabled() -> bool {
-    match TF32.load(Ordering::Relaxed) {
-        TF32_ON => true,
-        TF32_OFF => false,
-        _ => {
-            let on = tf32_from_env(std::env::var("SLMLP_TF32").ok().as_deref());
-            // a concurrent set_tf32 wins over the environment
-            let _ = TF32.compare_exchange(
-                TF32_UNKNOWN,
-                if on { TF32_ON } else { TF32_OFF },
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            TF32.load(Ordering::Relaxed) == TF32_ON
-        }
-    }
-}
-
-/// What `SLMLP_TF32` asks for: on only for "1".
-fn tf32_from_env(v: Option<&str>) -> bool {
-    v == Some("1")
-}
 
 // ---- problem description (pure) ----
 
@@ -378,11 +340,12 @@ struct Handle(sys::cublasLtHandle_t);
 // under the per-GPU mutex.
 unsafe impl Send for Handle {}
 
-/// A chosen algorithm and its description (which names its workspace need).
+/// A chosen algorithm and its description for the trace (which names its
+/// workspace need; made once per cache entry and kept for the process).
 #[derive(Clone)]
 struct Algo {
     algo: sys::cublasLtMatmulAlgo_t,
-    describe: String,
+    describe: &'static str,
 }
 
 struct LtState {
@@ -490,17 +453,23 @@ fn layout(p: &GemmParams, ty: sys::cudaDataType_t, x: &LtOperand, batch: i32) ->
     Ok(l)
 }
 
-fn desc_attr<T>(
+/// Sets attribute `attr` of descriptor `h` to `v` through `set`
+/// (cuBLASLt's `*SetAttribute` for that descriptor's type).
+///
+/// # Safety
+///
+/// `h` must be a live descriptor and `T` the attribute's C type.
+unsafe fn set_attr<H, A: Copy + std::fmt::Debug, T>(
     p: &GemmParams,
-    d: &Desc,
-    attr: sys::cublasLtMatmulDescAttributes_t,
+    set: unsafe fn(H, A, *const c_void, usize) -> sys::cublasStatus_t,
+    h: H,
+    attr: A,
     v: &T,
 ) -> Result<()> {
-    // SAFETY: `v` is the attribute's C type (callers pass int32_t for the
-    // transposes, uint32_t for the epilogue, a pointer for the bias).
+    // SAFETY: the caller's contract; `v` is read for size_of::<T>() bytes.
     let s = unsafe {
-        sys::cublasLtMatmulDescSetAttribute(
-            d.0,
+        set(
+            h,
             attr,
             v as *const T as *const c_void,
             std::mem::size_of::<T>(),
@@ -508,12 +477,19 @@ fn desc_attr<T>(
     };
     match s {
         sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),
-        s => Err(lt_err(
-            &format!("cublasLtMatmulDescSetAttribute({attr:?})"),
-            p,
-            s,
-        )),
+        s => Err(lt_err(&format!("SetAttribute({attr:?})"), p, s)),
     }
+}
+
+fn desc_attr<T>(
+    p: &GemmParams,
+    d: &Desc,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    v: &T,
+) -> Result<()> {
+    // SAFETY: `d` is live; callers pass the attribute's C type (int32_t for
+    // the transposes, uint32_t for the epilogue, a pointer for the bias).
+    unsafe { set_attr(p, sys::cublasLtMatmulDescSetAttribute, d.0, attr, v) }
 }
 
 fn pref_attr<T>(
@@ -522,24 +498,9 @@ fn pref_attr<T>(
     attr: sys::cublasLtMatmulPreferenceAttributes_t,
     v: &T,
 ) -> Result<()> {
-    // SAFETY: `v` is the attribute's C type (uint64_t workspace bytes,
-    // uint32_t alignments).
-    let s = unsafe {
-        sys::cublasLtMatmulPreferenceSetAttribute(
-            pr.0,
-            attr,
-            v as *const T as *const c_void,
-            std::mem::size_of::<T>(),
-        )
-    };
-    match s {
-        sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),
-        s => Err(lt_err(
-            &format!("cublasLtMatmulPreferenceSetAttribute({attr:?})"),
-            p,
-            s,
-        )),
-    }
+    // SAFETY: `pr` is live; callers pass the attribute's C type (uint64_t
+    // workspace bytes, uint32_t alignments).
+    unsafe { set_attr(p, sys::cublasLtMatmulPreferenceSetAttribute, pr.0, attr, v) }
 }
 
 /// The descriptors of one GEMM (C shares D's layout: beta is 0).
@@ -606,7 +567,11 @@ fn config_attr<T: Default + Copy>(
     (s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(v)
 }
 
-fn describe_algo(algo: &sys::cublasLtMatmulAlgo_t, workspace: usize, key: &AlgoKey) -> String {
+fn describe_algo(
+    algo: &sys::cublasLtMatmulAlgo_t,
+    workspace: usize,
+    key: &AlgoKey,
+) -> &'static str {
     use sys::cublasLtMatmulAlgoConfigAttributes_t::*;
     let show = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
     let id = config_attr::<i32>(algo, CUBLASLT_ALGO_CONFIG_ID).map(|v| v as u32);
@@ -618,15 +583,17 @@ fn describe_algo(algo: &sys::cublasLtMatmulAlgo_t, workspace: usize, key: &AlgoK
         if key.problem.a.trans { 'T' } else { 'N' },
         if key.problem.b.trans { 'T' } else { 'N' }
     );
-    format!(
-        "algo{} tile{} stages{} splitk{} ws{} {ops}{}",
+    let text = format!(
+        "cublasLt:algo{} tile{} stages{} splitk{} ws{} {ops}{}",
         show(id),
         show(tile),
         show(stages),
         show(splitk),
         workspace,
         if key.tf32 { " tf32" } else { "" }
-    )
+    );
+    // one per cached algorithm, like the cache entry itself
+    Box::leak(text.into_boxed_str())
 }
 
 /// The cached algorithm for `key`, asking the heuristic on a miss.
@@ -717,37 +684,31 @@ fn choose(st: &mut LtState, p: &GemmParams, key: &AlgoKey, prep: &Prepared) -> R
 
 fn plan(g: &'static Gpu, p: &GemmParams) -> Result<(AlgoKey, LtProblem, bool)> {
     let problem = lt_problem(&p.a, &p.b, &p.d, p.batch)?;
-    let tf32 = tf32_enabled() && p.dtype == DType::F32;
+    let tf32 = math_mode::tf32() && p.dtype == DType::F32;
     types(p.dtype, tf32)?;
     g.bind()?;
     Ok((algo_key(p, &problem, tf32), problem, tf32))
 }
 
-/// The algorithm [`gemm`] would run for `p` (the heuristic is asked and
-/// its answer cached), described for the trace; queues nothing.
-pub fn describe(g: &'static Gpu, p: &GemmParams) -> Result<String> {
-    let (key, problem, tf32) = plan(g, p)?;
-    let st = state(g)?;
-    let mut st = st.lock().unwrap();
-    if let Some(a) = st.algos.get(&key) {
-        return Ok(a.describe.clone());
-    }
-    let prep = prepare(p, &problem, tf32)?;
-    Ok(choose(&mut st, p, &key, &prep)?.describe)
-}
-
 /// Queues `D = alpha * A B (+ bias) (then act)` on `g`'s stream (see
-/// [`GemmParams`]); returns a description of the algorithm used. The
-/// pointers must address live buffers on `g` holding every element the
-/// matrices describe.
-pub fn gemm(g: &'static Gpu, p: &GemmParams) -> Result<String> {
+/// [`GemmParams`]); returns a description of the algorithm used, for the
+/// trace.
+///
+/// # Safety
+///
+/// `p.a`, `p.b` and `p.d` (and `p.bias`, when given) must address live
+/// buffers on `g`, each holding every element its matrix describes
+/// (rows, cols, ld and batch stride, `p.batch` times; n bias elements) in
+/// `p.dtype`, and stay allocated until the queued GEMM has run (work
+/// queued later on the same stream may reuse them).
+pub unsafe fn gemm(g: &'static Gpu, p: &GemmParams) -> Result<&'static str> {
     let (key, problem, tf32) = plan(g, p)?;
     let st = state(g)?;
     let mut st = st.lock().unwrap();
     let prep = prepare(p, &problem, tf32)?;
     let algo = choose(&mut st, p, &key, &prep)?;
     let (alpha, beta) = (p.alpha, 0.0f32);
-    // SAFETY: the descriptors are live and match the buffers (callers'
+    // SAFETY: the descriptors are live and match the buffers (the caller's
     // contract on the pointers); alpha/beta are f32 host scalars (the scale
     // type); the workspace block outlives the queued work (it is never
     // freed) and is only used by work on this one stream.
@@ -1032,18 +993,6 @@ mod tests {
         assert_eq!(alignment(0x1002), 2);
         assert_eq!(alignment(0x1010), 16);
         assert_eq!(alignment(0x1080), 128);
-    }
-
-    #[test]
-    fn tf32_is_off_unless_asked_for() {
-        assert!(tf32_from_env(Some("1")));
-        assert!(!tf32_from_env(Some("0")));
-        assert!(!tf32_from_env(Some("")));
-        assert!(!tf32_from_env(None));
-        // never switched on here: a GPU test running beside this one
-        // would lose f32 parity
-        set_tf32(false);
-        assert!(!tf32_enabled());
     }
 
     #[test]

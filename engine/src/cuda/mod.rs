@@ -17,13 +17,14 @@
 //!   channels-last convention for 4-D tensors, uploads/downloads, strided
 //!   copies;
 //! - [`blas`] (cuBLASLt GEMMs), [`dnn`] (cuDNN convolutions with a per-shape
-//!   algorithm search), `launch` (what every GPU primitive shares) and
+//!   algorithm search), [`math_mode`] (their one TF32 switch), `launch` (what every GPU primitive shares) and
 //!   [`ops`] (the GPU code of the families not yet moved into their folder).
 
 pub mod allocator;
 pub mod blas;
 pub mod dnn;
 pub(crate) mod launch;
+pub mod math_mode;
 pub mod ops;
 mod probe;
 pub mod runtime;

@@ -6,10 +6,10 @@
 //! gradients with other ops. One file per family of ops.
 
 pub mod batchnorm;
-pub mod binary;
 pub mod conv;
 pub mod conv_transpose;
 pub mod copy;
+pub mod elementwise;
 pub mod loss;
 pub mod matmul;
 pub mod nms;
@@ -17,7 +17,6 @@ pub mod pool;
 pub mod reduce;
 pub mod roi_align;
 pub mod shape;
-pub mod unary;
 pub mod upsample;
 
 pub use batchnorm::*;
@@ -60,6 +59,9 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     let mut all = Vec::new();
     copy::parity::cases(&mut rng, &mut all);
     pool::parity::cases(&mut rng, &mut all);
+    elementwise::parity::cases(&mut rng, &mut all);
+    reduce::parity::cases(&mut rng, &mut all);
+    matmul::parity::cases(&mut rng, &mut all);
     all
 }
 
@@ -100,5 +102,42 @@ pub(crate) fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + S
         out.par_chunks_mut(GRAIN)
             .enumerate()
             .for_each(|(i, c)| f(i * GRAIN, c));
+    }
+}
+
+/// What the gradient of an op's output must be: the output's dtype, device
+/// and shape (captured by backward closures instead of the output itself).
+pub(crate) struct GradSpec {
+    dtype: crate::DType,
+    device: crate::Device,
+    shape: Vec<usize>,
+}
+
+impl GradSpec {
+    pub(crate) fn of(y: &Tensor) -> GradSpec {
+        GradSpec {
+            dtype: y.dtype(),
+            device: y.device(),
+            shape: y.dims().to_vec(),
+        }
+    }
+
+    /// `dy` as the gradient of that output, or a clear error naming `op`.
+    pub(crate) fn check(&self, op: &'static str, dy: &Tensor) -> Result<()> {
+        if dy.dtype() != self.dtype || dy.device() != self.device || dy.dims() != self.shape {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "gradient {:?} {} on {} for an output {:?} {} on {}",
+                    dy.dims(),
+                    dy.dtype(),
+                    dy.device(),
+                    self.shape,
+                    self.dtype,
+                    self.device
+                ),
+            ));
+        }
+        Ok(())
     }
 }

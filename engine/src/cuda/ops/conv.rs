@@ -190,7 +190,7 @@ fn backward(
     // cuDNN 9's cudnnConvolutionBackwardBias refuses bf16 (measured on the
     // H100: CUDNN_STATUS_NOT_SUPPORTED), so db is our own per-channel sum.
     let db = need_b
-        .then(|| super::reduce::sum_dims(&dy.detach(), &[0, 2, 3], false))
+        .then(|| dy.detach().sum_dims(&[0, 2, 3], false))
         .transpose()?;
     Ok(vec![dx, dw, db])
 }

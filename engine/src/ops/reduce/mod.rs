@@ -1,9 +1,46 @@
-//! Sum and mean over dims, and `sum_to` (the adjoint of broadcasting).
+//! Sum and mean over dims, and `sum_to` (the adjoint of broadcasting): the
+//! checks, trace and autograd, over the [`ReduceOps`] primitives of the
+//! backends (`cpu.rs`, `cuda.rs`).
 
+mod cpu;
+mod cuda;
+pub(crate) mod parity;
+#[cfg(test)]
+mod tests;
+
+use super::GradSpec;
 use crate::autograd::record;
-use crate::layout::Layout;
-use crate::{dispatch_float, Error, Float, Result, Tensor};
-use rayon::prelude::*;
+use crate::backend::{unsupported, BackendInfo};
+use crate::{on_backend, Error, Result, Tensor};
+
+/// The reduction primitives a backend implements.
+pub trait ReduceOps: BackendInfo {
+    /// The sum over `dims` (sorted, deduplicated, in range); reduced dims
+    /// are kept with size 1 when `keepdim`.
+    fn sum(&self, x: &Tensor, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        let _ = (x, dims, keepdim);
+        Err(unsupported(self, "sum"))
+    }
+    /// The gradient of a sum: `dy` (reshaped to `keep_shape`, the input's
+    /// shape with the reduced dims 1) broadcast back to `in_shape`.
+    fn sum_backward(
+        &self,
+        dy: &Tensor,
+        keep_shape: &[usize],
+        in_shape: &[usize],
+    ) -> Result<Tensor> {
+        let _ = (dy, keep_shape, in_shape);
+        Err(unsupported(self, "sum_backward"))
+    }
+}
+
+/// The shape of a sum over `dims` of a `shape` tensor with the reduced dims
+/// kept (size 1).
+fn keep_shape(shape: &[usize], dims: &[usize]) -> Vec<usize> {
+    (0..shape.len())
+        .map(|i| if dims.contains(&i) { 1 } else { shape[i] })
+        .collect()
+}
 
 fn check_dims(op: &'static str, x: &Tensor, dims: &[usize]) -> Result<Vec<usize>> {
     let mut d = dims.to_vec();
@@ -18,58 +55,20 @@ fn check_dims(op: &'static str, x: &Tensor, dims: &[usize]) -> Result<Vec<usize>
     Ok(d)
 }
 
-fn sum_kernel<T: Float>(x: &Tensor, keep_shape: &[usize]) -> Result<Vec<T>> {
-    let xd = x.float_data::<T>()?;
-    let n_out: usize = keep_shape.iter().product();
-    if n_out == 1 {
-        // Per-chunk partial sums keep f32 error small on big tensors; they are
-        // combined in index order so the result never depends on scheduling
-        // (runs must be bit-reproducible).
-        let partials: Vec<T> = xd
-            .par_chunks(1 << 14)
-            .map(|c| c.iter().copied().sum::<T>())
-            .collect();
-        return Ok(vec![partials.into_iter().sum()]);
-    }
-    let mut out = vec![T::zero(); n_out];
-    let out_layout = Layout::contiguous(keep_shape).broadcast_to(x.dims())?;
-    let mut k = 0;
-    out_layout.for_each_index(|o| {
-        out[o] += xd[k];
-        k += 1;
-    });
-    Ok(out)
-}
-
 impl Tensor {
     /// Sum over `dims`; reduced dims are kept with size 1 when `keepdim`.
     pub fn sum_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        if self.device() != crate::Device::Cpu {
-            return crate::cuda::ops::reduce::sum_dims(self, dims, keepdim);
-        }
-        crate::trace::op("sum", "forward", "cpu:reduce", &[self], || {
-            let dims = check_dims("sum", self, dims)?;
-            let keep_shape: Vec<usize> = (0..self.rank())
-                .map(|i| if dims.contains(&i) { 1 } else { self.dims()[i] })
-                .collect();
-            let out_shape: Vec<usize> = if keepdim {
-                keep_shape.clone()
-            } else {
-                (0..self.rank())
-                    .filter(|i| !dims.contains(i))
-                    .map(|i| self.dims()[i])
-                    .collect()
-            };
-            let out = dispatch_float!("sum", self.dtype(), T => {
-                Tensor::from_compute(sum_kernel::<T>(self, &keep_shape)?, &out_shape, self.dtype())
-            });
+        let dims = check_dims("sum", self, dims)?;
+        on_backend!(self.device(), b => crate::trace::op("sum", "forward", b.name(), &[self], || {
+            let out = b.sum(self, &dims, keepdim)?;
+            let keep_shape = keep_shape(self.dims(), &dims);
             let in_shape = self.dims().to_vec();
+            let spec = GradSpec::of(&out);
             Ok(record(out, "sum", &[self], move |g| {
-                Ok(vec![Some(
-                    g.reshape(&keep_shape)?.expand(&in_shape)?.contiguous(),
-                )])
+                spec.check("sum", g)?;
+                Ok(vec![Some(b.sum_backward(g, &keep_shape, &in_shape)?)])
             }))
-        })
+        }))
     }
 
     /// Sum of all elements, as a 0-d tensor.

@@ -1,4 +1,4 @@
-//! Sums over dims on the GPU (reduce.cu), with the CPU op's autograd.
+//! Sums over dims on the GPU (reduce.cu).
 //!
 //! The input is read in its physical order: the dims are listed outermost
 //! first, and when the reduced ones form one run the sum is a single
@@ -8,31 +8,31 @@
 //! takes the two-launch sum_partial/sum_finalize path. f32 accumulation,
 //! one rounding into the dtype, as the CPU backend.
 
-use super::cast;
-use crate::autograd::record;
-use crate::cuda::launch::{dense, on_device, traced_sync};
-use crate::cuda::launch::{kdtype, kerr};
+use super::{keep_shape, ReduceOps};
+use crate::backend::Cuda;
+use crate::cuda::launch::{dense, kdtype, kerr, traced_sync};
+use crate::cuda::ops::cast;
 use crate::cuda::tensor::{alloc, copy_to_strides, gpu_of, ptr, to_default_layout};
 use crate::layout::Layout;
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Result, Tensor};
 
 /// How a sum over `dims` reads a dense input.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SumPlan {
-    pub outer: usize,
-    pub r: usize,
-    pub inner: usize,
+struct SumPlan {
+    outer: usize,
+    r: usize,
+    inner: usize,
     /// Strides to copy the input into first (reduced dims innermost), when
     /// the reduced dims are not one physical run.
-    pub regroup: Option<Vec<usize>>,
+    regroup: Option<Vec<usize>>,
     /// Strides of the result for the keep-shape (reduced dims size 1): the
     /// kept dims in the order they are read.
-    pub keep_strides: Vec<usize>,
+    keep_strides: Vec<usize>,
 }
 
 /// The plan for summing a dense tensor of `shape`/`strides` over `dims`
 /// (sorted, deduplicated, in range).
-pub fn plan_sum(shape: &[usize], strides: &[usize], dims: &[usize]) -> SumPlan {
+fn plan_sum(shape: &[usize], strides: &[usize], dims: &[usize]) -> SumPlan {
     let rank = shape.len();
     let red = |d: usize| dims.contains(&d);
     // size-1 dims hold no data: leave them out of the physical order
@@ -83,35 +83,23 @@ pub fn plan_sum(shape: &[usize], strides: &[usize], dims: &[usize]) -> SumPlan {
 /// The kernel path a plan takes (for the trace).
 fn kernel_name(p: &SumPlan) -> &'static str {
     if p.outer == 1 && p.inner == 1 {
-        "cuda:sum_partial+sum_finalize"
+        "sum_partial+sum_finalize"
     } else if p.inner == 1 {
-        "cuda:sum_rows"
+        "sum_rows"
     } else {
-        "cuda:sum_cols"
+        "sum_cols"
     }
 }
 
-/// Sum over `dims`; reduced dims kept with size 1 when `keepdim` (the CPU
-/// op's contract, including its backward: the gradient broadcast back).
-pub fn sum_dims(x: &Tensor, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-    let mut d = dims.to_vec();
-    d.sort_unstable();
-    d.dedup();
-    if let Some(&bad) = d.iter().find(|&&i| i >= x.rank()) {
-        return Err(Error::shape(
-            "sum",
-            format!("dim {bad} out of range for shape {:?}", x.dims()),
-        ));
-    }
-    let xd = dense(x)?;
-    let plan = plan_sum(xd.dims(), xd.strides(), &d);
-    crate::trace::op("sum", "forward", kernel_name(&plan), &[x], || {
+impl ReduceOps for Cuda {
+    fn sum(&self, x: &Tensor, d: &[usize], keepdim: bool) -> Result<Tensor> {
+        let xd = dense(x)?;
+        let plan = plan_sum(xd.dims(), xd.strides(), d);
+        crate::trace::kernel(kernel_name(&plan));
         let g = gpu_of(x)?;
         let dtype = x.dtype();
         let dt = kdtype("sum", dtype)?;
-        let keep_shape: Vec<usize> = (0..x.rank())
-            .map(|i| if d.contains(&i) { 1 } else { x.dims()[i] })
-            .collect();
+        let keep_shape = keep_shape(x.dims(), d);
         let src = match &plan.regroup {
             Some(w) => copy_to_strides(&xd, w)?,
             None => xd.clone(),
@@ -167,13 +155,17 @@ pub fn sum_dims(x: &Tensor, dims: &[usize], keepdim: bool) -> Result<Tensor> {
             to_default_layout(&kept.view(l))?
         };
         traced_sync(g)?;
-        let (in_shape, dev) = (x.dims().to_vec(), x.device());
-        Ok(record(out, "sum", &[x], move |g| {
-            let g = on_device(g, dev)?;
-            let e = g.reshape(&keep_shape)?.expand(&in_shape)?;
-            Ok(vec![Some(to_default_layout(&e)?)])
-        }))
-    })
+        Ok(out)
+    }
+
+    fn sum_backward(
+        &self,
+        dy: &Tensor,
+        keep_shape: &[usize],
+        in_shape: &[usize],
+    ) -> Result<Tensor> {
+        to_default_layout(&dy.reshape(keep_shape)?.expand(in_shape)?)
+    }
 }
 
 fn layout(shape: &[usize], strides: &[usize]) -> Layout {

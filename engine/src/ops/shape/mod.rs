@@ -1,62 +1,38 @@
-//! Views (reshape, permute, narrow, expand: no copy) and concatenation.
+//! Views (reshape, permute, narrow, expand: no copy) and concatenation;
+//! the copies (cat, narrow's backward) are [`ShapeOps`] primitives of the
+//! backends (`cpu.rs`, `cuda.rs`).
 
+mod cpu;
+mod cuda;
+#[cfg(test)]
+mod tests;
+
+use super::GradSpec;
 use crate::autograd::record;
+use crate::backend::{same_device, unsupported, BackendInfo};
 use crate::layout::Layout;
-use crate::{Element, Error, Result, Tensor};
-use half::{bf16, f16};
+use crate::{on_backend, Error, Result, Tensor};
 
-/// Runs `$body` with `$T` = the element type stored for `$dtype`.
-macro_rules! dispatch_any {
-    ($dtype:expr, $T:ident => $body:expr) => {
-        match $dtype {
-            $crate::DType::F64 => {
-                type $T = f64;
-                $body
-            }
-            $crate::DType::F32 => {
-                type $T = f32;
-                $body
-            }
-            $crate::DType::F16 => {
-                type $T = f16;
-                $body
-            }
-            $crate::DType::BF16 => {
-                type $T = bf16;
-                $body
-            }
-            $crate::DType::I64 => {
-                type $T = i64;
-                $body
-            }
-            $crate::DType::U8 => {
-                type $T = u8;
-                $body
-            }
-        }
-    };
-}
-
-/// Writes `src` (row-major) into the elements of `dst` that `region` views.
-fn scatter<T: Element>(dst: &mut [T], region: &Layout, src: &[T]) {
-    let mut k = 0;
-    region.for_each_index(|i| {
-        dst[i] = src[k];
-        k += 1;
-    });
-}
-
-/// `region` of a contiguous `shape` tensor filled from `src`, zeros elsewhere:
-/// the adjoint of `narrow`.
-fn embed(src: &Tensor, shape: &[usize], dim: usize, start: usize) -> Result<Tensor> {
-    let mut region = Layout::contiguous(shape);
-    region.offset = start * region.strides[dim];
-    region.shape[dim] = src.dims()[dim];
-    dispatch_any!(src.dtype(), T => {
-        let mut out = vec![T::from_f64(0.0); shape.iter().product()];
-        scatter(&mut out, &region, &src.data::<T>()?);
-        Tensor::from_vec(out, shape)
-    })
+/// The copying primitives of the shape ops a backend implements.
+pub trait ShapeOps: BackendInfo {
+    /// `tensors` (one dtype, equal but for `dim`) joined along `dim` into
+    /// a tensor of `shape`.
+    fn cat(&self, tensors: &[Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
+        let _ = (tensors, dim, shape);
+        Err(unsupported(self, "cat"))
+    }
+    /// The adjoint of `narrow`: a zero tensor of `shape` with `dy` at
+    /// `start..` along `dim`.
+    fn narrow_backward(
+        &self,
+        dy: &Tensor,
+        shape: &[usize],
+        dim: usize,
+        start: usize,
+    ) -> Result<Tensor> {
+        let _ = (dy, shape, dim, start);
+        Err(unsupported(self, "narrow_backward"))
+    }
 }
 
 impl Tensor {
@@ -76,7 +52,7 @@ impl Tensor {
         if self.dims() == shape {
             return Ok(self.clone());
         }
-        let src = self.contiguous();
+        let src = self.try_contiguous()?;
         let mut layout = Layout::contiguous(shape);
         layout.offset = src.layout().offset;
         let in_shape = self.dims().to_vec();
@@ -170,8 +146,12 @@ impl Tensor {
         layout.offset += start * layout.strides[dim];
         layout.shape[dim] = len;
         let in_shape = self.dims().to_vec();
-        Ok(record(self.view(layout), "narrow", &[self], move |g| {
-            Ok(vec![Some(embed(g, &in_shape, dim, start)?)])
+        let y = self.view(layout);
+        let spec = GradSpec::of(&y);
+        Ok(record(y, "narrow", &[self], move |g| {
+            spec.check("narrow", g)?;
+            let dx = on_backend!(g.device(), b => b.narrow_backward(g, &in_shape, dim, start))?;
+            Ok(vec![Some(dx)])
         }))
     }
 
@@ -185,67 +165,54 @@ impl Tensor {
         }))
     }
 
-    /// Concatenates along `dim`; all tensors share dtype and the other dims.
+    /// Concatenates along `dim`; all tensors share dtype, device and the
+    /// other dims.
     pub fn cat(tensors: &[Tensor], dim: usize) -> Result<Tensor> {
-        crate::trace::op(
-            "cat",
-            "forward",
-            "cpu:copy",
-            &tensors.iter().collect::<Vec<_>>(),
-            || {
-                let first = tensors
-                    .first()
-                    .ok_or_else(|| Error::arg("cat", "needs at least one tensor"))?;
-                if dim >= first.rank() {
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::arg("cat", "needs at least one tensor"))?;
+        let dev = same_device("cat", &refs)?;
+        on_backend!(dev, b => crate::trace::op("cat", "forward", b.name(), &refs, || {
+            if dim >= first.rank() {
+                return Err(Error::shape(
+                    "cat",
+                    format!("dim {dim} out of range for {:?}", first.dims()),
+                ));
+            }
+            for t in tensors {
+                let same_other = t.rank() == first.rank()
+                    && (0..t.rank()).all(|i| i == dim || t.dims()[i] == first.dims()[i]);
+                if !same_other {
                     return Err(Error::shape(
                         "cat",
-                        format!("dim {dim} out of range for {:?}", first.dims()),
+                        format!(
+                            "shapes {:?} and {:?} differ outside dim {dim}",
+                            first.dims(),
+                            t.dims()
+                        ),
                     ));
                 }
-                for t in tensors {
-                    let same_other = t.rank() == first.rank()
-                        && (0..t.rank()).all(|i| i == dim || t.dims()[i] == first.dims()[i]);
-                    if !same_other {
-                        return Err(Error::shape(
-                            "cat",
-                            format!(
-                                "shapes {:?} and {:?} differ outside dim {dim}",
-                                first.dims(),
-                                t.dims()
-                            ),
-                        ));
-                    }
-                    if t.dtype() != first.dtype() {
-                        return Err(Error::dtype("cat", first.dtype().name(), t.dtype()));
-                    }
+                if t.dtype() != first.dtype() {
+                    return Err(Error::dtype("cat", first.dtype().name(), t.dtype()));
                 }
-                let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[dim]).collect();
-                let mut shape = first.dims().to_vec();
-                shape[dim] = sizes.iter().sum();
-                let out = dispatch_any!(first.dtype(), T => {
-                    let mut out = vec![T::from_f64(0.0); shape.iter().product()];
-                    let mut start = 0;
-                    for t in tensors {
-                        let mut region = Layout::contiguous(&shape);
-                        region.offset = start * region.strides[dim];
-                        region.shape[dim] = t.dims()[dim];
-                        scatter(&mut out, &region, &t.data::<T>()?);
-                        start += t.dims()[dim];
-                    }
-                    Tensor::from_storage(<T as Element>::into_storage(out), &shape)?
-                });
-                let refs: Vec<&Tensor> = tensors.iter().collect();
-                Ok(record(out, "cat", &refs, move |g| {
-                    let mut start = 0;
-                    let mut grads = Vec::with_capacity(sizes.len());
-                    for &s in &sizes {
-                        grads.push(Some(g.narrow(dim, start, s)?.contiguous()));
-                        start += s;
-                    }
-                    Ok(grads)
-                }))
-            },
-        )
+            }
+            let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[dim]).collect();
+            let mut shape = first.dims().to_vec();
+            shape[dim] = sizes.iter().sum();
+            let out = b.cat(tensors, dim, &shape)?;
+            let spec = GradSpec::of(&out);
+            Ok(record(out, "cat", &refs, move |g| {
+                spec.check("cat", g)?;
+                let mut start = 0;
+                let mut grads = Vec::with_capacity(sizes.len());
+                for &s in &sizes {
+                    grads.push(Some(g.narrow(dim, start, s)?.try_contiguous()?));
+                    start += s;
+                }
+                Ok(grads)
+            }))
+        }))
     }
 
     /// Stacks same-shape tensors along a new dim.
