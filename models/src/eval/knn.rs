@@ -49,7 +49,7 @@ pub fn knn_predict(train: &Features, test: &Features, k: usize) -> Result<Vec<us
     let mut pred = vec![0usize; test.n];
     pred.par_chunks_mut(BLOCK)
         .zip(te.par_chunks(BLOCK * d))
-        .for_each(|(out, q)| {
+        .try_for_each(|(out, q)| -> Result<()> {
             let rows = out.len();
             let mut sims = vec![0.0f32; rows * train.n];
             let a = MatRef {
@@ -67,7 +67,7 @@ pub fn knn_predict(train: &Features, test: &Features, k: usize) -> Result<Vec<us
                 row_stride: 1,
                 col_stride: d,
             };
-            gemm(&mut sims, a, b, false, 1);
+            gemm(&mut sims, a, b, false, 1)?;
             let mut cand: Vec<(f32, u32)> = Vec::with_capacity(train.n);
             let mut score = vec![0.0f64; num_classes];
             let mut present = vec![false; num_classes];
@@ -103,7 +103,8 @@ pub fn knn_predict(train: &Features, test: &Features, k: usize) -> Result<Vec<us
                 }
                 *p = best.expect("k >= 1 neighbours give at least one class");
             }
-        });
+            Ok(())
+        })?;
     Ok(pred)
 }
 

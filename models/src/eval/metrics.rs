@@ -146,7 +146,7 @@ pub fn redundancy(f: &Features) -> Result<f64> {
         row_stride: m,
         col_stride: 1,
     };
-    gemm(&mut corr, zt, zm, false, 0);
+    gemm(&mut corr, zt, zm, false, 0)?;
     let mut sum = 0.0f64;
     for a in 0..m {
         // Rounding can push |rho| a hair above 1 for identical columns.

@@ -329,7 +329,8 @@ fn joint_probabilities(f: &Features, perplexity: f64) -> Vec<f64> {
             col_stride: d,
         },
     );
-    gemm(&mut dist, xm, xt, false, 0);
+    // the operands are built from x's own n x d shape: in bounds
+    gemm(&mut dist, xm, xt, false, 0).expect("n x d operands of an n x d buffer");
     let target = perplexity.ln();
     let mut cond = vec![0.0f64; n * n];
     cond.par_chunks_mut(n)
