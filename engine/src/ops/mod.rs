@@ -58,6 +58,8 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     let mut rng = Rng::new(seed);
     let mut all = Vec::new();
     pool::parity::cases(&mut rng, &mut all);
+    batchnorm::parity::cases(&mut rng, &mut all);
+    loss::parity::cases(&mut rng, &mut all);
     all
 }
 

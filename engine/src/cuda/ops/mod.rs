@@ -6,11 +6,9 @@
 //! Conventions (cuda::tensor): 4-D tensors are channels-last; outputs get
 //! the default layout; inputs with another layout are copied into it first.
 
-pub mod batchnorm;
 pub mod conv;
 pub mod detection;
 pub mod elementwise;
-pub mod loss;
 pub mod matmul;
 pub mod optim;
 pub mod reduce;
