@@ -27,7 +27,12 @@ fn f64_of<T: Float>(v: T) -> f64 {
 /// shifted moments of x) or p = dy (the gradient sums). Channel blocks run
 /// in parallel; within a block, samples are visited in order, so the sums
 /// are reproducible.
-fn channel_moments<T: Float>(d: &BnGeom, x: &[T], dy: Option<&[T]>, center: &[f64]) -> Vec<[f64; 2]> {
+fn channel_moments<T: Float>(
+    d: &BnGeom,
+    x: &[T],
+    dy: Option<&[T]>,
+    center: &[f64],
+) -> Vec<[f64; 2]> {
     let block = (GRAIN / d.s.max(1) / d.n.max(1)).clamp(1, d.c.max(1));
     let n_blocks = d.c.div_ceil(block);
     let run = |b: usize| {

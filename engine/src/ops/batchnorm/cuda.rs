@@ -85,7 +85,13 @@ fn workspace(op: &'static str, g: &'static Gpu, m: usize, c: usize) -> Result<De
 /// shape the kernel assumes (bx channel lanes x by row lanes, bx*by = 256,
 /// any grid: blocks loop over channel groups), with the pack width of the
 /// kernel's own vector test on `ptrs` (speed only: both widths are correct).
-fn bn1d_config(op: &'static str, g: &Gpu, n: usize, c: usize, ptrs: &[DevPtr]) -> Result<LaunchConfig> {
+fn bn1d_config(
+    op: &'static str,
+    g: &Gpu,
+    n: usize,
+    c: usize,
+    ptrs: &[DevPtr],
+) -> Result<LaunchConfig> {
     let ptrs: Vec<usize> = ptrs.iter().map(|&p| p as usize).collect();
     let pack = launch::pack_width(&ptrs, Some(c));
     let s = launch::bn1d(n, c, pack, &g.kernels.gpu()).map_err(kerr(op))?;
@@ -154,7 +160,9 @@ impl BatchNormOps for Cuda {
             // unbiased variance (N > 1: checked, training) feeds running_var.
             let (xp, yp, bp) = (ptr(&xd)?, ptr(&y)?, ptr(&bias)?);
             let cfg = bn1d_config(op, g, m, c, &[xp, yp, bp])?;
-            let f = g.kernels.function(&format!("bn1d_relu_fwd_{}", dt.suffix()));
+            let f = g
+                .kernels
+                .function(&format!("bn1d_relu_fwd_{}", dt.suffix()));
             let f = f.map_err(kerr(op))?;
             let (n32, c32) = (m as i32, c as i32); // bn1d_config checked both fit
             let (momentum, eps, relu) = (geom.momentum as f32, geom.eps as f32, fused as i32);
@@ -236,16 +244,15 @@ impl BatchNormOps for Cuda {
         let need_r = geom.fuse == Fuse::AddRelu && need_r;
         // bn1d_relu_bwd always writes dx
         let need_dx = need_x || one_launch(geom);
-        let dx = need_dx
-            .then(|| empty_like(&s.x, s.x.dtype()))
-            .transpose()?;
-        let dr = need_r
-            .then(|| empty_like(&s.x, s.x.dtype()))
-            .transpose()?;
+        let dx = need_dx.then(|| empty_like(&s.x, s.x.dtype())).transpose()?;
+        let dr = need_r.then(|| empty_like(&s.x, s.x.dtype())).transpose()?;
         let dw = need_w.then(|| f32_vec(g, c)).transpose()?;
         let db = need_b.then(|| f32_vec(g, c)).transpose()?;
         let opt = |t: Option<&Tensor>| t.map(ptr).transpose().map(|p| p.unwrap_or(0));
-        let (dwp, dbp) = (opt(dw.as_ref().map(|p| &p.1))?, opt(db.as_ref().map(|p| &p.1))?);
+        let (dwp, dbp) = (
+            opt(dw.as_ref().map(|p| &p.1))?,
+            opt(db.as_ref().map(|p| &p.1))?,
+        );
         if one_launch(geom) {
             crate::trace::kernel("bn1d_relu_bwd");
             // bn1d_relu_bwd_<t>(x, y, dy, mean, invstd, weight, N, C, relu,
@@ -257,7 +264,9 @@ impl BatchNormOps for Cuda {
             let (xp, yp, dyp) = (ptr(&s.x)?, opt(s.out.as_ref())?, ptr(&dy)?);
             let (dxp, mp) = (opt(dx.as_ref())?, s.mean.ptr());
             let cfg = bn1d_config(op, g, m, c, &[xp, yp, dyp, dxp, mp])?;
-            let f = g.kernels.function(&format!("bn1d_relu_bwd_{}", dt.suffix()));
+            let f = g
+                .kernels
+                .function(&format!("bn1d_relu_bwd_{}", dt.suffix()));
             let f = f.map_err(kerr(op))?;
             let (n32, c32) = (m as i32, c as i32); // bn1d_config checked both fit
             let relu = (geom.fuse == Fuse::Relu) as i32;
@@ -265,7 +274,12 @@ impl BatchNormOps for Cuda {
             g.bind()?;
             let mut l = g.stream.launch_builder(&f);
             l.arg(&xp).arg(&yp).arg(&dyp).arg(&mp).arg(&ip).arg(&wp);
-            l.arg(&n32).arg(&c32).arg(&relu).arg(&dxp).arg(&dwp).arg(&dbp);
+            l.arg(&n32)
+                .arg(&c32)
+                .arg(&relu)
+                .arg(&dxp)
+                .arg(&dwp)
+                .arg(&dbp);
             // SAFETY: x, y, dy, dx are live dense [N, C] of x's dtype;
             // mean, invstd, weight, dweight, dbias f32 [C] (or 0).
             unsafe { l.launch(cfg) }.map_err(|e| g.err("bn1d_relu_bwd", e))?;
@@ -338,6 +352,9 @@ mod tests {
         let e = rows("batch_norm", &x, &geom(4, Fuse::None, true));
         assert!(e.unwrap_err().to_string().contains("[2, 3, 4]"));
         let x = Tensor::zeros(&[4, 3, 2, 2], DType::BF16);
-        assert_eq!(rows("batch_norm", &x, &geom(4, Fuse::None, true)).unwrap(), (16, 3));
+        assert_eq!(
+            rows("batch_norm", &x, &geom(4, Fuse::None, true)).unwrap(),
+            (16, 3)
+        );
     }
 }

@@ -35,8 +35,14 @@ fn rows_are_standardised_per_column() {
     // running = 0.9*old + 0.1*batch (unbiased variance 2 and 8)
     let rm = rm.to_vec::<f32>().unwrap();
     let rv = rv.to_vec::<f32>().unwrap();
-    assert!((rm[0] - 0.2).abs() < 1e-6 && (rm[1] - 0.0).abs() < 1e-6, "{rm:?}");
-    assert!((rv[0] - 1.1).abs() < 1e-6 && (rv[1] - 1.7).abs() < 1e-6, "{rv:?}");
+    assert!(
+        (rm[0] - 0.2).abs() < 1e-6 && (rm[1] - 0.0).abs() < 1e-6,
+        "{rm:?}"
+    );
+    assert!(
+        (rv[0] - 1.1).abs() < 1e-6 && (rv[1] - 1.7).abs() < 1e-6,
+        "{rv:?}"
+    );
 }
 
 #[test]
@@ -66,4 +72,23 @@ fn eval_uses_the_running_statistics() {
     let o = x.batch_norm(&args(&p, false)).unwrap();
     assert!(o.running.is_none());
     assert_eq!(o.out.to_vec::<f32>().unwrap(), vec![2.0, 4.0]);
+}
+
+#[test]
+fn parity_cases_run_on_the_cpu() {
+    let mut cases = Vec::new();
+    super::parity::cases(&mut crate::Rng::new(7), &mut cases);
+    for c in cases.iter().filter(|c| c.dtype == DType::F32) {
+        let out = (c.run)(crate::Device::Cpu).unwrap();
+        let names: Vec<&str> = out.iter().map(|o| o.0.as_str()).collect();
+        assert!(
+            names.contains(&"dx") && names.contains(&"dweight"),
+            "{}: {names:?}",
+            c.label
+        );
+        assert_eq!(
+            names.contains(&"new_running_var"),
+            !c.label.ends_with("eval")
+        );
+    }
 }

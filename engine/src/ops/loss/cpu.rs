@@ -179,10 +179,18 @@ impl LossOps for Cpu {
             lse,
             valid,
         };
-        Ok((Tensor::from_compute(vec![loss], &[], dtype), Box::new(saved)))
+        Ok((
+            Tensor::from_compute(vec![loss], &[], dtype),
+            Box::new(saved),
+        ))
     }
 
-    fn cross_entropy_backward(&self, dloss: &Tensor, saved: &Saved, g: &XentGeom) -> Result<Tensor> {
+    fn cross_entropy_backward(
+        &self,
+        dloss: &Tensor,
+        saved: &Saved,
+        g: &XentGeom,
+    ) -> Result<Tensor> {
         const OP: &str = "cross_entropy";
         crate::trace::kernel("softmax_xent");
         let s: &XentSaved = saved
@@ -251,7 +259,6 @@ impl LossOps for Cpu {
         })
     }
 }
-
 
 /// sign with sign(0) = 0, as PyTorch's L1 gradient.
 fn sign(d: f64) -> f64 {

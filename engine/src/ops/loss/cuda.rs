@@ -105,7 +105,12 @@ impl LossOps for Cuda {
         Ok((out, Box::new(saved)))
     }
 
-    fn cross_entropy_backward(&self, dloss: &Tensor, saved: &Saved, geom: &XentGeom) -> Result<Tensor> {
+    fn cross_entropy_backward(
+        &self,
+        dloss: &Tensor,
+        saved: &Saved,
+        geom: &XentGeom,
+    ) -> Result<Tensor> {
         const OP: &str = "cross_entropy";
         crate::trace::kernel("xent_bwd");
         let s: &XentSaved = saved

@@ -87,7 +87,12 @@ pub trait LossOps: BackendInfo {
         Err(unsupported(self, "cross_entropy"))
     }
     /// d loss / d logits for the loss gradient `dloss` (0-d).
-    fn cross_entropy_backward(&self, dloss: &Tensor, saved: &Saved, g: &XentGeom) -> Result<Tensor> {
+    fn cross_entropy_backward(
+        &self,
+        dloss: &Tensor,
+        saved: &Saved,
+        g: &XentGeom,
+    ) -> Result<Tensor> {
         let _ = (dloss, saved, g);
         Err(unsupported(self, "cross_entropy_backward"))
     }

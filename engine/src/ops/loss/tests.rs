@@ -9,7 +9,10 @@ fn targets_are_checked_before_anything_runs() {
     let e = logits.cross_entropy(&t, 0.0, None).unwrap_err().to_string();
     assert!(e.contains("target[1] = 4 is outside [0, 4)"), "{e}");
     let t = Tensor::from_vec(vec![-1i64, -1, -1], &[3]).unwrap();
-    let e = logits.cross_entropy(&t, 0.0, Some(-1)).unwrap_err().to_string();
+    let e = logits
+        .cross_entropy(&t, 0.0, Some(-1))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("every one of the 3 rows is ignored"), "{e}");
 }
 
@@ -22,7 +25,10 @@ fn uniform_logits_cost_log_c() {
     loss.backward().unwrap();
     // (softmax - onehot) / N: 0.125 off target, -0.375 on it
     let g = logits.grad().unwrap().to_vec::<f32>().unwrap();
-    assert_eq!(g, vec![0.125, -0.375, 0.125, 0.125, 0.125, 0.125, 0.125, -0.375]);
+    assert_eq!(
+        g,
+        vec![0.125, -0.375, 0.125, 0.125, 0.125, 0.125, 0.125, -0.375]
+    );
 }
 
 #[test]
@@ -44,7 +50,10 @@ fn loss_gradients_are_checked() {
     loss.backward().unwrap();
     let g = x.grad().unwrap().to_vec::<f32>().unwrap();
     let want = [0.5 / 3.0, -1.0 / 3.0, 1.0 / 3.0];
-    assert!(g.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{g:?}");
+    assert!(
+        g.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+        "{g:?}"
+    );
 }
 
 #[test]
@@ -60,4 +69,16 @@ fn softmax_gradient_shape_is_checked() {
         .to_string();
     assert!(e.contains("gradient [2, 2] bf16"), "{e}");
     assert!(x.softmax(2).is_err());
+}
+
+#[test]
+fn parity_cases_run_on_the_cpu() {
+    let mut cases = Vec::new();
+    super::parity::cases(&mut crate::Rng::new(7), &mut cases);
+    assert_eq!(cases.len(), 12);
+    for c in &cases {
+        let out = (c.run)(crate::Device::Cpu).unwrap();
+        let names: Vec<&str> = out.iter().map(|o| o.0.as_str()).collect();
+        assert_eq!(names, ["loss", "dlogits"], "{}", c.label);
+    }
 }
