@@ -97,6 +97,12 @@ pub trait BatchNormOps: BackendInfo {
     }
 }
 
+/// Whether parameters or statistics of dtype `p` go with an x of dtype `x`:
+/// the same dtype, or f32 with a half x (mixed precision).
+pub(crate) fn param_dtype_fits(x: DType, p: DType) -> bool {
+    p == x || (p == DType::F32 && matches!(x, DType::F16 | DType::BF16))
+}
+
 /// Checks x, the parameters, the residual and the settings as the op's
 /// contract says and returns the geometry.
 fn check_args(
@@ -132,8 +138,6 @@ fn check_args(
         momentum: a.momentum,
         eps: a.eps,
     };
-    let param_ok =
-        |t: DType| t == xd || (t == DType::F32 && matches!(xd, DType::F16 | DType::BF16));
     for (name, t) in [
         ("weight", a.weight),
         ("bias", a.bias),
@@ -151,7 +155,7 @@ fn check_args(
                 ),
             ));
         }
-        if !param_ok(t.dtype()) {
+        if !param_dtype_fits(xd, t.dtype()) {
             let expected = if xd == DType::F32 || xd == DType::F64 {
                 format!("{xd} for {name} (like x)")
             } else {
