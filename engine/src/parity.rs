@@ -65,24 +65,47 @@ pub fn autograd(
     inputs: Vec<Input>,
     f: impl Fn(&[Tensor]) -> Result<Outputs> + 'static,
 ) -> Case {
+    let draw = move |rng: &mut Rng| {
+        inputs
+            .iter()
+            .map(|i| {
+                let t = Tensor::randn(&i.shape, 0.0, i.std, dtype, rng);
+                (i.name, t, i.grad)
+            })
+            .collect()
+    };
+    autograd_with(op, dtype, label, seed, draw, f)
+}
+
+/// [`autograd`] over inputs that `draw` makes from the case's generator on
+/// the host: (name, tensor of any dtype, whether it needs a gradient).
+pub fn autograd_with(
+    op: &'static str,
+    dtype: DType,
+    label: String,
+    seed: u64,
+    draw: impl Fn(&mut Rng) -> Vec<(&'static str, Tensor, bool)> + 'static,
+    f: impl Fn(&[Tensor]) -> Result<Outputs> + 'static,
+) -> Case {
     let run = move |device: Device| {
         let mut rng = Rng::new(seed);
+        let inputs = draw(&mut rng);
         let mut leaves = Vec::new();
-        for i in &inputs {
-            let t = Tensor::randn(&i.shape, 0.0, i.std, dtype, &mut rng).to_device(device)?;
-            leaves.push(if i.grad { t.requires_grad_()? } else { t });
+        for (_, t, grad) in &inputs {
+            let t = t.to_device(device)?;
+            leaves.push(if *grad { t.requires_grad_()? } else { t });
         }
         let mut outs = f(&leaves)?;
-        if inputs.iter().any(|i| i.grad) {
+        if inputs.iter().any(|i| i.2) {
             let primary = &outs[0].1;
             let up = Tensor::randn(primary.dims(), 0.0, 1.0, primary.dtype(), &mut rng);
             primary.backward_with(up.to_device(device)?)?;
-            for (i, leaf) in inputs.iter().zip(&leaves) {
-                if i.grad {
+            for ((name, _, grad), leaf) in inputs.iter().zip(&leaves) {
+                if *grad {
                     let g = leaf.grad().ok_or_else(|| {
-                        Error::Autograd(format!("no gradient reached input {}", i.name))
+                        Error::Autograd(format!("no gradient reached input {name}"))
                     })?;
-                    outs.push((format!("d{}", i.name), g));
+                    outs.push((format!("d{name}"), g));
                 }
             }
         }

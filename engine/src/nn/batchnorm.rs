@@ -3,6 +3,7 @@
 //! dim but the channel dim 1).
 
 use crate::nn::{join, Buffer, Module, Param};
+use crate::ops::batchnorm::param_dtype_fits;
 use crate::ops::{BatchNormArgs, BatchNormOutput};
 use crate::{DType, Error, Result, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,9 +95,7 @@ impl BatchNorm {
         // precision). Anything else (an f64 input to an f32 layer) is cast
         // to x's dtype; the weight casts carry the gradient back.
         let xd = x.dtype();
-        let direct =
-            w.dtype() == xd || (w.dtype() == DType::F32 && matches!(xd, DType::F16 | DType::BF16));
-        let (w, b, rm, rv) = if direct {
+        let (w, b, rm, rv) = if param_dtype_fits(xd, w.dtype()) {
             (w, b, rm, rv)
         } else {
             (

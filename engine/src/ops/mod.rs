@@ -62,6 +62,8 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     elementwise::parity::cases(&mut rng, &mut all);
     reduce::parity::cases(&mut rng, &mut all);
     matmul::parity::cases(&mut rng, &mut all);
+    batchnorm::parity::cases(&mut rng, &mut all);
+    loss::parity::cases(&mut rng, &mut all);
     all
 }
 

@@ -6,10 +6,8 @@
 //! Conventions (cuda::tensor): 4-D tensors are channels-last; outputs get
 //! the default layout; inputs with another layout are copied into it first.
 
-pub mod batchnorm;
 pub mod conv;
 pub mod detection;
-pub mod loss;
 pub mod optim;
 
 use super::launch::{kdtype, kerr};
