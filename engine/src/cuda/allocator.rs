@@ -9,7 +9,8 @@
 //!
 //! It is generic over a [`Backend`] (the raw allocate / free / query calls),
 //! so the bookkeeping is tested without a GPU against a simulated address
-//! space (engine/tests/cuda_host.rs); the CUDA backend plugs in cudarc.
+//! space (engine/tests/cuda_host.rs, and the stream-use tests below, whose
+//! events complete by hand); the CUDA backend plugs in cudarc.
 //!
 //! Rules (PyTorch's, `c10/cuda/CUDACachingAllocator.cpp`):
 //! - every request is rounded up to a multiple of [`MIN_BLOCK`] (512 B);
@@ -27,11 +28,17 @@
 //! - stream-ordered reuse: a segment belongs to the stream that caused its
 //!   allocation and its blocks are only handed out for that stream, so work
 //!   queued on one stream never sees memory still in use by another stream's
-//!   queued work. Using a block on a second stream (PyTorch's
-//!   `record_stream`) is out of scope: the caller must synchronise the
-//!   streams itself before freeing such a block;
-//! - [`CachingAllocator::empty_cache`] returns fully free segments to the
-//!   device;
+//!   queued work;
+//! - a block also used on a second stream is declared with
+//!   [`CachingAllocator::record_stream`] (PyTorch's `record_stream`). Freeing
+//!   it records an event on each such stream and *parks* the block: it is
+//!   neither handed out nor merged until those events have completed, i.e.
+//!   until the other streams have run everything queued on them before the
+//!   free. Completed parked blocks go back to the free lists at the start of
+//!   the next [`CachingAllocator::alloc`]; `allocated` drops at the free,
+//!   `reserved` still counts them;
+//! - [`CachingAllocator::empty_cache`] waits for the parked blocks' events,
+//!   then returns fully free segments to the device;
 //! - out of memory: when the device refuses a segment, the cache is emptied
 //!   and the request retried once; if it still fails the error says what was
 //!   asked, what is allocated, what is reserved (cached) and what the device
@@ -59,7 +66,16 @@ pub const ROUND_LARGE: usize = 2 << 20;
 /// A stream's identity (the raw CUstream value, or any id the caller uses).
 pub type StreamId = u64;
 
+/// An event's identity (the raw CUevent value, or any id the backend uses).
+pub type EventId = u64;
+
 /// The raw device calls the allocator needs.
+///
+/// The event calls are only made for blocks passed to
+/// [`CachingAllocator::record_stream`]. Their defaults fit a backend whose
+/// work is complete as soon as it is queued (an event is done when
+/// recorded), like the simulated devices of the tests; a backend with
+/// asynchronous streams (CUDA) overrides all four.
 pub trait Backend {
     /// Allocate `bytes` of device memory; the address of the first byte.
     fn raw_alloc(&mut self, bytes: usize) -> Result<u64>;
@@ -67,6 +83,21 @@ pub trait Backend {
     fn raw_free(&mut self, ptr: u64);
     /// The device's (free, total) bytes, when it can tell.
     fn free_memory(&self) -> Option<(usize, usize)>;
+    /// A new event recorded on `stream`: it completes once the work queued
+    /// on `stream` so far has run.
+    fn record_event(&mut self, _stream: StreamId) -> Result<EventId> {
+        Ok(0)
+    }
+    /// Whether `event` has completed (does not wait).
+    fn event_done(&mut self, _event: EventId) -> Result<bool> {
+        Ok(true)
+    }
+    /// Waits until `event` has completed.
+    fn wait_event(&mut self, _event: EventId) -> Result<()> {
+        Ok(())
+    }
+    /// Releases an event from `record_event` (completed or not).
+    fn destroy_event(&mut self, _event: EventId) {}
 }
 
 /// Which pool a block (and its segment) belongs to.
@@ -114,8 +145,9 @@ pub fn should_split(pool: Pool, remaining: usize) -> bool {
     }
 }
 
-/// Byte counters. `allocated` counts rounded block sizes handed out;
-/// `reserved` counts segment bytes held from the device (allocated + cached).
+/// Byte counters. `allocated` counts rounded block sizes handed out and not
+/// yet freed; `reserved` counts segment bytes held from the device
+/// (allocated, cached, and parked: freed but still used by another stream).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AllocatorStats {
     pub allocated: usize,
@@ -134,13 +166,28 @@ pub struct AllocatorStats {
     pub num_ooms: u64,
 }
 
+/// Where a block is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In a free set: can be handed out or merged.
+    Free,
+    /// Handed out to a caller.
+    Allocated,
+    /// Freed by its caller, but other streams' queued work may still use
+    /// it: waits in `parked` for their events.
+    Parked,
+}
+
 #[derive(Debug, Clone)]
 struct Block {
     size: usize,
     requested: usize,
     stream: StreamId,
     segment: u64,
-    allocated: bool,
+    state: State,
+    /// Streams other than `stream` that used the block since it was handed
+    /// out ([`CachingAllocator::record_stream`]); empty unless allocated.
+    stream_uses: Vec<StreamId>,
     prev: Option<u64>,
     next: Option<u64>,
 }
@@ -165,6 +212,8 @@ pub struct CachingAllocator<B: Backend> {
     segments: BTreeMap<u64, Segment>,
     free_small: BTreeSet<FreeKey>,
     free_large: BTreeSet<FreeKey>,
+    /// Parked blocks, by address: the events they still wait for.
+    parked: BTreeMap<u64, Vec<EventId>>,
     stats: AllocatorStats,
 }
 
@@ -178,6 +227,7 @@ impl<B: Backend> CachingAllocator<B> {
             segments: BTreeMap::new(),
             free_small: BTreeSet::new(),
             free_large: BTreeSet::new(),
+            parked: BTreeMap::new(),
             stats: AllocatorStats::default(),
         }
     }
@@ -204,14 +254,14 @@ impl<B: Backend> CachingAllocator<B> {
     pub fn block_size(&self, ptr: u64) -> Option<usize> {
         self.blocks
             .get(&ptr)
-            .filter(|b| b.allocated)
+            .filter(|b| b.state == State::Allocated)
             .map(|b| b.size)
     }
     /// The stream the allocated block at `ptr` belongs to.
     pub fn block_stream(&self, ptr: u64) -> Option<StreamId> {
         self.blocks
             .get(&ptr)
-            .filter(|b| b.allocated)
+            .filter(|b| b.state == State::Allocated)
             .map(|b| b.stream)
     }
 
@@ -249,7 +299,9 @@ impl<B: Backend> CachingAllocator<B> {
     }
 
     /// `bytes` of device memory for work on `stream`; the block's address.
+    /// Parked blocks whose events have completed are freed first.
     pub fn alloc(&mut self, bytes: usize, stream: StreamId) -> Result<u64> {
+        self.unpark(false)?;
         let size = round_size(bytes)
             .ok_or_else(|| self.oom_error(bytes, bytes, "the size overflows the address space"))?;
         let pool = pool_of(size);
@@ -280,7 +332,8 @@ impl<B: Backend> CachingAllocator<B> {
                     requested: 0,
                     stream,
                     segment,
-                    allocated: false,
+                    state: State::Free,
+                    stream_uses: Vec::new(),
                     prev: Some(ptr),
                     next,
                 },
@@ -294,7 +347,7 @@ impl<B: Backend> CachingAllocator<B> {
             b.next = Some(rest);
         }
         let b = self.blocks.get_mut(&ptr).expect("block");
-        b.allocated = true;
+        b.state = State::Allocated;
         b.requested = bytes;
         let given = b.size;
         let s = &mut self.stats;
@@ -353,7 +406,8 @@ impl<B: Backend> CachingAllocator<B> {
                 requested: 0,
                 stream,
                 segment: base,
-                allocated: false,
+                state: State::Free,
+                stream_uses: Vec::new(),
                 prev: None,
                 next: None,
             },
@@ -361,25 +415,99 @@ impl<B: Backend> CachingAllocator<B> {
         Ok(base)
     }
 
-    /// Return the block at `ptr` to the cache (never to the device).
+    /// Notes that the allocated block at `ptr` is also used by work queued
+    /// on `stream`, so that freeing it waits for that work (PyTorch's
+    /// `record_stream`). The block's own stream needs no record.
+    pub fn record_stream(&mut self, ptr: u64, stream: StreamId) -> Result<()> {
+        match self.blocks.get_mut(&ptr) {
+            Some(b) if b.state == State::Allocated => {
+                if b.stream != stream && !b.stream_uses.contains(&stream) {
+                    b.stream_uses.push(stream);
+                }
+                Ok(())
+            }
+            _ => Err(Error::arg(
+                "cuda allocator record_stream",
+                format!("{ptr:#x} is not a block this allocator has handed out"),
+            )),
+        }
+    }
+
+    /// Return the block at `ptr` to the cache (never to the device). A block
+    /// used on other streams ([`Self::record_stream`]) is parked until the
+    /// events recorded now on those streams have completed. On error
+    /// nothing has changed.
     pub fn free(&mut self, ptr: u64) -> Result<()> {
-        let state = self.blocks.get(&ptr).map(|b| b.allocated);
-        if state != Some(true) {
+        let state = self.blocks.get(&ptr).map(|b| b.state);
+        if state != Some(State::Allocated) {
             return Err(self.bad_free(ptr, state.is_some()));
         }
-        let (size, requested, stream, prev, next) = {
-            let b = self.blocks.get_mut(&ptr).expect("checked");
-            b.allocated = false;
-            (b.size, b.requested, b.stream, b.prev, b.next)
-        };
-        self.stats.allocated -= size;
-        self.stats.requested -= requested;
+        let mut events = Vec::new();
+        for &stream in &self.blocks[&ptr].stream_uses {
+            match self.backend.record_event(stream) {
+                Ok(e) => events.push(e),
+                Err(err) => {
+                    for e in events {
+                        self.backend.destroy_event(e);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let b = self.blocks.get_mut(&ptr).expect("checked");
+        b.stream_uses.clear();
+        self.stats.allocated -= b.size;
+        self.stats.requested -= b.requested;
         self.stats.num_frees += 1;
+        if events.is_empty() {
+            self.release(ptr);
+        } else {
+            b.state = State::Parked;
+            self.parked.insert(ptr, events);
+        }
+        Ok(())
+    }
+
+    /// Frees the parked blocks whose events have all completed; with
+    /// `wait`, waits for every event first. An event error leaves its block
+    /// parked.
+    fn unpark(&mut self, wait: bool) -> Result<()> {
+        let ptrs: Vec<u64> = self.parked.keys().copied().collect();
+        for ptr in ptrs {
+            let events = self.parked.get_mut(&ptr).expect("parked");
+            while let Some(&e) = events.last() {
+                let done = if wait {
+                    self.backend.wait_event(e).map(|()| true)?
+                } else {
+                    self.backend.event_done(e)?
+                };
+                if !done {
+                    break;
+                }
+                self.backend.destroy_event(e);
+                events.pop();
+            }
+            if events.is_empty() {
+                self.parked.remove(&ptr);
+                self.release(ptr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the (no longer allocated) block at `ptr` into its free set,
+    /// merged with its free neighbours.
+    fn release(&mut self, ptr: u64) {
+        let (stream, prev, next) = {
+            let b = self.blocks.get_mut(&ptr).expect("block");
+            b.state = State::Free;
+            (b.stream, b.prev, b.next)
+        };
         let pool = self.pool_of_block(&self.blocks[&ptr]);
         let mut start = ptr;
         // Merge with the free next neighbour.
         if let Some(n) = next {
-            if !self.blocks[&n].allocated {
+            if self.blocks[&n].state == State::Free {
                 let nb = self.blocks.remove(&n).expect("next");
                 self.free_set(pool).remove(&(nb.stream, nb.size, n));
                 if let Some(nn) = nb.next {
@@ -392,7 +520,7 @@ impl<B: Backend> CachingAllocator<B> {
         }
         // Merge into the free previous neighbour.
         if let Some(p) = prev {
-            if !self.blocks[&p].allocated {
+            if self.blocks[&p].state == State::Free {
                 let b = self.blocks.remove(&ptr).expect("block");
                 let psize = self.blocks[&p].size;
                 self.free_set(pool).remove(&(stream, psize, p));
@@ -407,20 +535,22 @@ impl<B: Backend> CachingAllocator<B> {
         }
         let fsize = self.blocks[&start].size;
         self.free_set(pool).insert((stream, fsize, start));
-        Ok(())
     }
 
-    fn bad_free(&self, ptr: u64, is_free_block: bool) -> Error {
+    fn bad_free(&self, ptr: u64, is_block: bool) -> Error {
         let seg = self
             .segments
             .range(..=ptr)
             .next_back()
             .filter(|(base, s)| ptr < **base + s.size as u64);
-        let msg = if is_free_block {
+        let msg = if is_block {
             format!("double free: {ptr:#x} is a block of this allocator that is already free")
         } else if let Some((base, s)) = seg {
             let inside_free = self.blocks.iter().any(|(p, b)| {
-                !b.allocated && b.segment == *base && *p <= ptr && ptr < *p + b.size as u64
+                b.state != State::Allocated
+                    && b.segment == *base
+                    && *p <= ptr
+                    && ptr < *p + b.size as u64
             });
             if inside_free {
                 format!(
@@ -438,14 +568,18 @@ impl<B: Backend> CachingAllocator<B> {
         Error::arg("cuda allocator free", msg)
     }
 
-    /// Release every fully free segment to the device; the bytes released.
+    /// Wait for the parked blocks' events, then release every fully free
+    /// segment to the device; the bytes released. (A failed wait, which
+    /// only a broken device gives, leaves its block parked: the next
+    /// `alloc` reports the error.)
     pub fn empty_cache(&mut self) -> usize {
+        let _ = self.unpark(true);
         let idle: Vec<(u64, usize, Pool, StreamId)> = self
             .segments
             .iter()
             .filter(|(base, s)| {
                 let b = &self.blocks[*base];
-                !b.allocated && b.size == s.size
+                b.state == State::Free && b.size == s.size
             })
             .map(|(base, s)| (*base, s.size, s.pool, s.stream))
             .collect();
@@ -464,12 +598,15 @@ impl<B: Backend> CachingAllocator<B> {
 
     /// Check the internal invariants (for tests): blocks tile each segment,
     /// neighbours are linked both ways, no two free neighbours, the free
-    /// sets hold exactly the free blocks, and the counters match.
+    /// sets hold exactly the free blocks, `parked` exactly the parked ones
+    /// (each waiting for at least one event), only allocated blocks carry
+    /// stream uses, and the counters match.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let mut allocated = 0;
         let mut reserved = 0;
         let mut nblocks = 0;
         let mut nfree = 0;
+        let mut nparked = 0;
         for (base, s) in &self.segments {
             reserved += s.size;
             let mut p = Some(*base);
@@ -485,22 +622,32 @@ impl<B: Backend> CachingAllocator<B> {
                 if b.prev != prev || b.segment != *base || b.stream != s.stream {
                     return Err(format!("bad links at {a:#x}"));
                 }
-                if !b.allocated {
-                    nfree += 1;
-                    if prev_free {
-                        return Err(format!("two free neighbours at {a:#x}"));
-                    }
-                    let set = match s.pool {
-                        Pool::Small => &self.free_small,
-                        Pool::Large => &self.free_large,
-                    };
-                    if !set.contains(&(b.stream, b.size, a)) {
-                        return Err(format!("free block {a:#x} not in free set"));
-                    }
-                } else {
-                    allocated += b.size;
+                if b.state != State::Allocated && !b.stream_uses.is_empty() {
+                    return Err(format!("stream uses on unallocated block {a:#x}"));
                 }
-                prev_free = !b.allocated;
+                match b.state {
+                    State::Free => {
+                        nfree += 1;
+                        if prev_free {
+                            return Err(format!("two free neighbours at {a:#x}"));
+                        }
+                        let set = match s.pool {
+                            Pool::Small => &self.free_small,
+                            Pool::Large => &self.free_large,
+                        };
+                        if !set.contains(&(b.stream, b.size, a)) {
+                            return Err(format!("free block {a:#x} not in free set"));
+                        }
+                    }
+                    State::Allocated => allocated += b.size,
+                    State::Parked => {
+                        nparked += 1;
+                        if self.parked.get(&a).is_none_or(|e| e.is_empty()) {
+                            return Err(format!("parked block {a:#x} waits for no event"));
+                        }
+                    }
+                }
+                prev_free = b.state == State::Free;
                 end = a + b.size as u64;
                 prev = Some(a);
                 p = b.next;
@@ -515,6 +662,9 @@ impl<B: Backend> CachingAllocator<B> {
         if nfree != self.free_small.len() + self.free_large.len() {
             return Err("stale entries in free sets".into());
         }
+        if nparked != self.parked.len() {
+            return Err("stale entries in parked".into());
+        }
         if allocated != self.stats.allocated || reserved != self.stats.reserved {
             return Err(format!(
                 "counters: allocated {allocated} vs {}, reserved {reserved} vs {}",
@@ -528,6 +678,9 @@ impl<B: Backend> CachingAllocator<B> {
 impl<B: Backend> Drop for CachingAllocator<B> {
     /// Everything goes back to the device: the allocator dies with its context.
     fn drop(&mut self) {
+        for e in std::mem::take(&mut self.parked).into_values().flatten() {
+            self.backend.destroy_event(e);
+        }
         let bases: Vec<u64> = self.segments.keys().copied().collect();
         for base in bases {
             self.backend.raw_free(base);
@@ -547,5 +700,183 @@ pub fn format_bytes(b: usize) -> String {
         format!("{:.2} KiB", f / K)
     } else {
         format!("{b} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S0: StreamId = 10;
+    const S1: StreamId = 11;
+    const S2: StreamId = 12;
+
+    /// A simulated device whose events complete only when the test says
+    /// so (`complete`), or when the allocator waits for them.
+    #[derive(Default)]
+    struct Sim {
+        next: u64,
+        /// Live events: the stream each was recorded on, and whether done.
+        events: HashMap<EventId, (StreamId, bool)>,
+        next_event: EventId,
+        /// Every event call made.
+        event_calls: usize,
+        /// Whether record_event fails.
+        refuse_events: bool,
+    }
+
+    impl Sim {
+        /// Runs everything queued on `stream` so far.
+        fn complete(&mut self, stream: StreamId) {
+            for (s, done) in self.events.values_mut() {
+                *done |= *s == stream;
+            }
+        }
+    }
+
+    impl Backend for Sim {
+        fn raw_alloc(&mut self, bytes: usize) -> Result<u64> {
+            let at = 0x1_0000_0000 + self.next;
+            self.next += bytes as u64;
+            Ok(at)
+        }
+        fn raw_free(&mut self, _ptr: u64) {}
+        fn free_memory(&self) -> Option<(usize, usize)> {
+            None
+        }
+        fn record_event(&mut self, stream: StreamId) -> Result<EventId> {
+            self.event_calls += 1;
+            if self.refuse_events {
+                return Err(Error::arg("sim cuEventRecord", "refused"));
+            }
+            self.next_event += 1;
+            self.events.insert(self.next_event, (stream, false));
+            Ok(self.next_event)
+        }
+        fn event_done(&mut self, event: EventId) -> Result<bool> {
+            self.event_calls += 1;
+            Ok(self.events[&event].1)
+        }
+        fn wait_event(&mut self, event: EventId) -> Result<()> {
+            self.event_calls += 1;
+            let stream = self.events[&event].0;
+            self.complete(stream);
+            Ok(())
+        }
+        fn destroy_event(&mut self, event: EventId) {
+            self.event_calls += 1;
+            self.events.remove(&event).expect("a live event");
+        }
+    }
+
+    fn sim() -> CachingAllocator<Sim> {
+        CachingAllocator::new(Sim::default(), Device::Cuda(0))
+    }
+
+    fn ok(a: &CachingAllocator<Sim>) {
+        a.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_block_used_on_another_stream_waits_for_its_event() {
+        let mut a = sim();
+        let x = a.alloc(1000, S0).unwrap();
+        a.record_stream(x, S1).unwrap();
+        a.free(x).unwrap();
+        ok(&a);
+        assert_eq!(a.stats().allocated, 0);
+        assert_eq!(a.stats().reserved, SMALL_SEGMENT);
+        assert_eq!(a.backend().events.len(), 1);
+        // S1 has not run yet: the block is not handed out, nor merged.
+        let y = a.alloc(1000, S0).unwrap();
+        assert_ne!(y, x);
+        a.free(y).unwrap();
+        ok(&a);
+        let z = a.alloc(1000, S0).unwrap();
+        assert_eq!(z, y);
+        a.free(z).unwrap();
+        // Once S1 has run, the next alloc frees it first.
+        a.backend_mut().complete(S1);
+        let w = a.alloc(1000, S0).unwrap();
+        assert_eq!(w, x);
+        assert!(a.backend().events.is_empty(), "events destroyed");
+        ok(&a);
+        a.free(w).unwrap();
+        ok(&a);
+        // Everything merged back into one free segment.
+        assert_eq!(a.empty_cache(), SMALL_SEGMENT);
+        assert_eq!(a.stats().reserved, 0);
+    }
+
+    #[test]
+    fn a_block_waits_for_every_stream_that_used_it() {
+        let mut a = sim();
+        let x = a.alloc(4096, S0).unwrap();
+        a.record_stream(x, S1).unwrap();
+        a.record_stream(x, S2).unwrap();
+        a.record_stream(x, S2).unwrap();
+        a.free(x).unwrap();
+        assert_eq!(a.backend().events.len(), 2, "one event per stream");
+        a.backend_mut().complete(S2);
+        assert_ne!(a.alloc(4096, S0).unwrap(), x);
+        ok(&a);
+        a.backend_mut().complete(S1);
+        assert_eq!(a.alloc(4096, S0).unwrap(), x);
+        ok(&a);
+    }
+
+    #[test]
+    fn a_block_never_recorded_behaves_as_before() {
+        let mut a = sim();
+        let x = a.alloc(1000, S0).unwrap();
+        a.free(x).unwrap();
+        assert_eq!(a.alloc(1000, S0).unwrap(), x);
+        // Its own stream needs no event either.
+        a.record_stream(x, S0).unwrap();
+        a.free(x).unwrap();
+        assert_eq!(a.alloc(1000, S0).unwrap(), x);
+        assert_eq!(a.backend().event_calls, 0);
+        ok(&a);
+    }
+
+    #[test]
+    fn empty_cache_waits_for_parked_blocks() {
+        let mut a = sim();
+        let x = a.alloc(1000, S0).unwrap();
+        a.record_stream(x, S1).unwrap();
+        a.free(x).unwrap();
+        assert_eq!(a.empty_cache(), SMALL_SEGMENT);
+        assert_eq!(a.num_segments(), 0);
+        assert!(a.backend().events.is_empty());
+        ok(&a);
+    }
+
+    #[test]
+    fn misuse_is_an_error() {
+        let mut a = sim();
+        assert!(a.record_stream(0x1234, S1).is_err());
+        let x = a.alloc(1000, S0).unwrap();
+        a.record_stream(x, S1).unwrap();
+        a.free(x).unwrap();
+        let e = a.free(x).unwrap_err().to_string();
+        assert!(e.contains("double free"), "{e}");
+        assert!(a.record_stream(x, S1).is_err(), "parked: not handed out");
+        ok(&a);
+    }
+
+    #[test]
+    fn a_refused_event_leaves_the_block_allocated() {
+        let mut a = sim();
+        let x = a.alloc(1000, S0).unwrap();
+        a.record_stream(x, S1).unwrap();
+        a.backend_mut().refuse_events = true;
+        assert!(a.free(x).is_err());
+        assert_eq!(a.block_size(x), Some(1024));
+        assert_eq!(a.stats().allocated, 1024);
+        ok(&a);
+        a.backend_mut().refuse_events = false;
+        a.free(x).unwrap();
+        assert_eq!(a.backend().events.len(), 1, "S1 still recorded");
+        ok(&a);
     }
 }

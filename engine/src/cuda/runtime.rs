@@ -5,15 +5,22 @@
 //! the process (like PyTorch's per-device state). Everything runs on one
 //! non-blocking stream, so the ops of a training step are ordered without
 //! any synchronisation; the host waits only when it reads a result back
-//! ([`Gpu::download`], `Tensor::item`) or asks for [`Gpu::synchronize`].
+//! ([`DeviceBlock::download_at`], `Tensor::item`) or asks for
+//! [`Gpu::synchronize`].
 //!
 //! Device memory comes from [`CachingAllocator`] (allocator.rs) over the raw
 //! `cuMemAlloc` / `cuMemFree`; a [`DeviceBlock`] hands its block back to the
-//! free list when dropped. With one stream, reuse is stream-ordered for free:
-//! a block freed while queued kernels still read it is only handed out to
-//! work queued after them.
+//! free list when dropped. Reuse is stream-ordered: a block freed while
+//! kernels queued on its stream still read it is only handed out to work
+//! queued after them. A block also used on another stream must say so with
+//! [`DeviceBlock::record_stream`]; its free then waits (through events) for
+//! the work queued on that stream before the free.
+//!
+//! The engine reads and writes device memory through the bounds-checked
+//! [`DeviceBlock`] methods (`memset`, `upload_at`, `download_at`,
+//! `copy_from`); the raw-address [`Gpu`] calls they wrap are `unsafe`.
 
-use super::allocator::{AllocatorStats, Backend, CachingAllocator};
+use super::allocator::{AllocatorStats, Backend, CachingAllocator, EventId, StreamId};
 use super::probe::{probe, CudaInfo};
 use crate::{Device, Error, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
@@ -35,12 +42,20 @@ struct DriverBackend {
     ctx: Arc<CudaContext>,
 }
 
-impl Backend for DriverBackend {
-    fn raw_alloc(&mut self, bytes: usize) -> Result<u64> {
+impl DriverBackend {
+    /// Binds the context to the calling thread; the device, for errors.
+    fn bind(&self) -> Result<Device> {
         let dev = Device::Cuda(self.ctx.ordinal());
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver_err(dev, "cuCtxSetCurrent", e))?;
+        Ok(dev)
+    }
+}
+
+impl Backend for DriverBackend {
+    fn raw_alloc(&mut self, bytes: usize) -> Result<u64> {
+        let dev = self.bind()?;
         // SAFETY: a plain device allocation in the bound context.
         unsafe { result::malloc_sync(bytes) }.map_err(|e| driver_err(dev, "cuMemAlloc", e))
     }
@@ -54,6 +69,41 @@ impl Backend for DriverBackend {
     }
     fn free_memory(&self) -> Option<(usize, usize)> {
         self.ctx.mem_get_info().ok()
+    }
+    fn record_event(&mut self, stream: StreamId) -> Result<EventId> {
+        let dev = self.bind()?;
+        let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| driver_err(dev, "cuEventCreate", e))?;
+        // SAFETY: a live event; `stream` is a stream of this context
+        // (DeviceBlock::record_stream checks).
+        if let Err(e) = unsafe { result::event::record(event, stream as sys::CUstream) } {
+            // SAFETY: created above and not destroyed.
+            let _ = unsafe { result::event::destroy(event) };
+            return Err(driver_err(dev, "cuEventRecord", e));
+        }
+        Ok(event as EventId)
+    }
+    fn event_done(&mut self, event: EventId) -> Result<bool> {
+        let dev = self.bind()?;
+        // SAFETY: the event came from record_event and is not destroyed.
+        match unsafe { result::event::query(event as sys::CUevent) } {
+            Ok(()) => Ok(true),
+            Err(result::DriverError(sys::CUresult::CUDA_ERROR_NOT_READY)) => Ok(false),
+            Err(e) => Err(driver_err(dev, "cuEventQuery", e)),
+        }
+    }
+    fn wait_event(&mut self, event: EventId) -> Result<()> {
+        let dev = self.bind()?;
+        // SAFETY: the event came from record_event and is not destroyed.
+        unsafe { result::event::synchronize(event as sys::CUevent) }
+            .map_err(|e| driver_err(dev, "cuEventSynchronize", e))
+    }
+    fn destroy_event(&mut self, event: EventId) {
+        if self.bind().is_ok() {
+            // SAFETY: the event came from record_event and is destroyed
+            // once (the allocator forgets it here).
+            let _ = unsafe { result::event::destroy(event as sys::CUevent) };
+        }
     }
 }
 
@@ -180,20 +230,32 @@ impl Gpu {
     }
 
     /// Fills `bytes` at `dst` with the byte `value` (queued).
-    pub fn memset(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+    ///
+    /// # Safety
+    /// `dst..dst + bytes` lies inside an allocation of this GPU that stays
+    /// live until the queued memset has run (a block freed after this call
+    /// is fine: its reuse is stream-ordered).
+    /// [`DeviceBlock::memset`] is the checked form.
+    pub unsafe fn memset(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
         self.bind()?;
-        // SAFETY: dst..dst+bytes lies in a live block (callers' contract).
+        // SAFETY: the caller's contract.
         unsafe { result::memset_d8_async(dst, value, bytes, self.cu_stream()) }
             .map_err(|e| self.err("cuMemsetD8Async", e))
     }
 
     /// Device-to-device copy of `bytes` (queued).
-    pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+    ///
+    /// # Safety
+    /// `src..src + bytes` and `dst..dst + bytes` lie inside allocations of
+    /// this GPU that stay live until the queued copy has run (a block freed
+    /// after this call is fine: its reuse is stream-ordered).
+    /// [`DeviceBlock::copy_from`] is the checked form.
+    pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: both ranges lie in live blocks (callers' contract).
+        // SAFETY: the caller's contract.
         unsafe { result::memcpy_dtod_async(dst, src, bytes, self.cu_stream()) }
             .map_err(|e| self.err("cuMemcpyDtoDAsync", e))
     }
@@ -219,8 +281,17 @@ impl Gpu {
     }
 
     /// Host bytes -> device address `dst` through the pinned staging
-    /// buffer; returns when the data has left the host buffer.
-    pub fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+    /// buffer, queued after the work already on this GPU's stream; returns
+    /// when the data has arrived.
+    ///
+    /// Work on other streams that uses the range is not waited for: the
+    /// caller orders it (events) for the values to be meaningful.
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` lies inside live allocations of this GPU while
+    /// the call runs (it waits for its copies). [`DeviceBlock::upload_at`]
+    /// is the checked form.
+    pub unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
         }
@@ -234,7 +305,7 @@ impl Gpu {
                 std::slice::from_raw_parts(s.ptr, part.len())
             };
             let at = dst + (i * chunk) as u64;
-            // SAFETY: dst range lies in a live block (callers' contract).
+            // SAFETY: the caller's contract.
             unsafe { result::memcpy_htod_async(at, pinned, self.cu_stream()) }
                 .map_err(|e| self.err("cuMemcpyHtoDAsync", e))?;
             self.synchronize()?;
@@ -242,8 +313,17 @@ impl Gpu {
         Ok(())
     }
 
-    /// Device address `src` -> host bytes, after all queued work.
-    pub fn download(&self, dst: &mut [u8], src: u64) -> Result<()> {
+    /// Device address `src` -> host bytes, after the work already queued on
+    /// this GPU's stream.
+    ///
+    /// Work on other streams that writes the range is not waited for: the
+    /// caller orders it (events) for the values to be meaningful.
+    ///
+    /// # Safety
+    /// `src..src + dst.len()` lies inside live allocations of this GPU while
+    /// the call runs (it waits for its copies). [`DeviceBlock::download_at`]
+    /// is the checked form.
+    pub unsafe fn download(&self, dst: &mut [u8], src: u64) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
         }
@@ -253,7 +333,7 @@ impl Gpu {
             // SAFETY: the staging buffer holds `chunk` bytes.
             let pinned = unsafe { std::slice::from_raw_parts_mut(s.ptr, part.len()) };
             let at = src + (i * chunk) as u64;
-            // SAFETY: src range lies in a live block (callers' contract).
+            // SAFETY: the caller's contract.
             unsafe { result::memcpy_dtoh_async(pinned, at, self.cu_stream()) }
                 .map_err(|e| self.err("cuMemcpyDtoHAsync", e))?;
             self.synchronize()?;
@@ -270,7 +350,10 @@ impl std::fmt::Debug for Gpu {
 }
 
 /// A block of device memory from the caching allocator; returned to its
-/// free list on drop.
+/// free list on drop. Its methods queue work on its GPU's stream and check
+/// that every byte they touch lies in the block. They take `&self`: device
+/// memory is written through shared handles (in-place optimizer updates),
+/// ordered by the stream, never by Rust borrows.
 pub struct DeviceBlock {
     gpu: &'static Gpu,
     ptr: u64,
@@ -287,6 +370,94 @@ impl DeviceBlock {
     pub fn gpu(&self) -> &'static Gpu {
         self.gpu
     }
+
+    /// The address of `offset..offset + len`, or an error naming `op` when
+    /// that range is not inside the block.
+    fn range(&self, op: &'static str, offset: usize, len: usize) -> Result<u64> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.bytes => Ok(self.ptr + offset as u64),
+            _ => Err(Error::arg(
+                op,
+                format!(
+                    "bytes {offset}..{offset}+{len} are outside the {} B block {:#x} on cuda:{}",
+                    self.bytes, self.ptr, self.gpu.ordinal
+                ),
+            )),
+        }
+    }
+
+    /// Fills the whole block with the byte `value` (queued).
+    pub fn memset(&self, value: u8) -> Result<()> {
+        self.memset_at(0, self.bytes, value)
+    }
+
+    /// Fills `bytes` bytes from `offset` with the byte `value` (queued).
+    pub fn memset_at(&self, offset: usize, bytes: usize, value: u8) -> Result<()> {
+        let dst = self.range("cuda memset", offset, bytes)?;
+        // SAFETY: the range lies in this block, which is not reused before
+        // the queued memset has run (stream-ordered reuse).
+        unsafe { self.gpu.memset(dst, value, bytes) }
+    }
+
+    /// Copies `bytes` bytes from `src_offset` in `src` to `offset` in this
+    /// block (queued; both on the same GPU).
+    pub fn copy_from(
+        &self,
+        offset: usize,
+        src: &DeviceBlock,
+        src_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        if src.gpu.ordinal != self.gpu.ordinal {
+            return Err(Error::arg(
+                "cuda copy",
+                format!(
+                    "source on cuda:{}, destination on cuda:{}",
+                    src.gpu.ordinal, self.gpu.ordinal
+                ),
+            ));
+        }
+        let dst = self.range("cuda copy", offset, bytes)?;
+        let from = src.range("cuda copy", src_offset, bytes)?;
+        // SAFETY: both ranges lie in blocks of this GPU, which are not
+        // reused before the queued copy has run (stream-ordered reuse).
+        unsafe { self.gpu.copy(dst, from, bytes) }
+    }
+
+    /// Host bytes -> the block from `offset`, after the work queued on the
+    /// GPU's stream; returns when the data has arrived.
+    pub fn upload_at(&self, offset: usize, src: &[u8]) -> Result<()> {
+        let dst = self.range("cuda upload", offset, src.len())?;
+        // SAFETY: the range lies in this block, alive for the call.
+        unsafe { self.gpu.upload(dst, src) }
+    }
+
+    /// The block's bytes from `offset` -> host, after the work queued on
+    /// the GPU's stream.
+    pub fn download_at(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        let src = self.range("cuda download", offset, dst.len())?;
+        // SAFETY: the range lies in this block, alive for the call.
+        unsafe { self.gpu.download(dst, src) }
+    }
+
+    /// Notes that work queued on `stream` (another stream of this GPU's
+    /// context) uses the block, so that when the block is dropped it only
+    /// returns to the free list once that work has run (PyTorch's
+    /// `Tensor.record_stream`). Call it after queuing the work and before
+    /// the block is dropped.
+    pub fn record_stream(&self, stream: &CudaStream) -> Result<()> {
+        if !Arc::ptr_eq(stream.context(), &self.gpu.ctx) {
+            return Err(Error::arg(
+                "cuda record_stream",
+                format!("the stream is not a stream of cuda:{}", self.gpu.ordinal),
+            ));
+        }
+        self.gpu
+            .alloc
+            .lock()
+            .unwrap()
+            .record_stream(self.ptr, stream.cu_stream() as StreamId)
+    }
 }
 
 impl std::fmt::Debug for DeviceBlock {
@@ -301,8 +472,9 @@ impl std::fmt::Debug for DeviceBlock {
 
 impl Drop for DeviceBlock {
     fn drop(&mut self) {
-        // A failure here means the pointer is unknown to the allocator,
-        // which cannot happen for a block it handed out; nothing to report.
+        // free fails only when recording an event on a stream that used the
+        // block fails (a broken device): the block then stays allocated,
+        // never reused, which is safe; nothing to report from a drop.
         let _ = self.gpu.alloc.lock().unwrap().free(self.ptr);
     }
 }

@@ -5,8 +5,11 @@ use super::runtime::{DeviceBlock, Gpu};
 use crate::DType;
 use std::sync::Arc;
 
-/// Elements of one dtype in a block of device memory. Shared (immutable)
-/// like host storage: views of one tensor point at the same block.
+/// Elements of one dtype in a block of device memory, shared by reference
+/// count: views of one tensor point at the same block. Ops write only their
+/// fresh outputs, except the explicit in-place primitives (the optimizer's
+/// parameter / momentum updates, the loss scaler's gradient unscaling),
+/// which write the shared block through its address, ordered by the stream.
 #[derive(Clone)]
 pub struct DeviceStorage {
     block: Arc<DeviceBlock>,
@@ -46,6 +49,10 @@ impl DeviceStorage {
     /// Address of element 0.
     pub fn ptr(&self) -> u64 {
         self.block.ptr()
+    }
+    /// The block holding the elements (its checked copies, record_stream).
+    pub fn block(&self) -> &DeviceBlock {
+        &self.block
     }
     pub fn gpu(&self) -> &'static Gpu {
         self.block.gpu()

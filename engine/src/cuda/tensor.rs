@@ -8,7 +8,7 @@
 //! `Tensor::to_device` applies the convention on upload and undoes it on
 //! download; GPU ops keep it.
 
-use super::runtime::{gpu, Gpu};
+use super::runtime::{gpu, DeviceBlock, Gpu};
 pub use super::storage::DeviceStorage;
 use crate::layout::{contiguous_strides, Layout};
 use crate::{CpuStorage, DType, Device, Error, Result, Storage, Tensor};
@@ -26,10 +26,9 @@ pub fn set_poison(on: bool) {
 /// Uninitialised storage for `len` elements of `dtype` (poisoned when
 /// [`set_poison`] is on).
 pub fn alloc(gpu: &'static Gpu, dtype: DType, len: usize) -> Result<DeviceStorage> {
-    let bytes = len * dtype.size_in_bytes();
-    let block = gpu.alloc(bytes)?;
+    let block = gpu.alloc(len * dtype.size_in_bytes())?;
     if POISON.load(Ordering::Relaxed) {
-        gpu.memset(block.ptr(), 0xFF, bytes)?;
+        block.memset(0xFF)?;
     }
     Ok(DeviceStorage::new(block, dtype, len))
 }
@@ -71,7 +70,7 @@ pub fn empty(gpu: &'static Gpu, shape: &[usize], dtype: DType) -> Result<Tensor>
 /// A new GPU tensor of zeros with the default layout.
 pub fn zeros(gpu: &'static Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let t = empty(gpu, shape, dtype)?;
-    gpu.memset(ptr(&t)?, 0, t.numel() * dtype.size_in_bytes())?;
+    storage_of(&t)?.block().memset(0)?;
     Ok(t)
 }
 
@@ -99,8 +98,15 @@ pub fn storage_of(t: &Tensor) -> Result<&DeviceStorage> {
 
 /// Address of `t`'s first element (its layout offset applied).
 pub fn ptr(t: &Tensor) -> Result<u64> {
+    let (block, offset) = block_of(t)?;
+    Ok(block.ptr() + offset as u64)
+}
+
+/// The block behind `t` and the byte offset of `t`'s first element in it
+/// (for the block's checked copies).
+pub fn block_of(t: &Tensor) -> Result<(&DeviceBlock, usize)> {
     let s = storage_of(t)?;
-    Ok(s.ptr() + (t.layout().offset * s.dtype().size_in_bytes()) as u64)
+    Ok((s.block(), t.layout().offset * s.dtype().size_in_bytes()))
 }
 
 /// Dims sorted outermost-first by stride: the permutation that lists `l`'s
@@ -193,7 +199,7 @@ pub fn upload(x: &Tensor, ordinal: usize) -> Result<Tensor> {
     let start = host.layout().offset * size;
     let bytes = &host_bytes(host.storage().cpu("upload")?)[start..start + x.numel() * size];
     let s = alloc(g, x.dtype(), x.numel())?;
-    g.upload(s.ptr(), bytes)?;
+    s.block().upload_at(0, bytes)?;
     Ok(Tensor::from_device_parts(
         s,
         Layout {
@@ -206,7 +212,6 @@ pub fn upload(x: &Tensor, ordinal: usize) -> Result<Tensor> {
 
 /// A GPU tensor copied to a row-major host tensor (waits for queued work).
 pub fn download(x: &Tensor) -> Result<Tensor> {
-    let g = gpu_of(x)?;
     let dense = if is_dense(x.layout()) {
         x.clone()
     } else {
@@ -214,7 +219,8 @@ pub fn download(x: &Tensor) -> Result<Tensor> {
     };
     let dtype = x.dtype();
     let mut bytes = vec![0u8; x.numel() * dtype.size_in_bytes()];
-    g.download(&mut bytes, ptr(&dense)?)?;
+    let (block, offset) = block_of(&dense)?;
+    block.download_at(offset, &mut bytes)?;
     let storage = CpuStorage::from_bytes(dtype, &bytes)
         .ok_or_else(|| Error::arg("download", "byte count does not match the dtype"))?;
     // The same strides on the host, over a buffer that starts at the
