@@ -79,12 +79,12 @@ fn main() {
     const COPY: usize = 1 << 30;
     let (src, dst) = (g.alloc(COPY).expect("alloc"), g.alloc(COPY).expect("alloc"));
     let flat = pool.take(&[1 << 28], 0).expect("pool view");
-    let pp = engine::cuda::tensor::ptr(&flat).expect("pool ptr");
-    g.copy(src.ptr(), pp, 1 << 29)
-        .and_then(|_| g.copy(src.ptr() + (1 << 29), pp, 1 << 29))
+    let (pool_block, pool_at) = engine::cuda::tensor::block_of(&flat).expect("pool block");
+    src.copy_from(0, pool_block, pool_at, 1 << 29)
+        .and_then(|_| src.copy_from(1 << 29, pool_block, pool_at, 1 << 29))
         .expect("fill");
     let copy_gbps =
-        2.0 * COPY as f64 / (ceiling(g, |_| g.copy(dst.ptr(), src.ptr(), COPY)) * 1e-3) / 1e9;
+        2.0 * COPY as f64 / (ceiling(g, |_| dst.copy_from(0, &src, 0, COPY)) * 1e-3) / 1e9;
     let (a, b) = (
         pool.take(&[8192, 8192], 1).unwrap(),
         pool.take(&[8192, 8192], 2).unwrap(),

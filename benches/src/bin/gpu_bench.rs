@@ -143,14 +143,14 @@ fn copy(b: &mut Bench) {
         let dst = g.alloc(BYTES)?;
         // fill the source from the random pool (never time zeros)
         let pool = b.pool.take(&[b.pool_len()], 0)?;
-        let (pp, pool_bytes) = (engine::cuda::tensor::ptr(&pool)?, b.pool_len() * 2);
+        let ((pool_block, pool_at), pool_bytes) = (engine::cuda::tensor::block_of(&pool)?, b.pool_len() * 2);
         let mut off = 0;
         while off < BYTES {
             let n = pool_bytes.min(BYTES - off);
-            g.copy(src.ptr() + off as u64, pp, n)?;
+            src.copy_from(off, pool_block, pool_at, n)?;
             off += n;
         }
-        let t = time_gpu(g, WARMUP, MIN_REPS, MAX_REPS, MAX_S, |_| g.copy(dst.ptr(), src.ptr(), BYTES))?;
+        let t = time_gpu(g, WARMUP, MIN_REPS, MAX_REPS, MAX_S, |_| dst.copy_from(0, &src, 0, BYTES))?;
         let moved = 2 * BYTES;
         let gbps = moved as f64 / (t.ms_median * 1e-3) / 1e9;
         b.copy_gbps = Some(gbps);

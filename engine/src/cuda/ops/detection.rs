@@ -140,7 +140,7 @@ pub fn nms(boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Vec<us
         let order_i32: Vec<i32> = order.iter().map(|&i| i as i32).collect();
         // int32 has no tensor dtype: a raw block
         let order_dev = g.alloc(k * 4)?;
-        g.upload(order_dev.ptr(), bytemuck::cast_slice(&order_i32))?;
+        order_dev.upload_at(0, bytemuck::cast_slice(&order_i32))?;
         let boxes = to_default_layout(&on_device(&boxes.detach(), dev)?)?;
         let words = k * nms_col_blocks(k);
         let mask = g.alloc(words * 8)?;
@@ -160,7 +160,7 @@ pub fn nms(boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Vec<us
         }
         .map_err(kerr(OP))?;
         let mut host = vec![0u64; words];
-        g.download(bytemuck::cast_slice_mut(&mut host), mask.ptr())?;
+        mask.download_at(0, bytemuck::cast_slice_mut(&mut host))?;
         let keep = nms_greedy(&host, k).into_iter().map(|r| order[r]).collect();
         Ok(index_tensor(keep))
     })?;

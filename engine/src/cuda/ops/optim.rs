@@ -115,7 +115,7 @@ impl FiniteFlag {
     /// A fresh flag (queued zeroing: ordered before every later launch).
     pub fn new(gpu: &'static Gpu) -> Result<FiniteFlag> {
         let block = gpu.alloc(std::mem::size_of::<i32>())?;
-        gpu.memset(block.ptr(), 0, std::mem::size_of::<i32>())?;
+        block.memset(0)?;
         Ok(FiniteFlag { gpu, block })
     }
 
@@ -174,7 +174,7 @@ impl FiniteFlag {
     /// finite (the flag is still 0). The only host sync of a step.
     pub fn read(&self) -> Result<bool> {
         let mut v = [0u8; 4];
-        self.gpu.download(&mut v, self.block.ptr())?;
+        self.block.download_at(0, &mut v)?;
         Ok(i32::from_ne_bytes(v) == 0)
     }
 }

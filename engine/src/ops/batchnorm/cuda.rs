@@ -16,7 +16,9 @@ use crate::backend::{Cuda, Saved};
 use crate::cuda::launch::{empty_like, kdtype, kerr, traced_sync};
 use crate::cuda::ops::cast;
 use crate::cuda::runtime::Gpu;
-use crate::cuda::tensor::{alloc, gpu_of, is_dense, ptr, to_default_layout, DeviceStorage};
+use crate::cuda::tensor::{
+    alloc, block_of, gpu_of, is_dense, ptr, to_default_layout, DeviceStorage,
+};
 use crate::layout::Layout;
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -139,8 +141,10 @@ impl BatchNormOps for Cuda {
         let running = if geom.training {
             let (rm_s, rm) = f32_vec(g, c)?;
             let (rv_s, rv) = f32_vec(g, c)?;
-            g.copy(rm_s.ptr(), ptr(&rm_old)?, c * 4)?;
-            g.copy(rv_s.ptr(), ptr(&rv_old)?, c * 4)?;
+            let (rm_src, rm_at) = block_of(&rm_old)?;
+            rm_s.block().copy_from(0, rm_src, rm_at, c * 4)?;
+            let (rv_src, rv_at) = block_of(&rv_old)?;
+            rv_s.block().copy_from(0, rv_src, rv_at, c * 4)?;
             Some((rm, rv))
         } else {
             None

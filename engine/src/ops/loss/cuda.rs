@@ -55,7 +55,7 @@ impl LossOps for Cuda {
         let stats = alloc(g, DType::F32, STATS_FLOATS)?;
         // row_loss is only read by xent_finalize, queued before it drops
         let bad = stats.ptr() + 8;
-        g.memset(bad, 0, 4)?;
+        stats.block().memset_at(8, 4, 0)?;
         let a = Xent {
             logits: ptr(&x)?,
             targets: ptr(&t)?,
@@ -73,7 +73,7 @@ impl LossOps for Cuda {
         // stats 3 floats with the zeroed int flag in the third.
         unsafe { g.kernels.xent_forward(&g.stream, dt, &a) }.map_err(kerr(OP))?;
         let mut back = [0u8; STATS_FLOATS * 4];
-        g.download(&mut back, stats.ptr())?;
+        stats.block().download_at(0, &mut back)?;
         let valid = f32::from_le_bytes(back[4..8].try_into().expect("4 bytes"));
         let bad_flag = i32::from_le_bytes(back[8..12].try_into().expect("4 bytes"));
         if bad_flag != 0 || valid == 0.0 {
