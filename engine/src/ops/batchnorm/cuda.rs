@@ -96,7 +96,7 @@ fn bn1d_config(
 ) -> Result<LaunchConfig> {
     let ptrs: Vec<usize> = ptrs.iter().map(|&p| p as usize).collect();
     let pack = launch::pack_width(&ptrs, Some(c));
-    let s = launch::bn1d(n, c, pack, &g.kernels.gpu()).map_err(kerr(op))?;
+    let s = kernels::families::bn1d_relu::bn1d(n, c, pack, &g.kernels.gpu()).map_err(kerr(op))?;
     Ok(LaunchConfig {
         grid_dim: s.grid,
         block_dim: s.block,
