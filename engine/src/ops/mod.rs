@@ -9,12 +9,12 @@ pub mod batchnorm;
 pub mod binary;
 pub mod conv;
 pub mod conv_transpose;
+pub mod detection;
 pub mod loss;
 pub mod matmul;
-pub mod nms;
+pub mod optim;
 pub mod pool;
 pub mod reduce;
-pub mod roi_align;
 pub mod shape;
 pub mod unary;
 pub mod upsample;
@@ -22,8 +22,8 @@ pub mod upsample;
 pub use batchnorm::*;
 pub use conv::*;
 pub use conv_transpose::ConvTranspose2dParams;
+pub use detection::{batched_nms, box_iou, nms};
 pub use matmul::*;
-pub use nms::{batched_nms, box_iou, nms};
 
 /// Runs `$body` with `$T` = the compute type for `$dtype` (f64 or f32), or
 /// returns a dtype error naming `$op` for integer dtypes.
@@ -58,6 +58,8 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     let mut rng = Rng::new(seed);
     let mut all = Vec::new();
     pool::parity::cases(&mut rng, &mut all);
+    detection::parity::cases(&mut rng, &mut all);
+    optim::parity::cases(&mut rng, &mut all);
     all
 }
 

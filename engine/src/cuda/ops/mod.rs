@@ -8,11 +8,9 @@
 
 pub mod batchnorm;
 pub mod conv;
-pub mod detection;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
-pub mod optim;
 pub mod reduce;
 
 use super::launch::{kdtype, kerr};
