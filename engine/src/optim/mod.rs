@@ -5,8 +5,8 @@
 //! the param's backend: no tensor ops, no graph, one pass over the data
 //! (on the host in f32 for f32/f16/bf16 params, f64 for f64; on a GPU one
 //! fused SGD kernel per param). Momentum buffers live in the optimizer,
-//! keyed by parameter name, on their param's device, and are exposed as
-//! `momentum.<param name>` tensors for checkpoints.
+//! keyed by parameter name, on the device of their param's last step, and
+//! are exposed as `momentum.<param name>` tensors for checkpoints.
 
 mod lars;
 pub mod schedule;

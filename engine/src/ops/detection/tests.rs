@@ -35,3 +35,16 @@ fn nms_scores_must_be_one_per_box_on_the_boxes_device() {
     let e = nms(&b, &Tensor::zeros(&[2], DType::F64), 0.5).unwrap_err();
     assert!(e.to_string().contains("dtype"), "{e}");
 }
+
+#[test]
+fn parity_cases_run_on_the_cpu_reproducibly() {
+    let mut cases = Vec::new();
+    parity::cases(&mut crate::Rng::new(5), &mut cases);
+    assert_eq!(cases.len(), 27);
+    for c in cases.iter().filter(|c| c.dtype == DType::F32) {
+        let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
+        for ((n, x), (_, y)) in a.iter().zip(&b) {
+            assert_eq!(x.to_vec_f64(), y.to_vec_f64(), "{} {} {n}", c.op, c.label);
+        }
+    }
+}

@@ -1,6 +1,6 @@
 use super::*;
 use crate::backend::{Cpu, Cuda};
-use crate::{DType, Error};
+use crate::{DType, Device, Error};
 
 fn param(v: &[f32]) -> Param {
     Param::new(
@@ -62,4 +62,25 @@ fn lars_has_no_gpu_step() {
     };
     let e = Cuda.lars_step(&p, &g, &mut None, &h).unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+}
+
+#[test]
+fn parity_cases_run_on_the_cpu_reproducibly() {
+    let mut cases = Vec::new();
+    parity::cases(&mut crate::Rng::new(5), &mut cases);
+    assert_eq!(cases.len(), 4);
+    for c in &cases {
+        let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
+        assert_eq!(a.len(), b.len());
+        for ((n, x), (_, y)) in a.iter().zip(&b) {
+            let (x, y) = (x.to_vec_f64(), y.to_vec_f64());
+            // NaN != NaN: compare bits
+            let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&x), bits(&y), "{} {} {n}", c.op, c.label);
+        }
+    }
+    // the overflow case skips the step and halves the scale
+    let out = (cases[3].run)(Device::Cpu).unwrap();
+    let get = |name: &str| out.iter().find(|(n, _)| n == name).unwrap().1.item().unwrap();
+    assert_eq!((get("stepped"), get("scale_after")), (0.0, 512.0));
 }
