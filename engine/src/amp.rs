@@ -9,13 +9,14 @@
 //! `torch.amp.GradScaler` semantics).
 //!
 //! On a GPU the same happens on the device: the casts are GPU casts
-//! (`Tensor::to_dtype`), and the unscale + all-finite check of every
-//! gradient is one kernel per gradient (`unscale_check_f32`) raising one
-//! int flag per GPU, read back once per step: the step's only sync.
+//! (`Tensor::to_dtype`), and the unscale + all-finite check rewrites the
+//! gradients in place (`OptimOps::unscale_and_check_finite`), with one host
+//! sync per step.
 
 use crate::nn::Param;
+use crate::ops::optim::OptimOps;
 use crate::optim::Optimizer;
-use crate::{dispatch_float, no_grad, DType, Device, Error, Float, Result, Tensor};
+use crate::{no_grad, on_backend, DType, Device, Error, Result, Tensor};
 use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,21 +124,14 @@ impl LossScaler {
         }
         let _ng = no_grad();
         let inv = 1.0 / self.scale;
+        let grads = params.iter().filter_map(|p| Some((p.clone(), p.grad()?)));
+        // one primitive call per backend: the GPU's syncs once
+        let (host, gpu): (Vec<_>, Vec<_>) = grads.partition(|(_, g)| g.device() == Device::Cpu);
         let mut finite = true;
-        let mut on_gpu = Vec::new();
-        for p in params {
-            let Some(g) = p.grad() else { continue };
-            if g.device() != Device::Cpu {
-                on_gpu.push((p.clone(), g));
-                continue;
+        for grads in [host, gpu] {
+            if let Some((_, g)) = grads.first() {
+                finite &= on_backend!(g.device(), b => b.unscale_and_check_finite(&grads, inv))?;
             }
-            let (unscaled, ok) =
-                dispatch_float!("LossScaler::unscale", g.dtype(), T => unscale::<T>(&g, inv)?);
-            finite &= ok;
-            p.set_grad(Some(unscaled));
-        }
-        if !on_gpu.is_empty() {
-            finite &= gpu::unscale_and_check(&on_gpu, inv as f32)?;
         }
         Ok(finite)
     }
@@ -161,13 +155,6 @@ impl LossScaler {
     }
 }
 
-fn unscale<T: Float>(g: &Tensor, inv: f64) -> Result<(Tensor, bool)> {
-    let inv = T::from_f64(inv);
-    let v: Vec<T> = g.float_data::<T>()?.iter().map(|&x| x * inv).collect();
-    let finite = v.iter().all(|x| x.is_finite());
-    Ok((Tensor::from_compute(v, g.dims(), g.dtype()), finite))
-}
-
 /// One optimizer step with optional loss scaling: unscales the gradients,
 /// steps only when they are all finite and updates the scale. Returns
 /// whether the optimizer stepped. The caller still zeroes the gradients.
@@ -186,158 +173,4 @@ pub fn amp_step(
     }
     scaler.update(!finite);
     Ok(finite)
-}
-
-/// Loss scaling of gradients on GPUs.
-mod gpu {
-    use crate::cuda::launch::kdtype;
-    use crate::cuda::ops::cast;
-    use crate::cuda::ops::optim::FiniteFlag;
-    use crate::cuda::tensor::{self as ct, ptr, storage_of};
-    use crate::nn::Param;
-    use crate::{DType, Error, Result, Tensor};
-    use std::collections::HashMap;
-
-    /// What to do with one gradient, given which storage each one views.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(super) enum Plan {
-        /// Unscale it where it is.
-        InPlace,
-        /// Another param's gradient is the very same view and was unscaled
-        /// in place already: nothing to do.
-        Done,
-        /// It shares storage with a different view: unscale a private copy
-        /// so no element is divided twice (the host unscales every
-        /// gradient into a new tensor; this keeps that result).
-        Copy,
-    }
-
-    /// One gradient view: (storage base address, first element's address,
-    /// elements).
-    pub(super) type View = (u64, u64, usize);
-
-    /// The plan for each gradient view, in order.
-    pub(super) fn plan(views: &[View]) -> Vec<Plan> {
-        let mut by_base: HashMap<u64, Vec<(u64, usize)>> = HashMap::new();
-        for &(base, at, n) in views {
-            let v = by_base.entry(base).or_default();
-            if !v.contains(&(at, n)) {
-                v.push((at, n));
-            }
-        }
-        let mut done = Vec::new();
-        views
-            .iter()
-            .map(|&(base, at, n)| {
-                if by_base[&base].len() > 1 {
-                    Plan::Copy
-                } else if done.contains(&(at, n)) {
-                    Plan::Done
-                } else {
-                    done.push((at, n));
-                    Plan::InPlace
-                }
-            })
-            .collect()
-    }
-
-    /// Unscales the GPU gradients of `grads` (param, its gradient) in place
-    /// with `inv_scale` and returns whether all of them were finite after
-    /// unscaling. f16/bf16 gradients go through an f32 copy (multiplied and
-    /// checked in f32, then rounded back: the host's arithmetic).
-    pub(super) fn unscale_and_check(grads: &[(Param, Tensor)], inv_scale: f32) -> Result<bool> {
-        const OP: &str = "LossScaler::unscale";
-        let mut views = Vec::with_capacity(grads.len());
-        for (_, g) in grads {
-            kdtype(OP, g.dtype())?;
-            views.push((storage_of(g)?.ptr(), ptr(g)?, g.numel()));
-        }
-        let mut flags: Vec<FiniteFlag> = Vec::new();
-        let mut unscaled_in_place = Vec::new();
-        for (((p, g), how), view) in grads.iter().zip(plan(&views)).zip(&views) {
-            // Done only counts when the earlier twin really was rewritten in
-            // place (not when it went through a copy)
-            if how == Plan::Done && unscaled_in_place.contains(view) {
-                continue;
-            }
-            let gpu = ct::gpu_of(g)?;
-            let flag = match flags.iter().position(|f| f.gpu().ordinal == gpu.ordinal) {
-                Some(i) => &flags[i],
-                None => {
-                    flags.push(FiniteFlag::new(gpu)?);
-                    flags.last().expect("just pushed")
-                }
-            };
-            // the f32 buffer the kernel rewrites, and whether it is g itself
-            let (work, in_place) = if g.dtype() != DType::F32 {
-                (cast(g, DType::F32)?, false)
-            } else if how != Plan::InPlace || !ct::is_dense(g.layout()) {
-                (
-                    ct::copy_to_strides(g, &ct::default_strides(g.dims()))?,
-                    false,
-                )
-            } else {
-                (g.clone(), true)
-            };
-            if !ct::is_dense(work.layout()) {
-                return Err(Error::arg(
-                    OP,
-                    format!(
-                        "{}: gradient {:?} is not dense after copying",
-                        p.name(),
-                        g.dims()
-                    ),
-                ));
-            }
-            // SAFETY: work is dense (numel f32 from ptr) on flag's GPU, and
-            // is either a fresh buffer or a gradient no other gradient
-            // views (plan).
-            unsafe { flag.unscale_check_f32(ptr(&work)?, work.numel(), inv_scale)? };
-            if g.dtype() != DType::F32 {
-                p.set_grad(Some(cast(&work, g.dtype())?));
-            } else if in_place {
-                unscaled_in_place.push(*view);
-            } else {
-                p.set_grad(Some(work));
-            }
-        }
-        let mut finite = true;
-        for f in &flags {
-            finite &= f.read()?;
-        }
-        Ok(finite)
-    }
-}
-
-#[cfg(test)]
-mod gpu_plan_tests {
-    use super::gpu::{plan, Plan};
-
-    #[test]
-    fn shared_gradient_storage_is_never_unscaled_twice() {
-        // distinct storages: all in place
-        assert_eq!(
-            plan(&[(0x1000, 0x1000, 10), (0x2000, 0x2000, 10)]),
-            vec![Plan::InPlace, Plan::InPlace]
-        );
-        // the same view twice (one upstream gradient handed to two params)
-        assert_eq!(
-            plan(&[
-                (0x1000, 0x1000, 10),
-                (0x2000, 0x2000, 4),
-                (0x1000, 0x1000, 10)
-            ]),
-            vec![Plan::InPlace, Plan::InPlace, Plan::Done]
-        );
-        // two different views of one storage: both copied, the storage untouched
-        assert_eq!(
-            plan(&[
-                (0x1000, 0x1000, 10),
-                (0x1000, 0x1010, 6),
-                (0x3000, 0x3000, 1)
-            ]),
-            vec![Plan::Copy, Plan::Copy, Plan::InPlace]
-        );
-        assert!(plan(&[]).is_empty());
-    }
 }

@@ -9,21 +9,21 @@ pub mod batchnorm;
 pub mod conv;
 pub mod conv_transpose;
 pub mod copy;
+pub mod detection;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
-pub mod nms;
+pub mod optim;
 pub mod pool;
 pub mod reduce;
-pub mod roi_align;
 pub mod shape;
 pub mod upsample;
 
 pub use batchnorm::*;
 pub use conv::*;
 pub use conv_transpose::ConvTranspose2dParams;
+pub use detection::{batched_nms, box_iou, nms};
 pub use matmul::*;
-pub use nms::{batched_nms, box_iou, nms};
 
 /// Runs `$body` with `$T` = the compute type for `$dtype` (f64 or f32), or
 /// returns a dtype error naming `$op` for integer dtypes.
@@ -64,6 +64,8 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     matmul::parity::cases(&mut rng, &mut all);
     batchnorm::parity::cases(&mut rng, &mut all);
     loss::parity::cases(&mut rng, &mut all);
+    detection::parity::cases(&mut rng, &mut all);
+    optim::parity::cases(&mut rng, &mut all);
     all
 }
 

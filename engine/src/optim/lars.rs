@@ -2,9 +2,10 @@
 //! as used for large-batch SSL/supervised pretraining: SGD-momentum whose
 //! per-layer step is rescaled by a trust ratio.
 
-use super::{check_hyper, par_update, sum_sq, with_grads, MomentumState, OptFloat, Optimizer};
+use super::{check_hyper, lr_and_momentum_state, with_grads, MomentumState, Optimizer};
 use crate::nn::Param;
-use crate::{dispatch_float, no_grad, Result, Tensor};
+use crate::ops::optim::{LarsHyper, OptimOps};
+use crate::{no_grad, on_backend, Result, Tensor};
 
 /// Per parameter tensor `w` with gradient `g`:
 ///
@@ -18,7 +19,8 @@ use crate::{dispatch_float, no_grad, Result, Tensor};
 /// ```
 ///
 /// Excluded params are those marked `no_weight_decay` (BN affine, biases)
-/// when `exclude_no_wd` is set, as SimCLR/BYOL/Barlow Twins do.
+/// when `exclude_no_wd` is set, as SimCLR/BYOL/Barlow Twins do. Runs on
+/// the host only (`OptimOps::lars_step`).
 pub struct Lars {
     pub lr: f64,
     pub momentum: f64,
@@ -49,40 +51,6 @@ impl Lars {
         self.exclude_no_wd = exclude;
         self
     }
-
-    fn update<T: OptFloat>(&mut self, p: &Param, grad: &Tensor) -> Result<()> {
-        let value = p.get();
-        let (w, g) = (value.float_data::<T>()?, grad.float_data::<T>()?);
-        let excluded = self.exclude_no_wd && p.no_weight_decay();
-        let (wd, q) = if excluded {
-            (0.0, 1.0)
-        } else {
-            let (wn, gn) = (sum_sq(&w).sqrt(), sum_sq(&g).sqrt());
-            let denom = gn + self.weight_decay * wn;
-            let q = if wn > 0.0 && denom > 0.0 {
-                self.eta * wn / denom
-            } else {
-                1.0
-            };
-            (self.weight_decay, q)
-        };
-        let (wd, q) = (T::from_f64(wd), T::from_f64(q));
-        let (lr, m) = (T::from_f64(self.lr), T::from_f64(self.momentum));
-        let mut buf = self
-            .state
-            .take::<T>("lars", p.name(), value.dims())?
-            .unwrap_or_else(|| vec![T::zero(); w.len()]);
-        let mut out = vec![T::zero(); w.len()];
-        par_update(&mut out, &mut buf, |start, o, b| {
-            let (w, g) = (&w[start..start + o.len()], &g[start..start + o.len()]);
-            for (((o, &w), &g), b) in o.iter_mut().zip(w).zip(g).zip(b.iter_mut()) {
-                *b = m * *b + q * (g + wd * w);
-                *o = w - lr * *b;
-            }
-        });
-        self.state.put(p.name(), value.dims(), buf);
-        p.set(Tensor::from_compute(out, value.dims(), value.dtype()))
-    }
 }
 
 impl Optimizer for Lars {
@@ -97,21 +65,20 @@ impl Optimizer for Lars {
         }
         let _ng = no_grad();
         for (p, g) in with_grads("lars", params)? {
-            dispatch_float!("lars", g.dtype(), T => self.update::<T>(&p, &g)?);
+            let h = LarsHyper {
+                lr: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                eta: self.eta,
+                excluded: self.exclude_no_wd && p.no_weight_decay(),
+            };
+            self.state.step(
+                "lars",
+                &p,
+                |buf| on_backend!(g.device(), b => b.lars_step(&p, &g, buf, &h)),
+            )?;
         }
         Ok(())
     }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn state(&self) -> Vec<(String, Tensor)> {
-        self.state.to_tensors()
-    }
-    fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
-        self.state = MomentumState::load("lars", state)?;
-        Ok(())
-    }
+    lr_and_momentum_state!("lars");
 }

@@ -1,12 +1,12 @@
 //! Optimizers and learning-rate schedules.
 //!
-//! An optimizer updates `Param`s in place from their accumulated gradients.
-//! The arithmetic runs on plain slices (f32 for f32/f16/bf16 params, f64 for
-//! f64 params), not through tensor ops: it records no graph and makes one
-//! pass over the data. Momentum buffers live in the optimizer, keyed by
-//! parameter name, and are exposed as `momentum.<param name>` tensors for
-//! checkpoints. Params on a GPU are updated there (SGD: one fused kernel
-//! per param, cuda::ops::optim) and keep their momentum on the GPU.
+//! An optimizer updates `Param`s in place from their accumulated gradients
+//! through the in-place primitives of `ops::optim` (`OptimOps`), run on
+//! the param's backend: no tensor ops, no graph, one pass over the data
+//! (on the host in f32 for f32/f16/bf16 params, f64 for f64; on a GPU one
+//! fused SGD kernel per param). Momentum buffers live in the optimizer,
+//! keyed by parameter name, on the device of their param's last step, and
+//! are exposed as `momentum.<param name>` tensors for checkpoints.
 
 mod lars;
 pub mod schedule;
@@ -17,8 +17,7 @@ pub use schedule::{Constant, Cosine, LrSchedule, StepDecay, Warmup};
 pub use sgd::Sgd;
 
 use crate::nn::Param;
-use crate::{DType, Device, Error, Float, Result, Tensor};
-use rayon::prelude::*;
+use crate::{DType, Device, Error, Result, Tensor};
 use std::collections::{BTreeMap, HashSet};
 
 pub trait Optimizer: Send {
@@ -38,122 +37,62 @@ pub fn zero_grad(params: &[Param]) {
     params.iter().for_each(|p| p.zero_grad())
 }
 
-/// A momentum buffer in the compute type of its parameter.
-pub(crate) enum Buf {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    /// An f32 tensor on the GPU, with its parameter's layout (updated in
-    /// place by the GPU step).
-    Cuda(Tensor),
-}
-
-impl Buf {
-    /// The buffer on the host (a GPU buffer is downloaded).
-    fn into_host(self) -> Result<Buf> {
-        match self {
-            Buf::Cuda(t) => Ok(Buf::F32(
-                t.to_device(Device::Cpu)?.float_data::<f32>()?.into_owned(),
-            )),
-            b => Ok(b),
-        }
-    }
-}
-
-/// Compute types the optimizers run in, with conversions from stored buffers
-/// (a checkpoint written from f32 params can resume f64 ones and back).
-pub(crate) trait OptFloat: Float {
-    fn from_buf(b: Buf) -> Vec<Self>;
-    fn into_buf(v: Vec<Self>) -> Buf;
-}
-impl OptFloat for f32 {
-    fn from_buf(b: Buf) -> Vec<f32> {
-        match b {
-            Buf::F32(v) => v,
-            Buf::F64(v) => v.into_iter().map(|x| x as f32).collect(),
-            Buf::Cuda(_) => unreachable!("MomentumState::take downloads GPU buffers first"),
-        }
-    }
-    fn into_buf(v: Vec<f32>) -> Buf {
-        Buf::F32(v)
-    }
-}
-impl OptFloat for f64 {
-    fn from_buf(b: Buf) -> Vec<f64> {
-        match b {
-            Buf::F64(v) => v,
-            Buf::F32(v) => v.into_iter().map(|x| x as f64).collect(),
-            Buf::Cuda(_) => unreachable!("MomentumState::take downloads GPU buffers first"),
-        }
-    }
-    fn into_buf(v: Vec<f64>) -> Buf {
-        Buf::F64(v)
-    }
-}
-
-/// Per-parameter momentum buffers keyed by parameter name.
+/// Per-parameter momentum buffers keyed by parameter name: tensors in the
+/// param's compute dtype (f64 for f64 params, else f32) on its device. A
+/// GPU step updates its buffer in place.
 #[derive(Default)]
 pub(crate) struct MomentumState {
-    bufs: BTreeMap<String, (Vec<usize>, Buf)>,
+    bufs: BTreeMap<String, Tensor>,
 }
 
 const PREFIX: &str = "momentum.";
 
 impl MomentumState {
-    /// Removes and returns the buffer of `name` (None before its first step),
-    /// checking it still fits the parameter.
-    fn take_buf(&mut self, op: &'static str, name: &str, dims: &[usize]) -> Result<Option<Buf>> {
-        match self.bufs.get(name) {
-            None => Ok(None),
-            Some((d, _)) if d.as_slice() != dims => Err(Error::shape(
-                op,
-                format!("{PREFIX}{name} has shape {d:?} but the parameter is {dims:?} (state from another model?)"),
-            )),
-            Some(_) => Ok(self.bufs.remove(name).map(|(_, b)| b)),
-        }
-    }
-
-    fn take<T: OptFloat>(
-        &mut self,
-        op: &'static str,
-        name: &str,
-        dims: &[usize],
-    ) -> Result<Option<Vec<T>>> {
-        match self.take_buf(op, name, dims)? {
-            None => Ok(None),
-            Some(b) => Ok(Some(T::from_buf(b.into_host()?))),
-        }
-    }
-
-    /// The buffer of `name` as an f32 tensor on `device` (uploaded when it
-    /// was loaded from a checkpoint or last used on the host); None before
-    /// the param's first step. Its layout is the GPU default for `dims`.
-    fn take_device(
-        &mut self,
-        op: &'static str,
-        name: &str,
-        dims: &[usize],
-        device: Device,
-    ) -> Result<Option<Tensor>> {
-        let t = match self.take_buf(op, name, dims)? {
-            None => return Ok(None),
-            Some(Buf::Cuda(t)) if t.dtype() == DType::F32 => t,
-            Some(Buf::Cuda(t)) => t.to_dtype(DType::F32)?.detach(),
-            Some(Buf::F32(v)) => Tensor::from_vec(v, dims)?,
-            Some(Buf::F64(v)) => {
-                Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<_>>(), dims)?
-            }
+    /// Removes and returns the buffer of `name` for `param` (None before
+    /// its first step), checking it still fits and converting it to the
+    /// param's compute dtype and device (a checkpoint written from f32
+    /// params can resume f64 ones and back, one from a GPU run a host one).
+    fn take(&mut self, op: &'static str, name: &str, param: &Tensor) -> Result<Option<Tensor>> {
+        let dims = param.dims();
+        let Some(t) = self.bufs.get(name) else {
+            return Ok(None);
         };
-        Ok(Some(t.to_device(device)?))
+        if t.dims() != dims {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{PREFIX}{name} has shape {:?} but the parameter is {dims:?} (state from another model?)",
+                    t.dims()
+                ),
+            ));
+        }
+        let t = self.bufs.remove(name).expect("present");
+        let dtype = if param.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        Ok(Some(t.to_dtype(dtype)?.to_device(param.device())?))
     }
 
-    fn put<T: OptFloat>(&mut self, name: &str, dims: &[usize], v: Vec<T>) {
-        self.bufs
-            .insert(name.to_string(), (dims.to_vec(), T::into_buf(v)));
+    fn put(&mut self, name: &str, t: Tensor) {
+        self.bufs.insert(name.to_string(), t);
     }
 
-    fn put_device(&mut self, name: &str, t: Tensor) {
-        self.bufs
-            .insert(name.to_string(), (t.dims().to_vec(), Buf::Cuda(t)));
+    /// Runs `step` on the buffer of `p` (see [`MomentumState::take`]) and
+    /// keeps what it leaves there, even when it fails.
+    fn step(
+        &mut self,
+        op: &'static str,
+        p: &Param,
+        step: impl FnOnce(&mut Option<Tensor>) -> Result<()>,
+    ) -> Result<()> {
+        let mut buf = self.take(op, p.name(), &p.get())?;
+        let r = step(&mut buf);
+        if let Some(b) = buf {
+            self.put(p.name(), b);
+        }
+        r
     }
 
     /// The buffers as tensors; GPU buffers stay on the GPU (checkpoint
@@ -162,17 +101,7 @@ impl MomentumState {
     fn to_tensors(&self) -> Vec<(String, Tensor)> {
         self.bufs
             .iter()
-            .map(|(name, (dims, b))| {
-                let t = match b {
-                    Buf::F32(v) => Tensor::from_vec(v.clone(), dims),
-                    Buf::F64(v) => Tensor::from_vec(v.clone(), dims),
-                    Buf::Cuda(t) => Ok(t.detach()),
-                };
-                (
-                    format!("{PREFIX}{name}"),
-                    t.expect("buffer length matches its dims"),
-                )
-            })
+            .map(|(name, t)| (format!("{PREFIX}{name}"), t.detach()))
             .collect()
     }
 
@@ -189,17 +118,38 @@ impl MomentumState {
             })?;
             // state taken from a GPU run: a host copy, never a second owner
             // of a buffer the GPU step updates in place
-            let t = t.to_device(Device::Cpu)?;
+            let t = t.detach().to_device(Device::Cpu)?;
             let buf = match t.dtype() {
-                DType::F64 => Buf::F64(t.to_vec::<f64>()?),
-                d if d.is_float() => Buf::F32(t.float_data::<f32>()?.into_owned()),
+                DType::F64 => t,
+                d if d.is_float() => t.to_dtype(DType::F32)?,
                 d => return Err(Error::dtype(op, format!("a float dtype for {key}"), d)),
             };
-            bufs.insert(name.to_string(), (t.dims().to_vec(), buf));
+            bufs.insert(name.to_string(), buf);
         }
         Ok(MomentumState { bufs })
     }
 }
+
+/// The `Optimizer` methods every momentum optimizer shares: the `lr` field
+/// and the `state: MomentumState` field, saved under `$op`.
+macro_rules! lr_and_momentum_state {
+    ($op:literal) => {
+        fn set_lr(&mut self, lr: f64) {
+            self.lr = lr;
+        }
+        fn lr(&self) -> f64 {
+            self.lr
+        }
+        fn state(&self) -> Vec<(String, Tensor)> {
+            self.state.to_tensors()
+        }
+        fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
+            self.state = MomentumState::load($op, state)?;
+            Ok(())
+        }
+    };
+}
+use lr_and_momentum_state;
 
 /// Hyperparameters must be finite and non-negative; a clear error beats a
 /// silently diverging run.
@@ -255,53 +205,4 @@ pub(crate) fn with_grads(op: &'static str, params: &[Param]) -> Result<Vec<(Para
         out.push((p.clone(), g));
     }
     Ok(out)
-}
-
-/// Runs `f(start, out_chunk, buf_chunk)` over matching chunks of `out` and
-/// `buf` in parallel; `buf` may be empty (no momentum), then `f` gets an
-/// empty slice.
-pub(crate) fn par_update<T: Send>(
-    out: &mut [T],
-    buf: &mut [T],
-    f: impl Fn(usize, &mut [T], &mut [T]) + Sync,
-) {
-    const GRAIN: usize = 1 << 15;
-    if out.len() <= GRAIN {
-        return f(0, out, buf);
-    }
-    if buf.is_empty() {
-        out.par_chunks_mut(GRAIN)
-            .enumerate()
-            .for_each(|(i, o)| f(i * GRAIN, o, &mut []));
-    } else {
-        out.par_chunks_mut(GRAIN)
-            .zip(buf.par_chunks_mut(GRAIN))
-            .enumerate()
-            .for_each(|(i, (o, b))| f(i * GRAIN, o, b));
-    }
-}
-
-/// Sum of squares in f64 (norms for LARS; f32 accumulation loses digits on
-/// million-element layers). Eight independent accumulators let the loop
-/// vectorise; chunks are combined in a fixed order, so the result does not
-/// depend on thread scheduling.
-pub(crate) fn sum_sq<T: Float>(x: &[T]) -> f64 {
-    fn chunk<T: Float>(c: &[T]) -> f64 {
-        let mut acc = [0.0f64; 8];
-        let mut it = c.chunks_exact(8);
-        for lanes in &mut it {
-            for (a, &v) in acc.iter_mut().zip(lanes) {
-                let v = crate::Element::to_f64(v);
-                *a += v * v;
-            }
-        }
-        let tail: f64 = it
-            .remainder()
-            .iter()
-            .map(|&v| crate::Element::to_f64(v).powi(2))
-            .sum();
-        acc.iter().sum::<f64>() + tail
-    }
-    let parts: Vec<f64> = x.par_chunks(1 << 15).map(chunk).collect();
-    parts.iter().sum()
 }

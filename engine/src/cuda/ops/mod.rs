@@ -7,8 +7,6 @@
 //! the default layout; inputs with another layout are copied into it first.
 
 pub mod conv;
-pub mod detection;
-pub mod optim;
 
 use super::launch::{kdtype, kerr};
 use super::tensor::{alloc, gpu_of, is_dense, ptr};

@@ -1,30 +1,12 @@
-//! RoIAlign (He et al., Mask R-CNN), computed exactly as torchvision's CPU
-//! kernel (`torchvision/csrc/ops/cpu/roi_align_kernel.cpp`): same sample
-//! positions, same boundary rules, same order of floating-point operations,
-//! so f64 results agree with `torchvision.ops.roi_align` to rounding.
+//! Detection ops on the CPU, computed exactly as torchvision's CPU kernels
+//! (`torchvision/csrc/ops/cpu/roi_align_kernel.cpp`, `nms_kernel.cpp`):
+//! same sample positions, boundary rules and order of floating-point
+//! operations, so f64 results agree with torchvision to rounding.
 
-use super::{expect_rank, same_dtype};
-use crate::autograd::record;
-use crate::{dispatch_float, Element, Error, Float, Result, Tensor};
+use super::{order_desc, DetectionOps, RoiGeom};
+use crate::backend::Cpu;
+use crate::{dispatch_float, Element, Float, Result, Tensor};
 use rayon::prelude::*;
-
-const OP: &str = "roi_align";
-
-/// Bilinear samples one box may take (bins x grid): far beyond any real
-/// feature map (a 14x14 output of a 1024x1024 map samples ~1e6).
-const MAX_SAMPLES_PER_ROI: f64 = (1u64 << 28) as f64;
-
-/// The validated arguments of one call.
-#[derive(Clone, Copy)]
-struct Geometry {
-    /// Input [N, C, H, W].
-    nchw: [usize; 4],
-    /// Pooled output [ph, pw].
-    out: [usize; 2],
-    spatial_scale: f64,
-    sampling_ratio: i64,
-    aligned: bool,
-}
 
 /// One box mapped onto the feature map: where its bins start, their size and
 /// how many sample points each bin averages over.
@@ -42,7 +24,7 @@ struct Roi<T> {
 
 impl<T: Float> Roi<T> {
     /// torchvision's per-roi preamble, operation for operation.
-    fn new(b: &[T], g: &Geometry) -> Roi<T> {
+    fn new(b: &[T], g: &RoiGeom) -> Roi<T> {
         let scale = <T as Element>::from_f64(g.spatial_scale);
         let offset = <T as Element>::from_f64(if g.aligned { 0.5 } else { 0.0 });
         let start_w = b[1] * scale - offset;
@@ -83,7 +65,7 @@ impl<T: Float> Roi<T> {
 
     /// Every sample point of every bin, in torchvision's (ph, pw, iy, ix)
     /// order (`pre_calc_for_bilinear_interpolate`).
-    fn samples(&self, g: &Geometry) -> Vec<Sample<T>> {
+    fn samples(&self, g: &RoiGeom) -> Vec<Sample<T>> {
         let (gh, gw) = (self.grid_h.max(0) as usize, self.grid_w.max(0) as usize);
         let mut out = Vec::with_capacity(g.out[0] * g.out[1] * gh * gw);
         let (tgh, tgw) = (T::from_usize(gh), T::from_usize(gw));
@@ -138,24 +120,8 @@ impl<T: Float> Sample<T> {
         if x <= T::zero() {
             x = T::zero();
         }
-        let (mut y_low, mut x_low) = (
-            <T as Element>::to_f64(y) as usize,
-            <T as Element>::to_f64(x) as usize,
-        );
-        let y_high = if y_low >= height - 1 {
-            y_low = height - 1;
-            y = T::from_usize(y_low);
-            y_low
-        } else {
-            y_low + 1
-        };
-        let x_high = if x_low >= width - 1 {
-            x_low = width - 1;
-            x = T::from_usize(x_low);
-            x_low
-        } else {
-            x_low + 1
-        };
+        let (y_low, y_high) = neighbours(&mut y, height);
+        let (x_low, x_high) = neighbours(&mut x, width);
         let (ly, lx) = (y - T::from_usize(y_low), x - T::from_usize(x_low));
         let (hy, hx) = (T::one() - ly, T::one() - lx);
         Sample {
@@ -171,104 +137,20 @@ impl<T: Float> Sample<T> {
     }
 }
 
-/// Checks every argument; returns the geometry or a clear error.
-fn validate(
-    x: &Tensor,
-    boxes: &Tensor,
-    out: [usize; 2],
-    spatial_scale: f64,
-    sampling_ratio: i64,
-    aligned: bool,
-) -> Result<Geometry> {
-    expect_rank(OP, "input [N, C, H, W]", x, 4)?;
-    let d = x.dims();
-    let nchw = [d[0], d[1], d[2], d[3]];
-    if boxes.rank() != 2 || boxes.dims()[1] != 5 {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "boxes must be [K, 5] rows of (batch_index, x1, y1, x2, y2), got shape {:?}",
-                boxes.dims()
-            ),
-        ));
+/// The pixels below and above a coordinate along an axis of `size`; the
+/// last one interpolates with itself (the coordinate snaps to it).
+fn neighbours<T: Float>(v: &mut T, size: usize) -> (usize, usize) {
+    let low = <T as Element>::to_f64(*v) as usize;
+    if low >= size - 1 {
+        *v = T::from_usize(size - 1);
+        (size - 1, size - 1)
+    } else {
+        (low, low + 1)
     }
-    same_dtype(OP, &[x, boxes])?;
-    if !x.dtype().is_float() {
-        return Err(Error::dtype(
-            OP,
-            "a float dtype (f64, f32, f16, bf16)",
-            x.dtype(),
-        ));
-    }
-    if out.contains(&0) {
-        return Err(Error::arg(
-            OP,
-            format!("output size {out:?} must be >= 1 in both dims"),
-        ));
-    }
-    if nchw[2] == 0 || nchw[3] == 0 {
-        return Err(Error::shape(
-            OP,
-            format!("input {:?} has an empty plane", x.dims()),
-        ));
-    }
-    if !(spatial_scale.is_finite() && spatial_scale > 0.0) {
-        return Err(Error::arg(
-            OP,
-            format!("spatial_scale must be finite and > 0, got {spatial_scale}"),
-        ));
-    }
-    for (k, row) in boxes.to_vec_f64().chunks_exact(5).enumerate() {
-        let b = row[0];
-        if b.fract() != 0.0 || b < 0.0 || b >= nchw[0] as f64 {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "box {k}: batch index {b} is not an integer in [0, {}) (input batch size {})",
-                    nchw[0], nchw[0]
-                ),
-            ));
-        }
-        if row[1..].iter().any(|v| !v.is_finite()) {
-            return Err(Error::arg(
-                OP,
-                format!("box {k}: coordinates {:?} must be finite", &row[1..]),
-            ));
-        }
-        // a sample table this large means a corrupt box or sampling ratio,
-        // not a feature map (torchvision would grind through it)
-        let grid = |size: f64, bins: usize| {
-            if sampling_ratio > 0 {
-                sampling_ratio as f64
-            } else {
-                (size * spatial_scale / bins as f64).ceil().max(1.0)
-            }
-        };
-        let per_roi = (out[0] * out[1]) as f64
-            * grid(row[4] - row[2], out[0])
-            * grid(row[3] - row[1], out[1]);
-        if per_roi > MAX_SAMPLES_PER_ROI {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "box {k} {:?} at spatial_scale {spatial_scale} with sampling_ratio \
-                     {sampling_ratio} needs {per_roi:.3e} samples (more than {MAX_SAMPLES_PER_ROI:e})",
-                    &row[1..]
-                ),
-            ));
-        }
-    }
-    Ok(Geometry {
-        nchw,
-        out,
-        spatial_scale,
-        sampling_ratio,
-        aligned,
-    })
 }
 
 /// Output [K, C, ph, pw]; parallel over boxes, each writing its own block.
-fn forward<T: Float>(x: &[T], boxes: &[T], g: &Geometry) -> Vec<T> {
+fn forward<T: Float>(x: &[T], boxes: &[T], g: &RoiGeom) -> Vec<T> {
     let [_, c, h, w] = g.nchw;
     let (plane, oplane) = (h * w, g.out[0] * g.out[1]);
     let k = boxes.len() / 5;
@@ -304,7 +186,7 @@ fn forward<T: Float>(x: &[T], boxes: &[T], g: &Geometry) -> Vec<T> {
 /// of channels of one image, never over boxes: every input element receives
 /// its contributions in torchvision's order (box, bin, sample, corner), so
 /// the result is deterministic and independent of the thread count.
-fn backward<T: Float>(dy: &[T], boxes: &[T], g: &Geometry) -> Vec<T> {
+fn backward<T: Float>(dy: &[T], boxes: &[T], g: &RoiGeom) -> Vec<T> {
     let [n, c, h, w] = g.nchw;
     let (plane, oplane) = (h * w, g.out[0] * g.out[1]);
     let mut dx = vec![T::zero(); n * c * plane];
@@ -344,73 +226,189 @@ fn backward<T: Float>(dy: &[T], boxes: &[T], g: &Geometry) -> Vec<T> {
     dx
 }
 
-impl Tensor {
-    /// RoIAlign of `self` [N, C, H, W] over `boxes` [K, 5] = rows of
-    /// (batch_index, x1, y1, x2, y2) in input-image coordinates, same float
-    /// dtype; returns [K, C, ph, pw] with `output_size` = [ph, pw].
-    ///
-    /// Exactly `torchvision.ops.roi_align`: each box is scaled by
-    /// `spatial_scale` (and shifted by -0.5 when `aligned`; otherwise its
-    /// width and height are raised to at least 1), split into ph x pw bins,
-    /// and each bin is the mean of a grid of `sampling_ratio` x
-    /// `sampling_ratio` bilinear samples at the sub-cell centres
-    /// (`sampling_ratio <= 0`: ceil(bin height) x ceil(bin width) per box).
-    /// A sample outside [-1, H] x [-1, W] counts as 0; one in (-1, 0]
-    /// clamps to the border. Differentiable w.r.t. `self` (scatter-add of
-    /// the same weights); `boxes` get no gradient, as in torchvision.
-    /// f16/bf16 are computed in f32 and rounded back.
-    pub fn roi_align(
+/// IoU of two (x1, y1, x2, y2) boxes given their areas, in torchvision's
+/// operation order (the nms kernel and `box_iou` agree on it).
+#[inline]
+fn iou<T: Float>(a: [T; 4], area_a: T, b: [T; 4], area_b: T) -> T {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(T::zero());
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(T::zero());
+    let inter = w * h;
+    inter / (area_a + area_b - inter)
+}
+
+#[inline]
+fn area<T: Float>(b: [T; 4]) -> T {
+    (b[2] - b[0]) * (b[3] - b[1])
+}
+
+fn rows<T: Float>(flat: &[T]) -> Vec<[T; 4]> {
+    flat.chunks_exact(4)
+        .map(|r| [r[0], r[1], r[2], r[3]])
+        .collect()
+}
+
+/// Greedy NMS over `boxes` (already offset, for batched_nms' trick).
+///
+/// Same decisions as torchvision's kernel, which compares each kept box
+/// with every later unsuppressed one; here the unsuppressed candidates are
+/// compacted after each kept box, so suppressed boxes are never touched
+/// again, and long candidate lists are tested in parallel (each test is
+/// independent, so the result does not depend on the thread count).
+fn nms_impl<T: Float>(boxes: &[[T; 4]], scores: &[T], iou_threshold: f64) -> Vec<usize> {
+    const PAR_MIN: usize = 8192;
+    let order = order_desc(scores);
+    // coordinates and areas in score order: the scans below read them sequentially
+    let sorted: Vec<[T; 4]> = order.iter().map(|&i| boxes[i]).collect();
+    let areas: Vec<T> = sorted.iter().map(|&b| area(b)).collect();
+    let mut alive: Vec<u32> = (0..order.len() as u32).collect();
+    let mut suppress = Vec::new();
+    let mut keep = Vec::new();
+    let mut next = 0;
+    while next < alive.len() {
+        let i = alive[next] as usize;
+        keep.push(order[i]);
+        let (bi, ai) = (sorted[i], areas[i]);
+        let over = |&j: &u32| {
+            let j = j as usize;
+            // NaN IoU (two empty boxes) suppresses nothing, as in C++
+            <T as Element>::to_f64(iou(bi, ai, sorted[j], areas[j])) > iou_threshold
+        };
+        let rest = &alive[next + 1..];
+        let mut w = next + 1;
+        if rest.len() >= PAR_MIN {
+            suppress.clear();
+            rest.par_iter().map(over).collect_into_vec(&mut suppress);
+            for r in 0..suppress.len() {
+                if !suppress[r] {
+                    alive[w] = alive[next + 1 + r];
+                    w += 1;
+                }
+            }
+        } else {
+            for r in next + 1..alive.len() {
+                if !over(&alive[r]) {
+                    alive[w] = alive[r];
+                    w += 1;
+                }
+            }
+        }
+        alive.truncate(w);
+        next += 1;
+    }
+    keep
+}
+
+/// Row-major [N, M] IoU of every pair; parallel over rows of `a`.
+fn iou_matrix<T: Float>(a: &[[T; 4]], b: &[[T; 4]]) -> Vec<T> {
+    let area_b: Vec<T> = b.iter().map(|&x| area(x)).collect();
+    let mut out = vec![T::zero(); a.len() * b.len()];
+    if !b.is_empty() {
+        out.par_chunks_mut(b.len())
+            .zip(a.par_iter())
+            .for_each(|(o, &x)| {
+                let ax = area(x);
+                for ((v, &y), &ay) in o.iter_mut().zip(b).zip(&area_b) {
+                    *v = iou(x, ax, y, ay);
+                }
+            });
+    }
+    out
+}
+
+/// torchvision's `_batched_nms_coordinate_trick`.
+fn coordinate_trick<T: Float>(b: &[[T; 4]], s: &[T], idxs: &[i64], thr: f64) -> Vec<usize> {
+    // torch's max propagates NaN
+    let max = b.iter().flatten().fold(T::neg_infinity(), |m, &v| {
+        if v.is_nan() || m.is_nan() {
+            T::nan()
+        } else {
+            m.max(v)
+        }
+    });
+    let shifted: Vec<[T; 4]> = b
+        .iter()
+        .zip(idxs)
+        .map(|(r, &c)| {
+            let off = <T as Element>::from_f64(c as f64) * (max + T::one());
+            r.map(|v| v + off)
+        })
+        .collect();
+    nms_impl(&shifted, s, thr)
+}
+
+/// torchvision's `_batched_nms_vanilla`.
+fn per_category<T: Float>(b: &[[T; 4]], s: &[T], idxs: &[i64], thr: f64) -> Vec<usize> {
+    let mut cats: Vec<i64> = idxs.to_vec();
+    cats.sort_unstable();
+    cats.dedup();
+    let mut kept = vec![false; b.len()];
+    for c in cats {
+        let members: Vec<usize> = (0..b.len()).filter(|&i| idxs[i] == c).collect();
+        let cb: Vec<[T; 4]> = members.iter().map(|&i| b[i]).collect();
+        let cs: Vec<T> = members.iter().map(|&i| s[i]).collect();
+        for j in nms_impl(&cb, &cs, thr) {
+            kept[members[j]] = true;
+        }
+    }
+    let keep: Vec<usize> = (0..b.len()).filter(|&i| kept[i]).collect();
+    let ks: Vec<T> = keep.iter().map(|&i| s[i]).collect();
+    order_desc(&ks).into_iter().map(|r| keep[r]).collect()
+}
+
+impl DetectionOps for Cpu {
+    fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
+        crate::trace::kernel("roi_align");
+        let dtype = x.dtype();
+        let shape = [g.k, g.nchw[1], g.out[0], g.out[1]];
+        Ok(dispatch_float!("roi_align", dtype, T => {
+            let y = forward::<T>(&x.float_data::<T>()?, &boxes.float_data::<T>()?, g);
+            Tensor::from_compute(y, &shape, dtype)
+        }))
+    }
+
+    fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
+        crate::trace::kernel("roi_align");
+        let dtype = dy.dtype();
+        Ok(dispatch_float!("roi_align", dtype, T => {
+            let dx = backward::<T>(&dy.float_data::<T>()?, &boxes.float_data::<T>()?, g);
+            Tensor::from_compute(dx, &g.nchw, dtype)
+        }))
+    }
+
+    fn box_iou(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        crate::trace::kernel("box_iou");
+        let dtype = a.dtype();
+        let (n, m) = (a.dims()[0], b.dims()[0]);
+        Ok(dispatch_float!("box_iou", dtype, T => {
+            let out = iou_matrix::<T>(&rows(&a.float_data::<T>()?), &rows(&b.float_data::<T>()?));
+            Tensor::from_compute(out, &[n, m], dtype)
+        }))
+    }
+
+    fn nms(&self, boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Vec<usize>> {
+        crate::trace::kernel("nms");
+        Ok(dispatch_float!("nms", boxes.dtype(), T => {
+            nms_impl::<T>(&rows(&boxes.float_data::<T>()?), &scores.float_data::<T>()?, iou_threshold)
+        }))
+    }
+
+    fn batched_nms(
         &self,
         boxes: &Tensor,
-        output_size: [usize; 2],
-        spatial_scale: f64,
-        sampling_ratio: i64,
-        aligned: bool,
-    ) -> Result<Tensor> {
-        if self.device() != crate::Device::Cpu {
-            // the CPU op's checks, on a host copy of the (few) boxes
-            let host_boxes = boxes.to_device(crate::Device::Cpu)?;
-            validate(
-                self,
-                &host_boxes,
-                output_size,
-                spatial_scale,
-                sampling_ratio,
-                aligned,
-            )?;
-            return crate::cuda::ops::detection::roi_align(
-                self,
-                boxes,
-                output_size,
-                spatial_scale,
-                sampling_ratio,
-                aligned,
-            );
-        }
-        crate::trace::op(OP, "forward", "cpu:roi_align", &[self, boxes], || {
-            let g = validate(
-                self,
-                boxes,
-                output_size,
-                spatial_scale,
-                sampling_ratio,
-                aligned,
-            )?;
-            let (dtype, x_shape) = (self.dtype(), self.dims().to_vec());
-            let k = boxes.dims()[0];
-            let shape = [k, g.nchw[1], output_size[0], output_size[1]];
-            let out = dispatch_float!(OP, dtype, T => {
-                let y = forward::<T>(&self.float_data::<T>()?, &boxes.float_data::<T>()?, &g);
-                Tensor::from_compute(y, &shape, dtype)
-            });
-            let boxes = boxes.detach();
-            Ok(record(out, OP, &[self], move |gy| {
-                let dx = dispatch_float!(OP, dtype, T => {
-                    let d = backward::<T>(&gy.float_data::<T>()?, &boxes.float_data::<T>()?, &g);
-                    Tensor::from_compute(d, &x_shape, dtype)
-                });
-                Ok(vec![Some(dx)])
-            }))
-        })
+        scores: &Tensor,
+        idxs: &[i64],
+        iou_threshold: f64,
+    ) -> Result<Vec<usize>> {
+        crate::trace::kernel("nms");
+        Ok(dispatch_float!("batched_nms", boxes.dtype(), T => {
+            let (b, s) = (rows::<T>(&boxes.float_data::<T>()?), scores.float_data::<T>()?);
+            if b.is_empty() {
+                Vec::new()
+            } else if 4 * b.len() > 4000 {
+                per_category::<T>(&b, &s, idxs, iou_threshold)
+            } else {
+                coordinate_trick::<T>(&b, &s, idxs, iou_threshold)
+            }
+        }))
     }
 }

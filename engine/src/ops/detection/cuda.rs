@@ -1,0 +1,137 @@
+//! Detection ops on the GPU: RoIAlign forward/backward (roi_align.cu) over
+//! channels-last feature maps, and NMS with torchvision's CUDA design (IoU
+//! bit mask on the GPU, nms.cu; score sort and greedy pass on the host,
+//! where K is at most a few thousand). box_iou and batched_nms run on the
+//! host only.
+
+use super::{order_desc, DetectionOps, RoiGeom};
+use crate::backend::Cuda;
+use crate::cuda::launch::{kdtype, kerr, traced_sync};
+use crate::cuda::ops::cast;
+use crate::cuda::tensor::{download, empty, gpu_of, ptr, to_default_layout, zeros};
+use crate::{DType, Error, Result, Tensor};
+use kernels::device::{nms_col_blocks, nms_greedy, RoiAlignDims};
+
+/// roi_align.cu's shape and settings.
+fn dims(g: &RoiGeom) -> Result<RoiAlignDims> {
+    let [n, c, h, w] = g.nchw;
+    Ok(RoiAlignDims {
+        n,
+        c,
+        h,
+        w,
+        k: g.k,
+        ph: g.out[0],
+        pw: g.out[1],
+        // the CPU op rounds it to T (f32 for every GPU dtype) too
+        spatial_scale: g.spatial_scale as f32,
+        // the front-end bounds the samples per box by 2^28: a larger ratio
+        // was rejected there
+        sampling_ratio: i32::try_from(g.sampling_ratio.max(-1)).map_err(|_| {
+            Error::arg(
+                "roi_align",
+                format!(
+                    "sampling_ratio {} exceeds the GPU kernel's int32",
+                    g.sampling_ratio
+                ),
+            )
+        })?,
+        aligned: g.aligned,
+    })
+}
+
+impl DetectionOps for Cuda {
+    /// Output in the default (channels-last) layout.
+    fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
+        const OP: &str = "roi_align";
+        crate::trace::kernel("roi_align_fwd");
+        let d = dims(g)?;
+        let gpu = gpu_of(x)?;
+        let dt = kdtype(OP, x.dtype())?;
+        let xd = to_default_layout(x)?;
+        let boxes = to_default_layout(boxes)?;
+        let y = empty(gpu, &[d.k, d.c, d.ph, d.pw], x.dtype())?;
+        gpu.bind()?;
+        // SAFETY: xd is NHWC [N, H, W, C] (default layout), boxes a dense
+        // [K, 5] of x's dtype, y NHWC [K, PH, PW, C]; all on gpu.
+        unsafe {
+            gpu.kernels
+                .roi_align_fwd(&gpu.stream, dt, ptr(&xd)?, ptr(&boxes)?, ptr(&y)?, &d)
+        }
+        .map_err(kerr(OP))?;
+        traced_sync(gpu)?;
+        Ok(y)
+    }
+
+    /// Scatters into dx with f32 atomics: dx is NOT bitwise deterministic
+    /// (summation order varies between runs); it matches the CPU op to f32
+    /// rounding.
+    fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
+        const OP: &str = "roi_align";
+        crate::trace::kernel("roi_align_bwd");
+        let d = dims(g)?;
+        let gpu = gpu_of(dy)?;
+        let dtype = dy.dtype();
+        let dt = kdtype(OP, dtype)?;
+        let dy = to_default_layout(dy)?;
+        let boxes = to_default_layout(boxes)?;
+        // f32 accumulator (atomics), zeroed: the kernel only adds
+        let acc = zeros(gpu, &g.nchw, DType::F32)?;
+        gpu.bind()?;
+        // SAFETY: dy NHWC [K, PH, PW, C] of x's dtype (the front-end checked
+        // it), boxes a dense [K, 5] of that dtype, acc f32 NHWC [N, H, W, C].
+        unsafe {
+            gpu.kernels
+                .roi_align_bwd(&gpu.stream, dt, ptr(&dy)?, ptr(&boxes)?, ptr(&acc)?, &d)
+        }
+        .map_err(kerr(OP))?;
+        let dx = if dtype == DType::F32 {
+            acc
+        } else {
+            cast(&acc, dtype)?
+        };
+        traced_sync(gpu)?;
+        Ok(dx)
+    }
+
+    /// The same set and order as the CPU op (IoU in f32, same operation
+    /// order, compared in f64 with `iou_threshold`).
+    fn nms(&self, boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Vec<usize>> {
+        const OP: &str = "nms";
+        crate::trace::kernel("nms_mask");
+        let k = boxes.dims()[0];
+        let g = gpu_of(boxes)?;
+        let dt = kdtype(OP, boxes.dtype())?;
+        // K scores: sorted on the host with the CPU op's exact rule; f64
+        // orders every GPU dtype's values exactly
+        let order = order_desc(&download(scores)?.to_vec_f64());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let order_i32: Vec<i32> = order.iter().map(|&i| i as i32).collect();
+        // int32 has no tensor dtype: a raw block
+        let order_dev = g.alloc(k * 4)?;
+        order_dev.upload_at(0, bytemuck::cast_slice(&order_i32))?;
+        let boxes = to_default_layout(boxes)?;
+        let words = k * nms_col_blocks(k);
+        let mask = g.alloc(words * 8)?;
+        g.bind()?;
+        // SAFETY: boxes dense [K, 4] of dt, order K int32 in [0, K), mask
+        // holds K * col_blocks u64.
+        unsafe {
+            g.kernels.nms_mask(
+                &g.stream,
+                dt,
+                ptr(&boxes)?,
+                order_dev.ptr(),
+                mask.ptr(),
+                k,
+                iou_threshold,
+            )
+        }
+        .map_err(kerr(OP))?;
+        let mut host = vec![0u64; words];
+        mask.download_at(0, bytemuck::cast_slice_mut(&mut host))?;
+        Ok(nms_greedy(&host, k).into_iter().map(|r| order[r]).collect())
+    }
+}

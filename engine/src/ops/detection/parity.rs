@@ -1,0 +1,124 @@
+//! Detection's GPU parity cases: RoIAlign with inverted and empty boxes,
+//! aligned and legacy, fixed and adaptive sampling; NMS over clustered boxes
+//! (suppression chains across the kernel's 64-box blocks), duplicates, an
+//! empty box, tied and NaN scores.
+
+use crate::parity::{autograd, dims, Case, Input, DTYPES};
+use crate::{Device, Rng, Tensor};
+
+/// `k` RoIAlign boxes [k, 5] over an `n`-image batch of h x w maps at
+/// `scale`, some partly outside the image; box 0 inverted, box 1 empty.
+fn roi_boxes(rng: &mut Rng, n: usize, h: usize, w: usize, scale: f64, k: usize) -> Vec<f64> {
+    let (ih, iw) = (h as f64 / scale, w as f64 / scale);
+    let mut v = Vec::with_capacity(5 * k);
+    for i in 0..k {
+        let b = rng.below(n) as f64;
+        let x1 = rng.uniform() * 1.2 * iw - 0.1 * iw;
+        let y1 = rng.uniform() * 1.2 * ih - 0.1 * ih;
+        let (bw, bh) = (rng.uniform() * 0.6 * iw, rng.uniform() * 0.6 * ih);
+        match i {
+            0 => v.extend([b, x1, y1, x1 - bw, y1 - bh]), // inverted
+            1 => v.extend([b, x1, y1, x1, y1]),           // empty
+            _ => v.extend([b, x1, y1, x1 + bw, y1 + bh]),
+        }
+    }
+    v
+}
+
+/// NMS boxes [k, 4] in a few clusters (heavy overlap), plus a duplicate
+/// pair and an empty box; scores quantized to `step` (ties) when step > 0.
+fn nms_inputs(rng: &mut Rng, k: usize, step: f64) -> (Vec<f64>, Vec<f64>) {
+    let centers: Vec<(f64, f64)> = (0..4)
+        .map(|_| (rng.uniform() * 200.0, rng.uniform() * 200.0))
+        .collect();
+    let mut b = Vec::with_capacity(4 * k);
+    let mut sc = Vec::with_capacity(k);
+    for i in 0..k {
+        let (cx, cy) = centers[rng.below(centers.len())];
+        let x = cx + rng.normal() * 8.0;
+        let y = cy + rng.normal() * 8.0;
+        let (bw, bh) = (10.0 + rng.uniform() * 30.0, 10.0 + rng.uniform() * 30.0);
+        if i == 1 && k > 2 {
+            let p = b[..4].to_vec();
+            b.extend(p); // duplicate of box 0: IoU 1
+        } else if i == 2 && k > 2 {
+            b.extend([x, y, x, y]); // empty: IoU 0 (or NaN with itself)
+        } else {
+            b.extend([x, y, x + bw, y + bh]);
+        }
+        let u = rng.uniform();
+        sc.push(if step > 0.0 {
+            (u / step).floor() * step
+        } else {
+            u
+        });
+    }
+    (b, sc)
+}
+
+pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    // (input, boxes, output, spatial_scale, sampling_ratio, aligned)
+    type RoiCase = (&'static [usize], usize, [usize; 2], f64, i64, bool);
+    let roi: [RoiCase; 4] = [
+        (&[2, 8, 12, 10], 6, [3, 3], 0.5, 2, true),
+        (&[1, 5, 9, 7], 5, [2, 4], 1.0, 0, false),
+        (&[2, 64, 25, 34], 20, [7, 7], 0.0625, -1, true),
+        (&[1, 3, 6, 6], 4, [2, 2], 1.0, 3, false),
+    ];
+    // (boxes, iou threshold, score quantum: > 0 makes ties)
+    let nms: [(usize, f64, f64); 5] = [
+        (1, 0.5, 0.0),
+        (50, 0.5, 0.0),
+        (200, 0.3, 0.05),
+        (257, 0.7, 0.0),
+        (1500, 0.5, 0.01),
+    ];
+    for dtype in DTYPES {
+        for (shape, k, o, scale, sr, aligned) in roi {
+            let bx = roi_boxes(rng, shape[0], shape[2], shape[3], scale, k);
+            out.push(autograd(
+                "roi_align",
+                dtype,
+                format!(
+                    "{} k{k} -> {o:?} s{scale} r{sr} a{}",
+                    dims(shape),
+                    aligned as u8
+                ),
+                rng.next_u64(),
+                vec![Input::randn("x", shape, 1.0)],
+                move |t| {
+                    // boxes in x's dtype, on x's device (no gradient)
+                    let boxes = Tensor::from_vec(bx.clone(), &[k, 5])?
+                        .to_dtype(dtype)?
+                        .to_device(t[0].device())?;
+                    Ok(vec![(
+                        "y".into(),
+                        t[0].roi_align(&boxes, o, scale, sr, aligned)?,
+                    )])
+                },
+            ));
+        }
+        for (k, thr, step) in nms {
+            let (bx, mut sc) = nms_inputs(rng, k, step);
+            if k >= 200 {
+                sc[k / 2] = f64::NAN; // NaN scores are visited first
+            }
+            let run = move |dev: Device| {
+                let boxes = Tensor::from_vec(bx.clone(), &[k, 4])?.to_dtype(dtype)?;
+                let scores = Tensor::from_vec(sc.clone(), &[k])?.to_dtype(dtype)?;
+                let keep = super::nms(&boxes.to_device(dev)?, &scores.to_device(dev)?, thr)?;
+                let n = keep.len();
+                let v: Vec<i64> = keep.into_iter().map(|i| i as i64).collect();
+                Ok(vec![("keep".into(), Tensor::from_vec(v, &[n])?)])
+            };
+            out.push(Case {
+                op: "nms",
+                dtype,
+                label: format!("k{k} iou>{thr} q{step}"),
+                // the kept indices must be identical
+                threshold: Some(0.0),
+                run: Box::new(run),
+            });
+        }
+    }
+}

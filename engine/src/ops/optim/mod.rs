@@ -1,0 +1,83 @@
+//! The optimizer and loss-scaling primitives: an SGD or LARS step of one
+//! param and the unscale + all-finite pass of dynamic loss scaling. Unlike
+//! every other op family these write IN PLACE and record no graph: a step
+//! updates the param (`Param::set` on the host, whose storage is immutable;
+//! the param's own storage on a GPU when it is f32), its momentum buffer and
+//! the gradient slots. `crate::optim` and `crate::amp` call them through
+//! `on_backend!`.
+
+mod cpu;
+mod cuda;
+pub(crate) mod parity;
+#[cfg(test)]
+mod tests;
+
+use crate::backend::{unsupported, BackendInfo};
+use crate::nn::Param;
+use crate::{Result, Tensor};
+
+/// The settings of one param's SGD step (`crate::optim::Sgd` documents the
+/// update). The host computes in the param's compute type (f64 for f64,
+/// else f32), the GPU kernel in f32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdHyper {
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    /// 0 for params excluded from decay.
+    pub weight_decay: f64,
+    pub nesterov: bool,
+}
+
+/// The settings of one param's LARS step (`crate::optim::Lars`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LarsHyper {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Trust coefficient.
+    pub eta: f64,
+    /// No decay and no adaptation for this param.
+    pub excluded: bool,
+}
+
+/// The in-place optimizer primitives a backend implements. `g` is `p`'s
+/// gradient (same shape, dtype and device, checked by the caller); `buf`
+/// is `p`'s momentum, None before its first step, else in the param's
+/// compute dtype (f64 for f64 params, else f32) on its device.
+pub trait OptimOps: BackendInfo {
+    /// One SGD step, written in place: `p` gets its new value and, when
+    /// momentum is on, `buf` its new momentum (created on the first step;
+    /// left None without momentum). `p` and `buf` are unchanged on error.
+    fn sgd_step(
+        &self,
+        p: &Param,
+        g: &Tensor,
+        buf: &mut Option<Tensor>,
+        h: &SgdHyper,
+    ) -> Result<()> {
+        let _ = (p, g, buf, h);
+        Err(unsupported(self, "sgd_step"))
+    }
+    /// One LARS step, written in place like [`OptimOps::sgd_step`] (the
+    /// momentum starts at zero).
+    fn lars_step(
+        &self,
+        p: &Param,
+        g: &Tensor,
+        buf: &mut Option<Tensor>,
+        h: &LarsHyper,
+    ) -> Result<()> {
+        let _ = (p, g, buf, h);
+        Err(unsupported(self, "lars_step"))
+    }
+    /// Multiplies each gradient `grads[i].1` (the gradient of param
+    /// `grads[i].0`) by `inv_scale`, writing the result in place into the
+    /// param's gradient slot, and returns whether every result is finite.
+    /// Every gradient is unscaled even when one overflowed; a gradient
+    /// shared by two params is unscaled once.
+    fn unscale_and_check_finite(&self, grads: &[(Param, Tensor)], inv_scale: f64) -> Result<bool> {
+        let _ = (grads, inv_scale);
+        Err(unsupported(self, "unscale_and_check_finite"))
+    }
+}
