@@ -9,6 +9,8 @@ pub mod batchnorm;
 pub mod conv;
 pub mod conv_transpose;
 pub mod copy;
+#[cfg(test)]
+mod coverage;
 pub mod detection;
 pub mod elementwise;
 pub mod loss;
