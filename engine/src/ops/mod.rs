@@ -8,7 +8,6 @@
 pub mod batchnorm;
 pub mod binary;
 pub mod conv;
-pub mod conv_transpose;
 pub mod loss;
 pub mod matmul;
 pub mod nms;
@@ -20,8 +19,7 @@ pub mod unary;
 pub mod upsample;
 
 pub use batchnorm::*;
-pub use conv::*;
-pub use conv_transpose::ConvTranspose2dParams;
+pub use conv::{Conv2dParams, ConvTranspose2dParams};
 pub use matmul::*;
 pub use nms::{batched_nms, box_iou, nms};
 
@@ -58,6 +56,7 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     let mut rng = Rng::new(seed);
     let mut all = Vec::new();
     pool::parity::cases(&mut rng, &mut all);
+    conv::parity::cases(&mut rng, &mut all);
     all
 }
 

@@ -7,7 +7,6 @@
 //! the default layout; inputs with another layout are copied into it first.
 
 pub mod batchnorm;
-pub mod conv;
 pub mod detection;
 pub mod elementwise;
 pub mod loss;
