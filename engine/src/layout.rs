@@ -1,5 +1,6 @@
-//! Shape, strides and offset of a tensor view over its storage, plus the
-//! broadcasting rules (NumPy's: align trailing dims, size 1 stretches).
+//! Shape, strides and offset of a tensor view over its storage, the
+//! broadcasting rules (NumPy's: align trailing dims, size 1 stretches) and
+//! the geometry of 2-D convolutions.
 
 use crate::{Error, Result};
 
@@ -141,4 +142,135 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
         };
     }
     Ok(out)
+}
+
+/// The hyper-parameters of a 2-D convolution, as PyTorch names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dParams {
+    /// The output plane [oh, ow] of input `x` [n, c, h, w] convolved with
+    /// `filter` [k, c/groups, r, s], or an error naming `op` on zero
+    /// strides/dilations/groups, channels the groups do not divide, a filter
+    /// that does not fit, or a kernel larger than the padded input.
+    pub fn output_hw(
+        &self,
+        op: &'static str,
+        x: [usize; 4],
+        filter: [usize; 4],
+    ) -> Result<[usize; 2]> {
+        let [_, c, h, w] = x;
+        let [k, cg, r, s] = filter;
+        if self.groups == 0 || self.stride.contains(&0) || self.dilation.contains(&0) {
+            return Err(Error::arg(
+                op,
+                format!("groups, stride and dilation must be >= 1, got {self:?}"),
+            ));
+        }
+        if c % self.groups != 0 || k % self.groups != 0 {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "groups = {} must divide both input channels {c} and output channels {k}",
+                    self.groups
+                ),
+            ));
+        }
+        if cg != c / self.groups || r == 0 || s == 0 {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "weight {filter:?} does not fit input {x:?} with groups = {}: expected [Cout, {}, kh >= 1, kw >= 1]",
+                    self.groups,
+                    c / self.groups
+                ),
+            ));
+        }
+        let [sh, sw] = self.stride;
+        let ([ph, pw], [dh, dw]) = (self.padding, self.dilation);
+        Ok([
+            out_size(op, h, r, sh, ph, dh)?,
+            out_size(op, w, s, sw, pw, dw)?,
+        ])
+    }
+}
+
+/// The hyper-parameters of a transposed 2-D convolution, as PyTorch names
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTranspose2dParams {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    /// Extra rows/columns added at the bottom/right of the output (each
+    /// below the stride or the dilation of its axis).
+    pub output_padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Default for ConvTranspose2dParams {
+    fn default() -> Self {
+        Conv2dParams::default().into()
+    }
+}
+
+/// No output padding.
+impl From<Conv2dParams> for ConvTranspose2dParams {
+    fn from(p: Conv2dParams) -> Self {
+        ConvTranspose2dParams {
+            stride: p.stride,
+            padding: p.padding,
+            output_padding: [0, 0],
+            dilation: p.dilation,
+            groups: p.groups,
+        }
+    }
+}
+
+impl ConvTranspose2dParams {
+    /// The parameters of the convolution this one is the adjoint of.
+    pub fn conv(&self) -> Conv2dParams {
+        Conv2dParams {
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+}
+
+/// `floor((size + 2p - d(k-1) - 1) / s) + 1`, or an error when the (padded)
+/// input is smaller than the (dilated) kernel. Convolutions and pooling.
+pub(crate) fn out_size(
+    op: &'static str,
+    size: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+) -> Result<usize> {
+    let span = d * (k - 1) + 1;
+    if size + 2 * p < span {
+        return Err(Error::shape(
+            op,
+            format!("kernel of extent {span} (size {k}, dilation {d}) is larger than the padded input {size} + 2*{p}"),
+        ));
+    }
+    Ok((size + 2 * p - span) / s + 1)
 }

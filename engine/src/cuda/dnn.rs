@@ -26,7 +26,7 @@
 //! stream; it is not thread-safe, so every call holds its lock.
 
 use super::runtime::Gpu;
-use crate::ops::conv::{out_size, Conv2dParams};
+use crate::layout::Conv2dParams;
 use crate::{DType, Error, Result};
 use cudarc::cudnn::result::CudnnError;
 use cudarc::cudnn::sys;
@@ -130,39 +130,12 @@ const MAX_ELEMS: usize = i32::MAX as usize;
 
 impl ConvShape {
     /// The shape of `x` [n, c, h, w] convolved with a filter [k, c/groups,
-    /// r, s] under `p`; the output size is the CPU op's `out_size`. Errors
-    /// on inconsistent channels/groups, zero strides/dilations/groups, a
-    /// kernel larger than the padded input, or a size cuDNN cannot address.
+    /// r, s] under `p` (`Conv2dParams::output_hw`, which errors on bad
+    /// geometry), or an error on a size cuDNN cannot address.
     pub fn new(x: [usize; 4], filter: [usize; 4], p: Conv2dParams) -> Result<ConvShape> {
         let [n, c, h, w] = x;
-        let [k, cg, r, s] = filter;
-        if p.groups == 0 || p.stride.contains(&0) || p.dilation.contains(&0) {
-            return Err(Error::arg(
-                OP,
-                format!("groups, stride and dilation must be >= 1, got {p:?}"),
-            ));
-        }
-        if c % p.groups != 0 || k % p.groups != 0 {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "groups = {} must divide both input channels {c} and output channels {k}",
-                    p.groups
-                ),
-            ));
-        }
-        if cg != c / p.groups || r == 0 || s == 0 {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "weight {filter:?} does not fit input {x:?} with groups = {}: expected [Cout, {}, kh >= 1, kw >= 1]",
-                    p.groups,
-                    c / p.groups
-                ),
-            ));
-        }
-        let oh = out_size(OP, h, r, p.stride[0], p.padding[0], p.dilation[0])?;
-        let ow = out_size(OP, w, s, p.stride[1], p.padding[1], p.dilation[1])?;
+        let [k, _, r, s] = filter;
+        let [oh, ow] = p.output_hw(OP, x, filter)?;
         let shape = ConvShape {
             n,
             c,
@@ -542,39 +515,46 @@ fn with_dnn<R>(g: &'static Gpu, f: impl FnOnce(&mut Dnn) -> Result<R>) -> Result
     f(&mut states[i].1)
 }
 
+/// A 4-D descriptor of logical dims `dims` for `data`: made by `create`
+/// (named `names[0]`), owned by `wrap`'s value (whose Drop destroys it,
+/// also when setting it fails) and set by `set` (`names[1]`), which gets
+/// the raw descriptor and the dims as C ints.
+fn desc4<T, D>(
+    names: [&str; 2],
+    data: sys::cudnnDataType_t,
+    dims: [usize; 4],
+    create: unsafe fn(*mut *mut T) -> sys::cudnnStatus_t,
+    wrap: fn(*mut T) -> D,
+    set: impl FnOnce(*mut T, [c_int; 4]) -> sys::cudnnStatus_t,
+) -> Result<D> {
+    let cd = c_dims(dims)?;
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: writes one descriptor.
+    unsafe { create(&mut raw) }
+        .result()
+        .map_err(|e| cudnn_err(names[0], format!("{dims:?}"), e))?;
+    let d = wrap(raw);
+    set(raw, cd)
+        .result()
+        .map_err(|e| cudnn_err(names[1], format!("{dims:?} {data:?}"), e))?;
+    Ok(d)
+}
+
 struct TensorDesc(sys::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
     /// An NHWC tensor descriptor of logical dims [n, c, h, w].
     fn nhwc(data: sys::cudnnDataType_t, dims: [usize; 4]) -> Result<TensorDesc> {
-        let cd = c_dims(dims)?;
-        let mut raw = std::ptr::null_mut();
-        // SAFETY: writes one descriptor.
-        unsafe { sys::cudnnCreateTensorDescriptor(&mut raw) }
-            .result()
-            .map_err(|e| cudnn_err("cudnnCreateTensorDescriptor", format!("{dims:?}"), e))?;
-        let d = TensorDesc(raw);
-        // SAFETY: d is live.
-        unsafe {
-            sys::cudnnSetTensor4dDescriptor(
-                d.0,
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
-                data,
-                cd[0],
-                cd[1],
-                cd[2],
-                cd[3],
-            )
-        }
-        .result()
-        .map_err(|e| {
-            cudnn_err(
-                "cudnnSetTensor4dDescriptor",
-                format!("NHWC {dims:?} {data:?}"),
-                e,
-            )
-        })?;
-        Ok(d)
+        let names = [
+            "cudnnCreateTensorDescriptor",
+            "cudnnSetTensor4dDescriptor (NHWC)",
+        ];
+        let create = sys::cudnnCreateTensorDescriptor;
+        desc4(names, data, dims, create, TensorDesc, |d, [n, c, h, w]| {
+            let nhwc = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
+            // SAFETY: d was just created and is live.
+            unsafe { sys::cudnnSetTensor4dDescriptor(d, nhwc, data, n, c, h, w) }
+        })
     }
 }
 
@@ -590,34 +570,17 @@ struct FilterDesc(sys::cudnnFilterDescriptor_t);
 impl FilterDesc {
     /// A KRSC filter descriptor of logical dims [k, c/groups, r, s].
     fn krsc(data: sys::cudnnDataType_t, dims: [usize; 4]) -> Result<FilterDesc> {
-        let cd = c_dims(dims)?;
-        let mut raw = std::ptr::null_mut();
-        // SAFETY: writes one descriptor.
-        unsafe { sys::cudnnCreateFilterDescriptor(&mut raw) }
-            .result()
-            .map_err(|e| cudnn_err("cudnnCreateFilterDescriptor", format!("{dims:?}"), e))?;
-        let d = FilterDesc(raw);
-        // SAFETY: d is live. Note the argument order: dtype before format.
-        unsafe {
-            sys::cudnnSetFilter4dDescriptor(
-                d.0,
-                data,
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
-                cd[0],
-                cd[1],
-                cd[2],
-                cd[3],
-            )
-        }
-        .result()
-        .map_err(|e| {
-            cudnn_err(
-                "cudnnSetFilter4dDescriptor",
-                format!("KRSC {dims:?} {data:?}"),
-                e,
-            )
-        })?;
-        Ok(d)
+        let names = [
+            "cudnnCreateFilterDescriptor",
+            "cudnnSetFilter4dDescriptor (KRSC)",
+        ];
+        let create = sys::cudnnCreateFilterDescriptor;
+        desc4(names, data, dims, create, FilterDesc, |d, [k, c, r, s]| {
+            let nhwc = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
+            // SAFETY: d was just created and is live. Note the argument
+            // order: dtype before format.
+            unsafe { sys::cudnnSetFilter4dDescriptor(d, data, nhwc, k, c, r, s) }
+        })
     }
 }
 
@@ -1021,7 +984,10 @@ impl Dnn {
 }
 
 /// Runs `dir` for `s` on `dtype` data, writing (beta = 0) the output.
-fn run(
+///
+/// # Safety
+/// `p` addresses the buffers `dir` reads and writes (see the pub fns).
+unsafe fn run(
     g: &'static Gpu,
     dir: Direction,
     s: &ConvShape,
@@ -1046,8 +1012,8 @@ fn run(
             &beta as *const f32 as *const c_void,
         );
         let h = dnn.handle;
-        // SAFETY: descriptors match the buffers the caller passes (its
-        // contract); the workspace holds c.workspace bytes; alpha/beta are
+        // SAFETY: descriptors match the buffers the caller passes (the
+        // contract of the unsafe fns that call `run`); the workspace holds c.workspace bytes; alpha/beta are
         // f32 as cuDNN requires for f32/f16/bf16 data.
         let status = unsafe {
             match c.algo {
@@ -1105,36 +1071,14 @@ fn run(
     })
 }
 
-/// The algorithm `dir` will use for this shape and dtype (running the
-/// Find benchmark on first use, with `a` and `b` as inputs, same order as
-/// the call that follows): its name, for the trace.
-pub fn choose(
-    g: &'static Gpu,
-    dir: Direction,
-    s: &ConvShape,
-    dtype: DType,
-    a: u64,
-    b: u64,
-) -> Result<&'static str> {
-    if s.is_empty() {
-        return Ok("empty");
-    }
-    let key = AlgoKey::new(dir, s, dtype)?;
-    with_dnn(g, |dnn| {
-        if let Some(c) = dnn.algos.get(&key) {
-            return Ok(c.algo.name());
-        }
-        let d = Descs::new(&key)?;
-        let c = dnn.choose(g, &key, &d, Ptrs { a, b, out: 0 })?;
-        Ok(c.algo.name())
-    })
-}
-
 /// y = conv(x, w): x NHWC [n, c, h, w], w KRSC [k, c/groups, r, s], y NHWC
 /// [n, k, oh, ow], all `dtype`, y overwritten. Returns the algorithm name.
-/// Safety contract (checked by the op, not here): the pointers address
-/// live device buffers of those sizes on `g`.
-pub fn conv_forward(
+///
+/// # Safety
+/// `x`, `w` and `y` address live device buffers on `g` holding at least
+/// those dims' element counts of `dtype`, and nothing else uses `y` until
+/// the GPU's stream has run the call.
+pub unsafe fn conv_forward(
     g: &'static Gpu,
     s: &ConvShape,
     dtype: DType,
@@ -1142,12 +1086,17 @@ pub fn conv_forward(
     w: u64,
     y: u64,
 ) -> Result<&'static str> {
-    run(g, Direction::Forward, s, dtype, Ptrs { a: x, b: w, out: y })
+    // SAFETY: the caller's contract.
+    unsafe { run(g, Direction::Forward, s, dtype, Ptrs { a: x, b: w, out: y }) }
 }
 
-/// dx = the gradient of conv(x, w) w.r.t. x given dy (NHWC [n, k, oh, ow]),
-/// written to dx (NHWC [n, c, h, w]). Returns the algorithm name.
-pub fn conv_backward_data(
+/// dx = the gradient of conv(x, w) w.r.t. x given dy (NHWC [n, k, oh, ow])
+/// and w (KRSC), written to dx (NHWC [n, c, h, w]). Returns the algorithm
+/// name.
+///
+/// # Safety
+/// As [`conv_forward`], for `w`, `dy` and the output `dx`.
+pub unsafe fn conv_backward_data(
     g: &'static Gpu,
     s: &ConvShape,
     dtype: DType,
@@ -1155,22 +1104,21 @@ pub fn conv_backward_data(
     dy: u64,
     dx: u64,
 ) -> Result<&'static str> {
-    run(
-        g,
-        Direction::BackwardData,
-        s,
-        dtype,
-        Ptrs {
-            a: w,
-            b: dy,
-            out: dx,
-        },
-    )
+    let p = Ptrs {
+        a: w,
+        b: dy,
+        out: dx,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { run(g, Direction::BackwardData, s, dtype, p) }
 }
 
 /// dw = the gradient of conv(x, w) w.r.t. w given x and dy, written to dw
 /// (KRSC [k, c/groups, r, s]). Returns the algorithm name.
-pub fn conv_backward_filter(
+///
+/// # Safety
+/// As [`conv_forward`], for `x`, `dy` and the output `dw`.
+pub unsafe fn conv_backward_filter(
     g: &'static Gpu,
     s: &ConvShape,
     dtype: DType,
@@ -1178,22 +1126,23 @@ pub fn conv_backward_filter(
     dy: u64,
     dw: u64,
 ) -> Result<&'static str> {
-    run(
-        g,
-        Direction::BackwardFilter,
-        s,
-        dtype,
-        Ptrs {
-            a: x,
-            b: dy,
-            out: dw,
-        },
-    )
+    let p = Ptrs {
+        a: x,
+        b: dy,
+        out: dw,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { run(g, Direction::BackwardFilter, s, dtype, p) }
 }
 
 /// y[n, k, i, j] += bias[k] for NHWC y of logical dims `y_dims` (bias
 /// dense [k]).
-pub fn add_bias(
+///
+/// # Safety
+/// `bias` addresses `y_dims[1]` elements and `y` an NHWC buffer of
+/// `y_dims`, both `dtype`, live on `g`; nothing else uses `y` until the
+/// GPU's stream has run the call.
+pub unsafe fn add_bias(
     g: &'static Gpu,
     dtype: DType,
     y_dims: [usize; 4],
@@ -1209,7 +1158,8 @@ pub fn add_bias(
         let yd = TensorDesc::nhwc(data, y_dims)?;
         let one = 1.0f32;
         let al = &one as *const f32 as *const c_void;
-        // SAFETY: descriptors match the buffers (caller's contract); C = 1*A + 1*C.
+        // SAFETY: descriptors match the buffers (the caller's contract);
+        // C = 1*A + 1*C.
         unsafe { sys::cudnnAddTensor(dnn.handle, al, b.0, vp(bias), al, yd.0, vpm(y)) }
             .result()
             .map_err(|e| cudnn_err("cudnnAddTensor (bias)", format!("y {y_dims:?} {dtype}"), e))
@@ -1219,6 +1169,7 @@ pub fn add_bias(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::out_size;
     use std::mem::{align_of, offset_of, size_of};
 
     fn params(stride: usize, padding: usize, dilation: usize, groups: usize) -> Conv2dParams {

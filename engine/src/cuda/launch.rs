@@ -1,8 +1,9 @@
 //! What every GPU primitive shares: the kernels' dtype, error mapping,
-//! operand placement (one GPU, dense layouts) and output allocation.
+//! operand placement (one GPU, dense layouts), output allocation and the
+//! raw (no autograd) cast.
 
 use super::runtime::Gpu;
-use super::tensor::{alloc, copy_to_strides, gpu_of, is_dense, to_default_layout};
+use super::tensor::{alloc, copy_to_strides, gpu_of, is_dense, ptr, to_default_layout};
 use crate::layout::Layout;
 use crate::{DType, Device, Error, Result, Tensor};
 
@@ -105,4 +106,39 @@ pub(crate) fn on_device(t: &Tensor, dev: Device) -> Result<Tensor> {
     } else {
         t.to_device(dev)
     }
+}
+
+/// `x` converted to `dtype` with x's layout (no autograd: Tensor::to_dtype
+/// records it). f32/f16/bf16 convert on the GPU; other pairs go through the
+/// host.
+pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    if x.dtype() == dtype {
+        return Ok(x.detach());
+    }
+    let (Ok(from), Ok(to)) = (kdtype("cast", x.dtype()), kdtype("cast", dtype)) else {
+        let host = super::tensor::download(x)?.to_dtype(dtype)?;
+        return host.to_device(x.device());
+    };
+    let x = if is_dense(x.layout()) {
+        x.clone()
+    } else {
+        super::tensor::to_default_layout(x)?
+    };
+    let g = gpu_of(&x)?;
+    let s = alloc(g, dtype, x.numel())?;
+    g.bind()?;
+    // SAFETY: x is dense (numel consecutive elements from ptr), s holds numel.
+    unsafe {
+        g.kernels
+            .cast(&g.stream, from, to, ptr(&x)?, s.ptr(), x.numel())
+    }
+    .map_err(kerr("cast"))?;
+    Ok(Tensor::from_device_parts(
+        s,
+        Layout {
+            shape: x.dims().to_vec(),
+            strides: x.strides().to_vec(),
+            offset: 0,
+        },
+    ))
 }

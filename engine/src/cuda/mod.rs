@@ -17,15 +17,15 @@
 //!   channels-last convention for 4-D tensors, uploads/downloads, strided
 //!   copies;
 //! - [`blas`] (cuBLASLt GEMMs), [`dnn`] (cuDNN convolutions with a per-shape
-//!   algorithm search), [`math_mode`] (their one TF32 switch), `launch` (what every GPU primitive shares) and
-//!   [`ops`] (the GPU code of the families not yet moved into their folder).
+//!   algorithm search), [`math_mode`] (their one TF32 switch) and `launch`
+//!   (what every GPU primitive shares: dtypes, operand layouts, raw casts).
 
 pub mod allocator;
 pub mod blas;
 pub mod dnn;
 pub(crate) mod launch;
 pub mod math_mode;
-pub mod ops;
+
 mod probe;
 pub mod runtime;
 pub mod storage;

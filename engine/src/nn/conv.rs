@@ -51,28 +51,14 @@ impl Conv2d {
         dtype: DType,
         rng: &mut Rng,
     ) -> Result<Conv2d> {
-        let name = join(prefix, "weight");
-        if !dtype.is_float() {
-            return Err(Error::dtype("Conv2d::new", "a float dtype", dtype));
-        }
-        if p.groups == 0
-            || !in_channels.is_multiple_of(p.groups)
-            || !out_channels.is_multiple_of(p.groups)
-        {
-            return Err(Error::arg(
-                "Conv2d::new",
-                format!(
-                    "{name}: in_channels {in_channels} and out_channels {out_channels} must both be divisible by groups {}",
-                    p.groups
-                ),
-            ));
-        }
-        if kernel.contains(&0) || out_channels == 0 {
-            return Err(Error::arg(
-                "Conv2d::new",
-                format!("{name}: kernel {kernel:?} and out_channels {out_channels} must be > 0"),
-            ));
-        }
+        let name = check_config(
+            "Conv2d::new",
+            prefix,
+            [in_channels, out_channels],
+            kernel,
+            p.groups,
+            dtype,
+        )?;
         let shape = [out_channels, in_channels / p.groups, kernel[0], kernel[1]];
         let weight = Param::new(
             name,
@@ -123,11 +109,7 @@ impl Conv2d {
 impl Module for Conv2d {
     /// x [N, Cin, H, W] -> [N, Cout, Ho, Wo], computed in x's dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = cast_like(&self.weight.get(), x)?;
-        let b = match &self.bias {
-            Some(b) => Some(cast_like(&b.get(), x)?),
-            None => None,
-        };
+        let (w, b) = cast_to(&self.weight, &self.bias, x)?;
         x.conv2d(&w, b.as_ref(), self.p)
     }
     fn params(&self) -> Vec<Param> {
@@ -135,4 +117,48 @@ impl Module for Conv2d {
         p.extend(self.bias.clone());
         p
     }
+}
+
+/// What both conv layers' constructors check: a float dtype, `groups`
+/// dividing both channel counts [in, out], a non-empty kernel and channels.
+/// Returns the weight's name.
+pub(super) fn check_config(
+    op: &'static str,
+    prefix: &str,
+    [in_channels, out_channels]: [usize; 2],
+    kernel: [usize; 2],
+    groups: usize,
+    dtype: DType,
+) -> Result<String> {
+    let name = join(prefix, "weight");
+    if !dtype.is_float() {
+        return Err(Error::dtype(op, "a float dtype", dtype));
+    }
+    if groups == 0 || !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
+        return Err(Error::arg(
+            op,
+            format!(
+                "{name}: in_channels {in_channels} and out_channels {out_channels} must both be divisible by groups {groups}"
+            ),
+        ));
+    }
+    if kernel.contains(&0) || in_channels == 0 || out_channels == 0 {
+        return Err(Error::arg(
+            op,
+            format!(
+                "{name}: kernel {kernel:?}, in_channels {in_channels} and out_channels {out_channels} must be > 0"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// A conv layer's weight and bias in x's dtype.
+pub(super) fn cast_to(
+    weight: &Param,
+    bias: &Option<Param>,
+    x: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let b = bias.as_ref().map(|b| cast_like(&b.get(), x)).transpose()?;
+    Ok((cast_like(&weight.get(), x)?, b))
 }

@@ -1,8 +1,8 @@
 //! Transposed 2-D convolution layer (PyTorch's `nn.ConvTranspose2d`, NCHW),
 //! e.g. the Mask R-CNN mask head's 2x2, stride-2 upsampling `conv5_mask`.
 
+use super::conv::{cast_to, check_config};
 use super::init;
-use super::module::cast_like;
 use crate::nn::{join, Module, Param};
 use crate::ops::ConvTranspose2dParams;
 use crate::{DType, Error, Result, Rng, Tensor};
@@ -55,30 +55,14 @@ impl ConvTranspose2d {
         rng: &mut Rng,
     ) -> Result<ConvTranspose2d> {
         const OP: &str = "ConvTranspose2d::new";
-        let name = join(prefix, "weight");
-        if !dtype.is_float() {
-            return Err(Error::dtype(OP, "a float dtype", dtype));
-        }
-        if p.groups == 0
-            || !in_channels.is_multiple_of(p.groups)
-            || !out_channels.is_multiple_of(p.groups)
-        {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "{name}: in_channels {in_channels} and out_channels {out_channels} must both be divisible by groups {}",
-                    p.groups
-                ),
-            ));
-        }
-        if kernel.contains(&0) || in_channels == 0 || out_channels == 0 {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "{name}: kernel {kernel:?}, in_channels {in_channels} and out_channels {out_channels} must be > 0"
-                ),
-            ));
-        }
+        let name = check_config(
+            OP,
+            prefix,
+            [in_channels, out_channels],
+            kernel,
+            p.groups,
+            dtype,
+        )?;
         for a in 0..2 {
             if p.output_padding[a] >= p.stride[a] && p.output_padding[a] >= p.dilation[a] {
                 return Err(Error::arg(
@@ -144,11 +128,7 @@ impl ConvTranspose2d {
 impl Module for ConvTranspose2d {
     /// x [N, Cin, H, W] -> [N, Cout, Ho, Wo], computed in x's dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = cast_like(&self.weight.get(), x)?;
-        let b = match &self.bias {
-            Some(b) => Some(cast_like(&b.get(), x)?),
-            None => None,
-        };
+        let (w, b) = cast_to(&self.weight, &self.bias, x)?;
         let p = self.p;
         x.conv_transpose2d(
             &w,

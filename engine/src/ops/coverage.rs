@@ -54,7 +54,8 @@ fn table(ops: &Path) -> String {
     families.sort();
     let mut out = String::from("| family | primitive | cpu | cuda |\n|---|---|---|---|\n");
     for f in families {
-        let read = |file: &str| std::fs::read_to_string(ops.join(&f).join(file)).unwrap_or_default();
+        let read =
+            |file: &str| std::fs::read_to_string(ops.join(&f).join(file)).unwrap_or_default();
         let m = read("mod.rs");
         let Some(tr) = m.find("pub trait ") else {
             continue;
@@ -80,10 +81,16 @@ const END: &str = "<!-- coverage: end -->";
 fn ops_md_lists_what_each_backend_runs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let want = table(&root.join("src/ops"));
-    assert!(want.lines().count() > 20, "too few primitives found:\n{want}");
+    assert!(
+        want.lines().count() > 20,
+        "too few primitives found:\n{want}"
+    );
     let doc_path = root.join("../docs/OPS.md");
     let doc = std::fs::read_to_string(&doc_path).expect("docs/OPS.md");
-    let (a, b) = (doc.find(BEGIN).expect("begin marker"), doc.find(END).expect("end marker"));
+    let (a, b) = (
+        doc.find(BEGIN).expect("begin marker"),
+        doc.find(END).expect("end marker"),
+    );
     let have = &doc[a + BEGIN.len()..b];
     if have != want {
         if std::env::var("SLMLP_BLESS").is_ok_and(|v| v == "1") {

@@ -1,13 +1,12 @@
-//! CPU reference implementations of every op, each with its backward.
+//! Every op, one folder per family (docs/ENGINE.md): `mod.rs` checks the
+//! arguments, traces and records autograd once over the family's trait of
+//! primitives, which `cpu.rs` (the reference) and `cuda.rs` implement.
 //!
-//! Convention: an op checks its arguments and returns a clear error, computes
-//! in f32 (f64 for f64 tensors; f16/bf16 are widened to f32 and the result
-//! rounded back), then `autograd::record`s a closure that computes the input
-//! gradients with other ops. One file per family of ops.
+//! CPU convention: compute in f32 (f64 for f64 tensors; f16/bf16 are
+//! widened to f32 and the result rounded back).
 
 pub mod batchnorm;
 pub mod conv;
-pub mod conv_transpose;
 pub mod copy;
 #[cfg(test)]
 mod coverage;
@@ -22,8 +21,7 @@ pub mod shape;
 pub mod upsample;
 
 pub use batchnorm::*;
-pub use conv::*;
-pub use conv_transpose::ConvTranspose2dParams;
+pub use conv::{Conv2dParams, ConvTranspose2dParams};
 pub use detection::{batched_nms, box_iou, nms};
 pub use matmul::*;
 
@@ -68,6 +66,7 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     loss::parity::cases(&mut rng, &mut all);
     detection::parity::cases(&mut rng, &mut all);
     optim::parity::cases(&mut rng, &mut all);
+    conv::parity::cases(&mut rng, &mut all);
     all
 }
 

@@ -13,8 +13,8 @@
 
 use super::{BatchNormArgs, BatchNormOps, BnGeom, Fuse, Needs};
 use crate::backend::{Cuda, Saved};
+use crate::cuda::launch::cast;
 use crate::cuda::launch::{empty_like, kdtype, kerr, traced_sync};
-use crate::cuda::ops::cast;
 use crate::cuda::runtime::Gpu;
 use crate::cuda::tensor::{
     alloc, block_of, gpu_of, is_dense, ptr, to_default_layout, DeviceStorage,

@@ -10,7 +10,7 @@ use crate::{DType, Device, Error, Result, Tensor};
 impl CopyOps for Cuda {
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
         crate::trace::kernel("cast");
-        crate::cuda::ops::cast(x, dtype)
+        crate::cuda::launch::cast(x, dtype)
     }
 
     fn contiguous(&self, x: &Tensor) -> Result<Tensor> {

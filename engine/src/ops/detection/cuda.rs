@@ -6,8 +6,8 @@
 
 use super::{order_desc, DetectionOps, RoiGeom};
 use crate::backend::Cuda;
+use crate::cuda::launch::cast;
 use crate::cuda::launch::{kdtype, kerr, traced_sync};
-use crate::cuda::ops::cast;
 use crate::cuda::tensor::{download, empty, gpu_of, ptr, to_default_layout, zeros};
 use crate::{DType, Error, Result, Tensor};
 use kernels::device::{nms_col_blocks, nms_greedy, RoiAlignDims};

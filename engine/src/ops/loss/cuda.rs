@@ -6,8 +6,8 @@
 
 use super::{target_rows, LossOps, XentGeom};
 use crate::backend::{Cuda, Saved};
+use crate::cuda::launch::cast;
 use crate::cuda::launch::{dense, kdtype, kerr, on_device, traced_sync};
-use crate::cuda::ops::cast;
 use crate::cuda::runtime::Gpu;
 use crate::cuda::tensor::{alloc, contiguous, download, empty, gpu_of, ptr, DeviceStorage};
 use crate::layout::Layout;

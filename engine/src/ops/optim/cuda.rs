@@ -7,8 +7,8 @@
 
 use super::{OptimOps, SgdHyper};
 use crate::backend::Cuda;
+use crate::cuda::launch::cast;
 use crate::cuda::launch::{empty_like, kdtype, kerr, with_strides_of};
-use crate::cuda::ops::cast;
 use crate::cuda::tensor::{self as ct, ptr, storage_of};
 use crate::cuda::{DeviceBlock, Gpu};
 use crate::nn::Param;

@@ -10,8 +10,8 @@
 
 use super::{keep_shape, ReduceOps};
 use crate::backend::Cuda;
+use crate::cuda::launch::cast;
 use crate::cuda::launch::{dense, kdtype, kerr, traced_sync};
-use crate::cuda::ops::cast;
 use crate::cuda::tensor::{alloc, copy_to_strides, gpu_of, ptr, to_default_layout};
 use crate::layout::Layout;
 use crate::{DType, Result, Tensor};

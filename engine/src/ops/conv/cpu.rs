@@ -1,5 +1,5 @@
-//! 2-D convolution (PyTorch's `F.conv2d`: cross-correlation, zero padding,
-//! NCHW, weight [Cout, Cin/groups, kh, kw]) as im2col + GEMM.
+//! 2-D convolution on the CPU as im2col + GEMM, row-major NCHW; a
+//! transposed convolution is its backward-data plus the bias.
 //!
 //! The batch is split into one contiguous part per rayon thread; each part
 //! runs single-threaded GEMMs on pooled buffers, so im2col/col2im run in
@@ -11,65 +11,16 @@
 //! summed per part and the parts added in index order, so results do not
 //! depend on scheduling.
 
-use super::matmul::{gemm, gemm_strided, MatRef};
-use super::{expect_rank, same_dtype};
-use crate::autograd::record;
-use crate::{dispatch_float, Error, Float, Result, Tensor};
+use super::{Conv2dGeom as Geom, ConvOps};
+use crate::backend::Cpu;
+use crate::ops::matmul::{gemm, gemm_strided, MatRef};
+use crate::{dispatch_float, Float, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dParams {
-    pub stride: [usize; 2],
-    pub padding: [usize; 2],
-    pub dilation: [usize; 2],
-    pub groups: usize,
-}
-
-impl Default for Conv2dParams {
-    fn default() -> Self {
-        Conv2dParams {
-            stride: [1, 1],
-            padding: [0, 0],
-            dilation: [1, 1],
-            groups: 1,
-        }
-    }
-}
-
-/// `floor((size + 2p - d(k-1) - 1) / s) + 1`, or an error when the (padded)
-/// input is smaller than the (dilated) kernel. Shared with pooling.
-pub(crate) fn out_size(
-    op: &'static str,
-    size: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    d: usize,
-) -> Result<usize> {
-    let span = d * (k - 1) + 1;
-    if size + 2 * p < span {
-        return Err(Error::shape(
-            op,
-            format!("kernel of extent {span} (size {k}, dilation {d}) is larger than the padded input {size} + 2*{p}"),
-        ));
-    }
-    Ok((size + 2 * p - span) / s + 1)
-}
-
-#[derive(Clone, Copy)]
-pub(crate) struct Geom {
-    pub(crate) n: usize,
-    pub(crate) cin: usize,
-    pub(crate) h: usize,
-    pub(crate) w: usize,
-    pub(crate) cout: usize,
-    pub(crate) kh: usize,
-    pub(crate) kw: usize,
-    pub(crate) oh: usize,
-    pub(crate) ow: usize,
-    pub(crate) p: Conv2dParams,
-}
+// gemm's operands here are cut from buffers sized by the same geometry:
+// a bounds error would be a bug in this file, not bad input.
+const IN_BOUNDS: &str = "conv operands lie inside their buffers";
 
 impl Geom {
     fn cin_g(&self) -> usize {
@@ -153,7 +104,7 @@ fn plan(g: &Geom) -> Plan {
 /// The float types with a process-wide pool of scratch buffers: fresh
 /// multi-megabyte buffers on every call would page-fault (and shoot down
 /// TLBs) each time.
-pub(crate) trait Pooled: Float {
+trait Pooled: Float {
     fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
 }
 
@@ -308,6 +259,23 @@ fn unpad<T: Pooled>(pad: &[T], c: usize, g: &Geom, dx: &mut [T]) {
     }
 }
 
+/// `match (stride, width)` that sends the pairs common in CNNs to
+/// `fixed::<T, WIDTH, STRIDE>(args)` and the rest to the arms given.
+macro_rules! fixed_sizes {
+    (match ($($key:expr),*) { $fixed:ident($($arg:expr),*), $($rest:tt)* }) => {
+        match ($($key),*) {
+            (1, 4) => $fixed::<T, 4, 1>($($arg),*),
+            (1, 8) => $fixed::<T, 8, 1>($($arg),*),
+            (1, 16) => $fixed::<T, 16, 1>($($arg),*),
+            (1, 32) => $fixed::<T, 32, 1>($($arg),*),
+            (2, 4) => $fixed::<T, 4, 2>($($arg),*),
+            (2, 8) => $fixed::<T, 8, 2>($($arg),*),
+            (2, 16) => $fixed::<T, 16, 2>($($arg),*),
+            $($rest)*
+        }
+    };
+}
+
 /// `dst[oy*ow + ox] = src[oy*step + ox*sw]`. Common widths and strides get
 /// fixed-size loops: per-row `memcpy` calls and loop overhead would dominate.
 #[inline(always)]
@@ -321,14 +289,8 @@ fn gather<T: Copy>(dst: &mut [T], src: &[T], ow: usize, step: usize, sw: usize) 
             }
         }
     }
-    match (sw, ow) {
-        (1, 4) => fixed::<T, 4, 1>(dst, src, step),
-        (1, 8) => fixed::<T, 8, 1>(dst, src, step),
-        (1, 16) => fixed::<T, 16, 1>(dst, src, step),
-        (1, 32) => fixed::<T, 32, 1>(dst, src, step),
-        (2, 4) => fixed::<T, 4, 2>(dst, src, step),
-        (2, 8) => fixed::<T, 8, 2>(dst, src, step),
-        (2, 16) => fixed::<T, 16, 2>(dst, src, step),
+    fixed_sizes!(match (sw, ow) {
+        fixed(dst, src, step),
         (1, _) => {
             for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
                 d.copy_from_slice(&src[oy * step..][..ow]);
@@ -341,7 +303,7 @@ fn gather<T: Copy>(dst: &mut [T], src: &[T], ow: usize, step: usize, sw: usize) 
                 }
             }
         }
-    }
+    })
 }
 
 /// The adjoint of `gather`: `dst[oy*step + ox*sw] += src[oy*ow + ox]`.
@@ -356,14 +318,8 @@ fn scatter_add<T: Float>(dst: &mut [T], src: &[T], ow: usize, step: usize, sw: u
             }
         }
     }
-    match (sw, ow) {
-        (1, 4) => fixed::<T, 4, 1>(dst, src, step),
-        (1, 8) => fixed::<T, 8, 1>(dst, src, step),
-        (1, 16) => fixed::<T, 16, 1>(dst, src, step),
-        (1, 32) => fixed::<T, 32, 1>(dst, src, step),
-        (2, 4) => fixed::<T, 4, 2>(dst, src, step),
-        (2, 8) => fixed::<T, 8, 2>(dst, src, step),
-        (2, 16) => fixed::<T, 16, 2>(dst, src, step),
+    fixed_sizes!(match (sw, ow) {
+        fixed(dst, src, step),
         (1, _) => {
             for (oy, s) in src.chunks_exact(ow).enumerate() {
                 for (v, s) in dst[oy * step..][..ow].iter_mut().zip(s) {
@@ -378,7 +334,7 @@ fn scatter_add<T: Float>(dst: &mut [T], src: &[T], ow: usize, step: usize, sw: u
                 }
             }
         }
-    }
+    })
 }
 
 /// The im2col matrix [k, c*(oy1-oy0)*ow] of output rows `oy0..oy1` of `c`
@@ -469,7 +425,7 @@ fn tiles(pl: &Plan, g: &Geom) -> impl Iterator<Item = [usize; 2]> {
         .map(move |o| [o, (o + rows).min(oh)])
 }
 
-pub(crate) fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
     let pl = plan(g);
@@ -507,11 +463,12 @@ pub(crate) fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: 
                                 d[..tile].fill(bias_of(co));
                             }
                         }
-                        gemm_strided(dst, hw_out, a, b, bias.is_some(), pl.gemm_threads);
+                        gemm_strided(dst, hw_out, a, b, bias.is_some(), pl.gemm_threads)
+                            .expect(IN_BOUNDS);
                         continue;
                     }
                     let tmp = s.tmp.get(cout_g * ncol);
-                    gemm(tmp, a, b, false, pl.gemm_threads);
+                    gemm(tmp, a, b, false, pl.gemm_threads).expect(IN_BOUNDS);
                     for (co, t) in tmp.chunks_exact(ncol).enumerate() {
                         let bv = bias_of(co);
                         for (l, t) in t.chunks_exact(tile).enumerate() {
@@ -528,14 +485,20 @@ pub(crate) fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: 
     out
 }
 
-/// Gradients of the input (needs the weight) and of the weight (needs the
-/// input) in one pass over the batch, sharing the tiles of dY.
-pub(crate) fn conv_backward<T: Pooled>(
-    x: Option<&[T]>,
-    wt: Option<&[T]>,
-    dy: &[T],
-    g: &Geom,
-) -> (Option<Vec<T>>, Option<Vec<T>>) {
+/// What `conv_backward` is given, and so computes: the weight (for the
+/// input gradient) or the input (for the weight gradient).
+enum Given<'a, T> {
+    Weight(&'a [T]),
+    Input(&'a [T]),
+}
+
+/// The input or the weight gradient (see [`Given`]) from dY, in one pass
+/// over the batch.
+fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) -> Vec<T> {
+    let (x, wt) = match given {
+        Given::Weight(w) => (None, Some(w)),
+        Given::Input(x) => (Some(x), None),
+    };
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
     let pl = plan(g);
@@ -606,17 +569,18 @@ pub(crate) fn conv_backward<T: Pooled>(
                         let dst = &mut dwt.get(g.cout * k)[gi * k * cout_g..][..k * cout_g];
                         let first = c0 == 0 && oy[0] == 0;
                         let dyt = mat(dyd, ncol, cout_g, 1, dy_rs);
-                        gemm(dst, a, dyt, !first, pl.gemm_threads);
+                        gemm(dst, a, dyt, !first, pl.gemm_threads).expect(IN_BOUNDS);
                     }
                     if let Some(wt) = wt {
                         let wtm = mat(&wt[gi * cout_g * k..], k, cout_g, 1, k);
                         let dym = mat(dyd, cout_g, ncol, dy_rs, 1);
                         if direct {
                             let dst = &mut dxc[oy[0] * ow..(cin_g - 1) * hw_in + oy[1] * ow];
-                            gemm_strided(dst, hw_in, wtm, dym, false, pl.gemm_threads);
+                            gemm_strided(dst, hw_in, wtm, dym, false, pl.gemm_threads)
+                                .expect(IN_BOUNDS);
                         } else {
                             let cols = s.cols.get(k * ncol);
-                            gemm(cols, wtm, dym, false, pl.gemm_threads);
+                            gemm(cols, wtm, dym, false, pl.gemm_threads).expect(IN_BOUNDS);
                             if g.is_padded() {
                                 col2im(cols, c, g, oy, s.dpad.get(dpad_len), Planes::padded(g, c));
                             } else {
@@ -632,8 +596,11 @@ pub(crate) fn conv_backward<T: Pooled>(
         }
         dwt
     });
-    let dw = x.map(|_| transpose_sum(partials.into_iter().flatten().collect(), g));
-    (wt.map(|_| dx), dw)
+    if wt.is_some() {
+        dx
+    } else {
+        transpose_sum(partials.into_iter().flatten().collect(), g)
+    }
 }
 
 /// dW [cout, k] = the sum of the parts' [groups][k][cout_g] partials (in
@@ -665,132 +632,93 @@ fn transpose_sum<T: Pooled>(mut parts: Vec<Buf<T>>, g: &Geom) -> Vec<T> {
     dw
 }
 
-/// Sum of dY over the batch and the pixels, per output channel.
-fn bias_grad<T: Float>(dy: &[T], g: &Geom) -> Vec<T> {
-    let (hw, out_img) = (g.hw_out(), g.out_img());
-    (0..g.cout)
+/// Sum of dY [n, c, hw] over the batch and the pixels per channel, images
+/// in order.
+fn bias_grad<T: Float>(dy: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    (0..c)
         .into_par_iter()
         .map(|co| {
-            (0..g.n)
-                .map(|i| dy[i * out_img + co * hw..][..hw].iter().copied().sum::<T>())
+            (0..n)
+                .map(|i| dy[(i * c + co) * hw..][..hw].iter().copied().sum::<T>())
                 .sum()
         })
         .collect()
 }
 
-fn geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Geom> {
-    const OP: &str = "conv2d";
-    expect_rank(OP, "input [N, Cin, H, W]", x, 4)?;
-    expect_rank(OP, "weight [Cout, Cin/groups, kh, kw]", weight, 4)?;
-    let mut ts = vec![x, weight];
-    ts.extend(bias);
-    same_dtype(OP, &ts)?;
-    let (&[n, cin, h, w], &[cout, wcin, kh, kw]) = (x.dims(), weight.dims()) else {
-        unreachable!()
-    };
-    if p.groups == 0 || p.stride.contains(&0) || p.dilation.contains(&0) {
-        return Err(Error::arg(
-            OP,
-            format!("groups, stride and dilation must be >= 1, got {p:?}"),
-        ));
-    }
-    if cin % p.groups != 0 || cout % p.groups != 0 {
-        return Err(Error::arg(
-            OP,
-            format!(
-                "groups = {} must divide both input channels {cin} and output channels {cout}",
-                p.groups
-            ),
-        ));
-    }
-    if wcin != cin / p.groups || kh == 0 || kw == 0 {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "weight {:?} does not fit input {:?} with groups = {}: expected [Cout, {}, kh >= 1, kw >= 1]",
-                weight.dims(),
-                x.dims(),
-                p.groups,
-                cin / p.groups
-            ),
-        ));
-    }
-    if let Some(b) = bias {
-        if b.dims() != [cout] {
-            return Err(Error::shape(
-                OP,
-                format!("bias must have shape [{cout}] (Cout), got {:?}", b.dims()),
-            ));
-        }
-    }
-    let oh = out_size(OP, h, kh, p.stride[0], p.padding[0], p.dilation[0])?;
-    let ow = out_size(OP, w, kw, p.stride[1], p.padding[1], p.dilation[1])?;
-    Ok(Geom {
-        n,
-        cin,
-        h,
-        w,
-        cout,
-        kh,
-        kw,
-        oh,
-        ow,
-        p,
-    })
+/// Adds `bias[c]` to every element of channel `c` of the NC(HW) `y`.
+fn add_bias<T: Float>(y: &mut [T], bias: &[T], hw: usize) {
+    let c = bias.len();
+    y.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .with_min_len((4096 / hw.max(1)).max(1))
+        .for_each(|(i, plane)| {
+            let b = bias[i % c];
+            plane.iter_mut().for_each(|v| *v += b);
+        });
 }
 
-impl Tensor {
-    /// 2-D convolution: x [N, Cin, H, W], weight [Cout, Cin/groups, kh, kw]
-    /// (PyTorch layout), bias [Cout]; NCHW output. All must share a dtype.
-    pub fn conv2d(
-        &self,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        p: Conv2dParams,
-    ) -> Result<Tensor> {
-        if self.device() != crate::Device::Cpu {
-            return crate::cuda::ops::conv::conv2d(self, weight, bias, p);
+/// The input gradient of the convolution `g` from `dy` and `w`, plus the
+/// bias per channel (a transposed convolution's forward).
+fn data_grad(dy: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &Geom) -> Result<Tensor> {
+    crate::trace::kernel("col2im+gemm");
+    let dtype = dy.dtype();
+    Ok(dispatch_float!("conv2d_backward_data", dtype, T => {
+        let (dy, w) = (dy.float_data::<T>()?, w.float_data::<T>()?);
+        let mut dx = conv_backward::<T>(Given::Weight(&w), &dy, g);
+        if let Some(b) = bias {
+            add_bias::<T>(&mut dx, &b.float_data::<T>()?, g.hw_in());
         }
-        crate::trace::op(
-            "conv2d",
-            "forward",
-            "cpu:im2col+gemm",
-            &[self, weight],
-            || {
-                let g = geometry(self, weight, bias, p)?;
-                let dtype = self.dtype();
-                let shape = [g.n, g.cout, g.oh, g.ow];
-                let out = dispatch_float!("conv2d", dtype, T => {
-                    let (x, w) = (self.float_data::<T>()?, weight.float_data::<T>()?);
-                    let b = bias.map(|b| b.float_data::<T>()).transpose()?;
-                    Tensor::from_compute(conv_forward::<T>(&x, &w, b.as_deref(), &g), &shape, dtype)
-                });
-                let need_x = self.requires_grad();
-                let need_w = weight.requires_grad();
-                let need_b = bias.is_some_and(|b| b.requires_grad());
-                let saved_x = need_w.then(|| self.detach());
-                let saved_w = need_x.then(|| weight.detach());
-                let mut inputs = vec![self, weight];
-                inputs.extend(bias);
-                let (x_shape, w_shape) = (self.dims().to_vec(), weight.dims().to_vec());
-                let n_inputs = inputs.len();
-                Ok(record(out, "conv2d", &inputs, move |gy| {
-                    let mut grads = dispatch_float!("conv2d backward", dtype, T => {
-                        let dy = gy.float_data::<T>()?;
-                        let x = saved_x.as_ref().map(|t| t.float_data::<T>()).transpose()?;
-                        let w = saved_w.as_ref().map(|t| t.float_data::<T>()).transpose()?;
-                        let (dx, dw) = conv_backward::<T>(x.as_deref(), w.as_deref(), &dy, &g);
-                        let db = need_b.then(|| bias_grad::<T>(&dy, &g));
-                        vec![
-                            dx.map(|v| Tensor::from_compute(v, &x_shape, dtype)),
-                            dw.map(|v| Tensor::from_compute(v, &w_shape, dtype)),
-                            db.map(|v| Tensor::from_compute(v, &[g.cout], dtype)),
-                        ]
-                    });
-                    grads.truncate(n_inputs);
-                    Ok(grads)
-                }))
-            },
-        )
+        Tensor::from_compute(dx, &g.x_dims(), dtype)
+    }))
+}
+
+impl ConvOps for Cpu {
+    fn conv2d_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        g: &Geom,
+    ) -> Result<Tensor> {
+        crate::trace::kernel("im2col+gemm");
+        let dtype = x.dtype();
+        Ok(dispatch_float!("conv2d", dtype, T => {
+            let (x, w) = (x.float_data::<T>()?, w.float_data::<T>()?);
+            let b = bias.map(|b| b.float_data::<T>()).transpose()?;
+            Tensor::from_compute(conv_forward::<T>(&x, &w, b.as_deref(), g), &g.y_dims(), dtype)
+        }))
+    }
+
+    fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
+        data_grad(dy, w, None, g)
+    }
+
+    fn conv2d_backward_filter(&self, x: &Tensor, dy: &Tensor, g: &Geom) -> Result<Tensor> {
+        crate::trace::kernel("im2col+gemm");
+        let dtype = x.dtype();
+        Ok(dispatch_float!("conv2d_backward_filter", dtype, T => {
+            let (x, dy) = (x.float_data::<T>()?, dy.float_data::<T>()?);
+            let dw = conv_backward::<T>(Given::Input(&x), &dy, g);
+            Tensor::from_compute(dw, &g.w_dims(), dtype)
+        }))
+    }
+
+    fn conv2d_bias_grad(&self, dy: &Tensor) -> Result<Tensor> {
+        let (dtype, d) = (dy.dtype(), dy.dims());
+        let (n, c, hw) = (d[0], d[1], d[2] * d[3]);
+        Ok(dispatch_float!("conv2d_bias_grad", dtype, T => {
+            let db = bias_grad::<T>(&dy.float_data::<T>()?, n, c, hw);
+            Tensor::from_compute(db, &[c], dtype)
+        }))
+    }
+
+    fn conv_transpose2d_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        g: &Geom,
+    ) -> Result<Tensor> {
+        data_grad(x, w, bias, g)
     }
 }

@@ -1,0 +1,107 @@
+//! Convolution's GPU parity cases: conv2d on odd sizes, channel counts not
+//! divisible by 8 and ResNet-50 layers at batch 2; conv_transpose2d (cuDNN
+//! backward-data) on odd sizes, stride 2, output_padding, dilation and the
+//! Mask R-CNN mask head's 2x2 upsampling.
+
+use crate::layout::{Conv2dParams, ConvTranspose2dParams};
+use crate::parity::{autograd, dims, Case, Input, DTYPES};
+use crate::Rng;
+
+pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    // (n, cin, h, w, cout, k, stride, pad, bias)
+    let conv: [(usize, usize, usize, usize, usize, usize, usize, usize, bool); 11] = [
+        (2, 3, 13, 11, 5, 3, 1, 1, false),
+        (3, 5, 7, 9, 11, 1, 1, 0, true),
+        (3, 12, 9, 7, 20, 3, 2, 1, true),
+        (2, 36, 10, 10, 52, 1, 1, 0, false),
+        (1, 7, 6, 5, 3, 2, 1, 0, true),
+        (2, 3, 32, 32, 64, 7, 2, 3, false),
+        (2, 64, 56, 56, 64, 3, 1, 1, false),
+        (2, 256, 56, 56, 128, 1, 1, 0, false),
+        (2, 128, 56, 56, 128, 3, 2, 1, false),
+        (2, 256, 56, 56, 512, 1, 2, 0, false),
+        (2, 512, 7, 7, 2048, 1, 1, 0, false),
+    ];
+    // (x, weight [Cin, Cout, kh, kw], stride, padding, output_padding,
+    // dilation, bias)
+    let transposed: [(&[usize], &[usize], usize, usize, usize, usize, bool); 6] = [
+        (&[2, 5, 7, 9], &[5, 3, 3, 3], 2, 1, 1, 1, true),
+        (&[1, 4, 6, 5], &[4, 6, 2, 2], 2, 0, 0, 1, false),
+        (&[3, 7, 5, 5], &[7, 4, 3, 3], 1, 1, 0, 1, true),
+        (&[2, 6, 5, 7], &[6, 5, 4, 4], 2, 1, 0, 1, false),
+        (&[2, 3, 6, 5], &[3, 5, 3, 3], 2, 2, 1, 2, true),
+        (&[2, 256, 14, 14], &[256, 256, 2, 2], 2, 0, 0, 1, true),
+    ];
+    for dtype in DTYPES {
+        for (n, ci, h, w, co, k, st, p, bias) in conv {
+            let (x, wt) = ([n, ci, h, w], [co, ci, k, k]);
+            let mut inputs = vec![
+                Input::randn("x", &x, 1.0),
+                Input::randn("w", &wt, 1.0 / ((ci * k * k) as f64).sqrt()),
+            ];
+            if bias {
+                inputs.push(Input::randn("b", &[co], 1.0));
+            }
+            let params = Conv2dParams {
+                stride: [st, st],
+                padding: [p, p],
+                ..Conv2dParams::default()
+            };
+            out.push(autograd(
+                "conv2d",
+                dtype,
+                format!(
+                    "{}x{} s{st} p{p}{}",
+                    dims(&x),
+                    dims(&wt),
+                    if bias { " +b" } else { "" }
+                ),
+                rng.next_u64(),
+                inputs,
+                move |t| Ok(vec![("y".into(), t[0].conv2d(&t[1], t.get(2), params)?)]),
+            ));
+        }
+        for (x, wt, st, p, op, d, bias) in transposed {
+            let fan = (wt[0] * wt[2] * wt[3]) as f64;
+            let mut inputs = vec![
+                Input::randn("x", x, 1.0),
+                Input::randn("w", wt, 1.0 / fan.sqrt()),
+            ];
+            if bias {
+                inputs.push(Input::randn("b", &[wt[1]], 1.0));
+            }
+            let p = ConvTranspose2dParams {
+                stride: [st, st],
+                padding: [p, p],
+                output_padding: [op, op],
+                dilation: [d, d],
+                groups: 1,
+            };
+            out.push(autograd(
+                "conv_transpose2d",
+                dtype,
+                format!(
+                    "{}x{} s{st} p{} op{op} d{d}{}",
+                    dims(x),
+                    dims(wt),
+                    p.padding[0],
+                    if bias { " +b" } else { "" }
+                ),
+                rng.next_u64(),
+                inputs,
+                move |t| {
+                    let y = t[0].conv_transpose2d(
+                        &t[1],
+                        t.get(2),
+                        p.stride,
+                        p.padding,
+                        p.output_padding,
+                        p.dilation,
+                        p.groups,
+                    )?;
+                    Ok(vec![("y".into(), y)])
+                },
+            ));
+        }
+    }
+}
