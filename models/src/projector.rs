@@ -11,10 +11,10 @@
 //! load into the same `nn.Sequential` in PyTorch and back.
 //!
 //! Each block's BN1d+ReLU is one op, `BatchNorm::forward_relu` (the
-//! engine's `batch_norm_relu`): one pass on the CPU, and on the GPU the
-//! general BatchNorm kernel (batchnorm.cu) with the ReLU fused, over the
-//! [N, C] rows. The separate `bn1d_relu` CUDA kernel in kernels/cuda is not
-//! launched by the engine.
+//! engine's `batch_norm_relu`): one pass on the CPU; on the GPU, in
+//! training, our `bn1d_relu` kernel (statistics, normalisation and ReLU in
+//! one launch forward and one backward, kernels/src/families/bn1d_relu.cu),
+//! and in eval the general BatchNorm kernel with the ReLU fused.
 
 use engine::nn::{join, BatchNorm, Linear, Module};
 use engine::{Error, Result, Rng, Tensor};

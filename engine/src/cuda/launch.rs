@@ -25,18 +25,7 @@ pub(crate) fn kerr(op: &'static str) -> impl FnOnce(kernels::Error) -> Error {
 /// The GPU every tensor of `ts` lives on, or a clear error when they are on
 /// different devices.
 pub(crate) fn same_gpu(op: &'static str, ts: &[&Tensor]) -> Result<&'static Gpu> {
-    let dev = ts[0].device();
-    if let Some(t) = ts.iter().find(|t| t.device() != dev) {
-        return Err(Error::arg(
-            op,
-            format!(
-                "operands on different devices: {:?} on {dev}, {:?} on {}",
-                ts[0].dims(),
-                t.dims(),
-                t.device()
-            ),
-        ));
-    }
+    crate::backend::same_device(op, ts)?;
     gpu_of(ts[0])
 }
 

@@ -120,10 +120,14 @@ pub(crate) struct GradSpec {
 
 impl GradSpec {
     pub(crate) fn of(y: &Tensor) -> GradSpec {
+        GradSpec::new(y.dtype(), y.device(), y.dims())
+    }
+
+    pub(crate) fn new(dtype: crate::DType, device: crate::Device, shape: &[usize]) -> GradSpec {
         GradSpec {
-            dtype: y.dtype(),
-            device: y.device(),
-            shape: y.dims().to_vec(),
+            dtype,
+            device,
+            shape: shape.to_vec(),
         }
     }
 

@@ -9,6 +9,7 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
+use crate::ops::GradSpec;
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo, Saved};
 use crate::{on_backend, DType, Device, Error, Result, Tensor};
@@ -212,21 +213,7 @@ fn check_args(
 
 /// The gradient of a batch-norm output: x's shape, dtype and device.
 fn check_grad(op: &'static str, dy: &Tensor, x: &(Vec<usize>, DType, Device)) -> Result<()> {
-    if dy.dims() != x.0 || dy.dtype() != x.1 || dy.device() != x.2 {
-        return Err(Error::arg(
-            op,
-            format!(
-                "gradient {:?} {} on {} for an output {:?} {} on {}",
-                dy.dims(),
-                dy.dtype(),
-                dy.device(),
-                x.0,
-                x.1,
-                x.2
-            ),
-        ));
-    }
-    Ok(())
+    GradSpec::new(x.1, x.2, &x.0).check(op, dy)
 }
 
 fn batch_norm_op(

@@ -11,6 +11,7 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
+use crate::ops::GradSpec;
 use super::{expect_rank, same_dtype};
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo};
@@ -240,20 +241,7 @@ fn roi_geom(
 /// output's shape [K, C, ph, pw].
 fn check_grad(dy: &Tensor, x: (DType, Device), g: &RoiGeom) -> Result<()> {
     let shape = [g.k, g.nchw[1], g.out[0], g.out[1]];
-    if dy.dtype() != x.0 || dy.dims() != shape || dy.device() != x.1 {
-        return Err(Error::arg(
-            "roi_align",
-            format!(
-                "gradient {:?} {} on {} for an output {shape:?} {} on {}",
-                dy.dims(),
-                dy.dtype(),
-                dy.device(),
-                x.0,
-                x.1
-            ),
-        ));
-    }
-    Ok(())
+    GradSpec::new(x.0, x.1, &shape).check("roi_align", dy)
 }
 
 impl Tensor {

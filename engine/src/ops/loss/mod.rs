@@ -10,6 +10,7 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
+use crate::ops::GradSpec;
 use super::expect_rank;
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo, Saved};
@@ -250,20 +251,7 @@ fn check_cross_entropy(
 
 /// The gradient of an output: `shape`, x's dtype and device.
 fn check_grad(op: &'static str, dy: &Tensor, shape: &[usize], x: (DType, Device)) -> Result<()> {
-    if dy.dims() != shape || dy.dtype() != x.0 || dy.device() != x.1 {
-        return Err(Error::arg(
-            op,
-            format!(
-                "gradient {:?} {} on {} for an output {shape:?} {} on {}",
-                dy.dims(),
-                dy.dtype(),
-                dy.device(),
-                x.0,
-                x.1
-            ),
-        ));
-    }
-    Ok(())
+    GradSpec::new(x.0, x.1, shape).check(op, dy)
 }
 
 fn softmax_op(x: &Tensor, dim: usize, log: bool) -> Result<Tensor> {

@@ -9,6 +9,7 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
+use crate::ops::GradSpec;
 use super::conv::out_size;
 use super::expect_rank;
 use crate::autograd::record;
@@ -117,24 +118,7 @@ fn sliding(op: &'static str, x: &Tensor, windows: Windows) -> Result<PoolGeom> {
 /// The gradient of a pooling output: the input's dtype and device, the
 /// output's shape.
 fn check_grad(op: &'static str, dy: &Tensor, x: (DType, Device), g: &PoolGeom) -> Result<()> {
-    if dy.dtype() != x.0 || dy.dims() != [g.n, g.c, g.oh, g.ow] || dy.device() != x.1 {
-        return Err(Error::arg(
-            op,
-            format!(
-                "gradient {:?} {} on {} for an output [{}, {}, {}, {}] {} on {}",
-                dy.dims(),
-                dy.dtype(),
-                dy.device(),
-                g.n,
-                g.c,
-                g.oh,
-                g.ow,
-                x.0,
-                x.1
-            ),
-        ));
-    }
-    Ok(())
+    GradSpec::new(x.0, x.1, &[g.n, g.c, g.oh, g.ow]).check(op, dy)
 }
 
 /// An averaging pool with its backward.

@@ -8,6 +8,7 @@ mod cuda;
 #[cfg(test)]
 mod tests;
 
+use crate::ops::GradSpec;
 use super::expect_rank;
 use crate::autograd::record;
 use crate::backend::{unsupported, BackendInfo};
@@ -90,24 +91,7 @@ fn check(x: &Tensor, out_hw: [usize; 2], mode: Mode) -> Result<Resize> {
 /// The gradient of a resize output: the input's dtype and device, the
 /// output's shape.
 fn check_grad(dy: &Tensor, x: (DType, Device), g: &Resize) -> Result<()> {
-    if dy.dtype() != x.0 || dy.dims() != [g.n, g.c, g.oh, g.ow] || dy.device() != x.1 {
-        return Err(Error::arg(
-            g.mode.op(),
-            format!(
-                "gradient {:?} {} on {} for an output [{}, {}, {}, {}] {} on {}",
-                dy.dims(),
-                dy.dtype(),
-                dy.device(),
-                g.n,
-                g.c,
-                g.oh,
-                g.ow,
-                x.0,
-                x.1
-            ),
-        ));
-    }
-    Ok(())
+    GradSpec::new(x.0, x.1, &[g.n, g.c, g.oh, g.ow]).check(g.mode.op(), dy)
 }
 
 /// Resizes x to `out_hw` with its backward.
