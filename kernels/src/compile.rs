@@ -3,7 +3,7 @@
 use crate::cache::{CacheEntry, KernelCache};
 use crate::error::{Error, Result};
 use crate::ptxas::{parse_ptxas_log, EntryStats};
-use crate::registry::{Kernel, HEADERS};
+use crate::source::{Kernel, HEADERS};
 use crate::toolchain::Toolchain;
 use cudarc::nvrtc::sys;
 use sha2::{Digest, Sha256};
@@ -250,7 +250,7 @@ fn program_log(kernel: &Kernel, prog: &Program) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::KERNELS;
+    use crate::KERNELS;
 
     #[test]
     fn key_changes_with_arch_options_source_and_nvrtc() {

@@ -10,10 +10,6 @@
 
 use crate::error::{Error, Result};
 
-// Family shapes the engine uses, re-exported where it looks for them.
-pub use crate::families::pool::pool_out;
-pub use crate::families::reduce::SUM_MAX_PARTIALS;
-
 /// `SLMLP_BLOCK` in common.cuh: threads of every block.
 pub const BLOCK_THREADS: u32 = 256;
 /// `SLMLP_PACK` in common.cuh: elements per vector pack.

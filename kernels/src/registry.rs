@@ -1,72 +1,16 @@
-//! Every kernel file the crate ships, with the entry points it must export.
+//! Every kernel file the crate ships, with the entry points it must export:
+//! lookups over `KERNELS` by name and by entry point.
 //!
-//! One `Kernel` per `.cu` file (a kernel family), declared by the family's
+//! One [`Kernel`] per `.cu` file (a kernel family), declared by the family's
 //! own module with `kernel!` (`families/<name>.rs` beside
-//! `families/<name>.cu`) and collected into [`KERNELS`] by `families/mod.rs`.
-//! Its entry points are the extern "C" names a launcher looks up in the
-//! CUBIN. The compile test checks both directions: every listed name is
+//! `families/<name>.cu`, the type and macro in [`crate::source`]) and
+//! collected into `KERNELS` by `families/mod.rs` (re-exported at the crate
+//! root). Its entry points are the extern "C" names a launcher looks up in
+//! the CUBIN. The compile test checks both directions: every listed name is
 //! compiled, and the file exports nothing unlisted.
 
-pub use crate::families::KERNELS;
-
-/// A CUDA C++ source file, embedded in the binary.
-#[derive(Debug, Clone, Copy)]
-pub struct Kernel {
-    /// Short name: cache file names and error messages.
-    pub name: &'static str,
-    /// File under kernels/src/families/, the name NVRTC reports in diagnostics.
-    pub file: &'static str,
-    pub source: &'static str,
-    pub entry_points: &'static [&'static str],
-}
-
-/// In-memory headers every kernel may `#include "name"`; part of the cache key.
-pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("families/common.cuh"))];
-
-/// Expands `"name"` to `"name_f32", "name_f16", "name_bf16"`.
-macro_rules! per_dtype {
-    ($($n:literal),* $(,)?) => {
-        [$(concat!($n, "_f32"), concat!($n, "_f16"), concat!($n, "_bf16")),*]
-    };
-}
-
-macro_rules! entries {
-    (typed [$($t:literal),* $(,)?] untyped [$($u:literal),* $(,)?]) => {{
-        const TYPED: &[&str] = &per_dtype!($($t),*);
-        const UNTYPED: &[&str] = &[$($u),*];
-        const N: usize = TYPED.len() + UNTYPED.len();
-        const ALL: [&str; N] = {
-            let mut out = [""; N];
-            let mut i = 0;
-            while i < TYPED.len() {
-                out[i] = TYPED[i];
-                i += 1;
-            }
-            let mut j = 0;
-            while j < UNTYPED.len() {
-                out[i + j] = UNTYPED[j];
-                j += 1;
-            }
-            out
-        };
-        &ALL
-    }};
-}
-
-/// `kernel!("pool", typed [...] untyped [...])`: the registry entry of
-/// `pool.cu`, embedded from the folder of the module that invokes it (a
-/// family's `.rs` beside its `.cu`). `typed` names get the three dtype
-/// suffixes, `untyped` ones are exported as written.
-macro_rules! kernel {
-    ($name:literal, $($rest:tt)*) => {
-        $crate::registry::Kernel {
-            name: $name,
-            file: concat!($name, ".cu"),
-            source: include_str!(concat!($name, ".cu")),
-            entry_points: entries!($($rest)*),
-        }
-    };
-}
+use crate::families::KERNELS;
+pub use crate::source::{Kernel, HEADERS};
 
 /// The registry entry called `name`.
 pub fn kernel(name: &str) -> crate::Result<&'static Kernel> {

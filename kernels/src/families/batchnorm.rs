@@ -2,12 +2,12 @@
 //! column reductions, the workspace size and the training / eval forward
 //! and backward launchers.
 
-use crate::device::{config, driver, DevPtr, Dtype, KernelLibrary};
+use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};
 use crate::launch::{
     self, column_block, to_i32, Gpu, LaunchShape, BLOCKS_PER_SM, BLOCK_THREADS, MAX_WAVES,
 };
-use crate::registry::Kernel;
+use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("batchnorm",

@@ -1,9 +1,9 @@
 //! Gathering a strided view into a dense buffer (copy.cu).
 
-use crate::device::{config, driver, DevPtr, KernelLibrary};
+use crate::library::{config, driver, DevPtr, KernelLibrary};
 use crate::error::{Error, Result};
 use crate::launch;
-use crate::registry::Kernel;
+use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("copy",

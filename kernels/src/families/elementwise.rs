@@ -1,9 +1,9 @@
 //! Dense elementwise ops and dtype casts (elementwise.cu).
 
-use crate::device::{config, driver, DevPtr, Dtype, KernelLibrary};
+use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};
 use crate::launch;
-use crate::registry::Kernel;
+use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("elementwise",

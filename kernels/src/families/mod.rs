@@ -4,7 +4,7 @@
 //! (`impl KernelLibrary` blocks). `common.cuh` is the header every `.cu`
 //! includes. Adding a family: the two files and its name in the list below.
 
-use crate::registry::Kernel;
+use crate::source::Kernel;
 
 macro_rules! families {
     ($($family:ident),* $(,)?) => {

@@ -1,10 +1,10 @@
 //! The IoU bit mask of NMS on the GPU (nms.cu) and the greedy pass over it
 //! on the host.
 
-use crate::device::{config, driver, DevPtr, Dtype, KernelLibrary};
+use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};
 use crate::launch::{to_i32, LaunchShape};
-use crate::registry::Kernel;
+use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("nms",

@@ -1,10 +1,10 @@
 //! 2-D max / average / adaptive average pooling over NHWC (pool.cu): the
 //! output size rule, the window operands and the launchers.
 
-use crate::device::{config, driver, DevPtr, Dtype, KernelLibrary};
+use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};
 use crate::launch::{self, to_i32};
-use crate::registry::Kernel;
+use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("pool",

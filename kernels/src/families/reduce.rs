@@ -2,10 +2,10 @@
 //! all-finite / unscale entry points are launched by the engine's loss
 //! scaling (engine/src/cuda/ops/optim.rs).
 
-use crate::device::{config, driver, DevPtr, Dtype, KernelLibrary};
+use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};
 use crate::launch::{self, column_block, elementwise, to_i32, Gpu, LaunchShape};
-use crate::registry::Kernel;
+use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("reduce",

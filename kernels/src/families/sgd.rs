@@ -1,7 +1,7 @@
 //! The fused SGD step (sgd.cu). Its launcher is the optimizer's, in
 //! engine/src/cuda/ops/optim.rs.
 
-use crate::registry::Kernel;
+use crate::source::Kernel;
 
 pub const KERNEL: Kernel = kernel!("sgd",
     typed ["sgd_step"]

@@ -1,9 +1,9 @@
 //! Softmax cross-entropy over logits [N, V] (softmax_xent.cu).
 
-use crate::device::{config, driver, DevPtr, Dtype, KernelLibrary};
+use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::Result;
 use crate::launch::{self, to_i32};
-use crate::registry::Kernel;
+use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("softmax_xent",

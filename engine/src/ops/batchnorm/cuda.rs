@@ -21,9 +21,7 @@ use crate::cuda::tensor::{
 };
 use crate::layout::Layout;
 use crate::{DType, Error, Result, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
-use kernels::device::{bn_workspace_floats, BnBackward, BnForward, DevPtr};
-use kernels::launch;
+use kernels::device::{bn_workspace_floats, Bn1dBackward, Bn1dForward, BnBackward, BnForward};
 
 /// [M, C] of x: the GPU takes float [N, C] and [N, C, H, W] only.
 fn rows(op: &'static str, x: &Tensor, g: &BnGeom) -> Result<(usize, usize)> {
@@ -83,27 +81,6 @@ fn workspace(op: &'static str, g: &'static Gpu, m: usize, c: usize) -> Result<De
     alloc(g, DType::F32, floats)
 }
 
-/// bn1d_relu.cu's launch over [N, C]: `kernels::launch::bn1d`, the block
-/// shape the kernel assumes (bx channel lanes x by row lanes, bx*by = 256,
-/// any grid: blocks loop over channel groups), with the pack width of the
-/// kernel's own vector test on `ptrs` (speed only: both widths are correct).
-fn bn1d_config(
-    op: &'static str,
-    g: &Gpu,
-    n: usize,
-    c: usize,
-    ptrs: &[DevPtr],
-) -> Result<LaunchConfig> {
-    let ptrs: Vec<usize> = ptrs.iter().map(|&p| p as usize).collect();
-    let pack = launch::pack_width(&ptrs, Some(c));
-    let s = kernels::families::bn1d_relu::bn1d(n, c, pack, &g.kernels.gpu()).map_err(kerr(op))?;
-    Ok(LaunchConfig {
-        grid_dim: s.grid,
-        block_dim: s.block,
-        shared_mem_bytes: s.shared_mem_bytes,
-    })
-}
-
 /// What the GPU backward needs: x, the output (ReLU mask), the f32
 /// statistics and weight.
 struct GpuSaved {
@@ -155,30 +132,30 @@ impl BatchNormOps for Cuda {
         };
         if one_launch(geom) {
             crate::trace::kernel("bn1d_relu_fwd");
-            // bn1d_relu_fwd_<t>(x, weight, bias, running_mean, running_var,
-            // momentum, eps, N, C, relu, y, mean_out, invstd_out): x and y
-            // dense row-major [N, C] (xd, y: a 2-D tensor's default layout),
-            // f32 [C] parameters, running statistics updated in place (our
-            // fresh copies), mean/invstd the batch mean and
+            // x and y dense row-major [N, C] (xd, y: a 2-D tensor's default
+            // layout), f32 [C] parameters, running statistics updated in
+            // place (our fresh copies), mean/invstd the batch mean and
             // rsqrt(biased var + eps) as batchnorm.cu saves them; the
             // unbiased variance (N > 1: checked, training) feeds running_var.
-            let (xp, yp, bp) = (ptr(&xd)?, ptr(&y)?, ptr(&bias)?);
-            let cfg = bn1d_config(op, g, m, c, &[xp, yp, bp])?;
-            let f = g
-                .kernels
-                .function(&format!("bn1d_relu_fwd_{}", dt.suffix()));
-            let f = f.map_err(kerr(op))?;
-            let (n32, c32) = (m as i32, c as i32); // bn1d_config checked both fit
-            let (momentum, eps, relu) = (geom.momentum as f32, geom.eps as f32, fused as i32);
-            let (wp, mp, ip) = (ptr(&weight)?, mean_s.ptr(), invstd_s.ptr());
+            let args = Bn1dForward {
+                x: ptr(&xd)?,
+                y: ptr(&y)?,
+                weight: ptr(&weight)?,
+                bias: ptr(&bias)?,
+                running_mean: rm_ptr,
+                running_var: rv_ptr,
+                mean: mean_s.ptr(),
+                invstd: invstd_s.ptr(),
+                n: m,
+                c,
+                momentum: geom.momentum as f32,
+                eps: geom.eps as f32,
+                relu: fused,
+            };
             g.bind()?;
-            let mut l = g.stream.launch_builder(&f);
-            l.arg(&xp).arg(&wp).arg(&bp).arg(&rm_ptr).arg(&rv_ptr);
-            l.arg(&momentum).arg(&eps).arg(&n32).arg(&c32).arg(&relu);
-            l.arg(&yp).arg(&mp).arg(&ip);
             // SAFETY: every pointer is a live allocation of this GPU with
             // the size and dtype the kernel reads or writes (above).
-            unsafe { l.launch(cfg) }.map_err(|e| g.err("bn1d_relu_fwd", e))?;
+            unsafe { g.kernels.bn1d_relu_forward(&g.stream, dt, &args) }.map_err(kerr(op))?;
         } else {
             crate::trace::kernel(if geom.training {
                 "bn_fwd_stats+bn_fwd_finalize+bn_fwd_apply"
@@ -259,34 +236,29 @@ impl BatchNormOps for Cuda {
         );
         if one_launch(geom) {
             crate::trace::kernel("bn1d_relu_bwd");
-            // bn1d_relu_bwd_<t>(x, y, dy, mean, invstd, weight, N, C, relu,
-            // dx, dweight, dbias): dy' = relu ? (y > 0 ? dy : 0) : dy, then
-            // dweight = Σdy'(x-mean)·invstd, dbias = Σdy' (each written when
-            // non-null) and dx = a·dy' + k·(x-mean) + b with the training
-            // coefficients the CPU backward uses; y is read only when relu
-            // (0 otherwise). x, y, dy, dx dense row-major [N, C].
-            let (xp, yp, dyp) = (ptr(&s.x)?, opt(s.out.as_ref())?, ptr(&dy)?);
-            let (dxp, mp) = (opt(dx.as_ref())?, s.mean.ptr());
-            let cfg = bn1d_config(op, g, m, c, &[xp, yp, dyp, dxp, mp])?;
-            let f = g
-                .kernels
-                .function(&format!("bn1d_relu_bwd_{}", dt.suffix()));
-            let f = f.map_err(kerr(op))?;
-            let (n32, c32) = (m as i32, c as i32); // bn1d_config checked both fit
-            let relu = (geom.fuse == Fuse::Relu) as i32;
-            let (ip, wp) = (s.invstd.ptr(), ptr(&s.weight)?);
+            // dy' = relu ? (y > 0 ? dy : 0) : dy, then dweight =
+            // Σdy'(x-mean)·invstd, dbias = Σdy' (each written when non-null)
+            // and dx = a·dy' + k·(x-mean) + b with the training coefficients
+            // the CPU backward uses; y is read only when relu (0 otherwise).
+            // x, y, dy, dx dense row-major [N, C].
+            let args = Bn1dBackward {
+                x: ptr(&s.x)?,
+                y: opt(s.out.as_ref())?,
+                dy: ptr(&dy)?,
+                mean: s.mean.ptr(),
+                invstd: s.invstd.ptr(),
+                weight: ptr(&s.weight)?,
+                dx: opt(dx.as_ref())?,
+                dweight: dwp,
+                dbias: dbp,
+                n: m,
+                c,
+                relu: geom.fuse == Fuse::Relu,
+            };
             g.bind()?;
-            let mut l = g.stream.launch_builder(&f);
-            l.arg(&xp).arg(&yp).arg(&dyp).arg(&mp).arg(&ip).arg(&wp);
-            l.arg(&n32)
-                .arg(&c32)
-                .arg(&relu)
-                .arg(&dxp)
-                .arg(&dwp)
-                .arg(&dbp);
             // SAFETY: x, y, dy, dx are live dense [N, C] of x's dtype;
             // mean, invstd, weight, dweight, dbias f32 [C] (or 0).
-            unsafe { l.launch(cfg) }.map_err(|e| g.err("bn1d_relu_bwd", e))?;
+            unsafe { g.kernels.bn1d_relu_backward(&g.stream, dt, &args) }.map_err(kerr(op))?;
         } else {
             crate::trace::kernel("bn_bwd_reduce+bn_bwd_finalize+bn_bwd_dx");
             let ws = workspace(op, g, m, c)?;

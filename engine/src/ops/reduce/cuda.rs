@@ -106,7 +106,11 @@ impl ReduceOps for Cuda {
         };
         let n_out = plan.outer * plan.inner;
         let kept = if plan.outer == 1 && plan.inner == 1 {
-            let part = alloc(g, DType::F32, kernels::launch::SUM_MAX_PARTIALS as usize)?;
+            let part = alloc(
+                g,
+                DType::F32,
+                kernels::families::reduce::SUM_MAX_PARTIALS as usize,
+            )?;
             let total = alloc(g, DType::F32, 1)?;
             g.bind()?;
             // SAFETY: src is dense with numel elements; part holds
