@@ -89,11 +89,15 @@ fn topo_order(root: &Arc<Node>) -> Vec<Arc<Node>> {
 }
 
 fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
+    let of = match root.grad_meta() {
+        Some(GradMeta::Node(n)) => format!("the output of `{}`", n.name),
+        _ => "a tensor".to_string(),
+    };
     if seed.dims() != root.dims() {
         return Err(Error::shape(
             "backward",
             format!(
-                "gradient shape {:?} != tensor shape {:?}",
+                "gradient shape {:?} != shape {:?} of {of}",
                 seed.dims(),
                 root.dims()
             ),
@@ -101,9 +105,11 @@ fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
     }
     if seed.dtype() != root.dtype() || seed.device() != root.device() {
         return Err(Error::Autograd(format!(
-            "backward: gradient {} on {} for a tensor {} on {}",
+            "backward: gradient {:?} {} on {} for {of}, {:?} {} on {}",
+            seed.dims(),
             seed.dtype(),
             seed.device(),
+            root.dims(),
             root.dtype(),
             root.device()
         )));
