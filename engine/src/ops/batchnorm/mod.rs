@@ -9,9 +9,9 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
-use crate::ops::GradSpec;
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo, Saved};
+use crate::ops::GradSpec;
 use crate::{on_backend, DType, Device, Error, Result, Tensor};
 
 pub struct BatchNormArgs<'a> {

@@ -11,10 +11,10 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
-use crate::ops::GradSpec;
 use super::{expect_rank, same_dtype};
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo};
+use crate::ops::GradSpec;
 use crate::{on_backend, DType, Device, Error, Float, Result, Tensor};
 use std::cmp::Ordering;
 

@@ -10,10 +10,10 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
-use crate::ops::GradSpec;
 use super::expect_rank;
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo, Saved};
+use crate::ops::GradSpec;
 use crate::{on_backend, DType, Device, Error, Result, Tensor};
 
 /// A softmax over `dim` of a tensor viewed as [outer, size, inner].

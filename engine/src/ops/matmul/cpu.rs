@@ -230,21 +230,15 @@ impl MatmulOps for Cpu {
         product(a, b, shape)
     }
 
-    fn linear(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        shape: &[usize],
-    ) -> Result<Tensor> {
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, out: &[usize]) -> Result<Tensor> {
         // as x.matmul(w.t()) + bias: the product rounds before the bias add
         let y = product(x, &w.transpose(0, 1)?, &[x.dims()[0], w.dims()[0]])?;
-        let y = match bias {
+        let y = match b {
             Some(b) => Cpu.binary(BinOp::Add, &y, b, y.dims())?,
             None => y,
         };
         crate::trace::kernel("gemm");
-        y.reshape(shape)
+        y.reshape(out)
     }
 
     fn linear_bias_backward(&self, dy: &Tensor) -> Result<Tensor> {

@@ -139,14 +139,8 @@ impl MatmulOps for Cuda {
         to_default_layout(&product("matmul", a, b, None)?.reshape(shape)?)
     }
 
-    fn linear(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        shape: &[usize],
-    ) -> Result<Tensor> {
-        to_default_layout(&product("linear", x, &t(w)?, bias)?.reshape(shape)?)
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, out: &[usize]) -> Result<Tensor> {
+        to_default_layout(&product("linear", x, &t(w)?, b)?.reshape(out)?)
     }
 
     fn linear_bias_backward(&self, dy: &Tensor) -> Result<Tensor> {

@@ -25,16 +25,10 @@ pub trait MatmulOps: BackendInfo {
         let _ = (a, b, shape);
         Err(unsupported(self, "matmul"))
     }
-    /// `x @ w^T + bias` for x [rows, k], w [n, k] and bias [n], as a tensor
-    /// of `shape` (rows*n elements).
-    fn linear(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        shape: &[usize],
-    ) -> Result<Tensor> {
-        let _ = (x, w, bias, shape);
+    /// `x @ w^T + b` for x [rows, k], w [n, k] and bias `b` [n], as a
+    /// tensor of shape `out` (rows*n elements).
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, out: &[usize]) -> Result<Tensor> {
+        let _ = (x, w, b, out);
         Err(unsupported(self, "linear"))
     }
     /// The bias gradient of `linear`: the column sums [n] of dy [rows, n].

@@ -10,14 +10,8 @@ use crate::{dispatch_float, Float, Result, Tensor};
 use rayon::prelude::*;
 
 impl OptimOps for Cpu {
-    fn sgd_step(
-        &self,
-        p: &Param,
-        g: &Tensor,
-        buf: &mut Option<Tensor>,
-        h: &SgdHyper,
-    ) -> Result<()> {
-        dispatch_float!("sgd", g.dtype(), T => sgd::<T>(p, g, buf, h))
+    fn sgd_step(&self, p: &Param, g: &Tensor, m: &mut Option<Tensor>, h: &SgdHyper) -> Result<()> {
+        dispatch_float!("sgd", g.dtype(), T => sgd::<T>(p, g, m, h))
     }
 
     fn lars_step(

@@ -180,13 +180,7 @@ impl OptimOps for Cuda {
     /// place; f16/bf16 params through an f32 working copy whose rounding
     /// the same kernel writes into the new value, as the host rounds its
     /// f32 result.
-    fn sgd_step(
-        &self,
-        p: &Param,
-        grad: &Tensor,
-        buf: &mut Option<Tensor>,
-        h: &SgdHyper,
-    ) -> Result<()> {
+    fn sgd_step(&self, p: &Param, g: &Tensor, m: &mut Option<Tensor>, h: &SgdHyper) -> Result<()> {
         const OP: &str = "sgd";
         let mut value = p.get();
         if !matches!(value.dtype(), DType::F32 | DType::F16 | DType::BF16) {
@@ -210,10 +204,10 @@ impl OptimOps for Cuda {
             value.clone()
         };
         // element i of every operand must be the same logical element
-        let grad = with_strides_of(OP, &cast(grad, DType::F32)?, &master)?;
+        let g = with_strides_of(OP, &cast(g, DType::F32)?, &master)?;
         let use_momentum = h.momentum != 0.0;
-        let first = buf.is_none();
-        let new_buf = match buf {
+        let first = m.is_none();
+        let new_buf = match m {
             Some(b) => Some(with_strides_of(OP, b, &master)?),
             // the kernel writes buf = d on a first step: no zeroing needed
             None if use_momentum => Some(empty_like(&master, DType::F32)?),
@@ -226,7 +220,7 @@ impl OptimOps for Cuda {
         };
         let bufs = SgdBuffers {
             p: ptr(&master)?,
-            g: ptr(&grad)?,
+            g: ptr(&g)?,
             buf: new_buf.as_ref().map(ptr).transpose()?.unwrap_or(0),
             copy: copy.as_ref().map(ptr).transpose()?.unwrap_or(0),
             n: master.numel(),
@@ -238,7 +232,7 @@ impl OptimOps for Cuda {
         // cast, grad and buf are separate allocations.
         unsafe { sgd_step(gpu, copy_dtype, &bufs, &SgdArgs::new(h, first))? };
         if new_buf.is_some() {
-            *buf = new_buf;
+            *m = new_buf;
         }
         if let Some(c) = copy {
             p.set(c)?;

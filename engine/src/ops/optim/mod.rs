@@ -47,16 +47,10 @@ pub struct LarsHyper {
 /// compute dtype (f64 for f64 params, else f32) on its device.
 pub trait OptimOps: BackendInfo {
     /// One SGD step, written in place: `p` gets its new value and, when
-    /// momentum is on, `buf` its new momentum (created on the first step;
-    /// left None without momentum). `p` and `buf` are unchanged on error.
-    fn sgd_step(
-        &self,
-        p: &Param,
-        g: &Tensor,
-        buf: &mut Option<Tensor>,
-        h: &SgdHyper,
-    ) -> Result<()> {
-        let _ = (p, g, buf, h);
+    /// momentum is on, `m` its new momentum (created on the first step;
+    /// left None without momentum). `p` and `m` are unchanged on error.
+    fn sgd_step(&self, p: &Param, g: &Tensor, m: &mut Option<Tensor>, h: &SgdHyper) -> Result<()> {
+        let _ = (p, g, m, h);
         Err(unsupported(self, "sgd_step"))
     }
     /// One LARS step, written in place like [`OptimOps::sgd_step`] (the

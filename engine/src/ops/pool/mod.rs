@@ -9,11 +9,11 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
-use crate::ops::GradSpec;
 use super::conv::out_size;
 use super::expect_rank;
 use crate::autograd::record;
 use crate::backend::{unsupported, BackendInfo, Saved};
+use crate::ops::GradSpec;
 use crate::{on_backend, DType, Device, Error, Result, Tensor};
 
 /// Where each output's window lies: sliding windows, or PyTorch's adaptive

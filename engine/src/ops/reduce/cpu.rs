@@ -48,12 +48,7 @@ impl ReduceOps for Cpu {
         })
     }
 
-    fn sum_backward(
-        &self,
-        dy: &Tensor,
-        keep_shape: &[usize],
-        in_shape: &[usize],
-    ) -> Result<Tensor> {
-        dy.reshape(keep_shape)?.expand(in_shape)?.try_contiguous()
+    fn sum_backward(&self, dy: &Tensor, keep: &[usize], input: &[usize]) -> Result<Tensor> {
+        dy.reshape(keep)?.expand(input)?.try_contiguous()
     }
 }

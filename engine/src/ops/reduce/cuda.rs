@@ -162,13 +162,8 @@ impl ReduceOps for Cuda {
         Ok(out)
     }
 
-    fn sum_backward(
-        &self,
-        dy: &Tensor,
-        keep_shape: &[usize],
-        in_shape: &[usize],
-    ) -> Result<Tensor> {
-        to_default_layout(&dy.reshape(keep_shape)?.expand(in_shape)?)
+    fn sum_backward(&self, dy: &Tensor, keep: &[usize], input: &[usize]) -> Result<Tensor> {
+        to_default_layout(&dy.reshape(keep)?.expand(input)?)
     }
 }
 

@@ -21,15 +21,10 @@ pub trait ReduceOps: BackendInfo {
         let _ = (x, dims, keepdim);
         Err(unsupported(self, "sum"))
     }
-    /// The gradient of a sum: `dy` (reshaped to `keep_shape`, the input's
-    /// shape with the reduced dims 1) broadcast back to `in_shape`.
-    fn sum_backward(
-        &self,
-        dy: &Tensor,
-        keep_shape: &[usize],
-        in_shape: &[usize],
-    ) -> Result<Tensor> {
-        let _ = (dy, keep_shape, in_shape);
+    /// The gradient of a sum: `dy` (reshaped to `keep`, the input's shape
+    /// with the reduced dims 1) broadcast back to the `input` shape.
+    fn sum_backward(&self, dy: &Tensor, keep: &[usize], input: &[usize]) -> Result<Tensor> {
+        let _ = (dy, keep, input);
         Err(unsupported(self, "sum_backward"))
     }
 }

@@ -8,10 +8,10 @@ mod cuda;
 #[cfg(test)]
 mod tests;
 
-use crate::ops::GradSpec;
 use super::expect_rank;
 use crate::autograd::record;
 use crate::backend::{unsupported, BackendInfo};
+use crate::ops::GradSpec;
 use crate::{on_backend, DType, Device, Error, Result, Tensor};
 
 /// How output pixels sample the input.
