@@ -13,11 +13,12 @@ fn params(c: usize) -> [Tensor; 4] {
 }
 
 fn args(p: &[Tensor; 4], training: bool) -> BatchNormArgs<'_> {
+    let [weight, bias, running_mean, running_var] = p;
     BatchNormArgs {
-        weight: &p[0],
-        bias: &p[1],
-        running_mean: &p[2],
-        running_var: &p[3],
+        weight,
+        bias,
+        running_mean,
+        running_var,
         training,
         momentum: 0.1,
         eps: 0.0,
