@@ -36,6 +36,16 @@ fn check_history(h: &[Vec<Vec<f64>>], checks: &[(usize, usize, [f64; 2], f64, &s
     }
 }
 
+/// Backward from the sum of `y` taken in f32 (for low-precision outputs).
+fn backward_of_f32_sum(y: &Tensor) {
+    y.to_dtype(DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+}
+
 const GRADS: [[f64; 2]; 3] = [[0.5, 1.0], [-0.25, 0.5], [1.0, -1.0]];
 
 /// Runs 3 steps from p = [1, -2] with GRADS, returning p after each step.
@@ -432,12 +442,7 @@ fn bf16_forward_gives_f32_master_grads() {
     let x = Tensor::randn(&[5, 8], 0.0, 1.0, DType::BF16, &mut rng);
     let y = l.forward(&x).unwrap();
     assert_eq!(y.dtype(), DType::BF16);
-    y.to_dtype(DType::F32)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    backward_of_f32_sum(&y);
     let gw = l.weight.grad().expect("master weight gets a grad");
     assert_eq!(gw.dtype(), DType::F32);
     assert_eq!(gw.dims(), [4, 8]);
@@ -676,12 +681,7 @@ fn bf16_conv_gives_f32_master_grads() {
     let x = Tensor::randn(&[2, 3, 6, 6], 0.0, 1.0, DType::BF16, &mut rng);
     let y = c.forward(&x).unwrap();
     assert_eq!(y.dtype(), DType::BF16);
-    y.to_dtype(DType::F32)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    backward_of_f32_sum(&y);
     let gw = c.weight.grad().unwrap();
     assert_eq!((gw.dtype(), gw.dims()), (DType::F32, &[4, 3, 3, 3][..]));
     // d sum / d bias[o] = N * Ho * Wo
