@@ -90,16 +90,27 @@ fn naive_bn(
     }
 }
 
-fn args<'a>(p: &'a [Tensor; 4], training: bool) -> BatchNormArgs<'a> {
+/// Batch-norm arguments with momentum 0.1 and eps 1e-5.
+fn bn_args<'a>(
+    weight: &'a Tensor,
+    bias: &'a Tensor,
+    running_mean: &'a Tensor,
+    running_var: &'a Tensor,
+    training: bool,
+) -> BatchNormArgs<'a> {
     BatchNormArgs {
-        weight: &p[0],
-        bias: &p[1],
-        running_mean: &p[2],
-        running_var: &p[3],
+        weight,
+        bias,
+        running_mean,
+        running_var,
         training,
         momentum: 0.1,
         eps: 1e-5,
     }
+}
+
+fn args(p: &[Tensor; 4], training: bool) -> BatchNormArgs<'_> {
+    bn_args(&p[0], &p[1], &p[2], &p[3], training)
 }
 
 /// weight, bias, running_mean, running_var for `c` channels.
@@ -240,15 +251,7 @@ fn bn_parallel_sizes_match_naive_forward_and_backward() {
                 p[0].requires_grad_().unwrap(),
                 p[1].requires_grad_().unwrap(),
             );
-            let a = BatchNormArgs {
-                weight: &w,
-                bias: &b,
-                running_mean: &p[2],
-                running_var: &p[3],
-                training: true,
-                momentum: 0.1,
-                eps: 1e-5,
-            };
+            let a = bn_args(&w, &b, &p[2], &p[3], true);
             let y = run_bn(&x, Some(&r), &a, fuse).unwrap();
             let v: Vec<Vec<f64>> = p.iter().map(|t| t.to_vec_f64()).collect();
             let rv = r.to_vec_f64();
@@ -328,15 +331,7 @@ fn gradcheck_bn(shape: &[usize], training: bool, fuse: Fuse, seed: u64) {
     let x = randn(shape, seed + 1);
     let r = randn(shape, seed + 2);
     let f = move |t: &[Tensor]| -> Result<Tensor> {
-        let a = BatchNormArgs {
-            weight: &t[1],
-            bias: &t[2],
-            running_mean: &rm,
-            running_var: &rv,
-            training,
-            momentum: 0.1,
-            eps: 1e-5,
-        };
+        let a = bn_args(&t[1], &t[2], &rm, &rv, training);
         let res = t.get(3);
         Ok(run_bn(&t[0], res, &a, fuse)?.out)
     };
@@ -346,15 +341,7 @@ fn gradcheck_bn(shape: &[usize], training: bool, fuse: Fuse, seed: u64) {
     }
     if fuse != Fuse::None {
         // finite differences must not straddle the ReLU kink
-        let plain = BatchNormArgs {
-            weight: &p[0],
-            bias: &p[1],
-            running_mean: &p[2],
-            running_var: &p[3],
-            training,
-            momentum: 0.1,
-            eps: 1e-5,
-        };
+        let plain = bn_args(&p[0], &p[1], &p[2], &p[3], training);
         let mut pre = x.batch_norm(&plain).unwrap().out;
         if fuse == Fuse::AddRelu {
             pre = pre.add(&r).unwrap();
@@ -432,15 +419,7 @@ fn bn_mixed_precision_bf16_x_f32_params() {
         let w = p[0].requires_grad_().unwrap();
         let b = p[1].requires_grad_().unwrap();
         let xg = x.requires_grad_().unwrap();
-        let a = BatchNormArgs {
-            weight: &w,
-            bias: &b,
-            running_mean: &p[2],
-            running_var: &p[3],
-            training: true,
-            momentum: 0.1,
-            eps: 1e-5,
-        };
+        let a = bn_args(&w, &b, &p[2], &p[3], true);
         let y = xg.batch_norm_add_relu(&r, &a).unwrap();
         assert_eq!(y.out.dtype(), xdt);
         let (m, v) = y.running.as_ref().unwrap();
@@ -460,15 +439,7 @@ fn bn_mixed_precision_bf16_x_f32_params() {
             to64(&r),
         );
         let (rm64, rv64) = (to64(&p[2]), to64(&p[3]));
-        let a64 = BatchNormArgs {
-            weight: &w64,
-            bias: &b64,
-            running_mean: &rm64,
-            running_var: &rv64,
-            training: true,
-            momentum: 0.1,
-            eps: 1e-5,
-        };
+        let a64 = bn_args(&w64, &b64, &rm64, &rv64, true);
         let y64 = x64.batch_norm_add_relu(&r64, &a64).unwrap();
         y64.out.backward_with(to64(&g)).unwrap();
         let tol = if xdt == DType::BF16 { 1e-2 } else { 2e-3 };
@@ -518,15 +489,7 @@ fn bn_is_deterministic_on_parallel_sizes() {
     let run = || {
         x.set_grad(None);
         w.set_grad(None);
-        let a = BatchNormArgs {
-            weight: &w,
-            bias: &p[1],
-            running_mean: &p[2],
-            running_var: &p[3],
-            training: true,
-            momentum: 0.1,
-            eps: 1e-5,
-        };
+        let a = bn_args(&w, &p[1], &p[2], &p[3], true);
         let y = x.batch_norm_relu(&a).unwrap();
         y.out.backward_with(g.clone()).unwrap();
         (
@@ -620,22 +583,11 @@ fn softmax_forward_and_gradcheck_every_dim() {
             1e-12,
             "softmax",
         );
-        check_gradients(
-            |t| t[0].log_softmax(dim),
-            std::slice::from_ref(&x),
-            1e-6,
-            1e-7,
-            1e-5,
-        )
-        .unwrap();
-        check_gradients(
-            |t| t[0].softmax(dim),
-            std::slice::from_ref(&x),
-            1e-6,
-            1e-7,
-            1e-5,
-        )
-        .unwrap();
+        let grads_ok = |f: &dyn Fn(&Tensor) -> engine::Result<Tensor>| {
+            check_gradients(|t| f(&t[0]), std::slice::from_ref(&x), 1e-6, 1e-7, 1e-5).unwrap()
+        };
+        grads_ok(&|t| t.log_softmax(dim));
+        grads_ok(&|t| t.softmax(dim));
     }
     // large logits do not overflow
     let big = Tensor::from_vec(vec![1000.0f32, 0.0, -1000.0], &[1, 3]).unwrap();

@@ -28,6 +28,24 @@ fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
     }
 }
 
+/// Checks entries of a [`run3`] history: `(step, param index, want, tol,
+/// what)`, steps counted from 1.
+fn check_history(h: &[Vec<Vec<f64>>], checks: &[(usize, usize, [f64; 2], f64, &str)]) {
+    for &(step, i, want, tol, what) in checks {
+        assert_close(&h[step - 1][i], &want, tol, what);
+    }
+}
+
+/// Backward from the sum of `y` taken in f32 (for low-precision outputs).
+fn backward_of_f32_sum(y: &Tensor) {
+    y.to_dtype(DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+}
+
 const GRADS: [[f64; 2]; 3] = [[0.5, 1.0], [-0.25, 0.5], [1.0, -1.0]];
 
 /// Runs 3 steps from p = [1, -2] with GRADS, returning p after each step.
@@ -63,13 +81,13 @@ fn sgd_nesterov_with_weight_decay() {
     let p = param("w", &[1.0, -2.0], false);
     let mut opt = Sgd::new(0.1, 0.9, 0.01).with_nesterov(true);
     let h = run3(&mut opt, &[p], &GRADS);
-    assert_close(&h[0][0], &[0.9031, -2.1862], 1e-14, "step 1");
-    assert_close(&h[1][0], &[0.90757411, -2.35642622], 1e-14, "step 2");
-    assert_close(
-        &h[2][0],
-        &[0.698189208191, -2.272120188182],
-        1e-14,
-        "step 3",
+    check_history(
+        &h,
+        &[
+            (1, 0, [0.9031, -2.1862], 1e-14, "step 1"),
+            (2, 0, [0.90757411, -2.35642622], 1e-14, "step 2"),
+            (3, 0, [0.698189208191, -2.272120188182], 1e-14, "step 3"),
+        ],
     );
 }
 
@@ -109,12 +127,8 @@ fn sgd_without_momentum_and_skipping_params_without_grad() {
     let y = a.get().mul(&a.get()).unwrap().sum_all().unwrap();
     zero_grad(&[a.clone()]);
     y.backward().unwrap();
-    assert_close(
-        &a.grad().unwrap().to_vec_f64(),
-        &[1.9, -4.2],
-        1e-15,
-        "grad after step",
-    );
+    let grad = a.grad().unwrap().to_vec_f64();
+    assert_close(&grad, &[1.9, -4.2], 1e-15, "grad after step");
 }
 
 #[test]
@@ -148,12 +162,7 @@ fn sgd_state_roundtrip_resumes_exactly() {
 
 #[test]
 fn sgd_f32_params_and_bad_inputs() {
-    let p = Param::new(
-        "w",
-        Tensor::from_vec(vec![1.0f32, -2.0], &[2]).unwrap(),
-        false,
-    )
-    .unwrap();
+    let p = f32_param("w", &[1.0, -2.0]);
     p.set_grad(Some(Tensor::from_vec(vec![0.5f32, 1.0], &[2]).unwrap()));
     let mut opt = Sgd::new(0.1, 0.9, 0.0);
     opt.step(&[p.clone()]).unwrap();
@@ -194,34 +203,32 @@ fn lars_matches_hand_computation() {
     // step 1 by hand: ||w|| = 5, ||g|| = 1, q = 0.001 * 5 / (1 + 0.01 * 5);
     // d = q (g + 0.01 w) = q [0.63, 0.84]; w -= 0.1 d.
     let q = 0.005 / 1.05;
-    assert_close(
-        &h[0][0],
-        &[3.0 - 0.1 * q * 0.63, 4.0 - 0.1 * q * 0.84],
-        1e-15,
-        "step 1",
+    let by_hand = [3.0 - 0.1 * q * 0.63, 4.0 - 0.1 * q * 0.84];
+    check_history(
+        &h,
+        &[
+            (1, 0, by_hand, 1e-15, "step 1"),
+            (1, 0, [2.9997, 3.9996], 1e-15, "step 1"),
+            (
+                3,
+                0,
+                [2.9990503211001194, 3.9993378036040346],
+                1e-14,
+                "step 3 adapted",
+            ),
+            // the no_weight_decay param: plain momentum SGD, no decay, no trust ratio
+            (1, 1, [2.94, 3.92], 1e-15, "excluded step 1"),
+            (3, 1, [2.9004, 3.8092], 1e-14, "excluded step 3"),
+        ],
     );
-    assert_close(&h[0][0], &[2.9997, 3.9996], 1e-15, "step 1");
-    assert_close(
-        &h[2][0],
-        &[2.9990503211001194, 3.9993378036040346],
-        1e-14,
-        "step 3 adapted",
-    );
-    // the no_weight_decay param: plain momentum SGD, no decay, no trust ratio
-    assert_close(&h[0][1], &[2.94, 3.92], 1e-15, "excluded step 1");
-    assert_close(&h[2][1], &[2.9004, 3.8092], 1e-14, "excluded step 3");
     let names: Vec<String> = opt.state().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["momentum.b", "momentum.w"]);
 
     let w = param("w", &[3.0, 4.0], false);
     let mut opt = Lars::new(0.5, 0.9, 0.01).with_eta(0.02);
     let h = run3(&mut opt, &[w], &lg);
-    assert_close(
-        &h[2][0],
-        &[2.904911229438082, 3.933634336980569],
-        1e-14,
-        "eta 0.02",
-    );
+    let eta = [2.904911229438082, 3.933634336980569];
+    check_history(&h, &[(3, 0, eta, 1e-14, "eta 0.02")]);
 
     // a zero weight (or zero grad with no decay) falls back to trust ratio 1
     let z = param("z", &[0.0, 0.0], false);
@@ -435,12 +442,7 @@ fn bf16_forward_gives_f32_master_grads() {
     let x = Tensor::randn(&[5, 8], 0.0, 1.0, DType::BF16, &mut rng);
     let y = l.forward(&x).unwrap();
     assert_eq!(y.dtype(), DType::BF16);
-    y.to_dtype(DType::F32)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    backward_of_f32_sum(&y);
     let gw = l.weight.grad().expect("master weight gets a grad");
     assert_eq!(gw.dtype(), DType::F32);
     assert_eq!(gw.dims(), [4, 8]);
@@ -679,12 +681,7 @@ fn bf16_conv_gives_f32_master_grads() {
     let x = Tensor::randn(&[2, 3, 6, 6], 0.0, 1.0, DType::BF16, &mut rng);
     let y = c.forward(&x).unwrap();
     assert_eq!(y.dtype(), DType::BF16);
-    y.to_dtype(DType::F32)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    backward_of_f32_sum(&y);
     let gw = c.weight.grad().unwrap();
     assert_eq!((gw.dtype(), gw.dims()), (DType::F32, &[4, 3, 3, 3][..]));
     // d sum / d bias[o] = N * Ho * Wo

@@ -14,20 +14,30 @@ fn load(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
+/// Maps `f` over the JSON array `v` (panics if `v` is not an array).
+fn arr<'a, T>(v: &'a Value, f: impl FnMut(&'a Value) -> T) -> Vec<T> {
+    v.as_array().unwrap().iter().map(f).collect()
+}
+
 fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    arr(v, |x| x.as_f64().unwrap())
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    arr(v, |x| x.as_u64().unwrap() as u32)
+}
+
+/// The `(h, w)` fields of a fixture case.
+fn hw(case: &Value) -> (u32, u32) {
+    (
+        case["h"].as_u64().unwrap() as u32,
+        case["w"].as_u64().unwrap() as u32,
+    )
+}
+
+/// The `iscrowd` flags of a fixture case.
+fn crowd(case: &Value) -> Vec<bool> {
+    arr(&case["iscrowd"], |x| x.as_u64() == Some(1))
 }
 
 fn check_case(case: &str) {
@@ -119,10 +129,7 @@ fn default_params_equal_numpy_linspace() {
 fn rle_round_trips_match_pycocotools() {
     let m = load("masks.json");
     for case in m["masks"].as_array().unwrap() {
-        let (h, w) = (
-            case["h"].as_u64().unwrap() as u32,
-            case["w"].as_u64().unwrap() as u32,
-        );
+        let (h, w) = hw(case);
         let counts = u32s(&case["counts"]);
         let string = case["string"].as_str().unwrap();
         let from_str = Rle::from_compressed(string, h, w).unwrap();
@@ -144,22 +151,9 @@ fn rle_round_trips_match_pycocotools() {
 fn polygons_rasterise_like_pycocotools() {
     let m = load("masks.json");
     for case in m["polygons"].as_array().unwrap() {
-        let (h, w) = (
-            case["h"].as_u64().unwrap() as u32,
-            case["w"].as_u64().unwrap() as u32,
-        );
-        let polys: Vec<Vec<f64>> = case["polygons"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(f64s)
-            .collect();
-        let strings: Vec<&str> = case["strings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_str().unwrap())
-            .collect();
+        let (h, w) = hw(case);
+        let polys: Vec<Vec<f64>> = arr(&case["polygons"], f64s);
+        let strings: Vec<&str> = arr(&case["strings"], |s| s.as_str().unwrap());
         let parts: Vec<Rle> = polys
             .iter()
             .map(|p| Rle::from_polygon(p, h, w).unwrap())
@@ -182,58 +176,23 @@ fn polygons_rasterise_like_pycocotools() {
 fn mask_and_box_ious_match_pycocotools() {
     let m = load("masks.json");
     for case in m["ious"].as_array().unwrap() {
-        let (h, w) = (
-            case["h"].as_u64().unwrap() as u32,
-            case["w"].as_u64().unwrap() as u32,
-        );
+        let (h, w) = hw(case);
         let rles = |k: &str| -> Vec<Rle> {
-            case[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| Rle::from_compressed(s.as_str().unwrap(), h, w).unwrap())
-                .collect()
+            arr(&case[k], |s| {
+                Rle::from_compressed(s.as_str().unwrap(), h, w).unwrap()
+            })
         };
-        let crowd: Vec<bool> = case["iscrowd"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64() == Some(1))
-            .collect();
-        let got = rle_iou(&rles("dt"), &rles("gt"), &crowd);
-        let want: Vec<f64> = case["iou"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(f64s)
-            .collect();
+        let got = rle_iou(&rles("dt"), &rles("gt"), &crowd(case));
+        let want: Vec<f64> = arr(&case["iou"], f64s).concat();
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-15, "mask iou {got:?} vs {want:?}");
         }
     }
     for case in m["bbox_ious"].as_array().unwrap() {
-        let boxes = |k: &str| -> Vec<[f64; 4]> {
-            case[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| f64s(b).try_into().unwrap())
-                .collect()
-        };
-        let crowd: Vec<bool> = case["iscrowd"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64() == Some(1))
-            .collect();
-        let got = bbox_iou(&boxes("dt"), &boxes("gt"), &crowd);
-        let want: Vec<f64> = case["iou"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(f64s)
-            .collect();
+        let boxes = |k: &str| -> Vec<[f64; 4]> { arr(&case[k], |b| f64s(b).try_into().unwrap()) };
+        let got = bbox_iou(&boxes("dt"), &boxes("gt"), &crowd(case));
+        let want: Vec<f64> = arr(&case["iou"], f64s).concat();
         assert_eq!(got, want);
     }
 }

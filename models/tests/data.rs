@@ -159,13 +159,9 @@ fn idx_rejects_bad_files_naming_them() {
 
 fn real_fashion_dir() -> PathBuf {
     let dir = default_fashion_mnist_dir();
-    let present = ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-        .iter()
-        .all(|f| dir.join(format!("{f}.gz")).is_file() || dir.join(f).is_file());
-    assert!(
-        present,
-        "Fashion-MNIST is not in {}: run scripts/fetch-data.sh (or set SLMLP_FASHION_MNIST)",
-        dir.display()
+    testutil::assert_fashion_mnist_present(
+        &dir,
+        &["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
     );
     dir
 }

@@ -77,6 +77,30 @@ fn small(width: &'static str) -> Vec<&'static str> {
     ]
 }
 
+/// `slmlp pretrain` of a width-4 SL ResNet-18 for one quiet epoch (batch
+/// 8, no validation) into `out`, with `extra` arguments.
+fn pretrain(out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "pretrain",
+        "--method",
+        "sl",
+        "--arch",
+        "resnet18",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--no-val",
+        "--quiet",
+        "--out",
+        s(out),
+    ];
+    args.extend(extra);
+    ok(&args);
+}
+
 fn train(out: &Path, extra: &[&str]) -> (String, String) {
     let mut args = vec!["detect", "train", "--data", s(data()), "--out", s(out)];
     args.extend(small("4"));
@@ -287,30 +311,9 @@ fn train_eval_predict_and_resume() {
 fn backbone_from_pretrain() {
     let tmp = TempDir::new("detect-backbone");
     let pre = tmp.0.join("pre");
-    let pretrain = |out: &Path, stem: &str| {
-        ok(&[
-            "pretrain",
-            "--method",
-            "sl",
-            "--arch",
-            "resnet18",
-            "--width",
-            "4",
-            "--stem",
-            stem,
-            "--per-class",
-            "2",
-            "--epochs",
-            "1",
-            "--batch",
-            "8",
-            "--no-val",
-            "--quiet",
-            "--out",
-            s(out),
-        ])
-    };
-    pretrain(&pre, "imagenet");
+    let pretrain_stem =
+        |out: &Path, stem: &str| pretrain(out, &["--stem", stem, "--per-class", "2"]);
+    pretrain_stem(&pre, "imagenet");
     let run = tmp.0.join("run");
     let model = pre.join("model.safetensors");
     train(&run, &["--epochs", "1", "--quiet", "--backbone", s(&model)]);
@@ -340,7 +343,7 @@ fn backbone_from_pretrain() {
     wide.extend(["--backbone", s(&model)]);
     fails(&wide, &["conv1.weight", "[4, 1, 7, 7]", "[8, 1, 7, 7]"]);
     let cifar = tmp.0.join("cifar");
-    pretrain(&cifar, "cifar");
+    pretrain_stem(&cifar, "cifar");
     let mut a = args.clone();
     let cm = cifar.join("model.safetensors");
     a.extend(["--backbone", s(&cm)]);
@@ -356,29 +359,15 @@ fn bad_paths_give_clear_errors() {
         &["detect", "train", "--data", s(&nowhere), "--out", s(&out)],
         &["train/annotations.json", "detection-data"],
     );
-    fails(
-        &[
-            "detect",
-            "train",
-            "--data",
-            s(data()),
-            "--out",
-            s(&out),
-            "--resume",
-        ],
-        &["--resume", "nothing to resume"],
-    );
-    fails(
-        &[
-            "detect",
-            "train",
-            "--data",
-            s(data()),
-            "--out",
-            s(&out),
-            "--backbone",
-            s(&nowhere),
-        ],
+    // `detect train` on the benchmark into `out` with `extra` fails naming `needles`
+    let train_fails = |extra: &[&str], needles: &[&str]| {
+        let mut args = vec!["detect", "train", "--data", s(data()), "--out", s(&out)];
+        args.extend(extra);
+        fails(&args, needles);
+    };
+    train_fails(&["--resume"], &["--resume", "nothing to resume"]);
+    train_fails(
+        &["--backbone", s(&nowhere)],
         &["--backbone", "no such file"],
     );
     fails(
@@ -407,25 +396,7 @@ fn bad_paths_give_clear_errors() {
     );
     // a pretrain model is not a detector
     let pre = tmp.0.join("pre");
-    ok(&[
-        "pretrain",
-        "--method",
-        "sl",
-        "--arch",
-        "resnet18",
-        "--width",
-        "4",
-        "--per-class",
-        "1",
-        "--epochs",
-        "1",
-        "--batch",
-        "8",
-        "--no-val",
-        "--quiet",
-        "--out",
-        s(&pre),
-    ]);
+    pretrain(&pre, &["--per-class", "1"]);
     fails(
         &[
             "detect",

@@ -26,13 +26,9 @@ fn fashion() -> &'static InMemory {
     static SOURCE: OnceLock<InMemory> = OnceLock::new();
     SOURCE.get_or_init(|| {
         let dir = default_fashion_mnist_dir();
-        let present = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-            .iter()
-            .all(|f| dir.join(format!("{f}.gz")).is_file() || dir.join(f).is_file());
-        assert!(
-            present,
-            "Fashion-MNIST is not in {}: run scripts/fetch-data.sh (or set SLMLP_FASHION_MNIST)",
-            dir.display()
+        testutil::assert_fashion_mnist_present(
+            &dir,
+            &["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
         );
         fashion_mnist(&dir, Split::Test).unwrap()
     })

@@ -254,6 +254,24 @@ pub fn assert_tensor_close(
         .unwrap_or_else(|r| panic!("{r}"))
 }
 
+/// Asserts that `param` has a gradient close to `expected` (which must not
+/// be all zero, so the comparison means something); `what` names it in
+/// messages. Returns the report.
+pub fn assert_grad_close(
+    what: &str,
+    param: &engine::nn::Param,
+    expected: &[f64],
+    atol: f64,
+    rtol: f64,
+) -> Report {
+    let got = param
+        .grad()
+        .expect("every head parameter gets a gradient")
+        .to_vec_f64();
+    assert!(expected.iter().any(|&v| v != 0.0), "{what} is all zero");
+    assert_close(what, &got, expected, atol, rtol)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,8 @@ pub mod hash;
 pub mod trace;
 
 pub use close::{
-    assert_close, assert_close_with, assert_tensor_close, check_close, check_tensor_close,
-    rounding_tol, Report, Tol,
+    assert_close, assert_close_with, assert_grad_close, assert_tensor_close, check_close,
+    check_tensor_close, rounding_tol, Report, Tol,
 };
 pub use golden::Golden;
 
@@ -66,4 +66,17 @@ pub fn assert_clean_failure(what: &str, code: i32, stdout: &str, stderr: &str, n
         );
     }
     assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
+}
+
+/// Asserts that the Fashion-MNIST folder `dir` holds each idx file of
+/// `stems` (plain or `.gz`), pointing at scripts/fetch-data.sh if not.
+pub fn assert_fashion_mnist_present(dir: &std::path::Path, stems: &[&str]) {
+    let present = stems
+        .iter()
+        .all(|f| dir.join(format!("{f}.gz")).is_file() || dir.join(f).is_file());
+    assert!(
+        present,
+        "Fashion-MNIST is not in {}: run scripts/fetch-data.sh (or set SLMLP_FASHION_MNIST)",
+        dir.display()
+    );
 }

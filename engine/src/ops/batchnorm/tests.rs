@@ -13,14 +13,16 @@ fn params(c: usize) -> [Tensor; 4] {
 }
 
 fn args(p: &[Tensor; 4], training: bool) -> BatchNormArgs<'_> {
+    let [weight, bias, running_mean, running_var] = p;
+    // eps 0 so the expected values below are exact
     BatchNormArgs {
-        weight: &p[0],
-        bias: &p[1],
-        running_mean: &p[2],
-        running_var: &p[3],
-        training,
-        momentum: 0.1,
         eps: 0.0,
+        momentum: 0.1,
+        training,
+        weight,
+        bias,
+        running_mean,
+        running_var,
     }
 }
 
