@@ -1,6 +1,6 @@
 //! Whole-tensor and axis sums and global average pooling (reduce.cu). Its
 //! all-finite / unscale entry points are launched by the engine's loss
-//! scaling (engine/src/cuda/ops/optim.rs).
+//! scaling (engine/src/ops/optim/cuda.rs).
 
 use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};

@@ -1,5 +1,5 @@
 //! The fused SGD step (sgd.cu). Its launcher is the optimizer's, in
-//! engine/src/cuda/ops/optim.rs.
+//! engine/src/ops/optim/cuda.rs.
 
 use crate::source::Kernel;
 

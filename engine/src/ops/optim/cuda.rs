@@ -1,6 +1,6 @@
 //! The optimizer primitives on the GPU: the fused SGD step
-//! (kernels/cuda/sgd.cu) and the unscale + all-finite pass of dynamic loss
-//! scaling (kernels/cuda/reduce.cu), both writing device buffers in place.
+//! (kernels/src/families/sgd.cu) and the unscale + all-finite pass of dynamic loss
+//! scaling (kernels/src/families/reduce.cu), both writing device buffers in place.
 //!
 //! Every launch goes on the GPU's one stream; nothing here waits for the
 //! GPU except [`FiniteFlag::read`], a loss-scaled step's one sync.
