@@ -318,6 +318,8 @@ fn bad_arguments_and_missing_data_are_clear_errors() {
             &[],
             &["cuda:0"],
         );
+    } else {
+        eprintln!("skipped: --device cuda without a GPU (a GPU is present)");
     }
     fails(
         &[&["pretrain", "--precision", "f8", "--out", s(&out)], SMALL].concat(),
@@ -534,7 +536,8 @@ fn detection_data_round_trips_through_coco_eval() {
 #[test]
 fn device_auto_falls_back_to_the_cpu_with_one_notice() {
     if engine::cuda::probe(0).is_ok() {
-        return; // a GPU machine trains on it instead
+        eprintln!("skipped: a GPU is present, so --device auto does not fall back (the device test trains on it)");
+        return;
     }
     let out = tmp("auto");
     let (code, stdout, err) = slmlp(
