@@ -19,7 +19,28 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
+/// The strides of `shape` under the GPU convention (PyTorch's
+/// channels_last): NHWC storage for rank 4, row-major otherwise.
+pub fn gpu_strides(shape: &[usize]) -> Vec<usize> {
+    if shape.len() == 4 {
+        let (c, h, w) = (shape[1], shape[2], shape[3]);
+        vec![h * w * c, 1, w * c, c]
+    } else {
+        contiguous_strides(shape)
+    }
+}
+
 impl Layout {
+    /// Whether the strides are the GPU convention's (`gpu_strides`; size-1
+    /// dims may carry any stride).
+    pub fn has_gpu_strides(&self) -> bool {
+        let want = gpu_strides(&self.shape);
+        self.shape
+            .iter()
+            .zip(self.strides.iter().zip(&want))
+            .all(|(&d, (s, w))| d == 1 || s == w)
+    }
+
     pub fn contiguous(shape: &[usize]) -> Layout {
         Layout {
             shape: shape.to_vec(),

@@ -84,7 +84,7 @@ pub fn flush() {
 fn describe(t: &Tensor) -> serde_json::Value {
     let layout = if t.is_contiguous() {
         "contiguous"
-    } else if t.rank() == 4 && crate::cuda::tensor::has_default_layout(t) {
+    } else if t.rank() == 4 && t.layout().has_gpu_strides() {
         // NHWC storage of a logical NCHW tensor (the GPU's convention)
         "channels_last"
     } else {

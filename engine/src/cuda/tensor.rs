@@ -33,24 +33,11 @@ pub fn alloc(gpu: &'static Gpu, dtype: DType, len: usize) -> Result<DeviceStorag
     Ok(DeviceStorage::new(block, dtype, len))
 }
 
-/// The strides of `shape` under the GPU convention: channels-last for rank
-/// 4, row-major otherwise.
-pub fn default_strides(shape: &[usize]) -> Vec<usize> {
-    if shape.len() == 4 {
-        let (c, h, w) = (shape[1], shape[2], shape[3]);
-        vec![h * w * c, 1, w * c, c]
-    } else {
-        contiguous_strides(shape)
-    }
-}
+pub use crate::layout::gpu_strides as default_strides;
 
 /// Whether `t` has the GPU convention's strides (size-1 dims ignored).
 pub fn has_default_layout(t: &Tensor) -> bool {
-    let want = default_strides(t.dims());
-    t.dims()
-        .iter()
-        .zip(t.strides().iter().zip(&want))
-        .all(|(&d, (s, w))| d == 1 || s == w)
+    t.layout().has_gpu_strides()
 }
 
 /// A new uninitialised GPU tensor with the default layout.
