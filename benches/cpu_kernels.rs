@@ -176,7 +176,7 @@ fn bench_gemm(c: &mut Criterion) {
                 row_stride: n,
                 col_stride: 1,
             };
-            gemm(dst, am, bm, false, 0);
+            gemm(dst, am, bm, false, 0).expect("m x k and k x n operands of their own buffers");
         };
         let flops = 2.0 * (m * k * n) as f64;
         report(
