@@ -1252,7 +1252,7 @@ mod tests {
             [256, 3, 7, 7],
         ] {
             let ours = nhwc_strides(dims);
-            assert_eq!(ours.to_vec(), crate::cuda::tensor::default_strides(&dims));
+            assert_eq!(ours.to_vec(), crate::layout::gpu_strides(&dims));
             // element (n, c, h, w) sits at ((n*H + h)*W + w)*C + c
             let [_, c, h, w] = dims;
             let (ni, ci, hi, wi) = (dims[0] - 1, c - 1, h - 1, w - 1);

@@ -9,8 +9,8 @@
 //! download; GPU ops keep it.
 
 use super::runtime::{gpu, DeviceBlock, Gpu};
-pub use super::storage::DeviceStorage;
-use crate::layout::{contiguous_strides, Layout};
+use super::storage::DeviceStorage;
+use crate::layout::{contiguous_strides, gpu_strides, Layout};
 use crate::{CpuStorage, DType, Device, Error, Result, Storage, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,13 +33,6 @@ pub fn alloc(gpu: &'static Gpu, dtype: DType, len: usize) -> Result<DeviceStorag
     Ok(DeviceStorage::new(block, dtype, len))
 }
 
-pub use crate::layout::gpu_strides as default_strides;
-
-/// Whether `t` has the GPU convention's strides (size-1 dims ignored).
-pub fn has_default_layout(t: &Tensor) -> bool {
-    t.layout().has_gpu_strides()
-}
-
 /// A new uninitialised GPU tensor with the default layout.
 pub fn empty(gpu: &'static Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let n = shape.iter().product();
@@ -48,7 +41,7 @@ pub fn empty(gpu: &'static Gpu, shape: &[usize], dtype: DType) -> Result<Tensor>
         s,
         Layout {
             shape: shape.to_vec(),
-            strides: default_strides(shape),
+            strides: gpu_strides(shape),
             offset: 0,
         },
     ))
@@ -158,10 +151,10 @@ pub fn copy_to_strides(x: &Tensor, strides: &[usize]) -> Result<Tensor> {
 /// `x` itself when it has the GPU default layout, else a copy that has it.
 /// No autograd.
 pub fn to_default_layout(x: &Tensor) -> Result<Tensor> {
-    if has_default_layout(x) {
+    if x.layout().has_gpu_strides() {
         return Ok(x.clone());
     }
-    copy_to_strides(x, &default_strides(x.dims()))
+    copy_to_strides(x, &gpu_strides(x.dims()))
 }
 
 /// A row-major copy of a GPU tensor (no autograd).
@@ -191,7 +184,7 @@ pub fn upload(x: &Tensor, ordinal: usize) -> Result<Tensor> {
         s,
         Layout {
             shape: x.dims().to_vec(),
-            strides: default_strides(x.dims()),
+            strides: gpu_strides(x.dims()),
             offset: 0,
         },
     ))
@@ -236,10 +229,10 @@ mod tests {
 
     #[test]
     fn four_d_tensors_default_to_channels_last() {
-        assert_eq!(default_strides(&[2, 3, 4, 5]), vec![60, 1, 15, 3]);
-        assert_eq!(default_strides(&[2, 3]), vec![3, 1]);
-        assert_eq!(default_strides(&[7]), vec![1]);
-        assert_eq!(default_strides(&[2, 3, 4]), vec![12, 4, 1]);
+        assert_eq!(gpu_strides(&[2, 3, 4, 5]), vec![60, 1, 15, 3]);
+        assert_eq!(gpu_strides(&[2, 3]), vec![3, 1]);
+        assert_eq!(gpu_strides(&[7]), vec![1]);
+        assert_eq!(gpu_strides(&[2, 3, 4]), vec![12, 4, 1]);
     }
 
     #[test]
@@ -281,7 +274,7 @@ mod tests {
         match t.to_device(Device::Cuda(0)) {
             Err(e) => assert!(matches!(e, Error::DeviceUnavailable { .. }), "{e}"),
             Ok(d) => {
-                assert!(has_default_layout(&d));
+                assert!(d.layout().has_gpu_strides());
                 let back = d.to_device(Device::Cpu).unwrap();
                 assert_eq!(back.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
             }

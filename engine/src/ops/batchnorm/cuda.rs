@@ -16,9 +16,8 @@ use crate::backend::{Cuda, Saved};
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{empty_like, kdtype, kerr, traced_sync};
 use crate::cuda::runtime::Gpu;
-use crate::cuda::tensor::{
-    alloc, block_of, gpu_of, is_dense, ptr, to_default_layout, DeviceStorage,
-};
+use crate::cuda::storage::DeviceStorage;
+use crate::cuda::tensor::{alloc, block_of, gpu_of, is_dense, ptr, to_default_layout};
 use crate::layout::Layout;
 use crate::{DType, Error, Result, Tensor};
 use kernels::device::{bn_workspace_floats, Bn1dBackward, Bn1dForward, BnBackward, BnForward};

@@ -273,7 +273,7 @@ impl OptimOps for Cuda {
                 (cast(g, DType::F32)?, false)
             } else if how != Plan::InPlace || !ct::is_dense(g.layout()) {
                 (
-                    ct::copy_to_strides(g, &ct::default_strides(g.dims()))?,
+                    ct::copy_to_strides(g, &crate::layout::gpu_strides(g.dims()))?,
                     false,
                 )
             } else {
