@@ -13,9 +13,8 @@
 //!
 //! Search order, first hit wins:
 //! 1. `LD_LIBRARY_PATH`, in its order (the user's explicit choice);
-//! 2. NVIDIA's pip wheels: `nvidia/*/lib` under the project's NVRTC home
-//!    (`.cache/nvrtc`, scripts/install-nvrtc.sh), `$VIRTUAL_ENV`,
-//!    `$CONDA_PREFIX`, `~/.local` and the system Python's site-packages;
+//! 2. NVIDIA's pip wheels: `nvidia/*/lib` under the site-packages of
+//!    `$VIRTUAL_ENV`, `$CONDA_PREFIX`, `~/.local` and the system Python;
 //! 3. the CUDA toolkit: `$CUDA_HOME/lib64`, `$CUDA_PATH/lib64`,
 //!    `/usr/local/cuda/lib64`, then `/usr/local/cuda-*/lib64`, newest first.
 //!
@@ -151,8 +150,6 @@ fn toolkit_dirs(homes: &[PathBuf], versioned_root: &Path) -> Vec<PathBuf> {
 #[derive(Debug, Default, Clone)]
 pub struct SearchEnv {
     pub ld_library_path: Option<std::ffi::OsString>,
-    /// Site-packages-like roots holding `nvidia/*/lib` (the NVRTC home).
-    pub wheel_roots: Vec<PathBuf>,
     /// Python prefixes whose `lib/python3*/{site,dist}-packages` are searched.
     pub python_prefixes: Vec<PathBuf>,
     /// `$CUDA_HOME`, `$CUDA_PATH`, `/usr/local/cuda`.
@@ -173,7 +170,6 @@ impl SearchEnv {
         let home = env_path("HOME");
         SearchEnv {
             ld_library_path: std::env::var_os("LD_LIBRARY_PATH"),
-            wheel_roots: crate::toolchain::homes(),
             python_prefixes: [
                 env_path("VIRTUAL_ENV"),
                 env_path("CONDA_PREFIX"),
@@ -208,8 +204,7 @@ pub fn search_dirs(env: &SearchEnv) -> Vec<PathBuf> {
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
-    let mut roots = env.wheel_roots.clone();
-    roots.extend(site_packages(&env.python_prefixes));
+    let roots = site_packages(&env.python_prefixes);
     let mut out: Vec<PathBuf> = Vec::new();
     for d in ld
         .into_iter()
@@ -375,13 +370,12 @@ mod tests {
         let r = &s.0;
         let venv_lib = s.file("venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcublas.so.13");
         let cudnn = s.file("venv/lib/python3.12/site-packages/nvidia/cudnn/lib/libcudnn.so.9");
-        let home_nvrtc = s.file("home/nvidia/cu13/lib/libnvrtc.so.13");
+        let nvrtc = s.file("venv/lib/python3.12/site-packages/nvidia/cu13/lib/libnvrtc.so.13");
         let toolkit = s.file("usr-local/cuda-13.1/lib64/libcublas.so.13");
         s.file("usr-local/cuda-13.0/lib64/libcublas.so.13");
         let ld = r.join("ld");
         let mut env = SearchEnv {
             ld_library_path: None,
-            wheel_roots: vec![r.join("home")],
             python_prefixes: vec![r.join("venv"), r.join("no-such-prefix")],
             cuda_homes: vec![r.join("no-cuda-home")],
             cuda_root: r.join("usr-local"),
@@ -390,7 +384,6 @@ mod tests {
         assert_eq!(
             dirs,
             vec![
-                r.join("home/nvidia/cu13/lib"),
                 r.join("venv/lib/python3.12/site-packages/nvidia/cu13/lib"),
                 r.join("venv/lib/python3.12/site-packages/nvidia/cudnn/lib"),
                 r.join("no-cuda-home/lib64"),
@@ -400,7 +393,7 @@ mod tests {
         );
         assert_eq!(find(&dirs, &CUBLAS), Some(venv_lib.clone()));
         assert_eq!(find(&dirs, &CUDNN), Some(cudnn));
-        assert_eq!(find(&dirs, &NVRTC), Some(home_nvrtc));
+        assert_eq!(find(&dirs, &NVRTC), Some(nvrtc));
 
         // LD_LIBRARY_PATH comes first; a folder listed twice is searched once.
         let ld_lib = s.file("ld/libcublas.so.13.0.0.19");

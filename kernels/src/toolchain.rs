@@ -84,7 +84,7 @@ fn env_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Install folders to look in, in order.
-pub(crate) fn homes() -> Vec<PathBuf> {
+fn homes() -> Vec<PathBuf> {
     match env_path(ENV_HOME) {
         Some(h) => vec![h],
         None => {
