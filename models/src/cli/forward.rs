@@ -28,6 +28,7 @@ pub struct ForwardArgs {
 
 pub fn run(a: &ForwardArgs) -> Result<()> {
     a.device.cpu_only()?;
+    crate::net::check_checkpoint(&a.checkpoint)?;
     let loaded = load_trained(&a.checkpoint)?;
     let input = read_input(&a.input)?;
     let outputs = forward_outputs(&loaded.net, &input, a.dump_activations)?;
