@@ -2,16 +2,15 @@
 
 use super::{bounded, check_data, MAX_BATCH, MAX_PLOT_PER_CLASS};
 use crate::analyze::{analyze, AnalyzeArgs};
-use crate::net::check_checkpoint;
 use engine::Result;
 
-/// The sizes on the command line within bounds, and every checkpoint's
-/// metadata consistent with its tensors before a network is built from it.
+/// The sizes on the command line within bounds (each checkpoint's metadata
+/// is checked against its tensors by `load_trained` before a network is
+/// built from it).
 fn check(a: &AnalyzeArgs) -> Result<()> {
     bounded("batch", a.batch, 1..=MAX_BATCH)?;
     bounded("plot-per-class", a.plot_per_class, 1..=MAX_PLOT_PER_CLASS)?;
-    check_data(&a.data)?;
-    a.checkpoint.iter().try_for_each(|c| check_checkpoint(c))
+    check_data(&a.data)
 }
 
 pub fn run(a: &AnalyzeArgs) -> Result<()> {
