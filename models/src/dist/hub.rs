@@ -255,9 +255,10 @@ pub fn threads(world: usize, timeout: Duration) -> Result<Vec<Hub<ChannelLink>>>
 // -------------------------------------------------------------------- tcp
 
 const MAGIC: [u8; 4] = *b"SLDP";
-/// The most values one message may announce (a 25 MB bucket is 6.5M; an
-/// all-gather of world x that stays far below).
-const MAX_VALUES: u64 = 1 << 32;
+/// The most values one message may announce (1 GiB; a 25 MB bucket is 6.5M
+/// values, the largest parameter of ResNet-50 2.4M), so that a corrupt
+/// header cannot make a rank allocate without bound.
+const MAX_VALUES: u64 = 1 << 28;
 
 pub struct TcpLink {
     peer: usize,
