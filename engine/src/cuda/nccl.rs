@@ -260,27 +260,34 @@ impl NcclComm {
         }
     }
 
-    /// Element-wise sum over the ranks of the flat f32 `t`.
-    pub fn all_reduce_sum(&mut self, t: &Tensor) -> Result<Tensor> {
+    /// Queues `call(api, input, output, input count, comm, stream)` on a
+    /// contiguous copy of `t` and an output of `t.numel() * out_per_in`
+    /// f32, then waits for it.
+    fn collective(
+        &mut self,
+        what: &str,
+        t: &Tensor,
+        out_per_in: usize,
+        call: impl FnOnce(&Api, *const c_void, *mut c_void, usize, Comm, Stream) -> c_int,
+    ) -> Result<Tensor> {
         let x = self.input(t)?;
-        let out = empty(self.gpu, x.dims(), DType::F32)?;
+        let out = empty(self.gpu, &[x.numel() * out_per_in], DType::F32)?;
         let api = api()?;
         self.gpu.bind()?;
-        // SAFETY: both buffers hold `numel` f32 on this GPU and stay alive
-        // until `wait` returns (the collective has run by then).
-        api.check("ncclAllReduce", unsafe {
-            (api.all_reduce)(
-                ptr(&x)? as *const c_void,
-                ptr(&out)? as *mut c_void,
-                x.numel(),
-                NCCL_FLOAT32,
-                NCCL_SUM,
-                self.comm,
-                self.gpu.cu_stream(),
-            )
-        })?;
-        self.wait("ncclAllReduce")?;
+        let (src, dst) = (ptr(&x)? as *const c_void, ptr(&out)? as *mut c_void);
+        let code = call(api, src, dst, x.numel(), self.comm, self.gpu.cu_stream());
+        api.check(what, code)?;
+        // `x` and `out` stay alive until the collective has run
+        self.wait(what)?;
         Ok(out)
+    }
+
+    /// Element-wise sum over the ranks of the flat f32 `t`.
+    pub fn all_reduce_sum(&mut self, t: &Tensor) -> Result<Tensor> {
+        self.collective("ncclAllReduce", t, 1, |api, src, dst, n, comm, stream| {
+            // SAFETY: `src` and `dst` hold `n` f32 on this GPU (see collective).
+            unsafe { (api.all_reduce)(src, dst, n, NCCL_FLOAT32, NCCL_SUM, comm, stream) }
+        })
     }
 
     /// Rank `root`'s `t` on every rank.
@@ -291,45 +298,19 @@ impl NcclComm {
                 self.world
             )));
         }
-        let x = self.input(t)?;
-        let out = empty(self.gpu, x.dims(), DType::F32)?;
-        let api = api()?;
-        self.gpu.bind()?;
-        // SAFETY: as in all_reduce_sum.
-        api.check("ncclBroadcast", unsafe {
-            (api.broadcast)(
-                ptr(&x)? as *const c_void,
-                ptr(&out)? as *mut c_void,
-                x.numel(),
-                NCCL_FLOAT32,
-                root as c_int,
-                self.comm,
-                self.gpu.cu_stream(),
-            )
-        })?;
-        self.wait("ncclBroadcast")?;
-        Ok(out)
+        self.collective("ncclBroadcast", t, 1, |api, src, dst, n, comm, stream| {
+            // SAFETY: as in all_reduce_sum.
+            unsafe { (api.broadcast)(src, dst, n, NCCL_FLOAT32, root as c_int, comm, stream) }
+        })
     }
 
     /// Every rank's `t`, concatenated in rank order.
     pub fn all_gather(&mut self, t: &Tensor) -> Result<Tensor> {
-        let x = self.input(t)?;
-        let out = empty(self.gpu, &[x.numel() * self.world], DType::F32)?;
-        let api = api()?;
-        self.gpu.bind()?;
-        // SAFETY: `out` holds world x numel f32; both live until `wait`.
-        api.check("ncclAllGather", unsafe {
-            (api.all_gather)(
-                ptr(&x)? as *const c_void,
-                ptr(&out)? as *mut c_void,
-                x.numel(),
-                NCCL_FLOAT32,
-                self.comm,
-                self.gpu.cu_stream(),
-            )
-        })?;
-        self.wait("ncclAllGather")?;
-        Ok(out)
+        let world = self.world;
+        self.collective("ncclAllGather", t, world, |api, src, dst, n, comm, stream| {
+            // SAFETY: `dst` holds world x `n` f32 on this GPU.
+            unsafe { (api.all_gather)(src, dst, n, NCCL_FLOAT32, comm, stream) }
+        })
     }
 
     /// Returns once every rank got here (an all-reduce of one value).
