@@ -242,7 +242,7 @@ pub struct PretrainReport {
 /// Pretrains on the ranks of `--ranks` / the launch environment (one rank
 /// by default; see `dist`); rank 0 writes the output folder and reports.
 pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
-    let device = a.compute.device.for_training()?;
+    let device = a.compute.device.open()?;
     let ranks = a.dist.ranks(device)?;
     let accum = ranks.grad_accum;
     run_ranks(ranks, |comm, device| pretrain_rank(a, comm, device, accum))
@@ -435,8 +435,11 @@ pub struct Loaded {
 }
 
 /// Loads `model.safetensors` or a training `checkpoint.safetensors` written
-/// by `pretrain`: rebuilds the network from its metadata and fills it.
-pub fn load_trained(path: &Path) -> Result<Loaded> {
+/// by `pretrain`: checks its metadata against its tensors' shapes from the
+/// header alone (`net::check_checkpoint`), then rebuilds the network from
+/// it, fills it on the host and moves it to `device`.
+pub fn load_trained(path: &Path, device: Device) -> Result<Loaded> {
+    crate::net::check_checkpoint(path)?;
     let ckpt = checkpoint::load(path)?;
     let meta = &ckpt.metadata;
     let with_path = |e: Error| Error::Checkpoint {
@@ -464,6 +467,7 @@ pub fn load_trained(path: &Path) -> Result<Loaded> {
         LoadOptions::strict()
     };
     checkpoint::load_into_with(&ckpt, &net.params(), &net.buffers(), &opts).map_err(with_path)?;
+    net.to_device(device)?;
     Ok(Loaded {
         net,
         input,
