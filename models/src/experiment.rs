@@ -385,6 +385,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
                 weight_decay: 5e-4,
                 momentum: 0.9,
                 label_smoothing: 0.0,
+                dist: Default::default(),
                 compute: ComputeArgs {
                     seed,
                     ..a.compute.clone()

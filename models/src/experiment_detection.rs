@@ -228,6 +228,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 weight_decay: 5e-4,
                 momentum: 0.9,
                 label_smoothing: 0.0,
+                dist: Default::default(),
                 compute: ComputeArgs {
                     precision: c.precision,
                     device: c.device,

@@ -56,6 +56,11 @@ pub trait Task {
     fn state(&self) -> TaskState;
     /// Restores what `state` gave, read back from a checkpoint.
     fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()>;
+    /// Whether this process writes the output folder's files (under data
+    /// parallelism only rank 0 does; every rank reads a resume checkpoint).
+    fn writes_files(&self) -> bool {
+        true
+    }
 }
 
 /// A task's training state besides the weights, as checkpoints hold it.
@@ -356,7 +361,9 @@ pub fn fit<T: Task>(
             ));
         }
         step = load_checkpoint(task, &checkpoint)?.min(total);
-        truncate_metrics(&metrics, step, step / per_epoch)?;
+        if task.writes_files() {
+            truncate_metrics(&metrics, step, step / per_epoch)?;
+        }
         if !opts.quiet {
             eprintln!(
                 "resumed at step {step}/{total} from {}",
@@ -365,6 +372,7 @@ pub fn fit<T: Task>(
         }
     }
     let mut files = match &opts.out_dir {
+        Some(_) if !task.writes_files() => None,
         Some(d) => Some(Files {
             metrics: (
                 std::fs::OpenOptions::new()

@@ -10,6 +10,7 @@ pub mod datasets;
 pub mod detect;
 pub mod detection;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod experiment;
 pub mod experiment_detection;

@@ -5,6 +5,8 @@
 use crate::data::{parse_classes, Augment, Dataset, Loader, LoaderOptions, Subset, Transform};
 use crate::datasets::{self, Normalization};
 use crate::device::DeviceArg;
+use crate::dist::launch::{run_ranks, DistArgs};
+use crate::dist::Communicator;
 use crate::fit::{fit, EpochLog, FitOptions};
 use crate::net::metadata_value;
 use crate::train::{TrainOptions, Trainer};
@@ -210,6 +212,8 @@ pub struct PretrainArgs {
     pub label_smoothing: f64,
     #[command(flatten)]
     pub compute: ComputeArgs,
+    #[command(flatten)]
+    pub dist: DistArgs,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -235,15 +239,32 @@ pub struct PretrainReport {
     pub model_path: PathBuf,
 }
 
+/// Pretrains on the ranks of `--ranks` / the launch environment (one rank
+/// by default; see `dist`); rank 0 writes the output folder and reports.
 pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
     let device = a.compute.device.open()?;
+    let ranks = a.dist.ranks(device)?;
+    let accum = ranks.grad_accum;
+    run_ranks(ranks, |comm, device| pretrain_rank(a, comm, device, accum))
+}
+
+/// One rank of `pretrain`: everything but rank 0 is quiet and skips
+/// validation.
+fn pretrain_rank(
+    a: &PretrainArgs,
+    comm: Box<dyn Communicator>,
+    device: Device,
+    grad_accum: usize,
+) -> Result<PretrainReport> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let quiet = a.quiet || rank > 0;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
     let train_ds = a.data.open(None, seed)?;
     let val_spec = a
         .val_data
         .clone()
         .or_else(|| datasets::test_spec(&a.data.data));
-    let val_ds = match (&val_spec, a.no_val) {
+    let val_ds = match (&val_spec, a.no_val || rank > 0) {
         (Some(spec), false) => {
             // the held-out split gets the class filter, not the per-class cap
             let args = DataArgs {
@@ -290,22 +311,30 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
         Device::Cuda(i) => Some(engine::cuda::gpu(i)?),
         Device::Cpu => None,
     };
-    if let Some(g) = gpu {
+    if let (Some(g), false) = (gpu, quiet) {
         eprintln!("device: {}", g.info.summary());
     }
 
+    let global_batch = a
+        .batch
+        .checked_mul(grad_accum * world)
+        .filter(|g| *g <= 1 << 24)
+        .ok_or_else(|| Error::arg("pretrain", "--batch x --grad-accum x ranks is above 2^24"))?;
+    // this rank's slice of each global batch, cut into micro-batches by
+    // the trainer
     let train = Loader::new(
         train_ds.clone(),
         input.train_transform(),
         LoaderOptions {
-            batch: a.batch,
+            batch: a.batch * grad_accum,
             shuffle: true,
             drop_last: true,
             workers: a.data.workers,
             prefetch: 4,
             seed,
         },
-    )?;
+    )?
+    .shard(rank, world)?;
     let val = match val_ds {
         Some(ds) => Some(eval_loader(ds, &input, a.batch, a.data.workers)?),
         None => None,
@@ -315,9 +344,8 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
         return Err(Error::arg(
             "pretrain",
             format!(
-                "{} images is less than one batch of {}",
+                "{} images is less than one batch of {global_batch}",
                 train_ds.len(),
-                a.batch
             ),
         ));
     }
@@ -338,7 +366,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
         label_smoothing: a.label_smoothing,
         precision,
     };
-    if !a.quiet {
+    if !quiet {
         let params: usize = net.params().iter().map(|p| p.get().numel()).sum();
         eprintln!(
             "pretrain {}: {} width {} ({:.2}M params, {} stem), {} classes, {} train images{}, {}px, batch {}, {} epochs x {per_epoch} steps, {:?}",
@@ -351,12 +379,19 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
             train_ds.len(),
             val.as_ref().map_or(String::new(), |v| format!(", {} val", v.dataset().len())),
             input.size,
-            a.batch,
+            if global_batch == a.batch {
+                a.batch.to_string()
+            } else {
+                format!("{global_batch} ({} ranks x {grad_accum} micro-batches x {})", world, a.batch)
+            },
             a.epochs,
             precision,
         );
     }
     let mut trainer = Trainer::new(&net, opts, meta);
+    if global_batch != a.batch {
+        trainer = trainer.with_data_parallel(comm, grad_accum);
+    }
     let t0 = Instant::now();
     let result = fit(
         &mut trainer,
@@ -368,11 +403,11 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
             checkpoint_every: a.checkpoint_every,
             resume: a.resume,
             log_every: a.log_every,
-            quiet: a.quiet,
+            quiet,
         },
     )?;
     let seconds = t0.elapsed().as_secs_f64();
-    if let Some(g) = gpu {
+    if let (Some(g), false) = (gpu, quiet) {
         let m = g.memory_stats();
         eprintln!(
             "{}: peak memory {} allocated, {} reserved",

@@ -94,6 +94,8 @@ pub struct Trainer<'m> {
     pub opts: TrainOptions,
     /// Steps completed so far.
     pub step: usize,
+    /// Data parallelism, when on.
+    dp: Option<crate::dist::DataParallel>,
 }
 
 impl<'m> Trainer<'m> {
@@ -120,6 +122,7 @@ impl<'m> Trainer<'m> {
             metadata,
             device: model.device(),
             step: 0,
+            dp: None,
             opts,
         }
     }
@@ -134,9 +137,41 @@ impl<'m> Trainer<'m> {
     }
 
     /// One SGD step on `images` [B, C, H, W] (f32) with i64 `labels` [B],
-    /// given on any device (moved to the model's).
+    /// given on any device (moved to the model's). Under data parallelism
+    /// (`with_data_parallel`) the batch is this rank's part of the global
+    /// batch.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
+        if let Some(mut dp) = self.dp.take() {
+            let log = dp.step(self, images, labels);
+            self.dp = Some(dp);
+            return log;
+        }
         let t0 = Instant::now();
+        zero_grad(&self.params);
+        let (loss, accuracy) = self.forward_backward(images, labels, 1.0)?;
+        let (lr, stepped) = self.apply()?;
+        let batch = images.dims()[0];
+        Ok(StepLog {
+            step: self.step,
+            loss,
+            lr,
+            batch,
+            images_per_s: batch as f64 / t0.elapsed().as_secs_f64(),
+            parts: vec![("accuracy", accuracy)],
+            skipped: Some(!stepped),
+        })
+    }
+
+    /// Forward and backward of one (micro-)batch, its mean loss weighted by
+    /// `weight` (its share of the step's batch; 1 for a whole batch): adds
+    /// to the parameters' gradients. Returns the batch's mean loss and
+    /// accuracy.
+    pub(crate) fn forward_backward(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        weight: f64,
+    ) -> Result<(f64, f64)> {
         self.model.set_training(true);
         let dtype = self.opts.precision.compute_dtype();
         // host tensors stay as they are on a CPU run (to_device is a clone)
@@ -147,7 +182,7 @@ impl<'m> Trainer<'m> {
         let logits = self.model.forward(&x.to_dtype(dtype)?)?;
         // the loss is always computed in f32 (autocast does the same)
         let logits = logits.to_dtype(DType::F32)?;
-        let loss = logits.cross_entropy(&y, self.opts.label_smoothing, None)?;
+        let mut loss = logits.cross_entropy(&y, self.opts.label_smoothing, None)?;
         let loss_value = loss.detach().to_device(Device::Cpu)?.item()?;
         if !loss_value.is_finite() && self.scaler.is_none() {
             return Err(Error::arg(
@@ -162,26 +197,40 @@ impl<'m> Trainer<'m> {
             &logits.detach().to_device(Device::Cpu)?,
             &labels.to_device(Device::Cpu)?,
         )?;
-        let lr = self.schedule.lr(self.step);
-        self.opt.set_lr(lr);
-        zero_grad(&self.params);
+        if weight != 1.0 {
+            loss = loss.scale(weight)?;
+        }
         match &self.scaler {
             Some(s) => s.backward(&loss)?,
             None => loss.backward()?,
         }
+        Ok((loss_value, accuracy))
+    }
+
+    /// The optimizer step on the gradients (skipped under f16 when they
+    /// overflowed), then clears them. Returns the lr and whether it stepped.
+    pub(crate) fn apply(&mut self) -> Result<(f64, bool)> {
+        let lr = self.schedule.lr(self.step);
+        self.opt.set_lr(lr);
         let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.params)?;
         zero_grad(&self.params);
         self.step += 1;
-        let batch = images.dims()[0];
-        Ok(StepLog {
-            step: self.step,
-            loss: loss_value,
-            lr,
-            batch,
-            images_per_s: batch as f64 / t0.elapsed().as_secs_f64(),
-            parts: vec![("accuracy", accuracy)],
-            skipped: Some(!stepped),
-        })
+        Ok((lr, stepped))
+    }
+
+    pub(crate) fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Makes every step a data-parallel one (`dist`): `grad_accum`
+    /// micro-batches on this rank, gradients summed over `comm`'s ranks.
+    pub fn with_data_parallel(
+        mut self,
+        comm: Box<dyn crate::dist::Communicator>,
+        grad_accum: usize,
+    ) -> Self {
+        self.dp = Some(crate::dist::DataParallel::new(comm, grad_accum, &self.params));
+        self
     }
 
     /// Writes the whole training state atomically.
@@ -208,6 +257,11 @@ impl Task for Trainer<'_> {
 
     fn schedule_len(&self) -> usize {
         self.opts.steps
+    }
+
+    /// Under data parallelism only rank 0 writes.
+    fn writes_files(&self) -> bool {
+        self.dp.as_ref().is_none_or(|d| d.rank() == 0)
     }
 
     fn step(&mut self, step: usize, batch: &crate::data::Batch) -> Result<StepLog> {

@@ -18,13 +18,16 @@
 //!   copies;
 //! - [`blas`] (cuBLASLt GEMMs), [`dnn`] (cuDNN convolutions with a per-shape
 //!   algorithm search), [`math_mode`] (their one TF32 switch) and `launch`
-//!   (what every GPU primitive shares: dtypes, operand layouts, raw casts).
+//!   (what every GPU primitive shares: dtypes, operand layouts, raw casts);
+//! - [`nccl`]: NCCL collectives for data-parallel training (libnccl.so.2
+//!   opened at run time).
 
 pub mod allocator;
 pub mod blas;
 pub mod dnn;
 pub(crate) mod launch;
 pub mod math_mode;
+pub mod nccl;
 
 mod probe;
 pub mod runtime;

@@ -11,6 +11,13 @@
 //! batch `b` of epoch `e` is the same whatever `workers`, `prefetch` and
 //! `start_batch` are.
 //!
+//! Sharding (data parallelism, `DataLoader::shard`): with `world` ranks,
+//! batch `b` of rank `r` is positions `(b*world + r)*batch ..` of the same
+//! order: global batch `b` is the positions `b*G .. (b+1)*G` (`G = world *
+//! batch`), rank `r` taking its `r`-th slice. The order and each sample's
+//! randomness depend only on (seed, epoch, sample), never on `world`, so a
+//! run split over other ranks (same global batch) reads the same data.
+//!
 //! Threads: worker `k` of `W` builds batches `start + k`, `start + k + W`,
 //! ... and sends each through its own bounded channel; the iterator
 //! receives from the workers in turn, so batches come out in order with no
@@ -112,6 +119,8 @@ pub struct DataLoader<S: Source> {
     source: Arc<S>,
     opts: LoaderOptions,
     skipped: Arc<SkipLog>,
+    /// (rank, world): which slice of each global batch this loader reads.
+    shard: (usize, usize),
 }
 
 impl<S: Source> DataLoader<S> {
@@ -127,7 +136,25 @@ impl<S: Source> DataLoader<S> {
             source: Arc::new(source),
             opts,
             skipped: Arc::default(),
+            shard: (0, 1),
         })
+    }
+
+    /// Reads only rank `rank`'s slice of each global batch of `world *
+    /// batch` samples (see the module notes). Needs `drop_last`, so that
+    /// every rank has the same number of full batches.
+    pub fn shard(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world {
+            return Err(Error::arg(S::NAME, format!("rank {rank} of {world} ranks")));
+        }
+        if world > 1 && !self.opts.drop_last {
+            return Err(Error::arg(
+                S::NAME,
+                "a loader sharded over ranks must drop the last partial batch",
+            ));
+        }
+        self.shard = (rank, world);
+        Ok(self)
     }
 
     pub fn source(&self) -> &S {
@@ -140,7 +167,12 @@ impl<S: Source> DataLoader<S> {
 
     /// `len / batch`, rounded up unless `drop_last`.
     pub fn batches_per_epoch(&self) -> usize {
-        self.opts.batches_per_epoch(self.source.num_samples())
+        // a shard has one batch per global batch
+        let global = LoaderOptions {
+            batch: self.opts.batch * self.shard.1,
+            ..self.opts.clone()
+        };
+        global.batches_per_epoch(self.source.num_samples())
     }
 
     /// Distinct samples that failed to load or transform so far.
@@ -151,7 +183,7 @@ impl<S: Source> DataLoader<S> {
     /// Batches `start_batch..batches_per_epoch()` of epoch `epoch`, in order.
     /// A batch whose every sample is unreadable is left out.
     pub fn epoch(&self, epoch: usize, start_batch: usize) -> Batches<S::Batch> {
-        let plan = Plan::new(self.source.num_samples(), &self.opts, epoch);
+        let plan = Plan::new(self.source.num_samples(), &self.opts, epoch, self.shard);
         let (source, skipped) = (self.source.clone(), self.skipped.clone());
         Batches::new(
             Arc::new(move |b, stop: &AtomicBool| build(&*source, &skipped, &plan, b, stop)),
@@ -198,16 +230,18 @@ fn build<S: Source>(
 /// One epoch's sample order, cut into batches: the order is
 /// `Rng::new(derive_seed(&[seed, epoch]))`'s shuffle of `0..n`, or the
 /// identity without shuffling; batch `b` is positions `b*batch ..
-/// (b+1)*batch` of it.
+/// (b+1)*batch` of it, or of a shard `(rank, world)` positions
+/// `(b*world + rank)*batch ..`.
 struct Plan {
     order: Vec<usize>,
     batch: usize,
+    shard: (usize, usize),
     seed: u64,
     epoch: u64,
 }
 
 impl Plan {
-    fn new(n: usize, opts: &LoaderOptions, epoch: usize) -> Plan {
+    fn new(n: usize, opts: &LoaderOptions, epoch: usize, shard: (usize, usize)) -> Plan {
         let mut order: Vec<usize> = (0..n).collect();
         if opts.shuffle {
             Rng::new(derive_seed(&[opts.seed, epoch as u64])).shuffle(&mut order);
@@ -215,6 +249,7 @@ impl Plan {
         Plan {
             order,
             batch: opts.batch,
+            shard,
             seed: opts.seed,
             epoch: epoch as u64,
         }
@@ -222,7 +257,8 @@ impl Plan {
 
     /// Dataset indices of batch `b`.
     fn samples(&self, b: usize) -> &[usize] {
-        let lo = (b * self.batch).min(self.order.len());
+        let (rank, world) = self.shard;
+        let lo = ((b * world + rank) * self.batch).min(self.order.len());
         &self.order[lo..(lo + self.batch).min(self.order.len())]
     }
 }
