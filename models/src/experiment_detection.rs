@@ -233,6 +233,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 },
                 out,
                 resume: false,
+                deterministic: false,
                 checkpoint_every: 0,
                 log_every: 50,
                 quiet: c.quiet,
@@ -271,6 +272,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 seed,
                 out,
                 resume: false,
+                deterministic: false,
                 log_every: 25,
                 quiet: c.quiet,
             })?;

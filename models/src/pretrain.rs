@@ -216,6 +216,11 @@ pub struct PretrainArgs {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     pub resume: bool,
+    /// GPU: only convolution algorithms cuDNN reports deterministic, so
+    /// reruns give the same bits (slower; RoIAlign's backward stays
+    /// non-deterministic). No effect on the CPU, which is deterministic.
+    #[arg(long)]
+    pub deterministic: bool,
     /// Also checkpoint every N steps (0: at epoch ends only).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
@@ -236,6 +241,7 @@ pub struct PretrainReport {
 }
 
 pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
+    engine::cuda::dnn::set_deterministic(a.deterministic);
     let device = a.compute.device.for_training()?;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
     let train_ds = a.data.open(None, seed)?;
@@ -330,7 +336,8 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
     );
     meta.insert("seed".into(), seed.to_string());
     let opts = TrainOptions {
-        steps: a.epochs * per_epoch,
+        // saturating: fit refuses a run this long with a clear error
+        steps: a.epochs.saturating_mul(per_epoch),
         lr: a.lr,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
@@ -357,6 +364,8 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
         );
     }
     let mut trainer = Trainer::new(&net, opts, meta);
+    // the projector's BatchNorm1d cannot train on one image
+    trainer.min_batch = if config.projector.is_some() { 2 } else { 1 };
     let t0 = Instant::now();
     let result = fit(
         &mut trainer,
