@@ -61,7 +61,11 @@ impl FromStr for Precision {
 }
 
 /// Dynamic loss scale. Defaults are GradScaler's: scale 2^16, x2 after 2000
-/// consecutive finite steps, x0.5 on an overflow.
+/// consecutive finite steps, x0.5 on an overflow. Unlike GradScaler, a run
+/// whose gradients overflow `max_skipped` steps in a row stops with an
+/// error (`amp_step`): by then the scale has halved that many times (2^16
+/// falls below 2^-33 after 50) and the overflow is the model's, not the
+/// scale's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossScaler {
     pub scale: f64,
@@ -71,7 +75,14 @@ pub struct LossScaler {
     /// Consecutive steps with finite gradients since the last scale change
     /// (GradScaler's growth tracker); save it with `scale` to resume exactly.
     pub clean_steps: usize,
+    /// Consecutive skipped (overflowed) steps so far; saved with `scale`.
+    pub skipped_steps: usize,
+    /// The most consecutive skipped steps a run may take (`DEFAULT_MAX_SKIPPED`).
+    pub max_skipped: usize,
 }
+
+/// `LossScaler::max_skipped`'s default: 50 overflowed steps in a row.
+pub const DEFAULT_MAX_SKIPPED: usize = 50;
 
 impl Default for LossScaler {
     fn default() -> Self {
@@ -87,6 +98,8 @@ impl LossScaler {
             backoff_factor: 0.5,
             growth_interval: 2000,
             clean_steps: 0,
+            skipped_steps: 0,
+            max_skipped: DEFAULT_MAX_SKIPPED,
         }
     }
 
@@ -142,8 +155,10 @@ impl LossScaler {
         if found_inf {
             self.scale *= self.backoff_factor;
             self.clean_steps = 0;
+            self.skipped_steps += 1;
             return;
         }
+        self.skipped_steps = 0;
         self.clean_steps += 1;
         if self.clean_steps >= self.growth_interval {
             let grown = self.scale * self.growth_factor;
@@ -157,7 +172,8 @@ impl LossScaler {
 
 /// One optimizer step with optional loss scaling: unscales the gradients,
 /// steps only when they are all finite and updates the scale. Returns
-/// whether the optimizer stepped. The caller still zeroes the gradients.
+/// whether the optimizer stepped; fails once `max_skipped` steps in a row
+/// overflowed. The caller still zeroes the gradients.
 pub fn amp_step(
     opt: &mut dyn Optimizer,
     scaler: Option<&mut LossScaler>,
@@ -172,5 +188,14 @@ pub fn amp_step(
         opt.step(params)?;
     }
     scaler.update(!finite);
+    if scaler.skipped_steps >= scaler.max_skipped.max(1) {
+        return Err(Error::arg(
+            "f16 loss scaling",
+            format!(
+                "the gradients overflowed {} steps in a row (loss scale now {:e}): the run cannot recover; lower the learning rate or train in bf16 or f32",
+                scaler.skipped_steps, scaler.scale
+            ),
+        ));
+    }
     Ok(finite)
 }

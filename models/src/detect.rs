@@ -21,7 +21,7 @@ use crate::detection::{CocoEval, IouType, Rle};
 use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
 use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
 use engine::nn::{Buffer, Module, Param};
-use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup};
+use engine::optim::{check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup};
 use engine::{Error, Result, Rng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -96,6 +96,11 @@ pub struct DetectTrainArgs {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     pub resume: bool,
+    /// GPU: only convolution algorithms cuDNN reports deterministic, so
+    /// reruns give the same bits (slower; RoIAlign's backward stays
+    /// non-deterministic). No effect on the CPU, which is deterministic.
+    #[arg(long)]
+    pub deterministic: bool,
     /// Without a terminal, print progress every N steps.
     #[arg(long, default_value_t = 20)]
     pub log_every: usize,
@@ -368,7 +373,8 @@ impl<'m> DetectTask<'m> {
         spec: &DetectSpec,
         per_epoch: usize,
     ) -> DetectTask<'m> {
-        let total = a.epochs * per_epoch;
+        // saturating: fit refuses a run this long with a clear error
+        let total = a.epochs.saturating_mul(per_epoch);
         let inner: Box<dyn LrSchedule> = match a.schedule {
             ScheduleArg::Step => Box::new(StepDecay {
                 base_lr: a.lr,
@@ -452,6 +458,8 @@ impl Task for DetectTask<'_> {
         }
         loss.backward()?;
         self.opt.step(&self.trainable)?;
+        check_finite(&self.trainable, &self.model.buffers())
+            .map_err(|e| Error::arg("detect train", format!("after step {}: {e}", step + 1)))?;
         let b = batch.indices.len();
         Ok(StepLog {
             step: step + 1,
@@ -466,6 +474,10 @@ impl Task for DetectTask<'_> {
 
     fn validate(&mut self, _: Option<&()>) -> Result<Validation> {
         Ok(Validation::default())
+    }
+
+    fn part_names(&self) -> &'static [&'static str] {
+        &LOSS_NAMES
     }
 
     fn describe(&self, m: &Means) -> String {
@@ -507,6 +519,7 @@ impl Task for DetectTask<'_> {
 
 /// Trains Mask R-CNN on DATA/train with [`DetectTask`] in `fit`'s loop.
 pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
+    engine::cuda::dnn::set_deterministic(a.deterministic);
     const OP: &str = "detect train";
     let encoder = match &a.backbone {
         Some(p) => {
@@ -769,6 +782,16 @@ pub fn eval(a: &DetectEvalArgs) -> Result<DetectEvalReport> {
             entries.extend(coco_results(det, image_id, |l| ds.category_id(l))?);
             images += 1;
         }
+    }
+    if images == 0 {
+        return Err(Error::arg(
+            "detect eval",
+            format!(
+                "every image of {} was unreadable ({} skipped); nothing to evaluate",
+                ds.annotations_path().display(),
+                loader.skipped()
+            ),
+        ));
     }
     if loader.skipped() > 0 {
         eprintln!("warning: {} unreadable images skipped", loader.skipped());

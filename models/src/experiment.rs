@@ -392,6 +392,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
                 },
                 out: run_dir.clone(),
                 resume: false,
+                deterministic: false,
                 checkpoint_every: 0,
                 log_every: 50,
                 quiet: false,

@@ -236,6 +236,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 },
                 out,
                 resume: false,
+                deterministic: false,
                 checkpoint_every: 0,
                 log_every: 50,
                 quiet: c.quiet,
@@ -274,6 +275,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 seed,
                 out,
                 resume: false,
+                deterministic: false,
                 log_every: 25,
                 quiet: c.quiet,
             })?;

@@ -13,12 +13,22 @@
 //!
 //! Exactness: a task keeps everything its steps depend on in the
 //! checkpoint, and the data a step sees is a pure function of (seed, epoch,
-//! batch index) (see `data::DataLoader`), so a resumed run continues bit for
-//! bit as if it had never stopped.
+//! batch index) (see `data::DataLoader`), so on the CPU a resumed run
+//! continues bit for bit as if it had never stopped (the conv backward's
+//! partition is fixed, so the thread count may differ; on a GPU only with
+//! deterministic kernels). The checkpoint also keeps the epoch's running
+//! sums (its epoch record equals an uninterrupted run's) and whether the
+//! epoch record at its step was written (a run killed during the
+//! end-of-epoch validation redoes it on resume).
+//!
+//! Non-finite values: a checkpoint or final model with a NaN or infinite
+//! parameter or buffer is never written (the last good one stays), and an
+//! epoch in which every sample was unreadable is an error.
 
 use crate::data::{DataLoader, Source};
 use engine::checkpoint::{load_training, save_model, save_training, TrainState};
 use engine::nn::{Buffer, Param};
+use engine::optim::check_finite;
 use engine::{Error, Result, Tensor};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -46,6 +56,8 @@ pub trait Task {
     /// The epoch record's validation fields (`None` values without `val`)
     /// and a text for the epoch's line.
     fn validate(&mut self, val: Option<&Self::Val>) -> Result<Validation>;
+    /// The names of the parts the steps report (`StepLog::parts`), in order.
+    fn part_names(&self) -> &'static [&'static str];
     /// The progress text of an epoch's means so far, e.g. `loss 0.4321  acc  87.5%`.
     fn describe(&self, means: &Means) -> String;
     /// Metadata of `model.safetensors` (also stored in checkpoints).
@@ -86,8 +98,9 @@ pub struct StepLog {
     /// The task's other values (accuracy, the parts of the loss), averaged
     /// over the epoch like the loss.
     pub parts: Vec<(&'static str, f64)>,
-    /// Under f16 loss scaling: whether the step was skipped because the
-    /// gradients overflowed (`None`: the task never skips).
+    /// Whether the step was skipped: under f16 loss scaling because the
+    /// gradients overflowed, or (with `batch` 0) because too few images of
+    /// the batch were readable (`None`: the task never skips).
     pub skipped: Option<bool>,
 }
 
@@ -120,8 +133,63 @@ pub struct Means {
     images: usize,
 }
 
+/// Checkpoint key of the epoch's running sums (`Means::to_json`), so a run
+/// resumed mid-epoch reports the same epoch means as an uninterrupted one.
+const MEANS_KEY: &str = "fit.epoch_sums";
+/// Checkpoint key: "true" once the record of the epoch ending at the
+/// checkpoint's step is written; a run resumed at an epoch end without it
+/// (killed during validation) redoes that epoch's validation and record.
+const LOGGED_KEY: &str = "fit.epoch_logged";
+
 impl Means {
+    /// The sums (as f64 bits: exact, and a non-finite f16 loss survives),
+    /// images and part names, as a checkpoint keeps them.
+    fn to_json(&self) -> String {
+        let names: Vec<&str> = self.parts.iter().map(|p| p.0).collect();
+        let bits: Vec<u64> = self.sums.iter().map(|s| s.to_bits()).collect();
+        serde_json::json!({"sums": bits, "images": self.images, "parts": names}).to_string()
+    }
+
+    /// Reads `to_json`'s text back; `names` are the task's part names
+    /// (`Task::part_names`), which must include the saved ones.
+    fn from_json(text: &str, names: &[&'static str]) -> Option<Means> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let bits: Vec<u64> = serde_json::from_value(v.get("sums")?.clone()).ok()?;
+        let sums: Vec<f64> = bits.into_iter().map(f64::from_bits).collect();
+        let images = usize::try_from(v.get("images")?.as_u64()?).ok()?;
+        let saved: Vec<String> = serde_json::from_value(v.get("parts")?.clone()).ok()?;
+        let mut parts = Vec::with_capacity(saved.len());
+        for name in &saved {
+            parts.push(*names.iter().find(|n| *n == name)?);
+        }
+        if !(sums.is_empty() || sums.len() == 1 + parts.len()) {
+            return None;
+        }
+        let mut m = Means {
+            sums,
+            images,
+            ..Means::default()
+        };
+        m.refresh(&parts);
+        Some(m)
+    }
+
+    /// Recomputes the means from the sums.
+    fn refresh(&mut self, names: &[&'static str]) {
+        let n = self.images.max(1) as f64;
+        self.loss = self.sums.first().map_or(0.0, |s| s / n);
+        self.parts = names
+            .iter()
+            .zip(self.sums.iter().skip(1))
+            .map(|(name, s)| (*name, s / n))
+            .collect();
+    }
+
+    /// Adds a step's values; a step that trained on no image is left out.
     fn add(&mut self, log: &StepLog) {
+        if log.batch == 0 {
+            return;
+        }
         let b = log.batch as f64;
         let values = std::iter::once(log.loss).chain(log.parts.iter().map(|p| p.1));
         self.sums.resize(1 + log.parts.len(), 0.0);
@@ -129,14 +197,8 @@ impl Means {
             *s += v * b;
         }
         self.images += log.batch;
-        let n = self.images.max(1) as f64;
-        self.loss = self.sums[0] / n;
-        self.parts = log
-            .parts
-            .iter()
-            .zip(&self.sums[1..])
-            .map(|((name, _), s)| (*name, s / n))
-            .collect();
+        let names: Vec<&'static str> = log.parts.iter().map(|p| p.0).collect();
+        self.refresh(&names);
     }
 
     pub fn part(&self, name: &str) -> f64 {
@@ -228,9 +290,30 @@ pub struct FitResult {
 }
 
 /// Writes `task`'s training state after `step` steps to `path`, atomically.
+/// A state with a non-finite parameter or buffer is refused, so the last
+/// good checkpoint is never replaced by a diverged one.
 pub fn save_checkpoint<T: Task + ?Sized>(task: &T, path: &Path, step: usize) -> Result<()> {
-    let TaskState { optim, rng, extra } = task.state();
+    save_state(task, path, step, BTreeMap::new())
+}
+
+/// `save_checkpoint` with the loop's own keys (`MEANS_KEY`, `LOGGED_KEY`).
+fn save_state<T: Task + ?Sized>(
+    task: &T,
+    path: &Path,
+    step: usize,
+    fit_keys: BTreeMap<String, String>,
+) -> Result<()> {
+    let TaskState {
+        optim,
+        rng,
+        mut extra,
+    } = task.state();
+    extra.extend(fit_keys);
     let (params, buffers) = task.tensors();
+    check_finite(&params, &buffers).map_err(|e| Error::Checkpoint {
+        path: path.display().to_string(),
+        msg: format!("not written (the last one is kept): {e}"),
+    })?;
     let state = TrainState {
         step: step as u64,
         rng,
@@ -242,6 +325,11 @@ pub fn save_checkpoint<T: Task + ?Sized>(task: &T, path: &Path, step: usize) -> 
 /// Restores a state `save_checkpoint` wrote by a run with the same
 /// settings; returns its step count. Nothing changes on an error.
 pub fn load_checkpoint<T: Task + ?Sized>(task: &mut T, path: &Path) -> Result<usize> {
+    Ok(load_state(task, path)?.step as usize)
+}
+
+/// `load_checkpoint`, returning the whole state read (metadata included).
+fn load_state<T: Task + ?Sized>(task: &mut T, path: &Path) -> Result<TrainState> {
     let (params, buffers) = task.tensors();
     let (optim, state) = load_training(path, &params, &buffers)?;
     for (k, v) in task.settings() {
@@ -262,7 +350,7 @@ pub fn load_checkpoint<T: Task + ?Sized>(task: &mut T, path: &Path) -> Result<us
         path: path.display().to_string(),
         msg: e.to_string(),
     })?;
-    Ok(state.step as usize)
+    Ok(state)
 }
 
 /// Keeps the metrics a resumed run will not redo: step records up to
@@ -324,7 +412,12 @@ pub fn fit<T: Task>(
     opts: &FitOptions,
 ) -> Result<FitResult> {
     let per_epoch = train.batches_per_epoch();
-    let total = opts.epochs * per_epoch;
+    let total = opts.epochs.checked_mul(per_epoch).ok_or_else(|| {
+        Error::arg(
+            "fit",
+            format!("{} epochs x {per_epoch} batches is too many steps", opts.epochs),
+        )
+    })?;
     if total == 0 {
         return Err(Error::arg(
             "fit",
@@ -350,6 +443,10 @@ pub fn fit<T: Task>(
         None => (PathBuf::new(), PathBuf::new()),
     };
     let mut step = 0;
+    // the running sums of the epoch in progress at the resume point, and
+    // whether the resume point is an epoch end whose record is missing
+    let mut carried = None;
+    let mut redo_epoch_end = false;
     if opts.resume {
         if !checkpoint.is_file() {
             return Err(Error::arg(
@@ -360,9 +457,26 @@ pub fn fit<T: Task>(
                 ),
             ));
         }
-        step = load_checkpoint(task, &checkpoint)?.min(total);
+        let state = load_state(task, &checkpoint)?;
+        step = (state.step as usize).min(total);
+        redo_epoch_end = step > 0
+            && step.is_multiple_of(per_epoch)
+            && state.extra.get(LOGGED_KEY).is_some_and(|v| v == "false");
+        if let Some(text) = state.extra.get(MEANS_KEY) {
+            let means = Means::from_json(text, task.part_names()).ok_or_else(|| {
+                Error::Checkpoint {
+                    path: checkpoint.display().to_string(),
+                    msg: format!("unreadable {MEANS_KEY} {text:?}"),
+                }
+            })?;
+            carried = Some(means);
+        }
         if task.writes_files() {
-            truncate_metrics(&metrics, step, step / per_epoch)?;
+            truncate_metrics(
+                &metrics,
+                step,
+                step / per_epoch - usize::from(redo_epoch_end),
+            )?;
         }
         if !opts.quiet {
             eprintln!(
@@ -391,12 +505,17 @@ pub fn fit<T: Task>(
     let started = Instant::now();
     let first_step = step;
     let mut result = FitResult::default();
-    while step < total {
-        let epoch = step / per_epoch;
+    while step < total || redo_epoch_end {
+        // redoing an epoch end runs no batch (it starts at the epoch's end)
+        let epoch = step / per_epoch - usize::from(redo_epoch_end);
+        redo_epoch_end = false;
         let t_epoch = Instant::now();
-        let mut means = Means::default();
-        for batch in train.epoch(epoch, step % per_epoch) {
+        let mut means = carried.take().unwrap_or_default();
+        let start = step - epoch * per_epoch;
+        let mut batches = 0;
+        for batch in train.epoch(epoch, start) {
             let batch = batch?;
+            batches += 1;
             let mut log = task.step(step, &batch)?;
             // a batch whose images were all unreadable is left out by the
             // loader: the counter follows the position in the data stream,
@@ -428,7 +547,9 @@ pub fn fit<T: Task>(
                     log.lr,
                     log.images_per_s,
                     mmss(rate * (total - step) as f64),
-                    if log.skipped == Some(true) {
+                    if log.batch == 0 {
+                        "  (too few readable images: step skipped)"
+                    } else if log.skipped == Some(true) {
                         "  (f16 overflow: step skipped)"
                     } else {
                         ""
@@ -442,13 +563,29 @@ pub fn fit<T: Task>(
             }
             if let Some(f) = &files {
                 if opts.checkpoint_every > 0 && step.is_multiple_of(opts.checkpoint_every) {
-                    save_checkpoint(task, &f.checkpoint, step)?;
+                    // the epoch's sums so far; at an epoch end, its record
+                    // is still to be written
+                    let keys = BTreeMap::from([
+                        (MEANS_KEY.to_string(), means.to_json()),
+                        (LOGGED_KEY.to_string(), "false".to_string()),
+                    ]);
+                    save_state(task, &f.checkpoint, step, keys)?;
                 }
             }
             result.steps.push(log);
         }
         if tty && !opts.quiet {
             eprintln!();
+        }
+        if start == 0 && batches == 0 {
+            return Err(Error::arg(
+                "fit",
+                format!(
+                    "epoch {}: every sample was unreadable ({} skipped); nothing to train on",
+                    epoch + 1,
+                    train.skipped()
+                ),
+            ));
         }
         let validation = task.validate(val)?;
         let seconds = t_epoch.elapsed().as_secs_f64();
@@ -482,12 +619,14 @@ pub fn fit<T: Task>(
         // an epoch whose last batches were all unreadable still ends here
         step = step.max((epoch + 1) * per_epoch);
         if let Some(f) = &files {
-            save_checkpoint(task, &f.checkpoint, step)?;
+            let keys = BTreeMap::from([(LOGGED_KEY.to_string(), "true".to_string())]);
+            save_state(task, &f.checkpoint, step, keys)?;
         }
         result.epochs.push(log);
     }
     if let Some(f) = &files {
         let (params, buffers) = task.tensors();
+        check_finite(&params, &buffers)?;
         save_model(&f.model, &params, &buffers, &task.metadata())?;
     }
     result.total_steps = step;

@@ -220,6 +220,11 @@ pub struct PretrainArgs {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     pub resume: bool,
+    /// GPU: only convolution algorithms cuDNN reports deterministic, so
+    /// reruns give the same bits (slower; RoIAlign's backward stays
+    /// non-deterministic). No effect on the CPU, which is deterministic.
+    #[arg(long)]
+    pub deterministic: bool,
     /// Also checkpoint every N steps (0: at epoch ends only).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
@@ -242,6 +247,7 @@ pub struct PretrainReport {
 /// Pretrains on the ranks of `--ranks` / the launch environment (one rank
 /// by default; see `dist`); rank 0 writes the output folder and reports.
 pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
+    engine::cuda::dnn::set_deterministic(a.deterministic);
     let device = a.compute.device.open()?;
     let ranks = a.dist.ranks(device)?;
     let accum = ranks.grad_accum;
@@ -358,7 +364,8 @@ fn pretrain_rank(
     );
     meta.insert("seed".into(), seed.to_string());
     let opts = TrainOptions {
-        steps: a.epochs * per_epoch,
+        // saturating: fit refuses a run this long with a clear error
+        steps: a.epochs.saturating_mul(per_epoch),
         lr: a.lr,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
@@ -389,6 +396,8 @@ fn pretrain_rank(
         );
     }
     let mut trainer = Trainer::new(&net, opts, meta);
+    // the projector's BatchNorm1d cannot train on one image
+    trainer.min_batch = if config.projector.is_some() { 2 } else { 1 };
     if global_batch != a.batch {
         trainer = trainer.with_data_parallel(comm, grad_accum);
     }

@@ -22,7 +22,7 @@ use crate::fit::{load_checkpoint, save_checkpoint, Means, Task, TaskState, Valid
 use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::TrainState;
 use engine::nn::{Buffer, Module, Param};
-use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, Warmup};
+use engine::optim::{check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, Warmup};
 use engine::{DType, Device, Error, Result, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -96,6 +96,11 @@ pub struct Trainer<'m> {
     pub step: usize,
     /// Data parallelism, when on.
     dp: Option<crate::dist::DataParallel>,
+    /// Batches with fewer images are skipped with a warning (`Task::step`):
+    /// 2 for a network with a BatchNorm1d (the SL-MLP projector), which
+    /// cannot normalise one sample in training (PyTorch raises there too)
+    /// when unreadable images leave a batch of one. 1 by default.
+    pub min_batch: usize,
 }
 
 impl<'m> Trainer<'m> {
@@ -123,6 +128,7 @@ impl<'m> Trainer<'m> {
             device: model.device(),
             step: 0,
             dp: None,
+            min_batch: 1,
             opts,
         }
     }
@@ -214,6 +220,10 @@ impl<'m> Trainer<'m> {
         self.opt.set_lr(lr);
         let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.params)?;
         zero_grad(&self.params);
+        // ReLU propagates NaN, but a diverged weight can still hide behind
+        // a finite loss for a while: stop at the first non-finite tensor
+        check_finite(&self.params, &self.model.buffers())
+            .map_err(|e| Error::arg("train", format!("after step {}: {e}", self.step + 1)))?;
         self.step += 1;
         Ok((lr, stepped))
     }
@@ -266,6 +276,33 @@ impl Task for Trainer<'_> {
 
     fn step(&mut self, step: usize, batch: &crate::data::Batch) -> Result<StepLog> {
         self.step = step;
+        let n = batch.indices.len();
+        if n < self.min_batch && self.dp.is_some() {
+            // one rank skipping would leave the others waiting in a collective
+            return Err(Error::arg(
+                "train",
+                format!(
+                    "batch {} has {n} readable image(s) on this rank, fewer than the {} BatchNorm needs in training; a data-parallel run cannot skip it on one rank (remove the unreadable images)",
+                    batch.index, self.min_batch
+                ),
+            ));
+        }
+        if n < self.min_batch {
+            eprintln!(
+                "warning: batch {} has {n} readable image(s), fewer than the {} BatchNorm needs in training; skipped",
+                batch.index, self.min_batch
+            );
+            self.step += 1;
+            return Ok(StepLog {
+                step: self.step,
+                loss: f64::NAN,
+                lr: self.schedule.lr(step),
+                batch: 0,
+                images_per_s: 0.0,
+                parts: vec![("accuracy", f64::NAN)],
+                skipped: Some(true),
+            });
+        }
         Trainer::step(self, &batch.images, &batch.labels)
     }
 
@@ -282,6 +319,10 @@ impl Task for Trainer<'_> {
             fields: vec![("val_loss", loss), ("val_accuracy", accuracy)],
             text: accuracy.map_or(String::new(), |a| format!(", val acc {:.1}%", 100.0 * a)),
         })
+    }
+
+    fn part_names(&self) -> &'static [&'static str] {
+        &["accuracy"]
     }
 
     fn describe(&self, means: &Means) -> String {
@@ -315,6 +356,10 @@ impl Task for Trainer<'_> {
                 "loss_scale_clean_steps".to_string(),
                 s.clean_steps.to_string(),
             );
+            extra.insert(
+                "loss_scale_skipped_steps".to_string(),
+                s.skipped_steps.to_string(),
+            );
         }
         TaskState {
             optim: self.opt.state(),
@@ -339,14 +384,35 @@ impl Task for Trainer<'_> {
                             )
                         })
                 };
-                Some((get("loss_scale")?, get("loss_scale_clean_steps")? as usize))
+                let scale = get("loss_scale")?;
+                if !(scale.is_finite() && scale > 0.0) {
+                    return Err(Error::arg(
+                        "resume",
+                        format!("the checkpoint's loss_scale {scale} is not finite and > 0"),
+                    ));
+                }
+                let count = |k: &str| -> Result<usize> {
+                    let v = get(k)?;
+                    if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
+                        Ok(v as usize)
+                    } else {
+                        Err(Error::arg("resume", format!("the checkpoint's {k} {v} is not a count")))
+                    }
+                };
+                // checkpoints from before the skip bound have no skip count
+                let skipped = match state.extra.contains_key("loss_scale_skipped_steps") {
+                    true => count("loss_scale_skipped_steps")?,
+                    false => 0,
+                };
+                Some((scale, count("loss_scale_clean_steps")?, skipped))
             }
             None => None,
         };
         self.opt.load_state(optim)?;
-        if let (Some(s), Some((scale, clean))) = (&mut self.scaler, scale) {
+        if let (Some(s), Some((scale, clean, skipped))) = (&mut self.scaler, scale) {
             s.scale = scale;
             s.clean_steps = clean;
+            s.skipped_steps = skipped;
         }
         Ok(())
     }

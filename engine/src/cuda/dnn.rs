@@ -17,7 +17,11 @@
 //! (shape, dtype, math, direction) key times every candidate with
 //! cudnnFind*AlgorithmEx on the real inputs and a scratch output, and
 //! caches the fastest that fits the workspace budget; if Find fails, the
-//! heuristic cudnnGet*Algorithm_v7 list is used instead. Workspaces come
+//! heuristic cudnnGet*Algorithm_v7 list is used instead. With
+//! [`set_deterministic`] (`--deterministic`) only algorithms cuDNN reports
+//! as deterministic (the perf results' determinism flag) are candidates,
+//! so repeated runs give the same bits (PyTorch's
+//! `cudnn.deterministic = True`). Workspaces come
 //! from the caching allocator on every call (with one stream, a freed block
 //! is only reused by later work, and the allocator keeps it warm).
 //!
@@ -53,6 +57,23 @@ pub fn set_tf32(on: bool) {
 pub fn tf32() -> bool {
     TF32.load(Ordering::Relaxed)
 }
+
+static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
+
+/// Restricts (true) convolutions to algorithms cuDNN reports deterministic,
+/// or allows the fastest of any (false, the default). Takes effect on the
+/// next call (the algorithm cache is keyed by it).
+pub fn set_deterministic(on: bool) {
+    DETERMINISTIC.store(on, Ordering::Relaxed);
+}
+
+/// Whether only deterministic convolution algorithms are used.
+pub fn deterministic() -> bool {
+    DETERMINISTIC.load(Ordering::Relaxed)
+}
+
+/// cudnnDeterminism_t's CUDNN_DETERMINISTIC in the perf results.
+const CUDNN_DETERMINISTIC: u32 = 1;
 
 /// cuDNN's storage type for a tensor dtype (f32, f16, bf16 only).
 pub fn data_type(dtype: DType) -> Result<sys::cudnnDataType_t> {
@@ -330,6 +351,8 @@ pub struct AlgoKey {
     pub data: sys::cudnnDataType_t,
     pub math: sys::cudnnMathType_t,
     pub dir: Direction,
+    /// Only deterministic algorithms (`set_deterministic`).
+    pub deterministic: bool,
 }
 
 impl AlgoKey {
@@ -339,6 +362,7 @@ impl AlgoKey {
             data: data_type(dtype)?,
             math: math_type(dtype, tf32())?,
             dir,
+            deterministic: deterministic(),
         })
     }
 }
@@ -375,16 +399,19 @@ const MAX_PERFS: usize = 16;
 
 /// The usable candidates among `perfs` (cuDNN's order: fastest first for
 /// Find, best guess first for Get_v7): status success, a known algorithm,
-/// an accepted math type and at most `cap` workspace bytes.
+/// an accepted math type, at most `cap` workspace bytes and, when
+/// `deterministic`, cuDNN's deterministic flag.
 pub fn candidates(
     dir: Direction,
     perfs: &[Perf],
     requested: sys::cudnnMathType_t,
     cap: usize,
+    deterministic: bool,
 ) -> Vec<Chosen> {
     perfs
         .iter()
         .filter(|p| p.status == 0 && p.memory <= cap)
+        .filter(|p| !deterministic || p.determinism == CUDNN_DETERMINISTIC)
         .filter_map(|p| {
             let algo = Algo::from_raw(dir, p.algo)?;
             let math = math_from_raw(p.math_type)?;
@@ -951,7 +978,7 @@ impl Dnn {
                     self.handle,
                     key,
                     d,
-                    &candidates(key.dir, &perfs, key.math, cap),
+                    &candidates(key.dir, &perfs, key.math, cap, key.deterministic),
                     cap,
                 )?,
                 format!("Find listed {perfs:?}"),
@@ -966,13 +993,15 @@ impl Dnn {
                 let free = g.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
                 let st = g.memory_stats();
                 let cap = workspace_cap(free, st.reserved.saturating_sub(st.allocated));
-                confirm(self.handle, key, d, &candidates(key.dir, &perfs, key.math, cap), cap)?
+                let cands = candidates(key.dir, &perfs, key.math, cap, key.deterministic);
+                confirm(self.handle, key, d, &cands, cap)?
                     .ok_or_else(|| {
                         Error::arg(
                             OP,
                             format!(
-                                "cuDNN has no {:?} algorithm for {} ({:?}, math {:?}) within a {cap}-byte workspace; Get_v7 listed {perfs:?}; {find_note}",
-                                key.dir, key.shape, key.data, key.math
+                                "cuDNN has no {:?} algorithm for {} ({:?}, math {:?}{}) within a {cap}-byte workspace; Get_v7 listed {perfs:?}; {find_note}",
+                                key.dir, key.shape, key.data, key.math,
+                                if key.deterministic { ", deterministic only" } else { "" }
                             ),
                         )
                     })?
@@ -1291,6 +1320,14 @@ mod tests {
         };
         assert_ne!(strict, tf);
         assert!(!keys.contains(&tf));
+        // deterministic-only is another key
+        assert_ne!(
+            strict,
+            AlgoKey {
+                deterministic: true,
+                ..strict
+            }
+        );
     }
 
     #[test]
@@ -1403,7 +1440,7 @@ mod tests {
             perf(0, 0, 0, CUDNN_FMA_MATH),
             perf(2, 0, 10, CUDNN_FMA_MATH),
         ];
-        let strict = candidates(Direction::Forward, &perfs, CUDNN_FMA_MATH, 1000);
+        let strict = candidates(Direction::Forward, &perfs, CUDNN_FMA_MATH, 1000, false);
         let got: Vec<u32> = strict
             .iter()
             .map(|c| match c.algo {
@@ -1415,16 +1452,16 @@ mod tests {
         assert_eq!(strict[1].workspace, 10);
         assert!(strict.iter().all(|c| c.math == CUDNN_FMA_MATH));
         // tensor-op requests keep cuDNN's order, any math type
-        let half = candidates(Direction::Forward, &perfs, CUDNN_TENSOR_OP_MATH, 1000);
+        let half = candidates(Direction::Forward, &perfs, CUDNN_TENSOR_OP_MATH, 1000, false);
         assert_eq!(half.len(), 3);
         assert_eq!(half[0].math, CUDNN_TENSOR_OP_MATH);
         // a bigger cap admits algo 7; bwd-filter has no algo 7
         assert_eq!(
-            candidates(Direction::Forward, &perfs, CUDNN_FMA_MATH, 1 << 20).len(),
+            candidates(Direction::Forward, &perfs, CUDNN_FMA_MATH, 1 << 20, false).len(),
             3
         );
         assert_eq!(
-            candidates(Direction::BackwardFilter, &perfs, CUDNN_FMA_MATH, 1 << 20).len(),
+            candidates(Direction::BackwardFilter, &perfs, CUDNN_FMA_MATH, 1 << 20, false).len(),
             2
         );
         // unknown math type values are skipped, not transmuted
@@ -1432,7 +1469,22 @@ mod tests {
             math_type: 9,
             ..perfs[4]
         }];
-        assert!(candidates(Direction::Forward, &odd, CUDNN_DEFAULT_MATH, 1000).is_empty());
+        assert!(candidates(Direction::Forward, &odd, CUDNN_DEFAULT_MATH, 1000, false).is_empty());
+        // deterministic only: algorithms cuDNN flags non-deterministic drop out
+        let flagged = [
+            Perf {
+                determinism: CUDNN_DETERMINISTIC,
+                ..perfs[4]
+            },
+            perfs[5],
+        ];
+        let det = candidates(Direction::Forward, &flagged, CUDNN_FMA_MATH, 1000, true);
+        assert_eq!(det.len(), 1);
+        assert_eq!(det[0].workspace, 0);
+        assert_eq!(
+            candidates(Direction::Forward, &flagged, CUDNN_FMA_MATH, 1000, false).len(),
+            2
+        );
     }
 
     #[test]

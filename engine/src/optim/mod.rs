@@ -16,8 +16,9 @@ pub use lars::Lars;
 pub use schedule::{Constant, Cosine, LrSchedule, StepDecay, Warmup};
 pub use sgd::Sgd;
 
-use crate::nn::Param;
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::nn::{Buffer, Param};
+use crate::ops::optim::OptimOps;
+use crate::{on_backend, DType, Device, Error, Result, Tensor};
 use std::collections::{BTreeMap, HashSet};
 
 pub trait Optimizer: Send {
@@ -30,6 +31,46 @@ pub trait Optimizer: Send {
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Replaces all state with what `state()` returned.
     fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()>;
+}
+
+/// Fails with an error naming the first parameter or buffer that holds a
+/// NaN or an infinity (and how many of its values are), so a diverged run
+/// stops instead of training on (and saving) a broken model. One
+/// `all_finite` pass per device (on a GPU one sync); only on failure are
+/// the tensors copied to the host to find the culprit.
+pub fn check_finite(params: &[Param], buffers: &[Buffer]) -> Result<()> {
+    let named: Vec<(&str, Tensor)> = params
+        .iter()
+        .map(|p| (p.name(), p.get()))
+        .chain(buffers.iter().map(|b| (b.name(), b.get())))
+        .collect();
+    let (host, gpu): (Vec<Tensor>, Vec<Tensor>) = named
+        .iter()
+        .map(|(_, t)| t.clone())
+        .partition(|t| t.device() == Device::Cpu);
+    let mut finite = true;
+    for group in [host, gpu] {
+        if let Some(t) = group.first() {
+            finite &= on_backend!(t.device(), b => b.all_finite(&group))?;
+        }
+    }
+    if finite {
+        return Ok(());
+    }
+    for (name, t) in named.iter().filter(|(_, t)| t.dtype().is_float()) {
+        let values = t.to_device(Device::Cpu)?.to_vec_f64();
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::arg(
+                "train",
+                format!(
+                    "{name} holds {bad} of {} non-finite values (NaN or infinity): the run diverged; lower the learning rate or momentum",
+                    values.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Drops every param's gradient (PyTorch's `zero_grad(set_to_none=True)`).

@@ -21,7 +21,7 @@
 // Forward (training):  bn_fwd_stats -> bn_fwd_finalize -> bn_fwd_apply
 // Forward (eval):      bn_eval_prepare -> bn_fwd_apply
 // Backward:            bn_bwd_reduce -> bn_bwd_finalize -> bn_bwd_dx
-// With dy' = dy masked by out > 0 for the ReLU variants (dy otherwise):
+// With dy' = dy zeroed where out <= 0 for the ReLU variants (dy otherwise):
 //   dweight = sum(dy' * xhat), dbias = sum(dy'),
 //   dx = (w*invstd/M) * (M*dy' - sum(dy') - xhat*sum(dy'*xhat))
 //      = a*dy' + k*(x - mean) + b  per channel (k = b = 0 in eval),
@@ -174,7 +174,7 @@ __device__ __forceinline__ void bn_apply_body(const T* __restrict__ x, const T* 
         }
         if (relu) {
 #pragma unroll
-            for (int j = 0; j < V; j++) v[j] = fmaxf(v[j], 0.0f);
+            for (int j = 0; j < V; j++) v[j] = relu_f(v[j]);
         }
         store_f32<T, V>(y + e, v);
     }
@@ -229,7 +229,7 @@ __device__ __forceinline__ void bn_bwd_reduce_body(const T* __restrict__ x,
 }
 
 // Per-channel sum(dy') and sum(dy' * (x - mean)) partials, dy' = dy masked
-// by out > 0 when out is given (ReLU variants; null: plain BN). dres, when
+// where out <= 0 when out is given (ReLU variants; null: plain BN). dres, when
 // given, receives dy' (the residual's gradient of the add+ReLU variant).
 // Launch: as bn_fwd_stats.
 template <typename T>

@@ -78,7 +78,7 @@ __device__ __forceinline__ void bn1d_fwd_body(const T* __restrict__ x,
 #pragma unroll
                 for (int j = 0; j < V; j++) {
                     v[j] = fmaf(v[j] - m[j], k[j], b[j]);
-                    if (relu) v[j] = fmaxf(v[j], 0.0f);
+                    if (relu) v[j] = relu_f(v[j]);
                 }
                 store_f32<T, V>(y + (i64)r * C + c, v);
             }
@@ -168,7 +168,7 @@ __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* 
 }
 
 // dx, dweight, dbias of y = [relu](BN(x)) from the saved mean/invstd and
-// the forward output y (its > 0 mask; unused when relu = 0).
+// the forward output y (its <= 0 mask; unused when relu = 0).
 template <typename T>
 __device__ __forceinline__ void bn1d_relu_bwd(const T* x, const T* y, const T* dy,
                                               const float* mean, const float* invstd,

@@ -130,7 +130,15 @@ __device__ __forceinline__ void load_param(const float* p, int c, float (&out)[N
     }
 }
 
-// g = the V elements of dy at e, masked by out > 0 when relu (a ReLU's
+// ReLU as PyTorch's: NaN propagates (fmaxf alone would map NaN to 0 and
+// hide a diverged run), otherwise max(v, 0).
+__device__ __forceinline__ float relu_f(float v) { return isnan(v) ? v : fmaxf(v, 0.0f); }
+
+// ReLU's backward from its output, as torch's threshold_backward: dy where
+// out > 0 or out is NaN, 0 where out <= 0.
+__device__ __forceinline__ float relu_grad_f(float out, float dy) { return out <= 0.0f ? 0.0f : dy; }
+
+// g = the V elements of dy at e, masked by relu_grad_f when relu (a ReLU's
 // backward; out is only read then).
 template <typename T, int V>
 __device__ __forceinline__ void relu_grad(const T* dy, const T* out, bool relu, i64 e,
@@ -140,7 +148,7 @@ __device__ __forceinline__ void relu_grad(const T* dy, const T* out, bool relu, 
         float o[V];
         load_f32<T, V>(out + e, o);
 #pragma unroll
-        for (int j = 0; j < V; j++) g[j] = o[j] > 0.0f ? g[j] : 0.0f;
+        for (int j = 0; j < V; j++) g[j] = relu_grad_f(o[j], g[j]);
     }
 }
 

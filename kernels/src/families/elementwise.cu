@@ -19,19 +19,19 @@
 struct AddOp {
     __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
 };
-// relu backward: dx = dy where the forward output was > 0.
+// relu backward from the forward output y (common.cuh's relu_grad_f).
 struct ReluBwdOp {
     __device__ __forceinline__ float operator()(float y, float dy) const {
-        return y > 0.0f ? dy : 0.0f;
+        return relu_grad_f(y, dy);
     }
 };
 struct ScaleOp {
     float s;
     __device__ __forceinline__ float operator()(float a) const { return a * s; }
 };
-// fmaxf(NaN, 0) = 0, as the CPU backend's max(v, 0).
+// NaN propagates, as in PyTorch and the CPU backend (common.cuh's relu_f).
 struct ReluOp {
-    __device__ __forceinline__ float operator()(float a) const { return fmaxf(a, 0.0f); }
+    __device__ __forceinline__ float operator()(float a) const { return relu_f(a); }
 };
 struct IdentityOp {
     __device__ __forceinline__ float operator()(float a) const { return a; }
@@ -88,12 +88,12 @@ __device__ __forceinline__ void ew_unary(const TA* a, TO* out, i64 n, F f) {
         scale_##SFX(const T* a, T* out, float s, i64 n) {                                        \
         ew_unary<T, T>(a, out, n, ScaleOp{s});                                                   \
     }                                                                                            \
-    /* out = max(a, 0) */                                                                        \
+    /* out = relu(a), NaN propagating */                                                                        \
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
         relu_fwd_##SFX(const T* a, T* out, i64 n) {                                              \
         ew_unary<T, T>(a, out, n, ReluOp{});                                                     \
     }                                                                                            \
-    /* dx = y > 0 ? dy : 0, y the forward output */                                              \
+    /* dx = y <= 0 ? 0 : dy, y the forward output */                                              \
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
         relu_bwd_##SFX(const T* y, const T* dy, T* dx, i64 n) {                                  \
         ew_binary<T, T, T>(y, dy, dx, n, ReluBwdOp{});                                           \

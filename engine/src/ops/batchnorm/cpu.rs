@@ -8,6 +8,7 @@
 
 use super::{BatchNormArgs, BatchNormOps, BnGeom, Fuse, Needs};
 use crate::backend::{Cpu, Saved};
+use crate::ops::elementwise::cpu::{relu, relu_grad};
 use crate::ops::par_chunks;
 use crate::{dispatch_float, DType, Element, Float, Result, Tensor};
 use rayon::prelude::*;
@@ -121,7 +122,7 @@ fn affine<T: Float, const E: bool, const RELU: bool>(x: T, e: T, c: &Affine<T>) 
     let v = (x - c.m) * c.k + c.b;
     let v = if E { v + c.a * e } else { v };
     if RELU {
-        v.max(T::zero())
+        relu(v)
     } else {
         v
     }
@@ -324,7 +325,7 @@ fn backward<T: Float>(
     let m = (d.n * d.s) as f64;
     let xd = s.x.float_data::<T>()?;
     let gd = g.float_data::<T>()?;
-    // dy' = dy masked by out > 0, once: as its own loop it vectorises
+    // dy' = dy masked by ReLU's backward (relu_grad), once: as its own loop it vectorises
     // (a select fused into the reductions becomes a branch per element),
     // and it is the residual's gradient as well.
     let masked: Option<Vec<T>> = match &s.out {
@@ -335,7 +336,7 @@ fn backward<T: Float>(
             par_chunks(&mut dm, |st, o| {
                 let (gs, os) = (&gd[st..st + o.len()], &od[st..st + o.len()]);
                 for ((o, &g), &y) in o.iter_mut().zip(gs).zip(os) {
-                    *o = if y > T::zero() { g } else { T::zero() };
+                    *o = relu_grad(y, g);
                 }
             });
             Some(dm)

@@ -1,15 +1,17 @@
 //! 2-D convolution on the CPU as im2col + GEMM, row-major NCHW; a
 //! transposed convolution is its backward-data plus the bias.
 //!
-//! The batch is split into one contiguous part per rayon thread; each part
+//! The batch is split into contiguous parts, one per rayon thread in the
+//! forward and `BACKWARD_PARTS` in the backward; each part
 //! runs single-threaded GEMMs on pooled buffers, so im2col/col2im run in
 //! parallel too and no GEMM pays a thread fork/join. A part walks its images
 //! in units: several whole images when the planes are small (4x4 at
 //! ResNet's last stage: one GEMM per image would be too narrow), else one
 //! image cut into tiles of output rows, so that the im2col tile stays in L2
 //! between being written and being read by the GEMM. Weight gradients are
-//! summed per part and the parts added in index order, so results do not
-//! depend on scheduling.
+//! summed per part and the parts added in index order; the backward's
+//! partition does not depend on the thread count, so its results are the
+//! same bits under any rayon pool.
 
 use super::{Conv2dGeom as Geom, ConvOps};
 use crate::backend::Cpu;
@@ -71,9 +73,15 @@ struct Plan {
     gemm_threads: usize,
 }
 
-fn plan(g: &Geom) -> Plan {
+/// Parts of the backward's batch split: fixed, so the weight gradient's
+/// summation order is the same whatever the thread count (8 parts keep 2-8
+/// threads busy; each holds a weight-sized partial).
+const BACKWARD_PARTS: usize = 8;
+
+/// The split of a batch into at most `threads` parts and their units.
+fn plan(g: &Geom, threads: usize) -> Plan {
     let (n, hw_out) = (g.n, g.hw_out());
-    let threads = rayon::current_num_threads().max(1);
+    let threads = threads.max(1);
     // Columns per GEMM. Measured on AVX-512 (gemm 0.19): narrower GEMMs
     // whose im2col tile fits L2 win when the weight matrix is small (cheap
     // to repack per call); a big weight matrix needs wide GEMMs to amortise
@@ -428,7 +436,7 @@ fn tiles(pl: &Plan, g: &Geom) -> impl Iterator<Item = [usize; 2]> {
 fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
-    let pl = plan(g);
+    let pl = plan(g, rayon::current_num_threads());
     let mut out = vec![T::zero(); g.n * out_img];
     if out.is_empty() {
         return out;
@@ -501,7 +509,7 @@ fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) -> Vec<T> {
     };
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
-    let pl = plan(g);
+    let pl = plan(g, BACKWARD_PARTS);
     let mut dx = vec![T::zero(); if wt.is_some() { g.n * in_img } else { 0 }];
     let per_img = if dx.is_empty() { 0 } else { in_img };
     // Each part sums its dW transposed ([groups][k][cout_g]): as

@@ -8,11 +8,33 @@ use crate::ops::par_chunks;
 use crate::{dispatch_float, Float, Result, Tensor};
 use num_traits::Zero;
 
+/// ReLU as PyTorch's: NaN propagates, otherwise max(x, 0).
+#[inline(always)]
+pub(crate) fn relu<T: Float>(x: T) -> T {
+    if x.is_nan() {
+        x
+    } else {
+        x.max(T::zero())
+    }
+}
+
+/// ReLU's input gradient from its output `y`, as torch's
+/// threshold_backward: 0 where y <= 0, `dy` elsewhere (NaN included).
+#[inline(always)]
+pub(crate) fn relu_grad<T: Float>(y: T, dy: T) -> T {
+    if y <= T::zero() {
+        T::zero()
+    } else {
+        dy
+    }
+}
+
 impl UnOp {
     #[inline(always)]
     fn apply<T: Float>(self, x: T) -> T {
         match self {
-            UnOp::Relu => x.max(T::zero()),
+            // NaN propagates, as in PyTorch (max alone maps NaN to 0)
+            UnOp::Relu => relu(x),
             UnOp::Neg => -x,
             UnOp::Exp => x.exp(),
             UnOp::Log => x.ln(),
@@ -132,7 +154,16 @@ impl ElementwiseOps for Cpu {
 
     fn relu_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
         crate::trace::kernel("elementwise");
-        binary(BinOp::Mul, dy, &map(UnOp::Step, y)?, y.dims())
+        dispatch_float!("relu_backward", y.dtype(), T => {
+            let (yd, gd) = (y.float_data::<T>()?, dy.float_data::<T>()?);
+            let mut out = vec![T::zero(); yd.len()];
+            par_chunks(&mut out, |start, o| {
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = relu_grad(yd[start + i], gd[start + i]);
+                }
+            });
+            Ok(Tensor::from_compute(out, y.dims(), y.dtype()))
+        })
     }
 
     fn binary(&self, op: BinOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {

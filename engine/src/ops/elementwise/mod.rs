@@ -2,7 +2,7 @@
 //! with NumPy broadcasting. The checks, trace and autograd of each op, over
 //! the [`ElementwiseOps`] primitives of the backends (`cpu.rs`, `cuda.rs`).
 
-mod cpu;
+pub(super) mod cpu;
 mod cuda;
 pub(crate) mod parity;
 #[cfg(test)]
@@ -76,7 +76,8 @@ pub trait ElementwiseOps: BackendInfo {
         let _ = x;
         Err(unsupported(self, op.name()))
     }
-    /// ReLU's input gradient from its output `y`: `dy` where y > 0, else 0.
+    /// ReLU's input gradient from its output `y`, as torch's threshold_backward:
+    /// 0 where y <= 0, `dy` elsewhere (where y is NaN too).
     fn relu_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let _ = (y, dy);
         Err(unsupported(self, "relu_backward"))

@@ -34,6 +34,18 @@ impl OptimOps for Cpu {
         }
         Ok(finite)
     }
+
+    fn all_finite(&self, tensors: &[Tensor]) -> Result<bool> {
+        for t in tensors.iter().filter(|t| t.dtype().is_float()) {
+            let ok = dispatch_float!("all_finite", t.dtype(), T => {
+                t.float_data::<T>()?.par_iter().all(|x| x.is_finite())
+            });
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The momentum buffer's elements, zeros before the first step.

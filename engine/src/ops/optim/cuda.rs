@@ -142,6 +142,30 @@ impl FiniteFlag {
         self.gpu
     }
 
+    /// Queues a read-only check of the `n` values of dtype `dt` at `x`,
+    /// raising the flag on any non-finite one (reduce.cu's `all_finite_<t>`).
+    ///
+    /// # Safety
+    /// `x` holds `n` dense values of `dt` on this flag's GPU.
+    unsafe fn check(&self, x: u64, n: usize, dt: kernels::device::Dtype) -> Result<()> {
+        const OP: &str = "all_finite";
+        // reduce.cu moves packs when x is 16-byte aligned; the pack only
+        // sizes the grid (the kernel grid-strides).
+        let pack = if x.is_multiple_of(16) { 16 / dt.size() } else { 1 };
+        let Some(shape) = launch::elementwise(n, pack, &self.gpu.kernels.gpu()) else {
+            return Ok(());
+        };
+        let name = format!("{OP}_{}", dt.suffix());
+        let f = self.gpu.kernels.function(&name).map_err(kerr(OP))?;
+        let n = count(OP, n)?;
+        let flag = self.block.ptr();
+        self.gpu.bind()?;
+        let mut l = self.gpu.stream.launch_builder(&f);
+        l.arg(&x).arg(&n).arg(&flag);
+        l.launch(config(shape)).map_err(|e| self.gpu.err(OP, e))?;
+        Ok(())
+    }
+
     /// Queues `g *= inv_scale` over `n` f32 in place, raising the flag on any
     /// non-finite result (`unscale_check_f32`).
     ///
@@ -261,13 +285,7 @@ impl OptimOps for Cuda {
                 continue;
             }
             let gpu = ct::gpu_of(g)?;
-            let flag = match flags.iter().position(|f| f.gpu().ordinal == gpu.ordinal) {
-                Some(i) => &flags[i],
-                None => {
-                    flags.push(FiniteFlag::new(gpu)?);
-                    flags.last().expect("just pushed")
-                }
-            };
+            let flag = flag_for(&mut flags, gpu)?;
             // the f32 buffer the kernel rewrites, and whether it is g itself
             let (work, in_place) = if g.dtype() != DType::F32 {
                 (cast(g, DType::F32)?, false)
@@ -307,6 +325,47 @@ impl OptimOps for Cuda {
         }
         Ok(finite)
     }
+
+    fn all_finite(&self, tensors: &[Tensor]) -> Result<bool> {
+        const OP: &str = "all_finite";
+        let mut flags: Vec<FiniteFlag> = Vec::new();
+        for t in tensors.iter().filter(|t| t.dtype().is_float()) {
+            let gpu = ct::gpu_of(t)?;
+            let flag = flag_for(&mut flags, gpu)?;
+            let dt = kdtype(OP, t.dtype())?;
+            // a dense tensor is checked where it is, another through a copy
+            let work = if ct::is_dense(t.layout()) {
+                t.clone()
+            } else {
+                ct::copy_to_strides(t, &crate::layout::gpu_strides(t.dims()))?
+            };
+            if !ct::is_dense(work.layout()) {
+                return Err(Error::arg(
+                    OP,
+                    format!("tensor {:?} is not dense after copying", t.dims()),
+                ));
+            }
+            // SAFETY: work is dense (numel values of dt from ptr) on flag's GPU.
+            unsafe { flag.check(ptr(&work)?, work.numel(), dt)? };
+        }
+        let mut finite = true;
+        for f in &flags {
+            finite &= f.read()?;
+        }
+        Ok(finite)
+    }
+}
+
+/// The flag of `gpu` among `flags`, created on its first use.
+fn flag_for<'f>(flags: &'f mut Vec<FiniteFlag>, gpu: &'static Gpu) -> Result<&'f FiniteFlag> {
+    let i = match flags.iter().position(|f| f.gpu().ordinal == gpu.ordinal) {
+        Some(i) => i,
+        None => {
+            flags.push(FiniteFlag::new(gpu)?);
+            flags.len() - 1
+        }
+    };
+    Ok(&flags[i])
 }
 
 /// What to do with one gradient, given which storage each one views.

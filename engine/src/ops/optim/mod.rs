@@ -1,5 +1,6 @@
 //! The optimizer and loss-scaling primitives: an SGD or LARS step of one
-//! param and the unscale + all-finite pass of dynamic loss scaling. Unlike
+//! param, the unscale + all-finite pass of dynamic loss scaling and the
+//! all-finite check of a model's tensors. Unlike
 //! every other op family these write IN PLACE and record no graph: a step
 //! updates the param (`Param::set` on the host, whose storage is immutable;
 //! the param's own storage on a GPU when it is f32), its momentum buffer and
@@ -73,5 +74,11 @@ pub trait OptimOps: BackendInfo {
     fn unscale_and_check_finite(&self, grads: &[(Param, Tensor)], inv_scale: f64) -> Result<bool> {
         let _ = (grads, inv_scale);
         Err(unsupported(self, "unscale_and_check_finite"))
+    }    /// Whether every element of every float tensor is finite (non-float
+    /// tensors are skipped): the check after an optimizer step. The GPU
+    /// runs reduce.cu's all-finite kernel per tensor and syncs once.
+    fn all_finite(&self, tensors: &[Tensor]) -> Result<bool> {
+        let _ = tensors;
+        Err(unsupported(self, "all_finite"))
     }
 }
