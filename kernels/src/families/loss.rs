@@ -1,7 +1,7 @@
 //! Softmax / log_softmax over one dim and the elementwise losses
 //! (loss.cu); the loss sums finish with reduce.cu's `sum_finalize`.
 
-use super::reduce::{sum_partial, SUM_MAX_PARTIALS};
+use super::reduce::sum_partial;
 use crate::error::Result;
 use crate::launch;
 use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
@@ -91,7 +91,7 @@ impl KernelLibrary {
     /// pointwise_loss_partial then sum_finalize (n == 0 writes 0).
     ///
     /// # Safety
-    /// x, t: n elements of `dtype`; partials: [`SUM_MAX_PARTIALS`] f32;
+    /// x, t: n elements of `dtype`; partials: `SUM_MAX_PARTIALS` f32;
     /// out: one f32.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn pointwise_loss_sum(

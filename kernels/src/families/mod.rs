@@ -27,4 +27,5 @@ families!(
     roi_align,
     nms,
     loss,
+    upsample,
 );
