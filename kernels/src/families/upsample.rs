@@ -148,8 +148,9 @@ impl KernelLibrary {
         dst: DevPtr,
     ) -> Result<()> {
         let r = arg(d)?;
-        let (ih, iw) = if backward { (d.h, d.w) } else { (d.oh, d.ow) };
-        let Some(shape) = launch::elementwise(d.n * d.c * ih * iw, 1, &self.gpu()) else {
+        // one thread per element written: dx's for the backward, y's else
+        let (ph, pw) = if backward { (d.h, d.w) } else { (d.oh, d.ow) };
+        let Some(shape) = launch::elementwise(d.n * d.c * ph * pw, 1, &self.gpu()) else {
             return Ok(());
         };
         let at = |o: usize| tables + o as u64;

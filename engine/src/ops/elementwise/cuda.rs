@@ -65,7 +65,13 @@ fn same_layout(a: &Tensor, b: &Tensor) -> bool {
 /// `a (op) b` broadcast to `shape` (`name` is the op for errors): the
 /// same-shape kernel, the bias add of a trailing-dims operand, or the
 /// strided kernel.
-fn binary(name: &'static str, op: Binary, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {
+fn binary(
+    name: &'static str,
+    op: Binary,
+    a: &Tensor,
+    b: &Tensor,
+    shape: &[usize],
+) -> Result<Tensor> {
     let g = same_gpu(name, &[a, b])?;
     let out = if same_layout(a, b) {
         binary_same_shape(name, op, a, b)?
@@ -115,8 +121,8 @@ fn binary_strided(
     // strides permuted alike
     let order = physical_order(out.strides());
     let pick = |v: &[usize]| order.iter().map(|&d| v[d]).collect::<Vec<_>>();
-    let view = BcastView::new(&pick(shape), &pick(&la.strides), &pick(&lb.strides))
-        .map_err(kerr(name))?;
+    let view =
+        BcastView::new(&pick(shape), &pick(&la.strides), &pick(&lb.strides)).map_err(kerr(name))?;
     g.bind()?;
     // SAFETY: ptr(a)/ptr(b) are the operands' first elements and their
     // broadcast strides address only elements of their layouts; out is a

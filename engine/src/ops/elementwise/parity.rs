@@ -30,7 +30,11 @@ fn unary_case(
     let draw = move |rng: &mut Rng| {
         let x = Tensor::randn(shape, 0.0, 1.0, dtype, rng);
         // exp of a normal: positive, well away from 0 and of moderate size
-        let x = if positive { x.exp().expect("host exp") } else { x };
+        let x = if positive {
+            x.exp().expect("host exp")
+        } else {
+            x
+        };
         vec![("x", x, true)]
     };
     autograd_with(op, dtype, dims(shape), seed, draw, move |t| {
@@ -62,7 +66,12 @@ fn binary_case(
             .expect("host exp");
         vec![("a", a, true), ("b", b, true)]
     };
-    let label = format!("{}{}{}", dims(sa), if transpose_b { "·bᵀ" } else { "·" }, dims(sb));
+    let label = format!(
+        "{}{}{}",
+        dims(sa),
+        if transpose_b { "·bᵀ" } else { "·" },
+        dims(sb)
+    );
     autograd_with(op, dtype, label, seed, draw, move |t| {
         let b = if transpose_b {
             let r = t[1].rank();

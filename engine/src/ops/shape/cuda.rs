@@ -28,8 +28,12 @@ fn assign(op: &'static str, src: &Tensor, dst: &Tensor) -> Result<()> {
     let mut order: Vec<usize> = (0..dst.rank()).collect();
     order.sort_by(|&a, &b| dst.strides()[b].cmp(&dst.strides()[a]));
     let pick = |v: &[usize]| order.iter().map(|&d| v[d]).collect::<Vec<_>>();
-    let view = StridedPair::new(&pick(dst.dims()), &pick(src.strides()), &pick(dst.strides()))
-        .map_err(kerr(op))?;
+    let view = StridedPair::new(
+        &pick(dst.dims()),
+        &pick(src.strides()),
+        &pick(dst.strides()),
+    )
+    .map_err(kerr(op))?;
     g.bind()?;
     // SAFETY: src's and dst's strides address only elements of their own
     // layouts; dst is a slice of a dense output, so its elements are

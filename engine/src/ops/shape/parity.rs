@@ -32,9 +32,14 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
                     .map(|(s, n)| (n, Tensor::randn(s, 0.0, 1.0, dtype, rng), true))
                     .collect()
             };
-            out.push(autograd_with("cat", dtype, label, rng.next_u64(), draw, move |t| {
-                Ok(vec![("y".into(), Tensor::cat(t, dim)?)])
-            }));
+            out.push(autograd_with(
+                "cat",
+                dtype,
+                label,
+                rng.next_u64(),
+                draw,
+                move |t| Ok(vec![("y".into(), Tensor::cat(t, dim)?)]),
+            ));
         }
         // a transposed view as an input: [5, 7] seen as [7, 5]
         let draw = move |rng: &mut Rng| {
@@ -49,7 +54,12 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
             "[7,13]+[5,7]ᵀ dim 1".into(),
             rng.next_u64(),
             draw,
-            |t| Ok(vec![("y".into(), Tensor::cat(&[t[0].clone(), t[1].transpose(0, 1)?], 1)?)]),
+            |t| {
+                Ok(vec![(
+                    "y".into(),
+                    Tensor::cat(&[t[0].clone(), t[1].transpose(0, 1)?], 1)?,
+                )])
+            },
         ));
         // stack along a new middle dim (cat of unsqueezed views)
         let draw = move |rng: &mut Rng| {
@@ -91,8 +101,16 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     let draw = |rng: &mut Rng| {
         let ints = |n: usize, rng: &mut Rng| (0..n).map(|_| rng.below(1000) as i64).collect();
         vec![
-            ("a", Tensor::from_vec(ints(12, rng), &[3, 4]).expect("[3,4]"), false),
-            ("b", Tensor::from_vec(ints(8, rng), &[2, 4]).expect("[2,4]"), false),
+            (
+                "a",
+                Tensor::from_vec(ints(12, rng), &[3, 4]).expect("[3,4]"),
+                false,
+            ),
+            (
+                "b",
+                Tensor::from_vec(ints(8, rng), &[2, 4]).expect("[2,4]"),
+                false,
+            ),
         ]
     };
     out.push(autograd_with(

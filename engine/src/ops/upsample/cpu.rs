@@ -59,7 +59,11 @@ fn nearest_idx(dst: usize, input: usize, output: usize, scale_factor: Option<f64
 }
 
 /// Source indices of every output index along one axis.
-pub(super) fn nearest_indices(input: usize, output: usize, scale_factor: Option<f64>) -> Vec<usize> {
+pub(super) fn nearest_indices(
+    input: usize,
+    output: usize,
+    scale_factor: Option<f64>,
+) -> Vec<usize> {
     (0..output)
         .map(|d| nearest_idx(d, input, output, scale_factor))
         .collect()
@@ -100,7 +104,11 @@ pub(super) struct Lerp<T> {
 /// the tensor's compute type (as PyTorch's opmath type: f32 for f32 and the
 /// half types, f64 for f64), except that the floor goes through f32 as
 /// PyTorch's `floorf` does.
-pub(super) fn linear_weights<T: Float>(input: usize, output: usize, align_corners: bool) -> Vec<Lerp<T>> {
+pub(super) fn linear_weights<T: Float>(
+    input: usize,
+    output: usize,
+    align_corners: bool,
+) -> Vec<Lerp<T>> {
     let half = T::from_f64(0.5);
     let scale = if align_corners {
         if output > 1 {

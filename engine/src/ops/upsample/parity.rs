@@ -19,15 +19,61 @@ use crate::Rng;
 pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     // (input, output size, mode)
     let resizes: [(&'static [usize], [usize; 2], Mode); 9] = [
-        (&[2, 8, 5, 7], [10, 14], Mode::Nearest { scale_factor: Some(2.0) }),
-        (&[1, 3, 14, 9], [23, 13], Mode::Nearest { scale_factor: None }),
+        (
+            &[2, 8, 5, 7],
+            [10, 14],
+            Mode::Nearest {
+                scale_factor: Some(2.0),
+            },
+        ),
+        (
+            &[1, 3, 14, 9],
+            [23, 13],
+            Mode::Nearest { scale_factor: None },
+        ),
         (&[2, 3, 9, 12], [5, 7], Mode::Nearest { scale_factor: None }),
-        (&[2, 3, 5, 7], [9, 12], Mode::Bilinear { align_corners: false }),
-        (&[2, 3, 5, 7], [9, 12], Mode::Bilinear { align_corners: true }),
-        (&[2, 3, 9, 12], [5, 7], Mode::Bilinear { align_corners: false }),
-        (&[2, 3, 9, 12], [5, 7], Mode::Bilinear { align_corners: true }),
-        (&[1, 16, 7, 7], [28, 28], Mode::Bilinear { align_corners: false }),
-        (&[2, 3, 4, 6], [1, 6], Mode::Bilinear { align_corners: true }),
+        (
+            &[2, 3, 5, 7],
+            [9, 12],
+            Mode::Bilinear {
+                align_corners: false,
+            },
+        ),
+        (
+            &[2, 3, 5, 7],
+            [9, 12],
+            Mode::Bilinear {
+                align_corners: true,
+            },
+        ),
+        (
+            &[2, 3, 9, 12],
+            [5, 7],
+            Mode::Bilinear {
+                align_corners: false,
+            },
+        ),
+        (
+            &[2, 3, 9, 12],
+            [5, 7],
+            Mode::Bilinear {
+                align_corners: true,
+            },
+        ),
+        (
+            &[1, 16, 7, 7],
+            [28, 28],
+            Mode::Bilinear {
+                align_corners: false,
+            },
+        ),
+        (
+            &[2, 3, 4, 6],
+            [1, 6],
+            Mode::Bilinear {
+                align_corners: true,
+            },
+        ),
     ];
     for dtype in DTYPES {
         for (shape, size, mode) in resizes {
@@ -50,9 +96,9 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
                 vec![Input::randn("x", shape, 1.0)],
                 move |t| {
                     let y = match mode {
-                        Mode::Nearest { scale_factor: Some(s) } => {
-                            t[0].upsample_nearest2d_scale(s as usize)?
-                        }
+                        Mode::Nearest {
+                            scale_factor: Some(s),
+                        } => t[0].upsample_nearest2d_scale(s as usize)?,
                         Mode::Nearest { scale_factor: None } => t[0].upsample_nearest2d(size)?,
                         Mode::Bilinear { align_corners } => {
                             t[0].upsample_bilinear2d(size, align_corners)?
