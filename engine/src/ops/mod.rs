@@ -67,6 +67,8 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     detection::parity::cases(&mut rng, &mut all);
     optim::parity::cases(&mut rng, &mut all);
     conv::parity::cases(&mut rng, &mut all);
+    shape::parity::cases(&mut rng, &mut all);
+    upsample::parity::cases(&mut rng, &mut all);
     all
 }
 

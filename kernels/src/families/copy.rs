@@ -1,4 +1,5 @@
-//! Gathering a strided view into a dense buffer (copy.cu).
+//! Gathering a strided view into a dense buffer, and writing one strided
+//! view into another (copy.cu).
 
 use crate::library::{config, driver, DevPtr, KernelLibrary};
 use crate::error::{Error, Result};
@@ -8,7 +9,8 @@ use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("copy",
     typed []
-    untyped ["strided_copy_1", "strided_copy_2", "strided_copy_4", "strided_copy_8"]);
+    untyped ["strided_copy_1", "strided_copy_2", "strided_copy_4", "strided_copy_8",
+             "strided_assign_1", "strided_assign_2", "strided_assign_4", "strided_assign_8"]);
 
 /// Most dims a strided copy handles (`SLMLP_COPY_MAX_RANK` in copy.cu).
 pub const COPY_MAX_RANK: usize = 8;
@@ -49,7 +51,81 @@ impl StridedView {
     }
 }
 
+/// copy.cu's `StridedPair`, passed by value: dims in the destination's
+/// physical order (outermost first) with both sides' element strides.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct StridedPair {
+    pub rank: i32,
+    pub shape: [i64; COPY_MAX_RANK],
+    pub src_strides: [i64; COPY_MAX_RANK],
+    pub dst_strides: [i64; COPY_MAX_RANK],
+}
+
+// SAFETY: plain old data with the same C layout as copy.cu's struct.
+unsafe impl cudarc::driver::DeviceRepr for StridedPair {}
+
+impl StridedPair {
+    /// `shape` with the source's and destination's strides, all in the
+    /// destination's physical order.
+    pub fn new(shape: &[usize], src_strides: &[usize], dst_strides: &[usize]) -> Result<StridedPair> {
+        let rank = shape.len();
+        if src_strides.len() != rank || dst_strides.len() != rank || rank > COPY_MAX_RANK {
+            return Err(Error::Shape(format!(
+                "strided assign of rank {rank} (strides {} and {}): at most {COPY_MAX_RANK} dims",
+                src_strides.len(),
+                dst_strides.len()
+            )));
+        }
+        let mut v = StridedPair {
+            rank: rank as i32,
+            shape: [1; COPY_MAX_RANK],
+            src_strides: [0; COPY_MAX_RANK],
+            dst_strides: [0; COPY_MAX_RANK],
+        };
+        for d in 0..rank {
+            v.shape[d] = shape[d] as i64;
+            v.src_strides[d] = src_strides[d] as i64;
+            v.dst_strides[d] = dst_strides[d] as i64;
+        }
+        Ok(v)
+    }
+}
+
 impl KernelLibrary {
+    /// dst[dst offset of element i] = src[src offset of element i] for the
+    /// n elements of `view`, elements of `elem_bytes` (1, 2, 4 or 8) bytes
+    /// (copy.cu strided_assign).
+    ///
+    /// # Safety
+    /// src and dst must hold every element the view's strides address from
+    /// them, and no two elements of the destination may share an offset.
+    pub unsafe fn strided_assign(
+        &self,
+        stream: &CudaStream,
+        elem_bytes: usize,
+        src: DevPtr,
+        dst: DevPtr,
+        n: usize,
+        view: &StridedPair,
+    ) -> Result<()> {
+        if !matches!(elem_bytes, 1 | 2 | 4 | 8) {
+            return Err(Error::Shape(format!(
+                "strided assign of {elem_bytes}-byte elements: 1, 2, 4 or 8 only"
+            )));
+        }
+        let Some(shape) = launch::elementwise(n, 1, &self.gpu()) else {
+            return Ok(());
+        };
+        let name = format!("strided_assign_{elem_bytes}");
+        let f = self.function(&name)?;
+        let n = n as i64;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&src).arg(&dst).arg(&n).arg(view);
+        b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
     /// dst[i] = src[offset of the i-th element of `view`], i < n, elements
     /// of `elem_bytes` (1, 2, 4 or 8) bytes (copy.cu).
     ///

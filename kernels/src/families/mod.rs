@@ -26,4 +26,6 @@ families!(
     copy,
     roi_align,
     nms,
+    loss,
+    upsample,
 );

@@ -75,6 +75,20 @@ impl KernelLibrary {
                     shape.grid.0 as i32
                 }
             };
+        self.sum_finalize(stream, partials, count, out)
+    }
+
+    /// out[0] (f32) = the sum (in double) of `count` f32 partials.
+    ///
+    /// # Safety
+    /// partials: `count` f32; out: one f32.
+    pub(crate) unsafe fn sum_finalize(
+        &self,
+        stream: &CudaStream,
+        partials: DevPtr,
+        count: i32,
+        out: DevPtr,
+    ) -> Result<()> {
         let f = self.function("sum_finalize")?;
         let mut b = stream.launch_builder(&f);
         b.arg(&partials).arg(&count).arg(&out);

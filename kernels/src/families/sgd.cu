@@ -78,3 +78,90 @@ __device__ __forceinline__ void sgd_step(float* p, const float* g, float* buf, T
 SGD_ENTRY_POINT(float, f32)
 SGD_ENTRY_POINT(__half, f16)
 SGD_ENTRY_POINT(__nv_bfloat16, bf16)
+
+// ---------------------------------------------------------------------------
+// LARS (engine/src/optim/lars.rs), per param, three launches and no host
+// read:
+//   lars_norms (any grid G <= the workspace, 256 threads): per block, the
+//     sums of p^2 and g^2 in double -> partials[2*block], [2*block + 1];
+//   lars_trust (one block of 256): adds the G pairs in double in a fixed
+//     order, wn = sqrt(sum p^2), gn = sqrt(sum g^2), and writes the trust
+//     ratio q = eta * wn / (gn + wd * wn) when wn > 0 and the denominator
+//     > 0, else 1 (the CPU's rule, in double, rounded to f32 once);
+//   lars_step_<t> (1-D grid-stride): buf = momentum * buf + q * (g + wd * p),
+//     p = p - lr * buf, copy = round_to_T(p) (if copy != null); q is read
+//     from the device (q == null: 1, a param excluded from adaptation).
+// p, buf are updated IN PLACE (f32 master and momentum); copy OVERWRITTEN.
+__device__ __forceinline__ double block_sum_double(double v, double* sh) {
+    v = warp_sum(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    double t = 0.0;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++) t += sh[w];
+    return t;
+}
+
+extern "C" __global__ void SLMLP_LAUNCH_BOUNDS lars_norms(const float* __restrict__ p,
+                                                           const float* __restrict__ g, i64 n,
+                                                           double* __restrict__ partials) {
+    __shared__ double sh[SLMLP_BLOCK / 32];
+    double sp = 0.0, sg = 0.0;
+    for (i64 e = grid_start(); e < n; e += grid_stride()) {
+        const double a = (double)p[e], b = (double)g[e];
+        sp += a * a;
+        sg += b * b;
+    }
+    sp = block_sum_double(sp, sh);
+    sg = block_sum_double(sg, sh);
+    if (threadIdx.x == 0) {
+        partials[2 * blockIdx.x] = sp;
+        partials[2 * blockIdx.x + 1] = sg;
+    }
+}
+
+extern "C" __global__ void SLMLP_LAUNCH_BOUNDS lars_trust(const double* __restrict__ partials,
+                                                           int count, double eta,
+                                                           double weight_decay,
+                                                           float* __restrict__ q) {
+    __shared__ double sh[SLMLP_BLOCK / 32];
+    double sp = 0.0, sg = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        sp += partials[2 * i];
+        sg += partials[2 * i + 1];
+    }
+    sp = block_sum_double(sp, sh);
+    sg = block_sum_double(sg, sh);
+    if (threadIdx.x == 0) {
+        const double wn = sqrt(sp), gn = sqrt(sg);
+        const double denom = gn + weight_decay * wn;
+        q[0] = (float)(wn > 0.0 && denom > 0.0 ? eta * wn / denom : 1.0);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void lars_step(float* __restrict__ p, const float* __restrict__ g,
+                                          float* __restrict__ buf, T* __restrict__ copy, i64 n,
+                                          float lr, float momentum, float weight_decay,
+                                          const float* __restrict__ q) {
+    const float trust = q ? q[0] : 1.0f;
+    for (i64 e = grid_start(); e < n; e += grid_stride()) {
+        const float w = p[e];
+        const float b = momentum * buf[e] + trust * (g[e] + weight_decay * w);
+        buf[e] = b;
+        const float nw = w - lr * b;
+        p[e] = nw;
+        if (copy) copy[e] = from_f32<T>(nw);
+    }
+}
+
+#define LARS_ENTRY_POINT(T, SFX)                                                                 \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS lars_step_##SFX(                              \
+        float* p, const float* g, float* buf, T* copy, i64 n, float lr, float momentum,          \
+        float weight_decay, const float* q) {                                                    \
+        lars_step<T>(p, g, buf, copy, n, lr, momentum, weight_decay, q);                         \
+    }
+
+LARS_ENTRY_POINT(float, f32)
+LARS_ENTRY_POINT(__half, f16)
+LARS_ENTRY_POINT(__nv_bfloat16, bf16)

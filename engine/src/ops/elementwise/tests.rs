@@ -1,8 +1,5 @@
-//! Elementwise ops: the front-end's gradient checks, the CPU backend and
-//! what the GPU backend refuses before touching a GPU.
+//! Elementwise ops: the front-end's gradient checks and the CPU backend.
 
-use super::{BinOp, ElementwiseOps};
-use crate::backend::Cuda;
 use crate::{DType, Tensor};
 
 fn t(v: &[f32], shape: &[usize]) -> Tensor {
@@ -46,18 +43,4 @@ fn mixed_dtypes_are_an_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("like the first operand"), "{e}");
-}
-
-#[test]
-fn gpu_has_no_mul_or_div_kernel() {
-    let a = t(&[1.0], &[1]);
-    let e = Cuda
-        .binary(BinOp::Mul, &a, &a, &[1])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("op mul is not implemented on device cuda"),
-        "{e}"
-    );
-    assert!(Cuda.binary(BinOp::Div, &a, &a, &[1]).is_err());
 }

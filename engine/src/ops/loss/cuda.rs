@@ -2,18 +2,23 @@
 //! F.cross_entropy(reduction="mean") with label smoothing and an ignore
 //! index, as the CPU backend — including its errors (a target out of range,
 //! every row ignored), which cost one small device-to-host read per
-//! forward. Softmax, BCE-with-logits and smooth-L1 have no GPU kernels.
+//! forward. Softmax / log_softmax over any dim (one warp per row) and the
+//! mean BCE-with-logits and smooth-L1 with their backward run loss.cu:
+//! none of them reads anything back to the host.
 
-use super::{target_rows, LossOps, XentGeom};
+use super::{target_rows, LossOps, Pointwise, SoftmaxGeom, XentGeom};
 use crate::backend::{Cuda, Saved};
 use crate::cuda::launch::cast;
-use crate::cuda::launch::{dense, kdtype, kerr, on_device, traced_sync};
+use crate::cuda::launch::{
+    dense, empty_like, kdtype, kerr, on_device, same_gpu, traced_sync, with_strides_of,
+};
 use crate::cuda::runtime::Gpu;
 use crate::cuda::storage::DeviceStorage;
 use crate::cuda::tensor::{alloc, contiguous, download, empty, gpu_of, ptr};
 use crate::layout::Layout;
 use crate::{DType, Error, Result, Tensor};
-use kernels::device::Xent;
+use kernels::device::{PointwiseLoss, SoftmaxDims, Xent};
+use kernels::families::reduce::SUM_MAX_PARTIALS;
 
 /// Floats of the stats block: [mean loss, valid rows, bad-target flag (as
 /// int32 bits)], read back with one download.
@@ -30,7 +35,161 @@ struct XentSaved {
     _stats: DeviceStorage,
 }
 
+/// `t` itself when row-major, else a row-major copy (the softmax kernels
+/// read [outer, size, inner] row-major).
+fn row_major(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() {
+        Ok(t.clone())
+    } else {
+        contiguous(t)
+    }
+}
+
+fn softmax_dims(g: &SoftmaxGeom) -> SoftmaxDims {
+    SoftmaxDims {
+        outer: g.outer,
+        size: g.size,
+        inner: g.inner,
+        log: g.log,
+    }
+}
+
+/// The softmax forward (dy None) or backward of `x` (the output y for the
+/// backward), into a new row-major tensor.
+fn softmax_run(x: &Tensor, dy: Option<&Tensor>, geom: &SoftmaxGeom) -> Result<Tensor> {
+    let op = geom.name();
+    let g = match dy {
+        Some(dy) => same_gpu(op, &[x, dy])?,
+        None => gpu_of(x)?,
+    };
+    let dt = kdtype(op, x.dtype())?;
+    let x = row_major(x)?;
+    let dy = dy.map(row_major).transpose()?;
+    let s = alloc(g, x.dtype(), x.numel())?;
+    g.bind()?;
+    // SAFETY: x, dy and s hold outer*size*inner elements of x's dtype,
+    // row-major.
+    unsafe {
+        g.kernels.softmax(
+            &g.stream,
+            dt,
+            &softmax_dims(geom),
+            ptr(&x)?,
+            dy.as_ref().map(ptr).transpose()?,
+            s.ptr(),
+        )
+    }
+    .map_err(kerr(op))?;
+    traced_sync(g)?;
+    Ok(Tensor::from_device_parts(s, Layout::contiguous(x.dims())))
+}
+
+fn pointwise_kind(kind: Pointwise) -> PointwiseLoss {
+    match kind {
+        Pointwise::BceWithLogits => PointwiseLoss::BceWithLogits,
+        Pointwise::SmoothL1 { beta } => PointwiseLoss::SmoothL1 { beta: beta as f32 },
+    }
+}
+
+/// x dense and t in x's element order (same strides).
+fn pair(op: &'static str, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
+    let x = dense(x)?;
+    let t = with_strides_of(op, t, &x)?;
+    Ok((x, t))
+}
+
 impl LossOps for Cuda {
+    fn softmax(&self, x: &Tensor, g: &SoftmaxGeom) -> Result<Tensor> {
+        crate::trace::kernel("softmax_fwd");
+        softmax_run(x, None, g)
+    }
+
+    fn softmax_backward(&self, y: &Tensor, dy: &Tensor, g: &SoftmaxGeom) -> Result<Tensor> {
+        crate::trace::kernel("softmax_bwd");
+        softmax_run(y, Some(dy), g)
+    }
+
+    /// The sum (f32 partials per block, finished in double), times 1/n in
+    /// f32, rounded to x's dtype: no host read.
+    fn pointwise_loss(&self, x: &Tensor, t: &Tensor, kind: Pointwise) -> Result<Tensor> {
+        let op = kind.name();
+        crate::trace::kernel("pointwise_loss_partial+sum_finalize");
+        let g = same_gpu(op, &[x, t])?;
+        let dt = kdtype(op, x.dtype())?;
+        let (xd, td) = pair(op, x, t)?;
+        let n = xd.numel();
+        let partials = alloc(g, DType::F32, SUM_MAX_PARTIALS as usize)?;
+        let sum = alloc(g, DType::F32, 1)?;
+        g.bind()?;
+        // SAFETY: xd and td hold n elements of x's dtype in one order;
+        // partials SUM_MAX_PARTIALS f32, sum one f32 (scaled in place).
+        unsafe {
+            g.kernels.pointwise_loss_sum(
+                &g.stream,
+                dt,
+                pointwise_kind(kind),
+                ptr(&xd)?,
+                ptr(&td)?,
+                n,
+                partials.ptr(),
+                sum.ptr(),
+            )
+        }
+        .map_err(kerr(op))?;
+        // SAFETY: sum is one f32, scaled in place.
+        unsafe {
+            g.kernels.scale(
+                &g.stream,
+                kernels::device::Dtype::F32,
+                sum.ptr(),
+                sum.ptr(),
+                (1.0 / n as f64) as f32,
+                1,
+            )
+        }
+        .map_err(kerr(op))?;
+        let mean = Tensor::from_device_parts(sum, Layout::contiguous(&[]));
+        let out = cast(&mean, x.dtype())?;
+        traced_sync(g)?;
+        Ok(out)
+    }
+
+    fn pointwise_loss_backward(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        dloss: &Tensor,
+        kind: Pointwise,
+    ) -> Result<Tensor> {
+        let op = kind.name();
+        crate::trace::kernel("pointwise_loss_bwd");
+        let dl = on_device(dloss, x.device())?;
+        let g = same_gpu(op, &[x, t, &dl])?;
+        let dt = kdtype(op, x.dtype())?;
+        let (xd, td) = pair(op, x, t)?;
+        // the kernel reads the loss gradient from the device as f32
+        let dl = cast(&dense(&dl)?, DType::F32)?;
+        let dx = empty_like(&xd, x.dtype())?;
+        g.bind()?;
+        // SAFETY: xd, td, dx hold numel elements of x's dtype in one order;
+        // dl one f32.
+        unsafe {
+            g.kernels.pointwise_loss_backward(
+                &g.stream,
+                dt,
+                pointwise_kind(kind),
+                ptr(&xd)?,
+                ptr(&td)?,
+                ptr(&dl)?,
+                xd.numel(),
+                ptr(&dx)?,
+            )
+        }
+        .map_err(kerr(op))?;
+        traced_sync(g)?;
+        Ok(dx)
+    }
+
     fn cross_entropy(
         &self,
         logits: &Tensor,

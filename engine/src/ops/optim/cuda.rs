@@ -1,11 +1,11 @@
-//! The optimizer primitives on the GPU: the fused SGD step
+//! The optimizer primitives on the GPU: the fused SGD and LARS steps
 //! (kernels/src/families/sgd.cu) and the unscale + all-finite pass of dynamic loss
-//! scaling (kernels/src/families/reduce.cu), both writing device buffers in place.
+//! scaling (kernels/src/families/reduce.cu), all writing device buffers in place.
 //!
 //! Every launch goes on the GPU's one stream; nothing here waits for the
 //! GPU except [`FiniteFlag::read`], a loss-scaled step's one sync.
 
-use super::{OptimOps, SgdHyper};
+use super::{LarsHyper, OptimOps, SgdHyper};
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{empty_like, kdtype, kerr, with_strides_of};
@@ -123,6 +123,77 @@ unsafe fn sgd_step(
     Ok(())
 }
 
+/// Queues one LARS step over the dense f32 `p`, `g` and `buf` of `n`
+/// elements (and `copy`, 0 or `n` elements of `copy_dtype`): the norms
+/// and the trust ratio on the device unless the param is excluded (q = 1,
+/// no decay), then `lars_step_<copy_dtype>`.
+///
+/// # Safety
+/// As [`sgd_step`]; `buf` is non-zero and holds the momentum (zeros on a
+/// first step).
+unsafe fn lars_step(
+    gpu: &'static Gpu,
+    copy_dtype: kernels::device::Dtype,
+    b: &SgdBuffers,
+    h: &LarsHyper,
+) -> Result<()> {
+    const OP: &str = "lars_step";
+    if b.p == 0 || b.g == 0 || b.buf == 0 {
+        return Err(Error::arg(
+            OP,
+            "null parameter, gradient or momentum buffer",
+        ));
+    }
+    let Some(shape) = launch::elementwise(b.n, 1, &gpu.kernels.gpu()) else {
+        return Ok(());
+    };
+    let n = count(OP, b.n)?;
+    let (wd, q) = if h.excluded {
+        (0.0f32, None)
+    } else {
+        // per block (sum p², sum g²) in double, then the ratio, on the device
+        let parts = shape
+            .grid
+            .0
+            .min(kernels::families::reduce::SUM_MAX_PARTIALS);
+        let partials = ct::alloc(gpu, DType::F64, 2 * parts as usize)?;
+        let q = ct::alloc(gpu, DType::F32, 1)?;
+        let f = gpu.kernels.function("lars_norms").map_err(kerr(OP))?;
+        gpu.bind()?;
+        let mut l = gpu.stream.launch_builder(&f);
+        let out = partials.ptr();
+        l.arg(&b.p).arg(&b.g).arg(&n).arg(&out);
+        let norms = LaunchShape {
+            grid: (parts, 1, 1),
+            ..shape
+        };
+        l.launch(config(norms))
+            .map_err(|e| gpu.err("lars_norms", e))?;
+        let f = gpu.kernels.function("lars_trust").map_err(kerr(OP))?;
+        let (count, qp) = (parts as i32, q.ptr());
+        let mut l = gpu.stream.launch_builder(&f);
+        l.arg(&out)
+            .arg(&count)
+            .arg(&h.eta)
+            .arg(&h.weight_decay)
+            .arg(&qp);
+        l.launch(config(launch::single_block()))
+            .map_err(|e| gpu.err("lars_trust", e))?;
+        // both buffers are only read by launches queued before they drop
+        (h.weight_decay as f32, Some(q))
+    };
+    let name = format!("lars_step_{}", copy_dtype.suffix());
+    let f = gpu.kernels.function(&name).map_err(kerr(OP))?;
+    let (lr, momentum) = (h.lr as f32, h.momentum as f32);
+    let qp = q.as_ref().map_or(0, |q| q.ptr());
+    gpu.bind()?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&b.p).arg(&b.g).arg(&b.buf).arg(&b.copy).arg(&n);
+    l.arg(&lr).arg(&momentum).arg(&wd).arg(&qp);
+    l.launch(config(shape)).map_err(|e| gpu.err(&name, e))?;
+    Ok(())
+}
+
 /// One int on the GPU that any kernel of a step sets to 1 when it meets an
 /// inf/NaN (GradScaler's `found_inf`), zeroed when created.
 struct FiniteFlag {
@@ -199,6 +270,44 @@ impl FiniteFlag {
     }
 }
 
+/// A step's operands: the f32 master (the param's own storage when it is
+/// f32, else an f32 copy), the f32 gradient in the master's element order,
+/// and for an f16/bf16 param a fresh buffer for its new value. A strided
+/// param is made dense once (the kernels walk flat buffers).
+fn working_set(
+    op: &'static str,
+    p: &Param,
+    g: &Tensor,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let mut value = p.get();
+    if !matches!(value.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+        return Err(Error::dtype(
+            op,
+            format!("an f32, f16 or bf16 parameter on the GPU ({})", p.name()),
+            value.dtype(),
+        ));
+    }
+    if !ct::is_dense(value.layout()) {
+        p.set(ct::to_default_layout(&value)?)?;
+        value = p.get();
+    }
+    let low = value.dtype() != DType::F32;
+    // f32: the param's own storage, stepped in place
+    let master = if low {
+        cast(&value, DType::F32)?
+    } else {
+        value.clone()
+    };
+    // element i of every operand must be the same logical element
+    let g = with_strides_of(op, &cast(g, DType::F32)?, &master)?;
+    let copy = if low {
+        Some(empty_like(&master, value.dtype())?)
+    } else {
+        None
+    };
+    Ok((master, g, copy))
+}
+
 impl OptimOps for Cuda {
     /// One `sgd_step_<t>` launch. An f32 param's storage is stepped in
     /// place; f16/bf16 params through an f32 working copy whose rounding
@@ -206,29 +315,8 @@ impl OptimOps for Cuda {
     /// f32 result.
     fn sgd_step(&self, p: &Param, g: &Tensor, m: &mut Option<Tensor>, h: &SgdHyper) -> Result<()> {
         const OP: &str = "sgd";
-        let mut value = p.get();
-        if !matches!(value.dtype(), DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::dtype(
-                OP,
-                format!("an f32, f16 or bf16 parameter on the GPU ({})", p.name()),
-                value.dtype(),
-            ));
-        }
-        // the kernel walks a flat buffer: a strided view is made dense once
-        if !ct::is_dense(value.layout()) {
-            p.set(ct::to_default_layout(&value)?)?;
-            value = p.get();
-        }
-        let gpu = ct::gpu_of(&value)?;
-        let low = value.dtype() != DType::F32;
-        // f32: the param's own storage, stepped in place
-        let master = if low {
-            cast(&value, DType::F32)?
-        } else {
-            value.clone()
-        };
-        // element i of every operand must be the same logical element
-        let g = with_strides_of(OP, &cast(g, DType::F32)?, &master)?;
+        let (master, g, copy) = working_set(OP, p, g)?;
+        let gpu = ct::gpu_of(&master)?;
         let use_momentum = h.momentum != 0.0;
         let first = m.is_none();
         let new_buf = match m {
@@ -236,11 +324,6 @@ impl OptimOps for Cuda {
             // the kernel writes buf = d on a first step: no zeroing needed
             None if use_momentum => Some(empty_like(&master, DType::F32)?),
             None => None,
-        };
-        let copy = if low {
-            Some(empty_like(&master, value.dtype())?)
-        } else {
-            None
         };
         let bufs = SgdBuffers {
             p: ptr(&master)?,
@@ -258,6 +341,46 @@ impl OptimOps for Cuda {
         if new_buf.is_some() {
             *m = new_buf;
         }
+        if let Some(c) = copy {
+            p.set(c)?;
+        }
+        Ok(())
+    }
+
+    /// `lars_step_<t>` after the norms and trust ratio on the device; like
+    /// [`OptimOps::sgd_step`], f32 params are stepped in their own storage,
+    /// f16/bf16 ones through an f32 working copy.
+    fn lars_step(
+        &self,
+        p: &Param,
+        g: &Tensor,
+        buf: &mut Option<Tensor>,
+        h: &LarsHyper,
+    ) -> Result<()> {
+        const OP: &str = "lars";
+        let (master, g, copy) = working_set(OP, p, g)?;
+        let gpu = ct::gpu_of(&master)?;
+        let new_buf = match buf {
+            Some(b) => with_strides_of(OP, b, &master)?,
+            // the momentum starts at zero
+            None => {
+                let b = empty_like(&master, DType::F32)?;
+                storage_of(&b)?.block().memset(0)?;
+                b
+            }
+        };
+        let bufs = SgdBuffers {
+            p: ptr(&master)?,
+            g: ptr(&g)?,
+            buf: ptr(&new_buf)?,
+            copy: copy.as_ref().map(ptr).transpose()?.unwrap_or(0),
+            n: master.numel(),
+        };
+        let copy_dtype = kdtype(OP, copy.as_ref().map_or(DType::F32, |c| c.dtype()))?;
+        // SAFETY: as sgd_step's: master, grad, buf and copy are dense over
+        // the same layout, live on `gpu`, distinct buffers.
+        unsafe { lars_step(gpu, copy_dtype, &bufs, h)? };
+        *buf = Some(new_buf);
         if let Some(c) = copy {
             p.set(c)?;
         }

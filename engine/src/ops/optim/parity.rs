@@ -1,12 +1,16 @@
 //! The optimizer family's GPU parity cases: three SGD steps over one param
 //! of each kind the models have (momentum, weight decay, Nesterov, decay
-//! excluded from 1-d params), and an AMP step with and without an overflow
+//! excluded from 1-d params), three LARS steps over the same params (with
+//! and without excluding 1-d params from adaptation; the GPU computes the
+//! norms in double like the CPU, then the update in f32 like the CPU's f32
+//! loop, so the default f32 threshold holds), and an AMP step with and
+//! without an overflow
 //! (the scaled loss, the unscaled gradients, the skipped step, the new
 //! scale).
 
 use crate::amp::{amp_step, LossScaler};
 use crate::nn::Param;
-use crate::optim::{Optimizer, Sgd};
+use crate::optim::{Lars, Optimizer, Sgd};
 use crate::parity::{Case, Outputs};
 use crate::{DType, Device, Error, Result, Rng, Tensor};
 
@@ -77,6 +81,32 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
             if exclude { ", no wd on 1-d" } else { "" }
         );
         out.push(case(label, run, "sgd_step"));
+    }
+    for exclude in [true, false] {
+        let values = draw(rng, 1.0);
+        let grads: Vec<Vec<Tensor>> = (0..3).map(|_| draw(rng, 0.5)).collect();
+        let run = move |device: Device| -> Result<Outputs> {
+            let params = params(&values, device)?;
+            let mut opt = Lars::new(0.5, 0.9, 1e-4).with_eta(0.02);
+            opt.exclude_no_wd = exclude;
+            for step in &grads {
+                for (p, g) in params.iter().zip(step) {
+                    p.set_grad(Some(g.to_device(device)?));
+                }
+                opt.step(&params)?;
+            }
+            let mut out: Outputs = params
+                .iter()
+                .map(|p| (p.name().to_string(), p.get()))
+                .collect();
+            out.extend(opt.state());
+            Ok(out)
+        };
+        let label = format!(
+            "5 params, 3 steps, eta 0.02{}",
+            if exclude { ", 1-d excluded" } else { "" }
+        );
+        out.push(case(label, run, "lars_step"));
     }
     for overflow in [false, true] {
         let values = draw(rng, 1.0);

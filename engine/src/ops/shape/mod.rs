@@ -4,6 +4,7 @@
 
 mod cpu;
 mod cuda;
+pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 

@@ -59,7 +59,11 @@ fn nearest_idx(dst: usize, input: usize, output: usize, scale_factor: Option<f64
 }
 
 /// Source indices of every output index along one axis.
-fn nearest_indices(input: usize, output: usize, scale_factor: Option<f64>) -> Vec<usize> {
+pub(super) fn nearest_indices(
+    input: usize,
+    output: usize,
+    scale_factor: Option<f64>,
+) -> Vec<usize> {
     (0..output)
         .map(|d| nearest_idx(d, input, output, scale_factor))
         .collect()
@@ -89,18 +93,22 @@ fn nearest_backward<T: Float>(dy: &[T], hw: [usize; 2], rows: &[usize], cols: &[
 
 /// One output index's two source indices and their weights along an axis.
 #[derive(Clone, Copy)]
-struct Lerp<T> {
-    i0: usize,
-    i1: usize,
-    l0: T,
-    l1: T,
+pub(super) struct Lerp<T> {
+    pub(super) i0: usize,
+    pub(super) i1: usize,
+    pub(super) l0: T,
+    pub(super) l1: T,
 }
 
 /// PyTorch's `compute_source_index_and_lambda` for every output index, in
 /// the tensor's compute type (as PyTorch's opmath type: f32 for f32 and the
 /// half types, f64 for f64), except that the floor goes through f32 as
 /// PyTorch's `floorf` does.
-fn linear_weights<T: Float>(input: usize, output: usize, align_corners: bool) -> Vec<Lerp<T>> {
+pub(super) fn linear_weights<T: Float>(
+    input: usize,
+    output: usize,
+    align_corners: bool,
+) -> Vec<Lerp<T>> {
     let half = T::from_f64(0.5);
     let scale = if align_corners {
         if output > 1 {

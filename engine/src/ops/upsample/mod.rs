@@ -1,10 +1,11 @@
 //! Nearest and bilinear resizing of NCHW tensors, index for index as
 //! PyTorch's `F.interpolate` (modes "nearest" and "bilinear"): the checks,
 //! trace and autograd, over the [`UpsampleOps`] primitives of the backends
-//! (`cpu.rs`; the GPU has no kernel for them yet, `cuda.rs`).
+//! (`cpu.rs`, `cuda.rs`).
 
 mod cpu;
 mod cuda;
+pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
