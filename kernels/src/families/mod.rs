@@ -26,4 +26,5 @@ families!(
     copy,
     roi_align,
     nms,
+    index,
 );
