@@ -52,6 +52,48 @@ enum Command {
     Detect(detect::DetectArgs),
 }
 
+/// Bounds on the sizes and counts every command takes from the command
+/// line, so that a typo is a one-line error instead of a failed allocation
+/// (network sizes: `net::MAX_*`; image sizes: `data::MAX_IMAGE_SIZE`).
+const MAX_BATCH: usize = 65_536;
+const MAX_THREADS: usize = 4096;
+/// Images per class, images to generate, neighbours, seeds, epochs.
+const MAX_COUNT: usize = 100_000_000;
+/// Points per class in a t-SNE plot (exact t-SNE: memory grows with the
+/// square of the points).
+const MAX_PLOT_PER_CLASS: usize = 10_000;
+
+/// An error naming `--flag` unless `value` lies in `range`.
+fn bounded(flag: &str, value: usize, range: std::ops::RangeInclusive<usize>) -> Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(engine::Error::arg(
+            "command line",
+            format!(
+                "--{flag} {value} is out of range {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// `bounded` for an optional flag.
+fn bounded_opt(
+    flag: &str,
+    value: Option<usize>,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<()> {
+    value.map_or(Ok(()), |v| bounded(flag, v, range))
+}
+
+/// The data flags every classification command shares.
+fn check_data(d: &crate::pretrain::DataArgs) -> Result<()> {
+    bounded_opt("per-class", d.per_class, 1..=MAX_COUNT)?;
+    bounded("workers", d.workers, 0..=MAX_THREADS)
+}
+
 fn run(command: &Command) -> Result<()> {
     match command {
         Command::Pretrain(a) => pretrain::run(a),
@@ -69,6 +111,10 @@ fn run(command: &Command) -> Result<()> {
 /// stderr and a failure exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = bounded_opt("threads", cli.threads, 1..=MAX_THREADS) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(t) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(t)
