@@ -102,6 +102,11 @@ impl Traced for Tensor {
         vec![self]
     }
 }
+impl Traced for (Tensor, Tensor) {
+    fn outputs(&self) -> Vec<&Tensor> {
+        vec![&self.0, &self.1]
+    }
+}
 impl Traced for Vec<Option<Tensor>> {
     fn outputs(&self) -> Vec<&Tensor> {
         self.iter().flatten().collect()

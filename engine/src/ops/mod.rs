@@ -12,6 +12,7 @@ pub mod copy;
 mod coverage;
 pub mod detection;
 pub mod elementwise;
+pub mod index;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
@@ -50,6 +51,39 @@ macro_rules! dispatch_float {
     };
 }
 
+/// Runs `$body` with `$T` = the element type stored for `$dtype`.
+#[macro_export]
+macro_rules! dispatch_any {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            $crate::DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
+            $crate::DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            $crate::DType::U8 => {
+                type $T = u8;
+                $body
+            }
+        }
+    };
+}
+
 use crate::{Error, Result, Rng, Tensor};
 
 /// Every op family's GPU parity cases (`<family>/parity.rs`), in a fixed
@@ -67,6 +101,7 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     detection::parity::cases(&mut rng, &mut all);
     optim::parity::cases(&mut rng, &mut all);
     conv::parity::cases(&mut rng, &mut all);
+    index::parity::cases(&mut rng, &mut all);
     shape::parity::cases(&mut rng, &mut all);
     upsample::parity::cases(&mut rng, &mut all);
     all

@@ -26,6 +26,7 @@ families!(
     copy,
     roi_align,
     nms,
+    index,
     loss,
     upsample,
 );

@@ -31,6 +31,7 @@ __device__ __forceinline__ float box_iou(const float (&a)[4], float area_a, cons
 
 template <typename T>
 __device__ __forceinline__ void nms_mask(const T* __restrict__ boxes, const int* __restrict__ order,
+                                        const i64* __restrict__ cats,
                                         unsigned long long* __restrict__ mask, int K,
                                         double threshold) {
     const int row_start = blockIdx.y, col_start = blockIdx.x;
@@ -39,8 +40,10 @@ __device__ __forceinline__ void nms_mask(const T* __restrict__ boxes, const int*
     const int rows = min(K - row_start * NMS_BLOCK, NMS_BLOCK);
     const int cols = min(K - col_start * NMS_BLOCK, NMS_BLOCK);
     __shared__ float sh[NMS_BLOCK][5];  // x1, y1, x2, y2, area
+    __shared__ i64 sh_cat[NMS_BLOCK];
     if ((int)threadIdx.x < cols) {
         const i64 j = order[col_start * NMS_BLOCK + threadIdx.x];
+        sh_cat[threadIdx.x] = cats != nullptr ? cats[j] : 0;
         float b[4];
 #pragma unroll
         for (int q = 0; q < 4; q++) b[q] = to_f32(boxes[j * 4 + q]);
@@ -56,20 +59,43 @@ __device__ __forceinline__ void nms_mask(const T* __restrict__ boxes, const int*
 #pragma unroll
     for (int q = 0; q < 4; q++) a[q] = to_f32(boxes[bi * 4 + q]);
     const float area_a = box_area(a);
+    const i64 cat = cats != nullptr ? cats[bi] : 0;
     unsigned long long bits = 0;
     const int first = row_start == col_start ? threadIdx.x + 1 : 0;
     for (int t = first; t < cols; t++) {
+        if (sh_cat[t] != cat) continue;
         const float b[4] = {sh[t][0], sh[t][1], sh[t][2], sh[t][3]};
         if ((double)box_iou(a, area_a, b, sh[t][4]) > threshold) bits |= 1ull << t;
     }
     mask[(i64)i * col_blocks + col_start] = bits;
 }
 
+template <typename T>
+__device__ __forceinline__ void box_iou_matrix(const T* __restrict__ a, const T* __restrict__ b,
+                                               T* __restrict__ out, i64 N, i64 M) {
+    const i64 total = N * M;
+    for (i64 e = grid_start(); e < total; e += grid_stride()) {
+        const i64 i = e / M, j = e % M;
+        float ba[4], bb[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            ba[q] = to_f32(a[i * 4 + q]);
+            bb[q] = to_f32(b[j * 4 + q]);
+        }
+        out[e] = from_f32<T>(box_iou(ba, box_area(ba), bb, box_area(bb)));
+    }
+}
+
 #define NMS_ENTRIES(T, SFX)                                                                   \
     extern "C" __global__ void __launch_bounds__(NMS_BLOCK) nms_mask_##SFX(                  \
         const T* __restrict__ boxes, const int* __restrict__ order,                            \
-        unsigned long long* __restrict__ mask, int K, double threshold) {                      \
-        nms_mask<T>(boxes, order, mask, K, threshold);                                         \
+        const i64* __restrict__ cats, unsigned long long* __restrict__ mask, int K,            \
+        double threshold) {                                                                    \
+        nms_mask<T>(boxes, order, cats, mask, K, threshold);                                   \
+    }                                                                                          \
+    extern "C" __global__ SLMLP_LAUNCH_BOUNDS void box_iou_##SFX(                              \
+        const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out, i64 N, i64 M) {   \
+        box_iou_matrix<T>(a, b, out, N, M);                                                    \
     }
 
 NMS_ENTRIES(float, f32)

@@ -1,14 +1,14 @@
 //! The IoU bit mask of NMS on the GPU (nms.cu) and the greedy pass over it
-//! on the host.
+//! on the host; the IoU matrix of two box sets.
 
 use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};
-use crate::launch::{to_i32, LaunchShape};
+use crate::launch::{self, to_i32, LaunchShape};
 use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("nms",
-    typed ["nms_mask"]
+    typed ["nms_mask", "box_iou"]
     untyped []);
 
 /// Boxes per NMS mask block: one 64-bit word of the mask.
@@ -65,11 +65,12 @@ pub fn nms_greedy(mask: &[u64], k: usize) -> Vec<usize> {
 impl KernelLibrary {
     /// The NMS IoU mask: u64 [K, nms_col_blocks(K)], row i bit b of word w
     /// set when box order[i] and box order[w*64 + b] (> i) have IoU >
-    /// `threshold`. Words before row i's own block are left unwritten.
+    /// `threshold` and, when `cats` is not null (0), the same category
+    /// (batched NMS). Words before row i's own block are left unwritten.
     ///
     /// # Safety
-    /// boxes: 4*K elements of `dtype`; order: K int32 in [0, K); mask:
-    /// K * nms_col_blocks(K) u64.
+    /// boxes: 4*K elements of `dtype`; order: K int32 in [0, K); cats: null
+    /// or K i64; mask: K * nms_col_blocks(K) u64.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn nms_mask(
         &self,
@@ -77,6 +78,7 @@ impl KernelLibrary {
         dtype: Dtype,
         boxes: DevPtr,
         order: DevPtr,
+        cats: DevPtr,
         mask: DevPtr,
         k: usize,
         threshold: f64,
@@ -88,8 +90,35 @@ impl KernelLibrary {
         let f = self.function(&name)?;
         let k = to_i32("nms boxes", k)?;
         let mut b = stream.launch_builder(&f);
-        b.arg(&boxes).arg(&order).arg(&mask).arg(&k).arg(&threshold);
+        b.arg(&boxes).arg(&order).arg(&cats).arg(&mask).arg(&k).arg(&threshold);
         b.launch(config(shape)).map_err(driver(&name))?;
+        Ok(())
+    }
+
+    /// out [N, M] (`dtype`, row-major) = IoU of boxes a [N, 4] and b [M, 4].
+    ///
+    /// # Safety
+    /// a: 4*N elements of `dtype`; b: 4*M; out: N*M.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn box_iou(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        a: DevPtr,
+        b: DevPtr,
+        out: DevPtr,
+        n: usize,
+        m: usize,
+    ) -> Result<()> {
+        let Some(shape) = launch::elementwise(n * m, 1, &self.gpu()) else {
+            return Ok(());
+        };
+        let name = format!("box_iou_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let (n, m) = (n as i64, m as i64);
+        let mut l = stream.launch_builder(&f);
+        l.arg(&a).arg(&b).arg(&out).arg(&n).arg(&m);
+        l.launch(config(shape)).map_err(driver(&name))?;
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! same sample positions, boundary rules and order of floating-point
 //! operations, so f64 results agree with torchvision to rounding.
 
-use super::{order_desc, DetectionOps, RoiGeom};
+use super::{DetectionOps, RoiGeom};
+use crate::ops::index::sort_order;
 use crate::backend::Cpu;
 use crate::{dispatch_float, Element, Float, Result, Tensor};
 use rayon::prelude::*;
@@ -256,7 +257,7 @@ fn rows<T: Float>(flat: &[T]) -> Vec<[T; 4]> {
 /// independent, so the result does not depend on the thread count).
 fn nms_impl<T: Float>(boxes: &[[T; 4]], scores: &[T], iou_threshold: f64) -> Vec<usize> {
     const PAR_MIN: usize = 8192;
-    let order = order_desc(scores);
+    let order = sort_order(scores, true);
     // coordinates and areas in score order: the scans below read them sequentially
     let sorted: Vec<[T; 4]> = order.iter().map(|&i| boxes[i]).collect();
     let areas: Vec<T> = sorted.iter().map(|&b| area(b)).collect();
@@ -352,7 +353,7 @@ fn per_category<T: Float>(b: &[[T; 4]], s: &[T], idxs: &[i64], thr: f64) -> Vec<
     }
     let keep: Vec<usize> = (0..b.len()).filter(|&i| kept[i]).collect();
     let ks: Vec<T> = keep.iter().map(|&i| s[i]).collect();
-    order_desc(&ks).into_iter().map(|r| keep[r]).collect()
+    sort_order(&ks, true).into_iter().map(|r| keep[r]).collect()
 }
 
 impl DetectionOps for Cpu {

@@ -1,10 +1,10 @@
 //! Detection ops on the GPU: RoIAlign forward/backward (roi_align.cu) over
-//! channels-last feature maps, and NMS with torchvision's CUDA design (IoU
-//! bit mask on the GPU, nms.cu; score sort and greedy pass on the host,
-//! where K is at most a few thousand). box_iou and batched_nms run on the
-//! host only.
+//! channels-last feature maps, box IoU (nms.cu), and NMS and batched NMS
+//! with torchvision's CUDA design (IoU bit mask on the GPU, nms.cu; score
+//! sort and greedy pass on the host, where K is at most a few thousand).
 
-use super::{order_desc, DetectionOps, RoiGeom};
+use super::{DetectionOps, RoiGeom};
+use crate::ops::index::sort_order;
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{kdtype, kerr, traced_sync};
@@ -97,41 +97,99 @@ impl DetectionOps for Cuda {
     /// The same set and order as the CPU op (IoU in f32, same operation
     /// order, compared in f64 with `iou_threshold`).
     fn nms(&self, boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Vec<usize>> {
-        const OP: &str = "nms";
-        crate::trace::kernel("nms_mask");
-        let k = boxes.dims()[0];
-        let g = gpu_of(boxes)?;
-        let dt = kdtype(OP, boxes.dtype())?;
-        // K scores: sorted on the host with the CPU op's exact rule; f64
-        // orders every GPU dtype's values exactly
-        let order = order_desc(&download(scores)?.to_vec_f64());
-        if k == 0 {
-            return Ok(Vec::new());
-        }
-        let order_i32: Vec<i32> = order.iter().map(|&i| i as i32).collect();
-        // int32 has no tensor dtype: a raw block
-        let order_dev = g.alloc(k * 4)?;
-        order_dev.upload_at(0, bytemuck::cast_slice(&order_i32))?;
-        let boxes = to_default_layout(boxes)?;
-        let words = k * nms_col_blocks(k);
-        let mask = g.alloc(words * 8)?;
+        mask_nms("nms", boxes, scores, None, iou_threshold)
+    }
+
+    /// One mask over all boxes where boxes of different categories never
+    /// overlap: the CPU's per-category path (more than 1000 boxes) exactly;
+    /// up to 1000 boxes the CPU shifts coordinates by category instead
+    /// (torchvision's trick), which can differ from this only by the
+    /// rounding of the shifted coordinates.
+    fn batched_nms(
+        &self,
+        boxes: &Tensor,
+        scores: &Tensor,
+        idxs: &[i64],
+        iou_threshold: f64,
+    ) -> Result<Vec<usize>> {
+        mask_nms("batched_nms", boxes, scores, Some(idxs), iou_threshold)
+    }
+
+    /// IoU in f32 in the CPU op's operation order, rounded once to the
+    /// boxes' dtype: equal to the CPU's bit for bit.
+    fn box_iou(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "box_iou";
+        crate::trace::kernel("box_iou");
+        let (n, m) = (a.dims()[0], b.dims()[0]);
+        let g = gpu_of(a)?;
+        let dt = kdtype(OP, a.dtype())?;
+        let (a, b) = (to_default_layout(a)?, to_default_layout(b)?);
+        let out = empty(g, &[n, m], a.dtype())?;
         g.bind()?;
-        // SAFETY: boxes dense [K, 4] of dt, order K int32 in [0, K), mask
-        // holds K * col_blocks u64.
+        // SAFETY: a dense [N, 4], b dense [M, 4] of dt, out [N, M] (2-D:
+        // the default layout is row-major).
         unsafe {
-            g.kernels.nms_mask(
-                &g.stream,
-                dt,
-                ptr(&boxes)?,
-                order_dev.ptr(),
-                mask.ptr(),
-                k,
-                iou_threshold,
-            )
+            g.kernels
+                .box_iou(&g.stream, dt, ptr(&a)?, ptr(&b)?, ptr(&out)?, n, m)
         }
         .map_err(kerr(OP))?;
-        let mut host = vec![0u64; words];
-        mask.download_at(0, bytemuck::cast_slice_mut(&mut host))?;
-        Ok(nms_greedy(&host, k).into_iter().map(|r| order[r]).collect())
+        traced_sync(g)?;
+        Ok(out)
     }
+}
+
+/// NMS through nms.cu's mask, boxes of different `cats` (when given: one
+/// per box) never suppressing each other; the kept indices in visiting
+/// order (decreasing score, ties by lower index, NaN first).
+fn mask_nms(
+    op: &'static str,
+    boxes: &Tensor,
+    scores: &Tensor,
+    cats: Option<&[i64]>,
+    iou_threshold: f64,
+) -> Result<Vec<usize>> {
+    crate::trace::kernel("nms_mask");
+    let k = boxes.dims()[0];
+    let g = gpu_of(boxes)?;
+    let dt = kdtype(op, boxes.dtype())?;
+    // K scores: sorted on the host with the CPU op's exact rule; f64
+    // orders every GPU dtype's values exactly
+    let order = sort_order(&download(scores)?.to_vec_f64(), true);
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let order_i32: Vec<i32> = order.iter().map(|&i| i as i32).collect();
+    // int32 has no tensor dtype: a raw block
+    let order_dev = g.alloc(k * 4)?;
+    order_dev.upload_at(0, bytemuck::cast_slice(&order_i32))?;
+    let cats_dev = match cats {
+        Some(c) => {
+            let d = g.alloc(k * 8)?;
+            d.upload_at(0, bytemuck::cast_slice(c))?;
+            Some(d)
+        }
+        None => None,
+    };
+    let boxes = to_default_layout(boxes)?;
+    let words = k * nms_col_blocks(k);
+    let mask = g.alloc(words * 8)?;
+    g.bind()?;
+    // SAFETY: boxes dense [K, 4] of dt, order K int32 in [0, K), cats null
+    // or K i64, mask holds K * col_blocks u64.
+    unsafe {
+        g.kernels.nms_mask(
+            &g.stream,
+            dt,
+            ptr(&boxes)?,
+            order_dev.ptr(),
+            cats_dev.as_ref().map_or(0, |d| d.ptr()),
+            mask.ptr(),
+            k,
+            iou_threshold,
+        )
+    }
+    .map_err(kerr(op))?;
+    let mut host = vec![0u64; words];
+    mask.download_at(0, bytemuck::cast_slice_mut(&mut host))?;
+    Ok(nms_greedy(&host, k).into_iter().map(|r| order[r]).collect())
 }

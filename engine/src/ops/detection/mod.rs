@@ -15,8 +15,7 @@ use super::{expect_rank, same_dtype};
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo};
 use crate::ops::GradSpec;
-use crate::{on_backend, DType, Device, Error, Float, Result, Tensor};
-use std::cmp::Ordering;
+use crate::{on_backend, DType, Device, Error, Result, Tensor};
 
 /// Bilinear samples one box may take (bins x grid): far beyond any real
 /// feature map (a 14x14 output of a 1024x1024 map samples ~1e6).
@@ -113,24 +112,6 @@ fn check_boxes_scores(op: &'static str, boxes: &Tensor, scores: &Tensor) -> Resu
     }
     same_dtype(op, &[boxes, scores])?;
     same_device(op, &[boxes, scores])
-}
-
-/// Indices sorted by decreasing score, ties in index order, NaN first:
-/// torch's `scores.sort(stable=True, descending=True)`, which
-/// torchvision's CPU nms kernel uses. Both backends visit boxes in this
-/// order.
-fn order_desc<T: Float>(scores: &[T]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&i, &j| {
-        let (a, b) = (scores[i], scores[j]);
-        match (a.is_nan(), b.is_nan()) {
-            (true, true) => Ordering::Equal,
-            (true, false) => Ordering::Less,
-            (false, true) => Ordering::Greater,
-            _ => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
-        }
-    });
-    order
 }
 
 /// The kept indices as an i64 [n] host tensor (what the trace logs).

@@ -1,10 +1,12 @@
 //! Detection's GPU parity cases: RoIAlign with inverted and empty boxes,
 //! aligned and legacy, fixed and adaptive sampling; NMS over clustered boxes
 //! (suppression chains across the kernel's 64-box blocks), duplicates, an
-//! empty box, tied and NaN scores.
+//! empty box, tied and NaN scores; batched NMS over 3 and 5 categories on
+//! both of the CPU's paths (coordinate trick up to 1000 boxes, per category
+//! beyond); box IoU with empty and inverted boxes.
 
-use crate::parity::{autograd, dims, Case, Input, DTYPES};
-use crate::{Device, Rng, Tensor};
+use crate::parity::{autograd, dims, Case, Input, Outputs, DTYPES};
+use crate::{DType, Device, Result, Rng, Tensor};
 
 /// `k` RoIAlign boxes [k, 5] over an `n`-image batch of h x w maps at
 /// `scale`, some partly outside the image; box 0 inverted, box 1 empty.
@@ -56,6 +58,21 @@ fn nms_inputs(rng: &mut Rng, k: usize, step: f64) -> (Vec<f64>, Vec<f64>) {
     (b, sc)
 }
 
+/// `boxes` [k, 4] and `scores` [k] of `dtype` on `dev`.
+fn boxes_scores(b: &[f64], s: &[f64], dtype: DType, dev: Device) -> Result<(Tensor, Tensor)> {
+    let k = s.len();
+    let boxes = Tensor::from_vec(b.to_vec(), &[k, 4])?.to_dtype(dtype)?;
+    let scores = Tensor::from_vec(s.to_vec(), &[k])?.to_dtype(dtype)?;
+    Ok((boxes.to_device(dev)?, scores.to_device(dev)?))
+}
+
+/// Kept indices as an i64 [n] tensor, for comparison.
+fn kept(keep: Vec<usize>) -> Result<Outputs> {
+    let n = keep.len();
+    let v: Vec<i64> = keep.into_iter().map(|i| i as i64).collect();
+    Ok(vec![("keep".into(), Tensor::from_vec(v, &[n])?)])
+}
+
 pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     // (input, boxes, output, spatial_scale, sampling_ratio, aligned)
     type RoiCase = (&'static [usize], usize, [usize; 2], f64, i64, bool);
@@ -104,12 +121,8 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
                 sc[k / 2] = f64::NAN; // NaN scores are visited first
             }
             let run = move |dev: Device| {
-                let boxes = Tensor::from_vec(bx.clone(), &[k, 4])?.to_dtype(dtype)?;
-                let scores = Tensor::from_vec(sc.clone(), &[k])?.to_dtype(dtype)?;
-                let keep = super::nms(&boxes.to_device(dev)?, &scores.to_device(dev)?, thr)?;
-                let n = keep.len();
-                let v: Vec<i64> = keep.into_iter().map(|i| i as i64).collect();
-                Ok(vec![("keep".into(), Tensor::from_vec(v, &[n])?)])
+                let (boxes, scores) = boxes_scores(&bx, &sc, dtype, dev)?;
+                kept(super::nms(&boxes, &scores, thr)?)
             };
             out.push(Case {
                 op: "nms",
@@ -120,5 +133,48 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
                 run: Box::new(run),
             });
         }
+        // (boxes, categories, iou threshold): 200 takes the CPU's coordinate
+        // trick, 1500 its per-category path
+        for (k, cats, thr) in [(200, 3, 0.5), (1500, 5, 0.6)] {
+            let (mut bx, sc) = nms_inputs(rng, k, 0.02);
+            // coordinates on a 1/8 grid: the trick's shifted coordinates are
+            // then exact in f32 and decide as the unshifted ones on the GPU
+            for v in &mut bx {
+                *v = (*v * 8.0).round() / 8.0;
+            }
+            let idxs: Vec<i64> = (0..k).map(|_| rng.below(cats) as i64).collect();
+            let run = move |dev: Device| {
+                let (boxes, scores) = boxes_scores(&bx, &sc, dtype, dev)?;
+                kept(super::batched_nms(&boxes, &scores, &idxs, thr)?)
+            };
+            out.push(Case {
+                op: "batched_nms",
+                dtype,
+                label: format!("k{k} cats{cats} iou>{thr}"),
+                // the kept indices must be identical
+                threshold: Some(0.0),
+                run: Box::new(run),
+            });
+        }
+        let (mut a, _) = nms_inputs(rng, 37, 0.0);
+        let (b, _) = nms_inputs(rng, 90, 0.0);
+        a[4..8].copy_from_slice(&[30.0, 40.0, 10.0, 20.0]); // inverted
+        let run = move |dev: Device| {
+            let t = |v: &[f64]| -> Result<Tensor> {
+                Tensor::from_vec(v.to_vec(), &[v.len() / 4, 4])?.to_dtype(dtype)?.to_device(dev)
+            };
+            // box 2 of each set is empty; two empty boxes would give 0/0
+            let mut b = b.clone();
+            b[8..12].copy_from_slice(&[5.0, 6.0, 50.0, 60.0]);
+            Ok(vec![("iou".into(), super::box_iou(&t(&a)?, &t(&b)?)?)])
+        };
+        out.push(Case {
+            op: "box_iou",
+            dtype,
+            label: "[37,4] x [90,4]".into(),
+            // the same f32 operations in the same order, rounded once
+            threshold: Some(0.0),
+            run: Box::new(run),
+        });
     }
 }

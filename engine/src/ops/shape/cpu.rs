@@ -4,39 +4,7 @@ use super::ShapeOps;
 use crate::backend::Cpu;
 use crate::layout::Layout;
 use crate::{Element, Result, Tensor};
-use half::{bf16, f16};
-
-/// Runs `$body` with `$T` = the element type stored for `$dtype`.
-macro_rules! dispatch_any {
-    ($dtype:expr, $T:ident => $body:expr) => {
-        match $dtype {
-            $crate::DType::F64 => {
-                type $T = f64;
-                $body
-            }
-            $crate::DType::F32 => {
-                type $T = f32;
-                $body
-            }
-            $crate::DType::F16 => {
-                type $T = f16;
-                $body
-            }
-            $crate::DType::BF16 => {
-                type $T = bf16;
-                $body
-            }
-            $crate::DType::I64 => {
-                type $T = i64;
-                $body
-            }
-            $crate::DType::U8 => {
-                type $T = u8;
-                $body
-            }
-        }
-    };
-}
+use crate::dispatch_any;
 
 /// Writes `src` (row-major) into the elements of `dst` that `region` views.
 fn scatter<T: Element>(dst: &mut [T], region: &Layout, src: &[T]) {
