@@ -93,9 +93,16 @@ pub struct DetectTrainArgs {
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue from OUT/checkpoint.safetensors.
+    /// Continue from OUT/checkpoint.safetensors (refused when OUT/args.json
+    /// records other options, see --resume-force).
     #[arg(long)]
     pub resume: bool,
+    /// Resume although the recorded options (data, classes, hyperparameters) differ.
+    #[arg(long, requires = "resume")]
+    pub resume_force: bool,
+    /// Start a new run in a non-empty OUT, replacing its run files.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Without a terminal, print progress every N steps.
     #[arg(long, default_value_t = 20)]
     pub log_every: usize,
@@ -614,6 +621,8 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
             out_dir: Some(a.out.clone()),
             checkpoint_every: 0,
             resume: a.resume,
+            resume_force: a.resume_force,
+            overwrite: a.overwrite,
             log_every: a.log_every,
             quiet: a.quiet,
         },

@@ -5,9 +5,12 @@
 //! checkpoints the training state at every epoch end (and optionally every
 //! N steps), resumes from that checkpoint, and saves the final weights.
 //!
-//! Files in the output folder:
+//! Files in the output folder (locked and checked by `run_dir::open`):
 //! - `metrics.jsonl`: one `{"kind":"step",...}` record per step and one
-//!   `{"kind":"epoch",...}` record per epoch;
+//!   `{"kind":"epoch",...}` record per epoch, with the times (`data_s`
+//!   waiting for the batch, `step_s` computing it, `wall_s` since the loop
+//!   started) and the peak memories (see `run_dir::add_memory`);
+//! - `args.json`: the run's configuration (`run_dir::snapshot`);
 //! - `checkpoint.safetensors`: the full training state (resume point);
 //! - `model.safetensors`: the final weights with the task's metadata.
 //!
@@ -17,12 +20,14 @@
 //! bit as if it had never stopped.
 
 use crate::data::{DataLoader, Source};
+use crate::progress::Progress;
+use crate::run_dir::{self, FolderPolicy};
 use engine::checkpoint::{load_training, save_model, save_training, TrainState};
 use engine::nn::{Buffer, Param};
-use engine::{Error, Result, Tensor};
+use engine::{Device, Error, Result, Tensor};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -194,6 +199,10 @@ pub struct FitOptions {
     pub checkpoint_every: usize,
     /// Continue from `out_dir/checkpoint.safetensors`.
     pub resume: bool,
+    /// Resume even when the recorded options differ from this run's.
+    pub resume_force: bool,
+    /// Start anew in a non-empty `out_dir`, replacing its run files.
+    pub overwrite: bool,
     /// Without a terminal, print a progress line every this many steps.
     pub log_every: usize,
     /// Print nothing (tests, the experiment's inner runs use their own lines).
@@ -207,6 +216,8 @@ impl Default for FitOptions {
             out_dir: None,
             checkpoint_every: 0,
             resume: false,
+            resume_force: false,
+            overwrite: false,
             log_every: 50,
             quiet: false,
         }
@@ -337,24 +348,24 @@ pub fn fit<T: Task>(
         ));
     }
     let (checkpoint, metrics) = match &opts.out_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-            (d.join("checkpoint.safetensors"), d.join("metrics.jsonl"))
-        }
+        Some(d) => (d.join("checkpoint.safetensors"), d.join("metrics.jsonl")),
         None if opts.resume => return Err(Error::arg("fit", "--resume needs an output folder")),
         None => (PathBuf::new(), PathBuf::new()),
     };
+    let _lock = match &opts.out_dir {
+        Some(d) => Some(run_dir::open(
+            d,
+            FolderPolicy {
+                resume: opts.resume,
+                resume_force: opts.resume_force,
+                overwrite: opts.overwrite,
+            },
+        )?),
+        None => None,
+    };
+    let device = task.tensors().0.first().map_or(Device::Cpu, |p| p.get().device());
     let mut step = 0;
     if opts.resume {
-        if !checkpoint.is_file() {
-            return Err(Error::arg(
-                "fit",
-                format!(
-                    "--resume: {} does not exist; nothing to resume",
-                    checkpoint.display()
-                ),
-            ));
-        }
         step = load_checkpoint(task, &checkpoint)?.min(total);
         truncate_metrics(&metrics, step, step / per_epoch)?;
         if !opts.quiet {
@@ -379,7 +390,6 @@ pub fn fit<T: Task>(
         }),
         None => None,
     };
-    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let first_step = step;
     let mut result = FitResult::default();
@@ -387,9 +397,24 @@ pub fn fit<T: Task>(
         let epoch = step / per_epoch;
         let t_epoch = Instant::now();
         let mut means = Means::default();
-        for batch in train.epoch(epoch, step % per_epoch) {
+        let progress = Progress::epoch(
+            format!("epoch {}/{}", epoch + 1, opts.epochs),
+            per_epoch,
+            step % per_epoch,
+            opts.log_every,
+            opts.quiet,
+        );
+        let mut batches = train.epoch(epoch, step % per_epoch);
+        loop {
+            let t_data = Instant::now();
+            let Some(batch) = batches.next() else { break };
             let batch = batch?;
+            let t_step = Instant::now();
             let mut log = task.step(step, &batch)?;
+            let (data_s, step_s) = (
+                (t_step - t_data).as_secs_f64(),
+                t_step.elapsed().as_secs_f64(),
+            );
             // a batch whose images were all unreadable is left out by the
             // loader: the counter follows the position in the data stream,
             // which is what a resume restarts from
@@ -398,24 +423,16 @@ pub fn fit<T: Task>(
             let mut record = log.to_json();
             record["kind"] = "step".into();
             record["epoch"] = (epoch + 1).into();
+            record["data_s"] = data_s.into();
+            record["step_s"] = step_s.into();
+            record["wall_s"] = started.elapsed().as_secs_f64().into();
+            run_dir::add_memory(&mut record, device);
             Files::write(&mut files, &record)?;
             means.add(&log);
-            if !opts.quiet && (tty || step.is_multiple_of(opts.log_every.max(1)) || step == total) {
+            if !opts.quiet {
                 let rate = started.elapsed().as_secs_f64() / (step - first_step) as f64;
-                let in_epoch = step - epoch * per_epoch;
-                let bar: String = (0..20)
-                    .map(|i| {
-                        if i * per_epoch < 20 * in_epoch {
-                            '#'
-                        } else {
-                            '.'
-                        }
-                    })
-                    .collect();
-                let line = format!(
-                    "epoch {}/{} {in_epoch}/{per_epoch} [{bar}]  {}  lr {:.2e}  {:.1} img/s  ETA {}{}",
-                    epoch + 1,
-                    opts.epochs,
+                let text = format!(
+                    "{}  lr {:.2e}  {:.1} img/s  ETA {}{}",
                     task.describe(&means),
                     log.lr,
                     log.images_per_s,
@@ -426,11 +443,7 @@ pub fn fit<T: Task>(
                         ""
                     }
                 );
-                if tty {
-                    eprint!("\r{line}\x1b[K");
-                } else {
-                    eprintln!("{line}");
-                }
+                progress.update(step - epoch * per_epoch, step, step == total, &text);
             }
             if let Some(f) = &files {
                 if opts.checkpoint_every > 0 && step.is_multiple_of(opts.checkpoint_every) {
@@ -439,9 +452,7 @@ pub fn fit<T: Task>(
             }
             result.steps.push(log);
         }
-        if tty && !opts.quiet {
-            eprintln!();
-        }
+        drop(progress);
         let validation = task.validate(val)?;
         let seconds = t_epoch.elapsed().as_secs_f64();
         let train_means = std::iter::once(("loss", means.loss)).chain(means.parts.iter().copied());
@@ -455,7 +466,10 @@ pub fn fit<T: Task>(
             seconds,
             skipped_images: train.skipped(),
         };
-        Files::write(&mut files, &log.to_json())?;
+        let mut record = log.to_json();
+        record["wall_s"] = started.elapsed().as_secs_f64().into();
+        run_dir::add_memory(&mut record, device);
+        Files::write(&mut files, &record)?;
         if !opts.quiet {
             eprintln!(
                 "epoch {}/{} done in {}: {}{}{}",

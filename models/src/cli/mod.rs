@@ -6,13 +6,16 @@ mod analyze;
 mod coco_eval;
 mod detect;
 mod detection_data;
+mod eval;
 mod experiment;
 mod forward;
+mod plot;
 mod pretrain;
 mod transfer;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use engine::Result;
+use serde_json::{json, Map, Value};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -50,6 +53,13 @@ enum Command {
     /// Mask R-CNN on a detection folder: train, eval (COCO bbox + segm),
     /// predict (draw detections on an image).
     Detect(detect::DetectArgs),
+    /// Acc@1 / Acc@5 of a classifier checkpoint on an image split (sizes
+    /// and normalisation from the checkpoint; antialiased resize + centre
+    /// crop as torchvision's classification reference).
+    Eval(eval::EvalArgs),
+    /// Training curves (loss, accuracy, learning rate, img/s) of one or more
+    /// runs from their metrics.jsonl, as one PNG.
+    Plot(plot::PlotArgs),
 }
 
 fn run(command: &Command) -> Result<()> {
@@ -62,13 +72,17 @@ fn run(command: &Command) -> Result<()> {
         Command::CocoEval(a) => coco_eval::run(a),
         Command::DetectionData(a) => detection_data::run(a),
         Command::Detect(a) => detect::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 
 /// Parses the command line, runs the command; an error is one line on
 /// stderr and a failure exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    crate::run_dir::set_command(command_record(&matches));
     if let Some(t) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(t)
@@ -84,4 +98,32 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command's name (`detect train`) and every option's resolved value
+/// (defaults included; global ones too), as `args.json` records them.
+fn command_record(matches: &ArgMatches) -> Value {
+    let mut names = Vec::new();
+    let mut options = Map::new();
+    let mut m = Some(matches);
+    while let Some(level) = m {
+        for id in level.ids() {
+            let Ok(Some(raw)) = level.try_get_raw(id.as_str()) else {
+                continue;
+            };
+            let values: Vec<Value> = raw
+                .map(|v| Value::String(v.to_string_lossy().into_owned()))
+                .collect();
+            let value = match <[Value; 1]>::try_from(values) {
+                Ok([one]) => one,
+                Err(many) => Value::Array(many),
+            };
+            options.insert(id.as_str().to_string(), value);
+        }
+        m = level.subcommand().map(|(name, sub)| {
+            names.push(name.to_string());
+            sub
+        });
+    }
+    json!({"name": names.join(" "), "options": options})
 }
