@@ -252,7 +252,9 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
             let out = seed_dir.join(format!("detect-{key}"));
             log(format!("seed {seed}: Mask R-CNN from the {label} backbone"));
             let trained = crate::detect::train(&DetectTrainArgs {
-                data: bench.clone(),
+                data: Some(bench.clone()),
+                train_ann: None,
+                train_images: None,
                 arch: c.arch.clone(),
                 width: c.width,
                 fpn_channels: c.fpn_channels,
@@ -281,7 +283,9 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
             let te = Instant::now();
             let ev = crate::detect::eval(&DetectEvalArgs {
                 checkpoint: trained.model_path.clone(),
-                data: bench.clone(),
+                data: Some(bench.clone()),
+                val_ann: None,
+                val_images: None,
                 split: "val".into(),
                 batch: c.det_batch,
                 workers: c.workers,

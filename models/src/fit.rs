@@ -352,7 +352,7 @@ pub fn fit<T: Task>(
         None if opts.resume => return Err(Error::arg("fit", "--resume needs an output folder")),
         None => (PathBuf::new(), PathBuf::new()),
     };
-    let _lock = match &opts.out_dir {
+    let lock = match &opts.out_dir {
         Some(d) => Some(run_dir::open(
             d,
             FolderPolicy {
@@ -367,6 +367,9 @@ pub fn fit<T: Task>(
     let mut step = 0;
     if opts.resume {
         step = load_checkpoint(task, &checkpoint)?.min(total);
+        if let Some(l) = &lock {
+            l.write_args()?;
+        }
         truncate_metrics(&metrics, step, step / per_epoch)?;
         if !opts.quiet {
             eprintln!(

@@ -29,8 +29,11 @@ const RUN_FILES: [&str; 4] = [
     "model.safetensors",
     ARGS,
 ];
-/// Options a resumed run may change: they do not alter what is computed.
-const FREE_ON_RESUME: [&str; 10] = [
+/// Options a resumed run may change: they do not alter what is computed
+/// (`epochs`: the task's own settings say whether a longer schedule may
+/// continue, e.g. detection's step schedule can, a cosine one cannot).
+const FREE_ON_RESUME: [&str; 11] = [
+    "epochs",
     "resume",
     "resume_force",
     "overwrite",
@@ -80,6 +83,17 @@ pub struct RunLock {
     path: PathBuf,
 }
 
+impl RunLock {
+    /// Writes `args.json` beside the lock: at the start of a new run, and
+    /// once a resumed run has loaded its checkpoint (so a refused resume
+    /// leaves the record as it was).
+    pub fn write_args(&self) -> Result<()> {
+        let path = self.path.with_file_name(ARGS);
+        let text = serde_json::to_string_pretty(&snapshot()).unwrap_or_default();
+        std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
+    }
+}
+
 impl Drop for RunLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -88,13 +102,13 @@ impl Drop for RunLock {
 
 /// Prepares `dir` for a run under `policy`: creates and locks it, refuses
 /// what the policy does not allow (the message names the difference or the
-/// flag to pass), clears the old run files under `--overwrite`, and writes
-/// `args.json`. The lock lasts as long as the returned value.
+/// flag to pass), and for a new run clears the old run files under
+/// `--overwrite` and writes `args.json` (a resumed run writes it with
+/// [`RunLock::write_args`] once its checkpoint is loaded). The lock lasts
+/// as long as the returned value.
 pub fn open(dir: &Path, policy: FolderPolicy) -> Result<RunLock> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let lock = lock(dir)?;
-    let args_path = dir.join(ARGS);
-    let now = snapshot();
     if policy.resume {
         let checkpoint = dir.join("checkpoint.safetensors");
         if !checkpoint.is_file() {
@@ -103,7 +117,7 @@ pub fn open(dir: &Path, policy: FolderPolicy) -> Result<RunLock> {
                 format!("{} does not exist; nothing to resume", checkpoint.display()),
             ));
         }
-        if let Some(diff) = recorded_difference(&args_path, &now)? {
+        if let Some(diff) = recorded_difference(&dir.join(ARGS), &snapshot())? {
             if !policy.resume_force {
                 return Err(Error::arg(
                     "--resume",
@@ -115,34 +129,33 @@ pub fn open(dir: &Path, policy: FolderPolicy) -> Result<RunLock> {
             }
             eprintln!("warning: --resume-force: resuming although {diff}");
         }
-    } else {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-        let mut others: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != LOCK)
-            .collect();
-        others.sort();
-        if !others.is_empty() && !policy.overwrite {
-            return Err(Error::arg(
-                "--out",
-                format!(
-                    "{} is not empty ({} entries, e.g. {}): pass --overwrite to replace its run, --resume to continue it, or choose another folder",
-                    dir.display(),
-                    others.len(),
-                    others[0]
-                ),
-            ));
-        }
-        for name in RUN_FILES {
-            let p = dir.join(name);
-            if p.is_file() {
-                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-            }
+        return Ok(lock);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut others: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK)
+        .collect();
+    others.sort();
+    if !others.is_empty() && !policy.overwrite {
+        return Err(Error::arg(
+            "--out",
+            format!(
+                "{} is not empty ({} entries, e.g. {}): pass --overwrite to replace its run, --resume to continue it, or choose another folder",
+                dir.display(),
+                others.len(),
+                others[0]
+            ),
+        ));
+    }
+    for name in RUN_FILES {
+        let p = dir.join(name);
+        if p.is_file() {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
         }
     }
-    let text = serde_json::to_string_pretty(&now).unwrap_or_default();
-    std::fs::write(&args_path, text + "\n").map_err(|e| Error::io(&args_path, e))?;
+    lock.write_args()?;
     Ok(lock)
 }
 
