@@ -5,6 +5,7 @@
 //! is 8/7 of the size and centre-cropped (256 then 224 for ImageNet),
 //! smaller ones resized to the size.
 
+use super::{bounded, check_data, MAX_BATCH};
 use crate::pretrain::{eval_loader, load_trained, ComputeArgs, DataArgs};
 use engine::nn::Module;
 use engine::{DType, Device, Error, Result};
@@ -71,11 +72,10 @@ fn in_top_k(row: &[f32], label: usize, k: usize) -> bool {
 }
 
 pub fn run(a: &EvalArgs) -> Result<()> {
-    if a.batch == 0 {
-        return Err(Error::arg("eval", "--batch must be positive"));
-    }
-    let device = a.compute.device.for_training()?;
-    let loaded = load_trained(&a.checkpoint)?;
+    bounded("batch", a.batch, 1..=MAX_BATCH)?;
+    check_data(&a.data)?;
+    let device = a.compute.device.open()?;
+    let loaded = load_trained(&a.checkpoint, device)?;
     let ds = a.data.open(None, a.compute.seed)?;
     if ds.channels() != loaded.input.norm.mean.len() {
         return Err(Error::arg(
@@ -91,7 +91,6 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let images = ds.len();
     let loader = eval_loader(ds, &loaded.input, a.batch, a.data.workers)?;
     let net = &loaded.net;
-    net.to_device(device)?;
     net.set_training(false);
     let _ng = engine::no_grad();
     let (mut top1, mut top5, mut n) = (0usize, 0usize, 0usize);

@@ -62,6 +62,48 @@ enum Command {
     Plot(plot::PlotArgs),
 }
 
+/// Bounds on the sizes and counts every command takes from the command
+/// line, so that a typo is a one-line error instead of a failed allocation
+/// (network sizes: `net::MAX_*`; image sizes: `data::MAX_IMAGE_SIZE`).
+const MAX_BATCH: usize = 65_536;
+const MAX_THREADS: usize = 4096;
+/// Images per class, images to generate, neighbours, seeds, epochs.
+const MAX_COUNT: usize = 100_000_000;
+/// Points per class in a t-SNE plot (exact t-SNE: memory grows with the
+/// square of the points).
+const MAX_PLOT_PER_CLASS: usize = 10_000;
+
+/// An error naming `--flag` unless `value` lies in `range`.
+fn bounded(flag: &str, value: usize, range: std::ops::RangeInclusive<usize>) -> Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(engine::Error::arg(
+            "command line",
+            format!(
+                "--{flag} {value} is out of range {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// `bounded` for an optional flag.
+fn bounded_opt(
+    flag: &str,
+    value: Option<usize>,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<()> {
+    value.map_or(Ok(()), |v| bounded(flag, v, range))
+}
+
+/// The data flags every classification command shares.
+fn check_data(d: &crate::pretrain::DataArgs) -> Result<()> {
+    bounded_opt("per-class", d.per_class, 1..=MAX_COUNT)?;
+    bounded("workers", d.workers, 0..=MAX_THREADS)
+}
+
 fn run(command: &Command) -> Result<()> {
     match command {
         Command::Pretrain(a) => pretrain::run(a),
@@ -80,9 +122,14 @@ fn run(command: &Command) -> Result<()> {
 /// Parses the command line, runs the command; an error is one line on
 /// stderr and a failure exit code.
 pub fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    crate::run_dir::set_command(command_record(&matches));
+    crate::run_dir::set_command(command_record(&command, &matches));
+    if let Err(e) = bounded_opt("threads", cli.threads, 1..=MAX_THREADS) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(t) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(t)
@@ -102,13 +149,15 @@ pub fn main() -> ExitCode {
 
 /// The command's name (`detect train`) and every option's resolved value
 /// (defaults included; global ones too), as `args.json` records them.
-fn command_record(matches: &ArgMatches) -> Value {
+fn command_record(command: &clap::Command, matches: &ArgMatches) -> Value {
     let mut names = Vec::new();
     let mut options = Map::new();
-    let mut m = Some(matches);
-    while let Some(level) = m {
-        for id in level.ids() {
-            let Ok(Some(raw)) = level.try_get_raw(id.as_str()) else {
+    let mut at = Some((command, matches));
+    while let Some((cmd, level)) = at {
+        // arguments only: the ids of argument groups hold member names
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            let Ok(Some(raw)) = level.try_get_raw(id) else {
                 continue;
             };
             let values: Vec<Value> = raw
@@ -118,11 +167,11 @@ fn command_record(matches: &ArgMatches) -> Value {
                 Ok([one]) => one,
                 Err(many) => Value::Array(many),
             };
-            options.insert(id.as_str().to_string(), value);
+            options.insert(id.to_string(), value);
         }
-        m = level.subcommand().map(|(name, sub)| {
+        at = level.subcommand().and_then(|(name, sub)| {
             names.push(name.to_string());
-            sub
+            cmd.find_subcommand(name).map(|c| (c, sub))
         });
     }
     json!({"name": names.join(" "), "options": options})

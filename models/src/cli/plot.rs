@@ -110,6 +110,15 @@ pub fn run(a: &PlotArgs) -> Result<()> {
     let mut runs = Vec::new();
     for r in &a.runs {
         let (dir, file) = locate(r);
+        if !file.is_file() {
+            return Err(Error::arg(
+                "plot",
+                format!(
+                    "{}: no such metrics.jsonl; give a run's output folder or its metrics.jsonl",
+                    file.display()
+                ),
+            ));
+        }
         runs.push(read_curves(&file)?);
         names.push(dir.display().to_string());
     }
