@@ -3,7 +3,7 @@
 //! side by side.
 
 use crate::eval::{
-    feature_metrics, scatter_png, tsne, FeatureMetrics, Features, Panel, TsneOptions,
+    feature_metrics, scatter_png, tsne, write_embedding_csv, FeatureMetrics, Features, Panel, TsneOptions,
 };
 use crate::extract::extract_features;
 use crate::pretrain::{eval_loader, load_trained, ComputeArgs, DataArgs};
@@ -68,7 +68,8 @@ pub fn sample_per_class(f: &Features, per_class: usize, seed: u64) -> Features {
     }
 }
 
-/// t-SNE of each feature set (same points per class, same seed) drawn side by side.
+/// t-SNE of each feature set (same points per class, same seed) drawn side
+/// by side at `path` (PNG), the coordinates beside it (same name, `.csv`).
 pub fn embedding_plot(
     path: &Path,
     sets: &[(String, &Features)],
@@ -98,6 +99,7 @@ pub fn embedding_plot(
         .first()
         .map(|(_, f)| f.classes.clone())
         .unwrap_or_default();
+    write_embedding_csv(&path.with_extension("csv"), &panels, &classes)?;
     scatter_png(path, &panels, &classes, title)
 }
 

@@ -1,5 +1,6 @@
 //! Mask R-CNN on a COCO-style instances folder (as `slmlp detection-data`
-//! writes): `train` (a `DetectTask` in `fit`'s loop, so with the progress
+//! writes) or a COCO instances file with its image folder (the COCO 2017
+//! layout, see `SplitLocation`): `train` (a `DetectTask` in `fit`'s loop, so with the progress
 //! lines, `metrics.jsonl`, checkpoints, `--resume` and `model.safetensors`
 //! of `slmlp pretrain`; the weights carry the metadata needed to rebuild the
 //! model), `eval` (COCO bbox + segm) and `predict` (draw on an image): what
@@ -13,7 +14,7 @@
 
 use crate::data::LoaderOptions;
 use crate::detection::data::{
-    pad_batch, DetBatch, DetSample, DetSource, DetTarget, DetTransform, DetectionDataset,
+    pad_batch, DetBatch, DetSample, DetSource, DetTarget, DetTransform, SplitLocation,
     DetectionLoader,
 };
 use crate::detection::mask_rcnn::{ImageDetections, MaskRcnn, MaskRcnnConfig};
@@ -40,8 +41,15 @@ pub enum ScheduleArg {
 #[derive(Clone, Debug, clap::Args)]
 pub struct DetectTrainArgs {
     /// Folder with train/annotations.json and train/images/.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "train_ann")]
+    pub data: Option<PathBuf>,
+    /// Instead of --data: the training annotations (COCO instances JSON,
+    /// e.g. annotations/instances_train2017.json).
+    #[arg(long, conflicts_with = "data", requires = "train_images")]
+    pub train_ann: Option<PathBuf>,
+    /// With --train-ann: the folder of its images (e.g. train2017/).
+    #[arg(long, requires = "train_ann")]
+    pub train_images: Option<PathBuf>,
     /// resnet18, resnet34 or resnet50.
     #[arg(long, default_value = "resnet18")]
     pub arch: String,
@@ -93,7 +101,8 @@ pub struct DetectTrainArgs {
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue from OUT/checkpoint.safetensors.
+    /// Continue from OUT/checkpoint.safetensors (refused when OUT/args.json
+    /// records other options, see --resume-force).
     #[arg(long)]
     pub resume: bool,
     /// GPU: only convolution algorithms cuDNN reports deterministic, so
@@ -101,6 +110,12 @@ pub struct DetectTrainArgs {
     /// non-deterministic). No effect on the CPU, which is deterministic.
     #[arg(long)]
     pub deterministic: bool,
+    /// Resume although the recorded options (data, classes, hyperparameters) differ.
+    #[arg(long, requires = "resume")]
+    pub resume_force: bool,
+    /// Start a new run in a non-empty OUT, replacing its run files.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Without a terminal, print progress every N steps.
     #[arg(long, default_value_t = 20)]
     pub log_every: usize,
@@ -114,8 +129,16 @@ pub struct DetectEvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Folder with <split>/annotations.json and <split>/images/.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "val_ann")]
+    pub data: Option<PathBuf>,
+    /// Instead of --data: the annotations (COCO instances JSON, e.g.
+    /// annotations/instances_val2017.json).
+    #[arg(long, conflicts_with = "data", requires = "val_images")]
+    pub val_ann: Option<PathBuf>,
+    /// With --val-ann: the folder of its images (e.g. val2017/).
+    #[arg(long, requires = "val_ann")]
+    pub val_images: Option<PathBuf>,
+    /// The split under --data; also names the output files.
     #[arg(long, default_value = "val")]
     pub split: String,
     #[arg(long, default_value_t = 2)]
@@ -312,21 +335,6 @@ fn load_encoder(model: &MaskRcnn, ckpt: &Checkpoint, path: &Path) -> Result<()> 
         ),
     })?;
     Ok(())
-}
-
-fn split_dataset(data: &Path, split: &str, channels: usize) -> Result<DetectionDataset> {
-    let dir = data.join(split);
-    let ann = dir.join("annotations.json");
-    if !ann.is_file() {
-        return Err(Error::arg(
-            "detect",
-            format!(
-                "{} not found: --data must be a folder with {split}/annotations.json and {split}/images/ (as `slmlp detection-data --out DIR` writes)",
-                ann.display()
-            ),
-        ));
-    }
-    DetectionDataset::open(&ann, &dir.join("images"), channels)
 }
 
 #[derive(Clone, Debug)]
@@ -549,7 +557,14 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
         (None, Some((_, e, _))) => *e,
         (None, None) => 3,
     };
-    let mut ds = split_dataset(&a.data, "train", channels)?;
+    let mut ds = SplitLocation::from_args(
+        a.data.as_deref(),
+        "train",
+        a.train_ann.as_deref(),
+        a.train_images.as_deref(),
+        "train",
+    )?
+    .open(channels)?;
     let removed = ds.retain_annotated();
     if ds.is_empty() {
         return Err(Error::arg(
@@ -627,6 +642,8 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
             out_dir: Some(a.out.clone()),
             checkpoint_every: 0,
             resume: a.resume,
+            resume_force: a.resume_force,
+            overwrite: a.overwrite,
             log_every: a.log_every,
             quiet: a.quiet,
         },
@@ -737,14 +754,22 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
-/// Runs the model over DATA/<split> and evaluates with the COCO protocol:
+/// Runs the model over DATA/<split> (or --val-ann with --val-images) and
+/// evaluates with the COCO protocol:
 /// bbox on the entries' boxes, segm on their masks (as torchvision's
 /// references, segm results carry no box, so their area is the mask's).
 /// Writes `detections_<split>.json` (bbox + segmentation per entry) and
 /// `eval_<split>.json` (`{"bbox": [12], "segm": [12], ...}`).
 pub fn eval(a: &DetectEvalArgs) -> Result<DetectEvalReport> {
     let LoadedDetector { model, spec } = load_detector(&a.checkpoint)?;
-    let ds = split_dataset(&a.data, &a.split, spec.config.in_channels)?;
+    let ds = SplitLocation::from_args(
+        a.data.as_deref(),
+        &a.split,
+        a.val_ann.as_deref(),
+        a.val_images.as_deref(),
+        "val",
+    )?
+    .open(spec.config.in_channels)?;
     let ids: Vec<i64> = (1..=ds.num_classes() as i64)
         .filter_map(|l| ds.category_id(l))
         .collect();

@@ -393,6 +393,9 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
                 out: run_dir.clone(),
                 resume: false,
                 deterministic: false,
+                resume_force: false,
+                // the study owns its run folders: a rerun replaces them
+                overwrite: true,
                 checkpoint_every: 0,
                 log_every: 50,
                 quiet: false,

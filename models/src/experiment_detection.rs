@@ -203,7 +203,6 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
         for (method, key) in [(Method::Sl, "sl"), (Method::SlMlp, "sl-mlp")] {
             log(format!("seed {seed}: pretraining the {key} encoder"));
             let out = seed_dir.join(format!("pretrain-{key}"));
-            remove_stale_metrics(&out)?;
             let r = pretrain(&PretrainArgs {
                 method,
                 arch: c.arch.clone(),
@@ -237,6 +236,9 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 out,
                 resume: false,
                 deterministic: false,
+                resume_force: false,
+                // the study owns its run folders: a rerun replaces them
+                overwrite: true,
                 checkpoint_every: 0,
                 log_every: 50,
                 quiet: c.quiet,
@@ -252,10 +254,11 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
         for (key, label) in BACKBONES {
             let enc = encoders.iter().find(|e| e.0 == key);
             let out = seed_dir.join(format!("detect-{key}"));
-            remove_stale_metrics(&out)?;
             log(format!("seed {seed}: Mask R-CNN from the {label} backbone"));
             let trained = crate::detect::train(&DetectTrainArgs {
-                data: bench.clone(),
+                data: Some(bench.clone()),
+                train_ann: None,
+                train_images: None,
                 arch: c.arch.clone(),
                 width: c.width,
                 fpn_channels: c.fpn_channels,
@@ -276,13 +279,18 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 out,
                 resume: false,
                 deterministic: false,
+                resume_force: false,
+                // the study owns its run folders: a rerun replaces them
+                overwrite: true,
                 log_every: 25,
                 quiet: c.quiet,
             })?;
             let te = Instant::now();
             let ev = crate::detect::eval(&DetectEvalArgs {
                 checkpoint: trained.model_path.clone(),
-                data: bench.clone(),
+                data: Some(bench.clone()),
+                val_ann: None,
+                val_images: None,
                 split: "val".into(),
                 batch: c.det_batch,
                 workers: c.workers,
@@ -353,14 +361,6 @@ fn write_benchmark(c: &DetectionConfig, unseen: &[usize], dir: &Path) -> Result<
         out.push(generate(&source, &opts, dir, split)?);
     }
     Ok(out)
-}
-
-fn remove_stale_metrics(run_dir: &Path) -> Result<()> {
-    let m = run_dir.join("metrics.jsonl");
-    if m.is_file() {
-        std::fs::remove_file(&m).map_err(|e| Error::io(&m, e))?;
-    }
-    Ok(())
 }
 
 /// The runs of one backbone, in seed order.

@@ -5,9 +5,12 @@
 //! checkpoints the training state at every epoch end (and optionally every
 //! N steps), resumes from that checkpoint, and saves the final weights.
 //!
-//! Files in the output folder:
+//! Files in the output folder (locked and checked by `run_dir::open`):
 //! - `metrics.jsonl`: one `{"kind":"step",...}` record per step and one
-//!   `{"kind":"epoch",...}` record per epoch;
+//!   `{"kind":"epoch",...}` record per epoch, with the times (`data_s`
+//!   waiting for the batch, `step_s` computing it, `wall_s` since the loop
+//!   started) and the peak memories (see `run_dir::add_memory`);
+//! - `args.json`: the run's configuration (`run_dir::snapshot`);
 //! - `checkpoint.safetensors`: the full training state (resume point);
 //! - `model.safetensors`: the final weights with the task's metadata.
 //!
@@ -26,13 +29,15 @@
 //! epoch in which every sample was unreadable is an error.
 
 use crate::data::{DataLoader, Source};
+use crate::progress::Progress;
+use crate::run_dir::{self, FolderPolicy};
 use engine::checkpoint::{load_training, save_model, save_training, TrainState};
 use engine::nn::{Buffer, Param};
 use engine::optim::check_finite;
-use engine::{Error, Result, Tensor};
+use engine::{Device, Error, Result, Tensor};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -261,6 +266,10 @@ pub struct FitOptions {
     pub checkpoint_every: usize,
     /// Continue from `out_dir/checkpoint.safetensors`.
     pub resume: bool,
+    /// Resume even when the recorded options differ from this run's.
+    pub resume_force: bool,
+    /// Start anew in a non-empty `out_dir`, replacing its run files.
+    pub overwrite: bool,
     /// Without a terminal, print a progress line every this many steps.
     pub log_every: usize,
     /// Print nothing (tests, the experiment's inner runs use their own lines).
@@ -274,6 +283,8 @@ impl Default for FitOptions {
             out_dir: None,
             checkpoint_every: 0,
             resume: false,
+            resume_force: false,
+            overwrite: false,
             log_every: 50,
             quiet: false,
         }
@@ -435,13 +446,23 @@ pub fn fit<T: Task>(
         ));
     }
     let (checkpoint, metrics) = match &opts.out_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-            (d.join("checkpoint.safetensors"), d.join("metrics.jsonl"))
-        }
+        Some(d) => (d.join("checkpoint.safetensors"), d.join("metrics.jsonl")),
         None if opts.resume => return Err(Error::arg("fit", "--resume needs an output folder")),
         None => (PathBuf::new(), PathBuf::new()),
     };
+    // the writing rank owns the folder (data parallelism: rank 0)
+    let lock = match &opts.out_dir {
+        Some(d) if task.writes_files() => Some(run_dir::open(
+            d,
+            FolderPolicy {
+                resume: opts.resume,
+                resume_force: opts.resume_force,
+                overwrite: opts.overwrite,
+            },
+        )?),
+        _ => None,
+    };
+    let device = task.tensors().0.first().map_or(Device::Cpu, |p| p.get().device());
     let mut step = 0;
     // the running sums of the epoch in progress at the resume point, and
     // whether the resume point is an epoch end whose record is missing
@@ -470,6 +491,9 @@ pub fn fit<T: Task>(
                 }
             })?;
             carried = Some(means);
+        }
+        if let Some(l) = &lock {
+            l.write_args()?;
         }
         if task.writes_files() {
             truncate_metrics(
@@ -501,7 +525,6 @@ pub fn fit<T: Task>(
         }),
         None => None,
     };
-    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let first_step = step;
     let mut result = FitResult::default();
@@ -512,11 +535,26 @@ pub fn fit<T: Task>(
         let t_epoch = Instant::now();
         let mut means = carried.take().unwrap_or_default();
         let start = step - epoch * per_epoch;
-        let mut batches = 0;
-        for batch in train.epoch(epoch, start) {
+        let mut read = 0;
+        let progress = Progress::epoch(
+            format!("epoch {}/{}", epoch + 1, opts.epochs),
+            per_epoch,
+            start,
+            opts.log_every,
+            opts.quiet,
+        );
+        let mut batches = train.epoch(epoch, start);
+        loop {
+            let t_data = Instant::now();
+            let Some(batch) = batches.next() else { break };
             let batch = batch?;
-            batches += 1;
+            read += 1;
+            let t_step = Instant::now();
             let mut log = task.step(step, &batch)?;
+            let (data_s, step_s) = (
+                (t_step - t_data).as_secs_f64(),
+                t_step.elapsed().as_secs_f64(),
+            );
             // a batch whose images were all unreadable is left out by the
             // loader: the counter follows the position in the data stream,
             // which is what a resume restarts from
@@ -525,24 +563,16 @@ pub fn fit<T: Task>(
             let mut record = log.to_json();
             record["kind"] = "step".into();
             record["epoch"] = (epoch + 1).into();
+            record["data_s"] = data_s.into();
+            record["step_s"] = step_s.into();
+            record["wall_s"] = started.elapsed().as_secs_f64().into();
+            run_dir::add_memory(&mut record, device);
             Files::write(&mut files, &record)?;
             means.add(&log);
-            if !opts.quiet && (tty || step.is_multiple_of(opts.log_every.max(1)) || step == total) {
+            if !opts.quiet {
                 let rate = started.elapsed().as_secs_f64() / (step - first_step) as f64;
-                let in_epoch = step - epoch * per_epoch;
-                let bar: String = (0..20)
-                    .map(|i| {
-                        if i * per_epoch < 20 * in_epoch {
-                            '#'
-                        } else {
-                            '.'
-                        }
-                    })
-                    .collect();
-                let line = format!(
-                    "epoch {}/{} {in_epoch}/{per_epoch} [{bar}]  {}  lr {:.2e}  {:.1} img/s  ETA {}{}",
-                    epoch + 1,
-                    opts.epochs,
+                let text = format!(
+                    "{}  lr {:.2e}  {:.1} img/s  ETA {}{}",
                     task.describe(&means),
                     log.lr,
                     log.images_per_s,
@@ -555,11 +585,7 @@ pub fn fit<T: Task>(
                         ""
                     }
                 );
-                if tty {
-                    eprint!("\r{line}\x1b[K");
-                } else {
-                    eprintln!("{line}");
-                }
+                progress.update(step - epoch * per_epoch, step, step == total, &text);
             }
             if let Some(f) = &files {
                 if opts.checkpoint_every > 0 && step.is_multiple_of(opts.checkpoint_every) {
@@ -574,10 +600,8 @@ pub fn fit<T: Task>(
             }
             result.steps.push(log);
         }
-        if tty && !opts.quiet {
-            eprintln!();
-        }
-        if start == 0 && batches == 0 {
+        drop(progress);
+        if start == 0 && read == 0 {
             return Err(Error::arg(
                 "fit",
                 format!(
@@ -600,7 +624,10 @@ pub fn fit<T: Task>(
             seconds,
             skipped_images: train.skipped(),
         };
-        Files::write(&mut files, &log.to_json())?;
+        let mut record = log.to_json();
+        record["wall_s"] = started.elapsed().as_secs_f64().into();
+        run_dir::add_memory(&mut record, device);
+        Files::write(&mut files, &record)?;
         if !opts.quiet {
             eprintln!(
                 "epoch {}/{} done in {}: {}{}{}",

@@ -19,9 +19,11 @@ pub mod fit;
 pub mod inspect;
 pub mod net;
 pub mod pretrain;
+pub mod progress;
 pub mod projector;
 pub mod report;
 pub mod resnet;
+pub mod run_dir;
 pub mod train;
 pub mod transfer;
 

@@ -217,7 +217,8 @@ pub struct PretrainArgs {
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue from OUT/checkpoint.safetensors.
+    /// Continue from OUT/checkpoint.safetensors (refused when OUT/args.json
+    /// records other options, see --resume-force).
     #[arg(long)]
     pub resume: bool,
     /// GPU: only convolution algorithms cuDNN reports deterministic, so
@@ -225,6 +226,12 @@ pub struct PretrainArgs {
     /// non-deterministic). No effect on the CPU, which is deterministic.
     #[arg(long)]
     pub deterministic: bool,
+    /// Resume although the recorded options (data, classes, hyperparameters) differ.
+    #[arg(long, requires = "resume")]
+    pub resume_force: bool,
+    /// Start a new run in a non-empty OUT, replacing its run files.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Also checkpoint every N steps (0: at epoch ends only).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
@@ -411,6 +418,8 @@ fn pretrain_rank(
             out_dir: Some(a.out.clone()),
             checkpoint_every: a.checkpoint_every,
             resume: a.resume,
+            resume_force: a.resume_force,
+            overwrite: a.overwrite,
             log_every: a.log_every,
             quiet,
         },

@@ -139,6 +139,59 @@ fn pretrain_writes_metrics_checkpoints_and_refuses_a_mismatched_resume() {
         &[],
         &["checkpoint.safetensors", "total_steps"],
     );
+    // every resolved option is recorded; every step record has the
+    // timings and the host's peak memory (no GPU peak on the CPU)
+    let args: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("args.json")).unwrap()).unwrap();
+    assert_eq!(args["command"]["name"], "pretrain");
+    let options = &args["command"]["options"];
+    for (k, v) in [("lr", "0.1"), ("width", "4"), ("data", "synthetic"), ("epochs", "2")] {
+        assert_eq!(options[k], v, "{k}: {args}");
+    }
+    assert_eq!(args["version"], env!("CARGO_PKG_VERSION"));
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    for k in ["data_s", "step_s", "wall_s", "host_peak_rss_bytes"] {
+        assert!(first[k].as_f64().is_some_and(|v| v >= 0.0), "{k}: {first}");
+    }
+    assert!(first.get("gpu_peak_bytes").is_none(), "{first}");
+    // other hyperparameters cannot continue the run unless forced
+    let resume_lr = |extra: &[&'static str]| {
+        [
+            &["pretrain", "--method", "sl-mlp", "--epochs", "2", "--resume", "--lr", "0.05", "--out"],
+            &[s(&dir)][..],
+            SMALL,
+            extra,
+        ]
+        .concat()
+    };
+    fails(
+        &resume_lr(&[]),
+        &[],
+        &["--lr \"0.1\" (this run: \"0.05\")", "--resume-force"],
+    );
+    let (code, _, err) = slmlp(&resume_lr(&["--resume-force"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--resume-force: resuming although --lr"), "{err}");
+    // a second run while one holds the folder is refused: this test's
+    // process stands in for a live run
+    let lock = dir.join(".slmlp.lock");
+    std::fs::write(&lock, std::process::id().to_string()).unwrap();
+    fails(
+        &resume_lr(&["--resume-force"]),
+        &[],
+        &["in use by process", ".slmlp.lock"],
+    );
+    std::fs::remove_file(&lock).unwrap();
+    // a new run into the used folder needs --overwrite, which starts afresh
+    let new_run = |extra: &[&'static str]| {
+        [&["pretrain", "--method", "sl", "--epochs", "1", "--out"], &[s(&dir)][..], SMALL, extra].concat()
+    };
+    fails(&new_run(&[]), &[], &["not empty", "--overwrite"]);
+    ok(&new_run(&["--overwrite", "--quiet", "--no-val"]));
+    let rerun = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(rerun.lines().count(), 8, "7 steps + 1 epoch, nothing appended");
+    assert!(!lock.exists());
+
     // nothing to resume
     let empty = tmp("pretrain-empty");
     fails(
@@ -218,6 +271,50 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
         "{out}"
     );
     assert!(std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"));
+    // the t-SNE coordinates beside the picture: 8 points x 10 classes x 2 panels
+    let csv = std::fs::read_to_string(sl.join("tsne.csv")).unwrap();
+    let mut rows = csv.lines();
+    assert_eq!(rows.next(), Some("panel,index,class,x,y"));
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    assert_eq!(rows.len(), 160);
+    assert!(rows.iter().all(|r| r.len() == 5 && r[3].parse::<f64>().unwrap().is_finite()));
+
+    // eval: Acc@1 is the last epoch's validation accuracy (same images,
+    // same transform), Acc@5 is at least that
+    let eval_json = sl.join("eval.json");
+    let out = ok(&[
+        "eval",
+        "--checkpoint",
+        s(&sl_model),
+        "--data",
+        "synthetic:test",
+        "--out",
+        s(&eval_json),
+    ]);
+    assert!(out.contains("Acc@1") && out.contains("Acc@5"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval_json).unwrap()).unwrap();
+    let last_epoch: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(sl.join("metrics.jsonl")).unwrap().lines().last().unwrap(),
+    )
+    .unwrap();
+    let val = 100.0 * last_epoch["val_accuracy"].as_f64().unwrap();
+    let (acc1, acc5) = (v["acc1"].as_f64().unwrap(), v["acc5"].as_f64().unwrap());
+    assert!((acc1 - val).abs() < 1e-9, "Acc@1 {acc1} vs val {val}");
+    assert!(acc5 >= acc1 && acc5 <= 100.0, "{v}");
+    fails(
+        &["eval", "--checkpoint", s(&sl_model), "--data", "fashion-mnist:test", "--classes", "Bag"],
+        &[],
+        &["checkpoint", "--classes"],
+    );
+
+    // plot: both runs' curves in one PNG
+    let curves = sl.join("curves.png");
+    let out = ok(&["plot", s(&sl), s(&mlp), "--output", s(&curves)]);
+    assert!(out.contains("2 runs"), "{out}");
+    let png = image::open(&curves).unwrap();
+    assert!(png.width() >= 1000 && png.height() >= 1000);
+    fails(&["plot", s(&tmp("no-run"))], &[], &["metrics.jsonl"]);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2);

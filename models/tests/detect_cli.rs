@@ -108,6 +108,21 @@ fn train(out: &Path, extra: &[&str]) -> (String, String) {
     ok(&args)
 }
 
+/// The benchmark's `split` in the COCO 2017 layout under `root`:
+/// (annotations/instances_<split>2017.json, <split>2017/).
+fn coco_layout(root: &Path, split: &str) -> (PathBuf, PathBuf) {
+    let ann = root.join(format!("annotations/instances_{split}2017.json"));
+    let images = root.join(format!("{split}2017"));
+    std::fs::create_dir_all(ann.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::copy(data().join(split).join("annotations.json"), &ann).unwrap();
+    for f in std::fs::read_dir(data().join(split).join("images")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, images.join(f.file_name().unwrap())).unwrap();
+    }
+    (ann, images)
+}
+
 fn metrics(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -152,6 +167,9 @@ fn train_eval_predict_and_resume() {
     for (i, rec) in m[..4].iter().enumerate() {
         assert_eq!(rec["kind"], "step");
         assert_eq!(rec["step"], i + 1);
+        for k in ["data_s", "step_s", "wall_s", "host_peak_rss_bytes"] {
+            assert!(rec[k].as_f64().is_some_and(|v| v >= 0.0), "{k}: {rec}");
+        }
         let parts: f64 = LOSSES.iter().map(|k| rec[*k].as_f64().unwrap()).sum();
         let total = rec["loss"].as_f64().unwrap();
         assert!(total.is_finite() && total > 0.0);
@@ -186,9 +204,35 @@ fn train_eval_predict_and_resume() {
         .keys()
         .any(|k| k.starts_with("backbone.body.layer4.")));
 
-    // same seed, same run
+    let args = read_json(&run.join("args.json"));
+    assert_eq!(args["command"]["name"], "detect train");
+    assert_eq!(args["command"]["options"]["width"], "4");
+    assert_eq!(args["command"]["options"]["lr"], "0.02");
+    // a new run into the used folder needs --overwrite
+    let mut rerun = vec!["detect", "train", "--data", s(data()), "--out", s(&run)];
+    rerun.extend(small("4"));
+    fails(&rerun, &["not empty", "--overwrite", "--resume"]);
+
+    // same seed, same run: the data given in the COCO 2017 layout
+    let coco = tmp.0.join("coco");
+    let (train_ann, train_images) = coco_layout(&coco, "train");
+    let (val_ann, val_images) = coco_layout(&coco, "val");
     let again = tmp.0.join("again");
-    train(&again, &["--epochs", "1", "--quiet"]);
+    let mut args = vec![
+        "detect",
+        "train",
+        "--train-ann",
+        s(&train_ann),
+        "--train-images",
+        s(&train_images),
+        "--out",
+        s(&again),
+        "--epochs",
+        "1",
+        "--quiet",
+    ];
+    args.extend(small("4"));
+    ok(&args);
     let m2 = metrics(&again);
     for (a, b) in m[..4].iter().zip(&m2[..4]) {
         assert_eq!(
@@ -252,6 +296,23 @@ fn train_eval_predict_and_resume() {
         "bbox",
     ]);
     assert_eq!(coco.trim(), out[bbox_at + 5..segm_at].trim());
+    // the same evaluation from the COCO 2017 layout
+    let coco_eval = tmp.0.join("coco-eval");
+    let (again_out, _) = ok(&[
+        "detect",
+        "eval",
+        "--checkpoint",
+        s(&run.join("model.safetensors")),
+        "--val-ann",
+        s(&val_ann),
+        "--val-images",
+        s(&val_images),
+        "--out",
+        s(&coco_eval),
+    ]);
+    assert!(again_out.contains("bbox:"), "{again_out}");
+    let again_res = read_json(&coco_eval.join("eval_val.json"));
+    assert_eq!((&again_res["bbox"], &again_res["segm"]), (&res["bbox"], &res["segm"]));
 
     // predict: a PNG of the image's size
     let img = std::fs::read_dir(data().join("val/images"))
@@ -297,14 +358,24 @@ fn train_eval_predict_and_resume() {
     assert_eq!(&m3[..5], &m[..]);
     assert_eq!(m3[5]["step"], 5);
     assert_eq!(m3[9]["epoch"], 2);
-    // a resume with another architecture is refused
+    // a resume with another architecture is refused: by the recorded
+    // options, and with --resume-force by the checkpoint's shapes
     let mut args = vec!["detect", "train", "--data", s(data()), "--out", s(&run)];
     args.extend(small("8"));
     args.extend(["--epochs", "3", "--resume"]);
+    fails(&args, &["--width \"4\" (this run: \"8\")", "--resume-force"]);
+    args.push("--resume-force");
     fails(
         &args,
         &["checkpoint.safetensors", "backbone.body.conv1.weight"],
     );
+    // the COCO layout's flags go in pairs, and not with --data
+    let mut half = vec!["detect", "train", "--train-ann", s(&train_ann), "--out", s(&again)];
+    half.extend(small("4"));
+    fails(&half, &["--train-images"]);
+    let mut both = half.clone();
+    both.extend(["--train-images", s(&train_images), "--data", s(data())]);
+    fails(&both, &["--data"]);
 }
 
 #[test]

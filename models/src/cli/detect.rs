@@ -15,9 +15,11 @@ pub struct DetectArgs {
 
 #[derive(Clone, Debug, clap::Subcommand)]
 enum DetectCommand {
-    /// Train Mask R-CNN on DATA/train (annotations.json + images/).
+    /// Train Mask R-CNN on DATA/train (annotations.json + images/) or on
+    /// --train-ann FILE --train-images DIR (the COCO 2017 layout).
     Train(TrainCli),
-    /// COCO bbox and segm evaluation of a trained model on DATA/<split>.
+    /// COCO bbox and segm evaluation of a trained model on DATA/<split> or
+    /// on --val-ann FILE --val-images DIR.
     Eval(DetectEvalArgs),
     /// Draw a model's detections (boxes and tinted masks) on one image.
     Predict(DetectPredictArgs),

@@ -6,14 +6,17 @@ mod analyze;
 mod coco_eval;
 mod detect;
 mod detection_data;
+mod eval;
 mod experiment;
 mod forward;
+mod plot;
 mod pretrain;
 mod preset;
 mod transfer;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use engine::Result;
+use serde_json::{json, Map, Value};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -53,6 +56,13 @@ enum Command {
     /// Mask R-CNN on a detection folder: train, eval (COCO bbox + segm),
     /// predict (draw detections on an image).
     Detect(detect::DetectArgs),
+    /// Acc@1 / Acc@5 of a classifier checkpoint on an image split (sizes
+    /// and normalisation from the checkpoint; antialiased resize + centre
+    /// crop as torchvision's classification reference).
+    Eval(eval::EvalArgs),
+    /// Training curves (loss, accuracy, learning rate, img/s) of one or more
+    /// runs from their metrics.jsonl, as one PNG.
+    Plot(plot::PlotArgs),
 }
 
 /// Bounds on the sizes and counts every command takes from the command
@@ -107,30 +117,34 @@ fn run(command: &Command) -> Result<()> {
         Command::CocoEval(a) => coco_eval::run(a),
         Command::DetectionData(a) => detection_data::run(a),
         Command::Detect(a) => detect::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 
 /// The command line parsed, with any `--preset` applied under the flags
-/// given explicitly.
-fn parse_from<I, T>(argv: I) -> std::result::Result<Cli, clap::Error>
+/// given explicitly; also the command and its matches (for `args.json`).
+fn parse_from<I, T>(argv: I) -> std::result::Result<(Cli, clap::Command, ArgMatches), clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = Cli::command().try_get_matches_from(argv)?;
+    let command = Cli::command();
+    let matches = command.clone().try_get_matches_from(argv)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     match (&mut cli.command, matches.subcommand()) {
         (Command::Pretrain(p), Some((_, m))) => p.apply_preset(m),
         (Command::Detect(d), Some((_, m))) => d.apply_preset(m),
         _ => {}
     }
-    Ok(cli)
+    Ok((cli, command, matches))
 }
 
 /// Parses the command line, runs the command; an error is one line on
 /// stderr and a failure exit code.
 pub fn main() -> ExitCode {
-    let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let (cli, command, matches) = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    crate::run_dir::set_command(command_record(&command, &matches));
     if let Err(e) = bounded_opt("threads", cli.threads, 1..=MAX_THREADS) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
@@ -152,18 +166,48 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The command's name (`detect train`) and every option's resolved value
+/// (defaults included; global ones too), as `args.json` records them.
+fn command_record(command: &clap::Command, matches: &ArgMatches) -> Value {
+    let mut names = Vec::new();
+    let mut options = Map::new();
+    let mut at = Some((command, matches));
+    while let Some((cmd, level)) = at {
+        // arguments only: the ids of argument groups hold member names
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            let Ok(Some(raw)) = level.try_get_raw(id) else {
+                continue;
+            };
+            let values: Vec<Value> = raw
+                .map(|v| Value::String(v.to_string_lossy().into_owned()))
+                .collect();
+            let value = match <[Value; 1]>::try_from(values) {
+                Ok([one]) => one,
+                Err(many) => Value::Array(many),
+            };
+            options.insert(id.to_string(), value);
+        }
+        at = level.subcommand().and_then(|(name, sub)| {
+            names.push(name.to_string());
+            cmd.find_subcommand(name).map(|c| (c, sub))
+        });
+    }
+    json!({"name": names.join(" "), "options": options})
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse_from, Command};
 
     #[test]
     fn a_repeated_flag_takes_its_last_value_and_lists_still_append() {
-        let cli = parse_from(["slmlp", "pretrain", "--out", "o", "--epochs", "3", "--epochs", "5"]).unwrap();
+        let cli = parse_from(["slmlp", "pretrain", "--out", "o", "--epochs", "3", "--epochs", "5"]).unwrap().0;
         let Command::Pretrain(p) = cli.command else {
             panic!("parsed pretrain")
         };
         assert_eq!(p.args.epochs, 5);
-        let cli = parse_from(["slmlp", "analyze", "--checkpoint", "a", "--checkpoint", "b"]).unwrap();
+        let cli = parse_from(["slmlp", "analyze", "--checkpoint", "a", "--checkpoint", "b"]).unwrap().0;
         let Command::Analyze(a) = cli.command else {
             panic!("parsed analyze")
         };

@@ -84,7 +84,7 @@ mod tests {
     fn pretrain(extra: &[&str]) -> PretrainArgs {
         let mut argv = vec!["slmlp", "pretrain", "--data", "synthetic", "--out", "o"];
         argv.extend_from_slice(extra);
-        match parse_from(argv).unwrap().command {
+        match parse_from(argv).unwrap().0.command {
             Command::Pretrain(p) => p.args,
             _ => unreachable!("parsed pretrain"),
         }
@@ -93,7 +93,7 @@ mod tests {
     fn detect(extra: &[&str]) -> DetectTrainArgs {
         let mut argv = vec!["slmlp", "detect", "train", "--data", "d", "--out", "o"];
         argv.extend_from_slice(extra);
-        match parse_from(argv).unwrap().command {
+        match parse_from(argv).unwrap().0.command {
             Command::Detect(d) => d.train_args().expect("detect train").clone(),
             _ => unreachable!("parsed detect"),
         }

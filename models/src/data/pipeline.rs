@@ -279,7 +279,7 @@ impl SkipLog {
             .unwrap_or(false);
         if first {
             self.count.fetch_add(1, Ordering::Relaxed);
-            eprintln!("warning: skipping unreadable sample {}: {err}", what());
+            crate::progress::warn(format!("skipping unreadable sample {}: {err}", what()));
         }
     }
     fn count(&self) -> usize {

@@ -4,8 +4,9 @@
 //! Resampling is bilinear with half-pixel centres (PyTorch's
 //! `interpolate(mode="bilinear", align_corners=False, antialias=False)`):
 //! output pixel `o` samples source coordinate `(o + 0.5) * in/out - 0.5`,
-//! clamped to the image. There is NO antialiasing, so strong downscaling
-//! aliases (unlike PIL or torchvision's default `antialias=True`), and values
+//! clamped to the image. There is no antialiasing there, so strong
+//! downscaling aliases; the evaluation resize (`Augment::ResizeCenterCrop`)
+//! is antialiased as torchvision's `Resize` (`resize_antialiased`). Values
 //! stay in f32 instead of being rounded back to u8 between steps. Random
 //! choices use the caller's `Rng` in a fixed order, so one seed gives one
 //! output.
@@ -47,7 +48,8 @@ pub enum Augment {
         flip: bool,
     },
     /// torchvision `Resize(resize)` + `CenterCrop(size)`: the shorter side is
-    /// scaled to `resize` (the longer to `floor(resize * long / short)`),
+    /// scaled to `resize` (the longer to `floor(resize * long / short)`)
+    /// with torchvision's antialiased bilinear filter (`resize_antialiased`),
     /// then the centre `size x size` is taken, zero-padded if the image is
     /// smaller.
     ResizeCenterCrop { resize: usize },
@@ -213,7 +215,7 @@ impl Transform {
                         format!("image {h}x{w} resized to {nh}x{nw} for the centre crop exceeds {MAX_RESIZED_PIXELS} pixels (aspect ratio too extreme)"),
                     ));
                 }
-                let base = resize(img, full, nh, nw);
+                let base = resize_antialiased(img, nh, nw);
                 let offset = (centre_offset(nh, s), centre_offset(nw, s));
                 self.write(&base, (nh, nw), offset, false, c, out);
             }
@@ -364,6 +366,72 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
             let i0 = (src.floor() as usize).min(n_in - 1);
             let i1 = (i0 + 1).min(n_in - 1);
             (i0, i1, (src - i0 as f64) as f32)
+        })
+        .collect()
+}
+
+/// torchvision's `Resize(antialias=True)` with bilinear interpolation
+/// (PyTorch's `interpolate(mode="bilinear", antialias=True)`, like PIL): each
+/// output pixel is a triangle-filter average of the source pixels, the
+/// filter's support widened by the downscale factor. Returns CHW f32 in
+/// [0, 1] without rounding to u8. Upscaling equals plain bilinear.
+pub fn resize_antialiased(img: &Image, oh: usize, ow: usize) -> Vec<f32> {
+    let (h, w, c) = (img.height, img.width, img.channels);
+    let ys = antialias_weights(h, oh);
+    let xs = antialias_weights(w, ow);
+    // horizontal pass (h x ow per channel), then vertical
+    let mut rows = vec![0f32; c * h * ow];
+    for ch in 0..c {
+        for y in 0..h {
+            let src = &img.pixels[y * w * c..(y + 1) * w * c];
+            for (x, (x0, wts)) in xs.iter().enumerate() {
+                let v: f32 = wts
+                    .iter()
+                    .enumerate()
+                    .map(|(k, wt)| src[(x0 + k) * c + ch] as f32 * wt)
+                    .sum();
+                rows[(ch * h + y) * ow + x] = v * (1.0 / 255.0);
+            }
+        }
+    }
+    let mut out = vec![0f32; c * oh * ow];
+    for ch in 0..c {
+        for (y, (y0, wts)) in ys.iter().enumerate() {
+            for x in 0..ow {
+                out[(ch * oh + y) * ow + x] = wts
+                    .iter()
+                    .enumerate()
+                    .map(|(k, wt)| rows[(ch * h + y0 + k) * ow + x] * wt)
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+/// For each of `n_out` positions along an axis of `n_in` source pixels:
+/// the first source pixel and the normalised weights of it and the next
+/// ones (PyTorch's `_compute_index_ranges_weights` for the antialiased
+/// bilinear filter, align_corners=False).
+fn antialias_weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = n_in as f64 / n_out as f64;
+    let (support, inv_scale) = if scale >= 1.0 {
+        (scale, 1.0 / scale)
+    } else {
+        (1.0, 1.0)
+    };
+    (0..n_out)
+        .map(|o| {
+            let centre = scale * (o as f64 + 0.5);
+            // C++ casts truncate toward zero
+            let lo = ((centre - support + 0.5).trunc().max(0.0) as usize).min(n_in - 1);
+            let hi = ((centre + support + 0.5).trunc() as usize).clamp(lo + 1, n_in);
+            let wts: Vec<f64> = (lo..hi)
+                .map(|j| (1.0 - ((j as f64 - centre + 0.5) * inv_scale).abs()).max(0.0))
+                .collect();
+            let total: f64 = wts.iter().sum();
+            let norm = if total > 0.0 { 1.0 / total } else { 0.0 };
+            (lo, wts.iter().map(|w| (w * norm) as f32).collect())
         })
         .collect()
 }

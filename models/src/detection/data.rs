@@ -66,6 +66,85 @@ pub struct DetectionDataset {
     degenerate: usize,
 }
 
+/// Where a detection split is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SplitLocation {
+    /// `data/<split>/annotations.json` with the images in
+    /// `data/<split>/images/` (what `slmlp detection-data` writes).
+    Folder { data: PathBuf, split: String },
+    /// An annotation file and an image folder, e.g. COCO 2017's
+    /// `annotations/instances_val2017.json` and `val2017/`.
+    Files { annotations: PathBuf, images: PathBuf },
+}
+
+impl SplitLocation {
+    /// From `--data` (and the split's name) or the pair `--<flag>-ann`,
+    /// `--<flag>-images`; exactly one of the two forms.
+    pub fn from_args(
+        data: Option<&Path>,
+        split: &str,
+        annotations: Option<&Path>,
+        images: Option<&Path>,
+        flag: &str,
+    ) -> Result<SplitLocation> {
+        match (data, annotations, images) {
+            (Some(d), None, None) => Ok(SplitLocation::Folder {
+                data: d.to_path_buf(),
+                split: split.to_string(),
+            }),
+            (None, Some(a), Some(i)) => Ok(SplitLocation::Files {
+                annotations: a.to_path_buf(),
+                images: i.to_path_buf(),
+            }),
+            _ => Err(Error::arg(
+                "detect",
+                format!("give either --data DIR or both --{flag}-ann FILE and --{flag}-images DIR"),
+            )),
+        }
+    }
+
+    /// The annotation file and the image folder.
+    pub fn paths(&self) -> (PathBuf, PathBuf) {
+        match self {
+            SplitLocation::Folder { data, split } => {
+                let dir = data.join(split);
+                (dir.join("annotations.json"), dir.join("images"))
+            }
+            SplitLocation::Files {
+                annotations,
+                images,
+            } => (annotations.clone(), images.clone()),
+        }
+    }
+
+    /// Opens the split (see [`DetectionDataset::open`]); a missing file or
+    /// folder is an error naming the layout expected.
+    pub fn open(&self, channels: usize) -> Result<DetectionDataset> {
+        let (ann, images) = self.paths();
+        let layout = match self {
+            SplitLocation::Folder { split, .. } => format!(
+                "--data must be a folder with {split}/annotations.json and {split}/images/ (as `slmlp detection-data --out DIR` writes)"
+            ),
+            SplitLocation::Files { .. } => {
+                "give a COCO instances JSON file and the folder of its images".to_string()
+            }
+        };
+        if !ann.is_file() {
+            return Err(Error::arg(
+                "detect",
+                format!("{} not found: {layout}", ann.display()),
+            ));
+        }
+        if !images.is_dir() {
+            return Err(Error::arg(
+                "detect",
+                format!("{} is not a folder: {layout}", images.display()),
+            ));
+        }
+        DetectionDataset::open(&ann, &images, channels)
+    }
+}
+
 impl DetectionDataset {
     /// Opens `annotations` (COCO instances JSON, read by [`CocoGt`]) with
     /// images at `image_dir/<images[].file_name>`, decoded to `channels`

@@ -14,7 +14,7 @@ pub use metrics::{
 };
 pub use plot::{scatter_png, Panel};
 pub use probe::{linear_probe, ProbeOptions, ProbeResult};
-pub use tsne::{pca2, tsne, tsne_run, TsneOptions, TsneResult};
+pub use tsne::{pca2, tsne, tsne_run, write_embedding_csv, TsneOptions, TsneResult};
 
 use engine::{Error, Result};
 

@@ -1,6 +1,6 @@
-//! Scatter plots of 2-D embeddings as PNG, drawn by hand into an RGB buffer
-//! (no plotting dependency): one framed, autoscaled panel per embedding side
-//! by side, a title over each, a main title and a colour legend.
+//! Scatter plots of 2-D embeddings and line charts of training curves as
+//! PNG, drawn by hand into an RGB buffer (no plotting dependency): framed,
+//! autoscaled panels, a title over each, a main title and a colour legend.
 
 use engine::{Error, Result};
 use std::fs::File;
@@ -262,6 +262,16 @@ impl Canvas {
         }
     }
 
+    /// A 2 px wide segment from `a` to `b`.
+    fn line(&mut self, a: (i64, i64), b: (i64, i64), c: [u8; 3]) {
+        let n = (b.0 - a.0).abs().max((b.1 - a.1).abs()).max(1);
+        for i in 0..=n {
+            let x = a.0 + (b.0 - a.0) * i / n;
+            let y = a.1 + (b.1 - a.1) * i / n;
+            self.rect(x.max(0) as usize, y.max(0) as usize, 2, 2, c);
+        }
+    }
+
     /// Draws `s` with its top-left corner at (x, y).
     fn text(&mut self, x: usize, y: usize, s: &str, scale: usize, c: [u8; 3]) {
         for (k, ch) in s.chars().enumerate() {
@@ -315,6 +325,107 @@ fn write_atomic(path: &Path, img: &Canvas) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// One named curve of a chart: (x, y) points in x order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<[f64; 2]>,
+}
+
+/// One panel of line charts: a title, the x axis' name and the curves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub series: Vec<Series>,
+}
+
+/// Writes `charts` as PNG panels (`PANEL` px square, two per row) under
+/// `title`, series `k` of every chart drawn in `class_color(k)` and named in
+/// one legend below (so the same run has the same colour everywhere).
+/// Each panel is scaled to its finite points (others are left out), with
+/// the y range and the x range printed at the axes; a chart without
+/// points says so. Written atomically like `scatter_png`.
+pub fn line_charts_png(path: &Path, charts: &[Chart], names: &[String], title: &str) -> Result<()> {
+    if charts.is_empty() {
+        return Err(Error::arg(
+            "line_charts_png",
+            format!("{}: no charts to draw", path.display()),
+        ));
+    }
+    let cols = charts.len().min(2);
+    let rows = charts.len().div_ceil(cols);
+    let width = PANEL * cols;
+    let legend = legend_layout(names, width);
+    let height = TITLE_BAND + PANEL * rows + legend.rows * LEGEND_ROW + 8;
+    let mut img = Canvas::new(width, height);
+    let main_w = text_width(title, MAIN_SCALE);
+    img.text(width.saturating_sub(main_w) / 2, 10, title, MAIN_SCALE, INK);
+    for (k, chart) in charts.iter().enumerate() {
+        draw_chart(&mut img, (k % cols) * PANEL, TITLE_BAND + (k / cols) * PANEL, chart);
+    }
+    for (c, &(x, row)) in legend.pos.iter().enumerate() {
+        let y = TITLE_BAND + PANEL * rows + row * LEGEND_ROW;
+        img.rect(x, y, SWATCH, SWATCH, class_color(c));
+        img.text(x + SWATCH + 6, y, &names[c], TEXT_SCALE, INK);
+    }
+    write_atomic(path, &img)
+}
+
+/// A number in at most 9 characters for an axis label.
+fn axis_number(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+fn draw_chart(img: &mut Canvas, x0: usize, y0: usize, chart: &Chart) {
+    let tw = text_width(&chart.title, TEXT_SCALE);
+    img.text(x0 + PANEL.saturating_sub(tw) / 2, y0 + PANEL_TITLE_Y, &chart.title, TEXT_SCALE, INK);
+    // room for the y labels on the left and the x labels below
+    let (fx, fy) = (x0 + FRAME_INSET, y0 + FRAME_TOP + 14);
+    let (fw, fh) = (PANEL - 2 * FRAME_INSET, PANEL - FRAME_TOP - 14 - FRAME_INSET - 20);
+    img.outline(fx, fy, fw, fh, FRAME);
+    let finite = |q: &&[f64; 2]| q[0].is_finite() && q[1].is_finite();
+    let all: Vec<&[f64; 2]> = chart.series.iter().flat_map(|s| s.points.iter().filter(finite)).collect();
+    if all.is_empty() {
+        img.text(fx + 12, fy + fh / 2, "no data", TEXT_SCALE, INK);
+        return;
+    }
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for q in &all {
+        for a in 0..2 {
+            lo[a] = lo[a].min(q[a]);
+            hi[a] = hi[a].max(q[a]);
+        }
+    }
+    let span = |a: usize| if hi[a] > lo[a] { hi[a] - lo[a] } else { 1.0 };
+    let (aw, ah) = (fw as f64 - 2.0 * DATA_MARGIN, fh as f64 - 2.0 * DATA_MARGIN);
+    let at = |q: &[f64; 2]| {
+        (
+            (fx as f64 + DATA_MARGIN + (q[0] - lo[0]) / span(0) * aw).round() as i64,
+            (fy as f64 + DATA_MARGIN + (1.0 - (q[1] - lo[1]) / span(1)) * ah).round() as i64,
+        )
+    };
+    img.text(fx + 4, fy - 14, &axis_number(hi[1]), TEXT_SCALE, FRAME);
+    img.text(fx + 4, fy + fh + 4, &axis_number(lo[1]), TEXT_SCALE, FRAME);
+    let x_text = format!("{}: {} .. {}", chart.x_label, axis_number(lo[0]), axis_number(hi[0]));
+    let xw = text_width(&x_text, TEXT_SCALE);
+    img.text(fx + fw.saturating_sub(xw), fy + fh + 4, &x_text, TEXT_SCALE, FRAME);
+    for (k, s) in chart.series.iter().enumerate() {
+        let pts: Vec<(i64, i64)> = s.points.iter().filter(finite).map(at).collect();
+        if let [one] = pts[..] {
+            img.disc(one.0, one.1, POINT_RADIUS, class_color(k));
+        }
+        for w in pts.windows(2) {
+            img.line(w[0], w[1], class_color(k));
+        }
+    }
 }
 
 /// Columns per glyph plus one blank column between characters.

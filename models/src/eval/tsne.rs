@@ -2,10 +2,12 @@
 //! projection, for 2-D pictures of feature spaces of up to a few thousand
 //! points (time and memory are O(n^2)).
 
+use super::plot::Panel;
 use super::Features;
 use engine::ops::{gemm, MatRef};
 use engine::{Error, Result, Rng};
 use rayon::prelude::*;
+use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TsneOptions {
@@ -474,6 +476,27 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 fn dot_f32(a: &[f32], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(&x, y)| x as f64 * y).sum()
+}
+
+/// Writes the points of `panels` as CSV (`panel,index,class,x,y`, one
+/// row per point, the class by name) to `path`, so an embedding plotted
+/// as PNG can be replotted elsewhere. Errors on a label without a name or
+/// if the file cannot be written.
+pub fn write_embedding_csv(path: &Path, panels: &[Panel], class_names: &[String]) -> Result<()> {
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut text = String::from("panel,index,class,x,y\n");
+    for p in panels {
+        for (i, (xy, &l)) in p.points.iter().zip(&p.labels).enumerate() {
+            let name = class_names.get(l).ok_or_else(|| {
+                Error::arg(
+                    "write_embedding_csv",
+                    format!("{}: label {l} has no name", path.display()),
+                )
+            })?;
+            text += &format!("{},{i},{},{},{}\n", quote(&p.title), quote(name), xy[0], xy[1]);
+        }
+    }
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]
