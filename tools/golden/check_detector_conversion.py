@@ -10,12 +10,10 @@ unchanged.
     python3 tools/golden/check_detector_conversion.py [--slmlp target/debug/slmlp] [--keep DIR]
 
 No trained weights can be downloaded here, so the model is torchvision's own
-random init (weights=None, weights_backbone=None, torch.manual_seed(0)) with
-one change: the class logits' weights are multiplied by SCORE_GAIN, since at
-the default init every one of 91 classes scores about 1/91, below the 0.05
-threshold, and nothing would be detected. The image is a synthetic 480x640
-PNG (smooth colour gradients and a few filled shapes, numpy seed 0), so the
-model runs at 800x1067.
+random init (weights=None, weights_backbone=None, torch.manual_seed(0));
+on the image it gives 100 detections, the best scoring 0.93. The image is a
+synthetic 480x640 PNG (smooth colour gradients and a few filled shapes,
+numpy seed 0), so the model runs at 800x1067.
 
 Compared, detection by detection in torchvision's order: labels (equal),
 scores and boxes (max |diff|), masks (IoU of the binarised masks, pycocotools
@@ -36,7 +34,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-SCORE_GAIN = 8.0
 H, W = 480, 640
 BOX_TOL = 1e-2     # pixels, at 480x640
 SCORE_TOL = 1e-4
@@ -63,8 +60,6 @@ def main():
     os.makedirs(tmp, exist_ok=True)
     torch.manual_seed(0)
     model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.weight.mul_(SCORE_GAIN)
     model.eval()
     pth = os.path.join(tmp, "maskrcnn.pth")
     torch.save(model.state_dict(), pth)

@@ -64,7 +64,7 @@ FULL_GRADS = [
     "rpn.head.bbox_pred.bias",
     "roi_heads.box_predictor.bbox_pred.bias",
     "roi_heads.mask_predictor.mask_fcn_logits.bias",
-    "backbone.body.layer4.2.bn3.weight",
+    "roi_heads.box_head.fc7.bias",
 ]
 
 
