@@ -686,7 +686,10 @@ fn load_weights(model: &MaskRcnn, ckpt: &Checkpoint, path: &Path, skip: &[&str])
         .into_iter()
         .filter(|p| kept(p.name()))
         .collect();
-    let training = ckpt.metadata.get("format").is_some_and(|f| f == TRAIN_FORMAT);
+    let training = ckpt
+        .metadata
+        .get("format")
+        .is_some_and(|f| f == TRAIN_FORMAT);
     let tensors = ckpt
         .tensors
         .iter()
@@ -976,7 +979,10 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
                 .ok()
                 .and_then(|i| spec.category_ids.get(i).copied())
         };
-        write_json(path, &Value::Array(coco_results(det, a.image_id, category)?))?;
+        write_json(
+            path,
+            &Value::Array(coco_results(det, a.image_id, category)?),
+        )?;
     }
     let probs = det.masks.to_vec_f64();
     let mut canvas = rgb.into_raw();

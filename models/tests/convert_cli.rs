@@ -30,7 +30,10 @@ fn converted_torchvision_resnet_runs_in_forward_with_torchvisions_logits() {
     // what forward, transfer and analyze read back
     let loaded = models::pretrain::load_trained(&model).unwrap();
     assert_eq!(loaded.input.size, 224);
-    assert_eq!(loaded.input.norm, models::datasets::Normalization::imagenet());
+    assert_eq!(
+        loaded.input.norm,
+        models::datasets::Normalization::imagenet()
+    );
     assert_eq!(loaded.net.config.num_classes, 1000);
 
     let input = tmp.0.join("input.safetensors");
@@ -57,9 +60,20 @@ fn converted_torchvision_resnet_runs_in_forward_with_torchvisions_logits() {
     // float32 against torch's float64 run of the same weights, relative to
     // the largest logit; torch's own float32 for scale
     let scale = want64.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let r = assert_close("logits vs torch float64", &logits, &want64, 1e-4 * scale, 1e-4);
-    let t = check_close("torch f32 vs f64", &want32, &want64, Tol::new(1e-4 * scale, 1e-4))
-        .unwrap_or_else(|e| e);
+    let r = assert_close(
+        "logits vs torch float64",
+        &logits,
+        &want64,
+        1e-4 * scale,
+        1e-4,
+    );
+    let t = check_close(
+        "torch f32 vs f64",
+        &want32,
+        &want64,
+        Tol::new(1e-4 * scale, 1e-4),
+    )
+    .unwrap_or_else(|e| e);
     eprintln!(
         "logits: ours worst |diff| / bound {:.3}, torchvision float32 {:.3}",
         r.ratio(),

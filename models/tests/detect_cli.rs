@@ -293,6 +293,7 @@ fn train_eval_predict_and_resume() {
         .as_i64()
         .unwrap();
     let json = tmp.0.join("pred.json");
+    let id = image_id.to_string();
     ok(&[
         "detect",
         "predict",
@@ -305,13 +306,17 @@ fn train_eval_predict_and_resume() {
         "--json",
         s(&json),
         "--image-id",
-        &image_id.to_string(),
+        id.as_str(),
     ]);
     let mine = read_json(&json);
     let mine = mine.as_array().unwrap();
     let evals: Vec<&Value> = dets.iter().filter(|d| d["image_id"] == image_id).collect();
     assert!(!mine.is_empty(), "the model should detect something");
-    assert_eq!(mine.len(), evals.len(), "predict --json vs detect eval's entries");
+    assert_eq!(
+        mine.len(),
+        evals.len(),
+        "predict --json vs detect eval's entries"
+    );
     for (a, b) in mine.iter().zip(&evals) {
         assert_eq!(a["image_id"], image_id);
         assert_eq!(a["category_id"], b["category_id"], "{a} vs {b}");
@@ -324,7 +329,10 @@ fn train_eval_predict_and_resume() {
         for k in ["bbox", "score"] {
             testutil::assert_close(k, &nums(a, k), &nums(b, k), 1e-4, 1e-4);
         }
-        assert!(a["segmentation"]["counts"].is_string(), "compressed RLE: {a}");
+        assert!(
+            a["segmentation"]["counts"].is_string(),
+            "compressed RLE: {a}"
+        );
         assert_eq!(a["segmentation"]["size"], serde_json::json!([64, 64]));
     }
     for iou in ["bbox", "segm"] {
@@ -480,8 +488,17 @@ fn init_from_a_whole_detector() {
     train(&src, &["--epochs", "1"]);
     let three = tmp.0.join("data3");
     ok(&[
-        "detection-data", "--out", s(&three), "--train", "4", "--val", "2", "--canvas", "64",
-        "--classes", "0,1,2",
+        "detection-data",
+        "--out",
+        s(&three),
+        "--train",
+        "4",
+        "--val",
+        "2",
+        "--canvas",
+        "64",
+        "--classes",
+        "0,1,2",
     ]);
     let dst = tmp.0.join("dst");
     let from = src.join("model.safetensors");
@@ -492,7 +509,11 @@ fn init_from_a_whole_detector() {
     let a = engine::checkpoint::load(&from).unwrap();
     let b = engine::checkpoint::load(&dst.join("model.safetensors")).unwrap();
     let stem = "backbone.body.conv1.weight";
-    assert_eq!(a.tensors[stem].to_vec_f64(), b.tensors[stem].to_vec_f64(), "{stem} loaded");
+    assert_eq!(
+        a.tensors[stem].to_vec_f64(),
+        b.tensors[stem].to_vec_f64(),
+        "{stem} loaded"
+    );
     let cls = "roi_heads.box_predictor.cls_score.weight";
     assert_eq!(a.tensors[cls].dims(), [11, 32]);
     assert_eq!(b.tensors[cls].dims(), [4, 32], "a fresh 3-class head");

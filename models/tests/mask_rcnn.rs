@@ -415,8 +415,11 @@ fn r50_fixture() -> Golden {
 /// torchvision's `maskrcnn_resnet50_fpn` (91 classes) with the hashed
 /// weights; the running statistics are buffers, scaled like torch's.
 fn r50_model() -> MaskRcnn {
-    let model = MaskRcnn::new(MaskRcnnConfig::torchvision("resnet50", 91), &mut Rng::new(0))
-        .unwrap();
+    let model = MaskRcnn::new(
+        MaskRcnnConfig::torchvision("resnet50", 91),
+        &mut Rng::new(0),
+    )
+    .unwrap();
     hash_init(&model.params(), &[], r50_scale);
     for b in model.buffers() {
         let dims = b.get().dims().to_vec();
@@ -432,16 +435,30 @@ fn r50fpn_names_and_eval_match_torchvision() {
     let model = r50_model();
     let want: BTreeMap<String, Vec<usize>> =
         serde_json::from_value(ck.meta("param_names")).unwrap();
-    let mut have: BTreeMap<String, Vec<usize>> =
-        model.params().iter().map(|p| (p.name().to_string(), p.dims())).collect();
-    have.extend(model.buffers().iter().map(|b| (b.name().to_string(), b.get().dims().to_vec())));
-    assert_eq!(have, want, "names and shapes differ from torchvision's state dict");
+    let mut have: BTreeMap<String, Vec<usize>> = model
+        .params()
+        .iter()
+        .map(|p| (p.name().to_string(), p.dims()))
+        .collect();
+    have.extend(
+        model
+            .buffers()
+            .iter()
+            .map(|b| (b.name().to_string(), b.get().dims().to_vec())),
+    );
+    assert_eq!(
+        have, want,
+        "names and shapes differ from torchvision's state dict"
+    );
 
     model.set_training(false);
     let images = ck.get("images").clone();
     let d = images.dims().to_vec();
     let size = (d[2], d[3]);
-    let det = model.forward_eval(&images, &[size], &[size]).unwrap().remove(0);
+    let det = model
+        .forward_eval(&images, &[size], &[size])
+        .unwrap()
+        .remove(0);
     let labels: Vec<i64> = ck.f64s("labels").iter().map(|&v| v as i64).collect();
     assert!(labels.len() >= 5, "the fixture should have detections");
     assert_eq!(det.labels, labels, "labels");
@@ -461,13 +478,20 @@ fn r50fpn_names_and_eval_match_torchvision() {
          mask sums {ems:.3}, mask 0 {em:.3}; boxes vs float64: ours {eb64:.2e}, torchvision f32 {etv64:.2e}",
         labels.len()
     );
-    assert!(eb64 <= 2.0 * etv64 + 1e-6, "boxes: ours {eb64} from float64, torchvision float32 {etv64}");
+    assert!(
+        eb64 <= 2.0 * etv64 + 1e-6,
+        "boxes: ours {eb64} from float64, torchvision float32 {etv64}"
+    );
 }
 
 /// The train case's gt: filled rectangles (the script's RECTS / RECT_LABELS).
 fn r50_target(size: (usize, usize)) -> DetTarget {
     let (h, w) = size;
-    let rects = [[20usize, 30, 150, 200], [120, 60, 300, 180], [200, 150, 260, 250]];
+    let rects = [
+        [20usize, 30, 150, 200],
+        [120, 60, 300, 180],
+        [200, 150, 260, 250],
+    ];
     let masks = rects
         .iter()
         .map(|r| {
@@ -507,35 +531,63 @@ fn r50fpn_train_losses_and_gradients_match_torchvision() {
     let l = model
         .forward_train(&images, &[size], &[r50_target(size)], &mut Rng::new(0))
         .unwrap();
-    let keys = ["loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"];
-    let mine = [&l.classifier, &l.box_reg, &l.mask, &l.objectness, &l.rpn_box_reg]
-        .map(|t| t.item().unwrap());
+    let keys = [
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_mask",
+        "loss_objectness",
+        "loss_rpn_box_reg",
+    ];
+    let mine = [
+        &l.classifier,
+        &l.box_reg,
+        &l.mask,
+        &l.objectness,
+        &l.rpn_box_reg,
+    ]
+    .map(|t| t.item().unwrap());
     let want64 = keys.map(|k| ck.f64s(&format!("train64.{k}"))[0]);
     let want32 = keys.map(|k| ck.f64s(&format!("train.{k}"))[0]);
-    eprintln!("R50-FPN losses {mine:?}\n  torchvision f32 {want32:?}\n  torchvision f64 {want64:?}");
+    eprintln!(
+        "R50-FPN losses {mine:?}\n  torchvision f32 {want32:?}\n  torchvision f64 {want64:?}"
+    );
     close("R50-FPN train losses", &mine, &want64, TOL);
     l.total().unwrap().backward().unwrap();
 
     let names: Vec<String> = serde_json::from_value(ck.meta("grad_names")).unwrap();
-    let params: BTreeMap<String, engine::nn::Param> =
-        model.trainable_params().into_iter().map(|p| (p.name().to_string(), p)).collect();
+    let params: BTreeMap<String, engine::nn::Param> = model
+        .trainable_params()
+        .into_iter()
+        .map(|p| (p.name().to_string(), p))
+        .collect();
     let mut mine_names: Vec<&String> = params.keys().collect();
     let mut want_names: Vec<&String> = names.iter().collect();
     mine_names.sort();
     want_names.sort();
     assert_eq!(mine_names, want_names, "trainable parameters");
     let samples = ck.meta("samples").as_u64().unwrap() as usize;
-    let (norm64, sum64, abs64) = (ck.f64s("grad64.norm"), ck.f64s("grad64.sum"), ck.f64s("grad64.abs_sum"));
+    let (norm64, sum64, abs64) = (
+        ck.f64s("grad64.norm"),
+        ck.f64s("grad64.sum"),
+        ck.f64s("grad64.abs_sum"),
+    );
     let (norm32, sample64) = (ck.f64s("grad.norm"), ck.f64s("grad64.sample"));
     let (mut en, mut ets, mut es) = (0.0f64, 0.0f64, 0.0f64);
     let mut fpn = 0;
     for (i, n) in names.iter().enumerate() {
-        let g = params[n].grad().unwrap_or_else(|| panic!("{n}: no gradient")).to_vec_f64();
+        let g = params[n]
+            .grad()
+            .unwrap_or_else(|| panic!("{n}: no gradient"))
+            .to_vec_f64();
         let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
         en = en.max((norm - norm64[i]).abs() / norm64[i].max(1e-30));
         ets = ets.max((norm32[i] - norm64[i]).abs() / norm64[i].max(1e-30));
         let sum: f64 = g.iter().sum();
-        assert!((sum - sum64[i]).abs() <= GRAD_TOL * abs64[i], "{n}: sum {sum} vs {}", sum64[i]);
+        assert!(
+            (sum - sum64[i]).abs() <= GRAD_TOL * abs64[i],
+            "{n}: sum {sum} vs {}",
+            sum64[i]
+        );
         // elements: the scale is the tensor's mean |g|
         let mean_abs = abs64[i] / g.len() as f64;
         let h = testutil::hash::fnv1a64(&format!("sample:{n}"));
@@ -564,7 +616,13 @@ fn r50fpn_train_losses_and_gradients_match_torchvision() {
         let g = params[n].grad().unwrap().to_vec_f64();
         let want = ck.f64s(&format!("grad64.full.{n}"));
         let scale = want.iter().map(|v| v.abs()).sum::<f64>() / want.len() as f64;
-        assert_close(&format!("{n}: gradient"), &g, &want, GRAD_TOL * scale, GRAD_TOL);
+        assert_close(
+            &format!("{n}: gradient"),
+            &g,
+            &want,
+            GRAD_TOL * scale,
+            GRAD_TOL,
+        );
     }
 }
 
