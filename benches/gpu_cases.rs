@@ -1,11 +1,13 @@
 //! The parity cases of slmlp-gpu-check (benches/src/bin/gpu_check.rs) that
-//! are not one op: whole-network gradients. Single ops register their cases
+//! are not one op: whole-network gradients, and the eval-mode forward the
+//! commands that only read a network run (forward, analyze, transfer). Single ops register their cases
 //! with their family (engine/src/ops/<family>/parity.rs); these use the same
 //! [`Case`] form, so the runner treats both alike.
 
 use engine::nn::Module;
 use engine::parity::{Case, Outputs};
 use engine::{DType, Device, Error, Result, Rng, Tensor};
+use models::inspect::forward_outputs;
 use models::{NetConfig, ProjectorConfig, Stem, SupervisedNet};
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -34,27 +36,39 @@ type Values = Vec<(String, Vec<f64>)>;
 /// The runner compares the two sides' outputs by max|dut - cpu| / max|cpu|,
 /// so each case returns values for which that measure is the judgement
 /// above (see [`Net::f32_outputs`] and [`Net::bf16_outputs`]).
+///
+/// `model_eval`: the same networks in eval mode (BatchNorm on running
+/// statistics that one training-mode batch on the host moved away from 0
+/// and 1), through `models::inspect::forward_outputs`: the logits and the
+/// pooled features, judged the same way.
 pub fn model_cases(seed: u64) -> Vec<Case> {
     let mut rng = Rng::new(seed);
     let mut cases = Vec::new();
-    for (stem, hw) in [(Stem::Cifar, 12usize), (Stem::ImageNet, 32)] {
+    for (stem, hw, eval) in [
+        (Stem::Cifar, 12usize, false),
+        (Stem::ImageNet, 32, false),
+        (Stem::Cifar, 12, true),
+        (Stem::ImageNet, 32, true),
+    ] {
         let net = Rc::new(Net {
             stem,
             hw,
+            eval,
             seed: rng.next_u64(),
             truth: OnceCell::new(),
         });
+        let op = if eval { "model_eval" } else { "model_grads" };
         let label = format!("resnet18 w8 {stem:?} sl-mlp [8,3,{hw},{hw}]");
         let n = net.clone();
         cases.push(Case {
-            op: "model_grads",
+            op,
             dtype: DType::F32,
             label: label.clone(),
             threshold: Some(1e-4),
             run: Box::new(move |device| n.f32_outputs(device)),
         });
         cases.push(Case {
-            op: "model_grads",
+            op,
             dtype: DType::BF16,
             label: format!("{label}, error vs CPU f32"),
             threshold: Some(2.0),
@@ -69,17 +83,19 @@ pub fn model_cases(seed: u64) -> Vec<Case> {
 /// e_dut / (e_cpu + 0.01) <= 3.
 const BF16_OFFSET: f64 = 0.015;
 
-/// One network of a `model_grads` case, with its CPU f32 truth once computed.
+/// One network of a `model_grads` or `model_eval` case, with its CPU f32
+/// truth once computed.
 struct Net {
     stem: Stem,
     hw: usize,
+    eval: bool,
     seed: u64,
     truth: OnceCell<std::result::Result<Values, String>>,
 }
 
 impl Net {
-    /// Forward and backward in `dtype` on `device` (the same weights and
-    /// batch on every call).
+    /// Forward and backward (eval: forward only) in `dtype` on `device`
+    /// (the same weights and batch on every call).
     fn run(&self, device: Device, dtype: DType) -> Result<Values> {
         let mut rng = Rng::new(self.seed);
         let mut cfg = NetConfig::new("resnet18", 10)?;
@@ -87,9 +103,23 @@ impl Net {
         cfg.stem = self.stem;
         cfg.projector = Some(ProjectorConfig::parse("d", 64)?);
         let net = SupervisedNet::new(cfg, &mut rng)?;
+        let x = Tensor::randn(&[8, 3, self.hw, self.hw], 0.0, 1.0, DType::F32, &mut rng);
+        if self.eval {
+            // running statistics from one training-mode batch, on the host
+            {
+                let _ng = engine::no_grad();
+                net.set_training(true);
+                net.forward(&x.scale(2.0)?)?;
+            }
+            net.to_device(device)?;
+            let input = x.to_device(device)?;
+            return forward_outputs(&net, &input, dtype, false)?
+                .into_iter()
+                .map(|(name, t)| Ok((name, host(&t)?)))
+                .collect();
+        }
         net.to_device(device)?;
         net.set_training(true);
-        let x = Tensor::randn(&[8, 3, self.hw, self.hw], 0.0, 1.0, DType::F32, &mut rng);
         let labels: Vec<i64> = (0..8).map(|i| (i * 3 % 10) as i64).collect();
         let labels = Tensor::from_vec(labels, &[8])?;
         let input = x.to_device(device)?.to_dtype(dtype)?;

@@ -11,17 +11,18 @@
 #   nvrtc-pack/            NVRTC 13.0 (libnvrtc.so.13, libnvrtc-builtins.so.13.0) and
 #                          the CUDA headers, xz-compressed (33 MB instead of 115 MB)
 #   unpack-nvrtc.py        the first stage: unpacks them to $TMPDIR/slmlp-gpu-nvrtc/nvidia/cu13
-#                          (outside the bundle, so a bundle used once can still be carried)
+#                          (outside the bundle, so the bundle stays small to copy again)
 #
-# Why NVRTC travels: kernels::Toolchain accepts only NVRTC 13.0.x (driver 580
-# speaks CUDA 13.0, DESIGN.md §3), and the torch wheels on a GPU machine may
-# bring another (torch 2.15 here has 13.2). Unpacked, the libraries are loaded
-# by absolute path from $TMPDIR/slmlp-gpu-nvrtc, which every bundle binary sets
-# as SLMLP_NVRTC_HOME (the `slmlp` runs inherit it). If the unpack fails, the
-# binaries fall back to the loader's path (the wheels' NVRTC, if it is 13.0).
+# Why NVRTC travels: the check then compiles the kernels with the NVRTC CI
+# checks them with (13.0.88, scripts/install-nvrtc.sh), whatever the GPU
+# machine has (kernels::Toolchain would accept any 13.x, docs/GPU.md).
+# Unpacked, the libraries are loaded by absolute path from
+# $TMPDIR/slmlp-gpu-nvrtc, which every bundle binary sets as SLMLP_NVRTC_HOME
+# (the `slmlp` runs inherit it). If the unpack fails, the binaries fall back to
+# the machine's NVRTC 13.x, if any.
 #
-# Then, with a GPU: run(command='tools/gpu/gpu_check.sh "$OUT" --budget-s 480',
-# timeout_s=540, carry=["gpu-bundle"]).
+# Then copy the repository with the bundle to a machine with an NVIDIA GPU and
+# run there: tools/gpu/gpu_check.sh OUT (docs/GPU_CHECK.md).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -75,7 +76,7 @@ cat > "$BUNDLE/unpack-nvrtc.py" <<'PYEOF'
 """First stage of the GPU check bundle (scripts/build-gpu-bundle.sh): unpacks
 the bundled NVRTC 13.0 libraries and CUDA headers from BUNDLE/nvrtc-pack/ to
 $TMPDIR/slmlp-gpu-nvrtc/nvidia/cu13/{lib,include} (outside the bundle: 115 MB
-unpacked would make it too big to carry again), where the bundle binaries
+unpacked would make it too big to copy around), where the bundle binaries
 point kernels::Toolchain (SLMLP_NVRTC_HOME=$TMPDIR/slmlp-gpu-nvrtc).
 
 Invoked by tools/gpu/gpu_check.sh as `unpack-nvrtc.py --out DIR --budget-s N`
@@ -154,7 +155,7 @@ echo "gpu-bundle: $BUNDLE"
 ( cd "$BUNDLE" && du -sh "${BINS[@]}" nvrtc-pack/* stages.txt | sed 's/^/  /' )
 BYTES=$(du -sb "$BUNDLE" | cut -f1)
 MIB=$(( (BYTES + (1 << 20) - 1) >> 20 ))
-echo "bundle size: $MIB MiB (limit $LIMIT_MIB MiB; the device tool carries 64 MiB in all)"
+echo "bundle size: $MIB MiB (limit $LIMIT_MIB MiB, to stay quick to copy)"
 if [ "$MIB" -gt "$LIMIT_MIB" ]; then
     echo "build-gpu-bundle: the bundle is over $LIMIT_MIB MiB" >&2
     exit 1

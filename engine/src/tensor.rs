@@ -241,7 +241,9 @@ impl Tensor {
                 format!("tensor of shape {:?} is not one element", self.dims()),
             ));
         }
-        Ok(self.to_vec_f64()[0])
+        // downloaded here so that a failing copy is an error, not
+        // `to_vec_f64`'s panic
+        Ok(self.to_device(Device::Cpu)?.to_vec_f64()[0])
     }
 
     /// A row-major copy of a host tensor with no autograd (no copy when

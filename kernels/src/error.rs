@@ -8,14 +8,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// No usable NVRTC library / headers: nothing was loaded, nothing panicked.
     #[error(
-        "NVRTC not found: {reason}. Searched: {searched}. Run scripts/install-nvrtc.sh \
+        "NVRTC 13.x not found: {reason}. Searched: {searched}. Run scripts/install-nvrtc.sh \
          (pinned pip wheels into .cache/nvrtc), or set SLMLP_NVRTC_LIB_DIR to the folder \
          holding libnvrtc.so.13 and SLMLP_CUDA_INCLUDE to the one holding cuda_bf16.h"
     )]
     NvrtcNotFound { reason: String, searched: String },
 
-    /// An NVRTC other than the pinned 13.0.x: its CUBINs may not load on the
-    /// driver the project targets (580, CUDA 13.0).
+    /// An NVRTC of another major than 13: the kernels and the CUDA 13
+    /// libraries they run beside are built for 13.x.
     #[error("NVRTC {found} found in {lib_dir:?}, expected {expected}")]
     NvrtcVersion {
         found: String,

@@ -26,7 +26,7 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// H100 SXM/PCIe 80GB as used for the project's checks (DESIGN.md §3).
+    /// H100 SXM/PCIe 80GB as used for the project's checks (docs/DESIGN.md §3).
     pub const H100: Gpu = Gpu { sm_count: 132 };
 }
 

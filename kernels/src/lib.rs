@@ -35,6 +35,7 @@ pub mod source;
 
 pub mod cache;
 pub mod compile;
+pub mod cuda_libs;
 pub mod device;
 pub mod error;
 pub mod families;

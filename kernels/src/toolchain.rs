@@ -2,8 +2,9 @@
 //!
 //! cudarc opens `libnvrtc` by name through the dynamic loader, and with no
 //! library present it PANICS on first use. This module makes that never
-//! happen: it finds the pinned wheels (scripts/install-nvrtc.sh), preloads
-//! `libnvrtc-builtins.so.13.0` and `libnvrtc.so.13` by absolute path, and
+//! happen: it finds an NVRTC 13.x (the pinned wheels of
+//! scripts/install-nvrtc.sh, or any other), preloads its
+//! `libnvrtc-builtins.so.13.*` and `libnvrtc.so.13` by absolute path, and
 //! only then lets cudarc in. glibc's `dlopen("libnvrtc.so.13")` returns an
 //! already-loaded object whose SONAME matches, so cudarc picks up ours and
 //! LD_LIBRARY_PATH is not needed; libnvrtc's own `dlopen` of its builtins
@@ -13,21 +14,27 @@
 //!
 //! Where it looks, first hit wins:
 //! - libraries: `$SLMLP_NVRTC_LIB_DIR`, else `<home>/nvidia/cu13/lib`, else
-//!   the loader's search path;
+//!   the folders of [`crate::cuda_libs`] (`LD_LIBRARY_PATH`, NVIDIA's pip
+//!   wheels, `/usr/local/cuda*/lib64`), else the loader's search path;
 //! - headers: `$SLMLP_CUDA_INCLUDE` (':'-separated), else
-//!   `<home>/nvidia/cu13/include`; its `cccl/` subfolder (libcu++'s
-//!   `<nv/target>`, which cuda_fp16.h includes) is added when present;
+//!   `<home>/nvidia/cu13/include`, else the `include` folder beside the
+//!   library folder found (`nvidia/cu13/include`, `/usr/local/cuda/include`);
+//!   its `cccl/` subfolder (libcu++'s `<nv/target>`, which cuda_fp16.h
+//!   includes) is added when present;
 //! - `<home>` is `$SLMLP_NVRTC_HOME`, else `.cache/nvrtc` under the
 //!   workspace this crate was built in, else `.cache/nvrtc` in the current
 //!   directory.
 
+use crate::cuda_libs::{self, NVRTC};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The NVRTC major.minor the project pins (DESIGN.md §3): the driver in use
-/// (580) speaks CUDA 13.0, so CUBINs from a newer NVRTC could fail to load.
-pub const EXPECTED_VERSION: (i32, i32) = (13, 0);
+/// The NVRTC major the kernels are written for (docs/GPU.md): any 13.x
+/// minor is accepted. Our CUBINs are SASS for one arch, so a 13.x NVRTC's
+/// output loads on any CUDA 13 driver (580 or newer) under CUDA's minor
+/// version compatibility; only PTX would need the newer driver.
+pub const EXPECTED_MAJOR: i32 = 13;
 
 pub const ENV_LIB_DIR: &str = "SLMLP_NVRTC_LIB_DIR";
 pub const ENV_INCLUDE: &str = "SLMLP_CUDA_INCLUDE";
@@ -90,32 +97,29 @@ fn homes() -> Vec<PathBuf> {
     }
 }
 
-fn has_nvrtc(dir: &Path) -> bool {
-    dir.join("libnvrtc.so.13").is_file()
-}
-
-fn locate_lib_dir(searched: &mut Vec<String>) -> Result<Option<PathBuf>> {
+/// The libnvrtc file to preload, or None to leave it to the loader.
+fn locate_lib(searched: &mut Vec<String>) -> Result<Option<PathBuf>> {
     if let Some(d) = env_path(ENV_LIB_DIR) {
         searched.push(format!("${ENV_LIB_DIR}={}", d.display()));
-        if has_nvrtc(&d) {
-            return Ok(Some(d));
-        }
-        return Err(Error::NvrtcNotFound {
-            reason: format!("${ENV_LIB_DIR} is set but {:?} has no libnvrtc.so.13", d),
-            searched: searched.join(", "),
-        });
+        return match cuda_libs::find_in(&d, &NVRTC) {
+            Some(f) => Ok(Some(f)),
+            None => Err(Error::NvrtcNotFound {
+                reason: format!("${ENV_LIB_DIR} is set but {:?} has no libnvrtc.so.13", d),
+                searched: searched.join(", "),
+            }),
+        };
     }
-    for h in homes() {
-        let d = h.join("nvidia/cu13/lib");
-        searched.push(d.display().to_string());
-        if has_nvrtc(&d) {
-            return Ok(Some(d));
+    let mut dirs: Vec<PathBuf> = homes().iter().map(|h| h.join("nvidia/cu13/lib")).collect();
+    for d in cuda_libs::search_dirs(&cuda_libs::SearchEnv::from_process()) {
+        if !dirs.contains(&d) {
+            dirs.push(d);
         }
     }
-    Ok(None)
+    searched.push(cuda_libs::describe_dirs(&dirs));
+    Ok(cuda_libs::find(&dirs, &NVRTC))
 }
 
-fn locate_includes(searched: &mut Vec<String>) -> Result<Vec<PathBuf>> {
+fn locate_includes(searched: &mut Vec<String>, lib_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
     let base: Vec<PathBuf> = match std::env::var_os(ENV_INCLUDE).filter(|v| !v.is_empty()) {
         Some(v) => {
             let dirs: Vec<PathBuf> = std::env::split_paths(&v).collect();
@@ -125,6 +129,7 @@ fn locate_includes(searched: &mut Vec<String>) -> Result<Vec<PathBuf>> {
         None => homes()
             .into_iter()
             .map(|h| h.join("nvidia/cu13/include"))
+            .chain(lib_dir.and_then(Path::parent).map(|p| p.join("include")))
             .inspect(|d| searched.push(d.display().to_string()))
             .filter(|d| d.join("cuda_bf16.h").is_file())
             .take(1)
@@ -148,26 +153,19 @@ fn locate_includes(searched: &mut Vec<String>) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-/// dlopen by absolute path with RTLD_GLOBAL, never unloaded.
 fn preload(path: &Path) -> Result<()> {
-    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
-    // SAFETY: NVIDIA's libraries have no initialisers with preconditions.
-    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| {
-        Error::NvrtcNotFound {
-            reason: format!("dlopen({}) failed: {e}", path.display()),
-            searched: path.display().to_string(),
-        }
-    })?;
-    // Kept for the life of the process: cudarc holds function pointers into it.
-    std::mem::forget(lib);
-    Ok(())
+    cuda_libs::dlopen_global(path).map_err(|reason| Error::NvrtcNotFound {
+        reason,
+        searched: path.display().to_string(),
+    })
 }
 
 fn locate_and_load() -> Result<Toolchain> {
     let mut searched = Vec::new();
-    let lib_dir = locate_lib_dir(&mut searched)?;
-    let include_dirs = locate_includes(&mut searched)?;
-    if let Some(dir) = &lib_dir {
+    let lib = locate_lib(&mut searched)?;
+    let lib_dir = lib.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+    let include_dirs = locate_includes(&mut searched, lib_dir.as_deref())?;
+    if let (Some(dir), Some(lib)) = (&lib_dir, &lib) {
         // The builtins first: libnvrtc dlopens it by SONAME at compile time.
         let mut builtins: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| Error::NvrtcNotFound {
@@ -192,7 +190,7 @@ fn locate_and_load() -> Result<Toolchain> {
             });
         };
         preload(b)?;
-        preload(&dir.join("libnvrtc.so.13"))?;
+        preload(lib)?;
     }
     // SAFETY: only dlopens candidate names; never panics.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -212,10 +210,10 @@ fn locate_and_load() -> Result<Toolchain> {
             code: format!("{rc:?}"),
         });
     }
-    if (major, minor) != EXPECTED_VERSION {
+    if major != EXPECTED_MAJOR {
         return Err(Error::NvrtcVersion {
             found: format!("{major}.{minor}"),
-            expected: format!("{}.{}", EXPECTED_VERSION.0, EXPECTED_VERSION.1),
+            expected: format!("{EXPECTED_MAJOR}.x"),
             lib_dir,
         });
     }

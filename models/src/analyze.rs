@@ -102,13 +102,13 @@ pub fn embedding_plot(
 }
 
 pub fn analyze(a: &AnalyzeArgs) -> Result<serde_json::Value> {
-    a.compute.device.cpu_only()?;
+    let device = a.compute.device.open()?;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
     let ds = a.data.open(None, seed)?;
     let mut sets = Vec::new();
     let mut out = Vec::new();
     for path in &a.checkpoint {
-        let loaded = load_trained(path)?;
+        let loaded = load_trained(path, device)?;
         if ds.channels() != loaded.net.config.in_channels {
             return Err(Error::arg(
                 "analyze",

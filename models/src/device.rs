@@ -58,27 +58,10 @@ impl DeviceArg {
         Ok(device)
     }
 
-    /// The device for a command that runs on the CPU only so far (every one
-    /// but `pretrain`): `auto` falls back to the CPU with a notice, `cuda`
-    /// on a machine without a usable GPU is the probe's error, and `cuda` on
-    /// one with a GPU says this command does not use it yet.
-    pub fn cpu_only(self) -> Result<()> {
-        match self.resolve()? {
-            Device::Cpu => Ok(()),
-            d if self == DeviceArg::Auto => {
-                eprintln!("notice: --device auto: found {d}, but this command runs on the CPU only so far; running on the CPU");
-                Ok(())
-            }
-            d => Err(Error::DeviceUnavailable {
-                device: d,
-                msg: "this command runs on the CPU only so far (pretrain runs on the GPU); use --device cpu".into(),
-            }),
-        }
-    }
-
-    /// The device `pretrain` trains on. On a GPU its runtime is opened
-    /// here, so a broken setup fails before any data is read.
-    pub fn for_training(self) -> Result<Device> {
+    /// The device a command computes on (`auto`: the first usable GPU,
+    /// else the CPU with a notice). On a GPU its runtime is opened here, so
+    /// a broken setup fails before any data is read.
+    pub fn open(self) -> Result<Device> {
         let device = self.resolve()?;
         if let Device::Cuda(i) = device {
             engine::cuda::gpu(i)?;

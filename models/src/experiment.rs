@@ -223,7 +223,8 @@ fn data(spec: &str, classes: Option<&str>, per_class: Option<usize>, workers: us
 /// (pretraining; default 5, --quick 3), `--per-class` (pretraining
 /// images per seen class; default 3000, --quick 2000), `--seen`,
 /// `--arch`, `--width`, `--batch` and `--lr` (pretraining), `--seed`,
-/// `--precision` (pretraining), `--workers`, `--out`. The detection
+/// `--precision` and `--device` (pretraining; Mask R-CNN trains on the
+/// CPU), `--workers`, `--out`. The detection
 /// sizes come from `--det-train` (default 1000, --quick 300),
 /// `--det-val` (default 250, --quick 100), `--det-epochs` (default 8,
 /// --quick 4) and `--pretrain-size` (64).
@@ -248,6 +249,7 @@ fn detection_config(a: &ExperimentArgs) -> Result<DetectionConfig> {
         pretrain_batch: a.batch,
         pretrain_lr: a.lr,
         precision: a.compute.precision,
+        device: a.compute.device,
         train_canvases: a.det_train.unwrap_or(if q { 300 } else { 1000 }),
         val_canvases: a.det_val.unwrap_or(if q { 100 } else { 250 }),
         canvas: 128,
@@ -270,12 +272,12 @@ fn detection_config(a: &ExperimentArgs) -> Result<DetectionConfig> {
 /// Runs the study (`--detection`: the detection transfer test, see
 /// `experiment_detection`), prints its table and returns its JSON.
 pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
-    a.compute.device.cpu_only()?;
     if a.detection {
         let r = detection_experiment(&detection_config(a)?)?;
         println!("{}", r.markdown);
         return Ok(r.json);
     }
+    let device = a.compute.device.open()?;
     let precision = a.compute.precision;
     let first_seed = a.compute.seed;
     let plan = Plan::new(a);
@@ -393,7 +395,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
                 log_every: 50,
                 quiet: false,
             })?;
-            let loaded = load_trained(&report.model_path)?;
+            let loaded = load_trained(&report.model_path, device)?;
             let mut r = RunResult {
                 seen_val_accuracy: report
                     .epochs
@@ -525,7 +527,7 @@ fn results_json(
             "arch": a.arch, "width": a.width, "seen": a.seen, "epochs": plan.epochs, "seeds": plan.seeds,
             "per_class": plan.per_class, "transfer_per_class": plan.transfer_per_class,
             "eval_per_class": plan.eval_per_class, "batch": a.batch, "lr": a.lr, "k": a.k,
-            "precision": format!("{:?}", a.compute.precision), "first_seed": a.compute.seed, "quick": a.quick,
+            "precision": format!("{:?}", a.compute.precision), "device": a.compute.device.to_string(), "first_seed": a.compute.seed, "quick": a.quick,
         },
         "seconds": seconds,
         "summary": summary,

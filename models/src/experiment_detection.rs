@@ -57,6 +57,8 @@ pub struct DetectionConfig {
     pub pretrain_batch: usize,
     pub pretrain_lr: f64,
     pub precision: Precision,
+    /// Where the encoders are pretrained (the detector trains on the CPU).
+    pub device: DeviceArg,
     /// Training and validation canvases of the benchmark.
     pub train_canvases: usize,
     pub val_canvases: usize,
@@ -228,7 +230,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 label_smoothing: 0.0,
                 compute: ComputeArgs {
                     precision: c.precision,
-                    device: DeviceArg::Cpu,
+                    device: c.device,
                     seed,
                 },
                 out,
@@ -392,6 +394,7 @@ fn config_json(c: &DetectionConfig, bench: &[SynthSummary]) -> Value {
             "epochs": c.pretrain_epochs, "per_class": c.pretrain_per_class,
             "image_size": c.pretrain_size, "batch": c.pretrain_batch, "lr": c.pretrain_lr,
             "precision": format!("{:?}", c.precision).to_lowercase(),
+            "device": c.device.to_string(),
         },
         "benchmark": {
             "canvas": c.canvas, "train_canvases": c.train_canvases, "val_canvases": c.val_canvases,

@@ -6,11 +6,12 @@ use crate::eval::Features;
 use crate::SupervisedNet;
 use engine::amp::Precision;
 use engine::nn::Module;
-use engine::{DType, Error, Result};
+use engine::{DType, Device, Error, Result};
 
 /// Runs `net`'s encoder in eval mode over one pass of `loader` (which should
 /// not shuffle or augment) and returns the globally pooled features with the
-/// loader's labels. Computes in `precision`, returns f32.
+/// loader's labels. Computes on the net's device in `precision` (batches are
+/// uploaded, features come back to the host), returns f32.
 pub fn extract_features(
     net: &SupervisedNet,
     loader: &Loader,
@@ -19,14 +20,16 @@ pub fn extract_features(
     let _ng = engine::no_grad();
     net.set_training(false);
     let d = net.feature_dim();
+    let device = net.device();
     let mut x = Vec::new();
     let mut labels = Vec::new();
     let result = (|| {
         for batch in loader.epoch(0, 0) {
             let batch = batch?;
             let f = net
-                .features(&batch.images.to_dtype(precision.compute_dtype())?)?
-                .to_dtype(DType::F32)?;
+                .features(&batch.images.to_device(device)?.to_dtype(precision.compute_dtype())?)?
+                .to_dtype(DType::F32)?
+                .to_device(Device::Cpu)?;
             x.extend_from_slice(&f.to_vec::<f32>()?);
             labels.extend(
                 batch

@@ -24,11 +24,13 @@ pub const OUTPUTS_FORMAT: &str = "slmlp-forward-v1";
 /// `dump_activations` is set `("act.<name>", ..)` for every activation
 /// `forward_traced` reports, in the order it reports them.
 ///
-/// `input` is cast to the dtype of the net's parameters. The net is left in
-/// eval mode.
+/// `input` is cast to `dtype`, the dtype the network computes in (the
+/// parameters' own dtype for an exact run; bf16 or f16 for mixed
+/// precision). The net is left in eval mode.
 pub fn forward_outputs(
     net: &SupervisedNet,
     input: &Tensor,
+    dtype: DType,
     dump_activations: bool,
 ) -> Result<Vec<(String, Tensor)>> {
     if !input.dtype().is_float() {
@@ -38,7 +40,6 @@ pub fn forward_outputs(
             input.dtype(),
         ));
     }
-    let dtype = net.params().first().map_or(DType::F32, |p| p.get().dtype());
     let x = input.to_dtype(dtype)?;
     net.set_training(false);
     let _guard = no_grad();

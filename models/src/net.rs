@@ -8,11 +8,24 @@
 //! torchvision ResNet state dict, and any of our checkpoints loads into
 //! torchvision's ResNet with `strict=False` (the projector is the extra).
 
+use crate::data::MAX_IMAGE_SIZE;
 use crate::projector::{Projector, ProjectorConfig};
-use crate::resnet::{ResNet, ResNetConfig, Stem};
+use crate::resnet::{BlockKind, ResNet, ResNetConfig, Stem};
+use engine::checkpoint;
 use engine::nn::{Linear, Module};
 use engine::{Error, Result, Rng, Tensor};
 use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Upper bounds on the sizes of a network, from the command line or a
+/// checkpoint's metadata. Width 256 is 4x torchvision's ResNets (ResNet-50
+/// at 256: 400 M parameters); 100,000 classes covers ImageNet-21k.
+pub const MAX_WIDTH: usize = 256;
+pub const MAX_IN_CHANNELS: usize = 64;
+pub const MAX_CLASSES: usize = 100_000;
+/// Widest projector layer (a 16384 x 16384 Linear is 1 GiB of f32).
+pub const MAX_FEATURES: usize = 16_384;
+pub const MAX_PROJECTOR_BLOCKS: usize = 16;
 
 /// Everything needed to rebuild a network from a checkpoint: stored in its
 /// metadata under `net.*`.
@@ -46,17 +59,107 @@ impl NetConfig {
         })
     }
 
+    /// Checks every size against its bound (`MAX_*`), so that building the
+    /// network never asks for absurd memory: a command line or checkpoint
+    /// metadata with `width=100000` is an error here, before any allocation.
+    pub fn check(&self) -> Result<()> {
+        let mut sizes = vec![
+            ("width", self.width, MAX_WIDTH),
+            ("in_channels", self.in_channels, MAX_IN_CHANNELS),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+        ];
+        if let Some(p) = &self.projector {
+            if p.hidden.len() > MAX_PROJECTOR_BLOCKS {
+                return Err(Error::arg(
+                    "net",
+                    format!(
+                        "projector has {} blocks; at most {MAX_PROJECTOR_BLOCKS}",
+                        p.hidden.len()
+                    ),
+                ));
+            }
+            sizes.extend(
+                p.hidden
+                    .iter()
+                    .chain(&p.out_linear)
+                    .map(|&h| ("projector width", h, MAX_FEATURES)),
+            );
+        }
+        for (name, v, max) in sizes {
+            if !(1..=max).contains(&v) {
+                return Err(Error::arg(
+                    "net",
+                    format!("{name} must be in 1..={max}; got {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shapes of the tensors that pin every size of the config: `conv1`
+    /// (width, input channels, stem), the last convolution of `layer4`
+    /// (width: the largest tensor of the encoder), every projector Linear
+    /// and `fc` (classes). A file holding these at these shapes holds at
+    /// least a fixed fraction of the network's values, so checking them
+    /// against a file's header bounds what building the network allocates
+    /// by the file's size.
+    pub fn key_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let r = self.resnet()?;
+        let k = match self.stem {
+            Stem::ImageNet => 7,
+            Stem::Cifar => 3,
+        };
+        let w4 = r.widths[3];
+        let last = format!("layer4.{}", r.layers[3] - 1);
+        let mut shapes = vec![
+            (
+                "conv1.weight".to_string(),
+                vec![self.width, self.in_channels, k, k],
+            ),
+            match r.block {
+                BlockKind::Basic => (format!("{last}.conv2.weight"), vec![w4, w4, 3, 3]),
+                BlockKind::Bottleneck => (
+                    format!("{last}.conv3.weight"),
+                    vec![r.feature_dim(), w4, 1, 1],
+                ),
+            },
+        ];
+        let mut d = r.feature_dim();
+        if let Some(p) = &self.projector {
+            for (i, &h) in p.hidden.iter().chain(&p.out_linear).enumerate() {
+                shapes.push((format!("projector.{}.weight", 3 * i), vec![h, d]));
+                d = h;
+            }
+        }
+        shapes.push(("fc.weight".to_string(), vec![self.num_classes, d]));
+        Ok(shapes)
+    }
+
+    /// Checks `key_shapes` against the shapes a checkpoint's header lists;
+    /// the error names every tensor that is missing or misshaped.
+    pub fn check_shapes(&self, header: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+        let wrong: Vec<String> = self
+            .key_shapes()?
+            .into_iter()
+            .filter_map(|(name, want)| match header.get(&name) {
+                Some(got) if *got == want => None,
+                Some(got) => Some(format!("{name} is {got:?}, the metadata implies {want:?}")),
+                None => Some(format!("{name} {want:?} is missing")),
+            })
+            .collect();
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::arg(
+                "net",
+                format!("metadata and tensors disagree: {}", wrong.join("; ")),
+            ))
+        }
+    }
+
     /// The encoder's config (no classifier: `fc` belongs to the net).
     pub fn resnet(&self) -> Result<ResNetConfig> {
-        if self.width == 0 || self.in_channels == 0 || self.num_classes == 0 {
-            return Err(Error::arg(
-                "net",
-                format!(
-                    "width, in_channels and num_classes must be positive; got {}, {}, {}",
-                    self.width, self.in_channels, self.num_classes
-                ),
-            ));
-        }
+        self.check()?;
         let w = self.width;
         let mut c = ResNetConfig::by_name(&self.arch, self.num_classes)?
             .with_widths([w, 2 * w, 4 * w, 8 * w])
@@ -143,6 +246,32 @@ impl NetConfig {
     }
 }
 
+/// Checks a pretraining checkpoint from its header alone, before anything
+/// is built from it: the `net.*` metadata within bounds and agreeing with
+/// the tensors' shapes (`NetConfig::check_shapes`), and `data.size`, if
+/// present, within `MAX_IMAGE_SIZE`.
+pub fn check_checkpoint(path: &Path) -> Result<()> {
+    let header = checkpoint::read_header(path)?;
+    let with_path = |e: Error| Error::Checkpoint {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    };
+    let config = NetConfig::from_metadata(&header.metadata).map_err(with_path)?;
+    config.check_shapes(&header.shapes).map_err(with_path)?;
+    if let Some(size) = metadata_value(&header.metadata, "data.size") {
+        if !size
+            .parse::<usize>()
+            .is_ok_and(|s| (1..=MAX_IMAGE_SIZE).contains(&s))
+        {
+            return Err(with_path(Error::arg(
+                "net",
+                format!("data.size = {size:?}; expected 1..={MAX_IMAGE_SIZE}"),
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `meta[key]`, or `meta["extra." + key]`: training checkpoints store the
 /// run's metadata as extra entries of their state.
 pub fn metadata_value<'a>(meta: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
@@ -160,6 +289,7 @@ pub struct SupervisedNet {
 
 impl SupervisedNet {
     pub fn new(config: NetConfig, rng: &mut Rng) -> Result<SupervisedNet> {
+        config.check()?;
         let encoder = ResNet::new("", config.resnet()?, rng)?;
         let d = encoder.config.feature_dim();
         let projector = match &config.projector {

@@ -236,7 +236,7 @@ pub struct PretrainReport {
 }
 
 pub fn pretrain(a: &PretrainArgs) -> Result<PretrainReport> {
-    let device = a.compute.device.for_training()?;
+    let device = a.compute.device.open()?;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
     let train_ds = a.data.open(None, seed)?;
     let val_spec = a
@@ -400,8 +400,11 @@ pub struct Loaded {
 }
 
 /// Loads `model.safetensors` or a training `checkpoint.safetensors` written
-/// by `pretrain`: rebuilds the network from its metadata and fills it.
-pub fn load_trained(path: &Path) -> Result<Loaded> {
+/// by `pretrain`: checks its metadata against its tensors' shapes from the
+/// header alone (`net::check_checkpoint`), then rebuilds the network from
+/// it, fills it on the host and moves it to `device`.
+pub fn load_trained(path: &Path, device: Device) -> Result<Loaded> {
+    crate::net::check_checkpoint(path)?;
     let ckpt = checkpoint::load(path)?;
     let meta = &ckpt.metadata;
     let with_path = |e: Error| Error::Checkpoint {
@@ -429,6 +432,7 @@ pub fn load_trained(path: &Path) -> Result<Loaded> {
         LoadOptions::strict()
     };
     checkpoint::load_into_with(&ckpt, &net.params(), &net.buffers(), &opts).map_err(with_path)?;
+    net.to_device(device)?;
     Ok(Loaded {
         net,
         input,

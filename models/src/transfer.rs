@@ -12,7 +12,7 @@ use crate::train::{TrainOptions, Trainer};
 use crate::SupervisedNet;
 use engine::amp::Precision;
 use engine::nn::Module;
-use engine::{Error, Result, Rng};
+use engine::{Device, Error, Result, Rng};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -82,7 +82,8 @@ impl TransferReport {
 }
 
 /// Fine-tunes a copy of `encoder_of`'s encoder with a fresh classifier for
-/// `train`'s classes; returns the accuracy on `test` after the last epoch.
+/// `train`'s classes, on `encoder_of`'s device; returns the accuracy on
+/// `test` after the last epoch.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     encoder_of: &SupervisedNet,
@@ -99,9 +100,11 @@ pub fn finetune(
     let mut config = encoder_of.config.clone();
     config.projector = None;
     config.num_classes = train.classes().len();
+    // built and filled on the host (the fresh classifier is seeded there),
+    // then moved to where the encoder lives
     let net = SupervisedNet::new(config, &mut Rng::new(seed))?;
     for (dst, src) in net.encoder.params().iter().zip(encoder_of.encoder.params()) {
-        dst.set(src.get())?;
+        dst.set(src.get().to_device(Device::Cpu)?)?;
     }
     for (dst, src) in net
         .encoder
@@ -109,8 +112,9 @@ pub fn finetune(
         .iter()
         .zip(encoder_of.encoder.buffers())
     {
-        dst.set(src.get())?;
+        dst.set(src.get().to_device(Device::Cpu)?)?;
     }
+    net.to_device(encoder_of.device())?;
     let loader = Loader::new(
         train,
         input.train_transform(),
@@ -150,9 +154,9 @@ pub fn finetune(
 }
 
 pub fn transfer(a: &TransferArgs) -> Result<TransferReport> {
-    a.compute.device.cpu_only()?;
+    let device = a.compute.device.open()?;
     let (precision, seed) = (a.compute.precision, a.compute.seed);
-    let loaded = load_trained(&a.checkpoint)?;
+    let loaded = load_trained(&a.checkpoint, device)?;
     let train_ds = a.data.open(None, seed)?;
     let test_spec = a
         .test_data

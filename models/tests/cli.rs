@@ -264,6 +264,41 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
         got["act.fc"].to_vec::<f32>().unwrap(),
         got["logits"].to_vec::<f32>().unwrap()
     );
+    // the same batch in bf16 on the CPU, and on the GPU (f32 and bf16) where
+    // there is one; without one, --device cuda is the probe's error naming it
+    let logits = |extra: &[&str]| {
+        let o = sl.join("out2.safetensors");
+        let base = ["forward", "--checkpoint", s(&mlp_model), "--input", s(&input), "--output", s(&o)];
+        ok(&[&base[..], extra].concat());
+        let t = engine::checkpoint::load(&o).unwrap().tensors;
+        assert_eq!(t["logits"].dtype(), engine::DType::F32);
+        t["logits"].to_vec::<f32>().unwrap()
+    };
+    let f32_logits = got["logits"].to_vec::<f32>().unwrap();
+    let close = |got: &[f32], rel: f32| {
+        let scale = f32_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in got.iter().zip(&f32_logits) {
+            assert!((a - b).abs() <= rel * scale, "{a} vs {b} (scale {scale})");
+        }
+    };
+    // bf16 keeps 8 bits: ~20 rounded layers move logits by a few % of their scale
+    close(&logits(&["--precision", "bf16"]), 0.1);
+    if engine::cuda::probe(0).is_ok() {
+        close(&logits(&["--device", "cuda"]), 1e-3);
+        close(&logits(&["--device", "cuda", "--precision", "bf16"]), 0.1);
+    } else {
+        for cmd in [
+            &["forward", "--input", s(&input), "--output", s(&output)][..],
+            &["transfer", "--data", "synthetic", "--per-class", "4"],
+            &["analyze", "--data", "synthetic:test", "--per-class", "4"],
+        ] {
+            fails(
+                &[cmd, &["--checkpoint", s(&sl_model), "--device", "cuda"]].concat(),
+                &[],
+                &["cuda:0"],
+            );
+        }
+    }
 
     // bad inputs name what is wrong
     let corrupt = sl.join("corrupt.safetensors");

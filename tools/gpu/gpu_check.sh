@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The one command for a GPU window (DESIGN.md §8; how to run it: docs/GPU_CHECK.md).
+# The one command for a GPU check (docs/DESIGN.md §8; how to run it: docs/GPU_CHECK.md).
 #
 #   tools/gpu/gpu_check.sh OUT_DIR [--budget-s 420] [--cpu-smoke] [--bundle DIR]
 #                          [--keep-tree] [--skip-torch] [--torch-args "ARGS"]
 #
 # Stages, each under `timeout` with its own share of the budget, so one hang can't
-# eat the window:
+# stall the whole run:
 #   0. nvidia-smi (printed, and queried into the report)
 #   1. CUDA libraries: libcublas, libcublasLt, libcudnn, libnvrtc, libnvrtc-builtins
 #      (python site-packages nvidia/*/lib first, then a CUDA toolkit) -> LD_LIBRARY_PATH
@@ -23,7 +23,7 @@
 #   4. Report: OUT_DIR/gpu_check.md + gpu_check.json (tools/gpu/gpu_report.py); the
 #      summary table is printed last.
 #
-# OUT_DIR ends up with at most 6 files (the device tool returns only 8):
+# OUT_DIR ends up with 6 files:
 #   gpu_check.md  gpu_check.json  gpu_check.log  torch_baselines.md  torch_baselines.json
 #   gpu_check_detail.tar.gz   (stage logs and outputs, nvidia-smi, library paths, per-section JSON)
 # --keep-tree also copies the unpacked tree to OUT_DIR/detail/.
@@ -81,8 +81,8 @@ TORCH_FLOOR_S=$((BUDGET * 2 / 5))
 
 mkdir -p "$OUT" || { echo "gpu_check.sh: cannot create $OUT" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)
-# Stage outputs go to a scratch folder and reach OUT_DIR as one tarball at the end:
-# the device tool returns at most 8 files, so OUT_DIR holds only a handful at any time.
+# Stage outputs go to a scratch folder and reach OUT_DIR as one tarball at the end,
+# so OUT_DIR holds only a handful of files, easy to copy back.
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || { echo "gpu_check.sh: mktemp failed" >&2; exit 2; }
 trap 'rm -rf "$WORK"' EXIT
 DETAIL=$WORK/detail
@@ -107,7 +107,7 @@ run_stage() {
     local name=$1 budget=$2 t=$SECONDS rc status note=""
     shift 2
     log ""
-    log "=== stage $name (budget ${budget} s, $(left) s left in the window): $*"
+    log "=== stage $name (budget ${budget} s, $(left) s left in the budget): $*"
     timeout -k 10 "$budget" "$@" < /dev/null 2>&1 | tee -a "$LOG" "$DETAIL/$name.log"
     rc=${PIPESTATUS[0]}
     case $rc in

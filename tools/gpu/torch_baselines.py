@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """PyTorch baselines on one GPU: the figures slmlp's CUDA backend is judged against.
 
-Run by hand or by tools/gpu/gpu_check.sh inside a short GPU window (DESIGN.md §8);
+Run by hand or by tools/gpu/gpu_check.sh within a time budget (docs/DESIGN.md §8);
 never in CI. Needs python3 with torch (+ torchvision for the model sections).
 
     python3 tools/gpu/torch_baselines.py --out OUT_DIR [--budget-s 390]
     python3 tools/gpu/torch_baselines.py --out /tmp/tb --device cpu --quick   # logic smoke test
 
 Sections (each in its own child process, under its own time budget, so a hang,
-a crash or an OOM costs one section and never the window):
+a crash or an OOM costs one section and never the whole run):
 
   copy            device-to-device copy of a 1 GiB buffer; bytes = read + written.
                   The ceiling for every memory-bound kernel below.
@@ -22,7 +22,7 @@ a crash or an OOM costs one section and never the window):
                   SGD momentum): SL and SL-MLP (fc -> projector), eager then compile.
   maskrcnn_train  Mask R-CNN R50-FPN training iteration at 800x1333, batch 4.
 
-Measurement rules (DESIGN.md §8, METHOD.md): CUDA events around each call after
+Measurement rules (docs/DESIGN.md §8): CUDA events around each call after
 warm-up, median of many repeats; inputs larger than 4x L2 or rotated among several
 sets so the cache is not what is measured; inputs are random normals, never zeros.
 
@@ -70,7 +70,7 @@ QUICK_BUDGET_S = {"copy": 20, "gemm": 20, "bn_relu": 120, "conv_layers": 60,
 KILL_GRACE_S = 8          # after its budget a child gets this long to save, then SIGKILL
 REPORT_RESERVE_S = 3      # kept back for writing the report at the end
 
-# Published / previously measured references, shown beside our numbers (DESIGN.md §3, §6).
+# Published / previously measured references, shown beside our numbers (docs/DESIGN.md §3, §6).
 REFS = {
     "copy": "H100 seen here: ~3000 GB/s",
     "gemm": "H100 seen here: ~798 TFLOP/s",
@@ -545,7 +545,7 @@ def build_resnet50(c, variant):
     import torchvision
     model = torchvision.models.resnet50(weights=None)
     if variant == "sl_mlp":
-        # DESIGN.md §1: Linear(d->h) -> BN1d(h) -> ReLU, h = d = 2048, then the classifier.
+        # docs/DESIGN.md §1: Linear(d->h) -> BN1d(h) -> ReLU, h = d = 2048, then the classifier.
         model.fc = nn.Sequential(nn.Linear(2048, 2048), nn.BatchNorm1d(2048),
                                  nn.ReLU(inplace=True), nn.Linear(2048, 1000))
     return model.to(c.dev, memory_format=torch.channels_last).train()

@@ -1,4 +1,4 @@
-//! slmlp-gpu-check: every op's GPU parity cases against the CPU (DESIGN.md §2).
+//! slmlp-gpu-check: every op's GPU parity cases against the CPU (docs/DESIGN.md §2).
 //!
 //! The cases are not here: each op family registers its own in
 //! engine/src/ops/<family>/parity.rs (`engine::ops::parity_cases`), and the

@@ -148,7 +148,7 @@ impl Report {
     }
 }
 
-/// The bundle carries NVRTC 13.0 and the CUDA headers the kernels compile
+/// The bundle carries NVRTC 13.0.88 and the CUDA headers the kernels compile
 /// with; its first stage unpacks them to `$TMPDIR/slmlp-gpu-nvrtc/nvidia/cu13/
 /// {lib,include}` (scripts/build-gpu-bundle.sh). Point kernels::Toolchain
 /// there (or at `<exe dir>/nvrtc` if that has them) unless the caller chose a
@@ -209,7 +209,7 @@ pub fn gpu_line(g: &Gpu) -> String {
 
 pub const MIB: f64 = (1u64 << 20) as f64;
 
-/// DESIGN.md §2: max|a - b| / max(max|b|, tiny), b the CPU reference.
+/// docs/DESIGN.md §2: max|a - b| / max(max|b|, tiny), b the CPU reference.
 /// Infinite when any value of `a` is NaN (NaN never passes), when a NaN
 /// sits in the reference too, or when the lengths differ.
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
@@ -238,7 +238,7 @@ pub fn rel_err_masked(a: &[f64], b: &[f64], keep: impl Fn(usize) -> bool) -> f64
     diff / scale.max(1e-30)
 }
 
-/// The parity threshold for outputs of a dtype (DESIGN.md §2; f16 has 3
+/// The parity threshold for outputs of a dtype (docs/DESIGN.md §2; f16 has 3
 /// more mantissa bits than bf16).
 pub fn threshold(dtype: DType) -> f64 {
     match dtype {
@@ -459,7 +459,7 @@ impl Pool {
 
 /// One big random 1-D device buffer that benchmark inputs are views of:
 /// uploading 10^8-element tensors one by one (host permute to
-/// channels-last included) would eat the GPU window. A 4-D view is made
+/// channels-last included) would take seconds of GPU time per tensor. A 4-D view is made
 /// channels-last ([N,H,W,C] row-major permuted to logical NCHW: strides
 /// [HWC,1,WC,C], the GPU's default layout); every view starts on a
 /// 64-element boundary.

@@ -2,10 +2,12 @@
 //!
 //! cudarc (dynamic-loading) opens the CUDA libraries by name through the
 //! dynamic loader and PANICS on first use when one is missing. [`probe`]
-//! first asks each library the backend needs whether it can be loaded
-//! (`is_culib_present()` of cudarc's driver, cublas, cublaslt and cudnn
-//! modules; NVRTC through `kernels::Toolchain`, which also finds the pinned
-//! pip wheels by itself), and only then initialises the driver, inside
+//! first checks the driver library loads, then preloads cuBLAS, cuBLASLt and
+//! cuDNN from wherever they are installed (`kernels::cuda_libs`:
+//! `LD_LIBRARY_PATH`, NVIDIA's pip wheels, `/usr/local/cuda*/lib64`; see
+//! docs/GPU.md), asks each whether it can be loaded (`is_culib_present()`
+//! of cudarc's modules; NVRTC through `kernels::Toolchain`, which searches
+//! the same way), and only then initialises the driver, inside
 //! `catch_unwind` as a second line of defence. A panic caught there is turned
 //! into an error; the default panic hook may still print its message to
 //! stderr (the hook is process-global and is not swapped here).
@@ -60,7 +62,7 @@ pub(crate) struct Failure {
     pub help: String,
 }
 
-const LD_HINT: &str = "put the folders holding the libraries on LD_LIBRARY_PATH; for NVIDIA's pip wheels (nvidia-cublas, nvidia-cudnn-cu13, nvidia-cuda-nvrtc) that is every site-packages/nvidia/*/lib folder, e.g. export LD_LIBRARY_PATH=$(python3 -c 'import nvidia,os;p=nvidia.__path__[0];print(\":\".join(os.path.join(p,d,\"lib\") for d in os.listdir(p)))'):$LD_LIBRARY_PATH";
+const LD_HINT: &str = "install them (docs/GPU.md) or put the folders holding them on LD_LIBRARY_PATH";
 
 struct Lib {
     what: &'static str,
@@ -98,13 +100,26 @@ fn libraries() -> [Lib; 4] {
     ]
 }
 
+fn present(lib: &Lib) -> bool {
+    // SAFETY: only dlopens candidate library names, then closes them.
+    catch_unwind(|| unsafe { (lib.present)() }).unwrap_or(false)
+}
+
 pub(crate) fn probe_inner(ordinal: usize) -> std::result::Result<CudaInfo, Failure> {
     let mut missing = Vec::new();
     let mut details = Vec::new();
-    for lib in libraries() {
-        // SAFETY: only dlopens candidate library names, then closes them.
-        let ok = catch_unwind(|| unsafe { (lib.present)() }).unwrap_or(false);
-        if !ok {
+    let [driver, libs @ ..] = libraries();
+    // Without the driver there is no GPU to use, so the other libraries are
+    // not searched for (loading cuDNN maps hundreds of MB).
+    if !present(&driver) {
+        return Err(Failure {
+            short: format!("missing CUDA libraries: {} ({})", driver.file, driver.what),
+            help: format!("{} comes from {}; {LD_HINT}", driver.file, driver.from),
+        });
+    }
+    let preloaded = catch_unwind(kernels::cuda_libs::preload).ok();
+    for lib in libs {
+        if !present(&lib) {
             missing.push(format!("{} ({})", lib.file, lib.what));
             details.push(format!("{} comes from {}", lib.file, lib.from));
         }
@@ -114,7 +129,7 @@ pub(crate) fn probe_inner(ordinal: usize) -> std::result::Result<CudaInfo, Failu
         Ok(Err(e)) => {
             missing.push("libnvrtc.so.13 (NVRTC)".into());
             details.push(format!(
-                "NVRTC: {e} (pip wheels nvidia-cuda-nvrtc==13.0.88 + nvidia-cuda-runtime; scripts/install-nvrtc.sh)"
+                "NVRTC: {e} (pip wheels nvidia-cuda-nvrtc + nvidia-cuda-runtime 13.x; scripts/install-nvrtc.sh)"
             ));
             None
         }
@@ -125,9 +140,23 @@ pub(crate) fn probe_inner(ordinal: usize) -> std::result::Result<CudaInfo, Failu
         }
     };
     if !missing.is_empty() {
+        let searched = match preloaded {
+            Some(p) => {
+                let failed: String = p
+                    .not_found
+                    .iter()
+                    .map(|(lib, why)| format!("{} {}: {why}; ", lib.what, lib.soname()))
+                    .collect();
+                format!(
+                    "{failed}searched {} and the loader's path",
+                    kernels::cuda_libs::describe_dirs(&p.searched)
+                )
+            }
+            None => "searching for them panicked".into(),
+        };
         return Err(Failure {
             short: format!("missing CUDA libraries: {}", missing.join(", ")),
-            help: format!("{}; {LD_HINT}", details.join("; ")),
+            help: format!("{}; {searched}; {LD_HINT}", details.join("; ")),
         });
     }
     let nvrtc = nvrtc.unwrap_or_default();

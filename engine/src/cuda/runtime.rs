@@ -25,7 +25,16 @@ use super::probe::{probe, CudaInfo};
 use crate::{Device, Error, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
 use kernels::device::KernelLibrary;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+/// Locks `m`, recovering the guard when another thread panicked while
+/// holding it: the allocator's and staging buffer's state stays usable (a
+/// panic cannot interrupt them halfway: they do not call out while
+/// mutating), and a drop or an error path must not turn one panic into
+/// another.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Pinned staging chunk: uploads and downloads move through it this many
 /// bytes at a time.
@@ -130,7 +139,7 @@ pub struct Gpu {
 /// error (missing library, no such GPU) when it cannot be.
 pub fn gpu(ordinal: usize) -> Result<&'static Gpu> {
     static GPUS: OnceLock<Mutex<Vec<(usize, &'static Gpu)>>> = OnceLock::new();
-    let mut opened = GPUS.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap();
+    let mut opened = lock(GPUS.get_or_init(|| Mutex::new(Vec::new())));
     if let Some((_, g)) = opened.iter().find(|(o, _)| *o == ordinal) {
         return Ok(g);
     }
@@ -202,11 +211,7 @@ impl Gpu {
     /// `bytes` of device memory for work on this GPU's stream.
     pub fn alloc(&'static self, bytes: usize) -> Result<DeviceBlock> {
         self.bind()?;
-        let ptr = self
-            .alloc
-            .lock()
-            .unwrap()
-            .alloc(bytes, self.cu_stream() as u64)?;
+        let ptr = lock(&self.alloc).alloc(bytes, self.cu_stream() as u64)?;
         Ok(DeviceBlock {
             gpu: self,
             ptr,
@@ -216,17 +221,17 @@ impl Gpu {
 
     /// Allocated / reserved / peak bytes of the caching allocator.
     pub fn memory_stats(&self) -> AllocatorStats {
-        self.alloc.lock().unwrap().stats()
+        lock(&self.alloc).stats()
     }
 
     pub fn reset_peak_memory(&self) {
-        self.alloc.lock().unwrap().reset_peak_stats()
+        lock(&self.alloc).reset_peak_stats()
     }
 
     /// Returns the cached, fully free segments to the device; bytes freed.
     pub fn empty_cache(&self) -> usize {
         let _ = self.bind();
-        self.alloc.lock().unwrap().empty_cache()
+        lock(&self.alloc).empty_cache()
     }
 
     /// Fills `bytes` at `dst` with the byte `value` (queued).
@@ -261,7 +266,7 @@ impl Gpu {
     }
 
     fn staging(&self, need: usize) -> Result<std::sync::MutexGuard<'_, Staging>> {
-        let mut s = self.staging.lock().unwrap();
+        let mut s = lock(&self.staging);
         if s.cap < need {
             self.bind()?;
             if !s.ptr.is_null() {
@@ -452,11 +457,7 @@ impl DeviceBlock {
                 format!("the stream is not a stream of cuda:{}", self.gpu.ordinal),
             ));
         }
-        self.gpu
-            .alloc
-            .lock()
-            .unwrap()
-            .record_stream(self.ptr, stream.cu_stream() as StreamId)
+        lock(&self.gpu.alloc).record_stream(self.ptr, stream.cu_stream() as StreamId)
     }
 }
 
@@ -474,7 +475,8 @@ impl Drop for DeviceBlock {
     fn drop(&mut self) {
         // free fails only when recording an event on a stream that used the
         // block fails (a broken device): the block then stays allocated,
-        // never reused, which is safe; nothing to report from a drop.
-        let _ = self.gpu.alloc.lock().unwrap().free(self.ptr);
+        // never reused, which is safe; nothing to report from a drop (nor
+        // a panic: a mutex poisoned by another thread's panic is recovered).
+        let _ = lock(&self.gpu.alloc).free(self.ptr);
     }
 }

@@ -26,7 +26,13 @@ pub fn set_poison(on: bool) {
 /// Uninitialised storage for `len` elements of `dtype` (poisoned when
 /// [`set_poison`] is on).
 pub fn alloc(gpu: &'static Gpu, dtype: DType, len: usize) -> Result<DeviceStorage> {
-    let block = gpu.alloc(len * dtype.size_in_bytes())?;
+    let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
+        Error::arg(
+            "cuda alloc",
+            format!("{len} elements of {dtype} overflow the address space"),
+        )
+    })?;
+    let block = gpu.alloc(bytes)?;
     if POISON.load(Ordering::Relaxed) {
         block.memset(0xFF)?;
     }
@@ -171,9 +177,9 @@ pub fn upload(x: &Tensor, ordinal: usize) -> Result<Tensor> {
     let g = gpu(ordinal)?;
     // 4-D: reorder to NHWC on the host, then copy the bytes as they are.
     let host = if x.rank() == 4 {
-        x.detach().permute(&[0, 2, 3, 1])?.contiguous()
+        x.detach().permute(&[0, 2, 3, 1])?.try_contiguous()?
     } else {
-        x.detach().contiguous()
+        x.detach().try_contiguous()?
     };
     let size = x.dtype().size_in_bytes();
     let start = host.layout().offset * size;

@@ -2,6 +2,8 @@
 //! folder (OUT/train from Fashion-MNIST's training items, OUT/val from its
 //! test items).
 
+use super::{bounded, MAX_COUNT};
+use crate::data::MAX_IMAGE_SIZE;
 use crate::data::{
     default_fashion_mnist_dir, fashion_mnist, parse_classes, Split, FASHION_MNIST_CLASSES,
 };
@@ -32,7 +34,19 @@ pub struct DetectionDataArgs {
     seed: u64,
 }
 
+/// Most items pasted on one canvas.
+const MAX_OBJECTS: usize = 1024;
+
+/// The sizes on the command line within bounds.
+fn check(a: &DetectionDataArgs) -> Result<()> {
+    bounded("train", a.train, 0..=MAX_COUNT)?;
+    bounded("val", a.val, 0..=MAX_COUNT)?;
+    bounded("canvas", a.canvas, 1..=MAX_IMAGE_SIZE)?;
+    bounded("max-objects", a.max_objects, 1..=MAX_OBJECTS)
+}
+
 pub fn run(a: &DetectionDataArgs) -> Result<()> {
+    check(a)?;
     let names: Vec<String> = FASHION_MNIST_CLASSES
         .iter()
         .map(|s| s.to_string())

@@ -4,7 +4,8 @@
 use crate::device::DeviceArg;
 use crate::inspect::{forward_outputs, read_input, write_outputs};
 use crate::pretrain::load_trained;
-use engine::Result;
+use engine::amp::Precision;
+use engine::{DType, Device, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -21,16 +22,24 @@ pub struct ForwardArgs {
     output: PathBuf,
     #[arg(long)]
     dump_activations: bool,
-    /// cpu, or auto (falls back to the CPU): this command runs on the CPU.
+    /// cpu, cuda, cuda:N or auto (auto falls back to the CPU).
     #[arg(long, default_value = "cpu")]
     device: DeviceArg,
+    /// f32, bf16 or f16: the dtype the network computes in (outputs are
+    /// written as f32).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 pub fn run(a: &ForwardArgs) -> Result<()> {
-    a.device.cpu_only()?;
-    let loaded = load_trained(&a.checkpoint)?;
-    let input = read_input(&a.input)?;
-    let outputs = forward_outputs(&loaded.net, &input, a.dump_activations)?;
+    let device = a.device.open()?;
+    let loaded = load_trained(&a.checkpoint, device)?;
+    let input = read_input(&a.input)?.to_device(device)?;
+    let dtype = a.precision.compute_dtype();
+    let outputs = forward_outputs(&loaded.net, &input, dtype, a.dump_activations)?
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?.to_device(Device::Cpu)?)))
+        .collect::<Result<Vec<_>>>()?;
     write_outputs(&a.output, &outputs)?;
     for (name, t) in &outputs {
         println!("{name:<24} {:?}", t.dims());

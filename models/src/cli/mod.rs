@@ -9,13 +9,16 @@ mod detection_data;
 mod experiment;
 mod forward;
 mod pretrain;
+mod preset;
 mod transfer;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use engine::Result;
 use std::process::ExitCode;
 
 #[derive(Parser)]
+// a flag given twice takes its last value, like most CLIs
+#[command(args_override_self = true)]
 #[command(name = "slmlp", version, about = "SL vs SL-MLP: supervised pretraining with and without an MLP projector, on our own engine", long_about = None)]
 struct Cli {
     /// CPU threads for the compute (default: all cores).
@@ -28,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pretrain an encoder with a classifier (SL) or projector + classifier (SL-MLP).
-    Pretrain(crate::pretrain::PretrainArgs),
+    Pretrain(pretrain::PretrainCli),
     /// Linear probe, k-NN or fine-tuning of a pretrained encoder on new classes or data.
     Transfer(crate::transfer::TransferArgs),
     /// Feature statistics (intra-class variation, discriminative ratio,
@@ -52,9 +55,51 @@ enum Command {
     Detect(detect::DetectArgs),
 }
 
+/// Bounds on the sizes and counts every command takes from the command
+/// line, so that a typo is a one-line error instead of a failed allocation
+/// (network sizes: `net::MAX_*`; image sizes: `data::MAX_IMAGE_SIZE`).
+const MAX_BATCH: usize = 65_536;
+const MAX_THREADS: usize = 4096;
+/// Images per class, images to generate, neighbours, seeds, epochs.
+const MAX_COUNT: usize = 100_000_000;
+/// Points per class in a t-SNE plot (exact t-SNE: memory grows with the
+/// square of the points).
+const MAX_PLOT_PER_CLASS: usize = 10_000;
+
+/// An error naming `--flag` unless `value` lies in `range`.
+fn bounded(flag: &str, value: usize, range: std::ops::RangeInclusive<usize>) -> Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(engine::Error::arg(
+            "command line",
+            format!(
+                "--{flag} {value} is out of range {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// `bounded` for an optional flag.
+fn bounded_opt(
+    flag: &str,
+    value: Option<usize>,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<()> {
+    value.map_or(Ok(()), |v| bounded(flag, v, range))
+}
+
+/// The data flags every classification command shares.
+fn check_data(d: &crate::pretrain::DataArgs) -> Result<()> {
+    bounded_opt("per-class", d.per_class, 1..=MAX_COUNT)?;
+    bounded("workers", d.workers, 0..=MAX_THREADS)
+}
+
 fn run(command: &Command) -> Result<()> {
     match command {
-        Command::Pretrain(a) => pretrain::run(a),
+        Command::Pretrain(a) => pretrain::run(&a.args),
         Command::Transfer(a) => transfer::run(a),
         Command::Analyze(a) => analyze::run(a),
         Command::Forward(a) => forward::run(a),
@@ -65,10 +110,31 @@ fn run(command: &Command) -> Result<()> {
     }
 }
 
+/// The command line parsed, with any `--preset` applied under the flags
+/// given explicitly.
+fn parse_from<I, T>(argv: I) -> std::result::Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(argv)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    match (&mut cli.command, matches.subcommand()) {
+        (Command::Pretrain(p), Some((_, m))) => p.apply_preset(m),
+        (Command::Detect(d), Some((_, m))) => d.apply_preset(m),
+        _ => {}
+    }
+    Ok(cli)
+}
+
 /// Parses the command line, runs the command; an error is one line on
 /// stderr and a failure exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    if let Err(e) = bounded_opt("threads", cli.threads, 1..=MAX_THREADS) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(t) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(t)
@@ -83,5 +149,24 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_from, Command};
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value_and_lists_still_append() {
+        let cli = parse_from(["slmlp", "pretrain", "--out", "o", "--epochs", "3", "--epochs", "5"]).unwrap();
+        let Command::Pretrain(p) = cli.command else {
+            panic!("parsed pretrain")
+        };
+        assert_eq!(p.args.epochs, 5);
+        let cli = parse_from(["slmlp", "analyze", "--checkpoint", "a", "--checkpoint", "b"]).unwrap();
+        let Command::Analyze(a) = cli.command else {
+            panic!("parsed analyze")
+        };
+        assert_eq!(a.checkpoint.len(), 2);
     }
 }

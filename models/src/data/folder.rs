@@ -4,6 +4,8 @@
 
 use super::{Dataset, Image};
 use engine::{Error, Result};
+use std::collections::HashSet;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 pub struct ImageFolder {
@@ -17,20 +19,20 @@ const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 impl ImageFolder {
     /// Lists `root`: classes are the names of its subdirectories, sorted
-    /// bytewise (label `k` = `k`-th name); samples are the files under each
-    /// class folder (recursively, following symlinks) whose extension is
-    /// jpg/jpeg/png in any case, sorted by path within their class. Nothing
-    /// is decoded here. A missing root, a root with no class folders, and a
-    /// class folder with no image files are errors naming them.
+    /// bytewise (label `k` = `k`-th name; a name that is not UTF-8 is shown
+    /// with U+FFFD in place of its invalid bytes); samples are the files
+    /// under each class folder (recursively, following symlinks, each real
+    /// directory once, so a symlink loop or a second link to the same
+    /// folder adds nothing) whose extension is jpg/jpeg/png in any case,
+    /// sorted by path within their class. Nothing is decoded here. A
+    /// missing root, a root with no class folders, and a class folder with
+    /// no image files are errors naming them.
     pub fn open(root: &Path) -> Result<ImageFolder> {
-        let mut classes = Vec::new();
-        for entry in read_dir_sorted(root)? {
-            if entry.is_dir() {
-                let name = entry.file_name().unwrap_or_default().to_string_lossy();
-                classes.push(name.into_owned());
-            }
-        }
-        if classes.is_empty() {
+        let class_dirs: Vec<PathBuf> = read_dir_sorted(root)?
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect();
+        if class_dirs.is_empty() {
             return Err(Error::arg(
                 "image folder",
                 format!(
@@ -39,14 +41,23 @@ impl ImageFolder {
                 ),
             ));
         }
+        let classes: Vec<String> = class_dirs
+            .iter()
+            .map(|d| {
+                d.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
         let mut files = Vec::new();
         let mut labels = Vec::new();
         let mut empty = Vec::new();
-        for (label, class) in classes.iter().enumerate() {
+        for (label, dir) in class_dirs.iter().enumerate() {
             let before = files.len();
-            collect_images(&root.join(class), &mut files)?;
+            collect_images(dir, &mut HashSet::new(), &mut files)?;
             if files.len() == before {
-                empty.push(class.as_str());
+                empty.push(classes[label].as_str());
             }
             labels.resize(files.len(), label as u32);
         }
@@ -89,11 +100,17 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// Appends the image files under `dir` to `out`, depth first in sorted order.
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Appends the image files under `dir` to `out`, depth first in sorted
+/// order. `seen` holds the canonical paths of the directories already
+/// listed: a directory reached again (through a symlink) is skipped.
+fn collect_images(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    let real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if !seen.insert(real) {
+        return Ok(());
+    }
     for path in read_dir_sorted(dir)? {
         if path.is_dir() {
-            collect_images(&path, out)?;
+            collect_images(&path, seen, out)?;
         } else if path.is_file() && has_image_extension(&path) {
             out.push(path);
         }
@@ -138,15 +155,43 @@ impl Dataset for ImageFolder {
     }
 }
 
+/// Largest image side the decoder accepts, and the most it may allocate
+/// (a 16384 x 10922 RGB image): larger images are errors, which loaders
+/// report as unreadable samples and skip.
+const MAX_DECODED_SIDE: u32 = 16_384;
+const MAX_DECODED_BYTES: u64 = 512 << 20;
+
 /// Decodes the JPEG/PNG at `path` to `channels` (1: gray, 3: RGB) channels;
-/// `op` names the caller in the error.
+/// `op` names the caller in the error. Images over `MAX_DECODED_SIDE` or
+/// `MAX_DECODED_BYTES`, and JPEGs cut short (no end-of-image marker after
+/// their last scan, which the decoder would fill with grey), are errors.
 pub(crate) fn decode_image(path: &Path, channels: usize, op: &'static str) -> Result<Image> {
-    let decoded = image::ImageReader::open(path)
+    let bad = |msg: String| Error::arg(op, format!("{}: {msg}", path.display()));
+    let size = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
+        .len();
+    if size > MAX_DECODED_BYTES {
+        return Err(bad(format!(
+            "file of {size} bytes exceeds {MAX_DECODED_BYTES}"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = image::ImageReader::new(Cursor::new(&bytes))
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
+        .map_err(|e| Error::io(path, e))?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_truncated(&bytes) {
+        return Err(bad(
+            "truncated JPEG (no end-of-image marker after its last scan)".into(),
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODED_SIDE);
+    limits.max_image_height = Some(MAX_DECODED_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    let decoded = reader
         .decode()
-        .map_err(|e| Error::arg(op, format!("{}: cannot decode: {e}", path.display())))?;
+        .map_err(|e| bad(format!("cannot decode: {e}")))?;
     let (height, width) = (decoded.height() as usize, decoded.width() as usize);
     let pixels = if channels == 1 {
         decoded.into_luma8().into_raw()
@@ -159,4 +204,17 @@ pub(crate) fn decode_image(path: &Path, channels: usize, op: &'static str) -> Re
         width,
         pixels,
     })
+}
+
+/// Whether a JPEG lacks the end-of-image marker (FF D9) after its last
+/// start-of-scan (FF DA). Entropy-coded data stuffs every FF byte, so
+/// neither marker can occur inside a scan; an embedded thumbnail's markers
+/// come before the main image's scans.
+fn jpeg_truncated(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (_, None) => true,
+        (None, Some(_)) => false,
+    }
 }

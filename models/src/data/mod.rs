@@ -29,7 +29,7 @@ pub use pipeline::{derive_seed, Batches, DataLoader, LoaderOptions, Source};
 pub use subset::{parse_classes, Subset};
 pub use synthetic::{SyntheticImages, DEFAULT_SYNTHETIC_LEN};
 pub(crate) use transform::check_normalization;
-pub use transform::{Augment, Transform, IMAGENET_MEAN, IMAGENET_STD};
+pub use transform::{Augment, Transform, IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE};
 
 use engine::Result;
 

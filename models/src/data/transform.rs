@@ -13,6 +13,15 @@
 use super::Image;
 use engine::{Error, Result, Rng};
 
+/// Largest output side (and `Resize` target) a transform accepts: 16x
+/// ImageNet's 256, so that a typo in a size cannot ask for gigabytes.
+pub const MAX_IMAGE_SIZE: usize = 4096;
+/// Largest intermediate image (pixels) the resize before a centre crop may
+/// produce: 16 Mpx, 192 MiB of f32 RGB. An image whose aspect ratio would
+/// exceed it (a 1x30000 strip scaled to a shorter side of 256) is an error,
+/// which the loader reports as an unreadable sample and skips.
+const MAX_RESIZED_PIXELS: usize = 1 << 24;
+
 /// ImageNet channel statistics (RGB, on [0, 1] values), as torchvision uses.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -119,8 +128,11 @@ impl Transform {
     /// scale/ratio range, a positive resize.
     pub fn check(&self, channels: usize) -> Result<()> {
         let bad = |msg: String| Err(Error::arg("transform", msg));
-        if self.size == 0 {
-            return bad("output size must be positive".into());
+        if !(1..=MAX_IMAGE_SIZE).contains(&self.size) {
+            return bad(format!(
+                "output size must be in 1..={MAX_IMAGE_SIZE}, got {}",
+                self.size
+            ));
         }
         check_normalization(&self.mean, &self.std, channels).or_else(bad)?;
         match self.augment {
@@ -133,7 +145,11 @@ impl Transform {
                     return bad(format!("ratio must satisfy 0 < min <= max, got {ratio:?}"));
                 }
             }
-            Augment::ResizeCenterCrop { resize: 0 } => return bad("resize must be positive".into()),
+            Augment::ResizeCenterCrop { resize } if !(1..=MAX_IMAGE_SIZE).contains(&resize) => {
+                return bad(format!(
+                    "resize must be in 1..={MAX_IMAGE_SIZE}, got {resize}"
+                ))
+            }
             _ => {}
         }
         Ok(())
@@ -191,6 +207,12 @@ impl Transform {
                 } else {
                     (short, short * w / h)
                 };
+                if nh.saturating_mul(nw) > MAX_RESIZED_PIXELS {
+                    return Err(Error::shape(
+                        "transform",
+                        format!("image {h}x{w} resized to {nh}x{nw} for the centre crop exceeds {MAX_RESIZED_PIXELS} pixels (aspect ratio too extreme)"),
+                    ));
+                }
                 let base = resize(img, full, nh, nw);
                 let offset = (centre_offset(nh, s), centre_offset(nw, s));
                 self.write(&base, (nh, nw), offset, false, c, out);

@@ -233,11 +233,27 @@ impl CocoEval {
                         let seg = a.segmentation.as_ref().ok_or_else(|| {
                             Error::arg("coco eval", format!("annotations[{i}] (id {}): no \"segmentation\" for segm evaluation", a.id))
                         })?;
-                        seg.to_rle(img.height, img.width).map_err(|e| {
-                            Error::arg("coco eval", format!("annotations[{i}] (id {}) field \"segmentation\": {e}", a.id))
-                        })
+                        // as `detect train` skips them: a warning, not an error
+                        Ok(seg.to_rle(img.height, img.width).map_err(|e| {
+                            format!("annotations[{i}] (id {}) field \"segmentation\": {e}", a.id)
+                        }))
                     })
-                    .collect::<Result<Vec<Rle>>>()?;
+                    .collect::<Result<Vec<_>>>()?;
+                let unusable: Vec<&String> =
+                    gt_masks.iter().filter_map(|m| m.as_ref().err()).collect();
+                if let Some(first) = unusable.first() {
+                    eprintln!(
+                        "warning: {} ground-truth masks that cannot be rasterised left out of segm evaluation (first: {first})",
+                        unusable.len()
+                    );
+                    for (gts, _) in groups.values_mut() {
+                        gts.retain(|&i| gt_masks[i].is_ok());
+                    }
+                }
+                let gt_masks = gt_masks
+                    .into_iter()
+                    .map(|m| m.unwrap_or_else(|_| Rle::empty(0, 0)))
+                    .collect();
                 let dt_masks = dts
                     .par_iter()
                     .enumerate()

@@ -4,11 +4,11 @@
 //! Malformed input is an error naming the file, the entry (`annotations[i]`,
 //! `results[i]`) and the field, never a panic.
 
-use super::rle::Rle;
+use super::rle::{check_mask_size, Rle};
 use engine::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Component, Path};
 
 /// One image: its id, size in pixels and file name.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,42 +40,50 @@ pub enum Segmentation {
 }
 
 impl Segmentation {
+    /// Whether `to_rle` can read the segmentation, without rasterising
+    /// it: a non-empty polygon list whose first entry has at least 6
+    /// numbers (polygons) or exactly 4 (then every entry is a box). An RLE
+    /// is always usable.
+    pub fn check(&self) -> Result<()> {
+        let Segmentation::Polygons(parts) = self else {
+            return Ok(());
+        };
+        match parts.first().map(Vec::len) {
+            None => Err(Error::arg("segmentation", "empty polygon list")),
+            Some(4) => match parts.iter().find(|p| p.len() != 4) {
+                Some(p) => Err(Error::arg(
+                    "segmentation",
+                    format!("a list starting with a 4-number entry is read as boxes, but an entry has {} numbers", p.len()),
+                )),
+                None => Ok(()),
+            },
+            Some(n) if n > 4 => Ok(()),
+            Some(n) => Err(Error::arg(
+                "segmentation",
+                format!("polygon with {n} numbers (need at least 6: three x,y vertices)"),
+            )),
+        }
+    }
+
     /// The mask as pycocotools `annToRLE` makes it on an `h x w` image:
     /// polygons are rasterised with [`Rle::from_polygon`] and merged; like
     /// `frPyObjects`, a list whose first entry has exactly 4 numbers is read
-    /// as boxes `[x, y, w, h]`. An RLE is returned as it is.
+    /// as boxes `[x, y, w, h]` (see `check` for what is refused). An RLE is
+    /// returned as it is.
     pub fn to_rle(&self, h: u32, w: u32) -> Result<Rle> {
+        self.check()?;
         match self {
             Segmentation::Rle(r) => Ok(r.clone()),
             Segmentation::Polygons(parts) => {
-                let Some(first) = parts.first() else {
-                    return Err(Error::arg("segmentation", "empty polygon list"));
-                };
-                let rles = if first.len() == 4 {
-                    parts
-                        .iter()
-                        .map(|p| match p.as_slice() {
-                            &[x, y, bw, bh] => Rle::from_bbox([x, y, bw, bh], h, w),
-                            _ => Err(Error::arg(
-                                "segmentation",
-                                format!("a list starting with a 4-number entry is read as boxes, but an entry has {} numbers", p.len()),
-                            )),
-                        })
-                        .collect::<Result<Vec<_>>>()?
-                } else if first.len() > 4 {
-                    parts
-                        .iter()
-                        .map(|p| Rle::from_polygon(p, h, w))
-                        .collect::<Result<Vec<_>>>()?
-                } else {
-                    return Err(Error::arg(
-                        "segmentation",
-                        format!(
-                            "polygon with {} numbers (need at least 6: three x,y vertices)",
-                            first.len()
-                        ),
-                    ));
-                };
+                let rles = parts
+                    .iter()
+                    .map(|p| match p.as_slice() {
+                        &[x, y, bw, bh] if parts[0].len() == 4 => {
+                            Rle::from_bbox([x, y, bw, bh], h, w)
+                        }
+                        _ => Rle::from_polygon(p, h, w),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 Rle::merge(&rles)
             }
         }
@@ -192,6 +200,17 @@ impl<'a> Entry<'a> {
     }
 }
 
+/// Whether a `file_name` could name a file outside the image folder: an
+/// absolute path (or a Windows drive prefix) or a `..` component.
+fn escapes(file_name: &str) -> bool {
+    Path::new(file_name).components().any(|c| {
+        matches!(
+            c,
+            Component::RootDir | Component::Prefix(_) | Component::ParentDir
+        )
+    })
+}
+
 fn as_int(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| {
         v.as_f64()
@@ -294,11 +313,18 @@ impl CocoGt {
                     "must be positive",
                 ));
             }
+            check_mask_size(height, width).map_err(|m| e.fail("height", m))?;
             if image_index.insert(id, images.len()).is_some() {
                 return Err(e.fail("id", format!("duplicate image id {id}")));
             }
             let file_name = match e.obj.get("file_name") {
                 None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) if escapes(s) => {
+                    return Err(e.fail(
+                        "file_name",
+                        format!("{s:?} is not a relative path inside the image folder (absolute, or with \"..\")"),
+                    ))
+                }
                 Some(Value::String(s)) => s.clone(),
                 Some(v) => {
                     return Err(e.fail("file_name", format!("expected a string, got {}", short(v))))

@@ -122,7 +122,7 @@ impl DetectionDataset {
             .map(|(l, c)| (c.0, l as i64 + 1))
             .collect();
         let mut per_image: Vec<Vec<usize>> = vec![Vec::new(); gt.images.len()];
-        let (mut crowd, mut degenerate) = (0, 0);
+        let (mut crowd, mut degenerate, mut unusable) = (0, 0, Vec::new());
         for (a, ann) in gt.annotations.iter().enumerate() {
             if ann.iscrowd {
                 crowd += 1;
@@ -153,9 +153,22 @@ impl DetectionDataset {
                         ),
                     ))
                 }
-                Some(_) => {}
+                Some(seg) => {
+                    // left out here as segm evaluation leaves it out
+                    if let Err(e) = seg.check() {
+                        unusable.push(format!("annotations[{a}]: {e}"));
+                        continue;
+                    }
+                }
             }
             per_image[p].push(a);
+        }
+        if let Some(first) = unusable.first() {
+            eprintln!(
+                "warning: {}: {} instances with unusable segmentations skipped (first: {first})",
+                annotations.display(),
+                unusable.len()
+            );
         }
         Ok(DetectionDataset {
             annotations: annotations.to_path_buf(),

@@ -30,10 +30,30 @@ fn c_int(x: f64) -> i32 {
 // in maskApi; we refuse instead of exhausting memory.
 const MAX_POLY_POINTS: u64 = 1 << 27;
 
+/// Most pixels a mask may have: its run lengths are 32-bit, as in maskApi,
+/// so `h * w` must fit in a u32 (larger sizes would wrap and make runs
+/// that never add up).
+pub const MAX_MASK_PIXELS: u64 = u32::MAX as u64;
+
+/// An error unless an `h x w` mask has at most `MAX_MASK_PIXELS` pixels.
+pub fn check_mask_size(h: u32, w: u32) -> Result<()> {
+    let n = h as u64 * w as u64;
+    if n > MAX_MASK_PIXELS {
+        return Err(Error::arg(
+            "rle",
+            format!(
+                "a {h}x{w} mask has {n} pixels, more than {MAX_MASK_PIXELS} (32-bit run lengths)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Rle {
     /// Run lengths from `counts` (as in an uncompressed COCO RLE); errors
     /// unless they add up to `h * w`.
     pub fn from_counts(counts: Vec<u32>, h: u32, w: u32) -> Result<Rle> {
+        check_mask_size(h, w)?;
         let total: u64 = counts.iter().map(|&c| c as u64).sum();
         if total != h as u64 * w as u64 {
             return Err(Error::arg(
@@ -47,7 +67,8 @@ impl Rle {
         Ok(Rle { h, w, counts })
     }
 
-    /// An empty (all-zero) mask.
+    /// An empty (all-zero) mask; `h * w` must fit in a u32
+    /// (`check_mask_size`).
     pub fn empty(h: u32, w: u32) -> Rle {
         Rle {
             h,
@@ -59,6 +80,7 @@ impl Rle {
     /// Encodes a row-major `h x w` mask (`mask[y * w + x]`, nonzero = inside)
     /// as maskApi `rleEncode` encodes the column-major version of it.
     pub fn encode(mask: &[u8], h: u32, w: u32) -> Result<Rle> {
+        check_mask_size(h, w)?;
         let (hu, wu) = (h as usize, w as usize);
         if mask.len() != hu * wu {
             return Err(Error::shape(
@@ -219,6 +241,7 @@ impl Rle {
     /// from the rounded-up boundary crossings of the line `x + 0.5`. An odd
     /// trailing coordinate is ignored; fewer than one vertex gives an empty mask.
     pub fn from_polygon(xy: &[f64], h: u32, w: u32) -> Result<Rle> {
+        check_mask_size(h, w)?;
         let k = xy.len() / 2;
         if k == 0 {
             return Ok(Rle::empty(h, w));
@@ -413,7 +436,7 @@ pub fn bbox_iou(dt: &[[f64; 4]], gt: &[[f64; 4]], iscrowd: &[bool]) -> Vec<f64> 
 struct Runs<'a> {
     counts: &'a [u32],
     next: usize,
-    left: u32,
+    left: u64,
     on: bool,
 }
 
@@ -422,21 +445,25 @@ impl<'a> Runs<'a> {
         Runs {
             counts,
             next: 1,
-            left: counts[0],
+            left: counts[0] as u64,
             on: false,
         }
     }
 
     /// Consumes `c` pixels of the current run, moving to the next run when
-    /// it ends (if there is one); returns the pixels left in the run.
-    fn advance(&mut self, c: u32) -> u64 {
+    /// it ends (if there is one).
+    fn advance(&mut self, c: u64) {
         self.left -= c;
         if self.left == 0 && self.next < self.counts.len() {
-            self.left = self.counts[self.next];
+            self.left = self.counts[self.next] as u64;
             self.next += 1;
             self.on = !self.on;
         }
-        self.left as u64
+    }
+
+    /// No pixels left in this run nor any run after it.
+    fn done(&self) -> bool {
+        self.left == 0 && self.next == self.counts.len()
     }
 }
 
@@ -460,16 +487,20 @@ pub fn rle_iou(dt: &[Rle], gt: &[Rle], iscrowd: &[bool]) -> Vec<f64> {
                 continue;
             }
             let (mut ra, mut rb) = (Runs::new(&dr.counts), Runs::new(&gr.counts));
-            let (mut i, mut u, mut ct) = (0u64, 0u64, 1u64);
-            while ct > 0 {
+            // maskApi walks until both masks are used up; stopping when
+            // either is keeps masks whose runs add up to different totals
+            // (impossible for checked sizes) from spinning forever.
+            let (mut i, mut u) = (0u64, 0u64);
+            while !(ra.done() || rb.done()) {
                 let c = ra.left.min(rb.left);
                 if ra.on || rb.on {
-                    u += c as u64;
+                    u += c;
                     if ra.on && rb.on {
-                        i += c as u64;
+                        i += c;
                     }
                 }
-                ct = ra.advance(c) + rb.advance(c);
+                ra.advance(c);
+                rb.advance(c);
             }
             if i == 0 {
                 u = 1;
