@@ -28,7 +28,7 @@ fn converted_torchvision_resnet_runs_in_forward_with_torchvisions_logits() {
     engine::checkpoint::save(&model, &tensors, &meta).unwrap();
 
     // what forward, transfer and analyze read back
-    let loaded = models::pretrain::load_trained(&model).unwrap();
+    let loaded = models::pretrain::load_trained(&model, engine::Device::Cpu).unwrap();
     assert_eq!(loaded.input.size, 224);
     assert_eq!(
         loaded.input.norm,
