@@ -69,9 +69,17 @@ pub struct DetectTrainArgs {
     /// initialises backbone.body (same arch, width, channels and imagenet stem).
     #[arg(long)]
     pub backbone: Option<PathBuf>,
-    /// Image channels, 1 or 3 (default: the --backbone encoder's, else 3).
+    /// Image channels, 1 or 3 (default: the --backbone encoder's or the
+    /// --init detector's, else 3).
     #[arg(long)]
     pub channels: Option<usize>,
+    /// A whole detector to start from: a `detect train` model or a
+    /// torchvision Mask R-CNN converted by tools/convert_torchvision.py.
+    /// Its arch, width, FPN channels and representation size must equal the
+    /// flags'. With another number of classes than DATA's, its box and mask
+    /// predictors are left out (freshly initialised); the rest is loaded.
+    #[arg(long, conflicts_with = "backbone")]
+    pub init: Option<PathBuf>,
     #[arg(long, default_value_t = 26)]
     pub epochs: usize,
     #[arg(long, default_value_t = 2)]
@@ -164,6 +172,14 @@ pub struct DetectPredictArgs {
     /// Draw detections scoring at least this.
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
+    /// Also write every detection (whatever --threshold) as a COCO results
+    /// list, as `detect eval` and pycocotools' loadRes take: bbox
+    /// [x, y, w, h], score, category_id, segmentation as compressed RLE.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The image_id of the --json entries (the image's id in its annotations).
+    #[arg(long, default_value_t = 0)]
+    pub image_id: i64,
 }
 
 /// What the model was built with; stored as `detect.*` metadata.
@@ -543,18 +559,26 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
         }
         None => None,
     };
-    let channels = match (a.channels, &encoder) {
-        (Some(c), Some((_, e, p))) if c != *e => {
+    let init = match &a.init {
+        Some(p) => Some((read_spec(p)?, p)),
+        None => None,
+    };
+    let encoder_or_init = encoder
+        .as_ref()
+        .map(|(_, c, p)| (*c, *p))
+        .or(init.as_ref().map(|(s, p)| (s.config.in_channels, *p)));
+    let channels = match (a.channels, encoder_or_init) {
+        (Some(c), Some((e, p))) if c != e => {
             return Err(Error::arg(
                 OP,
                 format!(
-                    "--channels {c}, but the --backbone encoder {} takes {e}-channel images",
+                    "--channels {c}, but {} takes {e}-channel images",
                     p.display()
                 ),
             ))
         }
         (Some(c), _) => c,
-        (None, Some((_, e, _))) => *e,
+        (None, Some((e, _))) => e,
         (None, None) => 3,
     };
     let mut ds = SplitLocation::from_args(
@@ -595,6 +619,9 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
     let model = build_model(&spec, &mut Rng::new(a.seed))?;
     if let Some((ck, _, p)) = &encoder {
         load_encoder(&model, ck, p)?;
+    }
+    if let Some((from, p)) = &init {
+        init_from(&model, from, p)?;
     }
     let ds = Arc::new(ds);
     let loader = DetectionLoader::new(
@@ -661,33 +688,102 @@ pub struct LoadedDetector {
     pub spec: DetectSpec,
 }
 
-/// Loads `model.safetensors` or `checkpoint.safetensors` of `detect train`.
-pub fn load_detector(path: &Path) -> Result<LoadedDetector> {
-    if !path.is_file() {
-        return Err(Error::arg(
+fn existing(flag: &str, path: &Path) -> Result<()> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(Error::arg(
             "detect",
-            format!("--checkpoint {}: no such file", path.display()),
+            format!("{flag} {}: no such file", path.display()),
+        ))
+    }
+}
+
+/// The `detect.*` spec of a detector checkpoint, without its tensors.
+fn read_spec(path: &Path) -> Result<DetectSpec> {
+    existing("--init", path)?;
+    DetectSpec::from_metadata(&checkpoint::load(path)?.metadata, path)
+}
+
+/// Fills `model`'s tensors from `ckpt`, except those under the `skip`
+/// prefixes (left as they are): every other model tensor must be there with
+/// its shape; extra checkpoint tensors are an error, but for a training
+/// checkpoint's optimizer state.
+fn load_weights(model: &MaskRcnn, ckpt: &Checkpoint, path: &Path, skip: &[&str]) -> Result<()> {
+    let kept = |n: &str| !skip.iter().any(|s| n.starts_with(s));
+    let params: Vec<Param> = model
+        .params()
+        .into_iter()
+        .filter(|p| kept(p.name()))
+        .collect();
+    let training = ckpt
+        .metadata
+        .get("format")
+        .is_some_and(|f| f == TRAIN_FORMAT);
+    let tensors = ckpt
+        .tensors
+        .iter()
+        .filter(|(k, _)| kept(k) && !(training && k.starts_with("optim.")))
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    let ckpt = Checkpoint {
+        tensors,
+        metadata: ckpt.metadata.clone(),
+    };
+    checkpoint::load_into_with(&ckpt, &params, &model.buffers(), &LoadOptions::strict()).map_err(
+        |e| Error::Checkpoint {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        },
+    )?;
+    Ok(())
+}
+
+/// The class-dependent tensors `--init` leaves out when the number of
+/// classes changes (what torchvision's fine-tuning recipe replaces).
+const CLASS_HEADS: [&str; 2] = ["roi_heads.box_predictor.", "roi_heads.mask_predictor."];
+
+/// Loads the `--init` detector `from` (read from `path`) into `model`: the
+/// same shape but for the number of classes, whose heads then stay as drawn.
+fn init_from(model: &MaskRcnn, from: &DetectSpec, path: &Path) -> Result<()> {
+    let (have, want) = (&from.config, &model.config);
+    let shape = |c: &MaskRcnnConfig| {
+        (
+            c.arch.clone(),
+            c.width,
+            c.fpn_channels,
+            c.representation_size,
+            c.in_channels,
+        )
+    };
+    if shape(have) != shape(want) {
+        return Err(Error::arg(
+            "detect train",
+            format!(
+                "--init {} is a {} width {} Mask R-CNN with FPN {} and representation {} on {}-channel images; \
+                 give the same --arch, --width, --fpn-channels, --representation-size (this run: {} {} {} {})",
+                path.display(),
+                have.arch, have.width, have.fpn_channels, have.representation_size, have.in_channels,
+                want.arch, want.width, want.fpn_channels, want.representation_size,
+            ),
         ));
     }
+    let skip: &[&str] = if have.num_classes == want.num_classes {
+        &[]
+    } else {
+        &CLASS_HEADS
+    };
+    load_weights(model, &checkpoint::load(path)?, path, skip)
+}
+
+/// Loads `model.safetensors` or `checkpoint.safetensors` of `detect train`,
+/// or a torchvision detector converted by tools/convert_torchvision.py.
+pub fn load_detector(path: &Path) -> Result<LoadedDetector> {
+    existing("--checkpoint", path)?;
     let ckpt = checkpoint::load(path)?;
     let spec = DetectSpec::from_metadata(&ckpt.metadata, path)?;
     let model = build_model(&spec, &mut Rng::new(0))?;
-    // a training checkpoint also holds the optimizer state under optim.
-    let opts = if ckpt
-        .metadata
-        .get("format")
-        .is_some_and(|f| f == TRAIN_FORMAT)
-    {
-        LoadOptions::backbone()
-    } else {
-        LoadOptions::strict()
-    };
-    checkpoint::load_into_with(&ckpt, &model.params(), &model.buffers(), &opts).map_err(|e| {
-        Error::Checkpoint {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        }
-    })?;
+    load_weights(&model, &ckpt, path, &[])?;
     model.set_training(false);
     Ok(LoadedDetector { model, spec })
 }
@@ -925,6 +1021,17 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
     let (images, sizes) = pad_batch(&[item], spec.config.in_channels, t.size_divisible)?;
     let dets = model.forward_eval(&images, &sizes, &[(h, w)])?;
     let det = &dets[0];
+    if let Some(path) = &a.json {
+        let category = |l: i64| {
+            usize::try_from(l - 1)
+                .ok()
+                .and_then(|i| spec.category_ids.get(i).copied())
+        };
+        write_json(
+            path,
+            &Value::Array(coco_results(det, a.image_id, category)?),
+        )?;
+    }
     let probs = det.masks.to_vec_f64();
     let mut canvas = rgb.into_raw();
     let mut drawn = 0;

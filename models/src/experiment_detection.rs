@@ -265,6 +265,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 representation_size: c.representation_size,
                 trainable_layers: c.trainable_layers,
                 backbone: enc.map(|e| e.1.clone()),
+                init: None,
                 channels: Some(1),
                 epochs: c.det_epochs,
                 batch: c.det_batch,

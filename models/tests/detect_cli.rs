@@ -342,6 +342,73 @@ fn train_eval_predict_and_resume() {
         "detections should be drawn on the image"
     );
 
+    // predict --json: the image's detections as COCO results, the entries
+    // `detect eval` wrote for that image, and accepted by `coco-eval`
+    let file_name = img.file_name().unwrap().to_str().unwrap();
+    let image_id = read_json(&data().join("val/annotations.json"))["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["file_name"].as_str().unwrap().ends_with(file_name))
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let json = tmp.0.join("pred.json");
+    let id = image_id.to_string();
+    ok(&[
+        "detect",
+        "predict",
+        "--checkpoint",
+        s(&run.join("model.safetensors")),
+        "--image",
+        s(&img),
+        "--out",
+        s(&png),
+        "--json",
+        s(&json),
+        "--image-id",
+        id.as_str(),
+    ]);
+    let mine = read_json(&json);
+    let mine = mine.as_array().unwrap();
+    let evals: Vec<&Value> = dets.iter().filter(|d| d["image_id"] == image_id).collect();
+    assert!(!mine.is_empty(), "the model should detect something");
+    assert_eq!(
+        mine.len(),
+        evals.len(),
+        "predict --json vs detect eval's entries"
+    );
+    for (a, b) in mine.iter().zip(&evals) {
+        assert_eq!(a["image_id"], image_id);
+        assert_eq!(a["category_id"], b["category_id"], "{a} vs {b}");
+        let nums = |v: &Value, k: &str| -> Vec<f64> {
+            match &v[k] {
+                Value::Array(x) => x.iter().map(|n| n.as_f64().unwrap()).collect(),
+                n => vec![n.as_f64().unwrap()],
+            }
+        };
+        for k in ["bbox", "score"] {
+            testutil::assert_close(k, &nums(a, k), &nums(b, k), 1e-4, 1e-4);
+        }
+        assert!(
+            a["segmentation"]["counts"].is_string(),
+            "compressed RLE: {a}"
+        );
+        assert_eq!(a["segmentation"]["size"], serde_json::json!([64, 64]));
+    }
+    for iou in ["bbox", "segm"] {
+        let (summary, _) = ok(&[
+            "coco-eval",
+            "--gt",
+            s(&data().join("val/annotations.json")),
+            "--dt",
+            s(&json),
+            "--iou-type",
+            iou,
+        ]);
+        assert!(summary.contains("Average Precision"), "{summary}");
+    }
+
     // resuming a finished run changes nothing
     let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let (_, err) = train(&run, &["--epochs", "1", "--resume"]);
@@ -479,4 +546,51 @@ fn bad_paths_give_clear_errors() {
         ],
         &["detect.", "slmlp detect train"],
     );
+}
+
+/// `detect train --init`: a whole detector as the start, its class heads
+/// left out when the number of classes changes, the rest loaded (checked on
+/// the frozen stem, which training does not move, with another seed than
+/// the source's); a shape mismatch names the flags.
+#[test]
+fn init_from_a_whole_detector() {
+    let tmp = TempDir::new("detect-init");
+    let src = tmp.0.join("src");
+    train(&src, &["--epochs", "1"]);
+    let three = tmp.0.join("data3");
+    ok(&[
+        "detection-data",
+        "--out",
+        s(&three),
+        "--train",
+        "4",
+        "--val",
+        "2",
+        "--canvas",
+        "64",
+        "--classes",
+        "0,1,2",
+    ]);
+    let dst = tmp.0.join("dst");
+    let from = src.join("model.safetensors");
+    let mut args = vec!["detect", "train", "--data", s(&three), "--out", s(&dst)];
+    args.extend(small("4"));
+    args.extend(["--epochs", "1", "--seed", "1", "--init", s(&from)]);
+    ok(&args);
+    let a = engine::checkpoint::load(&from).unwrap();
+    let b = engine::checkpoint::load(&dst.join("model.safetensors")).unwrap();
+    let stem = "backbone.body.conv1.weight";
+    assert_eq!(
+        a.tensors[stem].to_vec_f64(),
+        b.tensors[stem].to_vec_f64(),
+        "{stem} loaded"
+    );
+    let cls = "roi_heads.box_predictor.cls_score.weight";
+    assert_eq!(a.tensors[cls].dims(), [11, 32]);
+    assert_eq!(b.tensors[cls].dims(), [4, 32], "a fresh 3-class head");
+    // another width than the --init detector's is refused, naming the flags
+    let mut args = vec!["detect", "train", "--data", s(&three), "--out", s(&dst)];
+    args.extend(small("8"));
+    args.extend(["--epochs", "1", "--init", s(&from)]);
+    fails(&args, &["--init", "--width"]);
 }
