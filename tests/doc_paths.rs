@@ -59,11 +59,15 @@ fn cited_top_level(text: &str) -> Vec<String> {
         if !boundary || !TOP.iter().any(|t| text[i..].starts_with(t)) {
             continue;
         }
-        let len = text[i..].find(|c: char| !path_char(c)).unwrap_or(text.len() - i);
+        let len = text[i..]
+            .find(|c: char| !path_char(c))
+            .unwrap_or(text.len() - i);
         let next = text[i + len..].chars().next();
         let p = trim(&text[i..i + len], next);
         // `docs/` as part of a longer word (`docs/x`) counts; a bare `Cargo.tomls` does not
-        let whole = TOP.iter().any(|t| p.starts_with(t) && (t.ends_with('/') || p == *t));
+        let whole = TOP
+            .iter()
+            .any(|t| p.starts_with(t) && (t.ends_with('/') || p == *t));
         if whole && !p.is_empty() && bytes.get(i + len) != Some(&b'(') {
             out.push(p.to_string());
         }
@@ -104,7 +108,11 @@ fn every_cited_path_exists() {
     let mut checked = 0;
     for file in docs() {
         let text = std::fs::read_to_string(&file).expect("readable doc");
-        let name = file.strip_prefix(&root).unwrap_or(&file).display().to_string();
+        let name = file
+            .strip_prefix(&root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         for p in cited_top_level(&text) {
             checked += 1;
             if !root.join(&p).exists() {
@@ -123,8 +131,15 @@ fn every_cited_path_exists() {
             "{name} cites a file outside the repository"
         );
     }
-    assert!(checked > 50, "only {checked} paths found: is the scanner broken?");
-    assert!(missing.is_empty(), "cited but missing:\n{}", missing.join("\n"));
+    assert!(
+        checked > 50,
+        "only {checked} paths found: is the scanner broken?"
+    );
+    assert!(
+        missing.is_empty(),
+        "cited but missing:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -134,7 +149,12 @@ fn the_scanner_finds_paths_links_and_placeholders() {
                 Files: `kernels/src/families/{a,b}.cu`; Cargo.toml. Not: subdocs/x, mydocs/";
     assert_eq!(
         cited_top_level(text),
-        ["docs/GPU.md", "engine/src/ops/", "kernels/src/families/", "Cargo.toml"]
+        [
+            "docs/GPU.md",
+            "engine/src/ops/",
+            "kernels/src/families/",
+            "Cargo.toml"
+        ]
     );
     assert_eq!(links(text), ["RECIPE.md"]);
 }

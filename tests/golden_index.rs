@@ -9,6 +9,7 @@ use slmlp_tests::{rel_err, run_with_grads, Fixture};
 /// Values with NaN replaced by a sentinel (NaN == NaN at the same place).
 fn marked(t: &Tensor) -> Vec<f64> {
     t.to_vec_f64()
+        .unwrap()
         .into_iter()
         .map(|v| if v.is_nan() { f64::MAX } else { v })
         .collect()
@@ -27,7 +28,10 @@ fn index_select_and_gradient_match_torch() {
             .unwrap();
             let g = leaves[0].grad().expect("index_select gives x a gradient");
             let (eo, eg) = (rel_err(&out, fx.get("out")), rel_err(&g, fx.get("grad.x")));
-            assert!(eo <= tol && eg <= tol, "dim {dim} {dtype}: out {eo:.2e}, grad {eg:.2e}");
+            assert!(
+                eo <= tol && eg <= tol,
+                "dim {dim} {dtype}: out {eo:.2e}, grad {eg:.2e}"
+            );
         }
     }
 }
@@ -39,9 +43,17 @@ fn sort_matches_torch_stable_sort() {
         assert_eq!(fx.params["descending"].as_bool(), Some(descending));
         let (v, i) = fx.get("in.x").sort(descending).unwrap();
         assert_eq!(marked(&v), marked(fx.get("values")), "{case} values");
-        assert_eq!(i.to_vec::<i64>().unwrap(), fx.get("indices").to_vec::<i64>().unwrap(), "{case}");
+        assert_eq!(
+            i.to_vec::<i64>().unwrap(),
+            fx.get("indices").to_vec::<i64>().unwrap(),
+            "{case}"
+        );
         let a = fx.get("in.x").argsort(descending).unwrap();
-        assert_eq!(a.to_vec::<i64>().unwrap(), i.to_vec::<i64>().unwrap(), "{case} argsort");
+        assert_eq!(
+            a.to_vec::<i64>().unwrap(),
+            i.to_vec::<i64>().unwrap(),
+            "{case} argsort"
+        );
     }
 }
 
@@ -50,6 +62,12 @@ fn topk_matches_torch() {
     let fx = Fixture::load("index_topk");
     let k = fx.params["k"].as_u64().unwrap() as usize;
     let (v, i) = fx.get("in.x").topk(k).unwrap();
-    assert_eq!(v.to_vec_f64(), fx.get("values").to_vec_f64());
-    assert_eq!(i.to_vec::<i64>().unwrap(), fx.get("indices").to_vec::<i64>().unwrap());
+    assert_eq!(
+        v.to_vec_f64().unwrap(),
+        fx.get("values").to_vec_f64().unwrap()
+    );
+    assert_eq!(
+        i.to_vec::<i64>().unwrap(),
+        fx.get("indices").to_vec::<i64>().unwrap()
+    );
 }

@@ -64,7 +64,7 @@ impl Fixture {
 /// `testutil::assert_tensor_close`.
 pub fn rel_err(actual: &Tensor, expected: &Tensor) -> f64 {
     assert_eq!(actual.dims(), expected.dims(), "shape mismatch");
-    let (a, b) = (actual.to_vec_f64(), expected.to_vec_f64());
+    let (a, b) = (actual.to_vec_f64().unwrap(), expected.to_vec_f64().unwrap());
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
     let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| {
         if (x - y).is_nan() {

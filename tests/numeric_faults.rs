@@ -59,7 +59,9 @@ impl Dataset for Broken {
 
 fn loader(len: usize, bad: &[usize], batch: usize, shuffle: bool) -> Loader {
     let ds = Broken {
-        inner: SyntheticImages::new(4, 3, 8, 0.3, 11).unwrap().with_len(len),
+        inner: SyntheticImages::new(4, 3, 8, 0.3, 11)
+            .unwrap()
+            .with_len(len),
         bad: bad.iter().copied().collect(),
     };
     Loader::new(
@@ -105,7 +107,8 @@ fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) 
 }
 
 fn all_finite(ts: &[Tensor]) -> bool {
-    ts.iter().all(|t| t.to_vec_f64().iter().all(|v| v.is_finite()))
+    ts.iter()
+        .all(|t| t.to_vec_f64().unwrap().iter().all(|v| v.is_finite()))
 }
 
 #[test]
@@ -126,8 +129,14 @@ fn relu_and_fused_bn_relu_propagate_nan_as_pytorch() {
         .unwrap()
         .requires_grad_()
         .unwrap();
-    let (w, b) = (Tensor::ones(&[2], DType::F32), Tensor::zeros(&[2], DType::F32));
-    let (rm, rv) = (Tensor::zeros(&[2], DType::F32), Tensor::ones(&[2], DType::F32));
+    let (w, b) = (
+        Tensor::ones(&[2], DType::F32),
+        Tensor::zeros(&[2], DType::F32),
+    );
+    let (rm, rv) = (
+        Tensor::zeros(&[2], DType::F32),
+        Tensor::ones(&[2], DType::F32),
+    );
     let args = BatchNormArgs {
         eps: 0.0,
         momentum: 0.1,
@@ -154,15 +163,25 @@ fn an_all_nan_input_gives_nan_logits() {
         net.set_training(false);
         let x = Tensor::full(&[2, 3, 8, 8], f64::NAN, DType::F32);
         let logits = net.forward(&x).unwrap().to_vec::<f32>().unwrap();
-        assert!(logits.iter().all(|v| v.is_nan()), "projector {projector}: {logits:?}");
+        assert!(
+            logits.iter().all(|v| v.is_nan()),
+            "projector {projector}: {logits:?}"
+        );
     }
 }
 
 #[test]
 fn check_finite_names_the_tensor() {
-    let p = Param::new("layer.weight", Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap(), false)
-        .unwrap();
-    let b = Buffer::new("bn.running_var", Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap());
+    let p = Param::new(
+        "layer.weight",
+        Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap(),
+        false,
+    )
+    .unwrap();
+    let b = Buffer::new(
+        "bn.running_var",
+        Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap(),
+    );
     check_finite(&[p.clone()], &[b.clone()]).unwrap();
     b.set(Tensor::from_vec(vec![f32::INFINITY, 2.0], &[2]).unwrap())
         .unwrap();
@@ -199,7 +218,10 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
         if ckpt.exists() {
             let c = engine::checkpoint::load(&ckpt).unwrap();
             let ts: Vec<Tensor> = c.tensors.into_values().collect();
-            assert!(all_finite(&ts), "lr {lr} momentum {momentum}: non-finite checkpoint");
+            assert!(
+                all_finite(&ts),
+                "lr {lr} momentum {momentum}: non-finite checkpoint"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -250,7 +272,10 @@ fn f16_stops_after_the_bounded_run_of_overflowed_steps() {
     assert!(amp_step(&mut opt, Some(&mut scaler), &[p.clone()]).unwrap());
     assert!(!overflow(&mut opt, &mut scaler).unwrap());
     assert_eq!(scaler.skipped_steps, 1);
-    assert_eq!(engine::amp::DEFAULT_MAX_SKIPPED, LossScaler::default().max_skipped);
+    assert_eq!(
+        engine::amp::DEFAULT_MAX_SKIPPED,
+        LossScaler::default().max_skipped
+    );
 }
 
 #[test]
@@ -261,9 +286,17 @@ fn f16_resume_refuses_a_bad_loss_scale() {
     let net = small_net(4, false);
     let mut t = Trainer::new(&net, opts(8, 0.1, Precision::F16), Default::default());
     for bad in ["inf", "NaN", "0", "-4"] {
-        let TaskState { optim, rng, mut extra } = t.state();
+        let TaskState {
+            optim,
+            rng,
+            mut extra,
+        } = t.state();
         extra.insert("loss_scale".into(), bad.into());
-        let state = TrainState { step: 1, rng, extra };
+        let state = TrainState {
+            step: 1,
+            rng,
+            extra,
+        };
         save_training(&path, &net.params(), &net.buffers(), &optim, &state).unwrap();
         let e = t.resume(&path).unwrap_err().to_string();
         assert!(e.contains("loss_scale"), "{bad}: {e}");
@@ -299,7 +332,8 @@ fn unreadable_batches_end_the_epoch_and_an_unreadable_dataset_fails() {
             quiet: true,
             ..FitOptions::default()
         };
-        fit(&mut t, &loader(4, &[2, 3], 2, false), None, &fo).map(|r| (r.total_steps, r.steps.len()))
+        fit(&mut t, &loader(4, &[2, 3], 2, false), None, &fo)
+            .map(|r| (r.total_steps, r.steps.len()))
     });
     assert_eq!(r.unwrap(), (4, 2));
     let e = within(120, || {
@@ -331,8 +365,13 @@ fn a_batch_left_with_one_image_is_skipped_for_sl_mlp() {
     let r = fit(&mut t, &loader(4, &[1], 2, false), None, &fo).unwrap();
     let batches: Vec<usize> = r.steps.iter().map(|s| s.batch).collect();
     assert_eq!(batches, [0, 2, 0, 2]);
-    assert!(r.epochs.iter().all(|e| e.get("train_loss").unwrap().is_finite()));
-    assert!(all_finite(&net.params().iter().map(|p| p.get()).collect::<Vec<_>>()));
+    assert!(r
+        .epochs
+        .iter()
+        .all(|e| e.get("train_loss").unwrap().is_finite()));
+    assert!(all_finite(
+        &net.params().iter().map(|p| p.get()).collect::<Vec<_>>()
+    ));
 }
 
 /// A Trainer that fails at step `fail_at` (as a killed process would stop
@@ -440,9 +479,13 @@ fn an_interrupted_run_resumes_to_the_same_records_and_bytes() {
             let dir = tmp(&format!("cut-{precision:?}-{fail_validation}"));
             assert!(run(&dir, 3, precision, fail_at, fail_validation, false).is_err());
             let rest = run(&dir, 99, precision, None, false, true).unwrap();
-            let what = format!("{precision:?}, fail at {fail_at:?}, in validation {fail_validation}");
+            let what =
+                format!("{precision:?}, fail at {fail_at:?}, in validation {fail_validation}");
             assert_eq!(epoch_records(&dir), epoch_records(&straight), "{what}");
-            assert_eq!(rest.epochs.first().map(|e| e.epoch), Some(if fail_validation { 1 } else { 2 }));
+            assert_eq!(
+                rest.epochs.first().map(|e| e.epoch),
+                Some(if fail_validation { 1 } else { 2 })
+            );
             for f in ["checkpoint.safetensors", "model.safetensors"] {
                 assert!(
                     std::fs::read(dir.join(f)).unwrap() == std::fs::read(straight.join(f)).unwrap(),
@@ -465,14 +508,21 @@ fn conv_gradients_are_the_same_bits_under_any_thread_count() {
         Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect(), dims).unwrap()
     };
     // 8x8 planes, 32 images: several parts and units per part
-    let (x, w, dy) = (rand(&[32, 6, 8, 8]), rand(&[8, 6, 3, 3]), rand(&[32, 8, 8, 8]));
+    let (x, w, dy) = (
+        rand(&[32, 6, 8, 8]),
+        rand(&[8, 6, 3, 3]),
+        rand(&[32, 8, 8, 8]),
+    );
     let grads = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         pool.install(|| {
-            let (x, w) = (x.clone().requires_grad_().unwrap(), w.clone().requires_grad_().unwrap());
+            let (x, w) = (
+                x.clone().requires_grad_().unwrap(),
+                w.clone().requires_grad_().unwrap(),
+            );
             let p = Conv2dParams {
                 padding: [1, 1],
                 ..Conv2dParams::default()
@@ -480,7 +530,11 @@ fn conv_gradients_are_the_same_bits_under_any_thread_count() {
             let y = x.conv2d(&w, None, p).unwrap();
             y.backward_with(dy.clone()).unwrap();
             let bits = |t: Tensor| -> Vec<u32> {
-                t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+                t.to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
             };
             (bits(w.grad().unwrap()), bits(x.grad().unwrap()))
         })
@@ -488,7 +542,13 @@ fn conv_gradients_are_the_same_bits_under_any_thread_count() {
     let one = grads(1);
     for threads in [2, 3] {
         let g = grads(threads);
-        assert!(g.0 == one.0, "{threads} threads: the weight gradient differs");
-        assert!(g.1 == one.1, "{threads} threads: the input gradient differs");
+        assert!(
+            g.0 == one.0,
+            "{threads} threads: the weight gradient differs"
+        );
+        assert!(
+            g.1 == one.1,
+            "{threads} threads: the input gradient differs"
+        );
     }
 }

@@ -244,9 +244,9 @@ fn train_step_matches(case: &str, projector: bool, compute: DType, tol: Toleranc
     r.close(Kind::Loss, "loss", &loss, get(&fx, "loss"));
     loss.backward().unwrap();
 
-    let stats = get(&fx, "grad_stats").to_vec_f64();
+    let stats = get(&fx, "grad_stats").to_vec_f64().unwrap();
     let idx = get(&fx, "grad_idx").to_vec::<i64>().unwrap();
-    let samples = get(&fx, "grad_sample").to_vec_f64();
+    let samples = get(&fx, "grad_sample").to_vec_f64().unwrap();
     let k = m["n_samples"].as_u64().unwrap() as usize;
     let params: BTreeMap<String, _> = net
         .params()
@@ -258,7 +258,8 @@ fn train_step_matches(case: &str, projector: bool, compute: DType, tol: Toleranc
         let g = params[name]
             .grad()
             .unwrap_or_else(|| panic!("no gradient for {name}"))
-            .to_vec_f64();
+            .to_vec_f64()
+            .unwrap();
         let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
         let sum: f64 = g.iter().sum();
         let (rn, rs, rl1) = (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]);

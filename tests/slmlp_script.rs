@@ -35,7 +35,9 @@ fn fetched(sandbox: &Path, args: &[&str]) -> Option<String> {
         "{args:?}: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read_to_string(&log).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(&log)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn write_exe(path: &Path, body: &str) {
@@ -50,7 +52,11 @@ fn fetches_only_the_datasets_the_command_uses() {
     let sandbox = std::env::temp_dir().join(format!("slmlp-script-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&sandbox);
     std::fs::create_dir_all(sandbox.join("scripts")).unwrap();
-    std::fs::copy(repo().join("scripts/slmlp.sh"), sandbox.join("scripts/slmlp.sh")).unwrap();
+    std::fs::copy(
+        repo().join("scripts/slmlp.sh"),
+        sandbox.join("scripts/slmlp.sh"),
+    )
+    .unwrap();
     let log = sandbox.join("fetch.log");
     write_exe(
         &sandbox.join("scripts/fetch-data.sh"),
@@ -59,15 +65,48 @@ fn fetches_only_the_datasets_the_command_uses() {
     write_exe(&sandbox.join("bin/cargo"), "echo cargo \"$@\"");
 
     for (args, want) in [
-        (&["pretrain", "--data", "folder:/imagenet/train", "--device", "cuda"][..], None),
-        (&["detect", "train", "--data", "coco", "--preset", "coco"], None),
+        (
+            &[
+                "pretrain",
+                "--data",
+                "folder:/imagenet/train",
+                "--device",
+                "cuda",
+            ][..],
+            None,
+        ),
+        (
+            &["detect", "train", "--data", "coco", "--preset", "coco"],
+            None,
+        ),
         (&["--help"], None),
         (&["experiment", "--quick"], Some("fashion-mnist mnist")),
         (&["detection-data", "--out", "d"], Some("fashion-mnist")),
         (&["pretrain", "--epochs", "1"], Some("fashion-mnist")),
-        (&["--threads", "2", "transfer", "--checkpoint", "c", "--data", "mnist:test"], Some("mnist")),
+        (
+            &[
+                "--threads",
+                "2",
+                "transfer",
+                "--checkpoint",
+                "c",
+                "--data",
+                "mnist:test",
+            ],
+            Some("mnist"),
+        ),
         (&["analyze", "--data=folder:x", "--checkpoint", "c"], None),
-        (&["transfer", "--checkpoint", "c", "--data", "folder:x", "--test-data=fashion-mnist:test"], Some("fashion-mnist")),
+        (
+            &[
+                "transfer",
+                "--checkpoint",
+                "c",
+                "--data",
+                "folder:x",
+                "--test-data=fashion-mnist:test",
+            ],
+            Some("fashion-mnist"),
+        ),
     ] {
         assert_eq!(fetched(&sandbox, args).as_deref(), want, "{args:?}");
     }

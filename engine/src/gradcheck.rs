@@ -40,10 +40,10 @@ pub fn check_gradients(
             continue;
         }
         let analytic = match leaf.grad() {
-            Some(gr) => gr.to_vec_f64(),
+            Some(gr) => gr.to_vec_f64()?,
             None => vec![0.0; leaf.numel()],
         };
-        let base = inputs[i].to_vec_f64();
+        let base = inputs[i].to_vec_f64()?;
         let mut xs: Vec<Tensor> = inputs.to_vec();
         for j in 0..base.len() {
             let mut eval = |delta: f64| -> Result<f64> {

@@ -214,23 +214,19 @@ impl Tensor {
     }
 
     /// Any dtype, converted to f64 (exact for every dtype but i64 > 2^53).
-    /// A GPU tensor is downloaded first (a failing download panics with
-    /// the driver's error: use `to_device(Device::Cpu)` to handle it).
-    pub fn to_vec_f64(&self) -> Vec<f64> {
+    /// A GPU tensor is downloaded first; a failing download is the error.
+    pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
         if self.device() != Device::Cpu {
-            return match self.to_device(Device::Cpu) {
-                Ok(h) => h.to_vec_f64(),
-                Err(e) => panic!("to_vec_f64: downloading a GPU tensor failed: {e}"),
-            };
+            return self.to_device(Device::Cpu)?.to_vec_f64();
         }
         let Storage::Cpu(s) = self.0.storage.as_ref() else {
-            unreachable!("downloaded above");
+            unreachable!("a host tensor has host storage");
         };
-        crate::with_storage!(s, v => {
+        Ok(crate::with_storage!(s, v => {
             let mut out = Vec::with_capacity(self.numel());
             self.0.layout.for_each_index(|i| out.push(v[i].to_f64()));
             out
-        })
+        }))
     }
 
     /// The value of a one-element tensor.
@@ -241,9 +237,7 @@ impl Tensor {
                 format!("tensor of shape {:?} is not one element", self.dims()),
             ));
         }
-        // downloaded here so that a failing copy is an error, not
-        // `to_vec_f64`'s panic
-        Ok(self.to_device(Device::Cpu)?.to_vec_f64()[0])
+        Ok(self.to_vec_f64()?[0])
     }
 
     /// A row-major copy of a host tensor with no autograd (no copy when

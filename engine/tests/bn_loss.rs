@@ -156,11 +156,11 @@ fn bn_forward_matches_naive() {
                     let y = run_bn(&x, Some(&r), &a, fuse).unwrap();
                     assert_eq!(y.out.dims(), shape);
                     assert_eq!(y.out.dtype(), dtype);
-                    let rv = r.to_vec_f64();
-                    let v: Vec<Vec<f64>> = p.iter().map(|t| t.to_vec_f64()).collect();
+                    let rv = r.to_vec_f64().unwrap();
+                    let v: Vec<Vec<f64>> = p.iter().map(|t| t.to_vec_f64().unwrap()).collect();
                     let res = (fuse == Fuse::AddRelu).then_some(rv.as_slice());
                     let want = naive_bn(
-                        &x.to_vec_f64(),
+                        &x.to_vec_f64().unwrap(),
                         shape,
                         &v[0],
                         &v[1],
@@ -173,13 +173,25 @@ fn bn_forward_matches_naive() {
                         res,
                     );
                     let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
-                    assert_close(&y.out.to_vec_f64(), &want.out, tol, tol, "bn out");
+                    assert_close(&y.out.to_vec_f64().unwrap(), &want.out, tol, tol, "bn out");
                     match y.running {
                         Some((m, v)) => {
                             assert!(training);
                             assert_eq!((m.dtype(), v.dtype()), (dtype, dtype));
-                            assert_close(&m.to_vec_f64(), &want.rm, tol, tol, "running_mean");
-                            assert_close(&v.to_vec_f64(), &want.rv, tol, tol, "running_var");
+                            assert_close(
+                                &m.to_vec_f64().unwrap(),
+                                &want.rm,
+                                tol,
+                                tol,
+                                "running_mean",
+                            );
+                            assert_close(
+                                &v.to_vec_f64().unwrap(),
+                                &want.rv,
+                                tol,
+                                tol,
+                                "running_var",
+                            );
                         }
                         None => assert!(!training),
                     }
@@ -253,17 +265,29 @@ fn bn_parallel_sizes_match_naive_forward_and_backward() {
             );
             let a = bn_args(&w, &b, &p[2], &p[3], true);
             let y = run_bn(&x, Some(&r), &a, fuse).unwrap();
-            let v: Vec<Vec<f64>> = p.iter().map(|t| t.to_vec_f64()).collect();
-            let rv = r.to_vec_f64();
+            let v: Vec<Vec<f64>> = p.iter().map(|t| t.to_vec_f64().unwrap()).collect();
+            let rv = r.to_vec_f64().unwrap();
             let res = (fuse == Fuse::AddRelu).then_some(rv.as_slice());
-            let xv = x.to_vec_f64();
+            let xv = x.to_vec_f64().unwrap();
             let want = naive_bn(
                 &xv, shape, &v[0], &v[1], &v[2], &v[3], true, 0.1, 1e-5, fuse, res,
             );
-            assert_close(&y.out.to_vec_f64(), &want.out, 1e-10, 1e-10, "out");
+            assert_close(&y.out.to_vec_f64().unwrap(), &want.out, 1e-10, 1e-10, "out");
             let (m, var) = y.running.as_ref().unwrap();
-            assert_close(&m.to_vec_f64(), &want.rm, 1e-12, 1e-12, "running_mean");
-            assert_close(&var.to_vec_f64(), &want.rv, 1e-12, 1e-12, "running_var");
+            assert_close(
+                &m.to_vec_f64().unwrap(),
+                &want.rm,
+                1e-12,
+                1e-12,
+                "running_mean",
+            );
+            assert_close(
+                &var.to_vec_f64().unwrap(),
+                &want.rv,
+                1e-12,
+                1e-12,
+                "running_var",
+            );
 
             let g = Tensor::randn(shape, 0.0, 1.0, DType::F64, &mut rng);
             y.out.backward_with(g.clone()).unwrap();
@@ -272,17 +296,39 @@ fn bn_parallel_sizes_match_naive_forward_and_backward() {
                 shape,
                 &v[0],
                 &want.out,
-                &g.to_vec_f64(),
+                &g.to_vec_f64().unwrap(),
                 1e-5,
                 fuse != Fuse::None,
             );
-            assert_close(&x.grad().unwrap().to_vec_f64(), &dx, 1e-9, 1e-8, "dx");
-            assert_close(&w.grad().unwrap().to_vec_f64(), &dw, 1e-9, 1e-9, "dw");
-            assert_close(&b.grad().unwrap().to_vec_f64(), &db, 1e-9, 1e-9, "db");
+            assert_close(
+                &x.grad().unwrap().to_vec_f64().unwrap(),
+                &dx,
+                1e-9,
+                1e-8,
+                "dx",
+            );
+            assert_close(
+                &w.grad().unwrap().to_vec_f64().unwrap(),
+                &dw,
+                1e-9,
+                1e-9,
+                "dw",
+            );
+            assert_close(
+                &b.grad().unwrap().to_vec_f64().unwrap(),
+                &db,
+                1e-9,
+                1e-9,
+                "db",
+            );
             match fuse {
-                Fuse::AddRelu => {
-                    assert_close(&r.grad().unwrap().to_vec_f64(), &dy, 0.0, 0.0, "dresidual")
-                }
+                Fuse::AddRelu => assert_close(
+                    &r.grad().unwrap().to_vec_f64().unwrap(),
+                    &dy,
+                    0.0,
+                    0.0,
+                    "dresidual",
+                ),
                 _ => assert!(r.grad().is_none()),
             }
         }
@@ -305,21 +351,21 @@ fn running_stats_use_momentum_and_unbiased_variance() {
     let y = x.batch_norm(&a).unwrap();
     let (m, v) = y.running.unwrap();
     assert_close(
-        &m.to_vec_f64(),
+        &m.to_vec_f64().unwrap(),
         &[0.75 * 1.0 + 0.25 * 4.0, 0.75 * 2.0 + 0.25 * 10.0],
         1e-6,
         0.0,
         "rm",
     );
     assert_close(
-        &v.to_vec_f64(),
+        &v.to_vec_f64().unwrap(),
         &[0.75 * 3.0 + 0.25 * 20.0 / 3.0, 0.75 * 4.0],
         1e-6,
         0.0,
         "rv",
     );
     // normalised with the biased variance: (1 - 4) / sqrt(5)
-    assert!((y.out.to_vec_f64()[0] + 3.0 / 5f64.sqrt()).abs() < 1e-6);
+    assert!((y.out.to_vec_f64().unwrap()[0] + 3.0 / 5f64.sqrt()).abs() < 1e-6);
     // the inputs are untouched (functional update)
     assert_eq!(p[2].to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
 }
@@ -348,6 +394,7 @@ fn gradcheck_bn(shape: &[usize], training: bool, fuse: Fuse, seed: u64) {
         }
         let min = pre
             .to_vec_f64()
+            .unwrap()
             .iter()
             .fold(f64::INFINITY, |m, v| m.min(v.abs()));
         assert!(
@@ -383,6 +430,7 @@ fn bn_grads_only_for_inputs_that_need_them() {
         .grad()
         .unwrap()
         .to_vec_f64()
+        .unwrap()
         .iter()
         .all(|v| v.abs() < 1e-12));
     // running stats carry no graph
@@ -401,11 +449,12 @@ fn bn_add_relu_residual_grad_without_x_grad() {
     y.out.backward_with(g.clone()).unwrap();
     let want: Vec<f64> = g
         .to_vec_f64()
+        .unwrap()
         .iter()
-        .zip(y.out.to_vec_f64())
+        .zip(y.out.to_vec_f64().unwrap())
         .map(|(&g, o)| if o > 0.0 { g } else { 0.0 })
         .collect();
-    assert_eq!(r.grad().unwrap().to_vec_f64(), want);
+    assert_eq!(r.grad().unwrap().to_vec_f64().unwrap(), want);
 }
 
 #[test]
@@ -444,31 +493,31 @@ fn bn_mixed_precision_bf16_x_f32_params() {
         y64.out.backward_with(to64(&g)).unwrap();
         let tol = if xdt == DType::BF16 { 1e-2 } else { 2e-3 };
         assert_close(
-            &y.out.to_vec_f64(),
-            &y64.out.to_vec_f64(),
+            &y.out.to_vec_f64().unwrap(),
+            &y64.out.to_vec_f64().unwrap(),
             tol,
             tol,
             "mixed out",
         );
         assert_close(
-            &m.to_vec_f64(),
-            &y64.running.as_ref().unwrap().0.to_vec_f64(),
+            &m.to_vec_f64().unwrap(),
+            &y64.running.as_ref().unwrap().0.to_vec_f64().unwrap(),
             1e-5,
             1e-5,
             "mixed rm",
         );
         assert_close(
-            &xg.grad().unwrap().to_vec_f64(),
-            &x64.grad().unwrap().to_vec_f64(),
+            &xg.grad().unwrap().to_vec_f64().unwrap(),
+            &x64.grad().unwrap().to_vec_f64().unwrap(),
             4.0 * tol,
             tol,
             "mixed dx",
         );
         // dw/db are sums over 120 elements of rounded values: relative to their scale
-        let wg = w64.grad().unwrap().to_vec_f64();
+        let wg = w64.grad().unwrap().to_vec_f64().unwrap();
         let scale = wg.iter().fold(1.0f64, |m, v| m.max(v.abs()));
         assert_close(
-            &w.grad().unwrap().to_vec_f64(),
+            &w.grad().unwrap().to_vec_f64().unwrap(),
             &wg,
             4.0 * tol * scale,
             0.0,
@@ -566,10 +615,10 @@ fn softmax_forward_and_gradcheck_every_dim() {
         // compare with the row-wise naive version after moving `dim` last
         let mut perm: Vec<usize> = (0..3).filter(|&d| d != dim).collect();
         perm.push(dim);
-        let xp = x.permute(&perm).unwrap().to_vec_f64();
+        let xp = x.permute(&perm).unwrap().to_vec_f64().unwrap();
         let want = naive_log_softmax(&xp, x.dims()[dim]);
         assert_close(
-            &ls.permute(&perm).unwrap().to_vec_f64(),
+            &ls.permute(&perm).unwrap().to_vec_f64().unwrap(),
             &want,
             1e-12,
             1e-12,
@@ -577,7 +626,7 @@ fn softmax_forward_and_gradcheck_every_dim() {
         );
         let want_sm: Vec<f64> = want.iter().map(|v| v.exp()).collect();
         assert_close(
-            &sm.permute(&perm).unwrap().to_vec_f64(),
+            &sm.permute(&perm).unwrap().to_vec_f64().unwrap(),
             &want_sm,
             1e-12,
             1e-12,
@@ -591,7 +640,7 @@ fn softmax_forward_and_gradcheck_every_dim() {
     }
     // large logits do not overflow
     let big = Tensor::from_vec(vec![1000.0f32, 0.0, -1000.0], &[1, 3]).unwrap();
-    let ls = big.log_softmax(1).unwrap().to_vec_f64();
+    let ls = big.log_softmax(1).unwrap().to_vec_f64().unwrap();
     assert_eq!(ls[0], 0.0);
     assert!((ls[2] + 2000.0).abs() < 1e-3);
     assert!(x.log_softmax(3).is_err());
@@ -618,7 +667,7 @@ fn cross_entropy_forward_smoothing_ignore_and_gradcheck() {
     let (n, c) = (7, 5);
     let x = randn(&[n, c], 70).scale(2.0).unwrap();
     let t = Tensor::from_vec(vec![0i64, 4, -100, 2, 1, -100, 3], &[n]).unwrap();
-    let xv = x.to_vec_f64();
+    let xv = x.to_vec_f64().unwrap();
     let tv = t.to_vec::<i64>().unwrap();
     for eps in [0.0, 0.1, 1.0] {
         let loss = x.cross_entropy(&t, eps, Some(-100)).unwrap();
@@ -642,7 +691,7 @@ fn cross_entropy_forward_smoothing_ignore_and_gradcheck() {
         .unwrap()
         .backward()
         .unwrap();
-    let g = xg.grad().unwrap().to_vec_f64();
+    let g = xg.grad().unwrap().to_vec_f64().unwrap();
     assert!(g[2 * c..3 * c]
         .iter()
         .chain(&g[5 * c..6 * c])
@@ -696,7 +745,7 @@ fn cross_entropy_bad_inputs_are_errors() {
 fn bce_with_logits_forward_and_gradcheck() {
     let x = randn(&[4, 7], 80).scale(3.0).unwrap();
     let t = Tensor::rand(&[4, 7], 0.0, 1.0, DType::F64, &mut Rng::new(81));
-    let (xv, tv) = (x.to_vec_f64(), t.to_vec_f64());
+    let (xv, tv) = (x.to_vec_f64().unwrap(), t.to_vec_f64().unwrap());
     let want: f64 = xv
         .iter()
         .zip(&tv)

@@ -475,10 +475,10 @@ fn reads_python_safetensors_files() {
     assert!(ck.tensors.values().all(|t| t.dtype() == DType::F32));
     // out = x W^T + b, computed naively.
     let (xv, wv, bv, ov) = (
-        x.to_vec_f64(),
-        w.to_vec_f64(),
-        b.to_vec_f64(),
-        out.to_vec_f64(),
+        x.to_vec_f64().unwrap(),
+        w.to_vec_f64().unwrap(),
+        b.to_vec_f64().unwrap(),
+        out.to_vec_f64().unwrap(),
     );
     for i in 0..6 {
         for j in 0..5 {

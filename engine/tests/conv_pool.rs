@@ -32,8 +32,8 @@ fn naive_conv(
     p: Conv2dParams,
 ) -> (Vec<f64>, Vec<usize>) {
     let ([n, cin, h, wd], [cout, cin_g, kh, kw]) = (dims4(x), dims4(w));
-    let (xv, wv) = (x.to_vec_f64(), w.to_vec_f64());
-    let bv = b.map(|b| b.to_vec_f64());
+    let (xv, wv) = (x.to_vec_f64().unwrap(), w.to_vec_f64().unwrap());
+    let bv = b.map(|b| b.to_vec_f64().unwrap());
     let oh = (h + 2 * p.padding[0] - p.dilation[0] * (kh - 1) - 1) / p.stride[0] + 1;
     let ow = (wd + 2 * p.padding[1] - p.dilation[1] * (kw - 1) - 1) / p.stride[1] + 1;
     let cout_g = cout / p.groups;
@@ -168,11 +168,21 @@ fn conv2d_forward_matches_direct_loops() {
         let (expect, shape) = naive_conv(&x, &w, b.as_ref(), p);
         let y = x.conv2d(&w, b.as_ref(), p).unwrap();
         assert_eq!(y.dims(), shape.as_slice(), "case {i}");
-        assert_close(&y.to_vec_f64(), &expect, 1e-12, &format!("f64 case {i}"));
+        assert_close(
+            &y.to_vec_f64().unwrap(),
+            &expect,
+            1e-12,
+            &format!("f64 case {i}"),
+        );
         let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let y32 = f(&x).conv2d(&f(&w), b.as_ref().map(f).as_ref(), p).unwrap();
         assert_eq!(y32.dtype(), DType::F32);
-        assert_close(&y32.to_vec_f64(), &expect, 1e-5, &format!("f32 case {i}"));
+        assert_close(
+            &y32.to_vec_f64().unwrap(),
+            &expect,
+            1e-5,
+            &format!("f32 case {i}"),
+        );
     }
 }
 
@@ -195,15 +205,15 @@ fn conv2d_does_not_depend_on_thread_count() {
             let (xr, wr) = (x.requires_grad_().unwrap(), w.requires_grad_().unwrap());
             let y = xr.conv2d(&wr, Some(&b), p).unwrap();
             assert_close(
-                &y.to_vec_f64(),
+                &y.to_vec_f64().unwrap(),
                 &expect,
                 1e-12,
                 &format!("{threads} threads"),
             );
             y.sum_all().unwrap().backward().unwrap();
             grads.push((
-                xr.grad().unwrap().to_vec_f64(),
-                wr.grad().unwrap().to_vec_f64(),
+                xr.grad().unwrap().to_vec_f64().unwrap(),
+                wr.grad().unwrap().to_vec_f64().unwrap(),
             ));
         });
     }
@@ -255,7 +265,7 @@ fn conv2d_skips_gradients_not_required() {
         .unwrap()
         .backward()
         .unwrap();
-    assert_eq!(br.grad().unwrap().to_vec_f64(), vec![50.0; 4]);
+    assert_eq!(br.grad().unwrap().to_vec_f64().unwrap(), vec![50.0; 4]);
 }
 
 #[test]
@@ -333,7 +343,7 @@ fn conv2d_in_half_precision_matches_f32() {
 /// Direct pooling loops: `mode` 0 = max, 1 = avg incl. pad, 2 = avg excl. pad.
 fn naive_pool(x: &Tensor, k: [usize; 2], s: [usize; 2], p: [usize; 2], mode: u8) -> Vec<f64> {
     let [n, c, h, w] = dims4(x);
-    let xv = x.to_vec_f64();
+    let xv = x.to_vec_f64().unwrap();
     let oh = (h + 2 * p[0] - k[0]) / s[0] + 1;
     let ow = (w + 2 * p[1] - k[1]) / s[1] + 1;
     let mut out = Vec::new();
@@ -381,7 +391,7 @@ fn pools_forward_match_direct_loops() {
         ];
         for (mode, y) in got.iter().enumerate() {
             assert_close(
-                &y.to_vec_f64(),
+                &y.to_vec_f64().unwrap(),
                 &naive_pool(&x, k, s, p, mode as u8),
                 1e-12,
                 &format!("case {i} mode {mode}"),
@@ -406,10 +416,10 @@ fn adaptive_avg_pool_uses_pytorch_bins() {
         .iter()
         .flat_map(|r| cb.iter().map(|c| mean(r.clone(), c.clone())))
         .collect();
-    assert_close(&y.to_vec_f64(), &expect, 1e-12, "adaptive 3x3");
+    assert_close(&y.to_vec_f64().unwrap(), &expect, 1e-12, "adaptive 3x3");
     let g = x.adaptive_avg_pool2d([1, 1]).unwrap();
     assert_eq!(g.dims(), &[1, 1, 1, 1]);
-    assert_close(&g.to_vec_f64(), &[27.5], 1e-12, "global");
+    assert_close(&g.to_vec_f64().unwrap(), &[27.5], 1e-12, "global");
 }
 
 #[test]

@@ -65,11 +65,11 @@ fn naive_conv_transpose(
         - 2 * p.padding[0];
     let ow = (wd - 1) * p.stride[1] + p.dilation[1] * (kw - 1) + p.output_padding[1] + 1
         - 2 * p.padding[1];
-    let (xv, wv) = (x.to_vec_f64(), w.to_vec_f64());
+    let (xv, wv) = (x.to_vec_f64().unwrap(), w.to_vec_f64().unwrap());
     let mut out = vec![0.0; n * cout * oh * ow];
     for i in 0..n {
         for co in 0..cout {
-            let bias = b.map_or(0.0, |b| b.to_vec_f64()[co]);
+            let bias = b.map_or(0.0, |b| b.to_vec_f64().unwrap()[co]);
             out[(i * cout + co) * oh * ow..][..oh * ow]
                 .iter_mut()
                 .for_each(|v| *v = bias);
@@ -173,11 +173,21 @@ fn conv_transpose2d_forward_matches_direct_loops() {
         let (expect, shape) = naive_conv_transpose(&x, &w, b.as_ref(), p);
         let y = run(&x, &w, b.as_ref(), p).unwrap();
         assert_eq!(y.dims(), shape, "case {i}: shape");
-        assert_close(&y.to_vec_f64(), &expect, 1e-12, &format!("f64 case {i}"));
+        assert_close(
+            &y.to_vec_f64().unwrap(),
+            &expect,
+            1e-12,
+            &format!("f64 case {i}"),
+        );
         let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let y32 = run(&f(&x), &f(&w), b.as_ref().map(f).as_ref(), p).unwrap();
         assert_eq!(y32.dtype(), DType::F32);
-        assert_close(&y32.to_vec_f64(), &expect, 1e-5, &format!("f32 case {i}"));
+        assert_close(
+            &y32.to_vec_f64().unwrap(),
+            &expect,
+            1e-5,
+            &format!("f32 case {i}"),
+        );
     }
 }
 
@@ -211,7 +221,7 @@ fn conv_transpose2d_is_the_adjoint_of_conv2d() {
         let cy = y.conv2d(&w, None, cp).unwrap();
         // With output_padding >= stride the conv covers one more row than x.
         let dot = |a: &Tensor, b: &Tensor| -> f64 {
-            let (a, b) = (a.to_vec_f64(), b.to_vec_f64());
+            let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
             a.iter().zip(&b).map(|(u, v)| u * v).sum()
         };
         if cy.dims() != x.dims() {
@@ -257,13 +267,13 @@ fn conv_transpose2d_is_deterministic() {
             );
             let y = run(&xr, &wr, Some(&br), p).unwrap();
             assert_close(
-                &y.to_vec_f64(),
+                &y.to_vec_f64().unwrap(),
                 &expect,
                 1e-12,
                 &format!("{threads} threads"),
             );
             y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
-            grads.push([xr, wr, br].map(|t| t.grad().unwrap().to_vec_f64()));
+            grads.push([xr, wr, br].map(|t| t.grad().unwrap().to_vec_f64().unwrap()));
         });
     }
     for (k, name) in ["x", "weight", "bias"].iter().enumerate() {
@@ -318,7 +328,7 @@ fn conv_transpose2d_in_half_precision_tracks_f32() {
         // inputs rounded to 8 (bf16) or 11 (f16) bits, then the result: each
         // output sums 4 products (stride = kernel) and the bias
         let tol = testutil::rounding_tol(dt, 5);
-        testutil::assert_close_with(&format!("{dt:?}"), &y.to_vec_f64(), &expect, tol);
+        testutil::assert_close_with(&format!("{dt:?}"), &y.to_vec_f64().unwrap(), &expect, tol);
     }
 }
 
@@ -375,7 +385,7 @@ fn conv_transpose_layer_has_torch_layout_and_init() {
     // PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = weight dim 1 * kh * kw
     let bound = 1.0 / ((4 * 2 * 2) as f64).sqrt();
     for prm in &params {
-        let v = prm.get().to_vec_f64();
+        let v = prm.get().to_vec_f64().unwrap();
         assert!(
             v.iter().all(|e| e.abs() <= bound),
             "{} outside the bound",
@@ -399,7 +409,7 @@ fn conv_transpose_layer_has_torch_layout_and_init() {
         p,
     )
     .unwrap();
-    assert_eq!(y.to_vec_f64(), direct.to_vec_f64());
+    assert_eq!(y.to_vec_f64().unwrap(), direct.to_vec_f64().unwrap());
     // grouped, no bias
     let g = ConvTranspose2d::new(
         "up",
@@ -426,8 +436,8 @@ fn conv_transpose_layer_has_torch_layout_and_init() {
     )
     .unwrap();
     assert_eq!(
-        again.weight.get().to_vec_f64(),
-        layer.weight.get().to_vec_f64()
+        again.weight.get().to_vec_f64().unwrap(),
+        layer.weight.get().to_vec_f64().unwrap()
     );
 }
 
@@ -482,7 +492,7 @@ fn index_plane(h: usize, w: usize) -> Tensor {
 
 fn picked(y: &Tensor) -> (Vec<usize>, Vec<usize>) {
     let [_, _, oh, ow] = dims4(y);
-    let v = y.to_vec_f64();
+    let v = y.to_vec_f64().unwrap();
     let rows = (0..oh).map(|r| (v[r * ow] / 1000.0) as usize).collect();
     let cols = (0..ow).map(|c| (v[c] as usize) % 1000).collect();
     (rows, cols)
@@ -523,8 +533,11 @@ fn upsample_nearest_scale_is_the_size_rule_with_one_over_scale() {
     let two = x.upsample_nearest2d_scale(2).unwrap();
     assert_eq!(two.dims(), [2, 3, 10, 12]);
     assert_eq!(
-        two.to_vec_f64(),
-        x.upsample_nearest2d([10, 12]).unwrap().to_vec_f64()
+        two.to_vec_f64().unwrap(),
+        x.upsample_nearest2d([10, 12])
+            .unwrap()
+            .to_vec_f64()
+            .unwrap()
     );
     let (r, c) = picked(&index_plane(7, 5).upsample_nearest2d_scale(3).unwrap());
     assert_eq!(r, (0..21).map(|d| d / 3).collect::<Vec<_>>());
@@ -539,7 +552,7 @@ fn upsample_nearest_backward_sums_the_copies() {
     let y = x.upsample_nearest2d([1, 7]).unwrap();
     let g = Tensor::from_vec(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], &[1, 1, 1, 7]).unwrap();
     y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-    assert_eq!(x.grad().unwrap().to_vec_f64(), [7.0, 24.0, 96.0]);
+    assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), [7.0, 24.0, 96.0]);
 }
 
 #[test]
@@ -572,11 +585,11 @@ fn upsample_bilinear_matches_its_definition() {
     // = 0, 0.25, 0.75, 1.25 -> clamped to the last pixel
     let x = Tensor::from_vec(vec![1.0, 5.0], &[1, 1, 1, 2]).unwrap();
     let y = x.upsample_bilinear2d([1, 4], false).unwrap();
-    assert_eq!(y.to_vec_f64(), [1.0, 2.0, 4.0, 5.0]);
+    assert_eq!(y.to_vec_f64().unwrap(), [1.0, 2.0, 4.0, 5.0]);
     // align_corners: src = d * (2-1)/(4-1)
     let y = x.upsample_bilinear2d([1, 4], true).unwrap();
     assert_close(
-        &y.to_vec_f64(),
+        &y.to_vec_f64().unwrap(),
         &[1.0, 1.0 + 4.0 / 3.0, 1.0 + 8.0 / 3.0, 5.0],
         1e-15,
         "align",
@@ -584,13 +597,16 @@ fn upsample_bilinear_matches_its_definition() {
     // same size copies
     let x = randn(&[2, 3, 4, 5], 9);
     assert_eq!(
-        x.upsample_bilinear2d([4, 5], false).unwrap().to_vec_f64(),
-        x.to_vec_f64()
+        x.upsample_bilinear2d([4, 5], false)
+            .unwrap()
+            .to_vec_f64()
+            .unwrap(),
+        x.to_vec_f64().unwrap()
     );
     // one output row with align_corners samples row 0
     let y = x.upsample_bilinear2d([1, 5], true).unwrap();
-    let xv = x.to_vec_f64();
-    assert_eq!(y.to_vec_f64()[..5], xv[..5]);
+    let xv = x.to_vec_f64().unwrap();
+    assert_eq!(y.to_vec_f64().unwrap()[..5], xv[..5]);
 }
 
 #[test]
@@ -602,19 +618,29 @@ fn upsample_keeps_half_dtypes_and_rejects_bad_input() {
         assert_eq!(n.dtype(), dt);
         // nearest copies: exact in any dtype
         assert_eq!(
-            n.to_vec_f64(),
+            n.to_vec_f64().unwrap(),
             xd.to_dtype(DType::F64)
                 .unwrap()
                 .upsample_nearest2d([6, 8])
                 .unwrap()
                 .to_vec_f64()
+                .unwrap()
         );
         let b = xd.upsample_bilinear2d([5, 7], false).unwrap();
         assert_eq!(b.dtype(), dt);
-        let want = x.upsample_bilinear2d([5, 7], false).unwrap().to_vec_f64();
+        let want = x
+            .upsample_bilinear2d([5, 7], false)
+            .unwrap()
+            .to_vec_f64()
+            .unwrap();
         // input and output rounded to dt; 4 taps with weights summing to 1
         let tol = testutil::rounding_tol(dt, 4);
-        testutil::assert_close_with(&format!("bilinear {dt:?}"), &b.to_vec_f64(), &want, tol);
+        testutil::assert_close_with(
+            &format!("bilinear {dt:?}"),
+            &b.to_vec_f64().unwrap(),
+            &want,
+            tol,
+        );
     }
     assert!(x.upsample_nearest2d([0, 3]).is_err());
     assert!(randn(&[2, 3, 4], 1).upsample_nearest2d([3, 3]).is_err());

@@ -41,18 +41,19 @@ fn roi_align_gradients_match_finite_differences() {
 #[test]
 fn roi_align_at_pixel_resolution() {
     let x = randn(&[1, 2, 4, 5], 3);
-    let xv = x.to_vec_f64();
+    let xv = x.to_vec_f64().unwrap();
     // aligned, one sample per bin, bins = pixels: every sample is a pixel centre
     let whole = boxes5(&[[0.0, 0.0, 0.0, 5.0, 4.0]]);
     let y = x.roi_align(&whole, [4, 5], 1.0, 1, true).unwrap();
     assert_eq!(y.dims(), &[1, 2, 4, 5]);
-    assert_eq!(y.to_vec_f64(), xv);
+    assert_eq!(y.to_vec_f64().unwrap(), xv);
     // unaligned, the same box samples half a pixel down-right: the mean of
     // each 2x2 block, with the last row/column interpolating with itself
     let y = x
         .roi_align(&whole, [4, 5], 1.0, 1, false)
         .unwrap()
-        .to_vec_f64();
+        .to_vec_f64()
+        .unwrap();
     let at = |c: usize, i: usize, j: usize| xv[c * 20 + i.min(3) * 5 + j.min(4)];
     for c in 0..2 {
         for i in 0..4 {
@@ -102,7 +103,9 @@ fn roi_align_backward_is_deterministic_across_thread_counts() {
     let mut rng = Rng::new(9);
     let mut rows = Vec::new();
     for k in 0..50 {
-        let v = Tensor::rand(&[4], -2.0, 8.0, DType::F64, &mut rng).to_vec_f64();
+        let v = Tensor::rand(&[4], -2.0, 8.0, DType::F64, &mut rng)
+            .to_vec_f64()
+            .unwrap();
         rows.push([
             (k % 2) as f64,
             v[0],
@@ -155,7 +158,11 @@ fn roi_align_half_precision_computes_in_f32() {
         let want = reference(&x.to_dtype(dtype).unwrap())
             .to_dtype(dtype)
             .unwrap();
-        assert_eq!(y.to_vec_f64(), want.to_vec_f64(), "{dtype}");
+        assert_eq!(
+            y.to_vec_f64().unwrap(),
+            want.to_vec_f64().unwrap(),
+            "{dtype}"
+        );
         y.sum_all().unwrap().backward().unwrap();
         assert_eq!(xh.grad().unwrap().dtype(), dtype);
     }
@@ -247,8 +254,12 @@ fn reference_nms(b: &[f64], s: &[f64], thr: f64) -> Vec<usize> {
 /// `k` random boxes in a `extent`-sized image with sides up to `size`.
 fn random_boxes(k: usize, extent: f64, size: f64, seed: u64) -> (Tensor, Tensor) {
     let mut rng = Rng::new(seed);
-    let xy = Tensor::rand(&[k, 2], 0.0, extent, DType::F64, &mut rng).to_vec_f64();
-    let wh = Tensor::rand(&[k, 2], 1.0, size, DType::F64, &mut rng).to_vec_f64();
+    let xy = Tensor::rand(&[k, 2], 0.0, extent, DType::F64, &mut rng)
+        .to_vec_f64()
+        .unwrap();
+    let wh = Tensor::rand(&[k, 2], 1.0, size, DType::F64, &mut rng)
+        .to_vec_f64()
+        .unwrap();
     let mut b = Vec::with_capacity(4 * k);
     for i in 0..k {
         b.extend([
@@ -268,7 +279,7 @@ fn nms_20k_boxes_matches_the_reference_loop() {
     let start = Instant::now();
     let keep = nms(&b, &s, 0.5).unwrap();
     let took = start.elapsed();
-    let want = reference_nms(&b.to_vec_f64(), &s.to_vec_f64(), 0.5);
+    let want = reference_nms(&b.to_vec_f64().unwrap(), &s.to_vec_f64().unwrap(), 0.5);
     assert_eq!(keep, want);
     assert!(
         keep.len() > 1000 && keep.len() < 20_000,
@@ -315,12 +326,16 @@ fn batched_nms_keeps_categories_apart() {
     for k in [600, 1400] {
         let (b, s) = random_boxes(k, 200.0, 40.0, k as u64);
         let b = Tensor::from_vec(
-            b.to_vec_f64().iter().map(|v| v.round()).collect::<Vec<_>>(),
+            b.to_vec_f64()
+                .unwrap()
+                .iter()
+                .map(|v| v.round())
+                .collect::<Vec<_>>(),
             &[k, 4],
         )
         .unwrap();
         let idxs: Vec<i64> = (0..k).map(|i| (i * 7 % 5) as i64 - 1).collect();
-        let (bv, sv) = (b.to_vec_f64(), s.to_vec_f64());
+        let (bv, sv) = (b.to_vec_f64().unwrap(), s.to_vec_f64().unwrap());
         let mut want = Vec::new();
         for c in -1..4 {
             let members: Vec<usize> = (0..k).filter(|&i| idxs[i] == c).collect();
@@ -346,7 +361,10 @@ fn box_iou_values() {
     ]);
     let iou = box_iou(&a, &b).unwrap();
     assert_eq!(iou.dims(), &[2, 3]);
-    assert_eq!(iou.to_vec_f64(), vec![1.0 / 7.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(
+        iou.to_vec_f64().unwrap(),
+        vec![1.0 / 7.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    );
 }
 
 #[test]

@@ -56,7 +56,12 @@ fn run3(opt: &mut dyn Optimizer, params: &[Param], grads: &[[f64; 2]; 3]) -> Vec
             p.set_grad(Some(t64(g)));
         }
         opt.step(params).unwrap();
-        out.push(params.iter().map(|p| p.get().to_vec_f64()).collect());
+        out.push(
+            params
+                .iter()
+                .map(|p| p.get().to_vec_f64().unwrap())
+                .collect(),
+        );
     }
     out
 }
@@ -73,7 +78,12 @@ fn sgd_momentum_matches_torch_formula() {
     let state = opt.state();
     assert_eq!(state.len(), 1);
     assert_eq!(state[0].0, "momentum.w");
-    assert_close(&state[0].1.to_vec_f64(), &[1.18, 0.26], 1e-15, "buffer");
+    assert_close(
+        &state[0].1.to_vec_f64().unwrap(),
+        &[1.18, 0.26],
+        1e-15,
+        "buffer",
+    );
 }
 
 #[test]
@@ -116,9 +126,9 @@ fn sgd_without_momentum_and_skipping_params_without_grad() {
     a.set_grad(Some(t64(&[0.5, 1.0])));
     let mut opt = Sgd::new(0.1, 0.0, 0.0);
     opt.step(&[a.clone(), b.clone()]).unwrap();
-    assert_close(&a.get().to_vec_f64(), &[0.95, -2.1], 1e-15, "a");
+    assert_close(&a.get().to_vec_f64().unwrap(), &[0.95, -2.1], 1e-15, "a");
     assert_eq!(
-        b.get().to_vec_f64(),
+        b.get().to_vec_f64().unwrap(),
         vec![5.0, 6.0],
         "a param without grad is untouched"
     );
@@ -127,7 +137,7 @@ fn sgd_without_momentum_and_skipping_params_without_grad() {
     let y = a.get().mul(&a.get()).unwrap().sum_all().unwrap();
     zero_grad(&[a.clone()]);
     y.backward().unwrap();
-    let grad = a.grad().unwrap().to_vec_f64();
+    let grad = a.grad().unwrap().to_vec_f64().unwrap();
     assert_close(&grad, &[1.9, -4.2], 1e-15, "grad after step");
 }
 
@@ -148,7 +158,11 @@ fn sgd_state_roundtrip_resumes_exactly() {
     resumed.load_state(first.state()).unwrap();
     p.set_grad(Some(t64(&GRADS[2])));
     resumed.step(&[p.clone()]).unwrap();
-    assert_eq!(p.get().to_vec_f64(), full[2][0], "resume is bit-exact");
+    assert_eq!(
+        p.get().to_vec_f64().unwrap(),
+        full[2][0],
+        "resume is bit-exact"
+    );
 
     assert!(resumed
         .load_state(vec![("velocity.w".into(), t64(&[0.0, 0.0]))])
@@ -234,7 +248,12 @@ fn lars_matches_hand_computation() {
     let z = param("z", &[0.0, 0.0], false);
     z.set_grad(Some(t64(&[1.0, -1.0])));
     Lars::new(0.1, 0.9, 0.0).step(&[z.clone()]).unwrap();
-    assert_close(&z.get().to_vec_f64(), &[-0.1, 0.1], 1e-15, "zero weight");
+    assert_close(
+        &z.get().to_vec_f64().unwrap(),
+        &[-0.1, 0.1],
+        1e-15,
+        "zero weight",
+    );
 }
 
 #[test]
@@ -385,7 +404,7 @@ fn linear_names_shapes_and_init() {
     assert!(!ps[0].no_weight_decay() && ps[1].no_weight_decay());
     assert_eq!(ps[0].get().dtype(), DType::F32);
     // U(-1/20, 1/20): within the bound, variance bound^2 / 3
-    let w = ps[0].get().to_vec_f64();
+    let w = ps[0].get().to_vec_f64().unwrap();
     let bound = 1.0 / 20.0;
     assert!(w.iter().all(|v| v.abs() <= bound));
     let var = w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64;
@@ -393,7 +412,12 @@ fn linear_names_shapes_and_init() {
         (var / (bound * bound / 3.0) - 1.0).abs() < 0.02,
         "variance {var}"
     );
-    assert!(ps[1].get().to_vec_f64().iter().all(|v| v.abs() <= bound));
+    assert!(ps[1]
+        .get()
+        .to_vec_f64()
+        .unwrap()
+        .iter()
+        .all(|v| v.abs() <= bound));
     assert_eq!(
         Linear::new("fc", 3, 2, false, &mut rng)
             .unwrap()
@@ -405,7 +429,10 @@ fn linear_names_shapes_and_init() {
     // same seed, same weights whatever the dtype
     let a = Linear::new("fc", 5, 4, true, &mut Rng::new(7)).unwrap();
     let b = Linear::new_dtype("fc", 5, 4, true, DType::F64, &mut Rng::new(7)).unwrap();
-    let (wa, wb) = (a.weight.get().to_vec_f64(), b.weight.get().to_vec_f64());
+    let (wa, wb) = (
+        a.weight.get().to_vec_f64().unwrap(),
+        b.weight.get().to_vec_f64().unwrap(),
+    );
     assert!(wa.iter().zip(&wb).all(|(x, y)| (x - y).abs() < 1e-7));
 }
 
@@ -414,11 +441,11 @@ fn linear_forward_matches_direct_loops_and_rejects_bad_input() {
     let mut rng = Rng::new(2);
     let l = Linear::new_dtype("fc", 3, 2, true, DType::F64, &mut rng).unwrap();
     let x = Tensor::randn(&[4, 3], 0.0, 1.0, DType::F64, &mut rng);
-    let y = l.forward(&x).unwrap().to_vec_f64();
+    let y = l.forward(&x).unwrap().to_vec_f64().unwrap();
     let (w, b, xv) = (
-        l.weight.get().to_vec_f64(),
-        l.bias.as_ref().unwrap().get().to_vec_f64(),
-        x.to_vec_f64(),
+        l.weight.get().to_vec_f64().unwrap(),
+        l.bias.as_ref().unwrap().get().to_vec_f64().unwrap(),
+        x.to_vec_f64().unwrap(),
     );
     for n in 0..4 {
         for o in 0..2 {
@@ -447,8 +474,8 @@ fn bf16_forward_gives_f32_master_grads() {
     assert_eq!(gw.dtype(), DType::F32);
     assert_eq!(gw.dims(), [4, 8]);
     // d sum / dW[o, i] = sum_n x[n, i] (rounded through bf16)
-    let xv = x.to_vec_f64();
-    let g = gw.to_vec_f64();
+    let xv = x.to_vec_f64().unwrap();
+    let g = gw.to_vec_f64().unwrap();
     for i in 0..8 {
         let want: f64 = (0..5).map(|n| xv[n * 8 + i]).sum();
         assert!(
@@ -458,7 +485,13 @@ fn bf16_forward_gives_f32_master_grads() {
         );
     }
     assert_eq!(
-        l.bias.as_ref().unwrap().grad().unwrap().to_vec_f64(),
+        l.bias
+            .as_ref()
+            .unwrap()
+            .grad()
+            .unwrap()
+            .to_vec_f64()
+            .unwrap(),
         vec![5.0; 4]
     );
 }
@@ -470,7 +503,8 @@ fn init_helpers() {
     assert!(init::fans(&[5]).is_err());
     let w = init::kaiming_normal_fan_out(&[256, 64, 3, 3], DType::F32, &mut Rng::new(4))
         .unwrap()
-        .to_vec_f64();
+        .to_vec_f64()
+        .unwrap();
     let mean = w.iter().sum::<f64>() / w.len() as f64;
     let std = (w.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
     let want = (2.0f64 / (256.0 * 9.0)).sqrt();
@@ -558,8 +592,8 @@ fn conv2d_names_shapes_and_init() {
     );
     assert_eq!(ps[0].dims(), [256, 64, 3, 3]);
     assert!(!ps[0].no_weight_decay() && ps[1].no_weight_decay());
-    assert_eq!(ps[1].get().to_vec_f64(), vec![0.0; 256]);
-    let (mean, std) = stats(&ps[0].get().to_vec_f64());
+    assert_eq!(ps[1].get().to_vec_f64().unwrap(), vec![0.0; 256]);
+    let (mean, std) = stats(&ps[0].get().to_vec_f64().unwrap());
     let want = (2.0f64 / (256.0 * 9.0)).sqrt();
     assert!(
         (std / want - 1.0).abs() < 0.01 && mean.abs() < 0.01 * want,
@@ -628,7 +662,11 @@ fn conv2d_forward_matches_direct_loops() {
     let y = c.forward(&x).unwrap();
     let (ho, wo) = ((5 + 2 - 3) + 1, (7 - 2) / 2 + 1);
     assert_eq!(y.dims(), [2, 3, ho, wo]);
-    let (xv, wv, yv) = (x.to_vec_f64(), c.weight.get().to_vec_f64(), y.to_vec_f64());
+    let (xv, wv, yv) = (
+        x.to_vec_f64().unwrap(),
+        c.weight.get().to_vec_f64().unwrap(),
+        y.to_vec_f64().unwrap(),
+    );
     let bv = [0.5, -1.0, 2.0];
     for n in 0..2 {
         for o in 0..3 {
@@ -686,7 +724,13 @@ fn bf16_conv_gives_f32_master_grads() {
     assert_eq!((gw.dtype(), gw.dims()), (DType::F32, &[4, 3, 3, 3][..]));
     // d sum / d bias[o] = N * Ho * Wo
     assert_eq!(
-        c.bias.as_ref().unwrap().grad().unwrap().to_vec_f64(),
+        c.bias
+            .as_ref()
+            .unwrap()
+            .grad()
+            .unwrap()
+            .to_vec_f64()
+            .unwrap(),
         vec![72.0; 4]
     );
 }
@@ -707,16 +751,16 @@ fn batchnorm_train_updates_buffers_and_eval_uses_them() {
     let bnames: Vec<String> = bn.buffers().iter().map(|b| b.name().to_string()).collect();
     assert_eq!(bnames, ["bn1.running_mean", "bn1.running_var"]);
     assert!(bn.params().iter().all(|p| p.no_weight_decay()));
-    assert_eq!(bn.weight.get().to_vec_f64(), vec![1.0; 3]);
-    assert_eq!(bn.running_var.get().to_vec_f64(), vec![1.0; 3]);
+    assert_eq!(bn.weight.get().to_vec_f64().unwrap(), vec![1.0; 3]);
+    assert_eq!(bn.running_var.get().to_vec_f64().unwrap(), vec![1.0; 3]);
 
     let mut rng = Rng::new(9);
     let x = Tensor::randn(&[4, 3, 5, 5], 2.0, 3.0, DType::F32, &mut rng);
-    let xv = x.to_vec_f64();
-    let y = bn.forward(&x).unwrap().to_vec_f64();
+    let xv = x.to_vec_f64().unwrap();
+    let y = bn.forward(&x).unwrap().to_vec_f64().unwrap();
     let (rm, rv) = (
-        bn.running_mean.get().to_vec_f64(),
-        bn.running_var.get().to_vec_f64(),
+        bn.running_mean.get().to_vec_f64().unwrap(),
+        bn.running_var.get().to_vec_f64().unwrap(),
     );
     for c in 0..3 {
         let xc = channel(&xv, x.dims(), c);
@@ -743,7 +787,7 @@ fn batchnorm_train_updates_buffers_and_eval_uses_them() {
         .unwrap();
     let seq = Sequential::default().push(bn);
     seq.set_training(false);
-    let y = seq.forward(&x).unwrap().to_vec_f64();
+    let y = seq.forward(&x).unwrap().to_vec_f64().unwrap();
     let bn = &seq.layers[0];
     let (w, b) = ([2.0, 0.5, -1.0], [0.0, 1.0, 3.0]);
     for (i, (&xi, &yi)) in xv.iter().zip(&y).enumerate() {
@@ -755,8 +799,12 @@ fn batchnorm_train_updates_buffers_and_eval_uses_them() {
         );
     }
     let bufs = bn.buffers();
-    assert_eq!(bufs[0].get().to_vec_f64(), rm, "eval leaves running stats");
-    assert_eq!(bufs[1].get().to_vec_f64(), rv);
+    assert_eq!(
+        bufs[0].get().to_vec_f64().unwrap(),
+        rm,
+        "eval leaves running stats"
+    );
+    assert_eq!(bufs[1].get().to_vec_f64().unwrap(), rv);
 }
 
 #[test]
@@ -768,11 +816,11 @@ fn batchnorm_fused_entry_points_and_modes() {
     bn.set_training(false);
     let plain = bn.forward(&x).unwrap();
     assert_eq!(
-        bn.forward_relu(&x).unwrap().to_vec_f64(),
-        plain.relu().unwrap().to_vec_f64()
+        bn.forward_relu(&x).unwrap().to_vec_f64().unwrap(),
+        plain.relu().unwrap().to_vec_f64().unwrap()
     );
-    let add = bn.forward_add_relu(&x, &r).unwrap().to_vec_f64();
-    let want = plain.add(&r).unwrap().relu().unwrap().to_vec_f64();
+    let add = bn.forward_add_relu(&x, &r).unwrap().to_vec_f64().unwrap();
+    let want = plain.add(&r).unwrap().relu().unwrap().to_vec_f64().unwrap();
     assert!(add.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
 
     // train mode updates running stats even under no_grad, as PyTorch does
@@ -782,15 +830,21 @@ fn batchnorm_fused_entry_points_and_modes() {
         let _ng = no_grad();
         bn.forward_relu(&x).unwrap();
     }
-    assert!(bn.running_mean.get().to_vec_f64().iter().any(|&v| v != 0.0));
+    assert!(bn
+        .running_mean
+        .get()
+        .to_vec_f64()
+        .unwrap()
+        .iter()
+        .any(|&v| v != 0.0));
     bn.momentum = 1.0;
-    let before = bn.running_var.get().to_vec_f64();
+    let before = bn.running_var.get().to_vec_f64().unwrap();
     bn.forward(&x).unwrap();
-    assert_ne!(bn.running_var.get().to_vec_f64(), before);
+    assert_ne!(bn.running_var.get().to_vec_f64().unwrap(), before);
 
     bn.zero_init().unwrap();
-    assert_eq!(bn.weight.get().to_vec_f64(), vec![0.0; 4]);
-    let y = bn.forward(&x).unwrap().to_vec_f64();
+    assert_eq!(bn.weight.get().to_vec_f64().unwrap(), vec![0.0; 4]);
+    let y = bn.forward(&x).unwrap().to_vec_f64().unwrap();
     assert!(
         y.iter().all(|&v| v == 0.0),
         "zero gamma and beta give zeros"
@@ -843,6 +897,7 @@ fn batchnorm_mixed_precision() {
         .running_mean
         .get()
         .to_vec_f64()
+        .unwrap()
         .iter()
         .all(|v| (v - 0.1).abs() < 0.1));
 }

@@ -11,8 +11,8 @@ pub use crate::families::batchnorm::{bn_workspace_floats, BnBackward, BnForward}
 pub use crate::families::bn1d_relu::{Bn1dBackward, Bn1dForward};
 pub use crate::families::copy::{StridedPair, StridedView, COPY_MAX_RANK};
 pub use crate::families::elementwise::{BcastView, Binary, Unary, BCAST_MAX_RANK};
-pub use crate::families::loss::{PointwiseLoss, SoftmaxDims};
 pub use crate::families::index::{sort_padded_len, IndexDims, SORT_MAX_ROW};
+pub use crate::families::loss::{PointwiseLoss, SoftmaxDims};
 pub use crate::families::nms::{nms_col_blocks, nms_greedy, nms_launch, NMS_BLOCK};
 pub use crate::families::pool::{AvgMode, PoolDims};
 pub use crate::families::roi_align::RoiAlignDims;

@@ -3,7 +3,8 @@
 //! side by side.
 
 use crate::eval::{
-    feature_metrics, scatter_png, tsne, write_embedding_csv, FeatureMetrics, Features, Panel, TsneOptions,
+    feature_metrics, scatter_png, tsne, write_embedding_csv, FeatureMetrics, Features, Panel,
+    TsneOptions,
 };
 use crate::extract::extract_features;
 use crate::pretrain::{eval_loader, load_trained, ComputeArgs, DataArgs};

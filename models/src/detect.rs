@@ -12,17 +12,20 @@
 //! - `checkpoint.safetensors`: the training state at the last epoch end;
 //! - `model.safetensors`: the weights and the `detect.*` metadata.
 
-use crate::data::LoaderOptions;
+use crate::data::{LoaderOptions, MAX_IMAGE_SIZE};
 use crate::detection::data::{
-    pad_batch, DetBatch, DetSample, DetSource, DetTarget, DetTransform, SplitLocation,
-    DetectionLoader,
+    pad_batch, DetBatch, DetSample, DetSource, DetTarget, DetTransform, DetectionLoader,
+    SplitLocation,
 };
 use crate::detection::mask_rcnn::{ImageDetections, MaskRcnn, MaskRcnnConfig};
 use crate::detection::{CocoEval, IouType, Rle};
 use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
+use crate::net::{MAX_CLASSES, MAX_IN_CHANNELS, MAX_WIDTH};
 use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
 use engine::nn::{Buffer, Module, Param};
-use engine::optim::{check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup};
+use engine::optim::{
+    check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup,
+};
 use engine::{Error, Result, Rng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -182,6 +185,10 @@ pub struct DetectPredictArgs {
     pub image_id: i64,
 }
 
+/// The largest FPN or box-head width accepted from the command line or a
+/// checkpoint (torchvision: 256 and 1024).
+pub const MAX_DETECT_CHANNELS: usize = 16_384;
+
 /// What the model was built with; stored as `detect.*` metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DetectSpec {
@@ -226,9 +233,16 @@ impl DetectSpec {
             path: source.display().to_string(),
             msg: format!("malformed `detect.{k}` metadata {v:?}"),
         };
-        let num = |k: &str| -> Result<usize> {
+        // bounded before anything is allocated from them
+        let num = |k: &str, range: std::ops::RangeInclusive<usize>| -> Result<usize> {
             let v = get(k)?;
-            v.parse().map_err(|_| bad(k, v))
+            v.parse()
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| Error::Checkpoint {
+                    path: source.display().to_string(),
+                    msg: format!("`detect.{k}` metadata {v:?} is not a whole number in {range:?}"),
+                })
         };
         let category_ids: Vec<i64> = {
             let v = get("category_ids")?;
@@ -241,15 +255,15 @@ impl DetectSpec {
         let spec = DetectSpec {
             config: MaskRcnnConfig {
                 arch: get("arch")?.to_string(),
-                width: num("width")?,
-                num_classes: num("num_classes")?,
-                fpn_channels: num("fpn_channels")?,
-                representation_size: num("representation_size")?,
-                trainable_layers: num("trainable_layers")?,
-                in_channels: num("channels")?,
+                width: num("width", 1..=MAX_WIDTH)?,
+                num_classes: num("num_classes", 2..=MAX_CLASSES)?,
+                fpn_channels: num("fpn_channels", 1..=MAX_DETECT_CHANNELS)?,
+                representation_size: num("representation_size", 1..=MAX_DETECT_CHANNELS)?,
+                trainable_layers: num("trainable_layers", 0..=5)?,
+                in_channels: num("channels", 1..=MAX_IN_CHANNELS)?,
             },
-            min_size: num("min_size")?,
-            max_size: num("max_size")?,
+            min_size: num("min_size", 1..=MAX_IMAGE_SIZE)?,
+            max_size: num("max_size", 1..=MAX_IMAGE_SIZE)?,
             category_ids,
             category_names,
         };
@@ -817,7 +831,7 @@ pub fn coco_results(
         ));
     }
     let (h, w) = (d[2], d[3]);
-    let probs = det.masks.to_vec_f64();
+    let probs = det.masks.to_vec_f64()?;
     let mut out = Vec::with_capacity(det.boxes.len());
     for (k, b) in det.boxes.iter().enumerate() {
         let Some(cat) = category_id(det.labels[k]) else {
@@ -1032,7 +1046,7 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
             &Value::Array(coco_results(det, a.image_id, category)?),
         )?;
     }
-    let probs = det.masks.to_vec_f64();
+    let probs = det.masks.to_vec_f64()?;
     let mut canvas = rgb.into_raw();
     let mut drawn = 0;
     for k in 0..det.boxes.len() {

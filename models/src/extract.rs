@@ -27,7 +27,12 @@ pub fn extract_features(
         for batch in loader.epoch(0, 0) {
             let batch = batch?;
             let f = net
-                .features(&batch.images.to_device(device)?.to_dtype(precision.compute_dtype())?)?
+                .features(
+                    &batch
+                        .images
+                        .to_device(device)?
+                        .to_dtype(precision.compute_dtype())?,
+                )?
                 .to_dtype(DType::F32)?
                 .to_device(Device::Cpu)?;
             x.extend_from_slice(&f.to_vec::<f32>()?);

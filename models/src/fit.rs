@@ -426,7 +426,10 @@ pub fn fit<T: Task>(
     let total = opts.epochs.checked_mul(per_epoch).ok_or_else(|| {
         Error::arg(
             "fit",
-            format!("{} epochs x {per_epoch} batches is too many steps", opts.epochs),
+            format!(
+                "{} epochs x {per_epoch} batches is too many steps",
+                opts.epochs
+            ),
         )
     })?;
     if total == 0 {
@@ -462,7 +465,11 @@ pub fn fit<T: Task>(
         )?),
         _ => None,
     };
-    let device = task.tensors().0.first().map_or(Device::Cpu, |p| p.get().device());
+    let device = task
+        .tensors()
+        .0
+        .first()
+        .map_or(Device::Cpu, |p| p.get().device());
     let mut step = 0;
     // the running sums of the epoch in progress at the resume point, and
     // whether the resume point is an epoch end whose record is missing
@@ -484,12 +491,11 @@ pub fn fit<T: Task>(
             && step.is_multiple_of(per_epoch)
             && state.extra.get(LOGGED_KEY).is_some_and(|v| v == "false");
         if let Some(text) = state.extra.get(MEANS_KEY) {
-            let means = Means::from_json(text, task.part_names()).ok_or_else(|| {
-                Error::Checkpoint {
+            let means =
+                Means::from_json(text, task.part_names()).ok_or_else(|| Error::Checkpoint {
                     path: checkpoint.display().to_string(),
                     msg: format!("unreadable {MEANS_KEY} {text:?}"),
-                }
-            })?;
+                })?;
             carried = Some(means);
         }
         if let Some(l) = &lock {

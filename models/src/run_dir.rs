@@ -230,7 +230,10 @@ fn recorded_difference(args_path: &Path, now: &Value) -> Result<Option<String>> 
         return Ok(None);
     }
     if a["name"] != b["name"] {
-        return Ok(Some(format!("command {} (this run: {})", a["name"], b["name"])));
+        return Ok(Some(format!(
+            "command {} (this run: {})",
+            a["name"], b["name"]
+        )));
     }
     let empty = Map::new();
     let (a, b) = (
@@ -357,14 +360,17 @@ mod tests {
         let d = tmp("diff");
         std::fs::create_dir_all(&d).unwrap();
         let args = d.join(ARGS);
-        let rec = |lr: &str, quiet: bool| {
-            json!({"command": {"name": "pretrain", "options": {"lr": lr, "quiet": quiet, "data": "mnist"}}})
-        };
+        let rec = |lr: &str, quiet: bool| json!({"command": {"name": "pretrain", "options": {"lr": lr, "quiet": quiet, "data": "mnist"}}});
         std::fs::write(&args, rec("0.1", false).to_string()).unwrap();
         assert_eq!(recorded_difference(&args, &rec("0.1", true)).unwrap(), None);
-        let diff = recorded_difference(&args, &rec("0.05", false)).unwrap().unwrap();
+        let diff = recorded_difference(&args, &rec("0.05", false))
+            .unwrap()
+            .unwrap();
         assert_eq!(diff, "--lr \"0.1\" (this run: \"0.05\")");
-        assert_eq!(recorded_difference(&d.join("none.json"), &rec("1", false)).unwrap(), None);
+        assert_eq!(
+            recorded_difference(&d.join("none.json"), &rec("1", false)).unwrap(),
+            None
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -63,7 +63,7 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
         ));
     }
     let k = logits.dims()[1];
-    let l = logits.to_vec_f64();
+    let l = logits.to_vec_f64()?;
     Ok(l.chunks(k.max(1))
         .map(|row| (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b }))
         .collect())
@@ -239,7 +239,11 @@ impl<'m> Trainer<'m> {
         comm: Box<dyn crate::dist::Communicator>,
         grad_accum: usize,
     ) -> Self {
-        self.dp = Some(crate::dist::DataParallel::new(comm, grad_accum, &self.params));
+        self.dp = Some(crate::dist::DataParallel::new(
+            comm,
+            grad_accum,
+            &self.params,
+        ));
         self
     }
 
@@ -396,7 +400,10 @@ impl Task for Trainer<'_> {
                     if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
                         Ok(v as usize)
                     } else {
-                        Err(Error::arg("resume", format!("the checkpoint's {k} {v} is not a count")))
+                        Err(Error::arg(
+                            "resume",
+                            format!("the checkpoint's {k} {v} is not a count"),
+                        ))
                     }
                 };
                 // checkpoints from before the skip bound have no skip count

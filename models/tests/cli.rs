@@ -145,7 +145,12 @@ fn pretrain_writes_metrics_checkpoints_and_refuses_a_mismatched_resume() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("args.json")).unwrap()).unwrap();
     assert_eq!(args["command"]["name"], "pretrain");
     let options = &args["command"]["options"];
-    for (k, v) in [("lr", "0.1"), ("width", "4"), ("data", "synthetic"), ("epochs", "2")] {
+    for (k, v) in [
+        ("lr", "0.1"),
+        ("width", "4"),
+        ("data", "synthetic"),
+        ("epochs", "2"),
+    ] {
         assert_eq!(options[k], v, "{k}: {args}");
     }
     assert_eq!(args["version"], env!("CARGO_PKG_VERSION"));
@@ -157,7 +162,10 @@ fn pretrain_writes_metrics_checkpoints_and_refuses_a_mismatched_resume() {
     // other hyperparameters cannot continue the run unless forced
     let resume_lr = |extra: &[&'static str]| {
         [
-            &["pretrain", "--method", "sl-mlp", "--epochs", "2", "--resume", "--lr", "0.05", "--out"],
+            &[
+                "pretrain", "--method", "sl-mlp", "--epochs", "2", "--resume", "--lr", "0.05",
+                "--out",
+            ],
             &[s(&dir)][..],
             SMALL,
             extra,
@@ -171,7 +179,10 @@ fn pretrain_writes_metrics_checkpoints_and_refuses_a_mismatched_resume() {
     );
     let (code, _, err) = slmlp(&resume_lr(&["--resume-force"]));
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("--resume-force: resuming although --lr"), "{err}");
+    assert!(
+        err.contains("--resume-force: resuming although --lr"),
+        "{err}"
+    );
     // a second run while one holds the folder is refused: this test's
     // process stands in for a live run
     let lock = dir.join(".slmlp.lock");
@@ -184,12 +195,22 @@ fn pretrain_writes_metrics_checkpoints_and_refuses_a_mismatched_resume() {
     std::fs::remove_file(&lock).unwrap();
     // a new run into the used folder needs --overwrite, which starts afresh
     let new_run = |extra: &[&'static str]| {
-        [&["pretrain", "--method", "sl", "--epochs", "1", "--out"], &[s(&dir)][..], SMALL, extra].concat()
+        [
+            &["pretrain", "--method", "sl", "--epochs", "1", "--out"],
+            &[s(&dir)][..],
+            SMALL,
+            extra,
+        ]
+        .concat()
     };
     fails(&new_run(&[]), &[], &["not empty", "--overwrite"]);
     ok(&new_run(&["--overwrite", "--quiet", "--no-val"]));
     let rerun = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    assert_eq!(rerun.lines().count(), 8, "7 steps + 1 epoch, nothing appended");
+    assert_eq!(
+        rerun.lines().count(),
+        8,
+        "7 steps + 1 epoch, nothing appended"
+    );
     assert!(!lock.exists());
 
     // nothing to resume
@@ -277,7 +298,9 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
     assert_eq!(rows.next(), Some("panel,index,class,x,y"));
     let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
     assert_eq!(rows.len(), 160);
-    assert!(rows.iter().all(|r| r.len() == 5 && r[3].parse::<f64>().unwrap().is_finite()));
+    assert!(rows
+        .iter()
+        .all(|r| r.len() == 5 && r[3].parse::<f64>().unwrap().is_finite()));
 
     // eval: Acc@1 is the last epoch's validation accuracy (same images,
     // same transform), Acc@5 is at least that
@@ -295,7 +318,11 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&eval_json).unwrap()).unwrap();
     let last_epoch: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(sl.join("metrics.jsonl")).unwrap().lines().last().unwrap(),
+        std::fs::read_to_string(sl.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
     )
     .unwrap();
     let val = 100.0 * last_epoch["val_accuracy"].as_f64().unwrap();
@@ -303,7 +330,15 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
     assert!((acc1 - val).abs() < 1e-9, "Acc@1 {acc1} vs val {val}");
     assert!(acc5 >= acc1 && acc5 <= 100.0, "{v}");
     fails(
-        &["eval", "--checkpoint", s(&sl_model), "--data", "fashion-mnist:test", "--classes", "Bag"],
+        &[
+            "eval",
+            "--checkpoint",
+            s(&sl_model),
+            "--data",
+            "fashion-mnist:test",
+            "--classes",
+            "Bag",
+        ],
         &[],
         &["checkpoint", "--classes"],
     );
@@ -365,7 +400,15 @@ fn transfer_analyze_and_forward_on_pretrained_encoders() {
     // there is one; without one, --device cuda is the probe's error naming it
     let logits = |extra: &[&str]| {
         let o = sl.join("out2.safetensors");
-        let base = ["forward", "--checkpoint", s(&mlp_model), "--input", s(&input), "--output", s(&o)];
+        let base = [
+            "forward",
+            "--checkpoint",
+            s(&mlp_model),
+            "--input",
+            s(&input),
+            "--output",
+            s(&o),
+        ];
         ok(&[&base[..], extra].concat());
         let t = engine::checkpoint::load(&o).unwrap().tensors;
         assert_eq!(t["logits"].dtype(), engine::DType::F32);

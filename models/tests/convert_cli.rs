@@ -54,7 +54,9 @@ fn converted_torchvision_resnet_runs_in_forward_with_torchvisions_logits() {
         "slmlp forward: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let logits = engine::checkpoint::load(&output).unwrap().tensors["logits"].to_vec_f64();
+    let logits = engine::checkpoint::load(&output).unwrap().tensors["logits"]
+        .to_vec_f64()
+        .unwrap();
     let want64 = ck.f64s("logits64");
     let want32 = ck.f64s("logits");
     // float32 against torch's float64 run of the same weights, relative to

@@ -312,7 +312,10 @@ fn train_eval_predict_and_resume() {
     ]);
     assert!(again_out.contains("bbox:"), "{again_out}");
     let again_res = read_json(&coco_eval.join("eval_val.json"));
-    assert_eq!((&again_res["bbox"], &again_res["segm"]), (&res["bbox"], &res["segm"]));
+    assert_eq!(
+        (&again_res["bbox"], &again_res["segm"]),
+        (&res["bbox"], &res["segm"])
+    );
 
     // predict: a PNG of the image's size
     let img = std::fs::read_dir(data().join("val/images"))
@@ -430,14 +433,24 @@ fn train_eval_predict_and_resume() {
     let mut args = vec!["detect", "train", "--data", s(data()), "--out", s(&run)];
     args.extend(small("8"));
     args.extend(["--epochs", "3", "--resume"]);
-    fails(&args, &["--width \"4\" (this run: \"8\")", "--resume-force"]);
+    fails(
+        &args,
+        &["--width \"4\" (this run: \"8\")", "--resume-force"],
+    );
     args.push("--resume-force");
     fails(
         &args,
         &["checkpoint.safetensors", "backbone.body.conv1.weight"],
     );
     // the COCO layout's flags go in pairs, and not with --data
-    let mut half = vec!["detect", "train", "--train-ann", s(&train_ann), "--out", s(&again)];
+    let mut half = vec![
+        "detect",
+        "train",
+        "--train-ann",
+        s(&train_ann),
+        "--out",
+        s(&again),
+    ];
     half.extend(small("4"));
     fails(&half, &["--train-images"]);
     let mut both = half.clone();
@@ -462,8 +475,10 @@ fn backbone_from_pretrain() {
     // conv1 and layer1 are frozen (3 trainable layers): still the encoder's
     for k in ["conv1.weight", "layer1.0.conv1.weight", "bn1.running_mean"] {
         assert_eq!(
-            enc.tensors[k].to_vec_f64(),
-            det.tensors[&format!("backbone.body.{k}")].to_vec_f64(),
+            enc.tensors[k].to_vec_f64().unwrap(),
+            det.tensors[&format!("backbone.body.{k}")]
+                .to_vec_f64()
+                .unwrap(),
             "{k}"
         );
     }
@@ -581,8 +596,8 @@ fn init_from_a_whole_detector() {
     let b = engine::checkpoint::load(&dst.join("model.safetensors")).unwrap();
     let stem = "backbone.body.conv1.weight";
     assert_eq!(
-        a.tensors[stem].to_vec_f64(),
-        b.tensors[stem].to_vec_f64(),
+        a.tensors[stem].to_vec_f64().unwrap(),
+        b.tensors[stem].to_vec_f64().unwrap(),
         "{stem} loaded"
     );
     let cls = "roi_heads.box_predictor.cls_score.weight";

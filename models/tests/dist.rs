@@ -42,7 +42,10 @@ fn shards_read_the_global_batches_of_the_unsharded_order() {
             let mut iters: Vec<_> = shards.iter().map(|s| s.epoch(epoch, 1)).collect();
             for g in whole.epoch(epoch, 1) {
                 let g = g.unwrap();
-                let parts: Vec<_> = iters.iter_mut().map(|i| i.next().unwrap().unwrap()).collect();
+                let parts: Vec<_> = iters
+                    .iter_mut()
+                    .map(|i| i.next().unwrap().unwrap())
+                    .collect();
                 let indices: Vec<usize> = parts.iter().flat_map(|p| p.indices.clone()).collect();
                 assert_eq!(indices, g.indices, "epoch {epoch} batch {}", g.index);
                 // each sample's augmentation depends on the sample, not the rank
@@ -56,10 +59,16 @@ fn shards_read_the_global_batches_of_the_unsharded_order() {
         }
     }
     // a shard must drop the last partial batch; a rank must be in the group
-    let opts = LoaderOptions { drop_last: false, ..LoaderOptions::default() };
+    let opts = LoaderOptions {
+        drop_last: false,
+        ..LoaderOptions::default()
+    };
     let ds = Arc::new(SyntheticImages::new(4, 3, 8, 0.3, 11).unwrap().with_len(10));
     let t = Transform::pad_crop(8, 1, true, vec![0.5; 3], vec![0.25; 3]);
-    assert!(Loader::new(ds.clone(), t.clone(), opts).unwrap().shard(0, 2).is_err());
+    assert!(Loader::new(ds.clone(), t.clone(), opts)
+        .unwrap()
+        .shard(0, 2)
+        .is_err());
     assert!(loader(4, 0, 1).shard(2, 2).is_err());
 }
 
@@ -100,7 +109,14 @@ fn two_ranks<T: Send>(f: impl Fn(usize, Box<dyn Communicator>) -> T + Sync) -> V
 fn bits(net: &SupervisedNet) -> Vec<Vec<u32>> {
     net.params()
         .iter()
-        .map(|p| p.get().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect())
+        .map(|p| {
+            p.get()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        })
         .collect()
 }
 
@@ -115,7 +131,9 @@ fn a_two_rank_run_resumes_bit_exactly() {
     };
     let full: Vec<(Vec<Vec<u32>>, Vec<StepLog>)> = two_ranks(|r, c| {
         let net = small_net(3);
-        let steps = fit(&mut trainer(&net, c), &loader(8, r, 2), None, &fo).unwrap().steps;
+        let steps = fit(&mut trainer(&net, c), &loader(8, r, 2), None, &fo)
+            .unwrap()
+            .steps;
         (bits(&net), steps)
     });
     assert_eq!(full[0].0, full[1].0, "the ranks' parameters differ");
@@ -142,18 +160,34 @@ fn a_two_rank_run_resumes_bit_exactly() {
             resume: true,
             ..fo.clone()
         };
-        let steps = fit(&mut trainer(&net, c), &loader(8, r, 2), None, &opts).unwrap().steps;
+        let steps = fit(&mut trainer(&net, c), &loader(8, r, 2), None, &opts)
+            .unwrap()
+            .steps;
         (bits(&net), steps)
     });
     for (r, (params, steps)) in resumed.iter().enumerate() {
-        assert_eq!(params, &full[0].0, "rank {r}'s parameters differ after the resume");
+        assert_eq!(
+            params, &full[0].0,
+            "rank {r}'s parameters differ after the resume"
+        );
         assert_eq!(steps.len(), STEPS - 8);
         for (a, b) in full[0].1[8..].iter().zip(steps) {
-            assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "step {} loss differs", a.step);
+            assert_eq!(
+                a.loss.to_bits(),
+                b.loss.to_bits(),
+                "step {} loss differs",
+                a.step
+            );
         }
     }
     // rank 0 alone wrote the metrics of the steps after the resume
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).count(), STEPS - 8);
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"step\""))
+            .count(),
+        STEPS - 8
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

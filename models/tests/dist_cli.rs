@@ -19,8 +19,22 @@ fn tmp(name: &str) -> PathBuf {
 fn pretrain(out: &Path, extra: &[&str], env: &[(&str, String)]) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_slmlp"));
     cmd.args([
-        "pretrain", "--arch", "resnet18", "--width", "4", "--data", "synthetic", "--per-class",
-        "5", "--epochs", "1", "--workers", "0", "--no-val", "--quiet", "--out",
+        "pretrain",
+        "--arch",
+        "resnet18",
+        "--width",
+        "4",
+        "--data",
+        "synthetic",
+        "--per-class",
+        "5",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--no-val",
+        "--quiet",
+        "--out",
     ])
     .arg(out)
     .args(extra)
@@ -49,7 +63,12 @@ fn params(out: &Path) -> BTreeMap<String, Vec<u32>> {
         .into_iter()
         .filter(|(k, _)| !k.contains("running_") && !k.contains("num_batches"))
         .map(|(k, t)| {
-            let bits = t.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+            let bits = t
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
             (k, bits)
         })
         .collect()
@@ -76,21 +95,45 @@ fn torchrun_env(rank: usize, world: usize, port: u16) -> Vec<(&'static str, Stri
 #[test]
 fn grad_accum_threads_and_tcp_processes_train_bit_identically() {
     let accum = tmp("accum");
-    check(pretrain(&accum, &["--batch", "8", "--grad-accum", "2"], &[]).wait_with_output().unwrap(), "--grad-accum 2");
+    check(
+        pretrain(&accum, &["--batch", "8", "--grad-accum", "2"], &[])
+            .wait_with_output()
+            .unwrap(),
+        "--grad-accum 2",
+    );
     let threads = tmp("threads");
-    check(pretrain(&threads, &["--batch", "8", "--ranks", "2"], &[]).wait_with_output().unwrap(), "--ranks 2");
+    check(
+        pretrain(&threads, &["--batch", "8", "--ranks", "2"], &[])
+            .wait_with_output()
+            .unwrap(),
+        "--ranks 2",
+    );
     let tcp = tmp("tcp");
     let port = free_port();
     let procs: Vec<_> = (0..2)
-        .map(|r| pretrain(&tcp, &["--batch", "8", "--dist-backend", "tcp"], &torchrun_env(r, 2, port)))
+        .map(|r| {
+            pretrain(
+                &tcp,
+                &["--batch", "8", "--dist-backend", "tcp"],
+                &torchrun_env(r, 2, port),
+            )
+        })
         .collect();
     for (r, p) in procs.into_iter().enumerate() {
         check(p.wait_with_output().unwrap(), &format!("TCP rank {r}"));
     }
     let reference = params(&accum);
     assert!(!reference.is_empty());
-    assert_eq!(params(&threads), reference, "--ranks 2 differs from --grad-accum 2");
-    assert_eq!(params(&tcp), reference, "two TCP processes differ from --grad-accum 2");
+    assert_eq!(
+        params(&threads),
+        reference,
+        "--ranks 2 differs from --grad-accum 2"
+    );
+    assert_eq!(
+        params(&tcp),
+        reference,
+        "two TCP processes differ from --grad-accum 2"
+    );
     // only rank 0 wrote the metrics: one record per step
     let steps = std::fs::read_to_string(tcp.join("metrics.jsonl"))
         .unwrap()
@@ -109,7 +152,9 @@ fn a_rank_that_never_comes_is_a_clear_error_within_the_timeout() {
     let t0 = std::time::Instant::now();
     let mut env = torchrun_env(0, 2, free_port());
     env.push(("SLMLP_DIST_TIMEOUT", "2".into()));
-    let o = pretrain(&out, &["--batch", "8"], &env).wait_with_output().unwrap();
+    let o = pretrain(&out, &["--batch", "8"], &env)
+        .wait_with_output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     testutil::assert_clean_failure(
         "rank 0 alone",

@@ -54,7 +54,7 @@ fn fpn_matches_torchvision() {
         for (i, o) in outs.iter().enumerate() {
             let want = &fx[&format!("{case}.out{i}")];
             assert_eq!(o.dims(), want.dims(), "{case} level {i}");
-            let e = rel_err(&o.to_vec_f64(), &want.to_vec_f64());
+            let e = rel_err(&o.to_vec_f64().unwrap(), &want.to_vec_f64().unwrap());
             assert!(e < 1e-6, "{case} level {i}: rel err {e}");
             let r = fx[&format!("{case}.r{i}")].to_dtype(DType::F64).unwrap();
             let term = o.mul(&r).unwrap().sum_all().unwrap();
@@ -67,8 +67,8 @@ fn fpn_matches_torchvision() {
         for (i, x) in xs.iter().enumerate() {
             let g = x.grad().expect("input grad");
             let e = rel_err(
-                &g.to_vec_f64(),
-                &fx[&format!("{case}.grad_x{i}")].to_vec_f64(),
+                &g.to_vec_f64().unwrap(),
+                &fx[&format!("{case}.grad_x{i}")].to_vec_f64().unwrap(),
             );
             assert!(e < 1e-6, "{case} grad of C{}: rel err {e}", i + 2);
         }
@@ -100,13 +100,14 @@ fn resnet_stage_outputs_are_c2_to_c5() {
         ]
     );
     // the last stage's output pooled is exactly the encoder's features
-    let f = net.features(&x).unwrap().to_vec_f64();
+    let f = net.features(&x).unwrap().to_vec_f64().unwrap();
     let pooled = cs[3]
         .adaptive_avg_pool2d([1, 1])
         .unwrap()
         .flatten(1)
         .unwrap()
-        .to_vec_f64();
+        .to_vec_f64()
+        .unwrap();
     assert_eq!(f, pooled);
     assert!(net.params()[0].name().starts_with("backbone.body.conv1"));
 }

@@ -211,3 +211,46 @@ fn polygons_train_cannot_use_are_left_out_of_segm_evaluation() {
         .check()
         .is_ok());
 }
+
+#[test]
+fn detector_metadata_sizes_are_bounded_before_anything_is_built() {
+    use models::detect::DetectSpec;
+    use models::detection::mask_rcnn::MaskRcnnConfig;
+    let spec = DetectSpec {
+        config: MaskRcnnConfig {
+            arch: "resnet18".into(),
+            width: 4,
+            num_classes: 3,
+            fpn_channels: 8,
+            representation_size: 16,
+            trainable_layers: 3,
+            in_channels: 3,
+        },
+        min_size: 64,
+        max_size: 96,
+        category_ids: vec![1, 2],
+        category_names: vec!["a".into(), "b".into()],
+    };
+    let src = Path::new("det.safetensors");
+    assert_eq!(
+        DetectSpec::from_metadata(&spec.to_metadata(), src).unwrap(),
+        spec
+    );
+    for (key, value) in [
+        ("width", "100000"),
+        ("num_classes", "4000000000"),
+        ("fpn_channels", "0"),
+        ("max_size", "1000000"),
+        ("channels", "-3"),
+    ] {
+        let mut meta = spec.to_metadata();
+        meta.insert(format!("detect.{key}"), value.into());
+        let e = DetectSpec::from_metadata(&meta, src)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("detect.{key}")) && e.contains(value),
+            "{e}"
+        );
+    }
+}

@@ -43,11 +43,7 @@ fn run(out: &Path, extra: &[&str]) -> Command {
 
 fn finish(mut cmd: Command) {
     let o = cmd.output().expect("run slmlp");
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn steps_logged(out: &Path) -> usize {
@@ -63,7 +59,10 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn f16_or_f32(precision: &str) {
-    let (whole, killed) = (tmp(&format!("whole-{precision}")), tmp(&format!("killed-{precision}")));
+    let (whole, killed) = (
+        tmp(&format!("whole-{precision}")),
+        tmp(&format!("killed-{precision}")),
+    );
     finish(run(&whole, &["--precision", precision]));
     let total = steps_logged(&whole);
     assert!(total >= 20, "{total} steps: too few to kill in between");
@@ -83,7 +82,10 @@ fn f16_or_f32(precision: &str) {
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed run reported success");
     let at_kill = steps_logged(&killed);
-    assert!(at_kill < total, "killed after the last step ({at_kill} of {total})");
+    assert!(
+        at_kill < total,
+        "killed after the last step ({at_kill} of {total})"
+    );
 
     finish(run(&killed, &["--precision", precision, "--resume"]));
     for f in ["checkpoint.safetensors", "model.safetensors"] {
@@ -91,7 +93,10 @@ fn f16_or_f32(precision: &str) {
             std::fs::read(whole.join(f)).unwrap(),
             std::fs::read(killed.join(f)).unwrap(),
         );
-        assert!(a == b, "{f} differs after kill -9 at step {at_kill} and --resume");
+        assert!(
+            a == b,
+            "{f} differs after kill -9 at step {at_kill} and --resume"
+        );
     }
     assert_eq!(steps_logged(&killed), total, "step records after resume");
     let _ = std::fs::remove_dir_all(&whole);

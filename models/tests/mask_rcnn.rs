@@ -192,7 +192,7 @@ fn eval_matches_torchvision() {
         ));
         let (oh, ow) = original_sizes[b];
         assert_eq!(det.masks.dims(), [labels.len(), 1, oh, ow]);
-        let m = det.masks.to_vec_f64();
+        let m = det.masks.to_vec_f64().unwrap();
         let sums: Vec<f64> = m.chunks(oh * ow).map(|c| c.iter().sum()).collect();
         let want = ck.f64s(&format!("mask_sums.{b}"));
         ems = ems.max(close(&format!("image {b}: mask sums"), &sums, &want, TOL));
@@ -250,7 +250,7 @@ fn train_losses_backbone_bn_frozen_and_deterministic() {
         let stats: Vec<Vec<f64>> = model
             .buffers()
             .iter()
-            .map(|b| b.get().to_vec_f64())
+            .map(|b| b.get().to_vec_f64().unwrap())
             .collect();
         let losses = model
             .forward_train(&images, &image_sizes, &targets, &mut Rng::new(3))
@@ -260,7 +260,7 @@ fn train_losses_backbone_bn_frozen_and_deterministic() {
         let after: Vec<Vec<f64>> = model
             .buffers()
             .iter()
-            .map(|b| b.get().to_vec_f64())
+            .map(|b| b.get().to_vec_f64().unwrap())
             .collect();
         assert_eq!(
             stats, after,
@@ -271,7 +271,7 @@ fn train_losses_backbone_bn_frozen_and_deterministic() {
             .iter()
             .filter(|p| {
                 p.grad()
-                    .is_some_and(|g| g.to_vec_f64().iter().any(|&v| v != 0.0))
+                    .is_some_and(|g| g.to_vec_f64().unwrap().iter().any(|&v| v != 0.0))
             })
             .count();
         let vals: Vec<f64> = [
@@ -303,13 +303,19 @@ fn train_losses_backbone_bn_frozen_and_deterministic() {
     let both = model.backbone.stage_outputs(&images).unwrap();
     let first = model
         .backbone
-        .stage_outputs(&images.narrow(0, 0, 1).unwrap().contiguous())
+        .stage_outputs(&images.narrow(0, 0, 1).unwrap().contiguous().unwrap())
         .unwrap();
     // the same f32 computation per image: rounding-level differences only
     assert_close(
         "C5 of image 0 alone vs in the batch",
-        &first[3].to_vec_f64(),
-        &both[3].narrow(0, 0, 1).unwrap().contiguous().to_vec_f64(),
+        &first[3].to_vec_f64().unwrap(),
+        &both[3]
+            .narrow(0, 0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .to_vec_f64()
+            .unwrap(),
         1e-5,
         1e-5,
     );
@@ -486,7 +492,7 @@ fn r50fpn_names_and_eval_match_torchvision() {
         rel_err("boxes", &ck.f64s("boxes"), &ck.f64s("boxes64")),
     );
     let es = close("scores", &det.scores, &ck.f64s("scores"), TOL);
-    let m = det.masks.to_vec_f64();
+    let m = det.masks.to_vec_f64().unwrap();
     let sums: Vec<f64> = m.chunks(size.0 * size.1).map(|c| c.iter().sum()).collect();
     let ems = close("mask sums", &sums, &ck.f64s("mask_sums"), TOL);
     let mask0: Vec<f64> = (0..size.0)
@@ -598,7 +604,8 @@ fn r50fpn_train_losses_and_gradients_match_torchvision() {
         let g = params[n]
             .grad()
             .unwrap_or_else(|| panic!("{n}: no gradient"))
-            .to_vec_f64();
+            .to_vec_f64()
+            .unwrap();
         let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
         en = en.max((norm - norm64[i]).abs() / norm64[i].max(1e-30));
         ets = ets.max((norm32[i] - norm64[i]).abs() / norm64[i].max(1e-30));
@@ -633,7 +640,7 @@ fn r50fpn_train_losses_and_gradients_match_torchvision() {
     assert_eq!(fpn, 16, "every FPN tensor's gradient is compared");
     let full: Vec<String> = serde_json::from_value(ck.meta("full_grads")).unwrap();
     for n in &full {
-        let g = params[n].grad().unwrap().to_vec_f64();
+        let g = params[n].grad().unwrap().to_vec_f64().unwrap();
         let want = ck.f64s(&format!("grad64.full.{n}"));
         let scale = want.iter().map(|v| v.abs()).sum::<f64>() / want.len() as f64;
         assert_close(

@@ -126,7 +126,13 @@ fn pooler_levels_and_values_match_torchvision() {
         .iter()
         .flat_map(|&i| want[i * row..(i + 1) * row].iter().copied())
         .collect();
-    let r = assert_close("pooled", &out.features.to_vec_f64(), &want, 1e-9, 1e-9);
+    let r = assert_close(
+        "pooled",
+        &out.features.to_vec_f64().unwrap(),
+        &want,
+        1e-9,
+        1e-9,
+    );
     eprintln!("{r}");
 }
 

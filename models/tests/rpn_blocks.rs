@@ -318,7 +318,7 @@ fn box_coder_tensor_versions_equal_slice_versions() {
                 .map(f64::from)
                 .collect()
         };
-        let got = out.to_vec_f64();
+        let got = out.to_vec_f64().unwrap();
         assert!(got
             .iter()
             .zip(&want)

@@ -332,7 +332,7 @@ fn head_has_torchvision_names_and_init() {
     for ((gn, gd), (wn, wd)) in got.iter().zip(&want) {
         assert_eq!((gn.as_str(), gd), (*wn, wd));
     }
-    let w = head.conv.weight.get().to_vec_f64();
+    let w = head.conv.weight.get().to_vec_f64().unwrap();
     let mean = w.iter().sum::<f64>() / w.len() as f64;
     let std = (w.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
     assert!(
@@ -341,7 +341,7 @@ fn head_has_torchvision_names_and_init() {
     );
     for p in head.params().iter().filter(|p| p.name().ends_with("bias")) {
         assert!(
-            p.get().to_vec_f64().iter().all(|&v| v == 0.0),
+            p.get().to_vec_f64().unwrap().iter().all(|&v| v == 0.0),
             "{} is zero",
             p.name()
         );

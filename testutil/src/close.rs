@@ -239,7 +239,12 @@ pub fn check_tensor_close(
             worst: None,
         });
     }
-    check_close(what, &actual.to_vec_f64(), &expected.to_vec_f64(), tol)
+    check_close(
+        what,
+        &actual.to_vec_f64().unwrap(),
+        &expected.to_vec_f64().unwrap(),
+        tol,
+    )
 }
 
 /// [`assert_close`] on two tensors of the same shape.
@@ -267,7 +272,8 @@ pub fn assert_grad_close(
     let got = param
         .grad()
         .expect("every head parameter gets a gradient")
-        .to_vec_f64();
+        .to_vec_f64()
+        .unwrap();
     assert!(expected.iter().any(|&v| v != 0.0), "{what} is all zero");
     assert_close(what, &got, expected, atol, rtol)
 }

@@ -45,7 +45,7 @@ impl Golden {
 
     /// The tensor `key` as f64 values.
     pub fn f64s(&self, key: &str) -> Vec<f64> {
-        self.get(key).to_vec_f64()
+        self.get(key).to_vec_f64().unwrap()
     }
 
     /// The metadata entry `key`, parsed as JSON.

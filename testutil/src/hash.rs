@@ -96,7 +96,9 @@ mod tests {
         );
         // fnv1a64's published test vector
         assert_eq!(fnv1a64("a"), 0xaf63_dc4c_8601_ec8c);
-        let v = hash_init_value("bn.running_var", &[8]).to_vec_f64();
+        let v = hash_init_value("bn.running_var", &[8])
+            .to_vec_f64()
+            .unwrap();
         assert!(v.iter().all(|x| (1.0..=1.5).contains(x)), "{v:?}");
     }
 }

@@ -1452,7 +1452,13 @@ mod tests {
         assert_eq!(strict[1].workspace, 10);
         assert!(strict.iter().all(|c| c.math == CUDNN_FMA_MATH));
         // tensor-op requests keep cuDNN's order, any math type
-        let half = candidates(Direction::Forward, &perfs, CUDNN_TENSOR_OP_MATH, 1000, false);
+        let half = candidates(
+            Direction::Forward,
+            &perfs,
+            CUDNN_TENSOR_OP_MATH,
+            1000,
+            false,
+        );
         assert_eq!(half.len(), 3);
         assert_eq!(half[0].math, CUDNN_TENSOR_OP_MATH);
         // a bigger cap admits algo 7; bwd-filter has no algo 7
@@ -1461,7 +1467,14 @@ mod tests {
             3
         );
         assert_eq!(
-            candidates(Direction::BackwardFilter, &perfs, CUDNN_FMA_MATH, 1 << 20, false).len(),
+            candidates(
+                Direction::BackwardFilter,
+                &perfs,
+                CUDNN_FMA_MATH,
+                1 << 20,
+                false
+            )
+            .len(),
             2
         );
         // unknown math type values are skipped, not transmuted

@@ -44,11 +44,26 @@ struct Api {
     get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> c_int,
     init_rank: unsafe extern "C" fn(*mut Comm, c_int, UniqueId, c_int) -> c_int,
     init_all: unsafe extern "C" fn(*mut Comm, c_int, *const c_int) -> c_int,
-    all_reduce:
-        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, Stream) -> c_int,
-    broadcast:
-        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, Stream) -> c_int,
-    all_gather: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, Stream) -> c_int,
+    all_reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        Comm,
+        Stream,
+    ) -> c_int,
+    broadcast: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        Comm,
+        Stream,
+    ) -> c_int,
+    all_gather:
+        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, Stream) -> c_int,
     async_error: unsafe extern "C" fn(Comm, *mut c_int) -> c_int,
     abort: unsafe extern "C" fn(Comm) -> c_int,
     destroy: unsafe extern "C" fn(Comm) -> c_int,
@@ -62,7 +77,9 @@ fn nccl_error(msg: impl Into<String>) -> Error {
 /// NCCL, loaded on first use; the error says where to get it.
 fn api() -> Result<&'static Api> {
     static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
-    API.get_or_init(load).as_ref().map_err(|e| nccl_error(e.clone()))
+    API.get_or_init(load)
+        .as_ref()
+        .map_err(|e| nccl_error(e.clone()))
 }
 
 fn load() -> std::result::Result<Api, String> {
@@ -177,7 +194,10 @@ impl NcclComm {
     /// for ranks that are threads of this process.
     pub fn init_all(ordinals: &[usize], timeout: Duration) -> Result<Vec<NcclComm>> {
         let api = api()?;
-        let gpus = ordinals.iter().map(|&o| gpu(o)).collect::<Result<Vec<_>>>()?;
+        let gpus = ordinals
+            .iter()
+            .map(|&o| gpu(o))
+            .collect::<Result<Vec<_>>>()?;
         let devs: Vec<c_int> = ordinals.iter().map(|&o| o as c_int).collect();
         let mut comms: Vec<Comm> = vec![std::ptr::null_mut(); devs.len()];
         // SAFETY: `comms` has one slot per device.
@@ -307,10 +327,15 @@ impl NcclComm {
     /// Every rank's `t`, concatenated in rank order.
     pub fn all_gather(&mut self, t: &Tensor) -> Result<Tensor> {
         let world = self.world;
-        self.collective("ncclAllGather", t, world, |api, src, dst, n, comm, stream| {
-            // SAFETY: `dst` holds world x `n` f32 on this GPU.
-            unsafe { (api.all_gather)(src, dst, n, NCCL_FLOAT32, comm, stream) }
-        })
+        self.collective(
+            "ncclAllGather",
+            t,
+            world,
+            |api, src, dst, n, comm, stream| {
+                // SAFETY: `dst` holds world x `n` f32 on this GPU.
+                unsafe { (api.all_gather)(src, dst, n, NCCL_FLOAT32, comm, stream) }
+            },
+        )
     }
 
     /// Returns once every rank got here (an all-reduce of one value).

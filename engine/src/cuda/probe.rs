@@ -62,7 +62,8 @@ pub(crate) struct Failure {
     pub help: String,
 }
 
-const LD_HINT: &str = "install them (docs/GPU.md) or put the folders holding them on LD_LIBRARY_PATH";
+const LD_HINT: &str =
+    "install them (docs/GPU.md) or put the folders holding them on LD_LIBRARY_PATH";
 
 struct Lib {
     what: &'static str,

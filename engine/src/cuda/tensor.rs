@@ -177,9 +177,9 @@ pub fn upload(x: &Tensor, ordinal: usize) -> Result<Tensor> {
     let g = gpu(ordinal)?;
     // 4-D: reorder to NHWC on the host, then copy the bytes as they are.
     let host = if x.rank() == 4 {
-        x.detach().permute(&[0, 2, 3, 1])?.try_contiguous()?
+        x.detach().permute(&[0, 2, 3, 1])?.contiguous()?
     } else {
-        x.detach().try_contiguous()?
+        x.detach().contiguous()?
     };
     let size = x.dtype().size_in_bytes();
     let start = host.layout().offset * size;

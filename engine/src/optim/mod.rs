@@ -58,7 +58,7 @@ pub fn check_finite(params: &[Param], buffers: &[Buffer]) -> Result<()> {
         return Ok(());
     }
     for (name, t) in named.iter().filter(|(_, t)| t.dtype().is_float()) {
-        let values = t.to_device(Device::Cpu)?.to_vec_f64();
+        let values = t.to_device(Device::Cpu)?.to_vec_f64()?;
         let bad = values.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
             return Err(Error::arg(

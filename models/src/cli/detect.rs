@@ -3,7 +3,9 @@
 use super::preset::{apply_detect, DetectPreset};
 use super::{bounded, MAX_BATCH, MAX_COUNT, MAX_THREADS};
 use crate::data::MAX_IMAGE_SIZE;
-use crate::detect::{eval, predict, train, DetectEvalArgs, DetectPredictArgs, DetectTrainArgs};
+use crate::detect::{
+    eval, predict, train, DetectEvalArgs, DetectPredictArgs, DetectTrainArgs, MAX_DETECT_CHANNELS,
+};
 use crate::net::MAX_WIDTH;
 use engine::Result;
 
@@ -53,9 +55,6 @@ impl DetectArgs {
         }
     }
 }
-
-/// Widest FPN and box-head layers accepted.
-const MAX_DETECT_CHANNELS: usize = 16_384;
 
 /// The sizes on the command line within bounds.
 fn check(a: &DetectArgs) -> Result<()> {

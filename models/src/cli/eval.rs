@@ -100,7 +100,10 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             .images
             .to_device(device)?
             .to_dtype(a.compute.precision.compute_dtype())?;
-        let logits = net.forward(&x)?.to_dtype(DType::F32)?.to_device(Device::Cpu)?;
+        let logits = net
+            .forward(&x)?
+            .to_dtype(DType::F32)?
+            .to_device(Device::Cpu)?;
         let classes = logits.dims()[1];
         let scores = logits.to_vec::<f32>()?;
         for (row, y) in scores.chunks(classes).zip(batch.labels.to_vec::<i64>()?) {
@@ -113,7 +116,10 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     if n == 0 {
         return Err(Error::arg("eval", "the data yielded no readable images"));
     }
-    let (acc1, acc5) = (100.0 * top1 as f64 / n as f64, 100.0 * top5 as f64 / n as f64);
+    let (acc1, acc5) = (
+        100.0 * top1 as f64 / n as f64,
+        100.0 * top5 as f64 / n as f64,
+    );
     println!(
         "Acc@1 {acc1:.3}  Acc@5 {acc5:.3}  ({n} images{})",
         if n < images {
@@ -152,7 +158,10 @@ mod tests {
     fn classes_map_by_name() {
         let names = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let ckpt = names(&["cat", "dog", "fox"]);
-        assert_eq!(class_map(&names(&["fox", "cat"]), &ckpt).unwrap(), vec![2, 0]);
+        assert_eq!(
+            class_map(&names(&["fox", "cat"]), &ckpt).unwrap(),
+            vec![2, 0]
+        );
         let e = class_map(&names(&["cow"]), &ckpt).unwrap_err().to_string();
         assert!(e.contains("\"cow\""), "{e}");
     }

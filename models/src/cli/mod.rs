@@ -10,8 +10,8 @@ mod eval;
 mod experiment;
 mod forward;
 mod plot;
-mod pretrain;
 mod preset;
+mod pretrain;
 mod transfer;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -202,12 +202,18 @@ mod tests {
 
     #[test]
     fn a_repeated_flag_takes_its_last_value_and_lists_still_append() {
-        let cli = parse_from(["slmlp", "pretrain", "--out", "o", "--epochs", "3", "--epochs", "5"]).unwrap().0;
+        let cli = parse_from([
+            "slmlp", "pretrain", "--out", "o", "--epochs", "3", "--epochs", "5",
+        ])
+        .unwrap()
+        .0;
         let Command::Pretrain(p) = cli.command else {
             panic!("parsed pretrain")
         };
         assert_eq!(p.args.epochs, 5);
-        let cli = parse_from(["slmlp", "analyze", "--checkpoint", "a", "--checkpoint", "b"]).unwrap().0;
+        let cli = parse_from(["slmlp", "analyze", "--checkpoint", "a", "--checkpoint", "b"])
+            .unwrap()
+            .0;
         let Command::Analyze(a) = cli.command else {
             panic!("parsed analyze")
         };

@@ -33,7 +33,9 @@ struct Curves {
 }
 
 fn read_curves(path: &Path) -> Result<Curves> {
-    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if size > MAX_BYTES {
         return Err(Error::arg(
             "plot",
@@ -49,14 +51,17 @@ fn read_curves(path: &Path) -> Result<Curves> {
     };
     let (mut val_acc, mut train_acc) = (vec![], vec![]);
     for (i, line) in text.lines().enumerate() {
-        let v: Value = serde_json::from_str(line).map_err(|e| {
-            Error::arg("plot", format!("{}:{}: {e}", path.display(), i + 1))
-        })?;
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| Error::arg("plot", format!("{}:{}: {e}", path.display(), i + 1)))?;
         let num = |k: &str| v.get(k).and_then(Value::as_f64);
         match v.get("kind").and_then(Value::as_str) {
             Some("step") => {
                 let Some(step) = num("step") else { continue };
-                for (curve, key) in [(&mut c.loss, "loss"), (&mut c.lr, "lr"), (&mut c.rate, "images_per_s")] {
+                for (curve, key) in [
+                    (&mut c.loss, "loss"),
+                    (&mut c.lr, "lr"),
+                    (&mut c.rate, "images_per_s"),
+                ] {
                     if let Some(y) = num(key) {
                         curve.push([step, y]);
                     }
@@ -80,7 +85,11 @@ fn read_curves(path: &Path) -> Result<Curves> {
             format!("{}: no step records", path.display()),
         ));
     }
-    c.accuracy = if val_acc.is_empty() { train_acc } else { val_acc };
+    c.accuracy = if val_acc.is_empty() {
+        train_acc
+    } else {
+        val_acc
+    };
     Ok(c)
 }
 

@@ -117,16 +117,29 @@ mod tests {
 
     #[test]
     fn an_explicit_flag_beats_the_preset() {
-        let a = pretrain(&["--epochs", "3", "--preset", "imagenet", "--weight-decay", "5e-4"]);
+        let a = pretrain(&[
+            "--epochs",
+            "3",
+            "--preset",
+            "imagenet",
+            "--weight-decay",
+            "5e-4",
+        ]);
         assert_eq!((a.epochs, a.weight_decay), (3, 5e-4));
         assert_eq!(a.batch, 256);
         // lr follows an explicit batch (linear scaling) unless --lr is given
-        assert_eq!(pretrain(&["--preset", "imagenet", "--batch", "512"]).lr, 0.2);
+        assert_eq!(
+            pretrain(&["--preset", "imagenet", "--batch", "512"]).lr,
+            0.2
+        );
         let a = pretrain(&["--preset", "imagenet", "--batch", "512", "--lr", "0.05"]);
         assert_eq!(a.lr, 0.05);
         // bf16 is the preset's choice on cuda only
         let a = pretrain(&["--preset", "imagenet", "--device", "cpu"]);
-        assert_eq!((a.compute.device, a.compute.precision), (DeviceArg::Cpu, Precision::F32));
+        assert_eq!(
+            (a.compute.device, a.compute.precision),
+            (DeviceArg::Cpu, Precision::F32)
+        );
         let a = pretrain(&["--preset", "imagenet", "--precision", "f16"]);
         assert_eq!(a.compute.precision, Precision::F16);
     }
@@ -135,7 +148,10 @@ mod tests {
     fn coco_sets_torchvisions_reference_and_yields_to_flags() {
         let a = detect(&["--preset", "coco"]);
         assert_eq!(a.arch, "resnet50");
-        assert_eq!((a.epochs, a.batch, a.lr, a.weight_decay), (26, 16, 0.02, 1e-4));
+        assert_eq!(
+            (a.epochs, a.batch, a.lr, a.weight_decay),
+            (26, 16, 0.02, 1e-4)
+        );
         assert_eq!((a.min_size, a.max_size, a.warmup_steps), (800, 1333, 1000));
         let a = detect(&["--preset", "coco", "--batch", "4", "--max-size", "1000"]);
         assert_eq!((a.batch, a.lr, a.max_size), (4, 0.005, 1000));
@@ -147,8 +163,12 @@ mod tests {
     #[test]
     fn a_preset_of_another_command_is_refused() {
         for argv in [
-            vec!["slmlp", "pretrain", "--data", "s", "--out", "o", "--preset", "coco"],
-            vec!["slmlp", "detect", "train", "--data", "d", "--out", "o", "--preset", "imagenet"],
+            vec![
+                "slmlp", "pretrain", "--data", "s", "--out", "o", "--preset", "coco",
+            ],
+            vec![
+                "slmlp", "detect", "train", "--data", "d", "--out", "o", "--preset", "imagenet",
+            ],
         ] {
             let e = parse_from(argv).err().expect("refused").to_string();
             assert!(e.contains("--preset"), "{e}");

@@ -74,7 +74,10 @@ pub enum SplitLocation {
     Folder { data: PathBuf, split: String },
     /// An annotation file and an image folder, e.g. COCO 2017's
     /// `annotations/instances_val2017.json` and `val2017/`.
-    Files { annotations: PathBuf, images: PathBuf },
+    Files {
+        annotations: PathBuf,
+        images: PathBuf,
+    },
 }
 
 impl SplitLocation {

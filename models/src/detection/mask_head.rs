@@ -247,7 +247,7 @@ pub fn project_masks_on_boxes(
         return Ok(Tensor::zeros(&[0, m, m], dtype));
     }
     let _guard = no_grad();
-    let b = boxes.to_vec_f64();
+    let b = boxes.to_vec_f64()?;
     let rois: Vec<f64> = matched_idxs
         .iter()
         .zip(b.chunks(4))
@@ -394,7 +394,7 @@ pub fn maskrcnn_inference<L: AsRef<[usize]>>(
     let mut start = 0;
     for l in labels {
         let n = l.as_ref().len();
-        out.push(probs.narrow(0, start, n)?.contiguous());
+        out.push(probs.narrow(0, start, n)?.contiguous()?);
         start += n;
     }
     Ok(out)
@@ -405,7 +405,7 @@ pub fn maskrcnn_inference<L: AsRef<[usize]>>(
 /// expanded in f32, as torch does), then truncated toward zero.
 fn expand_boxes_int(boxes: &Tensor, scale: f64) -> Result<Vec<[i64; 4]>> {
     const OP: &str = "paste_masks_in_image";
-    let b = boxes.to_vec_f64();
+    let b = boxes.to_vec_f64()?;
     if let Some(bad) = b.iter().find(|v| !v.is_finite()) {
         return Err(Error::arg(OP, format!("boxes must be finite, got {bad}")));
     }
@@ -480,7 +480,7 @@ pub fn paste_masks_in_image(
     let (ph, pw) = (mh + 2 * padding, mw + 2 * padding);
     let dtype = masks.dtype();
     let _guard = no_grad();
-    let src = masks.to_vec_f64();
+    let src = masks.to_vec_f64()?;
     let mut out = vec![0.0f64; k * im_h * im_w];
     for (i, b) in ib.iter().enumerate() {
         let w = (b[2] - b[0] + 1).max(1);
@@ -506,7 +506,7 @@ pub fn paste_masks_in_image(
         let resized = Tensor::from_vec(padded, &[1, 1, ph, pw])?
             .to_dtype(dtype)?
             .upsample_bilinear2d([h as usize, w as usize], false)?
-            .to_vec_f64();
+            .to_vec_f64()?;
         let dst = &mut out[i * im_h * im_w..][..im_h * im_w];
         for y in y0..y1 {
             let sy = (y - b[1]) as usize;

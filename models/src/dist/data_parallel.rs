@@ -48,7 +48,9 @@ impl DataParallel {
             }
         }
         // 24-bit pieces travel exactly as f32 values
-        let mine: Vec<f32> = (0..3).map(|k| ((h >> (24 * k)) & 0xFF_FFFF) as f32).collect();
+        let mine: Vec<f32> = (0..3)
+            .map(|k| ((h >> (24 * k)) & 0xFF_FFFF) as f32)
+            .collect();
         let all = self.gather(mine.clone(), device)?;
         if let Some(r) = all.chunks(3).position(|c| c != mine.as_slice()) {
             return Err(error(format!(

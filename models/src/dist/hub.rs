@@ -371,16 +371,19 @@ pub fn tcp(
             match listener.accept() {
                 Ok((stream, from)) => {
                     let mut head = [0u8; 12];
-                    let got = setup(&stream, timeout)
-                        .and_then(|_| (&stream).read_exact(&mut head));
+                    let got = setup(&stream, timeout).and_then(|_| (&stream).read_exact(&mut head));
                     let r = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default()) as usize;
                     let w = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
                     if got.is_err() || head[..4] != MAGIC {
-                        eprintln!("warning: ignoring a connection from {from} that is not an slmlp rank");
+                        eprintln!(
+                            "warning: ignoring a connection from {from} that is not an slmlp rank"
+                        );
                         continue;
                     }
                     if w != world {
-                        return Err(error(format!("rank {r} (from {from}) has WORLD_SIZE={w}, rank 0 has {world}")));
+                        return Err(error(format!(
+                            "rank {r} (from {from}) has WORLD_SIZE={w}, rank 0 has {world}"
+                        )));
                     }
                     match slots.get_mut(r.wrapping_sub(1)) {
                         Some(s @ None) => *s = Some(stream),
@@ -466,7 +469,11 @@ mod tests {
         let x = flat(&[r as f32 + 0.5, 1e8, -(r as f32)]);
         let sum = c.all_reduce_sum(&x).unwrap().to_vec::<f32>().unwrap();
         let b = c.broadcast(&x, 2).unwrap().to_vec::<f32>().unwrap();
-        let g = c.all_gather(&flat(&[r as f32])).unwrap().to_vec::<f32>().unwrap();
+        let g = c
+            .all_gather(&flat(&[r as f32]))
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
         c.barrier().unwrap();
         vec![sum, b, g]
     }
@@ -474,9 +481,7 @@ mod tests {
     fn expected() -> Vec<Vec<f32>> {
         // rank order: ((x0 + x1) + x2)
         let s = |i: usize| {
-            let xs: Vec<[f32; 3]> = (0..3)
-                .map(|r| [r as f32 + 0.5, 1e8, -(r as f32)])
-                .collect();
+            let xs: Vec<[f32; 3]> = (0..3).map(|r| [r as f32 + 0.5, 1e8, -(r as f32)]).collect();
             (xs[0][i] + xs[1][i]) + xs[2][i]
         };
         vec![

@@ -75,7 +75,9 @@ pub fn env() -> Result<Option<Env>> {
     let world = num("WORLD_SIZE", &world, MAX_RANKS)?;
     let rank = num("RANK", &var("RANK")?, MAX_RANKS)?;
     if world == 0 || rank >= world {
-        return Err(error(format!("RANK={rank} is not below WORLD_SIZE={world}")));
+        return Err(error(format!(
+            "RANK={rank} is not below WORLD_SIZE={world}"
+        )));
     }
     let local_rank = match std::env::var("LOCAL_RANK") {
         Ok(v) => num("LOCAL_RANK", &v, MAX_RANKS)?,
@@ -108,7 +110,10 @@ impl DistArgs {
             )));
         }
         if self.ranks == 0 || self.ranks > MAX_RANKS {
-            return Err(error(format!("--ranks {}: expected 1..={MAX_RANKS}", self.ranks)));
+            return Err(error(format!(
+                "--ranks {}: expected 1..={MAX_RANKS}",
+                self.ranks
+            )));
         }
         let shifted = |r: usize| match device {
             Device::Cuda(i) => Device::Cuda(i + r),
@@ -119,7 +124,9 @@ impl DistArgs {
             Device::Cpu => Backend::Tcp,
         });
         if backend == Backend::Nccl && device == Device::Cpu {
-            return Err(error("--dist-backend nccl needs --device cuda; use tcp on the CPU"));
+            return Err(error(
+                "--dist-backend nccl needs --device cuda; use tcp on the CPU",
+            ));
         }
         let members: Vec<(Box<dyn Communicator>, Device)> = match env()? {
             Some(_) if self.ranks > 1 => {

@@ -94,14 +94,14 @@ impl GradReducer {
                     Some(g) => g.to_dtype(DType::F32)?,
                     None => Tensor::zeros(p.dims(), DType::F32).to_device(p.device())?,
                 };
-                flat.push(g.contiguous().reshape(&[g.numel()])?);
+                flat.push(g.contiguous()?.reshape(&[g.numel()])?);
             }
             let summed = comm.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
             let mut at = 0;
             for &i in bucket {
                 let p = params[i].get();
                 let n = p.numel();
-                let g = summed.narrow(0, at, n)?.contiguous().reshape(p.dims())?;
+                let g = summed.narrow(0, at, n)?.contiguous()?.reshape(p.dims())?;
                 p.set_grad(Some(g));
                 at += n;
             }
@@ -119,7 +119,9 @@ mod tests {
         let params: Vec<Param> = [10usize, 300, 20, 20, 5]
             .iter()
             .enumerate()
-            .map(|(i, &n)| Param::new(format!("p{i}"), Tensor::zeros(&[n], DType::F32), false).unwrap())
+            .map(|(i, &n)| {
+                Param::new(format!("p{i}"), Tensor::zeros(&[n], DType::F32), false).unwrap()
+            })
             .collect();
         // 100 floats per bucket: a too-large param gets its own bucket
         let r = GradReducer::new(&params, 400);

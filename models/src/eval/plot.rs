@@ -364,7 +364,12 @@ pub fn line_charts_png(path: &Path, charts: &[Chart], names: &[String], title: &
     let main_w = text_width(title, MAIN_SCALE);
     img.text(width.saturating_sub(main_w) / 2, 10, title, MAIN_SCALE, INK);
     for (k, chart) in charts.iter().enumerate() {
-        draw_chart(&mut img, (k % cols) * PANEL, TITLE_BAND + (k / cols) * PANEL, chart);
+        draw_chart(
+            &mut img,
+            (k % cols) * PANEL,
+            TITLE_BAND + (k / cols) * PANEL,
+            chart,
+        );
     }
     for (c, &(x, row)) in legend.pos.iter().enumerate() {
         let y = TITLE_BAND + PANEL * rows + row * LEGEND_ROW;
@@ -380,19 +385,35 @@ fn axis_number(v: f64) -> String {
     if a != 0.0 && !(1e-3..1e5).contains(&a) {
         format!("{v:.2e}")
     } else {
-        format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
+        format!("{v:.4}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     }
 }
 
 fn draw_chart(img: &mut Canvas, x0: usize, y0: usize, chart: &Chart) {
     let tw = text_width(&chart.title, TEXT_SCALE);
-    img.text(x0 + PANEL.saturating_sub(tw) / 2, y0 + PANEL_TITLE_Y, &chart.title, TEXT_SCALE, INK);
+    img.text(
+        x0 + PANEL.saturating_sub(tw) / 2,
+        y0 + PANEL_TITLE_Y,
+        &chart.title,
+        TEXT_SCALE,
+        INK,
+    );
     // room for the y labels on the left and the x labels below
     let (fx, fy) = (x0 + FRAME_INSET, y0 + FRAME_TOP + 14);
-    let (fw, fh) = (PANEL - 2 * FRAME_INSET, PANEL - FRAME_TOP - 14 - FRAME_INSET - 20);
+    let (fw, fh) = (
+        PANEL - 2 * FRAME_INSET,
+        PANEL - FRAME_TOP - 14 - FRAME_INSET - 20,
+    );
     img.outline(fx, fy, fw, fh, FRAME);
     let finite = |q: &&[f64; 2]| q[0].is_finite() && q[1].is_finite();
-    let all: Vec<&[f64; 2]> = chart.series.iter().flat_map(|s| s.points.iter().filter(finite)).collect();
+    let all: Vec<&[f64; 2]> = chart
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().filter(finite))
+        .collect();
     if all.is_empty() {
         img.text(fx + 12, fy + fh / 2, "no data", TEXT_SCALE, INK);
         return;
@@ -414,9 +435,20 @@ fn draw_chart(img: &mut Canvas, x0: usize, y0: usize, chart: &Chart) {
     };
     img.text(fx + 4, fy - 14, &axis_number(hi[1]), TEXT_SCALE, FRAME);
     img.text(fx + 4, fy + fh + 4, &axis_number(lo[1]), TEXT_SCALE, FRAME);
-    let x_text = format!("{}: {} .. {}", chart.x_label, axis_number(lo[0]), axis_number(hi[0]));
+    let x_text = format!(
+        "{}: {} .. {}",
+        chart.x_label,
+        axis_number(lo[0]),
+        axis_number(hi[0])
+    );
     let xw = text_width(&x_text, TEXT_SCALE);
-    img.text(fx + fw.saturating_sub(xw), fy + fh + 4, &x_text, TEXT_SCALE, FRAME);
+    img.text(
+        fx + fw.saturating_sub(xw),
+        fy + fh + 4,
+        &x_text,
+        TEXT_SCALE,
+        FRAME,
+    );
     for (k, s) in chart.series.iter().enumerate() {
         let pts: Vec<(i64, i64)> = s.points.iter().filter(finite).map(at).collect();
         if let [one] = pts[..] {

@@ -493,7 +493,13 @@ pub fn write_embedding_csv(path: &Path, panels: &[Panel], class_names: &[String]
                     format!("{}: label {l} has no name", path.display()),
                 )
             })?;
-            text += &format!("{},{i},{},{},{}\n", quote(&p.title), quote(name), xy[0], xy[1]);
+            text += &format!(
+                "{},{i},{},{},{}\n",
+                quote(&p.title),
+                quote(name),
+                xy[0],
+                xy[1]
+            );
         }
     }
     std::fs::write(path, text).map_err(|e| Error::io(path, e))

@@ -244,8 +244,8 @@ impl BatchNormOps for Cpu {
     ) -> Result<(Tensor, Option<(Tensor, Tensor)>, Saved)> {
         crate::trace::kernel("batchnorm");
         let m = (d.n * d.s) as f64;
-        let weight = a.weight.to_vec_f64();
-        let bias = a.bias.to_vec_f64();
+        let weight = a.weight.to_vec_f64()?;
+        let bias = a.bias.to_vec_f64()?;
         let out_dtype = x.dtype();
         let (out, mean, invstd, running) = dispatch_float!(d.fuse.name(), out_dtype, T => {
             let xd = x.float_data::<T>()?;
@@ -260,7 +260,7 @@ impl BatchNormOps for Cpu {
                     mean[c] = shift[c] + mu;
                     var[c] = (sums[c][1] / m - mu * mu).max(0.0);
                 }
-                let (rm, rv) = (a.running_mean.to_vec_f64(), a.running_var.to_vec_f64());
+                let (rm, rv) = (a.running_mean.to_vec_f64()?, a.running_var.to_vec_f64()?);
                 let mo = d.momentum;
                 let new_rm: Vec<f64> = (0..d.c).map(|c| (1.0 - mo) * rm[c] + mo * mean[c]).collect();
                 let new_rv: Vec<f64> =
@@ -271,7 +271,7 @@ impl BatchNormOps for Cpu {
                 );
                 (mean, var, Some(running))
             } else {
-                (a.running_mean.to_vec_f64(), a.running_var.to_vec_f64(), None)
+                (a.running_mean.to_vec_f64()?, a.running_var.to_vec_f64()?, None)
             };
             let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + d.eps).sqrt()).collect();
             // (x - mean) * scale + bias in T: subtracting first keeps precision

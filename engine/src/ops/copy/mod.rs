@@ -52,18 +52,9 @@ impl Tensor {
         }))
     }
 
-    /// A contiguous tensor with the same values (no copy when already so).
-    /// On a GPU a failing copy (out of memory) panics: use
-    /// [`Tensor::try_contiguous`] there to get the error.
-    pub fn contiguous(&self) -> Tensor {
-        match self.try_contiguous() {
-            Ok(t) => t,
-            Err(e) => panic!("contiguous: {e}"),
-        }
-    }
-
-    /// [`Tensor::contiguous`] with the copy's error returned.
-    pub fn try_contiguous(&self) -> Result<Tensor> {
+    /// A contiguous tensor with the same values (no copy when already so);
+    /// a failing copy (a GPU out of memory) is the error.
+    pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
             return Ok(self.clone());
         }

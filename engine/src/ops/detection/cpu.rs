@@ -4,8 +4,8 @@
 //! operations, so f64 results agree with torchvision to rounding.
 
 use super::{DetectionOps, RoiGeom};
-use crate::ops::index::sort_order;
 use crate::backend::Cpu;
+use crate::ops::index::sort_order;
 use crate::{dispatch_float, Element, Float, Result, Tensor};
 use rayon::prelude::*;
 

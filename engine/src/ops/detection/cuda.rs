@@ -4,11 +4,11 @@
 //! sort and greedy pass on the host, where K is at most a few thousand).
 
 use super::{DetectionOps, RoiGeom};
-use crate::ops::index::sort_order;
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{kdtype, kerr, traced_sync};
 use crate::cuda::tensor::{download, empty, gpu_of, ptr, to_default_layout, zeros};
+use crate::ops::index::sort_order;
 use crate::{DType, Error, Result, Tensor};
 use kernels::device::{nms_col_blocks, nms_greedy, RoiAlignDims};
 
@@ -154,7 +154,7 @@ fn mask_nms(
     let dt = kdtype(op, boxes.dtype())?;
     // K scores: sorted on the host with the CPU op's exact rule; f64
     // orders every GPU dtype's values exactly
-    let order = sort_order(&download(scores)?.to_vec_f64(), true);
+    let order = sort_order(&download(scores)?.to_vec_f64()?, true);
     if k == 0 {
         return Ok(Vec::new());
     }

@@ -121,8 +121,8 @@ fn index_tensor(keep: Vec<usize>) -> Tensor {
         .expect("a [n] vector of n indices")
 }
 
-fn from_index_tensor(t: Tensor) -> Vec<usize> {
-    t.to_vec_f64().into_iter().map(|v| v as usize).collect()
+fn from_index_tensor(t: Tensor) -> Result<Vec<usize>> {
+    Ok(t.to_vec_f64()?.into_iter().map(|v| v as usize).collect())
 }
 
 /// Checks RoIAlign's arguments (`boxes` on the host) and returns the
@@ -168,7 +168,7 @@ fn roi_geom(
             format!("spatial_scale must be finite and > 0, got {spatial_scale}"),
         ));
     }
-    for (k, row) in boxes.to_vec_f64().chunks_exact(5).enumerate() {
+    for (k, row) in boxes.to_vec_f64()?.chunks_exact(5).enumerate() {
         let b = row[0];
         if b.fract() != 0.0 || b < 0.0 || b >= nchw[0] as f64 {
             return Err(Error::arg(
@@ -299,7 +299,7 @@ pub fn nms(boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Vec<us
     let keep = on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &[boxes, scores], || {
         Ok(index_tensor(b.nms(boxes, scores, iou_threshold)?))
     }))?;
-    Ok(from_index_tensor(keep))
+    from_index_tensor(keep)
 }
 
 /// `torchvision.ops.batched_nms`: NMS within each category `idxs[i]`,
@@ -330,5 +330,5 @@ pub fn batched_nms(
     let keep = on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &[boxes, scores], || {
         Ok(index_tensor(b.batched_nms(boxes, scores, idxs, iou_threshold)?))
     }))?;
-    Ok(from_index_tensor(keep))
+    from_index_tensor(keep)
 }

@@ -161,7 +161,9 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         a[4..8].copy_from_slice(&[30.0, 40.0, 10.0, 20.0]); // inverted
         let run = move |dev: Device| {
             let t = |v: &[f64]| -> Result<Tensor> {
-                Tensor::from_vec(v.to_vec(), &[v.len() / 4, 4])?.to_dtype(dtype)?.to_device(dev)
+                Tensor::from_vec(v.to_vec(), &[v.len() / 4, 4])?
+                    .to_dtype(dtype)?
+                    .to_device(dev)
             };
             // box 2 of each set is empty; two empty boxes would give 0/0
             let mut b = b.clone();

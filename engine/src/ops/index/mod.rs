@@ -157,12 +157,21 @@ impl Tensor {
         Ok(self.sorted("argsort", None, descending)?.1)
     }
 
-    fn sorted(&self, op: &'static str, k: Option<usize>, descending: bool) -> Result<(Tensor, Tensor)> {
+    fn sorted(
+        &self,
+        op: &'static str,
+        k: Option<usize>,
+        descending: bool,
+    ) -> Result<(Tensor, Tensor)> {
         if self.rank() == 0 {
             return Err(Error::shape(op, "needs at least one dim, got a scalar"));
         }
         if !self.dtype().is_float() {
-            return Err(Error::dtype(op, "a float dtype (f64, f32, f16, bf16)", self.dtype()));
+            return Err(Error::dtype(
+                op,
+                "a float dtype (f64, f32, f16, bf16)",
+                self.dtype(),
+            ));
         }
         let n = self.dims()[self.rank() - 1];
         let k = k.unwrap_or(n);

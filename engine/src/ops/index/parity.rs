@@ -12,7 +12,11 @@ use crate::{DType, Device, Rng, Tensor};
 fn indices(rng: &mut Rng, size: usize, m: usize) -> Vec<i64> {
     let mut v: Vec<i64> = Vec::with_capacity(m);
     for j in 0..m {
-        let i = if j % 3 == 2 { v[rng.below(j)] } else { rng.below(size) as i64 };
+        let i = if j % 3 == 2 {
+            v[rng.below(j)]
+        } else {
+            rng.below(size) as i64
+        };
         v.push(i);
     }
     v
@@ -64,7 +68,9 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
                         }
                     })
                     .collect();
-                let x = Tensor::from_vec(v, shape)?.to_dtype(dtype)?.to_device(dev)?;
+                let x = Tensor::from_vec(v, shape)?
+                    .to_dtype(dtype)?
+                    .to_device(dev)?;
                 let (values, idx) = if k == shape[shape.len() - 1] {
                     x.sort(desc)?
                 } else {
@@ -74,7 +80,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
                 // (their positions are in the indices)
                 let v: Vec<f64> = values
                     .to_device(Device::Cpu)?
-                    .to_vec_f64()
+                    .to_vec_f64()?
                     .into_iter()
                     .map(|v| if v.is_nan() { f64::MAX } else { v })
                     .collect();
@@ -96,7 +102,10 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     let run = move |dev: Device| {
         let x = Tensor::from_vec((0..120).map(|v| v * 1_000_000_007i64).collect(), &[40, 3])?;
         let index = Tensor::from_vec(ix.clone(), &[25])?;
-        Ok(vec![("y".into(), x.to_device(dev)?.index_select(0, &index.to_device(dev)?)?)])
+        Ok(vec![(
+            "y".into(),
+            x.to_device(dev)?.index_select(0, &index.to_device(dev)?)?,
+        )])
     };
     out.push(Case {
         op: "index_select",

@@ -222,7 +222,11 @@ impl FiniteFlag {
         const OP: &str = "all_finite";
         // reduce.cu moves packs when x is 16-byte aligned; the pack only
         // sizes the grid (the kernel grid-strides).
-        let pack = if x.is_multiple_of(16) { 16 / dt.size() } else { 1 };
+        let pack = if x.is_multiple_of(16) {
+            16 / dt.size()
+        } else {
+            1
+        };
         let Some(shape) = launch::elementwise(n, pack, &self.gpu.kernels.gpu()) else {
             return Ok(());
         };

@@ -74,7 +74,8 @@ pub trait OptimOps: BackendInfo {
     fn unscale_and_check_finite(&self, grads: &[(Param, Tensor)], inv_scale: f64) -> Result<bool> {
         let _ = (grads, inv_scale);
         Err(unsupported(self, "unscale_and_check_finite"))
-    }    /// Whether every element of every float tensor is finite (non-float
+    }
+    /// Whether every element of every float tensor is finite (non-float
     /// tensors are skipped): the check after an optimizer step. The GPU
     /// runs reduce.cu's all-finite kernel per tensor and syncs once.
     fn all_finite(&self, tensors: &[Tensor]) -> Result<bool> {

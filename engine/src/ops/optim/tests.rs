@@ -73,7 +73,7 @@ fn parity_cases_run_on_the_cpu_reproducibly() {
         let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
         assert_eq!(a.len(), b.len());
         for ((n, x), (_, y)) in a.iter().zip(&b) {
-            let (x, y) = (x.to_vec_f64(), y.to_vec_f64());
+            let (x, y) = (x.to_vec_f64().unwrap(), y.to_vec_f64().unwrap());
             // NaN != NaN: compare bits
             let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&x), bits(&y), "{} {} {n}", c.op, c.label);

@@ -49,6 +49,6 @@ impl ReduceOps for Cpu {
     }
 
     fn sum_backward(&self, dy: &Tensor, keep: &[usize], input: &[usize]) -> Result<Tensor> {
-        dy.reshape(keep)?.expand(input)?.try_contiguous()
+        dy.reshape(keep)?.expand(input)?.contiguous()
     }
 }

@@ -2,9 +2,9 @@
 
 use super::ShapeOps;
 use crate::backend::Cpu;
+use crate::dispatch_any;
 use crate::layout::Layout;
 use crate::{Element, Result, Tensor};
-use crate::dispatch_any;
 
 /// Writes `src` (row-major) into the elements of `dst` that `region` views.
 fn scatter<T: Element>(dst: &mut [T], region: &Layout, src: &[T]) {

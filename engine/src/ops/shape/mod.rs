@@ -53,7 +53,7 @@ impl Tensor {
         if self.dims() == shape {
             return Ok(self.clone());
         }
-        let src = self.try_contiguous()?;
+        let src = self.contiguous()?;
         let mut layout = Layout::contiguous(shape);
         layout.offset = src.layout().offset;
         let in_shape = self.dims().to_vec();
@@ -208,7 +208,7 @@ impl Tensor {
                 let mut start = 0;
                 let mut grads = Vec::with_capacity(sizes.len());
                 for &s in &sizes {
-                    grads.push(Some(g.narrow(dim, start, s)?.try_contiguous()?));
+                    grads.push(Some(g.narrow(dim, start, s)?.contiguous()?));
                     start += s;
                 }
                 Ok(grads)
