@@ -75,10 +75,15 @@ fn softmax_gradient_shape_is_checked() {
 fn parity_cases_run_on_the_cpu() {
     let mut cases = Vec::new();
     super::parity::cases(&mut crate::Rng::new(7), &mut cases);
-    assert_eq!(cases.len(), 12);
+    let ce = cases.iter().filter(|c| c.op == "cross_entropy").count();
+    assert_eq!(ce, 12);
+    assert!(cases.len() > ce, "softmax, bce and smooth-L1 cases are registered");
     for c in &cases {
         let out = (c.run)(crate::Device::Cpu).unwrap();
-        let names: Vec<&str> = out.iter().map(|o| o.0.as_str()).collect();
-        assert_eq!(names, ["loss", "dlogits"], "{}", c.label);
+        assert!(!out.is_empty(), "{} {}", c.op, c.label);
+        if c.op == "cross_entropy" {
+            let names: Vec<&str> = out.iter().map(|o| o.0.as_str()).collect();
+            assert_eq!(names, ["loss", "dlogits"], "{}", c.label);
+        }
     }
 }

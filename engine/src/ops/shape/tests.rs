@@ -1,7 +1,5 @@
 //! Shape ops: views, cat and the checks of narrow's backward.
 
-use super::ShapeOps;
-use crate::backend::Cuda;
 use crate::{DType, Tensor};
 
 fn iota(shape: &[usize]) -> Tensor {
@@ -43,11 +41,3 @@ fn narrow_backward_checks_the_gradient_it_gets() {
     );
 }
 
-#[test]
-fn the_gpu_has_no_cat() {
-    let e = Cuda.cat(&[iota(&[1])], 0, &[1]).unwrap_err().to_string();
-    assert!(
-        e.contains("op cat is not implemented on device cuda"),
-        "{e}"
-    );
-}
