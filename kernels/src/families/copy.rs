@@ -5,7 +5,7 @@ use crate::library::{config, driver, DevPtr, KernelLibrary};
 use crate::error::{Error, Result};
 use crate::launch;
 use crate::source::Kernel;
-use cudarc::driver::{CudaStream, PushKernelArg};
+use cudarc::driver::{CudaStream, DeviceRepr, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("copy",
     typed []
@@ -25,7 +25,7 @@ pub struct StridedView {
 }
 
 // SAFETY: plain old data with the same C layout as copy.cu's struct.
-unsafe impl cudarc::driver::DeviceRepr for StridedView {}
+unsafe impl DeviceRepr for StridedView {}
 
 impl StridedView {
     /// `shape` / `src_strides` in the destination's physical order
@@ -63,7 +63,7 @@ pub struct StridedPair {
 }
 
 // SAFETY: plain old data with the same C layout as copy.cu's struct.
-unsafe impl cudarc::driver::DeviceRepr for StridedPair {}
+unsafe impl DeviceRepr for StridedPair {}
 
 impl StridedPair {
     /// `shape` with the source's and destination's strides, all in the
@@ -109,21 +109,7 @@ impl KernelLibrary {
         n: usize,
         view: &StridedPair,
     ) -> Result<()> {
-        if !matches!(elem_bytes, 1 | 2 | 4 | 8) {
-            return Err(Error::Shape(format!(
-                "strided assign of {elem_bytes}-byte elements: 1, 2, 4 or 8 only"
-            )));
-        }
-        let Some(shape) = launch::elementwise(n, 1, &self.gpu()) else {
-            return Ok(());
-        };
-        let name = format!("strided_assign_{elem_bytes}");
-        let f = self.function(&name)?;
-        let n = n as i64;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&src).arg(&dst).arg(&n).arg(view);
-        b.launch(config(shape)).map_err(driver(&name))?;
-        Ok(())
+        self.strided(stream, "assign", elem_bytes, src, dst, n, view)
     }
 
     /// dst[i] = src[offset of the i-th element of `view`], i < n, elements
@@ -140,15 +126,33 @@ impl KernelLibrary {
         n: usize,
         view: &StridedView,
     ) -> Result<()> {
+        self.strided(stream, "copy", elem_bytes, src, dst, n, view)
+    }
+
+    /// Launches `strided_<kind>_<elem_bytes>` over n elements.
+    ///
+    /// # Safety
+    /// As [`KernelLibrary::strided_copy`] / [`KernelLibrary::strided_assign`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strided<V: DeviceRepr>(
+        &self,
+        stream: &CudaStream,
+        kind: &str,
+        elem_bytes: usize,
+        src: DevPtr,
+        dst: DevPtr,
+        n: usize,
+        view: &V,
+    ) -> Result<()> {
         if !matches!(elem_bytes, 1 | 2 | 4 | 8) {
             return Err(Error::Shape(format!(
-                "strided copy of {elem_bytes}-byte elements: 1, 2, 4 or 8 only"
+                "strided {kind} of {elem_bytes}-byte elements: 1, 2, 4 or 8 only"
             )));
         }
         let Some(shape) = launch::elementwise(n, 1, &self.gpu()) else {
             return Ok(());
         };
-        let name = format!("strided_copy_{elem_bytes}");
+        let name = format!("strided_{kind}_{elem_bytes}");
         let f = self.function(&name)?;
         let n = n as i64;
         let mut b = stream.launch_builder(&f);
