@@ -457,7 +457,13 @@ fn epoch_records(dir: &Path) -> Vec<String> {
         .map(|l| {
             // everything but the timings and memory readings
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for k in ["seconds", "images_per_s", "wall_s", "host_peak_rss_bytes", "gpu_peak_bytes"] {
+            for k in [
+                "seconds",
+                "images_per_s",
+                "wall_s",
+                "host_peak_rss_bytes",
+                "gpu_peak_bytes",
+            ] {
                 v.as_object_mut().unwrap().remove(k);
             }
             v.to_string()

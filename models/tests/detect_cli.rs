@@ -628,7 +628,11 @@ fn init_from_a_whole_detector() {
     );
     let cls = "roi_heads.box_predictor.cls_score.weight";
     assert_eq!(a.tensors[cls].dims(), [11, 32]);
-    assert_eq!(b.tensors[cls].dims(), [kept + 1, 32], "a fresh {kept}-class head");
+    assert_eq!(
+        b.tensors[cls].dims(),
+        [kept + 1, 32],
+        "a fresh {kept}-class head"
+    );
     // another width than the --init detector's is refused, naming the flags
     let mut args = vec!["detect", "train", "--data", s(&three), "--out", s(&dst)];
     args.extend(small("8"));

@@ -77,7 +77,10 @@ fn parity_cases_run_on_the_cpu() {
     super::parity::cases(&mut crate::Rng::new(7), &mut cases);
     let ce = cases.iter().filter(|c| c.op == "cross_entropy").count();
     assert_eq!(ce, 12);
-    assert!(cases.len() > ce, "softmax, bce and smooth-L1 cases are registered");
+    assert!(
+        cases.len() > ce,
+        "softmax, bce and smooth-L1 cases are registered"
+    );
     for c in &cases {
         let out = (c.run)(crate::Device::Cpu).unwrap();
         assert!(!out.is_empty(), "{} {}", c.op, c.label);

@@ -40,4 +40,3 @@ fn narrow_backward_checks_the_gradient_it_gets() {
         [0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
     );
 }
-
