@@ -135,6 +135,28 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|x| x.to_string()).collect()
 }
 
+/// `transfer` by 1-NN on the folder `spec` (train and test), two threads.
+fn knn_transfer(checkpoint: &Path, spec: &str) -> Vec<String> {
+    let c = s(checkpoint);
+    args(&[
+        "--threads",
+        "2",
+        "transfer",
+        "--checkpoint",
+        &c,
+        "--mode",
+        "knn",
+        "--k",
+        "1",
+        "--workers",
+        "0",
+        "--data",
+        spec,
+        "--test-data",
+        spec,
+    ])
+}
+
 // ---------------------------------------------------------------------------
 // images
 
@@ -340,23 +362,7 @@ fn fault_corpus_ends_cleanly_and_loses_nothing() {
         let spec = format!("folder:{}", s(&dir));
         case(
             &format!("transfer: {what}"),
-            args(&[
-                "--threads",
-                "2",
-                "transfer",
-                "--checkpoint",
-                &s(&model),
-                "--mode",
-                "knn",
-                "--k",
-                "1",
-                "--workers",
-                "0",
-                "--data",
-                &spec,
-                "--test-data",
-                &spec,
-            ]),
+            knn_transfer(&model, &spec),
             Expect::Success("skipping unreadable sample"),
         );
     }
@@ -365,23 +371,7 @@ fn fault_corpus_ends_cleanly_and_loses_nothing() {
     let spec = format!("folder:{}", s(&dir));
     case(
         "transfer: JPEG named .png",
-        args(&[
-            "--threads",
-            "2",
-            "transfer",
-            "--checkpoint",
-            &s(&model),
-            "--mode",
-            "knn",
-            "--k",
-            "1",
-            "--workers",
-            "0",
-            "--data",
-            &spec,
-            "--test-data",
-            &spec,
-        ]),
+        knn_transfer(&model, &spec),
         Expect::Success("(5 train / 5 test images)"),
     );
     // the 1x30000 strip at 224 px (evaluation resizes the shorter side to
@@ -394,23 +384,7 @@ fn fault_corpus_ends_cleanly_and_loses_nothing() {
     let spec = format!("folder:{}", s(&dir));
     case(
         "transfer: 1x30000 PNG at 224 px",
-        args(&[
-            "--threads",
-            "2",
-            "transfer",
-            "--checkpoint",
-            &s(&at224),
-            "--mode",
-            "knn",
-            "--k",
-            "1",
-            "--workers",
-            "0",
-            "--data",
-            &spec,
-            "--test-data",
-            &spec,
-        ]),
+        knn_transfer(&at224, &spec),
         Expect::Success("skipping unreadable sample"),
     );
     case(
@@ -469,23 +443,7 @@ fn fault_corpus_ends_cleanly_and_loses_nothing() {
         let spec = format!("folder:{}", s(&dir));
         case(
             "transfer: symlink loops in class folders",
-            args(&[
-                "--threads",
-                "2",
-                "transfer",
-                "--checkpoint",
-                &s(&model),
-                "--mode",
-                "knn",
-                "--k",
-                "1",
-                "--workers",
-                "0",
-                "--data",
-                &spec,
-                "--test-data",
-                &spec,
-            ]),
+            knn_transfer(&model, &spec),
             Expect::Success("(4 train / 4 test images)"),
         );
         // a class folder whose name is not UTF-8
@@ -496,23 +454,7 @@ fn fault_corpus_ends_cleanly_and_loses_nothing() {
         let spec = format!("folder:{}", s(&dir));
         case(
             "transfer: non-UTF-8 class folder",
-            args(&[
-                "--threads",
-                "2",
-                "transfer",
-                "--checkpoint",
-                &s(&model),
-                "--mode",
-                "knn",
-                "--k",
-                "1",
-                "--workers",
-                "0",
-                "--data",
-                &spec,
-                "--test-data",
-                &spec,
-            ]),
+            knn_transfer(&model, &spec),
             Expect::Success("(4 train / 4 test images)"),
         );
     }

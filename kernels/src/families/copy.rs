@@ -27,6 +27,12 @@ pub struct StridedView {
 // SAFETY: plain old data with the same C layout as copy.cu's struct.
 unsafe impl DeviceRepr for StridedView {}
 
+/// `v` (at most N values, checked by the caller) as a kernel argument
+/// array, the unused tail set to `fill`.
+pub(crate) fn padded<const N: usize>(v: &[usize], fill: i64) -> [i64; N] {
+    std::array::from_fn(|i| v.get(i).map_or(fill, |&x| x as i64))
+}
+
 impl StridedView {
     /// `shape` / `src_strides` in the destination's physical order
     /// (outermost first).
@@ -38,16 +44,11 @@ impl StridedView {
                 src_strides.len()
             )));
         }
-        let mut v = StridedView {
+        Ok(StridedView {
             rank: shape.len() as i32,
-            shape: [1; COPY_MAX_RANK],
-            src_strides: [0; COPY_MAX_RANK],
-        };
-        for (i, (&d, &s)) in shape.iter().zip(src_strides).enumerate() {
-            v.shape[i] = d as i64;
-            v.src_strides[i] = s as i64;
-        }
-        Ok(v)
+            shape: padded(shape, 1),
+            src_strides: padded(src_strides, 0),
+        })
     }
 }
 
@@ -77,18 +78,12 @@ impl StridedPair {
                 dst_strides.len()
             )));
         }
-        let mut v = StridedPair {
+        Ok(StridedPair {
             rank: rank as i32,
-            shape: [1; COPY_MAX_RANK],
-            src_strides: [0; COPY_MAX_RANK],
-            dst_strides: [0; COPY_MAX_RANK],
-        };
-        for d in 0..rank {
-            v.shape[d] = shape[d] as i64;
-            v.src_strides[d] = src_strides[d] as i64;
-            v.dst_strides[d] = dst_strides[d] as i64;
-        }
-        Ok(v)
+            shape: padded(shape, 1),
+            src_strides: padded(src_strides, 0),
+            dst_strides: padded(dst_strides, 0),
+        })
     }
 }
 

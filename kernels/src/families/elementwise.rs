@@ -2,6 +2,7 @@
 
 use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};
+use crate::families::copy::padded;
 use crate::launch;
 use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
@@ -113,18 +114,12 @@ impl BcastView {
                 b_strides.len()
             )));
         }
-        let mut v = BcastView {
+        Ok(BcastView {
             rank: rank as i32,
-            shape: [1; BCAST_MAX_RANK],
-            a_strides: [0; BCAST_MAX_RANK],
-            b_strides: [0; BCAST_MAX_RANK],
-        };
-        for d in 0..rank {
-            v.shape[d] = shape[d] as i64;
-            v.a_strides[d] = a_strides[d] as i64;
-            v.b_strides[d] = b_strides[d] as i64;
-        }
-        Ok(v)
+            shape: padded(shape, 1),
+            a_strides: padded(a_strides, 0),
+            b_strides: padded(b_strides, 0),
+        })
     }
 }
 
