@@ -18,7 +18,7 @@ use crate::cuda::runtime::Gpu;
 use crate::cuda::tensor::{alloc, contiguous, empty, gpu_of, is_dense, ptr};
 use crate::layout::Layout;
 use crate::{Result, Tensor};
-use kernels::device::{BcastView, Binary, Unary};
+use kernels::device::{BcastView, Binary, DevPtr, Dtype, Unary};
 
 /// out = a (op) b for same-shape operands; the output takes a's (dense)
 /// strides.
@@ -189,57 +189,48 @@ fn add_bias(
     Ok(Tensor::from_device_parts(s, Layout::contiguous(shape)))
 }
 
-/// max(x, 0).
-fn relu(x: &Tensor) -> Result<Tensor> {
+/// out = f(x) over x's dense elements through one kernel launch (`name`
+/// for errors); the output keeps x's (dense) layout. `launch` gets the
+/// dtype, the input and output pointers and the element count.
+fn dense_map(
+    name: &'static str,
+    x: &Tensor,
+    launch: impl FnOnce(&Gpu, Dtype, DevPtr, DevPtr, usize) -> kernels::Result<()>,
+) -> Result<Tensor> {
     let g = gpu_of(x)?;
-    let dt = kdtype("relu", x.dtype())?;
+    let dt = kdtype(name, x.dtype())?;
     let xd = dense(x)?;
     let out = empty_like(&xd, x.dtype())?;
     g.bind()?;
-    // SAFETY: xd and out are dense with numel elements.
-    unsafe {
-        g.kernels
-            .relu_fwd(&g.stream, dt, ptr(&xd)?, ptr(&out)?, xd.numel())
-    }
-    .map_err(kerr("relu"))?;
+    launch(g, dt, ptr(&xd)?, ptr(&out)?, xd.numel()).map_err(kerr(name))?;
     traced_sync(g)?;
     Ok(out)
+}
+
+/// max(x, 0) (NaN stays NaN).
+fn relu(x: &Tensor) -> Result<Tensor> {
+    // SAFETY: dense_map passes dense input and output of n elements.
+    dense_map("relu", x, |g, dt, x, out, n| unsafe {
+        g.kernels.relu_fwd(&g.stream, dt, x, out, n)
+    })
 }
 
 /// x * s (f32 math, rounded once into x's dtype); `name` is the op for
 /// errors.
 fn scale(name: &'static str, x: &Tensor, s: f64) -> Result<Tensor> {
-    let g = gpu_of(x)?;
-    let dt = kdtype(name, x.dtype())?;
-    let xd = dense(x)?;
-    let out = empty_like(&xd, x.dtype())?;
-    g.bind()?;
-    // SAFETY: xd and out are dense with numel elements.
-    unsafe {
-        g.kernels
-            .scale(&g.stream, dt, ptr(&xd)?, ptr(&out)?, s as f32, xd.numel())
-    }
-    .map_err(kerr(name))?;
-    traced_sync(g)?;
-    Ok(out)
+    // SAFETY: dense_map passes dense input and output of n elements.
+    dense_map(name, x, |g, dt, x, out, n| unsafe {
+        g.kernels.scale(&g.stream, dt, x, out, s as f32, n)
+    })
 }
 
 /// f(x) for one of `unary_<t>`'s maps (f32 math, rounded once into x's
-/// dtype); the output keeps x's (dense) layout.
+/// dtype).
 fn map(name: &'static str, x: &Tensor, op: Unary) -> Result<Tensor> {
-    let g = gpu_of(x)?;
-    let dt = kdtype(name, x.dtype())?;
-    let xd = dense(x)?;
-    let out = empty_like(&xd, x.dtype())?;
-    g.bind()?;
-    // SAFETY: xd and out are dense with numel elements.
-    unsafe {
-        g.kernels
-            .unary(&g.stream, dt, op, ptr(&xd)?, ptr(&out)?, xd.numel())
-    }
-    .map_err(kerr(name))?;
-    traced_sync(g)?;
-    Ok(out)
+    // SAFETY: dense_map passes dense input and output of n elements.
+    dense_map(name, x, |g, dt, x, out, n| unsafe {
+        g.kernels.unary(&g.stream, dt, op, x, out, n)
+    })
 }
 
 impl ElementwiseOps for Cuda {
