@@ -38,6 +38,29 @@ fn params(values: &[Tensor], device: Device) -> Result<Vec<Param>> {
         .collect()
 }
 
+/// `opt` stepped once per entry of `grads` on params holding `values`
+/// (on `device`): the params and the optimizer's state afterwards.
+fn run_steps(
+    mut opt: impl Optimizer,
+    values: &[Tensor],
+    grads: &[Vec<Tensor>],
+    device: Device,
+) -> Result<Outputs> {
+    let params = params(values, device)?;
+    for step in grads {
+        for (p, g) in params.iter().zip(step) {
+            p.set_grad(Some(g.to_device(device)?));
+        }
+        opt.step(&params)?;
+    }
+    let mut out: Outputs = params
+        .iter()
+        .map(|p| (p.name().to_string(), p.get()))
+        .collect();
+    out.extend(opt.state());
+    Ok(out)
+}
+
 fn case(
     label: String,
     run: impl Fn(Device) -> Result<Outputs> + 'static,
@@ -58,22 +81,10 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         // three steps, fresh gradients each (the second and third use momentum)
         let grads: Vec<Vec<Tensor>> = (0..3).map(|_| draw(rng, 0.5)).collect();
         let run = move |device: Device| -> Result<Outputs> {
-            let params = params(&values, device)?;
-            let mut opt = Sgd::new(0.1, 0.9, 1e-4)
+            let opt = Sgd::new(0.1, 0.9, 1e-4)
                 .with_nesterov(nesterov)
                 .with_exclude_no_wd(exclude);
-            for step in &grads {
-                for (p, g) in params.iter().zip(step) {
-                    p.set_grad(Some(g.to_device(device)?));
-                }
-                opt.step(&params)?;
-            }
-            let mut out: Outputs = params
-                .iter()
-                .map(|p| (p.name().to_string(), p.get()))
-                .collect();
-            out.extend(opt.state());
-            Ok(out)
+            run_steps(opt, &values, &grads, device)
         };
         let label = format!(
             "5 params, 3 steps{}{}",
@@ -86,21 +97,9 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         let values = draw(rng, 1.0);
         let grads: Vec<Vec<Tensor>> = (0..3).map(|_| draw(rng, 0.5)).collect();
         let run = move |device: Device| -> Result<Outputs> {
-            let params = params(&values, device)?;
             let mut opt = Lars::new(0.5, 0.9, 1e-4).with_eta(0.02);
             opt.exclude_no_wd = exclude;
-            for step in &grads {
-                for (p, g) in params.iter().zip(step) {
-                    p.set_grad(Some(g.to_device(device)?));
-                }
-                opt.step(&params)?;
-            }
-            let mut out: Outputs = params
-                .iter()
-                .map(|p| (p.name().to_string(), p.get()))
-                .collect();
-            out.extend(opt.state());
-            Ok(out)
+            run_steps(opt, &values, &grads, device)
         };
         let label = format!(
             "5 params, 3 steps, eta 0.02{}",
