@@ -2,9 +2,12 @@
 //! first the measured f32 FMA peak on all cores, then GEMM and conv2d
 //! (forward, backward-data, backward-weight) at the ResNet-18 CIFAR shapes
 //! (batch 64), each printed as GFLOP/s and % of that peak, and finally the
-//! conv time of one whole ResNet-18 CIFAR training step.
+//! conv time of one whole ResNet-18 CIFAR training step and, layer by layer,
+//! of one step of the built-in study's quick model (width 16, batch 128,
+//! 1x28x28: the narrow layers).
 //!
 //! FLOPs count 2 per multiply-add. `cargo bench -p slmlp-benches --bench cpu_kernels`
+//! (`-- quick_convs` runs only the quick model's table.)
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use engine::ops::{gemm, Conv2dParams, MatRef};
@@ -194,6 +197,7 @@ fn bench_gemm(c: &mut Criterion) {
 
 #[derive(Clone, Copy)]
 struct ConvShape {
+    batch: usize,
     cin: usize,
     cout: usize,
     hw: usize,
@@ -214,18 +218,19 @@ impl ConvShape {
     }
     /// FLOPs of the forward, and of each of the two backward products.
     fn flops(&self) -> f64 {
-        2.0 * (BATCH * self.cout * self.out_hw().pow(2) * self.cin * self.k * self.k) as f64
+        2.0 * (self.batch * self.cout * self.out_hw().pow(2) * self.cin * self.k * self.k) as f64
     }
     fn name(&self) -> String {
         format!(
-            "[{BATCH},{},{},{}] {}x{} s{} ->{}",
+            "[{},{},{},{}] {}x{} s{} ->{}",
+            self.batch,
             self.cin, self.hw, self.hw, self.k, self.k, self.stride, self.cout
         )
     }
     fn tensors(&self) -> (Tensor, Tensor, Tensor) {
         let mut rng = Rng::new(7);
         let x = Tensor::randn(
-            &[BATCH, self.cin, self.hw, self.hw],
+            &[self.batch, self.cin, self.hw, self.hw],
             0.0,
             1.0,
             DType::F32,
@@ -240,7 +245,7 @@ impl ConvShape {
             &mut rng,
         );
         let o = self.out_hw();
-        let gy = Tensor::randn(&[BATCH, self.cout, o, o], 0.0, 1.0, DType::F32, &mut rng);
+        let gy = Tensor::randn(&[self.batch, self.cout, o, o], 0.0, 1.0, DType::F32, &mut rng);
         (x, w, gy)
     }
 }
@@ -263,6 +268,7 @@ fn conv_graph(x: &Tensor, w: &Tensor, s: ConvShape, grad_x: bool, grad_w: bool) 
 fn bench_conv(c: &mut Criterion) {
     peak();
     let shapes = [64, 128, 256, 512].map(|ch| ConvShape {
+        batch: BATCH,
         cin: ch,
         cout: ch,
         hw: 2048 / ch,
@@ -298,29 +304,36 @@ fn bench_conv(c: &mut Criterion) {
     g.finish();
 }
 
-/// Every conv of a CIFAR-stem ResNet-18 (count, shape): the conv share of
-/// one training step (the stem needs no grad of its input).
-fn resnet18_convs(_c: &mut Criterion) {
+/// The conv shapes of a CIFAR-stem ResNet-18 of width `w` on `cin`x`hw`x`hw`
+/// images, with their counts per step; the first is the stem.
+fn resnet18_layers(batch: usize, cin: usize, hw: usize, w: usize) -> Vec<(usize, ConvShape)> {
     let cs = |cin, cout, hw, k, stride| ConvShape {
+        batch,
         cin,
         cout,
         hw,
         k,
         stride,
     };
-    let layers = [
-        (1, cs(3, 64, 32, 3, 1)),
-        (4, cs(64, 64, 32, 3, 1)),
-        (1, cs(64, 128, 32, 3, 2)),
-        (3, cs(128, 128, 16, 3, 1)),
-        (1, cs(64, 128, 32, 1, 2)),
-        (1, cs(128, 256, 16, 3, 2)),
-        (3, cs(256, 256, 8, 3, 1)),
-        (1, cs(128, 256, 16, 1, 2)),
-        (1, cs(256, 512, 8, 3, 2)),
-        (3, cs(512, 512, 4, 3, 1)),
-        (1, cs(256, 512, 8, 1, 2)),
-    ];
+    let (h2, h3, h4) = (hw.div_ceil(2), hw.div_ceil(4), hw.div_ceil(8));
+    vec![
+        (1, cs(cin, w, hw, 3, 1)),
+        (4, cs(w, w, hw, 3, 1)),
+        (1, cs(w, 2 * w, hw, 3, 2)),
+        (3, cs(2 * w, 2 * w, h2, 3, 1)),
+        (1, cs(w, 2 * w, hw, 1, 2)),
+        (1, cs(2 * w, 4 * w, h2, 3, 2)),
+        (3, cs(4 * w, 4 * w, h3, 3, 1)),
+        (1, cs(2 * w, 4 * w, h2, 1, 2)),
+        (1, cs(4 * w, 8 * w, h3, 3, 2)),
+        (3, cs(8 * w, 8 * w, h4, 3, 1)),
+        (1, cs(4 * w, 8 * w, h3, 1, 2)),
+    ]
+}
+
+/// Times every conv of one training step (`layers` from [`resnet18_layers`]),
+/// one line per shape, then their weighted sum.
+fn step_convs(label: &str, layers: &[(usize, ConvShape)]) {
     let (mut fwd, mut bwd, mut flops) = (0.0, 0.0, 0.0);
     for (i, &(count, s)) in layers.iter().enumerate() {
         let (x, w, gy) = s.tensors();
@@ -334,19 +347,20 @@ fn resnet18_convs(_c: &mut Criterion) {
         let n = count as f64;
         let layer_flops = s.flops() * if grad_x { 3.0 } else { 2.0 };
         report(
-            &format!("resnet18 {count}x {} fwd+bwd", s.name()),
-            layer_flops,
-            f + b,
+            &format!("{label} {count}x {} fwd", s.name()),
+            s.flops(),
+            f,
+        );
+        report(
+            &format!("{label} {count}x {} bwd", s.name()),
+            layer_flops - s.flops(),
+            b,
         );
         fwd += n * f;
         bwd += n * b;
         flops += n * layer_flops;
     }
-    report(
-        "resnet18-cifar b64: all convs of a train step",
-        flops,
-        fwd + bwd,
-    );
+    report(&format!("{label}: all convs of a train step"), flops, fwd + bwd);
     println!(
         "  of which forward {:.1} ms, backward {:.1} ms",
         fwd * 1e3,
@@ -354,5 +368,30 @@ fn resnet18_convs(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench_gemm, bench_conv, resnet18_convs);
+/// Every conv of a CIFAR-stem ResNet-18 at batch 64: the conv share of one
+/// training step (the stem needs no grad of its input).
+fn resnet18_convs(_c: &mut Criterion) {
+    step_convs("resnet18-cifar b64", &resnet18_layers(BATCH, 3, 32, 64));
+}
+
+/// The same for the built-in study's quick model: width 16, batch 128 of
+/// 1x28x28 (`benches/pretrain_step.rs` times its whole step).
+fn quick_convs(_c: &mut Criterion) {
+    step_convs("quick w16 b128", &resnet18_layers(128, 1, 28, 16));
+}
+
+/// `-- quick_convs` as the first argument: only the quick model's table.
+fn only_quick() -> bool {
+    std::env::args().skip(1).any(|a| a == "quick_convs")
+}
+
+fn full(c: &mut Criterion) {
+    if !only_quick() {
+        bench_gemm(c);
+        bench_conv(c);
+        resnet18_convs(c);
+    }
+}
+
+criterion_group!(benches, full, quick_convs);
 criterion_main!(benches);
