@@ -15,6 +15,7 @@
 
 use super::{Conv2dGeom as Geom, ConvOps};
 use crate::backend::Cpu;
+use crate::layout::Conv2dParams;
 use crate::ops::matmul::{gemm, gemm_strided, MatRef};
 use crate::{dispatch_float, Float, Result, Tensor};
 use rayon::prelude::*;
@@ -78,15 +79,50 @@ struct Plan {
 /// threads busy; each holds a weight-sized partial).
 const BACKWARD_PARTS: usize = 8;
 
-/// The split of a batch into at most `threads` parts and their units.
-fn plan(g: &Geom, threads: usize) -> Plan {
-    let (n, hw_out) = (g.n, g.hw_out());
+/// Output channels (per group) up to which a forward may batch images.
+const NARROW: usize = 32;
+
+/// im2col elements per batched GEMM (512 KiB in f32: a quarter of L2).
+const BATCH_ELEMS: usize = 1 << 17;
+
+/// GEMM columns (output pixels) per unit. Measured on AVX-512 (gemm 0.19):
+/// narrower GEMMs whose im2col tile fits L2 win when the weight matrix is
+/// small (cheap to repack per call); a big weight matrix needs wide GEMMs to
+/// amortise its packing.
+///
+/// `batched` (the forward's choice): a narrow layer (at most [`NARROW`]
+/// output channels per group) takes whole images instead, as many as keep
+/// the im2col tile within [`BATCH_ELEMS`], so that the column count is a
+/// multiple of 16 (one AVX-512 register of f32: gemm then needs no padded
+/// copy of the tile). Measured on the quick model (docs/PERF.md): about a
+/// fifth off the 16-channel 28x28 forward; in the backward, and with bigger
+/// tiles, batching was slower, so the backward keeps row tiles.
+pub(super) fn columns(g: &Geom, batched: bool) -> usize {
+    let per_img = g.k() * g.hw_out();
+    let align = 16 / gcd(g.hw_out(), 16);
+    let imgs = BATCH_ELEMS / per_img.max(1) / align * align;
+    if batched && g.cout_g() <= NARROW && imgs > 0 {
+        imgs * g.hw_out()
+    } else if g.k() <= 1152 {
+        256
+    } else {
+        512
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a.max(1)
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The split of a batch into at most `threads` parts and their units of
+/// about [`columns`] GEMM columns.
+fn plan(g: &Geom, threads: usize, batched: bool) -> Plan {
+    let (n, hw_out, target) = (g.n, g.hw_out(), columns(g, batched));
     let threads = threads.max(1);
-    // Columns per GEMM. Measured on AVX-512 (gemm 0.19): narrower GEMMs
-    // whose im2col tile fits L2 win when the weight matrix is small (cheap
-    // to repack per call); a big weight matrix needs wide GEMMs to amortise
-    // its packing.
-    let target: usize = if g.k() <= 1152 { 256 } else { 512 };
     let chunk = target
         .div_ceil(hw_out.max(1))
         .clamp(1, n.div_ceil(threads).max(1));
@@ -112,7 +148,7 @@ fn plan(g: &Geom, threads: usize) -> Plan {
 /// The float types with a process-wide pool of scratch buffers: fresh
 /// multi-megabyte buffers on every call would page-fault (and shoot down
 /// TLBs) each time.
-trait Pooled: Float {
+pub(super) trait Pooled: Float {
     fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
 }
 
@@ -273,11 +309,16 @@ macro_rules! fixed_sizes {
     (match ($($key:expr),*) { $fixed:ident($($arg:expr),*), $($rest:tt)* }) => {
         match ($($key),*) {
             (1, 4) => $fixed::<T, 4, 1>($($arg),*),
+            (1, 7) => $fixed::<T, 7, 1>($($arg),*),
             (1, 8) => $fixed::<T, 8, 1>($($arg),*),
+            (1, 14) => $fixed::<T, 14, 1>($($arg),*),
             (1, 16) => $fixed::<T, 16, 1>($($arg),*),
+            (1, 28) => $fixed::<T, 28, 1>($($arg),*),
             (1, 32) => $fixed::<T, 32, 1>($($arg),*),
             (2, 4) => $fixed::<T, 4, 2>($($arg),*),
+            (2, 7) => $fixed::<T, 7, 2>($($arg),*),
             (2, 8) => $fixed::<T, 8, 2>($($arg),*),
+            (2, 14) => $fixed::<T, 14, 2>($($arg),*),
             (2, 16) => $fixed::<T, 16, 2>($($arg),*),
             $($rest)*
         }
@@ -433,10 +474,19 @@ fn tiles(pl: &Plan, g: &Geom) -> impl Iterator<Item = [usize; 2]> {
         .map(move |o| [o, (o + rows).min(oh)])
 }
 
-fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+/// y = conv(x, wt) + bias over at most `threads` parts of the batch;
+/// `batched`: see [`columns`].
+pub(super) fn conv_forward<T: Pooled>(
+    x: &[T],
+    wt: &[T],
+    bias: Option<&[T]>,
+    g: &Geom,
+    threads: usize,
+    batched: bool,
+) -> Vec<T> {
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
-    let pl = plan(g, rayon::current_num_threads());
+    let pl = plan(g, threads, batched);
     let mut out = vec![T::zero(); g.n * out_img];
     if out.is_empty() {
         return out;
@@ -495,21 +545,21 @@ fn conv_forward<T: Pooled>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> V
 
 /// What `conv_backward` is given, and so computes: the weight (for the
 /// input gradient) or the input (for the weight gradient).
-enum Given<'a, T> {
+pub(super) enum Given<'a, T> {
     Weight(&'a [T]),
     Input(&'a [T]),
 }
 
 /// The input or the weight gradient (see [`Given`]) from dY, in one pass
 /// over the batch.
-fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) -> Vec<T> {
+pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) -> Vec<T> {
     let (x, wt) = match given {
         Given::Weight(w) => (None, Some(w)),
         Given::Input(x) => (Some(x), None),
     };
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
-    let pl = plan(g, BACKWARD_PARTS);
+    let pl = plan(g, BACKWARD_PARTS, false);
     let mut dx = vec![T::zero(); if wt.is_some() { g.n * in_img } else { 0 }];
     let per_img = if dx.is_empty() { 0 } else { in_img };
     // Each part sums its dW transposed ([groups][k][cout_g]): as
@@ -665,6 +715,61 @@ fn add_bias<T: Float>(y: &mut [T], bias: &[T], hw: usize) {
         });
 }
 
+/// The forward convolution whose output is the input gradient of the
+/// stride-1 convolution `g`: dY convolved with the flipped, transposed
+/// weights, padded by `dilation * (k - 1) - padding`. None for other strides,
+/// for more padding than that, and for pointwise convolutions (whose input
+/// gradient is already one GEMM per tile, with no col2im).
+fn as_forward(g: &Geom) -> Option<Geom> {
+    if g.p.stride != [1, 1] || g.pointwise() {
+        return None;
+    }
+    let [dh, dw] = g.p.dilation;
+    let padding = [
+        (dh * (g.kh.checked_sub(1)?)).checked_sub(g.p.padding[0])?,
+        (dw * (g.kw.checked_sub(1)?)).checked_sub(g.p.padding[1])?,
+    ];
+    Some(Geom {
+        n: g.n,
+        cin: g.cout,
+        h: g.oh,
+        w: g.ow,
+        cout: g.cin,
+        kh: g.kh,
+        kw: g.kw,
+        oh: g.h,
+        ow: g.w,
+        p: Conv2dParams { padding, ..g.p },
+    })
+}
+
+/// The weights of [`as_forward`]: [cin, cout/groups, kh, kw], each filter
+/// turned by 180 degrees.
+fn flipped<T: Copy>(w: &[T], g: &Geom) -> Vec<T> {
+    let (cin_g, cout_g, taps) = (g.cin_g(), g.cout_g(), g.kh * g.kw);
+    let mut out = Vec::with_capacity(w.len());
+    for gi in 0..g.p.groups {
+        for ci in 0..cin_g {
+            for co in 0..cout_g {
+                let f = &w[((gi * cout_g + co) * cin_g + ci) * taps..][..taps];
+                out.extend(f.iter().rev());
+            }
+        }
+    }
+    out
+}
+
+/// The input gradient of the convolution `g`: for stride 1 a forward
+/// convolution ([`as_forward`]: no k-times-larger column gradient to write
+/// and scatter back), else GEMM + col2im. Split into the backward's fixed
+/// parts either way, so the same bits come out under any thread count.
+pub(super) fn input_grad<T: Pooled>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    match as_forward(g) {
+        Some(f) => conv_forward(dy, &flipped(w, g), None, &f, BACKWARD_PARTS, true),
+        None => conv_backward(Given::Weight(w), dy, g),
+    }
+}
+
 /// The input gradient of the convolution `g` from `dy` and `w`, plus the
 /// bias per channel (a transposed convolution's forward).
 fn data_grad(dy: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &Geom) -> Result<Tensor> {
@@ -672,7 +777,7 @@ fn data_grad(dy: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &Geom) -> Result
     let dtype = dy.dtype();
     Ok(dispatch_float!("conv2d_backward_data", dtype, T => {
         let (dy, w) = (dy.float_data::<T>()?, w.float_data::<T>()?);
-        let mut dx = conv_backward::<T>(Given::Weight(&w), &dy, g);
+        let mut dx = input_grad::<T>(&dy, &w, g);
         if let Some(b) = bias {
             add_bias::<T>(&mut dx, &b.float_data::<T>()?, g.hw_in());
         }
@@ -693,7 +798,7 @@ impl ConvOps for Cpu {
         Ok(dispatch_float!("conv2d", dtype, T => {
             let (x, w) = (x.float_data::<T>()?, w.float_data::<T>()?);
             let b = bias.map(|b| b.float_data::<T>()).transpose()?;
-            Tensor::from_compute(conv_forward::<T>(&x, &w, b.as_deref(), g), &g.y_dims(), dtype)
+            Tensor::from_compute(conv_forward::<T>(&x, &w, b.as_deref(), g, rayon::current_num_threads(), true), &g.y_dims(), dtype)
         }))
     }
 

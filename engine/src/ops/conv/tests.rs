@@ -67,3 +67,56 @@ fn operands_must_share_a_device_and_params_default_alike() {
     assert_eq!(t.output_padding, [0, 0]);
     assert_eq!(t.conv(), Conv2dParams::default());
 }
+
+/// The forward's batched plan (whole images per GEMM for narrow layers)
+/// gives the per-image plan's output, and the stride-1 input gradient as a
+/// forward convolution gives the GEMM + col2im one, up to summation order
+/// (f64: within 1e-10), on shapes that take each path: 3x3 padded, stride
+/// 2, pointwise, grouped, dilated and wide, with batch sizes that leave a
+/// short last chunk.
+#[test]
+fn batched_and_flipped_paths_match_the_per_image_ones() {
+    use super::cpu::{columns, conv_backward, conv_forward, input_grad, Given};
+    use testutil::assert_close;
+    let p = |stride, padding, dilation, groups| Conv2dParams {
+        stride: [stride; 2],
+        padding: [padding; 2],
+        dilation: [dilation; 2],
+        groups,
+    };
+    // (x dims, w dims, params, forward takes the batched plan)
+    let cases = [
+        ([5, 16, 28, 28], [16, 16, 3, 3], p(1, 1, 1, 1), true),
+        ([7, 16, 28, 28], [32, 16, 3, 3], p(2, 1, 1, 1), true),
+        ([6, 16, 28, 28], [16, 16, 1, 1], p(1, 0, 1, 1), true),
+        ([3, 8, 14, 14], [16, 4, 3, 3], p(1, 1, 1, 2), true),
+        ([4, 6, 11, 9], [8, 6, 3, 3], p(1, 1, 2, 1), true),
+        ([2, 5, 10, 10], [6, 5, 5, 5], p(1, 0, 1, 1), true),
+        ([3, 64, 8, 8], [256, 64, 3, 3], p(1, 1, 1, 1), false),
+    ];
+    for (i, (xd, wd, params, batched)) in cases.into_iter().enumerate() {
+        let (x, w) = (randn(&xd, 10 + i as u64), randn(&wd, 20 + i as u64));
+        let g = super::geometry(&x, &w, None, params).unwrap();
+        let dy = randn(&g.y_dims(), 30 + i as u64);
+        assert_eq!(
+            columns(&g, true) > columns(&g, false),
+            batched,
+            "case {i}: {g:?}"
+        );
+        let (x, w, dy) = (
+            x.to_vec::<f64>().unwrap(),
+            w.to_vec::<f64>().unwrap(),
+            dy.to_vec::<f64>().unwrap(),
+        );
+        let b: Vec<f64> = (0..g.cout).map(|c| c as f64 / 7.0).collect();
+        let fwd = |on| conv_forward(&x, &w, Some(&b), &g, 2, on);
+        assert_close(&format!("case {i} forward"), &fwd(true), &fwd(false), 1e-10, 1e-10);
+        assert_close(
+            &format!("case {i} input gradient"),
+            &input_grad(&dy, &w, &g),
+            &conv_backward(Given::Weight(&w), &dy, &g),
+            1e-10,
+            1e-10,
+        );
+    }
+}
