@@ -1,14 +1,17 @@
 //! 2-D convolution on the CPU as im2col + GEMM, row-major NCHW; a
-//! transposed convolution is its backward-data plus the bias.
+//! transposed convolution is its backward-data plus the bias. The input
+//! gradient of a stride-1 convolution is itself a forward convolution (of dY
+//! with the flipped weights); other strides scatter back with col2im.
 //!
 //! The batch is split into contiguous parts, one per rayon thread in the
 //! forward and `BACKWARD_PARTS` in the backward; each part
 //! runs single-threaded GEMMs on pooled buffers, so im2col/col2im run in
 //! parallel too and no GEMM pays a thread fork/join. A part walks its images
 //! in units: several whole images when the planes are small (4x4 at
-//! ResNet's last stage: one GEMM per image would be too narrow), else one
-//! image cut into tiles of output rows, so that the im2col tile stays in L2
-//! between being written and being read by the GEMM. Weight gradients are
+//! ResNet's last stage: one GEMM per image would be too narrow) or, in the
+//! forward, when the layer is narrow (see `columns`), else one image cut
+//! into tiles of output rows, so that the im2col tile stays in L2 between
+//! being written and being read by the GEMM. Weight gradients are
 //! summed per part and the parts added in index order; the backward's
 //! partition does not depend on the thread count, so its results are the
 //! same bits under any rayon pool.
@@ -718,17 +721,23 @@ fn add_bias<T: Float>(y: &mut [T], bias: &[T], hw: usize) {
 /// The forward convolution whose output is the input gradient of the
 /// stride-1 convolution `g`: dY convolved with the flipped, transposed
 /// weights, padded by `dilation * (k - 1) - padding`. None for other strides,
-/// for more padding than that, and for pointwise convolutions (whose input
-/// gradient is already one GEMM per tile, with no col2im).
+/// for more padding than that, for pointwise convolutions (whose input
+/// gradient is already one GEMM per tile, with no col2im) and for input
+/// planes with rows or columns no window reaches (a transposed convolution's
+/// output padding).
 fn as_forward(g: &Geom) -> Option<Geom> {
     if g.p.stride != [1, 1] || g.pointwise() {
         return None;
     }
     let [dh, dw] = g.p.dilation;
+    let (reach_h, reach_w) = (dh * g.kh.checked_sub(1)?, dw * g.kw.checked_sub(1)?);
     let padding = [
-        (dh * (g.kh.checked_sub(1)?)).checked_sub(g.p.padding[0])?,
-        (dw * (g.kw.checked_sub(1)?)).checked_sub(g.p.padding[1])?,
+        reach_h.checked_sub(g.p.padding[0])?,
+        reach_w.checked_sub(g.p.padding[1])?,
     ];
+    if g.h + 2 * g.p.padding[0] != g.oh + reach_h || g.w + 2 * g.p.padding[1] != g.ow + reach_w {
+        return None;
+    }
     Some(Geom {
         n: g.n,
         cin: g.cout,

@@ -111,12 +111,26 @@ fn batched_and_flipped_paths_match_the_per_image_ones() {
         let b: Vec<f64> = (0..g.cout).map(|c| c as f64 / 7.0).collect();
         let fwd = |on| conv_forward(&x, &w, Some(&b), &g, 2, on);
         assert_close(&format!("case {i} forward"), &fwd(true), &fwd(false), 1e-10, 1e-10);
-        assert_close(
-            &format!("case {i} input gradient"),
-            &input_grad(&dy, &w, &g),
-            &conv_backward(Given::Weight(&w), &dy, &g),
-            1e-10,
-            1e-10,
-        );
+        // and with a row and a column no window reaches, as a transposed
+        // convolution's output padding leaves them
+        let padded = super::Conv2dGeom {
+            h: g.h + 1,
+            w: g.w + 1,
+            ..g
+        };
+        // (not for 1x1 kernels, whose direct path takes equal planes)
+        let variants = if g.kh * g.kw > 1 { 2 } else { 1 };
+        for (g, what) in [(g, "input gradient"), (padded, "output-padded")]
+            .into_iter()
+            .take(variants)
+        {
+            assert_close(
+                &format!("case {i} {what}"),
+                &input_grad(&dy, &w, &g),
+                &conv_backward(Given::Weight(&w), &dy, &g),
+                1e-10,
+                1e-10,
+            );
+        }
     }
 }
