@@ -223,8 +223,7 @@ impl ConvShape {
     fn name(&self) -> String {
         format!(
             "[{},{},{},{}] {}x{} s{} ->{}",
-            self.batch,
-            self.cin, self.hw, self.hw, self.k, self.k, self.stride, self.cout
+            self.batch, self.cin, self.hw, self.hw, self.k, self.k, self.stride, self.cout
         )
     }
     fn tensors(&self) -> (Tensor, Tensor, Tensor) {
@@ -245,7 +244,13 @@ impl ConvShape {
             &mut rng,
         );
         let o = self.out_hw();
-        let gy = Tensor::randn(&[self.batch, self.cout, o, o], 0.0, 1.0, DType::F32, &mut rng);
+        let gy = Tensor::randn(
+            &[self.batch, self.cout, o, o],
+            0.0,
+            1.0,
+            DType::F32,
+            &mut rng,
+        );
         (x, w, gy)
     }
 }
@@ -346,11 +351,7 @@ fn step_convs(label: &str, layers: &[(usize, ConvShape)]) {
         );
         let n = count as f64;
         let layer_flops = s.flops() * if grad_x { 3.0 } else { 2.0 };
-        report(
-            &format!("{label} {count}x {} fwd", s.name()),
-            s.flops(),
-            f,
-        );
+        report(&format!("{label} {count}x {} fwd", s.name()), s.flops(), f);
         report(
             &format!("{label} {count}x {} bwd", s.name()),
             layer_flops - s.flops(),
@@ -360,7 +361,11 @@ fn step_convs(label: &str, layers: &[(usize, ConvShape)]) {
         bwd += n * b;
         flops += n * layer_flops;
     }
-    report(&format!("{label}: all convs of a train step"), flops, fwd + bwd);
+    report(
+        &format!("{label}: all convs of a train step"),
+        flops,
+        fwd + bwd,
+    );
     println!(
         "  of which forward {:.1} ms, backward {:.1} ms",
         fwd * 1e3,

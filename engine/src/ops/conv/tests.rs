@@ -110,7 +110,13 @@ fn batched_and_flipped_paths_match_the_per_image_ones() {
         );
         let b: Vec<f64> = (0..g.cout).map(|c| c as f64 / 7.0).collect();
         let fwd = |on| conv_forward(&x, &w, Some(&b), &g, 2, on);
-        assert_close(&format!("case {i} forward"), &fwd(true), &fwd(false), 1e-10, 1e-10);
+        assert_close(
+            &format!("case {i} forward"),
+            &fwd(true),
+            &fwd(false),
+            1e-10,
+            1e-10,
+        );
         // and with a row and a column no window reaches, as a transposed
         // convolution's output padding leaves them
         let padded = super::Conv2dGeom {
