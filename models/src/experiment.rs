@@ -386,6 +386,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
                 momentum: 0.9,
                 label_smoothing: 0.0,
                 dist: Default::default(),
+                sync_bn: false,
                 compute: ComputeArgs {
                     seed,
                     ..a.compute.clone()

@@ -228,6 +228,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 momentum: 0.9,
                 label_smoothing: 0.0,
                 dist: Default::default(),
+                sync_bn: false,
                 compute: ComputeArgs {
                     precision: c.precision,
                     device: c.device,

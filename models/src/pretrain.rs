@@ -214,6 +214,10 @@ pub struct PretrainArgs {
     pub compute: ComputeArgs,
     #[command(flatten)]
     pub dist: DistArgs,
+    /// With several ranks: BatchNorm statistics of the global micro-batch
+    /// (summed over the ranks, SyncBatchNorm) instead of each rank's own.
+    #[arg(long)]
+    pub sync_bn: bool,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -407,6 +411,9 @@ fn pretrain_rank(
     trainer.min_batch = if config.projector.is_some() { 2 } else { 1 };
     if global_batch != a.batch {
         trainer = trainer.with_data_parallel(comm, grad_accum);
+        if a.sync_bn {
+            trainer = trainer.with_sync_batch_norm();
+        }
     }
     let t0 = Instant::now();
     let result = fit(

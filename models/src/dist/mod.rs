@@ -25,8 +25,10 @@ pub mod launch;
 pub mod nccl;
 pub mod reducer;
 
-pub use data_parallel::DataParallel;
+pub use data_parallel::{DataParallel, GlobalBatch};
+use engine::nn::StatSync;
 use engine::{Error, Result, Tensor};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A group of ranks exchanging flat f32 tensors. Every rank calls the same
 /// operations in the same order with the same lengths; a rank that fails,
@@ -68,6 +70,44 @@ impl Communicator for Single {
     }
     fn barrier(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// A communicator shared by a rank's gradient reducer and its BatchNorm
+/// layers (`--sync-bn`): one collective at a time, in the order the rank's
+/// thread calls them.
+#[derive(Clone)]
+pub struct Shared {
+    comm: Arc<Mutex<Box<dyn Communicator>>>,
+    rank: usize,
+    world: usize,
+}
+
+impl Shared {
+    pub fn new(comm: Box<dyn Communicator>) -> Shared {
+        let (rank, world) = (comm.rank(), comm.world());
+        Shared {
+            comm: Arc::new(Mutex::new(comm)),
+            rank,
+            world,
+        }
+    }
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    pub fn world(&self) -> usize {
+        self.world
+    }
+    pub fn lock(&self) -> Result<MutexGuard<'_, Box<dyn Communicator>>> {
+        self.comm
+            .lock()
+            .map_err(|_| error("a collective panicked earlier on this rank"))
+    }
+}
+
+impl StatSync for Shared {
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+        self.lock()?.all_reduce_sum(t)
     }
 }
 
