@@ -278,6 +278,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 max_size: c.max_size,
                 workers: c.workers,
                 seed,
+                dist: Default::default(),
                 out,
                 resume: false,
                 deterministic: false,

@@ -5,7 +5,7 @@
 use crate::data::{parse_classes, Augment, Dataset, Loader, LoaderOptions, Subset, Transform};
 use crate::datasets::{self, Normalization};
 use crate::device::DeviceArg;
-use crate::dist::launch::{run_ranks, DistArgs};
+use crate::dist::launch::{global_batch, run_ranks, DistArgs};
 use crate::dist::Communicator;
 use crate::fit::{fit, EpochLog, FitOptions};
 use crate::net::metadata_value;
@@ -332,11 +332,7 @@ fn pretrain_rank(
         eprintln!("device: {}", g.info.summary());
     }
 
-    let global_batch = a
-        .batch
-        .checked_mul(grad_accum * world)
-        .filter(|g| *g <= 1 << 24)
-        .ok_or_else(|| Error::arg("pretrain", "--batch x --grad-accum x ranks is above 2^24"))?;
+    let global_batch = global_batch(a.batch, grad_accum, world)?;
     // this rank's slice of each global batch, cut into micro-batches by
     // the trainer
     let train = Loader::new(

@@ -122,7 +122,7 @@ impl DataParallel {
             }
             acc.add(params)?;
         }
-        acc.finish(params);
+        acc.finish(params)?;
         self.reducer.reduce(params, &mut **self.comm.lock()?)?;
         // the logged values are the global batch's
         let n = sums.len();

@@ -41,12 +41,24 @@ impl Accumulator {
         Ok(())
     }
 
-    /// Puts the sums back as the parameters' gradients.
-    pub fn finish(self, params: &[Param]) {
+    /// Puts the sums back as the parameters' gradients; a parameter that
+    /// got none gets zeros (as it does when the ranks' gradients are
+    /// summed), so that one rank and several step alike.
+    pub fn finish(mut self, params: &[Param]) -> Result<()> {
+        self.sums.resize(params.len(), None);
         for (s, p) in self.sums.into_iter().zip(params) {
-            p.set_grad(s);
+            p.set_grad(Some(match s {
+                Some(g) => g,
+                None => zeros_like(&p.get())?,
+            }));
         }
+        Ok(())
     }
+}
+
+/// Zeros of `p`'s shape, dtype and device.
+fn zeros_like(p: &Tensor) -> Result<Tensor> {
+    Tensor::zeros(p.dims(), p.dtype()).to_device(p.device())
 }
 
 /// Sums the gradients over the ranks, in buckets of about `BUCKET_BYTES`
@@ -92,7 +104,7 @@ impl GradReducer {
                 let p = params[i].get();
                 let g = match p.grad() {
                     Some(g) => g.to_dtype(DType::F32)?,
-                    None => Tensor::zeros(p.dims(), DType::F32).to_device(p.device())?,
+                    None => zeros_like(&p)?.to_dtype(DType::F32)?,
                 };
                 flat.push(g.contiguous()?.reshape(&[g.numel()])?);
             }
