@@ -1,18 +1,20 @@
 //! Data parallelism in the library: the sharded sampler reads exactly the
 //! global batches of the unsharded one, a two-rank run stopped and resumed
-//! from rank 0's checkpoint continues bit for bit, and synchronised
-//! BatchNorm over two ranks matches one rank with the whole batch.
+//! from rank 0's checkpoint continues bit for bit, synchronised BatchNorm
+//! over two ranks matches one rank with the whole batch, and the gradient
+//! reduction overlapped with the backward pass gives the bits of the one
+//! after it.
 
 use engine::nn::Module;
 use engine::{Rng, Tensor};
 use models::data::{Loader, LoaderOptions, SyntheticImages, Transform};
 use models::dist::hub::threads;
-use models::dist::reducer::{GradReducer, BUCKET_BYTES};
+use models::dist::reducer::{Accumulator, GradReducer, BUCKET_BYTES};
 use models::dist::{Communicator, Shared};
 use models::fit::{fit, FitOptions};
 use models::train::{StepLog, TrainOptions, Trainer};
 use models::{NetConfig, ProjectorConfig, Stem, SupervisedNet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn loader(batch: usize, rank: usize, world: usize) -> Loader {
@@ -295,4 +297,119 @@ fn synced_batch_norm_over_two_ranks_matches_one_rank_with_the_whole_batch() {
     let scale = whole.logits.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
     let tol = testutil::Tol::new(2e-5 * scale, 1e-4);
     assert!(testutil::check_close("logits", &logits, &whole.logits, tol).is_err());
+}
+
+/// A communicator that logs its all-reduces.
+struct Logged {
+    inner: Box<dyn Communicator>,
+    log: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl Communicator for Logged {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world(&self) -> usize {
+        self.inner.world()
+    }
+    fn all_reduce_sum(&mut self, t: &Tensor) -> engine::Result<Tensor> {
+        self.log.lock().unwrap().push("all-reduce");
+        self.inner.all_reduce_sum(t)
+    }
+    fn broadcast(&mut self, t: &Tensor, root: usize) -> engine::Result<Tensor> {
+        self.inner.broadcast(t, root)
+    }
+    fn all_gather(&mut self, t: &Tensor) -> engine::Result<Tensor> {
+        self.inner.all_gather(t)
+    }
+    fn barrier(&mut self) -> engine::Result<()> {
+        self.inner.barrier()
+    }
+}
+
+#[test]
+fn reduction_overlapped_with_backward_gives_the_same_bits_and_starts_before_it_ends() {
+    let batch = loader(8, 0, 1).epoch(0, 0).next().unwrap().unwrap();
+    let results = two_ranks(|r, c| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let comm = Shared::new(Box::new(Logged {
+            inner: c,
+            log: log.clone(),
+        }));
+        // two micro-batches of 2 images on each rank
+        let part = |k: usize, t: &Tensor| t.narrow(0, 4 * r + 2 * k, 2).unwrap();
+        let run = |overlap: bool| {
+            let net = small_net(3);
+            let params = net.params();
+            // buckets of 1024 floats: many of them
+            let reducer = Arc::new(GradReducer::new(&params, 4096));
+            let backward = |k: usize| -> engine::Result<()> {
+                let logits = net.forward(&part(k, &batch.images))?;
+                let loss = logits.cross_entropy(&part(k, &batch.labels), 0.0, None)?;
+                loss.scale(0.25)?.backward()?;
+                log.lock().unwrap().push("backward ended");
+                Ok(())
+            };
+            backward(0).unwrap();
+            let mut acc = Accumulator::default();
+            acc.add(&params).unwrap();
+            if overlap {
+                reducer
+                    .reduce_during(&params, &comm, acc, || backward(1))
+                    .unwrap();
+            } else {
+                backward(1).unwrap();
+                acc.add(&params).unwrap();
+                acc.finish(&params).unwrap();
+                reducer
+                    .reduce(&params, &mut **comm.lock().unwrap())
+                    .unwrap();
+            }
+            let buckets = reducer.buckets().len();
+            let events = std::mem::take(&mut *log.lock().unwrap());
+            (bits_of(&params), buckets, events)
+        };
+        (run(false), run(true))
+    });
+    for (after, during) in &results {
+        assert_eq!(during.0, after.0, "overlapped gradients differ");
+        let (buckets, events) = (during.1, &during.2);
+        assert!(buckets > 4, "{buckets} buckets");
+        // one all-reduce per bucket, the first ones before the last
+        // micro-batch's backward pass ended
+        assert_eq!(
+            events.iter().filter(|e| **e == "all-reduce").count(),
+            buckets
+        );
+        let ended = events.iter().rposition(|e| *e == "backward ended").unwrap();
+        let before = events[..ended]
+            .iter()
+            .filter(|e| **e == "all-reduce")
+            .count();
+        assert!(
+            before > buckets / 2,
+            "only {before} of {buckets} buckets summed during backward: {events:?}"
+        );
+        // the reference ran them all after it
+        assert_eq!(after.2.iter().position(|e| *e == "all-reduce"), Some(2));
+    }
+    assert_eq!(
+        results[0].1 .0, results[1].1 .0,
+        "the ranks' gradients differ"
+    );
+}
+
+fn bits_of(params: &[engine::nn::Param]) -> Vec<Vec<u32>> {
+    params
+        .iter()
+        .map(|p| {
+            p.grad()
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        })
+        .collect()
 }

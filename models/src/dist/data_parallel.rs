@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub struct DataParallel {
     comm: Shared,
     grad_accum: usize,
-    reducer: GradReducer,
+    reducer: Arc<GradReducer>,
     /// Whether the ranks were found to start from the same weights.
     checked: bool,
 }
@@ -30,7 +30,7 @@ impl DataParallel {
         DataParallel {
             comm: Shared::new(comm),
             grad_accum: grad_accum.max(1),
-            reducer: GradReducer::new(params, BUCKET_BYTES),
+            reducer: Arc::new(GradReducer::new(params, BUCKET_BYTES)),
             checked: false,
         }
     }
@@ -108,22 +108,35 @@ impl DataParallel {
                 self.rank(),
             )));
         }
+        if let Some(r) = all.chunks(2).position(|c| c[0] == 0.0) {
+            return Err(error(format!(
+                "rank {r} has no readable image in step {step}"
+            )));
+        }
         let global: f64 = all.chunks(2).map(|c| c[0] as f64).sum();
-        let size = b.div_ceil(self.grad_accum).max(1);
+        let size = b.div_ceil(self.grad_accum);
+        let starts: Vec<usize> = (0..b).step_by(size).collect();
         let mut acc = Accumulator::default();
         let mut sums: Vec<f64> = Vec::new();
-        for (k, start) in (0..b).step_by(size).enumerate() {
+        for (k, &start) in starts.iter().enumerate() {
             let n = size.min(b - start);
             let m = self.rank() * self.grad_accum + k;
-            let values = micro(m, start, n, n as f64 / global)?;
+            let mut run = || micro(m, start, n, n as f64 / global);
+            // the last micro-batch's backward overlaps the reduction
+            let values = if k + 1 == starts.len() {
+                let earlier = std::mem::take(&mut acc);
+                self.reducer
+                    .reduce_during(params, &self.comm, earlier, run)?
+            } else {
+                let v = run()?;
+                acc.add(params)?;
+                v
+            };
             sums.resize(values.len(), 0.0);
             for (s, v) in sums.iter_mut().zip(values) {
                 *s += v * n as f64;
             }
-            acc.add(params)?;
         }
-        acc.finish(params)?;
-        self.reducer.reduce(params, &mut **self.comm.lock()?)?;
         // the logged values are the global batch's
         let n = sums.len();
         let t =

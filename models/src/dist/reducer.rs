@@ -7,12 +7,24 @@
 //! gradients. A parameter without a gradient counts as zeros, so that every
 //! rank sends the same buckets.
 //!
-//! The reduction runs after the backward pass (the host communicators
-//! copy each bucket to the host anyway, so there is nothing to overlap).
+//! [`GradReducer::reduce_during`] overlaps the reduction with the backward
+//! pass of a step's last micro-batch: an autograd hook
+//! (`engine::autograd::on_grad_ready`) hears of each parameter as soon as
+//! its gradient is final, and a bucket is summed over the ranks as soon as
+//! all its gradients are final and the buckets before it are summed. The
+//! buckets and the values summed are those of [`GradReducer::reduce`]
+//! after the backward pass, in the same order: the same bits. The sum runs
+//! inline, on the thread of the backward pass (every rank calls the
+//! collectives in the same order; the host communicators block until the
+//! ranks have sent their part, and NCCL's runs on the GPU's one stream, so
+//! there it is queued between backward kernels rather than beside them).
 
-use super::Communicator;
+use super::{Communicator, Shared};
+use engine::autograd::on_grad_ready;
 use engine::nn::Param;
 use engine::{no_grad, DType, Result, Tensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// The bucket size PyTorch DDP uses by default.
 pub const BUCKET_BYTES: usize = 25 << 20;
@@ -94,29 +106,136 @@ impl GradReducer {
 
     /// Replaces every gradient by its sum over the ranks of `comm`.
     pub fn reduce(&self, params: &[Param], comm: &mut dyn Communicator) -> Result<()> {
+        for k in 0..self.buckets.len() {
+            self.reduce_bucket(k, params, comm)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `backward`, the backward pass of a step's last micro-batch
+    /// (`earlier` holds the sums of the micro-batches before it), and sums
+    /// the gradients over the ranks of `comm` bucket by bucket while it
+    /// runs; afterwards the parameters hold what `earlier.add(params)`,
+    /// `finish` and [`GradReducer::reduce`] would have left, bit for bit.
+    pub fn reduce_during<T>(
+        self: &Arc<Self>,
+        params: &[Param],
+        comm: &Shared,
+        earlier: Accumulator,
+        backward: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let mut sums = earlier.sums;
+        sums.resize(params.len(), None);
+        let state = Arc::new(Mutex::new(Overlap {
+            reducer: self.clone(),
+            slots: params
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((p.get().grad_slot_id()?, i)))
+                .collect(),
+            params: params.to_vec(),
+            sums,
+            ready: vec![false; params.len()],
+            next: 0,
+            comm: comm.clone(),
+        }));
+        let hook = state.clone();
+        let out = on_grad_ready(
+            Box::new(move |slot| hook.lock().unwrap().ready(slot)),
+            backward,
+        )?;
+        // parameters the pass did not reach, then the buckets left
+        let mut s = state.lock().unwrap();
+        for i in 0..params.len() {
+            if !s.ready[i] {
+                s.finish_param(i)?;
+            }
+        }
+        s.launch()?;
+        Ok(out)
+    }
+
+    /// Replaces the gradients of bucket `k` by their sums over the ranks.
+    fn reduce_bucket(&self, k: usize, params: &[Param], comm: &mut dyn Communicator) -> Result<()> {
         if comm.world() == 1 {
             return Ok(());
         }
         let _ng = no_grad();
-        for bucket in &self.buckets {
-            let mut flat = Vec::with_capacity(bucket.len());
-            for &i in bucket {
-                let p = params[i].get();
-                let g = match p.grad() {
-                    Some(g) => g.to_dtype(DType::F32)?,
-                    None => zeros_like(&p)?.to_dtype(DType::F32)?,
-                };
-                flat.push(g.contiguous()?.reshape(&[g.numel()])?);
+        let bucket = &self.buckets[k];
+        let mut flat = Vec::with_capacity(bucket.len());
+        for &i in bucket {
+            let p = params[i].get();
+            let g = match p.grad() {
+                Some(g) => g.to_dtype(DType::F32)?,
+                None => zeros_like(&p)?.to_dtype(DType::F32)?,
+            };
+            flat.push(g.contiguous()?.reshape(&[g.numel()])?);
+        }
+        let summed = comm.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
+        let mut at = 0;
+        for &i in bucket {
+            let p = params[i].get();
+            let n = p.numel();
+            let g = summed.narrow(0, at, n)?.contiguous()?.reshape(p.dims())?;
+            p.set_grad(Some(g));
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+/// The state of [`GradReducer::reduce_during`].
+struct Overlap {
+    reducer: Arc<GradReducer>,
+    /// Parameter index of each gradient slot.
+    slots: HashMap<usize, usize>,
+    params: Vec<Param>,
+    /// The earlier micro-batches' sums, until added to the last one's.
+    sums: Vec<Option<Tensor>>,
+    /// Whether a parameter's gradient is final (and summed over the
+    /// micro-batches).
+    ready: Vec<bool>,
+    /// The first bucket not yet summed over the ranks.
+    next: usize,
+    comm: Shared,
+}
+
+impl Overlap {
+    /// The gradient slot `slot` is final: adds its parameter's gradient to
+    /// the earlier sum and sums the buckets that are complete.
+    fn ready(&mut self, slot: usize) -> Result<()> {
+        match self.slots.get(&slot) {
+            Some(&i) => {
+                self.finish_param(i)?;
+                self.launch()
             }
-            let summed = comm.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
-            let mut at = 0;
-            for &i in bucket {
-                let p = params[i].get();
-                let n = p.numel();
-                let g = summed.narrow(0, at, n)?.contiguous()?.reshape(p.dims())?;
-                p.set_grad(Some(g));
-                at += n;
-            }
+            None => Ok(()),
+        }
+    }
+
+    /// `Accumulator::add` then `finish` for parameter `i`.
+    fn finish_param(&mut self, i: usize) -> Result<()> {
+        let p = &self.params[i];
+        let total = match (self.sums[i].take(), p.grad()) {
+            (Some(acc), Some(g)) => acc.add(&g)?,
+            (Some(acc), None) => acc,
+            (None, Some(g)) => g,
+            (None, None) => zeros_like(&p.get())?,
+        };
+        p.set_grad(Some(total));
+        self.ready[i] = true;
+        Ok(())
+    }
+
+    /// Sums over the ranks, in bucket order, the buckets whose gradients
+    /// are all final.
+    fn launch(&mut self) -> Result<()> {
+        let buckets = self.reducer.buckets();
+        while self.next < buckets.len() && buckets[self.next].iter().all(|&i| self.ready[i]) {
+            let mut comm = self.comm.lock()?;
+            self.reducer
+                .reduce_bucket(self.next, &self.params, &mut **comm)?;
+            self.next += 1;
         }
         Ok(())
     }
