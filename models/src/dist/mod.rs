@@ -46,6 +46,26 @@ pub trait Communicator: Send {
     fn all_gather(&mut self, t: &Tensor) -> Result<Tensor>;
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<()>;
+    /// Starts `all_reduce_sum(t)` so that it may run beside the caller's
+    /// next work (NCCL: on a second stream); [`Communicator::finish`]
+    /// returns the sum. By default the sum is computed here and now.
+    fn all_reduce_sum_start(&mut self, t: &Tensor) -> Result<PendingSum> {
+        self.all_reduce_sum(t).map(PendingSum::Ready)
+    }
+    /// The sum of a [`Communicator::all_reduce_sum_start`] of this
+    /// communicator.
+    fn finish(&mut self, p: PendingSum) -> Result<Tensor> {
+        match p {
+            PendingSum::Ready(t) => Ok(t),
+            PendingSum::Nccl(_) => Err(error("an NCCL sum was handed to another communicator")),
+        }
+    }
+}
+
+/// A sum of [`Communicator::all_reduce_sum_start`].
+pub enum PendingSum {
+    Ready(Tensor),
+    Nccl(engine::cuda::nccl::PendingSum),
 }
 
 /// The one-rank group: every operation is the identity.

@@ -13,13 +13,15 @@
 //! its gradient is final, and a bucket is summed over the ranks as soon as
 //! all its gradients are final and the buckets before it are summed. The
 //! buckets and the values summed are those of [`GradReducer::reduce`]
-//! after the backward pass, in the same order: the same bits. The sum runs
-//! inline, on the thread of the backward pass (every rank calls the
-//! collectives in the same order; the host communicators block until the
-//! ranks have sent their part, and NCCL's runs on the GPU's one stream, so
-//! there it is queued between backward kernels rather than beside them).
+//! after the backward pass, in the same order: the same bits. A bucket's
+//! sum is started from the thread of the backward pass (so every rank
+//! starts the collectives in the same order) with
+//! `Communicator::all_reduce_sum_start`: the host communicators sum at
+//! once (the backward pass waits for the other ranks' parts), NCCL queues
+//! the sum on a second stream beside the backward kernels; the sums are
+//! taken back into the gradients after the backward pass.
 
-use super::{Communicator, Shared};
+use super::{Communicator, PendingSum, Shared};
 use engine::autograd::on_grad_ready;
 use engine::nn::Param;
 use engine::{no_grad, DType, Result, Tensor};
@@ -107,7 +109,9 @@ impl GradReducer {
     /// Replaces every gradient by its sum over the ranks of `comm`.
     pub fn reduce(&self, params: &[Param], comm: &mut dyn Communicator) -> Result<()> {
         for k in 0..self.buckets.len() {
-            self.reduce_bucket(k, params, comm)?;
+            if let Some(p) = self.start_bucket(k, params, comm)? {
+                self.finish_bucket(k, params, comm, p)?;
+            }
         }
         Ok(())
     }
@@ -137,6 +141,7 @@ impl GradReducer {
             sums,
             ready: vec![false; params.len()],
             next: 0,
+            pending: Vec::new(),
             comm: comm.clone(),
         }));
         let hook = state.clone();
@@ -152,13 +157,24 @@ impl GradReducer {
             }
         }
         s.launch()?;
+        let pending = std::mem::take(&mut s.pending);
+        let mut comm = s.comm.lock()?;
+        for (k, p) in pending {
+            self.finish_bucket(k, params, &mut **comm, p)?;
+        }
         Ok(out)
     }
 
-    /// Replaces the gradients of bucket `k` by their sums over the ranks.
-    fn reduce_bucket(&self, k: usize, params: &[Param], comm: &mut dyn Communicator) -> Result<()> {
+    /// Starts the sum over the ranks of bucket `k`'s gradients (None on
+    /// one rank).
+    fn start_bucket(
+        &self,
+        k: usize,
+        params: &[Param],
+        comm: &mut dyn Communicator,
+    ) -> Result<Option<PendingSum>> {
         if comm.world() == 1 {
-            return Ok(());
+            return Ok(None);
         }
         let _ng = no_grad();
         let bucket = &self.buckets[k];
@@ -171,9 +187,21 @@ impl GradReducer {
             };
             flat.push(g.contiguous()?.reshape(&[g.numel()])?);
         }
-        let summed = comm.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
+        comm.all_reduce_sum_start(&Tensor::cat(&flat, 0)?).map(Some)
+    }
+
+    /// Replaces the gradients of bucket `k` by the sum `p` started for it.
+    fn finish_bucket(
+        &self,
+        k: usize,
+        params: &[Param],
+        comm: &mut dyn Communicator,
+        p: PendingSum,
+    ) -> Result<()> {
+        let _ng = no_grad();
+        let summed = comm.finish(p)?;
         let mut at = 0;
-        for &i in bucket {
+        for &i in &self.buckets[k] {
             let p = params[i].get();
             let n = p.numel();
             let g = summed.narrow(0, at, n)?.contiguous()?.reshape(p.dims())?;
@@ -195,8 +223,10 @@ struct Overlap {
     /// Whether a parameter's gradient is final (and summed over the
     /// micro-batches).
     ready: Vec<bool>,
-    /// The first bucket not yet summed over the ranks.
+    /// The first bucket not yet started.
     next: usize,
+    /// The sums started, by bucket.
+    pending: Vec<(usize, PendingSum)>,
     comm: Shared,
 }
 
@@ -227,14 +257,18 @@ impl Overlap {
         Ok(())
     }
 
-    /// Sums over the ranks, in bucket order, the buckets whose gradients
-    /// are all final.
+    /// Starts the sums over the ranks, in bucket order, of the buckets
+    /// whose gradients are all final.
     fn launch(&mut self) -> Result<()> {
         let buckets = self.reducer.buckets();
         while self.next < buckets.len() && buckets[self.next].iter().all(|&i| self.ready[i]) {
             let mut comm = self.comm.lock()?;
-            self.reducer
-                .reduce_bucket(self.next, &self.params, &mut **comm)?;
+            if let Some(p) = self
+                .reducer
+                .start_bucket(self.next, &self.params, &mut **comm)?
+            {
+                self.pending.push((self.next, p));
+            }
             self.next += 1;
         }
         Ok(())
