@@ -279,3 +279,45 @@ impl Tensor {
         run_backward(self, grad)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    /// The hook hears of each leaf once, after its last contribution: `a`
+    /// feeds the last op run (the first op of the forward) and an earlier
+    /// one, `b` only the first op run.
+    #[test]
+    fn grad_ready_fires_once_per_leaf_after_its_last_contribution() {
+        let leaf = |v: f32| {
+            Tensor::full(&[3], v as f64, DType::F32)
+                .requires_grad_()
+                .unwrap()
+        };
+        let (a, b) = (leaf(2.0), leaf(3.0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let (ia, ib) = (a.grad_slot_id().unwrap(), b.grad_slot_id().unwrap());
+        let (ga, gb) = (a.clone(), b.clone());
+        let hook: GradReadyHook = Box::new(move |slot| {
+            // the gradient is already final when the hook runs
+            let g = if slot == ia { ga.grad() } else { gb.grad() };
+            log.lock()
+                .unwrap()
+                .push((slot, g.unwrap().to_vec::<f32>()?));
+            Ok(())
+        });
+        // y = sum((a * a) * b): d/da = 2ab = 12, d/db = a^2 = 4
+        on_grad_ready(hook, || a.mul(&a)?.mul(&b)?.sum_all()?.backward()).unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![(ib, vec![4.0; 3]), (ia, vec![12.0; 3])],
+            "b is final after the last multiply, a after the first"
+        );
+        // outside on_grad_ready nothing is called
+        a.mul(&b).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(seen.len(), 2);
+    }
+}

@@ -110,18 +110,21 @@ fn two_ranks<T: Send>(f: impl Fn(usize, Box<dyn Communicator>) -> T + Sync) -> V
     })
 }
 
-fn bits(net: &SupervisedNet) -> Vec<Vec<u32>> {
-    net.params()
-        .iter()
-        .map(|p| {
-            p.get()
-                .to_vec::<f32>()
+/// The bits of each of `tensors`' f32 values.
+fn bits_of(tensors: impl Iterator<Item = Tensor>) -> Vec<Vec<u32>> {
+    tensors
+        .map(|t| {
+            t.to_vec::<f32>()
                 .unwrap()
                 .iter()
                 .map(|x| x.to_bits())
                 .collect()
         })
         .collect()
+}
+
+fn bits(net: &SupervisedNet) -> Vec<Vec<u32>> {
+    bits_of(net.params().iter().map(|p| p.get()))
 }
 
 #[test]
@@ -367,7 +370,8 @@ fn reduction_overlapped_with_backward_gives_the_same_bits_and_starts_before_it_e
             }
             let buckets = reducer.buckets().len();
             let events = std::mem::take(&mut *log.lock().unwrap());
-            (bits_of(&params), buckets, events)
+            let grads = bits_of(params.iter().map(|p| p.grad().unwrap()));
+            (grads, buckets, events)
         };
         (run(false), run(true))
     });
@@ -397,19 +401,4 @@ fn reduction_overlapped_with_backward_gives_the_same_bits_and_starts_before_it_e
         results[0].1 .0, results[1].1 .0,
         "the ranks' gradients differ"
     );
-}
-
-fn bits_of(params: &[engine::nn::Param]) -> Vec<Vec<u32>> {
-    params
-        .iter()
-        .map(|p| {
-            p.grad()
-                .unwrap()
-                .to_vec::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect()
-        })
-        .collect()
 }
