@@ -95,6 +95,14 @@ verify() {
     return $ok
 }
 
+# need_pip: exits with a clear error unless `python3 -m pip` works.
+need_pip() {
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "error: python3 -m pip not found; install pip (Debian: apt-get install python3-pip) and retry" >&2
+        exit 1
+    fi
+}
+
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -164,10 +172,7 @@ fetch_labelme_coco() {
         echo "labelme-coco: present in $LM_DEST"
     else
         echo "labelme-coco: fetching the PyPI sdist labelme==6.3.1"
-        if ! python3 -m pip --version >/dev/null 2>&1; then
-            echo "error: python3 -m pip not found; install pip (Debian: apt-get install python3-pip) and retry" >&2
-            exit 1
-        fi
+        need_pip
         mkdir -p "$TMP/pip"
         # pip prepares the sdist's metadata even for `download`; that needs the
         # build backend, fetched in an isolated env unless it cannot be, in which
@@ -203,10 +208,7 @@ fetch_digits() {
         echo "digits: present in $DG_DEST"
     else
         echo "digits: fetching the PyPI wheel scikit-learn==1.7.2"
-        if ! python3 -m pip --version >/dev/null 2>&1; then
-            echo "error: python3 -m pip not found; install pip (Debian: apt-get install python3-pip) and retry" >&2
-            exit 1
-        fi
+        need_pip
         mkdir -p "$TMP/digits"
         if ! python3 -m pip download --disable-pip-version-check --quiet --no-deps \
             --only-binary :all: --platform manylinux_2_17_x86_64 --python-version 3.11 \

@@ -15,8 +15,8 @@
 //! (bilinear, `InputSpec::eval_transform`).
 
 use crate::data::{
-    default_digits_path, default_fashion_mnist_dir, default_mnist_dir, fashion_mnist,
-    mnist_digits, uci_digits, Dataset, ImageFolder, Split, Subset, SyntheticImages,
+    default_digits_path, default_fashion_mnist_dir, default_mnist_dir, fashion_mnist, mnist_digits,
+    uci_digits, Dataset, ImageFolder, Split, Subset, SyntheticImages,
 };
 use engine::{Error, Result};
 use std::path::Path;
@@ -152,7 +152,9 @@ fn every_fifth_of_each_class(all: Arc<dyn Dataset>, test: bool) -> Result<Subset
 pub fn test_spec(spec: &str) -> Option<String> {
     let (name, split) = split_of(spec);
     match (name, split) {
-        ("fashion-mnist" | "mnist" | "digits" | "synthetic", "" | "train") => Some(format!("{name}:test")),
+        ("fashion-mnist" | "mnist" | "digits" | "synthetic", "" | "train") => {
+            Some(format!("{name}:test"))
+        }
         _ => None,
     }
 }

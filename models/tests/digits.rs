@@ -68,7 +68,11 @@ fn digits_split_is_stratified_disjoint_and_complete() {
         histogram(&*train),
         [143, 146, 142, 147, 145, 146, 145, 144, 140, 144]
     );
-    let names = |ds: &dyn Dataset| (0..ds.len()).map(|i| ds.describe(i)).collect::<BTreeSet<_>>();
+    let names = |ds: &dyn Dataset| {
+        (0..ds.len())
+            .map(|i| ds.describe(i))
+            .collect::<BTreeSet<_>>()
+    };
     let (tr, te) = (names(&*train), names(&*test));
     assert_eq!(tr.len() + te.len(), 1797);
     assert!(tr.is_disjoint(&te));
@@ -76,7 +80,10 @@ fn digits_split_is_stratified_disjoint_and_complete() {
     assert_eq!(test.describe(0), "uci-digits#33");
     assert_eq!(test.label(0), 5);
     assert_eq!(&test.get(0).unwrap().pixels[..4], &[0, 96, 207, 80]);
-    assert_eq!(datasets::test_spec("digits").as_deref(), Some("digits:test"));
+    assert_eq!(
+        datasets::test_spec("digits").as_deref(),
+        Some("digits:test")
+    );
     let e = err_text(datasets::open("digits:val"));
     assert!(e.contains("train, test and all"), "{e}");
 }
@@ -114,14 +121,20 @@ fn bad_digits_files_are_errors_naming_the_file() {
     for (text, want) in [
         (format!("{zeros}\n"), "64 values"),
         (format!("{zeros},1,2\n"), "66 values"),
-        (format!("17,{},3\n", vec!["0"; 63].join(",")), "outside 0..=16"),
+        (
+            format!("17,{},3\n", vec!["0"; 63].join(",")),
+            "outside 0..=16",
+        ),
         (format!("{zeros},10\n"), "not a digit"),
         (format!("{zeros},x\n"), "not a number"),
         (String::new(), "no digits"),
     ] {
         write_gz(&path, &text);
         let e = err_text(uci_digits(&path));
-        assert!(e.contains("digits.csv.gz") && e.contains(want), "{want}: {e}");
+        assert!(
+            e.contains("digits.csv.gz") && e.contains(want),
+            "{want}: {e}"
+        );
     }
     std::fs::write(&path, b"plain text").unwrap();
     assert!(err_text(uci_digits(&path)).contains("gzip"));

@@ -47,15 +47,25 @@ pub fn uci_digits(path: &Path) -> Result<InMemory> {
         .read_to_string(&mut text)
         .map_err(|e| fail(format!("not a gzipped text file: {e}")))?;
     if text.len() as u64 > MAX_CSV_BYTES {
-        return Err(fail(format!("decompresses to more than {MAX_CSV_BYTES} bytes")));
+        return Err(fail(format!(
+            "decompresses to more than {MAX_CSV_BYTES} bytes"
+        )));
     }
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let at = |msg: String| fail(format!("line {}: {msg}", n + 1));
         let values = line
             .split(',')
-            .map(|v| v.trim().parse::<f64>().map_err(|_| at(format!("{v:?} is not a number"))))
+            .map(|v| {
+                v.trim()
+                    .parse::<f64>()
+                    .map_err(|_| at(format!("{v:?} is not a number")))
+            })
             .collect::<Result<Vec<f64>>>()?;
         if values.len() != PIXELS + 1 {
             return Err(at(format!(
