@@ -528,6 +528,7 @@ fn results_json(
         summary.insert(method.to_string(), m.into());
     }
     serde_json::json!({
+        "provenance": crate::run_dir::provenance(),
         "config": {
             "arch": a.arch, "width": a.width, "seen": a.seen, "epochs": plan.epochs, "seeds": plan.seeds,
             "per_class": plan.per_class, "transfer_per_class": plan.transfer_per_class,

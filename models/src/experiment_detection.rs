@@ -451,6 +451,7 @@ fn results_json(
         })
         .collect();
     json!({
+        "provenance": crate::run_dir::provenance(),
         "config": config_json(c, bench),
         "seconds": seconds,
         "summary": summary,
