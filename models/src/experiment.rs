@@ -33,7 +33,7 @@ use crate::analyze::embedding_plot;
 use crate::data::{parse_classes, Dataset, FASHION_MNIST_CLASSES};
 use crate::eval::{
     feature_distribution_distance, feature_metrics, knn_accuracy, tuned_linear_probe, Features,
-    TuneOptions,
+    ProbeOptions, TuneOptions, TunedProbe,
 };
 use crate::experiment_detection::{detection_experiment, DetectionConfig};
 use crate::extract::{extract_features, extract_projected};
@@ -570,25 +570,29 @@ impl Replicate<'_> {
         let mut primary = Vec::new();
         for &(t, label, classes) in &self.sets.targets {
             let (train, test) = (&f[&format!("{t}_train")], &f[&format!("{t}_test")]);
-            let mut probe = |standardize: bool| {
+            let probe = |standardize: bool| {
                 tuned_linear_probe(
                     train,
                     test,
                     classes,
                     &TuneOptions {
-                        seed: self.seed,
-                        standardize,
+                        probe: ProbeOptions {
+                            seed: self.seed,
+                            standardize,
+                            ..ProbeOptions::default()
+                        },
                         ..TuneOptions::default()
                     },
                 )
             };
             let (std, raw) = (probe(true)?, probe(false)?);
             let knn = 100.0 * knn_accuracy(train, test, a.k)?;
-            primary.extend([100.0 * std.test_accuracy, knn]);
+            let (linear, linear_raw) = (std.result.test_accuracy, raw.result.test_accuracy);
+            primary.extend([100.0 * linear, knn]);
             m.push(Measure::secondary(
                 &format!("{t}.linear"),
                 &format!("{label}, linear (%)"),
-                100.0 * std.test_accuracy,
+                100.0 * linear,
             ));
             m.push(Measure::secondary(
                 &format!("{t}.knn"),
@@ -598,11 +602,14 @@ impl Replicate<'_> {
             m.push(Measure::secondary(
                 &format!("{t}.linear_raw"),
                 &format!("{label}, linear on raw features (%)"),
-                100.0 * raw.test_accuracy,
+                100.0 * linear_raw,
             ));
+            let chosen = |p: &TunedProbe| {
+                json!({"lr": p.lr, "weight_decay": p.weight_decay, "holdout_accuracy": p.holdout_accuracy})
+            };
             details.insert(
                 t.to_string(),
-                json!({"standardized": std.to_json(), "raw": raw.to_json()}),
+                json!({"standardized": chosen(&std), "raw": chosen(&raw)}),
             );
         }
         let transfer = primary.iter().sum::<f64>() / primary.len() as f64;
