@@ -348,26 +348,33 @@ fn select(
             ),
         ));
     }
+    // every candidate checked before any is trained
+    let candidates = opts
+        .lrs
+        .iter()
+        .flat_map(|&lr| {
+            opts.weight_decays
+                .iter()
+                .map(move |&weight_decay| ProbeOptions {
+                    lr,
+                    weight_decay,
+                    ..opts.probe.clone()
+                })
+        })
+        .map(|o| check_options(op, &o).map(|()| o))
+        .collect::<Result<Vec<_>>>()?;
     let (xf, xh) = inputs(&fit_part, &held, opts.probe.standardize);
     let mut grid = Vec::with_capacity(points);
-    for &lr in &opts.lrs {
-        for &weight_decay in &opts.weight_decays {
-            let o = ProbeOptions {
-                lr,
-                weight_decay,
-                ..opts.probe.clone()
-            };
-            check_options(op, &o)?;
-            let holdout_accuracy = match fit(&xf, &fit_part, num_classes, &o)? {
-                Fit::Trained { linear, .. } => Some(accuracy(&linear, &xh, &held.labels, held.d)?),
-                Fit::Diverged { .. } => None,
-            };
-            grid.push(GridPoint {
-                lr,
-                weight_decay,
-                holdout_accuracy,
-            });
-        }
+    for o in candidates {
+        let holdout_accuracy = match fit(&xf, &fit_part, num_classes, &o)? {
+            Fit::Trained { linear, .. } => Some(accuracy(&linear, &xh, &held.labels, held.d)?),
+            Fit::Diverged { .. } => None,
+        };
+        grid.push(GridPoint {
+            lr: o.lr,
+            weight_decay: o.weight_decay,
+            holdout_accuracy,
+        });
     }
     Ok((grid, held.n))
 }
