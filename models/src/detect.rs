@@ -687,6 +687,7 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
             overwrite: a.overwrite,
             log_every: a.log_every,
             quiet: a.quiet,
+            epoch_models: false,
         },
     )?;
     Ok(DetectTrainReport {
