@@ -377,13 +377,13 @@ fn tuned_probe_beats_a_badly_fixed_rate() {
     assert_eq!(tuned.grid.len(), 16);
     assert_ne!(tuned.lr, 1e-4, "{tuned:?}");
     assert!(
-        tuned.result.test_accuracy >= fixed.test_accuracy,
+        tuned.test_accuracy >= fixed.test_accuracy,
         "tuned {tuned:?} vs fixed {fixed:?}"
     );
     assert!(
-        tuned.result.test_accuracy >= fixed.test_accuracy + 0.05,
+        tuned.test_accuracy >= fixed.test_accuracy + 0.05,
         "tuned {} vs fixed {}",
-        tuned.result.test_accuracy,
+        tuned.test_accuracy,
         fixed.test_accuracy
     );
     // the choice is the grid's best held-out accuracy
@@ -417,7 +417,13 @@ fn tuned_probe_beats_a_badly_fixed_rate() {
         },
     )
     .unwrap();
-    assert_eq!(again, tuned.result);
+    assert_eq!(
+        (again.train_accuracy, again.test_accuracy, again.final_loss),
+        (tuned.train_accuracy, tuned.test_accuracy, tuned.final_loss)
+    );
+    let j = tuned.to_json();
+    assert_eq!(j["test_accuracy"], tuned.test_accuracy);
+    assert_eq!(j["grid"].as_array().unwrap().len(), 16);
 }
 
 #[test]
@@ -435,14 +441,11 @@ fn tuned_probe_selection_never_sees_the_test_set() {
     assert_eq!(a.grid, b.grid);
     assert_eq!((a.lr, a.weight_decay), (b.lr, b.weight_decay));
     assert_eq!(a.holdout_accuracy, b.holdout_accuracy);
-    assert_eq!(a.result.train_accuracy, b.result.train_accuracy);
-    assert_ne!(a.result.test_accuracy, b.result.test_accuracy);
+    assert_eq!(a.train_accuracy, b.train_accuracy);
+    assert_ne!(a.test_accuracy, b.test_accuracy);
     // another seed draws another held-out part
     let reseeded = TuneOptions {
-        probe: ProbeOptions {
-            seed: 5,
-            ..ProbeOptions::default()
-        },
+        seed: 5,
         ..TuneOptions::default()
     };
     let c = tuned_linear_probe(&train, &overlapping(2), 5, &reseeded).unwrap();
@@ -453,15 +456,12 @@ fn tuned_probe_selection_never_sees_the_test_set() {
 fn tuned_probe_runs_without_standardisation_and_checks_options() {
     let (train, test) = (overlapping(1), overlapping(2));
     let raw = TuneOptions {
-        probe: ProbeOptions {
-            standardize: false,
-            ..ProbeOptions::default()
-        },
+        standardize: false,
         ..TuneOptions::default()
     };
     let r = tuned_linear_probe(&train, &test, 5, &raw).unwrap();
     assert!(!r.standardize);
-    assert!(r.result.test_accuracy > 0.5, "{r:?}");
+    assert!(r.test_accuracy > 0.5, "{r:?}");
     let bad = |o: TuneOptions| {
         tuned_linear_probe(&train, &test, 5, &o)
             .unwrap_err()

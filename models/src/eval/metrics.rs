@@ -29,11 +29,11 @@ pub struct FeatureMetrics {
     /// Over the `redundancy_dims_used` dims that vary (constant ones have
     /// no correlation and are left out).
     pub redundancy: f64,
-    /// Dims that vary across the rows: `d - constant_dims`.
+    /// Dims that vary across the rows: `d - dead_dims`.
     pub redundancy_dims_used: usize,
-    /// Dims with one value in every row (zero variance), `zero_dims`
-    /// included; see `dead_dims`.
-    pub constant_dims: usize,
+    /// Dead or constant dims: one value in every row (zero variance),
+    /// `zero_dims` included; see the function `dead_dims`.
+    pub dead_dims: usize,
     /// Dims that are exactly 0 in every row (dead units, e.g. after ReLU).
     pub zero_dims: usize,
     pub mean_norm: f64,
@@ -60,7 +60,7 @@ pub fn feature_metrics(f: &Features) -> Result<FeatureMetrics> {
         discriminative_ratio: ratio(OP, inter, intra)?,
         redundancy,
         redundancy_dims_used,
-        constant_dims: dead.constant,
+        dead_dims: dead.constant,
         zero_dims: dead.zero,
         mean_norm,
         std_norm,
@@ -470,10 +470,10 @@ mod tests {
             }
         );
         let m = feature_metrics(&f).unwrap();
-        assert_eq!((m.constant_dims, m.zero_dims), (2, 1));
+        assert_eq!((m.dead_dims, m.zero_dims), (2, 1));
         // redundancy says what it used: the 3 varying dims of 5
         assert_eq!(m.redundancy_dims_used, 3);
-        assert_eq!(m.redundancy_dims_used, m.d - m.constant_dims);
+        assert_eq!(m.redundancy_dims_used, m.d - m.dead_dims);
         // one row: every dim is constant
         let one = feats(&[&[0.0, 2.0]], &[0], 1);
         assert_eq!(

@@ -205,20 +205,43 @@ pub struct TuneOptions {
     pub weight_decays: Vec<f64>,
     /// Fraction of each class's train rows held out for the selection.
     pub holdout: f64,
-    /// Epochs, batch, seed and `standardize` of every probe trained; its
-    /// `lr` and `weight_decay` are ignored (the grid sets them).
-    pub probe: ProbeOptions,
+    /// Of every probe trained, as in `ProbeOptions`.
+    pub epochs: usize,
+    pub batch: usize,
+    /// Seeds the held-out draw, the weight init and the shuffles.
+    pub seed: u64,
+    /// Standardise with the fitted rows' statistics (true) or not.
+    pub standardize: bool,
 }
 
 impl Default for TuneOptions {
     /// lr in {0.01, 0.03, 0.1, 0.3} x weight decay in {0, 1e-4, 1e-3,
-    /// 1e-2}, 20 % held out, `ProbeOptions::default()` otherwise.
+    /// 1e-2}, 20 % held out; epochs, batch, seed and standardisation as
+    /// `ProbeOptions::default()`.
     fn default() -> Self {
+        let p = ProbeOptions::default();
         TuneOptions {
             lrs: vec![0.01, 0.03, 0.1, 0.3],
             weight_decays: vec![0.0, 1e-4, 1e-3, 1e-2],
             holdout: 0.2,
-            probe: ProbeOptions::default(),
+            epochs: p.epochs,
+            batch: p.batch,
+            seed: p.seed,
+            standardize: p.standardize,
+        }
+    }
+}
+
+impl TuneOptions {
+    /// The probe options of one grid point.
+    fn probe(&self, lr: f64, weight_decay: f64) -> ProbeOptions {
+        ProbeOptions {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr,
+            weight_decay,
+            seed: self.seed,
+            standardize: self.standardize,
         }
     }
 }
@@ -240,16 +263,41 @@ pub struct TunedProbe {
     /// The chosen learning rate and weight decay.
     pub lr: f64,
     pub weight_decay: f64,
-    /// Whether the features were standardised (`TuneOptions::probe`).
+    /// Whether the features were standardised.
     pub standardize: bool,
     /// Accuracy of the chosen candidate on the held-out train rows.
     pub holdout_accuracy: f64,
     /// Rows held out of the train set for the selection.
     pub holdout_rows: usize,
-    /// The probe retrained with the choice on all train rows.
-    pub result: ProbeResult,
+    /// Of the probe retrained with the choice on all train rows, as in
+    /// `ProbeResult`.
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    pub final_loss: f64,
     /// Every candidate, in grid order (lr outer, weight decay inner).
     pub grid: Vec<GridPoint>,
+}
+
+impl TunedProbe {
+    /// Every field, the grid as `[{lr, weight_decay, holdout_accuracy}]`
+    /// (`null` accuracy: diverged).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "standardize": self.standardize,
+            "holdout_accuracy": self.holdout_accuracy,
+            "holdout_rows": self.holdout_rows,
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "final_loss": self.final_loss,
+            "grid": self.grid.iter().map(|g| serde_json::json!({
+                "lr": g.lr,
+                "weight_decay": g.weight_decay,
+                "holdout_accuracy": g.holdout_accuracy,
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// A linear probe whose learning rate and weight decay are chosen on the
@@ -258,7 +306,7 @@ pub struct TunedProbe {
 /// 1. Split `train` per class: of a class's `n_c` rows, `max(1,
 ///    round(holdout * n_c))` (at most `n_c - 1`; none when `n_c = 1`) are
 ///    held out, drawn by an `engine::Rng` shuffle seeded from
-///    `opts.probe.seed`, so the held-out part is stratified and fixed.
+///    `opts.seed`, so the held-out part is stratified and fixed.
 /// 2. For each (lr, weight decay) of the grid, train the probe of
 ///    `linear_probe` (same epochs, batch, seed and standardisation; the
 ///    statistics from the fitting part only) on the rest and measure its
@@ -295,19 +343,16 @@ pub fn tuned_linear_probe(
             )
         })?;
     let (lr, weight_decay, holdout_accuracy) = (best.0.lr, best.0.weight_decay, best.1);
-    let chosen = ProbeOptions {
-        lr,
-        weight_decay,
-        ..opts.probe.clone()
-    };
-    let result = linear_probe(train, test, num_classes, &chosen)?;
+    let r = linear_probe(train, test, num_classes, &opts.probe(lr, weight_decay))?;
     Ok(TunedProbe {
         lr,
         weight_decay,
-        standardize: opts.probe.standardize,
+        standardize: opts.standardize,
         holdout_accuracy,
         holdout_rows,
-        result,
+        train_accuracy: r.train_accuracy,
+        test_accuracy: r.test_accuracy,
+        final_loss: r.final_loss,
         grid,
     })
 }
@@ -348,26 +393,29 @@ fn select(
             ),
         ));
     }
-    let (xf, xh) = inputs(&fit_part, &held, opts.probe.standardize);
+    // every candidate checked before any is trained
+    let candidates = opts
+        .lrs
+        .iter()
+        .flat_map(|&lr| {
+            opts.weight_decays
+                .iter()
+                .map(move |&weight_decay| opts.probe(lr, weight_decay))
+        })
+        .map(|o| check_options(op, &o).map(|()| o))
+        .collect::<Result<Vec<_>>>()?;
+    let (xf, xh) = inputs(&fit_part, &held, opts.standardize);
     let mut grid = Vec::with_capacity(points);
-    for &lr in &opts.lrs {
-        for &weight_decay in &opts.weight_decays {
-            let o = ProbeOptions {
-                lr,
-                weight_decay,
-                ..opts.probe.clone()
-            };
-            check_options(op, &o)?;
-            let holdout_accuracy = match fit(&xf, &fit_part, num_classes, &o)? {
-                Fit::Trained { linear, .. } => Some(accuracy(&linear, &xh, &held.labels, held.d)?),
-                Fit::Diverged { .. } => None,
-            };
-            grid.push(GridPoint {
-                lr,
-                weight_decay,
-                holdout_accuracy,
-            });
-        }
+    for o in candidates {
+        let holdout_accuracy = match fit(&xf, &fit_part, num_classes, &o)? {
+            Fit::Trained { linear, .. } => Some(accuracy(&linear, &xh, &held.labels, held.d)?),
+            Fit::Diverged { .. } => None,
+        };
+        grid.push(GridPoint {
+            lr: o.lr,
+            weight_decay: o.weight_decay,
+            holdout_accuracy,
+        });
     }
     Ok((grid, held.n))
 }
@@ -379,7 +427,7 @@ fn holdout_split(train: &Features, opts: &TuneOptions) -> Result<(Features, Feat
     for (i, &l) in train.labels.iter().enumerate() {
         by_class[l].push(i);
     }
-    let mut rng = Rng::new(opts.probe.seed ^ HOLDOUT_SALT);
+    let mut rng = Rng::new(opts.seed ^ HOLDOUT_SALT);
     let mut held = vec![false; train.n];
     for rows in &mut by_class {
         let n_c = rows.len();
