@@ -33,7 +33,7 @@ use crate::analyze::embedding_plot;
 use crate::data::{parse_classes, Dataset, FASHION_MNIST_CLASSES};
 use crate::eval::{
     feature_distribution_distance, feature_metrics, knn_accuracy, tuned_linear_probe, Features,
-    ProbeOptions, TuneOptions, TunedProbe,
+    TuneOptions, TunedProbe,
 };
 use crate::experiment_detection::{detection_experiment, DetectionConfig};
 use crate::extract::{extract_features, extract_projected};
@@ -576,18 +576,15 @@ impl Replicate<'_> {
                     test,
                     classes,
                     &TuneOptions {
-                        probe: ProbeOptions {
-                            seed: self.seed,
-                            standardize,
-                            ..ProbeOptions::default()
-                        },
+                        seed: self.seed,
+                        standardize,
                         ..TuneOptions::default()
                     },
                 )
             };
             let (std, raw) = (probe(true)?, probe(false)?);
             let knn = 100.0 * knn_accuracy(train, test, a.k)?;
-            let (linear, linear_raw) = (std.result.test_accuracy, raw.result.test_accuracy);
+            let (linear, linear_raw) = (std.test_accuracy, raw.test_accuracy);
             primary.extend([100.0 * linear, knn]);
             m.push(Measure::secondary(
                 &format!("{t}.linear"),

@@ -101,7 +101,7 @@ pub fn feature_measures(set: &str, label: &str, x: &FeatureMetrics) -> Vec<Measu
         Measure::descriptive(
             &format!("{set}.dead_dims"),
             &format!("{label}: dead or constant dims (of {})", x.d),
-            x.constant_dims as f64,
+            x.dead_dims as f64,
         ),
         Measure::descriptive(
             &format!("{set}.norm"),
