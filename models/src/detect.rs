@@ -802,6 +802,7 @@ fn train_rank(
             overwrite: a.overwrite,
             log_every: a.log_every,
             quiet,
+            epoch_models: false,
         },
     )?;
     Ok(DetectTrainReport {

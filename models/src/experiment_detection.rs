@@ -243,6 +243,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 checkpoint_every: 0,
                 log_every: 50,
                 quiet: c.quiet,
+                epoch_models: false,
             })?;
             let acc = r.epochs.last().and_then(|e| e.get("train_accuracy"));
             log(format!(
@@ -453,6 +454,7 @@ fn results_json(
         })
         .collect();
     json!({
+        "provenance": crate::run_dir::provenance(),
         "config": config_json(c, bench),
         "seconds": seconds,
         "summary": summary,

@@ -244,6 +244,9 @@ pub struct PretrainArgs {
     pub log_every: usize,
     #[arg(long)]
     pub quiet: bool,
+    /// Also write OUT/model-epoch{E}.safetensors after every epoch E.
+    #[arg(long)]
+    pub epoch_models: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -425,6 +428,7 @@ fn pretrain_rank(
             overwrite: a.overwrite,
             log_every: a.log_every,
             quiet,
+            epoch_models: a.epoch_models,
         },
     )?;
     let seconds = t0.elapsed().as_secs_f64();
