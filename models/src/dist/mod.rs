@@ -14,8 +14,10 @@
 //!   flat f32 tensors; [`Single`] (one rank), [`hub::threads`] (ranks as
 //!   threads), [`hub::tcp`] (processes, std::net), and on CUDA
 //!   [`nccl::Nccl`];
-//! - [`reducer`]: micro-batch accumulation and bucketed gradient all-reduce;
-//! - [`DataParallel`]: a trainer's data-parallel step;
+//! - [`reducer`]: micro-batch accumulation and bucketed gradient all-reduce,
+//!   overlapped with the last micro-batch's backward pass;
+//! - [`DataParallel`]: the data-parallel step of every trainer, and
+//!   `--sync-bn` ([`Shared`] lets BatchNorm layers use the communicator);
 //! - [`launch`]: the torchrun-style environment and the `--ranks` /
 //!   `--dist-backend` options.
 
