@@ -622,7 +622,9 @@ impl Task for DetectTask<'_> {
     }
 }
 
-/// Trains Mask R-CNN on DATA/train with [`DetectTask`] in `fit`'s loop.
+/// Trains Mask R-CNN on DATA/train with [`DetectTask`] in `fit`'s loop, on
+/// the ranks of `--ranks` / the launch environment (one by default; see
+/// `dist`); rank 0 writes the output folder and reports.
 pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
     engine::cuda::dnn::set_deterministic(a.deterministic);
     const OP: &str = "detect train";
