@@ -419,7 +419,7 @@ fn ablation(
 ) -> String {
     let mut md = header_markdown("Projector ablations", a, plan, seconds);
     md += "Each variant against SL, paired per replicate. The p-values of the six comparisons of the primary measure are Holm-adjusted together.\n\n";
-    md += "| variant | transfer (%) | − SL | 95% interval | p | p (Holm) | seen val acc (%) | seen φ | seen redundancy | unseen φ | mean distance |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+    md += "| variant | transfer (%) | − SL | 95% interval | p | p (Holm) | seen test acc (%) | seen φ | seen redundancy | unseen φ | mean distance |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     let mut comps = serde_json::Map::new();
     let mut rows = Vec::new();
     for v in variants {
@@ -446,7 +446,7 @@ fn ablation(
                 comps.insert(v.key.to_string(), comparisons_json(&cs));
                 cs.into_iter().find(|c| c.kind == Kind::Primary)
             });
-        rows.push((v, of(PRIMARY), primary, of("seen_val_accuracy"), of("seen.phi"), of("seen.redundancy"), of("unseen.phi"), distance));
+        rows.push((v, of(PRIMARY), primary, of("seen_accuracy"), of("seen.phi"), of("seen.redundancy"), of("unseen.phi"), distance));
     }
     let adjusted = holm(
         &rows
