@@ -42,6 +42,7 @@ use crate::pretrain::{
     eval_loader, load_trained, pretrain, ComputeArgs, DataArgs, Loaded, Method, PretrainArgs,
 };
 use crate::report::{write_json, write_text};
+use crate::train::evaluate;
 use analysis::Measure;
 use engine::{Error, Result};
 use serde_json::{json, Value};
@@ -301,12 +302,7 @@ fn data(spec: &str, classes: Option<&str>, per_class: Option<usize>, workers: us
 
 impl Sets {
     fn open(plan: &Plan, seen: &[usize], unseen: &[usize], workers: usize) -> Result<Sets> {
-        let list = |v: &[usize]| {
-            v.iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let list = |v: &[usize]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
         let (seen, unseen) = (list(seen), list(unseen));
         let open = |spec: &str, classes: Option<&str>, per_class| {
             data(spec, classes, per_class, workers).open(None, 0)
@@ -318,22 +314,14 @@ impl Sets {
         )];
         let mut targets = Vec::new();
         for (key, label, root, classes) in [
-            (
-                "unseen",
-                "unseen classes",
-                "fashion-mnist",
-                Some(unseen.as_str()),
-            ),
+            ("unseen", "unseen classes", "fashion-mnist", Some(unseen.as_str())),
             ("mnist", "MNIST", "mnist", None),
             ("digits", "UCI digits", "digits", None),
         ] {
             let train = open(&format!("{root}:train"), classes, tr)?;
             let n = train.classes().len();
             sets.push((format!("{key}_train"), train));
-            sets.push((
-                format!("{key}_test"),
-                open(&format!("{root}:test"), classes, te)?,
-            ));
+            sets.push((format!("{key}_test"), open(&format!("{root}:test"), classes, te)?));
             targets.push((key, label, n));
         }
         Ok(Sets { sets, targets })
@@ -358,10 +346,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<Value> {
     };
     let t0 = Instant::now();
     let log = |msg: String| eprintln!("[{}] {msg}", mmss(t0.elapsed().as_secs_f64()));
-    let names: Vec<String> = FASHION_MNIST_CLASSES
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let names: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
     log(format!(
         "experiment ({mode}): {} split(s) x {} seed(s), {} width {}, {} epochs; variants {}; output in {}",
         plan.splits.len(),
@@ -383,17 +368,8 @@ pub fn experiment(a: &ExperimentArgs) -> Result<Value> {
                 "--seen must leave at least 2 seen and 2 unseen classes",
             ));
         }
-        let pick = |v: &[usize]| {
-            v.iter()
-                .map(|&c| names[c].as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        log(format!(
-            "split {split}: seen [{}], unseen [{}]",
-            pick(&seen),
-            pick(&unseen)
-        ));
+        let pick = |v: &[usize]| v.iter().map(|&c| names[c].as_str()).collect::<Vec<_>>().join(", ");
+        log(format!("split {split}: seen [{}], unseen [{}]", pick(&seen), pick(&unseen)));
         let sets = Sets::open(&plan, &seen, &unseen, a.workers)?;
         for seed in a.compute.seed..a.compute.seed + plan.seeds as u64 {
             let replicate = Replicate {
@@ -404,10 +380,7 @@ pub fn experiment(a: &ExperimentArgs) -> Result<Value> {
                 split,
                 seen: &seen,
                 seed,
-                dir: a
-                    .out
-                    .join(format!("split{split}"))
-                    .join(format!("seed{seed}")),
+                dir: a.out.join(format!("split{split}")).join(format!("seed{seed}")),
                 log: &log,
             };
             let plots = mode == "results" && runs.is_empty();
@@ -468,14 +441,10 @@ impl Replicate<'_> {
                 }
             }
             let model = run_dir.join("model.safetensors");
-            let shared: Vec<f64> = runs
-                .iter()
-                .filter(|r: &&analysis::Run| r.variant == v.trained_key())
-                .map(|r| analysis::value(&r.measures, "seen_val_accuracy"))
-                .collect();
-            let (seconds, val_accuracy) = if v.projected && model.is_file() && !shared.is_empty() {
-                // the network was trained (and validated) for the variant it shares
-                (0.0, shared)
+            let shared = runs.iter().any(|r: &analysis::Run| r.variant == v.trained_key());
+            let seconds = if v.projected && model.is_file() && shared {
+                // the network was trained for the variant it shares
+                0.0
             } else {
                 self.pretrain(v, &run_dir, curve)?
             };
@@ -487,10 +456,9 @@ impl Replicate<'_> {
                 vec![(self.plan.epochs, model)]
             };
             let mut done = Vec::new();
-            for (i, (epoch, path)) in epochs.into_iter().enumerate() {
+            for (epoch, path) in epochs {
                 let loaded = load_trained(&path, self.a.compute.device.open()?)?;
-                let val = val_accuracy.get(i).copied().unwrap_or(f64::NAN);
-                let (measures, details, feats) = self.measure(&loaded, v.projected, val)?;
+                let (measures, details, feats) = self.measure(&loaded, v.projected)?;
                 (self.log)(format!(
                     "split {} seed {} {}{}: transfer {:.2}% (unseen linear {:.1}%, MNIST linear {:.1}%, digits linear {:.1}%)",
                     self.split,
@@ -523,34 +491,24 @@ impl Replicate<'_> {
         Ok(runs)
     }
 
-    /// Pretrains `v` into `dir`; returns its seconds and its validation
-    /// accuracies (%) of the epochs measured: every epoch's for a curve,
-    /// else the last one's.
-    fn pretrain(&self, v: &Variant, dir: &Path, curve: bool) -> Result<(f64, Vec<f64>)> {
+    /// Pretrains `v` into `dir`; returns its seconds. No validation pass:
+    /// `measure` scores the classifier on the seen test images.
+    fn pretrain(&self, v: &Variant, dir: &Path, curve: bool) -> Result<f64> {
         let a = self.a;
         (self.log)(format!(
             "split {} seed {}: pretraining {} ...",
             self.split, self.seed, v.key
         ));
-        let seen = self
-            .seen
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let seen = self.seen.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
         let report = pretrain(&PretrainArgs {
-            method: if v.projector.is_some() {
-                Method::SlMlp
-            } else {
-                Method::Sl
-            },
+            method: if v.projector.is_some() { Method::SlMlp } else { Method::Sl },
             arch: a.arch.clone(),
             width: a.width,
             stem: None,
             projector: v.projector.unwrap_or("d").into(),
             data: data("fashion-mnist", Some(&seen), self.plan.per_class, a.workers),
             val_data: None,
-            no_val: false,
+            no_val: true,
             image_size: None,
             epochs: self.plan.epochs,
             batch: a.batch,
@@ -576,12 +534,7 @@ impl Replicate<'_> {
             quiet: false,
             epoch_models: curve,
         })?;
-        let val = |e: &crate::fit::EpochLog| 100.0 * e.get("val_accuracy").unwrap_or(f64::NAN);
-        let vals = match curve {
-            true => report.epochs.iter().map(val).collect(),
-            false => report.epochs.last().map(val).into_iter().collect(),
-        };
-        Ok((report.seconds, vals))
+        Ok(report.seconds)
     }
 
     /// Every measure of one trained network, the probes' chosen
@@ -590,26 +543,22 @@ impl Replicate<'_> {
         &self,
         loaded: &Loaded,
         projected: bool,
-        val_accuracy: f64,
     ) -> Result<(Vec<Measure>, Value, BTreeMap<String, Features>)> {
         let a = self.a;
         let mut f: BTreeMap<String, Features> = BTreeMap::new();
+        let mut seen_accuracy = f64::NAN;
         for (name, ds) in &self.sets.sets {
             let loader = eval_loader(ds.clone(), &loaded.input, 256, a.workers)?;
-            let extract = if projected {
-                extract_projected
-            } else {
-                extract_features
-            };
-            f.insert(
-                name.clone(),
-                extract(&loaded.net, &loader, a.compute.precision)?,
-            );
+            if name == "seen_test" {
+                seen_accuracy = 100.0 * evaluate(&loaded.net, &loader, a.compute.precision)?.1;
+            }
+            let extract = if projected { extract_projected } else { extract_features };
+            f.insert(name.clone(), extract(&loaded.net, &loader, a.compute.precision)?);
         }
         let mut m = vec![Measure::secondary(
-            "seen_val_accuracy",
-            "seen-class val acc (%)",
-            val_accuracy,
+            "seen_accuracy",
+            "seen classes, pretraining task: test accuracy (%)",
+            seen_accuracy,
         )];
         let mut details = serde_json::Map::new();
         let mut primary = Vec::new();
@@ -646,7 +595,9 @@ impl Replicate<'_> {
                 &format!("{label}, linear on raw features (%)"),
                 100.0 * linear_raw,
             ));
-            let chosen = |p: &TunedProbe| json!({"lr": p.lr, "weight_decay": p.weight_decay, "holdout_accuracy": p.holdout_accuracy});
+            let chosen = |p: &TunedProbe| {
+                json!({"lr": p.lr, "weight_decay": p.weight_decay, "holdout_accuracy": p.holdout_accuracy})
+            };
             details.insert(
                 t.to_string(),
                 json!({"standardized": chosen(&std), "raw": chosen(&raw)}),
@@ -655,11 +606,7 @@ impl Replicate<'_> {
         let transfer = primary.iter().sum::<f64>() / primary.len() as f64;
         m.insert(
             0,
-            Measure::primary(
-                PRIMARY,
-                "transfer: mean of linear and k-NN over the targets (%)",
-                transfer,
-            ),
+            Measure::primary(PRIMARY, "transfer: mean of linear and k-NN over the targets (%)", transfer),
         );
         let seen = &f["seen_test"];
         let sets: Vec<(&str, &str)> = std::iter::once(("seen", "seen classes"))
