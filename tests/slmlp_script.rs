@@ -80,7 +80,10 @@ fn fetches_only_the_datasets_the_command_uses() {
             None,
         ),
         (&["--help"], None),
-        (&["experiment", "--quick"], Some("fashion-mnist mnist")),
+        (
+            &["experiment", "--quick"],
+            Some("digits fashion-mnist mnist"),
+        ),
         (&["detection-data", "--out", "d"], Some("fashion-mnist")),
         (&["pretrain", "--epochs", "1"], Some("fashion-mnist")),
         (

@@ -6,16 +6,57 @@
 //! the tensors it saved. `backward()` sorts the graph topologically and runs
 //! each closure once; running it consumes it, so saved tensors and consumed
 //! gradients are freed as soon as they are no longer needed (PyTorch's
-//! `retain_graph=False`). Leaves (parameters) accumulate into a `GradSlot`.
+//! `retain_graph=False`). Leaves (parameters) accumulate into a `GradSlot`;
+//! a hook ([`on_grad_ready`]) hears of each leaf as soon as its gradient is
+//! final (data parallelism starts summing it over the ranks then).
 
-use crate::tensor::{GradMeta, Node};
+use crate::tensor::{GradMeta, GradSlot, Node};
 use crate::{Error, Result, Tensor};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+/// Called with a leaf's [`Tensor::grad_slot_id`] once its gradient is final.
+pub type GradReadyHook = Box<dyn FnMut(usize) -> Result<()>>;
+
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+    static GRAD_READY: RefCell<Option<GradReadyHook>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `hook` called, during each backward pass on this thread,
+/// for every leaf the pass reaches as soon as no later node of the pass
+/// can add to its gradient (its last contribution accumulated), in the
+/// order the pass finishes them. An error of the hook ends the pass.
+pub fn on_grad_ready<T>(hook: GradReadyHook, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let prev = GRAD_READY.with(|h| h.replace(Some(hook)));
+    let out = f();
+    GRAD_READY.with(|h| *h.borrow_mut() = prev);
+    out
+}
+
+/// The hook of [`on_grad_ready`], if any, taken for one backward pass (and
+/// put back by `Drop`), so that nothing is borrowed while it runs.
+struct ReadyHook(Option<GradReadyHook>);
+
+impl ReadyHook {
+    fn take() -> ReadyHook {
+        ReadyHook(GRAD_READY.with(|h| h.borrow_mut().take()))
+    }
+    fn ready(&mut self, slot: &Arc<GradSlot>) -> Result<()> {
+        match &mut self.0 {
+            Some(h) => h(Arc::as_ptr(slot) as usize),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ReadyHook {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            GRAD_READY.with(|s| *s.borrow_mut() = Some(h));
+        }
+    }
 }
 
 pub fn is_grad_enabled() -> bool {
@@ -115,6 +156,7 @@ fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
         )));
     }
     let _guard = no_grad();
+    let mut hook = ReadyHook::take();
     let root_node = match root.grad_meta() {
         None => {
             return Err(Error::Autograd(
@@ -123,14 +165,43 @@ fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
                     .into(),
             ))
         }
-        Some(GradMeta::Leaf(slot)) => return slot.accumulate(seed),
+        Some(GradMeta::Leaf(slot)) => {
+            slot.accumulate(seed)?;
+            return hook.ready(slot);
+        }
         Some(GradMeta::Node(n)) => n.clone(),
     };
     let order = topo_order(&root_node);
+    // the leaves whose last contribution comes from the k-th node run
+    let mut last: HashMap<*const GradSlot, (usize, Arc<GradSlot>)> = HashMap::new();
+    for (k, node) in order.iter().rev().enumerate() {
+        for p in node.parents.iter().flatten() {
+            if let GradMeta::Leaf(slot) = p {
+                last.insert(Arc::as_ptr(slot), (k, slot.clone()));
+            }
+        }
+    }
+    let mut finished: Vec<Vec<Arc<GradSlot>>> = vec![Vec::new(); order.len()];
+    for (k, slot) in last.into_values() {
+        finished[k].push(slot);
+    }
+    // a node's parents in their order, so that the hook hears of them in
+    // the same order on every run
+    for (k, node) in order.iter().rev().enumerate() {
+        let rank = |s: &Arc<GradSlot>| {
+            node.parents
+                .iter()
+                .position(|p| matches!(p, Some(GradMeta::Leaf(l)) if Arc::ptr_eq(l, s)))
+        };
+        finished[k].sort_by_key(rank);
+    }
     let mut grads: HashMap<*const Node, Tensor> = HashMap::new();
     grads.insert(Arc::as_ptr(&root_node), seed);
-    for node in order.iter().rev() {
+    for (k, node) in order.iter().rev().enumerate() {
         let Some(grad) = grads.remove(&Arc::as_ptr(node)) else {
+            for slot in &finished[k] {
+                hook.ready(slot)?;
+            }
             continue;
         };
         let f = node.backward.lock().unwrap().take().ok_or_else(|| {
@@ -182,6 +253,9 @@ fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
                 }
             }
         }
+        for slot in &finished[k] {
+            hook.ready(slot)?;
+        }
     }
     Ok(())
 }
@@ -203,5 +277,47 @@ impl Tensor {
     /// and device.
     pub fn backward_with(&self, grad: Tensor) -> Result<()> {
         run_backward(self, grad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    /// The hook hears of each leaf once, after its last contribution: `a`
+    /// feeds the last op run (the first op of the forward) and an earlier
+    /// one, `b` only the first op run.
+    #[test]
+    fn grad_ready_fires_once_per_leaf_after_its_last_contribution() {
+        let leaf = |v: f32| {
+            Tensor::full(&[3], v as f64, DType::F32)
+                .requires_grad_()
+                .unwrap()
+        };
+        let (a, b) = (leaf(2.0), leaf(3.0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let (ia, ib) = (a.grad_slot_id().unwrap(), b.grad_slot_id().unwrap());
+        let (ga, gb) = (a.clone(), b.clone());
+        let hook: GradReadyHook = Box::new(move |slot| {
+            // the gradient is already final when the hook runs
+            let g = if slot == ia { ga.grad() } else { gb.grad() };
+            log.lock()
+                .unwrap()
+                .push((slot, g.unwrap().to_vec::<f32>()?));
+            Ok(())
+        });
+        // y = sum((a * a) * b): d/da = 2ab = 12, d/db = a^2 = 4
+        on_grad_ready(hook, || a.mul(&a)?.mul(&b)?.sum_all()?.backward()).unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![(ib, vec![4.0; 3]), (ia, vec![12.0; 3])],
+            "b is final after the last multiply, a after the first"
+        );
+        // outside on_grad_ready nothing is called
+        a.mul(&b).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(seen.len(), 2);
     }
 }

@@ -327,6 +327,15 @@ impl Tensor {
             slot.set(g);
         }
     }
+
+    /// Which gradient slot a leaf accumulates into (what the hook of
+    /// `autograd::on_grad_ready` is called with); None for a non-leaf.
+    pub fn grad_slot_id(&self) -> Option<usize> {
+        match &self.0.grad {
+            Some(GradMeta::Leaf(slot)) => Some(Arc::as_ptr(slot) as usize),
+            _ => None,
+        }
+    }
 }
 
 pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>;

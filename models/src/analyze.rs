@@ -41,6 +41,8 @@ pub fn metrics_json(m: &FeatureMetrics) -> serde_json::Value {
         "inter_class_distance": m.inter_class_distance,
         "discriminative_ratio": m.discriminative_ratio,
         "redundancy": m.redundancy,
+        "redundancy_dims_used": m.redundancy_dims_used,
+        "dead_dims": m.dead_dims, "zero_dims": m.zero_dims,
         "mean_norm": m.mean_norm, "std_norm": m.std_norm,
         "n": m.n, "d": m.d, "classes": m.classes,
     })

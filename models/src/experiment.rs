@@ -1,42 +1,158 @@
 //! `slmlp experiment`: the paper's study on the built-in benchmark.
 //!
 //! Pretrain SL and SL-MLP on some Fashion-MNIST classes ("seen"), then, with
-//! the projector and classifier thrown away, measure the encoders on
+//! the projector and classifier thrown away, measure the encoders on three
+//! targets:
 //! - concept generalisation: the held-out Fashion-MNIST classes ("unseen"),
-//! - a new domain: MNIST digits,
+//! - new domains: MNIST digits and the UCI optical-recognition digits (8x8),
 //!
-//! by linear probe and k-NN accuracy, and compute the feature statistics
-//! (intra-class variation, discriminative ratio, redundancy, norms) on seen,
-//! unseen and MNIST test features. Each seed pretrains both methods from the
-//! same initial encoder weights and data order; the table reports mean ± std
-//! over seeds and the SL-MLP - SL difference with its spread.
+//! by a tuned linear probe (on standardised and on raw features) and k-NN
+//! accuracy, and compute the feature statistics (intra-class variation,
+//! inter-class distance, discriminative ratio, redundancy, dead dimensions,
+//! norms) on the seen test images and each target's test images, plus the
+//! feature distribution distance between the seen test images and each
+//! target's.
+//!
+//! A replicate is one (split, seed): `--splits S` runs the first S of the
+//! fixed seen/unseen partitions [`SPLITS`], `--seeds N` the seeds `--seed`
+//! .. `--seed + N - 1`. Within a replicate every variant starts from the
+//! same initial encoder weights and sees the same data order, so the
+//! analysis (`experiment/analysis.rs`) compares them by paired differences
+//! over replicates. The primary measure, declared before any run, is
+//! [`PRIMARY`]; every other tested quantity is a secondary one, corrected
+//! for multiplicity with Holm's method.
+//!
+//! Modes: the study (SL vs SL-MLP), `--ablation` (projector variants and a
+//! matched-parameter SL control, [`ABLATION`]), `--curve` (transfer and
+//! feature statistics after every pretraining epoch) and `--detection`
+//! (`experiment_detection`).
 
-use crate::analyze::{embedding_plot, metrics_json};
+mod analysis;
+
+use crate::analyze::embedding_plot;
 use crate::data::{parse_classes, Dataset, FASHION_MNIST_CLASSES};
 use crate::eval::{
-    feature_metrics, knn_accuracy, linear_probe, FeatureMetrics, Features, ProbeOptions,
+    feature_distribution_distance, feature_metrics, knn_accuracy, tuned_linear_probe, Features,
+    TuneOptions, TunedProbe,
 };
 use crate::experiment_detection::{detection_experiment, DetectionConfig};
-use crate::extract::extract_features;
+use crate::extract::{extract_features, extract_projected};
 use crate::fit::mmss;
 use crate::pretrain::{
-    eval_loader, load_trained, pretrain, ComputeArgs, DataArgs, Method, PretrainArgs,
+    eval_loader, load_trained, pretrain, ComputeArgs, DataArgs, Loaded, Method, PretrainArgs,
 };
-use crate::report::{mean_std, write_json, write_text};
+use crate::report::{write_json, write_text};
+use crate::train::evaluate;
+use analysis::Measure;
 use engine::{Error, Result};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The fixed seen/unseen partitions of Fashion-MNIST's ten classes
+/// (`--splits S` uses the first S; the rest of the classes are unseen):
+/// clothing (T-shirt, Trouser, Pullover, Dress, Coat) | the rest; the
+/// reverse; the odd class indices (Trouser, Dress, Sandal, Sneaker, Ankle
+/// boot) | the even ones.
+pub const SPLITS: [&str; 3] = ["0-4", "5-9", "1,3,5,7,9"];
+
+/// The study's primary measure: the mean over the three targets (unseen
+/// classes, MNIST, UCI digits) and both probes (tuned linear on
+/// standardised features, k-NN) of the transfer accuracy, in %.
+pub const PRIMARY: &str = "transfer";
+
+/// One trained network (or one way of reading a trained network's
+/// features) that the study compares.
+#[derive(Clone, Copy, Debug)]
+struct Variant {
+    key: &'static str,
+    label: &'static str,
+    /// `None`: SL (no projector); else the `--projector` spec of SL-MLP.
+    projector: Option<&'static str>,
+    /// Transfer features after the projector instead of before it.
+    projected: bool,
+}
+
+impl Variant {
+    /// The run folder of the network this variant reads: variants that
+    /// differ only in where they read the features share one training.
+    fn trained_key(&self) -> &'static str {
+        if self.projected {
+            SL_MLP.key
+        } else {
+            self.key
+        }
+    }
+}
+
+const SL: Variant = Variant {
+    key: "sl",
+    label: "SL (no projector)",
+    projector: None,
+    projected: false,
+};
+const SL_MLP: Variant = Variant {
+    key: "sl-mlp",
+    label: "SL-MLP: Linear+BN+ReLU, h = d (the paper's)",
+    projector: Some("d"),
+    projected: false,
+};
+/// The study's two methods.
+const STUDY: [Variant; 2] = [SL, SL_MLP];
+/// `--ablation`: projector variants, all compared with SL. The last is the
+/// matched-parameter SL control: the SL-MLP network with its MLP counted
+/// as part of the encoder (features after it), i.e. an SL network with the
+/// same parameters, trained identically; only where the features are read
+/// differs from SL-MLP.
+const ABLATION: [Variant; 7] = [
+    SL,
+    Variant {
+        key: "linear",
+        label: "Linear (no BN, no ReLU)",
+        projector: Some("+d"),
+        projected: false,
+    },
+    Variant {
+        key: "linear-relu",
+        label: "Linear+ReLU (no BN)",
+        projector: Some("nobn:d"),
+        projected: false,
+    },
+    SL_MLP,
+    Variant {
+        key: "two-blocks",
+        label: "2 x (Linear+BN+ReLU), h = d",
+        projector: Some("d,d"),
+        projected: false,
+    },
+    Variant {
+        key: "hidden-2d",
+        label: "Linear+BN+ReLU, h = 2d",
+        projector: Some("2d"),
+        projected: false,
+    },
+    Variant {
+        key: "sl-mlp-kept",
+        label: "matched-parameter SL: SL-MLP's network, features after the MLP",
+        projector: Some("d"),
+        projected: true,
+    },
+];
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ExperimentArgs {
     /// One seed and a short schedule: about 10 minutes on a 2-core CPU.
     #[arg(long)]
     pub quick: bool,
-    /// Seeds (default 3; --quick: 1).
+    /// Seeds per split (default 3; --quick: 1).
     #[arg(long)]
     pub seeds: Option<usize>,
+    /// Seen/unseen partitions: the first S of the fixed list (1-3; 0-4 |
+    /// 5-9, 5-9 | 0-4, odd | even class indices). Default: the --seen one.
+    #[arg(long, conflicts_with = "seen")]
+    pub splits: Option<usize>,
     /// Output folder for checkpoints, results.{md,json} and the plots.
     #[arg(long, default_value = "runs/experiment")]
     pub out: PathBuf,
@@ -75,6 +191,20 @@ pub struct ExperimentArgs {
     /// Points per class in the t-SNE plots.
     #[arg(long, default_value_t = 100)]
     pub plot_per_class: usize,
+    /// Projector ablations instead of the study: SL, Linear, Linear+ReLU,
+    /// Linear+BN+ReLU (SL-MLP), two blocks, hidden width 2d and a
+    /// matched-parameter SL control, each compared with SL; writes
+    /// ablation.{md,json}.
+    #[arg(long, conflicts_with_all = ["detection", "curve"])]
+    pub ablation: bool,
+    /// Training-length curve instead of the study: SL and SL-MLP measured
+    /// after every pretraining epoch; writes curve.{md,json,png}.
+    #[arg(long, conflicts_with = "detection")]
+    pub curve: bool,
+    /// Keep the runs already finished in --out whose recorded settings
+    /// (commit included) equal this run's; run only the others.
+    #[arg(long)]
+    pub resume: bool,
     /// Run the detection transfer test instead: Mask R-CNN fine-tuned from
     /// a random, an SL and an SL-MLP backbone (pretrained on the --seen
     /// classes, ImageNet stem) on canvases of the unseen classes; writes
@@ -97,116 +227,68 @@ pub struct ExperimentArgs {
     pub pretrain_size: usize,
 }
 
-/// Every number one (method, seed) run produces.
-#[derive(Clone, Debug, Default)]
-struct RunResult {
-    seen_val_accuracy: f64,
-    pretrain_images_per_s: f64,
-    pretrain_seconds: f64,
-    linear_unseen: f64,
-    knn_unseen: f64,
-    linear_mnist: f64,
-    knn_mnist: f64,
-    metrics: BTreeMap<&'static str, FeatureMetrics>,
-}
-
-impl RunResult {
-    /// (key, label, value) of every reported number, in table order.
-    fn numbers(&self) -> Vec<(String, String, f64)> {
-        let mut v = vec![
-            (
-                "seen_val_accuracy".into(),
-                "seen-class val acc (%)".into(),
-                100.0 * self.seen_val_accuracy,
-            ),
-            (
-                "linear_unseen".into(),
-                "unseen classes, linear (%)".into(),
-                100.0 * self.linear_unseen,
-            ),
-            (
-                "knn_unseen".into(),
-                "unseen classes, k-NN (%)".into(),
-                100.0 * self.knn_unseen,
-            ),
-            (
-                "linear_mnist".into(),
-                "MNIST, linear (%)".into(),
-                100.0 * self.linear_mnist,
-            ),
-            (
-                "knn_mnist".into(),
-                "MNIST, k-NN (%)".into(),
-                100.0 * self.knn_mnist,
-            ),
-        ];
-        for (split, m) in &self.metrics {
-            v.push((
-                format!("{split}.intra"),
-                format!("{split}: intra-class variation"),
-                m.intra_class_variation,
-            ));
-            v.push((
-                format!("{split}.phi"),
-                format!("{split}: discriminative ratio"),
-                m.discriminative_ratio,
-            ));
-            v.push((
-                format!("{split}.redundancy"),
-                format!("{split}: feature redundancy"),
-                m.redundancy,
-            ));
-            v.push((
-                format!("{split}.norm"),
-                format!("{split}: mean feature norm"),
-                m.mean_norm,
-            ));
-        }
-        v
-    }
-    fn to_json(&self) -> serde_json::Value {
-        let mut j = serde_json::json!({
-            "seen_val_accuracy": self.seen_val_accuracy,
-            "pretrain_images_per_s": self.pretrain_images_per_s,
-            "pretrain_seconds": self.pretrain_seconds,
-            "linear_unseen": self.linear_unseen, "knn_unseen": self.knn_unseen,
-            "linear_mnist": self.linear_mnist, "knn_mnist": self.knn_mnist,
-        });
-        for (split, m) in &self.metrics {
-            j[format!("metrics_{split}")] = metrics_json(m);
-        }
-        j
-    }
-}
-
+/// The sizes a run uses, after --quick and the defaults.
 struct Plan {
     seeds: usize,
     epochs: usize,
     per_class: Option<usize>,
     transfer_per_class: Option<usize>,
     eval_per_class: Option<usize>,
+    /// The seen-class specs, one per split.
+    splits: Vec<String>,
 }
 
 impl Plan {
-    fn new(a: &ExperimentArgs) -> Plan {
-        if a.quick {
-            Plan {
-                seeds: a.seeds.unwrap_or(1),
-                epochs: a.epochs.unwrap_or(4),
-                per_class: a.per_class.or(Some(2000)),
-                transfer_per_class: a.transfer_per_class.or(Some(500)),
-                eval_per_class: a.eval_per_class.or(Some(500)),
+    fn new(a: &ExperimentArgs) -> Result<Plan> {
+        let q = a.quick;
+        let splits = match a.splits {
+            None => vec![a.seen.clone()],
+            Some(s) if (1..=SPLITS.len()).contains(&s) => {
+                SPLITS[..s].iter().map(|s| s.to_string()).collect()
             }
-        } else {
-            Plan {
-                seeds: a.seeds.unwrap_or(3),
-                epochs: a.epochs.unwrap_or(5),
-                per_class: a.per_class.or(Some(3000)),
-                transfer_per_class: a.transfer_per_class.or(Some(1000)),
-                eval_per_class: a.eval_per_class,
+            Some(s) => {
+                return Err(Error::arg(
+                    "experiment",
+                    format!("--splits must be in 1..={}; got {s}", SPLITS.len()),
+                ))
             }
+        };
+        let plan = Plan {
+            seeds: a.seeds.unwrap_or(if q { 1 } else { 3 }),
+            epochs: a.epochs.unwrap_or(if q { 4 } else { 5 }),
+            per_class: a.per_class.or(Some(if q { 2000 } else { 3000 })),
+            transfer_per_class: a.transfer_per_class.or(Some(if q { 500 } else { 1000 })),
+            eval_per_class: a.eval_per_class.or(if q { Some(500) } else { None }),
+            splits,
+        };
+        if plan.seeds == 0 || plan.epochs == 0 {
+            return Err(Error::arg(
+                "experiment",
+                "--seeds and --epochs must be at least 1",
+            ));
         }
+        Ok(plan)
     }
+
+    /// Everything besides the seed, split and variant that decides a run's
+    /// numbers (the check of `--resume`).
+    fn settings(&self, a: &ExperimentArgs) -> Value {
+        json!({
+            "arch": a.arch, "width": a.width, "epochs": self.epochs,
+            "per_class": self.per_class, "transfer_per_class": self.transfer_per_class,
+            "eval_per_class": self.eval_per_class, "batch": a.batch, "lr": a.lr, "k": a.k,
+            "precision": format!("{:?}", a.compute.precision), "device": a.compute.device.to_string(),
+            "commit": option_env!("SLMLP_COMMIT"),
+        })
+    }
+}
+
+/// The sets of one split, opened once and shared by its runs.
+struct Sets {
+    /// (name, dataset): seen_test, then `{target}_train` and `{target}_test`.
+    sets: Vec<(String, Arc<dyn Dataset>)>,
+    /// (target key, label, classes).
+    targets: Vec<(&'static str, &'static str, usize)>,
 }
 
 fn data(spec: &str, classes: Option<&str>, per_class: Option<usize>, workers: usize) -> DataArgs {
@@ -215,6 +297,361 @@ fn data(spec: &str, classes: Option<&str>, per_class: Option<usize>, workers: us
         classes: classes.map(str::to_string),
         per_class,
         workers,
+    }
+}
+
+impl Sets {
+    fn open(plan: &Plan, seen: &[usize], unseen: &[usize], workers: usize) -> Result<Sets> {
+        let list = |v: &[usize]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+        let (seen, unseen) = (list(seen), list(unseen));
+        let open = |spec: &str, classes: Option<&str>, per_class| {
+            data(spec, classes, per_class, workers).open(None, 0)
+        };
+        let (tr, te) = (plan.transfer_per_class, plan.eval_per_class);
+        let mut sets = vec![(
+            "seen_test".to_string(),
+            open("fashion-mnist:test", Some(&seen), te)?,
+        )];
+        let mut targets = Vec::new();
+        for (key, label, root, classes) in [
+            ("unseen", "unseen classes", "fashion-mnist", Some(unseen.as_str())),
+            ("mnist", "MNIST", "mnist", None),
+            ("digits", "UCI digits", "digits", None),
+        ] {
+            let train = open(&format!("{root}:train"), classes, tr)?;
+            let n = train.classes().len();
+            sets.push((format!("{key}_train"), train));
+            sets.push((format!("{key}_test"), open(&format!("{root}:test"), classes, te)?));
+            targets.push((key, label, n));
+        }
+        Ok(Sets { sets, targets })
+    }
+}
+
+/// Runs the study (`--ablation`, `--curve`, `--detection`: those instead),
+/// prints its table and returns its JSON.
+pub fn experiment(a: &ExperimentArgs) -> Result<Value> {
+    if a.detection {
+        let r = detection_experiment(&detection_config(a)?)?;
+        println!("{}", r.markdown);
+        return Ok(r.json);
+    }
+    let plan = Plan::new(a)?;
+    let (mode, variants): (&str, &[Variant]) = if a.ablation {
+        ("ablation", &ABLATION)
+    } else if a.curve {
+        ("curve", &STUDY)
+    } else {
+        ("results", &STUDY)
+    };
+    let t0 = Instant::now();
+    let log = |msg: String| eprintln!("[{}] {msg}", mmss(t0.elapsed().as_secs_f64()));
+    let names: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+    log(format!(
+        "experiment ({mode}): {} split(s) x {} seed(s), {} width {}, {} epochs; variants {}; output in {}",
+        plan.splits.len(),
+        plan.seeds,
+        a.arch,
+        a.width,
+        plan.epochs,
+        variants.iter().map(|v| v.key).collect::<Vec<_>>().join(", "),
+        a.out.display()
+    ));
+    let settings = plan.settings(a);
+    let mut runs: Vec<analysis::Run> = Vec::new();
+    for (split, seen_spec) in plan.splits.iter().enumerate() {
+        let seen = parse_classes(seen_spec, &names)?;
+        let unseen: Vec<usize> = (0..names.len()).filter(|c| !seen.contains(c)).collect();
+        if seen.len() < 2 || unseen.len() < 2 {
+            return Err(Error::arg(
+                "experiment",
+                "--seen must leave at least 2 seen and 2 unseen classes",
+            ));
+        }
+        let pick = |v: &[usize]| v.iter().map(|&c| names[c].as_str()).collect::<Vec<_>>().join(", ");
+        log(format!("split {split}: seen [{}], unseen [{}]", pick(&seen), pick(&unseen)));
+        let sets = Sets::open(&plan, &seen, &unseen, a.workers)?;
+        for seed in a.compute.seed..a.compute.seed + plan.seeds as u64 {
+            let replicate = Replicate {
+                a,
+                plan: &plan,
+                settings: &settings,
+                sets: &sets,
+                split,
+                seen: &seen,
+                seed,
+                dir: a.out.join(format!("split{split}")).join(format!("seed{seed}")),
+                log: &log,
+            };
+            let plots = mode == "results" && runs.is_empty();
+            runs.extend(replicate.run(variants, mode == "curve", plots)?);
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let report = analysis::report(a, &plan, mode, variants, &runs, seconds)?;
+    write_json(&a.out.join(format!("{mode}.json")), &report.json)?;
+    write_text(&a.out.join(format!("{mode}.md")), &report.markdown)?;
+    println!("{}", report.markdown);
+    log(format!(
+        "wrote {} and {}",
+        a.out.join(format!("{mode}.md")).display(),
+        a.out.join(format!("{mode}.json")).display()
+    ));
+    Ok(report.json)
+}
+
+/// One (split, seed) of the study: trains each variant's network (once per
+/// trained key) and measures it.
+struct Replicate<'a> {
+    a: &'a ExperimentArgs,
+    plan: &'a Plan,
+    settings: &'a Value,
+    sets: &'a Sets,
+    split: usize,
+    seen: &'a [usize],
+    seed: u64,
+    dir: PathBuf,
+    log: &'a dyn Fn(String),
+}
+
+impl Replicate<'_> {
+    /// The results of every variant (`curve`: of every epoch of every
+    /// variant); writes t-SNE plots of SL vs SL-MLP when `plots`.
+    fn run(&self, variants: &[Variant], curve: bool, plots: bool) -> Result<Vec<analysis::Run>> {
+        let mut runs = Vec::new();
+        let mut plotted: BTreeMap<&str, BTreeMap<String, Features>> = BTreeMap::new();
+        for v in variants {
+            let run_dir = self.dir.join(v.trained_key());
+            let record = self.dir.join(format!("{}.json", v.key));
+            let settings = json!({
+                "run": self.settings, "seen": self.plan.splits[self.split], "seed": self.seed,
+                "projector": v.projector, "projected": v.projected, "curve": curve,
+            });
+            if self.a.resume {
+                if let Some(done) = analysis::Run::read_all(&record, &settings)? {
+                    (self.log)(format!(
+                        "split {} seed {} {}: kept the finished run {}",
+                        self.split,
+                        self.seed,
+                        v.key,
+                        record.display()
+                    ));
+                    runs.extend(done);
+                    continue;
+                }
+            }
+            let model = run_dir.join("model.safetensors");
+            let shared = runs.iter().any(|r: &analysis::Run| r.variant == v.trained_key());
+            let seconds = if v.projected && model.is_file() && shared {
+                // the network was trained for the variant it shares
+                0.0
+            } else {
+                self.pretrain(v, &run_dir, curve)?
+            };
+            let epochs: Vec<(usize, PathBuf)> = if curve {
+                (1..=self.plan.epochs)
+                    .map(|e| (e, run_dir.join(format!("model-epoch{e}.safetensors"))))
+                    .collect()
+            } else {
+                vec![(self.plan.epochs, model)]
+            };
+            let mut done = Vec::new();
+            for (epoch, path) in epochs {
+                let loaded = load_trained(&path, self.a.compute.device.open()?)?;
+                let (measures, details, feats) = self.measure(&loaded, v.projected)?;
+                (self.log)(format!(
+                    "split {} seed {} {}{}: transfer {:.2}% (unseen linear {:.1}%, MNIST linear {:.1}%, digits linear {:.1}%)",
+                    self.split,
+                    self.seed,
+                    v.key,
+                    if curve { format!(" epoch {epoch}") } else { String::new() },
+                    analysis::value(&measures, PRIMARY),
+                    analysis::value(&measures, "unseen.linear"),
+                    analysis::value(&measures, "mnist.linear"),
+                    analysis::value(&measures, "digits.linear"),
+                ));
+                if plots {
+                    plotted.insert(v.key, feats);
+                }
+                done.push(analysis::Run {
+                    split: self.split,
+                    seed: self.seed,
+                    variant: v.key.to_string(),
+                    epoch,
+                    measures,
+                    details: json!({"pretrain_seconds": seconds, "probes": details}),
+                });
+            }
+            analysis::Run::write_all(&record, &settings, &done)?;
+            runs.extend(done);
+        }
+        if plots && plotted.len() == 2 {
+            self.plot(&plotted)?;
+        }
+        Ok(runs)
+    }
+
+    /// Pretrains `v` into `dir`; returns its seconds. No validation pass:
+    /// `measure` scores the classifier on the seen test images.
+    fn pretrain(&self, v: &Variant, dir: &Path, curve: bool) -> Result<f64> {
+        let a = self.a;
+        (self.log)(format!(
+            "split {} seed {}: pretraining {} ...",
+            self.split, self.seed, v.key
+        ));
+        let seen = self.seen.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+        let report = pretrain(&PretrainArgs {
+            method: if v.projector.is_some() { Method::SlMlp } else { Method::Sl },
+            arch: a.arch.clone(),
+            width: a.width,
+            stem: None,
+            projector: v.projector.unwrap_or("d").into(),
+            data: data("fashion-mnist", Some(&seen), self.plan.per_class, a.workers),
+            val_data: None,
+            no_val: true,
+            image_size: None,
+            epochs: self.plan.epochs,
+            batch: a.batch,
+            lr: a.lr,
+            warmup_epochs: (self.plan.epochs as f64 / 10.0).min(1.0),
+            weight_decay: 5e-4,
+            momentum: 0.9,
+            label_smoothing: 0.0,
+            dist: Default::default(),
+            sync_bn: false,
+            compute: ComputeArgs {
+                seed: self.seed,
+                ..a.compute.clone()
+            },
+            out: dir.to_path_buf(),
+            resume: false,
+            deterministic: false,
+            resume_force: false,
+            // the study owns its run folders: a rerun replaces them
+            overwrite: true,
+            checkpoint_every: 0,
+            log_every: 50,
+            quiet: false,
+            epoch_models: curve,
+        })?;
+        Ok(report.seconds)
+    }
+
+    /// Every measure of one trained network, the probes' chosen
+    /// hyperparameters, and the seen and unseen test features (for plots).
+    fn measure(
+        &self,
+        loaded: &Loaded,
+        projected: bool,
+    ) -> Result<(Vec<Measure>, Value, BTreeMap<String, Features>)> {
+        let a = self.a;
+        let mut f: BTreeMap<String, Features> = BTreeMap::new();
+        let mut seen_accuracy = f64::NAN;
+        for (name, ds) in &self.sets.sets {
+            let loader = eval_loader(ds.clone(), &loaded.input, 256, a.workers)?;
+            if name == "seen_test" {
+                seen_accuracy = 100.0 * evaluate(&loaded.net, &loader, a.compute.precision)?.1;
+            }
+            let extract = if projected { extract_projected } else { extract_features };
+            f.insert(name.clone(), extract(&loaded.net, &loader, a.compute.precision)?);
+        }
+        let mut m = vec![Measure::secondary(
+            "seen_accuracy",
+            "seen classes, pretraining task: test accuracy (%)",
+            seen_accuracy,
+        )];
+        let mut details = serde_json::Map::new();
+        let mut primary = Vec::new();
+        for &(t, label, classes) in &self.sets.targets {
+            let (train, test) = (&f[&format!("{t}_train")], &f[&format!("{t}_test")]);
+            let probe = |standardize: bool| {
+                tuned_linear_probe(
+                    train,
+                    test,
+                    classes,
+                    &TuneOptions {
+                        seed: self.seed,
+                        standardize,
+                        ..TuneOptions::default()
+                    },
+                )
+            };
+            let (std, raw) = (probe(true)?, probe(false)?);
+            let knn = 100.0 * knn_accuracy(train, test, a.k)?;
+            let (linear, linear_raw) = (std.test_accuracy, raw.test_accuracy);
+            primary.extend([100.0 * linear, knn]);
+            m.push(Measure::secondary(
+                &format!("{t}.linear"),
+                &format!("{label}, linear (%)"),
+                100.0 * linear,
+            ));
+            m.push(Measure::secondary(
+                &format!("{t}.knn"),
+                &format!("{label}, k-NN (%)"),
+                knn,
+            ));
+            m.push(Measure::secondary(
+                &format!("{t}.linear_raw"),
+                &format!("{label}, linear on raw features (%)"),
+                100.0 * linear_raw,
+            ));
+            let chosen = |p: &TunedProbe| {
+                json!({"lr": p.lr, "weight_decay": p.weight_decay, "holdout_accuracy": p.holdout_accuracy})
+            };
+            details.insert(
+                t.to_string(),
+                json!({"standardized": chosen(&std), "raw": chosen(&raw)}),
+            );
+        }
+        let transfer = primary.iter().sum::<f64>() / primary.len() as f64;
+        m.insert(
+            0,
+            Measure::primary(PRIMARY, "transfer: mean of linear and k-NN over the targets (%)", transfer),
+        );
+        let seen = &f["seen_test"];
+        let sets: Vec<(&str, &str)> = std::iter::once(("seen", "seen classes"))
+            .chain(self.sets.targets.iter().map(|&(t, l, _)| (t, l)))
+            .collect();
+        for (set, label) in sets {
+            let x = feature_metrics(&f[&format!("{set}_test")])?;
+            m.extend(analysis::feature_measures(set, label, &x));
+            if set != "seen" {
+                m.push(Measure::secondary(
+                    &format!("{set}.distance"),
+                    &format!("{label}: feature distribution distance to the seen classes"),
+                    feature_distribution_distance(seen, &f[&format!("{set}_test")])?,
+                ));
+            }
+        }
+        let keep = ["seen_test", "unseen_test", "mnist_test", "digits_test"];
+        f.retain(|k, _| keep.contains(&k.as_str()));
+        Ok((m, details.into(), f))
+    }
+
+    /// t-SNE of SL vs SL-MLP on each test set (the first replicate).
+    fn plot(&self, feats: &BTreeMap<&str, BTreeMap<String, Features>>) -> Result<()> {
+        for (set, title) in [
+            ("unseen_test", "unseen Fashion-MNIST classes"),
+            ("seen_test", "seen (pretraining) classes"),
+            ("mnist_test", "MNIST digits"),
+            ("digits_test", "UCI digits"),
+        ] {
+            let path = self.a.out.join(format!("tsne_{set}.png"));
+            let sets = [
+                ("SL".to_string(), &feats["sl"][set]),
+                ("SL-MLP".to_string(), &feats["sl-mlp"][set]),
+            ];
+            embedding_plot(
+                &path,
+                &sets,
+                self.a.plot_per_class,
+                30.0,
+                0,
+                &format!("t-SNE of encoder features, {title}"),
+            )?;
+            (self.log)(format!("wrote {}", path.display()));
+        }
+        Ok(())
     }
 }
 
@@ -267,342 +704,4 @@ fn detection_config(a: &ExperimentArgs) -> Result<DetectionConfig> {
         workers: a.workers,
         quiet: false,
     })
-}
-
-/// Runs the study (`--detection`: the detection transfer test, see
-/// `experiment_detection`), prints its table and returns its JSON.
-pub fn experiment(a: &ExperimentArgs) -> Result<serde_json::Value> {
-    if a.detection {
-        let r = detection_experiment(&detection_config(a)?)?;
-        println!("{}", r.markdown);
-        return Ok(r.json);
-    }
-    let device = a.compute.device.open()?;
-    let precision = a.compute.precision;
-    let first_seed = a.compute.seed;
-    let plan = Plan::new(a);
-    if plan.seeds == 0 || plan.epochs == 0 {
-        return Err(Error::arg(
-            "experiment",
-            "--seeds and --epochs must be at least 1",
-        ));
-    }
-    let t0 = Instant::now();
-    let fm_names = crate::datasets::open("fashion-mnist:test")?
-        .classes()
-        .to_vec();
-    let seen = parse_classes(&a.seen, &fm_names)?;
-    let unseen: Vec<usize> = (0..fm_names.len()).filter(|c| !seen.contains(c)).collect();
-    if seen.len() < 2 || unseen.len() < 2 {
-        return Err(Error::arg(
-            "experiment",
-            "--seen must leave at least 2 seen and 2 unseen classes",
-        ));
-    }
-    let list = |v: &[usize]| {
-        v.iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let (seen_spec, unseen_spec) = (list(&seen), list(&unseen));
-    eprintln!(
-        "experiment: {} seed(s), {} width {}, {} epochs; seen classes [{}], unseen [{}], transfer also to MNIST; output in {}",
-        plan.seeds,
-        a.arch,
-        a.width,
-        plan.epochs,
-        seen.iter().map(|&c| fm_names[c].as_str()).collect::<Vec<_>>().join(", "),
-        unseen.iter().map(|&c| fm_names[c].as_str()).collect::<Vec<_>>().join(", "),
-        a.out.display()
-    );
-    // evaluation sets are the same for every run: open them once
-    let w = a.workers;
-    let sets: Vec<(&'static str, Arc<dyn Dataset>)> = vec![
-        (
-            "seen_test",
-            data(
-                "fashion-mnist:test",
-                Some(&seen_spec),
-                plan.eval_per_class,
-                w,
-            )
-            .open(None, 0)?,
-        ),
-        (
-            "unseen_train",
-            data(
-                "fashion-mnist:train",
-                Some(&unseen_spec),
-                plan.transfer_per_class,
-                w,
-            )
-            .open(None, 0)?,
-        ),
-        (
-            "unseen_test",
-            data(
-                "fashion-mnist:test",
-                Some(&unseen_spec),
-                plan.eval_per_class,
-                w,
-            )
-            .open(None, 0)?,
-        ),
-        (
-            "mnist_train",
-            data("mnist:train", None, plan.transfer_per_class, w).open(None, 0)?,
-        ),
-        (
-            "mnist_test",
-            data("mnist:test", None, plan.eval_per_class, w).open(None, 0)?,
-        ),
-    ];
-    let mut results: BTreeMap<&'static str, Vec<RunResult>> = BTreeMap::new();
-    for seed in first_seed..first_seed + plan.seeds as u64 {
-        let mut feats: BTreeMap<&'static str, BTreeMap<&'static str, Features>> = BTreeMap::new();
-        for (method, name) in [(Method::Sl, "sl"), (Method::SlMlp, "sl-mlp")] {
-            let run_dir = a.out.join(format!("seed{seed}")).join(name);
-            eprintln!(
-                "[{}] seed {seed}: pretraining {} ...",
-                mmss(t0.elapsed().as_secs_f64()),
-                name.to_uppercase()
-            );
-            let report = pretrain(&PretrainArgs {
-                method,
-                arch: a.arch.clone(),
-                width: a.width,
-                stem: None,
-                projector: "d".into(),
-                data: data("fashion-mnist", Some(&seen_spec), plan.per_class, w),
-                val_data: None,
-                no_val: false,
-                image_size: None,
-                epochs: plan.epochs,
-                batch: a.batch,
-                lr: a.lr,
-                warmup_epochs: (plan.epochs as f64 / 10.0).min(1.0),
-                weight_decay: 5e-4,
-                momentum: 0.9,
-                label_smoothing: 0.0,
-                dist: Default::default(),
-                compute: ComputeArgs {
-                    seed,
-                    ..a.compute.clone()
-                },
-                out: run_dir.clone(),
-                resume: false,
-                deterministic: false,
-                resume_force: false,
-                // the study owns its run folders: a rerun replaces them
-                overwrite: true,
-                checkpoint_every: 0,
-                log_every: 50,
-                quiet: false,
-            })?;
-            let loaded = load_trained(&report.model_path, device)?;
-            let mut r = RunResult {
-                seen_val_accuracy: report
-                    .epochs
-                    .last()
-                    .and_then(|e| e.get("val_accuracy"))
-                    .unwrap_or(f64::NAN),
-                pretrain_images_per_s: report.images_per_s,
-                pretrain_seconds: report.seconds,
-                ..Default::default()
-            };
-            let mut f = BTreeMap::new();
-            for (split, ds) in &sets {
-                let loader = eval_loader(ds.clone(), &loaded.input, 256, w)?;
-                f.insert(*split, extract_features(&loaded.net, &loader, precision)?);
-            }
-            let probe = ProbeOptions {
-                seed,
-                ..ProbeOptions::default()
-            };
-            r.linear_unseen =
-                linear_probe(&f["unseen_train"], &f["unseen_test"], unseen.len(), &probe)?
-                    .test_accuracy;
-            r.knn_unseen = knn_accuracy(&f["unseen_train"], &f["unseen_test"], a.k)?;
-            r.linear_mnist =
-                linear_probe(&f["mnist_train"], &f["mnist_test"], 10, &probe)?.test_accuracy;
-            r.knn_mnist = knn_accuracy(&f["mnist_train"], &f["mnist_test"], a.k)?;
-            for split in ["seen_test", "unseen_test", "mnist_test"] {
-                r.metrics.insert(split, feature_metrics(&f[split])?);
-            }
-            eprintln!(
-                "[{}] seed {seed} {}: seen val {:.1}%, unseen linear {:.1}% k-NN {:.1}%, MNIST linear {:.1}% k-NN {:.1}%",
-                mmss(t0.elapsed().as_secs_f64()),
-                name.to_uppercase(),
-                100.0 * r.seen_val_accuracy,
-                100.0 * r.linear_unseen,
-                100.0 * r.knn_unseen,
-                100.0 * r.linear_mnist,
-                100.0 * r.knn_mnist
-            );
-            results.entry(name).or_default().push(r);
-            feats.insert(name, f);
-        }
-        if seed == first_seed {
-            for (split, title) in [
-                ("unseen_test", "unseen Fashion-MNIST classes"),
-                ("seen_test", "seen (pretraining) classes"),
-                ("mnist_test", "MNIST digits"),
-            ] {
-                let path = a.out.join(format!("tsne_{split}.png"));
-                let sets = [
-                    ("SL".to_string(), &feats["sl"][split]),
-                    ("SL-MLP".to_string(), &feats["sl-mlp"][split]),
-                ];
-                embedding_plot(
-                    &path,
-                    &sets,
-                    a.plot_per_class,
-                    30.0,
-                    0,
-                    &format!("t-SNE of encoder features, {title}"),
-                )?;
-                eprintln!(
-                    "[{}] wrote {}",
-                    mmss(t0.elapsed().as_secs_f64()),
-                    path.display()
-                );
-            }
-        }
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let json = results_json(a, &plan, &results, seconds);
-    write_json(&a.out.join("results.json"), &json)?;
-    let md = results_markdown(a, &plan, &results, seconds);
-    write_text(&a.out.join("results.md"), &md)?;
-    println!("{md}");
-    eprintln!(
-        "wrote {} and {} in {}",
-        a.out.join("results.md").display(),
-        a.out.join("results.json").display(),
-        mmss(seconds)
-    );
-    Ok(json)
-}
-
-/// Two-sided 95% quantile of Student's t with `dof` degrees of freedom.
-fn t_975(dof: usize) -> f64 {
-    const T: [f64; 10] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    ];
-    match dof {
-        0 => f64::INFINITY,
-        d if d <= T.len() => T[d - 1],
-        d if d <= 30 => 2.042 + (2.228 - 2.042) * (30 - d) as f64 / 20.0,
-        _ => 1.96,
-    }
-}
-
-/// Per reported quantity (in `RunResult::numbers` order), its values over seeds.
-fn columns(runs: &[RunResult]) -> Vec<Vec<f64>> {
-    let rows: Vec<Vec<f64>> = runs
-        .iter()
-        .map(|r| r.numbers().into_iter().map(|(_, _, v)| v).collect())
-        .collect();
-    (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i]).collect())
-        .collect()
-}
-
-fn results_json(
-    a: &ExperimentArgs,
-    plan: &Plan,
-    results: &BTreeMap<&str, Vec<RunResult>>,
-    seconds: f64,
-) -> serde_json::Value {
-    let mut summary = serde_json::Map::new();
-    for (method, runs) in results {
-        let mut m = serde_json::Map::new();
-        for ((key, _, _), v) in runs[0].numbers().into_iter().zip(columns(runs)) {
-            let (mean, std) = mean_std(&v);
-            m.insert(
-                key,
-                serde_json::json!({"mean": mean, "std": std, "values": v}),
-            );
-        }
-        summary.insert(method.to_string(), m.into());
-    }
-    serde_json::json!({
-        "config": {
-            "arch": a.arch, "width": a.width, "seen": a.seen, "epochs": plan.epochs, "seeds": plan.seeds,
-            "per_class": plan.per_class, "transfer_per_class": plan.transfer_per_class,
-            "eval_per_class": plan.eval_per_class, "batch": a.batch, "lr": a.lr, "k": a.k,
-            "precision": format!("{:?}", a.compute.precision), "device": a.compute.device.to_string(), "first_seed": a.compute.seed, "quick": a.quick,
-        },
-        "seconds": seconds,
-        "summary": summary,
-        "runs": results.iter().map(|(m, r)| (m.to_string(), r.iter().map(RunResult::to_json).collect::<Vec<_>>().into())).collect::<serde_json::Map<_, _>>(),
-    })
-}
-
-fn results_markdown(
-    a: &ExperimentArgs,
-    plan: &Plan,
-    results: &BTreeMap<&str, Vec<RunResult>>,
-    seconds: f64,
-) -> String {
-    let (sl, mlp) = (&results["sl"], &results["sl-mlp"]);
-    let n = sl.len();
-    let fmt = |v: &[f64]| {
-        let (m, s) = mean_std(v);
-        if n > 1 {
-            format!("{m:.3} ± {s:.3}")
-        } else {
-            format!("{m:.3}")
-        }
-    };
-    let mut md = format!(
-        "# SL vs SL-MLP on the built-in benchmark\n\n{} {} (width {}), {} epoch(s) on Fashion-MNIST classes {} ({} images per class), {} seed(s), {}; {} min.\n\n",
-        if a.quick { "Quick run:" } else { "Run:" },
-        a.arch,
-        a.width,
-        plan.epochs,
-        a.seen,
-        plan.per_class.map_or("all".to_string(), |p| p.to_string()),
-        n,
-        format!("{:?}", a.compute.precision).to_lowercase(),
-        (seconds / 60.0).round()
-    );
-    md += "| quantity | SL | SL-MLP | SL-MLP − SL |\n|---|---|---|---|\n";
-    let mut lines = Vec::new();
-    let labels = sl[0].numbers().into_iter().map(|(_, label, _)| label);
-    for ((label, a_), b_) in labels.zip(columns(sl)).zip(columns(mlp)) {
-        let d: Vec<f64> = a_.iter().zip(&b_).map(|(x, y)| y - x).collect();
-        let (dm, ds) = mean_std(&d);
-        md += &format!("| {label} | {} | {} | {} |\n", fmt(&a_), fmt(&b_), fmt(&d));
-        lines.push((label, dm, ds));
-    }
-    md += "\nAccuracies in %, mean ± sample std over seeds; the difference column is computed per seed (same initial encoder and data order for both methods).\n";
-    md += "Intra-class variation: mean distance to the class centroid; discriminative ratio: mean inter-centroid distance / intra-class variation; redundancy: mean |Pearson r| over pairs of feature dims.\n\n## Reading\n\n";
-    for (label, dm, ds) in lines.iter().filter(|(l, _, _)| {
-        l.contains("linear")
-            || l.contains("k-NN")
-            || l.contains("discriminative")
-            || l.contains("redundancy")
-    }) {
-        let verdict = if n < 2 {
-            "one seed: no noise estimate".to_string()
-        } else {
-            // paired two-sided t-test at 95% on the per-seed differences
-            let half_width = t_975(n - 1) * ds / (n as f64).sqrt();
-            let ci = format!(
-                "95% interval {:+.3} .. {:+.3}",
-                dm - half_width,
-                dm + half_width
-            );
-            if dm.abs() > half_width {
-                format!("{ci}: significant (paired t-test, {} seeds)", n)
-            } else {
-                format!("{ci}: not distinguishable from seed noise ({} seeds)", n)
-            }
-        };
-        md += &format!("- {label}: SL-MLP − SL = {dm:+.3}; {verdict}.\n");
-    }
-    md += "\nThe paper's direction: SL-MLP transfers better (higher linear and k-NN accuracy on unseen classes and the new domain), keeps more intra-class variation (lower discriminative ratio on the seen classes) and has lower feature redundancy.\n";
-    md
 }

@@ -228,6 +228,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 momentum: 0.9,
                 label_smoothing: 0.0,
                 dist: Default::default(),
+                sync_bn: false,
                 compute: ComputeArgs {
                     precision: c.precision,
                     device: c.device,
@@ -242,6 +243,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 checkpoint_every: 0,
                 log_every: 50,
                 quiet: c.quiet,
+                epoch_models: false,
             })?;
             let acc = r.epochs.last().and_then(|e| e.get("train_accuracy"));
             log(format!(
@@ -277,6 +279,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 max_size: c.max_size,
                 workers: c.workers,
                 seed,
+                dist: Default::default(),
                 out,
                 resume: false,
                 deterministic: false,
@@ -451,6 +454,7 @@ fn results_json(
         })
         .collect();
     json!({
+        "provenance": crate::run_dir::provenance(),
         "config": config_json(c, bench),
         "seconds": seconds,
         "summary": summary,

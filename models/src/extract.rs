@@ -17,22 +17,47 @@ pub fn extract_features(
     loader: &Loader,
     precision: Precision,
 ) -> Result<Features> {
+    extract(net, loader, precision, false)
+}
+
+/// As [`extract_features`], but the features after the projector (the
+/// encoder's pooled features when the net has none): the transfer features
+/// of an SL network whose encoder ends in the projector's MLP, the
+/// matched-parameter control of `experiment --ablation`.
+pub fn extract_projected(
+    net: &SupervisedNet,
+    loader: &Loader,
+    precision: Precision,
+) -> Result<Features> {
+    extract(net, loader, precision, true)
+}
+
+fn extract(
+    net: &SupervisedNet,
+    loader: &Loader,
+    precision: Precision,
+    projected: bool,
+) -> Result<Features> {
     let _ng = engine::no_grad();
     net.set_training(false);
-    let d = net.feature_dim();
+    let projector = net.projector.as_ref().filter(|_| projected);
+    let d = projector.map_or(net.feature_dim(), |p| p.config.out_dim(net.feature_dim()));
     let device = net.device();
     let mut x = Vec::new();
     let mut labels = Vec::new();
     let result = (|| {
         for batch in loader.epoch(0, 0) {
             let batch = batch?;
-            let f = net
-                .features(
-                    &batch
-                        .images
-                        .to_device(device)?
-                        .to_dtype(precision.compute_dtype())?,
-                )?
+            let mut f = net.features(
+                &batch
+                    .images
+                    .to_device(device)?
+                    .to_dtype(precision.compute_dtype())?,
+            )?;
+            if let Some(p) = projector {
+                f = p.forward(&f)?;
+            }
+            let f = f
                 .to_dtype(DType::F32)?
                 .to_device(Device::Cpu)?;
             x.extend_from_slice(&f.to_vec::<f32>()?);

@@ -274,6 +274,9 @@ pub struct FitOptions {
     pub log_every: usize,
     /// Print nothing (tests, the experiment's inner runs use their own lines).
     pub quiet: bool,
+    /// Also write `model-epoch{E}.safetensors` at the end of every epoch E
+    /// (for the training-length curves of `experiment --curve`).
+    pub epoch_models: bool,
 }
 
 impl Default for FitOptions {
@@ -287,6 +290,7 @@ impl Default for FitOptions {
             overwrite: false,
             log_every: 50,
             quiet: false,
+            epoch_models: false,
         }
     }
 }
@@ -654,6 +658,11 @@ pub fn fit<T: Task>(
         if let Some(f) = &files {
             let keys = BTreeMap::from([(LOGGED_KEY.to_string(), "true".to_string())]);
             save_state(task, &f.checkpoint, step, keys)?;
+            if opts.epoch_models {
+                let (params, buffers) = task.tensors();
+                let path = f.model.with_file_name(format!("model-epoch{}.safetensors", epoch + 1));
+                save_model(&path, &params, &buffers, &task.metadata())?;
+            }
         }
         result.epochs.push(log);
     }

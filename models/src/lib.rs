@@ -24,6 +24,7 @@ pub mod projector;
 pub mod report;
 pub mod resnet;
 pub mod run_dir;
+pub mod stats;
 pub mod train;
 pub mod transfer;
 

@@ -127,7 +127,8 @@ impl NetConfig {
         let mut d = r.feature_dim();
         if let Some(p) = &self.projector {
             for (i, &h) in p.hidden.iter().chain(&p.out_linear).enumerate() {
-                shapes.push((format!("projector.{}.weight", 3 * i), vec![h, d]));
+                let at = p.linear_index(i);
+                shapes.push((format!("projector.{at}.weight"), vec![h, d]));
                 d = h;
             }
         }

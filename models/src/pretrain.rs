@@ -5,7 +5,7 @@
 use crate::data::{parse_classes, Augment, Dataset, Loader, LoaderOptions, Subset, Transform};
 use crate::datasets::{self, Normalization};
 use crate::device::DeviceArg;
-use crate::dist::launch::{run_ranks, DistArgs};
+use crate::dist::launch::{global_batch, run_ranks, DistArgs};
 use crate::dist::Communicator;
 use crate::fit::{fit, EpochLog, FitOptions};
 use crate::net::metadata_value;
@@ -214,6 +214,10 @@ pub struct PretrainArgs {
     pub compute: ComputeArgs,
     #[command(flatten)]
     pub dist: DistArgs,
+    /// With several ranks: BatchNorm statistics of the global micro-batch
+    /// (summed over the ranks, SyncBatchNorm) instead of each rank's own.
+    #[arg(long)]
+    pub sync_bn: bool,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -240,6 +244,9 @@ pub struct PretrainArgs {
     pub log_every: usize,
     #[arg(long)]
     pub quiet: bool,
+    /// Also write OUT/model-epoch{E}.safetensors after every epoch E.
+    #[arg(long)]
+    pub epoch_models: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -328,11 +335,7 @@ fn pretrain_rank(
         eprintln!("device: {}", g.info.summary());
     }
 
-    let global_batch = a
-        .batch
-        .checked_mul(grad_accum * world)
-        .filter(|g| *g <= 1 << 24)
-        .ok_or_else(|| Error::arg("pretrain", "--batch x --grad-accum x ranks is above 2^24"))?;
+    let global_batch = global_batch(a.batch, grad_accum, world)?;
     // this rank's slice of each global batch, cut into micro-batches by
     // the trainer
     let train = Loader::new(
@@ -407,6 +410,9 @@ fn pretrain_rank(
     trainer.min_batch = if config.projector.is_some() { 2 } else { 1 };
     if global_batch != a.batch {
         trainer = trainer.with_data_parallel(comm, grad_accum);
+        if a.sync_bn {
+            trainer = trainer.with_sync_batch_norm();
+        }
     }
     let t0 = Instant::now();
     let result = fit(
@@ -422,6 +428,7 @@ fn pretrain_rank(
             overwrite: a.overwrite,
             log_every: a.log_every,
             quiet,
+            epoch_models: a.epoch_models,
         },
     )?;
     let seconds = t0.elapsed().as_secs_f64();

@@ -7,7 +7,8 @@
 //!   without `--resume-force`;
 //! - `args.json`: the command with every resolved option (defaults
 //!   included), the version and, when the build recorded it
-//!   (`SLMLP_COMMIT` set at compile time), the commit;
+//!   (`SLMLP_COMMIT`, set by `models/build.rs`), the commit; results
+//!   files add the machine and the time ([`provenance`]);
 //! - the resource figures `metrics.jsonl` records: host peak RSS
 //!   (`VmHWM` of `/proc/self/status`, Linux only) and the CUDA caching
 //!   allocator's peak.
@@ -64,6 +65,59 @@ pub fn snapshot() -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "commit": option_env!("SLMLP_COMMIT"),
     })
+}
+
+/// Where a results file came from: [`snapshot`] (command line, version,
+/// commit) plus the machine (host name, CPU model and logical cores, OS and
+/// architecture) and the UTC time it was written.
+pub fn provenance() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    });
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string());
+    let mut v = snapshot();
+    v["machine"] = json!({
+        "host": host,
+        "cpu": cpu,
+        "logical_cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    });
+    v["utc"] = utc_now().into();
+    v
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    utc(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()))
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// How a run may treat an existing output folder.
@@ -304,6 +358,17 @@ mod tests {
         let d = std::env::temp_dir().join(format!("slmlp-run-dir-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(utc(1_796_169_661), "2026-12-02T00:01:01Z");
+        let p = provenance();
+        assert!(p["machine"]["logical_cores"].as_u64().unwrap() >= 1);
+        assert!(p["utc"].as_str().unwrap().ends_with('Z'));
     }
 
     #[test]

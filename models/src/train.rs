@@ -147,16 +147,30 @@ impl<'m> Trainer<'m> {
     /// (`with_data_parallel`) the batch is this rank's part of the global
     /// batch.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
-        if let Some(mut dp) = self.dp.take() {
-            let log = dp.step(self, images, labels);
-            self.dp = Some(dp);
-            return log;
-        }
         let t0 = Instant::now();
-        zero_grad(&self.params);
-        let (loss, accuracy) = self.forward_backward(images, labels, 1.0)?;
+        let (batch, loss, accuracy) = match self.dp.take() {
+            Some(mut dp) => {
+                let params = self.params.clone();
+                let b = images.dims()[0];
+                let global = dp.gradients(&params, self.device, self.step, b, |_, start, n, w| {
+                    let (l, a) = self.forward_backward(
+                        &images.narrow(0, start, n)?,
+                        &labels.narrow(0, start, n)?,
+                        w,
+                    )?;
+                    Ok(vec![l, a])
+                });
+                self.dp = Some(dp);
+                let g = global?;
+                (g.images, g.means[0], g.means[1])
+            }
+            None => {
+                zero_grad(&self.params);
+                let (loss, accuracy) = self.forward_backward(images, labels, 1.0)?;
+                (images.dims()[0], loss, accuracy)
+            }
+        };
         let (lr, stepped) = self.apply()?;
-        let batch = images.dims()[0];
         Ok(StepLog {
             step: self.step,
             loss,
@@ -172,7 +186,7 @@ impl<'m> Trainer<'m> {
     /// `weight` (its share of the step's batch; 1 for a whole batch): adds
     /// to the parameters' gradients. Returns the batch's mean loss and
     /// accuracy.
-    pub(crate) fn forward_backward(
+    fn forward_backward(
         &mut self,
         images: &Tensor,
         labels: &Tensor,
@@ -215,7 +229,7 @@ impl<'m> Trainer<'m> {
 
     /// The optimizer step on the gradients (skipped under f16 when they
     /// overflowed), then clears them. Returns the lr and whether it stepped.
-    pub(crate) fn apply(&mut self) -> Result<(f64, bool)> {
+    fn apply(&mut self) -> Result<(f64, bool)> {
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
         let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.params)?;
@@ -226,10 +240,6 @@ impl<'m> Trainer<'m> {
             .map_err(|e| Error::arg("train", format!("after step {}: {e}", self.step + 1)))?;
         self.step += 1;
         Ok((lr, stepped))
-    }
-
-    pub(crate) fn params(&self) -> &[Param] {
-        &self.params
     }
 
     /// Makes every step a data-parallel one (`dist`): `grad_accum`
@@ -244,6 +254,15 @@ impl<'m> Trainer<'m> {
             grad_accum,
             &self.params,
         ));
+        self
+    }
+
+    /// Under data parallelism, BatchNorm statistics over all ranks
+    /// (`--sync-bn`; see `dist::DataParallel::sync_batch_norm`).
+    pub fn with_sync_batch_norm(self) -> Self {
+        if let Some(dp) = &self.dp {
+            dp.sync_batch_norm(self.model);
+        }
         self
     }
 

@@ -23,9 +23,14 @@ fn slmlp_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 fn ok(args: &[&str]) -> String {
+    ok_err(args).0
+}
+
+/// Runs a command that must succeed; its stdout and stderr.
+fn ok_err(args: &[&str]) -> (String, String) {
     let (code, out, err) = slmlp(args);
     assert_eq!(code, 0, "slmlp {args:?}\nstdout: {out}\nstderr: {err}");
-    out
+    (out, err)
 }
 
 fn fails(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
@@ -535,15 +540,12 @@ fn bad_arguments_and_missing_data_are_clear_errors() {
 }
 
 /// The README's study on a few hundred real images for one epoch: every
-/// output file appears and the table has both methods.
+/// output file appears, the table has both methods, and `--resume` keeps
+/// the finished runs and reproduces the same numbers.
 #[test]
 fn experiment_produces_every_output_file() {
     let dir = tmp("experiment");
-    let out = ok(&[
-        "experiment",
-        "--quick",
-        "--out",
-        s(&dir),
+    let tiny = [
         "--width",
         "4",
         "--epochs",
@@ -558,7 +560,8 @@ fn experiment_produces_every_output_file() {
         "10",
         "--batch",
         "32",
-    ]);
+    ];
+    let out = ok(&[&["experiment", "--quick", "--out", s(&dir)], &tiny[..]].concat());
     assert!(out.contains("| quantity | SL | SL-MLP |"), "{out}");
     for f in [
         "results.md",
@@ -566,32 +569,75 @@ fn experiment_produces_every_output_file() {
         "tsne_unseen_test.png",
         "tsne_seen_test.png",
         "tsne_mnist_test.png",
-        "seed0/sl/model.safetensors",
-        "seed0/sl-mlp/model.safetensors",
-        "seed0/sl/metrics.jsonl",
-        "seed0/sl-mlp/checkpoint.safetensors",
+        "tsne_digits_test.png",
+        "split0/seed0/sl.json",
+        "split0/seed0/sl/model.safetensors",
+        "split0/seed0/sl-mlp/model.safetensors",
+        "split0/seed0/sl/metrics.jsonl",
+        "split0/seed0/sl-mlp/checkpoint.safetensors",
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
-    for m in ["sl", "sl-mlp"] {
-        for k in [
-            "linear_unseen",
-            "knn_unseen",
-            "linear_mnist",
-            "knn_mnist",
-            "seen_test.phi",
-            "unseen_test.redundancy",
-        ] {
-            let x = v["summary"][m][k]["mean"].as_f64();
-            assert!(
-                x.is_some_and(f64::is_finite),
-                "{m} {k}: {}",
-                v["summary"][m]
-            );
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+    };
+    let v = read();
+    assert!(v["provenance"]["machine"]["logical_cores"].as_u64().is_some());
+    for k in [
+        "transfer",
+        "unseen.linear",
+        "unseen.knn",
+        "mnist.linear",
+        "digits.knn",
+        "digits.linear_raw",
+        "seen.phi",
+        "unseen.redundancy",
+        "mnist.distance",
+    ] {
+        let c = &v["comparison"][k];
+        for side in ["a", "b"] {
+            let x = c[side]["mean"].as_f64();
+            assert!(x.is_some_and(f64::is_finite), "{k}: {c}");
         }
     }
+    assert_eq!(v["comparison"]["transfer"]["kind"], "primary");
+    let (_, err) = ok_err(&[&["experiment", "--quick", "--resume", "--out", s(&dir)], &tiny[..]].concat());
+    assert_eq!(err.matches("kept the finished run").count(), 2, "{err}");
+    assert_eq!(read()["comparison"], v["comparison"]);
+}
+
+/// `--ablation` trains every projector variant once (the matched-parameter
+/// control reuses SL-MLP's network) and `--curve` measures every epoch.
+#[test]
+fn experiment_ablation_and_curve() {
+    let tiny = [
+        "--width",
+        "4",
+        "--per-class",
+        "30",
+        "--transfer-per-class",
+        "10",
+        "--eval-per-class",
+        "10",
+        "--batch",
+        "32",
+        "--seeds",
+        "1",
+    ];
+    let dir = tmp("ablation");
+    let out = ok(&[&["experiment", "--ablation", "--epochs", "1", "--out", s(&dir)], &tiny[..]].concat());
+    assert!(out.contains("matched-parameter SL"), "{out}");
+    for v in ["sl", "linear", "linear-relu", "sl-mlp", "two-blocks", "hidden-2d"] {
+        assert!(dir.join(format!("split0/seed0/{v}/model.safetensors")).is_file(), "{v}");
+    }
+    assert!(!dir.join("split0/seed0/sl-mlp-kept").exists());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ablation.json")).unwrap()).unwrap();
+    assert_eq!(v["comparisons"].as_object().unwrap().len(), 6, "{}", v["comparisons"]);
+    let dir = tmp("curve");
+    let out = ok(&[&["experiment", "--curve", "--epochs", "2", "--out", s(&dir)], &tiny[..]].concat());
+    assert!(out.contains("| 2 |"), "{out}");
+    assert!(dir.join("curve.png").is_file() && dir.join("split0/seed0/sl/model-epoch1.safetensors").is_file());
 }
 
 #[test]

@@ -353,6 +353,151 @@ fn linear_probe_rejects_bad_inputs() {
         .contains("lower lr"));
 }
 
+/// Overlapping Gaussian classes: the train and test draws of the same
+/// centres, so a good probe is well above chance but not perfect.
+fn overlapping(noise_seed: u64) -> Features {
+    clusters(5, 60, 16, 2.5, 11, noise_seed)
+}
+
+#[test]
+fn tuned_probe_beats_a_badly_fixed_rate() {
+    let (train, test) = (overlapping(1), overlapping(2));
+    let bad = ProbeOptions {
+        lr: 1e-4,
+        weight_decay: 0.0,
+        ..ProbeOptions::default()
+    };
+    let fixed = linear_probe(&train, &test, 5, &bad).unwrap();
+    // the bad rate is in the grid: the selection must see that it is bad
+    let opts = TuneOptions {
+        lrs: vec![1e-4, 0.01, 0.1, 0.3],
+        ..TuneOptions::default()
+    };
+    let tuned = tuned_linear_probe(&train, &test, 5, &opts).unwrap();
+    assert_eq!(tuned.grid.len(), 16);
+    assert_ne!(tuned.lr, 1e-4, "{tuned:?}");
+    assert!(
+        tuned.test_accuracy >= fixed.test_accuracy,
+        "tuned {tuned:?} vs fixed {fixed:?}"
+    );
+    assert!(
+        tuned.test_accuracy >= fixed.test_accuracy + 0.05,
+        "tuned {} vs fixed {}",
+        tuned.test_accuracy,
+        fixed.test_accuracy
+    );
+    // the choice is the grid's best held-out accuracy
+    let best = tuned
+        .grid
+        .iter()
+        .filter_map(|g| g.holdout_accuracy)
+        .fold(0.0f64, f64::max);
+    assert_eq!(tuned.holdout_accuracy, best);
+    let chosen = tuned
+        .grid
+        .iter()
+        .find(|g| g.holdout_accuracy == Some(best))
+        .unwrap();
+    assert_eq!(
+        (chosen.lr, chosen.weight_decay),
+        (tuned.lr, tuned.weight_decay)
+    );
+    // 20 % of each class's 60 rows held out
+    assert_eq!(tuned.holdout_rows, 5 * 12);
+    assert!(tuned.standardize);
+    // the final probe is linear_probe with the choice
+    let again = linear_probe(
+        &train,
+        &test,
+        5,
+        &ProbeOptions {
+            lr: tuned.lr,
+            weight_decay: tuned.weight_decay,
+            ..ProbeOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (again.train_accuracy, again.test_accuracy, again.final_loss),
+        (tuned.train_accuracy, tuned.test_accuracy, tuned.final_loss)
+    );
+    let j = tuned.to_json();
+    assert_eq!(j["test_accuracy"], tuned.test_accuracy);
+    assert_eq!(j["grid"].as_array().unwrap().len(), 16);
+}
+
+#[test]
+fn tuned_probe_selection_never_sees_the_test_set() {
+    let train = overlapping(1);
+    let opts = TuneOptions::default();
+    let a = tuned_linear_probe(&train, &overlapping(2), 5, &opts).unwrap();
+    // a different test set: other rows, labels scrambled
+    let mut other = overlapping(3);
+    other.labels.reverse();
+    other.x.truncate(100 * other.d);
+    other.labels.truncate(100);
+    other.n = 100;
+    let b = tuned_linear_probe(&train, &other, 5, &opts).unwrap();
+    assert_eq!(a.grid, b.grid);
+    assert_eq!((a.lr, a.weight_decay), (b.lr, b.weight_decay));
+    assert_eq!(a.holdout_accuracy, b.holdout_accuracy);
+    assert_eq!(a.train_accuracy, b.train_accuracy);
+    assert_ne!(a.test_accuracy, b.test_accuracy);
+    // another seed draws another held-out part
+    let reseeded = TuneOptions {
+        seed: 5,
+        ..TuneOptions::default()
+    };
+    let c = tuned_linear_probe(&train, &overlapping(2), 5, &reseeded).unwrap();
+    assert_ne!(a.grid, c.grid);
+}
+
+#[test]
+fn tuned_probe_runs_without_standardisation_and_checks_options() {
+    let (train, test) = (overlapping(1), overlapping(2));
+    let raw = TuneOptions {
+        standardize: false,
+        ..TuneOptions::default()
+    };
+    let r = tuned_linear_probe(&train, &test, 5, &raw).unwrap();
+    assert!(!r.standardize);
+    assert!(r.test_accuracy > 0.5, "{r:?}");
+    let bad = |o: TuneOptions| {
+        tuned_linear_probe(&train, &test, 5, &o)
+            .unwrap_err()
+            .to_string()
+    };
+    let d = TuneOptions::default;
+    assert!(bad(TuneOptions { lrs: vec![], ..d() }).contains("0 points"));
+    assert!(bad(TuneOptions {
+        lrs: vec![0.1; 17],
+        ..d()
+    })
+    .contains("68 points"));
+    assert!(bad(TuneOptions {
+        holdout: 1.0,
+        ..d()
+    })
+    .contains("holdout"));
+    assert!(bad(TuneOptions {
+        weight_decays: vec![-1.0],
+        ..d()
+    })
+    .contains("weight_decay"));
+    // every candidate diverges: an error, not NaN accuracies
+    assert!(bad(TuneOptions {
+        lrs: vec![1e300],
+        ..d()
+    })
+    .contains("diverged"));
+    // one row per class: nothing to hold out
+    let single = features(vec![vec![0.0], vec![1.0]], vec![0, 1], 2);
+    let e = tuned_linear_probe(&single, &single, 2, &d())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("held out"), "{e}");
+}
+
 // ------------------------------------------------------------------- tsne
 
 /// Leave-one-out k-NN accuracy with Euclidean distance in the embedding.

@@ -14,14 +14,24 @@
 //! died or hangs makes NCCL wait forever, so after `timeout` the
 //! communicator is aborted (`ncclCommAbort`) and the call returns an error.
 //!
+//! [`NcclComm::all_reduce_sum_start`] instead queues an all-reduce on a
+//! second stream of the GPU and returns at once, so that gradient buckets
+//! are summed while the backward pass goes on (the engine's stream rules,
+//! `cuda::runtime`): the side stream first waits for an event of the GPU's
+//! stream (what produced the input is done), the input and output blocks
+//! are marked as used on the side stream (`DeviceBlock::record_stream`, so
+//! their memory is not handed out again before the side stream ran), and
+//! [`NcclComm::finish`] waits for the side stream with the watchdog and
+//! makes the GPU's stream wait for an event recorded after the sum.
+//!
 //! Unverified on a GPU in this repository's CI (no GPU there).
 
 use super::runtime::{gpu, Gpu};
-use super::tensor::{contiguous, empty, ptr};
+use super::tensor::{block_of, contiguous, empty, ptr};
 use crate::{DType, Device, Error, Result, Tensor};
-use cudarc::driver::sys;
+use cudarc::driver::{sys, CudaEvent, CudaStream};
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 const LIB: &str = "libnccl.so.2";
@@ -156,6 +166,16 @@ pub struct NcclComm {
     timeout: Duration,
     /// Set once aborted: every later call is an error.
     broken: bool,
+    /// The stream of `all_reduce_sum_start`, created on first use.
+    side: Option<Arc<CudaStream>>,
+}
+
+/// An all-reduce queued by [`NcclComm::all_reduce_sum_start`]: its output
+/// (valid once [`NcclComm::finish`] returned it) and the event recorded on
+/// the side stream after it.
+pub struct PendingSum {
+    out: Tensor,
+    done: CudaEvent,
 }
 
 // SAFETY: an NCCL communicator may be used from any one thread at a time;
@@ -187,6 +207,7 @@ impl NcclComm {
             world,
             timeout,
             broken: false,
+            side: None,
         })
     }
 
@@ -215,6 +236,7 @@ impl NcclComm {
                 world: ordinals.len(),
                 timeout,
                 broken: false,
+                side: None,
             })
             .collect())
     }
@@ -245,14 +267,15 @@ impl NcclComm {
         contiguous(t)
     }
 
-    /// Waits for the queued collective; aborts after the timeout or on an
-    /// asynchronous NCCL error (a peer failed).
-    fn wait(&mut self, what: &str) -> Result<()> {
+    /// Waits for the collectives queued on `stream` (the GPU's or the side
+    /// stream); aborts after the timeout or on an asynchronous NCCL error
+    /// (a peer failed).
+    fn wait(&mut self, what: &str, stream: Stream) -> Result<()> {
         let api = api()?;
         let t0 = Instant::now();
         loop {
-            // SAFETY: queries this GPU's live stream.
-            match unsafe { sys::cuStreamQuery(self.gpu.cu_stream()) } {
+            // SAFETY: queries a live stream of this GPU.
+            match unsafe { sys::cuStreamQuery(stream) } {
                 sys::CUresult::CUDA_SUCCESS => return Ok(()),
                 sys::CUresult::CUDA_ERROR_NOT_READY => {}
                 e => return Err(self.gpu.err(what, e)),
@@ -298,8 +321,71 @@ impl NcclComm {
         let code = call(api, src, dst, x.numel(), self.comm, self.gpu.cu_stream());
         api.check(what, code)?;
         // `x` and `out` stay alive until the collective has run
-        self.wait(what)?;
+        self.wait(what, self.gpu.cu_stream())?;
         Ok(out)
+    }
+
+    /// The side stream, created on first use.
+    fn side(&mut self) -> Result<Arc<CudaStream>> {
+        if self.side.is_none() {
+            let s = self
+                .gpu
+                .ctx
+                .new_stream()
+                .map_err(|e| self.gpu.err("cuStreamCreate", e))?;
+            self.side = Some(s);
+        }
+        Ok(self.side.clone().expect("created above"))
+    }
+
+    /// Queues the element-wise sum over the ranks of the flat f32 `t` on
+    /// the side stream, after everything queued so far on the GPU's stream,
+    /// and returns at once (see the module notes). Every rank starts the
+    /// same sums in the same order.
+    pub fn all_reduce_sum_start(&mut self, t: &Tensor) -> Result<PendingSum> {
+        let x = self.input(t)?;
+        let out = empty(self.gpu, &[x.numel()], DType::F32)?;
+        let side = self.side()?;
+        let err = |what: &str, e| self.gpu.err(what, e);
+        side.join(&self.gpu.stream)
+            .map_err(|e| err("cuStreamWaitEvent", e))?;
+        let api = api()?;
+        self.gpu.bind()?;
+        let (src, dst) = (ptr(&x)? as *const c_void, ptr(&out)? as *mut c_void);
+        // SAFETY: `src` and `dst` hold `x.numel()` f32 each on this GPU and
+        // stay allocated until the side stream ran (record_stream below).
+        let code = unsafe {
+            (api.all_reduce)(
+                src,
+                dst,
+                x.numel(),
+                NCCL_FLOAT32,
+                NCCL_SUM,
+                self.comm,
+                side.cu_stream(),
+            )
+        };
+        api.check("ncclAllReduce", code)?;
+        for b in [&x, &out] {
+            block_of(b)?.0.record_stream(&side)?;
+        }
+        let done = side
+            .record_event(None)
+            .map_err(|e| err("cuEventRecord", e))?;
+        Ok(PendingSum { out, done })
+    }
+
+    /// The result of a sum started by [`NcclComm::all_reduce_sum_start`]:
+    /// waits for the side stream (with the watchdog), and orders the GPU's
+    /// stream after the sum.
+    pub fn finish(&mut self, p: PendingSum) -> Result<Tensor> {
+        let side = self.side()?;
+        self.wait("ncclAllReduce", side.cu_stream())?;
+        self.gpu
+            .stream
+            .wait(&p.done)
+            .map_err(|e| self.gpu.err("cuStreamWaitEvent", e))?;
+        Ok(p.out)
     }
 
     /// Element-wise sum over the ranks of the flat f32 `t`.

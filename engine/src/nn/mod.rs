@@ -11,7 +11,7 @@ mod linear;
 mod module;
 mod sequential;
 
-pub use batchnorm::BatchNorm;
+pub use batchnorm::{BatchNorm, StatSync};
 pub use conv::Conv2d;
 pub use conv_transpose::ConvTranspose2d;
 pub use linear::Linear;

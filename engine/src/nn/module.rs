@@ -1,7 +1,8 @@
 //! The `Module` trait every layer implements, and the parameter-free layers.
 
-use crate::nn::{Buffer, Param};
+use crate::nn::{Buffer, Param, StatSync};
 use crate::{Device, Result, Tensor};
+use std::sync::Arc;
 
 /// A layer: a forward function plus the named state it owns.
 ///
@@ -30,6 +31,14 @@ pub trait Module: Send + Sync {
         self.children()
             .iter()
             .for_each(|m| m.set_training(training))
+    }
+    /// Makes every BatchNorm layer normalise with the statistics of the
+    /// whole data-parallel batch in training (`sync`, SyncBatchNorm), or of
+    /// this rank's batch again (`None`); containers forward it to children.
+    fn set_batch_norm_sync(&self, sync: Option<Arc<dyn StatSync>>) {
+        self.children()
+            .iter()
+            .for_each(|m| m.set_batch_norm_sync(sync.clone()))
     }
     /// Moves every param (keeping its gradient slot, so optimizers and
     /// checkpoints still find it) and every buffer to `device`. All copies
@@ -78,6 +87,9 @@ impl<M: Module + ?Sized> Module for Box<M> {
     fn set_training(&self, training: bool) {
         (**self).set_training(training)
     }
+    fn set_batch_norm_sync(&self, sync: Option<Arc<dyn StatSync>>) {
+        (**self).set_batch_norm_sync(sync)
+    }
 }
 
 impl<M: Module + ?Sized> Module for std::sync::Arc<M> {
@@ -95,6 +107,9 @@ impl<M: Module + ?Sized> Module for std::sync::Arc<M> {
     }
     fn set_training(&self, training: bool) {
         (**self).set_training(training)
+    }
+    fn set_batch_norm_sync(&self, sync: Option<Arc<dyn StatSync>>) {
+        (**self).set_batch_norm_sync(sync)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::{bounded, bounded_opt, MAX_BATCH, MAX_COUNT, MAX_PLOT_PER_CLASS, MAX_THREADS};
 use crate::data::MAX_IMAGE_SIZE;
-use crate::experiment::{experiment, ExperimentArgs};
+use crate::experiment::{experiment, ExperimentArgs, SPLITS};
 use crate::net::MAX_WIDTH;
 use engine::Result;
 
@@ -14,6 +14,7 @@ fn check(a: &ExperimentArgs) -> Result<()> {
     bounded("workers", a.workers, 0..=MAX_THREADS)?;
     bounded("plot-per-class", a.plot_per_class, 1..=MAX_PLOT_PER_CLASS)?;
     bounded("pretrain-size", a.pretrain_size, 1..=MAX_IMAGE_SIZE)?;
+    bounded_opt("splits", a.splits, 1..=SPLITS.len())?;
     for (flag, v) in [
         ("seeds", a.seeds),
         ("epochs", a.epochs),

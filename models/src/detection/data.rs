@@ -702,6 +702,39 @@ pub struct DetBatch {
     pub indices: Vec<usize>,
 }
 
+impl DetBatch {
+    /// Images `start..start + n` as the batch they make on their own: cut
+    /// down to their largest size rounded up to `size_divisible`, which is
+    /// what [`pad_batch`] gives for them (the padding is zeros).
+    pub fn part(&self, start: usize, n: usize, size_divisible: usize) -> Result<DetBatch> {
+        let sizes = self.image_sizes.get(start..start + n).ok_or_else(|| {
+            Error::arg(
+                "detection batch",
+                format!(
+                    "images {start}..{} of a batch of {}",
+                    start + n,
+                    self.image_sizes.len()
+                ),
+            )
+        })?;
+        let round = |v: usize| v.div_ceil(size_divisible.max(1)) * size_divisible.max(1);
+        let ph = round(sizes.iter().map(|s| s.0).max().unwrap_or(0));
+        let pw = round(sizes.iter().map(|s| s.1).max().unwrap_or(0));
+        Ok(DetBatch {
+            index: self.index,
+            images: self
+                .images
+                .narrow(0, start, n)?
+                .narrow(2, 0, ph)?
+                .narrow(3, 0, pw)?
+                .contiguous()?,
+            image_sizes: sizes.to_vec(),
+            targets: self.targets[start..start + n].to_vec(),
+            indices: self.indices[start..start + n].to_vec(),
+        })
+    }
+}
+
 /// A detection dataset with its transform: what a [`DetectionLoader`] reads.
 pub struct DetSource {
     ds: Arc<DetectionDataset>,

@@ -1,28 +1,36 @@
-//! The data-parallel training step of a `train::Trainer` (see the module
-//! notes of `dist`).
+//! The data-parallel step shared by the trainers (`train::Trainer`,
+//! `detect::DetectTask`; see the module notes of `dist`).
 
 use super::reducer::{Accumulator, GradReducer, BUCKET_BYTES};
-use super::{error, Communicator};
-use crate::train::{StepLog, Trainer};
-use engine::nn::Param;
+use super::{error, Communicator, Shared};
+use engine::nn::{Module, Param};
 use engine::{Device, Result, Tensor};
-use std::time::Instant;
+use std::sync::Arc;
 
 /// A trainer's rank of a data-parallel run.
 pub struct DataParallel {
-    comm: Box<dyn Communicator>,
+    comm: Shared,
     grad_accum: usize,
-    reducer: GradReducer,
+    reducer: Arc<GradReducer>,
     /// Whether the ranks were found to start from the same weights.
     checked: bool,
+}
+
+/// What [`DataParallel::gradients`] leaves besides the gradients.
+pub struct GlobalBatch {
+    /// Images of the global batch (all ranks, all micro-batches).
+    pub images: usize,
+    /// The micro-batches' values (e.g. loss, accuracy), averaged over the
+    /// global batch's images.
+    pub means: Vec<f64>,
 }
 
 impl DataParallel {
     pub fn new(comm: Box<dyn Communicator>, grad_accum: usize, params: &[Param]) -> Self {
         DataParallel {
-            comm,
+            comm: Shared::new(comm),
             grad_accum: grad_accum.max(1),
-            reducer: GradReducer::new(params, BUCKET_BYTES),
+            reducer: Arc::new(GradReducer::new(params, BUCKET_BYTES)),
             checked: false,
         }
     }
@@ -31,11 +39,23 @@ impl DataParallel {
         self.comm.rank()
     }
 
+    /// Makes `model`'s BatchNorm layers normalise with the statistics of
+    /// each global micro-batch (`--sync-bn`); a no-op on one rank.
+    pub fn sync_batch_norm(&self, model: &dyn Module) {
+        if self.comm.world() > 1 {
+            model.set_batch_norm_sync(Some(Arc::new(self.comm.clone())));
+        }
+    }
+
     /// `values` of every rank on the host, rank after rank.
     fn gather(&mut self, values: Vec<f32>, device: Device) -> Result<Vec<f32>> {
         let n = values.len();
         let t = Tensor::from_vec(values, &[n])?.to_device(device)?;
-        self.comm.all_gather(&t)?.to_device(Device::Cpu)?.to_vec()
+        self.comm
+            .lock()?
+            .all_gather(&t)?
+            .to_device(Device::Cpu)?
+            .to_vec()
     }
 
     /// Fails unless every rank holds the same parameters (they all start
@@ -61,64 +81,75 @@ impl DataParallel {
         Ok(())
     }
 
-    /// One optimizer step on this rank's `images` / `labels`: the
-    /// micro-batches' gradients, each weighted by its share of the global
-    /// batch, summed here and then over the ranks.
-    pub(crate) fn step(
+    /// The gradients of optimizer step `step` (0-based) of the global
+    /// batch, left in `params` (the same on every rank). This rank holds
+    /// `b` images, cut into `--grad-accum` micro-batches;
+    /// `micro(m, start, n, weight)` runs the forward and backward of global
+    /// micro-batch `m` (images `start..start + n` of this rank's) with its
+    /// mean loss weighted by `weight` (its share of the global batch), and
+    /// returns its mean values (loss, ...), as many on every call.
+    pub fn gradients(
         &mut self,
-        tr: &mut Trainer,
-        images: &Tensor,
-        labels: &Tensor,
-    ) -> Result<StepLog> {
-        let t0 = Instant::now();
-        let device = tr.device();
+        params: &[Param],
+        device: Device,
+        step: usize,
+        b: usize,
+        mut micro: impl FnMut(usize, usize, usize, f64) -> Result<Vec<f64>>,
+    ) -> Result<GlobalBatch> {
         if !self.checked {
-            self.check_same_weights(tr.params(), device)?;
+            self.check_same_weights(params, device)?;
             self.checked = true;
         }
-        let b = images.dims()[0];
         // the global batch size, and a check that the ranks are in step
-        let all = self.gather(vec![b as f32, tr.step as f32], device)?;
-        if let Some(r) = all.chunks(2).position(|c| c[1] != tr.step as f32) {
+        let all = self.gather(vec![b as f32, step as f32], device)?;
+        if let Some(r) = all.chunks(2).position(|c| c[1] != step as f32) {
             return Err(error(format!(
-                "rank {r} is at another step than rank {}'s {} (a batch of unreadable images was left out on one rank)",
+                "rank {r} is at another step than rank {}'s {step} (a batch of unreadable images was left out on one rank)",
                 self.rank(),
-                tr.step
+            )));
+        }
+        if let Some(r) = all.chunks(2).position(|c| c[0] == 0.0) {
+            return Err(error(format!(
+                "rank {r} has no readable image in step {step}"
             )));
         }
         let global: f64 = all.chunks(2).map(|c| c[0] as f64).sum();
-        let micro = b.div_ceil(self.grad_accum).max(1);
+        let size = b.div_ceil(self.grad_accum);
+        let starts: Vec<usize> = (0..b).step_by(size).collect();
         let mut acc = Accumulator::default();
-        let (mut loss, mut hits) = (0.0, 0.0);
-        for start in (0..b).step_by(micro) {
-            let n = micro.min(b - start);
-            let (l, a) = tr.forward_backward(
-                &images.narrow(0, start, n)?,
-                &labels.narrow(0, start, n)?,
-                n as f64 / global,
-            )?;
-            loss += l * n as f64;
-            hits += a * n as f64;
-            acc.add(tr.params())?;
+        let mut sums: Vec<f64> = Vec::new();
+        for (k, &start) in starts.iter().enumerate() {
+            let n = size.min(b - start);
+            let m = self.rank() * self.grad_accum + k;
+            let mut run = || micro(m, start, n, n as f64 / global);
+            // the last micro-batch's backward overlaps the reduction
+            let values = if k + 1 == starts.len() {
+                let earlier = std::mem::take(&mut acc);
+                self.reducer
+                    .reduce_during(params, &self.comm, earlier, run)?
+            } else {
+                let v = run()?;
+                acc.add(params)?;
+                v
+            };
+            sums.resize(values.len(), 0.0);
+            for (s, v) in sums.iter_mut().zip(values) {
+                *s += v * n as f64;
+            }
         }
-        acc.finish(tr.params());
-        self.reducer.reduce(tr.params(), self.comm.as_mut())?;
-        // the logged loss and accuracy are the global batch's
-        let sums = Tensor::from_vec(vec![loss as f32, hits as f32], &[2])?.to_device(device)?;
+        // the logged values are the global batch's
+        let n = sums.len();
+        let t =
+            Tensor::from_vec(sums.iter().map(|&s| s as f32).collect(), &[n])?.to_device(device)?;
         let sums = self
             .comm
-            .all_reduce_sum(&sums)?
+            .lock()?
+            .all_reduce_sum(&t)?
             .to_device(Device::Cpu)?
             .to_vec::<f32>()?;
-        let (lr, stepped) = tr.apply()?;
-        Ok(StepLog {
-            step: tr.step,
-            loss: sums[0] as f64 / global,
-            lr,
-            batch: global as usize,
-            images_per_s: global / t0.elapsed().as_secs_f64(),
-            parts: vec![("accuracy", sums[1] as f64 / global)],
-            skipped: Some(!stepped),
+        Ok(GlobalBatch {
+            images: global as usize,
+            means: sums.iter().map(|&s| s as f64 / global).collect(),
         })
     }
 }

@@ -47,6 +47,16 @@ impl Default for DistArgs {
     }
 }
 
+/// The images of a global batch: `batch` per micro-batch, `grad_accum`
+/// micro-batches per rank, `world` ranks (at most 2^24).
+pub fn global_batch(batch: usize, grad_accum: usize, world: usize) -> Result<usize> {
+    batch
+        .checked_mul(grad_accum)
+        .and_then(|b| b.checked_mul(world))
+        .filter(|g| *g <= 1 << 24)
+        .ok_or_else(|| error("--batch x --grad-accum x ranks is above 2^24"))
+}
+
 /// One process of a torchrun-style launch, from its environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Env {

@@ -14,8 +14,10 @@
 //!   flat f32 tensors; [`Single`] (one rank), [`hub::threads`] (ranks as
 //!   threads), [`hub::tcp`] (processes, std::net), and on CUDA
 //!   [`nccl::Nccl`];
-//! - [`reducer`]: micro-batch accumulation and bucketed gradient all-reduce;
-//! - [`DataParallel`]: a trainer's data-parallel step;
+//! - [`reducer`]: micro-batch accumulation and bucketed gradient all-reduce,
+//!   overlapped with the last micro-batch's backward pass;
+//! - [`DataParallel`]: the data-parallel step of every trainer, and
+//!   `--sync-bn` ([`Shared`] lets BatchNorm layers use the communicator);
 //! - [`launch`]: the torchrun-style environment and the `--ranks` /
 //!   `--dist-backend` options.
 
@@ -25,8 +27,10 @@ pub mod launch;
 pub mod nccl;
 pub mod reducer;
 
-pub use data_parallel::DataParallel;
+pub use data_parallel::{DataParallel, GlobalBatch};
+use engine::nn::StatSync;
 use engine::{Error, Result, Tensor};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A group of ranks exchanging flat f32 tensors. Every rank calls the same
 /// operations in the same order with the same lengths; a rank that fails,
@@ -44,6 +48,26 @@ pub trait Communicator: Send {
     fn all_gather(&mut self, t: &Tensor) -> Result<Tensor>;
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<()>;
+    /// Starts `all_reduce_sum(t)` so that it may run beside the caller's
+    /// next work (NCCL: on a second stream); [`Communicator::finish`]
+    /// returns the sum. By default the sum is computed here and now.
+    fn all_reduce_sum_start(&mut self, t: &Tensor) -> Result<PendingSum> {
+        self.all_reduce_sum(t).map(PendingSum::Ready)
+    }
+    /// The sum of a [`Communicator::all_reduce_sum_start`] of this
+    /// communicator.
+    fn finish(&mut self, p: PendingSum) -> Result<Tensor> {
+        match p {
+            PendingSum::Ready(t) => Ok(t),
+            PendingSum::Nccl(_) => Err(error("an NCCL sum was handed to another communicator")),
+        }
+    }
+}
+
+/// A sum of [`Communicator::all_reduce_sum_start`].
+pub enum PendingSum {
+    Ready(Tensor),
+    Nccl(engine::cuda::nccl::PendingSum),
 }
 
 /// The one-rank group: every operation is the identity.
@@ -68,6 +92,44 @@ impl Communicator for Single {
     }
     fn barrier(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// A communicator shared by a rank's gradient reducer and its BatchNorm
+/// layers (`--sync-bn`): one collective at a time, in the order the rank's
+/// thread calls them.
+#[derive(Clone)]
+pub struct Shared {
+    comm: Arc<Mutex<Box<dyn Communicator>>>,
+    rank: usize,
+    world: usize,
+}
+
+impl Shared {
+    pub fn new(comm: Box<dyn Communicator>) -> Shared {
+        let (rank, world) = (comm.rank(), comm.world());
+        Shared {
+            comm: Arc::new(Mutex::new(comm)),
+            rank,
+            world,
+        }
+    }
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    pub fn world(&self) -> usize {
+        self.world
+    }
+    pub fn lock(&self) -> Result<MutexGuard<'_, Box<dyn Communicator>>> {
+        self.comm
+            .lock()
+            .map_err(|_| error("a collective panicked earlier on this rank"))
+    }
+}
+
+impl StatSync for Shared {
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+        self.lock()?.all_reduce_sum(t)
     }
 }
 

@@ -3,13 +3,16 @@
 //! NCCL's unique id from rank 0 to the others; or one per GPU for ranks
 //! that are threads of one process.
 //!
+//! Gradient buckets are summed with `all_reduce_sum_start` (a second
+//! stream, overlapped with the backward pass; see `engine::cuda::nccl`).
+//!
 //! NCCL adds in its own order (rings, trees), not in rank order: its sums
 //! are bit-identical to `--grad-accum` only for two ranks (a + b is
 //! commutative). Unverified on a GPU.
 
 use super::hub::{default_timeout, tcp};
 use super::launch::Env;
-use super::{error, Communicator};
+use super::{error, Communicator, PendingSum};
 use engine::cuda::nccl::{unique_id, NcclComm, UniqueId};
 use engine::{Device, Result, Tensor};
 
@@ -82,5 +85,14 @@ impl Communicator for Nccl {
     }
     fn barrier(&mut self) -> Result<()> {
         self.0.barrier()
+    }
+    fn all_reduce_sum_start(&mut self, t: &Tensor) -> Result<PendingSum> {
+        self.0.all_reduce_sum_start(t).map(PendingSum::Nccl)
+    }
+    fn finish(&mut self, p: PendingSum) -> Result<Tensor> {
+        match p {
+            PendingSum::Nccl(p) => self.0.finish(p),
+            PendingSum::Ready(t) => Ok(t),
+        }
     }
 }

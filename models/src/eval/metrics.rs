@@ -1,23 +1,41 @@
 //! Feature-space statistics from Wang et al. (CVPR 2022) that explain why an
 //! MLP projector helps transfer: intra-class variation, the discriminative
-//! ratio, feature redundancy, and the spread of feature norms.
+//! ratio (with its two parts), feature redundancy, dead or constant dims,
+//! the spread of feature norms, and the distance between the feature
+//! distributions of two data sets.
 //!
 //! Everything is computed in f64 with reductions in a fixed order, so a
 //! feature set always gives bit-identical metrics.
 
-use super::Features;
+use super::{dim_moments, Features};
 use engine::ops::{gemm, MatRef};
 use engine::{Error, Result};
 
 /// All metrics of one feature set; see the functions of the same names for
 /// the exact definitions.
+///
+/// The discriminative ratio is reported with its decomposition: its
+/// numerator `inter_class_distance` (how far apart the class centres are)
+/// and its denominator `intra_class_variation` (how spread each class is),
+/// so a change of the ratio can be traced to either part.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FeatureMetrics {
+    /// The ratio's denominator.
     pub intra_class_variation: f64,
+    /// The ratio's numerator.
     pub inter_class_distance: f64,
     /// `inter_class_distance / intra_class_variation`.
     pub discriminative_ratio: f64,
+    /// Over the `redundancy_dims_used` dims that vary (constant ones have
+    /// no correlation and are left out).
     pub redundancy: f64,
+    /// Dims that vary across the rows: `d - dead_dims`.
+    pub redundancy_dims_used: usize,
+    /// Dead or constant dims: one value in every row (zero variance),
+    /// `zero_dims` included; see the function `dead_dims`.
+    pub dead_dims: usize,
+    /// Dims that are exactly 0 in every row (dead units, e.g. after ReLU).
+    pub zero_dims: usize,
     pub mean_norm: f64,
     pub std_norm: f64,
     pub n: usize,
@@ -34,11 +52,16 @@ pub fn feature_metrics(f: &Features) -> Result<FeatureMetrics> {
     let intra = stats.intra();
     let inter = stats.inter(OP)?;
     let (mean_norm, std_norm) = norm_stats(f)?;
+    let (redundancy, redundancy_dims_used) = redundancy_over_varying_dims(f)?;
+    let dead = dead_dims(f)?;
     Ok(FeatureMetrics {
         intra_class_variation: intra,
         inter_class_distance: inter,
         discriminative_ratio: ratio(OP, inter, intra)?,
-        redundancy: redundancy(f)?,
+        redundancy,
+        redundancy_dims_used,
+        dead_dims: dead.constant,
+        zero_dims: dead.zero,
         mean_norm,
         std_norm,
         n: f.n,
@@ -83,7 +106,13 @@ pub fn discriminative_ratio(f: &Features) -> Result<f64> {
 ///
 /// Columns are standardised (two-pass mean and population std in f64) and
 /// the correlation matrix is their Gram matrix, one f64 GEMM: O(n m^2).
+/// `feature_metrics` reports `m` as `redundancy_dims_used`.
 pub fn redundancy(f: &Features) -> Result<f64> {
+    Ok(redundancy_over_varying_dims(f)?.0)
+}
+
+/// `redundancy` and the number `m` of dims it averaged over.
+fn redundancy_over_varying_dims(f: &Features) -> Result<(f64, usize)> {
     const OP: &str = "redundancy";
     f.validate(OP)?;
     if f.n < 2 {
@@ -155,7 +184,103 @@ pub fn redundancy(f: &Features) -> Result<f64> {
             .map(|r| r.abs().min(1.0))
             .sum::<f64>();
     }
-    Ok(sum / (m * (m - 1) / 2) as f64)
+    Ok((sum / (m * (m - 1) / 2) as f64, m))
+}
+
+/// Feature dims that carry no information about the rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadDims {
+    /// Dims whose value is the same in every row (zero variance), the
+    /// all-zero ones included.
+    pub constant: usize,
+    /// Dims that are exactly 0 in every row.
+    pub zero: usize,
+}
+
+/// Counts the constant and the all-zero dims of `f` (exact comparisons:
+/// a dim that varies by one ulp varies). Errors on an empty set.
+pub fn dead_dims(f: &Features) -> Result<DeadDims> {
+    const OP: &str = "dead_dims";
+    f.validate(OP)?;
+    if f.n == 0 {
+        return Err(Error::arg(OP, "no samples (n = 0)"));
+    }
+    let first = f.row(0);
+    let mut constant = vec![true; f.d];
+    let mut zero: Vec<bool> = first.iter().map(|&v| v == 0.0).collect();
+    for i in 1..f.n {
+        for (j, &v) in f.row(i).iter().enumerate() {
+            constant[j] &= v == first[j];
+            zero[j] &= v == 0.0;
+        }
+    }
+    Ok(DeadDims {
+        constant: constant.iter().filter(|&&c| c).count(),
+        zero: zero.iter().filter(|&&z| z).count(),
+    })
+}
+
+/// Distance between the feature distributions of two data sets embedded by
+/// the same encoder, e.g. the pretraining data (`source`) and a transfer
+/// target (`target`); labels are ignored.
+///
+/// Wang et al. (CVPR 2022, "Revisiting the Transferability of Supervised
+/// Pretraining: an MLP Perspective", arXiv 2112.00496) state that the MLP
+/// projector decreases "the feature distribution distance between
+/// pretraining and evaluation datasets". Their exact formula could not be
+/// retrieved here (only the abstract was available to us), so this is a
+/// documented standard measure instead: the 2-Wasserstein (Frechet)
+/// distance between diagonal Gaussian fits of the two sets, divided by their
+/// root-mean-square spread so that it does not depend on the feature scale:
+///
+/// `FDD = sqrt( sum_j (mu_sj - mu_tj)^2 + (s_sj - s_tj)^2 ) / sqrt( (sum_j s_sj^2 + s_tj^2) / 2 )`
+///
+/// with `mu_j`, `s_j` the per-dim mean and population std of each set. It is
+/// 0 for sets with the same per-dim means and stds (identical sets), and a
+/// set shifted by a vector `v` with unchanged spread is
+/// `||v|| / sqrt(sum_j s_j^2)` away. Scaling every feature of both sets by
+/// `c > 0` leaves it unchanged, so encoders with different feature norms
+/// compare fairly; it is symmetric in the two sets.
+///
+/// Errors if the sets differ in width, either is empty, or both have zero
+/// spread in every dim (the scale is undefined).
+pub fn feature_distribution_distance(source: &Features, target: &Features) -> Result<f64> {
+    const OP: &str = "feature_distribution_distance";
+    source.validate(OP)?;
+    target.validate(OP)?;
+    if source.d != target.d {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "source features have d = {}, target d = {}",
+                source.d, target.d
+            ),
+        ));
+    }
+    if source.n == 0 || target.n == 0 {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "source ({}) and target ({}) need samples",
+                source.n, target.n
+            ),
+        ));
+    }
+    let (mu_s, sd_s) = dim_moments(source);
+    let (mu_t, sd_t) = dim_moments(target);
+    let mut dist2 = 0.0f64;
+    let mut spread2 = 0.0f64;
+    for j in 0..source.d {
+        dist2 += (mu_s[j] - mu_t[j]).powi(2) + (sd_s[j] - sd_t[j]).powi(2);
+        spread2 += (sd_s[j] * sd_s[j] + sd_t[j] * sd_t[j]) / 2.0;
+    }
+    if spread2 <= 0.0 {
+        return Err(Error::arg(
+            OP,
+            "every dim is constant in both sets: the feature scale is 0, the distance undefined",
+        ));
+    }
+    Ok((dist2 / spread2).sqrt())
 }
 
 /// Mean and population standard deviation (dividing by `n`) of the row L2
@@ -322,5 +447,87 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("only 1 of 2"));
+    }
+
+    #[test]
+    fn dead_dims_count_constant_and_all_zero_dims() {
+        // dim 0 varies, dim 1 is constant 5, dim 2 is all zero, dim 3 is
+        // zero except in one row, dim 4 varies by sign only.
+        let f = feats(
+            &[
+                &[1.0, 5.0, 0.0, 0.0, 1.0],
+                &[2.0, 5.0, 0.0, 3.0, -1.0],
+                &[4.0, 5.0, 0.0, 0.0, 1.0],
+            ],
+            &[0, 1, 1],
+            2,
+        );
+        assert_eq!(
+            dead_dims(&f).unwrap(),
+            DeadDims {
+                constant: 2,
+                zero: 1
+            }
+        );
+        let m = feature_metrics(&f).unwrap();
+        assert_eq!((m.dead_dims, m.zero_dims), (2, 1));
+        // redundancy says what it used: the 3 varying dims of 5
+        assert_eq!(m.redundancy_dims_used, 3);
+        assert_eq!(m.redundancy_dims_used, m.d - m.dead_dims);
+        // one row: every dim is constant
+        let one = feats(&[&[0.0, 2.0]], &[0], 1);
+        assert_eq!(
+            dead_dims(&one).unwrap(),
+            DeadDims {
+                constant: 2,
+                zero: 1
+            }
+        );
+        let empty = Features::new(vec![], 0, 2, vec![], vec!["a".into()]).unwrap();
+        assert!(dead_dims(&empty).is_err());
+    }
+
+    #[test]
+    fn feature_distribution_distance_has_the_known_values() {
+        // per dim: means (1, 2), stds (1, 2); sum of variances 5
+        let src = feats(&[&[0.0, 0.0], &[2.0, 4.0]], &[0, 0], 1);
+        assert_eq!(feature_distribution_distance(&src, &src).unwrap(), 0.0);
+        // the same distribution with other labels and rows reordered
+        let same = feats(&[&[2.0, 4.0], &[0.0, 0.0]], &[1, 0], 2);
+        assert_eq!(feature_distribution_distance(&src, &same).unwrap(), 0.0);
+        // shifted by v = (3, 4): ||v|| / sqrt(5) = sqrt(5)
+        let shifted = feats(&[&[3.0, 4.0], &[5.0, 8.0]], &[0, 0], 1);
+        let fdd = feature_distribution_distance(&src, &shifted).unwrap();
+        assert!((fdd - 5f64.sqrt()).abs() < 1e-12, "{fdd}");
+        // stds doubled about the same means: sqrt((1 + 4) / ((1+4 + 4+16) / 2))
+        let wider = feats(&[&[-1.0, -2.0], &[3.0, 6.0]], &[0, 0], 1);
+        let fdd = feature_distribution_distance(&src, &wider).unwrap();
+        assert!((fdd - 0.4f64.sqrt()).abs() < 1e-12, "{fdd}");
+        assert_eq!(fdd, feature_distribution_distance(&wider, &src).unwrap());
+        // scale-invariant: both sets x 1000
+        let scale = |f: &Features| {
+            let mut g = f.clone();
+            g.x.iter_mut().for_each(|v| *v *= 1000.0);
+            g
+        };
+        let big = feature_distribution_distance(&scale(&src), &scale(&shifted)).unwrap();
+        assert!((big - 5f64.sqrt()).abs() < 1e-9, "{big}");
+    }
+
+    #[test]
+    fn feature_distribution_distance_rejects_bad_inputs() {
+        let a = feats(&[&[0.0, 0.0], &[2.0, 4.0]], &[0, 0], 1);
+        let b = feats(&[&[0.0], &[2.0]], &[0, 0], 1);
+        let e = feature_distribution_distance(&a, &b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d = 2") && e.contains("d = 1"), "{e}");
+        let empty = Features::new(vec![], 0, 2, vec![], vec!["a".into()]).unwrap();
+        assert!(feature_distribution_distance(&a, &empty).is_err());
+        let flat = feats(&[&[1.0, 1.0], &[1.0, 1.0]], &[0, 0], 1);
+        let e = feature_distribution_distance(&flat, &flat)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("constant"), "{e}");
     }
 }

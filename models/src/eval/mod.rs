@@ -9,11 +9,14 @@ pub mod tsne;
 
 pub use knn::{knn_accuracy, knn_predict};
 pub use metrics::{
-    discriminative_ratio, feature_metrics, inter_class_distance, intra_class_variation, norm_stats,
-    redundancy, FeatureMetrics,
+    dead_dims, discriminative_ratio, feature_distribution_distance, feature_metrics,
+    inter_class_distance, intra_class_variation, norm_stats, redundancy, DeadDims, FeatureMetrics,
 };
 pub use plot::{scatter_png, Panel};
-pub use probe::{linear_probe, ProbeOptions, ProbeResult};
+pub use probe::{
+    linear_probe, tuned_linear_probe, GridPoint, ProbeOptions, ProbeResult, TuneOptions,
+    TunedProbe, MAX_GRID_POINTS,
+};
 pub use tsne::{pca2, tsne, tsne_run, write_embedding_csv, TsneOptions, TsneResult};
 
 use engine::{Error, Result};
@@ -111,6 +114,27 @@ impl Features {
     pub fn num_classes(&self) -> usize {
         self.classes.len()
     }
+}
+
+/// Per-dim mean and population std (dividing by `n`) of the rows of `f`,
+/// two passes in f64; all zeros when `n = 0`.
+pub(crate) fn dim_moments(f: &Features) -> (Vec<f64>, Vec<f64>) {
+    let mut mean = vec![0.0f64; f.d];
+    for i in 0..f.n {
+        mean.iter_mut()
+            .zip(f.row(i))
+            .for_each(|(m, &v)| *m += v as f64);
+    }
+    let n = f.n.max(1) as f64;
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut var = vec![0.0f64; f.d];
+    for i in 0..f.n {
+        for ((s, &v), m) in var.iter_mut().zip(f.row(i)).zip(&mean) {
+            *s += (v as f64 - m).powi(2);
+        }
+    }
+    let std = var.iter().map(|s| (s / n).sqrt()).collect();
+    (mean, std)
 }
 
 /// Two feature sets evaluated against each other (train/test) must have the
