@@ -17,8 +17,8 @@ fn main() {
     let Some(commit) = git(&["rev-parse", "HEAD"]) else {
         return;
     };
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     println!(
         "cargo:rustc-env=SLMLP_COMMIT={commit}{}",
         if dirty { "-dirty" } else { "" }

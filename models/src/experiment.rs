@@ -302,7 +302,12 @@ fn data(spec: &str, classes: Option<&str>, per_class: Option<usize>, workers: us
 
 impl Sets {
     fn open(plan: &Plan, seen: &[usize], unseen: &[usize], workers: usize) -> Result<Sets> {
-        let list = |v: &[usize]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let (seen, unseen) = (list(seen), list(unseen));
         let open = |spec: &str, classes: Option<&str>, per_class| {
             data(spec, classes, per_class, workers).open(None, 0)
@@ -314,14 +319,22 @@ impl Sets {
         )];
         let mut targets = Vec::new();
         for (key, label, root, classes) in [
-            ("unseen", "unseen classes", "fashion-mnist", Some(unseen.as_str())),
+            (
+                "unseen",
+                "unseen classes",
+                "fashion-mnist",
+                Some(unseen.as_str()),
+            ),
             ("mnist", "MNIST", "mnist", None),
             ("digits", "UCI digits", "digits", None),
         ] {
             let train = open(&format!("{root}:train"), classes, tr)?;
             let n = train.classes().len();
             sets.push((format!("{key}_train"), train));
-            sets.push((format!("{key}_test"), open(&format!("{root}:test"), classes, te)?));
+            sets.push((
+                format!("{key}_test"),
+                open(&format!("{root}:test"), classes, te)?,
+            ));
             targets.push((key, label, n));
         }
         Ok(Sets { sets, targets })
@@ -346,7 +359,10 @@ pub fn experiment(a: &ExperimentArgs) -> Result<Value> {
     };
     let t0 = Instant::now();
     let log = |msg: String| eprintln!("[{}] {msg}", mmss(t0.elapsed().as_secs_f64()));
-    let names: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = FASHION_MNIST_CLASSES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     log(format!(
         "experiment ({mode}): {} split(s) x {} seed(s), {} width {}, {} epochs; variants {}; output in {}",
         plan.splits.len(),
@@ -368,8 +384,17 @@ pub fn experiment(a: &ExperimentArgs) -> Result<Value> {
                 "--seen must leave at least 2 seen and 2 unseen classes",
             ));
         }
-        let pick = |v: &[usize]| v.iter().map(|&c| names[c].as_str()).collect::<Vec<_>>().join(", ");
-        log(format!("split {split}: seen [{}], unseen [{}]", pick(&seen), pick(&unseen)));
+        let pick = |v: &[usize]| {
+            v.iter()
+                .map(|&c| names[c].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        log(format!(
+            "split {split}: seen [{}], unseen [{}]",
+            pick(&seen),
+            pick(&unseen)
+        ));
         let sets = Sets::open(&plan, &seen, &unseen, a.workers)?;
         for seed in a.compute.seed..a.compute.seed + plan.seeds as u64 {
             let replicate = Replicate {
@@ -380,7 +405,10 @@ pub fn experiment(a: &ExperimentArgs) -> Result<Value> {
                 split,
                 seen: &seen,
                 seed,
-                dir: a.out.join(format!("split{split}")).join(format!("seed{seed}")),
+                dir: a
+                    .out
+                    .join(format!("split{split}"))
+                    .join(format!("seed{seed}")),
                 log: &log,
             };
             let plots = mode == "results" && runs.is_empty();
@@ -441,7 +469,9 @@ impl Replicate<'_> {
                 }
             }
             let model = run_dir.join("model.safetensors");
-            let shared = runs.iter().any(|r: &analysis::Run| r.variant == v.trained_key());
+            let shared = runs
+                .iter()
+                .any(|r: &analysis::Run| r.variant == v.trained_key());
             let seconds = if v.projected && model.is_file() && shared {
                 // the network was trained for the variant it shares
                 0.0
@@ -499,40 +529,30 @@ impl Replicate<'_> {
             "split {} seed {}: pretraining {} ...",
             self.split, self.seed, v.key
         ));
-        let seen = self.seen.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+        let seen = self
+            .seen
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let report = pretrain(&PretrainArgs {
-            method: if v.projector.is_some() { Method::SlMlp } else { Method::Sl },
-            arch: a.arch.clone(),
-            width: a.width,
-            stem: None,
             projector: v.projector.unwrap_or("d").into(),
-            data: data("fashion-mnist", Some(&seen), self.plan.per_class, a.workers),
-            val_data: None,
-            no_val: true,
-            image_size: None,
-            epochs: self.plan.epochs,
-            batch: a.batch,
-            lr: a.lr,
-            warmup_epochs: (self.plan.epochs as f64 / 10.0).min(1.0),
-            weight_decay: 5e-4,
-            momentum: 0.9,
-            label_smoothing: 0.0,
-            dist: Default::default(),
-            sync_bn: false,
-            compute: ComputeArgs {
-                seed: self.seed,
-                ..a.compute.clone()
-            },
-            out: dir.to_path_buf(),
-            resume: false,
-            deterministic: false,
-            resume_force: false,
-            // the study owns its run folders: a rerun replaces them
-            overwrite: true,
-            checkpoint_every: 0,
-            log_every: 50,
-            quiet: false,
             epoch_models: curve,
+            ..PretrainArgs::study(
+                if v.projector.is_some() {
+                    Method::SlMlp
+                } else {
+                    Method::Sl
+                },
+                data("fashion-mnist", Some(&seen), self.plan.per_class, a.workers),
+                (&a.arch, a.width),
+                (self.plan.epochs, a.batch, a.lr),
+                ComputeArgs {
+                    seed: self.seed,
+                    ..a.compute.clone()
+                },
+                dir.to_path_buf(),
+            )
         })?;
         Ok(report.seconds)
     }
@@ -552,8 +572,15 @@ impl Replicate<'_> {
             if name == "seen_test" {
                 seen_accuracy = 100.0 * evaluate(&loaded.net, &loader, a.compute.precision)?.1;
             }
-            let extract = if projected { extract_projected } else { extract_features };
-            f.insert(name.clone(), extract(&loaded.net, &loader, a.compute.precision)?);
+            let extract = if projected {
+                extract_projected
+            } else {
+                extract_features
+            };
+            f.insert(
+                name.clone(),
+                extract(&loaded.net, &loader, a.compute.precision)?,
+            );
         }
         let mut m = vec![Measure::secondary(
             "seen_accuracy",
@@ -595,9 +622,7 @@ impl Replicate<'_> {
                 &format!("{label}, linear on raw features (%)"),
                 100.0 * linear_raw,
             ));
-            let chosen = |p: &TunedProbe| {
-                json!({"lr": p.lr, "weight_decay": p.weight_decay, "holdout_accuracy": p.holdout_accuracy})
-            };
+            let chosen = |p: &TunedProbe| json!({"lr": p.lr, "weight_decay": p.weight_decay, "holdout_accuracy": p.holdout_accuracy});
             details.insert(
                 t.to_string(),
                 json!({"standardized": chosen(&std), "raw": chosen(&raw)}),
@@ -606,7 +631,11 @@ impl Replicate<'_> {
         let transfer = primary.iter().sum::<f64>() / primary.len() as f64;
         m.insert(
             0,
-            Measure::primary(PRIMARY, "transfer: mean of linear and k-NN over the targets (%)", transfer),
+            Measure::primary(
+                PRIMARY,
+                "transfer: mean of linear and k-NN over the targets (%)",
+                transfer,
+            ),
         );
         let seen = &f["seen_test"];
         let sets: Vec<(&str, &str)> = std::iter::once(("seen", "seen classes"))

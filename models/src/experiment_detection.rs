@@ -204,46 +204,26 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
             log(format!("seed {seed}: pretraining the {key} encoder"));
             let out = seed_dir.join(format!("pretrain-{key}"));
             let r = pretrain(&PretrainArgs {
-                method,
-                arch: c.arch.clone(),
-                width: c.width,
                 stem: Some(StemArg::Imagenet),
-                projector: "d".into(),
-                data: DataArgs {
-                    data: "fashion-mnist:train".into(),
-                    classes: Some(seen_spec.clone()),
-                    per_class: c.pretrain_per_class,
-                    workers: c.workers,
-                },
-                val_data: None,
-                // the detection AP is the measure here; a validation pass
-                // per epoch would cost a third of the pretraining time
-                no_val: true,
                 image_size: Some(c.pretrain_size),
-                epochs: c.pretrain_epochs,
-                batch: c.pretrain_batch,
-                lr: c.pretrain_lr,
-                warmup_epochs: (c.pretrain_epochs as f64 / 10.0).min(1.0),
-                weight_decay: 5e-4,
-                momentum: 0.9,
-                label_smoothing: 0.0,
-                dist: Default::default(),
-                sync_bn: false,
-                compute: ComputeArgs {
-                    precision: c.precision,
-                    device: c.device,
-                    seed,
-                },
-                out,
-                resume: false,
-                deterministic: false,
-                resume_force: false,
-                // the study owns its run folders: a rerun replaces them
-                overwrite: true,
-                checkpoint_every: 0,
-                log_every: 50,
                 quiet: c.quiet,
-                epoch_models: false,
+                ..PretrainArgs::study(
+                    method,
+                    DataArgs {
+                        data: "fashion-mnist:train".into(),
+                        classes: Some(seen_spec.clone()),
+                        per_class: c.pretrain_per_class,
+                        workers: c.workers,
+                    },
+                    (&c.arch, c.width),
+                    (c.pretrain_epochs, c.pretrain_batch, c.pretrain_lr),
+                    ComputeArgs {
+                        precision: c.precision,
+                        device: c.device,
+                        seed,
+                    },
+                    out,
+                )
             })?;
             let acc = r.epochs.last().and_then(|e| e.get("train_accuracy"));
             log(format!(

@@ -57,9 +57,7 @@ fn extract(
             if let Some(p) = projector {
                 f = p.forward(&f)?;
             }
-            let f = f
-                .to_dtype(DType::F32)?
-                .to_device(Device::Cpu)?;
+            let f = f.to_dtype(DType::F32)?.to_device(Device::Cpu)?;
             x.extend_from_slice(&f.to_vec::<f32>()?);
             labels.extend(
                 batch

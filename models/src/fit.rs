@@ -660,7 +660,9 @@ pub fn fit<T: Task>(
             save_state(task, &f.checkpoint, step, keys)?;
             if opts.epoch_models {
                 let (params, buffers) = task.tensors();
-                let path = f.model.with_file_name(format!("model-epoch{}.safetensors", epoch + 1));
+                let path = f
+                    .model
+                    .with_file_name(format!("model-epoch{}.safetensors", epoch + 1));
                 save_model(&path, &params, &buffers, &task.metadata())?;
             }
         }

@@ -249,6 +249,52 @@ pub struct PretrainArgs {
     pub epoch_models: bool,
 }
 
+impl PretrainArgs {
+    /// A run `experiment` owns: warmup over a tenth of the epochs (at most
+    /// one), weight decay 5e-4, momentum 0.9, no validation pass (the
+    /// study measures the networks itself), the default stem, input size
+    /// and projector, and a folder that a rerun replaces.
+    pub fn study(
+        method: Method,
+        data: DataArgs,
+        (arch, width): (&str, usize),
+        (epochs, batch, lr): (usize, usize, f64),
+        compute: ComputeArgs,
+        out: PathBuf,
+    ) -> PretrainArgs {
+        PretrainArgs {
+            method,
+            arch: arch.into(),
+            width,
+            stem: None,
+            projector: "d".into(),
+            data,
+            val_data: None,
+            no_val: true,
+            image_size: None,
+            epochs,
+            batch,
+            lr,
+            warmup_epochs: (epochs as f64 / 10.0).min(1.0),
+            weight_decay: 5e-4,
+            momentum: 0.9,
+            label_smoothing: 0.0,
+            dist: Default::default(),
+            sync_bn: false,
+            compute,
+            out,
+            resume: false,
+            deterministic: false,
+            resume_force: false,
+            overwrite: true,
+            checkpoint_every: 0,
+            log_every: 50,
+            quiet: false,
+            epoch_models: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PretrainReport {
     pub epochs: Vec<EpochLog>,

@@ -190,7 +190,10 @@ impl Projector {
         }
         if let Some(out) = &self.out {
             h = out.forward(&h)?;
-            hook(&join(prefix, &c.linear_index(self.blocks.len()).to_string()), &h)?;
+            hook(
+                &join(prefix, &c.linear_index(self.blocks.len()).to_string()),
+                &h,
+            )?;
         }
         Ok(h)
     }
@@ -230,10 +233,21 @@ mod tests {
             ("nobn:d", vec![64], None, false),
         ] {
             let c = ProjectorConfig::parse(spec, 64).unwrap();
-            assert_eq!((c.hidden.clone(), c.out_linear, c.batch_norm), (hidden, out, bn));
+            assert_eq!(
+                (c.hidden.clone(), c.out_linear, c.batch_norm),
+                (hidden, out, bn)
+            );
             assert_eq!(ProjectorConfig::parse(&c.spec(), 0).unwrap(), c, "{spec}");
         }
-        for bad in ["", "x", "0", "nobn:", "nobn:+d", "2x", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "x",
+            "0",
+            "nobn:",
+            "nobn:+d",
+            "2x",
+            "99999999999999999999d",
+        ] {
             assert!(ProjectorConfig::parse(bad, 64).is_err(), "{bad}");
         }
     }
@@ -255,10 +269,19 @@ mod tests {
         };
         let (params, seen) = names("nobn:d,d+4");
         assert_eq!(seen, ["projector.1", "projector.3", "projector.4"]);
-        assert!(params.contains(&"projector.2.weight".to_string()), "{params:?}");
-        assert!(params.contains(&"projector.4.bias".to_string()), "{params:?}");
+        assert!(
+            params.contains(&"projector.2.weight".to_string()),
+            "{params:?}"
+        );
+        assert!(
+            params.contains(&"projector.4.bias".to_string()),
+            "{params:?}"
+        );
         let (params, seen) = names("d+4");
         assert_eq!(seen, ["projector.2", "projector.3"]);
-        assert!(params.contains(&"projector.1.weight".to_string()), "{params:?}");
+        assert!(
+            params.contains(&"projector.1.weight".to_string()),
+            "{params:?}"
+        );
     }
 }

@@ -582,7 +582,9 @@ fn experiment_produces_every_output_file() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
     };
     let v = read();
-    assert!(v["provenance"]["machine"]["logical_cores"].as_u64().is_some());
+    assert!(v["provenance"]["machine"]["logical_cores"]
+        .as_u64()
+        .is_some());
     for k in [
         "transfer",
         "unseen.linear",
@@ -601,7 +603,13 @@ fn experiment_produces_every_output_file() {
         }
     }
     assert_eq!(v["comparison"]["transfer"]["kind"], "primary");
-    let (_, err) = ok_err(&[&["experiment", "--quick", "--resume", "--out", s(&dir)], &tiny[..]].concat());
+    let (_, err) = ok_err(
+        &[
+            &["experiment", "--quick", "--resume", "--out", s(&dir)],
+            &tiny[..],
+        ]
+        .concat(),
+    );
     assert_eq!(err.matches("kept the finished run").count(), 2, "{err}");
     assert_eq!(read()["comparison"], v["comparison"]);
 }
@@ -625,19 +633,55 @@ fn experiment_ablation_and_curve() {
         "1",
     ];
     let dir = tmp("ablation");
-    let out = ok(&[&["experiment", "--ablation", "--epochs", "1", "--out", s(&dir)], &tiny[..]].concat());
+    let out = ok(&[
+        &[
+            "experiment",
+            "--ablation",
+            "--epochs",
+            "1",
+            "--out",
+            s(&dir),
+        ],
+        &tiny[..],
+    ]
+    .concat());
     assert!(out.contains("matched-parameter SL"), "{out}");
-    for v in ["sl", "linear", "linear-relu", "sl-mlp", "two-blocks", "hidden-2d"] {
-        assert!(dir.join(format!("split0/seed0/{v}/model.safetensors")).is_file(), "{v}");
+    for v in [
+        "sl",
+        "linear",
+        "linear-relu",
+        "sl-mlp",
+        "two-blocks",
+        "hidden-2d",
+    ] {
+        assert!(
+            dir.join(format!("split0/seed0/{v}/model.safetensors"))
+                .is_file(),
+            "{v}"
+        );
     }
     assert!(!dir.join("split0/seed0/sl-mlp-kept").exists());
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("ablation.json")).unwrap()).unwrap();
-    assert_eq!(v["comparisons"].as_object().unwrap().len(), 6, "{}", v["comparisons"]);
+    assert_eq!(
+        v["comparisons"].as_object().unwrap().len(),
+        6,
+        "{}",
+        v["comparisons"]
+    );
     let dir = tmp("curve");
-    let out = ok(&[&["experiment", "--curve", "--epochs", "2", "--out", s(&dir)], &tiny[..]].concat());
+    let out = ok(&[
+        &["experiment", "--curve", "--epochs", "2", "--out", s(&dir)],
+        &tiny[..],
+    ]
+    .concat());
     assert!(out.contains("| 2 |"), "{out}");
-    assert!(dir.join("curve.png").is_file() && dir.join("split0/seed0/sl/model-epoch1.safetensors").is_file());
+    assert!(
+        dir.join("curve.png").is_file()
+            && dir
+                .join("split0/seed0/sl/model-epoch1.safetensors")
+                .is_file()
+    );
 }
 
 #[test]

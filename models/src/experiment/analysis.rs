@@ -69,7 +69,9 @@ impl Measure {
 
 /// The value of `key` in `m` (NaN when absent).
 pub fn value(m: &[Measure], key: &str) -> f64 {
-    m.iter().find(|x| x.key == key).map_or(f64::NAN, |x| x.value)
+    m.iter()
+        .find(|x| x.key == key)
+        .map_or(f64::NAN, |x| x.value)
 }
 
 /// The feature statistics of one test set as measures: the discriminative
@@ -298,7 +300,13 @@ fn ci(d: &Paired) -> String {
 }
 
 /// The configuration and provenance every results file starts with.
-fn header_json(a: &ExperimentArgs, plan: &Plan, mode: &str, variants: &[Variant], seconds: f64) -> Value {
+fn header_json(
+    a: &ExperimentArgs,
+    plan: &Plan,
+    mode: &str,
+    variants: &[Variant],
+    seconds: f64,
+) -> Value {
     json!({
         "provenance": crate::run_dir::provenance(),
         "mode": mode,
@@ -380,13 +388,25 @@ fn study(a: &ExperimentArgs, plan: &Plan, runs: &[Run], seconds: f64, json: &mut
         md += &format!(
             "| {}{} | {} | {} | {:+.3} | {} | {} | {} | {} | {}/{} |\n",
             c.label,
-            if c.kind == Kind::Primary { " (primary)" } else { "" },
+            if c.kind == Kind::Primary {
+                " (primary)"
+            } else {
+                ""
+            },
             ms(&c.a),
             ms(&c.b),
             d.mean,
             ci(d),
-            if d.d_z.is_nan() { "–".into() } else { format!("{:+.2}", d.d_z) },
-            if c.kind == Kind::Descriptive { "–".into() } else { pv(d.p) },
+            if d.d_z.is_nan() {
+                "–".into()
+            } else {
+                format!("{:+.2}", d.d_z)
+            },
+            if c.kind == Kind::Descriptive {
+                "–".into()
+            } else {
+                pv(d.p)
+            },
             pv(c.p_holm),
             d.positive,
             d.n
@@ -402,7 +422,9 @@ fn study(a: &ExperimentArgs, plan: &Plan, runs: &[Run], seconds: f64, json: &mut
             let (x, y) = (value(&r.measures, PRIMARY), value(&o.measures, PRIMARY));
             md += &format!(
                 "| {} | {} | {x:.3} | {y:.3} | {:+.3} |\n",
-                plan.splits[r.split], r.seed, y - x
+                plan.splits[r.split],
+                r.seed,
+                y - x
             );
         }
     }
@@ -446,7 +468,16 @@ fn ablation(
                 comps.insert(v.key.to_string(), comparisons_json(&cs));
                 cs.into_iter().find(|c| c.kind == Kind::Primary)
             });
-        rows.push((v, of(PRIMARY), primary, of("seen_accuracy"), of("seen.phi"), of("seen.redundancy"), of("unseen.phi"), distance));
+        rows.push((
+            v,
+            of(PRIMARY),
+            primary,
+            of("seen_accuracy"),
+            of("seen.phi"),
+            of("seen.redundancy"),
+            of("unseen.phi"),
+            distance,
+        ));
     }
     let adjusted = holm(
         &rows
@@ -461,7 +492,12 @@ fn ablation(
             Some(c) => {
                 let ph = adjusted.next().unwrap_or(f64::NAN);
                 holm_json.insert(v.key.to_string(), ph.into());
-                (format!("{:+.3}", c.diff.mean), ci(&c.diff), pv(c.diff.p), pv(ph))
+                (
+                    format!("{:+.3}", c.diff.mean),
+                    ci(&c.diff),
+                    pv(c.diff.p),
+                    pv(ph),
+                )
             }
             None => ("–".into(), "–".into(), "–".into(), "–".into()),
         };
@@ -482,8 +518,19 @@ fn ablation(
     md
 }
 
-fn curve(a: &ExperimentArgs, plan: &Plan, runs: &[Run], seconds: f64, json: &mut Value) -> Result<String> {
-    let mut md = header_markdown("Training-length curve: SL vs SL-MLP after each epoch", a, plan, seconds);
+fn curve(
+    a: &ExperimentArgs,
+    plan: &Plan,
+    runs: &[Run],
+    seconds: f64,
+    json: &mut Value,
+) -> Result<String> {
+    let mut md = header_markdown(
+        "Training-length curve: SL vs SL-MLP after each epoch",
+        a,
+        plan,
+        seconds,
+    );
     md += "| epoch | SL transfer | SL-MLP transfer | − SL | 95% interval | SL seen φ | SL-MLP seen φ | SL unseen φ | SL-MLP unseen φ | SL distance | SL-MLP distance |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     let keys = [
         (PRIMARY, "transfer (%)"),
