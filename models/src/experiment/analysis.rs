@@ -596,7 +596,7 @@ fn curve(
         &png,
         &charts,
         &["SL".into(), "SL-MLP".into()],
-        "SL vs SL-MLP after each pretraining epoch (means over seeds)",
+        "SL vs SL-MLP after each epoch (seed means)",
     )?;
     md += "\nThe models after each epoch of one cosine schedule (not separate shorter schedules); mean ± sample std over seeds; the difference is paired per seed. Plot: curve.png.\n";
     Ok(md)
