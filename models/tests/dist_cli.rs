@@ -240,6 +240,54 @@ fn a_rank_that_never_comes_is_a_clear_error_within_the_timeout() {
     let _ = std::fs::remove_dir_all(out);
 }
 
+/// A rank killed mid-run: the other one stops with an error naming it
+/// (closed connection, or nothing received within the timeout), not a hang.
+#[test]
+fn a_rank_that_dies_is_a_clear_error_for_the_others() {
+    let port = free_port();
+    let outs = [tmp("dies-0"), tmp("dies-1")];
+    let long = ["--batch", "4", "--epochs", "5000"];
+    let mut ranks: Vec<_> = (0..2)
+        .map(|r| {
+            let mut env = torchrun_env(r, 2, port);
+            env.push(("SLMLP_DIST_TIMEOUT", "5".into()));
+            pretrain(&outs[r], &long, &env)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    ranks[1].kill().unwrap();
+    let _ = ranks[1].wait();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = ranks[0].try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed().as_secs() > 60 {
+            ranks[0].kill().unwrap();
+            panic!("rank 0 still running 60 s after rank 1 was killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let o = ranks.swap_remove(0).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    testutil::assert_clean_failure(
+        "rank 0 after rank 1 died",
+        status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&o.stdout),
+        &err,
+        &["1"],
+    );
+    assert!(
+        ["closed its connection", "sent nothing", "did not connect"]
+            .iter()
+            .any(|m| err.contains(m)),
+        "{err}"
+    );
+    for out in outs {
+        let _ = std::fs::remove_dir_all(out);
+    }
+}
+
 #[test]
 fn sync_bn_on_two_ranks_trains_like_one_rank_with_the_whole_batch() {
     let whole = tmp("sync-whole");
