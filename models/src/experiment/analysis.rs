@@ -325,8 +325,14 @@ fn header_json(
     })
 }
 
-fn header_markdown(title: &str, a: &ExperimentArgs, plan: &Plan, seconds: f64) -> String {
-    let p = crate::run_dir::provenance();
+/// `p`: the provenance `header_json` recorded.
+fn header_markdown(
+    title: &str,
+    a: &ExperimentArgs,
+    plan: &Plan,
+    seconds: f64,
+    p: &Value,
+) -> String {
     format!(
         "# {title}\n\n{} width {}, {} epoch(s) on {} Fashion-MNIST images per seen class; split(s) {}; seeds {}..{}; transfer sets {} per class, test sets {} per class; {}. {:.0} min.\n\nCommand: `{}`; commit {}; {} ({} logical cores); {}.\n\n",
         a.arch,
@@ -374,7 +380,13 @@ pub fn report(
 fn study(a: &ExperimentArgs, plan: &Plan, runs: &[Run], seconds: f64, json: &mut Value) -> String {
     let cs = compare(runs, "sl", "sl-mlp", None);
     json["comparison"] = comparisons_json(&cs);
-    let mut md = header_markdown("SL vs SL-MLP on the built-in benchmark", a, plan, seconds);
+    let mut md = header_markdown(
+        "SL vs SL-MLP on the built-in benchmark",
+        a,
+        plan,
+        seconds,
+        &json["provenance"],
+    );
     if let Some(p) = cs.iter().find(|c| c.kind == Kind::Primary) {
         let d = &p.diff;
         md += &format!(
@@ -439,7 +451,7 @@ fn ablation(
     seconds: f64,
     json: &mut Value,
 ) -> String {
-    let mut md = header_markdown("Projector ablations", a, plan, seconds);
+    let mut md = header_markdown("Projector ablations", a, plan, seconds, &json["provenance"]);
     md += "Each variant against SL, paired per replicate. The p-values of the six comparisons of the primary measure are Holm-adjusted together.\n\n";
     md += "| variant | transfer (%) | − SL | 95% interval | p | p (Holm) | seen test acc (%) | seen φ | seen redundancy | unseen φ | mean distance |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     let mut comps = serde_json::Map::new();
@@ -455,9 +467,11 @@ fn ablation(
             .iter()
             .filter(|r| r.variant == v.key)
             .map(|r| {
-                let d: Vec<f64> = ["unseen", "mnist", "digits"]
+                let d: Vec<f64> = r
+                    .measures
                     .iter()
-                    .map(|t| value(&r.measures, &format!("{t}.distance")))
+                    .filter(|m| m.key.ends_with(".distance"))
+                    .map(|m| m.value)
                     .collect();
                 d.iter().sum::<f64>() / d.len() as f64
             })
@@ -530,6 +544,7 @@ fn curve(
         a,
         plan,
         seconds,
+        &json["provenance"],
     );
     md += "| epoch | SL transfer | SL-MLP transfer | − SL | 95% interval | SL seen φ | SL-MLP seen φ | SL unseen φ | SL-MLP unseen φ | SL distance | SL-MLP distance |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     let keys = [
