@@ -35,6 +35,7 @@ fn micro_config(out: std::path::PathBuf) -> DetectionConfig {
         max_size: 107,
         workers: 1,
         quiet: true,
+        resume: false,
     }
 }
 
@@ -106,6 +107,37 @@ fn micro_detection_experiment_writes_the_ap_table() {
         }
     }
     assert_eq!(json["runs"].as_array().unwrap().len(), 3);
+
+    // --resume keeps every recorded run: same numbers and timings, and no
+    // encoder is pretrained again
+    let encoder = dir.join("seed3/pretrain-sl/model.safetensors");
+    let written = std::fs::metadata(&encoder).unwrap().modified().unwrap();
+    let kept = detection_experiment(&DetectionConfig {
+        resume: true,
+        ..c.clone()
+    })
+    .unwrap();
+    assert_eq!(kept.runs, r.runs);
+    assert_eq!(
+        std::fs::metadata(&encoder).unwrap().modified().unwrap(),
+        written
+    );
+    // a record written with other settings is run again, and rewritten
+    let record = dir.join("seed3/sl.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    v["settings"]["commit"] = "another commit".into();
+    std::fs::write(&record, v.to_string()).unwrap();
+    let rerun = detection_experiment(&DetectionConfig { resume: true, ..c }).unwrap();
+    assert_eq!(rerun.runs[0], r.runs[0]);
+    assert_ne!(rerun.runs[1].train_seconds, r.runs[1].train_seconds);
+    assert_ne!(
+        std::fs::metadata(&encoder).unwrap().modified().unwrap(),
+        written
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert_ne!(v["settings"]["commit"], "another commit");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

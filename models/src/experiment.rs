@@ -205,7 +205,8 @@ pub struct ExperimentArgs {
     #[arg(long, conflicts_with = "detection")]
     pub curve: bool,
     /// Keep the runs already finished in --out whose recorded settings
-    /// (commit included) equal this run's; run only the others.
+    /// (commit included) equal this run's; run only the others (with
+    /// --detection: per seed and backbone).
     #[arg(long)]
     pub resume: bool,
     /// Run the detection transfer test instead: Mask R-CNN fine-tuned from
@@ -750,6 +751,7 @@ fn detection_config(a: &ExperimentArgs) -> Result<DetectionConfig> {
         max_size: 213,
         workers: a.workers,
         quiet: false,
+        resume: a.resume,
     })
 }
 

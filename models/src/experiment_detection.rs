@@ -78,6 +78,10 @@ pub struct DetectionConfig {
     pub workers: usize,
     /// Silences the per-step progress of pretrain and detect train.
     pub quiet: bool,
+    /// Keep the (seed, backbone) runs already finished in `out` whose
+    /// record (OUT/seed<s>/<backbone>.json) was written with these
+    /// settings by this commit; run only the others.
+    pub resume: bool,
 }
 
 impl DetectionConfig {
@@ -132,6 +136,21 @@ impl DetectionRun {
             ("mask AP50", self.mask_ap50),
         ]
     }
+    fn from_json(v: &Value) -> Option<DetectionRun> {
+        let f = |k: &str| v[k].as_f64();
+        Some(DetectionRun {
+            seed: v["seed"].as_u64()?,
+            backbone: v["backbone"].as_str()?.to_string(),
+            box_ap: f("box_ap")?,
+            box_ap50: f("box_ap50")?,
+            mask_ap: f("mask_ap")?,
+            mask_ap50: f("mask_ap50")?,
+            pretrain_accuracy: f("pretrain_accuracy"),
+            pretrain_seconds: f("pretrain_seconds"),
+            train_seconds: f("train_seconds")?,
+            eval_seconds: f("eval_seconds")?,
+        })
+    }
     fn to_json(&self) -> Value {
         json!({
             "seed": self.seed, "backbone": self.backbone,
@@ -159,8 +178,10 @@ pub struct DetectionResults {
 /// OUT/benchmark/{train,val}, per seed pretrains SL and SL-MLP into
 /// OUT/seed<s>/pretrain-<method>, fine-tunes and evaluates a detector per
 /// backbone in OUT/seed<s>/detect-<backbone>, and writes OUT/detection.md
-/// and OUT/detection.json. A rerun into the same folder starts every run
-/// afresh (their old metrics.jsonl is removed).
+/// and OUT/detection.json, and records each finished (seed, backbone) run
+/// in OUT/seed<s>/<backbone>.json. A rerun into the same folder starts
+/// every run afresh (their old metrics.jsonl is removed), except, with
+/// `resume`, the recorded runs whose settings and commit match.
 pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
     c.check()?;
     let t0 = Instant::now();
@@ -189,52 +210,31 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
             s.annotations.display()
         ));
     }
-    let seen_spec = c
-        .seen
-        .iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    // what decides a run's numbers besides its seed: the record check of --resume
+    let mut settings = config_json(c, &summaries);
+    settings["seeds"] = Value::Null;
+    let settings = json!({"config": settings, "commit": option_env!("SLMLP_COMMIT")});
     let mut runs = Vec::new();
     for seed in c.first_seed..c.first_seed + c.seeds as u64 {
         let seed_dir = c.out.join(format!("seed{seed}"));
-        // (backbone file, last-epoch train accuracy, seconds) per encoder
-        let mut encoders = Vec::new();
-        for (method, key) in [(Method::Sl, "sl"), (Method::SlMlp, "sl-mlp")] {
-            log(format!("seed {seed}: pretraining the {key} encoder"));
-            let out = seed_dir.join(format!("pretrain-{key}"));
-            let r = pretrain(&PretrainArgs {
-                stem: Some(StemArg::Imagenet),
-                image_size: Some(c.pretrain_size),
-                quiet: c.quiet,
-                ..PretrainArgs::study(
-                    method,
-                    DataArgs {
-                        data: "fashion-mnist:train".into(),
-                        classes: Some(seen_spec.clone()),
-                        per_class: c.pretrain_per_class,
-                        workers: c.workers,
-                    },
-                    (&c.arch, c.width),
-                    (c.pretrain_epochs, c.pretrain_batch, c.pretrain_lr),
-                    ComputeArgs {
-                        precision: c.precision,
-                        device: c.device,
-                        seed,
-                    },
-                    out,
-                )
-            })?;
-            let acc = r.epochs.last().and_then(|e| e.get("train_accuracy"));
-            log(format!(
-                "seed {seed}: {key} encoder done in {} (last-epoch train accuracy {})",
-                mmss(r.seconds),
-                acc.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a))
-            ));
-            encoders.push((key, r.model_path, acc, r.seconds));
-        }
         for (key, label) in BACKBONES {
-            let enc = encoders.iter().find(|e| e.0 == key);
+            let record = seed_dir.join(format!("{key}.json"));
+            if c.resume {
+                if let Some(run) = read_record(&record, &settings)? {
+                    log(format!(
+                        "seed {seed} {label}: kept the finished run {}",
+                        record.display()
+                    ));
+                    runs.push(run);
+                    continue;
+                }
+            }
+            // (encoder file, last-epoch train accuracy, seconds)
+            let enc = match key {
+                "sl" => Some(pretrain_encoder(c, seed, Method::Sl, &seed_dir, &log)?),
+                "sl-mlp" => Some(pretrain_encoder(c, seed, Method::SlMlp, &seed_dir, &log)?),
+                _ => None,
+            };
             let out = seed_dir.join(format!("detect-{key}"));
             log(format!("seed {seed}: Mask R-CNN from the {label} backbone"));
             let trained = crate::detect::train(&DetectTrainArgs {
@@ -246,7 +246,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 fpn_channels: c.fpn_channels,
                 representation_size: c.representation_size,
                 trainable_layers: c.trainable_layers,
-                backbone: enc.map(|e| e.1.clone()),
+                backbone: enc.as_ref().map(|e| e.0.clone()),
                 init: None,
                 channels: Some(1),
                 epochs: c.det_epochs,
@@ -287,8 +287,8 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 box_ap50: ev.bbox[1],
                 mask_ap: ev.segm[0],
                 mask_ap50: ev.segm[1],
-                pretrain_accuracy: enc.and_then(|e| e.2),
-                pretrain_seconds: enc.map(|e| e.3),
+                pretrain_accuracy: enc.as_ref().and_then(|e| e.1),
+                pretrain_seconds: enc.as_ref().map(|e| e.2),
                 train_seconds: trained.seconds,
                 eval_seconds: te.elapsed().as_secs_f64(),
             };
@@ -300,6 +300,10 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 run.mask_ap50,
                 mmss(run.train_seconds)
             ));
+            write_json(
+                &record,
+                &json!({"settings": settings, "run": run.to_json()}),
+            )?;
             runs.push(run);
         }
     }
@@ -318,6 +322,74 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
         seconds,
         markdown,
         json,
+    })
+}
+
+/// Pretrains the seed's `method` encoder into SEED_DIR/pretrain-<key>:
+/// (model file, last-epoch training accuracy, seconds).
+fn pretrain_encoder(
+    c: &DetectionConfig,
+    seed: u64,
+    method: Method,
+    seed_dir: &Path,
+    log: &dyn Fn(String),
+) -> Result<(PathBuf, Option<f64>, f64)> {
+    let key = match method {
+        Method::Sl => "sl",
+        Method::SlMlp => "sl-mlp",
+    };
+    log(format!("seed {seed}: pretraining the {key} encoder"));
+    let seen = c
+        .seen
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let r = pretrain(&PretrainArgs {
+        stem: Some(StemArg::Imagenet),
+        image_size: Some(c.pretrain_size),
+        quiet: c.quiet,
+        ..PretrainArgs::study(
+            method,
+            DataArgs {
+                data: "fashion-mnist:train".into(),
+                classes: Some(seen),
+                per_class: c.pretrain_per_class,
+                workers: c.workers,
+            },
+            (&c.arch, c.width),
+            (c.pretrain_epochs, c.pretrain_batch, c.pretrain_lr),
+            ComputeArgs {
+                precision: c.precision,
+                device: c.device,
+                seed,
+            },
+            seed_dir.join(format!("pretrain-{key}")),
+        )
+    })?;
+    let acc = r.epochs.last().and_then(|e| e.get("train_accuracy"));
+    log(format!(
+        "seed {seed}: {key} encoder done in {} (last-epoch train accuracy {})",
+        mmss(r.seconds),
+        acc.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a))
+    ));
+    Ok((r.model_path, acc, r.seconds))
+}
+
+/// The run recorded at `path` if it exists and was written with
+/// `settings`; `None` means it must be run.
+fn read_record(path: &Path, settings: &Value) -> Result<Option<DetectionRun>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        path: path.display().to_string(),
+        msg: format!("not a run record: {e}"),
+    })?;
+    Ok(if &v["settings"] == settings {
+        DetectionRun::from_json(&v["run"])
+    } else {
+        None
     })
 }
 
@@ -363,6 +435,18 @@ fn paired_differences(runs: &[DetectionRun], a: &str, b: &str) -> Vec<Vec<f64>> 
                 .collect()
         })
         .collect()
+}
+
+/// The paired t-test of every (pair, AP quantity), pair-major in [`PAIRS`]
+/// order, with its p-value Holm-corrected over all twelve.
+fn paired_tests(runs: &[DetectionRun]) -> Vec<(crate::stats::Paired, f64)> {
+    let tests: Vec<_> = PAIRS
+        .iter()
+        .flat_map(|(a, b, _)| paired_differences(runs, a, b))
+        .map(|d| crate::stats::paired(&d))
+        .collect();
+    let holm = crate::stats::holm(&tests.iter().map(|t| t.p).collect::<Vec<_>>());
+    tests.into_iter().zip(holm).collect()
 }
 
 const PAIRS: [(&str, &str, &str); 3] = [
@@ -424,13 +508,20 @@ fn results_json(
             .collect();
         summary.insert(key.into(), stats(cols));
     }
+    let tests = paired_tests(runs);
     let differences: serde_json::Map<_, _> = PAIRS
         .iter()
-        .map(|(a, b, _)| {
-            (
-                format!("{b}-minus-{a}"),
-                stats(paired_differences(runs, a, b)),
-            )
+        .enumerate()
+        .map(|(pi, (a, b, _))| {
+            let mut d = stats(paired_differences(runs, a, b));
+            for (qi, k) in keys.iter().enumerate() {
+                let (t, holm) = &tests[pi * 4 + qi];
+                d[*k]["paired"] = json!({
+                    "ci95": [t.ci95.0, t.ci95.1], "t": t.t, "p": t.p, "p_holm": holm,
+                    "d_z": t.d_z, "positive": t.positive, "n": t.n,
+                });
+            }
+            (format!("{b}-minus-{a}"), d)
         })
         .collect();
     json!({
@@ -524,6 +615,28 @@ fn results_markdown(
     } else {
         "\nCOCO protocol on the validation canvases; AP over IoU 0.50:0.95. One seed: no noise estimate.\n"
     };
+    if n > 1 {
+        md += &format!(
+            "\n## Paired tests\n\nPaired t-test over the {n} seeds ({} dof): mean difference with its 95% interval, \
+             two-sided p, and p after Holm's correction over all twelve rows.\n\n\
+             | comparison | quantity | mean | 95% interval | p | p (Holm) | seeds ahead |\n|---|---|---|---|---|---|---|\n",
+            n - 1
+        );
+        for (i, (t, holm)) in paired_tests(runs).iter().enumerate() {
+            md += &format!(
+                "| {} | {} | {:+.4} | {:+.4} .. {:+.4} | {:.3} | {:.3} | {}/{} |\n",
+                PAIRS[i / 4].2,
+                runs[0].aps()[i % 4].0,
+                t.mean,
+                t.ci95.0,
+                t.ci95.1,
+                t.p,
+                holm,
+                t.positive,
+                t.n
+            );
+        }
+    }
     md += "\n## Per seed\n\n| seed | backbone | box AP | box AP50 | mask AP | mask AP50 | pretrain train acc | pretrain s | detect train s |\n|---|---|---|---|---|---|---|---|---|\n";
     for r in runs {
         let label = BACKBONES
@@ -544,4 +657,51 @@ fn results_markdown(
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(seed: u64, backbone: &str, box_ap: f64) -> DetectionRun {
+        DetectionRun {
+            seed,
+            backbone: backbone.into(),
+            box_ap,
+            box_ap50: 2.0 * box_ap,
+            mask_ap: box_ap - 0.01,
+            mask_ap50: 0.5,
+            pretrain_accuracy: (backbone != "random").then_some(0.9),
+            pretrain_seconds: (backbone != "random").then_some(60.0),
+            train_seconds: 500.0,
+            eval_seconds: 5.0,
+        }
+    }
+
+    /// Three seeds: the paired rows carry the t-test of the per-seed
+    /// differences, Holm-corrected over the twelve rows, and a run
+    /// survives its JSON record.
+    #[test]
+    fn paired_tests_over_seeds() {
+        let mut runs = Vec::new();
+        for (seed, base) in [(0, 0.20), (1, 0.22), (2, 0.18)] {
+            runs.push(run(seed, "random", base));
+            runs.push(run(seed, "sl", base + 0.10));
+            runs.push(run(seed, "sl-mlp", base + 0.10 + 0.02 * (seed + 1) as f64));
+        }
+        let tests = paired_tests(&runs);
+        assert_eq!(tests.len(), 12);
+        // SL-MLP − SL box AP: differences 0.02, 0.04, 0.06
+        let (t, holm) = &tests[8];
+        assert!((t.mean - 0.04).abs() < 1e-12 && (t.std - 0.02).abs() < 1e-12);
+        let half = crate::stats::t_quantile(0.95, 2.0) * 0.02 / 3f64.sqrt();
+        assert!((t.ci95.0 - (0.04 - half)).abs() < 1e-12);
+        assert_eq!(t.positive, 3);
+        assert!(*holm >= t.p && *holm <= 1.0);
+        // mask AP50 never differs: no spread, no test, and Holm skips it
+        assert!(tests[11].0.p.is_nan() && tests[11].1.is_nan());
+        for r in &runs {
+            assert_eq!(DetectionRun::from_json(&r.to_json()).as_ref(), Some(r));
+        }
+    }
 }
