@@ -1,14 +1,89 @@
 //! The detection ops against torchvision (tools/golden/make_detection_fixtures.py):
 //! roi_align forward and input gradient (f64 to 1e-6 relative of the
-//! float64 reference, f32 to 1e-5), and the exact kept indices of nms and
-//! batched_nms, and box_iou.
+//! float64 reference, f32 to 1e-5), multiscale_roi_align (torchvision's
+//! MultiScaleRoIAlign, tools/golden/make_multiscale_roi_align_fixtures.py:
+//! output, every level's gradient, the same bounds), and the exact kept
+//! indices of nms and batched_nms, and box_iou.
 
+use engine::ops::detection::{multiscale_roi_align, LevelMapper};
 use engine::ops::{batched_nms, box_iou, nms};
 use engine::{DType, Tensor};
 use slmlp_tests::{rel_err, run_with_grads, Fixture};
 
 const TOL_F64: f64 = 1e-6;
 const TOL_F32: f64 = 1e-5;
+
+/// The LevelMapper of a multiscale_roi_align fixture.
+fn fixture_mapper(fx: &Fixture) -> LevelMapper {
+    let p = &fx.params;
+    LevelMapper {
+        canonical_scale: fx.param_f64("canonical_scale"),
+        canonical_level: fx.param_f64("canonical_level"),
+        ..LevelMapper::new(p["k_min"].as_i64().unwrap(), p["k_max"].as_i64().unwrap())
+    }
+}
+
+/// multiscale_roi_align on a fixture's inputs cast to `dtype`; returns
+/// (out, the gradient of every level).
+fn run_multiscale(fx: &Fixture, dtype: DType) -> (Tensor, Vec<Tensor>) {
+    let cast = |k: &str| fx.get(k).to_dtype(dtype).unwrap();
+    let feats: Vec<Tensor> = (0..3).map(|l| cast(&format!("in.features.{l}"))).collect();
+    // (batch index, x1, y1, x2, y2) rows, image 0's first, as torchvision's
+    // _convert_to_roi_format
+    let mut rows = Vec::new();
+    for b in 0..2 {
+        for r in fx.get(&format!("in.boxes.{b}")).to_vec_f64().unwrap().chunks(4) {
+            rows.push(b as f64);
+            rows.extend_from_slice(r);
+        }
+    }
+    let k = rows.len() / 5;
+    let boxes = Tensor::from_vec(rows, &[k, 5]).unwrap().to_dtype(dtype).unwrap();
+    let p = &fx.params;
+    let scales: Vec<f64> = p["scales"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let mapper = fixture_mapper(fx);
+    let sr = p["sampling_ratio"].as_i64().unwrap();
+    let out_size = fx.param_pair("output_size");
+    let (out, leaves) = run_with_grads(&feats, &cast("grad_out"), |x| {
+        multiscale_roi_align(x, &boxes, &scales, out_size, sr, false, &mapper)
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", fx.name));
+    assert_eq!(out.dtype(), dtype);
+    let grads = leaves.iter().map(|l| l.grad().expect("every level gets a gradient")).collect();
+    (out, grads)
+}
+
+#[test]
+fn multiscale_roi_align_matches_torchvision() {
+    let (mut vs_f64, mut vs_f32) = (0f64, 0f64);
+    for case in ["detection_multiscale_roi_align_a", "detection_multiscale_roi_align_b"] {
+        let fx = Fixture::load(case);
+        let coords: Vec<f64> = (0..2)
+            .flat_map(|b| fx.get(&format!("in.boxes.{b}")).to_vec_f64().unwrap())
+            .collect();
+        let levels: Vec<i64> = fixture_mapper(&fx)
+            .levels::<f64>(&coords)
+            .unwrap()
+            .into_iter()
+            .map(|l| l as i64)
+            .collect();
+        assert_eq!(levels, fx.get("levels").to_vec::<i64>().unwrap(), "{case}: levels");
+        let (out, grads) = run_multiscale(&fx, DType::F64);
+        check(&format!("{case}: out"), &out, fx.get("out"), TOL_F64, &mut vs_f64);
+        for (l, g) in grads.iter().enumerate() {
+            check(&format!("{case}: grad.{l}"), g, fx.get(&format!("grad.{l}")), TOL_F64, &mut vs_f64);
+        }
+        let (out, grads) = run_multiscale(&fx, DType::F32);
+        check(&format!("{case}: f32 out vs f64"), &out, fx.get("out"), TOL_F32, &mut vs_f64);
+        // same operation order as torchvision's float32 kernel
+        check(&format!("{case}: out vs torch f32"), &out, fx.get("out_f32"), 1e-6, &mut vs_f32);
+        for (l, g) in grads.iter().enumerate() {
+            let key = format!("grad_f32.{l}");
+            check(&format!("{case}: {key}"), g, fx.get(&key), 1e-6, &mut vs_f32);
+        }
+    }
+    eprintln!("multiscale_roi_align: worst relative error {vs_f64:.3e} vs the f64 reference, {vs_f32:.3e} f32 vs torch f32");
+}
 
 /// Every roi_align fixture: aligned x sampling_ratio x spatial scale.
 fn roi_cases() -> Vec<String> {

@@ -15,6 +15,6 @@ pub use crate::families::index::{sort_padded_len, IndexDims, SORT_MAX_ROW};
 pub use crate::families::loss::{PointwiseLoss, SoftmaxDims};
 pub use crate::families::nms::{nms_col_blocks, nms_greedy, nms_launch, NMS_BLOCK};
 pub use crate::families::pool::{AvgMode, PoolDims};
-pub use crate::families::roi_align::RoiAlignDims;
+pub use crate::families::roi_align::{RoiAlignDims, RoiLevel, ROI_MAX_LEVELS};
 pub use crate::families::softmax_xent::Xent;
 pub use crate::families::upsample::{ResizeDims, ResizeTables, Tap};

@@ -26,6 +26,7 @@ families!(
     copy,
     roi_align,
     nms,
+    box_coder,
     index,
     loss,
     upsample,

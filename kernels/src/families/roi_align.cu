@@ -1,5 +1,6 @@
-// roi_align.cu — RoIAlign forward and backward over NHWC feature maps, with
-// exactly the semantics of engine/src/ops/roi_align.rs (torchvision's CPU
+// roi_align.cu — RoIAlign forward and backward over NHWC feature maps, one
+// map or several FPN levels (torchvision's MultiScaleRoIAlign), with exactly
+// the semantics of engine/src/ops/detection/cpu.rs (torchvision's CPU
 // kernel): same sample positions, boundary rules and per-bin summation
 // order, computed in f32 (boxes are read in the input dtype and widened).
 // The sample coordinates use __fmul_rn/__fadd_rn so ptxas cannot contract
@@ -10,12 +11,14 @@
 // warp reads consecutive channels of each sampled pixel (coalesced) and
 // writes the channels-last output [K, PH, PW, C] contiguously.
 // Backward: one thread per dy element, scattering into an f32 dx [N, H, W, C]
-// with atomicAdd (dx must be zeroed first). The summation order of the
-// atomics is not fixed, so the GPU gradient is NOT bitwise deterministic
-// (the CPU op's is); it agrees with it to f32 rounding.
+// of the box's level with atomicAdd (every dx must be zeroed first). The
+// summation order of the atomics is not fixed, so the GPU gradient is NOT
+// bitwise deterministic (the CPU op's is); it agrees with it to f32 rounding.
 //
 // boxes: [K, 5] rows (batch index, x1, y1, x2, y2), validated on the host
 // (integer batch index in range, finite coordinates, bounded sample count).
+// levels: null (every box on level 0) or K int32 level indices, computed
+// and checked on the host (torchvision's LevelMapper).
 // Launch: 1-D grid-stride, any grid, 256 threads.
 #include "common.cuh"
 
@@ -26,7 +29,42 @@ struct RoiShape {
     int aligned;
 };
 
-// One box on the feature map (engine/src/ops/roi_align.rs: Roi::new).
+#define ROI_MAX_LEVELS 8
+
+// The maps pooled from, passed by value: level l is NHWC [N, H[l], W[l], C]
+// at spatial scale scale[l] (in the kernel's dtype forward, f32 backward).
+struct RoiLevels {
+    unsigned long long map[ROI_MAX_LEVELS];
+    int H[ROI_MAX_LEVELS];
+    int W[ROI_MAX_LEVELS];
+    float scale[ROI_MAX_LEVELS];
+};
+
+// Box k's level: its map (returned) and s with that level's H, W and
+// scale. The unrolled compare-and-select indexes the by-value struct with
+// constants only, so it stays in registers / the parameter bank (a runtime
+// index would copy it to a local-memory stack frame).
+__device__ __forceinline__ unsigned long long roi_level(const RoiLevels& L,
+                                                        const int* __restrict__ levels, int k,
+                                                        RoiShape& s) {
+    const int l = levels ? levels[k] : 0;
+    unsigned long long map = L.map[0];
+    s.H = L.H[0];
+    s.W = L.W[0];
+    s.spatial_scale = L.scale[0];
+#pragma unroll
+    for (int i = 1; i < ROI_MAX_LEVELS; i++) {
+        if (i == l) {
+            map = L.map[i];
+            s.H = L.H[i];
+            s.W = L.W[i];
+            s.spatial_scale = L.scale[i];
+        }
+    }
+    return map;
+}
+
+// One box on its feature map (engine/src/ops/detection/cpu.rs: Roi::new).
 struct RoiGeom {
     int batch;
     float start_h, start_w, bin_h, bin_w;
@@ -126,22 +164,25 @@ __device__ __forceinline__ void for_each_sample(const RoiGeom& r, int ph, int pw
 }
 
 template <typename T>
-__device__ __forceinline__ void roi_align_fwd(const T* __restrict__ x, const T* __restrict__ boxes,
-                                             T* __restrict__ y, RoiShape s) {
+__device__ __forceinline__ void roi_align_fwd(const T* __restrict__ boxes,
+                                             const int* __restrict__ levels, T* __restrict__ y,
+                                             RoiShape s, const RoiLevels& L) {
     const i64 total = (i64)s.K * s.PH * s.PW * s.C;
     for (i64 e = grid_start(); e < total; e += grid_stride()) {
         const Nhwc o = nhwc(e, s.PH, s.PW, s.C);  // (k, ph, pw, c)
-        const RoiGeom r = roi_geom(boxes + (i64)o.n * 5, s);
-        const T* xc = x + (i64)r.batch * s.H * s.W * s.C + o.c;
+        RoiShape sl = s;
+        const T* x = reinterpret_cast<const T*>(roi_level(L, levels, o.n, sl));
+        const RoiGeom r = roi_geom(boxes + (i64)o.n * 5, sl);
+        const T* xc = x + (i64)r.batch * sl.H * sl.W * sl.C + o.c;
         float v = 0.0f;
-        for_each_sample(r, o.h, o.w, s.H, s.W,
+        for_each_sample(r, o.h, o.w, sl.H, sl.W,
                         [&](bool, const int (&pos)[4], const float (&w)[4]) {
             // the CPU's order: ((w0 x0 + w1 x1) + w2 x2) + w3 x3, then v +=
             // (outside samples have zero weights on pixel 0)
-            float acc = __fmul_rn(w[0], to_f32(xc[(i64)pos[0] * s.C]));
-            acc = __fadd_rn(acc, __fmul_rn(w[1], to_f32(xc[(i64)pos[1] * s.C])));
-            acc = __fadd_rn(acc, __fmul_rn(w[2], to_f32(xc[(i64)pos[2] * s.C])));
-            acc = __fadd_rn(acc, __fmul_rn(w[3], to_f32(xc[(i64)pos[3] * s.C])));
+            float acc = __fmul_rn(w[0], to_f32(xc[(i64)pos[0] * sl.C]));
+            acc = __fadd_rn(acc, __fmul_rn(w[1], to_f32(xc[(i64)pos[1] * sl.C])));
+            acc = __fadd_rn(acc, __fmul_rn(w[2], to_f32(xc[(i64)pos[2] * sl.C])));
+            acc = __fadd_rn(acc, __fmul_rn(w[3], to_f32(xc[(i64)pos[3] * sl.C])));
             v = __fadd_rn(v, acc);
         });
         const float count = (float)max(r.grid_h * r.grid_w, 1);
@@ -151,41 +192,44 @@ __device__ __forceinline__ void roi_align_fwd(const T* __restrict__ x, const T* 
 
 template <typename T>
 __device__ __forceinline__ void roi_align_bwd(const T* __restrict__ dy, const T* __restrict__ boxes,
-                                             float* __restrict__ dx, RoiShape s) {
+                                             const int* __restrict__ levels, RoiShape s,
+                                             const RoiLevels& L) {
     const i64 total = (i64)s.K * s.PH * s.PW * s.C;
     for (i64 e = grid_start(); e < total; e += grid_stride()) {
         const Nhwc o = nhwc(e, s.PH, s.PW, s.C);  // (k, ph, pw, c)
-        const RoiGeom r = roi_geom(boxes + (i64)o.n * 5, s);
+        RoiShape sl = s;
+        float* dx = reinterpret_cast<float*>(roi_level(L, levels, o.n, sl));
+        const RoiGeom r = roi_geom(boxes + (i64)o.n * 5, sl);
         if (r.grid_h == 0 || r.grid_w == 0) continue;
         // torchvision divides by the raw product (>= 1 here)
         const float count = (float)(r.grid_h * r.grid_w);
         const float gv = to_f32(dy[e]);
-        float* dc = dx + (i64)r.batch * s.H * s.W * s.C + o.c;
-        for_each_sample(r, o.h, o.w, s.H, s.W,
+        float* dc = dx + (i64)r.batch * sl.H * sl.W * sl.C + o.c;
+        for_each_sample(r, o.h, o.w, sl.H, sl.W,
                         [&](bool inside, const int (&pos)[4], const float (&w)[4]) {
             if (!inside) return;
 #pragma unroll
             for (int q = 0; q < 4; q++) {
-                atomicAdd(dc + (i64)pos[q] * s.C, __fdiv_rn(__fmul_rn(gv, w[q]), count));
+                atomicAdd(dc + (i64)pos[q] * sl.C, __fdiv_rn(__fmul_rn(gv, w[q]), count));
             }
         });
     }
 }
 
+// Shape arguments: N, C, K, PH, PW, sampling_ratio, aligned; the maps and
+// their sizes and scales in `maps`.
 #define ROI_ALIGN_ENTRIES(T, SFX)                                                              \
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS roi_align_fwd_##SFX(                       \
-        const T* __restrict__ x, const T* __restrict__ boxes, T* __restrict__ y, int N, int C,  \
-        int H, int W, int K, int PH, int PW, float spatial_scale, int sampling_ratio,          \
-        int aligned) {                                                                         \
-        roi_align_fwd<T>(x, boxes, y,                                                          \
-                         RoiShape{N, C, H, W, K, PH, PW, spatial_scale, sampling_ratio, aligned}); \
+        const T* __restrict__ boxes, const int* __restrict__ levels, T* __restrict__ y, int N,  \
+        int C, int K, int PH, int PW, int sampling_ratio, int aligned, RoiLevels maps) {       \
+        roi_align_fwd<T>(boxes, levels, y,                                                     \
+                         RoiShape{N, C, 0, 0, K, PH, PW, 0.0f, sampling_ratio, aligned}, maps); \
     }                                                                                          \
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS roi_align_bwd_##SFX(                       \
-        const T* __restrict__ dy, const T* __restrict__ boxes, float* __restrict__ dx, int N,   \
-        int C, int H, int W, int K, int PH, int PW, float spatial_scale, int sampling_ratio,   \
-        int aligned) {                                                                         \
-        roi_align_bwd<T>(dy, boxes, dx,                                                        \
-                         RoiShape{N, C, H, W, K, PH, PW, spatial_scale, sampling_ratio, aligned}); \
+        const T* __restrict__ dy, const T* __restrict__ boxes, const int* __restrict__ levels,  \
+        int N, int C, int K, int PH, int PW, int sampling_ratio, int aligned, RoiLevels maps) { \
+        roi_align_bwd<T>(dy, boxes, levels,                                                    \
+                         RoiShape{N, C, 0, 0, K, PH, PW, 0.0f, sampling_ratio, aligned}, maps); \
     }
 
 ROI_ALIGN_ENTRIES(float, f32)

@@ -1,5 +1,8 @@
 //! Box regression targets and their inverse, exactly as torchvision's
-//! `BoxCoder` (torchvision/models/detection/_utils.py), plus
+//! `BoxCoder` (torchvision/models/detection/_utils.py): the host slice
+//! versions share their math with the engine ops `box_encode` /
+//! `box_decode` (engine/src/ops/detection), which the tensor versions call;
+//! plus
 //! `clip_boxes_to_image` and `remove_small_boxes` (torchvision/ops/boxes.py).
 //!
 //! Boxes are (x1, y1, x2, y2), stored flat row-major ([N, 4] = `4 N` values),
@@ -15,7 +18,8 @@
 //! (`encode` of the matched gt boxes against anchors / proposals), so no
 //! gradient ever flows through a decode.
 
-use engine::{DType, Element, Error, Float, Result, Tensor};
+use engine::ops::detection::{box_decode, box_encode, decode_boxes, encode_boxes};
+use engine::{Element, Error, Float, Result, Tensor};
 
 /// `ln(1000 / 16)`: torchvision's default `bbox_xform_clip`, the largest
 /// dw / dh (after dividing by the weight) passed to `exp` when decoding.
@@ -87,27 +91,7 @@ impl BoxCoder {
                 format!("reference_boxes has {n} rows but proposals has {m}; they pair row by row"),
             ));
         }
-        let w = self.weights.map(<T as Element>::from_f64);
-        let half = <T as Element>::from_f64(0.5);
-        let mut out = Vec::with_capacity(4 * n);
-        for (g, p) in reference_boxes
-            .chunks_exact(4)
-            .zip(proposals.chunks_exact(4))
-        {
-            let ex_w = p[2] - p[0];
-            let ex_h = p[3] - p[1];
-            let ex_cx = p[0] + half * ex_w;
-            let ex_cy = p[1] + half * ex_h;
-            let gt_w = g[2] - g[0];
-            let gt_h = g[3] - g[1];
-            let gt_cx = g[0] + half * gt_w;
-            let gt_cy = g[1] + half * gt_h;
-            out.push(w[0] * (gt_cx - ex_cx) / ex_w);
-            out.push(w[1] * (gt_cy - ex_cy) / ex_h);
-            out.push(w[2] * (gt_w / ex_w).ln());
-            out.push(w[3] * (gt_h / ex_h).ln());
-        }
-        Ok(out)
+        Ok(encode_boxes(reference_boxes, proposals, self.weights))
     }
 
     /// torchvision's `decode_single`: `rel_codes` [N, 4 K] (K boxes per
@@ -136,124 +120,28 @@ impl BoxCoder {
                 ),
             ));
         }
-        let w = self.weights.map(<T as Element>::from_f64);
-        let clip = <T as Element>::from_f64(self.bbox_xform_clip);
-        let half = <T as Element>::from_f64(0.5);
-        let mut out = Vec::with_capacity(rel_codes.len());
-        for (b, codes) in boxes.chunks_exact(4).zip(rel_codes.chunks(per_box.max(1))) {
-            let widths = b[2] - b[0];
-            let heights = b[3] - b[1];
-            let ctr_x = b[0] + half * widths;
-            let ctr_y = b[1] + half * heights;
-            for c in codes.chunks_exact(4) {
-                let dx = c[0] / w[0];
-                let dy = c[1] / w[1];
-                let dw = c[2] / w[2];
-                let dh = c[3] / w[3];
-                // `if d > clip` keeps NaN, like torch.clamp(max=)
-                let dw = if dw > clip { clip } else { dw };
-                let dh = if dh > clip { clip } else { dh };
-                let pred_ctr_x = dx * widths + ctr_x;
-                let pred_ctr_y = dy * heights + ctr_y;
-                let pred_w = dw.exp() * widths;
-                let pred_h = dh.exp() * heights;
-                let c_to_c_h = half * pred_h;
-                let c_to_c_w = half * pred_w;
-                out.push(pred_ctr_x - c_to_c_w);
-                out.push(pred_ctr_y - c_to_c_h);
-                out.push(pred_ctr_x + c_to_c_w);
-                out.push(pred_ctr_y + c_to_c_h);
-            }
-        }
-        Ok(out)
+        Ok(decode_boxes(
+            rel_codes,
+            boxes,
+            self.weights,
+            self.bbox_xform_clip,
+        ))
     }
 
-    /// [`BoxCoder::encode`] on [N, 4] tensors of one dtype (f32 or f64);
+    /// [`BoxCoder::encode`] on [N, 4] tensors of one dtype (f32 or f64) and
+    /// device: the engine op `box_encode` (CPU or GPU, f32 only on the GPU);
     /// returns a [N, 4] tensor of that dtype without gradient history.
     pub fn encode_tensor(&self, reference_boxes: &Tensor, proposals: &Tensor) -> Result<Tensor> {
-        const OP: &str = "BoxCoder::encode_tensor";
-        let n = tensor_rows4(OP, "reference_boxes", reference_boxes)?;
-        tensor_rows4(OP, "proposals", proposals)?;
-        match same_float_dtype(OP, reference_boxes, proposals)? {
-            DType::F64 => Tensor::from_vec(
-                self.encode::<f64>(
-                    &reference_boxes.float_data::<f64>()?,
-                    &proposals.float_data::<f64>()?,
-                )?,
-                &[n, 4],
-            ),
-            _ => Tensor::from_vec(
-                self.encode::<f32>(
-                    &reference_boxes.float_data::<f32>()?,
-                    &proposals.float_data::<f32>()?,
-                )?,
-                &[n, 4],
-            ),
-        }
+        box_encode(reference_boxes, proposals, self.weights)
     }
 
     /// [`BoxCoder::decode`] on tensors: `rel_codes` [N, 4 K] and `boxes`
-    /// [N, 4] of one dtype (f32 or f64); returns [N, 4 K] of that dtype,
-    /// without gradient history (see the module docs).
+    /// [N, 4] of one dtype (f32 or f64) and device: the engine op
+    /// `box_decode`; returns [N, 4 K] of that dtype, without gradient
+    /// history (see the module docs).
     pub fn decode_tensor(&self, rel_codes: &Tensor, boxes: &Tensor) -> Result<Tensor> {
-        const OP: &str = "BoxCoder::decode_tensor";
-        let n = tensor_rows4(OP, "boxes", boxes)?;
-        if rel_codes.rank() != 2
-            || rel_codes.dims()[0] != n
-            || !rel_codes.dims()[1].is_multiple_of(4)
-        {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "rel_codes must be [N, 4 K] with N = {n} (the boxes), got shape {:?}",
-                    rel_codes.dims()
-                ),
-            ));
-        }
-        let shape = [n, rel_codes.dims()[1]];
-        match same_float_dtype(OP, rel_codes, boxes)? {
-            DType::F64 => Tensor::from_vec(
-                self.decode::<f64>(&rel_codes.float_data::<f64>()?, &boxes.float_data::<f64>()?)?,
-                &shape,
-            ),
-            _ => Tensor::from_vec(
-                self.decode::<f32>(&rel_codes.float_data::<f32>()?, &boxes.float_data::<f32>()?)?,
-                &shape,
-            ),
-        }
+        box_decode(rel_codes, boxes, self.weights, self.bbox_xform_clip)
     }
-}
-
-fn tensor_rows4(op: &'static str, what: &str, t: &Tensor) -> Result<usize> {
-    if t.rank() != 2 || t.dims()[1] != 4 {
-        return Err(Error::shape(
-            op,
-            format!(
-                "{what} must be [N, 4] rows of (x1, y1, x2, y2), got shape {:?}",
-                t.dims()
-            ),
-        ));
-    }
-    Ok(t.dims()[0])
-}
-
-/// The shared dtype of `a` and `b`, which must be f32 or f64.
-fn same_float_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<DType> {
-    let d = a.dtype();
-    if d != b.dtype() {
-        return Err(Error::arg(
-            op,
-            format!(
-                "both inputs must have one dtype, got {} and {}",
-                d.name(),
-                b.dtype().name()
-            ),
-        ));
-    }
-    if d != DType::F32 && d != DType::F64 {
-        return Err(Error::dtype(op, "f32 or f64", d));
-    }
-    Ok(d)
 }
 
 /// `torchvision.ops.clip_boxes_to_image`: every x clamped to [0, width] and

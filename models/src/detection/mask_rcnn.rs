@@ -335,7 +335,7 @@ impl MaskRcnn {
             let pooled = self
                 .mask_roi_pool
                 .forward(pooled_feats, &boxes, image_sizes)?;
-            let logits = unpermute_rows(&self.mask_head.forward(&pooled.features)?, &pooled.order)?;
+            let logits = self.mask_head.forward(&pooled.features)?;
             let labels: Vec<Vec<usize>> = dets
                 .iter()
                 .map(|d| d.labels.iter().map(|&l| l as usize).collect())
@@ -432,10 +432,8 @@ impl MaskRcnn {
         let (logits, deltas) = heads
             .box_predictor
             .forward(&heads.box_head.forward(&pooled.features)?)?;
-        let all_labels = samples.labels.concat();
-        let all_regs = samples.regression_targets.concat();
-        let labels: Vec<i64> = pooled.order.iter().map(|&i| all_labels[i]).collect();
-        let regs: Vec<[f64; 4]> = pooled.order.iter().map(|&i| all_regs[i]).collect();
+        let labels = samples.labels.concat();
+        let regs = samples.regression_targets.concat();
         let box_losses = fastrcnn_loss(&logits, &deltas, &labels, &regs)?;
 
         // mask branch on the positives, re-matched to their gt
@@ -465,36 +463,17 @@ impl MaskRcnn {
                 .mask_roi_pool
                 .forward(pooled_feats, &positives, image_sizes)?;
             let mask_logits = self.mask_head.forward(&pooled.features)?;
-            // the rows come grouped by level; split them into runs of one
-            // image each so maskrcnn_loss sees every row with its own target
-            // (the loss is a mean over rows, so the grouping does not matter)
-            let offsets: Vec<usize> = positives
-                .iter()
-                .scan(0, |s, p| {
-                    let o = *s;
-                    *s += p.len();
-                    Some(o)
-                })
-                .collect();
-            let image_of = |i: usize| offsets.iter().rposition(|&o| o <= i).unwrap_or(0);
+            // the rows are the images' positives in order: one run per image
+            // that has any, so maskrcnn_loss sees every row with its target
             let (mut props, mut masks, mut labs, mut idxs) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut r = 0;
-            while r < pooled.order.len() {
-                let b = image_of(pooled.order[r]);
-                let mut run_boxes = Vec::new();
-                let mut run_idx = Vec::new();
-                while r < pooled.order.len() && image_of(pooled.order[r]) == b {
-                    let i = pooled.order[r] - offsets[b];
-                    run_boxes.extend_from_slice(&positives[b][i]);
-                    run_idx.push(matched[b][i]);
-                    r += 1;
-                }
-                let n = run_idx.len();
-                props.push(Tensor::from_vec(run_boxes, &[n, 4])?.to_dtype(dtype)?);
+            for (b, pos) in positives.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                let n = pos.len();
+                let flat: Vec<f64> = pos.iter().flatten().copied().collect();
+                props.push(Tensor::from_vec(flat, &[n, 4])?.to_dtype(dtype)?);
                 masks.push(gt_masks[b].clone());
                 labs.push(gt_labels[b].clone());
-                idxs.push(run_idx);
+                idxs.push(matched[b].clone());
             }
             maskrcnn_loss(&mask_logits, &props, &masks, &labs, &idxs)?
         };
@@ -624,21 +603,3 @@ fn mask_tensor(t: &DetTarget) -> Result<Tensor> {
     Tensor::from_vec(v, &[t.masks.len(), h, w])
 }
 
-/// Rows of `x` [K, ...] (detached) put back in input order: row r becomes
-/// row `order[r]`.
-fn unpermute_rows(x: &Tensor, order: &[usize]) -> Result<Tensor> {
-    let d = x.dims().to_vec();
-    if d.is_empty() || d[0] != order.len() {
-        return Err(Error::shape(
-            "MaskRcnn::forward_eval",
-            format!("expected {} rows, got {d:?}", order.len()),
-        ));
-    }
-    let row: usize = d[1..].iter().product();
-    let v = x.detach().to_dtype(DType::F64)?.to_vec::<f64>()?;
-    let mut out = vec![0.0f64; v.len()];
-    for (r, &i) in order.iter().enumerate() {
-        out[i * row..(i + 1) * row].copy_from_slice(&v[r * row..(r + 1) * row]);
-    }
-    Tensor::from_vec(out, &d)?.to_dtype(x.dtype())
-}

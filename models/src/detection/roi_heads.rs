@@ -5,15 +5,11 @@
 //! training-time proposal selection, `fastrcnn_loss` and
 //! `postprocess_detections` (torchvision/models/detection/roi_heads.py).
 //!
+//! [`MultiScaleRoIAlign::forward`] is the engine op
+//! `engine::ops::detection::multiscale_roi_align` (one op over all levels,
+//! on the features' device, rows in input order as torchvision's).
+//!
 //! What differs from torchvision, and why:
-//! - [`MultiScaleRoIAlign::forward`] returns the pooled RoIs grouped by FPN
-//!   level (level by level, each level's RoIs in input order) together with
-//!   the permutation, instead of scattering them back into input order: the
-//!   engine has no row gather / scatter with a backward, and every consumer
-//!   here (the loss, a sum over RoIs; the post-processing, on detached host
-//!   values) only needs to know which RoI each row is. Values and gradients
-//!   are torchvision's; only the row order (and so the summation order of
-//!   the classification loss) differs.
 //! - The sampler draws with `engine::Rng` (see [`super::sampler`]); whenever
 //!   every eligible proposal is sampled the losses equal torchvision's.
 //! - The box-regression loss uses 0/1 masks over all (RoI, class) deltas
@@ -26,6 +22,7 @@ use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
 use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Linear, Module, Param};
+use engine::ops::detection::{multiscale_roi_align, LevelMapper};
 use engine::ops::{batched_nms, box_iou};
 use engine::{DType, Element, Error, Float, Result, Rng, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,15 +46,9 @@ pub struct MultiScaleRoIAlign {
 
 /// RoIs pooled by [`MultiScaleRoIAlign::forward`].
 pub struct PooledRois {
-    /// [K, C, ph, pw]; row r is the RoI `order[r]` of the images' boxes
-    /// concatenated (image 0's first); gradient flows to the features.
+    /// [K, C, ph, pw]; row r is RoI r of the images' boxes concatenated
+    /// (image 0's first), as torchvision; gradient flows to the features.
     pub features: Tensor,
-    /// Row -> index into the concatenated boxes; grouped by level, each
-    /// level's RoIs in increasing index.
-    pub order: Vec<usize>,
-    /// Per concatenated RoI, its level as an index into `features` (the
-    /// LevelMapper's level minus k_min).
-    pub levels: Vec<usize>,
     /// Each level's spatial scale.
     pub scales: Vec<f64>,
 }
@@ -118,53 +109,35 @@ impl MultiScaleRoIAlign {
         Ok((scales, k_min, k_max))
     }
 
-    /// torchvision's `LevelMapper` on [N, 4] flat `boxes`, computed in `T`:
+    /// The `LevelMapper` of levels `k_min..=k_max` with this pooler's
+    /// canonical scale, level and eps.
+    pub fn mapper(&self, k_min: i64, k_max: i64) -> LevelMapper {
+        LevelMapper {
+            k_min,
+            k_max,
+            canonical_scale: self.canonical_scale,
+            canonical_level: self.canonical_level,
+            eps: self.eps,
+        }
+    }
+
+    /// torchvision's `LevelMapper` on [N, 4] flat `boxes`, computed in `T`
+    /// ([`LevelMapper::levels`], what [`Self::forward`] maps each RoI with):
     /// level = clamp(floor(canonical_level + log2(sqrt(area) /
-    /// canonical_scale) + eps), k_min, k_max) - k_min, area = (x2 - x1)
-    /// (y2 - y1). Errors on a box whose level is NaN (negative area or
-    /// non-finite coordinates).
+    /// canonical_scale) + eps), k_min, k_max) - k_min. Errors on a box whose
+    /// level is NaN (negative area or non-finite coordinates).
     pub fn map_levels<T: Float>(&self, boxes: &[T], k_min: i64, k_max: i64) -> Result<Vec<usize>> {
-        let lvl0 = <T as Element>::from_f64(self.canonical_level);
-        let s0 = <T as Element>::from_f64(self.canonical_scale);
-        let eps = <T as Element>::from_f64(self.eps);
-        let (lo, hi) = (
-            <T as Element>::from_f64(k_min as f64),
-            <T as Element>::from_f64(k_max as f64),
-        );
-        boxes
-            .chunks_exact(4)
-            .enumerate()
-            .map(|(i, b)| {
-                let s = ((b[2] - b[0]) * (b[3] - b[1])).sqrt();
-                let l = (lvl0 + (s / s0).log2() + eps).floor();
-                if l.is_nan() {
-                    return Err(Error::arg(
-                        "MultiScaleRoIAlign::map_levels",
-                        format!(
-                            "box {i} ({:?}) has no level: its area is negative or not finite",
-                            b.iter().map(|v| Element::to_f64(*v)).collect::<Vec<_>>()
-                        ),
-                    ));
-                }
-                let l = if l < lo {
-                    lo
-                } else if l > hi {
-                    hi
-                } else {
-                    l
-                };
-                Ok((Element::to_f64(l) as i64 - k_min) as usize)
-            })
-            .collect()
+        self.mapper(k_min, k_max).levels(boxes)
     }
 
     /// torchvision's `MultiScaleRoIAlign.forward`: `features` are the
-    /// levels [B, C, H_l, W_l] (same B, C and float dtype f32 / f64),
-    /// `boxes` per image its RoIs (x1, y1, x2, y2) in image coordinates
-    /// (converted to the features' dtype), `image_sizes` the B images'
-    /// (height, width) before padding. Each RoI goes to the level of
-    /// [`Self::map_levels`] (all to level 0 when there is one level) and is
-    /// pooled there with `Tensor::roi_align(.., output_size, scale_l,
+    /// levels [B, C, H_l, W_l] (same B, C, float dtype f32 / f64 and
+    /// device), `boxes` per image its RoIs (x1, y1, x2, y2) in image
+    /// coordinates (converted to the features' dtype), `image_sizes` the B
+    /// images' (height, width) before padding. One engine op
+    /// (`multiscale_roi_align`) maps each RoI to its level with
+    /// [`Self::mapper`] (all to level 0 when there is one level) and pools
+    /// it there as `Tensor::roi_align(.., output_size, scale_l,
     /// sampling_ratio, aligned)`; see [`PooledRois`] for the row order.
     pub fn forward(
         &self,
@@ -172,76 +145,33 @@ impl MultiScaleRoIAlign {
         boxes: &[Vec<[f64; 4]>],
         image_sizes: &[(usize, usize)],
     ) -> Result<PooledRois> {
-        let dtype = check_features("MultiScaleRoIAlign::forward", features, None)?;
-        match dtype {
-            DType::F64 => self.run::<f64>(features, boxes, image_sizes),
-            _ => self.run::<f32>(features, boxes, image_sizes),
-        }
-    }
-
-    fn run<T: Float>(
-        &self,
-        features: &[Tensor],
-        boxes: &[Vec<[f64; 4]>],
-        image_sizes: &[(usize, usize)],
-    ) -> Result<PooledRois> {
         const OP: &str = "MultiScaleRoIAlign::forward";
-        let d = features[0].dims();
-        let (batch, c) = (d[0], d[1]);
-        check_batch(OP, "boxes", boxes.len(), image_sizes.len(), batch)?;
+        let dtype = check_features(OP, features, None)?;
+        check_batch(OP, "boxes", boxes.len(), image_sizes.len(), features[0].dims()[0])?;
         let level_hw: Vec<(usize, usize)> = features
             .iter()
             .map(|f| (f.dims()[2], f.dims()[3]))
             .collect();
         let (scales, k_min, k_max) = self.scales(&level_hw, image_sizes)?;
-        let flat: Vec<T> = boxes
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|&v| <T as Element>::from_f64(v))
-            .collect();
-        let image_of: Vec<usize> = boxes
+        // torchvision's _convert_to_roi_format: (image index, box) rows
+        let rois: Vec<f64> = boxes
             .iter()
             .enumerate()
-            .flat_map(|(b, bx)| std::iter::repeat_n(b, bx.len()))
+            .flat_map(|(b, bx)| bx.iter().flat_map(move |r| [b as f64, r[0], r[1], r[2], r[3]]))
             .collect();
-        let levels = if features.len() == 1 {
-            vec![0; image_of.len()]
-        } else {
-            self.map_levels(&flat, k_min, k_max)?
-        };
-        let mut order = Vec::with_capacity(levels.len());
-        let mut outs = Vec::with_capacity(features.len());
-        for (l, feat) in features.iter().enumerate() {
-            let rows: Vec<usize> = (0..levels.len()).filter(|&i| levels[i] == l).collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let mut rois: Vec<T> = Vec::with_capacity(5 * rows.len());
-            for &i in &rows {
-                rois.push(<T as Element>::from_f64(image_of[i] as f64));
-                rois.extend_from_slice(&flat[4 * i..4 * i + 4]);
-            }
-            let rois = Tensor::from_vec(rois, &[rows.len(), 5])?;
-            outs.push(feat.roi_align(
-                &rois,
-                self.output_size,
-                scales[l],
-                self.sampling_ratio,
-                self.aligned,
-            )?);
-            order.extend(rows);
-        }
-        let [ph, pw] = self.output_size;
-        let pooled = match outs.len() {
-            0 => Tensor::zeros(&[0, c, ph, pw], features[0].dtype()),
-            1 => outs.pop().expect("one level output"),
-            _ => Tensor::cat(&outs, 0)?,
-        };
+        let k = rois.len() / 5;
+        let rois = Tensor::from_vec(rois, &[k, 5])?.to_dtype(dtype)?;
+        let pooled = multiscale_roi_align(
+            features,
+            &rois,
+            &scales,
+            self.output_size,
+            self.sampling_ratio,
+            self.aligned,
+            &self.mapper(k_min, k_max),
+        )?;
         Ok(PooledRois {
             features: pooled,
-            order,
-            levels,
             scales,
         })
     }
@@ -736,11 +666,6 @@ impl RoiHeads {
             let (logits, deltas) = self
                 .box_predictor
                 .forward(&self.box_head.forward(&pooled.features)?)?;
-            // back to proposal order on the host: nothing here needs a gradient
-            let (logits, deltas) = (
-                unpermute(&logits, &pooled.order)?,
-                unpermute(&deltas, &pooled.order)?,
-            );
             let detections =
                 self.postprocess_detections(&logits, &deltas, proposals, image_sizes)?;
             return Ok(RoiHeadsOutput {
@@ -762,10 +687,8 @@ impl RoiHeads {
         let (logits, deltas) = self
             .box_predictor
             .forward(&self.box_head.forward(&pooled.features)?)?;
-        let all_labels: Vec<i64> = samples.labels.concat();
-        let all_targets: Vec<[f64; 4]> = samples.regression_targets.concat();
-        let labels: Vec<i64> = pooled.order.iter().map(|&i| all_labels[i]).collect();
-        let regs: Vec<[f64; 4]> = pooled.order.iter().map(|&i| all_targets[i]).collect();
+        let labels: Vec<i64> = samples.labels.concat();
+        let regs: Vec<[f64; 4]> = samples.regression_targets.concat();
         let losses = fastrcnn_loss(&logits, &deltas, &labels, &regs)?;
         Ok(RoiHeadsOutput {
             detections: Vec::new(),
@@ -936,23 +859,4 @@ impl RoiHeads {
         }
         Ok(out)
     }
-}
-
-/// Rows of `x` [K, D] (detached) put back in input order: row r of `x`
-/// becomes row `order[r]`.
-fn unpermute(x: &Tensor, order: &[usize]) -> Result<Tensor> {
-    let d = x.dims().to_vec();
-    if d.len() != 2 || d[0] != order.len() {
-        return Err(Error::shape(
-            "RoiHeads::forward",
-            format!("expected [{}, D] rows, got {d:?}", order.len()),
-        ));
-    }
-    let w = d[1];
-    let v = x.detach().to_dtype(DType::F64)?.to_vec::<f64>()?;
-    let mut out = vec![0.0f64; v.len()];
-    for (r, &i) in order.iter().enumerate() {
-        out[i * w..(i + 1) * w].copy_from_slice(&v[r * w..(r + 1) * w]);
-    }
-    Tensor::from_vec(out, &d)?.to_dtype(x.dtype())
 }

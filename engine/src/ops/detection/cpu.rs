@@ -150,24 +150,28 @@ fn neighbours<T: Float>(v: &mut T, size: usize) -> (usize, usize) {
     }
 }
 
-/// Output [K, C, ph, pw]; parallel over boxes, each writing its own block.
-fn forward<T: Float>(x: &[T], boxes: &[T], g: &RoiGeom) -> Vec<T> {
-    let [_, c, h, w] = g.nchw;
-    let (plane, oplane) = (h * w, g.out[0] * g.out[1]);
-    let k = boxes.len() / 5;
-    let mut out = vec![T::zero(); k * c * oplane];
+/// Output [K, C, ph, pw]: box k pooled from `xs[levels[k]]` (the whole
+/// [N, C, H, W] map of that level) with `geoms[levels[k]]`; parallel over
+/// boxes, each writing its own block.
+fn forward<T: Float>(xs: &[&[T]], boxes: &[T], levels: &[usize], geoms: &[RoiGeom]) -> Vec<T> {
+    let c = geoms[0].nchw[1];
+    let oplane = geoms[0].out[0] * geoms[0].out[1];
+    let mut out = vec![T::zero(); levels.len() * c * oplane];
     if out.is_empty() {
         return out;
     }
     out.par_chunks_mut(c * oplane)
         .zip(boxes.par_chunks(5))
-        .for_each(|(o, b)| {
+        .zip(levels.par_iter())
+        .for_each(|((o, b), &l)| {
+            let g = &geoms[l];
+            let plane = g.nchw[2] * g.nchw[3];
             let roi = Roi::new(b, g);
             let samples = roi.samples(g);
             let per_bin = samples.len() / oplane;
             let count = roi.count();
             for (ch, oc) in o.chunks_mut(oplane).enumerate() {
-                let xp = &x[(roi.batch * c + ch) * plane..][..plane];
+                let xp = &xs[l][(roi.batch * c + ch) * plane..][..plane];
                 for (ov, bin) in oc.iter_mut().zip(samples.chunks(per_bin.max(1))) {
                     let mut v = T::zero();
                     for s in bin {
@@ -183,18 +187,19 @@ fn forward<T: Float>(x: &[T], boxes: &[T], g: &RoiGeom) -> Vec<T> {
     out
 }
 
-/// Gradient w.r.t. the input [N, C, H, W]. Parallel over contiguous runs
-/// of channels of one image, never over boxes: every input element receives
-/// its contributions in torchvision's order (box, bin, sample, corner), so
-/// the result is deterministic and independent of the thread count.
-fn backward<T: Float>(dy: &[T], boxes: &[T], g: &RoiGeom) -> Vec<T> {
+/// Gradient w.r.t. the input [N, C, H, W] of geometry `g` from the boxes
+/// `rois` = (row of dy, box) pooled from it. Parallel over contiguous runs
+/// of channels of one image, never over boxes: every input element
+/// receives its contributions in torchvision's order (box, bin, sample,
+/// corner), so the result is deterministic and independent of the thread
+/// count.
+fn backward<T: Float>(dy: &[T], rois: &[(usize, Roi<T>)], g: &RoiGeom) -> Vec<T> {
     let [n, c, h, w] = g.nchw;
     let (plane, oplane) = (h * w, g.out[0] * g.out[1]);
     let mut dx = vec![T::zero(); n * c * plane];
-    if dx.is_empty() || boxes.is_empty() {
+    if dx.is_empty() || rois.is_empty() {
         return dx;
     }
-    let rois: Vec<Roi<T>> = boxes.chunks_exact(5).map(|b| Roi::new(b, g)).collect();
     // a few channel runs per thread: each run rebuilds the sample tables of
     // its image's boxes once
     let run = c.div_ceil(4 * rayon::current_num_threads()).max(1);
@@ -205,7 +210,7 @@ fn backward<T: Float>(dy: &[T], boxes: &[T], g: &RoiGeom) -> Vec<T> {
                 .enumerate()
                 .for_each(|(r, d)| {
                     let c0 = r * run;
-                    for (k, roi) in rois.iter().enumerate().filter(|(_, roi)| roi.batch == img) {
+                    for (k, roi) in rois.iter().filter(|(_, roi)| roi.batch == img) {
                         let samples = roi.samples(g);
                         let per_bin = samples.len() / oplane;
                         // torchvision divides by the raw product here (no
@@ -225,6 +230,87 @@ fn backward<T: Float>(dy: &[T], boxes: &[T], g: &RoiGeom) -> Vec<T> {
                 });
         });
     dx
+}
+
+/// The boxes of level `l`: (row, box on that level's map).
+fn level_rois<T: Float>(boxes: &[T], levels: &[usize], l: usize, g: &RoiGeom) -> Vec<(usize, Roi<T>)> {
+    boxes
+        .chunks_exact(5)
+        .zip(levels)
+        .enumerate()
+        .filter(|(_, (_, &bl))| bl == l)
+        .map(|(k, (b, _))| (k, Roi::new(b, g)))
+        .collect()
+}
+
+/// torchvision's `encode_boxes` on flat [N, 4] row pairs (see
+/// [`super::box_encode`]), computed in `T` in torchvision's operation
+/// order: the CPU op and the models' host `BoxCoder::encode`.
+pub fn encode_boxes<T: Float>(reference: &[T], proposals: &[T], weights: [f64; 4]) -> Vec<T> {
+    let w = weights.map(<T as Element>::from_f64);
+    let half = <T as Element>::from_f64(0.5);
+    let mut out = Vec::with_capacity(reference.len());
+    for (g, p) in reference.chunks_exact(4).zip(proposals.chunks_exact(4)) {
+        let ex_w = p[2] - p[0];
+        let ex_h = p[3] - p[1];
+        let ex_cx = p[0] + half * ex_w;
+        let ex_cy = p[1] + half * ex_h;
+        let gt_w = g[2] - g[0];
+        let gt_h = g[3] - g[1];
+        let gt_cx = g[0] + half * gt_w;
+        let gt_cy = g[1] + half * gt_h;
+        out.push(w[0] * (gt_cx - ex_cx) / ex_w);
+        out.push(w[1] * (gt_cy - ex_cy) / ex_h);
+        out.push(w[2] * (gt_w / ex_w).ln());
+        out.push(w[3] * (gt_h / ex_h).ln());
+    }
+    out
+}
+
+/// torchvision's `decode_single` of flat `rel_codes` [N, 4 K] against flat
+/// `boxes` [N, 4] (see [`super::box_decode`]), computed in `T` in
+/// torchvision's operation order: the CPU op and the models' host
+/// `BoxCoder::decode`. `rel_codes.len()` must be a multiple of 4 N.
+pub fn decode_boxes<T: Float>(
+    rel_codes: &[T],
+    boxes: &[T],
+    weights: [f64; 4],
+    bbox_xform_clip: f64,
+) -> Vec<T> {
+    let w = weights.map(<T as Element>::from_f64);
+    let clip = <T as Element>::from_f64(bbox_xform_clip);
+    let half = <T as Element>::from_f64(0.5);
+    let per_box = rel_codes.len().checked_div(boxes.len() / 4).unwrap_or(0);
+    let mut out = Vec::with_capacity(rel_codes.len());
+    if per_box == 0 {
+        return out;
+    }
+    for (b, codes) in boxes.chunks_exact(4).zip(rel_codes.chunks(per_box)) {
+        let widths = b[2] - b[0];
+        let heights = b[3] - b[1];
+        let ctr_x = b[0] + half * widths;
+        let ctr_y = b[1] + half * heights;
+        for c in codes.chunks_exact(4) {
+            let dx = c[0] / w[0];
+            let dy = c[1] / w[1];
+            let dw = c[2] / w[2];
+            let dh = c[3] / w[3];
+            // `if d > clip` keeps NaN, like torch.clamp(max=)
+            let dw = if dw > clip { clip } else { dw };
+            let dh = if dh > clip { clip } else { dh };
+            let pred_ctr_x = dx * widths + ctr_x;
+            let pred_ctr_y = dy * heights + ctr_y;
+            let pred_w = dw.exp() * widths;
+            let pred_h = dh.exp() * heights;
+            let c_to_c_h = half * pred_h;
+            let c_to_c_w = half * pred_w;
+            out.push(pred_ctr_x - c_to_c_w);
+            out.push(pred_ctr_y - c_to_c_h);
+            out.push(pred_ctr_x + c_to_c_w);
+            out.push(pred_ctr_y + c_to_c_h);
+        }
+    }
+    out
 }
 
 /// IoU of two (x1, y1, x2, y2) boxes given their areas, in torchvision's
@@ -358,21 +444,82 @@ fn per_category<T: Float>(b: &[[T; 4]], s: &[T], idxs: &[i64], thr: f64) -> Vec<
 
 impl DetectionOps for Cpu {
     fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
+        self.multiscale_roi_align(std::slice::from_ref(x), boxes, &vec![0; g.k], std::slice::from_ref(g))
+    }
+
+    fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
+        let levels = vec![0; g.k];
+        let mut dx = self.multiscale_roi_align_backward(dy, boxes, &levels, std::slice::from_ref(g))?;
+        Ok(dx.remove(0))
+    }
+
+    fn multiscale_roi_align(
+        &self,
+        xs: &[Tensor],
+        boxes: &Tensor,
+        levels: &[usize],
+        geoms: &[RoiGeom],
+    ) -> Result<Tensor> {
         crate::trace::kernel("roi_align");
-        let dtype = x.dtype();
+        let dtype = xs[0].dtype();
+        let g = &geoms[0];
         let shape = [g.k, g.nchw[1], g.out[0], g.out[1]];
         Ok(dispatch_float!("roi_align", dtype, T => {
-            let y = forward::<T>(&x.float_data::<T>()?, &boxes.float_data::<T>()?, g);
+            let data = xs.iter().map(|x| x.float_data::<T>()).collect::<Result<Vec<_>>>()?;
+            let maps: Vec<&[T]> = data.iter().map(|d| &**d).collect();
+            let y = forward::<T>(&maps, &boxes.float_data::<T>()?, levels, geoms);
             Tensor::from_compute(y, &shape, dtype)
         }))
     }
 
-    fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
+    fn multiscale_roi_align_backward(
+        &self,
+        dy: &Tensor,
+        boxes: &Tensor,
+        levels: &[usize],
+        geoms: &[RoiGeom],
+    ) -> Result<Vec<Tensor>> {
         crate::trace::kernel("roi_align");
         let dtype = dy.dtype();
         Ok(dispatch_float!("roi_align", dtype, T => {
-            let dx = backward::<T>(&dy.float_data::<T>()?, &boxes.float_data::<T>()?, g);
-            Tensor::from_compute(dx, &g.nchw, dtype)
+            let (dy, boxes) = (dy.float_data::<T>()?, boxes.float_data::<T>()?);
+            geoms
+                .iter()
+                .enumerate()
+                .map(|(l, g)| {
+                    let dx = backward::<T>(&dy, &level_rois(&boxes, levels, l, g), g);
+                    Tensor::from_compute(dx, &g.nchw, dtype)
+                })
+                .collect()
+        }))
+    }
+
+    fn box_encode(&self, reference: &Tensor, proposals: &Tensor, weights: [f64; 4]) -> Result<Tensor> {
+        crate::trace::kernel("box_encode");
+        let dtype = reference.dtype();
+        Ok(dispatch_float!("box_encode", dtype, T => {
+            let out = encode_boxes::<T>(&reference.float_data::<T>()?, &proposals.float_data::<T>()?, weights);
+            Tensor::from_compute(out, reference.dims(), dtype)
+        }))
+    }
+
+    fn box_decode(
+        &self,
+        rel_codes: &Tensor,
+        boxes: &Tensor,
+        weights: [f64; 4],
+        bbox_xform_clip: f64,
+    ) -> Result<Tensor> {
+        crate::trace::kernel("box_decode");
+        let dtype = rel_codes.dtype();
+        Ok(dispatch_float!("box_decode", dtype, T => {
+            let out = decode_boxes::<T>(
+                &rel_codes.float_data::<T>()?,
+                &boxes.float_data::<T>()?,
+                weights,
+                bbox_xform_clip,
+            );
+            Tensor::from_compute(out, rel_codes.dims(), dtype)
         }))
     }
 

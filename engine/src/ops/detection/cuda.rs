@@ -1,5 +1,6 @@
-//! Detection ops on the GPU: RoIAlign forward/backward (roi_align.cu) over
-//! channels-last feature maps, box IoU (nms.cu), and NMS and batched NMS
+//! Detection ops on the GPU: RoIAlign forward/backward over one map or FPN
+//! levels (roi_align.cu) over channels-last feature maps, box coding
+//! (box_coder.cu), box IoU (nms.cu), and NMS and batched NMS
 //! with torchvision's CUDA design (IoU bit mask on the GPU, nms.cu; score
 //! sort and greedy pass on the host, where K is at most a few thousand).
 
@@ -7,24 +8,21 @@ use super::{DetectionOps, RoiGeom};
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{kdtype, kerr, traced_sync};
+use crate::cuda::runtime::{DeviceBlock, Gpu};
 use crate::cuda::tensor::{download, empty, gpu_of, ptr, to_default_layout, zeros};
 use crate::ops::index::sort_order;
 use crate::{DType, Error, Result, Tensor};
-use kernels::device::{nms_col_blocks, nms_greedy, RoiAlignDims};
+use kernels::device::{nms_col_blocks, nms_greedy, RoiAlignDims, RoiLevel, ROI_MAX_LEVELS};
 
-/// roi_align.cu's shape and settings.
+/// roi_align.cu's shape and settings (the same for every level).
 fn dims(g: &RoiGeom) -> Result<RoiAlignDims> {
-    let [n, c, h, w] = g.nchw;
+    let [n, c, _, _] = g.nchw;
     Ok(RoiAlignDims {
         n,
         c,
-        h,
-        w,
         k: g.k,
         ph: g.out[0],
         pw: g.out[1],
-        // the CPU op rounds it to T (f32 for every GPU dtype) too
-        spatial_scale: g.spatial_scale as f32,
         // the front-end bounds the samples per box by 2^28: a larger ratio
         // was rejected there
         sampling_ratio: i32::try_from(g.sampling_ratio.max(-1)).map_err(|_| {
@@ -40,58 +38,211 @@ fn dims(g: &RoiGeom) -> Result<RoiAlignDims> {
     })
 }
 
+/// The kernels' view of the maps `maps` (default layout) of geometries `geoms`.
+fn roi_levels(op: &'static str, maps: &[Tensor], geoms: &[RoiGeom]) -> Result<Vec<RoiLevel>> {
+    if maps.len() > ROI_MAX_LEVELS {
+        return Err(Error::arg(
+            op,
+            format!(
+                "the GPU kernel pools from at most {ROI_MAX_LEVELS} levels, got {}",
+                maps.len()
+            ),
+        ));
+    }
+    maps.iter()
+        .zip(geoms)
+        .map(|(m, g)| {
+            Ok(RoiLevel {
+                map: ptr(m)?,
+                h: g.nchw[2],
+                w: g.nchw[3],
+                // the CPU op rounds it to T (f32 for every GPU dtype) too
+                spatial_scale: g.spatial_scale as f32,
+            })
+        })
+        .collect()
+}
+
+/// The boxes' level indices as a device int32 block, or None when every
+/// box is on level 0 (one level: the kernels then read no levels).
+fn upload_levels(gpu: &'static Gpu, levels: &[usize], n_levels: usize) -> Result<Option<DeviceBlock>> {
+    if n_levels == 1 || levels.is_empty() {
+        return Ok(None);
+    }
+    // the front-end mapped every box into [0, n_levels) <= ROI_MAX_LEVELS
+    let v: Vec<i32> = levels.iter().map(|&l| l as i32).collect();
+    // int32 has no tensor dtype: a raw block
+    let d = gpu.alloc(v.len() * 4)?;
+    d.upload_at(0, bytemuck::cast_slice(&v))?;
+    Ok(Some(d))
+}
+
 impl DetectionOps for Cuda {
     /// Output in the default (channels-last) layout.
     fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
-        const OP: &str = "roi_align";
-        crate::trace::kernel("roi_align_fwd");
-        let d = dims(g)?;
-        let gpu = gpu_of(x)?;
-        let dt = kdtype(OP, x.dtype())?;
-        let xd = to_default_layout(x)?;
-        let boxes = to_default_layout(boxes)?;
-        let y = empty(gpu, &[d.k, d.c, d.ph, d.pw], x.dtype())?;
-        gpu.bind()?;
-        // SAFETY: xd is NHWC [N, H, W, C] (default layout), boxes a dense
-        // [K, 5] of x's dtype, y NHWC [K, PH, PW, C]; all on gpu.
-        unsafe {
-            gpu.kernels
-                .roi_align_fwd(&gpu.stream, dt, ptr(&xd)?, ptr(&boxes)?, ptr(&y)?, &d)
-        }
-        .map_err(kerr(OP))?;
-        traced_sync(gpu)?;
-        Ok(y)
+        let levels = vec![0; g.k];
+        self.multiscale_roi_align(std::slice::from_ref(x), boxes, &levels, std::slice::from_ref(g))
     }
 
     /// Scatters into dx with f32 atomics: dx is NOT bitwise deterministic
     /// (summation order varies between runs); it matches the CPU op to f32
     /// rounding.
     fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
+        let levels = vec![0; g.k];
+        let mut dx =
+            self.multiscale_roi_align_backward(dy, boxes, &levels, std::slice::from_ref(g))?;
+        Ok(dx.remove(0))
+    }
+
+    /// One launch over every level; output in the default (channels-last)
+    /// layout.
+    fn multiscale_roi_align(
+        &self,
+        xs: &[Tensor],
+        boxes: &Tensor,
+        levels: &[usize],
+        geoms: &[RoiGeom],
+    ) -> Result<Tensor> {
+        const OP: &str = "roi_align";
+        crate::trace::kernel("roi_align_fwd");
+        let d = dims(&geoms[0])?;
+        let gpu = gpu_of(&xs[0])?;
+        let dtype = xs[0].dtype();
+        let dt = kdtype(OP, dtype)?;
+        let xd = xs.iter().map(to_default_layout).collect::<Result<Vec<_>>>()?;
+        let maps = roi_levels(OP, &xd, geoms)?;
+        let boxes = to_default_layout(boxes)?;
+        let lv = upload_levels(gpu, levels, xs.len())?;
+        let y = empty(gpu, &[d.k, d.c, d.ph, d.pw], dtype)?;
+        gpu.bind()?;
+        // SAFETY: every map is NHWC [N, H_l, W_l, C] (default layout) of
+        // dt, boxes a dense [K, 5] of dt, lv null or K int32 levels in
+        // range, y NHWC [K, PH, PW, C]; all on gpu.
+        unsafe {
+            gpu.kernels.roi_align_fwd(
+                &gpu.stream,
+                dt,
+                &d,
+                &maps,
+                ptr(&boxes)?,
+                lv.as_ref().map_or(0, |b| b.ptr()),
+                ptr(&y)?,
+            )
+        }
+        .map_err(kerr(OP))?;
+        traced_sync(gpu)?;
+        Ok(y)
+    }
+
+    /// Scatters into f32 accumulators with atomics, as `roi_align_backward`.
+    fn multiscale_roi_align_backward(
+        &self,
+        dy: &Tensor,
+        boxes: &Tensor,
+        levels: &[usize],
+        geoms: &[RoiGeom],
+    ) -> Result<Vec<Tensor>> {
         const OP: &str = "roi_align";
         crate::trace::kernel("roi_align_bwd");
-        let d = dims(g)?;
+        let d = dims(&geoms[0])?;
         let gpu = gpu_of(dy)?;
         let dtype = dy.dtype();
         let dt = kdtype(OP, dtype)?;
         let dy = to_default_layout(dy)?;
         let boxes = to_default_layout(boxes)?;
-        // f32 accumulator (atomics), zeroed: the kernel only adds
-        let acc = zeros(gpu, &g.nchw, DType::F32)?;
+        // f32 accumulators (atomics), zeroed: the kernel only adds
+        let accs = geoms
+            .iter()
+            .map(|g| zeros(gpu, &g.nchw, DType::F32))
+            .collect::<Result<Vec<_>>>()?;
+        let maps = roi_levels(OP, &accs, geoms)?;
+        let lv = upload_levels(gpu, levels, geoms.len())?;
         gpu.bind()?;
         // SAFETY: dy NHWC [K, PH, PW, C] of x's dtype (the front-end checked
-        // it), boxes a dense [K, 5] of that dtype, acc f32 NHWC [N, H, W, C].
+        // it), boxes a dense [K, 5] of that dtype, lv null or K int32 levels
+        // in range, every acc f32 NHWC [N, H_l, W_l, C].
         unsafe {
-            gpu.kernels
-                .roi_align_bwd(&gpu.stream, dt, ptr(&dy)?, ptr(&boxes)?, ptr(&acc)?, &d)
+            gpu.kernels.roi_align_bwd(
+                &gpu.stream,
+                dt,
+                &d,
+                &maps,
+                ptr(&dy)?,
+                ptr(&boxes)?,
+                lv.as_ref().map_or(0, |b| b.ptr()),
+            )
         }
         .map_err(kerr(OP))?;
-        let dx = if dtype == DType::F32 {
-            acc
+        let dxs = if dtype == DType::F32 {
+            accs
         } else {
-            cast(&acc, dtype)?
+            accs.iter().map(|a| cast(a, dtype)).collect::<Result<_>>()?
         };
         traced_sync(gpu)?;
-        Ok(dx)
+        Ok(dxs)
+    }
+
+    /// f32 only (f64 has no GPU kernels); see box_coder.cu for how close it
+    /// is to the CPU op.
+    fn box_encode(&self, reference: &Tensor, proposals: &Tensor, weights: [f64; 4]) -> Result<Tensor> {
+        const OP: &str = "box_encode";
+        crate::trace::kernel("box_encode");
+        coder_f32(OP, reference)?;
+        let n = reference.dims()[0];
+        let gpu = gpu_of(reference)?;
+        let (r, p) = (to_default_layout(reference)?, to_default_layout(proposals)?);
+        let out = empty(gpu, &[n, 4], DType::F32)?;
+        gpu.bind()?;
+        // SAFETY: r, p and out are dense [N, 4] f32 (2-D: the default
+        // layout is row-major) on gpu.
+        unsafe {
+            gpu.kernels.box_encode(
+                &gpu.stream,
+                ptr(&r)?,
+                ptr(&p)?,
+                ptr(&out)?,
+                n,
+                weights.map(|w| w as f32),
+            )
+        }
+        .map_err(kerr(OP))?;
+        traced_sync(gpu)?;
+        Ok(out)
+    }
+
+    /// f32 only, as `box_encode`.
+    fn box_decode(
+        &self,
+        rel_codes: &Tensor,
+        boxes: &Tensor,
+        weights: [f64; 4],
+        bbox_xform_clip: f64,
+    ) -> Result<Tensor> {
+        const OP: &str = "box_decode";
+        crate::trace::kernel("box_decode");
+        coder_f32(OP, rel_codes)?;
+        let (n, codes) = (rel_codes.dims()[0], rel_codes.dims()[1]);
+        let gpu = gpu_of(rel_codes)?;
+        let (r, b) = (to_default_layout(rel_codes)?, to_default_layout(boxes)?);
+        let out = empty(gpu, &[n, codes], DType::F32)?;
+        gpu.bind()?;
+        // SAFETY: r and out are dense [N, 4K] f32, b dense [N, 4] f32 (2-D:
+        // row-major), on gpu.
+        unsafe {
+            gpu.kernels.box_decode(
+                &gpu.stream,
+                ptr(&r)?,
+                ptr(&b)?,
+                ptr(&out)?,
+                n,
+                codes / 4,
+                weights.map(|w| w as f32),
+                bbox_xform_clip as f32,
+            )
+        }
+        .map_err(kerr(OP))?;
+        traced_sync(gpu)?;
+        Ok(out)
     }
 
     /// The same set and order as the CPU op (IoU in f32, same operation
@@ -192,4 +343,13 @@ fn mask_nms(
     let mut host = vec![0u64; words];
     mask.download_at(0, bytemuck::cast_slice_mut(&mut host))?;
     Ok(nms_greedy(&host, k).into_iter().map(|r| order[r]).collect())
+}
+
+/// Box coding on the GPU is f32: f64 has no GPU kernels.
+fn coder_f32(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype() == DType::F32 {
+        Ok(())
+    } else {
+        Err(Error::dtype(op, "f32 on the GPU", t.dtype()))
+    }
 }

@@ -1,6 +1,7 @@
 //! Detection ops, exactly as torchvision.ops: RoIAlign (He et al., Mask
-//! R-CNN; differentiable w.r.t. the feature map), box IoU and non-maximum
-//! suppression (not differentiable). Boxes are (x1, y1, x2, y2) with
+//! R-CNN; differentiable w.r.t. the feature map) over one feature map or
+//! over FPN levels (`MultiScaleRoIAlign`), box IoU, non-maximum suppression
+//! and the box coder's encode / decode (not differentiable). Boxes are (x1, y1, x2, y2) with
 //! x2 >= x1, y2 >= y1; areas are (x2 - x1) * (y2 - y1), no +1. The checks,
 //! trace and autograd of each op, over the [`DetectionOps`] primitives of
 //! the backends (`cpu.rs`, `cuda.rs`).
@@ -11,11 +12,13 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
+pub use cpu::{decode_boxes, encode_boxes};
+
 use super::{expect_rank, same_dtype};
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo};
 use crate::ops::GradSpec;
-use crate::{on_backend, DType, Device, Error, Result, Tensor};
+use crate::{dispatch_float, on_backend, DType, Device, Element, Error, Float, Result, Tensor};
 
 /// Bilinear samples one box may take (bins x grid): far beyond any real
 /// feature map (a 14x14 output of a 1024x1024 map samples ~1e6).
@@ -68,6 +71,46 @@ pub trait DetectionOps: BackendInfo {
     ) -> Result<Vec<usize>> {
         let _ = (boxes, scores, idxs, iou_threshold);
         Err(unsupported(self, "batched_nms"))
+    }
+    /// RoIAlign of box k from `xs[levels[k]]` with `geoms[levels[k]]`
+    /// (every geometry has the K of all boxes [K, 5]): [K, C, ph, pw] in
+    /// the boxes' order.
+    fn multiscale_roi_align(
+        &self,
+        xs: &[Tensor],
+        boxes: &Tensor,
+        levels: &[usize],
+        geoms: &[RoiGeom],
+    ) -> Result<Tensor> {
+        let _ = (xs, boxes, levels, geoms);
+        Err(unsupported(self, "multiscale_roi_align"))
+    }
+    /// The gradient w.r.t. every level's input of the output gradient dy.
+    fn multiscale_roi_align_backward(
+        &self,
+        dy: &Tensor,
+        boxes: &Tensor,
+        levels: &[usize],
+        geoms: &[RoiGeom],
+    ) -> Result<Vec<Tensor>> {
+        let _ = (dy, boxes, levels, geoms);
+        Err(unsupported(self, "multiscale_roi_align_backward"))
+    }
+    /// [`box_encode`] of two [N, 4] box sets.
+    fn box_encode(&self, reference: &Tensor, proposals: &Tensor, weights: [f64; 4]) -> Result<Tensor> {
+        let _ = (reference, proposals, weights);
+        Err(unsupported(self, "box_encode"))
+    }
+    /// [`box_decode`] of rel_codes [N, 4 K] against boxes [N, 4].
+    fn box_decode(
+        &self,
+        rel_codes: &Tensor,
+        boxes: &Tensor,
+        weights: [f64; 4],
+        bbox_xform_clip: f64,
+    ) -> Result<Tensor> {
+        let _ = (rel_codes, boxes, weights, bbox_xform_clip);
+        Err(unsupported(self, "box_decode"))
     }
 }
 
@@ -125,92 +168,58 @@ fn from_index_tensor(t: Tensor) -> Result<Vec<usize>> {
     Ok(t.to_vec_f64()?.into_iter().map(|v| v as usize).collect())
 }
 
-/// Checks RoIAlign's arguments (`boxes` on the host) and returns the
-/// geometry or a clear error.
-fn roi_geom(
-    x: &Tensor,
-    boxes: &Tensor,
-    out: [usize; 2],
-    spatial_scale: f64,
-    sampling_ratio: i64,
-    aligned: bool,
-) -> Result<RoiGeom> {
-    const OP: &str = "roi_align";
-    expect_rank(OP, "input [N, C, H, W]", x, 4)?;
-    let d = x.dims();
-    let nchw = [d[0], d[1], d[2], d[3]];
+/// Checks that `boxes` is [K, 5] rows of (batch_index, x1, y1, x2, y2) in
+/// `x`'s float dtype; returns K.
+fn rois_k(op: &'static str, x: &Tensor, boxes: &Tensor) -> Result<usize> {
     if boxes.rank() != 2 || boxes.dims()[1] != 5 {
         return Err(Error::shape(
-            OP,
+            op,
             format!(
                 "boxes must be [K, 5] rows of (batch_index, x1, y1, x2, y2), got shape {:?}",
                 boxes.dims()
             ),
         ));
     }
-    same_dtype(OP, &[x, boxes])?;
-    float_dtype(OP, x)?;
+    same_dtype(op, &[x, boxes])?;
+    float_dtype(op, x)?;
+    Ok(boxes.dims()[0])
+}
+
+/// Checks the feature map `x` and RoIAlign's settings; returns the
+/// geometry of `k` boxes pooled from it.
+fn roi_geom(
+    op: &'static str,
+    x: &Tensor,
+    k: usize,
+    out: [usize; 2],
+    spatial_scale: f64,
+    sampling_ratio: i64,
+    aligned: bool,
+) -> Result<RoiGeom> {
+    expect_rank(op, "input [N, C, H, W]", x, 4)?;
+    let d = x.dims();
+    let nchw = [d[0], d[1], d[2], d[3]];
     if out.contains(&0) {
         return Err(Error::arg(
-            OP,
+            op,
             format!("output size {out:?} must be >= 1 in both dims"),
         ));
     }
     if nchw[2] == 0 || nchw[3] == 0 {
         return Err(Error::shape(
-            OP,
+            op,
             format!("input {:?} has an empty plane", x.dims()),
         ));
     }
     if !(spatial_scale.is_finite() && spatial_scale > 0.0) {
         return Err(Error::arg(
-            OP,
+            op,
             format!("spatial_scale must be finite and > 0, got {spatial_scale}"),
         ));
     }
-    for (k, row) in boxes.to_vec_f64()?.chunks_exact(5).enumerate() {
-        let b = row[0];
-        if b.fract() != 0.0 || b < 0.0 || b >= nchw[0] as f64 {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "box {k}: batch index {b} is not an integer in [0, {}) (input batch size {})",
-                    nchw[0], nchw[0]
-                ),
-            ));
-        }
-        if row[1..].iter().any(|v| !v.is_finite()) {
-            return Err(Error::arg(
-                OP,
-                format!("box {k}: coordinates {:?} must be finite", &row[1..]),
-            ));
-        }
-        // a sample table this large means a corrupt box or sampling ratio,
-        // not a feature map (torchvision would grind through it)
-        let grid = |size: f64, bins: usize| {
-            if sampling_ratio > 0 {
-                sampling_ratio as f64
-            } else {
-                (size * spatial_scale / bins as f64).ceil().max(1.0)
-            }
-        };
-        let per_roi = (out[0] * out[1]) as f64
-            * grid(row[4] - row[2], out[0])
-            * grid(row[3] - row[1], out[1]);
-        if per_roi > MAX_SAMPLES_PER_ROI {
-            return Err(Error::arg(
-                OP,
-                format!(
-                    "box {k} {:?} at spatial_scale {spatial_scale} with sampling_ratio \
-                     {sampling_ratio} needs {per_roi:.3e} samples (more than {MAX_SAMPLES_PER_ROI:e})",
-                    &row[1..]
-                ),
-            ));
-        }
-    }
     Ok(RoiGeom {
         nchw,
-        k: boxes.dims()[0],
+        k,
         out,
         spatial_scale,
         sampling_ratio,
@@ -218,11 +227,179 @@ fn roi_geom(
     })
 }
 
+/// Checks box `k`'s host row (batch_index, x1, y1, x2, y2) against the
+/// geometry it is pooled with, or returns a clear error.
+fn check_roi(op: &'static str, k: usize, row: &[f64], g: &RoiGeom) -> Result<()> {
+    let b = row[0];
+    let n = g.nchw[0];
+    if b.fract() != 0.0 || b < 0.0 || b >= n as f64 {
+        return Err(Error::arg(
+            op,
+            format!(
+                "box {k}: batch index {b} is not an integer in [0, {n}) (input batch size {n})"
+            ),
+        ));
+    }
+    if row[1..].iter().any(|v| !v.is_finite()) {
+        return Err(Error::arg(
+            op,
+            format!("box {k}: coordinates {:?} must be finite", &row[1..]),
+        ));
+    }
+    // a sample table this large means a corrupt box or sampling ratio,
+    // not a feature map (torchvision would grind through it)
+    let grid = |size: f64, bins: usize| {
+        if g.sampling_ratio > 0 {
+            g.sampling_ratio as f64
+        } else {
+            (size * g.spatial_scale / bins as f64).ceil().max(1.0)
+        }
+    };
+    let per_roi = (g.out[0] * g.out[1]) as f64
+        * grid(row[4] - row[2], g.out[0])
+        * grid(row[3] - row[1], g.out[1]);
+    if per_roi > MAX_SAMPLES_PER_ROI {
+        return Err(Error::arg(
+            op,
+            format!(
+                "box {k} {:?} at spatial_scale {} with sampling_ratio {} needs {per_roi:.3e} \
+                 samples (more than {MAX_SAMPLES_PER_ROI:e})",
+                &row[1..],
+                g.spatial_scale,
+                g.sampling_ratio
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The gradient of a RoIAlign output: the input's dtype and device, the
 /// output's shape [K, C, ph, pw].
-fn check_grad(dy: &Tensor, x: (DType, Device), g: &RoiGeom) -> Result<()> {
+fn check_grad(op: &'static str, dy: &Tensor, x: (DType, Device), g: &RoiGeom) -> Result<()> {
     let shape = [g.k, g.nchw[1], g.out[0], g.out[1]];
-    GradSpec::new(x.0, x.1, &shape).check("roi_align", dy)
+    GradSpec::new(x.0, x.1, &shape).check(op, dy)
+}
+
+/// torchvision's `LevelMapper` (torchvision/ops/poolers.py): which FPN
+/// level pools a box, from its size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LevelMapper {
+    /// The finest and coarsest levels (-log2 of their spatial scales).
+    pub k_min: i64,
+    pub k_max: i64,
+    /// The box size mapped to `canonical_level` (224).
+    pub canonical_scale: f64,
+    /// 4
+    pub canonical_level: f64,
+    /// 1e-6
+    pub eps: f64,
+}
+
+impl LevelMapper {
+    /// torchvision's mapper (canonical scale 224, level 4, eps 1e-6) over
+    /// levels `k_min..=k_max`.
+    pub fn new(k_min: i64, k_max: i64) -> LevelMapper {
+        LevelMapper {
+            k_min,
+            k_max,
+            canonical_scale: 224.0,
+            canonical_level: 4.0,
+            eps: 1e-6,
+        }
+    }
+
+    /// The level index of each box of the flat [N, 4] `boxes`, computed in
+    /// `T` as torchvision: clamp(floor(canonical_level + log2(sqrt(area) /
+    /// canonical_scale) + eps), k_min, k_max) - k_min, area = (x2 - x1)
+    /// (y2 - y1). Errors on a box whose level is NaN (negative area or
+    /// non-finite coordinates), which torchvision would turn into an
+    /// arbitrary integer.
+    pub fn levels<T: Float>(&self, boxes: &[T]) -> Result<Vec<usize>> {
+        let lvl0 = <T as Element>::from_f64(self.canonical_level);
+        let s0 = <T as Element>::from_f64(self.canonical_scale);
+        let eps = <T as Element>::from_f64(self.eps);
+        let (lo, hi) = (
+            <T as Element>::from_f64(self.k_min as f64),
+            <T as Element>::from_f64(self.k_max as f64),
+        );
+        boxes
+            .chunks_exact(4)
+            .enumerate()
+            .map(|(i, b)| {
+                let s = ((b[2] - b[0]) * (b[3] - b[1])).sqrt();
+                let l = (lvl0 + (s / s0).log2() + eps).floor();
+                if l.is_nan() {
+                    return Err(Error::arg(
+                        "multiscale_roi_align",
+                        format!(
+                            "box {i} ({:?}) has no level: its area is negative or not finite",
+                            b.iter().map(|v| Element::to_f64(*v)).collect::<Vec<_>>()
+                        ),
+                    ));
+                }
+                // torch.clamp: in range after the NaN check
+                let l = if l < lo {
+                    lo
+                } else if l > hi {
+                    hi
+                } else {
+                    l
+                };
+                Ok((Element::to_f64(l) as i64 - self.k_min) as usize)
+            })
+            .collect()
+    }
+}
+
+/// Checks the FPN levels of [`multiscale_roi_align`]: at least one, rank 4
+/// with one batch size, channel count, dtype and device, one scale each,
+/// and as many as the mapper's levels. Returns the device.
+fn check_levels(
+    op: &'static str,
+    features: &[Tensor],
+    scales: &[f64],
+    mapper: &LevelMapper,
+) -> Result<Device> {
+    let Some(first) = features.first() else {
+        return Err(Error::arg(op, "got no feature map"));
+    };
+    if scales.len() != features.len() {
+        return Err(Error::arg(
+            op,
+            format!(
+                "got {} scales for {} feature maps",
+                scales.len(),
+                features.len()
+            ),
+        ));
+    }
+    if mapper.k_max - mapper.k_min + 1 != features.len() as i64 {
+        return Err(Error::arg(
+            op,
+            format!(
+                "levels {}..={} of the level mapper for {} feature maps",
+                mapper.k_min,
+                mapper.k_max,
+                features.len()
+            ),
+        ));
+    }
+    for (l, f) in features.iter().enumerate() {
+        expect_rank(op, "feature maps [N, C, H, W]", f, 4)?;
+        if f.dims()[..2] != first.dims()[..2] {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "feature map {l} is {:?} but feature map 0 is {:?}: N and C must agree",
+                    f.dims(),
+                    first.dims()
+                ),
+            ));
+        }
+    }
+    let refs: Vec<&Tensor> = features.iter().collect();
+    same_dtype(op, &refs)?;
+    same_device(op, &refs)
 }
 
 impl Tensor {
@@ -251,26 +428,170 @@ impl Tensor {
         aligned: bool,
     ) -> Result<Tensor> {
         const OP: &str = "roi_align";
-        // the checks read the (few) boxes on the host
+        let k = rois_k(OP, self, boxes)?;
         let g = roi_geom(
+            OP,
             self,
-            &boxes.to_device(Device::Cpu)?,
+            k,
             output_size,
             spatial_scale,
             sampling_ratio,
             aligned,
         )?;
+        // the checks read the (few) boxes on the host
+        let host = boxes.to_device(Device::Cpu)?.to_vec_f64()?;
+        for (k, row) in host.chunks_exact(5).enumerate() {
+            check_roi(OP, k, row, &g)?;
+        }
         let dev = self.device();
         let rois = boxes.detach().to_device(dev)?;
         on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &[self, boxes], || {
             let y = b.roi_align(self, &rois, &g)?;
             let xs = (self.dtype(), dev);
             Ok(record(y, OP, &[self], move |dy| {
-                check_grad(dy, xs, &g)?;
+                check_grad(OP, dy, xs, &g)?;
                 Ok(vec![Some(b.roi_align_backward(dy, &rois, &g)?)])
             }))
         }))
     }
+}
+
+/// torchvision's `MultiScaleRoIAlign` (torchvision/ops/poolers.py) as one
+/// op: `features` are the FPN levels [N, C, H_l, W_l] (finest first; one
+/// float dtype and device), `boxes` [K, 5] rows of (batch_index, x1, y1,
+/// x2, y2) in image coordinates in their dtype, `scales` each level's
+/// spatial scale. Each box goes to the level of `mapper` (every box to
+/// level 0 when there is one level, as torchvision, which then maps
+/// nothing) and is pooled there exactly as [`Tensor::roi_align`] with
+/// `output_size`, that level's scale, `sampling_ratio` and `aligned`;
+/// returns [K, C, ph, pw] with row k the pooling of box k (torchvision's
+/// order).
+///
+/// The front-end reads the boxes on the host (as `roi_align` does), checks
+/// them and maps each to its level there, in the boxes' dtype (f32 for
+/// f16 / bf16): a box with no level (negative area or NaN) is an error on
+/// every device, and both backends get the same levels. Differentiable
+/// w.r.t. every feature map (each gets the scatter of its own boxes; a
+/// level no box maps to gets zeros); the boxes get no gradient. On a GPU
+/// one launch pools all levels (at most `kernels::device::ROI_MAX_LEVELS`
+/// of them) and the backward adds with f32 atomics, as `roi_align`'s.
+pub fn multiscale_roi_align(
+    features: &[Tensor],
+    boxes: &Tensor,
+    scales: &[f64],
+    output_size: [usize; 2],
+    sampling_ratio: i64,
+    aligned: bool,
+    mapper: &LevelMapper,
+) -> Result<Tensor> {
+    const OP: &str = "multiscale_roi_align";
+    let dev = check_levels(OP, features, scales, mapper)?;
+    let k = rois_k(OP, &features[0], boxes)?;
+    let geoms = features
+        .iter()
+        .zip(scales)
+        .map(|(x, &s)| roi_geom(OP, x, k, output_size, s, sampling_ratio, aligned))
+        .collect::<Result<Vec<_>>>()?;
+    let host = boxes.to_device(Device::Cpu)?.to_vec_f64()?;
+    let levels = if features.len() == 1 {
+        vec![0; k]
+    } else {
+        let coords = host.chunks_exact(5).flat_map(|r| &r[1..]);
+        dispatch_float!(OP, boxes.dtype(), T => {
+            let flat: Vec<T> = coords.map(|&v| <T as Element>::from_f64(v)).collect();
+            mapper.levels::<T>(&flat)?
+        })
+    };
+    for (i, row) in host.chunks_exact(5).enumerate() {
+        check_roi(OP, i, row, &geoms[levels[i]])?;
+    }
+    let rois = boxes.detach().to_device(dev)?;
+    let inputs: Vec<&Tensor> = features.iter().chain([boxes]).collect();
+    on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &inputs, || {
+        let y = b.multiscale_roi_align(features, &rois, &levels, &geoms)?;
+        let xs = (features[0].dtype(), dev);
+        Ok(record(y, OP, &inputs[..features.len()], move |dy| {
+            check_grad(OP, dy, xs, &geoms[0])?;
+            let dxs = b.multiscale_roi_align_backward(dy, &rois, &levels, &geoms)?;
+            Ok(dxs.into_iter().map(Some).collect())
+        }))
+    }))
+}
+
+/// Checks that `a` and `b` share a device and the dtype f32 or f64 (box
+/// coding stays in f32 under autocast, as torchvision's); returns the
+/// device.
+fn coder_inputs(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Device> {
+    same_dtype(op, &[a, b])?;
+    if !matches!(a.dtype(), DType::F32 | DType::F64) {
+        return Err(Error::dtype(
+            op,
+            "f32 or f64 (box coding stays in f32 under autocast, as torchvision's)",
+            a.dtype(),
+        ));
+    }
+    same_device(op, &[a, b])
+}
+
+/// torchvision's `BoxCoder.encode_single`
+/// (torchvision/models/detection/_utils.py, `encode_boxes`): for each row
+/// i, the regression targets of `reference[i]` (the matched gt box)
+/// relative to `proposals[i]` (the anchor or proposal), both [N, 4] (x1,
+/// y1, x2, y2): with pw = px2 - px1, pcx = px1 + 0.5 pw (the same for the
+/// gt: gw, gcx), dx = wx (gcx - pcx) / pw, dy = wy (gcy - pcy) / ph, dw =
+/// ww ln(gw / pw), dh = wh ln(gh / ph) with `weights` = (wx, wy, ww, wh).
+/// Returns [N, 4] in the inputs' dtype, f32 or f64, computed in it in
+/// torchvision's operation order; degenerate proposals give inf / NaN, as
+/// torchvision. Not differentiable: the output has no gradient history
+/// (torchvision encodes only targets).
+pub fn box_encode(reference: &Tensor, proposals: &Tensor, weights: [f64; 4]) -> Result<Tensor> {
+    const OP: &str = "box_encode";
+    let n = boxes_k(OP, "reference boxes", reference)?;
+    let m = boxes_k(OP, "proposals", proposals)?;
+    if n != m {
+        return Err(Error::shape(
+            OP,
+            format!("reference boxes have {n} rows but proposals {m}; they pair row by row"),
+        ));
+    }
+    let dev = coder_inputs(OP, reference, proposals)?;
+    on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &[reference, proposals], || {
+        b.box_encode(reference, proposals, weights)
+    }))
+}
+
+/// torchvision's `BoxCoder.decode_single`: `rel_codes` [N, 4 K] (K codes
+/// per box, e.g. one per class) applied to `boxes` [N, 4]; returns [N, 4 K].
+/// Per (i, k), with w = x2 - x1, cx = x1 + 0.5 w of `boxes[i]`: dx = c0 /
+/// wx, dy = c1 / wy, dw = min(c2 / ww, clip), dh = min(c3 / wh, clip) (NaN
+/// stays NaN) with clip = `bbox_xform_clip`, pcx = dx w + cx, pcy = dy h +
+/// cy, pw = exp(dw) w, ph = exp(dh) h, and the box is (pcx - 0.5 pw, pcy -
+/// 0.5 ph, pcx + 0.5 pw, pcy + 0.5 ph). f32 or f64, computed in the
+/// inputs' dtype (f32 stays f32, as torchvision's). Not differentiable:
+/// the output has no gradient history (torchvision decodes only detached
+/// values).
+pub fn box_decode(
+    rel_codes: &Tensor,
+    boxes: &Tensor,
+    weights: [f64; 4],
+    bbox_xform_clip: f64,
+) -> Result<Tensor> {
+    const OP: &str = "box_decode";
+    let n = boxes_k(OP, "boxes", boxes)?;
+    if rel_codes.rank() != 2 || rel_codes.dims()[0] != n || !rel_codes.dims()[1].is_multiple_of(4)
+    {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "rel_codes must be [N, 4 K] with N = {n} (the boxes), got shape {:?}",
+                rel_codes.dims()
+            ),
+        ));
+    }
+    let dev = coder_inputs(OP, rel_codes, boxes)?;
+    on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &[rel_codes, boxes], || {
+        b.box_decode(rel_codes, boxes, weights, bbox_xform_clip)
+    }))
 }
 
 /// `torchvision.ops.box_iou`: the [N, M] matrix of IoU between `a` [N, 4]

@@ -3,9 +3,14 @@
 //! (suppression chains across the kernel's 64-box blocks), duplicates, an
 //! empty box, tied and NaN scores; batched NMS over 3 and 5 categories on
 //! both of the CPU's paths (coordinate trick up to 1000 boxes, per category
-//! beyond); box IoU with empty and inverted boxes.
+//! beyond); box IoU with empty and inverted boxes; multi-level RoIAlign over
+//! three FPN levels (boxes of every level, clamped below and above, and one
+//! level no box maps to); box encode / decode (f32 only), with codes past
+//! the decode clip.
 
 use crate::parity::{autograd, dims, Case, Input, Outputs, DTYPES};
+use super::LevelMapper;
+use crate::parity::autograd_with;
 use crate::{DType, Device, Result, Rng, Tensor};
 
 /// `k` RoIAlign boxes [k, 5] over an `n`-image batch of h x w maps at
@@ -73,6 +78,131 @@ fn kept(keep: Vec<usize>) -> Result<Outputs> {
     Ok(vec![("keep".into(), Tensor::from_vec(v, &[n])?)])
 }
 
+/// `k` multi-level RoIAlign boxes [k, 5] over an `n`-image batch of an
+/// image of `size` x `size`: sides from 2 to 3 `size` (so the level mapper
+/// of canonical scale `size` / 2 uses its whole range and clamps), some
+/// partly outside; box 0 empty.
+fn multiscale_boxes(rng: &mut Rng, n: usize, size: f64, k: usize) -> Vec<f64> {
+    let mut v = Vec::with_capacity(5 * k);
+    for i in 0..k {
+        let b = rng.below(n) as f64;
+        let side = 2.0 * (1.5 * size).powf(rng.uniform());
+        let (x1, y1) = (rng.uniform() * size - 0.1 * size, rng.uniform() * size - 0.1 * size);
+        let a = 0.5 + rng.uniform();
+        if i == 0 {
+            v.extend([b, x1, y1, x1, y1 + side]);
+        } else {
+            v.extend([b, x1, y1, x1 + side * a, y1 + side / a]);
+        }
+    }
+    v
+}
+
+/// Boxes [n, 4] of positive size around random centres in a 200 x 200 image.
+fn coder_boxes(rng: &mut Rng, n: usize) -> Vec<f64> {
+    let mut v = Vec::with_capacity(4 * n);
+    for _ in 0..n {
+        let (cx, cy) = (rng.uniform() * 200.0, rng.uniform() * 200.0);
+        let (w, h) = (1.0 + rng.uniform() * 80.0, 1.0 + rng.uniform() * 80.0);
+        v.extend([cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]);
+    }
+    v
+}
+
+/// A [rows, cols] f32 tensor of `v` on `dev`.
+fn f32_on(v: &[f64], rows: usize, cols: usize, dev: Device) -> Result<Tensor> {
+    Tensor::from_vec(v.to_vec(), &[rows, cols])?
+        .to_dtype(DType::F32)?
+        .to_device(dev)
+}
+
+/// Box encode and decode parity cases (f32: box coding stays in f32 under
+/// autocast). CUDA's logf / expf are within 2 ulp of the CPU's, so the
+/// default f32 bound applies.
+fn coder_cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    let weights = [10.0, 10.0, 5.0, 5.0];
+    let n = 300;
+    let (gt, props) = (coder_boxes(rng, n), coder_boxes(rng, n));
+    out.push(Case {
+        op: "box_encode",
+        dtype: DType::F32,
+        label: format!("[{n},4] w{weights:?}"),
+        threshold: None,
+        run: Box::new(move |dev| {
+            let (g, p) = (f32_on(&gt, n, 4, dev)?, f32_on(&props, n, 4, dev)?);
+            Ok(vec![("codes".into(), super::box_encode(&g, &p, weights)?)])
+        }),
+    });
+    let classes = 5;
+    let boxes = coder_boxes(rng, n);
+    // codes up to +-12 after the weights: dw / dh past the clip ln(62.5)
+    let codes: Vec<f64> = (0..n * 4 * classes)
+        .map(|i| rng.normal() * if i % 4 >= 2 { 20.0 } else { 3.0 })
+        .collect();
+    let clip = (1000.0f64 / 16.0).ln();
+    out.push(Case {
+        op: "box_decode",
+        dtype: DType::F32,
+        label: format!("[{n},{}] x [{n},4] clip {clip:.3}", 4 * classes),
+        threshold: None,
+        run: Box::new(move |dev| {
+            let c = f32_on(&codes, n, 4 * classes, dev)?;
+            let b = f32_on(&boxes, n, 4, dev)?;
+            Ok(vec![("boxes".into(), super::box_decode(&c, &b, weights, clip)?)])
+        }),
+    });
+}
+
+/// Multi-level RoIAlign parity cases: 3 levels of a 2-image batch, boxes
+/// over every level; the gradient flows into every level.
+fn multiscale_cases(rng: &mut Rng, dtype: DType, out: &mut Vec<Case>) {
+    // (levels' (H, W), channels, boxes, output, sampling_ratio, aligned)
+    type MsCase = (&'static [(usize, usize)], usize, usize, [usize; 2], i64, bool);
+    let ms: [MsCase; 2] = [
+        (&[(16, 20), (8, 10), (4, 5)], 6, 40, [3, 4], -1, true),
+        (&[(32, 24), (16, 12), (8, 6), (4, 3)], 16, 60, [7, 7], 2, false),
+    ];
+    for (hw, c, k, o, sr, aligned) in ms {
+        let n = 2;
+        // level l has scale 1/4 / 2^l over a (4 H_0) image
+        let size = 4.0 * hw[0].0 as f64;
+        let bx = multiscale_boxes(rng, n, size, k);
+        let scales: Vec<f64> = (0..hw.len()).map(|l| 0.25 / (1u32 << l) as f64).collect();
+        let mapper = LevelMapper {
+            canonical_scale: size / 2.0,
+            ..LevelMapper::new(2, 1 + hw.len() as i64)
+        };
+        let shapes: Vec<[usize; 4]> = hw.iter().map(|&(h, w)| [n, c, h, w]).collect();
+        let label = format!(
+            "{} levels {:?} c{c} k{k} -> {o:?} r{sr} a{}",
+            hw.len(),
+            hw,
+            aligned as u8
+        );
+        let draw = move |rng: &mut Rng| {
+            shapes
+                .iter()
+                .zip(["x0", "x1", "x2", "x3"])
+                .map(|(s, name)| (name, Tensor::randn(s, 0.0, 1.0, dtype, rng), true))
+                .collect()
+        };
+        out.push(autograd_with(
+            "multiscale_roi_align",
+            dtype,
+            label,
+            rng.next_u64(),
+            draw,
+            move |t| {
+                let boxes = Tensor::from_vec(bx.clone(), &[k, 5])?
+                    .to_dtype(dtype)?
+                    .to_device(t[0].device())?;
+                let y = super::multiscale_roi_align(t, &boxes, &scales, o, sr, aligned, &mapper)?;
+                Ok(vec![("y".into(), y)])
+            },
+        ));
+    }
+}
+
 pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     // (input, boxes, output, spatial_scale, sampling_ratio, aligned)
     type RoiCase = (&'static [usize], usize, [usize; 2], f64, i64, bool);
@@ -90,7 +220,9 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         (257, 0.7, 0.0),
         (1500, 0.5, 0.01),
     ];
+    coder_cases(rng, out);
     for dtype in DTYPES {
+        multiscale_cases(rng, dtype, out);
         for (shape, k, o, scale, sr, aligned) in roi {
             let bx = roi_boxes(rng, shape[0], shape[2], shape[3], scale, k);
             out.push(autograd(
