@@ -21,6 +21,7 @@
 
 use super::data::DetTarget;
 use super::fpn::Fpn;
+use super::host::{read_f64, to_device_of};
 use super::mask_head::{
     maskrcnn_inference, maskrcnn_loss, paste_masks_in_image, MaskHead, MaskHeadConfig,
 };
@@ -30,7 +31,7 @@ use super::rpn::Rpn;
 use crate::resnet::{ResNet, ResNetConfig};
 use engine::nn::{Buffer, Module, Param};
 use engine::ops::box_iou;
-use engine::{DType, Error, Result, Rng, Tensor};
+use engine::{DType, Device, Error, Result, Rng, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Shape of a Mask R-CNN with a ResNet-FPN backbone.
@@ -210,6 +211,17 @@ impl MaskRcnn {
     /// The backbone's BN running statistics.
     pub fn buffers(&self) -> Vec<Buffer> {
         self.backbone.buffers()
+    }
+
+    /// Moves every parameter and buffer to `device` (all or none, as
+    /// `Module::to_device`); the model computes where its tensors are.
+    pub fn to_device(&self, device: Device) -> Result<()> {
+        engine::nn::move_to_device(&self.params(), &self.buffers(), device)
+    }
+
+    /// Where the parameters are.
+    pub fn device(&self) -> Device {
+        self.params().first().map_or(Device::Cpu, |p| p.device())
     }
 
     /// What torchvision optimises: [`Self::params`] without the backbone's
@@ -635,10 +647,10 @@ fn unpermute_rows(x: &Tensor, order: &[usize]) -> Result<Tensor> {
         ));
     }
     let row: usize = d[1..].iter().product();
-    let v = x.detach().to_dtype(DType::F64)?.to_vec::<f64>()?;
+    let v = read_f64(x)?;
     let mut out = vec![0.0f64; v.len()];
     for (r, &i) in order.iter().enumerate() {
         out[i * row..(i + 1) * row].copy_from_slice(&v[r * row..(r + 1) * row]);
     }
-    Tensor::from_vec(out, &d)?.to_dtype(x.dtype())
+    to_device_of(Tensor::from_vec(out, &d)?.to_dtype(x.dtype())?, x)
 }

@@ -23,6 +23,7 @@
 //! - In eval mode targets are not used (as torchvision); no validation loss.
 
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use super::host::{read, read_f64, to_device_of};
 use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Linear, Module, Param};
@@ -222,7 +223,7 @@ impl MultiScaleRoIAlign {
                 rois.push(<T as Element>::from_f64(image_of[i] as f64));
                 rois.extend_from_slice(&flat[4 * i..4 * i + 4]);
             }
-            let rois = Tensor::from_vec(rois, &[rows.len(), 5])?;
+            let rois = to_device_of(Tensor::from_vec(rois, &[rows.len(), 5])?, feat)?;
             outs.push(feat.roi_align(
                 &rois,
                 self.output_size,
@@ -492,8 +493,8 @@ pub fn fastrcnn_loss(
             format!("label {i} is {l}, outside [0, {c})"),
         ));
     }
-    let classifier =
-        class_logits.cross_entropy(&Tensor::from_vec(labels.to_vec(), &[n])?, 0.0, None)?;
+    let labels_t = to_device_of(Tensor::from_vec(labels.to_vec(), &[n])?, class_logits)?;
+    let classifier = class_logits.cross_entropy(&labels_t, 0.0, None)?;
     let dtype = box_regression.dtype();
     let total = 4 * c * n;
     let mut mask = vec![0.0f64; total];
@@ -505,7 +506,12 @@ pub fn fastrcnn_loss(
             target[at..at + 4].copy_from_slice(t);
         }
     }
-    let as_dtype = |v: Vec<f64>| Tensor::from_vec(v, &[total])?.to_dtype(dtype);
+    let as_dtype = |v: Vec<f64>| {
+        to_device_of(
+            Tensor::from_vec(v, &[total])?.to_dtype(dtype)?,
+            box_regression,
+        )
+    };
     let box_reg = box_regression
         .reshape(&[total])?
         .mul(&as_dtype(mask)?)?
@@ -871,16 +877,8 @@ impl RoiHeads {
             ));
         }
         let c = cd[1];
-        let scores = class_logits
-            .detach()
-            .softmax(1)?
-            .float_data::<T>()?
-            .into_owned();
-        let deltas = box_regression
-            .detach()
-            .to_dtype(class_logits.dtype())?
-            .float_data::<T>()?
-            .into_owned();
+        let scores = read::<T>(&class_logits.detach().softmax(1)?)?;
+        let deltas = read::<T>(&box_regression.detach().to_dtype(class_logits.dtype())?)?;
         let thresh = <T as Element>::from_f64(self.score_thresh);
         let mut out = Vec::with_capacity(proposals.len());
         let mut row0 = 0;
@@ -949,10 +947,10 @@ fn unpermute(x: &Tensor, order: &[usize]) -> Result<Tensor> {
         ));
     }
     let w = d[1];
-    let v = x.detach().to_dtype(DType::F64)?.to_vec::<f64>()?;
+    let v = read_f64(x)?;
     let mut out = vec![0.0f64; v.len()];
     for (r, &i) in order.iter().enumerate() {
         out[i * w..(i + 1) * w].copy_from_slice(&v[r * w..(r + 1) * w]);
     }
-    Tensor::from_vec(out, &d)?.to_dtype(x.dtype())
+    to_device_of(Tensor::from_vec(out, &d)?.to_dtype(x.dtype())?, x)
 }
