@@ -28,7 +28,7 @@ use engine::nn::{Buffer, Module, Param};
 use engine::optim::{
     check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup,
 };
-use engine::{Device, Error, Result, Rng};
+use engine::{Device, Error, Result, Rng, Tensor};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -187,6 +187,13 @@ pub struct DetectPredictArgs {
     /// The image_id of the --json entries (the image's id in its annotations).
     #[arg(long, default_value_t = 0)]
     pub image_id: i64,
+    /// Also write every detection's mask probabilities as pasted into the
+    /// image, before the 0.5 threshold, to this safetensors file (to audit
+    /// against another implementation): `masks` [K, 1, H, W] in the model's
+    /// dtype, `boxes` [K, 4] (x1, y1, x2, y2) f64, `scores` [K] f64,
+    /// `labels` [K] i64, in --json's order. 4 bytes a pixel per detection.
+    #[arg(long)]
+    pub mask_probs: Option<PathBuf>,
 }
 
 /// The largest FPN or box-head width accepted from the command line or a
@@ -1164,6 +1171,9 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
             &Value::Array(coco_results(det, a.image_id, category)?),
         )?;
     }
+    if let Some(path) = &a.mask_probs {
+        write_mask_probs(path, det)?;
+    }
     let probs = det.masks.to_vec_f64()?;
     let mut canvas = rgb.into_raw();
     let mut drawn = 0;
@@ -1208,6 +1218,20 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
     }
     write_png(&a.out, &canvas, w, h)?;
     Ok(drawn)
+}
+
+/// `detect predict --mask-probs`: the detections with their pasted mask
+/// probabilities, as safetensors.
+fn write_mask_probs(path: &Path, det: &ImageDetections) -> Result<()> {
+    let k = det.boxes.len();
+    let boxes: Vec<f64> = det.boxes.iter().flatten().copied().collect();
+    let tensors = [
+        ("masks".to_string(), det.masks.clone()),
+        ("boxes".to_string(), Tensor::from_vec(boxes, &[k, 4])?),
+        ("scores".to_string(), Tensor::from_slice(&det.scores, &[k])?),
+        ("labels".to_string(), Tensor::from_slice(&det.labels, &[k])?),
+    ];
+    checkpoint::save(path, &tensors, &BTreeMap::new())
 }
 
 fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<()> {
