@@ -204,6 +204,13 @@ pub struct DetectPredictArgs {
     /// stay on the host (docs/DETECTION.md counts the round trips).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// Also write every detection's mask probabilities as pasted into the
+    /// image, before the 0.5 threshold, to this safetensors file (to audit
+    /// against another implementation): `masks` [K, 1, H, W] in the model's
+    /// dtype, `boxes` [K, 4] (x1, y1, x2, y2) f64, `scores` [K] f64,
+    /// `labels` [K] i64, in --json's order. 4 bytes a pixel per detection.
+    #[arg(long)]
+    pub mask_probs: Option<PathBuf>,
 }
 
 /// The largest FPN or box-head width accepted from the command line or a
@@ -1192,6 +1199,9 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
             &Value::Array(coco_results(det, a.image_id, category)?),
         )?;
     }
+    if let Some(path) = &a.mask_probs {
+        write_mask_probs(path, det)?;
+    }
     let probs = det.masks.to_vec_f64()?;
     let mut canvas = rgb.into_raw();
     let mut drawn = 0;
@@ -1236,6 +1246,20 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
     }
     write_png(&a.out, &canvas, w, h)?;
     Ok(drawn)
+}
+
+/// `detect predict --mask-probs`: the detections with their pasted mask
+/// probabilities, as safetensors.
+fn write_mask_probs(path: &Path, det: &ImageDetections) -> Result<()> {
+    let k = det.boxes.len();
+    let boxes: Vec<f64> = det.boxes.iter().flatten().copied().collect();
+    let tensors = [
+        ("masks".to_string(), det.masks.clone()),
+        ("boxes".to_string(), Tensor::from_vec(boxes, &[k, 4])?),
+        ("scores".to_string(), Tensor::from_slice(&det.scores, &[k])?),
+        ("labels".to_string(), Tensor::from_slice(&det.labels, &[k])?),
+    ];
+    checkpoint::save(path, &tensors, &BTreeMap::new())
 }
 
 fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<()> {
