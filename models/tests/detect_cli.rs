@@ -436,6 +436,84 @@ fn train_eval_predict_and_resume() {
             a["segmentation"]["counts"].as_str().unwrap()
         );
     }
+    // --device: on a GPU the same detections as the CPU's; without one,
+    // every detect command gives the probe's error before reading data
+    let predict_on = |device: &str| {
+        let out = tmp.0.join(format!("pred-{device}.json"));
+        ok(&[
+            "detect",
+            "predict",
+            "--checkpoint",
+            s(&run.join("model.safetensors")),
+            "--image",
+            s(&img),
+            "--out",
+            s(&png),
+            "--json",
+            s(&out),
+            "--image-id",
+            id.as_str(),
+            "--device",
+            device,
+        ]);
+        read_json(&out)
+    };
+    assert!(
+        predict_on("cpu").as_array().unwrap() == mine,
+        "--device cpu changed the detections"
+    );
+    if engine::cuda::probe(0).is_ok() {
+        let gpu = predict_on("cuda");
+        let gpu = gpu.as_array().unwrap();
+        assert_eq!(gpu.len(), mine.len(), "detections on the GPU vs the CPU");
+        for (a, b) in gpu.iter().zip(mine) {
+            assert_eq!(a["category_id"], b["category_id"], "{a} vs {b}");
+            let nums = |v: &Value| -> Vec<f64> {
+                let mut n: Vec<f64> = v["bbox"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect();
+                n.push(v["score"].as_f64().unwrap());
+                n
+            };
+            testutil::assert_close("GPU bbox, score", &nums(a), &nums(b), 1e-2, 1e-3);
+        }
+    } else {
+        let model = run.join("model.safetensors");
+        for cmd in [
+            vec![
+                "detect",
+                "train",
+                "--data",
+                s(data()),
+                "--out",
+                s(&again),
+                "--overwrite",
+            ],
+            vec![
+                "detect",
+                "eval",
+                "--checkpoint",
+                s(&model),
+                "--data",
+                s(data()),
+            ],
+            vec![
+                "detect",
+                "predict",
+                "--checkpoint",
+                s(&model),
+                "--image",
+                s(&img),
+                "--out",
+                s(&png),
+            ],
+        ] {
+            fails(&[&cmd[..], &["--device", "cuda"]].concat(), &["cuda:0"]);
+        }
+    }
     for iou in ["bbox", "segm"] {
         let (summary, _) = ok(&[
             "coco-eval",
