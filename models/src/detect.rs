@@ -17,8 +17,10 @@ use crate::detection::data::{
     pad_batch, DetBatch, DetSample, DetSource, DetTarget, DetTransform, DetectionDataset,
     DetectionLoader, SplitLocation,
 };
+use crate::detection::host::read_f64;
 use crate::detection::mask_rcnn::{ImageDetections, MaskRcnn, MaskRcnnConfig};
 use crate::detection::{CocoEval, IouType, Rle};
+use crate::device::DeviceArg;
 use crate::dist::launch::{global_batch, run_ranks, DistArgs};
 use crate::dist::{Communicator, DataParallel};
 use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
@@ -28,7 +30,7 @@ use engine::nn::{Buffer, Module, Param};
 use engine::optim::{
     check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup,
 };
-use engine::{Device, Error, Result, Rng};
+use engine::{Device, Error, Result, Rng, Tensor};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +113,11 @@ pub struct DetectTrainArgs {
     /// Seeds the weights, the data order, the flips and the samplers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where the detector computes: cpu, cuda, cuda:N or auto (auto falls
+    /// back to the CPU). Proposal selection, matching and post-processing
+    /// stay on the host (docs/DETECTION.md counts the round trips).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
     #[command(flatten)]
     pub dist: DistArgs,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
@@ -160,6 +167,11 @@ pub struct DetectEvalArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Where the detector computes: cpu, cuda, cuda:N or auto (auto falls
+    /// back to the CPU). Proposal selection, matching and post-processing
+    /// stay on the host (docs/DETECTION.md counts the round trips).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
     /// Where detections_<split>.json and eval_<split>.json go (default: the
     /// checkpoint's folder).
     #[arg(long)]
@@ -187,6 +199,18 @@ pub struct DetectPredictArgs {
     /// The image_id of the --json entries (the image's id in its annotations).
     #[arg(long, default_value_t = 0)]
     pub image_id: i64,
+    /// Where the detector computes: cpu, cuda, cuda:N or auto (auto falls
+    /// back to the CPU). Proposal selection, matching and post-processing
+    /// stay on the host (docs/DETECTION.md counts the round trips).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Also write every detection's mask probabilities as pasted into the
+    /// image, before the 0.5 threshold, to this safetensors file (to audit
+    /// against another implementation): `masks` [K, 1, H, W] in the model's
+    /// dtype, `boxes` [K, 4] (x1, y1, x2, y2) f64, `scores` [K] f64,
+    /// `labels` [K] i64, in --json's order. 4 bytes a pixel per detection.
+    #[arg(long)]
+    pub mask_probs: Option<PathBuf>,
 }
 
 /// The largest FPN or box-head width accepted from the command line or a
@@ -485,21 +509,24 @@ impl<'m> DetectTask<'m> {
             step as u64,
             m as u64,
         ]));
-        let losses = self.model.forward_train(
-            &batch.images,
-            &batch.image_sizes,
-            &batch.targets,
-            &mut rng,
-        )?;
+        let images = batch.images.to_device(self.model.device())?;
+        let losses =
+            self.model
+                .forward_train(&images, &batch.image_sizes, &batch.targets, &mut rng)?;
         let loss = losses.total()?;
-        let parts = [
-            losses.classifier.item()?,
-            losses.box_reg.item()?,
-            losses.mask.item()?,
-            losses.objectness.item()?,
-            losses.rpn_box_reg.item()?,
-        ];
-        let value = loss.item()?;
+        // the total and its five parts in one read from the device
+        let values = read_f64(&Tensor::stack(
+            &[
+                loss.clone(),
+                losses.classifier.clone(),
+                losses.box_reg.clone(),
+                losses.mask.clone(),
+                losses.objectness.clone(),
+                losses.rpn_box_reg.clone(),
+            ],
+            0,
+        )?)?;
+        let (value, parts) = (values[0], &values[1..]);
         if !value.is_finite() {
             return Err(Error::arg(
                 "detect train",
@@ -508,7 +535,7 @@ impl<'m> DetectTask<'m> {
                     step + 1,
                     LOSS_NAMES
                         .iter()
-                        .zip(parts)
+                        .zip(parts.iter())
                         .map(|(n, v)| format!("{n} {v}"))
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -520,7 +547,7 @@ impl<'m> DetectTask<'m> {
         } else {
             loss.backward()?;
         }
-        Ok([value].into_iter().chain(parts).collect())
+        Ok(values)
     }
 }
 
@@ -546,9 +573,10 @@ impl Task for DetectTask<'_> {
         let (images, values) = match self.dp.take() {
             Some(mut dp) => {
                 let params = self.trainable.clone();
-                let global = dp.gradients(&params, Device::Cpu, step, b, |m, start, n, w| {
-                    self.micro(step, batch, (m, start, n, w))
-                });
+                let global =
+                    dp.gradients(&params, self.model.device(), step, b, |m, start, n, w| {
+                        self.micro(step, batch, (m, start, n, w))
+                    });
                 self.dp = Some(dp);
                 let g = global?;
                 (g.images, g.means)
@@ -699,7 +727,7 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
             .collect(),
         category_names: ds.category_names().to_vec(),
     };
-    let ranks = a.dist.ranks(Device::Cpu)?;
+    let ranks = a.dist.ranks(a.device.open()?)?;
     let accum = ranks.grad_accum;
     let shared = TrainShared {
         spec: &spec,
@@ -708,7 +736,9 @@ pub fn train(a: &DetectTrainArgs) -> Result<DetectTrainReport> {
         encoder: encoder.as_ref().map(|(ck, _, p)| (ck, p.as_path())),
         init: init.as_ref().map(|(s, p)| (s, p.as_path())),
     };
-    run_ranks(ranks, |comm, _| train_rank(a, &shared, comm, accum))
+    run_ranks(ranks, |comm, device| {
+        train_rank(a, &shared, comm, device, accum)
+    })
 }
 
 /// What every rank of `detect train` reads: the model's spec, the data
@@ -728,6 +758,7 @@ fn train_rank(
     a: &DetectTrainArgs,
     s: &TrainShared,
     comm: Box<dyn Communicator>,
+    device: Device,
     grad_accum: usize,
 ) -> Result<DetectTrainReport> {
     const OP: &str = "detect train";
@@ -741,6 +772,7 @@ fn train_rank(
     if let Some((from, p)) = s.init {
         init_from(&model, from, p)?;
     }
+    model.to_device(device)?;
     let global = global_batch(a.batch, grad_accum, world)?;
     // this rank's slice of each global batch, cut into micro-batches by
     // the task
@@ -990,6 +1022,7 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// `eval_<split>.json` (`{"bbox": [12], "segm": [12], ...}`).
 pub fn eval(a: &DetectEvalArgs) -> Result<DetectEvalReport> {
     let LoadedDetector { model, spec } = load_detector(&a.checkpoint)?;
+    model.to_device(a.device.open()?)?;
     let ds = SplitLocation::from_args(
         a.data.as_deref(),
         &a.split,
@@ -1029,7 +1062,8 @@ pub fn eval(a: &DetectEvalArgs) -> Result<DetectEvalReport> {
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let orig: Vec<(usize, usize)> = batch.targets.iter().map(|t| t.orig_size).collect();
-        let dets = model.forward_eval(&batch.images, &batch.image_sizes, &orig)?;
+        let on_device = batch.images.to_device(model.device())?;
+        let dets = model.forward_eval(&on_device, &batch.image_sizes, &orig)?;
         for (det, &i) in dets.iter().zip(&batch.indices) {
             let image_id = ds.image_id(i).unwrap_or(-1);
             entries.extend(coco_results(det, image_id, |l| ds.category_id(l))?);
@@ -1123,6 +1157,7 @@ const PALETTE: [[u8; 3]; 8] = [
 /// as a 1-px outline. Returns the number drawn.
 pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
     let LoadedDetector { model, spec } = load_detector(&a.checkpoint)?;
+    model.to_device(a.device.open()?)?;
     let img = image::open(&a.image)
         .map_err(|e| Error::arg("detect predict", format!("{}: {e}", a.image.display())))?;
     let rgb = img.to_rgb8();
@@ -1151,7 +1186,7 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
     let t = spec.transform(false);
     let item = t.apply(sample, &mut Rng::new(0))?;
     let (images, sizes) = pad_batch(&[item], spec.config.in_channels, t.size_divisible)?;
-    let dets = model.forward_eval(&images, &sizes, &[(h, w)])?;
+    let dets = model.forward_eval(&images.to_device(model.device())?, &sizes, &[(h, w)])?;
     let det = &dets[0];
     if let Some(path) = &a.json {
         let category = |l: i64| {
@@ -1163,6 +1198,9 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
             path,
             &Value::Array(coco_results(det, a.image_id, category)?),
         )?;
+    }
+    if let Some(path) = &a.mask_probs {
+        write_mask_probs(path, det)?;
     }
     let probs = det.masks.to_vec_f64()?;
     let mut canvas = rgb.into_raw();
@@ -1208,6 +1246,20 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
     }
     write_png(&a.out, &canvas, w, h)?;
     Ok(drawn)
+}
+
+/// `detect predict --mask-probs`: the detections with their pasted mask
+/// probabilities, as safetensors.
+fn write_mask_probs(path: &Path, det: &ImageDetections) -> Result<()> {
+    let k = det.boxes.len();
+    let boxes: Vec<f64> = det.boxes.iter().flatten().copied().collect();
+    let tensors = [
+        ("masks".to_string(), det.masks.clone()),
+        ("boxes".to_string(), Tensor::from_vec(boxes, &[k, 4])?),
+        ("scores".to_string(), Tensor::from_slice(&det.scores, &[k])?),
+        ("labels".to_string(), Tensor::from_slice(&det.labels, &[k])?),
+    ];
+    checkpoint::save(path, &tensors, &BTreeMap::new())
 }
 
 fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<()> {

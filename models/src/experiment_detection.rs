@@ -57,7 +57,8 @@ pub struct DetectionConfig {
     pub pretrain_batch: usize,
     pub pretrain_lr: f64,
     pub precision: Precision,
-    /// Where the encoders are pretrained (the detector trains on the CPU).
+    /// Where the encoders are pretrained and the detectors trained and
+    /// evaluated.
     pub device: DeviceArg,
     /// Training and validation canvases of the benchmark.
     pub train_canvases: usize,
@@ -259,6 +260,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 max_size: c.max_size,
                 workers: c.workers,
                 seed,
+                device: c.device,
                 dist: Default::default(),
                 out,
                 resume: false,
@@ -278,6 +280,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 split: "val".into(),
                 batch: c.det_batch,
                 workers: c.workers,
+                device: c.device,
                 out: None,
             })?;
             let run = DetectionRun {

@@ -357,6 +357,7 @@ fn train_eval_predict_and_resume() {
         .as_i64()
         .unwrap();
     let json = tmp.0.join("pred.json");
+    let probs_path = tmp.0.join("probs.safetensors");
     let id = image_id.to_string();
     ok(&[
         "detect",
@@ -371,6 +372,8 @@ fn train_eval_predict_and_resume() {
         s(&json),
         "--image-id",
         id.as_str(),
+        "--mask-probs",
+        s(&probs_path),
     ]);
     let mine = read_json(&json);
     let mine = mine.as_array().unwrap();
@@ -398,6 +401,118 @@ fn train_eval_predict_and_resume() {
             "compressed RLE: {a}"
         );
         assert_eq!(a["segmentation"]["size"], serde_json::json!([64, 64]));
+    }
+    // --mask-probs: the same detections with their pasted probabilities,
+    // whose > 0.5 masks are --json's RLE
+    let probs = engine::checkpoint::load(&probs_path).unwrap().tensors;
+    let k = mine.len();
+    assert_eq!(probs["masks"].dims(), [k, 1, 64, 64]);
+    assert_eq!(probs["boxes"].dims(), [k, 4]);
+    assert_eq!(probs["labels"].dims(), [k]);
+    let masks = probs["masks"].to_vec_f64().unwrap();
+    assert!(masks.iter().all(|p| (0.0..=1.0).contains(p)));
+    let boxes = probs["boxes"].to_vec_f64().unwrap();
+    let scores = probs["scores"].to_vec_f64().unwrap();
+    for (i, a) in mine.iter().enumerate() {
+        let b = &boxes[i * 4..][..4];
+        let bbox: Vec<f64> = a["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        // JSON's decimal text: equal to the last few bits
+        let want = [b[0], b[1], b[2] - b[0], b[3] - b[1], scores[i]];
+        let got = [&bbox[..], &[a["score"].as_f64().unwrap()]].concat();
+        testutil::assert_close("bbox, score", &got, &want, 0.0, 1e-12);
+        let bin: Vec<u8> = masks[i * 64 * 64..][..64 * 64]
+            .iter()
+            .map(|&p| u8::from(p > 0.5))
+            .collect();
+        assert_eq!(
+            models::detection::Rle::encode(&bin, 64, 64)
+                .unwrap()
+                .to_compressed(),
+            a["segmentation"]["counts"].as_str().unwrap()
+        );
+    }
+    // --device: on a GPU the same detections as the CPU's; without one,
+    // every detect command gives the probe's error before reading data
+    let predict_on = |device: &str| {
+        let out = tmp.0.join(format!("pred-{device}.json"));
+        ok(&[
+            "detect",
+            "predict",
+            "--checkpoint",
+            s(&run.join("model.safetensors")),
+            "--image",
+            s(&img),
+            "--out",
+            s(&png),
+            "--json",
+            s(&out),
+            "--image-id",
+            id.as_str(),
+            "--device",
+            device,
+        ]);
+        read_json(&out)
+    };
+    assert!(
+        predict_on("cpu").as_array().unwrap() == mine,
+        "--device cpu changed the detections"
+    );
+    if engine::cuda::probe(0).is_ok() {
+        let gpu = predict_on("cuda");
+        let gpu = gpu.as_array().unwrap();
+        assert_eq!(gpu.len(), mine.len(), "detections on the GPU vs the CPU");
+        for (a, b) in gpu.iter().zip(mine) {
+            assert_eq!(a["category_id"], b["category_id"], "{a} vs {b}");
+            let nums = |v: &Value| -> Vec<f64> {
+                let mut n: Vec<f64> = v["bbox"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect();
+                n.push(v["score"].as_f64().unwrap());
+                n
+            };
+            testutil::assert_close("GPU bbox, score", &nums(a), &nums(b), 1e-2, 1e-3);
+        }
+    } else {
+        let model = run.join("model.safetensors");
+        for cmd in [
+            vec![
+                "detect",
+                "train",
+                "--data",
+                s(data()),
+                "--out",
+                s(&again),
+                "--overwrite",
+            ],
+            vec![
+                "detect",
+                "eval",
+                "--checkpoint",
+                s(&model),
+                "--data",
+                s(data()),
+            ],
+            vec![
+                "detect",
+                "predict",
+                "--checkpoint",
+                s(&model),
+                "--image",
+                s(&img),
+                "--out",
+                s(&png),
+            ],
+        ] {
+            fails(&[&cmd[..], &["--device", "cuda"]].concat(), &["cuda:0"]);
+        }
     }
     for iou in ["bbox", "segm"] {
         let (summary, _) = ok(&[

@@ -654,3 +654,52 @@ fn r50fpn_train_losses_and_gradients_match_torchvision() {
 /// Bound of the R50-FPN gradient checks (relative; elements also absolute
 /// against the tensor's mean |g|): float32 against torchvision's float64.
 const GRAD_TOL: f64 = 1e-2;
+
+/// The host round trips of one iteration, counted by `detection::traffic`
+/// (on a GPU each read waits for the device): training reads the RPN's
+/// objectness and deltas once each and nothing else; inference also reads
+/// the box head's outputs and one pasted mask set per image. Uploads are
+/// the targets, masks and RoIs built on the host.
+#[test]
+fn host_round_trips_per_iteration() {
+    use models::detection::traffic;
+    let ck = fixture();
+    let images = ck.get("images").clone();
+    let image_sizes = ck.meta_pairs("image_sizes");
+    let b = image_sizes.len();
+    let targets: Vec<DetTarget> = image_sizes.iter().map(|&s| target(s)).collect();
+    let model = hashed_model();
+    model.set_training(true);
+    let before = traffic();
+    let losses = model
+        .forward_train(&images, &image_sizes, &targets, &mut Rng::new(3))
+        .unwrap();
+    losses.total().unwrap().backward().unwrap();
+    let train = traffic();
+    let (reads, uploads) = (train.reads - before.reads, train.uploads - before.uploads);
+    eprintln!("train: {reads} reads, {uploads} uploads for {b} images");
+    assert_eq!(reads, 2, "training reads");
+    // RPN loss: 5 masks and targets; box loss: labels, mask, targets;
+    // mask loss: one-hot and targets; RoIs: the boxes and their levels per
+    // pooler
+    assert!((10..=18).contains(&uploads), "training uploads {uploads}");
+
+    model.set_training(false);
+    let original_sizes = ck.meta_pairs("original_sizes");
+    let before = traffic();
+    let dets = model
+        .forward_eval(&images, &image_sizes, &original_sizes)
+        .unwrap();
+    let eval = traffic();
+    let reads = eval.reads - before.reads;
+    eprintln!(
+        "eval: {reads} reads, {} uploads for {b} images, {} detections",
+        eval.uploads - before.uploads,
+        dets.iter().map(|d| d.boxes.len()).sum::<usize>()
+    );
+    // RPN 2, post-processing 2, one paste per image with detections (the
+    // pooled rows come in input order: nothing to put back)
+    let pasted = dets.iter().filter(|d| !d.boxes.is_empty()).count();
+    assert!(pasted > 0, "no detections: the paste reads are untested");
+    assert_eq!(reads, 4 + pasted, "inference reads");
+}

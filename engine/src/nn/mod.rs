@@ -15,5 +15,5 @@ pub use batchnorm::{BatchNorm, StatSync};
 pub use conv::Conv2d;
 pub use conv_transpose::ConvTranspose2d;
 pub use linear::Linear;
-pub use module::{Flatten, Module, Relu};
+pub use module::{move_to_device, Flatten, Module, Relu};
 pub use sequential::Sequential;

@@ -46,29 +46,33 @@ pub trait Module: Send + Sync {
     /// memory) leaves the model where it was. A model is built and
     /// initialised on the host (deterministic) and then moved.
     fn to_device(&self, device: Device) -> Result<()> {
-        let params = self.params();
-        let buffers = self.buffers();
-        let moved_p = params
-            .iter()
-            .map(|p| p.copied_to(device))
-            .collect::<Result<Vec<_>>>()?;
-        let moved_b = buffers
-            .iter()
-            .map(|b| b.get().to_device(device))
-            .collect::<Result<Vec<_>>>()?;
-        for (p, m) in params.iter().zip(moved_p) {
-            p.set_moved(m)?;
-        }
-        for (b, m) in buffers.iter().zip(moved_b) {
-            b.set(m)?;
-        }
-        Ok(())
+        move_to_device(&self.params(), &self.buffers(), device)
     }
     /// Where the params live: the first param's device (the host for a
     /// model without params).
     fn device(&self) -> Device {
         self.params().first().map_or(Device::Cpu, |p| p.device())
     }
+}
+
+/// [`Module::to_device`] for any set of params and buffers: every copy is
+/// made before anything is replaced, so an error leaves them where they were.
+pub fn move_to_device(params: &[Param], buffers: &[Buffer], device: Device) -> Result<()> {
+    let moved_p = params
+        .iter()
+        .map(|p| p.copied_to(device))
+        .collect::<Result<Vec<_>>>()?;
+    let moved_b = buffers
+        .iter()
+        .map(|b| b.get().to_device(device))
+        .collect::<Result<Vec<_>>>()?;
+    for (p, m) in params.iter().zip(moved_p) {
+        p.set_moved(m)?;
+    }
+    for (b, m) in buffers.iter().zip(moved_b) {
+        b.set(m)?;
+    }
+    Ok(())
 }
 
 impl<M: Module + ?Sized> Module for Box<M> {

@@ -18,6 +18,7 @@
 //! - `paste_masks_in_image` places nothing for a box that lies entirely
 //!   outside the image (torchvision's slicing raises or misbehaves there).
 
+use super::host::{read_f64, to_device_of};
 use engine::nn::{init, join, Conv2d, ConvTranspose2d, Module, Param};
 use engine::ops::{Conv2dParams, ConvTranspose2dParams};
 use engine::{no_grad, DType, Error, Result, Rng, Tensor};
@@ -356,10 +357,11 @@ pub fn maskrcnn_loss<L: AsRef<[usize]>, I: AsRef<[usize]>>(
         return mask_logits.sum_all()?.scale(0.0);
     }
     let dtype = mask_logits.dtype();
+    // the one-hot selection and the targets are built on the host
     let picked = mask_logits
-        .mul(&one_hot(&labels, c, dtype, OP)?)?
+        .mul(&to_device_of(one_hot(&labels, c, dtype, OP)?, mask_logits)?)?
         .sum_dims(&[1], false)?;
-    let targets = Tensor::cat(&targets, 0)?.to_dtype(dtype)?;
+    let targets = to_device_of(Tensor::cat(&targets, 0)?.to_dtype(dtype)?, mask_logits)?;
     picked.bce_with_logits(&targets)
 }
 
@@ -388,7 +390,10 @@ pub fn maskrcnn_inference<L: AsRef<[usize]>>(
     }
     let probs = mask_logits
         .sigmoid()?
-        .mul(&one_hot(&all, c, mask_logits.dtype(), OP)?)?
+        .mul(&to_device_of(
+            one_hot(&all, c, mask_logits.dtype(), OP)?,
+            mask_logits,
+        )?)?
         .sum_dims(&[1], true)?;
     let mut out = Vec::with_capacity(labels.len());
     let mut start = 0;
@@ -480,7 +485,7 @@ pub fn paste_masks_in_image(
     let (ph, pw) = (mh + 2 * padding, mw + 2 * padding);
     let dtype = masks.dtype();
     let _guard = no_grad();
-    let src = masks.to_vec_f64()?;
+    let src = read_f64(masks)?;
     let mut out = vec![0.0f64; k * im_h * im_w];
     for (i, b) in ib.iter().enumerate() {
         let w = (b[2] - b[0] + 1).max(1);

@@ -30,7 +30,7 @@ use super::rpn::Rpn;
 use crate::resnet::{ResNet, ResNetConfig};
 use engine::nn::{Buffer, Module, Param};
 use engine::ops::box_iou;
-use engine::{DType, Error, Result, Rng, Tensor};
+use engine::{DType, Device, Error, Result, Rng, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Shape of a Mask R-CNN with a ResNet-FPN backbone.
@@ -210,6 +210,17 @@ impl MaskRcnn {
     /// The backbone's BN running statistics.
     pub fn buffers(&self) -> Vec<Buffer> {
         self.backbone.buffers()
+    }
+
+    /// Moves every parameter and buffer to `device` (all or none, as
+    /// `Module::to_device`); the model computes where its tensors are.
+    pub fn to_device(&self, device: Device) -> Result<()> {
+        engine::nn::move_to_device(&self.params(), &self.buffers(), device)
+    }
+
+    /// Where the parameters are.
+    pub fn device(&self) -> Device {
+        self.params().first().map_or(Device::Cpu, |p| p.device())
     }
 
     /// What torchvision optimises: [`Self::params`] without the backbone's

@@ -20,6 +20,7 @@ pub mod coco_eval;
 pub mod coco_json;
 pub mod data;
 pub mod fpn;
+pub mod host;
 pub mod mask_head;
 pub mod mask_rcnn;
 pub mod matcher;
@@ -31,4 +32,5 @@ pub mod synth;
 
 pub use coco_eval::{evaluate_files, CocoEval, IouMatrix, IouType, Params};
 pub use coco_json::{CocoCategory, CocoGt, CocoImage, Detection, GtAnnotation, Segmentation};
+pub use host::{traffic, Traffic};
 pub use rle::{bbox_iou, rle_iou, Rle};

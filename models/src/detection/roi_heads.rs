@@ -19,6 +19,7 @@
 //! - In eval mode targets are not used (as torchvision); no validation loss.
 
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use super::host::{count_uploads, read, to_device_of};
 use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Linear, Module, Param};
@@ -160,7 +161,10 @@ impl MultiScaleRoIAlign {
             .flat_map(|(b, bx)| bx.iter().flat_map(move |r| [b as f64, r[0], r[1], r[2], r[3]]))
             .collect();
         let k = rois.len() / 5;
+        // on the host: the op checks and maps them there, then uploads them
+        // (and, with several levels, their level indices)
         let rois = Tensor::from_vec(rois, &[k, 5])?.to_dtype(dtype)?;
+        count_uploads(if features.len() > 1 { 2 } else { 1 });
         let pooled = multiscale_roi_align(
             features,
             &rois,
@@ -422,8 +426,8 @@ pub fn fastrcnn_loss(
             format!("label {i} is {l}, outside [0, {c})"),
         ));
     }
-    let classifier =
-        class_logits.cross_entropy(&Tensor::from_vec(labels.to_vec(), &[n])?, 0.0, None)?;
+    let labels_t = to_device_of(Tensor::from_vec(labels.to_vec(), &[n])?, class_logits)?;
+    let classifier = class_logits.cross_entropy(&labels_t, 0.0, None)?;
     let dtype = box_regression.dtype();
     let total = 4 * c * n;
     let mut mask = vec![0.0f64; total];
@@ -435,7 +439,12 @@ pub fn fastrcnn_loss(
             target[at..at + 4].copy_from_slice(t);
         }
     }
-    let as_dtype = |v: Vec<f64>| Tensor::from_vec(v, &[total])?.to_dtype(dtype);
+    let as_dtype = |v: Vec<f64>| {
+        to_device_of(
+            Tensor::from_vec(v, &[total])?.to_dtype(dtype)?,
+            box_regression,
+        )
+    };
     let box_reg = box_regression
         .reshape(&[total])?
         .mul(&as_dtype(mask)?)?
@@ -794,16 +803,8 @@ impl RoiHeads {
             ));
         }
         let c = cd[1];
-        let scores = class_logits
-            .detach()
-            .softmax(1)?
-            .float_data::<T>()?
-            .into_owned();
-        let deltas = box_regression
-            .detach()
-            .to_dtype(class_logits.dtype())?
-            .float_data::<T>()?
-            .into_owned();
+        let scores = read::<T>(&class_logits.detach().softmax(1)?)?;
+        let deltas = read::<T>(&box_regression.detach().to_dtype(class_logits.dtype())?)?;
         let thresh = <T as Element>::from_f64(self.score_thresh);
         let mut out = Vec::with_capacity(proposals.len());
         let mut row0 = 0;

@@ -24,6 +24,7 @@
 
 use super::anchors::AnchorGenerator;
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use super::host::{read, to_device_of};
 use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Conv2d, Module, Param};
@@ -545,8 +546,8 @@ impl Rpn {
             .map(|&v| <T as Element>::from_f64(v))
             .collect();
 
-        let obj_vals = objectness.detach().float_data::<T>()?.into_owned();
-        let delta_vals = pred_deltas.detach().float_data::<T>()?.into_owned();
+        let obj_vals = read::<T>(&objectness)?;
+        let delta_vals = read::<T>(&pred_deltas)?;
         let post_n = if self.is_training() {
             self.post_nms_top_n.train
         } else {
@@ -734,7 +735,10 @@ impl Rpn {
             ));
         }
         let total = batch * n;
-        let mask = |v: Vec<T>, shape: &[usize]| Tensor::from_vec(v, shape);
+        // the masks and targets are built here and join the head's outputs
+        // on their device
+        let mask =
+            |v: Vec<T>, shape: &[usize]| to_device_of(Tensor::from_vec(v, shape)?, objectness);
         let logits = objectness
             .reshape(&[total])?
             .mul(&mask(obj_mask, &[total])?)?
