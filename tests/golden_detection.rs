@@ -32,15 +32,28 @@ fn run_multiscale(fx: &Fixture, dtype: DType) -> (Tensor, Vec<Tensor>) {
     // _convert_to_roi_format
     let mut rows = Vec::new();
     for b in 0..2 {
-        for r in fx.get(&format!("in.boxes.{b}")).to_vec_f64().unwrap().chunks(4) {
+        for r in fx
+            .get(&format!("in.boxes.{b}"))
+            .to_vec_f64()
+            .unwrap()
+            .chunks(4)
+        {
             rows.push(b as f64);
             rows.extend_from_slice(r);
         }
     }
     let k = rows.len() / 5;
-    let boxes = Tensor::from_vec(rows, &[k, 5]).unwrap().to_dtype(dtype).unwrap();
+    let boxes = Tensor::from_vec(rows, &[k, 5])
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
     let p = &fx.params;
-    let scales: Vec<f64> = p["scales"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let scales: Vec<f64> = p["scales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let mapper = fixture_mapper(fx);
     let sr = p["sampling_ratio"].as_i64().unwrap();
     let out_size = fx.param_pair("output_size");
@@ -49,14 +62,20 @@ fn run_multiscale(fx: &Fixture, dtype: DType) -> (Tensor, Vec<Tensor>) {
     })
     .unwrap_or_else(|e| panic!("{}: {e}", fx.name));
     assert_eq!(out.dtype(), dtype);
-    let grads = leaves.iter().map(|l| l.grad().expect("every level gets a gradient")).collect();
+    let grads = leaves
+        .iter()
+        .map(|l| l.grad().expect("every level gets a gradient"))
+        .collect();
     (out, grads)
 }
 
 #[test]
 fn multiscale_roi_align_matches_torchvision() {
     let (mut vs_f64, mut vs_f32) = (0f64, 0f64);
-    for case in ["detection_multiscale_roi_align_a", "detection_multiscale_roi_align_b"] {
+    for case in [
+        "detection_multiscale_roi_align_a",
+        "detection_multiscale_roi_align_b",
+    ] {
         let fx = Fixture::load(case);
         let coords: Vec<f64> = (0..2)
             .flat_map(|b| fx.get(&format!("in.boxes.{b}")).to_vec_f64().unwrap())
@@ -67,19 +86,53 @@ fn multiscale_roi_align_matches_torchvision() {
             .into_iter()
             .map(|l| l as i64)
             .collect();
-        assert_eq!(levels, fx.get("levels").to_vec::<i64>().unwrap(), "{case}: levels");
+        assert_eq!(
+            levels,
+            fx.get("levels").to_vec::<i64>().unwrap(),
+            "{case}: levels"
+        );
         let (out, grads) = run_multiscale(&fx, DType::F64);
-        check(&format!("{case}: out"), &out, fx.get("out"), TOL_F64, &mut vs_f64);
+        check(
+            &format!("{case}: out"),
+            &out,
+            fx.get("out"),
+            TOL_F64,
+            &mut vs_f64,
+        );
         for (l, g) in grads.iter().enumerate() {
-            check(&format!("{case}: grad.{l}"), g, fx.get(&format!("grad.{l}")), TOL_F64, &mut vs_f64);
+            check(
+                &format!("{case}: grad.{l}"),
+                g,
+                fx.get(&format!("grad.{l}")),
+                TOL_F64,
+                &mut vs_f64,
+            );
         }
         let (out, grads) = run_multiscale(&fx, DType::F32);
-        check(&format!("{case}: f32 out vs f64"), &out, fx.get("out"), TOL_F32, &mut vs_f64);
+        check(
+            &format!("{case}: f32 out vs f64"),
+            &out,
+            fx.get("out"),
+            TOL_F32,
+            &mut vs_f64,
+        );
         // same operation order as torchvision's float32 kernel
-        check(&format!("{case}: out vs torch f32"), &out, fx.get("out_f32"), 1e-6, &mut vs_f32);
+        check(
+            &format!("{case}: out vs torch f32"),
+            &out,
+            fx.get("out_f32"),
+            1e-6,
+            &mut vs_f32,
+        );
         for (l, g) in grads.iter().enumerate() {
             let key = format!("grad_f32.{l}");
-            check(&format!("{case}: {key}"), g, fx.get(&key), 1e-6, &mut vs_f32);
+            check(
+                &format!("{case}: {key}"),
+                g,
+                fx.get(&key),
+                1e-6,
+                &mut vs_f32,
+            );
         }
     }
     eprintln!("multiscale_roi_align: worst relative error {vs_f64:.3e} vs the f64 reference, {vs_f32:.3e} f32 vs torch f32");

@@ -613,4 +613,3 @@ fn mask_tensor(t: &DetTarget) -> Result<Tensor> {
     let v: Vec<f32> = t.masks.iter().flatten().map(|&m| m as f32).collect();
     Tensor::from_vec(v, &[t.masks.len(), h, w])
 }
-

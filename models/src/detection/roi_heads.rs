@@ -148,7 +148,13 @@ impl MultiScaleRoIAlign {
     ) -> Result<PooledRois> {
         const OP: &str = "MultiScaleRoIAlign::forward";
         let dtype = check_features(OP, features, None)?;
-        check_batch(OP, "boxes", boxes.len(), image_sizes.len(), features[0].dims()[0])?;
+        check_batch(
+            OP,
+            "boxes",
+            boxes.len(),
+            image_sizes.len(),
+            features[0].dims()[0],
+        )?;
         let level_hw: Vec<(usize, usize)> = features
             .iter()
             .map(|f| (f.dims()[2], f.dims()[3]))
@@ -158,7 +164,10 @@ impl MultiScaleRoIAlign {
         let rois: Vec<f64> = boxes
             .iter()
             .enumerate()
-            .flat_map(|(b, bx)| bx.iter().flat_map(move |r| [b as f64, r[0], r[1], r[2], r[3]]))
+            .flat_map(|(b, bx)| {
+                bx.iter()
+                    .flat_map(move |r| [b as f64, r[0], r[1], r[2], r[3]])
+            })
             .collect();
         let k = rois.len() / 5;
         // on the host: the op checks and maps them there, then uploads them

@@ -233,7 +233,12 @@ fn backward<T: Float>(dy: &[T], rois: &[(usize, Roi<T>)], g: &RoiGeom) -> Vec<T>
 }
 
 /// The boxes of level `l`: (row, box on that level's map).
-fn level_rois<T: Float>(boxes: &[T], levels: &[usize], l: usize, g: &RoiGeom) -> Vec<(usize, Roi<T>)> {
+fn level_rois<T: Float>(
+    boxes: &[T],
+    levels: &[usize],
+    l: usize,
+    g: &RoiGeom,
+) -> Vec<(usize, Roi<T>)> {
     boxes
         .chunks_exact(5)
         .zip(levels)
@@ -444,12 +449,18 @@ fn per_category<T: Float>(b: &[[T; 4]], s: &[T], idxs: &[i64], thr: f64) -> Vec<
 
 impl DetectionOps for Cpu {
     fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
-        self.multiscale_roi_align(std::slice::from_ref(x), boxes, &vec![0; g.k], std::slice::from_ref(g))
+        self.multiscale_roi_align(
+            std::slice::from_ref(x),
+            boxes,
+            &vec![0; g.k],
+            std::slice::from_ref(g),
+        )
     }
 
     fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
         let levels = vec![0; g.k];
-        let mut dx = self.multiscale_roi_align_backward(dy, boxes, &levels, std::slice::from_ref(g))?;
+        let mut dx =
+            self.multiscale_roi_align_backward(dy, boxes, &levels, std::slice::from_ref(g))?;
         Ok(dx.remove(0))
     }
 
@@ -494,7 +505,12 @@ impl DetectionOps for Cpu {
         }))
     }
 
-    fn box_encode(&self, reference: &Tensor, proposals: &Tensor, weights: [f64; 4]) -> Result<Tensor> {
+    fn box_encode(
+        &self,
+        reference: &Tensor,
+        proposals: &Tensor,
+        weights: [f64; 4],
+    ) -> Result<Tensor> {
         crate::trace::kernel("box_encode");
         let dtype = reference.dtype();
         Ok(dispatch_float!("box_encode", dtype, T => {

@@ -65,7 +65,11 @@ fn roi_levels(op: &'static str, maps: &[Tensor], geoms: &[RoiGeom]) -> Result<Ve
 
 /// The boxes' level indices as a device int32 block, or None when every
 /// box is on level 0 (one level: the kernels then read no levels).
-fn upload_levels(gpu: &'static Gpu, levels: &[usize], n_levels: usize) -> Result<Option<DeviceBlock>> {
+fn upload_levels(
+    gpu: &'static Gpu,
+    levels: &[usize],
+    n_levels: usize,
+) -> Result<Option<DeviceBlock>> {
     if n_levels == 1 || levels.is_empty() {
         return Ok(None);
     }
@@ -81,7 +85,12 @@ impl DetectionOps for Cuda {
     /// Output in the default (channels-last) layout.
     fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
         let levels = vec![0; g.k];
-        self.multiscale_roi_align(std::slice::from_ref(x), boxes, &levels, std::slice::from_ref(g))
+        self.multiscale_roi_align(
+            std::slice::from_ref(x),
+            boxes,
+            &levels,
+            std::slice::from_ref(g),
+        )
     }
 
     /// Scatters into dx with f32 atomics: dx is NOT bitwise deterministic
@@ -109,7 +118,10 @@ impl DetectionOps for Cuda {
         let gpu = gpu_of(&xs[0])?;
         let dtype = xs[0].dtype();
         let dt = kdtype(OP, dtype)?;
-        let xd = xs.iter().map(to_default_layout).collect::<Result<Vec<_>>>()?;
+        let xd = xs
+            .iter()
+            .map(to_default_layout)
+            .collect::<Result<Vec<_>>>()?;
         let maps = roi_levels(OP, &xd, geoms)?;
         let boxes = to_default_layout(boxes)?;
         let lv = upload_levels(gpu, levels, xs.len())?;
@@ -184,7 +196,12 @@ impl DetectionOps for Cuda {
 
     /// f32 only (f64 has no GPU kernels); see box_coder.cu for how close it
     /// is to the CPU op.
-    fn box_encode(&self, reference: &Tensor, proposals: &Tensor, weights: [f64; 4]) -> Result<Tensor> {
+    fn box_encode(
+        &self,
+        reference: &Tensor,
+        proposals: &Tensor,
+        weights: [f64; 4],
+    ) -> Result<Tensor> {
         const OP: &str = "box_encode";
         crate::trace::kernel("box_encode");
         coder_f32(OP, reference)?;

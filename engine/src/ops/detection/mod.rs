@@ -97,7 +97,12 @@ pub trait DetectionOps: BackendInfo {
         Err(unsupported(self, "multiscale_roi_align_backward"))
     }
     /// [`box_encode`] of two [N, 4] box sets.
-    fn box_encode(&self, reference: &Tensor, proposals: &Tensor, weights: [f64; 4]) -> Result<Tensor> {
+    fn box_encode(
+        &self,
+        reference: &Tensor,
+        proposals: &Tensor,
+        weights: [f64; 4],
+    ) -> Result<Tensor> {
         let _ = (reference, proposals, weights);
         Err(unsupported(self, "box_encode"))
     }
@@ -578,8 +583,7 @@ pub fn box_decode(
 ) -> Result<Tensor> {
     const OP: &str = "box_decode";
     let n = boxes_k(OP, "boxes", boxes)?;
-    if rel_codes.rank() != 2 || rel_codes.dims()[0] != n || !rel_codes.dims()[1].is_multiple_of(4)
-    {
+    if rel_codes.rank() != 2 || rel_codes.dims()[0] != n || !rel_codes.dims()[1].is_multiple_of(4) {
         return Err(Error::shape(
             OP,
             format!(

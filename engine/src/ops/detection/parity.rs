@@ -8,9 +8,9 @@
 //! level no box maps to); box encode / decode (f32 only), with codes past
 //! the decode clip.
 
-use crate::parity::{autograd, dims, Case, Input, Outputs, DTYPES};
 use super::LevelMapper;
 use crate::parity::autograd_with;
+use crate::parity::{autograd, dims, Case, Input, Outputs, DTYPES};
 use crate::{DType, Device, Result, Rng, Tensor};
 
 /// `k` RoIAlign boxes [k, 5] over an `n`-image batch of h x w maps at
@@ -87,7 +87,10 @@ fn multiscale_boxes(rng: &mut Rng, n: usize, size: f64, k: usize) -> Vec<f64> {
     for i in 0..k {
         let b = rng.below(n) as f64;
         let side = 2.0 * (1.5 * size).powf(rng.uniform());
-        let (x1, y1) = (rng.uniform() * size - 0.1 * size, rng.uniform() * size - 0.1 * size);
+        let (x1, y1) = (
+            rng.uniform() * size - 0.1 * size,
+            rng.uniform() * size - 0.1 * size,
+        );
         let a = 0.5 + rng.uniform();
         if i == 0 {
             v.extend([b, x1, y1, x1, y1 + side]);
@@ -148,7 +151,10 @@ fn coder_cases(rng: &mut Rng, out: &mut Vec<Case>) {
         run: Box::new(move |dev| {
             let c = f32_on(&codes, n, 4 * classes, dev)?;
             let b = f32_on(&boxes, n, 4, dev)?;
-            Ok(vec![("boxes".into(), super::box_decode(&c, &b, weights, clip)?)])
+            Ok(vec![(
+                "boxes".into(),
+                super::box_decode(&c, &b, weights, clip)?,
+            )])
         }),
     });
 }
@@ -157,10 +163,24 @@ fn coder_cases(rng: &mut Rng, out: &mut Vec<Case>) {
 /// over every level; the gradient flows into every level.
 fn multiscale_cases(rng: &mut Rng, dtype: DType, out: &mut Vec<Case>) {
     // (levels' (H, W), channels, boxes, output, sampling_ratio, aligned)
-    type MsCase = (&'static [(usize, usize)], usize, usize, [usize; 2], i64, bool);
+    type MsCase = (
+        &'static [(usize, usize)],
+        usize,
+        usize,
+        [usize; 2],
+        i64,
+        bool,
+    );
     let ms: [MsCase; 2] = [
         (&[(16, 20), (8, 10), (4, 5)], 6, 40, [3, 4], -1, true),
-        (&[(32, 24), (16, 12), (8, 6), (4, 3)], 16, 60, [7, 7], 2, false),
+        (
+            &[(32, 24), (16, 12), (8, 6), (4, 3)],
+            16,
+            60,
+            [7, 7],
+            2,
+            false,
+        ),
     ];
     for (hw, c, k, o, sr, aligned) in ms {
         let n = 2;

@@ -20,7 +20,13 @@ fn roi_align_gradient_must_match_the_output() {
         aligned: true,
     };
     let x = (DType::F32, Device::Cpu);
-    assert!(check_grad("roi_align", &Tensor::zeros(&[3, 2, 2, 2], DType::F32), x, &g).is_ok());
+    assert!(check_grad(
+        "roi_align",
+        &Tensor::zeros(&[3, 2, 2, 2], DType::F32),
+        x,
+        &g
+    )
+    .is_ok());
     for dy in [
         Tensor::zeros(&[3, 2, 2, 2], DType::F64),
         Tensor::zeros(&[2, 2, 2, 2], DType::F32),
@@ -112,16 +118,37 @@ fn multiscale_roi_align_is_roi_align_on_each_boxs_level() {
         for (l, f) in feats.iter().enumerate() {
             // the level's boxes, in input order, through the one-level op
             let ks: Vec<usize> = (0..40).filter(|&k| levels[k] == l).collect();
-            let sub: Vec<f64> = ks.iter().flat_map(|&k| rows[5 * k..5 * k + 5].to_vec()).collect();
-            let sub = Tensor::from_vec(sub, &[ks.len(), 5]).unwrap().to_dtype(dtype).unwrap();
+            let sub: Vec<f64> = ks
+                .iter()
+                .flat_map(|&k| rows[5 * k..5 * k + 5].to_vec())
+                .collect();
+            let sub = Tensor::from_vec(sub, &[ks.len(), 5])
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
             let x = f.detach().requires_grad_().unwrap();
             let want = x.roi_align(&sub, [3, 2], SCALES[l], sr, aligned).unwrap();
             let wv = want.to_vec_f64().unwrap();
-            let sub_up: Vec<f64> = ks.iter().flat_map(|&k| upv[k * row..(k + 1) * row].to_vec()).collect();
-            let sub_up = Tensor::from_vec(sub_up, want.dims()).unwrap().to_dtype(dtype).unwrap();
-            want.mul(&sub_up).unwrap().sum_all().unwrap().backward().unwrap();
+            let sub_up: Vec<f64> = ks
+                .iter()
+                .flat_map(|&k| upv[k * row..(k + 1) * row].to_vec())
+                .collect();
+            let sub_up = Tensor::from_vec(sub_up, want.dims())
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            want.mul(&sub_up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for (j, &k) in ks.iter().enumerate() {
-                assert_eq!(yv[k * row..(k + 1) * row], wv[j * row..(j + 1) * row], "box {k}");
+                assert_eq!(
+                    yv[k * row..(k + 1) * row],
+                    wv[j * row..(j + 1) * row],
+                    "box {k}"
+                );
             }
             // same boxes, same order: the same sums bit for bit
             assert_eq!(
@@ -137,7 +164,8 @@ fn multiscale_roi_align_is_roi_align_on_each_boxs_level() {
 fn multiscale_roi_align_gradients_match_finite_differences() {
     let (feats, boxes) = pyramid(12, 3);
     for (aligned, sr) in [(true, -1), (false, 2)] {
-        let f = |t: &[Tensor]| multiscale_roi_align(t, &boxes, &SCALES, [2, 3], sr, aligned, &mapper());
+        let f =
+            |t: &[Tensor]| multiscale_roi_align(t, &boxes, &SCALES, [2, 3], sr, aligned, &mapper());
         crate::gradcheck::check_gradients(f, &feats, 1e-6, 1e-7, 1e-5).unwrap();
     }
 }
@@ -146,9 +174,24 @@ fn multiscale_roi_align_gradients_match_finite_differences() {
 fn multiscale_roi_align_with_one_level_maps_nothing() {
     // one level: every box on it, even one with no level (as torchvision)
     let (feats, _) = pyramid(0, 4);
-    let boxes = Tensor::from_vec(vec![0.0, 10.0, 10.0, 5.0, 20.0, 1.0, 2.0, 3.0, 30.0, 40.0], &[2, 5]).unwrap();
-    let y = multiscale_roi_align(&feats[..1], &boxes, &SCALES[..1], [2, 2], 2, false, &LevelMapper::new(2, 2)).unwrap();
-    let want = feats[0].roi_align(&boxes, [2, 2], SCALES[0], 2, false).unwrap();
+    let boxes = Tensor::from_vec(
+        vec![0.0, 10.0, 10.0, 5.0, 20.0, 1.0, 2.0, 3.0, 30.0, 40.0],
+        &[2, 5],
+    )
+    .unwrap();
+    let y = multiscale_roi_align(
+        &feats[..1],
+        &boxes,
+        &SCALES[..1],
+        [2, 2],
+        2,
+        false,
+        &LevelMapper::new(2, 2),
+    )
+    .unwrap();
+    let want = feats[0]
+        .roi_align(&boxes, [2, 2], SCALES[0], 2, false)
+        .unwrap();
     assert_eq!(y.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
 }
 
@@ -158,21 +201,73 @@ fn multiscale_roi_align_rejects_bad_input() {
     let m = mapper();
     let err = |r: Result<Tensor>| r.unwrap_err().to_string();
     let inverted = Tensor::from_vec(vec![0.0, 10.0, 10.0, 5.0, 20.0], &[1, 5]).unwrap();
-    let e = err(multiscale_roi_align(&feats, &inverted, &SCALES, [2, 2], 2, false, &m));
+    let e = err(multiscale_roi_align(
+        &feats,
+        &inverted,
+        &SCALES,
+        [2, 2],
+        2,
+        false,
+        &m,
+    ));
     assert!(e.contains("box 0") && e.contains("area"), "{e}");
-    let e = err(multiscale_roi_align(&feats, &boxes, &SCALES[..2], [2, 2], 2, false, &m));
+    let e = err(multiscale_roi_align(
+        &feats,
+        &boxes,
+        &SCALES[..2],
+        [2, 2],
+        2,
+        false,
+        &m,
+    ));
     assert!(e.contains("2 scales for 3 feature maps"), "{e}");
-    let e = err(multiscale_roi_align(&feats, &boxes, &SCALES, [2, 2], 2, false, &LevelMapper::new(2, 5)));
+    let e = err(multiscale_roi_align(
+        &feats,
+        &boxes,
+        &SCALES,
+        [2, 2],
+        2,
+        false,
+        &LevelMapper::new(2, 5),
+    ));
     assert!(e.contains("levels 2..=5"), "{e}");
     let e = err(multiscale_roi_align(&[], &boxes, &[], [2, 2], 2, false, &m));
     assert!(e.contains("no feature map"), "{e}");
-    let narrow = vec![feats[0].clone(), feats[1].narrow(1, 0, 2).unwrap(), feats[2].clone()];
-    let e = err(multiscale_roi_align(&narrow, &boxes, &SCALES, [2, 2], 2, false, &m));
+    let narrow = vec![
+        feats[0].clone(),
+        feats[1].narrow(1, 0, 2).unwrap(),
+        feats[2].clone(),
+    ];
+    let e = err(multiscale_roi_align(
+        &narrow,
+        &boxes,
+        &SCALES,
+        [2, 2],
+        2,
+        false,
+        &m,
+    ));
     assert!(e.contains("N and C must agree"), "{e}");
     let far = Tensor::from_vec(vec![2.0, 1.0, 1.0, 30.0, 30.0], &[1, 5]).unwrap();
-    let e = err(multiscale_roi_align(&feats, &far, &SCALES, [2, 2], 2, false, &m));
+    let e = err(multiscale_roi_align(
+        &feats,
+        &far,
+        &SCALES,
+        [2, 2],
+        2,
+        false,
+        &m,
+    ));
     assert!(e.contains("batch index 2"), "{e}");
-    let e = err(multiscale_roi_align(&feats, &boxes.to_dtype(DType::F32).unwrap(), &SCALES, [2, 2], 2, false, &m));
+    let e = err(multiscale_roi_align(
+        &feats,
+        &boxes.to_dtype(DType::F32).unwrap(),
+        &SCALES,
+        [2, 2],
+        2,
+        false,
+        &m,
+    ));
     assert!(e.contains("dtype"), "{e}");
 }
 
@@ -187,8 +282,12 @@ fn box_coding_follows_torchvision_on_known_values() {
     let back = box_decode(&codes, &p, [10.0, 10.0, 5.0, 5.0], 4.0).unwrap();
     assert_eq!(back.to_vec_f64().unwrap(), [0.0, 0.0, 10.0, 20.0]);
     // dw = 100 / 1 clamps at the clip: width e^2 x 10, centre kept
-    let huge = Tensor::from_vec(vec![0.0, 0.0, 100.0, f64::NAN, 0.0, 0.0, 0.0, 0.0], &[1, 8]).unwrap();
-    let d = box_decode(&huge, &p, [1.0; 4], 2.0).unwrap().to_vec_f64().unwrap();
+    let huge =
+        Tensor::from_vec(vec![0.0, 0.0, 100.0, f64::NAN, 0.0, 0.0, 0.0, 0.0], &[1, 8]).unwrap();
+    let d = box_decode(&huge, &p, [1.0; 4], 2.0)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
     let half = 0.5 * 2f64.exp() * 10.0;
     assert_eq!(d[0], 5.0 - half);
     assert_eq!(d[2], 5.0 + half);
@@ -203,7 +302,10 @@ fn box_coding_in_f32_is_the_host_reference_computed_in_f32() {
         (0..n)
             .flat_map(|_| {
                 let (x, y) = (rng.uniform() as f32 * 100.0, rng.uniform() as f32 * 100.0);
-                let (w, h) = (1.0 + rng.uniform() as f32 * 50.0, 1.0 + rng.uniform() as f32 * 50.0);
+                let (w, h) = (
+                    1.0 + rng.uniform() as f32 * 50.0,
+                    1.0 + rng.uniform() as f32 * 50.0,
+                );
                 [x, y, x + w, y + h]
             })
             .collect()
@@ -221,24 +323,50 @@ fn box_coding_in_f32_is_the_host_reference_computed_in_f32() {
     let rel_t = Tensor::from_vec(rel.clone(), &[20, 8]).unwrap();
     let d = box_decode(&rel_t, &ten(&p, 4), w, 4.135).unwrap();
     assert_eq!(d.dims(), [20, 8]);
-    assert_eq!(d.to_vec::<f32>().unwrap(), decode_boxes::<f32>(&rel, &p, w, 4.135));
+    assert_eq!(
+        d.to_vec::<f32>().unwrap(),
+        decode_boxes::<f32>(&rel, &p, w, 4.135)
+    );
 }
 
 #[test]
 fn box_coding_rejects_bad_input() {
     let b = Tensor::zeros(&[3, 4], DType::F32);
     let err = |r: Result<Tensor>| r.unwrap_err().to_string();
-    let e = err(box_encode(&b, &Tensor::zeros(&[2, 4], DType::F32), [1.0; 4]));
+    let e = err(box_encode(
+        &b,
+        &Tensor::zeros(&[2, 4], DType::F32),
+        [1.0; 4],
+    ));
     assert!(e.contains("3 rows but proposals 2"), "{e}");
-    let e = err(box_encode(&b, &Tensor::zeros(&[3, 4], DType::F64), [1.0; 4]));
+    let e = err(box_encode(
+        &b,
+        &Tensor::zeros(&[3, 4], DType::F64),
+        [1.0; 4],
+    ));
     assert!(e.contains("dtype"), "{e}");
     let h = Tensor::zeros(&[3, 4], DType::BF16);
     let e = err(box_encode(&h, &h, [1.0; 4]));
     assert!(e.contains("f32 or f64"), "{e}");
-    let e = err(box_decode(&Tensor::zeros(&[3, 6], DType::F32), &b, [1.0; 4], 4.0));
+    let e = err(box_decode(
+        &Tensor::zeros(&[3, 6], DType::F32),
+        &b,
+        [1.0; 4],
+        4.0,
+    ));
     assert!(e.contains("[N, 4 K] with N = 3"), "{e}");
-    let e = err(box_decode(&Tensor::zeros(&[2, 4], DType::F32), &b, [1.0; 4], 4.0));
+    let e = err(box_decode(
+        &Tensor::zeros(&[2, 4], DType::F32),
+        &b,
+        [1.0; 4],
+        4.0,
+    ));
     assert!(e.contains("got shape [2, 4]"), "{e}");
-    let e = err(box_decode(&b, &Tensor::zeros(&[3, 5], DType::F32), [1.0; 4], 4.0));
+    let e = err(box_decode(
+        &b,
+        &Tensor::zeros(&[3, 5], DType::F32),
+        [1.0; 4],
+        4.0,
+    ));
     assert!(e.contains("[K, 4]"), "{e}");
 }
