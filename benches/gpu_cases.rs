@@ -1,6 +1,7 @@
 //! The parity cases of slmlp-gpu-check (benches/src/bin/gpu_check.rs) that
 //! are not one op: whole-network gradients, and the eval-mode forward the
-//! commands that only read a network run (forward, analyze, transfer). Single ops register their cases
+//! commands that only read a network run (forward, analyze, transfer), and a
+//! Mask R-CNN training step. Single ops register their cases
 //! with their family (engine/src/ops/<family>/parity.rs); these use the same
 //! [`Case`] form, so the runner treats both alike.
 
@@ -78,6 +79,136 @@ pub fn model_cases(seed: u64) -> Vec<Case> {
     cases
 }
 
+/// `detector_grads`: a small Mask R-CNN (ResNet-18 width 8, FPN 16, 3
+/// classes) trained one step on two 64x64 images with two boxes each: the
+/// five losses and every trainable parameter's gradient, f32 on both sides.
+/// The RPN and RoI samplers draw from the same seed on both devices, and
+/// the proposals come from the device's objectness, so an NMS near-tie that
+/// the two devices break differently changes the sampled RoIs: the case
+/// then fails on the losses, naming them. Judged as `model_grads`' f32
+/// (error relative to the case's largest value, floored at 1e-3 of it) at
+/// 1e-3, chosen before any GPU run: RoIAlign's backward sums with atomics in
+/// a device-chosen order. The detector takes f32 or f64 images only, so
+/// there is no bf16 case.
+pub fn detector_cases(seed: u64) -> Vec<Case> {
+    let det = Rc::new(Detector {
+        seed,
+        truth: OnceCell::new(),
+    });
+    vec![Case {
+        op: "detector_grads",
+        dtype: DType::F32,
+        label: "mask r-cnn resnet18 w8 fpn16 [2,3,64,64], 2 boxes each".into(),
+        threshold: Some(1e-3),
+        run: Box::new(move |device| det.outputs(device)),
+    }]
+}
+
+/// The network and batch of `detector_grads`, with its CPU truth.
+struct Detector {
+    seed: u64,
+    truth: OnceCell<std::result::Result<Values, String>>,
+}
+
+impl Detector {
+    fn run(&self, device: Device) -> Result<Values> {
+        use models::detection::data::DetTarget;
+        use models::detection::mask_rcnn::{MaskRcnn, MaskRcnnConfig};
+        let mut rng = Rng::new(self.seed);
+        let model = MaskRcnn::new(
+            MaskRcnnConfig {
+                arch: "resnet18".into(),
+                width: 8,
+                num_classes: 3,
+                fpn_channels: 16,
+                representation_size: 32,
+                trainable_layers: 5,
+                in_channels: 3,
+            },
+            &mut rng,
+        )?;
+        model.to_device(device)?;
+        let (h, w) = (64, 64);
+        let images = Tensor::randn(&[2, 3, h, w], 0.0, 1.0, DType::F32, &mut rng);
+        let rects = [
+            [[4usize, 6, 30, 40], [20, 10, 60, 30]],
+            [[0, 0, 40, 50], [30, 34, 62, 63]],
+        ];
+        let targets: Vec<DetTarget> = rects
+            .iter()
+            .map(|rs| DetTarget {
+                boxes: rs.iter().map(|r| r.map(|v| v as f32)).collect(),
+                labels: vec![1, 2],
+                masks: rs
+                    .iter()
+                    .map(|r| {
+                        (0..h * w)
+                            .map(|i| {
+                                u8::from(
+                                    (r[0]..r[2]).contains(&(i % w))
+                                        && (r[1]..r[3]).contains(&(i / w)),
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect(),
+                image_id: 0,
+                orig_size: (h, w),
+                size: (h, w),
+            })
+            .collect();
+        let losses = model.forward_train(
+            &images.to_device(device)?,
+            &[(h, w); 2],
+            &targets,
+            &mut Rng::new(self.seed ^ 1),
+        )?;
+        losses.total()?.backward()?;
+        let mut outs: Values = [
+            ("loss_classifier", &losses.classifier),
+            ("loss_box_reg", &losses.box_reg),
+            ("loss_mask", &losses.mask),
+            ("loss_objectness", &losses.objectness),
+            ("loss_rpn_box_reg", &losses.rpn_box_reg),
+        ]
+        .into_iter()
+        .map(|(n, t)| Ok((n.to_string(), host(t)?)))
+        .collect::<Result<_>>()?;
+        for p in model.trainable_params() {
+            let g = p
+                .get()
+                .grad()
+                .ok_or_else(|| Error::Autograd(format!("no gradient reached {}", p.name())))?;
+            outs.push((format!("d{}", p.name()), host(&g)?));
+        }
+        Ok(outs)
+    }
+
+    /// As [`Net::f32_outputs`]: each item in units of [`units`], and a 1.
+    fn outputs(&self, device: Device) -> Result<Outputs> {
+        let truth = self
+            .truth
+            .get_or_init(|| self.run(Device::Cpu).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Autograd(format!("CPU truth: {e}")))?;
+        scaled(truth, &self.run(device)?)
+    }
+}
+
+/// Each item of `got` divided by its error unit (see [`units`]), followed
+/// by a 1: the runner's max|dut - cpu| / max|cpu| is then
+/// max|dut - cpu| / unit, as every value of the CPU side is at most 1.
+fn scaled(truth: &Values, got: &Values) -> Result<Outputs> {
+    let mut outs = Outputs::new();
+    for ((name, _), unit) in truth.iter().zip(units(truth)) {
+        let mut v: Vec<f64> = find(got, name)?.iter().map(|x| x / unit).collect();
+        v.push(1.0);
+        let n = v.len();
+        outs.push((name.clone(), Tensor::from_vec(v, &[n])?));
+    }
+    Ok(outs)
+}
+
 /// Added to each bf16 error so that the runner's |e_dut - e_cpu| /
 /// (e_cpu + 0.015) <= 2 is e_dut <= 3 e_cpu + 0.03, i.e.
 /// e_dut / (e_cpu + 0.01) <= 3.
@@ -150,20 +281,9 @@ impl Net {
             .map_err(|e| Error::Autograd(format!("CPU f32 truth: {e}")))
     }
 
-    /// Each item of the f32 run divided by its error unit (see [`units`]),
-    /// followed by a 1: the runner's max|dut - cpu| / max|cpu| is then
-    /// max|dut - cpu| / unit, as every value of the CPU side is at most 1.
+    /// The f32 run against the truth, as [`scaled`].
     fn f32_outputs(&self, device: Device) -> Result<Outputs> {
-        let truth = self.truth()?;
-        let got = self.run(device, DType::F32)?;
-        let mut outs = Outputs::new();
-        for ((name, _), unit) in truth.iter().zip(units(truth)) {
-            let mut v: Vec<f64> = find(&got, name)?.iter().map(|x| x / unit).collect();
-            v.push(1.0);
-            let n = v.len();
-            outs.push((name.clone(), Tensor::from_vec(v, &[n])?));
-        }
-        Ok(outs)
+        scaled(self.truth()?, &self.run(device, DType::F32)?)
     }
 
     /// Per item, the bf16 run's error against the CPU f32 truth in units of

@@ -472,14 +472,24 @@ fn conv(b: &mut Bench) {
 /// momentum 0.9, wd 1e-4, inputs already on the GPU (two sets alternated),
 /// through the same `Trainer::step` `slmlp pretrain` runs (so its per-step
 /// loss read-back is timed too). Peak memory is the caching allocator's.
+/// SL-MLP also runs in f16 with dynamic loss scaling (`eager_f16`; PyTorch
+/// has no f16 row), to set its speed next to bf16's.
 fn train(b: &mut Bench) {
     use engine::amp::Precision;
     use models::train::{TrainOptions, Trainer};
     use models::{NetConfig, ProjectorConfig, SupervisedNet};
     const N: usize = 256;
     const PX: usize = 224;
-    for variant in ["sl", "sl_mlp"] {
-        let key = format!("resnet50_train/{variant}/eager");
+    for (variant, precision) in [
+        ("sl", Precision::Bf16),
+        ("sl_mlp", Precision::Bf16),
+        ("sl_mlp", Precision::F16),
+    ] {
+        let (mode, dtype) = match precision {
+            Precision::F16 => ("eager_f16", "f16"),
+            _ => ("eager", "bf16"),
+        };
+        let key = format!("resnet50_train/{variant}/{mode}");
         b.attempt(&key, 25.0, |b| {
             let mut cfg = NetConfig::new("resnet50", 1000)?;
             if variant == "sl_mlp" {
@@ -498,7 +508,7 @@ fn train(b: &mut Bench) {
                 weight_decay: 1e-4,
                 warmup_steps: 0,
                 label_smoothing: 0.0,
-                precision: Precision::Bf16,
+                precision,
             };
             let mut trainer = Trainer::new(&net, opts, Default::default());
             let mut sets = Vec::new();
@@ -525,9 +535,9 @@ fn train(b: &mut Bench) {
             drop(net);
             b.g.empty_cache();
             Ok(merge(
-                json!({"key": key, "name": format!("resnet50 {} train step (slmlp)", variant.to_uppercase().replace('_', "-")),
-                       "variant": variant, "mode": "eager", "batch": N, "px": PX, "params": params,
-                       "precision": "bf16 compute, f32 master weights, channels_last, SGD momentum",
+                json!({"key": key, "name": format!("resnet50 {} {dtype} train step (slmlp)", variant.to_uppercase().replace('_', "-")),
+                       "variant": variant, "mode": mode, "batch": N, "px": PX, "params": params,
+                       "precision": format!("{dtype} compute, f32 master weights, channels_last, SGD momentum"),
                        "img_per_s": sig(N as f64 / (t.ms_median * 1e-3)),
                        "peak_gib": sig(peak.peak_allocated as f64 / (1u64 << 30) as f64),
                        "peak_reserved_gib": sig(peak.peak_reserved as f64 / (1u64 << 30) as f64),

@@ -16,8 +16,9 @@
 //! Algorithm choice is PyTorch's `cudnn.benchmark`: the first call for a
 //! (shape, dtype, math, direction) key times every candidate with
 //! cudnnFind*AlgorithmEx on the real inputs and a scratch output, and
-//! caches the fastest that fits the workspace budget; if Find fails, the
-//! heuristic cudnnGet*Algorithm_v7 list is used instead. With
+//! caches the fastest that fits the workspace budget; if Find fails, or
+//! [`FIND_LIMIT`] keys were already timed, the heuristic
+//! cudnnGet*Algorithm_v7 list is used instead. With
 //! [`set_deterministic`] (`--deterministic`) only algorithms cuDNN reports
 //! as deterministic (the perf results' determinism flag) are candidates,
 //! so repeated runs give the same bits (PyTorch's
@@ -70,6 +71,19 @@ pub fn set_deterministic(on: bool) {
 /// Whether only deterministic convolution algorithms are used.
 pub fn deterministic() -> bool {
     DETERMINISTIC.load(Ordering::Relaxed)
+}
+
+/// How many algorithm keys a GPU times with cudnnFind before it takes
+/// cuDNN's heuristic choice (Get_v7, no timing) for new ones: a model with
+/// fixed shapes (a ResNet-50 step has about 70 keys) never reaches it, and
+/// a detector fed images of ever new sizes (about 200 keys per size) stops
+/// paying a search per image after a few sizes.
+pub const FIND_LIMIT: usize = 1024;
+
+/// Whether the next new key is timed (`searched` keys have been), or takes
+/// the heuristic's choice.
+pub fn times_next_key(searched: usize) -> bool {
+    searched < FIND_LIMIT
 }
 
 /// cudnnDeterminism_t's CUDNN_DETERMINISTIC in the perf results.
@@ -476,6 +490,8 @@ const SYMBOLS: [&str; 27] = [
 struct Dnn {
     handle: sys::cudnnHandle_t,
     algos: HashMap<AlgoKey, Chosen>,
+    /// Keys timed with Find so far (see [`FIND_LIMIT`]).
+    searched: usize,
 }
 
 // SAFETY: the handle is only used under the STATES lock, by one thread at
@@ -519,6 +535,7 @@ impl Dnn {
         Ok(Dnn {
             handle,
             algos: HashMap::new(),
+            searched: 0,
         })
     }
 }
@@ -972,7 +989,16 @@ impl Dnn {
             return Ok(*c);
         }
         d.check_output(&key.shape)?;
-        let (found, find_note) = match find(g, self.handle, key, d, p) {
+        let searched = if times_next_key(self.searched) {
+            self.searched += 1;
+            find(g, self.handle, key, d, p)
+        } else {
+            Err(Error::arg(
+                OP,
+                format!("not timed: {FIND_LIMIT} keys were, the heuristic chooses"),
+            ))
+        };
+        let (found, find_note) = match searched {
             Ok((perfs, cap)) => (
                 confirm(
                     self.handle,
@@ -1208,6 +1234,12 @@ mod tests {
             dilation: [dilation, dilation],
             groups,
         }
+    }
+
+    #[test]
+    fn new_keys_are_timed_until_the_limit() {
+        assert!(times_next_key(0) && times_next_key(FIND_LIMIT - 1));
+        assert!(!times_next_key(FIND_LIMIT) && !times_next_key(FIND_LIMIT + 5));
     }
 
     #[test]
