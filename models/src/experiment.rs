@@ -40,6 +40,7 @@ use crate::extract::{extract_features, extract_projected};
 use crate::fit::mmss;
 use crate::pretrain::{
     eval_loader, load_trained, pretrain, ComputeArgs, DataArgs, Loaded, Method, PretrainArgs,
+    StemArg,
 };
 use crate::report::{write_json, write_text};
 use crate::train::batch_accuracy;
@@ -167,6 +168,15 @@ pub struct ExperimentArgs {
     /// First-stage width of the encoder.
     #[arg(long, default_value_t = 16)]
     pub width: usize,
+    /// The study's input side in pixels, for pretraining and every
+    /// measurement (default: the datasets' own 28; e.g. 64-112 for a
+    /// full-width ResNet-50 on a GPU). Not for --detection (--pretrain-size).
+    #[arg(long, conflicts_with = "detection")]
+    pub image_size: Option<usize>,
+    /// The encoder's stem (default: cifar up to 64 px, imagenet above, as
+    /// `pretrain`).
+    #[arg(long, value_enum, conflicts_with = "detection")]
+    pub stem: Option<StemArg>,
     /// Pretraining epochs (default 5; --quick: 4).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -279,6 +289,7 @@ impl Plan {
     fn settings(&self, a: &ExperimentArgs) -> Value {
         json!({
             "arch": a.arch, "width": a.width, "epochs": self.epochs,
+            "image_size": a.image_size, "stem": a.stem.map(|s| format!("{s:?}")),
             "per_class": self.per_class, "transfer_per_class": self.transfer_per_class,
             "eval_per_class": self.eval_per_class, "batch": a.batch, "lr": a.lr, "k": a.k,
             "precision": format!("{:?}", a.compute.precision), "device": a.compute.device.to_string(),
@@ -542,6 +553,8 @@ impl Replicate<'_> {
         let report = pretrain(&PretrainArgs {
             projector: v.projector.unwrap_or("d").into(),
             epoch_models: curve,
+            image_size: a.image_size,
+            stem: a.stem,
             ..PretrainArgs::study(
                 if v.projector.is_some() {
                     Method::SlMlp

@@ -614,6 +614,65 @@ fn experiment_produces_every_output_file() {
     assert_eq!(read()["comparison"], v["comparison"]);
 }
 
+/// `--image-size` and `--stem` reach pretraining and every measurement:
+/// the trained networks record them, and the results' settings too.
+#[test]
+fn experiment_at_another_input_size() {
+    let dir = tmp("experiment-size");
+    ok(&[
+        "experiment",
+        "--quick",
+        "--out",
+        s(&dir),
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--per-class",
+        "20",
+        "--transfer-per-class",
+        "10",
+        "--eval-per-class",
+        "10",
+        "--plot-per-class",
+        "10",
+        "--batch",
+        "32",
+        "--image-size",
+        "40",
+        "--stem",
+        "imagenet",
+    ]);
+    for m in ["sl", "sl-mlp"] {
+        let meta =
+            engine::checkpoint::load(&dir.join(format!("split0/seed0/{m}/model.safetensors")))
+                .unwrap()
+                .metadata;
+        assert_eq!(
+            meta.get("data.size").map(String::as_str),
+            Some("40"),
+            "{m}: {meta:?}"
+        );
+        assert!(
+            meta.values()
+                .any(|v| v.contains("ImageNet") || v == "imagenet"),
+            "{m}: {meta:?}"
+        );
+    }
+    fails(
+        &[
+            "experiment",
+            "--detection",
+            "--image-size",
+            "40",
+            "--out",
+            s(&dir),
+        ],
+        &[],
+        &["--image-size"],
+    );
+}
+
 /// `--ablation` trains every projector variant once (the matched-parameter
 /// control reuses SL-MLP's network) and `--curve` measures every epoch.
 #[test]
