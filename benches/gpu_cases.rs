@@ -174,13 +174,7 @@ impl Detector {
         .into_iter()
         .map(|(n, t)| Ok((n.to_string(), host(t)?)))
         .collect::<Result<_>>()?;
-        for p in model.trainable_params() {
-            let g = p
-                .get()
-                .grad()
-                .ok_or_else(|| Error::Autograd(format!("no gradient reached {}", p.name())))?;
-            outs.push((format!("d{}", p.name()), host(&g)?));
-        }
+        push_grads(&mut outs, &model.trainable_params())?;
         Ok(outs)
     }
 
@@ -261,13 +255,7 @@ impl Net {
             ("loss".to_string(), host(&loss.detach())?),
             ("logits".to_string(), host(&logits.detach())?),
         ];
-        for p in net.params() {
-            let g = p
-                .get()
-                .grad()
-                .ok_or_else(|| Error::Autograd(format!("no gradient reached {}", p.name())))?;
-            outs.push((format!("d{}", p.name()), host(&g)?));
-        }
+        push_grads(&mut outs, &net.params())?;
         Ok(outs)
     }
 
@@ -336,6 +324,19 @@ fn find<'a>(values: &'a Values, name: &str) -> Result<&'a [f64]> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_slice())
         .ok_or_else(|| Error::Autograd(format!("{name} missing from the run")))
+}
+
+/// Appends every param's gradient as `d<name>`; a param without one is
+/// an error.
+fn push_grads(outs: &mut Values, params: &[engine::nn::Param]) -> Result<()> {
+    for p in params {
+        let g = p
+            .get()
+            .grad()
+            .ok_or_else(|| Error::Autograd(format!("no gradient reached {}", p.name())))?;
+        outs.push((format!("d{}", p.name()), host(&g)?));
+    }
+    Ok(())
 }
 
 fn host(t: &Tensor) -> Result<Vec<f64>> {

@@ -382,18 +382,10 @@ fn pretrain_encoder(
 /// The run recorded at `path` if it exists and was written with
 /// `settings`; `None` means it must be run.
 fn read_record(path: &Path, settings: &Value) -> Result<Option<DetectionRun>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(None);
-    };
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-        path: path.display().to_string(),
-        msg: format!("not a run record: {e}"),
-    })?;
-    Ok(if &v["settings"] == settings {
-        DetectionRun::from_json(&v["run"])
-    } else {
-        None
-    })
+    Ok(
+        crate::report::read_record(path, settings)?
+            .and_then(|v| DetectionRun::from_json(&v["run"])),
+    )
 }
 
 /// The benchmark as `slmlp detection-data --classes <unseen>` writes it:

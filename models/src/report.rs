@@ -19,6 +19,20 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     write_text(path, &(text + "\n"))
 }
 
+/// The run record at `path` (a JSON object with a `settings` field), if
+/// it exists and was written with `settings` (`--resume`'s check); `None`
+/// means the run must be done. An unreadable record is an error naming it.
+pub fn read_record(path: &Path, settings: &serde_json::Value) -> Result<Option<serde_json::Value>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        path: path.display().to_string(),
+        msg: format!("not a run record: {e}"),
+    })?;
+    Ok((&v["settings"] == settings).then_some(v))
+}
+
 /// Mean and sample standard deviation (0 for a single value).
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;

@@ -7,7 +7,7 @@ use crate::eval::plot::{line_charts_png, Chart, Series};
 use crate::eval::FeatureMetrics;
 use crate::report::{mean_std, write_json};
 use crate::stats::{holm, paired, Paired};
-use engine::{Error, Result};
+use engine::Result;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -169,19 +169,11 @@ impl Run {
     /// The runs recorded at `path` if it exists and was written with
     /// `settings`; `None` means they must be run.
     pub fn read_all(path: &Path, settings: &Value) -> Result<Option<Vec<Run>>> {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return Ok(None);
-        };
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-            path: path.display().to_string(),
-            msg: format!("not a run record: {e}"),
-        })?;
-        if &v["settings"] != settings {
-            return Ok(None);
-        }
-        Ok(v["runs"]
-            .as_array()
-            .and_then(|r| r.iter().map(Run::from_json).collect::<Option<Vec<_>>>()))
+        Ok(crate::report::read_record(path, settings)?.and_then(|v| {
+            v["runs"]
+                .as_array()
+                .and_then(|r| r.iter().map(Run::from_json).collect::<Option<Vec<_>>>())
+        }))
     }
 }
 

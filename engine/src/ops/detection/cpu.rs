@@ -448,22 +448,6 @@ fn per_category<T: Float>(b: &[[T; 4]], s: &[T], idxs: &[i64], thr: f64) -> Vec<
 }
 
 impl DetectionOps for Cpu {
-    fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
-        self.multiscale_roi_align(
-            std::slice::from_ref(x),
-            boxes,
-            &vec![0; g.k],
-            std::slice::from_ref(g),
-        )
-    }
-
-    fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
-        let levels = vec![0; g.k];
-        let mut dx =
-            self.multiscale_roi_align_backward(dy, boxes, &levels, std::slice::from_ref(g))?;
-        Ok(dx.remove(0))
-    }
-
     fn multiscale_roi_align(
         &self,
         xs: &[Tensor],

@@ -82,27 +82,6 @@ fn upload_levels(
 }
 
 impl DetectionOps for Cuda {
-    /// Output in the default (channels-last) layout.
-    fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
-        let levels = vec![0; g.k];
-        self.multiscale_roi_align(
-            std::slice::from_ref(x),
-            boxes,
-            &levels,
-            std::slice::from_ref(g),
-        )
-    }
-
-    /// Scatters into dx with f32 atomics: dx is NOT bitwise deterministic
-    /// (summation order varies between runs); it matches the CPU op to f32
-    /// rounding.
-    fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
-        let levels = vec![0; g.k];
-        let mut dx =
-            self.multiscale_roi_align_backward(dy, boxes, &levels, std::slice::from_ref(g))?;
-        Ok(dx.remove(0))
-    }
-
     /// One launch over every level; output in the default (channels-last)
     /// layout.
     fn multiscale_roi_align(
@@ -146,7 +125,9 @@ impl DetectionOps for Cuda {
         Ok(y)
     }
 
-    /// Scatters into f32 accumulators with atomics, as `roi_align_backward`.
+    /// Scatters into f32 accumulators with atomics: dx is NOT bitwise
+    /// deterministic (summation order varies between runs); it matches the
+    /// CPU op to f32 rounding.
     fn multiscale_roi_align_backward(
         &self,
         dy: &Tensor,

@@ -41,16 +41,6 @@ pub struct RoiGeom {
 /// The detection primitives a backend implements. Boxes live on the
 /// backend's device, in the input's dtype.
 pub trait DetectionOps: BackendInfo {
-    /// RoIAlign of x [N, C, H, W] over boxes [K, 5]: [K, C, ph, pw].
-    fn roi_align(&self, x: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
-        let _ = (x, boxes, g);
-        Err(unsupported(self, "roi_align"))
-    }
-    /// The gradient w.r.t. x [N, C, H, W] of the output gradient dy.
-    fn roi_align_backward(&self, dy: &Tensor, boxes: &Tensor, g: &RoiGeom) -> Result<Tensor> {
-        let _ = (dy, boxes, g);
-        Err(unsupported(self, "roi_align_backward"))
-    }
     /// The [N, M] IoU of boxes a [N, 4] and b [M, 4].
     fn box_iou(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let _ = (a, b);
@@ -450,12 +440,16 @@ impl Tensor {
         }
         let dev = self.device();
         let rois = boxes.detach().to_device(dev)?;
+        // one level: the multi-level primitive with every box on it
+        let levels = vec![0; k];
+        let geoms = [g];
         on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &[self, boxes], || {
-            let y = b.roi_align(self, &rois, &g)?;
+            let y = b.multiscale_roi_align(std::slice::from_ref(self), &rois, &levels, &geoms)?;
             let xs = (self.dtype(), dev);
             Ok(record(y, OP, &[self], move |dy| {
-                check_grad(OP, dy, xs, &g)?;
-                Ok(vec![Some(b.roi_align_backward(dy, &rois, &g)?)])
+                check_grad(OP, dy, xs, &geoms[0])?;
+                let mut dx = b.multiscale_roi_align_backward(dy, &rois, &levels, &geoms)?;
+                Ok(vec![Some(dx.remove(0))])
             }))
         }))
     }
