@@ -231,11 +231,14 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 }
             }
             // (encoder file, last-epoch train accuracy, seconds)
-            let enc = match key {
-                "sl" => Some(pretrain_encoder(c, seed, Method::Sl, &seed_dir, &log)?),
-                "sl-mlp" => Some(pretrain_encoder(c, seed, Method::SlMlp, &seed_dir, &log)?),
+            let method = match key {
+                "sl" => Some(Method::Sl),
+                "sl-mlp" => Some(Method::SlMlp),
                 _ => None,
             };
+            let enc = method
+                .map(|m| pretrain_encoder(c, seed, (m, key), &seed_dir, &log))
+                .transpose()?;
             let out = seed_dir.join(format!("detect-{key}"));
             log(format!("seed {seed}: Mask R-CNN from the {label} backbone"));
             let trained = crate::detect::train(&DetectTrainArgs {
@@ -328,19 +331,16 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
     })
 }
 
-/// Pretrains the seed's `method` encoder into SEED_DIR/pretrain-<key>:
-/// (model file, last-epoch training accuracy, seconds).
+/// Pretrains the seed's `method` encoder (backbone `key`) into
+/// SEED_DIR/pretrain-<key>: (model file, last-epoch training accuracy,
+/// seconds).
 fn pretrain_encoder(
     c: &DetectionConfig,
     seed: u64,
-    method: Method,
+    (method, key): (Method, &str),
     seed_dir: &Path,
     log: &dyn Fn(String),
 ) -> Result<(PathBuf, Option<f64>, f64)> {
-    let key = match method {
-        Method::Sl => "sl",
-        Method::SlMlp => "sl-mlp",
-    };
     log(format!("seed {seed}: pretraining the {key} encoder"));
     let seen = c
         .seen

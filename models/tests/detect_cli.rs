@@ -359,22 +359,26 @@ fn train_eval_predict_and_resume() {
     let json = tmp.0.join("pred.json");
     let probs_path = tmp.0.join("probs.safetensors");
     let id = image_id.to_string();
-    ok(&[
-        "detect",
-        "predict",
-        "--checkpoint",
-        s(&run.join("model.safetensors")),
-        "--image",
-        s(&img),
-        "--out",
-        s(&png),
-        "--json",
-        s(&json),
-        "--image-id",
-        id.as_str(),
-        "--mask-probs",
-        s(&probs_path),
-    ]);
+    let model = run.join("model.safetensors");
+    // `detect predict` of the image with its id, writing --json OUT
+    let predict = |out: &Path, extra: &[&str]| {
+        let base = [
+            "detect",
+            "predict",
+            "--checkpoint",
+            s(&model),
+            "--image",
+            s(&img),
+            "--out",
+            s(&png),
+            "--json",
+            s(out),
+            "--image-id",
+            id.as_str(),
+        ];
+        ok(&[&base[..], extra].concat());
+    };
+    predict(&json, &["--mask-probs", s(&probs_path)]);
     let mine = read_json(&json);
     let mine = mine.as_array().unwrap();
     let evals: Vec<&Value> = dets.iter().filter(|d| d["image_id"] == image_id).collect();
@@ -440,22 +444,7 @@ fn train_eval_predict_and_resume() {
     // every detect command gives the probe's error before reading data
     let predict_on = |device: &str| {
         let out = tmp.0.join(format!("pred-{device}.json"));
-        ok(&[
-            "detect",
-            "predict",
-            "--checkpoint",
-            s(&run.join("model.safetensors")),
-            "--image",
-            s(&img),
-            "--out",
-            s(&png),
-            "--json",
-            s(&out),
-            "--image-id",
-            id.as_str(),
-            "--device",
-            device,
-        ]);
+        predict(&out, &["--device", device]);
         read_json(&out)
     };
     assert!(
@@ -481,7 +470,6 @@ fn train_eval_predict_and_resume() {
             testutil::assert_close("GPU bbox, score", &nums(a), &nums(b), 1e-2, 1e-3);
         }
     } else {
-        let model = run.join("model.safetensors");
         for cmd in [
             vec![
                 "detect",

@@ -110,7 +110,7 @@ fn pooler_levels_and_values_match_torchvision() {
         .map(|l| l as usize)
         .collect();
     let flat: Vec<f64> = pool_boxes.iter().flatten().flatten().copied().collect();
-    let levels = pooler.map_levels(&flat, 2, 5).unwrap();
+    let levels = pooler.mapper(2, 5).levels(&flat).unwrap();
     assert_eq!(levels, want_levels);
     for l in 0..4 {
         assert!(levels.contains(&l), "level {l} is exercised");

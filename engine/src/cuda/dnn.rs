@@ -80,12 +80,6 @@ pub fn deterministic() -> bool {
 /// paying a search per image after a few sizes.
 pub const FIND_LIMIT: usize = 1024;
 
-/// Whether the next new key is timed (`searched` keys have been), or takes
-/// the heuristic's choice.
-pub fn times_next_key(searched: usize) -> bool {
-    searched < FIND_LIMIT
-}
-
 /// cudnnDeterminism_t's CUDNN_DETERMINISTIC in the perf results.
 const CUDNN_DETERMINISTIC: u32 = 1;
 
@@ -989,14 +983,11 @@ impl Dnn {
             return Ok(*c);
         }
         d.check_output(&key.shape)?;
-        let searched = if times_next_key(self.searched) {
+        let searched = if self.searched < FIND_LIMIT {
             self.searched += 1;
-            find(g, self.handle, key, d, p)
+            find(g, self.handle, key, d, p).map_err(|e| e.to_string())
         } else {
-            Err(Error::arg(
-                OP,
-                format!("not timed: {FIND_LIMIT} keys were, the heuristic chooses"),
-            ))
+            Err(format!("not timed: {FIND_LIMIT} keys were"))
         };
         let (found, find_note) = match searched {
             Ok((perfs, cap)) => (
@@ -1009,7 +1000,7 @@ impl Dnn {
                 )?,
                 format!("Find listed {perfs:?}"),
             ),
-            Err(e) => (None, e.to_string()),
+            Err(note) => (None, note),
         };
         let chosen = match found {
             Some(c) => c,
@@ -1234,12 +1225,6 @@ mod tests {
             dilation: [dilation, dilation],
             groups,
         }
-    }
-
-    #[test]
-    fn new_keys_are_timed_until_the_limit() {
-        assert!(times_next_key(0) && times_next_key(FIND_LIMIT - 1));
-        assert!(!times_next_key(FIND_LIMIT) && !times_next_key(FIND_LIMIT + 5));
     }
 
     #[test]

@@ -46,11 +46,8 @@ fn count(read: usize, upload: usize) {
 /// one round trip.
 pub(crate) fn read<T: Float>(t: &Tensor) -> Result<Vec<T>> {
     count(1, 0);
-    let t = t.detach();
-    if t.device() == engine::Device::Cpu {
-        return Ok(t.float_data::<T>()?.into_owned());
-    }
-    Ok(t.to_device(engine::Device::Cpu)?
+    Ok(t.detach()
+        .to_device(engine::Device::Cpu)?
         .float_data::<T>()?
         .into_owned())
 }
@@ -65,11 +62,7 @@ pub(crate) fn read_f64(t: &Tensor) -> Result<Vec<f64>> {
 /// that is the host).
 pub(crate) fn to_device_of(t: Tensor, like: &Tensor) -> Result<Tensor> {
     count(0, 1);
-    if t.device() == like.device() {
-        Ok(t)
-    } else {
-        t.to_device(like.device())
-    }
+    t.to_device(like.device())
 }
 
 /// Counts `n` uploads an engine op makes of host tensors it is given

@@ -122,15 +122,6 @@ impl MultiScaleRoIAlign {
         }
     }
 
-    /// torchvision's `LevelMapper` on [N, 4] flat `boxes`, computed in `T`
-    /// ([`LevelMapper::levels`], what [`Self::forward`] maps each RoI with):
-    /// level = clamp(floor(canonical_level + log2(sqrt(area) /
-    /// canonical_scale) + eps), k_min, k_max) - k_min. Errors on a box whose
-    /// level is NaN (negative area or non-finite coordinates).
-    pub fn map_levels<T: Float>(&self, boxes: &[T], k_min: i64, k_max: i64) -> Result<Vec<usize>> {
-        self.mapper(k_min, k_max).levels(boxes)
-    }
-
     /// torchvision's `MultiScaleRoIAlign.forward`: `features` are the
     /// levels [B, C, H_l, W_l] (same B, C, float dtype f32 / f64 and
     /// device), `boxes` per image its RoIs (x1, y1, x2, y2) in image
