@@ -25,6 +25,8 @@ use crate::dist::launch::{global_batch, run_ranks, DistArgs};
 use crate::dist::{Communicator, DataParallel};
 use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
 use crate::net::{MAX_CLASSES, MAX_IN_CHANNELS, MAX_WIDTH};
+use crate::train::{restored_scaler, scaler_state};
+use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
 use engine::nn::{Buffer, Module, Param};
 use engine::optim::{
@@ -118,6 +120,11 @@ pub struct DetectTrainArgs {
     /// stay on the host (docs/DETECTION.md counts the round trips).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// What the convolutions and linear layers compute in: f32, bf16 or
+    /// f16 (autocast: RoIAlign, box coding and the losses stay f32, the
+    /// weights stay f32) f16 training uses dynamic loss scaling.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     #[command(flatten)]
     pub dist: DistArgs,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, model.safetensors.
@@ -172,6 +179,11 @@ pub struct DetectEvalArgs {
     /// stay on the host (docs/DETECTION.md counts the round trips).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// What the convolutions and linear layers compute in: f32, bf16 or
+    /// f16 (autocast: RoIAlign, box coding and the losses stay f32, the
+    /// weights stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Where detections_<split>.json and eval_<split>.json go (default: the
     /// checkpoint's folder).
     #[arg(long)]
@@ -204,6 +216,11 @@ pub struct DetectPredictArgs {
     /// stay on the host (docs/DETECTION.md counts the round trips).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// What the convolutions and linear layers compute in: f32, bf16 or
+    /// f16 (autocast: RoIAlign, box coding and the losses stay f32, the
+    /// weights stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Also write every detection's mask probabilities as pasted into the
     /// image, before the 0.5 threshold, to this safetensors file (to audit
     /// against another implementation): `masks` [K, 1, H, W] in the model's
@@ -423,6 +440,8 @@ pub struct DetectTask<'m> {
     model: &'m MaskRcnn,
     trainable: Vec<Param>,
     opt: Sgd,
+    /// f16's dynamic loss scale.
+    scaler: Option<LossScaler>,
     schedule: Warmup<Box<dyn LrSchedule>>,
     total: usize,
     seed: u64,
@@ -430,7 +449,8 @@ pub struct DetectTask<'m> {
     size_divisible: usize,
     /// Data parallelism, when on.
     dp: Option<DataParallel>,
-    spec: BTreeMap<String, String>,
+    /// The model's `detect.*` spec, and the precision unless f32.
+    settings: BTreeMap<String, String>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -461,11 +481,17 @@ impl<'m> DetectTask<'m> {
         let mut metadata = spec.to_metadata();
         metadata.insert("seed".into(), a.seed.to_string());
         metadata.insert("epochs".into(), a.epochs.to_string());
+        let mut settings = spec.to_metadata();
+        // f32 runs record nothing: checkpoints from before --precision are f32
+        if a.precision != Precision::F32 {
+            settings.insert("precision".into(), format!("{:?}", a.precision));
+        }
         model.set_training(true);
         DetectTask {
             model,
             trainable: model.trainable_params(),
             opt: Sgd::new(a.lr, 0.9, a.weight_decay),
+            scaler: a.precision.scaler(),
             schedule: Warmup {
                 inner,
                 warmup_steps: a.warmup_steps.min(per_epoch),
@@ -475,7 +501,7 @@ impl<'m> DetectTask<'m> {
             seed: a.seed,
             size_divisible: spec.transform(true).size_divisible,
             dp: None,
-            spec: spec.to_metadata(),
+            settings,
             metadata,
         }
     }
@@ -527,7 +553,8 @@ impl<'m> DetectTask<'m> {
             0,
         )?)?;
         let (value, parts) = (values[0], &values[1..]);
-        if !value.is_finite() {
+        // under f16 an overflow skips the step instead (`amp_step`)
+        if !value.is_finite() && self.scaler.is_none() {
             return Err(Error::arg(
                 "detect train",
                 format!(
@@ -542,10 +569,14 @@ impl<'m> DetectTask<'m> {
                 ),
             ));
         }
-        if weight != 1.0 {
-            loss.scale(weight)?.backward()?;
+        let loss = if weight != 1.0 {
+            loss.scale(weight)?
         } else {
-            loss.backward()?;
+            loss
+        };
+        match &self.scaler {
+            Some(s) => s.backward(&loss)?,
+            None => loss.backward()?,
         }
         Ok(values)
     }
@@ -583,7 +614,7 @@ impl Task for DetectTask<'_> {
             }
             None => (b, self.micro(step, batch, (0, 0, b, 1.0))?),
         };
-        self.opt.step(&self.trainable)?;
+        let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.trainable)?;
         check_finite(&self.trainable, &self.model.buffers())
             .map_err(|e| Error::arg("detect train", format!("after step {}: {e}", step + 1)))?;
         Ok(StepLog {
@@ -596,7 +627,7 @@ impl Task for DetectTask<'_> {
                 .into_iter()
                 .zip(values[1..].iter().copied())
                 .collect(),
-            skipped: None,
+            skipped: self.scaler.is_some().then_some(!stepped),
         })
     }
 
@@ -630,23 +661,34 @@ impl Task for DetectTask<'_> {
         self.metadata.clone()
     }
 
-    /// The model's `detect.*` spec: another one cannot continue a run.
+    /// The model's `detect.*` spec and a precision other than f32:
+    /// another one cannot continue a run.
     fn settings(&self) -> BTreeMap<String, String> {
-        self.spec.clone()
+        self.settings.clone()
     }
 
-    /// Momentum; no rng (the samplers' is a function of the seed, the
-    /// step and the micro-batch).
+    /// Momentum and any loss scale; no rng (the samplers' is a function of
+    /// the seed, the step and the micro-batch).
     fn state(&self) -> TaskState {
+        let mut extra = self.metadata.clone();
+        extra.extend(self.settings());
+        extra.extend(self.scaler.as_ref().map_or(Vec::new(), scaler_state));
         TaskState {
             optim: self.opt.state(),
             rng: [0; 4],
-            extra: self.metadata.clone(),
+            extra,
         }
     }
 
-    fn restore(&mut self, optim: Vec<(String, engine::Tensor)>, _: &TrainState) -> Result<()> {
-        self.opt.load_state(optim)
+    fn restore(&mut self, optim: Vec<(String, engine::Tensor)>, state: &TrainState) -> Result<()> {
+        // read the loss scale first: an error leaves the task as it was
+        let scaler = match &self.scaler {
+            Some(s) => Some(restored_scaler(s, state)?),
+            None => None,
+        };
+        self.opt.load_state(optim)?;
+        self.scaler = scaler;
+        Ok(())
     }
 }
 
@@ -765,7 +807,8 @@ fn train_rank(
     let (rank, world) = (comm.rank(), comm.world());
     let quiet = a.quiet || rank > 0;
     let (spec, ds) = (s.spec, &s.ds);
-    let model = build_model(spec, &mut Rng::new(a.seed))?;
+    let mut model = build_model(spec, &mut Rng::new(a.seed))?;
+    model.set_compute_dtype(a.precision.compute_dtype())?;
     if let Some((ck, p)) = s.encoder {
         load_encoder(&model, ck, p)?;
     }
@@ -940,6 +983,14 @@ fn init_from(model: &MaskRcnn, from: &DetectSpec, path: &Path) -> Result<()> {
     load_weights(model, &checkpoint::load(path)?, path, skip)
 }
 
+/// [`load_detector`], computing in `precision` on `device`.
+fn open_detector(path: &Path, device: &DeviceArg, precision: Precision) -> Result<LoadedDetector> {
+    let mut d = load_detector(path)?;
+    d.model.set_compute_dtype(precision.compute_dtype())?;
+    d.model.to_device(device.open()?)?;
+    Ok(d)
+}
+
 /// Loads `model.safetensors` or `checkpoint.safetensors` of `detect train`,
 /// or a torchvision detector converted by tools/convert_torchvision.py.
 pub fn load_detector(path: &Path) -> Result<LoadedDetector> {
@@ -1021,8 +1072,7 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// Writes `detections_<split>.json` (bbox + segmentation per entry) and
 /// `eval_<split>.json` (`{"bbox": [12], "segm": [12], ...}`).
 pub fn eval(a: &DetectEvalArgs) -> Result<DetectEvalReport> {
-    let LoadedDetector { model, spec } = load_detector(&a.checkpoint)?;
-    model.to_device(a.device.open()?)?;
+    let LoadedDetector { model, spec } = open_detector(&a.checkpoint, &a.device, a.precision)?;
     let ds = SplitLocation::from_args(
         a.data.as_deref(),
         &a.split,
@@ -1156,8 +1206,7 @@ const PALETTE: [[u8; 3]; 8] = [
 /// mask (probability > 0.5) tinted half-way to its class colour, each box
 /// as a 1-px outline. Returns the number drawn.
 pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
-    let LoadedDetector { model, spec } = load_detector(&a.checkpoint)?;
-    model.to_device(a.device.open()?)?;
+    let LoadedDetector { model, spec } = open_detector(&a.checkpoint, &a.device, a.precision)?;
     let img = image::open(&a.image)
         .map_err(|e| Error::arg("detect predict", format!("{}: {e}", a.image.display())))?;
     let rgb = img.to_rgb8();

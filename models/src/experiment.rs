@@ -721,7 +721,7 @@ fn head_accuracy(net: &SupervisedNet, f: &Features, projected: bool) -> Result<f
 /// (pretraining; default 5, --quick 3), `--per-class` (pretraining
 /// images per seen class; default 3000, --quick 2000), `--seen`,
 /// `--arch`, `--width`, `--batch` and `--lr` (pretraining), `--seed`,
-/// `--precision` (pretraining; Mask R-CNN trains in f32), `--device`
+/// `--precision` (pretraining and Mask R-CNN), `--device`
 /// (pretraining and Mask R-CNN), `--workers`, `--out`. The detection
 /// sizes come from `--det-train` (default 1000, --quick 300),
 /// `--det-val` (default 250, --quick 100), `--det-epochs` (default 8,

@@ -264,6 +264,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 workers: c.workers,
                 seed,
                 device: c.device,
+                precision: c.precision,
                 dist: Default::default(),
                 out,
                 resume: false,
@@ -284,6 +285,7 @@ pub fn detection_experiment(c: &DetectionConfig) -> Result<DetectionResults> {
                 batch: c.det_batch,
                 workers: c.workers,
                 device: c.device,
+                precision: c.precision,
                 out: None,
             })?;
             let run = DetectionRun {
@@ -468,6 +470,7 @@ fn config_json(c: &DetectionConfig, bench: &[SynthSummary]) -> Value {
         },
         "detect": {
             "epochs": c.det_epochs, "batch": c.det_batch, "lr": c.det_lr, "schedule": "step",
+            "precision": format!("{:?}", c.precision).to_lowercase(),
             "warmup_steps": c.det_warmup_steps, "fpn_channels": c.fpn_channels,
             "representation_size": c.representation_size, "trainable_layers": c.trainable_layers,
             "min_size": c.min_size, "max_size": c.max_size,

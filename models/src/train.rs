@@ -373,17 +373,7 @@ impl Task for Trainer<'_> {
     fn state(&self) -> TaskState {
         let mut extra = self.metadata.clone();
         extra.extend(self.settings());
-        if let Some(s) = &self.scaler {
-            extra.insert("loss_scale".to_string(), s.scale.to_string());
-            extra.insert(
-                "loss_scale_clean_steps".to_string(),
-                s.clean_steps.to_string(),
-            );
-            extra.insert(
-                "loss_scale_skipped_steps".to_string(),
-                s.skipped_steps.to_string(),
-            );
-        }
+        extra.extend(self.scaler.as_ref().map_or(Vec::new(), scaler_state));
         TaskState {
             optim: self.opt.state(),
             rng: [0; 4],
@@ -393,55 +383,71 @@ impl Task for Trainer<'_> {
 
     fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {
         // read the loss scale first: an error leaves the trainer as it was
-        let scale = match &self.scaler {
-            Some(_) => {
-                let get = |k: &str| -> Result<f64> {
-                    state
-                        .extra
-                        .get(k)
-                        .and_then(|v| v.parse().ok())
-                        .ok_or_else(|| {
-                            Error::arg(
-                                "resume",
-                                format!("f16 run but the checkpoint has no valid {k}"),
-                            )
-                        })
-                };
-                let scale = get("loss_scale")?;
-                if !(scale.is_finite() && scale > 0.0) {
-                    return Err(Error::arg(
-                        "resume",
-                        format!("the checkpoint's loss_scale {scale} is not finite and > 0"),
-                    ));
-                }
-                let count = |k: &str| -> Result<usize> {
-                    let v = get(k)?;
-                    if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
-                        Ok(v as usize)
-                    } else {
-                        Err(Error::arg(
-                            "resume",
-                            format!("the checkpoint's {k} {v} is not a count"),
-                        ))
-                    }
-                };
-                // checkpoints from before the skip bound have no skip count
-                let skipped = match state.extra.contains_key("loss_scale_skipped_steps") {
-                    true => count("loss_scale_skipped_steps")?,
-                    false => 0,
-                };
-                Some((scale, count("loss_scale_clean_steps")?, skipped))
-            }
+        let scaler = match &self.scaler {
+            Some(s) => Some(restored_scaler(s, state)?),
             None => None,
         };
         self.opt.load_state(optim)?;
-        if let (Some(s), Some((scale, clean, skipped))) = (&mut self.scaler, scale) {
-            s.scale = scale;
-            s.clean_steps = clean;
-            s.skipped_steps = skipped;
-        }
+        self.scaler = scaler;
         Ok(())
     }
+}
+
+/// A loss scaler's state as checkpoint metadata (`TaskState::extra`).
+pub(crate) fn scaler_state(s: &LossScaler) -> Vec<(String, String)> {
+    vec![
+        ("loss_scale".into(), s.scale.to_string()),
+        ("loss_scale_clean_steps".into(), s.clean_steps.to_string()),
+        (
+            "loss_scale_skipped_steps".into(),
+            s.skipped_steps.to_string(),
+        ),
+    ]
+}
+
+/// `s` with the state [`scaler_state`] recorded in a checkpoint, validated.
+pub(crate) fn restored_scaler(s: &LossScaler, state: &TrainState) -> Result<LossScaler> {
+    let get = |k: &str| -> Result<f64> {
+        state
+            .extra
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Error::arg(
+                    "resume",
+                    format!("f16 run but the checkpoint has no valid {k}"),
+                )
+            })
+    };
+    let scale = get("loss_scale")?;
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::arg(
+            "resume",
+            format!("the checkpoint's loss_scale {scale} is not finite and > 0"),
+        ));
+    }
+    let count = |k: &str| -> Result<usize> {
+        let v = get(k)?;
+        if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
+            Ok(v as usize)
+        } else {
+            Err(Error::arg(
+                "resume",
+                format!("the checkpoint's {k} {v} is not a count"),
+            ))
+        }
+    };
+    // checkpoints from before the skip bound have no skip count
+    let skipped_steps = match state.extra.contains_key("loss_scale_skipped_steps") {
+        true => count("loss_scale_skipped_steps")?,
+        false => 0,
+    };
+    Ok(LossScaler {
+        scale,
+        clean_steps: count("loss_scale_clean_steps")?,
+        skipped_steps,
+        ..s.clone()
+    })
 }
 
 /// Mean cross-entropy and top-1 accuracy of `model` over one pass of

@@ -742,3 +742,88 @@ fn init_from_a_whole_detector() {
     args.extend(["--epochs", "1", "--init", s(&from)]);
     fails(&args, &["--init", "--width"]);
 }
+
+/// `--precision`: f16 training (dynamic loss scale, saved with the
+/// checkpoint and resumed), bf16 evaluation and prediction, and the f32
+/// weights they all keep; a resume in another precision is refused.
+#[test]
+fn precision_flags() {
+    let tmp = TempDir::new("detect-precision");
+    let out = tmp.0.join("f16");
+    train(&out, &["--epochs", "1", "--precision", "f16"]);
+    let steps: Vec<Value> = metrics(&out)
+        .into_iter()
+        .filter(|m| m["kind"] == "step")
+        .collect();
+    assert!(!steps.is_empty());
+    for m in &steps {
+        assert!(
+            m["skipped"].is_boolean(),
+            "f16 steps say whether they were skipped: {m}"
+        );
+        for l in LOSSES {
+            assert!(m[l].as_f64().is_some_and(f64::is_finite), "{l} in {m}");
+        }
+    }
+    let ck = engine::checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    assert!(
+        ck.tensors.values().all(|t| t.dtype() != engine::DType::F16),
+        "weights and momentum stay f32"
+    );
+    let scale: f64 = ck.metadata["extra.loss_scale"].parse().unwrap();
+    assert!(scale > 0.0 && scale <= 65536.0, "loss scale {scale}");
+    // one more epoch from the checkpoint, in f16 only
+    train(&out, &["--epochs", "2", "--precision", "f16", "--resume"]);
+    let mut args = vec!["detect", "train", "--data", s(data()), "--out", s(&out)];
+    args.extend(small("4"));
+    args.extend(["--epochs", "3", "--resume"]);
+    fails(&args, &["precision"]);
+
+    let model = out.join("model.safetensors");
+    let ev = tmp.0.join("eval");
+    ok(&[
+        "detect",
+        "eval",
+        "--checkpoint",
+        s(&model),
+        "--data",
+        s(data()),
+        "--out",
+        s(&ev),
+        "--precision",
+        "bf16",
+    ]);
+    let e = read_json(&ev.join("eval_val.json"));
+    assert!(e["bbox"].as_array().is_some_and(|a| a.len() == 12), "{e}");
+    let image = std::fs::read_dir(data().join("val/images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    ok(&[
+        "detect",
+        "predict",
+        "--checkpoint",
+        s(&model),
+        "--image",
+        s(&image),
+        "--out",
+        s(&tmp.0.join("p.png")),
+        "--precision",
+        "bf16",
+    ]);
+    fails(
+        &[
+            "detect",
+            "eval",
+            "--checkpoint",
+            s(&model),
+            "--data",
+            s(data()),
+            "--precision",
+            "f8",
+        ],
+        &["precision"],
+    );
+}

@@ -21,7 +21,11 @@
 //!   shapes (keys bn_relu/<variant>/<HxWxC>/eager/<fwd|bwd>, and the same
 //!   figure under .../compile/... to set it against torch.compile);
 //! - `conv`: the 23 ResNet-50 conv shapes at batch 256, 224 px, bf16:
-//!   fwd, bwd_data (not for the stem), bwd_weight (keys conv/<tag>/<dir>).
+//!   fwd, bwd_data (not for the stem), bwd_weight (keys conv/<tag>/<dir>);
+//! - `train`: ResNet-50 training steps, batch 256 (keys resnet50_train/*);
+//! - `maskrcnn` (only when asked for): one Mask R-CNN R50-FPN training
+//!   iteration, batch 4 at 800x1333, bf16 autocast (key
+//!   maskrcnn_train/r50_fpn).
 //!
 //! `slmlp-gpu-bench --out DIR --budget-s N [--sections copy,gemm,bn,conv]`
 //! Exit 0 all measured, 1 a measurement failed (an op errored), 3 no GPU.
@@ -43,6 +47,12 @@ const MAX_REPS: usize = 100;
 const MAX_S: f64 = 0.3;
 /// Prepared forwards alive at once for a backward measurement.
 const MAX_PREPARED: usize = 16;
+
+/// The Mask R-CNN iteration of torch_baselines.py's `maskrcnn_train`:
+/// images, objects per image.
+const MR_BATCH: usize = 4;
+const MR_HW: (usize, usize) = (800, 1333);
+const MR_OBJECTS: usize = 4;
 
 /// [`time_prepared`] with this binary's repeat settings: a backward timed
 /// after an untimed forward.
@@ -548,8 +558,119 @@ fn train(b: &mut Bench) {
     }
 }
 
+/// One Mask R-CNN R50-FPN training iteration as torch_baselines.py's
+/// `maskrcnn_train` times it: torchvision's configuration (91 classes,
+/// FPN 256, box head 1024, frozen BN, 3 trainable backbone stages), batch
+/// 4 of random 800x1333 images (padded to 800x1344 as torchvision's
+/// transform does) with 4 random boxes and masks each, bf16 autocast,
+/// SGD momentum 0.9, lr 0.02 x 4/16, wd 1e-4; forward with the losses,
+/// backward, step. The backbone's BN statistics are the initial 0/1
+/// (torch calibrates its random backbone's; only the timing matters here).
+fn maskrcnn(b: &mut Bench) {
+    use models::detection::data::DetTarget;
+    use models::detection::mask_rcnn::{MaskRcnn, MaskRcnnConfig};
+    use models::detection::traffic;
+    let key = "maskrcnn_train/r50_fpn";
+    b.attempt(key, 30.0, |b| {
+        let (h, w) = MR_HW;
+        let padded_w = w.div_ceil(32) * 32;
+        let mut rng = Rng::new(0);
+        let mut model = MaskRcnn::new(MaskRcnnConfig::torchvision("resnet50", 91), &mut rng)?;
+        model.set_compute_dtype(DType::BF16)?;
+        model.to_device(Device::Cuda(b.g.ordinal))?;
+        model.set_training(true);
+        let trainable = model.trainable_params();
+        let mut opt = engine::optim::Sgd::new(0.02 * MR_BATCH as f64 / 16.0, 0.9, 1e-4);
+        let mut batches = Vec::new();
+        for i in 0..2 {
+            let images = b
+                .pool
+                .take(&[MR_BATCH, 3, h, padded_w], 11 + i)?
+                .to_dtype(DType::F32)?;
+            let targets: Vec<DetTarget> = (0..MR_BATCH)
+                .map(|_| random_target(&mut rng, (h, w)))
+                .collect();
+            batches.push((images, targets));
+        }
+        let sizes = vec![(h, w); MR_BATCH];
+        let mut last_loss = None;
+        let mut step = |i: usize, keep: bool| -> Result<()> {
+            let (images, targets) = &batches[i % 2];
+            engine::optim::zero_grad(&trainable);
+            let loss = model
+                .forward_train(images, &sizes, targets, &mut Rng::new(i as u64))?
+                .total()?;
+            loss.backward()?;
+            engine::optim::Optimizer::step(&mut opt, &trainable)?;
+            if keep {
+                last_loss = Some(loss.detach());
+            }
+            Ok(())
+        };
+        b.g.reset_peak_memory();
+        let t0 = std::time::Instant::now();
+        step(0, false)?;
+        b.g.synchronize()?;
+        let first_s = t0.elapsed().as_secs_f64();
+        let before = traffic();
+        step(1, false)?;
+        let reads = traffic().reads - before.reads;
+        let t = time_gpu(b.g, 1, 5, 30, 8.0, |i| step(i, true))?;
+        let peak = b.g.memory_stats();
+        let loss = match &last_loss {
+            Some(l) => l.to_device(Device::Cpu)?.item()?,
+            None => f64::NAN,
+        };
+        drop(batches);
+        drop(model);
+        b.g.empty_cache();
+        Ok(merge(
+            json!({"key": key, "name": format!("Mask R-CNN R50-FPN train iter, batch {MR_BATCH} @{h}x{w} (slmlp)"),
+                   "batch": MR_BATCH, "image_hw": [h, w], "backbone": "frozen BN (initial statistics), trainable layers 3",
+                   "precision": "bf16 autocast", "first_iter_s": sig(first_s),
+                   "host_reads_per_iter": reads,
+                   "img_per_s": sig(MR_BATCH as f64 / (t.ms_median * 1e-3)),
+                   "peak_gib": sig(peak.peak_allocated as f64 / (1u64 << 30) as f64),
+                   "peak_reserved_gib": sig(peak.peak_reserved as f64 / (1u64 << 30) as f64),
+                   "loss_last": sig(loss)}),
+            &t,
+        ))
+    });
+}
+
+/// `MR_OBJECTS` random boxes with random masks inside them, as
+/// torch_baselines.py's `maskrcnn_batches` draws them.
+fn random_target(rng: &mut Rng, (h, w): (usize, usize)) -> models::detection::data::DetTarget {
+    let (hf, wf) = (h as f64, w as f64);
+    let mut boxes = Vec::new();
+    let mut masks = Vec::new();
+    for _ in 0..MR_OBJECTS {
+        let x1 = rng.uniform() * wf * 0.6;
+        let y1 = rng.uniform() * hf * 0.6;
+        let x2 = (x1 + 16.0 + rng.uniform() * wf * 0.35).min(wf - 1.0);
+        let y2 = (y1 + 16.0 + rng.uniform() * hf * 0.35).min(hf - 1.0);
+        let mut m = vec![0u8; h * w];
+        let (c0, c1) = (x1.round() as usize, x2.round() as usize);
+        for y in y1.round() as usize..y2.round() as usize {
+            for x in c0..c1 {
+                m[y * w + x] = u8::from(rng.uniform() > 0.3);
+            }
+        }
+        boxes.push([x1 as f32, y1 as f32, x2 as f32, y2 as f32]);
+        masks.push(m);
+    }
+    models::detection::data::DetTarget {
+        labels: (0..MR_OBJECTS).map(|i| 1 + (i as i64 * 29) % 90).collect(),
+        boxes,
+        masks,
+        image_id: 0,
+        orig_size: (h, w),
+        size: (h, w),
+    }
+}
+
 fn main() {
-    let args = Args::parse(BIN, " [--sections copy,gemm,bn,conv,train]");
+    let args = Args::parse(BIN, " [--sections copy,gemm,bn,conv,train,maskrcnn]");
     use_bundled_nvrtc();
     let dl = Deadline::new(args.budget_s);
     let g = open_gpu_or_exit(BIN, &args.out);
@@ -560,8 +681,8 @@ fn main() {
         .map(|s| s.trim().to_string())
         .collect();
     for s in &sections {
-        if !["copy", "gemm", "bn", "conv", "train"].contains(&s.as_str()) {
-            eprintln!("{BIN}: unknown section {s:?} (copy, gemm, bn, conv, train)");
+        if !["copy", "gemm", "bn", "conv", "train", "maskrcnn"].contains(&s.as_str()) {
+            eprintln!("{BIN}: unknown section {s:?} (copy, gemm, bn, conv, train, maskrcnn)");
             std::process::exit(EXIT_CRASH);
         }
     }
@@ -608,6 +729,9 @@ fn main() {
     g.empty_cache();
     if want("train") {
         train(&mut b);
+    }
+    if want("maskrcnn") {
+        maskrcnn(&mut b);
     }
     // summary: the ceilings, BN as % of copy, conv per-step total
     let rows = b.report.rows.clone();

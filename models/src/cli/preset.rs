@@ -21,7 +21,8 @@ pub enum PretrainPreset {
 pub enum DetectPreset {
     /// torchvision's COCO reference for Mask R-CNN R50-FPN: 26 epochs, lr
     /// 0.02 x batch/16 at batch 16, wd 1e-4, 1000 warmup steps, step
-    /// schedule, shorter side 800, longer at most 1333.
+    /// schedule, shorter side 800, longer at most 1333; bf16 autocast on
+    /// cuda (the references' `--amp`).
     Coco,
 }
 
@@ -72,6 +73,9 @@ pub fn apply_detect(p: DetectPreset, a: &mut DetectTrainArgs, m: &ArgMatches) {
             set(m, "schedule", &mut a.schedule, ScheduleArg::Step);
             set(m, "min_size", &mut a.min_size, 800);
             set(m, "max_size", &mut a.max_size, 1333);
+            if matches!(a.device, DeviceArg::Cuda(_)) {
+                set(m, "precision", &mut a.precision, Precision::Bf16);
+            }
         }
     }
 }
@@ -153,6 +157,11 @@ mod tests {
             (26, 16, 0.02, 1e-4)
         );
         assert_eq!((a.min_size, a.max_size, a.warmup_steps), (800, 1333, 1000));
+        assert_eq!(a.precision, Precision::F32);
+        let a = detect(&["--preset", "coco", "--device", "cuda"]);
+        assert_eq!(a.precision, Precision::Bf16);
+        let a = detect(&["--preset", "coco", "--device", "cuda", "--precision", "f32"]);
+        assert_eq!(a.precision, Precision::F32);
         let a = detect(&["--preset", "coco", "--batch", "4", "--max-size", "1000"]);
         assert_eq!((a.batch, a.lr, a.max_size), (4, 0.005, 1000));
         assert_eq!(a.min_size, 800);

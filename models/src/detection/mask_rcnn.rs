@@ -117,6 +117,8 @@ pub struct MaskRcnn {
     pub mask_roi_pool: MultiScaleRoIAlign,
     /// `roi_heads.mask_head.*`, `roi_heads.mask_predictor.*`
     pub mask_head: MaskHead,
+    /// See [`MaskRcnn::set_compute_dtype`].
+    compute: DType,
     training: AtomicBool,
 }
 
@@ -175,6 +177,7 @@ impl MaskRcnn {
             roi_heads,
             mask_roi_pool,
             mask_head,
+            compute: DType::F32,
             training: AtomicBool::new(true),
         };
         model.set_training(true);
@@ -194,6 +197,28 @@ impl MaskRcnn {
 
     pub fn is_training(&self) -> bool {
         self.training.load(Ordering::Relaxed)
+    }
+
+    /// What the convolutions and linear layers compute in for f32 images:
+    /// f32 (the default), bf16 or f16, as under torchvision's autocast.
+    /// RoIAlign, box coding, proposal selection, post-processing and the
+    /// losses stay in f32 ([`super::box_dtype`]); the parameters stay f32
+    /// (each layer casts its weights per forward, and the cast's backward
+    /// hands back f32 gradients). f64 images always compute in f64.
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::dtype(
+                "MaskRcnn::set_compute_dtype",
+                "f32, bf16 or f16",
+                dtype,
+            ));
+        }
+        self.compute = dtype;
+        Ok(())
+    }
+
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     /// Every parameter (backbone BN weights included), in a stable order:
@@ -249,9 +274,19 @@ impl MaskRcnn {
         p
     }
 
-    /// Backbone + FPN: P2..P6.
+    /// Backbone + FPN: P2..P6, f32 images computed in the compute dtype.
     fn features(&self, images: &Tensor) -> Result<Vec<Tensor>> {
-        self.fpn.forward(&self.backbone.stage_outputs(images)?)
+        let x = match images.dtype() {
+            DType::F32 => images.to_dtype(self.compute)?,
+            _ => images.clone(),
+        };
+        self.fpn.forward(&self.backbone.stage_outputs(&x)?)
+    }
+
+    /// The mask head's logits for pooled RoIs, in `dtype` (the images'
+    /// dtype, where the mask loss and inference run).
+    fn mask_logits(&self, pooled: &Tensor, dtype: DType) -> Result<Tensor> {
+        self.mask_head.forward(pooled)?.to_dtype(dtype)
     }
 
     fn check_batch(
@@ -346,7 +381,7 @@ impl MaskRcnn {
             let pooled = self
                 .mask_roi_pool
                 .forward(pooled_feats, &boxes, image_sizes)?;
-            let logits = self.mask_head.forward(&pooled.features)?;
+            let logits = self.mask_logits(&pooled.features, dtype)?;
             let labels: Vec<Vec<usize>> = dets
                 .iter()
                 .map(|d| d.labels.iter().map(|&l| l as usize).collect())
@@ -440,9 +475,7 @@ impl MaskRcnn {
         let pooled = heads
             .box_roi_pool
             .forward(pooled_feats, &samples.proposals, image_sizes)?;
-        let (logits, deltas) = heads
-            .box_predictor
-            .forward(&heads.box_head.forward(&pooled.features)?)?;
+        let (logits, deltas) = heads.predict(&pooled.features)?;
         let labels = samples.labels.concat();
         let regs = samples.regression_targets.concat();
         let box_losses = fastrcnn_loss(&logits, &deltas, &labels, &regs)?;
@@ -473,7 +506,7 @@ impl MaskRcnn {
             let pooled = self
                 .mask_roi_pool
                 .forward(pooled_feats, &positives, image_sizes)?;
-            let mask_logits = self.mask_head.forward(&pooled.features)?;
+            let mask_logits = self.mask_logits(&pooled.features, dtype)?;
             // the rows are the images' positives in order: one run per image
             // that has any, so maskrcnn_loss sees every row with its target
             let (mut props, mut masks, mut labs, mut idxs) =

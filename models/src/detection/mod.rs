@@ -34,3 +34,18 @@ pub use coco_eval::{evaluate_files, CocoEval, IouMatrix, IouType, Params};
 pub use coco_json::{CocoCategory, CocoGt, CocoImage, Detection, GtAnnotation, Segmentation};
 pub use host::{traffic, Traffic};
 pub use rle::{bbox_iou, rle_iou, Rle};
+
+use engine::{DType, Error, Result};
+
+/// The dtype the detector's box math, RoIAlign, losses and host reads use
+/// for feature maps computed in `features`: f64 stays f64; f32, bf16 and
+/// f16 give f32. This is torchvision's autocast: the convolutions and
+/// linear layers run in the half dtype, while RoIAlign, box coding and the
+/// losses (cross-entropy, BCE-with-logits, smooth-L1) run in f32.
+pub fn box_dtype(op: &'static str, features: DType) -> Result<DType> {
+    match features {
+        DType::F64 => Ok(DType::F64),
+        DType::F32 | DType::BF16 | DType::F16 => Ok(DType::F32),
+        d => Err(Error::dtype(op, "float feature maps", d)),
+    }
+}

@@ -19,6 +19,7 @@
 //! - In eval mode targets are not used (as torchvision); no validation loss.
 
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use super::box_dtype;
 use super::host::{count_uploads, read, to_device_of};
 use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use super::sampler::BalancedPositiveNegativeSampler;
@@ -123,9 +124,11 @@ impl MultiScaleRoIAlign {
     }
 
     /// torchvision's `MultiScaleRoIAlign.forward`: `features` are the
-    /// levels [B, C, H_l, W_l] (same B, C, float dtype f32 / f64 and
-    /// device), `boxes` per image its RoIs (x1, y1, x2, y2) in image
-    /// coordinates (converted to the features' dtype), `image_sizes` the B
+    /// levels [B, C, H_l, W_l] (same B, C, float dtype and device), `boxes`
+    /// per image its RoIs (x1, y1, x2, y2) in image coordinates (converted
+    /// to the features' dtype; bf16 / f16 features are pooled in f32 and
+    /// the result cast back, as torchvision's autocast does for
+    /// `roi_align`), `image_sizes` the B
     /// images' (height, width) before padding. One engine op
     /// (`multiscale_roi_align`) maps each RoI to its level with
     /// [`Self::mapper`] (all to level 0 when there is one level) and pools
@@ -138,7 +141,8 @@ impl MultiScaleRoIAlign {
         image_sizes: &[(usize, usize)],
     ) -> Result<PooledRois> {
         const OP: &str = "MultiScaleRoIAlign::forward";
-        let dtype = check_features(OP, features, None)?;
+        let computed = check_features(OP, features, None)?;
+        let dtype = box_dtype(OP, computed)?;
         check_batch(
             OP,
             "boxes",
@@ -165,6 +169,16 @@ impl MultiScaleRoIAlign {
         // (and, with several levels, their level indices)
         let rois = Tensor::from_vec(rois, &[k, 5])?.to_dtype(dtype)?;
         count_uploads(if features.len() > 1 { 2 } else { 1 });
+        let cast: Vec<Tensor>;
+        let features = if computed == dtype {
+            features
+        } else {
+            cast = features
+                .iter()
+                .map(|f| f.to_dtype(dtype))
+                .collect::<Result<_>>()?;
+            &cast[..]
+        };
         let pooled = multiscale_roi_align(
             features,
             &rois,
@@ -173,7 +187,8 @@ impl MultiScaleRoIAlign {
             self.sampling_ratio,
             self.aligned,
             &self.mapper(k_min, k_max),
-        )?;
+        )?
+        .to_dtype(computed)?;
         Ok(PooledRois {
             features: pooled,
             scales,
@@ -182,15 +197,13 @@ impl MultiScaleRoIAlign {
 }
 
 /// Checks that `features` are non-empty rank-4 maps with one batch size,
-/// one channel count (`channels` when given) and one dtype, f32 or f64.
+/// one channel count (`channels` when given) and one float dtype.
 fn check_features(op: &'static str, features: &[Tensor], channels: Option<usize>) -> Result<DType> {
     let Some(first) = features.first() else {
         return Err(Error::arg(op, "got no feature map"));
     };
     let dtype = first.dtype();
-    if dtype != DType::F32 && dtype != DType::F64 {
-        return Err(Error::dtype(op, "f32 or f64 feature maps", dtype));
-    }
+    box_dtype(op, dtype)?;
     let d0 = first.dims();
     if d0.len() != 4 || d0[0] == 0 {
         return Err(Error::shape(
@@ -558,6 +571,17 @@ impl RoiHeads {
         self.box_predictor.num_classes()
     }
 
+    /// Box head and predictor on pooled RoIs: (class logits, box deltas),
+    /// cast to f32 when computed in bf16 / f16 (the losses and box decoding
+    /// that follow run in f32, see [`box_dtype`]).
+    pub fn predict(&self, pooled: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dtype = box_dtype("RoiHeads::predict", pooled.dtype())?;
+        let (logits, deltas) = self
+            .box_predictor
+            .forward(&self.box_head.forward(pooled)?)?;
+        Ok((logits.to_dtype(dtype)?, deltas.to_dtype(dtype)?))
+    }
+
     /// torchvision's `select_training_samples` (box part), in `T`: per
     /// image, its gt boxes are appended to its proposals; each is matched
     /// by IoU with [`Self::matcher`] (all background without gt); label =
@@ -660,7 +684,7 @@ impl RoiHeads {
                 format!("box_head.fc6 takes {in_c} inputs, not C x {ph} x {pw}"),
             ));
         }
-        let dtype = check_features(OP, features, Some(in_c / (ph * pw)))?;
+        let dtype = box_dtype(OP, check_features(OP, features, Some(in_c / (ph * pw)))?)?;
         let batch = features[0].dims()[0];
         check_batch(OP, "proposals", proposals.len(), image_sizes.len(), batch)?;
         for (b, &(h, w)) in image_sizes.iter().enumerate() {
@@ -672,9 +696,7 @@ impl RoiHeads {
             let pooled = self
                 .box_roi_pool
                 .forward(features, proposals, image_sizes)?;
-            let (logits, deltas) = self
-                .box_predictor
-                .forward(&self.box_head.forward(&pooled.features)?)?;
+            let (logits, deltas) = self.predict(&pooled.features)?;
             let detections =
                 self.postprocess_detections(&logits, &deltas, proposals, image_sizes)?;
             return Ok(RoiHeadsOutput {
@@ -693,9 +715,7 @@ impl RoiHeads {
         let pooled = self
             .box_roi_pool
             .forward(features, &samples.proposals, image_sizes)?;
-        let (logits, deltas) = self
-            .box_predictor
-            .forward(&self.box_head.forward(&pooled.features)?)?;
+        let (logits, deltas) = self.predict(&pooled.features)?;
         let labels: Vec<i64> = samples.labels.concat();
         let regs: Vec<[f64; 4]> = samples.regression_targets.concat();
         let losses = fastrcnn_loss(&logits, &deltas, &labels, &regs)?;

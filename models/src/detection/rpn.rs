@@ -15,7 +15,12 @@
 //!   torchvision's gathered form up to the rounding of one extra scaling.
 //! - Per-level top-n and NMS ties are broken by the lower anchor index
 //!   (torch's `topk` and sort leave such ties unspecified).
-//! - Both losses come out in the features' dtype. torchvision builds its
+//! - Feature maps in bf16 or f16 (autocast) give head outputs in that
+//!   dtype, cast to f32 before decoding, proposal selection and the losses
+//!   ([`super::box_dtype`]), as torchvision's decoding and losses run in
+//!   f32 under autocast.
+//! - Both losses come out in the features' dtype (f32 for half features).
+//!   torchvision builds its
 //!   objectness labels in float32 whatever the features' dtype, so with
 //!   float64 features its `loss_objectness` is the float64 value rounded to
 //!   float32 (its gradient is float64 and unaffected).
@@ -24,6 +29,7 @@
 
 use super::anchors::AnchorGenerator;
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use super::box_dtype;
 use super::host::{read, to_device_of};
 use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use super::sampler::BalancedPositiveNegativeSampler;
@@ -363,7 +369,7 @@ impl Rpn {
         rng: &mut Rng,
     ) -> Result<RpnOutput> {
         let dtype = self.check_inputs(features, image_sizes, padded_hw, targets)?;
-        match dtype {
+        match box_dtype("Rpn::forward", dtype)? {
             DType::F64 => self.run::<f64>(features, image_sizes, padded_hw, targets, rng),
             _ => self.run::<f32>(features, image_sizes, padded_hw, targets, rng),
         }
@@ -400,9 +406,7 @@ impl Rpn {
             ));
         }
         let dtype = features[0].dtype();
-        if dtype != DType::F32 && dtype != DType::F64 {
-            return Err(Error::dtype(OP, "f32 or f64 feature maps", dtype));
-        }
+        box_dtype(OP, dtype)?;
         let batch = features[0].dims().first().copied().unwrap_or(0);
         for (l, f) in features.iter().enumerate() {
             let d = f.dims();
@@ -526,8 +530,9 @@ impl Rpn {
                     .reshape(&[batch, h * w * a, 4])?,
             );
         }
-        let objectness = Tensor::cat(&obj_levels, 1)?;
-        let pred_deltas = Tensor::cat(&del_levels, 1)?;
+        // half-precision head outputs are decoded and scored in f32
+        let objectness = Tensor::cat(&obj_levels, 1)?.to_dtype(T::DTYPE)?;
+        let pred_deltas = Tensor::cat(&del_levels, 1)?.to_dtype(T::DTYPE)?;
 
         let anchors = self.anchor_generator.grid_anchors(padded_hw, &grids)?;
         let n = anchors.len();
