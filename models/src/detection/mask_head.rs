@@ -18,7 +18,8 @@
 //! - `paste_masks_in_image` places nothing for a box that lies entirely
 //!   outside the image (torchvision's slicing raises or misbehaves there).
 
-use super::host::{read_f64, to_device_of};
+use super::box_dtype;
+use super::host::{count_uploads, read_f64, to_device_of};
 use engine::nn::{init, join, Conv2d, ConvTranspose2d, Module, Param};
 use engine::ops::{Conv2dParams, ConvTranspose2dParams};
 use engine::{no_grad, DType, Error, Result, Rng, Tensor};
@@ -261,9 +262,11 @@ pub fn project_masks_on_boxes(
         .reshape(&[k, m, m])
 }
 
-/// One-hot [K, C, 1, 1] in `dtype` selecting class `labels[k]` of row k.
-fn one_hot(labels: &[usize], num_classes: usize, dtype: DType, op: &'static str) -> Result<Tensor> {
-    let mut v = vec![0.0f64; labels.len() * num_classes];
+/// Row k num_classes + labels[k] of each RoI k: where its class's mask
+/// lies in the logits seen as [K num_classes, M, M] (an i64 index on the
+/// host, uploaded by `index_select`).
+fn class_rows(labels: &[usize], num_classes: usize, op: &'static str) -> Result<Tensor> {
+    let mut rows = Vec::with_capacity(labels.len());
     for (k, &l) in labels.iter().enumerate() {
         if l >= num_classes {
             return Err(Error::arg(
@@ -271,9 +274,21 @@ fn one_hot(labels: &[usize], num_classes: usize, dtype: DType, op: &'static str)
                 format!("label {l} of RoI {k} is out of range for {num_classes} classes"),
             ));
         }
-        v[k * num_classes + l] = 1.0;
+        rows.push((k * num_classes + l) as i64);
     }
-    Tensor::from_vec(v, &[labels.len(), num_classes, 1, 1])?.to_dtype(dtype)
+    count_uploads(1);
+    Tensor::from_vec(rows, &[labels.len()])
+}
+
+/// `mask_logits` [K, C, M, M] at RoI k's class `labels[k]`: [K, M, M]
+/// (torchvision's `mask_logits[arange(K), labels]`), in f32 when the
+/// logits are bf16 / f16 (autocast: what follows runs in f32).
+fn select_class(op: &'static str, mask_logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let [k, c, m] = logits_dims(op, mask_logits)?;
+    mask_logits
+        .reshape(&[k * c, m, m])?
+        .index_select(0, &class_rows(labels, c, op)?)?
+        .to_dtype(box_dtype(op, mask_logits.dtype())?)
 }
 
 /// Checks logits [K, C, M, M] and returns (K, C, M).
@@ -303,7 +318,8 @@ fn logits_dims(op: &'static str, logits: &Tensor) -> Result<[usize; 3]> {
 /// where target_k = `project_masks_on_boxes(gt_masks[i], proposals[i],
 /// matched_idxs[i], M)`. With no proposals at all it is
 /// `0 * sum(mask_logits)` (a zero that keeps the graph), as in torchvision.
-/// Differentiable w.r.t. `mask_logits`.
+/// Differentiable w.r.t. `mask_logits`; f32 for bf16 / f16 logits (the
+/// selected logits are cast before the loss, as under autocast).
 pub fn maskrcnn_loss<L: AsRef<[usize]>, I: AsRef<[usize]>>(
     mask_logits: &Tensor,
     proposals: &[Tensor],
@@ -312,7 +328,7 @@ pub fn maskrcnn_loss<L: AsRef<[usize]>, I: AsRef<[usize]>>(
     matched_idxs: &[I],
 ) -> Result<Tensor> {
     const OP: &str = "maskrcnn_loss";
-    let [k, c, m] = logits_dims(OP, mask_logits)?;
+    let [k, _, m] = logits_dims(OP, mask_logits)?;
     let n_img = proposals.len();
     if gt_masks.len() != n_img || gt_labels.len() != n_img || matched_idxs.len() != n_img {
         return Err(Error::arg(
@@ -354,27 +370,27 @@ pub fn maskrcnn_loss<L: AsRef<[usize]>, I: AsRef<[usize]>>(
         ));
     }
     if k == 0 {
-        return mask_logits.sum_all()?.scale(0.0);
+        return mask_logits
+            .sum_all()?
+            .scale(0.0)?
+            .to_dtype(box_dtype(OP, mask_logits.dtype())?);
     }
-    let dtype = mask_logits.dtype();
-    // the one-hot selection and the targets are built on the host
-    let picked = mask_logits
-        .mul(&to_device_of(one_hot(&labels, c, dtype, OP)?, mask_logits)?)?
-        .sum_dims(&[1], false)?;
-    let targets = to_device_of(Tensor::cat(&targets, 0)?.to_dtype(dtype)?, mask_logits)?;
-    picked.bce_with_logits(&targets)
+    let picked = select_class(OP, mask_logits, &labels)?;
+    // the targets are built on the host
+    let targets = Tensor::cat(&targets, 0)?.to_dtype(picked.dtype())?;
+    picked.bce_with_logits(&to_device_of(targets, mask_logits)?)
 }
 
 /// torchvision's `maskrcnn_inference`: sigmoid(mask_logits[k, label_k]) for
 /// each detection k, split per image (`labels[i]` holds image i's predicted
 /// classes, its rows of `mask_logits` in order); image i gets
-/// [len(labels[i]), 1, M, M] probabilities.
+/// [len(labels[i]), 1, M, M] probabilities (f32 for bf16 / f16 logits).
 pub fn maskrcnn_inference<L: AsRef<[usize]>>(
     mask_logits: &Tensor,
     labels: &[L],
 ) -> Result<Vec<Tensor>> {
     const OP: &str = "maskrcnn_inference";
-    let [k, c, _] = logits_dims(OP, mask_logits)?;
+    let [k, _, m] = logits_dims(OP, mask_logits)?;
     let all: Vec<usize> = labels
         .iter()
         .flat_map(|l| l.as_ref().iter().copied())
@@ -388,13 +404,9 @@ pub fn maskrcnn_inference<L: AsRef<[usize]>>(
             ),
         ));
     }
-    let probs = mask_logits
+    let probs = select_class(OP, mask_logits, &all)?
         .sigmoid()?
-        .mul(&to_device_of(
-            one_hot(&all, c, mask_logits.dtype(), OP)?,
-            mask_logits,
-        )?)?
-        .sum_dims(&[1], true)?;
+        .reshape(&[k, 1, m, m])?;
     let mut out = Vec::with_capacity(labels.len());
     let mut start = 0;
     for l in labels {

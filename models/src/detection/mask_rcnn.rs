@@ -283,12 +283,6 @@ impl MaskRcnn {
         self.fpn.forward(&self.backbone.stage_outputs(&x)?)
     }
 
-    /// The mask head's logits for pooled RoIs, in `dtype` (the images'
-    /// dtype, where the mask loss and inference run).
-    fn mask_logits(&self, pooled: &Tensor, dtype: DType) -> Result<Tensor> {
-        self.mask_head.forward(pooled)?.to_dtype(dtype)
-    }
-
     fn check_batch(
         op: &'static str,
         images: &Tensor,
@@ -381,7 +375,7 @@ impl MaskRcnn {
             let pooled = self
                 .mask_roi_pool
                 .forward(pooled_feats, &boxes, image_sizes)?;
-            let logits = self.mask_logits(&pooled.features, dtype)?;
+            let logits = self.mask_head.forward(&pooled.features)?;
             let labels: Vec<Vec<usize>> = dets
                 .iter()
                 .map(|d| d.labels.iter().map(|&l| l as usize).collect())
@@ -506,7 +500,7 @@ impl MaskRcnn {
             let pooled = self
                 .mask_roi_pool
                 .forward(pooled_feats, &positives, image_sizes)?;
-            let mask_logits = self.mask_logits(&pooled.features, dtype)?;
+            let mask_logits = self.mask_head.forward(&pooled.features)?;
             // the rows are the images' positives in order: one run per image
             // that has any, so maskrcnn_loss sees every row with its target
             let (mut props, mut masks, mut labs, mut idxs) =

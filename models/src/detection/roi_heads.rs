@@ -12,10 +12,8 @@
 //! What differs from torchvision, and why:
 //! - The sampler draws with `engine::Rng` (see [`super::sampler`]); whenever
 //!   every eligible proposal is sampled the losses equal torchvision's.
-//! - The box-regression loss uses 0/1 masks over all (RoI, class) deltas
-//!   instead of gathering each positive's class deltas, as the RPN does
-//!   (see [`super::rpn`]): masked deltas and targets are 0, which add
-//!   exactly 0 to the smooth-L1 value and gradient.
+//! - The box-regression loss is a mean over the positives' 4 deltas
+//!   rescaled to torchvision's sum over N (one extra rounding).
 //! - In eval mode targets are not used (as torchvision); no validation loss.
 
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
@@ -395,10 +393,9 @@ pub struct RoiHeadsOutput {
 /// `regression_targets` [N] (used for rows with label > 0):
 /// classifier = cross_entropy(class_logits, labels) (mean over N);
 /// box_reg = (1/N) sum_{r: label_r > 0} sum_k smooth_l1_{beta=1/9}(
-/// box_regression[r, 4 label_r + k] - target_rk).
-/// The box term is computed with 0/1 masks over all 4 C N deltas (see the
-/// module docs). Errors on N = 0 (torchvision returns NaN) or mismatched
-/// shapes.
+/// box_regression[r, 4 label_r + k] - target_rk), on the positives' rows
+/// gathered with `index_select` as torchvision does. Errors on N = 0
+/// (torchvision returns NaN) or mismatched shapes.
 pub fn fastrcnn_loss(
     class_logits: &Tensor,
     box_regression: &Tensor,
@@ -441,28 +438,28 @@ pub fn fastrcnn_loss(
     }
     let labels_t = to_device_of(Tensor::from_vec(labels.to_vec(), &[n])?, class_logits)?;
     let classifier = class_logits.cross_entropy(&labels_t, 0.0, None)?;
-    let dtype = box_regression.dtype();
-    let total = 4 * c * n;
-    let mut mask = vec![0.0f64; total];
-    let mut target = vec![0.0f64; total];
-    for (r, (&l, t)) in labels.iter().zip(regression_targets).enumerate() {
-        if l > 0 {
-            let at = r * 4 * c + 4 * l as usize;
-            mask[at..at + 4].fill(1.0);
-            target[at..at + 4].copy_from_slice(t);
-        }
-    }
-    let as_dtype = |v: Vec<f64>| {
-        to_device_of(
-            Tensor::from_vec(v, &[total])?.to_dtype(dtype)?,
-            box_regression,
-        )
+    // each positive's deltas for its class, rows of [N C, 4]
+    let (rows, target): (Vec<i64>, Vec<[f64; 4]>) = labels
+        .iter()
+        .zip(regression_targets)
+        .enumerate()
+        .filter(|(_, (&l, _))| l > 0)
+        .map(|(r, (&l, t))| ((r * c) as i64 + l, *t))
+        .unzip();
+    let box_reg = if rows.is_empty() {
+        // torchvision: a sum over no positives, 0 with a zero gradient
+        box_regression.sum_all()?.scale(0.0)?
+    } else {
+        let p = rows.len();
+        count_uploads(1);
+        let target =
+            Tensor::from_vec(target.concat(), &[p, 4])?.to_dtype(box_regression.dtype())?;
+        box_regression
+            .reshape(&[n * c, 4])?
+            .index_select(0, &Tensor::from_vec(rows, &[p])?)?
+            .smooth_l1(&to_device_of(target, box_regression)?, 1.0 / 9.0)?
+            .scale((4 * p) as f64 / n as f64)?
     };
-    let box_reg = box_regression
-        .reshape(&[total])?
-        .mul(&as_dtype(mask)?)?
-        .smooth_l1(&as_dtype(target)?, 1.0 / 9.0)?
-        .scale((4 * c) as f64)?;
     Ok(RoiLosses {
         classifier,
         box_reg,

@@ -9,10 +9,8 @@
 //!   eligibility, other members. Whenever every eligible anchor is sampled
 //!   (batch size per image at least the number of anchors), the losses are
 //!   the same as torchvision's.
-//! - The engine has no row-gather op with a backward, so the losses are
-//!   computed over *all* anchors with 0/1 masks instead of over the gathered
-//!   sampled rows (see [`Rpn::forward_with_scores`]); the values are those of
-//!   torchvision's gathered form up to the rounding of one extra scaling.
+//! - The box loss is a mean over the positives' 4 deltas rescaled to
+//!   torchvision's sum over |S| (one extra rounding).
 //! - Per-level top-n and NMS ties are broken by the lower anchor index
 //!   (torch's `topk` and sort leave such ties unspecified).
 //! - Feature maps in bf16 or f16 (autocast) give head outputs in that
@@ -30,7 +28,7 @@
 use super::anchors::AnchorGenerator;
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
 use super::box_dtype;
-use super::host::{read, to_device_of};
+use super::host::{count_uploads, read, to_device_of};
 use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Conv2d, Module, Param};
@@ -38,12 +36,6 @@ use engine::ops::{batched_nms, box_iou, Conv2dParams};
 use engine::{DType, Element, Error, Float, Result, Rng, Tensor};
 use std::cmp::Ordering as CmpOrdering;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Logit given to the anchors left out of the objectness loss: with target
-/// 0, BCE-with-logits of -1000 is exactly 0 in f32 and f64
-/// (max(x, 0) - x t + ln(1 + e^-1000) = 0 + 0 + 0) and so is its gradient
-/// (sigmoid(-1000) - 0 = 0), so they add nothing to the masked sum.
-const MASKED_LOGIT: f64 = -1000.0;
 
 /// torchvision's `RPNHead` (one conv layer, `conv_depth = 1`): a shared
 /// 3x3 conv (C -> C, bias, padding 1) + ReLU applied to every level, then a
@@ -355,11 +347,9 @@ impl Rpn {
     /// objectness = (1/|S|) sum_{i in S} bce_with_logits(logit_i, label_i);
     /// box_reg = (1/|S|) sum_{i in P} sum_k smooth_l1_{beta=1/9}(delta_ik -
     /// encode(gt_{m(i)}, anchor_i)_k).
-    /// Both are computed over all anchors with 0/1 masks (masked logits are
-    /// set to -1000 with target 0, masked deltas and targets to 0, which
-    /// contribute exactly 0 to value and gradient) and rescaled from the
-    /// mean over all anchors to the mean over |S|. Errors if nothing is
-    /// sampled (torchvision would return NaN).
+    /// Both are computed on the rows of S (and P) gathered with
+    /// `index_select`, as torchvision does. Errors if nothing is sampled
+    /// (torchvision would return NaN).
     pub fn forward_with_scores(
         &self,
         features: &[Tensor],
@@ -659,8 +649,10 @@ impl Rpn {
         Ok((out_boxes, out_scores))
     }
 
-    /// `assign_targets_to_anchors` + sampling + `compute_loss`, with masks
-    /// in place of gathers (see [`Rpn::forward_with_scores`]).
+    /// `assign_targets_to_anchors` + sampling + `compute_loss`: the sampled
+    /// anchors' logits and the positives' deltas gathered from the batch
+    /// (`index_select`, positives of every image then negatives, as
+    /// torchvision's `cat([sampled_pos_inds, sampled_neg_inds])`).
     fn losses<T: Float>(
         &self,
         objectness: &Tensor,
@@ -671,15 +663,10 @@ impl Rpn {
     ) -> Result<RpnLosses> {
         const OP: &str = "Rpn::forward";
         let n = anchors.len() / 4;
-        let batch = targets.len();
         let anchors_tensor = Tensor::from_vec(anchors.to_vec(), &[n, 4])?;
-        let (zero, one) = (T::zero(), T::one());
-        let mut obj_mask = vec![zero; batch * n];
-        let mut obj_offset = vec![<T as Element>::from_f64(MASKED_LOGIT); batch * n];
-        let mut obj_target = vec![zero; batch * n];
-        let mut box_mask = vec![zero; batch * n * 4];
-        let mut box_target = vec![zero; batch * n * 4];
-        let mut num_sampled = 0usize;
+        // rows of the flattened [B N] batch
+        let (mut pos_rows, mut neg_rows) = (Vec::new(), Vec::new());
+        let mut box_target: Vec<T> = Vec::new();
         for (b, gt) in targets.iter().enumerate() {
             let gt_t: Vec<T> = gt
                 .iter()
@@ -715,47 +702,47 @@ impl Rpn {
                 refs.extend_from_slice(&gt_t[4 * g..4 * g + 4]);
                 anc.extend_from_slice(&anchors[4 * i..4 * i + 4]);
             }
-            let enc = self.box_coder.encode(&refs, &anc)?;
-            for (p, &i) in pos.iter().enumerate() {
-                let r = b * n + i;
-                obj_target[r] = one;
-                for q in 0..4 {
-                    box_mask[4 * r + q] = one;
-                    box_target[4 * r + q] = enc[4 * p + q];
-                }
-            }
-            for i in 0..n {
-                if sampled.positive[i] || sampled.negative[i] {
-                    let r = b * n + i;
-                    obj_mask[r] = one;
-                    obj_offset[r] = zero;
-                    num_sampled += 1;
-                }
-            }
+            box_target.extend(self.box_coder.encode(&refs, &anc)?);
+            let row = |i: usize| (b * n + i) as i64;
+            pos_rows.extend(pos.iter().map(|&i| row(i)));
+            neg_rows.extend(sampled.negative_indices().into_iter().map(row));
         }
+        let (num_pos, num_sampled) = (pos_rows.len(), pos_rows.len() + neg_rows.len());
         if num_sampled == 0 {
             return Err(Error::arg(
                 OP,
                 "no anchor was sampled for the RPN losses (no positive or negative anchor in the batch, or batch_size_per_image 0)",
             ));
         }
-        let total = batch * n;
-        // the masks and targets are built here and join the head's outputs
-        // on their device
-        let mask =
-            |v: Vec<T>, shape: &[usize]| to_device_of(Tensor::from_vec(v, shape)?, objectness);
-        let logits = objectness
+        let total = targets.len() * n;
+        let labels: Vec<T> = (0..num_sampled)
+            .map(|k| if k < num_pos { T::one() } else { T::zero() })
+            .collect();
+        let rows = Tensor::from_vec([pos_rows, neg_rows].concat(), &[num_sampled])?;
+        // the rows, labels and box targets are built here and join the
+        // head's outputs on their device
+        count_uploads(1);
+        let objectness_loss = objectness
             .reshape(&[total])?
-            .mul(&mask(obj_mask, &[total])?)?
-            .add(&mask(obj_offset, &[total])?)?;
-        let objectness_loss = logits
-            .bce_with_logits(&mask(obj_target, &[total])?)?
-            .scale(total as f64 / num_sampled as f64)?;
-        let box_loss = pred_deltas
-            .reshape(&[4 * total])?
-            .mul(&mask(box_mask, &[4 * total])?)?
-            .smooth_l1(&mask(box_target, &[4 * total])?, 1.0 / 9.0)?
-            .scale((4 * total) as f64 / num_sampled as f64)?;
+            .index_select(0, &rows)?
+            .bce_with_logits(&to_device_of(
+                Tensor::from_vec(labels, &[num_sampled])?,
+                objectness,
+            )?)?;
+        let box_loss = if num_pos == 0 {
+            // torchvision: a sum over no positives, 0 with a zero gradient
+            pred_deltas.sum_all()?.scale(0.0)?
+        } else {
+            count_uploads(1);
+            pred_deltas
+                .reshape(&[total, 4])?
+                .index_select(0, &rows.narrow(0, 0, num_pos)?)?
+                .smooth_l1(
+                    &to_device_of(Tensor::from_vec(box_target, &[num_pos, 4])?, pred_deltas)?,
+                    1.0 / 9.0,
+                )?
+                .scale((4 * num_pos) as f64 / num_sampled as f64)?
+        };
         Ok(RpnLosses {
             objectness: objectness_loss,
             box_reg: box_loss,
