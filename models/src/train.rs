@@ -69,6 +69,34 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
         .collect())
 }
 
+/// How many rows of `[N, K]` logits have their argmax (the first largest,
+/// as [`argmax_rows`]) away from their label, as a scalar computed where
+/// the logits are: topk(1)'s index (the lower one on ties) looks up its
+/// class id in a float table, which is compared with the label. `labels`
+/// are the i64 labels on the host (cast and uploaded here, N values), so
+/// the logits never travel.
+pub fn misses(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (n, k) = match logits.dims() {
+        &[n, k] if k > 0 && labels.dims() == [n] => (n, k),
+        d => {
+            return Err(Error::shape(
+                "misses",
+                format!(
+                    "expected [N, K > 0] logits and [N] labels, got {d:?} and {:?}",
+                    labels.dims()
+                ),
+            ))
+        }
+    };
+    let dev = logits.device();
+    let ids =
+        Tensor::from_vec((0..k).map(|j| j as f32).collect::<Vec<_>>(), &[k])?.to_device(dev)?;
+    let (_, top) = logits.detach().topk(1)?;
+    let predicted = ids.index_select(0, &top.reshape(&[n])?)?;
+    let d = predicted.sub(&labels.to_dtype(DType::F32)?.to_device(dev)?)?;
+    d.mul(&d)?.gt_zero_mask()?.sum_all()
+}
+
 /// Fraction of rows whose argmax equals the i64 label.
 pub fn batch_accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
     let pred = argmax_rows(logits)?;
@@ -203,7 +231,20 @@ impl<'m> Trainer<'m> {
         // the loss is always computed in f32 (autocast does the same)
         let logits = logits.to_dtype(DType::F32)?;
         let mut loss = logits.cross_entropy(&y, self.opts.label_smoothing, None)?;
-        let loss_value = loss.detach().to_device(Device::Cpu)?.item()?;
+        // the loss and the misses in one read, after the backward is queued
+        // (one host round trip per step; a non-finite loss stops the run
+        // before the optimizer step)
+        let host_labels = labels.to_device(Device::Cpu)?;
+        let summary = Tensor::stack(&[loss.detach(), misses(&logits, &host_labels)?], 0)?;
+        if weight != 1.0 {
+            loss = loss.scale(weight)?;
+        }
+        match &self.scaler {
+            Some(s) => s.backward(&loss)?,
+            None => loss.backward()?,
+        }
+        let v = summary.to_device(Device::Cpu)?.to_vec_f64()?;
+        let (loss_value, n) = (v[0], host_labels.numel());
         if !loss_value.is_finite() && self.scaler.is_none() {
             return Err(Error::arg(
                 "train",
@@ -213,18 +254,7 @@ impl<'m> Trainer<'m> {
                 ),
             ));
         }
-        let accuracy = batch_accuracy(
-            &logits.detach().to_device(Device::Cpu)?,
-            &labels.to_device(Device::Cpu)?,
-        )?;
-        if weight != 1.0 {
-            loss = loss.scale(weight)?;
-        }
-        match &self.scaler {
-            Some(s) => s.backward(&loss)?,
-            None => loss.backward()?,
-        }
-        Ok((loss_value, accuracy))
+        Ok((loss_value, (n as f64 - v[1]) / n.max(1) as f64))
     }
 
     /// The optimizer step on the gradients (skipped under f16 when they
@@ -495,4 +525,46 @@ pub fn loss_drop(logs: &[StepLog], k: usize) -> Option<(f64, f64)> {
     }
     let mean = |s: &[StepLog]| s.iter().map(|l| l.loss).sum::<f64>() / s.len() as f64;
     Some((mean(&logs[..k]), mean(&logs[logs.len() - k..])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `misses` agrees with `batch_accuracy` (the host argmax), ties
+    /// included: the first largest logit is the prediction.
+    #[test]
+    fn misses_match_the_host_argmax_ties_included() {
+        let mut rng = engine::Rng::new(4);
+        let logits = Tensor::randn(&[64, 10], 0.0, 1.0, DType::F32, &mut rng);
+        let labels: Vec<i64> = (0..64).map(|i| (i * 7 % 10) as i64).collect();
+        let labels = Tensor::from_vec(labels, &[64]).unwrap();
+        let acc = batch_accuracy(&logits, &labels).unwrap();
+        let m = misses(&logits, &labels).unwrap().item().unwrap();
+        assert_eq!(m, 64.0 * (1.0 - acc));
+        assert!(
+            acc > 0.0 && acc < 1.0,
+            "a batch with hits and misses: {acc}"
+        );
+        // equal logits: only label 0 is the argmax; [1, 3, 3]: label 1 is
+        let logits =
+            Tensor::from_vec(vec![0.5f32, 0.5, 0.5, 0.5, 1.0, 3.0, 3.0, 3.0], &[2, 4]).unwrap();
+        for (y, want) in [
+            ([0i64, 1], 0.0),
+            ([1, 1], 1.0),
+            ([0, 2], 1.0),
+            ([3, 3], 2.0),
+        ] {
+            let y = Tensor::from_vec(y.to_vec(), &[2]).unwrap();
+            assert_eq!(
+                misses(&logits, &y).unwrap().item().unwrap(),
+                want,
+                "labels {y:?}"
+            );
+            let acc = batch_accuracy(&logits, &y).unwrap();
+            assert_eq!(want, 2.0 * (1.0 - acc));
+        }
+        let bad = Tensor::from_vec(vec![0i64; 3], &[3]).unwrap();
+        assert!(misses(&logits, &bad).is_err());
+    }
 }

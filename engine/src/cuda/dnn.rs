@@ -16,8 +16,9 @@
 //! Algorithm choice is PyTorch's `cudnn.benchmark`: the first call for a
 //! (shape, dtype, math, direction) key times every candidate with
 //! cudnnFind*AlgorithmEx on the real inputs and a scratch output, and
-//! caches the fastest that fits the workspace budget; if Find fails, or
-//! [`FIND_LIMIT`] keys were already timed, the heuristic
+//! caches the fastest that fits the workspace budget; if Find fails,
+//! [`FIND_LIMIT`] keys were already timed or [`set_benchmark`] turned the
+//! timing off, the heuristic
 //! cudnnGet*Algorithm_v7 list is used instead. With
 //! [`set_deterministic`] (`--deterministic`) only algorithms cuDNN reports
 //! as deterministic (the perf results' determinism flag) are candidates,
@@ -71,6 +72,17 @@ pub fn set_deterministic(on: bool) {
 /// Whether only deterministic convolution algorithms are used.
 pub fn deterministic() -> bool {
     DETERMINISTIC.load(Ordering::Relaxed)
+}
+
+static BENCHMARK: AtomicBool = AtomicBool::new(true);
+
+/// Times the candidates of each new key with cudnnFind (true, the default:
+/// PyTorch's `cudnn.benchmark = True`) or takes cuDNN's heuristic choice
+/// without timing (false: PyTorch's default, which torchvision's detection
+/// references keep because the mask head sees a new batch size almost
+/// every iteration). Applies to keys not chosen yet.
+pub fn set_benchmark(on: bool) {
+    BENCHMARK.store(on, Ordering::Relaxed);
 }
 
 /// How many algorithm keys a GPU times with cudnnFind before it takes
@@ -983,7 +995,9 @@ impl Dnn {
             return Ok(*c);
         }
         d.check_output(&key.shape)?;
-        let searched = if self.searched < FIND_LIMIT {
+        let searched = if !BENCHMARK.load(Ordering::Relaxed) {
+            Err("not timed: benchmark mode is off".to_string())
+        } else if self.searched < FIND_LIMIT {
             self.searched += 1;
             find(g, self.handle, key, d, p).map_err(|e| e.to_string())
         } else {
