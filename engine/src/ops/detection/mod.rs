@@ -830,6 +830,6 @@ pub fn paste_masks(
         .collect::<Result<Vec<_>>>()?;
     let dev = masks.device();
     on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &[masks, boxes], || {
-        b.paste_masks(&masks.detach(), &pb, &g)
+        b.paste_masks(masks, &pb, &g)
     }))
 }
