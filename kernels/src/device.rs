@@ -14,6 +14,7 @@ pub use crate::families::elementwise::{BcastView, Binary, Unary, BCAST_MAX_RANK}
 pub use crate::families::index::{sort_padded_len, IndexDims, SORT_MAX_ROW};
 pub use crate::families::loss::{PointwiseLoss, SoftmaxDims};
 pub use crate::families::nms::{nms_col_blocks, nms_greedy, nms_launch, NMS_BLOCK};
+pub use crate::families::paste_masks::{PasteDims, PasteTables, PasteTaps};
 pub use crate::families::pool::{AvgMode, PoolDims};
 pub use crate::families::roi_align::{RoiAlignDims, RoiLevel, ROI_MAX_LEVELS};
 pub use crate::families::softmax_xent::Xent;

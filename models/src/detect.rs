@@ -1032,7 +1032,7 @@ pub fn coco_results(
         ));
     }
     let (h, w) = (d[2], d[3]);
-    let probs = det.masks.to_vec_f64()?;
+    let probs = read_f64(&det.masks)?;
     let mut out = Vec::with_capacity(det.boxes.len());
     for (k, b) in det.boxes.iter().enumerate() {
         let Some(cat) = category_id(det.labels[k]) else {
@@ -1251,7 +1251,7 @@ pub fn predict(a: &DetectPredictArgs) -> Result<usize> {
     if let Some(path) = &a.mask_probs {
         write_mask_probs(path, det)?;
     }
-    let probs = det.masks.to_vec_f64()?;
+    let probs = read_f64(&det.masks)?;
     let mut canvas = rgb.into_raw();
     let mut drawn = 0;
     for k in 0..det.boxes.len() {

@@ -691,15 +691,17 @@ fn host_round_trips_per_iteration() {
         .forward_eval(&images, &image_sizes, &original_sizes)
         .unwrap();
     let eval = traffic();
-    let reads = eval.reads - before.reads;
+    let (reads, uploads) = (eval.reads - before.reads, eval.uploads - before.uploads);
     eprintln!(
-        "eval: {reads} reads, {} uploads for {b} images, {} detections",
-        eval.uploads - before.uploads,
+        "eval: {reads} reads, {uploads} uploads for {b} images, {} detections",
         dets.iter().map(|d| d.boxes.len()).sum::<usize>()
     );
-    // RPN 2, post-processing 2, one paste per image with detections (the
+    // RPN 2, post-processing 2; the masks are pasted on their device (the
     // pooled rows come in input order: nothing to put back)
     let pasted = dets.iter().filter(|d| !d.boxes.is_empty()).count();
-    assert!(pasted > 0, "no detections: the paste reads are untested");
-    assert_eq!(reads, 4 + pasted, "inference reads");
+    assert!(pasted > 0, "no detections: the paste is untested");
+    assert_eq!(reads, 4, "inference reads");
+    // per RoI pooler the RoIs and their levels, the mask one-hot, and one
+    // table of sampling taps per image pasted
+    assert_eq!(uploads, 5 + pasted, "inference uploads");
 }

@@ -30,4 +30,5 @@ families!(
     index,
     loss,
     upsample,
+    paste_masks,
 );

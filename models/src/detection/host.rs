@@ -8,7 +8,8 @@
 //! so [`traffic`]'s `reads` is the number of host round trips a training or
 //! inference iteration makes. Tensors built on the host from those values
 //! (targets, masks) go to the device with [`to_device_of`], counted as
-//! `uploads`; the RoIs an engine op uploads itself are counted with
+//! `uploads`; what an engine op uploads itself from host values (the RoIs
+//! of the poolers, the mask paste's tap tables) is counted with
 //! [`count_uploads`]. The counts are the same on the CPU, where they measure
 //! what a GPU run would do.
 
@@ -66,7 +67,8 @@ pub(crate) fn to_device_of(t: Tensor, like: &Tensor) -> Result<Tensor> {
 }
 
 /// Counts `n` uploads an engine op makes of host tensors it is given
-/// (`multiscale_roi_align` uploads its RoIs and their level indices).
+/// (`multiscale_roi_align` uploads its RoIs and their level indices,
+/// `paste_masks` its boxes' tap tables).
 pub(crate) fn count_uploads(n: usize) {
     count(0, n);
 }

@@ -19,8 +19,9 @@
 //!   outside the image (torchvision's slicing raises or misbehaves there).
 
 use super::box_dtype;
-use super::host::{count_uploads, read_f64, to_device_of};
+use super::host::{count_uploads, to_device_of};
 use engine::nn::{init, join, Conv2d, ConvTranspose2d, Module, Param};
+use engine::ops::detection::paste_masks;
 use engine::ops::{Conv2dParams, ConvTranspose2dParams};
 use engine::{no_grad, DType, Error, Result, Rng, Tensor};
 
@@ -448,20 +449,19 @@ fn expand_boxes_int(boxes: &Tensor, scale: f64) -> Result<Vec<[i64; 4]>> {
     }
 }
 
-/// The largest side (pixels) a pasted box may have; beyond it a box is
-/// surely corrupt and would only exhaust memory.
-const MAX_PASTE_SIDE: i64 = 1 << 16;
-
 /// torchvision's `paste_masks_in_image`: masks [K, 1, Mh, M] (probabilities)
-/// and their boxes [K, 4] (x1, y1, x2, y2, f32 or f64) -> [K, 1, H, W] in
-/// the masks' dtype, `img_hw` = [H, W].
+/// and their boxes [K, 4] (x1, y1, x2, y2, f32 or f64, on the host) ->
+/// [K, 1, H, W] in the masks' dtype on the masks' device, `img_hw` = [H, W].
 ///
 /// Per mask: zero-pad by `padding` on every side (`expand_masks`), expand
 /// its box about the centre by scale (M + 2 padding) / M (`expand_boxes`,
 /// M the last mask dim) and truncate it to integers b; bilinearly resize
 /// the padded mask (align_corners = false) to h = max(b3 - b1 + 1, 1) by
 /// w = max(b2 - b0 + 1, 1); copy the part of it that falls inside the image
-/// to rows b1.., columns b0..; everything else is 0. Thresholding (0.5 in
+/// to rows b1.., columns b0..; everything else is 0. The boxes are expanded
+/// here on the host; the rest is the engine's `paste_masks` op on the
+/// masks' device (the masks are not read back here), which uploads the
+/// boxes' sampling tables (counted as one upload). Thresholding (0.5 in
 /// torchvision's evaluation) is left to the caller. No gradient.
 pub fn paste_masks_in_image(
     masks: &Tensor,
@@ -481,7 +481,7 @@ pub fn paste_masks_in_image(
             ),
         ));
     }
-    let (k, mh, mw) = (d[0], d[2], d[3]);
+    let (k, mw) = (d[0], d[3]);
     if boxes.dims() != [k, 4] {
         return Err(Error::shape(
             OP,
@@ -493,45 +493,12 @@ pub fn paste_masks_in_image(
     }
     let scale = (mw + 2 * padding) as f64 / mw as f64;
     let ib = expand_boxes_int(boxes, scale)?;
-    let [im_h, im_w] = img_hw;
-    let (ph, pw) = (mh + 2 * padding, mw + 2 * padding);
-    let dtype = masks.dtype();
+    let ib = Tensor::from_vec(ib.concat(), &[k, 4])?;
     let _guard = no_grad();
-    let src = read_f64(masks)?;
-    let mut out = vec![0.0f64; k * im_h * im_w];
-    for (i, b) in ib.iter().enumerate() {
-        let w = (b[2] - b[0] + 1).max(1);
-        let h = (b[3] - b[1] + 1).max(1);
-        if w > MAX_PASTE_SIDE || h > MAX_PASTE_SIDE {
-            return Err(Error::arg(
-                OP,
-                format!("box {i} expands to {w} x {h} pixels (more than {MAX_PASTE_SIDE} a side): {b:?}"),
-            ));
-        }
-        let x0 = b[0].max(0);
-        let x1 = (b[2] + 1).min(im_w as i64);
-        let y0 = b[1].max(0);
-        let y1 = (b[3] + 1).min(im_h as i64);
-        if x1 <= x0 || y1 <= y0 {
-            continue;
-        }
-        let mut padded = vec![0.0f64; ph * pw];
-        for y in 0..mh {
-            let row = &src[(i * mh + y) * mw..][..mw];
-            padded[(y + padding) * pw + padding..][..mw].copy_from_slice(row);
-        }
-        let resized = Tensor::from_vec(padded, &[1, 1, ph, pw])?
-            .to_dtype(dtype)?
-            .upsample_bilinear2d([h as usize, w as usize], false)?
-            .to_vec_f64()?;
-        let dst = &mut out[i * im_h * im_w..][..im_h * im_w];
-        for y in y0..y1 {
-            let sy = (y - b[1]) as usize;
-            let src_row = &resized[sy * w as usize..][..w as usize];
-            let (sx0, sx1) = ((x0 - b[0]) as usize, (x1 - b[0]) as usize);
-            dst[y as usize * im_w + x0 as usize..][..(x1 - x0) as usize]
-                .copy_from_slice(&src_row[sx0..sx1]);
-        }
+    // the op reads the integer boxes on the host and uploads their taps
+    // (nothing when the output is empty)
+    if k * img_hw[0] * img_hw[1] > 0 {
+        count_uploads(1);
     }
-    Tensor::from_vec(out, &[k, 1, im_h, im_w])?.to_dtype(dtype)
+    paste_masks(masks, &ib, img_hw, padding)
 }

@@ -3,9 +3,10 @@
 //! same sample positions, boundary rules and order of floating-point
 //! operations, so f64 results agree with torchvision to rounding.
 
-use super::{DetectionOps, RoiGeom};
+use super::{DetectionOps, PasteBox, PasteGeom, RoiGeom};
 use crate::backend::Cpu;
 use crate::ops::index::sort_order;
+use crate::ops::upsample::{linear_weights, Lerp};
 use crate::{dispatch_float, Element, Float, Result, Tensor};
 use rayon::prelude::*;
 
@@ -447,7 +448,73 @@ fn per_category<T: Float>(b: &[[T; 4]], s: &[T], idxs: &[i64], thr: f64) -> Vec<
     sort_order(&ks, true).into_iter().map(|r| keep[r]).collect()
 }
 
+/// The row (`axis` 0) or column (1) taps of box `b`'s in-image part: the
+/// bilinear taps (align_corners = false) of its resize of the padded mask
+/// to `b.size`, computed by `upsample_bilinear2d`'s own function, for the
+/// resized indices `b.taps_range(axis)`. The GPU's tables are these.
+pub(super) fn paste_taps<T: Float>(b: &PasteBox, g: &PasteGeom, axis: usize) -> Vec<Lerp<T>> {
+    let r = b.taps_range(axis);
+    if r.is_empty() {
+        return Vec::new();
+    }
+    let mut t = linear_weights::<T>(g.padded()[axis], b.size[axis], false);
+    t.truncate(r.end);
+    t.drain(..r.start);
+    t
+}
+
+/// `paste_masks` of the masks `m` [K, Mh, Mw] (compute type), one plane of
+/// the image per box in parallel: every pixel of the box's in-image part is
+/// `upsample_bilinear2d`'s blend of the padded mask (0 in the padding) at
+/// the box's taps, every other pixel 0.
+fn paste<T: Float>(m: &[T], boxes: &[PasteBox], g: &PasteGeom) -> Vec<T> {
+    let [ih, iw] = g.img;
+    let (mh, mw, p) = (g.mh, g.mw, g.padding);
+    let plane = ih * iw;
+    let mut out = vec![T::zero(); g.k * plane];
+    if plane == 0 {
+        return out;
+    }
+    out.par_chunks_mut(plane)
+        .zip(boxes.par_iter())
+        .enumerate()
+        .for_each(|(k, (o, b))| {
+            let (rows, cols) = (paste_taps::<T>(b, g, 0), paste_taps::<T>(b, g, 1));
+            let src = &m[k * mh * mw..][..mh * mw];
+            // pixel (i, j) of the padded mask
+            let at = |i: usize, j: usize| {
+                if (p..p + mh).contains(&i) && (p..p + mw).contains(&j) {
+                    src[(i - p) * mw + (j - p)]
+                } else {
+                    T::zero()
+                }
+            };
+            for (y, r) in (b.rows[0]..b.rows[1]).zip(&rows) {
+                let orow = &mut o[y * iw..][b.cols[0]..b.cols[1]];
+                for (v, c) in orow.iter_mut().zip(&cols) {
+                    let px = [
+                        at(r.i0, c.i0),
+                        at(r.i0, c.i1),
+                        at(r.i1, c.i0),
+                        at(r.i1, c.i1),
+                    ];
+                    *v = Lerp::blend(r, c, px);
+                }
+            }
+        });
+    out
+}
+
 impl DetectionOps for Cpu {
+    fn paste_masks(&self, masks: &Tensor, boxes: &[PasteBox], g: &PasteGeom) -> Result<Tensor> {
+        crate::trace::kernel("paste_masks");
+        let dtype = masks.dtype();
+        Ok(dispatch_float!("paste_masks", dtype, T => {
+            let y = paste::<T>(&masks.float_data::<T>()?, boxes, g);
+            Tensor::from_compute(y, &[g.k, 1, g.img[0], g.img[1]], dtype)
+        }))
+    }
+
     fn multiscale_roi_align(
         &self,
         xs: &[Tensor],

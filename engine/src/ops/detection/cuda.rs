@@ -1,18 +1,23 @@
 //! Detection ops on the GPU: RoIAlign forward/backward over one map or FPN
 //! levels (roi_align.cu) over channels-last feature maps, box coding
-//! (box_coder.cu), box IoU (nms.cu), and NMS and batched NMS
+//! (box_coder.cu), box IoU (nms.cu), NMS and batched NMS
 //! with torchvision's CUDA design (IoU bit mask on the GPU, nms.cu; score
-//! sort and greedy pass on the host, where K is at most a few thousand).
+//! sort and greedy pass on the host, where K is at most a few thousand),
+//! and the mask paste (paste_masks.cu, from host-built tap tables).
 
-use super::{DetectionOps, RoiGeom};
+use super::cpu::paste_taps;
+use super::{DetectionOps, PasteBox, PasteGeom, RoiGeom};
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{kdtype, kerr, traced_sync};
 use crate::cuda::runtime::{DeviceBlock, Gpu};
-use crate::cuda::tensor::{download, empty, gpu_of, ptr, to_default_layout, zeros};
+use crate::cuda::tensor::{alloc, download, empty, gpu_of, ptr, to_default_layout, zeros};
 use crate::ops::index::sort_order;
 use crate::{DType, Error, Result, Tensor};
-use kernels::device::{nms_col_blocks, nms_greedy, RoiAlignDims, RoiLevel, ROI_MAX_LEVELS};
+use kernels::device::{
+    nms_col_blocks, nms_greedy, PasteDims, PasteTables, PasteTaps, RoiAlignDims, RoiLevel, Tap,
+    ROI_MAX_LEVELS,
+};
 
 /// roi_align.cu's shape and settings (the same for every level).
 fn dims(g: &RoiGeom) -> Result<RoiAlignDims> {
@@ -81,7 +86,81 @@ fn upload_levels(
     Ok(Some(d))
 }
 
+/// Box `b`'s in-image rows and columns and their taps, in the kernel's
+/// form: the CPU backend's own taps (`paste_taps::<f32>`, the compute type
+/// of every GPU dtype).
+fn paste_box_taps(b: &PasteBox, g: &PasteGeom) -> PasteTaps {
+    let taps = |axis: usize| -> Vec<Tap> {
+        paste_taps::<f32>(b, g, axis)
+            .into_iter()
+            .map(|l| Tap {
+                i0: l.i0,
+                i1: l.i1,
+                l0: l.l0,
+                l1: l.l1,
+            })
+            .collect()
+    };
+    PasteTaps {
+        rows: b.rows,
+        cols: b.cols,
+        row_taps: taps(0),
+        col_taps: taps(1),
+    }
+}
+
 impl DetectionOps for Cuda {
+    /// f32 / f16 / bf16 (f64 has no GPU kernels: a dtype error). The host
+    /// builds each box's taps with the CPU's function and uploads them with
+    /// the box headers in one copy (at most K (H + W) taps of 16 bytes);
+    /// one launch writes every output pixel, equal to the CPU's bit for bit
+    /// (paste_masks.cu). Output [K, 1, H, W] dense (the default layout:
+    /// one channel).
+    fn paste_masks(&self, masks: &Tensor, boxes: &[PasteBox], g: &PasteGeom) -> Result<Tensor> {
+        const OP: &str = "paste_masks";
+        crate::trace::kernel("paste_masks");
+        let gpu = gpu_of(masks)?;
+        let dtype = masks.dtype();
+        let dt = kdtype(OP, dtype)?;
+        let [h, w] = g.img;
+        let out = empty(gpu, &[g.k, 1, h, w], dtype)?;
+        if g.k * h * w == 0 {
+            return Ok(out);
+        }
+        let d = PasteDims {
+            k: g.k,
+            mh: g.mh,
+            mw: g.mw,
+            padding: g.padding,
+            h,
+            w,
+        };
+        let per_box: Vec<PasteTaps> = boxes.iter().map(|b| paste_box_taps(b, g)).collect();
+        let t = PasteTables::new(&d, &per_box).map_err(kerr(OP))?;
+        let tables = alloc(gpu, DType::U8, t.bytes.len())?;
+        tables.block().upload_at(0, &t.bytes)?;
+        // [K, 1, Mh, Mw]: one channel, so the default (NHWC) layout is the
+        // dense [K, Mh, Mw] the kernel reads
+        let masks = to_default_layout(masks)?;
+        gpu.bind()?;
+        // SAFETY: masks dense K*Mh*Mw of dt, out dense K*H*W of dt, tables
+        // holds t.bytes, checked against d; all on gpu.
+        unsafe {
+            gpu.kernels.paste_masks(
+                &gpu.stream,
+                dt,
+                &d,
+                &t,
+                tables.ptr(),
+                ptr(&masks)?,
+                ptr(&out)?,
+            )
+        }
+        .map_err(kerr(OP))?;
+        traced_sync(gpu)?;
+        Ok(out)
+    }
+
     /// One launch over every level; output in the default (channels-last)
     /// layout.
     fn multiscale_roi_align(

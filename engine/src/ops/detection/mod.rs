@@ -1,7 +1,8 @@
 //! Detection ops, exactly as torchvision.ops: RoIAlign (He et al., Mask
 //! R-CNN; differentiable w.r.t. the feature map) over one feature map or
-//! over FPN levels (`MultiScaleRoIAlign`), box IoU, non-maximum suppression
-//! and the box coder's encode / decode (not differentiable). Boxes are (x1, y1, x2, y2) with
+//! over FPN levels (`MultiScaleRoIAlign`), box IoU, non-maximum suppression,
+//! the box coder's encode / decode and Mask R-CNN's mask paste
+//! (`paste_masks_in_image`; not differentiable). Boxes are (x1, y1, x2, y2) with
 //! x2 >= x1, y2 >= y1; areas are (x2 - x1) * (y2 - y1), no +1. The checks,
 //! trace and autograd of each op, over the [`DetectionOps`] primitives of
 //! the backends (`cpu.rs`, `cuda.rs`).
@@ -95,6 +96,12 @@ pub trait DetectionOps: BackendInfo {
     ) -> Result<Tensor> {
         let _ = (reference, proposals, weights);
         Err(unsupported(self, "box_encode"))
+    }
+    /// [`paste_masks`] of masks [K, 1, Mh, Mw] with the checked boxes
+    /// (one per mask): [K, 1, H, W] in the masks' dtype on their device.
+    fn paste_masks(&self, masks: &Tensor, boxes: &[PasteBox], g: &PasteGeom) -> Result<Tensor> {
+        let _ = (masks, boxes, g);
+        Err(unsupported(self, "paste_masks"))
     }
     /// [`box_decode`] of rel_codes [N, 4 K] against boxes [N, 4].
     fn box_decode(
@@ -650,4 +657,179 @@ pub fn batched_nms(
         Ok(index_tensor(b.batched_nms(boxes, scores, idxs, iou_threshold)?))
     }))?;
     from_index_tensor(keep)
+}
+
+/// The largest side (pixels) of a pasted box, of the padded mask and of
+/// the image [`paste_masks`] accepts: a box beyond it is surely corrupt
+/// (it would only exhaust memory), and every index stays inside the GPU
+/// kernel's int32.
+pub const MAX_PASTE_SIDE: usize = 1 << 16;
+
+/// The shapes of one [`paste_masks`]: K masks of Mh x Mw, zero-padded by
+/// `padding`, pasted into an image of `img` = [H, W].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PasteGeom {
+    pub k: usize,
+    pub mh: usize,
+    pub mw: usize,
+    pub padding: usize,
+    pub img: [usize; 2],
+}
+
+impl PasteGeom {
+    /// The padded mask's [rows, cols]: what each box's resize samples.
+    pub fn padded(&self) -> [usize; 2] {
+        [self.mh + 2 * self.padding, self.mw + 2 * self.padding]
+    }
+}
+
+/// One checked paste box: its padded mask is resized to `size` = [h, w]
+/// and placed with its top-left pixel at (`top`, `left`) (the integer box's
+/// y0 and x0, possibly outside the image); `rows` and `cols` are the image
+/// rows / columns [start, end) it covers inside the image (both empty
+/// when it covers none), so image pixel (y, x) there takes resized pixel
+/// (y - top, x - left).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PasteBox {
+    pub top: i64,
+    pub left: i64,
+    pub size: [usize; 2],
+    pub rows: [usize; 2],
+    pub cols: [usize; 2],
+}
+
+impl PasteBox {
+    /// Box `i` (x0, y0, x1, y1, inclusive integer corners) in an image of
+    /// `img` = [H, W], as torchvision's `paste_mask_in_image`: h = max(y1 -
+    /// y0 + 1, 1), w likewise; image rows max(y0, 0) .. min(y1 + 1, H),
+    /// columns likewise. Errors on a side above [`MAX_PASTE_SIDE`].
+    fn new(op: &'static str, i: usize, b: [i64; 4], img: [usize; 2]) -> Result<PasteBox> {
+        // i128: i64 corners cannot overflow here
+        let [x0, y0, x1, y1] = b.map(i128::from);
+        let w = (x1 - x0 + 1).max(1);
+        let h = (y1 - y0 + 1).max(1);
+        if w > MAX_PASTE_SIDE as i128 || h > MAX_PASTE_SIDE as i128 {
+            return Err(Error::arg(
+                op,
+                format!("box {i} expands to {w} x {h} pixels (more than {MAX_PASTE_SIDE} a side): {b:?}"),
+            ));
+        }
+        let span = |lo: i128, hi: i128, n: usize| -> [usize; 2] {
+            let (a, z) = (lo.max(0), (hi + 1).min(n as i128));
+            if z <= a {
+                [0, 0]
+            } else {
+                [a as usize, z as usize]
+            }
+        };
+        let (mut rows, mut cols) = (span(y0, y1, img[0]), span(x0, x1, img[1]));
+        if rows[0] == rows[1] || cols[0] == cols[1] {
+            (rows, cols) = ([0, 0], [0, 0]);
+        }
+        Ok(PasteBox {
+            top: b[1],
+            left: b[0],
+            size: [h as usize, w as usize],
+            rows,
+            cols,
+        })
+    }
+
+    /// The range of resized rows (`axis` 0) or columns (1) the image part
+    /// takes: indices into the box's resize of that axis.
+    pub fn taps_range(&self, axis: usize) -> std::ops::Range<usize> {
+        let (span, origin) = if axis == 0 {
+            (self.rows, self.top)
+        } else {
+            (self.cols, self.left)
+        };
+        if span[0] == span[1] {
+            return 0..0;
+        }
+        // span[0] >= origin: the span starts at max(origin, 0)
+        let s = (span[0] as i128 - origin as i128) as usize;
+        s..s + (span[1] - span[0])
+    }
+}
+
+/// torchvision's `paste_masks_in_image` (torchvision/models/detection/
+/// roi_heads.py) after `expand_masks` / `expand_boxes`, as one op: `masks`
+/// [K, 1, Mh, Mw] (float), `boxes` i64 [K, 4] the integer expanded boxes
+/// (x0, y0, x1, y1, inclusive: `expand_boxes(..).to(torch.int64)`; on any
+/// device, read on the host for the checks), `img_hw` = [H, W].
+///
+/// Returns [K, 1, H, W] in the masks' dtype on their device: pixel (y, x)
+/// of plane k inside box k's in-image part is the value
+/// `F.interpolate(padded, size=(h, w), mode="bilinear",
+/// align_corners=False)` has at (y - y0, x - x0), where `padded` is mask k
+/// zero-padded by `padding` on every side, h = max(y1 - y0 + 1, 1) and w =
+/// max(x1 - x0 + 1, 1); every other pixel is 0 (a box entirely outside the
+/// image pastes nothing, where torchvision's slicing misbehaves). Computed
+/// directly, with `upsample_bilinear2d`'s own source taps and blend (no
+/// padded or resized temporaries): equal bit for bit to that resize and a
+/// copy. f16 / bf16 are computed in f32 and rounded once; f64 is CPU-only
+/// (the GPU kernels are f32 / f16 / bf16). No gradient.
+///
+/// Errors: masks not float [K, 1, Mh, Mw] with Mh, Mw >= 1; boxes not i64
+/// [K, 4]; a box side, a padded mask side or an image side above
+/// [`MAX_PASTE_SIDE`].
+pub fn paste_masks(
+    masks: &Tensor,
+    boxes: &Tensor,
+    img_hw: [usize; 2],
+    padding: usize,
+) -> Result<Tensor> {
+    const OP: &str = "paste_masks";
+    let d = masks.dims();
+    if d.len() != 4 || d[1] != 1 || d[2] == 0 || d[3] == 0 {
+        return Err(Error::shape(
+            OP,
+            format!("masks must be [K, 1, Mh, Mw] with Mh, Mw >= 1, got {d:?}"),
+        ));
+    }
+    float_dtype(OP, masks)?;
+    let padded = [d[2], d[3]].map(|m| m.saturating_add(padding.saturating_mul(2)));
+    if padded.iter().chain(&img_hw).any(|&s| s > MAX_PASTE_SIDE) {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "masks {d:?} padded by {padding} into an image of {img_hw:?}: every side must be \
+                 at most {MAX_PASTE_SIDE}"
+            ),
+        ));
+    }
+    let g = PasteGeom {
+        k: d[0],
+        mh: d[2],
+        mw: d[3],
+        padding,
+        img: img_hw,
+    };
+    if boxes.dims() != [g.k, 4] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "boxes must be [{}, 4] (one (x0, y0, x1, y1) row per mask of {d:?}), got {:?}",
+                g.k,
+                boxes.dims()
+            ),
+        ));
+    }
+    if boxes.dtype() != DType::I64 {
+        return Err(Error::dtype(
+            OP,
+            "i64 boxes (the integer expanded boxes)",
+            boxes.dtype(),
+        ));
+    }
+    let host = boxes.detach().to_device(Device::Cpu)?.to_vec::<i64>()?;
+    let pb = host
+        .chunks_exact(4)
+        .enumerate()
+        .map(|(i, b)| PasteBox::new(OP, i, [b[0], b[1], b[2], b[3]], img_hw))
+        .collect::<Result<Vec<_>>>()?;
+    let dev = masks.device();
+    on_backend!(dev, b => crate::trace::op(OP, "forward", b.name(), &[masks, boxes], || {
+        b.paste_masks(masks, &pb, &g)
+    }))
 }

@@ -6,7 +6,9 @@
 //! beyond); box IoU with empty and inverted boxes; multi-level RoIAlign over
 //! three FPN levels (boxes of every level, clamped below and above, and one
 //! level no box maps to); box encode / decode (f32 only), with codes past
-//! the decode clip.
+//! the decode clip; the mask paste (f32, bf16, f16: boxes partly outside
+//! on every side, tiny, inverted, entirely outside and larger than the
+//! image; padding 1 and 2, square and oblong masks).
 
 use super::LevelMapper;
 use crate::parity::autograd_with;
@@ -223,6 +225,59 @@ fn multiscale_cases(rng: &mut Rng, dtype: DType, out: &mut Vec<Case>) {
     }
 }
 
+/// `k` integer paste boxes [k, 4] (x0, y0, x1, y1, inclusive) over an
+/// image of `img`: the first few partly outside on every side, tiny (1 x 1
+/// and one row), inverted, entirely outside and larger than the image;
+/// the rest random, overlapping the image.
+fn paste_boxes(rng: &mut Rng, img: [usize; 2], k: usize) -> Vec<i64> {
+    let (h, w) = (img[0] as i64, img[1] as i64);
+    let mut v = vec![
+        [-6, -4, 15, 11],
+        [w - 10, h - 7, w + 6, h + 9],
+        [3, 4, 3, 4],
+        [2, 5, w / 2, 5],
+        [9, 8, 2, 1],
+        [w + 2, 1, w + 30, 20],
+        [-25, -12, w + 13, h + 3],
+    ];
+    while v.len() < k {
+        let x0 = rng.below(w as usize - 3) as i64 - 3;
+        let y0 = rng.below(h as usize - 3) as i64 - 3;
+        let (bw, bh) = (
+            6 + rng.below(w as usize) as i64,
+            6 + rng.below(h as usize) as i64,
+        );
+        v.push([x0, y0, x0 + bw, y0 + bh]);
+    }
+    v.truncate(k);
+    v.concat()
+}
+
+/// Mask paste parity cases. The GPU samples with the CPU's own taps and
+/// blends in the CPU's f32 operation order without FMA contraction, so it
+/// should equal the CPU bit for bit; the default bound applies.
+fn paste_cases(rng: &mut Rng, dtype: DType, out: &mut Vec<Case>) {
+    // (masks K x Mh x Mw, image, padding)
+    for (k, mh, mw, img, padding) in [(24, 28, 28, [61, 83], 1), (11, 6, 10, [37, 29], 2)] {
+        let bx = paste_boxes(rng, img, k);
+        let masks = Tensor::randn(&[k, 1, mh, mw], 0.0, 2.0, DType::F32, rng);
+        out.push(Case {
+            op: "paste_masks",
+            dtype,
+            label: format!("[{k},1,{mh},{mw}] -> {img:?} pad {padding}"),
+            threshold: None,
+            run: Box::new(move |dev| {
+                let m = masks.sigmoid()?.to_dtype(dtype)?.to_device(dev)?;
+                let b = Tensor::from_vec(bx.clone(), &[k, 4])?.to_device(dev)?;
+                Ok(vec![(
+                    "pasted".into(),
+                    super::paste_masks(&m, &b, img, padding)?,
+                )])
+            }),
+        });
+    }
+}
+
 pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     // (input, boxes, output, spatial_scale, sampling_ratio, aligned)
     type RoiCase = (&'static [usize], usize, [usize; 2], f64, i64, bool);
@@ -243,6 +298,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     coder_cases(rng, out);
     for dtype in DTYPES {
         multiscale_cases(rng, dtype, out);
+        paste_cases(rng, dtype, out);
         for (shape, k, o, scale, sr, aligned) in roi {
             let bx = roi_boxes(rng, shape[0], shape[2], shape[3], scale, k);
             out.push(autograd(

@@ -49,9 +49,10 @@ fn nms_scores_must_be_one_per_box_on_the_boxes_device() {
 fn parity_cases_run_on_the_cpu_reproducibly() {
     let mut cases = Vec::new();
     parity::cases(&mut crate::Rng::new(5), &mut cases);
-    // 12 per float dtype (4 roi_align, 2 multiscale_roi_align, 5 nms, 2
-    // batched_nms... see parity.rs) plus the two f32 box coder cases
-    assert_eq!(cases.len(), 3 * 14 + 2);
+    // 16 per float dtype (4 roi_align, 2 multiscale_roi_align, 2
+    // paste_masks, 5 nms, 2 batched_nms, 1 box_iou) plus the two f32 box
+    // coder cases
+    assert_eq!(cases.len(), 3 * 16 + 2);
     for c in cases.iter().filter(|c| c.dtype == DType::F32) {
         let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
         for ((n, x), (_, y)) in a.iter().zip(&b) {
@@ -369,4 +370,236 @@ fn box_coding_rejects_bad_input() {
         4.0,
     ));
     assert!(e.contains("[K, 4]"), "{e}");
+}
+
+/// The host mask paste `paste_masks` replaced (models' former
+/// `paste_masks_in_image` after the box expansion), kept here as the
+/// reference: per mask, the zero-padded mask in the masks' dtype, resized
+/// by `upsample_bilinear2d` (align_corners = false) to the box's size, its
+/// in-image part copied into a zero plane.
+fn paste_by_resize(masks: &Tensor, boxes: &[[i64; 4]], img: [usize; 2], padding: usize) -> Tensor {
+    let d = masks.dims();
+    let (k, mh, mw) = (d[0], d[2], d[3]);
+    let (ph, pw) = (mh + 2 * padding, mw + 2 * padding);
+    let [im_h, im_w] = img;
+    let src = masks.to_vec_f64().unwrap();
+    let mut out = vec![0.0f64; k * im_h * im_w];
+    for (i, b) in boxes.iter().enumerate() {
+        let w = (b[2] - b[0] + 1).max(1);
+        let h = (b[3] - b[1] + 1).max(1);
+        let x0 = b[0].max(0);
+        let x1 = (b[2] + 1).min(im_w as i64);
+        let y0 = b[1].max(0);
+        let y1 = (b[3] + 1).min(im_h as i64);
+        if x1 <= x0 || y1 <= y0 {
+            continue;
+        }
+        let mut padded = vec![0.0f64; ph * pw];
+        for y in 0..mh {
+            let row = &src[(i * mh + y) * mw..][..mw];
+            padded[(y + padding) * pw + padding..][..mw].copy_from_slice(row);
+        }
+        let resized = Tensor::from_vec(padded, &[1, 1, ph, pw])
+            .unwrap()
+            .to_dtype(masks.dtype())
+            .unwrap()
+            .upsample_bilinear2d([h as usize, w as usize], false)
+            .unwrap()
+            .to_vec_f64()
+            .unwrap();
+        let dst = &mut out[i * im_h * im_w..][..im_h * im_w];
+        for y in y0..y1 {
+            let src_row = &resized[(y - b[1]) as usize * w as usize..][..w as usize];
+            let (sx0, sx1) = ((x0 - b[0]) as usize, (x1 - b[0]) as usize);
+            dst[y as usize * im_w + x0 as usize..][..(x1 - x0) as usize]
+                .copy_from_slice(&src_row[sx0..sx1]);
+        }
+    }
+    Tensor::from_vec(out, &[k, 1, im_h, im_w])
+        .unwrap()
+        .to_dtype(masks.dtype())
+        .unwrap()
+}
+
+/// Integer paste boxes over a `img` image: partly outside on every side,
+/// tiny (1 x 1, one row, one column), inverted (a one-pixel resize whose
+/// in-image slices are empty),
+/// entirely outside, larger than the image, the padded mask's own size
+/// (the resize's identity path) and random ones.
+fn paste_boxes(
+    rng: &mut crate::Rng,
+    img: [usize; 2],
+    padded: [usize; 2],
+    k: usize,
+) -> Vec<[i64; 4]> {
+    let (h, w) = (img[0] as i64, img[1] as i64);
+    let mut v = vec![
+        [-7, -3, 12, 15],
+        [w - 9, h - 6, w + 5, h + 8],
+        [4, 5, 4, 5],
+        [2, 3, 30.min(w - 1), 3],
+        [6, 1, 6, 17.min(h - 1)],
+        [10, 9, 3, 2],
+        [w + 3, 2, w + 20, 12],
+        [-20, -15, w + 11, h + 4],
+        [1, 2, padded[1] as i64, padded[0] as i64 + 1],
+    ];
+    // random boxes overlapping the image by at least 3 x 3 pixels
+    while v.len() < k {
+        let x0 = rng.below(w as usize - 3) as i64 - 3;
+        let y0 = rng.below(h as usize - 3) as i64 - 3;
+        let (bw, bh) = (
+            6 + rng.below(w as usize) as i64,
+            6 + rng.below(h as usize) as i64,
+        );
+        v.push([x0, y0, x0 + bw, y0 + bh]);
+    }
+    v.truncate(k);
+    v
+}
+
+fn box_tensor(b: &[[i64; 4]]) -> Tensor {
+    Tensor::from_vec(b.concat(), &[b.len(), 4]).unwrap()
+}
+
+#[test]
+fn paste_masks_equals_the_host_resize_and_copy_bit_for_bit() {
+    let mut rng = crate::Rng::new(11);
+    // (masks [K, Mh, Mw], image, padding)
+    for (k, mh, mw, img, padding) in [
+        (12, 28, 28, [40, 50], 1),
+        (10, 5, 9, [23, 17], 2),
+        (9, 7, 7, [30, 31], 0),
+    ] {
+        let padded = [mh + 2 * padding, mw + 2 * padding];
+        let boxes = paste_boxes(&mut rng, img, padded, k);
+        let probs = Tensor::randn(&[k, 1, mh, mw], 0.0, 2.0, DType::F64, &mut rng)
+            .sigmoid()
+            .unwrap();
+        for dtype in [DType::F64, DType::F32, DType::BF16, DType::F16] {
+            let m = probs.to_dtype(dtype).unwrap();
+            let got = paste_masks(&m, &box_tensor(&boxes), img, padding).unwrap();
+            assert_eq!(got.dims(), [k, 1, img[0], img[1]]);
+            assert_eq!(got.dtype(), dtype);
+            assert!(!got.requires_grad());
+            let want = paste_by_resize(&m, &boxes, img, padding);
+            let (g, w) = (got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
+            for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+                assert!(
+                    a.to_bits() == b.to_bits(),
+                    "{dtype} K{k} {mh}x{mw} pad {padding}: element {i} {a} vs {b}"
+                );
+            }
+            // the inverted box 5 (torchvision's slices are empty) and box 6
+            // outside the image paste nothing, every other box something
+            let plane = img[0] * img[1];
+            let nonzero = |j: usize| g[j * plane..(j + 1) * plane].iter().any(|&v| v != 0.0);
+            assert!(
+                !nonzero(5) && !nonzero(6),
+                "{dtype}: boxes 5, 6 paste nothing"
+            );
+            assert!(
+                (0..5).chain(7..k).all(nonzero),
+                "{dtype}: every other box pastes"
+            );
+        }
+    }
+}
+
+#[test]
+fn paste_masks_of_a_box_the_padded_size_is_the_padded_mask() {
+    // no resize: the box shows the padded mask itself, 0 on the border
+    let m = Tensor::from_vec(vec![0.25f32, 0.5, 0.75, 1.0, 0.125, 0.375], &[1, 1, 2, 3]).unwrap();
+    let got = paste_masks(&m, &box_tensor(&[[1, 0, 5, 3]]), [4, 7], 1).unwrap();
+    #[rustfmt::skip]
+    let want = [
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        0.0, 0.0, 0.25, 0.5, 0.75, 0.0, 0.0,
+        0.0, 0.0, 1.0, 0.125, 0.375, 0.0, 0.0,
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
+    assert_eq!(got.to_vec::<f32>().unwrap(), want);
+}
+
+#[test]
+fn paste_masks_rejects_bad_input() {
+    let m = Tensor::zeros(&[2, 1, 4, 4], DType::F32);
+    let b = box_tensor(&[[0, 0, 3, 3], [1, 1, 2, 2]]);
+    let err = |r: Result<Tensor>| r.unwrap_err().to_string();
+    let e = err(paste_masks(
+        &Tensor::zeros(&[2, 2, 4, 4], DType::F32),
+        &b,
+        [8, 8],
+        1,
+    ));
+    assert!(e.contains("[K, 1, Mh, Mw]"), "{e}");
+    let e = err(paste_masks(
+        &Tensor::zeros(&[2, 4, 4], DType::F32),
+        &b,
+        [8, 8],
+        1,
+    ));
+    assert!(e.contains("[K, 1, Mh, Mw]"), "{e}");
+    let e = err(paste_masks(
+        &Tensor::zeros(&[2, 1, 0, 4], DType::F32),
+        &b,
+        [8, 8],
+        1,
+    ));
+    assert!(e.contains("Mh, Mw >= 1"), "{e}");
+    let e = err(paste_masks(
+        &Tensor::zeros(&[2, 1, 4, 4], DType::I64),
+        &b,
+        [8, 8],
+        1,
+    ));
+    assert!(e.contains("float dtype"), "{e}");
+    let e = err(paste_masks(&m, &box_tensor(&[[0, 0, 3, 3]]), [8, 8], 1));
+    assert!(e.contains("boxes must be [2, 4]"), "{e}");
+    let e = err(paste_masks(
+        &m,
+        &Tensor::zeros(&[2, 5], DType::I64),
+        [8, 8],
+        1,
+    ));
+    assert!(e.contains("got [2, 5]"), "{e}");
+    let e = err(paste_masks(&m, &b.to_dtype(DType::F32).unwrap(), [8, 8], 1));
+    assert!(e.contains("i64"), "{e}");
+    let side = MAX_PASTE_SIDE as i64;
+    let e = err(paste_masks(
+        &m,
+        &box_tensor(&[[0, 0, 3, 3], [5, 0, 5 + side, 2]]),
+        [8, 8],
+        1,
+    ));
+    assert!(e.contains("box 1 expands to 65537 x 3 pixels"), "{e}");
+    // the extreme i64 corners overflow nothing
+    let e = err(paste_masks(
+        &m,
+        &box_tensor(&[[i64::MIN, 0, i64::MAX, 2], [0; 4]]),
+        [8, 8],
+        1,
+    ));
+    assert!(e.contains("box 0 expands to"), "{e}");
+    let e = err(paste_masks(&m, &b, [8, MAX_PASTE_SIDE + 1], 1));
+    assert!(e.contains("at most 65536"), "{e}");
+    let e = err(paste_masks(&m, &b, [8, 8], usize::MAX));
+    assert!(e.contains("at most 65536"), "{e}");
+    // a box far outside pastes nothing (no overflow) and an empty image or
+    // no masks give empty outputs
+    let far = box_tensor(&[
+        [i64::MAX - 5, i64::MAX - 5, i64::MAX, i64::MAX],
+        [i64::MIN; 4],
+    ]);
+    let y = paste_masks(&m, &far, [8, 8], 1).unwrap();
+    assert!(y.to_vec_f64().unwrap().iter().all(|&v| v == 0.0));
+    assert_eq!(paste_masks(&m, &b, [0, 8], 1).unwrap().dims(), [2, 1, 0, 8]);
+    let none = paste_masks(
+        &Tensor::zeros(&[0, 1, 4, 4], DType::F32),
+        &Tensor::zeros(&[0, 4], DType::I64),
+        [8, 8],
+        1,
+    )
+    .unwrap();
+    assert_eq!(none.dims(), [0, 1, 8, 8]);
 }

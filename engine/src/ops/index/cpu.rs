@@ -2,7 +2,7 @@
 //! slices added in index order, deterministic), and sort / top-k (a stable
 //! sort per row, parallel over rows).
 
-use super::{sort_order, IndexOps};
+use super::{out_of_range, sort_order, IndexOps};
 use crate::backend::Cpu;
 use crate::{dispatch_any, dispatch_float, Element, Result, Tensor};
 use rayon::prelude::*;
@@ -14,16 +14,22 @@ fn split(shape: &[usize], dim: usize) -> (usize, usize, usize) {
     (outer, shape[dim], inner)
 }
 
-fn indices(index: &Tensor) -> Result<Vec<usize>> {
-    // the front-end checked every host index lies in [0, size)
-    Ok(index.data::<i64>()?.iter().map(|&i| i as usize).collect())
+/// The index values, each checked to lie in [0, size): the front-end
+/// checks them too, but the primitive never reads or writes out of bounds
+/// on its own word (an error, never a panic).
+fn indices(op: &'static str, index: &Tensor, size: usize) -> Result<Vec<usize>> {
+    let v = index.data::<i64>()?;
+    if let Some(e) = out_of_range(op, &v, size) {
+        return Err(e);
+    }
+    Ok(v.iter().map(|&i| i as usize).collect())
 }
 
 impl IndexOps for Cpu {
     fn index_select(&self, x: &Tensor, dim: usize, index: &Tensor) -> Result<Tensor> {
         crate::trace::kernel("index_select");
         let (outer, size, inner) = split(x.dims(), dim);
-        let idx = indices(index)?;
+        let idx = indices("index_select", index, size)?;
         let mut shape = x.dims().to_vec();
         shape[dim] = idx.len();
         dispatch_any!(x.dtype(), T => {
@@ -47,7 +53,7 @@ impl IndexOps for Cpu {
     ) -> Result<Tensor> {
         crate::trace::kernel("index_add");
         let (outer, size, inner) = split(shape, dim);
-        let idx = indices(index)?;
+        let idx = indices("index_select_backward", index, size)?;
         let dtype = dy.dtype();
         Ok(dispatch_float!("index_select", dtype, T => {
             let g = dy.float_data::<T>()?;
@@ -70,7 +76,7 @@ impl IndexOps for Cpu {
         let n = x.dims()[x.rank() - 1];
         let mut shape = x.dims().to_vec();
         *shape.last_mut().expect("rank >= 1") = k;
-        let rows = if n == 0 { 0 } else { x.numel() / n };
+        let rows = x.numel().checked_div(n).unwrap_or(0);
         let mut idx = vec![0i64; rows * k];
         let values = dispatch_float!("topk", x.dtype(), T => {
             let v = x.float_data::<T>()?;

@@ -106,7 +106,7 @@ impl IndexOps for Cuda {
         let g = gpu_of(x)?;
         let dt = kdtype(OP, x.dtype())?;
         let n = x.dims()[x.rank() - 1];
-        let rows = if n == 0 { 0 } else { x.numel() / n };
+        let rows = x.numel().checked_div(n).unwrap_or(0);
         let p2 = sort_padded_len(n).map_err(kerr(OP))?;
         let xd = row_major(x)?;
         let mut shape = x.dims().to_vec();

@@ -71,9 +71,25 @@ pub(crate) fn sort_order<T: Float>(v: &[T], descending: bool) -> Vec<usize> {
     order
 }
 
+/// The error for the first of `index` outside [0, size), if any.
+pub(crate) fn out_of_range(op: &'static str, index: &[i64], size: usize) -> Option<Error> {
+    let (j, &v) = index
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v < 0 || v as u64 >= size as u64)?;
+    Some(Error::arg(
+        op,
+        format!("index {v} (position {j}) is out of range for a dim of size {size}"),
+    ))
+}
+
 /// Checks `index` is a 1-D i64 tensor and returns it on `dev`, its values
-/// checked to lie in [0, size) when they are on the host (a GPU index is
-/// not read back: the kernel writes zeros for one out of range).
+/// checked to lie in [0, size) wherever they are on the host: a host index
+/// before it is uploaded, a GPU index once it is downloaded for a CPU
+/// tensor. A GPU index for a GPU tensor is not read back (that would wait
+/// for the stream): the kernels never read or write out of bounds, they
+/// select zeros for an index out of range (and add nothing for it in the
+/// backward), and no error is raised.
 fn checked_index(op: &'static str, index: &Tensor, size: usize, dev: Device) -> Result<Tensor> {
     if index.rank() != 1 {
         return Err(Error::shape(
@@ -84,20 +100,18 @@ fn checked_index(op: &'static str, index: &Tensor, size: usize, dev: Device) -> 
     if index.dtype() != DType::I64 {
         return Err(Error::dtype(op, "an i64 index", index.dtype()));
     }
+    let check = |host: &Tensor| match out_of_range(op, &host.data::<i64>()?, size) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    };
     if index.device() == Device::Cpu {
-        if let Some((j, &v)) = index
-            .data::<i64>()?
-            .iter()
-            .enumerate()
-            .find(|(_, &v)| v < 0 || v as u64 >= size as u64)
-        {
-            return Err(Error::arg(
-                op,
-                format!("index {v} (position {j}) is out of range for a dim of size {size}"),
-            ));
-        }
+        check(index)?;
     }
-    index.detach().to_device(dev)
+    let moved = index.detach().to_device(dev)?;
+    if dev == Device::Cpu && index.device() != Device::Cpu {
+        check(&moved)?;
+    }
+    Ok(moved)
 }
 
 /// Checks `dim` is a dim of `x`.
@@ -117,9 +131,13 @@ impl Tensor {
     /// as `torch.index_select`. Every dtype. Differentiable w.r.t. `self`
     /// (float dtypes): the gradient adds each slice back at its index;
     /// on a GPU with atomics, so with repeated indices it is not bitwise
-    /// deterministic (equal to the CPU's to f32 rounding). A host index is
-    /// checked to lie in [0, dims[dim]); a GPU index is not read back (an
-    /// index out of range selects zeros there).
+    /// deterministic (equal to the CPU's to f32 rounding). The index is
+    /// checked to lie in [0, dims[dim]) wherever its values reach the host
+    /// (a host index, or a GPU index for a host tensor): an error at this
+    /// call. A GPU index for a GPU tensor is not read back (no wait for the
+    /// stream): an index out of range there selects zeros (its gradient
+    /// goes nowhere) and raises no error; the kernels never access memory
+    /// out of bounds.
     pub fn index_select(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_select";
         checked_dim(OP, self, dim)?;

@@ -158,3 +158,30 @@ fn parity_cases_run_on_the_cpu_reproducibly() {
         }
     }
 }
+
+/// The CPU primitives check their indices themselves: an index out of
+/// range that reached them (e.g. a device index downloaded for a host
+/// tensor) is an error, never an out-of-bounds slice.
+#[test]
+fn cpu_primitives_reject_indices_out_of_range() {
+    use crate::backend::Cpu;
+    let x = arange(&[2, 3], DType::F32);
+    for bad in [3, -1, i64::MAX, i64::MIN] {
+        let e = Cpu
+            .index_select(&x, 1, &idx(&[0, bad]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("index {bad} (position 1) is out of range")),
+            "{e}"
+        );
+        let dy = Tensor::zeros(&[2, 2], DType::F32);
+        let e = Cpu
+            .index_select_backward(&dy, 1, &idx(&[bad, 0]), &[2, 3])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("position 0"), "{e}");
+    }
+    let y = Cpu.index_select(&x, 1, &idx(&[2, 0])).unwrap();
+    assert_eq!(y.to_vec_f64().unwrap(), [2., 0., 5., 3.]);
+}

@@ -92,19 +92,32 @@ fn nearest_backward<T: Float>(dy: &[T], hw: [usize; 2], rows: &[usize], cols: &[
 }
 
 /// One output index's two source indices and their weights along an axis.
-#[derive(Clone, Copy)]
-pub(super) struct Lerp<T> {
-    pub(super) i0: usize,
-    pub(super) i1: usize,
-    pub(super) l0: T,
-    pub(super) l1: T,
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Lerp<T> {
+    pub(crate) i0: usize,
+    pub(crate) i1: usize,
+    pub(crate) l0: T,
+    pub(crate) l1: T,
+}
+
+impl<T: Float> Lerp<T> {
+    /// The bilinear value at row taps `r` and column taps `c` of the four
+    /// source pixels `v` = [(r.i0, c.i0), (r.i0, c.i1), (r.i1, c.i0),
+    /// (r.i1, c.i1)]: width first, then height (PyTorch's nesting), every
+    /// product and sum rounded in `T`.
+    #[inline]
+    pub(crate) fn blend(r: &Lerp<T>, c: &Lerp<T>, v: [T; 4]) -> T {
+        let t0 = v[0] * c.l0 + v[1] * c.l1;
+        let t1 = v[2] * c.l0 + v[3] * c.l1;
+        t0 * r.l0 + t1 * r.l1
+    }
 }
 
 /// PyTorch's `compute_source_index_and_lambda` for every output index, in
 /// the tensor's compute type (as PyTorch's opmath type: f32 for f32 and the
 /// half types, f64 for f64), except that the floor goes through f32 as
 /// PyTorch's `floorf` does.
-pub(super) fn linear_weights<T: Float>(
+pub(crate) fn linear_weights<T: Float>(
     input: usize,
     output: usize,
     align_corners: bool,
@@ -158,10 +171,7 @@ fn bilinear_forward<T: Float>(
         for (orow, r) in o.chunks_exact_mut(cols.len()).zip(rows) {
             let (x0, x1) = (&xp[r.i0 * w..][..w], &xp[r.i1 * w..][..w]);
             for (v, c) in orow.iter_mut().zip(cols) {
-                // Width first, then height: PyTorch's nesting.
-                let t0 = x0[c.i0] * c.l0 + x0[c.i1] * c.l1;
-                let t1 = x1[c.i0] * c.l0 + x1[c.i1] * c.l1;
-                *v = t0 * r.l0 + t1 * r.l1;
+                *v = Lerp::blend(r, c, [x0[c.i0], x0[c.i1], x1[c.i0], x1[c.i1]]);
             }
         }
     })

@@ -9,6 +9,10 @@ pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 
+/// The bilinear source taps and blend, shared with the detection family's
+/// `paste_masks` (which must resize exactly as `upsample_bilinear2d`).
+pub(crate) use cpu::{linear_weights, Lerp};
+
 use super::expect_rank;
 use crate::autograd::record;
 use crate::backend::{unsupported, BackendInfo};
