@@ -49,7 +49,7 @@ fn profile_prints_the_table_and_writes_json() {
         "conv2d forward [cpu:im2col+gemm] f32",
         "other (",
         "% peak",
-        "docs/PERF.md Ceiling",
+        "f32 FMA peak measured now",
         "copy bandwidth measured now",
     ] {
         assert!(stdout.contains(needle), "{needle:?} in\n{stdout}");
@@ -60,8 +60,8 @@ fn profile_prints_the_table_and_writes_json() {
     assert_eq!(j["model"]["arch"], "resnet18");
     assert_eq!(j["model"]["batch"], 4);
     assert_eq!(j["timing"], "cpu wall clock");
-    assert_eq!(j["ceiling"]["flops_per_s"], 345e9);
-    assert!(j["ceiling"]["bytes_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j["ceiling"]["flops_per_s"].as_f64().unwrap() > 1e9);
+    assert!(j["ceiling"]["bytes_per_s"].as_f64().unwrap() > 1e8);
     let rows = j["rows"].as_array().unwrap();
     assert!(rows
         .iter()

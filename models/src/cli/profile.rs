@@ -63,8 +63,8 @@ pub struct ProfileArgs {
     /// Write the whole profile (every row, every algorithm search) here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Peak FLOP/s of the ceiling, in TFLOP/s (CPU default: docs/PERF.md's
-    /// measured FMA peak of the project's VM; GPU: the card's datasheet).
+    /// Peak FLOP/s of the ceiling, in TFLOP/s (CPU default: the f32 FMA
+    /// peak measured at the start; GPU: the card's datasheet).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
     /// Copy bandwidth of the ceiling, in GB/s (CPU default: measured at
@@ -118,10 +118,13 @@ fn ceiling(a: &ProfileArgs, device: Device) -> Result<Ceiling> {
         Device::Cpu => {
             let (f, fsrc) = match a.peak_tflops {
                 Some(t) => (t * 1e12, "--peak-tflops".to_string()),
-                None => (
-                    profile::CPU_DOCUMENTED_FLOPS,
-                    "docs/PERF.md Ceiling: f32 FMA peak measured on the project's 2-vCPU VM (341-350 GFLOP/s); pass --peak-tflops on another machine".to_string(),
-                ),
+                None => {
+                    let (f, isa) = profile::measure_cpu_fma_peak();
+                    (
+                        f,
+                        format!("f32 FMA peak measured now ({isa}, {} threads; docs/PERF.md Ceiling's method)", rayon::current_num_threads()),
+                    )
+                }
             };
             let (b, bsrc) = match a.peak_gbps {
                 Some(g) => (g * 1e9, "--peak-gbps".to_string()),
