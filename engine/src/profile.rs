@@ -756,6 +756,35 @@ impl Row {
     }
 }
 
+/// Every shape of one (op, phase, ran) summed (`Profile::by_op`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpTotal {
+    pub op: String,
+    pub phase: String,
+    pub ran: String,
+    pub calls: u64,
+    pub seconds: f64,
+    pub flops: Option<f64>,
+    pub bytes: f64,
+    compute: bool,
+}
+
+impl OpTotal {
+    /// Achieved FLOP/s (compute ops) or bytes/s, and its % of `c`.
+    pub fn achieved(&self, c: &Ceiling) -> Option<(f64, f64)> {
+        if self.seconds <= 0.0 {
+            return None;
+        }
+        Some(match self.flops {
+            Some(f) => (f / self.seconds, 100.0 * f / self.seconds / c.flops_per_s),
+            None => (
+                self.bytes / self.seconds,
+                100.0 * self.bytes / self.seconds / c.bytes_per_s,
+            ),
+        })
+    }
+}
+
 /// A collected profile.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -901,6 +930,40 @@ impl Profile {
             .sum()
     }
 
+    /// The rows summed per (op, phase, what ran it), all shapes together,
+    /// largest time first: (op, phase, ran, calls, seconds, FLOPs (None if
+    /// one row's is unknown, or for memory-bound ops), bytes).
+    pub fn by_op(&self) -> Vec<OpTotal> {
+        let mut m: BTreeMap<(String, String, String), OpTotal> = BTreeMap::new();
+        for r in &self.rows {
+            let e = m
+                .entry((r.op.clone(), r.phase.clone(), r.ran.clone()))
+                .or_insert_with(|| OpTotal {
+                    op: r.op.clone(),
+                    phase: r.phase.clone(),
+                    ran: r.ran.clone(),
+                    calls: 0,
+                    seconds: 0.0,
+                    flops: Some(0.0),
+                    bytes: 0.0,
+                    compute: false,
+                });
+            e.calls += r.calls;
+            e.seconds += r.seconds;
+            e.bytes += r.total_bytes();
+            e.flops = e.flops.zip(r.total_flops()).map(|(a, b)| a + b);
+            e.compute |= r.is_compute();
+        }
+        let mut v: Vec<OpTotal> = m.into_values().collect();
+        for t in &mut v {
+            if !t.compute {
+                t.flops = None;
+            }
+        }
+        v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        v
+    }
+
     /// The roofline table: the `top` rows by exclusive time, then one
     /// "other" line for the rest, then the totals.
     pub fn table(&self, top: usize) -> String {
@@ -1006,6 +1069,26 @@ impl Profile {
             si(flops / compute_s.max(1e-12), "FLOP/s"),
             100.0 * flops / compute_s.max(1e-12) / c.flops_per_s
         );
+        let _ = writeln!(s, "by op (all shapes):");
+        for t in self.by_op().iter().take(top) {
+            let label = format!("{} {} [{}]", t.op, t.phase, t.ran);
+            let _ = writeln!(
+                s,
+                "     {label:<58} {:>5} {:>10.3} {:>6.1} {:>11} {:>11} {:>13} {:>7}",
+                (t.calls as f64 / steps).round(),
+                t.seconds * 1e3 / steps,
+                100.0 * t.seconds / total.max(1e-12),
+                t.flops.map_or("-".into(), |f| si(f / steps, "")),
+                si(t.bytes / steps, "B"),
+                t.achieved(c)
+                    .map_or("-".into(), |(a, _)| if t.flops.is_some() {
+                        si(a, "FLOP/s")
+                    } else {
+                        si(a, "B/s")
+                    }),
+                t.achieved(c).map_or("-".into(), |(_, p)| format!("{p:.1}")),
+            );
+        }
         if self.dropped + self.untimed + self.errors > 0 {
             let _ = writeln!(
                 s,
@@ -1058,6 +1141,13 @@ impl Profile {
             "op_ms_per_step": self.op_seconds * 1e3 / self.steps as f64,
             "dropped": self.dropped, "untimed": self.untimed, "errors": self.errors,
             "rows": self.rows.iter().map(|r| r.to_json(c, self.steps)).collect::<Vec<_>>(),
+            "by_op": self.by_op().iter().map(|t| json!({
+                "op": t.op, "phase": t.phase, "ran": t.ran, "calls": t.calls,
+                "ms_per_step": t.seconds * 1e3 / self.steps as f64,
+                "flops": t.flops, "bytes": t.bytes,
+                "achieved_per_s": t.achieved(c).map(|a| a.0),
+                "percent_of_ceiling": t.achieved(c).map(|a| a.1),
+            })).collect::<Vec<_>>(),
             "searches": self.searches.iter().map(|x| json!({
                 "lib": x.lib, "problem": x.problem, "method": x.method, "chosen": x.chosen,
                 "workspace": x.workspace, "ms": x.ms,

@@ -93,7 +93,34 @@ fn a_profile_of_two_cpu_steps_counts_the_models_flops() {
     assert!(t.contains("conv2d backward [cpu"), "{t}");
     assert!(t.contains("other ("), "{t}");
     assert!(t.contains("% peak") && t.contains("test ceiling"), "{t}");
-    assert_eq!(t.lines().filter(|l| l.contains(" [cpu")).count(), 5, "{t}");
+    let ranked = |l: &&str| l.trim_start().starts_with(|c: char| c.is_ascii_digit());
+    assert_eq!(
+        t.lines()
+            .filter(ranked)
+            .filter(|l| l.contains(" [cpu"))
+            .count(),
+        5,
+        "{t}"
+    );
+    // per op, all shapes: conv2d's FLOPs again, 20 calls a step each way
+    let by = p.by_op();
+    let conv_b = by
+        .iter()
+        .find(|t| t.op == "conv2d" && t.phase == "backward")
+        .unwrap();
+    assert_eq!(conv_b.calls, 2 * 20);
+    let conv_f = by
+        .iter()
+        .find(|t| t.op == "conv2d" && t.phase == "forward")
+        .unwrap();
+    assert_eq!(
+        conv_f.flops.unwrap() + conv_b.flops.unwrap(),
+        2.0 * per_step
+    );
+    assert!(by
+        .iter()
+        .any(|t| t.op == "batch_norm_relu" && t.flops.is_none()));
+    assert!(t.contains("by op (all shapes):"), "{t}");
     // the JSON round-trips with every row
     let j: serde_json::Value =
         serde_json::from_str(&serde_json::to_string(&p.to_json()).unwrap()).unwrap();
