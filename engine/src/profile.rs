@@ -644,10 +644,22 @@ pub(crate) fn end(
         inputs: inputs.iter().map(|t| Operand::of(t)).collect(),
         outputs: outputs.iter().map(|o| o.map(Operand::of)).collect(),
     };
+    // an op whose every output shares an input's storage (a reshape, a
+    // view's backward) moved no bytes
+    let aliases = |o: &Tensor| {
+        inputs
+            .iter()
+            .any(|i| std::sync::Arc::ptr_eq(i.storage(), o.storage()))
+    };
+    let view = outputs.iter().flatten().count() > 0 && outputs.iter().flatten().all(|o| aliases(o));
     let row = match ses.index.get(&key) {
         Some(&r) => r,
         None => {
-            let c = cost(name, phase, &key.inputs, &key.outputs);
+            let mut c = cost(name, phase, &key.inputs, &key.outputs);
+            if view && c.flops.is_none() {
+                c.bytes = 0.0;
+                c.formula = "a view: its outputs share its inputs' storage, no bytes moved";
+            }
             ses.rows.push(RowAcc {
                 key: key.clone(),
                 cost: c,
@@ -706,7 +718,7 @@ impl Row {
     }
     /// Achieved FLOP/s (compute rows) or bytes/s (the others).
     pub fn achieved(&self) -> Option<f64> {
-        if self.seconds <= 0.0 {
+        if self.seconds <= 0.0 || (self.bytes <= 0.0 && !self.is_compute()) {
             return None;
         }
         Some(match self.total_flops().filter(|&f| f > 0.0) {
@@ -772,7 +784,7 @@ pub struct OpTotal {
 impl OpTotal {
     /// Achieved FLOP/s (compute ops) or bytes/s, and its % of `c`.
     pub fn achieved(&self, c: &Ceiling) -> Option<(f64, f64)> {
-        if self.seconds <= 0.0 {
+        if self.seconds <= 0.0 || (self.bytes <= 0.0 && self.flops.is_none()) {
             return None;
         }
         Some(match self.flops {
