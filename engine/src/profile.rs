@@ -832,18 +832,21 @@ pub fn stop(steps: usize) -> Result<Profile> {
     let wall_seconds = ses.started.elapsed().as_secs_f64();
     let mut totals = vec![0.0f64; ses.timed.len()];
     let mut any_cuda = false;
+    let mut untimed = ses.untimed;
     for (i, t) in ses.timed.iter().enumerate() {
         totals[i] = match t.as_ref().map(|t| &t.time) {
             Some(Time::Cpu(s)) => *s,
             Some(Time::Cuda(a, b)) => {
                 any_cuda = true;
-                let ms = a.elapsed_ms(b).map_err(|e| {
-                    Error::arg(
-                        "profile",
-                        format!("reading a CUDA event pair failed: {e:?}"),
-                    )
-                })?;
-                ms.max(0.0) as f64 / 1e3
+                // the devices were drained above (an asynchronous error
+                // surfaced there); a pair that cannot be read is untimed
+                match a.elapsed_ms(b) {
+                    Ok(ms) => ms.max(0.0) as f64 / 1e3,
+                    Err(_) => {
+                        untimed += 1;
+                        0.0
+                    }
+                }
             }
             _ => 0.0,
         };
@@ -908,7 +911,7 @@ pub fn stop(steps: usize) -> Result<Profile> {
         rows,
         searches: searches(),
         dropped: ses.dropped,
-        untimed: ses.untimed,
+        untimed,
         errors: ses.errors,
     })
 }
