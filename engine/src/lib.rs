@@ -16,6 +16,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod parity;
+pub mod profile;
 mod rng;
 mod storage;
 mod tensor;

@@ -6,6 +6,7 @@
 //! Switch it on with `SLMLP_TRACE=1` (stderr) or `SLMLP_TRACE=/path/file.jsonl`,
 //! or from code with `trace::to_writer`. Off, it costs one relaxed atomic load
 //! per op. Nested lines (ops a backward closure runs) carry a larger `depth`.
+//! The same per-op hook feeds the profiler (`profile`) while one runs.
 
 use crate::Tensor;
 use std::cell::Cell;
@@ -96,6 +97,12 @@ fn describe(t: &Tensor) -> serde_json::Value {
 /// What an op returns, as far as the trace is concerned.
 pub trait Traced {
     fn outputs(&self) -> Vec<&Tensor>;
+    /// The outputs by position, None where there is none (a backward's
+    /// gradient for an input that needs none): the profiler tells a
+    /// convolution's data gradient from its weight gradient by position.
+    fn slots(&self) -> Vec<Option<&Tensor>> {
+        self.outputs().into_iter().map(Some).collect()
+    }
 }
 impl Traced for Tensor {
     fn outputs(&self) -> Vec<&Tensor> {
@@ -111,10 +118,14 @@ impl Traced for Vec<Option<Tensor>> {
     fn outputs(&self) -> Vec<&Tensor> {
         self.iter().flatten().collect()
     }
+    fn slots(&self) -> Vec<Option<&Tensor>> {
+        self.iter().map(Option::as_ref).collect()
+    }
 }
 
 /// Runs `f`, the body of op `name` on backend `ran` ("cpu", "cuda"), and
-/// logs it when tracing is on, with the kernel the backend named (`kernel`).
+/// logs it when tracing is on, with the kernel the backend named (`kernel`);
+/// times it for the profiler when a profile runs (`profile`).
 pub fn op<R: Traced>(
     name: &str,
     phase: &str,
@@ -122,11 +133,16 @@ pub fn op<R: Traced>(
     inputs: &[&Tensor],
     f: impl FnOnce() -> crate::Result<R>,
 ) -> crate::Result<R> {
-    if !enabled() {
+    let tracing = enabled();
+    let profiling = crate::profile::active();
+    if !tracing && !profiling {
         return f();
     }
     let depth = DEPTH.with(|d| d.replace(d.get() + 1));
     let outer = KERNEL.with(|k| k.take());
+    if profiling {
+        crate::profile::begin(inputs);
+    }
     let start = Instant::now();
     let result = f();
     let us = start.elapsed().as_secs_f64() * 1e6;
@@ -135,6 +151,13 @@ pub fn op<R: Traced>(
         Some(k) => format!("{ran}:{k}"),
         None => ran.to_string(),
     };
+    if profiling {
+        let slots = result.as_ref().ok().map(|r| r.slots());
+        crate::profile::end(name, phase, &ran, inputs, slots);
+    }
+    if !tracing {
+        return result;
+    }
     let line = serde_json::json!({
         "op": name,
         "phase": phase,

@@ -295,6 +295,30 @@ impl PretrainArgs {
     }
 }
 
+impl PretrainArgs {
+    /// The network these options train on `classes` classes of
+    /// `channels`-channel images of side `size`: --arch, --width, --stem
+    /// (default: cifar up to 64 px, imagenet above) and, for sl-mlp,
+    /// --projector. `slmlp profile` builds its network here too.
+    pub fn net_config(&self, classes: usize, channels: usize, size: usize) -> Result<NetConfig> {
+        let stem = match self.stem {
+            Some(StemArg::Imagenet) => Stem::ImageNet,
+            Some(StemArg::Cifar) => Stem::Cifar,
+            None if size <= 64 => Stem::Cifar,
+            None => Stem::ImageNet,
+        };
+        let mut config = NetConfig::new(&self.arch, classes)?;
+        config.width = self.width;
+        config.stem = stem;
+        config.in_channels = channels;
+        let d = config.resnet()?.feature_dim();
+        if self.method == Method::SlMlp {
+            config.projector = Some(ProjectorConfig::parse(&self.projector, d)?);
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PretrainReport {
     pub epochs: Vec<EpochLog>,
@@ -356,20 +380,8 @@ fn pretrain_rank(
             "normalization does not match the dataset's channels",
         ));
     }
-    let stem = match a.stem {
-        Some(StemArg::Imagenet) => Stem::ImageNet,
-        Some(StemArg::Cifar) => Stem::Cifar,
-        None if input.size <= 64 => Stem::Cifar,
-        None => Stem::ImageNet,
-    };
-    let mut config = NetConfig::new(&a.arch, train_ds.classes().len())?;
-    config.width = a.width;
-    config.stem = stem;
-    config.in_channels = train_ds.channels();
-    let d = config.resnet()?.feature_dim();
-    if a.method == Method::SlMlp {
-        config.projector = Some(ProjectorConfig::parse(&a.projector, d)?);
-    }
+    let config = a.net_config(train_ds.classes().len(), train_ds.channels(), input.size)?;
+    let stem = config.stem;
     // initialised on the host (deterministic for a seed), then moved
     let net = SupervisedNet::new(config.clone(), &mut Rng::new(seed))?;
     net.to_device(device)?;

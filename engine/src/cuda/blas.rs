@@ -602,6 +602,7 @@ fn choose(st: &mut LtState, p: &GemmParams, key: &AlgoKey, prep: &Prepared) -> R
     if let Some(a) = st.algos.get(key) {
         return Ok(a.clone());
     }
+    let t0 = std::time::Instant::now();
     let mut raw = std::ptr::null_mut();
     // SAFETY: writes one descriptor.
     check("cublasLtMatmulPreferenceCreate", p, unsafe {
@@ -679,6 +680,24 @@ fn choose(st: &mut LtState, p: &GemmParams, key: &AlgoKey, prep: &Prepared) -> R
         describe: describe_algo(&result.algo, result.workspaceSize, key),
     };
     st.algos.insert(*key, algo.clone());
+    let pr = &key.problem;
+    crate::profile::search(crate::profile::Search {
+        lib: "cublasLt",
+        problem: format!(
+            "m{} n{} k{} batch{} {}{}",
+            pr.m,
+            pr.n,
+            pr.k,
+            pr.batch,
+            key.dtype,
+            if key.tf32 { " tf32" } else { "" }
+        ),
+        method: "heuristic (first result)".into(),
+        chosen: algo.describe.to_string(),
+        workspace: result.workspaceSize,
+        ms: t0.elapsed().as_secs_f64() * 1e3,
+        candidates: Vec::new(),
+    });
     Ok(algo)
 }
 
@@ -707,6 +726,7 @@ pub unsafe fn gemm(g: &'static Gpu, p: &GemmParams) -> Result<&'static str> {
     let mut st = st.lock().unwrap();
     let prep = prepare(p, &problem, tf32)?;
     let algo = choose(&mut st, p, &key, &prep)?;
+    crate::profile::algo_used(|| algo.describe.to_string());
     let (alpha, beta) = (p.alpha, 0.0f32);
     // SAFETY: the descriptors are live and match the buffers (the caller's
     // contract on the pointers); alpha/beta are f32 host scalars (the scale

@@ -319,6 +319,15 @@ impl Algo {
         })
     }
 
+    /// cuDNN's number for the algorithm in its direction's enum.
+    pub fn id(&self) -> u32 {
+        match *self {
+            Algo::Fwd(a) => a as u32,
+            Algo::BwdData(a) => a as u32,
+            Algo::BwdFilter(a) => a as u32,
+        }
+    }
+
     /// Short name for the trace, e.g. "fwd_implicit_precomp_gemm".
     pub fn name(&self) -> &'static str {
         use sys::cudnnConvolutionBwdDataAlgo_t as D;
@@ -995,6 +1004,7 @@ impl Dnn {
             return Ok(*c);
         }
         d.check_output(&key.shape)?;
+        let t0 = std::time::Instant::now();
         let searched = if !BENCHMARK.load(Ordering::Relaxed) {
             Err("not timed: benchmark mode is off".to_string())
         } else if self.searched < FIND_LIMIT {
@@ -1003,6 +1013,7 @@ impl Dnn {
         } else {
             Err(format!("not timed: {FIND_LIMIT} keys were"))
         };
+        let timed = searched.as_ref().map_or(Vec::new(), |(p, _)| p.clone());
         let (found, find_note) = match searched {
             Ok((perfs, cap)) => (
                 confirm(
@@ -1016,6 +1027,7 @@ impl Dnn {
             ),
             Err(note) => (None, note),
         };
+        let by_find = found.is_some();
         let chosen = match found {
             Some(c) => c,
             None => {
@@ -1039,6 +1051,32 @@ impl Dnn {
             }
         };
         self.algos.insert(*key, chosen);
+        crate::profile::search(crate::profile::Search {
+            lib: "cudnn",
+            problem: format!(
+                "{:?} {} {:?} math {:?}",
+                key.dir, key.shape, key.data, key.math
+            ),
+            method: if by_find {
+                "find"
+            } else {
+                "heuristic (Get_v7)"
+            }
+            .into(),
+            chosen: format!("{} (algo {})", chosen.algo.name(), chosen.algo.id()),
+            workspace: chosen.workspace,
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+            candidates: timed
+                .iter()
+                .map(|p| crate::profile::Candidate {
+                    algo: Algo::from_raw(key.dir, p.algo)
+                        .map_or(format!("algo {}", p.algo), |a| a.name().to_string()),
+                    status: p.status,
+                    ms: p.time as f64,
+                    workspace: p.memory,
+                })
+                .collect(),
+        });
         Ok(chosen)
     }
 }
@@ -1064,6 +1102,14 @@ unsafe fn run(
     with_dnn(g, |dnn| {
         let d = Descs::new(&key)?;
         let c = dnn.choose(g, &key, &d, p)?;
+        crate::profile::algo_used(|| {
+            format!(
+                "cudnn:{} (algo {}, ws {} B)",
+                c.algo.name(),
+                c.algo.id(),
+                c.workspace
+            )
+        });
         d.conv.set_math(c.math, s)?;
         let (ws, ws_ptr) = workspace(g, c.workspace)?;
         let (alpha, beta) = (1.0f32, 0.0f32);

@@ -200,6 +200,15 @@ impl Gpu {
             .map_err(|e| self.err("cuCtxSetCurrent", e))
     }
 
+    /// A timing-enabled event recorded on this GPU's stream now: the
+    /// profiler brackets each op with two and reads them (`elapsed_ms`)
+    /// only when it collects, so timing adds no synchronisation.
+    pub fn timing_event(&self) -> Result<cudarc::driver::CudaEvent> {
+        self.stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| self.err("cuEventCreate/cuEventRecord (timing)", e))
+    }
+
     /// Waits for everything queued so far; reports an asynchronous kernel
     /// error (illegal address, ...) as an error.
     pub fn synchronize(&self) -> Result<()> {

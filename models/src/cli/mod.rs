@@ -12,6 +12,7 @@ mod forward;
 mod plot;
 mod preset;
 mod pretrain;
+mod profile;
 mod transfer;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -63,6 +64,10 @@ enum Command {
     /// Training curves (loss, accuracy, learning rate, img/s) of one or more
     /// runs from their metrics.jsonl, as one PNG.
     Plot(plot::PlotArgs),
+    /// Where a training step's time goes: W warm-up + S profiled steps on
+    /// random data, a roofline table per op (calls, ms, FLOP or bytes, % of
+    /// peak FLOP/s or copy bandwidth) and --out JSON.
+    Profile(profile::ProfileArgs),
 }
 
 /// Bounds on the sizes and counts every command takes from the command
@@ -119,6 +124,7 @@ fn run(command: &Command) -> Result<()> {
         Command::Detect(a) => detect::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Profile(a) => profile::run(a),
     }
 }
 
