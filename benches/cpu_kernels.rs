@@ -20,91 +20,13 @@ const BATCH: usize = 64;
 
 // ---- the ceiling ----
 
-/// Independent FMA chains, enough to cover latency x ports: the loop is
-/// bound by FMA throughput only.
-#[cfg(target_arch = "x86_64")]
-mod fma {
-    use std::arch::x86_64::*;
-
-    /// FLOPs per loop iteration of each kernel.
-    pub const AVX512_FLOPS: f64 = (16 * 16 * 2) as f64;
-    pub const AVX2_FLOPS: f64 = (12 * 8 * 2) as f64;
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn avx512(iters: u64) -> f32 {
-        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-        let mut acc = [_mm512_set1_ps(1.0); 16];
-        for _ in 0..iters {
-            for r in acc.iter_mut() {
-                *r = _mm512_fmadd_ps(*r, a, b);
-            }
-        }
-        let mut out = [0.0f32; 16];
-        let s = acc
-            .iter()
-            .fold(_mm512_setzero_ps(), |s, r| _mm512_add_ps(s, *r));
-        _mm512_storeu_ps(out.as_mut_ptr(), s);
-        out.iter().sum()
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2(iters: u64) -> f32 {
-        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-        let mut acc = [_mm256_set1_ps(1.0); 12];
-        for _ in 0..iters {
-            for r in acc.iter_mut() {
-                *r = _mm256_fmadd_ps(*r, a, b);
-            }
-        }
-        let mut out = [0.0f32; 8];
-        let s = acc
-            .iter()
-            .fold(_mm256_setzero_ps(), |s, r| _mm256_add_ps(s, *r));
-        _mm256_storeu_ps(out.as_mut_ptr(), s);
-        out.iter().sum()
-    }
-}
-
-/// One thread's FMA throughput loop: (FLOPs done, ISA name).
-fn fma_loop(iters: u64) -> (f64, &'static str) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // Safety: the CPU has the feature (checked above).
-            black_box(unsafe { fma::avx512(black_box(iters)) });
-            return (iters as f64 * fma::AVX512_FLOPS, "avx512f");
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            black_box(unsafe { fma::avx2(black_box(iters)) });
-            return (iters as f64 * fma::AVX2_FLOPS, "avx2+fma");
-        }
-    }
-    let mut acc = [[1.0f32; 8]; 8];
-    for _ in 0..black_box(iters) {
-        for r in acc.iter_mut() {
-            for v in r.iter_mut() {
-                *v = v.mul_add(0.999_999, 1e-7);
-            }
-        }
-    }
-    black_box(acc);
-    (iters as f64 * 128.0, "scalar")
-}
-
-/// f32 GFLOP/s of the FMA loop on every rayon thread at once (best of 3).
+/// f32 GFLOP/s of the FMA loop on every rayon thread at once, best of 3
+/// (`engine::profile::measure_cpu_fma_peak`, docs/PERF.md's "Ceiling").
 fn peak() -> f64 {
     static PEAK: OnceLock<f64> = OnceLock::new();
     *PEAK.get_or_init(|| {
-        let iters = 20_000_000;
-        let mut best = 0.0f64;
-        let mut isa = "";
-        for _ in 0..3 {
-            let t = Instant::now();
-            let per_thread = rayon::broadcast(|_| fma_loop(iters));
-            let secs = t.elapsed().as_secs_f64();
-            isa = per_thread[0].1;
-            best = best.max(per_thread.iter().map(|p| p.0).sum::<f64>() / secs / 1e9);
-        }
+        let (flops, isa) = engine::profile::measure_cpu_fma_peak();
+        let best = flops / 1e9;
         println!(
             "f32 FMA peak ({isa}, {} threads): {best:.1} GFLOP/s",
             rayon::current_num_threads()

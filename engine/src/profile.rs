@@ -117,8 +117,8 @@ impl Ceiling {
 }
 
 /// Independent FMA chains, enough to cover latency x ports: the loop is
-/// bound by FMA throughput only (the loop benches/cpu_kernels.rs measures
-/// docs/PERF.md's "Ceiling" with).
+/// bound by FMA throughput only: docs/PERF.md's "Ceiling", which
+/// benches/cpu_kernels.rs also prints.
 #[cfg(target_arch = "x86_64")]
 mod fma {
     use std::arch::x86_64::*;
