@@ -1,8 +1,9 @@
 //! Where the detector reads tensors back to the host.
 //!
-//! Proposal selection, matching, sampling and post-processing run on the
-//! host (torchvision's order of operations, exactly); the convolutions,
-//! RoIAlign, heads and losses run on the tensors' device. Every read of a
+//! Proposal selection after the RPN's per-level top-k (decoding, NMS),
+//! matching, sampling and post-processing run on the host (torchvision's
+//! order of operations, exactly); the convolutions, the per-level top-k,
+//! RoIAlign, heads, losses and mask paste run on the tensors' device. Every read of a
 //! tensor's values goes through [`read`] or [`read_f64`], which count it:
 //! on a GPU each one is a device-to-host copy that waits for the stream,
 //! so [`traffic`]'s `reads` is the number of host round trips a training or

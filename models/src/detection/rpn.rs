@@ -28,13 +28,12 @@
 use super::anchors::AnchorGenerator;
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
 use super::box_dtype;
-use super::host::{count_uploads, read, to_device_of};
+use super::host::{count_uploads, read, read_f64, to_device_of};
 use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Conv2d, Module, Param};
 use engine::ops::{batched_nms, box_iou, Conv2dParams};
 use engine::{DType, Element, Error, Float, Result, Rng, Tensor};
-use std::cmp::Ordering as CmpOrdering;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// torchvision's `RPNHead` (one conv layer, `conv_depth = 1`): a shared
@@ -541,8 +540,6 @@ impl Rpn {
             .map(|&v| <T as Element>::from_f64(v))
             .collect();
 
-        let obj_vals = read::<T>(&objectness)?;
-        let delta_vals = read::<T>(&pred_deltas)?;
         let post_n = if self.is_training() {
             self.post_nms_top_n.train
         } else {
@@ -554,20 +551,28 @@ impl Rpn {
             self.pre_nms_top_n.test
         };
 
+        let (cands, rows) =
+            self.top_candidates(&objectness, &pred_deltas, &anchors.num_per_level, pre_n)?;
+        let k = rows.len() / batch;
         let mut all_boxes = Vec::with_capacity(batch);
         let mut all_scores = Vec::with_capacity(batch);
         for (b, &size) in image_sizes.iter().enumerate() {
-            let decoded = self
-                .box_coder
-                .decode::<T>(&delta_vals[4 * n * b..4 * n * (b + 1)], &anchors_t)?;
-            let (bx, sc) = self.filter_image::<T>(
-                &decoded,
-                &obj_vals[n * b..n * (b + 1)],
-                &anchors.num_per_level,
-                size,
-                pre_n,
-                post_n,
-            )?;
+            let (mut logits, mut deltas, mut anc) = (
+                Vec::with_capacity(k),
+                Vec::with_capacity(4 * k),
+                Vec::with_capacity(4 * k),
+            );
+            for (c, &(row, _)) in cands[5 * k * b..5 * k * (b + 1)]
+                .chunks(5)
+                .zip(&rows[k * b..k * (b + 1)])
+            {
+                logits.push(c[0]);
+                deltas.extend_from_slice(&c[1..]);
+                anc.extend_from_slice(&anchors_t[4 * row..4 * row + 4]);
+            }
+            let levels: Vec<i64> = rows[k * b..k * (b + 1)].iter().map(|&(_, l)| l).collect();
+            let decoded = self.box_coder.decode::<T>(&deltas, &anc)?;
+            let (bx, sc) = self.filter_image::<T>(&decoded, &logits, &levels, size, post_n)?;
             all_boxes.push(bx);
             all_scores.push(sc);
         }
@@ -583,43 +588,82 @@ impl Rpn {
         })
     }
 
-    /// torchvision's `filter_proposals` for one image: `decoded` [N, 4]
-    /// and `logits` [N] in anchor order.
+    /// torchvision's `_get_top_n_idx` on the logits' device: per level, the
+    /// min(`pre_n`, anchors in level) largest logits of every image
+    /// (largest first, NaN first, ties to the lower anchor: `Tensor::topk`)
+    /// and the deltas of those anchors. Only they come to the host, in two
+    /// reads: per image and candidate (logit, 4 deltas), level by level, and
+    /// per image and candidate its (anchor, level).
     #[allow(clippy::type_complexity)]
+    fn top_candidates<T: Float>(
+        &self,
+        objectness: &Tensor,
+        pred_deltas: &Tensor,
+        num_per_level: &[usize],
+        pre_n: usize,
+    ) -> Result<(Vec<T>, Vec<(usize, i64)>)> {
+        let _ng = engine::no_grad();
+        let batch = objectness.dims()[0];
+        let (mut values, mut indices) = (Vec::new(), Vec::new());
+        let mut deltas: Vec<Vec<Tensor>> = vec![Vec::new(); batch];
+        let mut offset = 0;
+        let mut levels = Vec::new();
+        for (l, &count) in num_per_level.iter().enumerate() {
+            let k = pre_n.min(count);
+            let (v, i) = objectness.narrow(1, offset, count)?.topk(k)?;
+            let level = pred_deltas.narrow(1, offset, count)?;
+            for (b, d) in deltas.iter_mut().enumerate() {
+                let rows = i.narrow(0, b, 1)?.reshape(&[k])?;
+                d.push(
+                    level
+                        .narrow(0, b, 1)?
+                        .reshape(&[count, 4])?
+                        .index_select(0, &rows)?,
+                );
+            }
+            values.push(v.reshape(&[batch, k, 1])?);
+            indices.push(i);
+            levels.push((offset, k, l as i64));
+            offset += count;
+        }
+        let deltas: Vec<Tensor> = deltas
+            .iter()
+            .map(|d| Tensor::cat(d, 0))
+            .collect::<Result<_>>()?;
+        let cands = Tensor::cat(&[Tensor::cat(&values, 1)?, Tensor::stack(&deltas, 0)?], 2)?;
+        let picked = read_f64(&Tensor::cat(&indices, 1)?)?;
+        let k: usize = levels.iter().map(|&(_, k, _)| k).sum();
+        let rows = (0..batch)
+            .flat_map(|b| {
+                let picked = &picked;
+                levels.iter().scan(0, move |start, &(offset, n, l)| {
+                    let at = b * k + *start;
+                    *start += n;
+                    Some((at..at + n).map(move |j| (offset + picked[j] as usize, l)))
+                })
+            })
+            .flatten()
+            .collect();
+        Ok((read::<T>(&cands)?, rows))
+    }
+
+    /// torchvision's `filter_proposals` for one image after the per-level
+    /// top-n: `decoded` [K, 4] boxes, `logits` [K] and `levels` [K] of the
+    /// candidates, level by level, each level's in decreasing logit.
     fn filter_image<T: Float>(
         &self,
         decoded: &[T],
         logits: &[T],
-        num_per_level: &[usize],
+        levels: &[i64],
         image_size: (usize, usize),
-        pre_n: usize,
         post_n: usize,
     ) -> Result<(Vec<[f64; 4]>, Vec<f64>)> {
-        // _get_top_n_idx: per level, the largest logits, largest first
-        let mut cand: Vec<(usize, i64)> = Vec::new();
-        let mut offset = 0;
-        for (l, &count) in num_per_level.iter().enumerate() {
-            let mut idx: Vec<usize> = (offset..offset + count).collect();
-            let k = pre_n.min(count);
-            let desc = |&i: &usize, &j: &usize| desc_nan_first(logits[i], logits[j], i, j);
-            if k < count && k > 0 {
-                idx.select_nth_unstable_by(k - 1, desc);
-            }
-            idx.truncate(k);
-            idx.sort_unstable_by(desc);
-            cand.extend(idx.into_iter().map(|i| (i, l as i64)));
-            offset += count;
-        }
-        let mut boxes: Vec<T> = Vec::with_capacity(4 * cand.len());
-        for &(i, _) in &cand {
-            boxes.extend_from_slice(&decoded[4 * i..4 * i + 4]);
-        }
-        let boxes = clip_boxes_to_image(&boxes, image_size)?;
+        let boxes = clip_boxes_to_image(decoded, image_size)?;
         let thresh = <T as Element>::from_f64(self.score_thresh);
         // remove_small_boxes, then the score threshold (`>=` keeps)
         let kept: Vec<usize> = remove_small_boxes(&boxes, self.min_size)?
             .into_iter()
-            .filter(|&c| sigmoid(logits[cand[c].0]) >= thresh)
+            .filter(|&c| sigmoid(logits[c]) >= thresh)
             .collect();
         let k = kept.len();
         let mut kb = Vec::with_capacity(4 * k);
@@ -627,8 +671,8 @@ impl Rpn {
         let mut kl = Vec::with_capacity(k);
         for &c in &kept {
             kb.extend_from_slice(&boxes[4 * c..4 * c + 4]);
-            ks.push(sigmoid(logits[cand[c].0]));
-            kl.push(cand[c].1);
+            ks.push(sigmoid(logits[c]));
+            kl.push(levels[c]);
         }
         let keep = batched_nms(
             &Tensor::from_vec(kb.clone(), &[k, 4])?,
@@ -748,17 +792,6 @@ impl Rpn {
             box_reg: box_loss,
         })
     }
-}
-
-/// Descending order, NaN above everything (torch.topk), ties by lower index.
-fn desc_nan_first<T: Float>(a: T, b: T, i: usize, j: usize) -> CmpOrdering {
-    let by_value = match (a.is_nan(), b.is_nan()) {
-        (true, true) => CmpOrdering::Equal,
-        (true, false) => CmpOrdering::Less,
-        (false, true) => CmpOrdering::Greater,
-        _ => b.partial_cmp(&a).unwrap_or(CmpOrdering::Equal),
-    };
-    by_value.then(i.cmp(&j))
 }
 
 /// torch.sigmoid: 1 / (1 + e^-x).
