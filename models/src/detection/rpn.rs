@@ -562,6 +562,7 @@ impl Rpn {
                 Vec::with_capacity(4 * k),
                 Vec::with_capacity(4 * k),
             );
+            // image b's candidates: (logit, 4 deltas) and (anchor row, level)
             for (c, &(row, _)) in cands[5 * k * b..5 * k * (b + 1)]
                 .chunks(5)
                 .zip(&rows[k * b..k * (b + 1)])
@@ -631,18 +632,19 @@ impl Rpn {
             .map(|d| Tensor::cat(d, 0))
             .collect::<Result<_>>()?;
         let cands = Tensor::cat(&[Tensor::cat(&values, 1)?, Tensor::stack(&deltas, 0)?], 2)?;
+        // each candidate column's (level offset, level), the same per image
+        let tags: Vec<(usize, i64)> = levels
+            .iter()
+            .flat_map(|&(offset, k, l)| std::iter::repeat_n((offset, l), k))
+            .collect();
         let picked = read_f64(&Tensor::cat(&indices, 1)?)?;
-        let k: usize = levels.iter().map(|&(_, k, _)| k).sum();
-        let rows = (0..batch)
-            .flat_map(|b| {
-                let picked = &picked;
-                levels.iter().scan(0, move |start, &(offset, n, l)| {
-                    let at = b * k + *start;
-                    *start += n;
-                    Some((at..at + n).map(move |j| (offset + picked[j] as usize, l)))
-                })
+        let rows = picked
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let (offset, l) = tags[j % tags.len()];
+                (offset + i as usize, l)
             })
-            .flatten()
             .collect();
         Ok((read::<T>(&cands)?, rows))
     }
