@@ -240,17 +240,21 @@ fn paste_boxes(rng: &mut Rng, img: [usize; 2], k: usize) -> Vec<i64> {
         [w + 2, 1, w + 30, 20],
         [-25, -12, w + 13, h + 3],
     ];
+    fill_random_boxes(rng, img, &mut v, k);
+    v.concat()
+}
+
+/// Pads `v` to `k` random integer boxes overlapping an image of `img` by
+/// at least 3 x 3 pixels (or cuts it to `k`).
+pub(crate) fn fill_random_boxes(rng: &mut Rng, img: [usize; 2], v: &mut Vec<[i64; 4]>, k: usize) {
+    let [h, w] = img;
     while v.len() < k {
-        let x0 = rng.below(w as usize - 3) as i64 - 3;
-        let y0 = rng.below(h as usize - 3) as i64 - 3;
-        let (bw, bh) = (
-            6 + rng.below(w as usize) as i64,
-            6 + rng.below(h as usize) as i64,
-        );
+        let x0 = rng.below(w - 3) as i64 - 3;
+        let y0 = rng.below(h - 3) as i64 - 3;
+        let (bw, bh) = (6 + rng.below(w) as i64, 6 + rng.below(h) as i64);
         v.push([x0, y0, x0 + bw, y0 + bh]);
     }
     v.truncate(k);
-    v.concat()
 }
 
 /// Mask paste parity cases. The GPU samples with the CPU's own taps and

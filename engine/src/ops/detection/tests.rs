@@ -444,17 +444,7 @@ fn paste_boxes(
         [-20, -15, w + 11, h + 4],
         [1, 2, padded[1] as i64, padded[0] as i64 + 1],
     ];
-    // random boxes overlapping the image by at least 3 x 3 pixels
-    while v.len() < k {
-        let x0 = rng.below(w as usize - 3) as i64 - 3;
-        let y0 = rng.below(h as usize - 3) as i64 - 3;
-        let (bw, bh) = (
-            6 + rng.below(w as usize) as i64,
-            6 + rng.below(h as usize) as i64,
-        );
-        v.push([x0, y0, x0 + bw, y0 + bh]);
-    }
-    v.truncate(k);
+    parity::fill_random_boxes(rng, img, &mut v, k);
     v
 }
 
