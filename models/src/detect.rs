@@ -25,7 +25,7 @@ use crate::dist::launch::{global_batch, run_ranks, DistArgs};
 use crate::dist::{Communicator, DataParallel};
 use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
 use crate::net::{MAX_CLASSES, MAX_IN_CHANNELS, MAX_WIDTH};
-use crate::train::{restored_scaler, scaler_state};
+use crate::train::{restore_optim, scaler_state};
 use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
 use engine::nn::{Buffer, Module, Param};
@@ -672,7 +672,7 @@ impl Task for DetectTask<'_> {
     fn state(&self) -> TaskState {
         let mut extra = self.metadata.clone();
         extra.extend(self.settings());
-        extra.extend(self.scaler.as_ref().map_or(Vec::new(), scaler_state));
+        extra.extend(scaler_state(self.scaler.as_ref()));
         TaskState {
             optim: self.opt.state(),
             rng: [0; 4],
@@ -681,14 +681,7 @@ impl Task for DetectTask<'_> {
     }
 
     fn restore(&mut self, optim: Vec<(String, engine::Tensor)>, state: &TrainState) -> Result<()> {
-        // read the loss scale first: an error leaves the task as it was
-        let scaler = match &self.scaler {
-            Some(s) => Some(restored_scaler(s, state)?),
-            None => None,
-        };
-        self.opt.load_state(optim)?;
-        self.scaler = scaler;
-        Ok(())
+        restore_optim(&mut self.opt, &mut self.scaler, optim, state)
     }
 }
 

@@ -403,7 +403,7 @@ impl Task for Trainer<'_> {
     fn state(&self) -> TaskState {
         let mut extra = self.metadata.clone();
         extra.extend(self.settings());
-        extra.extend(self.scaler.as_ref().map_or(Vec::new(), scaler_state));
+        extra.extend(scaler_state(self.scaler.as_ref()));
         TaskState {
             optim: self.opt.state(),
             rng: [0; 4],
@@ -412,31 +412,45 @@ impl Task for Trainer<'_> {
     }
 
     fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {
-        // read the loss scale first: an error leaves the trainer as it was
-        let scaler = match &self.scaler {
-            Some(s) => Some(restored_scaler(s, state)?),
-            None => None,
-        };
-        self.opt.load_state(optim)?;
-        self.scaler = scaler;
-        Ok(())
+        restore_optim(&mut self.opt, &mut self.scaler, optim, state)
     }
 }
 
-/// A loss scaler's state as checkpoint metadata (`TaskState::extra`).
-pub(crate) fn scaler_state(s: &LossScaler) -> Vec<(String, String)> {
-    vec![
-        ("loss_scale".into(), s.scale.to_string()),
-        ("loss_scale_clean_steps".into(), s.clean_steps.to_string()),
-        (
-            "loss_scale_skipped_steps".into(),
-            s.skipped_steps.to_string(),
-        ),
-    ]
+/// A loss scaler's state as checkpoint metadata (`TaskState::extra`);
+/// nothing without one.
+pub(crate) fn scaler_state(s: Option<&LossScaler>) -> Vec<(String, String)> {
+    s.map_or(Vec::new(), |s| {
+        vec![
+            ("loss_scale".into(), s.scale.to_string()),
+            ("loss_scale_clean_steps".into(), s.clean_steps.to_string()),
+            (
+                "loss_scale_skipped_steps".into(),
+                s.skipped_steps.to_string(),
+            ),
+        ]
+    })
+}
+
+/// A task's `restore`: the optimizer's state and any loss scale from a
+/// checkpoint, the scale read first so that an error leaves both as they
+/// were.
+pub(crate) fn restore_optim(
+    opt: &mut Sgd,
+    scaler: &mut Option<LossScaler>,
+    optim: Vec<(String, Tensor)>,
+    state: &TrainState,
+) -> Result<()> {
+    let restored = match scaler {
+        Some(s) => Some(restored_scaler(s, state)?),
+        None => None,
+    };
+    opt.load_state(optim)?;
+    *scaler = restored;
+    Ok(())
 }
 
 /// `s` with the state [`scaler_state`] recorded in a checkpoint, validated.
-pub(crate) fn restored_scaler(s: &LossScaler, state: &TrainState) -> Result<LossScaler> {
+fn restored_scaler(s: &LossScaler, state: &TrainState) -> Result<LossScaler> {
     let get = |k: &str| -> Result<f64> {
         state
             .extra

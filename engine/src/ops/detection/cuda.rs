@@ -93,12 +93,7 @@ fn paste_box_taps(b: &PasteBox, g: &PasteGeom) -> PasteTaps {
     let taps = |axis: usize| -> Vec<Tap> {
         paste_taps::<f32>(b, g, axis)
             .into_iter()
-            .map(|l| Tap {
-                i0: l.i0,
-                i1: l.i1,
-                l0: l.l0,
-                l1: l.l1,
-            })
+            .map(crate::ops::upsample::cuda_tap)
             .collect()
     };
     PasteTaps {

@@ -5,7 +5,7 @@
 //! the kernels sample exactly the CPU's pixels. The backward gathers per
 //! input pixel (deterministic, no atomics).
 
-use super::cpu::{linear_weights, nearest_indices};
+use super::cpu::{linear_weights, nearest_indices, Lerp};
 use super::{Mode, Resize, UpsampleOps};
 use crate::backend::Cuda;
 use crate::cuda::launch::{kdtype, kerr, traced_sync};
@@ -27,12 +27,7 @@ fn taps(mode: Mode, input: usize, output: usize) -> Vec<Tap> {
             .collect(),
         Mode::Bilinear { align_corners } => linear_weights::<f32>(input, output, align_corners)
             .into_iter()
-            .map(|l| Tap {
-                i0: l.i0,
-                i1: l.i1,
-                l0: l.l0,
-                l1: l.l1,
-            })
+            .map(tap)
             .collect(),
     }
 }
@@ -93,5 +88,15 @@ impl UpsampleOps for Cuda {
     fn upsample2d_backward(&self, dy: &Tensor, g: &Resize) -> Result<Tensor> {
         crate::trace::kernel("upsample_bwd");
         resize(dy, g, true)
+    }
+}
+
+/// A CPU interpolation tap in the kernels' form (the GPU computes in f32).
+pub(crate) fn tap(l: Lerp<f32>) -> Tap {
+    Tap {
+        i0: l.i0,
+        i1: l.i1,
+        l0: l.l0,
+        l1: l.l1,
     }
 }

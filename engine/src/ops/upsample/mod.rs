@@ -12,6 +12,7 @@ mod tests;
 /// The bilinear source taps and blend, shared with the detection family's
 /// `paste_masks` (which must resize exactly as `upsample_bilinear2d`).
 pub(crate) use cpu::{linear_weights, Lerp};
+pub(crate) use cuda::tap as cuda_tap;
 
 use super::expect_rank;
 use crate::autograd::record;
