@@ -626,4 +626,24 @@ impl DetectionOps for Cpu {
             }
         }))
     }
+
+    // matching / sampling (matching/cpu.rs)
+    fn match_boxes(
+        &self,
+        quality: &Tensor,
+        rule: super::MatchRule,
+        gt_labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        super::matching::cpu::match_boxes(quality, rule, gt_labels)
+    }
+
+    fn sample_balanced(
+        &self,
+        labels: &Tensor,
+        batch_size_per_image: usize,
+        target: usize,
+        seed: u64,
+    ) -> Result<super::BalancedSample> {
+        super::matching::cpu::sample_balanced(labels, batch_size_per_image, target, seed)
+    }
 }

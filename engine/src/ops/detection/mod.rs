@@ -15,6 +15,13 @@ mod tests;
 
 pub use cpu::{decode_boxes, encode_boxes};
 
+// anchor / proposal matching and balanced sampling (matching/)
+mod matching;
+pub use matching::{
+    match_boxes, sample_balanced, sample_key, BalancedSample, MatchRule, BELOW_LOW_THRESHOLD,
+    BETWEEN_THRESHOLDS, MATCH_MAX_ELEMENTS, MATCH_MAX_GT, SAMPLE_MAX_N,
+};
+
 use super::{expect_rank, same_dtype};
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo};
@@ -113,6 +120,29 @@ pub trait DetectionOps: BackendInfo {
     ) -> Result<Tensor> {
         let _ = (rel_codes, boxes, weights, bbox_xform_clip);
         Err(unsupported(self, "box_decode"))
+    }
+    /// [`match_boxes`] of a checked float quality [G, N] and gt_labels
+    /// (None, or i64 [G] on the same device): (matches, labels) [N] i64.
+    fn match_boxes(
+        &self,
+        quality: &Tensor,
+        rule: MatchRule,
+        gt_labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let _ = (quality, rule, gt_labels);
+        Err(unsupported(self, "match_boxes"))
+    }
+    /// [`sample_balanced`] of checked i64 labels [N] with `target` =
+    /// int(batch * fraction) <= the batch.
+    fn sample_balanced(
+        &self,
+        labels: &Tensor,
+        batch_size_per_image: usize,
+        target: usize,
+        seed: u64,
+    ) -> Result<BalancedSample> {
+        let _ = (labels, batch_size_per_image, target, seed);
+        Err(unsupported(self, "sample_balanced"))
     }
 }
 
