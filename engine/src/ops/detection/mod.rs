@@ -15,6 +15,12 @@ mod tests;
 
 pub use cpu::{decode_boxes, encode_boxes};
 
+mod proposals;
+pub use proposals::{
+    filter_proposals, ProposalGeom, Proposals, MAX_PROPOSAL_CANDIDATES, MAX_PROPOSAL_K,
+    MAX_PROPOSAL_LEVELS, MAX_PROPOSAL_MASK_WORDS, MAX_PROPOSAL_SEGMENT,
+};
+
 use super::{expect_rank, same_dtype};
 use crate::autograd::record;
 use crate::backend::{same_device, unsupported, BackendInfo};
@@ -113,6 +119,17 @@ pub trait DetectionOps: BackendInfo {
     ) -> Result<Tensor> {
         let _ = (rel_codes, boxes, weights, bbox_xform_clip);
         Err(unsupported(self, "box_decode"))
+    }
+    /// [`filter_proposals`] of the checked `g`: boxes [B, K, 4] and
+    /// logits [B, K] (f32 or f64) on the backend's device.
+    fn filter_proposals(
+        &self,
+        boxes: &Tensor,
+        logits: &Tensor,
+        g: &ProposalGeom,
+    ) -> Result<Proposals> {
+        let _ = (boxes, logits, g);
+        Err(unsupported(self, "filter_proposals"))
     }
 }
 
