@@ -4,6 +4,7 @@
 //! operations, so f64 results agree with torchvision to rounding.
 
 use super::{DetectionOps, PasteBox, PasteGeom, RoiGeom};
+use super::{ProposalGeom, Proposals};
 use crate::backend::Cpu;
 use crate::ops::index::sort_order;
 use crate::ops::upsample::{linear_weights, Lerp};
@@ -334,7 +335,7 @@ fn area<T: Float>(b: [T; 4]) -> T {
     (b[2] - b[0]) * (b[3] - b[1])
 }
 
-fn rows<T: Float>(flat: &[T]) -> Vec<[T; 4]> {
+pub(super) fn rows<T: Float>(flat: &[T]) -> Vec<[T; 4]> {
     flat.chunks_exact(4)
         .map(|r| [r[0], r[1], r[2], r[3]])
         .collect()
@@ -347,7 +348,7 @@ fn rows<T: Float>(flat: &[T]) -> Vec<[T; 4]> {
 /// compacted after each kept box, so suppressed boxes are never touched
 /// again, and long candidate lists are tested in parallel (each test is
 /// independent, so the result does not depend on the thread count).
-fn nms_impl<T: Float>(boxes: &[[T; 4]], scores: &[T], iou_threshold: f64) -> Vec<usize> {
+pub(super) fn nms_impl<T: Float>(boxes: &[[T; 4]], scores: &[T], iou_threshold: f64) -> Vec<usize> {
     const PAR_MIN: usize = 8192;
     let order = sort_order(scores, true);
     // coordinates and areas in score order: the scans below read them sequentially
@@ -645,5 +646,14 @@ impl DetectionOps for Cpu {
         seed: u64,
     ) -> Result<super::BalancedSample> {
         super::matching::cpu::sample_balanced(labels, batch_size_per_image, target, seed)
+    }
+
+    fn filter_proposals(
+        &self,
+        boxes: &Tensor,
+        logits: &Tensor,
+        g: &ProposalGeom,
+    ) -> Result<Proposals> {
+        super::proposals::cpu(boxes, logits, g)
     }
 }

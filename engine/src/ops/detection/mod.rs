@@ -21,6 +21,11 @@ pub use matching::{
     match_boxes, sample_balanced, sample_key, BalancedSample, MatchRule, BELOW_LOW_THRESHOLD,
     BETWEEN_THRESHOLDS, MATCH_MAX_ELEMENTS, MATCH_MAX_GT, SAMPLE_MAX_N,
 };
+mod proposals;
+pub use proposals::{
+    filter_proposals, ProposalGeom, Proposals, MAX_PROPOSAL_CANDIDATES, MAX_PROPOSAL_K,
+    MAX_PROPOSAL_LEVELS, MAX_PROPOSAL_MASK_WORDS, MAX_PROPOSAL_SEGMENT,
+};
 
 use super::{expect_rank, same_dtype};
 use crate::autograd::record;
@@ -143,6 +148,17 @@ pub trait DetectionOps: BackendInfo {
     ) -> Result<BalancedSample> {
         let _ = (labels, batch_size_per_image, target, seed);
         Err(unsupported(self, "sample_balanced"))
+    }
+    /// [`filter_proposals`] of the checked `g`: boxes [B, K, 4] and
+    /// logits [B, K] (f32 or f64) on the backend's device.
+    fn filter_proposals(
+        &self,
+        boxes: &Tensor,
+        logits: &Tensor,
+        g: &ProposalGeom,
+    ) -> Result<Proposals> {
+        let _ = (boxes, logits, g);
+        Err(unsupported(self, "filter_proposals"))
     }
 }
 
