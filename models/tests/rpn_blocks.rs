@@ -467,9 +467,8 @@ fn sampler_counts_and_eligibility_match_torchvision() {
         assert_eq!(s.counts(npos, nneg), (want_pos, want_neg), "{name}: counts");
 
         let mut rng = Rng::new(7);
-        let picked = s.sample(&labels, &mut rng);
-        assert_eq!(picked.positive.len(), labels.len());
-        let (pi, ni) = (picked.positive_indices(), picked.negative_indices());
+        let picked = s.sample_host(&labels, &mut rng).unwrap();
+        let (pi, ni) = picked.clone();
         assert_eq!(
             (pi.len(), ni.len()),
             (want_pos, want_neg),
@@ -485,15 +484,15 @@ fn sampler_counts_and_eligibility_match_torchvision() {
         );
         // same seed, same picks
         assert_eq!(
-            s.sample(&labels, &mut Rng::new(7)),
+            s.sample_host(&labels, &mut Rng::new(7)).unwrap(),
             picked,
             "{name}: determinism"
         );
         // when there is a real choice, another seed picks differently
         if npos > 2 * want_pos && want_pos > 10 {
             assert_ne!(
-                s.sample(&labels, &mut Rng::new(8)).positive,
-                picked.positive,
+                s.sample_host(&labels, &mut Rng::new(8)).unwrap().0,
+                picked.0,
                 "{name}"
             );
         }
@@ -511,8 +510,8 @@ fn sampler_choice_is_spread_over_all_candidates() {
     let mut hits = [0usize; 80];
     let mut rng = Rng::new(1);
     for _ in 0..500 {
-        let p = s.sample(&labels, &mut rng);
-        for i in p.positive_indices().into_iter().chain(p.negative_indices()) {
+        let (pos, neg) = s.sample_host(&labels, &mut rng).unwrap();
+        for i in pos.into_iter().chain(neg) {
             hits[i] += 1;
         }
     }

@@ -1,9 +1,13 @@
 //! Where the detector reads tensors back to the host.
 //!
-//! Proposal selection after the RPN's per-level top-k (decoding, NMS),
-//! matching, sampling and post-processing run on the host (torchvision's
-//! order of operations, exactly); the convolutions, the per-level top-k,
-//! RoIAlign, heads, losses and mask paste run on the tensors' device. Every read of a
+//! The RPN runs on the tensors' device from the head to the losses:
+//! anchors, per-level top-k, decoding, proposal selection and NMS, anchor
+//! matching and sampling, box targets. It reads once per call: the
+//! proposals with their per-image counts and the sampled anchor counts.
+//! The ROI heads' matching and sampling (a few thousand proposals per
+//! image) and the post-processing of detections run on the host, in
+//! torchvision's order; the convolutions, RoIAlign, heads, losses and mask
+//! paste run on the device. Every read of a
 //! tensor's values goes through [`read`] or [`read_f64`], which count it:
 //! on a GPU each one is a device-to-host copy that waits for the stream,
 //! so [`traffic`]'s `reads` is the number of host round trips a training or

@@ -1,38 +1,18 @@
 //! Ground-truth to prediction matching, exactly as torchvision's `Matcher`
 //! (torchvision/models/detection/_utils.py): the RPN uses (0.7, 0.3, with
-//! low-quality matches), the ROI heads (0.5, 0.5, without).
+//! low-quality matches), the ROI heads (0.5, 0.5, without). The matching
+//! itself is the engine op `match_boxes`, on the quality matrix's device.
 
-use engine::{DType, Element, Error, Float, Result, Tensor};
+use engine::ops::detection::{match_boxes, MatchRule};
+use engine::{Error, Float, Result, Tensor};
 
-/// The best quality of a prediction is below `low_threshold`: background.
-pub const BELOW_LOW_THRESHOLD: i64 = -1;
-/// The best quality is in [low_threshold, high_threshold): ignored.
-pub const BETWEEN_THRESHOLDS: i64 = -2;
+pub use engine::ops::detection::{BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Matcher {
     pub high_threshold: f64,
     pub low_threshold: f64,
     pub allow_low_quality_matches: bool,
-}
-
-/// Index of the first maximum of `vals` (the first NaN if any), and that
-/// value: torch's `max(dim)` on the CPU.
-#[inline]
-fn first_max<T: Float>(vals: impl Iterator<Item = T>) -> (usize, T) {
-    let mut best: Option<(usize, T)> = None;
-    for (i, v) in vals.enumerate() {
-        match best {
-            None => best = Some((i, v)),
-            Some((_, b)) if b.is_nan() => break,
-            Some((_, b)) => {
-                if v.is_nan() || v > b {
-                    best = Some((i, v));
-                }
-            }
-        }
-    }
-    best.expect("first_max is only called on non-empty rows and columns")
 }
 
 impl Matcher {
@@ -117,37 +97,22 @@ impl Matcher {
         if num_pred == 0 {
             return Err(Error::arg(OP, "no proposal boxes for this image"));
         }
-        let high = <T as Element>::from_f64(self.high_threshold);
-        let low = <T as Element>::from_f64(self.low_threshold);
-        let at = |g: usize, p: usize| quality[g * num_pred + p];
-        let all_matches: Vec<usize> = (0..num_pred)
-            .map(|p| first_max((0..num_gt).map(|g| at(g, p))).0)
-            .collect();
-        let mut matches: Vec<i64> = (0..num_pred)
-            .map(|p| {
-                let m = all_matches[p];
-                let q = at(m, p);
-                if q < low {
-                    BELOW_LOW_THRESHOLD
-                } else if q < high {
-                    BETWEEN_THRESHOLDS
-                } else {
-                    m as i64
-                }
-            })
-            .collect();
-        if self.allow_low_quality_matches {
-            for g in 0..num_gt {
-                let row = &quality[g * num_pred..(g + 1) * num_pred];
-                let (_, best) = first_max(row.iter().copied());
-                for (p, &q) in row.iter().enumerate() {
-                    if q == best {
-                        matches[p] = all_matches[p] as i64;
-                    }
-                }
-            }
+        self.match_host(quality, num_gt, num_pred)
+    }
+
+    /// The engine op's thresholds.
+    pub fn rule(&self) -> MatchRule {
+        MatchRule {
+            high_threshold: self.high_threshold,
+            low_threshold: self.low_threshold,
+            allow_low_quality_matches: self.allow_low_quality_matches,
         }
-        Ok(matches)
+    }
+
+    /// `match_boxes` on a host [G, P] matrix.
+    fn match_host<T: Float>(&self, quality: &[T], num_gt: usize, num_pred: usize) -> Result<Vec<i64>> {
+        let q = Tensor::from_vec(quality.to_vec(), &[num_gt, num_pred])?;
+        match_boxes(&q, self.rule(), None)?.0.to_vec::<i64>()
     }
 
     /// As [`Matcher::matches`], except that an image without gt boxes
@@ -161,29 +126,21 @@ impl Matcher {
         num_gt: usize,
         num_pred: usize,
     ) -> Result<Vec<i64>> {
-        if num_gt == 0 && quality.is_empty() {
-            return Ok(vec![BELOW_LOW_THRESHOLD; num_pred]);
-        }
-        if num_pred == 0 && quality.is_empty() {
-            return Ok(Vec::new());
+        if quality.is_empty() && (num_gt == 0 || num_pred == 0) {
+            return self.match_host::<T>(&[], num_gt, num_pred);
         }
         self.matches(quality, num_gt, num_pred)
     }
 
-    /// [`Matcher::matches`] on a [G, P] f32 or f64 tensor.
+    /// [`Matcher::matches`] on a [G, P] float tensor.
     pub fn matches_tensor(&self, quality: &Tensor) -> Result<Vec<i64>> {
         const OP: &str = "Matcher::matches_tensor";
-        if quality.rank() != 2 {
+        if quality.rank() != 2 || quality.dims().contains(&0) {
             return Err(Error::shape(
                 OP,
-                format!("quality must be [G, P], got shape {:?}", quality.dims()),
+                format!("quality must be a non-empty [G, P], got shape {:?}", quality.dims()),
             ));
         }
-        let (g, p) = (quality.dims()[0], quality.dims()[1]);
-        match quality.dtype() {
-            DType::F64 => self.matches(&quality.float_data::<f64>()?, g, p),
-            DType::F32 => self.matches(&quality.float_data::<f32>()?, g, p),
-            d => Err(Error::dtype(OP, "f32 or f64", d)),
-        }
+        match_boxes(quality, self.rule(), None)?.0.to_vec::<i64>()
     }
 }

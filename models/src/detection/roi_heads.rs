@@ -19,10 +19,11 @@
 use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
 use super::box_dtype;
 use super::host::{count_uploads, read, to_device_of};
-use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
+use super::matcher::Matcher;
 use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Linear, Module, Param};
 use engine::ops::detection::{multiscale_roi_align, LevelMapper};
+use engine::ops::detection::match_boxes;
 use engine::ops::{batched_nms, box_iou};
 use engine::{DType, Element, Error, Float, Result, Rng, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -612,28 +613,20 @@ impl RoiHeads {
             let gt: Vec<[T; 4]> = tgt.boxes.iter().map(to_t).collect();
             let all: Vec<[T; 4]> = props.iter().map(to_t).chain(gt.iter().copied()).collect();
             let (g, p) = (gt.len(), all.len());
-            let matches = if g == 0 {
-                self.matcher.match_or_background::<T>(&[], 0, p)?
+            let quality = if g == 0 {
+                Tensor::zeros(&[0, p], T::DTYPE)
             } else {
-                let iou = box_iou(
+                box_iou(
                     &Tensor::from_vec(gt.iter().flatten().copied().collect::<Vec<T>>(), &[g, 4])?,
                     &Tensor::from_vec(all.iter().flatten().copied().collect::<Vec<T>>(), &[p, 4])?,
-                )?;
-                self.matcher
-                    .match_or_background(&iou.float_data::<T>()?, g, p)?
+                )?
             };
-            let labels: Vec<i64> = matches
-                .iter()
-                .map(|&m| match m {
-                    BELOW_LOW_THRESHOLD => 0,
-                    BETWEEN_THRESHOLDS => -1,
-                    m => tgt.labels[m as usize],
-                })
-                .collect();
-            let sampled = self.sampler.sample(&labels, rng);
-            let keep: Vec<usize> = (0..p)
-                .filter(|&i| sampled.positive[i] || sampled.negative[i])
-                .collect();
+            let gt_labels = Tensor::from_vec(tgt.labels.clone(), &[g])?;
+            let (matches, labels) = match_boxes(&quality, self.matcher.rule(), Some(&gt_labels))?;
+            let (matches, labels) = (matches.to_vec::<i64>()?, labels.to_vec::<i64>()?);
+            let (pos, neg) = self.sampler.sample_host(&labels, rng)?;
+            let mut keep = [pos, neg].concat();
+            keep.sort_unstable();
             let mut boxes = Vec::with_capacity(keep.len());
             let mut lab = Vec::with_capacity(keep.len());
             let mut regs = Vec::with_capacity(keep.len());
@@ -806,6 +799,7 @@ impl RoiHeads {
         let cd = class_logits.dims().to_vec();
         if cd.len() != 2
             || cd[0] != n
+            || cd[1] == 0
             || box_regression.dims() != [n, 4 * cd[1]]
             || proposals.len() != image_sizes.len()
         {
@@ -820,8 +814,19 @@ impl RoiHeads {
             ));
         }
         let c = cd[1];
-        let scores = read::<T>(&class_logits.detach().softmax(1)?)?;
-        let deltas = read::<T>(&box_regression.detach().to_dtype(class_logits.dtype())?)?;
+        // one read: each row's class scores, then its class deltas
+        let rows = read::<T>(&Tensor::cat(
+            &[
+                class_logits.detach().softmax(1)?,
+                box_regression.detach().to_dtype(class_logits.dtype())?,
+            ],
+            1,
+        )?)?;
+        let (mut scores, mut deltas) = (Vec::with_capacity(n * c), Vec::with_capacity(4 * n * c));
+        for row in rows.chunks_exact(5 * c) {
+            scores.extend_from_slice(&row[..c]);
+            deltas.extend_from_slice(&row[c..]);
+        }
         let thresh = <T as Element>::from_f64(self.score_thresh);
         let mut out = Vec::with_capacity(proposals.len());
         let mut row0 = 0;

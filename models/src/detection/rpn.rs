@@ -4,11 +4,16 @@
 //! matcher and sampler pieces of this module.
 //!
 //! What differs from torchvision, and why:
-//! - The sampler draws its subset with `engine::Rng` instead of
+//! - The sampler draws its subset from a hash of a seed instead of
 //!   `torch.randperm` (see [`super::sampler`]): the same counts and
 //!   eligibility, other members. Whenever every eligible anchor is sampled
 //!   (batch size per image at least the number of anchors), the losses are
 //!   the same as torchvision's.
+//! - Everything runs on the head's device: anchors (uploaded once per grid),
+//!   the per-level top-n, decoding, proposal selection
+//!   (`engine::ops::filter_proposals`), matching, sampling, box targets and
+//!   the losses. One read per call brings the proposals and the sampled
+//!   counts to the host.
 //! - The box loss is a mean over the positives' 4 deltas rescaled to
 //!   torchvision's sum over |S| (one extra rounding).
 //! - Per-level top-n and NMS ties are broken by the lower anchor index
@@ -26,15 +31,17 @@
 //!   torchvision ignores targets in eval mode.
 
 use super::anchors::AnchorGenerator;
-use super::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use super::box_coder::BoxCoder;
 use super::box_dtype;
-use super::host::{count_uploads, read, read_f64, to_device_of};
-use super::matcher::{Matcher, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS};
+use super::host::{read, to_device_of};
+use super::matcher::Matcher;
 use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Conv2d, Module, Param};
-use engine::ops::{batched_nms, box_iou, Conv2dParams};
+use engine::ops::detection::{filter_proposals, match_boxes, BalancedSample};
+use engine::ops::{box_iou, Conv2dParams};
 use engine::{DType, Element, Error, Float, Result, Rng, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// torchvision's `RPNHead` (one conv layer, `conv_depth = 1`): a shared
 /// 3x3 conv (C -> C, bias, padding 1) + ReLU applied to every level, then a
@@ -214,6 +221,8 @@ pub struct Rpn {
     /// Proposals (after clipping) narrower or shorter than this are dropped.
     pub min_size: f64,
     training: AtomicBool,
+    /// The anchors of the last grid on the head's device.
+    anchors: Mutex<Option<(AnchorKey, Tensor)>>,
 }
 
 impl Rpn {
@@ -262,6 +271,7 @@ impl Rpn {
             score_thresh: 0.0,
             min_size: 1e-3,
             training: AtomicBool::new(true),
+            anchors: Mutex::new(None),
         })
     }
 
@@ -534,52 +544,68 @@ impl Rpn {
                 ),
             ));
         }
-        let anchors_t: Vec<T> = anchors
-            .boxes
-            .iter()
-            .map(|&v| <T as Element>::from_f64(v))
-            .collect();
+        let anchors_t = self.device_anchors(&anchors.boxes, padded_hw, &grids, &objectness)?;
 
-        let post_n = if self.is_training() {
-            self.post_nms_top_n.train
+        let (pre_n, post_n) = if self.is_training() {
+            (self.pre_nms_top_n.train, self.post_nms_top_n.train)
         } else {
-            self.post_nms_top_n.test
+            (self.pre_nms_top_n.test, self.post_nms_top_n.test)
         };
-        let pre_n = if self.is_training() {
-            self.pre_nms_top_n.train
-        } else {
-            self.pre_nms_top_n.test
+        let proposals = {
+            let _ng = engine::no_grad();
+            let (boxes, logits, levels) = self.top_candidates(
+                &objectness,
+                &pred_deltas,
+                &anchors_t,
+                &anchors.num_per_level,
+                pre_n,
+            )?;
+            filter_proposals(
+                &boxes,
+                &logits,
+                &levels,
+                image_sizes,
+                self.min_size,
+                self.score_thresh,
+                self.nms_thresh,
+                post_n,
+            )?
+        };
+        let samples = match targets {
+            Some(t) => Some(self.sample_anchors::<T>(&anchors_t, t, rng)?),
+            None => None,
         };
 
-        let (cands, rows) =
-            self.top_candidates(&objectness, &pred_deltas, &anchors.num_per_level, pre_n)?;
-        let k = rows.len() / batch;
+        // The iteration's one read: every image's proposals, scores and
+        // count, then every image's sampled (positive, negative) counts.
+        let p = proposals.scores.dims()[1];
+        let mut parts = vec![
+            proposals.boxes.reshape(&[batch * p * 4])?,
+            proposals.scores.reshape(&[batch * p])?,
+            proposals.counts.to_dtype(T::DTYPE)?,
+        ];
+        for s in samples.iter().flatten() {
+            parts.push(s.sample.counts.to_dtype(T::DTYPE)?);
+        }
+        let host = read::<T>(&Tensor::cat(&parts, 0)?)?;
+        let (boxes, rest) = host.split_at(batch * p * 4);
+        let (scores, rest) = rest.split_at(batch * p);
+        let (counts, sample_counts) = rest.split_at(batch);
+        let count = |v: T| Element::to_f64(v) as usize;
         let mut all_boxes = Vec::with_capacity(batch);
         let mut all_scores = Vec::with_capacity(batch);
-        for (b, &size) in image_sizes.iter().enumerate() {
-            let (mut logits, mut deltas, mut anc) = (
-                Vec::with_capacity(k),
-                Vec::with_capacity(4 * k),
-                Vec::with_capacity(4 * k),
+        for (b, &c) in counts.iter().enumerate() {
+            let rows = b * p..b * p + count(c);
+            all_boxes.push(
+                rows.clone()
+                    .map(|r| std::array::from_fn(|q| Element::to_f64(boxes[4 * r + q])))
+                    .collect(),
             );
-            // image b's candidates: (logit, 4 deltas) and (anchor row, level)
-            for (c, &(row, _)) in cands[5 * k * b..5 * k * (b + 1)]
-                .chunks(5)
-                .zip(&rows[k * b..k * (b + 1)])
-            {
-                logits.push(c[0]);
-                deltas.extend_from_slice(&c[1..]);
-                anc.extend_from_slice(&anchors_t[4 * row..4 * row + 4]);
-            }
-            let levels: Vec<i64> = rows[k * b..k * (b + 1)].iter().map(|&(_, l)| l).collect();
-            let decoded = self.box_coder.decode::<T>(&deltas, &anc)?;
-            let (bx, sc) = self.filter_image::<T>(&decoded, &logits, &levels, size, post_n)?;
-            all_boxes.push(bx);
-            all_scores.push(sc);
+            all_scores.push(rows.map(|r| Element::to_f64(scores[r])).collect());
         }
-
-        let losses = match targets {
-            Some(t) => Some(self.losses::<T>(&objectness, &pred_deltas, &anchors_t, t, rng)?),
+        let sample_counts: Vec<usize> = sample_counts.iter().map(|&v| count(v)).collect();
+        let losses = match samples {
+            Some(s) => Some(self.losses(&objectness, &pred_deltas, &anchors_t, &s, &sample_counts)?),
             None => None,
         };
         Ok(RpnOutput {
@@ -589,204 +615,194 @@ impl Rpn {
         })
     }
 
-    /// torchvision's `_get_top_n_idx` on the logits' device: per level, the
-    /// min(`pre_n`, anchors in level) largest logits of every image
-    /// (largest first, NaN first, ties to the lower anchor: `Tensor::topk`)
-    /// and the deltas of those anchors. Only they come to the host, in two
-    /// reads: per image and candidate (logit, 4 deltas), level by level, and
-    /// per image and candidate its (anchor, level).
+    /// The anchors [N, 4] in the dtype and on the device of `like`
+    /// (the objectness): uploaded when the padded size, the grids, the
+    /// dtype or the device change, otherwise the copy of the previous call.
+    fn device_anchors(
+        &self,
+        boxes: &[f64],
+        padded_hw: (usize, usize),
+        grids: &[(usize, usize)],
+        like: &Tensor,
+    ) -> Result<Tensor> {
+        let key = AnchorKey {
+            padded_hw,
+            grids: grids.to_vec(),
+            dtype: like.dtype(),
+            device: like.device(),
+        };
+        let mut cache = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, t)) = cache.as_ref() {
+            if *k == key {
+                return Ok(t.clone());
+            }
+        }
+        let t = to_device_of(
+            Tensor::from_vec(boxes.to_vec(), &[boxes.len() / 4, 4])?.to_dtype(like.dtype())?,
+            like,
+        )?;
+        *cache = Some((key, t.clone()));
+        Ok(t)
+    }
+
+    /// torchvision's `_get_top_n_idx` on the logits' device: per level,
+    /// the min(`pre_n`, anchors in level) largest logits of every image
+    /// (largest first, NaN first, ties to the lower anchor:
+    /// `Tensor::topk`), their deltas and anchors gathered and decoded.
+    /// Returns the candidates' boxes [B, K, 4], logits [B, K] and each
+    /// level's columns (start, len).
     #[allow(clippy::type_complexity)]
-    fn top_candidates<T: Float>(
+    fn top_candidates(
         &self,
         objectness: &Tensor,
         pred_deltas: &Tensor,
+        anchors: &Tensor,
         num_per_level: &[usize],
         pre_n: usize,
-    ) -> Result<(Vec<T>, Vec<(usize, i64)>)> {
-        let _ng = engine::no_grad();
+    ) -> Result<(Tensor, Tensor, Vec<(usize, usize)>)> {
         let batch = objectness.dims()[0];
-        let (mut values, mut indices) = (Vec::new(), Vec::new());
+        let mut values = Vec::new();
         let mut deltas: Vec<Vec<Tensor>> = vec![Vec::new(); batch];
-        let mut offset = 0;
-        let mut levels = Vec::new();
-        for (l, &count) in num_per_level.iter().enumerate() {
+        let mut anchor_rows: Vec<Vec<Tensor>> = vec![Vec::new(); batch];
+        let (mut offset, mut levels) = (0, Vec::new());
+        for &count in num_per_level {
             let k = pre_n.min(count);
             let (v, i) = objectness.narrow(1, offset, count)?.topk(k)?;
             let level = pred_deltas.narrow(1, offset, count)?;
-            for (b, d) in deltas.iter_mut().enumerate() {
+            let level_anchors = anchors.narrow(0, offset, count)?;
+            for b in 0..batch {
                 let rows = i.narrow(0, b, 1)?.reshape(&[k])?;
-                d.push(
+                deltas[b].push(
                     level
                         .narrow(0, b, 1)?
                         .reshape(&[count, 4])?
                         .index_select(0, &rows)?,
                 );
+                anchor_rows[b].push(level_anchors.index_select(0, &rows)?);
             }
-            values.push(v.reshape(&[batch, k, 1])?);
-            indices.push(i);
-            levels.push((offset, k, l as i64));
+            values.push(v);
+            levels.push((levels.last().map_or(0, |&(s, l)| s + l), k));
             offset += count;
         }
-        let deltas: Vec<Tensor> = deltas
-            .iter()
-            .map(|d| Tensor::cat(d, 0))
-            .collect::<Result<_>>()?;
-        let cands = Tensor::cat(&[Tensor::cat(&values, 1)?, Tensor::stack(&deltas, 0)?], 2)?;
-        // each candidate column's (level offset, level), the same per image
-        let tags: Vec<(usize, i64)> = levels
-            .iter()
-            .flat_map(|&(offset, k, l)| std::iter::repeat_n((offset, l), k))
-            .collect();
-        let picked = read_f64(&Tensor::cat(&indices, 1)?)?;
-        let rows = picked
-            .iter()
-            .enumerate()
-            .map(|(j, &i)| {
-                let (offset, l) = tags[j % tags.len()];
-                (offset + i as usize, l)
-            })
-            .collect();
-        Ok((read::<T>(&cands)?, rows))
+        let k: usize = levels.iter().map(|&(_, l)| l).sum();
+        let rows = |parts: Vec<Vec<Tensor>>| -> Result<Tensor> {
+            let per_image = parts
+                .iter()
+                .map(|p| Tensor::cat(p, 0))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&per_image, 0)
+        };
+        let boxes = self
+            .box_coder
+            .decode_tensor(&rows(deltas)?, &rows(anchor_rows)?)?
+            .reshape(&[batch, k, 4])?;
+        Ok((boxes, Tensor::cat(&values, 1)?, levels))
     }
 
-    /// torchvision's `filter_proposals` for one image after the per-level
-    /// top-n: `decoded` [K, 4] boxes, `logits` [K] and `levels` [K] of the
-    /// candidates, level by level, each level's in decreasing logit.
-    fn filter_image<T: Float>(
+    /// `assign_targets_to_anchors` and the sampling on the anchors'
+    /// device: per image, its gt boxes (every image's in one upload)
+    /// matched to the anchors by IoU with [`Self::matcher`] (all
+    /// background without gt), and [`Self::sampler`]'s choice with a seed
+    /// drawn from `rng`.
+    fn sample_anchors<T: Float>(
         &self,
-        decoded: &[T],
-        logits: &[T],
-        levels: &[i64],
-        image_size: (usize, usize),
-        post_n: usize,
-    ) -> Result<(Vec<[f64; 4]>, Vec<f64>)> {
-        let boxes = clip_boxes_to_image(decoded, image_size)?;
-        let thresh = <T as Element>::from_f64(self.score_thresh);
-        // remove_small_boxes, then the score threshold (`>=` keeps)
-        let kept: Vec<usize> = remove_small_boxes(&boxes, self.min_size)?
-            .into_iter()
-            .filter(|&c| sigmoid(logits[c]) >= thresh)
+        anchors: &Tensor,
+        targets: &[Vec<[f32; 4]>],
+        rng: &mut Rng,
+    ) -> Result<Vec<AnchorSample>> {
+        let n = anchors.dims()[0];
+        let flat: Vec<T> = targets
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|&v| <T as Element>::from_f64(v as f64))
             .collect();
-        let k = kept.len();
-        let mut kb = Vec::with_capacity(4 * k);
-        let mut ks = Vec::with_capacity(k);
-        let mut kl = Vec::with_capacity(k);
-        for &c in &kept {
-            kb.extend_from_slice(&boxes[4 * c..4 * c + 4]);
-            ks.push(sigmoid(logits[c]));
-            kl.push(levels[c]);
+        let all_gt = if flat.is_empty() {
+            anchors.narrow(0, 0, 0)?
+        } else {
+            let g = flat.len() / 4;
+            to_device_of(Tensor::from_vec(flat, &[g, 4])?, anchors)?
+        };
+        let mut start = 0;
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let gt = all_gt.narrow(0, start, t.len())?;
+            start += t.len();
+            let quality = if t.is_empty() {
+                anchors.narrow(0, 0, 0)?.reshape(&[0, n])?
+            } else {
+                box_iou(&gt, anchors)?
+            };
+            let (matches, labels) = match_boxes(&quality, self.matcher.rule(), None)?;
+            let sample = self.sampler.sample(&labels, rng)?;
+            out.push(AnchorSample {
+                matches,
+                gt,
+                sample,
+            });
         }
-        let keep = batched_nms(
-            &Tensor::from_vec(kb.clone(), &[k, 4])?,
-            &Tensor::from_vec(ks.clone(), &[k])?,
-            &kl,
-            self.nms_thresh,
-        )?;
-        let out_boxes = keep
-            .iter()
-            .take(post_n)
-            .map(|&j| std::array::from_fn(|q| Element::to_f64(kb[4 * j + q])))
-            .collect();
-        let out_scores = keep
-            .iter()
-            .take(post_n)
-            .map(|&j| Element::to_f64(ks[j]))
-            .collect();
-        Ok((out_boxes, out_scores))
+        Ok(out)
     }
 
-    /// `assign_targets_to_anchors` + sampling + `compute_loss`: the sampled
-    /// anchors' logits and the positives' deltas gathered from the batch
-    /// (`index_select`, positives of every image then negatives, as
-    /// torchvision's `cat([sampled_pos_inds, sampled_neg_inds])`).
-    fn losses<T: Float>(
+    /// `compute_loss` on the sampled anchors, `counts` being every image's
+    /// (positives, negatives) read back: the sampled anchors' logits and
+    /// the positives' deltas gathered from the batch (`index_select`,
+    /// positives of every image then negatives, as torchvision's
+    /// `cat([sampled_pos_inds, sampled_neg_inds])`), the positives' box
+    /// targets encoded on the device.
+    fn losses(
         &self,
         objectness: &Tensor,
         pred_deltas: &Tensor,
-        anchors: &[T],
-        targets: &[Vec<[f32; 4]>],
-        rng: &mut Rng,
+        anchors: &Tensor,
+        samples: &[AnchorSample],
+        counts: &[usize],
     ) -> Result<RpnLosses> {
         const OP: &str = "Rpn::forward";
-        let n = anchors.len() / 4;
-        let anchors_tensor = Tensor::from_vec(anchors.to_vec(), &[n, 4])?;
-        // rows of the flattened [B N] batch
-        let (mut pos_rows, mut neg_rows) = (Vec::new(), Vec::new());
-        let mut box_target: Vec<T> = Vec::new();
-        for (b, gt) in targets.iter().enumerate() {
-            let gt_t: Vec<T> = gt
-                .iter()
-                .flatten()
-                .map(|&v| <T as Element>::from_f64(v as f64))
-                .collect();
-            let matches = if gt.is_empty() {
-                self.matcher.match_or_background::<T>(&[], 0, n)?
-            } else {
-                let iou = box_iou(
-                    &Tensor::from_vec(gt_t.clone(), &[gt.len(), 4])?,
-                    &anchors_tensor,
-                )?;
-                self.matcher
-                    .match_or_background(&iou.float_data::<T>()?, gt.len(), n)?
-            };
-            let labels: Vec<i64> = matches
-                .iter()
-                .map(|&m| match m {
-                    BELOW_LOW_THRESHOLD => 0,
-                    BETWEEN_THRESHOLDS => -1,
-                    _ => 1,
-                })
-                .collect();
-            let sampled = self.sampler.sample(&labels, rng);
-            let pos = sampled.positive_indices();
-            // rows are independent, so encoding only the positives gives
-            // torchvision's values for them
-            let mut refs = Vec::with_capacity(4 * pos.len());
-            let mut anc = Vec::with_capacity(4 * pos.len());
-            for &i in &pos {
-                let g = matches[i] as usize;
-                refs.extend_from_slice(&gt_t[4 * g..4 * g + 4]);
-                anc.extend_from_slice(&anchors[4 * i..4 * i + 4]);
+        let n = anchors.dims()[0];
+        let (mut pos, mut neg) = (Vec::new(), Vec::new());
+        let (mut deltas, mut box_targets) = (Vec::new(), Vec::new());
+        for (b, (s, c)) in samples.iter().zip(counts.chunks_exact(2)).enumerate() {
+            let logits = objectness.narrow(0, b, 1)?.reshape(&[n])?;
+            if c[0] > 0 {
+                let rows = s.sample.positive.narrow(0, 0, c[0])?;
+                pos.push(logits.index_select(0, &rows)?);
+                deltas.push(
+                    pred_deltas
+                        .narrow(0, b, 1)?
+                        .reshape(&[n, 4])?
+                        .index_select(0, &rows)?,
+                );
+                let matched = s.gt.index_select(0, &s.matches.index_select(0, &rows)?)?;
+                box_targets.push(
+                    self.box_coder
+                        .encode_tensor(&matched, &anchors.index_select(0, &rows)?)?,
+                );
             }
-            box_target.extend(self.box_coder.encode(&refs, &anc)?);
-            let row = |i: usize| (b * n + i) as i64;
-            pos_rows.extend(pos.iter().map(|&i| row(i)));
-            neg_rows.extend(sampled.negative_indices().into_iter().map(row));
+            if c[1] > 0 {
+                neg.push(logits.index_select(0, &s.sample.negative.narrow(0, 0, c[1])?)?);
+            }
         }
-        let (num_pos, num_sampled) = (pos_rows.len(), pos_rows.len() + neg_rows.len());
+        let num_pos: usize = counts.iter().step_by(2).sum();
+        let num_sampled: usize = counts.iter().sum();
         if num_sampled == 0 {
             return Err(Error::arg(
                 OP,
                 "no anchor was sampled for the RPN losses (no positive or negative anchor in the batch, or batch_size_per_image 0)",
             ));
         }
-        let total = targets.len() * n;
-        let labels: Vec<T> = (0..num_sampled)
-            .map(|k| if k < num_pos { T::one() } else { T::zero() })
+        let labels: Vec<f64> = (0..num_sampled)
+            .map(|k| if k < num_pos { 1.0 } else { 0.0 })
             .collect();
-        let rows = Tensor::from_vec([pos_rows, neg_rows].concat(), &[num_sampled])?;
-        // the rows, labels and box targets are built here and join the
-        // head's outputs on their device
-        count_uploads(1);
-        let objectness_loss = objectness
-            .reshape(&[total])?
-            .index_select(0, &rows)?
-            .bce_with_logits(&to_device_of(
-                Tensor::from_vec(labels, &[num_sampled])?,
-                objectness,
-            )?)?;
+        let labels = Tensor::from_vec(labels, &[num_sampled])?.to_dtype(objectness.dtype())?;
+        let objectness_loss = Tensor::cat(&[pos, neg].concat(), 0)?
+            .bce_with_logits(&to_device_of(labels, objectness)?)?;
         let box_loss = if num_pos == 0 {
             // torchvision: a sum over no positives, 0 with a zero gradient
             pred_deltas.sum_all()?.scale(0.0)?
         } else {
-            count_uploads(1);
-            pred_deltas
-                .reshape(&[total, 4])?
-                .index_select(0, &rows.narrow(0, 0, num_pos)?)?
-                .smooth_l1(
-                    &to_device_of(Tensor::from_vec(box_target, &[num_pos, 4])?, pred_deltas)?,
-                    1.0 / 9.0,
-                )?
+            Tensor::cat(&deltas, 0)?
+                .smooth_l1(&Tensor::cat(&box_targets, 0)?, 1.0 / 9.0)?
                 .scale((4 * num_pos) as f64 / num_sampled as f64)?
         };
         Ok(RpnLosses {
@@ -796,7 +812,20 @@ impl Rpn {
     }
 }
 
-/// torch.sigmoid: 1 / (1 + e^-x).
-fn sigmoid<T: Float>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+/// What [`Rpn::device_anchors`] caches its anchors by.
+#[derive(Clone, Debug, PartialEq)]
+struct AnchorKey {
+    padded_hw: (usize, usize),
+    grids: Vec<(usize, usize)>,
+    dtype: DType,
+    device: engine::Device,
+}
+
+/// One image's sampled anchors, on the anchors' device.
+struct AnchorSample {
+    /// [N] i64: each anchor's matched gt (or a negative code).
+    matches: Tensor,
+    /// [G, 4]: the image's gt boxes.
+    gt: Tensor,
+    sample: BalancedSample,
 }

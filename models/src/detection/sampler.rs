@@ -3,12 +3,15 @@
 //! rule (torchvision/models/detection/_utils.py).
 //!
 //! torchvision picks the subsets with `torch.randperm`; we pick them with
-//! `engine::Rng`, so *which* elements are chosen differs from torch's for
-//! the same seed, while the eligibility (positives are labels >= 1,
+//! the engine op `sample_balanced` (the eligible elements with the smallest
+//! keys of a counter-based hash of a seed drawn from an `engine::Rng`), on
+//! the labels' device, so *which* elements are chosen differs from torch's
+//! for the same seed, while the eligibility (positives are labels >= 1,
 //! negatives labels == 0, everything else never chosen) and the counts are
 //! identical. Every subset of the given size is equally likely in both.
 
-use engine::{Error, Result, Rng};
+use engine::ops::detection::{sample_balanced, BalancedSample};
+use engine::{Error, Result, Rng, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BalancedPositiveNegativeSampler {
@@ -16,44 +19,6 @@ pub struct BalancedPositiveNegativeSampler {
     pub batch_size_per_image: usize,
     /// Target share of positives (RPN 0.5, ROI heads 0.25).
     pub positive_fraction: f64,
-}
-
-/// The selection for one image, as torchvision's masks: `positive[i]` /
-/// `negative[i]` say whether element i was chosen as a positive / negative.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sampled {
-    pub positive: Vec<bool>,
-    pub negative: Vec<bool>,
-}
-
-impl Sampled {
-    /// Indices of the chosen positives, increasing.
-    pub fn positive_indices(&self) -> Vec<usize> {
-        mask_indices(&self.positive)
-    }
-    /// Indices of the chosen negatives, increasing.
-    pub fn negative_indices(&self) -> Vec<usize> {
-        mask_indices(&self.negative)
-    }
-}
-
-fn mask_indices(mask: &[bool]) -> Vec<usize> {
-    mask.iter()
-        .enumerate()
-        .filter(|(_, &m)| m)
-        .map(|(i, _)| i)
-        .collect()
-}
-
-/// Marks a uniformly random `k`-subset of `candidates` in `mask` (partial
-/// Fisher-Yates: the first k slots after k swaps).
-fn choose(candidates: &mut [usize], k: usize, rng: &mut Rng, mask: &mut [bool]) {
-    let n = candidates.len();
-    for i in 0..k {
-        let j = i + rng.below(n - i);
-        candidates.swap(i, j);
-        mask[candidates[i]] = true;
-    }
 }
 
 impl BalancedPositiveNegativeSampler {
@@ -82,18 +47,29 @@ impl BalancedPositiveNegativeSampler {
         (num_pos, num_neg)
     }
 
-    /// Samples one image's `labels` (>= 1 positive, 0 negative, < 0 ignored,
-    /// as the matcher-derived labels of the RPN and ROI heads): a uniformly
-    /// random set of [`counts`](Self::counts) positives and negatives, drawn
-    /// from `rng` (positives first, then negatives), returned as masks.
-    pub fn sample(&self, labels: &[i64], rng: &mut Rng) -> Sampled {
-        let mut positives: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] >= 1).collect();
-        let mut negatives: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 0).collect();
-        let (num_pos, num_neg) = self.counts(positives.len(), negatives.len());
-        let mut positive = vec![false; labels.len()];
-        let mut negative = vec![false; labels.len()];
-        choose(&mut positives, num_pos, rng, &mut positive);
-        choose(&mut negatives, num_neg, rng, &mut negative);
-        Sampled { positive, negative }
+    /// Samples one image's `labels` [N] i64 (>= 1 positive, 0 negative, < 0
+    /// ignored, as the matcher-derived labels of the RPN and ROI heads) on
+    /// their device with a seed drawn from `rng`: a uniformly random set of
+    /// [`counts`](Self::counts) positives and negatives (see
+    /// `engine::ops::sample_balanced` for the layout).
+    pub fn sample(&self, labels: &Tensor, rng: &mut Rng) -> Result<BalancedSample> {
+        sample_balanced(
+            labels,
+            self.batch_size_per_image,
+            self.positive_fraction,
+            rng.next_u64(),
+        )
+    }
+
+    /// [`Self::sample`] of host labels: the chosen positives and negatives,
+    /// each in increasing index order.
+    pub fn sample_host(&self, labels: &[i64], rng: &mut Rng) -> Result<(Vec<usize>, Vec<usize>)> {
+        let s = self.sample(&Tensor::from_vec(labels.to_vec(), &[labels.len()])?, rng)?;
+        let counts = s.counts.to_vec::<i64>()?;
+        let first = |t: &Tensor, k: i64| -> Result<Vec<usize>> {
+            let v = t.to_vec::<i64>()?;
+            Ok(v.iter().take(k as usize).map(|&i| i as usize).collect())
+        };
+        Ok((first(&s.positive, counts[0])?, first(&s.negative, counts[1])?))
     }
 }
