@@ -6,6 +6,7 @@
 
 mod cpu;
 mod cuda;
+pub(crate) mod gemm;
 pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
