@@ -10,7 +10,10 @@
 //!
 //! A GEMM follows the convolutions' precision and search switches, not
 //! the matmul ones: TF32 only when `dnn::set_tf32` allows it, and a new
-//! problem's algorithm timed when `dnn::set_benchmark` is on.
+//! problem's algorithm timed when `dnn::set_benchmark` is on and
+//! `dnn::set_deterministic` is off (on one stream cuBLAS gives the same
+//! bits run to run for a given algorithm, but timing may pick another one
+//! in another run; the heuristic's first choice is repeatable).
 
 use super::gemm::{at, gemm_plan, Direction, GemmPlan, Operand};
 use super::{Conv2dGeom, ConvOps};
@@ -114,9 +117,11 @@ fn run_gemm(
         bias: bias.as_ref().map(ptr).transpose()?,
         act: Activation::None,
     };
+    // timed like cuDNN's Find, except under --deterministic: the timing may
+    // pick another algorithm (other rounding) in another run
     let options = Options {
         tf32: dnn::tf32(),
-        timed: dnn::benchmark(),
+        timed: dnn::benchmark() && !dnn::deterministic(),
     };
     // SAFETY: a and b are live GPU tensors in the default layout with the
     // dims gemm_plan checked, which the plan's matrices cover exactly (NHWC

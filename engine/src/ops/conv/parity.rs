@@ -10,9 +10,24 @@ use crate::layout::{Conv2dParams, ConvTranspose2dParams};
 use crate::parity::{autograd, dims, Case, Input, DTYPES};
 use crate::Rng;
 
+/// A conv2d case: (n, cin, h, w, cout, k, stride, pad, bias).
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
+
+/// A conv_transpose2d case: (x, weight [Cin, Cout, kh, kw], stride,
+/// padding, output_padding, dilation, bias).
+type TransposedCase = (
+    &'static [usize],
+    &'static [usize],
+    usize,
+    usize,
+    usize,
+    usize,
+    bool,
+);
+
 pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     // (n, cin, h, w, cout, k, stride, pad, bias)
-    let conv: [(usize, usize, usize, usize, usize, usize, usize, usize, bool); 11] = [
+    let conv: [ConvCase; 11] = [
         (2, 3, 13, 11, 5, 3, 1, 1, false),
         (3, 5, 7, 9, 11, 1, 1, 0, true),
         (3, 12, 9, 7, 20, 3, 2, 1, true),
@@ -27,7 +42,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     ];
     // 1x1 stride 1, the GEMM path (besides the four k = 1, s = 1 cases
     // above): ResNet-50's bottleneck expansions and reductions
-    let pointwise: [(usize, usize, usize, usize, usize, usize, usize, usize, bool); 6] = [
+    let pointwise: [ConvCase; 6] = [
         (2, 64, 56, 56, 256, 1, 1, 0, false),
         (2, 64, 56, 56, 256, 1, 1, 0, true),
         (2, 512, 7, 7, 2048, 1, 1, 0, true),
@@ -37,7 +52,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     ];
     // (x, weight [Cin, Cout, kh, kw], stride, padding, output_padding,
     // dilation, bias)
-    let transposed: [(&[usize], &[usize], usize, usize, usize, usize, bool); 7] = [
+    let transposed: [TransposedCase; 7] = [
         (&[2, 5, 7, 9], &[5, 3, 3, 3], 2, 1, 1, 1, true),
         (&[1, 4, 6, 5], &[4, 6, 2, 2], 2, 0, 0, 1, false),
         (&[3, 7, 5, 5], &[7, 4, 3, 3], 1, 1, 0, 1, true),
