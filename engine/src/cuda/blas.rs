@@ -10,11 +10,20 @@
 //! instead of a copy.
 //!
 //! Per GPU there is one cuBLASLt handle and one 32 MiB workspace (Hopper
-//! kernels want >= 32 MiB), created on first use. The algorithm cuBLASLt's
-//! heuristic picks is cached per problem ([`AlgoKey`]: shape, dtype,
-//! transposes, leading dims, batch, epilogue, pointer alignment), so a
-//! training step pays for the heuristic only on its first iteration.
-//! Everything is queued on the GPU's one stream.
+//! kernels want >= 32 MiB), created on first use. The algorithm is chosen
+//! once per problem ([`AlgoKey`]: shape, dtype, transposes, leading dims,
+//! batch, epilogue, pointer alignment) and cached, so a training step pays
+//! for the choice only on its first iteration. Like cuda::dnn's
+//! `cudnn.benchmark`, the choice is timed: cuBLASLt's heuristic lists its
+//! top [`TOP_CANDIDATES`], each runs once and then [`TIMED_RUNS`] times
+//! between CUDA events on the stream, on the real inputs but into a
+//! scratch output (the caller's output is written once, by the real call),
+//! and the fastest is kept; candidates that fail are skipped. With timing
+//! off ([`set_benchmark`], or [`Options::timed`] for a convolution run as
+//! a GEMM), after [`SEARCH_LIMIT`] timed problems, or when timing fails,
+//! the heuristic's first result is taken untimed. Every choice is recorded
+//! in engine::profile (`slmlp profile` lists it with the candidates'
+//! times). Everything is queued on the GPU's one stream.
 
 use super::math_mode;
 use super::runtime::{DeviceBlock, Gpu};
@@ -22,6 +31,7 @@ use crate::{DType, Error, Result};
 use cudarc::cublaslt::sys;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Workspace handed to cuBLASLt (NVIDIA recommends 32 MiB on Hopper).
@@ -307,6 +317,108 @@ fn types(dtype: DType, tf32: bool) -> Result<(sys::cudaDataType_t, sys::cublasCo
     }
 }
 
+// ---- timed selection (pure) ----
+
+/// How many algorithms a new problem asks cuBLASLt's heuristic for (and
+/// times, when timing is on).
+pub const TOP_CANDIDATES: usize = 8;
+
+/// Timed runs per candidate, after one untimed run (which also weeds out
+/// the candidates that fail).
+pub const TIMED_RUNS: usize = 3;
+
+/// How many problems a GPU times before new ones take the heuristic's
+/// first result without timing (cuda::dnn's `FIND_LIMIT` for cuBLASLt): a
+/// model of fixed shapes never reaches it; a detector fed ever new sizes
+/// stops paying for searches.
+pub const SEARCH_LIMIT: usize = 1024;
+
+static BENCHMARK: AtomicBool = AtomicBool::new(true);
+
+/// Times the heuristic's top candidates of each new problem and keeps the
+/// fastest (true, the default), or takes its first result untimed
+/// (false). Applies to problems not chosen yet; convolutions run as GEMMs
+/// follow cuda::dnn's switch instead.
+pub fn set_benchmark(on: bool) {
+    BENCHMARK.store(on, Ordering::Relaxed);
+}
+
+/// Whether new GEMM problems are timed (see [`set_benchmark`]).
+pub fn benchmark() -> bool {
+    BENCHMARK.load(Ordering::Relaxed)
+}
+
+/// One timed candidate: cuBLASLt's status for its runs (0: success) and
+/// its mean time per run in ms (None when a run failed).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    pub status: u32,
+    pub ms: Option<f64>,
+}
+
+/// The heuristic's results worth running, by index: given each one's
+/// (status, workspace bytes) in the heuristic's order, those with status
+/// success (0) and a workspace within [`WORKSPACE_BYTES`].
+pub fn usable(listed: &[(u32, usize)]) -> Vec<usize> {
+    listed
+        .iter()
+        .enumerate()
+        .filter(|(_, &(status, ws))| status == 0 && ws <= WORKSPACE_BYTES)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Whether a new problem's `candidates` are timed, given whether timing
+/// is on and how many problems this GPU has timed: Ok, or why not.
+pub fn search_plan(
+    timed: bool,
+    searched: usize,
+    candidates: usize,
+) -> std::result::Result<(), String> {
+    if !timed {
+        Err("not timed: benchmark mode is off".into())
+    } else if searched >= SEARCH_LIMIT {
+        Err(format!("not timed: {SEARCH_LIMIT} problems were"))
+    } else if candidates < 2 {
+        Err("not timed: one candidate".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// The fastest candidate that ran (on a tie the heuristic's earlier one),
+/// or None when none did.
+pub fn fastest(timings: &[Timing]) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, t) in timings.iter().enumerate() {
+        if let Some(ms) = t.ms.filter(|ms| ms.is_finite()) {
+            if best.is_none_or(|(_, b)| ms < b) {
+                best = Some((i, ms));
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Elements from a matrix's first element to one past its last, over its
+/// `batch` entries: what a buffer holding it needs (the timing's scratch
+/// output is this size).
+pub fn span(m: &Matrix, batch: usize) -> usize {
+    if m.rows == 0 || m.cols == 0 || batch == 0 {
+        return 0;
+    }
+    // stored as [rows, cols] with row stride ld, or transposed
+    let (outer, inner) = if m.transposed {
+        (m.cols, m.rows)
+    } else {
+        (m.rows, m.cols)
+    };
+    (batch - 1)
+        .saturating_mul(m.batch_stride)
+        .saturating_add((outer - 1).saturating_mul(m.ld))
+        .saturating_add(inner)
+}
+
 // ---- the library ----
 
 fn lt_err(call: &str, p: &GemmParams, s: sys::cublasStatus_t) -> Error {
@@ -352,6 +464,8 @@ struct LtState {
     handle: Handle,
     workspace: DeviceBlock,
     algos: HashMap<AlgoKey, Algo>,
+    /// Problems timed so far (see [`SEARCH_LIMIT`]).
+    searched: usize,
 }
 
 /// The per-GPU states by ordinal (leaked: they live as long as the Gpu).
@@ -386,6 +500,7 @@ fn state(g: &'static Gpu) -> Result<&'static Mutex<LtState>> {
         handle: Handle(handle),
         workspace,
         algos: HashMap::new(),
+        searched: 0,
     })));
     all.push((g.ordinal, st));
     Ok(st)
@@ -567,11 +682,9 @@ fn config_attr<T: Default + Copy>(
     (s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(v)
 }
 
-fn describe_algo(
-    algo: &sys::cublasLtMatmulAlgo_t,
-    workspace: usize,
-    key: &AlgoKey,
-) -> &'static str {
+/// A readable name of `algo` for the trace and the profile: cuBLASLt's
+/// algorithm id, tile, stages, split-K, its workspace and the operand ops.
+fn algo_text(algo: &sys::cublasLtMatmulAlgo_t, workspace: usize, key: &AlgoKey) -> String {
     use sys::cublasLtMatmulAlgoConfigAttributes_t::*;
     let show = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
     let id = config_attr::<i32>(algo, CUBLASLT_ALGO_CONFIG_ID).map(|v| v as u32);
@@ -583,7 +696,7 @@ fn describe_algo(
         if key.problem.a.trans { 'T' } else { 'N' },
         if key.problem.b.trans { 'T' } else { 'N' }
     );
-    let text = format!(
+    format!(
         "cublasLt:algo{} tile{} stages{} splitk{} ws{} {ops}{}",
         show(id),
         show(tile),
@@ -591,18 +704,28 @@ fn describe_algo(
         show(splitk),
         workspace,
         if key.tf32 { " tf32" } else { "" }
-    );
-    // one per cached algorithm, like the cache entry itself
-    Box::leak(text.into_boxed_str())
+    )
 }
 
-/// The cached algorithm for `key`, asking the heuristic on a miss.
-fn choose(st: &mut LtState, p: &GemmParams, key: &AlgoKey, prep: &Prepared) -> Result<Algo> {
+/// [`algo_text`] kept for the process: one per cached algorithm, like the
+/// cache entry itself.
+fn describe_algo(
+    algo: &sys::cublasLtMatmulAlgo_t,
+    workspace: usize,
+    key: &AlgoKey,
+) -> &'static str {
+    Box::leak(algo_text(algo, workspace, key).into_boxed_str())
+}
+
+/// cuBLASLt's heuristic for the problem: up to [`TOP_CANDIDATES`]
+/// algorithms, its best guess first.
+fn heuristic(
+    st: &LtState,
+    p: &GemmParams,
+    key: &AlgoKey,
+    prep: &Prepared,
+) -> Result<Vec<sys::cublasLtMatmulHeuristicResult_t>> {
     use sys::cublasLtMatmulPreferenceAttributes_t::*;
-    if let Some(a) = st.algos.get(key) {
-        return Ok(a.clone());
-    }
-    let t0 = std::time::Instant::now();
     let mut raw = std::ptr::null_mut();
     // SAFETY: writes one descriptor.
     check("cublasLtMatmulPreferenceCreate", p, unsafe {
@@ -636,10 +759,14 @@ fn choose(st: &mut LtState, p: &GemmParams, key: &AlgoKey, prep: &Prepared) -> R
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
         &align_d,
     )?;
-    // SAFETY: a plain C struct; cuBLASLt fills it.
-    let mut result: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain C structs (the status 0 is CUBLAS_STATUS_SUCCESS);
+    // cuBLASLt fills the first `count`.
+    let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = (0..TOP_CANDIDATES)
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
     let mut count: i32 = 0;
-    // SAFETY: every descriptor is live; room for the 1 result requested.
+    // SAFETY: every descriptor is live; room for the TOP_CANDIDATES results
+    // requested.
     check("cublasLtMatmulAlgoGetHeuristic", p, unsafe {
         sys::cublasLtMatmulAlgoGetHeuristic(
             st.handle.0,
@@ -649,90 +776,37 @@ fn choose(st: &mut LtState, p: &GemmParams, key: &AlgoKey, prep: &Prepared) -> R
             prep.d.0,
             prep.d.0,
             pref.0,
-            1,
-            &mut result,
+            TOP_CANDIDATES as i32,
+            results.as_mut_ptr(),
             &mut count,
         )
     })?;
-    if count < 1 {
-        return Err(lt_err(
-            "cublasLtMatmulAlgoGetHeuristic (no algorithm for this problem)",
-            p,
-            sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
-        ));
-    }
-    check(
-        "cublasLtMatmulAlgoGetHeuristic (result state)",
-        p,
-        result.state,
-    )?;
-    if result.workspaceSize > WORKSPACE_BYTES {
-        return Err(Error::arg(
-            "gemm",
-            format!(
-                "cuBLASLt chose an algorithm needing {} B of workspace > {WORKSPACE_BYTES} B",
-                result.workspaceSize
-            ),
-        ));
-    }
-    let algo = Algo {
-        algo: result.algo,
-        describe: describe_algo(&result.algo, result.workspaceSize, key),
-    };
-    st.algos.insert(*key, algo.clone());
-    let pr = &key.problem;
-    crate::profile::search(crate::profile::Search {
-        lib: "cublasLt",
-        problem: format!(
-            "m{} n{} k{} batch{} {}{}",
-            pr.m,
-            pr.n,
-            pr.k,
-            pr.batch,
-            key.dtype,
-            if key.tf32 { " tf32" } else { "" }
-        ),
-        method: "heuristic (first result)".into(),
-        chosen: algo.describe.to_string(),
-        workspace: result.workspaceSize,
-        ms: t0.elapsed().as_secs_f64() * 1e3,
-        candidates: Vec::new(),
-    });
-    Ok(algo)
+    results.truncate(count.clamp(0, TOP_CANDIDATES as i32) as usize);
+    Ok(results)
 }
 
-fn plan(g: &'static Gpu, p: &GemmParams) -> Result<(AlgoKey, LtProblem, bool)> {
-    let problem = lt_problem(&p.a, &p.b, &p.d, p.batch)?;
-    let tf32 = math_mode::tf32() && p.dtype == DType::F32;
-    types(p.dtype, tf32)?;
-    g.bind()?;
-    Ok((algo_key(p, &problem, tf32), problem, tf32))
-}
-
-/// Queues `D = alpha * A B (+ bias) (then act)` on `g`'s stream (see
-/// [`GemmParams`]); returns a description of the algorithm used, for the
-/// trace.
+/// Queues one `D = alpha * A B (+ bias) (then act)` with `algo`, writing
+/// the D at `d_ptr` (the caller's, or a scratch buffer of the same size
+/// while timing); beta is 0, so C (= D) is never read.
 ///
 /// # Safety
 ///
-/// `p.a`, `p.b` and `p.d` (and `p.bias`, when given) must address live
-/// buffers on `g`, each holding every element its matrix describes
-/// (rows, cols, ld and batch stride, `p.batch` times; n bias elements) in
-/// `p.dtype`, and stay allocated until the queued GEMM has run (work
-/// queued later on the same stream may reuse them).
-pub unsafe fn gemm(g: &'static Gpu, p: &GemmParams) -> Result<&'static str> {
-    let (key, problem, tf32) = plan(g, p)?;
-    let st = state(g)?;
-    let mut st = st.lock().unwrap();
-    let prep = prepare(p, &problem, tf32)?;
-    let algo = choose(&mut st, p, &key, &prep)?;
-    crate::profile::algo_used(|| algo.describe.to_string());
+/// [`gemm`]'s contract for `p`, with `d_ptr` in place of `p.d.ptr`; `prep`
+/// describes `p`.
+unsafe fn matmul(
+    g: &'static Gpu,
+    st: &LtState,
+    p: &GemmParams,
+    prep: &Prepared,
+    algo: &sys::cublasLtMatmulAlgo_t,
+    d_ptr: u64,
+) -> sys::cublasStatus_t {
     let (alpha, beta) = (p.alpha, 0.0f32);
     // SAFETY: the descriptors are live and match the buffers (the caller's
     // contract on the pointers); alpha/beta are f32 host scalars (the scale
     // type); the workspace block outlives the queued work (it is never
     // freed) and is only used by work on this one stream.
-    check("cublasLtMatmul", p, unsafe {
+    unsafe {
         sys::cublasLtMatmul(
             st.handle.0,
             prep.desc.0,
@@ -742,15 +816,242 @@ pub unsafe fn gemm(g: &'static Gpu, p: &GemmParams) -> Result<&'static str> {
             p.a.ptr as *const c_void,
             prep.b.0,
             &beta as *const f32 as *const c_void,
-            p.d.ptr as *const c_void,
+            d_ptr as *const c_void,
             prep.d.0,
-            p.d.ptr as *mut c_void,
+            d_ptr as *mut c_void,
             prep.d.0,
-            &algo.algo,
+            algo,
             st.workspace.ptr() as *mut c_void,
             WORKSPACE_BYTES,
             g.cu_stream() as sys::cudaStream_t,
         )
+    }
+}
+
+/// Runs each candidate once untimed (a failure skips it) and then
+/// [`TIMED_RUNS`] times between two CUDA events on the stream, all into a
+/// scratch D of the output's size: the caller's output is written only by
+/// the real call afterwards. Returns one [`Timing`] per candidate.
+///
+/// # Safety
+///
+/// [`gemm`]'s contract for `p` (its D is not touched); `prep` describes it.
+unsafe fn time_candidates(
+    g: &'static Gpu,
+    st: &LtState,
+    p: &GemmParams,
+    prep: &Prepared,
+    algos: &[sys::cublasLtMatmulHeuristicResult_t],
+) -> Result<Vec<Timing>> {
+    let bytes = span(&p.d, p.batch)
+        .checked_mul(p.dtype.size_in_bytes())
+        .ok_or_else(|| Error::arg("gemm", "the output's size overflows"))?;
+    // fresh blocks are at least as aligned as the key's D alignment (<= 256)
+    let scratch = g.alloc(bytes)?;
+    let mut timings = Vec::with_capacity(algos.len());
+    for r in algos {
+        // SAFETY: the caller's contract; scratch holds all of D.
+        let s = unsafe { matmul(g, st, p, prep, &r.algo, scratch.ptr()) };
+        if s != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            timings.push(Timing {
+                status: s as u32,
+                ms: None,
+            });
+            continue;
+        }
+        let start = g.timing_event()?;
+        let mut status = sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
+        for _ in 0..TIMED_RUNS {
+            // SAFETY: as above.
+            status = unsafe { matmul(g, st, p, prep, &r.algo, scratch.ptr()) };
+            if status != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                break;
+            }
+        }
+        let end = g.timing_event()?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| g.err("cuEventElapsedTime (cuBLASLt timing)", e))?;
+        timings.push(Timing {
+            status: status as u32,
+            ms: (status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                .then_some(f64::from(ms) / TIMED_RUNS as f64),
+        });
+    }
+    // the events synchronised the stream: nothing queued still uses it
+    drop(scratch);
+    Ok(timings)
+}
+
+/// The cached algorithm for `key`; on a miss, the fastest of the
+/// heuristic's top candidates when `timed` (and [`SEARCH_LIMIT`] allows),
+/// else its first. Every miss is recorded in engine::profile.
+///
+/// # Safety
+///
+/// [`gemm`]'s contract for `p`; `prep` describes it.
+unsafe fn choose(
+    g: &'static Gpu,
+    st: &mut LtState,
+    p: &GemmParams,
+    key: &AlgoKey,
+    prep: &Prepared,
+    timed: bool,
+) -> Result<Algo> {
+    if let Some(a) = st.algos.get(key) {
+        return Ok(a.clone());
+    }
+    let t0 = std::time::Instant::now();
+    let all = heuristic(st, p, key, prep)?;
+    let listed: Vec<(u32, usize)> = all
+        .iter()
+        .map(|r| (r.state as u32, r.workspaceSize))
+        .collect();
+    let usable: Vec<sys::cublasLtMatmulHeuristicResult_t> =
+        usable(&listed).into_iter().map(|i| all[i]).collect();
+    if usable.is_empty() {
+        return Err(lt_err(
+            &format!(
+                "cublasLtMatmulAlgoGetHeuristic (no usable algorithm within {WORKSPACE_BYTES} B of workspace; (status, workspace) listed: {listed:?})"
+            ),
+            p,
+            sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+        ));
+    }
+    let plan = search_plan(timed, st.searched, usable.len());
+    let (pick, method, timings) = match plan {
+        Err(note) => (0, format!("heuristic (first result; {note})"), Vec::new()),
+        Ok(()) => {
+            st.searched += 1;
+            // SAFETY: the caller's contract.
+            match unsafe { time_candidates(g, st, p, prep, &usable) } {
+                Ok(t) => match fastest(&t) {
+                    Some(i) => (
+                        i,
+                        format!(
+                            "timed (top {} of the heuristic, {TIMED_RUNS} runs each)",
+                            usable.len()
+                        ),
+                        t,
+                    ),
+                    None => (
+                        0,
+                        "heuristic (first result; every timed candidate failed)".into(),
+                        t,
+                    ),
+                },
+                Err(e) => (
+                    0,
+                    format!("heuristic (first result; timing failed: {e})"),
+                    Vec::new(),
+                ),
+            }
+        }
+    };
+    let r = &usable[pick];
+    let algo = Algo {
+        algo: r.algo,
+        describe: describe_algo(&r.algo, r.workspaceSize, key),
+    };
+    st.algos.insert(*key, algo.clone());
+    let pr = &key.problem;
+    let mut candidates: Vec<crate::profile::Candidate> = timings
+        .iter()
+        .zip(&usable)
+        .map(|(t, r)| crate::profile::Candidate {
+            algo: algo_text(&r.algo, r.workspaceSize, key),
+            status: t.status,
+            ms: t.ms.unwrap_or(f64::NAN),
+            workspace: r.workspaceSize,
+        })
+        .collect();
+    // fastest first, the failed ones last
+    candidates.sort_by(|a, b| a.ms.total_cmp(&b.ms));
+    crate::profile::search(crate::profile::Search {
+        lib: "cublasLt",
+        problem: format!(
+            "m{} n{} k{} batch{} {}{} {}{}",
+            pr.m,
+            pr.n,
+            pr.k,
+            pr.batch,
+            key.dtype,
+            if key.tf32 { " tf32" } else { "" },
+            if pr.a.trans { 'T' } else { 'N' },
+            if pr.b.trans { 'T' } else { 'N' },
+        ),
+        method,
+        chosen: algo.describe.to_string(),
+        workspace: r.workspaceSize,
+        ms: t0.elapsed().as_secs_f64() * 1e3,
+        candidates,
+    });
+    Ok(algo)
+}
+
+fn plan(g: &'static Gpu, p: &GemmParams, tf32: bool) -> Result<(AlgoKey, LtProblem, bool)> {
+    let problem = lt_problem(&p.a, &p.b, &p.d, p.batch)?;
+    let tf32 = tf32 && p.dtype == DType::F32;
+    types(p.dtype, tf32)?;
+    g.bind()?;
+    Ok((algo_key(p, &problem, tf32), problem, tf32))
+}
+
+/// How one GEMM call may be run: its TF32 policy and whether a new
+/// problem's algorithm may be chosen by timing the candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// f32 products may use TF32 tensor cores.
+    pub tf32: bool,
+    /// A new problem times the heuristic's top candidates (see
+    /// [`set_benchmark`] and [`SEARCH_LIMIT`]).
+    pub timed: bool,
+}
+
+impl Options {
+    /// The GEMM defaults: math_mode's TF32 switch and [`benchmark`].
+    pub fn global() -> Options {
+        Options {
+            tf32: math_mode::tf32(),
+            timed: benchmark(),
+        }
+    }
+}
+
+/// Queues `D = alpha * A B (+ bias) (then act)` on `g`'s stream (see
+/// [`GemmParams`]) with the global [`Options`]; returns a description of
+/// the algorithm used, for the trace.
+///
+/// # Safety
+///
+/// `p.a`, `p.b` and `p.d` (and `p.bias`, when given) must address live
+/// buffers on `g`, each holding every element its matrix describes
+/// (rows, cols, ld and batch stride, `p.batch` times; n bias elements) in
+/// `p.dtype`, and stay allocated until the queued GEMM has run (work
+/// queued later on the same stream may reuse them).
+pub unsafe fn gemm(g: &'static Gpu, p: &GemmParams) -> Result<&'static str> {
+    // SAFETY: the caller's contract.
+    unsafe { gemm_with(g, p, Options::global()) }
+}
+
+/// [`gemm`] with explicit [`Options`] (a convolution run as a GEMM takes
+/// the convolutions' TF32 and benchmark switches).
+///
+/// # Safety
+///
+/// As [`gemm`].
+pub unsafe fn gemm_with(g: &'static Gpu, p: &GemmParams, o: Options) -> Result<&'static str> {
+    let (key, problem, tf32) = plan(g, p, o.tf32)?;
+    let st = state(g)?;
+    let mut st = st.lock().unwrap();
+    let prep = prepare(p, &problem, tf32)?;
+    // SAFETY: the caller's contract; prep describes p.
+    let algo = unsafe { choose(g, &mut st, p, &key, &prep, o.timed) }?;
+    crate::profile::algo_used(|| algo.describe.to_string());
+    // SAFETY: the caller's contract; prep describes p; the real output is
+    // written here, once.
+    check("cublasLtMatmul", p, unsafe {
+        matmul(g, &st, p, &prep, &algo.algo, p.d.ptr)
     })?;
     Ok(algo.describe)
 }
@@ -1005,6 +1306,84 @@ mod tests {
         let dt = Matrix::row_major(0x3000, 2, 5);
         let prob2 = lt_problem(&a, &bt, &dt, 1).unwrap();
         assert_ne!(algo_key(&params(a, bt, dt, 1), &prob2, false), key);
+    }
+
+    #[test]
+    fn usable_candidates_succeed_within_the_workspace() {
+        let listed = [
+            (0, 0),
+            (15, 0), // CUBLAS_STATUS_NOT_SUPPORTED
+            (0, WORKSPACE_BYTES),
+            (0, WORKSPACE_BYTES + 1),
+            (0, 4096),
+        ];
+        assert_eq!(usable(&listed), vec![0, 2, 4]);
+        assert!(usable(&[]).is_empty());
+        assert!(usable(&[(7, 0)]).is_empty());
+    }
+
+    #[test]
+    fn timing_follows_the_switch_the_limit_and_the_candidate_count() {
+        assert_eq!(search_plan(true, 0, 8), Ok(()));
+        assert_eq!(search_plan(true, SEARCH_LIMIT - 1, 2), Ok(()));
+        let off = search_plan(false, 0, 8).unwrap_err();
+        assert!(off.contains("benchmark mode is off"), "{off}");
+        let full = search_plan(true, SEARCH_LIMIT, 8).unwrap_err();
+        assert!(full.contains(&SEARCH_LIMIT.to_string()), "{full}");
+        // one candidate: nothing to choose between
+        assert!(search_plan(true, 0, 1).is_err());
+        assert!(search_plan(true, 0, 0).is_err());
+        // the process-wide switch defaults on, like cudnn.benchmark here
+        assert!(benchmark());
+    }
+
+    #[test]
+    fn fastest_skips_failures_and_keeps_the_heuristic_order_on_ties() {
+        let t = |ms: Option<f64>| Timing {
+            status: if ms.is_some() { 0 } else { 15 },
+            ms,
+        };
+        assert_eq!(
+            fastest(&[t(Some(0.3)), t(Some(0.1)), t(Some(0.2))]),
+            Some(1)
+        );
+        // a failed candidate is never chosen, however it would compare
+        assert_eq!(fastest(&[t(None), t(Some(0.5)), t(None)]), Some(1));
+        // a tie: the heuristic's earlier candidate
+        assert_eq!(fastest(&[t(Some(0.2)), t(Some(0.2))]), Some(0));
+        // a non-finite time is no measurement
+        assert_eq!(fastest(&[t(Some(f64::NAN)), t(Some(0.9))]), Some(1));
+        assert_eq!(fastest(&[t(None), t(None)]), None);
+        assert_eq!(fastest(&[]), None);
+    }
+
+    #[test]
+    fn span_covers_every_element_a_matrix_addresses() {
+        // dense [4, 5]: 20 elements; padded rows (ld 8): 3*8 + 5
+        assert_eq!(span(&Matrix::row_major(0, 4, 5), 1), 20);
+        let padded = Matrix {
+            ld: 8,
+            ..Matrix::row_major(0, 4, 5)
+        };
+        assert_eq!(span(&padded, 1), 29);
+        // transposed [4, 5] stored as [5, 4] with ld 6: 4*6 + 4
+        let t = Matrix {
+            ld: 6,
+            transposed: true,
+            ..Matrix::row_major(0, 4, 5)
+        };
+        assert_eq!(span(&t, 1), 28);
+        // batched: (batch - 1) strides on top of one entry
+        let b = Matrix {
+            batch_stride: 32,
+            ..Matrix::row_major(0, 4, 5)
+        };
+        assert_eq!(span(&b, 3), 2 * 32 + 20);
+        assert_eq!(span(&Matrix::row_major(0, 0, 5), 1), 0);
+        assert_eq!(span(&Matrix::row_major(0, 4, 5), 0), 0);
+        // a conv's output D [N*H*W, Cout]: exactly its elements
+        let d = Matrix::row_major(0, 2 * 56 * 56, 256);
+        assert_eq!(span(&d, 1), 2 * 56 * 56 * 256);
     }
 
     #[test]

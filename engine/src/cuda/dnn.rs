@@ -85,6 +85,12 @@ pub fn set_benchmark(on: bool) {
     BENCHMARK.store(on, Ordering::Relaxed);
 }
 
+/// Whether new convolution keys are timed (see [`set_benchmark`]; the 1x1
+/// convolutions run as cuBLASLt GEMMs follow it too).
+pub fn benchmark() -> bool {
+    BENCHMARK.load(Ordering::Relaxed)
+}
+
 /// How many algorithm keys a GPU times with cudnnFind before it takes
 /// cuDNN's heuristic choice (Get_v7, no timing) for new ones: a model with
 /// fixed shapes (a ResNet-50 step has about 70 keys) never reaches it, and

@@ -1,17 +1,28 @@
-//! Convolutions on the GPU through cuDNN (cuda::dnn).
+//! Convolutions on the GPU through cuDNN (cuda::dnn), and the 1x1
+//! stride-1 ones as cuBLASLt GEMMs (cuda::blas; which ones and how: see
+//! `gemm.rs`).
 //!
 //! Everything stays channels-last: x, y, dx are NHWC and the weight and dw
 //! KRSC, which is exactly the GPU default layout of those logical shapes,
 //! so tensors in the default layout are passed to cuDNN as they are. A
 //! transposed convolution's forward is cuDNN's backward-data of the
 //! matching convolution.
+//!
+//! A GEMM follows the convolutions' precision and search switches, not
+//! the matmul ones: TF32 only when `dnn::set_tf32` allows it, and a new
+//! problem's algorithm timed when `dnn::set_benchmark` is on and
+//! `dnn::set_deterministic` is off (on one stream cuBLAS gives the same
+//! bits run to run for a given algorithm, but timing may pick another one
+//! in another run; the heuristic's first choice is repeatable).
 
+use super::gemm::{at, gemm_plan, Direction, GemmPlan, Operand};
 use super::{Conv2dGeom, ConvOps};
 use crate::backend::{unsupported, Cuda};
+use crate::cuda::blas::{self, Activation, GemmParams, Options};
 use crate::cuda::dnn::{self, ConvShape};
 use crate::cuda::launch::traced_sync;
 use crate::cuda::runtime::Gpu;
-use crate::cuda::tensor::{empty, gpu_of, ptr, to_default_layout, zeros};
+use crate::cuda::tensor::{contiguous, empty, gpu_of, ptr, to_default_layout, zeros};
 use crate::{DType, Result, Tensor};
 
 /// One of dnn's convolutions: (gpu, shape, dtype, in a, in b, out).
@@ -63,6 +74,69 @@ fn run(
     Ok(out)
 }
 
+/// `plan` on its two `inputs` (each tagged with the operand it is) into a
+/// new output of `dims` in the default layout, with `bias` per output
+/// channel added by cuBLASLt's BIAS epilogue.
+fn run_gemm(
+    plan: &GemmPlan,
+    inputs: [(Operand, &Tensor); 2],
+    bias: Option<&Tensor>,
+    dims: [usize; 4],
+) -> Result<Tensor> {
+    let first = inputs[0].1;
+    let dtype = first.dtype();
+    dnn::data_type(dtype)?;
+    let gpu = gpu_of(first)?;
+    let tensor = |op: Operand| {
+        inputs
+            .iter()
+            .find(|(o, _)| *o == op)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                crate::Error::arg(
+                    "conv2d (cuBLASLt)",
+                    format!("the plan reads {op:?}, not given"),
+                )
+            })
+    };
+    let (a, b) = (tensor(plan.a.0)?, tensor(plan.b.0)?);
+    // cuBLASLt reads the bias contiguous and 16-byte aligned
+    let bias = match bias {
+        Some(b) if b.is_contiguous() && ptr(b)? % 16 == 0 => Some(b.clone()),
+        Some(b) => Some(contiguous(b)?),
+        None => None,
+    };
+    let out = empty(gpu, &dims, dtype)?;
+    let params = GemmParams {
+        dtype,
+        a: at(plan.a.1, ptr(a)?),
+        b: at(plan.b.1, ptr(b)?),
+        d: at(plan.d, ptr(&out)?),
+        batch: 1,
+        alpha: 1.0,
+        bias: bias.as_ref().map(ptr).transpose()?,
+        act: Activation::None,
+    };
+    // timed like cuDNN's Find, except under --deterministic: the timing may
+    // pick another algorithm (other rounding) in another run
+    let options = Options {
+        tf32: dnn::tf32(),
+        timed: dnn::benchmark() && !dnn::deterministic(),
+    };
+    // SAFETY: a and b are live GPU tensors in the default layout with the
+    // dims gemm_plan checked, which the plan's matrices cover exactly (NHWC
+    // / KRSC as row-major [rows, cols]); out is new, dense, of `dims` (the
+    // plan's D), used by nothing else; the bias, when given, is a
+    // contiguous [n] tensor of dtype (the front-end checked its shape and
+    // dtype); all live until the GEMM is queued, and the allocator only
+    // hands their blocks to work queued after it.
+    let algo = unsafe { blas::gemm_with(gpu, &params, options) }?;
+    crate::trace::kernel(algo);
+    traced_sync(gpu)?;
+    drop(bias);
+    Ok(out)
+}
+
 impl ConvOps for Cuda {
     fn conv2d_forward(
         &self,
@@ -71,14 +145,33 @@ impl ConvOps for Cuda {
         bias: Option<&Tensor>,
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
+        if let Some(plan) = gemm_plan(Direction::Forward, g, [x.layout(), w.layout()]) {
+            return run_gemm(&plan, [(Operand::X, x), (Operand::W, w)], bias, g.y_dims());
+        }
         run(dnn::conv_forward, x, w, bias, g, g.y_dims())
     }
 
     fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Result<Tensor> {
+        if let Some(plan) = gemm_plan(Direction::BackwardData, g, [dy.layout(), w.layout()]) {
+            return run_gemm(
+                &plan,
+                [(Operand::Dy, dy), (Operand::W, w)],
+                None,
+                g.x_dims(),
+            );
+        }
         run(dnn::conv_backward_data, w, dy, None, g, g.x_dims())
     }
 
     fn conv2d_backward_filter(&self, x: &Tensor, dy: &Tensor, g: &Conv2dGeom) -> Result<Tensor> {
+        if let Some(plan) = gemm_plan(Direction::BackwardFilter, g, [x.layout(), dy.layout()]) {
+            return run_gemm(
+                &plan,
+                [(Operand::X, x), (Operand::Dy, dy)],
+                None,
+                g.w_dims(),
+            );
+        }
         run(dnn::conv_backward_filter, x, dy, None, g, g.w_dims())
     }
 
@@ -96,6 +189,10 @@ impl ConvOps for Cuda {
         bias: Option<&Tensor>,
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
+        // x plays the matching convolution's dy
+        if let Some(plan) = gemm_plan(Direction::BackwardData, g, [x.layout(), w.layout()]) {
+            return run_gemm(&plan, [(Operand::Dy, x), (Operand::W, w)], bias, g.x_dims());
+        }
         run(dnn::conv_backward_data, w, x, bias, g, g.x_dims())
     }
 }

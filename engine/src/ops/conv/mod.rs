@@ -2,10 +2,12 @@
 //! NCHW, weight [Cout, Cin/groups, kh, kw]) and its adjoint, the transposed
 //! convolution (`transpose.rs`): the checks, trace and autograd of each op,
 //! over the [`ConvOps`] primitives of the backends (`cpu.rs`: im2col + GEMM;
-//! `cuda.rs`: cuDNN).
+//! `cuda.rs`: cuDNN, and the 1x1 stride-1 ones as cuBLASLt GEMMs planned by
+//! `gemm.rs`).
 
 mod cpu;
 mod cuda;
+pub(crate) mod gemm;
 pub(crate) mod parity;
 #[cfg(test)]
 mod tests;

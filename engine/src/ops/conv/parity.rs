@@ -1,15 +1,33 @@
 //! Convolution's GPU parity cases: conv2d on odd sizes, channel counts not
 //! divisible by 8 and ResNet-50 layers at batch 2; conv_transpose2d (cuDNN
 //! backward-data) on odd sizes, stride 2, output_padding, dilation and the
-//! Mask R-CNN mask head's 2x2 upsampling.
+//! Mask R-CNN mask head's 2x2 upsampling. The 1x1 stride-1 ones (cuBLASLt
+//! GEMMs, `gemm.rs`: forward with the BIAS epilogue, backward data and
+//! backward filter) also get ResNet-50's bottleneck shapes with and
+//! without bias, and a 1x1 transposed convolution (backward data + bias).
 
 use crate::layout::{Conv2dParams, ConvTranspose2dParams};
 use crate::parity::{autograd, dims, Case, Input, DTYPES};
 use crate::Rng;
 
+/// A conv2d case: (n, cin, h, w, cout, k, stride, pad, bias).
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
+
+/// A conv_transpose2d case: (x, weight [Cin, Cout, kh, kw], stride,
+/// padding, output_padding, dilation, bias).
+type TransposedCase = (
+    &'static [usize],
+    &'static [usize],
+    usize,
+    usize,
+    usize,
+    usize,
+    bool,
+);
+
 pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     // (n, cin, h, w, cout, k, stride, pad, bias)
-    let conv: [(usize, usize, usize, usize, usize, usize, usize, usize, bool); 11] = [
+    let conv: [ConvCase; 11] = [
         (2, 3, 13, 11, 5, 3, 1, 1, false),
         (3, 5, 7, 9, 11, 1, 1, 0, true),
         (3, 12, 9, 7, 20, 3, 2, 1, true),
@@ -22,18 +40,29 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         (2, 256, 56, 56, 512, 1, 2, 0, false),
         (2, 512, 7, 7, 2048, 1, 1, 0, false),
     ];
+    // 1x1 stride 1, the GEMM path (besides the four k = 1, s = 1 cases
+    // above): ResNet-50's bottleneck expansions and reductions
+    let pointwise: [ConvCase; 6] = [
+        (2, 64, 56, 56, 256, 1, 1, 0, false),
+        (2, 64, 56, 56, 256, 1, 1, 0, true),
+        (2, 512, 7, 7, 2048, 1, 1, 0, true),
+        (2, 2048, 7, 7, 512, 1, 1, 0, false),
+        (2, 2048, 7, 7, 512, 1, 1, 0, true),
+        (2, 1024, 14, 14, 256, 1, 1, 0, true),
+    ];
     // (x, weight [Cin, Cout, kh, kw], stride, padding, output_padding,
     // dilation, bias)
-    let transposed: [(&[usize], &[usize], usize, usize, usize, usize, bool); 6] = [
+    let transposed: [TransposedCase; 7] = [
         (&[2, 5, 7, 9], &[5, 3, 3, 3], 2, 1, 1, 1, true),
         (&[1, 4, 6, 5], &[4, 6, 2, 2], 2, 0, 0, 1, false),
         (&[3, 7, 5, 5], &[7, 4, 3, 3], 1, 1, 0, 1, true),
         (&[2, 6, 5, 7], &[6, 5, 4, 4], 2, 1, 0, 1, false),
         (&[2, 3, 6, 5], &[3, 5, 3, 3], 2, 2, 1, 2, true),
         (&[2, 256, 14, 14], &[256, 256, 2, 2], 2, 0, 0, 1, true),
+        (&[2, 6, 5, 7], &[6, 9, 1, 1], 1, 0, 0, 1, true),
     ];
     for dtype in DTYPES {
-        for (n, ci, h, w, co, k, st, p, bias) in conv {
+        for (n, ci, h, w, co, k, st, p, bias) in conv.into_iter().chain(pointwise) {
             let (x, wt) = ([n, ci, h, w], [co, ci, k, k]);
             let mut inputs = vec![
                 Input::randn("x", &x, 1.0),

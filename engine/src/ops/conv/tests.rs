@@ -140,3 +140,292 @@ fn batched_and_flipped_paths_match_the_per_image_ones() {
         }
     }
 }
+
+// ---- the 1x1 stride-1 convolutions the CUDA backend runs as GEMMs ----
+
+mod gemm_path {
+    use super::super::gemm::{gemm_plan, pointwise, Direction, GemmPlan, Operand};
+    use super::super::{Conv2dGeom, ConvOps};
+    use super::randn;
+    use crate::backend::Cpu;
+    use crate::cuda::blas::{lt_problem, Matrix};
+    use crate::layout::{gpu_strides, Conv2dParams, Layout};
+    use crate::Tensor;
+    use testutil::assert_close;
+
+    const DIRS: [Direction; 3] = [
+        Direction::Forward,
+        Direction::BackwardData,
+        Direction::BackwardFilter,
+    ];
+
+    fn params(stride: usize, padding: usize, dilation: usize, groups: usize) -> Conv2dParams {
+        Conv2dParams {
+            stride: [stride; 2],
+            padding: [padding; 2],
+            dilation: [dilation; 2],
+            groups,
+        }
+    }
+
+    /// The geometry the front-end derives for x [n, cin, h, w] and a
+    /// [cout, cin/groups, k, k] weight.
+    fn geom(x: [usize; 4], cout: usize, k: usize, p: Conv2dParams) -> Conv2dGeom {
+        let xt = Tensor::zeros(&x, crate::DType::F32);
+        let wt = Tensor::zeros(&[cout, x[1] / p.groups, k, k], crate::DType::F32);
+        super::super::geometry(&xt, &wt, None, p).unwrap()
+    }
+
+    fn gpu(dims: [usize; 4]) -> Layout {
+        Layout {
+            shape: dims.to_vec(),
+            strides: gpu_strides(&dims),
+            offset: 0,
+        }
+    }
+
+    fn nchw(dims: [usize; 4]) -> Layout {
+        Layout::contiguous(&dims)
+    }
+
+    /// The two inputs' dims of direction `dir`, in the primitive's order.
+    fn inputs(dir: Direction, g: &Conv2dGeom) -> [[usize; 4]; 2] {
+        match dir {
+            Direction::Forward => [g.x_dims(), g.w_dims()],
+            Direction::BackwardData => [g.y_dims(), g.w_dims()],
+            Direction::BackwardFilter => [g.x_dims(), g.y_dims()],
+        }
+    }
+
+    fn plan(dir: Direction, g: &Conv2dGeom) -> Option<GemmPlan> {
+        let [a, b] = inputs(dir, g);
+        gemm_plan(dir, g, [&gpu(a), &gpu(b)])
+    }
+
+    #[test]
+    fn only_pointwise_stride_1_default_layout_convs_qualify() {
+        // ResNet-50's 1x1 stride-1 layers (batch 2) and an odd one
+        for (x, cout) in [
+            ([2, 64, 56, 56], 256),
+            ([2, 256, 56, 56], 64),
+            ([2, 512, 7, 7], 2048),
+            ([2, 2048, 7, 7], 512),
+            ([3, 5, 7, 9], 11),
+        ] {
+            let g = geom(x, cout, 1, params(1, 0, 1, 1));
+            assert!(pointwise(&g), "{g:?}");
+            for dir in DIRS {
+                assert!(plan(dir, &g).is_some(), "{dir:?} {g:?}");
+            }
+        }
+        // not a GEMM: stride 2 (ResNet's downsampling 1x1), 3x3, padding
+        // (a larger output plane), dilation, groups
+        for (k, p) in [
+            (1, params(2, 0, 1, 1)),
+            (3, params(1, 1, 1, 1)),
+            (3, params(1, 0, 1, 1)),
+            (1, params(1, 1, 1, 1)),
+            (1, params(1, 0, 2, 1)),
+            (1, params(1, 0, 1, 2)),
+        ] {
+            let g = geom([2, 8, 9, 9], 16, k, p);
+            assert!(!pointwise(&g), "{g:?}");
+            for dir in DIRS {
+                assert!(plan(dir, &g).is_none(), "{dir:?} {g:?}");
+            }
+        }
+        // an empty batch or channel count: cuDNN's path makes the zeros
+        for (x, cout) in [([0, 8, 5, 5], 4), ([2, 8, 5, 5], 0), ([2, 0, 5, 5], 4)] {
+            let g = geom(x, cout, 1, params(1, 0, 1, 1));
+            for dir in DIRS {
+                assert!(plan(dir, &g).is_none(), "{dir:?} {g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn operands_must_be_in_the_gpu_default_layout() {
+        let g = geom([2, 6, 5, 4], 10, 1, params(1, 0, 1, 1));
+        for dir in DIRS {
+            let [a, b] = inputs(dir, &g);
+            assert!(gemm_plan(dir, &g, [&gpu(a), &gpu(b)]).is_some());
+            // an NCHW activation (as a CPU tensor has) is not [P, C]
+            // row-major; the weight is a 1x1 filter, same bytes either way
+            let act_nchw = match dir {
+                Direction::Forward | Direction::BackwardData => [nchw(a), gpu(b)],
+                Direction::BackwardFilter => [gpu(a), nchw(b)],
+            };
+            assert!(gemm_plan(dir, &g, [&act_nchw[0], &act_nchw[1]]).is_none());
+            if dir != Direction::BackwardFilter {
+                assert!(gemm_plan(dir, &g, [&nchw(a), &gpu(b)]).is_none());
+                assert!(gemm_plan(dir, &g, [&gpu(a), &nchw(b)]).is_some());
+            } else {
+                assert!(gemm_plan(dir, &g, [&nchw(a), &gpu(b)]).is_none());
+            }
+            // a view with other strides (here: the H and W steps swapped)
+            let mut odd = gpu(a);
+            odd.strides.swap(2, 3);
+            assert!(gemm_plan(dir, &g, [&odd, &gpu(b)]).is_none());
+            // layouts of other shapes than the geometry's
+            assert!(gemm_plan(dir, &g, [&gpu(b), &gpu(a)]).is_none());
+        }
+        // with a 1x1 plane NCHW and NHWC are the same bytes
+        let g = geom([4, 6, 1, 1], 3, 1, params(1, 0, 1, 1));
+        assert!(gemm_plan(
+            Direction::Forward,
+            &g,
+            [&nchw(g.x_dims()), &nchw(g.w_dims())]
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn each_direction_maps_to_its_gemm_shape_and_transposes() {
+        // 512 -> 2048 at 7x7, batch 2: P = 98
+        let g = geom([2, 512, 7, 7], 2048, 1, params(1, 0, 1, 1));
+        let (p, cin, cout) = (98, 512, 2048);
+        let mat = |rows, cols, ld, transposed| Matrix {
+            ptr: 0,
+            rows,
+            cols,
+            ld,
+            transposed,
+            batch_stride: if transposed { 0 } else { rows * cols },
+        };
+        // forward: Y [P, Cout] = X [P, Cin] @ W^T, W^T read from W [Cout, Cin]
+        let f = plan(Direction::Forward, &g).unwrap();
+        assert_eq!(f.a, (Operand::X, mat(p, cin, cin, false)));
+        assert_eq!(
+            f.b,
+            (
+                Operand::W,
+                Matrix {
+                    batch_stride: cout * cin,
+                    ..mat(cin, cout, cin, true)
+                }
+            )
+        );
+        assert_eq!(f.d, mat(p, cout, cout, false));
+        // backward data: dX [P, Cin] = dY [P, Cout] @ W [Cout, Cin]
+        let bd = plan(Direction::BackwardData, &g).unwrap();
+        assert_eq!(bd.a, (Operand::Dy, mat(p, cout, cout, false)));
+        assert_eq!(bd.b, (Operand::W, mat(cout, cin, cin, false)));
+        assert_eq!(bd.d, mat(p, cin, cin, false));
+        // backward filter: dW [Cout, Cin] = dY^T (dY [P, Cout]) @ X [P, Cin]
+        let bf = plan(Direction::BackwardFilter, &g).unwrap();
+        assert_eq!(
+            bf.a,
+            (
+                Operand::Dy,
+                Matrix {
+                    batch_stride: p * cout,
+                    ..mat(cout, p, cout, true)
+                }
+            )
+        );
+        assert_eq!(bf.b, (Operand::X, mat(p, cin, cin, false)));
+        assert_eq!(bf.d, mat(cout, cin, cin, false));
+        // and cuBLASLt's column-major problems: m and n swapped, the
+        // transposes on its A (our B) and B (our A)
+        let lt = |pl: &GemmPlan| lt_problem(&pl.a.1, &pl.b.1, &pl.d, 1).unwrap();
+        let (l, ld, lf) = (lt(&f), lt(&bd), lt(&bf));
+        assert_eq!((l.m, l.n, l.k), (cout as u64, p as u64, cin as u64));
+        assert_eq!((l.a.trans, l.b.trans), (true, false));
+        assert_eq!((ld.m, ld.n, ld.k), (cin as u64, p as u64, cout as u64));
+        assert_eq!((ld.a.trans, ld.b.trans), (false, false));
+        assert_eq!((lf.m, lf.n, lf.k), (cin as u64, cout as u64, p as u64));
+        assert_eq!((lf.a.trans, lf.b.trans), (false, true));
+        assert_eq!(
+            (l.a.ld, l.b.ld, l.d.ld),
+            (cin as i64, cin as i64, cout as i64)
+        );
+        assert_eq!(
+            (lf.a.ld, lf.b.ld, lf.d.ld),
+            (cin as i64, cout as i64, cin as i64)
+        );
+    }
+
+    /// D = A B computed on the host exactly as cuda::blas documents its
+    /// operands: element (i, j) of a matrix at `i*ld + j` of its buffer, or
+    /// at `j*ld + i` when transposed; D row-major.
+    fn host_gemm(a: &Matrix, av: &[f64], b: &Matrix, bv: &[f64], d: &Matrix) -> Vec<f64> {
+        let at = |m: &Matrix, v: &[f64], i: usize, j: usize| {
+            v[if m.transposed {
+                j * m.ld + i
+            } else {
+                i * m.ld + j
+            }]
+        };
+        assert_eq!(
+            (a.cols, b.rows, d.rows, d.cols),
+            (b.rows, a.cols, a.rows, b.cols)
+        );
+        let mut out = vec![f64::NAN; d.rows * d.ld];
+        for i in 0..d.rows {
+            for j in 0..d.cols {
+                out[i * d.ld + j] = (0..a.cols).map(|k| at(a, av, i, k) * at(b, bv, k, j)).sum();
+            }
+        }
+        out
+    }
+
+    /// A 4-D CPU tensor's values in the GPU default layout (NHWC, KRSC).
+    fn channels_last(t: &Tensor) -> Vec<f64> {
+        t.permute(&[0, 2, 3, 1])
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap()
+    }
+
+    /// The plans, run as host GEMMs on channels-last buffers, give the CPU
+    /// convolution's output, input gradient and weight gradient (f64,
+    /// within 1e-12), bias included.
+    #[test]
+    fn plans_compute_the_cpu_convolution() {
+        for (i, (x, cout)) in [([2, 5, 3, 4], 7), ([1, 16, 2, 3], 4), ([3, 3, 1, 1], 6)]
+            .into_iter()
+            .enumerate()
+        {
+            let s = 100 + 10 * i as u64;
+            let g = geom(x, cout, 1, params(1, 0, 1, 1));
+            let (xt, wt, dyt) = (
+                randn(&g.x_dims(), s),
+                randn(&g.w_dims(), s + 1),
+                randn(&g.y_dims(), s + 2),
+            );
+            let bias = randn(&[cout], s + 3).reshape(&[cout]).unwrap();
+            let (xv, wv, dyv) = (channels_last(&xt), channels_last(&wt), channels_last(&dyt));
+            let bv = bias.to_vec::<f64>().unwrap();
+            let buf = |op: Operand| match op {
+                Operand::X => &xv,
+                Operand::W => &wv,
+                Operand::Dy => &dyv,
+            };
+            let run = |dir| {
+                let pl = plan(dir, &g).unwrap();
+                host_gemm(&pl.a.1, buf(pl.a.0), &pl.b.1, buf(pl.b.0), &pl.d)
+            };
+            // forward, with the bias per column of Y as the epilogue adds it
+            let mut y = run(Direction::Forward);
+            for (j, v) in y.iter_mut().enumerate() {
+                *v += bv[j % cout];
+            }
+            let want = Cpu.conv2d_forward(&xt, &wt, Some(&bias), &g).unwrap();
+            assert_close(
+                &format!("{i} forward"),
+                &y,
+                &channels_last(&want),
+                1e-12,
+                1e-12,
+            );
+            let dx = run(Direction::BackwardData);
+            let want = Cpu.conv2d_backward_data(&dyt, &wt, &g).unwrap();
+            assert_close(&format!("{i} dx"), &dx, &channels_last(&want), 1e-12, 1e-12);
+            let dw = run(Direction::BackwardFilter);
+            let want = Cpu.conv2d_backward_filter(&xt, &dyt, &g).unwrap();
+            assert_close(&format!("{i} dw"), &dw, &channels_last(&want), 1e-12, 1e-12);
+        }
+    }
+}
