@@ -575,9 +575,11 @@ fn maskrcnn(b: &mut Bench) {
     b.attempt(key, 30.0, |b| {
         let (h, w) = MR_HW;
         let padded_w = w.div_ceil(32) * 32;
-        // cuDNN's heuristic choice, no timed search per new mask-head
-        // batch size: torch's side runs with cudnn.benchmark = False
+        // cuDNN's and cuBLASLt's heuristic choices, no timed search per new
+        // mask-head batch size: torch's side runs with cudnn.benchmark =
+        // False (and never times cuBLAS algorithms)
         engine::cuda::dnn::set_benchmark(false);
+        engine::cuda::blas::set_benchmark(false);
         let mut rng = Rng::new(0);
         let mut model = MaskRcnn::new(MaskRcnnConfig::torchvision("resnet50", 91), &mut rng)?;
         model.set_compute_dtype(DType::BF16)?;
@@ -628,6 +630,7 @@ fn maskrcnn(b: &mut Bench) {
         drop(batches);
         drop(model);
         engine::cuda::dnn::set_benchmark(true);
+        engine::cuda::blas::set_benchmark(true);
         b.g.empty_cache();
         Ok(merge(
             json!({"key": key, "name": format!("Mask R-CNN R50-FPN train iter, batch {MR_BATCH} @{h}x{w} (slmlp)"),
