@@ -413,3 +413,80 @@ fn parity_logits_keep_distinct_scores_many_ulp_apart_in_f32() {
         assert!(b - a > 16.0 * ulp, "{w:?}: {a} {b}");
     }
 }
+
+#[test]
+fn matches_torchvision_filter_proposals() {
+    // tests/fixtures/golden/detection_filter_proposals.safetensors, written
+    // by tools/golden/make_proposal_fixtures.py: torchvision's
+    // RegionProposalNetwork.filter_proposals in float32 and float64. The
+    // clip, the filters and the NMS decide exactly as torchvision (same
+    // operations; boxes on a 1/16 grid so its coordinate trick is exact):
+    // counts, order and boxes must be equal; the scores differ only by
+    // torch.sigmoid's rounding (f32: within 1e-6 relative, f64: 1e-14)
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/golden/detection_filter_proposals.safetensors");
+    let ck = crate::checkpoint::load(&path).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&ck.metadata["cases"]).unwrap();
+    let pairs = |v: &serde_json::Value| -> Vec<(usize, usize)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_u64().unwrap() as usize,
+                    p[1].as_u64().unwrap() as usize,
+                )
+            })
+            .collect()
+    };
+    let mut checked = 0;
+    for c in cases.as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let (levels, sizes) = (pairs(&c["levels"]), pairs(&c["image_sizes"]));
+        let f = |k: &str| c[k].as_f64().unwrap();
+        let post_n = c["post_n"].as_u64().unwrap() as usize;
+        for (dt, dtype, rtol) in [("f32", DType::F32, 1e-6), ("f64", DType::F64, 1e-14)] {
+            let cast = |k: &str| ck.tensors[k].to_dtype(dtype).unwrap();
+            let out = filter_proposals(
+                &cast(&format!("{name}.boxes")),
+                &cast(&format!("{name}.logits")),
+                &levels,
+                &sizes,
+                f("min_size"),
+                f("score_thresh"),
+                f("nms_thresh"),
+                post_n,
+            )
+            .unwrap();
+            let p = out.scores.dims()[1];
+            let (ob, os) = (
+                out.boxes.to_vec_f64().unwrap(),
+                out.scores.to_vec_f64().unwrap(),
+            );
+            let counts = out.counts.to_vec::<i64>().unwrap();
+            for (b, &n) in counts.iter().enumerate() {
+                let tb = ck.tensors[&format!("{name}.{dt}.boxes.{b}")]
+                    .to_vec_f64()
+                    .unwrap();
+                let ts = ck.tensors[&format!("{name}.{dt}.scores.{b}")]
+                    .to_vec_f64()
+                    .unwrap();
+                let n = n as usize;
+                assert_eq!(n, ts.len(), "{name} {dt} image {b}: count");
+                assert_eq!(
+                    &ob[b * p * 4..(b * p + n) * 4],
+                    &tb[..],
+                    "{name} {dt} image {b}"
+                );
+                for (r, (&x, &y)) in os[b * p..b * p + n].iter().zip(&ts).enumerate() {
+                    assert!(
+                        (x - y).abs() <= rtol * y.abs(),
+                        "{name} {dt} image {b} row {r}: score {x} vs torchvision {y}"
+                    );
+                }
+                checked += n;
+            }
+        }
+    }
+    assert!(checked > 2000, "{checked}");
+}
