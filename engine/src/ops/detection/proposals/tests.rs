@@ -490,3 +490,27 @@ fn matches_torchvision_filter_proposals() {
     }
     assert!(checked > 2000, "{checked}");
 }
+
+#[test]
+fn strided_inputs_give_the_contiguous_result() {
+    // logits as the transpose of a [K, B] tensor, boxes as a narrowed view
+    let mut rng = Rng::new(21);
+    let bt = candidates(&mut rng, &[40, 25], &[(90, 120), (70, 60)], false, false);
+    let (b, l) = bt.tensors(DType::F32).unwrap();
+    let want = filter_proposals(&b, &l, &bt.levels, &bt.sizes, 1.0, 0.0, 0.6, 30).unwrap();
+    let lt = l.permute(&[1, 0]).unwrap().contiguous().unwrap();
+    let l_view = lt.permute(&[1, 0]).unwrap();
+    assert!(!l_view.is_contiguous());
+    let wide = Tensor::cat(&[b.clone(), b.clone()], 2).unwrap();
+    let b_view = wide.narrow(2, 4, 4).unwrap();
+    assert!(!b_view.is_contiguous());
+    let got = filter_proposals(&b_view, &l_view, &bt.levels, &bt.sizes, 1.0, 0.0, 0.6, 30).unwrap();
+    for (x, y) in [
+        (&got.boxes, &want.boxes),
+        (&got.scores, &want.scores),
+        (&got.counts, &want.counts),
+    ] {
+        assert_eq!(x.to_vec_f64().unwrap(), y.to_vec_f64().unwrap());
+    }
+    assert!(want.counts.to_vec::<i64>().unwrap().iter().all(|&n| n > 5));
+}
