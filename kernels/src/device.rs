@@ -16,6 +16,10 @@ pub use crate::families::loss::{PointwiseLoss, SoftmaxDims};
 pub use crate::families::nms::{nms_col_blocks, nms_greedy, nms_launch, NMS_BLOCK};
 pub use crate::families::paste_masks::{PasteDims, PasteTables, PasteTaps};
 pub use crate::families::pool::{AvgMode, PoolDims};
+pub use crate::families::proposals::{
+    PropDtype, ProposalDims, PROPOSAL_MAX_CANDIDATES, PROPOSAL_MAX_IMAGES, PROPOSAL_MAX_LEVELS,
+    PROPOSAL_MAX_SEGMENT,
+};
 pub use crate::families::roi_align::{RoiAlignDims, RoiLevel, ROI_MAX_LEVELS};
 pub use crate::families::softmax_xent::Xent;
 pub use crate::families::upsample::{ResizeDims, ResizeTables, Tap};

@@ -7,6 +7,7 @@
 
 use super::cpu::paste_taps;
 use super::{DetectionOps, PasteBox, PasteGeom, RoiGeom};
+use super::{ProposalGeom, Proposals};
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{kdtype, kerr, traced_sync};
@@ -358,6 +359,17 @@ impl DetectionOps for Cuda {
         .map_err(kerr(OP))?;
         traced_sync(g)?;
         Ok(out)
+    }
+
+    /// proposals.cu: four launches, no upload or host read (see
+    /// `proposals/cuda.rs`).
+    fn filter_proposals(
+        &self,
+        boxes: &Tensor,
+        logits: &Tensor,
+        g: &ProposalGeom,
+    ) -> Result<Proposals> {
+        super::proposals::cuda::filter(boxes, logits, g)
     }
 }
 

@@ -391,4 +391,5 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
             run: Box::new(run),
         });
     }
+    super::proposals::parity::cases(rng, out);
 }

@@ -6,7 +6,8 @@
 //! (torchvision's `clip_boxes_to_image`, `remove_small_boxes`, the score
 //! filter, `batched_nms` with the level as category, `[:post_n]`). The GPU
 //! version (`cuda.rs`, proposals.cu) reads nothing back to the host.
-
+pub(super) mod cuda;
+pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 

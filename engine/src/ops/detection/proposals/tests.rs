@@ -1,3 +1,4 @@
+use super::parity::{candidates, Candidates};
 use super::*;
 use crate::{Device, Rng};
 
@@ -66,120 +67,16 @@ fn host_filter<T: Float>(
     (out_boxes, out_scores, k)
 }
 
-/// Random candidates of a batch: per image and level, boxes in a few
-/// clusters (heavy overlap, so NMS suppresses), some partly or entirely
-/// outside the image, tiny ones, a few with inf / NaN coordinates;
-/// logits normal (quantized to 1/4 in half the levels: ties), with NaN,
-/// +inf and -inf among them, each segment sorted as topk returns it (NaN
-/// first, then decreasing). `dyadic`: coordinates on a 1/16 grid.
-struct Batch {
-    boxes: Vec<f64>,
-    logits: Vec<f64>,
-    levels: Vec<(usize, usize)>,
-    sizes: Vec<(usize, usize)>,
-}
-
-fn batch(rng: &mut Rng, lens: &[usize], sizes: &[(usize, usize)], dyadic: bool) -> Batch {
-    let k: usize = lens.iter().sum();
-    let mut levels = Vec::new();
-    let mut start = 0;
-    for &n in lens {
-        levels.push((start, n));
-        start += n;
-    }
-    let (mut boxes, mut logits) = (Vec::new(), Vec::new());
-    for &(h, w) in sizes {
-        let (h, w) = (h as f64, w as f64);
-        for (l, &n) in lens.iter().enumerate() {
-            let centers: Vec<(f64, f64)> = (0..6 + n / 20)
-                .map(|_| {
-                    (
-                        rng.uniform() * 1.3 * w - 0.15 * w,
-                        rng.uniform() * 1.3 * h - 0.15 * h,
-                    )
-                })
-                .collect();
-            let side = 8.0 * (1u32 << l) as f64;
-            for i in 0..n {
-                let (cx, cy) = centers[rng.below(centers.len())];
-                let (x, y) = (
-                    cx + rng.normal() * 0.3 * side,
-                    cy + rng.normal() * 0.3 * side,
-                );
-                let (bw, bh) = (
-                    side * (1.0 + rng.uniform() * 0.6),
-                    side * (1.0 + rng.uniform() * 0.6),
-                );
-                let mut b = match i % 17 {
-                    3 => [x, y, x + 0.3 * rng.uniform(), y + bh], // tiny width
-                    5 => [x, y, x + bw, y + 0.5],                 // tiny height
-                    7 => [w + 5.0, y, w + 5.0 + bw, y + bh],      // right of the image
-                    9 => [x - 3.0 * w, y, x - 2.0 * w, y + bh],   // left of it
-                    11 => [x, y, f64::INFINITY, y + bh],          // decode overflow
-                    13 if i % 2 == 0 => [x, f64::NAN, x + bw, y + bh],
-                    _ => [x - bw / 2.0, y - bh / 2.0, x + bw / 2.0, y + bh / 2.0],
-                };
-                if dyadic {
-                    for v in &mut b {
-                        if v.is_finite() {
-                            *v = (*v * 16.0).round() / 16.0;
-                        }
-                    }
-                }
-                boxes.extend(b);
-            }
-            let mut lg: Vec<f64> = (0..n)
-                .map(|i| {
-                    let z = rng.normal() * 3.0;
-                    match i % 29 {
-                        4 => f64::NAN,
-                        8 => f64::INFINITY,
-                        12 => f64::NEG_INFINITY,
-                        _ if l % 2 == 0 => (z * 4.0).round() / 4.0,
-                        _ => z,
-                    }
-                })
-                .collect();
-            let order = sort_order(&lg, true);
-            lg = order.iter().map(|&i| lg[i]).collect();
-            logits.extend(lg);
-        }
-    }
-    assert_eq!(logits.len(), sizes.len() * k);
-    Batch {
-        boxes,
-        logits,
-        levels,
-        sizes: sizes.to_vec(),
-    }
-}
-
-impl Batch {
-    fn tensors(&self, dtype: DType) -> (Tensor, Tensor) {
-        let (b, k) = (self.sizes.len(), self.logits.len() / self.sizes.len());
-        (
-            Tensor::from_vec(self.boxes.clone(), &[b, k, 4])
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap(),
-            Tensor::from_vec(self.logits.clone(), &[b, k])
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap(),
-        )
-    }
-}
-
 /// Runs the op and the host path on `bt` in `T`; asserts they agree
 /// exactly. Returns, per image, the candidates kept before NMS.
 fn compare_with_host<T: Float>(
-    bt: &Batch,
+    bt: &Candidates,
     min_size: f64,
     score_thresh: f64,
     nms_thresh: f64,
     post_n: usize,
 ) -> Vec<usize> {
-    let (boxes, logits) = bt.tensors(T::DTYPE);
+    let (boxes, logits) = bt.tensors(T::DTYPE).unwrap();
     let out = filter_proposals(
         &boxes,
         &logits,
@@ -250,10 +147,11 @@ fn equals_the_host_path_beyond_1000_boxes() {
     // more than 1000 boxes pass the filter in every image: batched_nms
     // then runs one NMS per level, as the op: equal on any coordinates
     let mut rng = Rng::new(11);
-    let bt = batch(
+    let bt = candidates(
         &mut rng,
         &[800, 600, 450, 300, 120],
         &[(200, 300), (333, 250), (150, 150)],
+        false,
         false,
     );
     for (post_n, nms) in [(2000, 0.7), (150, 0.5)] {
@@ -271,11 +169,12 @@ fn equals_the_host_path_up_to_1000_boxes_on_a_dyadic_grid() {
     // (below 2^13) are exact in f32, their differences too, so every IoU
     // is the unshifted one bit for bit and the two paths agree exactly
     let mut rng = Rng::new(12);
-    let bt = batch(
+    let bt = candidates(
         &mut rng,
         &[150, 120, 90, 60],
         &[(300, 400), (257, 129)],
         true,
+        false,
     );
     for (thresh, post_n) in [(0.0, 1000), (0.3, 40), (0.6, 3)] {
         let pre = compare_with_host::<f32>(&bt, 2.0, thresh, 0.6, post_n);
@@ -375,7 +274,7 @@ fn empty_batches_candidates_and_post_n() {
     let mut rng = Rng::new(3);
     for (bsz, lens, post_n) in [(0, vec![5, 3], 4), (2, vec![0, 0], 4), (2, vec![5, 3], 0)] {
         let sizes = vec![(40, 60); bsz];
-        let bt = batch(&mut rng, &lens, &sizes, false);
+        let bt = candidates(&mut rng, &lens, &sizes, false, false);
         let k: usize = lens.iter().sum();
         let (b, l) = (
             Tensor::from_vec(bt.boxes.clone(), &[bsz, k, 4]).unwrap(),
@@ -474,4 +373,144 @@ fn output_is_on_the_inputs_device_without_history() {
     let out = filter_proposals(&b, &l, &[(0, 2)], &[(5, 5)], 0.0, 0.0, 0.5, 2).unwrap();
     assert_eq!(out.boxes.device(), Device::Cpu);
     assert!(!out.boxes.requires_grad());
+}
+
+#[test]
+fn parity_cases_keep_and_cut_on_the_cpu() {
+    let mut cases = Vec::new();
+    super::parity::cases(&mut Rng::new(9), &mut cases);
+    assert_eq!(cases.len(), 8);
+    let (mut cut, mut images) = (0, 0);
+    for c in &cases {
+        let out = (c.run)(Device::Cpu).unwrap();
+        let counts = out[0].1.to_vec::<i64>().unwrap();
+        let p = out[2].1.dims()[1] as i64;
+        assert!(
+            counts.iter().all(|&n| n >= 1 && n <= p),
+            "{} {counts:?}",
+            c.label
+        );
+        cut += counts.iter().filter(|&&n| n == p).count();
+        images += counts.len();
+    }
+    // post_n cuts some images and not others
+    assert!(cut > 0 && cut < images, "{cut} of {images}");
+}
+
+#[test]
+fn parity_logits_keep_distinct_scores_many_ulp_apart_in_f32() {
+    // the device's expf is within 2 ulp of the host's: no two different
+    // logits of a parity case may have f32 sigmoids closer than that
+    let mut rng = Rng::new(4);
+    let c = candidates(&mut rng, &[500, 400], &[(100, 100); 3], false, true);
+    let mut v: Vec<f64> = c.logits.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    assert!(v.len() > 200);
+    for w in v.windows(2) {
+        let (a, b) = (sigmoid(w[0] as f32), sigmoid(w[1] as f32));
+        let ulp = f32::EPSILON * b.abs();
+        assert!(b - a > 16.0 * ulp, "{w:?}: {a} {b}");
+    }
+}
+
+#[test]
+fn matches_torchvision_filter_proposals() {
+    // tests/fixtures/golden/detection_filter_proposals.safetensors, written
+    // by tools/golden/make_proposal_fixtures.py: torchvision's
+    // RegionProposalNetwork.filter_proposals in float32 and float64. The
+    // clip, the filters and the NMS decide exactly as torchvision (same
+    // operations; boxes on a 1/16 grid so its coordinate trick is exact):
+    // counts, order and boxes must be equal; the scores differ only by
+    // torch.sigmoid's rounding (f32: within 1e-6 relative, f64: 1e-14)
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/golden/detection_filter_proposals.safetensors");
+    let ck = crate::checkpoint::load(&path).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&ck.metadata["cases"]).unwrap();
+    let pairs = |v: &serde_json::Value| -> Vec<(usize, usize)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_u64().unwrap() as usize,
+                    p[1].as_u64().unwrap() as usize,
+                )
+            })
+            .collect()
+    };
+    let mut checked = 0;
+    for c in cases.as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let (levels, sizes) = (pairs(&c["levels"]), pairs(&c["image_sizes"]));
+        let f = |k: &str| c[k].as_f64().unwrap();
+        let post_n = c["post_n"].as_u64().unwrap() as usize;
+        for (dt, dtype, rtol) in [("f32", DType::F32, 1e-6), ("f64", DType::F64, 1e-14)] {
+            let cast = |k: &str| ck.tensors[k].to_dtype(dtype).unwrap();
+            let out = filter_proposals(
+                &cast(&format!("{name}.boxes")),
+                &cast(&format!("{name}.logits")),
+                &levels,
+                &sizes,
+                f("min_size"),
+                f("score_thresh"),
+                f("nms_thresh"),
+                post_n,
+            )
+            .unwrap();
+            let p = out.scores.dims()[1];
+            let (ob, os) = (
+                out.boxes.to_vec_f64().unwrap(),
+                out.scores.to_vec_f64().unwrap(),
+            );
+            let counts = out.counts.to_vec::<i64>().unwrap();
+            for (b, &n) in counts.iter().enumerate() {
+                let tb = ck.tensors[&format!("{name}.{dt}.boxes.{b}")]
+                    .to_vec_f64()
+                    .unwrap();
+                let ts = ck.tensors[&format!("{name}.{dt}.scores.{b}")]
+                    .to_vec_f64()
+                    .unwrap();
+                let n = n as usize;
+                assert_eq!(n, ts.len(), "{name} {dt} image {b}: count");
+                assert_eq!(
+                    &ob[b * p * 4..(b * p + n) * 4],
+                    &tb[..],
+                    "{name} {dt} image {b}"
+                );
+                for (r, (&x, &y)) in os[b * p..b * p + n].iter().zip(&ts).enumerate() {
+                    assert!(
+                        (x - y).abs() <= rtol * y.abs(),
+                        "{name} {dt} image {b} row {r}: score {x} vs torchvision {y}"
+                    );
+                }
+                checked += n;
+            }
+        }
+    }
+    assert!(checked > 2000, "{checked}");
+}
+
+#[test]
+fn strided_inputs_give_the_contiguous_result() {
+    // logits as the transpose of a [K, B] tensor, boxes as a narrowed view
+    let mut rng = Rng::new(21);
+    let bt = candidates(&mut rng, &[40, 25], &[(90, 120), (70, 60)], false, false);
+    let (b, l) = bt.tensors(DType::F32).unwrap();
+    let want = filter_proposals(&b, &l, &bt.levels, &bt.sizes, 1.0, 0.0, 0.6, 30).unwrap();
+    let lt = l.permute(&[1, 0]).unwrap().contiguous().unwrap();
+    let l_view = lt.permute(&[1, 0]).unwrap();
+    assert!(!l_view.is_contiguous());
+    let wide = Tensor::cat(&[b.clone(), b.clone()], 2).unwrap();
+    let b_view = wide.narrow(2, 4, 4).unwrap();
+    assert!(!b_view.is_contiguous());
+    let got = filter_proposals(&b_view, &l_view, &bt.levels, &bt.sizes, 1.0, 0.0, 0.6, 30).unwrap();
+    for (x, y) in [
+        (&got.boxes, &want.boxes),
+        (&got.scores, &want.scores),
+        (&got.counts, &want.counts),
+    ] {
+        assert_eq!(x.to_vec_f64().unwrap(), y.to_vec_f64().unwrap());
+    }
+    assert!(want.counts.to_vec::<i64>().unwrap().iter().all(|&n| n > 5));
 }
