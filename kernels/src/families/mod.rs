@@ -31,4 +31,5 @@ families!(
     loss,
     upsample,
     paste_masks,
+    matching,
 );

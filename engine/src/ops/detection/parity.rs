@@ -391,4 +391,6 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
             run: Box::new(run),
         });
     }
+    // matching and balanced sampling (matching/parity.rs)
+    super::matching::parity::cases(rng, out);
 }

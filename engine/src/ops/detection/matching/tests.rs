@@ -468,3 +468,24 @@ fn sample_balanced_rejects_bad_input() {
     assert!(e.contains("at most"), "{e}");
     assert_eq!(l.device(), Device::Cpu);
 }
+
+#[test]
+fn parity_cases_are_counted_and_valid_on_the_cpu() {
+    let mut cases = Vec::new();
+    parity::cases(&mut Rng::new(3), &mut cases);
+    assert_eq!(cases.len(), parity::CASES);
+    for c in cases.iter().filter(|c| c.op == "sample_balanced") {
+        let out = (c.run)(Device::Cpu).unwrap();
+        let counts = vec_i64(&out[2].1);
+        for (k, (_, t)) in counts.iter().zip(&out[..2]) {
+            let v = vec_i64(t);
+            let k = *k as usize;
+            assert!(v[..k].windows(2).all(|w| w[0] < w[1]), "{}", c.label);
+            // the tail is one sentinel (N), above every chosen index
+            assert!(v[k..].windows(2).all(|w| w[0] == w[1]), "{}", c.label);
+            if let (Some(&last), Some(&sentinel)) = (v[..k].last(), v.get(k)) {
+                assert!(last < sentinel, "{}", c.label);
+            }
+        }
+    }
+}
