@@ -6,7 +6,8 @@
 //! in rows and columns), zero rows, a gt whose best is below the low
 //! threshold, NaN. sample_balanced: the RPN's 256 / 0.5 over 268,569 anchor
 //! labels, the ROI heads' 512 / 0.25, a batch above the eligible count,
-//! nothing eligible, one label, seed 0 and u64::MAX.
+//! nothing eligible, one label, seed 0 and u64::MAX; and the two
+//! composed as the RPN uses them (labels of a match sampled on the device).
 
 use super::MatchRule;
 use crate::parity::Case;
@@ -15,7 +16,7 @@ use crate::{DType, Device, Result, Rng, Tensor};
 /// The number of cases [`cases`] adds (the detection family's case count
 /// test adds it).
 #[cfg(test)]
-pub(crate) const CASES: usize = 4 * 6 + 7;
+pub(crate) const CASES: usize = 4 * 6 + 7 + 1;
 
 /// A [g, n] quality matrix like an IoU matrix: mostly 0 (anchors far from
 /// a gt), the rest on a 1/64 grid in (0, 1] (ties); row 1 entirely below
@@ -130,4 +131,27 @@ pub(crate) fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
             }),
         });
     }
+    let (g, n) = (12, 268_569);
+    let q = quality(rng, g, n, false);
+    let seed = rng.next_u64();
+    out.push(Case {
+        op: "sample_balanced",
+        dtype: DType::F32,
+        label: format!("the RPN labels of match_boxes on [{g},{n}] -> 256 x 0.5"),
+        // integer outputs: identical
+        threshold: Some(0.0),
+        run: Box::new(move |dev: Device| -> Result<_> {
+            let qt = Tensor::from_vec(q.clone(), &[g, n])?
+                .to_dtype(DType::F32)?
+                .to_device(dev)?;
+            let (_, labels) = super::match_boxes(&qt, MatchRule::RPN, None)?;
+            let s = super::sample_balanced(&labels, 256, 0.5, seed)?;
+            Ok(vec![
+                ("labels".into(), labels),
+                ("positive".into(), s.positive),
+                ("negative".into(), s.negative),
+                ("counts".into(), s.counts),
+            ])
+        }),
+    });
 }
