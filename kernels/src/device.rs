@@ -13,6 +13,9 @@ pub use crate::families::copy::{StridedPair, StridedView, COPY_MAX_RANK};
 pub use crate::families::elementwise::{BcastView, Binary, Unary, BCAST_MAX_RANK};
 pub use crate::families::index::{sort_padded_len, IndexDims, SORT_MAX_ROW};
 pub use crate::families::loss::{PointwiseLoss, SoftmaxDims};
+pub use crate::families::matching::{
+    sample_scratch_bytes, sample_scratch_zeroed, SAMPLE_MAX_LABELS,
+};
 pub use crate::families::nms::{nms_col_blocks, nms_greedy, nms_launch, NMS_BLOCK};
 pub use crate::families::paste_masks::{PasteDims, PasteTables, PasteTaps};
 pub use crate::families::pool::{AvgMode, PoolDims};

@@ -32,4 +32,5 @@ families!(
     upsample,
     paste_masks,
     proposals,
+    matching,
 );

@@ -371,6 +371,26 @@ impl DetectionOps for Cuda {
     ) -> Result<Proposals> {
         super::proposals::cuda::filter(boxes, logits, g)
     }
+
+    // matching / sampling (matching/cuda.rs)
+    fn match_boxes(
+        &self,
+        quality: &Tensor,
+        rule: super::MatchRule,
+        gt_labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        super::matching::cuda::match_boxes(quality, rule, gt_labels)
+    }
+
+    fn sample_balanced(
+        &self,
+        labels: &Tensor,
+        batch_size_per_image: usize,
+        target: usize,
+        seed: u64,
+    ) -> Result<super::BalancedSample> {
+        super::matching::cuda::sample_balanced(labels, batch_size_per_image, target, seed)
+    }
 }
 
 /// NMS through nms.cu's mask, boxes of different `cats` (when given: one

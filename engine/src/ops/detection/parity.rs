@@ -392,4 +392,6 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         });
     }
     super::proposals::parity::cases(rng, out);
+    // matching and balanced sampling (matching/parity.rs)
+    super::matching::parity::cases(rng, out);
 }

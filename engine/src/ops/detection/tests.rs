@@ -51,8 +51,9 @@ fn parity_cases_run_on_the_cpu_reproducibly() {
     parity::cases(&mut crate::Rng::new(5), &mut cases);
     // 16 per float dtype (4 roi_align, 2 multiscale_roi_align, 2
     // paste_masks, 5 nms, 2 batched_nms, 1 box_iou) plus the two f32 box
-    // coder cases, plus 4 filter_proposals cases in f32 and f64
-    assert_eq!(cases.len(), 3 * 16 + 2 + 2 * 4);
+    // coder cases, 4 filter_proposals cases in f32 and f64, and
+    // matching's (matching/parity.rs)
+    assert_eq!(cases.len(), 3 * 16 + 2 + 2 * 4 + matching::parity::CASES);
     for c in cases.iter().filter(|c| c.dtype == DType::F32) {
         let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
         for ((n, x), (_, y)) in a.iter().zip(&b) {

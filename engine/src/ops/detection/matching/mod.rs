@@ -9,6 +9,8 @@
 //! differentiable (integer outputs).
 
 pub(super) mod cpu;
+pub(super) mod cuda;
+pub(crate) mod parity;
 #[cfg(test)]
 mod tests;
 

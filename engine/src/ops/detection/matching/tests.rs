@@ -468,3 +468,182 @@ fn sample_balanced_rejects_bad_input() {
     assert!(e.contains("at most"), "{e}");
     assert_eq!(l.device(), Device::Cpu);
 }
+
+#[test]
+fn parity_cases_are_counted_and_valid_on_the_cpu() {
+    let mut cases = Vec::new();
+    parity::cases(&mut Rng::new(3), &mut cases);
+    assert_eq!(cases.len(), parity::CASES);
+    for c in cases.iter().filter(|c| c.op == "sample_balanced") {
+        let out = (c.run)(Device::Cpu).unwrap();
+        let get = |name: &str| vec_i64(&out.iter().find(|(n, _)| n == name).unwrap().1);
+        let counts = get("counts");
+        for (k, name) in counts.iter().zip(["positive", "negative"]) {
+            let v = get(name);
+            let k = *k as usize;
+            assert!(v[..k].windows(2).all(|w| w[0] < w[1]), "{}", c.label);
+            // the tail is one sentinel (N), above every chosen index
+            assert!(v[k..].windows(2).all(|w| w[0] == w[1]), "{}", c.label);
+            if let (Some(&last), Some(&sentinel)) = (v[..k].last(), v.get(k)) {
+                assert!(last < sentinel, "{}", c.label);
+            }
+        }
+    }
+}
+
+/// matching.cu's sampler transcribed step by step on the host (the radix
+/// passes of sample_hist / sample_select over the same state layout, then
+/// sample_chunk_counts / sample_scan / sample_scatter / sample_fill in
+/// index order): the algorithm the GPU runs must choose what the CPU
+/// reference chooses. (The GPU itself is checked by the parity cases.)
+fn sampler_as_the_kernels_run_it(
+    labels: &[i64],
+    seed: u64,
+    target: usize,
+    batch: usize,
+) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    let n = labels.len();
+    let (target, batch) = (target.min(n) as i64, batch.min(n) as i64);
+    let class = |l: i64| -> i64 {
+        if l >= 1 {
+            0
+        } else if l == 0 {
+            1
+        } else {
+            -1
+        }
+    };
+    let mut st = [0u64; 8];
+    let mut hist = [0u32; 512];
+    let mut counts = [0i64; 2];
+    for pass in 0..8 {
+        // sample_hist
+        let shift = 56 - 8 * pass;
+        let fixed = if pass == 0 {
+            0
+        } else {
+            !0u64 << (64 - 8 * pass)
+        };
+        for (i, &l) in labels.iter().enumerate() {
+            let c = class(l);
+            if c < 0 {
+                continue;
+            }
+            let k = sample_key(seed, i as u64);
+            if k & fixed != st[4 * c as usize] & fixed {
+                continue;
+            }
+            hist[c as usize * 256 + ((k >> shift) & 255) as usize] += 1;
+        }
+        // sample_select
+        for c in 0..2 {
+            let h = &hist[c * 256..(c + 1) * 256];
+            if pass == 0 {
+                let total: i64 = h.iter().map(|&v| v as i64).sum();
+                let cap = if c == 0 { target } else { batch - st[2] as i64 };
+                let want = total.min(cap);
+                st[4 * c] = 0;
+                st[4 * c + 1] = want as u64;
+                st[4 * c + 2] = want as u64;
+                counts[c] = want;
+            }
+            let rank = st[4 * c + 1];
+            if rank == 0 {
+                continue;
+            }
+            let mut below = 0u64;
+            for (d, &v) in h.iter().enumerate() {
+                if below + v as u64 >= rank {
+                    st[4 * c] |= (d as u64) << shift;
+                    st[4 * c + 1] = rank - below;
+                    break;
+                }
+                below += v as u64;
+            }
+        }
+        hist = [0; 512];
+    }
+    let chosen = |i: usize| -> i64 {
+        let c = class(labels[i]);
+        let k = sample_key(seed, i as u64);
+        if c >= 0 && st[4 * c as usize + 2] > 0 && k <= st[4 * c as usize] {
+            c
+        } else {
+            -1
+        }
+    };
+    // sample_chunk_counts + sample_scan: each chunk's exclusive offsets
+    const CHUNK: usize = 2048;
+    let chunks = n.div_ceil(CHUNK);
+    let mut offsets = vec![[0u64; 2]; chunks];
+    let mut run = [0u64; 2];
+    for (b, o) in offsets.iter_mut().enumerate() {
+        *o = run;
+        for i in b * CHUNK..((b + 1) * CHUNK).min(n) {
+            if let c @ 0..=1 = chosen(i) {
+                run[c as usize] += 1;
+            }
+        }
+    }
+    // sample_scatter, sample_fill
+    let (cap_pos, cap_neg) = (target as usize, batch as usize);
+    let mut out = [vec![-7i64; cap_pos], vec![-7i64; cap_neg]];
+    for (b, o) in offsets.iter().enumerate() {
+        let mut base = *o;
+        for i in b * CHUNK..((b + 1) * CHUNK).min(n) {
+            if let c @ 0..=1 = chosen(i) {
+                let c = c as usize;
+                if base[c] < st[4 * c + 2] {
+                    out[c][base[c] as usize] = i as i64;
+                }
+                base[c] += 1;
+            }
+        }
+    }
+    for c in 0..2 {
+        for (j, v) in out[c].iter_mut().enumerate() {
+            if j as u64 >= st[4 * c + 2] {
+                *v = n as i64;
+            }
+        }
+    }
+    let [p, ng] = out;
+    (p, ng, counts.to_vec())
+}
+
+#[test]
+fn the_kernels_sampling_algorithm_chooses_as_the_cpu() {
+    let mut rng = Rng::new(21);
+    // (n, positive and ignored probabilities, batch, fraction): chunk
+    // boundaries, everything chosen, nothing eligible, heavy positives
+    for (n, pos, ign, batch, frac) in [
+        (1, 1.0, 0.0, 256, 0.5),
+        (2048, 0.01, 0.1, 256, 0.5),
+        (2049, 0.3, 0.1, 256, 0.25),
+        (9000, 0.002, 0.02, 256, 0.5),
+        (700, 0.05, 0.1, 4000, 0.5),
+        (3000, 0.0, 1.0, 256, 0.5),
+        (5000, 0.6, 0.0, 300, 0.9),
+        (4100, 0.2, 0.2, 4100, 0.3),
+    ] {
+        let l: Vec<i64> = (0..n)
+            .map(|_| {
+                let u = rng.uniform();
+                if u < pos {
+                    1 + rng.below(90) as i64
+                } else if u < pos + ign {
+                    -1
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let lt = Tensor::from_vec(l.clone(), &[n]).unwrap();
+        for seed in [0, 1, rng.next_u64(), u64::MAX] {
+            let want = sample(&lt, batch, frac, seed);
+            let target = (batch as f64 * frac) as usize;
+            let got = sampler_as_the_kernels_run_it(&l, seed, target, batch);
+            assert_eq!(got, want, "n {n} batch {batch} x {frac} seed {seed}");
+        }
+    }
+}
