@@ -110,7 +110,12 @@ impl Matcher {
     }
 
     /// `match_boxes` on a host [G, P] matrix.
-    fn match_host<T: Float>(&self, quality: &[T], num_gt: usize, num_pred: usize) -> Result<Vec<i64>> {
+    fn match_host<T: Float>(
+        &self,
+        quality: &[T],
+        num_gt: usize,
+        num_pred: usize,
+    ) -> Result<Vec<i64>> {
         let q = Tensor::from_vec(quality.to_vec(), &[num_gt, num_pred])?;
         match_boxes(&q, self.rule(), None)?.0.to_vec::<i64>()
     }
@@ -138,7 +143,10 @@ impl Matcher {
         if quality.rank() != 2 || quality.dims().contains(&0) {
             return Err(Error::shape(
                 OP,
-                format!("quality must be a non-empty [G, P], got shape {:?}", quality.dims()),
+                format!(
+                    "quality must be a non-empty [G, P], got shape {:?}",
+                    quality.dims()
+                ),
             ));
         }
         match_boxes(quality, self.rule(), None)?.0.to_vec::<i64>()

@@ -605,7 +605,9 @@ impl Rpn {
         }
         let sample_counts: Vec<usize> = sample_counts.iter().map(|&v| count(v)).collect();
         let losses = match samples {
-            Some(s) => Some(self.losses(&objectness, &pred_deltas, &anchors_t, &s, &sample_counts)?),
+            Some(s) => {
+                Some(self.losses(&objectness, &pred_deltas, &anchors_t, &s, &sample_counts)?)
+            }
             None => None,
         };
         Ok(RpnOutput {

@@ -70,6 +70,9 @@ impl BalancedPositiveNegativeSampler {
             let v = t.to_vec::<i64>()?;
             Ok(v.iter().take(k as usize).map(|&i| i as usize).collect())
         };
-        Ok((first(&s.positive, counts[0])?, first(&s.negative, counts[1])?))
+        Ok((
+            first(&s.positive, counts[0])?,
+            first(&s.negative, counts[1])?,
+        ))
     }
 }
