@@ -680,7 +680,8 @@ fn host_round_trips_per_iteration() {
     eprintln!("train: {reads} reads, {uploads} uploads for {b} images");
     // the RPN's proposals and sampled counts
     assert_eq!(reads, 1, "training reads");
-    // RPN: the anchors (first call), every image's gt boxes, the labels;
+    // RPN: the anchors and the count table (first call), every image's gt
+    // boxes, the labels;
     // box loss: labels, targets; mask loss: its inputs; RoIs: the boxes and
     // their levels per pooler
     assert!((10..=14).contains(&uploads), "training uploads {uploads}");
@@ -704,6 +705,6 @@ fn host_round_trips_per_iteration() {
     assert_eq!(reads, 2, "inference reads");
     // per RoI pooler the RoIs and their levels, the mask one-hot, and one
     // table of sampling taps per image pasted (the anchors of this grid
-    // are already on the device)
+    // and the count table are already on the device)
     assert_eq!(uploads, 5 + pasted, "inference uploads");
 }

@@ -39,7 +39,7 @@ use super::sampler::BalancedPositiveNegativeSampler;
 use engine::nn::{join, Conv2d, Module, Param};
 use engine::ops::detection::{filter_proposals, match_boxes, BalancedSample};
 use engine::ops::{box_iou, Conv2dParams};
-use engine::{DType, Element, Error, Float, Result, Rng, Tensor};
+use engine::{DType, Device, Element, Error, Float, Result, Rng, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -223,6 +223,8 @@ pub struct Rpn {
     training: AtomicBool,
     /// The anchors of the last grid on the head's device.
     anchors: Mutex<Option<(AnchorKey, Tensor)>>,
+    /// [`Rpn::count_table`]'s last table, by length, dtype and device.
+    count_table: Mutex<Option<((usize, DType, Device), Tensor)>>,
 }
 
 impl Rpn {
@@ -272,6 +274,7 @@ impl Rpn {
             min_size: 1e-3,
             training: AtomicBool::new(true),
             anchors: Mutex::new(None),
+            count_table: Mutex::new(None),
         })
     }
 
@@ -578,16 +581,24 @@ impl Rpn {
 
         // The iteration's one read: every image's proposals, scores and
         // count, then every image's sampled (positive, negative) counts.
+        // The counts are i64, which the GPU does not cast: they come over
+        // as entries of a table 0, 1, 2, ... in the boxes' dtype.
         let p = proposals.scores.dims()[1];
-        let mut parts = vec![
-            proposals.boxes.reshape(&[batch * p * 4])?,
-            proposals.scores.reshape(&[batch * p])?,
-            proposals.counts.to_dtype(T::DTYPE)?,
-        ];
-        for s in samples.iter().flatten() {
-            parts.push(s.sample.counts.to_dtype(T::DTYPE)?);
-        }
-        let host = read::<T>(&Tensor::cat(&parts, 0)?)?;
+        let mut counts = vec![proposals.counts.clone()];
+        counts.extend(samples.iter().flatten().map(|s| s.sample.counts.clone()));
+        // one table for both modes: every count is at most this
+        let most = (self.post_nms_top_n.train)
+            .max(self.post_nms_top_n.test)
+            .max(self.sampler.batch_size_per_image.min(n));
+        let host = read::<T>(&Tensor::cat(
+            &[
+                proposals.boxes.reshape(&[batch * p * 4])?,
+                proposals.scores.reshape(&[batch * p])?,
+                self.count_table(most + 1, &objectness)?
+                    .index_select(0, &Tensor::cat(&counts, 0)?)?,
+            ],
+            0,
+        )?)?;
         let (boxes, rest) = host.split_at(batch * p * 4);
         let (scores, rest) = rest.split_at(batch * p);
         let (counts, sample_counts) = rest.split_at(batch);
@@ -627,24 +638,29 @@ impl Rpn {
         grids: &[(usize, usize)],
         like: &Tensor,
     ) -> Result<Tensor> {
-        let key = AnchorKey {
-            padded_hw,
-            grids: grids.to_vec(),
-            dtype: like.dtype(),
-            device: like.device(),
-        };
-        let mut cache = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, t)) = cache.as_ref() {
-            if *k == key {
-                return Ok(t.clone());
-            }
-        }
-        let t = to_device_of(
-            Tensor::from_vec(boxes.to_vec(), &[boxes.len() / 4, 4])?.to_dtype(like.dtype())?,
-            like,
-        )?;
-        *cache = Some((key, t.clone()));
-        Ok(t)
+        let key = (padded_hw, grids.to_vec(), like.dtype(), like.device());
+        cached(&self.anchors, key, || {
+            to_device_of(
+                Tensor::from_vec(boxes.to_vec(), &[boxes.len() / 4, 4])?.to_dtype(like.dtype())?,
+                like,
+            )
+        })
+    }
+
+    /// [0, 1, ..., len - 1] in the dtype and on the device of `like`,
+    /// kept for the next call like the anchors.
+    fn count_table(&self, len: usize, like: &Tensor) -> Result<Tensor> {
+        cached(
+            &self.count_table,
+            (len, like.dtype(), like.device()),
+            || {
+                let values: Vec<f64> = (0..len).map(|i| i as f64).collect();
+                to_device_of(
+                    Tensor::from_vec(values, &[len])?.to_dtype(like.dtype())?,
+                    like,
+                )
+            },
+        )
     }
 
     /// torchvision's `_get_top_n_idx` on the logits' device: per level,
@@ -814,13 +830,26 @@ impl Rpn {
     }
 }
 
-/// What [`Rpn::device_anchors`] caches its anchors by.
-#[derive(Clone, Debug, PartialEq)]
-struct AnchorKey {
-    padded_hw: (usize, usize),
-    grids: Vec<(usize, usize)>,
-    dtype: DType,
-    device: engine::Device,
+/// What [`Rpn::device_anchors`] caches its anchors by: the padded size,
+/// the grids, the dtype and the device.
+type AnchorKey = ((usize, usize), Vec<(usize, usize)>, DType, Device);
+
+/// `cache`'s tensor when it was made for `key`, else `make()`'s, kept in
+/// `cache` for the next call.
+fn cached<K: PartialEq>(
+    cache: &Mutex<Option<(K, Tensor)>>,
+    key: K,
+    make: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, t)) = cache.as_ref() {
+        if *k == key {
+            return Ok(t.clone());
+        }
+    }
+    let t = make()?;
+    *cache = Some((key, t.clone()));
+    Ok(t)
 }
 
 /// One image's sampled anchors, on the anchors' device.
