@@ -587,7 +587,9 @@ impl Rpn {
         let mut counts = vec![proposals.counts.clone()];
         counts.extend(samples.iter().flatten().map(|s| s.sample.counts.clone()));
         // one table for both modes: every count is at most this
-        let most = (self.post_nms_top_n.train)
+        let most = self
+            .post_nms_top_n
+            .train
             .max(self.post_nms_top_n.test)
             .max(self.sampler.batch_size_per_image.min(n));
         let host = read::<T>(&Tensor::cat(
@@ -606,7 +608,7 @@ impl Rpn {
         let mut all_boxes = Vec::with_capacity(batch);
         let mut all_scores = Vec::with_capacity(batch);
         for (b, &c) in counts.iter().enumerate() {
-            let rows = b * p..b * p + count(c);
+            let rows = b * p..b * p + count(c).min(p);
             all_boxes.push(
                 rows.clone()
                     .map(|r| std::array::from_fn(|q| Element::to_f64(boxes[4 * r + q])))
