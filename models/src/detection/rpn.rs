@@ -222,9 +222,9 @@ pub struct Rpn {
     pub min_size: f64,
     training: AtomicBool,
     /// The anchors of the last grid on the head's device.
-    anchors: Mutex<Option<(AnchorKey, Tensor)>>,
+    anchors: Cache<AnchorKey>,
     /// [`Rpn::count_table`]'s last table, by length, dtype and device.
-    count_table: Mutex<Option<((usize, DType, Device), Tensor)>>,
+    count_table: Cache<(usize, DType, Device)>,
 }
 
 impl Rpn {
@@ -836,10 +836,13 @@ impl Rpn {
 /// the grids, the dtype and the device.
 type AnchorKey = ((usize, usize), Vec<(usize, usize)>, DType, Device);
 
+/// One tensor kept between calls with the key it was made for.
+type Cache<K> = Mutex<Option<(K, Tensor)>>;
+
 /// `cache`'s tensor when it was made for `key`, else `make()`'s, kept in
 /// `cache` for the next call.
 fn cached<K: PartialEq>(
-    cache: &Mutex<Option<(K, Tensor)>>,
+    cache: &Cache<K>,
     key: K,
     make: impl FnOnce() -> Result<Tensor>,
 ) -> Result<Tensor> {
