@@ -49,7 +49,7 @@ fn quality(rng: &mut Rng, g: usize, n: usize, nan: bool) -> Vec<f64> {
 
 /// Labels [n] like the matcher's: 1 to 90 (classes) with probability
 /// `pos`, -1 with probability `ign`, else 0.
-fn labels(rng: &mut Rng, n: usize, pos: f64, ign: f64) -> Vec<i64> {
+pub(super) fn labels(rng: &mut Rng, n: usize, pos: f64, ign: f64) -> Vec<i64> {
     (0..n)
         .map(|_| {
             let u = rng.uniform();

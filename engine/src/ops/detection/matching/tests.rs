@@ -626,18 +626,7 @@ fn the_kernels_sampling_algorithm_chooses_as_the_cpu() {
         (5000, 0.6, 0.0, 300, 0.9),
         (4100, 0.2, 0.2, 4100, 0.3),
     ] {
-        let l: Vec<i64> = (0..n)
-            .map(|_| {
-                let u = rng.uniform();
-                if u < pos {
-                    1 + rng.below(90) as i64
-                } else if u < pos + ign {
-                    -1
-                } else {
-                    0
-                }
-            })
-            .collect();
+        let l = super::parity::labels(&mut rng, n, pos, ign);
         let lt = Tensor::from_vec(l.clone(), &[n]).unwrap();
         for seed in [0, 1, rng.next_u64(), u64::MAX] {
             let want = sample(&lt, batch, frac, seed);
