@@ -15,6 +15,16 @@ pub struct Matcher {
     pub allow_low_quality_matches: bool,
 }
 
+impl From<MatchRule> for Matcher {
+    fn from(r: MatchRule) -> Matcher {
+        Matcher {
+            high_threshold: r.high_threshold,
+            low_threshold: r.low_threshold,
+            allow_low_quality_matches: r.allow_low_quality_matches,
+        }
+    }
+}
+
 impl Matcher {
     /// Errors unless `low_threshold <= high_threshold` (torchvision asserts it;
     /// NaN thresholds are refused too).
@@ -41,20 +51,12 @@ impl Matcher {
     /// The RPN's matcher: IoU >= 0.7 foreground, < 0.3 background, plus
     /// each gt's best anchors.
     pub fn rpn_default() -> Matcher {
-        Matcher {
-            high_threshold: 0.7,
-            low_threshold: 0.3,
-            allow_low_quality_matches: true,
-        }
+        Matcher::from(MatchRule::RPN)
     }
 
     /// The ROI heads' matcher: IoU >= 0.5 foreground, else background.
     pub fn roi_heads_default() -> Matcher {
-        Matcher {
-            high_threshold: 0.5,
-            low_threshold: 0.5,
-            allow_low_quality_matches: false,
-        }
+        Matcher::from(MatchRule::ROI_HEADS)
     }
 
     /// torchvision's `Matcher.__call__` on the row-major [G, P] quality

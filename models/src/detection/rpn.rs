@@ -512,7 +512,6 @@ impl Rpn {
         targets: Option<&[Vec<[f32; 4]>]>,
         rng: &mut Rng,
     ) -> Result<RpnOutput> {
-        const OP: &str = "Rpn::forward";
         let batch = features[0].dims()[0];
         let a = self.head.num_anchors;
         let (logits, deltas) = self.head.forward(features)?;
@@ -536,18 +535,11 @@ impl Rpn {
         let objectness = Tensor::cat(&obj_levels, 1)?.to_dtype(T::DTYPE)?;
         let pred_deltas = Tensor::cat(&del_levels, 1)?.to_dtype(T::DTYPE)?;
 
-        let anchors = self.anchor_generator.grid_anchors(padded_hw, &grids)?;
-        let n = anchors.len();
-        if objectness.dims() != [batch, n] {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "head outputs {:?} do not pair with the {n} anchors of the generator",
-                    objectness.dims()
-                ),
-            ));
-        }
-        let anchors_t = self.device_anchors(&anchors.boxes, padded_hw, &grids, &objectness)?;
+        // per level: grid cells x anchors per location (checked equal to
+        // the head's `a` by check_inputs)
+        let num_per_level: Vec<usize> = grids.iter().map(|&(h, w)| h * w * a).collect();
+        let n: usize = num_per_level.iter().sum();
+        let anchors_t = self.device_anchors(padded_hw, &grids, &objectness)?;
 
         let (pre_n, post_n) = if self.is_training() {
             (self.pre_nms_top_n.train, self.post_nms_top_n.train)
@@ -556,13 +548,8 @@ impl Rpn {
         };
         let proposals = {
             let _ng = engine::no_grad();
-            let (boxes, logits, levels) = self.top_candidates(
-                &objectness,
-                &pred_deltas,
-                &anchors_t,
-                &anchors.num_per_level,
-                pre_n,
-            )?;
+            let (boxes, logits, levels) =
+                self.top_candidates(&objectness, &pred_deltas, &anchors_t, &num_per_level, pre_n)?;
             filter_proposals(
                 &boxes,
                 &logits,
@@ -630,20 +617,22 @@ impl Rpn {
         })
     }
 
-    /// The anchors [N, 4] in the dtype and on the device of `like`
-    /// (the objectness): uploaded when the padded size, the grids, the
-    /// dtype or the device change, otherwise the copy of the previous call.
+    /// [`AnchorGenerator::grid_anchors`] [N, 4] in the dtype and on the
+    /// device of `like` (the objectness): generated and uploaded when the
+    /// padded size, the grids, the dtype or the device change, otherwise
+    /// the copy of the previous call.
     fn device_anchors(
         &self,
-        boxes: &[f64],
         padded_hw: (usize, usize),
         grids: &[(usize, usize)],
         like: &Tensor,
     ) -> Result<Tensor> {
         let key = (padded_hw, grids.to_vec(), like.dtype(), like.device());
         cached(&self.anchors, key, || {
+            let boxes = self.anchor_generator.grid_anchors(padded_hw, grids)?.boxes;
+            let n = boxes.len() / 4;
             to_device_of(
-                Tensor::from_vec(boxes.to_vec(), &[boxes.len() / 4, 4])?.to_dtype(like.dtype())?,
+                Tensor::from_vec(boxes, &[n, 4])?.to_dtype(like.dtype())?,
                 like,
             )
         })
