@@ -2,7 +2,9 @@
 //! every other command shares (loaders for a dataset spec, loading a trained
 //! network back with what it was trained on).
 
-use crate::data::{parse_classes, Augment, Dataset, Loader, LoaderOptions, Subset, Transform};
+use crate::data::{
+    parse_classes, Augment, Dataset, Loader, LoaderOptions, PixelWork, Subset, Transform,
+};
 use crate::datasets::{self, Normalization};
 use crate::device::DeviceArg;
 use crate::dist::launch::{global_batch, run_ranks, DistArgs};
@@ -247,6 +249,19 @@ pub struct PretrainArgs {
     /// Also write OUT/model-epoch{E}.safetensors after every epoch E.
     #[arg(long)]
     pub epoch_models: bool,
+    /// Where training images are cropped, resized and normalised: host
+    /// (the loader's threads, f32 batches uploaded) or device (the
+    /// training device, from u8 pixels; an in-memory dataset stays there).
+    /// Default: device on a GPU, host on the CPU. Same batches either way.
+    #[arg(long, value_enum)]
+    pub augment_on: Option<AugmentOn>,
+}
+
+/// `--augment-on`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AugmentOn {
+    Host,
+    Device,
 }
 
 impl PretrainArgs {
@@ -291,6 +306,7 @@ impl PretrainArgs {
             log_every: 50,
             quiet: false,
             epoch_models: false,
+            augment_on: None,
         }
     }
 }
@@ -325,6 +341,10 @@ pub struct PretrainReport {
     pub seconds: f64,
     /// Training images per second over the whole run (data loading included).
     pub images_per_s: f64,
+    /// Training images per second of the training steps alone (from the
+    /// batch to the optimizer step; no data loading, validation or
+    /// checkpoints).
+    pub step_images_per_s: f64,
     pub model_path: PathBuf,
 }
 
@@ -396,7 +416,14 @@ fn pretrain_rank(
     let global_batch = global_batch(a.batch, grad_accum, world)?;
     // this rank's slice of each global batch, cut into micro-batches by
     // the trainer
-    let train = Loader::new(
+    let work = match (a.augment_on, device) {
+        (Some(AugmentOn::Host), _) | (None, Device::Cpu) => PixelWork::Host,
+        _ => PixelWork::Device {
+            device,
+            dtype: precision.compute_dtype(),
+        },
+    };
+    let train = Loader::with_pixel_work(
         train_ds.clone(),
         input.train_transform(),
         LoaderOptions {
@@ -407,8 +434,19 @@ fn pretrain_rank(
             prefetch: 4,
             seed,
         },
+        work,
     )?
     .shard(rank, world)?;
+    if !quiet {
+        if let PixelWork::Device { device, .. } = work {
+            let resident = if train.resident() {
+                "the dataset resident there"
+            } else {
+                "u8 images uploaded per batch"
+            };
+            eprintln!("augmentation on {device} ({resident})");
+        }
+    }
     let val = match val_ds {
         Some(ds) => Some(eval_loader(ds, &input, a.batch, a.data.workers)?),
         None => None,
@@ -500,10 +538,18 @@ fn pretrain_rank(
         );
     }
     let images: usize = result.steps.iter().map(|s| s.batch).sum();
+    // each step's own time: batch / its img/s
+    let step_seconds: f64 = result
+        .steps
+        .iter()
+        .filter(|s| s.batch > 0 && s.images_per_s > 0.0)
+        .map(|s| s.batch as f64 / s.images_per_s)
+        .sum();
     Ok(PretrainReport {
         epochs: result.epochs,
         seconds,
         images_per_s: images as f64 / seconds,
+        step_images_per_s: images as f64 / step_seconds,
         model_path: a.out.join("model.safetensors"),
     })
 }

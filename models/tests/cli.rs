@@ -891,3 +891,55 @@ fn device_auto_falls_back_to_the_cpu_with_one_notice() {
     assert!(out.join("model.safetensors").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn augmentation_on_the_device_trains_the_same_weights_as_on_the_host() {
+    // generated images (uploaded per batch) and a Fashion-MNIST subset (the
+    // in-memory dataset resident on the device); the CPU stands in for the
+    // device, running the same op the GPU runs
+    let fashion = [
+        "--data",
+        "fashion-mnist",
+        "--classes",
+        "0-3",
+        "--per-class",
+        "6",
+    ];
+    for (tag, data) in [("synthetic", &[][..]), ("fashion", &fashion[..])] {
+        let weights = |on: &str| {
+            let dir = tmp(&format!("augment-{tag}-{on}"));
+            let (_, err) = ok_err(
+                &[
+                    &[
+                        "pretrain", "--method", "sl-mlp", "--epochs", "1", "--no-val",
+                    ][..],
+                    &["--augment-on", on, "--out", s(&dir)],
+                    SMALL,
+                    data,
+                ]
+                .concat(),
+            );
+            assert_eq!(err.contains("augmentation on cpu"), on == "device", "{err}");
+            if on == "device" {
+                let how = if tag == "fashion" {
+                    "resident"
+                } else {
+                    "uploaded per batch"
+                };
+                assert!(err.contains(how), "{err}");
+            }
+            let ck = engine::checkpoint::load(&dir.join("model.safetensors")).unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            ck.tensors
+        };
+        let (host, device) = (weights("host"), weights("device"));
+        assert!(!host.is_empty());
+        for (name, t) in &host {
+            assert_eq!(
+                t.to_vec_f64().unwrap(),
+                device[name].to_vec_f64().unwrap(),
+                "{tag}: {name}"
+            );
+        }
+    }
+}

@@ -935,3 +935,133 @@ fn synthetic_images_are_an_addressable_dataset() {
     let (x, y) = gen.batch(6, &mut Rng::new(1)).unwrap();
     assert_eq!((x.dims(), y.dims()), (&[6, 3, 8, 8][..], &[6][..]));
 }
+
+// ---- the loader's device mode -----------------------------------------------
+
+/// `n` random 3-channel `h x w` images in memory, 4 classes.
+fn random_rgb(n: usize, h: usize, w: usize) -> Arc<dyn Dataset> {
+    let mut rng = Rng::new(31);
+    let pixels = (0..n * h * w * 3).map(|_| rng.below(256) as u8).collect();
+    let labels = (0..n).map(|i| (i % 4) as u16).collect();
+    let names = (0..4).map(|c| format!("c{c}")).collect();
+    Arc::new(InMemory::new("rgb", names, 3, h, w, pixels, labels).unwrap())
+}
+
+/// Every batch of epoch 1 of `ds` with `t`, pixel work as `work`: images
+/// (as f64), labels and indices.
+fn epoch_of(
+    ds: &Arc<dyn Dataset>,
+    t: &Transform,
+    workers: usize,
+    work: PixelWork,
+) -> Vec<(Vec<f64>, Vec<i64>, Vec<usize>, engine::DType)> {
+    let opts = LoaderOptions {
+        batch: 5,
+        workers,
+        seed: 3,
+        ..LoaderOptions::default()
+    };
+    let loader = Loader::with_pixel_work(ds.clone(), t.clone(), opts, work).unwrap();
+    loader
+        .epoch(1, 0)
+        .map(|b| {
+            let b = b.unwrap();
+            let images = b.images.to_vec_f64().unwrap();
+            (
+                images,
+                b.labels.to_vec::<i64>().unwrap(),
+                b.indices,
+                b.images.dtype(),
+            )
+        })
+        .collect()
+}
+
+fn transforms(size: usize, mean: Vec<f32>, std: Vec<f32>) -> Vec<Transform> {
+    let mut rrc = Transform::imagenet_train(size);
+    rrc.mean = mean.clone();
+    rrc.std = std.clone();
+    vec![
+        Transform::pad_crop(size, 3, true, mean.clone(), std.clone()),
+        rrc,
+        Transform::eval(size, mean, std),
+    ]
+}
+
+#[test]
+fn device_mode_batches_equal_the_host_loaders() {
+    let cpu = PixelWork::Device {
+        device: engine::Device::Cpu,
+        dtype: engine::DType::F32,
+    };
+    let stats = (vec![0.5, 0.4, 0.3], vec![0.2, 0.25, 0.3]);
+    // in memory (resident), a subset of it (offsets through the parent),
+    // and generated images (uploaded per batch)
+    let rgb = random_rgb(23, 13, 17);
+    let sub: Arc<dyn Dataset> = Arc::new(Subset::classes(rgb.clone(), &[2, 0, 3]).unwrap());
+    let gen: Arc<dyn Dataset> =
+        Arc::new(SyntheticImages::new(4, 3, 12, 0.3, 5).unwrap().with_len(17));
+    for ds in [rgb, sub, gen] {
+        for t in transforms(11, stats.0.clone(), stats.1.clone()) {
+            let host = epoch_of(&ds, &t, 0, PixelWork::Host);
+            assert!(!host.is_empty());
+            for workers in [0, 2] {
+                assert_eq!(epoch_of(&ds, &t, workers, cpu), host, "{:?}", t.augment);
+            }
+        }
+    }
+    let opts = LoaderOptions::default();
+    let gray = toy(10, 2);
+    let mk = |w| {
+        Loader::with_pixel_work(
+            gray.clone(),
+            Transform::eval(4, vec![0.5], vec![0.5]),
+            opts.clone(),
+            w,
+        )
+    };
+    assert!(mk(cpu).unwrap().resident());
+    assert!(!mk(PixelWork::Host).unwrap().resident());
+}
+
+#[test]
+fn device_mode_rounds_to_its_dtype_and_refuses_the_centre_crop() {
+    let ds = random_rgb(12, 9, 9);
+    let t = Transform::pad_crop(8, 2, true, vec![0.5; 3], vec![0.25; 3]);
+    let f32s = epoch_of(&ds, &t, 0, PixelWork::Host);
+    for dt in [engine::DType::BF16, engine::DType::F16] {
+        let work = PixelWork::Device {
+            device: engine::Device::Cpu,
+            dtype: dt,
+        };
+        let low = epoch_of(&ds, &t, 0, work);
+        for (l, h) in low.iter().zip(&f32s) {
+            assert_eq!(l.3, dt);
+            let rounded = engine::Tensor::from_vec(h.0.clone(), &[h.0.len()])
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap()
+                .to_vec_f64()
+                .unwrap();
+            assert_eq!(l.0, rounded);
+            assert_eq!((&l.1, &l.2), (&h.1, &h.2));
+        }
+    }
+    let work = PixelWork::Device {
+        device: engine::Device::Cpu,
+        dtype: engine::DType::F32,
+    };
+    let opts = LoaderOptions::default();
+    let e = err_text(Loader::with_pixel_work(
+        ds.clone(),
+        Transform::imagenet_eval(8),
+        opts.clone(),
+        work,
+    ));
+    assert!(e.contains("centre crop"), "{e}");
+    let ints = PixelWork::Device {
+        device: engine::Device::Cpu,
+        dtype: engine::DType::I64,
+    };
+    assert!(Loader::with_pixel_work(ds, t, opts, ints).is_err());
+}

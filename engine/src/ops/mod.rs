@@ -5,6 +5,7 @@
 //! CPU convention: compute in f32 (f64 for f64 tensors; f16/bf16 are
 //! widened to f32 and the result rounded back).
 
+pub mod augment;
 pub mod batchnorm;
 pub mod conv;
 pub mod copy;
@@ -104,6 +105,7 @@ pub fn parity_cases(seed: u64) -> Vec<crate::parity::Case> {
     index::parity::cases(&mut rng, &mut all);
     shape::parity::cases(&mut rng, &mut all);
     upsample::parity::cases(&mut rng, &mut all);
+    augment::parity::cases(&mut rng, &mut all);
     all
 }
 

@@ -33,4 +33,5 @@ families!(
     paste_masks,
     proposals,
     matching,
+    augment,
 );

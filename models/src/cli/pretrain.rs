@@ -38,9 +38,10 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
     check(a)?;
     let r = pretrain(a)?;
     println!(
-        "done in {:.0} s ({:.1} img/s); weights in {}",
+        "done in {:.0} s ({:.1} img/s with data loading, {:.1} img/s in the steps); weights in {}",
         r.seconds,
         r.images_per_s,
+        r.step_images_per_s,
         r.model_path.display()
     );
     Ok(())

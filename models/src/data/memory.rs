@@ -1,7 +1,7 @@
 //! A dataset held entirely in memory: equally sized u8 images and their
 //! labels. Fashion-MNIST and the MNIST digits decode into this once at open.
 
-use super::{Dataset, Image};
+use super::{Dataset, Image, Packed};
 use engine::{Error, Result};
 
 pub struct InMemory {
@@ -117,5 +117,15 @@ impl Dataset for InMemory {
     }
     fn describe(&self, index: usize) -> String {
         format!("{}#{index}", self.name)
+    }
+    fn packed(&self) -> Option<Packed<'_>> {
+        Some(Packed {
+            pixels: &self.pixels,
+            height: self.height,
+            width: self.width,
+        })
+    }
+    fn packed_offset(&self, index: usize) -> Option<usize> {
+        (index < self.labels.len()).then(|| index * self.channels * self.height * self.width)
     }
 }

@@ -25,7 +25,9 @@ pub use folder::ImageFolder;
 pub use idx::{
     default_fashion_mnist_dir, fashion_mnist, read_idx, IdxArray, Split, FASHION_MNIST_CLASSES,
 };
-pub use loader::{Batch, EpochIter, ImageSource, Loader};
+pub use loader::{
+    Batch, EpochIter, ImageSource, LoadedImage, Loader, PixelWork, MAX_RESIDENT_BYTES,
+};
 pub use memory::InMemory;
 pub use mnist::{default_mnist_dir, mnist_digits};
 pub use pipeline::{derive_seed, Batches, DataLoader, LoaderOptions, Source};
@@ -69,4 +71,24 @@ pub trait Dataset: Send + Sync {
     /// Where sample `index` comes from, for messages (a file path, or
     /// `fashion-mnist/train#123`).
     fn describe(&self, index: usize) -> String;
+    /// Every image back to back, when the dataset holds equally sized
+    /// images in memory (a device-mode loader uploads them once).
+    fn packed(&self) -> Option<Packed<'_>> {
+        None
+    }
+    /// The byte offset of sample `index` in `packed().pixels` (Some exactly
+    /// when `packed` is, for every index below `len`).
+    fn packed_offset(&self, index: usize) -> Option<usize> {
+        let _ = index;
+        None
+    }
+}
+
+/// The pixels of an in-memory dataset of `height x width` images (HWC u8,
+/// the dataset's channels), some of which may belong to no sample (a
+/// `Subset` shares its parent's).
+pub struct Packed<'a> {
+    pub pixels: &'a [u8],
+    pub height: usize,
+    pub width: usize,
 }

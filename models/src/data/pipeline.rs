@@ -111,6 +111,12 @@ pub trait Source: Send + Sync + 'static {
     ) -> Result<Self::Batch>;
     /// The position in its epoch of a batch `collate` made.
     fn batch_index(batch: &Self::Batch) -> usize;
+    /// What the consumer's thread does to each batch before handing it
+    /// out, after the workers' `collate` (the image loader's device mode
+    /// uploads and transforms there, so only one thread drives the GPU).
+    fn finish(&self, batch: Self::Batch) -> Result<Self::Batch> {
+        Ok(batch)
+    }
 }
 
 /// Shuffled batches of a `Source` with optional worker threads and prefetch
@@ -185,8 +191,10 @@ impl<S: Source> DataLoader<S> {
     pub fn epoch(&self, epoch: usize, start_batch: usize) -> Batches<S::Batch> {
         let plan = Plan::new(self.source.num_samples(), &self.opts, epoch, self.shard);
         let (source, skipped) = (self.source.clone(), self.skipped.clone());
+        let finisher = self.source.clone();
         Batches::new(
             Arc::new(move |b, stop: &AtomicBool| build(&*source, &skipped, &plan, b, stop)),
+            Box::new(move |batch| finisher.finish(batch)),
             start_batch,
             self.batches_per_epoch(),
             self.opts.workers,
@@ -305,6 +313,8 @@ enum Mode<T> {
 /// Batches `start..end` of one epoch, in order; empty batches are left out.
 pub struct Batches<T> {
     build: BuildFn<T>,
+    /// `Source::finish`, on the consumer's thread.
+    finish: Box<dyn Fn(T) -> Result<T> + Send>,
     next: usize,
     start: usize,
     end: usize,
@@ -316,6 +326,7 @@ impl<T: Send + 'static> Batches<T> {
     /// threads and errors.
     fn new(
         build: BuildFn<T>,
+        finish: Box<dyn Fn(T) -> Result<T> + Send>,
         start: usize,
         end: usize,
         workers: usize,
@@ -337,6 +348,7 @@ impl<T: Send + 'static> Batches<T> {
         };
         Batches {
             build,
+            finish,
             next: start,
             start,
             end,
@@ -427,7 +439,7 @@ impl<T> Iterator for Batches<T> {
                 }
             };
             match result {
-                Ok(Some(batch)) => return Some(Ok(batch)),
+                Ok(Some(batch)) => return Some((self.finish)(batch)),
                 Ok(None) => continue,
                 Err(e) => return Some(Err(e)),
             }

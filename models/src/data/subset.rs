@@ -139,6 +139,12 @@ impl Dataset for Subset {
     fn describe(&self, index: usize) -> String {
         self.parent.describe(self.indices[index])
     }
+    fn packed(&self) -> Option<super::Packed<'_>> {
+        self.parent.packed()
+    }
+    fn packed_offset(&self, index: usize) -> Option<usize> {
+        self.parent.packed_offset(*self.indices.get(index)?)
+    }
 }
 
 /// Parses a class list such as `"0-4"`, `"Sandal,sneaker,9"` or

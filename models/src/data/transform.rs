@@ -9,9 +9,13 @@
 //! is antialiased as torchvision's `Resize` (`resize_antialiased`). Values
 //! stay in f32 instead of being rounded back to u8 between steps. Random
 //! choices use the caller's `Rng` in a fixed order, so one seed gives one
-//! output.
+//! output. `Transform::plan` draws them; the pixel work of every
+//! augmentation but the centre crop is then `engine::ops::augment`'s op, on
+//! the host here or on the training device (the loader's device mode), with
+//! the same result.
 
 use super::Image;
+use engine::ops::augment::{crop_resize_into, Crop};
 use engine::{Error, Result, Rng};
 
 /// Largest output side (and `Resize` target) a transform accepts: 16x
@@ -179,30 +183,12 @@ impl Transform {
             ));
         }
         let s = self.size;
-        let full = Region {
-            top: 0,
-            left: 0,
-            height: h,
-            width: w,
-        };
+        if let Some(crop) = self.plan(h, w, rng) {
+            let inv_std: Vec<f32> = self.std.iter().map(|v| 1.0 / v).collect();
+            crop_resize_into(&img.pixels, &crop, c, s, &self.mean, &inv_std, out);
+            return Ok(());
+        }
         match self.augment {
-            Augment::None => {
-                let base = resize(img, full, s, s);
-                self.write(&base, (s, s), (0, 0), false, c, out);
-            }
-            Augment::PadCrop { pad, flip } => {
-                let base = resize(img, full, s, s);
-                let dy = rng.below(2 * pad + 1) as isize - pad as isize;
-                let dx = rng.below(2 * pad + 1) as isize - pad as isize;
-                let mirror = flip && rng.uniform() < 0.5;
-                self.write(&base, (s, s), (dy, dx), mirror, c, out);
-            }
-            Augment::RandomResizedCrop { scale, ratio, flip } => {
-                let crop = random_resized_crop(h, w, scale, ratio, rng);
-                let base = resize(img, crop, s, s);
-                let mirror = flip && rng.uniform() < 0.5;
-                self.write(&base, (s, s), (0, 0), mirror, c, out);
-            }
             Augment::ResizeCenterCrop { resize: short } => {
                 let (nh, nw) = if w <= h {
                     (short * h / w, short)
@@ -219,8 +205,59 @@ impl Transform {
                 let offset = (centre_offset(nh, s), centre_offset(nw, s));
                 self.write(&base, (nh, nw), offset, false, c, out);
             }
+            _ => unreachable!("plan covers every other augmentation"),
         }
         Ok(())
+    }
+
+    /// The crop, shift and mirror of an `h x w` image for every
+    /// augmentation but the antialiased `ResizeCenterCrop` (None), drawing
+    /// the randomness from `rng` in `apply`'s order. The pixel work is then
+    /// `engine::ops::augment`'s, on the host (`apply`) or on the training
+    /// device (the loader's device mode).
+    pub fn plan(&self, h: usize, w: usize, rng: &mut Rng) -> Option<Crop> {
+        let s = self.size;
+        let whole = Crop {
+            offset: 0,
+            height: h,
+            width: w,
+            top: 0,
+            left: 0,
+            crop_h: h,
+            crop_w: w,
+            shift: (0, 0),
+            mirror: false,
+        };
+        match self.augment {
+            Augment::None => Some(whole),
+            Augment::PadCrop { pad, flip } => {
+                // beyond the output side a shift reads only zeros
+                let mut shift = || {
+                    (rng.below(2 * pad + 1) as isize - pad as isize)
+                        .clamp(-(s as isize), s as isize)
+                };
+                let (dy, dx) = (shift(), shift());
+                let mirror = flip && rng.uniform() < 0.5;
+                Some(Crop {
+                    shift: (dy, dx),
+                    mirror,
+                    ..whole
+                })
+            }
+            Augment::RandomResizedCrop { scale, ratio, flip } => {
+                let r = random_resized_crop(h, w, scale, ratio, rng);
+                let mirror = flip && rng.uniform() < 0.5;
+                Some(Crop {
+                    top: r.top,
+                    left: r.left,
+                    crop_h: r.height,
+                    crop_w: r.width,
+                    mirror,
+                    ..whole
+                })
+            }
+            Augment::ResizeCenterCrop { .. } => None,
+        }
     }
 
     /// out[c][y][x] = normalise(base[c][y + dy][x' + dx]) with
@@ -322,52 +359,6 @@ fn random_resized_crop(
         height: ch,
         width: cw,
     }
-}
-
-/// Bilinear resize of `region` of `img` to `oh x ow`, as CHW f32 in [0, 1].
-/// A region already `oh x ow` is copied exactly.
-fn resize(img: &Image, region: Region, oh: usize, ow: usize) -> Vec<f32> {
-    let c = img.channels;
-    let at = |y: usize, x: usize, ch: usize| -> f32 {
-        img.pixels[((region.top + y) * img.width + region.left + x) * c + ch] as f32 * (1.0 / 255.0)
-    };
-    let mut out = vec![0f32; c * oh * ow];
-    if region.height == oh && region.width == ow {
-        for ch in 0..c {
-            for y in 0..oh {
-                for x in 0..ow {
-                    out[(ch * oh + y) * ow + x] = at(y, x, ch);
-                }
-            }
-        }
-        return out;
-    }
-    let ys = taps(region.height, oh);
-    let xs = taps(region.width, ow);
-    for ch in 0..c {
-        for (y, &(y0, y1, ly)) in ys.iter().enumerate() {
-            for (x, &(x0, x1, lx)) in xs.iter().enumerate() {
-                let top = at(y0, x0, ch) * (1.0 - lx) + at(y0, x1, ch) * lx;
-                let bottom = at(y1, x0, ch) * (1.0 - lx) + at(y1, x1, ch) * lx;
-                out[(ch * oh + y) * ow + x] = top * (1.0 - ly) + bottom * ly;
-            }
-        }
-    }
-    out
-}
-
-/// For each of `n_out` output positions along an axis of `n_in` source
-/// pixels: the two source neighbours and the weight of the second.
-fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
-    let scale = n_in as f64 / n_out as f64;
-    (0..n_out)
-        .map(|o| {
-            let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
-            let i0 = (src.floor() as usize).min(n_in - 1);
-            let i1 = (i0 + 1).min(n_in - 1);
-            (i0, i1, (src - i0 as f64) as f32)
-        })
-        .collect()
 }
 
 /// torchvision's `Resize(antialias=True)` with bilinear interpolation
