@@ -416,12 +416,11 @@ fn pretrain_rank(
     let global_batch = global_batch(a.batch, grad_accum, world)?;
     // this rank's slice of each global batch, cut into micro-batches by
     // the trainer
-    let work = match (a.augment_on, device) {
-        (Some(AugmentOn::Host), _) | (None, Device::Cpu) => PixelWork::Host,
-        _ => PixelWork::Device {
-            device,
-            dtype: precision.compute_dtype(),
-        },
+    let dtype = precision.compute_dtype();
+    let work = match a.augment_on {
+        None => PixelWork::for_training(device, dtype),
+        Some(AugmentOn::Host) => PixelWork::Host,
+        Some(AugmentOn::Device) => PixelWork::Device { device, dtype },
     };
     let train = Loader::with_pixel_work(
         train_ds.clone(),

@@ -2,7 +2,7 @@
 //! classes or domains it never saw — linear probe and k-NN on frozen
 //! features, and full fine-tuning. The projector and classifier are dropped.
 
-use crate::data::{Dataset, Loader, LoaderOptions};
+use crate::data::{Dataset, Loader, LoaderOptions, PixelWork};
 use crate::datasets;
 use crate::eval::{knn_accuracy, linear_probe, ProbeOptions, ProbeResult};
 use crate::extract::extract_features;
@@ -115,7 +115,7 @@ pub fn finetune(
         dst.set(src.get().to_device(Device::Cpu)?)?;
     }
     net.to_device(encoder_of.device())?;
-    let loader = Loader::new(
+    let loader = Loader::with_pixel_work(
         train,
         input.train_transform(),
         LoaderOptions {
@@ -126,6 +126,7 @@ pub fn finetune(
             prefetch: 4,
             seed,
         },
+        PixelWork::for_training(encoder_of.device(), precision.compute_dtype()),
     )?;
     let val = eval_loader(test, input, batch, workers)?;
     let per_epoch = loader.batches_per_epoch();

@@ -53,6 +53,17 @@ pub enum PixelWork {
     Device { device: Device, dtype: DType },
 }
 
+impl PixelWork {
+    /// The default for training on `device` in `dtype`: the device's own
+    /// when it is a GPU, the host's on the CPU.
+    pub fn for_training(device: Device, dtype: DType) -> PixelWork {
+        match device {
+            Device::Cpu => PixelWork::Host,
+            Device::Cuda(_) => PixelWork::Device { device, dtype },
+        }
+    }
+}
+
 /// One loaded sample and its label.
 pub enum LoadedImage {
     /// Host mode: the transformed CHW image.

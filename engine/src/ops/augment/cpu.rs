@@ -30,31 +30,44 @@ pub fn crop_resize_into(
     out: &mut [f32],
 ) {
     let c = channels;
-    let rows: Vec<_> = (0..size).map(|o| tap(o, crop.crop_h, size)).collect();
-    let cols: Vec<_> = (0..size).map(|o| tap(o, crop.crop_w, size)).collect();
-    let at = |y: usize, x: usize, ch: usize| -> f32 {
-        let (y, x) = (crop.top + y, crop.left + x);
-        pixels[crop.offset + (y * crop.width + x) * c + ch] as f32 * INV_255
-    };
     let (dy, dx) = crop.shift;
-    let side = 0..size as isize;
+    let inside = |v: isize| (0..size as isize).contains(&v);
+    // per output column (mirror and shift applied): the byte offsets of its
+    // two source columns within a row, and the weights; None reads zero
+    let cols: Vec<Option<(usize, usize, f32, f32)>> = (0..size)
+        .map(|x| {
+            let sx = if crop.mirror { size - 1 - x } else { x } as isize + dx;
+            inside(sx).then(|| {
+                let (x0, x1, lx) = tap(sx as usize, crop.crop_w, size);
+                ((crop.left + x0) * c, (crop.left + x1) * c, 1.0 - lx, lx)
+            })
+        })
+        .collect();
+    let row_bytes = crop.width * c;
+    let image = &pixels[crop.offset..crop.offset + crop.height * row_bytes];
     for ch in 0..c {
         let (mean, inv_std) = (mean[ch], inv_std[ch]);
+        let zero = (0.0 - mean) * inv_std;
         for y in 0..size {
-            let sy = y as isize + dy;
             let row = &mut out[(ch * size + y) * size..(ch * size + y + 1) * size];
-            for (x, o) in row.iter_mut().enumerate() {
-                let sx = if crop.mirror { size - 1 - x } else { x } as isize + dx;
-                let v = if side.contains(&sy) && side.contains(&sx) {
-                    let (y0, y1, ly) = rows[sy as usize];
-                    let (x0, x1, lx) = cols[sx as usize];
-                    let top = at(y0, x0, ch) * (1.0 - lx) + at(y0, x1, ch) * lx;
-                    let bottom = at(y1, x0, ch) * (1.0 - lx) + at(y1, x1, ch) * lx;
-                    top * (1.0 - ly) + bottom * ly
-                } else {
-                    0.0
+            let sy = y as isize + dy;
+            if !inside(sy) {
+                row.fill(zero);
+                continue;
+            }
+            let (y0, y1, ly) = tap(sy as usize, crop.crop_h, size);
+            let r0 = &image[(crop.top + y0) * row_bytes..(crop.top + y0 + 1) * row_bytes];
+            let r1 = &image[(crop.top + y1) * row_bytes..(crop.top + y1 + 1) * row_bytes];
+            let at = |r: &[u8], x: usize| r[x + ch] as f32 * INV_255;
+            for (o, col) in row.iter_mut().zip(&cols) {
+                *o = match *col {
+                    Some((x0, x1, lx0, lx)) => {
+                        let top = at(r0, x0) * lx0 + at(r0, x1) * lx;
+                        let bottom = at(r1, x0) * lx0 + at(r1, x1) * lx;
+                        (top * (1.0 - ly) + bottom * ly - mean) * inv_std
+                    }
+                    None => zero,
                 };
-                *o = (v - mean) * inv_std;
             }
         }
     }
