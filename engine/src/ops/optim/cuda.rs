@@ -949,7 +949,7 @@ mod tests {
             },
             n,
         };
-        (b, SgdArgs::new(&h, i % 2 == 0), copy)
+        (b, SgdArgs::new(&h, i.is_multiple_of(2)), copy)
     }
 
     /// Every non-empty tensor's chunks, in table order, tile [0, n) exactly

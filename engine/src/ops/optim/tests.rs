@@ -96,7 +96,7 @@ fn mixed_params(rng: &mut crate::Rng) -> Vec<Param> {
         .enumerate()
         .map(|(i, (shape, dt))| {
             let v = Tensor::randn(shape, 0.0, 1.0, *dt, rng);
-            Param::new(&format!("p{i}"), v, i % 3 == 0).unwrap()
+            Param::new(format!("p{i}"), v, i.is_multiple_of(3)).unwrap()
         })
         .collect()
 }
