@@ -953,3 +953,116 @@ fn layer_stack_input_gradients_match_finite_differences() {
     boxed.set_training(false);
     check_gradients(|xs| boxed.forward(&xs[0]), &[x], 1e-6, 1e-7, 1e-5).unwrap();
 }
+
+/// Params of mixed dtypes and sizes (one empty), the 1-d ones without decay.
+fn mixed_params(seed: u64) -> Vec<Param> {
+    let mut rng = Rng::new(seed);
+    let spec: [(&[usize], DType); 7] = [
+        (&[3], DType::F64),
+        (&[4, 5], DType::F32),
+        (&[0], DType::F32),
+        (&[1], DType::F32),
+        (&[70_000], DType::F32),
+        (&[9, 2], DType::F16),
+        (&[13], DType::BF16),
+    ];
+    spec.iter()
+        .enumerate()
+        .map(|(i, (shape, dt))| {
+            let v = Tensor::randn(shape, 0.0, 1.0, *dt, &mut rng);
+            Param::new(format!("p{i}"), v, shape.len() == 1).unwrap()
+        })
+        .collect()
+}
+
+fn bits(t: &Tensor) -> Vec<u64> {
+    t.to_vec_f64()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+#[test]
+fn sgd_step_of_many_params_equals_stepping_them_one_by_one() {
+    let new = || {
+        Sgd::new(0.05, 0.9, 1e-2)
+            .with_nesterov(true)
+            .with_exclude_no_wd(true)
+    };
+    let (all, each) = (mixed_params(3), mixed_params(3));
+    let (mut opt_all, mut opt_each) = (new(), new());
+    let mut rng = Rng::new(4);
+    for step in 0..3 {
+        for (a, b) in all.iter().zip(&each) {
+            let v = a.get();
+            let g = Tensor::randn(v.dims(), 0.0, 0.5, v.dtype(), &mut rng);
+            a.set_grad(Some(g.clone()));
+            b.set_grad(Some(g));
+        }
+        // the last param has no gradient on the second step: skipped, its
+        // momentum kept
+        if step == 1 {
+            all[6].zero_grad();
+            each[6].zero_grad();
+        }
+        opt_all.step(&all).unwrap();
+        for p in &each {
+            opt_each.step(std::slice::from_ref(p)).unwrap();
+        }
+        for (a, b) in all.iter().zip(&each) {
+            assert_eq!(a.get().dtype(), b.get().dtype());
+            assert_eq!(bits(&a.get()), bits(&b.get()), "step {step} {}", a.name());
+        }
+        let (sa, sb) = (opt_all.state(), opt_each.state());
+        assert_eq!(
+            sa.len(),
+            all.len(),
+            "one buffer per param, the empty one too"
+        );
+        for ((na, ta), (nb, tb)) in sa.iter().zip(&sb) {
+            assert_eq!(na, nb);
+            assert_eq!(bits(ta), bits(tb), "step {step} {na}");
+        }
+    }
+}
+
+#[test]
+fn sgd_state_error_steps_no_param_and_keeps_every_buffer() {
+    let ps = mixed_params(5);
+    let mut opt = Sgd::new(0.1, 0.9, 0.0);
+    let grads: Vec<Tensor> = ps
+        .iter()
+        .map(|p| Tensor::ones(p.get().dims(), p.get().dtype()))
+        .collect();
+    for (p, g) in ps.iter().zip(&grads) {
+        p.set_grad(Some(g.clone()));
+    }
+    opt.step(&ps).unwrap();
+    // p4's buffer from another model: the step fails before stepping any
+    // param, the other buffers stay
+    let mut state = opt.state();
+    let i = state.iter().position(|(n, _)| n == "momentum.p4").unwrap();
+    state[i].1 = Tensor::zeros(&[3], DType::F32);
+    opt.load_state(state).unwrap();
+    let values: Vec<Vec<u64>> = ps.iter().map(|p| bits(&p.get())).collect();
+    let before: Vec<(String, Vec<u64>)> = opt
+        .state()
+        .iter()
+        .map(|(n, t)| (n.clone(), bits(t)))
+        .collect();
+    let err = opt.step(&ps).unwrap_err().to_string();
+    assert!(
+        err.contains("momentum.p4") && err.contains("[70000]"),
+        "{err}"
+    );
+    for (p, v) in ps.iter().zip(&values) {
+        assert_eq!(&bits(&p.get()), v, "{} unchanged", p.name());
+    }
+    let after: Vec<(String, Vec<u64>)> = opt
+        .state()
+        .iter()
+        .map(|(n, t)| (n.clone(), bits(t)))
+        .collect();
+    assert_eq!(after, before);
+}

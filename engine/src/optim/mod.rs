@@ -107,13 +107,41 @@ impl MomentumState {
                 ),
             ));
         }
-        let t = self.bufs.remove(name).expect("present");
         let dtype = if param.dtype() == DType::F64 {
             DType::F64
         } else {
             DType::F32
         };
-        Ok(Some(t.to_dtype(dtype)?.to_device(param.device())?))
+        // converted before it leaves the map: a failed conversion loses nothing
+        let t = t.to_dtype(dtype)?.to_device(param.device())?;
+        self.bufs.remove(name);
+        Ok(Some(t))
+    }
+
+    /// [`MomentumState::take`] for each of `params` in order, all or none:
+    /// on an error the buffers already taken are put back.
+    fn take_all(&mut self, op: &'static str, params: &[&Param]) -> Result<Vec<Option<Tensor>>> {
+        let mut out = Vec::with_capacity(params.len());
+        for p in params {
+            match self.take(op, p.name(), &p.get()) {
+                Ok(b) => out.push(b),
+                Err(e) => {
+                    self.put_all(&params[..out.len()], out);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps the buffer each step left for its param (`bufs[i]` is
+    /// `params[i]`'s; None keeps nothing).
+    fn put_all(&mut self, params: &[&Param], bufs: Vec<Option<Tensor>>) {
+        for (p, b) in params.iter().zip(bufs) {
+            if let Some(b) = b {
+                self.put(p.name(), b);
+            }
+        }
     }
 
     fn put(&mut self, name: &str, t: Tensor) {

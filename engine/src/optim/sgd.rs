@@ -1,11 +1,12 @@
 //! Stochastic gradient descent with momentum, exactly `torch.optim.SGD`,
-//! one in-place `OptimOps::sgd_step` per param on its backend (the GPU's
-//! fused kernel rounds the decay term once less: `fmaf`).
+//! one in-place `OptimOps::sgd_step_many` per device over its params (on
+//! the host a per-param loop, on a GPU one multi-tensor launch; its fused
+//! kernel rounds the decay term once less: `fmaf`).
 
 use super::{check_hyper, lr_and_momentum_state, with_grads, MomentumState, Optimizer};
 use crate::nn::Param;
-use crate::ops::optim::{OptimOps, SgdHyper};
-use crate::{no_grad, on_backend, Error, Result, Tensor};
+use crate::ops::optim::{OptimOps, SgdHyper, SgdItem};
+use crate::{no_grad, on_backend, Device, Error, Result, Tensor};
 
 /// Per element, with `g` the gradient and `p` the parameter:
 ///
@@ -88,14 +89,42 @@ impl Optimizer for Sgd {
     fn step(&mut self, params: &[Param]) -> Result<()> {
         self.check()?;
         let _ng = no_grad();
-        for (p, g) in with_grads("sgd", params)? {
-            let h = self.hyper(&p);
-            let step = |buf: &mut Option<Tensor>| on_backend!(g.device(), b => b.sgd_step(&p, &g, buf, &h));
-            if h.momentum != 0.0 {
-                self.state.step("sgd", &p, step)?;
-            } else {
-                step(&mut None)?;
+        let stepped = with_grads("sgd", params)?;
+        // one sgd_step_many per device, devices in order of first appearance
+        let mut devices: Vec<Device> = Vec::new();
+        for (_, g) in &stepped {
+            if !devices.contains(&g.device()) {
+                devices.push(g.device());
             }
+        }
+        for device in devices {
+            let (ps, gs): (Vec<&Param>, Vec<&Tensor>) = stepped
+                .iter()
+                .filter(|(_, g)| g.device() == device)
+                .map(|(p, g)| (p, g))
+                .unzip();
+            let hypers: Vec<SgdHyper> = ps.iter().map(|p| self.hyper(p)).collect();
+            // the buffers leave the state for the step and come back after
+            // it, also when it fails (a param stepped keeps its new momentum)
+            let use_momentum = self.momentum != 0.0;
+            let mut bufs = if use_momentum {
+                self.state.take_all("sgd", &ps)?
+            } else {
+                ps.iter().map(|_| None).collect()
+            };
+            let mut items: Vec<SgdItem<'_>> = ps
+                .iter()
+                .zip(&gs)
+                .zip(bufs.iter_mut())
+                .zip(&hypers)
+                .map(|(((p, g), m), h)| SgdItem { p, g, m, h: *h })
+                .collect();
+            let r = on_backend!(device, b => b.sgd_step_many(&mut items));
+            drop(items);
+            if use_momentum {
+                self.state.put_all(&ps, bufs);
+            }
+            r?;
         }
         Ok(())
     }

@@ -13,20 +13,37 @@
 // an optimizer pass plus a separate cast of every weight before the next
 // forward. p, buf are updated IN PLACE; copy is OVERWRITTEN.
 //
-// Launch: 1-D grid-stride, any grid, 256 threads; packs of 8 (two float4
-// per f32 operand) when every pointer is 16-byte aligned.
+// Two forms, the same arithmetic per element (one templated body, so their
+// results are bitwise equal):
+//   sgd_step_<t>  one parameter per launch. 1-D grid-stride, any grid, 256
+//                 threads.
+//   sgd_multi_<t> many parameters in one launch (PyTorch's
+//                 multi_tensor_apply, written here): a device table of
+//                 SgdTensor (one per parameter: its buffers and settings)
+//                 and a list of SgdChunk, each a range of at most
+//                 64 Ki elements of one tensor (built and checked on the
+//                 host by engine/src/ops/optim/cuda.rs's `sgd_table`, which
+//                 mirrors both structs and skips empty tensors). Block b
+//                 walks chunks b, b + gridDim.x, ...; its 256 threads
+//                 stride over the chunk. A tensor's copy may be null (an f32
+//                 parameter) in any <t>'s launch, so one launch serves f32
+//                 params plus the params of one copy dtype.
+// Both move packs of 8 (two float4 per f32 operand) when every pointer of
+// the tensor is 16-byte aligned (chunk starts are multiples of 8 elements,
+// so a chunk of an aligned tensor stays aligned), else single elements.
 #include "common.cuh"
 
+// The per-element update over elements begin + i * V, i in [tid, units)
+// stepping by `stride` (units = (end - begin) / V): the body both forms share.
 template <typename T, int V>
 __device__ __forceinline__ void sgd_body(float* __restrict__ p, const float* __restrict__ g,
-                                         float* __restrict__ buf, T* __restrict__ copy, i64 n,
-                                         i64 start, float lr, float momentum, float dampening,
-                                         float weight_decay, int nesterov, int first) {
-    const i64 stride = (i64)gridDim.x * blockDim.x;
-    const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    const i64 units = (n - start) / V;
+                                         float* __restrict__ buf, T* __restrict__ copy, i64 begin,
+                                         i64 end, i64 tid, i64 stride, float lr, float momentum,
+                                         float dampening, float weight_decay, int nesterov,
+                                         int first) {
+    const i64 units = (end - begin) / V;
     for (i64 i = tid; i < units; i += stride) {
-        const i64 e = start + i * V;
+        const i64 e = begin + i * V;
         float pv[V], gv[V], bv[V];
         load_f32<float, V>(p + e, pv);
         load_f32<float, V>(g + e, gv);
@@ -52,25 +69,30 @@ __device__ __forceinline__ void sgd_body(float* __restrict__ p, const float* __r
     }
 }
 
+// Elements [begin, end) of one tensor, thread `tid` of `stride`: packs of
+// SLMLP_PACK from `begin` when every pointer is 16-byte aligned (`begin` is
+// a multiple of SLMLP_PACK), then the rest one by one.
 template <typename T>
-__device__ __forceinline__ void sgd_step(float* p, const float* g, float* buf, T* copy, i64 n,
-                                         float lr, float momentum, float dampening,
-                                         float weight_decay, int nesterov, int first) {
-    i64 done = 0;
+__device__ __forceinline__ void sgd_range(float* p, const float* g, float* buf, T* copy, i64 begin,
+                                          i64 end, i64 tid, i64 stride, float lr, float momentum,
+                                          float dampening, float weight_decay, int nesterov,
+                                          int first) {
+    i64 done = begin;
     if (aligned16(p) && aligned16(g) && (!buf || aligned16(buf)) && (!copy || aligned16(copy))) {
-        sgd_body<T, SLMLP_PACK>(p, g, buf, copy, n, 0, lr, momentum, dampening, weight_decay,
-                                nesterov, first);
-        done = n / SLMLP_PACK * SLMLP_PACK;
+        sgd_body<T, SLMLP_PACK>(p, g, buf, copy, begin, end, tid, stride, lr, momentum, dampening,
+                                weight_decay, nesterov, first);
+        done = begin + (end - begin) / SLMLP_PACK * SLMLP_PACK;
     }
-    sgd_body<T, 1>(p, g, buf, copy, n, done, lr, momentum, dampening, weight_decay, nesterov,
-                   first);
+    sgd_body<T, 1>(p, g, buf, copy, done, end, tid, stride, lr, momentum, dampening, weight_decay,
+                   nesterov, first);
 }
 
 #define SGD_ENTRY_POINT(T, SFX)                                                                  \
-    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS sgd_step_##SFX(                    \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS sgd_step_##SFX(                               \
         float* p, const float* g, float* buf, T* copy, i64 n, float lr, float momentum,          \
         float dampening, float weight_decay, int nesterov, int first) {                          \
-        sgd_step<T>(p, g, buf, copy, n, lr, momentum, dampening, weight_decay, nesterov, first); \
+        sgd_range<T>(p, g, buf, copy, 0, n, grid_start(), grid_stride(), lr, momentum,           \
+                     dampening, weight_decay, nesterov, first);                                  \
     }
 
 // The suffix names the copy's dtype; sgd_step_f32 with copy = null is the
@@ -78,6 +100,51 @@ __device__ __forceinline__ void sgd_step(float* p, const float* g, float* buf, T
 SGD_ENTRY_POINT(float, f32)
 SGD_ENTRY_POINT(__half, f16)
 SGD_ENTRY_POINT(__nv_bfloat16, bf16)
+
+// One parameter of a multi-tensor step: 64 bytes, the layout of
+// engine/src/ops/optim/cuda.rs's SgdTensor. Null buf: no momentum; null
+// copy: an f32 parameter (nothing to round).
+struct SgdTensor {
+    float* p;
+    const float* g;
+    float* buf;
+    void* copy;
+    i64 n;
+    float lr, momentum, dampening, weight_decay;
+    int nesterov, first;
+};
+
+// Elements [start, start + count) of tensor `tensor`: 16 bytes, the layout
+// of engine/src/ops/optim/cuda.rs's SgdChunk. start is a multiple of
+// SLMLP_PACK, 0 < count <= 64 Ki, start + count <= the tensor's n.
+struct SgdChunk {
+    i64 start;
+    int tensor;
+    int count;
+};
+
+template <typename T>
+__device__ __forceinline__ void sgd_multi(const SgdTensor* __restrict__ tensors,
+                                          const SgdChunk* __restrict__ chunks, int n_chunks) {
+    for (int c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+        const SgdChunk ch = chunks[c];
+        const SgdTensor t = tensors[ch.tensor];
+        sgd_range<T>(t.p, t.g, t.buf, static_cast<T*>(t.copy), ch.start, ch.start + ch.count,
+                     threadIdx.x, blockDim.x, t.lr, t.momentum, t.dampening, t.weight_decay,
+                     t.nesterov, t.first);
+    }
+}
+
+#define SGD_MULTI_ENTRY_POINT(T, SFX)                                                            \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS sgd_multi_##SFX(                              \
+        const SgdTensor* tensors, const SgdChunk* chunks, int n_chunks) {                        \
+        sgd_multi<T>(tensors, chunks, n_chunks);                                                 \
+    }
+
+// The suffix names the copy dtype of the launch's low-precision params.
+SGD_MULTI_ENTRY_POINT(float, f32)
+SGD_MULTI_ENTRY_POINT(__half, f16)
+SGD_MULTI_ENTRY_POINT(__nv_bfloat16, bf16)
 
 // ---------------------------------------------------------------------------
 // LARS (engine/src/optim/lars.rs), per param, three launches and no host

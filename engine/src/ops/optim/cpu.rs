@@ -3,7 +3,7 @@
 //! parallel over chunks. Host storage is immutable, so "in place" means the
 //! param and momentum get new tensors with the results.
 
-use super::{LarsHyper, OptimOps, SgdHyper};
+use super::{sgd_step_each, LarsHyper, OptimOps, SgdHyper, SgdItem};
 use crate::backend::Cpu;
 use crate::nn::Param;
 use crate::{dispatch_float, Float, Result, Tensor};
@@ -12,6 +12,12 @@ use rayon::prelude::*;
 impl OptimOps for Cpu {
     fn sgd_step(&self, p: &Param, g: &Tensor, m: &mut Option<Tensor>, h: &SgdHyper) -> Result<()> {
         dispatch_float!("sgd", g.dtype(), T => sgd::<T>(p, g, m, h))
+    }
+
+    /// The per-param loop: each param's step is its own `sgd_step`, bit
+    /// for bit.
+    fn sgd_step_many(&self, items: &mut [SgdItem<'_>]) -> Result<()> {
+        sgd_step_each(self, items)
     }
 
     fn lars_step(

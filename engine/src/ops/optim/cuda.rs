@@ -3,9 +3,11 @@
 //! scaling (kernels/src/families/reduce.cu), all writing device buffers in place.
 //!
 //! Every launch goes on the GPU's one stream; nothing here waits for the
-//! GPU except [`FiniteFlag::read`], a loss-scaled step's one sync.
+//! GPU except [`FiniteFlag::read`], a loss-scaled step's one sync, and the
+//! upload of a multi-tensor SGD step's table (`DeviceBlock::upload_at`
+//! returns when the bytes have arrived, after the work queued before it).
 
-use super::{LarsHyper, OptimOps, SgdHyper};
+use super::{sgd_step_each, LarsHyper, OptimOps, SgdHyper, SgdItem};
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{empty_like, kdtype, kerr, with_strides_of};
@@ -120,6 +122,269 @@ unsafe fn sgd_step(
         .arg(&h.weight_decay);
     l.arg(&nesterov).arg(&first);
     l.launch(config(shape)).map_err(|e| gpu.err(&name, e))?;
+    Ok(())
+}
+
+/// Elements per chunk of a multi-tensor SGD step: one block of
+/// `sgd_multi_<t>` per chunk (256 threads, 32 packs of 8 each). A multiple
+/// of `launch::PACK`, so every chunk of an aligned tensor starts aligned.
+const SGD_CHUNK: usize = 1 << 16;
+
+/// The most chunks (and tensors) one multi-tensor step's table takes: the
+/// kernel's chunk count and tensor index are `int`, and 2^24 chunks of
+/// 64 Ki elements is 2^40 f32 (4 TiB), past any GPU.
+const SGD_MAX_CHUNKS: usize = 1 << 24;
+
+/// One tensor of `sgd_multi_<t>`'s table: sgd.cu's `SgdTensor`, 64 bytes
+/// (four pointers, an i64, four f32, two i32).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SgdTensor {
+    b: SgdBuffers,
+    h: SgdArgs,
+}
+
+impl SgdTensor {
+    const BYTES: usize = 64;
+
+    /// Appends the 64 bytes; `n` was checked to fit i64 by [`sgd_table`].
+    fn write(&self, out: &mut Vec<u8>) {
+        for v in [self.b.p, self.b.g, self.b.buf, self.b.copy] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+        out.extend_from_slice(&(self.b.n as i64).to_ne_bytes());
+        for v in [
+            self.h.lr,
+            self.h.momentum,
+            self.h.dampening,
+            self.h.weight_decay,
+        ] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+        for v in [self.h.nesterov as i32, self.h.first as i32] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+    }
+}
+
+/// Elements `start..start + count` of table tensor `tensor`: sgd.cu's
+/// `SgdChunk`, 16 bytes (i64, i32, i32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SgdChunk {
+    start: usize,
+    tensor: usize,
+    count: usize,
+}
+
+impl SgdChunk {
+    const BYTES: usize = 16;
+
+    /// Appends the 16 bytes; [`sgd_table`] bounds `start` (below a tensor's
+    /// i64 count), `tensor` and `count` (int range).
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.start as i64).to_ne_bytes());
+        out.extend_from_slice(&(self.tensor as i32).to_ne_bytes());
+        out.extend_from_slice(&(self.count as i32).to_ne_bytes());
+    }
+}
+
+/// One `sgd_multi_<copy>` launch: chunks `first..first + chunks` of the
+/// table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SgdLaunch {
+    copy: kernels::device::Dtype,
+    first: usize,
+    chunks: usize,
+}
+
+/// A multi-tensor SGD step's device table (the tensors, then the chunk
+/// list, launch after launch), its launches, and the launch each tensor's
+/// chunks are in (None: an empty tensor, no chunk).
+#[derive(Debug, PartialEq)]
+struct SgdTable {
+    tensors: Vec<SgdTensor>,
+    chunks: Vec<SgdChunk>,
+    launches: Vec<SgdLaunch>,
+    launch_of: Vec<Option<usize>>,
+}
+
+impl SgdTable {
+    /// Byte offset of the chunk list in [`SgdTable::bytes`] (a multiple of
+    /// 16: the tensors are 64 bytes each).
+    fn chunks_offset(&self) -> usize {
+        self.tensors.len() * SgdTensor::BYTES
+    }
+
+    /// The bytes uploaded for the kernels: every tensor, then every chunk.
+    fn bytes(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(self.chunks_offset() + self.chunks.len() * SgdChunk::BYTES);
+        for t in &self.tensors {
+            t.write(&mut out);
+        }
+        for c in &self.chunks {
+            c.write(&mut out);
+        }
+        out
+    }
+}
+
+/// The table of a multi-tensor SGD step over `items` (each a tensor's
+/// buffers, settings and copy dtype, F32 for none), `chunk` elements a
+/// chunk: table tensor i is item i; an empty item has no chunk. The
+/// launches: one per copy dtype (f16, bf16) in order of first appearance;
+/// f32 items (no copy) ride in the first one, or get an F32 launch of
+/// their own when no item has a copy; a launch without chunks is dropped.
+/// Fails on a null p or g, a copy pointer without a copy dtype (or the
+/// other way round; both only for non-empty items), a count past i64, or more than [`SGD_MAX_CHUNKS`]
+/// chunks or tensors, before allocating them.
+fn sgd_table(
+    items: &[(SgdBuffers, SgdArgs, kernels::device::Dtype)],
+    chunk: usize,
+) -> Result<SgdTable> {
+    use kernels::device::Dtype;
+    const OP: &str = "sgd_step_many";
+    if chunk == 0 || !chunk.is_multiple_of(launch::PACK) || chunk > i32::MAX as usize {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "chunks of {chunk} elements: want a positive multiple of {} in int range",
+                launch::PACK
+            ),
+        ));
+    }
+    if items.len() > SGD_MAX_CHUNKS {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "{} tensors in one step: at most {SGD_MAX_CHUNKS}",
+                items.len()
+            ),
+        ));
+    }
+    let mut total = 0usize;
+    let mut groups: Vec<Dtype> = Vec::new();
+    for (i, (b, _, dt)) in items.iter().enumerate() {
+        // an empty tensor's buffers are never read
+        if b.n > 0 && (b.p == 0 || b.g == 0) {
+            return Err(Error::arg(
+                OP,
+                format!("tensor {i}: null parameter or gradient buffer"),
+            ));
+        }
+        if b.n > 0 && (b.copy != 0) != (*dt != Dtype::F32) {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "tensor {i}: copy buffer {:#x} with copy dtype {}",
+                    b.copy,
+                    dt.suffix()
+                ),
+            ));
+        }
+        count(OP, b.n)?;
+        total = total
+            .checked_add(b.n.div_ceil(chunk))
+            .filter(|&t| t <= SGD_MAX_CHUNKS)
+            .ok_or_else(|| {
+                Error::arg(
+                    OP,
+                    format!("more than {SGD_MAX_CHUNKS} chunks of {chunk} elements in one step"),
+                )
+            })?;
+        if *dt != Dtype::F32 && !groups.contains(dt) {
+            groups.push(*dt);
+        }
+    }
+    if groups.is_empty() {
+        groups.push(Dtype::F32);
+    }
+    // the group an item's chunks go to: its copy dtype's, f32 ones the first
+    let group_of = |dt: Dtype| groups.iter().position(|&g| g == dt).unwrap_or(0);
+    let mut chunks = Vec::with_capacity(total);
+    let mut launches = Vec::with_capacity(groups.len());
+    let mut launch_of = vec![None; items.len()];
+    for (gi, &copy) in groups.iter().enumerate() {
+        let first = chunks.len();
+        for (tensor, (b, _, dt)) in items.iter().enumerate() {
+            if group_of(*dt) != gi || b.n == 0 {
+                continue;
+            }
+            launch_of[tensor] = Some(launches.len());
+            for start in (0..b.n).step_by(chunk) {
+                chunks.push(SgdChunk {
+                    start,
+                    tensor,
+                    count: chunk.min(b.n - start),
+                });
+            }
+        }
+        if chunks.len() > first {
+            launches.push(SgdLaunch {
+                copy,
+                first,
+                chunks: chunks.len() - first,
+            });
+        }
+    }
+    let tensors = items.iter().map(|&(b, h, _)| SgdTensor { b, h }).collect();
+    Ok(SgdTable {
+        tensors,
+        chunks,
+        launches,
+        launch_of,
+    })
+}
+
+/// Whether two of the f32 ranges `(address, elements)` share an element
+/// (empty ones never do): params stepped in place by one launch must not.
+fn overlapping(ranges: &[(u64, usize)]) -> bool {
+    let mut r: Vec<(u64, u64)> = ranges
+        .iter()
+        .filter(|&&(_, n)| n > 0)
+        .map(|&(a, n)| (a, a.saturating_add((n as u64).saturating_mul(4))))
+        .collect();
+    r.sort_unstable();
+    r.windows(2).any(|w| w[1].0 < w[0].1)
+}
+
+/// Uploads `t` (one host-to-device copy) and queues its launches of
+/// `sgd_multi_<t>`, calling `queued(k)` once launch k is queued. The table
+/// block is dropped after the launches that read it are queued (the
+/// allocator is stream-ordered).
+///
+/// # Safety
+/// Every tensor of `t` holds buffers as [`sgd_step`] requires, live on
+/// `gpu` until the launches are queued, and no two tensors share a p,
+/// buf or copy element.
+unsafe fn sgd_multi(
+    gpu: &'static Gpu,
+    t: &SgdTable,
+    mut queued: impl FnMut(usize) -> Result<()>,
+) -> Result<()> {
+    const OP: &str = "sgd_step_many";
+    if t.launches.is_empty() {
+        return Ok(());
+    }
+    let block = gpu.alloc(t.chunks_offset() + t.chunks.len() * SgdChunk::BYTES)?;
+    block.upload_at(0, &t.bytes())?;
+    let tensors = block.ptr();
+    for (k, l) in t.launches.iter().enumerate() {
+        let name = format!("sgd_multi_{}", l.copy.suffix());
+        let f = gpu.kernels.function(&name).map_err(kerr(OP))?;
+        let chunks = tensors + (t.chunks_offset() + l.first * SgdChunk::BYTES) as u64;
+        // at most SGD_MAX_CHUNKS (sgd_table): int and grid range
+        let n = l.chunks as i32;
+        let shape = LaunchShape {
+            grid: (l.chunks as u32, 1, 1),
+            block: (launch::BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        gpu.bind()?;
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&tensors).arg(&chunks).arg(&n);
+        b.launch(config(shape)).map_err(|e| gpu.err(&name, e))?;
+        queued(k)?;
+    }
     Ok(())
 }
 
@@ -351,6 +616,124 @@ impl OptimOps for Cuda {
         Ok(())
     }
 
+    /// One `sgd_multi_<t>` launch per GPU (two when both f16 and bf16
+    /// params are there) over every item, after preparing each as
+    /// [`OptimOps::sgd_step`] does (f32 params in their own storage,
+    /// f16/bf16 ones through an f32 working copy, the momentum created on a
+    /// first step) and uploading the table in one copy. Bitwise the result
+    /// of `sgd_step` per item: the kernels share the per-element body.
+    /// Params whose storage overlaps another's go through the per-param
+    /// loop (one launch would race on the shared elements).
+    fn sgd_step_many(&self, items: &mut [SgdItem<'_>]) -> Result<()> {
+        const OP: &str = "sgd";
+        /// An item's operands, alive until its launch is queued.
+        struct Work {
+            gpu: &'static Gpu,
+            master: Tensor,
+            g: Tensor,
+            buf: Option<Tensor>,
+            copy: Option<Tensor>,
+            first: bool,
+        }
+        let mut work = Vec::with_capacity(items.len());
+        for it in items.iter() {
+            let (master, g, copy) = working_set(OP, it.p, it.g)?;
+            let gpu = ct::gpu_of(&master)?;
+            let buf = match &*it.m {
+                Some(b) => Some(with_strides_of(OP, b, &master)?),
+                // the kernel writes buf = d on a first step: no zeroing needed
+                None if it.h.momentum != 0.0 => Some(empty_like(&master, DType::F32)?),
+                None => None,
+            };
+            let first = it.m.is_none();
+            work.push(Work {
+                gpu,
+                master,
+                g,
+                buf,
+                copy,
+                first,
+            });
+        }
+        // installs item i's results (its launch is queued)
+        let commit = |w: &mut Work, it: &mut SgdItem<'_>| -> Result<()> {
+            if let Some(b) = w.buf.take() {
+                *it.m = Some(b);
+            }
+            if let Some(c) = w.copy.take() {
+                it.p.set(c)?;
+            }
+            Ok(())
+        };
+        let mut ordinals: Vec<usize> = Vec::new();
+        for w in &work {
+            if !ordinals.contains(&w.gpu.ordinal) {
+                ordinals.push(w.gpu.ordinal);
+            }
+        }
+        for ordinal in ordinals {
+            let idx: Vec<usize> = (0..work.len())
+                .filter(|&i| work[i].gpu.ordinal == ordinal)
+                .collect();
+            let gpu = work[idx[0]].gpu;
+            let mut rows = Vec::with_capacity(idx.len());
+            for &i in &idx {
+                let w = &work[i];
+                let b = SgdBuffers {
+                    p: ptr(&w.master)?,
+                    g: ptr(&w.g)?,
+                    buf: w.buf.as_ref().map(ptr).transpose()?.unwrap_or(0),
+                    copy: w.copy.as_ref().map(ptr).transpose()?.unwrap_or(0),
+                    n: w.master.numel(),
+                };
+                let dt = kdtype(OP, w.copy.as_ref().map_or(DType::F32, |c| c.dtype()))?;
+                rows.push((b, SgdArgs::new(&items[i].h, w.first), dt));
+            }
+            let masters: Vec<(u64, usize)> = rows.iter().map(|(b, _, _)| (b.p, b.n)).collect();
+            if overlapping(&masters) {
+                let mut sub: Vec<SgdItem<'_>> = items
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| idx.contains(i))
+                    .map(|(_, it)| SgdItem {
+                        p: it.p,
+                        g: it.g,
+                        m: &mut *it.m,
+                        h: it.h,
+                    })
+                    .collect();
+                sgd_step_each(self, &mut sub)?;
+                continue;
+            }
+            let table = sgd_table(&rows, SGD_CHUNK)?;
+            // empty params: nothing to run, their (empty) results now
+            for (j, &i) in idx.iter().enumerate() {
+                if table.launch_of[j].is_none() {
+                    commit(&mut work[i], &mut items[i])?;
+                }
+            }
+            let (work, items) = (&mut work, &mut *items);
+            // SAFETY: each tensor's master, grad, buf and copy are dense over
+            // the same layout (numel elements from their first element), on
+            // `gpu`, and distinct buffers (master is the param's storage or a
+            // fresh cast, grad and buf separate allocations); no two masters
+            // overlap (checked above). `work` holds masters and grads to the
+            // end of this call, and a committed buf or copy lives on in the
+            // momentum state or the param.
+            unsafe {
+                sgd_multi(gpu, &table, |k| {
+                    for (j, &i) in idx.iter().enumerate() {
+                        if table.launch_of[j] == Some(k) {
+                            commit(&mut work[i], &mut items[i])?;
+                        }
+                    }
+                    Ok(())
+                })?
+            };
+        }
+        Ok(())
+    }
+
     /// `lars_step_<t>` after the norms and trust ratio on the device; like
     /// [`OptimOps::sgd_step`], f32 params are stepped in their own storage,
     /// f16/bf16 ones through an f32 working copy.
@@ -541,6 +924,245 @@ fn plan(views: &[View]) -> Vec<Plan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use kernels::device::Dtype;
+
+    /// An item of `n` elements at distinct fake addresses; `copy` F32 for
+    /// none.
+    fn item(i: u64, n: usize, copy: Dtype) -> (SgdBuffers, SgdArgs, Dtype) {
+        let h = SgdHyper {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 1e-4,
+            nesterov: false,
+        };
+        let base = (i + 1) << 32;
+        let b = SgdBuffers {
+            p: base,
+            g: base + (1 << 30),
+            buf: base + (2 << 30),
+            copy: if copy == Dtype::F32 {
+                0
+            } else {
+                base + (3 << 30)
+            },
+            n,
+        };
+        (b, SgdArgs::new(&h, i.is_multiple_of(2)), copy)
+    }
+
+    /// Every non-empty tensor's chunks, in table order, tile [0, n) exactly
+    /// (no gap, no overlap), each at most `chunk` long and starting at a
+    /// multiple of it; empty tensors have none.
+    fn assert_tiles(t: &SgdTable, items: &[(SgdBuffers, SgdArgs, Dtype)], chunk: usize) {
+        assert_eq!(t.tensors.len(), items.len());
+        for (i, (b, _, _)) in items.iter().enumerate() {
+            let mine: Vec<&SgdChunk> = t.chunks.iter().filter(|c| c.tensor == i).collect();
+            let mut at = 0;
+            for c in &mine {
+                assert_eq!(c.start, at, "tensor {i}: chunks contiguous, in order");
+                assert!(c.count > 0 && c.count <= chunk, "tensor {i}: {c:?}");
+                assert!(c.start.is_multiple_of(chunk));
+                at += c.count;
+            }
+            assert_eq!(at, b.n, "tensor {i} covered");
+            assert_eq!(mine.len(), b.n.div_ceil(chunk));
+            assert_eq!(t.launch_of[i].is_none(), b.n == 0);
+        }
+        // the launches partition the chunk list, each chunk in its tensor's
+        let mut next = 0;
+        for (k, l) in t.launches.iter().enumerate() {
+            assert_eq!(l.first, next);
+            assert!(l.chunks > 0);
+            for c in &t.chunks[l.first..l.first + l.chunks] {
+                assert_eq!(t.launch_of[c.tensor], Some(k), "{c:?}");
+            }
+            next += l.chunks;
+        }
+        assert_eq!(next, t.chunks.len());
+    }
+
+    #[test]
+    fn sgd_table_tiles_every_tensor_and_skips_empty_ones() {
+        let sizes = [1, 7, 0, 4097, SGD_CHUNK, SGD_CHUNK + 1, 300_000, 0, 8];
+        let items: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| item(i as u64, n, Dtype::F32))
+            .collect();
+        let t = sgd_table(&items, SGD_CHUNK).unwrap();
+        assert_tiles(&t, &items, SGD_CHUNK);
+        // f32 only: one F32 launch over 1 + 1 + 1 + 1 + 2 + 5 + 1 chunks
+        assert_eq!(
+            t.launches,
+            vec![SgdLaunch {
+                copy: Dtype::F32,
+                first: 0,
+                chunks: 12
+            }]
+        );
+        assert_eq!(
+            t.chunks[6],
+            SgdChunk {
+                start: 0,
+                tensor: 6,
+                count: SGD_CHUNK
+            }
+        );
+        assert_eq!(
+            t.chunks[10],
+            SgdChunk {
+                start: 4 * SGD_CHUNK,
+                tensor: 6,
+                count: 300_000 - 4 * SGD_CHUNK
+            }
+        );
+        // small chunks, every size up to three chunks
+        for n in 0..=24 {
+            let items = [item(0, n, Dtype::F32), item(1, 24 - n, Dtype::F16)];
+            assert_tiles(&sgd_table(&items, 8).unwrap(), &items, 8);
+        }
+        // nothing to run
+        let empty = sgd_table(&[item(0, 0, Dtype::F32), item(1, 0, Dtype::Bf16)], 8).unwrap();
+        assert!(empty.chunks.is_empty() && empty.launches.is_empty());
+        assert_eq!(empty.launch_of, vec![None, None]);
+        assert!(sgd_table(&[], SGD_CHUNK).unwrap().launches.is_empty());
+    }
+
+    #[test]
+    fn sgd_table_launches_once_per_copy_dtype_with_f32_params_in_the_first() {
+        let items = [
+            item(0, 10, Dtype::F32),
+            item(1, 20, Dtype::Bf16),
+            item(2, 0, Dtype::F16),
+            item(3, 30, Dtype::F16),
+            item(4, 17, Dtype::F32),
+            item(5, 9, Dtype::Bf16),
+        ];
+        let t = sgd_table(&items, 8).unwrap();
+        assert_tiles(&t, &items, 8);
+        // bf16 first seen first: items 0, 1, 4, 5 (2 + 3 + 3 + 2 chunks), then f16: 3 (4)
+        assert_eq!(
+            t.launches,
+            vec![
+                SgdLaunch {
+                    copy: Dtype::Bf16,
+                    first: 0,
+                    chunks: 10
+                },
+                SgdLaunch {
+                    copy: Dtype::F16,
+                    first: 10,
+                    chunks: 4
+                },
+            ]
+        );
+        assert_eq!(
+            t.launch_of,
+            vec![Some(0), Some(0), None, Some(1), Some(0), Some(0)]
+        );
+        // an empty f16 param alone makes no launch
+        let t = sgd_table(&[item(0, 5, Dtype::F32), item(1, 0, Dtype::F16)], 8).unwrap();
+        assert_eq!(t.launches.len(), 1);
+        assert_eq!(t.launches[0].copy, Dtype::F16);
+    }
+
+    #[test]
+    fn sgd_table_bounds_counts_before_allocating_and_checks_buffers() {
+        let err = |items: &[(SgdBuffers, SgdArgs, Dtype)], chunk: usize| {
+            sgd_table(items, chunk).unwrap_err().to_string()
+        };
+        // past i64, past the chunk bound (no allocation of 2^44 chunks), and
+        // the sum of two tensors' chunks
+        assert!(err(&[item(0, usize::MAX, Dtype::F32)], SGD_CHUNK).contains("i64"));
+        let e = err(&[item(0, 1 << 60, Dtype::F32)], SGD_CHUNK);
+        assert!(e.contains("chunks"), "{e}");
+        let half = SGD_MAX_CHUNKS / 2 * SGD_CHUNK;
+        let e = err(
+            &[
+                item(0, half, Dtype::F32),
+                item(1, half, Dtype::F32),
+                item(2, 1, Dtype::F32),
+            ],
+            SGD_CHUNK,
+        );
+        assert!(e.contains("chunks"), "{e}");
+        // chunk sizes the kernel cannot take
+        for c in [0, 12, 1 << 40] {
+            assert!(
+                sgd_table(&[item(0, 5, Dtype::F32)], c).is_err(),
+                "chunk {c}"
+            );
+        }
+        // null buffers, a copy without its dtype and the other way round
+        let (mut b, h, dt) = item(0, 5, Dtype::F32);
+        b.g = 0;
+        assert!(err(&[(b, h, dt)], 8).contains("null"));
+        b.g = 0x10;
+        b.copy = 0x20;
+        assert!(err(&[(b, h, dt)], 8).contains("copy"));
+        let (mut b, h, dt) = item(0, 5, Dtype::F16);
+        b.copy = 0;
+        assert!(err(&[(b, h, dt)], 8).contains("copy"));
+        // an empty tensor's buffers are never read
+        b.n = 0;
+        b.p = 0;
+        assert!(sgd_table(&[(b, h, dt)], 8).is_ok());
+    }
+
+    #[test]
+    fn sgd_table_bytes_have_the_kernel_layout() {
+        let items = [item(0, 3, Dtype::F32), item(1, 20, Dtype::F16)];
+        let t = sgd_table(&items, 8).unwrap();
+        let bytes = t.bytes();
+        assert_eq!(t.chunks_offset(), 128);
+        assert_eq!(bytes.len(), 128 + 4 * 16);
+        let u64_at = |o: usize| u64::from_ne_bytes(bytes[o..o + 8].try_into().unwrap());
+        let i32_at = |o: usize| i32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
+        let f32_at = |o: usize| f32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
+        // tensor 1: p, g, buf, copy, n, lr, momentum, dampening, wd, nesterov, first
+        let (b, h, _) = items[1];
+        let at = 64;
+        assert_eq!(
+            [u64_at(at), u64_at(at + 8), u64_at(at + 16), u64_at(at + 24)],
+            [b.p, b.g, b.buf, b.copy]
+        );
+        assert_eq!(u64_at(at + 32), 20);
+        assert_eq!(
+            [
+                f32_at(at + 40),
+                f32_at(at + 44),
+                f32_at(at + 48),
+                f32_at(at + 52)
+            ],
+            [h.lr, h.momentum, h.dampening, h.weight_decay]
+        );
+        assert_eq!([i32_at(at + 56), i32_at(at + 60)], [0, 0]);
+        assert_eq!(i32_at(60), 1, "tensor 0's first step");
+        // chunk 3: tensor 1's last (start 16, 4 elements)
+        let at = 128 + 3 * 16;
+        assert_eq!((u64_at(at), i32_at(at + 8), i32_at(at + 12)), (16, 1, 4));
+    }
+
+    #[test]
+    fn overlapping_masters_are_found() {
+        assert!(!overlapping(&[]));
+        assert!(
+            !overlapping(&[(0x1000, 4), (0x1010, 4), (0x2000, 1)]),
+            "adjacent"
+        );
+        assert!(overlapping(&[(0x1010, 4), (0x1000, 5)]));
+        assert!(
+            overlapping(&[(0x3000, 1), (0x1000, 1), (0x3000, 1)]),
+            "the same param twice"
+        );
+        assert!(!overlapping(&[(0x1000, 0), (0x1000, 3)]), "empty");
+        assert!(
+            overlapping(&[(u64::MAX - 3, 8), (u64::MAX - 1, 1)]),
+            "saturated end"
+        );
+    }
 
     #[test]
     fn sgd_pack_ignores_absent_buffers_and_needs_every_present_one_aligned() {

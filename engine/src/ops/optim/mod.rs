@@ -1,5 +1,5 @@
-//! The optimizer and loss-scaling primitives: an SGD or LARS step of one
-//! param, the unscale + all-finite pass of dynamic loss scaling and the
+//! The optimizer and loss-scaling primitives: an SGD step of many params
+//! (one launch on a GPU) or of one, a LARS step of one param, the unscale + all-finite pass of dynamic loss scaling and the
 //! all-finite check of a model's tensors. Unlike
 //! every other op family these write IN PLACE and record no graph: a step
 //! updates the param (`Param::set` on the host, whose storage is immutable;
@@ -30,6 +30,27 @@ pub struct SgdHyper {
     pub nesterov: bool,
 }
 
+/// One param's part of [`OptimOps::sgd_step_many`]: the arguments of one
+/// [`OptimOps::sgd_step`].
+pub struct SgdItem<'a> {
+    pub p: &'a Param,
+    /// `p`'s gradient (same shape, dtype and device).
+    pub g: &'a Tensor,
+    /// `p`'s momentum (None before its first step, and always None without
+    /// momentum).
+    pub m: &'a mut Option<Tensor>,
+    pub h: SgdHyper,
+}
+
+/// [`OptimOps::sgd_step`] on each item in order: the step of many params
+/// on a backend with no multi-tensor form (the CPU's).
+pub(crate) fn sgd_step_each<B: OptimOps + ?Sized>(b: &B, items: &mut [SgdItem<'_>]) -> Result<()> {
+    for it in items.iter_mut() {
+        b.sgd_step(it.p, it.g, it.m, &it.h)?;
+    }
+    Ok(())
+}
+
 /// The settings of one param's LARS step (`crate::optim::Lars`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LarsHyper {
@@ -53,6 +74,15 @@ pub trait OptimOps: BackendInfo {
     fn sgd_step(&self, p: &Param, g: &Tensor, m: &mut Option<Tensor>, h: &SgdHyper) -> Result<()> {
         let _ = (p, g, m, h);
         Err(unsupported(self, "sgd_step"))
+    }
+    /// [`OptimOps::sgd_step`] of every item, the result of each exactly
+    /// that of its own `sgd_step` (the items are distinct params). The GPU
+    /// steps them in one launch (or two, when both f16 and bf16 params are
+    /// present) of `sgd_multi_<t>`; the default is the per-param loop. On
+    /// error the params of the items already stepped keep their new value
+    /// and momentum; an item not stepped is unchanged (layout aside).
+    fn sgd_step_many(&self, items: &mut [SgdItem<'_>]) -> Result<()> {
+        sgd_step_each(self, items)
     }
     /// One LARS step, written in place like [`OptimOps::sgd_step`] (the
     /// momentum starts at zero).

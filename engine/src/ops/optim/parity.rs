@@ -6,13 +6,22 @@
 //! loop, so the default f32 threshold holds), and an AMP step with and
 //! without an overflow
 //! (the scaled loss, the unscaled gradients, the skipped step, the new
-//! scale).
+//! scale). Then the multi-tensor SGD step over 40 params (`sgd_multi_<t>`
+//! chunking them): sizes 0 to 300 000 elements, an f16 and a bf16 param
+//! (two launches), an unaligned narrow view stepped in place and a strided
+//! one, with momentum, Nesterov and decay exclusion, and without momentum.
+//! Each such run gives three cases: the f32 params and every momentum
+//! buffer (f32, default threshold), the f16 param's value (f16's) and the
+//! bf16 param's (bf16's): those are one rounding of an f32 result the GPU
+//! computes with fused multiply-adds, which may land one f16/bf16 step from
+//! the host's.
 
 use crate::amp::{amp_step, LossScaler};
 use crate::nn::Param;
 use crate::optim::{Lars, Optimizer, Sgd};
 use crate::parity::{Case, Outputs};
 use crate::{DType, Device, Error, Result, Rng, Tensor};
+use std::rc::Rc;
 
 /// (name, shape, no_weight_decay)
 const SPEC: [(&str, &[usize], bool); 5] = [
@@ -72,6 +81,163 @@ fn case(
         label,
         threshold: None,
         run: Box::new(run),
+    }
+}
+
+/// One param of the many-param cases: its shape and dtype, and `view`
+/// `Some((dim, start, base_len))` when it is `narrow(dim, start,
+/// shape[dim])` of a tensor `base_len` long along `dim`, taken on the
+/// device (a view into a larger storage).
+struct ManyParam {
+    shape: Vec<usize>,
+    dtype: DType,
+    view: Option<(usize, usize, usize)>,
+}
+
+impl ManyParam {
+    fn base_shape(&self) -> Vec<usize> {
+        let mut s = self.shape.clone();
+        if let Some((dim, _, len)) = self.view {
+            s[dim] = len;
+        }
+        s
+    }
+}
+
+/// 40 params: the sizes that exercise the chunking (1, 7, an empty one,
+/// 4097, 300 000 = 5 chunks), an f16 and a bf16 param, an unaligned dense
+/// view (offset 1 element: the kernel's scalar path, stepped in place in
+/// the larger storage) and a strided one (made dense first), then the
+/// shapes of a small net.
+fn many_params() -> Vec<ManyParam> {
+    let p = |shape: &[usize], dtype: DType, view: Option<(usize, usize, usize)>| ManyParam {
+        shape: shape.to_vec(),
+        dtype,
+        view,
+    };
+    let mut v = vec![
+        p(&[1], DType::F32, None),
+        p(&[7], DType::F32, None),
+        p(&[0, 5], DType::F32, None),
+        p(&[4097], DType::F32, None),
+        p(&[300, 1000], DType::F32, None),
+        p(&[4099], DType::F16, None),
+        p(&[70, 1001], DType::BF16, None),
+        p(&[4097], DType::F32, Some((0, 1, 4098))),
+        p(&[20, 20], DType::F32, Some((1, 3, 30))),
+    ];
+    let net: [&[usize]; 6] = [
+        &[64, 3, 3, 3],
+        &[64],
+        &[128, 64, 1, 1],
+        &[128],
+        &[10, 128],
+        &[10],
+    ];
+    for i in 0..40 - v.len() {
+        v.push(p(net[i % net.len()], DType::F32, None));
+    }
+    v
+}
+
+/// Which outputs of a many-param run a case compares.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    /// The f32 params and every momentum buffer.
+    F32,
+    /// The value of the one param of this dtype.
+    Param(DType),
+}
+
+/// `opt` stepped once per entry of `grads` on [`many_params`] holding
+/// `values` (the base tensors) on `device`: the outputs `keep` selects.
+fn run_many(
+    mut opt: Sgd,
+    values: &[Tensor],
+    grads: &[Vec<Tensor>],
+    device: Device,
+    keep: Keep,
+) -> Result<Outputs> {
+    let spec = many_params();
+    let params: Vec<Param> = spec
+        .iter()
+        .zip(values)
+        .enumerate()
+        .map(|(i, (s, v))| {
+            let base = v.to_device(device)?;
+            let value = match s.view {
+                Some((dim, start, _)) => base.narrow(dim, start, s.shape[dim])?,
+                None => base,
+            };
+            Param::new(format!("many.{i:02}"), value, s.shape.len() == 1)
+        })
+        .collect::<Result<_>>()?;
+    for step in grads {
+        for (p, g) in params.iter().zip(step) {
+            p.set_grad(Some(g.to_device(device)?));
+        }
+        opt.step(&params)?;
+    }
+    let mut out: Outputs = params
+        .iter()
+        .zip(&spec)
+        .filter(|(_, s)| match keep {
+            Keep::F32 => s.dtype == DType::F32,
+            Keep::Param(d) => s.dtype == d,
+        })
+        .map(|(p, _)| (p.name().to_string(), p.get()))
+        .collect();
+    if keep == Keep::F32 {
+        out.extend(opt.state());
+    }
+    Ok(out)
+}
+
+/// The many-param cases (see the module doc).
+fn many_cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    let spec = many_params();
+    for (momentum, nesterov, exclude) in
+        [(0.9, false, false), (0.9, true, true), (0.0, false, true)]
+    {
+        let draw = |rng: &mut Rng, base: bool, std: f64| -> Vec<Tensor> {
+            spec.iter()
+                .map(|s| {
+                    let shape = if base {
+                        s.base_shape()
+                    } else {
+                        s.shape.clone()
+                    };
+                    Tensor::randn(&shape, 0.0, std, s.dtype, rng)
+                })
+                .collect()
+        };
+        let values = Rc::new(draw(rng, true, 1.0));
+        let grads: Rc<Vec<Vec<Tensor>>> = Rc::new((0..3).map(|_| draw(rng, false, 0.5)).collect());
+        let label = format!(
+            "40 params (1 to 300000 elements, f16, bf16, views), 3 steps, momentum {momentum}{}{}",
+            if nesterov { ", nesterov" } else { "" },
+            if exclude { ", no wd on 1-d" } else { "" }
+        );
+        for (keep, dtype, what) in [
+            (Keep::F32, DType::F32, "f32 params and momentum"),
+            (Keep::Param(DType::F16), DType::F16, "the f16 param"),
+            (Keep::Param(DType::BF16), DType::BF16, "the bf16 param"),
+        ] {
+            let (values, grads) = (values.clone(), grads.clone());
+            let run = move |device: Device| -> Result<Outputs> {
+                let opt = Sgd::new(0.1, momentum, 1e-4)
+                    .with_nesterov(nesterov)
+                    .with_exclude_no_wd(exclude);
+                run_many(opt, &values, &grads, device, keep)
+            };
+            out.push(Case {
+                op: "sgd_step_many",
+                dtype,
+                label: format!("{label}: {what}"),
+                threshold: None,
+                run: Box::new(run),
+            });
+        }
     }
 }
 
@@ -146,4 +312,5 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         };
         out.push(case(label.into(), run, "amp_step"));
     }
+    many_cases(rng, out);
 }

@@ -53,7 +53,7 @@ fn unscale_writes_each_gradient_and_reports_overflow() {
 fn parity_cases_run_on_the_cpu_reproducibly() {
     let mut cases = Vec::new();
     parity::cases(&mut crate::Rng::new(5), &mut cases);
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 15);
     for c in &cases {
         let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
         assert_eq!(a.len(), b.len());
@@ -64,9 +64,9 @@ fn parity_cases_run_on_the_cpu_reproducibly() {
             assert_eq!(bits(&x), bits(&y), "{} {} {n}", c.op, c.label);
         }
     }
-    // the overflow case (the last) skips the step and halves the scale
-    let overflow = cases.last().unwrap();
-    assert_eq!(overflow.op, "amp_step");
+    // the overflow case (the last AMP one) skips the step and halves the scale
+    let overflow = cases.iter().rfind(|c| c.op == "amp_step").unwrap();
+    assert!(overflow.label.contains("inf"));
     let out = (overflow.run)(Device::Cpu).unwrap();
     let get = |name: &str| {
         out.iter()
@@ -77,4 +77,109 @@ fn parity_cases_run_on_the_cpu_reproducibly() {
             .unwrap()
     };
     assert_eq!((get("stepped"), get("scale_after")), (0.0, 512.0));
+}
+
+/// Params of mixed sizes (one empty) and dtypes, with fresh gradients.
+fn mixed_params(rng: &mut crate::Rng) -> Vec<Param> {
+    use crate::DType;
+    let spec: [(&[usize], DType); 8] = [
+        (&[1], DType::F32),
+        (&[7], DType::F32),
+        (&[0, 3], DType::F32),
+        (&[4097], DType::F32),
+        (&[3, 100, 11], DType::F32),
+        (&[33], DType::F16),
+        (&[5, 9], DType::BF16),
+        (&[6], DType::F64),
+    ];
+    spec.iter()
+        .enumerate()
+        .map(|(i, (shape, dt))| {
+            let v = Tensor::randn(shape, 0.0, 1.0, *dt, rng);
+            Param::new(format!("p{i}"), v, i.is_multiple_of(3)).unwrap()
+        })
+        .collect()
+}
+
+fn bits(t: &Tensor) -> Vec<u64> {
+    t.to_vec_f64()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+#[test]
+fn sgd_step_many_is_the_per_param_step_bit_for_bit() {
+    let mut rng = crate::Rng::new(11);
+    let (many, one) = (
+        mixed_params(&mut rng),
+        mixed_params(&mut crate::Rng::new(11)),
+    );
+    let hyper = |p: &Param, momentum: f64, nesterov: bool| SgdHyper {
+        lr: 0.1,
+        momentum,
+        dampening: if nesterov { 0.0 } else { 0.25 },
+        // decay excluded for the no_weight_decay params
+        weight_decay: if p.no_weight_decay() { 0.0 } else { 1e-2 },
+        nesterov,
+    };
+    for (momentum, nesterov) in [(0.9, false), (0.9, true), (0.0, false)] {
+        let mut bufs_many: Vec<Option<Tensor>> = many.iter().map(|_| None).collect();
+        let mut bufs_one: Vec<Option<Tensor>> = one.iter().map(|_| None).collect();
+        // first step (momentum created), then two with momentum
+        for step in 0..3 {
+            let grads: Vec<Tensor> = many
+                .iter()
+                .map(|p| {
+                    let v = p.get();
+                    Tensor::randn(v.dims(), 0.0, 0.5, v.dtype(), &mut rng)
+                })
+                .collect();
+            let mut items: Vec<SgdItem<'_>> = many
+                .iter()
+                .zip(&grads)
+                .zip(bufs_many.iter_mut())
+                .map(|((p, g), m)| SgdItem {
+                    p,
+                    g,
+                    m,
+                    h: hyper(p, momentum, nesterov),
+                })
+                .collect();
+            Cpu.sgd_step_many(&mut items).unwrap();
+            for ((p, g), m) in one.iter().zip(&grads).zip(bufs_one.iter_mut()) {
+                Cpu.sgd_step(p, g, m, &hyper(p, momentum, nesterov))
+                    .unwrap();
+            }
+            for (i, (a, b)) in many.iter().zip(&one).enumerate() {
+                let what = format!("momentum {momentum} nesterov {nesterov} step {step} p{i}");
+                assert_eq!(a.get().dtype(), b.get().dtype(), "{what}");
+                assert_eq!(bits(&a.get()), bits(&b.get()), "{what}");
+                match (&bufs_many[i], &bufs_one[i]) {
+                    (Some(x), Some(y)) => assert_eq!(bits(x), bits(y), "{what} momentum"),
+                    (None, None) => assert_eq!(momentum, 0.0, "{what}"),
+                    _ => panic!("{what}: one has momentum, the other not"),
+                }
+            }
+        }
+    }
+    // an error (a gradient of another dtype) names the op and leaves that
+    // param and its momentum as they were
+    let p = param(&[1.0, 2.0]);
+    let g = Tensor::from_vec(vec![1u8, 2], &[2]).unwrap();
+    let mut m = None;
+    let before = bits(&p.get());
+    let h = hyper(&p, 0.9, false);
+    let mut items = [SgdItem {
+        p: &p,
+        g: &g,
+        m: &mut m,
+        h,
+    }];
+    assert!(Cpu.sgd_step_many(&mut items).is_err());
+    assert_eq!(bits(&p.get()), before);
+    assert!(m.is_none());
+    // no items: nothing to do
+    assert!(Cpu.sgd_step_many(&mut []).is_ok());
 }
