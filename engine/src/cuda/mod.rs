@@ -33,6 +33,7 @@ mod probe;
 pub mod runtime;
 pub mod storage;
 pub mod tensor;
+mod upload_ring;
 
 pub use allocator::{AllocatorStats, Backend, CachingAllocator, Pool, StreamId};
 pub use probe::{probe, resolve_device, CudaInfo};

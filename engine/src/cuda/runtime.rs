@@ -1,5 +1,6 @@
 //! One GPU's runtime: its context, the one stream every op is queued on, the
-//! kernel library, the caching allocator and a pinned staging buffer.
+//! kernel library, the caching allocator, a pinned staging buffer and a
+//! pinned ring for small uploads that do not wait (`upload_ring.rs`).
 //!
 //! A [`Gpu`] is opened once per ordinal on first use ([`gpu`]) and lives for
 //! the process (like PyTorch's per-device state). Everything runs on one
@@ -17,11 +18,12 @@
 //! the work queued on that stream before the free.
 //!
 //! The engine reads and writes device memory through the bounds-checked
-//! [`DeviceBlock`] methods (`memset`, `upload_at`, `download_at`,
+//! [`DeviceBlock`] methods (`memset`, `upload_queued_at`, `download_at`,
 //! `copy_from`); the raw-address [`Gpu`] calls they wrap are `unsafe`.
 
 use super::allocator::{AllocatorStats, Backend, CachingAllocator, EventId, StreamId};
 use super::probe::{probe, CudaInfo};
+use super::upload_ring::{Spans, MAX_QUEUED_UPLOAD, RING_BYTES};
 use crate::{Device, Error, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
 use kernels::device::KernelLibrary;
@@ -133,7 +135,18 @@ pub struct Gpu {
     pub kernels: KernelLibrary,
     alloc: Mutex<CachingAllocator<DriverBackend>>,
     staging: Mutex<Staging>,
+    ring: Mutex<Ring>,
 }
+
+/// The page-locked ring of [`Gpu::upload_queued`] (allocated on first use)
+/// and its spans in use, each with its event (`sys::CUevent` as usize).
+struct Ring {
+    ptr: *mut u8,
+    spans: Spans<usize>,
+}
+// SAFETY: the buffer and the events are only touched under the Gpu's ring
+// mutex.
+unsafe impl Send for Ring {}
 
 /// The runtime of GPU `ordinal`, opened on first use: the probe's clear
 /// error (missing library, no such GPU) when it cannot be.
@@ -175,6 +188,10 @@ impl Gpu {
             staging: Mutex::new(Staging {
                 ptr: std::ptr::null_mut(),
                 cap: 0,
+            }),
+            ring: Mutex::new(Ring {
+                ptr: std::ptr::null_mut(),
+                spans: Spans::new(RING_BYTES),
             }),
         })
     }
@@ -303,8 +320,8 @@ impl Gpu {
     ///
     /// # Safety
     /// `dst..dst + src.len()` lies inside live allocations of this GPU while
-    /// the call runs (it waits for its copies). [`DeviceBlock::upload_at`]
-    /// is the checked form.
+    /// the call runs (it waits for its copies). [`Gpu::upload_queued`]
+    /// takes this path for large uploads.
     pub unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
@@ -323,6 +340,75 @@ impl Gpu {
             unsafe { result::memcpy_htod_async(at, pinned, self.cu_stream()) }
                 .map_err(|e| self.err("cuMemcpyHtoDAsync", e))?;
             self.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// Host bytes -> device address `dst`, queued on this GPU's stream
+    /// without waiting for it: the bytes are copied into the page-locked
+    /// upload ring first (`upload_ring.rs`), so `src` may be dropped at
+    /// once; work queued after this call sees them. Uploads above
+    /// `MAX_QUEUED_UPLOAD` bytes take the waiting [`Gpu::upload`].
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` lies inside an allocation of this GPU that
+    /// stays live until the queued copy has run (a block freed after this
+    /// call is fine: its reuse is stream-ordered).
+    /// [`DeviceBlock::upload_queued_at`] is the checked form.
+    pub unsafe fn upload_queued(&self, dst: u64, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        if src.len() > MAX_QUEUED_UPLOAD {
+            // SAFETY: the caller's contract (the waiting form needs less).
+            return unsafe { self.upload(dst, src) };
+        }
+        self.bind()?;
+        let mut r = lock(&self.ring);
+        if r.ptr.is_null() {
+            // SAFETY: plain page-locked allocation, kept for the process.
+            let p = unsafe { result::malloc_host(RING_BYTES, 0) }
+                .map_err(|e| self.err("cuMemAllocHost (upload ring)", e))?;
+            r.ptr = p.cast();
+        }
+        // SAFETY (events): every id in the spans came from event::create
+        // below and is destroyed exactly once, when it leaves the spans.
+        let done = |ev: usize| unsafe { result::event::query(ev as sys::CUevent) }.is_ok();
+        for ev in r.spans.retire(done) {
+            let _ = unsafe { result::event::destroy(ev as sys::CUevent) };
+        }
+        let (start, wait) = r.spans.place(src.len());
+        for ev in wait {
+            let waited = unsafe { result::event::synchronize(ev as sys::CUevent) };
+            let _ = unsafe { result::event::destroy(ev as sys::CUevent) };
+            waited.map_err(|e| self.err("cuEventSynchronize (upload ring)", e))?;
+        }
+        // SAFETY: start + src.len() <= RING_BYTES (place keeps spans inside
+        // the ring) and no queued copy reads this span any more (waited).
+        let pinned = unsafe {
+            let at = r.ptr.add(start);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), at, src.len());
+            std::slice::from_raw_parts(at, src.len())
+        };
+        // SAFETY: the caller's contract for dst; the pinned span stays
+        // untouched until the event recorded below has completed.
+        unsafe { result::memcpy_htod_async(dst, pinned, self.cu_stream()) }
+            .map_err(|e| self.err("cuMemcpyHtoDAsync", e))?;
+        let recorded =
+            result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).and_then(|ev| {
+                // SAFETY: a live event and this GPU's stream
+                match unsafe { result::event::record(ev, self.cu_stream()) } {
+                    Ok(()) => Ok(ev),
+                    Err(e) => {
+                        let _ = unsafe { result::event::destroy(ev) };
+                        Err(e)
+                    }
+                }
+            });
+        match recorded {
+            Ok(ev) => r.spans.queued(start, src.len(), ev as usize),
+            // without an event the span cannot be tracked: wait for the copy
+            Err(_) => self.synchronize()?,
         }
         Ok(())
     }
@@ -438,12 +524,14 @@ impl DeviceBlock {
         unsafe { self.gpu.copy(dst, from, bytes) }
     }
 
-    /// Host bytes -> the block from `offset`, after the work queued on the
-    /// GPU's stream; returns when the data has arrived.
-    pub fn upload_at(&self, offset: usize, src: &[u8]) -> Result<()> {
+    /// Host bytes -> the block from `offset`, queued on the GPU's stream
+    /// without waiting (see [`Gpu::upload_queued`]); `src` may be dropped
+    /// at once.
+    pub fn upload_queued_at(&self, offset: usize, src: &[u8]) -> Result<()> {
         let dst = self.range("cuda upload", offset, src.len())?;
-        // SAFETY: the range lies in this block, alive for the call.
-        unsafe { self.gpu.upload(dst, src) }
+        // SAFETY: the range lies in this block, which is not reused before
+        // the queued copy has run (stream-ordered reuse).
+        unsafe { self.gpu.upload_queued(dst, src) }
     }
 
     /// The block's bytes from `offset` -> host, after the work queued on

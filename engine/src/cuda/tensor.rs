@@ -185,7 +185,7 @@ pub fn upload(x: &Tensor, ordinal: usize) -> Result<Tensor> {
     let start = host.layout().offset * size;
     let bytes = &host_bytes(host.storage().cpu("upload")?)[start..start + x.numel() * size];
     let s = alloc(g, x.dtype(), x.numel())?;
-    s.block().upload_at(0, bytes)?;
+    s.block().upload_queued_at(0, bytes)?;
     Ok(Tensor::from_device_parts(
         s,
         Layout {

@@ -18,7 +18,7 @@ impl AugmentOps for Cuda {
         let t = CropTable::new(&b.crops, b.channels, b.size, &b.mean, &job.inv_std)
             .map_err(kerr(OP))?;
         let table = alloc(g, DType::U8, t.bytes.len())?;
-        table.block().upload_at(0, &t.bytes)?;
+        table.block().upload_queued_at(0, &t.bytes)?;
         // a 1-D tensor's default layout is dense; a strided view is copied
         let pixels = crate::cuda::tensor::to_default_layout(pixels)?;
         let out = empty(g, &[b.crops.len(), b.channels, b.size, b.size], b.dtype)?;

@@ -83,7 +83,7 @@ fn upload_levels(
     let v: Vec<i32> = levels.iter().map(|&l| l as i32).collect();
     // int32 has no tensor dtype: a raw block
     let d = gpu.alloc(v.len() * 4)?;
-    d.upload_at(0, bytemuck::cast_slice(&v))?;
+    d.upload_queued_at(0, bytemuck::cast_slice(&v))?;
     Ok(Some(d))
 }
 
@@ -134,7 +134,7 @@ impl DetectionOps for Cuda {
         let per_box: Vec<PasteTaps> = boxes.iter().map(|b| paste_box_taps(b, g)).collect();
         let t = PasteTables::new(&d, &per_box).map_err(kerr(OP))?;
         let tables = alloc(gpu, DType::U8, t.bytes.len())?;
-        tables.block().upload_at(0, &t.bytes)?;
+        tables.block().upload_queued_at(0, &t.bytes)?;
         // [K, 1, Mh, Mw]: one channel, so the default (NHWC) layout is the
         // dense [K, Mh, Mw] the kernel reads
         let masks = to_default_layout(masks)?;
@@ -416,11 +416,11 @@ fn mask_nms(
     let order_i32: Vec<i32> = order.iter().map(|&i| i as i32).collect();
     // int32 has no tensor dtype: a raw block
     let order_dev = g.alloc(k * 4)?;
-    order_dev.upload_at(0, bytemuck::cast_slice(&order_i32))?;
+    order_dev.upload_queued_at(0, bytemuck::cast_slice(&order_i32))?;
     let cats_dev = match cats {
         Some(c) => {
             let d = g.alloc(k * 8)?;
-            d.upload_at(0, bytemuck::cast_slice(c))?;
+            d.upload_queued_at(0, bytemuck::cast_slice(c))?;
             Some(d)
         }
         None => None,

@@ -3,9 +3,8 @@
 //! scaling (kernels/src/families/reduce.cu), all writing device buffers in place.
 //!
 //! Every launch goes on the GPU's one stream; nothing here waits for the
-//! GPU except [`FiniteFlag::read`], a loss-scaled step's one sync, and the
-//! upload of a multi-tensor SGD step's table (`DeviceBlock::upload_at`
-//! returns when the bytes have arrived, after the work queued before it).
+//! GPU except [`FiniteFlag::read`], a loss-scaled step's one sync (the
+//! multi-tensor step's table goes up through the upload ring, queued).
 
 use super::{sgd_step_each, LarsHyper, OptimOps, SgdHyper, SgdItem};
 use crate::backend::Cuda;
@@ -366,7 +365,7 @@ unsafe fn sgd_multi(
         return Ok(());
     }
     let block = gpu.alloc(t.chunks_offset() + t.chunks.len() * SgdChunk::BYTES)?;
-    block.upload_at(0, &t.bytes())?;
+    block.upload_queued_at(0, &t.bytes())?;
     let tensors = block.ptr();
     for (k, l) in t.launches.iter().enumerate() {
         let name = format!("sgd_multi_{}", l.copy.suffix());

@@ -50,7 +50,7 @@ fn resize(src: &Tensor, r: &Resize, backward: bool) -> Result<Tensor> {
     let t = ResizeTables::new(&d, &taps(r.mode, r.h, r.oh), &taps(r.mode, r.w, r.ow))
         .map_err(kerr(op))?;
     let tables = alloc(g, DType::U8, t.bytes.len())?;
-    tables.block().upload_at(0, &t.bytes)?;
+    tables.block().upload_queued_at(0, &t.bytes)?;
     // NHWC: the 4-D GPU default layout, dense
     let src = to_default_layout(src)?;
     let shape = if backward {
