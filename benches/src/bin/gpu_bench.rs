@@ -478,6 +478,31 @@ fn conv(b: &mut Bench) {
 
 // ---- resnet50_train -------------------------------------------------------------
 
+/// ResNet-50 for 1000 classes (with the SL-MLP projector when `mlp`),
+/// initialised from seed 0 on the host, on `device`.
+fn resnet50(mlp: bool, device: Device) -> Result<models::SupervisedNet> {
+    let mut cfg = models::NetConfig::new("resnet50", 1000)?;
+    if mlp {
+        cfg.projector = Some(models::ProjectorConfig::parse("d", 2048)?);
+    }
+    let net = models::SupervisedNet::new(cfg, &mut Rng::new(0))?;
+    engine::nn::Module::to_device(&net, device)?;
+    Ok(net)
+}
+
+/// torch_baselines.py's step: SGD momentum 0.9, wd 1e-4, lr 0.1, no warmup.
+fn bench_options(precision: engine::amp::Precision) -> models::train::TrainOptions {
+    models::train::TrainOptions {
+        steps: 1000,
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        warmup_steps: 0,
+        label_smoothing: 0.0,
+        precision,
+    }
+}
+
 /// The whole ResNet-50 training step (SL and SL-MLP), as torch_baselines.py
 /// times it: batch 256 at 224 px, bf16 compute with f32 master weights, SGD
 /// momentum 0.9, wd 1e-4, inputs already on the GPU (two sets alternated),
@@ -487,8 +512,7 @@ fn conv(b: &mut Bench) {
 /// has no f16 row), to set its speed next to bf16's.
 fn train(b: &mut Bench) {
     use engine::amp::Precision;
-    use models::train::{TrainOptions, Trainer};
-    use models::{NetConfig, ProjectorConfig, SupervisedNet};
+    use models::train::Trainer;
     const N: usize = 256;
     const PX: usize = 224;
     for (variant, precision) in [
@@ -502,26 +526,12 @@ fn train(b: &mut Bench) {
         };
         let key = format!("resnet50_train/{variant}/{mode}");
         b.attempt(&key, 25.0, |b| {
-            let mut cfg = NetConfig::new("resnet50", 1000)?;
-            if variant == "sl_mlp" {
-                cfg.projector = Some(ProjectorConfig::parse("d", 2048)?);
-            }
-            let net = SupervisedNet::new(cfg, &mut Rng::new(0))?;
+            let net = resnet50(variant == "sl_mlp", Device::Cuda(b.g.ordinal))?;
             let params: usize = engine::nn::Module::params(&net)
                 .iter()
                 .map(|p| p.dims().iter().product::<usize>())
                 .sum();
-            engine::nn::Module::to_device(&net, Device::Cuda(b.g.ordinal))?;
-            let opts = TrainOptions {
-                steps: 1000,
-                lr: 0.1,
-                momentum: 0.9,
-                weight_decay: 1e-4,
-                warmup_steps: 0,
-                label_smoothing: 0.0,
-                precision,
-            };
-            let mut trainer = Trainer::new(&net, opts, Default::default());
+            let mut trainer = Trainer::new(&net, bench_options(precision), Default::default());
             let mut sets = Vec::new();
             for i in 0..2 {
                 let x = b.pool.take(&[N, 3, PX, PX], 7 + i)?.to_dtype(DType::F32)?;
@@ -570,8 +580,7 @@ fn train(b: &mut Bench) {
 fn train_with_loader(b: &mut Bench) {
     use engine::amp::Precision;
     use models::data::{InMemory, Loader, LoaderOptions, PixelWork, Transform};
-    use models::train::{TrainOptions, Trainer};
-    use models::{NetConfig, ProjectorConfig, SupervisedNet};
+    use models::train::Trainer;
     const N: usize = 256;
     const PX: usize = 224;
     const IMAGES: usize = 1024;
@@ -607,20 +616,8 @@ fn train_with_loader(b: &mut Bench) {
             opts,
             work,
         )?;
-        let mut cfg = NetConfig::new("resnet50", 1000)?;
-        cfg.projector = Some(ProjectorConfig::parse("d", 2048)?);
-        let net = SupervisedNet::new(cfg, &mut Rng::new(0))?;
-        engine::nn::Module::to_device(&net, device)?;
-        let opts = TrainOptions {
-            steps: 1000,
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            warmup_steps: 0,
-            label_smoothing: 0.0,
-            precision: Precision::Bf16,
-        };
-        let mut trainer = Trainer::new(&net, opts, Default::default());
+        let net = resnet50(true, device)?;
+        let mut trainer = Trainer::new(&net, bench_options(Precision::Bf16), Default::default());
         let (mut epoch, mut batches) = (0, loader.epoch(0, 0));
         let mut last_loss = f64::NAN;
         let t = time_gpu(b.g, 2, 5, 30, 6.0, |_| {

@@ -47,6 +47,23 @@ fn params(values: &[Tensor], device: Device) -> Result<Vec<Param>> {
         .collect()
 }
 
+/// One `opt` step per entry of `grads`, each gradient set on its param
+/// (moved to `device`) first.
+fn step_all(
+    opt: &mut impl Optimizer,
+    params: &[Param],
+    grads: &[Vec<Tensor>],
+    device: Device,
+) -> Result<()> {
+    for step in grads {
+        for (p, g) in params.iter().zip(step) {
+            p.set_grad(Some(g.to_device(device)?));
+        }
+        opt.step(params)?;
+    }
+    Ok(())
+}
+
 /// `opt` stepped once per entry of `grads` on params holding `values`
 /// (on `device`): the params and the optimizer's state afterwards.
 fn run_steps(
@@ -56,12 +73,7 @@ fn run_steps(
     device: Device,
 ) -> Result<Outputs> {
     let params = params(values, device)?;
-    for step in grads {
-        for (p, g) in params.iter().zip(step) {
-            p.set_grad(Some(g.to_device(device)?));
-        }
-        opt.step(&params)?;
-    }
+    step_all(&mut opt, &params, grads, device)?;
     let mut out: Outputs = params
         .iter()
         .map(|p| (p.name().to_string(), p.get()))
@@ -172,12 +184,7 @@ fn run_many(
             Param::new(format!("many.{i:02}"), value, s.shape.len() == 1)
         })
         .collect::<Result<_>>()?;
-    for step in grads {
-        for (p, g) in params.iter().zip(step) {
-            p.set_grad(Some(g.to_device(device)?));
-        }
-        opt.step(&params)?;
-    }
+    step_all(&mut opt, &params, grads, device)?;
     let mut out: Outputs = params
         .iter()
         .zip(&spec)
