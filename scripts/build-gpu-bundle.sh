@@ -7,6 +7,7 @@
 #   slmlp-gpu-train-check  20 bf16 training steps on cuda and cpu; the losses must track
 #   slmlp-gpu-bench        BN+ReLU, copy, GEMM, conv timings on the PyTorch keys
 #   slmlp                  the real binary the train check runs
+#   profile-step.sh        `slmlp profile` of the ResNet-50 bf16 step (a stage)
 #   stages.txt             what tools/gpu/gpu_check.sh runs, with budgets
 #   nvrtc-pack/            NVRTC 13.0 (libnvrtc.so.13, libnvrtc-builtins.so.13.0) and
 #                          the CUDA headers, xz-compressed (33 MB instead of 115 MB)
@@ -131,6 +132,30 @@ if __name__ == "__main__":
 PYEOF
 chmod 755 "$BUNDLE/unpack-nvrtc.py"
 
+# The `profile` stage: `slmlp profile` of the ResNet-50 SL bf16 batch-256 step
+# (docs/PERF.md, "Profile of a training step"), its table and JSON into the
+# stage's folder. The stage runner's --budget-s is the stage's timeout.
+cat > "$BUNDLE/profile-step.sh" <<'SHEOF'
+#!/usr/bin/env bash
+set -euo pipefail
+out=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --out) out=${2:?--out needs a folder}; shift 2 ;;
+        --budget-s) shift 2 ;;
+        *) echo "profile-step.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ -n "$out" ] || { echo "profile-step.sh: --out DIR is required" >&2; exit 2; }
+mkdir -p "$out"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+name=resnet50_sl_bf16_b256_gpu
+"$here/slmlp" profile --method sl --arch resnet50 --width 64 --image-size 224 \
+    --in-channels 3 --classes 1000 --batch 256 --precision bf16 --device cuda \
+    --warmup 3 --steps 10 --top 40 --out "$out/$name.json" | tee "$out/$name.txt"
+SHEOF
+chmod 755 "$BUNDLE/profile-step.sh"
+
 # Budgets for a ~7 minute check (gpu_check.sh --budget-s 420): the budgets are
 # caps; the slmlp stages took about 90 s on the H100 (2026-11-26: unpack 4 s,
 # parity 16 s, each train check 2 s, bench ~60 s with the ResNet-50 steps;
@@ -146,6 +171,7 @@ train32  slmlp-gpu-train-check  30  --precision f32
 train16  slmlp-gpu-train-check  30  --precision f16
 bench    slmlp-gpu-bench        100
 detbench slmlp-gpu-bench        60  --sections maskrcnn
+profile  profile-step.sh        60
 EOF
 
 cat > "$BUNDLE/BUILD_INFO" <<EOF
@@ -155,7 +181,7 @@ EOF
 
 echo
 echo "gpu-bundle: $BUNDLE"
-( cd "$BUNDLE" && du -sh "${BINS[@]}" nvrtc-pack/* stages.txt | sed 's/^/  /' )
+( cd "$BUNDLE" && du -sh "${BINS[@]}" nvrtc-pack/* profile-step.sh stages.txt | sed 's/^/  /' )
 BYTES=$(du -sb "$BUNDLE" | cut -f1)
 MIB=$(( (BYTES + (1 << 20) - 1) >> 20 ))
 echo "bundle size: $MIB MiB (limit $LIMIT_MIB MiB, to stay quick to copy)"
