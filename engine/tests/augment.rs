@@ -7,17 +7,13 @@
 //! reciprocals: a few f32 ulps of values within +-3, so atol 1e-5 and rtol
 //! 1e-5, fixed before the first run.
 
-use engine::checkpoint::load;
 use engine::ops::augment::{crop_resize_normalize, Crop, CropBatch};
 use engine::{DType, Tensor};
-use std::path::PathBuf;
+use testutil::{assert_close, Golden};
 
 fn check(name: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/golden")
-        .join(format!("{name}.safetensors"));
-    let ck = load(&path).unwrap_or_else(|e| panic!("fixture {name}: {e}"));
-    let p: serde_json::Value = serde_json::from_str(&ck.metadata["params"]).expect("params");
+    let fx = Golden::golden(name);
+    let p = fx.meta("params");
     let floats = |k: &str| -> Vec<f32> {
         p[k].as_array()
             .expect(k)
@@ -25,7 +21,7 @@ fn check(name: &str) {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect()
     };
-    let rows = ck.tensors["in.crops"].to_vec::<i64>().unwrap();
+    let rows = fx.get("in.crops").to_vec::<i64>().unwrap();
     let crops: Vec<Crop> = rows
         .chunks(10)
         .map(|r| Crop {
@@ -48,16 +44,11 @@ fn check(name: &str) {
         std: floats("std"),
         dtype: DType::F32,
     };
-    let got = crop_resize_normalize(&ck.tensors["in.pixels"], &b).unwrap();
-    let want = &ck.tensors["out.images"];
+    let got = crop_resize_normalize(fx.get("in.pixels"), &b).unwrap();
+    let want = fx.get("out.images");
     assert_eq!(got.dims(), want.dims(), "{name}");
     let (g, w) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 + 1e-5 * b.abs(),
-            "{name}[{i}]: {a} vs torchvision {b}"
-        );
-    }
+    assert_close(name, &g, &w, 1e-5, 1e-5);
 }
 
 #[test]

@@ -7,21 +7,15 @@
 //! (torch compares in the tensor's dtype): every match and label must be
 //! identical.
 
-use engine::checkpoint::load;
 use engine::ops::detection::{match_boxes, MatchRule};
 use engine::Tensor;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use testutil::Golden;
 
 /// The fixture's tensors and its rules by name.
 fn fixture(name: &str) -> (BTreeMap<String, Tensor>, BTreeMap<String, MatchRule>) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/golden")
-        .join(format!("{name}.safetensors"));
-    let ck = load(&path).unwrap_or_else(|e| panic!("fixture {name}: {e}"));
-    let params: serde_json::Value =
-        serde_json::from_str(&ck.metadata["params"]).expect("params JSON");
-    let rules = params["rules"]
+    let fx = Golden::golden(name);
+    let rules = fx.meta("params")["rules"]
         .as_object()
         .expect("rules")
         .iter()
@@ -34,7 +28,7 @@ fn fixture(name: &str) -> (BTreeMap<String, Tensor>, BTreeMap<String, MatchRule>
             (k.clone(), rule)
         })
         .collect();
-    (ck.tensors, rules)
+    (fx.ck.tensors, rules)
 }
 
 fn i64s(t: &Tensor) -> Vec<i64> {

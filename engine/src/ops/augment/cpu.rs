@@ -74,9 +74,9 @@ pub fn crop_resize_into(
 }
 
 impl AugmentOps for Cpu {
-    fn crop_resize_normalize(&self, pixels: &Tensor, job: &CropJob) -> Result<Tensor> {
+    fn crop_resize_normalize(&self, pixels: &Tensor, job: &CropJob<'_>) -> Result<Tensor> {
         crate::trace::kernel("crop_resize");
-        let b = &job.batch;
+        let b = job.batch;
         let px = pixels.data::<u8>()?;
         let per = b.channels * b.size * b.size;
         let mut out = vec![0f32; b.crops.len() * per];

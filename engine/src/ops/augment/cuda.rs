@@ -9,10 +9,10 @@ use crate::{DType, Result, Tensor};
 use kernels::device::CropTable;
 
 impl AugmentOps for Cuda {
-    fn crop_resize_normalize(&self, pixels: &Tensor, job: &CropJob) -> Result<Tensor> {
+    fn crop_resize_normalize(&self, pixels: &Tensor, job: &CropJob<'_>) -> Result<Tensor> {
         const OP: &str = "crop_resize_normalize";
         crate::trace::kernel("crop_resize");
-        let b = &job.batch;
+        let b = job.batch;
         let g = gpu_of(pixels)?;
         let dt = kdtype(OP, b.dtype)?;
         let t = CropTable::new(&b.crops, b.channels, b.size, &b.mean, &job.inv_std)

@@ -55,8 +55,8 @@ pub struct CropBatch {
 
 /// A checked [`CropBatch`], with each channel's `1 / std` in f32.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CropJob {
-    pub batch: CropBatch,
+pub struct CropJob<'a> {
+    pub batch: &'a CropBatch,
     pub inv_std: Vec<f32>,
 }
 
@@ -64,7 +64,7 @@ pub struct CropJob {
 pub trait AugmentOps: BackendInfo {
     /// `[B, C, size, size]` in `job.batch.dtype` from the u8 `pixels` (1-D,
     /// on this backend), every crop checked against them.
-    fn crop_resize_normalize(&self, pixels: &Tensor, job: &CropJob) -> Result<Tensor> {
+    fn crop_resize_normalize(&self, pixels: &Tensor, job: &CropJob<'_>) -> Result<Tensor> {
         let _ = (pixels, job);
         Err(unsupported(self, OP))
     }
@@ -74,7 +74,7 @@ pub trait AugmentOps: BackendInfo {
 /// every region non-empty and inside its image, every image inside the
 /// pixels, shifts at most the output side, one finite mean and one
 /// positive finite deviation per channel.
-fn check(pixels: &Tensor, b: &CropBatch) -> Result<CropJob> {
+fn check<'a>(pixels: &Tensor, b: &'a CropBatch) -> Result<CropJob<'a>> {
     if pixels.dtype() != DType::U8 || pixels.rank() != 1 {
         return Err(Error::arg(
             OP,
@@ -165,7 +165,7 @@ fn check(pixels: &Tensor, b: &CropBatch) -> Result<CropJob> {
     }
     Ok(CropJob {
         inv_std: b.std.iter().map(|s| 1.0 / s).collect(),
-        batch: b.clone(),
+        batch: b,
     })
 }
 
