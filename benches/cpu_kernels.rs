@@ -6,8 +6,13 @@
 //! of one step of the built-in study's quick model (width 16, batch 128,
 //! 1x28x28: the narrow layers).
 //!
+//! Then the quick model's BatchNorm layers (`quick_bn`): forward and
+//! backward of each BN(+ReLU, +add+ReLU) shape of its step, as GB/s of the
+//! tensor passes they must make against one-core copy bandwidth.
+//!
 //! FLOPs count 2 per multiply-add. `cargo bench -p slmlp-benches --bench cpu_kernels`
-//! (`-- quick_convs` runs only the quick model's table.)
+//! (`-- quick_convs` runs only the quick model's conv table, `-- quick_bn`
+//! only its BatchNorm table.)
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use engine::ops::{gemm, Conv2dParams, MatRef};
@@ -307,18 +312,173 @@ fn quick_convs(_c: &mut Criterion) {
     step_convs("quick w16 b128", &resnet18_layers(128, 1, 28, 16));
 }
 
-/// `-- quick_convs` as the first argument: only the quick model's table.
-fn only_quick() -> bool {
-    std::env::args().skip(1).any(|a| a == "quick_convs")
+// ---- BatchNorm ----
+
+/// Bytes per second of a plain copy on one thread (best of 5 over 64 MiB):
+/// the ceiling of a bandwidth-bound pass on this machine.
+fn copy_bandwidth() -> f64 {
+    static BW: OnceLock<f64> = OnceLock::new();
+    *BW.get_or_init(|| {
+        let n = 16 << 20;
+        let src = vec![1.0f32; n];
+        let mut dst = vec![0.0f32; n];
+        let secs = time(5, || (), |_| dst.copy_from_slice(black_box(&src)));
+        let bw = 2.0 * 4.0 * n as f64 / secs;
+        println!("copy bandwidth (1 thread, read + write): {:.1} GB/s", bw / 1e9);
+        bw
+    })
+}
+
+/// One BatchNorm layer of a step: `count` layers of shape [batch, c, hw, hw]
+/// with `fuse` after the normalisation.
+#[derive(Clone, Copy)]
+struct BnShape {
+    count: usize,
+    batch: usize,
+    c: usize,
+    hw: usize,
+    fuse: engine::ops::Fuse,
+}
+
+impl BnShape {
+    fn elems(&self) -> usize {
+        self.batch * self.c * self.hw * self.hw
+    }
+    /// Tensor passes the op cannot avoid (one read or write of x's size
+    /// each): forward reads x twice (statistics, then normalise) and writes
+    /// y (+ reads the residual); backward reads x and dy for the sums and
+    /// again for dx, writes dx (+ writes the residual's gradient).
+    fn passes(&self) -> (f64, f64) {
+        match self.fuse {
+            engine::ops::Fuse::AddRelu => (4.0, 6.0),
+            _ => (3.0, 5.0),
+        }
+    }
+    fn name(&self) -> String {
+        let f = match self.fuse {
+            engine::ops::Fuse::None => "bn",
+            engine::ops::Fuse::Relu => "bn+relu",
+            engine::ops::Fuse::AddRelu => "bn+add+relu",
+        };
+        format!("{}x {f} {}x{}x{}", self.count, self.c, self.hw, self.hw)
+    }
+}
+
+/// The BatchNorm layers of the quick model's step (CIFAR-stem ResNet-18,
+/// width 16, batch 128, 1x28x28), with their counts.
+fn quick_bn_layers() -> Vec<BnShape> {
+    use engine::ops::Fuse::{AddRelu, None, Relu};
+    let s = |count, c, hw, fuse| BnShape {
+        count,
+        batch: 128,
+        c,
+        hw,
+        fuse,
+    };
+    vec![
+        s(3, 16, 28, Relu),
+        s(2, 16, 28, AddRelu),
+        s(2, 32, 14, Relu),
+        s(2, 32, 14, AddRelu),
+        s(1, 32, 14, None),
+        s(2, 64, 7, Relu),
+        s(2, 64, 7, AddRelu),
+        s(1, 64, 7, None),
+        s(2, 128, 4, Relu),
+        s(2, 128, 4, AddRelu),
+        s(1, 128, 4, None),
+    ]
+}
+
+/// Times forward and backward (gradients of x, weight, bias and the
+/// residual) of every BatchNorm of the quick model's step: one line per
+/// shape, then the sums.
+fn quick_bn(_c: &mut Criterion) {
+    let bw = copy_bandwidth();
+    let line = |name: &str, bytes: f64, secs: f64| {
+        println!(
+            "{name:<40} {:>8.3} ms {:>6.1} GB/s {:>5.1}% of copy",
+            secs * 1e3,
+            bytes / secs / 1e9,
+            100.0 * bytes / secs / bw
+        );
+    };
+    let mut rng = Rng::new(7);
+    let (mut fwd, mut bwd) = (0.0, 0.0);
+    for s in quick_bn_layers() {
+        let dims = [s.batch, s.c, s.hw, s.hw];
+        let x = Tensor::randn(&dims, 0.0, 1.0, DType::F32, &mut rng);
+        let res = Tensor::randn(&dims, 0.0, 1.0, DType::F32, &mut rng);
+        let gy = Tensor::randn(&dims, 0.0, 1.0, DType::F32, &mut rng);
+        let w = Tensor::randn(&[s.c], 0.0, 1.0, DType::F32, &mut rng);
+        let b = Tensor::randn(&[s.c], 0.0, 1.0, DType::F32, &mut rng);
+        let (rm, rv) = (Tensor::zeros(&[s.c], DType::F32), Tensor::ones(&[s.c], DType::F32));
+        let run = |x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor| {
+            let a = engine::ops::BatchNormArgs {
+                weight: w,
+                bias: b,
+                running_mean: &rm,
+                running_var: &rv,
+                training: true,
+                momentum: 0.1,
+                eps: 1e-5,
+            };
+            match s.fuse {
+                engine::ops::Fuse::None => x.batch_norm(&a),
+                engine::ops::Fuse::Relu => x.batch_norm_relu(&a),
+                engine::ops::Fuse::AddRelu => x.batch_norm_add_relu(res, &a),
+            }
+            .unwrap()
+            .out
+        };
+        let f = time(5, || (), |_| run(&x, &w, &b, &res));
+        let grad = |t: &Tensor| t.requires_grad_().unwrap();
+        let bk = time(
+            5,
+            || run(&grad(&x), &grad(&w), &grad(&b), &grad(&res)),
+            |y| y.backward_with(gy.clone()).unwrap(),
+        );
+        let (pf, pb) = s.passes();
+        let bytes = 4.0 * s.elems() as f64;
+        line(&format!("{} fwd", s.name()), pf * bytes, f);
+        line(&format!("{} bwd", s.name()), pb * bytes, bk);
+        let n = s.count as f64;
+        fwd += n * f;
+        bwd += n * bk;
+    }
+    println!(
+        "quick w16 b128: all BatchNorms of a train step {:.1} ms (forward {:.1}, backward {:.1})",
+        (fwd + bwd) * 1e3,
+        fwd * 1e3,
+        bwd * 1e3
+    );
+}
+
+/// Whether the first argument names one table (`quick_convs`, `quick_bn`):
+/// then only that one runs.
+fn only(table: &str) -> bool {
+    std::env::args().skip(1).any(|a| a == table)
 }
 
 fn full(c: &mut Criterion) {
-    if !only_quick() {
+    if !only("quick_convs") && !only("quick_bn") {
         bench_gemm(c);
         bench_conv(c);
         resnet18_convs(c);
     }
 }
 
-criterion_group!(benches, full, quick_convs);
+fn quick_convs_table(c: &mut Criterion) {
+    if !only("quick_bn") {
+        quick_convs(c);
+    }
+}
+
+fn quick_bn_table(c: &mut Criterion) {
+    if !only("quick_convs") {
+        quick_bn(c);
+    }
+}
+
+criterion_group!(benches, full, quick_convs_table, quick_bn_table);
 criterion_main!(benches);

@@ -867,3 +867,74 @@ fn losses_give_no_gradient_to_targets() {
     assert!(x.grad().is_some());
     assert!(t.grad().is_none());
 }
+
+/// BN+ReLU's backward recomputes the ReLU mask from x instead of reading its
+/// output: the fused op must equal batch_norm then relu bit for bit, in
+/// every float dtype, where many outputs are zero or, in f16, underflow
+/// (tiny weights), in training and eval, on [N, C] and on planes.
+#[test]
+fn bn_relu_equals_bn_then_relu_bitwise() {
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        for (shape, training) in [
+            (&[64usize, 8][..], true),
+            (&[8, 6, 5, 7][..], true),
+            (&[8, 6, 5, 7][..], false),
+            (&[4, 16, 24, 24][..], true),
+        ] {
+            let c = shape[1];
+            let mut rng = Rng::new(c as u64 + shape.len() as u64);
+            let x = Tensor::randn(shape, 0.1, 1.0, dtype, &mut rng);
+            let g = Tensor::randn(shape, 0.0, 1.0, dtype, &mut rng);
+            // half the channels with weights near f16's smallest normals:
+            // their products round to zero or to subnormals
+            let w: Vec<f64> = (0..c)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        3e-6 * (i + 1) as f64
+                    } else {
+                        0.5 + i as f64
+                    }
+                })
+                .collect();
+            let w = Tensor::from_vec(w, &[c]).unwrap().to_dtype(dtype).unwrap();
+            let p = params(c, dtype, 7);
+            let run = |fused: bool| {
+                let (xg, wg, bg) = (
+                    x.requires_grad_().unwrap(),
+                    w.requires_grad_().unwrap(),
+                    p[1].requires_grad_().unwrap(),
+                );
+                let a = bn_args(&wg, &bg, &p[2], &p[3], training);
+                let y = if fused {
+                    xg.batch_norm_relu(&a).unwrap().out
+                } else {
+                    xg.batch_norm(&a).unwrap().out.relu().unwrap()
+                };
+                y.backward_with(g.clone()).unwrap();
+                [
+                    y,
+                    xg.grad().unwrap(),
+                    wg.grad().unwrap(),
+                    bg.grad().unwrap(),
+                ]
+                .map(|t| t.to_vec_f64().unwrap())
+            };
+            let (fused, plain) = (run(true), run(false));
+            let zeros = fused[0].iter().filter(|&&v| v == 0.0).count();
+            assert!(
+                zeros > fused[0].len() / 3,
+                "{dtype} {shape:?}: {zeros} zeros"
+            );
+            for (k, what) in ["y", "dx", "dweight", "dbias"].iter().enumerate() {
+                let same = fused[k]
+                    .iter()
+                    .zip(&plain[k])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{dtype} {shape:?} training={training}: {what} differs"
+                );
+            }
+        }
+    }
+}
