@@ -8,7 +8,9 @@
 pub use crate::library::{open, DevPtr, Dtype, KernelLibrary};
 
 pub use crate::families::augment::{CropRecord, CropTable};
-pub use crate::families::batchnorm::{bn_workspace_floats, BnBackward, BnForward};
+pub use crate::families::batchnorm::{
+    bn_bwd_workspace_floats, bn_fwd_workspace_floats, BnBackward, BnForward,
+};
 pub use crate::families::bn1d_relu::{Bn1dBackward, Bn1dForward};
 pub use crate::families::copy::{StridedPair, StridedView, COPY_MAX_RANK};
 pub use crate::families::elementwise::{BcastView, Binary, Unary, BCAST_MAX_RANK};

@@ -1,11 +1,13 @@
 // batchnorm.cu — BatchNorm over NHWC activations, plain and fused with ReLU
 // and with residual-add + ReLU: training forward, eval forward, backward.
 //
-// Contract (engine/src/ops/batchnorm.rs is the reference): x is viewed as
+// Contract (engine/src/ops/batchnorm/cpu.rs is the reference): x is viewed as
 // [M, C] with M = N*H*W and C innermost. Statistics are per channel over all
 // M rows; the biased variance normalises, the unbiased one (M/(M-1)) feeds
-// running_var; running = (1-momentum)*running + momentum*batch. Statistics,
-// weight, bias and running buffers are f32 whatever the data dtype.
+// running_var; new running = (1-momentum)*old running + momentum*batch,
+// read from the old buffers and written to separate new ones (the op is
+// functional: it never writes its inputs). Statistics, weight, bias and
+// running buffers are f32 whatever the data dtype.
 //
 // Why this shape: in NHWC a channel's values are strided by C, so one
 // thread per channel would read uncoalesced. A block is (blockDim.x channel
@@ -18,19 +20,36 @@
 // rows. Moments are shifted by each channel's first value x[0, c], which
 // removes the E[x^2]-E[x]^2 cancellation for channels with |mean| >> std.
 //
-// Forward (training):  bn_fwd_stats -> bn_fwd_finalize -> bn_fwd_apply
+// Passes over the [M, C] tensors (the per-channel kernels touch [C] only):
+// Forward (training):  bn_fwd_stats (read x) -> bn_fwd_finalize ->
+//                      bn_fwd_apply (read x [+ residual], write y)
 // Forward (eval):      bn_eval_prepare -> bn_fwd_apply
-// Backward:            bn_bwd_reduce -> bn_bwd_finalize -> bn_bwd_dx
-// With dy' = dy zeroed where out <= 0 for the ReLU variants (dy otherwise):
+// Backward:            bn_bwd_reduce (read x, dy [+ out]; [write dresidual])
+//                      -> bn_bwd_finalize -> bn_bwd_dx (read x, dy [+ out], write dx)
+// The forward saves mean, invstd and scale = invstd*weight (f32 [C]) for
+// the backward. With dy' = dy zeroed where the ReLU's output is <= 0 (dy
+// for plain BN):
 //   dweight = sum(dy' * xhat), dbias = sum(dy'),
 //   dx = (w*invstd/M) * (M*dy' - sum(dy') - xhat*sum(dy'*xhat))
 //      = a*dy' + k*(x - mean) + b  per channel (k = b = 0 in eval),
 //   dresidual = dy' (written by bn_bwd_reduce, which already computes it).
+// The ReLU mask: BN+ReLU (relu = 1) recomputes it from x, mean, scale and
+// bias exactly as bn_apply_body computed y (relu_mask_recomputed), so the
+// backward never reads y: 5 tensor passes (reduce: x, dy; dx: x, dy, dx)
+// instead of 7. add+ReLU reads the forward output `out` (its mask needs the
+// residual, which is not saved; reading out costs the same); bn_bwd_dx then
+// reads the masked gradient the reduce wrote to dresidual instead of dy and
+// out.
+// The elementwise passes walk the tensor from its end towards its start
+// (bn_apply_body explains why: L2 reuse of the reduction's last reads).
 // Every output here OVERWRITES its buffer (dweight/dbias included): the
 // engine's autograd sums gradients of shared parameters itself. Outputs
-// never alias inputs (pointers are __restrict__): y != x, dx != dy.
-// Workspace: f32 [2][C][S] partials (+ per-channel scale forward, the 3*C
-// dx coefficients backward), sized by kernels::device::bn_workspace_floats.
+// never alias inputs (pointers are __restrict__): y != x, dx != dy, new
+// running statistics != old ones.
+// Workspace (f32, kernels/src/families/batchnorm.rs): forward training
+// [2][C][S] partials (bn_fwd_workspace_floats; eval needs none); backward
+// the partials rounded up to 16 bytes, then the 3*C dx coefficients
+// (bn_bwd_workspace_floats).
 #include "common.cuh"
 
 // After column_sum2 of channel group c0: the block's column totals into
@@ -102,17 +121,17 @@ __device__ __forceinline__ void bn_fwd_stats(const T* x, i64 M, int C, float* pa
 }
 
 // One warp per channel sums the S partials in double. Launch: block 256
-// (8 channels), grid ceil(C / 8). weight may be null (scale = invstd);
-// running_* may be null (not tracked).
+// (8 channels), grid ceil(C / 8). weight may be null (scale = invstd).
+// running_mean_out/running_var_out null: running statistics not tracked;
+// otherwise the new ones are computed from running_mean_in/running_var_in
+// (all four non-null, the outputs separate buffers).
 template <typename T>
-__device__ __forceinline__ void bn_fwd_finalize(const T* __restrict__ x,
-                                                const float* __restrict__ partial, int S, i64 M,
-                                                int C, const float* __restrict__ weight,
-                                                float momentum, float eps, float* __restrict__ mean,
-                                                float* __restrict__ invstd,
-                                                float* __restrict__ scale,
-                                                float* __restrict__ running_mean,
-                                                float* __restrict__ running_var) {
+__device__ __forceinline__ void bn_fwd_finalize(
+    const T* __restrict__ x, const float* __restrict__ partial, int S, i64 M, int C,
+    const float* __restrict__ weight, float momentum, float eps, float* __restrict__ mean,
+    float* __restrict__ invstd, float* __restrict__ scale,
+    const float* __restrict__ running_mean_in, const float* __restrict__ running_var_in,
+    float* __restrict__ running_mean_out, float* __restrict__ running_var_out) {
     double s, q;
     const int c = sum_partials(partial, S, C, s, q);
     if (c >= C || (threadIdx.x & 31) != 0) return;
@@ -124,11 +143,11 @@ __device__ __forceinline__ void bn_fwd_finalize(const T* __restrict__ x,
     mean[c] = (float)mu_x;
     invstd[c] = (float)is;
     scale[c] = (float)(is * (weight ? (double)weight[c] : 1.0));
-    if (running_mean) {
+    if (running_mean_out) {
         const double mo = (double)momentum;
-        running_mean[c] = (float)((1.0 - mo) * (double)running_mean[c] + mo * mu_x);
+        running_mean_out[c] = (float)((1.0 - mo) * (double)running_mean_in[c] + mo * mu_x);
         const double unbiased = M > 1 ? var * m / (m - 1.0) : var;
-        running_var[c] = (float)((1.0 - mo) * (double)running_var[c] + mo * unbiased);
+        running_var_out[c] = (float)((1.0 - mo) * (double)running_var_in[c] + mo * unbiased);
     }
 }
 
@@ -146,6 +165,25 @@ bn_eval_prepare(const float* __restrict__ running_mean, const float* __restrict_
     }
 }
 
+// Walk order. Every elementwise pass here follows a column reduction over
+// the same tensor (bn_fwd_stats before bn_fwd_apply, bn_bwd_reduce before
+// bn_bwd_dx) and the tensors (50-400 MB at ResNet-50 batch 256) outgrow the
+// L2 (50 MB on H100/H200), so only what the reduction read LAST is still in
+// L2 when the elementwise pass starts. The reduction reads upwards: each row
+// lane walks r = blockIdx.y*by + threadIdx.y, then + S*by, ... (the unrolled
+// loop only issues a few of those increasing rows' loads together), and the
+// block scheduler dispatches blocks in increasing linear index (observed,
+// not promised), so when its grid is larger than one resident wave the last
+// blocks to run are those of the highest blockIdx.y, whose rows also end at
+// the top. Its final reads are therefore the highest rows. The elementwise pass maps grid-stride index i
+// to pack packs-1-i, so its earliest packs are the tensor's last ones: it
+// meets those lines before its own traffic evicts them (walking from the
+// start, it would first read the rows read longest ago, missing, and evict
+// the recent ones on the way). When the elementwise grid is itself several
+// waves, each wave sweeps its share of every grid-stride chunk downwards and
+// only the first starts at the very end; the order is a heuristic for speed
+// only: every element is computed exactly as before, results are identical.
+// Warps still read contiguous 32-pack ranges (in descending order).
 template <typename T, int V>
 __device__ __forceinline__ void bn_apply_body(const T* __restrict__ x, const T* __restrict__ res,
                                               const float* __restrict__ mean,
@@ -155,7 +193,7 @@ __device__ __forceinline__ void bn_apply_body(const T* __restrict__ x, const T* 
     const i64 n = M * C, packs = n / V;
     const bool small = n <= 0xffffffffll;
     for (i64 i = grid_start(); i < packs; i += grid_stride()) {
-        const i64 e = i * V;
+        const i64 e = (packs - 1 - i) * V;  // from the end: see above
         const int c = channel_of(e, C, small);
         float v[V], m[V], k[V], b[V];
         load_f32<T, V>(x + e, v);
@@ -198,28 +236,51 @@ __device__ __forceinline__ void bn_fwd_apply(const T* x, const T* res, const flo
 
 // --------------------------------------------------------------- backward
 
+// BN+ReLU's dy' without the forward output: y's pre-activation recomputed
+// from x as bn_apply_body computed it (fmaf(x - mean, scale, bias) in f32,
+// with the same saved mean and scale, the same bias and the same null
+// defaults), rounded to T as store_f32 rounded y and widened back, then
+// masked as relu_grad_f masks by y. This is y's mask bit for bit: for
+// p <= 0, y = T(relu(p)) is +-0 and T(p) <= 0 (rounding keeps the sign);
+// for p > 0, y = T(p) exactly (0 when a tiny p underflows f16, which the
+// round trip reproduces); a NaN p gives a NaN y and a NaN T(p), both let dy
+// through. f32: T(p) = p.
 template <typename T, int V>
-__device__ __forceinline__ void bn_bwd_reduce_body(const T* __restrict__ x,
-                                                   const T* __restrict__ dy,
-                                                   const T* __restrict__ out,
-                                                   T* __restrict__ dres,
-                                                   const float* __restrict__ mean, i64 M, int C,
-                                                   float* __restrict__ partial, float* sha,
-                                                   float* shb) {
+__device__ __forceinline__ void relu_mask_recomputed(const float (&v)[V], const float (&m)[V],
+                                                     const float (&k)[V], const float (&b)[V],
+                                                     float (&g)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        const float y = to_f32(from_f32<T>(fmaf(v[j] - m[j], k[j], b[j])));
+        g[j] = relu_grad_f(y, g[j]);
+    }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void bn_bwd_reduce_body(
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ out,
+    T* __restrict__ dres, const float* __restrict__ mean, const float* __restrict__ scale,
+    const float* __restrict__ bias, int relu, i64 M, int C, float* __restrict__ partial,
+    float* sha, float* shb) {
     const int bx = blockDim.x, by = blockDim.y, S = gridDim.y;
     for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
         const int c = c0 + threadIdx.x * V;
         float s[V] = {}, q[V] = {};
         if (c < C) {
-            float m[V];
+            // A lane keeps its channels for all its rows: the per-channel
+            // operands are loaded once.
+            float m[V], k[V], b[V];
             load_param<V>(mean, c, m, 0.0f);
+            load_param<V>(relu ? scale : nullptr, c, k, 1.0f);
+            load_param<V>(relu ? bias : nullptr, c, b, 0.0f);
 #pragma unroll 2
             for (i64 r = (i64)blockIdx.y * by + threadIdx.y; r < M; r += (i64)S * by) {
                 const i64 e = r * C + c;
                 float g[V], v[V];
                 relu_grad<T, V>(dy, out, out != nullptr, e, g);
-                if (dres) store_f32<T, V>(dres + e, g);
                 load_f32<T, V>(x + e, v);
+                if (relu) relu_mask_recomputed<T, V>(v, m, k, b, g);
+                if (dres) store_f32<T, V>(dres + e, g);
                 add_grad_moments<V>(g, v, m, s, q);
             }
         }
@@ -228,21 +289,28 @@ __device__ __forceinline__ void bn_bwd_reduce_body(const T* __restrict__ x,
     }
 }
 
-// Per-channel sum(dy') and sum(dy' * (x - mean)) partials, dy' = dy masked
-// where out <= 0 when out is given (ReLU variants; null: plain BN). dres, when
-// given, receives dy' (the residual's gradient of the add+ReLU variant).
-// Launch: as bn_fwd_stats.
+// Per-channel sum(dy') and sum(dy' * (x - mean)) partials. dy' is dy masked
+// by the ReLU: where out <= 0 when out is given (add+ReLU), where the
+// recomputed pre-activation is <= 0 when relu (BN+ReLU: scale as saved by
+// the forward, bias may be null; out must be null then); dy itself for
+// plain BN (out null, relu 0). dres, when given, receives dy' (the
+// residual's gradient of the add+ReLU variant). Launch: as bn_fwd_stats.
 template <typename T>
 __device__ __forceinline__ void bn_bwd_reduce(const T* x, const T* dy, const T* out, T* dres,
-                                              const float* mean, i64 M, int C, float* partial) {
+                                              const float* mean, const float* scale,
+                                              const float* bias, int relu, i64 M, int C,
+                                              float* partial) {
     __shared__ float sha[SLMLP_BLOCK * SLMLP_PACK];
     __shared__ float shb[SLMLP_BLOCK * SLMLP_PACK];
     const bool vec = C % SLMLP_PACK == 0 && aligned16(x) && aligned16(dy) &&
-                     (!out || aligned16(out)) && (!dres || aligned16(dres)) && aligned16(mean);
+                     (!out || aligned16(out)) && (!dres || aligned16(dres)) && aligned16(mean) &&
+                     (!relu || (aligned16(scale) && (!bias || aligned16(bias))));
     if (vec) {
-        bn_bwd_reduce_body<T, SLMLP_PACK>(x, dy, out, dres, mean, M, C, partial, sha, shb);
+        bn_bwd_reduce_body<T, SLMLP_PACK>(x, dy, out, dres, mean, scale, bias, relu, M, C,
+                                          partial, sha, shb);
     } else {
-        bn_bwd_reduce_body<T, 1>(x, dy, out, dres, mean, M, C, partial, sha, shb);
+        bn_bwd_reduce_body<T, 1>(x, dy, out, dres, mean, scale, bias, relu, M, C, partial, sha,
+                                 shb);
     }
 }
 
@@ -268,17 +336,26 @@ template <typename T, int V>
 __device__ __forceinline__ void bn_dx_body(const T* __restrict__ x, const T* __restrict__ dy,
                                            const T* __restrict__ out,
                                            const float* __restrict__ mean,
+                                           const float* __restrict__ scale,
+                                           const float* __restrict__ bias, int relu,
                                            const float* __restrict__ coef, T* __restrict__ dx,
                                            i64 M, int C) {
     const i64 n = M * C, packs = n / V;
     const bool small = n <= 0xffffffffll;
     for (i64 i = grid_start(); i < packs; i += grid_stride()) {
-        const i64 e = i * V;
+        // from the end, as bn_apply_body (why: there)
+        const i64 e = (packs - 1 - i) * V;
         const int c = channel_of(e, C, small);
         float g[V], v[V], m[V], a[V], k[V], b[V];
         relu_grad<T, V>(dy, out, out != nullptr, e, g);
         load_f32<T, V>(x + e, v);
         load_param<V>(mean, c, m, 0.0f);
+        if (relu) {
+            float rk[V], rb[V];
+            load_param<V>(scale, c, rk, 1.0f);
+            load_param<V>(bias, c, rb, 0.0f);
+            relu_mask_recomputed<T, V>(v, m, rk, rb, g);
+        }
         load_param<V>(coef, c, a, 0.0f);
         load_param<V>(coef + C, c, k, 0.0f);
         load_param<V>(coef + 2 * C, c, b, 0.0f);
@@ -288,51 +365,55 @@ __device__ __forceinline__ void bn_dx_body(const T* __restrict__ x, const T* __r
     }
 }
 
-// dx = a*dy' + k*(x - mean) + b. Pass out = null with dy = dres when the
-// reduce already wrote the masked gradient (add+ReLU): one read fewer.
-// Launch: 1-D elementwise, pack 8.
+// dx = a*dy' + k*(x - mean) + b, dy' as bn_bwd_reduce forms it (out, relu,
+// scale, bias: the same meaning). Pass out = null, relu = 0 with
+// dy = dres when the reduce already wrote the masked gradient (add+ReLU):
+// one read fewer. Launch: 1-D elementwise, pack 8.
 template <typename T>
 __device__ __forceinline__ void bn_bwd_dx(const T* x, const T* dy, const T* out,
-                                          const float* mean, const float* coef, T* dx, i64 M,
-                                          int C) {
+                                          const float* mean, const float* scale,
+                                          const float* bias, int relu, const float* coef, T* dx,
+                                          i64 M, int C) {
     const bool vec = C % SLMLP_PACK == 0 && aligned16(x) && aligned16(dy) &&
                      (!out || aligned16(out)) && aligned16(dx) && aligned16(mean) &&
-                     aligned16(coef);
+                     aligned16(coef) &&
+                     (!relu || (aligned16(scale) && (!bias || aligned16(bias))));
     if (vec) {
-        bn_dx_body<T, SLMLP_PACK>(x, dy, out, mean, coef, dx, M, C);
+        bn_dx_body<T, SLMLP_PACK>(x, dy, out, mean, scale, bias, relu, coef, dx, M, C);
     } else {
-        bn_dx_body<T, 1>(x, dy, out, mean, coef, dx, M, C);
+        bn_dx_body<T, 1>(x, dy, out, mean, scale, bias, relu, coef, dx, M, C);
     }
 }
 
 // ------------------------------------------------------------ entry points
 
 #define BN_ENTRY_POINTS(T, SFX)                                                                  \
-    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                               \
         bn_fwd_stats_##SFX(const T* x, i64 M, int C, float* partial) {                           \
         bn_fwd_stats<T>(x, M, C, partial);                                                       \
     }                                                                                            \
-    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn_fwd_finalize_##SFX(             \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn_fwd_finalize_##SFX(                        \
         const T* x, const float* partial, int S, i64 M, int C, const float* weight,              \
         float momentum, float eps, float* mean, float* invstd, float* scale,                     \
-        float* running_mean, float* running_var) {                                               \
+        const float* running_mean_in, const float* running_var_in, float* running_mean_out,      \
+        float* running_var_out) {                                                                \
         bn_fwd_finalize<T>(x, partial, S, M, C, weight, momentum, eps, mean, invstd, scale,      \
-                           running_mean, running_var);                                           \
+                           running_mean_in, running_var_in, running_mean_out, running_var_out);  \
     }                                                                                            \
-    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                               \
         bn_fwd_apply_##SFX(const T* x, const T* residual, const float* mean, const float* scale, \
                            const float* bias, T* y, i64 M, int C, int relu) {                    \
         bn_fwd_apply<T>(x, residual, mean, scale, bias, y, M, C, relu);                          \
     }                                                                                            \
-    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
-        bn_bwd_reduce_##SFX(const T* x, const T* dy, const T* out, T* dres, const float* mean,   \
-                            i64 M, int C, float* partial) {                                      \
-        bn_bwd_reduce<T>(x, dy, out, dres, mean, M, C, partial);                                 \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn_bwd_reduce_##SFX(                          \
+        const T* x, const T* dy, const T* out, T* dres, const float* mean, const float* scale,   \
+        const float* bias, int relu, i64 M, int C, float* partial) {                             \
+        bn_bwd_reduce<T>(x, dy, out, dres, mean, scale, bias, relu, M, C, partial);              \
     }                                                                                            \
-    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
-        bn_bwd_dx_##SFX(const T* x, const T* dy, const T* out, const float* mean,                \
-                        const float* coef, T* dx, i64 M, int C) {                                \
-        bn_bwd_dx<T>(x, dy, out, mean, coef, dx, M, C);                                          \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn_bwd_dx_##SFX(                              \
+        const T* x, const T* dy, const T* out, const float* mean, const float* scale,            \
+        const float* bias, int relu, const float* coef, T* dx, i64 M, int C) {                   \
+        bn_bwd_dx<T>(x, dy, out, mean, scale, bias, relu, coef, dx, M, C);                       \
     }
 
 BN_ENTRY_POINTS(float, f32)

@@ -72,14 +72,29 @@ pub fn per_channel(c: usize) -> LaunchShape {
     LaunchShape::new((blocks as u32, 1, 1), (BLOCK_THREADS, 1, 1))
 }
 
-/// Floats of f32 workspace a BatchNorm forward or backward over [M, C]
-/// needs (partials for any pack width, rounded to 16 bytes, + 3*C).
-pub fn bn_workspace_floats(m: usize, c: usize, gpu: &Gpu) -> Result<usize> {
+/// The [2][C][S] partials of bn_fwd_stats / bn_bwd_reduce over [M, C],
+/// for whichever pack width the kernel's own alignment test picks.
+fn partial_floats(m: usize, c: usize, gpu: &Gpu) -> Result<usize> {
     let mut partial = 0;
     for pack in [1, launch::PACK] {
         partial = partial.max(nhwc_channel_reduce(m, c, pack, gpu)?.partial_floats(c));
     }
-    Ok(partial.next_multiple_of(4) + 3 * c)
+    Ok(partial)
+}
+
+/// Floats of f32 workspace a training BatchNorm forward over [M, C] needs:
+/// the partials of bn_fwd_stats, nothing else (mean, invstd and scale are
+/// the caller's outputs). Eval mode needs no workspace.
+pub fn bn_fwd_workspace_floats(m: usize, c: usize, gpu: &Gpu) -> Result<usize> {
+    partial_floats(m, c, gpu)
+}
+
+/// Floats of f32 workspace a BatchNorm backward over [M, C] needs: the
+/// partials of bn_bwd_reduce rounded up to 16 bytes, then the 3*C dx
+/// coefficients of bn_bwd_finalize (16-byte aligned for bn_bwd_dx's vector
+/// loads).
+pub fn bn_bwd_workspace_floats(m: usize, c: usize, gpu: &Gpu) -> Result<usize> {
+    Ok(partial_floats(m, c, gpu)?.next_multiple_of(4) + 3 * c)
 }
 
 /// Operands of a BatchNorm forward over x viewed as [M, C] (NHWC).
@@ -91,14 +106,23 @@ pub struct BnForward {
     /// f32 [C] each; weight/bias may be 0 (no affine).
     pub weight: DevPtr,
     pub bias: DevPtr,
-    /// f32 [C]; training: updated in place (0: not tracked); eval: read.
+    /// f32 [C], only read: in training the old running statistics (read
+    /// when `new_running_*` are given), in eval the statistics used.
     pub running_mean: DevPtr,
     pub running_var: DevPtr,
+    /// Training: f32 [C] outputs, the updated running statistics, separate
+    /// from `running_*` (the op is functional); 0 and 0: not tracked.
+    /// Unused in eval.
+    pub new_running_mean: DevPtr,
+    pub new_running_var: DevPtr,
     pub y: DevPtr,
-    /// f32 [C] outputs saved for backward.
+    /// f32 [C] outputs saved for backward: the statistics used (batch or
+    /// running) and scale = invstd * weight, which y was computed with (the
+    /// BN+ReLU backward recomputes its mask from it).
     pub mean: DevPtr,
     pub invstd: DevPtr,
-    /// f32, `bn_workspace_floats(m, c)` long.
+    pub scale: DevPtr,
+    /// Training: f32, `bn_fwd_workspace_floats(m, c)` long; eval: unused.
     pub workspace: DevPtr,
     pub m: usize,
     pub c: usize,
@@ -108,26 +132,87 @@ pub struct BnForward {
     pub training: bool,
 }
 
+impl BnForward {
+    /// The operand rules a null pointer would break on the device.
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Shape(format!("bn_forward: {what}")));
+        if self.x == 0 || self.y == 0 || self.mean == 0 || self.invstd == 0 || self.scale == 0 {
+            return bad("x, y, mean, invstd and scale are required");
+        }
+        if !self.training {
+            if self.running_mean == 0 || self.running_var == 0 {
+                return bad("eval reads running_mean and running_var: both are required");
+            }
+            return Ok(());
+        }
+        if self.workspace == 0 {
+            return bad("training needs a workspace (bn_fwd_workspace_floats)");
+        }
+        let (nm, nv) = (self.new_running_mean, self.new_running_var);
+        if (nm == 0) != (nv == 0) {
+            return bad("new_running_mean and new_running_var go together");
+        }
+        if nm != 0 && (self.running_mean == 0 || self.running_var == 0) {
+            return bad("new running statistics need the old ones (running_mean, running_var)");
+        }
+        if nm != 0 && (nm == self.running_mean || nv == self.running_var) {
+            return bad("the new running statistics must not be the old buffers");
+        }
+        Ok(())
+    }
+}
+
 /// Operands of the matching backward.
 #[derive(Debug, Clone, Copy)]
 pub struct BnBackward {
     pub x: DevPtr,
     pub dy: DevPtr,
-    /// The forward output y for the ReLU variants (its > 0 mask), else 0.
+    /// add+ReLU: the forward output y (its > 0 mask); else 0.
     pub out: DevPtr,
+    /// BN+ReLU: the mask is recomputed from x, mean, `scale` and `bias`
+    /// exactly as the forward computed y (no read of y); `out` must be 0.
+    pub relu: bool,
     /// add+ReLU: receives the residual's gradient (dy masked); else 0.
     pub dresidual: DevPtr,
     pub mean: DevPtr,
     pub invstd: DevPtr,
+    /// f32 [C]: the forward's saved scale (required when relu, else unused)
+    /// and the bias the forward read (0: none, as in the forward).
+    pub scale: DevPtr,
+    pub bias: DevPtr,
     pub weight: DevPtr,
     pub dx: DevPtr,
     /// f32 [C] or 0 (not needed).
     pub dweight: DevPtr,
     pub dbias: DevPtr,
+    /// f32, `bn_bwd_workspace_floats(m, c)` long.
     pub workspace: DevPtr,
     pub m: usize,
     pub c: usize,
     pub training: bool,
+}
+
+impl BnBackward {
+    /// The operand rules a null pointer would break on the device.
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Shape(format!("bn_backward: {what}")));
+        if self.x == 0 || self.dy == 0 || self.mean == 0 || self.invstd == 0 {
+            return bad("x, dy, mean and invstd are required");
+        }
+        if self.workspace == 0 {
+            return bad("a workspace (bn_bwd_workspace_floats) is required");
+        }
+        if self.relu && self.out != 0 {
+            return bad("one ReLU mask: relu (recomputed) or out (add+ReLU), not both");
+        }
+        if self.relu && self.scale == 0 {
+            return bad("relu recomputes the mask from the forward's scale: it is required");
+        }
+        if self.dresidual != 0 && self.out == 0 {
+            return bad("dresidual (add+ReLU) needs the forward output out");
+        }
+        Ok(())
+    }
 }
 
 impl KernelLibrary {
@@ -143,16 +228,15 @@ impl KernelLibrary {
         dtype: Dtype,
         a: &BnForward,
     ) -> Result<()> {
+        a.check()?;
         let (m, c) = (a.m as i64, to_i32("C", a.c)?);
-        // Shapes mirror the kernels' own vector-path rules (speed only: the
-        // kernels loop, any grid is correct).
-        let stats_pack = launch::pack_width(&[a.x as usize], Some(a.c));
-        let reduce = nhwc_channel_reduce(a.m, a.c, stats_pack, &self.gpu())?;
         let pack = launch::pack_width(&[a.x as usize, a.y as usize], Some(a.c));
-        let ws_floats = bn_workspace_floats(a.m, a.c, &self.gpu())?;
-        let scale = a.workspace + ((ws_floats - 3 * a.c) * 4) as u64;
         let sfx = dtype.suffix();
         if a.training {
+            // Shapes mirror the kernels' own vector-path rules (speed only:
+            // the kernels loop, any grid is correct).
+            let stats_pack = launch::pack_width(&[a.x as usize], Some(a.c));
+            let reduce = nhwc_channel_reduce(a.m, a.c, stats_pack, &self.gpu())?;
             let splits = reduce.splits as i32;
             let f = self.function(&format!("bn_fwd_stats_{sfx}"))?;
             let mut b = stream.launch_builder(&f);
@@ -172,8 +256,11 @@ impl KernelLibrary {
                 .arg(&a.eps)
                 .arg(&a.mean)
                 .arg(&a.invstd)
-                .arg(&scale);
-            b.arg(&a.running_mean).arg(&a.running_var);
+                .arg(&a.scale);
+            b.arg(&a.running_mean)
+                .arg(&a.running_var)
+                .arg(&a.new_running_mean)
+                .arg(&a.new_running_var);
             b.launch(config(channel_finalize(a.c)))
                 .map_err(driver("bn_fwd_finalize"))?;
         } else {
@@ -184,7 +271,7 @@ impl KernelLibrary {
                 .arg(&a.weight)
                 .arg(&a.eps)
                 .arg(&c);
-            b.arg(&a.mean).arg(&a.invstd).arg(&scale);
+            b.arg(&a.mean).arg(&a.invstd).arg(&a.scale);
             b.launch(config(per_channel(a.c)))
                 .map_err(driver("bn_eval_prepare"))?;
         }
@@ -197,7 +284,7 @@ impl KernelLibrary {
         b.arg(&a.x)
             .arg(&a.residual)
             .arg(&a.mean)
-            .arg(&scale)
+            .arg(&a.scale)
             .arg(&a.bias)
             .arg(&a.y);
         b.arg(&m).arg(&c).arg(&relu);
@@ -215,11 +302,13 @@ impl KernelLibrary {
         dtype: Dtype,
         a: &BnBackward,
     ) -> Result<()> {
+        a.check()?;
         let (m, c) = (a.m as i64, to_i32("C", a.c)?);
         let pack = launch::pack_width(&[a.x as usize, a.dy as usize, a.dx as usize], Some(a.c));
         let reduce = nhwc_channel_reduce(a.m, a.c, pack, &self.gpu())?;
-        let ws_floats = bn_workspace_floats(a.m, a.c, &self.gpu())?;
+        let ws_floats = bn_bwd_workspace_floats(a.m, a.c, &self.gpu())?;
         let coef = a.workspace + ((ws_floats - 3 * a.c) * 4) as u64;
+        let relu = a.relu as i32;
         let sfx = dtype.suffix();
 
         let f = self.function(&format!("bn_bwd_reduce_{sfx}"))?;
@@ -228,7 +317,10 @@ impl KernelLibrary {
             .arg(&a.dy)
             .arg(&a.out)
             .arg(&a.dresidual)
-            .arg(&a.mean);
+            .arg(&a.mean)
+            .arg(&a.scale)
+            .arg(&a.bias)
+            .arg(&relu);
         b.arg(&m).arg(&c).arg(&a.workspace);
         b.launch(config(reduce.launch))
             .map_err(driver("bn_bwd_reduce"))?;
@@ -249,7 +341,8 @@ impl KernelLibrary {
         if a.dx == 0 {
             return Ok(());
         }
-        // add+ReLU: the reduce already wrote the masked gradient to dresidual.
+        // add+ReLU: the reduce already wrote the masked gradient to
+        // dresidual (relu is false there).
         let (g, mask) = if a.dresidual != 0 {
             (a.dresidual, 0u64)
         } else {
@@ -264,10 +357,10 @@ impl KernelLibrary {
             .arg(&g)
             .arg(&mask)
             .arg(&a.mean)
-            .arg(&coef)
-            .arg(&a.dx)
-            .arg(&m)
-            .arg(&c);
+            .arg(&a.scale)
+            .arg(&a.bias)
+            .arg(&relu);
+        b.arg(&coef).arg(&a.dx).arg(&m).arg(&c);
         b.launch(config(shape)).map_err(driver("bn_bwd_dx"))?;
         Ok(())
     }
@@ -330,22 +423,155 @@ mod tests {
         assert_eq!(channel_finalize(64).grid.0, 8);
         assert_eq!(channel_finalize(65).grid.0, 9);
         assert_eq!(per_channel(2048).grid.0, 8);
-        // conv5_x: the pack-8 partials are the larger
+        // conv5_x: the pack-8 partials are the larger (264 splits of 8
+        // channel groups; pack 1 has 64 groups, so 2112 / 64 = 33 splits).
+        // The forward needs just them, the backward the 3*C coefficients too
+        // (2*2048*264 is a multiple of 4: no padding).
+        let (m, c) = (256 * 49, 2048);
+        assert_eq!(nhwc_channel_reduce(m, c, 1, &G).unwrap().splits, 33);
+        assert_eq!(bn_fwd_workspace_floats(m, c, &G).unwrap(), 2 * 2048 * 264);
         assert_eq!(
-            bn_workspace_floats(256 * 49, 2048, &G).unwrap(),
+            bn_bwd_workspace_floats(m, c, &G).unwrap(),
             2 * 2048 * 264 + 3 * 2048
         );
+        // C = 3 (scalar path only, one split of 3 rows): 2*3 = 6 partials,
+        // padded to 8 before the coefficients in the backward.
+        assert_eq!(bn_fwd_workspace_floats(3, 3, &G).unwrap(), 6);
+        assert_eq!(bn_bwd_workspace_floats(3, 3, &G).unwrap(), 8 + 9);
     }
 
     #[test]
     fn workspace_covers_both_pack_widths() {
         let (m, c) = (256 * 56 * 56, 64);
-        let w = bn_workspace_floats(m, c, &G).unwrap();
+        let f = bn_fwd_workspace_floats(m, c, &G).unwrap();
+        let w = bn_bwd_workspace_floats(m, c, &G).unwrap();
         for pack in [1, launch::PACK] {
             let r = nhwc_channel_reduce(m, c, pack, &G).unwrap();
+            assert!(f >= r.partial_floats(c));
             assert!(w >= r.partial_floats(c) + 3 * c);
         }
-        // the coefficient block starts 16-byte aligned
+        // the coefficient block starts 16-byte aligned, after the partials
         assert_eq!((w - 3 * c) % 4, 0);
+        assert!(w - 3 * c >= f);
+    }
+
+    fn forward() -> BnForward {
+        BnForward {
+            x: 0x1000,
+            residual: 0,
+            weight: 0x2000,
+            bias: 0x2100,
+            running_mean: 0x2200,
+            running_var: 0x2300,
+            new_running_mean: 0x2400,
+            new_running_var: 0x2500,
+            y: 0x3000,
+            mean: 0x2600,
+            invstd: 0x2700,
+            scale: 0x2800,
+            workspace: 0x4000,
+            m: 16,
+            c: 8,
+            momentum: 0.1,
+            eps: 1e-5,
+            relu: true,
+            training: true,
+        }
+    }
+
+    fn backward() -> BnBackward {
+        BnBackward {
+            x: 0x1000,
+            dy: 0x3000,
+            out: 0,
+            relu: true,
+            dresidual: 0,
+            mean: 0x2600,
+            invstd: 0x2700,
+            scale: 0x2800,
+            bias: 0x2100,
+            weight: 0x2000,
+            dx: 0x5000,
+            dweight: 0,
+            dbias: 0,
+            workspace: 0x4000,
+            m: 16,
+            c: 8,
+            training: true,
+        }
+    }
+
+    #[test]
+    fn forward_operands_are_checked() {
+        assert!(forward().check().is_ok());
+        // not tracking the running statistics, eval without a workspace
+        let untracked = BnForward {
+            new_running_mean: 0,
+            new_running_var: 0,
+            ..forward()
+        };
+        assert!(untracked.check().is_ok());
+        let eval = BnForward {
+            training: false,
+            workspace: 0,
+            ..untracked
+        };
+        assert!(eval.check().is_ok());
+        let err = |a: BnForward| a.check().unwrap_err().to_string();
+        assert!(err(BnForward { scale: 0, ..forward() }).contains("scale"));
+        assert!(err(BnForward { workspace: 0, ..forward() }).contains("workspace"));
+        assert!(err(BnForward {
+            new_running_var: 0,
+            ..forward()
+        })
+        .contains("go together"));
+        assert!(err(BnForward {
+            running_var: 0,
+            ..forward()
+        })
+        .contains("the old ones"));
+        assert!(err(BnForward {
+            new_running_mean: 0x2200,
+            ..forward()
+        })
+        .contains("must not be the old buffers"));
+        assert!(err(BnForward {
+            running_mean: 0,
+            ..eval
+        })
+        .contains("eval reads"));
+    }
+
+    #[test]
+    fn backward_operands_are_checked() {
+        assert!(backward().check().is_ok());
+        // add+ReLU: the mask from out, dresidual written; plain: no mask
+        let add_relu = BnBackward {
+            relu: false,
+            out: 0x6000,
+            dresidual: 0x7000,
+            ..backward()
+        };
+        assert!(add_relu.check().is_ok());
+        let plain = BnBackward {
+            relu: false,
+            scale: 0,
+            bias: 0,
+            ..backward()
+        };
+        assert!(plain.check().is_ok());
+        let err = |a: BnBackward| a.check().unwrap_err().to_string();
+        assert!(err(BnBackward { out: 0x6000, ..backward() }).contains("not both"));
+        assert!(err(BnBackward { scale: 0, ..backward() }).contains("scale"));
+        assert!(err(BnBackward {
+            out: 0,
+            ..add_relu
+        })
+        .contains("dresidual"));
+        assert!(err(BnBackward {
+            workspace: 0,
+            ..backward()
+        })
+        .contains("workspace"));
     }
 }

@@ -13,8 +13,12 @@
 // Launch (both directions): block (bx, by), bx*by == 256 (bx channel lanes
 // of 8 channels each when C % 8 == 0, by row lanes), grid.x any: blocks loop
 // over channel groups. Contract as batchnorm.cu: biased variance normalises,
-// unbiased feeds running_var, f32 statistics and parameters, outputs
-// OVERWRITE (dweight/dbias too). relu = 0 gives plain BatchNorm1d.
+// unbiased feeds running_var (read from the old running buffers, written to
+// separate new ones: the op never writes its inputs), f32 statistics and
+// parameters, outputs OVERWRITE (dweight/dbias too). relu = 0 gives plain
+// BatchNorm1d. The forward saves mean, invstd and scale = invstd*weight; the
+// backward recomputes the ReLU mask from x with them and the bias (as
+// batchnorm.cu's BN+ReLU backward does) instead of reading y.
 #include "common.cuh"
 
 // This thread's V columns of a per-column row in shared memory.
@@ -28,11 +32,14 @@ template <typename T, int V>
 __device__ __forceinline__ void bn1d_fwd_body(const T* __restrict__ x,
                                               const float* __restrict__ weight,
                                               const float* __restrict__ bias,
-                                              float* __restrict__ running_mean,
-                                              float* __restrict__ running_var, float momentum,
+                                              const float* __restrict__ running_mean_in,
+                                              const float* __restrict__ running_var_in,
+                                              float* __restrict__ running_mean_out,
+                                              float* __restrict__ running_var_out, float momentum,
                                               float eps, int N, int C, int relu,
                                               T* __restrict__ y, float* __restrict__ mean_out,
-                                              float* __restrict__ invstd_out, float* sha,
+                                              float* __restrict__ invstd_out,
+                                              float* __restrict__ scale_out, float* sha,
                                               float* shb) {
     const int bx = blockDim.x, by = blockDim.y;
     const int tid = threadIdx.y * bx + threadIdx.x;
@@ -56,15 +63,18 @@ __device__ __forceinline__ void bn1d_fwd_body(const T* __restrict__ x,
             const float m = to_f32(x[ch]) + mu;
             const float var = fmaxf(shb[k] / n - mu * mu, 0.0f);
             const float is = rsqrtf(var + eps);
+            const float sc = is * (weight ? weight[ch] : 1.0f);
             mean_out[ch] = m;
             invstd_out[ch] = is;
-            if (running_mean) {
-                running_mean[ch] = (1.0f - momentum) * running_mean[ch] + momentum * m;
+            if (scale_out) scale_out[ch] = sc;
+            if (running_mean_out) {
+                running_mean_out[ch] = (1.0f - momentum) * running_mean_in[ch] + momentum * m;
                 const float unbiased = N > 1 ? var * n / (n - 1.0f) : var;
-                running_var[ch] = (1.0f - momentum) * running_var[ch] + momentum * unbiased;
+                running_var_out[ch] =
+                    (1.0f - momentum) * running_var_in[ch] + momentum * unbiased;
             }
             sha[k] = m;
-            shb[k] = is * (weight ? weight[ch] : 1.0f);
+            shb[k] = sc;
         }
         __syncthreads();
         if (c < C) {
@@ -87,32 +97,57 @@ __device__ __forceinline__ void bn1d_fwd_body(const T* __restrict__ x,
     }
 }
 
-// y = [relu](BN(x)); writes the batch mean/invstd (saved for backward) and
-// updates running_mean/running_var when given. weight, bias may be null.
+// y = [relu](BN(x)); writes the batch mean/invstd and scale = invstd*weight
+// (saved for backward; scale_out may be null) and, when running_mean_out /
+// running_var_out are given, the new running statistics from
+// running_mean_in / running_var_in. weight, bias may be null.
 template <typename T>
 __device__ __forceinline__ void bn1d_relu_fwd(const T* x, const float* weight, const float* bias,
-                                              float* running_mean, float* running_var,
+                                              const float* running_mean_in,
+                                              const float* running_var_in,
+                                              float* running_mean_out, float* running_var_out,
                                               float momentum, float eps, int N, int C, int relu,
-                                              T* y, float* mean_out, float* invstd_out) {
+                                              T* y, float* mean_out, float* invstd_out,
+                                              float* scale_out) {
     __shared__ float sha[SLMLP_BLOCK * SLMLP_PACK];
     __shared__ float shb[SLMLP_BLOCK * SLMLP_PACK];
     const bool vec = C % SLMLP_PACK == 0 && aligned16(x) && aligned16(y) &&
                      (!bias || aligned16(bias));
     if (vec) {
-        bn1d_fwd_body<T, SLMLP_PACK>(x, weight, bias, running_mean, running_var, momentum, eps,
-                                     N, C, relu, y, mean_out, invstd_out, sha, shb);
+        bn1d_fwd_body<T, SLMLP_PACK>(x, weight, bias, running_mean_in, running_var_in,
+                                     running_mean_out, running_var_out, momentum, eps, N, C,
+                                     relu, y, mean_out, invstd_out, scale_out, sha, shb);
     } else {
-        bn1d_fwd_body<T, 1>(x, weight, bias, running_mean, running_var, momentum, eps, N, C,
-                            relu, y, mean_out, invstd_out, sha, shb);
+        bn1d_fwd_body<T, 1>(x, weight, bias, running_mean_in, running_var_in, running_mean_out,
+                            running_var_out, momentum, eps, N, C, relu, y, mean_out, invstd_out,
+                            scale_out, sha, shb);
+    }
+}
+
+// The ReLU's dy' from x: y's pre-activation recomputed exactly as
+// bn1d_fwd_body computed it (fmaf(x - mean, scale, bias) in f32 with the
+// mean and scale it saved, the same bias and null default), rounded to T as
+// store_f32 rounded y and widened back, then masked as relu_grad_f masks by
+// y: the same mask bit for bit (batchnorm.cu's relu_mask_recomputed has the
+// argument).
+template <typename T, int V>
+__device__ __forceinline__ void bn1d_mask_recomputed(const float (&v)[V], const float (&m)[V],
+                                                     const float (&k)[V], const float (&b)[V],
+                                                     float (&g)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        const float yv = to_f32(from_f32<T>(fmaf(v[j] - m[j], k[j], b[j])));
+        g[j] = relu_grad_f(yv, g[j]);
     }
 }
 
 template <typename T, int V>
-__device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* __restrict__ y,
-                                              const T* __restrict__ dy,
+__device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* __restrict__ dy,
                                               const float* __restrict__ mean,
                                               const float* __restrict__ invstd,
-                                              const float* __restrict__ weight, int N, int C,
+                                              const float* __restrict__ weight,
+                                              const float* __restrict__ scale,
+                                              const float* __restrict__ bias, int N, int C,
                                               int relu, T* __restrict__ dx,
                                               float* __restrict__ dweight,
                                               float* __restrict__ dbias, float* sha, float* shb,
@@ -121,14 +156,17 @@ __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* 
     const int tid = threadIdx.y * bx + threadIdx.x;
     for (int c0 = blockIdx.x * bx * V; c0 < C; c0 += gridDim.x * bx * V) {
         const int c = c0 + threadIdx.x * V;
-        float s[V] = {}, q[V] = {}, m[V];
+        float s[V] = {}, q[V] = {}, m[V], ms[V], mb[V];
         if (c < C) {
             load_param<V>(mean, c, m, 0.0f);
+            load_param<V>(relu ? scale : nullptr, c, ms, 1.0f);
+            load_param<V>(relu ? bias : nullptr, c, mb, 0.0f);
             for (int r = threadIdx.y; r < N; r += by) {
                 const i64 e = (i64)r * C + c;
                 float g[V], v[V];
-                relu_grad<T, V>(dy, y, relu, e, g);
+                load_f32<T, V>(dy + e, g);
                 load_f32<T, V>(x + e, v);
+                if (relu) bn1d_mask_recomputed<T, V>(v, m, ms, mb, g);
                 add_grad_moments<V>(g, v, m, s, q);
             }
         }
@@ -156,8 +194,9 @@ __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* 
             for (int r = threadIdx.y; r < N; r += by) {
                 const i64 e = (i64)r * C + c;
                 float g[V], v[V];
-                relu_grad<T, V>(dy, y, relu, e, g);
+                load_f32<T, V>(dy + e, g);
                 load_f32<T, V>(x + e, v);
+                if (relu) bn1d_mask_recomputed<T, V>(v, m, ms, mb, g);
 #pragma unroll
                 for (int j = 0; j < V; j++) v[j] = fmaf(a[j], g[j], fmaf(k[j], v[j] - m[j], b[j]));
                 store_f32<T, V>(dx + e, v);
@@ -167,39 +206,46 @@ __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* 
     }
 }
 
-// dx, dweight, dbias of y = [relu](BN(x)) from the saved mean/invstd and
-// the forward output y (its <= 0 mask; unused when relu = 0).
+// dx, dweight, dbias of y = [relu](BN(x)) from the saved mean, invstd and
+// scale; when relu, the mask is recomputed from x, mean, scale and bias (the
+// forward's; bias may be null as there), not read from y.
 template <typename T>
-__device__ __forceinline__ void bn1d_relu_bwd(const T* x, const T* y, const T* dy,
-                                              const float* mean, const float* invstd,
-                                              const float* weight, int N, int C, int relu, T* dx,
-                                              float* dweight, float* dbias) {
+__device__ __forceinline__ void bn1d_relu_bwd(const T* x, const T* dy, const float* mean,
+                                              const float* invstd, const float* weight,
+                                              const float* scale, const float* bias, int N,
+                                              int C, int relu, T* dx, float* dweight,
+                                              float* dbias) {
     __shared__ float sha[SLMLP_BLOCK * SLMLP_PACK];
     __shared__ float shb[SLMLP_BLOCK * SLMLP_PACK];
     __shared__ float shc[SLMLP_BLOCK * SLMLP_PACK];
-    const bool vec = C % SLMLP_PACK == 0 && aligned16(x) && aligned16(y) && aligned16(dy) &&
-                     aligned16(dx) && aligned16(mean);
+    const bool vec = C % SLMLP_PACK == 0 && aligned16(x) && aligned16(dy) && aligned16(dx) &&
+                     aligned16(mean) &&
+                     (!relu || (aligned16(scale) && (!bias || aligned16(bias))));
     if (vec) {
-        bn1d_bwd_body<T, SLMLP_PACK>(x, y, dy, mean, invstd, weight, N, C, relu, dx, dweight,
-                                     dbias, sha, shb, shc);
+        bn1d_bwd_body<T, SLMLP_PACK>(x, dy, mean, invstd, weight, scale, bias, N, C, relu, dx,
+                                     dweight, dbias, sha, shb, shc);
     } else {
-        bn1d_bwd_body<T, 1>(x, y, dy, mean, invstd, weight, N, C, relu, dx, dweight, dbias, sha,
-                            shb, shc);
+        bn1d_bwd_body<T, 1>(x, dy, mean, invstd, weight, scale, bias, N, C, relu, dx, dweight,
+                            dbias, sha, shb, shc);
     }
 }
 
 #define BN1D_ENTRY_POINTS(T, SFX)                                                                \
-    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn1d_relu_fwd_##SFX(             \
-        const T* x, const float* weight, const float* bias, float* running_mean,                 \
-        float* running_var, float momentum, float eps, int N, int C, int relu, T* y,             \
-        float* mean_out, float* invstd_out) {                                                    \
-        bn1d_relu_fwd<T>(x, weight, bias, running_mean, running_var, momentum, eps, N, C, relu,  \
-                         y, mean_out, invstd_out);                                               \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn1d_relu_fwd_##SFX(                          \
+        const T* x, const float* weight, const float* bias, const float* running_mean_in,        \
+        const float* running_var_in, float* running_mean_out, float* running_var_out,            \
+        float momentum, float eps, int N, int C, int relu, T* y, float* mean_out,                \
+        float* invstd_out, float* scale_out) {                                                   \
+        bn1d_relu_fwd<T>(x, weight, bias, running_mean_in, running_var_in, running_mean_out,     \
+                         running_var_out, momentum, eps, N, C, relu, y, mean_out, invstd_out,    \
+                         scale_out);                                                             \
     }                                                                                            \
-    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn1d_relu_bwd_##SFX(               \
-        const T* x, const T* y, const T* dy, const float* mean, const float* invstd,             \
-        const float* weight, int N, int C, int relu, T* dx, float* dweight, float* dbias) {      \
-        bn1d_relu_bwd<T>(x, y, dy, mean, invstd, weight, N, C, relu, dx, dweight, dbias);        \
+    extern "C" __global__ void SLMLP_LAUNCH_BOUNDS bn1d_relu_bwd_##SFX(                          \
+        const T* x, const T* dy, const float* mean, const float* invstd, const float* weight,    \
+        const float* scale, const float* bias, int N, int C, int relu, T* dx, float* dweight,    \
+        float* dbias) {                                                                          \
+        bn1d_relu_bwd<T>(x, dy, mean, invstd, weight, scale, bias, N, C, relu, dx, dweight,      \
+                         dbias);                                                                 \
     }
 
 BN1D_ENTRY_POINTS(float, f32)

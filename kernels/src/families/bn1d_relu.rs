@@ -51,13 +51,20 @@ pub struct Bn1dForward {
     /// f32 [C] each.
     pub weight: DevPtr,
     pub bias: DevPtr,
-    /// f32 [C], updated in place (the unbiased variance feeds running_var).
+    /// f32 [C], only read: the old running statistics.
     pub running_mean: DevPtr,
     pub running_var: DevPtr,
-    /// f32 [C] outputs saved for backward: the batch mean and
-    /// rsqrt(biased var + eps), as batchnorm.cu saves them.
+    /// f32 [C] outputs, separate from `running_*` (the op is functional):
+    /// the updated running statistics (the unbiased variance feeds
+    /// running_var); 0 and 0: not tracked.
+    pub new_running_mean: DevPtr,
+    pub new_running_var: DevPtr,
+    /// f32 [C] outputs saved for backward: the batch mean,
+    /// rsqrt(biased var + eps), as batchnorm.cu saves them, and
+    /// scale = invstd * weight, which y was computed with.
     pub mean: DevPtr,
     pub invstd: DevPtr,
+    pub scale: DevPtr,
     pub n: usize,
     pub c: usize,
     pub momentum: f32,
@@ -65,20 +72,44 @@ pub struct Bn1dForward {
     pub relu: bool,
 }
 
-/// Operands of bn1d_relu_bwd (training): dy' = relu ? (y > 0 ? dy : 0) : dy,
-/// then dweight = Σdy'(x-mean)·invstd, dbias = Σdy' (each written when
-/// non-zero) and dx (always written).
+impl Bn1dForward {
+    /// The operand rules a null pointer would break on the device.
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Shape(format!("bn1d_relu_forward: {what}")));
+        if self.x == 0 || self.y == 0 || self.mean == 0 || self.invstd == 0 || self.scale == 0 {
+            return bad("x, y, mean, invstd and scale are required");
+        }
+        let (nm, nv) = (self.new_running_mean, self.new_running_var);
+        if (nm == 0) != (nv == 0) {
+            return bad("new_running_mean and new_running_var go together");
+        }
+        if nm != 0 && (self.running_mean == 0 || self.running_var == 0) {
+            return bad("new running statistics need the old ones (running_mean, running_var)");
+        }
+        if nm != 0 && (nm == self.running_mean || nv == self.running_var) {
+            return bad("the new running statistics must not be the old buffers");
+        }
+        Ok(())
+    }
+}
+
+/// Operands of bn1d_relu_bwd (training): dy' = relu ? (y > 0 ? dy : 0) : dy
+/// with y's mask recomputed from x, mean, scale and bias exactly as the
+/// forward computed y (y is not read), then dweight = Σdy'(x-mean)·invstd,
+/// dbias = Σdy' (each written when non-zero) and dx (always written).
 #[derive(Debug, Clone, Copy)]
 pub struct Bn1dBackward {
     /// x, dy, dx: dense row-major [N, C] of the launch dtype.
     pub x: DevPtr,
-    /// The forward output (its > 0 mask), read only when relu; else 0.
-    pub y: DevPtr,
     pub dy: DevPtr,
     /// f32 [C] each (saved by the forward / the parameter).
     pub mean: DevPtr,
     pub invstd: DevPtr,
     pub weight: DevPtr,
+    /// f32 [C]: the forward's saved scale (required when relu, else unused)
+    /// and the bias the forward read (0: none, as in the forward).
+    pub scale: DevPtr,
+    pub bias: DevPtr,
     pub dx: DevPtr,
     /// f32 [C] or 0 (not needed).
     pub dweight: DevPtr,
@@ -86,6 +117,20 @@ pub struct Bn1dBackward {
     pub n: usize,
     pub c: usize,
     pub relu: bool,
+}
+
+impl Bn1dBackward {
+    /// The operand rules a null pointer would break on the device.
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Shape(format!("bn1d_relu_backward: {what}")));
+        if self.x == 0 || self.dy == 0 || self.dx == 0 || self.mean == 0 || self.invstd == 0 {
+            return bad("x, dy, dx, mean and invstd are required");
+        }
+        if self.relu && self.scale == 0 {
+            return bad("relu recomputes the mask from the forward's scale: it is required");
+        }
+        Ok(())
+    }
 }
 
 impl KernelLibrary {
@@ -98,37 +143,39 @@ impl KernelLibrary {
     }
 
     /// BatchNorm1d (+ReLU) training forward over [N, C] in one launch:
-    /// `bn1d_relu_fwd_<t>(x, weight, bias, running_mean, running_var,
-    /// momentum, eps, N, C, relu, y, mean_out, invstd_out)`.
+    /// `bn1d_relu_fwd_<t>(x, weight, bias, running_mean_in, running_var_in,
+    /// running_mean_out, running_var_out, momentum, eps, N, C, relu, y,
+    /// mean_out, invstd_out, scale_out)`.
     ///
     /// # Safety
-    /// Every pointer must be a live device allocation of this context with
-    /// the documented size and dtype, not written concurrently.
+    /// Every non-zero pointer must be a live device allocation of this
+    /// context with the documented size and dtype, not written concurrently.
     pub unsafe fn bn1d_relu_forward(
         &self,
         stream: &CudaStream,
         dtype: Dtype,
         a: &Bn1dForward,
     ) -> Result<()> {
+        a.check()?;
         let shape = self.bn1d_shape(a.n, a.c, &[a.x, a.y, a.bias])?;
         // bn1d checked that both fit an i32
         let (n, c, relu) = (a.n as i32, a.c as i32, a.relu as i32);
         let f = self.function(&format!("bn1d_relu_fwd_{}", dtype.suffix()))?;
         let mut b = stream.launch_builder(&f);
-        b.arg(&a.x)
-            .arg(&a.weight)
-            .arg(&a.bias)
-            .arg(&a.running_mean)
-            .arg(&a.running_var);
+        b.arg(&a.x).arg(&a.weight).arg(&a.bias);
+        b.arg(&a.running_mean)
+            .arg(&a.running_var)
+            .arg(&a.new_running_mean)
+            .arg(&a.new_running_var);
         b.arg(&a.momentum).arg(&a.eps).arg(&n).arg(&c).arg(&relu);
-        b.arg(&a.y).arg(&a.mean).arg(&a.invstd);
+        b.arg(&a.y).arg(&a.mean).arg(&a.invstd).arg(&a.scale);
         b.launch(config(shape)).map_err(driver("bn1d_relu_fwd"))?;
         Ok(())
     }
 
     /// BatchNorm1d (+ReLU) training backward over [N, C] in one launch:
-    /// `bn1d_relu_bwd_<t>(x, y, dy, mean, invstd, weight, N, C, relu, dx,
-    /// dweight, dbias)`.
+    /// `bn1d_relu_bwd_<t>(x, dy, mean, invstd, weight, scale, bias, N, C,
+    /// relu, dx, dweight, dbias)`.
     ///
     /// # Safety
     /// Every non-zero pointer must be a live device allocation of this
@@ -139,17 +186,19 @@ impl KernelLibrary {
         dtype: Dtype,
         a: &Bn1dBackward,
     ) -> Result<()> {
-        let shape = self.bn1d_shape(a.n, a.c, &[a.x, a.y, a.dy, a.dx, a.mean])?;
+        a.check()?;
+        let shape = self.bn1d_shape(a.n, a.c, &[a.x, a.dy, a.dx, a.mean])?;
         // bn1d checked that both fit an i32
         let (n, c, relu) = (a.n as i32, a.c as i32, a.relu as i32);
         let f = self.function(&format!("bn1d_relu_bwd_{}", dtype.suffix()))?;
         let mut b = stream.launch_builder(&f);
         b.arg(&a.x)
-            .arg(&a.y)
             .arg(&a.dy)
             .arg(&a.mean)
             .arg(&a.invstd)
-            .arg(&a.weight);
+            .arg(&a.weight)
+            .arg(&a.scale)
+            .arg(&a.bias);
         b.arg(&n)
             .arg(&c)
             .arg(&relu)
@@ -181,5 +230,78 @@ mod tests {
         assert_eq!(s.block.0 * s.block.1, BLOCK_THREADS);
         assert_eq!(s.grid.0, 1);
         assert!(bn1d(0, 8, 8, &G).is_err());
+    }
+
+    #[test]
+    fn operands_are_checked() {
+        let f = Bn1dForward {
+            x: 0x1000,
+            y: 0x3000,
+            weight: 0x2000,
+            bias: 0x2100,
+            running_mean: 0x2200,
+            running_var: 0x2300,
+            new_running_mean: 0x2400,
+            new_running_var: 0x2500,
+            mean: 0x2600,
+            invstd: 0x2700,
+            scale: 0x2800,
+            n: 16,
+            c: 8,
+            momentum: 0.1,
+            eps: 1e-5,
+            relu: true,
+        };
+        assert!(f.check().is_ok());
+        let untracked = Bn1dForward {
+            new_running_mean: 0,
+            new_running_var: 0,
+            ..f
+        };
+        assert!(untracked.check().is_ok());
+        let err = |a: Bn1dForward| a.check().unwrap_err().to_string();
+        assert!(err(Bn1dForward { scale: 0, ..f }).contains("scale"));
+        assert!(err(Bn1dForward {
+            new_running_mean: 0,
+            ..f
+        })
+        .contains("go together"));
+        assert!(err(Bn1dForward {
+            running_mean: 0,
+            ..f
+        })
+        .contains("the old ones"));
+        assert!(err(Bn1dForward {
+            new_running_var: 0x2300,
+            ..f
+        })
+        .contains("must not be the old buffers"));
+
+        let b = Bn1dBackward {
+            x: 0x1000,
+            dy: 0x3000,
+            mean: 0x2600,
+            invstd: 0x2700,
+            weight: 0x2000,
+            scale: 0x2800,
+            bias: 0,
+            dx: 0x5000,
+            dweight: 0,
+            dbias: 0,
+            n: 16,
+            c: 8,
+            relu: true,
+        };
+        assert!(b.check().is_ok());
+        assert!(Bn1dBackward {
+            relu: false,
+            scale: 0,
+            ..b
+        }
+        .check()
+        .is_ok());
+        let err = |a: Bn1dBackward| a.check().unwrap_err().to_string();
+        assert!(err(Bn1dBackward { scale: 0, ..b }).contains("scale"));
+        assert!(err(Bn1dBackward { dx: 0, ..b }).contains("required"));
     }
 }

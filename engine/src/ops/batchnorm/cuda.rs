@@ -1,7 +1,7 @@
 //! BatchNorm on the GPU, with the CPU backend's contract: functional running
-//! statistics (training returns NEW running tensors: the old ones are
-//! copied into fresh buffers that the kernel updates) and the same
-//! gradients.
+//! statistics (training returns NEW running tensors: the kernels read the
+//! old ones and write the new ones to fresh buffers, no copy, the inputs
+//! never written) and the same gradients.
 //!
 //! x is [N, C, H, W] (channels-last on the GPU: [M = N*H*W, C]) or [N, C]
 //! (row-major: [M = N, C]). batchnorm.cu runs every case; training on
@@ -10,6 +10,14 @@
 //! statistics and parameters in f32; parameters stored as f16/bf16 (which
 //! the CPU op accepts when x has that dtype) are converted, and their
 //! gradients and running statistics converted back.
+//!
+//! Tensor passes per layer (reads and writes of [M, C] data): training
+//! forward 2 (stats: x; apply: x [+ residual], y), backward 2 (reduce and
+//! dx); BN+ReLU's backward recomputes the ReLU mask from x with the saved
+//! mean, scale and bias (bit for bit y's mask) instead of reading y, so only
+//! add+ReLU saves and reads the forward output (its mask needs the
+//! residual, which is not saved). bn1d_relu.cu does the same in one launch
+//! per direction.
 
 use super::{BatchNormArgs, BatchNormOps, BnGeom, Fuse, Needs};
 use crate::backend::{Cuda, Saved};
@@ -17,10 +25,13 @@ use crate::cuda::launch::cast;
 use crate::cuda::launch::{empty_like, kdtype, kerr, traced_sync};
 use crate::cuda::runtime::Gpu;
 use crate::cuda::storage::DeviceStorage;
-use crate::cuda::tensor::{alloc, block_of, gpu_of, is_dense, ptr, to_default_layout};
+use crate::cuda::tensor::{alloc, gpu_of, is_dense, ptr, to_default_layout};
 use crate::layout::Layout;
 use crate::{DType, Error, Result, Tensor};
-use kernels::device::{bn_workspace_floats, Bn1dBackward, Bn1dForward, BnBackward, BnForward};
+use kernels::device::{
+    bn_bwd_workspace_floats, bn_fwd_workspace_floats, Bn1dBackward, Bn1dForward, BnBackward,
+    BnForward,
+};
 
 /// [M, C] of x: the GPU takes float [N, C] and [N, C, H, W] only.
 fn rows(op: &'static str, x: &Tensor, g: &BnGeom) -> Result<(usize, usize)> {
@@ -74,20 +85,29 @@ fn as_dtype(t: Tensor, dtype: DType) -> Result<Tensor> {
     }
 }
 
-/// f32 workspace for batchnorm.cu over [M, C].
-fn workspace(op: &'static str, g: &'static Gpu, m: usize, c: usize) -> Result<DeviceStorage> {
-    let floats = bn_workspace_floats(m, c, &g.kernels.gpu()).map_err(kerr(op))?;
-    alloc(g, DType::F32, floats)
+/// f32 workspace of `floats` (bn_fwd_workspace_floats /
+/// bn_bwd_workspace_floats) for batchnorm.cu.
+fn workspace(
+    op: &'static str,
+    g: &'static Gpu,
+    floats: kernels::Result<usize>,
+) -> Result<DeviceStorage> {
+    alloc(g, DType::F32, floats.map_err(kerr(op))?)
 }
 
-/// What the GPU backward needs: x, the output (ReLU mask), the f32
-/// statistics and weight.
+/// What the GPU backward needs: x, the f32 statistics and scale the
+/// forward used, the f32 weight and bias, and the output (add+ReLU's mask)
+/// for add+ReLU only: BN+ReLU recomputes its mask from x, mean, scale and
+/// bias.
 struct GpuSaved {
     x: Tensor,
     out: Option<Tensor>,
     mean: DeviceStorage,
     invstd: DeviceStorage,
+    /// invstd * weight as the forward computed and applied it.
+    scale: DeviceStorage,
     weight: Tensor,
+    bias: Tensor,
     w_dtype: DType,
 }
 
@@ -113,29 +133,26 @@ impl BatchNormOps for Cuda {
         let y = empty_like(&xd, x.dtype())?;
         let (mean_s, _) = f32_vec(g, c)?;
         let (invstd_s, _) = f32_vec(g, c)?;
-        // training updates copies: the op returns new running tensors
-        let running = if geom.training {
-            let (rm_s, rm) = f32_vec(g, c)?;
-            let (rv_s, rv) = f32_vec(g, c)?;
-            let (rm_src, rm_at) = block_of(&rm_old)?;
-            rm_s.block().copy_from(0, rm_src, rm_at, c * 4)?;
-            let (rv_src, rv_at) = block_of(&rv_old)?;
-            rv_s.block().copy_from(0, rv_src, rv_at, c * 4)?;
-            Some((rm, rv))
-        } else {
-            None
-        };
-        let (rm_ptr, rv_ptr) = match &running {
+        let (scale_s, _) = f32_vec(g, c)?;
+        // training: the kernels read rm_old/rv_old and write the new running
+        // statistics here (the op returns new tensors, its inputs untouched)
+        let running = geom
+            .training
+            .then(|| -> Result<_> { Ok((f32_vec(g, c)?.1, f32_vec(g, c)?.1)) })
+            .transpose()?;
+        let (new_rm, new_rv) = match &running {
             Some((rm, rv)) => (ptr(rm)?, ptr(rv)?),
-            None => (ptr(&rm_old)?, ptr(&rv_old)?),
+            None => (0, 0),
         };
+        let (rm_ptr, rv_ptr) = (ptr(&rm_old)?, ptr(&rv_old)?);
         if one_launch(geom) {
             crate::trace::kernel("bn1d_relu_fwd");
             // x and y dense row-major [N, C] (xd, y: a 2-D tensor's default
-            // layout), f32 [C] parameters, running statistics updated in
-            // place (our fresh copies), mean/invstd the batch mean and
-            // rsqrt(biased var + eps) as batchnorm.cu saves them; the
-            // unbiased variance (N > 1: checked, training) feeds running_var.
+            // layout), f32 [C] parameters, old running statistics read and
+            // new ones written to fresh buffers, mean/invstd the batch mean
+            // and rsqrt(biased var + eps) as batchnorm.cu saves them, scale
+            // = invstd*weight; the unbiased variance (N > 1: checked,
+            // training) feeds running_var.
             let args = Bn1dForward {
                 x: ptr(&xd)?,
                 y: ptr(&y)?,
@@ -143,8 +160,11 @@ impl BatchNormOps for Cuda {
                 bias: ptr(&bias)?,
                 running_mean: rm_ptr,
                 running_var: rv_ptr,
+                new_running_mean: new_rm,
+                new_running_var: new_rv,
                 mean: mean_s.ptr(),
                 invstd: invstd_s.ptr(),
+                scale: scale_s.ptr(),
                 n: m,
                 c,
                 momentum: geom.momentum as f32,
@@ -161,7 +181,11 @@ impl BatchNormOps for Cuda {
             } else {
                 "bn_eval_prepare+bn_fwd_apply"
             });
-            let ws = workspace(op, g, m, c)?;
+            // eval reads the running statistics and needs no workspace
+            let ws = geom
+                .training
+                .then(|| workspace(op, g, bn_fwd_workspace_floats(m, c, &g.kernels.gpu())))
+                .transpose()?;
             let args = BnForward {
                 x: ptr(&xd)?,
                 residual: res.as_ref().map(ptr).transpose()?.unwrap_or(0),
@@ -169,10 +193,13 @@ impl BatchNormOps for Cuda {
                 bias: ptr(&bias)?,
                 running_mean: rm_ptr,
                 running_var: rv_ptr,
+                new_running_mean: new_rm,
+                new_running_var: new_rv,
                 y: ptr(&y)?,
                 mean: mean_s.ptr(),
                 invstd: invstd_s.ptr(),
-                workspace: ws.ptr(),
+                scale: scale_s.ptr(),
+                workspace: ws.as_ref().map_or(0, |w| w.ptr()),
                 m,
                 c,
                 momentum: geom.momentum as f32,
@@ -182,8 +209,8 @@ impl BatchNormOps for Cuda {
             };
             g.bind()?;
             // SAFETY: xd, res, y are dense [M, C] of x's dtype; weight, bias,
-            // running and mean/invstd are f32 [C]; ws is sized by
-            // bn_workspace_floats(m, c).
+            // the old and new running statistics and mean/invstd/scale are
+            // f32 [C]; ws (training) is sized by bn_fwd_workspace_floats.
             unsafe { g.kernels.bn_forward(&g.stream, dt, &args) }.map_err(kerr(op))?;
         }
         traced_sync(g)?;
@@ -196,10 +223,12 @@ impl BatchNormOps for Cuda {
         };
         let saved = GpuSaved {
             x: xd.detach(),
-            out: fused.then(|| y.detach()),
+            out: (geom.fuse == Fuse::AddRelu).then(|| y.detach()),
             mean: mean_s,
             invstd: invstd_s,
+            scale: scale_s,
             weight,
+            bias,
             w_dtype: a.weight.dtype(),
         };
         Ok((y, running, Box::new(saved)))
@@ -233,41 +262,47 @@ impl BatchNormOps for Cuda {
             opt(dw.as_ref().map(|p| &p.1))?,
             opt(db.as_ref().map(|p| &p.1))?,
         );
+        let relu = geom.fuse == Fuse::Relu;
         if one_launch(geom) {
             crate::trace::kernel("bn1d_relu_bwd");
-            // dy' = relu ? (y > 0 ? dy : 0) : dy, then dweight =
+            // dy' = relu ? (y > 0 ? dy : 0) : dy with y's mask recomputed
+            // from x, mean, scale and bias (y is not read), then dweight =
             // Σdy'(x-mean)·invstd, dbias = Σdy' (each written when non-null)
             // and dx = a·dy' + k·(x-mean) + b with the training coefficients
-            // the CPU backward uses; y is read only when relu (0 otherwise).
-            // x, y, dy, dx dense row-major [N, C].
+            // the CPU backward uses. x, dy, dx dense row-major [N, C].
             let args = Bn1dBackward {
                 x: ptr(&s.x)?,
-                y: opt(s.out.as_ref())?,
                 dy: ptr(&dy)?,
                 mean: s.mean.ptr(),
                 invstd: s.invstd.ptr(),
                 weight: ptr(&s.weight)?,
+                scale: s.scale.ptr(),
+                bias: ptr(&s.bias)?,
                 dx: opt(dx.as_ref())?,
                 dweight: dwp,
                 dbias: dbp,
                 n: m,
                 c,
-                relu: geom.fuse == Fuse::Relu,
+                relu,
             };
             g.bind()?;
-            // SAFETY: x, y, dy, dx are live dense [N, C] of x's dtype;
-            // mean, invstd, weight, dweight, dbias f32 [C] (or 0).
+            // SAFETY: x, dy, dx are live dense [N, C] of x's dtype; mean,
+            // invstd, scale, weight, bias, dweight, dbias f32 [C] (or 0).
             unsafe { g.kernels.bn1d_relu_backward(&g.stream, dt, &args) }.map_err(kerr(op))?;
         } else {
             crate::trace::kernel("bn_bwd_reduce+bn_bwd_finalize+bn_bwd_dx");
-            let ws = workspace(op, g, m, c)?;
+            let ws = workspace(op, g, bn_bwd_workspace_floats(m, c, &g.kernels.gpu()))?;
             let args = BnBackward {
                 x: ptr(&s.x)?,
                 dy: ptr(&dy)?,
+                // add+ReLU only (BN+ReLU: relu, the mask recomputed)
                 out: opt(s.out.as_ref())?,
+                relu,
                 dresidual: opt(dr.as_ref())?,
                 mean: s.mean.ptr(),
                 invstd: s.invstd.ptr(),
+                scale: s.scale.ptr(),
+                bias: ptr(&s.bias)?,
                 weight: ptr(&s.weight)?,
                 dx: opt(dx.as_ref())?,
                 dweight: dwp,
@@ -279,8 +314,8 @@ impl BatchNormOps for Cuda {
             };
             g.bind()?;
             // SAFETY: x, dy, out, dx, dr are dense [M, C] in one layout of x's
-            // dtype; statistics, weight and the parameter gradients f32 [C];
-            // ws sized by bn_workspace_floats.
+            // dtype; statistics, scale, weight, bias and the parameter
+            // gradients f32 [C]; ws sized by bn_bwd_workspace_floats.
             unsafe { g.kernels.bn_backward(&g.stream, dt, &args) }.map_err(kerr(op))?;
         }
         traced_sync(g)?;
