@@ -78,8 +78,24 @@ fn moment_terms<T: Float, const DY: bool>(x: T, dy: T, center: f64) -> (f64, f64
     (p, p * q)
 }
 
-/// Sums over one plane in f64 lanes (independent chains, so LLVM vectorises).
+/// Sums over one plane in f64 lanes (independent chains); f32 planes take
+/// the AVX2 path where the CPU has it (`avx2::moments_plane_f32`, the same
+/// bits), since LLVM leaves this loop scalar.
 fn moments_plane<T: Float, const DY: bool>(x: &[T], dy: &[T], center: f64) -> [f64; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == DType::F32 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: T is f32 (its DTYPE says so), so the slices are f32
+        // slices; the CPU has AVX2 (checked).
+        return unsafe {
+            let (x, dy) = (as_f32(x), as_f32(dy));
+            avx2::moments_plane_f32::<DY>(x, &dy[..x.len()], center)
+        };
+    }
+    moments_plane_scalar::<T, DY>(x, dy, center)
+}
+
+/// `moments_plane` as plain Rust (any T; LLVM keeps it scalar).
+fn moments_plane_scalar<T: Float, const DY: bool>(x: &[T], dy: &[T], center: f64) -> [f64; 2] {
     let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
     let (xc, gc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
     let (xr, gr) = (xc.remainder(), gc.remainder());
@@ -97,6 +113,79 @@ fn moments_plane<T: Float, const DY: bool>(x: &[T], dy: &[T], center: f64) -> [f
         t2 += pq;
     }
     [s1.iter().sum::<f64>() + t1, s2.iter().sum::<f64>() + t2]
+}
+
+/// `x` as the f32 slice it is.
+///
+/// # Safety
+/// T must be f32.
+#[cfg(target_arch = "x86_64")]
+unsafe fn as_f32<T: Float>(x: &[T]) -> &[f32] {
+    debug_assert_eq!(T::DTYPE, DType::F32);
+    // SAFETY: T is f32 (the caller's promise): same size and alignment.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    /// `moments_plane` for f32 with AVX2: the LANES = 8 f64 chains held in
+    /// two 4-wide registers, each lane fed the same elements in the same
+    /// order with the same operations (convert, subtract, multiply, add;
+    /// no FMA), then combined as the scalar code combines them. The same
+    /// bits as the scalar loop (`engine/tests/bn_loss.rs` compares them).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `dy.len() >= x.len()`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn moments_plane_f32<const DY: bool>(
+        x: &[f32],
+        dy: &[f32],
+        center: f64,
+    ) -> [f64; 2] {
+        debug_assert!(dy.len() >= x.len());
+        let n = x.len() / LANES * LANES;
+        let c = _mm256_set1_pd(center);
+        let [mut s1a, mut s1b, mut s2a, mut s2b] = [_mm256_setzero_pd(); 4];
+        // both halves of the 8 f32 values at s[i..], widened to f64
+        macro_rules! wide {
+            ($s:expr, $i:expr) => {{
+                // SAFETY: i + 8 <= n <= the slice's length.
+                let v = unsafe { _mm256_loadu_ps($s.as_ptr().add($i)) };
+                (
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+                )
+            }};
+        }
+        for i in (0..n).step_by(LANES) {
+            let (xa, xb) = wide!(x, i);
+            let (qa, qb) = (_mm256_sub_pd(xa, c), _mm256_sub_pd(xb, c));
+            let (pa, pb) = if DY { wide!(dy, i) } else { (qa, qb) };
+            s1a = _mm256_add_pd(s1a, pa);
+            s1b = _mm256_add_pd(s1b, pb);
+            s2a = _mm256_add_pd(s2a, _mm256_mul_pd(pa, qa));
+            s2b = _mm256_add_pd(s2b, _mm256_mul_pd(pb, qb));
+        }
+        let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+        // SAFETY: each array holds 8 f64, two stores of 4 each.
+        unsafe {
+            _mm256_storeu_pd(s1.as_mut_ptr(), s1a);
+            _mm256_storeu_pd(s1.as_mut_ptr().add(4), s1b);
+            _mm256_storeu_pd(s2.as_mut_ptr(), s2a);
+            _mm256_storeu_pd(s2.as_mut_ptr().add(4), s2b);
+        }
+        let (mut t1, mut t2) = (0.0, 0.0);
+        for (&x, &g) in x[n..].iter().zip(&dy[n..]) {
+            let q = x as f64 - center;
+            let p = if DY { g as f64 } else { q };
+            t1 += p;
+            t2 += p * q;
+        }
+        [s1.iter().sum::<f64>() + t1, s2.iter().sum::<f64>() + t2]
+    }
 }
 
 /// Adds one [N, C] row segment into per-channel accumulators.
@@ -415,4 +504,38 @@ fn backward<T: Float>(
         grads.push(grad_r.map(|dr| Tensor::from_compute(dr, s.x.dims(), s.x.dtype())));
     }
     Ok(grads)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The AVX2 sums equal the scalar ones bit for bit, at every length
+    /// (tails included), with and without dy.
+    #[test]
+    fn avx2_moments_equal_the_scalar_loop_bitwise() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut rng = crate::Rng::new(3);
+        for len in (0..40).chain([783, 784, 4096 + 5]) {
+            let x: Vec<f32> = (0..len).map(|_| rng.normal() as f32 * 3.0 + 1.5).collect();
+            let g: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+            let center = x.first().map_or(0.0, |&v| v as f64);
+            // SAFETY: checked above that the CPU has AVX2.
+            let (a, b) = unsafe {
+                (
+                    avx2::moments_plane_f32::<false>(&x, &g, center),
+                    avx2::moments_plane_f32::<true>(&x, &g, center),
+                )
+            };
+            let (sa, sb) = (
+                moments_plane_scalar::<f32, false>(&x, &g, center),
+                moments_plane_scalar::<f32, true>(&x, &g, center),
+            );
+            for (v, w) in a.iter().chain(&b).zip(sa.iter().chain(&sb)) {
+                assert_eq!(v.to_bits(), w.to_bits(), "len {len}: {v} vs {w}");
+            }
+        }
+    }
 }
