@@ -324,7 +324,10 @@ fn copy_bandwidth() -> f64 {
         let mut dst = vec![0.0f32; n];
         let secs = time(5, || (), |_| dst.copy_from_slice(black_box(&src)));
         let bw = 2.0 * 4.0 * n as f64 / secs;
-        println!("copy bandwidth (1 thread, read + write): {:.1} GB/s", bw / 1e9);
+        println!(
+            "copy bandwidth (1 thread, read + write): {:.1} GB/s",
+            bw / 1e9
+        );
         bw
     })
 }
@@ -412,7 +415,10 @@ fn quick_bn(_c: &mut Criterion) {
         let gy = Tensor::randn(&dims, 0.0, 1.0, DType::F32, &mut rng);
         let w = Tensor::randn(&[s.c], 0.0, 1.0, DType::F32, &mut rng);
         let b = Tensor::randn(&[s.c], 0.0, 1.0, DType::F32, &mut rng);
-        let (rm, rv) = (Tensor::zeros(&[s.c], DType::F32), Tensor::ones(&[s.c], DType::F32));
+        let (rm, rv) = (
+            Tensor::zeros(&[s.c], DType::F32),
+            Tensor::ones(&[s.c], DType::F32),
+        );
         let run = |x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor| {
             let a = engine::ops::BatchNormArgs {
                 weight: w,

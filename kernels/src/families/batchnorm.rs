@@ -148,18 +148,30 @@ impl BnForward {
         if self.workspace == 0 {
             return bad("training needs a workspace (bn_fwd_workspace_floats)");
         }
-        let (nm, nv) = (self.new_running_mean, self.new_running_var);
-        if (nm == 0) != (nv == 0) {
-            return bad("new_running_mean and new_running_var go together");
-        }
-        if nm != 0 && (self.running_mean == 0 || self.running_var == 0) {
-            return bad("new running statistics need the old ones (running_mean, running_var)");
-        }
-        if nm != 0 && (nm == self.running_mean || nv == self.running_var) {
-            return bad("the new running statistics must not be the old buffers");
-        }
-        Ok(())
+        check_new_running(
+            "bn_forward",
+            [self.running_mean, self.running_var],
+            [self.new_running_mean, self.new_running_var],
+        )
     }
+}
+
+/// The running-statistics operands of a training forward: the new mean and
+/// variance both or neither (not tracked), and when given, the old ones
+/// present and distinct from them (the kernel reads old, writes new).
+pub(crate) fn check_new_running(op: &str, old: [DevPtr; 2], new: [DevPtr; 2]) -> Result<()> {
+    let bad = |what: &str| Err(Error::Shape(format!("{op}: {what}")));
+    let [nm, nv] = new;
+    if (nm == 0) != (nv == 0) {
+        return bad("new_running_mean and new_running_var go together");
+    }
+    if nm != 0 && (old[0] == 0 || old[1] == 0) {
+        return bad("new running statistics need the old ones (running_mean, running_var)");
+    }
+    if nm != 0 && (nm == old[0] || nv == old[1]) {
+        return bad("the new running statistics must not be the old buffers");
+    }
+    Ok(())
 }
 
 /// Operands of the matching backward.

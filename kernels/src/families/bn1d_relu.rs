@@ -79,17 +79,11 @@ impl Bn1dForward {
         if self.x == 0 || self.y == 0 || self.mean == 0 || self.invstd == 0 || self.scale == 0 {
             return bad("x, y, mean, invstd and scale are required");
         }
-        let (nm, nv) = (self.new_running_mean, self.new_running_var);
-        if (nm == 0) != (nv == 0) {
-            return bad("new_running_mean and new_running_var go together");
-        }
-        if nm != 0 && (self.running_mean == 0 || self.running_var == 0) {
-            return bad("new running statistics need the old ones (running_mean, running_var)");
-        }
-        if nm != 0 && (nm == self.running_mean || nv == self.running_var) {
-            return bad("the new running statistics must not be the old buffers");
-        }
-        Ok(())
+        super::batchnorm::check_new_running(
+            "bn1d_relu_forward",
+            [self.running_mean, self.running_var],
+            [self.new_running_mean, self.new_running_var],
+        )
     }
 }
 
