@@ -236,26 +236,6 @@ __device__ __forceinline__ void bn_fwd_apply(const T* x, const T* res, const flo
 
 // --------------------------------------------------------------- backward
 
-// BN+ReLU's dy' without the forward output: y's pre-activation recomputed
-// from x as bn_apply_body computed it (fmaf(x - mean, scale, bias) in f32,
-// with the same saved mean and scale, the same bias and the same null
-// defaults), rounded to T as store_f32 rounded y and widened back, then
-// masked as relu_grad_f masks by y. This is y's mask bit for bit: for
-// p <= 0, y = T(relu(p)) is +-0 and T(p) <= 0 (rounding keeps the sign);
-// for p > 0, y = T(p) exactly (0 when a tiny p underflows f16, which the
-// round trip reproduces); a NaN p gives a NaN y and a NaN T(p), both let dy
-// through. f32: T(p) = p.
-template <typename T, int V>
-__device__ __forceinline__ void relu_mask_recomputed(const float (&v)[V], const float (&m)[V],
-                                                     const float (&k)[V], const float (&b)[V],
-                                                     float (&g)[V]) {
-#pragma unroll
-    for (int j = 0; j < V; j++) {
-        const float y = to_f32(from_f32<T>(fmaf(v[j] - m[j], k[j], b[j])));
-        g[j] = relu_grad_f(y, g[j]);
-    }
-}
-
 template <typename T, int V>
 __device__ __forceinline__ void bn_bwd_reduce_body(
     const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ out,

@@ -124,23 +124,6 @@ __device__ __forceinline__ void bn1d_relu_fwd(const T* x, const float* weight, c
     }
 }
 
-// The ReLU's dy' from x: y's pre-activation recomputed exactly as
-// bn1d_fwd_body computed it (fmaf(x - mean, scale, bias) in f32 with the
-// mean and scale it saved, the same bias and null default), rounded to T as
-// store_f32 rounded y and widened back, then masked as relu_grad_f masks by
-// y: the same mask bit for bit (batchnorm.cu's relu_mask_recomputed has the
-// argument).
-template <typename T, int V>
-__device__ __forceinline__ void bn1d_mask_recomputed(const float (&v)[V], const float (&m)[V],
-                                                     const float (&k)[V], const float (&b)[V],
-                                                     float (&g)[V]) {
-#pragma unroll
-    for (int j = 0; j < V; j++) {
-        const float yv = to_f32(from_f32<T>(fmaf(v[j] - m[j], k[j], b[j])));
-        g[j] = relu_grad_f(yv, g[j]);
-    }
-}
-
 template <typename T, int V>
 __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* __restrict__ dy,
                                               const float* __restrict__ mean,
@@ -166,7 +149,7 @@ __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* 
                 float g[V], v[V];
                 load_f32<T, V>(dy + e, g);
                 load_f32<T, V>(x + e, v);
-                if (relu) bn1d_mask_recomputed<T, V>(v, m, ms, mb, g);
+                if (relu) relu_mask_recomputed<T, V>(v, m, ms, mb, g);
                 add_grad_moments<V>(g, v, m, s, q);
             }
         }
@@ -196,7 +179,7 @@ __device__ __forceinline__ void bn1d_bwd_body(const T* __restrict__ x, const T* 
                 float g[V], v[V];
                 load_f32<T, V>(dy + e, g);
                 load_f32<T, V>(x + e, v);
-                if (relu) bn1d_mask_recomputed<T, V>(v, m, ms, mb, g);
+                if (relu) relu_mask_recomputed<T, V>(v, m, ms, mb, g);
 #pragma unroll
                 for (int j = 0; j < V; j++) v[j] = fmaf(a[j], g[j], fmaf(k[j], v[j] - m[j], b[j]));
                 store_f32<T, V>(dx + e, v);

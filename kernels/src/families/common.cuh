@@ -138,6 +138,26 @@ __device__ __forceinline__ float relu_f(float v) { return isnan(v) ? v : fmaxf(v
 // out > 0 or out is NaN, 0 where out <= 0.
 __device__ __forceinline__ float relu_grad_f(float out, float dy) { return out <= 0.0f ? 0.0f : dy; }
 
+// BN+ReLU's dy' without the forward output (batchnorm.cu, bn1d_relu.cu):
+// y's pre-activation recomputed from x as the forward computed it
+// (fmaf(x - mean, scale, bias) in f32, with the same saved mean and scale,
+// the same bias and the same null defaults), rounded to T as store_f32
+// rounded y and widened back, then masked as relu_grad_f masks by y. This
+// is y's mask bit for bit: for p <= 0, y = T(relu(p)) is +-0 and
+// T(p) <= 0 (rounding keeps the sign); for p > 0, y = T(p) exactly (0 when
+// a tiny p underflows f16, which the round trip reproduces); a NaN p gives
+// a NaN y and a NaN T(p), both let dy through. f32: T(p) = p.
+template <typename T, int V>
+__device__ __forceinline__ void relu_mask_recomputed(const float (&v)[V], const float (&m)[V],
+                                                     const float (&k)[V], const float (&b)[V],
+                                                     float (&g)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        const float y = to_f32(from_f32<T>(fmaf(v[j] - m[j], k[j], b[j])));
+        g[j] = relu_grad_f(y, g[j]);
+    }
+}
+
 // g = the V elements of dy at e, masked by relu_grad_f when relu (a ReLU's
 // backward; out is only read then).
 template <typename T, int V>
