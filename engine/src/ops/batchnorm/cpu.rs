@@ -135,7 +135,7 @@ mod avx2 {
     /// two 4-wide registers, each lane fed the same elements in the same
     /// order with the same operations (convert, subtract, multiply, add;
     /// no FMA), then combined as the scalar code combines them. The same
-    /// bits as the scalar loop (`engine/tests/bn_loss.rs` compares them).
+    /// bits as the scalar loop (the unit test below compares them).
     ///
     /// # Safety
     /// The CPU must support AVX2; `dy.len() >= x.len()`.
