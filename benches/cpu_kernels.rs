@@ -10,9 +10,15 @@
 //! backward of each BN(+ReLU, +add+ReLU) shape of its step, as GB/s of the
 //! tensor passes they must make against one-core copy bandwidth.
 //!
+//! Then its residual joins (`quick_joins`): each block input's gradient is
+//! the first convolution's input gradient plus what the identity or the
+//! downsampling convolution gave; timed computed-then-added (the autograd
+//! engine's sum) and written into the summed gradient (what the
+//! convolution's backward does when it is offered it).
+//!
 //! FLOPs count 2 per multiply-add. `cargo bench -p slmlp-benches --bench cpu_kernels`
 //! (`-- quick_convs` runs only the quick model's conv table, `-- quick_bn`
-//! only its BatchNorm table.)
+//! only its BatchNorm table, `-- quick_joins` only the joins.)
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use engine::ops::{gemm, Conv2dParams, MatRef};
@@ -460,14 +466,88 @@ fn quick_bn(_c: &mut Criterion) {
     );
 }
 
-/// Whether the first argument names one table (`quick_convs`, `quick_bn`):
-/// then only that one runs.
-fn only(table: &str) -> bool {
-    std::env::args().skip(1).any(|a| a == table)
+// ---- residual joins ----
+
+/// The residual joins of the quick model's step, with their counts: the
+/// first convolution of each block whose input gradient is added to the
+/// gradient the identity (stride 1) or the downsampling 1x1 (stride 2)
+/// already gave the block's input.
+fn quick_joins(_c: &mut Criterion) {
+    use engine::backend::Cpu;
+    use engine::ops::conv::{Conv2dGeom, ConvOps};
+    let cs = |cin, cout, hw, stride| ConvShape {
+        batch: 128,
+        cin,
+        cout,
+        hw,
+        k: 3,
+        stride,
+    };
+    let joins = [
+        (2, cs(16, 16, 28, 1)),
+        (1, cs(16, 32, 28, 2)),
+        (1, cs(32, 32, 14, 1)),
+        (1, cs(32, 64, 14, 2)),
+        (1, cs(64, 64, 7, 1)),
+        (1, cs(64, 128, 7, 2)),
+        (1, cs(128, 128, 4, 1)),
+    ];
+    let (mut then_add, mut into) = (0.0, 0.0);
+    for (count, s) in joins {
+        let (x, w, dy) = s.tensors();
+        let oh = s.out_hw();
+        let g = Conv2dGeom {
+            n: s.batch,
+            cin: s.cin,
+            h: s.hw,
+            w: s.hw,
+            cout: s.cout,
+            kh: 3,
+            kw: 3,
+            oh,
+            ow: oh,
+            p: s.params(),
+        };
+        let summed = x.to_vec::<f32>().unwrap();
+        let fresh = || Tensor::from_vec(summed.clone(), x.dims()).unwrap();
+        let a = time(5, fresh, |acc| {
+            let dx = Cpu.conv2d_backward_data(&dy, &w, &g, None).unwrap();
+            acc.add(&dx).unwrap()
+        });
+        let b = time(5, fresh, |acc| {
+            Cpu.conv2d_backward_data(&dy, &w, &g, Some(acc)).unwrap()
+        });
+        println!(
+            "{:<40} then added {:>7.3} ms, written into the sum {:>7.3} ms",
+            format!("{count}x join {}", s.name()),
+            a * 1e3,
+            b * 1e3
+        );
+        then_add += count as f64 * a;
+        into += count as f64 * b;
+    }
+    println!(
+        "quick w16 b128: the input gradients at all residual joins of a step: then added {:.1} ms, written into the sum {:.1} ms",
+        then_add * 1e3,
+        into * 1e3
+    );
+}
+
+/// The tables that can run alone, each selected by its name as the first
+/// argument; with none named, everything runs.
+const TABLES: [&str; 3] = ["quick_convs", "quick_bn", "quick_joins"];
+
+/// Whether `table` runs: it is named, or no table is.
+fn runs(table: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| TABLES.contains(&a.as_str()))
+        .collect();
+    named.is_empty() || named.iter().any(|a| a == table)
 }
 
 fn full(c: &mut Criterion) {
-    if !only("quick_convs") && !only("quick_bn") {
+    if runs("all") {
         bench_gemm(c);
         bench_conv(c);
         resnet18_convs(c);
@@ -475,16 +555,28 @@ fn full(c: &mut Criterion) {
 }
 
 fn quick_convs_table(c: &mut Criterion) {
-    if !only("quick_bn") {
+    if runs("quick_convs") {
         quick_convs(c);
     }
 }
 
 fn quick_bn_table(c: &mut Criterion) {
-    if !only("quick_convs") {
+    if runs("quick_bn") {
         quick_bn(c);
     }
 }
 
-criterion_group!(benches, full, quick_convs_table, quick_bn_table);
+fn quick_joins_table(c: &mut Criterion) {
+    if runs("quick_joins") {
+        quick_joins(c);
+    }
+}
+
+criterion_group!(
+    benches,
+    full,
+    quick_convs_table,
+    quick_bn_table,
+    quick_joins_table
+);
 criterion_main!(benches);

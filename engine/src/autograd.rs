@@ -9,6 +9,14 @@
 //! `retain_graph=False`). Leaves (parameters) accumulate into a `GradSlot`;
 //! a hook ([`on_grad_ready`]) hears of each leaf as soon as its gradient is
 //! final (data parallelism starts summing it over the ranks then).
+//!
+//! A tensor used by several ops gets the sum of their gradients. The engine
+//! adds each new one to the sum so far, except for ops recorded with
+//! [`record_accumulating`], which are handed the sum so far ([`Pending`])
+//! and add their gradient into it themselves: a convolution's input
+//! gradient accumulates into a residual join's gradient in place (cuDNN and
+//! cuBLASLt with beta = 1, the CPU GEMMs onto it) instead of a separate
+//! add over the whole tensor.
 
 use crate::tensor::{GradMeta, GradSlot, Node};
 use crate::{Error, Result, Tensor};
@@ -89,6 +97,17 @@ pub fn record(
     inputs: &[&Tensor],
     backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + 'static,
 ) -> Tensor {
+    record_accumulating(out, name, inputs, move |g, _| backward(g))
+}
+
+/// As [`record`], for a backward that can add an input's gradient into the
+/// sum already accumulated for that input (`Pending::take`).
+pub fn record_accumulating(
+    out: Tensor,
+    name: &'static str,
+    inputs: &[&Tensor],
+    backward: impl FnOnce(&Tensor, &mut Pending) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+) -> Tensor {
     if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
         return out;
     }
@@ -102,6 +121,31 @@ pub fn record(
         backward: Mutex::new(Some(Box::new(backward))),
     };
     out.with_grad_meta(Some(GradMeta::Node(Arc::new(node))))
+}
+
+/// The gradients other ops already produced for a node's inputs, when the
+/// node runs its backward: input `i`'s is offered when `i` is the output of
+/// another op (not a leaf), some op run before gave it a gradient, and no
+/// earlier input of the node is the same tensor.
+pub struct Pending(Vec<Option<Tensor>>);
+
+impl Pending {
+    /// Takes input `i`'s sum so far. The backward then owes input `i` a
+    /// gradient that includes it: it adds its own into the tensor taken
+    /// (in place when nothing else holds it) and returns the result.
+    pub fn take(&mut self, i: usize) -> Option<Tensor> {
+        self.0.get_mut(i).and_then(Option::take)
+    }
+}
+
+/// The sum of two gradients of one tensor, `prev + g`: the engine's
+/// accumulation, and what a backward that took a [`Pending`] gradient it
+/// cannot add into in place returns.
+pub fn accumulate(prev: Option<Tensor>, g: Tensor) -> Result<Tensor> {
+    match prev {
+        Some(p) => p.add(&g),
+        None => Ok(g),
+    }
 }
 
 fn topo_order(root: &Arc<Node>) -> Vec<Arc<Node>> {
@@ -216,8 +260,29 @@ fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
             crate::Device::Cpu => "cpu",
             crate::Device::Cuda(_) => "cuda",
         };
-        let input_grads = crate::trace::op(node.name, "backward", ran, &[&grad], || f(&grad))?;
+        // the gradients summed so far of the inputs that are other ops'
+        // outputs, each offered once
+        let mut pending = Pending(vec![None; node.parents.len()]);
+        for (i, parent) in node.parents.iter().enumerate() {
+            if let Some(GradMeta::Node(n)) = parent {
+                pending.0[i] = grads.remove(&Arc::as_ptr(n));
+            }
+        }
+        let offered: Vec<bool> = pending.0.iter().map(Option::is_some).collect();
+        let input_grads = crate::trace::op(node.name, "backward", ran, &[&grad], || {
+            f(&grad, &mut pending)
+        })?;
         drop(grad);
+        // what was offered and not taken goes back
+        let mut taken = vec![false; offered.len()];
+        for (i, (parent, p)) in node.parents.iter().zip(&mut pending.0).enumerate() {
+            match (parent, p.take()) {
+                (Some(GradMeta::Node(n)), Some(p)) => {
+                    grads.insert(Arc::as_ptr(n), p);
+                }
+                _ => taken[i] = offered[i],
+            }
+        }
         if input_grads.len() != node.parents.len() {
             return Err(Error::Autograd(format!(
                 "`{}` returned {} gradients for {} inputs",
@@ -226,9 +291,21 @@ fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
                 node.parents.len()
             )));
         }
-        for ((parent, g), (shape, dtype)) in node.parents.iter().zip(input_grads).zip(&node.inputs)
+        for (i, ((parent, g), (shape, dtype))) in node
+            .parents
+            .iter()
+            .zip(input_grads)
+            .zip(&node.inputs)
+            .enumerate()
         {
+            // taken: the gradient returned already holds the sum so far
             let (Some(parent), Some(g)) = (parent, g) else {
+                if taken[i] {
+                    return Err(Error::Autograd(format!(
+                        "`{}` took input {i}'s accumulated gradient and returned none",
+                        node.name
+                    )));
+                }
                 continue;
             };
             if g.dims() != shape.as_slice() || g.dtype() != *dtype {
@@ -245,10 +322,7 @@ fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
                 GradMeta::Leaf(slot) => slot.accumulate(g)?,
                 GradMeta::Node(n) => {
                     let key = Arc::as_ptr(n);
-                    let acc = match grads.remove(&key) {
-                        Some(prev) => prev.add(&g)?,
-                        None => g,
-                    };
+                    let acc = accumulate(grads.remove(&key), g)?;
                     grads.insert(key, acc);
                 }
             }
@@ -284,6 +358,93 @@ impl Tensor {
 mod tests {
     use super::*;
     use crate::DType;
+
+    /// `y = 3 * x` recorded with `record_accumulating`: its backward takes
+    /// x's gradient so far when offered (and says so in `took`) and adds its
+    /// own, 3 * g, into it.
+    fn triple(x: &Tensor, took: Arc<Mutex<Vec<bool>>>) -> Tensor {
+        let y = x.scale(3.0).unwrap().detach();
+        record_accumulating(y, "triple", &[x], move |g, pending| {
+            let prev = pending.take(0);
+            took.lock().unwrap().push(prev.is_some());
+            Ok(vec![Some(accumulate(prev, g.scale(3.0)?)?)])
+        })
+    }
+
+    /// x = 2a feeds `triple` and a multiply by triple's output, so the
+    /// multiply runs first and `triple` adds into its gradient of x:
+    /// d/da (3x * x) = 2 * 6x = 24 at a = 1.
+    #[test]
+    fn an_accumulating_backward_gets_the_sum_so_far() {
+        let a = Tensor::full(&[4], 1.0, DType::F64)
+            .requires_grad_()
+            .unwrap();
+        let took = Arc::new(Mutex::new(Vec::new()));
+        let x = a.scale(2.0).unwrap();
+        let y = triple(&x, took.clone()).mul(&x).unwrap();
+        y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(*took.lock().unwrap(), vec![true]);
+        assert_eq!(a.grad().unwrap().to_vec::<f64>().unwrap(), vec![24.0; 4]);
+        // alone, nothing is offered
+        let a2 = Tensor::full(&[4], 1.0, DType::F64)
+            .requires_grad_()
+            .unwrap();
+        let x2 = a2.scale(2.0).unwrap();
+        triple(&x2, took.clone())
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(*took.lock().unwrap(), vec![true, false]);
+        assert_eq!(a2.grad().unwrap().to_vec::<f64>().unwrap(), vec![6.0; 4]);
+    }
+
+    /// An input listed twice is offered its sum once; a backward that takes
+    /// a sum and returns no gradient for it is an error, not a lost sum.
+    #[test]
+    fn pending_sums_are_offered_once_and_never_dropped() {
+        let a = Tensor::full(&[2], 1.0, DType::F64)
+            .requires_grad_()
+            .unwrap();
+        let x = a.scale(2.0).unwrap();
+        let offered = Arc::new(Mutex::new(Vec::new()));
+        let seen = offered.clone();
+        let y = record_accumulating(x.mul(&x).unwrap().detach(), "square", &[&x, &x], {
+            let x = x.detach();
+            move |g, pending| {
+                let (p0, p1) = (pending.take(0), pending.take(1));
+                seen.lock().unwrap().push((p0.is_some(), p1.is_some()));
+                let d = g.mul(&x)?;
+                Ok(vec![Some(accumulate(p0, d.clone())?), Some(d)])
+            }
+        });
+        // x also feeds a multiply by the square, which runs first
+        y.mul(&x).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(*offered.lock().unwrap(), vec![(true, false)]);
+        // d/da x^3 = 2 * 3x^2 = 24 at a = 1
+        assert_eq!(a.grad().unwrap().to_vec::<f64>().unwrap(), vec![24.0; 2]);
+
+        let a = Tensor::full(&[2], 1.0, DType::F64)
+            .requires_grad_()
+            .unwrap();
+        let x = a.scale(2.0).unwrap();
+        let lost = record_accumulating(x.detach(), "drops", &[&x], |_, pending| {
+            let _ = pending.take(0);
+            Ok(vec![None])
+        });
+        let e = lost
+            .mul(&x)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`drops` took input 0's accumulated gradient"),
+            "{e}"
+        );
+    }
 
     /// The hook hears of each leaf once, after its last contribution: `a`
     /// feeds the last op run (the first op of the forward) and an earlier

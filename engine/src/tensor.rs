@@ -209,6 +209,39 @@ impl Tensor {
         }
     }
 
+    /// Whether this handle is the only one to its data: no other tensor,
+    /// view or clone shares the storage, so an op may write into it.
+    pub(crate) fn is_sole_owner(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+            && Arc::weak_count(&self.0) == 0
+            && Arc::strong_count(&self.0.storage) == 1
+            && Arc::weak_count(&self.0.storage) == 0
+    }
+
+    /// Whether the tensor covers its whole storage in row-major order.
+    fn is_whole_storage(&self) -> bool {
+        let l = &self.0.layout;
+        l.is_contiguous() && l.offset == 0 && self.0.storage.len() == self.numel()
+    }
+
+    /// The elements as compute type `T`, row-major: a host tensor's own
+    /// vector when this is its sole owner and it is stored dense as `T`
+    /// (no copy), else a copy ([`Tensor::float_data`]).
+    pub(crate) fn into_float_vec<T: Float>(self) -> Result<Vec<T>> {
+        let own = self.device() == Device::Cpu && self.dtype() == T::DTYPE;
+        if own && self.is_whole_storage() && self.is_sole_owner() {
+            if let Ok(inner) = Arc::try_unwrap(self.0) {
+                if let Ok(s) = Arc::try_unwrap(inner.storage) {
+                    if let Some(v) = T::from_storage(s) {
+                        return Ok(v);
+                    }
+                }
+            }
+            unreachable!("the sole owner of a host storage of dtype T unwraps it to a Vec<T>");
+        }
+        Ok(self.float_data::<T>()?.into_owned())
+    }
+
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         Ok(self.data::<T>()?.into_owned())
     }
@@ -338,7 +371,11 @@ impl Tensor {
     }
 }
 
-pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>;
+/// A node's backward: the gradient of its output and the gradients
+/// already summed for its inputs that it may add its own into (see
+/// [`crate::autograd::Pending`]); returns one gradient (or None) per input.
+pub type BackwardFn =
+    Box<dyn FnOnce(&Tensor, &mut crate::autograd::Pending) -> Result<Vec<Option<Tensor>>> + Send>;
 
 /// Where a tensor's gradient goes.
 #[derive(Clone)]

@@ -235,6 +235,50 @@ fn gradcheck_conv2d() {
     }
 }
 
+/// Residual joins: x feeds a 3x3 convolution, a strided or 1x1 one and the
+/// identity, so its gradient is summed from three ops, the convolutions
+/// adding their input gradients into the sum so far (in place when no other
+/// tensor holds it, out of place when the add's gradient is still shared).
+#[test]
+fn gradcheck_conv2d_residual_joins() {
+    let p3 = params([1, 1], [1, 1], [1, 1], 1);
+    for (i, (p2, w2)) in [
+        (params([1, 1], [0, 0], [1, 1], 1), [4, 4, 1, 1]),
+        (params([1, 1], [1, 1], [1, 1], 1), [4, 4, 3, 3]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let inputs = [
+            randn(&[2, 4, 6, 6], 700 + i as u64),
+            randn(&[4, 4, 3, 3], 710 + i as u64),
+            randn(&w2, 720 + i as u64),
+        ];
+        let f = move |t: &[Tensor]| {
+            let x = t[0].scale(1.5)?;
+            let a = x.conv2d(&t[1], None, p3)?.tanh()?;
+            a.add(&x.conv2d(&t[2], None, p2)?)?.add(&x)
+        };
+        check_gradients(f, &inputs, 1e-6, 1e-7, 1e-5).unwrap_or_else(|e| panic!("case {i}: {e}"));
+    }
+    // a strided join (a downsampling block's input): x feeds two stride-2
+    // convolutions whose outputs are summed
+    let s2 = params([2, 2], [1, 1], [1, 1], 1);
+    let d2 = params([2, 2], [0, 0], [1, 1], 1);
+    let inputs = [
+        randn(&[2, 3, 7, 7], 730),
+        randn(&[5, 3, 3, 3], 731),
+        randn(&[5, 3, 1, 1], 732),
+    ];
+    let f = move |t: &[Tensor]| {
+        let x = t[0].tanh()?;
+        x.conv2d(&t[1], None, s2)?
+            .sigmoid()?
+            .add(&x.conv2d(&t[2], None, d2)?)
+    };
+    check_gradients(f, &inputs, 1e-6, 1e-7, 1e-5).unwrap();
+}
+
 #[test]
 fn conv2d_skips_gradients_not_required() {
     let x = randn(&[2, 3, 5, 5], 1);

@@ -127,10 +127,11 @@ pub enum Activation {
     Gelu,
 }
 
-/// `D = alpha * A B (+ bias per column of D) (then act)`, `batch` times;
-/// A [m, k], B [k, n], D [m, n] (D row-major, never transposed); bias
-/// (when given) holds n elements of `dtype`, contiguous. All four share
-/// `dtype` (f32, f16 or bf16); accumulation is f32.
+/// `D = alpha * A B + beta * D (+ bias per column of D) (then act)`,
+/// `batch` times; A [m, k], B [k, n], D [m, n] (D row-major, never
+/// transposed); bias (when given) holds n elements of `dtype`, contiguous.
+/// All four share `dtype` (f32, f16 or bf16); accumulation is f32. With
+/// beta 0, D is only written.
 #[derive(Clone, Copy, Debug)]
 pub struct GemmParams {
     pub dtype: DType,
@@ -139,6 +140,7 @@ pub struct GemmParams {
     pub d: Matrix,
     pub batch: usize,
     pub alpha: f32,
+    pub beta: f32,
     pub bias: Option<u64>,
     pub act: Activation,
 }
@@ -618,7 +620,7 @@ fn pref_attr<T>(
     unsafe { set_attr(p, sys::cublasLtMatmulPreferenceSetAttribute, pr.0, attr, v) }
 }
 
-/// The descriptors of one GEMM (C shares D's layout: beta is 0).
+/// The descriptors of one GEMM (C is D: same pointer and layout).
 struct Prepared {
     desc: Desc,
     a: Layout,
@@ -785,9 +787,9 @@ fn heuristic(
     Ok(results)
 }
 
-/// Queues one `D = alpha * A B (+ bias) (then act)` with `algo`, writing
-/// the D at `d_ptr` (the caller's, or a scratch buffer of the same size
-/// while timing); beta is 0, so C (= D) is never read.
+/// Queues one `D = alpha * A B + beta * D (+ bias) (then act)` with
+/// `algo`, on the D at `d_ptr` (the caller's, or a scratch buffer of the
+/// same size while timing); C is D.
 ///
 /// # Safety
 ///
@@ -801,7 +803,7 @@ unsafe fn matmul(
     algo: &sys::cublasLtMatmulAlgo_t,
     d_ptr: u64,
 ) -> sys::cublasStatus_t {
-    let (alpha, beta) = (p.alpha, 0.0f32);
+    let (alpha, beta) = (p.alpha, p.beta);
     // SAFETY: the descriptors are live and match the buffers (the caller's
     // contract on the pointers); alpha/beta are f32 host scalars (the scale
     // type); the workspace block outlives the queued work (it is never
@@ -848,6 +850,11 @@ unsafe fn time_candidates(
         .ok_or_else(|| Error::arg("gemm", "the output's size overflows"))?;
     // fresh blocks are at least as aligned as the key's D alignment (<= 256)
     let scratch = g.alloc(bytes)?;
+    if p.beta != 0.0 {
+        // the timed GEMMs read it as C: zeros, not stale bits (NaN, subnormals)
+        // SAFETY: scratch is a live block of `bytes` bytes on g.
+        unsafe { g.memset(scratch.ptr(), 0, bytes) }?;
+    }
     let mut timings = Vec::with_capacity(algos.len());
     for r in algos {
         // SAFETY: the caller's contract; scratch holds all of D.
@@ -1018,7 +1025,7 @@ impl Options {
     }
 }
 
-/// Queues `D = alpha * A B (+ bias) (then act)` on `g`'s stream (see
+/// Queues `D = alpha * A B + beta * D (+ bias) (then act)` on `g`'s stream (see
 /// [`GemmParams`]) with the global [`Options`]; returns a description of
 /// the algorithm used, for the trace.
 ///
@@ -1069,6 +1076,7 @@ mod tests {
             d,
             batch,
             alpha: 1.0,
+            beta: 0.0,
             bias: None,
             act: Activation::None,
         }

@@ -1087,7 +1087,9 @@ impl Dnn {
     }
 }
 
-/// Runs `dir` for `s` on `dtype` data, writing (beta = 0) the output.
+/// Runs `dir` for `s` on `dtype` data: output = result + beta * output
+/// (beta 0: the output is only written). The algorithm search writes into
+/// a scratch output, so the output is read and written once.
 ///
 /// # Safety
 /// `p` addresses the buffers `dir` reads and writes (see the pub fns).
@@ -1097,6 +1099,7 @@ unsafe fn run(
     s: &ConvShape,
     dtype: DType,
     p: Ptrs,
+    beta: f32,
 ) -> Result<&'static str> {
     if s.is_empty() {
         return Err(Error::arg(
@@ -1118,7 +1121,7 @@ unsafe fn run(
         });
         d.conv.set_math(c.math, s)?;
         let (ws, ws_ptr) = workspace(g, c.workspace)?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let alpha = 1.0f32;
         let (al, be) = (
             &alpha as *const f32 as *const c_void,
             &beta as *const f32 as *const c_void,
@@ -1183,13 +1186,14 @@ unsafe fn run(
     })
 }
 
-/// y = conv(x, w): x NHWC [n, c, h, w], w KRSC [k, c/groups, r, s], y NHWC
-/// [n, k, oh, ow], all `dtype`, y overwritten. Returns the algorithm name.
+/// y = conv(x, w) + beta * y: x NHWC [n, c, h, w], w KRSC [k, c/groups,
+/// r, s], y NHWC [n, k, oh, ow], all `dtype` (beta 0: y overwritten).
+/// Returns the algorithm name.
 ///
 /// # Safety
 /// `x`, `w` and `y` address live device buffers on `g` holding at least
-/// those dims' element counts of `dtype`, and nothing else uses `y` until
-/// the GPU's stream has run the call.
+/// those dims' element counts of `dtype` (y initialised when beta is not
+/// 0), and nothing else uses `y` until the GPU's stream has run the call.
 pub unsafe fn conv_forward(
     g: &'static Gpu,
     s: &ConvShape,
@@ -1197,13 +1201,15 @@ pub unsafe fn conv_forward(
     x: u64,
     w: u64,
     y: u64,
+    beta: f32,
 ) -> Result<&'static str> {
+    let p = Ptrs { a: x, b: w, out: y };
     // SAFETY: the caller's contract.
-    unsafe { run(g, Direction::Forward, s, dtype, Ptrs { a: x, b: w, out: y }) }
+    unsafe { run(g, Direction::Forward, s, dtype, p, beta) }
 }
 
 /// dx = the gradient of conv(x, w) w.r.t. x given dy (NHWC [n, k, oh, ow])
-/// and w (KRSC), written to dx (NHWC [n, c, h, w]). Returns the algorithm
+/// and w (KRSC), + beta * dx (NHWC [n, c, h, w]). Returns the algorithm
 /// name.
 ///
 /// # Safety
@@ -1215,6 +1221,7 @@ pub unsafe fn conv_backward_data(
     w: u64,
     dy: u64,
     dx: u64,
+    beta: f32,
 ) -> Result<&'static str> {
     let p = Ptrs {
         a: w,
@@ -1222,10 +1229,10 @@ pub unsafe fn conv_backward_data(
         out: dx,
     };
     // SAFETY: the caller's contract.
-    unsafe { run(g, Direction::BackwardData, s, dtype, p) }
+    unsafe { run(g, Direction::BackwardData, s, dtype, p, beta) }
 }
 
-/// dw = the gradient of conv(x, w) w.r.t. w given x and dy, written to dw
+/// dw = the gradient of conv(x, w) w.r.t. w given x and dy, + beta * dw
 /// (KRSC [k, c/groups, r, s]). Returns the algorithm name.
 ///
 /// # Safety
@@ -1237,6 +1244,7 @@ pub unsafe fn conv_backward_filter(
     x: u64,
     dy: u64,
     dw: u64,
+    beta: f32,
 ) -> Result<&'static str> {
     let p = Ptrs {
         a: x,
@@ -1244,7 +1252,7 @@ pub unsafe fn conv_backward_filter(
         out: dw,
     };
     // SAFETY: the caller's contract.
-    unsafe { run(g, Direction::BackwardFilter, s, dtype, p) }
+    unsafe { run(g, Direction::BackwardFilter, s, dtype, p, beta) }
 }
 
 /// y[n, k, i, j] += bias[k] for NHWC y of logical dims `y_dims` (bias

@@ -16,7 +16,7 @@
 //! partition does not depend on the thread count, so its results are the
 //! same bits under any rayon pool.
 
-use super::{Conv2dGeom as Geom, ConvOps};
+use super::{check_acc, Conv2dGeom as Geom, ConvOps};
 use crate::backend::Cpu;
 use crate::layout::Conv2dParams;
 use crate::ops::matmul::{gemm, gemm_strided, MatRef};
@@ -291,8 +291,8 @@ fn padded<'a, T: Pooled>(x: &'a [T], c: usize, g: &Geom, buf: &'a mut Buf<T>) ->
 }
 
 /// The inverse of `padded` for gradients: copies the padded planes' interiors
-/// into the unit's input-gradient planes `dx`.
-fn unpad<T: Pooled>(pad: &[T], c: usize, g: &Geom, dx: &mut [T]) {
+/// into the unit's input-gradient planes `dx`, or adds them (`add`).
+fn unpad<T: Pooled>(pad: &[T], c: usize, g: &Geom, dx: &mut [T], add: bool) {
     let ([ph, pw], h, w, (_, wp)) = (g.p.padding, g.h, g.w, g.padded_hw());
     let (src, dst) = (Planes::padded(g, c), Planes::unpadded(g));
     for ci in 0..g.cin_g() {
@@ -300,7 +300,12 @@ fn unpad<T: Pooled>(pad: &[T], c: usize, g: &Geom, dx: &mut [T]) {
             let xp = &mut dx[dst.at(ci, l)..][..h * w];
             let pp = &pad[src.at(ci, l) + ph * wp..];
             for (xr, pr) in xp.chunks_exact_mut(w).zip(pp.chunks_exact(wp)) {
-                xr.copy_from_slice(&pr[pw..pw + w]);
+                let pr = &pr[pw..pw + w];
+                if add {
+                    xr.iter_mut().zip(pr).for_each(|(x, p)| *x += *p);
+                } else {
+                    xr.copy_from_slice(pr);
+                }
             }
         }
     }
@@ -477,12 +482,19 @@ fn tiles(pl: &Plan, g: &Geom) -> impl Iterator<Item = [usize; 2]> {
         .map(move |o| [o, (o + rows).min(oh)])
 }
 
-/// y = conv(x, wt) + bias over at most `threads` parts of the batch;
-/// `batched`: see [`columns`].
+/// What a convolution's output starts from: zeros plus an optional bias
+/// per channel, or a gradient it is added to (see `ConvOps::conv2d_backward_data`).
+pub(super) enum Start<'a, T> {
+    Bias(Option<&'a [T]>),
+    Onto(Vec<T>),
+}
+
+/// y = conv(x, wt) + bias, or `onto + conv(x, wt)` (see [`Start`]), over
+/// at most `threads` parts of the batch; `batched`: see [`columns`].
 pub(super) fn conv_forward<T: Pooled>(
     x: &[T],
     wt: &[T],
-    bias: Option<&[T]>,
+    start: Start<'_, T>,
     g: &Geom,
     threads: usize,
     batched: bool,
@@ -490,7 +502,12 @@ pub(super) fn conv_forward<T: Pooled>(
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
     let pl = plan(g, threads, batched);
-    let mut out = vec![T::zero(); g.n * out_img];
+    // `keep`: the output holds the gradient given, which the result is added to
+    let (mut out, bias, keep) = match start {
+        Start::Bias(b) => (vec![T::zero(); g.n * out_img], b, false),
+        Start::Onto(v) => (v, None, true),
+    };
+    debug_assert_eq!(out.len(), g.n * out_img);
     if out.is_empty() {
         return out;
     }
@@ -515,8 +532,8 @@ pub(super) fn conv_forward<T: Pooled>(
                         mat(&*cols, k, ncol, ncol, 1)
                     };
                     if c == 1 {
-                        // Straight into the output tile, the bias pre-filled
-                        // and accumulated onto.
+                        // Straight into the output tile, accumulated onto
+                        // the gradient given or the bias pre-filled.
                         let o = c0 * out_img + gi * cout_g * hw_out + oy[0] * ow;
                         let dst = &mut out_part[o..o + (cout_g - 1) * hw_out + tile];
                         if bias.is_some() {
@@ -524,8 +541,8 @@ pub(super) fn conv_forward<T: Pooled>(
                                 d[..tile].fill(bias_of(co));
                             }
                         }
-                        gemm_strided(dst, hw_out, a, b, bias.is_some(), pl.gemm_threads)
-                            .expect(IN_BOUNDS);
+                        let onto = keep || bias.is_some();
+                        gemm_strided(dst, hw_out, a, b, onto, pl.gemm_threads).expect(IN_BOUNDS);
                         continue;
                     }
                     let tmp = s.tmp.get(cout_g * ncol);
@@ -534,8 +551,11 @@ pub(super) fn conv_forward<T: Pooled>(
                         let bv = bias_of(co);
                         for (l, t) in t.chunks_exact(tile).enumerate() {
                             let o = (c0 + l) * out_img + (gi * cout_g + co) * hw_out + oy[0] * ow;
-                            for (d, t) in out_part[o..][..tile].iter_mut().zip(t) {
-                                *d = *t + bv;
+                            let d = &mut out_part[o..][..tile];
+                            if keep {
+                                d.iter_mut().zip(t).for_each(|(d, t)| *d += *t);
+                            } else {
+                                d.iter_mut().zip(t).for_each(|(d, t)| *d = *t + bv);
                             }
                         }
                     }
@@ -547,23 +567,28 @@ pub(super) fn conv_forward<T: Pooled>(
 }
 
 /// What `conv_backward` is given, and so computes: the weight (for the
-/// input gradient) or the input (for the weight gradient).
+/// input gradient, added to the gradient given when there is one) or the
+/// input (for the weight gradient).
 pub(super) enum Given<'a, T> {
-    Weight(&'a [T]),
+    Weight(&'a [T], Option<Vec<T>>),
     Input(&'a [T]),
 }
 
 /// The input or the weight gradient (see [`Given`]) from dY, in one pass
 /// over the batch.
 pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) -> Vec<T> {
-    let (x, wt) = match given {
-        Given::Weight(w) => (None, Some(w)),
-        Given::Input(x) => (Some(x), None),
+    let (x, wt, onto) = match given {
+        Given::Weight(w, onto) => (None, Some(w), onto),
+        Given::Input(x) => (Some(x), None, None),
     };
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
     let pl = plan(g, BACKWARD_PARTS, false);
-    let mut dx = vec![T::zero(); if wt.is_some() { g.n * in_img } else { 0 }];
+    // `keep`: dx holds the gradient given, which the input gradient is added to
+    let keep = onto.is_some();
+    let mut dx =
+        onto.unwrap_or_else(|| vec![T::zero(); if wt.is_some() { g.n * in_img } else { 0 }]);
+    debug_assert_eq!(dx.len(), if wt.is_some() { g.n * in_img } else { 0 });
     let per_img = if dx.is_empty() { 0 } else { in_img };
     // Each part sums its dW transposed ([groups][k][cout_g]): as
     // `cols @ dY^T` the GEMM runs up to 3x faster than `dY @ cols^T` when
@@ -637,7 +662,7 @@ pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) 
                         let dym = mat(dyd, cout_g, ncol, dy_rs, 1);
                         if direct {
                             let dst = &mut dxc[oy[0] * ow..(cin_g - 1) * hw_in + oy[1] * ow];
-                            gemm_strided(dst, hw_in, wtm, dym, false, pl.gemm_threads)
+                            gemm_strided(dst, hw_in, wtm, dym, keep, pl.gemm_threads)
                                 .expect(IN_BOUNDS);
                         } else {
                             let cols = s.cols.get(k * ncol);
@@ -651,7 +676,7 @@ pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) 
                     }
                 }
                 if dpad_len > 0 {
-                    unpad(s.dpad.get(dpad_len), c, g, dxc);
+                    unpad(s.dpad.get(dpad_len), c, g, dxc, keep);
                 }
             }
         }
@@ -768,25 +793,37 @@ fn flipped<T: Copy>(w: &[T], g: &Geom) -> Vec<T> {
     out
 }
 
-/// The input gradient of the convolution `g`: for stride 1 a forward
-/// convolution ([`as_forward`]: no k-times-larger column gradient to write
-/// and scatter back), else GEMM + col2im. Split into the backward's fixed
-/// parts either way, so the same bits come out under any thread count.
-pub(super) fn input_grad<T: Pooled>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+/// The input gradient of the convolution `g`, added to `onto` when given:
+/// for stride 1 a forward convolution ([`as_forward`]: no k-times-larger
+/// column gradient to write and scatter back), else GEMM + col2im. Split
+/// into the backward's fixed parts either way, so the same bits come out
+/// under any thread count.
+pub(super) fn input_grad<T: Pooled>(dy: &[T], w: &[T], g: &Geom, onto: Option<Vec<T>>) -> Vec<T> {
     match as_forward(g) {
-        Some(f) => conv_forward(dy, &flipped(w, g), None, &f, BACKWARD_PARTS, true),
-        None => conv_backward(Given::Weight(w), dy, g),
+        Some(f) => {
+            let start = onto.map_or(Start::Bias(None), Start::Onto);
+            conv_forward(dy, &flipped(w, g), start, &f, BACKWARD_PARTS, true)
+        }
+        None => conv_backward(Given::Weight(w, onto), dy, g),
     }
 }
 
 /// The input gradient of the convolution `g` from `dy` and `w`, plus the
-/// bias per channel (a transposed convolution's forward).
-fn data_grad(dy: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &Geom) -> Result<Tensor> {
+/// bias per channel (a transposed convolution's forward) or added to `acc`
+/// (its own vector when nothing else holds it: see `Tensor::into_float_vec`).
+fn data_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    g: &Geom,
+    acc: Option<Tensor>,
+) -> Result<Tensor> {
     crate::trace::kernel("col2im+gemm");
     let dtype = dy.dtype();
     Ok(dispatch_float!("conv2d_backward_data", dtype, T => {
         let (dy, w) = (dy.float_data::<T>()?, w.float_data::<T>()?);
-        let mut dx = input_grad::<T>(&dy, &w, g);
+        let onto = acc.map(Tensor::into_float_vec::<T>).transpose()?;
+        let mut dx = input_grad::<T>(&dy, &w, g, onto);
         if let Some(b) = bias {
             add_bias::<T>(&mut dx, &b.float_data::<T>()?, g.hw_in());
         }
@@ -807,12 +844,19 @@ impl ConvOps for Cpu {
         Ok(dispatch_float!("conv2d", dtype, T => {
             let (x, w) = (x.float_data::<T>()?, w.float_data::<T>()?);
             let b = bias.map(|b| b.float_data::<T>()).transpose()?;
-            Tensor::from_compute(conv_forward::<T>(&x, &w, b.as_deref(), g, rayon::current_num_threads(), true), &g.y_dims(), dtype)
+            Tensor::from_compute(conv_forward::<T>(&x, &w, Start::Bias(b.as_deref()), g, rayon::current_num_threads(), true), &g.y_dims(), dtype)
         }))
     }
 
-    fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
-        data_grad(dy, w, None, g)
+    fn conv2d_backward_data(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        g: &Geom,
+        acc: Option<Tensor>,
+    ) -> Result<Tensor> {
+        check_acc(acc.as_ref(), dy, g)?;
+        data_grad(dy, w, None, g, acc)
     }
 
     fn conv2d_backward_filter(&self, x: &Tensor, dy: &Tensor, g: &Geom) -> Result<Tensor> {
@@ -841,6 +885,6 @@ impl ConvOps for Cpu {
         bias: Option<&Tensor>,
         g: &Geom,
     ) -> Result<Tensor> {
-        data_grad(x, w, bias, g)
+        data_grad(x, w, bias, g, None)
     }
 }

@@ -16,7 +16,8 @@
 //! in another run; the heuristic's first choice is repeatable).
 
 use super::gemm::{at, gemm_plan, Direction, GemmPlan, Operand};
-use super::{Conv2dGeom, ConvOps};
+use super::{check_acc, Conv2dGeom, ConvOps};
+use crate::autograd::accumulate;
 use crate::backend::{unsupported, Cuda};
 use crate::cuda::blas::{self, Activation, GemmParams, Options};
 use crate::cuda::dnn::{self, ConvShape};
@@ -25,18 +26,34 @@ use crate::cuda::runtime::Gpu;
 use crate::cuda::tensor::{contiguous, empty, gpu_of, ptr, to_default_layout, zeros};
 use crate::{DType, Result, Tensor};
 
-/// One of dnn's convolutions: (gpu, shape, dtype, in a, in b, out).
-type DnnConv = unsafe fn(&'static Gpu, &ConvShape, DType, u64, u64, u64) -> Result<&'static str>;
+/// One of dnn's convolutions: (gpu, shape, dtype, in a, in b, out, beta).
+type DnnConv =
+    unsafe fn(&'static Gpu, &ConvShape, DType, u64, u64, u64, f32) -> Result<&'static str>;
+
+/// Where a convolution's result goes: a new tensor, or added into a
+/// gradient this op may write (`onto`, see [`writable`]).
+enum Out {
+    New([usize; 4]),
+    Onto(Tensor),
+}
+
+/// Whether a result on `device` may be added into `acc` in place: a
+/// tensor there in the GPU default layout that nothing else holds.
+/// Otherwise the sum is computed out of place, as the autograd engine would.
+fn writable(acc: &Tensor, device: crate::Device) -> bool {
+    acc.device() == device && acc.layout().has_gpu_strides() && acc.is_sole_owner()
+}
 
 /// `f` on `a` and `b` into a new output of `dims` (zeros when the
-/// convolution is empty), plus `bias` per channel.
+/// convolution is empty), plus `bias` per channel; or added into the
+/// tensor of [`Out::Onto`] (no bias then).
 fn run(
     f: DnnConv,
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
     g: &Conv2dGeom,
-    dims: [usize; 4],
+    out: Out,
 ) -> Result<Tensor> {
     let dtype = a.dtype();
     dnn::data_type(dtype)?;
@@ -50,20 +67,23 @@ fn run(
         ));
     }
     let gpu = gpu_of(a)?;
-    let out = if s.is_empty() {
-        zeros(gpu, &dims, dtype)?
-    } else {
+    let (out, beta) = match out {
+        Out::New(dims) if s.is_empty() => (zeros(gpu, &dims, dtype)?, 0.0),
+        Out::New(dims) => (empty(gpu, &dims, dtype)?, 0.0),
+        Out::Onto(t) => (t, 1.0),
+    };
+    let dims: [usize; 4] = out.dims().try_into().expect("a 4-d output");
+    if !s.is_empty() {
         let (a, b) = (to_default_layout(a)?, to_default_layout(b)?);
-        let out = empty(gpu, &dims, dtype)?;
         // SAFETY: a, b and out are live tensors on gpu in the GPU default
         // layout (NHWC / KRSC, dense) with the dims `f` reads and writes
         // for `s` (the front-end checked the operands' shapes and dtypes
-        // against `g`, and `s` matches `g`); out is new, used by nothing
-        // else.
-        let algo = unsafe { f(gpu, &s, dtype, ptr(&a)?, ptr(&b)?, ptr(&out)?) }?;
+        // against `g`, and `s` matches `g`; an `Onto` output is a gradient
+        // of the input the engine checked, and `writable`); out is used by
+        // nothing else.
+        let algo = unsafe { f(gpu, &s, dtype, ptr(&a)?, ptr(&b)?, ptr(&out)?, beta) }?;
         crate::trace::kernel(algo);
-        out
-    };
+    }
     if let Some(bias) = bias {
         let bias = to_default_layout(bias)?;
         // SAFETY: bias is a dense [dims[1]] tensor (checked by the
@@ -76,12 +96,13 @@ fn run(
 
 /// `plan` on its two `inputs` (each tagged with the operand it is) into a
 /// new output of `dims` in the default layout, with `bias` per output
-/// channel added by cuBLASLt's BIAS epilogue.
+/// channel added by cuBLASLt's BIAS epilogue; or added into the tensor of
+/// [`Out::Onto`] (beta 1).
 fn run_gemm(
     plan: &GemmPlan,
     inputs: [(Operand, &Tensor); 2],
     bias: Option<&Tensor>,
-    dims: [usize; 4],
+    out: Out,
 ) -> Result<Tensor> {
     let first = inputs[0].1;
     let dtype = first.dtype();
@@ -106,7 +127,10 @@ fn run_gemm(
         Some(b) => Some(contiguous(b)?),
         None => None,
     };
-    let out = empty(gpu, &dims, dtype)?;
+    let (out, beta) = match out {
+        Out::New(dims) => (empty(gpu, &dims, dtype)?, 0.0),
+        Out::Onto(t) => (t, 1.0),
+    };
     let params = GemmParams {
         dtype,
         a: at(plan.a.1, ptr(a)?),
@@ -114,6 +138,7 @@ fn run_gemm(
         d: at(plan.d, ptr(&out)?),
         batch: 1,
         alpha: 1.0,
+        beta,
         bias: bias.as_ref().map(ptr).transpose()?,
         act: Activation::None,
     };
@@ -125,8 +150,9 @@ fn run_gemm(
     };
     // SAFETY: a and b are live GPU tensors in the default layout with the
     // dims gemm_plan checked, which the plan's matrices cover exactly (NHWC
-    // / KRSC as row-major [rows, cols]); out is new, dense, of `dims` (the
-    // plan's D), used by nothing else; the bias, when given, is a
+    // / KRSC as row-major [rows, cols]); out is dense, of the plan's D
+    // dims (new, or a `writable` gradient of that input), used by nothing
+    // else; the bias, when given, is a
     // contiguous [n] tensor of dtype (the front-end checked its shape and
     // dtype); all live until the GEMM is queued, and the allocator only
     // hands their blocks to work queued after it.
@@ -146,21 +172,35 @@ impl ConvOps for Cuda {
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
         if let Some(plan) = gemm_plan(Direction::Forward, g, [x.layout(), w.layout()]) {
-            return run_gemm(&plan, [(Operand::X, x), (Operand::W, w)], bias, g.y_dims());
-        }
-        run(dnn::conv_forward, x, w, bias, g, g.y_dims())
-    }
-
-    fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Result<Tensor> {
-        if let Some(plan) = gemm_plan(Direction::BackwardData, g, [dy.layout(), w.layout()]) {
             return run_gemm(
                 &plan,
-                [(Operand::Dy, dy), (Operand::W, w)],
-                None,
-                g.x_dims(),
+                [(Operand::X, x), (Operand::W, w)],
+                bias,
+                Out::New(g.y_dims()),
             );
         }
-        run(dnn::conv_backward_data, w, dy, None, g, g.x_dims())
+        run(dnn::conv_forward, x, w, bias, g, Out::New(g.y_dims()))
+    }
+
+    /// Into `acc` with beta 1 (cuDNN's blend, cuBLASLt's C = D) when it is
+    /// [`writable`]: the sum is rounded once, from f32.
+    fn conv2d_backward_data(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        g: &Conv2dGeom,
+        acc: Option<Tensor>,
+    ) -> Result<Tensor> {
+        check_acc(acc.as_ref(), dy, g)?;
+        let (out, rest) = match acc {
+            Some(a) if writable(&a, dy.device()) => (Out::Onto(a), None),
+            a => (Out::New(g.x_dims()), a),
+        };
+        let dx = match gemm_plan(Direction::BackwardData, g, [dy.layout(), w.layout()]) {
+            Some(plan) => run_gemm(&plan, [(Operand::Dy, dy), (Operand::W, w)], None, out)?,
+            None => run(dnn::conv_backward_data, w, dy, None, g, out)?,
+        };
+        accumulate(rest, dx)
     }
 
     fn conv2d_backward_filter(&self, x: &Tensor, dy: &Tensor, g: &Conv2dGeom) -> Result<Tensor> {
@@ -169,10 +209,17 @@ impl ConvOps for Cuda {
                 &plan,
                 [(Operand::X, x), (Operand::Dy, dy)],
                 None,
-                g.w_dims(),
+                Out::New(g.w_dims()),
             );
         }
-        run(dnn::conv_backward_filter, x, dy, None, g, g.w_dims())
+        run(
+            dnn::conv_backward_filter,
+            x,
+            dy,
+            None,
+            g,
+            Out::New(g.w_dims()),
+        )
     }
 
     /// cuDNN 9's cudnnConvolutionBackwardBias refuses bf16 (measured on
@@ -191,8 +238,9 @@ impl ConvOps for Cuda {
     ) -> Result<Tensor> {
         // x plays the matching convolution's dy
         if let Some(plan) = gemm_plan(Direction::BackwardData, g, [x.layout(), w.layout()]) {
-            return run_gemm(&plan, [(Operand::Dy, x), (Operand::W, w)], bias, g.x_dims());
+            let out = Out::New(g.x_dims());
+            return run_gemm(&plan, [(Operand::Dy, x), (Operand::W, w)], bias, out);
         }
-        run(dnn::conv_backward_data, w, x, bias, g, g.x_dims())
+        run(dnn::conv_backward_data, w, x, bias, g, Out::New(g.x_dims()))
     }
 }

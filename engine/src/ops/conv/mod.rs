@@ -14,7 +14,7 @@ mod tests;
 mod transpose;
 
 use super::{expect_rank, same_dtype};
-use crate::autograd::record;
+use crate::autograd::record_accumulating;
 use crate::backend::{same_device, unsupported, BackendInfo};
 pub(crate) use crate::layout::out_size;
 pub use crate::layout::{Conv2dParams, ConvTranspose2dParams};
@@ -62,9 +62,17 @@ pub trait ConvOps: BackendInfo {
         let _ = (x, w, bias, g);
         Err(unsupported(self, "conv2d_forward"))
     }
-    /// The input gradient of conv(x, w) given dy and w.
-    fn conv2d_backward_data(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Result<Tensor> {
-        let _ = (dy, w, g);
+    /// The input gradient of conv(x, w) given dy and w, plus `acc` when
+    /// given (another op's gradient of x: see `autograd::Pending`), added
+    /// in place when the backend can write into it.
+    fn conv2d_backward_data(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        g: &Conv2dGeom,
+        acc: Option<Tensor>,
+    ) -> Result<Tensor> {
+        let _ = (dy, w, g, acc);
         Err(unsupported(self, "conv2d_backward_data"))
     }
     /// The weight gradient of conv(x, w) given x and dy.
@@ -113,6 +121,31 @@ fn operands(
     Ok(([n, c, h, w], [k, cg, r, s]))
 }
 
+/// A gradient the input gradient of `g` is added to (`acc` of
+/// `ConvOps::conv2d_backward_data`) must have x's dims and dy's dtype and
+/// device.
+pub(crate) fn check_acc(acc: Option<&Tensor>, dy: &Tensor, g: &Conv2dGeom) -> Result<()> {
+    match acc {
+        Some(a)
+            if a.dims() != g.x_dims() || a.dtype() != dy.dtype() || a.device() != dy.device() =>
+        {
+            Err(Error::arg(
+                "conv2d_backward_data",
+                format!(
+                    "the gradient to add to is {:?} {} on {}, the input gradient {:?} {} on {}",
+                    a.dims(),
+                    a.dtype(),
+                    a.device(),
+                    g.x_dims(),
+                    dy.dtype(),
+                    dy.device()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The bias must be [cout].
 fn check_bias(op: &'static str, bias: Option<&Tensor>, cout: usize) -> Result<()> {
     match bias {
@@ -152,9 +185,11 @@ fn geometry(
 }
 
 /// Records `y`, the output of `op` (a convolution or a transposed one)
-/// of x, weight and bias, with its backward: `dx(dy, weight)` when x needs
-/// a gradient, `dw(x, dy)` when the weight does, and the bias gradient
-/// from backend `b` when the bias does. Keeps only the operands those need.
+/// of x, weight and bias, with its backward: `dx(dy, weight, acc)` when x
+/// needs a gradient (`acc`: x's gradient from other ops so far, which dx
+/// adds its own to), `dw(x, dy)` when the weight does, and the bias
+/// gradient from backend `b` when the bias does. Keeps only the operands
+/// those need.
 #[allow(clippy::too_many_arguments)]
 fn record_conv<B: ConvOps>(
     op: &'static str,
@@ -163,7 +198,7 @@ fn record_conv<B: ConvOps>(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    dx: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor> + Send + 'static,
+    dx: impl FnOnce(&Tensor, &Tensor, Option<Tensor>) -> Result<Tensor> + Send + 'static,
     dw: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor> + Send + 'static,
 ) -> Tensor {
     let saved_x = weight.requires_grad().then(|| x.detach());
@@ -173,7 +208,7 @@ fn record_conv<B: ConvOps>(
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
     let n_inputs = inputs.len();
-    record(y, op, &inputs, move |dy| {
+    record_accumulating(y, op, &inputs, move |dy, pending| {
         if dy.dtype() != dtype || dy.dims() != y_dims || dy.device() != device {
             return Err(Error::arg(
                 op,
@@ -186,7 +221,7 @@ fn record_conv<B: ConvOps>(
             ));
         }
         let mut grads = vec![
-            saved_w.map(|w| dx(dy, &w)).transpose()?,
+            saved_w.map(|w| dx(dy, &w, pending.take(0))).transpose()?,
             saved_x.map(|x| dw(&x, dy)).transpose()?,
             need_b.then(|| b.conv2d_bias_grad(dy)).transpose()?,
         ];
@@ -218,7 +253,7 @@ impl Tensor {
                 self,
                 weight,
                 bias,
-                move |dy, w| b.conv2d_backward_data(dy, w, &g),
+                move |dy, w, acc| b.conv2d_backward_data(dy, w, &g, acc),
                 move |x, dy| b.conv2d_backward_filter(x, dy, &g),
             ))
         }))

@@ -5,6 +5,10 @@
 //! GEMMs, `gemm.rs`: forward with the BIAS epilogue, backward data and
 //! backward filter) also get ResNet-50's bottleneck shapes with and
 //! without bias, and a 1x1 transposed convolution (backward data + bias).
+//! `conv2d_residual`: ResNet-50 blocks whose input gradient is summed at
+//! the join, the convolutions adding theirs into the sum in place
+//! (cuBLASLt with beta 1 for the 1x1 stride-1 one, cuDNN's blend for the
+//! strided ones).
 
 use crate::layout::{Conv2dParams, ConvTranspose2dParams};
 use crate::parity::{autograd, dims, Case, Input, DTYPES};
@@ -62,6 +66,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         (&[2, 6, 5, 7], &[6, 9, 1, 1], 1, 0, 0, 1, true),
     ];
     for dtype in DTYPES {
+        residual_joins(rng, dtype, out);
         for (n, ci, h, w, co, k, st, p, bias) in conv.into_iter().chain(pointwise) {
             let (x, wt) = ([n, ci, h, w], [co, ci, k, k]);
             let mut inputs = vec![
@@ -133,4 +138,56 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
             ));
         }
     }
+}
+
+/// Two bottleneck-like blocks at batch 2, x' = x/2 (so that x' is an op's
+/// output whose gradient the engine sums): an identity block,
+/// `conv1x1(relu(conv1x1(x'))) + x'`, and a downsampling one,
+/// `conv1x1(relu(conv3x3 s2(x'))) + conv1x1 s2(x')`.
+fn residual_joins(rng: &mut Rng, dtype: crate::DType, out: &mut Vec<Case>) {
+    let p = |stride: usize, padding: usize| Conv2dParams {
+        stride: [stride; 2],
+        padding: [padding; 2],
+        ..Conv2dParams::default()
+    };
+    let w = |name, co: usize, ci: usize, k: usize| {
+        Input::randn(name, &[co, ci, k, k], 1.0 / ((ci * k * k) as f64).sqrt())
+    };
+    out.push(autograd(
+        "conv2d_residual",
+        dtype,
+        "identity [2,256,14,14]: 1x1 256->64, 1x1 64->256".into(),
+        rng.next_u64(),
+        vec![
+            Input::randn("x", &[2, 256, 14, 14], 1.0),
+            w("w1", 64, 256, 1),
+            w("w2", 256, 64, 1),
+        ],
+        move |t| {
+            let x = t[0].scale(0.5)?;
+            let h = x.conv2d(&t[1], None, p(1, 0))?.relu()?;
+            let y = h.conv2d(&t[2], None, p(1, 0))?.add(&x)?;
+            Ok(vec![("y".into(), y)])
+        },
+    ));
+    out.push(autograd(
+        "conv2d_residual",
+        dtype,
+        "downsample [2,64,28,28]: 3x3 s2 64->32, 1x1 32->128; 1x1 s2 64->128".into(),
+        rng.next_u64(),
+        vec![
+            Input::randn("x", &[2, 64, 28, 28], 1.0),
+            w("w1", 32, 64, 3),
+            w("w2", 128, 32, 1),
+            w("wd", 128, 64, 1),
+        ],
+        move |t| {
+            let x = t[0].scale(0.5)?;
+            let h = x.conv2d(&t[1], None, p(2, 1))?.relu()?;
+            let y = h
+                .conv2d(&t[2], None, p(1, 0))?
+                .add(&x.conv2d(&t[3], None, p(2, 0))?)?;
+            Ok(vec![("y".into(), y)])
+        },
+    ));
 }

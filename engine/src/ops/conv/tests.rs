@@ -73,10 +73,11 @@ fn operands_must_share_a_device_and_params_default_alike() {
 /// forward convolution gives the GEMM + col2im one, up to summation order
 /// (f64: within 1e-10), on shapes that take each path: 3x3 padded, stride
 /// 2, pointwise, grouped, dilated and wide, with batch sizes that leave a
-/// short last chunk.
+/// short last chunk. Each input gradient added onto a given one equals the
+/// two summed afterwards.
 #[test]
 fn batched_and_flipped_paths_match_the_per_image_ones() {
-    use super::cpu::{columns, conv_backward, conv_forward, input_grad, Given};
+    use super::cpu::{columns, conv_backward, conv_forward, input_grad, Given, Start};
     use testutil::assert_close;
     let p = |stride, padding, dilation, groups| Conv2dParams {
         stride: [stride; 2],
@@ -109,7 +110,7 @@ fn batched_and_flipped_paths_match_the_per_image_ones() {
             dy.to_vec::<f64>().unwrap(),
         );
         let b: Vec<f64> = (0..g.cout).map(|c| c as f64 / 7.0).collect();
-        let fwd = |on| conv_forward(&x, &w, Some(&b), &g, 2, on);
+        let fwd = |on| conv_forward(&x, &w, Start::Bias(Some(&b)), &g, 2, on);
         assert_close(
             &format!("case {i} forward"),
             &fwd(true),
@@ -130,14 +131,106 @@ fn batched_and_flipped_paths_match_the_per_image_ones() {
             .into_iter()
             .take(variants)
         {
+            let dx = input_grad(&dy, &w, &g, None);
             assert_close(
                 &format!("case {i} {what}"),
-                &input_grad(&dy, &w, &g),
-                &conv_backward(Given::Weight(&w), &dy, &g),
+                &dx,
+                &conv_backward(Given::Weight(&w, None), &dy, &g),
                 1e-10,
                 1e-10,
             );
+            let prev = randn(&g.x_dims(), 40 + i as u64).to_vec::<f64>().unwrap();
+            let sum: Vec<f64> = prev.iter().zip(&dx).map(|(p, d)| p + d).collect();
+            let onto = [
+                input_grad(&dy, &w, &g, Some(prev.clone())),
+                conv_backward(Given::Weight(&w, Some(prev.clone())), &dy, &g),
+            ];
+            for (path, got) in ["input_grad", "conv_backward"].iter().zip(onto) {
+                let what = format!("case {i} {what}, {path} onto a gradient");
+                assert_close(&what, &got, &sum, 1e-10, 1e-10);
+            }
         }
+    }
+}
+
+/// The input gradient added to a gradient no other tensor holds is written
+/// into that gradient's own buffer; a shared one is left as it was. Either
+/// way the result is the sum (f32: within 1e-5 of adding afterwards, which
+/// rounds once more and sums in another order), on the paths the CPU
+/// takes: a padded stride-1 3x3 (a forward convolution), a stride-2 3x3
+/// (col2im through padded planes) and a pointwise one.
+#[test]
+fn backward_data_adds_in_place_only_into_a_sole_owned_gradient() {
+    use testutil::assert_close;
+    let p = |stride, padding| Conv2dParams {
+        stride: [stride; 2],
+        padding: [padding; 2],
+        ..Conv2dParams::default()
+    };
+    let f32s = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+    for (i, (ws, params)) in [
+        ([8, 6, 3, 3], p(1, 1)),
+        ([8, 6, 3, 3], p(2, 1)),
+        ([8, 6, 1, 1], p(1, 0)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (x, w) = (
+            f32s(randn(&[3, 6, 9, 9], 50 + i as u64)),
+            f32s(randn(&ws, 60 + i as u64)),
+        );
+        let g = super::geometry(&x, &w, None, params).unwrap();
+        let dy = f32s(randn(&g.y_dims(), 70 + i as u64));
+        let acc = f32s(randn(&g.x_dims(), 80 + i as u64));
+        let acc_values = acc.to_vec::<f32>().unwrap();
+        let dx = Cpu.conv2d_backward_data(&dy, &w, &g, None).unwrap();
+        let want = acc.add(&dx).unwrap().to_vec::<f32>().unwrap();
+
+        let held = acc.clone();
+        let shared = Cpu.conv2d_backward_data(&dy, &w, &g, Some(acc)).unwrap();
+        assert_eq!(
+            held.to_vec::<f32>().unwrap(),
+            acc_values,
+            "case {i}: a shared gradient changed"
+        );
+        assert_ne!(
+            shared.data::<f32>().unwrap().as_ptr(),
+            held.data::<f32>().unwrap().as_ptr()
+        );
+        assert_close(
+            &format!("case {i} shared"),
+            &shared.to_vec::<f32>().unwrap(),
+            &want,
+            1e-5,
+            1e-5,
+        );
+
+        let at = held.data::<f32>().unwrap().as_ptr();
+        let own = Cpu.conv2d_backward_data(&dy, &w, &g, Some(held)).unwrap();
+        assert_eq!(
+            own.data::<f32>().unwrap().as_ptr(),
+            at,
+            "case {i}: not in place"
+        );
+        assert_close(
+            &format!("case {i} in place"),
+            &own.to_vec::<f32>().unwrap(),
+            &want,
+            1e-5,
+            1e-5,
+        );
+    }
+    // a gradient of another shape or dtype is an error, not a write
+    let (x, w) = (randn(&[1, 2, 5, 5], 1), randn(&[3, 2, 3, 3], 2));
+    let g = super::geometry(&x, &w, None, p(1, 1)).unwrap();
+    let dy = randn(&g.y_dims(), 3);
+    for bad in [randn(&[1, 2, 5, 4], 4), f32s(randn(&[1, 2, 5, 5], 4))] {
+        let e = Cpu
+            .conv2d_backward_data(&dy, &w, &g, Some(bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gradient to add to"), "{e}");
     }
 }
 
@@ -421,7 +514,7 @@ mod gemm_path {
                 1e-12,
             );
             let dx = run(Direction::BackwardData);
-            let want = Cpu.conv2d_backward_data(&dyt, &wt, &g).unwrap();
+            let want = Cpu.conv2d_backward_data(&dyt, &wt, &g, None).unwrap();
             assert_close(&format!("{i} dx"), &dx, &channels_last(&want), 1e-12, 1e-12);
             let dw = run(Direction::BackwardFilter);
             let want = Cpu.conv2d_backward_filter(&xt, &dyt, &g).unwrap();

@@ -17,6 +17,7 @@
 //! and as parallel as conv2d.
 
 use super::{check_bias, operands, record_conv, Conv2dGeom, ConvOps, ConvTranspose2dParams};
+use crate::autograd::accumulate;
 use crate::backend::BackendInfo;
 use crate::{on_backend, Error, Result, Tensor};
 
@@ -166,9 +167,10 @@ impl Tensor {
                 self,
                 weight,
                 bias,
-                // x's gradient: the matching conv of dy; the weight's: that
-                // conv's weight gradient for input dy and output gradient x.
-                move |dy, w| b.conv2d_forward(dy, w, None, &g),
+                // x's gradient: the matching conv of dy (added to x's other
+                // gradients as the engine would); the weight's: that conv's
+                // weight gradient for input dy and output gradient x.
+                move |dy, w, acc| accumulate(acc, b.conv2d_forward(dy, w, None, &g)?),
                 move |x, dy| b.conv2d_backward_filter(dy, x, &g),
             ))
         }))

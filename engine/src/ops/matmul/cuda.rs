@@ -119,6 +119,7 @@ fn product(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> R
         d: Matrix::row_major(out_buf.ptr(), m, n),
         batch,
         alpha: 1.0,
+        beta: 0.0,
         bias: bias_ptr,
         act: Activation::None,
     };
