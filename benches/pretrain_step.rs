@@ -122,6 +122,8 @@ fn bench_case(c: &mut Criterion, projector: bool) {
 }
 
 fn bench(c: &mut Criterion) {
+    // as `slmlp` does at start-up (SLMLP_KEEP_FREED_MEMORY=0 leaves malloc as it is)
+    engine::host_memory::keep_freed_memory();
     bench_case(c, false);
     bench_case(c, true);
 }

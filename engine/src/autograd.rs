@@ -18,6 +18,7 @@
 //! cuBLASLt with beta = 1, the CPU GEMMs onto it) instead of a separate
 //! add over the whole tensor.
 
+pub use crate::tensor::Pending;
 use crate::tensor::{GradMeta, GradSlot, Node};
 use crate::{Error, Result, Tensor};
 use std::cell::{Cell, RefCell};
@@ -121,21 +122,6 @@ pub fn record_accumulating(
         backward: Mutex::new(Some(Box::new(backward))),
     };
     out.with_grad_meta(Some(GradMeta::Node(Arc::new(node))))
-}
-
-/// The gradients other ops already produced for a node's inputs, when the
-/// node runs its backward: input `i`'s is offered when `i` is the output of
-/// another op (not a leaf), some op run before gave it a gradient, and no
-/// earlier input of the node is the same tensor.
-pub struct Pending(Vec<Option<Tensor>>);
-
-impl Pending {
-    /// Takes input `i`'s sum so far. The backward then owes input `i` a
-    /// gradient that includes it: it adds its own into the tensor taken
-    /// (in place when nothing else holds it) and returns the result.
-    pub fn take(&mut self, i: usize) -> Option<Tensor> {
-        self.0.get_mut(i).and_then(Option::take)
-    }
 }
 
 /// The sum of two gradients of one tensor, `prev + g`: the engine's

@@ -11,6 +11,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod gradcheck;
+pub mod host_memory;
 pub mod layout;
 pub mod nn;
 pub mod ops;

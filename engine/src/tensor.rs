@@ -373,9 +373,23 @@ impl Tensor {
 
 /// A node's backward: the gradient of its output and the gradients
 /// already summed for its inputs that it may add its own into (see
-/// [`crate::autograd::Pending`]); returns one gradient (or None) per input.
-pub type BackwardFn =
-    Box<dyn FnOnce(&Tensor, &mut crate::autograd::Pending) -> Result<Vec<Option<Tensor>>> + Send>;
+/// [`Pending`]); returns one gradient (or None) per input.
+pub type BackwardFn = Box<dyn FnOnce(&Tensor, &mut Pending) -> Result<Vec<Option<Tensor>>> + Send>;
+
+/// The gradients other ops already produced for a node's inputs, when the
+/// node runs its backward (`crate::autograd`): input `i`'s is offered when
+/// `i` is the output of another op (not a leaf), some op run before gave it
+/// a gradient, and no earlier input of the node is the same tensor.
+pub struct Pending(pub(crate) Vec<Option<Tensor>>);
+
+impl Pending {
+    /// Takes input `i`'s sum so far. The backward then owes input `i` a
+    /// gradient that includes it: it adds its own into the tensor taken
+    /// (in place when nothing else holds it) and returns the result.
+    pub fn take(&mut self, i: usize) -> Option<Tensor> {
+        self.0.get_mut(i).and_then(Option::take)
+    }
+}
 
 /// Where a tensor's gradient goes.
 #[derive(Clone)]

@@ -149,6 +149,9 @@ where
 /// Parses the command line, runs the command; an error is one line on
 /// stderr and a failure exit code.
 pub fn main() -> ExitCode {
+    // before any tensor: a step's freed tensors are reused, not unmapped
+    // and faulted in again (docs/PERF.md, "Freed tensor memory kept")
+    engine::host_memory::keep_freed_memory();
     let (cli, command, matches) = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     crate::run_dir::set_command(command_record(&command, &matches));
     if let Err(e) = bounded_opt("threads", cli.threads, 1..=MAX_THREADS) {
