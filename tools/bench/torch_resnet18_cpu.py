@@ -24,6 +24,12 @@ Prints exactly one JSON line on stdout:
 
 img_per_s = batch / median step time.
 
+--profile-out FILE then runs --iters more steps under torch.profiler and
+writes, per aten op, its calls and self CPU time per step (the time in the
+op minus the time in the aten ops it calls), largest first, as JSON, and
+prints the same table on stderr: the per-op side to hold against
+`slmlp profile` of the same network (docs/PERF.md, "CPU profiles").
+
     /path/to/python tools/bench/torch_resnet18_cpu.py --threads 2 --iters 10
 """
 
@@ -57,6 +63,8 @@ def main():
                     help="SL-MLP: Linear(8w,8w)->BatchNorm1d->ReLU before the classifier")
     ap.add_argument("--wd-exclude-1d", action="store_true",
                     help="no weight decay on 1-d params (BN, biases), as models::train::Trainer")
+    ap.add_argument("--profile-out", metavar="FILE",
+                    help="also profile --iters steps per aten op (self CPU time) into FILE (JSON)")
     args = ap.parse_args()
     for name in ("threads", "iters", "batch", "width", "in_channels", "size", "classes"):
         if getattr(args, name) <= 0:
@@ -99,6 +107,8 @@ def main():
         times.append((time.perf_counter() - t0) * 1e3)
 
     med = statistics.median(times)
+    if args.profile_out:
+        profile(step, args)
     print(json.dumps({
         "framework": "pytorch",
         "torch": torch.__version__,
@@ -115,6 +125,29 @@ def main():
         "classes": args.classes,
         "projector": args.projector,
     }))
+
+
+def profile(step, args):
+    """Self CPU time per aten op over --iters steps, per step, to FILE."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.iters):
+            step()
+    rows = [{"op": e.key, "calls": e.count / args.iters,
+             "self_ms": e.self_cpu_time_total / 1e3 / args.iters}
+            for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    rows.sort(key=lambda r: -r["self_ms"])
+    total = sum(r["self_ms"] for r in rows)
+    with open(args.profile_out, "w") as f:
+        json.dump({"threads": args.threads, "batch": args.batch, "steps": args.iters,
+                   "self_ms_per_step": total, "ops": rows}, f, indent=1)
+    print(f"{'aten op':<44} {'calls':>6} {'ms/step':>9} {'share':>6}", file=sys.stderr)
+    for r in rows[:30]:
+        print(f"{r['op']:<44} {r['calls']:>6.0f} {r['self_ms']:>9.2f} {100 * r['self_ms'] / total:>5.1f}%",
+              file=sys.stderr)
+    print(f"{'all ops':<44} {'':>6} {total:>9.2f}", file=sys.stderr)
 
 
 if __name__ == "__main__":
