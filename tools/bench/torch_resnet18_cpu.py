@@ -25,7 +25,7 @@ Prints exactly one JSON line on stdout:
 img_per_s = batch / median step time.
 
 --profile-out FILE then runs --iters more steps under torch.profiler and
-writes, per aten op, its calls and self CPU time per step (the time in the
+writes, per aten op and input shapes, its calls and self CPU time per step (the time in the
 op minus the time in the aten ops it calls), largest first, as JSON, and
 prints the same table on stderr: the per-op side to hold against
 `slmlp profile` of the same network (docs/PERF.md, "CPU profiles").
@@ -132,21 +132,21 @@ def profile(step, args):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.iters):
             step()
-    rows = [{"op": e.key, "calls": e.count / args.iters,
+    rows = [{"op": e.key, "shapes": [s for s in e.input_shapes if s], "calls": e.count / args.iters,
              "self_ms": e.self_cpu_time_total / 1e3 / args.iters}
-            for e in prof.key_averages() if e.self_cpu_time_total > 0]
+            for e in prof.key_averages(group_by_input_shape=True) if e.self_cpu_time_total > 0]
     rows.sort(key=lambda r: -r["self_ms"])
     total = sum(r["self_ms"] for r in rows)
     with open(args.profile_out, "w") as f:
         json.dump({"threads": args.threads, "batch": args.batch, "steps": args.iters,
                    "self_ms_per_step": total, "ops": rows}, f, indent=1)
-    print(f"{'aten op':<44} {'calls':>6} {'ms/step':>9} {'share':>6}", file=sys.stderr)
-    for r in rows[:30]:
-        print(f"{r['op']:<44} {r['calls']:>6.0f} {r['self_ms']:>9.2f} {100 * r['self_ms'] / total:>5.1f}%",
-              file=sys.stderr)
+    print(f"{'aten op':<32} {'calls':>6} {'ms/step':>9} {'share':>6}  shapes", file=sys.stderr)
+    for r in rows[:40]:
+        print(f"{r['op'][:32]:<32} {r['calls']:>6.0f} {r['self_ms']:>9.2f} {100 * r['self_ms'] / total:>5.1f}%  "
+              f"{' '.join(str(s) for s in r['shapes'][:3])}", file=sys.stderr)
     print(f"{'all ops':<44} {'':>6} {total:>9.2f}", file=sys.stderr)
 
 

@@ -311,87 +311,109 @@ fn unpad<T: Pooled>(pad: &[T], c: usize, g: &Geom, dx: &mut [T], add: bool) {
     }
 }
 
-/// `match (stride, width)` that sends the pairs common in CNNs to
-/// `fixed::<T, WIDTH, STRIDE>(args)` and the rest to the arms given.
+/// `match (stride, width)` that evaluates `$fixed` with the consts `$n`
+/// (width) and `$s` (stride) set for the pairs common in CNNs, else `$other`.
+/// Callers dispatch once per im2col/col2im, so that the row loops below are
+/// compiled for each size: choosing per row cost more than copying the
+/// rows of a 4- or 7-wide plane (docs/PERF.md).
 macro_rules! fixed_sizes {
-    (match ($($key:expr),*) { $fixed:ident($($arg:expr),*), $($rest:tt)* }) => {
-        match ($($key),*) {
-            (1, 4) => $fixed::<T, 4, 1>($($arg),*),
-            (1, 7) => $fixed::<T, 7, 1>($($arg),*),
-            (1, 8) => $fixed::<T, 8, 1>($($arg),*),
-            (1, 14) => $fixed::<T, 14, 1>($($arg),*),
-            (1, 16) => $fixed::<T, 16, 1>($($arg),*),
-            (1, 28) => $fixed::<T, 28, 1>($($arg),*),
-            (1, 32) => $fixed::<T, 32, 1>($($arg),*),
-            (2, 4) => $fixed::<T, 4, 2>($($arg),*),
-            (2, 7) => $fixed::<T, 7, 2>($($arg),*),
-            (2, 8) => $fixed::<T, 8, 2>($($arg),*),
-            (2, 14) => $fixed::<T, 14, 2>($($arg),*),
-            (2, 16) => $fixed::<T, 16, 2>($($arg),*),
-            $($rest)*
+    (($sw:expr, $ow:expr), |$n:ident, $s:ident| $fixed:expr, $other:expr) => {
+        match ($sw, $ow) {
+            (1, 4) => fixed_sizes!(@ $n = 4, $s = 1, $fixed),
+            (1, 7) => fixed_sizes!(@ $n = 7, $s = 1, $fixed),
+            (1, 8) => fixed_sizes!(@ $n = 8, $s = 1, $fixed),
+            (1, 14) => fixed_sizes!(@ $n = 14, $s = 1, $fixed),
+            (1, 16) => fixed_sizes!(@ $n = 16, $s = 1, $fixed),
+            (1, 28) => fixed_sizes!(@ $n = 28, $s = 1, $fixed),
+            (1, 32) => fixed_sizes!(@ $n = 32, $s = 1, $fixed),
+            (2, 4) => fixed_sizes!(@ $n = 4, $s = 2, $fixed),
+            (2, 7) => fixed_sizes!(@ $n = 7, $s = 2, $fixed),
+            (2, 8) => fixed_sizes!(@ $n = 8, $s = 2, $fixed),
+            (2, 14) => fixed_sizes!(@ $n = 14, $s = 2, $fixed),
+            (2, 16) => fixed_sizes!(@ $n = 16, $s = 2, $fixed),
+            _ => $other,
         }
     };
+    (@ $n:ident = $nv:literal, $s:ident = $sv:literal, $fixed:expr) => {{
+        const $n: usize = $nv;
+        const $s: usize = $sv;
+        $fixed
+    }};
 }
 
-/// `dst[oy*ow + ox] = src[oy*step + ox*sw]`. Common widths and strides get
-/// fixed-size loops: per-row `memcpy` calls and loop overhead would dominate.
+/// `dst[oy*N + ox] = src[oy*step + ox*S]`: one plane's rows at a fixed
+/// width and stride.
+#[inline(always)]
+fn gather_fixed<T: Copy, const N: usize, const S: usize>(dst: &mut [T], src: &[T], step: usize) {
+    for (oy, d) in dst.chunks_exact_mut(N).enumerate() {
+        let d: &mut [T; N] = d.try_into().unwrap();
+        let s = &src[oy * step..][..(N - 1) * S + 1];
+        for x in 0..N {
+            d[x] = s[x * S];
+        }
+    }
+}
+
+/// `gather_fixed` for any width `ow` and stride `sw`.
 #[inline(always)]
 fn gather<T: Copy>(dst: &mut [T], src: &[T], ow: usize, step: usize, sw: usize) {
-    fn fixed<T: Copy, const N: usize, const S: usize>(dst: &mut [T], src: &[T], step: usize) {
-        for (oy, d) in dst.chunks_exact_mut(N).enumerate() {
-            let d: &mut [T; N] = d.try_into().unwrap();
-            let s = &src[oy * step..][..(N - 1) * S + 1];
-            for x in 0..N {
-                d[x] = s[x * S];
+    for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
+        if sw == 1 {
+            d.copy_from_slice(&src[oy * step..][..ow]);
+        } else {
+            for (v, s) in d.iter_mut().zip(src[oy * step..].iter().step_by(sw)) {
+                *v = *s;
             }
         }
     }
-    fixed_sizes!(match (sw, ow) {
-        fixed(dst, src, step),
-        (1, _) => {
-            for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
-                d.copy_from_slice(&src[oy * step..][..ow]);
-            }
-        }
-        _ => {
-            for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
-                for (v, s) in d.iter_mut().zip(src[oy * step..].iter().step_by(sw)) {
-                    *v = *s;
-                }
-            }
-        }
-    })
 }
 
-/// The adjoint of `gather`: `dst[oy*step + ox*sw] += src[oy*ow + ox]`.
+/// The adjoint of `gather_fixed`: `dst[oy*step + ox*S] += src[oy*N + ox]`.
+#[inline(always)]
+fn scatter_add_fixed<T: Float, const N: usize, const S: usize>(
+    dst: &mut [T],
+    src: &[T],
+    step: usize,
+) {
+    for (oy, s) in src.chunks_exact(N).enumerate() {
+        let s: &[T; N] = s.try_into().unwrap();
+        let d = &mut dst[oy * step..][..(N - 1) * S + 1];
+        for x in 0..N {
+            d[x * S] += s[x];
+        }
+    }
+}
+
+/// The adjoint of `gather`.
 #[inline(always)]
 fn scatter_add<T: Float>(dst: &mut [T], src: &[T], ow: usize, step: usize, sw: usize) {
-    fn fixed<T: Float, const N: usize, const S: usize>(dst: &mut [T], src: &[T], step: usize) {
-        for (oy, s) in src.chunks_exact(N).enumerate() {
-            let s: &[T; N] = s.try_into().unwrap();
-            let d = &mut dst[oy * step..][..(N - 1) * S + 1];
-            for x in 0..N {
-                d[x * S] += s[x];
+    for (oy, s) in src.chunks_exact(ow).enumerate() {
+        for (v, s) in dst[oy * step..].iter_mut().step_by(sw).zip(s) {
+            *v += *s;
+        }
+    }
+}
+
+/// Calls `each(row, at)` for every im2col row of output rows `oy0..oy1`
+/// (`rows`, in weight order): `at` is where its kernel tap's first input
+/// lies in the first image's planes `pl`.
+#[inline(always)]
+fn for_taps<R>(
+    mut rows: impl Iterator<Item = R>,
+    pl: Planes,
+    g: &Geom,
+    oy: [usize; 2],
+    mut each: impl FnMut(R, usize),
+) {
+    let ([sh, _], [dh, dw]) = (g.p.stride, g.p.dilation);
+    for ci in 0..g.cin_g() {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = rows.next().expect("cols has k rows");
+                each(row, pl.at(ci, 0) + (oy[0] * sh + i * dh) * pl.wp + j * dw);
             }
         }
     }
-    fixed_sizes!(match (sw, ow) {
-        fixed(dst, src, step),
-        (1, _) => {
-            for (oy, s) in src.chunks_exact(ow).enumerate() {
-                for (v, s) in dst[oy * step..][..ow].iter_mut().zip(s) {
-                    *v += *s;
-                }
-            }
-        }
-        _ => {
-            for (oy, s) in src.chunks_exact(ow).enumerate() {
-                for (v, s) in dst[oy * step..].iter_mut().step_by(sw).zip(s) {
-                    *v += *s;
-                }
-            }
-        }
-    })
 }
 
 /// The im2col matrix [k, c*(oy1-oy0)*ow] of output rows `oy0..oy1` of `c`
@@ -400,37 +422,41 @@ fn scatter_add<T: Float>(dst: &mut [T], src: &[T], ow: usize, step: usize, sw: u
 /// inputs that kernel tap meets.
 fn im2col<T: Pooled>(src: &[T], pl: Planes, c: usize, g: &Geom, oy: [usize; 2], cols: &mut [T]) {
     let tile = (oy[1] - oy[0]) * g.ow;
-    let ([sh, sw], [dh, dw]) = (g.p.stride, g.p.dilation);
-    let mut rows = cols.chunks_exact_mut(c * tile);
-    for ci in 0..g.cin_g() {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = rows.next().expect("cols has k rows");
-                for (l, dst) in row.chunks_exact_mut(tile).enumerate() {
-                    let tap = &src[pl.at(ci, l) + (oy[0] * sh + i * dh) * pl.wp + j * dw..];
-                    gather(dst, tap, g.ow, sh * pl.wp, sw);
-                }
+    let (step, sw, ow) = (g.p.stride[0] * pl.wp, g.p.stride[1], g.ow);
+    let rows = cols.chunks_exact_mut(c * tile);
+    fixed_sizes!(
+        (sw, ow),
+        |N, S| for_taps(rows, pl, g, oy, |row, at| {
+            for (l, dst) in row.chunks_exact_mut(tile).enumerate() {
+                gather_fixed::<T, N, S>(dst, &src[at + l * pl.l_stride..], step);
             }
-        }
-    }
+        }),
+        for_taps(rows, pl, g, oy, |row, at| {
+            for (l, dst) in row.chunks_exact_mut(tile).enumerate() {
+                gather(dst, &src[at + l * pl.l_stride..], ow, step, sw);
+            }
+        })
+    )
 }
 
 /// The adjoint of `im2col`: adds the columns onto the planes `dst`.
 fn col2im<T: Pooled>(cols: &[T], c: usize, g: &Geom, oy: [usize; 2], dst: &mut [T], pl: Planes) {
     let tile = (oy[1] - oy[0]) * g.ow;
-    let ([sh, sw], [dh, dw]) = (g.p.stride, g.p.dilation);
-    let mut rows = cols.chunks_exact(c * tile);
-    for ci in 0..g.cin_g() {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = rows.next().expect("cols has k rows");
-                for (l, src) in row.chunks_exact(tile).enumerate() {
-                    let tap = &mut dst[pl.at(ci, l) + (oy[0] * sh + i * dh) * pl.wp + j * dw..];
-                    scatter_add(tap, src, g.ow, sh * pl.wp, sw);
-                }
+    let (step, sw, ow) = (g.p.stride[0] * pl.wp, g.p.stride[1], g.ow);
+    let rows = cols.chunks_exact(c * tile);
+    fixed_sizes!(
+        (sw, ow),
+        |N, S| for_taps(rows, pl, g, oy, |row, at| {
+            for (l, src) in row.chunks_exact(tile).enumerate() {
+                scatter_add_fixed::<T, N, S>(&mut dst[at + l * pl.l_stride..], src, step);
             }
-        }
-    }
+        }),
+        for_taps(rows, pl, g, oy, |row, at| {
+            for (l, src) in row.chunks_exact(tile).enumerate() {
+                scatter_add(&mut dst[at + l * pl.l_stride..], src, ow, step, sw);
+            }
+        })
+    )
 }
 
 fn mat<T>(
