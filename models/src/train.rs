@@ -175,6 +175,15 @@ impl<'m> Trainer<'m> {
     /// (`with_data_parallel`) the batch is this rank's part of the global
     /// batch.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
+        // A CPU step runs on a thread of rayon's pool (`on_cpu_pool`); a
+        // data-parallel one stays here, since its ranks wait on each other.
+        if self.device == Device::Cpu && self.dp.is_none() {
+            return engine::ops::on_cpu_pool(|| self.step_here(images, labels));
+        }
+        self.step_here(images, labels)
+    }
+
+    fn step_here(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
         let t0 = Instant::now();
         let (batch, loss, accuracy) = match self.dp.take() {
             Some(mut dp) => {

@@ -149,6 +149,17 @@ pub(crate) fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + S
     }
 }
 
+/// Runs `f` on a thread of rayon's global pool (directly when called from
+/// one) and returns its result. The CPU ops split their work with rayon:
+/// called from a thread outside the pool, each split hands its parts to the
+/// pool's threads and sleeps until they finish, so every op pays for waking
+/// another thread and being woken, one thread or many. On a pool thread,
+/// the caller works through its own parts and the others steal what they
+/// can (docs/PERF.md, "CPU ops run on the pool's threads").
+pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// What the gradient of an op's output must be: the output's dtype, device
 /// and shape (captured by backward closures instead of the output itself).
 pub(crate) struct GradSpec {
@@ -187,5 +198,22 @@ impl GradSpec {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `on_cpu_pool` moves its closure onto a pool thread, and runs it in
+    /// place when already on one.
+    #[test]
+    fn on_cpu_pool_runs_on_a_pool_thread() {
+        assert_eq!(rayon::current_thread_index(), None);
+        let (index, same_thread) = super::on_cpu_pool(|| {
+            let me = std::thread::current().id();
+            let inner = super::on_cpu_pool(|| std::thread::current().id());
+            (rayon::current_thread_index(), inner == me)
+        });
+        assert!(index.is_some());
+        assert!(same_thread);
     }
 }
