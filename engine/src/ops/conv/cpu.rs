@@ -388,8 +388,13 @@ fn scatter_add_fixed<T: Float, const N: usize, const S: usize>(
 #[inline(always)]
 fn scatter_add<T: Float>(dst: &mut [T], src: &[T], ow: usize, step: usize, sw: usize) {
     for (oy, s) in src.chunks_exact(ow).enumerate() {
-        for (v, s) in dst[oy * step..].iter_mut().step_by(sw).zip(s) {
-            *v += *s;
+        if sw == 1 {
+            let d = &mut dst[oy * step..][..ow];
+            d.iter_mut().zip(s).for_each(|(v, s)| *v += *s);
+        } else {
+            for (v, s) in dst[oy * step..].iter_mut().step_by(sw).zip(s) {
+                *v += *s;
+            }
         }
     }
 }
