@@ -129,6 +129,8 @@ pub struct Trainer<'m> {
     /// cannot normalise one sample in training (PyTorch raises there too)
     /// when unreadable images leave a batch of one. 1 by default.
     pub min_batch: usize,
+    /// Where CPU steps run, made at the first one.
+    cpu_pool: Option<engine::ops::CpuPool>,
 }
 
 impl<'m> Trainer<'m> {
@@ -157,6 +159,7 @@ impl<'m> Trainer<'m> {
             step: 0,
             dp: None,
             min_batch: 1,
+            cpu_pool: None,
             opts,
         }
     }
@@ -175,12 +178,18 @@ impl<'m> Trainer<'m> {
     /// (`with_data_parallel`) the batch is this rank's part of the global
     /// batch.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
-        // A CPU step runs on a thread of rayon's pool (`on_cpu_pool`); a
+        // A CPU step runs on the trainer's own rayon pool (`CpuPool`); a
         // data-parallel one stays here, since its ranks wait on each other.
-        if self.device == Device::Cpu && self.dp.is_none() {
-            return engine::ops::on_cpu_pool(|| self.step_here(images, labels));
+        if self.device != Device::Cpu || self.dp.is_some() {
+            return self.step_here(images, labels);
         }
-        self.step_here(images, labels)
+        let pool = match self.cpu_pool.take() {
+            Some(p) => p,
+            None => engine::ops::CpuPool::new()?,
+        };
+        let log = pool.run(|| self.step_here(images, labels));
+        self.cpu_pool = Some(pool);
+        log
     }
 
     fn step_here(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {

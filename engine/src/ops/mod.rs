@@ -149,15 +149,38 @@ pub(crate) fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + S
     }
 }
 
-/// Runs `f` on a thread of rayon's global pool (directly when called from
-/// one) and returns its result. The CPU ops split their work with rayon:
-/// called from a thread outside the pool, each split hands its parts to the
+/// A rayon pool of its own, as large as the global one, for a loop of CPU
+/// ops such as a training step. The CPU ops split their work with rayon:
+/// called from a thread outside any pool, each split hands its parts to the
 /// pool's threads and sleeps until they finish, so every op pays for waking
-/// another thread and being woken, one thread or many. On a pool thread,
-/// the caller works through its own parts and the others steal what they
-/// can (docs/PERF.md, "CPU ops run on the pool's threads").
-pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+/// another thread and being woken, one thread or many. Run on a pool
+/// thread, an op's parts start on the calling thread and the others steal
+/// what they can (docs/PERF.md, "CPU ops run on the pool's threads"). The
+/// pool is the caller's alone: a thread of the global pool, waiting inside
+/// one loop, could steal another caller's whole loop and run it under the
+/// first one's thread-local state (`no_grad`, the trace's nesting).
+pub struct CpuPool(rayon::ThreadPool);
+
+impl CpuPool {
+    /// A pool of `rayon::current_num_threads()` threads.
+    pub fn new() -> crate::Result<CpuPool> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("slmlp-cpu-{i}"))
+            .build()
+            .map(CpuPool)
+            .map_err(|e| crate::Error::arg("cpu pool", format!("cannot start its threads: {e}")))
+    }
+
+    /// Runs `f` on one of the pool's threads, or in place when the caller
+    /// is already on a rayon pool's thread (whose pool then does the work).
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_thread_index().is_some() {
+            f()
+        } else {
+            self.0.install(f)
+        }
+    }
 }
 
 /// What the gradient of an op's output must be: the output's dtype, device
@@ -203,17 +226,18 @@ impl GradSpec {
 
 #[cfg(test)]
 mod tests {
-    /// `on_cpu_pool` moves its closure onto a pool thread, and runs it in
-    /// place when already on one.
+    /// `CpuPool::run` moves its closure onto one of its own threads, and
+    /// runs it in place when already on a pool thread.
     #[test]
-    fn on_cpu_pool_runs_on_a_pool_thread() {
+    fn cpu_pool_runs_on_its_own_threads() {
         assert_eq!(rayon::current_thread_index(), None);
-        let (index, same_thread) = super::on_cpu_pool(|| {
-            let me = std::thread::current().id();
-            let inner = super::on_cpu_pool(|| std::thread::current().id());
-            (rayon::current_thread_index(), inner == me)
+        let pool = super::CpuPool::new().unwrap();
+        let (name, same_thread) = pool.run(|| {
+            let me = std::thread::current();
+            let inner = pool.run(|| std::thread::current().id());
+            (me.name().map(str::to_owned), inner == me.id())
         });
-        assert!(index.is_some());
+        assert!(name.is_some_and(|n| n.starts_with("slmlp-cpu-")));
         assert!(same_thread);
     }
 }
