@@ -25,10 +25,11 @@ Prints exactly one JSON line on stdout:
 img_per_s = batch / median step time.
 
 --profile-out FILE then runs --iters more steps under torch.profiler and
-writes, per aten op and input shapes, its calls and self CPU time per step (the time in the
-op minus the time in the aten ops it calls), largest first, as JSON, and
-prints the same table on stderr: the per-op side to hold against
-`slmlp profile` of the same network (docs/PERF.md, "CPU profiles").
+writes, per aten op and input shapes, its calls and self CPU time per step
+(the time in the op minus the time in the aten ops it calls), largest
+first, as JSON, and prints the same table on stderr: the per-op side to
+hold against `slmlp profile` of the same network (docs/PERF.md, "CPU ops
+run on the pool's threads").
 
     /path/to/python tools/bench/torch_resnet18_cpu.py --threads 2 --iters 10
 """
@@ -147,7 +148,7 @@ def profile(step, args):
     for r in rows[:40]:
         print(f"{r['op'][:32]:<32} {r['calls']:>6.0f} {r['self_ms']:>9.2f} {100 * r['self_ms'] / total:>5.1f}%  "
               f"{' '.join(str(s) for s in r['shapes'][:3])}", file=sys.stderr)
-    print(f"{'all ops':<44} {'':>6} {total:>9.2f}", file=sys.stderr)
+    print(f"{'all ops':<32} {'':>6} {total:>9.2f}", file=sys.stderr)
 
 
 if __name__ == "__main__":
