@@ -129,7 +129,8 @@ pub struct Trainer<'m> {
     /// cannot normalise one sample in training (PyTorch raises there too)
     /// when unreadable images leave a batch of one. 1 by default.
     pub min_batch: usize,
-    /// Where CPU steps run, made at the first one.
+    /// Where CPU steps run when the caller is not on a pool thread, made at
+    /// the first one.
     cpu_pool: Option<engine::ops::CpuPool>,
 }
 
@@ -178,9 +179,10 @@ impl<'m> Trainer<'m> {
     /// (`with_data_parallel`) the batch is this rank's part of the global
     /// batch.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
-        // A CPU step runs on the trainer's own rayon pool (`CpuPool`); a
+        // A CPU step runs on a pool thread: the caller's (the CLI runs its
+        // commands on one) or else the trainer's own pool (`CpuPool`). A
         // data-parallel one stays here, since its ranks wait on each other.
-        if self.device != Device::Cpu || self.dp.is_some() {
+        if self.device != Device::Cpu || self.dp.is_some() || engine::ops::on_pool_thread() {
             return self.step_here(images, labels);
         }
         let pool = match self.cpu_pool.take() {
@@ -598,5 +600,29 @@ mod tests {
         }
         let bad = Tensor::from_vec(vec![0i64; 3], &[3]).unwrap();
         assert!(misses(&logits, &bad).is_err());
+    }
+
+    /// A CPU step runs on a pool thread: the trainer's own pool when the
+    /// caller is outside any, the caller's (as under the CLI) otherwise,
+    /// with the same result either way.
+    #[test]
+    fn a_cpu_step_uses_the_callers_pool_or_its_own() {
+        let mut config = crate::NetConfig::new("resnet18", 3).unwrap();
+        (config.width, config.in_channels) = (4, 1);
+        config.stem = crate::Stem::Cifar;
+        let net = crate::SupervisedNet::new(config, &mut engine::Rng::new(0)).unwrap();
+        let mut rng = engine::Rng::new(1);
+        let x = Tensor::randn(&[4, 1, 8, 8], 0.0, 1.0, DType::F32, &mut rng);
+        let y = Tensor::from_vec(vec![0i64, 1, 2, 1], &[4]).unwrap();
+        let mut own = Trainer::new(&net, TrainOptions::default(), Default::default());
+        let first = own.step(&x, &y).unwrap();
+        assert!(own.cpu_pool.is_some(), "stepped from a test thread");
+
+        let net = crate::SupervisedNet::new(net.config.clone(), &mut engine::Rng::new(0)).unwrap();
+        let mut callers = Trainer::new(&net, TrainOptions::default(), Default::default());
+        let pool = engine::ops::CpuPool::new().unwrap();
+        let again = pool.run(|| callers.step(&x, &y)).unwrap();
+        assert!(callers.cpu_pool.is_none(), "stepped on the caller's pool");
+        assert_eq!(first.loss.to_bits(), again.loss.to_bits());
     }
 }

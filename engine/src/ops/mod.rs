@@ -167,6 +167,8 @@ impl CpuPool {
         rayon::ThreadPoolBuilder::new()
             .num_threads(rayon::current_num_threads())
             .thread_name(|i| format!("slmlp-cpu-{i}"))
+            // as deep as a main thread's: whole commands run here
+            .stack_size(8 << 20)
             .build()
             .map(CpuPool)
             .map_err(|e| crate::Error::arg("cpu pool", format!("cannot start its threads: {e}")))
@@ -175,12 +177,18 @@ impl CpuPool {
     /// Runs `f` on one of the pool's threads, or in place when the caller
     /// is already on a rayon pool's thread (whose pool then does the work).
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        if rayon::current_thread_index().is_some() {
+        if on_pool_thread() {
             f()
         } else {
             self.0.install(f)
         }
     }
+}
+
+/// Whether the caller is one of a rayon pool's threads (any pool's), where
+/// the CPU ops' splits start in place (see [`CpuPool`]).
+pub fn on_pool_thread() -> bool {
+    rayon::current_thread_index().is_some()
 }
 
 /// What the gradient of an op's output must be: the output's dtype, device

@@ -166,7 +166,10 @@ pub fn main() -> ExitCode {
             eprintln!("warning: --threads {t} not applied: {e}");
         }
     }
-    match run(&cli.command) {
+    // The command runs on a pool thread, where its CPU ops start their
+    // parts in place instead of waking another thread for each (docs/ENGINE.md,
+    // "CPU threads"); a CUDA command's host thread is that one too.
+    match engine::ops::CpuPool::new().and_then(|pool| pool.run(|| run(&cli.command))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
