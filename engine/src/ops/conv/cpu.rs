@@ -3,8 +3,8 @@
 //! gradient of a stride-1 convolution is itself a forward convolution (of dY
 //! with the flipped weights); other strides scatter back with col2im.
 //!
-//! The batch is split into contiguous parts, one per rayon thread in the
-//! forward and `BACKWARD_PARTS` in the backward; each part
+//! The batch is split into contiguous parts, `PARTS` of them (in the
+//! forward, at least one per rayon thread); each part
 //! runs single-threaded GEMMs on pooled buffers, so im2col/col2im run in
 //! parallel too and no GEMM pays a thread fork/join. A part walks its images
 //! in units: several whole images when the planes are small (4x4 at
@@ -77,10 +77,13 @@ struct Plan {
     gemm_threads: usize,
 }
 
-/// Parts of the backward's batch split: fixed, so the weight gradient's
-/// summation order is the same whatever the thread count (8 parts keep 2-8
-/// threads busy; each holds a weight-sized partial).
-const BACKWARD_PARTS: usize = 8;
+/// Parts of the batch split. Fixed in the backward, so the weight
+/// gradient's summation order is the same whatever the thread count (each
+/// part holds a weight-sized partial). The forward takes at least one per
+/// thread: more parts than threads let a thread that finishes first take
+/// another's part (with one part per thread, 2 threads ran the quick
+/// model's forward convolutions 8-20 % slower; docs/PERF.md).
+const PARTS: usize = 8;
 
 /// Output channels (per group) up to which a forward may batch images.
 const NARROW: usize = 32;
@@ -614,7 +617,7 @@ pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) 
     };
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
-    let pl = plan(g, BACKWARD_PARTS, false);
+    let pl = plan(g, PARTS, false);
     // `keep`: dx holds the gradient given, which the input gradient is added to
     let keep = onto.is_some();
     let mut dx =
@@ -833,7 +836,7 @@ pub(super) fn input_grad<T: Pooled>(dy: &[T], w: &[T], g: &Geom, onto: Option<Ve
     match as_forward(g) {
         Some(f) => {
             let start = onto.map_or(Start::Bias(None), Start::Onto);
-            conv_forward(dy, &flipped(w, g), start, &f, BACKWARD_PARTS, true)
+            conv_forward(dy, &flipped(w, g), start, &f, PARTS, true)
         }
         None => conv_backward(Given::Weight(w, onto), dy, g),
     }
@@ -875,7 +878,7 @@ impl ConvOps for Cpu {
         Ok(dispatch_float!("conv2d", dtype, T => {
             let (x, w) = (x.float_data::<T>()?, w.float_data::<T>()?);
             let b = bias.map(|b| b.float_data::<T>()).transpose()?;
-            Tensor::from_compute(conv_forward::<T>(&x, &w, Start::Bias(b.as_deref()), g, rayon::current_num_threads(), true), &g.y_dims(), dtype)
+            Tensor::from_compute(conv_forward::<T>(&x, &w, Start::Bias(b.as_deref()), g, PARTS.max(rayon::current_num_threads()), true), &g.y_dims(), dtype)
         }))
     }
 

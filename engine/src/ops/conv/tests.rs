@@ -110,14 +110,13 @@ fn batched_and_flipped_paths_match_the_per_image_ones() {
             dy.to_vec::<f64>().unwrap(),
         );
         let b: Vec<f64> = (0..g.cout).map(|c| c as f64 / 7.0).collect();
-        let fwd = |on| conv_forward(&x, &w, Start::Bias(Some(&b)), &g, 2, on);
-        assert_close(
-            &format!("case {i} forward"),
-            &fwd(true),
-            &fwd(false),
-            1e-10,
-            1e-10,
-        );
+        let fwd = |parts, on| conv_forward(&x, &w, Start::Bias(Some(&b)), &g, parts, on);
+        let want = fwd(2, false);
+        // the batch in 1 part, fewer parts than images, and more
+        for (parts, on) in [(2, true), (1, true), (3, true), (8, true), (8, false)] {
+            let what = format!("case {i} forward, {parts} parts, batched {on}");
+            assert_close(&what, &fwd(parts, on), &want, 1e-10, 1e-10);
+        }
         // and with a row and a column no window reaches, as a transposed
         // convolution's output padding leaves them
         let padded = super::Conv2dGeom {
