@@ -1,6 +1,7 @@
 //! One training step (forward, cross-entropy, backward, SGD) of a CIFAR-stem
 //! ResNet-18, batch 64, 32x32, f32 on the CPU — side by side with PyTorch
-//! on the same machine in the same run when python3 with torch is available
+//! on the same machine, the two timed in alternating rounds
+//! (`slmlp_benches::compare_rounds`), when python3 with torch is available
 //! (`SLMLP_TORCH_PYTHON` names the interpreter; default `python3`).
 //! Target: at most 1.5x PyTorch's step time.
 
@@ -9,9 +10,13 @@ use engine::nn::Module;
 use engine::optim::{zero_grad, Optimizer, Sgd};
 use engine::{DType, Rng, Tensor};
 use models::{ResNet, ResNetConfig, Stem};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BATCH: usize = 64;
+/// Alternating rounds of `iters` (5) steps per side.
+const ROUNDS: usize = 3;
+/// Our step time over PyTorch's, at most.
+const TARGET: f64 = 1.5;
 /// Forward + backward FLOPs of this network per image (2 * MACs * 3).
 fn step_flops(model: &ResNet) -> f64 {
     slmlp_benches::conv_net_train_flops(model, [3, 32, 32])
@@ -54,17 +59,12 @@ impl Step {
 
 fn bench(c: &mut Criterion) {
     let mut step = Step::new();
-    step.run(); // warm-up: first-touch allocations
-                // Our own median over a fixed count, to compare like with like with the
-                // PyTorch script's median.
-    let times: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            step.run();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    let ours = slmlp_benches::median(times);
+    // the ops run on a pool thread, as `slmlp`'s do (docs/ENGINE.md, "CPU threads")
+    let pool = engine::ops::CpuPool::new().expect("rayon pool");
+    pool.run(|| step.run()); // warm-up: first-touch allocations
+    let net = slmlp_benches::TorchResNet18::cifar(BATCH);
+    let rounds = pool.run(|| slmlp_benches::compare_rounds(&net, ROUNDS, || step.run()));
+    let ours = rounds.ours_ms();
     let flops = step_flops(&step.model) * BATCH as f64;
     println!(
         "resnet18-cifar train step, batch {BATCH}: {ours:.1} ms median, {:.1} img/s, {:.1} GFLOP/s ({:.1} GFLOP/step)",
@@ -72,18 +72,12 @@ fn bench(c: &mut Criterion) {
         flops / ours / 1e6,
         flops / 1e9
     );
-    match slmlp_benches::pytorch_resnet18_cpu_ms(&slmlp_benches::TorchResNet18::cifar(BATCH)) {
-        Ok(torch) => println!(
-            "pytorch same machine, same run: {torch:.1} ms median -> ratio ours/pytorch = {:.2} (target <= 1.5)",
-            ours / torch
-        ),
-        Err(e) => println!("pytorch comparison skipped: {e}"),
-    }
+    println!("{}", rounds.report("resnet18-cifar", BATCH, TARGET));
     let mut g = c.benchmark_group("resnet18_cifar_step");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(20))
         .warm_up_time(Duration::from_secs(2));
-    g.bench_function("train_step_b64_f32", |b| b.iter(|| step.run()));
+    g.bench_function("train_step_b64_f32", |b| b.iter(|| pool.run(|| step.run())));
     g.finish();
 }
 

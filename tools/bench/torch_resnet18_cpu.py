@@ -16,13 +16,19 @@ momentum=0.9, weight_decay=5e-4) step.  The defaults (w=64, C=3, S=32,
 puts every 1-d parameter (BN weights and biases, Linear biases) in an SGD
 group with weight_decay=0, as models::train::Trainer does.
 
-Prints exactly one JSON line on stdout:
+Prints one JSON line on stdout:
 
   {"framework":"pytorch","torch":..,"threads":..,"batch":..,"layout":..,
    "median_ms":..,"min_ms":..,"img_per_s":..,"iters":..,"width":..,
    "in_channels":..,"size":..,"classes":..,"projector":..}
 
 img_per_s = batch / median step time.
+
+--rounds R (benches/lib.rs `compare_rounds` uses it) interleaves the
+timed steps with another process's: after the warm-up the script prints
+{"ready": true}, then R times reads a line from stdin, runs --iters steps
+and prints {"round": r, "median_ms": ..}; the summary line above follows,
+over all R * iters steps.
 
 --profile-out FILE then runs --iters more steps under torch.profiler and
 writes, per aten op and input shapes, its calls and self CPU time per step
@@ -64,12 +70,17 @@ def main():
                     help="SL-MLP: Linear(8w,8w)->BatchNorm1d->ReLU before the classifier")
     ap.add_argument("--wd-exclude-1d", action="store_true",
                     help="no weight decay on 1-d params (BN, biases), as models::train::Trainer")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="interleave with another process: print {\"ready\": true} after the warm-up, then "
+                         "R times wait for a line on stdin, run --iters steps and print that round's JSON line")
     ap.add_argument("--profile-out", metavar="FILE",
                     help="also profile --iters steps per aten op (self CPU time) into FILE (JSON)")
     args = ap.parse_args()
     for name in ("threads", "iters", "batch", "width", "in_channels", "size", "classes"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.rounds < 0:
+        ap.error(f"--rounds must be 0 or more, got {args.rounds}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -100,12 +111,21 @@ def main():
 
     for _ in range(args.warmup):
         step()
+    if args.rounds:
+        print(json.dumps({"ready": True}), flush=True)
     times = []
-    for _ in range(args.iters):
-        t0 = time.perf_counter()
-        loss = step()
-        loss.item()  # sync point (CPU: no-op, keeps semantics explicit)
-        times.append((time.perf_counter() - t0) * 1e3)
+    for r in range(max(args.rounds, 1)):
+        if args.rounds and not sys.stdin.readline():
+            sys.exit("stdin closed before round %d of %d" % (r + 1, args.rounds))
+        ts = []
+        for _ in range(args.iters):
+            t0 = time.perf_counter()
+            loss = step()
+            loss.item()  # sync point (CPU: no-op, keeps semantics explicit)
+            ts.append((time.perf_counter() - t0) * 1e3)
+        if args.rounds:
+            print(json.dumps({"round": r, "median_ms": round(statistics.median(ts), 3)}), flush=True)
+        times += ts
 
     med = statistics.median(times)
     if args.profile_out:
