@@ -135,6 +135,19 @@ pub(crate) fn expect_rank(op: &'static str, what: &str, t: &Tensor, rank: usize)
     Ok(())
 }
 
+/// `n` copies of `value`, written by the pool's threads together: filled on
+/// one thread, a layer's output of several megabytes keeps the others idle.
+pub(crate) fn par_filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(n);
+    if n <= 1 << 15 {
+        v.resize(n, value);
+    } else {
+        v.par_extend(rayon::iter::repeat_n(value, n));
+    }
+    v
+}
+
 /// Applies `f` to chunks of `out` in parallel when the work is large enough
 /// to pay for the threads; `f` gets the chunk's start index.
 pub(crate) fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
@@ -234,6 +247,17 @@ impl GradSpec {
 
 #[cfg(test)]
 mod tests {
+    /// `par_filled` fills every element, below and above its parallel threshold.
+    #[test]
+    fn par_filled_fills_every_element() {
+        for n in [0, 7, 1 << 15, (1 << 15) + 1, 300_001] {
+            let v = super::par_filled(n, 0.0f32);
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|x| x.to_bits() == 0), "n = {n}");
+        }
+        assert_eq!(super::par_filled(40_000, 3u8), vec![3u8; 40_000]);
+    }
+
     /// `CpuPool::run` moves its closure onto one of its own threads, and
     /// runs it in place when already on a pool thread.
     #[test]

@@ -9,7 +9,7 @@
 use super::{BatchNormArgs, BatchNormOps, BnGeom, Fuse, Needs};
 use crate::backend::{Cpu, Saved};
 use crate::ops::elementwise::cpu::{relu, relu_grad};
-use crate::ops::par_chunks;
+use crate::ops::{par_chunks, par_filled};
 use crate::{dispatch_float, DType, Element, Float, Result, Tensor};
 use rayon::prelude::*;
 
@@ -375,7 +375,7 @@ impl BatchNormOps for Cpu {
                 .collect();
             let res = residual.map(|r| r.float_data::<T>()).transpose()?;
             let extra = res.as_deref().map_or(Extra::None, Extra::Slice);
-            let mut out = vec![T::from_f64(0.0); xd.len()];
+            let mut out = par_filled(xd.len(), T::from_f64(0.0));
             affine_pass(d, &mut out, &xd, extra, &coef, d.fuse != Fuse::None);
             (Tensor::from_compute(out, x.dims(), out_dtype), mean, invstd, running)
         });
@@ -421,7 +421,7 @@ fn backward<T: Float>(
         None => None,
         Some(o) => {
             let od = o.float_data::<T>()?;
-            let mut dm = vec![T::zero(); gd.len()];
+            let mut dm = par_filled(gd.len(), T::zero());
             par_chunks(&mut dm, |st, o| {
                 let (gs, os) = (&gd[st..st + o.len()], &od[st..st + o.len()]);
                 for ((o, &g), &y) in o.iter_mut().zip(gs).zip(os) {
@@ -481,7 +481,7 @@ fn backward<T: Float>(
                 dm
             }
             other => {
-                let mut dx = vec![T::zero(); xd.len()];
+                let mut dx = par_filled(xd.len(), T::zero());
                 affine_pass(
                     d,
                     &mut dx,

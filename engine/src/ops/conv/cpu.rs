@@ -20,6 +20,7 @@ use super::{check_acc, Conv2dGeom as Geom, ConvOps};
 use crate::backend::Cpu;
 use crate::layout::Conv2dParams;
 use crate::ops::matmul::{gemm, gemm_strided, MatRef};
+use crate::ops::par_filled;
 use crate::{dispatch_float, Float, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -538,7 +539,7 @@ pub(super) fn conv_forward<T: Pooled>(
     let pl = plan(g, threads, batched);
     // `keep`: the output holds the gradient given, which the result is added to
     let (mut out, bias, keep) = match start {
-        Start::Bias(b) => (vec![T::zero(); g.n * out_img], b, false),
+        Start::Bias(b) => (par_filled(g.n * out_img, T::zero()), b, false),
         Start::Onto(v) => (v, None, true),
     };
     debug_assert_eq!(out.len(), g.n * out_img);
@@ -621,7 +622,7 @@ pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) 
     // `keep`: dx holds the gradient given, which the input gradient is added to
     let keep = onto.is_some();
     let mut dx =
-        onto.unwrap_or_else(|| vec![T::zero(); if wt.is_some() { g.n * in_img } else { 0 }]);
+        onto.unwrap_or_else(|| par_filled(if wt.is_some() { g.n * in_img } else { 0 }, T::zero()));
     debug_assert_eq!(dx.len(), if wt.is_some() { g.n * in_img } else { 0 });
     let per_img = if dx.is_empty() { 0 } else { in_img };
     // Each part sums its dW transposed ([groups][k][cout_g]): as

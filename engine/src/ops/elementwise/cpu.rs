@@ -4,7 +4,7 @@
 use super::{BinOp, ElementwiseOps, UnOp};
 use crate::backend::Cpu;
 use crate::layout::Layout;
-use crate::ops::par_chunks;
+use crate::ops::{par_chunks, par_filled};
 use crate::{dispatch_float, Float, Result, Tensor};
 use num_traits::Zero;
 
@@ -70,7 +70,7 @@ impl BinOp {
 fn map(op: UnOp, x: &Tensor) -> Result<Tensor> {
     dispatch_float!(op.name(), x.dtype(), T => {
         let xd = x.float_data::<T>()?;
-        let mut out = vec![T::zero(); xd.len()];
+        let mut out = par_filled(xd.len(), T::zero());
         par_chunks(&mut out, |start, o| {
             for (i, v) in o.iter_mut().enumerate() {
                 *v = op.apply(xd[start + i]);
@@ -127,7 +127,7 @@ fn broadcast_zip(la: &Layout, lb: &Layout, mut f: impl FnMut(usize, usize)) {
 fn binary_forward<T: Float>(op: BinOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Vec<T>> {
     let (ad, bd) = (a.float_data::<T>()?, b.float_data::<T>()?);
     let n: usize = shape.iter().product();
-    let mut out = vec![T::zero(); n];
+    let mut out = par_filled(n, T::zero());
     if a.dims() == b.dims() {
         par_chunks(&mut out, |start, o| {
             for (i, v) in o.iter_mut().enumerate() {
@@ -156,7 +156,7 @@ impl ElementwiseOps for Cpu {
         crate::trace::kernel("elementwise");
         dispatch_float!("relu_backward", y.dtype(), T => {
             let (yd, gd) = (y.float_data::<T>()?, dy.float_data::<T>()?);
-            let mut out = vec![T::zero(); yd.len()];
+            let mut out = par_filled(yd.len(), T::zero());
             par_chunks(&mut out, |start, o| {
                 for (i, v) in o.iter_mut().enumerate() {
                     *v = relu_grad(yd[start + i], gd[start + i]);

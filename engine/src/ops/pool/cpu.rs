@@ -3,6 +3,7 @@
 
 use super::{PoolGeom, PoolOps, Windows};
 use crate::backend::{Cpu, Saved};
+use crate::ops::par_filled;
 use crate::{dispatch_float, Float, Result, Tensor};
 use rayon::prelude::*;
 
@@ -67,7 +68,7 @@ fn max_forward<T: Float>(
 ) -> (Vec<T>, Vec<usize>) {
     let (plane, oplane) = (hw[0] * hw[1], rows.len() * cols.len());
     let planes = x.len() / plane.max(1);
-    let mut out = vec![T::zero(); planes * oplane];
+    let mut out = par_filled(planes * oplane, T::zero());
     let mut idx = vec![0usize; planes * oplane];
     out.par_chunks_mut(oplane.max(1))
         .zip(idx.par_chunks_mut(oplane.max(1)))
@@ -98,7 +99,7 @@ fn max_forward<T: Float>(
 
 fn max_backward<T: Float>(dy: &[T], idx: &[usize], plane: usize, oplane: usize) -> Vec<T> {
     let planes = dy.len() / oplane.max(1);
-    let mut dx = vec![T::zero(); planes * plane];
+    let mut dx = par_filled(planes * plane, T::zero());
     dx.par_chunks_mut(plane.max(1))
         .zip(
             dy.par_chunks(oplane.max(1))
@@ -117,7 +118,7 @@ fn max_backward<T: Float>(dy: &[T], idx: &[usize], plane: usize, oplane: usize) 
 fn avg_forward<T: Float>(x: &[T], hw: [usize; 2], rows: &[Span], cols: &[Span]) -> Vec<T> {
     let (plane, oplane) = (hw[0] * hw[1], rows.len() * cols.len());
     let planes = x.len() / plane.max(1);
-    let mut out = vec![T::zero(); planes * oplane];
+    let mut out = par_filled(planes * oplane, T::zero());
     out.par_chunks_mut(oplane.max(1))
         .zip(x.par_chunks(plane.max(1)))
         .with_min_len(min_planes(oplane))
@@ -140,7 +141,7 @@ fn avg_forward<T: Float>(x: &[T], hw: [usize; 2], rows: &[Span], cols: &[Span]) 
 fn avg_backward<T: Float>(dy: &[T], hw: [usize; 2], rows: &[Span], cols: &[Span]) -> Vec<T> {
     let (plane, oplane) = (hw[0] * hw[1], rows.len() * cols.len());
     let planes = dy.len() / oplane.max(1);
-    let mut dx = vec![T::zero(); planes * plane];
+    let mut dx = par_filled(planes * plane, T::zero());
     dx.par_chunks_mut(plane.max(1))
         .zip(dy.par_chunks(oplane.max(1)))
         .with_min_len(min_planes(oplane))
