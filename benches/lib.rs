@@ -193,16 +193,14 @@ pub fn compare_rounds(net: &TorchResNet18, rounds: usize, mut step: impl FnMut()
                 .collect(),
         );
         let theirs = match &mut torch {
-            Ok(t) => t.round().map_err(|e| out.torch_error = Some(e)).ok(),
-            Err(e) => {
-                out.torch_error = Some(e.clone());
-                None
-            }
+            Ok(t) => t.round(),
+            Err(e) => Err(e.clone()),
         };
-        if theirs.is_none() {
-            torch = Err(out.torch_error.clone().unwrap_or_default());
-        }
-        out.rounds.push((ours, theirs));
+        let theirs = theirs.map_err(|e| {
+            out.torch_error = Some(e.clone());
+            torch = Err(e);
+        });
+        out.rounds.push((ours, theirs.ok()));
     }
     out
 }
