@@ -135,12 +135,16 @@ pub(crate) fn expect_rank(op: &'static str, what: &str, t: &Tensor, rank: usize)
     Ok(())
 }
 
+/// Elements per parallel piece of an elementwise pass: fewer are not worth
+/// the threads.
+const GRAIN: usize = 1 << 15;
+
 /// `n` copies of `value`, written by the pool's threads together: filled on
 /// one thread, a layer's output of several megabytes keeps the others idle.
 pub(crate) fn par_filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
     use rayon::prelude::*;
     let mut v = Vec::with_capacity(n);
-    if n <= 1 << 15 {
+    if n <= GRAIN {
         v.resize(n, value);
     } else {
         v.par_extend(rayon::iter::repeat_n(value, n));
@@ -152,7 +156,6 @@ pub(crate) fn par_filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
 /// to pay for the threads; `f` gets the chunk's start index.
 pub(crate) fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
     use rayon::prelude::*;
-    const GRAIN: usize = 1 << 15;
     if out.len() <= GRAIN {
         f(0, out);
     } else {
@@ -250,7 +253,7 @@ mod tests {
     /// `par_filled` fills every element, below and above its parallel threshold.
     #[test]
     fn par_filled_fills_every_element() {
-        for n in [0, 7, 1 << 15, (1 << 15) + 1, 300_001] {
+        for n in [0, 7, super::GRAIN, super::GRAIN + 1, 300_001] {
             let v = super::par_filled(n, 0.0f32);
             assert_eq!(v.len(), n);
             assert!(v.iter().all(|x| x.to_bits() == 0), "n = {n}");
