@@ -14,23 +14,33 @@
 //! report it.
 //!
 //! Algorithm choice is PyTorch's `cudnn.benchmark`: the first call for a
-//! (shape, dtype, math, direction) key times every candidate with
-//! cudnnFind*AlgorithmEx on the real inputs and a scratch output, and
-//! caches the fastest that fits the workspace budget; if Find fails,
-//! [`FIND_LIMIT`] keys were already timed or [`set_benchmark`] turned the
-//! timing off, the heuristic
-//! cudnnGet*Algorithm_v7 list is used instead. With
-//! [`set_deterministic`] (`--deterministic`) only algorithms cuDNN reports
-//! as deterministic (the perf results' determinism flag) are candidates,
-//! so repeated runs give the same bits (PyTorch's
-//! `cudnn.deterministic = True`). Workspaces come
-//! from the caching allocator on every call (with one stream, a freed block
-//! is only reused by later work, and the allocator keeps it warm).
+//! key (shape, dtype, math, direction, beta, operand alignments, API)
+//! times the candidates on the real inputs and a scratch output and
+//! caches the fastest that fits the workspace budget. Two APIs offer
+//! candidates ([`Api`], `SLMLP_CUDNN_API`, default auto):
+//! - the legacy (v7-style) calls: cudnnFind*AlgorithmEx times every
+//!   algorithm; if Find fails, [`FIND_LIMIT`] keys were already timed or
+//!   [`set_benchmark`] turned the timing off, the heuristic
+//!   cudnnGet*Algorithm_v7 list is used instead;
+//! - the graph (backend) API (`dnn_graph`, what cuDNN's frontend builds on
+//!   for PyTorch): the heuristics' top [`GRAPH_CANDIDATES`] execution
+//!   plans, timed here with CUDA events, as is the legacy winner, so the
+//!   two compare alike.
 //!
-//! The legacy (v7-style) API is what cudarc 0.19 binds; cuDNN 9 still ships
-//! it. One handle per GPU, created on first use and bound to the GPU's one
+//! With [`set_deterministic`] (`--deterministic`) only algorithms cuDNN
+//! reports as deterministic (the perf results' determinism flag, the
+//! engines' NONDETERMINISTIC note) are candidates, so repeated runs give
+//! the same bits (PyTorch's `cudnn.deterministic = True`). Workspaces come
+//! from the caching allocator on every call (with one stream, a freed block
+//! is only reused by later work, and the allocator keeps it warm). Every
+//! choice, with the timings, is recorded in engine::profile.
+//!
+//! cudarc 0.19's raw cuDNN bindings (sys) cover both APIs; cuDNN 9 ships
+//! both. One handle per GPU, created on first use and bound to the GPU's one
 //! stream; it is not thread-safe, so every call holds its lock.
 
+use super::blas::TIMED_RUNS;
+use super::dnn_graph::{self as graph, Numerics, Plan, Problem};
 use super::runtime::Gpu;
 use crate::layout::Conv2dParams;
 use crate::{DType, Error, Result};
@@ -38,7 +48,8 @@ use cudarc::cudnn::result::CudnnError;
 use cudarc::cudnn::sys;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 const OP: &str = "conv2d (cuDNN)";
@@ -97,6 +108,88 @@ pub fn benchmark() -> bool {
 /// a detector fed images of ever new sizes (about 200 keys per size) stops
 /// paying a search per image after a few sizes.
 pub const FIND_LIMIT: usize = 1024;
+
+/// Which of cuDNN's two APIs runs a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// Timed (benchmark mode): the faster of the legacy Find winner and
+    /// the graph API's top [`GRAPH_CANDIDATES`] plans, timed alike.
+    /// Untimed: the legacy heuristic, as with [`Api::Legacy`].
+    Auto,
+    /// The legacy (v7-style) calls only.
+    Legacy,
+    /// The graph (backend) API only (`dnn_graph`): its timed plans, or
+    /// its heuristics' first usable plan when not timing.
+    Graph,
+}
+
+impl Api {
+    /// "auto", "legacy" or "graph" (`SLMLP_CUDNN_API`).
+    pub fn parse(v: &str) -> Result<Api> {
+        match v {
+            "auto" => Ok(Api::Auto),
+            "legacy" => Ok(Api::Legacy),
+            "graph" => Ok(Api::Graph),
+            _ => Err(Error::arg(
+                OP,
+                format!("SLMLP_CUDNN_API must be auto, legacy or graph, got {v:?}"),
+            )),
+        }
+    }
+}
+
+/// 0: not set yet (then `SLMLP_CUDNN_API`, default auto); else 1 + the
+/// variant's index.
+static API: AtomicU8 = AtomicU8::new(0);
+const APIS: [Api; 3] = [Api::Auto, Api::Legacy, Api::Graph];
+
+/// Chooses the cuDNN API for keys not chosen yet (overrides
+/// `SLMLP_CUDNN_API`; the cache is keyed by it).
+pub fn set_api(api: Api) {
+    let i = APIS.iter().position(|a| *a == api).unwrap_or(0);
+    API.store(i as u8 + 1, Ordering::Relaxed);
+}
+
+/// The cuDNN API new keys use: [`set_api`]'s, else `SLMLP_CUDNN_API`'s,
+/// else [`Api::Auto`]; an error for an unknown `SLMLP_CUDNN_API`.
+pub fn api() -> Result<Api> {
+    match API.load(Ordering::Relaxed) {
+        0 => match std::env::var("SLMLP_CUDNN_API") {
+            Ok(v) => Api::parse(&v),
+            Err(_) => Ok(Api::Auto),
+        },
+        i => Ok(APIS[(i as usize - 1).min(APIS.len() - 1)]),
+    }
+}
+
+/// Sets the API and the benchmark mode until dropped, then restores both:
+/// for a check that runs one route on purpose (the GPU parity cases).
+pub struct Scoped {
+    api: u8,
+    benchmark: bool,
+}
+
+/// See [`Scoped`].
+pub fn scoped(api: Api, benchmark: bool) -> Scoped {
+    let prev = Scoped {
+        api: API.load(Ordering::Relaxed),
+        benchmark: BENCHMARK.load(Ordering::Relaxed),
+    };
+    set_api(api);
+    set_benchmark(benchmark);
+    prev
+}
+
+impl Drop for Scoped {
+    fn drop(&mut self) {
+        API.store(self.api, Ordering::Relaxed);
+        set_benchmark(self.benchmark);
+    }
+}
+
+/// How many of the graph API's plans (in its heuristics' order) a timed
+/// search runs; each runs once and then [`TIMED_RUNS`] times.
+pub const GRAPH_CANDIDATES: usize = 8;
 
 /// cudnnDeterminism_t's CUDNN_DETERMINISTIC in the perf results.
 const CUDNN_DETERMINISTIC: u32 = 1;
@@ -507,12 +600,32 @@ const SYMBOLS: [&str; 27] = [
     "cudnnAddTensor",
 ];
 
+/// What a convolution's route is cached by: the algorithm key, the API
+/// asked for, beta (the graph API fixes it in the plan) and the byte
+/// alignments of x, w and y (`dnn_graph::alignment`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RouteKey {
+    algo: AlgoKey,
+    api: Api,
+    beta_bits: u32,
+    align: [u8; 3],
+}
+
+/// How a key's convolution runs.
+#[derive(Clone)]
+enum Route {
+    Legacy(Chosen),
+    Graph(Arc<Plan>),
+}
+
 /// One GPU's cuDNN state.
 struct Dnn {
     handle: sys::cudnnHandle_t,
-    algos: HashMap<AlgoKey, Chosen>,
-    /// Keys timed with Find so far (see [`FIND_LIMIT`]).
+    routes: HashMap<RouteKey, Route>,
+    /// Keys timed so far (see [`FIND_LIMIT`]).
     searched: usize,
+    /// Whether the library has the graph API's entry points.
+    has_graph: bool,
 }
 
 // SAFETY: the handle is only used under the STATES lock, by one thread at
@@ -553,10 +666,14 @@ impl Dnn {
             let _ = unsafe { sys::cudnnDestroy(handle) };
             return Err(cudnn_err("cudnnSetStream", g.device(), e));
         }
+        let has_graph = graph::SYMBOLS
+            .iter()
+            .all(|name| unsafe { lib.get::<unsafe extern "C" fn()>(name.as_bytes()) }.is_ok());
         Ok(Dnn {
             handle,
-            algos: HashMap::new(),
+            routes: HashMap::new(),
             searched: 0,
+            has_graph,
         })
     }
 }
@@ -1003,23 +1120,144 @@ fn confirm(
     Ok(None)
 }
 
-impl Dnn {
-    /// The cached algorithm for `key`, found (and cached) on first use.
-    fn choose(&mut self, g: &'static Gpu, key: &AlgoKey, d: &Descs, p: Ptrs) -> Result<Chosen> {
-        if let Some(c) = self.algos.get(key) {
-            return Ok(*c);
+impl Ptrs {
+    /// The pointers in the graph API's tensor order: x, w, y for the
+    /// forward, dx, w, dy for backward-data, x, dw, dy for backward-filter.
+    fn xwy(&self, dir: Direction) -> [u64; 3] {
+        match dir {
+            Direction::Forward => [self.a, self.b, self.out],
+            Direction::BackwardData => [self.out, self.a, self.b],
+            Direction::BackwardFilter => [self.a, self.out, self.b],
         }
-        d.check_output(&key.shape)?;
-        let t0 = std::time::Instant::now();
-        let searched = if !BENCHMARK.load(Ordering::Relaxed) {
-            Err("not timed: benchmark mode is off".to_string())
-        } else if self.searched < FIND_LIMIT {
-            self.searched += 1;
-            find(g, self.handle, key, d, p).map_err(|e| e.to_string())
-        } else {
-            Err(format!("not timed: {FIND_LIMIT} keys were"))
-        };
-        let timed = searched.as_ref().map_or(Vec::new(), |(p, _)| p.clone());
+    }
+}
+
+/// Runs legacy algorithm `c` for `key`: output = result + beta * output.
+///
+/// # Safety
+/// `p` addresses buffers that match `d` (the pub fns' contracts) and
+/// `ws` holds `c.workspace` bytes (0 when that is 0).
+unsafe fn legacy_exec(
+    h: sys::cudnnHandle_t,
+    key: &AlgoKey,
+    d: &Descs,
+    c: &Chosen,
+    p: Ptrs,
+    beta: f32,
+    ws: u64,
+) -> Result<()> {
+    d.conv.set_math(c.math, &key.shape)?;
+    let alpha = 1.0f32;
+    let (al, be) = (
+        &alpha as *const f32 as *const c_void,
+        &beta as *const f32 as *const c_void,
+    );
+    // SAFETY: the caller's contract; alpha/beta are f32 as cuDNN requires
+    // for f32/f16/bf16 data.
+    unsafe {
+        match c.algo {
+            Algo::Fwd(a) => sys::cudnnConvolutionForward(
+                h,
+                al,
+                d.x.0,
+                vp(p.a),
+                d.w.0,
+                vp(p.b),
+                d.conv.0,
+                a,
+                vpm(ws),
+                c.workspace,
+                be,
+                d.y.0,
+                vpm(p.out),
+            ),
+            Algo::BwdData(a) => sys::cudnnConvolutionBackwardData(
+                h,
+                al,
+                d.w.0,
+                vp(p.a),
+                d.y.0,
+                vp(p.b),
+                d.conv.0,
+                a,
+                vpm(ws),
+                c.workspace,
+                be,
+                d.x.0,
+                vpm(p.out),
+            ),
+            Algo::BwdFilter(a) => sys::cudnnConvolutionBackwardFilter(
+                h,
+                al,
+                d.x.0,
+                vp(p.a),
+                d.y.0,
+                vp(p.b),
+                d.conv.0,
+                a,
+                vpm(ws),
+                c.workspace,
+                be,
+                d.w.0,
+                vpm(p.out),
+            ),
+        }
+    }
+    .result()
+    .map_err(|e| cudnn_err(c.algo.name(), format!("{} {:?}", key.shape, key.data), e))
+}
+
+/// Mean GPU milliseconds of `f` over [`TIMED_RUNS`] runs between two
+/// events, after one untimed run.
+fn time_ms(g: &'static Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let start = g.timing_event()?;
+    for _ in 0..TIMED_RUNS {
+        f()?;
+    }
+    let end = g.timing_event()?;
+    let ms = start
+        .elapsed_ms(&end)
+        .map_err(|e| g.err("cuEventElapsedTime (cuDNN timing)", e))?;
+    Ok(f64::from(ms) / TIMED_RUNS as f64)
+}
+
+fn legacy_label(c: &Chosen) -> String {
+    format!("{} (algo {})", c.algo.name(), c.algo.id())
+}
+
+fn plan_label(p: &Plan) -> String {
+    format!("graph {}", p.name)
+}
+
+impl Dnn {
+    /// The legacy API's choice for `key`: cudnnFind's fastest usable
+    /// algorithm when `timed` (its listed timings are added to `cands`),
+    /// else, or when Find fails, Get_v7's first. Returns it and how it
+    /// was chosen.
+    fn legacy(
+        &mut self,
+        g: &'static Gpu,
+        key: &AlgoKey,
+        d: &Descs,
+        p: Ptrs,
+        timed: std::result::Result<(), String>,
+        cands: &mut Vec<crate::profile::Candidate>,
+    ) -> Result<(Chosen, String)> {
+        let searched =
+            timed.and_then(|()| find(g, self.handle, key, d, p).map_err(|e| e.to_string()));
+        if let Ok((perfs, _)) = &searched {
+            cands.extend(perfs.iter().map(|p| {
+                crate::profile::Candidate {
+                    algo: Algo::from_raw(key.dir, p.algo)
+                        .map_or(format!("algo {}", p.algo), |a| a.name().to_string())
+                        + " (cudnnFind)",
+                    status: p.status,
+                    ms: p.time as f64,
+                    workspace: p.memory,
+                }
+            }));
+        }
         let (found, find_note) = match searched {
             Ok((perfs, cap)) => (
                 confirm(
@@ -1033,63 +1271,250 @@ impl Dnn {
             ),
             Err(note) => (None, note),
         };
-        let by_find = found.is_some();
-        let chosen = match found {
-            Some(c) => c,
-            None => {
-                d.conv.set_math(key.math, &key.shape)?;
-                let perfs = heuristic(self.handle, key, d)?;
-                let free = g.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
-                let st = g.memory_stats();
-                let cap = workspace_cap(free, st.reserved.saturating_sub(st.allocated));
-                let cands = candidates(key.dir, &perfs, key.math, cap, key.deterministic);
-                confirm(self.handle, key, d, &cands, cap)?
-                    .ok_or_else(|| {
-                        Error::arg(
-                            OP,
-                            format!(
-                                "cuDNN has no {:?} algorithm for {} ({:?}, math {:?}{}) within a {cap}-byte workspace; Get_v7 listed {perfs:?}; {find_note}",
-                                key.dir, key.shape, key.data, key.math,
-                                if key.deterministic { ", deterministic only" } else { "" }
-                            ),
-                        )
-                    })?
+        if let Some(c) = found {
+            return Ok((c, "find".into()));
+        }
+        d.conv.set_math(key.math, &key.shape)?;
+        let perfs = heuristic(self.handle, key, d)?;
+        let cap = free_cap(g);
+        let cands = candidates(key.dir, &perfs, key.math, cap, key.deterministic);
+        let c = confirm(self.handle, key, d, &cands, cap)?.ok_or_else(|| {
+            Error::arg(
+                OP,
+                format!(
+                    "cuDNN has no {:?} algorithm for {} ({:?}, math {:?}{}) within a {cap}-byte workspace; Get_v7 listed {perfs:?}; {find_note}",
+                    key.dir, key.shape, key.data, key.math,
+                    if key.deterministic { ", deterministic only" } else { "" }
+                ),
+            )
+        })?;
+        Ok((c, format!("heuristic (Get_v7; {find_note})")))
+    }
+
+    /// The cached route for `key`, chosen (and cached) on first use: see
+    /// [`Api`]. Every choice is recorded in engine::profile.
+    fn choose(&mut self, g: &'static Gpu, key: &RouteKey, p: Ptrs) -> Result<Route> {
+        if let Some(r) = self.routes.get(key) {
+            return Ok(r.clone());
+        }
+        let ak = &key.algo;
+        let d = Descs::new(ak)?;
+        d.check_output(&ak.shape)?;
+        let t0 = std::time::Instant::now();
+        let timed = if !BENCHMARK.load(Ordering::Relaxed) {
+            Err("not timed: benchmark mode is off".to_string())
+        } else if self.searched < FIND_LIMIT {
+            self.searched += 1;
+            Ok(())
+        } else {
+            Err(format!("not timed: {FIND_LIMIT} keys were"))
+        };
+        if key.api == Api::Graph && !self.has_graph {
+            return Err(Error::arg(
+                OP,
+                format!("the graph API was asked for (SLMLP_CUDNN_API=graph), but the loaded libcudnn lacks one of {:?}; install cuDNN 9", graph::SYMBOLS),
+            ));
+        }
+        let mut cands = Vec::new();
+        let legacy = match key.api {
+            Api::Graph => Err(Error::arg(OP, "the legacy API was not asked for")),
+            _ => self.legacy(g, ak, &d, p, timed.clone(), &mut cands),
+        };
+        let graph_wanted = match key.api {
+            Api::Legacy => false,
+            Api::Auto => self.has_graph && timed.is_ok(),
+            Api::Graph => true,
+        };
+        let mut notes = Vec::new();
+        let plans = if graph_wanted {
+            let problem = Problem {
+                dir: ak.dir,
+                shape: ak.shape,
+                data: ak.data,
+                beta_bits: key.beta_bits,
+                align: key.align,
+                numerics: Numerics {
+                    tensor_cores: ak.math != sys::cudnnMathType_t::CUDNN_FMA_MATH,
+                    deterministic: ak.deterministic,
+                },
+            };
+            let max = if timed.is_ok() { GRAPH_CANDIDATES } else { 1 };
+            match graph::plans(self.handle, &problem, free_cap(g), max) {
+                Ok((plans, listed)) => {
+                    notes.push(format!("graph API: {listed:?}"));
+                    plans
+                }
+                Err(e) => {
+                    notes.push(format!("graph API: {e}"));
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let beta = f32::from_bits(key.beta_bits);
+        let mut plans = plans.into_iter();
+        let (route, method) = match (plans.next(), legacy, &timed) {
+            (None, Ok((c, method)), _) => (Route::Legacy(c), method),
+            (None, Err(e), _) if key.api != Api::Graph => return Err(e),
+            (None, Err(_), _) => {
+                return Err(Error::arg(
+                    OP,
+                    format!(
+                        "the graph API has no usable plan for {:?} {} ({:?}); {}",
+                        ak.dir,
+                        ak.shape,
+                        ak.data,
+                        notes.join("; ")
+                    ),
+                ))
+            }
+            // untimed, so Api::Graph: its heuristics' first plan
+            (Some(first), _, Err(note)) => (
+                Route::Graph(Arc::new(first)),
+                format!("heuristic (the graph API's first plan; {note})"),
+            ),
+            (Some(first), legacy, Ok(())) => {
+                let plans = std::iter::once(first).chain(plans).collect();
+                let legacy = legacy.ok().map(|(c, _)| c);
+                self.time_routes(g, ak, &d, p, beta, legacy, plans, &mut cands)?
             }
         };
-        self.algos.insert(*key, chosen);
+        let (chosen, workspace) = match &route {
+            Route::Legacy(c) => (legacy_label(c), c.workspace),
+            Route::Graph(plan) => (plan_label(plan), plan.workspace),
+        };
+        // fastest first, the failed ones last
+        cands.sort_by(|a, b| a.ms.total_cmp(&b.ms));
+        let mut method = method;
+        if !notes.is_empty() {
+            method += &format!("; {}", notes.join("; "));
+        }
         crate::profile::search(crate::profile::Search {
             lib: "cudnn",
             problem: format!(
-                "{:?} {} {:?} math {:?}",
-                key.dir, key.shape, key.data, key.math
+                "{:?} {} {:?} math {:?} beta {beta} align {:?} api {:?}",
+                ak.dir, ak.shape, ak.data, ak.math, key.align, key.api
             ),
-            method: if by_find {
-                "find"
-            } else {
-                "heuristic (Get_v7)"
-            }
-            .into(),
-            chosen: format!("{} (algo {})", chosen.algo.name(), chosen.algo.id()),
-            workspace: chosen.workspace,
+            method,
+            chosen,
+            workspace,
             ms: t0.elapsed().as_secs_f64() * 1e3,
-            candidates: timed
-                .iter()
-                .map(|p| crate::profile::Candidate {
-                    algo: Algo::from_raw(key.dir, p.algo)
-                        .map_or(format!("algo {}", p.algo), |a| a.name().to_string()),
-                    status: p.status,
-                    ms: p.time as f64,
-                    workspace: p.memory,
-                })
-                .collect(),
+            candidates: cands,
         });
-        Ok(chosen)
+        self.routes.insert(*key, route.clone());
+        Ok(route)
+    }
+
+    /// Times the graph API's `plans` and the `legacy` choice alike, into
+    /// a scratch output; returns the fastest (the first plan if every
+    /// timing failed) and how it was chosen, adding the timings to
+    /// `cands`.
+    #[allow(clippy::too_many_arguments)]
+    fn time_routes(
+        &self,
+        g: &'static Gpu,
+        key: &AlgoKey,
+        d: &Descs,
+        p: Ptrs,
+        beta: f32,
+        legacy: Option<Chosen>,
+        plans: Vec<Plan>,
+        cands: &mut Vec<crate::profile::Candidate>,
+    ) -> Result<(Route, String)> {
+        let out_bytes = out_dims(key).iter().product::<usize>() * elem_bytes(key.data);
+        let scratch = g.alloc(out_bytes)?;
+        if beta != 0.0 {
+            // the timed runs read it: zeros, not stale bits (NaN, subnormals)
+            // SAFETY: scratch is a live block of out_bytes bytes on g.
+            unsafe { g.memset(scratch.ptr(), 0, out_bytes) }?;
+        }
+        let q = Ptrs {
+            out: scratch.ptr(),
+            ..p
+        };
+        let ws_bytes = plans
+            .iter()
+            .map(|p| p.workspace)
+            .chain(legacy.map(|c| c.workspace))
+            .max()
+            .unwrap_or(0);
+        let (ws, ws_ptr) = workspace(g, ws_bytes)?;
+        let h = self.handle;
+        let mut best: Option<(f64, Route)> = None;
+        let mut consider = |ms: Result<f64>, route: Route, label: String, workspace: usize| {
+            let ok = ms.as_ref().ok().copied();
+            cands.push(crate::profile::Candidate {
+                algo: label,
+                status: u32::from(ok.is_none()),
+                ms: ok.unwrap_or(f64::NAN),
+                workspace,
+            });
+            if let Some(ms) = ok {
+                if best.as_ref().is_none_or(|(b, _)| ms < *b) {
+                    best = Some((ms, route));
+                }
+            }
+        };
+        let plans: Vec<Arc<Plan>> = plans.into_iter().map(Arc::new).collect();
+        for plan in &plans {
+            // SAFETY: q addresses the caller's inputs and a scratch output
+            // of the problem's size; ws holds the largest workspace.
+            let ms = time_ms(g, || unsafe {
+                graph::execute(h, plan, q.xwy(key.dir), ws_ptr)
+            });
+            consider(
+                ms,
+                Route::Graph(plan.clone()),
+                plan_label(plan),
+                plan.workspace,
+            );
+        }
+        if let Some(c) = legacy {
+            // SAFETY: as above.
+            let ms = time_ms(g, || unsafe { legacy_exec(h, key, d, &c, q, beta, ws_ptr) });
+            consider(
+                ms,
+                Route::Legacy(c),
+                legacy_label(&c) + " (legacy, timed alike)",
+                c.workspace,
+            );
+        }
+        // the events synchronised the stream: nothing queued uses them now
+        drop(ws);
+        drop(scratch);
+        let n = plans.len();
+        Ok(match best {
+            Some((_, route)) => (
+                route,
+                format!(
+                    "timed ({n} graph API plan(s){}, {TIMED_RUNS} runs each)",
+                    if legacy.is_some() {
+                        " and the legacy choice"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            None => (
+                Route::Graph(plans[0].clone()),
+                "graph API's first plan (every timed run failed)".into(),
+            ),
+        })
     }
 }
 
+/// The workspace cap of a search now (see [`workspace_cap`]).
+fn free_cap(g: &'static Gpu) -> usize {
+    let free = g.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
+    let st = g.memory_stats();
+    workspace_cap(free, st.reserved.saturating_sub(st.allocated))
+}
+
 /// Runs `dir` for `s` on `dtype` data: output = result + beta * output
-/// (beta 0: the output is only written). The algorithm search writes into
-/// a scratch output, so the output is read and written once.
+/// (beta 0: the output is only written), by the route chosen for its key.
+/// The searches write into a scratch output, so the output is read and
+/// written once.
 ///
 /// # Safety
 /// `p` addresses the buffers `dir` reads and writes (see the pub fns).
@@ -1107,82 +1532,36 @@ unsafe fn run(
             format!("empty convolution {s} reached cuDNN; the op must handle it"),
         ));
     }
-    let key = AlgoKey::new(dir, s, dtype)?;
-    with_dnn(g, |dnn| {
-        let d = Descs::new(&key)?;
-        let c = dnn.choose(g, &key, &d, p)?;
-        crate::profile::algo_used(|| {
-            format!(
-                "cudnn:{} (algo {}, ws {} B)",
-                c.algo.name(),
-                c.algo.id(),
-                c.workspace
-            )
-        });
-        d.conv.set_math(c.math, s)?;
-        let (ws, ws_ptr) = workspace(g, c.workspace)?;
-        let alpha = 1.0f32;
-        let (al, be) = (
-            &alpha as *const f32 as *const c_void,
-            &beta as *const f32 as *const c_void,
-        );
-        let h = dnn.handle;
-        // SAFETY: descriptors match the buffers the caller passes (the
-        // contract of the unsafe fns that call `run`); the workspace holds c.workspace bytes; alpha/beta are
-        // f32 as cuDNN requires for f32/f16/bf16 data.
-        let status = unsafe {
-            match c.algo {
-                Algo::Fwd(a) => sys::cudnnConvolutionForward(
-                    h,
-                    al,
-                    d.x.0,
-                    vp(p.a),
-                    d.w.0,
-                    vp(p.b),
-                    d.conv.0,
-                    a,
-                    vpm(ws_ptr),
-                    c.workspace,
-                    be,
-                    d.y.0,
-                    vpm(p.out),
-                ),
-                Algo::BwdData(a) => sys::cudnnConvolutionBackwardData(
-                    h,
-                    al,
-                    d.w.0,
-                    vp(p.a),
-                    d.y.0,
-                    vp(p.b),
-                    d.conv.0,
-                    a,
-                    vpm(ws_ptr),
-                    c.workspace,
-                    be,
-                    d.x.0,
-                    vpm(p.out),
-                ),
-                Algo::BwdFilter(a) => sys::cudnnConvolutionBackwardFilter(
-                    h,
-                    al,
-                    d.x.0,
-                    vp(p.a),
-                    d.y.0,
-                    vp(p.b),
-                    d.conv.0,
-                    a,
-                    vpm(ws_ptr),
-                    c.workspace,
-                    be,
-                    d.w.0,
-                    vpm(p.out),
-                ),
-            }
+    let algo = AlgoKey::new(dir, s, dtype)?;
+    let key = RouteKey {
+        algo,
+        api: api()?,
+        beta_bits: beta.to_bits(),
+        align: p.xwy(dir).map(graph::alignment),
+    };
+    with_dnn(g, |dnn| match dnn.choose(g, &key, p)? {
+        Route::Legacy(c) => {
+            crate::profile::algo_used(|| {
+                format!("cudnn:{} (ws {} B)", legacy_label(&c), c.workspace)
+            });
+            let d = Descs::new(&algo)?;
+            let (ws, ws_ptr) = workspace(g, c.workspace)?;
+            // SAFETY: the caller's contract; ws holds c.workspace bytes.
+            unsafe { legacy_exec(dnn.handle, &algo, &d, &c, p, beta, ws_ptr) }?;
+            drop(ws);
+            Ok(c.algo.name())
         }
-        .result();
-        drop(ws);
-        status.map_err(|e| cudnn_err(c.algo.name(), format!("{s} {dtype}"), e))?;
-        Ok(c.algo.name())
+        Route::Graph(plan) => {
+            crate::profile::algo_used(|| {
+                format!("cudnn:{} (ws {} B)", plan_label(&plan), plan.workspace)
+            });
+            let (ws, ws_ptr) = workspace(g, plan.workspace)?;
+            // SAFETY: the caller's contract (the plan was built for this
+            // key's shape, dtype, beta and alignments); ws holds its bytes.
+            unsafe { graph::execute(dnn.handle, &plan, p.xwy(dir), ws_ptr) }?;
+            drop(ws);
+            Ok("cudnn_graph")
+        }
     })
 }
 
@@ -1419,6 +1798,38 @@ mod tests {
                 ..strict
             }
         );
+    }
+
+    #[test]
+    fn the_api_switch_parses_and_scopes() {
+        assert_eq!(Api::parse("auto").unwrap(), Api::Auto);
+        assert_eq!(Api::parse("legacy").unwrap(), Api::Legacy);
+        assert_eq!(Api::parse("graph").unwrap(), Api::Graph);
+        for bad in ["", "Graph", "v8", "graph "] {
+            let e = Api::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("SLMLP_CUDNN_API"), "{e}");
+        }
+        let before = (api().unwrap(), benchmark());
+        {
+            let _g = scoped(Api::Graph, false);
+            assert_eq!((api().unwrap(), benchmark()), (Api::Graph, false));
+            {
+                let _l = scoped(Api::Legacy, true);
+                assert_eq!((api().unwrap(), benchmark()), (Api::Legacy, true));
+            }
+            assert_eq!((api().unwrap(), benchmark()), (Api::Graph, false));
+        }
+        assert_eq!((api().unwrap(), benchmark()), before);
+    }
+
+    #[test]
+    fn graph_pointers_are_x_w_y_whichever_the_direction() {
+        // the legacy calls' order: forward (x, w -> y), backward-data
+        // (w, dy -> dx), backward-filter (x, dy -> dw)
+        let p = Ptrs { a: 1, b: 2, out: 3 };
+        assert_eq!(p.xwy(Direction::Forward), [1, 2, 3]);
+        assert_eq!(p.xwy(Direction::BackwardData), [3, 1, 2]);
+        assert_eq!(p.xwy(Direction::BackwardFilter), [1, 3, 2]);
     }
 
     #[test]

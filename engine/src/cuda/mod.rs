@@ -25,6 +25,7 @@
 pub mod allocator;
 pub mod blas;
 pub mod dnn;
+pub mod dnn_graph;
 pub(crate) mod launch;
 pub mod math_mode;
 pub mod nccl;
