@@ -23,7 +23,9 @@
 //! - `conv`: the 23 ResNet-50 conv shapes at batch 256, 224 px, bf16:
 //!   fwd, bwd_data (not for the stem), bwd_weight (keys conv/<tag>/<dir>);
 //! - `train`: ResNet-50 training steps, batch 256 (keys resnet50_train/*),
-//!   the last one fed by the device-mode loader (data loading included);
+//!   one with cuDNN's legacy API only (`eager_legacy_cudnn`: the others
+//!   also time the graph API's plans, `cuda::dnn::Api`), the last one fed
+//!   by the device-mode loader (data loading included);
 //! - `maskrcnn` (only when asked for): one Mask R-CNN R50-FPN training
 //!   iteration, batch 4 at 800x1333, bf16 autocast (key
 //!   maskrcnn_train/r50_fpn).
@@ -515,17 +517,23 @@ fn train(b: &mut Bench) {
     use models::train::Trainer;
     const N: usize = 256;
     const PX: usize = 224;
-    for (variant, precision) in [
-        ("sl", Precision::Bf16),
-        ("sl_mlp", Precision::Bf16),
-        ("sl_mlp", Precision::F16),
+    use engine::cuda::dnn::{scoped, Api};
+    // (variant, precision, cuDNN API): the row with the legacy API only
+    // shows what the graph API's plans gain in the same run
+    for (variant, precision, api) in [
+        ("sl", Precision::Bf16, Api::Auto),
+        ("sl_mlp", Precision::Bf16, Api::Auto),
+        ("sl_mlp", Precision::Bf16, Api::Legacy),
+        ("sl_mlp", Precision::F16, Api::Auto),
     ] {
-        let (mode, dtype) = match precision {
-            Precision::F16 => ("eager_f16", "f16"),
+        let (mode, dtype) = match (precision, api) {
+            (Precision::F16, _) => ("eager_f16", "f16"),
+            (_, Api::Legacy) => ("eager_legacy_cudnn", "bf16"),
             _ => ("eager", "bf16"),
         };
         let key = format!("resnet50_train/{variant}/{mode}");
         b.attempt(&key, 25.0, |b| {
+            let _api = scoped(api, true);
             let net = resnet50(variant == "sl_mlp", Device::Cuda(b.g.ordinal))?;
             let params: usize = engine::nn::Module::params(&net)
                 .iter()

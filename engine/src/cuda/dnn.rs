@@ -162,6 +162,10 @@ pub fn api() -> Result<Api> {
     }
 }
 
+/// How long a search may spend building the graph API's plans once it
+/// has one (see `dnn_graph::plans`).
+pub const GRAPH_SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Sets the API and the benchmark mode until dropped, then restores both:
 /// for a check that runs one route on purpose (the GPU parity cases).
 pub struct Scoped {
@@ -1339,7 +1343,7 @@ impl Dnn {
                 },
             };
             let max = if timed.is_ok() { GRAPH_CANDIDATES } else { 1 };
-            match graph::plans(self.handle, &problem, free_cap(g), max) {
+            match graph::plans(self.handle, &problem, free_cap(g), max, GRAPH_SEARCH_BUDGET) {
                 Ok((plans, listed)) => {
                     notes.push(format!("graph API: {listed:?}"));
                     plans

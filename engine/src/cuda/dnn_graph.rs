@@ -470,18 +470,24 @@ pub struct Listed {
     pub not_finalized: usize,
     pub rejected_numerics: usize,
     pub over_workspace: usize,
+    /// Plans were still to be built when the search's time budget ran out.
+    pub out_of_time: bool,
 }
 
 /// Up to `max` plans for `p` from the heuristics' engine configurations
 /// (INSTANT mode, then FALLBACK when INSTANT gives none), in the
 /// heuristics' order: those that finalise, pass `p.numerics` and need at
-/// most `cap` workspace bytes.
+/// most `cap` workspace bytes. Once one is built, no more are after
+/// `budget` (an engine compiled at run time can take a second to
+/// finalise).
 pub fn plans(
     h: sys::cudnnHandle_t,
     p: &Problem,
     cap: usize,
     max: usize,
+    budget: std::time::Duration,
 ) -> Result<(Vec<Plan>, Listed)> {
+    let t0 = std::time::Instant::now();
     let g = graph(h, p)?;
     let mut listed = Listed::default();
     let mut out = Vec::new();
@@ -507,6 +513,10 @@ pub fn plans(
         listed.configs += configs.len();
         for config in configs {
             if out.len() >= max {
+                break;
+            }
+            if !out.is_empty() && t0.elapsed() > budget {
+                listed.out_of_time = true;
                 break;
             }
             let engine = match config.get_descs(

@@ -8,11 +8,15 @@
 //! `conv2d_residual`: ResNet-50 blocks whose input gradient is summed at
 //! the join, the convolutions adding theirs into the sum in place
 //! (cuBLASLt with beta 1 for the 1x1 stride-1 one, cuDNN's blend for the
-//! strided ones).
+//! strided ones). `conv2d_graph_api`, `conv2d_legacy_api` and
+//! `conv2d_graph_api_timed`: a subset run with one cuDNN API forced
+//! (`cudnn_apis`), since the other cases run whichever the timed search
+//! picks.
 
+use crate::cuda::dnn::{self, Api};
 use crate::layout::{Conv2dParams, ConvTranspose2dParams};
 use crate::parity::{autograd, dims, Case, Input, DTYPES};
-use crate::Rng;
+use crate::{DType, Rng};
 
 /// A conv2d case: (n, cin, h, w, cout, k, stride, pad, bias).
 type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
@@ -67,75 +71,144 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     ];
     for dtype in DTYPES {
         residual_joins(rng, dtype, out);
-        for (n, ci, h, w, co, k, st, p, bias) in conv.into_iter().chain(pointwise) {
-            let (x, wt) = ([n, ci, h, w], [co, ci, k, k]);
-            let mut inputs = vec![
-                Input::randn("x", &x, 1.0),
-                Input::randn("w", &wt, 1.0 / ((ci * k * k) as f64).sqrt()),
-            ];
-            if bias {
-                inputs.push(Input::randn("b", &[co], 1.0));
-            }
-            let params = Conv2dParams {
-                stride: [st, st],
-                padding: [p, p],
-                ..Conv2dParams::default()
-            };
-            out.push(autograd(
-                "conv2d",
-                dtype,
-                format!(
-                    "{}x{} s{st} p{p}{}",
-                    dims(&x),
-                    dims(&wt),
-                    if bias { " +b" } else { "" }
-                ),
-                rng.next_u64(),
-                inputs,
-                move |t| Ok(vec![("y".into(), t[0].conv2d(&t[1], t.get(2), params)?)]),
-            ));
+        for c in conv.into_iter().chain(pointwise) {
+            out.push(conv2d_case("conv2d", dtype, c, 1, rng.next_u64()));
         }
-        for (x, wt, st, p, op, d, bias) in transposed {
-            let fan = (wt[0] * wt[2] * wt[3]) as f64;
-            let mut inputs = vec![
-                Input::randn("x", x, 1.0),
-                Input::randn("w", wt, 1.0 / fan.sqrt()),
-            ];
-            if bias {
-                inputs.push(Input::randn("b", &[wt[1]], 1.0));
-            }
-            let p = ConvTranspose2dParams {
-                stride: [st, st],
-                padding: [p, p],
-                output_padding: [op, op],
-                dilation: [d, d],
-                groups: 1,
-            };
-            out.push(autograd(
+        for c in transposed {
+            out.push(transposed_case(
                 "conv_transpose2d",
                 dtype,
-                format!(
-                    "{}x{} s{st} p{} op{op} d{d}{}",
-                    dims(x),
-                    dims(wt),
-                    p.padding[0],
-                    if bias { " +b" } else { "" }
-                ),
+                c,
                 rng.next_u64(),
-                inputs,
-                move |t| {
-                    let y = t[0].conv_transpose2d(
-                        &t[1],
-                        t.get(2),
-                        p.stride,
-                        p.padding,
-                        p.output_padding,
-                        p.dilation,
-                        p.groups,
-                    )?;
-                    Ok(vec![("y".into(), y)])
-                },
             ));
+        }
+    }
+    cudnn_apis(rng, out);
+}
+
+/// `conv2d` of case `c` with `groups` groups, as op `op`.
+fn conv2d_case(op: &'static str, dtype: DType, c: ConvCase, groups: usize, seed: u64) -> Case {
+    let (n, ci, h, w, co, k, st, p, bias) = c;
+    let (x, wt) = ([n, ci, h, w], [co, ci / groups, k, k]);
+    let fan = ((ci / groups) * k * k) as f64;
+    let mut inputs = vec![
+        Input::randn("x", &x, 1.0),
+        Input::randn("w", &wt, 1.0 / fan.sqrt()),
+    ];
+    if bias {
+        inputs.push(Input::randn("b", &[co], 1.0));
+    }
+    let params = Conv2dParams {
+        stride: [st, st],
+        padding: [p, p],
+        groups,
+        ..Conv2dParams::default()
+    };
+    autograd(
+        op,
+        dtype,
+        format!(
+            "{}x{} s{st} p{p}{}{}",
+            dims(&x),
+            dims(&wt),
+            if groups > 1 {
+                format!(" g{groups}")
+            } else {
+                String::new()
+            },
+            if bias { " +b" } else { "" }
+        ),
+        seed,
+        inputs,
+        move |t| Ok(vec![("y".into(), t[0].conv2d(&t[1], t.get(2), params)?)]),
+    )
+}
+
+/// `conv_transpose2d` of case `c`, as op `op`.
+fn transposed_case(op: &'static str, dtype: DType, c: TransposedCase, seed: u64) -> Case {
+    let (x, wt, st, p, op_, d, bias) = c;
+    let fan = (wt[0] * wt[2] * wt[3]) as f64;
+    let mut inputs = vec![
+        Input::randn("x", x, 1.0),
+        Input::randn("w", wt, 1.0 / fan.sqrt()),
+    ];
+    if bias {
+        inputs.push(Input::randn("b", &[wt[1]], 1.0));
+    }
+    let p = ConvTranspose2dParams {
+        stride: [st, st],
+        padding: [p, p],
+        output_padding: [op_, op_],
+        dilation: [d, d],
+        groups: 1,
+    };
+    autograd(
+        op,
+        dtype,
+        format!(
+            "{}x{} s{st} p{} op{op_} d{d}{}",
+            dims(x),
+            dims(wt),
+            p.padding[0],
+            if bias { " +b" } else { "" }
+        ),
+        seed,
+        inputs,
+        move |t| {
+            let y = t[0].conv_transpose2d(
+                &t[1],
+                t.get(2),
+                p.stride,
+                p.padding,
+                p.output_padding,
+                p.dilation,
+                p.groups,
+            )?;
+            Ok(vec![("y".into(), y)])
+        },
+    )
+}
+
+/// Cases run with one cuDNN API chosen on purpose (`dnn::scoped`), so that
+/// both are checked whichever the timed searches of the other cases pick:
+/// `conv2d_graph_api` and `conv2d_legacy_api` untimed (each API's
+/// heuristic choice), `conv2d_graph_api_timed` through the graph API's
+/// timed search. Forward, backward-data (also a transposed convolution's
+/// forward) and backward-filter, beta 0 and 1 (the residual joins), a
+/// grouped convolution; no 1x1 stride-1 one, which runs as a GEMM.
+fn cudnn_apis(rng: &mut Rng, out: &mut Vec<Case>) {
+    // (n, cin, h, w, cout, k, stride, pad, bias)
+    let conv: [ConvCase; 4] = [
+        (2, 64, 28, 28, 64, 3, 1, 1, false),
+        (2, 3, 32, 32, 64, 7, 2, 3, false),
+        (3, 12, 9, 7, 20, 3, 2, 1, true),
+        (2, 256, 28, 28, 512, 1, 2, 0, false),
+    ];
+    let grouped: ConvCase = (2, 12, 9, 9, 8, 3, 1, 1, true);
+    let transposed: TransposedCase = (&[2, 5, 7, 9], &[5, 3, 3, 3], 2, 1, 1, 1, true);
+    let runs: [(&'static str, Api, bool, &[DType]); 3] = [
+        ("conv2d_graph_api", Api::Graph, false, &DTYPES),
+        ("conv2d_legacy_api", Api::Legacy, false, &DTYPES),
+        ("conv2d_graph_api_timed", Api::Graph, true, &[DType::BF16]),
+    ];
+    for (op, api, timed, dtypes) in runs {
+        for &dtype in dtypes {
+            let mut cases: Vec<Case> = conv
+                .iter()
+                .map(|&c| conv2d_case(op, dtype, c, 1, rng.next_u64()))
+                .collect();
+            cases.push(conv2d_case(op, dtype, grouped, 4, rng.next_u64()));
+            cases.push(transposed_case(op, dtype, transposed, rng.next_u64()));
+            residual_joins(rng, dtype, &mut cases);
+            for mut case in cases {
+                case.op = op;
+                let run = case.run;
+                case.run = Box::new(move |device| {
+                    let _api = dnn::scoped(api, timed);
+                    run(device)
+                });
+                out.push(case);
+            }
         }
     }
 }
@@ -144,7 +217,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
 /// output whose gradient the engine sums): an identity block,
 /// `conv1x1(relu(conv1x1(x'))) + x'`, and a downsampling one,
 /// `conv1x1(relu(conv3x3 s2(x'))) + conv1x1 s2(x')`.
-fn residual_joins(rng: &mut Rng, dtype: crate::DType, out: &mut Vec<Case>) {
+fn residual_joins(rng: &mut Rng, dtype: DType, out: &mut Vec<Case>) {
     let p = |stride: usize, padding: usize| Conv2dParams {
         stride: [stride; 2],
         padding: [padding; 2],
