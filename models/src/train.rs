@@ -12,9 +12,11 @@
 //!
 //! Device: the trainer runs where the model's params are (move the model
 //! with `Module::to_device` first). Batches arrive on the host and are
-//! uploaded per step; only the loss (a scalar), the logits (for accuracy)
-//! and, under f16, the overflow flag come back. Checkpoints are written
-//! from host copies.
+//! uploaded per step. One host read per step brings back three numbers:
+//! the loss, the misses (for accuracy) and the check that every parameter
+//! and buffer is still finite after the optimizer step, queued after it
+//! (under f16 loss scaling, the overflow flag is a second read, before the
+//! step). Checkpoints are written from host copies.
 
 use crate::data::{ImageSource, Loader};
 pub use crate::fit::StepLog;
@@ -22,7 +24,9 @@ use crate::fit::{load_checkpoint, save_checkpoint, Means, Task, TaskState, Valid
 use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::TrainState;
 use engine::nn::{Buffer, Module, Param};
-use engine::optim::{check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, Warmup};
+use engine::optim::{
+    check_finite, non_finite_flag, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, Warmup,
+};
 use engine::{DType, Device, Error, Result, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -214,11 +218,23 @@ impl<'m> Trainer<'m> {
             }
             None => {
                 zero_grad(&self.params);
-                let (loss, accuracy) = self.forward_backward(images, labels, 1.0)?;
-                (images.dims()[0], loss, accuracy)
+                // one host read for the whole step: the loss and the
+                // misses with the check after the optimizer step (`apply`)
+                let (summary, n) = self.queue_forward_backward(images, labels, 1.0)?;
+                let (lr, stepped, v) = self.apply(Some(summary))?;
+                let (loss, accuracy) = (v[0], (n as f64 - v[1]) / n.max(1) as f64);
+                return Ok(StepLog {
+                    step: self.step,
+                    loss,
+                    lr,
+                    batch: images.dims()[0],
+                    images_per_s: images.dims()[0] as f64 / t0.elapsed().as_secs_f64(),
+                    parts: vec![("accuracy", accuracy)],
+                    skipped: Some(!stepped),
+                });
             }
         };
-        let (lr, stepped) = self.apply()?;
+        let (lr, stepped, _) = self.apply(None)?;
         Ok(StepLog {
             step: self.step,
             loss,
@@ -233,13 +249,28 @@ impl<'m> Trainer<'m> {
     /// Forward and backward of one (micro-)batch, its mean loss weighted by
     /// `weight` (its share of the step's batch; 1 for a whole batch): adds
     /// to the parameters' gradients. Returns the batch's mean loss and
-    /// accuracy.
+    /// accuracy, read back at once (a data-parallel step needs them).
     fn forward_backward(
         &mut self,
         images: &Tensor,
         labels: &Tensor,
         weight: f64,
     ) -> Result<(f64, f64)> {
+        let (summary, n) = self.queue_forward_backward(images, labels, weight)?;
+        let v = summary.to_device(Device::Cpu)?.to_vec_f64()?;
+        self.check_loss(v[0])?;
+        Ok((v[0], (n as f64 - v[1]) / n.max(1) as f64))
+    }
+
+    /// [`forward_backward`](Self::forward_backward) queued, not read:
+    /// returns the [loss, misses] tensor where the model is, and the
+    /// number of images.
+    fn queue_forward_backward(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        weight: f64,
+    ) -> Result<(Tensor, usize)> {
         self.model.set_training(true);
         let dtype = self.opts.precision.compute_dtype();
         // host tensors stay as they are on a CPU run (to_device is a clone)
@@ -251,9 +282,6 @@ impl<'m> Trainer<'m> {
         // the loss is always computed in f32 (autocast does the same)
         let logits = logits.to_dtype(DType::F32)?;
         let mut loss = logits.cross_entropy(&y, self.opts.label_smoothing, None)?;
-        // the loss and the misses in one read, after the backward is queued
-        // (one host round trip per step; a non-finite loss stops the run
-        // before the optimizer step)
         let host_labels = labels.to_device(Device::Cpu)?;
         let summary = Tensor::stack(&[loss.detach(), misses(&logits, &host_labels)?], 0)?;
         if weight != 1.0 {
@@ -263,33 +291,60 @@ impl<'m> Trainer<'m> {
             Some(s) => s.backward(&loss)?,
             None => loss.backward()?,
         }
-        let v = summary.to_device(Device::Cpu)?.to_vec_f64()?;
-        let (loss_value, n) = (v[0], host_labels.numel());
-        if !loss_value.is_finite() && self.scaler.is_none() {
+        Ok((summary, host_labels.numel()))
+    }
+
+    /// A non-finite loss stops the run (under f16 loss scaling an
+    /// overflow only skips the step).
+    fn check_loss(&self, loss: f64) -> Result<()> {
+        if !loss.is_finite() && self.scaler.is_none() {
             return Err(Error::arg(
                 "train",
                 format!(
-                    "loss became {loss_value} at step {}; lower the learning rate",
+                    "loss became {loss} at step {}; lower the learning rate",
                     self.step
                 ),
             ));
         }
-        Ok((loss_value, (n as f64 - v[1]) / n.max(1) as f64))
+        Ok(())
     }
 
     /// The optimizer step on the gradients (skipped under f16 when they
-    /// overflowed), then clears them. Returns the lr and whether it stepped.
-    fn apply(&mut self) -> Result<(f64, bool)> {
+    /// overflowed), then clears them and checks that every parameter and
+    /// buffer is finite. The check is read back with `summary` (the
+    /// queued [loss, misses] of the step, whose loss is then checked too),
+    /// in one host read. Returns the lr, whether it stepped, and
+    /// `summary`'s values.
+    fn apply(&mut self, summary: Option<Tensor>) -> Result<(f64, bool, Vec<f64>)> {
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
         let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.params)?;
         zero_grad(&self.params);
+        let buffers = self.model.buffers();
+        let flag = non_finite_flag(&self.params, &buffers, self.device)?;
+        let read = match summary {
+            Some(s) => Tensor::cat(&[s, flag], 0)?,
+            None => flag,
+        };
+        let mut v = read.to_device(Device::Cpu)?.to_vec_f64()?;
+        let found = v.pop().unwrap_or(0.0);
+        if let Some(&loss) = v.first() {
+            self.check_loss(loss)?;
+        }
         // ReLU propagates NaN, but a diverged weight can still hide behind
         // a finite loss for a while: stop at the first non-finite tensor
-        check_finite(&self.params, &self.model.buffers())
-            .map_err(|e| Error::arg("train", format!("after step {}: {e}", self.step + 1)))?;
+        // (check_finite names it)
+        if found != 0.0 {
+            let at = format!("after step {}", self.step + 1);
+            check_finite(&self.params, &buffers)
+                .map_err(|e| Error::arg("train", format!("{at}: {e}")))?;
+            return Err(Error::arg(
+                "train",
+                format!("{at}: a parameter or buffer holds a NaN or an infinity"),
+            ));
+        }
         self.step += 1;
-        Ok((lr, stepped))
+        Ok((lr, stepped, v))
     }
 
     /// Makes every step a data-parallel one (`dist`): `grad_accum`

@@ -209,7 +209,9 @@ impl Desc {
     }
 
     /// Up to `max` descriptors of `kind` that `attr` lists (cuDNN fills
-    /// descriptors the caller created).
+    /// descriptors the caller created). The count is asked first, as
+    /// cuDNN's frontend does; if cuDNN does not answer that for `attr`,
+    /// `max` are offered.
     pub fn get_descs(&self, attr: A, kind: D, max: usize) -> Result<Vec<Desc>> {
         // SAFETY: max 0 with a null array only asks the count.
         let count = unsafe {
@@ -219,9 +221,9 @@ impl Desc {
                 0,
                 std::ptr::null_mut(),
             )
-        }?;
-        let want = count.min(max);
-        let descs = (0..want)
+        };
+        let want = count.map_or(max, |c| c.min(max));
+        let mut descs = (0..want)
             .map(|_| Desc::new(kind))
             .collect::<Result<Vec<_>>>()?;
         let mut raw: Vec<sys::cudnnBackendDescriptor_t> = descs.iter().map(|d| d.raw).collect();
@@ -234,7 +236,6 @@ impl Desc {
                 raw.as_mut_ptr().cast(),
             )
         }?;
-        let mut descs = descs;
         descs.truncate(n.min(want));
         Ok(descs)
     }
@@ -472,6 +473,16 @@ pub struct Listed {
     pub over_workspace: usize,
     /// Plans were still to be built when the search's time budget ran out.
     pub out_of_time: bool,
+    /// The first errors met (heuristics or plans that did not finalise).
+    pub errors: Vec<String>,
+}
+
+impl Listed {
+    fn error(&mut self, e: Error) {
+        if self.errors.len() < 3 {
+            self.errors.push(e.to_string());
+        }
+    }
 }
 
 /// Up to `max` plans for `p` from the heuristics' engine configurations
@@ -502,7 +513,8 @@ pub fn plans(
             T::CUDNN_TYPE_HEUR_MODE,
             mode as u32,
         )?;
-        if heur.finalize().is_err() {
+        if let Err(e) = heur.finalize() {
+            listed.error(e);
             continue;
         }
         let configs = heur.get_descs(
@@ -525,19 +537,21 @@ pub fn plans(
                 1,
             ) {
                 Ok(mut e) if e.len() == 1 => e.remove(0),
-                _ => {
+                other => {
                     listed.not_finalized += 1;
+                    if let Err(e) = other {
+                        listed.error(e);
+                    }
                     continue;
                 }
             };
-            let notes = engine
-                .get_enums(
-                    A::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
-                    T::CUDNN_TYPE_NUMERICAL_NOTE,
-                    32,
-                )
-                .unwrap_or_default();
-            if !p.numerics.accepts(&notes) {
+            // an engine whose notes cannot be read is not trusted
+            let notes = engine.get_enums(
+                A::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+                T::CUDNN_TYPE_NUMERICAL_NOTE,
+                32,
+            );
+            if !notes.is_ok_and(|n| p.numerics.accepts(&n)) {
                 listed.rejected_numerics += 1;
                 continue;
             }
@@ -551,8 +565,9 @@ pub fn plans(
                 .and_then(|_| plan.get_i64(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE));
             let workspace = match built {
                 Ok(ws) => ws.max(0) as usize,
-                Err(_) => {
+                Err(e) => {
                     listed.not_finalized += 1;
+                    listed.error(e);
                     continue;
                 }
             };

@@ -73,6 +73,42 @@ pub fn check_finite(params: &[Param], buffers: &[Buffer]) -> Result<()> {
     Ok(())
 }
 
+/// [`check_finite`]'s pass queued and not read: an f32 [1] tensor on
+/// `device`, above 0 when a float param or buffer holds a NaN or an
+/// infinity (then [`check_finite`] names it). On one GPU this adds no host
+/// wait, so a trainer reads it with the step's loss; tensors on another
+/// device are checked there and their flag moved to `device`.
+pub fn non_finite_flag(params: &[Param], buffers: &[Buffer], device: Device) -> Result<Tensor> {
+    let tensors: Vec<Tensor> = params
+        .iter()
+        .map(|p| p.get())
+        .chain(buffers.iter().map(|b| b.get()))
+        .collect();
+    let mut devices: Vec<Device> = Vec::new();
+    for t in &tensors {
+        if !devices.contains(&t.device()) {
+            devices.push(t.device());
+        }
+    }
+    let mut flag: Option<Tensor> = None;
+    for d in devices {
+        let group: Vec<Tensor> = tensors
+            .iter()
+            .filter(|t| t.device() == d)
+            .cloned()
+            .collect();
+        let found = on_backend!(d, b => b.non_finite_found(&group))?.to_device(device)?;
+        flag = Some(match flag {
+            Some(f) => f.add(&found)?,
+            None => found,
+        });
+    }
+    match flag {
+        Some(f) => Ok(f),
+        None => Tensor::from_vec(vec![0.0f32], &[1])?.to_device(device),
+    }
+}
+
 /// Drops every param's gradient (PyTorch's `zero_grad(set_to_none=True)`).
 pub fn zero_grad(params: &[Param]) {
     params.iter().for_each(|p| p.zero_grad())

@@ -12,7 +12,10 @@
 // race: every writer stores the same value), so one flag can cover every
 // gradient of a step, as GradScaler's found_inf does. unscale_check_f32
 // also multiplies the f32 master gradients by 1/scale in place (GradScaler
-// unscales even when a value overflowed).
+// unscales even when a value overflowed). found_to_f32 copies the flag into
+// an f32 tensor (1 or 0) that the trainer reads with the step's loss, so the
+// check after an optimizer step costs no host read of its own. Launch: one
+// block.
 //
 // gap_fwd_<t>: x [N, HW, C] -> y [N, C] mean over HW. Grid (any, N), block
 // (bx, by) = 256 threads like batchnorm.cu: channel lanes of 8 channels,
@@ -78,6 +81,11 @@ __device__ __forceinline__ void all_finite(const T* __restrict__ x, i64 n,
     for_each_value(x, n, [&](float v) { bad |= !isfinite(v); });
     // One store per warp at most.
     if (__any_sync(0xffffffffu, bad) && bad) *found_nonfinite = 1;
+}
+
+extern "C" __global__ void SLMLP_LAUNCH_BOUNDS
+found_to_f32(const int* __restrict__ found_nonfinite, float* __restrict__ out) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) out[0] = *found_nonfinite != 0 ? 1.0f : 0.0f;
 }
 
 extern "C" __global__ void SLMLP_LAUNCH_BOUNDS

@@ -1,6 +1,6 @@
 //! Whole-tensor and axis sums and global average pooling (reduce.cu). Its
-//! all-finite / unscale entry points are launched by the engine's loss
-//! scaling (engine/src/ops/optim/cuda.rs).
+//! all-finite / unscale / found_to_f32 entry points are launched by the
+//! engine's loss scaling and finite checks (engine/src/ops/optim/cuda.rs).
 
 use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
 use crate::error::{Error, Result};
@@ -10,7 +10,7 @@ use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("reduce",
     typed ["sum_partial", "all_finite", "gap_fwd", "gap_bwd", "sum_cols", "sum_rows"]
-    untyped ["sum_finalize", "unscale_check_f32"]);
+    untyped ["sum_finalize", "unscale_check_f32", "found_to_f32"]);
 
 /// Most blocks (= f32 partials) of the two-launch whole-tensor sum: few
 /// enough that sum_finalize's single block adds them quickly, enough to

@@ -52,6 +52,11 @@ impl OptimOps for Cpu {
         }
         Ok(true)
     }
+
+    fn non_finite_found(&self, tensors: &[Tensor]) -> Result<Tensor> {
+        let found = !self.all_finite(tensors)?;
+        Tensor::from_vec(vec![f32::from(u8::from(found))], &[1])
+    }
 }
 
 /// The momentum buffer's elements, zeros before the first step.

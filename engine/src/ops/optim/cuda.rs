@@ -505,6 +505,25 @@ impl FiniteFlag {
         Ok(())
     }
 
+    /// Queues `out[0] = 1.0` if the flag is raised, else 0.0
+    /// (`found_to_f32`).
+    ///
+    /// # Safety
+    /// `out` holds one f32 on this flag's GPU.
+    unsafe fn to_f32(&self, out: u64) -> Result<()> {
+        const OP: &str = "found_to_f32";
+        let Some(shape) = launch::elementwise(1, 1, &self.gpu.kernels.gpu()) else {
+            return Err(Error::arg(OP, "no launch shape for one element"));
+        };
+        let f = self.gpu.kernels.function(OP).map_err(kerr(OP))?;
+        let flag = self.block.ptr();
+        self.gpu.bind()?;
+        let mut l = self.gpu.stream.launch_builder(&f);
+        l.arg(&flag).arg(&out);
+        l.launch(config(shape)).map_err(|e| self.gpu.err(OP, e))?;
+        Ok(())
+    }
+
     /// Queues `g *= inv_scale` over `n` f32 in place, raising the flag on any
     /// non-finite result (`unscale_check_f32`).
     ///
@@ -836,33 +855,67 @@ impl OptimOps for Cuda {
     }
 
     fn all_finite(&self, tensors: &[Tensor]) -> Result<bool> {
-        const OP: &str = "all_finite";
-        let mut flags: Vec<FiniteFlag> = Vec::new();
-        for t in tensors.iter().filter(|t| t.dtype().is_float()) {
-            let gpu = ct::gpu_of(t)?;
-            let flag = flag_for(&mut flags, gpu)?;
-            let dt = kdtype(OP, t.dtype())?;
-            // a dense tensor is checked where it is, another through a copy
-            let work = if ct::is_dense(t.layout()) {
-                t.clone()
-            } else {
-                ct::copy_to_strides(t, &crate::layout::gpu_strides(t.dims()))?
-            };
-            if !ct::is_dense(work.layout()) {
-                return Err(Error::arg(
-                    OP,
-                    format!("tensor {:?} is not dense after copying", t.dims()),
-                ));
-            }
-            // SAFETY: work is dense (numel values of dt from ptr) on flag's GPU.
-            unsafe { flag.check(ptr(&work)?, work.numel(), dt)? };
-        }
         let mut finite = true;
-        for f in &flags {
+        for f in &check_all(tensors)? {
             finite &= f.read()?;
         }
         Ok(finite)
     }
+
+    fn non_finite_found(&self, tensors: &[Tensor]) -> Result<Tensor> {
+        const OP: &str = "non_finite_found";
+        let Some(first) = tensors.first() else {
+            return Err(Error::arg(OP, "no tensors to check"));
+        };
+        let gpu = ct::gpu_of(first)?;
+        let mut flags = check_all(tensors)?;
+        if flags.len() > 1
+            || flags
+                .first()
+                .is_some_and(|f| f.gpu().ordinal != gpu.ordinal)
+        {
+            return Err(Error::arg(
+                OP,
+                "the tensors are on several GPUs; check each GPU's apart",
+            ));
+        }
+        // no float tensor: a fresh (lowered) flag
+        let flag = match flags.pop() {
+            Some(f) => f,
+            None => FiniteFlag::new(gpu)?,
+        };
+        let out = ct::empty(gpu, &[1], DType::F32)?;
+        // SAFETY: out holds one f32 on the flag's GPU.
+        unsafe { flag.to_f32(ptr(&out)?) }?;
+        Ok(out)
+    }
+}
+
+/// Queues all_finite_<t> over every float tensor of `tensors`, raising one
+/// flag per GPU (not read).
+fn check_all(tensors: &[Tensor]) -> Result<Vec<FiniteFlag>> {
+    const OP: &str = "all_finite";
+    let mut flags: Vec<FiniteFlag> = Vec::new();
+    for t in tensors.iter().filter(|t| t.dtype().is_float()) {
+        let gpu = ct::gpu_of(t)?;
+        let flag = flag_for(&mut flags, gpu)?;
+        let dt = kdtype(OP, t.dtype())?;
+        // a dense tensor is checked where it is, another through a copy
+        let work = if ct::is_dense(t.layout()) {
+            t.clone()
+        } else {
+            ct::copy_to_strides(t, &crate::layout::gpu_strides(t.dims()))?
+        };
+        if !ct::is_dense(work.layout()) {
+            return Err(Error::arg(
+                OP,
+                format!("tensor {:?} is not dense after copying", t.dims()),
+            ));
+        }
+        // SAFETY: work is dense (numel values of dt from ptr) on flag's GPU.
+        unsafe { flag.check(ptr(&work)?, work.numel(), dt)? };
+    }
+    Ok(flags)
 }
 
 /// The flag of `gpu` among `flags`, created on its first use.

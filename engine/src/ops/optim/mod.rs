@@ -112,4 +112,12 @@ pub trait OptimOps: BackendInfo {
         let _ = tensors;
         Err(unsupported(self, "all_finite"))
     }
+    /// [`all_finite`](OptimOps::all_finite) without reading the answer:
+    /// an f32 [1] tensor on this backend's device, 1 when some element of
+    /// some float tensor is not finite, else 0. The GPU queues it (one
+    /// flag, no host wait), so a caller can read it with other values.
+    fn non_finite_found(&self, tensors: &[Tensor]) -> Result<Tensor> {
+        let _ = tensors;
+        Err(unsupported(self, "non_finite_found"))
+    }
 }

@@ -14,13 +14,16 @@
 //! buffer (f32, default threshold), the f16 param's value (f16's) and the
 //! bf16 param's (bf16's): those are one rounding of an f32 result the GPU
 //! computes with fused multiply-adds, which may land one f16/bf16 step from
-//! the host's.
+//! the host's. Last, `non_finite_found` (the queued check after a step)
+//! over mixed dtypes and a strided view, with a NaN or an infinity in one
+//! of them or in none.
 
 use crate::amp::{amp_step, LossScaler};
 use crate::nn::Param;
+use crate::ops::optim::OptimOps;
 use crate::optim::{Lars, Optimizer, Sgd};
 use crate::parity::{Case, Outputs};
-use crate::{DType, Device, Error, Result, Rng, Tensor};
+use crate::{on_backend, DType, Device, Error, Result, Rng, Tensor};
 use std::rc::Rc;
 
 /// (name, shape, no_weight_decay)
@@ -319,5 +322,51 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         };
         out.push(case(label.into(), run, "amp_step"));
     }
+    non_finite_cases(rng, out);
     many_cases(rng, out);
+}
+
+/// `non_finite_found` (the queued check after an optimizer step) over an
+/// f32, a bf16, an f16 and an i64 tensor and a strided f32 view, with a
+/// NaN or an infinity placed in one of them, or in none.
+fn non_finite_cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    // (label, which tensor gets the value, the value)
+    let spots: [(&str, Option<usize>, f32); 5] = [
+        ("all finite", None, 0.0),
+        ("NaN in the bf16 tensor", Some(1), f32::NAN),
+        ("inf in the f16 tensor", Some(2), f32::INFINITY),
+        ("-inf in the f32 tensor", Some(0), f32::NEG_INFINITY),
+        (
+            "NaN in the strided view's parent, inside the view",
+            Some(3),
+            f32::NAN,
+        ),
+    ];
+    for (label, spot, bad) in spots {
+        let seed = rng.next_u64();
+        let run = move |device: Device| -> Result<Outputs> {
+            let mut rng = Rng::new(seed);
+            let shapes: [&[usize]; 4] = [&[37, 100], &[3, 100], &[7, 11], &[16, 9]];
+            let dtypes = [DType::F32, DType::BF16, DType::F16, DType::F32];
+            let mut ts = Vec::new();
+            for (i, (shape, dtype)) in shapes.iter().zip(dtypes).enumerate() {
+                let mut v = Tensor::randn(shape, 0.0, 1.0, DType::F32, &mut rng).to_vec::<f32>()?;
+                if spot == Some(i) {
+                    // element (2, 2): inside the [16, 9] tensor's strided view too
+                    v[2 * shape[1] + 2] = bad;
+                }
+                ts.push(
+                    Tensor::from_vec(v, shape)?
+                        .to_dtype(dtype)?
+                        .to_device(device)?,
+                );
+            }
+            // columns 1 to 8 of the last tensor: a strided (not dense) view
+            ts[3] = ts[3].narrow(1, 1, 8)?;
+            ts.push(Tensor::from_vec(vec![1i64, 2, 3], &[3])?.to_device(device)?);
+            let found = on_backend!(device, b => b.non_finite_found(&ts))?;
+            Ok(vec![("found".into(), found)])
+        };
+        out.push(case(label.into(), run, "non_finite_found"));
+    }
 }

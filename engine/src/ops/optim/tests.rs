@@ -53,7 +53,7 @@ fn unscale_writes_each_gradient_and_reports_overflow() {
 fn parity_cases_run_on_the_cpu_reproducibly() {
     let mut cases = Vec::new();
     parity::cases(&mut crate::Rng::new(5), &mut cases);
-    assert_eq!(cases.len(), 15);
+    assert_eq!(cases.len(), 20);
     for c in &cases {
         let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
         assert_eq!(a.len(), b.len());
@@ -77,6 +77,12 @@ fn parity_cases_run_on_the_cpu_reproducibly() {
             .unwrap()
     };
     assert_eq!((get("stepped"), get("scale_after")), (0.0, 512.0));
+    // the finite checks flag exactly the cases with a NaN or an infinity
+    for c in cases.iter().filter(|c| c.op == "non_finite_found") {
+        let out = (c.run)(Device::Cpu).unwrap();
+        let want = if c.label == "all finite" { 0.0 } else { 1.0 };
+        assert_eq!(out[0].1.to_vec_f64().unwrap(), vec![want], "{}", c.label);
+    }
 }
 
 /// Params of mixed sizes (one empty) and dtypes, with fresh gradients.
