@@ -81,7 +81,7 @@ fn grid_cap(gpu: &Gpu) -> u64 {
 
 /// 1-D grid-stride launch over `n` elements moved `pack` at a time:
 /// elementwise ops, casts, bn_fwd_apply, bn_bwd_dx, gap_bwd, pooling (pack
-/// 1), sgd_step, sum_partial, all_finite. None when n == 0 (launch nothing).
+/// 1), sgd_step, sum_partial. None when n == 0 (launch nothing).
 pub fn elementwise(n: usize, pack: usize, gpu: &Gpu) -> Option<LaunchShape> {
     if n == 0 {
         return None;

@@ -7,7 +7,7 @@
 // partials in double and writes out[0] (f32). Each thread accumulates only
 // ~n/(256*G) values in f32.
 //
-// all_finite_<t> / unscale_check_f32: found_nonfinite is an int the host
+// all_finite_multi_<t> / unscale_check_f32: found_nonfinite is an int the host
 // zeroes once per step; any thread that meets an inf/NaN stores 1 (a benign
 // race: every writer stores the same value), so one flag can cover every
 // gradient of a step, as GradScaler's found_inf does. unscale_check_f32
@@ -31,14 +31,16 @@
 // Outputs OVERWRITE.
 #include "common.cuh"
 
-// Calls f(v) on each of x's n values (widened to f32), grid-stride: packs
-// of 8 when x is 16-byte aligned, then the scalar tail.
+// Calls f(v) on each of x's n values (widened to f32), thread `start` of
+// `stride` threads: packs of 8 when x is 16-byte aligned, then the scalar
+// tail.
 template <typename T, typename F>
-__device__ __forceinline__ void for_each_value(const T* __restrict__ x, i64 n, F f) {
+__device__ __forceinline__ void for_each_value_of(const T* __restrict__ x, i64 n, i64 start,
+                                                  i64 stride, F f) {
     i64 done = 0;
     if (aligned16(x)) {
         const i64 packs = n / SLMLP_PACK;
-        for (i64 i = grid_start(); i < packs; i += grid_stride()) {
+        for (i64 i = start; i < packs; i += stride) {
             float v[SLMLP_PACK];
             load_f32<T, SLMLP_PACK>(x + i * SLMLP_PACK, v);
 #pragma unroll
@@ -46,7 +48,13 @@ __device__ __forceinline__ void for_each_value(const T* __restrict__ x, i64 n, F
         }
         done = packs * SLMLP_PACK;
     }
-    for (i64 i = done + grid_start(); i < n; i += grid_stride()) f(to_f32(x[i]));
+    for (i64 i = done + start; i < n; i += stride) f(to_f32(x[i]));
+}
+
+// for_each_value_of over the whole grid.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_value(const T* __restrict__ x, i64 n, F f) {
+    for_each_value_of(x, n, grid_start(), grid_stride(), f);
 }
 
 template <typename T>
@@ -74,11 +82,26 @@ sum_finalize(const float* __restrict__ partials, int count, float* __restrict__ 
     }
 }
 
+// all_finite_multi_<t>: the check over many tensors of one dtype in one
+// launch (after a training step). A device list of FiniteChunk,
+// each at most 64 Ki values of one tensor (built on the host by
+// engine/src/ops/optim/cuda.rs's `finite_chunks`, which mirrors the struct;
+// chunk starts are multiples of 8 values, so an aligned tensor's chunks
+// stay aligned); block b checks chunks b, b + gridDim.x, ...
+struct FiniteChunk {
+    const void* x;
+    i64 n;
+};
+
 template <typename T>
-__device__ __forceinline__ void all_finite(const T* __restrict__ x, i64 n,
-                                          int* __restrict__ found_nonfinite) {
+__device__ __forceinline__ void all_finite_multi(const FiniteChunk* __restrict__ chunks,
+                                                int n_chunks, int* __restrict__ found_nonfinite) {
     bool bad = false;
-    for_each_value(x, n, [&](float v) { bad |= !isfinite(v); });
+    for (int c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+        const FiniteChunk ch = chunks[c];
+        for_each_value_of(static_cast<const T*>(ch.x), ch.n, threadIdx.x, blockDim.x,
+                          [&](float v) { bad |= !isfinite(v); });
+    }
     // One store per warp at most.
     if (__any_sync(0xffffffffu, bad) && bad) *found_nonfinite = 1;
 }
@@ -209,8 +232,8 @@ __device__ __forceinline__ void sum_rows(const T* __restrict__ x, T* __restrict_
         sum_partial<T>(x, n, partials);                                                          \
     }                                                                                            \
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
-        all_finite_##SFX(const T* x, i64 n, int* found_nonfinite) {                              \
-        all_finite<T>(x, n, found_nonfinite);                                                    \
+        all_finite_multi_##SFX(const FiniteChunk* chunks, int n_chunks, int* found_nonfinite) {  \
+        all_finite_multi<T>(chunks, n_chunks, found_nonfinite);                                  \
     }                                                                                            \
     extern "C" __global__ void SLMLP_LAUNCH_BOUNDS                                    \
         gap_fwd_##SFX(const T* x, T* y, int HW, int C) {                                         \

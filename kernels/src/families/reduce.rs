@@ -9,7 +9,7 @@ use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("reduce",
-    typed ["sum_partial", "all_finite", "gap_fwd", "gap_bwd", "sum_cols", "sum_rows"]
+    typed ["sum_partial", "all_finite_multi", "gap_fwd", "gap_bwd", "sum_cols", "sum_rows"]
     untyped ["sum_finalize", "unscale_check_f32", "found_to_f32"]);
 
 /// Most blocks (= f32 partials) of the two-launch whole-tensor sum: few

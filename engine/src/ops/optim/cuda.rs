@@ -134,6 +134,34 @@ const SGD_CHUNK: usize = 1 << 16;
 /// 64 Ki elements is 2^40 f32 (4 TiB), past any GPU.
 const SGD_MAX_CHUNKS: usize = 1 << 24;
 
+/// Values per chunk of `all_finite_multi_<t>` (a multiple of
+/// `launch::PACK`, so an aligned tensor's chunks start aligned).
+const FINITE_CHUNK: usize = 1 << 16;
+
+/// reduce.cu's `FiniteChunk` list for tensors of `elem` bytes per value at
+/// (address, count) `items`: (start address, count) pairs of at most
+/// `chunk` values (empty tensors give none), as the 16 bytes each the
+/// kernel reads. An error past [`SGD_MAX_CHUNKS`] chunks (the kernel's
+/// count is an int).
+fn finite_chunks(items: &[(u64, usize)], elem: usize, chunk: usize) -> Result<Vec<u8>> {
+    let total: usize = items.iter().map(|&(_, n)| n.div_ceil(chunk.max(1))).sum();
+    if total > SGD_MAX_CHUNKS {
+        return Err(Error::arg(
+            "non_finite_found",
+            format!("more than {SGD_MAX_CHUNKS} chunks of {chunk} values in one check"),
+        ));
+    }
+    let mut out = Vec::with_capacity(total * 16);
+    for &(addr, n) in items {
+        for start in (0..n).step_by(chunk.max(1)) {
+            let at = addr + (start * elem) as u64;
+            out.extend_from_slice(&at.to_ne_bytes());
+            out.extend_from_slice(&((n - start).min(chunk) as i64).to_ne_bytes());
+        }
+    }
+    Ok(out)
+}
+
 /// One tensor of `sgd_multi_<t>`'s table: sgd.cu's `SgdTensor`, 64 bytes
 /// (four pointers, an i64, four f32, two i32).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -477,31 +505,37 @@ impl FiniteFlag {
         self.gpu
     }
 
-    /// Queues a read-only check of the `n` values of dtype `dt` at `x`,
-    /// raising the flag on any non-finite one (reduce.cu's `all_finite_<t>`).
+    /// Queues one `all_finite_multi_<dt>` over the dense tensors of dtype
+    /// `dt` at (address, count) `items`, raising the flag on any
+    /// non-finite value (the chunk list is uploaded without a host wait).
     ///
     /// # Safety
-    /// `x` holds `n` dense values of `dt` on this flag's GPU.
-    unsafe fn check(&self, x: u64, n: usize, dt: kernels::device::Dtype) -> Result<()> {
-        const OP: &str = "all_finite";
-        // reduce.cu moves packs when x is 16-byte aligned; the pack only
-        // sizes the grid (the kernel grid-strides).
-        let pack = if x.is_multiple_of(16) {
-            16 / dt.size()
-        } else {
-            1
-        };
-        let Some(shape) = launch::elementwise(n, pack, &self.gpu.kernels.gpu()) else {
+    /// Each item holds `count` dense values of `dt` on this flag's GPU,
+    /// live until the launch is queued.
+    unsafe fn check_many(&self, items: &[(u64, usize)], dt: kernels::device::Dtype) -> Result<()> {
+        const OP: &str = "all_finite_multi";
+        let table = finite_chunks(items, dt.size(), FINITE_CHUNK)?;
+        if table.is_empty() {
             return Ok(());
-        };
+        }
+        let n = (table.len() / 16) as i32;
+        let block = self.gpu.alloc(table.len())?;
+        block.upload_queued_at(0, &table)?;
         let name = format!("{OP}_{}", dt.suffix());
         let f = self.gpu.kernels.function(&name).map_err(kerr(OP))?;
-        let n = count(OP, n)?;
-        let flag = self.block.ptr();
+        let (chunks, flag) = (block.ptr(), self.block.ptr());
+        let shape = LaunchShape {
+            grid: (n as u32, 1, 1),
+            block: (launch::BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         self.gpu.bind()?;
         let mut l = self.gpu.stream.launch_builder(&f);
-        l.arg(&x).arg(&n).arg(&flag);
-        l.launch(config(shape)).map_err(|e| self.gpu.err(OP, e))?;
+        l.arg(&chunks).arg(&n).arg(&flag);
+        l.launch(config(shape))
+            .map_err(|e| self.gpu.err(&name, e))?;
+        // the table block is freed after the launch that reads it is
+        // queued (the allocator is stream-ordered)
         Ok(())
     }
 
@@ -891,15 +925,25 @@ impl OptimOps for Cuda {
     }
 }
 
-/// Queues all_finite_<t> over every float tensor of `tensors`, raising one
-/// flag per GPU (not read).
+/// Queues the check of every float tensor of `tensors`, raising one flag
+/// per GPU (not read): one `all_finite_multi_<t>` launch per GPU and
+/// dtype, over the tensors as they are when dense, else over dense copies.
 fn check_all(tensors: &[Tensor]) -> Result<Vec<FiniteFlag>> {
     const OP: &str = "all_finite";
     let mut flags: Vec<FiniteFlag> = Vec::new();
+    // (flag index, dtype, (address, count) per tensor)
+    let mut groups: Vec<(usize, DType, Vec<(u64, usize)>)> = Vec::new();
+    // the checked tensors (copies included) stay alive until the launches
+    // that read them are queued
+    let mut works = Vec::new();
     for t in tensors.iter().filter(|t| t.dtype().is_float()) {
         let gpu = ct::gpu_of(t)?;
-        let flag = flag_for(&mut flags, gpu)?;
-        let dt = kdtype(OP, t.dtype())?;
+        flag_for(&mut flags, gpu)?;
+        let f = flags
+            .iter()
+            .position(|f| f.gpu().ordinal == gpu.ordinal)
+            .ok_or_else(|| Error::arg(OP, "a GPU's flag went missing"))?;
+        kdtype(OP, t.dtype())?;
         // a dense tensor is checked where it is, another through a copy
         let work = if ct::is_dense(t.layout()) {
             t.clone()
@@ -912,9 +956,22 @@ fn check_all(tensors: &[Tensor]) -> Result<Vec<FiniteFlag>> {
                 format!("tensor {:?} is not dense after copying", t.dims()),
             ));
         }
-        // SAFETY: work is dense (numel values of dt from ptr) on flag's GPU.
-        unsafe { flag.check(ptr(&work)?, work.numel(), dt)? };
+        let item = (ptr(&work)?, work.numel());
+        match groups
+            .iter_mut()
+            .find(|(g, d, _)| *g == f && *d == t.dtype())
+        {
+            Some((_, _, items)) => items.push(item),
+            None => groups.push((f, t.dtype(), vec![item])),
+        }
+        works.push(work);
     }
+    for (f, dtype, items) in &groups {
+        // SAFETY: every item is a dense tensor of `dtype` (numel values from
+        // its address) on flag f's GPU, alive in `works`.
+        unsafe { flags[*f].check_many(items, kdtype(OP, *dtype)?)? };
+    }
+    drop(works);
     Ok(flags)
 }
 
@@ -978,6 +1035,35 @@ mod tests {
     use super::*;
 
     use kernels::device::Dtype;
+
+    #[test]
+    fn finite_chunks_tile_every_tensor_in_order_and_skip_empty_ones() {
+        let read = |bytes: &[u8]| -> Vec<(u64, i64)> {
+            bytes
+                .chunks(16)
+                .map(|c| {
+                    let a = u64::from_ne_bytes(c[..8].try_into().unwrap());
+                    let n = i64::from_ne_bytes(c[8..].try_into().unwrap());
+                    (a, n)
+                })
+                .collect()
+        };
+        // bf16 (2 bytes a value), chunks of 8: 20 values -> 8, 8, 4
+        let t = finite_chunks(&[(0x1000, 20), (0x9000, 0), (0x2000, 8)], 2, 8).unwrap();
+        assert_eq!(
+            read(&t),
+            vec![(0x1000, 8), (0x1010, 8), (0x1020, 4), (0x2000, 8)]
+        );
+        // f32, the real chunk: a ResNet-50-sized tensor
+        let t = finite_chunks(&[(0x1_0000_0000, 2_359_296)], 4, FINITE_CHUNK).unwrap();
+        let c = read(&t);
+        assert_eq!(c.len(), 36);
+        assert_eq!(c.iter().map(|&(_, n)| n).sum::<i64>(), 2_359_296);
+        assert!(c.windows(2).all(|w| w[1].0 == w[0].0 + (w[0].1 as u64) * 4));
+        assert!(finite_chunks(&[], 4, FINITE_CHUNK).unwrap().is_empty());
+        // past the kernel's int count
+        assert!(finite_chunks(&[(0, SGD_MAX_CHUNKS + 1)], 4, 1).is_err());
+    }
 
     /// An item of `n` elements at distinct fake addresses; `copy` F32 for
     /// none.

@@ -107,7 +107,8 @@ pub trait OptimOps: BackendInfo {
     }
     /// Whether every element of every float tensor is finite (non-float
     /// tensors are skipped): the check after an optimizer step. The GPU
-    /// runs reduce.cu's all-finite kernel per tensor and syncs once.
+    /// runs reduce.cu's `all_finite_multi_<t>` once per dtype and syncs
+    /// once.
     fn all_finite(&self, tensors: &[Tensor]) -> Result<bool> {
         let _ = tensors;
         Err(unsupported(self, "all_finite"))
