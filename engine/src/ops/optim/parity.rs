@@ -15,8 +15,8 @@
 //! bf16 param's (bf16's): those are one rounding of an f32 result the GPU
 //! computes with fused multiply-adds, which may land one f16/bf16 step from
 //! the host's. Last, `non_finite_found` (the queued check after a step)
-//! over mixed dtypes and a strided view, with a NaN or an infinity in one
-//! of them or in none.
+//! over mixed dtypes, a strided view and a tensor of several chunks, with
+//! a NaN or an infinity in one of them or in none.
 
 use crate::amp::{amp_step, LossScaler};
 use crate::nn::Param;
@@ -326,34 +326,38 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     many_cases(rng, out);
 }
 
-/// `non_finite_found` (the queued check after an optimizer step) over an
-/// f32, a bf16, an f16 and an i64 tensor and a strided f32 view, with a
-/// NaN or an infinity placed in one of them, or in none.
+/// `non_finite_found` (the queued check after an optimizer step) over f32,
+/// bf16, f16 and i64 tensors, a strided f32 view and a tensor of several
+/// chunks, with a NaN or an infinity placed in one of them, or in none.
 fn non_finite_cases(rng: &mut Rng, out: &mut Vec<Case>) {
-    // (label, which tensor gets the value, the value)
-    let spots: [(&str, Option<usize>, f32); 5] = [
+    // the tensors: [37, 100] f32, [3, 100] bf16, [7, 11] f16, [16, 9] f32
+    // (checked through a strided view) and [4, 50000] f32 (3 chunks of the
+    // GPU's 64 Ki-value list)
+    let shapes: [&[usize]; 5] = [&[37, 100], &[3, 100], &[7, 11], &[16, 9], &[4, 50_000]];
+    let dtypes = [DType::F32, DType::BF16, DType::F16, DType::F32, DType::F32];
+    // (label, the tensor and element that get the value, the value)
+    let spots: [(&str, Option<(usize, usize)>, f32); 6] = [
         ("all finite", None, 0.0),
-        ("NaN in the bf16 tensor", Some(1), f32::NAN),
-        ("inf in the f16 tensor", Some(2), f32::INFINITY),
-        ("-inf in the f32 tensor", Some(0), f32::NEG_INFINITY),
+        ("NaN in the bf16 tensor", Some((1, 202)), f32::NAN),
+        ("inf in the f16 tensor", Some((2, 24)), f32::INFINITY),
+        ("-inf in the f32 tensor", Some((0, 202)), f32::NEG_INFINITY),
+        // element (2, 2): inside the view of columns 1 to 8
+        ("NaN in the strided view", Some((3, 20)), f32::NAN),
         (
-            "NaN in the strided view's parent, inside the view",
-            Some(3),
-            f32::NAN,
+            "inf in the third chunk of the big tensor",
+            Some((4, 140_000)),
+            f32::INFINITY,
         ),
     ];
     for (label, spot, bad) in spots {
         let seed = rng.next_u64();
         let run = move |device: Device| -> Result<Outputs> {
             let mut rng = Rng::new(seed);
-            let shapes: [&[usize]; 4] = [&[37, 100], &[3, 100], &[7, 11], &[16, 9]];
-            let dtypes = [DType::F32, DType::BF16, DType::F16, DType::F32];
             let mut ts = Vec::new();
             for (i, (shape, dtype)) in shapes.iter().zip(dtypes).enumerate() {
                 let mut v = Tensor::randn(shape, 0.0, 1.0, DType::F32, &mut rng).to_vec::<f32>()?;
-                if spot == Some(i) {
-                    // element (2, 2): inside the [16, 9] tensor's strided view too
-                    v[2 * shape[1] + 2] = bad;
+                if let Some((_, e)) = spot.filter(|&(t, _)| t == i) {
+                    v[e] = bad;
                 }
                 ts.push(
                     Tensor::from_vec(v, shape)?
@@ -361,7 +365,7 @@ fn non_finite_cases(rng: &mut Rng, out: &mut Vec<Case>) {
                         .to_device(device)?,
                 );
             }
-            // columns 1 to 8 of the last tensor: a strided (not dense) view
+            // columns 1 to 8 of [16, 9]: a strided (not dense) view
             ts[3] = ts[3].narrow(1, 1, 8)?;
             ts.push(Tensor::from_vec(vec![1i64, 2, 3], &[3])?.to_device(device)?);
             let found = on_backend!(device, b => b.non_finite_found(&ts))?;
