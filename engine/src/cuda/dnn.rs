@@ -1136,6 +1136,38 @@ impl Ptrs {
     }
 }
 
+/// Which APIs a new key's search asks (see [`Api`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Search {
+    /// The legacy API: Find when timed, else Get_v7.
+    legacy: bool,
+    /// The graph API, for at most this many plans.
+    graph_plans: Option<usize>,
+}
+
+impl Search {
+    /// For `api`, with timing allowed (`timed`) or not and the graph API
+    /// in the library (`has_graph`; a forced graph API without it is
+    /// refused before this).
+    fn new(api: Api, timed: bool, has_graph: bool) -> Search {
+        let top = if timed { GRAPH_CANDIDATES } else { 1 };
+        match api {
+            Api::Legacy => Search {
+                legacy: true,
+                graph_plans: None,
+            },
+            Api::Auto => Search {
+                legacy: true,
+                graph_plans: (timed && has_graph).then_some(top),
+            },
+            Api::Graph => Search {
+                legacy: false,
+                graph_plans: Some(top),
+            },
+        }
+    }
+}
+
 /// Runs legacy algorithm `c` for `key`: output = result + beta * output.
 ///
 /// # Safety
@@ -1320,17 +1352,14 @@ impl Dnn {
             ));
         }
         let mut cands = Vec::new();
-        let legacy = match key.api {
-            Api::Graph => Err(Error::arg(OP, "the legacy API was not asked for")),
-            _ => self.legacy(g, ak, &d, p, timed.clone(), &mut cands),
-        };
-        let graph_wanted = match key.api {
-            Api::Legacy => false,
-            Api::Auto => self.has_graph && timed.is_ok(),
-            Api::Graph => true,
+        let search = Search::new(key.api, timed.is_ok(), self.has_graph);
+        let legacy = if search.legacy {
+            self.legacy(g, ak, &d, p, timed.clone(), &mut cands)
+        } else {
+            Err(Error::arg(OP, "the legacy API was not asked for"))
         };
         let mut notes = Vec::new();
-        let plans = if graph_wanted {
+        let plans = if let Some(max) = search.graph_plans {
             let problem = Problem {
                 dir: ak.dir,
                 shape: ak.shape,
@@ -1342,7 +1371,6 @@ impl Dnn {
                     deterministic: ak.deterministic,
                 },
             };
-            let max = if timed.is_ok() { GRAPH_CANDIDATES } else { 1 };
             match graph::plans(self.handle, &problem, free_cap(g), max, GRAPH_SEARCH_BUDGET) {
                 Ok((plans, listed)) => {
                     notes.push(format!("graph API: {listed:?}"));
@@ -1824,6 +1852,34 @@ mod tests {
             assert_eq!((api().unwrap(), benchmark()), (Api::Graph, false));
         }
         assert_eq!((api().unwrap(), benchmark()), before);
+    }
+
+    #[test]
+    fn searches_ask_the_apis_the_switch_names() {
+        let s = |legacy, graph_plans| Search {
+            legacy,
+            graph_plans,
+        };
+        let top = Some(GRAPH_CANDIDATES);
+        // (api, timed, has_graph) -> search
+        let table = [
+            (Api::Auto, true, true, s(true, top)),
+            // untimed auto is the legacy heuristic, as before the graph API
+            (Api::Auto, false, true, s(true, None)),
+            (Api::Auto, true, false, s(true, None)),
+            (Api::Legacy, true, true, s(true, None)),
+            (Api::Legacy, false, true, s(true, None)),
+            (Api::Graph, true, true, s(false, top)),
+            // untimed graph: its heuristics' first usable plan
+            (Api::Graph, false, true, s(false, Some(1))),
+        ];
+        for (api, timed, has_graph, want) in table {
+            assert_eq!(
+                Search::new(api, timed, has_graph),
+                want,
+                "{api:?} timed {timed} has_graph {has_graph}"
+            );
+        }
     }
 
     #[test]
