@@ -200,7 +200,7 @@ impl<'m> Trainer<'m> {
 
     fn step_here(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
         let t0 = Instant::now();
-        let (batch, loss, accuracy) = match self.dp.take() {
+        let (batch, loss, accuracy, lr, stepped) = match self.dp.take() {
             Some(mut dp) => {
                 let params = self.params.clone();
                 let b = images.dims()[0];
@@ -214,7 +214,8 @@ impl<'m> Trainer<'m> {
                 });
                 self.dp = Some(dp);
                 let g = global?;
-                (g.images, g.means[0], g.means[1])
+                let (lr, stepped, _) = self.apply(None)?;
+                (g.images, g.means[0], g.means[1], lr, stepped)
             }
             None => {
                 zero_grad(&self.params);
@@ -222,19 +223,10 @@ impl<'m> Trainer<'m> {
                 // misses with the check after the optimizer step (`apply`)
                 let (summary, n) = self.queue_forward_backward(images, labels, 1.0)?;
                 let (lr, stepped, v) = self.apply(Some(summary))?;
-                let (loss, accuracy) = (v[0], (n as f64 - v[1]) / n.max(1) as f64);
-                return Ok(StepLog {
-                    step: self.step,
-                    loss,
-                    lr,
-                    batch: images.dims()[0],
-                    images_per_s: images.dims()[0] as f64 / t0.elapsed().as_secs_f64(),
-                    parts: vec![("accuracy", accuracy)],
-                    skipped: Some(!stepped),
-                });
+                let accuracy = (n as f64 - v[1]) / n.max(1) as f64;
+                (images.dims()[0], v[0], accuracy, lr, stepped)
             }
         };
-        let (lr, stepped, _) = self.apply(None)?;
         Ok(StepLog {
             step: self.step,
             loss,
