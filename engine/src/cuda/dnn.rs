@@ -670,9 +670,7 @@ impl Dnn {
             let _ = unsafe { sys::cudnnDestroy(handle) };
             return Err(cudnn_err("cudnnSetStream", g.device(), e));
         }
-        let has_graph = graph::SYMBOLS
-            .iter()
-            .all(|name| unsafe { lib.get::<unsafe extern "C" fn()>(name.as_bytes()) }.is_ok());
+        let has_graph = graph::available().is_ok();
         Ok(Dnn {
             handle,
             routes: HashMap::new(),
@@ -1345,11 +1343,15 @@ impl Dnn {
         } else {
             Err(format!("not timed: {FIND_LIMIT} keys were"))
         };
-        if key.api == Api::Graph && !self.has_graph {
-            return Err(Error::arg(
-                OP,
-                format!("the graph API was asked for (SLMLP_CUDNN_API=graph), but the loaded libcudnn lacks one of {:?}; install cuDNN 9", graph::SYMBOLS),
-            ));
+        if key.api == Api::Graph {
+            graph::available().map_err(|e| {
+                Error::arg(
+                    OP,
+                    format!(
+                        "the graph API was asked for (SLMLP_CUDNN_API=graph): {e}; install cuDNN 9"
+                    ),
+                )
+            })?;
         }
         let mut cands = Vec::new();
         let search = Search::new(key.api, timed.is_ok(), self.has_graph);

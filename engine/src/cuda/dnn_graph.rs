@@ -50,19 +50,88 @@ pub const UID_Y: i64 = 3;
 /// query (cuDNN lists them best first).
 pub const MAX_CONFIGS: usize = 64;
 
-/// The graph API's entry points, looked up before the first use (a cuDNN
-/// older than 9 lacks some; then only the legacy calls are used).
-pub const SYMBOLS: [&str; 6] = [
-    "cudnnBackendCreateDescriptor",
-    "cudnnBackendDestroyDescriptor",
-    "cudnnBackendSetAttribute",
-    "cudnnBackendGetAttribute",
-    "cudnnBackendFinalize",
-    "cudnnBackendExecute",
-];
+/// The graph API's entry points with their status as a plain `u32`:
+/// cudarc declares it as a Rust enum, and a code a newer cuDNN returns
+/// that the binding does not list (cuDNN 9 keeps adding NOT_SUPPORTED_*
+/// codes, which plans that do not finalise return) would be undefined
+/// behaviour to read through it.
+struct Fns {
+    create: unsafe extern "C" fn(u32, *mut sys::cudnnBackendDescriptor_t) -> u32,
+    destroy: unsafe extern "C" fn(sys::cudnnBackendDescriptor_t) -> u32,
+    set: unsafe extern "C" fn(sys::cudnnBackendDescriptor_t, u32, u32, i64, *const c_void) -> u32,
+    get: unsafe extern "C" fn(
+        sys::cudnnBackendDescriptor_t,
+        u32,
+        u32,
+        i64,
+        *mut i64,
+        *mut c_void,
+    ) -> u32,
+    finalize: unsafe extern "C" fn(sys::cudnnBackendDescriptor_t) -> u32,
+    execute: unsafe extern "C" fn(
+        sys::cudnnHandle_t,
+        sys::cudnnBackendDescriptor_t,
+        sys::cudnnBackendDescriptor_t,
+    ) -> u32,
+    error_string: unsafe extern "C" fn(u32) -> *const std::ffi::c_char,
+}
 
-fn err(what: &str, detail: impl std::fmt::Display, s: sys::cudnnStatus_t) -> Error {
-    Error::arg(OP, format!("{what} failed for {detail}: {s:?}"))
+/// [`Fns`] from the loaded libcudnn, looked up once; an error when it
+/// lacks one of them.
+fn fns() -> Result<&'static Fns> {
+    static FNS: std::sync::OnceLock<std::result::Result<Fns, String>> = std::sync::OnceLock::new();
+    FNS.get_or_init(|| {
+        // SAFETY: only looks names up; each signature is cudnn_graph.h's
+        // with the status (a C enum, 32 bits) as u32.
+        unsafe {
+            if !sys::is_culib_present() {
+                return Err("libcudnn is not loadable".into());
+            }
+            let lib = sys::culib();
+            let missing = |e: libloading::Error| {
+                format!("the loaded libcudnn lacks a graph API entry point: {e}")
+            };
+            Ok(Fns {
+                create: *lib.get(b"cudnnBackendCreateDescriptor").map_err(missing)?,
+                destroy: *lib.get(b"cudnnBackendDestroyDescriptor").map_err(missing)?,
+                set: *lib.get(b"cudnnBackendSetAttribute").map_err(missing)?,
+                get: *lib.get(b"cudnnBackendGetAttribute").map_err(missing)?,
+                finalize: *lib.get(b"cudnnBackendFinalize").map_err(missing)?,
+                execute: *lib.get(b"cudnnBackendExecute").map_err(missing)?,
+                error_string: *lib.get(b"cudnnGetErrorString").map_err(missing)?,
+            })
+        }
+    })
+    .as_ref()
+    .map_err(|e| Error::arg(OP, e.clone()))
+}
+
+/// Whether the loaded libcudnn has the graph API (cuDNN 9 does; without
+/// it only the legacy calls are used), or why not.
+pub fn available() -> Result<()> {
+    fns().map(|_| ())
+}
+
+/// cuDNN's name for status `s` (any value).
+fn status_name(f: &Fns, s: u32) -> String {
+    // SAFETY: cudnnGetErrorString returns a static string for any value.
+    let p = unsafe { (f.error_string)(s) };
+    if p.is_null() {
+        return format!("status {s}");
+    }
+    // SAFETY: a NUL-terminated static string.
+    let name = unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy();
+    format!("{name} ({s})")
+}
+
+fn check(f: &Fns, what: &str, detail: impl std::fmt::Display, s: u32) -> Result<()> {
+    if s == 0 {
+        return Ok(());
+    }
+    Err(Error::arg(
+        OP,
+        format!("{what} failed for {detail}: {}", status_name(f, s)),
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -72,6 +141,7 @@ fn err(what: &str, detail: impl std::fmt::Display, s: sys::cudnnStatus_t) -> Err
 pub struct Desc {
     raw: sys::cudnnBackendDescriptor_t,
     kind: D,
+    fns: &'static Fns,
 }
 
 // SAFETY: a descriptor is plain host memory owned by this value; the
@@ -82,19 +152,18 @@ unsafe impl Sync for Desc {}
 impl Drop for Desc {
     fn drop(&mut self) {
         // SAFETY: created by cudnnBackendCreateDescriptor, destroyed once.
-        let _ = unsafe { sys::cudnnBackendDestroyDescriptor(self.raw) };
+        let _ = unsafe { (self.fns.destroy)(self.raw) };
     }
 }
 
 impl Desc {
     pub fn new(kind: D) -> Result<Desc> {
+        let fns = fns()?;
         let mut raw = std::ptr::null_mut();
         // SAFETY: writes one descriptor handle.
-        let s = unsafe { sys::cudnnBackendCreateDescriptor(kind, &mut raw) };
-        if s != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            return Err(err("cudnnBackendCreateDescriptor", format!("{kind:?}"), s));
-        }
-        Ok(Desc { raw, kind })
+        let s = unsafe { (fns.create)(kind as u32, &mut raw) };
+        check(fns, "cudnnBackendCreateDescriptor", format!("{kind:?}"), s)?;
+        Ok(Desc { raw, kind, fns })
     }
 
     /// Sets `attr` to `n` elements of `ty` read from `values`.
@@ -103,15 +172,9 @@ impl Desc {
     /// `values` points at `n` elements of the C type `ty` names.
     unsafe fn set_raw(&self, attr: A, ty: T, n: usize, values: *const c_void) -> Result<()> {
         // SAFETY: the caller's contract; self is live.
-        let s = unsafe { sys::cudnnBackendSetAttribute(self.raw, attr, ty, n as i64, values) };
-        if s != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            return Err(err(
-                "cudnnBackendSetAttribute",
-                format!("{attr:?} ({ty:?} x{n}) of {:?}", self.kind),
-                s,
-            ));
-        }
-        Ok(())
+        let s = unsafe { (self.fns.set)(self.raw, attr as u32, ty as u32, n as i64, values) };
+        let detail = format!("{attr:?} ({ty:?} x{n}) of {:?}", self.kind);
+        check(self.fns, "cudnnBackendSetAttribute", detail, s)
     }
 
     pub fn set_i64s(&self, attr: A, v: &[i64]) -> Result<()> {
@@ -162,11 +225,13 @@ impl Desc {
 
     pub fn finalize(&self) -> Result<()> {
         // SAFETY: self is live.
-        let s = unsafe { sys::cudnnBackendFinalize(self.raw) };
-        if s != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            return Err(err("cudnnBackendFinalize", format!("{:?}", self.kind), s));
-        }
-        Ok(())
+        let s = unsafe { (self.fns.finalize)(self.raw) };
+        check(
+            self.fns,
+            "cudnnBackendFinalize",
+            format!("{:?}", self.kind),
+            s,
+        )
     }
 
     /// Reads up to `max` elements of `attr` into `out` (room for `max`
@@ -179,14 +244,9 @@ impl Desc {
         let mut n: i64 = 0;
         // SAFETY: the caller's contract; self is live.
         let s =
-            unsafe { sys::cudnnBackendGetAttribute(self.raw, attr, ty, max as i64, &mut n, out) };
-        if s != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            return Err(err(
-                "cudnnBackendGetAttribute",
-                format!("{attr:?} of {:?}", self.kind),
-                s,
-            ));
-        }
+            unsafe { (self.fns.get)(self.raw, attr as u32, ty as u32, max as i64, &mut n, out) };
+        let detail = format!("{attr:?} of {:?}", self.kind);
+        check(self.fns, "cudnnBackendGetAttribute", detail, s)?;
         Ok(n.max(0) as usize)
     }
 
@@ -616,11 +676,8 @@ pub unsafe fn execute(
     )?;
     pack.finalize()?;
     // SAFETY: the caller's contract; plan and pack are finalised.
-    let s = unsafe { sys::cudnnBackendExecute(h, plan.plan.raw, pack.raw) };
-    if s != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-        return Err(err("cudnnBackendExecute", &plan.name, s));
-    }
-    Ok(())
+    let s = unsafe { (pack.fns.execute)(h, plan.plan.raw, pack.raw) };
+    check(pack.fns, "cudnnBackendExecute", &plan.name, s)
 }
 
 #[cfg(test)]
@@ -733,6 +790,8 @@ mod tests {
         let t = Desc::new(D::CUDNN_BACKEND_TENSOR_DESCRIPTOR).unwrap();
         t.set_i64s(A::CUDNN_ATTR_TENSOR_DIMENSIONS, &[1, 2, 3, 4])
             .unwrap();
-        assert!(t.finalize().is_err());
+        // (named by cuDNN, its status read as a plain integer)
+        let e = t.finalize().unwrap_err().to_string();
+        assert!(e.contains("CUDNN_STATUS_"), "{e}");
     }
 }
