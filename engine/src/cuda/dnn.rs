@@ -126,13 +126,16 @@ pub enum Api {
 impl Api {
     /// "auto", "legacy" or "graph" (`SLMLP_CUDNN_API`).
     pub fn parse(v: &str) -> Result<Api> {
+        Api::from_text(v).map_err(|msg| Error::arg(OP, msg))
+    }
+
+    fn from_text(v: &str) -> std::result::Result<Api, String> {
         match v {
             "auto" => Ok(Api::Auto),
             "legacy" => Ok(Api::Legacy),
             "graph" => Ok(Api::Graph),
-            _ => Err(Error::arg(
-                OP,
-                format!("SLMLP_CUDNN_API must be auto, legacy or graph, got {v:?}"),
+            _ => Err(format!(
+                "SLMLP_CUDNN_API must be auto, legacy or graph, got {v:?}"
             )),
         }
     }
@@ -153,11 +156,16 @@ pub fn set_api(api: Api) {
 /// The cuDNN API new keys use: [`set_api`]'s, else `SLMLP_CUDNN_API`'s,
 /// else [`Api::Auto`]; an error for an unknown `SLMLP_CUDNN_API`.
 pub fn api() -> Result<Api> {
+    // read once: every convolution call asks
+    static ENV: std::sync::OnceLock<std::result::Result<Api, String>> = std::sync::OnceLock::new();
     match API.load(Ordering::Relaxed) {
-        0 => match std::env::var("SLMLP_CUDNN_API") {
-            Ok(v) => Api::parse(&v),
-            Err(_) => Ok(Api::Auto),
-        },
+        0 => ENV
+            .get_or_init(|| match std::env::var("SLMLP_CUDNN_API") {
+                Ok(v) => Api::from_text(&v),
+                Err(_) => Ok(Api::Auto),
+            })
+            .clone()
+            .map_err(|e| Error::arg(OP, e)),
         i => Ok(APIS[(i as usize - 1).min(APIS.len() - 1)]),
     }
 }
@@ -628,8 +636,6 @@ struct Dnn {
     routes: HashMap<RouteKey, Route>,
     /// Keys timed so far (see [`FIND_LIMIT`]).
     searched: usize,
-    /// Whether the library has the graph API's entry points.
-    has_graph: bool,
 }
 
 // SAFETY: the handle is only used under the STATES lock, by one thread at
@@ -670,12 +676,10 @@ impl Dnn {
             let _ = unsafe { sys::cudnnDestroy(handle) };
             return Err(cudnn_err("cudnnSetStream", g.device(), e));
         }
-        let has_graph = graph::available().is_ok();
         Ok(Dnn {
             handle,
             routes: HashMap::new(),
             searched: 0,
-            has_graph,
         })
     }
 }
@@ -1354,7 +1358,7 @@ impl Dnn {
             })?;
         }
         let mut cands = Vec::new();
-        let search = Search::new(key.api, timed.is_ok(), self.has_graph);
+        let search = Search::new(key.api, timed.is_ok(), graph::available().is_ok());
         let legacy = if search.legacy {
             self.legacy(g, ak, &d, p, timed.clone(), &mut cands)
         } else {
@@ -1478,8 +1482,13 @@ impl Dnn {
         let mut best: Option<(f64, Route)> = None;
         let mut consider = |ms: Result<f64>, route: Route, label: String, workspace: usize| {
             let ok = ms.as_ref().ok().copied();
+            // a candidate that failed keeps its error in the profile
+            let algo = match &ms {
+                Ok(_) => label,
+                Err(e) => format!("{label}: failed: {e}"),
+            };
             cands.push(crate::profile::Candidate {
-                algo: label,
+                algo,
                 status: u32::from(ok.is_none()),
                 ms: ok.unwrap_or(f64::NAN),
                 workspace,

@@ -925,24 +925,22 @@ impl OptimOps for Cuda {
     }
 }
 
+/// The tensors one `all_finite_multi_<t>` launch checks: (flag index,
+/// dtype, (address, count) per tensor).
+type CheckGroup = (usize, DType, Vec<(u64, usize)>);
+
 /// Queues the check of every float tensor of `tensors`, raising one flag
 /// per GPU (not read): one `all_finite_multi_<t>` launch per GPU and
 /// dtype, over the tensors as they are when dense, else over dense copies.
 fn check_all(tensors: &[Tensor]) -> Result<Vec<FiniteFlag>> {
     const OP: &str = "all_finite";
     let mut flags: Vec<FiniteFlag> = Vec::new();
-    // (flag index, dtype, (address, count) per tensor)
-    let mut groups: Vec<(usize, DType, Vec<(u64, usize)>)> = Vec::new();
+    let mut groups: Vec<CheckGroup> = Vec::new();
     // the checked tensors (copies included) stay alive until the launches
     // that read them are queued
     let mut works = Vec::new();
     for t in tensors.iter().filter(|t| t.dtype().is_float()) {
-        let gpu = ct::gpu_of(t)?;
-        flag_for(&mut flags, gpu)?;
-        let f = flags
-            .iter()
-            .position(|f| f.gpu().ordinal == gpu.ordinal)
-            .ok_or_else(|| Error::arg(OP, "a GPU's flag went missing"))?;
+        let f = flag_index(&mut flags, ct::gpu_of(t)?)?;
         kdtype(OP, t.dtype())?;
         // a dense tensor is checked where it is, another through a copy
         let work = if ct::is_dense(t.layout()) {
@@ -977,14 +975,19 @@ fn check_all(tensors: &[Tensor]) -> Result<Vec<FiniteFlag>> {
 
 /// The flag of `gpu` among `flags`, created on its first use.
 fn flag_for<'f>(flags: &'f mut Vec<FiniteFlag>, gpu: &'static Gpu) -> Result<&'f FiniteFlag> {
-    let i = match flags.iter().position(|f| f.gpu().ordinal == gpu.ordinal) {
-        Some(i) => i,
+    let i = flag_index(flags, gpu)?;
+    Ok(&flags[i])
+}
+
+/// The index of `gpu`'s flag among `flags`, created on its first use.
+fn flag_index(flags: &mut Vec<FiniteFlag>, gpu: &'static Gpu) -> Result<usize> {
+    match flags.iter().position(|f| f.gpu().ordinal == gpu.ordinal) {
+        Some(i) => Ok(i),
         None => {
             flags.push(FiniteFlag::new(gpu)?);
-            flags.len() - 1
+            Ok(flags.len() - 1)
         }
-    };
-    Ok(&flags[i])
+    }
 }
 
 /// What to do with one gradient, given which storage each one views.
