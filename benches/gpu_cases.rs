@@ -79,6 +79,90 @@ pub fn model_cases(seed: u64) -> Vec<Case> {
     cases
 }
 
+/// `train_step_graph`: the CUDA graph training step
+/// (`Trainer::with_cuda_graph`) against the ordinary step, on the same
+/// GPU in one process: an SL-MLP ResNet-18 (width 8, CIFAR stem) trained 9
+/// steps from the same weights on the same batches of 8 12x12 images, the
+/// learning rate changing every step (warmup, then cosine). The graph run
+/// takes 2 ordinary steps, records the third and replays it, runs the
+/// seventh batch (5 images) as an ordinary step and records again for the
+/// last two. Outputs: every parameter, BatchNorm buffer and step loss of
+/// the graph run minus the ordinary run's, which must be 0: a replay runs
+/// the very kernels, algorithms and arguments of an ordinary step (cuDNN
+/// restricted to deterministic algorithms for the case). A learning rate or
+/// running statistic the graph kept from its capture shows up here. The
+/// CPU side trains ordinarily twice, so its differences are 0 as well.
+pub fn graph_cases(seed: u64) -> Vec<Case> {
+    [DType::F32, DType::BF16]
+        .into_iter()
+        .map(|dtype| Case {
+            op: "train_step_graph",
+            dtype,
+            label: "resnet18 w8 Cifar sl-mlp [8,3,12,12], 9 steps (2 ordinary, recorded, a batch of 5 between), graph minus ordinary".into(),
+            threshold: Some(0.0),
+            run: Box::new(move |device| graph_minus_ordinary(seed, dtype, device)),
+        })
+        .collect()
+}
+
+fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device) -> Result<Outputs> {
+    use models::train::{TrainOptions, Trainer};
+    const STEPS: usize = 9;
+    let precision = match dtype {
+        DType::BF16 => engine::amp::Precision::Bf16,
+        _ => engine::amp::Precision::F32,
+    };
+    let train = |graph: bool| -> Result<Values> {
+        let mut rng = Rng::new(seed);
+        let mut cfg = NetConfig::new("resnet18", 10)?;
+        cfg.width = 8;
+        cfg.stem = Stem::Cifar;
+        cfg.projector = Some(ProjectorConfig::parse("d", 64)?);
+        let net = SupervisedNet::new(cfg, &mut rng)?;
+        net.to_device(device)?;
+        let opts = TrainOptions {
+            steps: STEPS,
+            lr: 0.05,
+            warmup_steps: 3,
+            precision,
+            ..TrainOptions::default()
+        };
+        let mut t = Trainer::new(&net, opts, Default::default());
+        if graph {
+            t = t.with_cuda_graph()?;
+        }
+        let mut out = Values::new();
+        for k in 0..STEPS {
+            let n = if k == 6 { 5 } else { 8 };
+            let x = Tensor::randn(&[n, 3, 12, 12], 0.0, 1.0, DType::F32, &mut rng);
+            let y: Vec<i64> = (0..n).map(|_| rng.below(10) as i64).collect();
+            let log = t.step(&x, &Tensor::from_vec(y, &[n])?)?;
+            out.push((format!("loss step {k}"), vec![log.loss]));
+        }
+        for p in net.params() {
+            out.push((p.name().to_string(), host(&p.get())?));
+        }
+        for b in net.buffers() {
+            out.push((b.name().to_string(), host(&b.get())?));
+        }
+        Ok(out)
+    };
+    let was = engine::cuda::dnn::deterministic();
+    engine::cuda::dnn::set_deterministic(true);
+    let runs = train(false).and_then(|a| Ok((a, train(device != Device::Cpu)?)));
+    engine::cuda::dnn::set_deterministic(was);
+    let (ordinary, graph) = runs?;
+    ordinary
+        .iter()
+        .zip(&graph)
+        .map(|((name, a), (_, b))| {
+            let d: Vec<f64> = a.iter().zip(b).map(|(a, b)| b - a).collect();
+            let n = d.len();
+            Ok((name.clone(), Tensor::from_vec(d, &[n])?))
+        })
+        .collect()
+}
+
 /// `detector_grads`: a small Mask R-CNN (ResNet-18 width 8, FPN 16, 3
 /// classes) trained one step on two 64x64 images with two boxes each: the
 /// five losses and every trainable parameter's gradient, f32 on both sides.

@@ -25,6 +25,7 @@ pub mod report;
 pub mod resnet;
 pub mod run_dir;
 pub mod stats;
+mod step_graph;
 pub mod train;
 pub mod transfer;
 

@@ -255,6 +255,12 @@ pub struct PretrainArgs {
     /// Default: device on a GPU, host on the CPU. Same batches either way.
     #[arg(long, value_enum)]
     pub augment_on: Option<AugmentOn>,
+    /// GPU, bf16 or f32, one rank: after two ordinary steps, record the
+    /// whole step as a CUDA graph and replay it (one launch per step).
+    /// Same arithmetic as the ordinary steps; an epoch's short last batch
+    /// runs as one and the step is recorded again after it.
+    #[arg(long)]
+    pub cuda_graph: bool,
 }
 
 /// `--augment-on`.
@@ -307,6 +313,7 @@ impl PretrainArgs {
             quiet: false,
             epoch_models: false,
             augment_on: None,
+            cuda_graph: false,
         }
     }
 }
@@ -508,6 +515,9 @@ fn pretrain_rank(
         if a.sync_bn {
             trainer = trainer.with_sync_batch_norm();
         }
+    }
+    if a.cuda_graph {
+        trainer = trainer.with_cuda_graph()?;
     }
     let t0 = Instant::now();
     let result = fit(

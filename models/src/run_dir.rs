@@ -33,8 +33,9 @@ const RUN_FILES: [&str; 4] = [
 /// Options a resumed run may change: they do not alter what is computed
 /// (`epochs`: the task's own settings say whether a longer schedule may
 /// continue, e.g. detection's step schedule can, a cosine one cannot).
-const FREE_ON_RESUME: [&str; 12] = [
+const FREE_ON_RESUME: [&str; 13] = [
     "augment_on",
+    "cuda_graph",
     "epochs",
     "resume",
     "resume_force",

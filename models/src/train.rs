@@ -17,10 +17,16 @@
 //! and buffer is still finite after the optimizer step, queued after it
 //! (under f16 loss scaling, the overflow flag is a second read, before the
 //! step). Checkpoints are written from host copies.
+//!
+//! On a GPU, [`Trainer::with_cuda_graph`] records the whole step (forward,
+//! loss, backward, SGD, the finite check) as a CUDA graph after
+//! [`GRAPH_WARMUP_STEPS`] ordinary steps and replays it from then on
+//! (`step_graph.rs`).
 
 use crate::data::{ImageSource, Loader};
 pub use crate::fit::StepLog;
 use crate::fit::{load_checkpoint, save_checkpoint, Means, Task, TaskState, Validation};
+use crate::step_graph::{static_inputs, StepGraph};
 use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::TrainState;
 use engine::nn::{Buffer, Module, Param};
@@ -136,7 +142,17 @@ pub struct Trainer<'m> {
     /// Where CPU steps run when the caller is not on a pool thread, made at
     /// the first one.
     cpu_pool: Option<engine::ops::CpuPool>,
+    /// CUDA graph steps: asked for, the ordinary steps run since (the
+    /// warm-up), and the recorded step.
+    cuda_graph: bool,
+    eager_steps: usize,
+    graph: Option<StepGraph>,
 }
+
+/// Ordinary steps before a step is recorded as a CUDA graph: the first
+/// creates the momentum, both fill the cuDNN and cuBLASLt searches' caches
+/// (a capture cannot time anything).
+pub const GRAPH_WARMUP_STEPS: usize = 2;
 
 impl<'m> Trainer<'m> {
     pub fn new(
@@ -165,8 +181,39 @@ impl<'m> Trainer<'m> {
             dp: None,
             min_batch: 1,
             cpu_pool: None,
+            cuda_graph: false,
+            eager_steps: 0,
+            graph: None,
             opts,
         }
+    }
+
+    /// Records the step as a CUDA graph once warm and replays it from then
+    /// on. Needs a GPU model, bf16 or f32 (f16's loss scaling decides on
+    /// the host), and no data parallelism. A batch of another shape (an
+    /// epoch's last) runs as an ordinary step and the graph is recorded
+    /// again for the next full one.
+    pub fn with_cuda_graph(mut self) -> Result<Self> {
+        let why = if !matches!(self.device, Device::Cuda(_)) {
+            Some(format!("the model is on {}, not a GPU", self.device))
+        } else if self.scaler.is_some() {
+            Some(
+                "f16 loss scaling reads the overflow check on the host mid-step; use bf16 or f32"
+                    .into(),
+            )
+        } else if self.dp.is_some() {
+            Some("data-parallel steps exchange gradients between the ranks mid-step".into())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::arg(
+                "cuda graph",
+                format!("a step cannot be recorded as a CUDA graph: {why}"),
+            ));
+        }
+        self.cuda_graph = true;
+        Ok(self)
     }
 
     pub fn model(&self) -> &'m dyn Module {
@@ -218,11 +265,20 @@ impl<'m> Trainer<'m> {
                 (g.images, g.means[0], g.means[1], lr, stepped)
             }
             None => {
-                zero_grad(&self.params);
-                // one host read for the whole step: the loss and the
-                // misses with the check after the optimizer step (`apply`)
-                let (summary, n) = self.queue_forward_backward(images, labels, 1.0)?;
-                let (lr, stepped, v) = self.apply(Some(summary))?;
+                let (lr, stepped, v) = match self.graph_step(images, labels)? {
+                    Some(done) => done,
+                    None => {
+                        zero_grad(&self.params);
+                        // one host read for the whole step: the loss and
+                        // the misses with the check after the optimizer
+                        // step (`apply`)
+                        let host_labels = labels.to_device(Device::Cpu)?;
+                        let (summary, _) =
+                            self.queue_forward_backward(images, labels, &host_labels, 1.0)?;
+                        self.apply(Some(summary))?
+                    }
+                };
+                let n = labels.numel();
                 let accuracy = (n as f64 - v[1]) / n.max(1) as f64;
                 (images.dims()[0], v[0], accuracy, lr, stepped)
             }
@@ -248,19 +304,23 @@ impl<'m> Trainer<'m> {
         labels: &Tensor,
         weight: f64,
     ) -> Result<(f64, f64)> {
-        let (summary, n) = self.queue_forward_backward(images, labels, weight)?;
+        let host_labels = labels.to_device(Device::Cpu)?;
+        let (summary, _) = self.queue_forward_backward(images, labels, &host_labels, weight)?;
+        let n = labels.numel();
         let v = summary.to_device(Device::Cpu)?.to_vec_f64()?;
         self.check_loss(v[0])?;
         Ok((v[0], (n as f64 - v[1]) / n.max(1) as f64))
     }
 
     /// [`forward_backward`](Self::forward_backward) queued, not read:
-    /// returns the [loss, misses] tensor where the model is, and the
-    /// number of images.
+    /// returns the [loss, misses] tensor where the model is, and the class
+    /// count. `miss_labels` are the labels [`misses`] compares with: i64 on
+    /// the host, or f32 where the model is.
     fn queue_forward_backward(
         &mut self,
         images: &Tensor,
         labels: &Tensor,
+        miss_labels: &Tensor,
         weight: f64,
     ) -> Result<(Tensor, usize)> {
         self.model.set_training(true);
@@ -274,8 +334,7 @@ impl<'m> Trainer<'m> {
         // the loss is always computed in f32 (autocast does the same)
         let logits = logits.to_dtype(DType::F32)?;
         let mut loss = logits.cross_entropy(&y, self.opts.label_smoothing, None)?;
-        let host_labels = labels.to_device(Device::Cpu)?;
-        let summary = Tensor::stack(&[loss.detach(), misses(&logits, &host_labels)?], 0)?;
+        let summary = Tensor::stack(&[loss.detach(), misses(&logits, miss_labels)?], 0)?;
         if weight != 1.0 {
             loss = loss.scale(weight)?;
         }
@@ -283,7 +342,7 @@ impl<'m> Trainer<'m> {
             Some(s) => s.backward(&loss)?,
             None => loss.backward()?,
         }
-        Ok((summary, host_labels.numel()))
+        Ok((summary, logits.dims()[1]))
     }
 
     /// A non-finite loss stops the run (under f16 loss scaling an
@@ -308,6 +367,13 @@ impl<'m> Trainer<'m> {
     /// in one host read. Returns the lr, whether it stepped, and
     /// `summary`'s values.
     fn apply(&mut self, summary: Option<Tensor>) -> Result<(f64, bool, Vec<f64>)> {
+        let (lr, stepped, read) = self.queue_apply(summary)?;
+        Ok((lr, stepped, self.finish(&read)?))
+    }
+
+    /// [`apply`](Self::apply) queued: the lr, whether it stepped, and the
+    /// tensor to read (`summary`'s values, then the non-finite flag).
+    fn queue_apply(&mut self, summary: Option<Tensor>) -> Result<(f64, bool, Tensor)> {
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
         let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.params)?;
@@ -318,6 +384,13 @@ impl<'m> Trainer<'m> {
             Some(s) => Tensor::cat(&[s, flag], 0)?,
             None => flag,
         };
+        Ok((lr, stepped, read))
+    }
+
+    /// Reads what [`queue_apply`](Self::queue_apply) queued (the step's one
+    /// host read), checks it and counts the step: `summary`'s values.
+    fn finish(&mut self, read: &Tensor) -> Result<Vec<f64>> {
+        let buffers = self.model.buffers();
         let mut v = read.to_device(Device::Cpu)?.to_vec_f64()?;
         let found = v.pop().unwrap_or(0.0);
         if let Some(&loss) = v.first() {
@@ -336,7 +409,70 @@ impl<'m> Trainer<'m> {
             ));
         }
         self.step += 1;
-        Ok((lr, stepped, v))
+        Ok(v)
+    }
+
+    /// The step as a replay of the recorded graph (recorded first when
+    /// there is none): None when it runs as an ordinary step instead (no
+    /// graph asked for, the warm-up, or a batch of another shape).
+    fn graph_step(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Option<(f64, bool, Vec<f64>)>> {
+        if !self.cuda_graph {
+            return Ok(None);
+        }
+        if self.graph.as_ref().is_some_and(|g| !g.fits(images, labels)) {
+            // a batch of another shape runs as an ordinary step, which
+            // replaces state the graph reads in place (BatchNorm's running
+            // statistics) and fills the search caches for its shape: the
+            // next step records again
+            self.graph = None;
+            self.eager_steps = GRAPH_WARMUP_STEPS - 1;
+        }
+        if self.graph.is_none() {
+            if self.eager_steps < GRAPH_WARMUP_STEPS {
+                self.eager_steps += 1;
+                return Ok(None);
+            }
+            self.record(images, labels)?;
+        }
+        let lr = self.schedule.lr(self.step);
+        self.opt.set_lr(lr);
+        self.opt.stage_lr(self.device)?;
+        let g = self.graph.as_ref().expect("recorded above");
+        g.load(images, labels)?;
+        g.graph.replay()?;
+        let read = g.read.clone();
+        Ok(Some((lr, true, self.finish(&read)?)))
+    }
+
+    /// Records one step (nothing runs: the caller replays it).
+    fn record(&mut self, images: &Tensor, labels: &Tensor) -> Result<()> {
+        let Device::Cuda(ordinal) = self.device else {
+            return Err(Error::arg("cuda graph", "a CUDA graph step needs a GPU"));
+        };
+        let gpu = engine::cuda::gpu(ordinal)?;
+        let (x, y, y32) = static_inputs(self.device, images, labels)?;
+        zero_grad(&self.params);
+        let lr = self.schedule.lr(self.step);
+        self.opt.set_lr(lr);
+        self.opt.stage_lr(self.device)?;
+        let (graph, (read, classes)) = engine::cuda::graph::capture(gpu, || {
+            let (summary, classes) = self.queue_forward_backward(&x, &y, &y32, 1.0)?;
+            let (_, _, read) = self.queue_apply(Some(summary))?;
+            Ok((read, classes))
+        })?;
+        self.graph = Some(StepGraph {
+            graph,
+            images: x,
+            labels: y,
+            labels_f32: y32,
+            read,
+            classes,
+        });
+        Ok(())
     }
 
     /// Makes every step a data-parallel one (`dist`): `grad_accum`
@@ -478,7 +614,10 @@ impl Task for Trainer<'_> {
         }
     }
 
+    /// Also drops a recorded graph: the restored tensors replace those it
+    /// reads.
     fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {
+        self.graph = None;
         restore_optim(&mut self.opt, &mut self.scaler, optim, state)
     }
 }
@@ -652,6 +791,20 @@ mod tests {
     /// A CPU step runs on a pool thread: the trainer's own pool when the
     /// caller is outside any, the caller's (as under the CLI) otherwise,
     /// with the same result either way.
+    #[test]
+    fn a_cuda_graph_step_needs_a_gpu_model() {
+        let mut rng = engine::Rng::new(1);
+        let mut cfg = crate::NetConfig::new("resnet18", 3).unwrap();
+        cfg.width = 4;
+        let net = crate::SupervisedNet::new(cfg, &mut rng).unwrap();
+        let e = Trainer::new(&net, TrainOptions::default(), BTreeMap::new())
+            .with_cuda_graph()
+            .err()
+            .expect("a CPU model cannot record a CUDA graph")
+            .to_string();
+        assert!(e.contains("not a GPU"), "{e}");
+    }
+
     #[test]
     fn a_cpu_step_uses_the_callers_pool_or_its_own() {
         let mut config = crate::NetConfig::new("resnet18", 3).unwrap();

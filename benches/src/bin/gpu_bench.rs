@@ -24,8 +24,9 @@
 //!   fwd, bwd_data (not for the stem), bwd_weight (keys conv/<tag>/<dir>);
 //! - `train`: ResNet-50 training steps, batch 256 (keys resnet50_train/*),
 //!   one with cuDNN's legacy API only (`eager_legacy_cudnn`: the others
-//!   also time the graph API's plans, `cuda::dnn::Api`), the last one fed
-//!   by the device-mode loader (data loading included);
+//!   also time the graph API's plans, `cuda::dnn::Api`), one replaying the
+//!   step recorded as a CUDA graph (`graph`), the last one fed by the
+//!   device-mode loader (data loading included);
 //! - `maskrcnn` (only when asked for): one Mask R-CNN R50-FPN training
 //!   iteration, batch 4 at 800x1333, bf16 autocast (key
 //!   maskrcnn_train/r50_fpn).
@@ -518,17 +519,20 @@ fn train(b: &mut Bench) {
     const N: usize = 256;
     const PX: usize = 224;
     use engine::cuda::dnn::{scoped, Api};
-    // (variant, precision, cuDNN API): the row with the legacy API only
-    // shows what the graph API's plans gain in the same run
-    for (variant, precision, api) in [
-        ("sl", Precision::Bf16, Api::Auto),
-        ("sl_mlp", Precision::Bf16, Api::Auto),
-        ("sl_mlp", Precision::Bf16, Api::Legacy),
-        ("sl_mlp", Precision::F16, Api::Auto),
+    // (variant, precision, cuDNN API, CUDA graph): the row with the legacy
+    // API only shows what the graph API's plans gain in the same run; the
+    // graph row replays the recorded step (`Trainer::with_cuda_graph`)
+    for (variant, precision, api, graph) in [
+        ("sl", Precision::Bf16, Api::Auto, false),
+        ("sl_mlp", Precision::Bf16, Api::Auto, false),
+        ("sl_mlp", Precision::Bf16, Api::Auto, true),
+        ("sl_mlp", Precision::Bf16, Api::Legacy, false),
+        ("sl_mlp", Precision::F16, Api::Auto, false),
     ] {
-        let (mode, dtype) = match (precision, api) {
-            (Precision::F16, _) => ("eager_f16", "f16"),
-            (_, Api::Legacy) => ("eager_legacy_cudnn", "bf16"),
+        let (mode, dtype) = match (precision, api, graph) {
+            (Precision::F16, _, _) => ("eager_f16", "f16"),
+            (_, Api::Legacy, _) => ("eager_legacy_cudnn", "bf16"),
+            (_, _, true) => ("graph", "bf16"),
             _ => ("eager", "bf16"),
         };
         let key = format!("resnet50_train/{variant}/{mode}");
@@ -540,6 +544,9 @@ fn train(b: &mut Bench) {
                 .map(|p| p.dims().iter().product::<usize>())
                 .sum();
             let mut trainer = Trainer::new(&net, bench_options(precision), Default::default());
+            if graph {
+                trainer = trainer.with_cuda_graph()?;
+            }
             let mut sets = Vec::new();
             for i in 0..2 {
                 let x = b.pool.take(&[N, 3, PX, PX], 7 + i)?.to_dtype(DType::F32)?;

@@ -200,6 +200,7 @@ fn all_cases(seed: u64) -> Vec<Case> {
     let mut cases = engine::ops::parity_cases(seed);
     cases.extend(slmlp_benches::gpu_cases::model_cases(seed));
     cases.extend(slmlp_benches::gpu_cases::detector_cases(seed));
+    cases.extend(slmlp_benches::gpu_cases::graph_cases(seed));
     cases
 }
 

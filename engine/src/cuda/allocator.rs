@@ -166,6 +166,26 @@ pub struct AllocatorStats {
     pub num_ooms: u64,
 }
 
+impl AllocatorStats {
+    /// Two allocators' counters added (the peaks too: an upper bound of
+    /// the peak of their sum).
+    pub fn plus(&self, o: &AllocatorStats) -> AllocatorStats {
+        AllocatorStats {
+            allocated: self.allocated + o.allocated,
+            reserved: self.reserved + o.reserved,
+            peak_allocated: self.peak_allocated + o.peak_allocated,
+            peak_reserved: self.peak_reserved + o.peak_reserved,
+            requested: self.requested + o.requested,
+            num_allocs: self.num_allocs + o.num_allocs,
+            num_frees: self.num_frees + o.num_frees,
+            num_raw_allocs: self.num_raw_allocs + o.num_raw_allocs,
+            num_raw_frees: self.num_raw_frees + o.num_raw_frees,
+            num_oom_retries: self.num_oom_retries + o.num_oom_retries,
+            num_ooms: self.num_ooms + o.num_ooms,
+        }
+    }
+}
+
 /// Where a block is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -19,6 +19,8 @@
 //! - [`blas`] (cuBLASLt GEMMs), [`dnn`] (cuDNN convolutions with a per-shape
 //!   algorithm search), [`math_mode`] (their one TF32 switch) and `launch`
 //!   (what every GPU primitive shares: dtypes, operand layouts, raw casts);
+//! - [`graph`]: CUDA graphs (a training step recorded once, replayed with
+//!   one launch) and their graph-private memory pool;
 //! - [`nccl`]: NCCL collectives for data-parallel training (libnccl.so.2
 //!   opened at run time).
 
@@ -26,6 +28,7 @@ pub mod allocator;
 pub mod blas;
 pub mod dnn;
 pub mod dnn_graph;
+pub mod graph;
 pub(crate) mod launch;
 pub mod math_mode;
 pub mod nccl;

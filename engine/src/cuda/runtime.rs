@@ -20,8 +20,16 @@
 //! The engine reads and writes device memory through the bounds-checked
 //! [`DeviceBlock`] methods (`memset`, `upload_queued_at`, `download_at`,
 //! `copy_from`); the raw-address [`Gpu`] calls they wrap are `unsafe`.
+//!
+//! While a CUDA graph is captured on the stream (`graph.rs`), allocations
+//! come from a second, graph-private caching allocator, blocks of the
+//! general one freed meanwhile are held back until the graph is dropped,
+//! queued uploads copy their bytes into page-locked memory the graph keeps
+//! (each replay reads them again), and every call that would wait for the
+//! GPU is an error.
 
 use super::allocator::{AllocatorStats, Backend, CachingAllocator, EventId, StreamId};
+use super::graph::{Captures, FreeTo, PinnedHost};
 use super::probe::{probe, CudaInfo};
 use super::upload_ring::{Spans, MAX_QUEUED_UPLOAD, RING_BYTES};
 use crate::{Device, Error, Result};
@@ -67,6 +75,11 @@ impl DriverBackend {
 impl Backend for DriverBackend {
     fn raw_alloc(&mut self, bytes: usize) -> Result<u64> {
         let dev = self.bind()?;
+        // cuMemAlloc counts as "potentially unsafe" while this thread
+        // captures a graph (graph.rs): the graph-private pool takes new
+        // segments in the relaxed mode, as CUDA's documentation suggests
+        // for allocators.
+        let _relaxed = super::graph::RelaxedCapture::enter();
         // SAFETY: a plain device allocation in the bound context.
         unsafe { result::malloc_sync(bytes) }.map_err(|e| driver_err(dev, "cuMemAlloc", e))
     }
@@ -134,6 +147,11 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     pub kernels: KernelLibrary,
     alloc: Mutex<CachingAllocator<DriverBackend>>,
+    /// The graph-private pool: what a capture allocates (graph.rs).
+    graph_alloc: Mutex<CachingAllocator<DriverBackend>>,
+    /// Whether a capture is under way or a graph is alive, and what a
+    /// capture holds. Locked before `alloc` or `graph_alloc`, never after.
+    pub(crate) captures: Mutex<Captures>,
     staging: Mutex<Staging>,
     ring: Mutex<Ring>,
 }
@@ -178,6 +196,7 @@ impl Gpu {
                 msg: e.to_string(),
             })?;
         let alloc = CachingAllocator::new(DriverBackend { ctx: ctx.clone() }, device);
+        let graph_alloc = CachingAllocator::new(DriverBackend { ctx: ctx.clone() }, device);
         Ok(Gpu {
             ordinal,
             info,
@@ -185,6 +204,8 @@ impl Gpu {
             stream,
             kernels,
             alloc: Mutex::new(alloc),
+            graph_alloc: Mutex::new(graph_alloc),
+            captures: Mutex::new(Captures::default()),
             staging: Mutex::new(Staging {
                 ptr: std::ptr::null_mut(),
                 cap: 0,
@@ -226,38 +247,85 @@ impl Gpu {
             .map_err(|e| self.err("cuEventCreate/cuEventRecord (timing)", e))
     }
 
+    /// An error naming `what` when a graph is being captured: the host
+    /// cannot wait for work that is only recorded, not run.
+    pub(crate) fn no_wait_in_capture(&self, what: &str) -> Result<()> {
+        if lock(&self.captures).capturing() {
+            return Err(Error::arg(
+                "cuda graph capture",
+                format!(
+                    "{what} waits for the GPU, which a CUDA graph capture cannot record (cuda:{}); run this outside the captured step",
+                    self.ordinal
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a CUDA graph is being captured on this GPU's stream.
+    pub fn capturing(&self) -> bool {
+        lock(&self.captures).capturing()
+    }
+
     /// Waits for everything queued so far; reports an asynchronous kernel
     /// error (illegal address, ...) as an error.
     pub fn synchronize(&self) -> Result<()> {
+        self.no_wait_in_capture("a stream synchronisation")?;
         self.stream
             .synchronize()
             .map_err(|e| self.err("cuStreamSynchronize", e))
     }
 
-    /// `bytes` of device memory for work on this GPU's stream.
+    /// `bytes` of device memory for work on this GPU's stream (from the
+    /// graph-private pool while a graph is captured).
     pub fn alloc(&'static self, bytes: usize) -> Result<DeviceBlock> {
         self.bind()?;
-        let ptr = lock(&self.alloc).alloc(bytes, self.cu_stream() as u64)?;
+        let captures = lock(&self.captures);
+        let private = captures.capturing();
+        let pool = if private {
+            &self.graph_alloc
+        } else {
+            &self.alloc
+        };
+        let ptr = lock(pool).alloc(bytes, self.cu_stream() as u64)?;
         Ok(DeviceBlock {
             gpu: self,
             ptr,
             bytes,
+            private,
         })
     }
 
-    /// Allocated / reserved / peak bytes of the caching allocator.
+    /// Allocated / reserved / peak bytes of the caching allocator and the
+    /// graph-private one together (the peaks summed: an upper bound).
     pub fn memory_stats(&self) -> AllocatorStats {
-        lock(&self.alloc).stats()
+        lock(&self.alloc)
+            .stats()
+            .plus(&lock(&self.graph_alloc).stats())
     }
 
     pub fn reset_peak_memory(&self) {
-        lock(&self.alloc).reset_peak_stats()
+        lock(&self.alloc).reset_peak_stats();
+        lock(&self.graph_alloc).reset_peak_stats()
     }
 
-    /// Returns the cached, fully free segments to the device; bytes freed.
+    /// Returns the cached, fully free segments to the device (the
+    /// graph-private pool's too when no graph is alive); bytes freed.
     pub fn empty_cache(&self) -> usize {
         let _ = self.bind();
-        lock(&self.alloc).empty_cache()
+        let captures = lock(&self.captures);
+        let private = if captures.idle() {
+            lock(&self.graph_alloc).empty_cache()
+        } else {
+            0
+        };
+        lock(&self.alloc).empty_cache() + private
+    }
+
+    /// Frees a block of the general pool now (a graph that held it back
+    /// is gone).
+    pub(crate) fn release_general(&self, ptr: u64) {
+        let _ = lock(&self.alloc).free(ptr);
     }
 
     /// Fills `bytes` at `dst` with the byte `value` (queued).
@@ -326,6 +394,7 @@ impl Gpu {
         if src.is_empty() {
             return Ok(());
         }
+        self.no_wait_in_capture(&format!("an upload of {} B", src.len()))?;
         let chunk = src.len().min(STAGING_BYTES);
         let s = self.staging(chunk)?;
         for (i, part) in src.chunks(chunk).enumerate() {
@@ -359,11 +428,25 @@ impl Gpu {
         if src.is_empty() {
             return Ok(());
         }
+        self.bind()?;
+        {
+            let mut captures = lock(&self.captures);
+            if captures.capturing() {
+                // the graph reads these bytes at every replay: they go to
+                // page-locked memory of its own, not to the ring
+                let pinned = PinnedHost::copy_of(self, src)?;
+                // SAFETY: the caller's contract for dst; the pinned copy
+                // lives as long as the graph that records this copy.
+                unsafe { result::memcpy_htod_async(dst, pinned.bytes(), self.cu_stream()) }
+                    .map_err(|e| self.err("cuMemcpyHtoDAsync (captured)", e))?;
+                captures.keep(pinned);
+                return Ok(());
+            }
+        }
         if src.len() > MAX_QUEUED_UPLOAD {
             // SAFETY: the caller's contract (the waiting form needs less).
             return unsafe { self.upload(dst, src) };
         }
-        self.bind()?;
         let mut r = lock(&self.ring);
         if r.ptr.is_null() {
             // SAFETY: plain page-locked allocation, kept for the process.
@@ -427,6 +510,7 @@ impl Gpu {
         if dst.is_empty() {
             return Ok(());
         }
+        self.no_wait_in_capture(&format!("a download of {} B", dst.len()))?;
         let chunk = dst.len().min(STAGING_BYTES);
         let s = self.staging(chunk)?;
         for (i, part) in dst.chunks_mut(chunk).enumerate() {
@@ -458,6 +542,8 @@ pub struct DeviceBlock {
     gpu: &'static Gpu,
     ptr: u64,
     bytes: usize,
+    /// From the graph-private pool (allocated during a capture).
+    private: bool,
 }
 
 impl DeviceBlock {
@@ -574,6 +660,15 @@ impl Drop for DeviceBlock {
         // block fails (a broken device): the block then stays allocated,
         // never reused, which is safe; nothing to report from a drop (nor
         // a panic: a mutex poisoned by another thread's panic is recovered).
-        let _ = lock(&self.gpu.alloc).free(self.ptr);
+        let mut captures = lock(&self.gpu.captures);
+        match captures.free_to(self.private, self.ptr) {
+            FreeTo::Private => {
+                let _ = lock(&self.gpu.graph_alloc).free(self.ptr);
+            }
+            FreeTo::General => {
+                let _ = lock(&self.gpu.alloc).free(self.ptr);
+            }
+            FreeTo::HeldBack => {}
+        }
     }
 }

@@ -95,6 +95,54 @@ pub fn block_of(t: &Tensor) -> Result<(&DeviceBlock, usize)> {
     Ok((s.block(), t.layout().offset * s.dtype().size_in_bytes()))
 }
 
+/// Copies the GPU tensor `src` over the dense GPU tensor `dst` of the same
+/// shape and dtype, in place (queued): how state that a step replaces
+/// reaches the storage a CUDA graph recorded (`nn::Buffer::set`).
+pub fn overwrite(dst: &Tensor, src: &Tensor) -> Result<()> {
+    if dst.dims() != src.dims() || dst.dtype() != src.dtype() || !is_dense(dst.layout()) {
+        return Err(Error::arg(
+            "cuda overwrite",
+            format!(
+                "{:?} {} over a {:?} {} tensor (dense: {})",
+                src.dims(),
+                src.dtype(),
+                dst.dims(),
+                dst.dtype(),
+                is_dense(dst.layout())
+            ),
+        ));
+    }
+    let same = src.strides() == dst.strides() && is_dense(src.layout());
+    let src = if same {
+        src.clone()
+    } else {
+        copy_to_strides(src, dst.strides())?
+    };
+    let (to, at) = block_of(dst)?;
+    let (from, from_at) = block_of(&src)?;
+    to.copy_from(at, from, from_at, dst.numel() * dst.dtype().size_in_bytes())
+}
+
+/// Writes `bytes` (host, in `t`'s dtype and storage order) over the dense GPU tensor `t`
+/// in place: a queued upload into its storage, so work recorded against
+/// `t` (a CUDA graph) reads the new values.
+pub fn write_bytes(t: &Tensor, bytes: &[u8]) -> Result<()> {
+    if !is_dense(t.layout()) || bytes.len() != t.numel() * t.dtype().size_in_bytes() {
+        return Err(Error::arg(
+            "cuda write",
+            format!(
+                "{} B for a {:?} {} tensor (dense: {})",
+                bytes.len(),
+                t.dims(),
+                t.dtype(),
+                is_dense(t.layout())
+            ),
+        ));
+    }
+    let (block, offset) = block_of(t)?;
+    block.upload_queued_at(offset, bytes)
+}
+
 /// Dims sorted outermost-first by stride: the permutation that lists `l`'s
 /// dims in its physical order.
 fn physical_order(l: &Layout) -> Vec<usize> {

@@ -28,6 +28,10 @@ pub struct Sgd {
     /// biases). PyTorch's default is false: decay applies to everything.
     pub exclude_no_wd: bool,
     state: MomentumState,
+    /// Per GPU, the learning rate its steps read on the device (in place of
+    /// the one in their table; see [`Sgd::stage_lr`]) and the value last
+    /// written there.
+    lr_on: Vec<(Device, f32, Tensor)>,
 }
 
 impl Sgd {
@@ -41,6 +45,7 @@ impl Sgd {
             weight_decay,
             exclude_no_wd: false,
             state: MomentumState::default(),
+            lr_on: Vec::new(),
         }
     }
     pub fn with_nesterov(mut self, nesterov: bool) -> Sgd {
@@ -50,6 +55,43 @@ impl Sgd {
     pub fn with_exclude_no_wd(mut self, exclude: bool) -> Sgd {
         self.exclude_no_wd = exclude;
         self
+    }
+
+    /// Makes the one-value f32 tensor that the steps on GPU `device` read
+    /// their learning rate from hold `lr` (a queued write into the same
+    /// tensor, created on first use; None on the CPU). [`Optimizer::step`]
+    /// does it itself. A CUDA graph's recorded step reads that tensor when
+    /// replayed, so whoever replays one stages each step's rate first; a
+    /// rate not staged before a capture is an error, never recorded.
+    pub fn stage_lr(&mut self, device: Device) -> Result<Option<Tensor>> {
+        let Device::Cuda(ordinal) = device else {
+            return Ok(None);
+        };
+        let v = self.lr as f32;
+        let at = self.lr_on.iter().position(|(d, _, _)| *d == device);
+        if let Some(k) = at {
+            if self.lr_on[k].1.to_bits() == v.to_bits() {
+                return Ok(Some(self.lr_on[k].2.clone()));
+            }
+        }
+        if crate::cuda::gpu(ordinal)?.capturing() {
+            return Err(Error::arg(
+                "sgd",
+                format!("the learning rate {v} is not on {device} yet: stage it (Sgd::stage_lr) before capturing the step"),
+            ));
+        }
+        match at {
+            Some(k) => {
+                crate::cuda::tensor::write_bytes(&self.lr_on[k].2, &v.to_ne_bytes())?;
+                self.lr_on[k].1 = v;
+                Ok(Some(self.lr_on[k].2.clone()))
+            }
+            None => {
+                let t = Tensor::from_vec(vec![v], &[1])?.to_device(device)?;
+                self.lr_on.push((device, v, t.clone()));
+                Ok(Some(t))
+            }
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -104,6 +146,7 @@ impl Optimizer for Sgd {
                 .map(|(p, g)| (p, g))
                 .unzip();
             let hypers: Vec<SgdHyper> = ps.iter().map(|p| self.hyper(p)).collect();
+            let lr_at = self.stage_lr(device)?;
             // the buffers leave the state for the step and come back after
             // it, also when it fails (a param stepped keeps its new momentum)
             let use_momentum = self.momentum != 0.0;
@@ -117,7 +160,13 @@ impl Optimizer for Sgd {
                 .zip(&gs)
                 .zip(bufs.iter_mut())
                 .zip(&hypers)
-                .map(|(((p, g), m), h)| SgdItem { p, g, m, h: *h })
+                .map(|(((p, g), m), h)| SgdItem {
+                    p,
+                    g,
+                    m,
+                    h: *h,
+                    lr_at: lr_at.as_ref(),
+                })
                 .collect();
             let r = on_backend!(device, b => b.sgd_step_many(&mut items));
             drop(items);

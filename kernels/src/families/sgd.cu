@@ -101,9 +101,11 @@ SGD_ENTRY_POINT(float, f32)
 SGD_ENTRY_POINT(__half, f16)
 SGD_ENTRY_POINT(__nv_bfloat16, bf16)
 
-// One parameter of a multi-tensor step: 64 bytes, the layout of
+// One parameter of a multi-tensor step: 80 bytes, the layout of
 // engine/src/ops/optim/cuda.rs's SgdTensor. Null buf: no momentum; null
-// copy: an f32 parameter (nothing to round).
+// copy: an f32 parameter (nothing to round). A non-null lr_at is a device
+// f32 read when the kernel runs, in place of lr: the learning rate of a
+// step captured once in a CUDA graph and replayed with new rates.
 struct SgdTensor {
     float* p;
     const float* g;
@@ -112,6 +114,8 @@ struct SgdTensor {
     i64 n;
     float lr, momentum, dampening, weight_decay;
     int nesterov, first;
+    const float* lr_at;
+    i64 reserved;
 };
 
 // Elements [start, start + count) of tensor `tensor`: 16 bytes, the layout
@@ -129,8 +133,9 @@ __device__ __forceinline__ void sgd_multi(const SgdTensor* __restrict__ tensors,
     for (int c = blockIdx.x; c < n_chunks; c += gridDim.x) {
         const SgdChunk ch = chunks[c];
         const SgdTensor t = tensors[ch.tensor];
+        const float lr = t.lr_at ? *t.lr_at : t.lr;
         sgd_range<T>(t.p, t.g, t.buf, static_cast<T*>(t.copy), ch.start, ch.start + ch.count,
-                     threadIdx.x, blockDim.x, t.lr, t.momentum, t.dampening, t.weight_decay,
+                     threadIdx.x, blockDim.x, lr, t.momentum, t.dampening, t.weight_decay,
                      t.nesterov, t.first);
     }
 }

@@ -232,11 +232,16 @@ impl LossOps for Cuda {
         // SAFETY: x is [N, C] row-major, t N i64; row_loss/lse N floats;
         // stats 3 floats with the zeroed int flag in the third.
         unsafe { g.kernels.xent_forward(&g.stream, dt, &a) }.map_err(kerr(OP))?;
+        // a CUDA graph capture cannot read the targets' check back: whoever
+        // replays it checks the targets on the host before each replay
+        // (models::train checks its labels)
         let mut back = [0u8; STATS_FLOATS * 4];
-        stats.block().download_at(0, &mut back)?;
+        if !g.capturing() {
+            stats.block().download_at(0, &mut back)?;
+        }
         let valid = f32::from_le_bytes(back[4..8].try_into().expect("4 bytes"));
         let bad_flag = i32::from_le_bytes(back[8..12].try_into().expect("4 bytes"));
-        if bad_flag != 0 || valid == 0.0 {
+        if !g.capturing() && (bad_flag != 0 || valid == 0.0) {
             // the host names the first offending row, as the CPU backend does
             target_rows(&download(&t)?.to_vec::<i64>()?, c, geom.ignore_index)?;
             return Err(Error::arg(

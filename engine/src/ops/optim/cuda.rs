@@ -6,7 +6,7 @@
 //! GPU except [`FiniteFlag::read`], a loss-scaled step's one sync (the
 //! multi-tensor step's table goes up through the upload ring, queued).
 
-use super::{sgd_step_each, LarsHyper, OptimOps, SgdHyper, SgdItem};
+use super::{check_lr_at, sgd_step_each, LarsHyper, OptimOps, SgdHyper, SgdItem};
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{empty_like, kdtype, kerr, with_strides_of};
@@ -45,12 +45,16 @@ struct SgdArgs {
     nesterov: bool,
     /// The param's first step: the kernel sets `buf = d` instead of reading it.
     first: bool,
+    /// Address of a device f32 the multi-tensor kernel reads in place of
+    /// `lr` (0: none; `SgdItem::lr_at`).
+    lr_at: u64,
 }
 
 impl SgdArgs {
     /// Each setting's f32, as the host's f32 loop rounds them.
     fn new(h: &SgdHyper, first: bool) -> SgdArgs {
         SgdArgs {
+            lr_at: 0,
             lr: h.lr as f32,
             momentum: h.momentum as f32,
             dampening: h.dampening as f32,
@@ -162,8 +166,9 @@ fn finite_chunks(items: &[(u64, usize)], elem: usize, chunk: usize) -> Result<Ve
     Ok(out)
 }
 
-/// One tensor of `sgd_multi_<t>`'s table: sgd.cu's `SgdTensor`, 64 bytes
-/// (four pointers, an i64, four f32, two i32).
+/// One tensor of `sgd_multi_<t>`'s table: sgd.cu's `SgdTensor`, 80 bytes
+/// (four pointers, an i64, four f32, two i32, the lr pointer, an unused
+/// i64).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct SgdTensor {
     b: SgdBuffers,
@@ -171,9 +176,9 @@ struct SgdTensor {
 }
 
 impl SgdTensor {
-    const BYTES: usize = 64;
+    const BYTES: usize = 80;
 
-    /// Appends the 64 bytes; `n` was checked to fit i64 by [`sgd_table`].
+    /// Appends the 80 bytes; `n` was checked to fit i64 by [`sgd_table`].
     fn write(&self, out: &mut Vec<u8>) {
         for v in [self.b.p, self.b.g, self.b.buf, self.b.copy] {
             out.extend_from_slice(&v.to_ne_bytes());
@@ -190,6 +195,8 @@ impl SgdTensor {
         for v in [self.h.nesterov as i32, self.h.first as i32] {
             out.extend_from_slice(&v.to_ne_bytes());
         }
+        out.extend_from_slice(&self.h.lr_at.to_ne_bytes());
+        out.extend_from_slice(&0i64.to_ne_bytes());
     }
 }
 
@@ -236,7 +243,7 @@ struct SgdTable {
 
 impl SgdTable {
     /// Byte offset of the chunk list in [`SgdTable::bytes`] (a multiple of
-    /// 16: the tensors are 64 bytes each).
+    /// 16: the tensors are 80 bytes each).
     fn chunks_offset(&self) -> usize {
         self.tensors.len() * SgdTensor::BYTES
     }
@@ -739,7 +746,12 @@ impl OptimOps for Cuda {
                     n: w.master.numel(),
                 };
                 let dt = kdtype(OP, w.copy.as_ref().map_or(DType::F32, |c| c.dtype()))?;
-                rows.push((b, SgdArgs::new(&items[i].h, w.first), dt));
+                let mut args = SgdArgs::new(&items[i].h, w.first);
+                if let Some(t) = items[i].lr_at {
+                    check_lr_at(OP, t, w.master.device())?;
+                    args.lr_at = ptr(t)?;
+                }
+                rows.push((b, args, dt));
             }
             let masters: Vec<(u64, usize)> = rows.iter().map(|(b, _, _)| (b.p, b.n)).collect();
             if overlapping(&masters) {
@@ -752,6 +764,7 @@ impl OptimOps for Cuda {
                         g: it.g,
                         m: &mut *it.m,
                         h: it.h,
+                        lr_at: it.lr_at,
                     })
                     .collect();
                 sgd_step_each(self, &mut sub)?;
@@ -1254,17 +1267,19 @@ mod tests {
 
     #[test]
     fn sgd_table_bytes_have_the_kernel_layout() {
-        let items = [item(0, 3, Dtype::F32), item(1, 20, Dtype::F16)];
+        let mut items = [item(0, 3, Dtype::F32), item(1, 20, Dtype::F16)];
+        items[1].1.lr_at = 0x4000;
         let t = sgd_table(&items, 8).unwrap();
         let bytes = t.bytes();
-        assert_eq!(t.chunks_offset(), 128);
-        assert_eq!(bytes.len(), 128 + 4 * 16);
+        assert_eq!(t.chunks_offset(), 160);
+        assert_eq!(bytes.len(), 160 + 4 * 16);
         let u64_at = |o: usize| u64::from_ne_bytes(bytes[o..o + 8].try_into().unwrap());
         let i32_at = |o: usize| i32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
         let f32_at = |o: usize| f32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
-        // tensor 1: p, g, buf, copy, n, lr, momentum, dampening, wd, nesterov, first
+        // tensor 1: p, g, buf, copy, n, lr, momentum, dampening, wd,
+        // nesterov, first, lr_at, reserved
         let (b, h, _) = items[1];
-        let at = 64;
+        let at = 80;
         assert_eq!(
             [u64_at(at), u64_at(at + 8), u64_at(at + 16), u64_at(at + 24)],
             [b.p, b.g, b.buf, b.copy]
@@ -1280,9 +1295,11 @@ mod tests {
             [h.lr, h.momentum, h.dampening, h.weight_decay]
         );
         assert_eq!([i32_at(at + 56), i32_at(at + 60)], [0, 0]);
+        assert_eq!([u64_at(at + 64), u64_at(at + 72)], [0x4000, 0]);
         assert_eq!(i32_at(60), 1, "tensor 0's first step");
+        assert_eq!(u64_at(64), 0, "tensor 0 has no lr tensor");
         // chunk 3: tensor 1's last (start 16, 4 elements)
-        let at = 128 + 3 * 16;
+        let at = 160 + 3 * 16;
         assert_eq!((u64_at(at), i32_at(at + 8), i32_at(at + 12)), (16, 1, 4));
     }
 

@@ -15,7 +15,7 @@ mod tests;
 
 use crate::backend::{unsupported, BackendInfo};
 use crate::nn::Param;
-use crate::{Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 /// The settings of one param's SGD step (`crate::optim::Sgd` documents the
 /// update). The host computes in the param's compute type (f64 for f64,
@@ -40,13 +40,39 @@ pub struct SgdItem<'a> {
     /// momentum).
     pub m: &'a mut Option<Tensor>,
     pub h: SgdHyper,
+    /// The learning rate as a one-value f32 tensor on `p`'s device, read
+    /// when the step runs, in place of `h.lr` (a GPU step captured once in
+    /// a CUDA graph and replayed with each step's rate).
+    pub lr_at: Option<&'a Tensor>,
+}
+
+/// Checks that `lr_at` is one f32 value on `device`.
+pub(crate) fn check_lr_at(op: &'static str, lr_at: &Tensor, device: crate::Device) -> Result<()> {
+    if lr_at.numel() != 1 || lr_at.dtype() != crate::DType::F32 || lr_at.device() != device {
+        return Err(Error::arg(
+            op,
+            format!(
+                "the learning rate tensor must be one f32 on {device}, got {:?} {} on {}",
+                lr_at.dims(),
+                lr_at.dtype(),
+                lr_at.device()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// [`OptimOps::sgd_step`] on each item in order: the step of many params
-/// on a backend with no multi-tensor form (the CPU's).
+/// on a backend with no multi-tensor form (the CPU's). An item's `lr_at`
+/// is read here (on a GPU that waits for it).
 pub(crate) fn sgd_step_each<B: OptimOps + ?Sized>(b: &B, items: &mut [SgdItem<'_>]) -> Result<()> {
     for it in items.iter_mut() {
-        b.sgd_step(it.p, it.g, it.m, &it.h)?;
+        let mut h = it.h;
+        if let Some(t) = it.lr_at {
+            check_lr_at("sgd", t, it.p.device())?;
+            h.lr = t.to_vec_f64()?[0];
+        }
+        b.sgd_step(it.p, it.g, it.m, &h)?;
     }
     Ok(())
 }

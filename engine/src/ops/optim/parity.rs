@@ -58,7 +58,11 @@ fn step_all(
     grads: &[Vec<Tensor>],
     device: Device,
 ) -> Result<()> {
-    for step in grads {
+    // a new learning rate each step (1, 1/2, 1/4 of the first): on a GPU
+    // the SGD kernel reads it from the device scalar `Sgd::stage_lr` writes
+    let lr = opt.lr();
+    for (k, step) in grads.iter().enumerate() {
+        opt.set_lr(lr / (1 << k.min(2)) as f64);
         for (p, g) in params.iter().zip(step) {
             p.set_grad(Some(g.to_device(device)?));
         }

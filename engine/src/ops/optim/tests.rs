@@ -151,6 +151,7 @@ fn sgd_step_many_is_the_per_param_step_bit_for_bit() {
                     g,
                     m,
                     h: hyper(p, momentum, nesterov),
+                    lr_at: None,
                 })
                 .collect();
             Cpu.sgd_step_many(&mut items).unwrap();
@@ -182,10 +183,54 @@ fn sgd_step_many_is_the_per_param_step_bit_for_bit() {
         g: &g,
         m: &mut m,
         h,
+        lr_at: None,
     }];
     assert!(Cpu.sgd_step_many(&mut items).is_err());
     assert_eq!(bits(&p.get()), before);
     assert!(m.is_none());
     // no items: nothing to do
     assert!(Cpu.sgd_step_many(&mut []).is_ok());
+}
+
+#[test]
+fn an_items_lr_tensor_replaces_its_lr() {
+    let h = |lr: f64| SgdHyper {
+        lr,
+        momentum: 0.9,
+        dampening: 0.0,
+        weight_decay: 1e-2,
+        nesterov: false,
+    };
+    let g = Tensor::from_vec(vec![0.5f32, -1.5, 2.0], &[3]).unwrap();
+    let (a, b) = (param(&[1.0, 2.0, 3.0]), param(&[1.0, 2.0, 3.0]));
+    let (mut ma, mut mb) = (None, None);
+    let lr = Tensor::from_vec(vec![0.05f32], &[1]).unwrap();
+    Cpu.sgd_step(&a, &g, &mut ma, &h(0.05f32 as f64)).unwrap();
+    let mut items = [SgdItem {
+        p: &b,
+        g: &g,
+        m: &mut mb,
+        h: h(99.0),
+        lr_at: Some(&lr),
+    }];
+    Cpu.sgd_step_many(&mut items).unwrap();
+    assert_eq!(bits(&a.get()), bits(&b.get()));
+    // not one f32 value: an error, the param untouched
+    let before = bits(&b.get());
+    for bad in [
+        Tensor::from_vec(vec![0.05f32, 0.05], &[2]).unwrap(),
+        Tensor::from_vec(vec![0.05f64], &[1]).unwrap(),
+    ] {
+        let mut m = None;
+        let mut items = [SgdItem {
+            p: &b,
+            g: &g,
+            m: &mut m,
+            h: h(0.1),
+            lr_at: Some(&bad),
+        }];
+        let e = Cpu.sgd_step_many(&mut items).unwrap_err().to_string();
+        assert!(e.contains("learning rate tensor"), "{e}");
+        assert_eq!(bits(&b.get()), before);
+    }
 }

@@ -1,0 +1,111 @@
+//! A training step recorded once as a CUDA graph and replayed every step
+//! after (`Trainer::with_cuda_graph`, `slmlp pretrain --cuda-graph`): one
+//! launch instead of the step's ~600, no host work between its kernels.
+//!
+//! What a replay needs from the host, written before each one: the batch
+//! into the static input tensors the graph reads ([`StepGraph::load`]), and
+//! the step's learning rate into the optimizer's device scalar
+//! (`Sgd::stage_lr`). What it gives back: the one tensor the step reads
+//! anyway, [loss, misses, non-finite flag] ([`StepGraph::read`]).
+//!
+//! The labels are checked on the host before they are loaded: the captured
+//! cross-entropy cannot read its own target check back.
+
+use engine::cuda::graph::Graph;
+use engine::cuda::tensor as ct;
+use engine::{DType, Device, Error, Result, Tensor};
+
+/// A recorded step and the tensors it reads and writes.
+pub(crate) struct StepGraph {
+    pub(crate) graph: Graph,
+    /// Static inputs: the images (dims and dtype of the batches recorded),
+    /// the i64 labels for the loss and the same as f32 for the misses.
+    pub(crate) images: Tensor,
+    pub(crate) labels: Tensor,
+    pub(crate) labels_f32: Tensor,
+    /// [loss, misses, flag], rewritten by each replay.
+    pub(crate) read: Tensor,
+    /// The logits' class count, which the labels are checked against.
+    pub(crate) classes: usize,
+}
+
+/// The static inputs of a step on `device` for batches like `images` and
+/// `labels`: fresh device tensors (never the caller's own storage, which
+/// goes back to the allocator after the step).
+pub(crate) fn static_inputs(
+    device: Device,
+    images: &Tensor,
+    labels: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let Device::Cuda(ordinal) = device else {
+        return Err(Error::arg("cuda graph", "a CUDA graph step needs a GPU"));
+    };
+    let gpu = engine::cuda::gpu(ordinal)?;
+    let n = labels.numel();
+    Ok((
+        ct::empty(gpu, images.dims(), images.dtype())?,
+        ct::empty(gpu, &[n], DType::I64)?,
+        ct::empty(gpu, &[n], DType::F32)?,
+    ))
+}
+
+/// The host labels of a batch as i64, each checked against `classes`.
+pub(crate) fn checked_labels(labels: &Tensor, classes: usize) -> Result<Vec<i64>> {
+    let y = labels.to_device(Device::Cpu)?.to_vec::<i64>()?;
+    if let Some((i, l)) = y
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| l < 0 || l as u64 >= classes as u64)
+    {
+        return Err(Error::arg(
+            "train",
+            format!("label {l} of sample {i} is outside the model's {classes} classes"),
+        ));
+    }
+    Ok(y)
+}
+
+impl StepGraph {
+    /// Whether a batch of these images and labels fits the recorded step.
+    pub(crate) fn fits(&self, images: &Tensor, labels: &Tensor) -> bool {
+        images.dims() == self.images.dims()
+            && images.dtype() == self.images.dtype()
+            && labels.dims() == self.labels.dims()
+    }
+
+    /// Writes a batch into the static inputs (queued; no wait).
+    pub(crate) fn load(&self, images: &Tensor, labels: &Tensor) -> Result<()> {
+        let y = checked_labels(labels, self.classes)?;
+        let device = self.images.device();
+        ct::overwrite(&self.images, &images.to_device(device)?)?;
+        let y64: Vec<u8> = y.iter().flat_map(|l| l.to_ne_bytes()).collect();
+        let y32: Vec<u8> = y.iter().flat_map(|&l| (l as f32).to_ne_bytes()).collect();
+        ct::write_bytes(&self.labels, &y64)?;
+        ct::write_bytes(&self.labels_f32, &y32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_outside_the_classes_are_refused_by_name() {
+        let y = Tensor::from_vec(vec![0i64, 4, 2], &[3]).unwrap();
+        assert_eq!(checked_labels(&y, 5).unwrap(), vec![0, 4, 2]);
+        let e = checked_labels(&y, 4).unwrap_err().to_string();
+        assert!(
+            e.contains("label 4 of sample 1") && e.contains("4 classes"),
+            "{e}"
+        );
+        let y = Tensor::from_vec(vec![-1i64], &[1]).unwrap();
+        assert!(checked_labels(&y, 4).is_err());
+    }
+
+    #[test]
+    fn static_inputs_need_a_gpu() {
+        let x = Tensor::zeros(&[2, 1, 4, 4], DType::F32);
+        let y = Tensor::from_vec(vec![0i64, 1], &[2]).unwrap();
+        assert!(static_inputs(Device::Cpu, &x, &y).is_err());
+    }
+}
