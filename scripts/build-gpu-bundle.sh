@@ -160,7 +160,8 @@ chmod 755 "$BUNDLE/profile-step.sh"
 # caps; the slmlp stages took about 90 s on the H100 (2026-11-26: unpack 4 s,
 # parity 16 s, each train check 2 s, bench ~60 s with the ResNet-50 steps;
 # detbench, the Mask R-CNN iteration, is new and unmeasured; parity has since
-# gained the cuDNN graph API's searches and cases, unmeasured), PyTorch the rest
+# gained the cuDNN graph API's searches and cases and the CUDA graph training
+# case, and bench the CUDA graph step, unmeasured), PyTorch the rest
 # (gpu_check.sh always keeps it 40% of the budget; time our stages leave unused
 # goes to it).
 cat > "$BUNDLE/stages.txt" <<'EOF'

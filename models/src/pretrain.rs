@@ -257,8 +257,9 @@ pub struct PretrainArgs {
     pub augment_on: Option<AugmentOn>,
     /// GPU, bf16 or f32, one rank: after two ordinary steps, record the
     /// whole step as a CUDA graph and replay it (one launch per step).
-    /// Same arithmetic as the ordinary steps; an epoch's short last batch
-    /// runs as one and the step is recorded again after it.
+    /// Same arithmetic as the ordinary steps; a batch of another shape (an
+    /// epoch's short last one) runs as one, and is recorded itself once its
+    /// shape has run.
     #[arg(long)]
     pub cuda_graph: bool,
 }

@@ -1,6 +1,7 @@
 //! A training step recorded once as a CUDA graph and replayed every step
 //! after (`Trainer::with_cuda_graph`, `slmlp pretrain --cuda-graph`): one
 //! launch instead of the step's ~600, no host work between its kernels.
+//! [`GraphPlan`] decides which steps run ordinarily, record or replay.
 //!
 //! What a replay needs from the host, written before each one: the batch
 //! into the static input tensors the graph reads ([`StepGraph::load`]), and
@@ -14,6 +15,54 @@
 use engine::cuda::graph::Graph;
 use engine::cuda::tensor as ct;
 use engine::{DType, Device, Error, Result, Tensor};
+
+/// Ordinary steps before a step is recorded: the first creates the
+/// momentum, both fill the cuDNN and cuBLASLt searches' caches (a
+/// recording cannot time anything).
+pub const GRAPH_WARMUP_STEPS: usize = 2;
+
+/// What a step does under `Trainer::with_cuda_graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GraphAction {
+    /// An ordinary step (the warm-up, or a batch of a new shape).
+    Ordinary,
+    /// Record the step, then replay it.
+    Record,
+    /// Replay the recorded step.
+    Replay,
+}
+
+/// Which steps run ordinarily, record or replay: [`GRAPH_WARMUP_STEPS`]
+/// ordinary ones, then a recording and replays. A batch that does not fit
+/// the recorded step (an epoch's short last one) drops it. A batch shape
+/// is only recorded once an ordinary step of that shape has run (the
+/// search caches then hold its problems); until then it runs ordinarily.
+#[derive(Debug, Default)]
+pub(crate) struct GraphPlan {
+    ordinary: usize,
+    /// The batch shapes ordinary steps have run.
+    warm: Vec<Vec<usize>>,
+}
+
+impl GraphPlan {
+    /// The next step's action for a batch of `shape`, given whether a
+    /// recorded step exists and fits the batch; and whether the recorded
+    /// step must be dropped first.
+    pub(crate) fn next(&mut self, fits: Option<bool>, shape: &[usize]) -> (GraphAction, bool) {
+        if fits == Some(true) {
+            return (GraphAction::Replay, false);
+        }
+        let drop = fits.is_some();
+        if self.ordinary < GRAPH_WARMUP_STEPS || !self.warm.iter().any(|w| w == shape) {
+            self.ordinary += 1;
+            if !self.warm.iter().any(|w| w == shape) {
+                self.warm.push(shape.to_vec());
+            }
+            return (GraphAction::Ordinary, drop);
+        }
+        (GraphAction::Record, drop)
+    }
+}
 
 /// A recorded step and the tensors it reads and writes.
 pub(crate) struct StepGraph {
@@ -100,6 +149,29 @@ mod tests {
         );
         let y = Tensor::from_vec(vec![-1i64], &[1]).unwrap();
         assert!(checked_labels(&y, 4).is_err());
+    }
+
+    #[test]
+    fn the_plan_warms_up_records_replays_and_records_again_after_a_misfit() {
+        use GraphAction::*;
+        let mut plan = GraphPlan::default();
+        let (a, b, c) = (&[8, 3, 4, 4][..], &[5, 3, 4, 4][..], &[6, 3, 4, 4][..]);
+        // (recorded step exists and fits?, batch shape) -> (action, drop it first)
+        let mut run = |fits, shape| plan.next(fits, shape);
+        assert_eq!(run(None, a), (Ordinary, false));
+        assert_eq!(run(None, a), (Ordinary, false));
+        assert_eq!(run(None, a), (Record, false));
+        assert_eq!(run(Some(true), a), (Replay, false));
+        // a short batch of a new shape: dropped, an ordinary step
+        assert_eq!(run(Some(false), b), (Ordinary, true));
+        // another new shape: ordinary again (its searches are not cached)
+        assert_eq!(run(None, c), (Ordinary, false));
+        // back to a shape that ran: recorded at once, and replayed
+        assert_eq!(run(None, a), (Record, false));
+        assert_eq!(run(Some(true), a), (Replay, false));
+        // a misfit of a shape that ran before is recorded directly
+        assert_eq!(run(Some(false), b), (Record, true));
+        assert_eq!(run(Some(false), a), (Record, true));
     }
 
     #[test]

@@ -20,13 +20,13 @@
 //!
 //! On a GPU, [`Trainer::with_cuda_graph`] records the whole step (forward,
 //! loss, backward, SGD, the finite check) as a CUDA graph after
-//! [`GRAPH_WARMUP_STEPS`] ordinary steps and replays it from then on
-//! (`step_graph.rs`).
+//! `step_graph::GRAPH_WARMUP_STEPS` ordinary steps and replays it from then
+//! on (`step_graph.rs`).
 
 use crate::data::{ImageSource, Loader};
 pub use crate::fit::StepLog;
 use crate::fit::{load_checkpoint, save_checkpoint, Means, Task, TaskState, Validation};
-use crate::step_graph::{static_inputs, StepGraph};
+use crate::step_graph::{static_inputs, GraphAction, GraphPlan, StepGraph};
 use engine::amp::{amp_step, LossScaler, Precision};
 use engine::checkpoint::TrainState;
 use engine::nn::{Buffer, Module, Param};
@@ -142,17 +142,11 @@ pub struct Trainer<'m> {
     /// Where CPU steps run when the caller is not on a pool thread, made at
     /// the first one.
     cpu_pool: Option<engine::ops::CpuPool>,
-    /// CUDA graph steps: asked for, the ordinary steps run since (the
-    /// warm-up), and the recorded step.
-    cuda_graph: bool,
-    eager_steps: usize,
+    /// CUDA graph steps (when asked for): what each step does, and the
+    /// recorded step.
+    graph_plan: Option<GraphPlan>,
     graph: Option<StepGraph>,
 }
-
-/// Ordinary steps before a step is recorded as a CUDA graph: the first
-/// creates the momentum, both fill the cuDNN and cuBLASLt searches' caches
-/// (a capture cannot time anything).
-pub const GRAPH_WARMUP_STEPS: usize = 2;
 
 impl<'m> Trainer<'m> {
     pub fn new(
@@ -181,8 +175,7 @@ impl<'m> Trainer<'m> {
             dp: None,
             min_batch: 1,
             cpu_pool: None,
-            cuda_graph: false,
-            eager_steps: 0,
+            graph_plan: None,
             graph: None,
             opts,
         }
@@ -191,8 +184,9 @@ impl<'m> Trainer<'m> {
     /// Records the step as a CUDA graph once warm and replays it from then
     /// on. Needs a GPU model, bf16 or f32 (f16's loss scaling decides on
     /// the host), and no data parallelism. A batch of another shape (an
-    /// epoch's last) runs as an ordinary step and the graph is recorded
-    /// again for the next full one.
+    /// epoch's short last one) drops the recorded step and runs as an
+    /// ordinary step, or is recorded itself if a batch of its shape ran
+    /// before (`step_graph::GraphPlan`).
     pub fn with_cuda_graph(mut self) -> Result<Self> {
         let why = if !matches!(self.device, Device::Cuda(_)) {
             Some(format!("the model is on {}, not a GPU", self.device))
@@ -212,7 +206,7 @@ impl<'m> Trainer<'m> {
                 format!("a step cannot be recorded as a CUDA graph: {why}"),
             ));
         }
-        self.cuda_graph = true;
+        self.graph_plan = Some(GraphPlan::default());
         Ok(self)
     }
 
@@ -325,15 +319,14 @@ impl<'m> Trainer<'m> {
     ) -> Result<(Tensor, usize)> {
         self.model.set_training(true);
         let dtype = self.opts.precision.compute_dtype();
-        // host tensors stay as they are on a CPU run (to_device is a clone)
-        let (x, y) = (
-            images.to_device(self.device)?,
-            labels.to_device(self.device)?,
-        );
+        // host tensors stay as they are on a CPU run (to_device is a clone);
+        // host labels go to the loss as they are: it checks them on the
+        // host and uploads them, so a GPU step reads nothing back there
+        let x = images.to_device(self.device)?;
         let logits = self.model.forward(&x.to_dtype(dtype)?)?;
         // the loss is always computed in f32 (autocast does the same)
         let logits = logits.to_dtype(DType::F32)?;
-        let mut loss = logits.cross_entropy(&y, self.opts.label_smoothing, None)?;
+        let mut loss = logits.cross_entropy(labels, self.opts.label_smoothing, None)?;
         let summary = Tensor::stack(&[loss.detach(), misses(&logits, miss_labels)?], 0)?;
         if weight != 1.0 {
             loss = loss.scale(weight)?;
@@ -420,23 +413,18 @@ impl<'m> Trainer<'m> {
         images: &Tensor,
         labels: &Tensor,
     ) -> Result<Option<(f64, bool, Vec<f64>)>> {
-        if !self.cuda_graph {
+        let Some(plan) = self.graph_plan.as_mut() else {
             return Ok(None);
-        }
-        if self.graph.as_ref().is_some_and(|g| !g.fits(images, labels)) {
-            // a batch of another shape runs as an ordinary step, which
-            // replaces state the graph reads in place (BatchNorm's running
-            // statistics) and fills the search caches for its shape: the
-            // next step records again
+        };
+        let fits = self.graph.as_ref().map(|g| g.fits(images, labels));
+        let (action, drop_graph) = plan.next(fits, images.dims());
+        if drop_graph {
             self.graph = None;
-            self.eager_steps = GRAPH_WARMUP_STEPS - 1;
         }
-        if self.graph.is_none() {
-            if self.eager_steps < GRAPH_WARMUP_STEPS {
-                self.eager_steps += 1;
-                return Ok(None);
-            }
-            self.record(images, labels)?;
+        match action {
+            GraphAction::Ordinary => return Ok(None),
+            GraphAction::Record => self.record(images, labels)?,
+            GraphAction::Replay => {}
         }
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
@@ -459,10 +447,19 @@ impl<'m> Trainer<'m> {
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
         self.opt.stage_lr(self.device)?;
-        let (graph, (read, classes)) = engine::cuda::graph::capture(gpu, || {
+        let recorded = engine::cuda::graph::capture(gpu, || {
             let (summary, classes) = self.queue_forward_backward(&x, &y, &y32, 1.0)?;
             let (_, _, read) = self.queue_apply(Some(summary))?;
             Ok((read, classes))
+        });
+        let (graph, (read, classes)) = recorded.map_err(|e| {
+            // nothing recorded ran; gradients a failed recording left behind
+            // would be added to by the next step
+            zero_grad(&self.params);
+            Error::arg(
+                "cuda graph",
+                format!("recording the training step failed: {e}; train without --cuda-graph"),
+            )
         })?;
         self.graph = Some(StepGraph {
             graph,

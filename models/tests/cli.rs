@@ -532,6 +532,23 @@ fn bad_arguments_and_missing_data_are_clear_errors() {
         &[],
         &["projector"],
     );
+    // a CUDA graph step needs a GPU model
+    fails(
+        &[
+            &[
+                "pretrain",
+                "--device",
+                "cpu",
+                "--cuda-graph",
+                "--out",
+                s(&out),
+            ],
+            SMALL,
+        ]
+        .concat(),
+        &[],
+        &["CUDA graph", "not a GPU"],
+    );
     let (code, out, _) = slmlp(&["--help"]);
     assert_eq!(code, 0);
     for sub in ["pretrain", "transfer", "analyze", "forward", "experiment"] {

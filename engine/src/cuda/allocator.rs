@@ -167,14 +167,14 @@ pub struct AllocatorStats {
 }
 
 impl AllocatorStats {
-    /// Two allocators' counters added (the peaks too: an upper bound of
-    /// the peak of their sum).
+    /// Two allocators' counters added; the peaks are the larger of the two
+    /// (the peak of the sum is only known to whoever saw every change).
     pub fn plus(&self, o: &AllocatorStats) -> AllocatorStats {
         AllocatorStats {
             allocated: self.allocated + o.allocated,
             reserved: self.reserved + o.reserved,
-            peak_allocated: self.peak_allocated + o.peak_allocated,
-            peak_reserved: self.peak_reserved + o.peak_reserved,
+            peak_allocated: self.peak_allocated.max(o.peak_allocated),
+            peak_reserved: self.peak_reserved.max(o.peak_reserved),
             requested: self.requested + o.requested,
             num_allocs: self.num_allocs + o.num_allocs,
             num_frees: self.num_frees + o.num_frees,

@@ -234,6 +234,9 @@ impl Drop for Graph {
 pub fn capture<R>(gpu: &'static Gpu, f: impl FnOnce() -> Result<R>) -> Result<(Graph, R)> {
     // work queued before the capture runs first; an earlier fault shows here
     gpu.synchronize()?;
+    // the general pool's cached free memory goes back to the device, where
+    // the graph-private pool can take it
+    gpu.empty_cache();
     lock(&gpu.captures).begin(gpu.ordinal)?;
     let begun = gpu
         .stream

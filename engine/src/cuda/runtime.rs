@@ -152,6 +152,8 @@ pub struct Gpu {
     /// Whether a capture is under way or a graph is alive, and what a
     /// capture holds. Locked before `alloc` or `graph_alloc`, never after.
     pub(crate) captures: Mutex<Captures>,
+    /// The peak (allocated, reserved) bytes of both pools together.
+    peaks: Mutex<(usize, usize)>,
     staging: Mutex<Staging>,
     ring: Mutex<Ring>,
 }
@@ -206,6 +208,7 @@ impl Gpu {
             alloc: Mutex::new(alloc),
             graph_alloc: Mutex::new(graph_alloc),
             captures: Mutex::new(Captures::default()),
+            peaks: Mutex::new((0, 0)),
             staging: Mutex::new(Staging {
                 ptr: std::ptr::null_mut(),
                 cap: 0,
@@ -282,12 +285,13 @@ impl Gpu {
         self.bind()?;
         let captures = lock(&self.captures);
         let private = captures.capturing();
-        let pool = if private {
-            &self.graph_alloc
-        } else {
-            &self.alloc
-        };
-        let ptr = lock(pool).alloc(bytes, self.cu_stream() as u64)?;
+        let (mut general, mut graph) = (lock(&self.alloc), lock(&self.graph_alloc));
+        let pool = if private { &mut graph } else { &mut general };
+        let ptr = pool.alloc(bytes, self.cu_stream() as u64)?;
+        let (a, b) = (general.stats(), graph.stats());
+        let mut peaks = lock(&self.peaks);
+        peaks.0 = peaks.0.max(a.allocated + b.allocated);
+        peaks.1 = peaks.1.max(a.reserved + b.reserved);
         Ok(DeviceBlock {
             gpu: self,
             ptr,
@@ -297,16 +301,18 @@ impl Gpu {
     }
 
     /// Allocated / reserved / peak bytes of the caching allocator and the
-    /// graph-private one together (the peaks summed: an upper bound).
+    /// graph-private one together.
     pub fn memory_stats(&self) -> AllocatorStats {
-        lock(&self.alloc)
+        let mut s = lock(&self.alloc)
             .stats()
-            .plus(&lock(&self.graph_alloc).stats())
+            .plus(&lock(&self.graph_alloc).stats());
+        (s.peak_allocated, s.peak_reserved) = *lock(&self.peaks);
+        s
     }
 
     pub fn reset_peak_memory(&self) {
-        lock(&self.alloc).reset_peak_stats();
-        lock(&self.graph_alloc).reset_peak_stats()
+        let (a, b) = (lock(&self.alloc).stats(), lock(&self.graph_alloc).stats());
+        *lock(&self.peaks) = (a.allocated + b.allocated, a.reserved + b.reserved);
     }
 
     /// Returns the cached, fully free segments to the device (the

@@ -202,6 +202,16 @@ impl LossOps for Cuda {
         let dtype = logits.dtype();
         let dt = kdtype(OP, dtype)?;
         let g = gpu_of(logits)?;
+        // host targets are checked on the host, as the CPU backend checks
+        // them, before they go up: the forward then reads nothing back.
+        // Device targets are checked by the kernel, whose flag is read back
+        // here (not while a CUDA graph is captured: whoever replays one
+        // checks the targets before each replay, as models::train does)
+        let on_host = targets.device() == crate::Device::Cpu;
+        if on_host {
+            target_rows(&targets.to_vec::<i64>()?, c, geom.ignore_index)?;
+        }
+        let read_back = !on_host && !g.capturing();
         let tgt = on_device(targets, logits.device())?;
         // row-major rows: a 2-D tensor's GPU default layout
         let x = if logits.is_contiguous() {
@@ -232,16 +242,13 @@ impl LossOps for Cuda {
         // SAFETY: x is [N, C] row-major, t N i64; row_loss/lse N floats;
         // stats 3 floats with the zeroed int flag in the third.
         unsafe { g.kernels.xent_forward(&g.stream, dt, &a) }.map_err(kerr(OP))?;
-        // a CUDA graph capture cannot read the targets' check back: whoever
-        // replays it checks the targets on the host before each replay
-        // (models::train checks its labels)
         let mut back = [0u8; STATS_FLOATS * 4];
-        if !g.capturing() {
+        if read_back {
             stats.block().download_at(0, &mut back)?;
         }
         let valid = f32::from_le_bytes(back[4..8].try_into().expect("4 bytes"));
         let bad_flag = i32::from_le_bytes(back[8..12].try_into().expect("4 bytes"));
-        if !g.capturing() && (bad_flag != 0 || valid == 0.0) {
+        if read_back && (bad_flag != 0 || valid == 0.0) {
             // the host names the first offending row, as the CPU backend does
             target_rows(&download(&t)?.to_vec::<i64>()?, c, geom.ignore_index)?;
             return Err(Error::arg(

@@ -103,28 +103,37 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
                 vec![("logits", logits, true), ("targets", targets, false)]
             };
             let ignore = (ignored > 0).then_some(-100);
-            let label = format!(
-                "[{n},{k}] ls{ls}{}",
-                if ignored > 0 {
-                    format!(" ignore {ignored}")
-                } else {
-                    String::new()
-                }
-            );
-            let f = move |t: &[Tensor]| {
-                Ok(vec![(
-                    "loss".into(),
-                    t[0].cross_entropy(&t[1], ls, ignore)?,
-                )])
-            };
-            out.push(autograd_with(
-                "cross_entropy",
-                dtype,
-                label,
-                rng.next_u64(),
-                draw,
-                f,
-            ));
+            // targets on the device (checked by the kernel's flag, read
+            // back) and on the host (checked there, nothing read back)
+            for host in [false, true] {
+                let label = format!(
+                    "[{n},{k}] ls{ls}{}{}",
+                    if ignored > 0 {
+                        format!(" ignore {ignored}")
+                    } else {
+                        String::new()
+                    },
+                    if host { ", host targets" } else { "" }
+                );
+                let f = move |t: &[Tensor]| {
+                    let targets = match host {
+                        true => t[1].to_device(crate::Device::Cpu)?,
+                        false => t[1].clone(),
+                    };
+                    Ok(vec![(
+                        "loss".into(),
+                        t[0].cross_entropy(&targets, ls, ignore)?,
+                    )])
+                };
+                out.push(autograd_with(
+                    "cross_entropy",
+                    dtype,
+                    label,
+                    rng.next_u64(),
+                    draw,
+                    f,
+                ));
+            }
         }
     }
 }
