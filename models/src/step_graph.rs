@@ -1,6 +1,6 @@
 //! A training step recorded once as a CUDA graph and replayed every step
 //! after (`Trainer::with_cuda_graph`, `slmlp pretrain --cuda-graph`): one
-//! launch instead of the step's ~600, no host work between its kernels.
+//! launch instead of the step's several hundred, no host work between them.
 //! [`GraphPlan`] decides which steps run ordinarily, record or replay.
 //!
 //! What a replay needs from the host, written before each one: the batch

@@ -129,6 +129,8 @@ unsafe impl Send for PinnedHost {}
 impl PinnedHost {
     /// A page-locked copy of `src` (not empty).
     pub(crate) fn copy_of(gpu: &Gpu, src: &[u8]) -> Result<PinnedHost> {
+        // an allocation, not work on the stream: allowed in the relaxed mode
+        let _relaxed = RelaxedCapture::enter();
         // SAFETY: plain page-locked allocation in the bound context.
         let p = unsafe { cudarc::driver::result::malloc_host(src.len(), 0) }
             .map_err(|e| gpu.err("cuMemAllocHost (captured upload)", e))?;
