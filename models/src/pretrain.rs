@@ -353,6 +353,9 @@ pub struct PretrainReport {
     /// batch to the optimizer step; no data loading, validation or
     /// checkpoints).
     pub step_images_per_s: f64,
+    /// With `--cuda-graph`: the recordings of the step and the steps that
+    /// ran as replays.
+    pub graph_counts: Option<(usize, usize)>,
     pub model_path: PathBuf,
 }
 
@@ -560,6 +563,7 @@ fn pretrain_rank(
         seconds,
         images_per_s: images as f64 / seconds,
         step_images_per_s: images as f64 / step_seconds,
+        graph_counts: trainer.graph_counts(),
         model_path: a.out.join("model.safetensors"),
     })
 }

@@ -42,6 +42,9 @@ pub(crate) struct GraphPlan {
     ordinary: usize,
     /// The batch shapes ordinary steps have run.
     warm: Vec<Vec<usize>>,
+    /// Recordings and replays so far (a recording is replayed at once).
+    pub(crate) recordings: usize,
+    pub(crate) replays: usize,
 }
 
 impl GraphPlan {
@@ -50,6 +53,7 @@ impl GraphPlan {
     /// step must be dropped first.
     pub(crate) fn next(&mut self, fits: Option<bool>, shape: &[usize]) -> (GraphAction, bool) {
         if fits == Some(true) {
+            self.replays += 1;
             return (GraphAction::Replay, false);
         }
         let drop = fits.is_some();
@@ -60,6 +64,8 @@ impl GraphPlan {
             }
             return (GraphAction::Ordinary, drop);
         }
+        self.recordings += 1;
+        self.replays += 1;
         (GraphAction::Record, drop)
     }
 }
@@ -172,6 +178,8 @@ mod tests {
         // a misfit of a shape that ran before is recorded directly
         assert_eq!(run(Some(false), b), (Record, true));
         assert_eq!(run(Some(false), a), (Record, true));
+        // 10 steps: 4 ordinary, 4 recordings (each replayed), 2 more replays
+        assert_eq!((plan.recordings, plan.replays), (4, 6));
     }
 
     #[test]

@@ -436,6 +436,12 @@ impl<'m> Trainer<'m> {
         Ok(Some((lr, true, self.finish(&read)?)))
     }
 
+    /// Under [`Trainer::with_cuda_graph`]: how many times the step was
+    /// recorded, and how many steps ran as replays.
+    pub fn graph_counts(&self) -> Option<(usize, usize)> {
+        self.graph_plan.as_ref().map(|p| (p.recordings, p.replays))
+    }
+
     /// Records one step (nothing runs: the caller replays it).
     fn record(&mut self, images: &Tensor, labels: &Tensor) -> Result<()> {
         let Device::Cuda(ordinal) = self.device else {

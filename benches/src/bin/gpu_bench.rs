@@ -567,12 +567,14 @@ fn train(b: &mut Bench) {
                 Ok(())
             })?;
             let peak = b.g.memory_stats();
+            let graph_counts = trainer.graph_counts();
             drop(trainer);
             drop(sets);
             drop(net);
             b.g.empty_cache();
             Ok(merge(
                 json!({"key": key, "name": format!("resnet50 {} {dtype} train step (slmlp)", variant.to_uppercase().replace('_', "-")),
+                       "graph_recordings_replays": graph_counts,
                        "variant": variant, "mode": mode, "batch": N, "px": PX, "params": params,
                        "precision": format!("{dtype} compute, f32 master weights, channels_last, SGD momentum"),
                        "img_per_s": sig(N as f64 / (t.ms_median * 1e-3)),

@@ -118,6 +118,9 @@ impl Buffer {
         let moved = self.get().to_device(device)?;
         self.set(moved)
     }
+    /// Replaces the value (same shape and dtype); while a CUDA graph is
+    /// being recorded on the buffer's GPU, copies it into the current
+    /// storage instead, which the recorded work keeps reading.
     pub fn set(&self, value: Tensor) -> Result<()> {
         let mut v = self.inner.1.write().unwrap();
         if value.dims() != v.dims() || value.dtype() != v.dtype() {

@@ -37,8 +37,11 @@ fn check(a: &PretrainArgs) -> Result<()> {
 pub fn run(a: &PretrainArgs) -> Result<()> {
     check(a)?;
     let r = pretrain(a)?;
+    let graph = r.graph_counts.map_or(String::new(), |(rec, rep)| {
+        format!("; CUDA graph: {rep} steps replayed, {rec} recording(s)")
+    });
     println!(
-        "done in {:.0} s ({:.1} img/s with data loading, {:.1} img/s in the steps); weights in {}",
+        "done in {:.0} s ({:.1} img/s with data loading, {:.1} img/s in the steps{graph}); weights in {}",
         r.seconds,
         r.images_per_s,
         r.step_images_per_s,
