@@ -231,8 +231,9 @@ impl Drop for Graph {
 ///
 /// Everything `f` needs must be ready before (warm caches: the cuDNN and
 /// cuBLASLt searches, kernel modules, optimizer state), since a call that
-/// waits for the GPU fails the capture. On any error the capture is
-/// abandoned, nothing has run, and memory freed during it is released.
+/// waits for the GPU fails the capture. On any error (or a panic in `f`,
+/// which goes on once the capture has ended) the capture is abandoned,
+/// nothing has run, and memory freed during it is released.
 pub fn capture<R>(gpu: &'static Gpu, f: impl FnOnce() -> Result<R>) -> Result<(Graph, R)> {
     // work queued before the capture runs first; an earlier fault shows here
     gpu.synchronize()?;
@@ -248,12 +249,15 @@ pub fn capture<R>(gpu: &'static Gpu, f: impl FnOnce() -> Result<R>) -> Result<(G
         lock(&gpu.captures).end(false);
         return Err(e);
     }
-    let out = f();
+    // a panic in `f` must not leave the stream capturing (every later
+    // allocation would go to the private pool): end the capture, then
+    // let the panic go on
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     let ended = gpu.stream.end_capture(sys::CUgraphInstantiate_flags(0));
-    let ok = matches!((&out, &ended), (Ok(_), Ok(Some(_))));
+    let ok = matches!((&out, &ended), (Ok(Ok(_)), Ok(Some(_))));
     let (held, pinned) = lock(&gpu.captures).end(ok);
     match (out, ended) {
-        (Ok(r), Ok(Some(exec))) => Ok((
+        (Ok(Ok(r)), Ok(Some(exec))) => Ok((
             Graph {
                 gpu,
                 exec: Some(exec),
@@ -269,13 +273,16 @@ pub fn capture<R>(gpu: &'static Gpu, f: impl FnOnce() -> Result<R>) -> Result<(G
             }
             drop(pinned);
             Err(match (out, ended) {
-                (Err(e), _) => e,
-                (Ok(_), Err(e)) => driver_err(
+                (Err(panic), _) => std::panic::resume_unwind(panic),
+                (Ok(Err(e)), _) => e,
+                (Ok(Ok(_)), Err(e)) => driver_err(
                     gpu.device(),
                     "cuStreamEndCapture/cuGraphInstantiate (a call during the capture could not be recorded)",
                     e,
                 ),
-                (Ok(_), Ok(_)) => Error::arg("cuda graph capture", "the capture recorded no graph"),
+                (Ok(Ok(_)), Ok(_)) => {
+                    Error::arg("cuda graph capture", "the capture recorded no graph")
+                }
             })
         }
     }
