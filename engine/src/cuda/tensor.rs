@@ -123,9 +123,9 @@ pub fn overwrite(dst: &Tensor, src: &Tensor) -> Result<()> {
     to.copy_from(at, from, from_at, dst.numel() * dst.dtype().size_in_bytes())
 }
 
-/// Writes `bytes` (host, in `t`'s dtype and storage order) over the dense GPU tensor `t`
-/// in place: a queued upload into its storage, so work recorded against
-/// `t` (a CUDA graph) reads the new values.
+/// Writes `bytes` (host, in `t`'s dtype and storage order) over the dense
+/// GPU tensor `t` in place: a queued upload into its storage, so work
+/// recorded against `t` (a CUDA graph) reads the new values.
 pub fn write_bytes(t: &Tensor, bytes: &[u8]) -> Result<()> {
     if !is_dense(t.layout()) || bytes.len() != t.numel() * t.dtype().size_in_bytes() {
         return Err(Error::arg(
