@@ -150,9 +150,17 @@ done
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 name=resnet50_sl_bf16_b256_gpu
+set +e
 "$here/slmlp" profile --method sl --arch resnet50 --width 64 --image-size 224 \
     --in-channels 3 --classes 1000 --batch 256 --precision bf16 --device cuda \
-    --warmup 3 --steps 10 --top 40 --out "$out/$name.json" | tee "$out/$name.txt"
+    --warmup 3 --steps 10 --top 40 --out "$out/$name.json" \
+    2> "$out/$name.err" | tee "$out/$name.txt"
+rc=${PIPESTATUS[0]}
+set -e
+cat "$out/$name.err" >&2
+# no usable GPU: exit 3, which gpu_check.sh logs as skipped (as the other stages)
+if [ "$rc" -ne 0 ] && grep -q "is not available" "$out/$name.err"; then exit 3; fi
+exit "$rc"
 SHEOF
 chmod 755 "$BUNDLE/profile-step.sh"
 
