@@ -421,14 +421,17 @@ impl<'m> Trainer<'m> {
         if drop_graph {
             self.graph = None;
         }
-        match action {
-            GraphAction::Ordinary => return Ok(None),
-            GraphAction::Record => self.record(images, labels)?,
-            GraphAction::Replay => {}
+        if action == GraphAction::Ordinary {
+            return Ok(None);
         }
+        // the rate the recorded SGD reads when it runs; staged before a
+        // recording too, which must not record the write
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
         self.opt.stage_lr(self.device)?;
+        if action == GraphAction::Record {
+            self.record(images, labels)?;
+        }
         let g = self.graph.as_ref().expect("recorded above");
         g.load(images, labels)?;
         g.graph.replay()?;
@@ -442,17 +445,12 @@ impl<'m> Trainer<'m> {
         self.graph_plan.as_ref().map(|p| (p.recordings, p.replays))
     }
 
-    /// Records one step (nothing runs: the caller replays it).
+    /// Records one step (nothing runs: the caller replays it), the
+    /// learning rate already staged.
     fn record(&mut self, images: &Tensor, labels: &Tensor) -> Result<()> {
-        let Device::Cuda(ordinal) = self.device else {
-            return Err(Error::arg("cuda graph", "a CUDA graph step needs a GPU"));
-        };
-        let gpu = engine::cuda::gpu(ordinal)?;
         let (x, y, y32) = static_inputs(self.device, images, labels)?;
+        let gpu = engine::cuda::tensor::gpu_of(&x)?;
         zero_grad(&self.params);
-        let lr = self.schedule.lr(self.step);
-        self.opt.set_lr(lr);
-        self.opt.stage_lr(self.device)?;
         let recorded = engine::cuda::graph::capture(gpu, || {
             let (summary, classes) = self.queue_forward_backward(&x, &y, &y32, 1.0)?;
             let (_, _, read) = self.queue_apply(Some(summary))?;

@@ -28,13 +28,16 @@
 //! allocator's own `cuMemAlloc` switches to the relaxed mode around itself
 //! ([`RelaxedCapture`]), as CUDA's documentation prescribes for allocators.
 
-use super::runtime::{driver_err, Gpu};
-use crate::{Error, Result};
+use super::runtime::{driver_err, lock, Gpu};
+use crate::{Device, Error, Result};
 use cudarc::driver::sys;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Whether a CUDA graph is being recorded on `device` (never on the CPU).
+pub fn capturing(device: Device) -> Result<bool> {
+    match device {
+        Device::Cuda(i) => Ok(super::gpu(i)?.capturing()),
+        Device::Cpu => Ok(false),
+    }
 }
 
 /// Where a freed block goes ([`Captures::free_to`]).

@@ -138,10 +138,8 @@ impl Buffer {
         }
         // while a CUDA graph is captured, the graph keeps reading the
         // storage it recorded: the new value goes there
-        if let Device::Cuda(i) = v.device() {
-            if value.device() == v.device() && crate::cuda::gpu(i)?.capturing() {
-                return crate::cuda::tensor::overwrite(&v, &value);
-            }
+        if value.device() == v.device() && crate::cuda::graph::capturing(v.device())? {
+            return crate::cuda::tensor::overwrite(&v, &value);
         }
         *v = value.detach();
         Ok(())

@@ -64,9 +64,9 @@ impl Sgd {
     /// replayed, so whoever replays one stages each step's rate first; a
     /// rate not staged before a capture is an error, never recorded.
     pub fn stage_lr(&mut self, device: Device) -> Result<Option<Tensor>> {
-        let Device::Cuda(ordinal) = device else {
+        if device == Device::Cpu {
             return Ok(None);
-        };
+        }
         let v = self.lr as f32;
         let at = self.lr_on.iter().position(|(d, _, _)| *d == device);
         if let Some(k) = at {
@@ -74,7 +74,7 @@ impl Sgd {
                 return Ok(Some(self.lr_on[k].2.clone()));
             }
         }
-        if crate::cuda::gpu(ordinal)?.capturing() {
+        if crate::cuda::graph::capturing(device)? {
             return Err(Error::arg(
                 "sgd",
                 format!("the learning rate {v} is not on {device} yet: stage it (Sgd::stage_lr) before capturing the step"),

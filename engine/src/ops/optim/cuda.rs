@@ -4,7 +4,9 @@
 //!
 //! Every launch goes on the GPU's one stream; nothing here waits for the
 //! GPU except [`FiniteFlag::read`], a loss-scaled step's one sync (the
-//! multi-tensor step's table goes up through the upload ring, queued).
+//! multi-tensor step's table goes up through the upload ring, queued), and
+//! the per-param fallback for params sharing storage, which reads a
+//! device learning rate (`SgdItem::lr_at`) back.
 
 use super::{check_lr_at, sgd_step_each, LarsHyper, OptimOps, SgdHyper, SgdItem};
 use crate::backend::Cuda;
