@@ -86,14 +86,16 @@ pub fn model_cases(seed: u64) -> Vec<Case> {
 /// learning rate changing every step (warmup, then cosine). The graph run
 /// takes 2 ordinary steps, records the third and replays it, runs the
 /// seventh batch (5 images) as an ordinary step and records again for the
-/// last two. Outputs: every parameter, BatchNorm buffer and step loss of
-/// the graph run minus the ordinary run's, which must be 0: a replay runs
+/// last two; f32, bf16 and f16 (whose loss scale, skips and scale
+/// updates live on the device: `amp::ScaleOnDevice`). Outputs: every
+/// parameter, BatchNorm buffer, step loss and skipped-step flag of the
+/// graph run minus the ordinary run's, which must be 0: a replay runs
 /// the very kernels, algorithms and arguments of an ordinary step (cuDNN
 /// restricted to deterministic algorithms for the case). A learning rate or
 /// running statistic the graph kept from its capture shows up here. The
 /// CPU side trains ordinarily twice, so its differences are 0 as well.
 pub fn graph_cases(seed: u64) -> Vec<Case> {
-    [DType::F32, DType::BF16]
+    [DType::F32, DType::BF16, DType::F16]
         .into_iter()
         .map(|dtype| Case {
             op: "train_step_graph",
@@ -110,6 +112,7 @@ fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device) -> Result<Outpu
     const STEPS: usize = 9;
     let precision = match dtype {
         DType::BF16 => engine::amp::Precision::Bf16,
+        DType::F16 => engine::amp::Precision::F16,
         _ => engine::amp::Precision::F32,
     };
     let train = |graph: bool| -> Result<Values> {
@@ -138,6 +141,12 @@ fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device) -> Result<Outpu
             let y: Vec<i64> = (0..n).map(|_| rng.below(10) as i64).collect();
             let log = t.step(&x, &Tensor::from_vec(y, &[n])?)?;
             out.push((format!("loss step {k}"), vec![log.loss]));
+            // f16: whether the device skipped the step (loss scaling)
+            let skipped = log.skipped.unwrap_or(false);
+            out.push((
+                format!("skipped step {k}"),
+                vec![f64::from(u8::from(skipped))],
+            ));
         }
         for p in net.params() {
             out.push((p.name().to_string(), host(&p.get())?));

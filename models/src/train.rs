@@ -27,7 +27,7 @@ use crate::data::{ImageSource, Loader};
 pub use crate::fit::StepLog;
 use crate::fit::{load_checkpoint, save_checkpoint, Means, Task, TaskState, Validation};
 use crate::step_graph::{static_inputs, GraphAction, GraphPlan, StepGraph};
-use engine::amp::{amp_step, LossScaler, Precision};
+use engine::amp::{LossScaler, Precision, ScaleOnDevice};
 use engine::checkpoint::TrainState;
 use engine::nn::{Buffer, Module, Param};
 use engine::optim::{
@@ -125,6 +125,9 @@ pub struct Trainer<'m> {
     opt: Sgd,
     schedule: Warmup<Cosine>,
     scaler: Option<LossScaler>,
+    /// The loss scale where the model is: an f16 step scales, skips and
+    /// updates it there, and the step's one read brings it back.
+    scale_on: ScaleOnDevice,
     /// Written into every checkpoint (e.g. the network's config).
     metadata: BTreeMap<String, String>,
     /// Where the model's params are; batches are moved here.
@@ -169,6 +172,7 @@ impl<'m> Trainer<'m> {
             opt: Sgd::new(opts.lr, opts.momentum, opts.weight_decay).with_exclude_no_wd(true),
             schedule,
             scaler: opts.precision.scaler(),
+            scale_on: ScaleOnDevice::default(),
             metadata,
             device: model.device(),
             step: 0,
@@ -182,19 +186,14 @@ impl<'m> Trainer<'m> {
     }
 
     /// Records the step as a CUDA graph once warm and replays it from then
-    /// on. Needs a GPU model, bf16 or f32 (f16's loss scaling decides on
-    /// the host), and no data parallelism. A batch of another shape (an
+    /// on. Needs a GPU model and no data parallelism (f16's loss scale
+    /// lives on the device: `ScaleOnDevice`). A batch of another shape (an
     /// epoch's short last one) drops the recorded step and runs as an
     /// ordinary step, or is recorded itself if a batch of its shape ran
     /// before (`step_graph::GraphPlan`).
     pub fn with_cuda_graph(mut self) -> Result<Self> {
         let why = if !matches!(self.device, Device::Cuda(_)) {
             Some(format!("the model is on {}, not a GPU", self.device))
-        } else if self.scaler.is_some() {
-            Some(
-                "f16 loss scaling reads the overflow check on the host mid-step; use bf16 or f32"
-                    .into(),
-            )
         } else if self.dp.is_some() {
             Some("data-parallel steps exchange gradients between the ranks mid-step".into())
         } else {
@@ -332,7 +331,7 @@ impl<'m> Trainer<'m> {
             loss = loss.scale(weight)?;
         }
         match &self.scaler {
-            Some(s) => s.backward(&loss)?,
+            Some(s) => self.scale_on.backward(s, &loss)?,
             None => loss.backward()?,
         }
         Ok((summary, logits.dims()[1]))
@@ -354,38 +353,57 @@ impl<'m> Trainer<'m> {
     }
 
     /// The optimizer step on the gradients (skipped under f16 when they
-    /// overflowed), then clears them and checks that every parameter and
-    /// buffer is finite. The check is read back with `summary` (the
+    /// overflowed, decided where the model is), then clears them and
+    /// checks that every parameter and buffer is finite. The check (and
+    /// under f16 the loss scale's state) is read back with `summary` (the
     /// queued [loss, misses] of the step, whose loss is then checked too),
     /// in one host read. Returns the lr, whether it stepped, and
     /// `summary`'s values.
     fn apply(&mut self, summary: Option<Tensor>) -> Result<(f64, bool, Vec<f64>)> {
-        let (lr, stepped, read) = self.queue_apply(summary)?;
-        Ok((lr, stepped, self.finish(&read)?))
+        let (lr, read) = self.queue_apply(summary)?;
+        let (stepped, v) = self.finish(&read)?;
+        Ok((lr, stepped, v))
     }
 
-    /// [`apply`](Self::apply) queued: the lr, whether it stepped, and the
-    /// tensor to read (`summary`'s values, then the non-finite flag).
-    fn queue_apply(&mut self, summary: Option<Tensor>) -> Result<(f64, bool, Tensor)> {
+    /// [`apply`](Self::apply) queued: the lr and the tensor to read
+    /// (`summary`'s values, under f16 the scaled step's four
+    /// (`ScaleOnDevice::queue_step`), then the non-finite flag).
+    fn queue_apply(&mut self, summary: Option<Tensor>) -> Result<(f64, Tensor)> {
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
-        let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.params)?;
+        let scaled = match &self.scaler {
+            Some(s) => {
+                Some(
+                    self.scale_on
+                        .queue_step(s, &mut self.opt, &self.params, self.device)?,
+                )
+            }
+            None => {
+                self.opt.step(&self.params)?;
+                None
+            }
+        };
         zero_grad(&self.params);
         let buffers = self.model.buffers();
         let flag = non_finite_flag(&self.params, &buffers, self.device)?;
-        let read = match summary {
-            Some(s) => Tensor::cat(&[s, flag], 0)?,
-            None => flag,
-        };
-        Ok((lr, stepped, read))
+        let parts: Vec<Tensor> = summary.into_iter().chain(scaled).chain([flag]).collect();
+        Ok((lr, Tensor::cat(&parts, 0)?))
     }
 
     /// Reads what [`queue_apply`](Self::queue_apply) queued (the step's one
-    /// host read), checks it and counts the step: `summary`'s values.
-    fn finish(&mut self, read: &Tensor) -> Result<Vec<f64>> {
+    /// host read), checks it and counts the step: whether it stepped, and
+    /// `summary`'s values.
+    fn finish(&mut self, read: &Tensor) -> Result<(bool, Vec<f64>)> {
         let buffers = self.model.buffers();
         let mut v = read.to_device(Device::Cpu)?.to_vec_f64()?;
         let found = v.pop().unwrap_or(0.0);
+        let stepped = match self.scaler.as_mut() {
+            Some(s) => {
+                let scaled = v.split_off(v.len().saturating_sub(4));
+                self.scale_on.absorb(s, &scaled)?
+            }
+            None => true,
+        };
         if let Some(&loss) = v.first() {
             self.check_loss(loss)?;
         }
@@ -402,7 +420,7 @@ impl<'m> Trainer<'m> {
             ));
         }
         self.step += 1;
-        Ok(v)
+        Ok((stepped, v))
     }
 
     /// The step as a replay of the recorded graph (recorded first when
@@ -424,11 +442,15 @@ impl<'m> Trainer<'m> {
         if action == GraphAction::Ordinary {
             return Ok(None);
         }
-        // the rate the recorded SGD reads when it runs; staged before a
-        // recording too, which must not record the write
+        // the rate the recorded SGD reads when it runs, and under f16 the
+        // loss scale; staged before a recording too, which must not record
+        // the writes
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
         self.opt.stage_lr(self.device)?;
+        if let Some(s) = &self.scaler {
+            self.scale_on.stage(s, self.device)?;
+        }
         if action == GraphAction::Record {
             self.record(images, labels)?;
         }
@@ -436,7 +458,8 @@ impl<'m> Trainer<'m> {
         g.load(images, labels)?;
         g.graph.replay()?;
         let read = g.read.clone();
-        Ok(Some((lr, true, self.finish(&read)?)))
+        let (stepped, v) = self.finish(&read)?;
+        Ok(Some((lr, stepped, v)))
     }
 
     /// Under [`Trainer::with_cuda_graph`]: how many times the step was
@@ -453,7 +476,7 @@ impl<'m> Trainer<'m> {
         zero_grad(&self.params);
         let recorded = engine::cuda::graph::capture(gpu, || {
             let (summary, classes) = self.queue_forward_backward(&x, &y, &y32, 1.0)?;
-            let (_, _, read) = self.queue_apply(Some(summary))?;
+            let (_, read) = self.queue_apply(Some(summary))?;
             Ok((read, classes))
         });
         let (graph, (read, classes)) = recorded.map_err(|e| {

@@ -129,6 +129,17 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &[Param]) -> Result<()> {
+        self.step_unless(params, None)
+    }
+    lr_and_momentum_state!("sgd");
+}
+
+impl Sgd {
+    /// [`Optimizer::step`], or, with `found`, the step the device skips
+    /// when that one-value f32 flag where the gradients are is not 0 (a
+    /// loss-scaled step's overflow, `OptimOps::unscale_found`): nothing is
+    /// read back on a GPU. Needs dampening 0 (`SgdItem::skip_if`).
+    pub fn step_unless(&mut self, params: &[Param], found: Option<&Tensor>) -> Result<()> {
         self.check()?;
         let _ng = no_grad();
         let stepped = with_grads("sgd", params)?;
@@ -147,6 +158,7 @@ impl Optimizer for Sgd {
                 .unzip();
             let hypers: Vec<SgdHyper> = ps.iter().map(|p| self.hyper(p)).collect();
             let lr_at = self.stage_lr(device)?;
+
             // the buffers leave the state for the step and come back after
             // it, also when it fails (a param stepped keeps its new momentum)
             let use_momentum = self.momentum != 0.0;
@@ -166,6 +178,7 @@ impl Optimizer for Sgd {
                     m,
                     h: *h,
                     lr_at: lr_at.as_ref(),
+                    skip_if: found,
                 })
                 .collect();
             let r = on_backend!(device, b => b.sgd_step_many(&mut items));
@@ -177,7 +190,6 @@ impl Optimizer for Sgd {
         }
         Ok(())
     }
-    lr_and_momentum_state!("sgd");
 }
 
 #[cfg(test)]

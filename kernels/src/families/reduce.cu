@@ -15,7 +15,8 @@
 // unscales even when a value overflowed). found_to_f32 copies the flag into
 // an f32 tensor (1 or 0) that the trainer reads with the step's loss, so the
 // check after an optimizer step costs no host read of its own. Launch: one
-// block.
+// block. unscale_check_f32 takes its scale from the device when scale_at is
+// not null (state[0] of amp_update_scale below), else inv_scale.
 //
 // gap_fwd_<t>: x [N, HW, C] -> y [N, C] mean over HW. Grid (any, N), block
 // (bx, by) = 256 threads like batchnorm.cu: channel lanes of 8 channels,
@@ -112,7 +113,9 @@ found_to_f32(const int* __restrict__ found_nonfinite, float* __restrict__ out) {
 }
 
 extern "C" __global__ void SLMLP_LAUNCH_BOUNDS
-unscale_check_f32(float* __restrict__ g, i64 n, float inv_scale, int* __restrict__ found_nonfinite) {
+unscale_check_f32(float* __restrict__ g, i64 n, float inv_scale, const float* __restrict__ scale_at,
+                  int* __restrict__ found_nonfinite) {
+    if (scale_at) inv_scale = 1.0f / *scale_at;
     const i64 stride = (i64)gridDim.x * blockDim.x;
     const i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     bool bad = false;
@@ -134,6 +137,38 @@ unscale_check_f32(float* __restrict__ g, i64 n, float inv_scale, int* __restrict
         g[i] = v;
     }
     if (__any_sync(0xffffffffu, bad) && bad) *found_nonfinite = 1;
+}
+
+// amp_update_scale: GradScaler's _amp_update_scale_ on one thread, so that
+// a loss-scaled step decides on the device (nothing read back, and a CUDA
+// graph can hold the whole step). state = [scale, clean steps, skipped
+// steps] in f32 (counts are exact below 2^24), found = the step's f32
+// overflow flag (found_to_f32). On an overflow the scale backs off and the
+// skipped count grows; otherwise after `interval` clean steps in a row the
+// scale grows, unless that would overflow f32. The host's LossScaler::update
+// is the same rule; engine/src/ops/optim/cpu.rs runs it in f32 like this.
+extern "C" __global__ void SLMLP_LAUNCH_BOUNDS amp_update_scale(float* __restrict__ state,
+                                                                 const float* __restrict__ found,
+                                                                 float growth, float backoff,
+                                                                 float interval) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    float scale = state[0], clean = state[1], skipped = state[2];
+    if (*found != 0.0f) {
+        scale *= backoff;
+        clean = 0.0f;
+        skipped += 1.0f;
+    } else {
+        skipped = 0.0f;
+        clean += 1.0f;
+        if (clean >= interval) {
+            const float grown = scale * growth;
+            if (isfinite(grown)) scale = grown;
+            clean = 0.0f;
+        }
+    }
+    state[0] = scale;
+    state[1] = clean;
+    state[2] = skipped;
 }
 
 template <typename T, int V>

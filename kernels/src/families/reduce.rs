@@ -1,5 +1,5 @@
 //! Whole-tensor and axis sums and global average pooling (reduce.cu). Its
-//! all-finite / unscale / found_to_f32 entry points are launched by the
+//! all-finite / unscale / found_to_f32 / amp_update_scale entry points are launched by the
 //! engine's loss scaling and finite checks (engine/src/ops/optim/cuda.rs).
 
 use crate::library::{config, driver, DevPtr, Dtype, KernelLibrary};
@@ -10,7 +10,7 @@ use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("reduce",
     typed ["sum_partial", "all_finite_multi", "gap_fwd", "gap_bwd", "sum_cols", "sum_rows"]
-    untyped ["sum_finalize", "unscale_check_f32", "found_to_f32"]);
+    untyped ["sum_finalize", "unscale_check_f32", "found_to_f32", "amp_update_scale"]);
 
 /// Most blocks (= f32 partials) of the two-launch whole-tensor sum: few
 /// enough that sum_finalize's single block adds them quickly, enough to

@@ -105,7 +105,10 @@ SGD_ENTRY_POINT(__nv_bfloat16, bf16)
 // engine/src/ops/optim/cuda.rs's SgdTensor. Null buf: no momentum; null
 // copy: an f32 parameter (nothing to round). A non-null lr_at is a device
 // f32 read when the kernel runs, in place of lr: the learning rate of a
-// step captured once in a CUDA graph and replayed with new rates.
+// step captured once in a CUDA graph and replayed with new rates. A
+// non-null skip_at is a device f32 flag (a loss-scaled step's overflow,
+// found_to_f32 in reduce.cu): when it is not 0 the tensor is left as it
+// is (p, buf and copy untouched, GradScaler's skipped step).
 struct SgdTensor {
     float* p;
     const float* g;
@@ -115,7 +118,7 @@ struct SgdTensor {
     float lr, momentum, dampening, weight_decay;
     int nesterov, first;
     const float* lr_at;
-    i64 reserved;
+    const float* skip_at;
 };
 
 // Elements [start, start + count) of tensor `tensor`: 16 bytes, the layout
@@ -133,6 +136,7 @@ __device__ __forceinline__ void sgd_multi(const SgdTensor* __restrict__ tensors,
     for (int c = blockIdx.x; c < n_chunks; c += gridDim.x) {
         const SgdChunk ch = chunks[c];
         const SgdTensor t = tensors[ch.tensor];
+        if (t.skip_at && *t.skip_at != 0.0f) continue;
         const float lr = t.lr_at ? *t.lr_at : t.lr;
         sgd_range<T>(t.p, t.g, t.buf, static_cast<T*>(t.copy), ch.start, ch.start + ch.count,
                      threadIdx.x, blockDim.x, lr, t.momentum, t.dampening, t.weight_decay,

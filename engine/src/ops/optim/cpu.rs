@@ -3,10 +3,13 @@
 //! parallel over chunks. Host storage is immutable, so "in place" means the
 //! param and momentum get new tensors with the results.
 
-use super::{sgd_step_each, LarsHyper, OptimOps, SgdHyper, SgdItem};
+use super::{
+    check_scale_state, check_scale_update, sgd_step_each, LarsHyper, OptimOps, ScaleHyper,
+    SgdHyper, SgdItem, SCALE_STATE,
+};
 use crate::backend::Cpu;
 use crate::nn::Param;
-use crate::{dispatch_float, Float, Result, Tensor};
+use crate::{dispatch_float, Device, Float, Result, Tensor};
 use rayon::prelude::*;
 
 impl OptimOps for Cpu {
@@ -39,6 +42,39 @@ impl OptimOps for Cpu {
             p.set_grad(Some(unscaled));
         }
         Ok(finite)
+    }
+
+    /// The scale's reciprocal in f32, as the GPU's `unscale_check_f32`
+    /// takes it.
+    fn unscale_found(&self, grads: &[(Param, Tensor)], state: &Tensor) -> Result<Tensor> {
+        check_scale_state("unscale_found", state, Device::Cpu)?;
+        let inv = 1.0 / state.to_vec::<f32>()?[0];
+        let finite = self.unscale_and_check_finite(grads, f64::from(inv))?;
+        Tensor::from_vec(vec![f32::from(u8::from(!finite))], &[1])
+    }
+
+    /// reduce.cu's `amp_update_scale`, in the same f32 operations.
+    fn update_scale(&self, state: &mut Tensor, found: &Tensor, h: &ScaleHyper) -> Result<()> {
+        check_scale_update(state, found, h)?;
+        let v = state.to_vec::<f32>()?;
+        let (mut scale, mut clean, mut skipped) = (v[0], v[1], v[2]);
+        if found.to_vec::<f32>()?[0] != 0.0 {
+            scale *= h.backoff_factor as f32;
+            clean = 0.0;
+            skipped += 1.0;
+        } else {
+            skipped = 0.0;
+            clean += 1.0;
+            if clean >= h.growth_interval as f32 {
+                let grown = scale * h.growth_factor as f32;
+                if grown.is_finite() {
+                    scale = grown;
+                }
+                clean = 0.0;
+            }
+        }
+        *state = Tensor::from_vec(vec![scale, clean, skipped], &[SCALE_STATE.len()])?;
+        Ok(())
     }
 
     fn all_finite(&self, tensors: &[Tensor]) -> Result<bool> {

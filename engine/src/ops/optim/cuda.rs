@@ -8,7 +8,10 @@
 //! the per-param fallback for params sharing storage, which reads a
 //! device learning rate (`SgdItem::lr_at`) back.
 
-use super::{check_lr_at, sgd_step_each, LarsHyper, OptimOps, SgdHyper, SgdItem};
+use super::{
+    check_scalar_at, check_scale_state, check_scale_update, check_skippable, sgd_step_each,
+    LarsHyper, OptimOps, ScaleHyper, SgdHyper, SgdItem,
+};
 use crate::backend::Cuda;
 use crate::cuda::launch::cast;
 use crate::cuda::launch::{empty_like, kdtype, kerr, with_strides_of};
@@ -50,6 +53,9 @@ struct SgdArgs {
     /// Address of a device f32 the multi-tensor kernel reads in place of
     /// `lr` (0: none; `SgdItem::lr_at`).
     lr_at: u64,
+    /// Address of a device f32 flag; the multi-tensor kernel leaves the
+    /// tensor as it is when it is not 0 (0: none; `SgdItem::skip_if`).
+    skip_at: u64,
 }
 
 impl SgdArgs {
@@ -57,6 +63,7 @@ impl SgdArgs {
     fn new(h: &SgdHyper, first: bool) -> SgdArgs {
         SgdArgs {
             lr_at: 0,
+            skip_at: 0,
             lr: h.lr as f32,
             momentum: h.momentum as f32,
             dampening: h.dampening as f32,
@@ -169,8 +176,8 @@ fn finite_chunks(items: &[(u64, usize)], elem: usize, chunk: usize) -> Result<Ve
 }
 
 /// One tensor of `sgd_multi_<t>`'s table: sgd.cu's `SgdTensor`, 80 bytes
-/// (four pointers, an i64, four f32, two i32, the lr pointer, an unused
-/// i64).
+/// (four pointers, an i64, four f32, two i32, the lr and skip-flag
+/// pointers).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct SgdTensor {
     b: SgdBuffers,
@@ -198,7 +205,7 @@ impl SgdTensor {
             out.extend_from_slice(&v.to_ne_bytes());
         }
         out.extend_from_slice(&self.h.lr_at.to_ne_bytes());
-        out.extend_from_slice(&0i64.to_ne_bytes());
+        out.extend_from_slice(&self.h.skip_at.to_ne_bytes());
     }
 }
 
@@ -495,6 +502,15 @@ unsafe fn lars_step(
     Ok(())
 }
 
+/// The factor `unscale_check_f32` multiplies by.
+#[derive(Clone, Copy)]
+enum Inv {
+    Value(f32),
+    /// The reciprocal of the f32 at this device address, taken when the
+    /// kernel runs.
+    Of(u64),
+}
+
 /// One int on the GPU that any kernel of a step sets to 1 when it meets an
 /// inf/NaN (GradScaler's `found_inf`), zeroed when created.
 struct FiniteFlag {
@@ -567,13 +583,13 @@ impl FiniteFlag {
         Ok(())
     }
 
-    /// Queues `g *= inv_scale` over `n` f32 in place, raising the flag on any
+    /// Queues `g *= inv` over `n` f32 in place, raising the flag on any
     /// non-finite result (`unscale_check_f32`).
     ///
     /// # Safety
     /// `g` holds `n` f32 on this flag's GPU, and nothing else uses it while
-    /// the kernel runs.
-    unsafe fn unscale_check_f32(&self, g: u64, n: usize, inv_scale: f32) -> Result<()> {
+    /// the kernel runs; an [`Inv::Of`] address holds an f32 there.
+    unsafe fn unscale_check_f32(&self, g: u64, n: usize, inv: Inv) -> Result<()> {
         const OP: &str = "unscale_check_f32";
         // reduce.cu moves float4s when g is 16-byte aligned; the pack only
         // sizes the grid (the kernel grid-strides).
@@ -584,9 +600,13 @@ impl FiniteFlag {
         let f = self.gpu.kernels.function(OP).map_err(kerr(OP))?;
         let n = count(OP, n)?;
         let flag = self.block.ptr();
+        let (inv_scale, scale_at) = match inv {
+            Inv::Value(v) => (v, 0u64),
+            Inv::Of(at) => (1.0f32, at),
+        };
         self.gpu.bind()?;
         let mut l = self.gpu.stream.launch_builder(&f);
-        l.arg(&g).arg(&n).arg(&inv_scale).arg(&flag);
+        l.arg(&g).arg(&n).arg(&inv_scale).arg(&scale_at).arg(&flag);
         l.launch(config(shape)).map_err(|e| self.gpu.err(OP, e))?;
         Ok(())
     }
@@ -698,12 +718,19 @@ impl OptimOps for Cuda {
         }
         let mut work = Vec::with_capacity(items.len());
         for it in items.iter() {
+            check_skippable(OP, it)?;
             let (master, g, copy) = working_set(OP, it.p, it.g)?;
             let gpu = ct::gpu_of(&master)?;
             let buf = match &*it.m {
                 Some(b) => Some(with_strides_of(OP, b, &master)?),
-                // the kernel writes buf = d on a first step: no zeroing needed
-                None if it.h.momentum != 0.0 => Some(empty_like(&master, DType::F32)?),
+                // the kernel writes buf = d on a first step: no zeroing
+                // needed, unless the kernel may skip it (SgdItem::skip_if)
+                None if it.h.momentum != 0.0 => Some(if it.skip_if.is_some() {
+                    ct::zeros(gpu, master.dims(), DType::F32)
+                        .and_then(|z| with_strides_of(OP, &z, &master))?
+                } else {
+                    empty_like(&master, DType::F32)?
+                }),
                 None => None,
             };
             let first = it.m.is_none();
@@ -750,8 +777,11 @@ impl OptimOps for Cuda {
                 let dt = kdtype(OP, w.copy.as_ref().map_or(DType::F32, |c| c.dtype()))?;
                 let mut args = SgdArgs::new(&items[i].h, w.first);
                 if let Some(t) = items[i].lr_at {
-                    check_lr_at(OP, t, w.master.device())?;
+                    check_scalar_at(OP, "learning rate", t, w.master.device())?;
                     args.lr_at = ptr(t)?;
+                }
+                if let Some(t) = items[i].skip_if {
+                    args.skip_at = ptr(t)?;
                 }
                 rows.push((b, args, dt));
             }
@@ -767,6 +797,7 @@ impl OptimOps for Cuda {
                         m: &mut *it.m,
                         h: it.h,
                         lr_at: it.lr_at,
+                        skip_if: it.skip_if,
                     })
                     .collect();
                 sgd_step_each(self, &mut sub)?;
@@ -841,66 +872,65 @@ impl OptimOps for Cuda {
         Ok(())
     }
 
-    /// `unscale_check_f32` per gradient, raising one flag per GPU, read back
-    /// once: the step's only sync. f32 gradients are rewritten in their own
-    /// storage; f16/bf16 ones go through an f32 copy (multiplied and checked
-    /// in f32, then rounded back: the host's arithmetic).
+    /// [`unscale`] read back once: the step's only sync.
     fn unscale_and_check_finite(&self, grads: &[(Param, Tensor)], inv_scale: f64) -> Result<bool> {
-        const OP: &str = "LossScaler::unscale";
-        let inv_scale = inv_scale as f32;
-        let mut views = Vec::with_capacity(grads.len());
-        for (_, g) in grads {
-            kdtype(OP, g.dtype())?;
-            views.push((storage_of(g)?.ptr(), ptr(g)?, g.numel()));
-        }
-        let mut flags: Vec<FiniteFlag> = Vec::new();
-        let mut unscaled_in_place = Vec::new();
-        for (((p, g), how), view) in grads.iter().zip(plan(&views)).zip(&views) {
-            // Done only counts when the earlier twin really was rewritten in
-            // place (not when it went through a copy)
-            if how == Plan::Done && unscaled_in_place.contains(view) {
-                continue;
-            }
-            let gpu = ct::gpu_of(g)?;
-            let flag = flag_for(&mut flags, gpu)?;
-            // the f32 buffer the kernel rewrites, and whether it is g itself
-            let (work, in_place) = if g.dtype() != DType::F32 {
-                (cast(g, DType::F32)?, false)
-            } else if how != Plan::InPlace || !ct::is_dense(g.layout()) {
-                (
-                    ct::copy_to_strides(g, &crate::layout::gpu_strides(g.dims()))?,
-                    false,
-                )
-            } else {
-                (g.clone(), true)
-            };
-            if !ct::is_dense(work.layout()) {
-                return Err(Error::arg(
-                    OP,
-                    format!(
-                        "{}: gradient {:?} is not dense after copying",
-                        p.name(),
-                        g.dims()
-                    ),
-                ));
-            }
-            // SAFETY: work is dense (numel f32 from ptr) on flag's GPU, and
-            // is either a fresh buffer or a gradient no other gradient
-            // views (plan).
-            unsafe { flag.unscale_check_f32(ptr(&work)?, work.numel(), inv_scale)? };
-            if g.dtype() != DType::F32 {
-                p.set_grad(Some(cast(&work, g.dtype())?));
-            } else if in_place {
-                unscaled_in_place.push(*view);
-            } else {
-                p.set_grad(Some(work));
-            }
-        }
         let mut finite = true;
-        for f in &flags {
+        for f in &unscale(grads, Inv::Value(inv_scale as f32))? {
             finite &= f.read()?;
         }
         Ok(finite)
+    }
+
+    /// [`unscale`] by the scale on the device, its flag turned into the f32
+    /// answer (`found_to_f32`), nothing read.
+    fn unscale_found(&self, grads: &[(Param, Tensor)], state: &Tensor) -> Result<Tensor> {
+        const OP: &str = "unscale_found";
+        let Some((_, g)) = grads.first() else {
+            return Err(Error::arg(OP, "no gradients to unscale"));
+        };
+        check_scale_state(OP, state, g.device())?;
+        let gpu = ct::gpu_of(state)?;
+        let state = ct::to_default_layout(state)?;
+        let mut flags = unscale(grads, Inv::Of(ptr(&state)?))?;
+        let flag = match flags.pop() {
+            Some(f) if flags.is_empty() && f.gpu().ordinal == gpu.ordinal => f,
+            _ => {
+                return Err(Error::arg(
+                    OP,
+                    "the gradients are on several GPUs; unscale each GPU's apart",
+                ))
+            }
+        };
+        let out = ct::empty(gpu, &[1], DType::F32)?;
+        // SAFETY: out holds one f32 on the flag's GPU.
+        unsafe { flag.to_f32(ptr(&out)?) }?;
+        Ok(out)
+    }
+
+    /// One `amp_update_scale` thread on the state, in place.
+    fn update_scale(&self, state: &mut Tensor, found: &Tensor, h: &ScaleHyper) -> Result<()> {
+        const OP: &str = "amp_update_scale";
+        check_scale_update(state, found, h)?;
+        let gpu = ct::gpu_of(state)?;
+        // (a strided state is replaced by a dense copy, rewritten from then on)
+        *state = ct::to_default_layout(state)?;
+        let Some(shape) = launch::elementwise(1, 1, &gpu.kernels.gpu()) else {
+            return Err(Error::arg(OP, "no launch shape for one element"));
+        };
+        let f = gpu.kernels.function(OP).map_err(kerr(OP))?;
+        let (at, found) = (ptr(state)?, ptr(&ct::to_default_layout(found)?)?);
+        let (growth, backoff) = (h.growth_factor as f32, h.backoff_factor as f32);
+        let interval = h.growth_interval as f32;
+        gpu.bind()?;
+        let mut l = gpu.stream.launch_builder(&f);
+        l.arg(&at)
+            .arg(&found)
+            .arg(&growth)
+            .arg(&backoff)
+            .arg(&interval);
+        // SAFETY: state holds 3 f32 and found one, both on `gpu` (checked).
+        unsafe { l.launch(config(shape)) }.map_err(|e| gpu.err(OP, e))?;
+        Ok(())
     }
 
     fn all_finite(&self, tensors: &[Tensor]) -> Result<bool> {
@@ -938,6 +968,63 @@ impl OptimOps for Cuda {
         unsafe { flag.to_f32(ptr(&out)?) }?;
         Ok(out)
     }
+}
+
+/// `unscale_check_f32` per gradient, raising one flag per GPU (returned,
+/// not read). f32 gradients are rewritten in their own storage; f16/bf16
+/// ones go through an f32 copy (multiplied and checked in f32, then
+/// rounded back: the host's arithmetic).
+fn unscale(grads: &[(Param, Tensor)], inv: Inv) -> Result<Vec<FiniteFlag>> {
+    const OP: &str = "LossScaler::unscale";
+    let mut views = Vec::with_capacity(grads.len());
+    for (_, g) in grads {
+        kdtype(OP, g.dtype())?;
+        views.push((storage_of(g)?.ptr(), ptr(g)?, g.numel()));
+    }
+    let mut flags: Vec<FiniteFlag> = Vec::new();
+    let mut unscaled_in_place = Vec::new();
+    for (((p, g), how), view) in grads.iter().zip(plan(&views)).zip(&views) {
+        // Done only counts when the earlier twin really was rewritten in
+        // place (not when it went through a copy)
+        if how == Plan::Done && unscaled_in_place.contains(view) {
+            continue;
+        }
+        let gpu = ct::gpu_of(g)?;
+        let flag = flag_for(&mut flags, gpu)?;
+        // the f32 buffer the kernel rewrites, and whether it is g itself
+        let (work, in_place) = if g.dtype() != DType::F32 {
+            (cast(g, DType::F32)?, false)
+        } else if how != Plan::InPlace || !ct::is_dense(g.layout()) {
+            (
+                ct::copy_to_strides(g, &crate::layout::gpu_strides(g.dims()))?,
+                false,
+            )
+        } else {
+            (g.clone(), true)
+        };
+        if !ct::is_dense(work.layout()) {
+            return Err(Error::arg(
+                OP,
+                format!(
+                    "{}: gradient {:?} is not dense after copying",
+                    p.name(),
+                    g.dims()
+                ),
+            ));
+        }
+        // SAFETY: work is dense (numel f32 from ptr) on flag's GPU, and
+        // is either a fresh buffer or a gradient no other gradient
+        // views (plan).
+        unsafe { flag.unscale_check_f32(ptr(&work)?, work.numel(), inv)? };
+        if g.dtype() != DType::F32 {
+            p.set_grad(Some(cast(&work, g.dtype())?));
+        } else if in_place {
+            unscaled_in_place.push(*view);
+        } else {
+            p.set_grad(Some(work));
+        }
+    }
+    Ok(flags)
 }
 
 /// The tensors one `all_finite_multi_<t>` launch checks: (flag index,
@@ -1271,6 +1358,7 @@ mod tests {
     fn sgd_table_bytes_have_the_kernel_layout() {
         let mut items = [item(0, 3, Dtype::F32), item(1, 20, Dtype::F16)];
         items[1].1.lr_at = 0x4000;
+        items[1].1.skip_at = 0x5000;
         let t = sgd_table(&items, 8).unwrap();
         let bytes = t.bytes();
         assert_eq!(t.chunks_offset(), 160);
@@ -1279,7 +1367,7 @@ mod tests {
         let i32_at = |o: usize| i32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
         let f32_at = |o: usize| f32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
         // tensor 1: p, g, buf, copy, n, lr, momentum, dampening, wd,
-        // nesterov, first, lr_at, reserved
+        // nesterov, first, lr_at, skip_at
         let (b, h, _) = items[1];
         let at = 80;
         assert_eq!(
@@ -1297,9 +1385,10 @@ mod tests {
             [h.lr, h.momentum, h.dampening, h.weight_decay]
         );
         assert_eq!([i32_at(at + 56), i32_at(at + 60)], [0, 0]);
-        assert_eq!([u64_at(at + 64), u64_at(at + 72)], [0x4000, 0]);
+        assert_eq!([u64_at(at + 64), u64_at(at + 72)], [0x4000, 0x5000]);
         assert_eq!(i32_at(60), 1, "tensor 0's first step");
         assert_eq!(u64_at(64), 0, "tensor 0 has no lr tensor");
+        assert_eq!(u64_at(72), 0, "tensor 0 has no skip flag");
         // chunk 3: tensor 1's last (start 16, 4 elements)
         let at = 160 + 3 * 16;
         assert_eq!((u64_at(at), i32_at(at + 8), i32_at(at + 12)), (16, 1, 4));

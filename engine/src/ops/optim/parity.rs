@@ -14,11 +14,14 @@
 //! buffer (f32, default threshold), the f16 param's value (f16's) and the
 //! bf16 param's (bf16's): those are one rounding of an f32 result the GPU
 //! computes with fused multiply-adds, which may land one f16/bf16 step from
-//! the host's. Last, `non_finite_found` (the queued check after a step)
+//! the host's. Then `non_finite_found` (the queued check after a step)
 //! over mixed dtypes, a strided view and a tensor of several chunks, with
-//! a NaN or an infinity in one of them or in none.
+//! a NaN or an infinity in one of them or in none. Last, loss scaling
+//! decided on the device (`ScaleOnDevice`: `unscale_found`, the SGD
+//! kernel's skip flag, `update_scale`) over three steps, with and without
+//! an overflow on the first one (no momentum yet).
 
-use crate::amp::{amp_step, LossScaler};
+use crate::amp::{amp_step, LossScaler, ScaleOnDevice};
 use crate::nn::Param;
 use crate::ops::optim::OptimOps;
 use crate::optim::{Lars, Optimizer, Sgd};
@@ -328,6 +331,54 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     }
     non_finite_cases(rng, out);
     many_cases(rng, out);
+    scale_on_device_cases(rng, out);
+}
+
+/// Three SGD steps under `ScaleOnDevice` (scale 1024, growth every 2 clean
+/// steps), the first overflowing or not: each step's read (the overflow
+/// flag and the new scale state), then the params, the momentum and the
+/// last step's unscaled gradients.
+fn scale_on_device_cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    for first_overflows in [false, true] {
+        let values = draw(rng, 1.0);
+        let mut grads: Vec<Vec<Tensor>> = (0..3).map(|_| draw(rng, 1024.0)).collect();
+        if first_overflows {
+            let mut v = grads[0][2].to_vec::<f32>().expect("f32 grads");
+            v[5] = f32::NAN;
+            grads[0][2] = Tensor::from_vec(v, &[37]).expect("[37]");
+        }
+        let run = move |device: Device| -> Result<Outputs> {
+            let params = params(&values, device)?;
+            let mut opt = Sgd::new(0.1, 0.9, 1e-4).with_exclude_no_wd(true);
+            let mut scaler = LossScaler::new(1024.0);
+            scaler.growth_interval = 2;
+            let mut on = ScaleOnDevice::default();
+            let mut out: Outputs = Vec::new();
+            for (k, step) in grads.iter().enumerate() {
+                for (p, g) in params.iter().zip(step) {
+                    p.set_grad(Some(g.to_device(device)?));
+                }
+                let read = on.queue_step(&scaler, &mut opt, &params, device)?;
+                on.absorb(&mut scaler, &read.to_device(Device::Cpu)?.to_vec_f64()?)?;
+                out.push((format!("step {k}: found, scale, clean, skipped"), read));
+            }
+            for p in &params {
+                let g = p
+                    .grad()
+                    .ok_or_else(|| Error::Autograd("grad dropped".into()))?;
+                out.push((format!("{}.grad", p.name()), g));
+                out.push((p.name().to_string(), p.get()));
+            }
+            out.extend(opt.state());
+            Ok(out)
+        };
+        let label = if first_overflows {
+            "5 params, 3 steps, NaN in the first step's fc.bias grad"
+        } else {
+            "5 params, 3 steps, finite grads"
+        };
+        out.push(case(label.into(), run, "scale_on_device"));
+    }
 }
 
 /// `non_finite_found` (the queued check after an optimizer step) over f32,

@@ -53,7 +53,7 @@ fn unscale_writes_each_gradient_and_reports_overflow() {
 fn parity_cases_run_on_the_cpu_reproducibly() {
     let mut cases = Vec::new();
     parity::cases(&mut crate::Rng::new(5), &mut cases);
-    assert_eq!(cases.len(), 21);
+    assert_eq!(cases.len(), 23);
     for c in &cases {
         let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
         assert_eq!(a.len(), b.len());
@@ -152,6 +152,7 @@ fn sgd_step_many_is_the_per_param_step_bit_for_bit() {
                     m,
                     h: hyper(p, momentum, nesterov),
                     lr_at: None,
+                    skip_if: None,
                 })
                 .collect();
             Cpu.sgd_step_many(&mut items).unwrap();
@@ -184,6 +185,7 @@ fn sgd_step_many_is_the_per_param_step_bit_for_bit() {
         m: &mut m,
         h,
         lr_at: None,
+        skip_if: None,
     }];
     assert!(Cpu.sgd_step_many(&mut items).is_err());
     assert_eq!(bits(&p.get()), before);
@@ -212,6 +214,7 @@ fn an_items_lr_tensor_replaces_its_lr() {
         m: &mut mb,
         h: h(99.0),
         lr_at: Some(&lr),
+        skip_if: None,
     }];
     Cpu.sgd_step_many(&mut items).unwrap();
     assert_eq!(bits(&a.get()), bits(&b.get()));
@@ -228,9 +231,91 @@ fn an_items_lr_tensor_replaces_its_lr() {
             m: &mut m,
             h: h(0.1),
             lr_at: Some(&bad),
+            skip_if: None,
         }];
         let e = Cpu.sgd_step_many(&mut items).unwrap_err().to_string();
         assert!(e.contains("learning rate tensor"), "{e}");
         assert_eq!(bits(&b.get()), before);
     }
+}
+
+/// A raised skip flag leaves the param and its (missing) momentum as they
+/// were, a lowered one is the plain step; a skippable item needs an f32
+/// param and dampening 0, and the flag must be one f32.
+#[test]
+fn an_items_skip_flag_skips_its_step() {
+    let h = |dampening: f64| SgdHyper {
+        lr: 0.1,
+        momentum: 0.9,
+        dampening,
+        weight_decay: 1e-2,
+        nesterov: false,
+    };
+    let g = Tensor::from_vec(vec![0.5f32, -1.5, 2.0], &[3]).unwrap();
+    let flag = |v: f32| Tensor::from_vec(vec![v], &[1]).unwrap();
+    let (raised, lowered) = (flag(1.0), flag(0.0));
+    let step = |p: &Param, m: &mut Option<Tensor>, skip: &Tensor, damp: f64| {
+        let mut items = [SgdItem {
+            p,
+            g: &g,
+            m,
+            h: h(damp),
+            lr_at: None,
+            skip_if: Some(skip),
+        }];
+        Cpu.sgd_step_many(&mut items)
+    };
+    let (a, b) = (param(&[1.0, 2.0, 3.0]), param(&[1.0, 2.0, 3.0]));
+    let (mut ma, mut mb) = (None, None);
+    let before = bits(&a.get());
+    step(&a, &mut ma, &raised, 0.0).unwrap();
+    assert_eq!(bits(&a.get()), before);
+    assert!(ma.is_none(), "a skipped first step makes no momentum");
+    step(&a, &mut ma, &lowered, 0.0).unwrap();
+    Cpu.sgd_step(&b, &g, &mut mb, &h(0.0)).unwrap();
+    assert_eq!(bits(&a.get()), bits(&b.get()));
+    assert_eq!(bits(ma.as_ref().unwrap()), bits(mb.as_ref().unwrap()));
+    // refused, the param untouched
+    let before = bits(&a.get());
+    let e = step(&a, &mut ma, &lowered, 0.5).unwrap_err().to_string();
+    assert!(e.contains("dampening 0"), "{e}");
+    let e = step(
+        &a,
+        &mut ma,
+        &flag(0.0).to_dtype(crate::DType::F64).unwrap(),
+        0.0,
+    );
+    assert!(e.unwrap_err().to_string().contains("skip flag tensor"));
+    let half = Param::new("h", a.get().to_dtype(crate::DType::F16).unwrap(), false).unwrap();
+    let e = step(&half, &mut None, &lowered, 0.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("f32 parameter"), "{e}");
+    assert_eq!(bits(&a.get()), before);
+}
+
+/// `unscale_found` is `unscale_and_check_finite` by the state's scale,
+/// its answer an f32 flag; a state of another form is an error.
+#[test]
+fn unscale_found_unscales_by_the_state_and_flags_overflow() {
+    let (a, b) = (param(&[0.0, 0.0]), param(&[0.0]));
+    let state = Tensor::from_vec(vec![4.0f32, 0.0, 0.0], &[3]).unwrap();
+    let grads = |inf: bool| {
+        let gb = if inf { f32::INFINITY } else { 8.0 };
+        [
+            (
+                a.clone(),
+                Tensor::from_vec(vec![2.0f32, 4.0], &[2]).unwrap(),
+            ),
+            (b.clone(), Tensor::from_vec(vec![gb], &[1]).unwrap()),
+        ]
+    };
+    let found = Cpu.unscale_found(&grads(false), &state).unwrap();
+    assert_eq!(found.to_vec::<f32>().unwrap(), [0.0]);
+    assert_eq!(a.grad().unwrap().to_vec::<f32>().unwrap(), [0.5, 1.0]);
+    assert_eq!(b.grad().unwrap().to_vec::<f32>().unwrap(), [2.0]);
+    let found = Cpu.unscale_found(&grads(true), &state).unwrap();
+    assert_eq!(found.to_vec::<f32>().unwrap(), [1.0]);
+    let e = Cpu.unscale_found(&grads(false), &state.narrow(0, 0, 2).unwrap());
+    assert!(e.unwrap_err().to_string().contains("scale state"));
 }
