@@ -816,6 +816,45 @@ mod tests {
     /// caller is outside any, the caller's (as under the CLI) otherwise,
     /// with the same result either way.
     #[test]
+    fn an_f16_step_that_overflows_is_skipped_where_the_model_is() {
+        let mut rng = engine::Rng::new(2);
+        let mut cfg = crate::NetConfig::new("resnet18", 3).unwrap();
+        cfg.width = 4;
+        cfg.stem = crate::Stem::Cifar;
+        let net = crate::SupervisedNet::new(cfg, &mut rng).unwrap();
+        let opts = TrainOptions {
+            precision: Precision::F16,
+            ..TrainOptions::default()
+        };
+        let mut t = Trainer::new(&net, opts, BTreeMap::new());
+        let x = Tensor::randn(&[4, 3, 12, 12], 0.0, 1.0, DType::F32, &mut rng);
+        let y = Tensor::from_vec(vec![0i64, 1, 2, 1], &[4]).unwrap();
+        let weights = |t: &Trainer| -> Vec<Vec<f32>> {
+            t.params
+                .iter()
+                .map(|p| p.get().to_vec::<f32>().unwrap())
+                .collect()
+        };
+        // a scale no f16 gradient survives: the step is skipped, the
+        // weights stay, the scale halves (all decided by ScaleOnDevice)
+        t.scaler.as_mut().unwrap().scale = 2f64.powi(100);
+        let before = weights(&t);
+        let log = t.step(&x, &y).unwrap();
+        assert_eq!(log.skipped, Some(true));
+        assert_eq!(weights(&t), before);
+        let s = t.scaler.clone().unwrap();
+        assert_eq!((s.scale, s.skipped_steps), (2f64.powi(99), 1));
+        // a scale set on the host (a restored checkpoint) is staged again
+        t.scaler.as_mut().unwrap().scale = 1024.0;
+        let log = t.step(&x, &y).unwrap();
+        assert_eq!(log.skipped, Some(false));
+        assert_ne!(weights(&t), before);
+        let s = t.scaler.clone().unwrap();
+        assert_eq!((s.scale, s.clean_steps, s.skipped_steps), (1024.0, 1, 0));
+        assert_eq!(t.step, 2);
+    }
+
+    #[test]
     fn a_cuda_graph_step_needs_a_gpu_model() {
         let mut rng = engine::Rng::new(1);
         let mut cfg = crate::NetConfig::new("resnet18", 3).unwrap();
