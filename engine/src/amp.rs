@@ -322,7 +322,8 @@ impl ScaleOnDevice {
         opt.step_unless(params, Some(&found))?;
         on_backend!(device, b => b.update_scale(&mut state, &found, &s.hyper()))?;
         if let Some(at) = self.at.as_mut() {
-            // the host's copy moves on with the step's read (absorb)
+            // the updated state (a new tensor on the host, the same one on a
+            // GPU); its values reach `at.2` with the step's read (absorb)
             at.1 = state.clone();
         }
         Tensor::cat(&[found, state], 0)

@@ -889,18 +889,17 @@ impl OptimOps for Cuda {
             return Err(Error::arg(OP, "no gradients to unscale"));
         };
         check_scale_state(OP, state, g.device())?;
+        if grads.iter().any(|(_, h)| h.device() != g.device()) {
+            return Err(Error::arg(
+                OP,
+                "the gradients are on several GPUs; unscale each GPU's apart",
+            ));
+        }
         let gpu = ct::gpu_of(state)?;
         let state = ct::to_default_layout(state)?;
-        let mut flags = unscale(grads, Inv::Of(ptr(&state)?))?;
-        let flag = match flags.pop() {
-            Some(f) if flags.is_empty() && f.gpu().ordinal == gpu.ordinal => f,
-            _ => {
-                return Err(Error::arg(
-                    OP,
-                    "the gradients are on several GPUs; unscale each GPU's apart",
-                ))
-            }
-        };
+        let flag = unscale(grads, Inv::Of(ptr(&state)?))?
+            .pop()
+            .ok_or_else(|| Error::arg(OP, "no gradient was unscaled"))?;
         let out = ct::empty(gpu, &[1], DType::F32)?;
         // SAFETY: out holds one f32 on the flag's GPU.
         unsafe { flag.to_f32(ptr(&out)?) }?;
