@@ -255,7 +255,7 @@ pub struct PretrainArgs {
     /// Default: device on a GPU, host on the CPU. Same batches either way.
     #[arg(long, value_enum)]
     pub augment_on: Option<AugmentOn>,
-    /// GPU, bf16 or f32, one rank: after two ordinary steps, record the
+    /// GPU, one rank, any precision: after two ordinary steps, record the
     /// whole step as a CUDA graph and replay it (one launch per step).
     /// Same arithmetic as the ordinary steps; a batch of another shape (an
     /// epoch's short last one) runs as one, and is recorded itself once its

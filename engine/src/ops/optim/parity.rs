@@ -92,6 +92,18 @@ fn run_steps(
     Ok(out)
 }
 
+/// Each param's gradient and value, in order, onto `out`.
+fn push_grads_and_values(params: &[Param], out: &mut Outputs) -> Result<()> {
+    for p in params {
+        let g = p
+            .grad()
+            .ok_or_else(|| Error::Autograd("grad dropped".into()))?;
+        out.push((format!("{}.grad", p.name()), g));
+        out.push((p.name().to_string(), p.get()));
+    }
+    Ok(())
+}
+
 fn case(
     label: String,
     run: impl Fn(Device) -> Result<Outputs> + 'static,
@@ -313,13 +325,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
                 ("stepped".into(), Tensor::scalar(stepped as u8 as f32)),
                 ("scale_after".into(), Tensor::scalar(scaler.scale as f32)),
             ];
-            for p in &params {
-                let g = p
-                    .grad()
-                    .ok_or_else(|| Error::Autograd("grad dropped".into()))?;
-                out.push((format!("{}.grad", p.name()), g));
-                out.push((p.name().to_string(), p.get()));
-            }
+            push_grads_and_values(&params, &mut out)?;
             Ok(out)
         };
         let label = if overflow {
@@ -362,13 +368,7 @@ fn scale_on_device_cases(rng: &mut Rng, out: &mut Vec<Case>) {
                 on.absorb(&mut scaler, &read.to_device(Device::Cpu)?.to_vec_f64()?)?;
                 out.push((format!("step {k}: found, scale, clean, skipped"), read));
             }
-            for p in &params {
-                let g = p
-                    .grad()
-                    .ok_or_else(|| Error::Autograd("grad dropped".into()))?;
-                out.push((format!("{}.grad", p.name()), g));
-                out.push((p.name().to_string(), p.get()));
-            }
+            push_grads_and_values(&params, &mut out)?;
             out.extend(opt.state());
             Ok(out)
         };
