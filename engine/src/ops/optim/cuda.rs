@@ -917,13 +917,15 @@ impl OptimOps for Cuda {
             return Err(Error::arg(OP, "no launch shape for one element"));
         };
         let f = gpu.kernels.function(OP).map_err(kerr(OP))?;
-        let (at, found) = (ptr(state)?, ptr(&ct::to_default_layout(found)?)?);
+        // (held until the launch is queued)
+        let found = ct::to_default_layout(found)?;
+        let (at, found_at) = (ptr(state)?, ptr(&found)?);
         let (growth, backoff) = (h.growth_factor as f32, h.backoff_factor as f32);
         let interval = h.growth_interval as f32;
         gpu.bind()?;
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&at)
-            .arg(&found)
+            .arg(&found_at)
             .arg(&growth)
             .arg(&backoff)
             .arg(&interval);

@@ -391,7 +391,8 @@ fn non_finite_cases(rng: &mut Rng, out: &mut Vec<Case>) {
     let shapes: [&[usize]; 5] = [&[37, 100], &[3, 100], &[7, 11], &[16, 9], &[4, 50_000]];
     let dtypes = [DType::F32, DType::BF16, DType::F16, DType::F32, DType::F32];
     // (label, the tensor and element that get the value, the value)
-    let spots: [(&str, Option<(usize, usize)>, f32); 6] = [
+    type Spot = (&'static str, Option<(usize, usize)>, f32);
+    let spots: [Spot; 6] = [
         ("all finite", None, 0.0),
         ("NaN in the bf16 tensor", Some((1, 202)), f32::NAN),
         ("inf in the f16 tensor", Some((2, 24)), f32::INFINITY),
