@@ -25,13 +25,13 @@ use crate::dist::launch::{global_batch, run_ranks, DistArgs};
 use crate::dist::{Communicator, DataParallel};
 use crate::fit::{fit, FitOptions, Means, StepLog, Task, TaskState, Validation};
 use crate::net::{MAX_CLASSES, MAX_IN_CHANNELS, MAX_WIDTH};
-use crate::train::{restore_optim, scaler_state};
-use engine::amp::{amp_step, LossScaler, Precision};
+use crate::train::{
+    absorb_opt_step, non_finite_error, queue_opt_step, restore_optim, scaler_state,
+};
+use engine::amp::{LossScaler, Precision, ScaleOnDevice};
 use engine::checkpoint::{self, Checkpoint, LoadOptions, TrainState, TRAIN_FORMAT};
 use engine::nn::{Buffer, Module, Param};
-use engine::optim::{
-    check_finite, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup,
-};
+use engine::optim::{zero_grad, Cosine, LrSchedule, Optimizer, Sgd, StepDecay, Warmup};
 use engine::{Device, Error, Result, Rng, Tensor};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -442,6 +442,8 @@ pub struct DetectTask<'m> {
     opt: Sgd,
     /// f16's dynamic loss scale.
     scaler: Option<LossScaler>,
+    /// Its state where the model is (`ScaleOnDevice`).
+    scale_on: ScaleOnDevice,
     schedule: Warmup<Box<dyn LrSchedule>>,
     total: usize,
     seed: u64,
@@ -492,6 +494,7 @@ impl<'m> DetectTask<'m> {
             trainable: model.trainable_params(),
             opt: Sgd::new(a.lr, 0.9, a.weight_decay),
             scaler: a.precision.scaler(),
+            scale_on: ScaleOnDevice::default(),
             schedule: Warmup {
                 inner,
                 warmup_steps: a.warmup_steps.min(per_epoch),
@@ -517,7 +520,7 @@ impl<'m> DetectTask<'m> {
     /// `batch`'s images `start..start + n`, the total loss weighted by
     /// `weight`. Returns the total loss and its five parts.
     fn micro(
-        &self,
+        &mut self,
         step: usize,
         batch: &DetBatch,
         (m, start, n, weight): (usize, usize, usize, f64),
@@ -553,7 +556,7 @@ impl<'m> DetectTask<'m> {
             0,
         )?)?;
         let (value, parts) = (values[0], &values[1..]);
-        // under f16 an overflow skips the step instead (`amp_step`)
+        // under f16 an overflow skips the step instead (`ScaleOnDevice`)
         if !value.is_finite() && self.scaler.is_none() {
             return Err(Error::arg(
                 "detect train",
@@ -575,7 +578,7 @@ impl<'m> DetectTask<'m> {
             loss
         };
         match &self.scaler {
-            Some(s) => s.backward(&loss)?,
+            Some(s) => self.scale_on.backward(s, &loss)?,
             None => loss.backward()?,
         }
         Ok(values)
@@ -614,9 +617,30 @@ impl Task for DetectTask<'_> {
             }
             None => (b, self.micro(step, batch, (0, 0, b, 1.0))?),
         };
-        let stepped = amp_step(&mut self.opt, self.scaler.as_mut(), &self.trainable)?;
-        check_finite(&self.trainable, &self.model.buffers())
-            .map_err(|e| Error::arg("detect train", format!("after step {}: {e}", step + 1)))?;
+        // the step and its checks in one read (f16: the device decides
+        // whether it steps, `ScaleOnDevice`)
+        let buffers = self.model.buffers();
+        let read = queue_opt_step(
+            &mut self.opt,
+            self.scaler.as_ref().map(|s| (s, &mut self.scale_on)),
+            &self.trainable,
+            &buffers,
+            self.model.device(),
+        )?;
+        let mut v = read_f64(&read)?;
+        let (stepped, found) = absorb_opt_step(
+            &mut v,
+            self.scaler.as_mut().map(|s| (s, &mut self.scale_on)),
+        )?;
+        if found {
+            let at = format!("after step {}", step + 1);
+            return Err(non_finite_error(
+                "detect train",
+                &at,
+                &self.trainable,
+                &buffers,
+            ));
+        }
         Ok(StepLog {
             step: step + 1,
             loss: values[0],

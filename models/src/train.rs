@@ -371,22 +371,14 @@ impl<'m> Trainer<'m> {
     fn queue_apply(&mut self, summary: Option<Tensor>) -> Result<(f64, Tensor)> {
         let lr = self.schedule.lr(self.step);
         self.opt.set_lr(lr);
-        let scaled = match &self.scaler {
-            Some(s) => {
-                Some(
-                    self.scale_on
-                        .queue_step(s, &mut self.opt, &self.params, self.device)?,
-                )
-            }
-            None => {
-                self.opt.step(&self.params)?;
-                None
-            }
-        };
-        zero_grad(&self.params);
-        let buffers = self.model.buffers();
-        let flag = non_finite_flag(&self.params, &buffers, self.device)?;
-        let parts: Vec<Tensor> = summary.into_iter().chain(scaled).chain([flag]).collect();
+        let read = queue_opt_step(
+            &mut self.opt,
+            self.scaler.as_ref().map(|s| (s, &mut self.scale_on)),
+            &self.params,
+            &self.model.buffers(),
+            self.device,
+        )?;
+        let parts: Vec<Tensor> = summary.into_iter().chain([read]).collect();
         Ok((lr, Tensor::cat(&parts, 0)?))
     }
 
@@ -394,29 +386,21 @@ impl<'m> Trainer<'m> {
     /// host read), checks it and counts the step: whether it stepped, and
     /// `summary`'s values.
     fn finish(&mut self, read: &Tensor) -> Result<(bool, Vec<f64>)> {
-        let buffers = self.model.buffers();
         let mut v = read.to_device(Device::Cpu)?.to_vec_f64()?;
-        let found = v.pop().unwrap_or(0.0);
-        let stepped = match self.scaler.as_mut() {
-            Some(s) => {
-                let scaled = v.split_off(v.len().saturating_sub(4));
-                self.scale_on.absorb(s, &scaled)?
-            }
-            None => true,
-        };
+        let (stepped, found) = absorb_opt_step(
+            &mut v,
+            self.scaler.as_mut().map(|s| (s, &mut self.scale_on)),
+        )?;
         if let Some(&loss) = v.first() {
             self.check_loss(loss)?;
         }
-        // ReLU propagates NaN, but a diverged weight can still hide behind
-        // a finite loss for a while: stop at the first non-finite tensor
-        // (check_finite names it)
-        if found != 0.0 {
+        if found {
             let at = format!("after step {}", self.step + 1);
-            check_finite(&self.params, &buffers)
-                .map_err(|e| Error::arg("train", format!("{at}: {e}")))?;
-            return Err(Error::arg(
+            return Err(non_finite_error(
                 "train",
-                format!("{at}: a parameter or buffer holds a NaN or an infinity"),
+                &at,
+                &self.params,
+                &self.model.buffers(),
             ));
         }
         self.step += 1;
@@ -643,6 +627,69 @@ impl Task for Trainer<'_> {
     fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {
         self.graph = None;
         restore_optim(&mut self.opt, &mut self.scaler, optim, state)
+    }
+}
+
+/// A task's optimizer step, queued with its checks for one host read: the
+/// SGD step (under f16 loss scaling, the step `ScaleOnDevice` decides on
+/// the device), the gradients cleared, then the non-finite check of every
+/// param and buffer. Returns the tensor to read and give to
+/// [`absorb_opt_step`]: under f16 the scaled step's four values, then the
+/// check's flag.
+pub(crate) fn queue_opt_step(
+    opt: &mut Sgd,
+    scaling: Option<(&LossScaler, &mut ScaleOnDevice)>,
+    params: &[Param],
+    buffers: &[Buffer],
+    device: Device,
+) -> Result<Tensor> {
+    let scaled = match scaling {
+        Some((s, on)) => Some(on.queue_step(s, opt, params, device)?),
+        None => {
+            opt.step(params)?;
+            None
+        }
+    };
+    zero_grad(params);
+    let flag = non_finite_flag(params, buffers, device)?;
+    Tensor::cat(&scaled.into_iter().chain([flag]).collect::<Vec<_>>(), 0)
+}
+
+/// Takes what [`queue_opt_step`] queued off the end of the values read
+/// `v`: under f16 the scaled step's values go back into the scaler.
+/// Returns whether the optimizer stepped and whether the non-finite check
+/// found a NaN or an infinity ([`non_finite_error`]).
+pub(crate) fn absorb_opt_step(
+    v: &mut Vec<f64>,
+    scaling: Option<(&mut LossScaler, &mut ScaleOnDevice)>,
+) -> Result<(bool, bool)> {
+    let found = v.pop().unwrap_or(0.0) != 0.0;
+    let stepped = match scaling {
+        Some((s, on)) => {
+            let scaled = v.split_off(v.len().saturating_sub(4));
+            on.absorb(s, &scaled)?
+        }
+        None => true,
+    };
+    Ok((stepped, found))
+}
+
+/// The error of a raised non-finite check `at` a step: ReLU propagates
+/// NaN, but a diverged weight can still hide behind a finite loss for a
+/// while, so a run stops at the first non-finite tensor (`check_finite`
+/// names it).
+pub(crate) fn non_finite_error(
+    what: &'static str,
+    at: &str,
+    params: &[Param],
+    buffers: &[Buffer],
+) -> Error {
+    match check_finite(params, buffers) {
+        Err(e) => Error::arg(what, format!("{at}: {e}")),
+        Ok(()) => Error::arg(
+            what,
+            format!("{at}: a parameter or buffer holds a NaN or an infinity"),
+        ),
     }
 }
 
