@@ -116,18 +116,6 @@ impl LossScaler {
         loss.scale(self.scale)
     }
 
-    /// Backpropagates `loss * scale` (`scale_loss(loss)?.backward()`). On
-    /// a GPU the scale is the backward's seed instead of a multiply: the
-    /// same f32 gradient (`1 * scale`), one op fewer.
-    pub fn backward(&self, loss: &Tensor) -> Result<()> {
-        if loss.device() == Device::Cpu {
-            return self.scale_loss(loss)?.backward();
-        }
-        let loss = loss.to_dtype(DType::F32)?;
-        let seed = Tensor::full(loss.dims(), self.scale, DType::F32).to_device(loss.device())?;
-        loss.backward_with(seed)
-    }
-
     /// Divides every gradient by the scale in place; returns true when all
     /// of them are finite (false: skip this step). Gradients are unscaled
     /// even when one overflowed, as GradScaler does.
