@@ -228,6 +228,10 @@ pub struct ScaleOnDevice {
 }
 
 impl ScaleOnDevice {
+    /// Values [`queue_step`](Self::queue_step)'s tensor holds: the
+    /// overflow flag, then the [`SCALE_STATE`].
+    pub const READ_LEN: usize = 1 + SCALE_STATE.len();
+
     /// `s`'s values as the device holds them.
     fn values(s: &LossScaler) -> [f32; 3] {
         [s.scale as f32, s.clean_steps as f32, s.skipped_steps as f32]
@@ -324,7 +328,11 @@ impl ScaleOnDevice {
         let [found, scale, clean, skipped] = read else {
             return Err(Error::arg(
                 "LossScaler",
-                format!("a scaled step reads 4 values, got {}", read.len()),
+                format!(
+                    "a scaled step reads {} values, got {}",
+                    Self::READ_LEN,
+                    read.len()
+                ),
             ));
         };
         s.scale = *scale;

@@ -666,7 +666,7 @@ pub(crate) fn absorb_opt_step(
     let found = v.pop().unwrap_or(0.0) != 0.0;
     let stepped = match scaling {
         Some((s, on)) => {
-            let scaled = v.split_off(v.len().saturating_sub(4));
+            let scaled = v.split_off(v.len().saturating_sub(ScaleOnDevice::READ_LEN));
             on.absorb(s, &scaled)?
         }
         None => true,

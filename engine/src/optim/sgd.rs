@@ -125,16 +125,7 @@ impl Sgd {
             nesterov: self.nesterov,
         }
     }
-}
 
-impl Optimizer for Sgd {
-    fn step(&mut self, params: &[Param]) -> Result<()> {
-        self.step_unless(params, None)
-    }
-    lr_and_momentum_state!("sgd");
-}
-
-impl Sgd {
     /// [`Optimizer::step`], or, with `found`, the step the device skips
     /// when that one-value f32 flag where the gradients are is not 0 (a
     /// loss-scaled step's overflow, `OptimOps::unscale_found`): nothing is
@@ -158,7 +149,6 @@ impl Sgd {
                 .unzip();
             let hypers: Vec<SgdHyper> = ps.iter().map(|p| self.hyper(p)).collect();
             let lr_at = self.stage_lr(device)?;
-
             // the buffers leave the state for the step and come back after
             // it, also when it fails (a param stepped keeps its new momentum)
             let use_momentum = self.momentum != 0.0;
@@ -190,6 +180,13 @@ impl Sgd {
         }
         Ok(())
     }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: &[Param]) -> Result<()> {
+        self.step_unless(params, None)
+    }
+    lr_and_momentum_state!("sgd");
 }
 
 #[cfg(test)]
