@@ -192,12 +192,18 @@ fn check_finite_names_the_tensor() {
 /// `--lr 1e3` and `--momentum 5` used to train on to a NaN model and exit 0.
 #[test]
 fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
-    for (lr, momentum) in [(1e3, 0.9), (1e6, 0.9), (0.5, 5.0)] {
-        let dir = tmp(&format!("diverge-{lr}-{momentum}"));
+    let settings = [(1e3, 0.9, false), (1e6, 0.9, false), (0.5, 5.0, false)];
+    // overlapped steps: the error comes one step later, before any save
+    let overlapped = [(1e3, 0.9, true), (0.5, 5.0, true)];
+    for (lr, momentum, overlap) in settings.into_iter().chain(overlapped) {
+        let dir = tmp(&format!("diverge-{lr}-{momentum}-{overlap}"));
         let net = small_net(2, true);
         let mut o = opts(64, lr, Precision::F32);
         o.momentum = momentum;
         let mut t = Trainer::new(&net, o, Default::default());
+        if overlap {
+            t = t.with_overlapped_steps();
+        }
         let fo = FitOptions {
             epochs: 4,
             out_dir: Some(dir.clone()),
@@ -211,7 +217,7 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
             .to_string();
         assert!(
             e.contains("non-finite") || e.contains("loss became"),
-            "lr {lr} momentum {momentum}: {e}"
+            "lr {lr} momentum {momentum} overlapped {overlap}: {e}"
         );
         assert!(!dir.join("model.safetensors").exists());
         let ckpt = dir.join("checkpoint.safetensors");
@@ -354,24 +360,38 @@ fn unreadable_batches_end_the_epoch_and_an_unreadable_dataset_fails() {
 /// skipped with a warning (the projector's BatchNorm1d cannot train on it).
 #[test]
 fn a_batch_left_with_one_image_is_skipped_for_sl_mlp() {
-    let net = small_net(7, true);
-    let mut t = Trainer::new(&net, opts(4, 0.05, Precision::F32), Default::default());
-    t.min_batch = 2;
-    let fo = FitOptions {
-        epochs: 2,
-        quiet: true,
-        ..FitOptions::default()
-    };
-    let r = fit(&mut t, &loader(4, &[1], 2, false), None, &fo).unwrap();
-    let batches: Vec<usize> = r.steps.iter().map(|s| s.batch).collect();
-    assert_eq!(batches, [0, 2, 0, 2]);
-    assert!(r
-        .epochs
-        .iter()
-        .all(|e| e.get("train_loss").unwrap().is_finite()));
-    assert!(all_finite(
-        &net.params().iter().map(|p| p.get()).collect::<Vec<_>>()
-    ));
+    let mut logs = Vec::new();
+    for overlap in [false, true] {
+        let net = small_net(7, true);
+        let mut t = Trainer::new(&net, opts(4, 0.05, Precision::F32), Default::default());
+        t.min_batch = 2;
+        if overlap {
+            t = t.with_overlapped_steps();
+        }
+        let fo = FitOptions {
+            epochs: 2,
+            quiet: true,
+            ..FitOptions::default()
+        };
+        let r = fit(&mut t, &loader(4, &[1], 2, false), None, &fo).unwrap();
+        let batches: Vec<usize> = r.steps.iter().map(|s| s.batch).collect();
+        assert_eq!(batches, [0, 2, 0, 2]);
+        assert!(r
+            .epochs
+            .iter()
+            .all(|e| e.get("train_loss").unwrap().is_finite()));
+        assert!(all_finite(
+            &net.params().iter().map(|p| p.get()).collect::<Vec<_>>()
+        ));
+        // the logs but their timing
+        let steps: Vec<(usize, u64, usize, Option<bool>)> = r
+            .steps
+            .iter()
+            .map(|s| (s.step, s.loss.to_bits(), s.batch, s.skipped))
+            .collect();
+        logs.push(steps);
+    }
+    assert_eq!(logs[0], logs[1]);
 }
 
 /// A Trainer that fails at step `fail_at` (as a killed process would stop
@@ -392,11 +412,14 @@ impl Task for Interrupted<'_> {
     fn schedule_len(&self) -> usize {
         self.inner.schedule_len()
     }
-    fn step(&mut self, step: usize, batch: &models::data::Batch) -> Result<StepLog> {
+    fn step(&mut self, step: usize, batch: &models::data::Batch) -> Result<Vec<StepLog>> {
         if Some(step) == self.fail_at {
             return Err(Error::arg("test", "killed"));
         }
         Task::step(&mut self.inner, step, batch)
+    }
+    fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
+        self.inner.finish_steps()
     }
     fn validate(&mut self, val: Option<&Loader>) -> Result<Validation> {
         if std::mem::take(&mut self.fail_validation) {
@@ -424,17 +447,29 @@ impl Task for Interrupted<'_> {
     }
 }
 
+/// How `run` trains.
+#[derive(Clone, Copy)]
+struct Run {
+    precision: Precision,
+    /// `Trainer::with_overlapped_steps`
+    overlap: bool,
+}
+
 fn run(
     dir: &Path,
     seed: u64,
-    precision: Precision,
+    how: Run,
     fail_at: Option<usize>,
     fail_validation: bool,
     resume: bool,
 ) -> Result<FitResult> {
     let net = small_net(seed, true);
+    let mut inner = Trainer::new(&net, opts(32, 0.05, how.precision), Default::default());
+    if how.overlap {
+        inner = inner.with_overlapped_steps();
+    }
     let mut t = Interrupted {
-        inner: Trainer::new(&net, opts(32, 0.05, precision), Default::default()),
+        inner,
         fail_at,
         fail_validation,
     };
@@ -449,18 +484,21 @@ fn run(
     fit(&mut t, &loader(256, &[], 16, true), None, &fo)
 }
 
-fn epoch_records(dir: &Path) -> Vec<String> {
+/// The `kind` records of a run's metrics.jsonl, all but their timings and
+/// memory readings.
+fn records(dir: &Path, kind: &str) -> Vec<String> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .filter(|l| l.contains("\"kind\":\"epoch\""))
+        .filter(|l| l.contains(&format!("\"kind\":\"{kind}\"")))
         .map(|l| {
-            // everything but the timings and memory readings
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             for k in [
                 "seconds",
                 "images_per_s",
                 "wall_s",
+                "data_s",
+                "step_s",
                 "host_peak_rss_bytes",
                 "gpu_peak_bytes",
             ] {
@@ -471,22 +509,58 @@ fn epoch_records(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+fn epoch_records(dir: &Path) -> Vec<String> {
+    records(dir, "epoch")
+}
+
 /// Stopped mid-epoch (after the checkpoint at step 24) or during the
 /// validation at the end of epoch 1 (after the checkpoint at step 16), then
 /// resumed into a differently initialised model: the epoch records and the
 /// final checkpoint and model files are byte for byte an uninterrupted
 /// run's (momentum and, under f16, the loss scaler's state included).
+///
+/// Overlapped steps (`Trainer::with_overlapped_steps`, each step queued
+/// before the last one is read back) write the same step and epoch records
+/// and the same checkpoint and model bytes as ordinary steps, and resume
+/// alike.
 #[test]
 fn an_interrupted_run_resumes_to_the_same_records_and_bytes() {
     for precision in [Precision::F32, Precision::F16] {
         let straight = tmp(&format!("straight-{precision:?}"));
-        run(&straight, 3, precision, None, false, false).unwrap();
-        for (fail_at, fail_validation) in [(Some(26), false), (None, true)] {
-            let dir = tmp(&format!("cut-{precision:?}-{fail_validation}"));
-            assert!(run(&dir, 3, precision, fail_at, fail_validation, false).is_err());
-            let rest = run(&dir, 99, precision, None, false, true).unwrap();
-            let what =
-                format!("{precision:?}, fail at {fail_at:?}, in validation {fail_validation}");
+        let plain = Run {
+            precision,
+            overlap: false,
+        };
+        run(&straight, 3, plain, None, false, false).unwrap();
+        let overlapped = tmp(&format!("overlapped-{precision:?}"));
+        let how = Run {
+            precision,
+            overlap: true,
+        };
+        run(&overlapped, 3, how, None, false, false).unwrap();
+        assert_eq!(records(&overlapped, "step"), records(&straight, "step"));
+        assert_eq!(records(&straight, "step").len(), 32);
+        assert_eq!(epoch_records(&overlapped), epoch_records(&straight));
+        for f in ["checkpoint.safetensors", "model.safetensors"] {
+            assert!(
+                std::fs::read(overlapped.join(f)).unwrap()
+                    == std::fs::read(straight.join(f)).unwrap(),
+                "{precision:?} overlapped: {f} differs"
+            );
+        }
+        std::fs::remove_dir_all(&overlapped).unwrap();
+        for (fail_at, fail_validation, overlap) in [
+            (Some(26), false, false),
+            (None, true, false),
+            (Some(26), false, true),
+        ] {
+            let dir = tmp(&format!("cut-{precision:?}-{fail_validation}-{overlap}"));
+            let how = Run { precision, overlap };
+            assert!(run(&dir, 3, how, fail_at, fail_validation, false).is_err());
+            let rest = run(&dir, 99, how, None, false, true).unwrap();
+            let what = format!(
+                "{precision:?}, fail at {fail_at:?}, in validation {fail_validation}, overlapped {overlap}"
+            );
             assert_eq!(epoch_records(&dir), epoch_records(&straight), "{what}");
             assert_eq!(
                 rest.epochs.first().map(|e| e.epoch),

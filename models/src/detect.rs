@@ -598,7 +598,7 @@ impl Task for DetectTask<'_> {
         self.total
     }
 
-    fn step(&mut self, step: usize, batch: &DetBatch) -> Result<StepLog> {
+    fn step(&mut self, step: usize, batch: &DetBatch) -> Result<Vec<StepLog>> {
         let t = Instant::now();
         let lr = self.schedule.lr(step);
         self.opt.set_lr(lr);
@@ -641,7 +641,7 @@ impl Task for DetectTask<'_> {
                 &buffers,
             ));
         }
-        Ok(StepLog {
+        Ok(vec![StepLog {
             step: step + 1,
             loss: values[0],
             lr,
@@ -652,7 +652,7 @@ impl Task for DetectTask<'_> {
                 .zip(values[1..].iter().copied())
                 .collect(),
             skipped: self.scaler.is_some().then_some(!stepped),
-        })
+        }])
     }
 
     /// Under data parallelism only rank 0 writes.

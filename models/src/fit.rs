@@ -36,7 +36,7 @@ use engine::nn::{Buffer, Param};
 use engine::optim::check_finite;
 use engine::{Device, Error, Result, Tensor};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -56,8 +56,20 @@ pub trait Task {
     /// Length of the lr schedule: must be the run's epochs x batches.
     fn schedule_len(&self) -> usize;
     /// Runs optimizer step `step` (0-based: the schedule's position) on
-    /// `batch`. The loop sets the returned log's `step`.
-    fn step(&mut self, step: usize, batch: &<Self::Source as Source>::Batch) -> Result<StepLog>;
+    /// `batch`. Returns the logs of the steps read back by now, oldest
+    /// first: this one, or, for a task that keeps a step in flight, the
+    /// one before it (none at the first). The loop sets each log's `step`.
+    fn step(
+        &mut self,
+        step: usize,
+        batch: &<Self::Source as Source>::Batch,
+    ) -> Result<Vec<StepLog>>;
+    /// Reads back the steps still in flight and returns their logs: the
+    /// loop calls it before it saves, validates or ends, so that every
+    /// step's checks have passed by then.
+    fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
+        Ok(Vec::new())
+    }
     /// The epoch record's validation fields (`None` values without `val`)
     /// and a text for the epoch's line.
     fn validate(&mut self, val: Option<&Self::Val>) -> Result<Validation>;
@@ -418,6 +430,83 @@ impl Files {
     }
 }
 
+/// A step the loop ran whose log has not come back yet (`Task::step`):
+/// its counter and times.
+struct Queued {
+    step: usize,
+    data_s: f64,
+    step_s: f64,
+}
+
+/// Where the loop is, for the step records and the progress line.
+struct Position {
+    epoch: usize,
+    per_epoch: usize,
+    total: usize,
+    first_step: usize,
+    started: Instant,
+    device: Device,
+    quiet: bool,
+}
+
+/// What each step's log goes into.
+struct Records<'a> {
+    files: &'a mut Option<Files>,
+    means: &'a mut Means,
+    steps: &'a mut Vec<StepLog>,
+}
+
+impl Records<'_> {
+    /// Takes the logs a task returned, oldest first, for the steps queued
+    /// first: each step's JSONL record, the epoch's means, the progress
+    /// line.
+    fn steps<T: Task>(
+        &mut self,
+        task: &T,
+        logs: Vec<StepLog>,
+        queued: &mut VecDeque<Queued>,
+        progress: &Progress,
+        at: &Position,
+    ) -> Result<()> {
+        for mut log in logs {
+            let q = queued.pop_front().ok_or_else(|| {
+                Error::arg("fit", "the task returned more step logs than it ran steps")
+            })?;
+            log.step = q.step;
+            let mut record = log.to_json();
+            record["kind"] = "step".into();
+            record["epoch"] = (at.epoch + 1).into();
+            record["data_s"] = q.data_s.into();
+            record["step_s"] = q.step_s.into();
+            record["wall_s"] = at.started.elapsed().as_secs_f64().into();
+            run_dir::add_memory(&mut record, at.device);
+            Files::write(self.files, &record)?;
+            self.means.add(&log);
+            if !at.quiet {
+                let rate = at.started.elapsed().as_secs_f64() / (q.step - at.first_step) as f64;
+                let text = format!(
+                    "{}  lr {:.2e}  {:.1} img/s  ETA {}{}",
+                    task.describe(self.means),
+                    log.lr,
+                    log.images_per_s,
+                    mmss(rate * (at.total - q.step) as f64),
+                    if log.batch == 0 {
+                        "  (too few readable images: step skipped)"
+                    } else if log.skipped == Some(true) {
+                        "  (f16 overflow: step skipped)"
+                    } else {
+                        ""
+                    }
+                );
+                let pos = q.step - at.epoch * at.per_epoch;
+                progress.update(pos, q.step, q.step == at.total, &text);
+            }
+            self.steps.push(log);
+        }
+        Ok(())
+    }
+}
+
 /// Trains `task` for `opts.epochs` epochs over `train`, validating on `val`
 /// after each (see the module notes).
 pub fn fit<T: Task>(
@@ -554,13 +643,24 @@ pub fn fit<T: Task>(
             opts.quiet,
         );
         let mut batches = train.epoch(epoch, start);
+        let at = Position {
+            epoch,
+            per_epoch,
+            total,
+            first_step,
+            started,
+            device,
+            quiet: opts.quiet,
+        };
+        // the steps run whose logs have not come back yet, oldest first
+        let mut queued = VecDeque::new();
         loop {
             let t_data = Instant::now();
             let Some(batch) = batches.next() else { break };
             let batch = batch?;
             read += 1;
             let t_step = Instant::now();
-            let mut log = task.step(step, &batch)?;
+            let mut logs = task.step(step, &batch)?;
             let (data_s, step_s) = (
                 (t_step - t_data).as_secs_f64(),
                 t_step.elapsed().as_secs_f64(),
@@ -569,46 +669,50 @@ pub fn fit<T: Task>(
             // loader: the counter follows the position in the data stream,
             // which is what a resume restarts from
             step = epoch * per_epoch + T::Source::batch_index(&batch) + 1;
-            log.step = step;
-            let mut record = log.to_json();
-            record["kind"] = "step".into();
-            record["epoch"] = (epoch + 1).into();
-            record["data_s"] = data_s.into();
-            record["step_s"] = step_s.into();
-            record["wall_s"] = started.elapsed().as_secs_f64().into();
-            run_dir::add_memory(&mut record, device);
-            Files::write(&mut files, &record)?;
-            means.add(&log);
-            if !opts.quiet {
-                let rate = started.elapsed().as_secs_f64() / (step - first_step) as f64;
-                let text = format!(
-                    "{}  lr {:.2e}  {:.1} img/s  ETA {}{}",
-                    task.describe(&means),
-                    log.lr,
-                    log.images_per_s,
-                    mmss(rate * (total - step) as f64),
-                    if log.batch == 0 {
-                        "  (too few readable images: step skipped)"
-                    } else if log.skipped == Some(true) {
-                        "  (f16 overflow: step skipped)"
-                    } else {
-                        ""
-                    }
-                );
-                progress.update(step - epoch * per_epoch, step, step == total, &text);
+            queued.push_back(Queued {
+                step,
+                data_s,
+                step_s,
+            });
+            let save = files.is_some()
+                && opts.checkpoint_every > 0
+                && step.is_multiple_of(opts.checkpoint_every);
+            if save {
+                logs.extend(task.finish_steps()?);
             }
-            if let Some(f) = &files {
-                if opts.checkpoint_every > 0 && step.is_multiple_of(opts.checkpoint_every) {
-                    // the epoch's sums so far; at an epoch end, its record
-                    // is still to be written
-                    let keys = BTreeMap::from([
-                        (MEANS_KEY.to_string(), means.to_json()),
-                        (LOGGED_KEY.to_string(), "false".to_string()),
-                    ]);
-                    save_state(task, &f.checkpoint, step, keys)?;
-                }
+            let mut record = Records {
+                files: &mut files,
+                means: &mut means,
+                steps: &mut result.steps,
+            };
+            record.steps(&*task, logs, &mut queued, &progress, &at)?;
+            if let (true, Some(f)) = (save, &files) {
+                // the epoch's sums so far; at an epoch end, its record is
+                // still to be written
+                let keys = BTreeMap::from([
+                    (MEANS_KEY.to_string(), means.to_json()),
+                    (LOGGED_KEY.to_string(), "false".to_string()),
+                ]);
+                save_state(task, &f.checkpoint, step, keys)?;
             }
-            result.steps.push(log);
+        }
+        // the epoch's last steps, read back before it is validated and saved
+        let logs = task.finish_steps()?;
+        let mut record = Records {
+            files: &mut files,
+            means: &mut means,
+            steps: &mut result.steps,
+        };
+        record.steps(&*task, logs, &mut queued, &progress, &at)?;
+        if !queued.is_empty() {
+            return Err(Error::arg(
+                "fit",
+                format!(
+                    "{} step(s) of epoch {} never reported",
+                    queued.len(),
+                    epoch + 1
+                ),
+            ));
         }
         drop(progress);
         if start == 0 && read == 0 {

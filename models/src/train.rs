@@ -12,11 +12,12 @@
 //!
 //! Device: the trainer runs where the model's params are (move the model
 //! with `Module::to_device` first). Batches arrive on the host and are
-//! uploaded per step. One host read per step brings back three numbers:
-//! the loss, the misses (for accuracy) and the check that every parameter
-//! and buffer is still finite after the optimizer step, queued after it
-//! (under f16 loss scaling, the overflow flag is a second read, before the
-//! step). Checkpoints are written from host copies.
+//! uploaded per step. One host read per step brings back the loss, the
+//! misses (for accuracy), under f16 the loss scale's state, and the check
+//! that every parameter and buffer is still finite after the optimizer
+//! step. With [`Trainer::with_overlapped_steps`] `fit` queues the next step
+//! before that read is waited for, so on a GPU the host never leaves it
+//! idle. Checkpoints are written from host copies.
 //!
 //! On a GPU, [`Trainer::with_cuda_graph`] records the whole step (forward,
 //! loss, backward, SGD, the finite check) as a CUDA graph after
@@ -30,6 +31,7 @@ use crate::step_graph::{static_inputs, GraphAction, GraphPlan, StepGraph};
 use engine::amp::{LossScaler, Precision, ScaleOnDevice};
 use engine::checkpoint::TrainState;
 use engine::nn::{Buffer, Module, Param};
+use engine::ops::copy::QueuedRead;
 use engine::optim::{
     check_finite, non_finite_flag, zero_grad, Cosine, LrSchedule, Optimizer, Sgd, Warmup,
 };
@@ -149,6 +151,30 @@ pub struct Trainer<'m> {
     /// recorded step.
     graph_plan: Option<GraphPlan>,
     graph: Option<StepGraph>,
+    /// Whether `fit` queues each step before reading the last one back
+    /// ([`Trainer::with_overlapped_steps`]).
+    overlap: bool,
+    /// The step queued and not read back yet (`step_overlapped`).
+    in_flight: Option<InFlight>,
+    /// When the last step's values arrived (the img/s of overlapped steps
+    /// counts from there).
+    last_read: Option<Instant>,
+}
+
+/// A step queued and not read back yet: its read and what its log needs.
+struct InFlight {
+    read: QueuedRead,
+    /// Steps completed once it is (the trainer's count after it).
+    step: usize,
+    lr: f64,
+    /// Images in the batch (under data parallelism, the global batch).
+    batch: usize,
+    /// Labels whose misses the read counts.
+    labels: usize,
+    /// Under data parallelism the global mean loss and accuracy, read
+    /// already; else they are the read's first two values.
+    known: Option<(f64, f64)>,
+    queued_at: Instant,
 }
 
 impl<'m> Trainer<'m> {
@@ -181,8 +207,22 @@ impl<'m> Trainer<'m> {
             cpu_pool: None,
             graph_plan: None,
             graph: None,
+            overlap: false,
+            in_flight: None,
+            last_read: None,
             opts,
         }
+    }
+
+    /// Makes `fit` queue each step before it reads the previous one back
+    /// ([`Trainer::step_overlapped`]): on a GPU the host then never leaves
+    /// it idle between steps. The logs, the checkpoints and the weights are
+    /// those of ordinary steps; an error a step's read finds (a non-finite
+    /// loss or parameter, f16 overflows without end) stops the run one
+    /// step later, before anything is saved.
+    pub fn with_overlapped_steps(mut self) -> Self {
+        self.overlap = true;
+        self
     }
 
     /// Records the step as a CUDA graph once warm and replays it from then
@@ -219,28 +259,65 @@ impl<'m> Trainer<'m> {
     }
 
     /// One SGD step on `images` [B, C, H, W] (f32) with i64 `labels` [B],
-    /// given on any device (moved to the model's). Under data parallelism
-    /// (`with_data_parallel`) the batch is this rank's part of the global
-    /// batch.
+    /// given on any device (moved to the model's), read back before it
+    /// returns. Under data parallelism (`with_data_parallel`) the batch is
+    /// this rank's part of the global batch. An error while a step queued
+    /// by [`step_overlapped`](Self::step_overlapped) is in flight: take its
+    /// log first ([`finish_in_flight`](Self::finish_in_flight)).
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
+        if self.in_flight.is_some() {
+            return Err(Error::arg(
+                "train",
+                "a step is still in flight: take its log with Trainer::finish_in_flight first",
+            ));
+        }
+        let f = self.queue(images, labels)?;
+        self.finish(f)
+    }
+
+    /// One SGD step as [`step`](Self::step), queued behind the step in
+    /// flight, whose log it returns once read (None when there was none):
+    /// on a GPU this step runs while the host reads the last one and
+    /// prepares the next batch. This step's log comes with the next call or
+    /// [`finish_in_flight`](Self::finish_in_flight).
+    pub fn step_overlapped(&mut self, images: &Tensor, labels: &Tensor) -> Result<Option<StepLog>> {
+        let f = self.queue(images, labels)?;
+        match self.in_flight.replace(f) {
+            Some(last) => self.finish(last).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads back the step in flight, if any, and returns its log.
+    pub fn finish_in_flight(&mut self) -> Result<Option<StepLog>> {
+        match self.in_flight.take() {
+            Some(f) => self.finish(f).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Queues one step (read back by [`finish`](Self::finish)).
+    fn queue(&mut self, images: &Tensor, labels: &Tensor) -> Result<InFlight> {
         // A CPU step runs on a pool thread: the caller's (the CLI runs its
         // commands on one) or else the trainer's own pool (`CpuPool`). A
         // data-parallel one stays here, since its ranks wait on each other.
         if self.device != Device::Cpu || self.dp.is_some() || engine::ops::on_pool_thread() {
-            return self.step_here(images, labels);
+            return self.queue_here(images, labels);
         }
         let pool = match self.cpu_pool.take() {
             Some(p) => p,
             None => engine::ops::CpuPool::new()?,
         };
-        let log = pool.run(|| self.step_here(images, labels));
+        let queued = pool.run(|| self.queue_here(images, labels));
         self.cpu_pool = Some(pool);
-        log
+        queued
     }
 
-    fn step_here(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepLog> {
-        let t0 = Instant::now();
-        let (batch, loss, accuracy, lr, stepped) = match self.dp.take() {
+    fn queue_here(&mut self, images: &Tensor, labels: &Tensor) -> Result<InFlight> {
+        let queued_at = Instant::now();
+        let lr = self.schedule.lr(self.step);
+        self.opt.set_lr(lr);
+        let (read, batch, known) = match self.dp.take() {
             Some(mut dp) => {
                 let params = self.params.clone();
                 let b = images.dims()[0];
@@ -254,34 +331,72 @@ impl<'m> Trainer<'m> {
                 });
                 self.dp = Some(dp);
                 let g = global?;
-                let (lr, stepped, _) = self.apply(None)?;
-                (g.images, g.means[0], g.means[1], lr, stepped)
+                let read = self.queue_opt(None)?;
+                (read, g.images, Some((g.means[0], g.means[1])))
             }
             None => {
-                let (lr, stepped, v) = match self.graph_step(images, labels)? {
-                    Some(done) => done,
+                let read = match self.graph_step(images, labels)? {
+                    Some(read) => read,
                     None => {
                         zero_grad(&self.params);
                         // one host read for the whole step: the loss and
                         // the misses with the check after the optimizer
-                        // step (`apply`)
+                        // step (`queue_opt`)
                         let host_labels = labels.to_device(Device::Cpu)?;
                         let (summary, _) =
                             self.queue_forward_backward(images, labels, &host_labels, 1.0)?;
-                        self.apply(Some(summary))?
+                        self.queue_opt(Some(summary))?
                     }
                 };
-                let n = labels.numel();
-                let accuracy = (n as f64 - v[1]) / n.max(1) as f64;
-                (images.dims()[0], v[0], accuracy, lr, stepped)
+                (read, images.dims()[0], None)
             }
         };
-        Ok(StepLog {
+        self.step += 1;
+        Ok(InFlight {
+            read: read.queue_to_host()?,
             step: self.step,
-            loss,
             lr,
             batch,
-            images_per_s: batch as f64 / t0.elapsed().as_secs_f64(),
+            labels: labels.numel(),
+            known,
+            queued_at,
+        })
+    }
+
+    /// Reads a queued step back (the step's one host read), checks it and
+    /// makes its log.
+    fn finish(&mut self, f: InFlight) -> Result<StepLog> {
+        let mut v = f.read.wait()?.to_vec_f64()?;
+        let (stepped, found) = absorb_opt_step(
+            &mut v,
+            self.scaler.as_mut().map(|s| (s, &mut self.scale_on)),
+        )?;
+        let (loss, accuracy) = match f.known {
+            Some(known) => known,
+            None => {
+                self.check_loss(v[0], f.step - 1)?;
+                let n = f.labels as f64;
+                (v[0], (n - v[1]) / n.max(1.0))
+            }
+        };
+        if found {
+            let at = format!("after step {}", f.step);
+            return Err(non_finite_error(
+                "train",
+                &at,
+                &self.params,
+                &self.model.buffers(),
+            ));
+        }
+        let now = Instant::now();
+        let since = self.last_read.map_or(f.queued_at, |t| t.max(f.queued_at));
+        self.last_read = Some(now);
+        Ok(StepLog {
+            step: f.step,
+            loss,
+            lr: f.lr,
+            batch: f.batch,
+            images_per_s: f.batch as f64 / (now - since).as_secs_f64(),
             parts: vec![("accuracy", accuracy)],
             skipped: Some(!stepped),
         })
@@ -301,7 +416,7 @@ impl<'m> Trainer<'m> {
         let (summary, _) = self.queue_forward_backward(images, labels, &host_labels, weight)?;
         let n = labels.numel();
         let v = summary.to_device(Device::Cpu)?.to_vec_f64()?;
-        self.check_loss(v[0])?;
+        self.check_loss(v[0], self.step)?;
         Ok((v[0], (n as f64 - v[1]) / n.max(1) as f64))
     }
 
@@ -337,40 +452,26 @@ impl<'m> Trainer<'m> {
         Ok((summary, logits.dims()[1]))
     }
 
-    /// A non-finite loss stops the run (under f16 loss scaling an
-    /// overflow only skips the step).
-    fn check_loss(&self, loss: f64) -> Result<()> {
+    /// A non-finite loss at (0-based) `step` stops the run (under f16 loss
+    /// scaling an overflow only skips the step).
+    fn check_loss(&self, loss: f64, step: usize) -> Result<()> {
         if !loss.is_finite() && self.scaler.is_none() {
             return Err(Error::arg(
                 "train",
-                format!(
-                    "loss became {loss} at step {}; lower the learning rate",
-                    self.step
-                ),
+                format!("loss became {loss} at step {step}; lower the learning rate"),
             ));
         }
         Ok(())
     }
 
-    /// The optimizer step on the gradients (skipped under f16 when they
-    /// overflowed, decided where the model is), then clears them and
-    /// checks that every parameter and buffer is finite. The check (and
-    /// under f16 the loss scale's state) is read back with `summary` (the
-    /// queued [loss, misses] of the step, whose loss is then checked too),
-    /// in one host read. Returns the lr, whether it stepped, and
-    /// `summary`'s values.
-    fn apply(&mut self, summary: Option<Tensor>) -> Result<(f64, bool, Vec<f64>)> {
-        let (lr, read) = self.queue_apply(summary)?;
-        let (stepped, v) = self.finish(&read)?;
-        Ok((lr, stepped, v))
-    }
-
-    /// [`apply`](Self::apply) queued: the lr and the tensor to read
-    /// (`summary`'s values, under f16 the scaled step's four
-    /// (`ScaleOnDevice::queue_step`), then the non-finite flag).
-    fn queue_apply(&mut self, summary: Option<Tensor>) -> Result<(f64, Tensor)> {
-        let lr = self.schedule.lr(self.step);
-        self.opt.set_lr(lr);
+    /// The optimizer step on the gradients at the lr set (skipped under
+    /// f16 when they overflowed, decided where the model is), then the
+    /// gradients cleared and the check that every parameter and buffer is
+    /// finite, queued. Returns the tensor the step's one host read takes:
+    /// `summary` (the step's [loss, misses]) when given, then under f16 the
+    /// scaled step's four values (`ScaleOnDevice::queue_step`), then the
+    /// non-finite flag ([`absorb_opt_step`] takes these off).
+    fn queue_opt(&mut self, summary: Option<Tensor>) -> Result<Tensor> {
         let read = queue_opt_step(
             &mut self.opt,
             self.scaler.as_ref().map(|s| (s, &mut self.scale_on)),
@@ -379,42 +480,14 @@ impl<'m> Trainer<'m> {
             self.device,
         )?;
         let parts: Vec<Tensor> = summary.into_iter().chain([read]).collect();
-        Ok((lr, Tensor::cat(&parts, 0)?))
-    }
-
-    /// Reads what [`queue_apply`](Self::queue_apply) queued (the step's one
-    /// host read), checks it and counts the step: whether it stepped, and
-    /// `summary`'s values.
-    fn finish(&mut self, read: &Tensor) -> Result<(bool, Vec<f64>)> {
-        let mut v = read.to_device(Device::Cpu)?.to_vec_f64()?;
-        let (stepped, found) = absorb_opt_step(
-            &mut v,
-            self.scaler.as_mut().map(|s| (s, &mut self.scale_on)),
-        )?;
-        if let Some(&loss) = v.first() {
-            self.check_loss(loss)?;
-        }
-        if found {
-            let at = format!("after step {}", self.step + 1);
-            return Err(non_finite_error(
-                "train",
-                &at,
-                &self.params,
-                &self.model.buffers(),
-            ));
-        }
-        self.step += 1;
-        Ok((stepped, v))
+        Tensor::cat(&parts, 0)
     }
 
     /// The step as a replay of the recorded graph (recorded first when
-    /// there is none): None when it runs as an ordinary step instead (no
-    /// graph asked for, the warm-up, or a batch of another shape).
-    fn graph_step(
-        &mut self,
-        images: &Tensor,
-        labels: &Tensor,
-    ) -> Result<Option<(f64, bool, Vec<f64>)>> {
+    /// there is none), at the lr set: the tensor to read, or None when it
+    /// runs as an ordinary step instead (no graph asked for, the warm-up,
+    /// or a batch of another shape).
+    fn graph_step(&mut self, images: &Tensor, labels: &Tensor) -> Result<Option<Tensor>> {
         let Some(plan) = self.graph_plan.as_mut() else {
             return Ok(None);
         };
@@ -429,8 +502,6 @@ impl<'m> Trainer<'m> {
         // the rate the recorded SGD reads when it runs, and under f16 the
         // loss scale; staged before a recording too, which must not record
         // the writes
-        let lr = self.schedule.lr(self.step);
-        self.opt.set_lr(lr);
         self.opt.stage_lr(self.device)?;
         if let Some(s) = &self.scaler {
             self.scale_on.stage(s, self.device)?;
@@ -441,9 +512,8 @@ impl<'m> Trainer<'m> {
         let g = self.graph.as_ref().expect("recorded above");
         g.load(images, labels)?;
         g.graph.replay()?;
-        let read = g.read.clone();
-        let (stepped, v) = self.finish(&read)?;
-        Ok(Some((lr, stepped, v)))
+        // the next replay overwrites it: read it (queue_to_host) before
+        Ok(Some(g.read.clone()))
     }
 
     /// Under [`Trainer::with_cuda_graph`]: how many times the step was
@@ -460,8 +530,7 @@ impl<'m> Trainer<'m> {
         zero_grad(&self.params);
         let recorded = engine::cuda::graph::capture(gpu, || {
             let (summary, classes) = self.queue_forward_backward(&x, &y, &y32, 1.0)?;
-            let (_, read) = self.queue_apply(Some(summary))?;
-            Ok((read, classes))
+            Ok((self.queue_opt(Some(summary))?, classes))
         });
         let (graph, (read, classes)) = recorded.map_err(|e| {
             // nothing recorded ran; gradients a failed recording left behind
@@ -507,8 +576,15 @@ impl<'m> Trainer<'m> {
         self
     }
 
-    /// Writes the whole training state atomically.
+    /// Writes the whole training state atomically (an error while a step
+    /// is in flight: its checks are not read yet).
     pub fn save(&self, path: &Path) -> Result<()> {
+        if self.in_flight.is_some() {
+            return Err(Error::arg(
+                "train",
+                "a step is still in flight: take its log with Trainer::finish_in_flight before saving",
+            ));
+        }
         save_checkpoint(self, path, self.step)
     }
 
@@ -538,7 +614,7 @@ impl Task for Trainer<'_> {
         self.dp.as_ref().is_none_or(|d| d.rank() == 0)
     }
 
-    fn step(&mut self, step: usize, batch: &crate::data::Batch) -> Result<StepLog> {
+    fn step(&mut self, step: usize, batch: &crate::data::Batch) -> Result<Vec<StepLog>> {
         self.step = step;
         let n = batch.indices.len();
         if n < self.min_batch && self.dp.is_some() {
@@ -556,8 +632,9 @@ impl Task for Trainer<'_> {
                 "warning: batch {} has {n} readable image(s), fewer than the {} BatchNorm needs in training; skipped",
                 batch.index, self.min_batch
             );
+            let mut logs: Vec<StepLog> = self.finish_in_flight()?.into_iter().collect();
             self.step += 1;
-            return Ok(StepLog {
+            logs.push(StepLog {
                 step: self.step,
                 loss: f64::NAN,
                 lr: self.schedule.lr(step),
@@ -566,8 +643,17 @@ impl Task for Trainer<'_> {
                 parts: vec![("accuracy", f64::NAN)],
                 skipped: Some(true),
             });
+            return Ok(logs);
         }
-        Trainer::step(self, &batch.images, &batch.labels)
+        if self.overlap {
+            let done = self.step_overlapped(&batch.images, &batch.labels)?;
+            return Ok(done.into_iter().collect());
+        }
+        Ok(vec![Trainer::step(self, &batch.images, &batch.labels)?])
+    }
+
+    fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
+        Ok(self.finish_in_flight()?.into_iter().collect())
     }
 
     /// Validation loss and accuracy (both `None` without `val`).
@@ -622,10 +708,11 @@ impl Task for Trainer<'_> {
         }
     }
 
-    /// Also drops a recorded graph: the restored tensors replace those it
-    /// reads.
+    /// Also drops a recorded graph (the restored tensors replace those it
+    /// reads) and any step in flight.
     fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {
         self.graph = None;
+        self.in_flight = None;
         restore_optim(&mut self.opt, &mut self.scaler, optim, state)
     }
 }
@@ -899,6 +986,72 @@ mod tests {
         let s = t.scaler.clone().unwrap();
         assert_eq!((s.scale, s.clean_steps, s.skipped_steps), (1024.0, 1, 0));
         assert_eq!(t.step, 2);
+    }
+
+    /// Overlapped steps (each queued before the last is read back) log,
+    /// skip and scale as ordinary ones, bit for bit, through an f16
+    /// overflow; an ordinary step or a save waits for the one in flight.
+    #[test]
+    fn overlapped_steps_log_and_skip_as_ordinary_ones() {
+        let mut rng = engine::Rng::new(4);
+        let x = Tensor::randn(&[4, 3, 12, 12], 0.0, 1.0, DType::F32, &mut rng);
+        let y = Tensor::from_vec(vec![0i64, 1, 2, 1], &[4]).unwrap();
+        let run = |overlap: bool| {
+            let mut cfg = crate::NetConfig::new("resnet18", 3).unwrap();
+            cfg.width = 4;
+            cfg.stem = crate::Stem::Cifar;
+            let net = crate::SupervisedNet::new(cfg, &mut engine::Rng::new(2)).unwrap();
+            let opts = TrainOptions {
+                precision: Precision::F16,
+                steps: 4,
+                ..TrainOptions::default()
+            };
+            let mut t = Trainer::new(&net, opts, BTreeMap::new());
+            // the first step overflows, the second runs at 2^100 * 2^-90
+            let s = t.scaler.as_mut().unwrap();
+            (s.scale, s.backoff_factor) = (2f64.powi(100), 2f64.powi(-90));
+            let mut logs = Vec::new();
+            for _ in 0..4 {
+                if overlap {
+                    logs.extend(t.step_overlapped(&x, &y).unwrap());
+                    let e = t.step(&x, &y).unwrap_err().to_string();
+                    assert!(e.contains("in flight"), "{e}");
+                    let e = t.save(Path::new("unused")).unwrap_err().to_string();
+                    assert!(e.contains("in flight"), "{e}");
+                } else {
+                    logs.push(t.step(&x, &y).unwrap());
+                }
+            }
+            logs.extend(t.finish_in_flight().unwrap());
+            assert!(t.finish_in_flight().unwrap().is_none());
+            let logs: Vec<_> = logs
+                .iter()
+                .map(|l| {
+                    (
+                        l.step,
+                        l.loss.to_bits(),
+                        l.lr,
+                        l.part("accuracy"),
+                        l.skipped,
+                    )
+                })
+                .collect();
+            let weights: Vec<Vec<f32>> = net
+                .params()
+                .iter()
+                .map(|p| p.get().to_vec::<f32>().unwrap())
+                .collect();
+            (logs, weights, t.scaler.clone().unwrap())
+        };
+        let (plain, overlapped) = (run(false), run(true));
+        assert_eq!(plain.0.len(), 4);
+        assert_eq!(plain.0[0].4, Some(true));
+        assert_eq!(plain.0[1].4, Some(false));
+        assert_eq!(overlapped.0, plain.0);
+        assert_eq!(overlapped.1, plain.1);
+        let scale = |s: &LossScaler| (s.scale, s.clean_steps, s.skipped_steps);
+        assert_eq!(scale(&overlapped.2), scale(&plain.2));
+        assert_eq!(plain.2.scale, 1024.0);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!   steady state; its bookkeeping is unit-tested without a GPU);
 //! - [`storage`] and [`tensor`]: device memory as tensor storage, the
 //!   channels-last convention for 4-D tensors, uploads/downloads, strided
-//!   copies;
+//!   copies; [`queued_read`]: downloads the host waits for only when it
+//!   takes the bytes;
 //! - [`blas`] (cuBLASLt GEMMs), [`dnn`] (cuDNN convolutions with a per-shape
 //!   algorithm search), [`math_mode`] (their one TF32 switch) and `launch`
 //!   (what every GPU primitive shares: dtypes, operand layouts, raw casts);
@@ -34,6 +35,7 @@ pub mod math_mode;
 pub mod nccl;
 
 mod probe;
+pub mod queued_read;
 pub mod runtime;
 pub mod storage;
 pub mod tensor;

@@ -1,6 +1,7 @@
 //! One GPU's runtime: its context, the one stream every op is queued on, the
 //! kernel library, the caching allocator, a pinned staging buffer and a
-//! pinned ring for small uploads that do not wait (`upload_ring.rs`).
+//! pinned ring for small uploads that do not wait (`upload_ring.rs`) and
+//! pinned buffers for small downloads that do not wait (`queued_read.rs`).
 //!
 //! A [`Gpu`] is opened once per ordinal on first use ([`gpu`]) and lives for
 //! the process (like PyTorch's per-device state). Everything runs on one
@@ -19,7 +20,7 @@
 //!
 //! The engine reads and writes device memory through the bounds-checked
 //! [`DeviceBlock`] methods (`memset`, `upload_queued_at`, `download_at`,
-//! `copy_from`); the raw-address [`Gpu`] calls they wrap are `unsafe`.
+//! `download_queued_at`, `copy_from`); the raw-address [`Gpu`] calls they wrap are `unsafe`.
 //!
 //! While a CUDA graph is captured on the stream (`graph.rs`), allocations
 //! come from a second, graph-private caching allocator, blocks of the
@@ -31,6 +32,7 @@
 use super::allocator::{AllocatorStats, Backend, CachingAllocator, EventId, StreamId};
 use super::graph::{Captures, FreeTo, PinnedHost};
 use super::probe::{probe, CudaInfo};
+use super::queued_read::QueuedDownload;
 use super::upload_ring::{Spans, MAX_QUEUED_UPLOAD, RING_BYTES};
 use crate::{Device, Error, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
@@ -156,6 +158,9 @@ pub struct Gpu {
     peaks: Mutex<(usize, usize)>,
     staging: Mutex<Staging>,
     ring: Mutex<Ring>,
+    /// Page-locked buffers of queued reads not in flight (addresses as
+    /// usize; `queued_read.rs`).
+    pub(crate) read_buffers: Mutex<Vec<usize>>,
 }
 
 /// The page-locked ring of [`Gpu::upload_queued`] (allocated on first use)
@@ -217,6 +222,7 @@ impl Gpu {
                 ptr: std::ptr::null_mut(),
                 spans: Spans::new(RING_BYTES),
             }),
+            read_buffers: Mutex::new(Vec::new()),
         })
     }
 
@@ -632,6 +638,16 @@ impl DeviceBlock {
         let src = self.range("cuda download", offset, dst.len())?;
         // SAFETY: the range lies in this block, alive for the call.
         unsafe { self.gpu.download(dst, src) }
+    }
+
+    /// `len` of the block's bytes from `offset` -> host, queued after the
+    /// work on the GPU's stream; the host waits when it takes them
+    /// ([`Gpu::download_queued`]).
+    pub fn download_queued_at(&self, offset: usize, len: usize) -> Result<QueuedDownload> {
+        let src = self.range("cuda download", offset, len)?;
+        // SAFETY: the range lies in this block, which is not reused before
+        // the queued copy has run (stream-ordered reuse).
+        unsafe { self.gpu.download_queued(src, len) }
     }
 
     /// Notes that work queued on `stream` (another stream of this GPU's

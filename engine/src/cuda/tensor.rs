@@ -8,6 +8,7 @@
 //! `Tensor::to_device` applies the convention on upload and undoes it on
 //! download; GPU ops keep it.
 
+use super::queued_read::QueuedDownload;
 use super::runtime::{gpu, DeviceBlock, Gpu};
 use super::storage::DeviceStorage;
 use crate::layout::{contiguous_strides, gpu_strides, Layout};
@@ -255,18 +256,37 @@ pub fn download(x: &Tensor) -> Result<Tensor> {
     let mut bytes = vec![0u8; x.numel() * dtype.size_in_bytes()];
     let (block, offset) = block_of(&dense)?;
     block.download_at(offset, &mut bytes)?;
-    let storage = CpuStorage::from_bytes(dtype, &bytes)
-        .ok_or_else(|| Error::arg("download", "byte count does not match the dtype"))?;
     // The same strides on the host, over a buffer that starts at the
     // view's first element; then make it row-major there.
     let l = dense.layout();
-    let host = Tensor::from_storage(Storage::Cpu(storage), &[x.numel()])?;
+    let host = host_tensor(dtype, &[x.numel()], &bytes)?;
     let view = host.view(Layout {
         shape: l.shape.clone(),
         strides: l.strides.clone(),
         offset: 0,
     });
     Ok(view.host_contiguous())
+}
+
+/// A GPU tensor's values, row-major, queued for the host
+/// (`Tensor::queue_to_host`; [`host_tensor`] makes the tensor of them).
+pub fn download_queued(x: &Tensor) -> Result<QueuedDownload> {
+    // a row-major copy first unless it is one (1-D reads always are); the
+    // copy may be freed at once (stream-ordered reuse)
+    let dense = if x.is_contiguous() {
+        x.clone()
+    } else {
+        contiguous(x)?
+    };
+    let (block, offset) = block_of(&dense)?;
+    block.download_queued_at(offset, x.numel() * x.dtype().size_in_bytes())
+}
+
+/// Host bytes of `dims` `dtype` values, row-major, as a host tensor.
+pub fn host_tensor(dtype: DType, dims: &[usize], bytes: &[u8]) -> Result<Tensor> {
+    let storage = CpuStorage::from_bytes(dtype, bytes)
+        .ok_or_else(|| Error::arg("download", "byte count does not match the dtype"))?;
+    Tensor::from_storage(Storage::Cpu(storage), dims)
 }
 
 #[cfg(test)]

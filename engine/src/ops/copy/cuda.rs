@@ -2,9 +2,9 @@
 //! host and GPU memory (cuda::tensor's upload/download, which apply and
 //! undo the channels-last convention of 4-D tensors).
 
-use super::CopyOps;
+use super::{CopyOps, QueuedRead};
 use crate::backend::Cuda;
-use crate::cuda::tensor::{contiguous, download, upload};
+use crate::cuda::tensor::{contiguous, download, download_queued, upload};
 use crate::{DType, Device, Error, Result, Tensor};
 
 impl CopyOps for Cuda {
@@ -20,6 +20,10 @@ impl CopyOps for Cuda {
 
     fn to_host(&self, x: &Tensor) -> Result<Tensor> {
         download(x)
+    }
+
+    fn to_host_queued(&self, x: &Tensor) -> Result<QueuedRead> {
+        Ok(QueuedRead::gpu(download_queued(x)?, x.dtype(), x.dims()))
     }
 
     fn from_host(&self, x: &Tensor, device: Device) -> Result<Tensor> {

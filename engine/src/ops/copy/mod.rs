@@ -34,6 +34,47 @@ pub trait CopyOps: BackendInfo {
         let _ = (x, device);
         Err(unsupported(self, "from_host"))
     }
+    /// `x`'s values as they are now, for the host: queued after the work
+    /// that writes them, waited for only by [`QueuedRead::wait`].
+    fn to_host_queued(&self, x: &Tensor) -> Result<QueuedRead> {
+        let _ = x;
+        Err(unsupported(self, "to_host_queued"))
+    }
+}
+
+/// A tensor's values on their way to the host ([`Tensor::queue_to_host`]).
+pub struct QueuedRead(Pending);
+
+enum Pending {
+    /// A host copy (the CPU's values are there at once).
+    Host(Tensor),
+    /// A GPU download, and the dtype and dims of its values.
+    Gpu(crate::cuda::queued_read::QueuedDownload, DType, Vec<usize>),
+}
+
+impl QueuedRead {
+    pub(crate) fn host(t: Tensor) -> QueuedRead {
+        QueuedRead(Pending::Host(t))
+    }
+
+    pub(crate) fn gpu(
+        read: crate::cuda::queued_read::QueuedDownload,
+        dtype: DType,
+        dims: &[usize],
+    ) -> QueuedRead {
+        QueuedRead(Pending::Gpu(read, dtype, dims.to_vec()))
+    }
+
+    /// The values as a row-major host tensor, once they have arrived (the
+    /// host waits for the work queued before the read, no further).
+    pub fn wait(self) -> Result<Tensor> {
+        match self.0 {
+            Pending::Host(t) => Ok(t),
+            Pending::Gpu(read, dtype, dims) => {
+                crate::cuda::tensor::host_tensor(dtype, &dims, &read.wait()?)
+            }
+        }
+    }
 }
 
 impl Tensor {
@@ -62,6 +103,15 @@ impl Tensor {
         Ok(record(out, "contiguous", &[self], |g| {
             Ok(vec![Some(g.clone())])
         }))
+    }
+
+    /// Queues a read of this tensor's values as they are once the work
+    /// queued so far has run: later work (a step queued behind it, an
+    /// in-place update) does not change them. On a GPU the host waits only
+    /// in [`QueuedRead::wait`] (reads over 64 KiB wait here); on the CPU
+    /// this is a copy. No autograd.
+    pub fn queue_to_host(&self) -> Result<QueuedRead> {
+        on_backend!(self.device(), b => b.to_host_queued(self))
     }
 
     /// A copy on `device` (the same tensor when already there), through the

@@ -1,8 +1,9 @@
-//! Casts' GPU parity cases: every pair of float storage dtypes the GPU
-//! converts on the device, on 4-D (channels-last), long and small shapes.
+//! Copies' GPU parity cases: casts between every pair of float storage
+//! dtypes the GPU converts on the device, on 4-D (channels-last), long and
+//! small shapes; queued reads to the host.
 
-use crate::parity::{autograd, dims, Case, Input};
-use crate::{DType, Rng};
+use crate::parity::{autograd, dims, Case, Input, Outputs};
+use crate::{DType, Device, Result, Rng, Tensor};
 
 pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     let pairs = [
@@ -29,4 +30,65 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
             out.push(c);
         }
     }
+    queued_read_cases(rng, out);
+}
+
+/// `queue_to_host`: reads of f32, bf16 (4-D, channels-last on a GPU, so
+/// copied row-major first), i64, a narrowed view and a tensor over the
+/// 64 KiB a GPU leaves queued, all queued before any is waited for, taken
+/// in reverse order; on a GPU every source is then overwritten by a copy
+/// queued behind the reads, which must not reach them. Exact.
+fn queued_read_cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    let seed = rng.next_u64();
+    let run = move |device: Device| -> Result<Outputs> {
+        let mut rng = Rng::new(seed);
+        let big = Tensor::randn(&[20_000], 0.0, 1.0, DType::F32, &mut rng);
+        let sources = [
+            Tensor::randn(&[37], 0.0, 1.0, DType::F32, &mut rng),
+            Tensor::randn(&[2, 3, 4, 5], 0.0, 1.0, DType::BF16, &mut rng),
+            Tensor::from_vec((0..9).map(|i| i * 7 - 20).collect::<Vec<i64>>(), &[9])?,
+            Tensor::randn(&[6, 10], 0.0, 1.0, DType::F32, &mut rng),
+            big,
+        ]
+        .iter()
+        .map(|t| t.to_device(device))
+        .collect::<Result<Vec<_>>>()?;
+        let viewed: Vec<Tensor> = sources
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if i == 3 {
+                    t.narrow(1, 2, 5)
+                } else {
+                    Ok(t.clone())
+                }
+            })
+            .collect::<Result<_>>()?;
+        let reads = viewed
+            .iter()
+            .map(Tensor::queue_to_host)
+            .collect::<Result<Vec<_>>>()?;
+        if device != Device::Cpu {
+            for t in &sources {
+                crate::cuda::tensor::overwrite(
+                    t,
+                    &Tensor::zeros(t.dims(), t.dtype()).to_device(device)?,
+                )?;
+            }
+        }
+        let mut outs = Vec::new();
+        for (i, r) in reads.into_iter().enumerate().rev() {
+            outs.push((format!("read {i}"), r.wait()?));
+        }
+        Ok(outs)
+    };
+    out.push(Case {
+        op: "to_host_queued",
+        dtype: DType::F32,
+        label:
+            "f32 [37], bf16 [2,3,4,5], i64 [9], f32 [6,10] narrowed to [6,5], f32 [20000] (80 KB)"
+                .into(),
+        threshold: Some(0.0),
+        run: Box::new(run),
+    });
 }
