@@ -94,20 +94,33 @@ pub fn model_cases(seed: u64) -> Vec<Case> {
 /// restricted to deterministic algorithms for the case). A learning rate or
 /// running statistic the graph kept from its capture shows up here. The
 /// CPU side trains ordinarily twice, so its differences are 0 as well.
+///
+/// `train_step_overlapped`: the same, the graph run's steps also
+/// overlapped (`Trainer::step_overlapped`: each step queued, replay
+/// included, before the last one's values are read back), so a read that
+/// the next replay overwrote, or that went to the wrong step, shows up in
+/// the losses and skip flags. The CPU side compares overlapped CPU steps
+/// with ordinary ones.
 pub fn graph_cases(seed: u64) -> Vec<Case> {
-    [DType::F32, DType::BF16, DType::F16]
-        .into_iter()
-        .map(|dtype| Case {
-            op: "train_step_graph",
-            dtype,
-            label: "resnet18 w8 Cifar sl-mlp [8,3,12,12], 9 steps (2 ordinary, recorded, a batch of 5 between), graph minus ordinary".into(),
-            threshold: Some(0.0),
-            run: Box::new(move |device| graph_minus_ordinary(seed, dtype, device)),
-        })
-        .collect()
+    let mut cases = Vec::new();
+    for (op, overlap, how) in [
+        ("train_step_graph", false, "graph"),
+        ("train_step_overlapped", true, "graph overlapped"),
+    ] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            cases.push(Case {
+                op,
+                dtype,
+                label: format!("resnet18 w8 Cifar sl-mlp [8,3,12,12], 9 steps (2 ordinary, recorded, a batch of 5 between), {how} minus ordinary"),
+                threshold: Some(0.0),
+                run: Box::new(move |device| graph_minus_ordinary(seed, dtype, device, overlap)),
+            });
+        }
+    }
+    cases
 }
 
-fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device) -> Result<Outputs> {
+fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device, overlap: bool) -> Result<Outputs> {
     use models::train::{TrainOptions, Trainer};
     const STEPS: usize = 9;
     let precision = match dtype {
@@ -115,7 +128,7 @@ fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device) -> Result<Outpu
         DType::F16 => engine::amp::Precision::F16,
         _ => engine::amp::Precision::F32,
     };
-    let train = |graph: bool| -> Result<Values> {
+    let train = |graph: bool, overlap: bool| -> Result<Values> {
         let mut rng = Rng::new(seed);
         let mut cfg = NetConfig::new("resnet18", 10)?;
         cfg.width = 8;
@@ -134,12 +147,20 @@ fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device) -> Result<Outpu
         if graph {
             t = t.with_cuda_graph()?;
         }
-        let mut out = Values::new();
+        let mut logs = Vec::new();
         for k in 0..STEPS {
             let n = if k == 6 { 5 } else { 8 };
             let x = Tensor::randn(&[n, 3, 12, 12], 0.0, 1.0, DType::F32, &mut rng);
-            let y: Vec<i64> = (0..n).map(|_| rng.below(10) as i64).collect();
-            let log = t.step(&x, &Tensor::from_vec(y, &[n])?)?;
+            let y = Tensor::from_vec((0..n).map(|_| rng.below(10) as i64).collect(), &[n])?;
+            if overlap {
+                logs.extend(t.step_overlapped(&x, &y)?);
+            } else {
+                logs.push(t.step(&x, &y)?);
+            }
+        }
+        logs.extend(t.finish_in_flight()?);
+        let mut out = Values::new();
+        for (k, log) in logs.iter().enumerate() {
             out.push((format!("loss step {k}"), vec![log.loss]));
             // f16: whether the device skipped the step (loss scaling)
             let skipped = log.skipped.unwrap_or(false);
@@ -158,7 +179,7 @@ fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device) -> Result<Outpu
     };
     let was = engine::cuda::dnn::deterministic();
     engine::cuda::dnn::set_deterministic(true);
-    let runs = train(false).and_then(|a| Ok((a, train(device != Device::Cpu)?)));
+    let runs = train(false, false).and_then(|a| Ok((a, train(device != Device::Cpu, overlap)?)));
     engine::cuda::dnn::set_deterministic(was);
     let (ordinary, graph) = runs?;
     ordinary

@@ -262,6 +262,13 @@ pub struct PretrainArgs {
     /// shape has run.
     #[arg(long)]
     pub cuda_graph: bool,
+    /// Read each step's loss back before queuing the next. By default a
+    /// GPU run queues the next step first, so the GPU does not wait for
+    /// the host between steps (a step's error then stops the run one step
+    /// later, before anything is saved); the logs, checkpoints and weights
+    /// are the same either way.
+    #[arg(long)]
+    pub sync_steps: bool,
 }
 
 /// `--augment-on`.
@@ -315,6 +322,7 @@ impl PretrainArgs {
             epoch_models: false,
             augment_on: None,
             cuda_graph: false,
+            sync_steps: false,
         }
     }
 }
@@ -522,6 +530,9 @@ fn pretrain_rank(
     }
     if a.cuda_graph {
         trainer = trainer.with_cuda_graph()?;
+    }
+    if device != Device::Cpu && !a.sync_steps {
+        trainer = trainer.with_overlapped_steps();
     }
     let t0 = Instant::now();
     let result = fit(

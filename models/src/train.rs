@@ -156,9 +156,6 @@ pub struct Trainer<'m> {
     overlap: bool,
     /// The step queued and not read back yet (`step_overlapped`).
     in_flight: Option<InFlight>,
-    /// When the last step's values arrived (the img/s of overlapped steps
-    /// counts from there).
-    last_read: Option<Instant>,
 }
 
 /// A step queued and not read back yet: its read and what its log needs.
@@ -174,7 +171,8 @@ struct InFlight {
     /// Under data parallelism the global mean loss and accuracy, read
     /// already; else they are the read's first two values.
     known: Option<(f64, f64)>,
-    queued_at: Instant,
+    /// The host's time queuing it (on the CPU, computing it).
+    queue_s: f64,
 }
 
 impl<'m> Trainer<'m> {
@@ -209,7 +207,6 @@ impl<'m> Trainer<'m> {
             graph: None,
             overlap: false,
             in_flight: None,
-            last_read: None,
             opts,
         }
     }
@@ -359,13 +356,16 @@ impl<'m> Trainer<'m> {
             batch,
             labels: labels.numel(),
             known,
-            queued_at,
+            queue_s: queued_at.elapsed().as_secs_f64(),
         })
     }
 
     /// Reads a queued step back (the step's one host read), checks it and
-    /// makes its log.
+    /// makes its log. Its img/s counts the host's time in the step: queuing
+    /// it and waiting for its read (what data loading takes is not in it;
+    /// an overlapped step's wait starts once the next step is queued).
     fn finish(&mut self, f: InFlight) -> Result<StepLog> {
+        let t0 = Instant::now();
         let mut v = f.read.wait()?.to_vec_f64()?;
         let (stepped, found) = absorb_opt_step(
             &mut v,
@@ -388,15 +388,13 @@ impl<'m> Trainer<'m> {
                 &self.model.buffers(),
             ));
         }
-        let now = Instant::now();
-        let since = self.last_read.map_or(f.queued_at, |t| t.max(f.queued_at));
-        self.last_read = Some(now);
+        let seconds = f.queue_s + t0.elapsed().as_secs_f64();
         Ok(StepLog {
             step: f.step,
             loss,
             lr: f.lr,
             batch: f.batch,
-            images_per_s: f.batch as f64 / (now - since).as_secs_f64(),
+            images_per_s: f.batch as f64 / seconds,
             parts: vec![("accuracy", accuracy)],
             skipped: Some(!stepped),
         })

@@ -138,6 +138,10 @@ pub fn finetune(
         ..TrainOptions::default()
     };
     let mut trainer = Trainer::new(&net, opts, Default::default());
+    if encoder_of.device() != Device::Cpu {
+        // the next step queued before the last is read back
+        trainer = trainer.with_overlapped_steps();
+    }
     let r = fit(
         &mut trainer,
         &loader,

@@ -320,6 +320,39 @@ pub fn time_gpu(
     )
 }
 
+/// Like [`time_gpu`] for calls that each leave work in flight behind them
+/// (an overlapped training step reads the previous one back): every timed
+/// repeat is `calls` calls `f(Some(i))`, then `f(None)` (the drain: take
+/// what the last one left), between two `synchronize()`s; per-call ms =
+/// repeat time / calls.
+pub fn time_gpu_runs(
+    g: &Gpu,
+    (warmup, calls): (usize, usize),
+    (min_reps, max_reps, max_s): (usize, usize, f64),
+    mut f: impl FnMut(Option<usize>) -> engine::Result<()>,
+) -> engine::Result<Timing> {
+    let calls = calls.max(1);
+    let mut i = 0usize;
+    for _ in 0..warmup {
+        f(Some(i))?;
+        i += 1;
+    }
+    f(None)?;
+    repeat(
+        g,
+        (min_reps, max_reps, max_s),
+        calls,
+        || Ok(()),
+        |()| {
+            for _ in 0..calls {
+                f(Some(i))?;
+                i += 1;
+            }
+            f(None)
+        },
+    )
+}
+
 /// Like [`time_gpu`] for calls that need an untimed setup each (a
 /// backward needs a fresh forward): each repeat makes `calls` items with
 /// `prep` (not timed), synchronises, then times `run` over them between
