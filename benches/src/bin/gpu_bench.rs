@@ -515,8 +515,8 @@ fn bench_options(precision: engine::amp::Precision) -> models::train::TrainOptio
 /// has no f16 row), to set its speed next to bf16's. The `_overlapped`
 /// rows queue each step before reading the last one back
 /// (`Trainer::step_overlapped`, what `slmlp pretrain` does on a GPU), timed
-/// over runs of 8 steps: like PyTorch's loop, the host never waits for the
-/// GPU between steps there.
+/// over runs of 8 steps between two synchronisations, as
+/// torch_baselines.py's loop synchronises every 8 steps.
 fn train(b: &mut Bench) {
     use engine::amp::Precision;
     use models::train::Trainer;
