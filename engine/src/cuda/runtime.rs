@@ -1,7 +1,8 @@
 //! One GPU's runtime: its context, the one stream every op is queued on, the
-//! kernel library, the caching allocator, a pinned staging buffer and a
-//! pinned ring for small uploads that do not wait (`upload_ring.rs`) and
-//! pinned buffers for small downloads that do not wait (`queued_read.rs`).
+//! kernel library, the caching allocator, a pinned staging buffer, pinned
+//! rings for uploads that do not wait (small ones and batches,
+//! `upload_ring.rs`) and pinned buffers for small downloads that do not
+//! wait (`queued_read.rs`).
 //!
 //! A [`Gpu`] is opened once per ordinal on first use ([`gpu`]) and lives for
 //! the process (like PyTorch's per-device state). Everything runs on one
@@ -33,7 +34,7 @@ use super::allocator::{AllocatorStats, Backend, CachingAllocator, EventId, Strea
 use super::graph::{Captures, FreeTo, PinnedHost};
 use super::probe::{probe, CudaInfo};
 use super::queued_read::QueuedDownload;
-use super::upload_ring::{Spans, MAX_QUEUED_UPLOAD, RING_BYTES};
+use super::upload_ring::{through, Spans, Through, BATCH_RING_BYTES, RING_BYTES};
 use crate::{Device, Error, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
 use kernels::device::KernelLibrary;
@@ -158,16 +159,29 @@ pub struct Gpu {
     peaks: Mutex<(usize, usize)>,
     staging: Mutex<Staging>,
     ring: Mutex<Ring>,
+    batch_ring: Mutex<Ring>,
     /// Page-locked buffers of queued reads not in flight (addresses as
     /// usize; `queued_read.rs`).
     pub(crate) read_buffers: Mutex<Vec<usize>>,
 }
 
-/// The page-locked ring of [`Gpu::upload_queued`] (allocated on first use)
-/// and its spans in use, each with its event (`sys::CUevent` as usize).
+/// A page-locked ring of [`Gpu::upload_queued`] (allocated on first use),
+/// its size and its spans in use, each with its event (`sys::CUevent` as
+/// usize).
 struct Ring {
     ptr: *mut u8,
+    cap: usize,
     spans: Spans<usize>,
+}
+
+impl Ring {
+    fn new(cap: usize) -> Mutex<Ring> {
+        Mutex::new(Ring {
+            ptr: std::ptr::null_mut(),
+            cap,
+            spans: Spans::new(cap),
+        })
+    }
 }
 // SAFETY: the buffer and the events are only touched under the Gpu's ring
 // mutex.
@@ -218,10 +232,8 @@ impl Gpu {
                 ptr: std::ptr::null_mut(),
                 cap: 0,
             }),
-            ring: Mutex::new(Ring {
-                ptr: std::ptr::null_mut(),
-                spans: Spans::new(RING_BYTES),
-            }),
+            ring: Ring::new(RING_BYTES),
+            batch_ring: Ring::new(BATCH_RING_BYTES),
             read_buffers: Mutex::new(Vec::new()),
         })
     }
@@ -426,10 +438,12 @@ impl Gpu {
     }
 
     /// Host bytes -> device address `dst`, queued on this GPU's stream
-    /// without waiting for it: the bytes are copied into the page-locked
-    /// upload ring first (`upload_ring.rs`), so `src` may be dropped at
-    /// once; work queued after this call sees them. Uploads above
-    /// `MAX_QUEUED_UPLOAD` bytes take the waiting [`Gpu::upload`].
+    /// without waiting for it: the bytes are copied into a page-locked
+    /// upload ring first (`upload_ring.rs`: a small one, and one for
+    /// batches), so `src` may be dropped at once; work queued after this
+    /// call sees them. Uploads above `MAX_BATCH_UPLOAD` bytes take the
+    /// waiting [`Gpu::upload`], as does a batch when the batch ring's
+    /// page-locked memory cannot be had.
     ///
     /// # Safety
     /// `dst..dst + src.len()` lies inside an allocation of this GPU that
@@ -455,16 +469,25 @@ impl Gpu {
                 return Ok(());
             }
         }
-        if src.len() > MAX_QUEUED_UPLOAD {
+        let which = through(src.len());
+        let ring = match which {
+            Through::Small => &self.ring,
+            Through::Batch => &self.batch_ring,
             // SAFETY: the caller's contract (the waiting form needs less).
-            return unsafe { self.upload(dst, src) };
-        }
-        let mut r = lock(&self.ring);
+            Through::Wait => return unsafe { self.upload(dst, src) },
+        };
+        let mut r = lock(ring);
         if r.ptr.is_null() {
             // SAFETY: plain page-locked allocation, kept for the process.
-            let p = unsafe { result::malloc_host(RING_BYTES, 0) }
-                .map_err(|e| self.err("cuMemAllocHost (upload ring)", e))?;
-            r.ptr = p.cast();
+            match unsafe { result::malloc_host(r.cap, 0) } {
+                Ok(p) => r.ptr = p.cast(),
+                Err(_) if which == Through::Batch => {
+                    drop(r);
+                    // SAFETY: the caller's contract (the waiting form needs less).
+                    return unsafe { self.upload(dst, src) };
+                }
+                Err(e) => return Err(self.err("cuMemAllocHost (upload ring)", e)),
+            }
         }
         // SAFETY (events): every id in the spans came from event::create
         // below and is destroyed exactly once, when it leaves the spans.
@@ -478,8 +501,8 @@ impl Gpu {
             let _ = unsafe { result::event::destroy(ev as sys::CUevent) };
             waited.map_err(|e| self.err("cuEventSynchronize (upload ring)", e))?;
         }
-        // SAFETY: start + src.len() <= RING_BYTES (place keeps spans inside
-        // the ring) and no queued copy reads this span any more (waited).
+        // SAFETY: start + src.len() <= r.cap (place keeps spans inside the
+        // ring) and no queued copy reads this span any more (waited).
         let pinned = unsafe {
             let at = r.ptr.add(start);
             std::ptr::copy_nonoverlapping(src.as_ptr(), at, src.len());

@@ -1,6 +1,9 @@
 //! Uploads that do not wait: small host-to-device copies (kernel tables,
 //! labels, the optimizer's chunk list) go through a ring of page-locked
-//! memory. Each copies its bytes into the next free span of the ring,
+//! memory, and batches (up to `MAX_BATCH_UPLOAD`) through a second, larger
+//! one, which holds two or more at once: the upload of the next batch is
+//! queued while the GPU still runs the step before it (double buffering).
+//! Each copies its bytes into the next free span of its ring,
 //! queues the copy on the GPU's stream and records an event behind it; a
 //! span is written again only once its event has completed. So the host
 //! never waits for the GPU to drain (the waiting upload's
@@ -12,9 +15,34 @@ use std::collections::VecDeque;
 
 /// Page-locked bytes of the ring.
 pub(crate) const RING_BYTES: usize = 4 << 20;
-/// Uploads above this go through the waiting path (a large upload would
-/// lap the ring and wait anyway).
+/// Uploads above this go through the batch ring (a large upload would lap
+/// the small ring and wait anyway).
 pub(crate) const MAX_QUEUED_UPLOAD: usize = RING_BYTES / 4;
+/// Page-locked bytes of the batch ring (allocated at the first upload that
+/// needs it).
+pub(crate) const BATCH_RING_BYTES: usize = 512 << 20;
+/// Uploads above this take the waiting path: a ResNet-50 batch of 256 f32
+/// images at 224 px (154 MB) is under it, so two are in the ring at once.
+pub(crate) const MAX_BATCH_UPLOAD: usize = BATCH_RING_BYTES / 2;
+
+/// The ring an upload of `len` bytes goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Through {
+    Small,
+    Batch,
+    /// The waiting path.
+    Wait,
+}
+
+pub(crate) fn through(len: usize) -> Through {
+    if len <= MAX_QUEUED_UPLOAD {
+        Through::Small
+    } else if len <= MAX_BATCH_UPLOAD {
+        Through::Batch
+    } else {
+        Through::Wait
+    }
+}
 /// Spans start on this boundary.
 const ALIGN: usize = 256;
 
@@ -104,6 +132,26 @@ mod tests {
         assert_eq!(s.live(), vec![(0, 512)]);
         // 512..1024 is free now
         assert_eq!(s.place(512), (512, vec![]));
+    }
+
+    #[test]
+    fn small_uploads_take_the_small_ring_and_batches_the_batch_ring() {
+        assert_eq!(through(1), Through::Small);
+        assert_eq!(through(MAX_QUEUED_UPLOAD), Through::Small);
+        assert_eq!(through(MAX_QUEUED_UPLOAD + 1), Through::Batch);
+        // a ResNet-50 batch: 256 f32 images of 3x224x224, or 256x256 u8 ones
+        let f32_batch = 256 * 3 * 224 * 224 * 4;
+        assert_eq!(through(f32_batch), Through::Batch);
+        assert_eq!(through(256 * 3 * 256 * 256), Through::Batch);
+        // two of them fit in the ring at once: the next one's upload does
+        // not wait for the copy of the one before
+        let mut s = Spans::<u32>::new(BATCH_RING_BYTES);
+        let (a, wait) = s.place(f32_batch);
+        assert!(wait.is_empty());
+        s.queued(a, f32_batch, 1);
+        let (b, wait) = s.place(f32_batch);
+        assert!(wait.is_empty() && b >= a + f32_batch);
+        assert_eq!(through(MAX_BATCH_UPLOAD + 1), Through::Wait);
     }
 
     #[test]

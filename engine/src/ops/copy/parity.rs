@@ -31,6 +31,41 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         }
     }
     queued_read_cases(rng, out);
+    batch_upload_cases(rng, out);
+}
+
+/// `from_host` through the batch ring: uploads over the small ring's 1 MiB
+/// (`cuda/upload_ring.rs`), several queued back to back before any is
+/// used (f32 [3, 512, 1024] of 6 MiB, a u8 [4, 3, 256, 256] 4-D batch
+/// permuted to channels-last, bf16 [1100, 1000]), the host buffers dropped
+/// as soon as each upload returns; then the values read back. Exact.
+fn batch_upload_cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    let seed = rng.next_u64();
+    let run = move |device: Device| -> Result<Outputs> {
+        let mut rng = Rng::new(seed);
+        let pixels: Vec<u8> = (0..4 * 3 * 256 * 256)
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let uploaded = [
+            Tensor::randn(&[3, 512, 1024], 0.0, 1.0, DType::F32, &mut rng).to_device(device)?,
+            Tensor::from_vec(pixels, &[4, 3, 256, 256])?.to_device(device)?,
+            Tensor::randn(&[1100, 1000], 0.0, 1.0, DType::BF16, &mut rng).to_device(device)?,
+        ];
+        uploaded
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| Ok((format!("upload {i}"), t.to_device(Device::Cpu)?)))
+            .collect()
+    };
+    out.push(Case {
+        op: "from_host",
+        dtype: DType::F32,
+        label:
+            "batch ring: f32 [3,512,1024], u8 [4,3,256,256], bf16 [1100,1000], queued back to back"
+                .into(),
+        threshold: Some(0.0),
+        run: Box::new(run),
+    });
 }
 
 /// `queue_to_host`: reads of f32, bf16 (4-D, channels-last on a GPU, so
