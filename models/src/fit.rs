@@ -8,8 +8,10 @@
 //! Files in the output folder (locked and checked by `run_dir::open`):
 //! - `metrics.jsonl`: one `{"kind":"step",...}` record per step and one
 //!   `{"kind":"epoch",...}` record per epoch, with the times (`data_s`
-//!   waiting for the batch, `step_s` computing it, `wall_s` since the loop
-//!   started) and the peak memories (see `run_dir::add_memory`);
+//!   waiting for the batch, `step_s` the task's call that ran it (an
+//!   overlapped step's call queues it and reads the one before), `wall_s`
+//!   since the loop started) and the peak memories (see
+//!   `run_dir::add_memory`);
 //! - `args.json`: the run's configuration (`run_dir::snapshot`);
 //! - `checkpoint.safetensors`: the full training state (resume point);
 //! - `model.safetensors`: the final weights with the task's metadata.
@@ -23,6 +25,12 @@
 //! sums (its epoch record equals an uninterrupted run's) and whether the
 //! epoch record at its step was written (a run killed during the
 //! end-of-epoch validation redoes it on resume).
+//!
+//! Steps in flight: a task may return a step's log later than the call
+//! that ran it (`Trainer::with_overlapped_steps`); the loop takes the logs
+//! in step order and reads every step back (`Task::finish_steps`) before
+//! it checkpoints, validates or ends, so no file holds a step whose checks
+//! were not read.
 //!
 //! Non-finite values: a checkpoint or final model with a NaN or infinite
 //! parameter or buffer is never written (the last good one stays), and an
