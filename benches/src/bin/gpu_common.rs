@@ -296,26 +296,14 @@ pub fn time_gpu(
     max_s: f64,
     mut f: impl FnMut(usize) -> engine::Result<()>,
 ) -> engine::Result<Timing> {
-    let mut i = 0usize;
-    let t = Instant::now();
-    for _ in 0..warmup.max(1) {
-        f(i)?;
-        i += 1;
-    }
-    g.synchronize()?;
-    let one = t.elapsed().as_secs_f64() * 1e3 / warmup.max(1) as f64;
-    let calls = calls_per_rep(one, 2.0);
-    repeat(
+    time_runs(
         g,
+        warmup.max(1),
+        None,
         (min_reps, max_reps, max_s),
-        calls,
-        || Ok(()),
-        |()| {
-            for _ in 0..calls {
-                f(i)?;
-                i += 1;
-            }
-            Ok(())
+        |call| match call {
+            Some(i) => f(i),
+            None => Ok(()),
         },
     )
 }
@@ -328,16 +316,32 @@ pub fn time_gpu(
 pub fn time_gpu_runs(
     g: &Gpu,
     (warmup, calls): (usize, usize),
+    reps: (usize, usize, f64),
+    f: impl FnMut(Option<usize>) -> engine::Result<()>,
+) -> engine::Result<Timing> {
+    time_runs(g, warmup, Some(calls), reps, f)
+}
+
+/// [`time_gpu`] and [`time_gpu_runs`]: `warmup` calls and a drain, then
+/// repeats of `calls` calls and a drain (`calls` from the warm-up's time
+/// when not given).
+fn time_runs(
+    g: &Gpu,
+    warmup: usize,
+    calls: Option<usize>,
     (min_reps, max_reps, max_s): (usize, usize, f64),
     mut f: impl FnMut(Option<usize>) -> engine::Result<()>,
 ) -> engine::Result<Timing> {
-    let calls = calls.max(1);
     let mut i = 0usize;
+    let t = Instant::now();
     for _ in 0..warmup {
         f(Some(i))?;
         i += 1;
     }
     f(None)?;
+    g.synchronize()?;
+    let one = t.elapsed().as_secs_f64() * 1e3 / warmup.max(1) as f64;
+    let calls = calls.unwrap_or_else(|| calls_per_rep(one, 2.0)).max(1);
     repeat(
         g,
         (min_reps, max_reps, max_s),
