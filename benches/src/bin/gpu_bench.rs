@@ -25,7 +25,9 @@
 //! - `train`: ResNet-50 training steps, batch 256 (keys resnet50_train/*),
 //!   one with cuDNN's legacy API only (`eager_legacy_cudnn`: the others
 //!   also time the graph API's plans, `cuda::dnn::Api`), one replaying the
-//!   step recorded as a CUDA graph (`graph`), the last one fed by the
+//!   step recorded as a CUDA graph (`graph`), the ordinary and the graph
+//!   step overlapped (`eager_overlapped`, `graph_overlapped`: each queued
+//!   before the last one is read back), the last one fed by the
 //!   device-mode loader (data loading included);
 //! - `maskrcnn` (only when asked for): one Mask R-CNN R50-FPN training
 //!   iteration, batch 4 at 800x1333, bf16 autocast (key
