@@ -632,3 +632,95 @@ fn conv_gradients_are_the_same_bits_under_any_thread_count() {
         );
     }
 }
+
+/// A Trainer whose `Task` reports its steps wrongly: never (`extra`
+/// false) or twice (`extra` true).
+struct Misreporting<'m> {
+    inner: Trainer<'m>,
+    extra: bool,
+}
+
+impl Misreporting<'_> {
+    fn report(&self, logs: Vec<StepLog>) -> Vec<StepLog> {
+        match self.extra {
+            true => logs.iter().chain(&logs).cloned().collect(),
+            false => Vec::new(),
+        }
+    }
+}
+
+impl Task for Misreporting<'_> {
+    type Source = <Trainer<'static> as Task>::Source;
+    type Val = <Trainer<'static> as Task>::Val;
+    const EPOCH_PREFIX: &'static str = "train_";
+    fn tensors(&self) -> (Vec<Param>, Vec<Buffer>) {
+        self.inner.tensors()
+    }
+    fn schedule_len(&self) -> usize {
+        self.inner.schedule_len()
+    }
+    fn step(&mut self, step: usize, batch: &models::data::Batch) -> Result<Vec<StepLog>> {
+        let logs = Task::step(&mut self.inner, step, batch)?;
+        Ok(self.report(logs))
+    }
+    fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
+        let logs = self.inner.finish_steps()?;
+        Ok(self.report(logs))
+    }
+    fn validate(&mut self, val: Option<&Loader>) -> Result<Validation> {
+        self.inner.validate(val)
+    }
+    fn part_names(&self) -> &'static [&'static str] {
+        self.inner.part_names()
+    }
+    fn describe(&self, means: &Means) -> String {
+        self.inner.describe(means)
+    }
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.inner.metadata()
+    }
+    fn settings(&self) -> BTreeMap<String, String> {
+        self.inner.settings()
+    }
+    fn state(&self) -> TaskState {
+        self.inner.state()
+    }
+    fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {
+        self.inner.restore(optim, state)
+    }
+}
+
+/// `fit` takes each step's log once: a task that never reports its steps,
+/// or reports one twice, stops the run with an error before the epoch
+/// ends (nothing is saved from it).
+#[test]
+fn a_task_that_misreports_its_steps_is_an_error() {
+    for (extra, overlap) in [(false, false), (false, true), (true, false), (true, true)] {
+        let dir = tmp(&format!("misreport-{extra}-{overlap}"));
+        let net = small_net(8, false);
+        let mut inner = Trainer::new(&net, opts(4, 0.05, Precision::F32), Default::default());
+        if overlap {
+            inner = inner.with_overlapped_steps();
+        }
+        let mut t = Misreporting { inner, extra };
+        let fo = FitOptions {
+            epochs: 1,
+            out_dir: Some(dir.clone()),
+            quiet: true,
+            ..FitOptions::default()
+        };
+        let e = fit(&mut t, &loader(16, &[], 4, false), None, &fo)
+            .map(|r| r.total_steps)
+            .unwrap_err()
+            .to_string();
+        let want = if extra {
+            "more step logs"
+        } else {
+            "never reported"
+        };
+        assert!(e.contains(want), "extra {extra}, overlapped {overlap}: {e}");
+        assert!(!dir.join("checkpoint.safetensors").exists());
+        assert!(!dir.join("model.safetensors").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
