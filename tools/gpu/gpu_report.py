@@ -12,11 +12,13 @@ Reads:
   DETAIL/gpu.csv             nvidia-smi --query-gpu line(s)
   DETAIL/<stage>/result.json what an slmlp stage binary wrote (optional), in the form
       {"status": "pass"|"fail"|..., "summary": [{"figure", "value", "unit", "ref"}],
-       "rows": [{"key": "<same key as a torch_baselines row>", "ms_median": ..., ...}],
+       "rows": [{"key": "<same key as a torch_baselines row>", "ms_median": ...,
+                 "vs_torch": ["<other torch_baselines keys to set it against>"], ...}],
        "failures": ["op ... rel err 3e-2 > 1e-2", ...]}
   OUT/torch_baselines.json   tools/gpu/torch_baselines.py's report
-Rows of an slmlp stage whose "key" equals a PyTorch row's key are joined into the
-"slmlp vs PyTorch" table (time ratio; < 1 means slmlp is faster).
+Rows of an slmlp stage whose "key" equals a PyTorch row's key, or is listed in
+its "vs_torch", are joined into the "slmlp vs PyTorch" table (time ratio; < 1
+means slmlp is faster).
 """
 
 import argparse
@@ -86,10 +88,17 @@ def build(args):
             continue
         slmlp[s["stage"]] = res
         for r in res.get("rows", []) if isinstance(res, dict) else []:
-            t = torch_keys.get(r.get("key"))
-            if t and r.get("ms_median") and t.get("ms_median"):
-                joined.append({"stage": s["stage"], "key": r["key"], "slmlp_ms": r["ms_median"],
-                               "torch_ms": t["ms_median"], "ratio": r["ms_median"] / t["ms_median"]})
+            # its own key, then the PyTorch rows it also asks to be set against
+            # ("vs_torch": e.g. our overlapped step against torch's eager and
+            # compiled steps)
+            keys = [r.get("key")] + [k for k in r.get("vs_torch") or [] if k != r.get("key")]
+            for k in keys:
+                t = torch_keys.get(k)
+                if t and r.get("ms_median") and t.get("ms_median"):
+                    shown = r["key"] if k == r["key"] else f"{r['key']} vs {k}"
+                    joined.append({"stage": s["stage"], "key": shown, "slmlp_ms": r["ms_median"],
+                                   "torch_ms": t["ms_median"],
+                                   "ratio": r["ms_median"] / t["ms_median"]})
     return {"schema": "slmlp.gpu_check/1", "started": args.started, "wall_s": args.wall_s,
             "budget_s": args.budget_s, "command": args.command, "gpu": gpu, "stages": stages,
             "cuda_libs": libs, "slmlp_results": slmlp, "slmlp_vs_torch": joined,
@@ -121,7 +130,7 @@ def summary_md(rep, tb_summary_md):
                                  [(x.get("figure"), x.get("value"), x.get("unit"), x.get("ref"))
                                   for x in res["summary"]])]
     if rep["slmlp_vs_torch"]:
-        out += ["", "### slmlp vs PyTorch (same key; ratio = slmlp time / PyTorch time, < 1 is faster)", "",
+        out += ["", "### slmlp vs PyTorch (same key, or the PyTorch key after \"vs\"; ratio = slmlp time / PyTorch time, < 1 is faster)", "",
                 md_table(["key", "stage", "slmlp ms", "PyTorch ms", "ratio"],
                          [(j["key"], j["stage"], f"{j['slmlp_ms']:.4g}", f"{j['torch_ms']:.4g}",
                            f"{j['ratio']:.2f}") for j in rep["slmlp_vs_torch"]])]

@@ -599,6 +599,8 @@ fn train(b: &mut Bench) {
             b.g.empty_cache();
             Ok(merge(
                 json!({"key": key, "name": format!("resnet50 {} {dtype} train step (slmlp)", variant.to_uppercase().replace('_', "-")),
+                       // every variant against PyTorch's eager and compiled steps
+                       "vs_torch": [format!("resnet50_train/{variant}/eager"), format!("resnet50_train/{variant}/compile")],
                        "graph_recordings_replays": graph_counts,
                        "variant": variant, "mode": mode, "batch": N, "px": PX, "params": params,
                        "precision": format!("{dtype} compute, f32 master weights, channels_last, SGD momentum"),
@@ -690,6 +692,7 @@ fn train_with_loader(b: &mut Bench) {
         b.g.empty_cache();
         Ok(merge(
             json!({"key": key, "name": "resnet50 SL-MLP bf16 train step with the device-mode loader (slmlp)",
+                   "vs_torch": ["resnet50_train/sl_mlp/eager", "resnet50_train/sl_mlp/compile"],
                    "variant": "sl_mlp", "mode": "eager_loader", "batch": N, "px": PX,
                    "data": format!("{IMAGES} random {SIDE}x{SIDE} RGB u8 images resident on the GPU, RandomResizedCrop {PX} + flip on the GPU, 4 loader threads"),
                    "img_per_s": sig(N as f64 / (t.ms_median * 1e-3)), "loss_last": sig(last_loss)}),
