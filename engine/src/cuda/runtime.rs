@@ -21,7 +21,8 @@
 //!
 //! The engine reads and writes device memory through the bounds-checked
 //! [`DeviceBlock`] methods (`memset`, `upload_queued_at`, `download_at`,
-//! `download_queued_at`, `copy_from`); the raw-address [`Gpu`] calls they wrap are `unsafe`.
+//! `download_queued_at`, `copy_from`); the raw-address [`Gpu`] calls they
+//! wrap are `unsafe`.
 //!
 //! While a CUDA graph is captured on the stream (`graph.rs`), allocations
 //! come from a second, graph-private caching allocator, blocks of the
@@ -172,6 +173,9 @@ struct Ring {
     ptr: *mut u8,
     cap: usize,
     spans: Spans<usize>,
+    /// The page-locked memory could not be had (the batch ring: its
+    /// uploads wait instead, and it is not asked for again).
+    unavailable: bool,
 }
 
 impl Ring {
@@ -180,6 +184,7 @@ impl Ring {
             ptr: std::ptr::null_mut(),
             cap,
             spans: Spans::new(cap),
+            unavailable: false,
         })
     }
 }
@@ -477,17 +482,18 @@ impl Gpu {
             Through::Wait => return unsafe { self.upload(dst, src) },
         };
         let mut r = lock(ring);
-        if r.ptr.is_null() {
+        if r.ptr.is_null() && !r.unavailable {
             // SAFETY: plain page-locked allocation, kept for the process.
             match unsafe { result::malloc_host(r.cap, 0) } {
                 Ok(p) => r.ptr = p.cast(),
-                Err(_) if which == Through::Batch => {
-                    drop(r);
-                    // SAFETY: the caller's contract (the waiting form needs less).
-                    return unsafe { self.upload(dst, src) };
-                }
+                Err(_) if which == Through::Batch => r.unavailable = true,
                 Err(e) => return Err(self.err("cuMemAllocHost (upload ring)", e)),
             }
+        }
+        if r.unavailable {
+            drop(r);
+            // SAFETY: the caller's contract (the waiting form needs less).
+            return unsafe { self.upload(dst, src) };
         }
         // SAFETY (events): every id in the spans came from event::create
         // below and is destroyed exactly once, when it leaves the spans.

@@ -46,7 +46,7 @@ pub trait CopyOps: BackendInfo {
 pub struct QueuedRead(Pending);
 
 enum Pending {
-    /// A host copy (the CPU's values are there at once).
+    /// The values on the host (a CPU tensor's, row-major).
     Host(Tensor),
     /// A GPU download, and the dtype and dims of its values.
     Gpu(crate::cuda::queued_read::QueuedDownload, DType, Vec<usize>),
@@ -109,7 +109,8 @@ impl Tensor {
     /// queued so far has run: later work (a step queued behind it, an
     /// in-place update) does not change them. On a GPU the host waits only
     /// in [`QueuedRead::wait`] (reads over 64 KiB wait here); on the CPU
-    /// this is a copy. No autograd.
+    /// the values are there at once (host storage is never written in
+    /// place). No autograd.
     pub fn queue_to_host(&self) -> Result<QueuedRead> {
         on_backend!(self.device(), b => b.to_host_queued(self))
     }
