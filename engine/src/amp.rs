@@ -284,7 +284,7 @@ impl ScaleOnDevice {
     /// The optimizer step of a loss-scaled backward, queued: unscales the
     /// gradients by the device's scale, steps `opt` unless one overflowed
     /// (decided on the device) and updates the scale there. Returns an f32
-    /// [4] tensor to read with the step's other values: the overflow flag
+    /// `[4]` tensor to read with the step's other values: the overflow flag
     /// (1: skipped) then the new [`SCALE_STATE`]; give those values to
     /// [`absorb`](Self::absorb). The gradients are all on `device`.
     pub fn queue_step(
@@ -321,7 +321,7 @@ impl ScaleOnDevice {
         Tensor::cat(&[found, state], 0)
     }
 
-    /// Takes a queued step's read values (what [`queue_step`]'s tensor
+    /// Takes a queued step's read values (what [`queue_step`](Self::queue_step)'s tensor
     /// held) back into `s`: returns whether the step was taken, or the
     /// error once `max_skipped` steps in a row overflowed.
     pub fn absorb(&mut self, s: &mut LossScaler, read: &[f64]) -> Result<bool> {

@@ -255,7 +255,7 @@ impl<'m> Trainer<'m> {
         self.device
     }
 
-    /// One SGD step on `images` [B, C, H, W] (f32) with i64 `labels` [B],
+    /// One SGD step on `images` `[B, C, H, W]` (f32) with i64 `labels` `[B]`,
     /// given on any device (moved to the model's), read back before it
     /// returns. Under data parallelism (`with_data_parallel`) the batch is
     /// this rank's part of the global batch. An error while a step queued
