@@ -633,23 +633,14 @@ fn conv_gradients_are_the_same_bits_under_any_thread_count() {
     }
 }
 
-/// A Trainer whose `Task` reports its steps wrongly: never (`extra`
-/// false) or twice (`extra` true).
-struct Misreporting<'m> {
+/// A Trainer whose `Task` hands the logs its steps return through `edit`
+/// (`true`: from `Task::step`, `false`: from `Task::finish_steps`).
+struct Relay<'m> {
     inner: Trainer<'m>,
-    extra: bool,
+    edit: fn(Vec<StepLog>, bool) -> Vec<StepLog>,
 }
 
-impl Misreporting<'_> {
-    fn report(&self, logs: Vec<StepLog>) -> Vec<StepLog> {
-        match self.extra {
-            true => logs.iter().chain(&logs).cloned().collect(),
-            false => Vec::new(),
-        }
-    }
-}
-
-impl Task for Misreporting<'_> {
+impl Task for Relay<'_> {
     type Source = <Trainer<'static> as Task>::Source;
     type Val = <Trainer<'static> as Task>::Val;
     const EPOCH_PREFIX: &'static str = "train_";
@@ -661,11 +652,11 @@ impl Task for Misreporting<'_> {
     }
     fn step(&mut self, step: usize, batch: &models::data::Batch) -> Result<Vec<StepLog>> {
         let logs = Task::step(&mut self.inner, step, batch)?;
-        Ok(self.report(logs))
+        Ok((self.edit)(logs, true))
     }
     fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
         let logs = self.inner.finish_steps()?;
-        Ok(self.report(logs))
+        Ok((self.edit)(logs, false))
     }
     fn validate(&mut self, val: Option<&Loader>) -> Result<Validation> {
         self.inner.validate(val)
@@ -702,7 +693,13 @@ fn a_task_that_misreports_its_steps_is_an_error() {
         if overlap {
             inner = inner.with_overlapped_steps();
         }
-        let mut t = Misreporting { inner, extra };
+        let edit: fn(Vec<StepLog>, bool) -> Vec<StepLog> = match extra {
+            // each log twice
+            true => |logs, _| logs.iter().chain(&logs).cloned().collect(),
+            // none
+            false => |_, _| Vec::new(),
+        };
+        let mut t = Relay { inner, edit };
         let fo = FitOptions {
             epochs: 1,
             out_dir: Some(dir.clone()),
@@ -723,4 +720,31 @@ fn a_task_that_misreports_its_steps_is_an_error() {
         assert!(!dir.join("model.safetensors").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// Data-parallel steps are read back at once even when overlapping is
+/// asked for: every rank must stop at the same step.
+#[test]
+fn data_parallel_steps_are_not_overlapped() {
+    let comm = models::dist::hub::threads(1, Duration::from_secs(60))
+        .unwrap()
+        .pop()
+        .unwrap();
+    let net = small_net(9, false);
+    let inner = Trainer::new(&net, opts(4, 0.05, Precision::F32), Default::default())
+        .with_data_parallel(Box::new(comm), 1)
+        .with_overlapped_steps();
+    let edit: fn(Vec<StepLog>, bool) -> Vec<StepLog> = |logs, from_step| {
+        // each step's own log comes back from its call, none is left over
+        assert_eq!(logs.len(), usize::from(from_step));
+        logs
+    };
+    let mut t = Relay { inner, edit };
+    let fo = FitOptions {
+        epochs: 1,
+        quiet: true,
+        ..FitOptions::default()
+    };
+    let r = fit(&mut t, &loader(16, &[], 4, false), None, &fo).unwrap();
+    assert_eq!(r.steps.len(), 4);
 }

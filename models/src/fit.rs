@@ -682,9 +682,8 @@ pub fn fit<T: Task>(
                 data_s,
                 step_s,
             });
-            let save = files.is_some()
-                && opts.checkpoint_every > 0
-                && step.is_multiple_of(opts.checkpoint_every);
+            // every rank reads its steps back here, the writing one saves
+            let save = opts.checkpoint_every > 0 && step.is_multiple_of(opts.checkpoint_every);
             if save {
                 logs.extend(task.finish_steps()?);
             }

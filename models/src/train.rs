@@ -216,7 +216,9 @@ impl<'m> Trainer<'m> {
     /// it idle between steps. The logs, the checkpoints and the weights are
     /// those of ordinary steps; an error a step's read finds (a non-finite
     /// loss or parameter, f16 overflows without end) stops the run one
-    /// step later, before anything is saved.
+    /// step later, before anything is saved. Data-parallel steps are not
+    /// overlapped (they read their losses mid-step anyway, and every rank
+    /// must stop at the same step).
     pub fn with_overlapped_steps(mut self) -> Self {
         self.overlap = true;
         self
@@ -643,7 +645,10 @@ impl Task for Trainer<'_> {
             });
             return Ok(logs);
         }
-        if self.overlap {
+        // data-parallel steps are read at once: every rank must stop at the
+        // same step (one that stopped later would wait for the others in
+        // the next step's collective)
+        if self.overlap && self.dp.is_none() {
             let done = self.step_overlapped(&batch.images, &batch.labels)?;
             return Ok(done.into_iter().collect());
         }
