@@ -395,11 +395,26 @@ fn a_batch_left_with_one_image_is_skipped_for_sl_mlp() {
 }
 
 /// A Trainer that fails at step `fail_at` (as a killed process would stop
-/// there) or, when `fail_validation`, in its first validation.
+/// there) or, when `fail_validation`, in its first validation, and hands
+/// the logs its steps return through `edit` (`true`: from `Task::step`,
+/// `false`: from `Task::finish_steps`).
 struct Interrupted<'m> {
     inner: Trainer<'m>,
     fail_at: Option<usize>,
     fail_validation: bool,
+    edit: fn(Vec<StepLog>, bool) -> Vec<StepLog>,
+}
+
+impl<'m> Interrupted<'m> {
+    /// `inner` as it is: no failure, the logs untouched.
+    fn relay(inner: Trainer<'m>, edit: fn(Vec<StepLog>, bool) -> Vec<StepLog>) -> Self {
+        Interrupted {
+            inner,
+            fail_at: None,
+            fail_validation: false,
+            edit,
+        }
+    }
 }
 
 impl Task for Interrupted<'_> {
@@ -416,10 +431,12 @@ impl Task for Interrupted<'_> {
         if Some(step) == self.fail_at {
             return Err(Error::arg("test", "killed"));
         }
-        Task::step(&mut self.inner, step, batch)
+        let logs = Task::step(&mut self.inner, step, batch)?;
+        Ok((self.edit)(logs, true))
     }
     fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
-        self.inner.finish_steps()
+        let logs = self.inner.finish_steps()?;
+        Ok((self.edit)(logs, false))
     }
     fn validate(&mut self, val: Option<&Loader>) -> Result<Validation> {
         if std::mem::take(&mut self.fail_validation) {
@@ -472,6 +489,7 @@ fn run(
         inner,
         fail_at,
         fail_validation,
+        edit: |logs, _| logs,
     };
     let fo = FitOptions {
         epochs: 2,
@@ -633,54 +651,6 @@ fn conv_gradients_are_the_same_bits_under_any_thread_count() {
     }
 }
 
-/// A Trainer whose `Task` hands the logs its steps return through `edit`
-/// (`true`: from `Task::step`, `false`: from `Task::finish_steps`).
-struct Relay<'m> {
-    inner: Trainer<'m>,
-    edit: fn(Vec<StepLog>, bool) -> Vec<StepLog>,
-}
-
-impl Task for Relay<'_> {
-    type Source = <Trainer<'static> as Task>::Source;
-    type Val = <Trainer<'static> as Task>::Val;
-    const EPOCH_PREFIX: &'static str = "train_";
-    fn tensors(&self) -> (Vec<Param>, Vec<Buffer>) {
-        self.inner.tensors()
-    }
-    fn schedule_len(&self) -> usize {
-        self.inner.schedule_len()
-    }
-    fn step(&mut self, step: usize, batch: &models::data::Batch) -> Result<Vec<StepLog>> {
-        let logs = Task::step(&mut self.inner, step, batch)?;
-        Ok((self.edit)(logs, true))
-    }
-    fn finish_steps(&mut self) -> Result<Vec<StepLog>> {
-        let logs = self.inner.finish_steps()?;
-        Ok((self.edit)(logs, false))
-    }
-    fn validate(&mut self, val: Option<&Loader>) -> Result<Validation> {
-        self.inner.validate(val)
-    }
-    fn part_names(&self) -> &'static [&'static str] {
-        self.inner.part_names()
-    }
-    fn describe(&self, means: &Means) -> String {
-        self.inner.describe(means)
-    }
-    fn metadata(&self) -> BTreeMap<String, String> {
-        self.inner.metadata()
-    }
-    fn settings(&self) -> BTreeMap<String, String> {
-        self.inner.settings()
-    }
-    fn state(&self) -> TaskState {
-        self.inner.state()
-    }
-    fn restore(&mut self, optim: Vec<(String, Tensor)>, state: &TrainState) -> Result<()> {
-        self.inner.restore(optim, state)
-    }
-}
-
 /// `fit` takes each step's log once: a task that never reports its steps,
 /// or reports one twice, stops the run with an error before the epoch
 /// ends (nothing is saved from it).
@@ -699,7 +669,7 @@ fn a_task_that_misreports_its_steps_is_an_error() {
             // none
             false => |_, _| Vec::new(),
         };
-        let mut t = Relay { inner, edit };
+        let mut t = Interrupted::relay(inner, edit);
         let fo = FitOptions {
             epochs: 1,
             out_dir: Some(dir.clone()),
@@ -739,7 +709,7 @@ fn data_parallel_steps_are_not_overlapped() {
         assert_eq!(logs.len(), usize::from(from_step));
         logs
     };
-    let mut t = Relay { inner, edit };
+    let mut t = Interrupted::relay(inner, edit);
     let fo = FitOptions {
         epochs: 1,
         quiet: true,
