@@ -457,27 +457,25 @@ struct Position {
     quiet: bool,
 }
 
-/// What each step's log goes into.
+/// One epoch's steps on their way to the records: the steps run whose
+/// logs have not come back yet, oldest first, and what each log goes into.
 struct Records<'a> {
+    queued: VecDeque<Queued>,
     files: &'a mut Option<Files>,
     means: &'a mut Means,
     steps: &'a mut Vec<StepLog>,
+    progress: &'a Progress,
+    at: Position,
 }
 
 impl Records<'_> {
     /// Takes the logs a task returned, oldest first, for the steps queued
     /// first: each step's JSONL record, the epoch's means, the progress
     /// line.
-    fn steps<T: Task>(
-        &mut self,
-        task: &T,
-        logs: Vec<StepLog>,
-        queued: &mut VecDeque<Queued>,
-        progress: &Progress,
-        at: &Position,
-    ) -> Result<()> {
+    fn take<T: Task>(&mut self, task: &T, logs: Vec<StepLog>) -> Result<()> {
+        let at = &self.at;
         for mut log in logs {
-            let q = queued.pop_front().ok_or_else(|| {
+            let q = self.queued.pop_front().ok_or_else(|| {
                 Error::arg("fit", "the task returned more step logs than it ran steps")
             })?;
             log.step = q.step;
@@ -507,11 +505,26 @@ impl Records<'_> {
                     }
                 );
                 let pos = q.step - at.epoch * at.per_epoch;
-                progress.update(pos, q.step, q.step == at.total, &text);
+                self.progress.update(pos, q.step, q.step == at.total, &text);
             }
             self.steps.push(log);
         }
         Ok(())
+    }
+
+    /// An error when a step of the epoch never reported.
+    fn all_taken(&self) -> Result<()> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        Err(Error::arg(
+            "fit",
+            format!(
+                "{} step(s) of epoch {} never reported",
+                self.queued.len(),
+                self.at.epoch + 1
+            ),
+        ))
     }
 }
 
@@ -651,17 +664,22 @@ pub fn fit<T: Task>(
             opts.quiet,
         );
         let mut batches = train.epoch(epoch, start);
-        let at = Position {
-            epoch,
-            per_epoch,
-            total,
-            first_step,
-            started,
-            device,
-            quiet: opts.quiet,
+        let mut record = Records {
+            queued: VecDeque::new(),
+            files: &mut files,
+            means: &mut means,
+            steps: &mut result.steps,
+            progress: &progress,
+            at: Position {
+                epoch,
+                per_epoch,
+                total,
+                first_step,
+                started,
+                device,
+                quiet: opts.quiet,
+            },
         };
-        // the steps run whose logs have not come back yet, oldest first
-        let mut queued = VecDeque::new();
         loop {
             let t_data = Instant::now();
             let Some(batch) = batches.next() else { break };
@@ -677,7 +695,7 @@ pub fn fit<T: Task>(
             // loader: the counter follows the position in the data stream,
             // which is what a resume restarts from
             step = epoch * per_epoch + T::Source::batch_index(&batch) + 1;
-            queued.push_back(Queued {
+            record.queued.push_back(Queued {
                 step,
                 data_s,
                 step_s,
@@ -687,17 +705,12 @@ pub fn fit<T: Task>(
             if save {
                 logs.extend(task.finish_steps()?);
             }
-            let mut record = Records {
-                files: &mut files,
-                means: &mut means,
-                steps: &mut result.steps,
-            };
-            record.steps(&*task, logs, &mut queued, &progress, &at)?;
-            if let (true, Some(f)) = (save, &files) {
+            record.take(&*task, logs)?;
+            if let (true, Some(f)) = (save, &*record.files) {
                 // the epoch's sums so far; at an epoch end, its record is
                 // still to be written
                 let keys = BTreeMap::from([
-                    (MEANS_KEY.to_string(), means.to_json()),
+                    (MEANS_KEY.to_string(), record.means.to_json()),
                     (LOGGED_KEY.to_string(), "false".to_string()),
                 ]);
                 save_state(task, &f.checkpoint, step, keys)?;
@@ -705,22 +718,8 @@ pub fn fit<T: Task>(
         }
         // the epoch's last steps, read back before it is validated and saved
         let logs = task.finish_steps()?;
-        let mut record = Records {
-            files: &mut files,
-            means: &mut means,
-            steps: &mut result.steps,
-        };
-        record.steps(&*task, logs, &mut queued, &progress, &at)?;
-        if !queued.is_empty() {
-            return Err(Error::arg(
-                "fit",
-                format!(
-                    "{} step(s) of epoch {} never reported",
-                    queued.len(),
-                    epoch + 1
-                ),
-            ));
-        }
+        record.take(&*task, logs)?;
+        record.all_taken()?;
         drop(progress);
         if start == 0 && read == 0 {
             return Err(Error::arg(

@@ -263,10 +263,10 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub cuda_graph: bool,
     /// Read each step's loss back before queuing the next. By default a
-    /// one-rank GPU run queues the next step first, so the GPU does not wait for
-    /// the host between steps (a step's error then stops the run one step
-    /// later, before anything is saved); the logs, checkpoints and weights
-    /// are the same either way.
+    /// one-rank GPU run queues the next step first, so the GPU does not
+    /// wait for the host between steps (a step's error then stops the run
+    /// one step later, before anything is saved); the logs, checkpoints and
+    /// weights are the same either way.
     #[arg(long)]
     pub sync_steps: bool,
 }

@@ -30,8 +30,6 @@ enum State {
     /// and the event recorded after it (0 until it is recorded: drop then
     /// waits for the whole stream).
     Queued { buf: usize, event: usize },
-    /// Taken by `wait`, or released.
-    Gone,
 }
 
 impl Gpu {
@@ -107,12 +105,10 @@ impl QueuedDownload {
     /// Waits for the copy and returns the bytes. An error of the work
     /// queued before it (an illegal address) is reported here.
     pub fn wait(mut self) -> Result<Vec<u8>> {
-        match std::mem::replace(&mut self.state, State::Gone) {
-            State::Waited(bytes) => Ok(bytes),
-            State::Gone => Ok(Vec::new()),
-            State::Queued { buf, event } => {
-                // put back so that drop releases the buffer and the event
-                self.state = State::Queued { buf, event };
+        match &mut self.state {
+            State::Waited(bytes) => Ok(std::mem::take(bytes)),
+            // drop then releases the buffer and the event
+            &mut State::Queued { buf, event } => {
                 self.gpu.bind()?;
                 if event != 0 {
                     // SAFETY: a live event recorded by download_queued.
@@ -130,7 +126,7 @@ impl Drop for QueuedDownload {
     /// Waits for the copy (an unread download still writes its buffer)
     /// before the buffer goes back to the pool.
     fn drop(&mut self) {
-        let State::Queued { buf, event } = std::mem::replace(&mut self.state, State::Gone) else {
+        let State::Queued { buf, event } = self.state else {
             return;
         };
         if self.gpu.bind().is_err() {

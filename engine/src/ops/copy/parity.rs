@@ -88,17 +88,8 @@ fn queued_read_cases(rng: &mut Rng, out: &mut Vec<Case>) {
         .iter()
         .map(|t| t.to_device(device))
         .collect::<Result<Vec<_>>>()?;
-        let viewed: Vec<Tensor> = sources
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if i == 3 {
-                    t.narrow(1, 2, 5)
-                } else {
-                    Ok(t.clone())
-                }
-            })
-            .collect::<Result<_>>()?;
+        let mut viewed = sources.to_vec();
+        viewed[3] = sources[3].narrow(1, 2, 5)?;
         let reads = viewed
             .iter()
             .map(Tensor::queue_to_host)
