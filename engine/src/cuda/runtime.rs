@@ -486,7 +486,15 @@ impl Gpu {
             // SAFETY: plain page-locked allocation, kept for the process.
             match unsafe { result::malloc_host(r.cap, 0) } {
                 Ok(p) => r.ptr = p.cast(),
-                Err(_) if which == Through::Batch => r.unavailable = true,
+                Err(e) if which == Through::Batch => {
+                    // said once: the run goes on, its batch uploads wait
+                    eprintln!(
+                        "warning: cuda:{}: {} MiB of page-locked memory for batch uploads could not be had ({e:?}); batch uploads wait for the GPU",
+                        self.ordinal,
+                        r.cap >> 20
+                    );
+                    r.unavailable = true;
+                }
                 Err(e) => return Err(self.err("cuMemAllocHost (upload ring)", e)),
             }
         }
