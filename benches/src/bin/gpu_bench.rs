@@ -573,16 +573,8 @@ fn train(b: &mut Bench) {
             let first_step_s = t0.elapsed().as_secs_f64();
             let mut last_loss = f64::NAN;
             let t = if overlap {
-                let mut last = None;
-                let t = time_gpu_runs(b.g, (2, 8), (3, 10, 8.0), |call| {
-                    let done = match call {
-                        Some(i) => trainer.step_overlapped(&sets[i % 2].0, &sets[i % 2].1)?,
-                        None => trainer.finish_in_flight()?,
-                    };
-                    last = done.or(last.take());
-                    Ok(())
-                })?;
-                last_loss = last.map_or(f64::NAN, |l| l.loss);
+                let (t, loss) = time_overlapped(b.g, &mut trainer, |i| Ok(sets[i % 2].clone()))?;
+                last_loss = loss;
                 t
             } else {
                 time_gpu(b.g, 2, 5, 30, 6.0, |i| {
@@ -612,6 +604,29 @@ fn train(b: &mut Bench) {
             ))
         });
     }
+}
+
+/// Overlapped training steps (`Trainer::step_overlapped`) on the batches
+/// `batch(i)` gives, timed over runs of 8 steps between two
+/// synchronisations (`time_gpu_runs`): the timing and the last step's loss.
+fn time_overlapped(
+    g: &Gpu,
+    trainer: &mut models::train::Trainer,
+    mut batch: impl FnMut(usize) -> Result<(Tensor, Tensor)>,
+) -> Result<(Timing, f64)> {
+    let mut last = None;
+    let t = time_gpu_runs(g, (2, 8), (3, 10, 8.0), |call| {
+        let done = match call {
+            Some(i) => {
+                let (x, y) = batch(i)?;
+                trainer.step_overlapped(&x, &y)?
+            }
+            None => trainer.finish_in_flight()?,
+        };
+        last = done.or(last.take());
+        Ok(())
+    })?;
+    Ok((t, last.map_or(f64::NAN, |l| l.loss)))
 }
 
 /// The SL-MLP bf16 step of `train` fed by the loader `slmlp pretrain` uses
@@ -665,12 +680,7 @@ fn train_with_loader(b: &mut Bench) {
         let net = resnet50(true, device)?;
         let mut trainer = Trainer::new(&net, bench_options(Precision::Bf16), Default::default());
         let (mut epoch, mut batches) = (0, loader.epoch(0, 0));
-        let mut last = None;
-        let t = time_gpu_runs(b.g, (2, 8), (3, 10, 8.0), |call| {
-            if call.is_none() {
-                last = trainer.finish_in_flight()?.or(last.take());
-                return Ok(());
-            }
+        let (t, last_loss) = time_overlapped(b.g, &mut trainer, |_| {
             let batch = match batches.next() {
                 Some(batch) => batch?,
                 None => {
@@ -681,10 +691,8 @@ fn train_with_loader(b: &mut Bench) {
                         .ok_or_else(|| engine::Error::arg("bench", "an epoch without batches"))??
                 }
             };
-            last = trainer.step_overlapped(&batch.images, &batch.labels)?.or(last.take());
-            Ok(())
+            Ok((batch.images, batch.labels))
         })?;
-        let last_loss = last.map_or(f64::NAN, |l| l.loss);
         drop(batches);
         drop(trainer);
         drop(net);
