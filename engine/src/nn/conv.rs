@@ -1,7 +1,6 @@
 //! 2-D convolution layer (PyTorch's `nn.Conv2d`, NCHW).
 
 use super::init;
-use super::module::cast_like;
 use crate::nn::{join, Module, Param};
 use crate::ops::Conv2dParams;
 use crate::{DType, Error, Result, Rng, Tensor};
@@ -159,6 +158,6 @@ pub(super) fn cast_to(
     bias: &Option<Param>,
     x: &Tensor,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let b = bias.as_ref().map(|b| cast_like(&b.get(), x)).transpose()?;
-    Ok((cast_like(&weight.get(), x)?, b))
+    let b = bias.as_ref().map(|b| b.get_as(x.dtype())).transpose()?;
+    Ok((weight.get_as(x.dtype())?, b))
 }

@@ -1,7 +1,6 @@
 //! Fully connected layer: `y = x W^T + b` (PyTorch's `nn.Linear`).
 
 use super::init;
-use super::module::cast_like;
 use crate::nn::{join, Module, Param};
 use crate::{DType, Error, Result, Rng, Tensor};
 
@@ -97,11 +96,12 @@ impl Module for Linear {
                 ),
             ));
         }
-        let w = cast_like(&self.weight.get(), x)?;
-        let b = match &self.bias {
-            Some(b) => Some(cast_like(&b.get(), x)?),
-            None => None,
-        };
+        let w = self.weight.get_as(x.dtype())?;
+        let b = self
+            .bias
+            .as_ref()
+            .map(|b| b.get_as(x.dtype()))
+            .transpose()?;
         x.linear(&w, b.as_ref())
     }
     fn params(&self) -> Vec<Param> {

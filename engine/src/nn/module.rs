@@ -146,14 +146,6 @@ impl Module for Flatten {
     }
 }
 
-/// `weight` in the compute dtype of `x`: fp32 master weights are cast to the
-/// bf16/f16 activations' dtype on every forward. The cast records a backward
-/// that casts the gradient back, so the master still gets an f32 gradient.
-pub(crate) fn cast_like(weight: &Tensor, x: &Tensor) -> Result<Tensor> {
-    // a no-op (no copy, no graph node) when the dtypes already match
-    weight.to_dtype(x.dtype())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,9 +3,19 @@
 //! A `Param` is a shared cell holding a leaf tensor that requires grad.
 //! Layers read it on every forward; optimizers replace its value (keeping
 //! the same gradient slot); checkpoints find it by its torchvision-style name.
+//!
+//! An f32 param read in bf16 or f16 (a mixed-precision forward) keeps the
+//! rounded copy it was cast to, and later forwards read that copy instead
+//! of casting again, as long as it equals the value rounded: `set` drops
+//! it, and an optimizer step that writes the value in place takes it out
+//! first ([`Param::take_copy`]) and gives it back only when the same
+//! launch rewrote it ([`Param::keep_copy`]; the GPU's SGD and LARS
+//! kernels do). Anything else that writes a param's storage in place must
+//! go through `set`.
 
-use crate::{Device, Result, Tensor};
-use std::sync::{Arc, RwLock};
+use crate::autograd::record;
+use crate::{DType, Device, Result, Tensor};
+use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Clone)]
 pub struct Param {
@@ -17,6 +27,9 @@ struct ParamInner {
     value: RwLock<Tensor>,
     /// BN weights/biases and linear biases are usually excluded from weight decay.
     no_weight_decay: bool,
+    /// The f32 value rounded to bf16 or f16, as [`Param::get_as`] last
+    /// cast it (module doc). Locked after `value`, never before it.
+    copy: Mutex<Option<Tensor>>,
 }
 
 impl Param {
@@ -26,6 +39,7 @@ impl Param {
                 name: name.into(),
                 value: RwLock::new(value.detach().requires_grad_()?),
                 no_weight_decay,
+                copy: Mutex::new(None),
             }),
         })
     }
@@ -41,6 +55,41 @@ impl Param {
     }
     pub fn dims(&self) -> Vec<usize> {
         self.get().dims().to_vec()
+    }
+    /// The value in `dtype` for a forward: `get().to_dtype(dtype)`, whose
+    /// gradient is cast back into this param's slot. An f32 param read in
+    /// bf16 or f16 is cast once and the copy reused until the value changes
+    /// (module doc), so a training step's forward runs no weight casts
+    /// after the first step.
+    pub fn get_as(&self, dtype: DType) -> Result<Tensor> {
+        let value = self.inner.value.read().unwrap();
+        if value.dtype() != DType::F32 || !matches!(dtype, DType::BF16 | DType::F16) {
+            return value.to_dtype(dtype);
+        }
+        let mut copy = self.inner.copy.lock().unwrap();
+        let kept = match &*copy {
+            Some(c) if c.dtype() == dtype && c.device() == value.device() => c.clone(),
+            _ => {
+                let c = value.detach().to_dtype(dtype)?;
+                *copy = Some(c.clone());
+                c
+            }
+        };
+        // the cast's node, as Tensor::to_dtype records it
+        Ok(record(kept, "cast", &[&*value], |g| {
+            Ok(vec![Some(g.to_dtype(DType::F32)?)])
+        }))
+    }
+    /// Takes the rounded copy out (module doc): for a step that writes the
+    /// value in place, which gives it back with [`Param::keep_copy`] once
+    /// its launch also rewrites the copy.
+    pub(crate) fn take_copy(&self) -> Option<Tensor> {
+        self.inner.copy.lock().unwrap().take()
+    }
+    /// Gives back a copy taken by [`Param::take_copy`], now the value
+    /// rounded again.
+    pub(crate) fn keep_copy(&self, copy: Tensor) {
+        *self.inner.copy.lock().unwrap() = Some(copy);
     }
     /// Replaces the value (same shape expected; the gradient slot is kept).
     pub fn set(&self, value: Tensor) -> Result<()> {
@@ -59,6 +108,7 @@ impl Param {
             ));
         }
         *v = v.with_same_grad_slot(value);
+        *self.inner.copy.lock().unwrap() = None;
         Ok(())
     }
     pub fn device(&self) -> Device {
@@ -152,5 +202,96 @@ pub fn join(prefix: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{prefix}.{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{Optimizer, Sgd};
+    use crate::Rng;
+
+    fn param(rng: &mut Rng) -> Param {
+        Param::new(
+            "w",
+            Tensor::randn(&[5, 7], 0.0, 1.0, DType::F32, rng),
+            false,
+        )
+        .unwrap()
+    }
+
+    fn same_storage(a: &Tensor, b: &Tensor) -> bool {
+        Arc::ptr_eq(a.storage(), b.storage())
+    }
+
+    /// The values in f32 (exact for bf16 and f16).
+    fn vals(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap()
+    }
+
+    /// The param's value cast now, as an uncached forward would.
+    fn cast_now(p: &Param, dtype: DType) -> Vec<f32> {
+        vals(&p.get().to_dtype(dtype).unwrap())
+    }
+
+    #[test]
+    fn a_kept_copy_is_read_until_the_value_changes() {
+        let mut rng = Rng::new(3);
+        let p = param(&mut rng);
+        for dtype in [DType::BF16, DType::F16] {
+            let a = p.get_as(dtype).unwrap();
+            assert_eq!((a.dtype(), vals(&a)), (dtype, cast_now(&p, dtype)));
+            // read again: the same copy, no second cast
+            assert!(same_storage(&a, &p.get_as(dtype).unwrap()));
+        }
+        // f32 is the value itself; f64 an ordinary cast, nothing kept
+        assert!(same_storage(&p.get_as(DType::F32).unwrap(), &p.get()));
+        let d = p.get_as(DType::F64).unwrap();
+        assert!(!same_storage(&d, &p.get_as(DType::F64).unwrap()));
+        // a new value drops the copy
+        let kept = p.get_as(DType::BF16).unwrap();
+        p.set(Tensor::randn(&[5, 7], 0.0, 1.0, DType::F32, &mut rng))
+            .unwrap();
+        let fresh = p.get_as(DType::BF16).unwrap();
+        assert!(!same_storage(&kept, &fresh));
+        assert_eq!(vals(&fresh), cast_now(&p, DType::BF16));
+        // a copy taken out for an in-place step is gone until given back
+        let taken = p.take_copy().unwrap();
+        assert!(!same_storage(&taken, &p.get_as(DType::BF16).unwrap()));
+    }
+
+    #[test]
+    fn the_gradient_of_a_kept_copy_reaches_the_param_in_f32() {
+        let mut rng = Rng::new(4);
+        let p = param(&mut rng);
+        let x = Tensor::randn(&[3, 5], 0.0, 1.0, DType::BF16, &mut rng);
+        let grad_of = |w: Tensor| {
+            p.zero_grad();
+            let y = x.matmul(&w).unwrap().to_dtype(DType::F32).unwrap();
+            y.sum_all().unwrap().backward().unwrap();
+            let g = p.grad().unwrap();
+            assert_eq!(g.dtype(), DType::F32);
+            g.to_vec::<f32>().unwrap()
+        };
+        // the first forward casts, the second reads the kept copy, the
+        // third casts without keeping anything: one gradient
+        let first = grad_of(p.get_as(DType::BF16).unwrap());
+        assert_eq!(grad_of(p.get_as(DType::BF16).unwrap()), first);
+        assert_eq!(grad_of(p.get().to_dtype(DType::BF16).unwrap()), first);
+    }
+
+    #[test]
+    fn an_optimizer_step_leaves_no_stale_copy() {
+        let mut rng = Rng::new(5);
+        let p = param(&mut rng);
+        let mut sgd = Sgd::new(0.1, 0.9, 1e-4);
+        for _ in 0..3 {
+            let before = vals(&p.get_as(DType::BF16).unwrap());
+            p.set_grad(Some(Tensor::randn(&[5, 7], 0.0, 1.0, DType::F32, &mut rng)));
+            sgd.step(std::slice::from_ref(&p)).unwrap();
+            let after = vals(&p.get_as(DType::BF16).unwrap());
+            assert_ne!(before, after);
+            assert_eq!(after, cast_now(&p, DType::BF16));
+        }
     }
 }

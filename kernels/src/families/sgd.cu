@@ -26,8 +26,9 @@
 //                 mirrors both structs and skips empty tensors). Block b
 //                 walks chunks b, b + gridDim.x, ...; its 256 threads
 //                 stride over the chunk. A tensor's copy may be null (an f32
-//                 parameter) in any <t>'s launch, so one launch serves f32
-//                 params plus the params of one copy dtype.
+//                 parameter without a kept forward copy) in any <t>'s
+//                 launch, so one launch serves such params plus the params
+//                 of one copy dtype.
 // Both move packs of 8 (two float4 per f32 operand) when every pointer of
 // the tensor is 16-byte aligned (chunk starts are multiples of 8 elements,
 // so a chunk of an aligned tensor stays aligned), else single elements.
@@ -103,7 +104,8 @@ SGD_ENTRY_POINT(__nv_bfloat16, bf16)
 
 // One parameter of a multi-tensor step: 80 bytes, the layout of
 // engine/src/ops/optim/cuda.rs's SgdTensor. Null buf: no momentum; null
-// copy: an f32 parameter (nothing to round). A non-null lr_at is a device
+// copy: nothing to round (an f32 parameter whose bf16/f16 forward copy is
+// not kept, engine/src/nn/param.rs). A non-null lr_at is a device
 // f32 read when the kernel runs, in place of lr: the learning rate of a
 // step captured once in a CUDA graph and replayed with new rates. A
 // non-null skip_at is a device f32 flag (a loss-scaled step's overflow,

@@ -620,15 +620,52 @@ impl FiniteFlag {
     }
 }
 
+/// Where a step writes the parameter rounded to a lower dtype (the
+/// kernels' `copy`).
+enum Rounded {
+    /// An f32 param without a kept forward copy: nothing.
+    Nothing,
+    /// An f16/bf16 param: a fresh buffer that becomes its new value.
+    Value(Tensor),
+    /// An f32 param's kept bf16/f16 copy (`Param::take_copy`): rewritten
+    /// in place, and kept again once the launch is queued.
+    Kept(Tensor),
+}
+
+impl Rounded {
+    fn tensor(&self) -> Option<&Tensor> {
+        match self {
+            Rounded::Nothing => None,
+            Rounded::Value(t) | Rounded::Kept(t) => Some(t),
+        }
+    }
+    fn ptr(&self) -> Result<u64> {
+        Ok(self.tensor().map(ptr).transpose()?.unwrap_or(0))
+    }
+    /// The kernel's copy dtype (F32 for none).
+    fn kdtype(&self, op: &'static str) -> Result<kernels::device::Dtype> {
+        kdtype(op, self.tensor().map_or(DType::F32, |c| c.dtype()))
+    }
+    /// Installs the rounding once the launch that writes it is queued.
+    fn install(self, p: &Param) -> Result<()> {
+        match self {
+            Rounded::Nothing => Ok(()),
+            Rounded::Value(c) => p.set(c),
+            Rounded::Kept(c) => {
+                p.keep_copy(c);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A step's operands: the f32 master (the param's own storage when it is
 /// f32, else an f32 copy), the f32 gradient in the master's element order,
-/// and for an f16/bf16 param a fresh buffer for its new value. A strided
-/// param is made dense once (the kernels walk flat buffers).
-fn working_set(
-    op: &'static str,
-    p: &Param,
-    g: &Tensor,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+/// and where the rounded result goes ([`Rounded`]: an f16/bf16 param's new
+/// value, or an f32 param's kept forward copy when it has one laid out as
+/// the master). A strided param is made dense once (the kernels walk flat
+/// buffers).
+fn working_set(op: &'static str, p: &Param, g: &Tensor) -> Result<(Tensor, Tensor, Rounded)> {
     let mut value = p.get();
     if !matches!(value.dtype(), DType::F32 | DType::F16 | DType::BF16) {
         return Err(Error::dtype(
@@ -650,12 +687,29 @@ fn working_set(
     };
     // element i of every operand must be the same logical element
     let g = with_strides_of(op, &cast(g, DType::F32)?, &master)?;
-    let copy = if low {
-        Some(empty_like(&master, value.dtype())?)
+    let rounded = if low {
+        Rounded::Value(empty_like(&master, value.dtype())?)
     } else {
-        None
+        // taken out whatever happens next: the value is about to change, so
+        // a copy not rewritten by this step's launch must not be read again
+        match p.take_copy() {
+            Some(c) if same_elements(&c, &master) => Rounded::Kept(c),
+            _ => Rounded::Nothing,
+        }
     };
-    Ok((master, g, copy))
+    Ok((master, g, rounded))
+}
+
+/// Whether element i of `copy`'s storage is element i of `master`'s (same
+/// device, dims and strides, both dense from offset 0): then the kernels
+/// may write it as the master's rounding.
+fn same_elements(copy: &Tensor, master: &Tensor) -> bool {
+    copy.device() == master.device()
+        && copy.dims() == master.dims()
+        && copy.strides() == master.strides()
+        && copy.layout().offset == 0
+        && master.layout().offset == 0
+        && ct::is_dense(copy.layout())
 }
 
 impl OptimOps for Cuda {
@@ -665,7 +719,7 @@ impl OptimOps for Cuda {
     /// f32 result.
     fn sgd_step(&self, p: &Param, g: &Tensor, m: &mut Option<Tensor>, h: &SgdHyper) -> Result<()> {
         const OP: &str = "sgd";
-        let (master, g, copy) = working_set(OP, p, g)?;
+        let (master, g, rounded) = working_set(OP, p, g)?;
         let gpu = ct::gpu_of(&master)?;
         let use_momentum = h.momentum != 0.0;
         let first = m.is_none();
@@ -679,22 +733,20 @@ impl OptimOps for Cuda {
             p: ptr(&master)?,
             g: ptr(&g)?,
             buf: new_buf.as_ref().map(ptr).transpose()?.unwrap_or(0),
-            copy: copy.as_ref().map(ptr).transpose()?.unwrap_or(0),
+            copy: rounded.ptr()?,
             n: master.numel(),
         };
-        let copy_dtype = kdtype(OP, copy.as_ref().map_or(DType::F32, |c| c.dtype()))?;
+        let copy_dtype = rounded.kdtype(OP)?;
         // SAFETY: master, grad, buf and copy are dense over the same layout
         // (numel elements each from their first element), live on `gpu`, and
         // are distinct buffers: master is the param's storage or a fresh
-        // cast, grad and buf are separate allocations.
+        // cast, grad and buf are separate allocations, and the copy is a
+        // fresh buffer or the param's kept copy (a cast's own allocation).
         unsafe { sgd_step(gpu, copy_dtype, &bufs, &SgdArgs::new(h, first))? };
         if new_buf.is_some() {
             *m = new_buf;
         }
-        if let Some(c) = copy {
-            p.set(c)?;
-        }
-        Ok(())
+        rounded.install(p)
     }
 
     /// One `sgd_multi_<t>` launch per GPU (two when both f16 and bf16
@@ -713,13 +765,13 @@ impl OptimOps for Cuda {
             master: Tensor,
             g: Tensor,
             buf: Option<Tensor>,
-            copy: Option<Tensor>,
+            rounded: Rounded,
             first: bool,
         }
         let mut work = Vec::with_capacity(items.len());
         for it in items.iter() {
             check_skippable(OP, it)?;
-            let (master, g, copy) = working_set(OP, it.p, it.g)?;
+            let (master, g, rounded) = working_set(OP, it.p, it.g)?;
             let gpu = ct::gpu_of(&master)?;
             let buf = match &*it.m {
                 Some(b) => Some(with_strides_of(OP, b, &master)?),
@@ -739,7 +791,7 @@ impl OptimOps for Cuda {
                 master,
                 g,
                 buf,
-                copy,
+                rounded,
                 first,
             });
         }
@@ -748,10 +800,7 @@ impl OptimOps for Cuda {
             if let Some(b) = w.buf.take() {
                 *it.m = Some(b);
             }
-            if let Some(c) = w.copy.take() {
-                it.p.set(c)?;
-            }
-            Ok(())
+            std::mem::replace(&mut w.rounded, Rounded::Nothing).install(it.p)
         };
         let mut ordinals: Vec<usize> = Vec::new();
         for w in &work {
@@ -771,10 +820,10 @@ impl OptimOps for Cuda {
                     p: ptr(&w.master)?,
                     g: ptr(&w.g)?,
                     buf: w.buf.as_ref().map(ptr).transpose()?.unwrap_or(0),
-                    copy: w.copy.as_ref().map(ptr).transpose()?.unwrap_or(0),
+                    copy: w.rounded.ptr()?,
                     n: w.master.numel(),
                 };
-                let dt = kdtype(OP, w.copy.as_ref().map_or(DType::F32, |c| c.dtype()))?;
+                let dt = w.rounded.kdtype(OP)?;
                 let mut args = SgdArgs::new(&items[i].h, w.first);
                 if let Some(t) = items[i].lr_at {
                     check_scalar_at(OP, "learning rate", t, w.master.device())?;
@@ -843,7 +892,7 @@ impl OptimOps for Cuda {
         h: &LarsHyper,
     ) -> Result<()> {
         const OP: &str = "lars";
-        let (master, g, copy) = working_set(OP, p, g)?;
+        let (master, g, rounded) = working_set(OP, p, g)?;
         let gpu = ct::gpu_of(&master)?;
         let new_buf = match buf {
             Some(b) => with_strides_of(OP, b, &master)?,
@@ -858,18 +907,15 @@ impl OptimOps for Cuda {
             p: ptr(&master)?,
             g: ptr(&g)?,
             buf: ptr(&new_buf)?,
-            copy: copy.as_ref().map(ptr).transpose()?.unwrap_or(0),
+            copy: rounded.ptr()?,
             n: master.numel(),
         };
-        let copy_dtype = kdtype(OP, copy.as_ref().map_or(DType::F32, |c| c.dtype()))?;
+        let copy_dtype = rounded.kdtype(OP)?;
         // SAFETY: as sgd_step's: master, grad, buf and copy are dense over
         // the same layout, live on `gpu`, distinct buffers.
         unsafe { lars_step(gpu, copy_dtype, &bufs, h)? };
         *buf = Some(new_buf);
-        if let Some(c) = copy {
-            p.set(c)?;
-        }
-        Ok(())
+        rounded.install(p)
     }
 
     /// [`unscale`] read back once: the step's only sync.

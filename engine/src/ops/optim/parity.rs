@@ -19,7 +19,10 @@
 //! a NaN or an infinity in one of them or in none. Last, loss scaling
 //! decided on the device (`ScaleOnDevice`: `unscale_found`, the SGD
 //! kernel's skip flag, `update_scale`) over three steps, with and without
-//! an overflow on the first one (no momentum yet).
+//! an overflow on the first one (no momentum yet). And the bf16/f16
+//! forward copies f32 params keep (`Param::get_as`), which the GPU's SGD
+//! and LARS kernels rewrite in place: each must equal its param cast
+//! afresh after every step.
 
 use crate::amp::{amp_step, LossScaler, ScaleOnDevice};
 use crate::nn::Param;
@@ -28,6 +31,7 @@ use crate::optim::{Lars, Optimizer, Sgd};
 use crate::parity::{Case, Outputs};
 use crate::{on_backend, DType, Device, Error, Result, Rng, Tensor};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// (name, shape, no_weight_decay)
 const SPEC: [(&str, &[usize], bool); 5] = [
@@ -338,6 +342,77 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     non_finite_cases(rng, out);
     many_cases(rng, out);
     scale_on_device_cases(rng, out);
+    kept_copy_cases(rng, out);
+}
+
+/// The forward copy each param keeps (`Param::get_as`): bf16 for the
+/// weights, f16 for fc.bias, none for bn.weight, so a multi-tensor SGD step
+/// makes two launches with a copy-less param riding in the first.
+const KEPT: [Option<DType>; 5] = [
+    Some(DType::BF16),
+    Some(DType::BF16),
+    Some(DType::F16),
+    None,
+    Some(DType::BF16),
+];
+
+/// Three SGD (one multi-tensor launch per copy dtype) or LARS steps (one
+/// param at a time) on f32 params whose forward copies are kept: after
+/// each step, the copy the next forward reads minus the value cast afresh,
+/// which must be zero bit for bit (threshold 0; the CPU drops the copy and
+/// casts again, the GPU's step kernel rewrites it in the same launch). On
+/// a GPU the copy must also still be the storage the first forward cast
+/// into: no cast ran after that one.
+fn kept_copy_cases(rng: &mut Rng, out: &mut Vec<Case>) {
+    for lars in [false, true] {
+        let values = draw(rng, 1.0);
+        let grads: Vec<Vec<Tensor>> = (0..3).map(|_| draw(rng, 0.5)).collect();
+        let run = move |device: Device| -> Result<Outputs> {
+            let params = params(&values, device)?;
+            let mut sgd = Sgd::new(0.1, 0.9, 1e-4).with_nesterov(true);
+            let mut lars_opt = Lars::new(0.5, 0.9, 1e-4).with_eta(0.02);
+            let opt: &mut dyn Optimizer = if lars { &mut lars_opt } else { &mut sgd };
+            let first: Vec<Option<Tensor>> = params
+                .iter()
+                .zip(KEPT)
+                .map(|(p, kept)| kept.map(|d| p.get_as(d)).transpose())
+                .collect::<Result<_>>()?;
+            let mut out: Outputs = Vec::new();
+            for (k, step) in grads.iter().enumerate() {
+                for (p, g) in params.iter().zip(step) {
+                    p.set_grad(Some(g.to_device(device)?));
+                }
+                opt.step(&params)?;
+                for ((p, kept), first) in params.iter().zip(KEPT).zip(&first) {
+                    let (Some(d), Some(first)) = (kept, first) else {
+                        continue;
+                    };
+                    let copy = p.get_as(d)?;
+                    if device != Device::Cpu && !Arc::ptr_eq(copy.storage(), first.storage()) {
+                        return Err(Error::arg(
+                            "kept copy",
+                            format!(
+                                "{}: cast again after step {k}, not rewritten by it",
+                                p.name()
+                            ),
+                        ));
+                    }
+                    let fresh = p.get().to_dtype(d)?.to_dtype(DType::F32)?;
+                    let diff = copy.to_dtype(DType::F32)?.sub(&fresh)?;
+                    out.push((format!("step {k}: {} copy minus its cast", p.name()), diff));
+                }
+            }
+            Ok(out)
+        };
+        out.push(Case {
+            op: if lars { "lars_step" } else { "sgd_step_many" },
+            dtype: DType::F32,
+            label: "5 f32 params with bf16/f16 forward copies kept, 3 steps".into(),
+            // the copy is the value rounded, or it is stale: exactly
+            threshold: Some(0.0),
+            run: Box::new(run),
+        });
+    }
 }
 
 /// Three SGD steps under `ScaleOnDevice` (scale 1024, growth every 2 clean

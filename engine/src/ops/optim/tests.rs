@@ -53,7 +53,7 @@ fn unscale_writes_each_gradient_and_reports_overflow() {
 fn parity_cases_run_on_the_cpu_reproducibly() {
     let mut cases = Vec::new();
     parity::cases(&mut crate::Rng::new(5), &mut cases);
-    assert_eq!(cases.len(), 23);
+    assert_eq!(cases.len(), 25);
     for c in &cases {
         let (a, b) = ((c.run)(Device::Cpu).unwrap(), (c.run)(Device::Cpu).unwrap());
         assert_eq!(a.len(), b.len());
@@ -82,6 +82,19 @@ fn parity_cases_run_on_the_cpu_reproducibly() {
         let out = (c.run)(Device::Cpu).unwrap();
         let want = if c.label == "all finite" { 0.0 } else { 1.0 };
         assert_eq!(out[0].1.to_vec_f64().unwrap(), vec![want], "{}", c.label);
+    }
+    // the kept-copy cases: 3 steps of 4 copies each, every one its cast
+    let kept: Vec<_> = cases
+        .iter()
+        .filter(|c| c.label.contains("copies kept"))
+        .collect();
+    assert_eq!(kept.len(), 2);
+    for c in kept {
+        let out = (c.run)(Device::Cpu).unwrap();
+        assert_eq!(out.len(), 12);
+        for (n, d) in &out {
+            assert!(d.to_vec_f64().unwrap().iter().all(|&v| v == 0.0), "{n}");
+        }
     }
 }
 
