@@ -160,6 +160,9 @@ fn topo_order(root: &Arc<Node>) -> Vec<Arc<Node>> {
 }
 
 fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
+    if crate::profile::active() {
+        crate::profile::backward_starts(root.device());
+    }
     let of = match root.grad_meta() {
         Some(GradMeta::Node(n)) => format!("the output of `{}`", n.name),
         _ => "a tensor".to_string(),

@@ -35,6 +35,22 @@ pub fn keep_freed_memory() -> bool {
     }
 }
 
+/// The bytes the host's malloc has handed out and not taken back: glibc's
+/// `mallinfo2`, heap chunks in use in every arena plus blocks mapped on
+/// their own. None off glibc.
+pub fn bytes_in_use() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads malloc's counters.
+        let m = unsafe { libc::mallinfo2() };
+        Some(m.uordblks + m.hblkhd)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// On glibc both settings are accepted (a value out of range would make

@@ -522,6 +522,82 @@ struct Session {
     dropped: u64,
     untimed: u64,
     errors: u64,
+    memory: Option<Watch>,
+}
+
+/// Memory in use on the device of the first profiled op (see [`Memory`]).
+struct Watch {
+    device: Device,
+    memory: Memory,
+}
+
+impl Watch {
+    /// A sample on `device` (other devices are not watched): at an op's
+    /// start, as a backward pass starts (`Sampled::Backward`), or at the
+    /// end of the op named.
+    fn sample(&mut self, device: Device, at: Sampled) {
+        if device != self.device {
+            return;
+        }
+        let Some(now) = bytes_in_use(device) else {
+            return;
+        };
+        let m = &mut self.memory;
+        if now > m.peak {
+            m.peak = now;
+            m.peak_at = match at {
+                Sampled::End(op, phase) => format!("after {op} {phase}"),
+                Sampled::Begin => "as an op started".into(),
+                Sampled::Backward => "as the backward started".into(),
+            };
+        }
+        if let Sampled::Backward = at {
+            m.after_forward = m.after_forward.max(now);
+        }
+    }
+}
+
+/// Where a memory sample is taken.
+enum Sampled<'a> {
+    Begin,
+    Backward,
+    /// The end of this op (name, phase).
+    End(&'a str, &'a str),
+}
+
+/// Bytes in use on `device` now: the GPU caching allocator's allocated
+/// bytes (host bookkeeping, no synchronisation), or what the host's malloc
+/// has handed out (`host_memory::bytes_in_use`; None where it cannot say).
+fn bytes_in_use(device: Device) -> Option<f64> {
+    match device {
+        Device::Cuda(i) => crate::cuda::gpu(i)
+            .ok()
+            .map(|g| g.memory_stats().allocated as f64),
+        Device::Cpu => crate::host_memory::bytes_in_use().map(|b| b as f64),
+    }
+}
+
+/// What the profiled steps held in memory, in bytes, on the device of the
+/// first profiled op: the GPU caching allocator's allocated bytes, or on
+/// the CPU the bytes glibc's malloc has handed out (heap chunks in use
+/// plus mapped blocks, which includes the process's other allocations).
+/// Sampled at every op's start and end, and as each backward pass starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Memory {
+    /// "cuda allocator" or "host malloc".
+    pub source: &'static str,
+    /// In use when the first profiled op started: the weights, the
+    /// optimizer's state and the inputs.
+    pub start: f64,
+    /// In use when a backward pass started, the largest over the steps:
+    /// `start` plus what the forward left for the backward (the saved
+    /// activations, the loss).
+    pub after_forward: f64,
+    /// The largest sample; on a GPU also the allocator's own peak since the
+    /// first op (allocations inside an op, e.g. library workspaces).
+    pub peak: f64,
+    /// Where the largest sample was taken ("after conv2d backward").
+    pub peak_at: String,
 }
 
 /// Whether a profile is running (one relaxed atomic load).
@@ -550,9 +626,19 @@ pub fn start(ceiling: Ceiling) -> Result<()> {
         dropped: 0,
         untimed: 0,
         errors: 0,
+        memory: None,
     });
     ACTIVE.store(true, Ordering::Release);
     Ok(())
+}
+
+/// Called by autograd as a backward pass starts from a tensor on
+/// `device`, while profiling: the memory the forward left ([`Memory`]).
+pub(crate) fn backward_starts(device: Device) {
+    let session = SESSION_ID.load(Ordering::Relaxed);
+    if let Some(ses) = lock(&SESSION).as_mut().filter(|s| s.id == session) {
+        watch(ses, device).sample(device, Sampled::Backward);
+    }
 }
 
 /// Called by `trace::op` before an op's body runs, while profiling.
@@ -565,8 +651,14 @@ pub(crate) fn begin(inputs: &[&Tensor]) {
             s.clear();
         }
     });
+    let device = inputs.first().map(|t| t.device());
     let id = {
         let mut guard = lock(&SESSION);
+        if let (Some(ses), Some(device)) = (guard.as_mut(), device) {
+            if ses.id == session {
+                watch(ses, device).sample(device, Sampled::Begin);
+            }
+        }
         match guard.as_mut() {
             Some(ses) if ses.id == session && ses.timed.len() < MAX_OPS => {
                 ses.timed.push(None);
@@ -579,7 +671,7 @@ pub(crate) fn begin(inputs: &[&Tensor]) {
             None => None,
         }
     };
-    let start = match inputs.first().map(|t| t.device()) {
+    let start = match device {
         Some(Device::Cuda(i)) if id.is_some() => {
             match crate::cuda::gpu(i).and_then(|g| g.timing_event()) {
                 Ok(e) => Start::Cuda(i, e),
@@ -624,6 +716,9 @@ pub(crate) fn end(
     let Some(ses) = guard.as_mut().filter(|s| s.id == frame.session) else {
         return;
     };
+    if let (Some(w), Some(t)) = (ses.memory.as_mut(), inputs.first()) {
+        w.sample(t.device(), Sampled::End(name, phase));
+    }
     let Some(id) = frame.id else {
         return;
     };
@@ -678,6 +773,32 @@ pub(crate) fn end(
     if let Some(slot) = ses.timed.get_mut(id) {
         *slot = Some(Timed { row, parent, time });
     }
+}
+
+/// The session's memory watch, started on `device` at its first op (a
+/// GPU's allocator peak is reset there).
+fn watch(ses: &mut Session, device: Device) -> &mut Watch {
+    ses.memory.get_or_insert_with(|| {
+        if let Device::Cuda(i) = device {
+            if let Ok(g) = crate::cuda::gpu(i) {
+                g.reset_peak_memory();
+            }
+        }
+        let now = bytes_in_use(device).unwrap_or(0.0);
+        Watch {
+            device,
+            memory: Memory {
+                source: match device {
+                    Device::Cuda(_) => "cuda allocator",
+                    Device::Cpu => "host malloc",
+                },
+                start: now,
+                after_forward: now,
+                peak: now,
+                peak_at: "as the first op started".into(),
+            },
+        }
+    })
 }
 
 // ---- the collected profile ----
@@ -816,6 +937,8 @@ pub struct Profile {
     pub untimed: u64,
     /// Ops that returned an error (not in the rows).
     pub errors: u64,
+    /// None when no op ran, or the host cannot say (not glibc).
+    pub memory: Option<Memory>,
 }
 
 /// Stops the profile and collects it: reads every op's events (the only
@@ -898,6 +1021,17 @@ pub fn stop(steps: usize) -> Result<Profile> {
         }
     }
     rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    let memory = ses.memory.and_then(|w| {
+        let mut m = w.memory;
+        if let Device::Cuda(i) = w.device {
+            let exact = crate::cuda::gpu(i).ok()?.memory_stats().peak_allocated as f64;
+            if exact > m.peak {
+                m.peak = exact;
+                m.peak_at = "inside an op (the allocator's own peak)".into();
+            }
+        }
+        bytes_in_use(w.device).map(|_| m)
+    });
     Ok(Profile {
         ceiling: ses.ceiling,
         timing: if any_cuda {
@@ -913,6 +1047,7 @@ pub fn stop(steps: usize) -> Result<Profile> {
         dropped: ses.dropped,
         untimed,
         errors: ses.errors,
+        memory,
     })
 }
 
@@ -1007,6 +1142,20 @@ impl Profile {
                 ""
             }
         );
+        if let Some(m) = &self.memory {
+            let mib = |b: f64| b / (1u64 << 20) as f64;
+            let _ = writeln!(
+                s,
+                "memory ({}): {:.1} MiB at the start, {:.1} when the backward starts (+{:.1} left by the forward), peak {:.1} (+{:.1}) {}",
+                m.source,
+                mib(m.start),
+                mib(m.after_forward),
+                mib(m.after_forward - m.start),
+                mib(m.peak),
+                mib(m.peak - m.start),
+                m.peak_at
+            );
+        }
         let _ = writeln!(
             s,
             "{:>3}  {:<58} {:>5} {:>10} {:>6} {:>11} {:>11} {:>13} {:>7}  shapes",
@@ -1155,6 +1304,10 @@ impl Profile {
             "wall_ms_per_step": self.wall_seconds * 1e3 / self.steps as f64,
             "op_ms_per_step": self.op_seconds * 1e3 / self.steps as f64,
             "dropped": self.dropped, "untimed": self.untimed, "errors": self.errors,
+            "memory_bytes": self.memory.as_ref().map(|m| json!({
+                "source": m.source, "start": m.start, "after_forward": m.after_forward,
+                "peak": m.peak, "peak_at": m.peak_at,
+            })),
             "rows": self.rows.iter().map(|r| r.to_json(c, self.steps)).collect::<Vec<_>>(),
             "by_op": self.by_op().iter().map(|t| json!({
                 "op": t.op, "phase": t.phase, "ran": t.ran, "calls": t.calls,

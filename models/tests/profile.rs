@@ -143,6 +143,19 @@ fn a_profile_of_two_cpu_steps_counts_the_models_flops() {
     assert_eq!(conv, 2.0 * per_step);
     assert_eq!(j["ceiling"]["flops_per_s"], 345e9);
 
+    // memory, from glibc's counters: the forward leaves at least the
+    // stem's output for its BatchNorm's backward ([4, 4, 12, 12] f32)
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let m = p.memory.as_ref().unwrap();
+        assert_eq!(m.source, "host malloc");
+        let stem_out = (n * width * s * s * 4) as f64;
+        assert!(m.after_forward - m.start >= stem_out, "{m:?}");
+        assert!(m.peak >= m.after_forward, "{m:?}");
+        assert!(t.contains("memory (host malloc): "), "{t}");
+        assert_eq!(j["memory_bytes"]["after_forward"], m.after_forward);
+    }
+
     // after stop nothing is recorded
     trainer.step(&x, &y).unwrap();
     assert!(!profile::active());
