@@ -71,7 +71,11 @@ impl Param {
             Some(c) if c.dtype() == dtype && c.device() == value.device() => c.clone(),
             _ => {
                 let c = value.detach().to_dtype(dtype)?;
-                *copy = Some(c.clone());
+                // a cast recorded into a CUDA graph has not run yet (and
+                // never will if the recording is abandoned): not kept
+                if !crate::cuda::graph::capturing(value.device())? {
+                    *copy = Some(c.clone());
+                }
                 c
             }
         };
