@@ -245,6 +245,27 @@ fn empty_cache_releases_only_fully_free_segments() {
     ok(&a);
 }
 
+/// A CUDA graph's pool: a refused segment is an error at once, and the
+/// cached segments (the recorded work's memory) stay.
+#[test]
+fn a_pool_without_release_keeps_its_cache_on_oom() {
+    let mut a = alloc_with(64 * MIB).without_release_on_oom();
+    let p = a.alloc(30 * MIB, 0).unwrap();
+    let _q = a.alloc(20 * MIB, 0).unwrap();
+    a.free(p).unwrap();
+    let e = a.alloc(40 * MIB, 0).unwrap_err().to_string();
+    assert!(
+        e.contains("out of memory") && e.contains("releases nothing"),
+        "{e}"
+    );
+    let s = a.stats();
+    assert_eq!((s.num_oom_retries, s.num_raw_frees, s.num_ooms), (0, 0, 1));
+    assert_eq!(s.reserved, 50 * MIB);
+    // the cached block is still handed out
+    assert_eq!(a.alloc(30 * MIB, 0).unwrap(), p);
+    ok(&a);
+}
+
 #[test]
 fn oom_empties_cache_retries_and_reports() {
     // 64 MiB device.

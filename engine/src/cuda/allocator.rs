@@ -235,6 +235,9 @@ pub struct CachingAllocator<B: Backend> {
     /// Parked blocks, by address: the events they still wait for.
     parked: BTreeMap<u64, Vec<EventId>>,
     stats: AllocatorStats,
+    /// Whether a refused segment empties the cache and retries (see
+    /// [`CachingAllocator::without_release_on_oom`]).
+    release_on_oom: bool,
 }
 
 impl<B: Backend> CachingAllocator<B> {
@@ -249,7 +252,19 @@ impl<B: Backend> CachingAllocator<B> {
             free_large: BTreeSet::new(),
             parked: BTreeMap::new(),
             stats: AllocatorStats::default(),
+            release_on_oom: true,
         }
+    }
+
+    /// An allocator whose refused segment is an out-of-memory error at
+    /// once, without emptying the cache first: a CUDA graph's private pool,
+    /// which only allocates while a graph is recorded, when its free
+    /// segments hold blocks the recorded work uses at every replay (and
+    /// `cuMemFree` may not be called). PyTorch releases cached blocks only
+    /// when no capture is under way.
+    pub fn without_release_on_oom(mut self) -> Self {
+        self.release_on_oom = false;
+        self
     }
 
     pub fn backend(&self) -> &B {
@@ -390,6 +405,14 @@ impl<B: Backend> CachingAllocator<B> {
             .ok_or_else(|| self.oom_error(bytes, size, "the size overflows the address space"))?;
         let base = match self.backend.raw_alloc(seg_size) {
             Ok(p) => p,
+            Err(first) if !self.release_on_oom => {
+                self.stats.num_ooms += 1;
+                let detail = format!(
+                    "a {} segment was refused ({first}); a CUDA graph's pool releases nothing while it records",
+                    format_bytes(seg_size)
+                );
+                return Err(self.oom_error(bytes, size, &detail));
+            }
             Err(first) => {
                 // Give the cached segments back and try once more.
                 self.stats.num_oom_retries += 1;

@@ -256,7 +256,14 @@ pub fn capture<R>(gpu: &'static Gpu, f: impl FnOnce() -> Result<R>) -> Result<(G
     // allocation would go to the private pool): end the capture, then
     // let the panic go on
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    let ended = gpu.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    // cudarc's end_capture would first return an error one of its drops
+    // recorded during `f`, and leave the stream capturing: take that error
+    // here, so that the capture always ends, and fail the capture with it
+    let earlier = gpu.ctx.check_err();
+    let ended = gpu
+        .stream
+        .end_capture(sys::CUgraphInstantiate_flags(0))
+        .and_then(|g| earlier.map(|()| g));
     let ok = matches!((&out, &ended), (Ok(Ok(_)), Ok(Some(_))));
     let (held, pinned) = lock(&gpu.captures).end(ok);
     match (out, ended) {

@@ -222,7 +222,8 @@ impl Gpu {
                 msg: e.to_string(),
             })?;
         let alloc = CachingAllocator::new(DriverBackend { ctx: ctx.clone() }, device);
-        let graph_alloc = CachingAllocator::new(DriverBackend { ctx: ctx.clone() }, device);
+        let graph_alloc = CachingAllocator::new(DriverBackend { ctx: ctx.clone() }, device)
+            .without_release_on_oom();
         Ok(Gpu {
             ordinal,
             info,
@@ -297,9 +298,22 @@ impl Gpu {
     /// error (illegal address, ...) as an error.
     pub fn synchronize(&self) -> Result<()> {
         self.no_wait_in_capture("a stream synchronisation")?;
-        self.stream
-            .synchronize()
-            .map_err(|e| self.err("cuStreamSynchronize", e))
+        // cudarc's calls start by returning an error one of its drops
+        // recorded earlier, without making the call; a synchronisation must
+        // drain the stream whatever happened before (callers reuse or free
+        // memory the queued work used), so the old error is taken first and
+        // reported after the stream has been drained
+        let earlier = self.ctx.check_err();
+        self.bind()?;
+        // SAFETY: this GPU's live stream, its context bound.
+        unsafe { result::stream::synchronize(self.cu_stream()) }
+            .map_err(|e| self.err("cuStreamSynchronize", e))?;
+        earlier.map_err(|e| {
+            self.err(
+                "an earlier CUDA call (reported when its handle was dropped)",
+                e,
+            )
+        })
     }
 
     /// `bytes` of device memory for work on this GPU's stream (from the
@@ -468,10 +482,13 @@ impl Gpu {
                 let pinned = PinnedHost::copy_of(self, src)?;
                 // SAFETY: the caller's contract for dst; the pinned copy
                 // lives as long as the graph that records this copy.
-                unsafe { result::memcpy_htod_async(dst, pinned.bytes(), self.cu_stream()) }
-                    .map_err(|e| self.err("cuMemcpyHtoDAsync (captured)", e))?;
+                let queued =
+                    unsafe { result::memcpy_htod_async(dst, pinned.bytes(), self.cu_stream()) };
+                // kept either way: freeing page-locked memory is not
+                // allowed while the capture lasts (the capture ends freeing
+                // what it kept)
                 captures.keep(pinned);
-                return Ok(());
+                return queued.map_err(|e| self.err("cuMemcpyHtoDAsync (captured)", e));
             }
         }
         let which = through(src.len());
