@@ -546,7 +546,7 @@ impl Watch {
         if now > m.peak {
             m.peak = now;
             m.peak_at = match at {
-                Sampled::End(op, phase) => format!("after {op} {phase}"),
+                Sampled::End(op, phase, dims) => format!("after {op} {phase} {dims:?}"),
                 Sampled::Begin => "as an op started".into(),
                 Sampled::Backward => "as the backward started".into(),
             };
@@ -561,8 +561,8 @@ impl Watch {
 enum Sampled<'a> {
     Begin,
     Backward,
-    /// The end of this op (name, phase).
-    End(&'a str, &'a str),
+    /// The end of this op (name, phase, its first input's dims).
+    End(&'a str, &'a str, &'a [usize]),
 }
 
 /// Bytes in use on `device` now: the GPU caching allocator's allocated
@@ -596,7 +596,8 @@ pub struct Memory {
     /// The largest sample; on a GPU also the allocator's own peak since the
     /// first op (allocations inside an op, e.g. library workspaces).
     pub peak: f64,
-    /// Where the largest sample was taken ("after conv2d backward").
+    /// Where the largest sample was taken ("after conv2d backward [8, 64,
+    /// 56, 56]": the op and its first input's dims).
     pub peak_at: String,
 }
 
@@ -717,7 +718,7 @@ pub(crate) fn end(
         return;
     };
     if let (Some(w), Some(t)) = (ses.memory.as_mut(), inputs.first()) {
-        w.sample(t.device(), Sampled::End(name, phase));
+        w.sample(t.device(), Sampled::End(name, phase, t.dims()));
     }
     let Some(id) = frame.id else {
         return;

@@ -71,7 +71,8 @@ class Peak(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.sample(f"before {func}")
         out = func(*args, **(kwargs or {}))
-        self.sample(f"after {func}")
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        self.sample(f"after {func} {list(first.shape) if first is not None else ''}")
         return out
 
 
