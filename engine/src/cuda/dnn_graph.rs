@@ -269,9 +269,10 @@ impl Desc {
     }
 
     /// Up to `max` descriptors of `kind` that `attr` lists (cuDNN fills
-    /// descriptors the caller created). The count is asked first, as
-    /// cuDNN's frontend does; if cuDNN does not answer that for `attr`,
-    /// `max` are offered.
+    /// descriptors the caller created). The count is asked first; if cuDNN
+    /// does not answer it for `attr`, or answers 0 (libcudnn 9.26 does for
+    /// an engine config's knob choices, which it then lists when offered
+    /// room), `max` are offered.
     pub fn get_descs(&self, attr: A, kind: D, max: usize) -> Result<Vec<Desc>> {
         // SAFETY: max 0 with a null array only asks the count.
         let count = unsafe {
@@ -282,7 +283,10 @@ impl Desc {
                 std::ptr::null_mut(),
             )
         };
-        let want = count.map_or(max, |c| c.min(max));
+        let want = match count {
+            Ok(c) if c > 0 => c.min(max),
+            _ => max,
+        };
         let mut descs = (0..want)
             .map(|_| Desc::new(kind))
             .collect::<Result<Vec<_>>>()?;
@@ -577,11 +581,18 @@ pub fn plans(
             listed.error(e);
             continue;
         }
-        let configs = heur.get_descs(
+        let configs = match heur.get_descs(
             A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
             D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR,
             MAX_CONFIGS,
-        )?;
+        ) {
+            Ok(c) => c,
+            // one mode's list that cannot be read: the next mode's may be
+            Err(e) => {
+                listed.error(e);
+                continue;
+            }
+        };
         listed.configs += configs.len();
         for config in configs {
             if out.len() >= max {
