@@ -94,6 +94,8 @@ pub fn model_cases(seed: u64) -> Vec<Case> {
 /// restricted to deterministic algorithms for the case). A learning rate or
 /// running statistic the graph kept from its capture shows up here. The
 /// CPU side trains ordinarily twice, so its differences are 0 as well.
+/// Once the graphs are dropped the stream must have left every capture
+/// (`cuStreamIsCapturing`), else the case fails.
 ///
 /// `train_step_overlapped`: the same, the graph run's steps also
 /// overlapped (`Trainer::step_overlapped`: each step queued, replay
@@ -182,6 +184,16 @@ fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device, overlap: bool) 
     let runs = train(false, false).and_then(|a| Ok((a, train(device != Device::Cpu, overlap)?)));
     engine::cuda::dnn::set_deterministic(was);
     let (ordinary, graph) = runs?;
+    // the graphs are dropped: the stream must have left every capture, in
+    // the driver's view as in the engine's
+    if let Device::Cuda(i) = device {
+        if !engine::cuda::gpu(i)?.out_of_capture()? {
+            return Err(engine::Error::arg(
+                "train_step_graph",
+                "the stream is still capturing after the run",
+            ));
+        }
+    }
     ordinary
         .iter()
         .zip(&graph)

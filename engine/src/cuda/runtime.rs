@@ -294,6 +294,20 @@ impl Gpu {
         lock(&self.captures).capturing()
     }
 
+    /// Whether the stream is in no capture, asked of the driver
+    /// (`cuStreamIsCapturing`) as well as of the engine's bookkeeping: a
+    /// check that a recording always ends.
+    pub fn out_of_capture(&self) -> Result<bool> {
+        let status = self
+            .stream
+            .capture_status()
+            .map_err(|e| self.err("cuStreamIsCapturing", e))?;
+        Ok(
+            !self.capturing()
+                && status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE,
+        )
+    }
+
     /// Waits for everything queued so far; reports an asynchronous kernel
     /// error (illegal address, ...) as an error.
     pub fn synchronize(&self) -> Result<()> {
