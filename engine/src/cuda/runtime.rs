@@ -541,11 +541,15 @@ impl Gpu {
             let _ = unsafe { result::event::destroy(ev as sys::CUevent) };
         }
         let (start, wait) = r.spans.place(src.len());
+        // every event left the spans: each is destroyed, the first failed
+        // wait reported after
+        let mut waited = Ok(());
         for ev in wait {
-            let waited = unsafe { result::event::synchronize(ev as sys::CUevent) };
+            let w = unsafe { result::event::synchronize(ev as sys::CUevent) };
             let _ = unsafe { result::event::destroy(ev as sys::CUevent) };
-            waited.map_err(|e| self.err("cuEventSynchronize (upload ring)", e))?;
+            waited = waited.and(w);
         }
+        waited.map_err(|e| self.err("cuEventSynchronize (upload ring)", e))?;
         // SAFETY: start + src.len() <= r.cap (place keeps spans inside the
         // ring) and no queued copy reads this span any more (waited).
         let pinned = unsafe {
