@@ -9,7 +9,7 @@ use engine::nn::{Buffer, Module, Param};
 use engine::ops::{BatchNormArgs, Conv2dParams};
 use engine::optim::{check_finite, Sgd};
 use engine::{DType, Error, Result, Rng, Tensor};
-use models::data::{Dataset, Image, Loader, LoaderOptions, SyntheticImages, Transform};
+use models::data::{DataLoader, Dataset, Image, Loader, LoaderOptions, SyntheticImages, Transform};
 use models::fit::{fit, FitOptions, FitResult, Means, StepLog, Task, TaskState, Validation};
 use models::train::{TrainOptions, Trainer};
 use models::{NetConfig, ProjectorConfig, Stem, SupervisedNet};
@@ -77,6 +77,14 @@ fn loader(len: usize, bad: &[usize], batch: usize, shuffle: bool) -> Loader {
         },
     )
     .unwrap()
+}
+
+/// The error `fit` stops with (a run that ends well fails the test).
+fn fit_error<T: Task>(t: &mut T, train: &DataLoader<T::Source>, fo: &FitOptions) -> String {
+    match fit(t, train, None, fo) {
+        Ok(r) => panic!("fit ended without an error after {} steps", r.total_steps),
+        Err(e) => e.to_string(),
+    }
 }
 
 fn opts(steps: usize, lr: f64, precision: Precision) -> TrainOptions {
@@ -211,10 +219,7 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
             quiet: true,
             ..FitOptions::default()
         };
-        let e = fit(&mut t, &loader(256, &[], 16, true), None, &fo)
-            .map(|r| r.total_steps)
-            .unwrap_err()
-            .to_string();
+        let e = fit_error(&mut t, &loader(256, &[], 16, true), &fo);
         assert!(
             e.contains("non-finite") || e.contains("loss became"),
             "lr {lr} momentum {momentum} overlapped {overlap}: {e}"
@@ -319,10 +324,7 @@ fn epochs_times_steps_overflow_is_an_error() {
         quiet: true,
         ..FitOptions::default()
     };
-    let e = fit(&mut t, &loader(64, &[], 16, true), None, &fo)
-        .map(|r| r.total_steps)
-        .unwrap_err()
-        .to_string();
+    let e = fit_error(&mut t, &loader(64, &[], 16, true), &fo);
     assert!(e.contains("too many steps"), "{e}");
 }
 
@@ -676,10 +678,7 @@ fn a_task_that_misreports_its_steps_is_an_error() {
             quiet: true,
             ..FitOptions::default()
         };
-        let e = fit(&mut t, &loader(16, &[], 4, false), None, &fo)
-            .map(|r| r.total_steps)
-            .unwrap_err()
-            .to_string();
+        let e = fit_error(&mut t, &loader(16, &[], 4, false), &fo);
         let want = if extra {
             "more step logs"
         } else {

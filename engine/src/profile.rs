@@ -638,7 +638,7 @@ pub fn start(ceiling: Ceiling) -> Result<()> {
 pub(crate) fn backward_starts(device: Device) {
     let session = SESSION_ID.load(Ordering::Relaxed);
     if let Some(ses) = lock(&SESSION).as_mut().filter(|s| s.id == session) {
-        watch(ses, device).sample(device, Sampled::Backward);
+        ses.sample(device, Sampled::Backward);
     }
 }
 
@@ -657,7 +657,7 @@ pub(crate) fn begin(inputs: &[&Tensor]) {
         let mut guard = lock(&SESSION);
         if let (Some(ses), Some(device)) = (guard.as_mut(), device) {
             if ses.id == session {
-                watch(ses, device).sample(device, Sampled::Begin);
+                ses.sample(device, Sampled::Begin);
             }
         }
         match guard.as_mut() {
@@ -717,8 +717,8 @@ pub(crate) fn end(
     let Some(ses) = guard.as_mut().filter(|s| s.id == frame.session) else {
         return;
     };
-    if let (Some(w), Some(t)) = (ses.memory.as_mut(), inputs.first()) {
-        w.sample(t.device(), Sampled::End(name, phase, t.dims()));
+    if let Some(t) = inputs.first() {
+        ses.sample(t.device(), Sampled::End(name, phase, t.dims()));
     }
     let Some(id) = frame.id else {
         return;
@@ -776,30 +776,42 @@ pub(crate) fn end(
     }
 }
 
-/// The session's memory watch, started on `device` at its first op (a
-/// GPU's allocator peak is reset there).
-fn watch(ses: &mut Session, device: Device) -> &mut Watch {
-    ses.memory.get_or_insert_with(|| {
-        if let Device::Cuda(i) = device {
-            if let Ok(g) = crate::cuda::gpu(i) {
-                g.reset_peak_memory();
+impl Session {
+    /// A memory sample on `device` (see [`Watch::sample`]), the watch
+    /// started there by the first one.
+    fn sample(&mut self, device: Device, at: Sampled) {
+        if let Some(w) = self.watch(device) {
+            w.sample(device, at);
+        }
+    }
+
+    /// The memory watch, started on `device` when there is none (a GPU's
+    /// allocator peak is reset there); None while `device` cannot say what
+    /// is in use.
+    fn watch(&mut self, device: Device) -> Option<&mut Watch> {
+        if self.memory.is_none() {
+            if let Device::Cuda(i) = device {
+                if let Ok(g) = crate::cuda::gpu(i) {
+                    g.reset_peak_memory();
+                }
             }
-        }
-        let now = bytes_in_use(device).unwrap_or(0.0);
-        Watch {
-            device,
-            memory: Memory {
-                source: match device {
-                    Device::Cuda(_) => "cuda allocator",
-                    Device::Cpu => "host malloc",
+            let now = bytes_in_use(device)?;
+            self.memory = Some(Watch {
+                device,
+                memory: Memory {
+                    source: match device {
+                        Device::Cuda(_) => "cuda allocator",
+                        Device::Cpu => "host malloc",
+                    },
+                    start: now,
+                    after_forward: now,
+                    peak: now,
+                    peak_at: "as the first op started".into(),
                 },
-                start: now,
-                after_forward: now,
-                peak: now,
-                peak_at: "as the first op started".into(),
-            },
+            });
         }
-    })
+        self.memory.as_mut()
+    }
 }
 
 // ---- the collected profile ----
@@ -1022,16 +1034,18 @@ pub fn stop(steps: usize) -> Result<Profile> {
         }
     }
     rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-    let memory = ses.memory.and_then(|w| {
+    let memory = ses.memory.map(|w| {
         let mut m = w.memory;
         if let Device::Cuda(i) = w.device {
-            let exact = crate::cuda::gpu(i).ok()?.memory_stats().peak_allocated as f64;
-            if exact > m.peak {
-                m.peak = exact;
-                m.peak_at = "inside an op (the allocator's own peak)".into();
+            if let Ok(g) = crate::cuda::gpu(i) {
+                let exact = g.memory_stats().peak_allocated as f64;
+                if exact > m.peak {
+                    m.peak = exact;
+                    m.peak_at = "inside an op (the allocator's own peak)".into();
+                }
             }
         }
-        bytes_in_use(w.device).map(|_| m)
+        m
     });
     Ok(Profile {
         ceiling: ses.ceiling,

@@ -908,11 +908,6 @@ unsafe fn choose(
     if let Some(a) = st.algos.get(key) {
         return Ok(a.clone());
     }
-    if timed {
-        // timing waits for the GPU: a clear error while a CUDA graph is
-        // recorded, not a timing failure cached as an untimed choice
-        g.no_wait_in_capture("a cuBLASLt search for a new GEMM shape")?;
-    }
     let t0 = std::time::Instant::now();
     let all = heuristic(st, p, key, prep)?;
     let listed: Vec<(u32, usize)> = all
@@ -934,6 +929,9 @@ unsafe fn choose(
     let (pick, method, timings) = match plan {
         Err(note) => (0, format!("heuristic (first result; {note})"), Vec::new()),
         Ok(()) => {
+            // timing waits for the GPU: a clear error while a CUDA graph is
+            // recorded, not a timing failure cached as an untimed choice
+            g.no_wait_in_capture("a cuBLASLt search for a new GEMM shape")?;
             st.searched += 1;
             // SAFETY: the caller's contract.
             match unsafe { time_candidates(g, st, p, prep, &usable) } {

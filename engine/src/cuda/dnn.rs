@@ -1335,11 +1335,6 @@ impl Dnn {
         if let Some(r) = self.routes.get(key) {
             return Ok(r.clone());
         }
-        if BENCHMARK.load(Ordering::Relaxed) {
-            // a timed search waits for the GPU: a clear error while a CUDA
-            // graph is recorded, not a timing failure cached as untimed
-            g.no_wait_in_capture("a cuDNN search for a new convolution shape")?;
-        }
         let ak = &key.algo;
         let d = Descs::new(ak)?;
         d.check_output(&ak.shape)?;
@@ -1347,6 +1342,9 @@ impl Dnn {
         let timed = if !BENCHMARK.load(Ordering::Relaxed) {
             Err("not timed: benchmark mode is off".to_string())
         } else if self.searched < FIND_LIMIT {
+            // a timed search waits for the GPU: a clear error while a CUDA
+            // graph is recorded, not a timing failure cached as untimed
+            g.no_wait_in_capture("a cuDNN search for a new convolution shape")?;
             self.searched += 1;
             Ok(())
         } else {

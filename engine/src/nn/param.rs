@@ -13,7 +13,7 @@
 //! kernels do). Anything else that writes a param's storage in place must
 //! go through `set`.
 
-use crate::autograd::record;
+use crate::ops::copy::record_cast;
 use crate::{DType, Device, Result, Tensor};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -79,10 +79,7 @@ impl Param {
                 c
             }
         };
-        // the cast's node, as Tensor::to_dtype records it
-        Ok(record(kept, "cast", &[&*value], |g| {
-            Ok(vec![Some(g.to_dtype(DType::F32)?)])
-        }))
+        Ok(record_cast(kept, &value))
     }
     /// Takes the rounded copy out (module doc): for a step that writes the
     /// value in place, which gives it back with [`Param::keep_copy`] once

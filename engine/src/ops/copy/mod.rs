@@ -77,6 +77,15 @@ impl QueuedRead {
     }
 }
 
+/// `out` (the float `input` cast to another dtype) recorded as the cast of
+/// `input`: its gradient is cast back to `input`'s dtype.
+pub(crate) fn record_cast(out: Tensor, input: &Tensor) -> Tensor {
+    let src = input.dtype();
+    record(out, "cast", &[input], move |g| {
+        Ok(vec![Some(g.to_dtype(src)?)])
+    })
+}
+
 impl Tensor {
     /// Cast to another dtype; the gradient is cast back.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
@@ -88,8 +97,7 @@ impl Tensor {
             if !dtype.is_float() {
                 return Ok(out);
             }
-            let src = self.dtype();
-            Ok(record(out, "cast", &[self], move |g| Ok(vec![Some(g.to_dtype(src)?)])))
+            Ok(record_cast(out, self))
         }))
     }
 
