@@ -18,7 +18,8 @@
 //!
 //! FLOPs count 2 per multiply-add. `cargo bench -p slmlp-benches --bench cpu_kernels`
 //! (`-- quick_convs` runs only the quick model's conv table, `-- quick_bn`
-//! only its BatchNorm table, `-- quick_joins` only the joins.)
+//! only its BatchNorm table, `-- quick_joins` only the joins, `-- r50_wgrad`
+//! only the weight gradients of a ResNet-50 step at batch 8.)
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use engine::ops::{gemm, Conv2dParams, MatRef};
@@ -318,6 +319,62 @@ fn quick_convs(_c: &mut Criterion) {
     step_convs("quick w16 b128", &resnet18_layers(128, 1, 28, 16));
 }
 
+/// The distinct conv shapes of an ImageNet ResNet-50 (torchvision's: the
+/// stride on the 3x3) at `batch` 224x224 images, with their counts per step.
+fn resnet50_layers(batch: usize) -> Vec<(usize, ConvShape)> {
+    let cs = |cin, cout, hw, k, stride| ConvShape {
+        batch,
+        cin,
+        cout,
+        hw,
+        k,
+        stride,
+    };
+    let mut layers = vec![(1, cs(3, 64, 224, 7, 2))];
+    // (input width, bottleneck width, blocks, input plane, first stride)
+    for (cin, w, blocks, hw, stride) in [
+        (64, 64, 3, 56, 1),
+        (256, 128, 4, 56, 2),
+        (512, 256, 6, 28, 2),
+        (1024, 512, 3, 14, 2),
+    ] {
+        let (out, hw2) = (4 * w, hw / stride);
+        layers.extend([
+            (1, cs(cin, w, hw, 1, 1)),
+            (1, cs(w, w, hw, 3, stride)),
+            (blocks, cs(w, out, hw2, 1, 1)),
+            (1, cs(cin, out, hw, 1, stride)),
+            (blocks - 1, cs(out, w, hw2, 1, 1)),
+            (blocks - 1, cs(w, w, hw2, 3, 1)),
+        ]);
+    }
+    layers.retain(|&(count, _)| count > 0);
+    layers
+}
+
+/// The weight gradients of a ResNet-50 step at batch 8 (224x224), one line
+/// per distinct shape, then their sum: the small planes of layer3 and
+/// layer4 hold few output pixels per image against large weights.
+fn r50_wgrad(_c: &mut Criterion) {
+    let (mut total, mut flops) = (0.0, 0.0);
+    for (count, s) in resnet50_layers(8) {
+        let (x, w, gy) = s.tensors();
+        let t = time(
+            5,
+            || conv_graph(&x, &w, s, false, true),
+            |y| y.backward_with(gy.clone()).unwrap(),
+        );
+        report(
+            &format!("r50 b8 {count}x {} bwd-weight", s.name()),
+            s.flops(),
+            t,
+        );
+        total += count as f64 * t;
+        flops += count as f64 * s.flops();
+    }
+    report("r50 b8: all weight gradients of a step", flops, total);
+}
+
 // ---- BatchNorm ----
 
 /// Bytes per second of a plain copy on one thread (best of 5 over 64 MiB):
@@ -535,7 +592,7 @@ fn quick_joins(_c: &mut Criterion) {
 
 /// The tables that can run alone, each selected by its name as the first
 /// argument; with none named, everything runs.
-const TABLES: [&str; 3] = ["quick_convs", "quick_bn", "quick_joins"];
+const TABLES: [&str; 4] = ["quick_convs", "quick_bn", "quick_joins", "r50_wgrad"];
 
 /// Whether `table` runs: it is named, or no table is.
 fn runs(table: &str) -> bool {
@@ -572,11 +629,18 @@ fn quick_joins_table(c: &mut Criterion) {
     }
 }
 
+fn r50_wgrad_table(c: &mut Criterion) {
+    if runs("r50_wgrad") {
+        r50_wgrad(c);
+    }
+}
+
 criterion_group!(
     benches,
     full,
     quick_convs_table,
     quick_bn_table,
-    quick_joins_table
+    quick_joins_table,
+    r50_wgrad_table
 );
 criterion_main!(benches);

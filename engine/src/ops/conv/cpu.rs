@@ -12,9 +12,9 @@
 //! forward, when the layer is narrow (see `columns`), else one image cut
 //! into tiles of output rows, so that the im2col tile stays in L2 between
 //! being written and being read by the GEMM. Weight gradients are
-//! summed per part and the parts added in index order; the backward's
-//! partition does not depend on the thread count, so its results are the
-//! same bits under any rayon pool.
+//! summed per part and the parts added in index order, a wave of one part
+//! per thread at a time; the backward's partition does not depend on the
+//! thread count, so its results are the same bits under any rayon pool.
 
 use super::{check_acc, Conv2dGeom as Geom, ConvOps};
 use crate::backend::Cpu;
@@ -78,7 +78,8 @@ struct Plan {
     gemm_threads: usize,
 }
 
-/// Parts of the batch split. Fixed in the backward, so the weight
+/// Parts of the batch split. Fixed in the backward (a weight gradient of
+/// few output pixels takes fewer: [`weight_parts`]), so the weight
 /// gradient's summation order is the same whatever the thread count (each
 /// part holds a weight-sized partial). The forward takes at least one per
 /// thread: more parts than threads let a thread that finishes first take
@@ -176,31 +177,40 @@ impl Pooled for f64 {
 /// Buffers kept for reuse (a few per thread).
 const POOLED: usize = 12;
 
-/// A buffer from the pool, returned to it on drop.
-struct Buf<T: Pooled>(Vec<T>);
+/// A buffer from the pool, taken at its first use and returned on drop.
+struct Buf<T: Pooled>(Option<Vec<T>>);
 
 impl<T: Pooled> Buf<T> {
     fn take() -> Self {
-        Buf(T::pool()
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default())
+        Buf(None)
     }
     /// `len` elements holding stale values: callers overwrite before reading.
+    /// The first call takes the pool's smallest buffer that holds `len`
+    /// (else its largest, grown), so that a small use does not take (and
+    /// keep out of reach) a large buffer another part needs.
     fn get(&mut self, len: usize) -> &mut [T] {
-        if self.0.len() < len {
-            self.0.resize(len, T::zero());
+        let b = self.0.get_or_insert_with(|| {
+            let Ok(mut pool) = T::pool().lock() else {
+                return Vec::new();
+            };
+            let fits = (0..pool.len())
+                .filter(|&i| pool[i].len() >= len)
+                .min_by_key(|&i| pool[i].len());
+            let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].len()));
+            pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
+        });
+        if b.len() < len {
+            b.resize(len, T::zero());
         }
-        &mut self.0[..len]
+        &mut b[..len]
     }
 }
 
 impl<T: Pooled> Drop for Buf<T> {
     fn drop(&mut self) {
-        if let Ok(mut p) = T::pool().lock() {
+        if let (Some(b), Ok(mut p)) = (self.0.take(), T::pool().lock()) {
             if p.len() < POOLED {
-                p.push(std::mem::take(&mut self.0));
+                p.push(b);
             }
         }
     }
@@ -618,7 +628,7 @@ pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) 
     };
     let (k, cin_g, cout_g, hw_in, hw_out) = (g.k(), g.cin_g(), g.cout_g(), g.hw_in(), g.hw_out());
     let (in_img, out_img, ow) = (g.in_img(), g.out_img(), g.ow);
-    let pl = plan(g, PARTS, false);
+    let pl = plan(g, if x.is_some() { weight_parts(g) } else { PARTS }, false);
     // `keep`: dx holds the gradient given, which the input gradient is added to
     let keep = onto.is_some();
     let mut dx =
@@ -628,7 +638,7 @@ pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) 
     // Each part sums its dW transposed ([groups][k][cout_g]): as
     // `cols @ dY^T` the GEMM runs up to 3x faster than `dY @ cols^T` when
     // Cout is small.
-    let partials = for_parts(&pl, g.n, &mut dx, per_img, |n0, imgs, dx_part| {
+    let part = |n0: usize, imgs: usize, dx_part: &mut [T]| {
         // Pooled and stale: the first GEMM of each group overwrites it.
         let mut dwt = x.map(|_| {
             let mut b = Buf::take();
@@ -716,23 +726,66 @@ pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) 
             }
         }
         dwt
-    });
+    };
     if wt.is_some() {
+        for_parts(&pl, g.n, &mut dx, per_img, part);
         dx
     } else {
-        transpose_sum(partials.into_iter().flatten().collect(), g)
+        sum_parts(&pl, g, |n0, imgs| part(n0, imgs, &mut []))
     }
 }
 
-/// dW [cout, k] = the sum of the parts' [groups][k][cout_g] partials (in
-/// part order, so independent of scheduling), transposed in tiles that stay
-/// in L1.
-fn transpose_sum<T: Pooled>(mut parts: Vec<Buf<T>>, g: &Geom) -> Vec<T> {
+/// Output pixels (over all the images of a part) that one part of a
+/// weight gradient sums at least. Each part writes a weight-sized partial
+/// and reads it back, 8 bytes a weight for `2 * cols` FLOP a weight: with
+/// 1024 columns that traffic is under a tenth of the GEMM's time. One
+/// image a part at ResNet's 7x7 stage (49 columns) made the weight
+/// gradient memory-bound (docs/PERF.md).
+const WEIGHT_PART_COLS: usize = 1024;
+
+/// Parts of a weight gradient: [`PARTS`], fewer when the batch has fewer
+/// than [`WEIGHT_PART_COLS`] output pixels a part; one part runs its GEMMs
+/// on all the threads. It depends on the geometry alone, so the sum is the
+/// same bits under any thread count.
+fn weight_parts(g: &Geom) -> usize {
+    (g.n * g.hw_out() / WEIGHT_PART_COLS).clamp(1, PARTS)
+}
+
+/// dW [cout, k] = the sum of the parts' [groups][k][cout_g] partials
+/// (`part(n0, imgs)`) in part order, so independent of scheduling. The
+/// parts run a wave of one per thread at a time and each wave is added
+/// before the next starts: at most one partial per thread is alive (not
+/// one per part: 8 of layer4's 9.4 MB 3x3 weights in f32).
+fn sum_parts<T: Pooled>(
+    pl: &Plan,
+    g: &Geom,
+    part: impl Fn(usize, usize) -> Option<Buf<T>> + Sync,
+) -> Vec<T> {
+    let mut dw = vec![T::zero(); g.cout * g.k()];
+    let run = |i: usize| {
+        let n0 = i * pl.part_imgs;
+        part(n0, pl.part_imgs.min(g.n - n0)).expect("a weight-gradient part sums dW")
+    };
+    let wave = rayon::current_num_threads().max(1);
+    for first in (0..pl.parts).step_by(wave) {
+        let ids = first..pl.parts.min(first + wave);
+        let partials: Vec<Buf<T>> = if pl.parts > 1 {
+            ids.into_par_iter().map(run).collect()
+        } else {
+            ids.map(run).collect()
+        };
+        add_transposed(&mut dw, partials, g);
+    }
+    dw
+}
+
+/// dW [cout, k] += the partials [groups][k][cout_g], added in their order
+/// and transposed in tiles that stay in L1.
+fn add_transposed<T: Pooled>(dw: &mut [T], mut parts: Vec<Buf<T>>, g: &Geom) {
     const TILE: usize = 16;
-    let (k, cout_g, len) = (g.k(), g.cout_g(), g.cout * g.k());
-    let mut dw = vec![T::zero(); len];
+    let (k, cout_g, len) = (g.k(), g.cout_g(), dw.len());
     if len == 0 {
-        return dw;
+        return;
     }
     let parts: Vec<&[T]> = parts.iter_mut().map(|p| &*p.get(len)).collect();
     dw.par_chunks_mut(TILE * k).enumerate().for_each(|(t, d)| {
@@ -745,12 +798,11 @@ fn transpose_sum<T: Pooled>(mut parts: Vec<Buf<T>>, g: &Geom) -> Vec<T> {
                 let row = &mut d[r * k..][k0..k.min(k0 + TILE)];
                 for (kk, v) in row.iter_mut().enumerate() {
                     let i = b + (k0 + kk) * cout_g;
-                    *v = parts.iter().fold(T::zero(), |s, p| s + p[i]);
+                    *v = parts.iter().fold(*v, |s, p| s + p[i]);
                 }
             }
         }
     });
-    dw
 }
 
 /// Sum of dY [n, c, hw] over the batch and the pixels per channel, images
