@@ -18,8 +18,9 @@
 //!
 //! FLOPs count 2 per multiply-add. `cargo bench -p slmlp-benches --bench cpu_kernels`
 //! (`-- quick_convs` runs only the quick model's conv table, `-- quick_bn`
-//! only its BatchNorm table, `-- quick_joins` only the joins, `-- r50_wgrad`
-//! only the weight gradients of a ResNet-50 step at batch 8.)
+//! only its BatchNorm table, `-- quick_joins` only the joins, `-- r50_convs`
+//! only the convs of a ResNet-50 step at batch 8, `-- r50_wgrad` only their
+//! weight gradients.)
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use engine::ops::{gemm, Conv2dParams, MatRef};
@@ -270,7 +271,8 @@ fn resnet18_layers(batch: usize, cin: usize, hw: usize, w: usize) -> Vec<(usize,
     ]
 }
 
-/// Times every conv of one training step (`layers` from [`resnet18_layers`]),
+/// Times every conv of one training step (`layers` from [`resnet18_layers`]
+/// or [`resnet50_layers`]),
 /// one line per shape, then their weighted sum.
 fn step_convs(label: &str, layers: &[(usize, ConvShape)]) {
     let (mut fwd, mut bwd, mut flops) = (0.0, 0.0, 0.0);
@@ -350,6 +352,12 @@ fn resnet50_layers(batch: usize) -> Vec<(usize, ConvShape)> {
     }
     layers.retain(|&(count, _)| count > 0);
     layers
+}
+
+/// Every conv of a ResNet-50 step at batch 8 (224x224), forward and
+/// backward (both gradients but the stem's input gradient).
+fn r50_convs(_c: &mut Criterion) {
+    step_convs("r50 b8", &resnet50_layers(8));
 }
 
 /// The weight gradients of a ResNet-50 step at batch 8 (224x224), one line
@@ -592,7 +600,13 @@ fn quick_joins(_c: &mut Criterion) {
 
 /// The tables that can run alone, each selected by its name as the first
 /// argument; with none named, everything runs.
-const TABLES: [&str; 4] = ["quick_convs", "quick_bn", "quick_joins", "r50_wgrad"];
+const TABLES: [&str; 5] = [
+    "quick_convs",
+    "quick_bn",
+    "quick_joins",
+    "r50_convs",
+    "r50_wgrad",
+];
 
 /// Whether `table` runs: it is named, or no table is.
 fn runs(table: &str) -> bool {
@@ -629,6 +643,12 @@ fn quick_joins_table(c: &mut Criterion) {
     }
 }
 
+fn r50_convs_table(c: &mut Criterion) {
+    if runs("r50_convs") {
+        r50_convs(c);
+    }
+}
+
 fn r50_wgrad_table(c: &mut Criterion) {
     if runs("r50_wgrad") {
         r50_wgrad(c);
@@ -641,6 +661,7 @@ criterion_group!(
     quick_convs_table,
     quick_bn_table,
     quick_joins_table,
+    r50_convs_table,
     r50_wgrad_table
 );
 criterion_main!(benches);
