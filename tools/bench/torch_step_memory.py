@@ -17,12 +17,16 @@ TorchDispatchMode) and as the backward starts, after one warm-up step
 Then the bytes of the distinct storages autograd saved (saved_tensors_hooks),
 by dtype: the same set counted another way, weights included.
 
+--time-steps N then times N more steps, unwatched (no dispatch mode), and
+adds their wall-clock milliseconds as step_ms: the speed to set beside
+`slmlp profile`'s step line.
+
 The step: ImageNet-stem torchvision resnet50 (1000 classes), [the SL-MLP
 projector Linear(2048, 2048) -> BatchNorm1d -> ReLU before the classifier],
 mean cross-entropy, backward, SGD(lr=0.1, momentum=0.9, weight_decay=1e-4);
 float32, or bf16 under CPU autocast (whose op policy is not CUDA's).
 
-    /path/to/python tools/bench/torch_step_memory.py --batch 4 [--sl-mlp] [--bf16]
+    /path/to/python tools/bench/torch_step_memory.py --batch 4 [--sl-mlp] [--bf16] [--time-steps 3]
 
 beside
 
@@ -33,6 +37,7 @@ beside
 import argparse
 import ctypes
 import json
+import time
 
 import torch
 import torch.nn as nn
@@ -82,9 +87,12 @@ def main():
     ap.add_argument("--sl-mlp", action="store_true")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--time-steps", type=int, default=0)
     a = ap.parse_args()
     if not 1 <= a.batch <= 256:
         ap.error("--batch must be in 1..=256")
+    if not 0 <= a.time_steps <= 100:
+        ap.error("--time-steps must be in 0..=100")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -128,6 +136,11 @@ def main():
 
     step(False)
     start, after_forward, peak, at = step(True)
+    step_ms = []
+    for _ in range(a.time_steps):
+        t0 = time.perf_counter()
+        step(False)
+        step_ms.append(round((time.perf_counter() - t0) * 1e3, 1))
     mib = lambda b: round(b / 2**20, 1)
     by_dtype = {}
     for n, d in saved.values():
@@ -140,6 +153,7 @@ def main():
         "left_by_forward_mib": mib(after_forward - start),
         "peak_mib": mib(peak), "peak_over_start_mib": mib(peak - start), "peak_at": at,
         "saved_storages_mib": {d: mib(n) for d, n in sorted(by_dtype.items())},
+        "threads": torch.get_num_threads(), "step_ms": step_ms,
     }))
 
 
