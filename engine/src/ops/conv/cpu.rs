@@ -181,7 +181,8 @@ const POOLED: usize = 12;
 struct Buf<T: Pooled>(Option<Vec<T>>);
 
 impl<T: Pooled> Buf<T> {
-    fn take() -> Self {
+    /// A handle with no buffer yet.
+    fn new() -> Self {
         Buf(None)
     }
     /// `len` elements holding stale values: callers overwrite before reading.
@@ -230,10 +231,10 @@ struct Scratch<T: Pooled> {
 impl<T: Pooled> Scratch<T> {
     fn new() -> Self {
         Scratch {
-            cols: Buf::take(),
-            pad: Buf::take(),
-            dpad: Buf::take(),
-            tmp: Buf::take(),
+            cols: Buf::new(),
+            pad: Buf::new(),
+            dpad: Buf::new(),
+            tmp: Buf::new(),
         }
     }
 }
@@ -641,7 +642,7 @@ pub(super) fn conv_backward<T: Pooled>(given: Given<'_, T>, dy: &[T], g: &Geom) 
     let part = |n0: usize, imgs: usize, dx_part: &mut [T]| {
         // Pooled and stale: the first GEMM of each group overwrites it.
         let mut dwt = x.map(|_| {
-            let mut b = Buf::take();
+            let mut b = Buf::new();
             if imgs == 0 {
                 b.get(g.cout * k).fill(T::zero());
             }
