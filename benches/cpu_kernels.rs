@@ -244,17 +244,22 @@ fn bench_conv(c: &mut Criterion) {
     g.finish();
 }
 
-/// The conv shapes of a CIFAR-stem ResNet-18 of width `w` on `cin`x`hw`x`hw`
-/// images, with their counts per step; the first is the stem.
-fn resnet18_layers(batch: usize, cin: usize, hw: usize, w: usize) -> Vec<(usize, ConvShape)> {
-    let cs = |cin, cout, hw, k, stride| ConvShape {
+/// `(cin, cout, hw, k, stride)` -> the conv shape at `batch`.
+fn shapes_of(batch: usize) -> impl Fn(usize, usize, usize, usize, usize) -> ConvShape {
+    move |cin, cout, hw, k, stride| ConvShape {
         batch,
         cin,
         cout,
         hw,
         k,
         stride,
-    };
+    }
+}
+
+/// The conv shapes of a CIFAR-stem ResNet-18 of width `w` on `cin`x`hw`x`hw`
+/// images, with their counts per step; the first is the stem.
+fn resnet18_layers(batch: usize, cin: usize, hw: usize, w: usize) -> Vec<(usize, ConvShape)> {
+    let cs = shapes_of(batch);
     let (h2, h3, h4) = (hw.div_ceil(2), hw.div_ceil(4), hw.div_ceil(8));
     vec![
         (1, cs(cin, w, hw, 3, 1)),
@@ -324,14 +329,7 @@ fn quick_convs(_c: &mut Criterion) {
 /// The distinct conv shapes of an ImageNet ResNet-50 (torchvision's: the
 /// stride on the 3x3) at `batch` 224x224 images, with their counts per step.
 fn resnet50_layers(batch: usize) -> Vec<(usize, ConvShape)> {
-    let cs = |cin, cout, hw, k, stride| ConvShape {
-        batch,
-        cin,
-        cout,
-        hw,
-        k,
-        stride,
-    };
+    let cs = shapes_of(batch);
     let mut layers = vec![(1, cs(3, 64, 224, 7, 2))];
     // (input width, bottleneck width, blocks, input plane, first stride)
     for (cin, w, blocks, hw, stride) in [
@@ -598,70 +596,36 @@ fn quick_joins(_c: &mut Criterion) {
     );
 }
 
-/// The tables that can run alone, each selected by its name as the first
-/// argument; with none named, everything runs.
-const TABLES: [&str; 5] = [
-    "quick_convs",
-    "quick_bn",
-    "quick_joins",
-    "r50_convs",
-    "r50_wgrad",
+/// A table's bench function.
+type Table = fn(&mut Criterion);
+
+/// The tables that can run alone, each selected by its name as an
+/// argument; with none named, everything runs (the GEMM and conv tables
+/// first).
+const TABLES: [(&str, Table); 5] = [
+    ("quick_convs", quick_convs),
+    ("quick_bn", quick_bn),
+    ("quick_joins", quick_joins),
+    ("r50_convs", r50_convs),
+    ("r50_wgrad", r50_wgrad),
 ];
 
-/// Whether `table` runs: it is named, or no table is.
-fn runs(table: &str) -> bool {
+fn tables(c: &mut Criterion) {
     let named: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| TABLES.contains(&a.as_str()))
+        .filter(|a| TABLES.iter().any(|(name, _)| name == a))
         .collect();
-    named.is_empty() || named.iter().any(|a| a == table)
-}
-
-fn full(c: &mut Criterion) {
-    if runs("all") {
+    if named.is_empty() {
         bench_gemm(c);
         bench_conv(c);
         resnet18_convs(c);
     }
-}
-
-fn quick_convs_table(c: &mut Criterion) {
-    if runs("quick_convs") {
-        quick_convs(c);
+    for (name, table) in TABLES {
+        if named.is_empty() || named.iter().any(|a| a == name) {
+            table(c);
+        }
     }
 }
 
-fn quick_bn_table(c: &mut Criterion) {
-    if runs("quick_bn") {
-        quick_bn(c);
-    }
-}
-
-fn quick_joins_table(c: &mut Criterion) {
-    if runs("quick_joins") {
-        quick_joins(c);
-    }
-}
-
-fn r50_convs_table(c: &mut Criterion) {
-    if runs("r50_convs") {
-        r50_convs(c);
-    }
-}
-
-fn r50_wgrad_table(c: &mut Criterion) {
-    if runs("r50_wgrad") {
-        r50_wgrad(c);
-    }
-}
-
-criterion_group!(
-    benches,
-    full,
-    quick_convs_table,
-    quick_bn_table,
-    quick_joins_table,
-    r50_convs_table,
-    r50_wgrad_table
-);
+criterion_group!(benches, tables);
 criterion_main!(benches);
