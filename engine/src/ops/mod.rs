@@ -135,6 +135,28 @@ pub(crate) fn expect_rank(op: &'static str, what: &str, t: &Tensor, rank: usize)
     Ok(())
 }
 
+/// `x` as the f32 slice it is (for an f32-only SIMD path of a generic op).
+///
+/// # Safety
+/// T must be f32.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn as_f32<T: crate::Float>(x: &[T]) -> &[f32] {
+    debug_assert_eq!(T::DTYPE, crate::DType::F32);
+    // SAFETY: T is f32 (the caller's promise): same size and alignment.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+}
+
+/// [`as_f32`] for a mutable slice.
+///
+/// # Safety
+/// T must be f32.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn as_f32_mut<T: crate::Float>(x: &mut [T]) -> &mut [f32] {
+    debug_assert_eq!(T::DTYPE, crate::DType::F32);
+    // SAFETY: T is f32 (the caller's promise): same size and alignment.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
+}
+
 /// Elements per parallel piece of an elementwise pass: fewer are not worth
 /// the threads.
 const GRAIN: usize = 1 << 15;

@@ -87,7 +87,7 @@ fn moments_plane<T: Float, const DY: bool>(x: &[T], dy: &[T], center: f64) -> [f
         // SAFETY: T is f32 (its DTYPE says so), so the slices are f32
         // slices; the CPU has AVX2 (checked).
         return unsafe {
-            let (x, dy) = (as_f32(x), as_f32(dy));
+            let (x, dy) = (crate::ops::as_f32(x), crate::ops::as_f32(dy));
             avx2::moments_plane_f32::<DY>(x, &dy[..x.len()], center)
         };
     }
@@ -113,17 +113,6 @@ fn moments_plane_scalar<T: Float, const DY: bool>(x: &[T], dy: &[T], center: f64
         t2 += pq;
     }
     [s1.iter().sum::<f64>() + t1, s2.iter().sum::<f64>() + t2]
-}
-
-/// `x` as the f32 slice it is.
-///
-/// # Safety
-/// T must be f32.
-#[cfg(target_arch = "x86_64")]
-unsafe fn as_f32<T: Float>(x: &[T]) -> &[f32] {
-    debug_assert_eq!(T::DTYPE, DType::F32);
-    // SAFETY: T is f32 (the caller's promise): same size and alignment.
-    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
 }
 
 #[cfg(target_arch = "x86_64")]

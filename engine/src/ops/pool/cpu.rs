@@ -96,11 +96,11 @@ fn max_forward<T: Float>(
                     // lie inside the row (`unclipped`).
                     unsafe {
                         avx2::max_run_f32(
-                            as_f32(xp),
+                            crate::ops::as_f32(xp),
                             hw[1],
                             [r.lo, r.hi],
                             [cols[run.start].lo, k, s],
-                            as_f32_mut(&mut o[run.clone()]),
+                            crate::ops::as_f32_mut(&mut o[run.clone()]),
                             &mut ix[run.clone()],
                         );
                     }
@@ -156,28 +156,6 @@ fn unclipped(w: usize, ow: usize, [k, s, p]: [usize; 3]) -> std::ops::Range<usiz
     let first = p.div_ceil(s);
     let end = ((w + p - k) / s + 1).min(ow);
     first..end.max(first)
-}
-
-/// `x` as the f32 slice it is.
-///
-/// # Safety
-/// T must be f32.
-#[cfg(target_arch = "x86_64")]
-unsafe fn as_f32<T: Float>(x: &[T]) -> &[f32] {
-    debug_assert_eq!(T::DTYPE, crate::DType::F32);
-    // SAFETY: T is f32 (the caller's promise): same size and alignment.
-    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
-}
-
-/// `x` as the f32 slice it is.
-///
-/// # Safety
-/// T must be f32.
-#[cfg(target_arch = "x86_64")]
-unsafe fn as_f32_mut<T: Float>(x: &mut [T]) -> &mut [f32] {
-    debug_assert_eq!(T::DTYPE, crate::DType::F32);
-    // SAFETY: T is f32 (the caller's promise): same size and alignment.
-    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
 }
 
 #[cfg(target_arch = "x86_64")]
