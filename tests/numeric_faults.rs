@@ -600,9 +600,10 @@ fn an_interrupted_run_resumes_to_the_same_records_and_bytes() {
 
 /// The conv backward's summation order does not depend on the thread
 /// count: the same bits under rayon pools of 1, 2 and 3 threads, for a
-/// weight gradient summed in 8 parts of the batch (8x8 planes, 128
-/// images: waves of 1, 2 and 3 parts) and for one summed in a single part whose GEMMs run on all
-/// the threads (7x7 planes, 4 images: too few output pixels to split).
+/// weight gradient summed in 8 parts of the batch (8x8 planes, 128 images:
+/// waves of 1, 2 and 3 parts) and for one summed in a single part whose
+/// GEMMs run on all the threads (7x7 planes, 4 images: too few output
+/// pixels to split).
 #[test]
 fn conv_gradients_are_the_same_bits_under_any_thread_count() {
     let mut rng = Rng::new(9);

@@ -76,9 +76,11 @@ fn max_forward<T: Float>(
     let (plane, ow) = (hw[0] * hw[1], cols.len());
     let oplane = rows.len() * ow;
     let planes = x.len() / plane.max(1);
-    let inner = sliding
+    // whole vectors of unclipped windows a row; the rest one by one
+    let run = sliding
         .filter(|_| vector_max(T::DTYPE, plane))
         .map_or(0..0, |ksp| unclipped(hw[1], ow, ksp));
+    let run = run.start..run.start + run.len() / 8 * 8;
     let mut out = par_filled(planes * oplane, T::zero());
     let mut idx = par_filled(planes * oplane, 0usize);
     out.par_chunks_mut(oplane.max(1))
@@ -87,8 +89,6 @@ fn max_forward<T: Float>(
         .with_min_len(min_planes(oplane))
         .for_each(|((o, ix), xp)| {
             for (r, (o, ix)) in rows.iter().zip(o.chunks_mut(ow).zip(ix.chunks_mut(ow))) {
-                // whole vectors of unclipped windows; the rest one by one
-                let run = inner.start..inner.start + inner.len() / 8 * 8;
                 #[cfg(target_arch = "x86_64")]
                 if let (Some([k, s, _]), false) = (sliding, run.is_empty()) {
                     // SAFETY: `vector_max` said T is f32, the CPU has AVX2
@@ -353,6 +353,7 @@ impl PoolOps for Cpu {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::{max_forward, sliding};
+    use crate::Rng;
 
     /// The AVX2 runs of unclipped windows give what the window-by-window
     /// loop gives, bit for bit, values and indices, on values full of ties,
@@ -364,7 +365,7 @@ mod tests {
             return;
         }
         let picks = [f32::NEG_INFINITY, -1.0, 0.0, 1.0, 2.0, f32::NAN];
-        let mut state = 12345u64;
+        let mut rng = Rng::new(12345);
         // (height, width, kernel, stride, padding), the same on both axes
         let cases = [
             (9, 40, 3, 2, 1),
@@ -379,12 +380,7 @@ mod tests {
         ];
         for (h, w, k, s, p) in cases {
             let x: Vec<f32> = (0..2 * h * w)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    picks[(state >> 33) as usize % picks.len()]
-                })
+                .map(|_| picks[rng.below(picks.len())])
                 .collect();
             let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
             let rows = sliding(h, oh, k, s, p, false);
