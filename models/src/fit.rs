@@ -389,14 +389,17 @@ fn load_state<T: Task + ?Sized>(task: &mut T, path: &Path) -> Result<TrainState>
 }
 
 /// Keeps the metrics a resumed run will not redo: step records up to
-/// `step` and epoch records up to `epoch`. Lines that aren't ours are kept.
+/// `step` and epoch records up to `epoch`. Lines that aren't ours are kept,
+/// except a last line without a newline (a write cut short by a kill).
 fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let keep: String = text
+    // a line with no newline is one a kill cut short: it is dropped
+    let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
+    let keep: String = whole
         .lines()
         .filter(|line| {
             let v: Value = match serde_json::from_str(line) {
@@ -412,7 +415,10 @@ fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(path, keep).map_err(|e| Error::io(path, e))
+    // written aside and renamed over: a kill here leaves the old file whole
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, keep).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// `m:ss` of a duration in seconds.
@@ -432,7 +438,11 @@ impl Files {
     fn write(files: &mut Option<Files>, record: &Value) -> Result<()> {
         if let Some(f) = files {
             let (file, path) = &mut f.metrics;
-            writeln!(file, "{record}").map_err(|e| Error::io(&*path, e))?;
+            // one write per record: a `writeln!` on a `File` is a write per
+            // formatted piece, and a kill between two of them tears the line
+            let line = format!("{record}\n");
+            file.write_all(line.as_bytes())
+                .map_err(|e| Error::io(&*path, e))?;
         }
         Ok(())
     }
@@ -785,4 +795,38 @@ pub fn fit<T: Task>(
     }
     result.total_steps = step;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_keeps_whole_records_up_to_the_checkpoint_and_drops_a_torn_tail() {
+        let dir = std::env::temp_dir().join(format!("slmlp-fit-truncate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let step = |n: usize| format!("{{\"kind\":\"step\",\"step\":{n},\"loss\":1.0}}\n");
+        let mut text: String = (1..=4).map(step).collect();
+        text.push_str("{\"kind\":\"epoch\",\"epoch\":1}\n");
+        text.push_str("a line someone else wrote\n");
+        text.push_str(&step(5));
+        // a kill while the next record was being written
+        text.push_str("{\"kind\":\"step\",\"st");
+        std::fs::write(&path, &text).unwrap();
+
+        truncate_metrics(&path, 4, 1).unwrap();
+        let mut want: String = (1..=4).map(step).collect();
+        want.push_str("{\"kind\":\"epoch\",\"epoch\":1}\n");
+        want.push_str("a line someone else wrote\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        assert!(!path.with_extension("jsonl.tmp").exists());
+
+        // the same records, the epoch redone: its record goes too
+        truncate_metrics(&path, 4, 0).unwrap();
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert!(!kept.contains("epoch\":1"), "{kept}");
+        assert_eq!(kept.lines().count(), 5);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -50,7 +50,10 @@ fn read_curves(path: &Path) -> Result<Curves> {
         accuracy: vec![],
     };
     let (mut val_acc, mut train_acc) = (vec![], vec![]);
-    for (i, line) in text.lines().enumerate() {
+    // a last line without a newline is a record still being written, or
+    // one a kill cut short: it is left out
+    let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
+    for (i, line) in whole.lines().enumerate() {
         let v: Value = serde_json::from_str(line)
             .map_err(|e| Error::arg("plot", format!("{}:{}: {e}", path.display(), i + 1)))?;
         let num = |k: &str| v.get(k).and_then(Value::as_f64);
@@ -156,4 +159,29 @@ pub fn run(a: &PlotArgs) -> Result<()> {
     line_charts_png(&output, &charts, &names, "training curves")?;
     println!("{} runs -> {}", runs.len(), output.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_cut_short_at_the_end_is_left_out_and_one_inside_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("slmlp-plot-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let whole = "{\"kind\":\"step\",\"step\":1,\"loss\":2.0,\"lr\":0.1}\n\
+                     {\"kind\":\"step\",\"step\":2,\"loss\":1.5,\"lr\":0.1}\n";
+        std::fs::write(&path, format!("{whole}{{\"kind\":\"step\",\"st")).unwrap();
+        let c = read_curves(&path).unwrap();
+        assert_eq!(c.loss, vec![[1.0, 2.0], [2.0, 1.5]]);
+
+        std::fs::write(&path, format!("{{\"kind\":\"st\n{whole}")).unwrap();
+        let e = read_curves(&path)
+            .err()
+            .expect("a torn line inside")
+            .to_string();
+        assert!(e.contains("metrics.jsonl:1"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
