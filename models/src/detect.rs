@@ -1079,7 +1079,7 @@ pub fn coco_results(
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string(v).map_err(|e| Error::arg("detect", e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    crate::report::write_text(path, &text)
 }
 
 /// Runs the model over DATA/<split> (or --val-ann with --val-images) and
@@ -1332,13 +1332,6 @@ fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<()> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
     }
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let png_err =
-        |e: png::EncodingError| Error::arg("detect predict", format!("{}: {e}", path.display()));
-    let mut writer = enc.write_header().map_err(png_err)?;
-    writer.write_image_data(rgb).map_err(png_err)?;
-    writer.finish().map_err(png_err)
+    let op = "detect predict";
+    crate::report::write_png(path, rgb, (w, h), png::ColorType::Rgb, op)
 }

@@ -416,9 +416,7 @@ fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     // written aside and renamed over: a kill here leaves the old file whole
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, keep).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::report::write_text(path, &keep)
 }
 
 /// `m:ss` of a duration in seconds.
@@ -820,7 +818,11 @@ mod tests {
         want.push_str("{\"kind\":\"epoch\",\"epoch\":1}\n");
         want.push_str("a line someone else wrote\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
-        assert!(!path.with_extension("jsonl.tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["metrics.jsonl"], "nothing left aside");
 
         // the same records, the epoch redone: its record goes too
         truncate_metrics(&path, 4, 0).unwrap();

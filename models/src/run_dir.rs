@@ -146,7 +146,7 @@ impl RunLock {
     pub fn write_args(&self) -> Result<()> {
         let path = self.path.with_file_name(ARGS);
         let text = serde_json::to_string_pretty(&snapshot()).unwrap_or_default();
-        std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
+        crate::report::write_text(&path, &(text + "\n"))
     }
 }
 

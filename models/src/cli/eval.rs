@@ -134,7 +134,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             "images": n, "acc1": acc1, "acc5": acc5,
             "input_size": loaded.input.size, "args": crate::run_dir::snapshot(),
         });
-        std::fs::write(out, format!("{v:#}\n")).map_err(|e| Error::io(out, e))?;
+        crate::report::write_text(out, &format!("{v:#}\n"))?;
     }
     Ok(())
 }

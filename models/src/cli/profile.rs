@@ -302,10 +302,7 @@ pub fn run(a: &ProfileArgs) -> Result<()> {
         j["command"] = serde_json::json!(std::env::args().collect::<Vec<_>>());
         let text = serde_json::to_string_pretty(&j)
             .map_err(|e| Error::arg("profile", format!("JSON: {e}")))?;
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::write(out, text + "\n").map_err(|e| Error::io(out, e))?;
+        crate::report::write_text(out, &(text + "\n"))?;
         println!("wrote {}", out.display());
     }
     Ok(())

@@ -428,20 +428,5 @@ fn box_iou(a: [usize; 4], b: [usize; 4]) -> f64 {
 }
 
 fn write_png(path: &Path, gray: &[u8], h: usize, w: usize) -> Result<()> {
-    let mut bytes = Vec::new();
-    let encoded = (|| -> std::result::Result<(), png::EncodingError> {
-        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
-        enc.set_color(png::ColorType::Grayscale);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(gray)?;
-        writer.finish()
-    })();
-    encoded.map_err(|e| {
-        Error::arg(
-            "synth",
-            format!("{}: PNG encoding failed: {e}", path.display()),
-        )
-    })?;
-    std::fs::write(path, &bytes).map_err(|e| Error::io(path, e))
+    crate::report::write_png(path, gray, (w, h), png::ColorType::Grayscale, "synth")
 }

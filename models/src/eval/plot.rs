@@ -3,8 +3,6 @@
 //! autoscaled panels, a title over each, a main title and a colour legend.
 
 use engine::{Error, Result};
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 /// One embedding to draw: `points[i]` has class `labels[i]`.
@@ -289,42 +287,8 @@ impl Canvas {
 }
 
 fn write_atomic(path: &Path, img: &Canvas) -> Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        Error::arg(
-            "scatter_png",
-            format!("{}: not a file path", path.display()),
-        )
-    })?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut bytes = Vec::new();
-    let encoded = (|| -> std::result::Result<(), png::EncodingError> {
-        let mut enc = png::Encoder::new(&mut bytes, img.w as u32, img.h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(&img.rgb)?;
-        writer.finish()
-    })();
-    encoded.map_err(|e| {
-        Error::arg(
-            "scatter_png",
-            format!("{}: PNG encoding failed: {e}", path.display()),
-        )
-    })?;
-    let result = (|| -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    let size = (img.w, img.h);
+    crate::report::write_png(path, &img.rgb, size, png::ColorType::Rgb, "plot")
 }
 
 /// One named curve of a chart: (x, y) points in x order.

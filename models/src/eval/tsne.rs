@@ -502,7 +502,7 @@ pub fn write_embedding_csv(path: &Path, panels: &[Panel], class_names: &[String]
             );
         }
     }
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    crate::report::write_text(path, &text)
 }
 
 #[cfg(test)]
