@@ -1,9 +1,10 @@
 //! Output files (results, records, images): written whole under a
-//! temporary name, flushed to disk and renamed over the target, so neither
-//! a reader nor a kill (`kill -9`, power loss) ever leaves half a file.
+//! temporary name and renamed over the target, so neither a reader nor a
+//! killed process (`kill -9`) ever leaves or sees half a file. (Not synced
+//! to disk: the checkpoints are, `engine::checkpoint`; a synthetic
+//! dataset's thousands of images need not be.)
 
 use engine::{Error, Result};
-use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to `path` in one piece (see the module doc), into a
@@ -20,12 +21,7 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written {
+    if let Err(e) = std::fs::write(&tmp, bytes) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));
     }
