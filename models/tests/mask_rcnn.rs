@@ -321,6 +321,68 @@ fn train_losses_backbone_bn_frozen_and_deterministic() {
     );
 }
 
+/// torchvision's `requires_grad_(False)` set (conv1, layer1, every backbone
+/// BN) is frozen: it gets no gradient, every trainable param gets the same
+/// bits as with nothing frozen, and the frozen stages record no backward.
+#[test]
+fn frozen_params_get_no_gradient_and_change_no_trainable_one() {
+    let ck = fixture();
+    let images = ck.get("images").clone();
+    let image_sizes = ck.meta_pairs("image_sizes");
+    let targets: Vec<DetTarget> = image_sizes.iter().map(|&s| target(s)).collect();
+    // (trainable grads by name, frozen params with a gradient)
+    let run = |thaw: bool| {
+        let model = hashed_model();
+        model.set_training(true);
+        if thaw {
+            model.params().iter().for_each(|p| p.set_frozen(false));
+        }
+        let losses = model
+            .forward_train(&images, &image_sizes, &targets, &mut Rng::new(3))
+            .unwrap();
+        losses.total().unwrap().backward().unwrap();
+        let trainable: BTreeMap<String, Vec<f64>> = model
+            .trainable_params()
+            .iter()
+            .filter_map(|p| Some((p.name().to_string(), p.grad()?.to_vec_f64().unwrap())))
+            .collect();
+        let frozen_with_grad = model
+            .params()
+            .iter()
+            .filter(|p| p.is_frozen() && p.grad().is_some())
+            .count();
+        (trainable, frozen_with_grad)
+    };
+    let model = hashed_model();
+    let frozen: Vec<String> = model
+        .params()
+        .iter()
+        .filter(|p| p.is_frozen())
+        .map(|p| p.name().to_string())
+        .collect();
+    assert!(frozen.iter().any(|n| n.starts_with("backbone.body.conv1")));
+    assert!(frozen
+        .iter()
+        .any(|n| n.starts_with("backbone.body.layer1.")));
+    assert!(frozen
+        .iter()
+        .any(|n| n.starts_with("backbone.body.layer4.") && n.contains("bn")));
+    assert_eq!(
+        frozen.len() + model.trainable_params().len(),
+        model.params().len()
+    );
+
+    let (grads, frozen_with_grad) = run(false);
+    let (thawed, _) = run(true);
+    assert_eq!(frozen_with_grad, 0);
+    assert_eq!(grads.len(), model.trainable_params().len());
+    assert!(grads == thawed, "trainable gradients changed by freezing");
+
+    // conv1 and layer1 frozen: their output is outside the graph, layer2's not
+    let c = model.backbone.stage_outputs(&images).unwrap();
+    assert!(!c[0].requires_grad() && c[1].requires_grad());
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let model = MaskRcnn::new(config(), &mut Rng::new(0)).unwrap();

@@ -12,9 +12,14 @@
 //! launch rewrote it ([`Param::keep_copy`]; the GPU's SGD and LARS
 //! kernels do). Anything else that writes a param's storage in place must
 //! go through `set`.
+//!
+//! A frozen param (PyTorch's `requires_grad_(False)`) reads as a detached
+//! value: the ops that read it record no gradient for it, and where nothing
+//! before them needs one (a frozen stem and first stage) no backward at all.
 
 use crate::ops::copy::record_cast;
 use crate::{DType, Device, Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Clone)]
@@ -30,6 +35,8 @@ struct ParamInner {
     /// The f32 value rounded to bf16 or f16, as [`Param::get_as`] last
     /// cast it (module doc). Locked after `value`, never before it.
     copy: Mutex<Option<Tensor>>,
+    /// Read detached (module doc).
+    frozen: AtomicBool,
 }
 
 impl Param {
@@ -40,6 +47,7 @@ impl Param {
                 value: RwLock::new(value.detach().requires_grad_()?),
                 no_weight_decay,
                 copy: Mutex::new(None),
+                frozen: AtomicBool::new(false),
             }),
         })
     }
@@ -49,9 +57,25 @@ impl Param {
     pub fn no_weight_decay(&self) -> bool {
         self.inner.no_weight_decay
     }
-    /// The current value: a leaf whose gradient accumulates into this param.
+    /// The current value: a leaf whose gradient accumulates into this
+    /// param, or, frozen, the value detached.
     pub fn get(&self) -> Tensor {
-        self.inner.value.read().unwrap().clone()
+        let value = self.inner.value.read().unwrap();
+        if self.is_frozen() {
+            value.detach()
+        } else {
+            value.clone()
+        }
+    }
+    /// Freezes the param (no gradient, module doc) or thaws it; either way
+    /// its gradient so far is dropped.
+    pub fn set_frozen(&self, frozen: bool) {
+        let value = self.inner.value.read().unwrap();
+        value.set_grad(None);
+        self.inner.frozen.store(frozen, Ordering::Relaxed);
+    }
+    pub fn is_frozen(&self) -> bool {
+        self.inner.frozen.load(Ordering::Relaxed)
     }
     pub fn dims(&self) -> Vec<usize> {
         self.get().dims().to_vec()
@@ -62,9 +86,14 @@ impl Param {
     /// (module doc), so a training step's forward runs no weight casts
     /// after the first step.
     pub fn get_as(&self, dtype: DType) -> Result<Tensor> {
+        let frozen = self.is_frozen();
         let value = self.inner.value.read().unwrap();
         if value.dtype() != DType::F32 || !matches!(dtype, DType::BF16 | DType::F16) {
-            return value.to_dtype(dtype);
+            return if frozen {
+                value.detach().to_dtype(dtype)
+            } else {
+                value.to_dtype(dtype)
+            };
         }
         let mut copy = self.inner.copy.lock().unwrap();
         let kept = match &*copy {
@@ -79,7 +108,11 @@ impl Param {
                 c
             }
         };
-        Ok(record_cast(kept, &value))
+        Ok(if frozen {
+            kept
+        } else {
+            record_cast(kept, &value)
+        })
     }
     /// Takes the rounded copy out (module doc): for a step that writes the
     /// value in place, which gives it back with [`Param::keep_copy`] once

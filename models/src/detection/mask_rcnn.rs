@@ -11,7 +11,9 @@
 //! - The backbone's BatchNorm layers stand in for `FrozenBatchNorm2d`: they
 //!   are kept in eval mode whatever [`MaskRcnn::set_training`] is told, and
 //!   [`MaskRcnn::trainable_params`] leaves their weights out (they stay in
-//!   [`MaskRcnn::params`] so checkpoints hold them).
+//!   [`MaskRcnn::params`] so checkpoints hold them). They and the frozen
+//!   stages' weights are frozen params (`Param::set_frozen`), as
+//!   torchvision's are `requires_grad_(False)`, so no backward runs for them.
 //! - Train mode: `RoiHeads::select_training_samples` does not expose the
 //!   matched gt index of each sampled proposal, so the mask branch re-matches
 //!   its positive proposals with `roi_heads.matcher`. With
@@ -180,6 +182,17 @@ impl MaskRcnn {
             compute: DType::F32,
             training: AtomicBool::new(true),
         };
+        // what torchvision leaves with requires_grad False is frozen here
+        // too: no gradient is computed for it, nor for the stages before
+        // the first trainable one (their backward is skipped)
+        let trainable: std::collections::HashSet<String> = model
+            .trainable_params()
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        for p in model.backbone.params() {
+            p.set_frozen(!trainable.contains(p.name()));
+        }
         model.set_training(true);
         Ok(model)
     }
