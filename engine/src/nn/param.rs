@@ -328,4 +328,28 @@ mod tests {
             assert_eq!(after, cast_now(&p, DType::BF16));
         }
     }
+
+    #[test]
+    fn a_frozen_param_gets_no_gradient_until_thawed() {
+        let mut rng = Rng::new(5);
+        let p = param(&mut rng);
+        let x = Tensor::randn(&[7, 3], 0.0, 1.0, DType::F32, &mut rng)
+            .requires_grad_()
+            .unwrap();
+        let backward = |w: Tensor| w.matmul(&x).unwrap().sum_all().unwrap().backward().unwrap();
+        backward(p.get());
+        assert!(p.grad().is_some());
+        // freezing drops the gradient; reads are detached, in any dtype
+        p.set_frozen(true);
+        assert!(p.is_frozen() && p.grad().is_none());
+        for dtype in [DType::F32, DType::BF16, DType::F64] {
+            assert!(!p.get_as(dtype).unwrap().requires_grad());
+        }
+        backward(p.get());
+        assert!(p.grad().is_none() && x.grad().is_some());
+        // thawed: a leaf of the same slot again
+        p.set_frozen(false);
+        backward(p.get_as(DType::BF16).unwrap().to_dtype(DType::F32).unwrap());
+        assert_eq!(p.grad().unwrap().dims(), [5, 7]);
+    }
 }
