@@ -397,9 +397,7 @@ fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    // a line with no newline is one a kill cut short: it is dropped
-    let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
-    let keep: String = whole
+    let keep: String = whole_lines(&text)
         .lines()
         .filter(|line| {
             let v: Value = match serde_json::from_str(line) {
@@ -417,6 +415,13 @@ fn truncate_metrics(path: &Path, step: usize, epoch: usize) -> Result<()> {
         .collect();
     // written aside and renamed over: a kill here leaves the old file whole
     crate::report::write_text(path, &keep)
+}
+
+/// `text` up to its last newline: a last line without one is a record
+/// still being written, or one a kill cut short (`Files::write` writes a
+/// record and its newline in one call).
+pub fn whole_lines(text: &str) -> &str {
+    text.rfind('\n').map_or("", |i| &text[..=i])
 }
 
 /// `m:ss` of a duration in seconds.

@@ -50,10 +50,7 @@ fn read_curves(path: &Path) -> Result<Curves> {
         accuracy: vec![],
     };
     let (mut val_acc, mut train_acc) = (vec![], vec![]);
-    // a last line without a newline is a record still being written, or
-    // one a kill cut short: it is left out
-    let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
-    for (i, line) in whole.lines().enumerate() {
+    for (i, line) in crate::fit::whole_lines(&text).lines().enumerate() {
         let v: Value = serde_json::from_str(line)
             .map_err(|e| Error::arg("plot", format!("{}:{}: {e}", path.display(), i + 1)))?;
         let num = |k: &str| v.get(k).and_then(Value::as_f64);

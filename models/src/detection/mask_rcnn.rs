@@ -182,16 +182,19 @@ impl MaskRcnn {
             compute: DType::F32,
             training: AtomicBool::new(true),
         };
-        // what torchvision leaves with requires_grad False is frozen here
-        // too: no gradient is computed for it, nor for the stages before
-        // the first trainable one (their backward is skipped)
-        let trainable: std::collections::HashSet<String> = model
-            .trainable_params()
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect();
+        // what torchvision leaves with requires_grad False (FrozenBatchNorm2d
+        // has no params; `_resnet_fpn_extractor` freezes all but the first
+        // `trainable_layers` of layer4, layer3, layer2, layer1, conv1) is
+        // frozen here too: no gradient is computed for it, nor for the
+        // stages before the first trainable one (their backward is skipped)
+        let stages = ["layer4", "layer3", "layer2", "layer1", "conv1"];
+        let train = &stages[..model.config.trainable_layers.min(5)];
         for p in model.backbone.params() {
-            p.set_frozen(!trainable.contains(p.name()));
+            let name = p.name().strip_prefix("backbone.body.").unwrap_or(p.name());
+            // the ResNet's convs have no bias, so its rank-1 parameters are
+            // exactly the BatchNorm weights and biases
+            let trained = p.dims().len() > 1 && train.iter().any(|s| name.starts_with(s));
+            p.set_frozen(!trained);
         }
         model.set_training(true);
         Ok(model)
@@ -261,30 +264,13 @@ impl MaskRcnn {
         self.params().first().map_or(Device::Cpu, |p| p.device())
     }
 
-    /// What torchvision optimises: [`Self::params`] without the backbone's
-    /// BatchNorm weights and biases (FrozenBatchNorm2d has none) and
-    /// without the backbone parameters whose name, after `backbone.body.`,
-    /// starts with none of the first `trainable_layers` of layer4, layer3,
-    /// layer2, layer1, conv1 (`_resnet_fpn_extractor`).
+    /// What torchvision optimises: [`Self::params`] but the frozen ones
+    /// (`MaskRcnn::new` freezes what torchvision does).
     pub fn trainable_params(&self) -> Vec<Param> {
-        let stages = ["layer4", "layer3", "layer2", "layer1", "conv1"];
-        let train = &stages[..self.config.trainable_layers.min(5)];
-        // the ResNet's convs have no bias, so its rank-1 parameters are
-        // exactly the BatchNorm weights and biases
-        let mut p: Vec<Param> = self
-            .backbone
-            .params()
+        self.params()
             .into_iter()
-            .filter(|p| {
-                let name = p.name().strip_prefix("backbone.body.").unwrap_or(p.name());
-                p.dims().len() > 1 && train.iter().any(|s| name.starts_with(s))
-            })
-            .collect();
-        p.extend(self.fpn.params());
-        p.extend(self.rpn.params());
-        p.extend(self.roi_heads.params());
-        p.extend(self.mask_head.params());
-        p
+            .filter(|p| !p.is_frozen())
+            .collect()
     }
 
     /// Backbone + FPN: P2..P6, f32 images computed in the compute dtype.
