@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Builds the CUDA emulator: a libcuda.so.1 that runs slmlp's kernels on the CPU.
+
+    python3 tools/cuda_emu/build.py [--out DIR] [--cxx g++]
+
+Writes into DIR/lib (default target/cuda_emu/lib):
+- libcuda.so.1 (emu_driver.cpp): the driver calls the engine makes;
+- emu_<family>.so for every kernels/src/families/<family>.cu, compiled as
+  C++ with emu_device.h (one fiber per CUDA thread);
+- libcublas.so.13, libcublasLt.so.13, libcudnn.so.9 (emu_culibs.cpp):
+  stand-ins that let the probe pass and refuse every handle.
+
+Then put DIR/lib first on LD_LIBRARY_PATH for any slmlp binary:
+`--device cuda` runs on the emulator (docs/GPU_CHECK.md, "The CUDA
+emulator"). NVRTC is still the real one: the kernels are compiled for sm_90
+as on a GPU, and the emulator runs their C++ build instead. A library is
+rebuilt only when a source it depends on is newer.
+"""
+import argparse
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+FAMILIES = os.path.join(REPO, "kernels", "src", "families")
+FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-w"]
+CULIBS = [("libcublas.so.13", "libcublas.so"), ("libcublasLt.so.13", "libcublasLt.so"),
+          ("libcudnn.so.9", "libcudnn.so")]
+# An entry point after preprocessing: `extern "C" <__global__ as emu_device.h
+# defines it> void NAME(`.
+ENTRY = re.compile(r'extern\s+"C"\s+__attribute__\s*\(\(\s*visibility\s*\(\s*"default"\s*\)\s*\)\)\s+void\s+(\w+)\s*\(')
+
+
+def newer(target, sources):
+    if not os.path.exists(target):
+        return True
+    t = os.path.getmtime(target)
+    return any(os.path.getmtime(s) > t for s in sources)
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(f"build.py: {' '.join(cmd)}\n{r.stderr}")
+        raise SystemExit(1)
+    return r.stdout
+
+
+def link(lib, name, target):
+    path = os.path.join(lib, name)
+    if os.path.islink(path) or os.path.exists(path):
+        os.remove(path)
+    os.symlink(target, path)
+
+
+def family(cxx, lib, gen, name):
+    src = os.path.join(FAMILIES, name + ".cu")
+    out = os.path.join(lib, f"emu_{name}.so")
+    deps = [src, os.path.join(FAMILIES, "common.cuh"), os.path.join(HERE, "emu_device.h"),
+            os.path.join(HERE, "emu_sched.h"), __file__]
+    if not newer(out, deps):
+        return name, 0
+    inc = ["-include", os.path.join(HERE, "emu_device.h"), "-I", os.path.join(HERE, "include"),
+           "-I", FAMILIES]
+    pre = run([cxx, "-x", "c++", "-std=c++17", "-E", "-P", *inc, src])
+    names = sorted(set(ENTRY.findall(pre)))
+    if not names:
+        sys.stderr.write(f"build.py: no extern \"C\" __global__ kernel found in {src}\n")
+        raise SystemExit(1)
+    wrapper = os.path.join(gen, f"{name}.cpp")
+    with open(wrapper, "w") as f:
+        f.write(f'#include "{name}.cu"\n')
+        f.writelines(f"EMU_EXPORT({k})\n" for k in names)
+    run([cxx, *FLAGS, *inc, wrapper, "-o", out])
+    return name, len(names)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(REPO, "target", "cuda_emu"))
+    ap.add_argument("--cxx", default=os.environ.get("CXX", "g++"))
+    a = ap.parse_args()
+    lib, gen = os.path.join(a.out, "lib"), os.path.join(a.out, "gen")
+    os.makedirs(lib, exist_ok=True)
+    os.makedirs(gen, exist_ok=True)
+
+    driver = os.path.join(lib, "libcuda.so.1")
+    if newer(driver, [os.path.join(HERE, "emu_driver.cpp"), __file__]):
+        run([a.cxx, *FLAGS, "-Wl,-soname,libcuda.so.1", os.path.join(HERE, "emu_driver.cpp"),
+             "-o", driver, "-ldl"])
+    link(lib, "libcuda.so", "libcuda.so.1")
+    for soname, plain in CULIBS:
+        path = os.path.join(lib, soname)
+        if newer(path, [os.path.join(HERE, "emu_culibs.cpp"), __file__]):
+            run([a.cxx, *FLAGS, f"-Wl,-soname,{soname}", os.path.join(HERE, "emu_culibs.cpp"),
+                 "-o", path])
+        link(lib, plain, soname)
+
+    names = sorted(f[:-3] for f in os.listdir(FAMILIES) if f.endswith(".cu"))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
+        built = list(ex.map(lambda n: family(a.cxx, lib, gen, n), names))
+    fresh = [f"{n} ({k})" for n, k in built if k]
+    print(f"cuda emulator: {lib}: {len(names)} kernel families"
+          + (f", rebuilt {', '.join(fresh)}" if fresh else ", all up to date"))
+
+
+if __name__ == "__main__":
+    main()

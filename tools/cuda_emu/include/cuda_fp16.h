@@ -1,0 +1,2 @@
+// Empty: emu_device.h defines __half for the emulator.
+#pragma once
