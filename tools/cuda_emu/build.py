@@ -7,8 +7,9 @@ Writes into DIR/lib (default target/cuda_emu/lib):
 - libcuda.so.1 (emu_driver.cpp): the driver calls the engine makes;
 - emu_<family>.so for every kernels/src/families/<family>.cu, compiled as
   C++ with emu_device.h (one fiber per CUDA thread);
-- libcublas.so.13, libcublasLt.so.13, libcudnn.so.9 (emu_culibs.cpp):
-  stand-ins that let the probe pass and refuse every handle.
+- libcublas.so.13, libcublasLt.so.13, libcudnn.so.9 (emu_culibs.cpp): the
+  cuBLASLt GEMM and legacy cuDNN convolution calls the engine makes, as
+  plain loops.
 
 Then put DIR/lib first on LD_LIBRARY_PATH for any slmlp binary:
 `--device cuda` runs on the emulator (docs/GPU_CHECK.md, "The CUDA
@@ -26,7 +27,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 FAMILIES = os.path.join(REPO, "kernels", "src", "families")
-FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-w"]
+FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", "-w"]
 CULIBS = [("libcublas.so.13", "libcublas.so"), ("libcublasLt.so.13", "libcublasLt.so"),
           ("libcudnn.so.9", "libcudnn.so")]
 # An entry point after preprocessing: `extern "C" <__global__ as emu_device.h
@@ -94,9 +95,9 @@ def main():
     link(lib, "libcuda.so", "libcuda.so.1")
     for soname, plain in CULIBS:
         path = os.path.join(lib, soname)
-        if newer(path, [os.path.join(HERE, "emu_culibs.cpp"), __file__]):
-            run([a.cxx, *FLAGS, f"-Wl,-soname,{soname}", os.path.join(HERE, "emu_culibs.cpp"),
-                 "-o", path])
+        if newer(path, [os.path.join(HERE, "emu_culibs.cpp"), os.path.join(HERE, "emu_device.h"), __file__]):
+            run([a.cxx, *FLAGS, f"-Wl,-soname,{soname}", "-I", HERE, "-I", os.path.join(HERE, "include"),
+                 os.path.join(HERE, "emu_culibs.cpp"), "-o", path, "-ldl"])
         link(lib, plain, soname)
 
     names = sorted(f[:-3] for f in os.listdir(FAMILIES) if f.endswith(".cu"))

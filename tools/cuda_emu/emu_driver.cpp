@@ -71,8 +71,10 @@ struct Function {
     ParamsFn params;
 };
 
+typedef void (*HostWork)(const void*);
+
 struct Op {
-    enum Kind { Kernel, Copy, Set } kind;
+    enum Kind { Kernel, Copy, Set, Work } kind;
     // Kernel
     const Function* f = nullptr;
     emu::Launch shape{};
@@ -83,6 +85,8 @@ struct Op {
     const unsigned char* src = nullptr;
     size_t bytes = 0;
     unsigned char value = 0;
+    // Work: a library call (emu_culibs.cpp) run on its copied arguments
+    HostWork work = nullptr;
 };
 
 struct Graph {
@@ -163,6 +167,7 @@ CUresult run(const Op& op) {
     switch (op.kind) {
         case Op::Copy: std::memmove(op.dst, op.src, op.bytes); return OK;
         case Op::Set: std::memset(op.dst, op.value, op.bytes); return OK;
+        case Op::Work: op.work(op.blob.data()); return OK;
         case Op::Kernel: {
             std::vector<void*> params(op.offsets.size());
             for (size_t i = 0; i < params.size(); i++)
@@ -596,4 +601,16 @@ API cuLaunchKernel(void* func, unsigned gx, unsigned gy, unsigned gz, unsigned b
 API cuGetExportTable(const void** table, const void*) {
     *table = nullptr;
     return NOT_SUPPORTED;
+}
+
+// What emu_culibs.cpp's GEMM and convolution calls queue on a stream: `work`
+// runs on a copy of `args` now, or when the graph it is captured into runs.
+extern "C" __attribute__((visibility("default"))) CUresult slmlp_emu_submit(void* s, HostWork work,
+                                                                             const void* args,
+                                                                             size_t bytes) {
+    LOCK;
+    Op op{Op::Work};
+    op.work = work;
+    op.blob.assign(static_cast<const unsigned char*>(args), static_cast<const unsigned char*>(args) + bytes);
+    return submit(s, std::move(op));
 }

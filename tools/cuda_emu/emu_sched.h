@@ -2,7 +2,11 @@
 // block's threads as fibers (ucontext) switched cooperatively on this one
 // host thread.
 //
-// A fiber runs until it reaches a synchronisation point or returns. When no
+// Fibers start with setcontext (one system call, to set the signal mask)
+// and then switch with _setjmp/_longjmp, which make none.
+//
+// A fiber runs until it reaches a synchronisation point or returns; fibers
+// run in thread order, or in reverse order in every other block and launch. When no
 // fiber can run, the scheduler releases, in this order: each warp whose
 // waiting lanes name (in their masks) only lanes that are waiting with them,
 // then the whole block when every live thread waits at __syncthreads.
@@ -14,6 +18,7 @@
 // wait and read after it; a second wait keeps a fast fiber from
 // overwriting its slot before the slow ones have read it.
 #pragma once
+#include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -38,7 +43,9 @@ enum class State { Run, Block, Warp, Done };
 enum class Reduce { Count, And };
 
 struct Thread {
-    ucontext_t ctx;
+    ucontext_t ctx;  // where it starts
+    jmp_buf at;      // where it waits
+    bool started;
     dim3 idx;
     unsigned linear;
     State state;
@@ -51,7 +58,7 @@ constexpr size_t STACK_BYTES = 256 * 1024;
 
 inline Thread threads[MAX_THREADS];
 inline char* stacks[MAX_THREADS];
-inline ucontext_t scheduler;
+inline jmp_buf scheduler;
 inline Thread* current;
 inline unsigned nthreads;
 inline dim3 block_idx, block_dim, grid_dim;
@@ -60,7 +67,7 @@ inline void* body_arg;
 
 inline void wait(State s) {
     current->state = s;
-    swapcontext(&current->ctx, &scheduler);
+    if (!_setjmp(current->at)) _longjmp(scheduler, 1);
 }
 
 inline void block_barrier() { wait(State::Block); }
@@ -131,7 +138,7 @@ inline unsigned long long block_reduce(bool v, Reduce how) {
 inline void fiber_main() {
     body(body_arg);
     current->state = State::Done;
-    // returning resumes uc_link: the scheduler
+    _longjmp(scheduler, 1);
 }
 
 // Releases what can be released; false when nothing can (a hang on a GPU).
@@ -196,7 +203,10 @@ inline bool release(char* msg, size_t cap) {
 }
 
 // Runs body over the whole grid; 0, or 1 with l->error filled in.
+inline unsigned launches;
+
 inline int run_grid(const Launch* l) {
+    launches++;
     nthreads = l->block[0] * l->block[1] * l->block[2];
     if (nthreads == 0 || nthreads > MAX_THREADS) {
         std::snprintf(l->error, l->error_cap, "block of %u threads (1 to %u allowed)", nthreads,
@@ -228,19 +238,30 @@ inline int run_grid(const Launch* l) {
                                   t / (l->block[0] * l->block[1])};
                     th.state = State::Run;
                     th.slot = 0;
+                    th.started = false;
                     getcontext(&th.ctx);
                     th.ctx.uc_stack.ss_sp = stacks[t];
                     th.ctx.uc_stack.ss_size = STACK_BYTES;
-                    th.ctx.uc_link = &scheduler;
+                    th.ctx.uc_link = nullptr;
                     makecontext(&th.ctx, fiber_main, 0);
                 }
+                // Every other block (and a one-block grid every other
+                // launch) runs its threads last to first, so a read of
+                // another thread's write that lacks a barrier between them
+                // sees the write missing in one order or the other.
+                const bool reverse = (bx + by + bz + launches) & 1u;
                 for (;;) {
                     bool ran = false, live = false;
-                    for (unsigned t = 0; t < nthreads; t++) {
+                    for (unsigned i = 0; i < nthreads; i++) {
+                        const unsigned t = reverse ? nthreads - 1 - i : i;
                         if (threads[t].state != State::Run) continue;
                         ran = true;
                         current = &threads[t];
-                        swapcontext(&scheduler, &threads[t].ctx);
+                        if (!_setjmp(scheduler)) {
+                            if (current->started) _longjmp(current->at, 1);
+                            current->started = true;
+                            setcontext(&current->ctx);
+                        }
                     }
                     for (unsigned t = 0; t < nthreads && !live; t++)
                         live = threads[t].state != State::Done;

@@ -1,0 +1,97 @@
+//! slmlp-gpu-check with `--device cuda` on the CUDA emulator
+//! (tools/cuda_emu, docs/GPU_CHECK.md): every registered case but the cuDNN
+//! graph-API ones, which the emulator does not offer, runs the real CUDA
+//! backend (launch code, our kernels compiled from the .cu sources, stream
+//! capture into CUDA graphs, the caching allocator) against the CPU backend.
+//!
+//! Needs g++ and NVRTC (scripts/install-nvrtc.sh, which the README's test
+//! command runs); without them the test FAILS with the reason, as the kernel
+//! compile check does.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+const SEED: u64 = 11;
+/// Ops the emulator does not cover: the cuDNN graph (backend) API.
+const NOT_EMULATED: [&str; 2] = ["conv2d_graph_api", "conv2d_graph_api_timed"];
+
+fn all_ops() -> BTreeSet<&'static str> {
+    let mut ops: BTreeSet<&'static str> = engine::ops::parity_cases(SEED)
+        .iter()
+        .map(|c| c.op)
+        .collect();
+    for c in slmlp_benches::gpu_cases::model_cases(SEED) {
+        ops.insert(c.op);
+    }
+    for c in slmlp_benches::gpu_cases::detector_cases(SEED) {
+        ops.insert(c.op);
+    }
+    for c in slmlp_benches::gpu_cases::graph_cases(SEED) {
+        ops.insert(c.op);
+    }
+    ops
+}
+
+#[test]
+fn every_cuda_op_matches_the_cpu_on_the_emulator() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let emu = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu");
+    let build = Command::new("python3")
+        .arg(repo.join("tools/cuda_emu/build.py"))
+        .arg("--out")
+        .arg(&emu)
+        .output()
+        .expect("python3 runs tools/cuda_emu/build.py");
+    assert!(
+        build.status.success(),
+        "building the CUDA emulator failed (it needs g++):\n{}{}",
+        String::from_utf8_lossy(&build.stdout),
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    let ops: Vec<&str> = all_ops()
+        .into_iter()
+        .filter(|op| !NOT_EMULATED.contains(op))
+        .collect();
+    let out = std::env::temp_dir().join(format!("slmlp-gpu-check-emulated-{}", std::process::id()));
+    let lib = emu.join("lib");
+    let path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", lib.display()),
+        _ => lib.display().to_string(),
+    };
+    let run = Command::new(env!("CARGO_BIN_EXE_slmlp-gpu-check"))
+        .env("LD_LIBRARY_PATH", path)
+        .args(["--seed", &SEED.to_string(), "--budget-s", "900", "--only"])
+        .arg(ops.join(","))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("slmlp-gpu-check runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        log.contains("slmlp CUDA emulator (CPU)"),
+        "the GPU opened is not the emulator (is NVRTC installed? scripts/install-nvrtc.sh):\n{log}"
+    );
+    assert_eq!(run.status.code(), Some(0), "{log}");
+
+    let text = std::fs::read_to_string(out.join("result.json")).expect("result.json written");
+    let result: Value = serde_json::from_str(&text).expect("result.json parses");
+    assert_eq!(result["status"], "pass", "{log}");
+    let rows = result["rows"].as_array().expect("rows");
+    let ran: BTreeSet<&str> = rows.iter().filter_map(|r| r["op"].as_str()).collect();
+    assert_eq!(
+        ran,
+        ops.iter().copied().collect(),
+        "every op but the graph API's ran\n{log}"
+    );
+    for row in rows {
+        assert_eq!(row["status"], "pass", "{row}");
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
