@@ -3,6 +3,8 @@
 //! graph-API ones, which the emulator does not offer, runs the real CUDA
 //! backend (launch code, our kernels compiled from the .cu sources, stream
 //! capture into CUDA graphs, the caching allocator) against the CPU backend.
+//! First the emulator's own self-test (tools/cuda_emu/self_test.cpp) shows
+//! each of its checks firing.
 //!
 //! Needs g++ and NVRTC (scripts/install-nvrtc.sh, which the README's test
 //! command runs); without them the test FAILS with the reason, as the kernel
@@ -42,11 +44,12 @@ fn every_cuda_op_matches_the_cpu_on_the_emulator() {
         .arg(repo.join("tools/cuda_emu/build.py"))
         .arg("--out")
         .arg(&emu)
+        .arg("--self-test")
         .output()
         .expect("python3 runs tools/cuda_emu/build.py");
     assert!(
         build.status.success(),
-        "building the CUDA emulator failed (it needs g++):\n{}{}",
+        "building the CUDA emulator (it needs g++) or its self-test failed:\n{}{}",
         String::from_utf8_lossy(&build.stdout),
         String::from_utf8_lossy(&build.stderr)
     );

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the CUDA emulator: a libcuda.so.1 that runs slmlp's kernels on the CPU.
 
-    python3 tools/cuda_emu/build.py [--out DIR] [--cxx g++]
+    python3 tools/cuda_emu/build.py [--out DIR] [--cxx g++] [--self-test]
 
 Writes into DIR/lib (default target/cuda_emu/lib):
 - libcuda.so.1 (emu_driver.cpp): the driver calls the engine makes;
@@ -10,6 +10,10 @@ Writes into DIR/lib (default target/cuda_emu/lib):
 - libcublas.so.13, libcublasLt.so.13, libcudnn.so.9 (emu_culibs.cpp): the
   cuBLASLt GEMM and legacy cuDNN convolution calls the engine makes, as
   plain loops.
+
+--self-test then builds and runs self_test.cpp: each of the emulator's own
+checks (barriers, warp operations, capture rules, launch shapes) shown to
+work and to fire.
 
 Then put DIR/lib first on LD_LIBRARY_PATH for any slmlp binary:
 `--device cuda` runs on the emulator (docs/GPU_CHECK.md, "The CUDA
@@ -83,6 +87,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(REPO, "target", "cuda_emu"))
     ap.add_argument("--cxx", default=os.environ.get("CXX", "g++"))
+    ap.add_argument("--self-test", action="store_true", help="build and run self_test.cpp")
     a = ap.parse_args()
     lib, gen = os.path.join(a.out, "lib"), os.path.join(a.out, "gen")
     os.makedirs(lib, exist_ok=True)
@@ -106,6 +111,13 @@ def main():
     fresh = [f"{n} ({k})" for n, k in built if k]
     print(f"cuda emulator: {lib}: {len(names)} kernel families"
           + (f", rebuilt {', '.join(fresh)}" if fresh else ", all up to date"))
+    if a.self_test:
+        exe = os.path.join(a.out, "self_test")
+        run([a.cxx, *[f for f in FLAGS if f not in ("-fPIC", "-shared")], "-I", HERE,
+             "-I", os.path.join(HERE, "include"), os.path.join(HERE, "self_test.cpp"), "-o", exe, "-ldl"])
+        r = subprocess.run([exe, lib])
+        if r.returncode != 0:
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":
