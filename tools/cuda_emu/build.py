@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the CUDA emulator: a libcuda.so.1 that runs slmlp's kernels on the CPU.
 
-    python3 tools/cuda_emu/build.py [--out DIR] [--cxx g++] [--self-test]
+    python3 tools/cuda_emu/build.py [--out DIR] [--cxx g++] [--self-test] [--asan]
 
 Writes into DIR/lib (default target/cuda_emu/lib):
 - libcuda.so.1 (emu_driver.cpp): the driver calls the engine makes;
@@ -10,6 +10,12 @@ Writes into DIR/lib (default target/cuda_emu/lib):
 - libcublas.so.13, libcublasLt.so.13, libcudnn.so.9 (emu_culibs.cpp): the
   cuBLASLt GEMM and legacy cuDNN convolution calls the engine makes, as
   plain loops.
+
+--asan builds everything with AddressSanitizer: "device" memory is heap
+memory, so a kernel (or a GEMM or convolution call) that reads or writes
+outside its allocation stops with ASan's report, as compute-sanitizer's
+memcheck would on a GPU. Run the binary with
+LD_PRELOAD=$(g++ -print-file-name=libasan.so) (docs/GPU_CHECK.md).
 
 --self-test then builds and runs self_test.cpp: each of the emulator's own
 checks (barriers, warp operations, capture rules, launch shapes) shown to
@@ -88,10 +94,22 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "target", "cuda_emu"))
     ap.add_argument("--cxx", default=os.environ.get("CXX", "g++"))
     ap.add_argument("--self-test", action="store_true", help="build and run self_test.cpp")
+    ap.add_argument("--asan", action="store_true", help="build with AddressSanitizer")
     a = ap.parse_args()
+    if a.asan:
+        # Heap and globals only: stack checks would misread the fibers' stacks.
+        FLAGS.extend(["-fsanitize=address", "--param=asan-stack=0", "-fno-omit-frame-pointer", "-g"])
     lib, gen = os.path.join(a.out, "lib"), os.path.join(a.out, "gen")
     os.makedirs(lib, exist_ok=True)
     os.makedirs(gen, exist_ok=True)
+    # Built with other flags (--asan or not): rebuild everything.
+    stamp = os.path.join(a.out, "flags")
+    flags = " ".join([a.cxx, *FLAGS])
+    if not os.path.exists(stamp) or open(stamp).read() != flags:
+        for f in os.listdir(lib):
+            os.remove(os.path.join(lib, f))
+        with open(stamp, "w") as f:
+            f.write(flags)
 
     driver = os.path.join(lib, "libcuda.so.1")
     if newer(driver, [os.path.join(HERE, "emu_driver.cpp"), __file__]):
@@ -115,7 +133,8 @@ def main():
         exe = os.path.join(a.out, "self_test")
         run([a.cxx, *[f for f in FLAGS if f not in ("-fPIC", "-shared")], "-I", HERE,
              "-I", os.path.join(HERE, "include"), os.path.join(HERE, "self_test.cpp"), "-o", exe, "-ldl"])
-        r = subprocess.run([exe, lib])
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")  # the test keeps its streams
+        r = subprocess.run([exe, lib], env=env)
         if r.returncode != 0:
             raise SystemExit(1)
 
