@@ -16,6 +16,16 @@ use std::rc::Rc;
 /// Named values on the host: the loss, the logits, every parameter's gradient.
 type Values = Vec<(String, Vec<f64>)>;
 
+/// Every case slmlp-gpu-check runs: the engine's op parity cases, then the
+/// model, detector and CUDA-graph cases of this file.
+pub fn all_cases(seed: u64) -> Vec<Case> {
+    let mut cases = engine::ops::parity_cases(seed);
+    cases.extend(model_cases(seed));
+    cases.extend(detector_cases(seed));
+    cases.extend(graph_cases(seed));
+    cases
+}
+
 /// `model_grads`: a whole network's forward and backward, the loss, the
 /// logits and every parameter's gradient (SL-MLP ResNet-18, width 8, both
 /// stems; f32 and bf16 each). Catches what single-op cases cannot: gradient

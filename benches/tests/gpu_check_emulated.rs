@@ -1,7 +1,6 @@
 //! slmlp-gpu-check with `--device cuda` on the CUDA emulator
-//! (tools/cuda_emu, docs/GPU_CHECK.md): every registered case but the cuDNN
-//! graph-API ones, which the emulator does not offer, runs the real CUDA
-//! backend (launch code, our kernels compiled from the .cu sources, stream
+//! (tools/cuda_emu, docs/GPU_CHECK.md): every registered case runs the real
+//! CUDA backend (launch code, our kernels compiled from the .cu sources, stream
 //! capture into CUDA graphs, the caching allocator) against the CPU backend.
 //! First the emulator's own self-test (tools/cuda_emu/self_test.cpp) shows
 //! each of its checks firing.
@@ -11,30 +10,10 @@
 //! compile check does.
 
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
 const SEED: u64 = 11;
-/// Ops the emulator does not cover: the cuDNN graph (backend) API.
-const NOT_EMULATED: [&str; 2] = ["conv2d_graph_api", "conv2d_graph_api_timed"];
-
-fn all_ops() -> BTreeSet<&'static str> {
-    let mut ops: BTreeSet<&'static str> = engine::ops::parity_cases(SEED)
-        .iter()
-        .map(|c| c.op)
-        .collect();
-    for c in slmlp_benches::gpu_cases::model_cases(SEED) {
-        ops.insert(c.op);
-    }
-    for c in slmlp_benches::gpu_cases::detector_cases(SEED) {
-        ops.insert(c.op);
-    }
-    for c in slmlp_benches::gpu_cases::graph_cases(SEED) {
-        ops.insert(c.op);
-    }
-    ops
-}
 
 #[test]
 fn every_cuda_op_matches_the_cpu_on_the_emulator() {
@@ -54,10 +33,6 @@ fn every_cuda_op_matches_the_cpu_on_the_emulator() {
         String::from_utf8_lossy(&build.stderr)
     );
 
-    let ops: Vec<&str> = all_ops()
-        .into_iter()
-        .filter(|op| !NOT_EMULATED.contains(op))
-        .collect();
     let out = std::env::temp_dir().join(format!("slmlp-gpu-check-emulated-{}", std::process::id()));
     let lib = emu.join("lib");
     let path = match std::env::var("LD_LIBRARY_PATH") {
@@ -66,8 +41,7 @@ fn every_cuda_op_matches_the_cpu_on_the_emulator() {
     };
     let run = Command::new(env!("CARGO_BIN_EXE_slmlp-gpu-check"))
         .env("LD_LIBRARY_PATH", path)
-        .args(["--seed", &SEED.to_string(), "--budget-s", "900", "--only"])
-        .arg(ops.join(","))
+        .args(["--seed", &SEED.to_string(), "--budget-s", "900"])
         .arg("--out")
         .arg(&out)
         .output()
@@ -87,11 +61,10 @@ fn every_cuda_op_matches_the_cpu_on_the_emulator() {
     let result: Value = serde_json::from_str(&text).expect("result.json parses");
     assert_eq!(result["status"], "pass", "{log}");
     let rows = result["rows"].as_array().expect("rows");
-    let ran: BTreeSet<&str> = rows.iter().filter_map(|r| r["op"].as_str()).collect();
     assert_eq!(
-        ran,
-        ops.iter().copied().collect(),
-        "every op but the graph API's ran\n{log}"
+        rows.len(),
+        slmlp_benches::gpu_cases::all_cases(SEED).len(),
+        "one row per registered case\n{log}"
     );
     for row in rows {
         assert_eq!(row["status"], "pass", "{row}");

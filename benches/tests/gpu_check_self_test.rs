@@ -29,10 +29,7 @@ fn cpu_self_test_passes_every_registered_case_exactly() {
     let result: Value = serde_json::from_str(&text).expect("result.json parses");
     assert_eq!(result["status"], "pass", "{log}");
     let rows = result["rows"].as_array().expect("rows");
-    let expected = engine::ops::parity_cases(SEED).len()
-        + slmlp_benches::gpu_cases::model_cases(SEED).len()
-        + slmlp_benches::gpu_cases::detector_cases(SEED).len()
-        + slmlp_benches::gpu_cases::graph_cases(SEED).len();
+    let expected = slmlp_benches::gpu_cases::all_cases(SEED).len();
     assert!(expected > 0);
     assert_eq!(rows.len(), expected, "one row per registered case\n{log}");
     for row in rows {

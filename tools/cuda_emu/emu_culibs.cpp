@@ -15,10 +15,12 @@
 //   over it, so a workspace that is too small or shared shows.
 // - Find*AlgorithmEx overwrites the output with NaN bytes, as cuDNN may
 //   leave it with anything.
-// Not emulated: the cuDNN graph (backend) API (descriptors are refused with
-// NOT_SUPPORTED, so the engine's graph route has no plan), cuBLAS's own
-// (non-Lt) API, and any speed. Sums are accumulated in double, so results
-// are as exact as f32 can hold, not bitwise a GPU's.
+// - the cuDNN graph (backend) API for one-convolution operation graphs:
+//   two engine configurations (engines 0 and 1, as the legacy algorithms),
+//   no numerical notes, no knobs.
+// Not emulated: cuBLAS's own (non-Lt) API, and any speed. Sums are
+// accumulated in double, so results are as exact as f32 can hold, not
+// bitwise a GPU's.
 //
 // Work goes through the driver's stream (slmlp_emu_submit), so a call made
 // while a stream is captured lands in the graph, as on a GPU.
@@ -28,6 +30,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <map>
 #include <vector>
 
 #include "emu_device.h"
@@ -595,8 +599,222 @@ API cudnnAddTensor(void* h, const void* alpha, const void* a, const void* A, con
         return BAD_PARAM;
     return submit(static_cast<DnnHandle*>(h)->stream, add_work, t) == 0 ? OK : BAD_PARAM;
 }
-// The graph (backend) API: not emulated.
-API cudnnBackendCreateDescriptor(int, void** d) {
-    *d = nullptr;
-    return DNN_NOT_SUPPORTED;
+// ---- The graph (backend) API, for the one-convolution graphs dnn_graph.rs
+// builds. A descriptor is its type and the attributes set on it; the
+// heuristics offer two engine configurations (engines 0 and 1, as the
+// legacy algorithms above); finalising a plan reads the convolution back
+// out of the operation graph and refuses what the emulator does not run
+// (strides other than NHWC/KRSC, asymmetric padding) with NOT_SUPPORTED.
+namespace {
+
+struct Attr {
+    int type;
+    int64_t count;
+    std::vector<unsigned char> bytes;
+};
+
+struct BDesc {
+    int kind;
+    std::map<int, Attr> attrs;
+    bool final = false;
+    // an execution plan, once finalised: the convolution and its tensors' uids
+    ConvArgs conv{};
+    int64_t uid[3] = {0, 0, 0};  // the a, b and out operands of conv
+};
+
+std::deque<BDesc> internal;  // engine configs and engines the heuristics made
+
+size_t type_bytes(int t) {
+    switch (t) {
+        case 0: case 3: case 5: case 6: case 15: return 8;  // handle, int64, double, void*, descriptor
+        case 2: case 16: return 1;                          // boolean, char
+        default: return 4;                                  // float and the enums
+    }
+}
+
+enum : int {
+    KIND_CONV = 1, KIND_ENGINE = 2, KIND_CFG = 3, KIND_HEUR = 4, KIND_PLAN = 5, KIND_KNOB = 7,
+    KIND_FWD = 10, KIND_BWD_FILTER = 11, KIND_BWD_DATA = 12, KIND_GRAPH = 15, KIND_PACK = 16,
+    KIND_TENSOR = 17,
+    A_CONV_COMP = 100, A_CONV_MODE = 101, A_CONV_DIL = 102, A_CONV_STRIDES = 103, A_CONV_POST = 104,
+    A_CONV_PRE = 105, A_CONV_DIMS = 106, A_HEUR_GRAPH = 201, A_HEUR_RESULTS = 202, A_CFG_ENGINE = 300,
+    A_CFG_KNOBS = 302, A_PLAN_CFG = 401, A_PLAN_WS = 402, A_GRAPH_OPS = 801, A_PACK_UIDS = 1000,
+    A_PACK_PTRS = 1001, A_PACK_WS = 1003, A_ENGINE_GRAPH = 1300, A_ENGINE_INDEX = 1301,
+    A_ENGINE_NOTES = 1303, A_ENGINE_BEHAVIOR = 1304, A_TENSOR_TYPE = 901, A_TENSOR_DIMS = 902,
+    A_TENSOR_STRIDES = 903, A_TENSOR_UID = 906,
+    // per direction: alpha, beta, conv desc and the three tensors (a, b, out as in ConvArgs)
+};
+const int FWD_ATTRS[6] = {700, 701, 702, 704, 703, 705};         // alpha beta conv x w y
+const int BWD_DATA_ATTRS[6] = {706, 707, 708, 709, 711, 710};    // alpha beta conv w dy dx
+const int BWD_FILTER_ATTRS[6] = {712, 713, 714, 716, 717, 715};  // alpha beta conv x dy dw
+
+template <typename T>
+bool get1(const BDesc& d, int attr, T& out) {
+    auto it = d.attrs.find(attr);
+    if (it == d.attrs.end() || it->second.bytes.size() < sizeof(T)) return false;
+    std::memcpy(&out, it->second.bytes.data(), sizeof(T));
+    return true;
+}
+
+std::vector<int64_t> ints(const BDesc& d, int attr) {
+    auto it = d.attrs.find(attr);
+    if (it == d.attrs.end() || it->second.type != 3) return {};
+    std::vector<int64_t> v((size_t)it->second.count);
+    std::memcpy(v.data(), it->second.bytes.data(), v.size() * 8);
+    return v;
+}
+
+void set_ptr(BDesc& d, int attr, const void* p) {
+    Attr a{15, 1, std::vector<unsigned char>(8)};
+    std::memcpy(a.bytes.data(), &p, 8);
+    d.attrs[attr] = a;
+}
+
+// A 4-d tensor descriptor with NHWC strides (KRSC for a filter) as a Tensor4.
+bool tensor4(const BDesc* t, Tensor4& out, int64_t& uid) {
+    if (!t || t->kind != KIND_TENSOR) return false;
+    const std::vector<int64_t> d = ints(*t, A_TENSOR_DIMS), s = ints(*t, A_TENSOR_STRIDES);
+    int type = -1;
+    if (d.size() != 4 || s.size() != 4 || !get1(*t, A_TENSOR_TYPE, type) || !get1(*t, A_TENSOR_UID, uid))
+        return false;
+    const int64_t c = d[1], h = d[2], w = d[3];
+    if (s[1] != 1 || s[3] != c || s[2] != c * w || s[0] != c * w * h) return false;
+    out = Tensor4{dnn_type(type), (int)d[0], (int)c, (int)h, (int)w};
+    return out.ty != BAD;
+}
+
+// The plan's convolution, read from its engine's operation graph.
+int resolve(BDesc& plan) {
+    BDesc *cfg = nullptr, *engine = nullptr, *graph = nullptr, *op = nullptr;
+    if (!get1(plan, A_PLAN_CFG, cfg) || !cfg || !get1(*cfg, A_CFG_ENGINE, engine) || !engine ||
+        !get1(*engine, A_ENGINE_GRAPH, graph) || !graph || !get1(*graph, A_GRAPH_OPS, op) || !op)
+        return BAD_PARAM;
+    int64_t index = 0;
+    get1(*engine, A_ENGINE_INDEX, index);
+    const int* at = op->kind == KIND_FWD ? FWD_ATTRS : op->kind == KIND_BWD_DATA ? BWD_DATA_ATTRS
+                  : op->kind == KIND_BWD_FILTER ? BWD_FILTER_ATTRS : nullptr;
+    if (!at) return DNN_NOT_SUPPORTED;
+    ConvArgs& c = plan.conv;
+    c.dir = op->kind == KIND_FWD ? Fwd : op->kind == KIND_BWD_DATA ? BwdData : BwdFilter;
+    c.algo = (int)index;
+    BDesc *conv = nullptr, *t[3] = {nullptr, nullptr, nullptr};
+    if (!get1(*op, at[0], c.alpha) || !get1(*op, at[1], c.beta) || !get1(*op, at[2], conv) || !conv ||
+        !get1(*op, at[3], t[0]) || !get1(*op, at[4], t[1]) || !get1(*op, at[5], t[2]))
+        return BAD_PARAM;
+    // the tensors as ConvArgs names them: x, w, y whichever direction
+    Tensor4* roles[3] = {c.dir == BwdData ? &c.w : &c.x, c.dir == Fwd ? &c.w : &c.y,
+                         c.dir == Fwd ? &c.y : c.dir == BwdData ? &c.x : &c.w};
+    for (int i = 0; i < 3; i++)
+        if (!tensor4(t[i], *roles[i], plan.uid[i])) return DNN_NOT_SUPPORTED;
+    const std::vector<int64_t> pre = ints(*conv, A_CONV_PRE), post = ints(*conv, A_CONV_POST),
+                               str = ints(*conv, A_CONV_STRIDES), dil = ints(*conv, A_CONV_DIL);
+    int mode = -1;
+    get1(*conv, A_CONV_MODE, mode);
+    if (pre.size() != 2 || pre != post || str.size() != 2 || dil.size() != 2 || mode != 1)
+        return DNN_NOT_SUPPORTED;
+    c.cd.pad_h = (int)pre[0], c.cd.pad_w = (int)pre[1], c.cd.u = (int)str[0], c.cd.v = (int)str[1];
+    c.cd.dil_h = (int)dil[0], c.cd.dil_w = (int)dil[1];
+    if (c.x.c % c.w.c != 0) return BAD_PARAM;
+    c.cd.groups = c.x.c / c.w.c;
+    return check(c.x, c.w, c.y, c.cd);
+}
+
+}  // namespace
+
+API cudnnBackendCreateDescriptor(int kind, void** d) {
+    *d = new BDesc{kind};
+    return OK;
+}
+API cudnnBackendDestroyDescriptor(void* d) {
+    delete static_cast<BDesc*>(d);
+    return OK;
+}
+API cudnnBackendSetAttribute(void* dp, int attr, int type, int64_t count, const void* values) {
+    BDesc* d = static_cast<BDesc*>(dp);
+    if (d->final || count < 0 || (count > 0 && !values)) return BAD_PARAM;
+    const unsigned char* v = static_cast<const unsigned char*>(values);
+    d->attrs[attr] = Attr{type, count, std::vector<unsigned char>(v, v + count * type_bytes(type))};
+    return OK;
+}
+API cudnnBackendFinalize(void* dp) {
+    BDesc* d = static_cast<BDesc*>(dp);
+    if (d->final) return BAD_PARAM;
+    if (d->kind == KIND_PLAN) {
+        const int r = resolve(*d);
+        if (r != OK) return r;
+    }
+    d->final = true;
+    return OK;
+}
+API cudnnBackendGetAttribute(const void* dp, int attr, int type, int64_t max, int64_t* count, void* out) {
+    const BDesc* d = static_cast<const BDesc*>(dp);
+    if (d->kind == KIND_HEUR && attr == A_HEUR_RESULTS) {
+        BDesc* graph = nullptr;
+        if (!d->final || !get1(*d, A_HEUR_GRAPH, graph)) return BAD_PARAM;
+        const int64_t n = max == 0 ? 2 : (max < 2 ? max : 2);
+        for (int64_t i = 0; i < n && max > 0; i++) {
+            internal.push_back(BDesc{KIND_ENGINE});
+            BDesc& engine = internal.back();
+            set_ptr(engine, A_ENGINE_GRAPH, graph);
+            engine.attrs[A_ENGINE_INDEX] = Attr{3, 1, std::vector<unsigned char>(8)};
+            std::memcpy(engine.attrs[A_ENGINE_INDEX].bytes.data(), &i, 8);
+            engine.final = true;
+            BDesc* cfg = static_cast<BDesc**>(out)[i];
+            cfg->attrs.clear();
+            set_ptr(*cfg, A_CFG_ENGINE, &engine);
+            cfg->final = true;
+        }
+        *count = 2;
+        return OK;
+    }
+    if (d->kind == KIND_CFG && attr == A_CFG_ENGINE && max >= 1) {
+        BDesc* engine = nullptr;
+        if (!get1(*d, A_CFG_ENGINE, engine)) return BAD_PARAM;
+        BDesc* into = static_cast<BDesc**>(out)[0];
+        into->attrs = engine->attrs;
+        into->final = true;
+        *count = 1;
+        return OK;
+    }
+    if (d->kind == KIND_PLAN && attr == A_PLAN_WS) {
+        if (!d->final) return BAD_PARAM;
+        const int64_t ws = d->conv.algo == 0 ? 0 : (int64_t)ALGO1_WORKSPACE;
+        if (max >= 1) std::memcpy(out, &ws, 8);
+        *count = 1;
+        return OK;
+    }
+    auto it = d->attrs.find(attr);
+    if (it == d->attrs.end()) {
+        // no numerical or behaviour notes, no knobs: an empty list
+        if (attr == A_ENGINE_NOTES || attr == A_ENGINE_BEHAVIOR || attr == A_CFG_KNOBS) {
+            *count = 0;
+            return OK;
+        }
+        return BAD_PARAM;
+    }
+    const Attr& a = it->second;
+    if (a.type != type) return BAD_PARAM;
+    const int64_t n = max < a.count ? max : a.count;
+    if (n > 0) std::memcpy(out, a.bytes.data(), (size_t)n * type_bytes(type));
+    *count = a.count;
+    return OK;
+}
+API cudnnBackendExecute(void* h, void* planp, void* packp) {
+    const BDesc& plan = *static_cast<const BDesc*>(planp);
+    const BDesc& pack = *static_cast<const BDesc*>(packp);
+    if (!plan.final || plan.kind != KIND_PLAN || pack.kind != KIND_PACK) return BAD_PARAM;
+    const std::vector<int64_t> uids = ints(pack, A_PACK_UIDS);
+    auto ptrs = pack.attrs.find(A_PACK_PTRS);
+    if (ptrs == pack.attrs.end() || (size_t)ptrs->second.count != uids.size()) return BAD_PARAM;
+    ConvArgs c = plan.conv;
+    void* p[3] = {nullptr, nullptr, nullptr};
+    for (int i = 0; i < 3; i++)
+        for (size_t j = 0; j < uids.size(); j++)
+            if (uids[j] == plan.uid[i]) std::memcpy(&p[i], ptrs->second.bytes.data() + 8 * j, 8);
+    if (!p[0] || !p[1] || !p[2]) return BAD_PARAM;
+    c.a = p[0], c.b = p[1], c.out = p[2];
+    get1(pack, A_PACK_WS, c.ws);
+    c.ws_bytes = c.algo == 0 ? 0 : ALGO1_WORKSPACE;
+    if (c.algo == 1 && !c.ws) return BAD_PARAM;
+    return submit(static_cast<DnnHandle*>(h)->stream, conv_work, c) == 0 ? OK : BAD_PARAM;
 }

@@ -196,14 +196,6 @@ impl Runner {
 }
 
 /// Every registered case: the op families' and the whole-network ones.
-fn all_cases(seed: u64) -> Vec<Case> {
-    let mut cases = engine::ops::parity_cases(seed);
-    cases.extend(slmlp_benches::gpu_cases::model_cases(seed));
-    cases.extend(slmlp_benches::gpu_cases::detector_cases(seed));
-    cases.extend(slmlp_benches::gpu_cases::graph_cases(seed));
-    cases
-}
-
 fn print_table(rows: &[Row]) {
     let header = [
         "op",
@@ -282,7 +274,7 @@ fn main() {
             Device::Cuda(0)
         },
     };
-    let mut cases = all_cases(seed);
+    let mut cases = slmlp_benches::gpu_cases::all_cases(seed);
     if let Some(only) = args.value("--only") {
         let only: Vec<&str> = only.split(',').map(str::trim).collect();
         for op in &only {
