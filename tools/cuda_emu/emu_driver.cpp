@@ -18,7 +18,8 @@
 //
 // Not emulated: concurrency between streams or with the host (everything is
 // already complete when a call returns), timing (events read the wall
-// clock), cuBLAS/cuDNN (emu_culibs.cpp only answers version queries).
+// clock). cuBLASLt and cuDNN are emu_culibs.cpp, which queues its work here
+// through slmlp_emu_submit.
 #include <dirent.h>
 #include <dlfcn.h>
 
