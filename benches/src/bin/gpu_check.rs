@@ -18,7 +18,7 @@
 //! Writes DIR/result.json (rows keyed `parity/<op>/<dtype>/<label>`).
 //! `--cpu-self-test` runs the "GPU" side on the CPU too (no GPU needed):
 //! every case must then match exactly, which checks the cases themselves
-//! (benches/tests/gpu_check_self_test.rs runs it in CI).
+//! (benches/tests/gpu_check_runs.rs runs it in CI).
 
 mod gpu_common;
 
