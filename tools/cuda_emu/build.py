@@ -8,22 +8,21 @@ Writes into DIR/lib (default target/cuda_emu/lib):
 - emu_<family>.so for every kernels/src/families/<family>.cu, compiled as
   C++ with emu_device.h (one fiber per CUDA thread);
 - libcublas.so.13, libcublasLt.so.13, libcudnn.so.9 (emu_culibs.cpp): the
-  cuBLASLt GEMM and legacy cuDNN convolution calls the engine makes, as
-  plain loops.
+  cuBLASLt GEMM and cuDNN convolution calls the engine makes (legacy and
+  graph API), as plain loops.
 
---asan builds everything with AddressSanitizer: "device" memory is heap
-memory, so a kernel (or a GEMM or convolution call) that reads or writes
-outside its allocation stops with ASan's report, as compute-sanitizer's
-memcheck would on a GPU. Run the binary with
-LD_PRELOAD=$(g++ -print-file-name=libasan.so) (docs/GPU_CHECK.md).
+--asan builds everything with AddressSanitizer: a kernel that overruns a
+__shared__ array or a driver allocation stops with ASan's report. Run the
+binary with LD_PRELOAD=$(g++ -print-file-name=libasan.so) and
+ASAN_OPTIONS=detect_leaks=0 (docs/GPU_CHECK.md).
 
 --self-test then builds and runs self_test.cpp: each of the emulator's own
 checks (barriers, warp operations, capture rules, launch shapes) shown to
 work and to fire.
 
 Then put DIR/lib first on LD_LIBRARY_PATH for any slmlp binary:
-`--device cuda` runs on the emulator (docs/GPU_CHECK.md, "The CUDA
-emulator"). NVRTC is still the real one: the kernels are compiled for sm_90
+`--device cuda` runs on the emulator (docs/GPU_CHECK.md, "Without a GPU:
+the CUDA emulator"; tools/cuda_emu/run.sh does both steps). NVRTC is still the real one: the kernels are compiled for sm_90
 as on a GPU, and the emulator runs their C++ build instead. A library is
 rebuilt only when a source it depends on is newer.
 """
@@ -37,7 +36,12 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 FAMILIES = os.path.join(REPO, "kernels", "src", "families")
-FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", "-w"]
+# No FMA contraction (the rounded intrinsics must round), no strict aliasing
+# (the kernels move packs through int4 as CUDA code does), no fortified
+# longjmp (fibers jump between stacks).
+FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
+         "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", "-Wall"]
+HEADERS = [os.path.join(HERE, h) for h in ("emu_device.h", "emu_sched.h", "emu_launch.h")]
 CULIBS = [("libcublas.so.13", "libcublas.so"), ("libcublasLt.so.13", "libcublasLt.so"),
           ("libcudnn.so.9", "libcudnn.so")]
 # An entry point after preprocessing: `extern "C" <__global__ as emu_device.h
@@ -70,8 +74,7 @@ def link(lib, name, target):
 def family(cxx, lib, gen, name):
     src = os.path.join(FAMILIES, name + ".cu")
     out = os.path.join(lib, f"emu_{name}.so")
-    deps = [src, os.path.join(FAMILIES, "common.cuh"), os.path.join(HERE, "emu_device.h"),
-            os.path.join(HERE, "emu_sched.h"), __file__]
+    deps = [src, os.path.join(FAMILIES, "common.cuh"), *HEADERS, __file__]
     if not newer(out, deps):
         return name, 0
     inc = ["-include", os.path.join(HERE, "emu_device.h"), "-I", os.path.join(HERE, "include"),
@@ -85,7 +88,8 @@ def family(cxx, lib, gen, name):
     with open(wrapper, "w") as f:
         f.write(f'#include "{name}.cu"\n')
         f.writelines(f"EMU_EXPORT({k})\n" for k in names)
-    run([cxx, *FLAGS, *inc, wrapper, "-o", out])
+    # -w: CUDA code compiled as host C++ draws warnings that do not apply
+    run([cxx, *FLAGS, "-w", *inc, wrapper, "-o", out])
     return name, len(names)
 
 
@@ -112,13 +116,13 @@ def main():
             f.write(flags)
 
     driver = os.path.join(lib, "libcuda.so.1")
-    if newer(driver, [os.path.join(HERE, "emu_driver.cpp"), __file__]):
-        run([a.cxx, *FLAGS, "-Wl,-soname,libcuda.so.1", os.path.join(HERE, "emu_driver.cpp"),
+    if newer(driver, [os.path.join(HERE, "emu_driver.cpp"), *HEADERS, __file__]):
+        run([a.cxx, *FLAGS, "-Wl,-soname,libcuda.so.1", "-I", HERE, os.path.join(HERE, "emu_driver.cpp"),
              "-o", driver, "-ldl"])
     link(lib, "libcuda.so", "libcuda.so.1")
     for soname, plain in CULIBS:
         path = os.path.join(lib, soname)
-        if newer(path, [os.path.join(HERE, "emu_culibs.cpp"), os.path.join(HERE, "emu_device.h"), __file__]):
+        if newer(path, [os.path.join(HERE, "emu_culibs.cpp"), *HEADERS, __file__]):
             run([a.cxx, *FLAGS, f"-Wl,-soname,{soname}", "-I", HERE, "-I", os.path.join(HERE, "include"),
                  os.path.join(HERE, "emu_culibs.cpp"), "-o", path, "-ldl"])
         link(lib, plain, soname)

@@ -184,7 +184,7 @@ inline void __syncthreads() { emu::block_barrier(); }
 inline int __syncthreads_count(int pred) { return (int)emu::block_reduce(pred != 0, emu::Reduce::Count); }
 inline int __syncthreads_or(int pred) { return emu::block_reduce(pred != 0, emu::Reduce::Count) != 0; }
 inline int __syncthreads_and(int pred) { return (int)emu::block_reduce(pred != 0, emu::Reduce::And); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_exchange(mask, 0); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_wait(mask); }
 inline unsigned __ballot_sync(unsigned mask, int pred) { return emu::warp_ballot(mask, pred != 0); }
 inline int __any_sync(unsigned mask, int pred) { return emu::warp_ballot(mask, pred != 0) != 0; }
 inline int __all_sync(unsigned mask, int pred) {

@@ -33,15 +33,7 @@
 #include <string>
 #include <vector>
 
-namespace emu {
-struct Launch {
-    unsigned grid[3];
-    unsigned block[3];
-    unsigned shared_bytes;
-    char* error;
-    size_t error_cap;
-};
-}  // namespace emu
+#include "emu_launch.h"
 
 typedef int CUresult;
 typedef int CUdevice;

@@ -6,8 +6,8 @@
 // and then switch with _setjmp/_longjmp, which make none.
 //
 // A fiber runs until it reaches a synchronisation point or returns; fibers
-// run in thread order, or in reverse order in every other block and launch. When no
-// fiber can run, the scheduler releases, in this order: each warp whose
+// run in thread order, or in reverse order in every other block and launch.
+// When no fiber can run, the scheduler releases, in this order: each warp whose
 // waiting lanes name (in their masks) only lanes that are waiting with them,
 // then the whole block when every live thread waits at __syncthreads.
 // Anything else is a kernel that would hang or be undefined on a GPU (a
@@ -28,16 +28,9 @@
 #include <type_traits>
 #include <utility>
 
-namespace emu {
+#include "emu_launch.h"
 
-// What cuLaunchKernel passes on (emu_driver.cpp fills it in).
-struct Launch {
-    unsigned grid[3];
-    unsigned block[3];
-    unsigned shared_bytes;
-    char* error;  // a message of up to error_cap bytes when the launch fails
-    size_t error_cap;
-};
+namespace emu {
 
 enum class State { Run, Block, Warp, Done };
 enum class Reduce { Count, And };
@@ -87,11 +80,6 @@ inline void warp_wait(unsigned mask) {
     wait(State::Warp);
 }
 
-inline unsigned long long warp_exchange(unsigned mask, unsigned long long v) {
-    current->slot = v;
-    warp_wait(mask);
-    return 0;
-}
 
 inline unsigned warp_ballot(unsigned mask, bool pred) {
     current->slot = pred;
