@@ -193,14 +193,13 @@ struct ConvArgs {
     float alpha, beta;
     const void *a, *b;  // fwd: x, w; bwd data: w, dy; bwd filter: x, dy
     void* out;          // fwd: y; bwd data: dx; bwd filter: dw
-    void* ws;
-    size_t ws_bytes;
+    void* ws;  // ALGO1_WORKSPACE bytes for algorithm 1
 };
 
 constexpr size_t ALGO1_WORKSPACE = 4096;
 
 // Visits every (output pixel, filter tap) pair of the convolution that
-// reads an in-bounds input pixel: f(n, g, oh, ow, ih, iw, r, s).
+// reads an in-bounds input pixel: f(n, oh, ow, ih, iw, r, s).
 template <typename F>
 void for_each_tap(const ConvArgs& c, F f) {
     const Tensor4 &x = c.x, &w = c.w, &y = c.y;
@@ -501,8 +500,7 @@ int run_conv(void* h, Dir dir, int algo, const void* xp, const void* wp, const v
              const void* beta, void* ws, size_t ws_bytes) {
     ConvArgs c{dir, algo, *static_cast<const Tensor4*>(xp), *static_cast<const Tensor4*>(wp),
                *static_cast<const Tensor4*>(yp), *static_cast<const ConvDesc*>(cp),
-               *static_cast<const float*>(alpha), *static_cast<const float*>(beta), a, b, out, ws,
-               ws_bytes};
+               *static_cast<const float*>(alpha), *static_cast<const float*>(beta), a, b, out, ws};
     if (check(c.x, c.w, c.y, c.cd) != OK || (algo != 0 && algo != 1)) return BAD_PARAM;
     if (algo == 1 && (ws_bytes < ALGO1_WORKSPACE || !ws)) return BAD_PARAM;
     return submit(static_cast<DnnHandle*>(h)->stream, conv_work, c) == 0 ? OK : BAD_PARAM;
@@ -814,7 +812,6 @@ API cudnnBackendExecute(void* h, void* planp, void* packp) {
     if (!p[0] || !p[1] || !p[2]) return BAD_PARAM;
     c.a = p[0], c.b = p[1], c.out = p[2];
     get1(pack, A_PACK_WS, c.ws);
-    c.ws_bytes = c.algo == 0 ? 0 : ALGO1_WORKSPACE;
     if (c.algo == 1 && !c.ws) return BAD_PARAM;
     return submit(static_cast<DnnHandle*>(h)->stream, conv_work, c) == 0 ? OK : BAD_PARAM;
 }
