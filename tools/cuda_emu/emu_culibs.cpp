@@ -5,9 +5,10 @@
 //
 // What is emulated:
 // - cublasLtMatmul: D = alpha op(A) op(B) + beta C, column-major with
-//   leading dimensions and strided batches, the bias/ReLU/GELU epilogues
-//   (bias typed as D, GELU as cuBLASLt's tanh form), f32/f16/bf16 data,
-//   f32 compute; TF32 compute rounds A and B to TF32 first.
+//   leading dimensions and strided batches, the bias and ReLU epilogues
+//   (bias typed as D; GELU, which the engine never asks for, is refused),
+//   f32/f16/bf16 data, f32 compute; TF32 compute rounds A and B to TF32
+//   first.
 // - the legacy cuDNN convolution: NHWC tensors and KRSC filters, padding,
 //   stride, dilation, groups; forward, backward data, backward filter, with
 //   alpha and beta; cudnnAddTensor for the bias. Two algorithms are offered
@@ -115,11 +116,6 @@ struct MatmulArgs {
     void* D;
 };
 
-float gelu(float x) {
-    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
-
 // Dot product of two f32 runs, summed in double (four partial sums).
 double dot(const float* a, const float* b, size_t n) {
     double s[4] = {0, 0, 0, 0};
@@ -136,9 +132,8 @@ void matmul_work(const void* p) {
     const uint64_t M = m.dl.rows, N = m.dl.cols, K = ta ? m.a.rows : m.a.cols;
     const bool round = m.d.compute == 77;
     const int ep = m.d.epilogue;
-    const bool bias = ep == 4 || ep == 6 || ep == 36;
+    const bool bias = ep == 4 || ep == 6;
     const bool relu = ep == 2 || ep == 6;
-    const bool gelu_ep = ep == 32 || ep == 36;
     // op(A) as M rows of K and op(B) as N columns of K, widened to f32
     std::vector<float> a(M * K), b(N * K);
     for (int32_t bt = 0; bt < m.dl.batch; bt++) {
@@ -160,7 +155,6 @@ void matmul_work(const void* p) {
                 if (m.beta != 0.0f) v += m.beta * load(m.C, m.c.ty, oc + (int64_t)(i + j * m.c.ld));
                 if (bias) v += load(m.d.bias, m.dl.ty, (int64_t)i);
                 if (relu) v = std::isnan(v) ? v : fmaxf(v, 0.0f);
-                if (gelu_ep) v = gelu(v);
                 store(m.D, m.dl.ty, od + (int64_t)(i + j * m.dl.ld), v);
             }
         }
@@ -377,8 +371,9 @@ API cublasLtMatmul(void*, void* dp, const void* alpha, const void* A, void* ap, 
                  *static_cast<const float*>(alpha), *static_cast<const float*>(beta), A, B, C, D};
     if (m.a.ty == BAD || m.dl.ty != m.c.ty) return BLAS_INVALID;
     const int ep = m.d.epilogue;
-    if (ep != 1 && ep != 2 && ep != 4 && ep != 6 && ep != 32 && ep != 36) return BLAS_NOT_SUPPORTED;
-    if ((ep == 4 || ep == 6 || ep == 36) && !m.d.bias) return BLAS_INVALID;
+    // DEFAULT, RELU, BIAS, RELU_BIAS: the epilogues the engine uses
+    if (ep != 1 && ep != 2 && ep != 4 && ep != 6) return BLAS_NOT_SUPPORTED;
+    if ((ep == 4 || ep == 6) && !m.d.bias) return BLAS_INVALID;
     return submit(stream, matmul_work, m) == 0 ? OK : BLAS_INVALID;
 }
 
