@@ -148,36 +148,7 @@ inline T atomicAdd(T* p, U v) {
     *p = (T)(old + v);
     return old;
 }
-template <typename T, typename U>
-inline T atomicMax(T* p, U v) {
-    T old = *p;
-    if (old < (T)v) *p = (T)v;
-    return old;
-}
-template <typename T, typename U>
-inline T atomicMin(T* p, U v) {
-    T old = *p;
-    if ((T)v < old) *p = (T)v;
-    return old;
-}
-template <typename T, typename U>
-inline T atomicExch(T* p, U v) {
-    T old = *p;
-    *p = (T)v;
-    return old;
-}
-template <typename T, typename U>
-inline T atomicOr(T* p, U v) {
-    T old = *p;
-    *p = old | (T)v;
-    return old;
-}
-template <typename T, typename U, typename V>
-inline T atomicCAS(T* p, U cmp, V v) {
-    T old = *p;
-    if (old == (T)cmp) *p = (T)v;
-    return old;
-}
+// (The kernels use no other atomic; add one here when a kernel does.)
 
 // ---- block and warp synchronisation
 inline void __syncthreads() { emu::block_barrier(); }
