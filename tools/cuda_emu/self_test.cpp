@@ -10,8 +10,11 @@
 // orders. Driver (emu_driver.cpp, loaded from the folder given): new memory
 // is NaN bytes; a capture records copies and replays them; cuMemAlloc
 // during a global-mode capture fails and invalidates it, and is allowed in
-// relaxed mode; an empty grid and a foreign pointer are refused.
+// relaxed mode; an empty grid and a foreign pointer are refused. Built with
+// --asan: a read past a __shared__ array stops with ASan's report.
 #include <dlfcn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <string>
@@ -79,8 +82,45 @@ __global__ void missing_barrier(int* out) {
     out[blockIdx.x * 64 + t] = sh[(t + 1) % 64];
 }
 
+// Reads one element past a __shared__ array.
+__global__ void shared_overrun(int* out, int n) {
+    __shared__ float sh[8];
+    sh[threadIdx.x % 8] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = (int)sh[n];
+}
+
 static emu::Launch shape(unsigned grid, unsigned block, char* err) {
     return emu::Launch{{grid, 1, 1}, {block, 1, 1}, 0, err, 512};
+}
+
+// Built with --asan: the overrun stops a child process with ASan's report.
+static void asan_check() {
+#if defined(__SANITIZE_ADDRESS__)
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    const pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        char err[512];
+        int out[32];
+        int* op = out;
+        int n = 8;
+        void* p[] = {&op, &n};
+        emu::Launch l = shape(1, 32, err);
+        emu::launch(shared_overrun, &l, p);
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string report;
+    char buf[4096];
+    for (ssize_t k; (k = read(fds[0], buf, sizeof buf)) > 0;) report.append(buf, (size_t)k);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    expect(!(WIFEXITED(status) && WEXITSTATUS(status) == 0) &&
+               report.find("global-buffer-overflow") != std::string::npos,
+           "(asan) a read past a __shared__ array stops the kernel with ASan's report");
+#endif
 }
 
 static void scheduler_checks() {
@@ -219,6 +259,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     scheduler_checks();
+    asan_check();
     driver_checks(argv[1]);
     std::printf("cuda emulator self-test: %s\n", failures ? "FAILED" : "all checks passed");
     return failures ? 1 : 0;
