@@ -195,7 +195,6 @@ impl Runner {
     }
 }
 
-/// Every registered case: the op families' and the whole-network ones.
 fn print_table(rows: &[Row]) {
     let header = [
         "op",
