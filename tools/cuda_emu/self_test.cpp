@@ -1,6 +1,6 @@
 // self_test.cpp: the CUDA emulator's own checks, each shown to fire.
 // Built and run by `python3 tools/cuda_emu/build.py --self-test` (and so by
-// benches/tests/gpu_check_emulated.rs). Prints one line per check and exits
+// benches/tests/gpu_check_runs.rs). Prints one line per check and exits
 // 1 if any fails.
 //
 // Block scheduler (emu_sched.h): shuffles, votes and barriers give the
