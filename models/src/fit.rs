@@ -806,9 +806,8 @@ mod tests {
 
     #[test]
     fn resume_keeps_whole_records_up_to_the_checkpoint_and_drops_a_torn_tail() {
-        let dir = std::env::temp_dir().join(format!("slmlp-fit-truncate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("metrics.jsonl");
+        let dir = testutil::TempDir::new("fit-truncate");
+        let path = dir.0.join("metrics.jsonl");
         let step = |n: usize| format!("{{\"kind\":\"step\",\"step\":{n},\"loss\":1.0}}\n");
         let mut text: String = (1..=4).map(step).collect();
         text.push_str("{\"kind\":\"epoch\",\"epoch\":1}\n");
@@ -823,7 +822,7 @@ mod tests {
         want.push_str("{\"kind\":\"epoch\",\"epoch\":1}\n");
         want.push_str("a line someone else wrote\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
-        let names: Vec<_> = std::fs::read_dir(&dir)
+        let names: Vec<_> = std::fs::read_dir(&dir.0)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
@@ -834,6 +833,5 @@ mod tests {
         let kept = std::fs::read_to_string(&path).unwrap();
         assert!(!kept.contains("epoch\":1"), "{kept}");
         assert_eq!(kept.lines().count(), 5);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

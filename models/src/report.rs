@@ -99,8 +99,8 @@ mod tests {
 
     #[test]
     fn files_are_replaced_whole_and_nothing_is_left_aside() {
-        let dir = std::env::temp_dir().join(format!("slmlp-report-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = testutil::TempDir::new("report");
+        let dir = &tmp.0;
         let path = dir.join("sub").join("r.json");
         write_text(&path, "first\n").unwrap();
         write_text(&path, "second\n").unwrap();
@@ -118,7 +118,7 @@ mod tests {
         // a path that is a folder: the rename fails, the aside file goes
         let e = write_bytes(&dir.join("sub"), b"x").unwrap_err().to_string();
         assert!(e.contains("sub"), "{e}");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1);
 
         let gray = [0u8, 64, 128, 255, 1, 2];
         write_png(
@@ -141,6 +141,5 @@ mod tests {
         );
         assert!(e.unwrap_err().to_string().contains("PNG encoding failed"));
         assert!(!dir.join("bad.png").exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -300,11 +300,21 @@ API cublasLtMatrixLayoutDestroy(void* l) {
     delete static_cast<Layout*>(l);
     return OK;
 }
+namespace {
+// A cuBLASLt attribute written into `field`: exactly its size, or INVALID_VALUE.
+template <typename T>
+int set_field(T& field, const void* buf, size_t bytes) {
+    if (bytes != sizeof(T)) return BLAS_INVALID;
+    std::memcpy(&field, buf, sizeof(T));
+    return OK;
+}
+}  // namespace
+
 API cublasLtMatrixLayoutSetAttribute(void* lp, int attr, const void* buf, size_t bytes) {
     Layout* l = static_cast<Layout*>(lp);
     switch (attr) {
-        case 5: if (bytes != 4) return BLAS_INVALID; std::memcpy(&l->batch, buf, 4); return OK;
-        case 6: if (bytes != 8) return BLAS_INVALID; std::memcpy(&l->batch_stride, buf, 8); return OK;
+        case 5: return set_field(l->batch, buf, bytes);         // BATCH_COUNT
+        case 6: return set_field(l->batch_stride, buf, bytes);  // STRIDED_BATCH_OFFSET
         default: return BLAS_NOT_SUPPORTED;
     }
 }
@@ -320,10 +330,10 @@ API cublasLtMatmulDescDestroy(void* d) {
 API cublasLtMatmulDescSetAttribute(void* dp, int attr, const void* buf, size_t bytes) {
     MatmulDesc* d = static_cast<MatmulDesc*>(dp);
     switch (attr) {
-        case 3: if (bytes != 4) return BLAS_INVALID; std::memcpy(&d->trans_a, buf, 4); return OK;
-        case 4: if (bytes != 4) return BLAS_INVALID; std::memcpy(&d->trans_b, buf, 4); return OK;
-        case 7: if (bytes != 4) return BLAS_INVALID; std::memcpy(&d->epilogue, buf, 4); return OK;
-        case 8: if (bytes != 8) return BLAS_INVALID; std::memcpy(&d->bias, buf, 8); return OK;
+        case 3: return set_field(d->trans_a, buf, bytes);   // TRANSA
+        case 4: return set_field(d->trans_b, buf, bytes);   // TRANSB
+        case 7: return set_field(d->epilogue, buf, bytes);  // EPILOGUE
+        case 8: return set_field(d->bias, buf, bytes);      // BIAS_POINTER
         default: return BLAS_NOT_SUPPORTED;
     }
 }
@@ -504,18 +514,17 @@ int run_conv(void* h, Dir dir, int algo, const void* xp, const void* wp, const v
 // Find*Ex: the algorithms, and the output left with NaN bytes.
 int find(void* h, const Tensor4& o, void* out, const ConvDesc& d, int req, int* n, void* res) {
     const size_t bytes = (size_t)o.count() * size_of(o.ty);
-    std::vector<unsigned char> nan(bytes, 0xff);
     struct Fill {
         void* out;
         size_t bytes;
     } f{out, bytes};
-    submit(static_cast<DnnHandle*>(h)->stream,
-           [](const void* p) {
-               const Fill& f = *static_cast<const Fill*>(p);
-               std::memset(f.out, 0xff, f.bytes);
-           },
-           f);
-    return perfs(d, req, n, res, 0.01f);
+    const int queued = submit(static_cast<DnnHandle*>(h)->stream,
+                              [](const void* p) {
+                                  const Fill& f = *static_cast<const Fill*>(p);
+                                  std::memset(f.out, 0xff, f.bytes);
+                              },
+                              f);
+    return queued == 0 ? perfs(d, req, n, res, 0.01f) : BAD_PARAM;
 }
 
 }  // namespace

@@ -13,8 +13,9 @@
 //
 // Checked as the driver checks: launch shapes (no empty grid, at most 1024
 // threads a block), pointers given to cuMemFree, calls a capture forbids
-// (allocation, synchronous copies, synchronising a capturing stream), which
-// fail and invalidate the capture unless the thread relaxed its mode.
+// (allocating or freeing memory, synchronising the context or a capturing
+// stream), which fail and invalidate the capture unless the thread relaxed
+// its mode. Only the entry points slmlp and cudarc call are here.
 //
 // Not emulated: concurrency between streams or with the host (everything is
 // already complete when a call returns), timing (events read the wall
@@ -251,10 +252,6 @@ API cuDeviceGetName(char* name, int len, CUdevice) {
     std::snprintf(name, (size_t)len, "slmlp CUDA emulator (CPU)");
     return OK;
 }
-API cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
-    *bytes = TOTAL_BYTES;
-    return OK;
-}
 API cuDeviceGetAttribute(int* v, int attr, CUdevice) {
     switch (attr) {
         case 1: *v = 1024; break;                                      // max threads per block
@@ -283,15 +280,6 @@ API cuDevicePrimaryCtxRelease_v2(CUdevice) { return OK; }
 API cuCtxSetCurrent(void*) { return OK; }
 API cuCtxGetCurrent(void** ctx) {
     *ctx = &context_token;
-    return OK;
-}
-API cuCtxPushCurrent_v2(void*) { return OK; }
-API cuCtxPopCurrent_v2(void** ctx) {
-    if (ctx) *ctx = &context_token;
-    return OK;
-}
-API cuCtxGetDevice(CUdevice* d) {
-    *d = 0;
     return OK;
 }
 API cuCtxSynchronize() {
@@ -346,25 +334,19 @@ API cuMemFreeHost(void* p) {
     std::free(p);
     return OK;
 }
-API cuMemHostRegister_v2(void*, size_t, unsigned) { return OK; }
-API cuMemHostUnregister(void*) { return OK; }
 
-static CUresult copy(void* stream, void* dst, const void* src, size_t bytes, bool sync, const char* call) {
+static CUresult copy(void* stream, void* dst, const void* src, size_t bytes) {
     LOCK;
-    if (sync && forbidden_in_capture(call)) return CAPTURE_UNSUPPORTED;
     if (bytes == 0) return OK;
     Op op{Op::Copy};
     op.dst = static_cast<unsigned char*>(dst);
     op.src = static_cast<const unsigned char*>(src);
     op.bytes = bytes;
-    return submit(sync ? nullptr : stream, std::move(op));
+    return submit(stream, std::move(op));
 }
-API cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) { return copy(nullptr, (void*)d, h, n, true, "cuMemcpyHtoD"); }
-API cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) { return copy(nullptr, h, (void*)d, n, true, "cuMemcpyDtoH"); }
-API cuMemcpyDtoD_v2(CUdeviceptr a, CUdeviceptr b, size_t n) { return copy(nullptr, (void*)a, (void*)b, n, true, "cuMemcpyDtoD"); }
-API cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) { return copy(s, (void*)d, h, n, false, ""); }
-API cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) { return copy(s, h, (void*)d, n, false, ""); }
-API cuMemcpyDtoDAsync_v2(CUdeviceptr a, CUdeviceptr b, size_t n, void* s) { return copy(s, (void*)a, (void*)b, n, false, ""); }
+API cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) { return copy(s, (void*)d, h, n); }
+API cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) { return copy(s, h, (void*)d, n); }
+API cuMemcpyDtoDAsync_v2(CUdeviceptr a, CUdeviceptr b, size_t n, void* s) { return copy(s, (void*)a, (void*)b, n); }
 API cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void* s) {
     LOCK;
     if (n == 0) return OK;
@@ -374,18 +356,12 @@ API cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void* s) {
     op.bytes = n;
     return submit(s, std::move(op));
 }
-API cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
-    LOCK;
-    if (forbidden_in_capture("cuMemsetD8")) return CAPTURE_UNSUPPORTED;
-    return cuMemsetD8Async(d, v, n, nullptr);
-}
 
 // ---- streams and events
 API cuStreamCreate(void** s, unsigned) {
     *s = new Stream();
     return OK;
 }
-API cuStreamCreateWithPriority(void** s, unsigned, int) { return cuStreamCreate(s, 0); }
 API cuStreamDestroy_v2(void* s) {
     LOCK;
     if (s) delete static_cast<Stream*>(s);
@@ -422,7 +398,6 @@ API cuEventRecord(void* e, void* s) {
     ev->ms = now_ms();
     return OK;
 }
-API cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
 API cuEventQuery(void*) { return OK; }
 API cuEventSynchronize(void* e) {
     LOCK;
@@ -443,13 +418,6 @@ API cuStreamWaitEvent(void* s, void* e, unsigned) {
         st->capture = ev->captured_in;
         capturing.push_back(st);
     }
-    return OK;
-}
-typedef void (*HostFn)(void*);
-API cuLaunchHostFunc(void* s, HostFn fn, void* data) {
-    LOCK;
-    if (stream_of(s)->capture) return NOT_SUPPORTED;
-    fn(data);
     return OK;
 }
 
@@ -533,7 +501,6 @@ API cuModuleLoadData(void** module, const void*) {
     *module = &kernel_libs;
     return OK;
 }
-API cuModuleUnload(void*) { return OK; }
 API cuModuleGetFunction(void** f, void*, const char* name) {
     LOCK;
     auto it = functions.find(name);
@@ -552,16 +519,6 @@ API cuModuleGetFunction(void** f, void*, const char* name) {
     *f = &it->second;
     return OK;
 }
-API cuFuncGetAttribute(int* v, int attr, void*) {
-    switch (attr) {
-        case 0: *v = 1024; break;  // max threads per block
-        case 4: *v = 64; break;    // registers
-        default: *v = 0; break;    // shared, const, local bytes
-    }
-    return OK;
-}
-API cuFuncSetAttribute(void*, int, int) { return OK; }
-API cuFuncSetCacheConfig(void*, int) { return OK; }
 
 API cuLaunchKernel(void* func, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                    unsigned bz, unsigned shared, void* s, void** params, void** extra) {

@@ -33,7 +33,6 @@
 namespace emu {
 
 enum class State { Run, Block, Warp, Done };
-enum class Reduce { Count, And };
 
 struct Thread {
     ucontext_t ctx;  // where it starts
@@ -67,13 +66,6 @@ inline void block_barrier() { wait(State::Block); }
 
 inline unsigned lane() { return current->linear & 31u; }
 inline Thread* warp_base() { return &threads[current->linear & ~31u]; }
-
-// Lanes of this thread's warp that exist in the block.
-inline unsigned warp_live_mask() {
-    const unsigned base = current->linear & ~31u;
-    const unsigned n = nthreads - base < 32 ? nthreads - base : 32;
-    return n == 32 ? 0xffffffffu : ((1u << n) - 1u);
-}
 
 inline void warp_wait(unsigned mask) {
     current->mask = mask | (1u << lane());
@@ -110,17 +102,15 @@ inline T warp_shuffle(unsigned mask, T v, F src_of, int width) {
     return r;
 }
 
-inline unsigned long long block_reduce(bool v, Reduce how) {
+// How many live threads of the block pass `v`.
+inline unsigned block_count(bool v) {
     current->slot = v;
     block_barrier();
-    unsigned long long r = how == Reduce::And ? 1 : 0;
-    for (unsigned t = 0; t < nthreads; t++) {
-        if (threads[t].state == State::Done) continue;
-        if (how == Reduce::Count) r += threads[t].slot;
-        else r &= threads[t].slot;
-    }
+    unsigned n = 0;
+    for (unsigned t = 0; t < nthreads; t++)
+        if (threads[t].state != State::Done) n += (unsigned)threads[t].slot;
     block_barrier();
-    return r;
+    return n;
 }
 
 inline void fiber_main() {

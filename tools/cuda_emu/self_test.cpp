@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "emu_device.h"
@@ -90,8 +91,13 @@ __global__ void shared_overrun(int* out, int n) {
     out[threadIdx.x] = (int)sh[n];
 }
 
-static emu::Launch shape(unsigned grid, unsigned block, char* err) {
-    return emu::Launch{{grid, 1, 1}, {block, 1, 1}, 0, err, 512};
+// Launches `k` on `grid` blocks of `block` threads with `args`: the
+// launch's return code, and its message in `err` when it fails.
+template <typename... A, typename... P>
+static int run(void (*k)(A...), unsigned grid, unsigned block, char (&err)[512], P... args) {
+    void* params[] = {&args...};
+    emu::Launch l{{grid, 1, 1}, {block, 1, 1}, 0, err, sizeof err};
+    return emu::launch(k, &l, params);
 }
 
 // Built with --asan: the overrun stops a child process with ASan's report.
@@ -104,11 +110,7 @@ static void asan_check() {
         dup2(fds[1], 2);
         char err[512];
         int out[32];
-        int* op = out;
-        int n = 8;
-        void* p[] = {&op, &n};
-        emu::Launch l = shape(1, 32, err);
-        emu::launch(shared_overrun, &l, p);
+        run(shared_overrun, 1, 32, err, out, 8);
         _exit(0);
     }
     close(fds[1]);
@@ -123,62 +125,38 @@ static void asan_check() {
 #endif
 }
 
+static bool says(const char* err, const char* what) { return std::strstr(err, what) != nullptr; }
+
 static void scheduler_checks() {
     char err[512];
-    {
-        float x[512], out[2] = {0, 0};
-        for (int i = 0; i < 512; i++) x[i] = (float)i;
-        const float* xp = x;
-        float* op = out;
-        void* p[] = {&xp, &op};
-        emu::Launch l = shape(2, 256, err);
-        const int rc = emu::launch(block_sum, &l, p);
-        expect(rc == 0 && out[0] == 32640.0f && out[1] == 98176.0f,
-               "warp shuffle + shared memory + __syncthreads: block sums 32640, 98176");
-    }
-    {
-        int out[5] = {0};
-        int* op = out;
-        void* p[] = {&op};
-        emu::Launch l = shape(1, 128, err);
-        const int rc = emu::launch(votes, &l, p);
-        expect(rc == 0 && (unsigned)out[0] == 0x49249249u && out[1] == 100 && out[2] == 1 &&
-                   out[3] == 31 && out[4] == 31,
-               "__ballot_sync, __syncthreads_count, __any_sync, __shfl_down_sync");
-    }
-    {
-        float out[64];
-        float* op = out;
-        void* p[] = {&op};
-        emu::Launch l = shape(1, 64, err);
-        const int rc = emu::launch(shuffle_against_barrier, &l, p);
-        expect(rc == 1 && std::string(err).find("waits at __syncthreads") != std::string::npos,
-               "a shuffle naming lanes that wait at __syncthreads fails the launch");
-    }
-    {
-        float out[64];
-        float* op = out;
-        void* p[] = {&op};
-        emu::Launch l = shape(1, 64, err);
-        const int rc = emu::launch(shuffle_after_return, &l, p);
-        expect(rc == 1 && std::string(err).find("has returned") != std::string::npos,
-               "a shuffle naming lanes that returned fails the launch");
-    }
-    {
-        int out[128];
-        int* op = out;
-        void* p[] = {&op};
-        emu::Launch l = shape(2, 64, err);
-        const int rc = emu::launch(missing_barrier, &l, p);
-        int wrong = 0;
-        for (int b = 0; b < 2; b++)
-            for (int t = 0; t < 64; t++) wrong += out[b * 64 + t] != b * 1000 + (t + 1) % 64;
-        expect(rc == 0 && wrong > 0, "a read that lacks its __syncthreads reads a stale value");
-    }
+    float x[512], sums[2] = {0, 0};
+    for (int i = 0; i < 512; i++) x[i] = (float)i;
+    int rc = run(block_sum, 2, 256, err, (const float*)x, sums);
+    expect(rc == 0 && sums[0] == 32640.0f && sums[1] == 98176.0f,
+           "warp shuffle + shared memory + __syncthreads: block sums 32640, 98176");
+
+    int v[5] = {0};
+    rc = run(votes, 1, 128, err, v);
+    expect(rc == 0 && (unsigned)v[0] == 0x49249249u && v[1] == 100 && v[2] == 1 && v[3] == 31 &&
+               v[4] == 31,
+           "__ballot_sync, __syncthreads_count, __any_sync, __shfl_down_sync");
+
+    float out[64];
+    rc = run(shuffle_against_barrier, 1, 64, err, out);
+    expect(rc == 1 && says(err, "waits at __syncthreads"),
+           "a shuffle naming lanes that wait at __syncthreads fails the launch");
+    rc = run(shuffle_after_return, 1, 64, err, out);
+    expect(rc == 1 && says(err, "has returned"), "a shuffle naming lanes that returned fails the launch");
+
+    int read[128];
+    rc = run(missing_barrier, 2, 64, err, read);
+    int wrong = 0;
+    for (int b = 0; b < 2; b++)
+        for (int t = 0; t < 64; t++) wrong += read[b * 64 + t] != b * 1000 + (t + 1) % 64;
+    expect(rc == 0 && wrong > 0, "a read that lacks its __syncthreads reads a stale value");
 }
 
 // ---- the driver, through its C API
-typedef int (*Fn0)();
 template <typename F>
 static F sym(void* h, const char* name) {
     F f = (F)dlsym(h, name);

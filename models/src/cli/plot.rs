@@ -164,9 +164,8 @@ mod tests {
 
     #[test]
     fn a_record_cut_short_at_the_end_is_left_out_and_one_inside_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("slmlp-plot-torn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("metrics.jsonl");
+        let dir = testutil::TempDir::new("plot-torn");
+        let path = dir.0.join("metrics.jsonl");
         let whole = "{\"kind\":\"step\",\"step\":1,\"loss\":2.0,\"lr\":0.1}\n\
                      {\"kind\":\"step\",\"step\":2,\"loss\":1.5,\"lr\":0.1}\n";
         std::fs::write(&path, format!("{whole}{{\"kind\":\"step\",\"st")).unwrap();
@@ -179,6 +178,5 @@ mod tests {
             .expect("a torn line inside")
             .to_string();
         assert!(e.contains("metrics.jsonl:1"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
