@@ -42,11 +42,12 @@
 namespace {
 
 typedef void (*HostWork)(const void*);
-typedef int (*SubmitFn)(void*, HostWork, const void*, size_t);
+typedef int (*SubmitFn)(void*, const char*, HostWork, const void*, size_t);
 
-// Queues `work(args)` on `stream` through the emulated driver.
+// Queues `work(args)` on `stream` through the emulated driver; `name` is
+// what the driver counts it as.
 template <typename A>
-int submit(void* stream, HostWork work, const A& args) {
+int submit(void* stream, const char* name, HostWork work, const A& args) {
     // The driver is loaded already, by cudarc, with local symbols.
     static void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
     static SubmitFn fn = driver ? (SubmitFn)dlsym(driver, "slmlp_emu_submit") : nullptr;
@@ -54,7 +55,7 @@ int submit(void* stream, HostWork work, const A& args) {
         std::fprintf(stderr, "cuda emulator: libcuda.so.1 is not the emulator's (no slmlp_emu_submit)\n");
         return 1;
     }
-    return fn(stream, work, &args, sizeof(A));
+    return fn(stream, name, work, &args, sizeof(A));
 }
 
 // Element types: 0 f32, 1 f16, 2 bf16.
@@ -384,7 +385,7 @@ API cublasLtMatmul(void*, void* dp, const void* alpha, const void* A, void* ap, 
     // DEFAULT, RELU, BIAS, RELU_BIAS: the epilogues the engine uses
     if (ep != 1 && ep != 2 && ep != 4 && ep != 6) return BLAS_NOT_SUPPORTED;
     if ((ep == 4 || ep == 6) && !m.d.bias) return BLAS_INVALID;
-    return submit(stream, matmul_work, m) == 0 ? OK : BLAS_INVALID;
+    return submit(stream, "cublasLtMatmul", matmul_work, m) == 0 ? OK : BLAS_INVALID;
 }
 
 // ---- cuDNN
@@ -500,6 +501,16 @@ int workspace(int algo, size_t* bytes) {
     return OK;
 }
 
+// What the driver counts a convolution as.
+const char* conv_name(Dir dir, bool graph) {
+    static const char* names[2][3] = {
+        {"cudnn convolution forward", "cudnn convolution backward data",
+         "cudnn convolution backward filter"},
+        {"cudnn graph convolution forward", "cudnn graph convolution backward data",
+         "cudnn graph convolution backward filter"}};
+    return names[graph][dir == Fwd ? 0 : dir == BwdData ? 1 : 2];
+}
+
 int run_conv(void* h, Dir dir, int algo, const void* xp, const void* wp, const void* yp,
              const void* cp, const void* alpha, const void* a, const void* b, void* out,
              const void* beta, void* ws, size_t ws_bytes) {
@@ -508,7 +519,9 @@ int run_conv(void* h, Dir dir, int algo, const void* xp, const void* wp, const v
                *static_cast<const float*>(alpha), *static_cast<const float*>(beta), a, b, out, ws};
     if (check(c.x, c.w, c.y, c.cd) != OK || (algo != 0 && algo != 1)) return BAD_PARAM;
     if (algo == 1 && (ws_bytes < ALGO1_WORKSPACE || !ws)) return BAD_PARAM;
-    return submit(static_cast<DnnHandle*>(h)->stream, conv_work, c) == 0 ? OK : BAD_PARAM;
+    return submit(static_cast<DnnHandle*>(h)->stream, conv_name(dir, false), conv_work, c) == 0
+               ? OK
+               : BAD_PARAM;
 }
 
 // Find*Ex: the algorithms, and the output left with NaN bytes.
@@ -518,7 +531,7 @@ int find(void* h, const Tensor4& o, void* out, const ConvDesc& d, int req, int* 
         void* out;
         size_t bytes;
     } f{out, bytes};
-    const int queued = submit(static_cast<DnnHandle*>(h)->stream,
+    const int queued = submit(static_cast<DnnHandle*>(h)->stream, "cudnn Find's NaN fill",
                               [](const void* p) {
                                   const Fill& f = *static_cast<const Fill*>(p);
                                   std::memset(f.out, 0xff, f.bytes);
@@ -599,7 +612,7 @@ API cudnnAddTensor(void* h, const void* alpha, const void* a, const void* A, con
     if (t.a.ty != t.c.ty || (t.a.n != 1 && t.a.n != t.c.n) || (t.a.c != 1 && t.a.c != t.c.c) ||
         (t.a.h != 1 && t.a.h != t.c.h) || (t.a.w != 1 && t.a.w != t.c.w))
         return BAD_PARAM;
-    return submit(static_cast<DnnHandle*>(h)->stream, add_work, t) == 0 ? OK : BAD_PARAM;
+    return submit(static_cast<DnnHandle*>(h)->stream, "cudnnAddTensor", add_work, t) == 0 ? OK : BAD_PARAM;
 }
 // ---- The graph (backend) API, for the one-convolution graphs dnn_graph.rs
 // builds. A descriptor is its type and the attributes set on it; the
@@ -817,5 +830,7 @@ API cudnnBackendExecute(void* h, void* planp, void* packp) {
     c.a = p[0], c.b = p[1], c.out = p[2];
     get1(pack, A_PACK_WS, c.ws);
     if (c.algo == 1 && !c.ws) return BAD_PARAM;
-    return submit(static_cast<DnnHandle*>(h)->stream, conv_work, c) == 0 ? OK : BAD_PARAM;
+    return submit(static_cast<DnnHandle*>(h)->stream, conv_name(c.dir, true), conv_work, c) == 0
+               ? OK
+               : BAD_PARAM;
 }

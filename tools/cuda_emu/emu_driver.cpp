@@ -21,9 +21,27 @@
 // already complete when a call returns), timing (events read the wall
 // clock). cuBLASLt and cuDNN are emu_culibs.cpp, which queues its work here
 // through slmlp_emu_submit.
+//
+// Counting (SLMLP_CUDA_EMU_COUNTS=FILE): at exit, FILE gets what the device
+// ran (kernel launches by name, library calls by name, graph launches,
+// copies and sets) and the high-water mark of cuMemAlloc. Work a graph
+// replays is counted each time it runs.
+//
+// Dry runs (SLMLP_CUDA_EMU_DRY=1): nothing is computed. Kernels, library
+// calls, memsets and device-to-device copies are counted and skipped;
+// copies to or from the host still run. Allocations are untouched
+// zero pages (mmap, MAP_NORESERVE), so a step at full size costs no memory
+// and little time, and every allocation the engine makes is real: the
+// caching allocator's figures are exactly the ones a GPU run would give,
+// except for library workspaces (the emulated libraries ask for 0 or 4 KiB).
+// Values read back are zeros, so only what does not depend on them means
+// anything. SLMLP_CUDA_EMU_MEM_GIB sets the memory the device reports
+// (default 16).
 #include <dirent.h>
 #include <dlfcn.h>
+#include <sys/mman.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -69,6 +87,8 @@ typedef void (*HostWork)(const void*);
 
 struct Op {
     enum Kind { Kernel, Copy, Set, Work } kind;
+    // Work: the library call's name (counting)
+    const char* name = nullptr;
     // Kernel
     const Function* f = nullptr;
     emu::Launch shape{};
@@ -101,15 +121,14 @@ struct Event {
 std::recursive_mutex lock_all;
 std::vector<void*> kernel_libs;
 std::map<std::string, Function> functions;
-std::map<uintptr_t, size_t> allocations;
-size_t allocated = 0;
+std::map<uintptr_t, size_t> allocations;  // start -> bytes asked
+size_t allocated = 0, allocated_peak = 0;
+std::map<std::string, unsigned long long> counts;
 Stream default_stream;
 std::vector<Stream*> capturing;
 thread_local int thread_mode = 0;  // CUstreamCaptureMode of this thread: 0 global, 1 thread local, 2 relaxed
 bool initialised = false;
 int context_token;  // the primary context is this address
-
-constexpr size_t TOTAL_BYTES = 16ull << 30;
 
 double now_ms() {
     using namespace std::chrono;
@@ -121,6 +140,30 @@ Stream* stream_of(void* s) { return s ? static_cast<Stream*>(s) : &default_strea
 int env_int(const char* name, int dflt) {
     const char* v = std::getenv(name);
     return v && *v ? std::atoi(v) : dflt;
+}
+
+const bool dry = env_int("SLMLP_CUDA_EMU_DRY", 0) != 0;
+const size_t total_bytes = (size_t)env_int("SLMLP_CUDA_EMU_MEM_GIB", 16) << 30;
+
+bool is_device(const void* p) {
+    auto it = allocations.upper_bound((uintptr_t)p);
+    if (it == allocations.begin()) return false;
+    --it;
+    return (uintptr_t)p < it->first + it->second;
+}
+
+void write_counts() {
+    const char* path = std::getenv("SLMLP_CUDA_EMU_COUNTS");
+    if (!path || !*path) return;
+    std::lock_guard<std::recursive_mutex> guard(lock_all);
+    FILE* f = std::fopen(path, "w");
+    if (!f) {
+        std::fprintf(stderr, "cuda emulator: cannot write %s\n", path);
+        return;
+    }
+    std::fprintf(f, "cuMemAlloc high-water %zu bytes\n", allocated_peak);
+    for (const auto& [what, n] : counts) std::fprintf(f, "%llu %s\n", n, what.c_str());
+    std::fclose(f);
 }
 
 void load_kernel_libs() {
@@ -159,10 +202,23 @@ bool forbidden_in_capture(const char* call) {
 
 CUresult run(const Op& op) {
     switch (op.kind) {
-        case Op::Copy: std::memmove(op.dst, op.src, op.bytes); return OK;
-        case Op::Set: std::memset(op.dst, op.value, op.bytes); return OK;
-        case Op::Work: op.work(op.blob.data()); return OK;
+        case Op::Copy: {
+            const bool to = is_device(op.dst), from = is_device(op.src);
+            counts[to && from ? "copy device to device" : to ? "copy host to device" : "copy device to host"]++;
+            if (!dry || !(to && from)) std::memmove(op.dst, op.src, op.bytes);
+            return OK;
+        }
+        case Op::Set:
+            counts["memset"]++;
+            if (!dry) std::memset(op.dst, op.value, op.bytes);
+            return OK;
+        case Op::Work:
+            counts[std::string("library ") + op.name]++;
+            if (!dry) op.work(op.blob.data());
+            return OK;
         case Op::Kernel: {
+            counts["kernel " + op.f->name]++;
+            if (dry) return OK;
             std::vector<void*> params(op.offsets.size());
             for (size_t i = 0; i < params.size(); i++)
                 params[i] = const_cast<unsigned char*>(op.blob.data() + op.offsets[i]);
@@ -231,6 +287,7 @@ API cuInit(unsigned) {
     LOCK;
     if (!initialised) {
         load_kernel_libs();
+        std::atexit(write_counts);
         initialised = true;
     }
     return OK;
@@ -290,21 +347,29 @@ API cuCtxSynchronize() {
 // ---- memory
 API cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     LOCK;
-    *total = TOTAL_BYTES;
-    *free_bytes = TOTAL_BYTES - allocated;
+    *total = total_bytes;
+    *free_bytes = total_bytes - allocated;
     return OK;
 }
 API cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     LOCK;
     if (forbidden_in_capture("cuMemAlloc")) return CAPTURE_UNSUPPORTED;
     if (bytes == 0) return INVALID_VALUE;
-    if (bytes > TOTAL_BYTES - allocated) return OUT_OF_MEMORY;
-    const size_t rounded = (bytes + 255) / 256 * 256;
-    void* m = std::aligned_alloc(256, rounded);
-    if (!m) return OUT_OF_MEMORY;
-    std::memset(m, 0xff, rounded);
+    if (bytes > total_bytes - allocated) return OUT_OF_MEMORY;
+    void* m;
+    if (dry) {  // zero pages until touched
+        m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+        if (m == MAP_FAILED) return OUT_OF_MEMORY;
+    } else {  // from the heap, so that an ASan build sees overruns
+        const size_t rounded = (bytes + 255) / 256 * 256;
+        m = std::aligned_alloc(256, rounded);
+        if (!m) return OUT_OF_MEMORY;
+        std::memset(m, 0xff, rounded);
+    }
     allocations[(uintptr_t)m] = bytes;
     allocated += bytes;
+    allocated_peak = std::max(allocated_peak, allocated);
     *p = (CUdeviceptr)(uintptr_t)m;
     return OK;
 }
@@ -317,8 +382,11 @@ API cuMemFree_v2(CUdeviceptr p) {
         return INVALID_VALUE;
     }
     allocated -= it->second;
+    if (dry)
+        munmap((void*)(uintptr_t)p, it->second);
+    else
+        std::free((void*)(uintptr_t)p);
     allocations.erase(it);
-    std::free((void*)(uintptr_t)p);
     return OK;
 }
 API cuMemAllocHost_v2(void** p, size_t bytes) {
@@ -476,6 +544,7 @@ API cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) {
 }
 API cuGraphLaunch(void* exec, void* s) {
     LOCK;
+    counts["graph launch"]++;
     for (const Op& op : static_cast<Graph*>(exec)->ops) {
         CUresult r = submit(s, op);
         if (r != OK) return r;
@@ -555,11 +624,13 @@ API cuGetExportTable(const void** table, const void*) {
 
 // What emu_culibs.cpp's GEMM and convolution calls queue on a stream: `work`
 // runs on a copy of `args` now, or when the graph it is captured into runs.
-extern "C" __attribute__((visibility("default"))) CUresult slmlp_emu_submit(void* s, HostWork work,
+extern "C" __attribute__((visibility("default"))) CUresult slmlp_emu_submit(void* s, const char* name,
+                                                                             HostWork work,
                                                                              const void* args,
                                                                              size_t bytes) {
     LOCK;
     Op op{Op::Work};
+    op.name = name;
     op.work = work;
     op.blob.assign(static_cast<const unsigned char*>(args), static_cast<const unsigned char*>(args) + bytes);
     return submit(s, std::move(op));

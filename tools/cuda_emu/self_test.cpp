@@ -10,14 +10,19 @@
 // orders. Driver (emu_driver.cpp, loaded from the folder given): new memory
 // is NaN bytes; a capture records copies and replays them; cuMemAlloc
 // during a global-mode capture fails and invalidates it, and is allowed in
-// relaxed mode; an empty grid and a foreign pointer are refused. Built with
-// --asan: a read past a __shared__ array stops with ASan's report.
+// relaxed mode; an empty grid and a foreign pointer are refused. A dry run
+// (SLMLP_CUDA_EMU_DRY=1, in a child process) computes nothing, copies only
+// to and from the host, and counts what it skipped (SLMLP_CUDA_EMU_COUNTS).
+// Built with --asan: a read past a __shared__ array stops with ASan's
+// report.
 #include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "emu_device.h"
@@ -231,6 +236,55 @@ static void driver_checks(const std::string& lib) {
            "cuMemFree refuses a pointer cuMemAlloc did not return");
 }
 
+// A dry run, in a child (the driver reads its environment when loaded): the
+// kernel and the device-to-device copy are skipped, the upload is not, and
+// the counts file lists all three and the high-water mark.
+static void dry_run_checks(const std::string& lib) {
+    const std::string counts = "/tmp/slmlp_emu_counts_" + std::to_string(getpid());
+    const pid_t pid = fork();
+    if (pid == 0) {
+        setenv("SLMLP_CUDA_EMU_DRY", "1", 1);
+        setenv("SLMLP_CUDA_EMU_COUNTS", counts.c_str(), 1);
+        void* h = dlopen((lib + "/libcuda.so.1").c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (!h) _exit(10);
+        typedef unsigned long long Ptr;
+        auto init = sym<int (*)(unsigned)>(h, "cuInit");
+        auto alloc = sym<int (*)(Ptr*, size_t)>(h, "cuMemAlloc_v2");
+        auto htod = sym<int (*)(Ptr, const void*, size_t, void*)>(h, "cuMemcpyHtoDAsync_v2");
+        auto dtod = sym<int (*)(Ptr, Ptr, size_t, void*)>(h, "cuMemcpyDtoDAsync_v2");
+        auto load = sym<int (*)(void**, const void*)>(h, "cuModuleLoadData");
+        auto getf = sym<int (*)(void**, void*, const char*)>(h, "cuModuleGetFunction");
+        auto launch = sym<int (*)(void*, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                  unsigned, unsigned, void*, void**, void**)>(h, "cuLaunchKernel");
+        init(0);
+        Ptr a = 0, b = 0;
+        if (alloc(&a, 64) || alloc(&b, 64) || ((unsigned*)a)[15] != 0) _exit(11);
+        const float v[4] = {-1, 2, -3, 4};
+        htod(a, v, sizeof v, nullptr);
+        void *mod = nullptr, *f = nullptr;
+        load(&mod, nullptr);
+        long long n = 4;
+        void* params[] = {&a, &a, &n};
+        if (getf(&f, mod, "relu_fwd_f32") || launch(f, 1, 1, 1, 256, 1, 1, 0, nullptr, params, nullptr))
+            _exit(12);
+        dtod(b, a, sizeof v, nullptr);
+        const float* x = (const float*)a;
+        std::exit(x[0] == -1 && x[3] == 4 && ((const float*)b)[0] == 0 ? 0 : 13);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    std::stringstream text;
+    text << std::ifstream(counts).rdbuf();
+    std::remove(counts.c_str());
+    const std::string t = text.str();
+    expect(WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+               t.find("cuMemAlloc high-water 128 bytes\n") != std::string::npos &&
+               t.find("1 kernel relu_fwd_f32\n") != std::string::npos &&
+               t.find("1 copy device to device\n") != std::string::npos &&
+               t.find("1 copy host to device\n") != std::string::npos,
+           "a dry run uploads, skips the kernel and the device copy, and counts all three");
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) {
         std::fprintf(stderr, "usage: self_test LIB_DIR (the folder holding the emulator's libcuda.so.1)\n");
@@ -238,6 +292,7 @@ int main(int argc, char** argv) {
     }
     scheduler_checks();
     asan_check();
+    dry_run_checks(argv[1]);
     driver_checks(argv[1]);
     std::printf("cuda emulator self-test: %s\n", failures ? "FAILED" : "all checks passed");
     return failures ? 1 : 0;
