@@ -24,8 +24,16 @@
 // position; padding last. Keys are the elements widened to f32 (exact for
 // f32, f16, bf16).
 //
-// Launch: every kernel is a grid-stride loop over its elements (any grid
-// is correct), 256 threads a block. sort_step: thread e owns position
+// Top 1 (k = 1, the argmax of a classifier's logits): sort_top1 reads each
+// row once and keeps the first element in the same `sort_before` order, one
+// block a row (a grid-stride loop over rows): each thread scans a strided
+// slice, then the block reduces the (key, position) pairs. The order is
+// total, so the reduction's result is the sort's first element, whatever
+// the order in which the pairs meet. One launch, no scratch, instead of
+// the sort's log2(P)(log2(P)+1)/2 + 2.
+//
+// Launch: every other kernel is a grid-stride loop over its elements (any
+// grid is correct), 256 threads a block. sort_step: thread e owns position
 // i = e % P of row e / P and swaps with l = i ^ j only when l > i, so
 // every pair is touched by exactly one thread per stage.
 #include "common.cuh"
@@ -117,6 +125,56 @@ __device__ __forceinline__ void sort_gather(const T* __restrict__ x, const int* 
     }
 }
 
+// Every lane of the warp ends with the first of the warp's 32 (key,
+// position) pairs in `sort_before` order.
+__device__ __forceinline__ void warp_first(float& k, int& p, int n, int descending) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ko = __shfl_xor_sync(0xffffffffu, k, o);
+        const int po = __shfl_xor_sync(0xffffffffu, p, o);
+        if (sort_before(ko, po, k, p, n, descending)) {
+            k = ko;
+            p = po;
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void sort_top1(const T* __restrict__ x, T* __restrict__ values,
+                                          i64* __restrict__ indices, i64 rows, int n,
+                                          int descending) {
+    __shared__ float shk[SLMLP_BLOCK / 32];
+    __shared__ int shp[SLMLP_BLOCK / 32];
+    const int t = threadIdx.x, warps = blockDim.x / 32;
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        // position n is padding: after every element
+        float k = 0.0f;
+        int p = n;
+        for (int i = t; i < n; i += blockDim.x) {
+            const float v = to_f32(x[r * n + i]);
+            if (sort_before(v, i, k, p, n, descending)) {
+                k = v;
+                p = i;
+            }
+        }
+        warp_first(k, p, n, descending);
+        if ((t & 31) == 0) {
+            shk[t >> 5] = k;
+            shp[t >> 5] = p;
+        }
+        __syncthreads();
+        if (t < 32) {
+            k = t < warps ? shk[t] : 0.0f;
+            p = t < warps ? shp[t] : n;
+            warp_first(k, p, n, descending);
+            if (t == 0) {
+                values[r] = x[r * n + p];
+                indices[r] = p;
+            }
+        }
+        __syncthreads();  // shk/shp are reused by the next row
+    }
+}
+
 #define INDEX_TYPED_ENTRIES(T, SFX)                                                               \
     extern "C" __global__ SLMLP_LAUNCH_BOUNDS void index_add_##SFX(                               \
         const T* __restrict__ dy, const i64* __restrict__ index, float* __restrict__ dx,          \
@@ -132,6 +190,11 @@ __device__ __forceinline__ void sort_gather(const T* __restrict__ x, const int* 
         const T* __restrict__ x, const int* __restrict__ pos, T* __restrict__ values,             \
         i64* __restrict__ indices, i64 rows, int n, int p2, int k) {                              \
         sort_gather<T>(x, pos, values, indices, rows, n, p2, k);                                  \
+    }                                                                                             \
+    extern "C" __global__ SLMLP_LAUNCH_BOUNDS void sort_top1_##SFX(                               \
+        const T* __restrict__ x, T* __restrict__ values, i64* __restrict__ indices, i64 rows,     \
+        int n, int descending) {                                                                  \
+        sort_top1<T>(x, values, indices, rows, n, descending);                                    \
     }
 
 INDEX_TYPED_ENTRIES(float, f32)

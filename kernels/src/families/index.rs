@@ -1,5 +1,5 @@
 //! index_select / index_add along one dim, and the bitonic sort behind
-//! sort and top-k along the last dim (index.cu).
+//! sort and top-k along the last dim, with a one-pass top 1 (index.cu).
 
 use crate::error::{Error, Result};
 use crate::launch;
@@ -8,7 +8,7 @@ use crate::source::Kernel;
 use cudarc::driver::{CudaStream, PushKernelArg};
 
 pub const KERNEL: Kernel = kernel!("index",
-    typed ["index_add", "sort_init", "sort_gather"]
+    typed ["index_add", "sort_init", "sort_gather", "sort_top1"]
     untyped ["index_select_1", "index_select_2", "index_select_4", "index_select_8", "sort_step"]);
 
 /// The longest row the GPU sort takes: 2^26 elements (its padded length
@@ -187,6 +187,42 @@ impl KernelLibrary {
         b.arg(&x).arg(&pos).arg(&values).arg(&indices);
         b.arg(&rows).arg(&n32).arg(&p32).arg(&k32);
         b.launch(config(out)).map_err(driver(&gather))?;
+        Ok(())
+    }
+
+    /// The first of each of `rows` rows of x [rows, n] in the order of
+    /// [`KernelLibrary::sort_rows`], in one pass and one launch: values
+    /// [rows] (dtype) and indices [rows] (i64). What sort_rows gives for
+    /// k = 1, without its scratch.
+    ///
+    /// # Safety
+    /// x: rows*n elements of dtype; values: rows of dtype; indices: rows
+    /// i64.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn top1_rows(
+        &self,
+        stream: &CudaStream,
+        dtype: Dtype,
+        x: DevPtr,
+        values: DevPtr,
+        indices: DevPtr,
+        rows: usize,
+        n: usize,
+        descending: bool,
+    ) -> Result<()> {
+        if n == 0 || n > i32::MAX as usize {
+            return Err(Error::Shape(format!("the top 1 of rows of {n}")));
+        }
+        let Some(shape) = launch::rows(rows) else {
+            return Ok(());
+        };
+        let name = format!("sort_top1_{}", dtype.suffix());
+        let f = self.function(&name)?;
+        let (rows, n32, desc) = (rows as i64, n as i32, descending as i32);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x).arg(&values).arg(&indices);
+        b.arg(&rows).arg(&n32).arg(&desc);
+        b.launch(config(shape)).map_err(driver(&name))?;
         Ok(())
     }
 }

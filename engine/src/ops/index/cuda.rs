@@ -102,7 +102,7 @@ impl IndexOps for Cuda {
 
     fn topk(&self, x: &Tensor, k: usize, descending: bool) -> Result<(Tensor, Tensor)> {
         const OP: &str = "topk";
-        crate::trace::kernel("bitonic_sort");
+        crate::trace::kernel(if k == 1 { "top1" } else { "bitonic_sort" });
         let g = gpu_of(x)?;
         let dt = kdtype(OP, x.dtype())?;
         let n = x.dims()[x.rank() - 1];
@@ -113,6 +113,26 @@ impl IndexOps for Cuda {
         *shape.last_mut().expect("rank >= 1") = k;
         let values = empty_row_major(x, &shape, x.dtype())?;
         let indices = empty_row_major(x, &shape, DType::I64)?;
+        if k == 1 {
+            g.bind()?;
+            // SAFETY: xd row-major [rows, n] of dt; values [rows] of dt,
+            // indices [rows] i64.
+            unsafe {
+                g.kernels.top1_rows(
+                    &g.stream,
+                    dt,
+                    ptr(&xd)?,
+                    ptr(&values)?,
+                    ptr(&indices)?,
+                    rows,
+                    n,
+                    descending,
+                )
+            }
+            .map_err(kerr(OP))?;
+            traced_sync(g)?;
+            return Ok((values, indices));
+        }
         // scratch: f32 keys and int32 positions (no tensor dtype: raw blocks)
         let keys = g.alloc(rows * p2 * 4)?;
         let pos = g.alloc(rows * p2 * 4)?;

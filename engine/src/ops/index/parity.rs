@@ -31,12 +31,17 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         (&[2, 3, 4, 5], 3, 7),
     ];
     // (rows x n, k, descending, value quantum: > 0 makes ties)
-    let sorts: [(&'static [usize], usize, bool, f64); 5] = [
+    // k = 1 runs the one-pass top 1: a classifier's logits with ties (and
+    // a NaN in row 0), short rows, rows longer than a block.
+    let sorts: [(&'static [usize], usize, bool, f64); 8] = [
         (&[3, 1000], 100, true, 0.05),
         (&[4, 37], 37, false, 0.0),
         (&[2, 3, 4, 5], 5, true, 0.5),
         (&[1, 4097], 1000, true, 0.0),
         (&[2, 200_000], 2000, true, 0.001),
+        (&[256, 1000], 1, true, 0.5),
+        (&[7, 3, 5], 1, true, 0.0),
+        (&[3, 70_001], 1, true, 0.01),
     ];
     for dtype in DTYPES {
         for (shape, dim, m) in select {
