@@ -599,6 +599,9 @@ pub struct Memory {
     /// Where the largest sample was taken ("after conv2d backward [8, 64,
     /// 56, 56]": the op and its first input's dims).
     pub peak_at: String,
+    /// On a GPU: the cuDNN and cuBLASLt workspace bytes the allocator held
+    /// at its peak (part of `peak` when that is the allocator's own).
+    pub workspace_at_peak: Option<f64>,
 }
 
 /// Whether a profile is running (one relaxed atomic load).
@@ -807,6 +810,7 @@ impl Session {
                     after_forward: now,
                     peak: now,
                     peak_at: "as the first op started".into(),
+                    workspace_at_peak: None,
                 },
             });
         }
@@ -1038,11 +1042,12 @@ pub fn stop(steps: usize) -> Result<Profile> {
         let mut m = w.memory;
         if let Device::Cuda(i) = w.device {
             if let Ok(g) = crate::cuda::gpu(i) {
-                let exact = g.memory_stats().peak_allocated as f64;
-                if exact > m.peak {
-                    m.peak = exact;
+                let st = g.memory_stats();
+                if st.peak_allocated as f64 > m.peak {
+                    m.peak = st.peak_allocated as f64;
                     m.peak_at = "inside an op (the allocator's own peak)".into();
                 }
+                m.workspace_at_peak = Some(st.workspace_at_peak as f64);
             }
         }
         m
@@ -1170,6 +1175,13 @@ impl Profile {
                 mib(m.peak - m.start),
                 m.peak_at
             );
+            if let Some(w) = m.workspace_at_peak {
+                let _ = writeln!(
+                    s,
+                    "  cuDNN and cuBLASLt workspaces held at the allocator's peak: {:.1} MiB",
+                    mib(w)
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -1321,7 +1333,7 @@ impl Profile {
             "dropped": self.dropped, "untimed": self.untimed, "errors": self.errors,
             "memory_bytes": self.memory.as_ref().map(|m| json!({
                 "source": m.source, "start": m.start, "after_forward": m.after_forward,
-                "peak": m.peak, "peak_at": m.peak_at,
+                "peak": m.peak, "peak_at": m.peak_at, "workspace_at_peak": m.workspace_at_peak,
             })),
             "rows": self.rows.iter().map(|r| r.to_json(c, self.steps)).collect::<Vec<_>>(),
             "by_op": self.by_op().iter().map(|t| json!({

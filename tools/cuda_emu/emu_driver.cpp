@@ -27,16 +27,16 @@
 // copies and sets) and the high-water mark of cuMemAlloc. Work a graph
 // replays is counted each time it runs.
 //
-// Dry runs (SLMLP_CUDA_EMU_DRY=1): nothing is computed. Kernels, library
-// calls, memsets and device-to-device copies are counted and skipped;
-// copies to or from the host still run. Allocations are untouched
-// zero pages (mmap, MAP_NORESERVE), so a step at full size costs no memory
-// and little time, and every allocation the engine makes is real: the
-// caching allocator's figures are exactly the ones a GPU run would give,
-// except for library workspaces (the emulated libraries ask for 0 or 4 KiB).
-// Values read back are zeros, so only what does not depend on them means
-// anything. SLMLP_CUDA_EMU_MEM_GIB sets the memory the device reports
-// (default 16).
+// Dry runs (SLMLP_CUDA_EMU_DRY=1): nothing is computed or written.
+// Kernels, library calls, memsets and copies to the device are counted
+// and skipped; reads back to the host run. Allocations are zero pages
+// (mmap, MAP_NORESERVE) that stay untouched, so a step at full size costs
+// no memory and little time, every value read back is zero (a loss of 0,
+// no non-finite value found), and every allocation the engine makes is
+// real: the caching allocator's figures are the ones a GPU run would give,
+// except for library workspaces (the emulated libraries ask for 0 or 4
+// KiB) and whatever depends on values. SLMLP_CUDA_EMU_MEM_GIB sets the
+// memory the device reports (default 16).
 #include <dirent.h>
 #include <dlfcn.h>
 #include <sys/mman.h>
@@ -204,8 +204,10 @@ CUresult run(const Op& op) {
     switch (op.kind) {
         case Op::Copy: {
             const bool to = is_device(op.dst), from = is_device(op.src);
-            counts[to && from ? "copy device to device" : to ? "copy host to device" : "copy device to host"]++;
-            if (!dry || !(to && from)) std::memmove(op.dst, op.src, op.bytes);
+            const char* what = to && from ? "copy device to device" : to ? "copy host to device" : "copy device to host";
+            counts[what]++;
+            if (env_int("SLMLP_CUDA_EMU_TRACE", 0)) std::fprintf(stderr, "cuda emulator: %s, %zu bytes\n", what, op.bytes);
+            if (!dry || !to) std::memmove(op.dst, op.src, op.bytes);
             return OK;
         }
         case Op::Set:

@@ -11,8 +11,8 @@
 // is NaN bytes; a capture records copies and replays them; cuMemAlloc
 // during a global-mode capture fails and invalidates it, and is allowed in
 // relaxed mode; an empty grid and a foreign pointer are refused. A dry run
-// (SLMLP_CUDA_EMU_DRY=1, in a child process) computes nothing, copies only
-// to and from the host, and counts what it skipped (SLMLP_CUDA_EMU_COUNTS).
+// (SLMLP_CUDA_EMU_DRY=1, in a child process) writes nothing to the device,
+// reads zeros back, and counts what it skipped (SLMLP_CUDA_EMU_COUNTS).
 // Built with --asan: a read past a __shared__ array stops with ASan's
 // report.
 #include <dlfcn.h>
@@ -237,8 +237,9 @@ static void driver_checks(const std::string& lib) {
 }
 
 // A dry run, in a child (the driver reads its environment when loaded): the
-// kernel and the device-to-device copy are skipped, the upload is not, and
-// the counts file lists all three and the high-water mark.
+// upload, the kernel and the device-to-device copy are skipped, the read
+// back gives zeros, and the counts file lists all four and the high-water
+// mark.
 static void dry_run_checks(const std::string& lib) {
     const std::string counts = "/tmp/slmlp_emu_counts_" + std::to_string(getpid());
     const pid_t pid = fork();
@@ -252,6 +253,7 @@ static void dry_run_checks(const std::string& lib) {
         auto alloc = sym<int (*)(Ptr*, size_t)>(h, "cuMemAlloc_v2");
         auto htod = sym<int (*)(Ptr, const void*, size_t, void*)>(h, "cuMemcpyHtoDAsync_v2");
         auto dtod = sym<int (*)(Ptr, Ptr, size_t, void*)>(h, "cuMemcpyDtoDAsync_v2");
+        auto dtoh = sym<int (*)(void*, Ptr, size_t, void*)>(h, "cuMemcpyDtoHAsync_v2");
         auto load = sym<int (*)(void**, const void*)>(h, "cuModuleLoadData");
         auto getf = sym<int (*)(void**, void*, const char*)>(h, "cuModuleGetFunction");
         auto launch = sym<int (*)(void*, unsigned, unsigned, unsigned, unsigned, unsigned,
@@ -268,8 +270,9 @@ static void dry_run_checks(const std::string& lib) {
         if (getf(&f, mod, "relu_fwd_f32") || launch(f, 1, 1, 1, 256, 1, 1, 0, nullptr, params, nullptr))
             _exit(12);
         dtod(b, a, sizeof v, nullptr);
-        const float* x = (const float*)a;
-        std::exit(x[0] == -1 && x[3] == 4 && ((const float*)b)[0] == 0 ? 0 : 13);
+        float back[4] = {1, 1, 1, 1};
+        dtoh(back, a, sizeof back, nullptr);
+        std::exit(back[0] == 0 && back[3] == 0 && ((const float*)a)[0] == 0 ? 0 : 13);
     }
     int status = 0;
     waitpid(pid, &status, 0);
@@ -281,8 +284,9 @@ static void dry_run_checks(const std::string& lib) {
                t.find("cuMemAlloc high-water 128 bytes\n") != std::string::npos &&
                t.find("1 kernel relu_fwd_f32\n") != std::string::npos &&
                t.find("1 copy device to device\n") != std::string::npos &&
-               t.find("1 copy host to device\n") != std::string::npos,
-           "a dry run uploads, skips the kernel and the device copy, and counts all three");
+               t.find("1 copy host to device\n") != std::string::npos &&
+               t.find("1 copy device to host\n") != std::string::npos,
+           "a dry run writes nothing to the device, reads zeros back, and counts what it skipped");
 }
 
 int main(int argc, char** argv) {

@@ -38,7 +38,7 @@
 
 mod gpu_common;
 
-use engine::cuda::Gpu;
+use engine::cuda::{AllocatorStats, Gpu};
 use engine::ops::Conv2dParams;
 use engine::{DType, Device, Result, Rng, Tensor};
 use gpu_common::*;
@@ -140,6 +140,33 @@ fn merge(mut row: Value, t: &Timing) -> Value {
         o.extend(tm);
     }
     row
+}
+
+/// A row's memory columns, measured as torch_baselines.py measures
+/// PyTorch's (`max_memory_allocated` of the timed steps, after a first step
+/// whose peak is reported apart): GiB allocated and reserved at the peak,
+/// and the cuDNN / cuBLASLt workspace bytes held at it.
+trait WithPeaks {
+    fn with_peaks(self, first: &AllocatorStats, timed: &AllocatorStats) -> Value;
+}
+
+impl WithPeaks for Value {
+    fn with_peaks(mut self, first: &AllocatorStats, timed: &AllocatorStats) -> Value {
+        let gib = |b: usize| sig(b as f64 / (1u64 << 30) as f64);
+        if let Some(o) = self.as_object_mut() {
+            o.insert("peak_gib".into(), json!(gib(timed.peak_allocated)));
+            o.insert("peak_reserved_gib".into(), json!(gib(timed.peak_reserved)));
+            o.insert(
+                "peak_workspace_gib".into(),
+                json!(gib(timed.workspace_at_peak)),
+            );
+            o.insert(
+                "peak_gib_first_step".into(),
+                json!(gib(first.peak_allocated)),
+            );
+        }
+        self
+    }
 }
 
 fn pct(a: f64, of: Option<f64>) -> Value {
@@ -571,6 +598,11 @@ fn train(b: &mut Bench) {
             trainer.step(&sets[0].0, &sets[0].1)?;
             b.g.synchronize()?;
             let first_step_s = t0.elapsed().as_secs_f64();
+            // as torch_baselines.py: the peak of the timed steps, after the
+            // first one (its algorithm searches hold a Find workspace of up
+            // to 1 GiB, dnn::workspace_cap) and apart from it
+            let first = b.g.memory_stats();
+            b.g.reset_peak_memory();
             let mut last_loss = f64::NAN;
             let t = if overlap {
                 let (t, loss) = time_overlapped(b.g, &mut trainer, |i| Ok(sets[i % 2].clone()))?;
@@ -597,11 +629,10 @@ fn train(b: &mut Bench) {
                        "variant": variant, "mode": mode, "batch": N, "px": PX, "params": params,
                        "precision": format!("{dtype} compute, f32 master weights, channels_last, SGD momentum"),
                        "img_per_s": sig(N as f64 / (t.ms_median * 1e-3)),
-                       "peak_gib": sig(peak.peak_allocated as f64 / (1u64 << 30) as f64),
-                       "peak_reserved_gib": sig(peak.peak_reserved as f64 / (1u64 << 30) as f64),
                        "first_step_s": sig(first_step_s), "loss_last": sig(last_loss)}),
                 &t,
-            ))
+            )
+            .with_peaks(&first, &peak))
         });
     }
 }
@@ -768,6 +799,8 @@ fn maskrcnn(b: &mut Bench) {
         step(0, false)?;
         b.g.synchronize()?;
         let first_s = t0.elapsed().as_secs_f64();
+        let first = b.g.memory_stats();
+        b.g.reset_peak_memory();
         let before = traffic();
         step(1, false)?;
         let reads = traffic().reads - before.reads;
@@ -788,11 +821,10 @@ fn maskrcnn(b: &mut Bench) {
                    "precision": "bf16 autocast", "cudnn_benchmark": false, "first_iter_s": sig(first_s),
                    "host_reads_per_iter": reads,
                    "img_per_s": sig(MR_BATCH as f64 / (t.ms_median * 1e-3)),
-                   "peak_gib": sig(peak.peak_allocated as f64 / (1u64 << 30) as f64),
-                   "peak_reserved_gib": sig(peak.peak_reserved as f64 / (1u64 << 30) as f64),
                    "loss_last": sig(loss)}),
             &t,
-        ))
+        )
+        .with_peaks(&first, &peak))
     });
 }
 

@@ -164,6 +164,9 @@ pub struct AllocatorStats {
     pub num_oom_retries: u64,
     /// Requests that failed with out-of-memory.
     pub num_ooms: u64,
+    /// Bytes of cuDNN and cuBLASLt workspaces held when `peak_allocated`
+    /// was reached (`Gpu::memory_stats`; an allocator alone keeps 0).
+    pub workspace_at_peak: usize,
 }
 
 impl AllocatorStats {
@@ -182,6 +185,7 @@ impl AllocatorStats {
             num_raw_frees: self.num_raw_frees + o.num_raw_frees,
             num_oom_retries: self.num_oom_retries + o.num_oom_retries,
             num_ooms: self.num_ooms + o.num_ooms,
+            workspace_at_peak: self.workspace_at_peak.max(o.workspace_at_peak),
         }
     }
 }

@@ -489,7 +489,7 @@ fn state(g: &'static Gpu) -> Result<&'static Mutex<LtState>> {
             msg: format!("cublasLtCreate failed: {s:?}"),
         });
     }
-    let workspace = match g.alloc(WORKSPACE_BYTES) {
+    let workspace = match g.alloc_workspace(WORKSPACE_BYTES) {
         Ok(w) => w,
         Err(e) => {
             // SAFETY: created above, used by nobody.

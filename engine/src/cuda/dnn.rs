@@ -936,7 +936,7 @@ fn workspace(g: &'static Gpu, bytes: usize) -> Result<(Option<super::DeviceBlock
     if bytes == 0 {
         return Ok((None, 0));
     }
-    let b = g.alloc(bytes)?;
+    let b = g.alloc_workspace(bytes)?;
     let p = b.ptr();
     Ok((Some(b), p))
 }

@@ -156,8 +156,8 @@ pub struct Gpu {
     /// Whether a capture is under way or a graph is alive, and what a
     /// capture holds. Locked before `alloc` or `graph_alloc`, never after.
     pub(crate) captures: Mutex<Captures>,
-    /// The peak (allocated, reserved) bytes of both pools together.
-    peaks: Mutex<(usize, usize)>,
+    /// The peak bytes of both pools together, and the library workspaces.
+    peaks: Mutex<Peaks>,
     staging: Mutex<Staging>,
     ring: Mutex<Ring>,
     batch_ring: Mutex<Ring>,
@@ -233,7 +233,7 @@ impl Gpu {
             alloc: Mutex::new(alloc),
             graph_alloc: Mutex::new(graph_alloc),
             captures: Mutex::new(Captures::default()),
-            peaks: Mutex::new((0, 0)),
+            peaks: Mutex::new(Peaks::default()),
             staging: Mutex::new(Staging {
                 ptr: std::ptr::null_mut(),
                 cap: 0,
@@ -333,6 +333,17 @@ impl Gpu {
     /// `bytes` of device memory for work on this GPU's stream (from the
     /// graph-private pool while a graph is captured).
     pub fn alloc(&'static self, bytes: usize) -> Result<DeviceBlock> {
+        self.alloc_as(bytes, false)
+    }
+
+    /// [`Gpu::alloc`] for a cuDNN or cuBLASLt workspace: counted apart, so
+    /// that [`Gpu::memory_stats`] can say how much of the peak was
+    /// workspace (`workspace_at_peak`).
+    pub fn alloc_workspace(&'static self, bytes: usize) -> Result<DeviceBlock> {
+        self.alloc_as(bytes, true)
+    }
+
+    fn alloc_as(&'static self, bytes: usize, workspace: bool) -> Result<DeviceBlock> {
         self.bind()?;
         let captures = lock(&self.captures);
         let private = captures.capturing();
@@ -341,13 +352,20 @@ impl Gpu {
         let ptr = pool.alloc(bytes, self.cu_stream() as u64)?;
         let (a, b) = (general.stats(), graph.stats());
         let mut peaks = lock(&self.peaks);
-        peaks.0 = peaks.0.max(a.allocated + b.allocated);
-        peaks.1 = peaks.1.max(a.reserved + b.reserved);
+        if workspace {
+            peaks.workspace += bytes;
+        }
+        if a.allocated + b.allocated > peaks.allocated {
+            peaks.allocated = a.allocated + b.allocated;
+            peaks.workspace_at_peak = peaks.workspace;
+        }
+        peaks.reserved = peaks.reserved.max(a.reserved + b.reserved);
         Ok(DeviceBlock {
             gpu: self,
             ptr,
             bytes,
             private,
+            workspace,
         })
     }
 
@@ -357,13 +375,18 @@ impl Gpu {
         let mut s = lock(&self.alloc)
             .stats()
             .plus(&lock(&self.graph_alloc).stats());
-        (s.peak_allocated, s.peak_reserved) = *lock(&self.peaks);
+        let p = *lock(&self.peaks);
+        (s.peak_allocated, s.peak_reserved) = (p.allocated, p.reserved);
+        s.workspace_at_peak = p.workspace_at_peak;
         s
     }
 
     pub fn reset_peak_memory(&self) {
         let (a, b) = (lock(&self.alloc).stats(), lock(&self.graph_alloc).stats());
-        *lock(&self.peaks) = (a.allocated + b.allocated, a.reserved + b.reserved);
+        let mut p = lock(&self.peaks);
+        p.allocated = a.allocated + b.allocated;
+        p.reserved = a.reserved + b.reserved;
+        p.workspace_at_peak = p.workspace;
     }
 
     /// Returns the cached, fully free segments to the device (the
@@ -628,6 +651,18 @@ pub struct DeviceBlock {
     bytes: usize,
     /// From the graph-private pool (allocated during a capture).
     private: bool,
+    /// A library workspace ([`Gpu::alloc_workspace`]).
+    workspace: bool,
+}
+
+/// The peaks of [`Gpu::memory_stats`] and the workspace bytes behind them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Peaks {
+    allocated: usize,
+    reserved: usize,
+    /// Library workspace bytes held now, and when `allocated` was reached.
+    workspace: usize,
+    workspace_at_peak: usize,
 }
 
 impl DeviceBlock {
@@ -750,6 +785,9 @@ impl std::fmt::Debug for DeviceBlock {
 
 impl Drop for DeviceBlock {
     fn drop(&mut self) {
+        if self.workspace {
+            lock(&self.gpu.peaks).workspace -= self.bytes;
+        }
         // free fails only when recording an event on a stream that used the
         // block fails (a broken device): the block then stays allocated,
         // never reused, which is safe; nothing to report from a drop (nor
