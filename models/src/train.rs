@@ -525,7 +525,8 @@ impl<'m> Trainer<'m> {
     /// Records one step (nothing runs: the caller replays it), the
     /// learning rate already staged.
     fn record(&mut self, images: &Tensor, labels: &Tensor) -> Result<()> {
-        let (x, y, y32) = static_inputs(self.device, images, labels)?;
+        let compute = self.opts.precision.compute_dtype();
+        let (x, y, y32) = static_inputs(self.device, images, labels, compute)?;
         let gpu = engine::cuda::tensor::gpu_of(&x)?;
         zero_grad(&self.params);
         let recorded = engine::cuda::graph::capture(gpu, || {
@@ -544,6 +545,7 @@ impl<'m> Trainer<'m> {
         self.graph = Some(StepGraph {
             graph,
             images: x,
+            batch_dtype: images.dtype(),
             labels: y,
             labels_f32: y32,
             read,
