@@ -98,7 +98,13 @@ def build(args):
                     shown = r["key"] if k == r["key"] else f"{r['key']} vs {k}"
                     joined.append({"stage": s["stage"], "key": shown, "slmlp_ms": r["ms_median"],
                                    "torch_ms": t["ms_median"],
-                                   "ratio": r["ms_median"] / t["ms_median"]})
+                                   "ratio": r["ms_median"] / t["ms_median"],
+                                   # both max allocated over the timed steps
+                                   # (ours: with the cuDNN/cuBLASLt workspace
+                                   # part; theirs includes theirs)
+                                   "slmlp_peak_gib": r.get("peak_gib"),
+                                   "slmlp_workspace_gib": r.get("peak_workspace_gib"),
+                                   "torch_peak_gib": t.get("peak_gib")})
     return {"schema": "slmlp.gpu_check/1", "started": args.started, "wall_s": args.wall_s,
             "budget_s": args.budget_s, "command": args.command, "gpu": gpu, "stages": stages,
             "cuda_libs": libs, "slmlp_results": slmlp, "slmlp_vs_torch": joined,
@@ -130,10 +136,18 @@ def summary_md(rep, tb_summary_md):
                                  [(x.get("figure"), x.get("value"), x.get("unit"), x.get("ref"))
                                   for x in res["summary"]])]
     if rep["slmlp_vs_torch"]:
-        out += ["", "### slmlp vs PyTorch (same key, or the PyTorch key after \"vs\"; ratio = slmlp time / PyTorch time, < 1 is faster)", "",
-                md_table(["key", "stage", "slmlp ms", "PyTorch ms", "ratio"],
+        def gib(v):
+            return "" if v is None else f"{v:.4g}"
+
+        out += ["", "### slmlp vs PyTorch (same key, or the PyTorch key after \"vs\"; ratio = slmlp time / PyTorch time, < 1 is faster; peaks: max allocated in the timed steps, ours with its cuDNN/cuBLASLt workspace part)", "",
+                md_table(["key", "stage", "slmlp ms", "PyTorch ms", "ratio", "slmlp peak GiB (workspace)",
+                          "PyTorch peak GiB"],
                          [(j["key"], j["stage"], f"{j['slmlp_ms']:.4g}", f"{j['torch_ms']:.4g}",
-                           f"{j['ratio']:.2f}") for j in rep["slmlp_vs_torch"]])]
+                           f"{j['ratio']:.2f}",
+                           gib(j.get("slmlp_peak_gib")) + (f" ({gib(j['slmlp_workspace_gib'])})"
+                                                           if j.get("slmlp_workspace_gib") is not None else ""),
+                           gib(j.get("torch_peak_gib")))
+                          for j in rep["slmlp_vs_torch"]])]
     if tb_summary_md:
         out += ["", tb_summary_md.strip()]
     elif rep["torch_baselines"]["unreadable"]:
