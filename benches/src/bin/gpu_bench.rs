@@ -95,7 +95,10 @@ impl Bench<'_> {
             ));
             return false;
         }
-        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+        let result = catch_unwind(AssertUnwindSafe(|| f(self)));
+        // what a failed row left cached must not starve the next one
+        self.g.empty_cache();
+        match result {
             Ok(Ok(row)) => {
                 println!("{what}: {}", brief(&row));
                 self.report.rows.push(row);

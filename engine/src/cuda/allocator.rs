@@ -28,7 +28,8 @@
 //! - stream-ordered reuse: a segment belongs to the stream that caused its
 //!   allocation and its blocks are only handed out for that stream, so work
 //!   queued on one stream never sees memory still in use by another stream's
-//!   queued work;
+//!   queued work (`Gpu` also uses a stream id of its own for tensors that
+//!   outlive a step, to keep them apart: `cuda::lasting`);
 //! - a block also used on a second stream is declared with
 //!   [`CachingAllocator::record_stream`] (PyTorch's `record_stream`). Freeing
 //!   it records an event on each such stream and *parks* the block: it is

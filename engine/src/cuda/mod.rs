@@ -43,6 +43,6 @@ mod upload_ring;
 
 pub use allocator::{AllocatorStats, Backend, CachingAllocator, Pool, StreamId};
 pub use probe::{probe, resolve_device, CudaInfo};
-pub use runtime::{gpu, DeviceBlock, Gpu};
+pub use runtime::{gpu, lasting, DeviceBlock, Gpu};
 pub use storage::DeviceStorage;
 pub use tensor::set_poison;

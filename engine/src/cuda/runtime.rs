@@ -349,7 +349,24 @@ impl Gpu {
         let private = captures.capturing();
         let (mut general, mut graph) = (lock(&self.alloc), lock(&self.graph_alloc));
         let pool = if private { &mut graph } else { &mut general };
-        let ptr = pool.alloc(bytes, self.cu_stream() as u64)?;
+        let stream = self.cu_stream() as StreamId;
+        let domain = if !private && LASTING.get() {
+            stream | LASTING_DOMAIN
+        } else {
+            stream
+        };
+        let ptr = match pool.alloc(bytes, domain) {
+            // the general pool ran out (after emptying its own cache) while
+            // the graph-private pool, with no graph alive, still caches what
+            // the last one used: that goes back to the device, then retry
+            Err(e) if !private && captures.idle() => {
+                if graph.empty_cache() == 0 {
+                    return Err(e);
+                }
+                general.alloc(bytes, domain)?
+            }
+            r => r?,
+        };
         let (a, b) = (general.stats(), graph.stats());
         let mut peaks = lock(&self.peaks);
         if workspace {
@@ -653,6 +670,35 @@ pub struct DeviceBlock {
     private: bool,
     /// A library workspace ([`Gpu::alloc_workspace`]).
     workspace: bool,
+}
+
+thread_local! {
+    /// Inside [`lasting`] on this thread.
+    static LASTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The allocator hands a block out only to requests of the stream id its
+/// segment was made for; lasting allocations use the main stream's id with
+/// this bit set (a CUstream is a pointer, far below it), so they never share
+/// a segment with a step's tensors. The stream the work runs on is the same.
+const LASTING_DOMAIN: StreamId = 1 << 63;
+
+/// Runs `f` with this thread's GPU allocations (outside a CUDA graph
+/// recording) taken from segments of their own: for tensors made during a
+/// step that outlive it (the SGD momentum, a parameter's bf16 copy). Placed
+/// among the step's activations, each would keep a whole freed activation
+/// segment from going back to the device, so that the memory a CUDA graph
+/// recording needs stays held by the general pool (docs/ENGINE.md, "A
+/// training step as a CUDA graph").
+pub fn lasting<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LASTING.set(self.0);
+        }
+    }
+    let _restore = Restore(LASTING.replace(true));
+    f()
 }
 
 /// The peaks of [`Gpu::memory_stats`] and the workspace bytes behind them.

@@ -99,7 +99,8 @@ impl Param {
         let kept = match &*copy {
             Some(c) if c.dtype() == dtype && c.device() == value.device() => c.clone(),
             _ => {
-                let c = value.detach().to_dtype(dtype)?;
+                // kept across steps: not among a step's tensors
+                let c = crate::cuda::lasting(|| value.detach().to_dtype(dtype))?;
                 // a cast recorded into a CUDA graph has not run yet (and
                 // never will if the recording is abandoned): not kept
                 if !crate::cuda::graph::capturing(value.device())? {

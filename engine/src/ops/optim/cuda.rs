@@ -724,7 +724,8 @@ impl OptimOps for Cuda {
         let new_buf = match m {
             Some(b) => Some(with_strides_of(OP, b, &master)?),
             // the kernel writes buf = d on a first step: no zeroing needed
-            None if use_momentum => Some(empty_like(&master, DType::F32)?),
+            // (it outlives the step: crate::cuda::lasting)
+            None if use_momentum => Some(crate::cuda::lasting(|| empty_like(&master, DType::F32))?),
             None => None,
         };
         let bufs = SgdBuffers {
@@ -775,12 +776,15 @@ impl OptimOps for Cuda {
                 Some(b) => Some(with_strides_of(OP, b, &master)?),
                 // the kernel writes buf = d on a first step: no zeroing
                 // needed, unless the kernel may skip it (SgdItem::skip_if)
-                None if it.h.momentum != 0.0 => Some(if it.skip_if.is_some() {
-                    ct::zeros(gpu, master.dims(), DType::F32)
-                        .and_then(|z| with_strides_of(OP, &z, &master))?
-                } else {
-                    empty_like(&master, DType::F32)?
-                }),
+                // (it outlives the step: crate::cuda::lasting)
+                None if it.h.momentum != 0.0 => Some(crate::cuda::lasting(|| {
+                    if it.skip_if.is_some() {
+                        ct::zeros(gpu, master.dims(), DType::F32)
+                            .and_then(|z| with_strides_of(OP, &z, &master))
+                    } else {
+                        empty_like(&master, DType::F32)
+                    }
+                })?),
                 None => None,
             };
             let first = it.m.is_none();
@@ -894,9 +898,10 @@ impl OptimOps for Cuda {
         let gpu = ct::gpu_of(&master)?;
         let new_buf = match buf {
             Some(b) => with_strides_of(OP, b, &master)?,
-            // the momentum starts at zero
+            // the momentum starts at zero (and outlives the step:
+            // crate::cuda::lasting)
             None => {
-                let b = empty_like(&master, DType::F32)?;
+                let b = crate::cuda::lasting(|| empty_like(&master, DType::F32))?;
                 storage_of(&b)?.block().memset(0)?;
                 b
             }
