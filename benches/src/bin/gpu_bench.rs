@@ -96,7 +96,8 @@ impl Bench<'_> {
             return false;
         }
         let result = catch_unwind(AssertUnwindSafe(|| f(self)));
-        // what a failed row left cached must not starve the next one
+        // what the row left cached (its tensors are gone now, also when it
+        // failed) must not starve the next one
         self.g.empty_cache();
         match result {
             Ok(Ok(row)) => {
@@ -145,31 +146,19 @@ fn merge(mut row: Value, t: &Timing) -> Value {
     row
 }
 
-/// A row's memory columns, measured as torch_baselines.py measures
+/// `row` with its memory columns, measured as torch_baselines.py measures
 /// PyTorch's (`max_memory_allocated` of the timed steps, after a first step
 /// whose peak is reported apart): GiB allocated and reserved at the peak,
 /// and the cuDNN / cuBLASLt workspace bytes held at it.
-trait WithPeaks {
-    fn with_peaks(self, first: &AllocatorStats, timed: &AllocatorStats) -> Value;
-}
-
-impl WithPeaks for Value {
-    fn with_peaks(mut self, first: &AllocatorStats, timed: &AllocatorStats) -> Value {
-        let gib = |b: usize| sig(b as f64 / (1u64 << 30) as f64);
-        if let Some(o) = self.as_object_mut() {
-            o.insert("peak_gib".into(), json!(gib(timed.peak_allocated)));
-            o.insert("peak_reserved_gib".into(), json!(gib(timed.peak_reserved)));
-            o.insert(
-                "peak_workspace_gib".into(),
-                json!(gib(timed.workspace_at_peak)),
-            );
-            o.insert(
-                "peak_gib_first_step".into(),
-                json!(gib(first.peak_allocated)),
-            );
-        }
-        self
+fn with_peaks(mut row: Value, first: &AllocatorStats, timed: &AllocatorStats) -> Value {
+    let gib = |b: usize| json!(sig(b as f64 / (1u64 << 30) as f64));
+    if let Some(o) = row.as_object_mut() {
+        o.insert("peak_gib".into(), gib(timed.peak_allocated));
+        o.insert("peak_reserved_gib".into(), gib(timed.peak_reserved));
+        o.insert("peak_workspace_gib".into(), gib(timed.workspace_at_peak));
+        o.insert("peak_gib_first_step".into(), gib(first.peak_allocated));
     }
+    row
 }
 
 fn pct(a: f64, of: Option<f64>) -> Value {
@@ -620,11 +609,7 @@ fn train(b: &mut Bench) {
             };
             let peak = b.g.memory_stats();
             let graph_counts = trainer.graph_counts();
-            drop(trainer);
-            drop(sets);
-            drop(net);
-            b.g.empty_cache();
-            Ok(merge(
+            let row = merge(
                 json!({"key": key, "name": format!("resnet50 {} {dtype} train step (slmlp)", variant.to_uppercase().replace('_', "-")),
                        // every variant against PyTorch's eager and compiled steps
                        "vs_torch": [format!("resnet50_train/{variant}/eager"), format!("resnet50_train/{variant}/compile")],
@@ -634,8 +619,8 @@ fn train(b: &mut Bench) {
                        "img_per_s": sig(N as f64 / (t.ms_median * 1e-3)),
                        "first_step_s": sig(first_step_s), "loss_last": sig(last_loss)}),
                 &t,
-            )
-            .with_peaks(&first, &peak))
+            );
+            Ok(with_peaks(row, &first, &peak))
         });
     }
 }
@@ -727,11 +712,6 @@ fn train_with_loader(b: &mut Bench) {
             };
             Ok((batch.images, batch.labels))
         })?;
-        drop(batches);
-        drop(trainer);
-        drop(net);
-        drop(loader);
-        b.g.empty_cache();
         Ok(merge(
             json!({"key": key, "name": "resnet50 SL-MLP bf16 train step with the device-mode loader (slmlp)",
                    "vs_torch": ["resnet50_train/sl_mlp/eager", "resnet50_train/sl_mlp/compile"],
@@ -813,12 +793,9 @@ fn maskrcnn(b: &mut Bench) {
             Some(l) => l.to_device(Device::Cpu)?.item()?,
             None => f64::NAN,
         };
-        drop(batches);
-        drop(model);
         engine::cuda::dnn::set_benchmark(true);
         engine::cuda::blas::set_benchmark(true);
-        b.g.empty_cache();
-        Ok(merge(
+        let row = merge(
             json!({"key": key, "name": format!("Mask R-CNN R50-FPN train iter, batch {MR_BATCH} @{h}x{w} (slmlp)"),
                    "batch": MR_BATCH, "image_hw": [h, w], "backbone": "frozen BN (initial statistics), trainable layers 3",
                    "precision": "bf16 autocast", "cudnn_benchmark": false, "first_iter_s": sig(first_s),
@@ -826,8 +803,8 @@ fn maskrcnn(b: &mut Bench) {
                    "img_per_s": sig(MR_BATCH as f64 / (t.ms_median * 1e-3)),
                    "loss_last": sig(loss)}),
             &t,
-        )
-        .with_peaks(&first, &peak))
+        );
+        Ok(with_peaks(row, &first, &peak))
     });
 }
 
