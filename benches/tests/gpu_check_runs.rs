@@ -20,7 +20,6 @@
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 const SEED: u64 = 7;
 
@@ -70,33 +69,10 @@ fn cpu_self_test_passes_every_registered_case_exactly() {
     }
 }
 
-/// The emulator built (once per test process) and its self-test passed:
-/// LD_LIBRARY_PATH with its lib folder first.
+/// LD_LIBRARY_PATH with the emulator first, built here and self-tested.
 fn emulator_library_path() -> String {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let emu = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu");
-        let build = Command::new("python3")
-            .arg(repo.join("tools/cuda_emu/build.py"))
-            .arg("--out")
-            .arg(&emu)
-            .arg("--self-test")
-            .output()
-            .expect("python3 runs tools/cuda_emu/build.py");
-        assert!(
-            build.status.success(),
-            "building the CUDA emulator (it needs g++) or its self-test failed:\n{}{}",
-            String::from_utf8_lossy(&build.stdout),
-            String::from_utf8_lossy(&build.stderr)
-        );
-        let lib = emu.join("lib");
-        match std::env::var("LD_LIBRARY_PATH") {
-            Ok(p) if !p.is_empty() => format!("{}:{p}", lib.display()),
-            _ => lib.display().to_string(),
-        }
-    })
-    .clone()
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu");
+    testutil::cuda_emu::cuda_emulator_library_path(&out, true)
 }
 
 #[test]

@@ -8,34 +8,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
-/// LD_LIBRARY_PATH with the emulator's lib folder first (built once per
-/// test process, in a folder of this test's own).
+/// LD_LIBRARY_PATH with the emulator first, built in a folder of this
+/// test's own (benches/tests/gpu_check_runs.rs self-tests it).
 fn emulator_library_path() -> String {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let emu = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu_models");
-        let build = Command::new("python3")
-            .arg(repo.join("tools/cuda_emu/build.py"))
-            .arg("--out")
-            .arg(&emu)
-            .output()
-            .expect("python3 runs tools/cuda_emu/build.py");
-        assert!(
-            build.status.success(),
-            "building the CUDA emulator failed (it needs g++ and NVRTC):\n{}{}",
-            String::from_utf8_lossy(&build.stdout),
-            String::from_utf8_lossy(&build.stderr)
-        );
-        let lib = emu.join("lib");
-        match std::env::var("LD_LIBRARY_PATH") {
-            Ok(p) if !p.is_empty() => format!("{}:{p}", lib.display()),
-            _ => lib.display().to_string(),
-        }
-    })
-    .clone()
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu_models");
+    testutil::cuda_emu::cuda_emulator_library_path(&out, false)
 }
 
 /// One epoch of three steps on a device of `gib` GiB; the run's output, and

@@ -8,9 +8,12 @@
 //! - [`hash`]: the counter-hash weight init shared with
 //!   tools/golden/export_resnet50.py;
 //! - [`golden`]: the PyTorch fixtures under tests/fixtures;
-//! - [`trace`]: capturing the engine's JSONL audit trace.
+//! - [`trace`]: capturing the engine's JSONL audit trace;
+//! - [`cuda_emu`]: the CUDA emulator, built for tests that run the CUDA
+//!   backend without a GPU.
 
 pub mod close;
+pub mod cuda_emu;
 pub mod golden;
 pub mod hash;
 pub mod trace;
