@@ -113,8 +113,8 @@ impl IndexOps for Cuda {
         *shape.last_mut().expect("rank >= 1") = k;
         let values = empty_row_major(x, &shape, x.dtype())?;
         let indices = empty_row_major(x, &shape, DType::I64)?;
-        if k == 1 {
-            g.bind()?;
+        g.bind()?;
+        let queued = if k == 1 {
             // SAFETY: xd row-major [rows, n] of dt; values [rows] of dt,
             // indices [rows] i64.
             unsafe {
@@ -129,33 +129,31 @@ impl IndexOps for Cuda {
                     descending,
                 )
             }
-            .map_err(kerr(OP))?;
-            traced_sync(g)?;
-            return Ok((values, indices));
-        }
-        // scratch: f32 keys and int32 positions (no tensor dtype: raw blocks)
-        let keys = g.alloc(rows * p2 * 4)?;
-        let pos = g.alloc(rows * p2 * 4)?;
-        g.bind()?;
-        // SAFETY: xd row-major [rows, n] of dt; keys/pos rows*p2 4-byte
-        // elements each; values [rows, k] of dt, indices [rows, k] i64; k <= n
-        // (checked by the front-end).
-        unsafe {
-            g.kernels.sort_rows(
-                &g.stream,
-                dt,
-                ptr(&xd)?,
-                keys.ptr(),
-                pos.ptr(),
-                ptr(&values)?,
-                ptr(&indices)?,
-                rows,
-                n,
-                k,
-                descending,
-            )
-        }
-        .map_err(kerr(OP))?;
+        } else {
+            // scratch: f32 keys and int32 positions (no tensor dtype: raw
+            // blocks; freed once queued, as the allocator orders reuse)
+            let keys = g.alloc(rows * p2 * 4)?;
+            let pos = g.alloc(rows * p2 * 4)?;
+            // SAFETY: xd row-major [rows, n] of dt; keys/pos rows*p2 4-byte
+            // elements each; values [rows, k] of dt, indices [rows, k] i64;
+            // k <= n (checked by the front-end).
+            unsafe {
+                g.kernels.sort_rows(
+                    &g.stream,
+                    dt,
+                    ptr(&xd)?,
+                    keys.ptr(),
+                    pos.ptr(),
+                    ptr(&values)?,
+                    ptr(&indices)?,
+                    rows,
+                    n,
+                    k,
+                    descending,
+                )
+            }
+        };
+        queued.map_err(kerr(OP))?;
         traced_sync(g)?;
         Ok((values, indices))
     }
