@@ -64,7 +64,7 @@ fn pretrain_on(gib: u32, extra: &[&str]) -> (String, f64) {
 
 /// The ordinary step trains on 12 GiB. The recorded one on 14: before the
 /// tensors that outlive a step (momentum, bf16 weight copies) were given
-/// segments of their own (`engine::cuda::lasting`), they kept 6.5 GiB of
+/// segments of their own (`engine::cuda::lasting`), they kept 6 GiB of
 /// the ordinary steps' segments from going back to the device, and the
 /// recording ran out of memory on 18 GiB (docs/ENGINE.md).
 #[test]
