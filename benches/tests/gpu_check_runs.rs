@@ -20,6 +20,7 @@
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
+use testutil::{output_text, TempDir};
 
 const SEED: u64 = 7;
 
@@ -27,23 +28,18 @@ const SEED: u64 = 7;
 /// code 0, a passing result.json with one row per registered case, each
 /// passing. Returns the log and the rows.
 fn run_check(tag: &str, args: &[&str], env: &[(&str, String)]) -> (String, Vec<Value>) {
-    let out = std::env::temp_dir().join(format!("slmlp-gpu-check-{tag}-{}", std::process::id()));
+    let out = TempDir::new(&format!("gpu-check-{tag}"));
     let run = Command::new(env!("CARGO_BIN_EXE_slmlp-gpu-check"))
         .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["--seed", &SEED.to_string(), "--budget-s", "900"])
         .args(args)
         .arg("--out")
-        .arg(&out)
+        .arg(&out.0)
         .output()
         .expect("slmlp-gpu-check runs");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let log = output_text(&run);
     assert_eq!(run.status.code(), Some(0), "{log}");
-    let text = std::fs::read_to_string(out.join("result.json")).expect("result.json written");
-    std::fs::remove_dir_all(&out).ok();
+    let text = std::fs::read_to_string(out.0.join("result.json")).expect("result.json written");
     let result: Value = serde_json::from_str(&text).expect("result.json parses");
     assert_eq!(result["status"], "pass", "{log}");
     let rows = result["rows"].as_array().expect("rows").clone();
@@ -106,8 +102,8 @@ const TORCH_PEAK_GIB: [(&str, f64); 3] = [
 /// the misses is the one-pass top 1).
 #[test]
 fn the_resnet50_steps_tensors_peak_below_pytorchs_in_a_dry_run() {
-    let out = std::env::temp_dir().join(format!("slmlp-gpu-bench-dry-{}", std::process::id()));
-    let counts = out.with_extension("counts");
+    let tmp = TempDir::new("gpu-bench-dry");
+    let (out, counts) = (tmp.0.join("bench"), tmp.0.join("counts"));
     let run = Command::new(env!("CARGO_BIN_EXE_slmlp-gpu-bench"))
         .env("LD_LIBRARY_PATH", emulator_library_path())
         .env("SLMLP_CUDA_EMU_DRY", "1")
@@ -118,15 +114,9 @@ fn the_resnet50_steps_tensors_peak_below_pytorchs_in_a_dry_run() {
         .arg(&out)
         .output()
         .expect("slmlp-gpu-bench runs");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let log = output_text(&run);
     let text = std::fs::read_to_string(out.join("result.json")).expect("result.json written");
     let counted = std::fs::read_to_string(&counts).expect("the emulator wrote its counts");
-    std::fs::remove_dir_all(&out).ok();
-    std::fs::remove_file(&counts).ok();
     let result: Value = serde_json::from_str(&text).expect("result.json parses");
     // (the f16 variant fails here: its loss scale reads back as 0)
     let rows = result["rows"].as_array().expect("rows");
@@ -153,7 +143,8 @@ fn the_resnet50_steps_tensors_peak_below_pytorchs_in_a_dry_run() {
         .iter()
         .find(|r| r["key"] == "resnet50_train/sl/eager")
         .expect("sl row");
-    let (first, timed) = (sl["peak_gib_first_step"].as_f64(), sl["peak_gib"].as_f64());
+    let gib = |k: &str| sl[k].as_f64().unwrap_or_else(|| panic!("no {k}: {sl}"));
+    let (first, timed) = (gib("peak_gib_first_step"), gib("peak_gib"));
     assert!(
         first > timed,
         "the first step searches, with a Find workspace: {sl}"

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use testutil::{output_text, TempDir};
 
 /// LD_LIBRARY_PATH with the emulator first, built in a folder of this
 /// test's own (benches/tests/gpu_check_runs.rs self-tests it).
@@ -19,36 +20,20 @@ fn emulator_library_path() -> String {
 /// One epoch of three steps on a device of `gib` GiB; the run's output, and
 /// the GiB it reserved at its peak.
 fn pretrain_on(gib: u32, extra: &[&str]) -> (String, f64) {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "dry-pretrain-{gib}{}-{}",
-        extra.join(""),
-        std::process::id()
-    ));
+    let tmp = TempDir::new(&format!("dry-pretrain-{gib}{}", extra.join("")));
     let run = Command::new(env!("CARGO_BIN_EXE_slmlp"))
         .env("LD_LIBRARY_PATH", emulator_library_path())
         .env("SLMLP_CUDA_EMU_DRY", "1")
         .env("SLMLP_CUDA_EMU_SMS", "132")
         .env("SLMLP_CUDA_EMU_MEM_GIB", gib.to_string())
         .args(["pretrain", "--preset", "imagenet", "--data", "synthetic"])
-        .args([
-            "--per-class",
-            "80",
-            "--epochs",
-            "1",
-            "--no-val",
-            "--overwrite",
-        ])
+        .args(["--per-class", "80", "--epochs", "1", "--no-val"])
         .args(extra)
         .arg("--out")
-        .arg(&out)
+        .arg(tmp.0.join("run"))
         .output()
         .expect("slmlp runs");
-    std::fs::remove_dir_all(&out).ok();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let log = output_text(&run);
     assert!(run.status.success(), "on {gib} GiB:\n{log}");
     assert!(log.contains("slmlp CUDA emulator"), "{log}");
     // "cuda:0: peak memory 10.97 GiB allocated, 13.40 GiB reserved"

@@ -50,6 +50,16 @@ impl Drop for TempDir {
     }
 }
 
+/// A finished command's standard output, then its standard error, as text
+/// (for the messages of assertions on it).
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The message of an expected error; panics on `Ok`.
 pub fn err_text<T>(r: engine::Result<T>) -> String {
     match r {
