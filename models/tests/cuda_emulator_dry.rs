@@ -7,7 +7,7 @@
 //! GPU check in benches/tests/gpu_check_runs.rs does.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use testutil::{output_text, TempDir};
 
 /// LD_LIBRARY_PATH with the emulator first, built in a folder of this
@@ -17,15 +17,23 @@ fn emulator_library_path() -> String {
     testutil::cuda_emu::cuda_emulator_library_path(&out, false)
 }
 
-/// One epoch of three steps on a device of `gib` GiB; the run's output, and
-/// the GiB it reserved at its peak.
-fn pretrain_on(gib: u32, extra: &[&str]) -> (String, f64) {
-    let tmp = TempDir::new(&format!("dry-pretrain-{gib}{}", extra.join("")));
+/// One epoch of three steps on a device of `gib` GiB, with `env` set: the
+/// run, and what the emulator counted (`SLMLP_CUDA_EMU_COUNTS`).
+fn dry_pretrain(gib: u32, extra: &[&str], env: &[(&str, &str)]) -> (Output, String) {
+    let tag: String = env
+        .iter()
+        .map(|(_, v)| *v)
+        .chain(extra.iter().copied())
+        .collect();
+    let tmp = TempDir::new(&format!("dry-pretrain-{gib}{tag}"));
+    let counts = tmp.0.join("counts");
     let run = Command::new(env!("CARGO_BIN_EXE_slmlp"))
         .env("LD_LIBRARY_PATH", emulator_library_path())
         .env("SLMLP_CUDA_EMU_DRY", "1")
         .env("SLMLP_CUDA_EMU_SMS", "132")
         .env("SLMLP_CUDA_EMU_MEM_GIB", gib.to_string())
+        .env("SLMLP_CUDA_EMU_COUNTS", &counts)
+        .envs(env.iter().copied())
         .args(["pretrain", "--preset", "imagenet", "--data", "synthetic"])
         .args(["--per-class", "80", "--epochs", "1", "--no-val"])
         .args(extra)
@@ -33,6 +41,13 @@ fn pretrain_on(gib: u32, extra: &[&str]) -> (String, f64) {
         .arg(tmp.0.join("run"))
         .output()
         .expect("slmlp runs");
+    (run, std::fs::read_to_string(&counts).unwrap_or_default())
+}
+
+/// [`dry_pretrain`] that must succeed: its output, and the GiB it reserved
+/// at its peak.
+fn pretrain_on(gib: u32, extra: &[&str]) -> (String, f64) {
+    let (run, _) = dry_pretrain(gib, extra, &[]);
     let log = output_text(&run);
     assert!(run.status.success(), "on {gib} GiB:\n{log}");
     assert!(log.contains("slmlp CUDA emulator"), "{log}");
@@ -62,4 +77,43 @@ fn the_imagenet_preset_trains_on_12_gib_and_with_a_cuda_graph_on_14() {
         "{log}"
     );
     assert!(reserved <= 14.0, "{reserved}");
+}
+
+/// How many calls of `what` the emulator counted ("321 library
+/// cublasLtMatmul"), 0 when none.
+fn count(counts: &str, what: &str) -> u64 {
+    counts
+        .lines()
+        .find_map(|l| l.split_once(' ').filter(|(_, w)| *w == what))
+        .map_or(0, |(n, _)| n.parse().expect("a count"))
+}
+
+/// `SLMLP_CONV_1X1=cudnn` sends the 1x1 stride-1 convolutions to cuDNN:
+/// ResNet-50 has 33 of them (two in each of the 16 bottlenecks, and
+/// layer1's projection shortcut), so the 3 steps make 33 x 3 directions x 3
+/// fewer cuBLASLt calls, and the Linear layers keep theirs. Any other value
+/// is a clear error before the first step.
+#[test]
+fn slmlp_conv_1x1_moves_the_pointwise_convolutions_to_cudnn() {
+    let (gemm_run, gemm) = dry_pretrain(12, &[], &[("SLMLP_CONV_1X1", "gemm")]);
+    let (cudnn_run, cudnn) = dry_pretrain(12, &[], &[("SLMLP_CONV_1X1", "cudnn")]);
+    for run in [&gemm_run, &cudnn_run] {
+        assert!(run.status.success(), "{}", output_text(run));
+    }
+    let matmuls = |c: &str| count(c, "library cublasLtMatmul");
+    assert_eq!(
+        matmuls(&gemm) - matmuls(&cudnn),
+        33 * 3 * 3,
+        "{gemm}\n{cudnn}"
+    );
+    let forwards = |c: &str| count(c, "library cudnn convolution forward");
+    assert!(forwards(&cudnn) > forwards(&gemm), "{gemm}\n{cudnn}");
+    let (bad, _) = dry_pretrain(12, &[], &[("SLMLP_CONV_1X1", "cublas")]);
+    let log = output_text(&bad);
+    assert!(!bad.status.success(), "{log}");
+    assert!(
+        log.contains("SLMLP_CONV_1X1 must be gemm or cudnn, got \"cublas\""),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }

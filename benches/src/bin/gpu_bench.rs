@@ -39,6 +39,7 @@
 mod gpu_common;
 
 use engine::cuda::{AllocatorStats, Gpu};
+use engine::ops::conv::{scoped_pointwise, Pointwise};
 use engine::ops::Conv2dParams;
 use engine::{DType, Device, Result, Rng, Tensor};
 use gpu_common::*;
@@ -430,9 +431,17 @@ fn bn(b: &mut Bench) {
 
 // ---- conv_layers ---------------------------------------------------------------
 
-fn conv(b: &mut Bench) {
+/// The ResNet-50 convolutions at batch 256, each direction timed alone:
+/// every shape on the default routes (keys `conv/<shape>/<dir>`), or with
+/// `Pointwise::Cudnn` the 1x1 stride-1 shapes on cuDNN instead of the
+/// cuBLASLt GEMMs (`conv/<shape>/<dir>/cudnn`), to show what the GEMMs gain.
+fn conv(b: &mut Bench, route: Pointwise) {
     const N: usize = 256;
+    let _route = scoped_pointwise(route);
     for s in resnet50_convs() {
+        if route == Pointwise::Cudnn && !s.pointwise() {
+            continue;
+        }
         let tag = s.tag();
         let flops = s.flops(N);
         let set_bytes =
@@ -449,7 +458,10 @@ fn conv(b: &mut Bench) {
         }
         dirs.push("bwd_weight");
         for dir in dirs {
-            let key = format!("conv/{tag}/{dir}");
+            let key = match route {
+                Pointwise::Gemm => format!("conv/{tag}/{dir}"),
+                Pointwise::Cudnn => format!("conv/{tag}/{dir}/cudnn"),
+            };
             b.attempt(&key, 2.0, |b| {
                 let mut sets = Vec::new();
                 for i in 0..k {
@@ -489,10 +501,13 @@ fn conv(b: &mut Bench) {
                 };
                 let tf = flops / (t.ms_median * 1e-3) / 1e12;
                 Ok(merge(
-                    json!({"key": key, "name": format!("conv {k}x{k} {}->{} s{} @{}x{} {dir}", s.cin, s.cout, s.stride, s.h, s.w, k = s.k),
+                    json!({"key": key, "name": format!("conv {k}x{k} {}->{} s{} @{}x{} {dir}{}", s.cin, s.cout, s.stride, s.h, s.w,
+                                                       if route == Pointwise::Cudnn { " (cuDNN)" } else { "" }, k = s.k),
                            "cin": s.cin, "cout": s.cout, "k": s.k, "stride": s.stride, "pad": s.pad, "H": s.h, "W": s.w,
                            "batch": N, "count": s.count, "direction": dir, "dtype": "bf16 channels_last",
-                           "flops": flops, "rotated_sets": k, "TFLOPs": sig(tf), "pct_of_gemm": pct(tf, b.gemm_tflops)}),
+                           "flops": flops, "rotated_sets": k,
+                           // PyTorch's row of the shape (cuDNN there)
+                           "vs_torch": [format!("conv/{tag}/{dir}")], "TFLOPs": sig(tf), "pct_of_gemm": pct(tf, b.gemm_tflops)}),
                     &t,
                 ))
             });
@@ -544,30 +559,35 @@ fn train(b: &mut Bench) {
     const N: usize = 256;
     const PX: usize = 224;
     use engine::cuda::dnn::{scoped, Api};
-    // (variant, precision, cuDNN API, CUDA graph, overlapped): the row with
-    // the legacy API only shows what the graph API's plans gain in the same
+    // (variant, precision, cuDNN API, 1x1 route, CUDA graph, overlapped):
+    // the rows with the legacy API and with the 1x1 convolutions on cuDNN
+    // only show what the graph API's plans and the GEMMs gain in the same
     // run; the graph rows replay the recorded step
     // (`Trainer::with_cuda_graph`)
-    for (variant, precision, api, graph, overlap) in [
-        ("sl", Precision::Bf16, Api::Auto, false, false),
-        ("sl_mlp", Precision::Bf16, Api::Auto, false, false),
-        ("sl_mlp", Precision::Bf16, Api::Auto, false, true),
-        ("sl_mlp", Precision::Bf16, Api::Auto, true, false),
-        ("sl_mlp", Precision::Bf16, Api::Auto, true, true),
-        ("sl_mlp", Precision::Bf16, Api::Legacy, false, false),
-        ("sl_mlp", Precision::F16, Api::Auto, false, false),
+    let (auto, gemm, bf16) = (Api::Auto, Pointwise::Gemm, Precision::Bf16);
+    for (variant, precision, api, pointwise, graph, overlap) in [
+        ("sl", bf16, auto, gemm, false, false),
+        ("sl_mlp", bf16, auto, gemm, false, false),
+        ("sl_mlp", bf16, auto, gemm, false, true),
+        ("sl_mlp", bf16, auto, gemm, true, false),
+        ("sl_mlp", bf16, auto, gemm, true, true),
+        ("sl_mlp", bf16, Api::Legacy, gemm, false, false),
+        ("sl_mlp", bf16, auto, Pointwise::Cudnn, false, false),
+        ("sl_mlp", Precision::F16, auto, gemm, false, false),
     ] {
-        let (mode, dtype) = match (precision, api, graph, overlap) {
+        let (mode, dtype) = match (precision, api, pointwise, graph, overlap) {
             (Precision::F16, ..) => ("eager_f16", "f16"),
             (_, Api::Legacy, ..) => ("eager_legacy_cudnn", "bf16"),
-            (_, _, true, true) => ("graph_overlapped", "bf16"),
-            (_, _, true, false) => ("graph", "bf16"),
-            (_, _, false, true) => ("eager_overlapped", "bf16"),
+            (_, _, Pointwise::Cudnn, ..) => ("eager_cudnn_1x1", "bf16"),
+            (.., true, true) => ("graph_overlapped", "bf16"),
+            (.., true, false) => ("graph", "bf16"),
+            (.., false, true) => ("eager_overlapped", "bf16"),
             _ => ("eager", "bf16"),
         };
         let key = format!("resnet50_train/{variant}/{mode}");
         b.attempt(&key, 25.0, |b| {
             let _api = scoped(api, true);
+            let _pointwise = scoped_pointwise(pointwise);
             let net = resnet50(variant == "sl_mlp", Device::Cuda(b.g.ordinal))?;
             let params: usize = engine::nn::Module::params(&net)
                 .iter()
@@ -839,6 +859,61 @@ fn random_target(rng: &mut Rng, (h, w): (usize, usize)) -> models::detection::da
     }
 }
 
+/// What each of the step's features gains, as two times of the same run
+/// (issue 16 asks for each step's gain shown apart): the 1x1 stride-1
+/// convolutions of a step as GEMMs against cuDNN, and the SL-MLP training
+/// step's rows that differ in one setting.
+fn summarize_gains(report: &mut Report, rows: &[Value], convs: &[ConvShape]) {
+    let ms = |k: &str| {
+        rows.iter()
+            .find(|r| r["key"] == k)
+            .and_then(|r| r["ms_median"].as_f64())
+    };
+    let (mut gemm, mut cudnn, mut pairs, mut expected) = (0.0, 0.0, 0, 0);
+    for s in convs.iter().filter(|s| s.pointwise()) {
+        for dir in ["fwd", "bwd_data", "bwd_weight"] {
+            expected += 1;
+            let key = format!("conv/{}/{dir}", s.tag());
+            if let (Some(a), Some(b)) = (ms(&key), ms(&format!("{key}/cudnn"))) {
+                gemm += a * s.count as f64;
+                cudnn += b * s.count as f64;
+                pairs += 1;
+            }
+        }
+    }
+    if pairs > 0 {
+        report.figure(
+            &format!("ResNet-50 1x1 stride-1 conv time per step, batch 256 ({pairs}/{expected} measured both ways)"),
+            format!("{} (cuDNN: {})", sig(gemm), sig(cudnn)),
+            "ms",
+            "cuBLASLt GEMMs against the same convolutions on cuDNN",
+        );
+    }
+    let step = |mode: &str| ms(&format!("resnet50_train/sl_mlp/{mode}"));
+    for (what, without, with) in [
+        ("1x1 convs as cuBLASLt GEMMs", "eager_cudnn_1x1", "eager"),
+        ("cuDNN graph API plans", "eager_legacy_cudnn", "eager"),
+        ("CUDA graph", "eager", "graph"),
+        ("overlapped steps", "eager", "eager_overlapped"),
+        ("overlapped steps, CUDA graph", "graph", "graph_overlapped"),
+        ("f16 instead of bf16", "eager", "eager_f16"),
+        (
+            "the device loader's data (5 % target)",
+            "eager_overlapped",
+            "eager_loader",
+        ),
+    ] {
+        if let (Some(a), Some(b)) = (step(without), step(with)) {
+            report.figure(
+                &format!("SL-MLP step: {what} ({without} -> {with})"),
+                format!("{} -> {} ({:.3}x)", sig(a), sig(b), b / a),
+                "ms",
+                "time with / time without, < 1 is a gain",
+            );
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse(BIN, " [--sections copy,gemm,bn,conv,train,maskrcnn]");
     use_bundled_nvrtc();
@@ -894,12 +969,17 @@ fn main() {
         gemm(&mut b, false, true);
     }
     if want("conv") {
-        conv(&mut b);
+        conv(&mut b, Pointwise::Gemm);
     }
     g.empty_cache();
     if want("train") {
         train(&mut b);
         train_with_loader(&mut b);
+    }
+    // after the steps: only a comparison
+    if want("conv") {
+        conv(&mut b, Pointwise::Cudnn);
+        g.empty_cache();
     }
     if want("maskrcnn") {
         maskrcnn(&mut b);
@@ -965,6 +1045,7 @@ fn main() {
             "torch conv_layers per-step total (gpu_check.md)",
         );
     }
+    summarize_gains(&mut b.report, &rows, &convs);
     let line = gpu_line(g);
     println!("{BIN}: {line}");
     b.report.notes.push(line);

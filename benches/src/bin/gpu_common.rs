@@ -571,6 +571,11 @@ impl ConvShape {
             k = self.k
         )
     }
+    /// Whether the engine runs it as a GEMM (1x1, stride 1, no padding:
+    /// `engine::ops::conv::Pointwise`).
+    pub fn pointwise(&self) -> bool {
+        (self.k, self.stride, self.pad) == (1, 1, 0)
+    }
     pub fn flops(&self, batch: usize) -> f64 {
         2.0 * (batch * self.ho * self.wo * self.cout * self.cin * self.k * self.k) as f64
     }

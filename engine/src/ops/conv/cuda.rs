@@ -15,7 +15,7 @@
 //! bits run to run for a given algorithm, but timing may pick another one
 //! in another run; the heuristic's first choice is repeatable).
 
-use super::gemm::{at, gemm_plan, Direction, GemmPlan, Operand};
+use super::gemm::{at, gemm_plan, pointwise_route, Direction, GemmPlan, Operand, Pointwise};
 use super::{check_acc, Conv2dGeom, ConvOps};
 use crate::autograd::accumulate;
 use crate::backend::{unsupported, Cuda};
@@ -24,11 +24,21 @@ use crate::cuda::dnn::{self, ConvShape};
 use crate::cuda::launch::traced_sync;
 use crate::cuda::runtime::Gpu;
 use crate::cuda::tensor::{contiguous, empty, gpu_of, ptr, to_default_layout, zeros};
+use crate::layout::Layout;
 use crate::{DType, Result, Tensor};
 
 /// One of dnn's convolutions: (gpu, shape, dtype, in a, in b, out, beta).
 type DnnConv =
     unsafe fn(&'static Gpu, &ConvShape, DType, u64, u64, u64, f32) -> Result<&'static str>;
+
+/// [`gemm_plan`]'s GEMM when the 1x1 stride-1 convolutions run as GEMMs
+/// ([`pointwise_route`]); None sends the call to cuDNN.
+fn as_gemm(dir: Direction, g: &Conv2dGeom, inputs: [&Layout; 2]) -> Result<Option<GemmPlan>> {
+    Ok(match pointwise_route()? {
+        Pointwise::Gemm => gemm_plan(dir, g, inputs),
+        Pointwise::Cudnn => None,
+    })
+}
 
 /// Where a convolution's result goes: a new tensor, or added into a
 /// gradient this op may write (`onto`, see [`writable`]).
@@ -171,7 +181,7 @@ impl ConvOps for Cuda {
         bias: Option<&Tensor>,
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
-        if let Some(plan) = gemm_plan(Direction::Forward, g, [x.layout(), w.layout()]) {
+        if let Some(plan) = as_gemm(Direction::Forward, g, [x.layout(), w.layout()])? {
             return run_gemm(
                 &plan,
                 [(Operand::X, x), (Operand::W, w)],
@@ -196,7 +206,7 @@ impl ConvOps for Cuda {
             Some(a) if writable(&a, dy.device()) => (Out::Onto(a), None),
             a => (Out::New(g.x_dims()), a),
         };
-        let dx = match gemm_plan(Direction::BackwardData, g, [dy.layout(), w.layout()]) {
+        let dx = match as_gemm(Direction::BackwardData, g, [dy.layout(), w.layout()])? {
             Some(plan) => run_gemm(&plan, [(Operand::Dy, dy), (Operand::W, w)], None, out)?,
             None => run(dnn::conv_backward_data, w, dy, None, g, out)?,
         };
@@ -204,7 +214,7 @@ impl ConvOps for Cuda {
     }
 
     fn conv2d_backward_filter(&self, x: &Tensor, dy: &Tensor, g: &Conv2dGeom) -> Result<Tensor> {
-        if let Some(plan) = gemm_plan(Direction::BackwardFilter, g, [x.layout(), dy.layout()]) {
+        if let Some(plan) = as_gemm(Direction::BackwardFilter, g, [x.layout(), dy.layout()])? {
             return run_gemm(
                 &plan,
                 [(Operand::X, x), (Operand::Dy, dy)],
@@ -237,7 +247,7 @@ impl ConvOps for Cuda {
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
         // x plays the matching convolution's dy
-        if let Some(plan) = gemm_plan(Direction::BackwardData, g, [x.layout(), w.layout()]) {
+        if let Some(plan) = as_gemm(Direction::BackwardData, g, [x.layout(), w.layout()])? {
             let out = Out::New(g.x_dims());
             return run_gemm(&plan, [(Operand::Dy, x), (Operand::W, w)], bias, out);
         }

@@ -20,6 +20,80 @@
 use super::Conv2dGeom;
 use crate::cuda::blas::Matrix;
 use crate::layout::Layout;
+use crate::{Error, Result};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which library runs the 1x1 stride-1 convolutions on the GPU
+/// (`SLMLP_CONV_1X1`, default [`Pointwise::Gemm`]): the GEMMs of this
+/// module, or cuDNN like every other convolution. The cuDNN route is there
+/// to measure what the GEMMs gain (`slmlp-gpu-bench`'s
+/// `eager_cudnn_1x1` row and `conv/<shape>/<dir>/cudnn` rows) and to
+/// check both routes against the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pointwise {
+    Gemm,
+    Cudnn,
+}
+
+impl Pointwise {
+    /// "gemm" or "cudnn" (`SLMLP_CONV_1X1`).
+    pub fn parse(v: &str) -> Result<Pointwise> {
+        Pointwise::from_text(v).map_err(|msg| Error::arg("conv2d", msg))
+    }
+
+    fn from_text(v: &str) -> std::result::Result<Pointwise, String> {
+        match v {
+            "gemm" => Ok(Pointwise::Gemm),
+            "cudnn" => Ok(Pointwise::Cudnn),
+            _ => Err(format!("SLMLP_CONV_1X1 must be gemm or cudnn, got {v:?}")),
+        }
+    }
+}
+
+/// 0: not set (then `SLMLP_CONV_1X1`); 1: GEMM; 2: cuDNN.
+static ROUTE: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the route of the 1x1 stride-1 convolutions from the next call
+/// on (overrides `SLMLP_CONV_1X1`).
+pub fn set_pointwise(route: Pointwise) {
+    ROUTE.store(1 + (route == Pointwise::Cudnn) as u8, Ordering::Relaxed);
+}
+
+/// [`set_pointwise`]'s route, else `SLMLP_CONV_1X1`'s, else
+/// [`Pointwise::Gemm`]; an error for an unknown `SLMLP_CONV_1X1`.
+pub fn pointwise_route() -> Result<Pointwise> {
+    // read once: every convolution call asks
+    static ENV: std::sync::OnceLock<std::result::Result<Pointwise, String>> =
+        std::sync::OnceLock::new();
+    match ROUTE.load(Ordering::Relaxed) {
+        0 => ENV
+            .get_or_init(|| match std::env::var("SLMLP_CONV_1X1") {
+                Ok(v) => Pointwise::from_text(&v),
+                Err(_) => Ok(Pointwise::Gemm),
+            })
+            .clone()
+            .map_err(|e| Error::arg("conv2d", e)),
+        1 => Ok(Pointwise::Gemm),
+        _ => Ok(Pointwise::Cudnn),
+    }
+}
+
+/// Sets the route until dropped, then restores the one before: for a
+/// check or a bench row that runs one route on purpose.
+pub struct ScopedPointwise(u8);
+
+/// See [`ScopedPointwise`].
+pub fn scoped_pointwise(route: Pointwise) -> ScopedPointwise {
+    let prev = ScopedPointwise(ROUTE.load(Ordering::Relaxed));
+    set_pointwise(route);
+    prev
+}
+
+impl Drop for ScopedPointwise {
+    fn drop(&mut self) {
+        ROUTE.store(self.0, Ordering::Relaxed);
+    }
+}
 
 /// The convolution primitive a plan is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

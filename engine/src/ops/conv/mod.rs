@@ -19,6 +19,7 @@ use crate::backend::{same_device, unsupported, BackendInfo};
 pub(crate) use crate::layout::out_size;
 pub use crate::layout::{Conv2dParams, ConvTranspose2dParams};
 use crate::{on_backend, Error, Result, Tensor};
+pub use gemm::{pointwise_route, scoped_pointwise, set_pointwise, Pointwise, ScopedPointwise};
 
 /// The shape of one convolution: input [n, cin, h, w], weight
 /// [cout, cin/groups, kh, kw], output [n, cout, oh, ow].

@@ -11,8 +11,10 @@
 //! strided ones). `conv2d_graph_api`, `conv2d_legacy_api` and
 //! `conv2d_graph_api_timed`: a subset run with one cuDNN API forced
 //! (`cudnn_apis`), since the other cases run whichever the timed search
-//! picks.
+//! picks. `conv2d_1x1_cudnn`: the 1x1 stride-1 cases on cuDNN instead of
+//! the GEMMs (`SLMLP_CONV_1X1=cudnn`).
 
+use super::{scoped_pointwise, Pointwise};
 use crate::cuda::dnn::{self, Api};
 use crate::layout::{Conv2dParams, ConvTranspose2dParams};
 use crate::parity::{autograd, dims, Case, Input, DTYPES};
@@ -84,6 +86,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         }
     }
     cudnn_apis(rng, out);
+    pointwise_on_cudnn(rng, &pointwise, transposed[6], out);
 }
 
 /// `conv2d` of case `c` with `groups` groups, as op `op`.
@@ -200,16 +203,50 @@ fn cudnn_apis(rng: &mut Rng, out: &mut Vec<Case>) {
             cases.push(conv2d_case(op, dtype, grouped, 4, rng.next_u64()));
             cases.push(transposed_case(op, dtype, transposed, rng.next_u64()));
             residual_joins(rng, dtype, &mut cases);
-            for mut case in cases {
-                case.op = op;
-                let run = case.run;
-                case.run = Box::new(move |device| {
-                    let _api = dnn::scoped(api, timed);
-                    run(device)
-                });
-                out.push(case);
-            }
+            forced(op, cases, move || dnn::scoped(api, timed), out);
         }
+    }
+}
+
+/// The 1x1 stride-1 cases run on cuDNN (`conv2d_1x1_cudnn`), the route the
+/// GEMMs replace (`gemm::Pointwise`), kept checked because it is what
+/// `SLMLP_CONV_1X1=cudnn` and the bench's comparison rows run: ResNet-50's
+/// bottleneck shapes, a 1x1 transposed convolution, and the residual joins
+/// (cuDNN's blend into the sum where the GEMM's beta 1 adds otherwise).
+fn pointwise_on_cudnn(
+    rng: &mut Rng,
+    pointwise: &[ConvCase],
+    transposed: TransposedCase,
+    out: &mut Vec<Case>,
+) {
+    let op = "conv2d_1x1_cudnn";
+    for dtype in DTYPES {
+        let mut cases: Vec<Case> = pointwise
+            .iter()
+            .map(|&c| conv2d_case(op, dtype, c, 1, rng.next_u64()))
+            .collect();
+        cases.push(transposed_case(op, dtype, transposed, rng.next_u64()));
+        residual_joins(rng, dtype, &mut cases);
+        forced(op, cases, || scoped_pointwise(Pointwise::Cudnn), out);
+    }
+}
+
+/// `cases` as op `op`, each run with what `scope` returns held: a setting
+/// forced for the case and restored after it.
+fn forced<G>(
+    op: &'static str,
+    cases: Vec<Case>,
+    scope: impl Fn() -> G + Copy + 'static,
+    out: &mut Vec<Case>,
+) {
+    for mut case in cases {
+        case.op = op;
+        let run = case.run;
+        case.run = Box::new(move |device| {
+            let _setting = scope();
+            run(device)
+        });
+        out.push(case);
     }
 }
 

@@ -520,4 +520,28 @@ mod gemm_path {
             assert_close(&format!("{i} dw"), &dw, &channels_last(&want), 1e-12, 1e-12);
         }
     }
+
+    /// The route switch: "gemm" and "cudnn" only, an error naming the
+    /// variable otherwise; a scoped route is restored when dropped.
+    #[test]
+    fn the_pointwise_route_parses_and_is_restored() {
+        use super::super::{pointwise_route, scoped_pointwise, Pointwise};
+        assert_eq!(Pointwise::parse("gemm").unwrap(), Pointwise::Gemm);
+        assert_eq!(Pointwise::parse("cudnn").unwrap(), Pointwise::Cudnn);
+        for bad in ["", "GEMM", "cublas", "gemm "] {
+            let e = Pointwise::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("SLMLP_CONV_1X1 must be gemm or cudnn"), "{e}");
+        }
+        let before = pointwise_route().unwrap();
+        {
+            let _cudnn = scoped_pointwise(Pointwise::Cudnn);
+            assert_eq!(pointwise_route().unwrap(), Pointwise::Cudnn);
+            {
+                let _gemm = scoped_pointwise(Pointwise::Gemm);
+                assert_eq!(pointwise_route().unwrap(), Pointwise::Gemm);
+            }
+            assert_eq!(pointwise_route().unwrap(), Pointwise::Cudnn);
+        }
+        assert_eq!(pointwise_route().unwrap(), before);
+    }
 }
