@@ -17,15 +17,11 @@ fn emulator_library_path() -> String {
     testutil::cuda_emu::cuda_emulator_library_path(&out, false)
 }
 
-/// One epoch of three steps on a device of `gib` GiB, with `env` set: the
-/// run, and what the emulator counted (`SLMLP_CUDA_EMU_COUNTS`).
-fn dry_pretrain(gib: u32, extra: &[&str], env: &[(&str, &str)]) -> (Output, String) {
-    let tag: String = env
-        .iter()
-        .map(|(_, v)| *v)
-        .chain(extra.iter().copied())
-        .collect();
-    let tmp = TempDir::new(&format!("dry-pretrain-{gib}{tag}"));
+/// One epoch of three steps on a device of `gib` GiB, with `env` set, in a
+/// folder named after `name` (unique among the tests, which run at once):
+/// the run, and what the emulator counted (`SLMLP_CUDA_EMU_COUNTS`).
+fn dry_pretrain(name: &str, gib: u32, extra: &[&str], env: &[(&str, &str)]) -> (Output, String) {
+    let tmp = TempDir::new(&format!("dry-pretrain-{name}"));
     let counts = tmp.0.join("counts");
     let run = Command::new(env!("CARGO_BIN_EXE_slmlp"))
         .env("LD_LIBRARY_PATH", emulator_library_path())
@@ -33,6 +29,7 @@ fn dry_pretrain(gib: u32, extra: &[&str], env: &[(&str, &str)]) -> (Output, Stri
         .env("SLMLP_CUDA_EMU_SMS", "132")
         .env("SLMLP_CUDA_EMU_MEM_GIB", gib.to_string())
         .env("SLMLP_CUDA_EMU_COUNTS", &counts)
+        .env_remove("SLMLP_CONV_1X1")
         .envs(env.iter().copied())
         .args(["pretrain", "--preset", "imagenet", "--data", "synthetic"])
         .args(["--per-class", "80", "--epochs", "1", "--no-val"])
@@ -47,7 +44,7 @@ fn dry_pretrain(gib: u32, extra: &[&str], env: &[(&str, &str)]) -> (Output, Stri
 /// [`dry_pretrain`] that must succeed: its output, and the GiB it reserved
 /// at its peak.
 fn pretrain_on(gib: u32, extra: &[&str]) -> (String, f64) {
-    let (run, _) = dry_pretrain(gib, extra, &[]);
+    let (run, _) = dry_pretrain(&format!("{gib}{}", extra.join("")), gib, extra, &[]);
     let log = output_text(&run);
     assert!(run.status.success(), "on {gib} GiB:\n{log}");
     assert!(log.contains("slmlp CUDA emulator"), "{log}");
@@ -88,31 +85,36 @@ fn count(counts: &str, what: &str) -> u64 {
         .map_or(0, |(n, _)| n.parse().expect("a count"))
 }
 
-/// `SLMLP_CONV_1X1=cudnn` sends the 1x1 stride-1 convolutions to cuDNN:
-/// ResNet-50 has 33 of them (two in each of the 16 bottlenecks, and
-/// layer1's projection shortcut), so the 3 steps make 33 x 3 directions x 3
-/// fewer cuBLASLt calls, and the Linear layers keep theirs. Any other value
-/// is a clear error before the first step.
+/// `SLMLP_CONV_1X1` routes the 1x1 stride-1 convolutions. ResNet-50 has
+/// 33 of them (two in each of the 16 bottlenecks, and layer1's projection
+/// shortcut): `cudnn` makes the 3 steps' 33 x 3 directions x 3 cuBLASLt
+/// calls of `gemm` cuDNN calls, and the Linear layers keep theirs; the
+/// default (`auto`) times both libraries on each new problem, so it calls
+/// cuBLASLt more than `cudnn` does and cuDNN more than `gemm` does. Any
+/// other value is a clear error before the first step.
 #[test]
-fn slmlp_conv_1x1_moves_the_pointwise_convolutions_to_cudnn() {
-    let (gemm_run, gemm) = dry_pretrain(12, &[], &[("SLMLP_CONV_1X1", "gemm")]);
-    let (cudnn_run, cudnn) = dry_pretrain(12, &[], &[("SLMLP_CONV_1X1", "cudnn")]);
-    for run in [&gemm_run, &cudnn_run] {
+fn slmlp_conv_1x1_routes_the_pointwise_convolutions() {
+    let (gemm_run, gemm) = dry_pretrain("gemm", 12, &[], &[("SLMLP_CONV_1X1", "gemm")]);
+    let (cudnn_run, cudnn) = dry_pretrain("cudnn", 12, &[], &[("SLMLP_CONV_1X1", "cudnn")]);
+    let (auto_run, auto) = dry_pretrain("auto", 12, &[], &[]);
+    for run in [&gemm_run, &cudnn_run, &auto_run] {
         assert!(run.status.success(), "{}", output_text(run));
     }
     let matmuls = |c: &str| count(c, "library cublasLtMatmul");
+    let forwards = |c: &str| count(c, "library cudnn convolution forward");
     assert_eq!(
         matmuls(&gemm) - matmuls(&cudnn),
         33 * 3 * 3,
         "{gemm}\n{cudnn}"
     );
-    let forwards = |c: &str| count(c, "library cudnn convolution forward");
     assert!(forwards(&cudnn) > forwards(&gemm), "{gemm}\n{cudnn}");
-    let (bad, _) = dry_pretrain(12, &[], &[("SLMLP_CONV_1X1", "cublas")]);
+    assert!(matmuls(&auto) > matmuls(&cudnn), "{auto}\n{cudnn}");
+    assert!(forwards(&auto) > forwards(&gemm), "{auto}\n{gemm}");
+    let (bad, _) = dry_pretrain("bad-route", 12, &[], &[("SLMLP_CONV_1X1", "cublas")]);
     let log = output_text(&bad);
     assert!(!bad.status.success(), "{log}");
     assert!(
-        log.contains("SLMLP_CONV_1X1 must be gemm or cudnn, got \"cublas\""),
+        log.contains("SLMLP_CONV_1X1 must be auto, gemm or cudnn, got \"cublas\""),
         "{log}"
     );
     assert!(!log.contains("panicked"), "{log}");

@@ -432,14 +432,15 @@ fn bn(b: &mut Bench) {
 // ---- conv_layers ---------------------------------------------------------------
 
 /// The ResNet-50 convolutions at batch 256, each direction timed alone:
-/// every shape on the default routes (keys `conv/<shape>/<dir>`), or with
-/// `Pointwise::Cudnn` the 1x1 stride-1 shapes on cuDNN instead of the
-/// cuBLASLt GEMMs (`conv/<shape>/<dir>/cudnn`), to show what the GEMMs gain.
+/// every shape on the default routes (`Pointwise::Auto`, keys
+/// `conv/<shape>/<dir>`), or the 1x1 stride-1 shapes with their route
+/// forced (`conv/<shape>/<dir>/gemm`, `.../cudnn`), to show what each
+/// gains.
 fn conv(b: &mut Bench, route: Pointwise) {
     const N: usize = 256;
     let _route = scoped_pointwise(route);
     for s in resnet50_convs() {
-        if route == Pointwise::Cudnn && !s.pointwise() {
+        if route != Pointwise::Auto && !s.pointwise() {
             continue;
         }
         let tag = s.tag();
@@ -459,7 +460,8 @@ fn conv(b: &mut Bench, route: Pointwise) {
         dirs.push("bwd_weight");
         for dir in dirs {
             let key = match route {
-                Pointwise::Gemm => format!("conv/{tag}/{dir}"),
+                Pointwise::Auto => format!("conv/{tag}/{dir}"),
+                Pointwise::Gemm => format!("conv/{tag}/{dir}/gemm"),
                 Pointwise::Cudnn => format!("conv/{tag}/{dir}/cudnn"),
             };
             b.attempt(&key, 2.0, |b| {
@@ -502,7 +504,7 @@ fn conv(b: &mut Bench, route: Pointwise) {
                 let tf = flops / (t.ms_median * 1e-3) / 1e12;
                 Ok(merge(
                     json!({"key": key, "name": format!("conv {k}x{k} {}->{} s{} @{}x{} {dir}{}", s.cin, s.cout, s.stride, s.h, s.w,
-                                                       if route == Pointwise::Cudnn { " (cuDNN)" } else { "" }, k = s.k),
+                                                       match route { Pointwise::Auto => "", Pointwise::Gemm => " (cuBLASLt)", Pointwise::Cudnn => " (cuDNN)" }, k = s.k),
                            "cin": s.cin, "cout": s.cout, "k": s.k, "stride": s.stride, "pad": s.pad, "H": s.h, "W": s.w,
                            "batch": N, "count": s.count, "direction": dir, "dtype": "bf16 channels_last",
                            "flops": flops, "rotated_sets": k,
@@ -560,25 +562,27 @@ fn train(b: &mut Bench) {
     const PX: usize = 224;
     use engine::cuda::dnn::{scoped, Api};
     // (variant, precision, cuDNN API, 1x1 route, CUDA graph, overlapped):
-    // the rows with the legacy API and with the 1x1 convolutions on cuDNN
-    // only show what the graph API's plans and the GEMMs gain in the same
-    // run; the graph rows replay the recorded step
-    // (`Trainer::with_cuda_graph`)
-    let (auto, gemm, bf16) = (Api::Auto, Pointwise::Gemm, Precision::Bf16);
+    // the rows with the legacy API and with the 1x1 convolutions' route
+    // forced only show what the graph API's plans, the GEMMs and the timed
+    // choice between GEMM and cuDNN gain in the same run; the graph rows
+    // replay the recorded step (`Trainer::with_cuda_graph`)
+    let (auto, timed, bf16) = (Api::Auto, Pointwise::Auto, Precision::Bf16);
     for (variant, precision, api, pointwise, graph, overlap) in [
-        ("sl", bf16, auto, gemm, false, false),
-        ("sl_mlp", bf16, auto, gemm, false, false),
-        ("sl_mlp", bf16, auto, gemm, false, true),
-        ("sl_mlp", bf16, auto, gemm, true, false),
-        ("sl_mlp", bf16, auto, gemm, true, true),
-        ("sl_mlp", bf16, Api::Legacy, gemm, false, false),
+        ("sl", bf16, auto, timed, false, false),
+        ("sl_mlp", bf16, auto, timed, false, false),
+        ("sl_mlp", bf16, auto, timed, false, true),
+        ("sl_mlp", bf16, auto, timed, true, false),
+        ("sl_mlp", bf16, auto, timed, true, true),
+        ("sl_mlp", bf16, Api::Legacy, timed, false, false),
         ("sl_mlp", bf16, auto, Pointwise::Cudnn, false, false),
-        ("sl_mlp", Precision::F16, auto, gemm, false, false),
+        ("sl_mlp", Precision::F16, auto, timed, false, false),
+        ("sl_mlp", bf16, auto, Pointwise::Gemm, false, false),
     ] {
         let (mode, dtype) = match (precision, api, pointwise, graph, overlap) {
             (Precision::F16, ..) => ("eager_f16", "f16"),
             (_, Api::Legacy, ..) => ("eager_legacy_cudnn", "bf16"),
             (_, _, Pointwise::Cudnn, ..) => ("eager_cudnn_1x1", "bf16"),
+            (_, _, Pointwise::Gemm, ..) => ("eager_gemm_1x1", "bf16"),
             (.., true, true) => ("graph_overlapped", "bf16"),
             (.., true, false) => ("graph", "bf16"),
             (.., false, true) => ("eager_overlapped", "bf16"),
@@ -869,29 +873,45 @@ fn summarize_gains(report: &mut Report, rows: &[Value], convs: &[ConvShape]) {
             .find(|r| r["key"] == k)
             .and_then(|r| r["ms_median"].as_f64())
     };
-    let (mut gemm, mut cudnn, mut pairs, mut expected) = (0.0, 0.0, 0, 0);
+    let (mut total, mut measured, mut expected) = ([0.0; 3], 0, 0);
     for s in convs.iter().filter(|s| s.pointwise()) {
         for dir in ["fwd", "bwd_data", "bwd_weight"] {
             expected += 1;
             let key = format!("conv/{}/{dir}", s.tag());
-            if let (Some(a), Some(b)) = (ms(&key), ms(&format!("{key}/cudnn"))) {
-                gemm += a * s.count as f64;
-                cudnn += b * s.count as f64;
-                pairs += 1;
+            let three = [
+                ms(&key),
+                ms(&format!("{key}/gemm")),
+                ms(&format!("{key}/cudnn")),
+            ];
+            if let [Some(a), Some(g), Some(c)] = three {
+                for (t, v) in total.iter_mut().zip([a, g, c]) {
+                    *t += v * s.count as f64;
+                }
+                measured += 1;
             }
         }
     }
-    if pairs > 0 {
+    if measured > 0 {
+        let [auto, gemm, cudnn] = total.map(sig);
         report.figure(
-            &format!("ResNet-50 1x1 stride-1 conv time per step, batch 256 ({pairs}/{expected} measured both ways)"),
-            format!("{} (cuDNN: {})", sig(gemm), sig(cudnn)),
+            &format!("ResNet-50 1x1 stride-1 conv time per step, batch 256 ({measured}/{expected} measured all three ways)"),
+            format!("{auto} (cuBLASLt only: {gemm}, cuDNN only: {cudnn})"),
             "ms",
-            "cuBLASLt GEMMs against the same convolutions on cuDNN",
+            "the timed choice per problem against each route forced",
         );
     }
     let step = |mode: &str| ms(&format!("resnet50_train/sl_mlp/{mode}"));
     for (what, without, with) in [
-        ("1x1 convs as cuBLASLt GEMMs", "eager_cudnn_1x1", "eager"),
+        (
+            "1x1 convs as cuBLASLt GEMMs",
+            "eager_cudnn_1x1",
+            "eager_gemm_1x1",
+        ),
+        (
+            "1x1 convs on the faster of GEMM and cuDNN",
+            "eager_cudnn_1x1",
+            "eager",
+        ),
         ("cuDNN graph API plans", "eager_legacy_cudnn", "eager"),
         ("CUDA graph", "eager", "graph"),
         ("overlapped steps", "eager", "eager_overlapped"),
@@ -969,7 +989,7 @@ fn main() {
         gemm(&mut b, false, true);
     }
     if want("conv") {
-        conv(&mut b, Pointwise::Gemm);
+        conv(&mut b, Pointwise::Auto);
     }
     g.empty_cache();
     if want("train") {
@@ -978,8 +998,10 @@ fn main() {
     }
     // after the steps: only a comparison
     if want("conv") {
-        conv(&mut b, Pointwise::Cudnn);
-        g.empty_cache();
+        for route in [Pointwise::Cudnn, Pointwise::Gemm] {
+            conv(&mut b, route);
+            g.empty_cache();
+        }
     }
     if want("maskrcnn") {
         maskrcnn(&mut b);

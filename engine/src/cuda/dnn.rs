@@ -1247,7 +1247,7 @@ unsafe fn legacy_exec(
 
 /// Mean GPU milliseconds of `f` over [`TIMED_RUNS`] runs between two
 /// events, after one untimed run.
-fn time_ms(g: &'static Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub(crate) fn time_ms(g: &'static Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let start = g.timing_event()?;
     for _ in 0..TIMED_RUNS {

@@ -24,21 +24,13 @@ use crate::cuda::dnn::{self, ConvShape};
 use crate::cuda::launch::traced_sync;
 use crate::cuda::runtime::Gpu;
 use crate::cuda::tensor::{contiguous, empty, gpu_of, ptr, to_default_layout, zeros};
-use crate::layout::Layout;
 use crate::{DType, Result, Tensor};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 /// One of dnn's convolutions: (gpu, shape, dtype, in a, in b, out, beta).
 type DnnConv =
     unsafe fn(&'static Gpu, &ConvShape, DType, u64, u64, u64, f32) -> Result<&'static str>;
-
-/// [`gemm_plan`]'s GEMM when the 1x1 stride-1 convolutions run as GEMMs
-/// ([`pointwise_route`]); None sends the call to cuDNN.
-fn as_gemm(dir: Direction, g: &Conv2dGeom, inputs: [&Layout; 2]) -> Result<Option<GemmPlan>> {
-    Ok(match pointwise_route()? {
-        Pointwise::Gemm => gemm_plan(dir, g, inputs),
-        Pointwise::Cudnn => None,
-    })
-}
 
 /// Where a convolution's result goes: a new tensor, or added into a
 /// gradient this op may write (`onto`, see [`writable`]).
@@ -173,6 +165,153 @@ fn run_gemm(
     Ok(out)
 }
 
+/// A 1x1 stride-1 convolution whose GEMM is `plan`, into `out`, on the
+/// route [`pointwise_route`] gives: the GEMM on `inputs` (plus `bias`), or
+/// `cudnn`, which runs the same convolution on cuDNN into the `Out` given.
+fn pointwise(
+    plan: &GemmPlan,
+    g: &Conv2dGeom,
+    inputs: [(Operand, &Tensor); 2],
+    bias: Option<&Tensor>,
+    out: Out,
+    cudnn: impl Fn(Out) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let gemm = |out| run_gemm(plan, inputs, bias, out);
+    let route = match pointwise_route()? {
+        Pointwise::Auto => {
+            let (a, b) = (inputs[0].1, inputs[1].1);
+            let gpu = gpu_of(a)?;
+            let key = RouteKey {
+                gpu: gpu.ordinal,
+                dir: plan.dir,
+                geom: [g.n, g.h, g.w, g.cin, g.cout],
+                dtype: a.dtype(),
+                bias: bias.is_some(),
+                onto: matches!(out, Out::Onto(_)),
+                aligned: [ptr(a)? % 16 == 0, ptr(b)? % 16 == 0],
+            };
+            auto_route(key, gpu, &out, &gemm, &cudnn)?
+        }
+        route => route,
+    };
+    match route {
+        Pointwise::Cudnn => cudnn(out),
+        _ => gemm(out),
+    }
+}
+
+/// What [`Pointwise::Auto`]'s choice for a 1x1 stride-1 convolution
+/// depends on: the operands' addresses matter through their alignment,
+/// which both libraries' algorithms do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RouteKey {
+    gpu: usize,
+    dir: Direction,
+    /// n, h, w, cin, cout
+    geom: [usize; 5],
+    dtype: DType,
+    bias: bool,
+    /// added into a gradient (beta 1)
+    onto: bool,
+    /// each input's address a multiple of 16 bytes
+    aligned: [bool; 2],
+}
+
+/// [`Pointwise::Auto`]'s route for `key`: cached, else, when searches are
+/// timed (`dnn::benchmark`, not `dnn::deterministic`), the faster of
+/// `gemm` and `cudnn` on this call's inputs into a scratch output (each
+/// after one untimed run, in which its library makes its own choice),
+/// recorded in engine::profile as a "conv route" search; else the GEMM.
+fn auto_route(
+    key: RouteKey,
+    gpu: &'static Gpu,
+    out: &Out,
+    gemm: &dyn Fn(Out) -> Result<Tensor>,
+    cudnn: &dyn Fn(Out) -> Result<Tensor>,
+) -> Result<Pointwise> {
+    static CHOSEN: LazyLock<Mutex<HashMap<RouteKey, Pointwise>>> = LazyLock::new(Default::default);
+    let chosen = || CHOSEN.lock().unwrap_or_else(|e| e.into_inner());
+    {
+        let chosen = chosen();
+        if let Some(route) = chosen.get(&key) {
+            return Ok(*route);
+        }
+        if !dnn::benchmark() || dnn::deterministic() || chosen.len() >= dnn::FIND_LIMIT {
+            return Ok(Pointwise::Gemm);
+        }
+    }
+    gpu.no_wait_in_capture("choosing between cuBLASLt and cuDNN for a new 1x1 convolution")?;
+    let t0 = std::time::Instant::now();
+    // the timed runs' output: new ones, or added into a scratch (zeros,
+    // not stale bits) in place of the gradient
+    let fresh: Box<dyn Fn() -> Out> = match out {
+        Out::New(dims) => {
+            let dims = *dims;
+            Box::new(move || Out::New(dims))
+        }
+        Out::Onto(acc) => {
+            let scratch = zeros(gpu, acc.dims(), acc.dtype())?;
+            Box::new(move || Out::Onto(scratch.clone()))
+        }
+    };
+    let timed: Vec<(Pointwise, &str, Result<f64>)> = vec![
+        (
+            Pointwise::Gemm,
+            "cuBLASLt GEMM",
+            dnn::time_ms(gpu, || gemm(fresh()).map(drop)),
+        ),
+        (
+            Pointwise::Cudnn,
+            "cuDNN",
+            dnn::time_ms(gpu, || cudnn(fresh()).map(drop)),
+        ),
+    ];
+    let best = timed
+        .iter()
+        .filter_map(|(route, _, ms)| ms.as_ref().ok().map(|ms| (*route, *ms)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let mut candidates: Vec<crate::profile::Candidate> = timed
+        .into_iter()
+        .map(|(_, name, ms)| crate::profile::Candidate {
+            algo: match &ms {
+                Ok(_) => name.to_string(),
+                Err(e) => format!("{name}: failed: {e}"),
+            },
+            status: u32::from(ms.is_err()),
+            ms: ms.unwrap_or(f64::NAN),
+            workspace: 0,
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.ms.total_cmp(&b.ms));
+    // both failed: the GEMM runs and reports its own error, nothing cached
+    let route = best.map_or(Pointwise::Gemm, |(route, _)| route);
+    crate::profile::search(crate::profile::Search {
+        lib: "conv route",
+        problem: format!(
+            "{:?} 1x1 n{} {}x{} {}->{} {:?}{}{} aligned {:?}",
+            key.dir,
+            key.geom[0],
+            key.geom[1],
+            key.geom[2],
+            key.geom[3],
+            key.geom[4],
+            key.dtype,
+            if key.bias { " +bias" } else { "" },
+            if key.onto { " beta 1" } else { "" },
+            key.aligned
+        ),
+        method: "timed: cuBLASLt's and cuDNN's choices".into(),
+        chosen: format!("{route:?}"),
+        workspace: 0,
+        ms: t0.elapsed().as_secs_f64() * 1e3,
+        candidates,
+    });
+    if best.is_some() {
+        chosen().insert(key, route);
+    }
+    Ok(route)
+}
+
 impl ConvOps for Cuda {
     fn conv2d_forward(
         &self,
@@ -181,15 +320,19 @@ impl ConvOps for Cuda {
         bias: Option<&Tensor>,
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
-        if let Some(plan) = as_gemm(Direction::Forward, g, [x.layout(), w.layout()])? {
-            return run_gemm(
+        let out = Out::New(g.y_dims());
+        let cudnn = |out| run(dnn::conv_forward, x, w, bias, g, out);
+        match gemm_plan(Direction::Forward, g, [x.layout(), w.layout()]) {
+            Some(plan) => pointwise(
                 &plan,
+                g,
                 [(Operand::X, x), (Operand::W, w)],
                 bias,
-                Out::New(g.y_dims()),
-            );
+                out,
+                cudnn,
+            ),
+            None => cudnn(out),
         }
-        run(dnn::conv_forward, x, w, bias, g, Out::New(g.y_dims()))
     }
 
     /// Into `acc` with beta 1 (cuDNN's blend, cuBLASLt's C = D) when it is
@@ -206,30 +349,35 @@ impl ConvOps for Cuda {
             Some(a) if writable(&a, dy.device()) => (Out::Onto(a), None),
             a => (Out::New(g.x_dims()), a),
         };
-        let dx = match as_gemm(Direction::BackwardData, g, [dy.layout(), w.layout()])? {
-            Some(plan) => run_gemm(&plan, [(Operand::Dy, dy), (Operand::W, w)], None, out)?,
-            None => run(dnn::conv_backward_data, w, dy, None, g, out)?,
+        let cudnn = |out| run(dnn::conv_backward_data, w, dy, None, g, out);
+        let dx = match gemm_plan(Direction::BackwardData, g, [dy.layout(), w.layout()]) {
+            Some(plan) => pointwise(
+                &plan,
+                g,
+                [(Operand::Dy, dy), (Operand::W, w)],
+                None,
+                out,
+                cudnn,
+            )?,
+            None => cudnn(out)?,
         };
         accumulate(rest, dx)
     }
 
     fn conv2d_backward_filter(&self, x: &Tensor, dy: &Tensor, g: &Conv2dGeom) -> Result<Tensor> {
-        if let Some(plan) = as_gemm(Direction::BackwardFilter, g, [x.layout(), dy.layout()])? {
-            return run_gemm(
+        let out = Out::New(g.w_dims());
+        let cudnn = |out| run(dnn::conv_backward_filter, x, dy, None, g, out);
+        match gemm_plan(Direction::BackwardFilter, g, [x.layout(), dy.layout()]) {
+            Some(plan) => pointwise(
                 &plan,
+                g,
                 [(Operand::X, x), (Operand::Dy, dy)],
                 None,
-                Out::New(g.w_dims()),
-            );
+                out,
+                cudnn,
+            ),
+            None => cudnn(out),
         }
-        run(
-            dnn::conv_backward_filter,
-            x,
-            dy,
-            None,
-            g,
-            Out::New(g.w_dims()),
-        )
     }
 
     /// cuDNN 9's cudnnConvolutionBackwardBias refuses bf16 (measured on
@@ -247,10 +395,18 @@ impl ConvOps for Cuda {
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
         // x plays the matching convolution's dy
-        if let Some(plan) = as_gemm(Direction::BackwardData, g, [x.layout(), w.layout()])? {
-            let out = Out::New(g.x_dims());
-            return run_gemm(&plan, [(Operand::Dy, x), (Operand::W, w)], bias, out);
+        let out = Out::New(g.x_dims());
+        let cudnn = |out| run(dnn::conv_backward_data, w, x, bias, g, out);
+        match gemm_plan(Direction::BackwardData, g, [x.layout(), w.layout()]) {
+            Some(plan) => pointwise(
+                &plan,
+                g,
+                [(Operand::Dy, x), (Operand::W, w)],
+                bias,
+                out,
+                cudnn,
+            ),
+            None => cudnn(out),
         }
-        run(dnn::conv_backward_data, w, x, bias, g, Out::New(g.x_dims()))
     }
 }

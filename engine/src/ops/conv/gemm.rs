@@ -24,43 +24,56 @@ use crate::{Error, Result};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which library runs the 1x1 stride-1 convolutions on the GPU
-/// (`SLMLP_CONV_1X1`, default [`Pointwise::Gemm`]): the GEMMs of this
-/// module, or cuDNN like every other convolution. The cuDNN route is there
-/// to measure what the GEMMs gain (`slmlp-gpu-bench`'s
-/// `eager_cudnn_1x1` row and `conv/<shape>/<dir>/cudnn` rows) and to
-/// check both routes against the CPU.
+/// (`SLMLP_CONV_1X1`, default [`Pointwise::Auto`]): the GEMMs of this
+/// module, cuDNN like every other convolution, or the faster of the two
+/// for each problem. The forced routes are there to measure what each
+/// gains (`slmlp-gpu-bench`'s `eager_cudnn_1x1` and
+/// `conv/<shape>/<dir>/cudnn` rows) and to check each against the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pointwise {
+    /// Timed (`dnn::set_benchmark`, not `--deterministic`): the first call
+    /// of each problem (direction, shape, dtype, bias, beta, alignment)
+    /// times the GEMM's chosen algorithm against cuDNN's and keeps the
+    /// faster, as cuDNN's own search keeps its fastest algorithm.
+    /// Untimed: the GEMM.
+    Auto,
     Gemm,
     Cudnn,
 }
 
+const ROUTES: [Pointwise; 3] = [Pointwise::Auto, Pointwise::Gemm, Pointwise::Cudnn];
+
 impl Pointwise {
-    /// "gemm" or "cudnn" (`SLMLP_CONV_1X1`).
+    /// "auto", "gemm" or "cudnn" (`SLMLP_CONV_1X1`).
     pub fn parse(v: &str) -> Result<Pointwise> {
         Pointwise::from_text(v).map_err(|msg| Error::arg("conv2d", msg))
     }
 
     fn from_text(v: &str) -> std::result::Result<Pointwise, String> {
         match v {
+            "auto" => Ok(Pointwise::Auto),
             "gemm" => Ok(Pointwise::Gemm),
             "cudnn" => Ok(Pointwise::Cudnn),
-            _ => Err(format!("SLMLP_CONV_1X1 must be gemm or cudnn, got {v:?}")),
+            _ => Err(format!(
+                "SLMLP_CONV_1X1 must be auto, gemm or cudnn, got {v:?}"
+            )),
         }
     }
 }
 
-/// 0: not set (then `SLMLP_CONV_1X1`); 1: GEMM; 2: cuDNN.
+/// 0: not set (then `SLMLP_CONV_1X1`); else 1 + the index in [`ROUTES`].
 static ROUTE: AtomicU8 = AtomicU8::new(0);
 
 /// Chooses the route of the 1x1 stride-1 convolutions from the next call
-/// on (overrides `SLMLP_CONV_1X1`).
+/// on (overrides `SLMLP_CONV_1X1`; [`Pointwise::Auto`]'s choices already
+/// made are kept).
 pub fn set_pointwise(route: Pointwise) {
-    ROUTE.store(1 + (route == Pointwise::Cudnn) as u8, Ordering::Relaxed);
+    let i = ROUTES.iter().position(|r| *r == route).unwrap_or(0);
+    ROUTE.store(i as u8 + 1, Ordering::Relaxed);
 }
 
 /// [`set_pointwise`]'s route, else `SLMLP_CONV_1X1`'s, else
-/// [`Pointwise::Gemm`]; an error for an unknown `SLMLP_CONV_1X1`.
+/// [`Pointwise::Auto`]; an error for an unknown `SLMLP_CONV_1X1`.
 pub fn pointwise_route() -> Result<Pointwise> {
     // read once: every convolution call asks
     static ENV: std::sync::OnceLock<std::result::Result<Pointwise, String>> =
@@ -69,12 +82,11 @@ pub fn pointwise_route() -> Result<Pointwise> {
         0 => ENV
             .get_or_init(|| match std::env::var("SLMLP_CONV_1X1") {
                 Ok(v) => Pointwise::from_text(&v),
-                Err(_) => Ok(Pointwise::Gemm),
+                Err(_) => Ok(Pointwise::Auto),
             })
             .clone()
             .map_err(|e| Error::arg("conv2d", e)),
-        1 => Ok(Pointwise::Gemm),
-        _ => Ok(Pointwise::Cudnn),
+        i => Ok(ROUTES[(i as usize - 1).min(ROUTES.len() - 1)]),
     }
 }
 
@@ -96,7 +108,7 @@ impl Drop for ScopedPointwise {
 }
 
 /// The convolution primitive a plan is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// `conv2d_forward(x, w)`: y.
     Forward,

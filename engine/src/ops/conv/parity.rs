@@ -1,18 +1,20 @@
 //! Convolution's GPU parity cases: conv2d on odd sizes, channel counts not
 //! divisible by 8 and ResNet-50 layers at batch 2; conv_transpose2d (cuDNN
 //! backward-data) on odd sizes, stride 2, output_padding, dilation and the
-//! Mask R-CNN mask head's 2x2 upsampling. The 1x1 stride-1 ones (cuBLASLt
-//! GEMMs, `gemm.rs`: forward with the BIAS epilogue, backward data and
-//! backward filter) also get ResNet-50's bottleneck shapes with and
-//! without bias, and a 1x1 transposed convolution (backward data + bias).
+//! Mask R-CNN mask head's 2x2 upsampling. The 1x1 stride-1 ones run on the
+//! route `gemm::Pointwise::Auto` times (cuBLASLt GEMMs, `gemm.rs`: forward
+//! with the BIAS epilogue, backward data and backward filter; or cuDNN),
+//! and again with each route forced (`conv2d_1x1_gemm`,
+//! `conv2d_1x1_cudnn`) on ResNet-50's bottleneck shapes with and without
+//! bias, a 1x1 transposed convolution (backward data + bias) and the
+//! residual joins.
 //! `conv2d_residual`: ResNet-50 blocks whose input gradient is summed at
 //! the join, the convolutions adding theirs into the sum in place
 //! (cuBLASLt with beta 1 for the 1x1 stride-1 one, cuDNN's blend for the
 //! strided ones). `conv2d_graph_api`, `conv2d_legacy_api` and
 //! `conv2d_graph_api_timed`: a subset run with one cuDNN API forced
 //! (`cudnn_apis`), since the other cases run whichever the timed search
-//! picks. `conv2d_1x1_cudnn`: the 1x1 stride-1 cases on cuDNN instead of
-//! the GEMMs (`SLMLP_CONV_1X1=cudnn`).
+//! picks.
 
 use super::{scoped_pointwise, Pointwise};
 use crate::cuda::dnn::{self, Api};
@@ -50,8 +52,9 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         (2, 256, 56, 56, 512, 1, 2, 0, false),
         (2, 512, 7, 7, 2048, 1, 1, 0, false),
     ];
-    // 1x1 stride 1, the GEMM path (besides the four k = 1, s = 1 cases
-    // above): ResNet-50's bottleneck expansions and reductions
+    // 1x1 stride 1 with the route forced (`pointwise_forced`; the four
+    // k = 1, s = 1 cases above take the timed choice): ResNet-50's
+    // bottleneck expansions and reductions
     let pointwise: [ConvCase; 6] = [
         (2, 64, 56, 56, 256, 1, 1, 0, false),
         (2, 64, 56, 56, 256, 1, 1, 0, true),
@@ -73,7 +76,7 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     ];
     for dtype in DTYPES {
         residual_joins(rng, dtype, out);
-        for c in conv.into_iter().chain(pointwise) {
+        for c in conv {
             out.push(conv2d_case("conv2d", dtype, c, 1, rng.next_u64()));
         }
         for c in transposed {
@@ -86,7 +89,9 @@ pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
         }
     }
     cudnn_apis(rng, out);
-    pointwise_on_cudnn(rng, &pointwise, transposed[6], out);
+    for route in [Pointwise::Gemm, Pointwise::Cudnn] {
+        pointwise_forced(rng, route, &pointwise, transposed[6], out);
+    }
 }
 
 /// `conv2d` of case `c` with `groups` groups, as op `op`.
@@ -208,18 +213,23 @@ fn cudnn_apis(rng: &mut Rng, out: &mut Vec<Case>) {
     }
 }
 
-/// The 1x1 stride-1 cases run on cuDNN (`conv2d_1x1_cudnn`), the route the
-/// GEMMs replace (`gemm::Pointwise`), kept checked because it is what
-/// `SLMLP_CONV_1X1=cudnn` and the bench's comparison rows run: ResNet-50's
-/// bottleneck shapes, a 1x1 transposed convolution, and the residual joins
-/// (cuDNN's blend into the sum where the GEMM's beta 1 adds otherwise).
-fn pointwise_on_cudnn(
+/// The 1x1 stride-1 cases with their route forced (`gemm::Pointwise`):
+/// `conv2d_1x1_gemm` on cuBLASLt, `conv2d_1x1_cudnn` on cuDNN, so that both
+/// are checked whichever the other cases' timed choice (`Pointwise::Auto`)
+/// picks: ResNet-50's bottleneck shapes with and without bias, a 1x1
+/// transposed convolution (backward data + bias), and the residual joins
+/// (cuBLASLt's beta 1 or cuDNN's blend adding into the sum).
+fn pointwise_forced(
     rng: &mut Rng,
+    route: Pointwise,
     pointwise: &[ConvCase],
     transposed: TransposedCase,
     out: &mut Vec<Case>,
 ) {
-    let op = "conv2d_1x1_cudnn";
+    let op = match route {
+        Pointwise::Cudnn => "conv2d_1x1_cudnn",
+        _ => "conv2d_1x1_gemm",
+    };
     for dtype in DTYPES {
         let mut cases: Vec<Case> = pointwise
             .iter()
@@ -227,7 +237,7 @@ fn pointwise_on_cudnn(
             .collect();
         cases.push(transposed_case(op, dtype, transposed, rng.next_u64()));
         residual_joins(rng, dtype, &mut cases);
-        forced(op, cases, || scoped_pointwise(Pointwise::Cudnn), out);
+        forced(op, cases, move || scoped_pointwise(route), out);
     }
 }
 

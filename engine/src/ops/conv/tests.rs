@@ -521,16 +521,20 @@ mod gemm_path {
         }
     }
 
-    /// The route switch: "gemm" and "cudnn" only, an error naming the
-    /// variable otherwise; a scoped route is restored when dropped.
+    /// The route switch: "auto", "gemm" and "cudnn" only, an error naming
+    /// the variable otherwise; a scoped route is restored when dropped.
     #[test]
     fn the_pointwise_route_parses_and_is_restored() {
         use super::super::{pointwise_route, scoped_pointwise, Pointwise};
+        assert_eq!(Pointwise::parse("auto").unwrap(), Pointwise::Auto);
         assert_eq!(Pointwise::parse("gemm").unwrap(), Pointwise::Gemm);
         assert_eq!(Pointwise::parse("cudnn").unwrap(), Pointwise::Cudnn);
         for bad in ["", "GEMM", "cublas", "gemm "] {
             let e = Pointwise::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("SLMLP_CONV_1X1 must be gemm or cudnn"), "{e}");
+            assert!(
+                e.contains("SLMLP_CONV_1X1 must be auto, gemm or cudnn"),
+                "{e}"
+            );
         }
         let before = pointwise_route().unwrap();
         {
@@ -539,6 +543,8 @@ mod gemm_path {
             {
                 let _gemm = scoped_pointwise(Pointwise::Gemm);
                 assert_eq!(pointwise_route().unwrap(), Pointwise::Gemm);
+                let _auto = scoped_pointwise(Pointwise::Auto);
+                assert_eq!(pointwise_route().unwrap(), Pointwise::Auto);
             }
             assert_eq!(pointwise_route().unwrap(), Pointwise::Cudnn);
         }
