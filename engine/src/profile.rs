@@ -539,10 +539,18 @@ impl Watch {
         if device != self.device {
             return;
         }
-        let Some(now) = bytes_in_use(device) else {
+        let Some((now, allocator_peak)) = bytes_in_use(device) else {
             return;
         };
         let m = &mut self.memory;
+        // a GPU allocator's own peak above every sample so far was reached
+        // since the last sample: inside the op that ends here
+        if let (Some(p), Sampled::End(op, phase, dims)) = (allocator_peak, &at) {
+            if p > m.peak {
+                m.peak = p;
+                m.peak_at = format!("inside {op} {phase} {dims:?}");
+            }
+        }
         if now > m.peak {
             m.peak = now;
             m.peak_at = match at {
@@ -565,15 +573,17 @@ enum Sampled<'a> {
     End(&'a str, &'a str, &'a [usize]),
 }
 
-/// Bytes in use on `device` now: the GPU caching allocator's allocated
-/// bytes (host bookkeeping, no synchronisation), or what the host's malloc
-/// has handed out (`host_memory::bytes_in_use`; None where it cannot say).
-fn bytes_in_use(device: Device) -> Option<f64> {
+/// Bytes in use on `device` now, and on a GPU the allocator's own peak
+/// since the profile began: the GPU caching allocator's allocated bytes
+/// (host bookkeeping, no synchronisation), or what the host's malloc has
+/// handed out (`host_memory::bytes_in_use`; None where it cannot say).
+fn bytes_in_use(device: Device) -> Option<(f64, Option<f64>)> {
     match device {
-        Device::Cuda(i) => crate::cuda::gpu(i)
-            .ok()
-            .map(|g| g.memory_stats().allocated as f64),
-        Device::Cpu => crate::host_memory::bytes_in_use().map(|b| b as f64),
+        Device::Cuda(i) => crate::cuda::gpu(i).ok().map(|g| {
+            let st = g.memory_stats();
+            (st.allocated as f64, Some(st.peak_allocated as f64))
+        }),
+        Device::Cpu => crate::host_memory::bytes_in_use().map(|b| (b as f64, None)),
     }
 }
 
@@ -597,7 +607,8 @@ pub struct Memory {
     /// first op (allocations inside an op, e.g. library workspaces).
     pub peak: f64,
     /// Where the largest sample was taken ("after conv2d backward [8, 64,
-    /// 56, 56]": the op and its first input's dims).
+    /// 56, 56]": the op and its first input's dims), or on a GPU the op
+    /// inside which the allocator's own peak was reached ("inside ...").
     pub peak_at: String,
     /// On a GPU: the cuDNN and cuBLASLt workspace bytes the allocator held
     /// at its peak (part of `peak` when that is the allocator's own).
@@ -798,7 +809,7 @@ impl Session {
                     g.reset_peak_memory();
                 }
             }
-            let now = bytes_in_use(device)?;
+            let (now, _) = bytes_in_use(device)?;
             self.memory = Some(Watch {
                 device,
                 memory: Memory {

@@ -119,3 +119,41 @@ fn slmlp_conv_1x1_routes_the_pointwise_convolutions() {
     );
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Where the ResNet-50 SL-MLP bf16 step at batch 256 holds the most memory
+/// (`slmlp profile`, dry run): inside the last block's BN+add+ReLU
+/// backward, the first large op of the backward, whose two outputs join
+/// the forward's saved activations. No cuDNN call is running then, and the
+/// only library workspace held is cuBLASLt's persistent 32 MiB, so the
+/// cuDNN workspaces a GPU adds (the emulator asks for none) do not raise
+/// this peak.
+#[test]
+fn the_resnet50_steps_peak_is_inside_the_last_blocks_batchnorm_backward() {
+    let tmp = TempDir::new("dry-profile");
+    let run = Command::new(env!("CARGO_BIN_EXE_slmlp"))
+        .env("LD_LIBRARY_PATH", emulator_library_path())
+        .env("SLMLP_CUDA_EMU_DRY", "1")
+        .env("SLMLP_CUDA_EMU_SMS", "132")
+        .env("SLMLP_CUDA_EMU_MEM_GIB", "16")
+        .args(["profile", "--method", "sl-mlp", "--arch", "resnet50"])
+        .args(["--image-size", "224", "--classes", "1000", "--batch", "256"])
+        .args(["--precision", "bf16", "--device", "cuda", "--card", "h200"])
+        .args(["--warmup", "2", "--steps", "1", "--out"])
+        .arg(tmp.0.join("profile.json"))
+        .output()
+        .expect("slmlp runs");
+    let log = output_text(&run);
+    assert!(run.status.success(), "{log}");
+    let memory = log
+        .lines()
+        .find(|l| l.starts_with("memory (cuda allocator): "))
+        .unwrap_or_else(|| panic!("no memory line:\n{log}"));
+    assert!(
+        memory.ends_with(" inside batch_norm_add_relu backward [256, 2048, 7, 7]"),
+        "{memory}"
+    );
+    assert!(
+        log.contains("cuDNN and cuBLASLt workspaces held at the allocator's peak: 32.0 MiB"),
+        "{log}"
+    );
+}
