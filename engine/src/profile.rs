@@ -544,12 +544,15 @@ impl Watch {
         };
         let m = &mut self.memory;
         // a GPU allocator's own peak above every sample so far was reached
-        // since the last sample: inside the op that ends here
-        if let (Some(p), Sampled::End(op, phase, dims)) = (allocator_peak, &at) {
-            if p > m.peak {
-                m.peak = p;
-                m.peak_at = format!("inside {op} {phase} {dims:?}");
-            }
+        // since the last sample: inside the op that ends here, or before
+        // the op (or backward) that starts here
+        if let Some(p) = allocator_peak.filter(|p| *p > m.peak) {
+            m.peak = p;
+            m.peak_at = match at {
+                Sampled::End(op, phase, dims) => format!("inside {op} {phase} {dims:?}"),
+                Sampled::Begin => "before an op started".into(),
+                Sampled::Backward => "before the backward started".into(),
+            };
         }
         if now > m.peak {
             m.peak = now;
