@@ -169,7 +169,9 @@ chmod 755 "$BUNDLE/profile-step.sh"
 # parity 16 s, each train check 2 s, bench ~60 s with the ResNet-50 steps;
 # detbench, the Mask R-CNN iteration, is new and unmeasured; parity has since
 # gained the cuDNN graph API's searches and cases and the CUDA graph training
-# case, and bench the CUDA graph step, unmeasured), PyTorch the rest
+# case, and bench the CUDA graph step and the 1x1 convolutions' forced-route
+# rows, which run last; the first ResNet-50 step now also times cuBLASLt
+# against cuDNN on each 1x1 shape; all unmeasured), PyTorch the rest
 # (gpu_check.sh always keeps it 40% of the budget; time our stages leave unused
 # goes to it).
 cat > "$BUNDLE/stages.txt" <<'EOF'
