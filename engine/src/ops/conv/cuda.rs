@@ -189,6 +189,8 @@ fn pointwise(
                 bias: bias.is_some(),
                 onto: matches!(out, Out::Onto(_)),
                 aligned: [ptr(a)? % 16 == 0, ptr(b)? % 16 == 0],
+                api: dnn::api()?,
+                tf32: dnn::tf32(),
             };
             auto_route(key, gpu, &out, &gemm, &cudnn)?
         }
@@ -201,8 +203,9 @@ fn pointwise(
 }
 
 /// What [`Pointwise::Auto`]'s choice for a 1x1 stride-1 convolution
-/// depends on: the operands' addresses matter through their alignment,
-/// which both libraries' algorithms do.
+/// depends on: what both libraries key their own choices by (the operands'
+/// addresses through their alignment, TF32 for f32), and the cuDNN API
+/// that competes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct RouteKey {
     gpu: usize,
@@ -215,6 +218,8 @@ struct RouteKey {
     onto: bool,
     /// each input's address a multiple of 16 bytes
     aligned: [bool; 2],
+    api: dnn::Api,
+    tf32: bool,
 }
 
 /// [`Pointwise::Auto`]'s route for `key`: cached, else, when searches are
@@ -288,7 +293,7 @@ fn auto_route(
     crate::profile::search(crate::profile::Search {
         lib: "conv route",
         problem: format!(
-            "{:?} 1x1 n{} {}x{} {}->{} {:?}{}{} aligned {:?}",
+            "{:?} 1x1 n{} {}x{} {}->{} {:?}{}{}{} aligned {:?} cuDNN API {:?}",
             key.dir,
             key.geom[0],
             key.geom[1],
@@ -298,7 +303,9 @@ fn auto_route(
             key.dtype,
             if key.bias { " +bias" } else { "" },
             if key.onto { " beta 1" } else { "" },
-            key.aligned
+            if key.tf32 { " tf32" } else { "" },
+            key.aligned,
+            key.api
         ),
         method: "timed: cuBLASLt's and cuDNN's choices".into(),
         chosen: format!("{route:?}"),

@@ -32,10 +32,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pointwise {
     /// Timed (`dnn::set_benchmark`, not `--deterministic`): the first call
-    /// of each problem (direction, shape, dtype, bias, beta, alignment)
-    /// times the GEMM's chosen algorithm against cuDNN's and keeps the
-    /// faster, as cuDNN's own search keeps its fastest algorithm.
-    /// Untimed: the GEMM.
+    /// of each problem (direction, shape, dtype, bias, beta, alignment,
+    /// TF32, cuDNN API) times the GEMM's chosen algorithm against cuDNN's
+    /// and keeps the faster, as cuDNN's own search keeps its fastest
+    /// algorithm. Untimed: the GEMM.
     Auto,
     Gemm,
     Cudnn,
