@@ -165,25 +165,32 @@ fn run_gemm(
     Ok(out)
 }
 
-/// A 1x1 stride-1 convolution whose GEMM is `plan`, into `out`, on the
-/// route [`pointwise_route`] gives: the GEMM on `inputs` (plus `bias`), or
-/// `cudnn`, which runs the same convolution on cuDNN into the `Out` given.
-fn pointwise(
-    plan: &GemmPlan,
+/// Direction `dir` of convolution `g` on its two `inputs`, each tagged
+/// with the operand it is (cuDNN's `f` takes them in the order of
+/// `dnn_args`), plus `bias`, into `out`: a 1x1 stride-1 one that a GEMM
+/// reads in place on the route [`pointwise_route`] gives, any other on
+/// cuDNN.
+fn convolve(
+    dir: Direction,
+    f: DnnConv,
     g: &Conv2dGeom,
     inputs: [(Operand, &Tensor); 2],
+    dnn_args: [&Tensor; 2],
     bias: Option<&Tensor>,
     out: Out,
-    cudnn: impl Fn(Out) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let gemm = |out| run_gemm(plan, inputs, bias, out);
+    let cudnn = |out| run(f, dnn_args[0], dnn_args[1], bias, g, out);
+    let (a, b) = (inputs[0].1, inputs[1].1);
+    let Some(plan) = gemm_plan(dir, g, [a.layout(), b.layout()]) else {
+        return cudnn(out);
+    };
+    let gemm = |out| run_gemm(&plan, inputs, bias, out);
     let route = match pointwise_route()? {
         Pointwise::Auto => {
-            let (a, b) = (inputs[0].1, inputs[1].1);
             let gpu = gpu_of(a)?;
             let key = RouteKey {
                 gpu: gpu.ordinal,
-                dir: plan.dir,
+                dir,
                 geom: [g.n, g.h, g.w, g.cin, g.cout],
                 dtype: a.dtype(),
                 bias: bias.is_some(),
@@ -327,19 +334,17 @@ impl ConvOps for Cuda {
         bias: Option<&Tensor>,
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
+        let inputs = [(Operand::X, x), (Operand::W, w)];
         let out = Out::New(g.y_dims());
-        let cudnn = |out| run(dnn::conv_forward, x, w, bias, g, out);
-        match gemm_plan(Direction::Forward, g, [x.layout(), w.layout()]) {
-            Some(plan) => pointwise(
-                &plan,
-                g,
-                [(Operand::X, x), (Operand::W, w)],
-                bias,
-                out,
-                cudnn,
-            ),
-            None => cudnn(out),
-        }
+        convolve(
+            Direction::Forward,
+            dnn::conv_forward,
+            g,
+            inputs,
+            [x, w],
+            bias,
+            out,
+        )
     }
 
     /// Into `acc` with beta 1 (cuDNN's blend, cuBLASLt's C = D) when it is
@@ -356,35 +361,16 @@ impl ConvOps for Cuda {
             Some(a) if writable(&a, dy.device()) => (Out::Onto(a), None),
             a => (Out::New(g.x_dims()), a),
         };
-        let cudnn = |out| run(dnn::conv_backward_data, w, dy, None, g, out);
-        let dx = match gemm_plan(Direction::BackwardData, g, [dy.layout(), w.layout()]) {
-            Some(plan) => pointwise(
-                &plan,
-                g,
-                [(Operand::Dy, dy), (Operand::W, w)],
-                None,
-                out,
-                cudnn,
-            )?,
-            None => cudnn(out)?,
-        };
+        let inputs = [(Operand::Dy, dy), (Operand::W, w)];
+        let f = dnn::conv_backward_data;
+        let dx = convolve(Direction::BackwardData, f, g, inputs, [w, dy], None, out)?;
         accumulate(rest, dx)
     }
 
     fn conv2d_backward_filter(&self, x: &Tensor, dy: &Tensor, g: &Conv2dGeom) -> Result<Tensor> {
-        let out = Out::New(g.w_dims());
-        let cudnn = |out| run(dnn::conv_backward_filter, x, dy, None, g, out);
-        match gemm_plan(Direction::BackwardFilter, g, [x.layout(), dy.layout()]) {
-            Some(plan) => pointwise(
-                &plan,
-                g,
-                [(Operand::X, x), (Operand::Dy, dy)],
-                None,
-                out,
-                cudnn,
-            ),
-            None => cudnn(out),
-        }
+        let inputs = [(Operand::X, x), (Operand::Dy, dy)];
+        let (f, out) = (dnn::conv_backward_filter, Out::New(g.w_dims()));
+        convolve(Direction::BackwardFilter, f, g, inputs, [x, dy], None, out)
     }
 
     /// cuDNN 9's cudnnConvolutionBackwardBias refuses bf16 (measured on
@@ -402,18 +388,8 @@ impl ConvOps for Cuda {
         g: &Conv2dGeom,
     ) -> Result<Tensor> {
         // x plays the matching convolution's dy
-        let out = Out::New(g.x_dims());
-        let cudnn = |out| run(dnn::conv_backward_data, w, x, bias, g, out);
-        match gemm_plan(Direction::BackwardData, g, [x.layout(), w.layout()]) {
-            Some(plan) => pointwise(
-                &plan,
-                g,
-                [(Operand::Dy, x), (Operand::W, w)],
-                bias,
-                out,
-                cudnn,
-            ),
-            None => cudnn(out),
-        }
+        let inputs = [(Operand::Dy, x), (Operand::W, w)];
+        let (f, out) = (dnn::conv_backward_data, Out::New(g.x_dims()));
+        convolve(Direction::BackwardData, f, g, inputs, [w, x], bias, out)
     }
 }
