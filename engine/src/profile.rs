@@ -422,7 +422,8 @@ pub struct Candidate {
 /// One algorithm search: what was searched, how, what was chosen.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Search {
-    /// "cudnn" or "cublasLt".
+    /// "cudnn", "cublasLt", or "conv route" (the 1x1 convolutions' choice
+    /// between the two, `ops::conv::Pointwise::Auto`).
     pub lib: &'static str,
     /// The problem (direction, shape, dtype, math).
     pub problem: String,
