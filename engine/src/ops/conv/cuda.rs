@@ -1,6 +1,7 @@
 //! Convolutions on the GPU through cuDNN (cuda::dnn), and the 1x1
 //! stride-1 ones as cuBLASLt GEMMs (cuda::blas; which ones and how: see
-//! `gemm.rs`).
+//! `gemm.rs`) or on cuDNN, whichever was faster on the problem's first call
+//! (`gemm::Pointwise`, [`auto_route`]).
 //!
 //! Everything stays channels-last: x, y, dx are NHWC and the weight and dw
 //! KRSC, which is exactly the GPU default layout of those logical shapes,

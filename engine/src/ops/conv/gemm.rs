@@ -1,5 +1,6 @@
-//! Which convolutions the CUDA backend runs as one cuBLASLt GEMM, and the
-//! GEMM each direction becomes (pure: unit-tested without a GPU).
+//! Which convolutions the CUDA backend can run as one cuBLASLt GEMM, and
+//! the GEMM each direction becomes (pure: unit-tested without a GPU); and
+//! the switch between that route and cuDNN's ([`Pointwise`]).
 //!
 //! A 1x1 convolution with stride 1, no padding, dilation 1 and one group
 //! maps each pixel's Cin channels to its Cout channels by the same matrix.
