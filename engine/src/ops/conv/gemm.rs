@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// (`SLMLP_CONV_1X1`, default [`Pointwise::Auto`]): the GEMMs of this
 /// module, cuDNN like every other convolution, or the faster of the two
 /// for each problem. The forced routes are there to measure what each
-/// gains (`slmlp-gpu-bench`'s `eager_cudnn_1x1` and
-/// `conv/<shape>/<dir>/cudnn` rows) and to check each against the CPU.
+/// gains (`slmlp-gpu-bench`'s `eager_gemm_1x1` and `eager_cudnn_1x1` rows,
+/// `conv/<shape>/<dir>/gemm|cudnn`) and to check each against the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pointwise {
     /// Timed (`dnn::set_benchmark`, not `--deterministic`): the first call
