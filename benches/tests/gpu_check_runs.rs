@@ -104,11 +104,8 @@ const TORCH_PEAK_GIB: [(&str, f64); 3] = [
 fn the_resnet50_steps_tensors_peak_below_pytorchs_in_a_dry_run() {
     let tmp = TempDir::new("gpu-bench-dry");
     let (out, counts) = (tmp.0.join("bench"), tmp.0.join("counts"));
-    let run = Command::new(env!("CARGO_BIN_EXE_slmlp-gpu-bench"))
-        .env("LD_LIBRARY_PATH", emulator_library_path())
-        .env("SLMLP_CUDA_EMU_DRY", "1")
-        .env("SLMLP_CUDA_EMU_SMS", "132")
-        .env("SLMLP_CUDA_EMU_MEM_GIB", "80")
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_slmlp-gpu-bench"));
+    let run = testutil::cuda_emu::dry_run(&mut bench, &emulator_library_path(), 80)
         .env("SLMLP_CUDA_EMU_COUNTS", &counts)
         .args(["--sections", "train", "--budget-s", "600", "--out"])
         .arg(&out)

@@ -19,6 +19,7 @@ pub mod optim;
 pub mod parity;
 pub mod profile;
 mod rng;
+mod setting;
 mod storage;
 mod tensor;
 pub mod trace;

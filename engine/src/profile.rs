@@ -1058,9 +1058,11 @@ pub fn stop(steps: usize) -> Result<Profile> {
         if let Device::Cuda(i) = w.device {
             if let Ok(g) = crate::cuda::gpu(i) {
                 let st = g.memory_stats();
+                // samples name peaks inside and between ops: this one came
+                // after the last sample
                 if st.peak_allocated as f64 > m.peak {
                     m.peak = st.peak_allocated as f64;
-                    m.peak_at = "inside an op (the allocator's own peak)".into();
+                    m.peak_at = "after the last op (the allocator's own peak)".into();
                 }
                 m.workspace_at_peak = Some(st.workspace_at_peak as f64);
             }

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use testutil::cuda_emu::dry_run;
 use testutil::{output_text, TempDir};
 
 /// LD_LIBRARY_PATH with the emulator first, built in a folder of this
@@ -17,17 +18,17 @@ fn emulator_library_path() -> String {
     testutil::cuda_emu::cuda_emulator_library_path(&out, false)
 }
 
+fn slmlp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_slmlp"))
+}
+
 /// One epoch of three steps on a device of `gib` GiB, with `env` set, in a
 /// folder named after `name` (unique among the tests, which run at once):
 /// the run, and what the emulator counted (`SLMLP_CUDA_EMU_COUNTS`).
 fn dry_pretrain(name: &str, gib: u32, extra: &[&str], env: &[(&str, &str)]) -> (Output, String) {
     let tmp = TempDir::new(&format!("dry-pretrain-{name}"));
     let counts = tmp.0.join("counts");
-    let run = Command::new(env!("CARGO_BIN_EXE_slmlp"))
-        .env("LD_LIBRARY_PATH", emulator_library_path())
-        .env("SLMLP_CUDA_EMU_DRY", "1")
-        .env("SLMLP_CUDA_EMU_SMS", "132")
-        .env("SLMLP_CUDA_EMU_MEM_GIB", gib.to_string())
+    let run = dry_run(&mut slmlp(), &emulator_library_path(), gib)
         .env("SLMLP_CUDA_EMU_COUNTS", &counts)
         .env_remove("SLMLP_CONV_1X1")
         .envs(env.iter().copied())
@@ -130,11 +131,7 @@ fn slmlp_conv_1x1_routes_the_pointwise_convolutions() {
 #[test]
 fn the_resnet50_steps_peak_is_inside_the_last_blocks_batchnorm_backward() {
     let tmp = TempDir::new("dry-profile");
-    let run = Command::new(env!("CARGO_BIN_EXE_slmlp"))
-        .env("LD_LIBRARY_PATH", emulator_library_path())
-        .env("SLMLP_CUDA_EMU_DRY", "1")
-        .env("SLMLP_CUDA_EMU_SMS", "132")
-        .env("SLMLP_CUDA_EMU_MEM_GIB", "16")
+    let run = dry_run(&mut slmlp(), &emulator_library_path(), 16)
         .args(["profile", "--method", "sl-mlp", "--arch", "resnet50"])
         .args(["--image-size", "224", "--classes", "1000", "--batch", "256"])
         .args(["--precision", "bf16", "--device", "cuda", "--card", "h200"])

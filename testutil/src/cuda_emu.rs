@@ -45,3 +45,14 @@ pub fn cuda_emulator_library_path(out: &Path, self_test: bool) -> String {
     );
     path.clone()
 }
+
+/// `cmd` set to run on the emulator found through `library_path` (from
+/// [`cuda_emulator_library_path`]) in a dry run: nothing is computed, every
+/// allocation is real (docs/GPU_CHECK.md), on a device of `gib` GiB with
+/// the 132 SMs of an H100 or H200, which size the grids.
+pub fn dry_run<'c>(cmd: &'c mut Command, library_path: &str, gib: u32) -> &'c mut Command {
+    cmd.env("LD_LIBRARY_PATH", library_path)
+        .env("SLMLP_CUDA_EMU_DRY", "1")
+        .env("SLMLP_CUDA_EMU_SMS", "132")
+        .env("SLMLP_CUDA_EMU_MEM_GIB", gib.to_string())
+}

@@ -439,6 +439,11 @@ fn bn(b: &mut Bench) {
 fn conv(b: &mut Bench, route: Pointwise) {
     const N: usize = 256;
     let _route = scoped_pointwise(route);
+    let (key_suffix, lib) = match route {
+        Pointwise::Auto => ("", ""),
+        Pointwise::Gemm => ("/gemm", " (cuBLASLt)"),
+        Pointwise::Cudnn => ("/cudnn", " (cuDNN)"),
+    };
     for s in resnet50_convs() {
         if route != Pointwise::Auto && !s.pointwise() {
             continue;
@@ -459,11 +464,7 @@ fn conv(b: &mut Bench, route: Pointwise) {
         }
         dirs.push("bwd_weight");
         for dir in dirs {
-            let key = match route {
-                Pointwise::Auto => format!("conv/{tag}/{dir}"),
-                Pointwise::Gemm => format!("conv/{tag}/{dir}/gemm"),
-                Pointwise::Cudnn => format!("conv/{tag}/{dir}/cudnn"),
-            };
+            let key = format!("conv/{tag}/{dir}{key_suffix}");
             b.attempt(&key, 2.0, |b| {
                 let mut sets = Vec::new();
                 for i in 0..k {
@@ -503,8 +504,7 @@ fn conv(b: &mut Bench, route: Pointwise) {
                 };
                 let tf = flops / (t.ms_median * 1e-3) / 1e12;
                 Ok(merge(
-                    json!({"key": key, "name": format!("conv {k}x{k} {}->{} s{} @{}x{} {dir}{}", s.cin, s.cout, s.stride, s.h, s.w,
-                                                       match route { Pointwise::Auto => "", Pointwise::Gemm => " (cuBLASLt)", Pointwise::Cudnn => " (cuDNN)" }, k = s.k),
+                    json!({"key": key, "name": format!("conv {k}x{k} {}->{} s{} @{}x{} {dir}{lib}", s.cin, s.cout, s.stride, s.h, s.w, k = s.k),
                            "cin": s.cin, "cout": s.cout, "k": s.k, "stride": s.stride, "pad": s.pad, "H": s.h, "W": s.w,
                            "batch": N, "count": s.count, "direction": dir, "dtype": "bf16 channels_last",
                            "flops": flops, "rotated_sets": k,
@@ -991,7 +991,6 @@ fn main() {
     if want("conv") {
         conv(&mut b, Pointwise::Auto);
     }
-    g.empty_cache();
     if want("train") {
         train(&mut b);
         train_with_loader(&mut b);
@@ -1000,7 +999,6 @@ fn main() {
     if want("conv") {
         for route in [Pointwise::Cudnn, Pointwise::Gemm] {
             conv(&mut b, route);
-            g.empty_cache();
         }
     }
     if want("maskrcnn") {

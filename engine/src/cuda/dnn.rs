@@ -43,12 +43,13 @@ use super::blas::TIMED_RUNS;
 use super::dnn_graph::{self as graph, Numerics, Plan, Problem};
 use super::runtime::Gpu;
 use crate::layout::Conv2dParams;
+use crate::setting::Switch;
 use crate::{DType, Error, Result};
 use cudarc::cudnn::result::CudnnError;
 use cudarc::cudnn::sys;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -126,48 +127,30 @@ pub enum Api {
 impl Api {
     /// "auto", "legacy" or "graph" (`SLMLP_CUDNN_API`).
     pub fn parse(v: &str) -> Result<Api> {
-        Api::from_text(v).map_err(|msg| Error::arg(OP, msg))
-    }
-
-    fn from_text(v: &str) -> std::result::Result<Api, String> {
-        match v {
-            "auto" => Ok(Api::Auto),
-            "legacy" => Ok(Api::Legacy),
-            "graph" => Ok(Api::Graph),
-            _ => Err(format!(
-                "SLMLP_CUDNN_API must be auto, legacy or graph, got {v:?}"
-            )),
-        }
+        API.parse(v).map_err(|msg| Error::arg(OP, msg))
     }
 }
 
-/// 0: not set yet (then `SLMLP_CUDNN_API`, default auto); else 1 + the
-/// variant's index.
-static API: AtomicU8 = AtomicU8::new(0);
-const APIS: [Api; 3] = [Api::Auto, Api::Legacy, Api::Graph];
+/// `SLMLP_CUDNN_API`, default auto.
+static API: Switch<Api> = Switch::new(
+    "SLMLP_CUDNN_API",
+    &[
+        ("auto", Api::Auto),
+        ("legacy", Api::Legacy),
+        ("graph", Api::Graph),
+    ],
+);
 
 /// Chooses the cuDNN API for keys not chosen yet (overrides
 /// `SLMLP_CUDNN_API`; the cache is keyed by it).
 pub fn set_api(api: Api) {
-    let i = APIS.iter().position(|a| *a == api).unwrap_or(0);
-    API.store(i as u8 + 1, Ordering::Relaxed);
+    API.set(api);
 }
 
 /// The cuDNN API new keys use: [`set_api`]'s, else `SLMLP_CUDNN_API`'s,
 /// else [`Api::Auto`]; an error for an unknown `SLMLP_CUDNN_API`.
 pub fn api() -> Result<Api> {
-    // read once: every convolution call asks
-    static ENV: std::sync::OnceLock<std::result::Result<Api, String>> = std::sync::OnceLock::new();
-    match API.load(Ordering::Relaxed) {
-        0 => ENV
-            .get_or_init(|| match std::env::var("SLMLP_CUDNN_API") {
-                Ok(v) => Api::from_text(&v),
-                Err(_) => Ok(Api::Auto),
-            })
-            .clone()
-            .map_err(|e| Error::arg(OP, e)),
-        i => Ok(APIS[(i as usize - 1).min(APIS.len() - 1)]),
-    }
+    API.get().map_err(|e| Error::arg(OP, e))
 }
 
 /// How long a search may spend building the graph API's plans once it
@@ -184,17 +167,16 @@ pub struct Scoped {
 /// See [`Scoped`].
 pub fn scoped(api: Api, benchmark: bool) -> Scoped {
     let prev = Scoped {
-        api: API.load(Ordering::Relaxed),
+        api: API.set(api),
         benchmark: BENCHMARK.load(Ordering::Relaxed),
     };
-    set_api(api);
     set_benchmark(benchmark);
     prev
 }
 
 impl Drop for Scoped {
     fn drop(&mut self) {
-        API.store(self.api, Ordering::Relaxed);
+        API.restore(self.api);
         set_benchmark(self.benchmark);
     }
 }

@@ -21,8 +21,8 @@
 use super::Conv2dGeom;
 use crate::cuda::blas::Matrix;
 use crate::layout::Layout;
+use crate::setting::Switch;
 use crate::{Error, Result};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which library runs the 1x1 stride-1 convolutions on the GPU
 /// (`SLMLP_CONV_1X1`, default [`Pointwise::Auto`]): the GEMMs of this
@@ -42,53 +42,34 @@ pub enum Pointwise {
     Cudnn,
 }
 
-const ROUTES: [Pointwise; 3] = [Pointwise::Auto, Pointwise::Gemm, Pointwise::Cudnn];
-
 impl Pointwise {
     /// "auto", "gemm" or "cudnn" (`SLMLP_CONV_1X1`).
     pub fn parse(v: &str) -> Result<Pointwise> {
-        Pointwise::from_text(v).map_err(|msg| Error::arg("conv2d", msg))
-    }
-
-    fn from_text(v: &str) -> std::result::Result<Pointwise, String> {
-        match v {
-            "auto" => Ok(Pointwise::Auto),
-            "gemm" => Ok(Pointwise::Gemm),
-            "cudnn" => Ok(Pointwise::Cudnn),
-            _ => Err(format!(
-                "SLMLP_CONV_1X1 must be auto, gemm or cudnn, got {v:?}"
-            )),
-        }
+        ROUTE.parse(v).map_err(|msg| Error::arg("conv2d", msg))
     }
 }
 
-/// 0: not set (then `SLMLP_CONV_1X1`); else 1 + the index in [`ROUTES`].
-static ROUTE: AtomicU8 = AtomicU8::new(0);
+/// `SLMLP_CONV_1X1`, default auto.
+static ROUTE: Switch<Pointwise> = Switch::new(
+    "SLMLP_CONV_1X1",
+    &[
+        ("auto", Pointwise::Auto),
+        ("gemm", Pointwise::Gemm),
+        ("cudnn", Pointwise::Cudnn),
+    ],
+);
 
 /// Chooses the route of the 1x1 stride-1 convolutions from the next call
 /// on (overrides `SLMLP_CONV_1X1`; [`Pointwise::Auto`]'s choices already
 /// made are kept).
 pub fn set_pointwise(route: Pointwise) {
-    let i = ROUTES.iter().position(|r| *r == route).unwrap_or(0);
-    ROUTE.store(i as u8 + 1, Ordering::Relaxed);
+    ROUTE.set(route);
 }
 
 /// [`set_pointwise`]'s route, else `SLMLP_CONV_1X1`'s, else
 /// [`Pointwise::Auto`]; an error for an unknown `SLMLP_CONV_1X1`.
 pub fn pointwise_route() -> Result<Pointwise> {
-    // read once: every convolution call asks
-    static ENV: std::sync::OnceLock<std::result::Result<Pointwise, String>> =
-        std::sync::OnceLock::new();
-    match ROUTE.load(Ordering::Relaxed) {
-        0 => ENV
-            .get_or_init(|| match std::env::var("SLMLP_CONV_1X1") {
-                Ok(v) => Pointwise::from_text(&v),
-                Err(_) => Ok(Pointwise::Auto),
-            })
-            .clone()
-            .map_err(|e| Error::arg("conv2d", e)),
-        i => Ok(ROUTES[(i as usize - 1).min(ROUTES.len() - 1)]),
-    }
+    ROUTE.get().map_err(|e| Error::arg("conv2d", e))
 }
 
 /// Sets the route until dropped, then restores the one before: for a
@@ -97,14 +78,12 @@ pub struct ScopedPointwise(u8);
 
 /// See [`ScopedPointwise`].
 pub fn scoped_pointwise(route: Pointwise) -> ScopedPointwise {
-    let prev = ScopedPointwise(ROUTE.load(Ordering::Relaxed));
-    set_pointwise(route);
-    prev
+    ScopedPointwise(ROUTE.set(route))
 }
 
 impl Drop for ScopedPointwise {
     fn drop(&mut self) {
-        ROUTE.store(self.0, Ordering::Relaxed);
+        ROUTE.restore(self.0);
     }
 }
 
