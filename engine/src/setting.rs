@@ -1,7 +1,8 @@
 //! A process-wide switch among a few named choices: set by code, else
 //! read once from an environment variable, else the first choice. The
-//! convolutions' `SLMLP_CUDNN_API` (`cuda::dnn::Api`) and `SLMLP_CONV_1X1`
-//! (`ops::conv::Pointwise`) are such switches; every call reads them, so
+//! convolutions' `SLMLP_CUDNN_API` (`cuda::dnn::Api`), `SLMLP_CUDNN_RTC`
+//! (`cuda::dnn::Rtc`) and `SLMLP_CONV_1X1` (`ops::conv::Pointwise`) are
+//! such switches; every call reads them, so
 //! reading is one atomic load once the variable was read.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -67,9 +68,33 @@ impl<T: Copy + PartialEq> Switch<T> {
         self.set.swap(i as u8 + 1, Ordering::Relaxed)
     }
 
+    /// Sets the choice until the guard is dropped, then puts back what
+    /// was set before: for a check or a bench row that runs one choice on
+    /// purpose.
+    pub(crate) fn scoped(&'static self, choice: T) -> Scoped<T> {
+        Scoped {
+            switch: self,
+            before: self.set(choice),
+        }
+    }
+}
+
+impl<T> Switch<T> {
     /// Puts back what [`Switch::set`] returned.
     pub(crate) fn restore(&self, before: u8) {
         self.set.store(before, Ordering::Relaxed);
+    }
+}
+
+/// What [`Switch::scoped`] returns: restores the switch when dropped.
+pub struct Scoped<T: 'static> {
+    switch: &'static Switch<T>,
+    before: u8,
+}
+
+impl<T> Drop for Scoped<T> {
+    fn drop(&mut self) {
+        self.switch.restore(self.before);
     }
 }
 
@@ -91,5 +116,10 @@ mod tests {
         assert_eq!(S.get(), Ok(3));
         S.restore(before);
         assert_eq!(S.get(), Ok(1));
+        {
+            let _two = S.scoped(2);
+            assert_eq!(S.get(), Ok(2));
+        }
+        assert_eq!(S.get(), Ok(1), "restored when the guard is dropped");
     }
 }

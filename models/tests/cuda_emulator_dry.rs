@@ -3,8 +3,9 @@
 //! dry run of the CUDA emulator (tools/cuda_emu, docs/GPU_CHECK.md): nothing
 //! is computed, but every allocation the engine makes is real, so whether a
 //! step fits a device of that size is the engine's own answer (up to the
-//! cuDNN workspaces a real GPU adds). Needs g++ and NVRTC, as the emulated
-//! GPU check in benches/tests/gpu_check_runs.rs does.
+//! cuDNN workspaces a real GPU adds). One test profiles a small model on
+//! the emulator instead, to see which cuDNN engines compete. Needs g++ and
+//! NVRTC, as the emulated GPU check in benches/tests/gpu_check_runs.rs does.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -153,4 +154,83 @@ fn the_resnet50_steps_peak_is_inside_the_last_blocks_batchnorm_backward() {
         log.contains("cuDNN and cuBLASLt workspaces held at the allocator's peak: 32.0 MiB"),
         "{log}"
     );
+}
+
+/// The cuDNN searches of a small bf16 step (`slmlp profile`, emulated, the
+/// graph API only), with `SLMLP_CUDNN_RTC` set to `rtc` (unset: `None`):
+/// each search's candidates and method, and the run's output.
+fn graph_searches(rtc: Option<&str>) -> (Vec<(Vec<String>, String)>, String) {
+    let tmp = TempDir::new(&format!("rtc-{}", rtc.unwrap_or("unset")));
+    let json = tmp.0.join("profile.json");
+    let mut cmd = slmlp();
+    cmd.env("LD_LIBRARY_PATH", emulator_library_path())
+        .env("SLMLP_CUDNN_API", "graph")
+        .env("SLMLP_CONV_1X1", "cudnn")
+        .env_remove("SLMLP_CUDNN_RTC");
+    if let Some(v) = rtc {
+        cmd.env("SLMLP_CUDNN_RTC", v);
+    }
+    let run = cmd
+        .args([
+            "profile", "--method", "sl", "--arch", "resnet18", "--width", "8",
+        ])
+        .args(["--image-size", "16", "--classes", "4", "--batch", "2"])
+        .args(["--precision", "bf16", "--device", "cuda", "--card", "h200"])
+        .args(["--warmup", "1", "--steps", "1", "--out"])
+        .arg(&json)
+        .output()
+        .expect("slmlp runs");
+    let log = output_text(&run);
+    if !run.status.success() {
+        return (Vec::new(), log);
+    }
+    let profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the profile")).unwrap();
+    let searches = profile["searches"]
+        .as_array()
+        .expect("searches")
+        .iter()
+        .filter(|s| s["lib"] == "cudnn")
+        .map(|s| {
+            let algos = s["candidates"].as_array().expect("candidates");
+            let algos = algos
+                .iter()
+                .map(|c| c["algo"].as_str().unwrap().to_string());
+            (algos.collect(), s["method"].as_str().unwrap().to_string())
+        })
+        .collect();
+    (searches, log)
+}
+
+/// Engines cuDNN compiles at run time (the emulator's engine 2 says it is
+/// one) are left out of the graph API's timed searches by default, each
+/// search saying how many it passed over, and compete with
+/// `SLMLP_CUDNN_RTC=any`. (A shape only they serve still gets one: the
+/// emulator's dilated parity cases, `conv2d_graph_api`.)
+#[test]
+fn runtime_compiled_cudnn_engines_compete_only_when_asked() {
+    let (default, log) = graph_searches(None);
+    assert!(!default.is_empty(), "no cuDNN search:\n{log}");
+    for (algos, method) in &default {
+        let mut sorted = algos.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["graph eng0", "graph eng1"], "{method}");
+        assert!(method.contains("runtime_compiled: 1,"), "{method}");
+    }
+    let (any, log) = graph_searches(Some("any"));
+    assert_eq!(any.len(), default.len(), "{log}");
+    for (algos, method) in &any {
+        assert!(
+            algos.iter().any(|a| a == "graph eng2_rtc"),
+            "{algos:?} {method}"
+        );
+        assert!(method.contains("runtime_compiled: 0,"), "{method}");
+    }
+    let (none, log) = graph_searches(Some("always"));
+    assert!(none.is_empty(), "{log}");
+    assert!(
+        log.contains("SLMLP_CUDNN_RTC must be fallback or any, got \"always\""),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -17,8 +17,11 @@
 // - Find*AlgorithmEx overwrites the output with NaN bytes, as cuDNN may
 //   leave it with anything.
 // - the cuDNN graph (backend) API for one-convolution operation graphs:
-//   two engine configurations (engines 0 and 1, as the legacy algorithms),
-//   no numerical notes, no knobs.
+//   three engine configurations, no numerical notes, no knobs. Engines 0
+//   and 1 run as the legacy algorithms and refuse dilated convolutions;
+//   engine 2 runs as algorithm 0 and carries the RUNTIME_COMPILATION
+//   behaviour note, so the engine's handling of such engines (left out
+//   unless no other gives a plan, or unless SLMLP_CUDNN_RTC=any) runs.
 // Not emulated: cuBLAS's own (non-Lt) API, and any speed. Sums are
 // accumulated in double, so results are as exact as f32 can hold, not
 // bitwise a GPU's.
@@ -616,10 +619,12 @@ API cudnnAddTensor(void* h, const void* alpha, const void* a, const void* A, con
 }
 // ---- The graph (backend) API, for the one-convolution graphs dnn_graph.rs
 // builds. A descriptor is its type and the attributes set on it; the
-// heuristics offer two engine configurations (engines 0 and 1, as the
-// legacy algorithms above); finalising a plan reads the convolution back
-// out of the operation graph and refuses what the emulator does not run
-// (strides other than NHWC/KRSC, asymmetric padding) with NOT_SUPPORTED.
+// heuristics offer three engine configurations (engines 0 and 1, as the
+// legacy algorithms above, and engine 2, "compiled at run time");
+// finalising a plan reads the convolution back out of the operation graph
+// and refuses what the emulator does not run (strides other than
+// NHWC/KRSC, asymmetric padding), and a dilated convolution on engines 0
+// and 1, with NOT_SUPPORTED.
 namespace {
 
 struct Attr {
@@ -655,7 +660,7 @@ enum : int {
     A_CONV_PRE = 105, A_CONV_DIMS = 106, A_HEUR_GRAPH = 201, A_HEUR_RESULTS = 202, A_CFG_ENGINE = 300,
     A_CFG_KNOBS = 302, A_PLAN_CFG = 401, A_PLAN_WS = 402, A_GRAPH_OPS = 801, A_PACK_UIDS = 1000,
     A_PACK_PTRS = 1001, A_PACK_WS = 1003, A_ENGINE_GRAPH = 1300, A_ENGINE_INDEX = 1301,
-    A_ENGINE_NOTES = 1303, A_ENGINE_BEHAVIOR = 1304, A_TENSOR_TYPE = 901, A_TENSOR_DIMS = 902,
+    A_ENGINE_NOTES = 1303, A_ENGINE_BEHAVIOR = 1305, A_TENSOR_TYPE = 901, A_TENSOR_DIMS = 902,
     A_TENSOR_STRIDES = 903, A_TENSOR_UID = 906,
     // per direction: alpha, beta, conv desc and the three tensors (a, b, out as in ConvArgs)
 };
@@ -731,6 +736,7 @@ int resolve(BDesc& plan) {
     c.cd.dil_h = (int)dil[0], c.cd.dil_w = (int)dil[1];
     if (c.x.c % c.w.c != 0) return BAD_PARAM;
     c.cd.groups = c.x.c / c.w.c;
+    if (index < 2 && (c.cd.dil_h != 1 || c.cd.dil_w != 1)) return DNN_NOT_SUPPORTED;
     return check(c.x, c.w, c.y, c.cd);
 }
 
@@ -766,20 +772,22 @@ API cudnnBackendGetAttribute(const void* dp, int attr, int type, int64_t max, in
     if (d->kind == KIND_HEUR && attr == A_HEUR_RESULTS) {
         BDesc* graph = nullptr;
         if (!d->final || !get1(*d, A_HEUR_GRAPH, graph)) return BAD_PARAM;
-        const int64_t n = max == 0 ? 2 : (max < 2 ? max : 2);
-        for (int64_t i = 0; i < n && max > 0; i++) {
+        const int64_t engines = 3, n = max < engines ? max : engines;
+        for (int64_t i = 0; i < n; i++) {
             internal.push_back(BDesc{KIND_ENGINE});
             BDesc& engine = internal.back();
             set_ptr(engine, A_ENGINE_GRAPH, graph);
             engine.attrs[A_ENGINE_INDEX] = Attr{3, 1, std::vector<unsigned char>(8)};
             std::memcpy(engine.attrs[A_ENGINE_INDEX].bytes.data(), &i, 8);
+            if (i == 2)  // CUDNN_TYPE_BEHAVIOR_NOTE: CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION
+                engine.attrs[A_ENGINE_BEHAVIOR] = Attr{19, 1, std::vector<unsigned char>(4, 0)};
             engine.final = true;
             BDesc* cfg = static_cast<BDesc**>(out)[i];
             cfg->attrs.clear();
             set_ptr(*cfg, A_CFG_ENGINE, &engine);
             cfg->final = true;
         }
-        *count = 2;
+        *count = engines;
         return OK;
     }
     if (d->kind == KIND_CFG && attr == A_CFG_ENGINE && max >= 1) {
@@ -793,7 +801,7 @@ API cudnnBackendGetAttribute(const void* dp, int attr, int type, int64_t max, in
     }
     if (d->kind == KIND_PLAN && attr == A_PLAN_WS) {
         if (!d->final) return BAD_PARAM;
-        const int64_t ws = d->conv.algo == 0 ? 0 : (int64_t)ALGO1_WORKSPACE;
+        const int64_t ws = d->conv.algo == 1 ? (int64_t)ALGO1_WORKSPACE : 0;
         if (max >= 1) std::memcpy(out, &ws, 8);
         *count = 1;
         return OK;

@@ -25,7 +25,8 @@
 //! - the graph (backend) API (`dnn_graph`, what cuDNN's frontend builds on
 //!   for PyTorch): the heuristics' top [`GRAPH_CANDIDATES`] execution
 //!   plans, timed here with CUDA events, as is the legacy winner, so the
-//!   two compare alike.
+//!   two compare alike; engines compiled at run time only when no other
+//!   gives a plan ([`Rtc`], `SLMLP_CUDNN_RTC`).
 //!
 //! With [`set_deterministic`] (`--deterministic`) only algorithms cuDNN
 //! reports as deterministic (the perf results' determinism flag, the
@@ -151,6 +152,45 @@ pub fn set_api(api: Api) {
 /// else [`Api::Auto`]; an error for an unknown `SLMLP_CUDNN_API`.
 pub fn api() -> Result<Api> {
     API.get().map_err(|e| Error::arg(OP, e))
+}
+
+/// Whether the graph API may build plans from engines cuDNN compiles at
+/// run time (behaviour note RUNTIME_COMPILATION). Finalising such a plan
+/// compiles a kernel for the shape, which takes 0.1-2 s per plan and
+/// would make the first step of a ResNet-50 (about 70 keys) spend minutes
+/// searching; PyTorch's cuDNN path leaves them out by default since
+/// late 2025.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rtc {
+    /// Only when no engine built in to cuDNN gives a usable plan (the
+    /// default), so that a shape only those serve still runs.
+    Fallback,
+    /// As any other engine, in the heuristics' order.
+    Any,
+}
+
+/// `SLMLP_CUDNN_RTC`, default fallback.
+static RTC: Switch<Rtc> = Switch::new(
+    "SLMLP_CUDNN_RTC",
+    &[("fallback", Rtc::Fallback), ("any", Rtc::Any)],
+);
+
+/// Whether runtime-compiled engines compete, for keys not chosen yet
+/// (overrides `SLMLP_CUDNN_RTC`; the cache is keyed by it).
+pub fn set_rtc(rtc: Rtc) {
+    RTC.set(rtc);
+}
+
+/// [`set_rtc`]'s choice, else `SLMLP_CUDNN_RTC`'s, else [`Rtc::Fallback`];
+/// an error for an unknown `SLMLP_CUDNN_RTC`.
+pub fn rtc() -> Result<Rtc> {
+    RTC.get().map_err(|e| Error::arg(OP, e))
+}
+
+/// Sets [`Rtc`] until dropped, then restores it: for a check that runs
+/// the runtime-compiled engines on purpose.
+pub fn scoped_rtc(rtc: Rtc) -> crate::setting::Scoped<Rtc> {
+    RTC.scoped(rtc)
 }
 
 /// How long a search may spend building the graph API's plans once it
@@ -595,12 +635,13 @@ const SYMBOLS: [&str; 27] = [
 ];
 
 /// What a convolution's route is cached by: the algorithm key, the API
-/// asked for, beta (the graph API fixes it in the plan) and the byte
+/// asked for and whether runtime-compiled engines compete, beta (the graph API fixes it in the plan) and the byte
 /// alignments of x, w and y (`dnn_graph::alignment`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct RouteKey {
     algo: AlgoKey,
     api: Api,
+    rtc: Rtc,
     beta_bits: u32,
     align: [u8; 3],
 }
@@ -1362,7 +1403,15 @@ impl Dnn {
                     deterministic: ak.deterministic,
                 },
             };
-            match graph::plans(self.handle, &problem, free_cap(g), max, GRAPH_SEARCH_BUDGET) {
+            let cap = free_cap(g);
+            match graph::plans(
+                self.handle,
+                &problem,
+                cap,
+                max,
+                GRAPH_SEARCH_BUDGET,
+                key.rtc,
+            ) {
                 Ok((plans, listed)) => {
                     notes.push(format!("graph API: {listed:?}"));
                     plans
@@ -1416,8 +1465,8 @@ impl Dnn {
         crate::profile::search(crate::profile::Search {
             lib: "cudnn",
             problem: format!(
-                "{:?} {} {:?} math {:?} beta {beta} align {:?} api {:?}",
-                ak.dir, ak.shape, ak.data, ak.math, key.align, key.api
+                "{:?} {} {:?} math {:?} beta {beta} align {:?} api {:?} rtc {:?}",
+                ak.dir, ak.shape, ak.data, ak.math, key.align, key.api, key.rtc
             ),
             method,
             chosen,
@@ -1564,6 +1613,7 @@ unsafe fn run(
     let key = RouteKey {
         algo,
         api: api()?,
+        rtc: rtc()?,
         beta_bits: beta.to_bits(),
         align: p.xwy(dir).map(graph::alignment),
     };

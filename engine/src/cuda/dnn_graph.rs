@@ -29,7 +29,7 @@
 //! Every descriptor is owned by a [`Desc`] (destroyed on drop), and a plan
 //! keeps alive every descriptor it was built from.
 
-use super::dnn::{nhwc_strides, ConvShape, Direction};
+use super::dnn::{nhwc_strides, ConvShape, Direction, Rtc};
 use crate::{Error, Result};
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
@@ -535,6 +535,9 @@ pub struct Listed {
     pub not_finalized: usize,
     pub rejected_numerics: usize,
     pub over_workspace: usize,
+    /// Configurations skipped because their engine is compiled at run time
+    /// (tried only if no other gave a plan, unless `dnn::Rtc::Any`).
+    pub runtime_compiled: usize,
     /// Plans were still to be built when the search's time budget ran out.
     pub out_of_time: bool,
     /// The first errors met (heuristics or plans that did not finalise).
@@ -549,52 +552,101 @@ impl Listed {
     }
 }
 
-/// Up to `max` plans for `p` from the heuristics' engine configurations
-/// (INSTANT mode, then FALLBACK when INSTANT gives none), in the
-/// heuristics' order: those that finalise, pass `p.numerics` and need at
-/// most `cap` workspace bytes. Once one is built, no more are after
-/// `budget` (an engine compiled at run time can take a second to
-/// finalise).
-pub fn plans(
-    h: sys::cudnnHandle_t,
-    p: &Problem,
-    cap: usize,
-    max: usize,
-    budget: std::time::Duration,
-) -> Result<(Vec<Plan>, Listed)> {
-    let t0 = std::time::Instant::now();
-    let g = graph(h, p)?;
-    let mut listed = Listed::default();
-    let mut out = Vec::new();
-    for mode in [
-        sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_INSTANT,
-        sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
-    ] {
-        let heur = Desc::new(D::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
+/// The heuristics' engine configurations for graph `g` in `mode`; none
+/// (the error kept in `listed`) when the list cannot be had.
+fn heuristics(g: &Graph, mode: sys::cudnnBackendHeurMode_t, listed: &mut Listed) -> Vec<Desc> {
+    let list = Desc::new(D::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR).and_then(|heur| {
         heur.set_descs(A::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[&g.graph])?;
         heur.set_enum(
             A::CUDNN_ATTR_ENGINEHEUR_MODE,
             T::CUDNN_TYPE_HEUR_MODE,
             mode as u32,
         )?;
-        if let Err(e) = heur.finalize() {
-            listed.error(e);
-            continue;
-        }
-        let configs = match heur.get_descs(
+        heur.finalize()?;
+        heur.get_descs(
             A::CUDNN_ATTR_ENGINEHEUR_RESULTS,
             D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR,
             MAX_CONFIGS,
-        ) {
-            Ok(c) => c,
-            // one mode's list that cannot be read: the next mode's may be
-            Err(e) => {
-                listed.error(e);
+        )
+    });
+    match list {
+        Ok(configs) => {
+            listed.configs += configs.len();
+            configs
+        }
+        Err(e) => {
+            listed.error(e);
+            Vec::new()
+        }
+    }
+}
+
+/// Whether cuDNN compiles `engine`'s kernel at run time (behaviour note
+/// RUNTIME_COMPILATION); an engine whose notes cannot be read counts as
+/// built in.
+fn runtime_compiled(engine: &Desc) -> bool {
+    const RTC: u32 =
+        sys::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION as u32;
+    engine
+        .get_enums(
+            A::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
+            T::CUDNN_TYPE_BEHAVIOR_NOTE,
+            8,
+        )
+        .is_ok_and(|notes| notes.contains(&RTC))
+}
+
+/// The passes of [`plans`] over the heuristics' lists: (mode, which
+/// engines: `None` any, `Some(rtc)` only those that are, or are not,
+/// compiled at run time). It stops after the first pass that gives a plan.
+fn passes(rtc: Rtc) -> &'static [(usize, Option<bool>)] {
+    match rtc {
+        Rtc::Any => &[(0, None), (1, None)],
+        Rtc::Fallback => &[
+            (0, Some(false)),
+            (1, Some(false)),
+            (0, Some(true)),
+            (1, Some(true)),
+        ],
+    }
+}
+
+/// Up to `max` plans for `p` from the heuristics' engine configurations
+/// (INSTANT mode, then FALLBACK when INSTANT gives none), in the
+/// heuristics' order: those that finalise, pass `p.numerics` and need at
+/// most `cap` workspace bytes. Engines compiled at run time are tried as
+/// `rtc` says: with the others, or only once neither mode's other engines
+/// gave a plan. Once one plan is built, no more are after `budget`.
+pub fn plans(
+    h: sys::cudnnHandle_t,
+    p: &Problem,
+    cap: usize,
+    max: usize,
+    budget: std::time::Duration,
+    rtc: Rtc,
+) -> Result<(Vec<Plan>, Listed)> {
+    let t0 = std::time::Instant::now();
+    let g = graph(h, p)?;
+    let mut listed = Listed::default();
+    let mut out = Vec::new();
+    let modes = [
+        sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_INSTANT,
+        sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
+    ];
+    // each mode's list, asked for once, when a pass first needs it; a
+    // configuration moves into the plan built from it
+    let mut lists: [Option<Vec<Option<Desc>>>; 2] = [None, None];
+    for &(mode, wanted) in passes(rtc) {
+        let configs = lists[mode].get_or_insert_with(|| {
+            heuristics(&g, modes[mode], &mut listed)
+                .into_iter()
+                .map(Some)
+                .collect()
+        });
+        for slot in configs.iter_mut() {
+            let Some(config) = slot.as_ref() else {
                 continue;
-            }
-        };
-        listed.configs += configs.len();
-        for config in configs {
+            };
             if out.len() >= max {
                 break;
             }
@@ -609,13 +661,24 @@ pub fn plans(
             ) {
                 Ok(mut e) if e.len() == 1 => e.remove(0),
                 other => {
-                    listed.not_finalized += 1;
-                    if let Err(e) = other {
-                        listed.error(e);
+                    // counted once, in the pass that takes any engine or
+                    // the built-in ones
+                    if wanted != Some(true) {
+                        listed.not_finalized += 1;
+                        if let Err(e) = other {
+                            listed.error(e);
+                        }
                     }
                     continue;
                 }
             };
+            let compiled = runtime_compiled(&engine);
+            if let Some(want) = wanted {
+                if compiled != want {
+                    listed.runtime_compiled += usize::from(compiled);
+                    continue;
+                }
+            }
             // an engine whose notes cannot be read is not trusted
             let notes = engine.get_enums(
                 A::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
@@ -629,9 +692,7 @@ pub fn plans(
             let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
             let built = plan
                 .set_handle(A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, h)
-                .and_then(|_| {
-                    plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[&config])
-                })
+                .and_then(|_| plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[config]))
                 .and_then(|_| plan.finalize())
                 .and_then(|_| plan.get_i64(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE));
             let workspace = match built {
@@ -646,11 +707,15 @@ pub fn plans(
                 listed.over_workspace += 1;
                 continue;
             }
+            let mut name = config_name(&engine, config);
+            if compiled {
+                name += "_rtc";
+            }
             out.push(Plan {
-                name: config_name(&engine, &config),
+                name,
                 plan,
                 workspace,
-                _config: config,
+                _config: slot.take().expect("the configuration just used"),
                 _graph: g.clone(),
             });
         }

@@ -74,17 +74,11 @@ pub fn pointwise_route() -> Result<Pointwise> {
 
 /// Sets the route until dropped, then restores the one before: for a
 /// check or a bench row that runs one route on purpose.
-pub struct ScopedPointwise(u8);
+pub type ScopedPointwise = crate::setting::Scoped<Pointwise>;
 
 /// See [`ScopedPointwise`].
 pub fn scoped_pointwise(route: Pointwise) -> ScopedPointwise {
-    ScopedPointwise(ROUTE.set(route))
-}
-
-impl Drop for ScopedPointwise {
-    fn drop(&mut self) {
-        ROUTE.restore(self.0);
-    }
+    ROUTE.scoped(route)
 }
 
 /// The convolution primitive a plan is for.

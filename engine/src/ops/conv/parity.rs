@@ -17,7 +17,7 @@
 //! picks.
 
 use super::{scoped_pointwise, Pointwise};
-use crate::cuda::dnn::{self, Api};
+use crate::cuda::dnn::{self, Api, Rtc};
 use crate::layout::{Conv2dParams, ConvTranspose2dParams};
 use crate::parity::{autograd, dims, Case, Input, DTYPES};
 use crate::{DType, Rng};
@@ -181,8 +181,11 @@ fn transposed_case(op: &'static str, dtype: DType, c: TransposedCase, seed: u64)
 /// both are checked whichever the timed searches of the other cases pick:
 /// `conv2d_graph_api` and `conv2d_legacy_api` untimed (each API's
 /// heuristic choice), `conv2d_graph_api_timed` through the graph API's
-/// timed search. Forward, backward-data (also a transposed convolution's
-/// forward) and backward-filter, beta 0 and 1 (the residual joins), a
+/// timed search, and `conv2d_graph_api_rtc` through the same search with
+/// the engines cuDNN compiles at run time competing (`dnn::Rtc::Any`;
+/// by default they run only for a shape no other engine serves). Forward,
+/// backward-data (also a transposed convolution's forward, one of them
+/// dilated) and backward-filter, beta 0 and 1 (the residual joins), a
 /// grouped convolution; no 1x1 stride-1 one, which runs as a GEMM.
 fn cudnn_apis(rng: &mut Rng, out: &mut Vec<Case>) {
     // (n, cin, h, w, cout, k, stride, pad, bias)
@@ -193,22 +196,53 @@ fn cudnn_apis(rng: &mut Rng, out: &mut Vec<Case>) {
         (2, 256, 28, 28, 512, 1, 2, 0, false),
     ];
     let grouped: ConvCase = (2, 12, 9, 9, 8, 3, 1, 1, true);
-    let transposed: TransposedCase = (&[2, 5, 7, 9], &[5, 3, 3, 3], 2, 1, 1, 1, true);
-    let runs: [(&'static str, Api, bool, &[DType]); 3] = [
-        ("conv2d_graph_api", Api::Graph, false, &DTYPES),
-        ("conv2d_legacy_api", Api::Legacy, false, &DTYPES),
-        ("conv2d_graph_api_timed", Api::Graph, true, &[DType::BF16]),
+    let transposed: [TransposedCase; 2] = [
+        (&[2, 5, 7, 9], &[5, 3, 3, 3], 2, 1, 1, 1, true),
+        (&[2, 3, 6, 5], &[3, 5, 3, 3], 2, 2, 1, 2, true),
     ];
-    for (op, api, timed, dtypes) in runs {
+    let runs: [(&'static str, Api, bool, Rtc, &[DType]); 4] = [
+        (
+            "conv2d_graph_api",
+            Api::Graph,
+            false,
+            Rtc::Fallback,
+            &DTYPES,
+        ),
+        (
+            "conv2d_legacy_api",
+            Api::Legacy,
+            false,
+            Rtc::Fallback,
+            &DTYPES,
+        ),
+        (
+            "conv2d_graph_api_timed",
+            Api::Graph,
+            true,
+            Rtc::Fallback,
+            &[DType::BF16],
+        ),
+        (
+            "conv2d_graph_api_rtc",
+            Api::Graph,
+            true,
+            Rtc::Any,
+            &[DType::BF16],
+        ),
+    ];
+    for (op, api, timed, rtc, dtypes) in runs {
         for &dtype in dtypes {
             let mut cases: Vec<Case> = conv
                 .iter()
                 .map(|&c| conv2d_case(op, dtype, c, 1, rng.next_u64()))
                 .collect();
             cases.push(conv2d_case(op, dtype, grouped, 4, rng.next_u64()));
-            cases.push(transposed_case(op, dtype, transposed, rng.next_u64()));
+            for t in transposed {
+                cases.push(transposed_case(op, dtype, t, rng.next_u64()));
+            }
             residual_joins(rng, dtype, &mut cases);
-            forced(op, cases, move || dnn::scoped(api, timed), out);
+            let scope = move || (dnn::scoped(api, timed), dnn::scoped_rtc(rtc));
+            forced(op, cases, scope, out);
         }
     }
 }
