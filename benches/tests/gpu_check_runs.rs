@@ -81,6 +81,45 @@ fn every_cuda_op_matches_the_cpu_on_the_emulator() {
     );
 }
 
+/// A check stopped before its end (gpu_check.sh's stage timeout) leaves
+/// the cases it checked: result.json is rewritten every few seconds with
+/// status "incomplete" and the rows so far.
+#[test]
+fn a_check_stopped_midway_leaves_the_cases_it_checked() {
+    let path = emulator_library_path();
+    let out = TempDir::new("gpu-check-stopped");
+    let mut check = Command::new(env!("CARGO_BIN_EXE_slmlp-gpu-check"))
+        .env("LD_LIBRARY_PATH", path)
+        .args(["--seed", &SEED.to_string(), "--budget-s", "900"])
+        .args(["--only", "conv2d", "--out"])
+        .arg(&out.0)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("slmlp-gpu-check runs");
+    let file = out.0.join("result.json");
+    let t0 = std::time::Instant::now();
+    let result = loop {
+        // written whole (a rename), so it parses once it is there
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            break serde_json::from_str::<Value>(&text).expect("result.json parses");
+        }
+        if let Some(status) = check.try_wait().expect("wait") {
+            panic!("the check ended ({status}) without writing result.json");
+        }
+        assert!(t0.elapsed().as_secs() < 120, "nothing written in 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = check.kill();
+    let _ = check.wait();
+    assert_eq!(result["status"], "incomplete", "{result}");
+    let rows = result["rows"].as_array().expect("rows");
+    assert!(!rows.is_empty(), "{result}");
+    for row in rows {
+        assert_eq!(row["op"], "conv2d", "{row}");
+        assert_eq!(row["status"], "pass", "{row}");
+    }
+}
+
 /// Our bench rows, each with PyTorch's eager peak of the same model on the
 /// H100, bf16 autocast, batch 256, its library workspaces included
 /// (max_memory_allocated of the timed steps,

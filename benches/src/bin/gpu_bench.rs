@@ -74,6 +74,8 @@ fn time_backward<T>(
 struct Bench<'a> {
     g: &'static Gpu,
     dl: &'a Deadline,
+    /// where result.json goes, rewritten after every measurement
+    out: &'a std::path::PathBuf,
     pool: DevicePool,
     report: Report,
     copy_gbps: Option<f64>,
@@ -100,7 +102,7 @@ impl Bench<'_> {
         // what the row left cached (its tensors are gone now, also when it
         // failed) must not starve the next one
         self.g.empty_cache();
-        match result {
+        let measured = match result {
             Ok(Ok(row)) => {
                 println!("{what}: {}", brief(&row));
                 self.report.rows.push(row);
@@ -118,7 +120,9 @@ impl Bench<'_> {
                 self.report.failures.push(msg);
                 false
             }
-        }
+        };
+        self.report.write_so_far(self.out);
+        measured
     }
 }
 
@@ -970,6 +974,7 @@ fn main() {
     let mut b = Bench {
         g,
         dl: &dl,
+        out: &args.out,
         pool,
         report: Report::default(),
         copy_gbps: None,

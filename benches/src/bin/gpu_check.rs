@@ -26,7 +26,7 @@ use engine::cuda::set_poison;
 use engine::parity::{Case, Outputs};
 use engine::{DType, Device, Error, Result, Tensor};
 use gpu_common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -125,6 +125,19 @@ struct Runner {
 }
 
 impl Runner {
+    /// The rows as result.json has them.
+    fn json_rows(&self) -> Vec<Value> {
+        self.rows
+            .iter()
+            .map(|r| {
+                json!({"key": format!("parity/{}/{}/{}", r.op, r.dtype, r.shape), "op": r.op, "dtype": r.dtype,
+                       "shape": r.shape, "worst": r.worst, "max_rel_err": r.err, "threshold": r.thr,
+                       "status": r.status, "note": r.note,
+                       "items": r.items.iter().map(|i| json!({"what": i.what, "rel_err": i.err})).collect::<Vec<_>>()})
+            })
+            .collect()
+    }
+
     /// Runs `case` on the CPU (the reference) and on the device under test,
     /// panics caught, and records its row.
     fn run(&mut self, case: &Case) {
@@ -288,6 +301,7 @@ fn main() {
     // (op, cases run, seconds), in the order the ops come
     let mut per_op: Vec<(&str, usize, f64)> = Vec::new();
     let mut cut: Vec<&str> = Vec::new();
+    let mut written = Instant::now();
     for case in &cases {
         if dl.left() < 1.0 {
             cut.push(case.op);
@@ -295,6 +309,13 @@ fn main() {
         }
         let t = Instant::now();
         r.run(case);
+        // the cases checked so far, every few seconds, in case the stage
+        // is stopped at its timeout
+        if written.elapsed().as_secs_f64() > 5.0 {
+            r.report.rows = r.json_rows();
+            r.report.write_so_far(&args.out);
+            written = Instant::now();
+        }
         let i = match per_op.iter().position(|(op, _, _)| *op == case.op) {
             Some(i) => i,
             None => {
@@ -369,16 +390,7 @@ fn main() {
         "s",
         &format!("budget {}", args.budget_s),
     );
-    r.report.rows = r
-        .rows
-        .iter()
-        .map(|r| {
-            json!({"key": format!("parity/{}/{}/{}", r.op, r.dtype, r.shape), "op": r.op, "dtype": r.dtype,
-                   "shape": r.shape, "worst": r.worst, "max_rel_err": r.err, "threshold": r.thr,
-                   "status": r.status, "note": r.note,
-                   "items": r.items.iter().map(|i| json!({"what": i.what, "rel_err": i.err})).collect::<Vec<_>>()})
-        })
-        .collect();
+    r.report.rows = r.json_rows();
     r.report.write(&args.out, None);
     let mut not_run = String::new();
     if unsupported > 0 {

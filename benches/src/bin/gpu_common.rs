@@ -146,6 +146,14 @@ impl Report {
             eprintln!("could not write {}/result.json: {e}", out.display());
         }
     }
+
+    /// Writes what was gathered so far, with status "incomplete": a binary
+    /// stopped at its stage's timeout (a hang, searches that ran long)
+    /// then still leaves the rows it measured. The final [`Report::write`]
+    /// replaces it.
+    pub fn write_so_far(&self, out: &PathBuf) {
+        self.write(out, Some("incomplete"));
+    }
 }
 
 /// The bundle carries NVRTC 13.0.88 and the CUDA headers the kernels compile
