@@ -33,16 +33,30 @@ pub fn all_cases(seed: u64) -> Vec<Case> {
 /// dtype casts.
 ///
 /// How it is judged (measured on the H100, 2026-11-26):
-/// - every item's error is relative to the largest value of the whole case
-///   (floored at 1e-3 of it), not to the item's own: the Linear bias in
-///   front of a BatchNorm has an exactly-zero gradient, so both sides hold
-///   rounding noise there (~1e-9) and an item-relative error is ~1;
+/// - every item's error is relative to its largest value floored at 1e-3
+///   of the whole case's; an item that is zero up to f32 rounding (the
+///   Linear bias in front of a BatchNorm has an exactly-zero gradient, so
+///   both sides hold rounding noise there, ~1e-9 in f32) is relative to
+///   the case's largest value ([`units`]);
 /// - f32 against the CPU f32 at 1e-4 (summation order through ~20 layers);
-/// - bf16 against the CPU **f32** truth, next to the CPU's own bf16 error:
-///   rounding every activation to bf16 moves deep gradients by 10-50 % on
-///   either device, so the GPU passes when its bf16 error is at most 3x
-///   the CPU's (+1e-2); the worst of 62 items measured was 2.2x
-///   (dlayer4.1.conv2.weight, narrow CIFAR-stem net).
+/// - bf16 against the CPU **f32** truth, next to the CPU's own bf16 error.
+///   Rounding every activation to bf16 moves the gradients of these narrow
+///   nets (batch 8, BatchNorm over as few as 8 values) far: over 60 seeds
+///   on the emulator (2026-12-04) the CPU's per-item error had a median of
+///   0.35 (CIFAR stem) and 0.46 (ImageNet stem) of the item's largest
+///   value and reached 1.8 and 4.0, and the device's errors had the same
+///   distribution. One item's error is then mostly noise: the earlier
+///   judgement, each item at most 3x the CPU's + 0.03, failed 3 of those
+///   120 cases (2.23-2.25, on items where the CPU happened to land close
+///   to f32), and the H100 run of 2026-11-26 once (dlayer4.1.conv2.weight).
+///   So the device passes when the sum of its item errors is at most 2x
+///   the CPU's (the ratio was 0.77-1.39 over 100 seeds) and no item's
+///   error exceeds 3x the CPU's + 0.6 (a gross error: a lost gradient, a
+///   wrong scale); a NaN or infinity fails as everywhere. This case can
+///   only see gross errors: bf16 conversions that truncate instead of
+///   rounding to nearest (a mutation of the emulator) moved its ratio to at
+///   most 1.38, inside the noise; the op cases (`cast`, the convolutions)
+///   and `detector_grads` caught that.
 ///
 /// The runner compares the two sides' outputs by max|dut - cpu| / max|cpu|,
 /// so each case returns values for which that measure is the judgement
@@ -83,7 +97,7 @@ pub fn model_cases(seed: u64) -> Vec<Case> {
             dtype: DType::BF16,
             label: format!("{label}, error vs CPU f32"),
             threshold: Some(2.0),
-            run: Box::new(move |device| net.bf16_outputs(device)),
+            run: Box::new(move |device| net.bf16_outputs(device, 2.0)),
         });
     }
     cases
@@ -227,8 +241,11 @@ fn graph_minus_ordinary(seed: u64, dtype: DType, device: Device, overlap: bool) 
 /// a device-chosen order.
 ///
 /// The bf16 case computes under autocast (`MaskRcnn::set_compute_dtype`)
-/// and is judged as `model_grads`' bf16: each item's error against the CPU
-/// **f32** truth, next to the CPU's own bf16 error (at most 3x it, +1e-2).
+/// and is judged as `model_grads`' bf16: the item errors against the CPU
+/// **f32** truth, next to the CPU's own bf16 errors (each at most 3x the
+/// CPU's + 0.6), but their sum at most 1.5x the CPU's: this network's bf16
+/// noise is far smaller (the ratio was 0.89-1.03 over 40 seeds on the
+/// emulator, and 1.7-4.8 with bf16 conversions that truncate).
 /// bf16 objectness moves the proposals, and so the sampled RoIs, on either
 /// device; the judgement asks only that the device's bf16 strays no further
 /// from f32 than the CPU's does.
@@ -252,7 +269,7 @@ pub fn detector_cases(seed: u64) -> Vec<Case> {
             dtype: DType::BF16,
             label: format!("{label}, autocast, error vs CPU f32"),
             threshold: Some(2.0),
-            run: Box::new(move |device| det.bf16_outputs(device)),
+            run: Box::new(move |device| det.bf16_outputs(device, 1.5)),
         },
     ]
 }
@@ -352,10 +369,10 @@ fn scaled(truth: &Values, got: &Values) -> Result<Outputs> {
     Ok(outs)
 }
 
-/// Added to each bf16 error so that the runner's |e_dut - e_cpu| /
-/// (e_cpu + 0.015) <= 2 is e_dut <= 3 e_cpu + 0.03, i.e.
-/// e_dut / (e_cpu + 0.01) <= 3.
-const BF16_OFFSET: f64 = 0.015;
+/// Added to each bf16 item's error so that the runner's |e_dut - e_cpu| /
+/// (e_cpu + 0.3) <= 2 is e_dut <= 3 e_cpu + 0.6: a gross error on one item
+/// (a wrong scale, a gradient lost), beyond what bf16's noise does.
+const BF16_OFFSET: f64 = 0.3;
 
 /// One network of a `model_grads` or `model_eval` case, with its CPU f32
 /// truth once computed.
@@ -435,26 +452,47 @@ trait WholeModel {
     }
 
     /// Per item, the bf16 run's error against the CPU f32 truth in units of
-    /// [`units`], plus [`BF16_OFFSET`]: one value each.
-    fn bf16_outputs(&self, device: Device) -> Result<Outputs> {
+    /// [`units`], plus [`BF16_OFFSET`]; then the sum of the errors, which
+    /// the CPU (the reference side) returns times `sum_ratio` / 3, so that
+    /// the runner's |s_dut - s'| / s' <= 2 is s_dut <= sum_ratio * s_cpu:
+    /// the device's bf16 paths as a whole stray no further from f32 than
+    /// that multiple of the CPU's.
+    fn bf16_outputs(&self, device: Device, sum_ratio: f64) -> Result<Outputs> {
         let truth = self.truth()?;
         let got = self.run(device, DType::BF16)?;
         let mut outs = Outputs::new();
+        let mut sum = 0.0;
         for ((name, t), unit) in truth.iter().zip(units(truth)) {
             let e = max_abs_diff(find(&got, name)?, t) / unit;
+            sum += e;
             outs.push((name.clone(), Tensor::scalar(e + BF16_OFFSET)));
         }
+        if device == Device::Cpu {
+            sum *= sum_ratio / 3.0;
+        }
+        outs.push(("sum of item errors".into(), Tensor::scalar(sum)));
         Ok(outs)
     }
 }
 
 /// Each item's error unit: its largest magnitude, floored at 1e-3 of the
-/// whole case's.
+/// whole case's. An item that is zero up to f32 rounding (at most 1e-6 of
+/// the case's largest value: the gradient of a Linear bias in front of a
+/// BatchNorm, exactly zero in exact arithmetic) is measured in the case's
+/// largest value instead: both devices hold only rounding noise there,
+/// summed in another order on each, so one's noise is no yardstick for the
+/// other's (at an H100's 132 SMs the emulator's bf16 noise on
+/// `dprojector.0.bias` was 2.5x the CPU's), while a real gradient leaking
+/// in would still be seen against the case's scale.
 fn units(truth: &Values) -> Vec<f64> {
     let scale = truth.iter().map(|(_, v)| max_abs(v)).fold(0.0, f64::max);
     truth
         .iter()
-        .map(|(_, v)| max_abs(v).max(1e-3 * scale).max(1e-30))
+        .map(|(_, v)| match max_abs(v) {
+            m if m <= 1e-6 * scale => scale,
+            m => m.max(1e-3 * scale),
+        })
+        .map(|u| u.max(1e-30))
         .collect()
 }
 

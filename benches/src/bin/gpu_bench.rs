@@ -1071,6 +1071,7 @@ fn main() {
         );
     }
     summarize_gains(&mut b.report, &rows, &convs);
+    b.report.search_figures();
     let line = gpu_line(g);
     println!("{BIN}: {line}");
     b.report.notes.push(line);

@@ -390,6 +390,7 @@ fn main() {
         "s",
         &format!("budget {}", args.budget_s),
     );
+    r.report.search_figures();
     r.report.rows = r.json_rows();
     r.report.write(&args.out, None);
     let mut not_run = String::new();

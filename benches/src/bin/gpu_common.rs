@@ -154,6 +154,30 @@ impl Report {
     pub fn write_so_far(&self, out: &PathBuf) {
         self.write(out, Some("incomplete"));
     }
+
+    /// Summary figures of the algorithm searches this process made
+    /// (`engine::profile::searches`): how many per library, and the host
+    /// time they took, the first calls' share of the run's wall time. A
+    /// 1x1 convolution's route search includes the library searches it
+    /// started, so the libraries' times are summed apart from it.
+    pub fn search_figures(&mut self) {
+        let searches = engine::profile::searches();
+        for lib in ["cudnn", "cublasLt", "conv route"] {
+            let (n, ms) = searches
+                .iter()
+                .filter(|s| s.lib == lib)
+                .fold((0u64, 0.0), |(n, ms), s| (n + 1, ms + s.ms));
+            if n > 0 {
+                self.figure(&format!("{lib} searches"), n, "problems", "");
+                self.figure(
+                    &format!("{lib} search time"),
+                    sig(ms * 1e-3),
+                    "s",
+                    "host time, first calls",
+                );
+            }
+        }
+    }
 }
 
 /// The bundle carries NVRTC 13.0.88 and the CUDA headers the kernels compile

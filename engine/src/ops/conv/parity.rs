@@ -296,8 +296,12 @@ fn forced<G>(
 
 /// Two bottleneck-like blocks at batch 2, x' = x/2 (so that x' is an op's
 /// output whose gradient the engine sums): an identity block,
-/// `conv1x1(relu(conv1x1(x'))) + x'`, and a downsampling one,
-/// `conv1x1(relu(conv3x3 s2(x'))) + conv1x1 s2(x')`.
+/// `conv1x1(conv1x1(x')) + x'`, and a downsampling one,
+/// `conv1x1(conv3x3 s2(x')) + conv1x1 s2(x')`. No ReLU between the
+/// convolutions: a pre-activation within the two devices' rounding of
+/// zero would pass its whole gradient on one and none on the other (seen
+/// once on the emulator: dx 3.2e-2 against a 1e-2 bound in bf16). What
+/// the joins check is the sum, which needs no mask.
 fn residual_joins(rng: &mut Rng, dtype: DType, out: &mut Vec<Case>) {
     let p = |stride: usize, padding: usize| Conv2dParams {
         stride: [stride; 2],
@@ -319,7 +323,7 @@ fn residual_joins(rng: &mut Rng, dtype: DType, out: &mut Vec<Case>) {
         ],
         move |t| {
             let x = t[0].scale(0.5)?;
-            let h = x.conv2d(&t[1], None, p(1, 0))?.relu()?;
+            let h = x.conv2d(&t[1], None, p(1, 0))?;
             let y = h.conv2d(&t[2], None, p(1, 0))?.add(&x)?;
             Ok(vec![("y".into(), y)])
         },
@@ -337,7 +341,7 @@ fn residual_joins(rng: &mut Rng, dtype: DType, out: &mut Vec<Case>) {
         ],
         move |t| {
             let x = t[0].scale(0.5)?;
-            let h = x.conv2d(&t[1], None, p(2, 1))?.relu()?;
+            let h = x.conv2d(&t[1], None, p(2, 1))?;
             let y = h
                 .conv2d(&t[2], None, p(1, 0))?
                 .add(&x.conv2d(&t[3], None, p(2, 0))?)?;
