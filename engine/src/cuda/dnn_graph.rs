@@ -24,7 +24,9 @@
 //! legacy path promises), no TENSOR_CORE engine for strict f32 (TF32),
 //! and no NONDETERMINISTIC one under `dnn::set_deterministic`.
 //! PyTorch's cuDNN v8 path filters the same notes, except that it allows
-//! reduced-precision reduction.
+//! reduced-precision reduction. Engines cuDNN compiles at run time come
+//! last, only when no other gives a plan, unless `dnn::Rtc::Any` (as
+//! PyTorch leaves them out unless asked for).
 //!
 //! Every descriptor is owned by a [`Desc`] (destroyed on drop), and a plan
 //! keeps alive every descriptor it was built from.
