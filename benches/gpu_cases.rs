@@ -547,8 +547,15 @@ mod tests {
 
     #[test]
     fn errors_are_floored_and_nan_is_infinite() {
-        let truth: Values = vec![("a".into(), vec![-4.0, 2.0]), ("b".into(), vec![0.0])];
-        assert_eq!(units(&truth), vec![4.0, 4e-3]);
+        // its own largest value; floored at 1e-3 of the case's; zero up to
+        // f32 rounding (at most 1e-6 of the case's): the case's
+        let truth: Values = vec![
+            ("a".into(), vec![-4.0, 2.0]),
+            ("b".into(), vec![1e-5]),
+            ("c".into(), vec![0.0]),
+            ("d".into(), vec![-2e-6, 1e-9]),
+        ];
+        assert_eq!(units(&truth), vec![4.0, 4e-3, 4.0, 4.0]);
         assert_eq!(max_abs_diff(&[1.0, 2.5], &[1.0, 2.0]), 0.5);
         assert_eq!(max_abs_diff(&[f64::NAN], &[1.0]), f64::INFINITY);
         assert_eq!(max_abs_diff(&[f64::INFINITY], &[f64::INFINITY]), 0.0);
