@@ -2,8 +2,8 @@
 //! read once from an environment variable, else the first choice. The
 //! convolutions' `SLMLP_CUDNN_API` (`cuda::dnn::Api`), `SLMLP_CUDNN_RTC`
 //! (`cuda::dnn::Rtc`) and `SLMLP_CONV_1X1` (`ops::conv::Pointwise`) are
-//! such switches; every call reads them, so
-//! reading is one atomic load once the variable was read.
+//! such switches; every call reads them, so reading is one atomic load
+//! once the variable was read.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;

@@ -157,9 +157,9 @@ impl Report {
 
     /// Summary figures of the algorithm searches this process made
     /// (`engine::profile::searches`): how many per library, and the host
-    /// time they took, the first calls' share of the run's wall time. A
-    /// 1x1 convolution's route search includes the library searches it
-    /// started, so the libraries' times are summed apart from it.
+    /// time they took (spent in the first call of each problem). A 1x1
+    /// convolution's route search includes the library searches it
+    /// started, so its time is not added to theirs.
     pub fn search_figures(&mut self) {
         let searches = engine::profile::searches();
         for lib in ["cudnn", "cublasLt", "conv route"] {
