@@ -200,14 +200,14 @@ pub const GRAPH_SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_s
 /// Sets the API and the benchmark mode until dropped, then restores both:
 /// for a check that runs one route on purpose (the GPU parity cases).
 pub struct Scoped {
-    api: u8,
+    _api: crate::setting::Scoped<Api>,
     benchmark: bool,
 }
 
 /// See [`Scoped`].
 pub fn scoped(api: Api, benchmark: bool) -> Scoped {
     let prev = Scoped {
-        api: API.set(api),
+        _api: API.scoped(api),
         benchmark: BENCHMARK.load(Ordering::Relaxed),
     };
     set_benchmark(benchmark);
@@ -216,7 +216,6 @@ pub fn scoped(api: Api, benchmark: bool) -> Scoped {
 
 impl Drop for Scoped {
     fn drop(&mut self) {
-        API.restore(self.api);
         set_benchmark(self.benchmark);
     }
 }

@@ -198,6 +198,7 @@ fn convolve(
                 onto: matches!(out, Out::Onto(_)),
                 aligned: [ptr(a)? % 16 == 0, ptr(b)? % 16 == 0],
                 api: dnn::api()?,
+                rtc: dnn::rtc()?,
                 tf32: dnn::tf32(),
             };
             auto_route(key, gpu, &out, &gemm, &cudnn)?
@@ -213,7 +214,7 @@ fn convolve(
 /// What [`Pointwise::Auto`]'s choice for a 1x1 stride-1 convolution
 /// depends on: what both libraries key their own choices by (the operands'
 /// addresses through their alignment, TF32 for f32), and the cuDNN API
-/// that competes.
+/// and engines (`dnn::Rtc`) that compete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct RouteKey {
     gpu: usize,
@@ -227,6 +228,7 @@ struct RouteKey {
     /// each input's address a multiple of 16 bytes
     aligned: [bool; 2],
     api: dnn::Api,
+    rtc: dnn::Rtc,
     tf32: bool,
 }
 
@@ -301,7 +303,7 @@ fn auto_route(
     crate::profile::search(crate::profile::Search {
         lib: "conv route",
         problem: format!(
-            "{:?} 1x1 n{} {}x{} {}->{} {:?}{}{}{} aligned {:?} cuDNN API {:?}",
+            "{:?} 1x1 n{} {}x{} {}->{} {:?}{}{}{} aligned {:?} cuDNN API {:?} rtc {:?}",
             key.dir,
             key.geom[0],
             key.geom[1],
@@ -313,7 +315,8 @@ fn auto_route(
             if key.onto { " beta 1" } else { "" },
             if key.tf32 { " tf32" } else { "" },
             key.aligned,
-            key.api
+            key.api,
+            key.rtc
         ),
         method: "timed: cuBLASLt's and cuDNN's choices".into(),
         chosen: format!("{route:?}"),
