@@ -38,7 +38,8 @@ pub fn all_cases(seed: u64) -> Vec<Case> {
 ///   Linear bias in front of a BatchNorm has an exactly-zero gradient, so
 ///   both sides hold rounding noise there, ~1e-9 in f32) is relative to
 ///   the case's largest value ([`units`]);
-/// - f32 against the CPU f32 at 1e-4 (summation order through ~20 layers);
+/// - f32 against the CPU f32 at 1e-4 (summation order through ~20 layers),
+///   on a draw with no ReLU or max-pool kink within rounding ([`Net::draw`]);
 /// - bf16 against the CPU **f32** truth, next to the CPU's own bf16 error.
 ///   Rounding every activation to bf16 moves the gradients of these narrow
 ///   nets (batch 8, BatchNorm over as few as 8 values) far: over 60 seeds
@@ -80,6 +81,7 @@ pub fn model_cases(seed: u64) -> Vec<Case> {
             hw,
             eval,
             seed: rng.next_u64(),
+            draw: OnceCell::new(),
             truth: OnceCell::new(),
         });
         let op = if eval { "model_eval" } else { "model_grads" };
@@ -381,7 +383,95 @@ struct Net {
     hw: usize,
     eval: bool,
     seed: u64,
+    /// The seed of the weights and batch both devices run ([`Net::draw`]).
+    draw: OnceCell<std::result::Result<u64, String>>,
     truth: OnceCell<std::result::Result<Values, String>>,
+}
+
+/// How a `model_grads` draw is screened for kinks ([`Net::draw`]): the
+/// input is moved by ±`KINK_STEP` of each value along `KINK_DIRECTIONS`
+/// random directions, and the CPU's f32 gradients must change linearly
+/// (half their second difference, in the units of [`units`], at most
+/// `KINK_LIMIT`, the f32 case's own bound); at most `MAX_DRAWS` draws.
+const KINK_STEP: f64 = 3e-6;
+const KINK_DIRECTIONS: u64 = 2;
+const KINK_LIMIT: f64 = 1e-4;
+const MAX_DRAWS: usize = 12;
+
+impl Net {
+    /// The seed both devices build the network and batch from. Eval cases
+    /// (forward only, continuous in the input) take `seed` itself.
+    ///
+    /// A gradient is not continuous in the input: where a ReLU's
+    /// pre-activation or a max-pool window's two largest values are within
+    /// rounding of each other, the two devices' rounding can put the kink
+    /// on different sides, and every gradient upstream of it moves by
+    /// O(1e-2) (a flipped mask passes or drops a whole element), which no
+    /// bound could tell from a bug; the op cases keep their inputs away
+    /// from such points by construction (ops/batchnorm/parity.rs). A whole
+    /// network cannot be built that way, so its draws are screened: seeds
+    /// are drawn from `seed` until one's CPU gradients move linearly when
+    /// the input moves by ±`KINK_STEP` (see the constants). Measured on the
+    /// emulator (2026-12-04): without the screen 3 of 241 f32 cases failed
+    /// this way (1.7e-1, 6.2e-3, 1.2e-1), and the CPU's own f32 gradients
+    /// left its f64 ones by more than 1e-4 in 21 of 3000 draws; the screen
+    /// sets aside each of those 24 draws, and 36 % (CIFAR stem) and 20 %
+    /// (ImageNet stem) of all draws. With it, seeds 1-300 passed all 600
+    /// f32 cases (at most 5 draws for one case; about 0.3 s more a run).
+    fn draw(&self) -> Result<u64> {
+        let chosen = self.draw.get_or_init(|| {
+            if self.eval {
+                return Ok(self.seed);
+            }
+            let mut seeds = Rng::new(self.seed);
+            let mut seed = self.seed;
+            let mut jumps = Vec::new();
+            for _ in 0..MAX_DRAWS {
+                let jump = self.kink_jump(seed).map_err(|e| e.to_string())?;
+                if jump <= KINK_LIMIT {
+                    return Ok(seed);
+                }
+                eprintln!(
+                    "model_grads resnet18 w8 {:?}: draw {} set aside, its CPU gradients \
+                     jump by {jump:.1e} (limit {KINK_LIMIT:e}) when the input moves by \
+                     ±{KINK_STEP:e}: a kink within rounding",
+                    self.stem,
+                    jumps.len()
+                );
+                jumps.push(format!("{jump:.1e}"));
+                seed = seeds.next_u64();
+            }
+            Err(format!(
+                "no draw of {MAX_DRAWS} had gradients that move linearly within ±{KINK_STEP:e} \
+                 of the input (jumps {}): a kink within rounding in each",
+                jumps.join(", ")
+            ))
+        });
+        chosen.clone().map_err(Error::Autograd)
+    }
+
+    /// The largest nonlinear move of the CPU's f32 gradients for draw
+    /// `seed` under input moves of ±`KINK_STEP` (see [`Net::draw`]).
+    fn kink_jump(&self, seed: u64) -> Result<f64> {
+        let base = self.run_draw(seed, Device::Cpu, DType::F32, None)?;
+        let units = units(&base);
+        let mut worst = 0.0f64;
+        for d in 0..KINK_DIRECTIONS {
+            let plus = self.run_draw(seed, Device::Cpu, DType::F32, Some((KINK_STEP, d)))?;
+            let minus = self.run_draw(seed, Device::Cpu, DType::F32, Some((-KINK_STEP, d)))?;
+            for (((name, b), unit), (p, m)) in base.iter().zip(&units).zip(plus.iter().zip(&minus))
+            {
+                let (p, m) = (&p.1, &m.1);
+                if p.len() != b.len() || m.len() != b.len() {
+                    return Err(Error::Autograd(format!("{name}: runs differ in size")));
+                }
+                for ((b, p), m) in b.iter().zip(p).zip(m) {
+                    worst = worst.max((p + m - 2.0 * b).abs() / 2.0 / unit);
+                }
+            }
+        }
+        Ok(worst)
+    }
 }
 
 impl WholeModel for Net {
@@ -390,15 +480,40 @@ impl WholeModel for Net {
     }
 
     /// Forward and backward (eval: forward only) in `dtype` on `device`
-    /// (the same weights and batch on every call).
+    /// (the same weights and batch, [`Net::draw`]'s, on every call).
     fn run(&self, device: Device, dtype: DType) -> Result<Values> {
-        let mut rng = Rng::new(self.seed);
+        self.run_draw(self.draw()?, device, dtype, None)
+    }
+}
+
+impl Net {
+    /// [`WholeModel::run`] for draw `seed`, the input moved by `nudge`:
+    /// (h, d) multiplies each value by 1 + h n, n from direction d's
+    /// standard normals.
+    fn run_draw(
+        &self,
+        seed: u64,
+        device: Device,
+        dtype: DType,
+        nudge: Option<(f64, u64)>,
+    ) -> Result<Values> {
+        let mut rng = Rng::new(seed);
         let mut cfg = NetConfig::new("resnet18", 10)?;
         cfg.width = 8;
         cfg.stem = self.stem;
         cfg.projector = Some(ProjectorConfig::parse("d", 64)?);
         let net = SupervisedNet::new(cfg, &mut rng)?;
-        let x = Tensor::randn(&[8, 3, self.hw, self.hw], 0.0, 1.0, DType::F32, &mut rng);
+        let shape = [8, 3, self.hw, self.hw];
+        let mut x = Tensor::randn(&shape, 0.0, 1.0, DType::F32, &mut rng);
+        if let Some((h, d)) = nudge {
+            let mut dir = Rng::new(seed ^ (d + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let v: Vec<f32> = x
+                .to_vec_f64()?
+                .iter()
+                .map(|&v| (v * (1.0 + h * dir.normal())) as f32)
+                .collect();
+            x = Tensor::from_vec(v, &shape)?;
+        }
         if self.eval {
             // running statistics from one training-mode batch, on the host
             {
@@ -560,5 +675,45 @@ mod tests {
         assert_eq!(max_abs_diff(&[f64::NAN], &[1.0]), f64::INFINITY);
         assert_eq!(max_abs_diff(&[f64::INFINITY], &[f64::INFINITY]), 0.0);
         assert_eq!(max_abs_diff(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    }
+
+    /// The CIFAR net of `model_cases(274)`: its first draw has a kink
+    /// within f32 rounding, so that the CPU's own f32 and f64 gradients
+    /// differ far beyond the f32 bound, as a GPU's could. The screen sets
+    /// it aside and takes a draw where they agree.
+    #[test]
+    fn a_draw_with_a_kink_within_rounding_is_set_aside() {
+        let net = Net {
+            stem: Stem::Cifar,
+            hw: 12,
+            eval: false,
+            seed: Rng::new(274).next_u64(),
+            draw: OnceCell::new(),
+            truth: OnceCell::new(),
+        };
+        let f32_vs_f64 = |seed| {
+            let exact = net.run_draw(seed, Device::Cpu, DType::F64, None).unwrap();
+            let got = net.run_draw(seed, Device::Cpu, DType::F32, None).unwrap();
+            exact
+                .iter()
+                .zip(units(&exact))
+                .map(|((name, v), unit)| max_abs_diff(find(&got, name).unwrap(), v) / unit)
+                .fold(0.0, f64::max)
+        };
+        let first = net.seed;
+        assert!(f32_vs_f64(first) > 1e-2, "{}", f32_vs_f64(first));
+        assert!(net.kink_jump(first).unwrap() > KINK_LIMIT);
+        let chosen = net.draw().unwrap();
+        assert_ne!(chosen, first);
+        assert!(net.kink_jump(chosen).unwrap() <= KINK_LIMIT);
+        assert!(f32_vs_f64(chosen) < 1e-4, "{}", f32_vs_f64(chosen));
+        // eval cases keep their draw: a forward is continuous in the input
+        let eval = Net {
+            eval: true,
+            draw: OnceCell::new(),
+            truth: OnceCell::new(),
+            ..net
+        };
+        assert_eq!(eval.draw().unwrap(), first);
     }
 }
