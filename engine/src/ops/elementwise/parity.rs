@@ -14,7 +14,7 @@
 //! chain up to three such ops (sigmoid: y * (1 - y) * g), each rounding to
 //! bf16 on both sides alike, well under 1e-2.
 
-use crate::parity::{autograd, autograd_with, dims, Case, Input, DTYPES};
+use crate::parity::{autograd, autograd_up, autograd_with, dims, Case, Input, DTYPES};
 use crate::{DType, Rng, Tensor};
 
 /// A case of `op` on one input drawn by `x` (positive values for log and
@@ -45,7 +45,10 @@ fn unary_case(
 /// A case of `a (op) b` for shapes that broadcast; b is drawn positive
 /// (exp of a normal) so a division stays well conditioned. `transpose_b`
 /// hands the op b's transposed view (b drawn with its last two dims
-/// swapped).
+/// swapped). a and the upstream gradient have mean 1: a broadcast b's
+/// gradient sums up (add, sub) or up * a (mul, div) over the stretched
+/// elements, about n terms of mean 1 instead of a cancellation near 0
+/// (see [`autograd_up`]).
 fn binary_case(
     op: &'static str,
     dtype: DType,
@@ -55,7 +58,7 @@ fn binary_case(
     f: fn(&Tensor, &Tensor) -> crate::Result<Tensor>,
 ) -> Case {
     let draw = move |rng: &mut Rng| {
-        let a = Tensor::randn(sa, 0.0, 1.0, dtype, rng);
+        let a = Tensor::randn(sa, 1.0, 1.0, dtype, rng);
         let mut drawn = sb.to_vec();
         if transpose_b {
             let r = drawn.len();
@@ -72,7 +75,7 @@ fn binary_case(
         if transpose_b { "·bᵀ" } else { "·" },
         dims(sb)
     );
-    autograd_with(op, dtype, label, seed, draw, move |t| {
+    autograd_up(op, dtype, label, seed, draw, 1.0, move |t| {
         let b = if transpose_b {
             let r = t[1].rank();
             t[1].transpose(r - 2, r - 1)?
