@@ -37,6 +37,7 @@ pub fn dims(v: &[usize]) -> String {
 pub struct Input {
     pub name: &'static str,
     pub shape: Vec<usize>,
+    pub mean: f64,
     pub std: f64,
     pub grad: bool,
 }
@@ -47,9 +48,15 @@ impl Input {
         Input {
             name,
             shape: shape.to_vec(),
+            mean: 0.0,
             std,
             grad: true,
         }
+    }
+
+    /// The same drawn around `mean` instead of 0.
+    pub fn around(self, mean: f64) -> Input {
+        Input { mean, ..self }
     }
 }
 
@@ -69,7 +76,7 @@ pub fn autograd(
         inputs
             .iter()
             .map(|i| {
-                let t = Tensor::randn(&i.shape, 0.0, i.std, dtype, rng);
+                let t = Tensor::randn(&i.shape, i.mean, i.std, dtype, rng);
                 (i.name, t, i.grad)
             })
             .collect()
