@@ -4,12 +4,15 @@
 use crate::parity::{autograd, dims, Case, Input, DTYPES};
 use crate::Rng;
 
+/// A product's case: a's and b's shapes, and the means they are drawn around.
+type Product = (&'static [usize], &'static [usize], (f64, f64));
+
 pub fn cases(rng: &mut Rng, out: &mut Vec<Case>) {
     // (a, b, means of a and b). The 1x1 result is one dot product, judged
     // against itself: drawn around 0 it can cancel to near 0, where the two
     // sides' summation orders alone exceed the bound (as for sum's
     // whole-tensor cases); around (1, 0.2) it is about 6.6 (sd 1.8).
-    let mm: [(&[usize], &[usize], (f64, f64)); 5] = [
+    let mm: [Product; 5] = [
         (&[7, 13], &[13, 5], (0.0, 0.0)),
         (&[64, 72], &[72, 40], (0.0, 0.0)),
         (&[256, 2048], &[2048, 2048], (0.0, 0.0)),
