@@ -408,10 +408,11 @@ impl Net {
     /// on different sides, and every gradient upstream of it moves by
     /// O(1e-2) (a flipped mask passes or drops a whole element), which no
     /// bound could tell from a bug; the op cases keep their inputs away
-    /// from such points by construction (ops/batchnorm/parity.rs). A whole
-    /// network cannot be built that way, so its draws are screened: seeds
-    /// are drawn from `seed` until one's CPU gradients move linearly when
-    /// the input moves by ±`KINK_STEP` (see the constants). Measured on the
+    /// from such points by construction
+    /// (engine/src/ops/batchnorm/parity.rs). A whole network cannot be
+    /// built that way, so its draws are screened: seeds are drawn from
+    /// `seed` until one's CPU gradients move linearly when the input moves
+    /// by ±`KINK_STEP` (see the constants). Measured on the
     /// emulator (2026-12-04): without the screen 3 of 241 f32 cases failed
     /// this way (1.7e-1, 6.2e-3, 1.2e-1), and the CPU's own f32 gradients
     /// left its f64 ones by more than 1e-4 in 21 of 3000 draws; the screen
